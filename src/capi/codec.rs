@@ -1,0 +1,440 @@
+//! C ABI of the serializer and compressor.
+//!
+//! All functions here are thread-safe: they share no state except the handle registries.
+//! An `emf_message_t` is immutable after `emf_message_open` and may be read from several
+//! threads at once; it must not be freed while another thread reads it.
+
+
+
+use super::handle::{borrow_handle, free_handle, new_handle};
+use super::{
+    bytes, guard, require_out, write_buf, write_out, emf_buf_t, emf_status_t, FfiError,
+    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_NOT_FOUND,
+};
+use crate::codec::{self, envelope::ArchivedId, jsonrpc, value::NumberRef, ArchivedMessage};
+
+/// Kind code: JSON-RPC request.
+pub const EMF_KIND_REQUEST: u32 = 0;
+/// Kind code: JSON-RPC success response.
+pub const EMF_KIND_RESPONSE: u32 = 1;
+/// Kind code: JSON-RPC notification.
+pub const EMF_KIND_NOTIFICATION: u32 = 2;
+/// Kind code: engine task.
+pub const EMF_KIND_TASK: u32 = 3;
+/// Kind code: task result.
+pub const EMF_KIND_RESULT: u32 = 4;
+/// Kind code: JSON-RPC error response.
+pub const EMF_KIND_ERROR: u32 = 5;
+
+/// Priority code: critical (served first).
+pub const EMF_PRIORITY_CRITICAL: u32 = 0;
+/// Priority code: high.
+pub const EMF_PRIORITY_HIGH: u32 = 1;
+/// Priority code: normal (the default).
+pub const EMF_PRIORITY_NORMAL: u32 = 2;
+/// Priority code: low.
+pub const EMF_PRIORITY_LOW: u32 = 3;
+
+/// Id type: the envelope has no id.
+pub const EMF_ID_NONE: u32 = 0;
+/// Id type: `null`.
+pub const EMF_ID_NULL: u32 = 1;
+/// Id type: an integer that fits `int64_t` (in `id_int`).
+pub const EMF_ID_INT: u32 = 2;
+/// Id type: a string (in `id_str`, `id_str_len`).
+pub const EMF_ID_STRING: u32 = 3;
+/// Id type: another number (float, or integer beyond `int64_t`); read it from the JSON.
+pub const EMF_ID_OTHER_NUMBER: u32 = 4;
+
+/// The default compression threshold in bytes (1 KiB).
+pub const EMF_COMPRESS_DEFAULT_THRESHOLD: usize = 1024;
+
+/// Options for [`emf_json_to_archive`]. Pass NULL for the defaults (normal priority, created
+/// now, no deadline).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct emf_encode_options_t {
+    /// An `EMF_PRIORITY_*` code.
+    pub priority: u32,
+    /// Creation time, µs since the UNIX epoch; 0 = now.
+    pub created_at_us: u64,
+    /// Deadline, µs since the UNIX epoch; 0 = none.
+    pub deadline_us: u64,
+}
+
+/// A validated, immutable archive held by the library. Opaque.
+pub struct emf_message_t {
+    // Invariant: `bytes` passed `codec::decode` in `emf_message_open` and is never modified.
+    bytes: Box<[u8]>,
+}
+
+impl emf_message_t {
+    fn view(&self) -> &ArchivedMessage {
+        // SAFETY: `bytes` was validated by `codec::decode` when the handle was created and is
+        // immutable for the handle's life (struct invariant).
+        unsafe { codec::decode_unchecked(&self.bytes) }
+    }
+}
+
+/// What one envelope of an `emf_message_t` says. Pointers borrow from the message and stay
+/// valid until it is freed.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct emf_envelope_info_t {
+    /// An `EMF_KIND_*` code.
+    pub kind: u32,
+    /// An `EMF_PRIORITY_*` code.
+    pub priority: u32,
+    /// Creation time, µs since the UNIX epoch (0 = unknown).
+    pub created_at_us: u64,
+    /// Deadline, µs since the UNIX epoch (0 = none).
+    pub deadline_us: u64,
+    /// An `EMF_ID_*` code.
+    pub id_type: u32,
+    /// The id when `id_type == EMF_ID_INT`.
+    pub id_int: i64,
+    /// The id's UTF-8 bytes when `id_type == EMF_ID_STRING` (not NUL-terminated), else NULL.
+    pub id_str: *const u8,
+    /// Length of `id_str`.
+    pub id_str_len: usize,
+    /// The method's UTF-8 bytes (not NUL-terminated), or NULL when there is none.
+    pub method: *const u8,
+    /// Length of `method`.
+    pub method_len: usize,
+    /// True for an error envelope; then `error_code` holds the JSON-RPC error code.
+    pub has_error: bool,
+    /// The JSON-RPC error code when `has_error`.
+    pub error_code: i64,
+}
+
+/// Parses MCP / JSON-RPC 2.0 text (one message or a batch) and encodes it as an archive.
+///
+/// `opts` may be NULL. On success `*out` receives the archive; free it with `emf_buf_free`.
+/// Errors: `EMF_ERR_INVALID_ARGUMENT` for non-UTF-8 text, invalid JSON or invalid JSON-RPC
+/// (the message says where and why), `EMF_ERR_NULL_ARGUMENT`, `EMF_ERR_TOO_LARGE`.
+///
+/// # Safety
+///
+/// `json` must be readable for `json_len` bytes; `opts` NULL or readable; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_json_to_archive(
+    json: *const u8,
+    json_len: usize,
+    opts: *const emf_encode_options_t,
+    out: *mut emf_buf_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: caller contract.
+        let text = unsafe { bytes(json, json_len, "json") }?;
+        let meta = if opts.is_null() {
+            jsonrpc::Metadata::default()
+        } else {
+            // SAFETY: non-NULL and readable by contract; the struct is plain old data.
+            let o = unsafe { opts.read() };
+            jsonrpc::Metadata {
+                priority: codec::Priority::from_code(o.priority).ok_or_else(|| {
+                    FfiError::new(
+                        EMF_ERR_INVALID_ARGUMENT,
+                        format!("unknown priority code {}", o.priority),
+                    )
+                })?,
+                created_at_us: o.created_at_us,
+                deadline_us: o.deadline_us,
+            }
+        };
+        let archive = jsonrpc::json_to_archive(text, meta)?;
+        // SAFETY: `out` checked non-NULL; writable by contract.
+        unsafe { write_buf(out, archive.to_vec()) }
+    })
+}
+
+/// Validates an archive and writes it as JSON-RPC text (UTF-8, not NUL-terminated).
+///
+/// Errors: `EMF_ERR_CORRUPT` when the bytes are not a valid archive.
+///
+/// # Safety
+///
+/// `archive` readable for `len` bytes and unchanged during the call; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_archive_to_json(
+    archive: *const u8,
+    len: usize,
+    out: *mut emf_buf_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: caller contract.
+        let b = unsafe { bytes(archive, len, "archive") }?;
+        let json = jsonrpc::archive_to_json(b)?;
+        // SAFETY: `out` checked non-NULL; writable by contract.
+        unsafe { write_buf(out, json.into_bytes()) }
+    })
+}
+
+/// Validates an archive in place and stores its number of envelopes (1, or the batch size)
+/// in `*out_count`. Errors: `EMF_ERR_CORRUPT`.
+///
+/// # Safety
+///
+/// `archive` readable for `len` bytes; `out_count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_archive_validate(
+    archive: *const u8,
+    len: usize,
+    out_count: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out_count, "out_count")?;
+        // SAFETY: caller contract.
+        let b = unsafe { bytes(archive, len, "archive") }?;
+        let n = codec::decode(b)?.envelopes().len();
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out_count, n, "out_count") }
+    })
+}
+
+/// Copies and validates an archive into a message handle for field access.
+/// Free it with `emf_message_free`.
+///
+/// # Safety
+///
+/// `archive` readable for `len` bytes; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_message_open(
+    archive: *const u8,
+    len: usize,
+    out: *mut *mut emf_message_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: caller contract.
+        let b = unsafe { bytes(archive, len, "archive") }?;
+        let owned: Box<[u8]> = b.into();
+        codec::decode(&owned)?;
+        let h = new_handle(emf_message_t { bytes: owned });
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, h, "out") }
+    })
+}
+
+/// Frees a message handle. NULL is fine; a second free gives `EMF_ERR_INVALID_ARGUMENT`.
+///
+/// # Safety
+///
+/// No other thread may be using `msg`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_message_free(msg: *mut emf_message_t) -> emf_status_t {
+    // SAFETY: caller contract (no concurrent use); the registry checks liveness.
+    guard(|| unsafe { free_handle(msg, "msg") })
+}
+
+/// Stores the number of envelopes in `*out_count`.
+///
+/// # Safety
+///
+/// `msg` a live handle; `out_count` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_message_count(
+    msg: *const emf_message_t,
+    out_count: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
+        let m = unsafe { borrow_handle(msg, "msg") }?;
+        // SAFETY: writable by contract (NULL checked inside).
+        unsafe { write_out(out_count, m.view().envelopes().len(), "out_count") }
+    })
+}
+
+fn envelope_at(m: &emf_message_t, index: usize) -> Result<&codec::ArchivedEnvelope, FfiError> {
+    let envs = m.view().envelopes();
+    envs.get(index).ok_or_else(|| {
+        FfiError::new(
+            EMF_ERR_INVALID_ARGUMENT,
+            format!("index {index} out of range (message has {} envelopes)", envs.len()),
+        )
+    })
+}
+
+/// Describes envelope `index` of `msg` in `*out`.
+///
+/// # Safety
+///
+/// `msg` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_message_envelope(
+    msg: *const emf_message_t,
+    index: usize,
+    out: *mut emf_envelope_info_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
+        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let e = envelope_at(m, index)?;
+        let (id_type, id_int, id_str, id_str_len) = match e.id.as_ref() {
+            None => (EMF_ID_NONE, 0, std::ptr::null(), 0),
+            Some(ArchivedId::Null) => (EMF_ID_NULL, 0, std::ptr::null(), 0),
+            Some(ArchivedId::String(s)) => (EMF_ID_STRING, 0, s.as_ptr(), s.len()),
+            Some(ArchivedId::Number(n)) => match NumberRef::from(n).as_i64() {
+                Some(i) => (EMF_ID_INT, i, std::ptr::null(), 0),
+                None => (EMF_ID_OTHER_NUMBER, 0, std::ptr::null(), 0),
+            },
+        };
+        let (method, method_len) = match e.method() {
+            Some(s) => (s.as_ptr(), s.len()),
+            None => (std::ptr::null(), 0),
+        };
+        let info = emf_envelope_info_t {
+            kind: e.kind.to_native() as u32,
+            priority: e.priority.to_native() as u32,
+            created_at_us: e.created_at_us.to_native(),
+            deadline_us: e.deadline_us.to_native(),
+            id_type,
+            id_int,
+            id_str,
+            id_str_len,
+            method,
+            method_len,
+            has_error: e.error.is_some(),
+            error_code: e.error.as_ref().map_or(0, |er| er.code.to_native()),
+        };
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, info, "out") }
+    })
+}
+
+/// Writes the whole message as JSON-RPC text into `*out`.
+///
+/// # Safety
+///
+/// `msg` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_message_to_json(
+    msg: *const emf_message_t,
+    out: *mut emf_buf_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
+        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let json = jsonrpc::to_json(m.view());
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_buf(out, json.into_bytes()) }
+    })
+}
+
+/// Writes the payload of envelope `index` as JSON: `params` for requests, notifications and
+/// tasks; `result` for responses and results; the error object for errors.
+/// `EMF_ERR_NOT_FOUND` when the envelope has none (e.g. a request without params).
+///
+/// # Safety
+///
+/// `msg` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_message_payload_json(
+    msg: *const emf_message_t,
+    index: usize,
+    out: *mut emf_buf_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
+        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let e = envelope_at(m, index)?;
+        let mut text = Vec::new();
+        if let Some(v) = e.params.as_ref().or(e.result.as_ref()) {
+            codec::json::write_value(v, &mut text);
+        } else if let Some(err) = e.error.as_ref() {
+            text.extend_from_slice(b"{\"code\":");
+            codec::json::write_number(NumberRef::NegInt(err.code.to_native()), &mut text);
+            text.extend_from_slice(b",\"message\":");
+            codec::json::write_string(err.message.as_str(), &mut text);
+            if let Some(d) = err.data.as_ref() {
+                text.extend_from_slice(b",\"data\":");
+                codec::json::write_value(d, &mut text);
+            }
+            text.push(b'}');
+        } else {
+            return Err(FfiError::new(
+                EMF_ERR_NOT_FOUND,
+                format!("envelope {index} has no params, result or error"),
+            ));
+        }
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_buf(out, text) }
+    })
+}
+
+/// Compresses `data` with zlib when `len >= threshold` and the result is smaller than 0.8 ×
+/// `len`. `*out` receives the bytes to send (a copy of the input when not compressed) and
+/// `*out_compressed` whether they are a zlib stream. Use `EMF_COMPRESS_DEFAULT_THRESHOLD`
+/// for the original design's 1 KiB.
+///
+/// # Safety
+///
+/// `data` readable for `len` bytes; `out` and `out_compressed` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_compress_if_needed(
+    data: *const u8,
+    len: usize,
+    threshold: usize,
+    out: *mut emf_buf_t,
+    out_compressed: *mut bool,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        require_out(out_compressed, "out_compressed")?;
+        // SAFETY: caller contract.
+        let input = unsafe { bytes(data, len, "data") }?;
+        let c = codec::compress_if_needed(input, threshold);
+        let compressed = c.is_compressed();
+        let v = match c {
+            codec::Compressed::Zlib(v) => v,
+            codec::Compressed::Raw(b) => b.to_vec(),
+        };
+        // SAFETY: both checked non-NULL; writable by contract.
+        unsafe {
+            write_buf(out, v)?;
+            write_out(out_compressed, compressed, "out_compressed")
+        }
+    })
+}
+
+/// Decompresses a zlib stream whose output may not exceed `max_len` bytes.
+/// Errors: `EMF_ERR_TOO_LARGE` past `max_len`; `EMF_ERR_CORRUPT` for a bad stream.
+///
+/// # Safety
+///
+/// `data` readable for `len` bytes; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_decompress(
+    data: *const u8,
+    len: usize,
+    max_len: usize,
+    out: *mut emf_buf_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: caller contract.
+        let input = unsafe { bytes(data, len, "data") }?;
+        let v = codec::decompress(input, max_len)?;
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_buf(out, v) }
+    })
+}
+
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constants_match_the_rust_api() {
+        assert_eq!(super::EMF_COMPRESS_DEFAULT_THRESHOLD, crate::codec::DEFAULT_THRESHOLD);
+        for k in crate::codec::Kind::ALL {
+            assert_eq!(crate::codec::Kind::from_code(k as u32), Some(k));
+        }
+        assert_eq!(crate::codec::Kind::Error as u32, super::EMF_KIND_ERROR);
+        assert_eq!(crate::codec::Priority::Low as u32, super::EMF_PRIORITY_LOW);
+    }
+}

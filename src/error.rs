@@ -1,0 +1,112 @@
+//! The crate's error type.
+//!
+//! Every fallible call in the engine returns [`Error`]: a stable [`ErrorKind`] that the C ABI
+//! maps one-to-one onto an `emf_status_t` code, plus a human-readable message that says what
+//! was wrong with the input (never just "error").
+
+use std::borrow::Cow;
+use std::fmt;
+
+/// What went wrong, in a form a caller can act on.
+///
+/// The C ABI maps each kind onto a status code that is never renumbered; new kinds are
+/// only ever appended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// An argument is out of range, malformed, or not valid UTF-8 / JSON / JSON-RPC.
+    InvalidArgument,
+    /// A bounded structure is full; the caller keeps its item (back-pressure).
+    Full,
+    /// Nothing to take.
+    Empty,
+    /// A wait ran out of time.
+    Timeout,
+    /// The object was closed.
+    Closed,
+    /// Bytes failed validation: truncated, garbage, bit-flipped, or otherwise not what they claim.
+    Corrupt,
+    /// An operating-system I/O call failed.
+    Io,
+    /// The operation needs the Raft leader and this node is not it.
+    NotLeader,
+    /// The operation is not supported by this build or this object.
+    Unsupported,
+    /// A size limit set by the caller or the engine would be exceeded.
+    TooLarge,
+    /// A looked-up item does not exist.
+    NotFound,
+}
+
+impl ErrorKind {
+    /// A short lower-case name, stable across versions (used by the Erlang and Python hosts).
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidArgument => "invalid_argument",
+            ErrorKind::Full => "full",
+            ErrorKind::Empty => "empty",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Closed => "closed",
+            ErrorKind::Corrupt => "corrupt",
+            ErrorKind::Io => "io",
+            ErrorKind::NotLeader => "not_leader",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::TooLarge => "too_large",
+            ErrorKind::NotFound => "not_found",
+        }
+    }
+}
+
+/// An engine error: a kind and a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+}
+
+impl Error {
+    /// Creates an error of `kind` with `message`.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
+        Error {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// Shorthand for [`ErrorKind::InvalidArgument`].
+    pub fn invalid(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::InvalidArgument, message)
+    }
+
+    /// Shorthand for [`ErrorKind::Corrupt`].
+    pub fn corrupt(message: impl Into<Cow<'static, str>>) -> Self {
+        Error::new(ErrorKind::Corrupt, message)
+    }
+
+    /// The kind of error.
+    pub fn kind(&self) -> ErrorKind {
+        self.kind
+    }
+
+    /// The human-readable message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.name(), self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::new(ErrorKind::Io, e.to_string())
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
