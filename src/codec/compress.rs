@@ -116,7 +116,7 @@ pub fn decompress(input: &[u8], max_len: usize) -> Result<Vec<u8>> {
         let consumed = z.total_in() as usize;
         let before_out = z.total_out();
         let status = z
-            .decompress_vec(&input[consumed..], &mut out, FlushDecompress::Finish)
+            .decompress_vec(&input[consumed..], &mut out, FlushDecompress::None)
             .map_err(|e| Error::corrupt(format!("zlib stream is corrupt: {e}")))?;
         if out.len() > max_len {
             return Err(too_large(max_len));
