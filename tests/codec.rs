@@ -8,8 +8,8 @@ use erlmcp_flow::ErrorKind;
 
 /// Messages covering the MCP traffic the issue names.
 fn corpus() -> Vec<String> {
-    let big_text: String = "Lorem ipsum dolor sit amet, ünïcödé ✓ 漢字 🎉\n\t\"quoted\"\\ "
-        .repeat(4000);
+    let big_text: String =
+        "Lorem ipsum dolor sit amet, ünïcödé ✓ 漢字 🎉\n\t\"quoted\"\\ ".repeat(4000);
     vec![
         r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{"roots":{"listChanged":true},"sampling":{},"elicitation":{}},"clientInfo":{"name":"erlmcp","title":"erlmcp client","version":"1.0.0"}}}"#.to_owned(),
         r#"{"jsonrpc":"2.0","id":"list-1","method":"tools/list","params":{"cursor":"abc"}}"#.to_owned(),
@@ -120,10 +120,7 @@ fn kinds_and_fields_are_mapped() {
         r.get("big"),
         Some(&Value::Number(Number::Big("18446744073709551616".into())))
     );
-    assert_eq!(
-        r.get("max"),
-        Some(&Value::Number(Number::PosInt(u64::MAX)))
-    );
+    assert_eq!(r.get("max"), Some(&Value::Number(Number::PosInt(u64::MAX))));
 }
 
 #[test]
@@ -144,7 +141,11 @@ fn metadata_travels_in_the_archive() {
 
 #[test]
 fn tasks_render_as_requests() {
-    let mut t = Envelope::task("agents/run", Value::Array(vec![1u64.into()]), Priority::High);
+    let mut t = Envelope::task(
+        "agents/run",
+        Value::Array(vec![1u64.into()]),
+        Priority::High,
+    );
     t.id = Some("t-1".into());
     let bytes = codec::encode(&t.into()).unwrap();
     let json = jsonrpc::archive_to_json(&bytes).unwrap();
@@ -172,15 +173,36 @@ fn invalid_json_rpc_is_rejected_with_a_reason() {
         (r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#, "2.0"),
         (r#"{"jsonrpc":"2.0","id":1}"#, "needs"),
         (r#"{"jsonrpc":"2.0","id":1,"method":3}"#, "method"),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#, "params"),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":3}"#,
+            "params",
+        ),
         (r#"{"jsonrpc":"2.0","id":[1],"method":"x"}"#, "id"),
         (r#"{"jsonrpc":"2.0","result":1}"#, "needs an \"id\""),
-        (r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"m"}}"#, "only one"),
-        (r#"{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"m"}}"#, "integer"),
-        (r#"{"jsonrpc":"2.0","id":1,"error":{"message":"m"}}"#, "missing"),
-        (r#"{"jsonrpc":"2.0","id":1,"method":"x","method":"y"}"#, "duplicate"),
-        (r#"[{"jsonrpc":"2.0","id":1,"method":"x"}, 5]"#, "batch item 1"),
-        ("{\"jsonrpc\":\"2.0\",\"method\":\"\u{0}\"}", "control character"),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"result":1,"error":{"code":1,"message":"m"}}"#,
+            "only one",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"error":{"code":1.5,"message":"m"}}"#,
+            "integer",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"error":{"message":"m"}}"#,
+            "missing",
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","method":"y"}"#,
+            "duplicate",
+        ),
+        (
+            r#"[{"jsonrpc":"2.0","id":1,"method":"x"}, 5]"#,
+            "batch item 1",
+        ),
+        (
+            "{\"jsonrpc\":\"2.0\",\"method\":\"\u{0}\"}",
+            "control character",
+        ),
     ] {
         let e = jsonrpc::from_json(bad.as_bytes()).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
@@ -196,15 +218,16 @@ fn truncated_and_garbage_archives_are_corrupt() {
         let archive = jsonrpc::json_to_archive(text.as_bytes(), Default::default()).unwrap();
         let step = (archive.len() / 300).max(1);
         for cut in (0..archive.len()).step_by(step) {
-            // A strict prefix is never a valid archive of the same message; if it happens to
-            // validate as some other message it must still be safe to read.
-            match codec::decode(&archive[..cut]) {
-                Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt),
-                Ok(m) => {
-                    let _ = jsonrpc::to_json(m);
-                }
-            }
+            // The header's length makes every strict prefix corrupt, batches included.
+            let e = codec::decode(&archive[..cut]).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt);
         }
+        let mut padded = archive.to_vec();
+        padded.push(0);
+        assert_eq!(
+            codec::decode(&padded).unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
     }
     let mut x = 0x1234_5678_9abc_def0u64;
     for len in [0usize, 1, 3, 4, 8, 16, 64, 1000] {
@@ -229,6 +252,12 @@ fn bit_flips_give_corrupt_or_a_safe_view() {
     let text = &corpus()[3];
     let archive = jsonrpc::json_to_archive(text.as_bytes(), Default::default()).unwrap();
     let original = jsonrpc::archive_to_json(&archive).unwrap();
+    for (i, why) in [(0, "magic"), (3, "version"), (4, "length")] {
+        let mut b = archive.to_vec();
+        b[i] ^= 0x40;
+        let e = codec::decode(&b).unwrap_err();
+        assert!(e.message().contains(why), "{e}");
+    }
     let mut rejected = 0;
     for i in 0..archive.len() {
         for bit in 0..8 {
@@ -254,8 +283,8 @@ fn bit_flips_give_corrupt_or_a_safe_view() {
 
 #[test]
 fn misaligned_input_decodes_in_place() {
-    let archive = jsonrpc::json_to_archive(samples::tools_list_2k().as_bytes(), Default::default())
-        .unwrap();
+    let archive =
+        jsonrpc::json_to_archive(samples::tools_list_2k().as_bytes(), Default::default()).unwrap();
     for offset in 0..16 {
         let mut buf = vec![0u8; offset];
         buf.extend_from_slice(&archive);
@@ -286,8 +315,12 @@ fn hostile_nesting_is_refused_without_stack_overflow() {
                 ErrorKind::InvalidArgument
             );
             // Bypass encode's check to build the hostile bytes an attacker could send.
-            let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap();
-            bytes.to_vec()
+            let body = rkyv::to_bytes::<rkyv::rancor::Error>(&msg).unwrap();
+            let mut bytes = codec::MAGIC.to_vec();
+            bytes.push(codec::FORMAT_VERSION);
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&body);
+            bytes
         })
         .unwrap()
         .join()

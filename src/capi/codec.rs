@@ -4,11 +4,9 @@
 //! An `emf_message_t` is immutable after `emf_message_open` and may be read from several
 //! threads at once; it must not be freed while another thread reads it.
 
-
-
 use super::handle::{borrow_handle, free_handle, new_handle};
 use super::{
-    bytes, guard, require_out, write_buf, write_out, emf_buf_t, emf_status_t, FfiError,
+    bytes, emf_buf_t, emf_status_t, guard, require_out, write_buf, write_out, FfiError,
     EMF_ERR_INVALID_ARGUMENT, EMF_ERR_NOT_FOUND,
 };
 use crate::codec::{self, envelope::ArchivedId, jsonrpc, value::NumberRef, ArchivedMessage};
@@ -252,7 +250,10 @@ fn envelope_at(m: &emf_message_t, index: usize) -> Result<&codec::ArchivedEnvelo
     envs.get(index).ok_or_else(|| {
         FfiError::new(
             EMF_ERR_INVALID_ARGUMENT,
-            format!("index {index} out of range (message has {} envelopes)", envs.len()),
+            format!(
+                "index {index} out of range (message has {} envelopes)",
+                envs.len()
+            ),
         )
     })
 }
@@ -425,12 +426,14 @@ pub unsafe extern "C" fn emf_decompress(
     })
 }
 
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn constants_match_the_rust_api() {
-        assert_eq!(super::EMF_COMPRESS_DEFAULT_THRESHOLD, crate::codec::DEFAULT_THRESHOLD);
+        assert_eq!(
+            super::EMF_COMPRESS_DEFAULT_THRESHOLD,
+            crate::codec::DEFAULT_THRESHOLD
+        );
         for k in crate::codec::Kind::ALL {
             assert_eq!(crate::codec::Kind::from_code(k as u32), Some(k));
         }

@@ -31,7 +31,9 @@ impl<Tag: PartialEq + Copy> HandleRegistry<Tag> {
     }
 
     pub(crate) fn insert(&self, addr: usize, tag: Tag) {
-        self.lock().get_or_insert_with(HashMap::new).insert(addr, tag);
+        self.lock()
+            .get_or_insert_with(HashMap::new)
+            .insert(addr, tag);
     }
 
     /// Removes `addr` if it is live with `tag`; false otherwise.

@@ -453,7 +453,10 @@ mod tests {
             len: 5,
         };
         // SAFETY: the registry refuses a pointer it never handed out.
-        assert_eq!(unsafe { emf_buf_free(&mut bogus) }, EMF_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            unsafe { emf_buf_free(&mut bogus) },
+            EMF_ERR_INVALID_ARGUMENT
+        );
     }
 
     #[test]

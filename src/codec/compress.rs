@@ -103,7 +103,8 @@ pub fn compress(input: &[u8]) -> Vec<u8> {
 /// or trailing-garbage stream.
 pub fn decompress(input: &[u8], max_len: usize) -> Result<Vec<u8>> {
     let mut z = Decompress::new(true);
-    let mut out: Vec<u8> = Vec::with_capacity(input.len().saturating_mul(4).clamp(64, max_len.max(64)));
+    let mut out: Vec<u8> =
+        Vec::with_capacity(input.len().saturating_mul(4).clamp(64, max_len.max(64)));
     loop {
         if out.len() == out.capacity() {
             if out.len() > max_len {
@@ -150,7 +151,15 @@ mod tests {
     use super::*;
 
     fn text(n: usize) -> Vec<u8> {
-        let words = ["agent", "task", "result", "tools/call", "resource", "memory", "vector"];
+        let words = [
+            "agent",
+            "task",
+            "result",
+            "tools/call",
+            "resource",
+            "memory",
+            "vector",
+        ];
         let mut s = String::new();
         let mut x = 12345u32;
         while s.len() < n {
@@ -192,7 +201,10 @@ mod tests {
                 x as u8
             })
             .collect();
-        assert_eq!(compress_if_needed(&noise, 1024), Compressed::Raw(&noise[..]));
+        assert_eq!(
+            compress_if_needed(&noise, 1024),
+            Compressed::Raw(&noise[..])
+        );
     }
 
     #[test]
@@ -206,21 +218,30 @@ mod tests {
         // Exactly at the limit is fine.
         let small = compress(&[7u8; 100]);
         assert_eq!(decompress(&small, 100).unwrap(), vec![7u8; 100]);
-        assert_eq!(decompress(&small, 99).unwrap_err().kind(), ErrorKind::TooLarge);
+        assert_eq!(
+            decompress(&small, 99).unwrap_err().kind(),
+            ErrorKind::TooLarge
+        );
     }
 
     #[test]
     fn corrupt_streams_are_errors() {
         let good = compress(&text(5000));
         assert_eq!(decompress(b"", 100).unwrap_err().kind(), ErrorKind::Corrupt);
-        assert_eq!(decompress(b"hello world", 100).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(
+            decompress(b"hello world", 100).unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
         for cut in [1, 2, 10, good.len() / 2, good.len() - 1] {
             let e = decompress(&good[..cut], 1 << 20).unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Corrupt, "cut at {cut}");
         }
         let mut trailing = good.clone();
         trailing.extend_from_slice(b"xx");
-        assert_eq!(decompress(&trailing, 1 << 20).unwrap_err().kind(), ErrorKind::Corrupt);
+        assert_eq!(
+            decompress(&trailing, 1 << 20).unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
         for i in (0..good.len()).step_by(7) {
             let mut flipped = good.clone();
             flipped[i] ^= 0x10;

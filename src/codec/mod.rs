@@ -3,9 +3,13 @@
 //!
 //! Invariants of this module:
 //!
-//! * The archive format is fixed: little-endian, 32-bit relative pointers, **unaligned**
-//!   primitives. Any byte slice can be read in place (a ring frame, an Erlang binary, a Python
-//!   `bytes`), whatever its address; no copy is ever needed for alignment.
+//! * The archive format is fixed: an 8-byte header (magic `eMF`, format version, payload
+//!   length) followed by an rkyv archive with little-endian, 32-bit relative pointers and
+//!   **unaligned** primitives. Any byte slice can be read in place (a ring frame, an Erlang
+//!   binary, a Python `bytes`), whatever its address; no copy is ever needed for alignment.
+//!   The header's length makes every truncation detectable: rkyv reads its root from the end
+//!   of the buffer, and without it a batch cut right after one of its envelopes could pass for
+//!   a valid single message.
 //! * [`decode`] validates every byte before handing out a view (rkyv's bytecheck), with the
 //!   nesting depth bounded so that hostile input cannot overflow the stack. Truncated,
 //!   garbage or bit-flipped input gives [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt).
@@ -37,7 +41,7 @@ pub use value::{ArchivedValue, Member, Number, Value};
 
 use std::num::NonZeroUsize;
 
-use rkyv::api::high::{to_bytes_in_with_alloc, HighSerializer};
+use rkyv::api::low::{to_bytes_in_with_alloc, LowSerializer};
 use rkyv::rancor;
 use rkyv::ser::allocator::{Arena, ArenaHandle};
 use rkyv::util::AlignedVec;
@@ -48,6 +52,13 @@ use crate::error::{Error, Result};
 /// The deepest subtree nesting [`decode`] accepts: JSON's [`json::MAX_DEPTH`] plus the
 /// envelope's own levels (batch, strings, members).
 pub const MAX_ARCHIVE_DEPTH: usize = json::MAX_DEPTH + 8;
+
+/// The first three bytes of every archive.
+pub const MAGIC: [u8; 3] = *b"eMF";
+/// The archive format version this build writes and reads.
+pub const FORMAT_VERSION: u8 = 1;
+/// Size of the archive header: magic, version, little-endian `u32` payload length.
+pub const HEADER_LEN: usize = 8;
 
 /// Encodes a message into a fresh archive buffer.
 ///
@@ -104,53 +115,63 @@ impl Encoder {
     }
 }
 
-fn serialize_into(msg: &Message, buf: AlignedVec, arena: &mut Arena) -> Result<AlignedVec> {
-    to_bytes_in_with_alloc::<_, _, rancor::Error>(msg, buf, arena.acquire())
-        .map_err(|e| Error::invalid(format!("cannot encode message: {e}")))
+fn serialize_into(msg: &Message, mut buf: AlignedVec, arena: &mut Arena) -> Result<AlignedVec> {
+    buf.extend_from_slice(&MAGIC);
+    buf.push(FORMAT_VERSION);
+    buf.extend_from_slice(&[0; 4]);
+    // rkyv pointers are relative, so the archive may start after the header.
+    // `Failure` carries no message: the only ways to fail are an archive past the 32-bit
+    // offset range or allocation failure, both reported below.
+    let too_large = || {
+        Error::new(
+            crate::ErrorKind::TooLarge,
+            "cannot encode message: archive would exceed the 32-bit offset range",
+        )
+    };
+    let mut buf = to_bytes_in_with_alloc::<_, _, rancor::Failure>(msg, buf, arena.acquire())
+        .map_err(|_| too_large())?;
+    let payload = u32::try_from(buf.len() - HEADER_LEN).map_err(|_| too_large())?;
+    buf[4..HEADER_LEN].copy_from_slice(&payload.to_le_bytes());
+    Ok(buf)
 }
 
 // Serialization, validation and the JSON writer recurse once per nesting level. Refuse a value
-// that would produce an archive `decode` rejects; walk iteratively so that the check itself
-// cannot overflow.
+// that would produce an archive `decode` rejects. The walk recurses, but stops at
+// `json::MAX_DEPTH`, so its own depth is bounded whatever the input.
 fn check_depth(msg: &Message) -> Result<()> {
-    let mut stack: Vec<(&Value, usize)> = Vec::new();
+    fn walk(v: &Value, depth: usize) -> bool {
+        match v {
+            Value::Array(items) => {
+                depth < json::MAX_DEPTH && items.iter().all(|i| walk(i, depth + 1))
+            }
+            Value::Object(members) => {
+                depth < json::MAX_DEPTH && members.iter().all(|m| walk(&m.value, depth + 1))
+            }
+            _ => true,
+        }
+    }
     for e in msg.envelopes() {
-        let roots = [
+        let ok = [
             e.params.as_ref(),
             e.result.as_ref(),
             e.error.as_ref().and_then(|er| er.data.as_ref()),
-        ];
-        stack.extend(roots.into_iter().flatten().map(|v| (v, 0)));
-        stack.extend(e.extra.iter().map(|m| (&m.value, 1)));
-        while let Some((v, depth)) = stack.pop() {
-            match v {
-                Value::Array(items) if !items.is_empty() || depth >= json::MAX_DEPTH => {
-                    if depth >= json::MAX_DEPTH {
-                        return Err(Error::invalid(format!(
-                            "value nested deeper than {} levels",
-                            json::MAX_DEPTH
-                        )));
-                    }
-                    stack.extend(items.iter().map(|i| (i, depth + 1)));
-                }
-                Value::Object(members) => {
-                    if depth >= json::MAX_DEPTH {
-                        return Err(Error::invalid(format!(
-                            "value nested deeper than {} levels",
-                            json::MAX_DEPTH
-                        )));
-                    }
-                    stack.extend(members.iter().map(|m| (&m.value, depth + 1)));
-                }
-                _ => {}
-            }
+        ]
+        .into_iter()
+        .flatten()
+        .all(|v| walk(v, 0))
+            && e.extra.iter().all(|m| walk(&m.value, 1));
+        if !ok {
+            return Err(Error::invalid(format!(
+                "value nested deeper than {} levels",
+                json::MAX_DEPTH
+            )));
         }
     }
     Ok(())
 }
 
 /// The serializer type [`Encoder`] uses, for callers that archive their own types.
-pub type Serializer<'a> = HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Error>;
+pub type Serializer<'a> = LowSerializer<AlignedVec, ArenaHandle<'a>, rancor::Failure>;
 
 /// Validates `bytes` as an archived [`Message`] and returns a zero-copy view of it.
 ///
@@ -162,12 +183,43 @@ pub type Serializer<'a> = HighSerializer<AlignedVec, ArenaHandle<'a>, rancor::Er
 /// assert_eq!(codec::decode(&[]).unwrap_err().kind(), ErrorKind::Corrupt);
 /// ```
 pub fn decode(bytes: &[u8]) -> Result<&ArchivedMessage> {
+    let bytes = payload(bytes)?;
     let mut validator = Validator::new(
         ArchiveValidator::with_max_depth(bytes, NonZeroUsize::new(MAX_ARCHIVE_DEPTH)),
         SharedValidator::new(),
     );
     rkyv::api::access_with_context::<ArchivedMessage, _, rancor::Error>(bytes, &mut validator)
         .map_err(|e| Error::corrupt(format!("archive failed validation: {e}")))
+}
+
+/// Checks the header and returns the rkyv payload after it.
+fn payload(bytes: &[u8]) -> Result<&[u8]> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Error::corrupt(format!(
+            "archive is {} bytes, shorter than its {HEADER_LEN}-byte header",
+            bytes.len()
+        )));
+    }
+    if bytes[..3] != MAGIC {
+        return Err(Error::corrupt("not an erlmcp-flow archive (bad magic)"));
+    }
+    if bytes[3] != FORMAT_VERSION {
+        return Err(Error::corrupt(format!(
+            "archive format version {} is not supported (this build reads {FORMAT_VERSION})",
+            bytes[3]
+        )));
+    }
+    let mut len = [0u8; 4];
+    len.copy_from_slice(&bytes[4..HEADER_LEN]);
+    let len = u32::from_le_bytes(len) as usize;
+    let have = bytes.len() - HEADER_LEN;
+    if len != have {
+        return Err(Error::corrupt(format!(
+            "archive length mismatch: header says {len} payload bytes, buffer has {have} \
+             (truncated or padded)"
+        )));
+    }
+    Ok(&bytes[HEADER_LEN..])
 }
 
 /// Returns a view of `bytes` as an archived [`Message`] **without validating it**.
@@ -178,9 +230,11 @@ pub fn decode(bytes: &[u8]) -> Result<&ArchivedMessage> {
 /// [`encode`] produced), unmodified since. Anything else is undefined behaviour. Never pass
 /// bytes that another process can still write.
 pub unsafe fn decode_unchecked(bytes: &[u8]) -> &ArchivedMessage {
-    // SAFETY: the caller guarantees the bytes are a valid archive of `Message` (contract
-    // above); the format's unaligned primitives make any address acceptable.
-    unsafe { rkyv::api::access_unchecked::<ArchivedMessage>(bytes) }
+    let body = bytes.get(HEADER_LEN..).unwrap_or_default();
+    // SAFETY: the caller guarantees the bytes are a whole archive that passed `decode`, so
+    // the payload after the header is a valid rkyv archive of `Message` (contract above); the
+    // format's unaligned primitives make any address acceptable.
+    unsafe { rkyv::api::access_unchecked::<ArchivedMessage>(body) }
 }
 
 /// Deserializes an archived message into an owned one.

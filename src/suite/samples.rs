@@ -11,9 +11,18 @@ pub fn tools_call_small() -> String {
 pub fn tools_list_2k() -> String {
     let mut tools = Vec::new();
     let names = [
-        ("search_memory", "Search the shared vector memory for similar patterns"),
-        ("store_pattern", "Store a learned pattern with its embedding"),
-        ("route_task", "Route a task to the least-loaded capable agent"),
+        (
+            "search_memory",
+            "Search the shared vector memory for similar patterns",
+        ),
+        (
+            "store_pattern",
+            "Store a learned pattern with its embedding",
+        ),
+        (
+            "route_task",
+            "Route a task to the least-loaded capable agent",
+        ),
         ("get_status", "Report the status of an agent swarm"),
         ("spawn_agent", "Start a new agent from a pre-warmed pool"),
         ("cancel_task", "Cancel a queued or running task by id"),
@@ -34,8 +43,22 @@ pub fn tools_list_2k() -> String {
 pub fn resource_read_64k() -> String {
     let mut text = String::with_capacity(66_000);
     let words = [
-        "agent", "swarm", "consensus", "leader", "follower", "memory", "vector", "embedding",
-        "queue", "task", "result", "latency", "throughput", "shard", "replica", "gossip",
+        "agent",
+        "swarm",
+        "consensus",
+        "leader",
+        "follower",
+        "memory",
+        "vector",
+        "embedding",
+        "queue",
+        "task",
+        "result",
+        "latency",
+        "throughput",
+        "shard",
+        "replica",
+        "gossip",
     ];
     let mut x = 2463534242u32;
     let mut line = 0;

@@ -1,0 +1,167 @@
+%% @doc The raw NIF over the erlmcp-flow C ABI (`include/erlmcp_flow.h').
+%%
+%% Every function here is a thin call into the Rust engine. Use {@link erlmcp_flow_serializer}
+%% and {@link erlmcp_flow_compressor} instead of calling this module directly: they add the
+%% defaults and the option maps.
+%%
+%% Conventions of every function:
+%% <ul>
+%% <li>Byte arguments are binaries or iodata; any alignment and sub-binaries are fine.</li>
+%% <li>A failure is `{error, {Status, Message}}': `Status' is the engine's status as an atom
+%%     (`invalid_argument', `corrupt', `too_large', ...), `Message' a UTF-8 binary.</li>
+%% <li>A wrong-typed argument gives `{error, {invalid_argument, Message}}', never an
+%%     exception.</li>
+%% <li>Inputs above 64 KiB are processed on a dirty CPU scheduler.</li>
+%% </ul>
+%%
+%% Loading checks that the engine's ABI version equals the one the NIF was compiled against;
+%% on a mismatch the module fails to load and the code server logs
+%% `{error, {abi_mismatch, LibraryVersion, HeaderVersion}}'.
+-module(erlmcp_flow_nif).
+
+-export([abi_version/0, version/0,
+         json_to_archive/4, archive_to_json/1, archive_validate/1,
+         message_open/1, message_count/1, message_envelopes/1, message_to_json/1,
+         message_payload_json/2,
+         compress_if_needed/2, decompress/2]).
+-export([load_error_reason/1]).
+
+-export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0]).
+
+-on_load(init/0).
+
+-define(NIF_NAME, "erlmcp_flow_nif").
+%% Must match EMF_NIF_LOAD_ABI_MISMATCH_FLAG and EMF_NIF_LOAD_VERSION_MASK in the C shim.
+-define(ABI_MISMATCH_FLAG, 16#40000000).
+-define(VERSION_MASK, 16#7FFF).
+
+-type bytes() :: iodata().
+-type status() :: null_argument | invalid_argument | full | empty | timeout | closed
+                | corrupt | io | not_leader | unsupported | panic | buffer_too_small
+                | too_large | not_found | unknown.
+-type error() :: {error, {status(), binary()}}.
+-type priority() :: critical | high | normal | low.
+-type kind() :: request | response | notification | task | result | error.
+-opaque message() :: reference().
+%% A message handle: a validated archive held by the engine, freed when garbage collected.
+-type envelope() :: #{kind := kind(),
+                      priority := priority(),
+                      id := integer() | binary() | null | none | other,
+                      method := binary() | undefined,
+                      created_at_us := non_neg_integer(),
+                      deadline_us := non_neg_integer(),
+                      error_code := integer() | undefined}.
+%% One envelope: `id' is `none' when the message has no id and `other' for a number that is
+%% not a 64-bit integer (read it from the JSON); `created_at_us' and `deadline_us' are µs
+%% since the UNIX epoch, 0 for unknown / none.
+
+%%--------------------------------------------------------------------------------------------
+%% Loading
+%%--------------------------------------------------------------------------------------------
+
+-spec init() -> ok | {error, term()}.
+init() ->
+    Path = nif_path(),
+    case erlang:load_nif(Path, 0) of
+        ok -> ok;
+        {error, _} = Error -> {error, load_error_reason(Error)}
+    end.
+
+%% priv/ of the installed application, else priv/ next to the ebin/ holding this module
+%% (a build tree used without installing the application).
+-spec nif_path() -> file:filename().
+nif_path() ->
+    case code:priv_dir(erlmcp_flow) of
+        {error, bad_name} ->
+            Ebin = case code:which(?MODULE) of
+                       File when is_list(File) -> filename:dirname(File);
+                       _ -> filename:dirname(?FILE)
+                   end,
+            filename:join([Ebin, "..", "priv", ?NIF_NAME]);
+        Priv ->
+            filename:join(Priv, ?NIF_NAME)
+    end.
+
+%% @doc Translates the error of `erlang:load_nif/2' into a readable reason, decoding the ABI
+%% versions that the C `load()' returns on a mismatch. Exported for the tests.
+-spec load_error_reason({error, term()}) ->
+          {abi_mismatch, Library :: non_neg_integer(), Header :: non_neg_integer()} | term().
+load_error_reason({error, {load_failed, Text} = Reason}) ->
+    case re:run(Text, "load-call unsuccessful \\((-?[0-9]+)\\)",
+                [{capture, all_but_first, list}]) of
+        {match, [Digits]} ->
+            Code = list_to_integer(Digits),
+            case Code band ?ABI_MISMATCH_FLAG of
+                0 -> Reason;
+                _ -> {abi_mismatch, (Code bsr 15) band ?VERSION_MASK, Code band ?VERSION_MASK}
+            end;
+        nomatch ->
+            Reason
+    end;
+load_error_reason({error, Reason}) ->
+    Reason.
+
+%%--------------------------------------------------------------------------------------------
+%% Library information
+%%--------------------------------------------------------------------------------------------
+
+%% @doc The ABI version of the loaded engine (equal to the header's `EMF_ABI_VERSION').
+-spec abi_version() -> non_neg_integer().
+abi_version() -> erlang:nif_error(not_loaded).
+
+%% @doc The engine's version, such as `<<"0.1.0">>'.
+-spec version() -> binary().
+version() -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Serializer
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_json_to_archive': encodes MCP / JSON-RPC 2.0 text (one message or a batch).
+%% `CreatedAtUs' 0 means now, `DeadlineUs' 0 means none.
+-spec json_to_archive(bytes(), priority(), non_neg_integer(), non_neg_integer()) ->
+          {ok, binary()} | error().
+json_to_archive(_Json, _Priority, _CreatedAtUs, _DeadlineUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_archive_to_json': validates an archive and writes it as JSON-RPC text.
+-spec archive_to_json(bytes()) -> {ok, binary()} | error().
+archive_to_json(_Archive) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_archive_validate': validates an archive and counts its envelopes.
+-spec archive_validate(bytes()) -> {ok, pos_integer()} | error().
+archive_validate(_Archive) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_message_open': copies and validates an archive into a message handle.
+-spec message_open(bytes()) -> {ok, message()} | error().
+message_open(_Archive) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_message_count': the number of envelopes of a message.
+-spec message_count(message()) -> {ok, pos_integer()} | error().
+message_count(_Message) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_message_envelope' for every envelope, in order.
+-spec message_envelopes(message()) -> {ok, [envelope()]} | error().
+message_envelopes(_Message) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_message_to_json': the whole message as JSON-RPC text.
+-spec message_to_json(message()) -> {ok, binary()} | error().
+message_to_json(_Message) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_message_payload_json': the params, result or error object of envelope `Index'
+%% (0-based) as JSON; `{error, {not_found, _}}' when it has none.
+-spec message_payload_json(message(), non_neg_integer()) -> {ok, binary()} | error().
+message_payload_json(_Message, _Index) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Compressor
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_compress_if_needed': zlib when `byte_size(Data) >= Threshold' and the result is
+%% smaller than 80 % of the input, else the input unchanged.
+-spec compress_if_needed(bytes(), non_neg_integer()) ->
+          {ok, {compressed | raw, binary()}} | error().
+compress_if_needed(_Data, _Threshold) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_decompress': inflates a zlib stream whose output may not exceed `MaxSize' bytes.
+-spec decompress(bytes(), non_neg_integer()) -> {ok, binary()} | error().
+decompress(_Data, _MaxSize) -> erlang:nif_error(not_loaded).

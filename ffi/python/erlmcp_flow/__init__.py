@@ -1,0 +1,107 @@
+"""Python binding of the erlmcp-flow engine, over its C ABI (``include/erlmcp_flow.h``).
+
+A pure-``ctypes`` wrapper: every function calls one ``emf_*`` function of the native library;
+the logic is in Rust.
+
+>>> import erlmcp_flow as emf
+>>> archive = emf.encode('{"jsonrpc":"2.0","id":1,"method":"tools/list"}')
+>>> emf.decode(archive)
+'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+>>> with emf.Message(archive) as m:
+...     m.envelope(0).method
+'tools/list'
+
+Importing the package finds and loads the library (``ERLMCP_FLOW_LIB``, then the package
+directory, then ``<repo>/target/release`` and ``<repo>/target/debug``) and checks its ABI
+version. Both failures raise :class:`ImportError` subclasses: :class:`LibraryNotFoundError`
+and :class:`AbiMismatchError`. Failing calls raise :class:`Error` (``.code``, ``.name``,
+``.message``).
+"""
+
+from ._native import (
+    ABI_VERSION,
+    EMF_ABI_VERSION,
+    AbiMismatchError,
+    LibraryNotFoundError,
+    check_abi_version,
+    lib as _lib,
+)
+from ._errors import (
+    EMF_ERR_BUFFER_TOO_SMALL,
+    EMF_ERR_CLOSED,
+    EMF_ERR_CORRUPT,
+    EMF_ERR_EMPTY,
+    EMF_ERR_FULL,
+    EMF_ERR_INVALID_ARGUMENT,
+    EMF_ERR_IO,
+    EMF_ERR_NOT_FOUND,
+    EMF_ERR_NOT_LEADER,
+    EMF_ERR_NULL_ARGUMENT,
+    EMF_ERR_PANIC,
+    EMF_ERR_TIMEOUT,
+    EMF_ERR_TOO_LARGE,
+    EMF_ERR_UNSUPPORTED,
+    EMF_OK,
+    Error,
+    status_name,
+)
+from .codec import (
+    EMF_COMPRESS_DEFAULT_THRESHOLD,
+    EMF_ID_INT,
+    EMF_ID_NONE,
+    EMF_ID_NULL,
+    EMF_ID_OTHER_NUMBER,
+    EMF_ID_STRING,
+    EMF_KIND_ERROR,
+    EMF_KIND_NOTIFICATION,
+    EMF_KIND_REQUEST,
+    EMF_KIND_RESPONSE,
+    EMF_KIND_RESULT,
+    EMF_KIND_TASK,
+    EMF_MAX_INPUT_LEN,
+    EMF_PRIORITY_CRITICAL,
+    EMF_PRIORITY_HIGH,
+    EMF_PRIORITY_LOW,
+    EMF_PRIORITY_NORMAL,
+    ID_TYPE_NAMES,
+    KIND_NAMES,
+    NO_ID,
+    PRIORITY_NAMES,
+    Envelope,
+    Message,
+    abi_version,
+    compress_if_needed,
+    decode,
+    decompress,
+    encode,
+    validate,
+    version,
+)
+
+__version__ = "0.1.0"
+
+#: Path of the loaded native library.
+library_path = _lib.path
+
+__all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
+    "ABI_VERSION",
+    "AbiMismatchError",
+    "LibraryNotFoundError",
+    "check_abi_version",
+    "Error",
+    "status_name",
+    "ID_TYPE_NAMES",
+    "KIND_NAMES",
+    "NO_ID",
+    "PRIORITY_NAMES",
+    "Envelope",
+    "Message",
+    "abi_version",
+    "compress_if_needed",
+    "decode",
+    "decompress",
+    "encode",
+    "validate",
+    "version",
+    "library_path",
+]

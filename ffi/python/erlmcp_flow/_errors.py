@@ -1,0 +1,73 @@
+"""Status codes and the :class:`Error` every failing call raises."""
+
+from __future__ import annotations
+
+import ctypes
+
+from ._native import lib
+
+# Status codes (include/erlmcp_flow.h; never renumbered).
+EMF_OK = 0
+EMF_ERR_NULL_ARGUMENT = 1
+EMF_ERR_INVALID_ARGUMENT = 2
+EMF_ERR_FULL = 3
+EMF_ERR_EMPTY = 4
+EMF_ERR_TIMEOUT = 5
+EMF_ERR_CLOSED = 6
+EMF_ERR_CORRUPT = 7
+EMF_ERR_IO = 8
+EMF_ERR_NOT_LEADER = 9
+EMF_ERR_UNSUPPORTED = 10
+EMF_ERR_PANIC = 11
+EMF_ERR_BUFFER_TOO_SMALL = 12
+EMF_ERR_TOO_LARGE = 13
+EMF_ERR_NOT_FOUND = 14
+
+
+def status_name(code: int) -> str:
+    """The library's name for a status code (``"EMF_ERR_CORRUPT"``, or
+    ``"EMF_ERR_UNKNOWN"``)."""
+    return lib.emf_status_name(code).decode("ascii")
+
+
+class Error(Exception):
+    """A call into the library failed.
+
+    ``code`` is the ``EMF_ERR_*`` status, ``name`` its name (``"EMF_ERR_CORRUPT"``) and
+    ``message`` the library's explanation.
+    """
+
+    def __init__(self, code: int, message: str):
+        super().__init__(code, message)
+        self.code = code
+        self.name = status_name(code)
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.code}): {self.message}"
+
+
+def last_error_message(initial_capacity: int = 256) -> str:
+    """This thread's last error text from the library (empty when nothing failed yet).
+
+    A message longer than ``initial_capacity - 1`` bytes is read again with the length the
+    library reports."""
+    cap = max(1, initial_capacity)
+    while True:
+        buf = ctypes.create_string_buffer(cap)
+        needed = ctypes.c_size_t(0)
+        status = lib.emf_last_error_message(buf, cap, ctypes.byref(needed))
+        if status == EMF_OK:
+            return buf.raw[: needed.value].decode("utf-8", errors="replace")
+        if status != EMF_ERR_BUFFER_TOO_SMALL:
+            return f"(error text unavailable: {status_name(status)})"
+        cap = needed.value + 1
+
+
+def check(status: int) -> None:
+    """Raises :class:`Error` for a non-OK status, with the library's message.
+
+    Call it right after the failing call, on the same thread: the message is thread-local.
+    """
+    if status != EMF_OK:
+        raise Error(status, last_error_message())

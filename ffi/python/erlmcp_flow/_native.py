@@ -1,0 +1,230 @@
+"""Finding, loading and declaring the native library (``liberlmcp_flow.so``).
+
+This module is the only place that knows the C ABI of ``include/erlmcp_flow.h``: the struct
+layouts and the argument and result types of every exported ``emf_*`` function. Everything
+else in the package calls through :data:`lib`, which is loaded once, at import.
+
+Discovery order (the first that applies wins):
+
+1. ``ERLMCP_FLOW_LIB``: a path to the shared library. When set it is authoritative: a
+   missing or unloadable file is an error, never a silent fall-back to another copy.
+2. ``liberlmcp_flow.so`` next to this package's ``__init__.py`` (a wheel that bundles it).
+3. The build tree of the repository this package sits in: ``<repo>/target/release``, then
+   ``<repo>/target/debug``, with ``<repo>`` three levels above the package directory
+   (``<repo>/ffi/python/erlmcp_flow``).
+
+Failures raise :class:`ImportError` subclasses: :class:`LibraryNotFoundError` (nothing found
+or loadable; the message lists every place looked at) and :class:`AbiMismatchError` (the
+library's ``emf_abi_version()`` differs from :data:`ABI_VERSION`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from ctypes import (
+    POINTER,
+    Structure,
+    c_bool,
+    c_char_p,
+    c_int32,
+    c_int64,
+    c_size_t,
+    c_uint8,
+    c_uint32,
+    c_uint64,
+)
+from pathlib import Path
+
+#: The ``EMF_ABI_VERSION`` this package was written for.
+ABI_VERSION = 1
+EMF_ABI_VERSION = ABI_VERSION
+
+#: Environment variable naming the shared library to load.
+ENV_VAR = "ERLMCP_FLOW_LIB"
+
+if sys.platform == "darwin":
+    LIBRARY_FILE = "liberlmcp_flow.dylib"
+elif sys.platform == "win32":
+    LIBRARY_FILE = "erlmcp_flow.dll"
+else:
+    LIBRARY_FILE = "liberlmcp_flow.so"
+
+
+class LibraryNotFoundError(ImportError):
+    """The native library could not be found or loaded."""
+
+
+class AbiMismatchError(ImportError):
+    """The loaded library speaks another C ABI version than this package."""
+
+
+# --- C types (same field order and types as include/erlmcp_flow.h) -----------------------
+
+emf_status_t = c_int32
+
+
+class emf_buf_t(Structure):
+    """``emf_buf_t``: bytes owned by the caller, released with ``emf_buf_free``."""
+
+    _fields_ = [
+        ("data", POINTER(c_uint8)),
+        ("len", c_size_t),
+    ]
+
+
+class emf_encode_options_t(Structure):
+    """``emf_encode_options_t``: metadata for ``emf_json_to_archive``."""
+
+    _fields_ = [
+        ("priority", c_uint32),
+        ("created_at_us", c_uint64),
+        ("deadline_us", c_uint64),
+    ]
+
+
+class emf_envelope_info_t(Structure):
+    """``emf_envelope_info_t``: one envelope's fields; pointers borrow from the message."""
+
+    _fields_ = [
+        ("kind", c_uint32),
+        ("priority", c_uint32),
+        ("created_at_us", c_uint64),
+        ("deadline_us", c_uint64),
+        ("id_type", c_uint32),
+        ("id_int", c_int64),
+        ("id_str", POINTER(c_uint8)),
+        ("id_str_len", c_size_t),
+        ("method", POINTER(c_uint8)),
+        ("method_len", c_size_t),
+        ("has_error", c_bool),
+        ("error_code", c_int64),
+    ]
+
+
+class emf_message_t(Structure):
+    """Opaque ``emf_message_t``; only pointers to it are used."""
+
+
+emf_message_p = POINTER(emf_message_t)
+
+# Byte inputs (`const uint8_t *`) are declared as c_char_p: ctypes then passes a `bytes`
+# object's own buffer (no copy), a c_char array made with `from_buffer` over a bytearray or
+# writable memoryview (no copy), or None for NULL.
+_bytes_in = c_char_p
+
+#: name -> (restype, argtypes) for every function the header exports.
+PROTOTYPES = {
+    "emf_abi_version": (c_uint32, []),
+    "emf_version_string": (c_char_p, []),
+    "emf_status_name": (c_char_p, [emf_status_t]),
+    "emf_last_error_message": (emf_status_t, [c_char_p, c_size_t, POINTER(c_size_t)]),
+    "emf_buf_free": (emf_status_t, [POINTER(emf_buf_t)]),
+    "emf_json_to_archive": (
+        emf_status_t,
+        [_bytes_in, c_size_t, POINTER(emf_encode_options_t), POINTER(emf_buf_t)],
+    ),
+    "emf_archive_to_json": (emf_status_t, [_bytes_in, c_size_t, POINTER(emf_buf_t)]),
+    "emf_archive_validate": (emf_status_t, [_bytes_in, c_size_t, POINTER(c_size_t)]),
+    "emf_message_open": (emf_status_t, [_bytes_in, c_size_t, POINTER(emf_message_p)]),
+    "emf_message_free": (emf_status_t, [emf_message_p]),
+    "emf_message_count": (emf_status_t, [emf_message_p, POINTER(c_size_t)]),
+    "emf_message_envelope": (
+        emf_status_t,
+        [emf_message_p, c_size_t, POINTER(emf_envelope_info_t)],
+    ),
+    "emf_message_to_json": (emf_status_t, [emf_message_p, POINTER(emf_buf_t)]),
+    "emf_message_payload_json": (
+        emf_status_t,
+        [emf_message_p, c_size_t, POINTER(emf_buf_t)],
+    ),
+    "emf_compress_if_needed": (
+        emf_status_t,
+        [_bytes_in, c_size_t, c_size_t, POINTER(emf_buf_t), POINTER(c_bool)],
+    ),
+    "emf_decompress": (emf_status_t, [_bytes_in, c_size_t, c_size_t, POINTER(emf_buf_t)]),
+}
+
+
+# --- discovery and loading ----------------------------------------------------------------
+
+
+def candidate_paths() -> list[tuple[str, Path]]:
+    """The places searched when ``ERLMCP_FLOW_LIB`` is not set, in order, with a label."""
+    package_dir = Path(__file__).resolve().parent
+    repo = package_dir.parents[2]
+    return [
+        ("package directory", package_dir / LIBRARY_FILE),
+        ("build tree (release)", repo / "target" / "release" / LIBRARY_FILE),
+        ("build tree (debug)", repo / "target" / "debug" / LIBRARY_FILE),
+    ]
+
+
+def find_library() -> Path:
+    """Returns the path of the library to load, following the discovery order above."""
+    explicit = os.environ.get(ENV_VAR)
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise LibraryNotFoundError(
+                f"erlmcp_flow: {ENV_VAR}={explicit!r} does not name a file "
+                f"(unset it to search the package directory and the build tree)"
+            )
+        return path
+    looked = []
+    for label, path in candidate_paths():
+        if path.is_file():
+            return path
+        looked.append(f"  - {label}: {path}")
+    raise LibraryNotFoundError(
+        f"erlmcp_flow: cannot find {LIBRARY_FILE}. Looked in:\n"
+        f"  - ${ENV_VAR}: not set\n" + "\n".join(looked) + "\n"
+        f"Build it with `cargo build --release`, copy it next to the package, "
+        f"or set {ENV_VAR} to its path."
+    )
+
+
+def check_abi_version(found: int, path: object = "the library") -> None:
+    """Refuses (with :class:`AbiMismatchError`) a library of another ABI version."""
+    if found != ABI_VERSION:
+        raise AbiMismatchError(
+            f"erlmcp_flow: {path} has C ABI version {found}, but this Python package was "
+            f"written for ABI version {ABI_VERSION}; install the matching package or library"
+        )
+
+
+def declare(cdll: ctypes.CDLL) -> None:
+    """Sets ``restype`` and ``argtypes`` of every exported function on ``cdll``."""
+    for name, (restype, argtypes) in PROTOTYPES.items():
+        try:
+            fn = getattr(cdll, name)
+        except AttributeError:
+            raise LibraryNotFoundError(
+                f"erlmcp_flow: {cdll._name} does not export {name}; is it an erlmcp-flow "
+                f"library of ABI version {ABI_VERSION}?"
+            ) from None
+        fn.restype = restype
+        fn.argtypes = argtypes
+
+
+def load_library(path: os.PathLike | str | None = None) -> ctypes.CDLL:
+    """Loads the library (found with :func:`find_library` when ``path`` is None), checks its
+    ABI version, and declares every function."""
+    path = Path(path) if path is not None else find_library()
+    try:
+        cdll = ctypes.CDLL(str(path))
+    except OSError as e:
+        raise LibraryNotFoundError(f"erlmcp_flow: cannot load {path}: {e}") from e
+    # Declare only this one function before the check: the others may not match a library of
+    # another ABI version.
+    cdll.emf_abi_version.restype = c_uint32
+    cdll.emf_abi_version.argtypes = []
+    check_abi_version(cdll.emf_abi_version(), path)
+    declare(cdll)
+    cdll.path = path
+    return cdll
+
+
+#: The loaded library. Its ``path`` attribute says which file it is.
+lib = load_library()

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs the Python binding's pytest suite against the library in the build tree
+# (target/release, else target/debug), or against $ERLMCP_FLOW_LIB when it is set.
+# Works from any directory; exits non-zero when a test fails. Extra arguments go to pytest.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+python="${PYTHON:-python3}"
+
+if ! "$python" -c 'import pytest' >/dev/null 2>&1; then
+    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check pytest
+fi
+
+# Pin the build tree's library so that a stale copy in the package directory is not tested.
+if [[ -z "${ERLMCP_FLOW_LIB:-}" ]]; then
+    for dir in release debug; do
+        if [[ -f "$repo/target/$dir/liberlmcp_flow.so" ]]; then
+            export ERLMCP_FLOW_LIB="$repo/target/$dir/liberlmcp_flow.so"
+            break
+        fi
+    done
+    if [[ -z "${ERLMCP_FLOW_LIB:-}" ]]; then
+        echo "run-tests.sh: no liberlmcp_flow.so in $repo/target/{release,debug}; run cargo build --release" >&2
+        exit 1
+    fi
+fi
+
+cd "$repo"
+exec "$python" -m pytest -q ffi/python/tests "$@"
