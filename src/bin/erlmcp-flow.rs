@@ -102,11 +102,10 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
         let mut progress = |step: &str| {
             if interactive {
                 let width = 30;
-                let filled = if total == 0 {
-                    width
-                } else {
-                    done * width / total
-                };
+                let filled = (done * width)
+                    .checked_div(total)
+                    .unwrap_or(width)
+                    .min(width);
                 eprint!(
                     "\r[{}{}] {}/{} {}: {:<28}",
                     "#".repeat(filled),

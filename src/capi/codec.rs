@@ -395,11 +395,10 @@ pub unsafe extern "C" fn emf_compress_if_needed(
             codec::Compressed::Zlib(v) => v,
             codec::Compressed::Raw(b) => b.to_vec(),
         };
-        // SAFETY: both checked non-NULL; writable by contract.
-        unsafe {
-            write_buf(out, v)?;
-            write_out(out_compressed, compressed, "out_compressed")
-        }
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_buf(out, v) }?;
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out_compressed, compressed, "out_compressed") }
     })
 }
 

@@ -285,8 +285,10 @@ pub unsafe extern "C" fn emf_last_error_message(
             unsafe {
                 std::ptr::copy_nonoverlapping(msg.as_ptr(), buf.cast::<u8>(), n);
             }
-            // SAFETY: n < cap, so the NUL is in bounds.
-            unsafe { buf.add(n).write(0) };
+            // SAFETY: n < cap, so the NUL is in bounds of the caller's `cap` bytes.
+            let end = unsafe { buf.add(n) };
+            // SAFETY: `end` is in bounds (above) and writable by contract.
+            unsafe { end.write(0) };
             if n == msg.len() {
                 EMF_OK
             } else {
@@ -453,10 +455,8 @@ mod tests {
             len: 5,
         };
         // SAFETY: the registry refuses a pointer it never handed out.
-        assert_eq!(
-            unsafe { emf_buf_free(&mut bogus) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_buf_free(&mut bogus) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
     }
 
     #[test]

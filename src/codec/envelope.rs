@@ -9,7 +9,7 @@ use rkyv::{Archive, Deserialize, Serialize};
 use super::value::{Member, Number, Value};
 
 /// What an envelope carries.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
 #[repr(u8)]
 pub enum Kind {
@@ -18,6 +18,7 @@ pub enum Kind {
     /// A JSON-RPC success response: has an id and a result.
     Response = 1,
     /// A JSON-RPC notification: a method, no id.
+    #[default]
     Notification = 2,
     /// An engine task for an agent: a method and params; written as a request in JSON.
     Task = 3,
@@ -72,7 +73,18 @@ impl ArchivedKind {
 
 /// Scheduling priority; lower codes are served first.
 #[derive(
-    Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord,
+    Archive,
+    Serialize,
+    Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Default,
 )]
 #[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
 #[repr(u8)]
@@ -82,15 +94,10 @@ pub enum Priority {
     /// Served before normal work.
     High = 1,
     /// The default.
+    #[default]
     Normal = 2,
     /// Served when nothing else waits.
     Low = 3,
-}
-
-impl Default for Priority {
-    fn default() -> Self {
-        Priority::Normal
-    }
 }
 
 impl Priority {
@@ -200,12 +207,6 @@ pub struct Envelope {
     pub extra: Vec<Member>,
 }
 
-impl Default for Kind {
-    fn default() -> Self {
-        Kind::Notification
-    }
-}
-
 impl Envelope {
     /// A request with `id`, `method` and `params`.
     pub fn request(id: impl Into<Id>, method: impl Into<String>, params: Value) -> Self {
@@ -255,6 +256,9 @@ impl Envelope {
 }
 
 /// The root of every archive: one envelope or a JSON-RPC batch.
+// The archived form must keep a single envelope inline (no extra pointer hop on the hot path),
+// so the owned form is not boxed either; owned messages are short-lived.
+#[allow(clippy::large_enum_variant)]
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 #[rkyv(derive(Debug))]
 pub enum Message {

@@ -142,36 +142,34 @@ fn run_serializer(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<Ben
         let ours = median_ns(settings, || {
             std::hint::black_box(encode(&mut enc, std::hint::black_box(&f.message)));
         });
-        let mut r = BenchResult::new(format!("encode_{}", f.label), ours, "ns", Better::Lower);
+        let r = BenchResult::new(format!("encode_{}", f.label), ours, "ns", Better::Lower);
         #[cfg(feature = "peers")]
-        {
+        let r = {
             let mut buf = Vec::new();
             let peer = median_ns(settings, || {
                 std::hint::black_box(serde_encode(&mut buf, std::hint::black_box(&f.serde)));
             });
             // Original design: 5-10x faster than JSON; our goal for encode: 5x.
-            r = r
-                .with_peer("serde_json", peer)
-                .with_targets(Some(peer / 5.0), Some(peer / 5.0));
-        }
+            r.with_peer("serde_json", peer)
+                .with_targets(Some(peer / 5.0), Some(peer / 5.0))
+        };
         results.push(r);
 
         progress(&format!("decode_{}", f.label));
         let ours = median_ns(settings, || {
             std::hint::black_box(decode_and_access(std::hint::black_box(&f.archive), &f.path));
         });
-        let mut r = BenchResult::new(format!("decode_{}", f.label), ours, "ns", Better::Lower);
+        let r = BenchResult::new(format!("decode_{}", f.label), ours, "ns", Better::Lower);
         #[cfg(feature = "peers")]
-        {
+        let r = {
             let json = f.json.as_bytes();
             let peer = median_ns(settings, || {
                 std::hint::black_box(serde_decode_and_access(std::hint::black_box(json), &f.path));
             });
             // Original design: 5-10x; our goal for validated decode: 10x.
-            r = r
-                .with_peer("serde_json", peer)
-                .with_targets(Some(peer / 5.0), Some(peer / 10.0));
-        }
+            r.with_peer("serde_json", peer)
+                .with_targets(Some(peer / 5.0), Some(peer / 10.0))
+        };
         results.push(r);
     }
     results

@@ -338,6 +338,9 @@ pub fn median_ns(settings: Settings, mut op: impl FnMut()) -> f64 {
     samples[samples.len() / 2]
 }
 
+/// A suite's body: runs its measurements, calling the progress callback before each one.
+pub type SuiteFn = fn(Settings, &mut dyn FnMut(&str)) -> Vec<BenchResult>;
+
 /// A suite: a name and a function producing results.
 pub struct Suite {
     /// Name, as for `--suite`.
@@ -347,7 +350,7 @@ pub struct Suite {
     /// Number of measurements it takes (for progress display).
     pub steps: usize,
     /// Runs the suite; calls `progress(step_name)` before each measurement.
-    pub run: fn(Settings, &mut dyn FnMut(&str)) -> Vec<BenchResult>,
+    pub run: SuiteFn,
 }
 
 /// All suites, in run order.

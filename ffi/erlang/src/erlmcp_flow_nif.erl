@@ -83,11 +83,12 @@ nif_path() ->
     end.
 
 %% @doc Translates the error of `erlang:load_nif/2' into a readable reason, decoding the ABI
-%% versions that the C `load()' returns on a mismatch. Exported for the tests.
+%% versions that the C `load()' (or `upgrade()') returns on a mismatch. Exported for the tests.
 -spec load_error_reason({error, term()}) ->
           {abi_mismatch, Library :: non_neg_integer(), Header :: non_neg_integer()} | term().
-load_error_reason({error, {load_failed, Text} = Reason}) ->
-    case re:run(Text, "load-call unsuccessful \\((-?[0-9]+)\\)",
+load_error_reason({error, {Callback, Text} = Reason})
+  when Callback =:= load; Callback =:= upgrade ->
+    case re:run(Text, "(?:load|upgrade)-call unsuccessful \\((-?[0-9]+)\\)",
                 [{capture, all_but_first, list}]) of
         {match, [Digits]} ->
             Code = list_to_integer(Digits),
