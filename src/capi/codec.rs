@@ -427,6 +427,103 @@ pub unsafe extern "C" fn emf_decompress(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::capi::{emf_buf_free, EMF_ERR_CORRUPT, EMF_ERR_NULL_ARGUMENT, EMF_OK};
+
+    fn take(b: &mut emf_buf_t) -> Vec<u8> {
+        let v = if b.data.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: a buffer returned by the library is readable for `len` bytes.
+            unsafe { std::slice::from_raw_parts(b.data, b.len) }.to_vec()
+        };
+        // SAFETY: `b` is a live buffer from the library.
+        assert_eq!(unsafe { emf_buf_free(b) }, EMF_OK);
+        v
+    }
+
+    #[test]
+    fn message_handle_round_trip() {
+        let json = br#"[{"jsonrpc":"2.0","id":"a","method":"tools/call","params":{"x":1}},{"jsonrpc":"2.0","id":7,"error":{"code":-1,"message":"m"}}]"#;
+        let opts = emf_encode_options_t {
+            priority: EMF_PRIORITY_HIGH,
+            created_at_us: 5,
+            deadline_us: 9,
+        };
+        let mut archive = emf_buf_t::EMPTY;
+        // SAFETY: valid input range, options and out-parameter.
+        let st = unsafe { emf_json_to_archive(json.as_ptr(), json.len(), &opts, &mut archive) };
+        assert_eq!(st, EMF_OK);
+        let bytes = take(&mut archive);
+        let mut msg = std::ptr::null_mut();
+        // SAFETY: valid input range and out-parameter.
+        assert_eq!(
+            unsafe { emf_message_open(bytes.as_ptr(), bytes.len(), &mut msg) },
+            EMF_OK
+        );
+        let mut n = 0;
+        // SAFETY: live handle, valid out-parameter.
+        assert_eq!(unsafe { emf_message_count(msg, &mut n) }, EMF_OK);
+        assert_eq!(n, 2);
+        let mut info = std::mem::MaybeUninit::<emf_envelope_info_t>::uninit();
+        // SAFETY: live handle, valid out-parameter.
+        assert_eq!(
+            unsafe { emf_message_envelope(msg, 0, info.as_mut_ptr()) },
+            EMF_OK
+        );
+        // SAFETY: written on success.
+        let info = unsafe { info.assume_init() };
+        assert_eq!(info.kind, EMF_KIND_REQUEST);
+        assert_eq!(info.priority, EMF_PRIORITY_HIGH);
+        assert_eq!((info.created_at_us, info.deadline_us), (5, 9));
+        assert_eq!(info.id_type, EMF_ID_STRING);
+        // SAFETY: borrowed from the live handle.
+        let method = unsafe { std::slice::from_raw_parts(info.method, info.method_len) };
+        assert_eq!(method, b"tools/call");
+        let mut out = emf_buf_t::EMPTY;
+        // SAFETY: live handle, valid out-parameter.
+        assert_eq!(
+            unsafe { emf_message_payload_json(msg, 1, &mut out) },
+            EMF_OK
+        );
+        assert_eq!(take(&mut out), br#"{"code":-1,"message":"m"}"#);
+        // SAFETY: live handle, valid out-parameter.
+        assert_eq!(unsafe { emf_message_to_json(msg, &mut out) }, EMF_OK);
+        assert_eq!(take(&mut out), json);
+        // SAFETY: out of range index is an error, not a read.
+        let st = unsafe { emf_message_envelope(msg, 2, std::ptr::null_mut()) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
+        // SAFETY: live handle freed once; the second free is detected.
+        assert_eq!(unsafe { emf_message_free(msg) }, EMF_OK);
+        // SAFETY: the registry refuses the stale pointer without dereferencing it.
+        assert_eq!(unsafe { emf_message_free(msg) }, EMF_ERR_INVALID_ARGUMENT);
+        let mut count = 0;
+        // SAFETY: a truncated copy is validated, not trusted.
+        let st = unsafe { emf_archive_validate(bytes.as_ptr(), bytes.len() - 1, &mut count) };
+        assert_eq!(st, EMF_ERR_CORRUPT);
+    }
+
+    #[test]
+    fn compression_through_the_abi() {
+        let text = b"abcdefgh".repeat(512);
+        let mut out = emf_buf_t::EMPTY;
+        let mut compressed = false;
+        // SAFETY: valid ranges and out-parameters.
+        let st = unsafe {
+            emf_compress_if_needed(text.as_ptr(), text.len(), 1024, &mut out, &mut compressed)
+        };
+        assert_eq!(st, EMF_OK);
+        assert!(compressed);
+        let packed = take(&mut out);
+        // SAFETY: valid ranges and out-parameter.
+        let st = unsafe { emf_decompress(packed.as_ptr(), packed.len(), 1 << 20, &mut out) };
+        assert_eq!(st, EMF_OK);
+        assert_eq!(take(&mut out), text);
+        // SAFETY: the limit is enforced before the output grows past it.
+        let st = unsafe { emf_decompress(packed.as_ptr(), packed.len(), 100, &mut out) };
+        assert_eq!(st, crate::capi::EMF_ERR_TOO_LARGE);
+    }
+
     #[test]
     fn constants_match_the_rust_api() {
         assert_eq!(

@@ -149,9 +149,11 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> emf_status_t {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".to_owned());
-            // Dropping a panic payload can itself panic; forget it instead (a small leak on
-            // a path that should never run).
-            std::mem::forget(payload);
+            // Dropping a panic payload can itself panic: drop it under a second guard, and
+            // only if that drop panics too, leak the second payload.
+            if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
+                std::mem::forget(again);
+            }
             set_last_error(format!("internal panic: {what}"));
             EMF_ERR_PANIC
         }
@@ -451,7 +453,7 @@ mod tests {
         // SAFETY: NULL is accepted.
         assert_eq!(unsafe { emf_buf_free(std::ptr::null_mut()) }, EMF_OK);
         let mut bogus = emf_buf_t {
-            data: 0x1000 as *mut u8,
+            data: std::ptr::without_provenance_mut(0x1000),
             len: 5,
         };
         // SAFETY: the registry refuses a pointer it never handed out.

@@ -171,6 +171,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under miri; no unsafe code here")]
     fn round_trip_and_threshold() {
         for n in [0, 1, 1023, 1024, 4096, 1 << 20] {
             let t = text(n);
@@ -191,6 +192,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under miri; no unsafe code here")]
     fn incompressible_input_is_kept_raw() {
         let mut x = 0x9E3779B97F4A7C15u64;
         let noise: Vec<u8> = (0..8192)
@@ -208,6 +210,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under miri; no unsafe code here")]
     fn limit_stops_bombs() {
         let zeros = vec![0u8; 10 << 20];
         let bomb = compress(&zeros);
@@ -225,6 +228,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under miri; no unsafe code here")]
     fn corrupt_streams_are_errors() {
         let good = compress(&text(5000));
         assert_eq!(decompress(b"", 100).unwrap_err().kind(), ErrorKind::Corrupt);

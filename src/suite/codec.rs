@@ -242,6 +242,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under miri; no unsafe code here")]
     fn ours_and_peer_read_the_same_fields() {
         for f in fixtures() {
             let ours = decode_and_access(&f.archive, &f.path);
@@ -263,6 +264,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "slow under miri; no unsafe code here")]
     fn text_payload_is_valid_json_rpc() {
         assert!(jsonrpc::from_json(text_payload().as_bytes()).is_ok());
     }

@@ -544,6 +544,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "timing loop; no unsafe code here")]
     fn median_measures_something() {
         let mut x = 0u64;
         let ns = median_ns(Settings::quick(), || {

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the cargo-fuzz targets (libFuzzer, nightly) for a while each.
+#
+#   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
+#
+# Targets: decode, json_to_archive, decompress, capi. Default 60 s each. Installs cargo-fuzz
+# from crates.io when missing. Crashes land in fuzz/artifacts/<target>/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+secs=${1:-60}
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(decode json_to_archive decompress capi)
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+rustup toolchain list | grep -q nightly || { echo "needs a nightly toolchain" >&2; exit 1; }
+mkdir -p fuzz/corpus/json_to_archive
+# Seed the JSON corpus with the MCP samples the tests use.
+for f in tests/fuzz-seeds/*.json; do
+  [ -e "$f" ] && cp "$f" fuzz/corpus/json_to_archive/
+done
+for t in "${targets[@]}"; do
+  echo "=== fuzz $t for ${secs}s"
+  cargo +nightly fuzz run "$t" -- -max_total_time="$secs" -rss_limit_mb=2048
+done
