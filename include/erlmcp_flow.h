@@ -94,6 +94,9 @@
 #define EMF_COMPRESS_DEFAULT_THRESHOLD 1024
 
 // A validated, immutable archive held by the library. Opaque.
+//
+// Thread-safety: immutable after `emf_message_open`; any number of threads may read one
+// message at once. It must not be freed while another thread still uses it.
 typedef struct emf_message_t emf_message_t;
 
 // A status code: `EMF_OK` or one of the `EMF_ERR_*` codes.
@@ -101,14 +104,18 @@ typedef int32_t emf_status_t;
 
 // A byte buffer owned by the caller, returned by the library.
 //
-// `data` is NULL when `len` is 0. Release it with [`emf_buf_free`], exactly once; the library
-// detects and refuses a second free of the same buffer and the free of a pointer it never
-// returned.
+// `data` is NULL when `len` is 0. Release it with [`emf_buf_free`], exactly once. `token` is
+// the library's private identity of the buffer: do not change it. Thanks to it the library
+// refuses a second free of the same buffer (also through a copy of the struct, even after
+// the memory was reused for a newer buffer) and the free of memory it never returned.
+// Initialise an empty `emf_buf_t` with all fields zero. A buffer may be freed on any thread.
 typedef struct emf_buf_t {
   // The bytes.
   uint8_t *data;
   // The number of bytes.
   size_t len;
+  // Private: the library's identity of this buffer.
+  uint64_t token;
 } emf_buf_t;
 
 // Options for [`emf_json_to_archive`]. Pass NULL for the defaults (normal priority, created
@@ -300,6 +307,24 @@ emf_status_t emf_message_count(const struct emf_message_t *msg, size_t *out_coun
 emf_status_t emf_message_envelope(const struct emf_message_t *msg,
                                   size_t index,
                                   struct emf_envelope_info_t *out);
+
+// Writes the JSON-RPC id of envelope `index` as JSON text (`1`, `"abc"`, `null`, exact for
+// any number). `EMF_ERR_NOT_FOUND` when the envelope has no id.
+//
+// # Safety
+//
+// `msg` a live handle; `out` writable.
+emf_status_t emf_message_id_json(const struct emf_message_t *msg,
+                                 size_t index,
+                                 struct emf_buf_t *out);
+
+// Returns a static NUL-terminated name for a kind code (`"request"`, `"task"`, ...), or
+// `"unknown"`. Thread-safe.
+const char *emf_kind_name(uint32_t kind);
+
+// Returns a static NUL-terminated name for a priority code (`"critical"`, `"high"`,
+// `"normal"`, `"low"`), or `"unknown"`. Thread-safe.
+const char *emf_priority_name(uint32_t priority);
 
 // Writes the whole message as JSON-RPC text into `*out`.
 //

@@ -356,3 +356,54 @@ fn encoder_reuses_buffers() {
     let b = enc.encode(&other.into()).unwrap();
     assert_eq!(codec::decode(b).unwrap().envelopes()[0].method(), Some("n"));
 }
+
+#[test]
+fn deepest_accepted_message_fits_a_small_stack() {
+    // Dirty schedulers and host threads may have small stacks (the BEAM's dirty CPU
+    // schedulers default to a few hundred KiB). Everything the engine does with the deepest
+    // message it accepts must fit in 256 KiB, even in a debug build.
+    let run = || {
+        let depth = json::MAX_DEPTH - 1;
+        let inner = format!(
+            "{}{}{}",
+            "[{\"k\":".repeat(depth / 2),
+            "1",
+            "}]".repeat(depth / 2)
+        );
+        let text = format!(r#"[{{"jsonrpc":"2.0","id":1,"result":{inner}}}]"#);
+        let archive = jsonrpc::json_to_archive(text.as_bytes(), Default::default()).unwrap();
+        let view = codec::decode(&archive).unwrap();
+        let back = jsonrpc::to_json(view);
+        let owned = codec::to_owned(view).unwrap();
+        let again = codec::encode(&owned).unwrap();
+        drop(owned);
+        assert_eq!(jsonrpc::archive_to_json(&again).unwrap(), back);
+        back.len()
+    };
+    let n = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(run)
+        .unwrap()
+        .join()
+        .unwrap();
+    assert!(n > 0);
+}
+
+#[test]
+fn empty_batches_are_refused_both_ways() {
+    let e = codec::encode(&Message::Batch(vec![])).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    let body = rkyv::to_bytes::<rkyv::rancor::Error>(&Message::Batch(vec![])).unwrap();
+    let mut bytes = codec::MAGIC.to_vec();
+    bytes.push(codec::FORMAT_VERSION);
+    bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(&body);
+    assert_eq!(codec::decode(&bytes).unwrap_err().kind(), ErrorKind::Corrupt);
+}
+
+#[test]
+fn oversized_json_is_too_large_before_parsing() {
+    let big = vec![b' '; jsonrpc::MAX_JSON_LEN + 1];
+    let e = jsonrpc::from_json(&big).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+}

@@ -1,8 +1,9 @@
 //! C ABI of the serializer and compressor.
 //!
 //! All functions here are thread-safe: they share no state except the handle registries.
-//! An `emf_message_t` is immutable after `emf_message_open` and may be read from several
-//! threads at once; it must not be freed while another thread reads it.
+//! Functions that read an archive from caller memory copy it first, so a writer that changes
+//! the memory during the call (another thread, another process through shared memory) can
+//! cause at most an `EMF_ERR_CORRUPT` answer, never an out-of-bounds read.
 
 use super::handle::{borrow_handle, free_handle, new_handle};
 use super::{
@@ -61,6 +62,9 @@ pub struct emf_encode_options_t {
 }
 
 /// A validated, immutable archive held by the library. Opaque.
+///
+/// Thread-safety: immutable after `emf_message_open`; any number of threads may read one
+/// message at once. It must not be freed while another thread still uses it.
 pub struct emf_message_t {
     // Invariant: `bytes` passed `codec::decode` in `emf_message_open` and is never modified.
     bytes: Box<[u8]>,
@@ -123,13 +127,15 @@ pub unsafe extern "C" fn emf_json_to_archive(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        // SAFETY: caller contract.
-        let text = unsafe { bytes(json, json_len, "json") }?;
+        // SAFETY: caller contract. Copied so that the UTF-8 check and the parse see the same
+        // bytes even if the caller's memory changes.
+        let text = unsafe { bytes(json, json_len, "json") }?.to_vec();
         let meta = if opts.is_null() {
             jsonrpc::Metadata::default()
         } else {
-            // SAFETY: non-NULL and readable by contract; the struct is plain old data.
-            let o = unsafe { opts.read() };
+            // SAFETY: non-NULL and readable by contract; the struct is plain old data, and
+            // `read_unaligned` needs no alignment.
+            let o = unsafe { opts.read_unaligned() };
             jsonrpc::Metadata {
                 priority: codec::Priority::from_code(o.priority).ok_or_else(|| {
                     FfiError::new(
@@ -141,7 +147,7 @@ pub unsafe extern "C" fn emf_json_to_archive(
                 deadline_us: o.deadline_us,
             }
         };
-        let archive = jsonrpc::json_to_archive(text, meta)?;
+        let archive = jsonrpc::json_to_archive(&text, meta)?;
         // SAFETY: `out` checked non-NULL; writable by contract.
         unsafe { write_buf(out, archive.to_vec()) }
     })
@@ -162,9 +168,9 @@ pub unsafe extern "C" fn emf_archive_to_json(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        // SAFETY: caller contract.
-        let b = unsafe { bytes(archive, len, "archive") }?;
-        let json = jsonrpc::archive_to_json(b)?;
+        // SAFETY: caller contract. Copied: validation and reading must see the same bytes.
+        let b = unsafe { bytes(archive, len, "archive") }?.to_vec();
+        let json = jsonrpc::archive_to_json(&b)?;
         // SAFETY: `out` checked non-NULL; writable by contract.
         unsafe { write_buf(out, json.into_bytes()) }
     })
@@ -184,9 +190,9 @@ pub unsafe extern "C" fn emf_archive_validate(
 ) -> emf_status_t {
     guard(|| {
         require_out(out_count, "out_count")?;
-        // SAFETY: caller contract.
-        let b = unsafe { bytes(archive, len, "archive") }?;
-        let n = codec::decode(b)?.envelopes().len();
+        // SAFETY: caller contract. Copied, as everywhere an archive is read.
+        let b = unsafe { bytes(archive, len, "archive") }?.to_vec();
+        let n = codec::decode(&b)?.envelopes().len();
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out_count, n, "out_count") }
     })
@@ -304,6 +310,70 @@ pub unsafe extern "C" fn emf_message_envelope(
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, info, "out") }
     })
+}
+
+/// Writes the JSON-RPC id of envelope `index` as JSON text (`1`, `"abc"`, `null`, exact for
+/// any number). `EMF_ERR_NOT_FOUND` when the envelope has no id.
+///
+/// # Safety
+///
+/// `msg` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_message_id_json(
+    msg: *const emf_message_t,
+    index: usize,
+    out: *mut emf_buf_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
+        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let e = envelope_at(m, index)?;
+        let mut text = Vec::new();
+        match e.id.as_ref() {
+            None => {
+                return Err(FfiError::new(
+                    EMF_ERR_NOT_FOUND,
+                    format!("envelope {index} has no id"),
+                ))
+            }
+            Some(ArchivedId::Null) => text.extend_from_slice(b"null"),
+            Some(ArchivedId::Number(n)) => codec::json::write_number(NumberRef::from(n), &mut text),
+            Some(ArchivedId::String(s)) => codec::json::write_string(s.as_str(), &mut text),
+        }
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_buf(out, text) }
+    })
+}
+
+/// Returns a static NUL-terminated name for a kind code (`"request"`, `"task"`, ...), or
+/// `"unknown"`. Thread-safe.
+#[no_mangle]
+pub extern "C" fn emf_kind_name(kind: u32) -> *const std::ffi::c_char {
+    let name: &'static str = match codec::Kind::from_code(kind) {
+        Some(codec::Kind::Request) => "request\0",
+        Some(codec::Kind::Response) => "response\0",
+        Some(codec::Kind::Notification) => "notification\0",
+        Some(codec::Kind::Task) => "task\0",
+        Some(codec::Kind::Result) => "result\0",
+        Some(codec::Kind::Error) => "error\0",
+        None => "unknown\0",
+    };
+    name.as_ptr().cast()
+}
+
+/// Returns a static NUL-terminated name for a priority code (`"critical"`, `"high"`,
+/// `"normal"`, `"low"`), or `"unknown"`. Thread-safe.
+#[no_mangle]
+pub extern "C" fn emf_priority_name(priority: u32) -> *const std::ffi::c_char {
+    let name: &'static str = match codec::Priority::from_code(priority) {
+        Some(codec::Priority::Critical) => "critical\0",
+        Some(codec::Priority::High) => "high\0",
+        Some(codec::Priority::Normal) => "normal\0",
+        Some(codec::Priority::Low) => "low\0",
+        None => "unknown\0",
+    };
+    name.as_ptr().cast()
 }
 
 /// Writes the whole message as JSON-RPC text into `*out`.
@@ -488,6 +558,9 @@ mod tests {
         );
         assert_eq!(take(&mut out), br#"{"code":-1,"message":"m"}"#);
         // SAFETY: live handle, valid out-parameter.
+        assert_eq!(unsafe { emf_message_id_json(msg, 0, &mut out) }, EMF_OK);
+        assert_eq!(take(&mut out), br#""a""#);
+        // SAFETY: live handle, valid out-parameter.
         assert_eq!(unsafe { emf_message_to_json(msg, &mut out) }, EMF_OK);
         assert_eq!(take(&mut out), json);
         // SAFETY: out of range index is an error, not a read.
@@ -522,6 +595,23 @@ mod tests {
         // SAFETY: the limit is enforced before the output grows past it.
         let st = unsafe { emf_decompress(packed.as_ptr(), packed.len(), 100, &mut out) };
         assert_eq!(st, crate::capi::EMF_ERR_TOO_LARGE);
+    }
+
+    #[test]
+    fn names_match_the_rust_api() {
+        for k in crate::codec::Kind::ALL {
+            // SAFETY: static NUL-terminated string.
+            let n = unsafe { std::ffi::CStr::from_ptr(emf_kind_name(k as u32)) };
+            assert_eq!(n.to_str().unwrap(), k.name());
+        }
+        for p in crate::codec::Priority::ALL {
+            // SAFETY: static NUL-terminated string.
+            let n = unsafe { std::ffi::CStr::from_ptr(emf_priority_name(p as u32)) };
+            assert_eq!(n.to_str().unwrap(), p.name());
+        }
+        // SAFETY: static NUL-terminated string.
+        let n = unsafe { std::ffi::CStr::from_ptr(emf_kind_name(99)) };
+        assert_eq!(n.to_str().unwrap(), "unknown");
     }
 
     #[test]

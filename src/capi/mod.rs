@@ -25,8 +25,6 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::error::{Error, ErrorKind};
 
-pub use handle::HandleRegistry;
-
 /// A status code: `EMF_OK` or one of the `EMF_ERR_*` codes.
 pub type emf_status_t = i32;
 
@@ -306,9 +304,11 @@ pub unsafe extern "C" fn emf_last_error_message(
 
 /// A byte buffer owned by the caller, returned by the library.
 ///
-/// `data` is NULL when `len` is 0. Release it with [`emf_buf_free`], exactly once; the library
-/// detects and refuses a second free of the same buffer and the free of a pointer it never
-/// returned.
+/// `data` is NULL when `len` is 0. Release it with [`emf_buf_free`], exactly once. `token` is
+/// the library's private identity of the buffer: do not change it. Thanks to it the library
+/// refuses a second free of the same buffer (also through a copy of the struct, even after
+/// the memory was reused for a newer buffer) and the free of memory it never returned.
+/// Initialise an empty `emf_buf_t` with all fields zero. A buffer may be freed on any thread.
 #[repr(C)]
 #[derive(Debug)]
 pub struct emf_buf_t {
@@ -316,6 +316,8 @@ pub struct emf_buf_t {
     pub data: *mut u8,
     /// The number of bytes.
     pub len: usize,
+    /// Private: the library's identity of this buffer.
+    pub token: u64,
 }
 
 impl emf_buf_t {
@@ -323,6 +325,7 @@ impl emf_buf_t {
     pub const EMPTY: emf_buf_t = emf_buf_t {
         data: std::ptr::null_mut(),
         len: 0,
+        token: 0,
     };
 
     pub(crate) fn from_vec(v: Vec<u8>) -> emf_buf_t {
@@ -332,8 +335,8 @@ impl emf_buf_t {
         let boxed: Box<[u8]> = v.into_boxed_slice();
         let len = boxed.len();
         let data = Box::into_raw(boxed).cast::<u8>();
-        handle::BUFFERS.insert(data as usize, len);
-        emf_buf_t { data, len }
+        let token = handle::register_buffer(data, len);
+        emf_buf_t { data, len, token }
     }
 }
 
@@ -358,16 +361,16 @@ pub unsafe extern "C" fn emf_buf_free(buf: *mut emf_buf_t) -> emf_status_t {
             b.len = 0;
             return Ok(());
         }
-        if !handle::BUFFERS.remove(b.data as usize, b.len) {
+        if !handle::unregister_buffer(b.data, b.len, b.token) {
             return Err(FfiError::new(
                 EMF_ERR_INVALID_ARGUMENT,
                 "emf_buf_free: buffer was not returned by this library or is already freed",
             ));
         }
         let slice = std::ptr::slice_from_raw_parts_mut(b.data, b.len);
-        // SAFETY: the registry proved (data, len) came from `Box<[u8]>::into_raw` in
+        // SAFETY: the registry proved (data, len, token) came from `Box<[u8]>::into_raw` in
         // `from_vec` and has not been freed since (the entry is removed exactly once, under
-        // the registry lock).
+        // its shard lock; tokens never repeat, so a stale copy cannot match a newer buffer).
         drop(unsafe { Box::from_raw(slice) });
         *b = emf_buf_t::EMPTY;
         Ok(())
@@ -441,6 +444,7 @@ mod tests {
         let copy = emf_buf_t {
             data: b.data,
             len: b.len,
+            token: b.token,
         };
         // SAFETY: b is a valid emf_buf_t.
         assert_eq!(unsafe { emf_buf_free(&mut b) }, EMF_OK);
@@ -452,9 +456,31 @@ mod tests {
         assert_eq!(unsafe { emf_buf_free(&mut copy) }, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: NULL is accepted.
         assert_eq!(unsafe { emf_buf_free(std::ptr::null_mut()) }, EMF_OK);
+        // A newer buffer of the same length at (possibly) the same address is not freed by a
+        // stale copy of an older one.
+        let mut first = emf_buf_t::from_vec(vec![9; 32]);
+        let stale = emf_buf_t {
+            data: first.data,
+            len: first.len,
+            token: first.token,
+        };
+        // SAFETY: valid buffer.
+        assert_eq!(unsafe { emf_buf_free(&mut first) }, EMF_OK);
+        let mut second = emf_buf_t::from_vec(vec![8; 32]);
+        let mut stale = stale;
+        // SAFETY: refused by token, whatever the address.
+        assert_eq!(
+            unsafe { emf_buf_free(&mut stale) },
+            EMF_ERR_INVALID_ARGUMENT
+        );
+        // SAFETY: `second` is live and still readable.
+        assert_eq!(unsafe { *second.data }, 8);
+        // SAFETY: valid buffer.
+        assert_eq!(unsafe { emf_buf_free(&mut second) }, EMF_OK);
         let mut bogus = emf_buf_t {
             data: std::ptr::without_provenance_mut(0x1000),
             len: 5,
+            token: 1,
         };
         // SAFETY: the registry refuses a pointer it never handed out.
         let st = unsafe { emf_buf_free(&mut bogus) };

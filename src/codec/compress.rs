@@ -63,7 +63,7 @@ pub fn compress_if_needed(input: &[u8], threshold: usize) -> Compressed<'_> {
             if out.len() >= limit {
                 return Compressed::Raw(input);
             }
-            out.reserve(limit - out.len());
+            out.reserve_exact(limit - out.len());
         }
         let consumed = z.total_in() as usize;
         match z.compress_vec(&input[consumed..], &mut out, FlushCompress::Finish) {
@@ -103,16 +103,32 @@ pub fn compress(input: &[u8]) -> Vec<u8> {
 /// or trailing-garbage stream.
 pub fn decompress(input: &[u8], max_len: usize) -> Result<Vec<u8>> {
     let mut z = Decompress::new(true);
-    let mut out: Vec<u8> =
-        Vec::with_capacity(input.len().saturating_mul(4).clamp(64, max_len.max(64)));
+    // One byte past the limit is allowed into the buffer, to tell "exactly max_len" from
+    // "more than max_len". The first guess is capped so a large input cannot ask for an
+    // absurd allocation up front.
+    let cap_limit = max_len.saturating_add(1);
+    let first = input
+        .len()
+        .saturating_mul(4)
+        .clamp(64, 1 << 20)
+        .min(cap_limit);
+    let mut out: Vec<u8> = Vec::new();
+    out.try_reserve_exact(first)
+        .map_err(|_| Error::new(ErrorKind::TooLarge, "cannot allocate the output buffer"))?;
     loop {
         if out.len() == out.capacity() {
             if out.len() > max_len {
                 return Err(too_large(max_len));
             }
-            // Grow geometrically, but allow one byte past the limit to detect overflow.
-            let want = (out.capacity() * 2).min(max_len + 1).max(out.len() + 1);
-            out.reserve_exact(want - out.len());
+            // Grow geometrically, up to one byte past the limit.
+            let want = out
+                .capacity()
+                .saturating_mul(2)
+                .min(cap_limit)
+                .max(out.len() + 1);
+            out.try_reserve_exact(want - out.len()).map_err(|_| {
+                Error::new(ErrorKind::TooLarge, "cannot allocate the output buffer")
+            })?;
         }
         let consumed = z.total_in() as usize;
         let before_out = z.total_out();
@@ -223,6 +239,12 @@ mod tests {
         assert_eq!(decompress(&small, 100).unwrap(), vec![7u8; 100]);
         assert_eq!(
             decompress(&small, 99).unwrap_err().kind(),
+            ErrorKind::TooLarge
+        );
+        // No limit at all (SIZE_MAX from C) neither overflows nor crawls.
+        assert_eq!(decompress(&bomb, usize::MAX).unwrap().len(), 10 << 20);
+        assert_eq!(
+            decompress(&small, 0).unwrap_err().kind(),
             ErrorKind::TooLarge
         );
     }

@@ -28,6 +28,10 @@ use super::json;
 use super::value::{ArchivedValue, Member, Number, NumberRef, Value};
 use crate::error::{Error, Result};
 
+/// The longest JSON text the bridge accepts (128 MiB). Parsing needs several times the text's
+/// size in memory, so a limit keeps one hostile message from exhausting the host.
+pub const MAX_JSON_LEN: usize = 128 << 20;
+
 /// Metadata the JSON text does not carry, applied to every envelope parsed from it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Metadata {
@@ -53,6 +57,15 @@ pub fn from_json(text: &[u8]) -> Result<Message> {
 
 /// [`from_json`] with metadata for the envelopes.
 pub fn from_json_with(text: &[u8], meta: Metadata) -> Result<Message> {
+    if text.len() > MAX_JSON_LEN {
+        return Err(Error::new(
+            crate::ErrorKind::TooLarge,
+            format!(
+                "JSON text of {} bytes exceeds the limit of {MAX_JSON_LEN} bytes",
+                text.len()
+            ),
+        ));
+    }
     let meta = Metadata {
         created_at_us: if meta.created_at_us == 0 {
             super::envelope::now_us()

@@ -139,6 +139,9 @@ fn serialize_into(msg: &Message, mut buf: AlignedVec, arena: &mut Arena) -> Resu
 // that would produce an archive `decode` rejects. The walk recurses, but stops at
 // `json::MAX_DEPTH`, so its own depth is bounded whatever the input.
 fn check_depth(msg: &Message) -> Result<()> {
+    if msg.envelopes().is_empty() {
+        return Err(Error::invalid("a batch must hold at least one envelope"));
+    }
     fn walk(v: &Value, depth: usize) -> bool {
         match v {
             Value::Array(items) => {
@@ -188,11 +191,17 @@ pub fn decode(bytes: &[u8]) -> Result<&ArchivedMessage> {
         ArchiveValidator::with_max_depth(bytes, NonZeroUsize::new(MAX_ARCHIVE_DEPTH)),
         SharedValidator::new(),
     );
-    rkyv::api::access_with_context::<ArchivedMessage, _, rancor::Error>(bytes, &mut validator)
-        .map_err(|e| Error::corrupt(format!("archive failed validation: {e}")))
+    let msg =
+        rkyv::api::access_with_context::<ArchivedMessage, _, rancor::Error>(bytes, &mut validator)
+            .map_err(|e| Error::corrupt(format!("archive failed validation: {e}")))?;
+    if msg.envelopes().is_empty() {
+        // `encode` never writes one (JSON-RPC forbids empty batches).
+        return Err(Error::corrupt("archive holds an empty batch"));
+    }
+    Ok(msg)
 }
 
-/// Checks the header and returns the rkyv payload after it.
+/// Checks the archive header and returns the rkyv payload after it.
 fn payload(bytes: &[u8]) -> Result<&[u8]> {
     if bytes.len() < HEADER_LEN {
         return Err(Error::corrupt(format!(
