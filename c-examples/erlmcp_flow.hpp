@@ -113,6 +113,17 @@ enum class IdType : std::uint32_t {
     OtherNumber = EMF_ID_OTHER_NUMBER,
 };
 
+// The name of a kind ("request", "task", ...), or "unknown" for a code the library does not
+// define. Static text: the view never dangles.
+inline std::string_view kind_name(Kind kind) noexcept {
+    return emf_kind_name(static_cast<std::uint32_t>(kind));
+}
+
+// The name of a priority ("critical", "high", "normal", "low"), or "unknown".
+inline std::string_view priority_name(Priority priority) noexcept {
+    return emf_priority_name(static_cast<std::uint32_t>(priority));
+}
+
 // Metadata for json_to_archive (times in µs since the UNIX epoch; 0 = now / no deadline).
 struct EncodeOptions {
     Priority priority = Priority::Normal;
@@ -120,7 +131,8 @@ struct EncodeOptions {
     std::uint64_t deadline_us = 0;
 };
 
-// Bytes owned by the library, released in the destructor. Move-only.
+// Bytes owned by the library, released in the destructor. Move-only. It keeps the whole
+// emf_buf_t, private token included, so the library can tell it from a stale copy.
 class Buffer {
 public:
     Buffer() noexcept = default;
@@ -128,11 +140,11 @@ public:
     explicit Buffer(emf_buf_t raw) noexcept : buf_(raw) {}
     Buffer(const Buffer&) = delete;
     Buffer& operator=(const Buffer&) = delete;
-    Buffer(Buffer&& other) noexcept : buf_(std::exchange(other.buf_, emf_buf_t{nullptr, 0})) {}
+    Buffer(Buffer&& other) noexcept : buf_(std::exchange(other.buf_, emf_buf_t{nullptr, 0, 0})) {}
     Buffer& operator=(Buffer&& other) noexcept {
         if (this != &other) {
             reset();
-            buf_ = std::exchange(other.buf_, emf_buf_t{nullptr, 0});
+            buf_ = std::exchange(other.buf_, emf_buf_t{nullptr, 0, 0});
         }
         return *this;
     }
@@ -155,10 +167,10 @@ public:
         emf_buf_free(&buf_);
     }
     // Gives up ownership: the caller must emf_buf_free the result.
-    emf_buf_t release() noexcept { return std::exchange(buf_, emf_buf_t{nullptr, 0}); }
+    emf_buf_t release() noexcept { return std::exchange(buf_, emf_buf_t{nullptr, 0, 0}); }
 
 private:
-    emf_buf_t buf_{nullptr, 0};
+    emf_buf_t buf_{nullptr, 0, 0};
 };
 
 // A borrowed byte range (what C++20 would spell std::span<const std::uint8_t>). It converts
@@ -246,15 +258,23 @@ public:
 
     // The whole message as JSON-RPC text.
     Buffer to_json() const {
-        emf_buf_t out{nullptr, 0};
+        emf_buf_t out{nullptr, 0, 0};
         detail::check(emf_message_to_json(msg_, &out), "emf_message_to_json");
+        return Buffer(out);
+    }
+
+    // The JSON-RPC id of envelope `index` as exact JSON text (`1`, `"abc"`, `null`, a big
+    // integer verbatim); throws Error(EMF_ERR_NOT_FOUND) when the envelope has no id.
+    Buffer id_json(std::size_t index) const {
+        emf_buf_t out{nullptr, 0, 0};
+        detail::check(emf_message_id_json(msg_, index, &out), "emf_message_id_json");
         return Buffer(out);
     }
 
     // The params / result / error object of envelope `index` as JSON; throws
     // Error(EMF_ERR_NOT_FOUND) when the envelope has none.
     Buffer payload_json(std::size_t index) const {
-        emf_buf_t out{nullptr, 0};
+        emf_buf_t out{nullptr, 0, 0};
         detail::check(emf_message_payload_json(msg_, index, &out), "emf_message_payload_json");
         return Buffer(out);
     }
@@ -270,7 +290,7 @@ private:
 inline Buffer json_to_archive(std::string_view json, const EncodeOptions& opts = {}) {
     const emf_encode_options_t o{static_cast<std::uint32_t>(opts.priority), opts.created_at_us,
                                  opts.deadline_us};
-    emf_buf_t out{nullptr, 0};
+    emf_buf_t out{nullptr, 0, 0};
     detail::check(emf_json_to_archive(reinterpret_cast<const std::uint8_t*>(json.data()),
                                       json.size(), &o, &out),
                   "emf_json_to_archive");
@@ -285,7 +305,7 @@ inline Buffer json_to_archive(std::string_view json, Priority priority) {
 
 // Validates an archive and writes it as JSON-RPC text.
 inline Buffer archive_to_json(Bytes archive) {
-    emf_buf_t out{nullptr, 0};
+    emf_buf_t out{nullptr, 0, 0};
     detail::check(emf_archive_to_json(archive.data(), archive.size(), &out), "emf_archive_to_json");
     return Buffer(out);
 }
@@ -306,7 +326,7 @@ struct Compressed {
 // zlib-compresses `data` when it is at least `threshold` bytes and shrinks below 0.8 x.
 inline Compressed compress_if_needed(Bytes data,
                                      std::size_t threshold = EMF_COMPRESS_DEFAULT_THRESHOLD) {
-    emf_buf_t out{nullptr, 0};
+    emf_buf_t out{nullptr, 0, 0};
     bool compressed = false;
     detail::check(emf_compress_if_needed(data.data(), data.size(), threshold, &out, &compressed),
                   "emf_compress_if_needed");
@@ -316,7 +336,7 @@ inline Compressed compress_if_needed(Bytes data,
 // Inflates a zlib stream; throws Error(EMF_ERR_TOO_LARGE) past `max_len` bytes and
 // Error(EMF_ERR_CORRUPT) for a bad stream.
 inline Buffer decompress(Bytes data, std::size_t max_len) {
-    emf_buf_t out{nullptr, 0};
+    emf_buf_t out{nullptr, 0, 0};
     detail::check(emf_decompress(data.data(), data.size(), max_len, &out), "emf_decompress");
     return Buffer(out);
 }

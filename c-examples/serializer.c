@@ -6,8 +6,9 @@
  * archive -> JSON and must come back byte for byte; message handles expose kinds, ids,
  * methods, error codes and payloads; zlib compression round-trips and refuses a bomb. Then it
  * feeds the boundary what a careless or hostile caller would (NULL, huge lengths, bad JSON,
- * truncated, random and bit-flipped archives, double frees) and checks the exact status, a
- * non-empty error message, and that out-parameters were not touched.
+ * truncated, random and bit-flipped archives, double frees, stale handles and stale copies of
+ * freed buffers) and checks the exact status, a non-empty error message, and that
+ * out-parameters were not touched.
  *
  * Output: one line per failed check on stderr, then exactly one line `N passed, M failed`.
  * Exit status: 0 when M is 0, 1 otherwise, 2 when the loaded library has another ABI.
@@ -96,21 +97,22 @@ static int buf_contains(emf_buf_t buf, const char *needle) {
     return 0;
 }
 
-/* A sentinel that no successful call would write: used to prove out-params are untouched. */
+/* A sentinel that no successful call would write: used to prove out-params are untouched
+ * (all three fields, the private token included). */
 static emf_buf_t sentinel_buf(void) {
     static uint8_t marker;
-    emf_buf_t b = {&marker, 77};
+    emf_buf_t b = {&marker, 77, UINT64_C(0x5E471E15E471E15E)};
     return b;
 }
 
 static int is_sentinel(emf_buf_t b) {
     emf_buf_t s = sentinel_buf();
-    return b.data == s.data && b.len == s.len;
+    return b.data == s.data && b.len == s.len && b.token == s.token;
 }
 
 /* JSON -> archive with `opts`; an empty buffer (and a failed check) when encoding fails. */
 static emf_buf_t encode(const char *json, const emf_encode_options_t *opts) {
-    emf_buf_t out = {NULL, 0};
+    emf_buf_t out = {NULL, 0, 0};
     emf_status_t st = emf_json_to_archive(u8(json), strlen(json), opts, &out);
     if (st != EMF_OK) {
         fprintf(stderr, "encode(%.60s...) failed: %s: %s\n", json, emf_status_name(st),
@@ -185,7 +187,7 @@ static void roundtrip(const char *json, const char *want, size_t want_count) {
     CHECK_STATUS(emf_archive_validate(archive.data, archive.len, &count), EMF_OK);
     CHECK(count == want_count);
 
-    emf_buf_t text = {NULL, 0};
+    emf_buf_t text = {NULL, 0, 0};
     CHECK_STATUS(emf_archive_to_json(archive.data, archive.len, &text), EMF_OK);
     CHECK(buf_equal(text, want));
     if (!buf_equal(text, want)) {
@@ -195,7 +197,7 @@ static void roundtrip(const char *json, const char *want, size_t want_count) {
 
     emf_message_t *msg = NULL;
     CHECK_STATUS(emf_message_open(archive.data, archive.len, &msg), EMF_OK);
-    emf_buf_t again = {NULL, 0};
+    emf_buf_t again = {NULL, 0, 0};
     CHECK_STATUS(emf_message_to_json(msg, &again), EMF_OK);
     CHECK(again.len == text.len && memcmp(again.data, text.data, text.len) == 0);
     CHECK_STATUS(emf_message_free(msg), EMF_OK);
@@ -231,7 +233,7 @@ static void test_roundtrips(void) {
     /* The big integers come back digit for digit: they never pass through a double. */
     {
         emf_buf_t archive = encode(BIG_INTEGER, NULL);
-        emf_buf_t text = {NULL, 0};
+        emf_buf_t text = {NULL, 0, 0};
         CHECK_STATUS(emf_archive_to_json(archive.data, archive.len, &text), EMF_OK);
         CHECK(buf_contains(text, "\"n\":123456789012345678901234567890,"));
         CHECK(buf_contains(text, "\"m\":-123456789012345678901234567890,"));
@@ -352,29 +354,54 @@ static void test_message_handles(void) {
     CHECK(id_str_is(&e, "\xd0\xb8\xd0\xb4-\xce\xbb"));
     emf_message_free(uni);
 
-    /* Id types: null, negative, int64 limits, beyond int64, float. */
+    /* Id types: null, negative, int64 limits, beyond int64, float, strings; and each id as
+     * exact JSON text (emf_message_id_json), the same text message_to_json writes. */
     {
         struct {
             const char *json;
             uint32_t id_type;
             int64_t id_int;
+            const char *id_json;
         } ids[] = {
             {"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"Parse error\"}}",
-             EMF_ID_NULL, 0},
-            {"{\"jsonrpc\":\"2.0\",\"id\":-5,\"method\":\"m\"}", EMF_ID_INT, -5},
-            {"{\"jsonrpc\":\"2.0\",\"id\":9223372036854775807,\"method\":\"m\"}", EMF_ID_INT, INT64_MAX},
-            {"{\"jsonrpc\":\"2.0\",\"id\":-9223372036854775808,\"method\":\"m\"}", EMF_ID_INT, INT64_MIN},
-            {"{\"jsonrpc\":\"2.0\",\"id\":9223372036854775808,\"method\":\"m\"}", EMF_ID_OTHER_NUMBER, 0},
+             EMF_ID_NULL, 0, "null"},
+            {"{\"jsonrpc\":\"2.0\",\"id\":-5,\"method\":\"m\"}", EMF_ID_INT, -5, "-5"},
+            {"{\"jsonrpc\":\"2.0\",\"id\":9223372036854775807,\"method\":\"m\"}", EMF_ID_INT, INT64_MAX,
+             "9223372036854775807"},
+            {"{\"jsonrpc\":\"2.0\",\"id\":-9223372036854775808,\"method\":\"m\"}", EMF_ID_INT, INT64_MIN,
+             "-9223372036854775808"},
+            {"{\"jsonrpc\":\"2.0\",\"id\":9223372036854775808,\"method\":\"m\"}", EMF_ID_OTHER_NUMBER, 0,
+             "9223372036854775808"},
             {"{\"jsonrpc\":\"2.0\",\"id\":123456789012345678901234567890,\"method\":\"m\"}",
-             EMF_ID_OTHER_NUMBER, 0},
-            {"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"m\"}", EMF_ID_OTHER_NUMBER, 0},
-            {"{\"jsonrpc\":\"2.0\",\"id\":\"\",\"method\":\"\"}", EMF_ID_STRING, 0},
+             EMF_ID_OTHER_NUMBER, 0, "123456789012345678901234567890"},
+            {"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"m\"}", EMF_ID_OTHER_NUMBER, 0, "1.5"},
+            {"{\"jsonrpc\":\"2.0\",\"id\":\"\",\"method\":\"\"}", EMF_ID_STRING, 0, "\"\""},
+            {"{\"jsonrpc\":\"2.0\",\"id\":\"call-42\",\"method\":\"m\"}", EMF_ID_STRING, 0, "\"call-42\""},
+            {"{\"jsonrpc\":\"2.0\",\"id\":\"q\\\"b\\\\s\",\"method\":\"m\"}", EMF_ID_STRING, 0,
+             "\"q\\\"b\\\\s\""},
+            {UNICODE, EMF_ID_STRING, 0, "\"\xd0\xb8\xd0\xb4-\xce\xbb\""},
         };
         for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
             emf_message_t *m = open_json(ids[i].json, NULL);
             CHECK_STATUS(emf_message_envelope(m, 0, &e), EMF_OK);
             CHECK(e.id_type == ids[i].id_type);
             CHECK(e.id_type != EMF_ID_INT || e.id_int == ids[i].id_int);
+
+            emf_buf_t id = sentinel_buf();
+            CHECK_STATUS(emf_message_id_json(m, 0, &id), EMF_OK);
+            CHECK(!is_sentinel(id) && buf_equal(id, ids[i].id_json));
+            if (!buf_equal(id, ids[i].id_json)) {
+                fprintf(stderr, "  id #%zu: got %.*s, want %s\n", i,
+                        is_sentinel(id) ? 0 : (int)id.len, (const char *)id.data, ids[i].id_json);
+            }
+            /* ... which is exactly what the whole message says after "id": */
+            emf_buf_t whole = {NULL, 0, 0};
+            CHECK_STATUS(emf_message_to_json(m, &whole), EMF_OK);
+            char needle[128];
+            snprintf(needle, sizeof needle, "\"id\":%s,", ids[i].id_json);
+            CHECK(buf_contains(whole, needle));
+            emf_buf_free(&whole);
+            if (!is_sentinel(id)) CHECK_STATUS(emf_buf_free(&id), EMF_OK);
             emf_message_free(m);
         }
         /* The empty method and id are present (non-NULL), just zero bytes long. */
@@ -384,7 +411,7 @@ static void test_message_handles(void) {
         emf_message_free(m);
         /* The big-integer id itself is read from the JSON, verbatim. */
         m = open_json(ids[5].json, NULL);
-        emf_buf_t text = {NULL, 0};
+        emf_buf_t text = {NULL, 0, 0};
         CHECK_STATUS(emf_message_to_json(m, &text), EMF_OK);
         CHECK(buf_equal(text, ids[5].json));
         emf_buf_free(&text);
@@ -417,6 +444,17 @@ static void test_message_handles(void) {
         CHECK_ERROR(emf_message_payload_json(batch, 0, &none), EMF_ERR_NOT_FOUND, "no params");
         CHECK(is_sentinel(none));
 
+        /* Ids as JSON per envelope; the notification has none. */
+        emf_buf_t id = {NULL, 0, 0};
+        CHECK_STATUS(emf_message_id_json(batch, 0, &id), EMF_OK);
+        CHECK(buf_equal(id, "1"));
+        emf_buf_free(&id);
+        CHECK_STATUS(emf_message_id_json(batch, 2, &id), EMF_OK);
+        CHECK(buf_equal(id, "\"r-2\""));
+        emf_buf_free(&id);
+        CHECK_ERROR(emf_message_id_json(batch, 1, &none), EMF_ERR_NOT_FOUND, "no id");
+        CHECK(is_sentinel(none));
+
         /* Index out of range, for every indexed function; out untouched. */
         emf_envelope_info_t untouched;
         memset(&untouched, 0xA5, sizeof untouched);
@@ -425,6 +463,8 @@ static void test_message_handles(void) {
         CHECK(memcmp(&e, &untouched, sizeof e) == 0);
         CHECK_ERROR(emf_message_envelope(batch, SIZE_MAX, &e), EMF_ERR_INVALID_ARGUMENT, "out of range");
         CHECK_ERROR(emf_message_payload_json(batch, 3, &none), EMF_ERR_INVALID_ARGUMENT, "out of range");
+        CHECK_ERROR(emf_message_id_json(batch, 3, &none), EMF_ERR_INVALID_ARGUMENT, "out of range");
+        CHECK_ERROR(emf_message_id_json(batch, SIZE_MAX, &none), EMF_ERR_INVALID_ARGUMENT, "out of range");
         CHECK(is_sentinel(none));
 
         /* NULL out-params and NULL handles. */
@@ -432,15 +472,17 @@ static void test_message_handles(void) {
         CHECK_ERROR(emf_message_envelope(batch, 0, NULL), EMF_ERR_NULL_ARGUMENT, "out");
         CHECK_ERROR(emf_message_to_json(batch, NULL), EMF_ERR_NULL_ARGUMENT, "out");
         CHECK_ERROR(emf_message_payload_json(batch, 0, NULL), EMF_ERR_NULL_ARGUMENT, "out");
+        CHECK_ERROR(emf_message_id_json(batch, 0, NULL), EMF_ERR_NULL_ARGUMENT, "out");
         CHECK_ERROR(emf_message_count(NULL, &count), EMF_ERR_NULL_ARGUMENT, "msg");
         CHECK_ERROR(emf_message_envelope(NULL, 0, &e), EMF_ERR_NULL_ARGUMENT, "msg");
         CHECK_ERROR(emf_message_to_json(NULL, &none), EMF_ERR_NULL_ARGUMENT, "msg");
         CHECK_ERROR(emf_message_payload_json(NULL, 0, &none), EMF_ERR_NULL_ARGUMENT, "msg");
+        CHECK_ERROR(emf_message_id_json(NULL, 0, &none), EMF_ERR_NULL_ARGUMENT, "msg");
         CHECK(is_sentinel(none));
 
         /* Free twice: the second is refused; a freed handle is not used. */
         CHECK_STATUS(emf_message_free(batch), EMF_OK);
-        CHECK_ERROR(emf_message_free(batch), EMF_ERR_INVALID_ARGUMENT, "double free");
+        CHECK_ERROR(emf_message_free(batch), EMF_ERR_INVALID_ARGUMENT, "already freed");
         count = 12345;
         CHECK_ERROR(emf_message_count(batch, &count), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
         CHECK(count == 12345);
@@ -472,7 +514,7 @@ static void test_message_handles(void) {
 /* ---------------------------------------------------------------- compression */
 
 static void test_compression(void) {
-    emf_buf_t out = {NULL, 0};
+    emf_buf_t out = {NULL, 0, 0};
     bool compressed = true;
 
     /* Below the threshold: a copy of the input, not compressed. */
@@ -496,8 +538,12 @@ static void test_compression(void) {
     CHECK_STATUS(emf_compress_if_needed(text, n, EMF_COMPRESS_DEFAULT_THRESHOLD, &out, &compressed),
                  EMF_OK);
     CHECK(compressed && out.len < n * 8 / 10);
-    emf_buf_t back = {NULL, 0};
+    emf_buf_t back = {NULL, 0, 0};
     CHECK_STATUS(emf_decompress(out.data, out.len, n, &back), EMF_OK);
+    CHECK(back.len == n && memcmp(back.data, text, n) == 0);
+    emf_buf_free(&back);
+    /* No limit at all: max_len = SIZE_MAX must not overflow anywhere. */
+    CHECK_STATUS(emf_decompress(out.data, out.len, SIZE_MAX, &back), EMF_OK);
     CHECK(back.len == n && memcmp(back.data, text, n) == 0);
     emf_buf_free(&back);
     back = sentinel_buf();
@@ -517,6 +563,9 @@ static void test_compression(void) {
         const char *junk = "this is not a zlib stream at all";
         CHECK_ERROR(emf_decompress(u8(junk), strlen(junk), n, &back), EMF_ERR_CORRUPT, NULL);
         CHECK_ERROR(emf_decompress(NULL, 0, n, &back), EMF_ERR_CORRUPT, NULL);
+        /* Without a limit, bad streams are still just corrupt. */
+        CHECK_ERROR(emf_decompress(out.data, out.len / 2, SIZE_MAX, &back), EMF_ERR_CORRUPT, NULL);
+        CHECK_ERROR(emf_decompress(u8(junk), strlen(junk), SIZE_MAX, &back), EMF_ERR_CORRUPT, NULL);
         CHECK(is_sentinel(back));
     }
     emf_buf_free(&out);
@@ -536,7 +585,7 @@ static void test_compression(void) {
         size_t bomb_len = 10u * 1024 * 1024;
         uint8_t *zeros = xmalloc(bomb_len);
         memset(zeros, 0, bomb_len);
-        emf_buf_t bomb = {NULL, 0};
+        emf_buf_t bomb = {NULL, 0, 0};
         CHECK_STATUS(emf_compress_if_needed(zeros, bomb_len, EMF_COMPRESS_DEFAULT_THRESHOLD, &bomb,
                                             &compressed),
                      EMF_OK);
@@ -544,9 +593,11 @@ static void test_compression(void) {
         back = sentinel_buf();
         CHECK_ERROR(emf_decompress(bomb.data, bomb.len, 1024 * 1024, &back), EMF_ERR_TOO_LARGE, NULL);
         CHECK(is_sentinel(back));
-        back.data = NULL;
-        back.len = 0;
+        back = (emf_buf_t){NULL, 0, 0};
         CHECK_STATUS(emf_decompress(bomb.data, bomb.len, bomb_len, &back), EMF_OK);
+        CHECK(back.len == bomb_len && memcmp(back.data, zeros, bomb_len) == 0);
+        emf_buf_free(&back);
+        CHECK_STATUS(emf_decompress(bomb.data, bomb.len, SIZE_MAX, &back), EMF_OK);
         CHECK(back.len == bomb_len && memcmp(back.data, zeros, bomb_len) == 0);
         emf_buf_free(&back);
         emf_buf_free(&bomb);
@@ -667,7 +718,7 @@ static void test_null_and_length_arguments(void) {
 /* Validation of damaged archives must fail cleanly; what passes must be fully usable. */
 static int archive_status_consistent(const uint8_t *p, size_t len, emf_status_t *first) {
     size_t count = 0;
-    emf_buf_t text = {NULL, 0};
+    emf_buf_t text = {NULL, 0, 0};
     emf_message_t *msg = NULL;
     emf_status_t v = emf_archive_validate(p, len, &count);
     emf_status_t t = emf_archive_to_json(p, len, &text);
@@ -676,12 +727,18 @@ static int archive_status_consistent(const uint8_t *p, size_t len, emf_status_t 
     int ok = v == t && v == o && (v == EMF_OK || v == EMF_ERR_CORRUPT);
     if (v == EMF_OK && o == EMF_OK) {
         /* Accepted: every envelope and the JSON must be reachable. */
-        emf_buf_t again = {NULL, 0};
+        emf_buf_t again = {NULL, 0, 0};
         size_t n = 0;
         ok = ok && emf_message_count(msg, &n) == EMF_OK && n == count;
         for (size_t i = 0; ok && i < n; i++) {
             emf_envelope_info_t e;
+            emf_buf_t id = {NULL, 0, 0};
             ok = emf_message_envelope(msg, i, &e) == EMF_OK;
+            /* The id as JSON exists exactly when the envelope has one. */
+            emf_status_t st = emf_message_id_json(msg, i, &id);
+            ok = ok && (e.id_type == EMF_ID_NONE ? st == EMF_ERR_NOT_FOUND
+                                                 : st == EMF_OK && id.len > 0);
+            emf_buf_free(&id);
         }
         ok = ok && emf_message_to_json(msg, &again) == EMF_OK && again.len == text.len &&
              (text.len == 0 || memcmp(again.data, text.data, text.len) == 0);
@@ -764,35 +821,172 @@ static void test_damaged_archives(void) {
 static void test_buffers(void) {
     emf_buf_t a = encode(PING, NULL);
     emf_buf_t copy = a;
+    CHECK(a.token != 0);
     CHECK_STATUS(emf_buf_free(&a), EMF_OK);
-    CHECK(a.data == NULL && a.len == 0);
+    CHECK(a.data == NULL && a.len == 0 && a.token == 0);
     CHECK_STATUS(emf_buf_free(&a), EMF_OK); /* the reset struct is empty: fine */
     CHECK_ERROR(emf_buf_free(&copy), EMF_ERR_INVALID_ARGUMENT, "already freed");
-    CHECK(copy.data != NULL && copy.len > 0); /* refused and left untouched */
+    CHECK(copy.data != NULL && copy.len > 0 && copy.token != 0); /* refused and left untouched */
+
+    /* A stale copy is refused even when a newer buffer of the same length took its memory.
+     * Ask for buffers of the same length until the allocator hands the freed address out
+     * again (it usually does at once; under valgrind, whose allocator holds freed blocks
+     * back, it does not), then free the stale copy: the token tells the two apart. */
+    {
+        enum { TRIES = 16 };
+        emf_buf_t newer[TRIES];
+        size_t n = 0, reused = TRIES;
+        while (n < TRIES && reused == TRIES) {
+            newer[n] = encode(PING, NULL);
+            CHECK(newer[n].len == copy.len && newer[n].token != copy.token);
+            if (newer[n].data == copy.data) reused = n;
+            n++;
+        }
+        emf_buf_t stale = copy;
+        CHECK_ERROR(emf_buf_free(&stale), EMF_ERR_INVALID_ARGUMENT, "already freed");
+        CHECK(memcmp(&stale, &copy, sizeof stale) == 0);
+        /* Whether or not the address came back: the live buffer's data and length with the
+         * stale token (exactly what a stale copy looks like after reuse) is refused too. */
+        emf_buf_t forged = {newer[n - 1].data, newer[n - 1].len, copy.token};
+        CHECK_ERROR(emf_buf_free(&forged), EMF_ERR_INVALID_ARGUMENT, "already freed");
+        CHECK(forged.data == newer[n - 1].data && forged.token == copy.token);
+        /* ... and so is any other token, 0 included. */
+        forged.token = newer[n - 1].token + 1;
+        CHECK_ERROR(emf_buf_free(&forged), EMF_ERR_INVALID_ARGUMENT, NULL);
+        forged.token = 0;
+        CHECK_ERROR(emf_buf_free(&forged), EMF_ERR_INVALID_ARGUMENT, NULL);
+        /* The newer buffers are intact and free normally, each exactly once. */
+        for (size_t i = 0; i < n; i++) {
+            emf_buf_t json = {NULL, 0, 0};
+            CHECK_STATUS(emf_archive_to_json(newer[i].data, newer[i].len, &json), EMF_OK);
+            CHECK(buf_equal(json, PING));
+            emf_buf_free(&json);
+            CHECK_STATUS(emf_buf_free(&newer[i]), EMF_OK);
+        }
+    }
 
     /* A pointer the library never returned. */
     uint8_t stack[16] = {0};
-    emf_buf_t foreign = {stack, sizeof stack};
+    emf_buf_t foreign = {stack, sizeof stack, 0};
     CHECK_ERROR(emf_buf_free(&foreign), EMF_ERR_INVALID_ARGUMENT, "not returned by this library");
     CHECK(foreign.data == stack && foreign.len == sizeof stack);
+    foreign.token = 1; /* a guessed token does not make it ours either */
+    CHECK_ERROR(emf_buf_free(&foreign), EMF_ERR_INVALID_ARGUMENT, "not returned by this library");
 
-    /* The right pointer with the wrong length is refused too; the true one still frees. */
+    /* The right pointer and token with the wrong length is refused too; the true one frees. */
     emf_buf_t b = encode(PING, NULL);
-    emf_buf_t wrong = {b.data, b.len + 1};
+    emf_buf_t wrong = {b.data, b.len + 1, b.token};
     CHECK_ERROR(emf_buf_free(&wrong), EMF_ERR_INVALID_ARGUMENT, NULL);
+    CHECK(wrong.len == b.len + 1);
     CHECK_STATUS(emf_buf_free(&b), EMF_OK);
 
     CHECK_STATUS(emf_buf_free(NULL), EMF_OK);
-    emf_buf_t empty = {NULL, 0};
+    emf_buf_t empty = {NULL, 0, 0};
     CHECK_STATUS(emf_buf_free(&empty), EMF_OK);
-    emf_buf_t null_with_len = {NULL, 5};
+    emf_buf_t null_with_len = {NULL, 5, 0};
     CHECK_STATUS(emf_buf_free(&null_with_len), EMF_OK);
     CHECK(null_with_len.len == 0);
 }
 
+/* Handles are tokens that never repeat: a stale handle never names a newer message. */
+static void test_handle_tokens(void) {
+    emf_buf_t archive = encode(BATCH, NULL);
+    emf_message_t *a = NULL;
+    emf_message_t *b = NULL;
+    size_t count = 0;
+
+    CHECK_STATUS(emf_message_open(archive.data, archive.len, &a), EMF_OK);
+    CHECK_STATUS(emf_message_free(a), EMF_OK);
+    CHECK_STATUS(emf_message_open(archive.data, archive.len, &b), EMF_OK);
+    CHECK(b != NULL && b != a);
+
+    /* Freeing A again is refused and does not touch B. */
+    CHECK_ERROR(emf_message_free(a), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    count = 0;
+    CHECK_STATUS(emf_message_count(b, &count), EMF_OK);
+    CHECK(count == 3);
+    emf_envelope_info_t e;
+    CHECK_STATUS(emf_message_envelope(b, 2, &e), EMF_OK);
+    CHECK(e.kind == EMF_KIND_RESPONSE && id_str_is(&e, "r-2"));
+    emf_buf_t text = {NULL, 0, 0};
+    CHECK_STATUS(emf_message_to_json(b, &text), EMF_OK);
+    CHECK(buf_equal(text, BATCH));
+    emf_buf_free(&text);
+
+    /* Every use of the stale A is refused, out-params untouched. */
+    count = 4242;
+    CHECK_ERROR(emf_message_count(a, &count), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK(count == 4242);
+    emf_buf_t out = sentinel_buf();
+    CHECK_ERROR(emf_message_to_json(a, &out), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_ERROR(emf_message_id_json(a, 0, &out), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_ERROR(emf_message_payload_json(a, 2, &out), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK(is_sentinel(out));
+
+    /* Many open/free cycles: no new handle equals A or B, each frees exactly once. */
+    size_t same = 0;
+    for (int i = 0; i < 200; i++) {
+        emf_message_t *c = NULL;
+        CHECK_STATUS(emf_message_open(archive.data, archive.len, &c), EMF_OK);
+        if (c == a || c == b) same++;
+        CHECK_STATUS(emf_message_free(c), EMF_OK);
+        if (emf_message_free(c) != EMF_ERR_INVALID_ARGUMENT) same++;
+    }
+    CHECK(same == 0);
+    CHECK_STATUS(emf_message_count(b, &count), EMF_OK);
+    CHECK(count == 3);
+
+    /* Values the library never handed out are refused without being dereferenced. */
+    emf_message_t *forged[] = {(emf_message_t *)&archive, (emf_message_t *)(uintptr_t)UINTPTR_MAX};
+    for (size_t i = 0; i < 2; i++) {
+        count = 4242;
+        CHECK_ERROR(emf_message_count(forged[i], &count), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+        CHECK_ERROR(emf_message_free(forged[i]), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+        CHECK(count == 4242);
+    }
+
+    CHECK_STATUS(emf_message_free(b), EMF_OK);
+    CHECK_ERROR(emf_message_free(b), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_STATUS(emf_buf_free(&archive), EMF_OK);
+}
+
+/* Names of kind and priority codes. */
+static void test_names(void) {
+    static const struct {
+        uint32_t code;
+        const char *name;
+    } kinds[] = {
+        {EMF_KIND_REQUEST, "request"}, {EMF_KIND_RESPONSE, "response"},
+        {EMF_KIND_NOTIFICATION, "notification"}, {EMF_KIND_TASK, "task"},
+        {EMF_KIND_RESULT, "result"}, {EMF_KIND_ERROR, "error"},
+        {6, "unknown"}, {UINT32_MAX, "unknown"},
+    }, priorities[] = {
+        {EMF_PRIORITY_CRITICAL, "critical"}, {EMF_PRIORITY_HIGH, "high"},
+        {EMF_PRIORITY_NORMAL, "normal"}, {EMF_PRIORITY_LOW, "low"},
+        {4, "unknown"}, {UINT32_MAX, "unknown"},
+    };
+    for (size_t i = 0; i < sizeof kinds / sizeof kinds[0]; i++) {
+        const char *got = emf_kind_name(kinds[i].code);
+        CHECK(got != NULL && strcmp(got, kinds[i].name) == 0);
+        CHECK(got == emf_kind_name(kinds[i].code)); /* static: the same string every time */
+    }
+    for (size_t i = 0; i < sizeof priorities / sizeof priorities[0]; i++) {
+        const char *got = emf_priority_name(priorities[i].code);
+        CHECK(got != NULL && strcmp(got, priorities[i].name) == 0);
+        CHECK(got == emf_priority_name(priorities[i].code));
+    }
+    /* The names agree with what a message reports. */
+    emf_message_t *m = open_json(ERROR_RESPONSE, NULL);
+    emf_envelope_info_t e;
+    CHECK_STATUS(emf_message_envelope(m, 0, &e), EMF_OK);
+    CHECK(strcmp(emf_kind_name(e.kind), "error") == 0 &&
+          strcmp(emf_priority_name(e.priority), "normal") == 0);
+    emf_message_free(m);
+}
+
 static void test_last_error_message(void) {
     /* Make a known error: its message is `argument `json` is NULL`. */
-    emf_buf_t out = {NULL, 0};
+    emf_buf_t out = {NULL, 0, 0};
     CHECK_STATUS(emf_json_to_archive(NULL, 1, NULL, &out), EMF_ERR_NULL_ARGUMENT);
 
     char full[256];
@@ -869,20 +1063,20 @@ static int reader_thread(void *arg) {
     *ok = 1;
     for (int i = 0; i < 200; i++) {
         emf_envelope_info_t e;
-        emf_buf_t text = {NULL, 0};
+        emf_buf_t text = {NULL, 0, 0};
         *ok &= emf_message_envelope(g_shared, 2, &e) == EMF_OK && e.kind == EMF_KIND_RESPONSE;
         *ok &= emf_message_to_json(g_shared, &text) == EMF_OK && buf_equal(text, BATCH);
         emf_buf_free(&text);
     }
     /* Fail with a distinctive message on this thread only. */
     emf_encode_options_t bad = {77, 0, 0};
-    emf_buf_t out = {NULL, 0};
+    emf_buf_t out = {NULL, 0, 0};
     *ok &= emf_json_to_archive(u8(PING), strlen(PING), &bad, &out) == EMF_ERR_INVALID_ARGUMENT;
     return 0;
 }
 
 static void test_threads(void) {
-    emf_buf_t out = {NULL, 0};
+    emf_buf_t out = {NULL, 0, 0};
     CHECK_ERROR(emf_json_to_archive(NULL, 3, NULL, &out), EMF_ERR_NULL_ARGUMENT, "json");
     g_shared = open_json(BATCH, NULL);
     thrd_t threads[2];
@@ -914,6 +1108,8 @@ int main(void) {
     test_null_and_length_arguments();
     test_damaged_archives();
     test_buffers();
+    test_handle_tokens();
+    test_names();
     test_last_error_message();
 #if !defined(__STDC_NO_THREADS__)
     test_threads();

@@ -113,6 +113,37 @@ void test_message_fields() {
     CHECK(c.method == "tools/call");
     CHECK(call.payload_json(0).view().substr(0, 17) == R"({"name":"search",)");
 
+    // Ids as exact JSON text; the notification has none.
+    CHECK(batch.id_json(0).view() == "1");
+    CHECK(batch.id_json(2).view() == "2");
+    CHECK(call.id_json(0).view() == R"("call-7")");
+    CHECK_THROWS(batch.id_json(1), EMF_ERR_NOT_FOUND);
+    CHECK_THROWS(batch.id_json(3), EMF_ERR_INVALID_ARGUMENT);
+    for (const char* id : {"123456789012345678901234567890", "-9223372036854775808", "1.5",
+                           R"("")", R"("a\"b")"}) {
+        const std::string json =
+            std::string(R"({"jsonrpc":"2.0","id":)") + id + R"(,"method":"m"})";
+        emf::Buffer got = emf::Message(emf::json_to_archive(json)).id_json(0);
+        CHECK(got.view() == id);
+        if (got.view() != id) std::fprintf(stderr, "  id: got %s, want %s\n", got.str().c_str(), id);
+    }
+    // `null` (allowed in an error response only).
+    CHECK(emf::Message(emf::json_to_archive(
+                           R"({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"Parse error"}})"))
+              .id_json(0)
+              .view() == "null");
+
+    // Names of kinds and priorities.
+    CHECK(emf::kind_name(req.kind) == "request" && emf::kind_name(note.kind) == "notification");
+    CHECK(emf::kind_name(err.kind) == "error" && emf::kind_name(emf::Kind::Task) == "task");
+    CHECK(emf::kind_name(emf::Kind::Response) == "response" &&
+          emf::kind_name(emf::Kind::Result) == "result");
+    CHECK(emf::kind_name(static_cast<emf::Kind>(6)) == "unknown");
+    CHECK(emf::priority_name(req.priority) == "critical" && emf::priority_name(c.priority) == "low");
+    CHECK(emf::priority_name(emf::Priority::High) == "high" &&
+          emf::priority_name(emf::Priority::Normal) == "normal");
+    CHECK(emf::priority_name(static_cast<emf::Priority>(4)) == "unknown");
+
     // Defaults: normal priority, created now, no deadline.
     emf::Envelope d = emf::Message(emf::json_to_archive(kInitialize)).envelope(0);
     CHECK(d.priority == emf::Priority::Normal && d.created_at_us > 0 && d.deadline_us == 0);
@@ -169,6 +200,7 @@ void test_compression() {
     CHECK(compressed && data.size() < text.size() * 8 / 10);
     CHECK(emf::decompress(data, text.size()).view() == text);
     CHECK_THROWS(emf::decompress(data, text.size() - 1), EMF_ERR_TOO_LARGE);
+    CHECK(emf::decompress(data, SIZE_MAX).view() == text);  // no limit: no overflow
     CHECK_THROWS(emf::decompress(emf::Bytes(data.data(), data.size() / 2), text.size()), EMF_ERR_CORRUPT);
 
     emf::Compressed small = emf::compress_if_needed("tiny");
@@ -181,6 +213,7 @@ void test_compression() {
     emf::Compressed bomb = emf::compress_if_needed(zeros);
     CHECK(bomb.compressed && bomb.data.size() < 64 * 1024);
     CHECK_THROWS(emf::decompress(bomb.data, 1u << 20), EMF_ERR_TOO_LARGE);
+    CHECK(emf::decompress(bomb.data, SIZE_MAX).size() == zeros.size());
     CHECK_THROWS(emf::decompress("not zlib", 100), EMF_ERR_CORRUPT);
 }
 
@@ -203,7 +236,14 @@ void test_moves() {
     // release() hands ownership to C; the wrapper no longer frees it.
     emf_buf_t raw = c.release();
     CHECK(c.empty() && raw.data == bytes);
-    CHECK(emf_buf_free(&raw) == EMF_OK);
+    emf_buf_t stale = raw;  // a copy of the struct, token included
+    CHECK(raw.token != 0 && emf_buf_free(&raw) == EMF_OK && raw.token == 0);
+    // The stale copy is refused, even with a new buffer of the same length alive (quite
+    // possibly at the same address): the Buffer owning it is unaffected.
+    emf::Buffer fresh = emf::json_to_archive(kInitialize);
+    CHECK(fresh.size() == stale.len);
+    CHECK(emf_buf_free(&stale) == EMF_ERR_INVALID_ARGUMENT);
+    CHECK(emf::archive_to_json(fresh).view() == kInitialize);
     c.reset();
     c.reset();  // empty: harmless
 

@@ -50,7 +50,8 @@ decompress(Data) ->
     decompress(Data, ?DEFAULT_MAX_SIZE).
 
 %% @doc Decompresses a zlib stream; `{error, {too_large, _}}' when the output would exceed
-%% `MaxSize' bytes, `{error, {corrupt, _}}' for a bad stream or trailing bytes.
+%% `MaxSize' bytes, `{error, {corrupt, _}}' for a bad stream or trailing bytes. `MaxSize' is
+%% any non-negative 64-bit integer (`16#FFFFFFFFFFFFFFFF': no limit).
 -spec decompress(iodata(), non_neg_integer()) -> {ok, binary()} | error().
 decompress(Data, MaxSize) ->
     erlmcp_flow_nif:decompress(Data, MaxSize).

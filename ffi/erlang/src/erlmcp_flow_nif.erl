@@ -11,8 +11,17 @@
 %%     (`invalid_argument', `corrupt', `too_large', ...), `Message' a UTF-8 binary.</li>
 %% <li>A wrong-typed argument gives `{error, {invalid_argument, Message}}', never an
 %%     exception.</li>
-%% <li>Inputs above 64 KiB are processed on a dirty CPU scheduler.</li>
+%% <li>Inputs above 64 KiB are processed on a dirty CPU scheduler, and so is every byte
+%%     argument that is iodata rather than a binary (it is flattened there, never on a normal
+%%     scheduler): pass a binary to keep small inputs on the calling scheduler.</li>
 %% </ul>
+%%
+%% Message handles belong to the loaded NIF library that made them. After a code upgrade of
+%% this module (which loads the NIF library again, possibly a new build with its own copy of
+%% the engine) the new code refuses older handles with
+%% `{error, {invalid_argument, <<"message: not a handle of this library version ...">>}}':
+%% open the archive again. Older handles are still freed by the library that made them, which
+%% the runtime keeps loaded until the last of them is garbage collected.
 %%
 %% Loading checks that the engine's ABI version equals the one the NIF was compiled against;
 %% on a mismatch the module fails to load and the code server logs
@@ -46,14 +55,15 @@
 %% A message handle: a validated archive held by the engine, freed when garbage collected.
 -type envelope() :: #{kind := kind(),
                       priority := priority(),
-                      id := integer() | binary() | null | none | other,
+                      id := integer() | binary() | null | none | {json, binary()},
                       method := binary() | undefined,
                       created_at_us := non_neg_integer(),
                       deadline_us := non_neg_integer(),
                       error_code := integer() | undefined}.
-%% One envelope: `id' is `none' when the message has no id and `other' for a number that is
-%% not a 64-bit integer (read it from the JSON); `created_at_us' and `deadline_us' are µs
-%% since the UNIX epoch, 0 for unknown / none.
+%% One envelope: `id' is `none' when the message has no id, and `{json, Text}' for a number
+%% that is not a 64-bit integer (a float, or an integer beyond 64 bits), `Text' being its exact
+%% JSON text (`<<"1.5">>', `<<"123456789012345678901234567890">>'); `created_at_us' and
+%% `deadline_us' are µs since the UNIX epoch, 0 for unknown / none.
 
 %%--------------------------------------------------------------------------------------------
 %% Loading
@@ -164,5 +174,6 @@ message_payload_json(_Message, _Index) -> erlang:nif_error(not_loaded).
 compress_if_needed(_Data, _Threshold) -> erlang:nif_error(not_loaded).
 
 %% @doc `emf_decompress': inflates a zlib stream whose output may not exceed `MaxSize' bytes.
+%% `MaxSize' is any non-negative 64-bit integer; `16#FFFFFFFFFFFFFFFF' means no limit.
 -spec decompress(bytes(), non_neg_integer()) -> {ok, binary()} | error().
 decompress(_Data, _MaxSize) -> erlang:nif_error(not_loaded).

@@ -86,6 +86,26 @@ limit_test() ->
     ?assertMatch({error, {too_large, _}}, ?C:decompress(Z, 99999)),
     ?assertMatch({error, {too_large, _}}, ?C:decompress(Z, 0)).
 
+%% The largest limit (2^64 - 1) means no limit, also for iodata and inputs that run on a
+%% dirty scheduler; 2^64 is not a 64-bit integer.
+max_limit_test() ->
+    Max = 16#FFFFFFFFFFFFFFFF,
+    Small = compressible(100000),
+    Z = zlib:compress(Small),
+    ?assertEqual({ok, Small}, ?C:decompress(Z, Max)),
+    ?assertEqual({ok, Small}, ?C:decompress([Z], Max)),
+    ?assertEqual({ok, Small}, erlmcp_flow_nif:decompress(Z, Max)),
+    ?assertEqual({ok, <<>>}, ?C:decompress(zlib:compress(<<>>), Max)),
+    Large = compressible(5 * 1024 * 1024),
+    ZLarge = zlib:compress(Large),
+    ?assertEqual({ok, Large}, ?C:decompress(ZLarge, Max)),
+    ?assertEqual({ok, Large}, ?C:decompress([binary:part(ZLarge, 0, 10),
+                                             binary:part(ZLarge, 10, byte_size(ZLarge) - 10)],
+                                            Max)),
+    ?assertMatch({error, {corrupt, _}}, ?C:decompress(<<"not zlib">>, Max)),
+    ?assertMatch({error, {invalid_argument, _}}, ?C:decompress(Z, Max + 1)),
+    ?assertEqual({ok, {raw, Small}}, ?C:compress_if_needed(Small, Max)).
+
 default_limit_test() ->
     %% 65 MiB of zeros compress to about 64 KiB: a small bomb.
     Bomb = zlib:compress(binary:copy(<<0>>, 65 * 1024 * 1024)),

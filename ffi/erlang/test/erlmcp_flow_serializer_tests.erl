@@ -135,7 +135,8 @@ big_integer_survives_exactly_test() ->
 big_integer_id_test() ->
     {ok, Archive} = ?S:encode(<<"{\"jsonrpc\":\"2.0\",\"id\":123456789012345678901234567890,"
                                 "\"method\":\"m\"}">>),
-    ?assertMatch({ok, [#{id := other}]}, ?S:info(Archive)),
+    ?assertMatch({ok, [#{id := {json, <<"123456789012345678901234567890">>}}]},
+                 ?S:info(Archive)),
     ?assertEqual({ok, <<"{\"jsonrpc\":\"2.0\",\"id\":123456789012345678901234567890,"
                         "\"method\":\"m\"}">>}, ?S:decode(Archive)).
 
@@ -145,9 +146,34 @@ floats_test() ->
     %% Other spellings come back as the shortest text of the same double.
     ?assertEqual(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[-0.0025,100.0]}">>,
                  round_trip(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[-2.5e-3,1E2]}">>)),
-    %% A float id is described as `other'.
+    %% A float id is described by its JSON text.
     {ok, Archive} = ?S:encode(<<"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"m\"}">>),
-    ?assertMatch({ok, [#{id := other}]}, ?S:info(Archive)).
+    ?assertMatch({ok, [#{id := {json, <<"1.5">>}}]}, ?S:info(Archive)).
+
+%% Ids that are not 64-bit integers come as {json, ExactText}; the others as Erlang terms.
+%% In a batch, each envelope's own id is read.
+id_json_test() ->
+    Ids = [<<"1.5">>, <<"-0.25">>, <<"1e400">>, <<"9223372036854775808">>,
+           <<"-9223372036854775809">>, <<"18446744073709551615">>,
+           <<"-123456789012345678901234567890">>, <<"9223372036854775807">>,
+           <<"-9223372036854775808">>, <<"null">>, <<"\"s\"">>],
+    %% Error responses, as only they may have a null id.
+    Items = [["{\"jsonrpc\":\"2.0\",\"id\":", Id,
+              ",\"error\":{\"code\":-32600,\"message\":\"x\"}}"] || Id <- Ids],
+    Json = iolist_to_binary(["[", lists:join(",", Items), "]"]),
+    {ok, Archive} = ?S:encode(Json),
+    {ok, Infos} = ?S:info(Archive),
+    ?assertEqual([{json, <<"1.5">>}, {json, <<"-0.25">>}, {json, <<"1e400">>},
+                  {json, <<"9223372036854775808">>}, {json, <<"-9223372036854775809">>},
+                  {json, <<"18446744073709551615">>},
+                  {json, <<"-123456789012345678901234567890">>},
+                  9223372036854775807, -9223372036854775808, null, <<"s">>],
+                 [Id || #{id := Id} <- Infos]),
+    %% The JSON text of an id is what decode/1 writes for it.
+    {ok, Back} = ?S:decode(Archive),
+    lists:foreach(fun({json, Text}) -> ?assertNotEqual(nomatch, binary:match(Back, Text));
+                     (_) -> ok
+                  end, [Id || #{id := Id} <- Infos]).
 
 whitespace_is_normalised_test() ->
     ?assertEqual(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"ping\"}">>,

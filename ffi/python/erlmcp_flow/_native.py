@@ -66,11 +66,16 @@ emf_status_t = c_int32
 
 
 class emf_buf_t(Structure):
-    """``emf_buf_t``: bytes owned by the caller, released with ``emf_buf_free``."""
+    """``emf_buf_t``: bytes owned by the caller, released with ``emf_buf_free``.
+
+    ``token`` is the library's private identity of the buffer (it lets the library refuse a
+    second free through a stale copy even after the memory was reused). Never change it; a
+    zero-initialised ``emf_buf_t()`` is the empty buffer."""
 
     _fields_ = [
         ("data", POINTER(c_uint8)),
         ("len", c_size_t),
+        ("token", c_uint64),
     ]
 
 
@@ -134,6 +139,9 @@ PROTOTYPES = {
         emf_status_t,
         [emf_message_p, c_size_t, POINTER(emf_envelope_info_t)],
     ),
+    "emf_message_id_json": (emf_status_t, [emf_message_p, c_size_t, POINTER(emf_buf_t)]),
+    "emf_kind_name": (c_char_p, [c_uint32]),
+    "emf_priority_name": (c_char_p, [c_uint32]),
     "emf_message_to_json": (emf_status_t, [emf_message_p, POINTER(emf_buf_t)]),
     "emf_message_payload_json": (
         emf_status_t,

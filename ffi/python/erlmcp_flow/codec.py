@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import re
 import threading
 import weakref
 from ctypes import byref, c_bool, c_size_t
@@ -44,23 +45,41 @@ EMF_ID_OTHER_NUMBER = 4
 EMF_COMPRESS_DEFAULT_THRESHOLD = 1024
 EMF_MAX_INPUT_LEN = 2**31 - 1
 
-#: Kind code -> name, the names the engine itself uses.
-KIND_NAMES = {
-    EMF_KIND_REQUEST: "request",
-    EMF_KIND_RESPONSE: "response",
-    EMF_KIND_NOTIFICATION: "notification",
-    EMF_KIND_TASK: "task",
-    EMF_KIND_RESULT: "result",
-    EMF_KIND_ERROR: "error",
-}
-#: Priority code -> name.
-PRIORITY_NAMES = {
-    EMF_PRIORITY_CRITICAL: "critical",
-    EMF_PRIORITY_HIGH: "high",
-    EMF_PRIORITY_NORMAL: "normal",
-    EMF_PRIORITY_LOW: "low",
-}
+# The library's word for a code it does not define (emf_kind_name, emf_priority_name).
+_UNKNOWN_NAME = "unknown"
+# A stop for the scan below, should a library ever name every code.
+_NAME_SCAN_LIMIT = 1024
+
+
+def _library_names(name_of) -> dict:
+    """Code -> name, asking the library (``emf_kind_name`` or ``emf_priority_name``) for codes
+    0, 1, 2, ... until it answers ``"unknown"``. Done once, at import."""
+    names = {}
+    for code in range(_NAME_SCAN_LIMIT):
+        name = name_of(code).decode("utf-8")
+        if name == _UNKNOWN_NAME:
+            break
+        names[code] = name
+    return names
+
+
+def _name_or_code(table: dict, name_of, code: int) -> Union[str, int]:
+    """The library's name for ``code``, or ``code`` itself when the library has none."""
+    name = table.get(code)
+    if name is None:
+        # Not in the scanned range (e.g. after a gap in the codes): ask the library directly.
+        name = name_of(code).decode("utf-8")
+        if name == _UNKNOWN_NAME:
+            return code
+    return name
+
+
+#: Kind code -> name, as the library names them (``emf_kind_name``).
+KIND_NAMES = _library_names(lib.emf_kind_name)
+#: Priority code -> name, as the library names them (``emf_priority_name``).
+PRIORITY_NAMES = _library_names(lib.emf_priority_name)
 _PRIORITY_CODES = {name: code for code, name in PRIORITY_NAMES.items()}
+#: Id type code -> the name used in :attr:`Envelope.id_type`.
 ID_TYPE_NAMES = {
     EMF_ID_NONE: "none",
     EMF_ID_NULL: "null",
@@ -71,6 +90,36 @@ ID_TYPE_NAMES = {
 
 _U32_MAX = 2**32 - 1
 _U64_MAX = 2**64 - 1
+
+
+class BigNumber(str):
+    """An integer id whose exact decimal text Python refuses to turn into an ``int``.
+
+    Python limits int/str conversions to ``sys.get_int_max_str_digits()`` digits (4300 by
+    default, since 3.11). An ``EMF_ID_OTHER_NUMBER`` id longer than that comes back as this
+    ``str`` subclass holding the exact JSON text (e.g. ``BigNumber('1234...')``), so it is
+    neither lost nor mistaken for a string id: test with ``isinstance(id, BigNumber)``. To get
+    the ``int``, raise the limit (``sys.set_int_max_str_digits(0)``) and call ``int(id)``.
+    """
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"BigNumber({str.__repr__(self)})"
+
+
+_JSON_INTEGER = re.compile(r"-?[0-9]+")
+
+
+def _number_from_json(text: str) -> Union[int, float, BigNumber]:
+    """A JSON number's text (from ``emf_message_id_json``) as an exact ``int``, a ``float``,
+    or a :class:`BigNumber` when Python's int/str digit limit refuses the integer."""
+    if _JSON_INTEGER.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:  # more digits than sys.get_int_max_str_digits()
+            return BigNumber(text)
+    return float(text)
 
 
 def _invalid(message: str) -> Error:
@@ -152,7 +201,8 @@ def encode(
 ) -> bytes:
     """Encodes MCP / JSON-RPC 2.0 text (one message or a batch array) as an archive.
 
-    ``priority`` is a name (``"critical"``, ``"high"``, ``"normal"``, ``"low"``) or an
+    ``priority`` is a name the library gives a priority (:data:`PRIORITY_NAMES`, from
+    ``emf_priority_name``: ``"critical"``, ``"high"``, ``"normal"``, ``"low"``) or an
     ``EMF_PRIORITY_*`` code; ``created_at_us`` 0 means now, ``deadline_us`` 0 means none.
     A ``str`` is encoded as UTF-8. Raises :class:`Error` ``EMF_ERR_INVALID_ARGUMENT`` for
     invalid UTF-8, JSON or JSON-RPC, or an unknown priority.
@@ -241,10 +291,12 @@ class Envelope:
 
     ``id`` is ``NO_ID`` when the message has no id, ``None`` for a JSON ``null`` id, else an
     ``int``, a ``str`` or (for a non-integer number id) a ``float``; integers are exact at any
-    size. ``id_type`` names the case (``"none"``, ``"null"``, ``"int"``, ``"string"``,
-    ``"other_number"``). ``kind`` and ``priority`` are names (``"request"``, ``"normal"``);
-    a code this package does not know stays an ``int``. ``method`` and ``error_code`` are
-    ``None`` when absent.
+    size, except that one with more digits than Python's int/str limit
+    (``sys.get_int_max_str_digits()``) comes back as a :class:`BigNumber`, a ``str`` subclass
+    holding its exact text. ``id_type`` names the case (``"none"``, ``"null"``, ``"int"``,
+    ``"string"``, ``"other_number"``). ``kind`` and ``priority`` are the library's names
+    (``"request"``, ``"normal"``); a code the library does not name stays an ``int``.
+    ``method`` and ``error_code`` are ``None`` when absent.
     """
 
     kind: Union[str, int]
@@ -354,13 +406,16 @@ class Message:
                 id_value = info.id_int
             elif info.id_type == EMF_ID_STRING:
                 id_value = _borrowed_text(info.id_str, info.id_str_len)
+            elif info.id_type == EMF_ID_OTHER_NUMBER:
+                # A float or an integer beyond int64: the library writes this id alone as
+                # exact JSON text.
+                id_value = _number_from_json(self._id_json_locked(index))
             else:
-                # A float or an integer beyond int64: the header says to read it from the
-                # JSON, which Python's json turns into an exact int or the same float.
-                id_value = self._id_from_json_locked(index)
+                # An id type newer than this package: still readable from its JSON text.
+                id_value = json.loads(self._id_json_locked(index), parse_int=_number_from_json)
         return Envelope(
-            kind=KIND_NAMES.get(info.kind, info.kind),
-            priority=PRIORITY_NAMES.get(info.priority, info.priority),
+            kind=_name_or_code(KIND_NAMES, lib.emf_kind_name, info.kind),
+            priority=_name_or_code(PRIORITY_NAMES, lib.emf_priority_name, info.priority),
             created_at_us=info.created_at_us,
             deadline_us=info.deadline_us,
             id=id_value,
@@ -395,10 +450,17 @@ class Message:
         check(lib.emf_message_to_json(self._live(), byref(out)))
         return _take(out).decode("utf-8")
 
-    def _id_from_json_locked(self, index: int) -> object:
-        value = json.loads(self._to_json_locked())
-        item = value[index] if isinstance(value, list) else value
-        return item["id"]
+    def _id_json_locked(self, index: int) -> str:
+        out = emf_buf_t()
+        self._check_indexed(lib.emf_message_id_json(self._live(), index, byref(out)), index)
+        return _take(out).decode("utf-8")
+
+    def id_json(self, index: int) -> str:
+        """The id of envelope ``index`` as JSON text (``1``, ``"abc"``, ``null``; exact for
+        any number). :class:`Error` ``EMF_ERR_NOT_FOUND`` when the envelope has no id."""
+        index = self._index(index)
+        with self._lock:
+            return self._id_json_locked(index)
 
     def to_json(self) -> str:
         """The whole message as JSON-RPC text."""
@@ -429,7 +491,7 @@ __all__ = [
     "EMF_PRIORITY_CRITICAL", "EMF_PRIORITY_HIGH", "EMF_PRIORITY_NORMAL", "EMF_PRIORITY_LOW",
     "EMF_ID_NONE", "EMF_ID_NULL", "EMF_ID_INT", "EMF_ID_STRING", "EMF_ID_OTHER_NUMBER",
     "EMF_COMPRESS_DEFAULT_THRESHOLD", "EMF_MAX_INPUT_LEN",
-    "KIND_NAMES", "PRIORITY_NAMES", "ID_TYPE_NAMES", "NO_ID",
+    "KIND_NAMES", "PRIORITY_NAMES", "ID_TYPE_NAMES", "NO_ID", "BigNumber",
     "Envelope", "Message",
     "abi_version", "version", "encode", "decode", "validate",
     "compress_if_needed", "decompress",

@@ -100,6 +100,30 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         assert got == int(value), f"{struct}.{field}"
 
 
+def test_buf_struct_has_the_token_field():
+    """Layout of emf_buf_t without a C compiler: {uint8_t *data; size_t len; uint64_t token}."""
+    assert [(name, t) for name, t in emf_buf_t._fields_] == [
+        ("data", ctypes.POINTER(ctypes.c_uint8)),
+        ("len", ctypes.c_size_t),
+        ("token", ctypes.c_uint64),
+    ]
+    assert emf_buf_t.token.offset == 2 * ctypes.sizeof(ctypes.c_void_p)
+    empty = emf_buf_t()
+    assert (bool(empty.data), empty.len, empty.token) == (False, 0, 0)
+
+
+def test_kind_and_priority_names():
+    assert lib.emf_kind_name(emf.EMF_KIND_REQUEST) == b"request"
+    assert lib.emf_kind_name(emf.EMF_KIND_TASK) == b"task"
+    assert lib.emf_kind_name(emf.EMF_KIND_ERROR) == b"error"
+    assert lib.emf_priority_name(emf.EMF_PRIORITY_CRITICAL) == b"critical"
+    assert lib.emf_priority_name(emf.EMF_PRIORITY_LOW) == b"low"
+    for bad in (6, 99, 2**31, 2**32 - 1):
+        assert lib.emf_kind_name(bad) == b"unknown"
+    for bad in (4, 99, 2**32 - 1):
+        assert lib.emf_priority_name(bad) == b"unknown"
+
+
 # --- NULL and oversized arguments -----------------------------------------------------------
 
 
@@ -152,6 +176,7 @@ def test_null_out_parameters():
         lambda: lib.emf_message_envelope(None, 0, byref(emf_envelope_info_t())),
         lambda: lib.emf_message_to_json(None, byref(out)),
         lambda: lib.emf_message_payload_json(None, 0, byref(out)),
+        lambda: lib.emf_message_id_json(None, 0, byref(out)),
     ]
     for call in calls:
         assert call() == emf.EMF_ERR_NULL_ARGUMENT
@@ -163,6 +188,7 @@ def test_null_out_parameters():
         assert lib.emf_message_count(handle, None) == emf.EMF_ERR_NULL_ARGUMENT
         assert lib.emf_message_envelope(handle, 0, None) == emf.EMF_ERR_NULL_ARGUMENT
         assert lib.emf_message_to_json(handle, None) == emf.EMF_ERR_NULL_ARGUMENT
+        assert lib.emf_message_id_json(handle, 0, None) == emf.EMF_ERR_NULL_ARGUMENT
     finally:
         assert lib.emf_message_free(handle) == emf.EMF_OK
 
@@ -206,9 +232,46 @@ def test_buf_free_null_empty_and_foreign():
     foreign = emf_buf_t(ctypes.cast(mine, ctypes.POINTER(ctypes.c_uint8)), 8)
     assert lib.emf_buf_free(byref(foreign)) == emf.EMF_ERR_INVALID_ARGUMENT
     buf = archive_buf()
-    wrong_len = emf_buf_t(buf.data, buf.len + 1)
+    assert buf.token != 0
+    # A copy of the real buffer with one field changed (the token copied too, so only that
+    # field is wrong).
+    wrong_len = emf_buf_t(buf.data, buf.len + 1, buf.token)
     assert lib.emf_buf_free(byref(wrong_len)) == emf.EMF_ERR_INVALID_ARGUMENT
+    wrong_token = emf_buf_t(buf.data, buf.len, buf.token + 1)
+    assert lib.emf_buf_free(byref(wrong_token)) == emf.EMF_ERR_INVALID_ARGUMENT
+    no_token = emf_buf_t(buf.data, buf.len)  # token 0: not a buffer the library returned
+    assert lib.emf_buf_free(byref(no_token)) == emf.EMF_ERR_INVALID_ARGUMENT
     assert lib.emf_buf_free(byref(buf)) == emf.EMF_OK
+
+
+def test_stale_buf_copy_is_refused_after_address_reuse():
+    """A stale copy (data, len and token of a freed buffer) is refused even when a newer
+    buffer of the same length now lives at the same address; the newer one is unharmed."""
+    first = archive_buf()
+    stale = emf_buf_t.from_buffer_copy(first)
+    assert stale.token == first.token
+    address = ctypes.addressof(first.data.contents)
+    assert lib.emf_buf_free(byref(first)) == emf.EMF_OK
+    newer, others = None, []
+    for _ in range(200):
+        candidate = archive_buf()
+        if ctypes.addressof(candidate.data.contents) == address:
+            newer = candidate
+            break
+        others.append(candidate)
+    try:
+        if newer is None:
+            pytest.skip("the allocator did not reuse the address")
+        assert (newer.len, newer.token != stale.token) == (stale.len, True)
+        assert lib.emf_buf_free(byref(stale)) == emf.EMF_ERR_INVALID_ARGUMENT == 2
+        assert "already freed" in last_error()
+        # The newer buffer is still intact and still frees once.
+        data = (ctypes.c_char * newer.len).from_address(address).raw
+        assert emf.decode(data) == SAMPLE.decode()
+        assert lib.emf_buf_free(byref(newer)) == emf.EMF_OK
+    finally:
+        for other in others:
+            assert lib.emf_buf_free(byref(other)) == emf.EMF_OK
 
 
 def test_message_free_twice_and_use_after_free():
@@ -219,9 +282,66 @@ def test_message_free_twice_and_use_after_free():
     assert lib.emf_message_count(handle, byref(count)) == emf.EMF_OK and count.value == 1
     assert lib.emf_message_free(handle) == emf.EMF_OK
     assert lib.emf_message_free(handle) == emf.EMF_ERR_INVALID_ARGUMENT == 2
-    assert "double free" in last_error()
+    assert "already freed" in last_error()
     assert lib.emf_message_count(handle, byref(count)) == emf.EMF_ERR_INVALID_ARGUMENT
     assert lib.emf_message_free(None) == emf.EMF_OK
+
+
+def test_stale_message_handle_never_names_a_newer_message():
+    """Handles are never-reused tokens: open A, free A, open B, free A again -> refused, and
+    B is untouched."""
+    archive_a = emf.encode(SAMPLE)
+    archive_b = emf.encode('[{"jsonrpc":"2.0","method":"b1"},{"jsonrpc":"2.0","method":"b2"}]')
+    a = emf_message_p()
+    assert lib.emf_message_open(archive_a, len(archive_a), byref(a)) == emf.EMF_OK
+    stale = ctypes.cast(a, ctypes.c_void_p).value
+    assert lib.emf_message_free(a) == emf.EMF_OK
+    b = emf_message_p()
+    assert lib.emf_message_open(archive_b, len(archive_b), byref(b)) == emf.EMF_OK
+    try:
+        assert ctypes.cast(b, ctypes.c_void_p).value != stale
+        assert lib.emf_message_free(a) == emf.EMF_ERR_INVALID_ARGUMENT == 2
+        assert "already freed" in last_error()
+        count = c_size_t()
+        assert lib.emf_message_count(a, byref(count)) == emf.EMF_ERR_INVALID_ARGUMENT
+        # B still works.
+        assert lib.emf_message_count(b, byref(count)) == emf.EMF_OK and count.value == 2
+        info = emf_envelope_info_t()
+        assert lib.emf_message_envelope(b, 1, byref(info)) == emf.EMF_OK
+        assert ctypes.string_at(info.method, info.method_len) == b"b2"
+    finally:
+        assert lib.emf_message_free(b) == emf.EMF_OK
+    assert lib.emf_message_free(b) == emf.EMF_ERR_INVALID_ARGUMENT
+
+
+def test_message_id_json():
+    text = (
+        b'[{"jsonrpc":"2.0","id":1,"method":"a"},{"jsonrpc":"2.0","id":"x\\"y","method":"b"},'
+        b'{"jsonrpc":"2.0","id":null,"error":{"code":1,"message":"m"}},'
+        b'{"jsonrpc":"2.0","method":"n"},'
+        b'{"jsonrpc":"2.0","id":123456789012345678901234567890,"result":1},'
+        b'{"jsonrpc":"2.0","id":2.5,"result":1}]'
+    )
+    archive = emf.encode(text)
+    handle = emf_message_p()
+    assert lib.emf_message_open(archive, len(archive), byref(handle)) == emf.EMF_OK
+    try:
+        want = [b"1", b'"x\\"y"', b"null", None, b"123456789012345678901234567890", b"2.5"]
+        for index, expected in enumerate(want):
+            out = emf_buf_t()
+            status = lib.emf_message_id_json(handle, index, byref(out))
+            if expected is None:
+                assert status == emf.EMF_ERR_NOT_FOUND == 14
+                assert not out.data and out.token == 0  # written only on success
+                continue
+            assert status == emf.EMF_OK
+            assert out.token != 0
+            assert ctypes.string_at(out.data, out.len) == expected
+            assert lib.emf_buf_free(byref(out)) == emf.EMF_OK
+        out = emf_buf_t()
+        assert lib.emf_message_id_json(handle, len(want), byref(out)) == emf.EMF_ERR_INVALID_ARGUMENT
+    finally:
+        assert lib.emf_message_free(handle) == emf.EMF_OK
 
 
 def test_buffers_do_not_leak():

@@ -1,5 +1,6 @@
 """zlib compression: threshold behaviour and interoperability with Python's zlib."""
 
+import ctypes
 import os
 import random
 import zlib
@@ -65,6 +66,27 @@ def test_decompression_past_max_size_is_refused():
     assert emf.decompress(bomb, max_size=4 * 1024 * 1024) == b"\0" * (4 * 1024 * 1024)
 
 
+@pytest.mark.parametrize("max_size", [2**64 - 1, 2**64 - 2, 2**63])
+def test_largest_max_size_does_not_overflow(max_size):
+    """A limit of SIZE_MAX ("no limit") works: no overflow of max_size + 1 in the library."""
+    stream = zlib.compress(TEXT)
+    assert emf.decompress(stream, max_size=max_size) == TEXT
+    assert emf.decompress(zlib.compress(b""), max_size=max_size) == b""
+    out = emf._native.emf_buf_t()
+    status = emf._native.lib.emf_decompress(stream, len(stream), max_size, ctypes.byref(out))
+    assert status == emf.EMF_OK
+    assert ctypes.string_at(out.data, out.len) == TEXT
+    assert emf._native.lib.emf_buf_free(ctypes.byref(out)) == emf.EMF_OK
+
+
+def test_exact_max_size_is_allowed():
+    stream = zlib.compress(TEXT)
+    assert emf.decompress(stream, max_size=len(TEXT)) == TEXT
+    with pytest.raises(emf.Error) as err:
+        emf.decompress(stream, max_size=len(TEXT) - 1)
+    assert err.value.code == emf.EMF_ERR_TOO_LARGE
+
+
 @pytest.mark.parametrize(
     "stream",
     [
@@ -89,6 +111,8 @@ def test_bad_arguments():
     assert err.value.code == emf.EMF_ERR_INVALID_ARGUMENT
     with pytest.raises(emf.Error):
         emf.decompress(b"x", max_size=-1)
+    with pytest.raises(emf.Error):
+        emf.decompress(b"x", max_size=2**64)  # past SIZE_MAX: refused, never wrapped
     with pytest.raises(TypeError):
         emf.compress_if_needed("text is not bytes")
     with pytest.raises(TypeError):

@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import pytest
 
@@ -235,3 +236,117 @@ def test_threads_share_a_message():
         for t in threads:
             t.join()
     assert errors == []
+
+
+# --- ids read through emf_message_id_json, names from the library ---------------------------
+
+
+@pytest.mark.parametrize(
+    "id_text, expected",
+    [
+        ("18446744073709551616", 2**64),
+        ("-9223372036854775809", -(2**63) - 1),
+        (str(BIG), BIG),
+        ("2.5", 2.5),
+        ("-0.0", -0.0),
+        ("1e22", 1e22),
+        ("1E3", 1000.0),
+        ("5e-324", 5e-324),
+    ],
+)
+def test_other_number_ids(id_text, expected):
+    with emf.Message.from_json('{"jsonrpc":"2.0","id":%s,"result":null}' % id_text) as m:
+        e = m.envelope(0)
+        if isinstance(expected, int):
+            assert m.id_json(0) == id_text  # exact integer text
+        else:
+            assert float(m.id_json(0)) == expected  # the library may normalise a float's text
+    assert e.id_type == "other_number"
+    assert e.id == expected and type(e.id) is type(expected)
+    if isinstance(expected, float):
+        assert math.copysign(1.0, e.id) == math.copysign(1.0, expected)
+
+
+def test_other_number_id_does_not_reserialise_the_message(monkeypatch):
+    """The id comes from emf_message_id_json for that envelope, not from the whole JSON."""
+    with emf.Message.from_json(json.dumps(MESSAGES["big_integers"])) as m:
+
+        def refuse():
+            raise AssertionError("the whole message was serialised")
+
+        monkeypatch.setattr(m, "_to_json_locked", refuse)
+        monkeypatch.setattr(m, "to_json", refuse)
+        assert m.envelope(0).id == BIG
+
+
+def test_integer_id_past_the_digit_limit_is_a_big_number(monkeypatch):
+    """An integer id longer than Python's int/str digit limit comes back as its exact text in a
+    BigNumber (a str subclass), not as an error, and not as a plain string id."""
+    if not hasattr(sys, "set_int_max_str_digits"):
+        pytest.skip("this Python has no int/str digit limit")
+    digits = "7" * 700
+    text = '[{"jsonrpc":"2.0","id":%s,"result":1},{"jsonrpc":"2.0","id":-%s,"result":1}]'
+    previous = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(640)  # the smallest limit Python allows
+    try:
+        with emf.Message.from_json(text % (digits, digits)) as m:
+            first, second = m.envelope(0), m.envelope(1)
+    finally:
+        sys.set_int_max_str_digits(previous)
+    assert isinstance(first.id, emf.BigNumber) and isinstance(first.id, str)
+    assert first.id == digits and repr(first.id) == f"BigNumber('{digits}')"
+    assert second.id == "-" + digits and isinstance(second.id, emf.BigNumber)
+    assert first.id_type == second.id_type == "other_number"
+    assert int(first.id) == int(digits)  # under the default limit again
+    # Under the default limit (4300) the same id is an exact int.
+    with emf.Message.from_json(text % (digits, digits)) as m:
+        assert m.envelope(0).id == int(digits) and type(m.envelope(0).id) is int
+
+
+def test_id_json_of_every_id_type():
+    batch = [
+        {"jsonrpc": "2.0", "id": 7, "method": "a"},
+        {"jsonrpc": "2.0", "id": "s\u00e9", "method": "b"},
+        {"jsonrpc": "2.0", "id": None, "error": {"code": 1, "message": "m"}},
+        {"jsonrpc": "2.0", "method": "n"},
+    ]
+    with emf.Message.from_json(json.dumps(batch)) as m:
+        assert [json.loads(m.id_json(i)) for i in range(3)] == [7, "s\u00e9", None]
+        assert m.id_json(-2) == "null"
+        with pytest.raises(emf.Error) as err:
+            m.id_json(3)
+        assert err.value.code == emf.EMF_ERR_NOT_FOUND == 14
+        with pytest.raises(IndexError):
+            m.id_json(4)
+    with pytest.raises(ValueError, match="closed"):
+        m.id_json(0)
+
+
+def test_name_tables_come_from_the_library():
+    lib = emf._native.lib
+    assert emf.KIND_NAMES == {
+        code: lib.emf_kind_name(code).decode()
+        for code in range(emf.EMF_KIND_REQUEST, emf.EMF_KIND_ERROR + 1)
+    }
+    assert emf.PRIORITY_NAMES == {
+        code: lib.emf_priority_name(code).decode()
+        for code in range(emf.EMF_PRIORITY_CRITICAL, emf.EMF_PRIORITY_LOW + 1)
+    }
+    assert "unknown" not in emf.KIND_NAMES.values()
+    assert "unknown" not in emf.PRIORITY_NAMES.values()
+    # A code past the scanned table is still asked of the library, and stays an int when the
+    # library has no name for it either.
+    assert emf.codec._name_or_code({}, lib.emf_kind_name, emf.EMF_KIND_TASK) == "task"
+    assert emf.codec._name_or_code({}, lib.emf_kind_name, 77) == 77
+
+
+def test_priority_names_map_to_the_library_codes():
+    for code, name in emf.PRIORITY_NAMES.items():
+        archive = emf.encode('{"jsonrpc":"2.0","method":"n"}', priority=name)
+        with emf.Message(archive) as m:
+            assert m.envelope(0).priority == name
+        assert emf.encode('{"jsonrpc":"2.0","method":"n"}', priority=code) is not None
+    with pytest.raises(emf.Error) as err:
+        emf.encode('{"jsonrpc":"2.0","method":"n"}', priority="unknown")
+    assert err.value.code == emf.EMF_ERR_INVALID_ARGUMENT
+    assert all(name in err.value.message for name in emf.PRIORITY_NAMES.values())
