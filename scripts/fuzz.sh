@@ -13,10 +13,15 @@ targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(decode json_to_archive decompress capi)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || { echo "needs a nightly toolchain" >&2; exit 1; }
-mkdir -p fuzz/corpus/json_to_archive
-# Seed the JSON corpus with the MCP samples the tests use.
+mkdir -p fuzz/corpus/json_to_archive fuzz/corpus/decode fuzz/corpus/capi
+# Seed the corpora with the MCP samples the tests use, as JSON and as archives.
+cargo build --release --quiet --bin erlmcp-flow
 for f in tests/fuzz-seeds/*.json; do
-  [ -e "$f" ] && cp "$f" fuzz/corpus/json_to_archive/
+  [ -e "$f" ] || continue
+  cp "$f" fuzz/corpus/json_to_archive/
+  cp "$f" fuzz/corpus/capi/
+  target/release/erlmcp-flow codec encode < "$f" > "fuzz/corpus/decode/$(basename "$f" .json).emf"
+  cp "fuzz/corpus/decode/$(basename "$f" .json).emf" fuzz/corpus/capi/
 done
 for t in "${targets[@]}"; do
   echo "=== fuzz $t for ${secs}s"

@@ -4,6 +4,8 @@
 //! erlmcp-flow bench [--suite NAME]... [--quick] [--out-dir DIR] [--no-write]
 //! erlmcp-flow bench list
 //! erlmcp-flow bench compare BASELINE.json LATEST.json [--threshold 0.10] [--fail-on-regression]
+//! erlmcp-flow codec encode < message.json > message.emf
+//! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
 //! ```
 
@@ -23,6 +25,10 @@ usage:
   erlmcp-flow bench compare BASELINE.json LATEST.json [--threshold 0.10] [--fail-on-regression]
       compare two result files; with --fail-on-regression exit 1 when a result is worse
       than the baseline by more than the threshold
+  erlmcp-flow codec encode < MESSAGE.json > MESSAGE.emf
+      MCP / JSON-RPC text on stdin to an archive on stdout
+  erlmcp-flow codec decode < MESSAGE.emf
+      a validated archive on stdin to JSON-RPC text on stdout
   erlmcp-flow version";
 
 fn main() -> ExitCode {
@@ -38,6 +44,7 @@ fn main() -> ExitCode {
             }
             _ => bench(&args[1..]),
         },
+        Some("codec") => codec_cmd(args.get(1).map(String::as_str)),
         Some("version" | "--version" | "-V") => {
             println!("erlmcp-flow {}", erlmcp_flow::VERSION);
             Ok(ExitCode::SUCCESS)
@@ -212,4 +219,28 @@ fn compare(args: &[String]) -> Result<ExitCode, String> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+fn codec_cmd(what: Option<&str>) -> Result<ExitCode, String> {
+    use erlmcp_flow::codec::jsonrpc;
+    use std::io::Read;
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|e| format!("cannot read stdin: {e}"))?;
+    let out: Vec<u8> = match what {
+        Some("encode") => jsonrpc::json_to_archive(&input, Default::default())
+            .map_err(|e| e.to_string())?
+            .to_vec(),
+        Some("decode") => {
+            let mut json = jsonrpc::archive_to_json(&input).map_err(|e| e.to_string())?;
+            json.push('\n');
+            json.into_bytes()
+        }
+        _ => return Err(format!("codec needs encode or decode\n{USAGE}")),
+    };
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| format!("cannot write stdout: {e}"))?;
+    Ok(ExitCode::SUCCESS)
 }
