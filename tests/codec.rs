@@ -398,7 +398,10 @@ fn empty_batches_are_refused_both_ways() {
     bytes.push(codec::FORMAT_VERSION);
     bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
     bytes.extend_from_slice(&body);
-    assert_eq!(codec::decode(&bytes).unwrap_err().kind(), ErrorKind::Corrupt);
+    assert_eq!(
+        codec::decode(&bytes).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //! erlmcp-flow bench [--suite NAME]... [--quick] [--out-dir DIR] [--no-write]
 //! erlmcp-flow bench list
-//! erlmcp-flow bench compare BASELINE.json LATEST.json [--threshold 0.10] [--fail-on-regression]
+//! erlmcp-flow bench compare BASELINE.json LATEST.json [--threshold 0.10] [--fail-on-regression] [--by value|ratio]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -23,8 +23,10 @@ usage:
   erlmcp-flow bench list
       list the suites
   erlmcp-flow bench compare BASELINE.json LATEST.json [--threshold 0.10] [--fail-on-regression]
+                                [--by value|ratio]
       compare two result files; with --fail-on-regression exit 1 when a result is worse
-      than the baseline by more than the threshold
+      than the baseline by more than the threshold. --by ratio compares the ratio against
+      the peer measured in the same run (steadier on a shared machine)
   erlmcp-flow codec encode < MESSAGE.json > MESSAGE.emf
       MCP / JSON-RPC text on stdin to an archive on stdout
   erlmcp-flow codec decode < MESSAGE.emf
@@ -159,6 +161,7 @@ fn compare(args: &[String]) -> Result<ExitCode, String> {
     let mut files = Vec::new();
     let mut threshold = 0.10;
     let mut fail = false;
+    let mut by = suite::CompareBy::Value;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -171,6 +174,13 @@ fn compare(args: &[String]) -> Result<ExitCode, String> {
                     .ok_or_else(|| format!("bad threshold {t:?}"))?;
             }
             "--fail-on-regression" => fail = true,
+            "--by" => {
+                by = match it.next().map(String::as_str) {
+                    Some("value") => suite::CompareBy::Value,
+                    Some("ratio") => suite::CompareBy::Ratio,
+                    other => return Err(format!("--by takes value or ratio, not {other:?}")),
+                }
+            }
             f if !f.starts_with("--") => files.push(f.to_owned()),
             other => return Err(format!("unknown compare option {other:?}")),
         }
@@ -183,7 +193,7 @@ fn compare(args: &[String]) -> Result<ExitCode, String> {
         Report::from_json(&bytes).map_err(|e| format!("{p}: {e}"))
     };
     let (b, l) = (read(base)?, read(latest)?);
-    let rows = suite::compare(&b, &l, threshold);
+    let rows = suite::compare(&b, &l, threshold, by);
     if rows.is_empty() {
         return Err("the two files have no result names in common".into());
     }

@@ -397,24 +397,44 @@ pub struct Comparison {
     pub regressed: bool,
 }
 
+/// What `compare` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompareBy {
+    /// The measured values.
+    Value,
+    /// The ratio against the peer measured in the same run, where both reports have one
+    /// (results without a peer fall back to their values). On a shared, noisy machine the
+    /// ratio moves far less than the absolute numbers, since both sides see the same noise.
+    Ratio,
+}
+
 /// Compares the results two reports have in common.
-pub fn compare(baseline: &Report, latest: &Report, threshold: f64) -> Vec<Comparison> {
+pub fn compare(
+    baseline: &Report,
+    latest: &Report,
+    threshold: f64,
+    by: CompareBy,
+) -> Vec<Comparison> {
     latest
         .results
         .iter()
         .filter_map(|l| {
             let b = baseline.results.iter().find(|b| b.name == l.name)?;
-            if b.value == 0.0 {
+            let (bv, lv, better) = match (by, b.ratio_vs_peer, l.ratio_vs_peer) {
+                (CompareBy::Ratio, Some(br), Some(lr)) => (br, lr, Better::Higher),
+                _ => (b.value, l.value, l.better),
+            };
+            if bv == 0.0 {
                 return None;
             }
-            let worse_by = match l.better {
-                Better::Lower => l.value / b.value - 1.0,
-                Better::Higher => 1.0 - l.value / b.value,
+            let worse_by = match better {
+                Better::Lower => lv / bv - 1.0,
+                Better::Higher => 1.0 - lv / bv,
             };
             Some(Comparison {
                 name: l.name.clone(),
-                baseline: b.value,
-                latest: l.value,
+                baseline: bv,
+                latest: lv,
                 worse_by,
                 regressed: worse_by > threshold,
             })
@@ -526,12 +546,22 @@ mod tests {
             ("tput", 95.0, "msg/s"),
             ("y", 1.0, "ns"),
         ]);
-        let c = compare(&base, &latest, 0.10);
+        let c = compare(&base, &latest, 0.10, CompareBy::Value);
         assert_eq!(c.len(), 2);
         assert!(c[0].regressed, "latency up 15 %");
         assert!(!c[1].regressed, "throughput down 5 %");
-        let c = compare(&latest, &base, 0.10);
+        let c = compare(&latest, &base, 0.10, CompareBy::Value);
         assert!(c.iter().all(|c| !c.regressed));
+        // By ratio: the machine got 20 % slower for both sides, the ratio held.
+        let mut b = report(&[("dec", 100.0, "ns")]);
+        b.results[0] = b.results[0].clone().with_peer("p", 1000.0);
+        let mut l = report(&[("dec", 120.0, "ns")]);
+        l.results[0] = l.results[0].clone().with_peer("p", 1200.0);
+        assert!(compare(&b, &l, 0.10, CompareBy::Value)[0].regressed);
+        assert!(!compare(&b, &l, 0.10, CompareBy::Ratio)[0].regressed);
+        let mut worse = report(&[("dec", 150.0, "ns")]);
+        worse.results[0] = worse.results[0].clone().with_peer("p", 1000.0);
+        assert!(compare(&b, &worse, 0.10, CompareBy::Ratio)[0].regressed);
     }
 
     #[test]
