@@ -527,20 +527,16 @@ mod tests {
         let bytes = take(&mut archive);
         let mut msg = std::ptr::null_mut();
         // SAFETY: valid input range and out-parameter.
-        assert_eq!(
-            unsafe { emf_message_open(bytes.as_ptr(), bytes.len(), &mut msg) },
-            EMF_OK
-        );
+        let st = unsafe { emf_message_open(bytes.as_ptr(), bytes.len(), &mut msg) };
+        assert_eq!(st, EMF_OK);
         let mut n = 0;
         // SAFETY: live handle, valid out-parameter.
         assert_eq!(unsafe { emf_message_count(msg, &mut n) }, EMF_OK);
         assert_eq!(n, 2);
         let mut info = std::mem::MaybeUninit::<emf_envelope_info_t>::uninit();
         // SAFETY: live handle, valid out-parameter.
-        assert_eq!(
-            unsafe { emf_message_envelope(msg, 0, info.as_mut_ptr()) },
-            EMF_OK
-        );
+        let st = unsafe { emf_message_envelope(msg, 0, info.as_mut_ptr()) };
+        assert_eq!(st, EMF_OK);
         // SAFETY: written on success.
         let info = unsafe { info.assume_init() };
         assert_eq!(info.kind, EMF_KIND_REQUEST);
@@ -552,10 +548,8 @@ mod tests {
         assert_eq!(method, b"tools/call");
         let mut out = emf_buf_t::EMPTY;
         // SAFETY: live handle, valid out-parameter.
-        assert_eq!(
-            unsafe { emf_message_payload_json(msg, 1, &mut out) },
-            EMF_OK
-        );
+        let st = unsafe { emf_message_payload_json(msg, 1, &mut out) };
+        assert_eq!(st, EMF_OK);
         assert_eq!(take(&mut out), br#"{"code":-1,"message":"m"}"#);
         // SAFETY: live handle, valid out-parameter.
         assert_eq!(unsafe { emf_message_id_json(msg, 0, &mut out) }, EMF_OK);

@@ -469,10 +469,8 @@ mod tests {
         let mut second = emf_buf_t::from_vec(vec![8; 32]);
         let mut stale = stale;
         // SAFETY: refused by token, whatever the address.
-        assert_eq!(
-            unsafe { emf_buf_free(&mut stale) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_buf_free(&mut stale) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: `second` is live and still readable.
         assert_eq!(unsafe { *second.data }, 8);
         // SAFETY: valid buffer.
