@@ -32,6 +32,7 @@ pub mod capi;
 pub mod codec;
 mod error;
 pub mod suite;
+mod sync;
 
 pub use error::{Error, ErrorKind, Result};
 
