@@ -203,6 +203,10 @@ typedef struct emf_envelope_info_t {
 // A looked-up item does not exist.
 #define EMF_ERR_NOT_FOUND 14
 
+// The resource is held by another live participant (a second producer on a
+// single-producer ring, a name in use).
+#define EMF_ERR_BUSY 15
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus

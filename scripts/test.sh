@@ -68,7 +68,19 @@ install_deps() {
 }
 
 rust_tests() { cargo test --all-targets --quiet && cargo test --doc --quiet; }
+one_atomics_shim() {
+  # All atomics come from src/sync.rs (std or loom); a line that must use std says why with
+  # "std-atomic-ok".
+  local bad
+  bad=$(grep -rn "std::sync::atomic" src --include='*.rs' | grep -v '^src/sync.rs:' | grep -v 'std-atomic-ok' || true)
+  if [ -n "$bad" ]; then
+    echo "std::sync::atomic outside src/sync.rs (use crate::sync):"
+    echo "$bad"
+    return 1
+  fi
+}
 lints() {
+  one_atomics_shim &&
   cargo fmt --all -- --check &&
     cargo clippy --all-targets --quiet -- -D warnings &&
     cargo clippy --all-targets --no-default-features --quiet -- -D warnings

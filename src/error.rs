@@ -36,6 +36,9 @@ pub enum ErrorKind {
     TooLarge,
     /// A looked-up item does not exist.
     NotFound,
+    /// The resource is held by another live participant (e.g. a second producer on a
+    /// single-producer ring, or a segment name in use).
+    Busy,
 }
 
 impl ErrorKind {
@@ -53,6 +56,7 @@ impl ErrorKind {
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::TooLarge => "too_large",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::Busy => "busy",
         }
     }
 }

@@ -31,6 +31,8 @@
 pub mod capi;
 pub mod codec;
 mod error;
+pub mod ring;
+pub mod shm;
 pub mod suite;
 mod sync;
 

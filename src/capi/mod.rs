@@ -58,6 +58,9 @@ pub const EMF_ERR_BUFFER_TOO_SMALL: emf_status_t = 12;
 pub const EMF_ERR_TOO_LARGE: emf_status_t = 13;
 /// A looked-up item does not exist.
 pub const EMF_ERR_NOT_FOUND: emf_status_t = 14;
+/// The resource is held by another live participant (a second producer on a
+/// single-producer ring, a name in use).
+pub const EMF_ERR_BUSY: emf_status_t = 15;
 
 /// The ABI version. Bumped on any incompatible change to the C ABI; every binding checks
 /// `emf_abi_version() == EMF_ABI_VERSION` at load.
@@ -86,6 +89,7 @@ pub fn status_of(kind: ErrorKind) -> emf_status_t {
         ErrorKind::Unsupported => EMF_ERR_UNSUPPORTED,
         ErrorKind::TooLarge => EMF_ERR_TOO_LARGE,
         ErrorKind::NotFound => EMF_ERR_NOT_FOUND,
+        ErrorKind::Busy => EMF_ERR_BUSY,
     }
 }
 
@@ -241,6 +245,7 @@ pub extern "C" fn emf_status_name(status: emf_status_t) -> *const c_char {
         EMF_ERR_BUFFER_TOO_SMALL => "EMF_ERR_BUFFER_TOO_SMALL\0",
         EMF_ERR_TOO_LARGE => "EMF_ERR_TOO_LARGE\0",
         EMF_ERR_NOT_FOUND => "EMF_ERR_NOT_FOUND\0",
+        EMF_ERR_BUSY => "EMF_ERR_BUSY\0",
         _ => "EMF_ERR_UNKNOWN\0",
     };
     name.as_ptr().cast()
@@ -492,7 +497,7 @@ mod tests {
         // SAFETY: static NUL-terminated string.
         let s = unsafe { std::ffi::CStr::from_ptr(emf_version_string()) };
         assert_eq!(s.to_str().unwrap(), v);
-        for code in 0..=EMF_ERR_NOT_FOUND {
+        for code in 0..=EMF_ERR_BUSY {
             // SAFETY: static NUL-terminated string.
             let n = unsafe { std::ffi::CStr::from_ptr(emf_status_name(code)) };
             assert!(n.to_str().unwrap().starts_with("EMF_"));

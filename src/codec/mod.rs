@@ -108,6 +108,34 @@ impl Encoder {
         Ok(&self.buf)
     }
 
+    /// Encodes `msg` directly into `out` (for example a claimed ring frame) and returns the
+    /// archive's length. `TooLarge` when it does not fit; `out` is then partly overwritten.
+    pub fn encode_into_slice(&mut self, msg: &Message, out: &mut [u8]) -> Result<usize> {
+        check_depth(msg)?;
+        let cap = out.len();
+        let too_large = || {
+            Error::new(
+                crate::ErrorKind::TooLarge,
+                format!("the archive does not fit in {cap} bytes"),
+            )
+        };
+        if cap < HEADER_LEN {
+            return Err(too_large());
+        }
+        let (head, body) = out.split_at_mut(HEADER_LEN);
+        let written = to_bytes_in_with_alloc::<_, _, rancor::Failure>(
+            msg,
+            rkyv::ser::writer::Buffer::from(body),
+            self.arena.acquire(),
+        )
+        .map_err(|_| too_large())?
+        .len();
+        head[..3].copy_from_slice(&MAGIC);
+        head[3] = FORMAT_VERSION;
+        head[4..].copy_from_slice(&(written as u32).to_le_bytes());
+        Ok(HEADER_LEN + written)
+    }
+
     /// Encodes `msg` into a new buffer (the arena is still reused).
     pub fn encode_to_vec(&mut self, msg: &Message) -> Result<AlignedVec> {
         check_depth(msg)?;

@@ -1,0 +1,46 @@
+//! Linux futexes on shared memory: a waiter in one process is woken by a writer in another.
+//!
+//! The futex word lives in the mapped segment; `FUTEX_WAIT`/`FUTEX_WAKE` without the PRIVATE
+//! flag key the wait queue on the physical page, so it works across processes.
+
+use std::time::Duration;
+
+use crate::sync::AtomicU32;
+
+/// Sleeps while `*word == expected`, for at most `timeout`. Returns on a wake, a timeout, a
+/// signal, or when the word already differs; the caller re-checks its condition either way.
+pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as libc::c_long,
+    };
+    // SAFETY: `word` is a valid, 4-byte aligned atomic for the duration of the call; the
+    // kernel only reads it and compares with `expected`; `ts` outlives the call.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            &ts as *const libc::timespec,
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}
+
+/// Wakes every waiter sleeping on `word`.
+pub fn wake_all(word: &AtomicU32) {
+    // SAFETY: `word` is a valid, aligned atomic; FUTEX_WAKE does not access other memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            i32::MAX,
+            std::ptr::null::<libc::timespec>(),
+            std::ptr::null::<u32>(),
+            0u32,
+        );
+    }
+}

@@ -1,0 +1,1257 @@
+//! Frame rings on shared memory: variable-size frames written in place by one or many
+//! producers and read in place by a consumer and any number of fan-out subscribers, across
+//! processes.
+//!
+//! ```
+//! use erlmcp_flow::ring::{Ring, RingOptions};
+//! # let dir = std::env::temp_dir().join(format!("emf-doc-ring-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! let opts = RingOptions { capacity: 1 << 16, ..RingOptions::in_dir(&dir) };
+//! let ring = Ring::create("doc-ring", &opts).unwrap();
+//! let mut producer = ring.producer().unwrap();
+//! let mut consumer = ring.consumer().unwrap();
+//!
+//! let mut claim = producer.try_claim(5).unwrap();    // space in the ring, ours alone
+//! claim.as_mut_slice().copy_from_slice(b"hello");    // written in place
+//! claim.commit();                                    // now visible to consumers
+//!
+//! let mut got = Vec::new();
+//! consumer.poll(16, |frame| got.push(frame.to_vec())).unwrap();
+//! assert_eq!(got, [b"hello".to_vec()]);
+//! # drop((producer, consumer)); ring.unlink().unwrap();
+//! ```
+//!
+//! # How it works
+//!
+//! The segment holds a claim position (`tail`), per-producer and per-subscriber slots, and the
+//! data region; see [`layout`]. A producer claims a range by advancing `tail` (a plain store
+//! for a single producer, a CAS for several), writes the frame, then writes the frame's 8-byte
+//! header with Release ordering: the header is the commit flag, so a consumer polls one word.
+//! Consumers keep their own positions in their slots; a claim never passes the slowest active
+//! consumer, so a full ring answers [`ErrorKind::Full`](crate::ErrorKind::Full) and the caller
+//! keeps its message.
+//!
+//! # Invariants
+//!
+//! * No pointer is stored in shared memory: positions, offsets and lengths only. Every value
+//!   read from the segment is bounds-checked before use (capacity, offsets, frame lengths).
+//! * A frame is delivered only when its header carries this lap's tag and the committed bit;
+//!   a half-written frame is never delivered.
+//! * Before claiming, a producer records the range it is about to claim in its own slot. If it
+//!   dies between claim and commit, a consumer that has waited `stall_timeout` (default
+//!   100 ms) checks the producer's pid (and process start time); when it is dead, the
+//!   uncommitted part of the range is overwritten with padding frames and counted as
+//!   `unblocked`. A slow but live producer is never skipped.
+//! * The primary consumer's position survives the consumer: a restarted consumer resumes
+//!   where the last one stopped. Subscribers that die are reaped by producers and stop
+//!   holding the ring back.
+//!
+//! Trust: participants are cooperating processes that may crash at any instruction. A
+//! process that deliberately writes garbage into the segment can stall the ring or make
+//! consumers see corrupt frames, but cannot make another process read out of bounds.
+
+pub mod futex;
+pub mod layout;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use layout::{
+    data_off, decode_header, frame_size, header, subscribers_off, ProducerSlot, RingConfig,
+    RingShared, SubscriberSlot, FLAG_MPSC, FRAME_HEADER, MAX_PAYLOAD, PRODUCERS_OFF, RING_VERSION,
+    SHARED_OFF, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_FREE, SLOT_IDLE,
+};
+
+use crate::codec::{self, ArchivedMessage};
+use crate::error::{Error, ErrorKind, Result};
+use crate::shm::{self, process_alive, process_start_ticks, Segment, SegmentKind, SegmentOptions};
+use crate::sync::{fence, AtomicU64, Ordering};
+
+/// How to create a ring.
+#[derive(Debug, Clone)]
+pub struct RingOptions {
+    /// Data region size in bytes: a power of two from 4 KiB to 1 GiB.
+    pub capacity: usize,
+    /// Several producers (claims by CAS) instead of one.
+    pub multi_producer: bool,
+    /// Producer slots (forced to 1 for a single-producer ring).
+    pub max_producers: usize,
+    /// Subscriber slots, the primary consumer's included.
+    pub max_subscribers: usize,
+    /// How long a claim may stay uncommitted before the producer's liveness is checked.
+    pub stall_timeout: Duration,
+    /// Where and with which mode the segment file is created.
+    pub segment: SegmentOptions,
+}
+
+impl Default for RingOptions {
+    fn default() -> Self {
+        RingOptions {
+            capacity: 1 << 20,
+            multi_producer: false,
+            max_producers: 16,
+            max_subscribers: 8,
+            stall_timeout: Duration::from_millis(100),
+            segment: SegmentOptions::default(),
+        }
+    }
+}
+
+impl RingOptions {
+    /// Default options with segments in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        RingOptions {
+            segment: SegmentOptions {
+                dir: dir.to_owned(),
+                ..SegmentOptions::default()
+            },
+            ..RingOptions::default()
+        }
+    }
+}
+
+/// How a waiting consumer or producer passes the time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Busy-poll (lowest latency, burns a core).
+    Spin,
+    /// Spin `spins` times, then yield the thread between polls.
+    SpinThenYield {
+        /// Spins before yielding.
+        spins: u32,
+    },
+    /// Spin, then sleep on a futex in shared memory until woken by the other side.
+    SpinThenPark {
+        /// Spins before parking.
+        spins: u32,
+    },
+}
+
+impl Default for WaitStrategy {
+    fn default() -> Self {
+        WaitStrategy::SpinThenPark { spins: 1000 }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    seg: Segment,
+    capacity: u64,
+    mpsc: bool,
+    max_producers: usize,
+    max_subscribers: usize,
+    stall_timeout: Duration,
+    data_offset: usize,
+}
+
+/// A mapped ring. Cheap to clone; producers and consumers hold a clone.
+#[derive(Clone, Debug)]
+pub struct Ring {
+    inner: Arc<Inner>,
+}
+
+impl Ring {
+    /// Creates ring `name` (replacing a stale segment of the same name).
+    pub fn create(name: &str, opts: &RingOptions) -> Result<Ring> {
+        let cap = opts.capacity;
+        if !cap.is_power_of_two() || !(4096..=1 << 30).contains(&cap) {
+            return Err(Error::invalid(format!(
+                "ring capacity {cap} must be a power of two from 4096 to 1 GiB"
+            )));
+        }
+        let max_p = if opts.multi_producer {
+            opts.max_producers
+        } else {
+            1
+        };
+        let max_s = opts.max_subscribers;
+        if !(1..=1024).contains(&max_p) || !(1..=1024).contains(&max_s) {
+            return Err(Error::invalid(
+                "max_producers and max_subscribers must be from 1 to 1024",
+            ));
+        }
+        let data_offset = data_off(max_p, max_s);
+        let len = shm::HEADER_LEN + data_offset + cap;
+        let stall_ns = opts.stall_timeout.as_nanos().min(u64::MAX as u128) as u64;
+        let mpsc = opts.multi_producer;
+        let seg = Segment::create(name, SegmentKind::Ring, len, &opts.segment, |body, _| {
+            // SAFETY: `body` is the fresh, zeroed, page-aligned body of `len - HEADER_LEN`
+            // bytes, not yet visible to anyone; RingConfig fits in its first line.
+            unsafe {
+                body.cast::<RingConfig>().write(RingConfig {
+                    version: RING_VERSION,
+                    flags: if mpsc { FLAG_MPSC } else { 0 },
+                    capacity: cap as u64,
+                    max_producers: max_p as u32,
+                    max_subscribers: max_s as u32,
+                    stall_timeout_ns: stall_ns,
+                    data_offset: data_offset as u64,
+                });
+            }
+            // The primary consumer's slot is always active, so that producers never run over
+            // messages nobody has read yet, attached consumer or not.
+            // SAFETY: subscriber slot 0 lies inside the body (data_offset ≥ its end).
+            let s0 = unsafe { &*body.wrapping_add(subscribers_off(max_p)).cast::<SubscriberSlot>() };
+            s0.state.store(SLOT_ACTIVE, Ordering::Relaxed);
+        })?;
+        Ring::from_segment(seg)
+    }
+
+    /// Opens an existing ring.
+    pub fn open(name: &str, opts: &SegmentOptions) -> Result<Ring> {
+        Ring::from_segment(Segment::open(name, SegmentKind::Ring, opts)?)
+    }
+
+    /// Opens a ring for reading its counters without attaching as a participant.
+    pub fn inspect(name: &str, opts: &SegmentOptions) -> Result<Ring> {
+        Ring::from_segment(Segment::inspect(name, opts)?)
+    }
+
+    fn from_segment(seg: Segment) -> Result<Ring> {
+        if seg.body_len() < data_off(1, 1) {
+            return Err(Error::corrupt("ring segment too small for its layout"));
+        }
+        // SAFETY: the body is page aligned and longer than one line (checked above).
+        let cfg = unsafe { &*seg.body().cast::<RingConfig>() };
+        // Everything below comes from the file: check it before using any of it.
+        let bad = |what: String| Err(Error::corrupt(format!("{}: {what}", seg.path().display())));
+        if cfg.version != RING_VERSION {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: ring layout version {}, this build reads {RING_VERSION}",
+                    seg.path().display(),
+                    cfg.version
+                ),
+            ));
+        }
+        let cap = cfg.capacity;
+        let (max_p, max_s) = (cfg.max_producers as usize, cfg.max_subscribers as usize);
+        if !cap.is_power_of_two() || !(4096..=1 << 30).contains(&cap) {
+            return bad(format!("invalid capacity {cap}"));
+        }
+        if !(1..=1024).contains(&max_p) || !(1..=1024).contains(&max_s) {
+            return bad("invalid slot counts".into());
+        }
+        let data_offset = data_off(max_p, max_s);
+        if cfg.data_offset != data_offset as u64
+            || data_offset as u64 + cap != seg.body_len() as u64
+        {
+            return bad("layout does not match the segment size".into());
+        }
+        Ok(Ring {
+            inner: Arc::new(Inner {
+                capacity: cap,
+                mpsc: cfg.flags & FLAG_MPSC != 0,
+                max_producers: max_p,
+                max_subscribers: max_s,
+                stall_timeout: Duration::from_nanos(cfg.stall_timeout_ns),
+                data_offset,
+                seg,
+            }),
+        })
+    }
+
+    fn shared(&self) -> &RingShared {
+        // SAFETY: offsets validated in `from_segment`; RingShared is atomics only.
+        unsafe { &*self.inner.seg.body().wrapping_add(SHARED_OFF).cast::<RingShared>() }
+    }
+
+    fn producer_slot(&self, i: usize) -> &ProducerSlot {
+        assert!(i < self.inner.max_producers);
+        // SAFETY: i < max_producers, so the slot lies before the data region (validated
+        // layout); ProducerSlot is atomics only, valid for any bit pattern.
+        unsafe {
+            &*self
+                .inner
+                .seg
+                .body()
+                .wrapping_add(PRODUCERS_OFF + i * layout::LINE)
+                .cast::<ProducerSlot>()
+        }
+    }
+
+    fn subscriber_slot(&self, i: usize) -> &SubscriberSlot {
+        assert!(i < self.inner.max_subscribers);
+        // SAFETY: as for producer slots.
+        unsafe {
+            &*self
+                .inner
+                .seg
+                .body()
+                .wrapping_add(subscribers_off(self.inner.max_producers) + i * layout::LINE)
+                .cast::<SubscriberSlot>()
+        }
+    }
+
+    fn data(&self) -> *mut u8 {
+        // In bounds: data_offset + capacity == body length (validated in `from_segment`).
+        self.inner.seg.body().wrapping_add(self.inner.data_offset)
+    }
+
+    /// The header word of the frame at position `pos` (8-aligned).
+    fn header_at(&self, pos: u64) -> &AtomicU64 {
+        let idx = (pos & (self.inner.capacity - 1)) as usize;
+        debug_assert_eq!(idx % 8, 0);
+        // SAFETY: idx < capacity and 8-aligned, the data region is page aligned, so the u64
+        // lies inside it and is aligned; AtomicU64 has the layout of u64.
+        unsafe { &*self.data().wrapping_add(idx).cast::<AtomicU64>() }
+    }
+
+    /// Writes padding frames over `[pos, end)`, splitting at the end of the data region.
+    fn pad_range(&self, mut pos: u64, end: u64) {
+        let cap = self.inner.capacity;
+        while pos < end {
+            let idx = pos & (cap - 1);
+            let chunk = (end - pos).min(cap - idx);
+            self.header_at(pos).store(
+                header(pos, chunk as usize - FRAME_HEADER, true),
+                Ordering::Release,
+            );
+            pos += chunk;
+        }
+    }
+
+    /// The ring's name.
+    pub fn name(&self) -> &str {
+        self.inner.seg.name()
+    }
+
+    /// Data region size.
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity as usize
+    }
+
+    /// Largest payload one frame can carry (a quarter of the capacity).
+    pub fn max_payload(&self) -> usize {
+        (self.inner.capacity as usize / 4 - FRAME_HEADER).min(MAX_PAYLOAD)
+    }
+
+    /// True for a multi-producer ring.
+    pub fn is_multi_producer(&self) -> bool {
+        self.inner.mpsc
+    }
+
+    /// Removes the ring's file (participants keep their mappings).
+    pub fn unlink(&self) -> Result<()> {
+        self.inner.seg.unlink()
+    }
+
+    /// Attaches a producer. A single-producer ring refuses a second live producer (`Busy`).
+    /// A slot left by a dead producer is taken over after its unfinished claim is padded.
+    pub fn producer(&self) -> Result<Producer> {
+        let me = std::process::id();
+        let start = process_start_ticks(me);
+        for i in 0..self.inner.max_producers {
+            let s = self.producer_slot(i);
+            let pid = s.pid.load(Ordering::Acquire);
+            let takeable = pid == 0
+                || (pid != me && !process_alive(pid, s.start_ticks.load(Ordering::Acquire)));
+            if !takeable {
+                continue;
+            }
+            if pid != 0 {
+                self.finish_dead_claim(i);
+            }
+            if s.pid
+                .compare_exchange(pid, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                if pid != 0 {
+                    self.shared().dead_reaped.fetch_add(1, Ordering::Relaxed);
+                }
+                s.start_ticks.store(start, Ordering::Release);
+                s.state.store(SLOT_IDLE, Ordering::Release);
+                return Ok(Producer {
+                    ring: self.clone(),
+                    slot: i,
+                    cached_head: 0,
+                    sent: s.sent.load(Ordering::Relaxed),
+                    bytes: s.bytes.load(Ordering::Relaxed),
+                });
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "ring {}: all {} producer slots are held by live producers",
+                self.name(),
+                self.inner.max_producers
+            ),
+        ))
+    }
+
+    /// Attaches the primary consumer, which resumes at the position the previous primary
+    /// consumer reached. `Busy` while another live process holds it.
+    pub fn consumer(&self) -> Result<Consumer> {
+        let s = self.subscriber_slot(0);
+        let me = std::process::id();
+        let pid = s.pid.load(Ordering::Acquire);
+        if pid != 0 && process_alive(pid, s.start_ticks.load(Ordering::Acquire)) {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "ring {}: the consumer is held by live pid {pid}",
+                    self.name()
+                ),
+            ));
+        }
+        if s.pid
+            .compare_exchange(pid, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "ring {}: another process attached the consumer first",
+                    self.name()
+                ),
+            ));
+        }
+        s.start_ticks
+            .store(process_start_ticks(me), Ordering::Release);
+        Ok(self.make_consumer(0))
+    }
+
+    /// Attaches a fan-out subscriber that sees every frame committed from now on, at its own
+    /// pace (it holds producers back like the primary consumer while attached).
+    pub fn subscribe(&self) -> Result<Consumer> {
+        let me = std::process::id();
+        for i in 1..self.inner.max_subscribers {
+            let s = self.subscriber_slot(i);
+            let pid = s.pid.load(Ordering::Acquire);
+            let state = s.state.load(Ordering::Acquire);
+            let free = state == SLOT_FREE
+                || (pid != 0 && !process_alive(pid, s.start_ticks.load(Ordering::Acquire)));
+            if !free {
+                continue;
+            }
+            if s.pid
+                .compare_exchange(pid, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+            {
+                continue;
+            }
+            s.start_ticks
+                .store(process_start_ticks(me), Ordering::Release);
+            // Start at the current tail; publish the position before becoming active, so a
+            // producer that sees the slot active also sees a position it must respect.
+            let tail = self.shared().tail.load(Ordering::Acquire);
+            s.position.store(tail, Ordering::Release);
+            s.state.store(SLOT_ACTIVE, Ordering::Release);
+            fence(Ordering::SeqCst);
+            return Ok(self.make_consumer(i));
+        }
+        Err(Error::new(
+            ErrorKind::Busy,
+            format!(
+                "ring {}: all {} subscriber slots are taken",
+                self.name(),
+                self.inner.max_subscribers - 1
+            ),
+        ))
+    }
+
+    fn make_consumer(&self, slot: usize) -> Consumer {
+        let s = self.subscriber_slot(slot);
+        Consumer {
+            ring: self.clone(),
+            slot,
+            head: s.position.load(Ordering::Acquire),
+            received: s.received.load(Ordering::Relaxed),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            stall: None,
+        }
+    }
+
+    /// The smallest position any active consumer still needs; reaps dead subscribers.
+    fn min_head(&self) -> u64 {
+        let mut min = u64::MAX;
+        for i in 0..self.inner.max_subscribers {
+            let s = self.subscriber_slot(i);
+            if s.state.load(Ordering::Acquire) != SLOT_ACTIVE {
+                continue;
+            }
+            if i > 0 {
+                let pid = s.pid.load(Ordering::Acquire);
+                if pid != 0 && !process_alive(pid, s.start_ticks.load(Ordering::Acquire)) {
+                    if s.state
+                        .compare_exchange(
+                            SLOT_ACTIVE,
+                            SLOT_FREE,
+                            Ordering::AcqRel,
+                            Ordering::Acquire,
+                        )
+                        .is_ok()
+                    {
+                        self.shared().dead_reaped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+            }
+            min = min.min(s.position.load(Ordering::Acquire));
+        }
+        min
+    }
+
+    /// Pads the uncommitted part of a dead producer's claim in slot `i` and frees the slot's
+    /// claim. Committed frames inside the claim are kept.
+    fn finish_dead_claim(&self, i: usize) -> bool {
+        let s = self.producer_slot(i);
+        if s.state.load(Ordering::Acquire) != SLOT_CLAIMING {
+            return false;
+        }
+        let start = s.pending_pos.load(Ordering::Acquire);
+        let len = s.pending_len.load(Ordering::Acquire);
+        let end = start.saturating_add(len);
+        let tail = self.shared().tail.load(Ordering::Acquire);
+        if len == 0 || end > tail || len > self.inner.capacity {
+            // The CAS never succeeded (or the slot is garbage): nothing was claimed.
+            s.state.store(SLOT_IDLE, Ordering::Release);
+            return false;
+        }
+        // Skip the frames of the claim that were committed; pad from the first that was not.
+        let mut pos = start;
+        let cap = self.inner.capacity;
+        while pos < end {
+            match decode_header(self.header_at(pos).load(Ordering::Acquire), pos) {
+                Some(h) => {
+                    let size = frame_size(h.len) as u64;
+                    if size > cap - (pos & (cap - 1)) || pos + size > end {
+                        break;
+                    }
+                    pos += size;
+                }
+                None => break,
+            }
+        }
+        if pos < end {
+            self.pad_range(pos, end);
+            self.shared().unblocked.fetch_add(1, Ordering::Relaxed);
+        }
+        s.state.store(SLOT_IDLE, Ordering::Release);
+        self.wake_data();
+        true
+    }
+
+    fn wake_data(&self) {
+        let sh = self.shared();
+        fence(Ordering::SeqCst);
+        if sh.data_waiters.load(Ordering::Relaxed) != 0 {
+            sh.data_futex.fetch_add(1, Ordering::Release);
+            futex::wake_all(&sh.data_futex);
+        }
+    }
+
+    fn wake_space(&self) {
+        let sh = self.shared();
+        fence(Ordering::SeqCst);
+        if sh.space_waiters.load(Ordering::Relaxed) != 0 {
+            sh.space_futex.fetch_add(1, Ordering::Release);
+            futex::wake_all(&sh.space_futex);
+        }
+    }
+
+    /// The ring's counters and participants, read without attaching.
+    pub fn stats(&self) -> RingStats {
+        let sh = self.shared();
+        let tail = sh.tail.load(Ordering::Acquire);
+        let producers = (0..self.inner.max_producers)
+            .map(|i| self.producer_slot(i))
+            .filter(|s| s.pid.load(Ordering::Acquire) != 0 || s.sent.load(Ordering::Relaxed) != 0)
+            .map(|s| {
+                let pid = s.pid.load(Ordering::Acquire);
+                ProducerStats {
+                    pid,
+                    alive: pid != 0 && process_alive(pid, s.start_ticks.load(Ordering::Acquire)),
+                    sent: s.sent.load(Ordering::Relaxed),
+                    bytes: s.bytes.load(Ordering::Relaxed),
+                    claiming: s.state.load(Ordering::Acquire) == SLOT_CLAIMING,
+                }
+            })
+            .collect::<Vec<_>>();
+        let subscribers = (0..self.inner.max_subscribers)
+            .filter_map(|i| {
+                let s = self.subscriber_slot(i);
+                if s.state.load(Ordering::Acquire) != SLOT_ACTIVE {
+                    return None;
+                }
+                let pid = s.pid.load(Ordering::Acquire);
+                let position = s.position.load(Ordering::Acquire);
+                Some(SubscriberStats {
+                    slot: i,
+                    pid,
+                    alive: pid != 0 && process_alive(pid, s.start_ticks.load(Ordering::Acquire)),
+                    position,
+                    lag: tail.saturating_sub(position),
+                    received: s.received.load(Ordering::Relaxed),
+                    bytes: s.bytes.load(Ordering::Relaxed),
+                })
+            })
+            .collect::<Vec<_>>();
+        RingStats {
+            name: self.name().to_owned(),
+            capacity: self.inner.capacity,
+            multi_producer: self.inner.mpsc,
+            tail,
+            sent: producers.iter().map(|p| p.sent).sum(),
+            bytes: producers.iter().map(|p| p.bytes).sum(),
+            received: subscribers
+                .first()
+                .filter(|s| s.slot == 0)
+                .map_or(0, |s| s.received),
+            backpressure: sh.backpressure.load(Ordering::Relaxed),
+            unblocked: sh.unblocked.load(Ordering::Relaxed),
+            dead_reaped: sh.dead_reaped.load(Ordering::Relaxed),
+            max_lag: sh.max_lag.load(Ordering::Relaxed),
+            corrupt_frames: sh.corrupt_frames.load(Ordering::Relaxed),
+            producers,
+            subscribers,
+        }
+    }
+}
+
+/// A snapshot of a ring's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingStats {
+    /// Ring name.
+    pub name: String,
+    /// Data region size.
+    pub capacity: u64,
+    /// Multi-producer ring.
+    pub multi_producer: bool,
+    /// Claim position.
+    pub tail: u64,
+    /// Frames committed by all producers.
+    pub sent: u64,
+    /// Payload bytes committed by all producers.
+    pub bytes: u64,
+    /// Frames delivered to the primary consumer.
+    pub received: u64,
+    /// Claims refused for lack of space.
+    pub backpressure: u64,
+    /// Dead producers' claims skipped with padding.
+    pub unblocked: u64,
+    /// Dead participants whose slots were reclaimed.
+    pub dead_reaped: u64,
+    /// Largest tail-to-slowest-consumer distance seen, in bytes.
+    pub max_lag: u64,
+    /// Invalid frames seen by consumers.
+    pub corrupt_frames: u64,
+    /// Producer slots in use (or that have sent).
+    pub producers: Vec<ProducerStats>,
+    /// Active subscriber slots (slot 0 is the primary consumer).
+    pub subscribers: Vec<SubscriberStats>,
+}
+
+/// One producer in [`RingStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerStats {
+    /// Process id (0 = detached).
+    pub pid: u32,
+    /// The process is alive.
+    pub alive: bool,
+    /// Frames committed.
+    pub sent: u64,
+    /// Payload bytes committed.
+    pub bytes: u64,
+    /// Between claim and commit right now.
+    pub claiming: bool,
+}
+
+/// One subscriber in [`RingStats`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberStats {
+    /// Slot index (0 = primary consumer).
+    pub slot: usize,
+    /// Process id (0 = none attached).
+    pub pid: u32,
+    /// The process is alive.
+    pub alive: bool,
+    /// Consumed up to here.
+    pub position: u64,
+    /// Bytes committed or claimed but not yet consumed.
+    pub lag: u64,
+    /// Frames delivered.
+    pub received: u64,
+    /// Payload bytes delivered.
+    pub bytes: u64,
+}
+
+/// A producer attached to a ring. Use from one thread at a time (`Send`, not `Sync`); attach
+/// one producer per thread on a multi-producer ring.
+pub struct Producer {
+    ring: Ring,
+    slot: usize,
+    cached_head: u64,
+    sent: u64,
+    bytes: u64,
+}
+
+/// Where a claimed batch's frames go.
+struct Layout {
+    start: u64,
+    end: u64,
+}
+
+impl Producer {
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    fn slot(&self) -> &ProducerSlot {
+        self.ring.producer_slot(self.slot)
+    }
+
+    fn check_len(&self, len: usize) -> Result<()> {
+        if len > self.ring.max_payload() {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!(
+                    "frame of {len} bytes exceeds the ring's maximum payload of {} bytes",
+                    self.ring.max_payload()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Claims space for frames of the given payload lengths, all or nothing. Returns where
+    /// the claim starts and ends (padding included).
+    fn claim_range(&mut self, lens: &mut dyn Iterator<Item = usize>) -> Result<Layout> {
+        let cap = self.ring.inner.capacity;
+        let sizes: Vec<u64> = lens.map(|l| frame_size(l) as u64).collect();
+        let sh = self.ring.shared();
+        loop {
+            let tail = sh.tail.load(Ordering::Acquire);
+            // Lay the frames out from `tail`, padding to the end of the data region where a
+            // frame would cross it.
+            let mut end = tail;
+            for &size in &sizes {
+                let to_end = cap - (end & (cap - 1));
+                if size > to_end {
+                    end += to_end;
+                }
+                end += size;
+            }
+            if end - self.cached_head > cap {
+                self.cached_head = self.ring.min_head();
+                let lag = tail.saturating_sub(self.cached_head);
+                sh.max_lag.fetch_max(lag, Ordering::Relaxed);
+                if end - self.cached_head > cap {
+                    sh.backpressure.fetch_add(1, Ordering::Relaxed);
+                    // A static message: back-pressure is a hot path for busy producers.
+                    return Err(Error::new(
+                        ErrorKind::Full,
+                        "ring is full: the slowest consumer has not released enough space",
+                    ));
+                }
+            }
+            // Record the claim before making it: if we die after the claim becomes visible,
+            // a consumer finds the range here (the CAS / store below is Release).
+            let s = self.slot();
+            s.pending_pos.store(tail, Ordering::Relaxed);
+            s.pending_len.store(end - tail, Ordering::Relaxed);
+            s.state.store(SLOT_CLAIMING, Ordering::Release);
+            if self.ring.inner.mpsc {
+                if sh
+                    .tail
+                    .compare_exchange_weak(tail, end, Ordering::AcqRel, Ordering::Acquire)
+                    .is_err()
+                {
+                    continue;
+                }
+            } else {
+                sh.tail.store(end, Ordering::Release);
+            }
+            return Ok(Layout { start: tail, end });
+        }
+    }
+
+    /// Claims room for one frame of `len` payload bytes. Write it through
+    /// [`Claim::as_mut_slice`], then [`Claim::commit`]. A claim dropped without commit is
+    /// turned into padding (nothing is delivered, nothing wedges).
+    ///
+    /// `Full` when the slowest consumer is too far behind: the caller keeps its message and
+    /// may retry, wait ([`Producer::send_timeout`]) or give up. `TooLarge` past
+    /// [`Ring::max_payload`].
+    pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
+        self.check_len(len)?;
+        let layout = self.claim_range(&mut std::iter::once(len))?;
+        let cap = self.ring.inner.capacity;
+        // The frame sits at the end of the range; anything before it is wrap padding.
+        let pos = layout.end - frame_size(len) as u64;
+        if pos > layout.start {
+            self.ring.pad_range(layout.start, pos);
+        }
+        debug_assert!(frame_size(len) as u64 <= cap - (pos & (cap - 1)));
+        Ok(Claim {
+            producer: self,
+            pos,
+            len,
+            end: layout.end,
+            done: false,
+        })
+    }
+
+    /// Sends one frame (copying `payload` into the ring).
+    pub fn send(&mut self, payload: &[u8]) -> Result<()> {
+        let mut c = self.try_claim(payload.len())?;
+        c.as_mut_slice().copy_from_slice(payload);
+        c.commit();
+        Ok(())
+    }
+
+    /// Sends frames in order with one claim for as many as fit, and returns how many were
+    /// sent. The rest (`payloads[n..]`) were not sent and stay the caller's: this is the
+    /// batch's answer to back-pressure (partial acceptance, never silent loss).
+    pub fn send_batch(&mut self, payloads: &[&[u8]]) -> Result<usize> {
+        for p in payloads {
+            self.check_len(p.len())?;
+        }
+        let mut n = payloads.len();
+        let layout = loop {
+            if n == 0 {
+                return Ok(0);
+            }
+            match self.claim_range(&mut payloads[..n].iter().map(|p| p.len())) {
+                Ok(l) => break l,
+                Err(e) if e.kind() == ErrorKind::Full => n /= 2,
+                Err(e) => return Err(e),
+            }
+        };
+        let cap = self.ring.inner.capacity;
+        let mut pos = layout.start;
+        for p in &payloads[..n] {
+            let size = frame_size(p.len()) as u64;
+            let to_end = cap - (pos & (cap - 1));
+            if size > to_end {
+                self.ring.pad_range(pos, pos + to_end);
+                pos += to_end;
+            }
+            self.write_frame(pos, p);
+            pos += size;
+        }
+        debug_assert_eq!(pos, layout.end);
+        self.finish_claim();
+        Ok(n)
+    }
+
+    /// Sends one frame, waiting for space with `strategy` for at most `timeout`.
+    pub fn send_timeout(
+        &mut self,
+        payload: &[u8],
+        strategy: WaitStrategy,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0u32;
+        loop {
+            match self.send(payload) {
+                Err(e) if e.kind() == ErrorKind::Full => {}
+                other => return other,
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!("ring {}: no space within {timeout:?}", self.ring.name()),
+                ));
+            }
+            spins += 1;
+            match strategy {
+                WaitStrategy::Spin => std::hint::spin_loop(),
+                WaitStrategy::SpinThenYield { spins: n } => {
+                    if spins < n {
+                        std::hint::spin_loop()
+                    } else {
+                        std::thread::yield_now()
+                    }
+                }
+                WaitStrategy::SpinThenPark { spins: n } => {
+                    if spins < n {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    let sh = self.ring.shared();
+                    sh.space_waiters.fetch_add(1, Ordering::SeqCst);
+                    let seen = sh.space_futex.load(Ordering::SeqCst);
+                    // Re-check after announcing ourselves: a consumer that freed space before
+                    // our increment is seen here; one that frees it after will wake us.
+                    let head = self.ring.min_head();
+                    let tail = sh.tail.load(Ordering::Acquire);
+                    let need = frame_size(payload.len()) as u64 * 2;
+                    if tail + need - head > self.ring.inner.capacity {
+                        futex::wait(
+                            &sh.space_futex,
+                            seen,
+                            (deadline - now).min(Duration::from_millis(50)),
+                        );
+                    }
+                    sh.space_waiters.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+
+    fn write_frame(&mut self, pos: u64, payload: &[u8]) {
+        let cap = self.ring.inner.capacity;
+        let idx = (pos & (cap - 1)) as usize;
+        debug_assert!(idx + frame_size(payload.len()) <= cap as usize);
+        // SAFETY: [idx + 8, idx + 8 + len) lies inside the data region (the frame does not
+        // cross its end, by layout) and belongs to our claim: no consumer reads it before the
+        // header below is committed and no producer writes it (claims are disjoint).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                payload.as_ptr(),
+                self.ring.data().wrapping_add(idx + FRAME_HEADER),
+                payload.len(),
+            );
+        }
+        self.ring
+            .header_at(pos)
+            .store(header(pos, payload.len(), false), Ordering::Release);
+        self.sent += 1;
+        self.bytes += payload.len() as u64;
+    }
+
+    fn finish_claim(&mut self) {
+        let s = self.slot();
+        s.sent.store(self.sent, Ordering::Relaxed);
+        s.bytes.store(self.bytes, Ordering::Relaxed);
+        s.state.store(SLOT_IDLE, Ordering::Release);
+        self.ring.wake_data();
+    }
+
+    /// Encodes `msg` in place in the ring (no intermediate buffer) and commits it.
+    /// Reserves `max_len` bytes; when the archive is larger, nothing is sent and `TooLarge`
+    /// comes back (use a larger `max_len`).
+    pub fn send_message(
+        &mut self,
+        enc: &mut codec::Encoder,
+        msg: &codec::Message,
+        max_len: usize,
+    ) -> Result<()> {
+        let mut claim = self.try_claim(max_len.min(self.ring.max_payload()))?;
+        match enc.encode_into_slice(msg, claim.as_mut_slice()) {
+            Ok(n) => {
+                claim.commit_len(n);
+                Ok(())
+            }
+            Err(e) => {
+                claim.abort();
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let s = self.slot();
+        s.state.store(SLOT_IDLE, Ordering::Release);
+        s.start_ticks.store(0, Ordering::Release);
+        s.pid.store(0, Ordering::Release);
+    }
+}
+
+/// Space claimed in the ring for one frame. Commit it, or drop it to abort.
+pub struct Claim<'a> {
+    producer: &'a mut Producer,
+    pos: u64,
+    len: usize,
+    end: u64,
+    done: bool,
+}
+
+impl Claim<'_> {
+    /// The frame's payload bytes, to write in place. Their content is undefined until
+    /// written (old ring data).
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let idx = (self.pos & (self.producer.ring.inner.capacity - 1)) as usize;
+        // SAFETY: the range lies inside the data region and belongs to this claim (see
+        // `Producer::write_frame`); the `&mut self` borrow keeps it unique in this process.
+        unsafe {
+            std::slice::from_raw_parts_mut(
+                self.producer.ring.data().wrapping_add(idx + FRAME_HEADER),
+                self.len,
+            )
+        }
+    }
+
+    /// Makes the frame visible to consumers.
+    pub fn commit(self) {
+        let n = self.len;
+        self.commit_len(n);
+    }
+
+    /// Commits only the first `n` bytes written (`n` ≤ the claimed length); the rest of the
+    /// claim becomes padding.
+    pub fn commit_len(mut self, n: usize) {
+        let n = n.min(self.len);
+        let p = &mut *self.producer;
+        let used_end = self.pos + frame_size(n) as u64;
+        if used_end < self.end {
+            p.ring.pad_range(used_end, self.end);
+        }
+        p.ring
+            .header_at(self.pos)
+            .store(header(self.pos, n, false), Ordering::Release);
+        p.sent += 1;
+        p.bytes += n as u64;
+        p.finish_claim();
+        self.done = true;
+    }
+
+    /// Gives the space back as padding; nothing is delivered.
+    pub fn abort(mut self) {
+        self.abort_inner();
+    }
+
+    fn abort_inner(&mut self) {
+        let p = &mut *self.producer;
+        p.ring.pad_range(self.pos, self.end);
+        let s = p.slot();
+        s.state.store(SLOT_IDLE, Ordering::Release);
+        p.ring.wake_data();
+        self.done = true;
+    }
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.abort_inner();
+        }
+    }
+}
+
+/// A consumer (the primary one, or a fan-out subscriber). Use from one thread at a time.
+pub struct Consumer {
+    ring: Ring,
+    slot: usize,
+    head: u64,
+    received: u64,
+    bytes: u64,
+    stall: Option<(u64, Instant)>,
+}
+
+/// What the consumer found at its position.
+enum Next {
+    Frame { pos: u64, len: usize, padding: bool },
+    Empty,
+    Stalled,
+}
+
+impl Consumer {
+    /// The ring.
+    pub fn ring(&self) -> &Ring {
+        &self.ring
+    }
+
+    /// This consumer's position.
+    pub fn position(&self) -> u64 {
+        self.head
+    }
+
+    /// Bytes committed or claimed that this consumer has not consumed yet.
+    pub fn lag(&self) -> u64 {
+        self.ring
+            .shared()
+            .tail
+            .load(Ordering::Acquire)
+            .saturating_sub(self.head)
+    }
+
+    fn next(&mut self) -> Result<Next> {
+        let pos = self.head;
+        let word = self.ring.header_at(pos).load(Ordering::Acquire);
+        if let Some(h) = decode_header(word, pos) {
+            let cap = self.ring.inner.capacity;
+            let size = frame_size(h.len) as u64;
+            if size > cap - (pos & (cap - 1)) {
+                self.ring
+                    .shared()
+                    .corrupt_frames
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(Error::corrupt(format!(
+                    "ring {}: frame at {pos} claims {} bytes, past the end of the data region",
+                    self.ring.name(),
+                    h.len
+                )));
+            }
+            self.stall = None;
+            return Ok(Next::Frame {
+                pos,
+                len: h.len,
+                padding: h.padding,
+            });
+        }
+        let tail = self.ring.shared().tail.load(Ordering::Acquire);
+        if tail <= pos {
+            self.stall = None;
+            return Ok(Next::Empty);
+        }
+        // Claimed but not committed: a producer is writing, or died while writing.
+        let now = Instant::now();
+        match self.stall {
+            Some((p, since)) if p == pos => {
+                if now.duration_since(since) >= self.ring.inner.stall_timeout {
+                    self.recover(pos);
+                    // Look again at once if recovery padded the range.
+                    self.stall = Some((pos, now));
+                }
+            }
+            _ => self.stall = Some((pos, now)),
+        }
+        Ok(Next::Stalled)
+    }
+
+    /// Pads the claim covering `pos` if its producer is dead.
+    fn recover(&self, pos: u64) {
+        for i in 0..self.ring.inner.max_producers {
+            let s = self.ring.producer_slot(i);
+            if s.state.load(Ordering::Acquire) != SLOT_CLAIMING {
+                continue;
+            }
+            let start = s.pending_pos.load(Ordering::Acquire);
+            let len = s.pending_len.load(Ordering::Acquire);
+            if !(start <= pos && pos < start.saturating_add(len)) {
+                continue;
+            }
+            let pid = s.pid.load(Ordering::Acquire);
+            if pid != 0 && process_alive(pid, s.start_ticks.load(Ordering::Acquire)) {
+                continue; // slow, not dead: keep waiting
+            }
+            self.ring.finish_dead_claim(i);
+        }
+    }
+
+    /// Delivers up to `limit` frames to `handler`, in order, and releases their space.
+    /// Returns how many were delivered (0 when none are ready).
+    pub fn poll(&mut self, limit: usize, mut handler: impl FnMut(&[u8])) -> Result<usize> {
+        let mut n = 0;
+        let start = self.head;
+        while n < limit {
+            match self.next()? {
+                Next::Frame { pos, len, padding } => {
+                    if !padding {
+                        let idx = (pos & (self.ring.inner.capacity - 1)) as usize;
+                        // SAFETY: the frame lies inside the data region (checked in `next`);
+                        // its header is committed for this lap (Acquire), so the payload was
+                        // written before and stays untouched until we publish our position
+                        // past it (producers never claim past the slowest consumer).
+                        let payload = unsafe {
+                            std::slice::from_raw_parts(
+                                self.ring.data().wrapping_add(idx + FRAME_HEADER),
+                                len,
+                            )
+                        };
+                        handler(payload);
+                        n += 1;
+                        self.received += 1;
+                        self.bytes += len as u64;
+                    }
+                    self.head = pos + frame_size(len) as u64;
+                }
+                Next::Empty | Next::Stalled => break,
+            }
+        }
+        if self.head != start {
+            self.publish();
+        }
+        Ok(n)
+    }
+
+    /// Like [`Consumer::poll`], but each frame is validated as an archived [`codec::Message`]
+    /// in place; a frame that fails validation is passed as `Err(Corrupt)` and counted.
+    pub fn poll_messages(
+        &mut self,
+        limit: usize,
+        mut handler: impl FnMut(Result<&ArchivedMessage>),
+    ) -> Result<usize> {
+        let sh = self.ring.clone();
+        self.poll(limit, |frame| {
+            let m = codec::decode(frame);
+            if m.is_err() {
+                sh.shared().corrupt_frames.fetch_add(1, Ordering::Relaxed);
+            }
+            handler(m)
+        })
+    }
+
+    fn publish(&mut self) {
+        let s = self.ring.subscriber_slot(self.slot);
+        s.received.store(self.received, Ordering::Relaxed);
+        s.bytes.store(self.bytes, Ordering::Relaxed);
+        s.position.store(self.head, Ordering::Release);
+        self.ring.wake_space();
+    }
+
+    /// Waits until a frame is ready (true) or `timeout` passes (false).
+    pub fn wait(&mut self, strategy: WaitStrategy, timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        let mut spins = 0u32;
+        loop {
+            // Frames, padding and recovery all count as progress: poll-visible state changed.
+            match self.next()? {
+                Next::Frame { .. } => return Ok(true),
+                Next::Empty | Next::Stalled => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(false);
+            }
+            spins += 1;
+            match strategy {
+                WaitStrategy::Spin => std::hint::spin_loop(),
+                WaitStrategy::SpinThenYield { spins: n } => {
+                    if spins < n {
+                        std::hint::spin_loop()
+                    } else {
+                        std::thread::yield_now()
+                    }
+                }
+                WaitStrategy::SpinThenPark { spins: n } => {
+                    if spins < n {
+                        std::hint::spin_loop();
+                        continue;
+                    }
+                    let sh = self.ring.shared();
+                    sh.data_waiters.fetch_add(1, Ordering::SeqCst);
+                    let seen = sh.data_futex.load(Ordering::SeqCst);
+                    let ready = decode_header(
+                        self.ring.header_at(self.head).load(Ordering::Acquire),
+                        self.head,
+                    )
+                    .is_some();
+                    if !ready {
+                        // Wake up at least every stall timeout to check for dead producers.
+                        let nap = (deadline - now)
+                            .min(self.ring.inner.stall_timeout.max(Duration::from_millis(1)));
+                        futex::wait(&sh.data_futex, seen, nap);
+                    }
+                    sh.data_waiters.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.publish();
+        let s = self.ring.subscriber_slot(self.slot);
+        if self.slot != 0 {
+            s.state.store(SLOT_FREE, Ordering::Release);
+        }
+        s.start_ticks.store(0, Ordering::Release);
+        s.pid.store(0, Ordering::Release);
+        self.ring.wake_space();
+    }
+}
+
+#[cfg(test)]
+mod tests;

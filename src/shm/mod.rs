@@ -1,0 +1,683 @@
+//! Named shared-memory segments: files under `/dev/shm` (or another directory) mapped by every
+//! participant.
+//!
+//! Invariants of this module:
+//!
+//! * Every segment starts with a [`SegmentHeader`] page: magic, layout version, kind, total
+//!   length, creator pid and uid, creation time, and a table of attached processes. A segment
+//!   is usable only once its creator has set `ready`; opening checks magic, version, kind and
+//!   length and refuses anything else with a clear error. Nothing in a segment is a pointer:
+//!   every reference is an offset, so processes may map it at different addresses.
+//! * Files are created with mode 0600 unless the caller asks otherwise (the mode is set with
+//!   `fchmod`, so the umask cannot widen or narrow it). A process of another user cannot open
+//!   the file unless the mode allows it.
+//! * A segment is **stale** when no process in its attach table is alive (pid and process start
+//!   time both match). Stale segments are removed by [`gc`], and [`Segment::create`] replaces a
+//!   stale segment of the same name, so a restart after `kill -9` reuses the name without
+//!   manual cleanup. A segment with a live participant is never replaced.
+
+use std::ffi::OsStr;
+use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use memmap2::MmapRaw;
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::sync::{AtomicU32, AtomicU64, Ordering};
+
+/// Where segments live by default.
+pub const DEFAULT_DIR: &str = "/dev/shm";
+/// File names of segments start with this prefix.
+pub const FILE_PREFIX: &str = "emf-";
+/// The first 8 bytes of every segment.
+pub const MAGIC: [u8; 8] = *b"EMFSHM\0\x01";
+/// The segment header layout version this build reads and writes.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Bytes reserved for the header (one page).
+pub const HEADER_LEN: usize = 4096;
+/// How many processes can be attached to one segment at once.
+pub const MAX_ATTACHED: usize = 128;
+
+/// What a segment holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum SegmentKind {
+    /// A frame ring (`crate::ring`).
+    Ring = 1,
+    /// A shared-state store.
+    State = 2,
+}
+
+impl SegmentKind {
+    fn from_u32(v: u32) -> Option<SegmentKind> {
+        match v {
+            1 => Some(SegmentKind::Ring),
+            2 => Some(SegmentKind::State),
+            _ => None,
+        }
+    }
+
+    /// A lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            SegmentKind::Ring => "ring",
+            SegmentKind::State => "state",
+        }
+    }
+}
+
+/// One entry of the attach table.
+#[repr(C)]
+pub struct AttachSlot {
+    /// The attached process id (0 = free).
+    pub pid: AtomicU32,
+    _pad: u32,
+    /// The process's start time in clock ticks since boot (`/proc/<pid>/stat` field 22), to
+    /// tell a live process from a reused pid.
+    pub start_ticks: AtomicU64,
+}
+
+/// The header page at offset 0 of every segment.
+#[repr(C)]
+pub struct SegmentHeader {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// A [`SegmentKind`] code.
+    pub kind: u32,
+    /// The segment's total length in bytes (header included).
+    pub total_len: u64,
+    /// The creator's process id.
+    pub creator_pid: u32,
+    /// The creator's user id.
+    pub owner_uid: u32,
+    /// Creation time, nanoseconds since the UNIX epoch.
+    pub created_at_ns: u64,
+    /// 1 once the creator has initialised the whole segment.
+    pub ready: AtomicU32,
+    _pad: u32,
+    _reserved: [u64; 8],
+    /// The processes attached to the segment.
+    pub attached: [AttachSlot; MAX_ATTACHED],
+}
+
+const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= HEADER_LEN);
+
+/// How to create or open segments.
+#[derive(Debug, Clone)]
+pub struct SegmentOptions {
+    /// The directory holding segment files (default `/dev/shm`).
+    pub dir: PathBuf,
+    /// The file mode for new segments (default `0o600`).
+    pub mode: u32,
+}
+
+impl Default for SegmentOptions {
+    fn default() -> Self {
+        SegmentOptions {
+            dir: PathBuf::from(DEFAULT_DIR),
+            mode: 0o600,
+        }
+    }
+}
+
+/// Checks a segment name: 1 to 200 characters of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn validate_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 200
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "segment name {name:?} must be 1-200 characters of A-Z a-z 0-9 . _ - and not start with '.'"
+        )))
+    }
+}
+
+/// The file path of segment `name` in `dir`.
+pub fn segment_path(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{FILE_PREFIX}{name}"))
+}
+
+/// A mapped segment. Dropping it detaches this process; the memory stays mapped only as long
+/// as the `Segment` lives.
+pub struct Segment {
+    map: MmapRaw,
+    path: PathBuf,
+    name: String,
+    attach_index: Option<usize>,
+}
+
+// SAFETY: the mapping is plain shared memory; all shared mutation goes through atomics or the
+// owning protocol (ring claims), never through `&mut` aliasing of the mapping itself.
+unsafe impl Send for Segment {}
+// SAFETY: as above; `&Segment` only hands out raw pointers and atomic references.
+unsafe impl Sync for Segment {}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
+    let kind = match e.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        std::io::ErrorKind::AlreadyExists => ErrorKind::Busy,
+        _ => ErrorKind::Io,
+    };
+    Error::new(kind, format!("{what} {}: {e}", path.display()))
+}
+
+impl Segment {
+    /// Creates segment `name` of `len` bytes (header included) and maps it; `init` fills in
+    /// the kind-specific part (everything after the header page) before the segment is marked
+    /// ready. A stale segment of the same name is replaced; a live one gives `Busy`.
+    pub fn create(
+        name: &str,
+        kind: SegmentKind,
+        len: usize,
+        opts: &SegmentOptions,
+        init: impl FnOnce(*mut u8, usize),
+    ) -> Result<Segment> {
+        validate_name(name)?;
+        if len < HEADER_LEN {
+            return Err(Error::invalid("segment length is smaller than its header"));
+        }
+        let path = segment_path(&opts.dir, name);
+        let file = match create_file(&path, opts.mode) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                match Segment::probe_stale(&path) {
+                    Ok(true) | Err(_) => {
+                        // Stale (no live participant) or not a valid segment at all:
+                        // replace it. Removing and re-creating with O_EXCL keeps two racing
+                        // creators from both winning.
+                        let _ = std::fs::remove_file(&path);
+                        create_file(&path, opts.mode)
+                            .map_err(|e| io_err("cannot create segment", &path, e))?
+                    }
+                    Ok(false) => {
+                        return Err(Error::new(
+                            ErrorKind::Busy,
+                            format!(
+                                "segment {} exists and has live participants",
+                                path.display()
+                            ),
+                        ))
+                    }
+                }
+            }
+            Err(e) => return Err(io_err("cannot create segment", &path, e)),
+        };
+        file.set_len(len as u64)
+            .map_err(|e| io_err("cannot size segment", &path, e))?;
+        let map = MmapRaw::map_raw(&file).map_err(|e| io_err("cannot map segment", &path, e))?;
+        let base = map.as_mut_ptr();
+        // SAFETY: the mapping is `len` ≥ HEADER_LEN bytes, page-aligned, freshly created by
+        // us with O_EXCL (zero-filled by ftruncate) and not marked ready, so no other process
+        // uses it yet: a unique reference to the header is sound.
+        let h = unsafe { &mut *base.cast::<SegmentHeader>() };
+        h.magic = MAGIC;
+        h.layout_version = LAYOUT_VERSION;
+        h.kind = kind as u32;
+        h.total_len = len as u64;
+        h.creator_pid = std::process::id();
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        h.owner_uid = unsafe { libc::geteuid() };
+        h.created_at_ns = now_ns();
+        // The kind-specific area starts after the header page: `len - HEADER_LEN` bytes.
+        init(base.wrapping_add(HEADER_LEN), len - HEADER_LEN);
+        let mut seg = Segment {
+            map,
+            path,
+            name: name.to_owned(),
+            attach_index: None,
+        };
+        seg.attach()?;
+        seg.header().ready.store(1, Ordering::Release);
+        Ok(seg)
+    }
+
+    /// Opens an existing segment of `kind`, checking its header.
+    pub fn open(name: &str, kind: SegmentKind, opts: &SegmentOptions) -> Result<Segment> {
+        validate_name(name)?;
+        let path = segment_path(&opts.dir, name);
+        let mut seg = Segment::map_existing(&path, name)?;
+        seg.check(kind)?;
+        seg.attach()?;
+        Ok(seg)
+    }
+
+    /// Maps an existing segment read-write without attaching (for `stat`, `gc`).
+    fn map_existing(path: &Path, name: &str) -> Result<Segment> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|e| io_err("cannot open segment", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| io_err("cannot stat segment", path, e))?
+            .len();
+        if len < HEADER_LEN as u64 {
+            return Err(Error::corrupt(format!(
+                "{} is {len} bytes, too small for a segment header",
+                path.display()
+            )));
+        }
+        let map = MmapRaw::map_raw(&file).map_err(|e| io_err("cannot map segment", path, e))?;
+        Ok(Segment {
+            map,
+            path: path.to_owned(),
+            name: name.to_owned(),
+            attach_index: None,
+        })
+    }
+
+    /// Opens a segment read-only for inspection, attaching nothing (`erlmcp-flow stat`).
+    pub fn inspect(name: &str, opts: &SegmentOptions) -> Result<Segment> {
+        validate_name(name)?;
+        let path = segment_path(&opts.dir, name);
+        let seg = Segment::map_existing(&path, name)?;
+        seg.check_header()?;
+        Ok(seg)
+    }
+
+    fn check_header(&self) -> Result<()> {
+        let h = self.header();
+        // The creator sets `ready` after initialising; give a concurrent creator a moment.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        while h.ready.load(Ordering::Acquire) != 1 {
+            if Instant::now() > deadline {
+                return Err(Error::corrupt(format!(
+                    "{} was never finished by its creator (not ready)",
+                    self.path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if h.magic != MAGIC {
+            return Err(Error::corrupt(format!(
+                "{} is not an erlmcp-flow segment (bad magic)",
+                self.path.display()
+            )));
+        }
+        if h.layout_version != LAYOUT_VERSION {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{} has segment layout version {}, this build reads {LAYOUT_VERSION}",
+                    self.path.display(),
+                    h.layout_version
+                ),
+            ));
+        }
+        if h.total_len != self.map.len() as u64 {
+            return Err(Error::corrupt(format!(
+                "{}: header says {} bytes, file has {}",
+                self.path.display(),
+                h.total_len,
+                self.map.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn check(&self, kind: SegmentKind) -> Result<()> {
+        self.check_header()?;
+        let k = self.header().kind;
+        if k != kind as u32 {
+            let found = SegmentKind::from_u32(k).map_or("unknown", SegmentKind::name);
+            return Err(Error::invalid(format!(
+                "{} is a {found} segment, not a {}",
+                self.path.display(),
+                kind.name()
+            )));
+        }
+        Ok(())
+    }
+
+    /// True when no process attached to the segment at `path` is alive.
+    fn probe_stale(path: &Path) -> Result<bool> {
+        let seg = Segment::map_existing(path, "")?;
+        if seg.header().magic != MAGIC {
+            return Err(Error::corrupt("bad magic"));
+        }
+        Ok(seg.live_participants() == 0)
+    }
+
+    /// The header.
+    pub fn header(&self) -> &SegmentHeader {
+        // SAFETY: the mapping is at least HEADER_LEN bytes (checked at map time) and page
+        // aligned; `SegmentHeader` is plain data plus atomics, valid for any bit pattern, and
+        // every field that other processes change is atomic.
+        unsafe { &*self.map.as_ptr().cast::<SegmentHeader>() }
+    }
+
+    /// The start of the kind-specific area (after the header page).
+    pub fn body(&self) -> *mut u8 {
+        // In bounds: the mapping is longer than HEADER_LEN (checked at map time).
+        self.map.as_mut_ptr().wrapping_add(HEADER_LEN)
+    }
+
+    /// Length of the kind-specific area.
+    pub fn body_len(&self) -> usize {
+        self.map.len() - HEADER_LEN
+    }
+
+    /// The segment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The segment's file path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of live attachments (a process attached twice counts twice).
+    pub fn live_participants(&self) -> usize {
+        self.header()
+            .attached
+            .iter()
+            .filter(|s| {
+                let pid = s.pid.load(Ordering::Acquire);
+                pid != 0 && process_alive(pid, s.start_ticks.load(Ordering::Acquire))
+            })
+            .count()
+    }
+
+    fn attach(&mut self) -> Result<()> {
+        let me = std::process::id();
+        let start = process_start_ticks(me);
+        let h = self.header();
+        for (i, s) in h.attached.iter().enumerate() {
+            let pid = s.pid.load(Ordering::Acquire);
+            let free = pid == 0 || !process_alive(pid, s.start_ticks.load(Ordering::Acquire));
+            if free
+                && s.pid
+                    .compare_exchange(pid, me, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                s.start_ticks.store(start, Ordering::Release);
+                self.attach_index = Some(i);
+                return Ok(());
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Full,
+            format!(
+                "{}: all {MAX_ATTACHED} attach slots are taken by live processes",
+                self.path.display()
+            ),
+        ))
+    }
+
+    /// Removes the segment's file now (mapped participants keep their mapping).
+    pub fn unlink(&self) -> Result<()> {
+        std::fs::remove_file(&self.path).map_err(|e| io_err("cannot remove segment", &self.path, e))
+    }
+}
+
+impl std::fmt::Debug for Segment {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segment")
+            .field("path", &self.path)
+            .field("len", &self.map.len())
+            .finish()
+    }
+}
+
+impl Drop for Segment {
+    fn drop(&mut self) {
+        if let Some(i) = self.attach_index.take() {
+            let s = &self.header().attached[i];
+            s.start_ticks.store(0, Ordering::Release);
+            s.pid.store(0, Ordering::Release);
+        }
+    }
+}
+
+fn create_file(path: &Path, mode: u32) -> std::io::Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    // The umask may have narrowed (or a default ACL widened) the mode: set it exactly.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+    Ok(f)
+}
+
+/// Nanoseconds since the UNIX epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// The start time of process `pid` in clock ticks since boot, or 0 when unknown.
+pub fn process_start_ticks(pid: u32) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Field 2 (comm) may contain spaces and parentheses: parse after the last ')'.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+        return 0;
+    };
+    // After ')' come fields 3.. ; starttime is field 22, i.e. index 19 here.
+    rest.split_whitespace()
+        .nth(19)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// True when process `pid` exists and (when `start_ticks` is non-zero) is the same process
+/// that recorded `start_ticks`, not a later one that reused the pid.
+pub fn process_alive(pid: u32, start_ticks: u64) -> bool {
+    if pid == 0 || pid > i32::MAX as u32 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    if start_ticks == 0 {
+        return true;
+    }
+    let now = process_start_ticks(pid);
+    // A zombie or an unreadable /proc entry reads as 0: treat as alive only if we cannot tell.
+    now == 0 || now == start_ticks
+}
+
+/// What [`gc`] found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct GcReport {
+    /// Segment files removed (stale: no live participant).
+    pub removed: Vec<PathBuf>,
+    /// Segment files kept (live participants).
+    pub kept: Vec<PathBuf>,
+}
+
+/// Removes the stale segments in `dir`: files named `emf-*` whose attached processes are all
+/// dead, or which are not valid segments and are older than a minute (a creator that died
+/// before finishing). Segments with a live participant are kept.
+pub fn gc(dir: &Path) -> Result<GcReport> {
+    let mut report = GcReport::default();
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(seg_name) = name
+            .as_bytes()
+            .strip_prefix(FILE_PREFIX.as_bytes())
+            .map(OsStr::from_bytes)
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let stale = match Segment::map_existing(&path, &seg_name.to_string_lossy()) {
+            Ok(seg)
+                if seg.header().magic == MAGIC
+                    && seg.header().ready.load(Ordering::Acquire) == 1 =>
+            {
+                seg.live_participants() == 0
+            }
+            _ => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(60)),
+        };
+        if stale {
+            if std::fs::remove_file(&path).is_ok() {
+                report.removed.push(path);
+            }
+        } else {
+            report.kept.push(path);
+        }
+    }
+    Ok(report)
+}
+
+/// The names of the segments in `dir`.
+pub fn list(dir: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
+    let mut names: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix(FILE_PREFIX))
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn temp_dir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("emf-test-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn names_are_checked() {
+        for good in ["a", "ring-1", "A.b_c-9", &"x".repeat(200)] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "..",
+            "sp ace",
+            "é",
+            &"x".repeat(201),
+            "a\0b",
+        ] {
+            assert_eq!(
+                validate_name(bad).unwrap_err().kind(),
+                ErrorKind::InvalidArgument
+            );
+        }
+    }
+
+    #[test]
+    fn create_open_and_header_checks() {
+        let dir = temp_dir("seg");
+        let opts = SegmentOptions {
+            dir: dir.clone(),
+            mode: 0o640,
+        };
+        let seg = Segment::create("one", SegmentKind::Ring, 8192, &opts, |p, n| {
+            // SAFETY: the body is n bytes of fresh mapping.
+            unsafe { std::ptr::write_bytes(p, 0xAB, n) }
+        })
+        .unwrap();
+        let meta = std::fs::metadata(seg.path()).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o640);
+        assert_eq!(seg.header().creator_pid, std::process::id());
+        let other = Segment::open("one", SegmentKind::Ring, &opts).unwrap();
+        // SAFETY: body has ≥ 1 byte; written by the creator before `ready`.
+        assert_eq!(unsafe { *other.body() }, 0xAB);
+        assert_eq!(seg.live_participants(), 2, "each live attachment counts");
+        let e = Segment::open("one", SegmentKind::State, &opts).unwrap_err();
+        assert!(e.message().contains("ring segment"), "{e}");
+        let e = Segment::create("one", SegmentKind::Ring, 8192, &opts, |_, _| {}).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Busy);
+        assert_eq!(
+            Segment::open("missing", SegmentKind::Ring, &opts)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+        // A file that is not a segment.
+        std::fs::write(segment_path(&dir, "junk"), vec![0u8; 8192]).unwrap();
+        let e = Segment::open("junk", SegmentKind::Ring, &opts).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+        std::fs::write(segment_path(&dir, "tiny"), b"abc").unwrap();
+        assert_eq!(
+            Segment::open("tiny", SegmentKind::Ring, &opts)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::Corrupt
+        );
+        drop(other);
+        drop(seg);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn stale_segments_are_replaced_and_collected() {
+        let dir = temp_dir("gc");
+        let opts = SegmentOptions {
+            dir: dir.clone(),
+            ..Default::default()
+        };
+        let seg = Segment::create("s", SegmentKind::Ring, 8192, &opts, |_, _| {}).unwrap();
+        // Simulate a crashed owner: the attach slot names a pid that does not exist.
+        let slot = &seg.header().attached[0];
+        slot.pid.store(i32::MAX as u32 - 7, Ordering::Release);
+        let path = seg.path().to_owned();
+        std::mem::forget(seg); // like kill -9: no detach
+        let again = Segment::create("s", SegmentKind::Ring, 8192, &opts, |_, _| {}).unwrap();
+        assert_eq!(again.live_participants(), 1);
+        let kept = gc(&dir).unwrap();
+        assert_eq!(kept.kept, vec![path.clone()]);
+        again.header().attached[0]
+            .pid
+            .store(i32::MAX as u32 - 7, Ordering::Release);
+        std::mem::forget(again);
+        let r = gc(&dir).unwrap();
+        assert_eq!(r.removed, vec![path]);
+        assert!(list(&dir).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn liveness_checks_start_time() {
+        let me = std::process::id();
+        let start = process_start_ticks(me);
+        assert!(start > 0);
+        assert!(process_alive(me, start));
+        assert!(process_alive(me, 0));
+        assert!(
+            !process_alive(me, start + 1),
+            "a reused pid is not the same process"
+        );
+        assert!(!process_alive(0, 0));
+        assert!(!process_alive(i32::MAX as u32 - 3, 0));
+    }
+}
