@@ -4,6 +4,11 @@
 //! erlmcp-flow bench [--suite NAME]... [--quick] [--out-dir DIR] [--no-write]
 //! erlmcp-flow bench list
 //! erlmcp-flow bench compare BASELINE.json LATEST.json [--threshold 0.10] [--fail-on-regression] [--by value|ratio]
+//! erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
+//! erlmcp-flow shm gc|list [--dir DIR]
+//! erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
+//! erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--dir DIR]
+//! erlmcp-flow ring consume NAME [--count N] [--dir DIR]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -27,6 +32,15 @@ usage:
       compare two result files; with --fail-on-regression exit 1 when a result is worse
       than the baseline by more than the threshold. --by ratio compares the ratio against
       the peer measured in the same run (steadier on a shared machine)
+  erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
+      read a ring's counters from outside (no participant attaches); all rings without NAME
+  erlmcp-flow shm gc|list [--dir DIR]
+      remove stale segments (no live participant) / list segments
+  erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
+  erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--dir DIR]
+      send sequence-numbered frames (count 0 = until killed), waiting when the ring is full
+  erlmcp-flow ring consume NAME [--count N] [--dir DIR]
+      receive and check sequence-numbered frames (no loss, duplicate, reorder or corruption)
   erlmcp-flow codec encode < MESSAGE.json > MESSAGE.emf
       MCP / JSON-RPC text on stdin to an archive on stdout
   erlmcp-flow codec decode < MESSAGE.emf
@@ -47,6 +61,9 @@ fn main() -> ExitCode {
             _ => bench(&args[1..]),
         },
         Some("codec") => codec_cmd(args.get(1).map(String::as_str)),
+        Some("stat") => stat_cmd(&args[1..]),
+        Some("shm") => shm_cmd(&args[1..]),
+        Some("ring") => ring_cmd(&args[1..]),
         Some("version" | "--version" | "-V") => {
             println!("erlmcp-flow {}", erlmcp_flow::VERSION);
             Ok(ExitCode::SUCCESS)
@@ -253,4 +270,240 @@ fn codec_cmd(what: Option<&str>) -> Result<ExitCode, String> {
         .write_all(&out)
         .map_err(|e| format!("cannot write stdout: {e}"))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Options shared by the shm / ring / stat commands.
+struct ShmArgs {
+    positional: Vec<String>,
+    dir: std::path::PathBuf,
+    capacity: usize,
+    mpsc: bool,
+    id: u32,
+    count: u64,
+    size: usize,
+    watch: Option<f64>,
+}
+
+fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
+    let mut a = ShmArgs {
+        positional: Vec::new(),
+        dir: erlmcp_flow::shm::DEFAULT_DIR.into(),
+        capacity: 1 << 20,
+        mpsc: false,
+        id: 0,
+        count: 0,
+        size: 64,
+        watch: None,
+    };
+    let mut it = args.iter();
+    let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
+        v.and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("{what} needs a number"))
+    };
+    while let Some(x) = it.next() {
+        match x.as_str() {
+            "--dir" => a.dir = it.next().ok_or("--dir needs a path")?.into(),
+            "--capacity" => a.capacity = num(it.next(), "--capacity")? as usize,
+            "--mpsc" => a.mpsc = true,
+            "--id" => a.id = num(it.next(), "--id")? as u32,
+            "--count" => a.count = num(it.next(), "--count")?,
+            "--size" => a.size = num(it.next(), "--size")? as usize,
+            "--watch" => {
+                a.watch = Some(
+                    it.next()
+                        .and_then(|s| s.parse().ok())
+                        .filter(|s: &f64| *s > 0.0)
+                        .ok_or("--watch needs a positive number of seconds")?,
+                )
+            }
+            o if o.starts_with("--") => return Err(format!("unknown option {o:?}\n{USAGE}")),
+            o => a.positional.push(o.to_owned()),
+        }
+    }
+    Ok(a)
+}
+
+fn seg_opts(a: &ShmArgs) -> erlmcp_flow::shm::SegmentOptions {
+    erlmcp_flow::shm::SegmentOptions {
+        dir: a.dir.clone(),
+        ..Default::default()
+    }
+}
+
+fn shm_cmd(args: &[String]) -> Result<ExitCode, String> {
+    let a = shm_args(args.get(1..).unwrap_or_default())?;
+    match args.first().map(String::as_str) {
+        Some("gc") => {
+            let r = erlmcp_flow::shm::gc(&a.dir).map_err(|e| e.to_string())?;
+            for p in &r.removed {
+                println!("removed {}", p.display());
+            }
+            println!(
+                "{} removed, {} kept (live participants)",
+                r.removed.len(),
+                r.kept.len()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("list") => {
+            for n in erlmcp_flow::shm::list(&a.dir).map_err(|e| e.to_string())? {
+                println!("{n}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(format!("shm needs gc or list\n{USAGE}")),
+    }
+}
+
+fn stat_cmd(args: &[String]) -> Result<ExitCode, String> {
+    use erlmcp_flow::ring::Ring;
+    let a = shm_args(args)?;
+    let opts = seg_opts(&a);
+    let names = if a.positional.is_empty() {
+        erlmcp_flow::shm::list(&a.dir).map_err(|e| e.to_string())?
+    } else {
+        a.positional.clone()
+    };
+    let rings: Vec<Ring> = names
+        .iter()
+        .filter_map(|n| match Ring::inspect(n, &opts) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                if !a.positional.is_empty() {
+                    eprintln!("erlmcp-flow: {n}: {e}");
+                }
+                None
+            }
+        })
+        .collect();
+    if rings.is_empty() {
+        return Err(format!("no rings found in {}", a.dir.display()));
+    }
+    let interactive = std::io::stdout().is_terminal();
+    let mut last: Vec<Option<(std::time::Instant, u64, u64)>> = vec![None; rings.len()];
+    loop {
+        if a.watch.is_some() && interactive {
+            print!("\x1b[2J\x1b[H");
+        }
+        for (r, prev) in rings.iter().zip(last.iter_mut()) {
+            let s = r.stats();
+            let now = std::time::Instant::now();
+            let rate = prev.map(|(t, sent, bytes)| {
+                let dt = now.duration_since(t).as_secs_f64().max(1e-9);
+                ((s.sent - sent) as f64 / dt, (s.bytes - bytes) as f64 / dt)
+            });
+            *prev = Some((now, s.sent, s.bytes));
+            println!(
+                "ring {}  capacity {}  {}  tail {}",
+                s.name,
+                s.capacity,
+                if s.multi_producer { "mpsc" } else { "spsc" },
+                s.tail
+            );
+            println!(
+                "  sent {}  bytes {}  received {}  backpressure {}  unblocked {}  dead reaped {}  max lag {}  corrupt {}",
+                s.sent, s.bytes, s.received, s.backpressure, s.unblocked, s.dead_reaped, s.max_lag, s.corrupt_frames
+            );
+            if let Some((m, b)) = rate {
+                println!("  rate {m:.0} msg/s  {:.1} MB/s", b / 1e6);
+            }
+            for p in &s.producers {
+                println!(
+                    "  producer pid {} {}  sent {}  bytes {}{}",
+                    p.pid,
+                    if p.alive { "alive" } else { "gone" },
+                    p.sent,
+                    p.bytes,
+                    if p.claiming { "  (claiming)" } else { "" }
+                );
+            }
+            for c in &s.subscribers {
+                println!(
+                    "  {} pid {} {}  position {}  lag {}  received {}",
+                    if c.slot == 0 {
+                        "consumer".to_owned()
+                    } else {
+                        format!("subscriber {}", c.slot)
+                    },
+                    c.pid,
+                    if c.alive { "alive" } else { "detached" },
+                    c.position,
+                    c.lag,
+                    c.received
+                );
+            }
+        }
+        let Some(secs) = a.watch else {
+            return Ok(ExitCode::SUCCESS);
+        };
+        std::thread::sleep(std::time::Duration::from_secs_f64(secs));
+    }
+}
+
+fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
+    use erlmcp_flow::ring::{seq, Ring, RingOptions, WaitStrategy};
+    use std::time::Duration;
+    let a = shm_args(args.get(1..).unwrap_or_default())?;
+    let name = a
+        .positional
+        .first()
+        .ok_or("ring commands need a ring NAME")?;
+    let opts = seg_opts(&a);
+    match args.first().map(String::as_str) {
+        Some("create") => {
+            let r = Ring::create(
+                name,
+                &RingOptions {
+                    capacity: a.capacity,
+                    multi_producer: a.mpsc,
+                    segment: opts,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.to_string())?;
+            println!("created ring {} ({} bytes)", r.name(), r.capacity());
+            // The segment outlives this process: it is stale only once nobody attaches.
+            std::mem::forget(r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("produce") => {
+            let r = Ring::open(name, &opts).map_err(|e| e.to_string())?;
+            let mut p = r.producer().map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; a.size.max(seq::MIN_LEN)];
+            let mut s = 0u64;
+            while a.count == 0 || s < a.count {
+                seq::fill(&mut buf, a.id, s);
+                p.send_timeout(
+                    &buf,
+                    WaitStrategy::SpinThenPark { spins: 200 },
+                    Duration::from_secs(3600),
+                )
+                .map_err(|e| e.to_string())?;
+                s += 1;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Some("consume") => {
+            let r = Ring::open(name, &opts).map_err(|e| e.to_string())?;
+            let mut c = r.consumer().map_err(|e| e.to_string())?;
+            let mut t = seq::Tracker::default();
+            let mut err = None;
+            while (a.count == 0 || t.received < a.count) && err.is_none() {
+                c.poll(4096, |f| {
+                    if let Err(e) = t.record(f) {
+                        err.get_or_insert(e);
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+                c.wait(WaitStrategy::default(), Duration::from_secs(1))
+                    .map_err(|e| e.to_string())?;
+            }
+            if let Some(e) = err {
+                return Err(e);
+            }
+            println!("received {} frames, all in order and intact", t.received);
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => Err(format!("ring needs create, produce or consume\n{USAGE}")),
+    }
 }

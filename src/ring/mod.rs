@@ -52,6 +52,7 @@
 
 pub mod futex;
 pub mod layout;
+pub mod seq;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -192,7 +193,11 @@ impl Ring {
             // The primary consumer's slot is always active, so that producers never run over
             // messages nobody has read yet, attached consumer or not.
             // SAFETY: subscriber slot 0 lies inside the body (data_offset ≥ its end).
-            let s0 = unsafe { &*body.wrapping_add(subscribers_off(max_p)).cast::<SubscriberSlot>() };
+            let s0 = unsafe {
+                &*body
+                    .wrapping_add(subscribers_off(max_p))
+                    .cast::<SubscriberSlot>()
+            };
             s0.state.store(SLOT_ACTIVE, Ordering::Relaxed);
         })?;
         Ring::from_segment(seg)
@@ -255,7 +260,14 @@ impl Ring {
 
     fn shared(&self) -> &RingShared {
         // SAFETY: offsets validated in `from_segment`; RingShared is atomics only.
-        unsafe { &*self.inner.seg.body().wrapping_add(SHARED_OFF).cast::<RingShared>() }
+        unsafe {
+            &*self
+                .inner
+                .seg
+                .body()
+                .wrapping_add(SHARED_OFF)
+                .cast::<RingShared>()
+        }
     }
 
     fn producer_slot(&self, i: usize) -> &ProducerSlot {
