@@ -9,7 +9,7 @@
 
 #[cfg(not(loom))]
 pub(crate) use std::sync::atomic::{
-    fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
+    compiler_fence, fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
 #[cfg(not(loom))]
 pub(crate) use std::sync::Arc;
@@ -18,5 +18,8 @@ pub(crate) use std::sync::Arc;
 pub(crate) use loom::sync::atomic::{
     fence, AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering,
 };
+// loom has no compiler fence; a full fence is a correct stand-in in models.
+#[cfg(loom)]
+pub(crate) use loom::sync::atomic::fence as compiler_fence;
 #[cfg(loom)]
 pub(crate) use loom::sync::Arc;

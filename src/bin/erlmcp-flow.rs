@@ -64,6 +64,9 @@ fn main() -> ExitCode {
         Some("stat") => stat_cmd(&args[1..]),
         Some("shm") => shm_cmd(&args[1..]),
         Some("ring") => ring_cmd(&args[1..]),
+        Some("bench-helper") => {
+            erlmcp_flow::suite::ring::helper(&args[1..]).map(|()| ExitCode::SUCCESS)
+        }
         Some("version" | "--version" | "-V") => {
             println!("erlmcp-flow {}", erlmcp_flow::VERSION);
             Ok(ExitCode::SUCCESS)

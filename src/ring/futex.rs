@@ -29,6 +29,41 @@ pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     }
 }
 
+const MEMBARRIER_CMD_GLOBAL_EXPEDITED: libc::c_long = 1 << 1;
+const MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED: libc::c_long = 1 << 2;
+
+/// Registers this process for expedited global memory barriers (once; later calls return the
+/// first answer). A registered producer may skip the store-load fence after each commit: a
+/// consumer that is about to sleep forces that fence on every registered process with
+/// [`barrier_all`] instead (the asymmetric Dekker pattern), so the rare sleeper pays, not
+/// every message.
+pub fn register_for_barriers() -> bool {
+    static REGISTERED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *REGISTERED.get_or_init(|| {
+        // SAFETY: membarrier takes two integer arguments and touches no memory of ours.
+        unsafe {
+            libc::syscall(
+                libc::SYS_membarrier,
+                MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED,
+                0 as libc::c_long,
+            ) == 0
+        }
+    })
+}
+
+/// Executes a full memory barrier on every CPU running a thread of a registered process
+/// (a few microseconds). False when the kernel does not support it.
+pub fn barrier_all() -> bool {
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(
+            libc::SYS_membarrier,
+            MEMBARRIER_CMD_GLOBAL_EXPEDITED,
+            0 as libc::c_long,
+        ) == 0
+    }
+}
+
 /// Wakes every waiter sleeping on `word`.
 pub fn wake_all(word: &AtomicU32) {
     // SAFETY: `word` is a valid, aligned atomic; FUTEX_WAKE does not access other memory.

@@ -110,7 +110,10 @@ pub struct ProducerSlot {
     pub sent: AtomicU64,
     /// Payload bytes this producer committed.
     pub bytes: AtomicU64,
-    _pad: [u64; 2],
+    /// 1 when this producer skips the fence after commits (registered for membarrier).
+    pub lazy_wake: AtomicU32,
+    _pad32: u32,
+    _pad: u64,
 }
 
 /// One consumer's slot.

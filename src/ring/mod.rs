@@ -67,7 +67,7 @@ use layout::{
 use crate::codec::{self, ArchivedMessage};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::{self, process_alive, process_start_ticks, Segment, SegmentKind, SegmentOptions};
-use crate::sync::{fence, AtomicU64, Ordering};
+use crate::sync::{compiler_fence, fence, AtomicU64, Ordering};
 
 /// How to create a ring.
 #[derive(Debug, Clone)]
@@ -374,6 +374,8 @@ impl Ring {
                     self.shared().dead_reaped.fetch_add(1, Ordering::Relaxed);
                 }
                 s.start_ticks.store(start, Ordering::Release);
+                let lazy_wake = futex::register_for_barriers();
+                s.lazy_wake.store(u32::from(lazy_wake), Ordering::Release);
                 s.state.store(SLOT_IDLE, Ordering::Release);
                 return Ok(Producer {
                     ring: self.clone(),
@@ -381,6 +383,7 @@ impl Ring {
                     cached_head: 0,
                     sent: s.sent.load(Ordering::Relaxed),
                     bytes: s.bytes.load(Ordering::Relaxed),
+                    lazy_wake,
                 });
             }
         }
@@ -474,6 +477,7 @@ impl Ring {
             received: s.received.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             stall: None,
+            misses: 0,
         }
     }
 
@@ -543,13 +547,24 @@ impl Ring {
             self.shared().unblocked.fetch_add(1, Ordering::Relaxed);
         }
         s.state.store(SLOT_IDLE, Ordering::Release);
-        self.wake_data();
+        self.wake_data_after(false);
         true
     }
 
-    fn wake_data(&self) {
+    /// Wakes parked consumers after a commit.
+    ///
+    /// The store of the frame header and the load of `data_waiters` here pair with the
+    /// consumer's increment of `data_waiters` and re-check of the header before it sleeps
+    /// (Dekker). Either side needs a store-load barrier. A producer registered for
+    /// `membarrier` (`lazy`) skips it: the parking consumer forces it on every registered
+    /// process with `futex::barrier_all` instead, once per sleep rather than once per frame.
+    fn wake_data_after(&self, lazy: bool) {
         let sh = self.shared();
-        fence(Ordering::SeqCst);
+        if lazy {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
         if sh.data_waiters.load(Ordering::Relaxed) != 0 {
             sh.data_futex.fetch_add(1, Ordering::Release);
             futex::wake_all(&sh.data_futex);
@@ -699,6 +714,7 @@ pub struct Producer {
     cached_head: u64,
     sent: u64,
     bytes: u64,
+    lazy_wake: bool,
 }
 
 /// Where a claimed batch's frames go.
@@ -732,22 +748,32 @@ impl Producer {
 
     /// Claims space for frames of the given payload lengths, all or nothing. Returns where
     /// the claim starts and ends (padding included).
-    fn claim_range(&mut self, lens: &mut dyn Iterator<Item = usize>) -> Result<Layout> {
+    fn claim_range(&mut self, lens: &[&[u8]]) -> Result<Layout> {
         let cap = self.ring.inner.capacity;
-        let sizes: Vec<u64> = lens.map(|l| frame_size(l) as u64).collect();
-        let sh = self.ring.shared();
-        loop {
-            let tail = sh.tail.load(Ordering::Acquire);
+        self.claim_with(|tail| {
             // Lay the frames out from `tail`, padding to the end of the data region where a
             // frame would cross it.
             let mut end = tail;
-            for &size in &sizes {
+            for p in lens {
+                let size = frame_size(p.len()) as u64;
                 let to_end = cap - (end & (cap - 1));
                 if size > to_end {
                     end += to_end;
                 }
                 end += size;
             }
+            end
+        })
+    }
+
+    /// Claims `[tail, end_of(tail))` for the current tail: all or nothing.
+    #[inline]
+    fn claim_with(&mut self, end_of: impl Fn(u64) -> u64) -> Result<Layout> {
+        let cap = self.ring.inner.capacity;
+        let sh = self.ring.shared();
+        loop {
+            let tail = sh.tail.load(Ordering::Acquire);
+            let end = end_of(tail);
             if end - self.cached_head > cap {
                 self.cached_head = self.ring.min_head();
                 let lag = tail.saturating_sub(self.cached_head);
@@ -791,8 +817,12 @@ impl Producer {
     /// [`Ring::max_payload`].
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
         self.check_len(len)?;
-        let layout = self.claim_range(&mut std::iter::once(len))?;
         let cap = self.ring.inner.capacity;
+        let size = frame_size(len) as u64;
+        let layout = self.claim_with(|tail| {
+            let to_end = cap - (tail & (cap - 1));
+            tail + if size > to_end { to_end + size } else { size }
+        })?;
         // The frame sits at the end of the range; anything before it is wrap padding.
         let pos = layout.end - frame_size(len) as u64;
         if pos > layout.start {
@@ -828,7 +858,7 @@ impl Producer {
             if n == 0 {
                 return Ok(0);
             }
-            match self.claim_range(&mut payloads[..n].iter().map(|p| p.len())) {
+            match self.claim_range(&payloads[..n]) {
                 Ok(l) => break l,
                 Err(e) if e.kind() == ErrorKind::Full => n /= 2,
                 Err(e) => return Err(e),
@@ -908,6 +938,7 @@ impl Producer {
         }
     }
 
+    /// Writes one frame and commits it.
     fn write_frame(&mut self, pos: u64, payload: &[u8]) {
         let cap = self.ring.inner.capacity;
         let idx = (pos & (cap - 1)) as usize;
@@ -934,7 +965,7 @@ impl Producer {
         s.sent.store(self.sent, Ordering::Relaxed);
         s.bytes.store(self.bytes, Ordering::Relaxed);
         s.state.store(SLOT_IDLE, Ordering::Release);
-        self.ring.wake_data();
+        self.ring.wake_data_after(self.lazy_wake);
     }
 
     /// Encodes `msg` in place in the ring (no intermediate buffer) and commits it.
@@ -1027,7 +1058,7 @@ impl Claim<'_> {
         p.ring.pad_range(self.pos, self.end);
         let s = p.slot();
         s.state.store(SLOT_IDLE, Ordering::Release);
-        p.ring.wake_data();
+        p.ring.wake_data_after(p.lazy_wake);
         self.done = true;
     }
 }
@@ -1048,7 +1079,11 @@ pub struct Consumer {
     received: u64,
     bytes: u64,
     stall: Option<(u64, Instant)>,
+    misses: u32,
 }
+
+/// How many empty polls pass between two looks at the claim position for stalled claims.
+const STALL_CHECK_EVERY: u32 = 1024;
 
 /// What the consumer found at its position.
 enum Next {
@@ -1077,7 +1112,7 @@ impl Consumer {
             .saturating_sub(self.head)
     }
 
-    fn next(&mut self) -> Result<Next> {
+    fn next(&mut self, check_stall: bool) -> Result<Next> {
         let pos = self.head;
         let word = self.ring.header_at(pos).load(Ordering::Acquire);
         if let Some(h) = decode_header(word, pos) {
@@ -1100,6 +1135,13 @@ impl Consumer {
                 len: h.len,
                 padding: h.padding,
             });
+        }
+        // Not committed: empty, or a producer is between claim and commit. Reading `tail`
+        // would pull the producers' hot cache line on every empty poll, so look only every
+        // STALL_CHECK_EVERY misses (and always from `wait`).
+        self.misses = self.misses.wrapping_add(1);
+        if !check_stall && self.misses % STALL_CHECK_EVERY != 0 {
+            return Ok(Next::Empty);
         }
         let tail = self.ring.shared().tail.load(Ordering::Acquire);
         if tail <= pos {
@@ -1147,7 +1189,7 @@ impl Consumer {
         let mut n = 0;
         let start = self.head;
         while n < limit {
-            match self.next()? {
+            match self.next(false)? {
                 Next::Frame { pos, len, padding } => {
                     if !padding {
                         let idx = (pos & (self.ring.inner.capacity - 1)) as usize;
@@ -1208,7 +1250,7 @@ impl Consumer {
         let mut spins = 0u32;
         loop {
             // Frames, padding and recovery all count as progress: poll-visible state changed.
-            match self.next()? {
+            match self.next(true)? {
                 Next::Frame { .. } => return Ok(true),
                 Next::Empty | Next::Stalled => {}
             }
@@ -1235,7 +1277,7 @@ impl Consumer {
                     sh.data_waiters.fetch_add(1, Ordering::SeqCst);
                     let seen = sh.data_futex.load(Ordering::SeqCst);
                     let ready = decode_header(
-                        self.ring.header_at(self.head).load(Ordering::Acquire),
+                        self.ring.header_at(self.head).load(Ordering::SeqCst),
                         self.head,
                     )
                     .is_some();

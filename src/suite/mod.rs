@@ -10,6 +10,7 @@
 //! and noisy; medians and ratios measured side by side are what the numbers are for.
 
 pub mod codec;
+pub mod ring;
 pub mod samples;
 
 use std::time::{Duration, Instant};
@@ -355,7 +356,11 @@ pub struct Suite {
 
 /// All suites, in run order.
 pub fn all() -> Vec<Suite> {
-    vec![codec::serializer_suite(), codec::compression_suite()]
+    vec![
+        codec::serializer_suite(),
+        codec::compression_suite(),
+        ring::ring_suite(),
+    ]
 }
 
 /// The current UTC time as RFC 3339 (`2026-01-01T00:00:00Z`) and as a file-name stamp

@@ -1,0 +1,502 @@
+//! The ring suite: cross-process throughput and round-trip latency of 64-byte frames, and the
+//! bandwidth of 64 KiB frames, with a Unix domain socket (cross-process) and crossbeam-channel
+//! (in-process threads, a reference) measured in the same run.
+//!
+//! The other side of each cross-process measurement is this same executable started as
+//! `erlmcp-flow bench-helper ...` (see [`helper`]).
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{BenchResult, Better, Settings, Suite};
+use crate::ring::{Ring, RingOptions, WaitStrategy};
+use crate::shm::SegmentOptions;
+
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Scratch {
+        let base = if Path::new(crate::shm::DEFAULT_DIR).is_dir() {
+            PathBuf::from(crate::shm::DEFAULT_DIR)
+        } else {
+            std::env::temp_dir()
+        };
+        let d = base.join(format!("emf-bench-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&d);
+        Scratch(d)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn helper_cmd(args: &[&str]) -> Child {
+    Command::new(std::env::current_exe().expect("own executable"))
+        .arg("bench-helper")
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn bench helper")
+}
+
+fn ring_in(dir: &Path, name: &str, capacity: usize, mpsc: bool) -> Ring {
+    Ring::create(
+        name,
+        &RingOptions {
+            capacity,
+            multi_producer: mpsc,
+            ..RingOptions::in_dir(dir)
+        },
+    )
+    .expect("create bench ring")
+}
+
+/// Receives `count` frames on `ring`'s consumer and returns the elapsed time from the first.
+fn drain(ring: &Ring, count: u64) -> Duration {
+    let mut c = ring.consumer().expect("consumer");
+    let mut got = 0u64;
+    let mut start = None;
+    while got < count {
+        let n = c
+            .poll(usize::MAX, |f| {
+                std::hint::black_box(f);
+            })
+            .expect("poll") as u64;
+        if n > 0 && start.is_none() {
+            start = Some(Instant::now());
+        }
+        got += n;
+        if n == 0 {
+            // Back off before looking again: polling the line the producer is writing
+            // steals it from the producer on every frame.
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    start.map_or(Duration::ZERO, |s| s.elapsed())
+}
+
+fn spsc_throughput(settings: Settings, size: usize, capacity: usize) -> f64 {
+    let scratch = Scratch::new();
+    let count: u64 = if settings.samples < 10 {
+        2_000_000
+    } else {
+        10_000_000
+    };
+    let count = if size > 4096 { count / 200 } else { count };
+    let r = ring_in(&scratch.0, "tput", capacity, false);
+    let dir = scratch.0.to_string_lossy().into_owned();
+    let mut child = helper_cmd(&[
+        "produce",
+        &dir,
+        "tput",
+        &count.to_string(),
+        &size.to_string(),
+    ]);
+    let t = drain(&r, count);
+    let _ = child.wait();
+    // The first frame started the clock: count - 1 intervals.
+    (count - 1) as f64 / t.as_secs_f64()
+}
+
+fn mpsc_throughput(settings: Settings) -> f64 {
+    let scratch = Scratch::new();
+    let per: u64 = if settings.samples < 10 {
+        1_000_000
+    } else {
+        5_000_000
+    };
+    let r = ring_in(&scratch.0, "mp", 1 << 20, true);
+    let dir = scratch.0.to_string_lossy().into_owned();
+    let mut a = helper_cmd(&["produce", &dir, "mp", &per.to_string(), "64"]);
+    let mut b = helper_cmd(&["produce", &dir, "mp", &per.to_string(), "64"]);
+    let t = drain(&r, 2 * per);
+    let _ = a.wait();
+    let _ = b.wait();
+    (2 * per - 1) as f64 / t.as_secs_f64()
+}
+
+/// Ping-pong through two rings with an echo process; returns sorted round-trip times (ns).
+fn ring_rtt(settings: Settings, park: bool) -> Vec<f64> {
+    let scratch = Scratch::new();
+    let n: usize = if settings.samples < 10 {
+        20_000
+    } else {
+        200_000
+    };
+    let req = ring_in(&scratch.0, "req", 1 << 16, false);
+    let resp = ring_in(&scratch.0, "resp", 1 << 16, false);
+    let dir = scratch.0.to_string_lossy().into_owned();
+    let mode = if park { "park" } else { "spin" };
+    let mut child = helper_cmd(&["echo", &dir, "req", "resp", mode, &n.to_string()]);
+    let mut p = req.producer().expect("producer");
+    let mut c = resp.consumer().expect("consumer");
+    let strategy = if park {
+        WaitStrategy::SpinThenPark { spins: 0 }
+    } else {
+        WaitStrategy::Spin
+    };
+    let msg = [7u8; 64];
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        p.send(&msg).expect("send");
+        loop {
+            if c.poll(1, |f| {
+                std::hint::black_box(f);
+            })
+            .expect("poll")
+                == 1
+            {
+                break;
+            }
+            if park {
+                let _ = c.wait(strategy, Duration::from_secs(5));
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        // Skip the warm-up round trips.
+        if i >= n / 20 {
+            rtts.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    let _ = child.wait();
+    rtts.sort_by(f64::total_cmp);
+    rtts
+}
+
+fn pct(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn uds_pair_paths(scratch: &Scratch) -> String {
+    scratch.0.join("uds.sock").to_string_lossy().into_owned()
+}
+
+fn uds_throughput(settings: Settings) -> f64 {
+    let scratch = Scratch::new();
+    let count: u64 = if settings.samples < 10 {
+        500_000
+    } else {
+        2_000_000
+    };
+    let path = uds_pair_paths(&scratch);
+    let listener = UnixListener::bind(&path).expect("bind");
+    let mut child = helper_cmd(&["uds-produce", &path, &count.to_string(), "64"]);
+    let (mut s, _) = listener.accept().expect("accept");
+    let mut buf = vec![0u8; 64 * 1024];
+    let total = count * 64;
+    let mut got = 0u64;
+    let mut start = None;
+    while got < total {
+        let n = s.read(&mut buf).expect("read") as u64;
+        if n == 0 {
+            break;
+        }
+        start.get_or_insert_with(Instant::now);
+        got += n;
+    }
+    let _ = child.wait();
+    let t = start.map_or(Duration::from_nanos(1), |s| s.elapsed());
+    (got / 64) as f64 / t.as_secs_f64()
+}
+
+fn uds_rtt(settings: Settings) -> Vec<f64> {
+    let scratch = Scratch::new();
+    let n: usize = if settings.samples < 10 {
+        20_000
+    } else {
+        100_000
+    };
+    let path = uds_pair_paths(&scratch);
+    let listener = UnixListener::bind(&path).expect("bind");
+    let mut child = helper_cmd(&["uds-echo", &path, &n.to_string()]);
+    let (mut s, _) = listener.accept().expect("accept");
+    let msg = [7u8; 64];
+    let mut back = [0u8; 64];
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = Instant::now();
+        s.write_all(&msg).expect("write");
+        s.read_exact(&mut back).expect("read");
+        if i >= n / 20 {
+            rtts.push(t.elapsed().as_nanos() as f64);
+        }
+    }
+    let _ = child.wait();
+    rtts.sort_by(f64::total_cmp);
+    rtts
+}
+
+#[cfg(feature = "peers")]
+fn crossbeam_throughput(settings: Settings) -> f64 {
+    let count: u64 = if settings.samples < 10 {
+        2_000_000
+    } else {
+        10_000_000
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<[u8; 64]>(1024);
+    let t = std::thread::spawn(move || {
+        for i in 0..count {
+            let mut m = [0u8; 64];
+            m[..8].copy_from_slice(&i.to_le_bytes());
+            tx.send(m).expect("send");
+        }
+    });
+    let mut start = None;
+    for _ in 0..count {
+        let m = rx.recv().expect("recv");
+        start.get_or_insert_with(Instant::now);
+        std::hint::black_box(m);
+    }
+    let _ = t.join();
+    (count - 1) as f64 / start.map_or(1e-9, |s: Instant| s.elapsed().as_secs_f64())
+}
+
+#[cfg(feature = "peers")]
+fn crossbeam_rtt(settings: Settings) -> Vec<f64> {
+    let n: usize = if settings.samples < 10 {
+        20_000
+    } else {
+        200_000
+    };
+    let (tx, rx) = crossbeam_channel::bounded::<[u8; 64]>(1);
+    let (btx, brx) = crossbeam_channel::bounded::<[u8; 64]>(1);
+    let t = std::thread::spawn(move || {
+        for _ in 0..n {
+            let m = rx.recv().expect("recv");
+            btx.send(m).expect("send");
+        }
+    });
+    let mut rtts = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = Instant::now();
+        tx.send([7u8; 64]).expect("send");
+        std::hint::black_box(brx.recv().expect("recv"));
+        if i >= n / 20 {
+            rtts.push(s.elapsed().as_nanos() as f64);
+        }
+    }
+    let _ = t.join();
+    rtts.sort_by(f64::total_cmp);
+    rtts
+}
+
+fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
+    let mut out = Vec::new();
+    progress("spsc_64b_throughput");
+    let spsc = spsc_throughput(settings, 64, 1 << 20);
+    progress("uds_64b_throughput");
+    let uds = uds_throughput(settings);
+    let r = BenchResult::new("spsc_64b_throughput", spsc, "msg/s", Better::Higher)
+        .with_peer("unix_socket", uds)
+        .with_targets(Some(5e5), Some(4e7));
+    out.push(r);
+    #[cfg(feature = "peers")]
+    {
+        progress("crossbeam_64b_throughput");
+        let cb = crossbeam_throughput(settings);
+        out.push(
+            BenchResult::new(
+                "spsc_64b_throughput_vs_crossbeam",
+                spsc,
+                "msg/s",
+                Better::Higher,
+            )
+            .with_peer("crossbeam_channel_in_process", cb),
+        );
+    }
+    progress("mpsc_2to1_64b_throughput");
+    out.push(
+        BenchResult::new(
+            "mpsc_2to1_64b_throughput",
+            mpsc_throughput(settings),
+            "msg/s",
+            Better::Higher,
+        )
+        .with_targets(Some(5e5), Some(5e6)),
+    );
+    progress("rtt_64b_spin");
+    let spin = ring_rtt(settings, false);
+    progress("rtt_64b_uds");
+    let uds_rtt = uds_rtt(settings);
+    out.push(
+        BenchResult::new("rtt_64b_spin_p50", pct(&spin, 0.5), "ns", Better::Lower)
+            .with_peer("unix_socket", pct(&uds_rtt, 0.5))
+            .with_targets(Some(1e7), Some(400.0)),
+    );
+    out.push(
+        BenchResult::new("rtt_64b_spin_p99", pct(&spin, 0.99), "ns", Better::Lower)
+            .with_peer("unix_socket", pct(&uds_rtt, 0.99))
+            .with_targets(Some(5e7), Some(1000.0)),
+    );
+    out.push(BenchResult::new(
+        "rtt_64b_spin_p999",
+        pct(&spin, 0.999),
+        "ns",
+        Better::Lower,
+    ));
+    out.push(BenchResult::new(
+        "rtt_64b_spin_max",
+        pct(&spin, 1.0),
+        "ns",
+        Better::Lower,
+    ));
+    #[cfg(feature = "peers")]
+    {
+        progress("rtt_64b_crossbeam");
+        let cb = crossbeam_rtt(settings);
+        out.push(
+            BenchResult::new(
+                "rtt_64b_spin_p50_vs_crossbeam",
+                pct(&spin, 0.5),
+                "ns",
+                Better::Lower,
+            )
+            .with_peer("crossbeam_channel_in_process", pct(&cb, 0.5)),
+        );
+    }
+    progress("rtt_64b_park");
+    let park = ring_rtt(settings, true);
+    out.push(
+        BenchResult::new("rtt_64b_park_p50", pct(&park, 0.5), "ns", Better::Lower)
+            .with_peer("unix_socket", pct(&uds_rtt, 0.5))
+            .with_targets(Some(1e7), Some(15_000.0)),
+    );
+    out.push(BenchResult::new(
+        "rtt_64b_park_p99",
+        pct(&park, 0.99),
+        "ns",
+        Better::Lower,
+    ));
+    progress("frame_64k_bandwidth");
+    let per_s = spsc_throughput(settings, 64 * 1024, 1 << 24);
+    out.push(
+        BenchResult::new(
+            "frame_64k_bandwidth",
+            per_s * 65536.0 / 1e9,
+            "GB/s",
+            Better::Higher,
+        )
+        .with_targets(None, Some(3.0)),
+    );
+    out
+}
+
+/// The ring suite.
+pub fn ring_suite() -> Suite {
+    Suite {
+        name: "ring",
+        about: "cross-process shared-memory rings: 64 B throughput, ping-pong latency, 64 KiB bandwidth",
+        steps: 10,
+        run,
+    }
+}
+
+/// The other side of the cross-process measurements: `erlmcp-flow bench-helper ...`.
+pub fn helper(args: &[String]) -> Result<(), String> {
+    let arg = |i: usize| -> Result<&str, String> {
+        args.get(i)
+            .map(String::as_str)
+            .ok_or_else(|| format!("bench-helper: missing argument {i}"))
+    };
+    let num = |i: usize| -> Result<u64, String> {
+        arg(i)?
+            .parse()
+            .map_err(|_| format!("bench-helper: argument {i} is not a number"))
+    };
+    let err = |e: crate::Error| e.to_string();
+    match arg(0)? {
+        "produce" => {
+            let opts = SegmentOptions {
+                dir: arg(1)?.into(),
+                ..Default::default()
+            };
+            let r = Ring::open(arg(2)?, &opts).map_err(err)?;
+            let mut p = r.producer().map_err(err)?;
+            let (count, size) = (num(3)?, num(4)? as usize);
+            let mut buf = vec![0u8; size];
+            for i in 0..count {
+                buf[..8].copy_from_slice(&i.to_le_bytes());
+                while p.send(&buf).is_err() {
+                    std::hint::spin_loop();
+                }
+            }
+            Ok(())
+        }
+        "echo" => {
+            let opts = SegmentOptions {
+                dir: arg(1)?.into(),
+                ..Default::default()
+            };
+            let req = Ring::open(arg(2)?, &opts).map_err(err)?;
+            let resp = Ring::open(arg(3)?, &opts).map_err(err)?;
+            let park = arg(4)? == "park";
+            let n = num(5)?;
+            let mut c = req.consumer().map_err(err)?;
+            let mut p = resp.producer().map_err(err)?;
+            let mut buf = [0u8; 64];
+            let mut done = 0;
+            while done < n {
+                let got = c
+                    .poll(1, |f| {
+                        let k = f.len().min(64);
+                        buf[..k].copy_from_slice(&f[..k]);
+                    })
+                    .map_err(err)?;
+                if got == 1 {
+                    while p.send(&buf).is_err() {
+                        std::hint::spin_loop();
+                    }
+                    done += 1;
+                } else if park {
+                    c.wait(
+                        WaitStrategy::SpinThenPark { spins: 0 },
+                        Duration::from_secs(5),
+                    )
+                    .map_err(err)?;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+            Ok(())
+        }
+        "uds-produce" => {
+            let mut s = UnixStream::connect(arg(1)?).map_err(|e| e.to_string())?;
+            let (count, size) = (num(2)?, num(3)? as usize);
+            // Write in 64 KiB chunks of whole messages (what a buffered sender does).
+            let per = (65536 / size).max(1) as u64;
+            let chunk = vec![0u8; per as usize * size];
+            let mut left = count;
+            while left > 0 {
+                let k = left.min(per);
+                s.write_all(&chunk[..k as usize * size])
+                    .map_err(|e| e.to_string())?;
+                left -= k;
+            }
+            Ok(())
+        }
+        "uds-echo" => {
+            let mut s = UnixStream::connect(arg(1)?).map_err(|e| e.to_string())?;
+            let n = num(2)?;
+            let mut buf = [0u8; 64];
+            for _ in 0..n {
+                s.read_exact(&mut buf).map_err(|e| e.to_string())?;
+                s.write_all(&buf).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        other => Err(format!("bench-helper: unknown helper {other:?}")),
+    }
+}
