@@ -93,11 +93,29 @@
 // The default compression threshold in bytes (1 KiB).
 #define EMF_COMPRESS_DEFAULT_THRESHOLD 1024
 
+// Wait strategy: busy-poll.
+#define EMF_WAIT_SPIN 0
+
+// Wait strategy: spin, then yield the thread.
+#define EMF_WAIT_YIELD 1
+
+// Wait strategy: spin, then sleep on a futex in shared memory (woken across processes).
+#define EMF_WAIT_PARK 2
+
+// A consumer or subscriber of a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
+typedef struct emf_consumer_t emf_consumer_t;
+
 // A validated, immutable archive held by the library. Opaque.
 //
 // Thread-safety: immutable after `emf_message_open`; any number of threads may read one
 // message at once. It must not be freed while another thread still uses it.
 typedef struct emf_message_t emf_message_t;
+
+// A producer attached to a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
+typedef struct emf_producer_t emf_producer_t;
+
+// A mapped ring. Opaque; thread-safe.
+typedef struct emf_ring_t emf_ring_t;
 
 // A status code: `EMF_OK` or one of the `EMF_ERR_*` codes.
 typedef int32_t emf_status_t;
@@ -157,6 +175,63 @@ typedef struct emf_envelope_info_t {
   // The JSON-RPC error code when `has_error`.
   int64_t error_code;
 } emf_envelope_info_t;
+
+// Options for `emf_ring_create`; fill with `emf_ring_options_default` first.
+typedef struct emf_ring_options_t {
+  // Data region size in bytes: a power of two from 4096 to 1 GiB (default 1 MiB).
+  size_t capacity;
+  // Several producers (default false).
+  bool multi_producer;
+  // Producer slots for a multi-producer ring (default 16).
+  uint32_t max_producers;
+  // Subscriber slots including the primary consumer (default 8).
+  uint32_t max_subscribers;
+  // Milliseconds before a stalled claim's producer is checked for death (default 100).
+  uint32_t stall_timeout_ms;
+  // File mode of the segment (default 0600).
+  uint32_t mode;
+  // Directory of the segment file, NUL-terminated; NULL for `/dev/shm`.
+  const char *dir;
+} emf_ring_options_t;
+
+// A ring's counters, read without attaching.
+typedef struct emf_ring_stats_t {
+  // Data region size.
+  uint64_t capacity;
+  // Claim position.
+  uint64_t tail;
+  // Frames committed by all producers.
+  uint64_t sent;
+  // Payload bytes committed.
+  uint64_t bytes;
+  // Frames delivered to the primary consumer.
+  uint64_t received;
+  // Claims refused for lack of space.
+  uint64_t backpressure;
+  // Dead producers' claims skipped.
+  uint64_t unblocked;
+  // Dead participants reaped.
+  uint64_t dead_reaped;
+  // Largest lag seen, bytes.
+  uint64_t max_lag;
+  // Invalid frames seen.
+  uint64_t corrupt_frames;
+  // Producer slots in use.
+  uint32_t producers;
+  // Active subscriber slots (the primary consumer's included).
+  uint32_t subscribers;
+} emf_ring_stats_t;
+
+// One frame of a batch to send.
+typedef struct emf_slice_t {
+  // The bytes (may be NULL when `len` is 0).
+  const uint8_t *data;
+  // Their number.
+  size_t len;
+} emf_slice_t;
+
+// Called by `emf_consumer_poll` for each frame; `data` is valid only during the call.
+typedef void (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
 
 // Success.
 #define EMF_OK 0
@@ -369,6 +444,205 @@ emf_status_t emf_compress_if_needed(const uint8_t *data,
 //
 // `data` readable for `len` bytes; `out` writable.
 emf_status_t emf_decompress(const uint8_t *data, size_t len, size_t max_len, struct emf_buf_t *out);
+
+// Fills `*out` with the default ring options.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_ring_options_default(struct emf_ring_options_t *out);
+
+// Creates ring `name` (a stale segment of that name is replaced; a live one gives
+// `EMF_ERR_BUSY`). `opts` may be NULL for the defaults.
+//
+// # Safety
+//
+// `name` a NUL-terminated string; `opts` NULL or readable (its `dir` NULL or a
+// NUL-terminated string); `out` writable.
+emf_status_t emf_ring_create(const char *name,
+                             const struct emf_ring_options_t *opts,
+                             struct emf_ring_t **out);
+
+// Opens an existing ring. `dir` may be NULL for `/dev/shm`.
+//
+// # Safety
+//
+// `name` a NUL-terminated string; `dir` NULL or one; `out` writable.
+emf_status_t emf_ring_open(const char *name, const char *dir, struct emf_ring_t **out);
+
+// Releases a ring handle (producers and consumers keep the mapping alive). NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `ring`.
+emf_status_t emf_ring_free(struct emf_ring_t *ring);
+
+// Removes the ring's file; processes that mapped it keep working.
+//
+// # Safety
+//
+// `ring` a live handle.
+emf_status_t emf_ring_unlink(const struct emf_ring_t *ring);
+
+// Stores the largest payload one frame can carry in `*out`.
+//
+// # Safety
+//
+// `ring` a live handle; `out` writable.
+emf_status_t emf_ring_max_payload(const struct emf_ring_t *ring, size_t *out);
+
+// Reads the ring's counters into `*out`.
+//
+// # Safety
+//
+// `ring` a live handle; `out` writable.
+emf_status_t emf_ring_stats(const struct emf_ring_t *ring, struct emf_ring_stats_t *out);
+
+// Attaches a producer (`EMF_ERR_BUSY` when a single-producer ring already has a live one).
+//
+// # Safety
+//
+// `ring` a live handle; `out` writable.
+emf_status_t emf_producer_new(const struct emf_ring_t *ring, struct emf_producer_t **out);
+
+// Detaches and frees a producer; an open claim is aborted. NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `p`.
+emf_status_t emf_producer_free(struct emf_producer_t *p);
+
+// Sends one frame. `EMF_ERR_FULL` when the ring is full: nothing was sent, the caller keeps
+// the data and may retry, wait (`emf_producer_send_timeout`) or give up.
+//
+// # Safety
+//
+// `p` a live handle; `data` readable for `len` bytes.
+emf_status_t emf_producer_send(struct emf_producer_t *p, const uint8_t *data, size_t len);
+
+// Sends one frame, waiting for space with `strategy` (`EMF_WAIT_*`) up to `timeout_ms`;
+// `EMF_ERR_TIMEOUT` when no space came.
+//
+// # Safety
+//
+// `p` a live handle; `data` readable for `len` bytes.
+emf_status_t emf_producer_send_timeout(struct emf_producer_t *p,
+                                       const uint8_t *data,
+                                       size_t len,
+                                       uint32_t strategy_code,
+                                       uint32_t timeout_ms);
+
+// Sends `n` frames in order with one claim; `*out_sent` says how many were sent. Frames
+// `out_sent..n` were not sent (back-pressure) and stay the caller's. Returns `EMF_OK` even
+// when only some were sent; `EMF_ERR_FULL` when none could be.
+//
+// # Safety
+//
+// `p` a live handle; `frames` readable for `n` slices, each readable for its length;
+// `out_sent` writable.
+emf_status_t emf_producer_send_batch(struct emf_producer_t *p,
+                                     const struct emf_slice_t *frames,
+                                     size_t n,
+                                     size_t *out_sent);
+
+// Claims room for one frame of `len` bytes and stores a pointer to it in `*out_data`:
+// write the payload there, then `emf_producer_commit` (or `emf_producer_abort`). The
+// pointer is valid until then. One claim at a time per producer.
+//
+// # Safety
+//
+// `p` a live handle; `out_data` writable.
+emf_status_t emf_producer_claim(struct emf_producer_t *p, size_t len, uint8_t **out_data);
+
+// Commits the open claim with its first `len` bytes (at most the claimed length).
+//
+// # Safety
+//
+// `p` a live handle.
+emf_status_t emf_producer_commit(struct emf_producer_t *p, size_t len);
+
+// Aborts the open claim (its space becomes padding; nothing is delivered).
+//
+// # Safety
+//
+// `p` a live handle.
+emf_status_t emf_producer_abort(struct emf_producer_t *p);
+
+// Attaches the primary consumer (it resumes where the previous one stopped);
+// `EMF_ERR_BUSY` while another live process holds it.
+//
+// # Safety
+//
+// `ring` a live handle; `out` writable.
+emf_status_t emf_consumer_new(const struct emf_ring_t *ring, struct emf_consumer_t **out);
+
+// Attaches a fan-out subscriber that sees every frame committed from now on.
+//
+// # Safety
+//
+// `ring` a live handle; `out` writable.
+emf_status_t emf_consumer_subscribe(const struct emf_ring_t *ring, struct emf_consumer_t **out);
+
+// Detaches and frees a consumer. NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `c`.
+emf_status_t emf_consumer_free(struct emf_consumer_t *c);
+
+// Calls `callback(ctx, data, len)` for up to `limit` ready frames, in order, then releases
+// their space; `*out_count` receives how many. `data` is valid only during the callback,
+// which must not call functions of the same consumer.
+//
+// # Safety
+//
+// `c` a live handle; `callback` a valid function; `out_count` writable.
+emf_status_t emf_consumer_poll(struct emf_consumer_t *c,
+                               size_t limit,
+                               emf_frame_fn callback,
+                               void *ctx,
+                               size_t *out_count);
+
+// Copies the next frame into `buf` and consumes it; its length goes to `*out_len`.
+// `EMF_ERR_EMPTY` when none is ready; `EMF_ERR_BUFFER_TOO_SMALL` when `cap` is too small
+// (the frame stays; `*out_len` receives the length needed).
+//
+// # Safety
+//
+// `c` a live handle; `buf` writable for `cap` bytes; `out_len` writable.
+emf_status_t emf_consumer_recv(struct emf_consumer_t *c, uint8_t *buf, size_t cap, size_t *out_len);
+
+// Copies up to `max_frames` ready frames into `buf`, each as a little-endian `uint32_t`
+// length followed by its bytes, and consumes them. `*out_frames` and `*out_bytes` say how
+// many frames and bytes. `EMF_OK` with 0 frames when none is ready; `EMF_ERR_TOO_LARGE`
+// when the next frame does not fit in `cap - 4` bytes (nothing consumed).
+//
+// # Safety
+//
+// `c` a live handle; `buf` writable for `cap` bytes; outs writable.
+emf_status_t emf_consumer_recv_batch(struct emf_consumer_t *c,
+                                     uint8_t *buf,
+                                     size_t cap,
+                                     size_t max_frames,
+                                     size_t *out_frames,
+                                     size_t *out_bytes);
+
+// Waits until a frame is ready (`*out_ready = true`) or `timeout_ms` passes (false).
+//
+// # Safety
+//
+// `c` a live handle; `out_ready` writable.
+emf_status_t emf_consumer_wait(struct emf_consumer_t *c,
+                               uint32_t strategy_code,
+                               uint32_t timeout_ms,
+                               bool *out_ready);
+
+// Stores in `*out` the bytes committed or claimed that this consumer has not consumed.
+//
+// # Safety
+//
+// `c` a live handle; `out` writable.
+emf_status_t emf_consumer_lag(struct emf_consumer_t *c, uint64_t *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -70,6 +70,10 @@ pub struct emf_message_t {
     bytes: Box<[u8]>,
 }
 
+impl super::handle::HandleKind for emf_message_t {
+    const KIND: u32 = 1;
+}
+
 impl emf_message_t {
     fn view(&self) -> &ArchivedMessage {
         // SAFETY: `bytes` was validated by `codec::decode` when the handle was created and is
@@ -216,7 +220,7 @@ pub unsafe extern "C" fn emf_message_open(
         let b = unsafe { bytes(archive, len, "archive") }?;
         let owned: Box<[u8]> = b.into();
         codec::decode(&owned)?;
-        let h = new_handle(emf_message_t { bytes: owned });
+        let h = new_handle(emf_message_t { bytes: owned })?;
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, h, "out") }
     })

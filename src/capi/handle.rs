@@ -1,111 +1,91 @@
-//! Registries of live buffers and handles, so that the boundary refuses a double free, the
-//! free of a foreign pointer, and the use of a handle that was already freed.
+//! Handle and buffer bookkeeping for the C ABI, so that the boundary refuses a double free,
+//! the free of a foreign pointer, and the use of a handle that was already freed.
 //!
-//! * A **handle** given to C is not the address of its object but a token: a number drawn
-//!   from a counter that never repeats, dressed as a pointer (it is never dereferenced by C or
-//!   by us). The registry maps token → object. A stale handle therefore never names a newer
-//!   object, even when the allocator reuses the old object's memory.
+//! * A **handle** given to C is not the address of its object but a token: a slot index in a
+//!   global slab plus that slot's generation, dressed as a pointer (neither C nor we ever
+//!   dereference it). Freeing bumps the slot's generation, so a stale handle never names a
+//!   newer object, even when the slot or the memory is reused. A lookup is two atomic loads,
+//!   cheap enough for per-message calls (`emf_producer_send`).
 //! * A **buffer** (`emf_buf_t`) must expose real memory to C, so it is keyed by its data
-//!   address and carries a never-repeating token of its own; a stale copy of a freed buffer
-//!   does not match the token of a newer buffer at the same address.
+//!   address in a sharded map and carries a never-repeating token of its own.
 //!
-//! Invariant: an entry is in a registry exactly while the allocation it names is live and owned
-//! by the caller. Insertion happens after allocation and removal before deallocation, both
-//! under the shard's lock, so two racing frees cannot both succeed. The registries are sharded
-//! by key so that threads working on different objects rarely share a lock.
+//! Invariant: a slot's `object` is a live `Box` of the type recorded in `kind` exactly while
+//! its generation is odd ("occupied"); it is installed before the generation becomes odd and
+//! taken out after it becomes even again, the transition done by one CAS, so two racing frees
+//! cannot both succeed.
 
-use std::any::{Any, TypeId};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering}; // std-atomic-ok: see NEXT_TOKEN
+use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering}; // std-atomic-ok: process-wide statics (const init)
 use std::sync::{Mutex, MutexGuard};
 
-use super::{FfiError, FfiResult, EMF_ERR_INVALID_ARGUMENT};
+use super::{FfiError, FfiResult, EMF_ERR_FULL, EMF_ERR_INVALID_ARGUMENT};
 
-const SHARDS: usize = 16;
-
-/// A sharded map from a key (an address or a token) to an entry.
-pub struct Registry<V> {
-    shards: [Mutex<Option<HashMap<u64, V>>>; SHARDS],
+/// A handle type: a stable small number used to check that a handle has the expected type.
+pub(crate) trait HandleKind: Send + Sync + 'static {
+    /// Distinct for every handle type.
+    const KIND: u32;
 }
 
-impl<V> Registry<V> {
-    const fn new() -> Self {
-        Registry {
-            shards: [const { Mutex::new(None) }; SHARDS],
-        }
-    }
+const SLAB_SLOTS: usize = 1 << 16;
 
-    fn shard(&self, key: u64) -> MutexGuard<'_, Option<HashMap<u64, V>>> {
-        // Mix the bits: addresses are aligned and tokens are sequential.
-        let i = (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS;
-        // Each operation under the lock is a single insert/remove/get, so a panic cannot leave
-        // a map half-updated and a poisoned lock is safe to reuse.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn insert(&self, key: u64, value: V) {
-        self.shard(key)
-            .get_or_insert_with(HashMap::new)
-            .insert(key, value);
-    }
-
-    /// Removes and returns the entry for `key` when `matches` accepts it.
-    fn remove_if(&self, key: u64, matches: impl FnOnce(&V) -> bool) -> Option<V> {
-        let mut g = self.shard(key);
-        let map = g.as_mut()?;
-        if matches(map.get(&key)?) {
-            map.remove(&key)
-        } else {
-            None
-        }
-    }
-
-    fn with<R>(&self, key: u64, f: impl FnOnce(Option<&V>) -> R) -> R {
-        let g = self.shard(key);
-        f(g.as_ref().and_then(|m| m.get(&key)))
-    }
+struct Slot {
+    /// Even: free. Odd: occupied. Bumped on every install and every free.
+    generation: AtomicU32,
+    kind: AtomicU32,
+    object: AtomicPtr<()>,
 }
 
-// A process-wide static needs a `const` constructor, which loom's atomics lack; the counter
-// is a single fetch_add and is not part of any loom model. (std-atomic-ok)
-static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SLOT: Slot = Slot {
+    generation: AtomicU32::new(0),
+    kind: AtomicU32::new(0),
+    object: AtomicPtr::new(std::ptr::null_mut()),
+};
 
-/// A number never handed out before in this process (0 is never returned).
-pub(crate) fn fresh_token() -> u64 {
-    NEXT_TOKEN.fetch_add(1, Ordering::Relaxed)
+static SLAB: [Slot; SLAB_SLOTS] = [EMPTY_SLOT; SLAB_SLOTS];
+static NEXT_UNUSED: AtomicU32 = AtomicU32::new(0);
+static FREE_SLOTS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+fn free_slots() -> MutexGuard<'static, Vec<u32>> {
+    // Each operation under the lock is a single push or pop: poisoning cannot leave the list
+    // inconsistent.
+    FREE_SLOTS.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Live `emf_buf_t` allocations: data address → (length, token).
-pub(crate) static BUFFERS: Registry<(usize, u64)> = Registry::new();
-
-/// A live handle: the object, type-erased so one registry serves every handle type.
-struct Entry {
-    ty: TypeId,
-    object: *mut (dyn Any + Send + Sync),
+fn token(index: u32, generation: u32) -> usize {
+    // Index + 1 so that no token is 0 (NULL).
+    (((generation as u64) << 32) | (index as u64 + 1)) as usize
 }
 
-// SAFETY: `object` is an owned `Box<T>` with `T: Send + Sync`, turned into a raw pointer only
-// so that borrows can outlive the registry lock; the registry owns it exclusively.
-unsafe impl Send for Entry {}
-
-/// Live handles: token → object.
-static HANDLES: Registry<Entry> = Registry::new();
+fn untoken(t: usize) -> Option<(usize, u32)> {
+    let t = t as u64;
+    let index = (t & 0xFFFF_FFFF).checked_sub(1)? as usize;
+    (index < SLAB_SLOTS).then_some((index, (t >> 32) as u32))
+}
 
 /// Moves `value` to the heap, registers it and returns its handle token.
-///
-/// Handle types are `Send + Sync`: a handle may be used from any thread.
-pub(crate) fn new_handle<T: Any + Send + Sync>(value: T) -> *mut T {
-    let object: *mut (dyn Any + Send + Sync) = Box::into_raw(Box::new(value));
-    let token = fresh_token();
-    HANDLES.insert(
-        token,
-        Entry {
-            ty: TypeId::of::<T>(),
-            object,
-        },
-    );
-    // The token is only an identifier: C never dereferences it and neither do we.
-    std::ptr::without_provenance_mut(token as usize)
+pub(crate) fn new_handle<T: HandleKind>(value: T) -> FfiResult<*mut T> {
+    let index = match free_slots().pop() {
+        Some(i) => i,
+        None => {
+            let i = NEXT_UNUSED.fetch_add(1, Ordering::Relaxed);
+            if i as usize >= SLAB_SLOTS {
+                NEXT_UNUSED.fetch_sub(1, Ordering::Relaxed);
+                return Err(FfiError::new(
+                    EMF_ERR_FULL,
+                    format!("too many live handles (at most {SLAB_SLOTS})"),
+                ));
+            }
+            i
+        }
+    };
+    let slot = &SLAB[index as usize];
+    slot.object
+        .store(Box::into_raw(Box::new(value)).cast(), Ordering::Relaxed);
+    slot.kind.store(T::KIND, Ordering::Relaxed);
+    // Even -> odd: occupied. Release publishes object and kind to every later lookup.
+    let generation = slot.generation.fetch_add(1, Ordering::Release) + 1;
+    Ok(std::ptr::without_provenance_mut(token(index, generation)))
 }
 
 fn not_live(name: &str) -> FfiError {
@@ -121,23 +101,26 @@ fn not_live(name: &str) -> FfiError {
 ///
 /// The caller must not free the handle (on any thread) while the returned borrow is used; the
 /// lifetime `'a` is chosen by the caller and is only as good as that promise.
-pub(crate) unsafe fn borrow_handle<'a, T: Any + Send + Sync>(
+pub(crate) unsafe fn borrow_handle<'a, T: HandleKind>(
     handle: *const T,
     name: &str,
 ) -> FfiResult<&'a T> {
     if handle.is_null() {
         return Err(FfiError::null(name));
     }
-    let token = handle.addr() as u64;
-    let object = HANDLES.with(token, |e| match e {
-        Some(e) if e.ty == TypeId::of::<T>() => Some(e.object),
-        _ => None,
-    });
-    let object = object.ok_or_else(|| not_live(name))?;
-    // SAFETY: the entry is live, so `object` is the `Box<T>` created in `new_handle` for this
-    // very token (tokens never repeat) and not yet freed; the type id matched, so the cast to
-    // `T` is the right type; the caller's contract excludes a concurrent free.
-    Ok(unsafe { &*(object as *const T) })
+    let (index, generation) = untoken(handle.addr()).ok_or_else(|| not_live(name))?;
+    let slot = &SLAB[index];
+    if generation & 1 == 0 || slot.generation.load(Ordering::Acquire) != generation {
+        return Err(not_live(name));
+    }
+    if slot.kind.load(Ordering::Relaxed) != T::KIND {
+        return Err(not_live(name));
+    }
+    let object = slot.object.load(Ordering::Relaxed).cast::<T>();
+    // SAFETY: the generation matched and is odd, so the slot holds the live `Box<T>` installed
+    // by `new_handle` for this token (kind checked); the caller's contract excludes a
+    // concurrent free for the borrow's duration.
+    Ok(unsafe { &*object })
 }
 
 /// Frees a handle of type `T`. NULL is fine; a double free or a foreign value is an error.
@@ -145,30 +128,78 @@ pub(crate) unsafe fn borrow_handle<'a, T: Any + Send + Sync>(
 /// # Safety
 ///
 /// No other thread may be using the handle.
-pub(crate) unsafe fn free_handle<T: Any + Send + Sync>(handle: *mut T, name: &str) -> FfiResult {
+pub(crate) unsafe fn free_handle<T: HandleKind>(handle: *mut T, name: &str) -> FfiResult {
     if handle.is_null() {
         return Ok(());
     }
-    let token = handle.addr() as u64;
-    let entry = HANDLES
-        .remove_if(token, |e| e.ty == TypeId::of::<T>())
-        .ok_or_else(|| not_live(name))?;
-    // SAFETY: the entry was removed exactly once under its shard lock, so we own the `Box`
-    // created in `new_handle`; no borrow is outstanding by the caller's contract.
-    drop(unsafe { Box::from_raw(entry.object) });
+    let (index, generation) = untoken(handle.addr()).ok_or_else(|| not_live(name))?;
+    let slot = &SLAB[index];
+    if generation & 1 == 0 || slot.kind.load(Ordering::Acquire) != T::KIND {
+        return Err(not_live(name));
+    }
+    // Odd -> even: only one free of this token can win.
+    if slot
+        .generation
+        .compare_exchange(
+            generation,
+            generation.wrapping_add(1),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_err()
+    {
+        return Err(not_live(name));
+    }
+    let object = slot
+        .object
+        .swap(std::ptr::null_mut(), Ordering::AcqRel)
+        .cast::<T>();
+    free_slots().push(index as u32);
+    // SAFETY: we won the CAS for this generation, so we own the `Box<T>` installed by
+    // `new_handle` (kind checked); nobody else can reach it through this slot any more.
+    drop(unsafe { Box::from_raw(object) });
     Ok(())
+}
+
+// ---- buffers ---------------------------------------------------------------------------------
+
+const SHARDS: usize = 16;
+
+type Shard = Mutex<Option<HashMap<u64, (usize, u64)>>>;
+
+#[allow(clippy::declare_interior_mutable_const)]
+const EMPTY_SHARD: Shard = Mutex::new(None);
+
+/// Live `emf_buf_t` allocations: data address → (length, token), sharded by address.
+static BUFFERS: [Shard; SHARDS] = [EMPTY_SHARD; SHARDS];
+static NEXT_BUFFER_TOKEN: AtomicU64 = AtomicU64::new(1);
+
+fn buffer_shard(addr: u64) -> MutexGuard<'static, Option<HashMap<u64, (usize, u64)>>> {
+    let i = (addr.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 60) as usize % SHARDS;
+    BUFFERS[i].lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Registers a buffer handed to C; returns its token.
 pub(crate) fn register_buffer(data: *mut u8, len: usize) -> u64 {
-    let token = fresh_token();
-    BUFFERS.insert(data.addr() as u64, (len, token));
+    let token = NEXT_BUFFER_TOKEN.fetch_add(1, Ordering::Relaxed);
+    let addr = data.addr() as u64;
+    buffer_shard(addr)
+        .get_or_insert_with(HashMap::new)
+        .insert(addr, (len, token));
     token
 }
 
 /// Unregisters a buffer if `(data, len, token)` names a live one.
 pub(crate) fn unregister_buffer(data: *mut u8, len: usize, token: u64) -> bool {
-    BUFFERS
-        .remove_if(data.addr() as u64, |&(l, t)| l == len && t == token)
-        .is_some()
+    let addr = data.addr() as u64;
+    let mut g = buffer_shard(addr);
+    let Some(map) = g.as_mut() else {
+        return false;
+    };
+    if map.get(&addr) == Some(&(len, token)) {
+        map.remove(&addr);
+        true
+    } else {
+        false
+    }
 }

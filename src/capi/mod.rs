@@ -18,6 +18,7 @@
 
 pub mod codec;
 mod handle;
+pub mod ring;
 
 use std::cell::RefCell;
 use std::ffi::c_char;

@@ -816,6 +816,17 @@ impl Producer {
     /// may retry, wait ([`Producer::send_timeout`]) or give up. `TooLarge` past
     /// [`Ring::max_payload`].
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
+        let raw = self.claim_raw(len)?;
+        Ok(Claim {
+            producer: self,
+            raw,
+            done: false,
+        })
+    }
+
+    /// Claims one frame and returns where it is, without borrowing the producer (for the C
+    /// ABI, which keeps at most one open claim per producer).
+    pub(crate) fn claim_raw(&mut self, len: usize) -> Result<RawClaim> {
         self.check_len(len)?;
         let cap = self.ring.inner.capacity;
         let size = frame_size(len) as u64;
@@ -824,18 +835,45 @@ impl Producer {
             tail + if size > to_end { to_end + size } else { size }
         })?;
         // The frame sits at the end of the range; anything before it is wrap padding.
-        let pos = layout.end - frame_size(len) as u64;
+        let pos = layout.end - size;
         if pos > layout.start {
             self.ring.pad_range(layout.start, pos);
         }
-        debug_assert!(frame_size(len) as u64 <= cap - (pos & (cap - 1)));
-        Ok(Claim {
-            producer: self,
+        debug_assert!(size <= cap - (pos & (cap - 1)));
+        Ok(RawClaim {
             pos,
             len,
             end: layout.end,
-            done: false,
         })
+    }
+
+    /// The payload area of an open claim.
+    pub(crate) fn raw_payload(&self, c: &RawClaim) -> *mut u8 {
+        let idx = (c.pos & (self.ring.inner.capacity - 1)) as usize;
+        // In bounds: the frame lies inside the data region (claim layout).
+        self.ring.data().wrapping_add(idx + FRAME_HEADER)
+    }
+
+    /// Commits the first `n` bytes of an open claim (`n` ≤ its length).
+    pub(crate) fn commit_raw(&mut self, c: RawClaim, n: usize) {
+        let n = n.min(c.len);
+        let used_end = c.pos + frame_size(n) as u64;
+        if used_end < c.end {
+            self.ring.pad_range(used_end, c.end);
+        }
+        self.ring
+            .header_at(c.pos)
+            .store(header(c.pos, n, false), Ordering::Release);
+        self.sent += 1;
+        self.bytes += n as u64;
+        self.finish_claim();
+    }
+
+    /// Turns an open claim into padding.
+    pub(crate) fn abort_raw(&mut self, c: RawClaim) {
+        self.ring.pad_range(c.pos, c.end);
+        self.slot().state.store(SLOT_IDLE, Ordering::Release);
+        self.ring.wake_data_after(self.lazy_wake);
     }
 
     /// Sends one frame (copying `payload` into the ring).
@@ -1000,12 +1038,19 @@ impl Drop for Producer {
     }
 }
 
-/// Space claimed in the ring for one frame. Commit it, or drop it to abort.
-pub struct Claim<'a> {
-    producer: &'a mut Producer,
+/// Where an open claim is: the frame at `pos` with room for `len` payload bytes; the claim
+/// covers `[pos, end)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RawClaim {
     pos: u64,
     len: usize,
     end: u64,
+}
+
+/// Space claimed in the ring for one frame. Commit it, or drop it to abort.
+pub struct Claim<'a> {
+    producer: &'a mut Producer,
+    raw: RawClaim,
     done: bool,
 }
 
@@ -1013,60 +1058,36 @@ impl Claim<'_> {
     /// The frame's payload bytes, to write in place. Their content is undefined until
     /// written (old ring data).
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let idx = (self.pos & (self.producer.ring.inner.capacity - 1)) as usize;
+        let p = self.producer.raw_payload(&self.raw);
         // SAFETY: the range lies inside the data region and belongs to this claim (see
         // `Producer::write_frame`); the `&mut self` borrow keeps it unique in this process.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.producer.ring.data().wrapping_add(idx + FRAME_HEADER),
-                self.len,
-            )
-        }
+        unsafe { std::slice::from_raw_parts_mut(p, self.raw.len) }
     }
 
     /// Makes the frame visible to consumers.
     pub fn commit(self) {
-        let n = self.len;
+        let n = self.raw.len;
         self.commit_len(n);
     }
 
     /// Commits only the first `n` bytes written (`n` ≤ the claimed length); the rest of the
     /// claim becomes padding.
     pub fn commit_len(mut self, n: usize) {
-        let n = n.min(self.len);
-        let p = &mut *self.producer;
-        let used_end = self.pos + frame_size(n) as u64;
-        if used_end < self.end {
-            p.ring.pad_range(used_end, self.end);
-        }
-        p.ring
-            .header_at(self.pos)
-            .store(header(self.pos, n, false), Ordering::Release);
-        p.sent += 1;
-        p.bytes += n as u64;
-        p.finish_claim();
         self.done = true;
+        self.producer.commit_raw(self.raw, n);
     }
 
     /// Gives the space back as padding; nothing is delivered.
     pub fn abort(mut self) {
-        self.abort_inner();
-    }
-
-    fn abort_inner(&mut self) {
-        let p = &mut *self.producer;
-        p.ring.pad_range(self.pos, self.end);
-        let s = p.slot();
-        s.state.store(SLOT_IDLE, Ordering::Release);
-        p.ring.wake_data_after(p.lazy_wake);
         self.done = true;
+        self.producer.abort_raw(self.raw);
     }
 }
 
 impl Drop for Claim<'_> {
     fn drop(&mut self) {
         if !self.done {
-            self.abort_inner();
+            self.producer.abort_raw(self.raw);
         }
     }
 }
@@ -1185,12 +1206,25 @@ impl Consumer {
 
     /// Delivers up to `limit` frames to `handler`, in order, and releases their space.
     /// Returns how many were delivered (0 when none are ready).
-    pub fn poll(&mut self, limit: usize, mut handler: impl FnMut(&[u8])) -> Result<usize> {
+    pub fn poll(&mut self, limit: usize, handler: impl FnMut(&[u8])) -> Result<usize> {
+        self.poll_while(limit, |_| true, handler)
+    }
+
+    /// [`Consumer::poll`] that stops before the first frame whose length `accept` refuses.
+    fn poll_while(
+        &mut self,
+        limit: usize,
+        mut accept: impl FnMut(usize) -> bool,
+        mut handler: impl FnMut(&[u8]),
+    ) -> Result<usize> {
         let mut n = 0;
         let start = self.head;
         while n < limit {
             match self.next(false)? {
                 Next::Frame { pos, len, padding } => {
+                    if !padding && !accept(len) {
+                        break;
+                    }
                     if !padding {
                         let idx = (pos & (self.ring.inner.capacity - 1)) as usize;
                         // SAFETY: the frame lies inside the data region (checked in `next`);
@@ -1217,6 +1251,80 @@ impl Consumer {
             self.publish();
         }
         Ok(n)
+    }
+
+    /// The payload length of the next frame, if one is ready (padding is skipped and
+    /// released). Nothing is consumed.
+    pub fn next_len(&mut self) -> Result<Option<usize>> {
+        loop {
+            match self.next(false)? {
+                Next::Frame {
+                    padding: true,
+                    pos,
+                    len,
+                } => {
+                    self.head = pos + frame_size(len) as u64;
+                    self.publish();
+                }
+                Next::Frame { len, .. } => return Ok(Some(len)),
+                Next::Empty | Next::Stalled => return Ok(None),
+            }
+        }
+    }
+
+    /// Copies the next frame into `buf` and consumes it; `Ok(None)` when none is ready.
+    /// `TooLarge` (frame left in place) when `buf` is shorter than the frame: ask
+    /// [`Consumer::next_len`] for the size.
+    pub fn recv_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        let Some(len) = self.next_len()? else {
+            return Ok(None);
+        };
+        if len > buf.len() {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("the next frame is {len} bytes, the buffer {}", buf.len()),
+            ));
+        }
+        self.poll(1, |f| buf[..f.len()].copy_from_slice(f))?;
+        Ok(Some(len))
+    }
+
+    /// Copies as many ready frames as fit (up to `max_frames`) into `buf`, each as a
+    /// little-endian `u32` length followed by its bytes, and consumes them. Returns
+    /// `(frames, bytes used)`. A frame larger than the whole buffer gives `TooLarge` when it
+    /// is the first one (nothing consumed).
+    pub fn recv_batch_into(&mut self, buf: &mut [u8], max_frames: usize) -> Result<(usize, usize)> {
+        if let Some(len) = self.next_len()? {
+            if len + 4 > buf.len() {
+                return Err(Error::new(
+                    ErrorKind::TooLarge,
+                    format!(
+                        "the next frame needs {} bytes, the buffer has {}",
+                        len + 4,
+                        buf.len()
+                    ),
+                ));
+            }
+        }
+        let cap = buf.len();
+        let mut reserved = 0;
+        let mut used = 0;
+        let frames = self.poll_while(
+            max_frames,
+            |len| {
+                let fits = reserved + 4 + len <= cap;
+                if fits {
+                    reserved += 4 + len;
+                }
+                fits
+            },
+            |f| {
+                buf[used..used + 4].copy_from_slice(&(f.len() as u32).to_le_bytes());
+                buf[used + 4..used + 4 + f.len()].copy_from_slice(f);
+                used += 4 + f.len();
+            },
+        )?;
+        Ok((frames, used))
     }
 
     /// Like [`Consumer::poll`], but each frame is validated as an archived [`codec::Message`]

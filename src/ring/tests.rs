@@ -487,3 +487,47 @@ fn damaged_configs_are_refused_on_open() {
     assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
     assert!(Ring::open("t", &opts).is_ok());
 }
+
+#[test]
+fn recv_into_and_batches_copy_out_without_losing_frames() {
+    let dir = TempDir::new("recv");
+    let r = ring(&dir, 4096, false);
+    let mut p = r.producer().unwrap();
+    let mut c = r.consumer().unwrap();
+    assert_eq!(c.recv_into(&mut [0u8; 16]).unwrap(), None);
+    p.send(b"0123456789").unwrap();
+    assert_eq!(c.next_len().unwrap(), Some(10));
+    let e = c.recv_into(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        c.recv_into(&mut buf).unwrap(),
+        Some(10),
+        "the frame was left in place"
+    );
+    assert_eq!(&buf[..10], b"0123456789");
+    for i in 0..10u64 {
+        p.send(&frame(0, i, 20)).unwrap();
+    }
+    let mut big = [0u8; 100];
+    let (n, used) = c.recv_batch_into(&mut big, 100).unwrap();
+    assert_eq!((n, used), (4, 96), "four 24-byte records fit in 100 bytes");
+    let mut at = 0;
+    for i in 0..4u64 {
+        let len = u32::from_le_bytes(big[at..at + 4].try_into().unwrap()) as usize;
+        assert_eq!(check_frame(&big[at + 4..at + 4 + len]).1, i);
+        at += 4 + len;
+    }
+    let mut rest = 4u64;
+    c.poll(usize::MAX, |f| {
+        assert_eq!(check_frame(f).1, rest);
+        rest += 1;
+    })
+    .unwrap();
+    assert_eq!(rest, 10);
+    p.send(&[1u8; 200]).unwrap();
+    assert_eq!(
+        c.recv_batch_into(&mut big, 10).unwrap_err().kind(),
+        ErrorKind::TooLarge
+    );
+}
