@@ -28,11 +28,14 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+pub mod batch;
 pub mod capi;
 pub mod codec;
 mod error;
 pub mod ring;
+pub mod router;
 pub mod shm;
+pub mod state;
 pub mod suite;
 mod sync;
 

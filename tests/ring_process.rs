@@ -107,7 +107,20 @@ fn kill_9_loop_never_wedges_the_ring_or_corrupts_a_frame() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let dir = Dir::new("kill");
-    let r = ring(&dir, false, 1 << 14);
+    // Created by another process (which exits), so that once everyone is gone the ring is
+    // stale and gc removes it.
+    let st = Command::new(env!("CARGO_BIN_EXE_erlmcp-flow"))
+        .args(["ring", "create", "r", "--capacity", "16384", "--dir"])
+        .arg(&dir.0)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let seg_opts = shm::SegmentOptions {
+        dir: dir.0.clone(),
+        ..Default::default()
+    };
+    let r = Ring::open("r", &seg_opts).unwrap();
     let mut c = r.consumer().unwrap();
     let mut t = seq::Tracker::default();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;

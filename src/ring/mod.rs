@@ -580,6 +580,17 @@ impl Ring {
         }
     }
 
+    /// True when the primary consumer is parked waiting for data, or has consumed
+    /// everything committed so far (batching should not hold messages back then).
+    pub fn consumer_idle(&self) -> bool {
+        let sh = self.shared();
+        if sh.data_waiters.load(Ordering::Relaxed) != 0 {
+            return true;
+        }
+        let pos = self.subscriber_slot(0).position.load(Ordering::Acquire);
+        pos >= sh.tail.load(Ordering::Acquire)
+    }
+
     /// The ring's counters and participants, read without attaching.
     pub fn stats(&self) -> RingStats {
         let sh = self.shared();
@@ -1416,4 +1427,4 @@ impl Drop for Consumer {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

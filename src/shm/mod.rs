@@ -11,8 +11,8 @@
 //! * Files are created with mode 0600 unless the caller asks otherwise (the mode is set with
 //!   `fchmod`, so the umask cannot widen or narrow it). A process of another user cannot open
 //!   the file unless the mode allows it.
-//! * A segment is **stale** when no process in its attach table is alive (pid and process start
-//!   time both match). Stale segments are removed by [`gc`], and [`Segment::create`] replaces a
+//! * A segment is **stale** when its creator is dead and no process in its attach table is
+//!   alive (pid and process start time both match). Stale segments are removed by [`gc`], and [`Segment::create`] replaces a
 //!   stale segment of the same name, so a restart after `kill -9` reuses the name without
 //!   manual cleanup. A segment with a live participant is never replaced.
 
@@ -100,7 +100,9 @@ pub struct SegmentHeader {
     /// 1 once the creator has initialised the whole segment.
     pub ready: AtomicU32,
     _pad: u32,
-    _reserved: [u64; 8],
+    /// The creator's process start time (with `creator_pid`, identifies it).
+    pub creator_start_ticks: u64,
+    _reserved: [u64; 7],
     /// The processes attached to the segment.
     pub attached: [AttachSlot; MAX_ATTACHED],
 }
@@ -225,6 +227,7 @@ impl Segment {
         h.kind = kind as u32;
         h.total_len = len as u64;
         h.creator_pid = std::process::id();
+        h.creator_start_ticks = process_start_ticks(h.creator_pid);
         // SAFETY: geteuid has no preconditions and cannot fail.
         h.owner_uid = unsafe { libc::geteuid() };
         h.created_at_ns = now_ns();
@@ -346,7 +349,13 @@ impl Segment {
         if seg.header().magic != MAGIC {
             return Err(Error::corrupt("bad magic"));
         }
-        Ok(seg.live_participants() == 0)
+        Ok(seg.is_stale())
+    }
+
+    /// True when the creator is dead and no attached process is alive.
+    pub fn is_stale(&self) -> bool {
+        let h = self.header();
+        self.live_participants() == 0 && !process_alive(h.creator_pid, h.creator_start_ticks)
     }
 
     /// The header.
@@ -414,6 +423,15 @@ impl Segment {
                 self.path.display()
             ),
         ))
+    }
+
+    /// Test support: makes the segment look as if its creator died (a pid that cannot exist).
+    #[cfg(test)]
+    pub(crate) fn forge_dead_creator(&self) {
+        let h = self.map.as_mut_ptr().cast::<SegmentHeader>();
+        // SAFETY: test-only; the header is inside the mapping and these plain fields are not
+        // read concurrently by the tests that call this.
+        unsafe { (*h).creator_pid = i32::MAX as u32 - 5 };
     }
 
     /// Removes the segment's file now (mapped participants keep their mapping).
@@ -526,7 +544,7 @@ pub fn gc(dir: &Path) -> Result<GcReport> {
                 if seg.header().magic == MAGIC
                     && seg.header().ready.load(Ordering::Acquire) == 1 =>
             {
-                seg.live_participants() == 0
+                seg.is_stale()
             }
             _ => entry
                 .metadata()
@@ -650,6 +668,7 @@ mod tests {
         // Simulate a crashed owner: the attach slot names a pid that does not exist.
         let slot = &seg.header().attached[0];
         slot.pid.store(i32::MAX as u32 - 7, Ordering::Release);
+        seg.forge_dead_creator();
         let path = seg.path().to_owned();
         std::mem::forget(seg); // like kill -9: no detach
         let again = Segment::create("s", SegmentKind::Ring, 8192, &opts, |_, _| {}).unwrap();
@@ -659,6 +678,7 @@ mod tests {
         again.header().attached[0]
             .pid
             .store(i32::MAX as u32 - 7, Ordering::Release);
+        again.forge_dead_creator();
         std::mem::forget(again);
         let r = gc(&dir).unwrap();
         assert_eq!(r.removed, vec![path]);

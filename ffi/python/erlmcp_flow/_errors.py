@@ -22,6 +22,7 @@ EMF_ERR_PANIC = 11
 EMF_ERR_BUFFER_TOO_SMALL = 12
 EMF_ERR_TOO_LARGE = 13
 EMF_ERR_NOT_FOUND = 14
+EMF_ERR_BUSY = 15
 
 
 def status_name(code: int) -> str:
@@ -47,6 +48,32 @@ class Error(Exception):
         return f"{self.name} ({self.code}): {self.message}"
 
 
+class Full(Error):
+    """``EMF_ERR_FULL``: back-pressure. Nothing was sent; the caller still owns the data and
+    may retry, wait (``send(data, timeout=...)``) or give up."""
+
+
+class Timeout(Error):
+    """``EMF_ERR_TIMEOUT``: a wait ended without what it waited for (e.g. no space came for
+    ``send(data, timeout=...)``; the data was not sent)."""
+
+
+class Busy(Error):
+    """``EMF_ERR_BUSY``: the resource is held by another live participant (a second producer
+    on a single-producer ring, the primary consumer held elsewhere, a ring name in use), or a
+    producer or consumer is being used by another thread right now."""
+
+
+#: Status code -> the :class:`Error` subclass raised for it (others raise :class:`Error`).
+ERROR_CLASSES = {EMF_ERR_FULL: Full, EMF_ERR_TIMEOUT: Timeout, EMF_ERR_BUSY: Busy}
+
+
+def error_for(code: int, message: str) -> Error:
+    """The exception for a status code: :class:`Full`, :class:`Timeout` or :class:`Busy`
+    for those codes, else :class:`Error`."""
+    return ERROR_CLASSES.get(code, Error)(code, message)
+
+
 def last_error_message(initial_capacity: int = 256) -> str:
     """This thread's last error text from the library (empty when nothing failed yet).
 
@@ -70,4 +97,4 @@ def check(status: int) -> None:
     Call it right after the failing call, on the same thread: the message is thread-local.
     """
     if status != EMF_OK:
-        raise Error(status, last_error_message())
+        raise error_for(status, last_error_message())

@@ -34,6 +34,7 @@ from ctypes import (
     c_uint8,
     c_uint32,
     c_uint64,
+    c_void_p,
 )
 from pathlib import Path
 
@@ -114,6 +115,68 @@ class emf_message_t(Structure):
 
 emf_message_p = POINTER(emf_message_t)
 
+class emf_ring_options_t(Structure):
+    """``emf_ring_options_t``: options for ``emf_ring_create``; fill it with
+    ``emf_ring_options_default`` first."""
+
+    _fields_ = [
+        ("capacity", c_size_t),
+        ("multi_producer", c_bool),
+        ("max_producers", c_uint32),
+        ("max_subscribers", c_uint32),
+        ("stall_timeout_ms", c_uint32),
+        ("mode", c_uint32),
+        ("dir", c_char_p),
+    ]
+
+
+class emf_ring_stats_t(Structure):
+    """``emf_ring_stats_t``: a ring's counters."""
+
+    _fields_ = [
+        ("capacity", c_uint64),
+        ("tail", c_uint64),
+        ("sent", c_uint64),
+        ("bytes", c_uint64),
+        ("received", c_uint64),
+        ("backpressure", c_uint64),
+        ("unblocked", c_uint64),
+        ("dead_reaped", c_uint64),
+        ("max_lag", c_uint64),
+        ("corrupt_frames", c_uint64),
+        ("producers", c_uint32),
+        ("subscribers", c_uint32),
+    ]
+
+
+class emf_slice_t(Structure):
+    """``emf_slice_t``: one frame of a batch to send (``data`` may be NULL when ``len`` is 0)."""
+
+    _fields_ = [
+        ("data", c_void_p),
+        ("len", c_size_t),
+    ]
+
+
+class emf_ring_t(Structure):
+    """Opaque ``emf_ring_t``; only pointers to it are used."""
+
+
+class emf_producer_t(Structure):
+    """Opaque ``emf_producer_t``; only pointers to it are used."""
+
+
+class emf_consumer_t(Structure):
+    """Opaque ``emf_consumer_t``; only pointers to it are used."""
+
+
+emf_ring_p = POINTER(emf_ring_t)
+emf_producer_p = POINTER(emf_producer_t)
+emf_consumer_p = POINTER(emf_consumer_t)
+
+#: ``emf_frame_fn``: ``void (*)(void *ctx, const uint8_t *data, size_t len)``.
+emf_frame_fn = ctypes.CFUNCTYPE(None, c_void_p, POINTER(c_uint8), c_size_t)
+
 # Byte inputs (`const uint8_t *`) are declared as c_char_p: ctypes then passes a `bytes`
 # object's own buffer (no copy), a c_char array made with `from_buffer` over a bytearray or
 # writable memoryview (no copy), or None for NULL.
@@ -152,6 +215,55 @@ PROTOTYPES = {
         [_bytes_in, c_size_t, c_size_t, POINTER(emf_buf_t), POINTER(c_bool)],
     ),
     "emf_decompress": (emf_status_t, [_bytes_in, c_size_t, c_size_t, POINTER(emf_buf_t)]),
+    # Rings. Output byte buffers (`uint8_t *buf`) are c_void_p: an address (int), a ctypes
+    # array, or None for NULL.
+    "emf_ring_options_default": (emf_status_t, [POINTER(emf_ring_options_t)]),
+    "emf_ring_create": (
+        emf_status_t,
+        [c_char_p, POINTER(emf_ring_options_t), POINTER(emf_ring_p)],
+    ),
+    "emf_ring_open": (emf_status_t, [c_char_p, c_char_p, POINTER(emf_ring_p)]),
+    "emf_ring_free": (emf_status_t, [emf_ring_p]),
+    "emf_ring_unlink": (emf_status_t, [emf_ring_p]),
+    "emf_ring_max_payload": (emf_status_t, [emf_ring_p, POINTER(c_size_t)]),
+    "emf_ring_stats": (emf_status_t, [emf_ring_p, POINTER(emf_ring_stats_t)]),
+    "emf_producer_new": (emf_status_t, [emf_ring_p, POINTER(emf_producer_p)]),
+    "emf_producer_free": (emf_status_t, [emf_producer_p]),
+    "emf_producer_send": (emf_status_t, [emf_producer_p, _bytes_in, c_size_t]),
+    "emf_producer_send_timeout": (
+        emf_status_t,
+        [emf_producer_p, _bytes_in, c_size_t, c_uint32, c_uint32],
+    ),
+    "emf_producer_send_batch": (
+        emf_status_t,
+        [emf_producer_p, POINTER(emf_slice_t), c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_producer_claim": (
+        emf_status_t,
+        [emf_producer_p, c_size_t, POINTER(POINTER(c_uint8))],
+    ),
+    "emf_producer_commit": (emf_status_t, [emf_producer_p, c_size_t]),
+    "emf_producer_abort": (emf_status_t, [emf_producer_p]),
+    "emf_consumer_new": (emf_status_t, [emf_ring_p, POINTER(emf_consumer_p)]),
+    "emf_consumer_subscribe": (emf_status_t, [emf_ring_p, POINTER(emf_consumer_p)]),
+    "emf_consumer_free": (emf_status_t, [emf_consumer_p]),
+    "emf_consumer_poll": (
+        emf_status_t,
+        [emf_consumer_p, c_size_t, emf_frame_fn, c_void_p, POINTER(c_size_t)],
+    ),
+    "emf_consumer_recv": (
+        emf_status_t,
+        [emf_consumer_p, c_void_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_consumer_recv_batch": (
+        emf_status_t,
+        [emf_consumer_p, c_void_p, c_size_t, c_size_t, POINTER(c_size_t), POINTER(c_size_t)],
+    ),
+    "emf_consumer_wait": (
+        emf_status_t,
+        [emf_consumer_p, c_uint32, c_uint32, POINTER(c_bool)],
+    ),
+    "emf_consumer_lag": (emf_status_t, [emf_consumer_p, POINTER(c_uint64)]),
 }
 
 

@@ -1,0 +1,196 @@
+//! Routing messages to agents by name, over their inbox rings.
+//!
+//! Every agent has an inbox: a multi-producer ring named `inbox.<agent>` in the router's
+//! directory, created when the agent registers. Any process can send to it by name.
+//!
+//! ```
+//! use erlmcp_flow::router::{Router, RouterOptions};
+//! # let dir = std::env::temp_dir().join(format!("emf-doc-router-{}", std::process::id()));
+//! # std::fs::create_dir_all(&dir).unwrap();
+//! let mut router = Router::new(RouterOptions::in_dir(&dir));
+//! let mut inbox = router.register_agent("planner").unwrap();
+//! router.send_direct("planner", b"task 1").unwrap();
+//! let out = router.send_batch("planner", &[b"task 2", b"task 3"]).unwrap();
+//! assert_eq!(out.accepted, 2);
+//! let mut got = Vec::new();
+//! inbox.poll(10, |f| got.push(f.to_vec())).unwrap();
+//! assert_eq!(got.len(), 3);
+//! assert_eq!(router.send_direct("nobody", b"x").unwrap_err().kind(), erlmcp_flow::ErrorKind::NotFound);
+//! # drop(inbox); router.unregister_agent("planner").unwrap();
+//! ```
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::Path;
+
+use crate::codec::{Encoder, Message};
+use crate::error::{Error, ErrorKind, Result};
+use crate::ring::{Consumer, Producer, Ring, RingOptions};
+use crate::shm::SegmentOptions;
+
+/// How inboxes are made.
+#[derive(Debug, Clone)]
+pub struct RouterOptions {
+    /// Options for the inbox rings (multi-producer is forced on).
+    pub inbox: RingOptions,
+}
+
+impl RouterOptions {
+    /// Defaults with inboxes in `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        RouterOptions {
+            inbox: RingOptions {
+                multi_producer: true,
+                ..RingOptions::in_dir(dir)
+            },
+        }
+    }
+}
+
+impl Default for RouterOptions {
+    fn default() -> Self {
+        RouterOptions {
+            inbox: RingOptions {
+                multi_producer: true,
+                ..RingOptions::default()
+            },
+        }
+    }
+}
+
+/// What a batch send did: the first `accepted` messages are in the agent's inbox; the ones
+/// in `not_accepted` were not sent (back-pressure) and are still the caller's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchOutcome {
+    /// How many messages, from the front, were sent.
+    pub accepted: usize,
+    /// Indices of the messages that were not sent.
+    pub not_accepted: Range<usize>,
+}
+
+/// Sends to agents' inboxes by name. Keeps one producer per agent it has sent to.
+pub struct Router {
+    opts: RouterOptions,
+    producers: HashMap<String, Producer>,
+}
+
+/// The inbox ring name of `agent`.
+pub fn inbox_name(agent: &str) -> String {
+    format!("inbox.{agent}")
+}
+
+impl Router {
+    /// A router with `opts`.
+    pub fn new(mut opts: RouterOptions) -> Router {
+        opts.inbox.multi_producer = true;
+        Router {
+            opts,
+            producers: HashMap::new(),
+        }
+    }
+
+    fn seg(&self) -> &SegmentOptions {
+        &self.opts.inbox.segment
+    }
+
+    /// Creates `agent`'s inbox (or reopens it after a restart) and returns its consumer.
+    pub fn register_agent(&self, agent: &str) -> Result<Consumer> {
+        let name = inbox_name(agent);
+        let ring = match Ring::open(&name, self.seg()) {
+            Ok(r) => r,
+            Err(e) if e.kind() == ErrorKind::NotFound => Ring::create(&name, &self.opts.inbox)?,
+            Err(e) => return Err(e),
+        };
+        ring.consumer()
+    }
+
+    /// Removes `agent`'s inbox (senders that already hold it keep their mapping).
+    pub fn unregister_agent(&mut self, agent: &str) -> Result<()> {
+        self.producers.remove(agent);
+        Ring::inspect(&inbox_name(agent), self.seg())?.unlink()
+    }
+
+    fn producer(&mut self, agent: &str) -> Result<&mut Producer> {
+        if !self.producers.contains_key(agent) {
+            let ring = Ring::open(&inbox_name(agent), self.seg()).map_err(|e| {
+                if e.kind() == ErrorKind::NotFound {
+                    Error::new(
+                        ErrorKind::NotFound,
+                        format!("agent {agent:?} has no inbox (not registered)"),
+                    )
+                } else {
+                    e
+                }
+            })?;
+            self.producers.insert(agent.to_owned(), ring.producer()?);
+        }
+        Ok(self.producers.get_mut(agent).expect("inserted above"))
+    }
+
+    /// Sends one message to `agent`. `Full` when its inbox is full (the caller keeps the
+    /// message), `NotFound` when the agent has no inbox.
+    pub fn send_direct(&mut self, agent: &str, payload: &[u8]) -> Result<()> {
+        self.producer(agent)?.send(payload)
+    }
+
+    /// Encodes and sends a message to `agent` in place in its inbox.
+    pub fn send_message(
+        &mut self,
+        agent: &str,
+        enc: &mut Encoder,
+        msg: &Message,
+        max_len: usize,
+    ) -> Result<()> {
+        self.producer(agent)?.send_message(enc, msg, max_len)
+    }
+
+    /// Sends messages to `agent` in order; says which were not accepted. Never drops one
+    /// silently: the ones not accepted are named in the outcome and were not sent.
+    pub fn send_batch(&mut self, agent: &str, payloads: &[&[u8]]) -> Result<BatchOutcome> {
+        let accepted = self.producer(agent)?.send_batch(payloads)?;
+        Ok(BatchOutcome {
+            accepted,
+            not_accepted: accepted..payloads.len(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ring::tests::TempDir;
+
+    #[test]
+    fn batches_report_what_was_not_accepted_and_nothing_is_lost() {
+        let dir = TempDir::new("router");
+        let mut opts = RouterOptions::in_dir(&dir.0);
+        opts.inbox.capacity = 4096;
+        let mut r = Router::new(opts);
+        let mut inbox = r.register_agent("a").unwrap();
+        let msgs: Vec<Vec<u8>> = (0..200u32).map(|i| i.to_le_bytes().repeat(25)).collect();
+        let mut refs: Vec<&[u8]> = msgs.iter().map(Vec::as_slice).collect();
+        let mut got: Vec<Vec<u8>> = Vec::new();
+        while !refs.is_empty() {
+            let out = r.send_batch("a", &refs).unwrap();
+            assert_eq!(out.not_accepted, out.accepted..refs.len());
+            refs.drain(..out.accepted);
+            inbox.poll(usize::MAX, |f| got.push(f.to_vec())).unwrap();
+        }
+        assert_eq!(got, msgs);
+        assert_eq!(
+            r.send_batch("zz", &[b"x"]).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        drop(inbox);
+        // A restarted agent gets its inbox back, unread messages included.
+        r.send_direct("a", b"kept").unwrap();
+        let mut again = r.register_agent("a").unwrap();
+        let mut seen = Vec::new();
+        again.poll(10, |f| seen.push(f.to_vec())).unwrap();
+        assert_eq!(seen, [b"kept".to_vec()]);
+        assert_eq!(
+            r.register_agent("bad/name").err().unwrap().kind(),
+            ErrorKind::InvalidArgument
+        );
+    }
+}
