@@ -93,6 +93,21 @@
 // The default compression threshold in bytes (1 KiB).
 #define EMF_COMPRESS_DEFAULT_THRESHOLD 1024
 
+// No flush happened.
+#define EMF_FLUSH_NONE 0
+
+// Flushed: batch size reached.
+#define EMF_FLUSH_SIZE 1
+
+// Flushed: batch timeout passed.
+#define EMF_FLUSH_TIMEOUT 2
+
+// Flushed: the consumer was idle and waiting.
+#define EMF_FLUSH_IDLE 3
+
+// Flushed on demand.
+#define EMF_FLUSH_DEMAND 4
+
 // Wait strategy: busy-poll.
 #define EMF_WAIT_SPIN 0
 
@@ -101,6 +116,9 @@
 
 // Wait strategy: spin, then sleep on a futex in shared memory (woken across processes).
 #define EMF_WAIT_PARK 2
+
+// A batch processor. Opaque; one thread at a time.
+typedef struct emf_batch_t emf_batch_t;
 
 // A consumer or subscriber of a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_consumer_t emf_consumer_t;
@@ -116,6 +134,15 @@ typedef struct emf_producer_t emf_producer_t;
 
 // A mapped ring. Opaque; thread-safe.
 typedef struct emf_ring_t emf_ring_t;
+
+// A router sending to agents' inboxes by name. Opaque; one thread at a time.
+typedef struct emf_router_t emf_router_t;
+
+// A store of shared values. Opaque; thread-safe.
+typedef struct emf_state_store_t emf_state_store_t;
+
+// A shared value mapped for reading. Opaque; immutable; thread-safe.
+typedef struct emf_state_value_t emf_state_value_t;
 
 // A status code: `EMF_OK` or one of the `EMF_ERR_*` codes.
 typedef int32_t emf_status_t;
@@ -176,6 +203,14 @@ typedef struct emf_envelope_info_t {
   int64_t error_code;
 } emf_envelope_info_t;
 
+// One frame of a batch to send.
+typedef struct emf_slice_t {
+  // The bytes (may be NULL when `len` is 0).
+  const uint8_t *data;
+  // Their number.
+  size_t len;
+} emf_slice_t;
+
 // Options for `emf_ring_create`; fill with `emf_ring_options_default` first.
 typedef struct emf_ring_options_t {
   // Data region size in bytes: a power of two from 4096 to 1 GiB (default 1 MiB).
@@ -221,14 +256,6 @@ typedef struct emf_ring_stats_t {
   // Active subscriber slots (the primary consumer's included).
   uint32_t subscribers;
 } emf_ring_stats_t;
-
-// One frame of a batch to send.
-typedef struct emf_slice_t {
-  // The bytes (may be NULL when `len` is 0).
-  const uint8_t *data;
-  // Their number.
-  size_t len;
-} emf_slice_t;
 
 // Called by `emf_consumer_poll` for each frame; `data` is valid only during the call.
 typedef void (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
@@ -444,6 +471,192 @@ emf_status_t emf_compress_if_needed(const uint8_t *data,
 //
 // `data` readable for `len` bytes; `out` writable.
 emf_status_t emf_decompress(const uint8_t *data, size_t len, size_t max_len, struct emf_buf_t *out);
+
+// Creates a router whose inboxes live in `dir` (NULL: `/dev/shm`) with `inbox_capacity`
+// bytes each (0: 1 MiB).
+//
+// # Safety
+//
+// `dir` NULL or NUL-terminated; `out` writable.
+emf_status_t emf_router_new(const char *dir, size_t inbox_capacity, struct emf_router_t **out);
+
+// Frees a router. NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `r`.
+emf_status_t emf_router_free(struct emf_router_t *r);
+
+// Creates (or reopens after a restart) `agent`'s inbox and attaches its consumer.
+//
+// # Safety
+//
+// `r` a live handle; `agent` NUL-terminated; `out` writable.
+emf_status_t emf_router_register_agent(struct emf_router_t *r,
+                                       const char *agent,
+                                       struct emf_consumer_t **out);
+
+// Removes `agent`'s inbox.
+//
+// # Safety
+//
+// `r` a live handle; `agent` NUL-terminated.
+emf_status_t emf_router_unregister_agent(struct emf_router_t *r, const char *agent);
+
+// Sends one message to `agent`: `EMF_ERR_FULL` when its inbox is full (nothing sent),
+// `EMF_ERR_NOT_FOUND` when it has no inbox.
+//
+// # Safety
+//
+// `r` a live handle; `agent` NUL-terminated; `data` readable for `len` bytes.
+emf_status_t emf_router_send_direct(struct emf_router_t *r,
+                                    const char *agent,
+                                    const uint8_t *data,
+                                    size_t len);
+
+// Sends `n` messages to `agent` in order; `*out_accepted` says how many were sent.
+// Messages `*out_accepted..n` were not accepted (back-pressure) and stay the caller's.
+//
+// # Safety
+//
+// `r` a live handle; `agent` NUL-terminated; `frames` readable for `n` slices;
+// `out_accepted` writable.
+emf_status_t emf_router_send_batch(struct emf_router_t *r,
+                                   const char *agent,
+                                   const struct emf_slice_t *frames,
+                                   size_t n,
+                                   size_t *out_accepted);
+
+// Creates a batch processor sending to `ring` through its own producer. Zero arguments take
+// the original design's defaults: `batch_size` 100, `timeout_ms` 10, `max_pending` 10000.
+//
+// # Safety
+//
+// `ring` a live handle; `out` writable.
+emf_status_t emf_batch_new(const struct emf_ring_t *ring,
+                           size_t batch_size,
+                           uint32_t timeout_ms,
+                           size_t max_pending,
+                           struct emf_batch_t **out);
+
+// Frees a batch processor; pending messages are flushed first when they fit
+// (`EMF_ERR_FULL` and nothing freed when some could not be sent — flush later or drop them
+// knowingly with `emf_batch_discard`). NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `b`.
+emf_status_t emf_batch_free(struct emf_batch_t *b);
+
+// Frees a batch processor and the messages it still holds, and stores their number in
+// `*out_discarded` (may be NULL).
+//
+// # Safety
+//
+// No other thread may be using `b`; `out_discarded` NULL or writable.
+emf_status_t emf_batch_discard(struct emf_batch_t *b, size_t *out_discarded);
+
+// Queues one message; `*out_flush` receives an `EMF_FLUSH_*` code saying whether (and why)
+// a batch was sent. `EMF_ERR_FULL` when `max_pending` messages are waiting (not queued).
+//
+// # Safety
+//
+// `b` a live handle; `data` readable for `len` bytes; `out_flush` writable.
+emf_status_t emf_batch_send(struct emf_batch_t *b,
+                            const uint8_t *data,
+                            size_t len,
+                            uint32_t *out_flush);
+
+// Flushes when the batch timeout has passed (call from a timer); `*out_flush` as above.
+//
+// # Safety
+//
+// `b` a live handle; `out_flush` writable.
+emf_status_t emf_batch_tick(struct emf_batch_t *b, uint32_t *out_flush);
+
+// Sends everything pending that fits; `*out_sent` says how many.
+//
+// # Safety
+//
+// `b` a live handle; `out_sent` writable.
+emf_status_t emf_batch_flush(struct emf_batch_t *b, size_t *out_sent);
+
+// Stores the number of pending messages in `*out_pending` and the milliseconds until the
+// timeout flush is due in `*out_due_ms` (-1 when nothing is pending, 0 when overdue).
+//
+// # Safety
+//
+// `b` a live handle; outs writable.
+emf_status_t emf_batch_pending(struct emf_batch_t *b, size_t *out_pending, int64_t *out_due_ms);
+
+// Opens the state store `name` in `dir` (NULL: `/dev/shm`).
+//
+// # Safety
+//
+// `name` NUL-terminated; `dir` NULL or NUL-terminated; `out` writable.
+emf_status_t emf_state_open(const char *name, const char *dir, struct emf_state_store_t **out);
+
+// Frees a state store handle (shared values stay). NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `s`.
+emf_status_t emf_state_free(struct emf_state_store_t *s);
+
+// Shares `value` under `key` and stores its reference in `*out_ref`; the key's previous
+// reference is retired (its current readers keep it).
+//
+// # Safety
+//
+// `s` a live handle; `key` NUL-terminated; `value` readable for `len`; `out_ref` writable.
+emf_status_t emf_state_share(const struct emf_state_store_t *s,
+                             const char *key,
+                             const uint8_t *value,
+                             size_t len,
+                             uint64_t *out_ref);
+
+// Stores the current reference of `key` in `*out_ref` (`EMF_ERR_NOT_FOUND` when none).
+//
+// # Safety
+//
+// `s` a live handle; `key` NUL-terminated; `out_ref` writable.
+emf_status_t emf_state_lookup(const struct emf_state_store_t *s,
+                              const char *key,
+                              uint64_t *out_ref);
+
+// Maps the value of `state_ref` for reading (`EMF_ERR_NOT_FOUND` when released or
+// replaced). Read it with `emf_state_value_data`; free it with `emf_state_value_free`.
+//
+// # Safety
+//
+// `s` a live handle; `out` writable.
+emf_status_t emf_state_read(const struct emf_state_store_t *s,
+                            uint64_t state_ref,
+                            struct emf_state_value_t **out);
+
+// Stores a pointer to the value's bytes and their length; valid until the value is freed.
+//
+// # Safety
+//
+// `v` a live handle; outs writable.
+emf_status_t emf_state_value_data(const struct emf_state_value_t *v,
+                                  const uint8_t **out_data,
+                                  size_t *out_len);
+
+// Releases a mapped value (the memory is reclaimed once nobody maps it and it was
+// released or replaced). NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `v`.
+emf_status_t emf_state_value_free(struct emf_state_value_t *v);
+
+// Retires `state_ref`: new reads get `EMF_ERR_NOT_FOUND`; current readers keep it.
+//
+// # Safety
+//
+// `s` a live handle.
+emf_status_t emf_state_release(const struct emf_state_store_t *s, uint64_t state_ref);
 
 // Fills `*out` with the default ring options.
 //

@@ -17,6 +17,7 @@
 #![allow(non_camel_case_types)]
 
 pub mod codec;
+pub mod flow;
 mod handle;
 pub mod ring;
 

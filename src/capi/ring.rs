@@ -98,7 +98,7 @@ impl HandleKind for emf_ring_t {
 }
 
 /// Exclusive use by one thread at a time, enforced with a busy flag instead of a lock.
-struct Exclusive<T> {
+pub(crate) struct Exclusive<T> {
     busy: AtomicBool,
     value: UnsafeCell<T>,
 }
@@ -108,14 +108,18 @@ struct Exclusive<T> {
 unsafe impl<T: Send> Sync for Exclusive<T> {}
 
 impl<T> Exclusive<T> {
-    fn new(value: T) -> Self {
+    pub(crate) fn new(value: T) -> Self {
         Exclusive {
             busy: AtomicBool::new(false),
             value: UnsafeCell::new(value),
         }
     }
 
-    fn with<R>(&self, name: &str, f: impl FnOnce(&mut T) -> FfiResult<R>) -> FfiResult<R> {
+    pub(crate) fn with<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut T) -> FfiResult<R>,
+    ) -> FfiResult<R> {
         if self.busy.swap(true, Ordering::Acquire) {
             return Err(FfiError::new(
                 EMF_ERR_BUSY,
@@ -482,24 +486,8 @@ pub unsafe extern "C" fn emf_producer_send_batch(
 ) -> emf_status_t {
     guard(|| {
         require_out(out_sent, "out_sent")?;
-        if n > 0 && frames.is_null() {
-            return Err(FfiError::null("frames"));
-        }
-        if n > 1 << 24 {
-            return Err(FfiError::new(
-                EMF_ERR_INVALID_ARGUMENT,
-                format!("batch of {n} frames is larger than 16M"),
-            ));
-        }
-        let mut slices = Vec::with_capacity(n);
-        for i in 0..n {
-            // In bounds: `frames` is readable for n elements (contract) and i < n.
-            let fp = frames.wrapping_add(i);
-            // SAFETY: readable (above); plain data, read without alignment assumptions.
-            let f = unsafe { fp.read_unaligned() };
-            // SAFETY: caller contract for each slice.
-            slices.push(unsafe { bytes(f.data, f.len, "frames[i].data") }?);
-        }
+        // SAFETY: caller contract.
+        let slices = unsafe { read_slices(frames, n) }?;
         let sent = with_producer(p, |s| Ok(s.producer.send_batch(&slices)?))?;
         if sent == 0 && n > 0 {
             return Err(FfiError::new(
@@ -570,6 +558,49 @@ pub unsafe extern "C" fn emf_producer_abort(p: *mut emf_producer_t) -> emf_statu
     guard(|| take_claim(p, |prod, c| prod.abort_raw(c)))
 }
 
+/// Wraps a Rust consumer in a C handle.
+pub(crate) fn consumer_handle(c: Consumer) -> FfiResult<*mut emf_consumer_t> {
+    new_handle(emf_consumer_t {
+        inner: Exclusive::new(c),
+    })
+}
+
+/// The ring behind a live ring handle.
+pub(crate) fn ring_of<'a>(ring: *const emf_ring_t) -> FfiResult<&'a Ring> {
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    Ok(&unsafe { borrow_handle(ring, "ring") }?.ring)
+}
+
+/// Reads `n` caller slices.
+///
+/// # Safety
+///
+/// `frames` readable for `n` elements, each readable for its length, unchanged during use.
+pub(crate) unsafe fn read_slices<'a>(
+    frames: *const emf_slice_t,
+    n: usize,
+) -> FfiResult<Vec<&'a [u8]>> {
+    if n > 0 && frames.is_null() {
+        return Err(FfiError::null("frames"));
+    }
+    if n > 1 << 24 {
+        return Err(FfiError::new(
+            EMF_ERR_INVALID_ARGUMENT,
+            format!("batch of {n} frames is larger than 16M"),
+        ));
+    }
+    let mut slices = Vec::with_capacity(n);
+    for i in 0..n {
+        // In bounds: `frames` is readable for n elements (contract) and i < n.
+        let fp = frames.wrapping_add(i);
+        // SAFETY: readable (above); plain data, read without alignment assumptions.
+        let f = unsafe { fp.read_unaligned() };
+        // SAFETY: caller contract for each slice.
+        slices.push(unsafe { bytes(f.data, f.len, "frames[i].data") }?);
+    }
+    Ok(slices)
+}
+
 fn new_consumer(
     ring: *const emf_ring_t,
     out: *mut *mut emf_consumer_t,
@@ -583,9 +614,7 @@ fn new_consumer(
     } else {
         r.ring.consumer()?
     };
-    let h = new_handle(emf_consumer_t {
-        inner: Exclusive::new(c),
-    })?;
+    let h = consumer_handle(c)?;
     // SAFETY: writable by contract.
     unsafe { write_out(out, h, "out") }
 }
