@@ -304,8 +304,9 @@ impl Ring {
 
     /// The header word of the frame at position `pos` (8-aligned).
     fn header_at(&self, pos: u64) -> &AtomicU64 {
-        let idx = (pos & (self.inner.capacity - 1)) as usize;
-        debug_assert_eq!(idx % 8, 0);
+        // Positions are 8-aligned by construction, but some come from shared memory that a
+        // crashed or hostile process may have damaged: force the alignment, never trust it.
+        let idx = (pos & (self.inner.capacity - 1) & !7) as usize;
         // SAFETY: idx < capacity and 8-aligned, the data region is page aligned, so the u64
         // lies inside it and is aligned; AtomicU64 has the layout of u64.
         unsafe { &*self.data().wrapping_add(idx).cast::<AtomicU64>() }
@@ -317,6 +318,11 @@ impl Ring {
         while pos < end {
             let idx = pos & (cap - 1);
             let chunk = (end - pos).min(cap - idx);
+            if chunk < FRAME_HEADER as u64 || chunk % 8 != 0 || pos % 8 != 0 {
+                // Only a damaged range can get here; a frame cannot describe it.
+                self.shared().corrupt_frames.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
             self.header_at(pos).store(
                 header(pos, chunk as usize - FRAME_HEADER, true),
                 Ordering::Release,
@@ -426,7 +432,7 @@ impl Ring {
         }
         s.start_ticks
             .store(process_start_ticks(me), Ordering::Release);
-        Ok(self.make_consumer(0))
+        self.make_consumer(0)
     }
 
     /// Attaches a fan-out subscriber that sees every frame committed from now on, at its own
@@ -456,7 +462,7 @@ impl Ring {
             s.position.store(tail, Ordering::Release);
             s.state.store(SLOT_ACTIVE, Ordering::Release);
             fence(Ordering::SeqCst);
-            return Ok(self.make_consumer(i));
+            return self.make_consumer(i);
         }
         Err(Error::new(
             ErrorKind::Busy,
@@ -468,17 +474,25 @@ impl Ring {
         ))
     }
 
-    fn make_consumer(&self, slot: usize) -> Consumer {
+    fn make_consumer(&self, slot: usize) -> Result<Consumer> {
         let s = self.subscriber_slot(slot);
-        Consumer {
+        let head = s.position.load(Ordering::Acquire);
+        if head % 8 != 0 {
+            s.pid.store(0, Ordering::Release);
+            return Err(Error::corrupt(format!(
+                "ring {}: consumer position {head} is damaged (not 8-aligned)",
+                self.name()
+            )));
+        }
+        Ok(Consumer {
             ring: self.clone(),
             slot,
-            head: s.position.load(Ordering::Acquire),
+            head,
             received: s.received.load(Ordering::Relaxed),
             bytes: s.bytes.load(Ordering::Relaxed),
             stall: None,
             misses: 0,
-        }
+        })
     }
 
     /// The smallest position any active consumer still needs; reaps dead subscribers.
@@ -522,7 +536,7 @@ impl Ring {
         let len = s.pending_len.load(Ordering::Acquire);
         let end = start.saturating_add(len);
         let tail = self.shared().tail.load(Ordering::Acquire);
-        if len == 0 || end > tail || len > self.inner.capacity {
+        if len == 0 || end > tail || len > self.inner.capacity || start % 8 != 0 || len % 8 != 0 {
             // The CAS never succeeded (or the slot is garbage): nothing was claimed.
             s.state.store(SLOT_IDLE, Ordering::Release);
             return false;
@@ -784,6 +798,12 @@ impl Producer {
         let sh = self.ring.shared();
         loop {
             let tail = sh.tail.load(Ordering::Acquire);
+            if tail % 8 != 0 {
+                return Err(Error::corrupt(format!(
+                    "ring {}: the claim position {tail} is damaged (not 8-aligned)",
+                    self.ring.name()
+                )));
+            }
             let end = end_of(tail);
             if end - self.cached_head > cap {
                 self.cached_head = self.ring.min_head();
