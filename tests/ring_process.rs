@@ -124,6 +124,10 @@ fn kill_9_loop_never_wedges_the_ring_or_corrupts_a_frame() {
     let mut c = r.consumer().unwrap();
     let mut t = seq::Tracker::default();
     let mut rng = 0x2545_F491_4F6C_DD1Du64;
+    // Time from a kill to the next frame of the next producer: reported, not asserted
+    // (timing belongs to benchmarks; scripts/ring-soak.sh prints it).
+    let mut resume = Vec::new();
+    let mut killed_at: Option<Instant> = None;
     for i in 1..=iterations {
         let mut child = producer(&dir, "r", i, 0, 48 + (i as usize % 5) * 100);
         // Let it run for a random number of frames, then kill -9 it, mid-write or not.
@@ -134,7 +138,12 @@ fn kill_9_loop_never_wedges_the_ring_or_corrupts_a_frame() {
         let deadline = Instant::now() + Duration::from_secs(60);
         while t.next_of(i) < want {
             c.poll(4096, |f| {
-                t.record(f).unwrap();
+                let (id, _) = t.record(f).unwrap();
+                if id == i {
+                    if let Some(k) = killed_at.take() {
+                        resume.push(k.elapsed());
+                    }
+                }
             })
             .unwrap();
             assert!(
@@ -148,7 +157,16 @@ fn kill_9_loop_never_wedges_the_ring_or_corrupts_a_frame() {
             .unwrap();
         }
         child.kill().unwrap();
+        killed_at = Some(Instant::now());
         child.wait().unwrap();
+    }
+    resume.sort();
+    if !resume.is_empty() {
+        eprintln!(
+            "kill -9 loop: {iterations} kills; resume after kill (incl. process start) p50 {:?} max {:?}",
+            resume[resume.len() / 2],
+            resume[resume.len() - 1]
+        );
     }
     // Drain what the last producer committed before it died; nothing may be corrupt.
     c.poll(usize::MAX, |f| {
