@@ -83,7 +83,7 @@ fn drain(ring: &Ring, count: u64) -> Duration {
     start.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
-fn spsc_throughput(settings: Settings, size: usize, capacity: usize) -> f64 {
+fn spsc_throughput(settings: Settings, size: usize, capacity: usize, batched: bool) -> f64 {
     let scratch = Scratch::new();
     let count: u64 = if settings.samples < 10 {
         2_000_000
@@ -93,13 +93,8 @@ fn spsc_throughput(settings: Settings, size: usize, capacity: usize) -> f64 {
     let count = if size > 4096 { count / 200 } else { count };
     let r = ring_in(&scratch.0, "tput", capacity, false);
     let dir = scratch.0.to_string_lossy().into_owned();
-    let mut child = helper_cmd(&[
-        "produce",
-        &dir,
-        "tput",
-        &count.to_string(),
-        &size.to_string(),
-    ]);
+    let mode = if batched { "produce-batch" } else { "produce" };
+    let mut child = helper_cmd(&[mode, &dir, "tput", &count.to_string(), &size.to_string()]);
     let t = drain(&r, count);
     let _ = child.wait();
     // The first frame started the clock: count - 1 intervals.
@@ -184,16 +179,24 @@ fn uds_pair_paths(scratch: &Scratch) -> String {
     scratch.0.join("uds.sock").to_string_lossy().into_owned()
 }
 
-fn uds_throughput(settings: Settings) -> f64 {
+/// Unix socket throughput: one `write` per 64-byte message (`batched = false`, like one
+/// `send` per message on a ring) or 64 KiB writes of many messages (`batched = true`).
+fn uds_throughput(settings: Settings, batched: bool) -> f64 {
     let scratch = Scratch::new();
-    let count: u64 = if settings.samples < 10 {
-        500_000
-    } else {
-        2_000_000
+    let count: u64 = match (settings.samples < 10, batched) {
+        (true, false) => 200_000,
+        (true, true) => 500_000,
+        (false, false) => 1_000_000,
+        (false, true) => 2_000_000,
     };
     let path = uds_pair_paths(&scratch);
     let listener = UnixListener::bind(&path).expect("bind");
-    let mut child = helper_cmd(&["uds-produce", &path, &count.to_string(), "64"]);
+    let mode = if batched {
+        "uds-produce"
+    } else {
+        "uds-produce-each"
+    };
+    let mut child = helper_cmd(&[mode, &path, &count.to_string(), "64"]);
     let (mut s, _) = listener.accept().expect("accept");
     let mut buf = vec![0u8; 64 * 1024];
     let total = count * 64;
@@ -296,13 +299,27 @@ fn crossbeam_rtt(settings: Settings) -> Vec<f64> {
 fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     let mut out = Vec::new();
     progress("spsc_64b_throughput");
-    let spsc = spsc_throughput(settings, 64, 1 << 20);
+    let spsc = spsc_throughput(settings, 64, 1 << 20, false);
     progress("uds_64b_throughput");
-    let uds = uds_throughput(settings);
+    let uds = uds_throughput(settings, false);
     let r = BenchResult::new("spsc_64b_throughput", spsc, "msg/s", Better::Higher)
         .with_peer("unix_socket", uds)
         .with_targets(Some(5e5), Some(4e7));
     out.push(r);
+    progress("spsc_64b_batch_throughput");
+    let spsc_batch = spsc_throughput(settings, 64, 1 << 20, true);
+    progress("uds_64b_batch_throughput");
+    let uds_batch = uds_throughput(settings, true);
+    out.push(
+        BenchResult::new(
+            "spsc_64b_batch_throughput",
+            spsc_batch,
+            "msg/s",
+            Better::Higher,
+        )
+        .with_peer("unix_socket_64k_writes", uds_batch)
+        .with_targets(Some(5e5), Some(4e7)),
+    );
     #[cfg(feature = "peers")]
     {
         progress("crossbeam_64b_throughput");
@@ -381,7 +398,7 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         Better::Lower,
     ));
     progress("frame_64k_bandwidth");
-    let per_s = spsc_throughput(settings, 64 * 1024, 1 << 24);
+    let per_s = spsc_throughput(settings, 64 * 1024, 1 << 24, false);
     out.push(
         BenchResult::new(
             "frame_64k_bandwidth",
@@ -399,7 +416,7 @@ pub fn ring_suite() -> Suite {
     Suite {
         name: "ring",
         about: "cross-process shared-memory rings: 64 B throughput, ping-pong latency, 64 KiB bandwidth",
-        steps: 10,
+        steps: 12,
         run,
     }
 }
@@ -484,6 +501,36 @@ pub fn helper(args: &[String]) -> Result<(), String> {
                 s.write_all(&chunk[..k as usize * size])
                     .map_err(|e| e.to_string())?;
                 left -= k;
+            }
+            Ok(())
+        }
+        "uds-produce-each" => {
+            let mut s = UnixStream::connect(arg(1)?).map_err(|e| e.to_string())?;
+            let (count, size) = (num(2)?, num(3)? as usize);
+            let msg = vec![0u8; size];
+            for _ in 0..count {
+                s.write_all(&msg).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        "produce-batch" => {
+            let opts = SegmentOptions {
+                dir: arg(1)?.into(),
+                ..Default::default()
+            };
+            let r = Ring::open(arg(2)?, &opts).map_err(err)?;
+            let mut p = r.producer().map_err(err)?;
+            let (count, size) = (num(3)?, num(4)? as usize);
+            let bufs: Vec<Vec<u8>> = (0..256).map(|_| vec![0u8; size]).collect();
+            let refs: Vec<&[u8]> = bufs.iter().map(Vec::as_slice).collect();
+            let mut left = count;
+            while left > 0 {
+                let k = left.min(refs.len() as u64) as usize;
+                let sent = p.send_batch(&refs[..k]).map_err(err)?;
+                if sent == 0 {
+                    std::hint::spin_loop();
+                }
+                left -= sent as u64;
             }
             Ok(())
         }
