@@ -17,6 +17,8 @@
  *  - No input makes the library panic, abort or read out of bounds; an internal panic is
  *    caught and returned as EMF_ERR_PANIC.
  *  - Check emf_abi_version() == EMF_ABI_VERSION once at load and refuse to run otherwise.
+ *  - Handles belong to the process that made them: after fork(), the child opens its own
+ *    (it must neither use nor free handles inherited from the parent).
  */
 
 
@@ -258,7 +260,8 @@ typedef struct emf_ring_stats_t {
 } emf_ring_stats_t;
 
 // Called by `emf_consumer_poll` for each frame; `data` is valid only during the call.
-typedef void (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
+// Return 0 to go on, anything else to stop after this frame (which counts as consumed).
+typedef int (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
 
 // Success.
 #define EMF_OK 0
@@ -805,7 +808,8 @@ emf_status_t emf_consumer_free(struct emf_consumer_t *c);
 
 // Calls `callback(ctx, data, len)` for up to `limit` ready frames, in order, then releases
 // their space; `*out_count` receives how many. `data` is valid only during the callback,
-// which must not call functions of the same consumer.
+// which must not call functions of the same consumer (they answer `EMF_ERR_BUSY`); a
+// callback returning non-zero stops the poll after its frame.
 //
 // # Safety
 //
@@ -827,8 +831,9 @@ emf_status_t emf_consumer_recv(struct emf_consumer_t *c, uint8_t *buf, size_t ca
 
 // Copies up to `max_frames` ready frames into `buf`, each as a little-endian `uint32_t`
 // length followed by its bytes, and consumes them. `*out_frames` and `*out_bytes` say how
-// many frames and bytes. `EMF_OK` with 0 frames when none is ready; `EMF_ERR_TOO_LARGE`
-// when the next frame does not fit in `cap - 4` bytes (nothing consumed).
+// many frames and bytes. `EMF_OK` with 0 frames when none is ready;
+// `EMF_ERR_BUFFER_TOO_SMALL` when the next frame does not fit (nothing consumed; the bytes
+// needed for it, length prefix included, go to `*out_bytes`).
 //
 // # Safety
 //

@@ -96,6 +96,11 @@ impl Error {
     pub fn message(&self) -> &str {
         &self.message
     }
+
+    /// The message, owned (static messages stay unallocated).
+    pub fn into_message(self) -> Cow<'static, str> {
+        self.message
+    }
 }
 
 impl fmt::Display for Error {

@@ -21,6 +21,7 @@ pub mod flow;
 mod handle;
 pub mod ring;
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -99,11 +100,11 @@ pub fn status_of(kind: ErrorKind) -> emf_status_t {
 #[derive(Debug)]
 pub(crate) struct FfiError {
     status: emf_status_t,
-    message: String,
+    message: Cow<'static, str>,
 }
 
 impl FfiError {
-    pub(crate) fn new(status: emf_status_t, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: emf_status_t, message: impl Into<Cow<'static, str>>) -> Self {
         FfiError {
             status,
             message: message.into(),
@@ -117,17 +118,18 @@ impl FfiError {
 
 impl From<Error> for FfiError {
     fn from(e: Error) -> Self {
-        FfiError::new(status_of(e.kind()), e.message().to_owned())
+        FfiError::new(status_of(e.kind()), e.into_message())
     }
 }
 
 pub(crate) type FfiResult<T = ()> = Result<T, FfiError>;
 
 thread_local! {
-    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
+    // A Cow: static messages (back-pressure, a hot path) are stored without allocating.
+    static LAST_ERROR: RefCell<Cow<'static, str>> = const { RefCell::new(Cow::Borrowed("")) };
 }
 
-fn set_last_error(message: String) {
+fn set_last_error(message: Cow<'static, str>) {
     // `try_with`: during thread teardown the slot may be gone; losing the text then is fine.
     let _ = LAST_ERROR.try_with(|slot| {
         if let Ok(mut s) = slot.try_borrow_mut() {
@@ -158,7 +160,7 @@ pub(crate) fn guard(body: impl FnOnce() -> FfiResult) -> emf_status_t {
             if let Err(again) = catch_unwind(AssertUnwindSafe(move || drop(payload))) {
                 std::mem::forget(again);
             }
-            set_last_error(format!("internal panic: {what}"));
+            set_last_error(format!("internal panic: {what}").into());
             EMF_ERR_PANIC
         }
     }

@@ -5,7 +5,7 @@
 //! inside gets `EMF_ERR_BUSY` (the handles guard themselves, they never race).
 
 use std::cell::UnsafeCell;
-use std::ffi::{c_char, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -86,7 +86,9 @@ pub struct emf_slice_t {
 }
 
 /// Called by `emf_consumer_poll` for each frame; `data` is valid only during the call.
-pub type emf_frame_fn = Option<unsafe extern "C" fn(ctx: *mut c_void, data: *const u8, len: usize)>;
+/// Return 0 to go on, anything else to stop after this frame (which counts as consumed).
+pub type emf_frame_fn =
+    Option<unsafe extern "C" fn(ctx: *mut c_void, data: *const u8, len: usize) -> c_int>;
 
 /// A mapped ring. Opaque; thread-safe.
 pub struct emf_ring_t {
@@ -113,6 +115,18 @@ impl<T> Exclusive<T> {
             busy: AtomicBool::new(false),
             value: UnsafeCell::new(value),
         }
+    }
+
+    /// Takes the busy flag for good, before the handle is freed: `EMF_ERR_BUSY` when another
+    /// thread (or a callback of this handle) is inside.
+    pub(crate) fn claim_for_free(&self, name: &str) -> FfiResult {
+        if self.busy.swap(true, Ordering::Acquire) {
+            return Err(FfiError::new(
+                EMF_ERR_BUSY,
+                format!("`{name}` is in use by another thread (or by its own callback)"),
+            ));
+        }
+        Ok(())
     }
 
     pub(crate) fn with<R>(
@@ -402,6 +416,7 @@ pub unsafe extern "C" fn emf_producer_free(p: *mut emf_producer_t) -> emf_status
                 }
                 Ok(())
             })?;
+            h.inner.claim_for_free("producer")?;
         }
         // SAFETY: caller contract; the slab refuses a double free.
         unsafe { free_handle(p, "producer") }
@@ -545,7 +560,27 @@ fn take_claim(p: *const emf_producer_t, f: impl FnOnce(&mut Producer, RawClaim))
 /// `p` a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn emf_producer_commit(p: *mut emf_producer_t, len: usize) -> emf_status_t {
-    guard(|| take_claim(p, |prod, c| prod.commit_raw(c, len)))
+    guard(|| {
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let h = unsafe { borrow_handle(p, "producer") }?;
+        h.inner.with("producer", |s| {
+            let c = s.open.ok_or_else(|| {
+                FfiError::new(EMF_ERR_INVALID_ARGUMENT, "the producer has no open claim")
+            })?;
+            if len > c.len {
+                return Err(FfiError::new(
+                    EMF_ERR_INVALID_ARGUMENT,
+                    format!(
+                        "commit of {len} bytes exceeds the claim of {} (claim still open)",
+                        c.len
+                    ),
+                ));
+            }
+            s.open = None;
+            s.producer.commit_raw(c, len);
+            Ok(())
+        })
+    })
 }
 
 /// Aborts the open claim (its space becomes padding; nothing is delivered).
@@ -653,8 +688,15 @@ pub unsafe extern "C" fn emf_consumer_subscribe(
 /// No other thread may be using `c`.
 #[no_mangle]
 pub unsafe extern "C" fn emf_consumer_free(c: *mut emf_consumer_t) -> emf_status_t {
-    // SAFETY: caller contract; the slab refuses a double free.
-    guard(|| unsafe { free_handle(c, "consumer") })
+    guard(|| {
+        if !c.is_null() {
+            // SAFETY: liveness checked; caller contract excludes a concurrent free.
+            let h = unsafe { borrow_handle(c, "consumer") }?;
+            h.inner.claim_for_free("consumer")?;
+        }
+        // SAFETY: caller contract; the slab refuses a double free.
+        unsafe { free_handle(c, "consumer") }
+    })
 }
 
 fn with_consumer<R>(
@@ -668,7 +710,8 @@ fn with_consumer<R>(
 
 /// Calls `callback(ctx, data, len)` for up to `limit` ready frames, in order, then releases
 /// their space; `*out_count` receives how many. `data` is valid only during the callback,
-/// which must not call functions of the same consumer.
+/// which must not call functions of the same consumer (they answer `EMF_ERR_BUSY`); a
+/// callback returning non-zero stops the poll after its frame.
 ///
 /// # Safety
 ///
@@ -685,9 +728,9 @@ pub unsafe extern "C" fn emf_consumer_poll(
         require_out(out_count, "out_count")?;
         let cb = callback.ok_or_else(|| FfiError::null("callback"))?;
         let n = with_consumer(c, |cons| {
-            Ok(cons.poll(limit, |f| {
+            Ok(cons.poll_until(limit, |f| {
                 // SAFETY: the caller provides a valid function; `f` is valid for the call.
-                unsafe { cb(ctx, f.as_ptr(), f.len()) }
+                unsafe { cb(ctx, f.as_ptr(), f.len()) == 0 }
             })?)
         })?;
         // SAFETY: checked non-NULL; writable by contract.
@@ -748,8 +791,9 @@ pub unsafe extern "C" fn emf_consumer_recv(
 
 /// Copies up to `max_frames` ready frames into `buf`, each as a little-endian `uint32_t`
 /// length followed by its bytes, and consumes them. `*out_frames` and `*out_bytes` say how
-/// many frames and bytes. `EMF_OK` with 0 frames when none is ready; `EMF_ERR_TOO_LARGE`
-/// when the next frame does not fit in `cap - 4` bytes (nothing consumed).
+/// many frames and bytes. `EMF_OK` with 0 frames when none is ready;
+/// `EMF_ERR_BUFFER_TOO_SMALL` when the next frame does not fit (nothing consumed; the bytes
+/// needed for it, length prefix included, go to `*out_bytes`).
 ///
 /// # Safety
 ///
@@ -769,7 +813,20 @@ pub unsafe extern "C" fn emf_consumer_recv_batch(
         if buf.is_null() && cap > 0 {
             return Err(FfiError::null("buf"));
         }
-        let (frames, used) = with_consumer(c, |cons| {
+        let mut needed = None;
+        let result = with_consumer(c, |cons| {
+            if let Some(len) = cons.next_len()? {
+                if len + 4 > cap {
+                    needed = Some(len + 4);
+                    return Err(FfiError::new(
+                        EMF_ERR_BUFFER_TOO_SMALL,
+                        format!(
+                            "the next frame needs {} bytes, the buffer has {cap}",
+                            len + 4
+                        ),
+                    ));
+                }
+            }
             let out: &mut [u8] = if cap == 0 {
                 &mut []
             } else {
@@ -777,7 +834,17 @@ pub unsafe extern "C" fn emf_consumer_recv_batch(
                 unsafe { std::slice::from_raw_parts_mut(buf, cap) }
             };
             Ok(cons.recv_batch_into(out, max_frames)?)
-        })?;
+        });
+        let (frames, used) = match (result, needed) {
+            (Ok(v), _) => v,
+            (Err(e), Some(n)) => {
+                // The documented required-length answer of EMF_ERR_BUFFER_TOO_SMALL.
+                // SAFETY: checked non-NULL above; writable by contract.
+                unsafe { out_bytes.write(n) };
+                return Err(e);
+            }
+            (Err(e), None) => return Err(e),
+        };
         // SAFETY: both checked non-NULL; writable by contract.
         unsafe { write_out(out_frames, frames, "out_frames") }?;
         // SAFETY: as above.
@@ -828,14 +895,15 @@ pub unsafe extern "C" fn emf_consumer_lag(c: *mut emf_consumer_t, out: *mut u64)
 #[allow(clippy::multiple_unsafe_ops_per_block)]
 mod tests {
     use super::*;
-    use crate::capi::{EMF_ERR_FULL, EMF_ERR_NULL_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_OK};
+    use crate::capi::{EMF_ERR_FULL, EMF_ERR_NULL_ARGUMENT, EMF_OK};
     use std::ffi::CString;
 
-    unsafe extern "C" fn collect(ctx: *mut c_void, data: *const u8, len: usize) {
+    unsafe extern "C" fn collect(ctx: *mut c_void, data: *const u8, len: usize) -> c_int {
         // SAFETY: ctx is the &mut Vec passed below; data is valid for len bytes.
         let v = unsafe { &mut *ctx.cast::<Vec<Vec<u8>>>() };
         // SAFETY: valid for the call.
         v.push(unsafe { std::slice::from_raw_parts(data, len) }.to_vec());
+        0
     }
 
     #[test]
@@ -939,7 +1007,7 @@ mod tests {
         let st = unsafe {
             emf_consumer_recv_batch(c, buf.as_mut_ptr(), buf.len(), 8, &mut frames_n, &mut used)
         };
-        assert_eq!(st, EMF_ERR_TOO_LARGE);
+        assert_eq!((st, used), (EMF_ERR_BUFFER_TOO_SMALL, 904));
         buf.resize(4096, 0);
         // SAFETY: valid buffer.
         let st = unsafe {

@@ -922,14 +922,38 @@ impl Producer {
         for p in payloads {
             self.check_len(p.len())?;
         }
-        let mut n = payloads.len();
+        if payloads.is_empty() {
+            return Ok(0);
+        }
+        // Claim the longest prefix that fits in the space the slowest consumer leaves.
+        let cap = self.ring.inner.capacity;
+        let ring = self.ring.clone();
+        let sh = ring.shared();
+        let mut n;
         let layout = loop {
+            let head = ring.min_head();
+            self.cached_head = head;
+            let tail = sh.tail.load(Ordering::Acquire);
+            let mut end = tail;
+            n = 0;
+            for p in payloads {
+                let size = frame_size(p.len()) as u64;
+                let to_end = cap - (end & (cap - 1));
+                let next = end + if size > to_end { to_end + size } else { size };
+                if next - head > cap {
+                    break;
+                }
+                end = next;
+                n += 1;
+            }
             if n == 0 {
+                sh.backpressure.fetch_add(1, Ordering::Relaxed);
                 return Ok(0);
             }
             match self.claim_range(&payloads[..n]) {
                 Ok(l) => break l,
-                Err(e) if e.kind() == ErrorKind::Full => n /= 2,
+                // Another producer took the space meanwhile: measure again.
+                Err(e) if e.kind() == ErrorKind::Full => continue,
                 Err(e) => return Err(e),
             }
         };
@@ -1074,7 +1098,7 @@ impl Drop for Producer {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RawClaim {
     pos: u64,
-    len: usize,
+    pub(crate) len: usize,
     end: u64,
 }
 
@@ -1241,6 +1265,17 @@ impl Consumer {
         self.poll_while(limit, |_| true, handler)
     }
 
+    /// Like [`Consumer::poll`], but stops after the first frame for which `handler` returns
+    /// false (that frame counts as delivered and consumed).
+    pub fn poll_until(
+        &mut self,
+        limit: usize,
+        mut handler: impl FnMut(&[u8]) -> bool,
+    ) -> Result<usize> {
+        let go = std::cell::Cell::new(true);
+        self.poll_while(limit, |_| go.get(), |f| go.set(handler(f)))
+    }
+
     /// [`Consumer::poll`] that stops before the first frame whose length `accept` refuses.
     fn poll_while(
         &mut self,
@@ -1390,6 +1425,15 @@ impl Consumer {
         loop {
             // Frames, padding and recovery all count as progress: poll-visible state changed.
             match self.next(true)? {
+                Next::Frame {
+                    padding: true,
+                    pos,
+                    len,
+                } => {
+                    self.head = pos + frame_size(len) as u64;
+                    self.publish();
+                    continue;
+                }
                 Next::Frame { .. } => return Ok(true),
                 Next::Empty | Next::Stalled => {}
             }
@@ -1415,6 +1459,14 @@ impl Consumer {
                     let sh = self.ring.shared();
                     sh.data_waiters.fetch_add(1, Ordering::SeqCst);
                     let seen = sh.data_futex.load(Ordering::SeqCst);
+                    // Lazy producers skip the store-load fence after a commit; force it on
+                    // them now, so that either they see us waiting or we see their frame
+                    // (see `Ring::wake_data_after`). Without kernel support, nap briefly.
+                    let max_nap = if futex::barrier_all() {
+                        self.ring.inner.stall_timeout.max(Duration::from_millis(1))
+                    } else {
+                        Duration::from_millis(1)
+                    };
                     let ready = decode_header(
                         self.ring.header_at(self.head).load(Ordering::SeqCst),
                         self.head,
@@ -1422,9 +1474,7 @@ impl Consumer {
                     .is_some();
                     if !ready {
                         // Wake up at least every stall timeout to check for dead producers.
-                        let nap = (deadline - now)
-                            .min(self.ring.inner.stall_timeout.max(Duration::from_millis(1)));
-                        futex::wait(&sh.data_futex, seen, nap);
+                        futex::wait(&sh.data_futex, seen, (deadline - now).min(max_nap));
                     }
                     sh.data_waiters.fetch_sub(1, Ordering::SeqCst);
                 }
