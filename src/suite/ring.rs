@@ -296,6 +296,130 @@ fn crossbeam_rtt(settings: Settings) -> Vec<f64> {
     rtts
 }
 
+/// Nanoseconds per 64-byte send through the Rust API and through the C ABI, same process,
+/// ring never full (a consumer drains between rounds): the difference is the C boundary.
+fn capi_overhead(settings: Settings) -> (f64, f64) {
+    use crate::capi::ring as c;
+    let scratch = Scratch::new();
+    let n: usize = if settings.samples < 10 {
+        20_000
+    } else {
+        100_000
+    };
+    let ring = ring_in(&scratch.0, "abi", 1 << 24, false);
+    let mut cons = ring.consumer().expect("consumer");
+    let msg = [5u8; 64];
+    let mut rust_best = f64::MAX;
+    let mut abi_best = f64::MAX;
+    let dir = std::ffi::CString::new(scratch.0.to_string_lossy().as_bytes()).expect("dir");
+    let name = std::ffi::CString::new("abi").expect("name");
+    for _ in 0..settings.samples.clamp(3, 9) {
+        {
+            let mut p = ring.producer().expect("producer");
+            let t = Instant::now();
+            for _ in 0..n {
+                p.send(std::hint::black_box(&msg)).expect("send");
+            }
+            rust_best = rust_best.min(t.elapsed().as_nanos() as f64 / n as f64);
+        }
+        cons.poll(usize::MAX, |f| {
+            std::hint::black_box(f);
+        })
+        .expect("poll");
+        let mut r = std::ptr::null_mut();
+        let mut p = std::ptr::null_mut();
+        // SAFETY: valid strings and out-parameters; handles freed below.
+        unsafe {
+            c::emf_ring_open(name.as_ptr(), dir.as_ptr(), &mut r);
+            c::emf_producer_new(r, &mut p);
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            // SAFETY: live producer; `msg` readable for 64 bytes.
+            let st = unsafe { c::emf_producer_send(p, std::hint::black_box(msg.as_ptr()), 64) };
+            debug_assert_eq!(st, 0);
+        }
+        abi_best = abi_best.min(t.elapsed().as_nanos() as f64 / n as f64);
+        // SAFETY: live handles, freed once.
+        unsafe {
+            c::emf_producer_free(p);
+            c::emf_ring_free(r);
+        }
+        cons.poll(usize::MAX, |f| {
+            std::hint::black_box(f);
+        })
+        .expect("poll");
+    }
+    (rust_best, abi_best)
+}
+
+/// Batch processor, in process: delivery latency when the consumer is idle (one message at a
+/// time, the consumer parked), and throughput when loaded (a continuous stream).
+fn batching(settings: Settings) -> (f64, f64) {
+    use crate::batch::{BatchOptions, BatchProcessor};
+    let scratch = Scratch::new();
+    let ring = ring_in(&scratch.0, "batch", 1 << 20, false);
+    let n_idle: usize = if settings.samples < 10 { 500 } else { 2000 };
+    let n_load: u64 = if settings.samples < 10 {
+        1_000_000
+    } else {
+        5_000_000
+    };
+    let r2 = ring.clone();
+    let total = n_idle as u64 + n_load;
+    let consumer = std::thread::spawn(move || {
+        let mut c = r2.consumer().expect("consumer");
+        let mut lat = Vec::with_capacity(n_idle);
+        let mut got = 0u64;
+        let mut load_start = None;
+        while got < total {
+            c.poll(usize::MAX, |f| {
+                if got < n_idle as u64 {
+                    let sent = u64::from_le_bytes(f[..8].try_into().unwrap_or([0; 8]));
+                    lat.push(crate::shm::now_ns().saturating_sub(sent) as f64);
+                } else if load_start.is_none() {
+                    load_start = Some(Instant::now());
+                }
+                got += 1;
+            })
+            .expect("poll");
+            if got < total {
+                let _ = c.wait(
+                    WaitStrategy::SpinThenPark { spins: 100 },
+                    Duration::from_secs(5),
+                );
+            }
+        }
+        let load_time = load_start.map_or(1e-9, |s| s.elapsed().as_secs_f64());
+        lat.sort_by(f64::total_cmp);
+        (lat, load_time)
+    });
+    let mut b = BatchProcessor::new(ring.producer().expect("producer"), BatchOptions::default());
+    let mut msg = [0u8; 64];
+    for _ in 0..n_idle {
+        // Wait until the consumer has caught up and parked: the idle regime.
+        while !ring.consumer_idle() {
+            std::hint::spin_loop();
+        }
+        std::thread::sleep(Duration::from_micros(50));
+        msg[..8].copy_from_slice(&crate::shm::now_ns().to_le_bytes());
+        b.send_message(&msg).expect("send");
+        while b.pending() > 0 {
+            let _ = b.tick(Instant::now());
+        }
+    }
+    for _ in 0..n_load {
+        while b.send_message(&msg).is_err() {
+            let _ = b.flush();
+        }
+    }
+    while b.pending() > 0 {
+        let _ = b.flush();
+    }
+    let (lat, load_time) = consumer.join().expect("consumer thread");
+    (pct(&lat, 0.5), (n_load - 1) as f64 / load_time)
+}
+
 fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     let mut out = Vec::new();
     progress("spsc_64b_throughput");
@@ -397,6 +521,31 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         "ns",
         Better::Lower,
     ));
+    progress("capi_send_overhead");
+    let (rust_ns, abi_ns) = capi_overhead(settings);
+    out.push(
+        BenchResult::new("capi_send_ns", abi_ns, "ns", Better::Lower)
+            .with_peer("rust_api_send", rust_ns),
+    );
+    out.push(
+        BenchResult::new(
+            "capi_send_overhead_ns",
+            (abi_ns - rust_ns).max(0.0),
+            "ns",
+            Better::Lower,
+        )
+        .with_targets(None, Some(20.0)),
+    );
+    progress("batch_processor");
+    let (idle_p50, loaded) = batching(settings);
+    out.push(
+        BenchResult::new("batch_idle_latency_p50", idle_p50, "ns", Better::Lower)
+            .with_targets(Some(1e7), None),
+    );
+    out.push(
+        BenchResult::new("batch_loaded_throughput", loaded, "msg/s", Better::Higher)
+            .with_targets(Some(5e5), None),
+    );
     progress("frame_64k_bandwidth");
     let per_s = spsc_throughput(settings, 64 * 1024, 1 << 24, false);
     out.push(
@@ -416,7 +565,7 @@ pub fn ring_suite() -> Suite {
     Suite {
         name: "ring",
         about: "cross-process shared-memory rings: 64 B throughput, ping-pong latency, 64 KiB bandwidth",
-        steps: 12,
+        steps: 14,
         run,
     }
 }
