@@ -328,11 +328,10 @@ fn capi_overhead(settings: Settings) -> (f64, f64) {
         .expect("poll");
         let mut r = std::ptr::null_mut();
         let mut p = std::ptr::null_mut();
-        // SAFETY: valid strings and out-parameters; handles freed below.
-        unsafe {
-            c::emf_ring_open(name.as_ptr(), dir.as_ptr(), &mut r);
-            c::emf_producer_new(r, &mut p);
-        }
+        // SAFETY: valid strings and out-parameter; freed below.
+        unsafe { c::emf_ring_open(name.as_ptr(), dir.as_ptr(), &mut r) };
+        // SAFETY: live ring (or NULL, refused); valid out-parameter; freed below.
+        unsafe { c::emf_producer_new(r, &mut p) };
         let t = Instant::now();
         for _ in 0..n {
             // SAFETY: live producer; `msg` readable for 64 bytes.
@@ -340,11 +339,10 @@ fn capi_overhead(settings: Settings) -> (f64, f64) {
             debug_assert_eq!(st, 0);
         }
         abi_best = abi_best.min(t.elapsed().as_nanos() as f64 / n as f64);
-        // SAFETY: live handles, freed once.
-        unsafe {
-            c::emf_producer_free(p);
-            c::emf_ring_free(r);
-        }
+        // SAFETY: live handle, freed once.
+        unsafe { c::emf_producer_free(p) };
+        // SAFETY: live handle, freed once.
+        unsafe { c::emf_ring_free(r) };
         cons.poll(usize::MAX, |f| {
             std::hint::black_box(f);
         })
