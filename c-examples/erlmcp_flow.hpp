@@ -20,6 +20,21 @@
 //    Buffer may be read (const) from several threads, but not moved or destroyed meanwhile.
 //  - A Message is immutable: its const member functions may run on several threads at once.
 //    It must not be moved from or destroyed while another thread uses it.
+//  - A Ring may be used from any number of threads. A Producer, a Consumer and a Claim are
+//    used by one thread at a time (another thread calling in meanwhile gets Error with
+//    EMF_ERR_BUSY); they may move between threads. Attach one Producer per thread on a
+//    multi-producer ring.
+//
+// Shared-memory rings (see the Ring class below):
+//
+//     emf::RingOptions opts;                             // the library's defaults
+//     opts.capacity = 1 << 16;
+//     emf::Ring ring = emf::Ring::create("jobs", opts);  // or emf::Ring::open("jobs")
+//     emf::Producer tx = ring.producer();
+//     emf::Consumer rx = ring.consumer();                // usually in another process
+//     if (!tx.try_send("hello")) { /* full: keep the frame, retry later */ }
+//     std::vector<std::uint8_t> frame;
+//     if (rx.wait(emf::Wait::Park, 100) && rx.try_recv(frame)) { /* use frame */ }
 #ifndef ERLMCP_FLOW_HPP
 #define ERLMCP_FLOW_HPP
 
@@ -27,9 +42,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -340,6 +357,480 @@ inline Buffer decompress(Bytes data, std::size_t max_len) {
     detail::check(emf_decompress(data.data(), data.size(), max_len, &out), "emf_decompress");
     return Buffer(out);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Shared-memory rings
+
+// How a waiting consumer or producer passes the time.
+enum class Wait : std::uint32_t {
+    Spin = EMF_WAIT_SPIN,    // busy-poll: lowest latency, burns a core
+    Yield = EMF_WAIT_YIELD,  // spin, then yield the thread
+    Park = EMF_WAIT_PARK,    // spin, then sleep on a futex (woken across processes)
+};
+
+// Back-pressure: the ring has no room (EMF_ERR_FULL). Nothing was sent; the caller still
+// owns the frame and may retry, wait (Producer::send_for) or give up. Thrown by
+// Producer::send, Producer::claim; Producer::try_send answers false instead.
+class Full : public Error {
+public:
+    using Error::Error;
+};
+
+namespace detail {
+
+// check() that throws Full for EMF_ERR_FULL.
+inline void check_ring(emf_status_t status, const char* function) {
+    if (status == EMF_ERR_FULL) throw Full(status, function, last_error_message());
+    check(status, function);
+}
+
+inline Error moved_from(const char* function) {
+    return Error(EMF_ERR_INVALID_ARGUMENT, function, "the object was moved from or released");
+}
+
+}  // namespace detail
+
+// Options for Ring::create. A default-constructed RingOptions holds the library's defaults
+// (emf_ring_options_default): 1 MiB, single producer, 16 producer slots, 8 subscriber slots,
+// 100 ms stall timeout, mode 0600, segment in /dev/shm.
+struct RingOptions {
+    std::size_t capacity;            // a power of two from 4096 to 1 GiB
+    bool multi_producer;             // several producers (claims by CAS)
+    std::uint32_t max_producers;     // producer slots of a multi-producer ring
+    std::uint32_t max_subscribers;   // subscriber slots, the primary consumer's included
+    std::uint32_t stall_timeout_ms;  // before a stalled claim's producer is checked for death
+    std::uint32_t mode;              // file mode of the segment
+    std::string dir;                 // directory of the segment file; empty = /dev/shm
+
+    RingOptions() {
+        emf_ring_options_t o{};
+        emf_ring_options_default(&o);  // cannot fail: `o` is a valid out-parameter
+        capacity = o.capacity;
+        multi_producer = o.multi_producer;
+        max_producers = o.max_producers;
+        max_subscribers = o.max_subscribers;
+        stall_timeout_ms = o.stall_timeout_ms;
+        mode = o.mode;
+    }
+};
+
+// A ring's counters (capacity, tail, sent, bytes, received, backpressure, unblocked,
+// dead_reaped, max_lag, corrupt_frames, producers, subscribers): the C struct as is.
+using RingStats = emf_ring_stats_t;
+
+class Producer;
+
+// Room for one frame, claimed in the ring: write up to size() bytes at data(), then commit()
+// (or commit(n) for fewer) or abort(). A Claim destroyed while open aborts (nothing is
+// delivered). Move-only. While it is open its Producer sends nothing else (Error
+// EMF_ERR_INVALID_ARGUMENT). It must not outlive its Producer's ring mapping; if the Producer
+// is destroyed first the claim is aborted and data() must no longer be used.
+class Claim {
+public:
+    Claim(const Claim&) = delete;
+    Claim& operator=(const Claim&) = delete;
+    Claim(Claim&& other) noexcept
+        : p_(std::exchange(other.p_, nullptr)),
+          data_(std::exchange(other.data_, nullptr)),
+          size_(std::exchange(other.size_, 0)) {}
+    Claim& operator=(Claim&& other) noexcept {
+        if (this != &other) {
+            abort_quietly();
+            p_ = std::exchange(other.p_, nullptr);
+            data_ = std::exchange(other.data_, nullptr);
+            size_ = std::exchange(other.size_, 0);
+        }
+        return *this;
+    }
+    ~Claim() { abort_quietly(); }
+
+    // Where to write the payload (old ring bytes until written); nullptr once closed.
+    std::uint8_t* data() const noexcept { return data_; }
+    // The claimed length.
+    std::size_t size() const noexcept { return size_; }
+    // True until commit() or abort().
+    bool is_open() const noexcept { return p_ != nullptr; }
+
+    // Delivers the whole claim.
+    void commit() { commit(size_); }
+
+    // Delivers the first `n` bytes (the rest becomes padding). n > size() is refused by the
+    // library with Error(EMF_ERR_INVALID_ARGUMENT) and the claim stays open: commit again with
+    // a smaller n, or abort (the destructor does).
+    void commit(std::size_t n) {
+        if (p_ == nullptr) throw detail::moved_from("emf::Claim::commit");
+        emf_status_t st = emf_producer_commit(p_, n);
+        if ((st == EMF_ERR_INVALID_ARGUMENT && n > size_) || st == EMF_ERR_BUSY) {
+            detail::check(st, "emf_producer_commit");  // the claim is still open: keep it
+        }
+        p_ = nullptr;
+        data_ = nullptr;
+        detail::check(st, "emf_producer_commit");
+    }
+
+    // Gives the space back; nothing is delivered.
+    void abort() {
+        if (p_ == nullptr) throw detail::moved_from("emf::Claim::abort");
+        emf_producer_t* p = std::exchange(p_, nullptr);
+        data_ = nullptr;
+        detail::check(emf_producer_abort(p), "emf_producer_abort");
+    }
+
+private:
+    friend class Producer;
+    Claim(emf_producer_t* p, std::uint8_t* data, std::size_t size) noexcept
+        : p_(p), data_(data), size_(size) {}
+
+    void abort_quietly() noexcept {
+        if (p_ != nullptr) {
+            // EMF_ERR_INVALID_ARGUMENT if the producer was freed first (which aborted the
+            // claim already): nothing left to do either way.
+            emf_producer_abort(std::exchange(p_, nullptr));
+            data_ = nullptr;
+        }
+    }
+
+    emf_producer_t* p_ = nullptr;
+    std::uint8_t* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+// A producer attached to a ring (Ring::producer). Move-only; detached in the destructor (an
+// open claim is aborted). A moved-from Producer throws Error on use.
+class Producer {
+public:
+    Producer() noexcept = default;
+    // Adopts a handle from emf_producer_new.
+    explicit Producer(emf_producer_t* p) noexcept : p_(p) {}
+    Producer(const Producer&) = delete;
+    Producer& operator=(const Producer&) = delete;
+    Producer(Producer&& other) noexcept : p_(std::exchange(other.p_, nullptr)) {}
+    Producer& operator=(Producer&& other) noexcept {
+        if (this != &other) {
+            emf_producer_free(p_);
+            p_ = std::exchange(other.p_, nullptr);
+        }
+        return *this;
+    }
+    ~Producer() { emf_producer_free(p_); }
+
+    // Sends one frame; throws Full when the ring is full (nothing sent), Error otherwise
+    // (EMF_ERR_TOO_LARGE past Ring::max_payload).
+    void send(Bytes frame) {
+        detail::check_ring(emf_producer_send(handle("emf_producer_send"), frame.data(), frame.size()),
+                           "emf_producer_send");
+    }
+
+    // Sends one frame; false when the ring is full (nothing sent). Other failures throw.
+    bool try_send(Bytes frame) {
+        emf_status_t st = emf_producer_send(handle("emf_producer_send"), frame.data(), frame.size());
+        if (st == EMF_ERR_FULL) return false;
+        detail::check(st, "emf_producer_send");
+        return true;
+    }
+
+    // Sends one frame, waiting up to `timeout_ms` for room; false when none came in time.
+    bool send_for(Bytes frame, Wait strategy, std::uint32_t timeout_ms) {
+        emf_status_t st =
+            emf_producer_send_timeout(handle("emf_producer_send_timeout"), frame.data(),
+                                      frame.size(), static_cast<std::uint32_t>(strategy), timeout_ms);
+        if (st == EMF_ERR_TIMEOUT) return false;
+        detail::check(st, "emf_producer_send_timeout");
+        return true;
+    }
+
+    // Sends frames[0..n) in order with one claim and returns how many were sent: the longest
+    // prefix that fits, shorter than n under back-pressure (0 when the ring is full). The rest
+    // were not sent and stay the caller's.
+    std::size_t send_batch(const Bytes* frames, std::size_t n) {
+        std::vector<emf_slice_t> slices;
+        slices.reserve(n);
+        for (std::size_t i = 0; i < n; ++i) slices.push_back(emf_slice_t{frames[i].data(), frames[i].size()});
+        std::size_t sent = 0;
+        emf_status_t st =
+            emf_producer_send_batch(handle("emf_producer_send_batch"), slices.data(), n, &sent);
+        if (st == EMF_ERR_FULL) return 0;
+        detail::check(st, "emf_producer_send_batch");
+        return sent;
+    }
+    std::size_t send_batch(const std::vector<Bytes>& frames) {
+        return send_batch(frames.data(), frames.size());
+    }
+
+    // Claims room for a frame of `len` bytes to write in place; throws Full when the ring is
+    // full. See Claim.
+    Claim claim(std::size_t len) {
+        std::uint8_t* data = nullptr;
+        emf_producer_t* p = handle("emf_producer_claim");
+        detail::check_ring(emf_producer_claim(p, len, &data), "emf_producer_claim");
+        return Claim(p, data, len);
+    }
+
+    // The C handle (NULL after a move), for calls this wrapper does not cover.
+    emf_producer_t* get() const noexcept { return p_; }
+    explicit operator bool() const noexcept { return p_ != nullptr; }
+
+private:
+    emf_producer_t* handle(const char* function) const {
+        if (p_ == nullptr) throw detail::moved_from(function);
+        return p_;
+    }
+
+    emf_producer_t* p_ = nullptr;
+};
+
+// What a poll handler that returns a value asks for after its frame.
+enum class PollAction : int {
+    Continue = 0,  // go on with the next frame (up to the limit)
+    Stop = 1,      // stop the poll after this frame (which counts as consumed)
+};
+
+// The primary consumer (Ring::consumer) or a fan-out subscriber (Ring::subscribe) of a ring.
+// Move-only; detached in the destructor (the primary consumer's position is kept in the
+// ring for the next one). A moved-from Consumer throws Error on use. It must not be destroyed
+// or assigned over from inside its own poll handler: the library refuses that free with
+// EMF_ERR_BUSY (no use after free), and the handle would be left attached.
+class Consumer {
+public:
+    Consumer() noexcept = default;
+    // Adopts a handle from emf_consumer_new or emf_consumer_subscribe.
+    explicit Consumer(emf_consumer_t* c) noexcept : c_(c) {}
+    Consumer(const Consumer&) = delete;
+    Consumer& operator=(const Consumer&) = delete;
+    Consumer(Consumer&& other) noexcept : c_(std::exchange(other.c_, nullptr)) {}
+    Consumer& operator=(Consumer&& other) noexcept {
+        if (this != &other) {
+            emf_consumer_free(c_);
+            c_ = std::exchange(other.c_, nullptr);
+        }
+        return *this;
+    }
+    ~Consumer() { emf_consumer_free(c_); }
+
+    // Takes the next frame into `out` (resized to the frame; its capacity is reused and grown
+    // as needed). False when no frame is ready.
+    bool try_recv(std::vector<std::uint8_t>& out) {
+        emf_consumer_t* c = handle("emf_consumer_recv");
+        out.resize(out.capacity());
+        for (;;) {
+            std::size_t len = 0;
+            emf_status_t st = emf_consumer_recv(c, out.data(), out.size(), &len);
+            if (st == EMF_OK) {
+                out.resize(len);
+                return true;
+            }
+            if (st == EMF_ERR_BUFFER_TOO_SMALL) {
+                out.resize(len);  // the frame stays; `len` is the size it needs
+                continue;
+            }
+            out.clear();
+            if (st == EMF_ERR_EMPTY) return false;
+            detail::check(st, "emf_consumer_recv");
+        }
+    }
+
+    // Calls handler(Bytes frame) for up to `limit` ready frames, in order, straight from the
+    // ring's memory (the bytes are valid only during the call), then releases them. Returns
+    // how many. A handler returning void takes every frame up to the limit; one returning
+    // PollAction stops the poll after the frame for which it answers PollAction::Stop (that
+    // frame is consumed and counted). The handler is called by the C library, so it must be
+    // noexcept, and must not use this Consumer (its calls answer EMF_ERR_BUSY).
+    template <typename F>
+    std::size_t poll(std::size_t limit, F&& handler) {
+        using H = std::remove_reference_t<F>;
+        static_assert(std::is_nothrow_invocable_v<H&, Bytes>,
+                      "emf::Consumer::poll: the handler must be callable as handler(emf::Bytes) "
+                      "and noexcept (no exception may unwind through the C library)");
+        using R = std::invoke_result_t<H&, Bytes>;
+        static_assert(std::is_void_v<R> || std::is_same_v<R, PollAction>,
+                      "emf::Consumer::poll: the handler must return void or emf::PollAction");
+        std::size_t n = 0;
+        void* ctx = const_cast<void*>(static_cast<const void*>(std::addressof(handler)));
+        detail::check(emf_consumer_poll(handle("emf_consumer_poll"), limit, &trampoline<H>, ctx, &n),
+                      "emf_consumer_poll");
+        return n;
+    }
+
+    // Copies up to `max_frames` ready frames into `buf` (buf.size() is the capacity; records
+    // are a little-endian uint32 length, then the bytes), consumes them, and returns views of
+    // the frames inside `buf` (valid until `buf` changes). Empty when none is ready. When the
+    // next frame does not fit, `buf` is grown to the size the library reports for it (its
+    // length prefix included) and the call repeated.
+    std::vector<Bytes> recv_batch(std::vector<std::uint8_t>& buf, std::size_t max_frames) {
+        emf_consumer_t* c = handle("emf_consumer_recv_batch");
+        std::size_t frames = 0, used = 0;
+        if (max_frames == 0) return {};  // (the library would still ask room for the next frame)
+        for (;;) {
+            emf_status_t st =
+                emf_consumer_recv_batch(c, buf.data(), buf.size(), max_frames, &frames, &used);
+            if (st == EMF_ERR_BUFFER_TOO_SMALL && used > buf.size()) {
+                buf.resize(used);  // nothing was consumed; `used` is what the next frame needs
+                continue;
+            }
+            detail::check(st, "emf_consumer_recv_batch");
+            break;
+        }
+        std::vector<Bytes> out;
+        out.reserve(frames);
+        std::size_t off = 0;
+        for (std::size_t i = 0; i < frames; ++i) {
+            if (used - off < 4) break;
+            const std::uint8_t* p = buf.data() + off;
+            std::size_t len = std::size_t(p[0]) | std::size_t(p[1]) << 8 | std::size_t(p[2]) << 16 |
+                              std::size_t(p[3]) << 24;
+            if (used - off - 4 < len) break;
+            out.emplace_back(p + 4, len);
+            off += 4 + len;
+        }
+        if (out.size() != frames || off != used) {
+            throw Error(EMF_ERR_CORRUPT, "emf::Consumer::recv_batch",
+                        "the records do not add up to the reported frames and bytes");
+        }
+        return out;
+    }
+
+    // Waits until a frame is ready (true) or `timeout_ms` passes (false). Ring padding on the
+    // way (an aborted claim, a dead producer's) is consumed, never reported as ready.
+    bool wait(Wait strategy, std::uint32_t timeout_ms) {
+        bool ready = false;
+        detail::check(emf_consumer_wait(handle("emf_consumer_wait"),
+                                        static_cast<std::uint32_t>(strategy), timeout_ms, &ready),
+                      "emf_consumer_wait");
+        return ready;
+    }
+
+    // Bytes committed or claimed that this consumer has not consumed yet.
+    std::uint64_t lag() {
+        std::uint64_t lag = 0;
+        detail::check(emf_consumer_lag(handle("emf_consumer_lag"), &lag), "emf_consumer_lag");
+        return lag;
+    }
+
+    // The C handle (NULL after a move), for calls this wrapper does not cover.
+    emf_consumer_t* get() const noexcept { return c_; }
+    explicit operator bool() const noexcept { return c_ != nullptr; }
+
+private:
+    template <typename H>
+    static int trampoline(void* ctx, const std::uint8_t* data, std::size_t len) noexcept {
+        H& h = *static_cast<H*>(ctx);
+        if constexpr (std::is_void_v<std::invoke_result_t<H&, Bytes>>) {
+            h(Bytes(data, len));
+            return 0;
+        } else {
+            return static_cast<int>(h(Bytes(data, len)));
+        }
+    }
+
+    emf_consumer_t* handle(const char* function) const {
+        if (c_ == nullptr) throw detail::moved_from(function);
+        return c_;
+    }
+
+    emf_consumer_t* c_ = nullptr;
+};
+
+// A shared-memory ring mapped by this process. Move-only; the handle is released in the
+// destructor (Producers and Consumers keep the mapping alive on their own). The segment file
+// stays until unlink().
+class Ring {
+public:
+    Ring() noexcept = default;
+    // Adopts a handle from emf_ring_create or emf_ring_open.
+    explicit Ring(emf_ring_t* r) noexcept : r_(r) {}
+    Ring(const Ring&) = delete;
+    Ring& operator=(const Ring&) = delete;
+    Ring(Ring&& other) noexcept : r_(std::exchange(other.r_, nullptr)) {}
+    Ring& operator=(Ring&& other) noexcept {
+        if (this != &other) {
+            emf_ring_free(r_);
+            r_ = std::exchange(other.r_, nullptr);
+        }
+        return *this;
+    }
+    ~Ring() { emf_ring_free(r_); }
+
+    // Creates ring `name` (1-200 of A-Z a-z 0-9 . _ -, not starting with '.'). A stale
+    // segment of that name is replaced; Error(EMF_ERR_BUSY) when a live one exists,
+    // Error(EMF_ERR_INVALID_ARGUMENT) for a bad name or options.
+    static Ring create(const std::string& name, const RingOptions& opts = RingOptions()) {
+        emf_ring_options_t o{};
+        emf_ring_options_default(&o);
+        o.capacity = opts.capacity;
+        o.multi_producer = opts.multi_producer;
+        o.max_producers = opts.max_producers;
+        o.max_subscribers = opts.max_subscribers;
+        o.stall_timeout_ms = opts.stall_timeout_ms;
+        o.mode = opts.mode;
+        o.dir = opts.dir.empty() ? nullptr : opts.dir.c_str();
+        emf_ring_t* r = nullptr;
+        detail::check(emf_ring_create(name.c_str(), &o, &r), "emf_ring_create");
+        return Ring(r);
+    }
+
+    // Opens an existing ring; Error(EMF_ERR_NOT_FOUND) when there is none. `dir` empty means
+    // /dev/shm.
+    static Ring open(const std::string& name, const std::string& dir = std::string()) {
+        emf_ring_t* r = nullptr;
+        detail::check(emf_ring_open(name.c_str(), dir.empty() ? nullptr : dir.c_str(), &r),
+                      "emf_ring_open");
+        return Ring(r);
+    }
+
+    // Attaches a producer; Error(EMF_ERR_BUSY) when a single-producer ring has a live one
+    // (or all slots of a multi-producer ring are taken).
+    Producer producer() const {
+        emf_producer_t* p = nullptr;
+        detail::check(emf_producer_new(handle("emf_producer_new"), &p), "emf_producer_new");
+        return Producer(p);
+    }
+
+    // Attaches the primary consumer (it resumes where the previous one stopped);
+    // Error(EMF_ERR_BUSY) while another one is attached.
+    Consumer consumer() const {
+        emf_consumer_t* c = nullptr;
+        detail::check(emf_consumer_new(handle("emf_consumer_new"), &c), "emf_consumer_new");
+        return Consumer(c);
+    }
+
+    // Attaches a fan-out subscriber that sees every frame committed from now on;
+    // Error(EMF_ERR_BUSY) when all subscriber slots are taken.
+    Consumer subscribe() const {
+        emf_consumer_t* c = nullptr;
+        detail::check(emf_consumer_subscribe(handle("emf_consumer_subscribe"), &c),
+                      "emf_consumer_subscribe");
+        return Consumer(c);
+    }
+
+    // The largest payload of one frame (a quarter of the capacity, less the header).
+    std::size_t max_payload() const {
+        std::size_t n = 0;
+        detail::check(emf_ring_max_payload(handle("emf_ring_max_payload"), &n), "emf_ring_max_payload");
+        return n;
+    }
+
+    // The ring's counters.
+    RingStats stats() const {
+        RingStats s{};
+        detail::check(emf_ring_stats(handle("emf_ring_stats"), &s), "emf_ring_stats");
+        return s;
+    }
+
+    // Removes the segment file; everybody who mapped it keeps working.
+    void unlink() const { detail::check(emf_ring_unlink(handle("emf_ring_unlink")), "emf_ring_unlink"); }
+
+    // The C handle (NULL after a move), for calls this wrapper does not cover.
+    emf_ring_t* get() const noexcept { return r_; }
+    explicit operator bool() const noexcept { return r_ != nullptr; }
+
+private:
+    emf_ring_t* handle(const char* function) const {
+        if (r_ == nullptr) throw detail::moved_from(function);
+        return r_;
+    }
+
+    emf_ring_t* r_ = nullptr;
+};
 
 }  // namespace emf
 

@@ -6,8 +6,10 @@
 # Installs the already-built library (target/release, never rebuilt here) into
 # <repo>/target/emf-prefix with scripts/install.sh --no-build, unless EMF_PREFIX names an
 # existing installation; builds with make; runs the C program (dynamic and static) and the
-# C++ program. With --valgrind each one also runs under memcheck. Exits non-zero on any
-# failure. Works from any directory.
+# C++ program, then the ring programs: ring_pingpong (C, two processes), a short
+# ring_pingpong --bench, and ring_pingpong-cpp (two threads). With --valgrind each one also
+# runs under memcheck (the ring ping-pongs with a small N). Exits non-zero on any failure.
+# Works from any directory. EMF_RING_N sets the ping-pong length (default 20000).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,7 +19,7 @@ use_valgrind=0
 for arg in "$@"; do
   case "$arg" in
     --valgrind) use_valgrind=1 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--valgrind]" >&2; exit 2 ;;
   esac
 done
@@ -74,11 +76,19 @@ valgrind_run() {
 for prog in serializer serializer-static serializer-cpp; do
   run "$prog" "$build/$prog"
 done
+ring_n=${EMF_RING_N:-20000}
+run ring_pingpong "$build/ring_pingpong" -n "$ring_n"
+run ring_pingpong-bench "$build/ring_pingpong" --bench -n 200000
+run ring_pingpong-cpp "$build/ring_pingpong-cpp" -n "$ring_n"
 
 if [ "$use_valgrind" = 1 ]; then
   for prog in serializer serializer-static serializer-cpp; do
     valgrind_run "$prog" "$build/$prog"
   done
+  # Forked children run under memcheck too (same log); their failures fail the parent.
+  valgrind_run ring_pingpong "$build/ring_pingpong" -n 200
+  valgrind_run ring_pingpong-bench "$build/ring_pingpong" --bench -n 5000
+  valgrind_run ring_pingpong-cpp "$build/ring_pingpong-cpp" -n 100
 fi
 
 if [ "$failed" != 0 ]; then

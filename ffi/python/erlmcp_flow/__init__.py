@@ -15,7 +15,16 @@ Importing the package finds and loads the library (``ERLMCP_FLOW_LIB``, then the
 directory, then ``<repo>/target/release`` and ``<repo>/target/debug``) and checks its ABI
 version. Both failures raise :class:`ImportError` subclasses: :class:`LibraryNotFoundError`
 and :class:`AbiMismatchError`. Failing calls raise :class:`Error` (``.code``, ``.name``,
-``.message``).
+``.message``), or its subclasses :class:`Full`, :class:`Timeout` and :class:`Busy`.
+
+Shared-memory rings (:mod:`erlmcp_flow.ring`):
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     with emf.Ring.create("doc", capacity=1 << 16, dir=d) as ring:
+...         with emf.Producer(ring) as p, emf.Consumer(ring) as c:
+...             p.send_batch([b"a", b"b"]), c.recv_batch()
+(2, [b'a', b'b'])
 """
 
 from ._native import (
@@ -28,6 +37,7 @@ from ._native import (
 )
 from ._errors import (
     EMF_ERR_BUFFER_TOO_SMALL,
+    EMF_ERR_BUSY,
     EMF_ERR_CLOSED,
     EMF_ERR_CORRUPT,
     EMF_ERR_EMPTY,
@@ -42,7 +52,10 @@ from ._errors import (
     EMF_ERR_TOO_LARGE,
     EMF_ERR_UNSUPPORTED,
     EMF_OK,
+    Busy,
     Error,
+    Full,
+    Timeout,
     status_name,
 )
 from .codec import (
@@ -78,6 +91,22 @@ from .codec import (
     validate,
     version,
 )
+from .ring import (
+    DEFAULT_BUFFER_SIZE,
+    EMF_FLUSH_DEMAND,
+    EMF_FLUSH_IDLE,
+    EMF_FLUSH_NONE,
+    EMF_FLUSH_SIZE,
+    EMF_FLUSH_TIMEOUT,
+    EMF_WAIT_PARK,
+    EMF_WAIT_SPIN,
+    EMF_WAIT_YIELD,
+    WAIT_STRATEGIES,
+    Consumer,
+    Producer,
+    Ring,
+    RingStats,
+)
 
 __version__ = "0.1.0"
 
@@ -90,6 +119,9 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "LibraryNotFoundError",
     "check_abi_version",
     "Error",
+    "Full",
+    "Timeout",
+    "Busy",
     "status_name",
     "ID_TYPE_NAMES",
     "KIND_NAMES",
@@ -106,4 +138,10 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "validate",
     "version",
     "library_path",
+    "DEFAULT_BUFFER_SIZE",
+    "WAIT_STRATEGIES",
+    "Ring",
+    "RingStats",
+    "Producer",
+    "Consumer",
 ]

@@ -28,6 +28,7 @@ from ctypes import (
     Structure,
     c_bool,
     c_char_p,
+    c_int,
     c_int32,
     c_int64,
     c_size_t,
@@ -170,12 +171,36 @@ class emf_consumer_t(Structure):
     """Opaque ``emf_consumer_t``; only pointers to it are used."""
 
 
+class emf_router_t(Structure):
+    """Opaque ``emf_router_t``; only pointers to it are used."""
+
+
+class emf_batch_t(Structure):
+    """Opaque ``emf_batch_t``; only pointers to it are used."""
+
+
+class emf_state_store_t(Structure):
+    """Opaque ``emf_state_store_t``; only pointers to it are used."""
+
+
+class emf_state_value_t(Structure):
+    """Opaque ``emf_state_value_t``; only pointers to it are used."""
+
+
 emf_ring_p = POINTER(emf_ring_t)
+emf_router_p = POINTER(emf_router_t)
+emf_batch_p = POINTER(emf_batch_t)
+emf_state_store_p = POINTER(emf_state_store_t)
+emf_state_value_p = POINTER(emf_state_value_t)
 emf_producer_p = POINTER(emf_producer_t)
 emf_consumer_p = POINTER(emf_consumer_t)
 
-#: ``emf_frame_fn``: ``void (*)(void *ctx, const uint8_t *data, size_t len)``.
-emf_frame_fn = ctypes.CFUNCTYPE(None, c_void_p, POINTER(c_uint8), c_size_t)
+#: ``emf_frame_fn``: ``int (*)(void *ctx, const uint8_t *data, size_t len)``. Return 0 to go
+#: on, anything else to stop the poll after this frame (which counts as consumed). A Python
+#: callback must return an int and must not raise: for None or an exception ctypes prints the
+#: error and hands the library an undefined value (often non-zero), so catch everything and
+#: return 1 to stop.
+emf_frame_fn = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(c_uint8), c_size_t)
 
 # Byte inputs (`const uint8_t *`) are declared as c_char_p: ctypes then passes a `bytes`
 # object's own buffer (no copy), a c_char array made with `from_buffer` over a bytearray or
@@ -264,6 +289,46 @@ PROTOTYPES = {
         [emf_consumer_p, c_uint32, c_uint32, POINTER(c_bool)],
     ),
     "emf_consumer_lag": (emf_status_t, [emf_consumer_p, POINTER(c_uint64)]),
+    # Router, batch processor and shared state: declared for raw use (no wrappers yet).
+    "emf_router_new": (emf_status_t, [c_char_p, c_size_t, POINTER(emf_router_p)]),
+    "emf_router_free": (emf_status_t, [emf_router_p]),
+    "emf_router_register_agent": (
+        emf_status_t,
+        [emf_router_p, c_char_p, POINTER(emf_consumer_p)],
+    ),
+    "emf_router_unregister_agent": (emf_status_t, [emf_router_p, c_char_p]),
+    "emf_router_send_direct": (emf_status_t, [emf_router_p, c_char_p, _bytes_in, c_size_t]),
+    "emf_router_send_batch": (
+        emf_status_t,
+        [emf_router_p, c_char_p, POINTER(emf_slice_t), c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_batch_new": (
+        emf_status_t,
+        [emf_ring_p, c_size_t, c_uint32, c_size_t, POINTER(emf_batch_p)],
+    ),
+    "emf_batch_free": (emf_status_t, [emf_batch_p]),
+    "emf_batch_discard": (emf_status_t, [emf_batch_p, POINTER(c_size_t)]),
+    "emf_batch_send": (emf_status_t, [emf_batch_p, _bytes_in, c_size_t, POINTER(c_uint32)]),
+    "emf_batch_tick": (emf_status_t, [emf_batch_p, POINTER(c_uint32)]),
+    "emf_batch_flush": (emf_status_t, [emf_batch_p, POINTER(c_size_t)]),
+    "emf_batch_pending": (emf_status_t, [emf_batch_p, POINTER(c_size_t), POINTER(c_int64)]),
+    "emf_state_open": (emf_status_t, [c_char_p, c_char_p, POINTER(emf_state_store_p)]),
+    "emf_state_free": (emf_status_t, [emf_state_store_p]),
+    "emf_state_share": (
+        emf_status_t,
+        [emf_state_store_p, c_char_p, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_state_lookup": (emf_status_t, [emf_state_store_p, c_char_p, POINTER(c_uint64)]),
+    "emf_state_read": (
+        emf_status_t,
+        [emf_state_store_p, c_uint64, POINTER(emf_state_value_p)],
+    ),
+    "emf_state_value_data": (
+        emf_status_t,
+        [emf_state_value_p, POINTER(POINTER(c_uint8)), POINTER(c_size_t)],
+    ),
+    "emf_state_value_free": (emf_status_t, [emf_state_value_p]),
+    "emf_state_release": (emf_status_t, [emf_state_store_p, c_uint64]),
 }
 
 

@@ -20,6 +20,9 @@ from erlmcp_flow._native import (
     emf_encode_options_t,
     emf_envelope_info_t,
     emf_message_p,
+    emf_ring_options_t,
+    emf_ring_stats_t,
+    emf_slice_t,
     lib,
 )
 
@@ -58,6 +61,18 @@ def test_every_header_function_is_declared():
         assert fn.restype is not None, name
 
 
+def test_argument_counts_match_the_header():
+    """Every declaration's parameter count is the one the header gives the function."""
+    text = HEADER.read_text()
+    found = 0
+    for name, params in re.findall(r"^\S[^;()]*?\b(emf_\w+)\(([^)]*)\);", text, flags=re.M):
+        params = params.strip()
+        count = 0 if params in ("", "void") else params.count(",") + 1
+        assert len(_native.PROTOTYPES[name][1]) == count, name
+        found += 1
+    assert found == len(header_functions())
+
+
 def test_constants_match_the_header():
     defines = dict(re.findall(r"#define (EMF_\w+) (-?\d+)\s*$", HEADER.read_text(), flags=re.M))
     assert defines, "no #define found in the header"
@@ -74,6 +89,9 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_buf_t": emf_buf_t,
         "emf_encode_options_t": emf_encode_options_t,
         "emf_envelope_info_t": emf_envelope_info_t,
+        "emf_ring_options_t": emf_ring_options_t,
+        "emf_ring_stats_t": emf_ring_stats_t,
+        "emf_slice_t": emf_slice_t,
     }
     lines = []
     for struct, cls in fields.items():
@@ -93,6 +111,7 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         check=True,
     )
     printed = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    assert len(printed.splitlines()) == len(lines)
     for line in printed.splitlines():
         struct, field, value = line.split()
         cls = fields[struct]
