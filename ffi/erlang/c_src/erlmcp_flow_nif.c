@@ -20,8 +20,13 @@
  *    handle registry: each load opens resource types of its own (see "Resources" below), and a
  *    handle only ever meets the engine that made it. A new handle type needs one
  *    emf_nif_handle_kind and one entry in handle_kinds[].
+ *  - Ring handles (rings, producers, consumers) can also be closed early (close/1); a use
+ *    guard in the resource keeps the engine handle alive until the last call using it returns.
+ *  - Frames are delivered to Erlang processes by threads of this library (see "Delivery"),
+ *    never by a NIF call that waits on a normal scheduler.
  */
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -102,6 +107,32 @@ static ERL_NIF_TERM atom_created_at_us;
 static ERL_NIF_TERM atom_deadline_us;
 static ERL_NIF_TERM atom_error_code;
 
+/* Rings: option and statistics keys, values, and the messages of deliveries. */
+static ERL_NIF_TERM atom_true;
+static ERL_NIF_TERM atom_false;
+static ERL_NIF_TERM atom_infinity;
+static ERL_NIF_TERM atom_capacity;
+static ERL_NIF_TERM atom_multi_producer;
+static ERL_NIF_TERM atom_max_producers;
+static ERL_NIF_TERM atom_max_subscribers;
+static ERL_NIF_TERM atom_stall_timeout_ms;
+static ERL_NIF_TERM atom_mode;
+static ERL_NIF_TERM atom_dir;
+static ERL_NIF_TERM atom_tail;
+static ERL_NIF_TERM atom_sent;
+static ERL_NIF_TERM atom_bytes;
+static ERL_NIF_TERM atom_received;
+static ERL_NIF_TERM atom_backpressure;
+static ERL_NIF_TERM atom_unblocked;
+static ERL_NIF_TERM atom_dead_reaped;
+static ERL_NIF_TERM atom_max_lag;
+static ERL_NIF_TERM atom_corrupt_frames;
+static ERL_NIF_TERM atom_producers;
+static ERL_NIF_TERM atom_subscribers;
+static ERL_NIF_TERM atom_max_payload;
+static ERL_NIF_TERM atom_erlmcp_flow_frames;
+static ERL_NIF_TERM atom_erlmcp_flow_error;
+
 /* Indexed by EMF_KIND_* code, named by emf_kind_name(); kind_count codes are known. */
 static ERL_NIF_TERM kind_atoms[EMF_NIF_MAX_KINDS];
 static size_t kind_count;
@@ -172,6 +203,30 @@ static void make_atoms(ErlNifEnv *env) {
     atom_created_at_us = enif_make_atom(env, "created_at_us");
     atom_deadline_us = enif_make_atom(env, "deadline_us");
     atom_error_code = enif_make_atom(env, "error_code");
+    atom_true = enif_make_atom(env, "true");
+    atom_false = enif_make_atom(env, "false");
+    atom_infinity = enif_make_atom(env, "infinity");
+    atom_capacity = enif_make_atom(env, "capacity");
+    atom_multi_producer = enif_make_atom(env, "multi_producer");
+    atom_max_producers = enif_make_atom(env, "max_producers");
+    atom_max_subscribers = enif_make_atom(env, "max_subscribers");
+    atom_stall_timeout_ms = enif_make_atom(env, "stall_timeout_ms");
+    atom_mode = enif_make_atom(env, "mode");
+    atom_dir = enif_make_atom(env, "dir");
+    atom_tail = enif_make_atom(env, "tail");
+    atom_sent = enif_make_atom(env, "sent");
+    atom_bytes = enif_make_atom(env, "bytes");
+    atom_received = enif_make_atom(env, "received");
+    atom_backpressure = enif_make_atom(env, "backpressure");
+    atom_unblocked = enif_make_atom(env, "unblocked");
+    atom_dead_reaped = enif_make_atom(env, "dead_reaped");
+    atom_max_lag = enif_make_atom(env, "max_lag");
+    atom_corrupt_frames = enif_make_atom(env, "corrupt_frames");
+    atom_producers = enif_make_atom(env, "producers");
+    atom_subscribers = enif_make_atom(env, "subscribers");
+    atom_max_payload = enif_make_atom(env, "max_payload");
+    atom_erlmcp_flow_frames = enif_make_atom(env, "erlmcp_flow_frames");
+    atom_erlmcp_flow_error = enif_make_atom(env, "erlmcp_flow_error");
     kind_count = make_code_atoms(env, emf_kind_name, kind_atoms, EMF_NIF_MAX_KINDS);
     priority_count = make_code_atoms(env, emf_priority_name, priority_atoms,
                                      EMF_NIF_MAX_PRIORITIES);
@@ -207,11 +262,20 @@ static ERL_NIF_TERM argument_error(ErlNifEnv *env, const char *msg) {
     return make_error(env, atom_invalid_argument, msg, strlen(msg));
 }
 
+/* The atom of a status code. */
+static ERL_NIF_TERM status_atom(emf_status_t status) {
+    return (status > 0 && status < EMF_NIF_MAX_STATUSES) ? status_atoms[status] : atom_unknown;
+}
+
+/* {error, {StatusAtom, <<Message>>}} with a message of this shim (not the engine's). */
+static ERL_NIF_TERM shim_error(ErlNifEnv *env, emf_status_t status, const char *msg) {
+    return make_error(env, status_atom(status), msg, strlen(msg));
+}
+
 /* The result of a failed emf_* call. Must be called on the thread that made the call, before
  * any other emf_* call. */
 static ERL_NIF_TERM status_error(ErlNifEnv *env, emf_status_t status) {
-    ERL_NIF_TERM reason = (status > 0 && status < EMF_NIF_MAX_STATUSES) ? status_atoms[status]
-                                                                         : atom_unknown;
+    ERL_NIF_TERM reason = status_atom(status);
     char stack_buf[EMF_NIF_ERROR_STACK_BUF];
     size_t len = 0;
     emf_status_t st = emf_last_error_message(stack_buf, sizeof stack_buf, &len);
@@ -352,43 +416,125 @@ static ERL_NIF_TERM run_by_cost(ErlNifEnv *env, const char *name, nif_impl impl,
 /* One kind of engine handle. A new handle type adds a release function, a destructor of one
  * line, a kind, and an entry in handle_kinds[]. */
 typedef struct emf_nif_handle_kind {
-    const char *name;         /* resource type name prefix, unique in this library */
-    ErlNifResourceDtor *dtor; /* frees the engine handle of one resource object */
-    size_t index;             /* index of its resource type in emf_nif_priv.types */
+    const char *name;                   /* resource type name prefix, unique in this library */
+    ErlNifResourceDtor *dtor;           /* frees the engine handle of one resource object */
+    ErlNifResourceDown *down;           /* NULL, or called when a monitored process dies */
+    emf_status_t (*release)(void *ptr); /* frees an engine handle; NULL: nothing to free */
+    const char *release_what;           /* the release call, for reports */
+    const char *expected;               /* the error for a term that is no handle of this kind */
+    const char *not_this_version;       /* the error for a reference of another load */
+    const char *closed;                 /* the error for a closed handle */
+    size_t index;                       /* index of its resource type in emf_nif_priv.types */
 } emf_nif_handle_kind;
 
 #define EMF_NIF_KIND_MESSAGE 0
-#define EMF_NIF_KIND_COUNT 1
+#define EMF_NIF_KIND_RING 1
+#define EMF_NIF_KIND_PRODUCER 2
+#define EMF_NIF_KIND_CONSUMER 3
+#define EMF_NIF_KIND_DELIVERY 4
+#define EMF_NIF_KIND_COUNT 5
+
+struct emf_nif_delivery;
 
 /* The state of one load of this library (its priv_data). */
 typedef struct emf_nif_priv {
     ErlNifResourceType *types[EMF_NIF_KIND_COUNT]; /* opened by this load, never taken over */
+    /* Deliveries of this load (see "Delivery"); everything below is guarded by `lock'. */
+    ErlNifMutex *lock;
+    ErlNifCond *changed;                  /* broadcast when a delivery changes state */
+    struct emf_nif_delivery *deliveries;  /* every delivery not reaped yet */
+    size_t delivery_count;
+    ErlNifTid reaper;                     /* joins finished delivery threads */
+    bool reaper_started;
+    bool reaper_exit;                     /* set by unload(): exit once every delivery is gone */
 } emf_nif_priv;
 
-/* The resource object: an engine handle plus a cost hint for dirty scheduling. */
+/* The resource object: an engine handle plus a cost hint for dirty scheduling, and the use
+ * guard of handles that can be closed early. */
 typedef struct emf_nif_handle {
-    void *ptr;   /* the engine handle; never NULL once wrapped */
-    size_t cost; /* bytes behind the handle, to decide dirty scheduling of its operations */
+    void *ptr;         /* the engine handle; NULL once released */
+    size_t cost;       /* bytes behind the handle, to decide dirty scheduling of its operations */
+    size_t aux;        /* kind-specific: the ring's largest payload for rings */
+    atomic_size_t use; /* EMF_NIF_USE_USER per call using `ptr', plus EMF_NIF_USE_CLOSED */
 } emf_nif_handle;
+
+/*
+ * The use guard of closable handles (rings, producers, consumers). Every call that uses the
+ * engine handle enters the guard (handle_use) and leaves it when done (handle_leave); close/1
+ * sets the CLOSED bit. The engine handle is released exactly once, by whichever comes last:
+ * handle_close when no call is inside, else the handle_leave of the last call inside. Calls
+ * that come after the close are refused with {error, {closed, _}}. Nothing here blocks.
+ */
+#define EMF_NIF_USE_CLOSED ((size_t)1)
+#define EMF_NIF_USE_USER ((size_t)2)
+
+/* Releases the engine handle of `h' (no call is using it). A failure would be a bug (see
+ * handle_destroy); it cannot be returned to Erlang, so it is reported on stderr. */
+static void handle_release(emf_nif_handle *h, const emf_nif_handle_kind *kind) {
+    if (h->ptr != NULL && kind->release != NULL) {
+        emf_status_t st = kind->release(h->ptr);
+        if (st != EMF_OK) {
+            report_impossible(kind->release_what, st);
+        }
+    }
+    h->ptr = NULL;
+}
+
+static bool handle_enter(emf_nif_handle *h) {
+    size_t s = atomic_load_explicit(&h->use, memory_order_acquire);
+    do {
+        if (s & EMF_NIF_USE_CLOSED) {
+            return false;
+        }
+    } while (!atomic_compare_exchange_weak_explicit(&h->use, &s, s + EMF_NIF_USE_USER,
+                                                    memory_order_acquire, memory_order_acquire));
+    return true;
+}
+
+static void handle_leave(emf_nif_handle *h, const emf_nif_handle_kind *kind) {
+    size_t old = atomic_fetch_sub_explicit(&h->use, EMF_NIF_USE_USER, memory_order_acq_rel);
+    if (old == (EMF_NIF_USE_USER | EMF_NIF_USE_CLOSED)) {
+        handle_release(h, kind); /* the last call inside a closed handle */
+    }
+}
+
+/* Closes `h'; false when it was closed already. */
+static bool handle_close(emf_nif_handle *h, const emf_nif_handle_kind *kind) {
+    size_t old = atomic_fetch_or_explicit(&h->use, EMF_NIF_USE_CLOSED, memory_order_acq_rel);
+    if (old & EMF_NIF_USE_CLOSED) {
+        return false;
+    }
+    if (old == 0) {
+        handle_release(h, kind);
+    }
+    return true;
+}
+
+/* Takes the engine handle out of `h', which is closed from now on: only when no call is
+ * inside (else NULL with *busy set) and it is not closed (else NULL, *busy clear). */
+static void *handle_take(emf_nif_handle *h, bool *busy) {
+    size_t expected = 0;
+    if (!atomic_compare_exchange_strong_explicit(&h->use, &expected, EMF_NIF_USE_CLOSED,
+                                                 memory_order_acq_rel, memory_order_acquire)) {
+        *busy = (expected & EMF_NIF_USE_CLOSED) == 0;
+        return NULL;
+    }
+    void *ptr = h->ptr;
+    h->ptr = NULL;
+    return ptr;
+}
 
 /* The body of every destructor. It runs once, when no term refers to the resource any more,
  * so no NIF can be using the engine handle at the same time. Releasing cannot fail:
- *  - only handle_wrap creates objects of these types, storing a handle that this copy of the
- *    engine has just returned, and nothing else writes `ptr';
+ *  - only handle_new creates objects of these types, storing a handle that this copy of the
+ *    engine has just returned, and nothing else writes `ptr' but the release above;
  *  - the types are opened by this library alone and never taken over (see above), so this
  *    destructor only sees objects created by this copy of the library, and the handle is in
  *    this engine's registry;
  *  - ERTS runs the destructor exactly once per object.
  * A failure would be a bug; it cannot be returned to Erlang, so it is reported on stderr. */
-static void handle_destroy(void *obj, emf_status_t (*release)(void *ptr), const char *what) {
-    emf_nif_handle *h = obj;
-    if (h->ptr != NULL) {
-        emf_status_t st = release(h->ptr);
-        if (st != EMF_OK) {
-            report_impossible(what, st);
-        }
-        h->ptr = NULL;
-    }
+static void handle_destroy(void *obj, const emf_nif_handle_kind *kind) {
+    handle_release(obj, kind);
 }
 
 /* emf_message_t */
@@ -396,16 +542,124 @@ static emf_status_t release_message(void *ptr) {
     return emf_message_free(ptr);
 }
 
-static void message_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, release_message, "emf_message_free in the resource destructor");
+/* emf_ring_t, emf_producer_t, emf_consumer_t */
+static emf_status_t release_ring(void *ptr) {
+    return emf_ring_free(ptr);
 }
 
-static const emf_nif_handle_kind message_kind = {"erlmcp_flow_message", message_dtor,
-                                                 EMF_NIF_KIND_MESSAGE};
+static emf_status_t release_producer(void *ptr) {
+    return emf_producer_free(ptr);
+}
+
+static emf_status_t release_consumer(void *ptr) {
+    return emf_consumer_free(ptr);
+}
+
+static void message_dtor(ErlNifEnv *env, void *obj);
+static void ring_dtor(ErlNifEnv *env, void *obj);
+static void producer_dtor(ErlNifEnv *env, void *obj);
+static void consumer_dtor(ErlNifEnv *env, void *obj);
+static void delivery_dtor(ErlNifEnv *env, void *obj);
+static void delivery_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon);
+
+static const emf_nif_handle_kind message_kind = {
+    .name = "erlmcp_flow_message",
+    .dtor = message_dtor,
+    .release = release_message,
+    .release_what = "emf_message_free in the resource destructor",
+    .expected = "message: expected a handle from message_open/1",
+    .not_this_version = "message: not a handle of this library version: expected a handle "
+                        "from message_open/1 of the NIF library loaded now (handles made "
+                        "before a code upgrade of erlmcp_flow_nif are refused; open the "
+                        "archive again)",
+    .closed = "message: closed",
+    .index = EMF_NIF_KIND_MESSAGE,
+};
+
+static const emf_nif_handle_kind ring_kind = {
+    .name = "erlmcp_flow_ring",
+    .dtor = ring_dtor,
+    .release = release_ring,
+    .release_what = "emf_ring_free",
+    .expected = "ring: expected a handle from erlmcp_flow_ring:create/2 or open/1,2",
+    .not_this_version = "ring: not a handle of this library version: expected a ring handle "
+                        "of the NIF library loaded now (handles made before a code upgrade of "
+                        "erlmcp_flow_nif are refused; open the ring again)",
+    .closed = "ring: closed by close/1",
+    .index = EMF_NIF_KIND_RING,
+};
+
+static const emf_nif_handle_kind producer_kind = {
+    .name = "erlmcp_flow_producer",
+    .dtor = producer_dtor,
+    .release = release_producer,
+    .release_what = "emf_producer_free",
+    .expected = "producer: expected a handle from erlmcp_flow_ring:producer/1",
+    .not_this_version = "producer: not a handle of this library version: expected a producer "
+                        "of the NIF library loaded now (handles made before a code upgrade of "
+                        "erlmcp_flow_nif are refused; attach a new producer)",
+    .closed = "producer: closed by close/1",
+    .index = EMF_NIF_KIND_PRODUCER,
+};
+
+static const emf_nif_handle_kind consumer_kind = {
+    .name = "erlmcp_flow_consumer",
+    .dtor = consumer_dtor,
+    .release = release_consumer,
+    .release_what = "emf_consumer_free",
+    .expected = "consumer: expected a handle from erlmcp_flow_ring:consumer/1 or subscribe/1",
+    .not_this_version = "consumer: not a handle of this library version: expected a consumer "
+                        "of the NIF library loaded now (handles made before a code upgrade of "
+                        "erlmcp_flow_nif are refused; attach a new consumer)",
+    .closed = "consumer: closed (by close/1, or handed over to deliver/2,3)",
+    .index = EMF_NIF_KIND_CONSUMER,
+};
+
+/* The owner monitor of a delivery (see "Delivery"): `ptr' is the emf_nif_delivery, which
+ * this object does not own; it never appears in a term. */
+static const emf_nif_handle_kind delivery_kind = {
+    .name = "erlmcp_flow_delivery",
+    .dtor = delivery_dtor,
+    .down = delivery_down,
+    .release = NULL,
+    .release_what = "",
+    .expected = "",
+    .not_this_version = "",
+    .closed = "",
+    .index = EMF_NIF_KIND_DELIVERY,
+};
+
+static void message_dtor(ErlNifEnv *env, void *obj) {
+    (void)env;
+    handle_destroy(obj, &message_kind);
+}
+
+static void ring_dtor(ErlNifEnv *env, void *obj) {
+    (void)env;
+    handle_destroy(obj, &ring_kind);
+}
+
+static void producer_dtor(ErlNifEnv *env, void *obj) {
+    (void)env;
+    handle_destroy(obj, &producer_kind);
+}
+
+static void consumer_dtor(ErlNifEnv *env, void *obj) {
+    (void)env;
+    handle_destroy(obj, &consumer_kind);
+}
+
+/* Nothing to free (the delivery belongs to the reaper), but the type needs a destructor: ERTS
+ * keeps a library loaded while objects of its types with a destructor exist, and delivery
+ * threads run this library's code while their monitor objects live. */
+static void delivery_dtor(ErlNifEnv *env, void *obj) {
+    (void)env;
+    (void)obj;
+}
 
 /* Every handle kind of this library. */
-static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {&message_kind};
+static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {
+    &message_kind, &ring_kind, &producer_kind, &consumer_kind, &delivery_kind};
 
 /* Opens this load's resource types under names no other load uses: the prefix and an
  * integer unique in the running VM. */
@@ -421,9 +675,13 @@ static bool open_resource_types(ErlNifEnv *env, emf_nif_priv *priv) {
         if (n < 0 || (size_t)n >= sizeof name) {
             return false;
         }
+        ErlNifResourceTypeInit init;
+        memset(&init, 0, sizeof init);
+        init.dtor = kind->dtor;
+        init.down = kind->down;
         ErlNifResourceFlags tried;
         priv->types[kind->index] =
-            enif_open_resource_type(env, NULL, name, kind->dtor, ERL_NIF_RT_CREATE, &tried);
+            enif_open_resource_type_x(env, name, &init, ERL_NIF_RT_CREATE, &tried);
         if (priv->types[kind->index] == NULL) {
             return false;
         }
@@ -436,15 +694,32 @@ static ErlNifResourceType *handle_type(ErlNifEnv *env, const emf_nif_handle_kind
     return priv->types[kind->index];
 }
 
-/* Wraps an engine handle into a new resource term; the resource now owns the handle. */
-static ERL_NIF_TERM handle_wrap(ErlNifEnv *env, const emf_nif_handle_kind *kind, void *ptr,
-                                size_t cost) {
+/* A new resource object of `kind' holding `ptr'; one reference, the caller's. */
+static emf_nif_handle *handle_alloc(ErlNifEnv *env, const emf_nif_handle_kind *kind, void *ptr,
+                                    size_t cost, size_t aux) {
     emf_nif_handle *h = enif_alloc_resource(handle_type(env, kind), sizeof *h);
+    if (h == NULL) {
+        return NULL;
+    }
     h->ptr = ptr;
     h->cost = cost;
+    h->aux = aux;
+    atomic_init(&h->use, 0);
+    return h;
+}
+
+/* Wraps an engine handle into a new resource term; the resource now owns the handle. */
+static ERL_NIF_TERM handle_new(ErlNifEnv *env, const emf_nif_handle_kind *kind, void *ptr,
+                               size_t cost, size_t aux) {
+    emf_nif_handle *h = handle_alloc(env, kind, ptr, cost, aux);
     ERL_NIF_TERM term = enif_make_resource(env, h);
     enif_release_resource(h); /* the term holds the only reference now */
     return term;
+}
+
+static ERL_NIF_TERM handle_wrap(ErlNifEnv *env, const emf_nif_handle_kind *kind, void *ptr,
+                                size_t cost) {
+    return handle_new(env, kind, ptr, cost, 0);
 }
 
 /* Reads a resource term of the given kind made by this load of the library; false when the
@@ -468,6 +743,25 @@ static bool handle_get(ErlNifEnv *env, ERL_NIF_TERM term, const emf_nif_handle_k
 static ERL_NIF_TERM not_a_handle(ErlNifEnv *env, ERL_NIF_TERM term, const char *expected,
                                  const char *not_this_version) {
     return argument_error(env, enif_is_ref(env, term) ? not_this_version : expected);
+}
+
+/* Reads a closable handle argument and enters its use guard: on success the caller must call
+ * handle_leave(*out, kind) once done with (*out)->ptr. Else false with `*error' set:
+ * {invalid_argument, _} for a term that is no handle of this kind and load, {closed, _} for a
+ * closed handle. */
+static bool handle_use(ErlNifEnv *env, ERL_NIF_TERM term, const emf_nif_handle_kind *kind,
+                       emf_nif_handle **out, ERL_NIF_TERM *error) {
+    void *obj;
+    if (!enif_get_resource(env, term, handle_type(env, kind), &obj)) {
+        *error = not_a_handle(env, term, kind->expected, kind->not_this_version);
+        return false;
+    }
+    if (!handle_enter(obj)) {
+        *error = shim_error(env, EMF_ERR_CLOSED, kind->closed);
+        return false;
+    }
+    *out = obj;
+    return true;
 }
 
 /* The cost hint of a handle argument, 0 when it is not one. */
@@ -596,11 +890,7 @@ static bool get_message(ErlNifEnv *env, ERL_NIF_TERM term, emf_nif_handle **h,
     if (handle_get(env, term, &message_kind, h)) {
         return true;
     }
-    *error = not_a_handle(env, term, "message: expected a handle from message_open/1",
-                          "message: not a handle of this library version: expected a handle "
-                          "from message_open/1 of the NIF library loaded now (handles made "
-                          "before a code upgrade of erlmcp_flow_nif are refused; open the "
-                          "archive again)");
+    *error = not_a_handle(env, term, message_kind.expected, message_kind.not_this_version);
     return false;
 }
 
@@ -821,6 +1111,1291 @@ static ERL_NIF_TERM nif_decompress(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Rings                                                                                      */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * Shared-memory rings (emf_ring_*, emf_producer_*, emf_consumer_*). Scheduling:
+ *
+ *  - Calls that touch the file system or /proc (create, open, unlink, stats, attaching a
+ *    producer or consumer, close) run on a dirty I/O scheduler.
+ *  - send, send_batch, recv and recv_batch run on the calling scheduler when they cannot
+ *    wait and their work is small (up to EMF_NIF_RING_DIRTY_BYTES bytes and
+ *    EMF_NIF_RING_DIRTY_FRAMES frames; copying into or out of a ring runs at several GB/s, so
+ *    that is well under 1 ms); otherwise on a dirty CPU scheduler.
+ *  - A call that has to wait (send/3 on a full ring, recv with a timeout on an empty one)
+ *    first tries once on the calling scheduler and only then moves to a dirty I/O scheduler,
+ *    where it waits in slices of EMF_NIF_WAIT_SLICE_MS, stopping early when the calling
+ *    process is killed or the handle is closed.
+ *
+ * Producers and consumers are one-thread-at-a-time objects in the engine: two processes
+ * calling into the same handle at the same moment get {error, {busy, _}} from the engine,
+ * never a race.
+ */
+
+#define EMF_NIF_RING_DIRTY_BYTES ((size_t)1024 * 1024)
+#define EMF_NIF_RING_DIRTY_FRAMES ((size_t)4096)
+#define EMF_NIF_WAIT_SLICE_MS 50u
+/* Receive buffer of recv/2 on the stack; larger frames get a buffer of their own size. */
+#define EMF_NIF_RECV_STACK_BUF 2048
+/* Buffer of recv_batch/3 (frames that do not fit are received one at a time). */
+#define EMF_NIF_RECV_BATCH_BYTES ((size_t)64 * 1024)
+/* Frames of send_batch/2 whose slices live on the stack; more are allocated. */
+#define EMF_NIF_BATCH_STACK_SLICES 64
+#define EMF_NIF_TIMEOUT_INFINITY UINT64_MAX
+/* A status of this shim, never returned by the engine: out of memory. */
+#define EMF_NIF_ERR_NO_MEMORY ((emf_status_t)-1)
+
+/* The error of a failed call of this section: status_error, or out of memory. */
+static ERL_NIF_TERM ring_error(ErlNifEnv *env, emf_status_t st) {
+    return st == EMF_NIF_ERR_NO_MEMORY ? shim_error(env, EMF_ERR_TOO_LARGE, "out of memory")
+                                       : status_error(env, st);
+}
+
+/* {Status, Message} of ring_error. */
+static ERL_NIF_TERM ring_error_reason(ErlNifEnv *env, emf_status_t st) {
+    int arity;
+    const ERL_NIF_TERM *elems;
+    (void)enif_get_tuple(env, ring_error(env, st), &arity, &elems); /* {error, Reason} */
+    return elems[1];
+}
+
+/* Copies a binary or iodata argument into a new NUL-terminated string (free it with
+ * enif_free); NULL when it is not bytes, holds a NUL byte, or memory ran out. */
+static char *get_cstring(ErlNifEnv *env, ERL_NIF_TERM term) {
+    ErlNifBinary bin;
+    if (!get_bytes(env, term, &bin) || memchr(bin.data, 0, bin.size) != NULL) {
+        return NULL;
+    }
+    char *s = enif_alloc(bin.size + 1);
+    if (s != NULL) {
+        memcpy(s, bin.data, bin.size);
+        s[bin.size] = '\0';
+    }
+    return s;
+}
+
+static bool get_u32(ErlNifEnv *env, ERL_NIF_TERM term, uint32_t *out) {
+    unsigned int v;
+    if (!enif_get_uint(env, term, &v) || v > UINT32_MAX) {
+        return false;
+    }
+    *out = (uint32_t)v;
+    return true;
+}
+
+static bool get_bool(ERL_NIF_TERM term, bool *out) {
+    if (enif_is_identical(term, atom_true)) {
+        *out = true;
+        return true;
+    }
+    if (enif_is_identical(term, atom_false)) {
+        *out = false;
+        return true;
+    }
+    return false;
+}
+
+/* A timeout in milliseconds: a non-negative integer or `infinity' (EMF_NIF_TIMEOUT_INFINITY). */
+static bool get_timeout(ErlNifEnv *env, ERL_NIF_TERM term, uint64_t *out) {
+    ErlNifUInt64 v;
+    if (enif_is_identical(term, atom_infinity)) {
+        *out = EMF_NIF_TIMEOUT_INFINITY;
+        return true;
+    }
+    if (!enif_get_uint64(env, term, &v)) {
+        return false;
+    }
+    *out = v == EMF_NIF_TIMEOUT_INFINITY ? v - 1 : v;
+    return true;
+}
+
+static ERL_NIF_TERM schedule_dirty_io(ErlNifEnv *env, const char *name, nif_impl impl, int argc,
+                                      const ERL_NIF_TERM argv[]) {
+    if (enif_thread_type() == ERL_NIF_THR_DIRTY_IO_SCHEDULER) {
+        return impl(env, argc, argv);
+    }
+    return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_IO_BOUND, impl, argc, argv);
+}
+
+static ERL_NIF_TERM schedule_dirty_cpu(ErlNifEnv *env, const char *name, nif_impl impl,
+                                       int argc, const ERL_NIF_TERM argv[]) {
+    return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, impl, argc, argv);
+}
+
+static bool on_normal_scheduler(void) {
+    return enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
+}
+
+static bool is_closed(emf_nif_handle *h) {
+    return (atomic_load_explicit(&h->use, memory_order_acquire) & EMF_NIF_USE_CLOSED) != 0;
+}
+
+/* Milliseconds left until `deadline' (a monotonic time in ms), at most one wait slice. */
+static uint32_t wait_slice(ErlNifTime deadline, bool infinite) {
+    if (infinite) {
+        return EMF_NIF_WAIT_SLICE_MS;
+    }
+    ErlNifTime left = deadline - enif_monotonic_time(ERL_NIF_MSEC);
+    if (left <= 0) {
+        return 0;
+    }
+    return left < (ErlNifTime)EMF_NIF_WAIT_SLICE_MS ? (uint32_t)left : EMF_NIF_WAIT_SLICE_MS;
+}
+
+static ErlNifTime deadline_of(uint64_t timeout_ms) {
+    ErlNifTime now = enif_monotonic_time(ERL_NIF_MSEC);
+    return timeout_ms > (uint64_t)(INT64_MAX / 2) ? INT64_MAX / 2 : now + (ErlNifTime)timeout_ms;
+}
+
+/* ring_create(Name, Options) -> {ok, Ring}; Options is a map of the emf_ring_options_t fields
+ * to change (capacity, multi_producer, max_producers, max_subscribers, stall_timeout_ms, mode,
+ * dir); the others keep the engine's defaults (emf_ring_options_default). */
+static ERL_NIF_TERM ring_create_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_ring_options_t o;
+    emf_status_t st = emf_ring_options_default(&o);
+    if (st != EMF_OK) {
+        return status_error(env, st);
+    }
+    ERL_NIF_TERM map = argv[1], v;
+    if (!enif_is_map(env, map)) {
+        return argument_error(env, "options: expected a map");
+    }
+    if (enif_get_map_value(env, map, atom_capacity, &v) && !get_size(env, v, &o.capacity)) {
+        return argument_error(env, "capacity: expected a non-negative integer");
+    }
+    if (enif_get_map_value(env, map, atom_multi_producer, &v) && !get_bool(v, &o.multi_producer)) {
+        return argument_error(env, "multi_producer: expected true or false");
+    }
+    if (enif_get_map_value(env, map, atom_max_producers, &v) && !get_u32(env, v, &o.max_producers)) {
+        return argument_error(env, "max_producers: expected a 32-bit non-negative integer");
+    }
+    if (enif_get_map_value(env, map, atom_max_subscribers, &v)
+        && !get_u32(env, v, &o.max_subscribers)) {
+        return argument_error(env, "max_subscribers: expected a 32-bit non-negative integer");
+    }
+    if (enif_get_map_value(env, map, atom_stall_timeout_ms, &v)
+        && !get_u32(env, v, &o.stall_timeout_ms)) {
+        return argument_error(env, "stall_timeout_ms: expected a 32-bit non-negative integer");
+    }
+    if (enif_get_map_value(env, map, atom_mode, &v) && !get_u32(env, v, &o.mode)) {
+        return argument_error(env, "mode: expected a file mode such as 8#600");
+    }
+    char *dir = NULL;
+    if (enif_get_map_value(env, map, atom_dir, &v) && !enif_is_identical(v, atom_undefined)) {
+        dir = get_cstring(env, v);
+        if (dir == NULL) {
+            return argument_error(env, "dir: expected a path (binary or string) without NUL");
+        }
+        o.dir = dir;
+    }
+    char *name = get_cstring(env, argv[0]);
+    if (name == NULL) {
+        enif_free(dir);
+        return argument_error(env, "name: expected a binary or string without NUL");
+    }
+    emf_ring_t *ring = NULL;
+    st = emf_ring_create(name, &o, &ring);
+    ERL_NIF_TERM result;
+    if (st != EMF_OK) {
+        result = status_error(env, st);
+    } else {
+        size_t max_payload = 0;
+        (void)emf_ring_max_payload(ring, &max_payload);
+        result = make_ok(env, handle_new(env, &ring_kind, ring, 0, max_payload));
+    }
+    enif_free(name);
+    enif_free(dir);
+    return result;
+}
+
+static ERL_NIF_TERM nif_ring_create(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "ring_create", ring_create_impl, argc, argv);
+}
+
+/* ring_open(Name, Dir | undefined) -> {ok, Ring} */
+static ERL_NIF_TERM ring_open_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    char *dir = NULL;
+    if (!enif_is_identical(argv[1], atom_undefined)) {
+        dir = get_cstring(env, argv[1]);
+        if (dir == NULL) {
+            return argument_error(env, "dir: expected a path (binary or string) without NUL");
+        }
+    }
+    char *name = get_cstring(env, argv[0]);
+    if (name == NULL) {
+        enif_free(dir);
+        return argument_error(env, "name: expected a binary or string without NUL");
+    }
+    emf_ring_t *ring = NULL;
+    emf_status_t st = emf_ring_open(name, dir, &ring);
+    ERL_NIF_TERM result;
+    if (st != EMF_OK) {
+        result = status_error(env, st);
+    } else {
+        size_t max_payload = 0;
+        (void)emf_ring_max_payload(ring, &max_payload);
+        result = make_ok(env, handle_new(env, &ring_kind, ring, 0, max_payload));
+    }
+    enif_free(name);
+    enif_free(dir);
+    return result;
+}
+
+static ERL_NIF_TERM nif_ring_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "ring_open", ring_open_impl, argc, argv);
+}
+
+/* ring_stats(Ring) -> {ok, #{...}}: emf_ring_stats_t plus max_payload. */
+static ERL_NIF_TERM ring_stats_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
+        return error;
+    }
+    emf_ring_stats_t s;
+    emf_status_t st = emf_ring_stats(h->ptr, &s);
+    ERL_NIF_TERM result;
+    if (st != EMF_OK) {
+        result = status_error(env, st);
+    } else {
+        ERL_NIF_TERM keys[] = {atom_capacity, atom_tail, atom_sent, atom_bytes, atom_received,
+                               atom_backpressure, atom_unblocked, atom_dead_reaped,
+                               atom_max_lag, atom_corrupt_frames, atom_producers,
+                               atom_subscribers, atom_max_payload};
+        ERL_NIF_TERM values[] = {
+            enif_make_uint64(env, s.capacity), enif_make_uint64(env, s.tail),
+            enif_make_uint64(env, s.sent), enif_make_uint64(env, s.bytes),
+            enif_make_uint64(env, s.received), enif_make_uint64(env, s.backpressure),
+            enif_make_uint64(env, s.unblocked), enif_make_uint64(env, s.dead_reaped),
+            enif_make_uint64(env, s.max_lag), enif_make_uint64(env, s.corrupt_frames),
+            enif_make_uint(env, s.producers), enif_make_uint(env, s.subscribers),
+            enif_make_uint64(env, (ErlNifUInt64)h->aux),
+        };
+        ERL_NIF_TERM map;
+        /* Cannot fail: the keys are distinct. */
+        (void)enif_make_map_from_arrays(env, keys, values, sizeof keys / sizeof keys[0], &map);
+        result = make_ok(env, map);
+    }
+    handle_leave(h, &ring_kind);
+    return result;
+}
+
+static ERL_NIF_TERM nif_ring_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "ring_stats", ring_stats_impl, argc, argv);
+}
+
+/* ring_max_payload(Ring) -> {ok, Bytes} (read once when the handle was made) */
+static ERL_NIF_TERM nif_ring_max_payload(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
+        return error;
+    }
+    ERL_NIF_TERM result = make_ok(env, enif_make_uint64(env, (ErlNifUInt64)h->aux));
+    handle_leave(h, &ring_kind);
+    return result;
+}
+
+/* ring_unlink(Ring) -> ok */
+static ERL_NIF_TERM ring_unlink_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
+        return error;
+    }
+    emf_status_t st = emf_ring_unlink(h->ptr);
+    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
+    handle_leave(h, &ring_kind);
+    return result;
+}
+
+static ERL_NIF_TERM nif_ring_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "ring_unlink", ring_unlink_impl, argc, argv);
+}
+
+/* ring_close(Handle) -> ok: releases a ring, producer or consumer handle now (idempotent). A
+ * call still using it finishes first; the engine handle is released when it leaves. */
+static ERL_NIF_TERM ring_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    static const emf_nif_handle_kind *const closable[] = {&ring_kind, &producer_kind,
+                                                          &consumer_kind};
+    for (size_t i = 0; i < sizeof closable / sizeof closable[0]; i++) {
+        void *obj;
+        if (enif_get_resource(env, argv[0], handle_type(env, closable[i]), &obj)) {
+            (void)handle_close(obj, closable[i]);
+            return atom_ok;
+        }
+    }
+    return not_a_handle(env, argv[0], "handle: expected a ring, producer or consumer handle",
+                        "handle: not a handle of this library version (handles made before a "
+                        "code upgrade of erlmcp_flow_nif are refused)");
+}
+
+static ERL_NIF_TERM nif_ring_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "ring_close", ring_close_impl, argc, argv);
+}
+
+/* producer_new(Ring) -> {ok, Producer} */
+static ERL_NIF_TERM producer_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
+        return error;
+    }
+    emf_producer_t *p = NULL;
+    emf_status_t st = emf_producer_new(h->ptr, &p);
+    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, handle_new(env, &producer_kind, p, 0, h->aux))
+                                       : status_error(env, st);
+    handle_leave(h, &ring_kind);
+    return result;
+}
+
+static ERL_NIF_TERM nif_producer_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "producer_new", producer_new_impl, argc, argv);
+}
+
+/* producer_send_wait(Producer, Data, TimeoutMs): the waiting part of producer_send/3, on a
+ * dirty I/O scheduler. */
+static ERL_NIF_TERM producer_send_wait_impl(ErlNifEnv *env, int argc,
+                                            const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    ErlNifBinary data;
+    uint64_t timeout;
+    if (!get_timeout(env, argv[2], &timeout)) {
+        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+    }
+    if (!get_bytes(env, argv[1], &data)) {
+        return argument_error(env, "data: expected a binary or iodata");
+    }
+    if (!handle_use(env, argv[0], &producer_kind, &h, &error)) {
+        return error;
+    }
+    bool infinite = timeout == EMF_NIF_TIMEOUT_INFINITY;
+    ErlNifTime deadline = deadline_of(timeout);
+    ERL_NIF_TERM result;
+    for (;;) {
+        emf_status_t st = emf_producer_send(h->ptr, data.data, data.size);
+        if (st == EMF_OK) {
+            result = atom_ok;
+            break;
+        }
+        if (st != EMF_ERR_FULL) {
+            result = status_error(env, st);
+            break;
+        }
+        uint32_t slice = wait_slice(deadline, infinite);
+        if (slice == 0) {
+            result = shim_error(env, EMF_ERR_TIMEOUT, "no space in the ring within the timeout");
+            break;
+        }
+        if (!enif_is_current_process_alive(env)) {
+            result = shim_error(env, EMF_ERR_CLOSED, "the calling process was killed");
+            break;
+        }
+        if (is_closed(h)) {
+            result = shim_error(env, EMF_ERR_CLOSED, producer_kind.closed);
+            break;
+        }
+        st = emf_producer_send_timeout(h->ptr, data.data, data.size, EMF_WAIT_PARK, slice);
+        if (st == EMF_OK) {
+            result = atom_ok;
+            break;
+        }
+        if (st != EMF_ERR_TIMEOUT) {
+            result = status_error(env, st);
+            break;
+        }
+    }
+    handle_leave(h, &producer_kind);
+    return result;
+}
+
+/* producer_send(Producer, Data, TimeoutMs) -> ok | {error, {full | timeout | ..., _}}: sends
+ * one frame; with a timeout above 0, waits for space on a dirty I/O scheduler. */
+static ERL_NIF_TERM producer_send_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    ErlNifBinary data;
+    uint64_t timeout;
+    if (!get_timeout(env, argv[2], &timeout)) {
+        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+    }
+    if (!get_bytes(env, argv[1], &data)) {
+        return argument_error(env, "data: expected a binary or iodata");
+    }
+    if (!handle_use(env, argv[0], &producer_kind, &h, &error)) {
+        return error;
+    }
+    emf_status_t st = emf_producer_send(h->ptr, data.data, data.size);
+    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
+    handle_leave(h, &producer_kind);
+    if (st == EMF_ERR_FULL && timeout > 0) {
+        return schedule_dirty_io(env, "producer_send_wait", producer_send_wait_impl, argc, argv);
+    }
+    return result;
+}
+
+static ERL_NIF_TERM nif_producer_send(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return run_by_cost(env, "producer_send", producer_send_impl, bytes_cost(env, argv[1]),
+                       EMF_NIF_RING_DIRTY_BYTES, argc, argv);
+}
+
+/* producer_send_batch(Producer, [Data]) -> {ok, Sent}: sends the longest prefix of the frames
+ * that fits, with one claim; {ok, 0} when the ring is full (EMF_ERR_FULL). Frames Sent+1..
+ * were not sent and stay the caller's. */
+static ERL_NIF_TERM producer_send_batch_impl(ErlNifEnv *env, int argc,
+                                             const ERL_NIF_TERM argv[]) {
+    bool normal = on_normal_scheduler();
+    /* Count and cost the frames, without flattening anything on a normal scheduler. */
+    size_t n = 0, bytes = 0;
+    bool flatten = false;
+    ERL_NIF_TERM list = argv[1], head;
+    while (enif_get_list_cell(env, list, &head, &list)) {
+        ErlNifBinary b;
+        n++;
+        if (enif_inspect_binary(env, head, &b)) {
+            bytes = sat_add(bytes, b.size);
+        } else if (enif_is_list(env, head)) {
+            flatten = true;
+        } else {
+            return argument_error(env, "frames: expected a list of binaries or iodata");
+        }
+        if (normal && (flatten || n > EMF_NIF_RING_DIRTY_FRAMES
+                       || bytes > EMF_NIF_RING_DIRTY_BYTES)) {
+            return schedule_dirty_cpu(env, "producer_send_batch", producer_send_batch_impl,
+                                      argc, argv);
+        }
+    }
+    if (!enif_is_empty_list(env, list)) {
+        return argument_error(env, "frames: expected a proper list");
+    }
+    emf_slice_t stack_slices[EMF_NIF_BATCH_STACK_SLICES];
+    emf_slice_t *slices = stack_slices;
+    if (n > EMF_NIF_BATCH_STACK_SLICES) {
+        if (n > SIZE_MAX / sizeof *slices
+            || (slices = enif_alloc(n * sizeof *slices)) == NULL) {
+            return shim_error(env, EMF_ERR_TOO_LARGE, "frames: out of memory");
+        }
+    }
+    list = argv[1];
+    for (size_t i = 0; i < n && enif_get_list_cell(env, list, &head, &list); i++) {
+        ErlNifBinary b;
+        if (!get_bytes(env, head, &b)) {
+            if (slices != stack_slices) {
+                enif_free(slices);
+            }
+            return argument_error(env, "frames: expected a list of binaries or iodata");
+        }
+        slices[i].data = b.data;
+        slices[i].len = b.size;
+    }
+    emf_nif_handle *h;
+    ERL_NIF_TERM result;
+    if (handle_use(env, argv[0], &producer_kind, &h, &result)) {
+        size_t sent = 0;
+        emf_status_t st = emf_producer_send_batch(h->ptr, slices, n, &sent);
+        if (st == EMF_OK) {
+            result = make_ok(env, enif_make_uint64(env, (ErlNifUInt64)sent));
+        } else if (st == EMF_ERR_FULL) {
+            result = make_ok(env, enif_make_uint(env, 0));
+        } else {
+            result = status_error(env, st);
+        }
+        handle_leave(h, &producer_kind);
+    }
+    if (slices != stack_slices) {
+        enif_free(slices);
+    }
+    return result;
+}
+
+static ERL_NIF_TERM nif_producer_send_batch(ErlNifEnv *env, int argc,
+                                            const ERL_NIF_TERM argv[]) {
+    return producer_send_batch_impl(env, argc, argv);
+}
+
+/* consumer_new(Ring, Subscribe) -> {ok, Consumer}: the primary consumer (false) or a new
+ * fan-out subscriber (true). */
+static ERL_NIF_TERM consumer_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    bool subscribe;
+    if (!get_bool(argv[1], &subscribe)) {
+        return argument_error(env, "subscribe: expected true or false");
+    }
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
+        return error;
+    }
+    emf_consumer_t *c = NULL;
+    emf_status_t st = subscribe ? emf_consumer_subscribe(h->ptr, &c) : emf_consumer_new(h->ptr, &c);
+    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, handle_new(env, &consumer_kind, c, 0, h->aux))
+                                       : status_error(env, st);
+    handle_leave(h, &ring_kind);
+    return result;
+}
+
+static ERL_NIF_TERM nif_consumer_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "consumer_new", consumer_new_impl, argc, argv);
+}
+
+/* Receives the next frame of `c' into a new binary: EMF_OK with *out set, or a status
+ * (EMF_ERR_EMPTY when none is ready) for status_error on this thread. `big' (may be NULL) is
+ * set and nothing consumed when the frame is longer than `inline_limit' bytes: the caller
+ * may move to a dirty scheduler first. */
+static emf_status_t recv_frame(ErlNifEnv *env, emf_consumer_t *c, size_t inline_limit,
+                               bool *big, ERL_NIF_TERM *out) {
+    uint8_t stack_buf[EMF_NIF_RECV_STACK_BUF];
+    size_t len = 0;
+    emf_status_t st = emf_consumer_recv(c, stack_buf, sizeof stack_buf, &len);
+    for (;;) {
+        if (st == EMF_OK) {
+            *out = make_binary_from(env, stack_buf, len);
+            return EMF_OK;
+        }
+        if (st != EMF_ERR_BUFFER_TOO_SMALL) {
+            return st;
+        }
+        if (big != NULL && len > inline_limit) {
+            *big = true;
+            return EMF_ERR_BUFFER_TOO_SMALL;
+        }
+        ErlNifBinary bin;
+        if (!enif_alloc_binary(len, &bin)) {
+            return EMF_NIF_ERR_NO_MEMORY; /* the frame stays in the ring */
+        }
+        size_t got = 0;
+        st = emf_consumer_recv(c, bin.data, bin.size, &got);
+        if (st == EMF_OK) {
+            if (got != bin.size) {
+                (void)enif_realloc_binary(&bin, got);
+            }
+            *out = enif_make_binary(env, &bin);
+            return EMF_OK;
+        }
+        enif_release_binary(&bin);
+        if (st != EMF_ERR_BUFFER_TOO_SMALL) {
+            return st; /* another process took the frame meanwhile, or an error */
+        }
+        /* Another process took the frame and the next one is larger still: again. */
+        len = got;
+        st = emf_consumer_recv(c, stack_buf, sizeof stack_buf, &len);
+    }
+}
+
+/* True when emf_consumer_recv_batch refused because the next frame does not fit in the
+ * buffer (nothing consumed): EMF_ERR_BUFFER_TOO_SMALL, or EMF_ERR_TOO_LARGE from engines
+ * built before that answer was documented. The frame is then received alone (recv_frame). */
+static bool next_frame_too_big(emf_status_t st) {
+    return st == EMF_ERR_BUFFER_TOO_SMALL || st == EMF_ERR_TOO_LARGE;
+}
+
+/* Turns `frames' packed frames of `buf' (u32-LE length + bytes each, emf_consumer_recv_batch)
+ * into a list of new binaries; `terms' has room for `frames' terms. */
+static ERL_NIF_TERM packed_frames_list(ErlNifEnv *env, const uint8_t *buf, size_t frames,
+                                       ERL_NIF_TERM *terms) {
+    size_t off = 0;
+    for (size_t i = 0; i < frames; i++) {
+        uint32_t len = (uint32_t)buf[off] | (uint32_t)buf[off + 1] << 8
+                       | (uint32_t)buf[off + 2] << 16 | (uint32_t)buf[off + 3] << 24;
+        terms[i] = make_binary_from(env, buf + off + 4, len);
+        off += 4 + (size_t)len;
+    }
+    return enif_make_list_from_array(env, terms, (unsigned)frames);
+}
+
+/* consumer_recv_wait(Consumer, TimeoutMs): the waiting part of consumer_recv/2 and
+ * consumer_recv_batch/3, on a dirty I/O scheduler. Returns true when a frame is ready, else
+ * false with *error set (timeout, closed, caller killed, or an engine error). */
+static bool consumer_wait_ready(ErlNifEnv *env, emf_nif_handle *h, uint64_t timeout,
+                                ERL_NIF_TERM *error) {
+    bool infinite = timeout == EMF_NIF_TIMEOUT_INFINITY;
+    ErlNifTime deadline = deadline_of(timeout);
+    for (;;) {
+        uint32_t slice = wait_slice(deadline, infinite);
+        if (slice == 0) {
+            *error = shim_error(env, EMF_ERR_TIMEOUT, "no frame within the timeout");
+            return false;
+        }
+        if (!enif_is_current_process_alive(env)) {
+            *error = shim_error(env, EMF_ERR_CLOSED, "the calling process was killed");
+            return false;
+        }
+        if (is_closed(h)) {
+            *error = shim_error(env, EMF_ERR_CLOSED, consumer_kind.closed);
+            return false;
+        }
+        bool ready = false;
+        emf_status_t st = emf_consumer_wait(h->ptr, EMF_WAIT_PARK, slice, &ready);
+        if (st != EMF_OK) {
+            *error = status_error(env, st);
+            return false;
+        }
+        if (ready) {
+            return true;
+        }
+    }
+}
+
+/* consumer_recv(Consumer, TimeoutMs) -> {ok, Frame} | {error, {timeout, _}} */
+static ERL_NIF_TERM consumer_recv_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    uint64_t timeout;
+    if (!get_timeout(env, argv[1], &timeout)) {
+        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+    }
+    bool normal = on_normal_scheduler();
+    emf_nif_handle *h;
+    ERL_NIF_TERM result;
+    if (!handle_use(env, argv[0], &consumer_kind, &h, &result)) {
+        return result;
+    }
+    bool big = false, wait = false;
+    for (;;) {
+        ERL_NIF_TERM frame;
+        emf_status_t st = recv_frame(env, h->ptr, EMF_NIF_RING_DIRTY_BYTES, normal ? &big : NULL,
+                                     &frame);
+        if (st == EMF_OK) {
+            result = make_ok(env, frame);
+            break;
+        }
+        if (big) {
+            break;
+        }
+        if (st != EMF_ERR_EMPTY) {
+            result = ring_error(env, st);
+            break;
+        }
+        if (timeout == 0) {
+            result = shim_error(env, EMF_ERR_TIMEOUT, "no frame is ready");
+            break;
+        }
+        if (enif_thread_type() != ERL_NIF_THR_DIRTY_IO_SCHEDULER) {
+            wait = true; /* wait on a dirty I/O scheduler */
+            break;
+        }
+        if (!consumer_wait_ready(env, h, timeout, &result)) {
+            break;
+        }
+        /* Ready: receive it (the wait is not repeated with the whole timeout: a frame that
+         * vanishes, taken by another process, ends in a timeout of at most one more wait). */
+        timeout = timeout == EMF_NIF_TIMEOUT_INFINITY ? timeout : 0;
+    }
+    handle_leave(h, &consumer_kind);
+    if (big) {
+        return schedule_dirty_cpu(env, "consumer_recv", consumer_recv_impl, argc, argv);
+    }
+    if (wait) {
+        return schedule_dirty_io(env, "consumer_recv", consumer_recv_impl, argc, argv);
+    }
+    return result;
+}
+
+static ERL_NIF_TERM nif_consumer_recv(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return consumer_recv_impl(env, argc, argv);
+}
+
+/* consumer_recv_batch(Consumer, MaxFrames, TimeoutMs) -> {ok, [Frame]} (at least one frame)
+ * | {error, {timeout, _}}: the frames ready now, up to MaxFrames and about 64 KiB (a larger
+ * frame comes alone). */
+static ERL_NIF_TERM consumer_recv_batch_impl(ErlNifEnv *env, int argc,
+                                             const ERL_NIF_TERM argv[]) {
+    uint64_t timeout;
+    size_t max_frames;
+    if (!get_size(env, argv[1], &max_frames) || max_frames == 0 || max_frames > UINT32_MAX) {
+        return argument_error(env, "max_frames: expected a positive integer");
+    }
+    if (!get_timeout(env, argv[2], &timeout)) {
+        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+    }
+    bool normal = on_normal_scheduler();
+    if (normal && max_frames > EMF_NIF_RING_DIRTY_FRAMES) {
+        return schedule_dirty_cpu(env, "consumer_recv_batch", consumer_recv_batch_impl, argc,
+                                  argv);
+    }
+    emf_nif_handle *h;
+    ERL_NIF_TERM result;
+    if (!handle_use(env, argv[0], &consumer_kind, &h, &result)) {
+        return result;
+    }
+    /* A frame takes at least 4 bytes of the buffer, so no more than cap / 4 fit. */
+    size_t cap = EMF_NIF_RECV_BATCH_BYTES;
+    size_t max_terms = size_min(max_frames, cap / 4);
+    uint8_t *buf = enif_alloc(cap);
+    ERL_NIF_TERM *terms = enif_alloc(max_terms * sizeof *terms);
+    bool big = false, wait = false;
+    if (buf == NULL || terms == NULL) {
+        result = shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+    } else {
+        for (;;) {
+            size_t frames = 0, used = 0;
+            emf_status_t st = emf_consumer_recv_batch(h->ptr, buf, cap, max_terms, &frames,
+                                                      &used);
+            if (st == EMF_OK && frames > 0) {
+                result = make_ok(env, packed_frames_list(env, buf, frames, terms));
+                break;
+            }
+            if (next_frame_too_big(st)) { /* the next frame alone is larger than the buffer */
+                ERL_NIF_TERM frame;
+                st = recv_frame(env, h->ptr, EMF_NIF_RING_DIRTY_BYTES, normal ? &big : NULL,
+                                &frame);
+                if (st == EMF_OK) {
+                    result = make_ok(env, enif_make_list1(env, frame));
+                    break;
+                }
+                if (big) {
+                    break;
+                }
+                if (st == EMF_ERR_EMPTY) {
+                    continue; /* taken by another process meanwhile */
+                }
+            }
+            if (st != EMF_OK) {
+                result = ring_error(env, st);
+                break;
+            }
+            if (timeout == 0) {
+                result = shim_error(env, EMF_ERR_TIMEOUT, "no frame is ready");
+                break;
+            }
+            if (enif_thread_type() != ERL_NIF_THR_DIRTY_IO_SCHEDULER) {
+                wait = true; /* wait on a dirty I/O scheduler */
+                break;
+            }
+            if (!consumer_wait_ready(env, h, timeout, &result)) {
+                break;
+            }
+            timeout = timeout == EMF_NIF_TIMEOUT_INFINITY ? timeout : 0;
+        }
+    }
+    enif_free(buf);
+    enif_free(terms);
+    handle_leave(h, &consumer_kind);
+    if (big) {
+        return schedule_dirty_cpu(env, "consumer_recv_batch", consumer_recv_batch_impl, argc,
+                                  argv);
+    }
+    if (wait) {
+        return schedule_dirty_io(env, "consumer_recv_batch", consumer_recv_batch_impl, argc,
+                                 argv);
+    }
+    return result;
+}
+
+static ERL_NIF_TERM nif_consumer_recv_batch(ErlNifEnv *env, int argc,
+                                            const ERL_NIF_TERM argv[]) {
+    return consumer_recv_batch_impl(env, argc, argv);
+}
+
+/* consumer_lag(Consumer) -> {ok, Bytes} */
+static ERL_NIF_TERM nif_consumer_lag(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
+        return error;
+    }
+    uint64_t lag = 0;
+    emf_status_t st = emf_consumer_lag(h->ptr, &lag);
+    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, enif_make_uint64(env, lag))
+                                       : status_error(env, st);
+    handle_leave(h, &consumer_kind);
+    return result;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Delivery: frames pushed to an Erlang process by a thread of this library                   */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * deliver(Consumer, Pid, ...) hands the consumer over to a new thread, which loops
+ *
+ *     emf_consumer_recv_batch -> enif_send {erlmcp_flow_frames, Ref, [Frame]} to Pid
+ *     (nothing ready: emf_consumer_wait(EMF_WAIT_PARK, poll_ms), sleeping on the ring's futex)
+ *
+ * so no scheduler ever waits for frames. Ref is a plain reference made for the delivery.
+ *
+ * Flow control. A message carries at most max_frames frames and about max_bytes bytes (a
+ * single larger frame comes alone). With a window W, at most W messages are unacknowledged:
+ * the owner calls ack(Ref) once per message handled, and the thread, out of credit, sleeps on a
+ * condition variable without reading the ring, so the ring fills up and its producers get
+ * back-pressure ({error, {full, _}}) instead of the owner's mailbox growing without bound.
+ * Window `infinity' turns this off.
+ *
+ * Ending. A delivery ends on stop(Ref), when its owner dies (a process monitor), or on an
+ * engine error (the thread sends {erlmcp_flow_error, Ref, {Status, Message}} first). The
+ * thread frees the engine consumer itself when it ends (a primary consumer's position stays
+ * in the ring: a new consumer/1 resumes right after the last frame delivered). Every frame it
+ * took from the ring is sent before it ends; stop(Ref) returns only after the thread ended,
+ * so nothing arrives after it returns.
+ *
+ * Lifetimes. Threads of this library never own a resource reference: dropping the last one
+ * could run a destructor, and unload the library, on a thread executing its code. So:
+ *  - a delivery (emf_nif_delivery) is plain memory, listed in its load's priv_data;
+ *  - its owner monitor lives in a resource object (delivery_kind) that no term refers to; the
+ *    delivery keeps it until the monitor is over (owner down, or demonitored by stop), and
+ *    only scheduler threads (the down callback, stop) release it;
+ *  - a reaper thread per load joins finished delivery threads and frees a delivery once its
+ *    thread is joined and its monitor is over. unload() (all monitor objects gone, so every
+ *    delivery is stopped) waits for the reaper to finish the last ones. Nothing joins a
+ *    thread on a normal scheduler.
+ */
+
+#define EMF_NIF_DELIVERY_STACK_KWORDS 128 /* 1 MiB on 64-bit: engine calls on this stack */
+#define EMF_NIF_DELIVERY_MAX_FRAMES ((size_t)65536)
+#define EMF_NIF_DELIVERY_MIN_BYTES ((size_t)64)
+#define EMF_NIF_DELIVERY_MAX_BYTES ((size_t)64 * 1024 * 1024)
+#define EMF_NIF_DELIVERY_MAX_POLL_MS 60000u
+
+typedef struct emf_nif_delivery {
+    struct emf_nif_delivery *next; /* in priv->deliveries */
+    emf_nif_priv *priv;
+    emf_consumer_t *consumer;      /* the thread's; it frees it when it ends */
+    ErlNifPid owner;
+    ErlNifEnv *tag_env;            /* holds `tag', a plain reference */
+    ERL_NIF_TERM tag;
+    size_t max_frames;
+    size_t max_bytes;
+    size_t window;                 /* 0: no flow control */
+    uint32_t poll_ms;
+    emf_nif_handle *monitor;       /* delivery_kind object of the owner monitor */
+    ErlNifMonitor mon;
+    ErlNifTid tid;
+    ErlNifCond *wake;              /* credit or stop for the thread, with priv->lock */
+    /* Under priv->lock: */
+    size_t credit;                 /* messages the thread may still send (window > 0) */
+    size_t pins;                   /* NIF calls using this delivery: not freed meanwhile */
+    bool stop;
+    bool thread_started;
+    bool thread_done;              /* the thread has ended (it touches nothing any more) */
+    bool joined;                   /* joined, or never started */
+    bool monitor_done;             /* the monitor is over and its object released */
+    bool demonitoring;             /* a stop call is demonitoring */
+} emf_nif_delivery;
+
+static void delivery_free(emf_nif_delivery *d) {
+    if (d->tag_env != NULL) {
+        enif_free_env(d->tag_env);
+    }
+    if (d->wake != NULL) {
+        enif_cond_destroy(d->wake);
+    }
+    enif_free(d);
+}
+
+/* Sends {erlmcp_flow_frames, Ref, Frames} or {erlmcp_flow_error, Ref, Reason} from the
+ * delivery thread; false when the owner is gone. `env' is cleared either way. */
+static bool delivery_send(emf_nif_delivery *d, ErlNifEnv *env, ERL_NIF_TERM tag_atom,
+                          ERL_NIF_TERM payload) {
+    ERL_NIF_TERM msg = enif_make_tuple3(env, tag_atom, enif_make_copy(env, d->tag), payload);
+    bool sent = enif_send(NULL, &d->owner, env, msg) != 0;
+    enif_clear_env(env);
+    return sent;
+}
+
+static void *delivery_main(void *arg) {
+    emf_nif_delivery *d = arg;
+    emf_nif_priv *priv = d->priv;
+    ErlNifEnv *env = enif_alloc_env();
+    uint8_t *buf = enif_alloc(d->max_bytes);
+    ERL_NIF_TERM *terms = enif_alloc(size_min(d->max_frames, d->max_bytes / 4) * sizeof *terms);
+    size_t max_frames = size_min(d->max_frames, d->max_bytes / 4);
+    if (env == NULL || buf == NULL || terms == NULL) {
+        if (env != NULL) {
+            (void)delivery_send(d, env, atom_erlmcp_flow_error,
+                                ring_error_reason(env, EMF_NIF_ERR_NO_MEMORY));
+        }
+    } else {
+        for (;;) {
+            enif_mutex_lock(priv->lock);
+            while (!d->stop && d->window > 0 && d->credit == 0) {
+                enif_cond_wait(d->wake, priv->lock);
+            }
+            bool stop = d->stop;
+            enif_mutex_unlock(priv->lock);
+            if (stop) {
+                break;
+            }
+            size_t frames = 0, used = 0;
+            ERL_NIF_TERM list = 0;
+            emf_status_t st = emf_consumer_recv_batch(d->consumer, buf, d->max_bytes, max_frames,
+                                                      &frames, &used);
+            if (st == EMF_OK && frames > 0) {
+                list = packed_frames_list(env, buf, frames, terms);
+            } else if (next_frame_too_big(st)) {
+                ERL_NIF_TERM frame;
+                st = recv_frame(env, d->consumer, SIZE_MAX, NULL, &frame);
+                if (st == EMF_OK) {
+                    list = enif_make_list1(env, frame);
+                    frames = 1;
+                } else if (st == EMF_ERR_EMPTY) {
+                    st = EMF_OK; /* cannot happen: this thread is the only reader */
+                }
+            }
+            if (st != EMF_OK) {
+                (void)delivery_send(d, env, atom_erlmcp_flow_error, ring_error_reason(env, st));
+                break;
+            }
+            if (frames == 0) {
+                bool ready = false;
+                st = emf_consumer_wait(d->consumer, EMF_WAIT_PARK, d->poll_ms, &ready);
+                if (st != EMF_OK) {
+                    (void)delivery_send(d, env, atom_erlmcp_flow_error,
+                                        ring_error_reason(env, st));
+                    break;
+                }
+                continue;
+            }
+            if (d->window > 0) {
+                enif_mutex_lock(priv->lock);
+                d->credit--;
+                enif_mutex_unlock(priv->lock);
+            }
+            if (!delivery_send(d, env, atom_erlmcp_flow_frames, list)) {
+                break; /* the owner is gone; its monitor stops the delivery */
+            }
+        }
+    }
+    /* The position of a primary consumer is kept in the ring for the next one. */
+    emf_status_t st = emf_consumer_free(d->consumer);
+    if (st != EMF_OK) {
+        report_impossible("emf_consumer_free in a delivery thread", st);
+    }
+    d->consumer = NULL;
+    enif_free(terms);
+    enif_free(buf);
+    if (env != NULL) {
+        enif_free_env(env);
+    }
+    enif_mutex_lock(priv->lock);
+    d->thread_done = true;
+    enif_cond_broadcast(priv->changed);
+    enif_mutex_unlock(priv->lock);
+    return NULL;
+}
+
+/* The reaper of one load: joins finished delivery threads, frees deliveries that are over,
+ * and exits when unload() asks and none is left. */
+static void *reaper_main(void *arg) {
+    emf_nif_priv *priv = arg;
+    enif_mutex_lock(priv->lock);
+    for (;;) {
+        emf_nif_delivery *d;
+        for (d = priv->deliveries; d != NULL; d = d->next) {
+            if (d->thread_done && !d->joined) {
+                break;
+            }
+        }
+        if (d != NULL) {
+            enif_mutex_unlock(priv->lock);
+            (void)enif_thread_join(d->tid, NULL); /* it has ended: this does not wait */
+            enif_mutex_lock(priv->lock);
+            d->joined = true;
+            enif_cond_broadcast(priv->changed);
+            continue;
+        }
+        emf_nif_delivery **pp;
+        for (pp = &priv->deliveries; *pp != NULL; pp = &(*pp)->next) {
+            if ((*pp)->joined && (*pp)->monitor_done && (*pp)->pins == 0) {
+                break;
+            }
+        }
+        if (*pp != NULL) {
+            d = *pp;
+            *pp = d->next;
+            priv->delivery_count--;
+            enif_mutex_unlock(priv->lock);
+            delivery_free(d);
+            enif_mutex_lock(priv->lock);
+            enif_cond_broadcast(priv->changed);
+            continue;
+        }
+        if (priv->reaper_exit && priv->deliveries == NULL) {
+            break;
+        }
+        enif_cond_wait(priv->changed, priv->lock);
+    }
+    enif_mutex_unlock(priv->lock);
+    return NULL;
+}
+
+/* The owner of a delivery died: stop it (the thread ends within poll_ms) and end the
+ * monitor. Runs on a scheduler thread. */
+static void delivery_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon) {
+    (void)env;
+    (void)pid;
+    (void)mon;
+    emf_nif_handle *m = obj;
+    emf_nif_delivery *d = m->ptr; /* alive: freed only once monitor_done is set, below */
+    emf_nif_priv *priv = d->priv;
+    enif_mutex_lock(priv->lock);
+    d->stop = true;
+    d->monitor_done = true;
+    enif_cond_signal(d->wake);
+    enif_cond_broadcast(priv->changed);
+    enif_mutex_unlock(priv->lock);
+    enif_release_resource(m); /* the delivery's reference; ERTS holds one during this call */
+}
+
+/* Ends the monitor of `d' unless it is over or another call is at it. Called with d pinned,
+ * priv->lock not held, on a scheduler thread. */
+static void delivery_demonitor(ErlNifEnv *env, emf_nif_delivery *d) {
+    emf_nif_priv *priv = d->priv;
+    enif_mutex_lock(priv->lock);
+    bool attempt = !d->monitor_done && !d->demonitoring;
+    emf_nif_handle *m = d->monitor;
+    if (attempt) {
+        d->demonitoring = true;
+        enif_keep_resource(m); /* the down callback may release the delivery's reference */
+    }
+    enif_mutex_unlock(priv->lock);
+    if (!attempt) {
+        return;
+    }
+    int rc = enif_demonitor_process(env, m, &d->mon);
+    enif_mutex_lock(priv->lock);
+    d->demonitoring = false;
+    if (rc == 0) {
+        d->monitor_done = true; /* the down callback will not run */
+    }
+    enif_cond_broadcast(priv->changed);
+    enif_mutex_unlock(priv->lock);
+    if (rc == 0) {
+        enif_release_resource(m); /* the delivery's reference */
+    }
+    enif_release_resource(m);     /* ours */
+}
+
+/* Finds the delivery of `ref' and pins it; NULL when there is none (any more). */
+static emf_nif_delivery *delivery_pin(emf_nif_priv *priv, ERL_NIF_TERM ref) {
+    enif_mutex_lock(priv->lock);
+    emf_nif_delivery *d;
+    for (d = priv->deliveries; d != NULL; d = d->next) {
+        if (enif_is_identical(d->tag, ref)) {
+            d->pins++;
+            break;
+        }
+    }
+    enif_mutex_unlock(priv->lock);
+    return d;
+}
+
+static void delivery_unpin(emf_nif_delivery *d) {
+    emf_nif_priv *priv = d->priv;
+    enif_mutex_lock(priv->lock);
+    d->pins--;
+    enif_cond_broadcast(priv->changed);
+    enif_mutex_unlock(priv->lock);
+}
+
+/* Starts the reaper of this load if it is not running; priv->lock held. */
+static bool reaper_ensure(emf_nif_priv *priv) {
+    if (priv->reaper_started) {
+        return true;
+    }
+    ErlNifThreadOpts *opts = enif_thread_opts_create("erlmcp_flow_reaper");
+    if (opts == NULL) {
+        return false;
+    }
+    opts->suggested_stack_size = 16;
+    char name[] = "erlmcp_flow_reaper";
+    priv->reaper_started = enif_thread_create(name, &priv->reaper, reaper_main, priv, opts) == 0;
+    enif_thread_opts_destroy(opts);
+    return priv->reaper_started;
+}
+
+/* deliver(Consumer, Pid, MaxFrames, MaxBytes, Window, PollMs) -> {ok, Ref} */
+static ERL_NIF_TERM nif_deliver(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_priv *priv = enif_priv_data(env);
+    ErlNifPid owner;
+    size_t max_frames, max_bytes, window = 0;
+    uint32_t poll_ms;
+    if (!enif_get_local_pid(env, argv[1], &owner)) {
+        return argument_error(env, "pid: expected a local pid");
+    }
+    if (!get_size(env, argv[2], &max_frames) || max_frames == 0
+        || max_frames > EMF_NIF_DELIVERY_MAX_FRAMES) {
+        return argument_error(env, "max_frames: expected an integer from 1 to 65536");
+    }
+    if (!get_size(env, argv[3], &max_bytes) || max_bytes < EMF_NIF_DELIVERY_MIN_BYTES
+        || max_bytes > EMF_NIF_DELIVERY_MAX_BYTES) {
+        return argument_error(env, "max_bytes: expected an integer from 64 to 67108864");
+    }
+    if (!enif_is_identical(argv[4], atom_infinity)
+        && (!get_size(env, argv[4], &window) || window == 0)) {
+        return argument_error(env, "window: expected a positive integer or infinity");
+    }
+    if (!get_u32(env, argv[5], &poll_ms) || poll_ms == 0
+        || poll_ms > EMF_NIF_DELIVERY_MAX_POLL_MS) {
+        return argument_error(env, "poll_ms: expected an integer from 1 to 60000");
+    }
+    void *obj;
+    if (!enif_get_resource(env, argv[0], handle_type(env, &consumer_kind), &obj)) {
+        return not_a_handle(env, argv[0], consumer_kind.expected, consumer_kind.not_this_version);
+    }
+    /* Checked before the consumer is taken (the monitor below decides, though). */
+    if (!enif_is_process_alive(env, &owner)) {
+        return shim_error(env, EMF_ERR_NOT_FOUND, "pid: the process is not alive");
+    }
+    enif_mutex_lock(priv->lock);
+    bool reaper = reaper_ensure(priv);
+    enif_mutex_unlock(priv->lock);
+    if (!reaper) {
+        return shim_error(env, EMF_ERR_UNSUPPORTED, "cannot start the reaper thread");
+    }
+    emf_nif_delivery *d = enif_alloc(sizeof *d);
+    if (d == NULL) {
+        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+    }
+    memset(d, 0, sizeof *d);
+    d->priv = priv;
+    d->owner = owner;
+    d->max_frames = max_frames;
+    d->max_bytes = max_bytes;
+    d->window = window;
+    d->credit = window;
+    d->poll_ms = poll_ms;
+    d->pins = 1; /* this call's */
+    d->tag_env = enif_alloc_env();
+    d->wake = enif_cond_create("erlmcp_flow_delivery");
+    if (d->tag_env == NULL || d->wake == NULL) {
+        delivery_free(d);
+        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+    }
+    d->tag = enif_make_ref(d->tag_env);
+    d->monitor = handle_alloc(env, &delivery_kind, d, 0, 0);
+    if (d->monitor == NULL) {
+        delivery_free(d);
+        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+    }
+    /* The consumer is the thread's from now on; its handle is closed. */
+    bool busy = false;
+    d->consumer = handle_take(obj, &busy);
+    if (d->consumer == NULL) {
+        enif_release_resource(d->monitor);
+        delivery_free(d);
+        return busy ? shim_error(env, EMF_ERR_BUSY, "consumer: in use by another call")
+                    : shim_error(env, EMF_ERR_CLOSED, consumer_kind.closed);
+    }
+    int rc = enif_monitor_process(env, d->monitor, &owner, &d->mon);
+    if (rc != 0) {
+        emf_status_t st = emf_consumer_free(d->consumer);
+        if (st != EMF_OK) {
+            report_impossible("emf_consumer_free", st);
+        }
+        enif_release_resource(d->monitor);
+        delivery_free(d);
+        return rc > 0 ? shim_error(env, EMF_ERR_NOT_FOUND, "pid: the process is not alive")
+                      : shim_error(env, EMF_ERR_UNSUPPORTED, "cannot monitor the process");
+    }
+    /* From here on the owner's down callback may stop the delivery at any time; the pin keeps
+     * it from being freed before this call returns. */
+    enif_mutex_lock(priv->lock);
+    d->next = priv->deliveries;
+    priv->deliveries = d;
+    priv->delivery_count++;
+    d->thread_started = true;
+    enif_mutex_unlock(priv->lock);
+    ErlNifThreadOpts *opts = enif_thread_opts_create("erlmcp_flow_delivery");
+    rc = -1;
+    if (opts != NULL) {
+        char name[] = "erlmcp_flow_delivery";
+        opts->suggested_stack_size = EMF_NIF_DELIVERY_STACK_KWORDS;
+        rc = enif_thread_create(name, &d->tid, delivery_main, d, opts);
+        enif_thread_opts_destroy(opts);
+    }
+    if (rc != 0) {
+        emf_status_t st = emf_consumer_free(d->consumer);
+        if (st != EMF_OK) {
+            report_impossible("emf_consumer_free", st);
+        }
+        d->consumer = NULL;
+        enif_mutex_lock(priv->lock);
+        d->stop = true;
+        d->thread_done = true;
+        d->joined = true;
+        enif_mutex_unlock(priv->lock);
+        delivery_demonitor(env, d);
+        delivery_unpin(d);
+        return shim_error(env, EMF_ERR_UNSUPPORTED, "cannot start the delivery thread");
+    }
+    ERL_NIF_TERM ref = enif_make_copy(env, d->tag);
+    delivery_unpin(d);
+    return make_ok(env, ref);
+}
+
+/* deliver_ack(Ref) -> ok: one more message may be sent (up to the window). Acks of a
+ * delivery that has ended are ignored. */
+static ERL_NIF_TERM nif_deliver_ack(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_priv *priv = enif_priv_data(env);
+    if (!enif_is_ref(env, argv[0])) {
+        return argument_error(env, "ref: expected the reference from deliver/2,3");
+    }
+    enif_mutex_lock(priv->lock);
+    for (emf_nif_delivery *d = priv->deliveries; d != NULL; d = d->next) {
+        if (enif_is_identical(d->tag, argv[0])) {
+            if (d->window > 0 && d->credit < d->window) {
+                d->credit++;
+                enif_cond_signal(d->wake);
+            }
+            break;
+        }
+    }
+    enif_mutex_unlock(priv->lock);
+    return atom_ok;
+}
+
+/* deliver_stop(Ref) -> ok: stops a delivery and waits (dirty I/O, at most about poll_ms) for
+ * its thread to end, so no message comes after this returns. Idempotent. */
+static ERL_NIF_TERM deliver_stop_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_priv *priv = enif_priv_data(env);
+    emf_nif_delivery *d = delivery_pin(priv, argv[0]);
+    if (d == NULL) {
+        return atom_ok;
+    }
+    enif_mutex_lock(priv->lock);
+    d->stop = true;
+    enif_cond_signal(d->wake);
+    while (d->thread_started && !d->thread_done) {
+        enif_cond_wait(priv->changed, priv->lock);
+    }
+    enif_mutex_unlock(priv->lock);
+    delivery_demonitor(env, d);
+    delivery_unpin(d);
+    return atom_ok;
+}
+
+static ERL_NIF_TERM nif_deliver_stop(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    if (!enif_is_ref(env, argv[0])) {
+        return argument_error(env, "ref: expected the reference from deliver/2,3");
+    }
+    return schedule_dirty_io(env, "deliver_stop", deliver_stop_impl, argc, argv);
+}
+
+/* deliveries() -> Count: deliveries of this load not reaped yet (running, or ended and not
+ * yet joined and freed). For tests and monitoring. */
+static ERL_NIF_TERM nif_deliveries(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    (void)argv;
+    emf_nif_priv *priv = enif_priv_data(env);
+    enif_mutex_lock(priv->lock);
+    size_t n = priv->delivery_count;
+    enif_mutex_unlock(priv->lock);
+    return enif_make_uint64(env, (ErlNifUInt64)n);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Loading                                                                                    */
 /* ------------------------------------------------------------------------------------------ */
 
@@ -841,8 +2416,17 @@ static int init_library(ErlNifEnv *env, void **priv_data) {
         return EMF_NIF_LOAD_FAILED;
     }
     memset(priv, 0, sizeof *priv);
-    if (!open_resource_types(env, priv)) {
-        enif_free(priv); /* ERTS rolls back the types opened by a failed load */
+    priv->lock = enif_mutex_create("erlmcp_flow_deliveries");
+    priv->changed = enif_cond_create("erlmcp_flow_deliveries");
+    if (priv->lock == NULL || priv->changed == NULL || !open_resource_types(env, priv)) {
+        /* ERTS rolls back the types opened by a failed load */
+        if (priv->lock != NULL) {
+            enif_mutex_destroy(priv->lock);
+        }
+        if (priv->changed != NULL) {
+            enif_cond_destroy(priv->changed);
+        }
+        enif_free(priv);
         return EMF_NIF_LOAD_FAILED;
     }
     *priv_data = priv;
@@ -864,10 +2448,23 @@ static int on_upgrade(ErlNifEnv *env, void **priv_data, void **old_priv_data,
 }
 
 /* Called when ERTS closes the library of one load: its module instance is purged and no
- * object of its resource types is left. */
+ * object of its resource types is left. With no delivery monitor object left, every delivery
+ * is stopped: the reaper joins their threads (each ends within its poll_ms) and exits, so no
+ * thread runs this library's code once it is unmapped. */
 static void on_unload(ErlNifEnv *env, void *priv_data) {
     (void)env;
-    enif_free(priv_data);
+    emf_nif_priv *priv = priv_data;
+    enif_mutex_lock(priv->lock);
+    priv->reaper_exit = true;
+    bool started = priv->reaper_started;
+    enif_cond_broadcast(priv->changed);
+    enif_mutex_unlock(priv->lock);
+    if (started) {
+        (void)enif_thread_join(priv->reaper, NULL);
+    }
+    enif_cond_destroy(priv->changed);
+    enif_mutex_destroy(priv->lock);
+    enif_free(priv);
 }
 
 static ErlNifFunc nif_funcs[] = {
@@ -883,6 +2480,23 @@ static ErlNifFunc nif_funcs[] = {
     {"message_payload_json", 2, nif_message_payload_json, 0},
     {"compress_if_needed", 2, nif_compress_if_needed, 0},
     {"decompress", 2, nif_decompress, 0},
+    {"ring_create", 2, nif_ring_create, 0},
+    {"ring_open", 2, nif_ring_open, 0},
+    {"ring_stats", 1, nif_ring_stats, 0},
+    {"ring_max_payload", 1, nif_ring_max_payload, 0},
+    {"ring_unlink", 1, nif_ring_unlink, 0},
+    {"ring_close", 1, nif_ring_close, 0},
+    {"producer_new", 1, nif_producer_new, 0},
+    {"producer_send", 3, nif_producer_send, 0},
+    {"producer_send_batch", 2, nif_producer_send_batch, 0},
+    {"consumer_new", 2, nif_consumer_new, 0},
+    {"consumer_recv", 2, nif_consumer_recv, 0},
+    {"consumer_recv_batch", 3, nif_consumer_recv_batch, 0},
+    {"consumer_lag", 1, nif_consumer_lag, 0},
+    {"deliver", 6, nif_deliver, 0},
+    {"deliver_ack", 1, nif_deliver_ack, 0},
+    {"deliver_stop", 1, nif_deliver_stop, 0},
+    {"deliveries", 0, nif_deliveries, 0},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

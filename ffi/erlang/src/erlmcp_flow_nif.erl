@@ -32,10 +32,16 @@
          json_to_archive/4, archive_to_json/1, archive_validate/1,
          message_open/1, message_count/1, message_envelopes/1, message_to_json/1,
          message_payload_json/2,
-         compress_if_needed/2, decompress/2]).
+         compress_if_needed/2, decompress/2,
+         ring_create/2, ring_open/2, ring_stats/1, ring_max_payload/1, ring_unlink/1,
+         ring_close/1,
+         producer_new/1, producer_send/3, producer_send_batch/2,
+         consumer_new/2, consumer_recv/2, consumer_recv_batch/3, consumer_lag/1,
+         deliver/6, deliver_ack/1, deliver_stop/1, deliveries/0]).
 -export([load_error_reason/1]).
 
--export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0]).
+-export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
+              ring/0, producer/0, consumer/0, timeout_ms/0]).
 
 -on_load(init/0).
 
@@ -47,12 +53,19 @@
 -type bytes() :: iodata().
 -type status() :: null_argument | invalid_argument | full | empty | timeout | closed
                 | corrupt | io | not_leader | unsupported | panic | buffer_too_small
-                | too_large | not_found | unknown.
+                | too_large | not_found | busy | unknown.
 -type error() :: {error, {status(), binary()}}.
 -type priority() :: critical | high | normal | low.
 -type kind() :: request | response | notification | task | result | error.
 -opaque message() :: reference().
 %% A message handle: a validated archive held by the engine, freed when garbage collected.
+-opaque ring() :: reference().
+%% A mapped ring (`emf_ring_t'), released by `ring_close/1' or when garbage collected.
+-opaque producer() :: reference().
+%% A producer attached to a ring (`emf_producer_t').
+-opaque consumer() :: reference().
+%% The primary consumer or a fan-out subscriber of a ring (`emf_consumer_t').
+-type timeout_ms() :: non_neg_integer() | infinity.
 -type envelope() :: #{kind := kind(),
                       priority := priority(),
                       id := integer() | binary() | null | none | {json, binary()},
@@ -177,3 +190,81 @@ compress_if_needed(_Data, _Threshold) -> erlang:nif_error(not_loaded).
 %% `MaxSize' is any non-negative 64-bit integer; `16#FFFFFFFFFFFFFFFF' means no limit.
 -spec decompress(bytes(), non_neg_integer()) -> {ok, binary()} | error().
 decompress(_Data, _MaxSize) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Rings (see erlmcp_flow_ring for the documented API)
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_ring_create' with the engine's default options updated by `Options' (capacity,
+%% multi_producer, max_producers, max_subscribers, stall_timeout_ms, mode, dir).
+-spec ring_create(bytes(), map()) -> {ok, ring()} | error().
+ring_create(_Name, _Options) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_ring_open'; `Dir' `undefined' means /dev/shm.
+-spec ring_open(bytes(), bytes() | undefined) -> {ok, ring()} | error().
+ring_open(_Name, _Dir) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_ring_stats' as a map, plus `max_payload'.
+-spec ring_stats(ring()) -> {ok, #{atom() => non_neg_integer()}} | error().
+ring_stats(_Ring) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_ring_max_payload'.
+-spec ring_max_payload(ring()) -> {ok, non_neg_integer()} | error().
+ring_max_payload(_Ring) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_ring_unlink'.
+-spec ring_unlink(ring()) -> ok | error().
+ring_unlink(_Ring) -> erlang:nif_error(not_loaded).
+
+%% @doc Releases a ring, producer or consumer handle now (idempotent).
+-spec ring_close(ring() | producer() | consumer()) -> ok | error().
+ring_close(_Handle) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_producer_new'.
+-spec producer_new(ring()) -> {ok, producer()} | error().
+producer_new(_Ring) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_producer_send'; with a timeout above 0, waits for space (dirty I/O scheduler).
+-spec producer_send(producer(), bytes(), timeout_ms()) -> ok | error().
+producer_send(_Producer, _Data, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_producer_send_batch': `{ok, Sent}', the first `Sent' frames were sent.
+-spec producer_send_batch(producer(), [bytes()]) -> {ok, non_neg_integer()} | error().
+producer_send_batch(_Producer, _Frames) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_consumer_new' (`false') or `emf_consumer_subscribe' (`true').
+-spec consumer_new(ring(), boolean()) -> {ok, consumer()} | error().
+consumer_new(_Ring, _Subscribe) -> erlang:nif_error(not_loaded).
+
+%% @doc The next frame, waiting up to `TimeoutMs' (dirty I/O scheduler).
+-spec consumer_recv(consumer(), timeout_ms()) -> {ok, binary()} | error().
+consumer_recv(_Consumer, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+%% @doc The frames ready now (at least one, at most `MaxFrames', about 64 KiB), waiting up to
+%% `TimeoutMs' for the first.
+-spec consumer_recv_batch(consumer(), pos_integer(), timeout_ms()) ->
+          {ok, [binary(), ...]} | error().
+consumer_recv_batch(_Consumer, _MaxFrames, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_consumer_lag'.
+-spec consumer_lag(consumer()) -> {ok, non_neg_integer()} | error().
+consumer_lag(_Consumer) -> erlang:nif_error(not_loaded).
+
+%% @doc Hands `Consumer' to a delivery thread sending `{erlmcp_flow_frames, Ref, Frames}' to
+%% `Pid'. `Window' is a positive integer or `infinity'.
+-spec deliver(consumer(), pid(), pos_integer(), pos_integer(), pos_integer() | infinity,
+              pos_integer()) -> {ok, reference()} | error().
+deliver(_Consumer, _Pid, _MaxFrames, _MaxBytes, _Window, _PollMs) ->
+    erlang:nif_error(not_loaded).
+
+%% @doc Gives a delivery credit for one more message.
+-spec deliver_ack(reference()) -> ok | error().
+deliver_ack(_Ref) -> erlang:nif_error(not_loaded).
+
+%% @doc Stops a delivery; returns once its thread has ended.
+-spec deliver_stop(reference()) -> ok | error().
+deliver_stop(_Ref) -> erlang:nif_error(not_loaded).
+
+%% @doc The number of deliveries of the loaded library not yet reaped (their threads joined).
+-spec deliveries() -> non_neg_integer().
+deliveries() -> erlang:nif_error(not_loaded).

@@ -242,7 +242,9 @@ large_iodata_runs_on_dirty_schedulers_test() ->
     ?assert(Dirty >= Elapsed div 2),
     ?assertEqual(iolist_to_binary(Data), zlib:uncompress(Z)),
     %% Even iodata found invalid only at its end is walked there, not on a normal scheduler.
-    Bad = [Data | bad_tail],
+    %% (Ten times the data, so that the walk, not the ~0.5 ms of scheduling overhead, decides
+    %% the share: with 1 ms of work the ratio was noise on a small machine.)
+    Bad = [lists:duplicate(10, Data) | bad_tail],
     {{error, {invalid_argument, _}}, BadDirty, BadElapsed} =
         dirty_share(fun() -> ?N:compress_if_needed(Bad, 0) end),
     ?assert(BadDirty >= BadElapsed div 2).
