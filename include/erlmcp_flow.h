@@ -33,7 +33,7 @@
 
 // The ABI version. Bumped on any incompatible change to the C ABI; every binding checks
 // `emf_abi_version() == EMF_ABI_VERSION` at load.
-#define EMF_ABI_VERSION 1
+#define EMF_ABI_VERSION 2
 
 // Major version of the library.
 #define EMF_VERSION_MAJOR 0

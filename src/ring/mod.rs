@@ -390,6 +390,7 @@ impl Ring {
                     sent: s.sent.load(Ordering::Relaxed),
                     bytes: s.bytes.load(Ordering::Relaxed),
                     lazy_wake,
+                    last_reap: None,
                 });
             }
         }
@@ -496,14 +497,16 @@ impl Ring {
     }
 
     /// The smallest position any active consumer still needs; reaps dead subscribers.
-    fn min_head(&self) -> u64 {
+    /// With `reap`, subscribers whose process died are detached first (a liveness check per
+    /// subscriber: `kill(pid, 0)` and a `/proc` read, so producers rate-limit it).
+    fn min_head(&self, reap: bool) -> u64 {
         let mut min = u64::MAX;
         for i in 0..self.inner.max_subscribers {
             let s = self.subscriber_slot(i);
             if s.state.load(Ordering::Acquire) != SLOT_ACTIVE {
                 continue;
             }
-            if i > 0 {
+            if reap && i > 0 {
                 let pid = s.pid.load(Ordering::Acquire);
                 if pid != 0 && !process_alive(pid, s.start_ticks.load(Ordering::Acquire)) {
                     if s.state
@@ -740,6 +743,7 @@ pub struct Producer {
     sent: u64,
     bytes: u64,
     lazy_wake: bool,
+    last_reap: Option<Instant>,
 }
 
 /// Where a claimed batch's frames go.
@@ -756,6 +760,19 @@ impl Producer {
 
     fn slot(&self) -> &ProducerSlot {
         self.ring.producer_slot(self.slot)
+    }
+
+    /// The slowest consumer's position; dead subscribers are reaped at most every 10 ms, so a
+    /// producer retrying on a full ring does not pay a liveness check per subscriber per try.
+    fn refresh_head(&mut self) -> u64 {
+        let now = Instant::now();
+        let reap = self
+            .last_reap
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_millis(10));
+        if reap {
+            self.last_reap = Some(now);
+        }
+        self.ring.min_head(reap)
     }
 
     fn check_len(&self, len: usize) -> Result<()> {
@@ -795,9 +812,8 @@ impl Producer {
     #[inline]
     fn claim_with(&mut self, end_of: impl Fn(u64) -> u64) -> Result<Layout> {
         let cap = self.ring.inner.capacity;
-        let sh = self.ring.shared();
         loop {
-            let tail = sh.tail.load(Ordering::Acquire);
+            let tail = self.ring.shared().tail.load(Ordering::Acquire);
             if tail % 8 != 0 {
                 return Err(Error::corrupt(format!(
                     "ring {}: the claim position {tail} is damaged (not 8-aligned)",
@@ -806,11 +822,14 @@ impl Producer {
             }
             let end = end_of(tail);
             if end - self.cached_head > cap {
-                self.cached_head = self.ring.min_head();
+                self.cached_head = self.refresh_head();
                 let lag = tail.saturating_sub(self.cached_head);
-                sh.max_lag.fetch_max(lag, Ordering::Relaxed);
+                self.ring.shared().max_lag.fetch_max(lag, Ordering::Relaxed);
                 if end - self.cached_head > cap {
-                    sh.backpressure.fetch_add(1, Ordering::Relaxed);
+                    self.ring
+                        .shared()
+                        .backpressure
+                        .fetch_add(1, Ordering::Relaxed);
                     // A static message: back-pressure is a hot path for busy producers.
                     return Err(Error::new(
                         ErrorKind::Full,
@@ -825,7 +844,9 @@ impl Producer {
             s.pending_len.store(end - tail, Ordering::Relaxed);
             s.state.store(SLOT_CLAIMING, Ordering::Release);
             if self.ring.inner.mpsc {
-                if sh
+                if self
+                    .ring
+                    .shared()
                     .tail
                     .compare_exchange_weak(tail, end, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
@@ -833,7 +854,7 @@ impl Producer {
                     continue;
                 }
             } else {
-                sh.tail.store(end, Ordering::Release);
+                self.ring.shared().tail.store(end, Ordering::Release);
             }
             return Ok(Layout { start: tail, end });
         }
@@ -931,7 +952,7 @@ impl Producer {
         let sh = ring.shared();
         let mut n;
         let layout = loop {
-            let head = ring.min_head();
+            let head = self.refresh_head();
             self.cached_head = head;
             let tail = sh.tail.load(Ordering::Acquire);
             let mut end = tail;
@@ -1010,12 +1031,12 @@ impl Producer {
                         std::hint::spin_loop();
                         continue;
                     }
+                    let head = self.refresh_head();
                     let sh = self.ring.shared();
                     sh.space_waiters.fetch_add(1, Ordering::SeqCst);
                     let seen = sh.space_futex.load(Ordering::SeqCst);
                     // Re-check after announcing ourselves: a consumer that freed space before
                     // our increment is seen here; one that frees it after will wake us.
-                    let head = self.ring.min_head();
                     let tail = sh.tail.load(Ordering::Acquire);
                     let need = frame_size(payload.len()) as u64 * 2;
                     if tail + need - head > self.ring.inner.capacity {

@@ -40,7 +40,7 @@ from ctypes import (
 from pathlib import Path
 
 #: The ``EMF_ABI_VERSION`` this package was written for.
-ABI_VERSION = 1
+ABI_VERSION = 2
 EMF_ABI_VERSION = ABI_VERSION
 
 #: Environment variable naming the shared library to load.
