@@ -821,11 +821,11 @@ impl Producer {
                 )));
             }
             let end = end_of(tail);
-            if end - self.cached_head > cap {
+            if end.saturating_sub(self.cached_head) > cap {
                 self.cached_head = self.refresh_head();
                 let lag = tail.saturating_sub(self.cached_head);
                 self.ring.shared().max_lag.fetch_max(lag, Ordering::Relaxed);
-                if end - self.cached_head > cap {
+                if end.saturating_sub(self.cached_head) > cap {
                     self.ring
                         .shared()
                         .backpressure
@@ -961,7 +961,7 @@ impl Producer {
                 let size = frame_size(p.len()) as u64;
                 let to_end = cap - (end & (cap - 1));
                 let next = end + if size > to_end { to_end + size } else { size };
-                if next - head > cap {
+                if next.saturating_sub(head) > cap {
                     break;
                 }
                 end = next;
@@ -1039,7 +1039,7 @@ impl Producer {
                     // our increment is seen here; one that frees it after will wake us.
                     let tail = sh.tail.load(Ordering::Acquire);
                     let need = frame_size(payload.len()) as u64 * 2;
-                    if tail + need - head > self.ring.inner.capacity {
+                    if (tail + need).saturating_sub(head) > self.ring.inner.capacity {
                         futex::wait(
                             &sh.space_futex,
                             seen,
