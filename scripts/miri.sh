@@ -15,3 +15,5 @@ rustup component list --toolchain nightly --installed | grep -q '^miri' ||
 # Isolation is off because envelopes and reports read the wall clock.
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-tree-borrows -Zmiri-strict-provenance -Zmiri-disable-isolation}"
 cargo +nightly miri test --lib --no-default-features "$@"
+# The ring tests run on heap rings under Miri (Ring::anonymous): the same claim, commit,
+# consume, wrap-around, recovery and wake-up code as on shared memory.

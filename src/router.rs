@@ -161,6 +161,7 @@ mod tests {
     use crate::ring::tests::TempDir;
 
     #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
     fn batches_report_what_was_not_accepted_and_nothing_is_lost() {
         let dir = TempDir::new("router");
         let mut opts = RouterOptions::in_dir(&dir.0);

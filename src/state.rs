@@ -243,6 +243,7 @@ mod tests {
     use crate::ring::tests::TempDir;
 
     #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
     fn values_live_while_read_and_are_reclaimed_after() {
         let dir = TempDir::new("state");
         let s = StateStore::open("s", &dir.0).unwrap();

@@ -571,6 +571,7 @@ mod tests {
     use std::ffi::CString;
 
     #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
     fn router_batch_and_state_through_the_abi() {
         let dir = std::env::temp_dir().join(format!("emf-capi-flow-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

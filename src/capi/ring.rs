@@ -907,6 +907,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
     fn ring_round_trip_through_the_abi() {
         let dir = std::env::temp_dir().join(format!("emf-capi-ring-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -137,7 +137,7 @@ impl Default for WaitStrategy {
 
 #[derive(Debug)]
 struct Inner {
-    seg: Segment,
+    mem: Memory,
     capacity: u64,
     mpsc: bool,
     max_producers: usize,
@@ -146,15 +146,19 @@ struct Inner {
     data_offset: usize,
 }
 
-/// A mapped ring. Cheap to clone; producers and consumers hold a clone.
-#[derive(Clone, Debug)]
-pub struct Ring {
-    inner: Arc<Inner>,
+/// Validated creation parameters.
+#[derive(Debug, Clone, Copy)]
+struct Params {
+    capacity: usize,
+    max_producers: usize,
+    max_subscribers: usize,
+    data_offset: usize,
+    stall_ns: u64,
+    mpsc: bool,
 }
 
-impl Ring {
-    /// Creates ring `name` (replacing a stale segment of the same name).
-    pub fn create(name: &str, opts: &RingOptions) -> Result<Ring> {
+impl Params {
+    fn of(opts: &RingOptions) -> Result<Params> {
         let cap = opts.capacity;
         if !cap.is_power_of_two() || !(4096..=1 << 30).contains(&cap) {
             return Err(Error::invalid(format!(
@@ -172,48 +176,181 @@ impl Ring {
                 "max_producers and max_subscribers must be from 1 to 1024",
             ));
         }
-        let data_offset = data_off(max_p, max_s);
-        let len = shm::HEADER_LEN + data_offset + cap;
-        let stall_ns = opts.stall_timeout.as_nanos().min(u64::MAX as u128) as u64;
-        let mpsc = opts.multi_producer;
+        Ok(Params {
+            capacity: cap,
+            max_producers: max_p,
+            max_subscribers: max_s,
+            data_offset: data_off(max_p, max_s),
+            stall_ns: opts.stall_timeout.as_nanos().min(u64::MAX as u128) as u64,
+            mpsc: opts.multi_producer,
+        })
+    }
+
+    /// Writes the configuration and marks the primary consumer's slot active.
+    ///
+    /// # Safety
+    ///
+    /// `body` points to `data_offset + capacity` zeroed, page-aligned bytes that nobody else
+    /// uses yet.
+    unsafe fn init(&self, body: *mut u8) {
+        // SAFETY: RingConfig fits in the body's first line (caller's contract).
+        unsafe {
+            body.cast::<RingConfig>().write(RingConfig {
+                version: RING_VERSION,
+                flags: if self.mpsc { FLAG_MPSC } else { 0 },
+                capacity: self.capacity as u64,
+                max_producers: self.max_producers as u32,
+                max_subscribers: self.max_subscribers as u32,
+                stall_timeout_ns: self.stall_ns,
+                data_offset: self.data_offset as u64,
+            });
+        }
+        // The primary consumer's slot is always active, so that producers never run over
+        // messages nobody has read yet, attached consumer or not.
+        let s0 = body
+            .wrapping_add(subscribers_off(self.max_producers))
+            .cast::<SubscriberSlot>();
+        // SAFETY: subscriber slot 0 lies inside the body (data_offset ≥ its end) and is
+        // zeroed, a valid SubscriberSlot.
+        unsafe { (*s0).state.store(SLOT_ACTIVE, Ordering::Relaxed) };
+    }
+}
+
+/// Where a ring's body lives.
+#[derive(Debug)]
+enum Memory {
+    /// A shared-memory segment (any process can attach).
+    Mapped(Segment),
+    /// This process's heap ([`Ring::anonymous`]).
+    Heap(HeapBody),
+}
+
+impl Memory {
+    fn body(&self) -> *mut u8 {
+        match self {
+            Memory::Mapped(s) => s.body(),
+            Memory::Heap(h) => h.ptr,
+        }
+    }
+
+    fn body_len(&self) -> usize {
+        match self {
+            Memory::Mapped(s) => s.body_len(),
+            Memory::Heap(h) => h.len,
+        }
+    }
+
+    fn name(&self) -> &str {
+        match self {
+            Memory::Mapped(s) => s.name(),
+            Memory::Heap(h) => &h.name,
+        }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        match self {
+            Memory::Mapped(s) => s.path().to_owned(),
+            Memory::Heap(h) => std::path::PathBuf::from(format!("(anonymous ring {})", h.name)),
+        }
+    }
+
+    fn unlink(&self) -> Result<()> {
+        match self {
+            Memory::Mapped(s) => s.unlink(),
+            Memory::Heap(_) => Ok(()),
+        }
+    }
+}
+
+/// A zeroed, page-aligned heap allocation holding a ring body.
+#[derive(Debug)]
+struct HeapBody {
+    ptr: *mut u8,
+    len: usize,
+    name: String,
+}
+
+// SAFETY: the allocation is plain memory owned by this value; shared mutation goes through
+// atomics and the ring's claim protocol, exactly as for a mapped segment.
+unsafe impl Send for HeapBody {}
+// SAFETY: as above.
+unsafe impl Sync for HeapBody {}
+
+impl HeapBody {
+    fn layout(len: usize) -> Result<std::alloc::Layout> {
+        std::alloc::Layout::from_size_align(len, 4096)
+            .map_err(|_| Error::invalid("ring too large for this address space"))
+    }
+
+    fn zeroed(name: &str, len: usize) -> Result<HeapBody> {
+        let layout = HeapBody::layout(len)?;
+        // SAFETY: `len` > 0 (it includes a 4 KiB data region).
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        if ptr.is_null() {
+            return Err(Error::new(ErrorKind::TooLarge, "cannot allocate the ring"));
+        }
+        Ok(HeapBody {
+            ptr,
+            len,
+            name: name.to_owned(),
+        })
+    }
+}
+
+impl Drop for HeapBody {
+    fn drop(&mut self) {
+        if let Ok(layout) = HeapBody::layout(self.len) {
+            // SAFETY: allocated in `zeroed` with this same layout and not freed before.
+            unsafe { std::alloc::dealloc(self.ptr, layout) };
+        }
+    }
+}
+
+/// A mapped ring. Cheap to clone; producers and consumers hold a clone.
+#[derive(Clone, Debug)]
+pub struct Ring {
+    inner: Arc<Inner>,
+}
+
+impl Ring {
+    /// Creates ring `name` (replacing a stale segment of the same name).
+    pub fn create(name: &str, opts: &RingOptions) -> Result<Ring> {
+        let p = Params::of(opts)?;
+        let len = shm::HEADER_LEN + p.data_offset + p.capacity;
         let seg = Segment::create(name, SegmentKind::Ring, len, &opts.segment, |body, _| {
             // SAFETY: `body` is the fresh, zeroed, page-aligned body of `len - HEADER_LEN`
-            // bytes, not yet visible to anyone; RingConfig fits in its first line.
-            unsafe {
-                body.cast::<RingConfig>().write(RingConfig {
-                    version: RING_VERSION,
-                    flags: if mpsc { FLAG_MPSC } else { 0 },
-                    capacity: cap as u64,
-                    max_producers: max_p as u32,
-                    max_subscribers: max_s as u32,
-                    stall_timeout_ns: stall_ns,
-                    data_offset: data_offset as u64,
-                });
-            }
-            // The primary consumer's slot is always active, so that producers never run over
-            // messages nobody has read yet, attached consumer or not.
-            // SAFETY: subscriber slot 0 lies inside the body (data_offset ≥ its end).
-            let s0 = unsafe {
-                &*body
-                    .wrapping_add(subscribers_off(max_p))
-                    .cast::<SubscriberSlot>()
-            };
-            s0.state.store(SLOT_ACTIVE, Ordering::Relaxed);
+            // bytes, not yet visible to anyone.
+            unsafe { p.init(body) }
         })?;
-        Ring::from_segment(seg)
+        Ring::from_memory(Memory::Mapped(seg))
+    }
+
+    /// Creates a ring in this process's heap, for threads of one process: the same
+    /// algorithm without a file (nothing to open from another process, nothing to gc).
+    /// `opts.segment` is ignored.
+    pub fn anonymous(name: &str, opts: &RingOptions) -> Result<Ring> {
+        let p = Params::of(opts)?;
+        let heap = HeapBody::zeroed(name, p.data_offset + p.capacity)?;
+        // SAFETY: the fresh, zeroed, page-aligned allocation is not shared with anyone yet.
+        unsafe { p.init(heap.ptr) };
+        Ring::from_memory(Memory::Heap(heap))
     }
 
     /// Opens an existing ring.
     pub fn open(name: &str, opts: &SegmentOptions) -> Result<Ring> {
-        Ring::from_segment(Segment::open(name, SegmentKind::Ring, opts)?)
+        Ring::from_memory(Memory::Mapped(Segment::open(
+            name,
+            SegmentKind::Ring,
+            opts,
+        )?))
     }
 
     /// Opens a ring for reading its counters without attaching as a participant.
     pub fn inspect(name: &str, opts: &SegmentOptions) -> Result<Ring> {
-        Ring::from_segment(Segment::inspect(name, opts)?)
+        Ring::from_memory(Memory::Mapped(Segment::inspect(name, opts)?))
     }
 
-    fn from_segment(seg: Segment) -> Result<Ring> {
+    fn from_memory(seg: Memory) -> Result<Ring> {
         if seg.body_len() < data_off(1, 1) {
             return Err(Error::corrupt("ring segment too small for its layout"));
         }
@@ -253,7 +390,7 @@ impl Ring {
                 max_subscribers: max_s,
                 stall_timeout: Duration::from_nanos(cfg.stall_timeout_ns),
                 data_offset,
-                seg,
+                mem: seg,
             }),
         })
     }
@@ -263,7 +400,7 @@ impl Ring {
         unsafe {
             &*self
                 .inner
-                .seg
+                .mem
                 .body()
                 .wrapping_add(SHARED_OFF)
                 .cast::<RingShared>()
@@ -277,7 +414,7 @@ impl Ring {
         unsafe {
             &*self
                 .inner
-                .seg
+                .mem
                 .body()
                 .wrapping_add(PRODUCERS_OFF + i * layout::LINE)
                 .cast::<ProducerSlot>()
@@ -290,7 +427,7 @@ impl Ring {
         unsafe {
             &*self
                 .inner
-                .seg
+                .mem
                 .body()
                 .wrapping_add(subscribers_off(self.inner.max_producers) + i * layout::LINE)
                 .cast::<SubscriberSlot>()
@@ -299,7 +436,7 @@ impl Ring {
 
     fn data(&self) -> *mut u8 {
         // In bounds: data_offset + capacity == body length (validated in `from_segment`).
-        self.inner.seg.body().wrapping_add(self.inner.data_offset)
+        self.inner.mem.body().wrapping_add(self.inner.data_offset)
     }
 
     /// The header word of the frame at position `pos` (8-aligned).
@@ -333,7 +470,7 @@ impl Ring {
 
     /// The ring's name.
     pub fn name(&self) -> &str {
-        self.inner.seg.name()
+        self.inner.mem.name()
     }
 
     /// Data region size.
@@ -353,7 +490,7 @@ impl Ring {
 
     /// Removes the ring's file (participants keep their mappings).
     pub fn unlink(&self) -> Result<()> {
-        self.inner.seg.unlink()
+        self.inner.mem.unlink()
     }
 
     /// Attaches a producer. A single-producer ring refuses a second live producer (`Busy`).
