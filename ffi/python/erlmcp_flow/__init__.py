@@ -15,7 +15,8 @@ Importing the package finds and loads the library (``ERLMCP_FLOW_LIB``, then the
 directory, then ``<repo>/target/release`` and ``<repo>/target/debug``) and checks its ABI
 version. Both failures raise :class:`ImportError` subclasses: :class:`LibraryNotFoundError`
 and :class:`AbiMismatchError`. Failing calls raise :class:`Error` (``.code``, ``.name``,
-``.message``), or its subclasses :class:`Full`, :class:`Timeout` and :class:`Busy`.
+``.message``), or its subclasses :class:`Full`, :class:`Timeout`, :class:`Busy` and
+:class:`NotFound`.
 
 Shared-memory rings (:mod:`erlmcp_flow.ring`):
 
@@ -25,6 +26,9 @@ Shared-memory rings (:mod:`erlmcp_flow.ring`):
 ...         with emf.Producer(ring) as p, emf.Consumer(ring) as c:
 ...             p.send_batch([b"a", b"b"]), c.recv_batch()
 (2, [b'a', b'b'])
+
+Routing to agents' inboxes, batching and shared state (:mod:`erlmcp_flow.flow`):
+:class:`Router`, :class:`BatchProcessor`, :class:`StateStore` and :class:`SharedValue`.
 """
 
 from ._native import (
@@ -55,6 +59,7 @@ from ._errors import (
     Busy,
     Error,
     Full,
+    NotFound,
     Timeout,
     status_name,
 )
@@ -107,6 +112,7 @@ from .ring import (
     Ring,
     RingStats,
 )
+from .flow import BatchProcessor, FlushReason, Router, SharedValue, StateStore
 
 __version__ = "0.1.0"
 
@@ -122,6 +128,7 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "Full",
     "Timeout",
     "Busy",
+    "NotFound",
     "status_name",
     "ID_TYPE_NAMES",
     "KIND_NAMES",
@@ -144,4 +151,9 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "RingStats",
     "Producer",
     "Consumer",
+    "Router",
+    "BatchProcessor",
+    "FlushReason",
+    "StateStore",
+    "SharedValue",
 ]

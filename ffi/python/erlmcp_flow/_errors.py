@@ -64,13 +64,23 @@ class Busy(Error):
     producer or consumer is being used by another thread right now."""
 
 
+class NotFound(Error):
+    """``EMF_ERR_NOT_FOUND``: a looked-up item does not exist (a ring or router inbox of that
+    name, a shared-state key or a released or replaced state reference, an envelope's id)."""
+
+
 #: Status code -> the :class:`Error` subclass raised for it (others raise :class:`Error`).
-ERROR_CLASSES = {EMF_ERR_FULL: Full, EMF_ERR_TIMEOUT: Timeout, EMF_ERR_BUSY: Busy}
+ERROR_CLASSES = {
+    EMF_ERR_FULL: Full,
+    EMF_ERR_TIMEOUT: Timeout,
+    EMF_ERR_BUSY: Busy,
+    EMF_ERR_NOT_FOUND: NotFound,
+}
 
 
 def error_for(code: int, message: str) -> Error:
-    """The exception for a status code: :class:`Full`, :class:`Timeout` or :class:`Busy`
-    for those codes, else :class:`Error`."""
+    """The exception for a status code: :class:`Full`, :class:`Timeout`, :class:`Busy` or
+    :class:`NotFound` for those codes, else :class:`Error`."""
     return ERROR_CLASSES.get(code, Error)(code, message)
 
 

@@ -289,7 +289,7 @@ PROTOTYPES = {
         [emf_consumer_p, c_uint32, c_uint32, POINTER(c_bool)],
     ),
     "emf_consumer_lag": (emf_status_t, [emf_consumer_p, POINTER(c_uint64)]),
-    # Router, batch processor and shared state: declared for raw use (no wrappers yet).
+    # Router, batch processor and shared state (wrapped in erlmcp_flow.flow).
     "emf_router_new": (emf_status_t, [c_char_p, c_size_t, POINTER(emf_router_p)]),
     "emf_router_free": (emf_status_t, [emf_router_p]),
     "emf_router_register_agent": (

@@ -55,8 +55,7 @@ from ._native import (
 )
 from .codec import BytesLike, _input
 
-# Batch processor flush reasons (include/erlmcp_flow.h; emf_batch_* is declared in
-# _native for raw use, without a wrapper yet).
+# Batch processor flush reasons (include/erlmcp_flow.h; see erlmcp_flow.flow.FlushReason).
 EMF_FLUSH_NONE = 0
 EMF_FLUSH_SIZE = 1
 EMF_FLUSH_TIMEOUT = 2
@@ -504,11 +503,25 @@ class Consumer(_Handle):
         buffer_size = _unsigned(buffer_size, "buffer_size", _SIZE_MAX)
         attach = lib.emf_consumer_subscribe if _subscribe else lib.emf_consumer_new
         handle = ring._attach(attach, emf_consumer_p())
-        super().__init__(handle)
-        #: The ring it was attached through.
+        self._init_attached(handle, ring, buffer_size, bool(_subscribe), None)
+
+    @classmethod
+    def _adopt(cls, handle, *, buffer_size: int, agent: str) -> "Consumer":
+        """Wraps a consumer handle the library attached elsewhere (an agent's inbox consumer
+        from ``emf_router_register_agent``). ``buffer_size`` must be checked already."""
+        self = cls.__new__(cls)
+        self._init_attached(handle, None, buffer_size, False, agent)
+        return self
+
+    def _init_attached(self, handle, ring, buffer_size: int, subscriber: bool, agent) -> None:
+        _Handle.__init__(self, handle)
+        #: The ring it was attached through (None for an agent's inbox consumer, whose ring
+        #: the router opened).
         self.ring = ring
         #: True for a fan-out subscriber.
-        self.subscriber = bool(_subscribe)
+        self.subscriber = subscriber
+        #: The agent whose inbox this is (:meth:`Router.register_agent`), else None.
+        self.agent = agent
         self._set_buffer(max(buffer_size, 64))
         self._count = c_size_t(0)
         self._used = c_size_t(0)
@@ -689,6 +702,8 @@ class Consumer(_Handle):
     def __repr__(self) -> str:
         kind = "subscriber" if self.subscriber else "consumer"
         state = "closed" if self.closed else "open"
+        if self.ring is None:
+            return f"<erlmcp_flow.Consumer inbox agent={self.agent!r} {state}>"
         return f"<erlmcp_flow.Consumer {kind} ring={self.ring.name!r} {state}>"
 
 
