@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of erlmcp-flow on a fresh machine: Rust (unit, integration, doc, header
-# drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python and Erlang.
+# drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python, Erlang, and
+# the cross-language interop test (Python producer, Erlang consumer, C subscriber).
 # Installs what is missing: Erlang/OTP + rebar3 through apt-get (when root), pytest through pip.
 #
 #   scripts/test.sh            everything
@@ -102,6 +103,7 @@ stage bench-smoke bench_smoke
 stage c-cpp c-examples/run-tests.sh
 stage python ffi/python/run-tests.sh
 stage erlang ffi/erlang/run-tests.sh
+stage interop tests/interop/run.sh
 
 echo
 if [ "$failed" -gt 0 ]; then
