@@ -100,6 +100,7 @@ stage rust rust_tests
 stage header header_drift
 stage release release_build
 stage bench-smoke bench_smoke
+stage loom scripts/loom.sh
 stage c-cpp c-examples/run-tests.sh
 stage python ffi/python/run-tests.sh
 stage erlang ffi/erlang/run-tests.sh

@@ -7,8 +7,21 @@ use std::time::Duration;
 
 use crate::sync::AtomicU32;
 
+/// Loom stand-in: models never sleep on futexes; a waiter just yields.
+#[cfg(loom)]
+pub fn wait(_word: &AtomicU32, _expected: u32, timeout: Duration) {
+    // Loom models do not sleep on futexes (see `ring::model`); yield instead.
+    let _ = timeout;
+    loom::thread::yield_now();
+}
+
+#[cfg(loom)]
+/// Loom stand-in: nothing sleeps on futexes in the models.
+pub fn wake_all(_word: &AtomicU32) {}
+
 /// Sleeps while `*word == expected`, for at most `timeout`. Returns on a wake, a timeout, a
 /// signal, or when the word already differs; the caller re-checks its condition either way.
+#[cfg(not(loom))]
 pub fn wait(word: &AtomicU32, expected: u32, timeout: Duration) {
     let ts = libc::timespec {
         tv_sec: timeout.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -72,6 +85,7 @@ pub fn barrier_all() -> bool {
 }
 
 /// Wakes every waiter sleeping on `word`.
+#[cfg(not(loom))]
 pub fn wake_all(word: &AtomicU32) {
     // SAFETY: `word` is a valid, aligned atomic; FUTEX_WAKE does not access other memory.
     unsafe {

@@ -1654,5 +1654,7 @@ impl Drop for Consumer {
     }
 }
 
+#[cfg(all(test, loom))]
+mod model;
 #[cfg(test)]
 pub(crate) mod tests;
