@@ -37,11 +37,18 @@
          ring_close/1,
          producer_new/1, producer_send/3, producer_send_batch/2,
          consumer_new/2, consumer_recv/2, consumer_recv_batch/3, consumer_lag/1,
-         deliver/6, deliver_ack/1, deliver_stop/1, deliveries/0]).
+         deliver/6, deliver_ack/1, deliver_stop/1, deliveries/0,
+         router_new/2, router_close/1, router_register_agent/2, router_unregister_agent/2,
+         router_send_direct/4, router_send_batch/4,
+         batch_new/4, batch_send/2, batch_tick/1, batch_flush/1, batch_pending/1,
+         batch_close/1, batch_discard/1,
+         state_open/2, state_share/3, state_lookup/2, state_read/2, state_release/2,
+         state_mapped/0]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
-              ring/0, producer/0, consumer/0, timeout_ms/0]).
+              ring/0, producer/0, consumer/0, timeout_ms/0,
+              router/0, batch/0, flush/0, store/0, state_ref/0]).
 
 -on_load(init/0).
 
@@ -65,6 +72,16 @@
 %% A producer attached to a ring (`emf_producer_t').
 -opaque consumer() :: reference().
 %% The primary consumer or a fan-out subscriber of a ring (`emf_consumer_t').
+-opaque router() :: reference().
+%% A router (`emf_router_t'): one process at a time; see erlmcp_flow_router.
+-opaque batch() :: reference().
+%% A batch processor (`emf_batch_t'): one process at a time; see erlmcp_flow_batch_processor.
+-type flush() :: none | size | timeout | idle | demand.
+%% Whether and why a batch processor flushed (`EMF_FLUSH_*').
+-opaque store() :: reference().
+%% A shared-state store (`emf_state_store_t'): thread-safe, freed when garbage collected.
+-type state_ref() :: non_neg_integer().
+%% A shared value's reference (`uint64_t'), valid in every process that opens the store.
 -type timeout_ms() :: non_neg_integer() | infinity.
 -type envelope() :: #{kind := kind(),
                       priority := priority(),
@@ -268,3 +285,97 @@ deliver_stop(_Ref) -> erlang:nif_error(not_loaded).
 %% @doc The number of deliveries of the loaded library not yet reaped (their threads joined).
 -spec deliveries() -> non_neg_integer().
 deliveries() -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Router (see erlmcp_flow_router for the documented API)
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_router_new': inboxes in `Dir' (`undefined': /dev/shm) of `InboxCapacity' bytes
+%% (0: 1 MiB).
+-spec router_new(bytes() | undefined, non_neg_integer()) -> {ok, router()} | error().
+router_new(_Dir, _InboxCapacity) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_router_free' now (idempotent; later calls give `{error, {closed, _}}').
+-spec router_close(router()) -> ok | error().
+router_close(_Router) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_router_register_agent': the agent's inbox consumer.
+-spec router_register_agent(router(), bytes()) -> {ok, consumer()} | error().
+router_register_agent(_Router, _Agent) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_router_unregister_agent'.
+-spec router_unregister_agent(router(), bytes()) -> ok | error().
+router_unregister_agent(_Router, _Agent) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_router_send_direct'. `Attached' is a scheduling hint: true when this router has
+%% sent to the agent before (its inbox is open), so the call may stay on this scheduler.
+-spec router_send_direct(router(), bytes(), bytes(), boolean()) -> ok | error().
+router_send_direct(_Router, _Agent, _Data, _Attached) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_router_send_batch': `{ok, Accepted}', the first `Accepted' messages were sent.
+-spec router_send_batch(router(), bytes(), [bytes()], boolean()) ->
+          {ok, non_neg_integer()} | error().
+router_send_batch(_Router, _Agent, _Frames, _Attached) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Batch processors (see erlmcp_flow_batch_processor)
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_batch_new' over a ring; 0 takes the engine's defaults (100, 10 ms, 10000).
+-spec batch_new(ring(), non_neg_integer(), non_neg_integer(), non_neg_integer()) ->
+          {ok, batch()} | error().
+batch_new(_Ring, _BatchSize, _TimeoutMs, _MaxPending) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_batch_send', then `emf_batch_pending': `DueMs' is -1 when nothing is pending.
+-spec batch_send(batch(), bytes()) ->
+          {ok, flush(), non_neg_integer(), integer()} | error().
+batch_send(_Batch, _Data) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_batch_tick', then `emf_batch_pending'.
+-spec batch_tick(batch()) -> {ok, flush(), non_neg_integer(), integer()} | error().
+batch_tick(_Batch) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_batch_flush' (`Sent' messages), then `emf_batch_pending'.
+-spec batch_flush(batch()) ->
+          {ok, non_neg_integer(), non_neg_integer(), integer()} | error().
+batch_flush(_Batch) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_batch_pending': `{ok, Pending, DueMs}'.
+-spec batch_pending(batch()) -> {ok, non_neg_integer(), integer()} | error().
+batch_pending(_Batch) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_batch_free': `{error, {full, _}}' (nothing freed) when messages could not be sent.
+-spec batch_close(batch()) -> ok | error().
+batch_close(_Batch) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_batch_discard': frees the processor and drops the messages it holds.
+-spec batch_discard(batch()) -> {ok, non_neg_integer()} | error().
+batch_discard(_Batch) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Shared state (see erlmcp_flow)
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_state_open': store `Name' in `Dir' (`undefined': /dev/shm).
+-spec state_open(bytes(), bytes() | undefined) -> {ok, store()} | error().
+state_open(_Name, _Dir) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_state_share'.
+-spec state_share(store(), bytes(), bytes()) -> {ok, state_ref()} | error().
+state_share(_Store, _Key, _Value) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_state_lookup'.
+-spec state_lookup(store(), bytes()) -> {ok, state_ref()} | error().
+state_lookup(_Store, _Key) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_state_read': the value, copied (below 64 KiB) or as a binary over the mapping.
+-spec state_read(store(), state_ref()) -> {ok, binary()} | error().
+state_read(_Store, _Ref) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_state_release'.
+-spec state_release(store(), state_ref()) -> ok | error().
+state_release(_Store, _Ref) -> erlang:nif_error(not_loaded).
+
+%% @doc The number of shared values mapped for zero-copy binaries by the loaded library.
+-spec state_mapped() -> non_neg_integer().
+state_mapped() -> erlang:nif_error(not_loaded).

@@ -1,0 +1,158 @@
+%% @doc Shared state by reference (the original design's "zero-copy" ETS trick), over the
+%% engine's `emf_state_*': a value is published once under a key and read in place by any
+%% process of the machine (Erlang VMs, Rust, C, ...).
+%%
+%% ```
+%% {ok, Ref} = erlmcp_flow:share_state(<<"registry">>, term_to_binary(Registry)),
+%% {ok, Bin} = erlmcp_flow:read_shared_state(Ref),          % any process, any VM
+%% {ok, Ref} = erlmcp_flow:lookup_state(<<"registry">>),
+%% ok = erlmcp_flow:release_state(Ref),
+%% {error, not_found} = erlmcp_flow:read_shared_state(Ref).
+%% '''
+%%
+%% <h3>References</h3>
+%% `share_state' returns the value's reference, a 64-bit integer valid in every process that
+%% opens the same store (pass it to another VM as is). Sharing a key again publishes a new
+%% reference and retires the old one; `release_state' retires a reference. A retired
+%% reference reads as `{error, not_found}', but values already read stay readable: their
+%% memory is reclaimed once nobody maps them. References are never reused.
+%%
+%% <h3>Reading without copying</h3>
+%% `read_shared_state' returns values of 64 KiB and more as binaries over the shared mapping
+%% itself (no copy): the mapping lives exactly as long as the binary (and its sub-binaries),
+%% after a release or a re-share of the key too. Each VM maps a value once, however many
+%% binaries and processes hold it (a value's segment has 128 attach slots for the whole
+%% machine). Smaller values are copied into ordinary binaries. Keep in mind that a held
+%% binary keeps the whole value's memory alive, like any large binary.
+%%
+%% <h3>Stores</h3>
+%% A store is a name (1-100 characters of `A-Z a-z 0-9 _ -') and a directory. The functions
+%% without a store argument use the default store: name `state_store' of the `erlmcp_flow'
+%% application environment (`<<"erlmcp_flow">>'), directory `state_dir' (/dev/shm). The
+%% others take a store from `open_store/1,2'. Keys are UTF-8 names without NUL bytes; values
+%% are binaries (or iodata).
+%%
+%% <h3>Errors</h3>
+%% A reference or key that does not exist gives `{error, not_found}'; other failures
+%% `{error, {Status, Message}}' as in the rest of the binding. Every call but `open_store' runs
+%% on a dirty I/O scheduler (each touches the file system).
+-module(erlmcp_flow).
+
+-export([share_state/2, share_state/3, read_shared_state/1, read_shared_state/2,
+         lookup_state/1, lookup_state/2, release_state/1, release_state/2,
+         open_store/1, open_store/2, default_store/0]).
+
+-export_type([store/0, state_ref/0, key/0]).
+
+-type store() :: erlmcp_flow_nif:store().
+-type state_ref() :: erlmcp_flow_nif:state_ref().
+-type key() :: binary() | string() | atom().
+-type error() :: erlmcp_flow_nif:error().
+
+-define(DEFAULT_STORE, <<"erlmcp_flow">>).
+
+%%--------------------------------------------------------------------------------------------
+%% Stores
+%%--------------------------------------------------------------------------------------------
+
+%% @equiv open_store(Name, #{})
+-spec open_store(binary() | string() | atom()) -> {ok, store()} | error().
+open_store(Name) ->
+    open_store(Name, #{}).
+
+%% @doc A handle of store `Name' in `dir' (/dev/shm). Nothing is created: a store is only a
+%% name for its values' files. The handle is thread-safe and freed when garbage collected.
+-spec open_store(binary() | string() | atom(), #{dir => file:filename_all() | undefined}) ->
+          {ok, store()} | error().
+open_store(Name, Opts) when is_map(Opts) ->
+    case maps:keys(maps:without([dir], Opts)) of
+        [] -> erlmcp_flow_nif:state_open(text(Name), dir(maps:get(dir, Opts, undefined)));
+        Unknown -> invalid(io_lib:format("unknown options ~0p (known: [dir])", [Unknown]))
+    end;
+open_store(_Name, _Opts) ->
+    invalid("options: expected a map").
+
+%% @doc The default store, from the application environment (`state_store', `state_dir').
+-spec default_store() -> {ok, store()} | error().
+default_store() ->
+    open_store(application:get_env(erlmcp_flow, state_store, ?DEFAULT_STORE),
+               #{dir => application:get_env(erlmcp_flow, state_dir, undefined)}).
+
+%%--------------------------------------------------------------------------------------------
+%% Shared state
+%%--------------------------------------------------------------------------------------------
+
+%% @doc Publishes `Value' under `Key' in the default store.
+-spec share_state(key(), iodata()) -> {ok, state_ref()} | error().
+share_state(Key, Value) ->
+    with_default(fun(Store) -> share_state(Store, Key, Value) end).
+
+%% @doc Publishes `Value' under `Key' and returns its reference; the key's previous reference
+%% is retired (processes holding its value keep it).
+-spec share_state(store(), key(), iodata()) -> {ok, state_ref()} | error().
+share_state(Store, Key, Value) ->
+    erlmcp_flow_nif:state_share(Store, text(Key), Value).
+
+%% @doc Reads a value of the default store.
+-spec read_shared_state(state_ref()) -> {ok, binary()} | {error, not_found} | error().
+read_shared_state(Ref) ->
+    with_default(fun(Store) -> read_shared_state(Store, Ref) end).
+
+%% @doc The value of `Ref': `{error, not_found}' once it was released or replaced.
+-spec read_shared_state(store(), state_ref()) -> {ok, binary()} | {error, not_found} | error().
+read_shared_state(Store, Ref) ->
+    not_found(erlmcp_flow_nif:state_read(Store, Ref)).
+
+%% @doc The current reference of `Key' in the default store.
+-spec lookup_state(key()) -> {ok, state_ref()} | {error, not_found} | error().
+lookup_state(Key) ->
+    with_default(fun(Store) -> lookup_state(Store, Key) end).
+
+%% @doc The current reference of `Key' (`{error, not_found}' when it was never shared). A
+%% released reference stays the key's current one until the key is shared again (it then reads
+%% as `not_found').
+-spec lookup_state(store(), key()) -> {ok, state_ref()} | {error, not_found} | error().
+lookup_state(Store, Key) ->
+    not_found(erlmcp_flow_nif:state_lookup(Store, text(Key))).
+
+%% @doc Retires a reference of the default store.
+-spec release_state(state_ref()) -> ok | {error, not_found} | error().
+release_state(Ref) ->
+    with_default(fun(Store) -> release_state(Store, Ref) end).
+
+%% @doc Retires `Ref': new reads give `{error, not_found}'; values already read stay readable.
+-spec release_state(store(), state_ref()) -> ok | {error, not_found} | error().
+release_state(Store, Ref) ->
+    not_found(erlmcp_flow_nif:state_release(Store, Ref)).
+
+%%--------------------------------------------------------------------------------------------
+%% Internal
+%%--------------------------------------------------------------------------------------------
+
+%% Store handles cost no system call (the engine only checks the name), so the default store
+%% is opened for each call: the application environment is read every time.
+with_default(Fun) ->
+    case default_store() of
+        {ok, Store} -> Fun(Store);
+        {error, _} = Error -> Error
+    end.
+
+not_found({error, {not_found, _}}) -> {error, not_found};
+not_found(Result) -> Result.
+
+dir(undefined) -> undefined;
+dir(Dir) -> text(Dir).
+
+text(Text) when is_atom(Text) -> atom_to_binary(Text, utf8);
+text(Text) when is_list(Text) ->
+    try unicode:characters_to_binary(Text) of
+        Bin when is_binary(Bin) -> Bin;
+        _ -> Text
+    catch
+        error:badarg -> Text
+    end;
+text(Text) -> Text.
+
+-spec invalid(iodata()) -> error().
+invalid(Text) ->
+    {error, {invalid_argument, unicode:characters_to_binary(Text)}}.
