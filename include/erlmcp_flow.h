@@ -519,6 +519,7 @@ emf_status_t emf_router_send_direct(struct emf_router_t *r,
 
 // Sends `n` messages to `agent` in order; `*out_accepted` says how many were sent.
 // Messages `*out_accepted..n` were not accepted (back-pressure) and stay the caller's.
+// `EMF_ERR_FULL` when none could be sent.
 //
 // # Safety
 //
@@ -699,6 +700,14 @@ emf_status_t emf_ring_free(struct emf_ring_t *ring);
 //
 // `ring` a live handle.
 emf_status_t emf_ring_unlink(const struct emf_ring_t *ring);
+
+// Closes the ring to producers: every later send or claim answers `EMF_ERR_CLOSED`;
+// consumers still drain what was committed.
+//
+// # Safety
+//
+// `ring` a live handle.
+emf_status_t emf_ring_close(const struct emf_ring_t *ring);
 
 // Stores the largest payload one frame can carry in `*out`.
 //

@@ -104,10 +104,13 @@ impl Router {
         ring.consumer()
     }
 
-    /// Removes `agent`'s inbox (senders that already hold it keep their mapping).
+    /// Removes `agent`'s inbox and closes it: senders that still hold it get `Closed` (a
+    /// router then looks the agent up again) instead of writing into a removed ring.
     pub fn unregister_agent(&mut self, agent: &str) -> Result<()> {
         self.producers.remove(agent);
-        Ring::inspect(&inbox_name(agent), self.seg())?.unlink()
+        let ring = Ring::inspect(&inbox_name(agent), self.seg())?;
+        ring.close();
+        ring.unlink()
     }
 
     fn producer(&mut self, agent: &str) -> Result<&mut Producer> {
@@ -127,10 +130,26 @@ impl Router {
         Ok(self.producers.get_mut(agent).expect("inserted above"))
     }
 
+    /// Runs `f` with `agent`'s producer; when the inbox it holds was removed (the agent
+    /// unregistered, maybe registered again), reopens the current inbox once and retries.
+    fn with_inbox<R>(
+        &mut self,
+        agent: &str,
+        mut f: impl FnMut(&mut Producer) -> Result<R>,
+    ) -> Result<R> {
+        match f(self.producer(agent)?) {
+            Err(e) if e.kind() == ErrorKind::Closed => {
+                self.producers.remove(agent);
+                f(self.producer(agent)?)
+            }
+            other => other,
+        }
+    }
+
     /// Sends one message to `agent`. `Full` when its inbox is full (the caller keeps the
     /// message), `NotFound` when the agent has no inbox.
     pub fn send_direct(&mut self, agent: &str, payload: &[u8]) -> Result<()> {
-        self.producer(agent)?.send(payload)
+        self.with_inbox(agent, |p| p.send(payload))
     }
 
     /// Encodes and sends a message to `agent` in place in its inbox.
@@ -141,13 +160,13 @@ impl Router {
         msg: &Message,
         max_len: usize,
     ) -> Result<()> {
-        self.producer(agent)?.send_message(enc, msg, max_len)
+        self.with_inbox(agent, |p| p.send_message(enc, msg, max_len))
     }
 
     /// Sends messages to `agent` in order; says which were not accepted. Never drops one
     /// silently: the ones not accepted are named in the outcome and were not sent.
     pub fn send_batch(&mut self, agent: &str, payloads: &[&[u8]]) -> Result<BatchOutcome> {
-        let accepted = self.producer(agent)?.send_batch(payloads)?;
+        let accepted = self.with_inbox(agent, |p| p.send_batch(payloads))?;
         Ok(BatchOutcome {
             accepted,
             not_accepted: accepted..payloads.len(),
@@ -182,6 +201,16 @@ mod tests {
             r.send_batch("zz", &[b"x"]).unwrap_err().kind(),
             ErrorKind::NotFound
         );
+        // An agent that unregisters and registers again: senders follow to the new inbox
+        // instead of writing into the removed one.
+        r.unregister_agent("a").unwrap();
+        let mut fresh = r.register_agent("a").unwrap();
+        let mut other = Router::new(RouterOptions::in_dir(&dir.0));
+        other.send_direct("a", b"to the new inbox").unwrap();
+        let mut seen_new = Vec::new();
+        fresh.poll(10, |f| seen_new.push(f.to_vec())).unwrap();
+        assert_eq!(seen_new, [b"to the new inbox".to_vec()]);
+        drop(fresh);
         drop(inbox);
         // A restarted agent gets its inbox back, unread messages included.
         r.send_direct("a", b"kept").unwrap();

@@ -172,6 +172,7 @@ pub unsafe extern "C" fn emf_router_send_direct(
 
 /// Sends `n` messages to `agent` in order; `*out_accepted` says how many were sent.
 /// Messages `*out_accepted..n` were not accepted (back-pressure) and stay the caller's.
+/// `EMF_ERR_FULL` when none could be sent.
 ///
 /// # Safety
 ///
@@ -191,6 +192,13 @@ pub unsafe extern "C" fn emf_router_send_batch(
         // SAFETY: caller contract.
         let slices = unsafe { super::ring::read_slices(frames, n) }?;
         let out = with_router(r, |router| Ok(router.send_batch(agent, &slices)?))?;
+        if out.accepted == 0 && n > 0 {
+            // As emf_producer_send_batch: nothing fit is back-pressure, not success.
+            return Err(FfiError::new(
+                super::EMF_ERR_FULL,
+                "the agent's inbox is full: no message of the batch fits",
+            ));
+        }
         // SAFETY: writable by contract.
         unsafe { write_out(out_accepted, out.accepted, "out_accepted") }
     })

@@ -322,6 +322,20 @@ pub unsafe extern "C" fn emf_ring_unlink(ring: *const emf_ring_t) -> emf_status_
     })
 }
 
+/// Closes the ring to producers: every later send or claim answers `EMF_ERR_CLOSED`;
+/// consumers still drain what was committed.
+///
+/// # Safety
+///
+/// `ring` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn emf_ring_close(ring: *const emf_ring_t) -> emf_status_t {
+    guard(|| {
+        ring_of(ring)?.close();
+        Ok(())
+    })
+}
+
 /// Stores the largest payload one frame can carry in `*out`.
 ///
 /// # Safety

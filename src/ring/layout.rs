@@ -81,7 +81,11 @@ pub struct RingShared {
     pub max_lag: AtomicU64,
     /// Frames a consumer found invalid (a header that cannot be right).
     pub corrupt_frames: AtomicU64,
-    _pad3: [u64; 11],
+    /// 1 once the ring was removed (`Ring::unlink`): producers get `Closed` instead of
+    /// writing into a ring nobody will open again.
+    pub closed: AtomicU32,
+    _pad32: u32,
+    _pad3: [u64; 10],
 }
 
 /// Slot states.

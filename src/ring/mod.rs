@@ -488,9 +488,22 @@ impl Ring {
         self.inner.mpsc
     }
 
-    /// Removes the ring's file (participants keep their mappings).
+    /// Removes the ring's file. Participants that mapped it keep working (the usual
+    /// "unlink once everyone has attached" idiom); see [`Ring::close`] to stop producers.
     pub fn unlink(&self) -> Result<()> {
         self.inner.mem.unlink()
+    }
+
+    /// Closes the ring to producers: from now on every claim answers `Closed` (instead of
+    /// writing frames nobody will read, e.g. after the owner of an inbox went away);
+    /// consumers can still drain what was committed.
+    pub fn close(&self) {
+        self.shared().closed.store(1, Ordering::Release);
+    }
+
+    /// True once the ring was closed with [`Ring::close`].
+    pub fn is_closed(&self) -> bool {
+        self.shared().closed.load(Ordering::Acquire) != 0
     }
 
     /// Attaches a producer. A single-producer ring refuses a second live producer (`Busy`).
@@ -949,6 +962,12 @@ impl Producer {
     #[inline]
     fn claim_with(&mut self, end_of: impl Fn(u64) -> u64) -> Result<Layout> {
         let cap = self.ring.inner.capacity;
+        if self.ring.shared().closed.load(Ordering::Relaxed) != 0 {
+            return Err(Error::new(
+                ErrorKind::Closed,
+                "the ring was closed (its owner unregistered or closed it)",
+            ));
+        }
         loop {
             let tail = self.ring.shared().tail.load(Ordering::Acquire);
             if tail % 8 != 0 {

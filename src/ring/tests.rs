@@ -547,3 +547,20 @@ fn recv_into_and_batches_copy_out_without_losing_frames() {
         ErrorKind::TooLarge
     );
 }
+
+#[test]
+fn a_closed_ring_refuses_producers_and_lets_consumers_drain() {
+    let dir = TempDir::new("close");
+    let r = ring(&dir, 4096, true);
+    let mut p = r.producer().unwrap();
+    let mut c = r.consumer().unwrap();
+    p.send(b"before").unwrap();
+    assert!(!r.is_closed());
+    r.close();
+    assert!(r.is_closed());
+    assert_eq!(p.send(b"after").unwrap_err().kind(), ErrorKind::Closed);
+    assert_eq!(p.send_batch(&[b"x"]).unwrap_err().kind(), ErrorKind::Closed);
+    let mut got = Vec::new();
+    c.poll(10, |f| got.push(f.to_vec())).unwrap();
+    assert_eq!(got, [b"before".to_vec()]);
+}

@@ -250,6 +250,7 @@ PROTOTYPES = {
     "emf_ring_open": (emf_status_t, [c_char_p, c_char_p, POINTER(emf_ring_p)]),
     "emf_ring_free": (emf_status_t, [emf_ring_p]),
     "emf_ring_unlink": (emf_status_t, [emf_ring_p]),
+    "emf_ring_close": (emf_status_t, [emf_ring_p]),
     "emf_ring_max_payload": (emf_status_t, [emf_ring_p, POINTER(c_size_t)]),
     "emf_ring_stats": (emf_status_t, [emf_ring_p, POINTER(emf_ring_stats_t)]),
     "emf_producer_new": (emf_status_t, [emf_ring_p, POINTER(emf_producer_p)]),

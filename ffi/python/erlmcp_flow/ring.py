@@ -355,6 +355,16 @@ class Ring(_Handle):
             self._lock.release()
         check(status)
 
+    def close_to_producers(self) -> None:
+        """Closes the ring to producers: later sends raise Error(EMF_ERR_CLOSED); consumers
+        still drain what was committed."""
+        handle = self._enter(blocking=True)
+        try:
+            status = lib.emf_ring_close(handle)
+        finally:
+            self._lock.release()
+        check(status)
+
     def _attach(self, attach, out):
         handle = self._enter(blocking=True)
         try:

@@ -1244,3 +1244,11 @@ def test_cross_process_consumer_and_single_sends(make_ring):
     assert child.returncode == 0, err
     assert out.split() == ["ok", str(total)]
     assert ring.stats().received == total
+
+
+def test_a_closed_ring_refuses_producers_and_lets_consumers_drain(ring):
+    with emf.Producer(ring) as p, emf.Consumer(ring) as c:
+        p.send(b"before")
+        ring.close_to_producers()
+        expect_error(emf.EMF_ERR_CLOSED, p.send, b"after")
+        assert c.recv() == b"before"
