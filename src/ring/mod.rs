@@ -541,6 +541,7 @@ impl Ring {
                     bytes: s.bytes.load(Ordering::Relaxed),
                     lazy_wake,
                     last_reap: None,
+                    counters: true,
                 });
             }
         }
@@ -894,6 +895,7 @@ pub struct Producer {
     bytes: u64,
     lazy_wake: bool,
     last_reap: Option<Instant>,
+    counters: bool,
 }
 
 /// Where a claimed batch's frames go.
@@ -910,6 +912,13 @@ impl Producer {
 
     fn slot(&self) -> &ProducerSlot {
         self.ring.producer_slot(self.slot)
+    }
+
+    /// Stops publishing this producer's `sent`/`bytes` counters (only to measure what they
+    /// cost: `erlmcp-flow bench --suite ring`, result `counters_cost_pct`).
+    #[doc(hidden)]
+    pub fn disable_counters(&mut self) {
+        self.counters = false;
     }
 
     /// The slowest consumer's position; dead subscribers are reaped at most every 10 ms, so a
@@ -1232,8 +1241,10 @@ impl Producer {
 
     fn finish_claim(&mut self) {
         let s = self.slot();
-        s.sent.store(self.sent, Ordering::Relaxed);
-        s.bytes.store(self.bytes, Ordering::Relaxed);
+        if self.counters {
+            s.sent.store(self.sent, Ordering::Relaxed);
+            s.bytes.store(self.bytes, Ordering::Relaxed);
+        }
         s.state.store(SLOT_IDLE, Ordering::Release);
         self.ring.wake_data_after(self.lazy_wake);
     }

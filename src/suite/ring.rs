@@ -425,6 +425,42 @@ fn batching(settings: Settings) -> (f64, f64) {
     (pct(&lat, 0.5), (n_load - 1) as f64 / load_time)
 }
 
+/// Per-send cost with and without the shared-memory counters, same process, alternating
+/// rounds; returns (ns with, ns without).
+fn counters_cost(settings: Settings) -> (f64, f64) {
+    let scratch = Scratch::new();
+    let n: usize = if settings.samples < 10 { 50_000 } else { 200_000 };
+    let ring = ring_in(&scratch.0, "ctr", 1 << 24, false);
+    let mut cons = ring.consumer().expect("consumer");
+    let msg = [3u8; 64];
+    let (mut with, mut without) = (f64::MAX, f64::MAX);
+    for round in 0..2 * (settings.samples.clamp(3, 9) + 1) {
+        let counters = round % 2 == 0;
+        let mut p = ring.producer().expect("producer");
+        if !counters {
+            p.disable_counters();
+        }
+        let t = Instant::now();
+        for _ in 0..n {
+            p.send(std::hint::black_box(&msg)).expect("send");
+        }
+        let ns = t.elapsed().as_nanos() as f64 / n as f64;
+        if round >= 2 {
+            if counters {
+                with = with.min(ns);
+            } else {
+                without = without.min(ns);
+            }
+        }
+        drop(p);
+        cons.poll(usize::MAX, |f| {
+            std::hint::black_box(f);
+        })
+        .expect("poll");
+    }
+    (with, without)
+}
+
 fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     let mut out = Vec::new();
     progress("spsc_64b_throughput");
@@ -541,6 +577,17 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         )
         .with_targets(None, Some(20.0)),
     );
+    progress("counters_cost");
+    let (with, without) = counters_cost(settings);
+    out.push(
+        BenchResult::new(
+            "counters_cost_pct",
+            ((with / without) - 1.0).max(0.0) * 100.0,
+            "%",
+            Better::Lower,
+        )
+        .with_targets(None, Some(2.0)),
+    );
     progress("batch_processor");
     let (idle_p50, loaded) = batching(settings);
     out.push(
@@ -570,7 +617,7 @@ pub fn ring_suite() -> Suite {
     Suite {
         name: "ring",
         about: "cross-process shared-memory rings: 64 B throughput, ping-pong latency, 64 KiB bandwidth",
-        steps: 14,
+        steps: 15,
         run,
     }
 }
