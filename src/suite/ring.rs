@@ -429,7 +429,11 @@ fn batching(settings: Settings) -> (f64, f64) {
 /// rounds; returns (ns with, ns without).
 fn counters_cost(settings: Settings) -> (f64, f64) {
     let scratch = Scratch::new();
-    let n: usize = if settings.samples < 10 { 50_000 } else { 200_000 };
+    let n: usize = if settings.samples < 10 {
+        50_000
+    } else {
+        200_000
+    };
     let ring = ring_in(&scratch.0, "ctr", 1 << 24, false);
     let mut cons = ring.consumer().expect("consumer");
     let msg = [3u8; 64];
