@@ -129,6 +129,30 @@ pub enum WaitStrategy {
     },
 }
 
+impl WaitStrategy {
+    /// One step of waiting: spins or yields, and returns true when the caller should park
+    /// now instead (`SpinThenPark` after its spins).
+    fn pause(self, spins: u32) -> bool {
+        match self {
+            WaitStrategy::Spin => std::hint::spin_loop(),
+            WaitStrategy::SpinThenYield { spins: n } => {
+                if spins < n {
+                    std::hint::spin_loop()
+                } else {
+                    std::thread::yield_now()
+                }
+            }
+            WaitStrategy::SpinThenPark { spins: n } => {
+                if spins >= n {
+                    return true;
+                }
+                std::hint::spin_loop()
+            }
+        }
+        false
+    }
+}
+
 impl Default for WaitStrategy {
     fn default() -> Self {
         WaitStrategy::SpinThenPark { spins: 1000 }
@@ -1182,20 +1206,8 @@ impl Producer {
                 ));
             }
             spins += 1;
-            match strategy {
-                WaitStrategy::Spin => std::hint::spin_loop(),
-                WaitStrategy::SpinThenYield { spins: n } => {
-                    if spins < n {
-                        std::hint::spin_loop()
-                    } else {
-                        std::thread::yield_now()
-                    }
-                }
-                WaitStrategy::SpinThenPark { spins: n } => {
-                    if spins < n {
-                        std::hint::spin_loop();
-                        continue;
-                    }
+            if strategy.pause(spins) {
+                {
                     let head = self.refresh_head();
                     let sh = self.ring.shared();
                     sh.space_waiters.fetch_add(1, Ordering::SeqCst);
@@ -1630,20 +1642,8 @@ impl Consumer {
                 return Ok(false);
             }
             spins += 1;
-            match strategy {
-                WaitStrategy::Spin => std::hint::spin_loop(),
-                WaitStrategy::SpinThenYield { spins: n } => {
-                    if spins < n {
-                        std::hint::spin_loop()
-                    } else {
-                        std::thread::yield_now()
-                    }
-                }
-                WaitStrategy::SpinThenPark { spins: n } => {
-                    if spins < n {
-                        std::hint::spin_loop();
-                        continue;
-                    }
+            if strategy.pause(spins) {
+                {
                     let sh = self.ring.shared();
                     sh.data_waiters.fetch_add(1, Ordering::SeqCst);
                     let seen = sh.data_futex.load(Ordering::SeqCst);
