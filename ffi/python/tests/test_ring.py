@@ -728,6 +728,25 @@ def test_garbage_collector_detaches_handles(ring):
 # --- threads -------------------------------------------------------------------------------
 
 
+def until_busy(probe, thread, limit=30.0):
+    """Polls a call that changes nothing until it answers EMF_ERR_BUSY, i.e. until `thread`
+    is inside a call on the same handle (a condition, not a guess at how long that takes)."""
+    deadline = time.monotonic() + limit
+    while probe() != emf.EMF_ERR_BUSY:
+        assert thread.is_alive(), "the other thread returned before it was seen inside"
+        assert time.monotonic() < deadline, "the other thread never entered its call"
+        time.sleep(0.001)  # polling interval
+
+
+def busy_status(call):
+    """EMF_ERR_BUSY when `call` raises Busy, else EMF_OK."""
+    try:
+        call()
+    except emf.Busy:
+        return emf.EMF_ERR_BUSY
+    return emf.EMF_OK
+
+
 def test_a_consumer_used_by_two_threads_at_once_is_busy(ring):
     with emf.Consumer(ring) as c, emf.Producer(ring) as p:
         started = threading.Event()
@@ -735,12 +754,12 @@ def test_a_consumer_used_by_two_threads_at_once_is_busy(ring):
 
         def waiter():
             started.set()
-            result.append(c.recv(timeout=1.0))
+            result.append(c.recv(timeout=30.0))
 
         t = threading.Thread(target=waiter)
         t.start()
         started.wait()
-        time.sleep(0.1)
+        until_busy(lambda: busy_status(lambda: c.lag), t)
         e = expect_error(emf.EMF_ERR_BUSY, c.recv)
         assert isinstance(e, emf.Busy)
         expect_error(emf.EMF_ERR_BUSY, c.recv_batch)
@@ -757,15 +776,19 @@ def test_close_waits_for_a_call_in_progress(ring):
 
     def waiter():
         started.set()
-        result.append(c.wait(0.3))
+        result.append(c.wait(30.0))
 
     t = threading.Thread(target=waiter)
     t.start()
     started.wait()
-    time.sleep(0.05)
-    c.close()  # blocks until the wait returns, then frees
+    until_busy(lambda: busy_status(lambda: c.lag), t)
+    closer = threading.Thread(target=c.close)  # blocks until the wait returns, then frees
+    closer.start()
+    with emf.Producer(ring) as p:
+        p.send(b"wake up")
+    closer.join()
     t.join()
-    assert result == [False] and c.closed
+    assert result == [True] and c.closed
 
 
 def test_the_library_refuses_concurrent_use_of_a_handle(ring):
@@ -775,16 +798,19 @@ def test_the_library_refuses_concurrent_use_of_a_handle(ring):
     try:
         ready = c_bool()
         t = threading.Thread(
-            target=lambda: lib.emf_consumer_wait(consumer, emf.EMF_WAIT_PARK, 500, byref(ready))
+            target=lambda: lib.emf_consumer_wait(consumer, emf.EMF_WAIT_PARK, 30000, byref(ready))
         )
         t.start()
-        time.sleep(0.1)
+        until_busy(lambda: lib.emf_consumer_lag(consumer, byref(c_uint64())), t)
         n = c_size_t()
         status = lib.emf_consumer_recv(consumer, None, 0, byref(n))
         message = last_error()
+        with emf.Producer(ring) as p:
+            p.send(b"wake up")
         t.join()
         assert status == emf.EMF_ERR_BUSY == 15
         assert "another thread" in message
+        assert ready.value is True
     finally:
         assert lib.emf_consumer_free(consumer) == emf.EMF_OK
 
@@ -1063,13 +1089,17 @@ def test_raw_free_while_another_thread_is_inside_is_busy(make_ring):
         # The consumer parks in emf_consumer_wait on an empty ring.
         ready = c_bool()
         t = threading.Thread(
-            target=lambda: lib.emf_consumer_wait(c, emf.EMF_WAIT_PARK, 400, byref(ready)))
+            target=lambda: lib.emf_consumer_wait(c, emf.EMF_WAIT_PARK, 30000, byref(ready)))
         t.start()
-        time.sleep(0.1)
+        until_busy(lambda: lib.emf_consumer_lag(c, byref(c_uint64())), t)
         status, message = lib.emf_consumer_free(c), last_error()
+        assert lib.emf_producer_send(p, b"wake", 4) == emf.EMF_OK
         t.join()
         assert status == emf.EMF_ERR_BUSY and "in use" in message
-        assert ready.value is False
+        assert ready.value is True
+        n = c_size_t()
+        buf = ctypes.create_string_buffer(16)
+        assert lib.emf_consumer_recv(c, buf, 16, byref(n)) == emf.EMF_OK
         assert lib.emf_consumer_lag(c, byref(c_uint64())) == emf.EMF_OK  # still live
 
         # The producer parks in emf_producer_send_timeout on a full ring.
@@ -1077,13 +1107,18 @@ def test_raw_free_while_another_thread_is_inside_is_busy(make_ring):
             pass
         result = []
         t = threading.Thread(target=lambda: result.append(
-            lib.emf_producer_send_timeout(p, b"y" * 64, 64, emf.EMF_WAIT_PARK, 400)))
+            lib.emf_producer_send_timeout(p, b"y" * 64, 64, emf.EMF_WAIT_PARK, 30000)))
         t.start()
-        time.sleep(0.1)
+        # emf_producer_abort changes nothing here: EMF_ERR_INVALID_ARGUMENT ("no claim")
+        # until the other thread is inside, then EMF_ERR_BUSY.
+        until_busy(lambda: lib.emf_producer_abort(p), t)
         status, message = lib.emf_producer_free(p), last_error()
+        buf = ctypes.create_string_buffer(128)
+        n = c_size_t()
+        assert lib.emf_consumer_recv(c, buf, 128, byref(n)) == emf.EMF_OK  # make room
         t.join()
         assert status == emf.EMF_ERR_BUSY and "in use" in message
-        assert result == [emf.EMF_ERR_TIMEOUT]
+        assert result == [emf.EMF_OK]
         assert lib.emf_producer_abort(p) == emf.EMF_ERR_INVALID_ARGUMENT  # live: "no claim"
     finally:
         assert lib.emf_consumer_free(c) == emf.EMF_OK
