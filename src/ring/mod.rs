@@ -161,6 +161,8 @@ impl Default for WaitStrategy {
 
 #[derive(Debug)]
 struct Inner {
+    /// `mem.body()`, computed once: every hot path starts from it.
+    body: *mut u8,
     mem: Memory,
     capacity: u64,
     mpsc: bool,
@@ -169,6 +171,14 @@ struct Inner {
     stall_timeout: Duration,
     data_offset: usize,
 }
+
+// SAFETY: `body` points into `mem`, which `Inner` owns and keeps mapped (or allocated) for
+// its whole life; everything reached through it in shared memory is atomics or bytes whose
+// access is ordered by the ring protocol, so sharing the pointer across threads is what
+// sharing `mem` already was (`Memory` is Send + Sync).
+unsafe impl Send for Inner {}
+// SAFETY: as above.
+unsafe impl Sync for Inner {}
 
 /// Validated creation parameters.
 #[derive(Debug, Clone, Copy)]
@@ -414,6 +424,7 @@ impl Ring {
                 max_subscribers: max_s,
                 stall_timeout: Duration::from_nanos(cfg.stall_timeout_ns),
                 data_offset,
+                body: seg.body(),
                 mem: seg,
             }),
         })
@@ -424,8 +435,7 @@ impl Ring {
         unsafe {
             &*self
                 .inner
-                .mem
-                .body()
+                .body
                 .wrapping_add(SHARED_OFF)
                 .cast::<RingShared>()
         }
@@ -438,8 +448,7 @@ impl Ring {
         unsafe {
             &*self
                 .inner
-                .mem
-                .body()
+                .body
                 .wrapping_add(PRODUCERS_OFF + i * layout::LINE)
                 .cast::<ProducerSlot>()
         }
@@ -451,8 +460,7 @@ impl Ring {
         unsafe {
             &*self
                 .inner
-                .mem
-                .body()
+                .body
                 .wrapping_add(subscribers_off(self.inner.max_producers) + i * layout::LINE)
                 .cast::<SubscriberSlot>()
         }
@@ -460,7 +468,7 @@ impl Ring {
 
     fn data(&self) -> *mut u8 {
         // In bounds: data_offset + capacity == body length (validated in `from_segment`).
-        self.inner.mem.body().wrapping_add(self.inner.data_offset)
+        self.inner.body.wrapping_add(self.inner.data_offset)
     }
 
     /// The header word of the frame at position `pos` (8-aligned).
@@ -668,6 +676,7 @@ impl Ring {
             bytes: s.bytes.load(Ordering::Relaxed),
             stall: None,
             misses: 0,
+            lazy_wake: futex::register_for_barriers(),
         })
     }
 
@@ -750,6 +759,7 @@ impl Ring {
     /// (Dekker). Either side needs a store-load barrier. A producer registered for
     /// `membarrier` (`lazy`) skips it: the parking consumer forces it on every registered
     /// process with `futex::barrier_all` instead, once per sleep rather than once per frame.
+    #[inline]
     fn wake_data_after(&self, lazy: bool) {
         let sh = self.shared();
         if lazy {
@@ -763,9 +773,17 @@ impl Ring {
         }
     }
 
-    fn wake_space(&self) {
+    /// Wakes producers parked for space after a consumer published its position. The same
+    /// asymmetric Dekker pattern as [`Ring::wake_data_after`]: a consumer registered for
+    /// `membarrier` (`lazy`) skips the store-load fence, and a producer about to sleep forces
+    /// it with `futex::barrier_all` (see [`Producer::send_timeout`]).
+    fn wake_space(&self, lazy: bool) {
         let sh = self.shared();
-        fence(Ordering::SeqCst);
+        if lazy {
+            compiler_fence(Ordering::SeqCst);
+        } else {
+            fence(Ordering::SeqCst);
+        }
         if sh.space_waiters.load(Ordering::Relaxed) != 0 {
             sh.space_futex.fetch_add(1, Ordering::Release);
             futex::wake_all(&sh.space_futex);
@@ -922,6 +940,14 @@ pub struct Producer {
     counters: bool,
 }
 
+/// Why a claim failed (turned into an [`Error`] off the hot path).
+#[derive(Clone, Copy)]
+enum ClaimFail {
+    Closed,
+    Corrupt(u64),
+    Full,
+}
+
 /// Where a claimed batch's frames go.
 struct Layout {
     start: u64,
@@ -958,17 +984,23 @@ impl Producer {
         self.ring.min_head(reap)
     }
 
+    #[inline]
     fn check_len(&self, len: usize) -> Result<()> {
         if len > self.ring.max_payload() {
-            return Err(Error::new(
-                ErrorKind::TooLarge,
-                format!(
-                    "frame of {len} bytes exceeds the ring's maximum payload of {} bytes",
-                    self.ring.max_payload()
-                ),
-            ));
+            return Err(self.too_large(len));
         }
         Ok(())
+    }
+
+    #[cold]
+    fn too_large(&self, len: usize) -> Error {
+        Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "frame of {len} bytes exceeds the ring's maximum payload of {} bytes",
+                self.ring.max_payload()
+            ),
+        )
     }
 
     /// Claims space for frames of the given payload lengths, all or nothing. Returns where
@@ -994,37 +1026,25 @@ impl Producer {
     /// Claims `[tail, end_of(tail))` for the current tail: all or nothing.
     #[inline]
     fn claim_with(&mut self, end_of: impl Fn(u64) -> u64) -> Result<Layout> {
+        self.claim_fast(end_of).map_err(|f| self.claim_error(f))
+    }
+
+    /// [`Producer::claim_with`] without building an `Error`: the hot path returns two words
+    /// or a one-byte reason, never a large `Result` through memory.
+    #[inline(always)]
+    fn claim_fast(&mut self, end_of: impl Fn(u64) -> u64) -> std::result::Result<Layout, ClaimFail> {
         let cap = self.ring.inner.capacity;
         if self.ring.shared().closed.load(Ordering::Relaxed) != 0 {
-            return Err(Error::new(
-                ErrorKind::Closed,
-                "the ring was closed (its owner unregistered or closed it)",
-            ));
+            return Err(ClaimFail::Closed);
         }
         loop {
             let tail = self.ring.shared().tail.load(Ordering::Acquire);
             if tail % 8 != 0 {
-                return Err(Error::corrupt(format!(
-                    "ring {}: the claim position {tail} is damaged (not 8-aligned)",
-                    self.ring.name()
-                )));
+                return Err(ClaimFail::Corrupt(tail));
             }
             let end = end_of(tail);
-            if end.saturating_sub(self.cached_head) > cap {
-                self.cached_head = self.refresh_head();
-                let lag = tail.saturating_sub(self.cached_head);
-                self.ring.shared().max_lag.fetch_max(lag, Ordering::Relaxed);
-                if end.saturating_sub(self.cached_head) > cap {
-                    self.ring
-                        .shared()
-                        .backpressure
-                        .fetch_add(1, Ordering::Relaxed);
-                    // A static message: back-pressure is a hot path for busy producers.
-                    return Err(Error::new(
-                        ErrorKind::Full,
-                        "ring is full: the slowest consumer has not released enough space",
-                    ));
-                }
+            if end.saturating_sub(self.cached_head) > cap && !self.refresh_for(tail, end) {
+                return Err(ClaimFail::Full);
             }
             // Record the claim before making it: if we die after the claim becomes visible,
             // a consumer finds the range here (the CAS / store below is Release).
@@ -1032,10 +1052,9 @@ impl Producer {
             s.pending_pos.store(tail, Ordering::Relaxed);
             s.pending_len.store(end - tail, Ordering::Relaxed);
             s.state.store(SLOT_CLAIMING, Ordering::Release);
+            let sh = self.ring.shared();
             if self.ring.inner.mpsc {
-                if self
-                    .ring
-                    .shared()
+                if sh
                     .tail
                     .compare_exchange_weak(tail, end, Ordering::AcqRel, Ordering::Acquire)
                     .is_err()
@@ -1043,9 +1062,44 @@ impl Producer {
                     continue;
                 }
             } else {
-                self.ring.shared().tail.store(end, Ordering::Release);
+                sh.tail.store(end, Ordering::Release);
             }
             return Ok(Layout { start: tail, end });
+        }
+    }
+
+    /// Reloads the slowest consumer's position after the cached one said `[tail, end)` does
+    /// not fit; true when it fits now. Counts back-pressure when it still does not.
+    #[cold]
+    fn refresh_for(&mut self, tail: u64, end: u64) -> bool {
+        let cap = self.ring.inner.capacity;
+        self.cached_head = self.refresh_head();
+        let lag = tail.saturating_sub(self.cached_head);
+        let sh = self.ring.shared();
+        sh.max_lag.fetch_max(lag, Ordering::Relaxed);
+        if end.saturating_sub(self.cached_head) > cap {
+            sh.backpressure.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    #[cold]
+    fn claim_error(&self, f: ClaimFail) -> Error {
+        match f {
+            ClaimFail::Closed => Error::new(
+                ErrorKind::Closed,
+                "the ring was closed (its owner unregistered or closed it)",
+            ),
+            ClaimFail::Corrupt(tail) => Error::corrupt(format!(
+                "ring {}: the claim position {tail} is damaged (not 8-aligned)",
+                self.ring.name()
+            )),
+            // A static message: back-pressure is a hot path for busy producers.
+            ClaimFail::Full => Error::new(
+                ErrorKind::Full,
+                "ring is full: the slowest consumer has not released enough space",
+            ),
         }
     }
 
@@ -1096,6 +1150,7 @@ impl Producer {
     }
 
     /// Commits the first `n` bytes of an open claim (`n` ≤ its length).
+    #[inline]
     pub(crate) fn commit_raw(&mut self, c: RawClaim, n: usize) {
         let n = n.min(c.len);
         let used_end = c.pos + frame_size(n) as u64;
@@ -1118,10 +1173,37 @@ impl Producer {
     }
 
     /// Sends one frame (copying `payload` into the ring).
+    #[inline]
     pub fn send(&mut self, payload: &[u8]) -> Result<()> {
-        let mut c = self.try_claim(payload.len())?;
-        c.as_mut_slice().copy_from_slice(payload);
-        c.commit();
+        let len = payload.len();
+        self.check_len(len)?;
+        let cap = self.ring.inner.capacity;
+        let size = frame_size(len) as u64;
+        let layout = match self.claim_fast(|tail| {
+            let to_end = cap - (tail & (cap - 1));
+            tail + if size > to_end { to_end + size } else { size }
+        }) {
+            Ok(l) => l,
+            Err(f) => return Err(self.claim_error(f)),
+        };
+        // The frame sits at the end of the range; anything before it is wrap padding.
+        let pos = layout.end - size;
+        if pos > layout.start {
+            self.ring.pad_range(layout.start, pos);
+        }
+        let raw = RawClaim {
+            pos,
+            len,
+            end: layout.end,
+        };
+        // SAFETY: the payload area of our claim: `len` bytes inside the data region (the
+        // frame does not cross its end, by layout), which no consumer reads before the
+        // commit below and no other producer writes (claims are disjoint); `payload` is a
+        // separate, caller-owned slice.
+        unsafe {
+            std::ptr::copy_nonoverlapping(payload.as_ptr(), self.raw_payload(&raw), len);
+        }
+        self.commit_raw(raw, len);
         Ok(())
     }
 
@@ -1208,20 +1290,26 @@ impl Producer {
             spins += 1;
             if strategy.pause(spins) {
                 {
-                    let head = self.refresh_head();
-                    let sh = self.ring.shared();
+                    let ring = self.ring.clone();
+                    let sh = ring.shared();
                     sh.space_waiters.fetch_add(1, Ordering::SeqCst);
                     let seen = sh.space_futex.load(Ordering::SeqCst);
+                    // Lazy consumers skip the store-load fence after publishing their
+                    // position; force it on them now, so that either they see us waiting or
+                    // we see the space they freed (see `Ring::wake_space`). Without kernel
+                    // support, nap briefly.
+                    let max_nap = if futex::barrier_all() {
+                        Duration::from_millis(50)
+                    } else {
+                        Duration::from_millis(1)
+                    };
                     // Re-check after announcing ourselves: a consumer that freed space before
                     // our increment is seen here; one that frees it after will wake us.
+                    let head = self.refresh_head();
                     let tail = sh.tail.load(Ordering::Acquire);
                     let need = frame_size(payload.len()) as u64 * 2;
-                    if (tail + need).saturating_sub(head) > self.ring.inner.capacity {
-                        futex::wait(
-                            &sh.space_futex,
-                            seen,
-                            (deadline - now).min(Duration::from_millis(50)),
-                        );
+                    if (tail + need).saturating_sub(head) > ring.inner.capacity {
+                        futex::wait(&sh.space_futex, seen, (deadline - now).min(max_nap));
                     }
                     sh.space_waiters.fetch_sub(1, Ordering::SeqCst);
                 }
@@ -1251,6 +1339,7 @@ impl Producer {
         self.bytes += payload.len() as u64;
     }
 
+    #[inline]
     fn finish_claim(&mut self) {
         let s = self.slot();
         if self.counters {
@@ -1356,6 +1445,8 @@ pub struct Consumer {
     bytes: u64,
     stall: Option<(u64, Instant)>,
     misses: u32,
+    /// This process is registered for `membarrier`: releases skip the store-load fence.
+    lazy_wake: bool,
 }
 
 /// How many empty polls pass between two looks at the claim position for stalled claims.
@@ -1615,7 +1706,7 @@ impl Consumer {
         s.received.store(self.received, Ordering::Relaxed);
         s.bytes.store(self.bytes, Ordering::Relaxed);
         s.position.store(self.head, Ordering::Release);
-        self.ring.wake_space();
+        self.ring.wake_space(self.lazy_wake);
     }
 
     /// Waits until a frame is ready (true) or `timeout` passes (false).
@@ -1680,7 +1771,7 @@ impl Drop for Consumer {
         }
         s.start_ticks.store(0, Ordering::Release);
         s.pid.store(0, Ordering::Release);
-        self.ring.wake_space();
+        self.ring.wake_space(false);
     }
 }
 
