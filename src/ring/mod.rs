@@ -777,6 +777,7 @@ impl Ring {
     /// asymmetric Dekker pattern as [`Ring::wake_data_after`]: a consumer registered for
     /// `membarrier` (`lazy`) skips the store-load fence, and a producer about to sleep forces
     /// it with `futex::barrier_all` (see [`Producer::send_timeout`]).
+    #[inline]
     fn wake_space(&self, lazy: bool) {
         let sh = self.shared();
         if lazy {
@@ -1479,6 +1480,7 @@ impl Consumer {
             .saturating_sub(self.head)
     }
 
+    #[inline]
     fn next(&mut self, check_stall: bool) -> Result<Next> {
         let pos = self.head;
         let word = self.ring.header_at(pos).load(Ordering::Acquire);
@@ -1486,17 +1488,11 @@ impl Consumer {
             let cap = self.ring.inner.capacity;
             let size = frame_size(h.len) as u64;
             if size > cap - (pos & (cap - 1)) {
-                self.ring
-                    .shared()
-                    .corrupt_frames
-                    .fetch_add(1, Ordering::Relaxed);
-                return Err(Error::corrupt(format!(
-                    "ring {}: frame at {pos} claims {} bytes, past the end of the data region",
-                    self.ring.name(),
-                    h.len
-                )));
+                return Err(self.past_the_end(pos, h.len));
             }
-            self.stall = None;
+            if self.stall.is_some() {
+                self.stall = None;
+            }
             return Ok(Next::Frame {
                 pos,
                 len: h.len,
@@ -1510,10 +1506,29 @@ impl Consumer {
         if !check_stall && self.misses % STALL_CHECK_EVERY != 0 {
             return Ok(Next::Empty);
         }
+        Ok(self.check_stall(pos))
+    }
+
+    #[cold]
+    fn past_the_end(&self, pos: u64, len: usize) -> Error {
+        self.ring
+            .shared()
+            .corrupt_frames
+            .fetch_add(1, Ordering::Relaxed);
+        Error::corrupt(format!(
+            "ring {}: frame at {pos} claims {len} bytes, past the end of the data region",
+            self.ring.name(),
+        ))
+    }
+
+    /// No committed frame at `pos`: empty, or claimed and not committed yet (a producer is
+    /// writing, or died while writing: recovered after the stall timeout).
+    #[cold]
+    fn check_stall(&mut self, pos: u64) -> Next {
         let tail = self.ring.shared().tail.load(Ordering::Acquire);
         if tail <= pos {
             self.stall = None;
-            return Ok(Next::Empty);
+            return Next::Empty;
         }
         // Claimed but not committed: a producer is writing, or died while writing.
         let now = Instant::now();
@@ -1527,7 +1542,7 @@ impl Consumer {
             }
             _ => self.stall = Some((pos, now)),
         }
-        Ok(Next::Stalled)
+        Next::Stalled
     }
 
     /// Pads the claim covering `pos` if its producer is dead.
@@ -1552,6 +1567,7 @@ impl Consumer {
 
     /// Delivers up to `limit` frames to `handler`, in order, and releases their space.
     /// Returns how many were delivered (0 when none are ready).
+    #[inline]
     pub fn poll(&mut self, limit: usize, handler: impl FnMut(&[u8])) -> Result<usize> {
         self.poll_while(limit, |_| true, handler)
     }
@@ -1568,6 +1584,7 @@ impl Consumer {
     }
 
     /// [`Consumer::poll`] that stops before the first frame whose length `accept` refuses.
+    #[inline]
     fn poll_while(
         &mut self,
         limit: usize,
@@ -1701,6 +1718,7 @@ impl Consumer {
         })
     }
 
+    #[inline]
     fn publish(&mut self) {
         let s = self.ring.subscriber_slot(self.slot);
         s.received.store(self.received, Ordering::Relaxed);

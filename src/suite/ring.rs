@@ -118,8 +118,20 @@ fn mpsc_throughput(settings: Settings) -> f64 {
     (2 * per - 1) as f64 / t.as_secs_f64()
 }
 
+/// How the two sides of a ping-pong wait.
+#[derive(Clone, Copy, PartialEq)]
+enum RttMode {
+    /// Both spin.
+    Spin,
+    /// The echo process parks on the futex as soon as its ring is empty; the requester spins
+    /// for the reply (each round trip pays one cross-process futex wake).
+    ParkEcho,
+    /// Both park (two wakes per round trip).
+    ParkBoth,
+}
+
 /// Ping-pong through two rings with an echo process; returns sorted round-trip times (ns).
-fn ring_rtt(settings: Settings, park: bool) -> Vec<f64> {
+fn ring_rtt(settings: Settings, mode: RttMode) -> Vec<f64> {
     let scratch = Scratch::new();
     let n: usize = if settings.samples < 10 {
         20_000
@@ -129,8 +141,9 @@ fn ring_rtt(settings: Settings, park: bool) -> Vec<f64> {
     let req = ring_in(&scratch.0, "req", 1 << 16, false);
     let resp = ring_in(&scratch.0, "resp", 1 << 16, false);
     let dir = scratch.0.to_string_lossy().into_owned();
-    let mode = if park { "park" } else { "spin" };
-    let mut child = helper_cmd(&["echo", &dir, "req", "resp", mode, &n.to_string()]);
+    let echo_mode = if mode == RttMode::Spin { "spin" } else { "park" };
+    let mut child = helper_cmd(&["echo", &dir, "req", "resp", echo_mode, &n.to_string()]);
+    let park = mode == RttMode::ParkBoth;
     let mut p = req.producer().expect("producer");
     let mut c = resp.consumer().expect("consumer");
     let strategy = if park {
@@ -141,6 +154,11 @@ fn ring_rtt(settings: Settings, park: bool) -> Vec<f64> {
     let msg = [7u8; 64];
     let mut rtts = Vec::with_capacity(n);
     for i in 0..n {
+        if mode == RttMode::ParkEcho {
+            // Measure a consumer that is really asleep, not one still on its way to the futex
+            // (which the request would catch before it sleeps).
+            wait_asleep(child.id());
+        }
         let t = Instant::now();
         p.send(&msg).expect("send");
         loop {
@@ -166,6 +184,23 @@ fn ring_rtt(settings: Settings, park: bool) -> Vec<f64> {
     let _ = child.wait();
     rtts.sort_by(f64::total_cmp);
     rtts
+}
+
+/// Waits (untimed) until process `pid` is sleeping in the kernel (state `S` in
+/// `/proc/PID/stat`), for at most 100 ms.
+fn wait_asleep(pid: u32) {
+    let path = format!("/proc/{pid}/stat");
+    let deadline = Instant::now() + Duration::from_millis(100);
+    while Instant::now() < deadline {
+        let Ok(stat) = std::fs::read_to_string(&path) else {
+            return;
+        };
+        // The state follows the command name, which is in parentheses and may contain spaces.
+        match stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
+            Some('S') | None => return,
+            _ => std::thread::yield_now(),
+        }
+    }
 }
 
 fn pct(sorted: &[f64], q: f64) -> f64 {
@@ -215,7 +250,10 @@ fn uds_throughput(settings: Settings, batched: bool) -> f64 {
     (got / 64) as f64 / t.as_secs_f64()
 }
 
-fn uds_rtt(settings: Settings) -> Vec<f64> {
+/// Unix socket ping-pong with an echo process blocked in `read`. With `spin_requester`, the
+/// requester polls its non-blocking end and sends only once the echo is asleep: the same
+/// shape as `RttMode::ParkEcho` (one wake of a sleeping process per round trip).
+fn uds_rtt(settings: Settings, spin_requester: bool) -> Vec<f64> {
     let scratch = Scratch::new();
     let n: usize = if settings.samples < 10 {
         20_000
@@ -226,13 +264,31 @@ fn uds_rtt(settings: Settings) -> Vec<f64> {
     let listener = UnixListener::bind(&path).expect("bind");
     let mut child = helper_cmd(&["uds-echo", &path, &n.to_string()]);
     let (mut s, _) = listener.accept().expect("accept");
+    s.set_nonblocking(spin_requester).expect("nonblocking");
     let msg = [7u8; 64];
     let mut back = [0u8; 64];
     let mut rtts = Vec::with_capacity(n);
     for i in 0..n {
+        if spin_requester {
+            wait_asleep(child.id());
+        }
         let t = Instant::now();
         s.write_all(&msg).expect("write");
-        s.read_exact(&mut back).expect("read");
+        if spin_requester {
+            let mut got = 0;
+            while got < back.len() {
+                match s.read(&mut back[got..]) {
+                    Ok(0) => panic!("uds echo closed"),
+                    Ok(k) => got += k,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::hint::spin_loop()
+                    }
+                    Err(e) => panic!("read: {e}"),
+                }
+            }
+        } else {
+            s.read_exact(&mut back).expect("read");
+        }
         if i >= n / 20 {
             rtts.push(t.elapsed().as_nanos() as f64);
         }
@@ -514,17 +570,17 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         .with_targets(Some(5e5), Some(5e6)),
     );
     progress("rtt_64b_spin");
-    let spin = ring_rtt(settings, false);
+    let spin = ring_rtt(settings, RttMode::Spin);
     progress("rtt_64b_uds");
-    let uds_rtt = uds_rtt(settings);
+    let uds_both = uds_rtt(settings, false);
     out.push(
         BenchResult::new("rtt_64b_spin_p50", pct(&spin, 0.5), "ns", Better::Lower)
-            .with_peer("unix_socket", pct(&uds_rtt, 0.5))
+            .with_peer("unix_socket", pct(&uds_both, 0.5))
             .with_targets(Some(1e7), Some(400.0)),
     );
     out.push(
         BenchResult::new("rtt_64b_spin_p99", pct(&spin, 0.99), "ns", Better::Lower)
-            .with_peer("unix_socket", pct(&uds_rtt, 0.99))
+            .with_peer("unix_socket", pct(&uds_both, 0.99))
             .with_targets(Some(5e7), Some(1000.0)),
     );
     out.push(BenchResult::new(
@@ -554,10 +610,14 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         );
     }
     progress("rtt_64b_park");
-    let park = ring_rtt(settings, true);
+    let park = ring_rtt(settings, RttMode::ParkEcho);
+    progress("rtt_64b_uds_parked_echo");
+    let uds_park = uds_rtt(settings, true);
+    progress("rtt_64b_park_both");
+    let park_both = ring_rtt(settings, RttMode::ParkBoth);
     out.push(
         BenchResult::new("rtt_64b_park_p50", pct(&park, 0.5), "ns", Better::Lower)
-            .with_peer("unix_socket", pct(&uds_rtt, 0.5))
+            .with_peer("unix_socket_blocked_echo", pct(&uds_park, 0.5))
             .with_targets(Some(1e7), Some(15_000.0)),
     );
     out.push(BenchResult::new(
@@ -566,6 +626,15 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         "ns",
         Better::Lower,
     ));
+    out.push(
+        BenchResult::new(
+            "rtt_64b_park_both_p50",
+            pct(&park_both, 0.5),
+            "ns",
+            Better::Lower,
+        )
+        .with_peer("unix_socket", pct(&uds_both, 0.5)),
+    );
     progress("capi_send_overhead");
     let (rust_ns, abi_ns) = capi_overhead(settings);
     out.push(
@@ -621,7 +690,7 @@ pub fn ring_suite() -> Suite {
     Suite {
         name: "ring",
         about: "cross-process shared-memory rings: 64 B throughput, ping-pong latency, 64 KiB bandwidth",
-        steps: 15,
+        steps: 17,
         run,
     }
 }
