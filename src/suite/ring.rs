@@ -36,8 +36,16 @@ impl Drop for Scratch {
     }
 }
 
+/// The executable that answers `bench-helper ...`: this one, unless `EMF_BENCH_HELPER` names
+/// another (criterion benches are not the CLI, they point it at the built `erlmcp-flow`).
+fn helper_exe() -> PathBuf {
+    std::env::var_os("EMF_BENCH_HELPER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::current_exe().expect("own executable"))
+}
+
 fn helper_cmd(args: &[&str]) -> Child {
-    Command::new(std::env::current_exe().expect("own executable"))
+    Command::new(helper_exe())
         .arg("bench-helper")
         .args(args)
         .stdout(Stdio::null())
@@ -83,14 +91,8 @@ fn drain(ring: &Ring, count: u64) -> Duration {
     start.map_or(Duration::ZERO, |s| s.elapsed())
 }
 
-fn spsc_throughput(settings: Settings, size: usize, capacity: usize, batched: bool) -> f64 {
+fn spsc_throughput(count: u64, size: usize, capacity: usize, batched: bool) -> f64 {
     let scratch = Scratch::new();
-    let count: u64 = if settings.samples < 10 {
-        2_000_000
-    } else {
-        10_000_000
-    };
-    let count = if size > 4096 { count / 200 } else { count };
     let r = ring_in(&scratch.0, "tput", capacity, false);
     let dir = scratch.0.to_string_lossy().into_owned();
     let mode = if batched { "produce-batch" } else { "produce" };
@@ -101,13 +103,85 @@ fn spsc_throughput(settings: Settings, size: usize, capacity: usize, batched: bo
     (count - 1) as f64 / t.as_secs_f64()
 }
 
-fn mpsc_throughput(settings: Settings) -> f64 {
+/// The typed frame of the rkyv throughput bench: a task descriptor of 64 bytes archived.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct BenchTask {
+    seq: u64,
+    agent: u64,
+    kind: u32,
+    priority: u32,
+    deadline_us: u64,
+    payload: [u8; 32],
+}
+
+/// rkyv end to end: the helper archives each message in place in its claimed frame, and
+/// here every frame is validated (bytecheck) before it is read. `typed`: a 64-byte
+/// [`BenchTask`] (`send_archived` / `poll_archived`); otherwise a small JSON-RPC envelope
+/// (`send_message` / `poll_messages`). Returns (messages per second, frame payload bytes).
+fn spsc_rkyv_throughput(count: u64, typed: bool) -> (f64, usize) {
     let scratch = Scratch::new();
-    let per: u64 = if settings.samples < 10 {
-        1_000_000
-    } else {
-        5_000_000
-    };
+    let r = ring_in(&scratch.0, "rk", 1 << 20, false);
+    let dir = scratch.0.to_string_lossy().into_owned();
+    let kind = if typed { "task" } else { "envelope" };
+    let mut child = helper_cmd(&["produce-rkyv", &dir, "rk", &count.to_string(), kind]);
+    let mut c = r.consumer().expect("consumer");
+    let (mut got, mut bad, mut size) = (0u64, 0u64, 0usize);
+    let mut start = None;
+    while got < count {
+        let n = if typed {
+            c.poll_archived::<BenchTask>(usize::MAX, |m| match m {
+                Ok(m) => {
+                    std::hint::black_box(m.seq);
+                }
+                Err(_) => bad += 1,
+            })
+        } else {
+            c.poll_messages(usize::MAX, |m| match m {
+                Ok(m) => {
+                    std::hint::black_box(m);
+                }
+                Err(_) => bad += 1,
+            })
+        }
+        .expect("poll") as u64;
+        if n > 0 && start.is_none() {
+            start = Some(Instant::now());
+            size = c
+                .ring()
+                .stats()
+                .subscribers
+                .first()
+                .map_or(0, |s| (s.bytes / s.received.max(1)) as usize);
+        }
+        got += n;
+        if n == 0 {
+            for _ in 0..64 {
+                std::hint::spin_loop();
+            }
+        }
+    }
+    let t = start.map_or(Duration::ZERO, |s| s.elapsed());
+    let _ = child.wait();
+    assert_eq!(
+        bad, 0,
+        "the rkyv bench received frames that failed validation"
+    );
+    ((count - 1) as f64 / t.as_secs_f64(), size)
+}
+
+/// The envelope of the rkyv envelope bench: a JSON-RPC request with one boolean parameter.
+fn rkyv_bench_message(seq: u64) -> crate::codec::Message {
+    use crate::codec::{Envelope, Member, Value};
+    Envelope::request(
+        seq,
+        "tick",
+        Value::Object(vec![Member::new("n", Value::Bool(true))]),
+    )
+    .into()
+}
+
+fn mpsc_throughput(per: u64) -> f64 {
+    let scratch = Scratch::new();
     let r = ring_in(&scratch.0, "mp", 1 << 20, true);
     let dir = scratch.0.to_string_lossy().into_owned();
     let mut a = helper_cmd(&["produce", &dir, "mp", &per.to_string(), "64"]);
@@ -141,7 +215,11 @@ fn ring_rtt(settings: Settings, mode: RttMode) -> Vec<f64> {
     let req = ring_in(&scratch.0, "req", 1 << 16, false);
     let resp = ring_in(&scratch.0, "resp", 1 << 16, false);
     let dir = scratch.0.to_string_lossy().into_owned();
-    let echo_mode = if mode == RttMode::Spin { "spin" } else { "park" };
+    let echo_mode = if mode == RttMode::Spin {
+        "spin"
+    } else {
+        "park"
+    };
     let mut child = helper_cmd(&["echo", &dir, "req", "resp", echo_mode, &n.to_string()]);
     let park = mode == RttMode::ParkBoth;
     let mut p = req.producer().expect("producer");
@@ -196,7 +274,10 @@ fn wait_asleep(pid: u32) {
             return;
         };
         // The state follows the command name, which is in parentheses and may contain spaces.
-        match stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()) {
+        match stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+        {
             Some('S') | None => return,
             _ => std::thread::yield_now(),
         }
@@ -216,14 +297,8 @@ fn uds_pair_paths(scratch: &Scratch) -> String {
 
 /// Unix socket throughput: one `write` per 64-byte message (`batched = false`, like one
 /// `send` per message on a ring) or 64 KiB writes of many messages (`batched = true`).
-fn uds_throughput(settings: Settings, batched: bool) -> f64 {
+fn uds_throughput(count: u64, batched: bool) -> f64 {
     let scratch = Scratch::new();
-    let count: u64 = match (settings.samples < 10, batched) {
-        (true, false) => 200_000,
-        (true, true) => 500_000,
-        (false, false) => 1_000_000,
-        (false, true) => 2_000_000,
-    };
     let path = uds_pair_paths(&scratch);
     let listener = UnixListener::bind(&path).expect("bind");
     let mode = if batched {
@@ -280,9 +355,7 @@ fn uds_rtt(settings: Settings, spin_requester: bool) -> Vec<f64> {
                 match s.read(&mut back[got..]) {
                     Ok(0) => panic!("uds echo closed"),
                     Ok(k) => got += k,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::hint::spin_loop()
-                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
                     Err(e) => panic!("read: {e}"),
                 }
             }
@@ -296,6 +369,162 @@ fn uds_rtt(settings: Settings, spin_requester: bool) -> Vec<f64> {
     let _ = child.wait();
     rtts.sort_by(f64::total_cmp);
     rtts
+}
+
+/// iceoryx2 0.10 publish-subscribe, the zero-copy IPC peer: a subscriber here, one or two
+/// publisher processes (`bench-helper ice-produce`), 64-byte payloads written in place
+/// (`loan_uninit` → write → `send`), the publisher retrying until delivered.
+#[cfg(feature = "bench-peers")]
+mod ice {
+    use iceoryx2::prelude::*;
+    use iceoryx2::service::port_factory::publish_subscribe::PortFactory;
+
+    pub type Service = PortFactory<ipc::Service, [u8; 64], ()>;
+
+    pub fn node() -> Result<Node<ipc::Service>, String> {
+        set_log_level(LogLevel::Error);
+        NodeBuilder::new()
+            .create::<ipc::Service>()
+            .map_err(|e| format!("iceoryx2 node: {e:?}"))
+    }
+
+    pub fn service(node: &Node<ipc::Service>, name: &str) -> Result<Service, String> {
+        let name: ServiceName = name
+            .try_into()
+            .map_err(|e| format!("iceoryx2 service name: {e:?}"))?;
+        node.service_builder(&name)
+            .publish_subscribe::<[u8; 64]>()
+            // As deep as our 1 MiB ring is for 64-byte frames, in round numbers.
+            .subscriber_max_buffer_size(8192)
+            .max_publishers(2)
+            .max_subscribers(1)
+            .history_size(0)
+            .enable_safe_overflow(false)
+            .open_or_create()
+            .map_err(|e| format!("iceoryx2 service: {e:?}"))
+    }
+
+    /// Receives until every producer's last sequence number arrived (or 60 s passed).
+    /// Returns (messages per second from the first, messages lost).
+    pub fn drain(
+        sub_svc: &Service,
+        name: &str,
+        producers: usize,
+        count: u64,
+    ) -> Result<(f64, u64), String> {
+        let sub = sub_svc
+            .subscriber_builder()
+            .create()
+            .map_err(|e| format!("iceoryx2 subscriber: {e:?}"))?;
+        let mut children: Vec<std::process::Child> = Vec::new();
+        for id in 0..producers {
+            children.push(
+                std::process::Command::new(super::helper_exe())
+                    .args(["bench-helper", "ice-produce", name])
+                    .arg(count.to_string())
+                    .arg(id.to_string())
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .map_err(|e| format!("spawn iceoryx2 publisher: {e}"))?,
+            );
+        }
+        let mut next = vec![0u64; producers];
+        let (mut got, mut lost, mut done) = (0u64, 0u64, 0usize);
+        let mut start = None;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut spins = 0u32;
+        while done < producers {
+            match sub.receive() {
+                Ok(Some(sample)) => {
+                    let p = sample.payload();
+                    let seq = u64::from_le_bytes(p[..8].try_into().unwrap_or_default());
+                    let id = (p[8] as usize).min(producers - 1);
+                    lost += seq.saturating_sub(next[id]);
+                    next[id] = seq + 1;
+                    if seq + 1 == count {
+                        done += 1;
+                    }
+                    got += 1;
+                    if start.is_none() {
+                        start = Some(std::time::Instant::now());
+                    }
+                }
+                Ok(None) => {
+                    spins = spins.wrapping_add(1);
+                    if spins % 4096 == 0 && std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
+                Err(e) => return Err(format!("iceoryx2 receive: {e:?}")),
+            }
+        }
+        let elapsed = start.map_or(std::time::Duration::ZERO, |s| s.elapsed());
+        // The publishers stay alive until we have everything: iceoryx2 drops the samples of
+        // a publisher that went away.
+        for c in &mut children {
+            drop(c.stdin.take());
+            let _ = c.wait();
+        }
+        lost += next.iter().map(|n| count - (*n).min(count)).sum::<u64>();
+        Ok((got.saturating_sub(1) as f64 / elapsed.as_secs_f64(), lost))
+    }
+
+    /// `bench-helper ice-produce NAME COUNT ID`.
+    pub fn produce(name: &str, count: u64, id: u8) -> Result<(), String> {
+        let node = node()?;
+        let svc = service(&node, name)?;
+        let publisher = svc
+            .publisher_builder()
+            .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
+            .create()
+            .map_err(|e| format!("iceoryx2 publisher: {e:?}"))?;
+        let mut buf = [0u8; 64];
+        buf[8] = id;
+        for i in 0..count {
+            buf[..8].copy_from_slice(&i.to_le_bytes());
+            let sample = publisher
+                .loan_uninit()
+                .map_err(|e| format!("iceoryx2 loan: {e:?}"))?;
+            sample
+                .write_payload(buf)
+                .send()
+                .map_err(|e| format!("iceoryx2 send: {e:?}"))?;
+        }
+        // Wait for the subscriber to say it is done (it closes our stdin).
+        let mut b = [0u8; 1];
+        let _ = std::io::Read::read(&mut std::io::stdin(), &mut b);
+        Ok(())
+    }
+}
+
+/// iceoryx2 throughput with `producers` publisher processes; None (with a note on stderr)
+/// when iceoryx2 cannot run here.
+#[cfg(feature = "bench-peers")]
+fn iceoryx2_throughput(total: u64, producers: usize) -> Option<f64> {
+    let count = total / producers as u64;
+    let run = || -> Result<(f64, u64), String> {
+        let node = ice::node()?;
+        let name = format!("erlmcp-flow/bench/{}/{producers}", std::process::id());
+        let svc = ice::service(&node, &name)?;
+        ice::drain(&svc, &name, producers, count)
+    };
+    match run() {
+        Ok((rate, lost)) => {
+            if lost > 0 {
+                eprintln!(
+                    "note: iceoryx2 lost {lost} of {} messages (counted: delivered ones only)",
+                    count * producers as u64
+                );
+            }
+            Some(rate)
+        }
+        Err(e) => {
+            eprintln!("note: iceoryx2 peer skipped: {e}");
+            None
+        }
+    }
 }
 
 #[cfg(feature = "peers")]
@@ -357,57 +586,59 @@ fn crossbeam_rtt(settings: Settings) -> Vec<f64> {
 fn capi_overhead(settings: Settings) -> (f64, f64) {
     use crate::capi::ring as c;
     let scratch = Scratch::new();
-    let n: usize = if settings.samples < 10 {
-        20_000
-    } else {
-        100_000
-    };
-    let ring = ring_in(&scratch.0, "abi", 1 << 24, false);
+    // A ring that stays in cache, drained between batches: the difference between the two
+    // paths is then the boundary's cost, not the memory system's.
+    let cap = 1usize << 18;
+    let batch = cap / crate::ring::layout::frame_size(64) - 16;
+    let batches: usize = if settings.samples < 10 { 20 } else { 100 };
+    let ring = ring_in(&scratch.0, "abi", cap, false);
     let mut cons = ring.consumer().expect("consumer");
     let msg = [5u8; 64];
     let mut rust_best = f64::MAX;
     let mut abi_best = f64::MAX;
     let dir = std::ffi::CString::new(scratch.0.to_string_lossy().as_bytes()).expect("dir");
     let name = std::ffi::CString::new("abi").expect("name");
-    // One C handle for the whole measurement, so both paths write through warmed-up mappings
-    // (a fresh mapping would add page faults to the first round).
     let mut r = std::ptr::null_mut();
     // SAFETY: valid strings and out-parameter; freed below.
     unsafe { c::emf_ring_open(name.as_ptr(), dir.as_ptr(), &mut r) };
+    let drain = |cons: &mut crate::ring::Consumer| {
+        cons.poll(usize::MAX, |f| {
+            std::hint::black_box(f);
+        })
+        .expect("poll");
+    };
     // The first round of each is a warm-up and is not counted.
     for round in 0..settings.samples.clamp(3, 9) + 1 {
-        {
-            let mut p = ring.producer().expect("producer");
+        let (mut rust_t, mut abi_t) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..batches {
+            {
+                let mut p = ring.producer().expect("producer");
+                let t = Instant::now();
+                for _ in 0..batch {
+                    p.send(std::hint::black_box(&msg)).expect("send");
+                }
+                rust_t += t.elapsed();
+            }
+            drain(&mut cons);
+            let mut p = std::ptr::null_mut();
+            // SAFETY: live ring; valid out-parameter; freed below.
+            unsafe { c::emf_producer_new(r, &mut p) };
             let t = Instant::now();
-            for _ in 0..n {
-                p.send(std::hint::black_box(&msg)).expect("send");
+            for _ in 0..batch {
+                // SAFETY: live producer; `msg` readable for 64 bytes.
+                let st = unsafe { c::emf_producer_send(p, std::hint::black_box(msg.as_ptr()), 64) };
+                debug_assert_eq!(st, 0);
             }
-            if round > 0 {
-                rust_best = rust_best.min(t.elapsed().as_nanos() as f64 / n as f64);
-            }
-        }
-        cons.poll(usize::MAX, |f| {
-            std::hint::black_box(f);
-        })
-        .expect("poll");
-        let mut p = std::ptr::null_mut();
-        // SAFETY: live ring; valid out-parameter; freed below.
-        unsafe { c::emf_producer_new(r, &mut p) };
-        let t = Instant::now();
-        for _ in 0..n {
-            // SAFETY: live producer; `msg` readable for 64 bytes.
-            let st = unsafe { c::emf_producer_send(p, std::hint::black_box(msg.as_ptr()), 64) };
-            debug_assert_eq!(st, 0);
+            abi_t += t.elapsed();
+            // SAFETY: live handle, freed once.
+            unsafe { c::emf_producer_free(p) };
+            drain(&mut cons);
         }
         if round > 0 {
-            abi_best = abi_best.min(t.elapsed().as_nanos() as f64 / n as f64);
+            let k = (batch * batches) as f64;
+            rust_best = rust_best.min(rust_t.as_nanos() as f64 / k);
+            abi_best = abi_best.min(abi_t.as_nanos() as f64 / k);
         }
-        // SAFETY: live handle, freed once.
-        unsafe { c::emf_producer_free(p) };
-        cons.poll(usize::MAX, |f| {
-            std::hint::black_box(f);
-        })
-        .expect("poll");
     }
     // SAFETY: live handle, freed once.
     unsafe { c::emf_ring_free(r) };
@@ -524,17 +755,39 @@ fn counters_cost(settings: Settings) -> (f64, f64) {
 fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     let mut out = Vec::new();
     progress("spsc_64b_throughput");
-    let spsc = spsc_throughput(settings, 64, 1 << 20, false);
+    let quick = settings.samples < 10;
+    let n64: u64 = if quick { 2_000_000 } else { 10_000_000 };
+    let spsc = spsc_throughput(n64, 64, 1 << 20, false);
     progress("uds_64b_throughput");
-    let uds = uds_throughput(settings, false);
-    let r = BenchResult::new("spsc_64b_throughput", spsc, "msg/s", Better::Higher)
-        .with_peer("unix_socket", uds)
-        .with_targets(Some(5e5), Some(4e7));
-    out.push(r);
+    let uds = uds_throughput(if quick { 200_000 } else { 1_000_000 }, false);
+    #[cfg(feature = "bench-peers")]
+    let ice_spsc = {
+        progress("iceoryx2_64b_throughput");
+        iceoryx2_throughput(if quick { 1_000_000 } else { 4_000_000 }, 1)
+    };
+    #[cfg(not(feature = "bench-peers"))]
+    let ice_spsc: Option<f64> = None;
+    // The peer the issue names is iceoryx2 (compiled with `--features bench-peers`); without
+    // it the Unix socket stands in, and says so in the peer column.
+    let r = BenchResult::new("spsc_64b_throughput", spsc, "msg/s", Better::Higher);
+    let r = match ice_spsc {
+        Some(ice) => r.with_peer("iceoryx2", ice),
+        None => r.with_peer("unix_socket", uds),
+    };
+    out.push(r.with_targets(Some(5e5), Some(4e7)));
+    out.push(
+        BenchResult::new(
+            "spsc_64b_throughput_vs_unix_socket",
+            spsc,
+            "msg/s",
+            Better::Higher,
+        )
+        .with_peer("unix_socket", uds),
+    );
     progress("spsc_64b_batch_throughput");
-    let spsc_batch = spsc_throughput(settings, 64, 1 << 20, true);
+    let spsc_batch = spsc_throughput(n64, 64, 1 << 20, true);
     progress("uds_64b_batch_throughput");
-    let uds_batch = uds_throughput(settings, true);
+    let uds_batch = uds_throughput(if quick { 500_000 } else { 2_000_000 }, true);
     out.push(
         BenchResult::new(
             "spsc_64b_batch_throughput",
@@ -559,16 +812,45 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
             .with_peer("crossbeam_channel_in_process", cb),
         );
     }
-    progress("mpsc_2to1_64b_throughput");
+    progress("spsc_rkyv_64b_throughput");
+    let (rkyv, rkyv_size) = spsc_rkyv_throughput(n64, true);
     out.push(
-        BenchResult::new(
-            "mpsc_2to1_64b_throughput",
-            mpsc_throughput(settings),
-            "msg/s",
-            Better::Higher,
-        )
-        .with_targets(Some(5e5), Some(5e6)),
+        BenchResult::new("spsc_rkyv_64b_throughput", rkyv, "msg/s", Better::Higher)
+            .with_targets(Some(5e5), Some(1e7)),
     );
+    out.push(BenchResult::new(
+        "spsc_rkyv_64b_frame_bytes",
+        rkyv_size as f64,
+        "B",
+        Better::Lower,
+    ));
+    progress("spsc_envelope_throughput");
+    let (env, env_size) = spsc_rkyv_throughput(n64 / 2, false);
+    out.push(
+        BenchResult::new("spsc_envelope_throughput", env, "msg/s", Better::Higher)
+            .with_targets(Some(5e5), None),
+    );
+    out.push(BenchResult::new(
+        "spsc_envelope_frame_bytes",
+        env_size as f64,
+        "B",
+        Better::Lower,
+    ));
+    progress("mpsc_2to1_64b_throughput");
+    let mpsc = mpsc_throughput(n64 / 2);
+    #[cfg(feature = "bench-peers")]
+    let ice_mpsc = {
+        progress("iceoryx2_2to1_64b_throughput");
+        iceoryx2_throughput(if quick { 1_000_000 } else { 4_000_000 }, 2)
+    };
+    #[cfg(not(feature = "bench-peers"))]
+    let ice_mpsc: Option<f64> = None;
+    let r = BenchResult::new("mpsc_2to1_64b_throughput", mpsc, "msg/s", Better::Higher);
+    let r = match ice_mpsc {
+        Some(ice) => r.with_peer("iceoryx2", ice),
+        None => r,
+    };
+    out.push(r.with_targets(Some(5e5), Some(5e6)));
     progress("rtt_64b_spin");
     let spin = ring_rtt(settings, RttMode::Spin);
     progress("rtt_64b_uds");
@@ -672,7 +954,7 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
             .with_targets(Some(5e5), None),
     );
     progress("frame_64k_bandwidth");
-    let per_s = spsc_throughput(settings, 64 * 1024, 1 << 24, false);
+    let per_s = spsc_throughput(n64 / 200, 64 * 1024, 1 << 24, false);
     out.push(
         BenchResult::new(
             "frame_64k_bandwidth",
@@ -685,12 +967,51 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     out
 }
 
+/// One cross-process transfer measured by [`rate`] (shared with `benches/ring.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transfer {
+    /// 64-byte frames, one `send` each, one producer process.
+    Spsc64,
+    /// 64-byte frames in `send_batch` calls of 256.
+    SpscBatch64,
+    /// Two producer processes, one consumer.
+    Mpsc2to1,
+    /// A 64-byte rkyv archive per frame, validated on read.
+    RkyvTyped64,
+    /// A Unix domain socket, one 64-byte write per message.
+    UnixSocket64,
+    /// iceoryx2 publish-subscribe, one publisher process (`bench-peers`).
+    Iceoryx2,
+    /// iceoryx2 with two publisher processes (`bench-peers`).
+    Iceoryx2TwoToOne,
+}
+
+/// Messages per second for `count` messages of `kind`, timed from the first message
+/// received. `None` when the kind is not compiled in (iceoryx2 without `bench-peers`) or
+/// cannot run here.
+pub fn rate(kind: Transfer, count: u64) -> Option<f64> {
+    let count = count.max(2);
+    Some(match kind {
+        Transfer::Spsc64 => spsc_throughput(count, 64, 1 << 20, false),
+        Transfer::SpscBatch64 => spsc_throughput(count, 64, 1 << 20, true),
+        Transfer::Mpsc2to1 => mpsc_throughput(count.div_ceil(2)),
+        Transfer::RkyvTyped64 => spsc_rkyv_throughput(count, true).0,
+        Transfer::UnixSocket64 => uds_throughput(count, false),
+        #[cfg(feature = "bench-peers")]
+        Transfer::Iceoryx2 => iceoryx2_throughput(count, 1)?,
+        #[cfg(feature = "bench-peers")]
+        Transfer::Iceoryx2TwoToOne => iceoryx2_throughput(count.div_ceil(2) * 2, 2)?,
+        #[cfg(not(feature = "bench-peers"))]
+        Transfer::Iceoryx2 | Transfer::Iceoryx2TwoToOne => return None,
+    })
+}
+
 /// The ring suite.
 pub fn ring_suite() -> Suite {
     Suite {
         name: "ring",
         about: "cross-process shared-memory rings: 64 B throughput, ping-pong latency, 64 KiB bandwidth",
-        steps: 17,
+        steps: if cfg!(feature = "bench-peers") { 21 } else { 19 },
         run,
     }
 }
@@ -763,6 +1084,42 @@ pub fn helper(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        "produce-rkyv" => {
+            let opts = SegmentOptions {
+                dir: arg(1)?.into(),
+                ..Default::default()
+            };
+            let r = Ring::open(arg(2)?, &opts).map_err(err)?;
+            let mut p = r.producer().map_err(err)?;
+            let count = num(3)?;
+            let typed = arg(4)? == "task";
+            let mut enc = crate::codec::Encoder::new();
+            let msg = rkyv_bench_message(0);
+            let mut task = BenchTask {
+                seq: 0,
+                agent: 42,
+                kind: 1,
+                priority: 2,
+                deadline_us: 0,
+                payload: [7; 32],
+            };
+            for i in 0..count {
+                task.seq = i;
+                loop {
+                    let sent = if typed {
+                        p.send_archived(&task, 64).map(|_| ())
+                    } else {
+                        p.send_message(&mut enc, &msg, 256)
+                    };
+                    match sent {
+                        Ok(()) => break,
+                        Err(e) if e.kind() == crate::ErrorKind::Full => std::hint::spin_loop(),
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            Ok(())
+        }
         "uds-produce" => {
             let mut s = UnixStream::connect(arg(1)?).map_err(|e| e.to_string())?;
             let (count, size) = (num(2)?, num(3)? as usize);
@@ -818,6 +1175,8 @@ pub fn helper(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        #[cfg(feature = "bench-peers")]
+        "ice-produce" => ice::produce(arg(1)?, num(2)?, num(3)? as u8),
         other => Err(format!("bench-helper: unknown helper {other:?}")),
     }
 }
