@@ -714,40 +714,43 @@ fn batching(settings: Settings) -> (f64, f64) {
 
 /// Per-send cost with and without the shared-memory counters, same process, alternating
 /// rounds; returns (ns with, ns without).
+/// Per-send time with and without the shared-memory counters, in the same run: a ring that
+/// stays in cache, drained between batches, the two kinds of batch interleaved so that
+/// machine noise falls on both alike; best round of each.
 fn counters_cost(settings: Settings) -> (f64, f64) {
     let scratch = Scratch::new();
-    let n: usize = if settings.samples < 10 {
-        50_000
-    } else {
-        200_000
-    };
-    let ring = ring_in(&scratch.0, "ctr", 1 << 24, false);
+    let cap = 1usize << 18;
+    let batch = cap / crate::ring::layout::frame_size(64) - 16;
+    let batches: usize = if settings.samples < 10 { 20 } else { 100 };
+    let ring = ring_in(&scratch.0, "ctr", cap, false);
     let mut cons = ring.consumer().expect("consumer");
     let msg = [3u8; 64];
     let (mut with, mut without) = (f64::MAX, f64::MAX);
-    for round in 0..2 * (settings.samples.clamp(3, 9) + 1) {
-        let counters = round % 2 == 0;
-        let mut p = ring.producer().expect("producer");
-        if !counters {
-            p.disable_counters();
-        }
-        let t = Instant::now();
-        for _ in 0..n {
-            p.send(std::hint::black_box(&msg)).expect("send");
-        }
-        let ns = t.elapsed().as_nanos() as f64 / n as f64;
-        if round >= 2 {
-            if counters {
-                with = with.min(ns);
-            } else {
-                without = without.min(ns);
+    // The first round is a warm-up and is not counted.
+    for round in 0..settings.samples.clamp(3, 9) + 1 {
+        let mut t = [Duration::ZERO; 2];
+        for b in 0..2 * batches {
+            let counters = b % 2 == 0;
+            let mut p = ring.producer().expect("producer");
+            if !counters {
+                p.disable_counters();
             }
+            let start = Instant::now();
+            for _ in 0..batch {
+                p.send(std::hint::black_box(&msg)).expect("send");
+            }
+            t[usize::from(counters)] += start.elapsed();
+            drop(p);
+            cons.poll(usize::MAX, |f| {
+                std::hint::black_box(f);
+            })
+            .expect("poll");
         }
-        drop(p);
-        cons.poll(usize::MAX, |f| {
-            std::hint::black_box(f);
-        })
-        .expect("poll");
+        if round > 0 {
+            let k = (batch * batches) as f64;
+            with = with.min(t[1].as_nanos() as f64 / k);
+            without = without.min(t[0].as_nanos() as f64 / k);
+        }
     }
     (with, without)
 }
