@@ -5,4 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUSTFLAGS="--cfg loom ${RUSTFLAGS:-}"
 export LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-3}"
-CARGO_TARGET_DIR=target/loom cargo test --release --lib --no-default-features "${1:-ring::model}"
+CARGO_TARGET_DIR=target/loom cargo test --release --lib --no-default-features "${1:-model}"

@@ -29,9 +29,11 @@
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod cache;
 pub mod capi;
 pub mod codec;
 mod error;
+pub mod queue;
 pub mod ring;
 pub mod router;
 pub mod shm;

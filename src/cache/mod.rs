@@ -1,0 +1,421 @@
+//! A concurrent LRU cache with a time-to-live (`erlmcp_flow_lru_cache` in the original design:
+//! capacity 10 000, TTL 5 000 ms).
+//!
+//! The key space is split over shards by an ahash of the key; each shard is a hash map into a
+//! slab of entries threaded on a doubly linked recency list, behind its own mutex. Eviction is
+//! least-recently-used within the shard (with a capacity of `capacity / shards`, rounded up),
+//! which is what sharded caches do; a get moves the entry to the front. An entry older than the
+//! TTL is a miss when read and is removed then; [`LruCache::sweep`] (or the thread of
+//! [`LruCache::start_sweeper`]) removes the rest in the background.
+//!
+//! Time is read from `CLOCK_MONOTONIC_COARSE` (a few nanoseconds, millisecond-scale
+//! resolution): TTLs are honoured to within that resolution.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use crossbeam_utils::CachePadded;
+
+const NIL: u32 = u32::MAX;
+
+/// Cache parameters (the original design's defaults).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheOptions {
+    /// Entries the cache holds at most (default 10 000).
+    pub capacity: usize,
+    /// How long an entry stays valid after it was put (default 5 s); `None`: forever.
+    pub ttl: Option<Duration>,
+    /// Number of shards; 0 picks one from the capacity and the machine (default).
+    pub shards: usize,
+}
+
+impl Default for CacheOptions {
+    fn default() -> Self {
+        CacheOptions {
+            capacity: 10_000,
+            ttl: Some(Duration::from_millis(5000)),
+            shards: 0,
+        }
+    }
+}
+
+/// Counters of a cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CacheStats {
+    /// Entries held now.
+    pub len: usize,
+    /// The capacity (sum over shards).
+    pub capacity: usize,
+    /// Gets that found a live entry.
+    pub hits: u64,
+    /// Gets that found nothing or an expired entry.
+    pub misses: u64,
+    /// Entries evicted to make room (least recently used).
+    pub evictions: u64,
+    /// Entries removed because their TTL passed (on read or by a sweep).
+    pub expirations: u64,
+}
+
+struct Entry<K, V> {
+    key: K,
+    value: V,
+    /// Expiry time (coarse monotonic nanoseconds); `u64::MAX` for never.
+    expires: u64,
+    prev: u32,
+    next: u32,
+}
+
+struct Shard<K, V> {
+    map: HashMap<K, u32, ahash::RandomState>,
+    slab: Vec<Entry<K, V>>,
+    /// Most recently used.
+    head: u32,
+    /// Least recently used.
+    tail: u32,
+    cap: usize,
+    hits: u64,
+    misses: u64,
+    evictions: u64,
+    expirations: u64,
+}
+
+impl<K: Hash + Eq + Clone, V> Shard<K, V> {
+    fn unlink(&mut self, i: u32) {
+        let (p, n) = {
+            let e = &self.slab[i as usize];
+            (e.prev, e.next)
+        };
+        if p == NIL {
+            self.head = n;
+        } else {
+            self.slab[p as usize].next = n;
+        }
+        if n == NIL {
+            self.tail = p;
+        } else {
+            self.slab[n as usize].prev = p;
+        }
+    }
+
+    fn push_front(&mut self, i: u32) {
+        let old = self.head;
+        {
+            let e = &mut self.slab[i as usize];
+            e.prev = NIL;
+            e.next = old;
+        }
+        if old == NIL {
+            self.tail = i;
+        } else {
+            self.slab[old as usize].prev = i;
+        }
+        self.head = i;
+    }
+
+    /// Removes entry `i` (moving the last slab entry into its place) and returns it.
+    fn remove_at(&mut self, i: u32) -> Entry<K, V> {
+        self.unlink(i);
+        let last = (self.slab.len() - 1) as u32;
+        if i != last {
+            // Re-point the links and the map at the entry that moves from `last` to `i`.
+            let (p, n) = {
+                let e = &self.slab[last as usize];
+                (e.prev, e.next)
+            };
+            if p == NIL {
+                self.head = i;
+            } else {
+                self.slab[p as usize].next = i;
+            }
+            if n == NIL {
+                self.tail = i;
+            } else {
+                self.slab[n as usize].prev = i;
+            }
+            let k = self.slab[last as usize].key.clone();
+            if let Some(slot) = self.map.get_mut(&k) {
+                *slot = i;
+            }
+        }
+        let e = self.slab.swap_remove(i as usize);
+        self.map.remove(&e.key);
+        e
+    }
+}
+
+type Shards<K, V> = Box<[CachePadded<Mutex<Shard<K, V>>>]>;
+
+/// A concurrent, sharded LRU cache with a TTL. Share it between threads (`Sync`); wrap it in an
+/// `Arc` to run the background sweeper.
+///
+/// ```
+/// use erlmcp_flow::cache::{CacheOptions, LruCache};
+/// let c = LruCache::new(CacheOptions { capacity: 2, shards: 1, ..Default::default() });
+/// c.put("a", 1);
+/// c.put("b", 2);
+/// assert_eq!(c.get(&"a"), Some(1)); // "a" is now the most recently used
+/// c.put("c", 3);                     // evicts "b"
+/// assert_eq!(c.get(&"b"), None);
+/// assert_eq!(c.stats().evictions, 1);
+/// ```
+pub struct LruCache<K, V> {
+    shards: Shards<K, V>,
+    hasher: ahash::RandomState,
+    ttl_ns: Option<u64>,
+    mask: usize,
+}
+
+/// Coarse monotonic time in nanoseconds.
+fn now_coarse() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
+    /// A cache with `opts` (a zero capacity is taken as 1).
+    pub fn new(opts: CacheOptions) -> Self {
+        let capacity = opts.capacity.clamp(1, u32::MAX as usize - 1);
+        let shards = if opts.shards == 0 {
+            let cpus = std::thread::available_parallelism().map_or(4, |n| n.get());
+            // Enough shards that threads rarely meet, few enough that each holds a useful
+            // LRU (at least 64 entries).
+            (cpus * 8).min(capacity / 64).max(1)
+        } else {
+            opts.shards.min(capacity)
+        }
+        .next_power_of_two();
+        let per = capacity.div_ceil(shards);
+        let shards: Box<[_]> = (0..shards)
+            .map(|_| {
+                CachePadded::new(Mutex::new(Shard {
+                    map: HashMap::with_capacity_and_hasher(per, ahash::RandomState::new()),
+                    slab: Vec::with_capacity(per),
+                    head: NIL,
+                    tail: NIL,
+                    cap: per,
+                    hits: 0,
+                    misses: 0,
+                    evictions: 0,
+                    expirations: 0,
+                }))
+            })
+            .collect();
+        LruCache {
+            mask: shards.len() - 1,
+            shards,
+            hasher: ahash::RandomState::new(),
+            ttl_ns: opts
+                .ttl
+                .map(|d| d.as_nanos().min(u64::MAX as u128 / 2) as u64),
+        }
+    }
+
+    fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, V>> {
+        let h = self.hasher.hash_one(key);
+        // The high bits pick the shard: the map inside hashes with its own seed.
+        let i = (h >> 40) as usize & self.mask;
+        // Each operation leaves the shard consistent before it can panic (only `K::clone`,
+        // `V::clone` and `K::hash/eq` run user code): keep serving after a poisoned lock.
+        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The live value for `key` (a hit moves it to the front), or `None` (a miss; an expired
+    /// entry is removed).
+    pub fn get(&self, key: &K) -> Option<V> {
+        let now = if self.ttl_ns.is_some() {
+            now_coarse()
+        } else {
+            0
+        };
+        let mut s = self.shard(key);
+        let Some(&i) = s.map.get(key) else {
+            s.misses += 1;
+            return None;
+        };
+        if s.slab[i as usize].expires <= now {
+            s.remove_at(i);
+            s.expirations += 1;
+            s.misses += 1;
+            return None;
+        }
+        if s.head != i {
+            s.unlink(i);
+            s.push_front(i);
+        }
+        s.hits += 1;
+        Some(s.slab[i as usize].value.clone())
+    }
+
+    /// Inserts or replaces `key`'s value (its TTL restarts), evicting the shard's least
+    /// recently used entry when the shard is full. Returns the previous value, if any.
+    pub fn put(&self, key: K, value: V) -> Option<V> {
+        let expires = match self.ttl_ns {
+            Some(t) => now_coarse().saturating_add(t),
+            None => u64::MAX,
+        };
+        let mut s = self.shard(&key);
+        if let Some(&i) = s.map.get(&key) {
+            let e = &mut s.slab[i as usize];
+            e.expires = expires;
+            let old = std::mem::replace(&mut e.value, value);
+            if s.head != i {
+                s.unlink(i);
+                s.push_front(i);
+            }
+            return Some(old);
+        }
+        if s.slab.len() >= s.cap {
+            let lru = s.tail;
+            s.remove_at(lru);
+            s.evictions += 1;
+        }
+        let i = s.slab.len() as u32;
+        s.slab.push(Entry {
+            key: key.clone(),
+            value,
+            expires,
+            prev: NIL,
+            next: NIL,
+        });
+        s.map.insert(key, i);
+        s.push_front(i);
+        None
+    }
+
+    /// Removes `key`; returns its value if it was present (expired or not).
+    pub fn remove(&self, key: &K) -> Option<V> {
+        let mut s = self.shard(key);
+        let i = *s.map.get(key)?;
+        Some(s.remove_at(i).value)
+    }
+
+    /// Removes every expired entry; returns how many.
+    pub fn sweep(&self) -> usize {
+        let now = now_coarse();
+        let mut removed = 0;
+        for sh in self.shards.iter() {
+            let mut s = sh.lock().unwrap_or_else(|p| p.into_inner());
+            let mut i = 0;
+            while i < s.slab.len() {
+                if s.slab[i].expires <= now {
+                    s.remove_at(i as u32);
+                    s.expirations += 1;
+                    removed += 1;
+                    // The last entry moved into `i`: look at it next.
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Removes everything (counters are kept).
+    pub fn clear(&self) {
+        for sh in self.shards.iter() {
+            let mut s = sh.lock().unwrap_or_else(|p| p.into_inner());
+            s.map.clear();
+            s.slab.clear();
+            s.head = NIL;
+            s.tail = NIL;
+        }
+    }
+
+    /// Entries held now (expired ones not yet removed included).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).slab.len())
+            .sum()
+    }
+
+    /// True when nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of shards.
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// Counters, summed over the shards.
+    pub fn stats(&self) -> CacheStats {
+        let mut st = CacheStats::default();
+        for sh in self.shards.iter() {
+            let s = sh.lock().unwrap_or_else(|p| p.into_inner());
+            st.len += s.slab.len();
+            st.capacity += s.cap;
+            st.hits += s.hits;
+            st.misses += s.misses;
+            st.evictions += s.evictions;
+            st.expirations += s.expirations;
+        }
+        st
+    }
+}
+
+impl<K, V> LruCache<K, V>
+where
+    K: Hash + Eq + Clone + Send + 'static,
+    V: Clone + Send + 'static,
+{
+    /// Starts a thread that calls [`LruCache::sweep`] every `every` until the returned handle
+    /// is dropped or the cache is dropped (the thread holds only a weak reference).
+    pub fn start_sweeper(self: &Arc<Self>, every: Duration) -> Sweeper {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        let stop = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("emf-cache-sweeper".into())
+            .spawn(move || loop {
+                let (lock, cv) = &*stop2;
+                let g = lock.lock().unwrap_or_else(|p| p.into_inner());
+                let (g, _) = cv
+                    .wait_timeout_while(g, every, |stopped| !*stopped)
+                    .unwrap_or_else(|p| p.into_inner());
+                if *g {
+                    return;
+                }
+                drop(g);
+                match weak.upgrade() {
+                    Some(c) => {
+                        c.sweep();
+                    }
+                    None => return,
+                }
+            })
+            .expect("spawn the cache sweeper thread");
+        Sweeper {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// The background sweeper of a cache; dropping it stops the thread (and waits for it).
+pub struct Sweeper {
+    stop: Arc<(Mutex<bool>, std::sync::Condvar)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Sweeper {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        cv.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

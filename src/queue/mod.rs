@@ -1,0 +1,55 @@
+//! In-process queues: lock-free MPMC queues (unbounded, reclaimed with crossbeam-epoch, and
+//! bounded) and the task queue with primary and overflow capacity, priorities and
+//! back-pressure that the scheduler and the hosts use (`erlmcp_flow_queue`).
+//!
+//! How they are checked: loom models of both MPMC queues (`cfg(loom)`, `scripts/loom.sh`),
+//! Miri over the unit tests (`scripts/miri.sh`), a linearizability check of recorded
+//! concurrent histories against a sequential FIFO (`lincheck` in the tests), and a long stress
+//! run (`scripts/queue-stress.sh`).
+
+mod bounded;
+mod task;
+mod unbounded;
+
+pub use bounded::BoundedQueue;
+pub use task::{DropPolicy, Enqueue, Priority, TaskQueue, TaskQueueOptions, TaskQueueStats};
+pub use unbounded::Queue;
+
+#[cfg(test)]
+mod lincheck;
+#[cfg(all(test, loom))]
+mod model;
+#[cfg(all(test, not(loom)))]
+mod tests;
+
+/// Spin-then-yield backoff for the retry loops; a loom yield under `cfg(loom)` (a model must
+/// see every spin as a scheduling point).
+pub(crate) struct Backoff {
+    #[cfg(not(loom))]
+    inner: crossbeam_utils::Backoff,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            #[cfg(not(loom))]
+            inner: crossbeam_utils::Backoff::new(),
+        }
+    }
+
+    /// A short pause: another thread is mid-operation on the same slot.
+    pub(crate) fn spin(&self) {
+        #[cfg(not(loom))]
+        self.inner.spin();
+        #[cfg(loom)]
+        loom::thread::yield_now();
+    }
+
+    /// A longer pause: wait for another thread to make progress.
+    pub(crate) fn snooze(&self) {
+        #[cfg(not(loom))]
+        self.inner.snooze();
+        #[cfg(loom)]
+        loom::thread::yield_now();
+    }
+}

@@ -1,0 +1,120 @@
+//! loom models of the MPMC queues: every interleaving (with bounded preemptions) of a few
+//! pushes and pops, checking that each value is delivered exactly once, FIFO per producer,
+//! and that nothing is read before it is written (loom's `UnsafeCell` tracking). The
+//! unbounded queue runs with blocks of 2 slots so that block hand-over is exercised.
+//!
+//! RUSTFLAGS="--cfg loom" cargo test --release --lib queue::model (scripts/loom.sh)
+
+use super::{BoundedQueue, Queue};
+use loom::sync::Arc;
+use loom::thread;
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+#[test]
+fn unbounded_two_producers_one_consumer() {
+    model(|| {
+        let q = Arc::new(Queue::new());
+        let ps: Vec<_> = (0..2)
+            .map(|p| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    q.push(p * 10);
+                    q.push(p * 10 + 1);
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            if let Some(v) = q.pop() {
+                got.push(v);
+            }
+        }
+        for p in ps {
+            p.join().unwrap();
+        }
+        while let Some(v) = q.pop() {
+            got.push(v);
+        }
+        let mut sorted = got.clone();
+        sorted.sort();
+        assert_eq!(sorted, [0, 1, 10, 11]);
+        for p in [0, 10] {
+            let pos: Vec<_> = got.iter().filter(|v| **v / 10 * 10 == p).collect();
+            assert_eq!(pos, [&p, &(p + 1)]);
+        }
+    });
+}
+
+#[test]
+fn unbounded_one_producer_two_consumers() {
+    model(|| {
+        let q = Arc::new(Queue::new());
+        let cs: Vec<_> = (0..2)
+            .map(|_| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    let mut got = Vec::new();
+                    for _ in 0..2 {
+                        if let Some(v) = q.pop() {
+                            got.push(v);
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        for v in 0..3 {
+            q.push(v);
+        }
+        let mut all = Vec::new();
+        for c in cs {
+            let got = c.join().unwrap();
+            assert!(got.windows(2).all(|w| w[0] < w[1]), "{got:?}");
+            all.extend(got);
+        }
+        while let Some(v) = q.pop() {
+            all.push(v);
+        }
+        all.sort();
+        assert_eq!(all, [0, 1, 2]);
+    });
+}
+
+#[test]
+fn bounded_wraps_around_with_two_producers_and_a_consumer() {
+    model(|| {
+        let q = Arc::new(BoundedQueue::new(2));
+        let ps: Vec<_> = (0..2)
+            .map(|p| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    let mut v = p;
+                    while let Err(back) = q.push(v) {
+                        v = back;
+                        thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        if let Some(v) = q.pop() {
+            got.push(v);
+        }
+        for p in ps {
+            p.join().unwrap();
+        }
+        while let Some(v) = q.pop() {
+            got.push(v);
+        }
+        got.sort();
+        assert_eq!(got, [0, 1]);
+        // A third lap over the two slots.
+        q.push(7).unwrap();
+        assert_eq!(q.pop(), Some(7));
+    });
+}
