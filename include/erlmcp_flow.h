@@ -110,6 +110,24 @@
 // Flushed on demand.
 #define EMF_FLUSH_DEMAND 4
 
+// Drop policy: a full queue refuses arrivals.
+#define EMF_DROP_NONE 0
+
+// Drop policy: a higher-priority arrival evicts the newest lowest-priority task.
+#define EMF_DROP_LOW_PRIORITY 1
+
+// Enqueue answer: queued in the primary queue.
+#define EMF_ENQUEUE_OK 0
+
+// Enqueue answer: queued in the overflow; slow down.
+#define EMF_ENQUEUE_BACKPRESSURE 1
+
+// Enqueue answer: not queued (both queues full); the task stays the caller's.
+#define EMF_ENQUEUE_REJECTED 2
+
+// Enqueue answer: queued by evicting a lower-priority task, returned in `out_evicted`.
+#define EMF_ENQUEUE_EVICTED 3
+
 // Wait strategy: busy-poll.
 #define EMF_WAIT_SPIN 0
 
@@ -121,6 +139,9 @@
 
 // A batch processor. Opaque; one thread at a time.
 typedef struct emf_batch_t emf_batch_t;
+
+// A cache from byte-string keys to byte-string values. Opaque; thread-safe.
+typedef struct emf_cache_t emf_cache_t;
 
 // A consumer or subscriber of a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_consumer_t emf_consumer_t;
@@ -145,6 +166,9 @@ typedef struct emf_state_store_t emf_state_store_t;
 
 // A shared value mapped for reading. Opaque; immutable; thread-safe.
 typedef struct emf_state_value_t emf_state_value_t;
+
+// A task queue of byte-string tasks. Opaque; thread-safe.
+typedef struct emf_task_queue_t emf_task_queue_t;
 
 // A status code: `EMF_OK` or one of the `EMF_ERR_*` codes.
 typedef int32_t emf_status_t;
@@ -212,6 +236,46 @@ typedef struct emf_slice_t {
   // Their number.
   size_t len;
 } emf_slice_t;
+
+// Counters of a task queue (`emf_task_queue_stats`).
+typedef struct emf_task_queue_stats_t {
+  // Tasks queued now.
+  uint64_t depth;
+  // Of which in the primary queue.
+  uint64_t primary_depth;
+  // Of which in the overflow.
+  uint64_t overflow_depth;
+  // 99th percentile of the depth after each enqueue.
+  uint64_t depth_p99;
+  // Largest depth seen.
+  uint64_t max_depth;
+  // Tasks accepted.
+  uint64_t enqueued;
+  // Tasks dequeued.
+  uint64_t dequeued;
+  // Tasks that landed in the overflow.
+  uint64_t spills;
+  // Tasks refused.
+  uint64_t rejections;
+  // Tasks evicted by higher-priority arrivals.
+  uint64_t evictions;
+} emf_task_queue_stats_t;
+
+// Counters of a cache (`emf_cache_stats`).
+typedef struct emf_cache_stats_t {
+  // Entries held now.
+  uint64_t len;
+  // Capacity.
+  uint64_t capacity;
+  // Gets that found a live entry.
+  uint64_t hits;
+  // Gets that found nothing or an expired entry.
+  uint64_t misses;
+  // Entries evicted to make room.
+  uint64_t evictions;
+  // Entries removed because their TTL passed.
+  uint64_t expirations;
+} emf_cache_stats_t;
 
 // Options for `emf_ring_create`; fill with `emf_ring_options_default` first.
 typedef struct emf_ring_options_t {
@@ -661,6 +725,145 @@ emf_status_t emf_state_value_free(struct emf_state_value_t *v);
 //
 // `s` a live handle.
 emf_status_t emf_state_release(const struct emf_state_store_t *s, uint64_t state_ref);
+
+// Creates a task queue holding `max_primary` tasks (0: 1000) plus `max_overflow` more in the
+// overflow (`SIZE_MAX`: 10000), with drop policy `EMF_DROP_*`.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_task_queue_new(size_t max_primary,
+                                size_t max_overflow,
+                                uint32_t drop_policy,
+                                struct emf_task_queue_t **out);
+
+// Frees a task queue and the tasks still in it. NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `q`.
+emf_status_t emf_task_queue_free(struct emf_task_queue_t *q);
+
+// Queues a copy of `data` at `priority` (`EMF_PRIORITY_*`); `*out_result` says what happened
+// (`EMF_ENQUEUE_*`). On `EMF_ENQUEUE_EVICTED` the evicted task's bytes are moved to
+// `*out_evicted` (free with `emf_buf_free`) and its priority to `*out_evicted_priority`
+// (when non-NULL). On `EMF_ENQUEUE_REJECTED` nothing was queued: `data` stays the caller's.
+//
+// # Safety
+//
+// `q` a live handle; `data` readable for `len`; `out_result` and `out_evicted` writable;
+// `out_evicted_priority` NULL or writable.
+emf_status_t emf_task_queue_enqueue(const struct emf_task_queue_t *q,
+                                    const uint8_t *data,
+                                    size_t len,
+                                    uint32_t priority_code,
+                                    uint32_t *out_result,
+                                    struct emf_buf_t *out_evicted,
+                                    uint32_t *out_evicted_priority);
+
+// Takes the oldest task of the highest priority queued into `*out` (free with
+// `emf_buf_free`) and its priority into `*out_priority` (when non-NULL). `EMF_ERR_EMPTY`
+// when nothing is queued.
+//
+// # Safety
+//
+// `q` a live handle; `out` writable; `out_priority` NULL or writable.
+emf_status_t emf_task_queue_dequeue(const struct emf_task_queue_t *q,
+                                    struct emf_buf_t *out,
+                                    uint32_t *out_priority);
+
+// Writes the queue's counters to `*out`.
+//
+// # Safety
+//
+// `q` a live handle; `out` writable.
+emf_status_t emf_task_queue_stats(const struct emf_task_queue_t *q,
+                                  struct emf_task_queue_stats_t *out);
+
+// Creates a cache of `capacity` entries (0: 10000) whose entries live `ttl_ms` after they
+// were put (0: forever; `UINT64_MAX`: the default 5000 ms), over `shards` shards (0: chosen
+// from the capacity and the machine).
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_cache_new(size_t capacity,
+                           uint64_t ttl_ms,
+                           uint32_t shards,
+                           struct emf_cache_t **out);
+
+// Frees a cache (stopping its sweeper). NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `c`.
+emf_status_t emf_cache_free(struct emf_cache_t *c);
+
+// Stores a copy of `value` under a copy of `key` (replacing any value, restarting its TTL).
+//
+// # Safety
+//
+// `c` a live handle; `key` readable for `key_len`, `value` for `value_len`.
+emf_status_t emf_cache_put(const struct emf_cache_t *c,
+                           const uint8_t *key,
+                           size_t key_len,
+                           const uint8_t *value,
+                           size_t value_len);
+
+// Looks `key` up: on a hit its value is copied to `*out` (free with `emf_buf_free`);
+// `EMF_ERR_NOT_FOUND` on a miss (absent or expired).
+//
+// # Safety
+//
+// `c` a live handle; `key` readable for `key_len`; `out` writable.
+emf_status_t emf_cache_get(const struct emf_cache_t *c,
+                           const uint8_t *key,
+                           size_t key_len,
+                           struct emf_buf_t *out);
+
+// Looks `key` up and copies its value into `buf` (no allocation); `*out_len` receives the
+// value's length. `EMF_ERR_NOT_FOUND` on a miss; `EMF_ERR_BUFFER_TOO_SMALL` when `cap` is
+// smaller than the value (`*out_len` says how much is needed; the hit is still counted).
+//
+// # Safety
+//
+// `c` a live handle; `key` readable for `key_len`; `buf` writable for `cap` bytes (NULL
+// when `cap` is 0); `out_len` writable.
+emf_status_t emf_cache_get_into(const struct emf_cache_t *c,
+                                const uint8_t *key,
+                                size_t key_len,
+                                uint8_t *buf,
+                                size_t cap,
+                                size_t *out_len);
+
+// Removes `key`; `EMF_ERR_NOT_FOUND` when it was absent.
+//
+// # Safety
+//
+// `c` a live handle; `key` readable for `key_len`.
+emf_status_t emf_cache_remove(const struct emf_cache_t *c, const uint8_t *key, size_t key_len);
+
+// Removes every expired entry now; `*out_removed` (when non-NULL) says how many.
+//
+// # Safety
+//
+// `c` a live handle; `out_removed` NULL or writable.
+emf_status_t emf_cache_sweep(const struct emf_cache_t *c, size_t *out_removed);
+
+// Starts (or restarts with a new period) a background thread sweeping expired entries
+// every `every_ms` milliseconds (≥ 1); 0 stops it. It stops when the cache is freed.
+//
+// # Safety
+//
+// `c` a live handle.
+emf_status_t emf_cache_set_sweeper(const struct emf_cache_t *c, uint32_t every_ms);
+
+// Writes the cache's counters to `*out`.
+//
+// # Safety
+//
+// `c` a live handle; `out` writable.
+emf_status_t emf_cache_stats(const struct emf_cache_t *c, struct emf_cache_stats_t *out);
 
 // Fills `*out` with the default ring options.
 //

@@ -12,6 +12,7 @@
 //! resolution): TTLs are honoured to within that resolution.
 
 use std::collections::HashMap;
+use std::borrow::Borrow;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -217,7 +218,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         }
     }
 
-    fn shard(&self, key: &K) -> MutexGuard<'_, Shard<K, V>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, Shard<K, V>> {
         let h = self.hasher.hash_one(key);
         // The high bits pick the shard: the map inside hashes with its own seed.
         let i = (h >> 40) as usize & self.mask;
@@ -228,7 +229,21 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
 
     /// The live value for `key` (a hit moves it to the front), or `None` (a miss; an expired
     /// entry is removed).
-    pub fn get(&self, key: &K) -> Option<V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.get_with(key, V::clone)
+    }
+
+    /// Like [`LruCache::get`], but hands the value to `f` under the shard's lock instead of
+    /// cloning it (for copying it out without an intermediate allocation).
+    pub fn get_with<Q, R>(&self, key: &Q, f: impl FnOnce(&V) -> R) -> Option<R>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let now = if self.ttl_ns.is_some() {
             now_coarse()
         } else {
@@ -250,7 +265,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
             s.push_front(i);
         }
         s.hits += 1;
-        Some(s.slab[i as usize].value.clone())
+        Some(f(&s.slab[i as usize].value))
     }
 
     /// Inserts or replaces `key`'s value (its TTL restarts), evicting the shard's least
@@ -290,7 +305,11 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
     }
 
     /// Removes `key`; returns its value if it was present (expired or not).
-    pub fn remove(&self, key: &K) -> Option<V> {
+    pub fn remove<Q>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let mut s = self.shard(key);
         let i = *s.map.get(key)?;
         Some(s.remove_at(i).value)

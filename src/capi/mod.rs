@@ -19,6 +19,7 @@
 pub mod codec;
 pub mod flow;
 mod handle;
+pub mod queue;
 pub mod ring;
 
 use std::borrow::Cow;
