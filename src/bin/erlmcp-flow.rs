@@ -47,6 +47,10 @@ usage:
       a validated archive on stdin to JSON-RPC text on stdout
   erlmcp-flow version";
 
+/// Counts allocations during memory measurements (`bench --suite queue`); idle otherwise.
+#[global_allocator]
+static ALLOC: erlmcp_flow::suite::alloc::Counting = erlmcp_flow::suite::alloc::Counting;
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {

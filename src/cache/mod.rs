@@ -11,8 +11,8 @@
 //! Time is read from `CLOCK_MONOTONIC_COARSE` (a few nanoseconds, millisecond-scale
 //! resolution): TTLs are honoured to within that resolution.
 
-use std::collections::HashMap;
 use std::borrow::Borrow;
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;

@@ -239,9 +239,11 @@ pub unsafe extern "C" fn emf_task_queue_stats(
     })
 }
 
+type BytesCache = LruCache<Box<[u8]>, Arc<[u8]>>;
+
 /// A cache from byte-string keys to byte-string values. Opaque; thread-safe.
 pub struct emf_cache_t {
-    cache: Arc<LruCache<Box<[u8]>, Arc<[u8]>>>,
+    cache: Arc<BytesCache>,
     sweeper: Mutex<Option<Sweeper>>,
 }
 
@@ -462,7 +464,10 @@ pub unsafe extern "C" fn emf_cache_sweep(
 ///
 /// `c` a live handle.
 #[no_mangle]
-pub unsafe extern "C" fn emf_cache_set_sweeper(c: *const emf_cache_t, every_ms: u32) -> emf_status_t {
+pub unsafe extern "C" fn emf_cache_set_sweeper(
+    c: *const emf_cache_t,
+    every_ms: u32,
+) -> emf_status_t {
     guard(|| {
         let h = cache(c)?;
         let mut s = h.sweeper.lock().unwrap_or_else(|p| p.into_inner());

@@ -118,7 +118,9 @@ impl<T> BoundedQueue<T> {
                     Ok(_) => {
                         // SAFETY: the stamp (Acquire) says the value of position `pos` is
                         // written; the CAS made us its only consumer.
-                        let v = slot.value.with(|p| unsafe { std::ptr::read(p.cast::<T>()) });
+                        let v = slot
+                            .value
+                            .with(|p| unsafe { std::ptr::read(p.cast::<T>()) });
                         slot.stamp.store(pos + self.cap, Ordering::Release);
                         return Some(v);
                     }

@@ -5,11 +5,14 @@
 //!
 //! Protocol of a slot (`state` bits):
 //! * the producer that reserved index `i` writes the value, then sets `WRITTEN` (Release);
-//! * the consumer that reserved index `i` sets `TAKEN` (Acquire). If `WRITTEN` was already
-//!   set, the value is its own; if not, the producer is slow, the consumer gives the slot up
-//!   and reserves another one, and the producer — seeing `TAKEN` when it sets `WRITTEN` —
-//!   takes its value back and reserves again. A value is therefore read by exactly one
-//!   consumer or returned to its producer, never both, never neither.
+//! * a consumer claims index `i` with a CAS on the head block's `deq` counter, normally once
+//!   it has seen `WRITTEN` at `i` (the value is then its own: nobody else touches the slot);
+//! * when `i` was reserved but stays unwritten (the producer was preempted), the consumer
+//!   claims it anyway and sets `TAKEN`: if `WRITTEN` was set meanwhile the value is its own;
+//!   if not, it gives the slot up and looks again, and the producer — seeing `TAKEN` when it
+//!   sets `WRITTEN` — takes its value back and reserves another index. A value is therefore
+//!   read by exactly one consumer or returned to its producer, never both, never neither,
+//!   and consumers are never blocked behind a stalled producer for long.
 //!
 //! Reclamation: a consumer advances `head` past a block only once the block's indices are all
 //! reserved and its successor exists, and it first moves `tail` off the block, so a retired
@@ -36,7 +39,7 @@ const TAKEN: usize = 2;
 
 /// How many times a consumer looks at a reserved but unwritten slot before giving it up.
 #[cfg(not(loom))]
-const PATIENCE: u32 = 128;
+const PATIENCE: u32 = 16;
 #[cfg(loom)]
 const PATIENCE: u32 = 1;
 
@@ -148,7 +151,9 @@ impl<T> Queue<T> {
                 // The consumer of this index gave up on it: the value is still ours.
                 // SAFETY: we wrote it just above and no consumer will read it (TAKEN was
                 // set before WRITTEN).
-                value = slot.value.with(|p| unsafe { std::ptr::read(p.cast::<T>()) });
+                value = slot
+                    .value
+                    .with(|p| unsafe { std::ptr::read(p.cast::<T>()) });
                 continue;
             }
             // The block is full: move to (or create) the next one.
@@ -217,29 +222,50 @@ impl<T> Queue<T> {
                 }
                 continue;
             }
-            if b.enq.load(Ordering::Acquire) <= i {
-                return None; // nobody reserved index i yet: empty
+            let slot = &b.slots[i];
+            let backoff = super::Backoff::new();
+            let mut waited = 0;
+            loop {
+                if slot.state.load(Ordering::Acquire) & WRITTEN != 0 {
+                    break; // the common case: a written value is waiting at `i`
+                }
+                if b.enq.load(Ordering::Acquire) <= i {
+                    return None; // nobody reserved index i yet: empty
+                }
+                // Reserved, not written yet: the producer is between its fetch_add and its
+                // write. Wait a little before giving the slot up (which makes it retry).
+                if waited == PATIENCE || b.deq.load(Ordering::Relaxed) != i {
+                    break;
+                }
+                waited += 1;
+                // Spin, then yield: with more threads than cores the producer may be
+                // preempted and needs the CPU to finish its write.
+                backoff.snooze();
             }
-            let i = b.deq.fetch_add(1, Ordering::Relaxed);
-            if i >= BLOCK {
+            // Claim index `i` (other consumers may race for it).
+            if b.deq
+                .compare_exchange_weak(i, i + 1, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
                 continue;
             }
-            let slot = &b.slots[i];
-            // The producer reserved `i` (enq > i when we looked) and is about to write:
-            // wait a little before giving the slot up (which makes it retry elsewhere).
-            let mut seen = 0;
-            while slot.state.load(Ordering::Acquire) & WRITTEN == 0 && seen < PATIENCE {
-                seen += 1;
-                #[cfg(loom)]
-                loom::thread::yield_now();
-                #[cfg(not(loom))]
-                std::hint::spin_loop();
+            if slot.state.load(Ordering::Acquire) & WRITTEN != 0 {
+                // Written before we claimed it, and ours alone now: the producer is done
+                // with the slot, nobody else reserved `i`.
+                // SAFETY: WRITTEN (Acquire) was set (Release) after the value was written;
+                // the CAS on `deq` made `i` ours.
+                return Some(
+                    slot.value
+                        .with(|p| unsafe { std::ptr::read(p.cast::<T>()) }),
+                );
             }
             let prev = slot.state.fetch_or(TAKEN, Ordering::AcqRel);
             if prev & WRITTEN != 0 {
-                // SAFETY: WRITTEN was set (Release) after the value was written, we observed
-                // it with Acquire, and TAKEN, which we set, gives the value to us alone.
-                return Some(slot.value.with(|p| unsafe { std::ptr::read(p.cast::<T>()) }));
+                // SAFETY: as above: written (observed with Acquire), and the index is ours.
+                return Some(
+                    slot.value
+                        .with(|p| unsafe { std::ptr::read(p.cast::<T>()) }),
+                );
             }
             // Gave up on a slow producer's slot: it takes its value back; look again.
         }
@@ -286,10 +312,14 @@ impl<T> Drop for Queue<T> {
         while !b.is_null() {
             // SAFETY: blocks from `head` on are live and owned by the queue.
             let blk = unsafe { Box::from_raw(b) };
-            for slot in blk.slots.iter() {
+            // Indices below `deq` were claimed by consumers (taken, or given up and taken
+            // back by their producer); from `deq` on, a WRITTEN slot holds a queued value.
+            let first = blk.deq.load(Ordering::Relaxed).min(BLOCK);
+            for slot in &blk.slots[first..] {
                 if slot.state.load(Ordering::Relaxed) == WRITTEN {
-                    // SAFETY: written and never taken: the value is initialised and ours.
-                    slot.value.with_mut(|p| unsafe { std::ptr::drop_in_place(p.cast::<T>()) });
+                    // SAFETY: written and never claimed: the value is initialised and ours.
+                    slot.value
+                        .with_mut(|p| unsafe { std::ptr::drop_in_place(p.cast::<T>()) });
                 }
             }
             b = blk.next.load(Ordering::Relaxed);

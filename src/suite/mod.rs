@@ -9,7 +9,9 @@
 //! repeats the batch, and reports the **median** batch (per operation). The machine is shared
 //! and noisy; medians and ratios measured side by side are what the numbers are for.
 
+pub mod alloc;
 pub mod codec;
+pub mod queue;
 pub mod ring;
 pub mod samples;
 
@@ -360,6 +362,8 @@ pub fn all() -> Vec<Suite> {
         codec::serializer_suite(),
         codec::compression_suite(),
         ring::ring_suite(),
+        queue::queue_suite(),
+        queue::cache_suite(),
     ]
 }
 

@@ -29,6 +29,15 @@ Shared-memory rings (:mod:`erlmcp_flow.ring`):
 
 Routing to agents' inboxes, batching and shared state (:mod:`erlmcp_flow.flow`):
 :class:`Router`, :class:`BatchProcessor`, :class:`StateStore` and :class:`SharedValue`.
+
+A task queue with priorities and an LRU cache with a TTL (:mod:`erlmcp_flow.queue`):
+
+>>> with emf.TaskQueue(max_primary=1, max_overflow=0) as q:
+...     q.enqueue(b"a", "low"), q.enqueue(b"b", "high"), q.dequeue()
+(Enqueued(status='ok', returned=None, returned_priority=None), Enqueued(status='rejected', returned=b'b', returned_priority='high'), (b'a', 'low'))
+>>> with emf.Cache(capacity=100, ttl_ms=None) as c:
+...     c.put(b"k", b"v"), c.get(b"k"), c.get(b"other")
+(None, b'v', None)
 """
 
 from ._native import (
@@ -113,6 +122,20 @@ from .ring import (
     RingStats,
 )
 from .flow import BatchProcessor, FlushReason, Router, SharedValue, StateStore
+from .queue import (
+    DEFAULT_GET_BUFFER_SIZE,
+    DROP_POLICIES,
+    EMF_DROP_LOW_PRIORITY,
+    EMF_DROP_NONE,
+    EMF_ENQUEUE_BACKPRESSURE,
+    EMF_ENQUEUE_EVICTED,
+    EMF_ENQUEUE_OK,
+    EMF_ENQUEUE_REJECTED,
+    ENQUEUE_STATUS_NAMES,
+    Cache,
+    Enqueued,
+    TaskQueue,
+)
 
 __version__ = "0.1.0"
 
@@ -156,4 +179,10 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "FlushReason",
     "StateStore",
     "SharedValue",
+    "DEFAULT_GET_BUFFER_SIZE",
+    "DROP_POLICIES",
+    "ENQUEUE_STATUS_NAMES",
+    "Enqueued",
+    "TaskQueue",
+    "Cache",
 ]

@@ -187,7 +187,47 @@ class emf_state_value_t(Structure):
     """Opaque ``emf_state_value_t``; only pointers to it are used."""
 
 
+class emf_task_queue_stats_t(Structure):
+    """``emf_task_queue_stats_t``: a task queue's counters."""
+
+    _fields_ = [
+        ("depth", c_uint64),
+        ("primary_depth", c_uint64),
+        ("overflow_depth", c_uint64),
+        ("depth_p99", c_uint64),
+        ("max_depth", c_uint64),
+        ("enqueued", c_uint64),
+        ("dequeued", c_uint64),
+        ("spills", c_uint64),
+        ("rejections", c_uint64),
+        ("evictions", c_uint64),
+    ]
+
+
+class emf_cache_stats_t(Structure):
+    """``emf_cache_stats_t``: a cache's counters."""
+
+    _fields_ = [
+        ("len", c_uint64),
+        ("capacity", c_uint64),
+        ("hits", c_uint64),
+        ("misses", c_uint64),
+        ("evictions", c_uint64),
+        ("expirations", c_uint64),
+    ]
+
+
+class emf_task_queue_t(Structure):
+    """Opaque ``emf_task_queue_t``; only pointers to it are used."""
+
+
+class emf_cache_t(Structure):
+    """Opaque ``emf_cache_t``; only pointers to it are used."""
+
+
 emf_ring_p = POINTER(emf_ring_t)
+emf_task_queue_p = POINTER(emf_task_queue_t)
+emf_cache_p = POINTER(emf_cache_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -330,6 +370,47 @@ PROTOTYPES = {
     ),
     "emf_state_value_free": (emf_status_t, [emf_state_value_p]),
     "emf_state_release": (emf_status_t, [emf_state_store_p, c_uint64]),
+    # Task queue and LRU cache (wrapped in erlmcp_flow.queue).
+    "emf_task_queue_new": (
+        emf_status_t,
+        [c_size_t, c_size_t, c_uint32, POINTER(emf_task_queue_p)],
+    ),
+    "emf_task_queue_free": (emf_status_t, [emf_task_queue_p]),
+    "emf_task_queue_enqueue": (
+        emf_status_t,
+        [
+            emf_task_queue_p,
+            _bytes_in,
+            c_size_t,
+            c_uint32,
+            POINTER(c_uint32),
+            POINTER(emf_buf_t),
+            POINTER(c_uint32),
+        ],
+    ),
+    "emf_task_queue_dequeue": (
+        emf_status_t,
+        [emf_task_queue_p, POINTER(emf_buf_t), POINTER(c_uint32)],
+    ),
+    "emf_task_queue_stats": (
+        emf_status_t,
+        [emf_task_queue_p, POINTER(emf_task_queue_stats_t)],
+    ),
+    "emf_cache_new": (emf_status_t, [c_size_t, c_uint64, c_uint32, POINTER(emf_cache_p)]),
+    "emf_cache_free": (emf_status_t, [emf_cache_p]),
+    "emf_cache_put": (
+        emf_status_t,
+        [emf_cache_p, _bytes_in, c_size_t, _bytes_in, c_size_t],
+    ),
+    "emf_cache_get": (emf_status_t, [emf_cache_p, _bytes_in, c_size_t, POINTER(emf_buf_t)]),
+    "emf_cache_get_into": (
+        emf_status_t,
+        [emf_cache_p, _bytes_in, c_size_t, c_void_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_cache_remove": (emf_status_t, [emf_cache_p, _bytes_in, c_size_t]),
+    "emf_cache_sweep": (emf_status_t, [emf_cache_p, POINTER(c_size_t)]),
+    "emf_cache_set_sweeper": (emf_status_t, [emf_cache_p, c_uint32]),
+    "emf_cache_stats": (emf_status_t, [emf_cache_p, POINTER(emf_cache_stats_t)]),
 }
 
 

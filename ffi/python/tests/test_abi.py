@@ -17,12 +17,14 @@ import erlmcp_flow as emf
 from erlmcp_flow import _native
 from erlmcp_flow._native import (
     emf_buf_t,
+    emf_cache_stats_t,
     emf_encode_options_t,
     emf_envelope_info_t,
     emf_message_p,
     emf_ring_options_t,
     emf_ring_stats_t,
     emf_slice_t,
+    emf_task_queue_stats_t,
     lib,
 )
 
@@ -92,6 +94,8 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_ring_options_t": emf_ring_options_t,
         "emf_ring_stats_t": emf_ring_stats_t,
         "emf_slice_t": emf_slice_t,
+        "emf_task_queue_stats_t": emf_task_queue_stats_t,
+        "emf_cache_stats_t": emf_cache_stats_t,
     }
     lines = []
     for struct, cls in fields.items():
