@@ -1,10 +1,14 @@
 //! A concurrent LRU cache with a time-to-live (`erlmcp_flow_lru_cache` in the original design:
 //! capacity 10 000, TTL 5 000 ms).
 //!
-//! The key space is split over shards by an ahash of the key; each shard is a hash map into a
-//! slab of entries threaded on a doubly linked recency list, behind its own mutex. Eviction is
-//! least-recently-used within the shard (with a capacity of `capacity / shards`, rounded up),
-//! which is what sharded caches do; a get moves the entry to the front. An entry older than the
+//! The key space is split over shards by an ahash of the key (hashed once: the shard's table
+//! reuses the hash); each shard is a hash table into a slab of entries threaded on a doubly
+//! linked recency list, behind its own spin lock (`lock.rs`). Eviction is least-recently-used
+//! within the shard (with a capacity of `capacity / shards`, rounded up), which is what
+//! sharded caches do. A get moves the entry to the front, except that in shards of 256
+//! entries or more an entry moved there within the last eighth of the shard's moves stays
+//! put: it is among the most recent anyway, and hot keys then cost no list writes. Evictions
+//! still come from the cold end; smaller shards are exact LRU. An entry older than the
 //! TTL is a miss when read and is removed then; [`LruCache::sweep`] (or the thread of
 //! [`LruCache::start_sweeper`]) removes the rest in the background.
 //!
@@ -12,12 +16,15 @@
 //! resolution): TTLs are honoured to within that resolution.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
+
+mod lock;
+use lock::{SpinGuard, SpinLock};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
 
 const NIL: u32 = u32::MAX;
 
@@ -61,6 +68,10 @@ pub struct CacheStats {
 
 struct Entry<K, V> {
     key: K,
+    /// The key's hash (the table's and the shard choice's).
+    hash: u64,
+    /// The shard clock when the entry was last moved to the front.
+    stamp: u64,
     value: V,
     /// Expiry time (coarse monotonic nanoseconds); `u64::MAX` for never.
     expires: u64,
@@ -69,20 +80,27 @@ struct Entry<K, V> {
 }
 
 struct Shard<K, V> {
-    map: HashMap<K, u32, ahash::RandomState>,
+    /// Slab indices, keyed by the entries' hashes.
+    table: HashTable<u32>,
     slab: Vec<Entry<K, V>>,
     /// Most recently used.
     head: u32,
     /// Least recently used.
     tail: u32,
     cap: usize,
+    /// Counts moves to the front.
+    clock: u64,
+    /// An entry moved to the front fewer than this many moves ago is left where it is: it is
+    /// still among the most recently used (a fraction of the capacity), and skipping the move
+    /// saves two random writes per hit. 0 for small shards: exact LRU there.
+    lazy: u64,
     hits: u64,
     misses: u64,
     evictions: u64,
     expirations: u64,
 }
 
-impl<K: Hash + Eq + Clone, V> Shard<K, V> {
+impl<K: Hash + Eq, V> Shard<K, V> {
     fn unlink(&mut self, i: u32) {
         let (p, n) = {
             let e = &self.slab[i as usize];
@@ -115,15 +133,41 @@ impl<K: Hash + Eq + Clone, V> Shard<K, V> {
         self.head = i;
     }
 
+    /// Moves entry `i` to the front, unless it got there recently (see `lazy`).
+    fn touch(&mut self, i: u32) {
+        let e = &self.slab[i as usize];
+        if self.head == i || self.clock.wrapping_sub(e.stamp) < self.lazy {
+            return;
+        }
+        self.clock += 1;
+        self.slab[i as usize].stamp = self.clock;
+        self.unlink(i);
+        self.push_front(i);
+    }
+
+    fn find<Q: Eq + ?Sized>(&self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+    {
+        let slab = &self.slab;
+        self.table
+            .find(hash, |&j| slab[j as usize].key.borrow() == key)
+            .copied()
+    }
+
     /// Removes entry `i` (moving the last slab entry into its place) and returns it.
     fn remove_at(&mut self, i: u32) -> Entry<K, V> {
         self.unlink(i);
+        let hash = self.slab[i as usize].hash;
+        if let Ok(e) = self.table.find_entry(hash, |&j| j == i) {
+            e.remove();
+        }
         let last = (self.slab.len() - 1) as u32;
         if i != last {
-            // Re-point the links and the map at the entry that moves from `last` to `i`.
-            let (p, n) = {
+            // Re-point the links and the table at the entry that moves from `last` to `i`.
+            let (p, n, h) = {
                 let e = &self.slab[last as usize];
-                (e.prev, e.next)
+                (e.prev, e.next, e.hash)
             };
             if p == NIL {
                 self.head = i;
@@ -135,18 +179,15 @@ impl<K: Hash + Eq + Clone, V> Shard<K, V> {
             } else {
                 self.slab[n as usize].prev = i;
             }
-            let k = self.slab[last as usize].key.clone();
-            if let Some(slot) = self.map.get_mut(&k) {
+            if let Some(slot) = self.table.find_mut(h, |&j| j == last) {
                 *slot = i;
             }
         }
-        let e = self.slab.swap_remove(i as usize);
-        self.map.remove(&e.key);
-        e
+        self.slab.swap_remove(i as usize)
     }
 }
 
-type Shards<K, V> = Box<[CachePadded<Mutex<Shard<K, V>>>]>;
+type Shards<K, V> = Box<[CachePadded<SpinLock<Shard<K, V>>>]>;
 
 /// A concurrent, sharded LRU cache with a TTL. Share it between threads (`Sync`); wrap it in an
 /// `Arc` to run the background sweeper.
@@ -195,12 +236,14 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         let per = capacity.div_ceil(shards);
         let shards: Box<[_]> = (0..shards)
             .map(|_| {
-                CachePadded::new(Mutex::new(Shard {
-                    map: HashMap::with_capacity_and_hasher(per, ahash::RandomState::new()),
+                CachePadded::new(SpinLock::new(Shard {
+                    table: HashTable::with_capacity(per),
                     slab: Vec::with_capacity(per),
                     head: NIL,
                     tail: NIL,
                     cap: per,
+                    clock: 0,
+                    lazy: if per >= 256 { (per / 8) as u64 } else { 0 },
                     hits: 0,
                     misses: 0,
                     evictions: 0,
@@ -218,13 +261,11 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         }
     }
 
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> MutexGuard<'_, Shard<K, V>> {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> (SpinGuard<'_, Shard<K, V>>, u64) {
         let h = self.hasher.hash_one(key);
-        // The high bits pick the shard: the map inside hashes with its own seed.
-        let i = (h >> 40) as usize & self.mask;
-        // Each operation leaves the shard consistent before it can panic (only `K::clone`,
-        // `V::clone` and `K::hash/eq` run user code): keep serving after a poisoned lock.
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        // The high bits pick the shard; the table inside uses the low bits.
+        let i = (h >> 48) as usize & self.mask;
+        (self.shards[i].lock(), h)
     }
 
     /// The live value for `key` (a hit moves it to the front), or `None` (a miss; an expired
@@ -249,8 +290,8 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         } else {
             0
         };
-        let mut s = self.shard(key);
-        let Some(&i) = s.map.get(key) else {
+        let (mut s, h) = self.shard(key);
+        let Some(i) = s.find(h, key) else {
             s.misses += 1;
             return None;
         };
@@ -260,10 +301,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
             s.misses += 1;
             return None;
         }
-        if s.head != i {
-            s.unlink(i);
-            s.push_front(i);
-        }
+        s.touch(i);
         s.hits += 1;
         Some(f(&s.slab[i as usize].value))
     }
@@ -275,15 +313,12 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
             Some(t) => now_coarse().saturating_add(t),
             None => u64::MAX,
         };
-        let mut s = self.shard(&key);
-        if let Some(&i) = s.map.get(&key) {
+        let (mut s, h) = self.shard(&key);
+        if let Some(i) = s.find(h, &key) {
             let e = &mut s.slab[i as usize];
             e.expires = expires;
             let old = std::mem::replace(&mut e.value, value);
-            if s.head != i {
-                s.unlink(i);
-                s.push_front(i);
-            }
+            s.touch(i);
             return Some(old);
         }
         if s.slab.len() >= s.cap {
@@ -292,14 +327,19 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
             s.evictions += 1;
         }
         let i = s.slab.len() as u32;
+        s.clock += 1;
+        let stamp = s.clock;
         s.slab.push(Entry {
-            key: key.clone(),
+            key,
+            hash: h,
+            stamp,
             value,
             expires,
             prev: NIL,
             next: NIL,
         });
-        s.map.insert(key, i);
+        let Shard { table, slab, .. } = &mut *s;
+        table.insert_unique(h, i, |&j| slab[j as usize].hash);
         s.push_front(i);
         None
     }
@@ -310,8 +350,8 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let mut s = self.shard(key);
-        let i = *s.map.get(key)?;
+        let (mut s, h) = self.shard(key);
+        let i = s.find(h, key)?;
         Some(s.remove_at(i).value)
     }
 
@@ -320,7 +360,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         let now = now_coarse();
         let mut removed = 0;
         for sh in self.shards.iter() {
-            let mut s = sh.lock().unwrap_or_else(|p| p.into_inner());
+            let mut s = sh.lock();
             let mut i = 0;
             while i < s.slab.len() {
                 if s.slab[i].expires <= now {
@@ -339,8 +379,8 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
     /// Removes everything (counters are kept).
     pub fn clear(&self) {
         for sh in self.shards.iter() {
-            let mut s = sh.lock().unwrap_or_else(|p| p.into_inner());
-            s.map.clear();
+            let mut s = sh.lock();
+            s.table.clear();
             s.slab.clear();
             s.head = NIL;
             s.tail = NIL;
@@ -351,7 +391,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
     pub fn len(&self) -> usize {
         self.shards
             .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).slab.len())
+            .map(|s| s.lock().slab.len())
             .sum()
     }
 
@@ -369,7 +409,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
     pub fn stats(&self) -> CacheStats {
         let mut st = CacheStats::default();
         for sh in self.shards.iter() {
-            let s = sh.lock().unwrap_or_else(|p| p.into_inner());
+            let s = sh.lock();
             st.len += s.slab.len();
             st.capacity += s.cap;
             st.hits += s.hits;

@@ -189,3 +189,38 @@ fn default_options_are_the_original_design() {
         Some(&b"node-a"[..])
     );
 }
+
+#[test]
+fn large_shards_still_promote_cold_entries_and_evict_from_the_cold_end() {
+    // 1024 entries in one shard: promotion is lazy for the most recent eighth only.
+    let c = one_shard(1024, None);
+    for k in 0..1024 {
+        c.put(k, k);
+    }
+    // 0 is the least recently used: a hit must move it to the front...
+    assert_eq!(c.get(&0), Some(0));
+    // ...so the next insertions evict 1, 2, ... and never 0.
+    for k in 1024..1024 + 500 {
+        c.put(k, k);
+    }
+    assert_eq!(c.get(&0), Some(0));
+    for k in 1..=500 {
+        assert_eq!(c.get(&k), None, "{k} should have been evicted");
+    }
+    assert_eq!(c.get(&501), Some(501));
+    // Hot keys hit over and over stay, however many cold keys pass through.
+    for round in 0..20u64 {
+        for hot in 2000..2010 {
+            if c.get(&hot).is_none() {
+                c.put(hot, hot);
+            }
+        }
+        for k in 0..200 {
+            c.put(10_000 + round * 200 + k, 0);
+        }
+    }
+    for hot in 2000..2010 {
+        assert_eq!(c.get(&hot), Some(hot));
+    }
+    assert_eq!(c.len(), 1024);
+}
