@@ -476,5 +476,5 @@ impl Drop for Sweeper {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests;
