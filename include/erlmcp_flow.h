@@ -737,7 +737,8 @@ emf_status_t emf_task_queue_new(size_t max_primary,
                                 uint32_t drop_policy,
                                 struct emf_task_queue_t **out);
 
-// Frees a task queue and the tasks still in it. NULL is fine.
+// Frees a task queue and the tasks still in it (dequeue them first to keep them). NULL is
+// fine.
 //
 // # Safety
 //
@@ -780,9 +781,12 @@ emf_status_t emf_task_queue_dequeue(const struct emf_task_queue_t *q,
 emf_status_t emf_task_queue_stats(const struct emf_task_queue_t *q,
                                   struct emf_task_queue_stats_t *out);
 
-// Creates a cache of `capacity` entries (0: 10000) whose entries live `ttl_ms` after they
-// were put (0: forever; `UINT64_MAX`: the default 5000 ms), over `shards` shards (0: chosen
-// from the capacity and the machine).
+// Creates a cache of `capacity` entries (0: 10000; at most 2^31) whose entries live `ttl_ms`
+// after they were put (0: forever; `UINT64_MAX`: the default 5000 ms; an entry lives at
+// least its TTL and at most one coarse clock tick, a few ms, longer), over `shards` shards
+// (0: chosen from the capacity and the machine; rounded up to a power of two). The capacity
+// is split evenly over the shards and so rounded up to a multiple of their number
+// (`emf_cache_stats` reports it); memory is taken as entries arrive, not up front.
 //
 // # Safety
 //
@@ -836,7 +840,8 @@ emf_status_t emf_cache_get_into(const struct emf_cache_t *c,
                                 size_t cap,
                                 size_t *out_len);
 
-// Removes `key`; `EMF_ERR_NOT_FOUND` when it was absent.
+// Removes `key` (live, or expired and not yet swept); `EMF_ERR_NOT_FOUND` when it was
+// absent.
 //
 // # Safety
 //

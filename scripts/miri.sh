@@ -14,6 +14,18 @@ rustup component list --toolchain nightly --installed | grep -q '^miri' ||
 # Stacked Borrows model rejects them (rkyv issue 436; rkyv itself is tested under Tree Borrows).
 # Isolation is off because envelopes and reports read the wall clock.
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-tree-borrows -Zmiri-strict-provenance -Zmiri-disable-isolation}"
-cargo +nightly miri test --lib --no-default-features "$@"
+if [ "$#" -eq 0 ]; then
+  cargo +nightly miri test --lib --no-default-features -- --skip queue::
+  # crossbeam-epoch (the unbounded queue's reclamation) keeps tags in pointer bits through
+  # integer casts, which strict provenance refuses: the queue tests run with permissive
+  # provenance (Tree Borrows and everything else unchanged). Its process-wide collector also
+  # still holds retired blocks and its per-thread records when the test process exits, which
+  # Miri reports as leaks: they are ignored for this run (values are checked by the tests'
+  # drop counts instead).
+  MIRIFLAGS="${MIRIFLAGS/-Zmiri-strict-provenance/-Zmiri-permissive-provenance} -Zmiri-ignore-leaks" \
+    cargo +nightly miri test --lib --no-default-features -- queue::
+else
+  cargo +nightly miri test --lib --no-default-features "$@"
+fi
 # The ring tests run on heap rings under Miri (Ring::anonymous): the same claim, commit,
 # consume, wrap-around, recovery and wake-up code as on shared memory.

@@ -13,7 +13,7 @@
 //! [`LruCache::start_sweeper`]) removes the rest in the background.
 //!
 //! Time is read from `CLOCK_MONOTONIC_COARSE` (a few nanoseconds, millisecond-scale
-//! resolution): TTLs are honoured to within that resolution.
+//! resolution): an entry lives at least its TTL and at most one clock tick longer.
 
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -220,8 +220,25 @@ fn now_coarse() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The coarse clock's resolution in nanoseconds.
+fn coarse_tick() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec for the duration of the call.
+    let ok = unsafe { libc::clock_getres(libc::CLOCK_MONOTONIC_COARSE, &mut ts) } == 0;
+    if ok {
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    } else {
+        10_000_000
+    }
+}
+
 impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
-    /// A cache with `opts` (a zero capacity is taken as 1).
+    /// A cache with `opts`. The capacity is split evenly over the shards, so the total is
+    /// rounded up to a multiple of the shard count ([`CacheStats::capacity`] says what it is);
+    /// it is at least 1 and at most `u32::MAX - 1` entries.
     pub fn new(opts: CacheOptions) -> Self {
         let capacity = opts.capacity.clamp(1, u32::MAX as usize - 1);
         let shards = if opts.shards == 0 {
@@ -237,8 +254,9 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         let shards: Box<[_]> = (0..shards)
             .map(|_| {
                 CachePadded::new(SpinLock::new(Shard {
-                    table: HashTable::with_capacity(per),
-                    slab: Vec::with_capacity(per),
+                    // Grown on demand: a large capacity costs memory only as it fills.
+                    table: HashTable::with_capacity(per.min(1024)),
+                    slab: Vec::with_capacity(per.min(1024)),
                     head: NIL,
                     tail: NIL,
                     cap: per,
@@ -255,9 +273,11 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
             mask: shards.len() - 1,
             shards,
             hasher: ahash::RandomState::new(),
-            ttl_ns: opts
-                .ttl
-                .map(|d| d.as_nanos().min(u64::MAX as u128 / 2) as u64),
+            // The coarse clock advances in ticks: adding one tick makes an entry live at least
+            // its TTL (at most one tick longer), never less.
+            ttl_ns: opts.ttl.map(|d| {
+                (d.as_nanos().min(u64::MAX as u128 / 4) as u64).saturating_add(coarse_tick())
+            }),
         }
     }
 
@@ -344,7 +364,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
         None
     }
 
-    /// Removes `key`; returns its value if it was present (expired or not).
+    /// Removes `key`; returns its value if it was present (expired or not yet swept).
     pub fn remove<Q>(&self, key: &Q) -> Option<V>
     where
         K: Borrow<Q>,
@@ -389,10 +409,7 @@ impl<K: Hash + Eq + Clone, V: Clone> LruCache<K, V> {
 
     /// Entries held now (expired ones not yet removed included).
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().slab.len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().slab.len()).sum()
     }
 
     /// True when nothing is held.

@@ -104,7 +104,8 @@ fn expired_entries_miss_and_are_swept() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(start.elapsed() >= Duration::from_millis(20));
+    // Never early: the coarse clock tick is added to the TTL.
+    assert!(start.elapsed() >= Duration::from_millis(30));
     assert_eq!(c.stats().expirations, 1);
     for k in 0..10 {
         c.put(k, k);

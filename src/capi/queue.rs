@@ -123,7 +123,8 @@ pub unsafe extern "C" fn emf_task_queue_new(
     })
 }
 
-/// Frees a task queue and the tasks still in it. NULL is fine.
+/// Frees a task queue and the tasks still in it (dequeue them first to keep them). NULL is
+/// fine.
 ///
 /// # Safety
 ///
@@ -166,13 +167,14 @@ pub unsafe extern "C" fn emf_task_queue_enqueue(
             Enqueue::Rejected(_) => (EMF_ENQUEUE_REJECTED, None),
             Enqueue::Evicted(t, ep) => (EMF_ENQUEUE_EVICTED, Some((t, ep))),
         };
-        let buf = match &evicted {
-            Some((t, _)) => emf_buf_t::from_vec(t.to_vec()),
-            None => emf_buf_t::EMPTY,
+        // The evicted task's bytes move into the buffer (no copy).
+        let (buf, evicted_priority) = match evicted {
+            Some((t, ep)) => (emf_buf_t::from_vec(t.into_vec()), Some(ep)),
+            None => (emf_buf_t::EMPTY, None),
         };
         // SAFETY: writable by contract (checked non-NULL above).
         unsafe { out_evicted.write(buf) };
-        if let (Some((_, ep)), false) = (evicted, out_evicted_priority.is_null()) {
+        if let (Some(ep), false) = (evicted_priority, out_evicted_priority.is_null()) {
             // SAFETY: non-NULL, writable by contract.
             unsafe { out_evicted_priority.write(ep as u32) };
         }
@@ -274,9 +276,12 @@ fn cache<'a>(c: *const emf_cache_t) -> FfiResult<&'a emf_cache_t> {
     unsafe { borrow_handle(c, "cache") }
 }
 
-/// Creates a cache of `capacity` entries (0: 10000) whose entries live `ttl_ms` after they
-/// were put (0: forever; `UINT64_MAX`: the default 5000 ms), over `shards` shards (0: chosen
-/// from the capacity and the machine).
+/// Creates a cache of `capacity` entries (0: 10000; at most 2^31) whose entries live `ttl_ms`
+/// after they were put (0: forever; `UINT64_MAX`: the default 5000 ms; an entry lives at
+/// least its TTL and at most one coarse clock tick, a few ms, longer), over `shards` shards
+/// (0: chosen from the capacity and the machine; rounded up to a power of two). The capacity
+/// is split evenly over the shards and so rounded up to a multiple of their number
+/// (`emf_cache_stats` reports it); memory is taken as entries arrive, not up front.
 ///
 /// # Safety
 ///
@@ -291,6 +296,12 @@ pub unsafe extern "C" fn emf_cache_new(
     guard(|| {
         require_out(out, "out")?;
         let d = CacheOptions::default();
+        if capacity > 1 << 31 {
+            return Err(FfiError::new(
+                EMF_ERR_INVALID_ARGUMENT,
+                format!("capacity {capacity} is above the limit of 2^31 entries"),
+            ));
+        }
         let opts = CacheOptions {
             capacity: if capacity == 0 { d.capacity } else { capacity },
             ttl: match ttl_ms {
@@ -415,7 +426,8 @@ pub unsafe extern "C" fn emf_cache_get_into(
     })
 }
 
-/// Removes `key`; `EMF_ERR_NOT_FOUND` when it was absent.
+/// Removes `key` (live, or expired and not yet swept); `EMF_ERR_NOT_FOUND` when it was
+/// absent.
 ///
 /// # Safety
 ///
@@ -507,4 +519,181 @@ pub unsafe extern "C" fn emf_cache_stats(
         // SAFETY: writable by contract.
         unsafe { write_out(out, st, "out") }
     })
+}
+
+#[cfg(test)]
+// Tests drive the C ABI the way C does: several calls per unsafe block read better.
+#[allow(clippy::multiple_unsafe_ops_per_block)]
+mod tests {
+    use super::*;
+    use crate::capi::{emf_buf_free, EMF_ERR_NULL_ARGUMENT, EMF_OK};
+
+    #[test]
+    fn task_queue_round_trip_with_back_pressure_and_eviction() {
+        let mut q = std::ptr::null_mut();
+        // SAFETY: valid out-parameters and inputs throughout; every buffer and the handle
+        // are freed once.
+        unsafe {
+            assert_eq!(
+                emf_task_queue_new(1, 1, EMF_DROP_LOW_PRIORITY, &mut q),
+                EMF_OK
+            );
+            let (mut r, mut ev, mut ep) = (9u32, emf_buf_t::EMPTY, 9u32);
+            let low = b"low";
+            assert_eq!(
+                emf_task_queue_enqueue(q, low.as_ptr(), 3, 3, &mut r, &mut ev, &mut ep),
+                EMF_OK
+            );
+            assert_eq!((r, ev.len), (EMF_ENQUEUE_OK, 0));
+            assert_eq!(
+                emf_task_queue_enqueue(q, b"n".as_ptr(), 1, 2, &mut r, &mut ev, &mut ep),
+                EMF_OK
+            );
+            assert_eq!(r, EMF_ENQUEUE_BACKPRESSURE);
+            assert_eq!(
+                emf_task_queue_enqueue(q, b"crit".as_ptr(), 4, 0, &mut r, &mut ev, &mut ep),
+                EMF_OK
+            );
+            assert_eq!((r, ep), (EMF_ENQUEUE_EVICTED, 3));
+            assert_eq!(std::slice::from_raw_parts(ev.data, ev.len), b"low");
+            assert_eq!(emf_buf_free(&mut ev), EMF_OK);
+            assert_eq!(
+                emf_task_queue_enqueue(
+                    q,
+                    b"x".as_ptr(),
+                    1,
+                    2,
+                    &mut r,
+                    &mut ev,
+                    std::ptr::null_mut()
+                ),
+                EMF_OK
+            );
+            assert_eq!(r, EMF_ENQUEUE_REJECTED);
+            // Bad input.
+            assert_eq!(
+                emf_task_queue_enqueue(q, b"x".as_ptr(), 1, 4, &mut r, &mut ev, &mut ep),
+                EMF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                emf_task_queue_enqueue(
+                    q,
+                    b"x".as_ptr(),
+                    1,
+                    2,
+                    std::ptr::null_mut(),
+                    &mut ev,
+                    &mut ep
+                ),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            let mut out = emf_buf_t::EMPTY;
+            let mut p = 9;
+            assert_eq!(emf_task_queue_dequeue(q, &mut out, &mut p), EMF_OK);
+            assert_eq!(
+                (std::slice::from_raw_parts(out.data, out.len), p),
+                (&b"crit"[..], 0)
+            );
+            assert_eq!(emf_buf_free(&mut out), EMF_OK);
+            assert_eq!(emf_task_queue_dequeue(q, &mut out, &mut p), EMF_OK);
+            assert_eq!(emf_buf_free(&mut out), EMF_OK);
+            assert_eq!(emf_task_queue_dequeue(q, &mut out, &mut p), EMF_ERR_EMPTY);
+            let mut st = emf_task_queue_stats_t::default();
+            assert_eq!(emf_task_queue_stats(q, &mut st), EMF_OK);
+            assert_eq!(
+                (
+                    st.enqueued,
+                    st.dequeued,
+                    st.spills,
+                    st.rejections,
+                    st.evictions
+                ),
+                (3, 2, 1, 1, 1)
+            );
+            assert_eq!(emf_task_queue_free(q), EMF_OK);
+            // Stale handle, double free, bad policy.
+            assert_eq!(
+                emf_task_queue_dequeue(q, &mut out, &mut p),
+                EMF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(emf_task_queue_free(q), EMF_ERR_INVALID_ARGUMENT);
+            assert_eq!(
+                emf_task_queue_new(1, 1, 7, &mut q),
+                EMF_ERR_INVALID_ARGUMENT
+            );
+        }
+    }
+
+    #[test]
+    fn cache_round_trip_and_bad_input() {
+        let mut c = std::ptr::null_mut();
+        // SAFETY: as above.
+        unsafe {
+            assert_eq!(emf_cache_new(2, 0, 1, &mut c), EMF_OK);
+            assert_eq!(
+                emf_cache_put(c, b"a".as_ptr(), 1, b"alpha".as_ptr(), 5),
+                EMF_OK
+            );
+            assert_eq!(
+                emf_cache_put(c, b"b".as_ptr(), 1, b"beta".as_ptr(), 4),
+                EMF_OK
+            );
+            let mut out = emf_buf_t::EMPTY;
+            assert_eq!(emf_cache_get(c, b"a".as_ptr(), 1, &mut out), EMF_OK);
+            assert_eq!(std::slice::from_raw_parts(out.data, out.len), b"alpha");
+            assert_eq!(emf_buf_free(&mut out), EMF_OK);
+            assert_eq!(
+                emf_cache_put(c, b"c".as_ptr(), 1, b"gamma".as_ptr(), 5),
+                EMF_OK
+            ); // evicts b
+            assert_eq!(
+                emf_cache_get(c, b"b".as_ptr(), 1, &mut out),
+                EMF_ERR_NOT_FOUND
+            );
+            let mut small = [0u8; 2];
+            let mut n = 0;
+            assert_eq!(
+                emf_cache_get_into(c, b"c".as_ptr(), 1, small.as_mut_ptr(), 2, &mut n),
+                EMF_ERR_BUFFER_TOO_SMALL
+            );
+            assert_eq!(n, 5);
+            let mut big = [0u8; 8];
+            assert_eq!(
+                emf_cache_get_into(c, b"c".as_ptr(), 1, big.as_mut_ptr(), 8, &mut n),
+                EMF_OK
+            );
+            assert_eq!(&big[..n], b"gamma");
+            assert_eq!(
+                emf_cache_get_into(c, b"c".as_ptr(), 1, std::ptr::null_mut(), 8, &mut n),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(emf_cache_remove(c, b"c".as_ptr(), 1), EMF_OK);
+            assert_eq!(emf_cache_remove(c, b"c".as_ptr(), 1), EMF_ERR_NOT_FOUND);
+            let mut removed = 9;
+            assert_eq!(emf_cache_sweep(c, &mut removed), EMF_OK);
+            assert_eq!(removed, 0);
+            let mut st = emf_cache_stats_t::default();
+            assert_eq!(emf_cache_stats(c, &mut st), EMF_OK);
+            assert_eq!(
+                (st.len, st.capacity, st.hits, st.misses, st.evictions),
+                (1, 2, 3, 1, 1)
+            );
+            assert_eq!(emf_cache_set_sweeper(c, 5), EMF_OK);
+            assert_eq!(emf_cache_set_sweeper(c, 0), EMF_OK);
+            assert_eq!(emf_cache_set_sweeper(c, 5), EMF_OK); // freed with the cache
+            assert_eq!(emf_cache_free(c), EMF_OK);
+            assert_eq!(
+                emf_cache_put(c, b"a".as_ptr(), 1, b"x".as_ptr(), 1),
+                EMF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                emf_cache_new(usize::MAX, 0, 0, &mut c),
+                EMF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                emf_cache_new(10, 0, 0, std::ptr::null_mut()),
+                EMF_ERR_NULL_ARGUMENT
+            );
+        }
+    }
 }

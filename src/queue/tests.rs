@@ -278,3 +278,92 @@ fn task_queue_is_shared_between_threads_without_loss() {
     );
     assert_eq!(s.depth, 0);
 }
+
+/// The long stress run (`scripts/queue-stress.sh`, `EMF_STRESS_SECS`, default 60): rounds of
+/// random producer/consumer counts on both MPMC queues, each checked for exactly-once delivery
+/// in producer order, until the time is up.
+#[test]
+#[ignore = "long: run by scripts/queue-stress.sh"]
+fn stress_mpmc_queues_for_a_while() {
+    let secs: u64 = std::env::var("EMF_STRESS_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    let mut rounds = 0u64;
+    let mut x = 0x1234_5678_9ABC_DEF1u64;
+    while std::time::Instant::now() < end {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let producers = 1 + (x % 4) as u64;
+        let consumers = 1 + (x / 4 % 4) as usize;
+        let per = 10_000 + x / 16 % 50_000;
+        let q = Queue::new();
+        stress_round(producers, consumers, per, |v| q.push(v), || q.pop());
+        assert!(q.is_empty());
+        let b = BoundedQueue::new(1 + (x / 1024 % 256) as usize);
+        stress_round(
+            producers,
+            consumers,
+            per,
+            |mut v| {
+                while let Err(back) = b.push(v) {
+                    v = back;
+                    std::thread::yield_now();
+                }
+            },
+            || b.pop(),
+        );
+        rounds += 1;
+    }
+    eprintln!("stress: {rounds} rounds in {secs} s, no loss, duplication or reordering");
+}
+
+fn stress_round(
+    producers: u64,
+    consumers: usize,
+    per: u64,
+    push: impl Fn(u64) + Sync,
+    pop: impl Fn() -> Option<u64> + Sync,
+) {
+    let seen: Vec<StdAtomicUsize> = (0..producers * per)
+        .map(|_| StdAtomicUsize::new(0))
+        .collect();
+    let taken = StdAtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for p in 0..producers {
+            let push = &push;
+            s.spawn(move || {
+                for i in 0..per {
+                    push(p << 32 | i);
+                }
+            });
+        }
+        for _ in 0..consumers {
+            let (pop, seen, taken) = (&pop, &seen, &taken);
+            s.spawn(move || {
+                let mut last = vec![None::<u64>; producers as usize];
+                while taken.load(StdOrdering::Relaxed) < (producers * per) as usize {
+                    match pop() {
+                        Some(v) => {
+                            let (p, i) = (v >> 32, v & 0xFFFF_FFFF);
+                            if let Some(l) = last[p as usize] {
+                                assert!(i > l, "producer {p}: {i} after {l}");
+                            }
+                            last[p as usize] = Some(i);
+                            seen[(p * per + i) as usize].fetch_add(1, StdOrdering::Relaxed);
+                            taken.fetch_add(1, StdOrdering::Relaxed);
+                        }
+                        None => std::thread::yield_now(),
+                    }
+                }
+            });
+        }
+    });
+    let bad = seen
+        .iter()
+        .filter(|c| c.load(StdOrdering::Relaxed) != 1)
+        .count();
+    assert_eq!(bad, 0, "{bad} values not delivered exactly once");
+}

@@ -153,7 +153,8 @@ class _SharedHandle:
             if self._handle is None:
                 return
             self._handle = None  # new calls are refused from here on
-            pass
+            while self._calls:
+                self._cond.wait()
         if self._finalizer.detach() is not None and os.getpid() == self._owner:
             check(type(self)._free(self._raw))
 
@@ -349,7 +350,9 @@ class Cache(_SharedHandle):
     ``capacity``: entries held at most (``0``: the library's default, 10000); the cache is
     split into ``shards`` (``0``: chosen by the library; rounded up to a power of two), each
     holding ``capacity / shards`` (rounded up) and evicting its own least recently used entry,
-    so LRU order is exact only with ``shards=1``. ``ttl_ms``: an entry is a miss that many
+    so LRU order is exact only with ``shards=1`` (and, in the current library, fewer than
+    256 entries per shard: larger shards leave an entry that is already among the most
+    recent where it is). ``ttl_ms``: an entry is a miss that many
     milliseconds after it was put (``None``: never expires; ``0`` is refused as ambiguous).
     Expiry is checked when an entry is read, by :meth:`sweep`, and by the background sweeper
     of :meth:`set_sweeper`.
