@@ -296,7 +296,7 @@ fn stress_mpmc_queues_for_a_while() {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
-        let producers = 1 + (x % 4) as u64;
+        let producers = 1 + x % 4;
         let consumers = 1 + (x / 4 % 4) as usize;
         let per = 10_000 + x / 16 % 50_000;
         let q = Queue::new();
