@@ -24,6 +24,8 @@
 //    used by one thread at a time (another thread calling in meanwhile gets Error with
 //    EMF_ERR_BUSY); they may move between threads. Attach one Producer per thread on a
 //    multi-producer ring.
+//  - A TaskQueue and a Cache may be used from any number of threads at once (share a
+//    reference); they must not be moved from or destroyed while another thread uses them.
 //
 // Shared-memory rings (see the Ring class below):
 //
@@ -35,14 +37,29 @@
 //     if (!tx.try_send("hello")) { /* full: keep the frame, retry later */ }
 //     std::vector<std::uint8_t> frame;
 //     if (rx.wait(emf::Wait::Park, 100) && rx.try_recv(frame)) { /* use frame */ }
+//
+// Task queue and cache (see the TaskQueue and Cache classes below):
+//
+//     emf::TaskQueue q(1000, 10000, emf::DropPolicy::LowPriority);
+//     emf::EnqueueResult r = q.enqueue("job", emf::Priority::High);
+//     if (r.status == emf::Enqueued::Rejected) { /* still ours: retry later or refuse */ }
+//     if (r.evicted) { /* a lower-priority task handed back: r.evicted->data */ }
+//     while (std::optional<emf::Task> t = q.dequeue()) { /* t->data, t->priority */ }
+//
+//     emf::Cache cache(10000, std::chrono::seconds(5));  // capacity, TTL (0: none)
+//     cache.put("agent:planner", "tcp://10.0.0.7:7000");
+//     if (std::optional<std::string> v = cache.get("agent:planner")) { /* hit */ }
 #ifndef ERLMCP_FLOW_HPP
 #define ERLMCP_FLOW_HPP
 
 #include <erlmcp_flow.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -830,6 +847,275 @@ private:
     }
 
     emf_ring_t* r_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Task queue
+
+// What a full TaskQueue does with an arrival.
+enum class DropPolicy : std::uint32_t {
+    None = EMF_DROP_NONE,                 // refuse it (Enqueued::Rejected)
+    LowPriority = EMF_DROP_LOW_PRIORITY,  // an arrival of higher priority evicts the newest task
+                                          // of the lowest priority queued (Enqueued::Evicted);
+                                          // other arrivals are refused
+};
+
+// What TaskQueue::enqueue did with a task.
+enum class Enqueued : std::uint32_t {
+    Ok = EMF_ENQUEUE_OK,                      // queued in the primary queue
+    Backpressure = EMF_ENQUEUE_BACKPRESSURE,  // queued, in the overflow: the producer should slow down
+    Rejected = EMF_ENQUEUE_REJECTED,          // NOT queued: the task is still the caller's
+    Evicted = EMF_ENQUEUE_EVICTED,            // queued by evicting a lower-priority task, which
+                                              // is handed back in EnqueueResult::evicted
+};
+
+// A task taken out of a TaskQueue (dequeued, or evicted by a higher-priority one): its bytes,
+// owned, and its priority. Move-only (it holds a Buffer).
+struct Task {
+    Buffer data;
+    Priority priority;
+};
+
+// The answer of TaskQueue::enqueue. No task is ever lost silently: a Rejected task is still
+// the caller's (its bytes were only copied), and an evicted one comes back here. Discarding
+// the answer does not compile (-Werror) — check it.
+struct [[nodiscard]] EnqueueResult {
+    Enqueued status;
+    // The task that made room, exactly when status == Enqueued::Evicted.
+    std::optional<Task> evicted;
+
+    // True unless Rejected (Ok, Backpressure and Evicted all queued the task).
+    bool queued() const noexcept { return status != Enqueued::Rejected; }
+};
+
+// A task queue's counters (depth, primary_depth, overflow_depth, depth_p99, max_depth,
+// enqueued, dequeued, spills, rejections, evictions): the C struct as is.
+using TaskQueueStats = emf_task_queue_stats_t;
+
+// A priority queue of byte-string tasks with back-pressure: a primary queue, an overflow
+// beyond it (arrivals there answer Enqueued::Backpressure) and, when both are full, a drop
+// policy (DropPolicy). dequeue() takes the oldest task of the highest priority (FIFO within a
+// priority). Thread-safe: any number of threads may enqueue, dequeue and read stats at once.
+// Move-only; freed in the destructor together with the tasks still queued (dequeue them
+// first to keep them). A default-constructed or moved-from TaskQueue throws Error on use.
+class TaskQueue {
+public:
+    // The library's default sizes, for the constructor: 1000 tasks in the primary queue and
+    // 10000 in the overflow.
+    static constexpr std::size_t kDefaultPrimary = 0;
+    static constexpr std::size_t kDefaultOverflow = std::numeric_limits<std::size_t>::max();
+
+    TaskQueue() noexcept = default;
+    // Adopts a handle from emf_task_queue_new.
+    explicit TaskQueue(emf_task_queue_t* q) noexcept : q_(q) {}
+    // A queue of `max_primary` tasks plus `max_overflow` more in the overflow (0: no overflow,
+    // a full primary queue goes straight to the drop policy). Error(EMF_ERR_INVALID_ARGUMENT)
+    // for a drop policy the library does not know.
+    TaskQueue(std::size_t max_primary, std::size_t max_overflow, DropPolicy drop = DropPolicy::None) {
+        detail::check(emf_task_queue_new(max_primary, max_overflow, static_cast<std::uint32_t>(drop), &q_),
+                      "emf_task_queue_new");
+    }
+    TaskQueue(const TaskQueue&) = delete;
+    TaskQueue& operator=(const TaskQueue&) = delete;
+    TaskQueue(TaskQueue&& other) noexcept : q_(std::exchange(other.q_, nullptr)) {}
+    TaskQueue& operator=(TaskQueue&& other) noexcept {
+        if (this != &other) {
+            emf_task_queue_free(q_);
+            q_ = std::exchange(other.q_, nullptr);
+        }
+        return *this;
+    }
+    ~TaskQueue() { emf_task_queue_free(q_); }
+
+    // Queues a copy of `task` at `priority` and says what happened (see Enqueued). Throws
+    // Error for bad input only (EMF_ERR_INVALID_ARGUMENT for a priority the library does not
+    // know, EMF_ERR_TOO_LARGE past EMF_MAX_INPUT_LEN): back-pressure and a full queue are
+    // answers, not exceptions.
+    EnqueueResult enqueue(Bytes task, Priority priority = Priority::Normal) {
+        std::uint32_t result = 0;
+        emf_buf_t evicted{nullptr, 0, 0};
+        std::uint32_t evicted_priority = 0;
+        detail::check(emf_task_queue_enqueue(handle("emf_task_queue_enqueue"), task.data(), task.size(),
+                                             static_cast<std::uint32_t>(priority), &result, &evicted,
+                                             &evicted_priority),
+                      "emf_task_queue_enqueue");
+        Buffer owned(evicted);  // adopted whatever the answer: never leaked
+        EnqueueResult r{static_cast<Enqueued>(result), std::nullopt};
+        if (r.status == Enqueued::Evicted) {
+            r.evicted = Task{std::move(owned), static_cast<Priority>(evicted_priority)};
+        }
+        return r;
+    }
+
+    // Takes the oldest task of the highest priority queued; nullopt when the queue is empty.
+    std::optional<Task> dequeue() {
+        emf_buf_t out{nullptr, 0, 0};
+        std::uint32_t priority = 0;
+        emf_status_t st = emf_task_queue_dequeue(handle("emf_task_queue_dequeue"), &out, &priority);
+        if (st == EMF_ERR_EMPTY) return std::nullopt;
+        detail::check(st, "emf_task_queue_dequeue");
+        return Task{Buffer(out), static_cast<Priority>(priority)};
+    }
+
+    // The queue's counters.
+    TaskQueueStats stats() const {
+        TaskQueueStats s{};
+        detail::check(emf_task_queue_stats(handle("emf_task_queue_stats"), &s), "emf_task_queue_stats");
+        return s;
+    }
+
+    // The C handle (NULL after a move), for calls this wrapper does not cover.
+    emf_task_queue_t* get() const noexcept { return q_; }
+    explicit operator bool() const noexcept { return q_ != nullptr; }
+
+private:
+    emf_task_queue_t* handle(const char* function) const {
+        if (q_ == nullptr) throw detail::moved_from(function);
+        return q_;
+    }
+
+    emf_task_queue_t* q_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
+// LRU cache
+
+// A cache's counters (len, capacity, hits, misses, evictions, expirations): the C struct as is.
+using CacheStats = emf_cache_stats_t;
+
+// A sharded LRU cache from byte-string keys to byte-string values, with an optional TTL. Keys
+// and values are copied in and out. A full shard evicts its least recently used entry; an
+// entry lives at least its TTL after its last put, then reads as a miss and is removed by
+// the next get, a sweep() or the background sweeper (set_sweeper). Thread-safe: any number of
+// threads may use one Cache at once. Move-only; freed (sweeper stopped) in the destructor. A
+// default-constructed or moved-from Cache throws Error on use.
+class Cache {
+public:
+    // No TTL: entries stay until evicted or removed.
+    static constexpr std::chrono::milliseconds kNoTtl{0};
+
+    Cache() noexcept = default;
+    // Adopts a handle from emf_cache_new.
+    explicit Cache(emf_cache_t* c) noexcept : c_(c) {}
+    // A cache of `capacity` entries (0: the library's default, 10000) whose entries live `ttl`
+    // after they were put (kNoTtl: forever), over `shards` shards (0: chosen by the library
+    // from the capacity and the machine). Each shard is an LRU of capacity / shards entries
+    // (rounded up: stats().capacity says the total), so with several shards an entry may be
+    // evicted before the cache as a whole is full; use 1 shard for an exact LRU.
+    // Error(EMF_ERR_INVALID_ARGUMENT) for a negative TTL or a capacity the library refuses.
+    Cache(std::size_t capacity, std::chrono::milliseconds ttl, std::uint32_t shards = 0) {
+        if (ttl.count() < 0) {
+            throw Error(EMF_ERR_INVALID_ARGUMENT, "emf::Cache", "the TTL is negative");
+        }
+        detail::check(emf_cache_new(capacity, static_cast<std::uint64_t>(ttl.count()), shards, &c_),
+                      "emf_cache_new");
+    }
+    Cache(const Cache&) = delete;
+    Cache& operator=(const Cache&) = delete;
+    Cache(Cache&& other) noexcept : c_(std::exchange(other.c_, nullptr)) {}
+    Cache& operator=(Cache&& other) noexcept {
+        if (this != &other) {
+            emf_cache_free(c_);
+            c_ = std::exchange(other.c_, nullptr);
+        }
+        return *this;
+    }
+    ~Cache() { emf_cache_free(c_); }
+
+    // Stores a copy of `value` under `key`, replacing any value and restarting its TTL.
+    void put(Bytes key, Bytes value) {
+        detail::check(emf_cache_put(handle("emf_cache_put"), key.data(), key.size(), value.data(),
+                                    value.size()),
+                      "emf_cache_put");
+    }
+
+    // The live value of `key` (a hit: it becomes the most recently used), or nullopt (a miss:
+    // absent or expired). A value longer than 256 bytes takes a second lookup, which the
+    // library counts as a second hit; get_into with a reused buffer avoids it.
+    std::optional<std::string> get(Bytes key) {
+        std::string value;
+        value.reserve(256);
+        if (!get_into(key, value)) return std::nullopt;
+        return value;
+    }
+
+    // Copies the live value of `key` into `out` (resized to the value; its capacity is reused
+    // and grown as needed, no allocation once it is large enough). False on a miss (`out`
+    // cleared). Each attempt with a too-small buffer counts as a hit in stats().
+    bool get_into(Bytes key, std::string& out) { return get_into_impl(key, out); }
+    bool get_into(Bytes key, std::vector<std::uint8_t>& out) { return get_into_impl(key, out); }
+
+    // Removes `key`; false when it was absent.
+    bool remove(Bytes key) {
+        emf_status_t st = emf_cache_remove(handle("emf_cache_remove"), key.data(), key.size());
+        if (st == EMF_ERR_NOT_FOUND) return false;
+        detail::check(st, "emf_cache_remove");
+        return true;
+    }
+
+    // Removes every expired entry now; returns how many.
+    std::size_t sweep() {
+        std::size_t removed = 0;
+        detail::check(emf_cache_sweep(handle("emf_cache_sweep"), &removed), "emf_cache_sweep");
+        return removed;
+    }
+
+    // Starts (or restarts with a new period) a background thread that sweeps expired entries
+    // every `every`; 0 stops it. It also stops when the Cache is destroyed.
+    // Error(EMF_ERR_INVALID_ARGUMENT) for a negative period or one past UINT32_MAX ms.
+    void set_sweeper(std::chrono::milliseconds every) {
+        if (every.count() < 0 || every.count() > std::numeric_limits<std::uint32_t>::max()) {
+            throw Error(EMF_ERR_INVALID_ARGUMENT, "emf::Cache::set_sweeper",
+                        "the period must be 0 to " +
+                            std::to_string(std::numeric_limits<std::uint32_t>::max()) + " ms");
+        }
+        detail::check(emf_cache_set_sweeper(handle("emf_cache_set_sweeper"),
+                                            static_cast<std::uint32_t>(every.count())),
+                      "emf_cache_set_sweeper");
+    }
+
+    // The cache's counters.
+    CacheStats stats() const {
+        CacheStats s{};
+        detail::check(emf_cache_stats(handle("emf_cache_stats"), &s), "emf_cache_stats");
+        return s;
+    }
+
+    // The C handle (NULL after a move), for calls this wrapper does not cover.
+    emf_cache_t* get() const noexcept { return c_; }
+    explicit operator bool() const noexcept { return c_ != nullptr; }
+
+private:
+    template <typename Container>
+    bool get_into_impl(Bytes key, Container& out) {
+        emf_cache_t* c = handle("emf_cache_get_into");
+        out.resize(out.capacity());
+        for (;;) {
+            std::size_t len = 0;
+            emf_status_t st = emf_cache_get_into(c, key.data(), key.size(),
+                                                 reinterpret_cast<std::uint8_t*>(out.data()),
+                                                 out.size(), &len);
+            if (st == EMF_OK) {
+                out.resize(len);
+                return true;
+            }
+            if (st == EMF_ERR_BUFFER_TOO_SMALL && len > out.size()) {
+                out.resize(len);  // `len` is the value's size; another put may change it: loop
+                continue;
+            }
+            out.clear();
+            if (st == EMF_ERR_NOT_FOUND) return false;
+            detail::check(st, "emf_cache_get_into");
+            return false;  // not reached: BUFFER_TOO_SMALL without a larger size
+        }
+    }
+
+    emf_cache_t* handle(const char* function) const {
+        if (c_ == nullptr) throw detail::moved_from(function);
+        return c_;
+    }
+
+    emf_cache_t* c_ = nullptr;
 };
 
 }  // namespace emf

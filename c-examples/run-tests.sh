@@ -7,9 +7,12 @@
 # <repo>/target/emf-prefix with scripts/install.sh --no-build, unless EMF_PREFIX names an
 # existing installation; builds with make; runs the C program (dynamic and static) and the
 # C++ program, then the ring programs: ring_pingpong (C, two processes), a short
-# ring_pingpong --bench, and ring_pingpong-cpp (two threads). With --valgrind each one also
-# runs under memcheck (the ring ping-pongs with a small N). Exits non-zero on any failure.
-# Works from any directory. EMF_RING_N sets the ping-pong length (default 20000).
+# ring_pingpong --bench, and ring_pingpong-cpp (two threads), then the task queue and cache
+# programs: queue_cache (C, dynamic and static) and queue_cache-cpp (2 producer + 2 consumer
+# threads). With --valgrind each one also runs under memcheck (the ring ping-pongs and the
+# queue threads with a small N). Exits non-zero on any failure. Works from any directory.
+# EMF_RING_N sets the ping-pong length (default 20000), EMF_QUEUE_N the tasks per producer
+# thread of queue_cache-cpp (default 20000).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -19,7 +22,7 @@ use_valgrind=0
 for arg in "$@"; do
   case "$arg" in
     --valgrind) use_valgrind=1 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--valgrind]" >&2; exit 2 ;;
   esac
 done
@@ -36,11 +39,13 @@ make -C "$here" --no-print-directory PREFIX="$prefix"
 build=$here/build
 failed=0
 
-# The static program must not need liberlmcp_flow.so at run time.
-if readelf -d "$build/serializer-static" | grep -q 'NEEDED.*liberlmcp_flow'; then
-  echo "FAIL: build/serializer-static is linked to liberlmcp_flow.so" >&2
-  failed=1
-fi
+# The static programs must not need liberlmcp_flow.so at run time.
+for prog in serializer-static queue_cache-static; do
+  if readelf -d "$build/$prog" | grep -q 'NEEDED.*liberlmcp_flow'; then
+    echo "FAIL: build/$prog is linked to liberlmcp_flow.so" >&2
+    failed=1
+  fi
+done
 
 run() {
   local name=$1; shift
@@ -80,6 +85,10 @@ ring_n=${EMF_RING_N:-20000}
 run ring_pingpong "$build/ring_pingpong" -n "$ring_n"
 run ring_pingpong-bench "$build/ring_pingpong" --bench -n 200000
 run ring_pingpong-cpp "$build/ring_pingpong-cpp" -n "$ring_n"
+for prog in queue_cache queue_cache-static; do
+  run "$prog" "$build/$prog"
+done
+run queue_cache-cpp "$build/queue_cache-cpp" -n "${EMF_QUEUE_N:-20000}"
 
 if [ "$use_valgrind" = 1 ]; then
   for prog in serializer serializer-static serializer-cpp; do
@@ -89,6 +98,11 @@ if [ "$use_valgrind" = 1 ]; then
   valgrind_run ring_pingpong "$build/ring_pingpong" -n 200
   valgrind_run ring_pingpong-bench "$build/ring_pingpong" --bench -n 5000
   valgrind_run ring_pingpong-cpp "$build/ring_pingpong-cpp" -n 100
+  # queue_cache forks a child (huge capacities): it runs under memcheck too.
+  for prog in queue_cache queue_cache-static; do
+    valgrind_run "$prog" "$build/$prog"
+  done
+  valgrind_run queue_cache-cpp "$build/queue_cache-cpp" -n 2000
 fi
 
 if [ "$failed" != 0 ]; then

@@ -748,7 +748,9 @@ emf_status_t emf_task_queue_free(struct emf_task_queue_t *q);
 // Queues a copy of `data` at `priority` (`EMF_PRIORITY_*`); `*out_result` says what happened
 // (`EMF_ENQUEUE_*`). On `EMF_ENQUEUE_EVICTED` the evicted task's bytes are moved to
 // `*out_evicted` (free with `emf_buf_free`) and its priority to `*out_evicted_priority`
-// (when non-NULL). On `EMF_ENQUEUE_REJECTED` nothing was queued: `data` stays the caller's.
+// (when non-NULL); otherwise `*out_evicted` is set to the empty buffer `{NULL, 0}` (so
+// freeing it unconditionally is fine; a buffer it held before is not freed). On
+// `EMF_ENQUEUE_REJECTED` nothing was queued: `data` stays the caller's.
 //
 // # Safety
 //

@@ -1,7 +1,9 @@
 //! The bounded MPMC queue: a ring of slots with sequence stamps (Dmitry Vyukov's design).
-//! A slot's stamp says whose turn it is: `pos` for the producer of position `pos`,
-//! `pos + 1` for its consumer; after consuming, the stamp becomes `pos + capacity`, the next
-//! lap's producer. Producers and consumers claim positions with a CAS on `tail` / `head`.
+//! A slot's stamp says whose turn it is: `2·pos` for the producer of position `pos`,
+//! `2·pos + 1` for its consumer; after consuming, the stamp becomes `2·(pos + capacity)`, the
+//! next lap's producer. (Doubling keeps "written at `pos`" distinct from "free for the
+//! producer of `pos + 1`" even with one slot, where `pos + 1` would be both.) Producers and
+//! consumers claim positions with a CAS on `tail` / `head`.
 
 use std::mem::MaybeUninit;
 
@@ -49,7 +51,7 @@ impl<T> BoundedQueue<T> {
             tail: CachePadded::new(AtomicUsize::new(0)),
             slots: (0..cap)
                 .map(|i| Slot {
-                    stamp: AtomicUsize::new(i),
+                    stamp: AtomicUsize::new(2 * i),
                     value: UnsafeCell::new(MaybeUninit::uninit()),
                 })
                 .collect(),
@@ -69,7 +71,7 @@ impl<T> BoundedQueue<T> {
         loop {
             let slot = &self.slots[pos % self.cap];
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if stamp == pos {
+            if stamp == 2 * pos {
                 match self.tail.compare_exchange_weak(
                     pos,
                     pos + 1,
@@ -81,12 +83,12 @@ impl<T> BoundedQueue<T> {
                         // the CAS made us that producer; no consumer reads before the stamp
                         // store below.
                         slot.value.with_mut(|p| unsafe { (*p).write(value) });
-                        slot.stamp.store(pos + 1, Ordering::Release);
+                        slot.stamp.store(2 * pos + 1, Ordering::Release);
                         return Ok(());
                     }
                     Err(t) => pos = t,
                 }
-            } else if stamp < pos {
+            } else if stamp < 2 * pos {
                 // The slot still holds the previous lap's value: full, unless a consumer
                 // is between its CAS and its stamp store.
                 if self.head.load(Ordering::Relaxed) + self.cap <= pos {
@@ -108,7 +110,7 @@ impl<T> BoundedQueue<T> {
         loop {
             let slot = &self.slots[pos % self.cap];
             let stamp = slot.stamp.load(Ordering::Acquire);
-            if stamp == pos + 1 {
+            if stamp == 2 * pos + 1 {
                 match self.head.compare_exchange_weak(
                     pos,
                     pos + 1,
@@ -121,12 +123,12 @@ impl<T> BoundedQueue<T> {
                         let v = slot
                             .value
                             .with(|p| unsafe { std::ptr::read(p.cast::<T>()) });
-                        slot.stamp.store(pos + self.cap, Ordering::Release);
+                        slot.stamp.store(2 * (pos + self.cap), Ordering::Release);
                         return Some(v);
                     }
                     Err(h) => pos = h,
                 }
-            } else if stamp == pos {
+            } else if stamp == 2 * pos {
                 // Not written yet: empty, unless a producer is between its CAS and its store.
                 if self.tail.load(Ordering::Relaxed) <= pos {
                     return None;

@@ -118,3 +118,34 @@ fn bounded_wraps_around_with_two_producers_and_a_consumer() {
         assert_eq!(q.pop(), Some(7));
     });
 }
+
+#[test]
+fn bounded_single_slot_with_two_producers() {
+    model(|| {
+        let q = Arc::new(BoundedQueue::new(1));
+        let ps: Vec<_> = (0..2)
+            .map(|p| {
+                let q = q.clone();
+                thread::spawn(move || {
+                    let mut v = p;
+                    while let Err(back) = q.push(v) {
+                        v = back;
+                        thread::yield_now();
+                    }
+                })
+            })
+            .collect();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            match q.pop() {
+                Some(v) => got.push(v),
+                None => thread::yield_now(),
+            }
+        }
+        for p in ps {
+            p.join().unwrap();
+        }
+        got.sort();
+        assert_eq!(got, [0, 1]);
+    });
+}

@@ -367,3 +367,22 @@ fn stress_round(
         .count();
     assert_eq!(bad, 0, "{bad} values not delivered exactly once");
 }
+
+#[test]
+fn bounded_queues_of_one_and_two_slots_lose_nothing_under_contention() {
+    // With one slot, "written at pos" and "free for the producer of pos + 1" must differ:
+    // the stress run found a lost value here when they did not.
+    for cap in [1, 2] {
+        let q = BoundedQueue::new(cap);
+        mpmc_exactly_once(
+            |mut v| {
+                while let Err(back) = q.push(v) {
+                    v = back;
+                    std::thread::yield_now();
+                }
+            },
+            || q.pop(),
+        );
+        assert!(q.is_empty());
+    }
+}
