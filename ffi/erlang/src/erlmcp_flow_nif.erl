@@ -43,12 +43,16 @@
          batch_new/4, batch_send/2, batch_tick/1, batch_flush/1, batch_pending/1,
          batch_close/1, batch_discard/1,
          state_open/2, state_share/3, state_lookup/2, state_read/2, state_release/2,
-         state_mapped/0]).
+         state_mapped/0,
+         queue_new/3, queue_enqueue/3, queue_dequeue/1, queue_stats/1, queue_close/1,
+         cache_new/3, cache_set_sweeper/2, cache_put/3, cache_get/2, cache_remove/2,
+         cache_sweep/1, cache_stats/1]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
               ring/0, producer/0, consumer/0, timeout_ms/0,
-              router/0, batch/0, flush/0, store/0, state_ref/0]).
+              router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
+              drop_policy/0]).
 
 -on_load(init/0).
 
@@ -82,6 +86,12 @@
 %% A shared-state store (`emf_state_store_t'): thread-safe, freed when garbage collected.
 -type state_ref() :: non_neg_integer().
 %% A shared value's reference (`uint64_t'), valid in every process that opens the store.
+-opaque task_queue() :: reference().
+%% A task queue (`emf_task_queue_t'): thread-safe; see erlmcp_flow_queue.
+-opaque cache() :: reference().
+%% An LRU cache (`emf_cache_t'): thread-safe; see erlmcp_flow_lru_cache.
+-type drop_policy() :: none | low_priority.
+%% What a full task queue does with an arrival (`EMF_DROP_*').
 -type timeout_ms() :: non_neg_integer() | infinity.
 -type envelope() :: #{kind := kind(),
                       priority := priority(),
@@ -379,3 +389,69 @@ state_release(_Store, _Ref) -> erlang:nif_error(not_loaded).
 %% @doc The number of shared values mapped for zero-copy binaries by the loaded library.
 -spec state_mapped() -> non_neg_integer().
 state_mapped() -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Task queues (see erlmcp_flow_queue)
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_task_queue_new'. The engine's sentinels pass through: `MaxPrimary' 0 means 1000,
+%% `MaxOverflow' `16#FFFFFFFFFFFFFFFF' means 10000.
+-spec queue_new(non_neg_integer(), non_neg_integer(), drop_policy()) ->
+          {ok, task_queue()} | error().
+queue_new(_MaxPrimary, _MaxOverflow, _DropPolicy) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_task_queue_enqueue': `ok' (primary queue), `backpressure' (overflow), `rejected'
+%% (not queued: the task is still the caller's) or `{evicted, Task, Priority}' (queued by
+%% evicting `Task', handed back).
+-spec queue_enqueue(task_queue(), bytes(), priority()) ->
+          ok | backpressure | rejected | {evicted, binary(), priority()} | error().
+queue_enqueue(_Queue, _Task, _Priority) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_task_queue_dequeue': the oldest task of the highest priority, or `empty'.
+-spec queue_dequeue(task_queue()) -> {ok, binary(), priority()} | empty | error().
+queue_dequeue(_Queue) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_task_queue_stats' as a map.
+-spec queue_stats(task_queue()) -> {ok, #{atom() => non_neg_integer()}} | error().
+queue_stats(_Queue) -> erlang:nif_error(not_loaded).
+
+%% @doc Closes a queue: every later call gets `{error, {closed, _}}'; returns the tasks it
+%% held, in dequeue order, and frees it (dirty CPU scheduler).
+-spec queue_close(task_queue()) -> {ok, [{binary(), priority()}]} | error().
+queue_close(_Queue) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Caches (see erlmcp_flow_lru_cache)
+%%--------------------------------------------------------------------------------------------
+
+%% @doc `emf_cache_new'. The engine's sentinels pass through: `Capacity' 0 means 10000,
+%% `TtlMs' 0 means forever and `16#FFFFFFFFFFFFFFFF' 5000 ms, `Shards' 0 lets the engine
+%% choose. `Capacity' is at most 16777216 and `Shards' at most 1024 (the engine preallocates).
+-spec cache_new(non_neg_integer(), non_neg_integer(), non_neg_integer()) ->
+          {ok, cache()} | error().
+cache_new(_Capacity, _TtlMs, _Shards) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_cache_set_sweeper': a thread sweeping expired entries every `EveryMs' ms (0
+%% stops it); it ends when the cache is freed.
+-spec cache_set_sweeper(cache(), non_neg_integer()) -> ok | error().
+cache_set_sweeper(_Cache, _EveryMs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_cache_put'.
+-spec cache_put(cache(), bytes(), bytes()) -> ok | error().
+cache_put(_Cache, _Key, _Value) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_cache_get_into': `{ok, Value}' or `miss' (absent or expired).
+-spec cache_get(cache(), bytes()) -> {ok, binary()} | miss | error().
+cache_get(_Cache, _Key) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_cache_remove': `ok', or `not_found' when the key was absent.
+-spec cache_remove(cache(), bytes()) -> ok | not_found | error().
+cache_remove(_Cache, _Key) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_cache_sweep': removes the expired entries now; `{ok, Removed}'.
+-spec cache_sweep(cache()) -> {ok, non_neg_integer()} | error().
+cache_sweep(_Cache) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_cache_stats' as a map.
+-spec cache_stats(cache()) -> {ok, #{atom() => non_neg_integer()}} | error().
+cache_stats(_Cache) -> erlang:nif_error(not_loaded).
