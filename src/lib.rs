@@ -10,6 +10,10 @@
 //!
 //! * [`codec`] — rkyv-archived MCP messages read in place after validation, a lossless
 //!   JSON-RPC 2.0 bridge, and zlib compression with a decompression limit.
+//! * [`vector`] — int8 quantization with a calibrated per-vector scale and SIMD distance
+//!   kernels (simsimd) for i8, f16 and f32.
+//! * [`hnsw`] — a concurrent HNSW index over int8 vectors, saved to a file that other
+//!   processes map and search in place.
 //! * [`suite`] — the benchmark suites behind `erlmcp-flow bench`.
 //! * [`capi`] — the C ABI: status codes, per-thread error messages, owned buffers, handles.
 //!
@@ -33,6 +37,7 @@ pub mod cache;
 pub mod capi;
 pub mod codec;
 mod error;
+pub mod hnsw;
 pub mod queue;
 pub mod ring;
 pub mod router;
@@ -40,6 +45,7 @@ pub mod shm;
 pub mod state;
 pub mod suite;
 mod sync;
+pub mod vector;
 
 pub use error::{Error, ErrorKind, Result};
 

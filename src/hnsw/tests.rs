@@ -1,0 +1,367 @@
+use std::sync::atomic::{AtomicBool, Ordering as O}; // std-atomic-ok: test harness flags
+
+use super::*;
+use crate::vector::dataset::Dataset;
+use crate::ErrorKind;
+
+struct Rng(u64);
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn f32(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+    fn vec(&mut self, dim: usize) -> Vec<f32> {
+        (0..dim).map(|_| self.f32()).collect()
+    }
+}
+
+fn params(dim: usize, metric: Metric) -> Params {
+    Params {
+        metric,
+        ..Params::new(dim)
+    }
+}
+
+fn opts(k: usize) -> SearchOptions<'static> {
+    SearchOptions {
+        k,
+        ..Default::default()
+    }
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("emf-hnsw-{}-{name}", std::process::id()))
+}
+
+#[test]
+fn every_metric_finds_each_inserted_vector_first() {
+    for metric in [Metric::Cosine, Metric::Dot, Metric::L2Sq] {
+        let mut rng = Rng::new(3);
+        let idx = Hnsw::new(params(16, metric)).unwrap();
+        let mut vs = Vec::new();
+        for id in 0..300u64 {
+            let mut v = rng.vec(16);
+            if metric == Metric::Dot {
+                // Dot ranks by length too: unit vectors make "itself" the best match.
+                let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                v.iter_mut().for_each(|x| *x /= n);
+            }
+            idx.insert(id * 10, &v).unwrap();
+            vs.push(v);
+        }
+        assert_eq!(idx.len(), 300);
+        let mut first = 0;
+        for (i, v) in vs.iter().enumerate() {
+            let hits = idx.search(v, &opts(3)).unwrap();
+            assert_eq!(hits.len(), 3);
+            assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
+            first += usize::from(hits[0].id == i as u64 * 10);
+        }
+        assert!(first >= 297, "{metric:?}: {first} of 300 found themselves first");
+    }
+}
+
+#[test]
+fn recall_on_real_embeddings_with_and_without_rerank() {
+    // 20K of the MiniLM set when ../shared/data (or EMF_DATA_DIR) is there, else the
+    // committed 5K subset.
+    let (d, _full) = Dataset::minilm_or_committed(20_000, 200).unwrap();
+    let p = Params {
+        originals: Originals::F16,
+        ..Params::new(d.base.cols)
+    };
+    let idx = Hnsw::new(p).unwrap();
+    let ids: Vec<u64> = (0..d.base.rows as u64).collect();
+    idx.insert_batch(&ids, &d.base.data, 2).unwrap();
+    assert_eq!(idx.len(), d.base.rows);
+    let run = |rerank: bool| {
+        let found: Vec<Vec<u64>> = (0..d.queries.rows)
+            .map(|q| {
+                let o = SearchOptions {
+                    k: 10,
+                    ef: 50,
+                    rerank,
+                    ..Default::default()
+                };
+                idx.search(d.queries.row(q), &o)
+                    .unwrap()
+                    .iter()
+                    .map(|h| h.id)
+                    .collect()
+            })
+            .collect();
+        d.recall(&found, 10)
+    };
+    let (int8, reranked) = (run(false), run(true));
+    eprintln!("recall@10 on {} vectors: int8 {int8:.4}, re-ranked {reranked:.4}", d.base.rows);
+    assert!(int8 >= 0.95, "int8 recall@10 {int8}");
+    assert!(reranked >= 0.96, "re-ranked recall@10 {reranked}");
+    // The mapped file answers exactly as the live index.
+    let path = tmp("recall");
+    idx.save(&path).unwrap();
+    let mapped = MappedHnsw::open(&path).unwrap();
+    for q in 0..20 {
+        let o = SearchOptions { k: 10, rerank: true, ..Default::default() };
+        assert_eq!(
+            idx.search(d.queries.row(q), &o).unwrap(),
+            mapped.search(d.queries.row(q), &o).unwrap()
+        );
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn filters_restrict_the_answers() {
+    let mut rng = Rng::new(5);
+    let idx = Hnsw::new(params(8, Metric::L2Sq)).unwrap();
+    for id in 0..500u64 {
+        idx.insert(id, &rng.vec(8)).unwrap();
+    }
+    let q = rng.vec(8);
+    let even = |id: u64| id % 2 == 0;
+    let o = SearchOptions {
+        k: 10,
+        filter: Filter::Predicate(&even),
+        ..Default::default()
+    };
+    let hits = idx.search(&q, &o).unwrap();
+    assert_eq!(hits.len(), 10);
+    assert!(hits.iter().all(|h| h.id % 2 == 0));
+    let mut bits = vec![0u64; 8];
+    for id in [3u64, 77, 140, 499] {
+        bits[(id / 64) as usize] |= 1 << (id % 64);
+    }
+    let o = SearchOptions {
+        k: 10,
+        ef: 500,
+        filter: Filter::Bitset(&bits),
+        ..Default::default()
+    };
+    let mut got: Vec<u64> = idx.search(&q, &o).unwrap().iter().map(|h| h.id).collect();
+    got.sort();
+    assert_eq!(got, [3, 77, 140, 499]);
+    assert!(Filter::Bitset(&bits).allows(3) && !Filter::Bitset(&bits).allows(64 * 9));
+}
+
+#[test]
+fn removed_vectors_are_never_returned_and_compact_reclaims_them() {
+    let mut rng = Rng::new(9);
+    let dim = 32;
+    let mut idx = Hnsw::new(params(dim, Metric::Cosine)).unwrap();
+    let vs: Vec<Vec<f32>> = (0..2000).map(|_| rng.vec(dim)).collect();
+    let ids: Vec<u64> = (0..2000).collect();
+    idx.insert_batch(&ids, &vs.concat(), 2).unwrap();
+    for id in (0..2000u64).filter(|i| i % 3 != 0) {
+        idx.remove(id).unwrap();
+    }
+    assert_eq!(idx.len(), 667);
+    assert_eq!(idx.remove(1).unwrap_err().kind(), ErrorKind::NotFound);
+    let check = |idx: &Hnsw| {
+        let mut first = 0;
+        for id in (0..2000u64).step_by(3) {
+            let hits = idx.search(&vs[id as usize], &opts(5)).unwrap();
+            assert!(hits.iter().all(|h| h.id % 3 == 0), "a removed id came back");
+            first += usize::from(hits[0].id == id);
+        }
+        first
+    };
+    let before = check(&idx);
+    assert!(before >= 640, "{before} of 667 found themselves after removals");
+    let mem = idx.memory_bytes();
+    idx.compact().unwrap();
+    assert!(idx.memory_bytes() < mem / 2, "{} vs {mem}", idx.memory_bytes());
+    assert_eq!(idx.len(), 667);
+    let after = check(&idx);
+    assert!(after >= 640, "{after} of 667 after compact");
+    // Removed ids can be inserted again; live ones cannot.
+    idx.insert(1, &vs[1]).unwrap();
+    assert_eq!(idx.search(&vs[1], &opts(1)).unwrap()[0].id, 1);
+    assert_eq!(idx.insert(1, &vs[1]).unwrap_err().kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn removing_everything_leaves_an_empty_searchable_index() {
+    let mut rng = Rng::new(11);
+    let mut idx = Hnsw::new(params(4, Metric::Cosine)).unwrap();
+    for id in 0..50u64 {
+        idx.insert(id, &rng.vec(4)).unwrap();
+    }
+    for id in 0..50u64 {
+        idx.remove(id).unwrap();
+    }
+    assert!(idx.is_empty());
+    assert!(idx.search(&rng.vec(4), &opts(5)).unwrap().is_empty());
+    idx.compact().unwrap();
+    assert!(idx.search(&rng.vec(4), &opts(5)).unwrap().is_empty());
+    idx.insert(7, &[1.0, 0.0, 0.0, 0.0]).unwrap();
+    assert_eq!(idx.search(&[1.0, 0.1, 0.0, 0.0], &opts(5)).unwrap()[0].id, 7);
+}
+
+#[test]
+fn save_open_and_load_round_trip() {
+    let mut rng = Rng::new(13);
+    for originals in [Originals::None, Originals::F16, Originals::F32] {
+        let p = Params {
+            originals,
+            metric: Metric::L2Sq,
+            ..Params::new(24)
+        };
+        let idx = Hnsw::new(p).unwrap();
+        for id in 0..400u64 {
+            idx.insert(id + 1000, &rng.vec(24)).unwrap();
+        }
+        idx.remove(1003).unwrap();
+        let path = tmp("roundtrip");
+        idx.save(&path).unwrap();
+        let mapped = MappedHnsw::open(&path).unwrap();
+        let loaded = Hnsw::load(&path).unwrap();
+        assert_eq!((mapped.len(), loaded.len()), (399, 399));
+        assert_eq!(mapped.params(), idx.params());
+        for _ in 0..30 {
+            let q = rng.vec(24);
+            let o = SearchOptions { k: 8, rerank: true, ..Default::default() };
+            let live = idx.search(&q, &o).unwrap();
+            assert_eq!(live, mapped.search(&q, &o).unwrap());
+            assert_eq!(live, loaded.search(&q, &o).unwrap());
+            assert!(live.iter().all(|h| h.id != 1003));
+        }
+        // The loaded copy is a full index: it takes inserts and removals.
+        loaded.insert(5, &rng.vec(24)).unwrap();
+        assert!(loaded.contains(5) && !loaded.contains(1003));
+        assert_eq!(loaded.insert(1000, &rng.vec(24)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn damaged_files_give_errors_never_crashes() {
+    let mut rng = Rng::new(17);
+    let idx = Hnsw::new(Params {
+        originals: Originals::F16,
+        ..params(8, Metric::Cosine)
+    })
+    .unwrap();
+    for id in 0..200u64 {
+        idx.insert(id, &rng.vec(8)).unwrap();
+    }
+    let path = tmp("damage");
+    idx.save(&path).unwrap();
+    let good = std::fs::read(&path).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(MappedHnsw::from_bytes(&good).is_ok());
+    // Every truncation is refused.
+    for cut in (0..good.len()).step_by(97).chain([good.len() - 1]) {
+        let e = MappedHnsw::from_bytes(&good[..cut]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "cut {cut}: {e}");
+    }
+    // Flipped bytes: refused, or accepted and searchable without a panic.
+    let q = rng.vec(8);
+    let mut refused = 0;
+    for i in 0..3000 {
+        let mut bad = good.clone();
+        let at = (rng.next() as usize) % bad.len();
+        bad[at] ^= 1 << (rng.next() % 8);
+        if i % 2 == 0 {
+            let at = (rng.next() as usize) % 128; // the header, more often
+            bad[at] = rng.next() as u8;
+        }
+        match MappedHnsw::from_bytes(&bad) {
+            Ok(m) => {
+                let o = SearchOptions { k: 5, rerank: true, ..Default::default() };
+                // Answers or errors, never panics.
+                let _ = m.search(&q, &o);
+                let _ = m.to_hnsw();
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+                refused += 1;
+            }
+        }
+    }
+    assert!(refused > 100, "only {refused} damaged files refused");
+    let e = MappedHnsw::open(tmp("absent")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io);
+}
+
+#[test]
+fn bad_input_gives_clear_errors() {
+    assert_eq!(Hnsw::new(Params::new(0)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let p = Params { m: 1, ..Params::new(4) };
+    assert!(Hnsw::new(p).unwrap_err().message().contains("m 1"));
+    let p = Params { ef_construction: 0, ..Params::new(4) };
+    assert!(Hnsw::new(p).is_err());
+    let idx = Hnsw::new(Params::new(4)).unwrap();
+    let e = idx.insert(1, &[1.0, 2.0]).unwrap_err();
+    assert!(e.message().contains("2 dimensions"), "{e}");
+    assert!(idx.insert(1, &[1.0, f32::NAN, 0.0, 0.0]).is_err());
+    assert!(idx.search(&[1.0], &opts(1)).is_err());
+    assert!(idx.search(&[1.0; 4], &opts(1)).unwrap().is_empty());
+    idx.insert(1, &[1.0; 4]).unwrap();
+    assert!(idx.search(&[1.0; 4], &opts(0)).unwrap().is_empty());
+    assert!(idx.insert_batch(&[2, 3], &[1.0; 4], 2).is_err());
+    let e = idx.insert_batch(&[2, 2], &[1.0; 8], 2).unwrap_err();
+    assert!(e.message().contains("already"), "{e}");
+    assert!(idx.insert_batch(&[2, 1], &[1.0; 8], 2).is_err());
+    assert_eq!(idx.len(), 1, "a refused batch inserts nothing");
+}
+
+/// Inserts, removals and searches at once; afterwards the graph passes the file validator
+/// (list counts, ids, levels), every live id is findable, no removed id is returned.
+#[test]
+fn concurrent_inserts_removals_and_searches_keep_the_graph_sound() {
+    let dim = 16;
+    let idx = Hnsw::new(Params { m: 8, ef_construction: 64, ..params(dim, Metric::Cosine) }).unwrap();
+    let mut rng = Rng::new(21);
+    let vs: Vec<Vec<f32>> = (0..3000).map(|_| rng.vec(dim)).collect();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let (idx_r, vs_r, stop_r) = (&idx, &vs, &stop);
+        s.spawn(move || {
+            let mut n = 0usize;
+            while !stop_r.load(O::Relaxed) || n < 100 {
+                let hits = idx_r.search(&vs_r[n % 3000], &opts(10)).unwrap();
+                assert!(hits.len() <= 10);
+                n += 1;
+            }
+        });
+        let inserters: Vec<_> = (0..2usize)
+            .map(|t| {
+                let (idx, vs) = (&idx, &vs);
+                s.spawn(move || {
+                    for i in (t..3000).step_by(2) {
+                        idx.insert(i as u64, &vs[i]).unwrap();
+                        if i % 5 == 0 && i >= 10 {
+                            // Inserted earlier by this thread (same parity).
+                            idx.remove(i as u64 - 10).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for h in inserters {
+            h.join().unwrap();
+        }
+        stop.store(true, O::Relaxed);
+    });
+    let removed = |i: u64| i % 5 == 0 && i + 10 < 3000 && (i + 10) % 5 == 0;
+    let removed_ids: Vec<u64> = (0..3000u64).filter(|&i| removed(i)).collect();
+    assert_eq!(idx.len(), 3000 - removed_ids.len());
+    let snap = idx.snapshot().bytes().unwrap();
+    MappedHnsw::from_bytes(&snap).expect("the graph passes the file validator");
+    let mut first = 0;
+    for i in (0..3000u64).filter(|&i| !removed(i)) {
+        let hits = idx.search(&vs[i as usize], &opts(10)).unwrap();
+        assert!(hits.iter().all(|h| !removed(h.id)), "removed id returned");
+        first += usize::from(hits[0].id == i);
+    }
+    let live = 3000 - removed_ids.len();
+    assert!(first * 100 >= live * 97, "{first} of {live} found themselves");
+}
