@@ -102,7 +102,10 @@ impl Snapshot {
     pub(crate) fn bytes(&self) -> Result<Vec<u8>> {
         let n = self.levels.len();
         if self.upper.len() > u32::MAX as usize {
-            return Err(Error::new(ErrorKind::TooLarge, "upper lists exceed 2^32 entries"));
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                "upper lists exceed 2^32 entries",
+            ));
         }
         let mut out = vec![0u8; HEADER];
         let section = |out: &mut Vec<u8>, bytes: &[u8]| -> u64 {
@@ -262,14 +265,19 @@ impl MappedHnsw {
     fn parse(backing: Backing) -> Result<MappedHnsw> {
         let b = backing.bytes();
         if b.len() < HEADER {
-            return Err(corrupt(format!("{} bytes is shorter than the header", b.len())));
+            return Err(corrupt(format!(
+                "{} bytes is shorter than the header",
+                b.len()
+            )));
         }
         if &b[..8] != MAGIC {
             return Err(corrupt("not an erlmcp-flow HNSW file (magic)"));
         }
         let version = u32_at(b, 8);
         if version != VERSION {
-            return Err(corrupt(format!("version {version}, this build reads {VERSION}")));
+            return Err(corrupt(format!(
+                "version {version}, this build reads {VERSION}"
+            )));
         }
         if u32_at(b, 12) != BOM {
             return Err(corrupt("written on a machine of the other byte order"));
@@ -321,13 +329,18 @@ impl MappedHnsw {
             // Sections follow each other at the next multiple of 8, the last ending the file:
             // a damaged dimension, count or offset shows up as a layout mismatch.
             if off != end.div_ceil(8) * 8 || off.checked_add(size).is_none_or(|e| e > b.len()) {
-                return Err(corrupt(format!("section {i} at {off} of {size} bytes is out of place")));
+                return Err(corrupt(format!(
+                    "section {i} at {off} of {size} bytes is out of place"
+                )));
             }
             offs[i] = off;
             end = off + size;
         }
         if end != b.len() {
-            return Err(corrupt(format!("sections end at {end}, the file at {}", b.len())));
+            return Err(corrupt(format!(
+                "sections end at {end}, the file at {}",
+                b.len()
+            )));
         }
         let s = Sections {
             records: offs[0],
@@ -406,7 +419,9 @@ impl MappedHnsw {
         }
         if let Some((e, top)) = self.entry {
             if e as usize >= n || top > MAX_LEVEL || self.level_of(e as usize) != top {
-                return Err(corrupt(format!("entry point {e} at level {top} is not a node of that level")));
+                return Err(corrupt(format!(
+                    "entry point {e} at level {top} is not a node of that level"
+                )));
             }
         }
         let top = self.entry.map_or(0, |(_, t)| t);
@@ -418,7 +433,9 @@ impl MappedHnsw {
             if level > 0 {
                 let at = self.upper_index()[id] as usize;
                 if at + level * (self.p.m + 1) > self.s.upper_len {
-                    return Err(corrupt(format!("node {id}'s upper lists are out of bounds")));
+                    return Err(corrupt(format!(
+                        "node {id}'s upper lists are out of bounds"
+                    )));
                 }
             }
             for l in 0..=level {
@@ -426,7 +443,9 @@ impl MappedHnsw {
                 let cap = list.len() - 1;
                 let c = list[0] as usize;
                 if c > cap {
-                    return Err(corrupt(format!("node {id} level {l}: {c} neighbours, at most {cap}")));
+                    return Err(corrupt(format!(
+                        "node {id} level {l}: {c} neighbours, at most {cap}"
+                    )));
                 }
                 for &x in &list[1..=c] {
                     if x as usize >= n || self.level_of(x as usize) < l {
@@ -478,7 +497,10 @@ impl MappedHnsw {
                 let removed = self.levels()[id] & REMOVED != 0;
                 let record = &bytes[self.s.records + id * stride..][..stride];
                 if !removed && ids.insert(super::ext_of(record), id as u32).is_some() {
-                    return Err(corrupt(format!("id {} is in the file twice", super::ext_of(record))));
+                    return Err(corrupt(format!(
+                        "id {} is in the file twice",
+                        super::ext_of(record)
+                    )));
                 }
             }
         }
@@ -491,11 +513,15 @@ impl MappedHnsw {
             // SAFETY: `index` is not shared yet; node `node` is written once.
             unsafe { index.store.init(node, record, original) };
             upper += index.store.init_upper(node, level);
-            let removed = if self.levels()[id] & REMOVED != 0 { DELETED } else { 0 };
-            index
-                .store
-                .flags(node)
-                .store(READY | removed | (level as u32) << LEVEL_SHIFT, Ordering::Relaxed);
+            let removed = if self.levels()[id] & REMOVED != 0 {
+                DELETED
+            } else {
+                0
+            };
+            index.store.flags(node).store(
+                READY | removed | (level as u32) << LEVEL_SHIFT,
+                Ordering::Relaxed,
+            );
             for l in 0..=level {
                 let list = self.list(id, l);
                 super::write_list(index.store.list(node, l), &list[1..=list[0] as usize]);

@@ -64,7 +64,11 @@ fn factors(metric: Metric, codes: &[i8], scale: f32) -> Factors {
     let sq = i8::dot(codes, codes);
     match metric {
         Metric::Cosine => Factors {
-            a: if sq > 0.0 { (1.0 / sq.sqrt()) as f32 } else { 0.0 },
+            a: if sq > 0.0 {
+                (1.0 / sq.sqrt()) as f32
+            } else {
+                0.0
+            },
             b: 0.0,
         },
         Metric::Dot => Factors { a: scale, b: 0.0 },

@@ -35,9 +35,9 @@ mod tests;
 
 use std::collections::HashMap;
 
+pub use crate::vector::Metric;
 pub use file::MappedHnsw;
 pub use graph::{Filter, Hit, Originals, SearchOptions};
-pub use crate::vector::Metric;
 
 use graph::{record_ext, record_stride, Graph, Query, Scored};
 use store::{Layout, Store, DELETED, LEVEL_SHIFT, LOCKED, MAX_NODES, NONE};
@@ -93,10 +93,16 @@ impl Params {
             return bad(format!("m {} is not in 2..=128", self.m));
         }
         if self.ef_construction == 0 || self.ef_construction > 1 << 20 {
-            return bad(format!("ef_construction {} is not in 1..=1048576", self.ef_construction));
+            return bad(format!(
+                "ef_construction {} is not in 1..=1048576",
+                self.ef_construction
+            ));
         }
         if self.ef_search == 0 || self.ef_search > 1 << 20 {
-            return bad(format!("ef_search {} is not in 1..=1048576", self.ef_search));
+            return bad(format!(
+                "ef_search {} is not in 1..=1048576",
+                self.ef_search
+            ));
         }
         Ok(())
     }
@@ -387,7 +393,8 @@ impl Hnsw {
     /// Writes, links and publishes node `node` (reserved by this thread).
     fn insert_node(&self, node: u32, record: &[u8], vector: &[f32]) {
         let level = self.draw_level(node);
-        let original = (self.p.originals != Originals::None).then(|| self.p.originals.encode(vector));
+        let original =
+            (self.p.originals != Originals::None).then(|| self.p.originals.encode(vector));
         // SAFETY: `node` was reserved by this thread and is not published yet.
         unsafe { self.store.init(node, record, original.as_deref()) };
         self.store
@@ -483,10 +490,9 @@ impl Hnsw {
     /// Removes `id`: it is no longer returned, and its neighbours are relinked among
     /// themselves. Its memory is reclaimed by [`Hnsw::compact`]. `NotFound` when absent.
     pub fn remove(&self, id: u64) -> Result<()> {
-        let node = self
-            .lock_ids()
-            .remove(&id)
-            .ok_or_else(|| Error::new(ErrorKind::NotFound, format!("id {id} is not in the index")))?;
+        let node = self.lock_ids().remove(&id).ok_or_else(|| {
+            Error::new(ErrorKind::NotFound, format!("id {id} is not in the index"))
+        })?;
         self.store.flags(node).fetch_or(DELETED, Ordering::AcqRel);
         self.live.fetch_sub(1, Ordering::Relaxed);
         let g = Live(self);
@@ -539,10 +545,8 @@ impl Hnsw {
                 }
             }
         }
-        self.entry.store(
-            best.map_or(EMPTY, |(id, l)| pack(id, l)),
-            Ordering::Release,
-        );
+        self.entry
+            .store(best.map_or(EMPTY, |(id, l)| pack(id, l)), Ordering::Release);
     }
 
     /// Reclaims the memory of removed vectors: the live nodes are renumbered densely into
@@ -603,7 +607,12 @@ impl Hnsw {
 
     fn free_store(&self, store: &mut Store, n: u32) {
         let levels: Vec<(u32, usize)> = (0..n)
-            .map(|id| (id, (store.flags(id).load(Ordering::Relaxed) >> LEVEL_SHIFT & 0xFF) as usize))
+            .map(|id| {
+                (
+                    id,
+                    (store.flags(id).load(Ordering::Relaxed) >> LEVEL_SHIFT & 0xFF) as usize,
+                )
+            })
             .collect();
         store.free(levels.into_iter());
     }

@@ -95,7 +95,10 @@ impl Bytes {
         // SAFETY: `i < CHUNK` (callers take the low bits of an id), so the range is inside
         // the allocation; the caller guarantees nobody else touches these bytes now.
         let s = unsafe {
-            std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast::<u8>().add(i * self.stride), self.stride)
+            std::slice::from_raw_parts_mut(
+                self.ptr.as_ptr().cast::<u8>().add(i * self.stride),
+                self.stride,
+            )
         };
         f(s)
     }
@@ -107,7 +110,10 @@ impl Bytes {
     unsafe fn read<R>(&self, i: usize, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: in bounds as for `write`; the bytes are immutable once published.
         let s = unsafe {
-            std::slice::from_raw_parts(self.ptr.as_ptr().cast::<u8>().add(i * self.stride), self.stride)
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<u8>().add(i * self.stride),
+                self.stride,
+            )
         };
         f(s)
     }
@@ -213,7 +219,11 @@ impl Store {
     pub fn bytes(&self) -> usize {
         let l = self.layout;
         let chunk = CHUNK * (l.stride + l.orig + 4 * l.l0 + 4 + std::mem::size_of::<usize>());
-        let mids = self.top.iter().filter(|p| !p.load(Ordering::Relaxed).is_null()).count();
+        let mids = self
+            .top
+            .iter()
+            .filter(|p| !p.load(Ordering::Relaxed).is_null())
+            .count();
         self.chunks() * chunk + TOP * 8 + mids * MID * 8
     }
 
@@ -230,7 +240,10 @@ impl Store {
             return Ok(());
         }
         let _g = self.grow.lock().unwrap_or_else(|e| e.into_inner());
-        let (t, m) = (id >> (CHUNK_SHIFT + MID_SHIFT), (id >> CHUNK_SHIFT) & (MID - 1));
+        let (t, m) = (
+            id >> (CHUNK_SHIFT + MID_SHIFT),
+            (id >> CHUNK_SHIFT) & (MID - 1),
+        );
         let mut mid = self.top[t].load(Ordering::Acquire);
         if mid.is_null() {
             let fresh: Mid = (0..MID)

@@ -65,7 +65,10 @@ fn every_metric_finds_each_inserted_vector_first() {
             assert!(hits.windows(2).all(|w| w[0].distance <= w[1].distance));
             first += usize::from(hits[0].id == i as u64 * 10);
         }
-        assert!(first >= 297, "{metric:?}: {first} of 300 found themselves first");
+        assert!(
+            first >= 297,
+            "{metric:?}: {first} of 300 found themselves first"
+        );
     }
 }
 
@@ -101,7 +104,10 @@ fn recall_on_real_embeddings_with_and_without_rerank() {
         d.recall(&found, 10)
     };
     let (int8, reranked) = (run(false), run(true));
-    eprintln!("recall@10 on {} vectors: int8 {int8:.4}, re-ranked {reranked:.4}", d.base.rows);
+    eprintln!(
+        "recall@10 on {} vectors: int8 {int8:.4}, re-ranked {reranked:.4}",
+        d.base.rows
+    );
     assert!(int8 >= 0.95, "int8 recall@10 {int8}");
     assert!(reranked >= 0.96, "re-ranked recall@10 {reranked}");
     // The mapped file answers exactly as the live index.
@@ -109,7 +115,11 @@ fn recall_on_real_embeddings_with_and_without_rerank() {
     idx.save(&path).unwrap();
     let mapped = MappedHnsw::open(&path).unwrap();
     for q in 0..20 {
-        let o = SearchOptions { k: 10, rerank: true, ..Default::default() };
+        let o = SearchOptions {
+            k: 10,
+            rerank: true,
+            ..Default::default()
+        };
         assert_eq!(
             idx.search(d.queries.row(q), &o).unwrap(),
             mapped.search(d.queries.row(q), &o).unwrap()
@@ -174,17 +184,27 @@ fn removed_vectors_are_never_returned_and_compact_reclaims_them() {
         first
     };
     let before = check(&idx);
-    assert!(before >= 640, "{before} of 667 found themselves after removals");
+    assert!(
+        before >= 640,
+        "{before} of 667 found themselves after removals"
+    );
     let mem = idx.memory_bytes();
     idx.compact().unwrap();
-    assert!(idx.memory_bytes() < mem / 2, "{} vs {mem}", idx.memory_bytes());
+    assert!(
+        idx.memory_bytes() < mem / 2,
+        "{} vs {mem}",
+        idx.memory_bytes()
+    );
     assert_eq!(idx.len(), 667);
     let after = check(&idx);
     assert!(after >= 640, "{after} of 667 after compact");
     // Removed ids can be inserted again; live ones cannot.
     idx.insert(1, &vs[1]).unwrap();
     assert_eq!(idx.search(&vs[1], &opts(1)).unwrap()[0].id, 1);
-    assert_eq!(idx.insert(1, &vs[1]).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        idx.insert(1, &vs[1]).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
 }
 
 #[test]
@@ -202,7 +222,10 @@ fn removing_everything_leaves_an_empty_searchable_index() {
     idx.compact().unwrap();
     assert!(idx.search(&rng.vec(4), &opts(5)).unwrap().is_empty());
     idx.insert(7, &[1.0, 0.0, 0.0, 0.0]).unwrap();
-    assert_eq!(idx.search(&[1.0, 0.1, 0.0, 0.0], &opts(5)).unwrap()[0].id, 7);
+    assert_eq!(
+        idx.search(&[1.0, 0.1, 0.0, 0.0], &opts(5)).unwrap()[0].id,
+        7
+    );
 }
 
 #[test]
@@ -227,7 +250,11 @@ fn save_open_and_load_round_trip() {
         assert_eq!(mapped.params(), idx.params());
         for _ in 0..30 {
             let q = rng.vec(24);
-            let o = SearchOptions { k: 8, rerank: true, ..Default::default() };
+            let o = SearchOptions {
+                k: 8,
+                rerank: true,
+                ..Default::default()
+            };
             let live = idx.search(&q, &o).unwrap();
             assert_eq!(live, mapped.search(&q, &o).unwrap());
             assert_eq!(live, loaded.search(&q, &o).unwrap());
@@ -236,7 +263,10 @@ fn save_open_and_load_round_trip() {
         // The loaded copy is a full index: it takes inserts and removals.
         loaded.insert(5, &rng.vec(24)).unwrap();
         assert!(loaded.contains(5) && !loaded.contains(1003));
-        assert_eq!(loaded.insert(1000, &rng.vec(24)).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            loaded.insert(1000, &rng.vec(24)).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
         std::fs::remove_file(&path).unwrap();
     }
 }
@@ -275,7 +305,11 @@ fn damaged_files_give_errors_never_crashes() {
         }
         match MappedHnsw::from_bytes(&bad) {
             Ok(m) => {
-                let o = SearchOptions { k: 5, rerank: true, ..Default::default() };
+                let o = SearchOptions {
+                    k: 5,
+                    rerank: true,
+                    ..Default::default()
+                };
                 // Answers or errors, never panics.
                 let _ = m.search(&q, &o);
                 let _ = m.to_hnsw();
@@ -293,10 +327,19 @@ fn damaged_files_give_errors_never_crashes() {
 
 #[test]
 fn bad_input_gives_clear_errors() {
-    assert_eq!(Hnsw::new(Params::new(0)).unwrap_err().kind(), ErrorKind::InvalidArgument);
-    let p = Params { m: 1, ..Params::new(4) };
+    assert_eq!(
+        Hnsw::new(Params::new(0)).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let p = Params {
+        m: 1,
+        ..Params::new(4)
+    };
     assert!(Hnsw::new(p).unwrap_err().message().contains("m 1"));
-    let p = Params { ef_construction: 0, ..Params::new(4) };
+    let p = Params {
+        ef_construction: 0,
+        ..Params::new(4)
+    };
     assert!(Hnsw::new(p).is_err());
     let idx = Hnsw::new(Params::new(4)).unwrap();
     let e = idx.insert(1, &[1.0, 2.0]).unwrap_err();
@@ -318,7 +361,12 @@ fn bad_input_gives_clear_errors() {
 #[test]
 fn concurrent_inserts_removals_and_searches_keep_the_graph_sound() {
     let dim = 16;
-    let idx = Hnsw::new(Params { m: 8, ef_construction: 64, ..params(dim, Metric::Cosine) }).unwrap();
+    let idx = Hnsw::new(Params {
+        m: 8,
+        ef_construction: 64,
+        ..params(dim, Metric::Cosine)
+    })
+    .unwrap();
     let mut rng = Rng::new(21);
     let vs: Vec<Vec<f32>> = (0..3000).map(|_| rng.vec(dim)).collect();
     let stop = AtomicBool::new(false);
@@ -363,5 +411,8 @@ fn concurrent_inserts_removals_and_searches_keep_the_graph_sound() {
         first += usize::from(hits[0].id == i);
     }
     let live = 3000 - removed_ids.len();
-    assert!(first * 100 >= live * 97, "{first} of {live} found themselves");
+    assert!(
+        first * 100 >= live * 97,
+        "{first} of {live} found themselves"
+    );
 }

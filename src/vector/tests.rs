@@ -24,7 +24,11 @@ fn reference(a: &[f64], b: &[f64]) -> (f64, f64, f64) {
     let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
     let na: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
     let nb: f64 = b.iter().map(|x| x * x).sum::<f64>().sqrt();
-    let cos = if na == 0.0 || nb == 0.0 { 1.0 } else { 1.0 - dot / (na * nb) };
+    let cos = if na == 0.0 || nb == 0.0 {
+        1.0
+    } else {
+        1.0 - dot / (na * nb)
+    };
     let l2: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
     (dot, cos, l2)
 }
@@ -191,7 +195,10 @@ fn calibrated_codes_beat_a_fixed_scale_on_real_embeddings() {
     };
     let calibrated = recall_with(&|x| quantize_vector(x).unwrap().codes);
     let fixed = recall_with(&fixed);
-    assert!(calibrated > fixed, "calibrated {calibrated} vs fixed {fixed}");
+    assert!(
+        calibrated > fixed,
+        "calibrated {calibrated} vs fixed {fixed}"
+    );
     assert!(calibrated >= 0.97, "calibrated recall {calibrated}");
 }
 
@@ -201,7 +208,10 @@ fn npy_reader_reads_the_committed_set_and_refuses_damage() {
     let base = dataset::read_f32(&dir.join("minilm-5k.base.f16.npy"), 3).unwrap();
     assert_eq!((base.rows, base.cols), (3, 384));
     let norm: f32 = base.row(0).iter().map(|x| x * x).sum();
-    assert!((norm - 1.0).abs() < 0.01, "MiniLM vectors are unit length: {norm}");
+    assert!(
+        (norm - 1.0).abs() < 0.01,
+        "MiniLM vectors are unit length: {norm}"
+    );
     let gt = dataset::read_i32(&dir.join("minilm-5k.gt100.i32.npy"), 2).unwrap();
     assert_eq!(gt.cols, 100);
     assert!(dataset::read_i32(&dir.join("minilm-5k.base.f16.npy"), 1).is_err());
