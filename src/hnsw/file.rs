@@ -527,10 +527,10 @@ impl MappedHnsw {
                 super::write_list(index.store.list(node, l), &list[1..=list[0] as usize]);
             }
         }
-        *index.next.get_mut() = self.count as u32;
-        *index.upper_bytes.get_mut() = upper;
-        *index.live.get_mut() = self.live;
-        *index.entry.get_mut() = self.entry.map_or(super::EMPTY, |(e, l)| super::pack(e, l));
+        index.next.store(self.count as u32, Ordering::Relaxed);
+        index.upper_bytes.store(upper, Ordering::Relaxed);
+        index.live.store(self.live, Ordering::Relaxed);
+        index.entry.store(self.entry.map_or(super::EMPTY, |(e, l)| super::pack(e, l)), Ordering::Relaxed);
         Ok(index)
     }
 }

@@ -265,7 +265,9 @@ impl Hnsw {
         self.store.bytes() + self.upper_bytes.load(Ordering::Relaxed) + map
     }
 
-    fn lock_ids(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32, ahash::RandomState>> {
+    fn lock_ids(
+        &self,
+    ) -> impl std::ops::DerefMut<Target = HashMap<u64, u32, ahash::RandomState>> + '_ {
         self.ids.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -552,7 +554,7 @@ impl Hnsw {
     /// Reclaims the memory of removed vectors: the live nodes are renumbered densely into
     /// new storage and the old storage is freed. Needs `&mut self` (no concurrent access).
     pub fn compact(&mut self) -> Result<()> {
-        let n = *self.next.get_mut();
+        let n = self.next.load(Ordering::Relaxed);
         let mut remap = vec![NONE; n as usize];
         let mut order = Vec::new();
         for id in 0..n {
@@ -587,13 +589,13 @@ impl Hnsw {
                 write_list(fresh.list(new, l), &ids);
             }
         }
-        let entry = unpack(*self.entry.get_mut())
+        let entry = unpack(self.entry.load(Ordering::Relaxed))
             .and_then(|(e, l)| (remap[e as usize] != NONE).then(|| pack(remap[e as usize], l)));
         let mut old = std::mem::replace(&mut self.store, fresh);
         self.free_store(&mut old, n);
-        *self.next.get_mut() = order.len() as u32;
-        *self.upper_bytes.get_mut() = upper;
-        *self.entry.get_mut() = entry.unwrap_or(EMPTY);
+        self.next.store(order.len() as u32, Ordering::Relaxed);
+        self.upper_bytes.store(upper, Ordering::Relaxed);
+        self.entry.store(entry.unwrap_or(EMPTY), Ordering::Relaxed);
         let ids = self.ids.get_mut().unwrap_or_else(|e| e.into_inner());
         for node in ids.values_mut() {
             *node = remap[*node as usize];
@@ -632,7 +634,7 @@ impl Hnsw {
 
 impl Drop for Hnsw {
     fn drop(&mut self) {
-        let n = *self.next.get_mut();
+        let n = self.next.load(Ordering::Relaxed);
         let mut store = std::mem::replace(&mut self.store, Store::new(self.p.layout()));
         self.free_store(&mut store, n);
     }
