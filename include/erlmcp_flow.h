@@ -137,6 +137,27 @@
 // Wait strategy: spin, then sleep on a futex in shared memory (woken across processes).
 #define EMF_WAIT_PARK 2
 
+// Metric: `1 − cos(a, b)`.
+#define EMF_METRIC_COSINE 0
+
+// Metric: `1 − a·b` (for a plain dot product of `int8_t` codes use `emf_dot_i8`).
+#define EMF_METRIC_DOT 1
+
+// Metric: `|a − b|²`.
+#define EMF_METRIC_L2SQ 2
+
+// Originals: int8 codes only.
+#define EMF_ORIGINALS_NONE 0
+
+// Originals: kept as half floats for re-ranking.
+#define EMF_ORIGINALS_F16 1
+
+// Originals: kept as floats for re-ranking.
+#define EMF_ORIGINALS_F32 2
+
+// Search flag: re-rank the int8 candidates with the original vectors (when kept).
+#define EMF_SEARCH_RERANK 1
+
 // A batch processor. Opaque; one thread at a time.
 typedef struct emf_batch_t emf_batch_t;
 
@@ -145,6 +166,10 @@ typedef struct emf_cache_t emf_cache_t;
 
 // A consumer or subscriber of a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_consumer_t emf_consumer_t;
+
+// An HNSW index: built in memory (`emf_hnsw_new`, `emf_hnsw_load`) or a saved file mapped
+// read-only (`emf_hnsw_open`). Opaque; thread-safe (see the module notes).
+typedef struct emf_hnsw_t emf_hnsw_t;
 
 // A validated, immutable archive held by the library. Opaque.
 //
@@ -326,6 +351,32 @@ typedef struct emf_ring_stats_t {
 // Called by `emf_consumer_poll` for each frame; `data` is valid only during the call.
 // Return 0 to go on, anything else to stop after this frame (which counts as consumed).
 typedef int (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
+
+// Parameters of an index (`emf_hnsw_params_default` fills the original design's).
+typedef struct emf_hnsw_params_t {
+  // Vector dimensions (1..65536).
+  uint32_t dim;
+  // `EMF_METRIC_*`.
+  uint32_t metric;
+  // Neighbours per node on upper levels, `2·m` on level 0 (2..128; default 16).
+  uint32_t m;
+  // Candidates kept while inserting (default 200).
+  uint32_t ef_construction;
+  // Candidates kept while searching when a search passes 0 (default 50).
+  uint32_t ef_search;
+  // `EMF_ORIGINALS_*` (default none).
+  uint32_t originals;
+  // Seed of the level draws.
+  uint64_t seed;
+} emf_hnsw_params_t;
+
+// One search answer.
+typedef struct emf_hnsw_hit_t {
+  // The id given at insertion.
+  uint64_t id;
+  // Distance to the query (int8 estimate, or exact when re-ranked).
+  float distance;
+} emf_hnsw_hit_t;
 
 // Success.
 #define EMF_OK 0
@@ -1080,6 +1131,202 @@ emf_status_t emf_consumer_wait(struct emf_consumer_t *c,
 //
 // `c` a live handle; `out` writable.
 emf_status_t emf_consumer_lag(struct emf_consumer_t *c, uint64_t *out);
+
+// Quantizes `dim` floats to int8 codes with a per-vector scale (`x ≈ scale · code`).
+// Fails on NaN or infinite values.
+//
+// # Safety
+//
+// `x` readable for `dim` floats; `out_codes` writable for `dim` bytes; `out_scale` writable.
+emf_status_t emf_quantize_f32(const float *x, size_t dim, int8_t *out_codes, float *out_scale);
+
+// Writes `scale · codes[i]` for `dim` codes into `out`.
+//
+// # Safety
+//
+// `codes` readable for `dim` bytes; `out` writable for `dim` floats.
+emf_status_t emf_dequantize_i8(const int8_t *codes, size_t dim, float scale, float *out);
+
+// The distance `metric` (`EMF_METRIC_*`) between two float vectors of `dim` values.
+//
+// # Safety
+//
+// `a`, `b` readable for `dim` floats; `out` writable.
+emf_status_t emf_distance_f32(uint32_t metric_code,
+                              const float *a,
+                              const float *b,
+                              size_t dim,
+                              double *out);
+
+// The distance `metric` between two half-float vectors (IEEE binary16 bits as `uint16_t`).
+//
+// # Safety
+//
+// `a`, `b` readable for `dim` values; `out` writable.
+emf_status_t emf_distance_f16(uint32_t metric_code,
+                              const uint16_t *a,
+                              const uint16_t *b,
+                              size_t dim,
+                              double *out);
+
+// The cosine distance between two int8 code vectors (`1 − cos`: the scales cancel) —
+// `cosine_distance_quantized` of the original design.
+//
+// # Safety
+//
+// `a`, `b` readable for `dim` bytes; `out` writable.
+emf_status_t emf_cosine_distance_i8(const int8_t *a, const int8_t *b, size_t dim, double *out);
+
+// The exact integer dot product of two int8 code vectors (multiply by both scales for the
+// dot product of the vectors they stand for).
+//
+// # Safety
+//
+// `a`, `b` readable for `dim` bytes; `out` writable.
+emf_status_t emf_dot_i8(const int8_t *a, const int8_t *b, size_t dim, int64_t *out);
+
+// Writes the original design's parameters (`M` 16, `ef_construction` 200, `ef_search` 50,
+// cosine, no originals) for `dim` dimensions.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_hnsw_params_default(uint32_t dim, struct emf_hnsw_params_t *out);
+
+// Creates an empty index.
+//
+// # Safety
+//
+// `params` readable; `out` writable.
+emf_status_t emf_hnsw_new(const struct emf_hnsw_params_t *params, struct emf_hnsw_t **out);
+
+// Maps the index file at `path` read-only and validates it (searches only; other processes
+// may map the same file). A damaged file gives `EMF_ERR_CORRUPT`.
+//
+// # Safety
+//
+// `path` a NUL-terminated string; `out` writable.
+emf_status_t emf_hnsw_open(const char *path, struct emf_hnsw_t **out);
+
+// Reads the index file at `path` into a new in-memory index that can change.
+//
+// # Safety
+//
+// `path` a NUL-terminated string; `out` writable.
+emf_status_t emf_hnsw_load(const char *path, struct emf_hnsw_t **out);
+
+// Frees an index (a mapped one is unmapped). NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `index`.
+emf_status_t emf_hnsw_free(struct emf_hnsw_t *index);
+
+// Writes the index's parameters.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_hnsw_params(const struct emf_hnsw_t *index, struct emf_hnsw_params_t *out);
+
+// Inserts a vector of `dim` floats under `id`. `EMF_ERR_INVALID_ARGUMENT` when `id` is
+// already in the index, `dim` differs from the index's, or a value is NaN or infinite.
+//
+// # Safety
+//
+// `vector` readable for `dim` floats.
+emf_status_t emf_hnsw_insert(const struct emf_hnsw_t *index,
+                             uint64_t id,
+                             const float *vector,
+                             size_t dim);
+
+// Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
+// `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
+//
+// # Safety
+//
+// `ids` readable for `n` values; `vectors` for `n · dim` floats.
+emf_status_t emf_hnsw_insert_batch(const struct emf_hnsw_t *index,
+                                   const uint64_t *ids,
+                                   size_t n,
+                                   const float *vectors,
+                                   size_t dim,
+                                   uint32_t threads);
+
+// Searches for the `k` nearest vectors to `query` (`dim` floats). `ef` candidates are kept
+// (0: the index's `ef_search`); `flags` may hold `EMF_SEARCH_RERANK`. With `filter_words`
+// > 0, only ids whose bit is set in `filter` (id `i`: bit `i % 64` of word `i / 64`) are
+// returned. Writes up to `k` hits, closest first, into `out_hits` and their number to
+// `*out_count`.
+//
+// # Safety
+//
+// `query` readable for `dim` floats; `filter` for `filter_words` words; `out_hits` writable
+// for `k` hits; `out_count` writable.
+emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
+                             const float *query,
+                             size_t dim,
+                             size_t k,
+                             size_t ef,
+                             uint32_t flags,
+                             const uint64_t *filter,
+                             size_t filter_words,
+                             struct emf_hnsw_hit_t *out_hits,
+                             size_t *out_count);
+
+// Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
+// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]`.
+//
+// # Safety
+//
+// `queries` readable for `nq · dim` floats; `out_hits` writable for `nq · k` hits;
+// `out_counts` for `nq` values; `filter` as in `emf_hnsw_search`.
+emf_status_t emf_hnsw_search_batch(const struct emf_hnsw_t *index,
+                                   const float *queries,
+                                   size_t nq,
+                                   size_t dim,
+                                   size_t k,
+                                   size_t ef,
+                                   uint32_t flags,
+                                   const uint64_t *filter,
+                                   size_t filter_words,
+                                   uint32_t threads,
+                                   struct emf_hnsw_hit_t *out_hits,
+                                   size_t *out_counts);
+
+// Removes `id` (`EMF_ERR_NOT_FOUND` when absent). Its memory is reclaimed by
+// `emf_hnsw_compact`.
+//
+// # Safety
+//
+// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
+emf_status_t emf_hnsw_remove(const struct emf_hnsw_t *index, uint64_t id);
+
+// Reclaims the memory of removed vectors. Waits for calls in progress on this index and
+// holds others off until it is done.
+//
+// # Safety
+//
+// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
+emf_status_t emf_hnsw_compact(const struct emf_hnsw_t *index);
+
+// Writes the index to the file `path` (a temporary file renamed over it, so processes that
+// mapped the old file keep reading it intact).
+//
+// # Safety
+//
+// `path` a NUL-terminated string.
+emf_status_t emf_hnsw_save(const struct emf_hnsw_t *index, const char *path);
+
+// Writes the number of live vectors and the bytes the index holds (for a mapped index, the
+// file's size). Either out-pointer may be NULL.
+//
+// # Safety
+//
+// Non-NULL out-pointers writable.
+emf_status_t emf_hnsw_stats(const struct emf_hnsw_t *index,
+                            size_t *out_len,
+                            size_t *out_memory_bytes);
 
 #ifdef __cplusplus
 }  // extern "C"

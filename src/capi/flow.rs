@@ -4,13 +4,13 @@
 //! thread calling in gets `EMF_ERR_BUSY`). A state store may be used from any thread; a state
 //! value handle is immutable and may be read from any thread until freed.
 
-use std::ffi::{c_char, CStr};
+use std::ffi::c_char;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
 use super::ring::{emf_consumer_t, emf_ring_t, emf_slice_t, Exclusive};
-use super::{bytes, emf_status_t, guard, require_out, write_out, FfiError, FfiResult};
+use super::{bytes, c_str, emf_status_t, guard, require_out, write_out, FfiError, FfiResult};
 use crate::batch::{BatchOptions, BatchProcessor, FlushReason};
 use crate::router::{Router, RouterOptions};
 use crate::state::{SharedValue, StateRef, StateStore};
@@ -34,19 +34,6 @@ fn reason_code(r: Option<FlushReason>) -> u32 {
         Some(FlushReason::Idle) => EMF_FLUSH_IDLE,
         Some(FlushReason::Demand) => EMF_FLUSH_DEMAND,
     }
-}
-
-fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
-    if p.is_null() {
-        return Err(FfiError::null(name));
-    }
-    // SAFETY: non-NULL and, by the caller's contract, NUL-terminated.
-    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| {
-        FfiError::new(
-            super::EMF_ERR_INVALID_ARGUMENT,
-            format!("`{name}` is not valid UTF-8"),
-        )
-    })
 }
 
 fn dir_or_default(dir: *const c_char) -> FfiResult<PathBuf> {

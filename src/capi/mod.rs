@@ -21,6 +21,7 @@ pub mod flow;
 mod handle;
 pub mod queue;
 pub mod ring;
+pub mod vector;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -188,6 +189,73 @@ pub(crate) unsafe fn bytes<'a>(ptr: *const u8, len: usize, name: &str) -> FfiRes
     // SAFETY: non-NULL, `len` ≤ isize::MAX (checked above), and the caller guarantees the
     // range is readable and unchanged for 'a (function contract).
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Borrows a caller's array of `len` values of `T`.
+///
+/// # Safety
+///
+/// When `ptr` is non-NULL it must point to `len` readable values that stay unchanged for
+/// `'a` (alignment and the length cap are checked here).
+pub(crate) unsafe fn typed<'a, T>(ptr: *const T, len: usize, name: &str) -> FfiResult<&'a [T]> {
+    let size = std::mem::size_of::<T>().max(1);
+    if len > EMF_MAX_INPUT_LEN / size {
+        return Err(FfiError::new(
+            EMF_ERR_TOO_LARGE,
+            format!("`{name}`: {len} values exceed the maximum of {EMF_MAX_INPUT_LEN} bytes"),
+        ));
+    }
+    if ptr.is_null() {
+        if len == 0 {
+            return Ok(&[]);
+        }
+        return Err(FfiError::null(name));
+    }
+    if ptr.cast::<u8>().addr() % std::mem::align_of::<T>() != 0 {
+        return Err(FfiError::new(
+            EMF_ERR_INVALID_ARGUMENT,
+            format!(
+                "`{name}` is not aligned to {} bytes",
+                std::mem::align_of::<T>()
+            ),
+        ));
+    }
+    // SAFETY: non-NULL, aligned (checked), `len · size_of::<T>()` ≤ isize::MAX (checked),
+    // readable and unchanged for 'a by the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Borrows a caller's writable array of `len` values of `T`.
+///
+/// # Safety
+///
+/// When `ptr` is non-NULL it must point to `len` writable values not otherwise accessed
+/// during `'a`.
+pub(crate) unsafe fn typed_mut<'a, T>(
+    ptr: *mut T,
+    len: usize,
+    name: &str,
+) -> FfiResult<&'a mut [T]> {
+    // SAFETY: forwarded contract (readability is implied by writability here).
+    let s = unsafe { typed(ptr.cast_const(), len, name) }?;
+    // SAFETY: the same range, which the caller lets us write exclusively for 'a.
+    Ok(unsafe { std::slice::from_raw_parts_mut(s.as_ptr().cast_mut(), s.len()) })
+}
+
+/// A NUL-terminated UTF-8 string argument.
+pub(crate) fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
+    if p.is_null() {
+        return Err(FfiError::null(name));
+    }
+    // SAFETY: non-NULL and, by the caller's contract, a NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_str()
+        .map_err(|_| {
+            FfiError::new(
+                EMF_ERR_INVALID_ARGUMENT,
+                format!("`{name}` is not valid UTF-8"),
+            )
+        })
 }
 
 /// Writes `value` through an out-pointer.

@@ -5,13 +5,13 @@
 //! inside gets `EMF_ERR_BUSY` (the handles guard themselves, they never race).
 
 use std::cell::UnsafeCell;
-use std::ffi::{c_char, c_int, c_void, CStr};
+use std::ffi::{c_char, c_int, c_void};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
 use super::{
-    bytes, emf_status_t, guard, require_out, write_out, FfiError, FfiResult,
+    bytes, c_str, emf_status_t, guard, require_out, write_out, FfiError, FfiResult,
     EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_BUSY, EMF_ERR_EMPTY, EMF_ERR_INVALID_ARGUMENT,
 };
 use crate::ring::{Consumer, Producer, RawClaim, Ring, RingOptions, WaitStrategy};
@@ -174,20 +174,6 @@ pub struct emf_consumer_t {
 
 impl HandleKind for emf_consumer_t {
     const KIND: u32 = 4;
-}
-
-fn c_str<'a>(p: *const c_char, name: &str) -> FfiResult<&'a str> {
-    if p.is_null() {
-        return Err(FfiError::null(name));
-    }
-    // SAFETY: non-NULL and, by the caller's contract, a NUL-terminated string.
-    let s = unsafe { CStr::from_ptr(p) };
-    s.to_str().map_err(|_| {
-        FfiError::new(
-            EMF_ERR_INVALID_ARGUMENT,
-            format!("`{name}` is not valid UTF-8"),
-        )
-    })
 }
 
 fn seg_opts(dir: *const c_char, mode: u32) -> FfiResult<SegmentOptions> {
