@@ -530,7 +530,10 @@ impl MappedHnsw {
         index.next.store(self.count as u32, Ordering::Relaxed);
         index.upper_bytes.store(upper, Ordering::Relaxed);
         index.live.store(self.live, Ordering::Relaxed);
-        index.entry.store(self.entry.map_or(super::EMPTY, |(e, l)| super::pack(e, l)), Ordering::Relaxed);
+        index.entry.store(
+            self.entry.map_or(super::EMPTY, |(e, l)| super::pack(e, l)),
+            Ordering::Relaxed,
+        );
         Ok(index)
     }
 }

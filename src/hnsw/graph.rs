@@ -88,6 +88,21 @@ fn combine(metric: Metric, idot: f64, x: Factors, y: Factors) -> f32 {
     }
 }
 
+/// The distance between two records.
+#[inline(always)]
+pub(crate) fn record_distance(metric: Metric, dim: usize, a: &[u8], b: &[u8]) -> f32 {
+    let f = |r: &[u8]| Factors {
+        a: f32_at(r, 0),
+        b: f32_at(r, 4),
+    };
+    combine(
+        metric,
+        i8::dot(record_codes(a, dim), record_codes(b, dim)),
+        f(a),
+        f(b),
+    )
+}
+
 /// A query, quantized like a record.
 pub(crate) struct Query {
     pub metric: Metric,
@@ -218,6 +233,10 @@ pub(crate) trait Graph {
     /// Runs `f` on node `id`'s original vector bytes.
     fn with_original<R>(&self, id: u32, f: impl FnOnce(&[u8]) -> R) -> Option<R>;
 
+    /// Starts loading node `id`'s record (a hint; nothing by default).
+    #[inline(always)]
+    fn prefetch(&self, _id: u32) {}
+
     fn distance(&self, q: &Query, id: u32) -> f32 {
         self.with_record(id, |r| q.distance(r))
     }
@@ -341,10 +360,13 @@ fn search_layer_with<G: Graph>(
         }
         nbrs.clear();
         g.neighbours(c.1, level, &mut nbrs);
+        // Start the cache misses of all unvisited neighbours at once (records are random
+        // accesses), then compute their distances.
+        nbrs.retain(|&n| visited.insert(n));
         for &n in &nbrs {
-            if !visited.insert(n) {
-                continue;
-            }
+            g.prefetch(n);
+        }
+        for &n in &nbrs {
             let d = g.distance(q, n);
             if results.len() < ef || results.peek().is_some_and(|w| d < w.0) {
                 candidates.push(Reverse(Scored(d, n)));
@@ -384,18 +406,21 @@ pub(crate) fn descend<G: Graph>(
 /// The HNSW neighbour-selection heuristic: keeps a candidate (closest first) only when it is
 /// closer to the base than to every candidate kept so far, up to `cap`.
 pub(crate) fn select<G: Graph>(g: &G, candidates: &[Scored], cap: usize) -> Vec<u32> {
-    let mut kept: Vec<(u32, Query)> = Vec::with_capacity(cap);
+    let mut kept: Vec<u32> = Vec::with_capacity(cap);
     let (metric, dim) = (g.metric(), g.dim());
     for &Scored(d, c) in candidates {
         if kept.len() >= cap {
             break;
         }
-        let good = g.with_record(c, |rc| kept.iter().all(|(_, k)| k.distance(rc) > d));
+        let good = g.with_record(c, |rc| {
+            kept.iter()
+                .all(|&k| g.with_record(k, |rk| record_distance(metric, dim, rc, rk)) > d)
+        });
         if good {
-            kept.push((c, g.with_record(c, |r| Query::from_record(metric, r, dim))));
+            kept.push(c);
         }
     }
-    kept.into_iter().map(|(c, _)| c).collect()
+    kept
 }
 
 /// What a search may return.

@@ -193,6 +193,10 @@ impl Graph for Live<'_> {
     fn deleted(&self, id: u32) -> bool {
         self.0.store.flags(id).load(Ordering::Acquire) & DELETED != 0
     }
+    #[inline(always)]
+    fn prefetch(&self, id: u32) {
+        self.0.store.prefetch(id);
+    }
     fn originals(&self) -> Originals {
         self.0.p.originals
     }
@@ -263,6 +267,12 @@ impl Hnsw {
     pub fn memory_bytes(&self) -> usize {
         let map = self.lock_ids().capacity() * (8 + 4 + 1);
         self.store.bytes() + self.upper_bytes.load(Ordering::Relaxed) + map
+    }
+
+    /// The part of [`Hnsw::memory_bytes`] taken by original vectors kept for re-ranking (0
+    /// without originals): what an int8-only index of the same vectors saves.
+    pub fn originals_bytes(&self) -> usize {
+        self.store.originals_bytes()
     }
 
     fn lock_ids(

@@ -103,6 +103,25 @@ impl Bytes {
         f(s)
     }
 
+    /// Asks the CPU to start loading record `i` (a hint: no memory is accessed).
+    #[inline(always)]
+    fn prefetch(&self, i: usize) {
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
+        {
+            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+            let p = self.ptr.as_ptr().cast::<u8>().wrapping_add(i * self.stride);
+            let mut off = 0;
+            while off < self.stride {
+                // SAFETY: a prefetch is only a hint; it never faults or reads into the
+                // program, whatever the address (`wrapping_add` keeps the arithmetic defined).
+                unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(off).cast::<i8>()) };
+                off += 64;
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+        let _ = i;
+    }
+
     /// # Safety
     /// Record `i` was written and published (the caller observed its id through an
     /// `Acquire` load after the writer's `Release` store).
@@ -155,6 +174,7 @@ impl Bytes {
         // SAFETY: as in the production version (loom checks it).
         self.cells[i].with_mut(|p| f(unsafe { &mut *p }))
     }
+    fn prefetch(&self, _i: usize) {}
     unsafe fn read<R>(&self, i: usize, f: impl FnOnce(&[u8]) -> R) -> R {
         // SAFETY: as in the production version (loom checks it).
         self.cells[i].with(|p| f(unsafe { &*p }))
@@ -225,6 +245,11 @@ impl Store {
             .filter(|p| !p.load(Ordering::Relaxed).is_null())
             .count();
         self.chunks() * chunk + TOP * 8 + mids * MID * 8
+    }
+
+    /// Bytes of the original vectors kept for re-ranking (part of [`Store::bytes`]).
+    pub fn originals_bytes(&self) -> usize {
+        self.chunks() * CHUNK * self.layout.orig
     }
 
     /// Makes sure the chunk holding node `id` exists.
@@ -325,6 +350,14 @@ impl Store {
         let (c, i) = self.at(id);
         // SAFETY: forwarded from the caller.
         unsafe { c.records.read(i, f) }
+    }
+
+    /// Starts loading node `id`'s record into the cache (a hint).
+    #[inline(always)]
+    pub fn prefetch(&self, id: u32) {
+        if let Some(c) = self.chunk(id) {
+            c.records.prefetch(id as usize & (CHUNK - 1));
+        }
     }
 
     /// Reads node `id`'s original vector bytes, when the index keeps them.

@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod codec;
+pub mod hnsw;
 pub mod queue;
 pub mod ring;
 pub mod samples;
@@ -173,7 +174,7 @@ impl BenchResult {
     }
 }
 
-fn number(v: &Value) -> Option<f64> {
+pub(crate) fn number(v: &Value) -> Option<f64> {
     use crate::codec::Number;
     match v {
         Value::Number(Number::PosInt(u)) => Some(*u as f64),
@@ -364,6 +365,7 @@ pub fn all() -> Vec<Suite> {
         ring::ring_suite(),
         queue::queue_suite(),
         queue::cache_suite(),
+        hnsw::hnsw_suite(),
     ]
 }
 
