@@ -113,8 +113,10 @@ pub unsafe extern "C" fn emf_distance_f32(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        // SAFETY: caller contract.
-        let (a, b) = unsafe { (typed(a, dim, "a")?, typed(b, dim, "b")?) };
+        // SAFETY: caller contract (readable for `dim` values).
+        let a = unsafe { typed(a, dim, "a") }?;
+        // SAFETY: as above.
+        let b = unsafe { typed(b, dim, "b") }?;
         let d = vector::distance(metric(metric_code)?, a, b)?;
         // SAFETY: checked non-NULL, writable by contract.
         unsafe { write_out(out, d, "out") }
@@ -137,12 +139,9 @@ pub unsafe extern "C" fn emf_distance_f16(
     guard(|| {
         require_out(out, "out")?;
         // SAFETY: caller contract; `f16` is `repr(transparent)` over `u16`.
-        let (a, b) = unsafe {
-            (
-                typed(a.cast::<f16>(), dim, "a")?,
-                typed(b.cast::<f16>(), dim, "b")?,
-            )
-        };
+        let a = unsafe { typed(a.cast::<f16>(), dim, "a") }?;
+        // SAFETY: as above.
+        let b = unsafe { typed(b.cast::<f16>(), dim, "b") }?;
         let d = vector::distance(metric(metric_code)?, a, b)?;
         // SAFETY: checked non-NULL, writable by contract.
         unsafe { write_out(out, d, "out") }
@@ -164,8 +163,10 @@ pub unsafe extern "C" fn emf_cosine_distance_i8(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        // SAFETY: caller contract.
-        let (a, b) = unsafe { (typed(a, dim, "a")?, typed(b, dim, "b")?) };
+        // SAFETY: caller contract (readable for `dim` values).
+        let a = unsafe { typed(a, dim, "a") }?;
+        // SAFETY: as above.
+        let b = unsafe { typed(b, dim, "b") }?;
         let d = vector::cosine_distance(a, b)?;
         // SAFETY: checked non-NULL, writable by contract.
         unsafe { write_out(out, d, "out") }
@@ -187,8 +188,10 @@ pub unsafe extern "C" fn emf_dot_i8(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        // SAFETY: caller contract.
-        let (a, b) = unsafe { (typed(a, dim, "a")?, typed(b, dim, "b")?) };
+        // SAFETY: caller contract (readable for `dim` values).
+        let a = unsafe { typed(a, dim, "a") }?;
+        // SAFETY: as above.
+        let b = unsafe { typed(b, dim, "b") }?;
         let d = vector::dot(a, b)?;
         // SAFETY: checked non-NULL, writable by contract.
         unsafe { write_out(out, d as i64, "out") }
@@ -461,7 +464,9 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
             .checked_mul(dim)
             .ok_or_else(|| FfiError::new(EMF_ERR_INVALID_ARGUMENT, "n · dim overflows"))?;
         // SAFETY: caller contract.
-        let (ids, vs) = unsafe { (typed(ids, n, "ids")?, typed(vectors, total, "vectors")?) };
+        let ids = unsafe { typed(ids, n, "ids") }?;
+        // SAFETY: caller contract.
+        let vs = unsafe { typed(vectors, total, "vectors") }?;
         with_index(index, |i| {
             let h = live(i)?;
             dim_eq(dim, h.params().dim, "vectors")?;
@@ -471,9 +476,9 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
 }
 
 /// Searches for the `k` nearest vectors to `query` (`dim` floats). `ef` candidates are kept
-/// (0: the index's `ef_search`); `flags` may hold `EMF_SEARCH_RERANK`. With `filter_words`
-/// > 0, only ids whose bit is set in `filter` (id `i`: bit `i % 64` of word `i / 64`) are
-/// returned. Writes up to `k` hits, closest first, into `out_hits` and their number to
+/// (0: the index's `ef_search`); `flags` may hold `EMF_SEARCH_RERANK`. When `filter_words`
+/// is not 0, only ids whose bit is set in `filter` (id `i`: bit `i % 64` of word `i / 64`)
+/// are returned. Writes up to `k` hits, closest first, into `out_hits` and their number to
 /// `*out_count`.
 ///
 /// # Safety
@@ -726,10 +731,8 @@ mod tests {
     fn new_index(dim: u32, originals: u32) -> *mut emf_hnsw_t {
         let mut p = std::mem::MaybeUninit::uninit();
         // SAFETY: `p` is writable.
-        assert_eq!(
-            unsafe { emf_hnsw_params_default(dim, p.as_mut_ptr()) },
-            EMF_OK
-        );
+        let st = unsafe { emf_hnsw_params_default(dim, p.as_mut_ptr()) };
+        assert_eq!(st, EMF_OK);
         // SAFETY: initialised by the call above.
         let mut p = unsafe { p.assume_init() };
         p.originals = originals;
@@ -745,82 +748,59 @@ mod tests {
         let mut codes = [0i8; 4];
         let mut scale = 0f32;
         // SAFETY: all buffers sized 4.
-        assert_eq!(
-            unsafe { emf_quantize_f32(x.as_ptr(), 4, codes.as_mut_ptr(), &mut scale) },
-            EMF_OK
-        );
+        let st = unsafe { emf_quantize_f32(x.as_ptr(), 4, codes.as_mut_ptr(), &mut scale) };
+        assert_eq!(st, EMF_OK);
         assert_eq!(codes, [64, -32, 0, 127]);
         let mut back = [0f32; 4];
         // SAFETY: sized 4.
-        assert_eq!(
-            unsafe { emf_dequantize_i8(codes.as_ptr(), 4, scale, back.as_mut_ptr()) },
-            EMF_OK
-        );
+        let st = unsafe { emf_dequantize_i8(codes.as_ptr(), 4, scale, back.as_mut_ptr()) };
+        assert_eq!(st, EMF_OK);
         assert!((back[3] - 0.2).abs() < 1e-6);
         let mut d = 0f64;
         // SAFETY: sized 4.
-        assert_eq!(
-            unsafe { emf_distance_f32(EMF_METRIC_L2SQ, x.as_ptr(), x.as_ptr(), 4, &mut d) },
-            EMF_OK
-        );
+        let st = unsafe { emf_distance_f32(EMF_METRIC_L2SQ, x.as_ptr(), x.as_ptr(), 4, &mut d) };
+        assert_eq!(st, EMF_OK);
         assert_eq!(d, 0.0);
         // SAFETY: sized 4.
-        assert_eq!(
-            unsafe { emf_cosine_distance_i8(codes.as_ptr(), codes.as_ptr(), 4, &mut d) },
-            EMF_OK
-        );
+        let st = unsafe { emf_cosine_distance_i8(codes.as_ptr(), codes.as_ptr(), 4, &mut d) };
+        assert_eq!(st, EMF_OK);
         assert!(d.abs() < 1e-6);
         let mut i = 0i64;
         // SAFETY: sized 4.
-        assert_eq!(
-            unsafe { emf_dot_i8(codes.as_ptr(), codes.as_ptr(), 4, &mut i) },
-            EMF_OK
-        );
+        let st = unsafe { emf_dot_i8(codes.as_ptr(), codes.as_ptr(), 4, &mut i) };
+        assert_eq!(st, EMF_OK);
         assert_eq!(i, 64 * 64 + 32 * 32 + 127 * 127);
         let h = [0x3C00u16, 0]; // 1.0, 0.0
                                 // SAFETY: sized 2.
-        assert_eq!(
-            unsafe { emf_distance_f16(EMF_METRIC_DOT, h.as_ptr(), h.as_ptr(), 2, &mut d) },
-            EMF_OK
-        );
+        let st = unsafe { emf_distance_f16(EMF_METRIC_DOT, h.as_ptr(), h.as_ptr(), 2, &mut d) };
+        assert_eq!(st, EMF_OK);
         assert_eq!(d, 0.0);
         // Bad input.
         let nan = [f32::NAN];
         // SAFETY: sized 1.
-        assert_eq!(
-            unsafe { emf_quantize_f32(nan.as_ptr(), 1, codes.as_mut_ptr(), &mut scale) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_quantize_f32(nan.as_ptr(), 1, codes.as_mut_ptr(), &mut scale) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: NULL is checked.
-        assert_eq!(
-            unsafe { emf_quantize_f32(null(), 4, codes.as_mut_ptr(), &mut scale) },
-            EMF_ERR_NULL_ARGUMENT
-        );
+        let st = unsafe { emf_quantize_f32(null(), 4, codes.as_mut_ptr(), &mut scale) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
         // SAFETY: NULL out is checked.
-        assert_eq!(
-            unsafe { emf_distance_f32(0, x.as_ptr(), x.as_ptr(), 4, null_mut()) },
-            EMF_ERR_NULL_ARGUMENT
-        );
+        let st = unsafe { emf_distance_f32(0, x.as_ptr(), x.as_ptr(), 4, null_mut()) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
         // SAFETY: the metric is checked before any read beyond `x`.
-        assert_eq!(
-            unsafe { emf_distance_f32(7, x.as_ptr(), x.as_ptr(), 4, &mut d) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_distance_f32(7, x.as_ptr(), x.as_ptr(), 4, &mut d) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: the length cap is checked before the pointer is used.
-        assert_eq!(
-            unsafe { emf_distance_f32(0, x.as_ptr(), x.as_ptr(), usize::MAX / 2, &mut d) },
-            EMF_ERR_TOO_LARGE
-        );
+        let st = unsafe { emf_distance_f32(0, x.as_ptr(), x.as_ptr(), usize::MAX / 2, &mut d) };
+        assert_eq!(st, EMF_ERR_TOO_LARGE);
         let bytes = [0u8; 12];
         let misaligned = bytes.as_ptr().wrapping_add(1).cast::<f32>();
         // SAFETY: alignment is checked before the pointer is read.
-        assert_eq!(
-            unsafe { emf_distance_f32(0, misaligned, misaligned, 2, &mut d) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_distance_f32(0, misaligned, misaligned, 2, &mut d) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
     }
 
     #[test]
+    #[cfg_attr(miri, ignore)] // maps a file (Miri cannot); hnsw::tests::miri_sized_lifecycle covers the storage
     fn index_lifecycle_through_the_abi() {
         let dim = 8usize;
         let h = new_index(dim as u32, EMF_ORIGINALS_F32);
@@ -829,20 +809,14 @@ mod tests {
             .collect();
         let ids: Vec<u64> = (0..100).collect();
         // SAFETY: sizes match.
-        assert_eq!(
-            unsafe { emf_hnsw_insert_batch(h, ids.as_ptr(), 100, vs.as_ptr(), dim, 2) },
-            EMF_OK
-        );
+        let st = unsafe { emf_hnsw_insert_batch(h, ids.as_ptr(), 100, vs.as_ptr(), dim, 2) };
+        assert_eq!(st, EMF_OK);
         // SAFETY: sizes match.
-        assert_eq!(
-            unsafe { emf_hnsw_insert(h, 5, vs.as_ptr(), dim) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_hnsw_insert(h, 5, vs.as_ptr(), dim) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: a wrong dim is refused before reading past 4 values.
-        assert_eq!(
-            unsafe { emf_hnsw_insert(h, 500, vs.as_ptr(), 4) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_hnsw_insert(h, 500, vs.as_ptr(), 4) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         let mut hits = [emf_hnsw_hit_t::default(); 5];
         let mut n = 0usize;
         // SAFETY: sizes match.
@@ -879,23 +853,21 @@ mod tests {
         };
         assert_eq!((st, n, hits[0].id), (EMF_OK, 1, 9));
         // SAFETY: unknown flags are refused.
-        assert_eq!(
-            unsafe {
-                emf_hnsw_search(
-                    h,
-                    vs.as_ptr(),
-                    dim,
-                    5,
-                    0,
-                    8,
-                    null(),
-                    0,
-                    hits.as_mut_ptr(),
-                    &mut n,
-                )
-            },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe {
+            emf_hnsw_search(
+                h,
+                vs.as_ptr(),
+                dim,
+                5,
+                0,
+                8,
+                null(),
+                0,
+                hits.as_mut_ptr(),
+                &mut n,
+            )
+        };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         let mut batch = vec![emf_hnsw_hit_t::default(); 10 * 3];
         let mut counts = vec![0usize; 10];
         // SAFETY: sizes match.
@@ -955,10 +927,8 @@ mod tests {
         assert_eq!((st, hits[0].id), (EMF_OK, 3));
         // A mapped index is read-only.
         // SAFETY: live handle.
-        assert_eq!(
-            unsafe { emf_hnsw_insert(m, 1000, vs.as_ptr(), dim) },
-            EMF_ERR_UNSUPPORTED
-        );
+        let st = unsafe { emf_hnsw_insert(m, 1000, vs.as_ptr(), dim) };
+        assert_eq!(st, EMF_ERR_UNSUPPORTED);
         // SAFETY: live handle.
         assert_eq!(unsafe { emf_hnsw_compact(m) }, EMF_ERR_UNSUPPORTED);
         let mut p = std::mem::MaybeUninit::uninit();
@@ -970,17 +940,13 @@ mod tests {
         // SAFETY: as above.
         assert_eq!(unsafe { emf_hnsw_load(cpath.as_ptr(), &mut l) }, EMF_OK);
         // SAFETY: the loaded copy takes inserts.
-        assert_eq!(
-            unsafe { emf_hnsw_insert(l, 1000, vs.as_ptr(), dim) },
-            EMF_OK
-        );
+        let st = unsafe { emf_hnsw_insert(l, 1000, vs.as_ptr(), dim) };
+        assert_eq!(st, EMF_OK);
         std::fs::write(&path, b"EMFHNSW\0garbage").unwrap();
         let mut bad = null_mut();
         // SAFETY: as above.
-        assert_eq!(
-            unsafe { emf_hnsw_open(cpath.as_ptr(), &mut bad) },
-            EMF_ERR_CORRUPT
-        );
+        let st = unsafe { emf_hnsw_open(cpath.as_ptr(), &mut bad) };
+        assert_eq!(st, EMF_ERR_CORRUPT);
         std::fs::remove_file(&path).unwrap();
         for x in [h, m, l] {
             // SAFETY: live handles, freed once.
@@ -997,14 +963,10 @@ mod tests {
         unsafe { emf_hnsw_params_default(0, p.as_mut_ptr()) };
         let mut x = null_mut();
         // SAFETY: dim 0 is refused.
-        assert_eq!(
-            unsafe { emf_hnsw_new(p.as_ptr(), &mut x) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_hnsw_new(p.as_ptr(), &mut x) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: NULL params refused.
-        assert_eq!(
-            unsafe { emf_hnsw_new(null(), &mut x) },
-            EMF_ERR_NULL_ARGUMENT
-        );
+        let st = unsafe { emf_hnsw_new(null(), &mut x) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
     }
 }

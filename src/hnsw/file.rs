@@ -242,7 +242,14 @@ impl MappedHnsw {
         let path = path.as_ref();
         let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("{}: {e}", path.display()));
         let f = File::open(path).map_err(io)?;
-        let len = f.metadata().map_err(io)?.len();
+        let meta = f.metadata().map_err(io)?;
+        if meta.is_dir() {
+            return Err(Error::invalid(format!(
+                "{} is a directory, not an index file",
+                path.display()
+            )));
+        }
+        let len = meta.len();
         if len < HEADER as u64 {
             return Err(corrupt(format!("{} bytes is shorter than the header", len)));
         }

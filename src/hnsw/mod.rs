@@ -80,7 +80,7 @@ impl Params {
             ef_construction: 200,
             ef_search: 50,
             originals: Originals::None,
-            seed: 0x5EED_0F_E4F_1_0,
+            seed: 0x5EED_0000_E4F1_0000,
         }
     }
 
@@ -331,8 +331,13 @@ impl Hnsw {
             let mut map = self.lock_ids();
             let mut seen = std::collections::HashSet::with_capacity(ids.len());
             for &id in ids {
-                if map.contains_key(&id) || !seen.insert(id) {
+                if map.contains_key(&id) {
                     return Err(Error::invalid(format!("id {id} is already in the index")));
+                }
+                if !seen.insert(id) {
+                    return Err(Error::invalid(format!(
+                        "id {id} appears twice in the batch"
+                    )));
                 }
             }
             let first = self.next.load(Ordering::Relaxed) as usize;

@@ -92,14 +92,12 @@ impl Bytes {
     /// Only the thread that allocated node `i` calls this, before `i` is published, and
     /// never while another thread reads record `i`.
     unsafe fn write(&self, i: usize, f: impl FnOnce(&mut [u8])) {
-        // SAFETY: `i < CHUNK` (callers take the low bits of an id), so the range is inside
-        // the allocation; the caller guarantees nobody else touches these bytes now.
-        let s = unsafe {
-            std::slice::from_raw_parts_mut(
-                self.ptr.as_ptr().cast::<u8>().add(i * self.stride),
-                self.stride,
-            )
-        };
+        // SAFETY: `i < CHUNK` (callers take the low bits of an id), so the offset stays
+        // inside the allocation of `CHUNK · stride` bytes.
+        let p = unsafe { self.ptr.as_ptr().cast::<u8>().add(i * self.stride) };
+        // SAFETY: `stride` bytes from `p` are inside the allocation; the caller guarantees
+        // nobody else touches them now.
+        let s = unsafe { std::slice::from_raw_parts_mut(p, self.stride) };
         f(s)
     }
 
@@ -127,13 +125,10 @@ impl Bytes {
     /// `Acquire` load after the writer's `Release` store).
     #[inline(always)]
     unsafe fn read<R>(&self, i: usize, f: impl FnOnce(&[u8]) -> R) -> R {
-        // SAFETY: in bounds as for `write`; the bytes are immutable once published.
-        let s = unsafe {
-            std::slice::from_raw_parts(
-                self.ptr.as_ptr().cast::<u8>().add(i * self.stride),
-                self.stride,
-            )
-        };
+        // SAFETY: in bounds as for `write`.
+        let p = unsafe { self.ptr.as_ptr().cast::<u8>().add(i * self.stride) };
+        // SAFETY: in bounds; the bytes are immutable once published.
+        let s = unsafe { std::slice::from_raw_parts(p, self.stride) };
         f(s)
     }
 }
@@ -388,7 +383,10 @@ impl Store {
             // bits set, before the node was published (the caller reached `id` through an
             // Acquire load, which orders both stores; the allocating thread sees its own);
             // `level <= levels` was checked just above; the allocation lives until `Drop`.
-            unsafe { std::slice::from_raw_parts(p.add((level - 1) * up), up) }
+            // SAFETY: as above, the offset is inside the allocation.
+            let at = unsafe { p.add((level - 1) * up) };
+            // SAFETY: `up` elements from `at` are inside the allocation, live until `Drop`.
+            unsafe { std::slice::from_raw_parts(at, up) }
         }
     }
 

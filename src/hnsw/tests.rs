@@ -42,6 +42,7 @@ fn tmp(name: &str) -> std::path::PathBuf {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn every_metric_finds_each_inserted_vector_first() {
     for metric in [Metric::Cosine, Metric::Dot, Metric::L2Sq] {
         let mut rng = Rng::new(3);
@@ -73,6 +74,7 @@ fn every_metric_finds_each_inserted_vector_first() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn recall_on_real_embeddings_with_and_without_rerank() {
     // 20K of the MiniLM set when ../shared/data (or EMF_DATA_DIR) is there, else the
     // committed 5K subset.
@@ -129,6 +131,7 @@ fn recall_on_real_embeddings_with_and_without_rerank() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn filters_restrict_the_answers() {
     let mut rng = Rng::new(5);
     let idx = Hnsw::new(params(8, Metric::L2Sq)).unwrap();
@@ -162,6 +165,7 @@ fn filters_restrict_the_answers() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn removed_vectors_are_never_returned_and_compact_reclaims_them() {
     let mut rng = Rng::new(9);
     let dim = 32;
@@ -208,6 +212,7 @@ fn removed_vectors_are_never_returned_and_compact_reclaims_them() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn removing_everything_leaves_an_empty_searchable_index() {
     let mut rng = Rng::new(11);
     let mut idx = Hnsw::new(params(4, Metric::Cosine)).unwrap();
@@ -229,6 +234,7 @@ fn removing_everything_leaves_an_empty_searchable_index() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn save_open_and_load_round_trip() {
     let mut rng = Rng::new(13);
     for originals in [Originals::None, Originals::F16, Originals::F32] {
@@ -272,6 +278,7 @@ fn save_open_and_load_round_trip() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn damaged_files_give_errors_never_crashes() {
     let mut rng = Rng::new(17);
     let idx = Hnsw::new(Params {
@@ -351,7 +358,9 @@ fn bad_input_gives_clear_errors() {
     assert!(idx.search(&[1.0; 4], &opts(0)).unwrap().is_empty());
     assert!(idx.insert_batch(&[2, 3], &[1.0; 4], 2).is_err());
     let e = idx.insert_batch(&[2, 2], &[1.0; 8], 2).unwrap_err();
-    assert!(e.message().contains("already"), "{e}");
+    assert!(e.message().contains("twice in the batch"), "{e}");
+    let e = MappedHnsw::open(std::env::temp_dir()).unwrap_err();
+    assert!(e.message().contains("directory"), "{e}");
     assert!(idx.insert_batch(&[2, 1], &[1.0; 8], 2).is_err());
     assert_eq!(idx.len(), 1, "a refused batch inserts nothing");
 }
@@ -359,6 +368,7 @@ fn bad_input_gives_clear_errors() {
 /// Inserts, removals and searches at once; afterwards the graph passes the file validator
 /// (list counts, ids, levels), every live id is findable, no removed id is returned.
 #[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn concurrent_inserts_removals_and_searches_keep_the_graph_sound() {
     let dim = 16;
     let idx = Hnsw::new(Params {
@@ -415,4 +425,81 @@ fn concurrent_inserts_removals_and_searches_keep_the_graph_sound() {
         first * 100 >= live * 97,
         "{first} of {live} found themselves"
     );
+}
+
+/// Small enough for Miri: chunked storage across several chunks' worth of directory slots,
+/// records, upper-level lists, removal and repair, compaction (frees and rebuilds storage),
+/// the file bytes round trip, and two threads inserting while one searches.
+#[test]
+fn miri_sized_lifecycle() {
+    let mut rng = Rng::new(23);
+    let p = Params {
+        m: 2,
+        ef_construction: 4,
+        ef_search: 4,
+        originals: Originals::F16,
+        seed: 1,
+        ..params(4, Metric::Cosine)
+    };
+    let idx = Hnsw::new(p).unwrap();
+    let vs: Vec<Vec<f32>> = (0..24).map(|_| rng.vec(4)).collect();
+    std::thread::scope(|s| {
+        for t in 0..2usize {
+            let (idx, vs) = (&idx, &vs);
+            s.spawn(move || {
+                for i in (t..16).step_by(2) {
+                    idx.insert(i as u64, &vs[i]).unwrap();
+                }
+            });
+        }
+        let (idx, vs) = (&idx, &vs);
+        s.spawn(move || {
+            for v in vs.iter().take(6) {
+                let _ = idx.search(v, &opts(2)).unwrap();
+            }
+        });
+    });
+    let mut idx = idx;
+    for (i, v) in vs.iter().enumerate().skip(16) {
+        idx.insert(i as u64, v).unwrap();
+    }
+    for id in [0u64, 5, 9] {
+        idx.remove(id).unwrap();
+    }
+    let o = SearchOptions {
+        k: 3,
+        rerank: true,
+        ..Default::default()
+    };
+    assert!(idx
+        .search(&vs[1], &o)
+        .unwrap()
+        .iter()
+        .all(|h| ![0, 5, 9].contains(&h.id)));
+    let bytes = idx.snapshot().bytes().unwrap();
+    let mapped = MappedHnsw::from_bytes(&bytes).unwrap();
+    assert_eq!(
+        mapped.search(&vs[2], &o).unwrap(),
+        idx.search(&vs[2], &o).unwrap()
+    );
+    let copy = mapped.to_hnsw().unwrap();
+    assert_eq!(copy.len(), 21);
+    // With ef covering the whole index every live vector finds itself, before and after
+    // compaction (m = 2 is too thin for that at a small ef).
+    let all = SearchOptions {
+        k: 1,
+        ef: 32,
+        ..Default::default()
+    };
+    let found = |idx: &Hnsw| {
+        (0..24u64)
+            .filter(|i| ![0, 5, 9].contains(i))
+            .filter(|&i| idx.search(&vs[i as usize], &all).unwrap()[0].id == i)
+            .count()
+    };
+    assert_eq!(found(&idx), 21);
+    idx.compact().unwrap();
+    assert_eq!(idx.len(), 21);
+    assert_eq!(found(&idx), 21);
+    assert!(MappedHnsw::from_bytes(&bytes[..bytes.len() - 1]).is_err());
 }

@@ -93,6 +93,45 @@ pub fn python_peers(
     )
 }
 
+/// The native peer (hnsw_rs over f32, `bench-peers`): `(build seconds on 2 threads,
+/// recall@10, 1-thread queries per second)` on the same data and parameters.
+#[cfg(feature = "bench-peers")]
+pub fn hnsw_rs_peer(d: &Dataset) -> (f64, f64, f64) {
+    use hnsw_rs::prelude::Hnsw as Peer;
+    let rows: Vec<(&[f32], usize)> = (0..d.base.rows).map(|i| (d.base.row(i), i)).collect();
+    // hnsw_rs inserts on rayon's global pool: one thread per CPU (2 on the reference machine).
+    let t = Instant::now();
+    let mut peer = Peer::<f32, anndists::dist::DistDot>::new(
+        16,
+        d.base.rows,
+        16,
+        200,
+        anndists::dist::DistDot {},
+    );
+    peer.parallel_insert_slice(&rows);
+    let build = t.elapsed().as_secs_f64();
+    peer.set_searching_mode(true);
+    let search = |i: usize| -> Vec<u64> {
+        peer.search(d.queries.row(i), 10, 50)
+            .iter()
+            .map(|n| n.d_id as u64)
+            .collect()
+    };
+    let found: Vec<Vec<u64>> = (0..d.queries.rows).map(search).collect();
+    let recall = d.recall(&found, 10);
+    let t = Instant::now();
+    for _ in 0..3 {
+        for i in 0..d.queries.rows {
+            std::hint::black_box(search(i));
+        }
+    }
+    (
+        build,
+        recall,
+        3.0 * d.queries.rows as f64 / t.elapsed().as_secs_f64(),
+    )
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
@@ -322,6 +361,28 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         "recall",
         Better::Higher,
     ));
+    #[cfg(feature = "bench-peers")]
+    {
+        progress("hnsw_rs");
+        let (b, r, qps_peer) = hnsw_rs_peer(&d);
+        out.push(
+            BenchResult::new(tag("qps_1t_vs_hnsw_rs"), qps, "q/s", Better::Higher)
+                .with_peer("hnsw_rs", qps_peer),
+        );
+        out.push(
+            BenchResult::new(
+                tag("recall_at10_int8_vs_hnsw_rs"),
+                recall_int8,
+                "recall",
+                Better::Higher,
+            )
+            .with_peer("hnsw_rs", r),
+        );
+        out.push(
+            BenchResult::new(tag("build_2t_s_vs_hnsw_rs"), build_s, "s", Better::Lower)
+                .with_peer("hnsw_rs", b),
+        );
+    }
     for p in &peers {
         for (what, v, unit, better) in [
             ("recall", p.recall, "recall", Better::Higher),

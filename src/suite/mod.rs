@@ -462,6 +462,9 @@ pub fn table(results: &[BenchResult]) -> String {
             format!("{v:.3e}")
         } else if v.abs() >= 100.0 {
             format!("{v:.0}")
+        } else if v.abs() < 1.0 {
+            // Fractions (recall, ratios below 1) differ in the third and fourth places.
+            format!("{v:.4}")
         } else {
             format!("{v:.2}")
         }

@@ -107,10 +107,12 @@ pub fn backend() -> Backend {
         1 => Backend::Simd,
         2 => Backend::Scalar,
         _ => {
-            let scalar = matches!(
-                std::env::var("EMF_SIMD").as_deref(),
-                Ok("0" | "off" | "scalar")
-            );
+            // Miri cannot run simsimd's C kernels: the scalar loops stand in there.
+            let scalar = cfg!(miri)
+                || matches!(
+                    std::env::var("EMF_SIMD").as_deref(),
+                    Ok("0" | "off" | "scalar")
+                );
             let b = if scalar {
                 Backend::Scalar
             } else {
@@ -137,7 +139,8 @@ pub fn set_backend(backend: Backend) {
 /// `skylake`, `haswell`, `neon`, `sve`, ...), or `serial` when it has none.
 pub fn simd_capabilities() -> Vec<&'static str> {
     use simsimd::capabilities as c;
-    let all: [(&str, fn() -> bool); 12] = [
+    type Probe = (&'static str, fn() -> bool);
+    let all: [Probe; 12] = [
         ("sapphire", c::uses_sapphire),
         ("turin", c::uses_turin),
         ("genoa", c::uses_genoa),
@@ -168,6 +171,8 @@ pub trait Element: Copy + Send + Sync + 'static {
     fn l2sq(a: &[Self], b: &[Self]) -> f64;
     /// The value as `f64` (for references and re-ranking).
     fn to_f64(self) -> f64;
+    /// False for NaN and infinities.
+    fn is_finite(self) -> bool;
 }
 
 macro_rules! element {
@@ -213,6 +218,10 @@ macro_rules! element {
             fn to_f64(self) -> f64 {
                 scalar::Num::to_f64(self)
             }
+            #[inline]
+            fn is_finite(self) -> bool {
+                scalar::Num::finite(self)
+            }
         }
     };
 }
@@ -230,6 +239,19 @@ fn simd_or<T>(r: Option<f64>, a: &[T], b: &[T], f: fn(&[T], &[T]) -> f64) -> f64
 element!(i8);
 element!(f16);
 element!(f32);
+
+/// The checks of the public distance functions: equal lengths, finite values (a NaN would
+/// otherwise come out as any distance at all, 0 included).
+fn checked<T: Element>(a: &[T], b: &[T]) -> Result<()> {
+    same_len(a, b)?;
+    if a.iter().chain(b).all(|v| v.is_finite()) {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            "vector has a NaN or infinite component".to_string(),
+        ))
+    }
+}
 
 fn same_len<A, B>(a: &[A], b: &[B]) -> Result<()> {
     if a.len() == b.len() {
@@ -250,7 +272,7 @@ fn same_len<A, B>(a: &[A], b: &[B]) -> Result<()> {
 /// assert_eq!(vector::dot(&[1i8, 2, 3], &[4, 5, 6]).unwrap(), 32.0);
 /// ```
 pub fn dot<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
-    same_len(a, b)?;
+    checked(a, b)?;
     Ok(T::dot(a, b))
 }
 
@@ -262,19 +284,19 @@ pub fn dot<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
 /// assert!((d - 1.0).abs() < 1e-6);
 /// ```
 pub fn cosine_distance<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
-    same_len(a, b)?;
+    checked(a, b)?;
     Ok(T::cosine_distance(a, b))
 }
 
 /// `Σ (aᵢ − bᵢ)²`.
 pub fn l2sq<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
-    same_len(a, b)?;
+    checked(a, b)?;
     Ok(T::l2sq(a, b))
 }
 
 /// The distance of `metric` between `a` and `b` (see [`Metric`]).
 pub fn distance<T: Element>(metric: Metric, a: &[T], b: &[T]) -> Result<f64> {
-    same_len(a, b)?;
+    checked(a, b)?;
     Ok(match metric {
         Metric::Cosine => T::cosine_distance(a, b),
         Metric::Dot => 1.0 - T::dot(a, b),

@@ -7,6 +7,10 @@ use super::f16;
 /// A number the loops can read as `f64`, or, for `i8`, as an exact integer.
 pub(crate) trait Num: Copy {
     fn to_f64(self) -> f64;
+    /// False for NaN and infinities.
+    fn finite(self) -> bool {
+        self.to_f64().is_finite()
+    }
     /// `Some` for integer types: sums are then exact.
     fn to_i64(self) -> Option<i64> {
         None
@@ -28,6 +32,12 @@ impl Num for f16 {
     #[inline]
     fn to_f64(self) -> f64 {
         f64::from(self.to_f32())
+    }
+    /// From the bits: an all-ones exponent is infinity or NaN (simsimd's software
+    /// `to_f32` does not map those to `f32`'s).
+    #[inline]
+    fn finite(self) -> bool {
+        self.0 & 0x7C00 != 0x7C00
     }
 }
 
