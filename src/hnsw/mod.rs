@@ -443,6 +443,11 @@ impl Hnsw {
         };
         let mut eps = graph::descend(&g, &q, entry, top, level);
         let not_me = |n: u32| n != node && !g.deleted(n);
+        // First choose and write this node's own lists at every level, then publish it by
+        // linking it into its neighbours' lists: a search can only reach the node after its
+        // lists are complete (linking level by level let a search descend onto it while its
+        // level-0 list was still empty, and answer one hit).
+        let mut chosen_at = Vec::with_capacity(level.min(top) + 1);
         for l in (0..=level.min(top)).rev() {
             let found = graph::search_layer(&g, &q, &eps, self.p.ef_construction, l, &not_me);
             let chosen = graph::select(&g, &found, self.p.m);
@@ -450,11 +455,14 @@ impl Hnsw {
                 let _lock = NodeLock::new(self.store.flags(node));
                 write_list(self.store.list(node, l), &chosen);
             }
-            for &n in &chosen {
-                self.link(&g, n, node, l);
-            }
+            chosen_at.push((l, chosen));
             if !found.is_empty() {
                 eps = found;
+            }
+        }
+        for (l, chosen) in &chosen_at {
+            for &n in chosen {
+                self.link(&g, n, node, *l);
             }
         }
         self.store.flags(node).fetch_or(READY, Ordering::Release);

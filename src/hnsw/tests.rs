@@ -427,6 +427,60 @@ fn concurrent_inserts_removals_and_searches_keep_the_graph_sound() {
     );
 }
 
+/// Searches running while two threads insert always see a complete graph: every answer has
+/// k hits (a node reached by a search has its lists written before it is linked).
+#[test]
+#[cfg_attr(miri, ignore)] // too slow under Miri
+fn searches_during_inserts_always_answer_k_hits() {
+    let dim = 24;
+    let idx = Hnsw::new(Params {
+        m: 6,
+        ef_construction: 32,
+        ..params(dim, Metric::Cosine)
+    })
+    .unwrap();
+    let mut rng = Rng::new(29);
+    let vs: Vec<Vec<f32>> = (0..4000).map(|_| rng.vec(dim)).collect();
+    for (i, v) in vs.iter().enumerate().take(50) {
+        idx.insert(i as u64, v).unwrap();
+    }
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let searchers: Vec<_> = (0..2)
+            .map(|t| {
+                let (idx, vs, stop) = (&idx, &vs, &stop);
+                s.spawn(move || {
+                    let mut n = t;
+                    while !stop.load(O::Relaxed) {
+                        let hits = idx.search(&vs[n % 4000], &opts(10)).unwrap();
+                        assert_eq!(hits.len(), 10, "search {n} answered {hits:?}");
+                        n += 2;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let inserters: Vec<_> = (0..2usize)
+            .map(|t| {
+                let (idx, vs) = (&idx, &vs);
+                s.spawn(move || {
+                    for i in (50 + t..4000).step_by(2) {
+                        idx.insert(i as u64, &vs[i]).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in inserters {
+            h.join().unwrap();
+        }
+        stop.store(true, O::Relaxed);
+        for h in searchers {
+            assert!(h.join().unwrap() > 2);
+        }
+    });
+    assert_eq!(idx.len(), 4000);
+}
+
 /// Small enough for Miri: chunked storage across several chunks' worth of directory slots,
 /// records, upper-level lists, removal and repair, compaction (frees and rebuilds storage),
 /// the file bytes round trip, and two threads inserting while one searches.
