@@ -8,8 +8,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
 python="${PYTHON:-python3}"
 
-if ! "$python" -c 'import pytest' >/dev/null 2>&1; then
-    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check pytest
+# pytest runs the suite; numpy is needed by erlmcp_flow.vector and its tests.
+missing=()
+"$python" -c 'import pytest' >/dev/null 2>&1 || missing+=(pytest)
+"$python" -c 'import numpy' >/dev/null 2>&1 || missing+=(numpy)
+if (( ${#missing[@]} )); then
+    PIP_ROOT_USER_ACTION=ignore "$python" -m pip install --quiet --disable-pip-version-check "${missing[@]}"
 fi
 
 # Pin the build tree's library so that a stale copy in the package directory is not tested.

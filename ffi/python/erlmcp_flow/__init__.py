@@ -38,6 +38,10 @@ A task queue with priorities and an LRU cache with a TTL (:mod:`erlmcp_flow.queu
 >>> with emf.Cache(capacity=100, ttl_ms=None) as c:
 ...     c.put(b"k", b"v"), c.get(b"k"), c.get(b"other")
 (None, b'v', None)
+
+Vector kernels and an HNSW index (:mod:`erlmcp_flow.vector`; needs NumPy, imported on first
+use): :func:`quantize`, :func:`dequantize`, :func:`distance`, :func:`cosine_distance_quantized`,
+:func:`dot_i8` and :class:`HnswIndex`.
 """
 
 from ._native import (
@@ -136,6 +140,26 @@ from .queue import (
     Enqueued,
     TaskQueue,
 )
+from .vector import (
+    EMF_METRIC_COSINE,
+    EMF_METRIC_DOT,
+    EMF_METRIC_L2SQ,
+    EMF_ORIGINALS_F16,
+    EMF_ORIGINALS_F32,
+    EMF_ORIGINALS_NONE,
+    EMF_SEARCH_RERANK,
+    METRICS,
+    NO_HIT_ID,
+    ORIGINALS,
+    HnswIndex,
+    HnswParams,
+    IdFilter,
+    cosine_distance_quantized,
+    dequantize,
+    distance,
+    dot_i8,
+    quantize,
+)
 
 __version__ = "0.1.0"
 
@@ -185,4 +209,15 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "Enqueued",
     "TaskQueue",
     "Cache",
+    "METRICS",
+    "ORIGINALS",
+    "NO_HIT_ID",
+    "quantize",
+    "dequantize",
+    "distance",
+    "cosine_distance_quantized",
+    "dot_i8",
+    "IdFilter",
+    "HnswParams",
+    "HnswIndex",
 ]

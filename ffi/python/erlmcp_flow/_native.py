@@ -28,6 +28,8 @@ from ctypes import (
     Structure,
     c_bool,
     c_char_p,
+    c_double,
+    c_float,
     c_int,
     c_int32,
     c_int64,
@@ -225,9 +227,40 @@ class emf_cache_t(Structure):
     """Opaque ``emf_cache_t``; only pointers to it are used."""
 
 
+class emf_hnsw_params_t(Structure):
+    """``emf_hnsw_params_t``: an HNSW index's parameters; fill it with
+    ``emf_hnsw_params_default`` first."""
+
+    _fields_ = [
+        ("dim", c_uint32),
+        ("metric", c_uint32),
+        ("m", c_uint32),
+        ("ef_construction", c_uint32),
+        ("ef_search", c_uint32),
+        ("originals", c_uint32),
+        ("seed", c_uint64),
+    ]
+
+
+class emf_hnsw_hit_t(Structure):
+    """``emf_hnsw_hit_t``: one search answer, ``{uint64_t id; float distance;}`` (16 bytes
+    with the tail padding; ``erlmcp_flow.vector`` reads arrays of them as a NumPy structured
+    dtype of the same layout)."""
+
+    _fields_ = [
+        ("id", c_uint64),
+        ("distance", c_float),
+    ]
+
+
+class emf_hnsw_t(Structure):
+    """Opaque ``emf_hnsw_t``; only pointers to it are used."""
+
+
 emf_ring_p = POINTER(emf_ring_t)
 emf_task_queue_p = POINTER(emf_task_queue_t)
 emf_cache_p = POINTER(emf_cache_t)
+emf_hnsw_p = POINTER(emf_hnsw_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -411,6 +444,73 @@ PROTOTYPES = {
     "emf_cache_sweep": (emf_status_t, [emf_cache_p, POINTER(c_size_t)]),
     "emf_cache_set_sweeper": (emf_status_t, [emf_cache_p, c_uint32]),
     "emf_cache_stats": (emf_status_t, [emf_cache_p, POINTER(emf_cache_stats_t)]),
+    # Vector kernels and the HNSW index (wrapped in erlmcp_flow.vector). Typed arrays
+    # (`const float *`, `const uint16_t *`, `int8_t *`, `const uint64_t *`,
+    # `emf_hnsw_hit_t *`, `size_t *out_counts`) are c_void_p: an address (an int such as a
+    # NumPy array's `arr.ctypes.data`, passed without a copy), a ctypes array, or None for
+    # NULL. The library checks NULL, the length cap and the element's alignment.
+    "emf_quantize_f32": (emf_status_t, [c_void_p, c_size_t, c_void_p, POINTER(c_float)]),
+    "emf_dequantize_i8": (emf_status_t, [c_void_p, c_size_t, c_float, c_void_p]),
+    "emf_distance_f32": (
+        emf_status_t,
+        [c_uint32, c_void_p, c_void_p, c_size_t, POINTER(c_double)],
+    ),
+    "emf_distance_f16": (
+        emf_status_t,
+        [c_uint32, c_void_p, c_void_p, c_size_t, POINTER(c_double)],
+    ),
+    "emf_cosine_distance_i8": (
+        emf_status_t,
+        [c_void_p, c_void_p, c_size_t, POINTER(c_double)],
+    ),
+    "emf_dot_i8": (emf_status_t, [c_void_p, c_void_p, c_size_t, POINTER(c_int64)]),
+    "emf_hnsw_params_default": (emf_status_t, [c_uint32, POINTER(emf_hnsw_params_t)]),
+    "emf_hnsw_new": (emf_status_t, [POINTER(emf_hnsw_params_t), POINTER(emf_hnsw_p)]),
+    "emf_hnsw_open": (emf_status_t, [c_char_p, POINTER(emf_hnsw_p)]),
+    "emf_hnsw_load": (emf_status_t, [c_char_p, POINTER(emf_hnsw_p)]),
+    "emf_hnsw_free": (emf_status_t, [emf_hnsw_p]),
+    "emf_hnsw_params": (emf_status_t, [emf_hnsw_p, POINTER(emf_hnsw_params_t)]),
+    "emf_hnsw_insert": (emf_status_t, [emf_hnsw_p, c_uint64, c_void_p, c_size_t]),
+    "emf_hnsw_insert_batch": (
+        emf_status_t,
+        [emf_hnsw_p, c_void_p, c_size_t, c_void_p, c_size_t, c_uint32],
+    ),
+    "emf_hnsw_search": (
+        emf_status_t,
+        [
+            emf_hnsw_p,
+            c_void_p,  # query
+            c_size_t,  # dim
+            c_size_t,  # k
+            c_size_t,  # ef
+            c_uint32,  # flags
+            c_void_p,  # filter
+            c_size_t,  # filter_words
+            c_void_p,  # out_hits
+            POINTER(c_size_t),  # out_count
+        ],
+    ),
+    "emf_hnsw_search_batch": (
+        emf_status_t,
+        [
+            emf_hnsw_p,
+            c_void_p,  # queries
+            c_size_t,  # nq
+            c_size_t,  # dim
+            c_size_t,  # k
+            c_size_t,  # ef
+            c_uint32,  # flags
+            c_void_p,  # filter
+            c_size_t,  # filter_words
+            c_uint32,  # threads
+            c_void_p,  # out_hits
+            c_void_p,  # out_counts
+        ],
+    ),
+    "emf_hnsw_remove": (emf_status_t, [emf_hnsw_p, c_uint64]),
+    "emf_hnsw_compact": (emf_status_t, [emf_hnsw_p]),
+    "emf_hnsw_save": (emf_status_t, [emf_hnsw_p, c_char_p]),
+    "emf_hnsw_stats": (emf_status_t, [emf_hnsw_p, POINTER(c_size_t), POINTER(c_size_t)]),
 }
 
 

@@ -20,6 +20,8 @@ from erlmcp_flow._native import (
     emf_cache_stats_t,
     emf_encode_options_t,
     emf_envelope_info_t,
+    emf_hnsw_hit_t,
+    emf_hnsw_params_t,
     emf_message_p,
     emf_ring_options_t,
     emf_ring_stats_t,
@@ -96,6 +98,8 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_slice_t": emf_slice_t,
         "emf_task_queue_stats_t": emf_task_queue_stats_t,
         "emf_cache_stats_t": emf_cache_stats_t,
+        "emf_hnsw_params_t": emf_hnsw_params_t,
+        "emf_hnsw_hit_t": emf_hnsw_hit_t,
     }
     lines = []
     for struct, cls in fields.items():
