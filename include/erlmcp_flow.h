@@ -1177,13 +1177,16 @@ emf_status_t emf_distance_f16(uint32_t metric_code,
 // `a`, `b` readable for `dim` bytes; `out` writable.
 emf_status_t emf_cosine_distance_i8(const int8_t *a, const int8_t *b, size_t dim, double *out);
 
-// The exact integer dot product of two int8 code vectors (multiply by both scales for the
+// The exact integer dot product of two int8 code vectors (any length) (multiply by both scales for the
 // dot product of the vectors they stand for).
 //
 // # Safety
 //
 // `a`, `b` readable for `dim` bytes; `out` writable.
-emf_status_t emf_dot_i8(const int8_t *a, const int8_t *b, size_t dim, int64_t *out);
+emf_status_t emf_dot_i8(const int8_t *a,
+                        const int8_t *b,
+                        size_t dim,
+                        int64_t *out);
 
 // Writes the original design's parameters (`M` 16, `ef_construction` 200, `ef_search` 50,
 // cosine, no originals) for `dim` dimensions.
@@ -1254,9 +1257,9 @@ emf_status_t emf_hnsw_insert_batch(const struct emf_hnsw_t *index,
                                    uint32_t threads);
 
 // Searches for the `k` nearest vectors to `query` (`dim` floats). `ef` candidates are kept
-// (0: the index's `ef_search`); `flags` may hold `EMF_SEARCH_RERANK`. With `filter_words`
-// > 0, only ids whose bit is set in `filter` (id `i`: bit `i % 64` of word `i / 64`) are
-// returned. Writes up to `k` hits, closest first, into `out_hits` and their number to
+// (0: the index's `ef_search`); `flags` may hold `EMF_SEARCH_RERANK`. When `filter_words`
+// is not 0, only ids whose bit is set in `filter` (id `i`: bit `i % 64` of word `i / 64`)
+// are returned. Writes up to `k` hits, closest first, into `out_hits` and their number to
 // `*out_count`.
 //
 // # Safety
@@ -1275,7 +1278,8 @@ emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
                              size_t *out_count);
 
 // Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
-// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]`.
+// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]`. The
+// outputs are written only when every query succeeded.
 //
 // # Safety
 //

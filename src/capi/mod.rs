@@ -191,13 +191,9 @@ pub(crate) unsafe fn bytes<'a>(ptr: *const u8, len: usize, name: &str) -> FfiRes
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
-/// Borrows a caller's array of `len` values of `T`.
-///
-/// # Safety
-///
-/// When `ptr` is non-NULL it must point to `len` readable values that stay unchanged for
-/// `'a` (alignment and the length cap are checked here).
-pub(crate) unsafe fn typed<'a, T>(ptr: *const T, len: usize, name: &str) -> FfiResult<&'a [T]> {
+/// The checks of a caller's array argument: the length cap, NULL (allowed only for an empty
+/// array) and alignment. Answers whether the array is empty-and-NULL.
+fn check_array<T>(ptr: *const T, len: usize, name: &str) -> FfiResult<bool> {
     let size = std::mem::size_of::<T>().max(1);
     if len > EMF_MAX_INPUT_LEN / size {
         return Err(FfiError::new(
@@ -206,10 +202,11 @@ pub(crate) unsafe fn typed<'a, T>(ptr: *const T, len: usize, name: &str) -> FfiR
         ));
     }
     if ptr.is_null() {
-        if len == 0 {
-            return Ok(&[]);
-        }
-        return Err(FfiError::null(name));
+        return if len == 0 {
+            Ok(true)
+        } else {
+            Err(FfiError::null(name))
+        };
     }
     if ptr.cast::<u8>().addr() % std::mem::align_of::<T>() != 0 {
         return Err(FfiError::new(
@@ -220,8 +217,21 @@ pub(crate) unsafe fn typed<'a, T>(ptr: *const T, len: usize, name: &str) -> FfiR
             ),
         ));
     }
-    // SAFETY: non-NULL, aligned (checked), `len · size_of::<T>()` ≤ isize::MAX (checked),
-    // readable and unchanged for 'a by the caller's contract.
+    Ok(false)
+}
+
+/// Borrows a caller's array of `len` values of `T`.
+///
+/// # Safety
+///
+/// When `ptr` is non-NULL it must point to `len` readable values that stay unchanged for
+/// `'a` (alignment and the length cap are checked here).
+pub(crate) unsafe fn typed<'a, T>(ptr: *const T, len: usize, name: &str) -> FfiResult<&'a [T]> {
+    if check_array(ptr, len, name)? {
+        return Ok(&[]);
+    }
+    // SAFETY: non-NULL, aligned, `len · size_of::<T>()` ≤ isize::MAX (all checked), readable
+    // and unchanged for 'a by the caller's contract.
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
@@ -236,10 +246,12 @@ pub(crate) unsafe fn typed_mut<'a, T>(
     len: usize,
     name: &str,
 ) -> FfiResult<&'a mut [T]> {
-    // SAFETY: forwarded contract (readability is implied by writability here).
-    let s = unsafe { typed(ptr.cast_const(), len, name) }?;
-    // SAFETY: the same range, which the caller lets us write exclusively for 'a.
-    Ok(unsafe { std::slice::from_raw_parts_mut(s.as_ptr().cast_mut(), s.len()) })
+    if check_array(ptr.cast_const(), len, name)? {
+        return Ok(&mut []);
+    }
+    // SAFETY: as in `typed`, plus: writable and exclusively ours for 'a (caller contract).
+    // Built from the caller's mutable pointer itself, never from a shared borrow.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
 /// A NUL-terminated UTF-8 string argument.

@@ -173,7 +173,7 @@ pub unsafe extern "C" fn emf_cosine_distance_i8(
     })
 }
 
-/// The exact integer dot product of two int8 code vectors (multiply by both scales for the
+/// The exact integer dot product of two int8 code vectors (any length) (multiply by both scales for the
 /// dot product of the vectors they stand for).
 ///
 /// # Safety
@@ -563,7 +563,8 @@ fn search_into(
 }
 
 /// Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
-/// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]`.
+/// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]`. The
+/// outputs are written only when every query succeeded.
 ///
 /// # Safety
 ///
@@ -597,12 +598,16 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
         // SAFETY: caller contract.
         let bits = unsafe { typed(filter, filter_words, "filter") }?;
         options(k, ef, flags, bits)?;
-        if nq == 0 || k == 0 {
-            counts.fill(0);
+        // The handle and the dimension are checked even when there is nothing to search.
+        let want = with_index(index, |i| {
+            Ok(match i {
+                Index::Live(h) => h.params().dim,
+                Index::Mapped(m) => m.params().dim,
+            })
+        })?;
+        dim_eq(dim, want, "queries")?;
+        if nq == 0 {
             return Ok(());
-        }
-        if dim == 0 {
-            return Err(FfiError::new(EMF_ERR_INVALID_ARGUMENT, "dim is 0"));
         }
         let threads = match threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -611,18 +616,26 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
         .clamp(1, nq);
         let per = nq.div_ceil(threads);
         let idx = index as usize; // a token, not dereferenced: Send across the scope
-        let results: Vec<FfiResult> = std::thread::scope(|s| {
+                                  // Each thread answers into its own buffers; the caller's are written at the end,
+                                  // only when every query succeeded.
+        type Part = FfiResult<(Vec<emf_hnsw_hit_t>, Vec<usize>)>;
+        let parts: Vec<Part> = std::thread::scope(|s| {
             let jobs: Vec<_> = qs
                 .chunks(per * dim)
-                .zip(out.chunks_mut(per * k))
-                .zip(counts.chunks_mut(per))
-                .map(|((qs, out), counts)| {
-                    s.spawn(move || {
-                        for ((q, out), c) in qs.chunks(dim).zip(out.chunks_mut(k)).zip(counts) {
+                .map(|qs| {
+                    s.spawn(move || -> Part {
+                        let n = qs.len() / dim;
+                        let (mut hits, mut counts) =
+                            (vec![emf_hnsw_hit_t::default(); n * k], vec![0usize; n]);
+                        for ((q, out), c) in qs
+                            .chunks(dim)
+                            .zip(hits.chunks_mut(k.max(1)))
+                            .zip(&mut counts)
+                        {
                             let index = idx as *const emf_hnsw_t;
                             *c = search_into(index, q, k, ef, flags, bits, out)?;
                         }
-                        Ok(())
+                        Ok((hits, counts))
                     })
                 })
                 .collect();
@@ -637,7 +650,15 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
                 })
                 .collect()
         });
-        results.into_iter().collect()
+        let parts: Vec<_> = parts.into_iter().collect::<FfiResult<_>>()?;
+        let (mut h_at, mut c_at) = (0, 0);
+        for (hits, cs) in parts {
+            out[h_at..h_at + hits.len()].copy_from_slice(&hits);
+            counts[c_at..c_at + cs.len()].copy_from_slice(&cs);
+            h_at += hits.len();
+            c_at += cs.len();
+        }
+        Ok(())
     })
 }
 
@@ -891,6 +912,66 @@ mod tests {
         for q in 0..10 {
             assert_eq!((counts[q], batch[q * 3].id), (3, q as u64));
         }
+        // A failing batch (a NaN query among them) writes nothing.
+        let mut bad_q = vs[..3 * dim].to_vec();
+        bad_q[2 * dim] = f32::NAN;
+        let mut counts3 = [usize::MAX; 3];
+        // SAFETY: sizes match.
+        let st = unsafe {
+            emf_hnsw_search_batch(
+                h,
+                bad_q.as_ptr(),
+                3,
+                dim,
+                3,
+                0,
+                0,
+                null(),
+                0,
+                2,
+                batch.as_mut_ptr(),
+                counts3.as_mut_ptr(),
+            )
+        };
+        assert_eq!((st, counts3), (EMF_ERR_INVALID_ARGUMENT, [usize::MAX; 3]));
+        // Nothing to search still checks the handle and the dimension.
+        let stale = std::ptr::dangling::<emf_hnsw_t>();
+        // SAFETY: nq = 0: nothing is read or written; the handle is checked by the slab.
+        let st = unsafe {
+            emf_hnsw_search_batch(
+                stale,
+                null(),
+                0,
+                dim,
+                3,
+                0,
+                0,
+                null(),
+                0,
+                1,
+                null_mut(),
+                null_mut(),
+            )
+        };
+        assert_ne!(st, EMF_OK);
+        // SAFETY: as above.
+        let st = unsafe {
+            emf_hnsw_search_batch(
+                h,
+                null(),
+                0,
+                dim + 1,
+                3,
+                0,
+                0,
+                null(),
+                0,
+                1,
+                null_mut(),
+                null_mut(),
+            )
+        };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: live handle.
         assert_eq!(unsafe { emf_hnsw_remove(h, 7) }, EMF_OK);
         // SAFETY: live handle.

@@ -314,7 +314,7 @@ impl MappedHnsw {
         }
         if u64_at(b, 120) != b.len() as u64 {
             return Err(corrupt(format!(
-                "header says {} bytes, the file has {} (truncated?)",
+                "the header says {} bytes, the file has {} (truncated, or extended)",
                 u64_at(b, 120),
                 b.len()
             )));

@@ -178,7 +178,7 @@ impl Originals {
             Originals::None => Vec::new(),
             Originals::F16 => v
                 .iter()
-                .flat_map(|&x| f16::from_f32(x).0.to_le_bytes())
+                .flat_map(|&x| vector::f32_to_f16_bits(x).to_le_bytes())
                 .collect(),
             Originals::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         }
@@ -508,14 +508,18 @@ pub(crate) fn search<G: Graph>(
             g.dim()
         )));
     }
+    let q = Query::new(g.metric(), v)?; // refuses NaN and infinities, whatever follows
     if opts.k == 0 {
         return Ok(Vec::new());
     }
     let Some((entry, top)) = g.entry() else {
         return Ok(Vec::new());
     };
-    let q = Query::new(g.metric(), v)?;
-    let ef = if opts.ef == 0 { ef_default } else { opts.ef }.max(opts.k);
+    // More candidates than nodes change nothing; bounding ef keeps a huge one from being
+    // allocated.
+    let ef = if opts.ef == 0 { ef_default } else { opts.ef }
+        .max(opts.k)
+        .min(g.id_bound() as usize + 1);
     let eps = descend(g, &q, entry, top, 0);
     let admit = |id: u32| !g.deleted(id) && opts.filter.allows(g.with_record(id, record_ext));
     let mut found = search_layer(g, &q, &eps, ef, 0, &admit);

@@ -507,6 +507,49 @@ impl Hnsw {
         write_list(list, &chosen);
     }
 
+    /// Rewrites `n`'s list (held locked by the caller, or `&mut self`) keeping every id of
+    /// `kept` and filling the free places from `extra`: closest first, by the selection
+    /// heuristic, and at least the closest one when the heuristic keeps none. A repair never
+    /// evicts a live neighbour: the evicted node could lose its only way in.
+    fn refill(
+        &self,
+        g: &Live<'_>,
+        n: u32,
+        mut kept: Vec<u32>,
+        extra: &[u32],
+        cap: usize,
+        list: &[AtomicU32],
+    ) {
+        kept.truncate(cap);
+        if kept.len() < cap && !extra.is_empty() {
+            let (metric, dim) = (self.p.metric, self.p.dim);
+            let base = g.with_record(n, |r| Query::from_record(metric, r, dim));
+            let mut scored: Vec<Scored> = extra
+                .iter()
+                .map(|&c| Scored(g.distance(&base, c), c))
+                .collect();
+            scored.sort_unstable();
+            let before = kept.len();
+            for &Scored(d, c) in &scored {
+                if kept.len() >= cap {
+                    break;
+                }
+                let good = g.with_record(c, |rc| {
+                    kept.iter().all(|&k| {
+                        g.with_record(k, |rk| graph::record_distance(metric, dim, rc, rk)) > d
+                    })
+                });
+                if good {
+                    kept.push(c);
+                }
+            }
+            if kept.len() == before {
+                kept.push(scored[0].1);
+            }
+        }
+        write_list(list, &kept);
+    }
+
     /// Searches for the nearest live vectors to `query`.
     pub fn search(&self, query: &[f32], opts: &SearchOptions<'_>) -> Result<Vec<Hit>> {
         graph::search(&Live(self), query, opts, self.p.ef_search)
@@ -537,12 +580,12 @@ impl Hnsw {
                     continue;
                 }
                 ids.retain(|&x| x != node && !g.deleted(x));
-                for &x in &around {
-                    if x != n && !g.deleted(x) && !ids.contains(&x) {
-                        ids.push(x);
-                    }
-                }
-                self.prune_into(&g, n, &ids, cap, list);
+                let extra: Vec<u32> = around
+                    .iter()
+                    .copied()
+                    .filter(|&x| x != n && !g.deleted(x) && !ids.contains(&x))
+                    .collect();
+                self.refill(&g, n, ids, &extra, cap, list);
             }
         }
         if unpack(self.entry.load(Ordering::Acquire)).is_some_and(|(e, _)| e == node) {
@@ -578,6 +621,7 @@ impl Hnsw {
     /// new storage and the old storage is freed. Needs `&mut self` (no concurrent access).
     pub fn compact(&mut self) -> Result<()> {
         let n = self.next.load(Ordering::Relaxed);
+        self.repair_before_compact(n);
         let mut remap = vec![NONE; n as usize];
         let mut order = Vec::new();
         for id in 0..n {
@@ -628,6 +672,65 @@ impl Hnsw {
             self.replace_entry();
         }
         Ok(())
+    }
+
+    /// Until compaction, removed nodes stay in the graph as tombstones that searches route
+    /// through (never return). Before they go: every list still naming a removed node takes
+    /// that node's live neighbours as candidates (the removal's repair only reached the
+    /// nodes the removed one listed), and a live node that no live node lists at level 0
+    /// gets a link from its nearest neighbour, so that dropping the tombstones cannot cut
+    /// anything off.
+    fn repair_before_compact(&mut self, n: u32) {
+        let live = |id: u32| self.flags(id) & (DELETED | READY) == READY;
+        let g = Live(self);
+        for id in (0..n).filter(|&id| live(id)) {
+            for l in 0..=self.level(id) {
+                let mut ids = Vec::new();
+                g.neighbours(id, l, &mut ids);
+                if ids.iter().all(|&x| live(x)) {
+                    continue;
+                }
+                let kept: Vec<u32> = ids.iter().copied().filter(|&x| live(x)).collect();
+                let mut extra = Vec::new();
+                for &x in ids.iter().filter(|&&x| !live(x)) {
+                    let mut via = Vec::new();
+                    g.neighbours(x, l, &mut via);
+                    for y in via {
+                        if y != id && live(y) && !kept.contains(&y) && !extra.contains(&y) {
+                            extra.push(y);
+                        }
+                    }
+                }
+                let cap = if l == 0 { 2 * self.p.m } else { self.p.m };
+                self.refill(&g, id, kept, &extra, cap, self.store.list(id, l));
+            }
+        }
+        let mut listed = vec![false; n as usize];
+        let mut ids = Vec::new();
+        for id in (0..n).filter(|&id| live(id)) {
+            ids.clear();
+            g.neighbours(id, 0, &mut ids);
+            for &x in &ids {
+                listed[x as usize] = true;
+            }
+        }
+        let entry = unpack(self.entry.load(Ordering::Relaxed)).map(|(e, _)| e);
+        let cap = 2 * self.p.m;
+        for y in (0..n).filter(|&y| live(y) && !listed[y as usize] && Some(y) != entry) {
+            ids.clear();
+            g.neighbours(y, 0, &mut ids);
+            // Its list is in selection order: the first live entry is its nearest neighbour.
+            let Some(&near) = ids.iter().find(|&&x| live(x)) else {
+                continue;
+            };
+            let mut theirs = Vec::new();
+            g.neighbours(near, 0, &mut theirs);
+            if theirs.len() >= cap {
+                theirs.pop(); // the last kept is the farthest
+            }
+            theirs.push(y);
+            write_list(self.store.list(near, 0), &theirs);
+        }
     }
 
     fn free_store(&self, store: &mut Store, n: u32) {

@@ -363,6 +363,17 @@ fn bad_input_gives_clear_errors() {
     assert!(e.message().contains("directory"), "{e}");
     assert!(idx.insert_batch(&[2, 1], &[1.0; 8], 2).is_err());
     assert_eq!(idx.len(), 1, "a refused batch inserts nothing");
+    // A huge ef or k is bounded by the index's size, not allocated.
+    let o = SearchOptions {
+        k: 1 << 40,
+        ef: 1 << 40,
+        ..Default::default()
+    };
+    assert_eq!(idx.search(&[1.0; 4], &o).unwrap().len(), 1);
+    // A NaN query is refused even when there is nothing to search.
+    let empty = Hnsw::new(Params::new(2)).unwrap();
+    assert!(empty.search(&[f32::NAN, 0.0], &opts(1)).is_err());
+    assert!(empty.search(&[f32::NAN, 0.0], &opts(0)).is_err());
 }
 
 /// Inserts, removals and searches at once; afterwards the graph passes the file validator
@@ -487,9 +498,11 @@ fn searches_during_inserts_always_answer_k_hits() {
 #[test]
 fn miri_sized_lifecycle() {
     let mut rng = Rng::new(23);
+    // m = 4: with m = 2 (four level-0 links) the heuristic's pruning can leave a node with
+    // no way in, whatever the insertion order.
     let p = Params {
-        m: 2,
-        ef_construction: 4,
+        m: 4,
+        ef_construction: 8,
         ef_search: 4,
         originals: Originals::F16,
         seed: 1,
@@ -539,7 +552,7 @@ fn miri_sized_lifecycle() {
     let copy = mapped.to_hnsw().unwrap();
     assert_eq!(copy.len(), 21);
     // With ef covering the whole index every live vector finds itself, before and after
-    // compaction (m = 2 is too thin for that at a small ef).
+    // compaction (removal repairs and compaction never cut a node off).
     let all = SearchOptions {
         k: 1,
         ef: 32,

@@ -8,7 +8,6 @@
 
 use std::path::{Path, PathBuf};
 
-use super::f16;
 use crate::error::{Error, Result};
 
 /// A 2-D array read from a `.npy` file, as `f32` (from `f2` or `f4`) or `i32` rows.
@@ -114,7 +113,7 @@ pub fn read_f32(path: &Path, limit: usize) -> Result<Array<f32>> {
     let data = match h.descr.as_str() {
         "<f2" => body(&h, &bytes, 2, limit)?
             .chunks_exact(2)
-            .map(|c| f16(u16::from_le_bytes([c[0], c[1]])).to_f32())
+            .map(|c| super::f16_bits_to_f32(u16::from_le_bytes([c[0], c[1]])))
             .collect(),
         "<f4" => body(&h, &bytes, 4, limit)?
             .chunks_exact(4)

@@ -265,7 +265,22 @@ fn same_len<A, B>(a: &[A], b: &[B]) -> Result<()> {
     }
 }
 
-/// `Σ aᵢ·bᵢ`.
+/// simsimd's int8 kernels sum in 32-bit integers: 127·127 products overflow past 133 144
+/// dimensions (and squared differences past 33 000). The public functions cut longer
+/// vectors into pieces of this length and add the pieces in `f64`.
+const PIECE: usize = 16_384;
+
+fn pieces<T: Element>(a: &[T], b: &[T], f: fn(&[T], &[T]) -> f64) -> f64 {
+    if a.len() <= PIECE {
+        return f(a, b);
+    }
+    a.chunks(PIECE)
+        .zip(b.chunks(PIECE))
+        .map(|(x, y)| f(x, y))
+        .sum()
+}
+
+/// `Σ aᵢ·bᵢ` (exact for `i8` at any length).
 ///
 /// ```
 /// use erlmcp_flow::vector;
@@ -273,7 +288,7 @@ fn same_len<A, B>(a: &[A], b: &[B]) -> Result<()> {
 /// ```
 pub fn dot<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
     checked(a, b)?;
-    Ok(T::dot(a, b))
+    Ok(pieces(a, b, T::dot))
 }
 
 /// `1 − cos(a, b)`.
@@ -285,23 +300,36 @@ pub fn dot<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
 /// ```
 pub fn cosine_distance<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
     checked(a, b)?;
-    Ok(T::cosine_distance(a, b))
+    if a.len() <= PIECE {
+        return Ok(T::cosine_distance(a, b));
+    }
+    let (ab, aa, bb) = (
+        pieces(a, b, T::dot),
+        pieces(a, a, T::dot),
+        pieces(b, b, T::dot),
+    );
+    Ok(if aa == 0.0 && bb == 0.0 {
+        0.0
+    } else if aa == 0.0 || bb == 0.0 {
+        1.0
+    } else {
+        (1.0 - ab / (aa.sqrt() * bb.sqrt())).max(0.0)
+    })
 }
 
 /// `Σ (aᵢ − bᵢ)²`.
 pub fn l2sq<T: Element>(a: &[T], b: &[T]) -> Result<f64> {
     checked(a, b)?;
-    Ok(T::l2sq(a, b))
+    Ok(pieces(a, b, T::l2sq))
 }
 
 /// The distance of `metric` between `a` and `b` (see [`Metric`]).
 pub fn distance<T: Element>(metric: Metric, a: &[T], b: &[T]) -> Result<f64> {
-    checked(a, b)?;
-    Ok(match metric {
-        Metric::Cosine => T::cosine_distance(a, b),
-        Metric::Dot => 1.0 - T::dot(a, b),
-        Metric::L2Sq => T::l2sq(a, b),
-    })
+    match metric {
+        Metric::Cosine => cosine_distance(a, b),
+        Metric::Dot => Ok(1.0 - dot(a, b)?),
+        Metric::L2Sq => l2sq(a, b),
+    }
 }
 
 /// A vector quantized to int8 with its own scale: `x ≈ scale · codes`.
@@ -383,14 +411,73 @@ pub fn l2sq_quantized(a: &Quantized, b: &Quantized) -> Result<f64> {
     Ok((aa + bb - 2.0 * dot(&a.codes, &b.codes)? * sa * sb).max(0.0))
 }
 
-/// Converts `f32` values to [`f16`] (round to nearest).
+/// Converts `f32` values to [`f16`] (round to nearest even; overflow gives infinity).
 pub fn to_f16(x: &[f32]) -> Vec<f16> {
-    x.iter().map(|&v| f16::from_f32(v)).collect()
+    x.iter().map(|&v| f16(f32_to_f16_bits(v))).collect()
 }
 
-/// Converts [`f16`] values to `f32`.
+/// Converts [`f16`] values to `f32` (exact).
 pub fn from_f16(x: &[f16]) -> Vec<f32> {
-    x.iter().map(|v| v.to_f32()).collect()
+    x.iter().map(|v| f16_bits_to_f32(v.0)).collect()
+}
+
+/// IEEE binary16 bits to `f32`, exactly (subnormals, infinities and NaN included). Pure
+/// Rust: simsimd's conversion is a C call per value.
+#[inline]
+pub fn f16_bits_to_f32(h: u16) -> f32 {
+    let sign = u32::from(h & 0x8000) << 16;
+    let exp = u32::from(h >> 10) & 0x1F;
+    let man = u32::from(h) & 0x3FF;
+    let bits = match (exp, man) {
+        (0, 0) => sign,
+        // Subnormal: value = man · 2^-24.
+        (0, _) => {
+            // Exact: man < 2^10 and 2^-24 are both representable.
+            let v = man as f32 * f32::from_bits(0x3380_0000); // 2^-24
+            return if sign != 0 { -v } else { v };
+        }
+        (0x1F, 0) => sign | 0x7F80_0000,
+        (0x1F, _) => sign | 0x7FC0_0000 | (man << 13),
+        _ => sign | ((exp + 112) << 23) | (man << 13),
+    };
+    f32::from_bits(bits)
+}
+
+/// `f32` to IEEE binary16 bits, rounding to nearest even.
+#[inline]
+pub fn f32_to_f16_bits(x: f32) -> u16 {
+    let b = x.to_bits();
+    let sign = ((b >> 16) & 0x8000) as u16;
+    let exp = ((b >> 23) & 0xFF) as i32;
+    let man = b & 0x7F_FFFF;
+    if exp == 0xFF {
+        return sign | 0x7C00 | if man != 0 { 0x200 } else { 0 };
+    }
+    let e = exp - 127 + 15;
+    if e >= 0x1F {
+        return sign | 0x7C00; // overflow: infinity
+    }
+    if e <= 0 {
+        if e < -10 {
+            return sign; // below half the smallest subnormal: zero
+        }
+        // Subnormal: shift the mantissa (with its implicit bit) into place, rounding.
+        let m = man | 0x80_0000;
+        let shift = (14 - e) as u32;
+        let half = 1u32 << (shift - 1);
+        let rest = m & ((1u32 << shift) - 1);
+        let mut r = m >> shift;
+        if rest > half || (rest == half && r & 1 == 1) {
+            r += 1;
+        }
+        return sign | r as u16;
+    }
+    let mut r = ((e as u32) << 10) | (man >> 13);
+    let rest = man & 0x1FFF;
+    if rest > 0x1000 || (rest == 0x1000 && r & 1 == 1) {
+        r += 1; // may carry into the exponent, up to infinity: still correct
+    }
+    sign | r as u16
 }
 
 /// Per-dimension affine 8-bit codes (faiss's SQ8 scheme): `xᵢ ≈ lowᵢ + stepᵢ · codeᵢ` with

@@ -31,10 +31,9 @@ impl Num for i8 {
 impl Num for f16 {
     #[inline]
     fn to_f64(self) -> f64 {
-        f64::from(self.to_f32())
+        f64::from(super::f16_bits_to_f32(self.0))
     }
-    /// From the bits: an all-ones exponent is infinity or NaN (simsimd's software
-    /// `to_f32` does not map those to `f32`'s).
+    /// From the bits: an all-ones exponent is infinity or NaN.
     #[inline]
     fn finite(self) -> bool {
         self.0 & 0x7C00 != 0x7C00

@@ -270,3 +270,63 @@ fn subset_ground_truth_is_recomputed() {
 fn capabilities_are_reported() {
     assert!(!simd_capabilities().is_empty());
 }
+
+/// Every one of the 65536 half floats converts to the f32 it denotes and back to itself;
+/// f32 → f16 rounds to nearest even (checked against the exact midpoints).
+#[test]
+fn half_float_conversions_are_exact_and_round_to_nearest_even() {
+    let steps = if cfg!(miri) { 251 } else { 1 };
+    for h in (0..=u16::MAX).step_by(steps) {
+        let f = f16_bits_to_f32(h);
+        let exp = (h >> 10) & 0x1F;
+        let man = u32::from(h & 0x3FF);
+        let sign = if h & 0x8000 != 0 { -1.0f64 } else { 1.0 };
+        match exp {
+            0x1F if man == 0 => assert!(f.is_infinite() && (f < 0.0) == (sign < 0.0)),
+            0x1F => assert!(f.is_nan()),
+            0 => assert_eq!(
+                f64::from(f),
+                sign * f64::from(man) * 2f64.powi(-24),
+                "{h:#x}"
+            ),
+            e => assert_eq!(
+                f64::from(f),
+                sign * (1.0 + f64::from(man) / 1024.0) * 2f64.powi(i32::from(e) - 15),
+                "{h:#x}"
+            ),
+        }
+        if !f.is_nan() {
+            assert_eq!(f32_to_f16_bits(f), h, "round trip of {h:#x}");
+        } else {
+            assert!(f16_bits_to_f32(f32_to_f16_bits(f)).is_nan());
+        }
+    }
+    // Midpoints between neighbouring halves go to the even one; just above goes up.
+    for h in [0x3C00u16, 0x3C01, 0x0001, 0x0002, 0x7BFE] {
+        let (lo, hi) = (
+            f64::from(f16_bits_to_f32(h)),
+            f64::from(f16_bits_to_f32(h + 1)),
+        );
+        let mid = ((lo + hi) / 2.0) as f32;
+        let even = if h & 1 == 0 { h } else { h + 1 };
+        assert_eq!(f32_to_f16_bits(mid), even, "midpoint above {h:#x}");
+        assert_eq!(f32_to_f16_bits(f32::from_bits(mid.to_bits() + 1)), h + 1);
+    }
+    assert_eq!(f32_to_f16_bits(1e6), 0x7C00, "overflow is infinity");
+    assert_eq!(f32_to_f16_bits(-1e-10), 0x8000, "underflow keeps the sign");
+    assert_eq!(f32_to_f16_bits(65504.0), 0x7BFF);
+}
+
+/// simsimd's int8 kernels sum in i32; the public functions stay exact past that range.
+#[test]
+#[cfg_attr(miri, ignore)] // long vectors through the scalar loops: slow under Miri
+fn long_int8_vectors_do_not_overflow() {
+    let n = 200_000usize;
+    let a = vec![127i8; n];
+    let b = vec![-127i8; n];
+    assert_eq!(dot(&a, &a).unwrap(), 127.0 * 127.0 * n as f64);
+    assert_eq!(dot(&a, &b).unwrap(), -127.0 * 127.0 * n as f64);
+    assert_eq!(l2sq(&a, &b).unwrap(), 254.0 * 254.0 * n as f64);
+    assert!(cosine_distance(&a, &a).unwrap().abs() < 1e-12);
+    assert!((cosine_distance(&a, &b).unwrap() - 2.0).abs() < 1e-12);
+}
