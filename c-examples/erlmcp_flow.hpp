@@ -26,6 +26,9 @@
 //    multi-producer ring.
 //  - A TaskQueue and a Cache may be used from any number of threads at once (share a
 //    reference); they must not be moved from or destroyed while another thread uses them.
+//  - An Hnsw may be used from any number of threads at once: searches, inserts and removals
+//    run together; compact() waits for the calls in progress and holds the others off. It
+//    must not be moved from or destroyed while another thread uses it.
 //
 // Shared-memory rings (see the Ring class below):
 //
@@ -49,11 +52,22 @@
 //     emf::Cache cache(10000, std::chrono::seconds(5));  // capacity, TTL (0: none)
 //     cache.put("agent:planner", "tcp://10.0.0.7:7000");
 //     if (std::optional<std::string> v = cache.get("agent:planner")) { /* hit */ }
+//
+// Vectors and the HNSW index (see the Hnsw class below):
+//
+//     emf::HnswParams params(384);                       // the library's defaults: cosine, M 16
+//     params.originals = emf::Originals::F16;            // keep halves for exact re-ranking
+//     emf::Hnsw index(params);
+//     index.insert_batch(ids, vectors, 2);               // n ids, n x 384 floats, 2 threads
+//     std::vector<emf::Hit> hits = index.search(query, 10);         // closest first
+//     index.save("memory.hnsw");
+//     emf::Hnsw mapped = emf::Hnsw::open("memory.hnsw"); // read-only, searched in place
 #ifndef ERLMCP_FLOW_HPP
 #define ERLMCP_FLOW_HPP
 
 #include <erlmcp_flow.h>
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -1116,6 +1130,293 @@ private:
     }
 
     emf_cache_t* c_ = nullptr;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Vectors and the HNSW index
+
+// A borrowed array (what C++20 would spell std::span<const T>): from a pointer and a length, a
+// std::vector, a std::array or a C array. It must not outlive what it views.
+template <typename T>
+class Span {
+public:
+    constexpr Span() noexcept = default;
+    constexpr Span(const T* data, std::size_t size) noexcept : data_(data), size_(size) {}
+    Span(const std::vector<T>& v) noexcept : data_(v.data()), size_(v.size()) {}  // NOLINT: implicit
+    template <std::size_t N>
+    constexpr Span(const std::array<T, N>& a) noexcept : data_(a.data()), size_(N) {}  // NOLINT
+    template <std::size_t N>
+    constexpr Span(const T (&a)[N]) noexcept : data_(a), size_(N) {}  // NOLINT: implicit
+
+    constexpr const T* data() const noexcept { return data_; }
+    constexpr std::size_t size() const noexcept { return size_; }
+    constexpr bool empty() const noexcept { return size_ == 0; }
+    constexpr const T* begin() const noexcept { return data_; }
+    constexpr const T* end() const noexcept { return data_ + size_; }
+    constexpr const T& operator[](std::size_t i) const noexcept { return data_[i]; }
+    // `count` values from `offset` (the caller keeps them in range).
+    constexpr Span subspan(std::size_t offset, std::size_t count) const noexcept {
+        return Span(data_ + offset, count);
+    }
+
+private:
+    const T* data_ = nullptr;
+    std::size_t size_ = 0;
+};
+
+using Floats = Span<float>;
+using Ids = Span<std::uint64_t>;
+
+// How an Hnsw measures distance.
+enum class Metric : std::uint32_t {
+    Cosine = EMF_METRIC_COSINE,  // 1 - cos(a, b)
+    Dot = EMF_METRIC_DOT,        // 1 - a.b (for unit vectors, the same order as cosine)
+    L2Sq = EMF_METRIC_L2SQ,      // |a - b|^2
+};
+
+// What an Hnsw keeps besides the int8 codes, for re-ranking (SearchOptions::rerank).
+enum class Originals : std::uint32_t {
+    None = EMF_ORIGINALS_NONE,  // int8 codes only: the smallest index
+    F16 = EMF_ORIGINALS_F16,    // half floats, 2 bytes a component
+    F32 = EMF_ORIGINALS_F32,    // floats, 4 bytes a component
+};
+
+// The parameters of an Hnsw. HnswParams(dim) holds the library's defaults
+// (emf_hnsw_params_default): cosine, M 16, ef_construction 200, ef_search 50, no originals.
+struct HnswParams {
+    std::uint32_t dim;              // vector dimensions, 1..65536
+    Metric metric;
+    std::uint32_t m;                // neighbours per node on upper levels, 2m on level 0 (2..128)
+    std::uint32_t ef_construction;  // candidates kept while inserting
+    std::uint32_t ef_search;        // candidates kept while searching when SearchOptions::ef is 0
+    Originals originals;
+    std::uint64_t seed;             // of the level draws
+
+    explicit HnswParams(std::uint32_t dimensions) {
+        emf_hnsw_params_t p{};
+        detail::check(emf_hnsw_params_default(dimensions, &p), "emf_hnsw_params_default");
+        *this = HnswParams(p);
+    }
+    explicit HnswParams(const emf_hnsw_params_t& p) noexcept
+        : dim(p.dim), metric(static_cast<Metric>(p.metric)), m(p.m),
+          ef_construction(p.ef_construction), ef_search(p.ef_search),
+          originals(static_cast<Originals>(p.originals)), seed(p.seed) {}
+
+    // The C struct.
+    emf_hnsw_params_t c() const noexcept {
+        return emf_hnsw_params_t{dim,       static_cast<std::uint32_t>(metric),
+                                 m,         ef_construction,
+                                 ef_search, static_cast<std::uint32_t>(originals),
+                                 seed};
+    }
+};
+
+// One search answer: the id given at insertion and the distance (the int8 estimate, or exact
+// when re-ranked): the C struct as is.
+using Hit = emf_hnsw_hit_t;
+
+// A set of ids in the form SearchOptions::filter takes: a bitset, id i being bit i % 64 of word
+// i / 64. Its size follows the largest id allowed (id / 8 bytes): meant for dense ids.
+class IdFilter {
+public:
+    IdFilter() : words_(1, 0) {}  // allows nothing (one zero word: an empty bitset is no filter)
+    // Allows `id` (and grows the bitset to it).
+    void allow(std::uint64_t id) {
+        const std::size_t word = static_cast<std::size_t>(id / 64);
+        if (word >= words_.size()) words_.resize(word + 1, 0);
+        words_[word] |= std::uint64_t(1) << (id % 64);
+    }
+    bool allows(std::uint64_t id) const noexcept {
+        const std::uint64_t word = id / 64;
+        return word < words_.size() && (words_[static_cast<std::size_t>(word)] >> (id % 64) & 1) != 0;
+    }
+    // The words, for SearchOptions::filter (at least one, so that a filter allowing nothing
+    // finds nothing: no words at all would mean no filter).
+    Span<std::uint64_t> words() const noexcept { return Span<std::uint64_t>(words_); }
+
+private:
+    std::vector<std::uint64_t> words_;
+};
+
+// How to search.
+struct SearchOptions {
+    std::size_t ef = 0;           // candidates kept (0: the index's ef_search; at least k)
+    bool rerank = false;          // re-rank the candidates with the originals (if kept)
+    Span<std::uint64_t> filter;   // only ids whose bit is set (IdFilter::words); empty: all
+
+    std::uint32_t flags() const noexcept { return rerank ? EMF_SEARCH_RERANK : 0u; }
+};
+
+// An HNSW index of float vectors stored as int8 codes (see the C header's emf_hnsw_*): built in
+// memory (Hnsw(params), Hnsw::load) or a saved file mapped read-only (Hnsw::open), which
+// searches only: inserting into, removing from, compacting or saving it throws
+// Error(EMF_ERR_UNSUPPORTED). Bad input throws Error (EMF_ERR_INVALID_ARGUMENT for a wrong
+// dimension, NaN or infinite values, a duplicate id, ...). Thread-safe (see the top of this
+// file). Move-only; freed (unmapped) in the destructor. A default-constructed or moved-from
+// Hnsw throws Error on use.
+class Hnsw {
+public:
+    Hnsw() noexcept = default;
+    // Adopts a handle from emf_hnsw_new, _open or _load.
+    explicit Hnsw(emf_hnsw_t* h) noexcept : h_(h) {}
+    // An empty index.
+    explicit Hnsw(const HnswParams& params) {
+        const emf_hnsw_params_t p = params.c();
+        detail::check(emf_hnsw_new(&p, &h_), "emf_hnsw_new");
+    }
+    // Maps a saved index read-only and validates it (Error EMF_ERR_IO, EMF_ERR_CORRUPT). Other
+    // processes may map the same file; a save renamed over it does not disturb this mapping.
+    static Hnsw open(const std::string& path) {
+        emf_hnsw_t* h = nullptr;
+        detail::check(emf_hnsw_open(path.c_str(), &h), "emf_hnsw_open");
+        return Hnsw(h);
+    }
+    // Reads a saved index into memory: a copy that can change.
+    static Hnsw load(const std::string& path) {
+        emf_hnsw_t* h = nullptr;
+        detail::check(emf_hnsw_load(path.c_str(), &h), "emf_hnsw_load");
+        return Hnsw(h);
+    }
+    Hnsw(const Hnsw&) = delete;
+    Hnsw& operator=(const Hnsw&) = delete;
+    Hnsw(Hnsw&& other) noexcept : h_(std::exchange(other.h_, nullptr)) {}
+    Hnsw& operator=(Hnsw&& other) noexcept {
+        if (this != &other) {
+            emf_hnsw_free(h_);
+            h_ = std::exchange(other.h_, nullptr);
+        }
+        return *this;
+    }
+    ~Hnsw() { emf_hnsw_free(h_); }
+
+    HnswParams params() const {
+        emf_hnsw_params_t p{};
+        detail::check(emf_hnsw_params(handle("emf_hnsw_params"), &p), "emf_hnsw_params");
+        return HnswParams(p);
+    }
+
+    // Live vectors (inserted and not removed).
+    std::size_t size() const {
+        std::size_t len = 0;
+        detail::check(emf_hnsw_stats(handle("emf_hnsw_stats"), &len, nullptr), "emf_hnsw_stats");
+        return len;
+    }
+
+    // Bytes the index holds (a mapped one: the file's size).
+    std::size_t memory_bytes() const {
+        std::size_t bytes = 0;
+        detail::check(emf_hnsw_stats(handle("emf_hnsw_stats"), nullptr, &bytes), "emf_hnsw_stats");
+        return bytes;
+    }
+
+    // Inserts `vector` (dim floats) under `id`, which must not be in the index.
+    void insert(std::uint64_t id, Floats vector) {
+        detail::check(emf_hnsw_insert(handle("emf_hnsw_insert"), id, vector.data(), vector.size()),
+                      "emf_hnsw_insert");
+    }
+
+    // Inserts ids.size() vectors, `vectors` holding them one after another, on `threads` threads
+    // (0: one per CPU). Everything is checked first: on an error nothing is inserted.
+    void insert_batch(Ids ids, Floats vectors, std::uint32_t threads = 0) {
+        emf_hnsw_t* h = handle("emf_hnsw_insert_batch");
+        const std::size_t dim = ids.empty() ? params().dim : vectors.size() / ids.size();
+        if (dim * ids.size() != vectors.size()) {
+            throw Error(EMF_ERR_INVALID_ARGUMENT, "emf::Hnsw::insert_batch",
+                        std::to_string(vectors.size()) + " values are not " +
+                            std::to_string(ids.size()) + " vectors of equal length");
+        }
+        detail::check(emf_hnsw_insert_batch(h, ids.data(), ids.size(), vectors.data(), dim, threads),
+                      "emf_hnsw_insert_batch");
+    }
+
+    // The `k` nearest vectors to `query`, closest first (fewer when the index, or the filter,
+    // has fewer).
+    std::vector<Hit> search(Floats query, std::size_t k, const SearchOptions& opts = {}) const {
+        std::vector<Hit> hits;
+        search_into(query, k, hits, opts);
+        return hits;
+    }
+
+    // search() into a reused vector (resized to the hits; no allocation once it holds k).
+    void search_into(Floats query, std::size_t k, std::vector<Hit>& out,
+                     const SearchOptions& opts = {}) const {
+        emf_hnsw_t* h = handle("emf_hnsw_search");
+        check_k(k, 1, "emf::Hnsw::search");
+        out.resize(k);
+        std::size_t n = 0;
+        emf_status_t st = emf_hnsw_search(h, query.data(), query.size(), k, opts.ef, opts.flags(),
+                                          opts.filter.data(), opts.filter.size(), out.data(), &n);
+        if (st != EMF_OK) out.clear();
+        detail::check(st, "emf_hnsw_search");
+        out.resize(n);
+    }
+
+    // Searches every query of `queries` (dim floats each, one after another) on `threads`
+    // threads (0: one per CPU): result i is query i's hits.
+    std::vector<std::vector<Hit>> search_batch(Floats queries, std::size_t k,
+                                               const SearchOptions& opts = {},
+                                               std::uint32_t threads = 0) const {
+        emf_hnsw_t* h = handle("emf_hnsw_search_batch");
+        const std::size_t dim = params().dim;
+        const std::size_t nq = queries.size() / dim;
+        if (nq * dim != queries.size()) {
+            throw Error(EMF_ERR_INVALID_ARGUMENT, "emf::Hnsw::search_batch",
+                        std::to_string(queries.size()) + " values are not a whole number of " +
+                            std::to_string(dim) + "-dimensional queries");
+        }
+        check_k(k, nq, "emf::Hnsw::search_batch");
+        std::vector<Hit> hits(nq * k);
+        std::vector<std::size_t> counts(nq);
+        detail::check(emf_hnsw_search_batch(h, queries.data(), nq, dim, k, opts.ef, opts.flags(),
+                                            opts.filter.data(), opts.filter.size(), threads,
+                                            hits.data(), counts.data()),
+                      "emf_hnsw_search_batch");
+        std::vector<std::vector<Hit>> out(nq);
+        for (std::size_t i = 0; i < nq; ++i) {
+            out[i].assign(hits.begin() + static_cast<std::ptrdiff_t>(i * k),
+                          hits.begin() + static_cast<std::ptrdiff_t>(i * k + counts[i]));
+        }
+        return out;
+    }
+
+    // Removes `id`; false when it was not in the index. Its memory comes back with compact().
+    bool remove(std::uint64_t id) {
+        emf_status_t st = emf_hnsw_remove(handle("emf_hnsw_remove"), id);
+        if (st == EMF_ERR_NOT_FOUND) return false;
+        detail::check(st, "emf_hnsw_remove");
+        return true;
+    }
+
+    // Reclaims the memory of removed vectors (waits for the calls in progress, holds others
+    // off meanwhile).
+    void compact() { detail::check(emf_hnsw_compact(handle("emf_hnsw_compact")), "emf_hnsw_compact"); }
+
+    // Writes the index to `path` (a temporary file renamed over it).
+    void save(const std::string& path) const {
+        detail::check(emf_hnsw_save(handle("emf_hnsw_save"), path.c_str()), "emf_hnsw_save");
+    }
+
+    // The C handle (NULL after a move), for calls this wrapper does not cover.
+    emf_hnsw_t* get() const noexcept { return h_; }
+    explicit operator bool() const noexcept { return h_ != nullptr; }
+
+private:
+    // Refuses, before allocating for them, more hits than the library would take.
+    static void check_k(std::size_t k, std::size_t queries, const char* function) {
+        const std::size_t most = EMF_MAX_INPUT_LEN / sizeof(Hit);
+        if (k > most || (queries > 0 && k > most / queries)) {
+            throw Error(EMF_ERR_TOO_LARGE, function,
+                        "k " + std::to_string(k) + " x " + std::to_string(queries) +
+                            " queries exceeds the " + std::to_string(most) + " hits one call may write");
+        }
+    }
+
+    emf_hnsw_t* handle(const char* function) const {
+        if (h_ == nullptr) throw detail::moved_from(function);
+        return h_;
+    }
+
+    emf_hnsw_t* h_ = nullptr;
 };
 
 }  // namespace emf

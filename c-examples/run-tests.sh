@@ -9,10 +9,11 @@
 # C++ program, then the ring programs: ring_pingpong (C, two processes), a short
 # ring_pingpong --bench, and ring_pingpong-cpp (two threads), then the task queue and cache
 # programs: queue_cache (C, dynamic and static) and queue_cache-cpp (2 producer + 2 consumer
-# threads). With --valgrind each one also runs under memcheck (the ring ping-pongs and the
-# queue threads with a small N). Exits non-zero on any failure. Works from any directory.
-# EMF_RING_N sets the ping-pong length (default 20000), EMF_QUEUE_N the tasks per producer
-# thread of queue_cache-cpp (default 20000).
+# threads), then the HNSW programs: hnsw (C, dynamic and static; given <repo>/tests/data for
+# the MiniLM recall check) and hnsw-cpp. With --valgrind each one also runs under memcheck
+# (the ring ping-pongs, the queue threads and the HNSW builds with a small N). Exits non-zero
+# on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
+# 20000), EMF_QUEUE_N the tasks per producer thread of queue_cache-cpp (default 20000).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -22,7 +23,7 @@ use_valgrind=0
 for arg in "$@"; do
   case "$arg" in
     --valgrind) use_valgrind=1 ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--valgrind]" >&2; exit 2 ;;
   esac
 done
@@ -40,7 +41,7 @@ build=$here/build
 failed=0
 
 # The static programs must not need liberlmcp_flow.so at run time.
-for prog in serializer-static queue_cache-static; do
+for prog in serializer-static queue_cache-static hnsw-static; do
   if readelf -d "$build/$prog" | grep -q 'NEEDED.*liberlmcp_flow'; then
     echo "FAIL: build/$prog is linked to liberlmcp_flow.so" >&2
     failed=1
@@ -89,6 +90,10 @@ for prog in queue_cache queue_cache-static; do
   run "$prog" "$build/$prog"
 done
 run queue_cache-cpp "$build/queue_cache-cpp" -n "${EMF_QUEUE_N:-20000}"
+for prog in hnsw hnsw-static; do
+  run "$prog" "$build/$prog" "$repo/tests/data"
+done
+run hnsw-cpp "$build/hnsw-cpp"
 
 if [ "$use_valgrind" = 1 ]; then
   for prog in serializer serializer-static serializer-cpp; do
@@ -103,6 +108,12 @@ if [ "$use_valgrind" = 1 ]; then
     valgrind_run "$prog" "$build/$prog"
   done
   valgrind_run queue_cache-cpp "$build/queue_cache-cpp" -n 2000
+  # hnsw forks children (a huge ef; a second process mapping the saved index): under memcheck
+  # too. The MiniLM part with the first 1000 vectors (ground truth by brute force).
+  for prog in hnsw hnsw-static; do
+    valgrind_run "$prog" "$build/$prog" -n 1000 "$repo/tests/data"
+  done
+  valgrind_run hnsw-cpp "$build/hnsw-cpp" -n 300
 fi
 
 if [ "$failed" != 0 ]; then
