@@ -46,13 +46,18 @@
          state_mapped/0,
          queue_new/3, queue_enqueue/3, queue_dequeue/1, queue_stats/1, queue_close/1,
          cache_new/3, cache_set_sweeper/2, cache_put/3, cache_get/2, cache_remove/2,
-         cache_sweep/1, cache_stats/1]).
+         cache_sweep/1, cache_stats/1,
+         quantize_f32/1, dequantize_i8/2, distance_f32/3, distance_f16/3,
+         cosine_distance_i8/2, dot_i8/2,
+         hnsw_new/7, hnsw_open/1, hnsw_load/1, hnsw_close/1, hnsw_info/1,
+         hnsw_insert/3, hnsw_insert_batch/4, hnsw_search/6, hnsw_search_batch/7,
+         hnsw_remove/2, hnsw_compact/1, hnsw_save/2, hnsw_stats/1, hnsw_indexes/0]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
               ring/0, producer/0, consumer/0, timeout_ms/0,
               router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
-              drop_policy/0]).
+              drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0]).
 
 -on_load(init/0).
 
@@ -90,6 +95,17 @@
 %% A task queue (`emf_task_queue_t'): thread-safe; see erlmcp_flow_queue.
 -opaque cache() :: reference().
 %% An LRU cache (`emf_cache_t'): thread-safe; see erlmcp_flow_lru_cache.
+-opaque hnsw() :: reference().
+%% An HNSW index (`emf_hnsw_t'): thread-safe; see erlmcp_flow_hnsw.
+-type metric() :: cosine | dot | l2sq.
+%% `EMF_METRIC_*': `1 - cos(a, b)', `1 - a·b', `|a - b|²'.
+-type originals() :: none | f16 | f32.
+%% `EMF_ORIGINALS_*': what an index keeps of each vector besides its int8 codes.
+-type distance() :: float() | infinity | neg_infinity | nan.
+%% A distance; the atoms stand for results that are not finite (float overflow on huge
+%% values), which an Erlang float cannot hold.
+-type hit() :: {non_neg_integer(), distance()}.
+%% A search answer: the id given at insertion and its distance to the query.
 -type drop_policy() :: none | low_priority.
 %% What a full task queue does with an arrival (`EMF_DROP_*').
 -type timeout_ms() :: non_neg_integer() | infinity.
@@ -455,3 +471,116 @@ cache_sweep(_Cache) -> erlang:nif_error(not_loaded).
 %% @doc `emf_cache_stats' as a map.
 -spec cache_stats(cache()) -> {ok, #{atom() => non_neg_integer()}} | error().
 cache_stats(_Cache) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Vectors (see erlmcp_flow_quantization)
+%%--------------------------------------------------------------------------------------------
+%% Float vectors are binaries of native-endian float32 values, int8 codes binaries of bytes,
+%% half floats binaries of native-endian IEEE binary16 values (`<<X:16/float-native>>'). Any
+%% alignment is fine (a copy is made when needed).
+
+%% @doc `emf_quantize_f32': int8 codes and the scale such that `X ≈ Scale · Code'.
+-spec quantize_f32(binary()) -> {ok, {binary(), distance()}} | error().
+quantize_f32(_Vector) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_dequantize_i8': `Scale · Code' for each code, as float32 values. `Scale' is a
+%% float within the float32 range.
+-spec dequantize_i8(binary(), float()) -> {ok, binary()} | error().
+dequantize_i8(_Codes, _Scale) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_distance_f32' between two float32 vectors of the same length.
+-spec distance_f32(metric(), binary(), binary()) -> {ok, distance()} | error().
+distance_f32(_Metric, _A, _B) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_distance_f16' between two half-float vectors of the same length.
+-spec distance_f16(metric(), binary(), binary()) -> {ok, distance()} | error().
+distance_f16(_Metric, _A, _B) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_cosine_distance_i8' between two code vectors of the same length.
+-spec cosine_distance_i8(binary(), binary()) -> {ok, distance()} | error().
+cosine_distance_i8(_A, _B) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_dot_i8': the exact integer dot product of two code vectors.
+-spec dot_i8(binary(), binary()) -> {ok, integer()} | error().
+dot_i8(_A, _B) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% HNSW indexes (see erlmcp_flow_hnsw)
+%%--------------------------------------------------------------------------------------------
+%% Ids are integers from 0 to 2^64 - 1. A single insert, search or removal runs on the calling
+%% scheduler when its estimated time (from the index's parameters and size) is below 0.5 ms,
+%% else on a dirty CPU scheduler; batches and compact on a dirty CPU scheduler, files on a
+%% dirty I/O scheduler. No call waits for a compact on a normal scheduler.
+
+%% @doc `emf_hnsw_new' with `emf_hnsw_params_default(Dim)' updated by the arguments; `Seed'
+%% `default' keeps the default seed.
+-spec hnsw_new(pos_integer(), metric(), pos_integer(), pos_integer(), pos_integer(),
+               originals(), non_neg_integer() | default) -> {ok, hnsw()} | error().
+hnsw_new(_Dim, _Metric, _M, _EfConstruction, _EfSearch, _Originals, _Seed) ->
+    erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_open': maps an index file read-only (searches only).
+-spec hnsw_open(bytes()) -> {ok, hnsw()} | error().
+hnsw_open(_Path) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_load': reads an index file into a new index that can change.
+-spec hnsw_load(bytes()) -> {ok, hnsw()} | error().
+hnsw_load(_Path) -> erlang:nif_error(not_loaded).
+
+%% @doc Releases an index now, or once the calls using it have returned (idempotent; later
+%% calls get `{error, {closed, _}}').
+-spec hnsw_close(hnsw()) -> ok | error().
+hnsw_close(_Index) -> erlang:nif_error(not_loaded).
+
+%% @doc The index's parameters (`emf_hnsw_params', read when it was made) and whether it is a
+%% mapped file.
+-spec hnsw_info(hnsw()) ->
+          {ok, #{dim := pos_integer(), metric := metric(), m := pos_integer(),
+                 ef_construction := pos_integer(), ef_search := pos_integer(),
+                 originals := originals(), seed := non_neg_integer(), mapped := boolean()}}
+          | error().
+hnsw_info(_Index) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_insert': one float32 vector of the index's dim.
+-spec hnsw_insert(hnsw(), non_neg_integer(), binary()) -> ok | error().
+hnsw_insert(_Index, _Id, _Vector) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_insert_batch' on `Threads' threads (0: one per CPU): `Ids' native-endian
+%% uint64 values, `Vectors' as many rows of float32 values (dirty CPU scheduler).
+-spec hnsw_insert_batch(hnsw(), binary(), binary(), non_neg_integer()) -> ok | error().
+hnsw_insert_batch(_Index, _Ids, _Vectors, _Threads) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_search': the `K' nearest hits, closest first. `Ef' 0 is the index's
+%% ef_search; `K' and `Ef' are at most 1048576. `Filter' is `undefined' or the engine's
+%% bitset: native-endian uint64 words, id `I' being bit `I rem 64' of word `I div 64'.
+-spec hnsw_search(hnsw(), binary(), non_neg_integer(), non_neg_integer(), boolean(),
+                  binary() | undefined) -> {ok, [hit()]} | error().
+hnsw_search(_Index, _Query, _K, _Ef, _Rerank, _Filter) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_search_batch': `Queries' holds rows of float32 values; one list of hits a
+%% query (dirty CPU scheduler; at most 16777216 hits in all).
+-spec hnsw_search_batch(hnsw(), binary(), non_neg_integer(), non_neg_integer(), boolean(),
+                        binary() | undefined, non_neg_integer()) -> {ok, [[hit()]]} | error().
+hnsw_search_batch(_Index, _Queries, _K, _Ef, _Rerank, _Filter, _Threads) ->
+    erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_remove': `{error, {not_found, _}}' when the id is absent.
+-spec hnsw_remove(hnsw(), non_neg_integer()) -> ok | error().
+hnsw_remove(_Index, _Id) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_compact' (dirty CPU scheduler).
+-spec hnsw_compact(hnsw()) -> ok | error().
+hnsw_compact(_Index) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_save' (dirty I/O scheduler).
+-spec hnsw_save(hnsw(), bytes()) -> ok | error().
+hnsw_save(_Index, _Path) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_stats': live vectors and bytes held (a mapped index: the file's size).
+-spec hnsw_stats(hnsw()) ->
+          {ok, #{len := non_neg_integer(), memory_bytes := non_neg_integer()}} | error().
+hnsw_stats(_Index) -> erlang:nif_error(not_loaded).
+
+%% @doc The number of indexes of the loaded library not freed yet (closed or collected).
+-spec hnsw_indexes() -> non_neg_integer().
+hnsw_indexes() -> erlang:nif_error(not_loaded).

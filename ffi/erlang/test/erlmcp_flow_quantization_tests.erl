@@ -1,0 +1,237 @@
+%% EUnit tests of erlmcp_flow_quantization: quantization round trips within half a step
+%% (scale / 2), codes and scales, lists and binaries alike, distances against references
+%% computed here in doubles (float32, half-float and int8 vectors), the exact int8 dot product,
+%% results that are not finite, large and unaligned vectors, and bad input.
+%%
+%% Vectors are random with a fixed seed (rand:seed(exsss, ...)).
+-module(erlmcp_flow_quantization_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+-define(Q, erlmcp_flow_quantization).
+-define(N, erlmcp_flow_nif).
+
+%%--------------------------------------------------------------------------------------------
+%% Helpers
+%%--------------------------------------------------------------------------------------------
+
+vectors(Count, Dim, Seed) ->
+    rand:seed(exsss, Seed),
+    [[(rand:uniform() * 2 - 1) * rand:uniform() * 10 || _ <- lists:seq(1, Dim)]
+     || _ <- lists:seq(1, Count)].
+
+f32(V) ->
+    << <<X:32/float-native>> || X <- V >>.
+
+%% The values of V as float32 (what the engine sees).
+as_f32(V) ->
+    [X || <<X:32/float-native>> <= f32(V)].
+
+codes(Bin) ->
+    [C || <<C:8/signed>> <= Bin].
+
+unaligned(Bin) ->
+    <<_:8, Sub/binary>> = <<0, Bin/binary>>,
+    Sub.
+
+invalid(R) ->
+    ?assertMatch({error, {invalid_argument, <<_/binary>>}}, R).
+
+dot(A, B) -> lists:sum([X * Y || {X, Y} <- lists:zip(A, B)]).
+norm(A) -> math:sqrt(dot(A, A)).
+
+reference(cosine, A, B) -> 1 - dot(A, B) / (norm(A) * norm(B));
+reference(dot, A, B) -> 1 - dot(A, B);
+reference(l2sq, A, B) -> lists:sum([(X - Y) * (X - Y) || {X, Y} <- lists:zip(A, B)]).
+
+close_to(Expected, Got, Tolerance) ->
+    ?assert(abs(Expected - Got) =< Tolerance * max(1.0, abs(Expected))).
+
+%%--------------------------------------------------------------------------------------------
+%% Quantization
+%%--------------------------------------------------------------------------------------------
+
+%% Every value comes back within half a quantization step (scale / 2), for vectors of many
+%% lengths, as lists and as binaries.
+round_trip_within_half_a_step_test() ->
+    lists:foreach(
+      fun(V) ->
+              {ok, {Codes, Scale}} = ?Q:quantize_vector(V),
+              ?assertEqual({ok, {Codes, Scale}}, ?Q:quantize_vector(f32(V))),
+              ?assertEqual(length(V), byte_size(Codes)),
+              ?assert(is_float(Scale) andalso Scale > 0),
+              %% The largest magnitude maps to 127.
+              ?assertEqual(127, lists:max([abs(C) || C <- codes(Codes)])),
+              {ok, Back} = ?Q:dequantize_vector(Codes, Scale),
+              ?assertEqual(length(V), length(Back)),
+              [?assert(abs(X - Y) =< Scale / 2 + abs(X) * 1.0e-6)
+               || {X, Y} <- lists:zip(as_f32(V), Back)],
+              %% Back is Scale · Code, in float32.
+              ?assertEqual(as_f32([C * Scale || C <- codes(Codes)]), Back)
+      end,
+      vectors(50, 16, {1, 2, 3}) ++ vectors(5, 1, {4, 5, 6}) ++ vectors(5, 768, {7, 8, 9})).
+
+quantize_examples_test() ->
+    {ok, {Codes, Scale}} = ?Q:quantize_vector([0.1, -0.05, 0.0, 0.2]),
+    ?assertEqual([64, -32, 0, 127], codes(Codes)),
+    close_to(0.2 / 127, Scale, 1.0e-6),
+    %% A zero vector: all codes 0, scale 0.0; an empty one.
+    ?assertEqual({ok, {<<0, 0, 0>>, 0.0}}, ?Q:quantize_vector([0, 0.0, -0.0])),
+    ?assertEqual({ok, {<<>>, 0.0}}, ?Q:quantize_vector([])),
+    ?assertEqual({ok, []}, ?Q:dequantize_vector(<<>>, 1.0)),
+    %% Integers are numbers; codes as lists and as {Codes, Scale}; an integer scale.
+    {ok, {C2, S2}} = ?Q:quantize_vector([1, -2, 4]),
+    ?assertEqual([32, -64, 127], codes(C2)),
+    ?assertEqual(?Q:dequantize_vector(C2, S2), ?Q:dequantize_vector(codes(C2), S2)),
+    ?assertEqual({ok, [2.0, -4.0, 254.0]}, ?Q:dequantize_vector([1, -2, 127], 2)),
+    %% Extremes of float32 quantize without overflow.
+    {ok, {C3, S3}} = ?Q:quantize_vector([3.4e38, -3.4e38, 1.0]),
+    ?assertEqual([127, -127, 0], codes(C3)),
+    close_to(3.4e38 / 127, S3, 1.0e-6).
+
+%% Vectors of 64 KiB and more (a dirty scheduler), and binaries at odd addresses.
+large_and_unaligned_vectors_test() ->
+    [V] = vectors(1, 40000, {10, 11, 12}),
+    Bin = f32(V),
+    {ok, {Codes, Scale}} = ?Q:quantize_vector(Bin),
+    ?assertEqual({ok, {Codes, Scale}}, ?Q:quantize_vector(unaligned(Bin))),
+    {ok, Back} = ?Q:dequantize_vector(Codes, Scale),
+    ?assertEqual({ok, Back}, ?Q:dequantize_vector(unaligned(Codes), Scale)),
+    {ok, D} = ?Q:distance(l2sq, Bin, f32(Back)),
+    ?assertEqual({ok, D}, ?Q:distance(l2sq, unaligned(Bin), unaligned(f32(Back)))),
+    ?assert(D =< 40000 * (Scale / 2) * (Scale / 2) * 1.01),
+    {ok, Cos} = ?Q:cosine_distance_quantized(Codes, unaligned(Codes)),
+    ?assert(abs(Cos) < 1.0e-5),
+    {ok, Dot} = ?Q:dot_i8(unaligned(Codes), Codes),
+    ?assertEqual(lists:sum([C * C || C <- codes(Codes)]), Dot),
+    H = << <<X:16/float-native>> || X <- lists:sublist(V, 1000) >>,
+    ?assertEqual(?Q:distance_f16(dot, H, H), ?Q:distance_f16(dot, unaligned(H), unaligned(H))).
+
+%%--------------------------------------------------------------------------------------------
+%% Distances
+%%--------------------------------------------------------------------------------------------
+
+float_distances_match_references_test() ->
+    Vs = vectors(40, 32, {13, 14, 15}),
+    Pairs = lists:zip(lists:sublist(Vs, 20), lists:nthtail(20, Vs)),
+    [begin
+         A32 = as_f32(A), B32 = as_f32(B),
+         {ok, D} = ?Q:distance(Metric, A, B),
+         close_to(reference(Metric, A32, B32), D, 1.0e-4),
+         ?assertEqual({ok, D}, ?Q:distance(Metric, f32(A), f32(B))),
+         ?assertEqual({ok, D}, ?Q:distance(Metric, A, f32(B)))
+     end || {A, B} <- Pairs, Metric <- [cosine, dot, l2sq]],
+    %% Identical vectors.
+    [A | _] = Vs,
+    {ok, Zero} = ?Q:distance(l2sq, A, A),
+    ?assertEqual(0.0, Zero),
+    {ok, Same} = ?Q:distance(cosine, A, A),
+    ?assert(abs(Same) < 1.0e-6),
+    ?assertEqual({ok, 0.0}, ?Q:distance(dot, [1.0, 0.0], [1.0, 0.0])),
+    ?assertEqual({ok, 0.0}, ?Q:distance(l2sq, [], [])).
+
+half_float_distances_test() ->
+    [A, B] = [[X / 10 || X <- V] || V <- vectors(2, 64, {16, 17, 18})],
+    Half = fun(V) -> [X || <<X:16/float-native>> <= << <<Y:16/float-native>> || Y <- V >>] end,
+    [begin
+         {ok, D} = ?Q:distance_f16(Metric, A, B),
+         close_to(reference(Metric, Half(A), Half(B)), D, 1.0e-4),
+         Bin = fun(V) -> << <<X:16/float-native>> || X <- V >> end,
+         ?assertEqual({ok, D}, ?Q:distance_f16(Metric, Bin(A), Bin(B)))
+     end || Metric <- [cosine, dot, l2sq]],
+    invalid(?Q:distance_f16(l2sq, [70000.0], [1.0])),          % beyond the half-float range
+    invalid(?Q:distance_f16(l2sq, <<1, 2, 3>>, <<1, 2, 3>>)),
+    %% NaN and infinity, which only binaries can hold.
+    invalid(?Q:distance_f16(l2sq, <<16#7E00:16/native>>, <<16#3C00:16/native>>)),
+    invalid(?Q:distance_f16(l2sq, <<16#3C00:16/native>>, <<16#7C00:16/native>>)).
+
+%% The int8 cosine distance estimates the float one; the scales cancel.
+quantized_distances_test() ->
+    Vs = vectors(40, 64, {19, 20, 21}),
+    Pairs = lists:zip(lists:sublist(Vs, 20), lists:nthtail(20, Vs)),
+    [begin
+         {ok, {CA, SA} = QA} = ?Q:quantize_vector(A),
+         {ok, {CB, _} = QB} = ?Q:quantize_vector(B),
+         {ok, D} = ?Q:cosine_distance_quantized(CA, CB),
+         {ok, Exact} = ?Q:distance(cosine, A, B),
+         ?assert(abs(D - Exact) < 0.02),
+         ?assertEqual({ok, D}, ?Q:cosine_distance_quantized(QA, QB)),
+         ?assertEqual({ok, D}, ?Q:cosine_distance_quantized(codes(CA), CB)),
+         %% Scaling a vector changes its scale, not its codes.
+         {ok, {CA, SA2}} = ?Q:quantize_vector([X * 4 || X <- A]),
+         close_to(SA * 4, SA2, 1.0e-6),
+         %% The dot product of the codes is exact, and times both scales estimates a·b.
+         {ok, Dot} = ?Q:dot_i8(CA, CB),
+         ?assertEqual(lists:sum([X * Y || {X, Y} <- lists:zip(codes(CA), codes(CB))]), Dot),
+         ?assertEqual({ok, Dot}, ?Q:dot_i8(QA, codes(CB)))
+     end || {A, B} <- Pairs],
+    %% Extremes: every code -128 or 127.
+    ?assertEqual({ok, 127 * 127 * 1000}, ?Q:dot_i8(binary:copy(<<127>>, 1000),
+                                                   binary:copy(<<127>>, 1000))),
+    ?assertEqual({ok, -128 * 127 * 3}, ?Q:dot_i8([-128, -128, -128], [127, 127, 127])),
+    ?assertEqual({ok, 0}, ?Q:dot_i8(<<>>, <<>>)).
+
+%% Distances too large for float arithmetic come as atoms, never as an exception.
+non_finite_distances_test() ->
+    Big = [3.0e38, 3.0e38],
+    ?assertEqual({ok, infinity}, ?Q:distance(l2sq, Big, [-3.0e38, -3.0e38])),
+    ?assertEqual({ok, neg_infinity}, ?Q:distance(dot, Big, Big)),
+    {ok, Cos} = ?Q:distance(cosine, Big, Big),
+    ?assert(is_float(Cos) orelse Cos =:= nan).
+
+%%--------------------------------------------------------------------------------------------
+%% Bad input
+%%--------------------------------------------------------------------------------------------
+
+bad_input_test() ->
+    NaN = <<0, 0, 192, 127>>,
+    Inf = <<0, 0, 128, 127>>,
+    One = <<1.0:32/float-native>>,
+    %% NaN and infinite values, which only binaries can hold.
+    invalid(?Q:quantize_vector(<<One/binary, NaN/binary>>)),
+    invalid(?Q:quantize_vector(<<Inf/binary, One/binary>>)),
+    %% Numbers beyond float32, other terms, improper lists, odd binaries.
+    invalid(?Q:quantize_vector([1.0e39])),
+    invalid(?Q:quantize_vector([-1.0e39])),
+    invalid(?Q:quantize_vector([1 bsl 200])),
+    invalid(?Q:quantize_vector([1.0, x])),
+    invalid(?Q:quantize_vector([1.0 | 2.0])),
+    invalid(?Q:quantize_vector(vector)),
+    invalid(?Q:quantize_vector({1.0, 2.0})),
+    invalid(?Q:quantize_vector(<<1, 2, 3>>)),
+    invalid(?Q:quantize_vector(<<1:3>>)),
+    %% Codes and scales.
+    invalid(?Q:dequantize_vector([128], 1.0)),
+    invalid(?Q:dequantize_vector([-129], 1.0)),
+    invalid(?Q:dequantize_vector([1.0], 1.0)),
+    invalid(?Q:dequantize_vector(codes, 1.0)),
+    invalid(?Q:dequantize_vector(<<1>>, 1.0e39)),
+    invalid(?Q:dequantize_vector(<<1>>, scale)),
+    invalid(?N:dequantize_i8(<<1>>, 1)),                 % the NIF takes floats only
+    invalid(?N:dequantize_i8(<<1>>, 1.0e300)),
+    invalid(?N:dequantize_i8([1], 1.0)),
+    %% Distances: unknown metrics, lengths that differ, wrong terms.
+    invalid(?Q:distance(euclid, [1.0], [1.0])),
+    invalid(?Q:distance("cosine", [1.0], [1.0])),
+    invalid(?Q:distance(cosine, [1.0, 2.0], [1.0])),
+    invalid(?Q:distance(cosine, f32([1.0, 2.0]), f32([1.0]))),
+    invalid(?Q:distance(cosine, [1.0], b)),
+    invalid(?Q:distance(cosine, a, [1.0])),
+    invalid(?Q:distance_f16(cosine, [1.0], [1.0, 2.0])),
+    invalid(?Q:distance_f16(cosine, x, [1.0])),
+    invalid(?Q:cosine_distance_quantized(<<1, 2>>, <<1>>)),
+    invalid(?Q:cosine_distance_quantized([1, 2], [1, 200])),
+    invalid(?Q:cosine_distance_quantized(a, <<1>>)),
+    invalid(?Q:dot_i8(<<1, 2>>, [1])),
+    invalid(?Q:dot_i8(<<1>>, {<<1>>, scale})),
+    %% The NIF refuses what the module would not send.
+    invalid(?N:quantize_f32([1.0])),
+    invalid(?N:quantize_f32(<<1, 2, 3>>)),
+    invalid(?N:distance_f32(cosine, [1.0], [1.0])),
+    invalid(?N:distance_f32(cosine, <<1, 2, 3, 4, 5>>, <<1, 2, 3, 4, 5>>)),
+    invalid(?N:distance_f32(7, One, One)),
+    invalid(?N:distance_f16(l2sq, <<1>>, <<1>>)),
+    invalid(?N:cosine_distance_i8([1], <<1>>)),
+    invalid(?N:dot_i8(<<1>>, [1])),
+    invalid(?Q:distance(l2sq, NaN, One)),
+    invalid(?Q:distance(cosine, One, Inf)).
