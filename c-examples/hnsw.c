@@ -25,7 +25,7 @@
  * search (as on 1 thread); searches racing a writer thread's inserts answering k hits (a
  * reader thread); save / open / load, a save renamed over a file that is still
  * mapped, a mapped index refusing every change (EMF_ERR_UNSUPPORTED), corrupt, truncated and
- * bit-flipped files (EMF_ERR_CORRUPT, never a crash), missing files (EMF_ERR_IO), directories;
+ * bit-flipped files (EMF_ERR_CORRUPT, never a crash), missing files (EMF_ERR_NOT_FOUND), directories;
  * NaN and infinite components refused by the distance functions; and bad input
  * for every function: NULL handles, pointers and out-parameters (EMF_ERR_NULL_ARGUMENT), wrong
  * dimensions, unknown metrics, originals and flags, NaN and infinite vectors, duplicate ids,
@@ -1376,9 +1376,9 @@ static void test_files(void) {
     CHECK_STATUS(emf_hnsw_free(m2), EMF_OK);
     CHECK_STATUS(emf_hnsw_save(h, path), EMF_OK); /* the original again, for what follows */
 
-    /* A missing file: EMF_ERR_IO naming the path; a directory: not an index file. Saving into
-     * a missing directory, or over a directory: EMF_ERR_IO. */
-    expect_open_fails(path_in(other, sizeof other, "missing.hnsw"), EMF_ERR_IO, "missing.hnsw",
+    /* A missing file: EMF_ERR_NOT_FOUND naming the path; a directory: not an index file.
+     * Saving into a missing directory, or over a directory: EMF_ERR_IO. */
+    expect_open_fails(path_in(other, sizeof other, "missing.hnsw"), EMF_ERR_NOT_FOUND, "missing.hnsw",
                       "a missing file");
     expect_open_fails(g_dir, EMF_ERR_INVALID_ARGUMENT, "is a directory", "a directory");
     CHECK_ERROR(emf_hnsw_save(h, path_in(other, sizeof other, "no/such/dir.hnsw")), EMF_ERR_IO,

@@ -499,8 +499,8 @@ void test_errors(emf::Hnsw& index, const ScratchDir& dir, const Memory& notes) {
     CHECK_THROWS(emf::Hnsw{bad}, EMF_ERR_INVALID_ARGUMENT);
 
     // Files: missing, garbage, truncated.
-    CHECK_THROWS(emf::Hnsw::open(dir.file("missing.hnsw")), EMF_ERR_IO);
-    CHECK_THROWS(emf::Hnsw::load(dir.file("missing.hnsw")), EMF_ERR_IO);
+    CHECK_THROWS(emf::Hnsw::open(dir.file("missing.hnsw")), EMF_ERR_NOT_FOUND);
+    CHECK_THROWS(emf::Hnsw::load(dir.file("missing.hnsw")), EMF_ERR_NOT_FOUND);
     {
         std::ofstream f(dir.file("garbage.hnsw"), std::ios::binary);
         f << "EMFHNSW" << std::string(500, 'x');

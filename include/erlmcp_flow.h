@@ -1278,8 +1278,9 @@ emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
                              size_t *out_count);
 
 // Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
-// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]`. The
-// outputs are written only when every query succeeded.
+// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]` (slots
+// past a query's count are left as they were). The outputs are written only when every
+// query succeeded.
 //
 // # Safety
 //

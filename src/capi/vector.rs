@@ -563,8 +563,9 @@ fn search_into(
 }
 
 /// Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
-/// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]`. The
-/// outputs are written only when every query succeeded.
+/// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]` (slots
+/// past a query's count are left as they were). The outputs are written only when every
+/// query succeeded.
 ///
 /// # Safety
 ///
@@ -651,12 +652,16 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
                 .collect()
         });
         let parts: Vec<_> = parts.into_iter().collect::<FfiResult<_>>()?;
-        let (mut h_at, mut c_at) = (0, 0);
+        // Only each query's hits are written: slots past its count keep what the caller
+        // put there.
+        let mut q_at = 0;
         for (hits, cs) in parts {
-            out[h_at..h_at + hits.len()].copy_from_slice(&hits);
-            counts[c_at..c_at + cs.len()].copy_from_slice(&cs);
-            h_at += hits.len();
-            c_at += cs.len();
+            for (i, &c) in cs.iter().enumerate() {
+                let (from, to) = (i * k, (q_at + i) * k);
+                out[to..to + c].copy_from_slice(&hits[from..from + c]);
+            }
+            counts[q_at..q_at + cs.len()].copy_from_slice(&cs);
+            q_at += cs.len();
         }
         Ok(())
     })

@@ -240,7 +240,13 @@ impl MappedHnsw {
     /// Maps the index file at `path` read-only and validates it.
     pub fn open(path: impl AsRef<Path>) -> Result<MappedHnsw> {
         let path = path.as_ref();
-        let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("{}: {e}", path.display()));
+        let io = |e: std::io::Error| {
+            let kind = match e.kind() {
+                std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+                _ => ErrorKind::Io,
+            };
+            Error::new(kind, format!("{}: {e}", path.display()))
+        };
         let f = File::open(path).map_err(io)?;
         let meta = f.metadata().map_err(io)?;
         if meta.is_dir() {

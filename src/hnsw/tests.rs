@@ -329,7 +329,7 @@ fn damaged_files_give_errors_never_crashes() {
     }
     assert!(refused > 100, "only {refused} damaged files refused");
     let e = MappedHnsw::open(tmp("absent")).unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Io);
+    assert_eq!(e.kind(), ErrorKind::NotFound);
 }
 
 #[test]

@@ -468,8 +468,8 @@ mapped_index_refuses_changes_test() ->
 
 bad_files_test() ->
     with_file("garbage", fun(Path) ->
-        ?assertMatch({error, {io, _}}, ?H:open(Path)),
-        ?assertMatch({error, {io, _}}, ?H:load(Path)),
+        ?assertMatch({error, {not_found, _}}, ?H:open(Path)),
+        ?assertMatch({error, {not_found, _}}, ?H:load(Path)),
         ok = file:write_file(Path, <<"not an index at all">>),
         ?assertMatch({error, {corrupt, _}}, ?H:open(Path)),
         ?assertMatch({error, {corrupt, _}}, ?H:load(Path)),

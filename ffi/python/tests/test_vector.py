@@ -521,7 +521,7 @@ def test_open_and_load_refuse_bad_files(tmp_path):
     for fn in (emf.HnswIndex.open, emf.HnswIndex.load):
         with pytest.raises(emf.Error) as e:
             fn(missing)
-        assert e.value.code == emf.EMF_ERR_IO and "missing" in e.value.message
+        assert e.value.code == emf.EMF_ERR_NOT_FOUND and "missing" in e.value.message
     bad = tmp_path / "bad"
     bad.write_bytes(b"EMFHNSW\0garbage")
     for fn in (emf.HnswIndex.open, emf.HnswIndex.load):
