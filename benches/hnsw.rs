@@ -59,8 +59,13 @@ fn search(c: &mut Criterion) {
     {
         use hnsw_rs::prelude::Hnsw as Peer;
         let rows: Vec<(&[f32], usize)> = (0..n).map(|i| (d.base.row(i), i)).collect();
-        let mut peer =
-            Peer::<f32, anndists::dist::DistDot>::new(16, n, 16, 200, anndists::dist::DistDot {});
+        let mut peer = Peer::<f32, anndists::dist::DistCosine>::new(
+            16,
+            n,
+            16,
+            200,
+            anndists::dist::DistCosine {},
+        );
         peer.parallel_insert_slice(&rows);
         peer.set_searching_mode(true);
         g.bench_function("hnsw_rs_f32", |b| {
