@@ -290,6 +290,19 @@ fn with_index<R>(h: *const emf_hnsw_t, f: impl FnOnce(&Index) -> FfiResult<R>) -
     f(&g)
 }
 
+/// Registers `index` as a new handle and writes it to `out`.
+///
+/// # Safety
+///
+/// `out` writable (checked non-NULL by the caller).
+unsafe fn publish(index: Index, out: *mut *mut emf_hnsw_t) -> FfiResult {
+    let h = new_handle(emf_hnsw_t {
+        index: RwLock::new(index),
+    })?;
+    // SAFETY: writable by the caller's contract.
+    unsafe { write_out(out, h, "out") }
+}
+
 fn live(i: &Index) -> FfiResult<&Hnsw> {
     match i {
         Index::Live(h) => Ok(h),
@@ -335,12 +348,8 @@ pub unsafe extern "C" fn emf_hnsw_new(
         }
         // SAFETY: non-NULL and readable by contract; a plain-data struct.
         let p = unsafe { params.read_unaligned() }.to_params()?;
-        let index = Index::Live(Hnsw::new(p)?);
-        let h = new_handle(emf_hnsw_t {
-            index: RwLock::new(index),
-        })?;
-        // SAFETY: writable by contract.
-        unsafe { write_out(out, h, "out") }
+        // SAFETY: writable by contract, checked non-NULL.
+        unsafe { publish(Index::Live(Hnsw::new(p)?), out) }
     })
 }
 
@@ -358,11 +367,8 @@ pub unsafe extern "C" fn emf_hnsw_open(
     guard(|| {
         require_out(out, "out")?;
         let m = MappedHnsw::open(c_str(path, "path")?)?;
-        let h = new_handle(emf_hnsw_t {
-            index: RwLock::new(Index::Mapped(m)),
-        })?;
-        // SAFETY: writable by contract.
-        unsafe { write_out(out, h, "out") }
+        // SAFETY: writable by contract, checked non-NULL.
+        unsafe { publish(Index::Mapped(m), out) }
     })
 }
 
@@ -379,11 +385,8 @@ pub unsafe extern "C" fn emf_hnsw_load(
     guard(|| {
         require_out(out, "out")?;
         let idx = Hnsw::load(c_str(path, "path")?)?;
-        let h = new_handle(emf_hnsw_t {
-            index: RwLock::new(Index::Live(idx)),
-        })?;
-        // SAFETY: writable by contract.
-        unsafe { write_out(out, h, "out") }
+        // SAFETY: writable by contract, checked non-NULL.
+        unsafe { publish(Index::Live(idx), out) }
     })
 }
 
