@@ -98,6 +98,31 @@ pub unsafe extern "C" fn emf_dequantize_i8(
     })
 }
 
+/// The shared body of the two-vector functions: checks `out`, borrows both arrays (NULL,
+/// length cap, alignment), computes, writes the answer.
+///
+/// # Safety
+///
+/// `a`, `b` readable for `dim` values; `out` writable.
+unsafe fn two_vectors<T, R>(
+    a: *const T,
+    b: *const T,
+    dim: usize,
+    out: *mut R,
+    f: impl FnOnce(&[T], &[T]) -> FfiResult<R>,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: caller contract (readable for `dim` values).
+        let a = unsafe { typed(a, dim, "a") }?;
+        // SAFETY: as above.
+        let b = unsafe { typed(b, dim, "b") }?;
+        let r = f(a, b)?;
+        // SAFETY: checked non-NULL, writable by contract.
+        unsafe { write_out(out, r, "out") }
+    })
+}
+
 /// The distance `metric` (`EMF_METRIC_*`) between two float vectors of `dim` values.
 ///
 /// # Safety
@@ -111,16 +136,12 @@ pub unsafe extern "C" fn emf_distance_f32(
     dim: usize,
     out: *mut f64,
 ) -> emf_status_t {
-    guard(|| {
-        require_out(out, "out")?;
-        // SAFETY: caller contract (readable for `dim` values).
-        let a = unsafe { typed(a, dim, "a") }?;
-        // SAFETY: as above.
-        let b = unsafe { typed(b, dim, "b") }?;
-        let d = vector::distance(metric(metric_code)?, a, b)?;
-        // SAFETY: checked non-NULL, writable by contract.
-        unsafe { write_out(out, d, "out") }
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        two_vectors(a, b, dim, out, |a, b| {
+            Ok(vector::distance(metric(metric_code)?, a, b)?)
+        })
+    }
 }
 
 /// The distance `metric` between two half-float vectors (IEEE binary16 bits as `uint16_t`).
@@ -136,16 +157,12 @@ pub unsafe extern "C" fn emf_distance_f16(
     dim: usize,
     out: *mut f64,
 ) -> emf_status_t {
-    guard(|| {
-        require_out(out, "out")?;
-        // SAFETY: caller contract; `f16` is `repr(transparent)` over `u16`.
-        let a = unsafe { typed(a.cast::<f16>(), dim, "a") }?;
-        // SAFETY: as above.
-        let b = unsafe { typed(b.cast::<f16>(), dim, "b") }?;
-        let d = vector::distance(metric(metric_code)?, a, b)?;
-        // SAFETY: checked non-NULL, writable by contract.
-        unsafe { write_out(out, d, "out") }
-    })
+    // SAFETY: forwarded caller contract; `f16` is `repr(transparent)` over `u16`.
+    unsafe {
+        two_vectors(a.cast::<f16>(), b.cast::<f16>(), dim, out, |a, b| {
+            Ok(vector::distance(metric(metric_code)?, a, b)?)
+        })
+    }
 }
 
 /// The cosine distance between two int8 code vectors (`1 − cos`: the scales cancel) —
@@ -161,16 +178,8 @@ pub unsafe extern "C" fn emf_cosine_distance_i8(
     dim: usize,
     out: *mut f64,
 ) -> emf_status_t {
-    guard(|| {
-        require_out(out, "out")?;
-        // SAFETY: caller contract (readable for `dim` values).
-        let a = unsafe { typed(a, dim, "a") }?;
-        // SAFETY: as above.
-        let b = unsafe { typed(b, dim, "b") }?;
-        let d = vector::cosine_distance(a, b)?;
-        // SAFETY: checked non-NULL, writable by contract.
-        unsafe { write_out(out, d, "out") }
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe { two_vectors(a, b, dim, out, |a, b| Ok(vector::cosine_distance(a, b)?)) }
 }
 
 /// The exact integer dot product of two int8 code vectors (any length) (multiply by both scales for the
@@ -186,16 +195,8 @@ pub unsafe extern "C" fn emf_dot_i8(
     dim: usize,
     out: *mut i64,
 ) -> emf_status_t {
-    guard(|| {
-        require_out(out, "out")?;
-        // SAFETY: caller contract (readable for `dim` values).
-        let a = unsafe { typed(a, dim, "a") }?;
-        // SAFETY: as above.
-        let b = unsafe { typed(b, dim, "b") }?;
-        let d = vector::dot(a, b)?;
-        // SAFETY: checked non-NULL, writable by contract.
-        unsafe { write_out(out, d as i64, "out") }
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe { two_vectors(a, b, dim, out, |a, b| Ok(vector::dot(a, b)? as i64)) }
 }
 
 /// Parameters of an index (`emf_hnsw_params_default` fills the original design's).
