@@ -1265,7 +1265,7 @@ emf_status_t emf_hnsw_insert_batch(const struct emf_hnsw_t *index,
 // # Safety
 //
 // `query` readable for `dim` floats; `filter` for `filter_words` words; `out_hits` writable
-// for `k` hits; `out_count` writable.
+// for `k` hits; `out_count` writable; output buffers do not overlap the inputs.
 emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
                              const float *query,
                              size_t dim,
@@ -1285,7 +1285,8 @@ emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
 // # Safety
 //
 // `queries` readable for `nq · dim` floats; `out_hits` writable for `nq · k` hits;
-// `out_counts` for `nq` values; `filter` as in `emf_hnsw_search`.
+// `out_counts` for `nq` values; `filter` as in `emf_hnsw_search`; output buffers do not
+// overlap the inputs or each other.
 emf_status_t emf_hnsw_search_batch(const struct emf_hnsw_t *index,
                                    const float *queries,
                                    size_t nq,

@@ -488,7 +488,7 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
 /// # Safety
 ///
 /// `query` readable for `dim` floats; `filter` for `filter_words` words; `out_hits` writable
-/// for `k` hits; `out_count` writable.
+/// for `k` hits; `out_count` writable; output buffers do not overlap the inputs.
 #[no_mangle]
 pub unsafe extern "C" fn emf_hnsw_search(
     index: *const emf_hnsw_t,
@@ -574,7 +574,8 @@ fn search_into(
 /// # Safety
 ///
 /// `queries` readable for `nq · dim` floats; `out_hits` writable for `nq · k` hits;
-/// `out_counts` for `nq` values; `filter` as in `emf_hnsw_search`.
+/// `out_counts` for `nq` values; `filter` as in `emf_hnsw_search`; output buffers do not
+/// overlap the inputs or each other.
 #[no_mangle]
 pub unsafe extern "C" fn emf_hnsw_search_batch(
     index: *const emf_hnsw_t,
@@ -618,7 +619,8 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             t => t as usize,
         }
-        .clamp(1, nq);
+        .clamp(1, crate::hnsw::MAX_THREADS)
+        .min(nq);
         let per = nq.div_ceil(threads);
         let idx = index as usize; // a token, not dereferenced: Send across the scope
                                   // Each thread answers into its own buffers; the caller's are written at the end,

@@ -50,6 +50,8 @@ const READY: u32 = 4;
 /// Levels above this are never drawn (probability 16^-31).
 pub(crate) const MAX_LEVEL: usize = 31;
 const EMPTY: u64 = u64::MAX;
+/// Batch calls use at most this many threads (a caller's absurd count is not spawned).
+pub(crate) const MAX_THREADS: usize = 64;
 
 /// Index parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -360,6 +362,7 @@ impl Hnsw {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             t => t,
         }
+        .clamp(1, MAX_THREADS)
         .min(ids.len().max(1));
         let work = AtomicUsize::new(0);
         std::thread::scope(|s| {
@@ -470,6 +473,14 @@ impl Hnsw {
             self.entry.store(pack(node, level), Ordering::Release);
         }
         self.live.fetch_add(1, Ordering::Relaxed);
+        drop(raise);
+        // A removal may have emptied the index, or removed the entry, while this node was
+        // being linked without it: the entry must name a live node.
+        if unpack(self.entry.load(Ordering::Acquire))
+            .is_none_or(|(e, _)| self.flags(e) & DELETED != 0)
+        {
+            self.replace_entry();
+        }
     }
 
     /// Adds `new` to `n`'s list at `level`, pruning with the heuristic when it is full.
@@ -558,10 +569,23 @@ impl Hnsw {
     /// Removes `id`: it is no longer returned, and its neighbours are relinked among
     /// themselves. Its memory is reclaimed by [`Hnsw::compact`]. `NotFound` when absent.
     pub fn remove(&self, id: u64) -> Result<()> {
-        let node = self.lock_ids().remove(&id).ok_or_else(|| {
-            Error::new(ErrorKind::NotFound, format!("id {id} is not in the index"))
-        })?;
-        self.store.flags(node).fetch_or(DELETED, Ordering::AcqRel);
+        let node = {
+            // Under the map lock: a concurrent insert of the same id, or a save, sees the id
+            // either live or removed, never both.
+            let mut ids = self.lock_ids();
+            let node = *ids.get(&id).ok_or_else(|| {
+                Error::new(ErrorKind::NotFound, format!("id {id} is not in the index"))
+            })?;
+            if self.flags(node) & READY == 0 {
+                return Err(Error::new(
+                    ErrorKind::Busy,
+                    format!("id {id} is still being inserted"),
+                ));
+            }
+            ids.remove(&id);
+            self.store.flags(node).fetch_or(DELETED, Ordering::AcqRel);
+            node
+        };
         self.live.fetch_sub(1, Ordering::Relaxed);
         let g = Live(self);
         for l in 0..=self.level(node) {
@@ -588,21 +612,26 @@ impl Hnsw {
                 self.refill(&g, n, ids, &extra, cap, list);
             }
         }
-        if unpack(self.entry.load(Ordering::Acquire)).is_some_and(|(e, _)| e == node) {
-            self.replace_entry();
-        }
+        // Checked under the entry lock (two removals at once could otherwise each leave the
+        // other's pick in place).
+        self.replace_entry();
         Ok(())
     }
 
     /// Picks a new entry point (the highest live node) after the current one was removed.
     fn replace_entry(&self) {
         let _guard = self.entry_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let Some((e, _)) = unpack(self.entry.load(Ordering::Acquire)) else {
-            return;
-        };
-        if self.flags(e) & DELETED == 0 {
-            return;
+        if let Some((e, _)) = unpack(self.entry.load(Ordering::Acquire)) {
+            if self.flags(e) & DELETED == 0 {
+                return;
+            }
         }
+        self.pick_entry();
+    }
+
+    /// Sets the entry point to the highest live node, or empty (the caller holds
+    /// `entry_lock`, or `&mut self`).
+    fn pick_entry(&self) {
         let mut best: Option<(u32, usize)> = None;
         for id in 0..self.next.load(Ordering::Acquire) {
             let f = self.flags(id);
@@ -669,7 +698,7 @@ impl Hnsw {
         }
         ids.shrink_to_fit();
         if entry.is_none() && !order.is_empty() {
-            self.replace_entry();
+            self.pick_entry();
         }
         Ok(())
     }
@@ -785,6 +814,8 @@ impl Hnsw {
     /// For `file.rs`: a consistent snapshot of the nodes that are ready.
     pub(crate) fn snapshot(&self) -> file::Snapshot {
         let g = Live(self);
+        // The entry first: it was READY before it was published, so it is in the scan below.
+        let entry_now = unpack(self.entry.load(Ordering::Acquire));
         let n = self.next.load(Ordering::Acquire);
         let mut remap = vec![NONE; n as usize];
         let mut order = Vec::new();
@@ -795,26 +826,48 @@ impl Hnsw {
                 order.push((id, (f >> LEVEL_SHIFT & 0xFF) as usize, f & DELETED != 0));
             }
         }
+        // Ids beyond the scan (inserted while it runs) are left out.
+        let at = |x: u32| remap.get(x as usize).copied().unwrap_or(NONE);
         let mut snap = file::Snapshot::new(&self.p, order.len());
         for &(old, level, deleted) in &order {
             let lists: Vec<Vec<u32>> = (0..=level)
                 .map(|l| {
                     let mut ids = Vec::new();
                     g.neighbours(old, l, &mut ids);
-                    ids.into_iter()
-                        .map(|x| remap[x as usize])
-                        .filter(|&x| x != NONE)
-                        .collect()
+                    ids.into_iter().map(at).filter(|&x| x != NONE).collect()
                 })
                 .collect();
             let record = g.with_record(old, <[u8]>::to_vec);
             let original = g.with_original(old, <[u8]>::to_vec);
             snap.push(&record, original.as_deref(), level, deleted, &lists);
         }
-        let entry = unpack(self.entry.load(Ordering::Acquire))
-            .and_then(|(e, l)| (remap[e as usize] != NONE).then_some((remap[e as usize], l)));
-        snap.finish(entry, self.len());
+        // `live`, the top level and the entry describe the saved nodes, whatever happened
+        // meanwhile (an insert may have raised the top after the entry was read, a removal
+        // may have taken the entry). The entry is a node of the top level: the current one
+        // when it qualifies, else a live one of that level, else any (a removed node still
+        // routes searches, as in the live index).
+        let live = order.iter().filter(|o| !o.2).count();
+        let top = order.iter().map(|o| o.1).max();
+        let entry = top.map(|top| {
+            let current = entry_now
+                .filter(|&(e, l)| l == top && at(e) != NONE)
+                .map(|(e, _)| at(e) as usize);
+            let pick = current
+                .or_else(|| order.iter().position(|o| o.1 == top && !o.2))
+                .or_else(|| order.iter().position(|o| o.1 == top))
+                .unwrap_or(0);
+            (pick as u32, top)
+        });
+        snap.finish(entry, live);
         snap
+    }
+}
+
+#[cfg(test)]
+impl Hnsw {
+    /// The external id of node `node` (tests).
+    pub(crate) fn store_record_ext(&self, node: u32) -> u64 {
+        Live(self).with_record(node, record_ext)
     }
 }
 

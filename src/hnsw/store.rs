@@ -73,6 +73,7 @@ pub(crate) struct Layout {
 struct Bytes {
     ptr: NonNull<u64>,
     words: usize,
+    cap: usize,
     stride: usize,
 }
 
@@ -84,6 +85,7 @@ impl Bytes {
         Bytes {
             ptr: NonNull::new(v.as_mut_ptr()).unwrap_or(NonNull::dangling()),
             words,
+            cap: v.capacity(),
             stride,
         }
     }
@@ -136,9 +138,9 @@ impl Bytes {
 #[cfg(not(loom))]
 impl Drop for Bytes {
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`words` came from a `Vec<u64>` of that length and capacity that was
-        // never freed (ManuallyDrop); nobody uses the bytes any more (`&mut self`).
-        drop(unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), self.words, self.words) });
+        // SAFETY: `ptr`/`words`/`cap` came from a `Vec<u64>` of that length and capacity that
+        // was never freed (ManuallyDrop); nobody uses the bytes any more (`&mut self`).
+        drop(unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), self.words, self.cap) });
     }
 }
 
@@ -331,8 +333,9 @@ impl Store {
             .map(|i| AtomicU32::new(if i % up == 0 { 0 } else { NONE }))
             .collect();
         let (c, i) = self.at(id);
-        // Relaxed: the node is published later with Release, which orders this store.
-        c.upper[i].store(Box::into_raw(list).cast::<AtomicU32>(), Ordering::Relaxed);
+        // Release, paired with the Acquire in `list`: a thread that reached the node early
+        // (a removal of the same id) sees the lists initialised, not just the pointer.
+        c.upper[i].store(Box::into_raw(list).cast::<AtomicU32>(), Ordering::Release);
         levels * up * 4
     }
 
@@ -375,7 +378,7 @@ impl Store {
         } else {
             let up = self.layout.up;
             let levels = (c.flags[i].load(Ordering::Relaxed) >> LEVEL_SHIFT & 0xFF) as usize;
-            let p = c.upper[i].load(Ordering::Relaxed);
+            let p = c.upper[i].load(Ordering::Acquire);
             if p.is_null() || level > levels {
                 return &[];
             }
