@@ -161,8 +161,9 @@ pub(crate) fn save(index: &Hnsw, path: &Path) -> Result<()> {
     let io = |e: std::io::Error| Error::new(ErrorKind::Io, format!("{}: {e}", path.display()));
     // A name of its own per save (process and a counter): two saves to one path at once
     // each write their own file, and the last rename wins whole.
-    static SAVES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0); // std-atomic-ok: process-wide counter
-    let k = SAVES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    use std::sync::atomic::{AtomicU64, Ordering as StdOrdering}; // std-atomic-ok: a process-wide counter (loom cannot build statics)
+    static SAVES: AtomicU64 = AtomicU64::new(0);
+    let k = SAVES.fetch_add(1, StdOrdering::Relaxed);
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp{}.{k}", std::process::id()));
     let tmp = std::path::PathBuf::from(tmp);
