@@ -351,8 +351,7 @@ impl Hnsw {
             }
             let mut nodes = Vec::with_capacity(ids.len());
             for &id in ids {
-                let node = self.next.fetch_add(1, Ordering::Relaxed);
-                self.store.ensure(node)?;
+                let node = self.allocate()?;
                 map.insert(id, node);
                 nodes.push(node);
             }
@@ -404,9 +403,18 @@ impl Hnsw {
                 format!("the index holds at most {MAX_NODES} nodes"),
             ));
         }
-        let node = self.next.fetch_add(1, Ordering::Relaxed);
-        self.store.ensure(node)?;
+        let node = self.allocate()?;
         map.insert(id, node);
+        Ok(node)
+    }
+
+    /// The next node id, its chunk allocated before the id is counted in `next` (Release):
+    /// whoever scans `0..next` (a save, the entry-point search) finds every chunk in place.
+    /// Called with the id map locked, which serialises allocation.
+    fn allocate(&self) -> Result<u32> {
+        let node = self.next.load(Ordering::Relaxed);
+        self.store.ensure(node)?;
+        self.next.store(node + 1, Ordering::Release);
         Ok(node)
     }
 
