@@ -6,7 +6,7 @@
 //! 64            tail: claim position (u64)                  producers (CAS / store)
 //! 128           data futex word + waiter count              producers / parked consumers
 //! 192           space futex word + waiter count             consumers / parked producers
-//! 256..384      ring counters (rare events)                 anyone (fetch_add / fetch_max)
+//! 256..384      ring counters (rare events), recovery lock  anyone (fetch_add / fetch_max / CAS)
 //! 384           producer slots, 64 B each                   their producer (+ recovery)
 //! ...           subscriber slots, 64 B each (0 = primary)   their consumer (+ reaping)
 //! data_offset   data region, `capacity` bytes (page aligned)
@@ -27,14 +27,20 @@
 
 use crate::sync::{AtomicU32, AtomicU64};
 
-/// The ring layout version this build reads and writes.
-pub const RING_VERSION: u32 = 1;
+/// The ring layout version this build reads and writes. Version 2: producer slots record the
+/// claim's confirmation (`SLOT_OWNED`), the count before the claim and the frame being
+/// committed; a recovery lock; optional per-frame checksums.
+pub const RING_VERSION: u32 = 2;
 /// Cache line size used to separate hot words.
 pub const LINE: usize = 64;
 /// Frame header size.
 pub const FRAME_HEADER: usize = 8;
 /// Flag in [`RingConfig::flags`]: several producers claim with CAS.
 pub const FLAG_MPSC: u32 = 1;
+/// Flag in [`RingConfig::flags`]: every data frame ends with a CRC32C of its payload.
+pub const FLAG_CHECKSUM: u32 = 2;
+/// Bytes a frame's checksum adds after the payload (rings with [`FLAG_CHECKSUM`]).
+pub const CHECKSUM_LEN: usize = 4;
 
 /// Immutable ring parameters, at body offset 0.
 #[repr(C)]
@@ -81,43 +87,59 @@ pub struct RingShared {
     pub max_lag: AtomicU64,
     /// Frames a consumer found invalid (a header that cannot be right).
     pub corrupt_frames: AtomicU64,
-    /// 1 once the ring was removed (`Ring::unlink`): producers get `Closed` instead of
-    /// writing into a ring nobody will open again.
+    /// 1 once the ring was closed (`Ring::close`): producers get `Closed` instead of
+    /// writing into a ring nobody will read again. Any value other than 0 and 1 is damage.
     pub closed: AtomicU32,
     _pad32: u32,
-    _pad3: [u64; 10],
+    /// Who is recovering a dead producer's claim: `pid << 32 | nonce`, 0 when nobody.
+    /// Recovery (padding another producer's range) happens only under this lock.
+    pub recovery_lock: AtomicU64,
+    /// The lock holder's process start time (pid reuse check for a holder that died).
+    pub recovery_ticks: AtomicU64,
+    _pad3: [u64; 8],
 }
 
 /// Slot states.
 pub const SLOT_FREE: u32 = 0;
 /// An attached participant, not claiming.
 pub const SLOT_IDLE: u32 = 1;
-/// A producer between claim and commit.
+/// A producer that recorded the claim it is about to make. On a single-producer ring the
+/// claim is made by a plain store, so the record is the producer's exactly when its end is
+/// at or below the tail. On a multi-producer ring the CAS that makes the claim may fail
+/// (another producer got there first): the record alone proves nothing.
 pub const SLOT_CLAIMING: u32 = 2;
 /// An attached subscriber (or the primary consumer's slot, always).
 pub const SLOT_ACTIVE: u32 = 3;
+/// A multi-producer ring's producer whose CAS installed the recorded claim: the range is
+/// its own until it commits.
+pub const SLOT_OWNED: u32 = 4;
 
 /// One producer's slot.
 #[repr(C)]
 pub struct ProducerSlot {
     /// Owner pid (0 = free).
     pub pid: AtomicU32,
-    /// `SLOT_FREE`, `SLOT_IDLE` or `SLOT_CLAIMING`.
+    /// `SLOT_FREE`, `SLOT_IDLE`, `SLOT_CLAIMING` or `SLOT_OWNED`.
     pub state: AtomicU32,
     /// Owner's process start time (pid reuse check).
     pub start_ticks: AtomicU64,
-    /// Start of the range being claimed (valid while CLAIMING).
+    /// Start of the range being claimed (valid while CLAIMING or OWNED).
     pub pending_pos: AtomicU64,
-    /// Length of the range being claimed (valid while CLAIMING).
-    pub pending_len: AtomicU64,
-    /// Frames this producer committed.
-    pub sent: AtomicU64,
-    /// Payload bytes this producer committed.
-    pub bytes: AtomicU64,
+    /// Length of the range being claimed (valid while CLAIMING or OWNED; ≤ capacity).
+    pub pending_len: AtomicU32,
     /// 1 when this producer skips the fence after commits (registered for membarrier).
     pub lazy_wake: AtomicU32,
-    _pad32: u32,
-    _pad: u64,
+    /// `sent` before the claim (valid while CLAIMING or OWNED).
+    pub pending_base: AtomicU64,
+    /// Position of the last frame counted in `sent` (stored before its header).
+    pub last_pos: AtomicU64,
+    /// Frames committed through this slot, by every producer that held it. Stored before
+    /// each frame's header, so it may count one frame whose header was never written; a
+    /// recovery settles that from `last_pos`.
+    pub sent: AtomicU64,
+    /// Payload bytes this producer committed (published after each claim: may lag a
+    /// crash by one claim).
+    pub bytes: AtomicU64,
 }
 
 /// One consumer's slot.

@@ -52,6 +52,7 @@
 
 pub mod futex;
 pub mod layout;
+mod recovery;
 pub mod seq;
 
 use std::path::Path;
@@ -60,9 +61,11 @@ use std::time::{Duration, Instant};
 
 use layout::{
     data_off, decode_header, frame_size, header, subscribers_off, ProducerSlot, RingConfig,
-    RingShared, SubscriberSlot, FLAG_MPSC, FRAME_HEADER, MAX_PAYLOAD, PRODUCERS_OFF, RING_VERSION,
-    SHARED_OFF, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_FREE, SLOT_IDLE,
+    RingShared, SubscriberSlot, CHECKSUM_LEN, FLAG_CHECKSUM, FLAG_MPSC, FRAME_HEADER, MAX_PAYLOAD,
+    PRODUCERS_OFF, RING_VERSION, SHARED_OFF, SLOT_ACTIVE, SLOT_CLAIMING, SLOT_FREE, SLOT_IDLE,
+    SLOT_OWNED,
 };
+use recovery::{committed_in, Stall};
 
 use crate::codec::{self, ArchivedMessage};
 use crate::error::{Error, ErrorKind, Result};
@@ -82,6 +85,11 @@ pub struct RingOptions {
     pub max_subscribers: usize,
     /// How long a claim may stay uncommitted before the producer's liveness is checked.
     pub stall_timeout: Duration,
+    /// Every data frame carries a CRC32C of its payload (4 bytes after it), written at
+    /// commit and checked by consumers before delivery: a frame whose bytes changed in the
+    /// ring is reported as `Corrupt` instead of delivered. Costs a checksum per frame on
+    /// both sides (`erlmcp-flow bench --suite ring`, `spsc_crc_64b_throughput`).
+    pub checksum: bool,
     /// Where and with which mode the segment file is created.
     pub segment: SegmentOptions,
 }
@@ -94,6 +102,7 @@ impl Default for RingOptions {
             max_producers: 16,
             max_subscribers: 8,
             stall_timeout: Duration::from_millis(100),
+            checksum: false,
             segment: SegmentOptions::default(),
         }
     }
@@ -170,6 +179,8 @@ struct Inner {
     max_subscribers: usize,
     stall_timeout: Duration,
     data_offset: usize,
+    /// Bytes after each data frame's payload: [`CHECKSUM_LEN`] with checksums, else 0.
+    extra: usize,
 }
 
 // SAFETY: `body` points into `mem`, which `Inner` owns and keeps mapped (or allocated) for
@@ -189,6 +200,7 @@ struct Params {
     data_offset: usize,
     stall_ns: u64,
     mpsc: bool,
+    checksum: bool,
 }
 
 impl Params {
@@ -217,6 +229,7 @@ impl Params {
             data_offset: data_off(max_p, max_s),
             stall_ns: opts.stall_timeout.as_nanos().min(u64::MAX as u128) as u64,
             mpsc: opts.multi_producer,
+            checksum: opts.checksum,
         })
     }
 
@@ -231,7 +244,8 @@ impl Params {
         unsafe {
             body.cast::<RingConfig>().write(RingConfig {
                 version: RING_VERSION,
-                flags: if self.mpsc { FLAG_MPSC } else { 0 },
+                flags: if self.mpsc { FLAG_MPSC } else { 0 }
+                    | if self.checksum { FLAG_CHECKSUM } else { 0 },
                 capacity: self.capacity as u64,
                 max_producers: self.max_producers as u32,
                 max_subscribers: self.max_subscribers as u32,
@@ -402,6 +416,16 @@ impl Ring {
                 ),
             ));
         }
+        if cfg.flags & !(FLAG_MPSC | FLAG_CHECKSUM) != 0 {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{}: ring flags {:#x} include bits this build does not know",
+                    seg.path().display(),
+                    cfg.flags
+                ),
+            ));
+        }
         let cap = cfg.capacity;
         let (max_p, max_s) = (cfg.max_producers as usize, cfg.max_subscribers as usize);
         if !cap.is_power_of_two() || !(4096..=1 << 30).contains(&cap) {
@@ -424,6 +448,11 @@ impl Ring {
                 max_subscribers: max_s,
                 stall_timeout: Duration::from_nanos(cfg.stall_timeout_ns),
                 data_offset,
+                extra: if cfg.flags & FLAG_CHECKSUM != 0 {
+                    CHECKSUM_LEN
+                } else {
+                    0
+                },
                 body: seg.body(),
                 mem: seg,
             }),
@@ -481,22 +510,41 @@ impl Ring {
         unsafe { &*self.data().wrapping_add(idx).cast::<AtomicU64>() }
     }
 
-    /// Writes padding frames over `[pos, end)`, splitting at the end of the data region.
-    fn pad_range(&self, mut pos: u64, end: u64) {
+    /// Bytes a frame with a `len`-byte payload occupies (data frames carry the checksum
+    /// after the payload on a checksummed ring; padding frames never do).
+    #[inline]
+    fn frame_bytes(&self, len: usize, padding: bool) -> usize {
+        if padding {
+            frame_size(len)
+        } else {
+            frame_size(len + self.inner.extra)
+        }
+    }
+
+    /// Writes padding frames over `[pos, end)` (at most one capacity), splitting at the end
+    /// of the data region. The piece at `pos` is written last, so that a recoverer that dies
+    /// half way leaves `pos` uncommitted and the range is padded again as a whole.
+    fn pad_range(&self, pos: u64, end: u64) {
         let cap = self.inner.capacity;
-        while pos < end {
-            let idx = pos & (cap - 1);
-            let chunk = (end - pos).min(cap - idx);
-            if chunk < FRAME_HEADER as u64 || chunk % 8 != 0 || pos % 8 != 0 {
-                // Only a damaged range can get here; a frame cannot describe it.
-                self.shared().corrupt_frames.fetch_add(1, Ordering::Relaxed);
-                return;
+        if pos >= end {
+            return;
+        }
+        let first = (end - pos).min(cap - (pos & (cap - 1)));
+        let pieces = [(pos + first, end - pos - first), (pos, first)];
+        if pos % 8 != 0 || end - pos > cap || pieces.iter().any(|&(_, n)| n % 8 != 0) {
+            // Only a damaged range can get here; a frame cannot describe it.
+            self.shared().corrupt_frames.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        for (at, n) in pieces {
+            if n == 0 {
+                continue;
             }
-            self.header_at(pos).store(
-                header(pos, chunk as usize - FRAME_HEADER, true),
+            // n ≥ 8: a non-empty piece between 8-aligned positions.
+            self.header_at(at).store(
+                header(at, n as usize - FRAME_HEADER, true),
                 Ordering::Release,
             );
-            pos += chunk;
         }
     }
 
@@ -512,7 +560,12 @@ impl Ring {
 
     /// Largest payload one frame can carry (a quarter of the capacity).
     pub fn max_payload(&self) -> usize {
-        (self.inner.capacity as usize / 4 - FRAME_HEADER).min(MAX_PAYLOAD)
+        (self.inner.capacity as usize / 4 - FRAME_HEADER - self.inner.extra).min(MAX_PAYLOAD)
+    }
+
+    /// True when every data frame carries a CRC32C ([`RingOptions::checksum`]).
+    pub fn has_checksums(&self) -> bool {
+        self.inner.extra != 0
     }
 
     /// True for a multi-producer ring.
@@ -539,42 +592,12 @@ impl Ring {
     }
 
     /// Attaches a producer. A single-producer ring refuses a second live producer (`Busy`).
-    /// A slot left by a dead producer is taken over after its unfinished claim is padded.
+    /// A slot left by a dead producer is taken over after its unfinished claim is settled
+    /// (padded when provably its own).
     pub fn producer(&self) -> Result<Producer> {
-        let me = std::process::id();
-        let start = process_start_ticks(me);
         for i in 0..self.inner.max_producers {
-            let s = self.producer_slot(i);
-            let pid = s.pid.load(Ordering::Acquire);
-            let takeable = pid == 0
-                || (pid != me && !process_alive(pid, s.start_ticks.load(Ordering::Acquire)));
-            if !takeable {
-                continue;
-            }
-            if pid != 0 {
-                self.finish_dead_claim(i);
-            }
-            if s.pid
-                .compare_exchange(pid, me, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                if pid != 0 {
-                    self.shared().dead_reaped.fetch_add(1, Ordering::Relaxed);
-                }
-                s.start_ticks.store(start, Ordering::Release);
-                let lazy_wake = futex::register_for_barriers();
-                s.lazy_wake.store(u32::from(lazy_wake), Ordering::Release);
-                s.state.store(SLOT_IDLE, Ordering::Release);
-                return Ok(Producer {
-                    ring: self.clone(),
-                    slot: i,
-                    cached_head: 0,
-                    sent: s.sent.load(Ordering::Relaxed),
-                    bytes: s.bytes.load(Ordering::Relaxed),
-                    lazy_wake,
-                    last_reap: None,
-                    counters: true,
-                });
+            if let Some(p) = self.attach_producer(i)? {
+                return Ok(p);
             }
         }
         Err(Error::new(
@@ -585,6 +608,81 @@ impl Ring {
                 self.inner.max_producers
             ),
         ))
+    }
+
+    /// Attaches a producer in slot `slot` (0 on a single-producer ring; below
+    /// `max_producers` on a multi-producer ring), taking it over when its holder died. A
+    /// producer that restarts in the slot its predecessor held learns from
+    /// [`Producer::committed`] how many frames the slot has committed, the predecessor's
+    /// included, so one that numbers its frames can resend exactly those that are missing.
+    /// `Busy` while a live producer holds the slot.
+    pub fn producer_in_slot(&self, slot: usize) -> Result<Producer> {
+        if slot >= self.inner.max_producers {
+            return Err(Error::invalid(format!(
+                "ring {}: producer slot {slot} does not exist (the ring has {})",
+                self.name(),
+                self.inner.max_producers
+            )));
+        }
+        self.attach_producer(slot)?.ok_or_else(|| {
+            Error::new(
+                ErrorKind::Busy,
+                format!(
+                    "ring {}: producer slot {slot} is held by a live producer",
+                    self.name()
+                ),
+            )
+        })
+    }
+
+    /// Attaches a producer in slot `i` if it is free or its holder is dead.
+    fn attach_producer(&self, i: usize) -> Result<Option<Producer>> {
+        let me = std::process::id();
+        let s = self.producer_slot(i);
+        let pid = s.pid.load(Ordering::Acquire);
+        let takeable =
+            pid == 0 || (pid != me && !process_alive(pid, s.start_ticks.load(Ordering::Acquire)));
+        if !takeable {
+            return Ok(None);
+        }
+        // A dead holder's claim is settled under the recovery lock, which also keeps two
+        // processes that take over at once from settling the same record twice.
+        let guard = if pid != 0 {
+            let Some(g) = self.lock_recovery(Duration::from_millis(100)) else {
+                return Ok(None);
+            };
+            if !self.settle_dead_slot(i) {
+                return Ok(None);
+            }
+            Some(g)
+        } else {
+            None
+        };
+        if s.pid
+            .compare_exchange(pid, me, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Ok(None);
+        }
+        drop(guard);
+        if pid != 0 {
+            self.shared().dead_reaped.fetch_add(1, Ordering::Relaxed);
+        }
+        s.start_ticks
+            .store(process_start_ticks(me), Ordering::Release);
+        let lazy_wake = futex::register_for_barriers();
+        s.lazy_wake.store(u32::from(lazy_wake), Ordering::Release);
+        s.state.store(SLOT_IDLE, Ordering::Release);
+        Ok(Some(Producer {
+            ring: self.clone(),
+            slot: i,
+            cached_head: 0,
+            sent: committed_in(s),
+            bytes: s.bytes.load(Ordering::Relaxed),
+            lazy_wake,
+            last_reap: None,
+            counters: true,
+        }))
     }
 
     /// Attaches the primary consumer, which resumes at the position the previous primary
@@ -668,13 +766,20 @@ impl Ring {
                 self.name()
             )));
         }
+        let (received, bytes) = (
+            s.received.load(Ordering::Relaxed),
+            s.bytes.load(Ordering::Relaxed),
+        );
         Ok(Consumer {
             ring: self.clone(),
             slot,
             head,
-            received: s.received.load(Ordering::Relaxed),
-            bytes: s.bytes.load(Ordering::Relaxed),
+            received,
+            bytes,
+            acked: (head, received, bytes),
+            ack_mode: AckMode::Auto,
             stall: None,
+            reported: None,
             misses: 0,
             lazy_wake: futex::register_for_barriers(),
         })
@@ -710,46 +815,6 @@ impl Ring {
             min = min.min(s.position.load(Ordering::Acquire));
         }
         min
-    }
-
-    /// Pads the uncommitted part of a dead producer's claim in slot `i` and frees the slot's
-    /// claim. Committed frames inside the claim are kept.
-    fn finish_dead_claim(&self, i: usize) -> bool {
-        let s = self.producer_slot(i);
-        if s.state.load(Ordering::Acquire) != SLOT_CLAIMING {
-            return false;
-        }
-        let start = s.pending_pos.load(Ordering::Acquire);
-        let len = s.pending_len.load(Ordering::Acquire);
-        let end = start.saturating_add(len);
-        let tail = self.shared().tail.load(Ordering::Acquire);
-        if len == 0 || end > tail || len > self.inner.capacity || start % 8 != 0 || len % 8 != 0 {
-            // The CAS never succeeded (or the slot is garbage): nothing was claimed.
-            s.state.store(SLOT_IDLE, Ordering::Release);
-            return false;
-        }
-        // Skip the frames of the claim that were committed; pad from the first that was not.
-        let mut pos = start;
-        let cap = self.inner.capacity;
-        while pos < end {
-            match decode_header(self.header_at(pos).load(Ordering::Acquire), pos) {
-                Some(h) => {
-                    let size = frame_size(h.len) as u64;
-                    if size > cap - (pos & (cap - 1)) || pos + size > end {
-                        break;
-                    }
-                    pos += size;
-                }
-                None => break,
-            }
-        }
-        if pos < end {
-            self.pad_range(pos, end);
-            self.shared().unblocked.fetch_add(1, Ordering::Relaxed);
-        }
-        s.state.store(SLOT_IDLE, Ordering::Release);
-        self.wake_data_after(false);
-        true
     }
 
     /// Wakes parked consumers after a commit.
@@ -811,12 +876,13 @@ impl Ring {
             .filter(|s| s.pid.load(Ordering::Acquire) != 0 || s.sent.load(Ordering::Relaxed) != 0)
             .map(|s| {
                 let pid = s.pid.load(Ordering::Acquire);
+                let state = s.state.load(Ordering::Acquire);
                 ProducerStats {
                     pid,
                     alive: pid != 0 && process_alive(pid, s.start_ticks.load(Ordering::Acquire)),
-                    sent: s.sent.load(Ordering::Relaxed),
+                    sent: committed_in(s),
                     bytes: s.bytes.load(Ordering::Relaxed),
-                    claiming: s.state.load(Ordering::Acquire) == SLOT_CLAIMING,
+                    claiming: state == SLOT_CLAIMING || state == SLOT_OWNED,
                 }
             })
             .collect::<Vec<_>>();
@@ -965,8 +1031,23 @@ impl Producer {
         self.ring.producer_slot(self.slot)
     }
 
-    /// Stops publishing this producer's `sent`/`bytes` counters (only to measure what they
-    /// cost: `erlmcp-flow bench --suite ring`, result `counters_cost_pct`).
+    /// The producer slot this producer holds (see [`Ring::producer_in_slot`]).
+    pub fn slot_index(&self) -> usize {
+        self.slot
+    }
+
+    /// Frames committed through this producer's slot so far, by this producer and by every
+    /// earlier holder of the slot (a predecessor that died included: its last claim was
+    /// settled before this producer attached). A frame counts once [`Producer::send`] (or a
+    /// commit) has returned, and survives the death of any process; numbering frames with
+    /// this count before sending lets a restarted producer resend exactly what is missing.
+    pub fn committed(&self) -> u64 {
+        self.sent
+    }
+
+    /// Stops publishing this producer's `bytes` counter (only to measure what it costs:
+    /// `erlmcp-flow bench --suite ring`, result `counters_cost_pct`). The frame count is
+    /// part of crash recovery and is always published.
     #[doc(hidden)]
     pub fn disable_counters(&mut self) {
         self.counters = false;
@@ -1008,12 +1089,13 @@ impl Producer {
     /// the claim starts and ends (padding included).
     fn claim_range(&mut self, lens: &[&[u8]]) -> Result<Layout> {
         let cap = self.ring.inner.capacity;
+        let ring = self.ring.clone();
         self.claim_with(|tail| {
             // Lay the frames out from `tail`, padding to the end of the data region where a
             // frame would cross it.
             let mut end = tail;
             for p in lens {
-                let size = frame_size(p.len()) as u64;
+                let size = ring.frame_bytes(p.len(), false) as u64;
                 let to_end = cap - (end & (cap - 1));
                 if size > to_end {
                     end += to_end;
@@ -1051,10 +1133,13 @@ impl Producer {
                 return Err(ClaimFail::Full);
             }
             // Record the claim before making it: if we die after the claim becomes visible,
-            // a consumer finds the range here (the CAS / store below is Release).
+            // recovery finds the range here (the CAS / store below is Release). The
+            // positions are Release too: a recoverer that reads our next record has seen
+            // this claim's commits (see `recovery`). `end - tail` ≤ capacity ≤ 1 GiB.
             let s = self.slot();
-            s.pending_pos.store(tail, Ordering::Relaxed);
-            s.pending_len.store(end - tail, Ordering::Relaxed);
+            s.pending_pos.store(tail, Ordering::Release);
+            s.pending_len.store((end - tail) as u32, Ordering::Release);
+            s.pending_base.store(self.sent, Ordering::Relaxed);
             s.state.store(SLOT_CLAIMING, Ordering::Release);
             let sh = self.ring.shared();
             if self.ring.inner.mpsc {
@@ -1065,6 +1150,9 @@ impl Producer {
                 {
                     continue;
                 }
+                // Only now is the range ours: say so before writing anything into it, so a
+                // record that was never confirmed proves it wrote nothing.
+                s.state.store(SLOT_OWNED, Ordering::Release);
             } else {
                 sh.tail.store(end, Ordering::Release);
             }
@@ -1091,10 +1179,16 @@ impl Producer {
     #[cold]
     fn claim_error(&self, f: ClaimFail) -> Error {
         match f {
-            ClaimFail::Closed => Error::new(
-                ErrorKind::Closed,
-                "the ring was closed (its owner unregistered or closed it)",
-            ),
+            ClaimFail::Closed => match self.ring.shared().closed.load(Ordering::Acquire) {
+                1 => Error::new(
+                    ErrorKind::Closed,
+                    "the ring was closed (its owner unregistered or closed it)",
+                ),
+                v => Error::corrupt(format!(
+                    "ring {}: the closed flag holds {v:#x}, not 0 or 1: the segment is damaged",
+                    self.ring.name()
+                )),
+            },
             ClaimFail::Corrupt(tail) => Error::corrupt(format!(
                 "ring {}: the claim position {tail} is damaged (not 8-aligned)",
                 self.ring.name()
@@ -1128,7 +1222,7 @@ impl Producer {
     pub(crate) fn claim_raw(&mut self, len: usize) -> Result<RawClaim> {
         self.check_len(len)?;
         let cap = self.ring.inner.capacity;
-        let size = frame_size(len) as u64;
+        let size = self.ring.frame_bytes(len, false) as u64;
         let layout = self.claim_with(|tail| {
             let to_end = cap - (tail & (cap - 1));
             tail + if size > to_end { to_end + size } else { size }
@@ -1157,16 +1251,51 @@ impl Producer {
     #[inline]
     pub(crate) fn commit_raw(&mut self, c: RawClaim, n: usize) {
         let n = n.min(c.len);
-        let used_end = c.pos + frame_size(n) as u64;
+        let used_end = c.pos + self.ring.frame_bytes(n, false) as u64;
         if used_end < c.end {
             self.ring.pad_range(used_end, c.end);
         }
-        self.ring
-            .header_at(c.pos)
-            .store(header(c.pos, n, false), Ordering::Release);
-        self.sent += 1;
-        self.bytes += n as u64;
+        if self.ring.inner.extra != 0 {
+            self.write_checksum(c.pos, n);
+        }
+        self.commit_header(c.pos, n);
         self.finish_claim();
+    }
+
+    /// Counts the frame at `pos` in the slot, then writes its header (the commit). The count
+    /// goes first so that a crash can only over-count, which recovery settles from
+    /// `last_pos` (see `recovery`).
+    #[inline(always)]
+    fn commit_header(&mut self, pos: u64, len: usize) {
+        self.sent += 1;
+        self.bytes += len as u64;
+        let s = self.slot();
+        s.last_pos.store(pos, Ordering::Relaxed);
+        s.sent.store(self.sent, Ordering::Relaxed);
+        self.ring
+            .header_at(pos)
+            .store(header(pos, len, false), Ordering::Release);
+    }
+
+    /// Writes the CRC32C of the `len`-byte payload of the frame at `pos` after it.
+    #[cold]
+    fn write_checksum(&self, pos: u64, len: usize) {
+        let idx = (pos & (self.ring.inner.capacity - 1)) as usize + FRAME_HEADER;
+        // SAFETY: the frame at `pos` is ours (open claim) and its layout reserved
+        // `len + CHECKSUM_LEN` bytes after the header inside the data region; the payload
+        // was written by us and nobody else writes or reads it before the commit.
+        let payload =
+            unsafe { std::slice::from_raw_parts(self.ring.data().wrapping_add(idx), len) };
+        let crc = crate::checksum::crc32c(payload).to_le_bytes();
+        // SAFETY: the CHECKSUM_LEN bytes after the payload are inside our claim (as above)
+        // and do not overlap the local `crc`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                crc.as_ptr(),
+                self.ring.data().wrapping_add(idx + len),
+                CHECKSUM_LEN,
+            );
+        }
     }
 
     /// Turns an open claim into padding.
@@ -1182,7 +1311,7 @@ impl Producer {
         let len = payload.len();
         self.check_len(len)?;
         let cap = self.ring.inner.capacity;
-        let size = frame_size(len) as u64;
+        let size = self.ring.frame_bytes(len, false) as u64;
         let layout = match self.claim_fast(|tail| {
             let to_end = cap - (tail & (cap - 1));
             tail + if size > to_end { to_end + size } else { size }
@@ -1233,7 +1362,7 @@ impl Producer {
             let mut end = tail;
             n = 0;
             for p in payloads {
-                let size = frame_size(p.len()) as u64;
+                let size = self.ring.frame_bytes(p.len(), false) as u64;
                 let to_end = cap - (end & (cap - 1));
                 let next = end + if size > to_end { to_end + size } else { size };
                 if next.saturating_sub(head) > cap {
@@ -1256,7 +1385,7 @@ impl Producer {
         let cap = self.ring.inner.capacity;
         let mut pos = layout.start;
         for p in &payloads[..n] {
-            let size = frame_size(p.len()) as u64;
+            let size = self.ring.frame_bytes(p.len(), false) as u64;
             let to_end = cap - (pos & (cap - 1));
             if size > to_end {
                 self.ring.pad_range(pos, pos + to_end);
@@ -1311,7 +1440,7 @@ impl Producer {
                     // our increment is seen here; one that frees it after will wake us.
                     let head = self.refresh_head();
                     let tail = sh.tail.load(Ordering::Acquire);
-                    let need = frame_size(payload.len()) as u64 * 2;
+                    let need = ring.frame_bytes(payload.len(), false) as u64 * 2;
                     if (tail + need).saturating_sub(head) > ring.inner.capacity {
                         futex::wait(&sh.space_futex, seen, (deadline - now).min(max_nap));
                     }
@@ -1325,7 +1454,7 @@ impl Producer {
     fn write_frame(&mut self, pos: u64, payload: &[u8]) {
         let cap = self.ring.inner.capacity;
         let idx = (pos & (cap - 1)) as usize;
-        debug_assert!(idx + frame_size(payload.len()) <= cap as usize);
+        debug_assert!(idx + self.ring.frame_bytes(payload.len(), false) <= cap as usize);
         // SAFETY: [idx + 8, idx + 8 + len) lies inside the data region (the frame does not
         // cross its end, by layout) and belongs to our claim: no consumer reads it before the
         // header below is committed and no producer writes it (claims are disjoint).
@@ -1336,18 +1465,16 @@ impl Producer {
                 payload.len(),
             );
         }
-        self.ring
-            .header_at(pos)
-            .store(header(pos, payload.len(), false), Ordering::Release);
-        self.sent += 1;
-        self.bytes += payload.len() as u64;
+        if self.ring.inner.extra != 0 {
+            self.write_checksum(pos, payload.len());
+        }
+        self.commit_header(pos, payload.len());
     }
 
     #[inline]
     fn finish_claim(&mut self) {
         let s = self.slot();
         if self.counters {
-            s.sent.store(self.sent, Ordering::Relaxed);
             s.bytes.store(self.bytes, Ordering::Relaxed);
         }
         s.state.store(SLOT_IDLE, Ordering::Release);
@@ -1488,13 +1615,33 @@ impl Drop for Claim<'_> {
 pub struct Consumer {
     ring: Ring,
     slot: usize,
+    /// Next position to read.
     head: u64,
     received: u64,
     bytes: u64,
+    /// Position, frames and bytes released to producers (published in the slot). Equal to
+    /// `head` and its counts except in [`AckMode::Manual`] between delivery and [`Consumer::ack`].
+    acked: (u64, u64, u64),
+    ack_mode: AckMode,
     stall: Option<(u64, Instant)>,
+    /// The stalled position already reported (and counted) as corrupt.
+    reported: Option<u64>,
     misses: u32,
     /// This process is registered for `membarrier`: releases skip the store-load fence.
     lazy_wake: bool,
+}
+
+/// When a consumer releases delivered frames (their space goes back to producers, and a
+/// restarted consumer starts after them). See the delivery table in the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AckMode {
+    /// Every receive releases what it delivered: `poll` after its handler returned,
+    /// `recv_into` / `recv_batch_into` before returning.
+    #[default]
+    Auto,
+    /// Nothing is released until [`Consumer::ack`]: a consumer that dies first has its
+    /// unacknowledged frames delivered again to the next consumer (at least once).
+    Manual,
 }
 
 /// How many empty polls pass between two looks at the claim position for stalled claims.
@@ -1533,7 +1680,7 @@ impl Consumer {
         let word = self.ring.header_at(pos).load(Ordering::Acquire);
         if let Some(h) = decode_header(word, pos) {
             let cap = self.ring.inner.capacity;
-            let size = frame_size(h.len) as u64;
+            let size = self.ring.frame_bytes(h.len, h.padding) as u64;
             if size > cap - (pos & (cap - 1)) {
                 return Err(self.past_the_end(pos, h.len));
             }
@@ -1553,7 +1700,7 @@ impl Consumer {
         if !check_stall && self.misses % STALL_CHECK_EVERY != 0 {
             return Ok(Next::Empty);
         }
-        Ok(self.check_stall(pos))
+        self.check_stall(pos)
     }
 
     #[cold]
@@ -1569,47 +1716,117 @@ impl Consumer {
     }
 
     /// No committed frame at `pos`: empty, or claimed and not committed yet (a producer is
-    /// writing, or died while writing: recovered after the stall timeout).
+    /// writing, or died while writing: recovered after the stall timeout), or the header
+    /// there was damaged (`Corrupt`, once nothing can commit it any more).
     #[cold]
-    fn check_stall(&mut self, pos: u64) -> Next {
+    fn check_stall(&mut self, pos: u64) -> Result<Next> {
         let tail = self.ring.shared().tail.load(Ordering::Acquire);
         if tail <= pos {
             self.stall = None;
-            return Next::Empty;
+            return Ok(Next::Empty);
         }
-        // Claimed but not committed: a producer is writing, or died while writing.
         let now = Instant::now();
         match self.stall {
             Some((p, since)) if p == pos => {
                 if now.duration_since(since) >= self.ring.inner.stall_timeout {
-                    self.recover(pos);
-                    // Look again at once if recovery padded the range.
-                    self.stall = Some((pos, now));
+                    match self.ring.recover_stall(pos) {
+                        // Look again at once: the range was padded or committed.
+                        Stall::Progress => self.stall = None,
+                        Stall::Wait => self.stall = Some((pos, now)),
+                        Stall::Corrupt => return Err(self.stalled_corrupt(pos, tail)),
+                    }
                 }
             }
             _ => self.stall = Some((pos, now)),
         }
-        Next::Stalled
+        Ok(Next::Stalled)
     }
 
-    /// Pads the claim covering `pos` if its producer is dead.
-    fn recover(&self, pos: u64) {
-        for i in 0..self.ring.inner.max_producers {
-            let s = self.ring.producer_slot(i);
-            if s.state.load(Ordering::Acquire) != SLOT_CLAIMING {
-                continue;
-            }
-            let start = s.pending_pos.load(Ordering::Acquire);
-            let len = s.pending_len.load(Ordering::Acquire);
-            if !(start <= pos && pos < start.saturating_add(len)) {
-                continue;
-            }
-            let pid = s.pid.load(Ordering::Acquire);
-            if pid != 0 && process_alive(pid, s.start_ticks.load(Ordering::Acquire)) {
-                continue; // slow, not dead: keep waiting
-            }
-            self.ring.finish_dead_claim(i);
+    /// The error for a position nothing will ever commit; counted once per position.
+    #[cold]
+    fn stalled_corrupt(&mut self, pos: u64, tail: u64) -> Error {
+        if self.reported != Some(pos) {
+            self.reported = Some(pos);
+            self.ring
+                .shared()
+                .corrupt_frames
+                .fetch_add(1, Ordering::Relaxed);
         }
+        Error::corrupt(format!(
+            "ring {}: the frame header at position {pos} is damaged: the claim position is \
+             {tail}, past it, and no live or dead producer's claim covers it after the stall \
+             timeout of {:?}; the ring cannot move past it",
+            self.ring.name(),
+            self.ring.inner.stall_timeout
+        ))
+    }
+
+    /// A data frame at `idx` whose checksum does not match its payload.
+    #[cold]
+    fn bad_checksum(&self, pos: u64, len: usize) -> Error {
+        self.ring
+            .shared()
+            .corrupt_frames
+            .fetch_add(1, Ordering::Relaxed);
+        Error::corrupt(format!(
+            "ring {}: the {len}-byte frame at position {pos} fails its CRC32C: its bytes \
+             changed in the ring (it was skipped)",
+            self.ring.name()
+        ))
+    }
+
+    /// True when the checksum stored after the payload at `idx` matches it.
+    fn checksum_ok(&self, idx: usize, payload: &[u8]) -> bool {
+        let mut stored = [0u8; CHECKSUM_LEN];
+        // SAFETY: a data frame on a checksummed ring reserves CHECKSUM_LEN bytes after its
+        // payload inside the data region (checked in `next` through `frame_bytes`); they were
+        // written before the committed header that we read with Acquire.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ring
+                    .data()
+                    .wrapping_add(idx + FRAME_HEADER + payload.len()),
+                stored.as_mut_ptr(),
+                CHECKSUM_LEN,
+            );
+        }
+        u32::from_le_bytes(stored) == crate::checksum::crc32c(payload)
+    }
+
+    /// How this consumer releases what it delivered ([`AckMode::Auto`] unless changed).
+    pub fn ack_mode(&self) -> AckMode {
+        self.ack_mode
+    }
+
+    /// Chooses when delivered frames are released. Switching to [`AckMode::Auto`] releases
+    /// what was delivered and not yet acknowledged.
+    pub fn set_ack_mode(&mut self, mode: AckMode) {
+        self.ack_mode = mode;
+        if mode == AckMode::Auto {
+            self.ack();
+        }
+    }
+
+    /// Releases every frame delivered so far: their space goes back to producers and a
+    /// consumer that attaches after this one starts after them. In [`AckMode::Auto`] every
+    /// receive already does this.
+    pub fn ack(&mut self) {
+        if self.acked.0 != self.head {
+            self.acked = (self.head, self.received, self.bytes);
+            self.publish();
+        }
+    }
+
+    /// Frames delivered but not acknowledged yet ([`AckMode::Manual`]).
+    pub fn unacked(&self) -> u64 {
+        self.received - self.acked.1
+    }
+
+    /// Forgets the frames delivered since the last [`Consumer::ack`]: the next receive
+    /// delivers them again, in order (for a consumer that failed to process them).
+    pub fn rewind(&mut self) {
+        (self.head, self.received, self.bytes) = self.acked;
+        self.stall = None;
     }
 
     /// Delivers up to `limit` frames to `handler`, in order, and releases their space.
@@ -1641,11 +1858,21 @@ impl Consumer {
         let mut n = 0;
         let start = self.head;
         while n < limit {
-            match self.next(false)? {
+            let step = match self.next(false) {
+                Ok(step) => step,
+                // Deliver what we have; the error comes back on the next call.
+                Err(_) if n > 0 => break,
+                Err(e) => {
+                    self.release(start);
+                    return Err(e);
+                }
+            };
+            match step {
                 Next::Frame { pos, len, padding } => {
                     if !padding && !accept(len) {
                         break;
                     }
+                    let next = pos + self.ring.frame_bytes(len, padding) as u64;
                     if !padding {
                         let idx = (pos & (self.ring.inner.capacity - 1)) as usize;
                         // SAFETY: the frame lies inside the data region (checked in `next`);
@@ -1658,20 +1885,37 @@ impl Consumer {
                                 len,
                             )
                         };
+                        if self.ring.inner.extra != 0 && !self.checksum_ok(idx, payload) {
+                            if n > 0 {
+                                break;
+                            }
+                            // Skip it (it can never become right) and say so.
+                            self.head = next;
+                            self.release(start);
+                            return Err(self.bad_checksum(pos, len));
+                        }
                         handler(payload);
                         n += 1;
                         self.received += 1;
                         self.bytes += len as u64;
                     }
-                    self.head = pos + frame_size(len) as u64;
+                    self.head = next;
                 }
                 Next::Empty | Next::Stalled => break,
             }
         }
-        if self.head != start {
+        self.release(start);
+        Ok(n)
+    }
+
+    /// After a receive that started at `start`: in [`AckMode::Auto`], releases what it
+    /// delivered or skipped.
+    #[inline]
+    fn release(&mut self, start: u64) {
+        if self.head != start && self.ack_mode == AckMode::Auto {
+            self.acked = (self.head, self.received, self.bytes);
             self.publish();
         }
-        Ok(n)
     }
 
     /// The payload length of the next frame, if one is ready (padding is skipped and
@@ -1685,7 +1929,7 @@ impl Consumer {
                     len,
                 } => {
                     self.head = pos + frame_size(len) as u64;
-                    self.publish();
+                    self.release(pos);
                 }
                 Next::Frame { len, .. } => return Ok(Some(len)),
                 Next::Empty | Next::Stalled => return Ok(None),
@@ -1795,12 +2039,14 @@ impl Consumer {
         })
     }
 
+    /// Publishes the acknowledged position (and its counts) in the slot.
     #[inline]
     fn publish(&mut self) {
         let s = self.ring.subscriber_slot(self.slot);
-        s.received.store(self.received, Ordering::Relaxed);
-        s.bytes.store(self.bytes, Ordering::Relaxed);
-        s.position.store(self.head, Ordering::Release);
+        let (position, received, bytes) = self.acked;
+        s.received.store(received, Ordering::Relaxed);
+        s.bytes.store(bytes, Ordering::Relaxed);
+        s.position.store(position, Ordering::Release);
         self.ring.wake_space(self.lazy_wake);
     }
 
@@ -1817,7 +2063,7 @@ impl Consumer {
                     len,
                 } => {
                     self.head = pos + frame_size(len) as u64;
-                    self.publish();
+                    self.release(pos);
                     continue;
                 }
                 Next::Frame { .. } => return Ok(true),

@@ -671,3 +671,41 @@ fn typed_frames_refuse_what_does_not_fit_and_flag_what_is_not_an_archive() {
         .unwrap();
     assert_eq!(seen, Some(Err(ErrorKind::Corrupt)));
 }
+
+/// Writes into producer slot `i` the record a producer leaves when it dies after recording a
+/// claim of `len` bytes at the current tail but before its CAS on the tail succeeded.
+fn forge_stale_claim(r: &Ring, i: usize, len: u64) {
+    let s = r.producer_slot(i);
+    let tail = r.shared().tail.load(Ordering::Acquire);
+    s.pending_pos.store(tail, Ordering::Release);
+    s.pending_len.store(len as _, Ordering::Release);
+    s.state.store(SLOT_CLAIMING, Ordering::Release);
+}
+
+#[test]
+fn a_stale_mpsc_claim_record_never_pads_over_other_producers_frames() {
+    // Slot 0 dies between recording its claim and a CAS that would have succeeded; slot 1
+    // then fills the range the record names. Neither the takeover of slot 0 nor the
+    // consumer may pad over slot 1's frames. (Before claims were confirmed after the CAS,
+    // the takeover padded [tail, tail + 256) over them and the consumer stopped after 5 of
+    // the 7 frames.)
+    let dir = TempDir::new("stale-claim");
+    let r = ring(&dir, 1 << 16, true);
+    let dead = r.producer().unwrap();
+    let mut live = r.producer().unwrap();
+    forge_stale_claim(&r, 0, 256);
+    kill_slot(&r, 0);
+    for seq in 0..6 {
+        live.send(&frame(1, seq, 40)).unwrap();
+    }
+    let mut taker = r.producer().unwrap();
+    taker.send(&frame(2, 0, 40)).unwrap();
+    let mut c = r.consumer().unwrap();
+    let mut got = Vec::new();
+    c.poll(usize::MAX, |f| got.push(check_frame(f))).unwrap();
+    let want: Vec<(u32, u64)> = (0..6).map(|s| (1, s)).chain([(2, 0)]).collect();
+    assert_eq!(got, want);
+    assert_eq!(r.stats().unblocked, 0, "nothing to unblock");
+    drop((live, taker, c));
+    std::mem::forget(dead);
+}
