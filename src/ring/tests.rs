@@ -709,3 +709,314 @@ fn a_stale_mpsc_claim_record_never_pads_over_other_producers_frames() {
     drop((live, taker, c));
     std::mem::forget(dead);
 }
+
+/// Polls `c` (waiting in between, so stalls are checked) until `n` frames arrived or an
+/// error; gives up after 10 s.
+fn drain(c: &mut Consumer, n: usize) -> Result<Vec<Vec<u8>>> {
+    let mut got = Vec::new();
+    let t0 = Instant::now();
+    while got.len() < n {
+        c.poll(usize::MAX, |f| got.push(f.to_vec()))?;
+        if got.len() < n {
+            c.wait(
+                WaitStrategy::SpinThenPark { spins: 10 },
+                Duration::from_millis(50),
+            )?;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "consumer never resumed"
+        );
+    }
+    Ok(got)
+}
+
+/// Makes slot `i` the winner of a `len`-byte claim at the tail that died after its CAS and
+/// before it confirmed.
+fn forge_unconfirmed_winner(r: &Ring, i: usize, len: u64) {
+    forge_stale_claim(r, i, len);
+    r.shared().tail.fetch_add(len, Ordering::AcqRel);
+    kill_slot(r, i);
+}
+
+#[test]
+fn a_dead_unconfirmed_winner_is_padded_up_to_the_next_claim_only() {
+    // Slot 0 won a 64-byte claim and died before confirming; slot 2 recorded a 960-byte
+    // claim at the same position and died before its (failing) CAS. 960 bytes further on
+    // lies, by construction, a committed header of the live producer: the stale record's
+    // end looks like a frame boundary. Recovery pads the winner's 64 bytes only, and the
+    // live producer's frames all arrive intact.
+    let dir = TempDir::new("unconfirmed");
+    let r = ring(&dir, 1 << 16, true);
+    let dead = r.producer().unwrap();
+    let mut live = r.producer().unwrap();
+    let stale = r.producer().unwrap();
+    live.send(&frame(1, 0, 40)).unwrap();
+    forge_stale_claim(&r, 2, 64 + 20 * 48);
+    kill_slot(&r, 2);
+    forge_unconfirmed_winner(&r, 0, 64);
+    for seq in 1..30 {
+        live.send(&frame(1, seq, 40)).unwrap(); // 48-byte frames
+    }
+    let mut c = r.consumer().unwrap();
+    let got: Vec<_> = drain(&mut c, 30)
+        .unwrap()
+        .iter()
+        .map(|f| check_frame(f))
+        .collect();
+    assert_eq!(got, (0..30).map(|s| (1, s)).collect::<Vec<_>>());
+    assert_eq!(r.stats().unblocked, 1);
+    assert_eq!(r.stats().corrupt_frames, 0);
+    // The records are settled: taking the slots over pads nothing more.
+    let mut taker = r.producer_in_slot(0).unwrap();
+    taker.send(&frame(2, 0, 40)).unwrap();
+    let mut taker2 = r.producer_in_slot(2).unwrap();
+    taker2.send(&frame(3, 0, 40)).unwrap();
+    let got: Vec<_> = drain(&mut c, 2)
+        .unwrap()
+        .iter()
+        .map(|f| check_frame(f))
+        .collect();
+    assert_eq!(got, [(2, 0), (3, 0)]);
+    assert_eq!(r.stats().unblocked, 1);
+    drop((live, taker, taker2, c));
+    std::mem::forget((dead, stale));
+}
+
+#[test]
+fn two_dead_claimants_of_one_position_are_told_apart() {
+    // Slots 0 and 1 both recorded a claim at the same tail and died; slot 0's CAS won (64
+    // bytes), slot 1's lost (its record says 200). The live producer's frames after the
+    // winner's range survive. (Before: the winner's range was padded, then the stale
+    // record's walk over the live frames padded the header of the fifth.)
+    let dir = TempDir::new("two-dead");
+    let r = ring(&dir, 1 << 16, true);
+    let (d0, d1) = (r.producer().unwrap(), r.producer().unwrap());
+    let mut live = r.producer().unwrap();
+    forge_stale_claim(&r, 1, 200);
+    kill_slot(&r, 1);
+    forge_unconfirmed_winner(&r, 0, 64);
+    for seq in 0..10 {
+        live.send(&frame(2, seq, 24)).unwrap();
+    }
+    let mut c = r.consumer().unwrap();
+    let got: Vec<_> = drain(&mut c, 10)
+        .unwrap()
+        .iter()
+        .map(|f| check_frame(f))
+        .collect();
+    assert_eq!(got, (0..10).map(|s| (2, s)).collect::<Vec<_>>());
+    for i in 0..2 {
+        let s = r.producer_slot(i);
+        assert_eq!(
+            s.state.load(Ordering::Acquire),
+            SLOT_IDLE,
+            "slot {i} settled"
+        );
+    }
+    drop((live, c));
+    std::mem::forget((d0, d1));
+}
+
+#[test]
+fn a_damaged_header_is_reported_as_corrupt_not_as_a_slow_producer() {
+    // Before: the consumer waited forever with no error and no count.
+    let dir = TempDir::new("damaged-header");
+    let r = ring(&dir, 1 << 16, true);
+    let mut p = r.producer().unwrap();
+    for seq in 0..3 {
+        p.send(&frame(0, seq, 40)).unwrap();
+    }
+    let second = frame_size(40) as u64;
+    let h = r.header_at(second);
+    h.store(h.load(Ordering::Acquire) ^ 0x10, Ordering::Release); // the tag no longer fits
+    let mut c = r.consumer().unwrap();
+    let e = drain(&mut c, 3).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert!(e.message().contains("damaged"), "{e}");
+    assert_eq!(c.position(), second, "the first frame was delivered");
+    // Reported again on every look, counted once.
+    let e2 = drain(&mut c, 1).unwrap_err();
+    assert_eq!(e2.kind(), ErrorKind::Corrupt);
+    assert_eq!(r.stats().corrupt_frames, 1);
+    assert_eq!(r.stats().unblocked, 0, "nothing was padded");
+}
+
+#[test]
+fn a_damaged_closed_flag_is_corruption_not_a_close() {
+    let dir = TempDir::new("closed-flag");
+    let r = ring(&dir, 4096, false);
+    let mut p = r.producer().unwrap();
+    r.shared().closed.store(0x5a, Ordering::Release);
+    let e = p.send(b"x").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    r.shared().closed.store(0, Ordering::Release);
+    r.close();
+    assert_eq!(p.send(b"x").unwrap_err().kind(), ErrorKind::Closed);
+}
+
+#[test]
+fn manual_ack_redelivers_what_a_dead_consumer_did_not_acknowledge() {
+    let dir = TempDir::new("ack");
+    let r = ring(&dir, 4096, false);
+    let mut p = r.producer().unwrap();
+    for seq in 0..6 {
+        p.send(&frame(0, seq, 20)).unwrap();
+    }
+    let seqs = |c: &mut Consumer, n: usize| -> Vec<u64> {
+        let mut out = Vec::new();
+        c.poll(n, |f| out.push(check_frame(f).1)).unwrap();
+        out
+    };
+    let mut c = r.consumer().unwrap();
+    c.set_ack_mode(AckMode::Manual);
+    assert_eq!(seqs(&mut c, 2), [0, 1]);
+    c.ack();
+    assert_eq!(seqs(&mut c, 2), [2, 3]);
+    assert_eq!(c.unacked(), 2);
+    c.rewind();
+    assert_eq!(seqs(&mut c, 1), [2], "rewind delivers again");
+    let mut buf = [0u8; 64];
+    assert_eq!(c.recv_into(&mut buf).unwrap(), Some(20));
+    drop(c); // like a crash after delivery and before ack: frames 2 and 3 not released
+    let mut c = r.consumer().unwrap();
+    assert_eq!(seqs(&mut c, 10), [2, 3, 4, 5]);
+    assert_eq!(r.stats().received, 6);
+    drop(c);
+    let mut c = r.consumer().unwrap();
+    assert!(seqs(&mut c, 10).is_empty(), "auto mode released them");
+}
+
+#[test]
+fn manual_ack_holds_producers_back_until_acknowledged() {
+    let dir = TempDir::new("ack-space");
+    let r = ring(&dir, 4096, false);
+    let mut p = r.producer().unwrap();
+    let mut c = r.consumer().unwrap();
+    c.set_ack_mode(AckMode::Manual);
+    let payload = [7u8; 1000];
+    let mut sent = 0;
+    while p.send(&payload).is_ok() {
+        sent += 1;
+    }
+    assert_eq!(c.poll(usize::MAX, |_| {}).unwrap(), sent);
+    assert_eq!(p.send(&payload).unwrap_err().kind(), ErrorKind::Full);
+    c.ack();
+    p.send(&payload).unwrap();
+}
+
+#[test]
+fn a_restarted_producer_learns_exactly_how_many_frames_its_slot_committed() {
+    let dir = TempDir::new("committed");
+    for header_written in [false, true] {
+        let r = ring(&dir, 1 << 16, true);
+        let mut p = r.producer_in_slot(1).unwrap();
+        assert_eq!(p.committed(), 0);
+        for seq in 0..5 {
+            p.send(&frame(1, seq, 30)).unwrap();
+        }
+        // Die inside the commit of frame 5: counted, header written or not.
+        let mut claim = p.try_claim(30).unwrap();
+        claim.as_mut_slice().copy_from_slice(&frame(1, 5, 30));
+        let pos = claim.raw.pos;
+        std::mem::forget(claim);
+        let s = r.producer_slot(1);
+        s.last_pos.store(pos, Ordering::Release);
+        s.sent.store(6, Ordering::Release);
+        if header_written {
+            r.header_at(pos)
+                .store(header(pos, 30, false), Ordering::Release);
+        }
+        kill_slot(&r, 1);
+        let want = 5 + u64::from(header_written);
+        let mut again = r.producer_in_slot(1).unwrap();
+        assert_eq!(again.committed(), want, "header written: {header_written}");
+        for seq in again.committed()..8 {
+            again.send(&frame(1, seq, 30)).unwrap();
+        }
+        assert_eq!(again.committed(), 8);
+        let mut c = r.consumer().unwrap();
+        let got: Vec<_> = drain(&mut c, 8)
+            .unwrap()
+            .iter()
+            .map(|f| check_frame(f).1)
+            .collect();
+        assert_eq!(got, (0..8).collect::<Vec<_>>(), "each frame exactly once");
+        assert_eq!(r.stats().producers[0].sent, 8);
+        drop((again, c));
+        std::mem::forget(p);
+        r.unlink().unwrap();
+    }
+}
+
+#[test]
+fn a_producer_slot_out_of_range_or_held_is_refused() {
+    let dir = TempDir::new("slot-range");
+    let r = ring(&dir, 4096, true);
+    assert_eq!(
+        r.producer_in_slot(16).err().unwrap().kind(),
+        ErrorKind::InvalidArgument
+    );
+    let _p = r.producer_in_slot(3).unwrap();
+    assert_eq!(r.producer_in_slot(3).err().unwrap().kind(), ErrorKind::Busy);
+}
+
+#[test]
+fn checksummed_frames_round_trip_and_a_changed_byte_is_reported() {
+    let dir = TempDir::new("crc");
+    let opts = RingOptions {
+        capacity: 4096,
+        checksum: true,
+        stall_timeout: Duration::from_millis(20),
+        ..RingOptions::in_dir(&dir.0)
+    };
+    let r = if cfg!(miri) {
+        Ring::anonymous("t", &opts).unwrap()
+    } else {
+        Ring::create("t", &opts).unwrap()
+    };
+    assert!(r.has_checksums());
+    let mut p = r.producer().unwrap();
+    let mut c = r.consumer().unwrap();
+    // Many laps, every size class, claims shortened at commit.
+    for seq in 0..500u64 {
+        let len = 12 + (seq as usize * 7) % 300;
+        p.send(&frame(0, seq, len)).unwrap();
+        let mut claim = p.try_claim(400).unwrap();
+        let f = frame(1, seq, len);
+        claim.as_mut_slice()[..len].copy_from_slice(&f);
+        claim.commit_len(len);
+        let got = drain(&mut c, 2).unwrap();
+        assert_eq!(check_frame(&got[0]), (0, seq));
+        assert_eq!(check_frame(&got[1]), (1, seq));
+    }
+    let pos = c.position();
+    p.send(&frame(0, 1000, 40)).unwrap();
+    p.send(&frame(0, 1001, 40)).unwrap();
+    let idx = (pos & 4095) as usize + FRAME_HEADER + 20;
+    // SAFETY: a payload byte of the committed, unconsumed frame at `pos` (test only).
+    unsafe { *r.data().add(idx) ^= 1 };
+    let e = c
+        .poll(10, |_| panic!("a bad frame is not delivered"))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+    assert_eq!(check_frame(&drain(&mut c, 1).unwrap()[0]), (0, 1001));
+    assert_eq!(r.stats().corrupt_frames, 1);
+    assert!(!ring(&TempDir::new("no-crc"), 4096, false).has_checksums());
+}
+
+#[test]
+fn the_recovery_lock_is_exclusive_and_taken_from_a_dead_holder() {
+    let dir = TempDir::new("lock");
+    let r = ring(&dir, 4096, true);
+    let g = r.lock_recovery(Duration::ZERO).unwrap();
+    assert!(r.lock_recovery(Duration::from_millis(5)).is_none());
+    drop(g);
+    r.shared()
+        .recovery_lock
+        .store(u64::from(i32::MAX as u32 - 11) << 32 | 1, Ordering::Release);
+    assert!(
+        r.lock_recovery(Duration::ZERO).is_some(),
+        "dead holder replaced"
+    );
+}
