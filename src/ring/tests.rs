@@ -995,7 +995,7 @@ fn checksummed_frames_round_trip_and_a_changed_byte_is_reported() {
     p.send(&frame(0, 1001, 40)).unwrap();
     let idx = (pos & 4095) as usize + FRAME_HEADER + 20;
     // SAFETY: a payload byte of the committed, unconsumed frame at `pos` (test only).
-    unsafe { *r.data().add(idx) ^= 1 };
+    unsafe { *r.data().wrapping_add(idx) ^= 1 };
     let e = c
         .poll(10, |_| panic!("a bad frame is not delivered"))
         .unwrap_err();
