@@ -33,7 +33,7 @@
 
 // The ABI version. Bumped on any incompatible change to the C ABI; every binding checks
 // `emf_abi_version() == EMF_ABI_VERSION` at load.
-#define EMF_ABI_VERSION 2
+#define EMF_ABI_VERSION 3
 
 // Major version of the library.
 #define EMF_VERSION_MAJOR 0
@@ -136,6 +136,20 @@
 
 // Wait strategy: spin, then sleep on a futex in shared memory (woken across processes).
 #define EMF_WAIT_PARK 2
+
+// Ring flag (`emf_ring_options_t::flags`): every data frame carries a CRC32C of its
+// payload, checked by consumers; a frame whose bytes changed in the ring is skipped and
+// reported as `EMF_ERR_CORRUPT`.
+#define EMF_RING_CHECKSUM 1
+
+// Acknowledgement mode (`emf_consumer_set_ack_mode`): every receive releases what it
+// delivered (the default). At most once for `emf_consumer_recv` / `_recv_batch` (released
+// before they return); the poll callback's frames are released after it returns.
+#define EMF_ACK_AUTO 0
+
+// Acknowledgement mode: nothing is released until `emf_consumer_ack`; a consumer that dies
+// before acknowledging has those frames delivered again to the next one (at least once).
+#define EMF_ACK_MANUAL 1
 
 // Metric: `1 − cos(a, b)`.
 #define EMF_METRIC_COSINE 0
@@ -318,6 +332,8 @@ typedef struct emf_ring_options_t {
   uint32_t mode;
   // Directory of the segment file, NUL-terminated; NULL for `/dev/shm`.
   const char *dir;
+  // `EMF_RING_*` bits (default 0).
+  uint32_t flags;
 } emf_ring_options_t;
 
 // A ring's counters, read without attaching.
@@ -991,6 +1007,27 @@ emf_status_t emf_ring_stats(const struct emf_ring_t *ring, struct emf_ring_stats
 // `ring` a live handle; `out` writable.
 emf_status_t emf_producer_new(const struct emf_ring_t *ring, struct emf_producer_t **out);
 
+// Attaches a producer in slot `slot` (0 on a single-producer ring), taking it over when its
+// holder died; `EMF_ERR_BUSY` while a live producer holds it. A producer restarted in its
+// predecessor's slot reads with `emf_producer_committed` how many frames the slot has
+// committed, so one that numbers its frames can resend exactly the missing ones.
+//
+// # Safety
+//
+// `ring` a live handle; `out` writable.
+emf_status_t emf_producer_new_in_slot(const struct emf_ring_t *ring,
+                                      uint32_t slot,
+                                      struct emf_producer_t **out);
+
+// Stores in `*out` the frames committed through the producer's slot so far, by it and by
+// every earlier holder of the slot (a predecessor that was killed included), and in
+// `*out_slot` (if not NULL) the slot's index. A frame counts once its send returned.
+//
+// # Safety
+//
+// `p` a live handle; `out` writable; `out_slot` NULL or writable.
+emf_status_t emf_producer_committed(struct emf_producer_t *p, uint64_t *out, uint32_t *out_slot);
+
 // Detaches and frees a producer; an open claim is aborted. NULL is fine.
 //
 // # Safety
@@ -1124,6 +1161,39 @@ emf_status_t emf_consumer_wait(struct emf_consumer_t *c,
                                uint32_t strategy_code,
                                uint32_t timeout_ms,
                                bool *out_ready);
+
+// Chooses when the consumer releases what it delivered: `EMF_ACK_AUTO` (the default: every
+// receive releases) or `EMF_ACK_MANUAL` (nothing is released until `emf_consumer_ack`;
+// frames delivered and not acknowledged when the consumer dies are delivered again to the
+// next one). Switching to `EMF_ACK_AUTO` acknowledges what was delivered.
+//
+// # Safety
+//
+// `c` a live handle.
+emf_status_t emf_consumer_set_ack_mode(struct emf_consumer_t *c, uint32_t mode);
+
+// Releases every frame delivered so far (their space goes back to producers; a consumer
+// attaching later starts after them). Needed only in `EMF_ACK_MANUAL` mode.
+//
+// # Safety
+//
+// `c` a live handle.
+emf_status_t emf_consumer_ack(struct emf_consumer_t *c);
+
+// Forgets the frames delivered since the last acknowledgement: the next receive delivers
+// them again, in order. `*out_unacked` (if not NULL) receives how many there were.
+//
+// # Safety
+//
+// `c` a live handle; `out_unacked` NULL or writable.
+emf_status_t emf_consumer_rewind(struct emf_consumer_t *c, uint64_t *out_unacked);
+
+// Stores in `*out` how many delivered frames are not acknowledged yet.
+//
+// # Safety
+//
+// `c` a live handle; `out` writable.
+emf_status_t emf_consumer_unacked(struct emf_consumer_t *c, uint64_t *out);
 
 // Stores in `*out` the bytes committed or claimed that this consumer has not consumed.
 //

@@ -14,7 +14,7 @@ use super::{
     bytes, c_str, emf_status_t, guard, require_out, write_out, FfiError, FfiResult,
     EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_BUSY, EMF_ERR_EMPTY, EMF_ERR_INVALID_ARGUMENT,
 };
-use crate::ring::{Consumer, Producer, RawClaim, Ring, RingOptions, WaitStrategy};
+use crate::ring::{AckMode, Consumer, Producer, RawClaim, Ring, RingOptions, WaitStrategy};
 use crate::shm::SegmentOptions;
 use crate::sync::{AtomicBool, Ordering};
 
@@ -24,6 +24,19 @@ pub const EMF_WAIT_SPIN: u32 = 0;
 pub const EMF_WAIT_YIELD: u32 = 1;
 /// Wait strategy: spin, then sleep on a futex in shared memory (woken across processes).
 pub const EMF_WAIT_PARK: u32 = 2;
+
+/// Ring flag (`emf_ring_options_t::flags`): every data frame carries a CRC32C of its
+/// payload, checked by consumers; a frame whose bytes changed in the ring is skipped and
+/// reported as `EMF_ERR_CORRUPT`.
+pub const EMF_RING_CHECKSUM: u32 = 1;
+
+/// Acknowledgement mode (`emf_consumer_set_ack_mode`): every receive releases what it
+/// delivered (the default). At most once for `emf_consumer_recv` / `_recv_batch` (released
+/// before they return); the poll callback's frames are released after it returns.
+pub const EMF_ACK_AUTO: u32 = 0;
+/// Acknowledgement mode: nothing is released until `emf_consumer_ack`; a consumer that dies
+/// before acknowledging has those frames delivered again to the next one (at least once).
+pub const EMF_ACK_MANUAL: u32 = 1;
 
 /// Options for `emf_ring_create`; fill with `emf_ring_options_default` first.
 #[repr(C)]
@@ -43,6 +56,8 @@ pub struct emf_ring_options_t {
     pub mode: u32,
     /// Directory of the segment file, NUL-terminated; NULL for `/dev/shm`.
     pub dir: *const c_char,
+    /// `EMF_RING_*` bits (default 0).
+    pub flags: u32,
 }
 
 /// A ring's counters, read without attaching.
@@ -222,6 +237,7 @@ pub unsafe extern "C" fn emf_ring_options_default(out: *mut emf_ring_options_t) 
             stall_timeout_ms: d.stall_timeout.as_millis() as u32,
             mode: 0o600,
             dir: std::ptr::null(),
+            flags: 0,
         };
         // SAFETY: writable by contract (NULL checked inside).
         unsafe { write_out(out, o, "out") }
@@ -254,6 +270,13 @@ pub unsafe extern "C" fn emf_ring_create(
             o.max_subscribers = c.max_subscribers as usize;
             o.stall_timeout = Duration::from_millis(c.stall_timeout_ms as u64);
             o.segment = seg_opts(c.dir, c.mode)?;
+            if c.flags & !EMF_RING_CHECKSUM != 0 {
+                return Err(FfiError::new(
+                    EMF_ERR_INVALID_ARGUMENT,
+                    format!("unknown ring flags {:#x}", c.flags & !EMF_RING_CHECKSUM),
+                ));
+            }
+            o.checksum = c.flags & EMF_RING_CHECKSUM != 0;
         }
         let ring = Ring::create(name, &o)?;
         let h = new_handle(emf_ring_t { ring })?;
@@ -383,19 +406,72 @@ pub unsafe extern "C" fn emf_producer_new(
     ring: *const emf_ring_t,
     out: *mut *mut emf_producer_t,
 ) -> emf_status_t {
+    guard(|| new_producer(ring, None, out))
+}
+
+/// Attaches a producer in slot `slot` (0 on a single-producer ring), taking it over when its
+/// holder died; `EMF_ERR_BUSY` while a live producer holds it. A producer restarted in its
+/// predecessor's slot reads with `emf_producer_committed` how many frames the slot has
+/// committed, so one that numbers its frames can resend exactly the missing ones.
+///
+/// # Safety
+///
+/// `ring` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_producer_new_in_slot(
+    ring: *const emf_ring_t,
+    slot: u32,
+    out: *mut *mut emf_producer_t,
+) -> emf_status_t {
+    guard(|| new_producer(ring, Some(slot as usize), out))
+}
+
+fn new_producer(
+    ring: *const emf_ring_t,
+    slot: Option<usize>,
+    out: *mut *mut emf_producer_t,
+) -> FfiResult {
+    require_out(out, "out")?;
+    // SAFETY: liveness checked; caller contract excludes a concurrent free.
+    let r = unsafe { borrow_handle(ring, "ring") }?;
+    let producer = match slot {
+        Some(i) => r.ring.producer_in_slot(i)?,
+        None => r.ring.producer()?,
+    };
+    let h = new_handle(emf_producer_t {
+        inner: Exclusive::new(ProducerState {
+            producer,
+            open: None,
+        }),
+    })?;
+    // SAFETY: writable by contract.
+    unsafe { write_out(out, h, "out") }
+}
+
+/// Stores in `*out` the frames committed through the producer's slot so far, by it and by
+/// every earlier holder of the slot (a predecessor that was killed included), and in
+/// `*out_slot` (if not NULL) the slot's index. A frame counts once its send returned.
+///
+/// # Safety
+///
+/// `p` a live handle; `out` writable; `out_slot` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_producer_committed(
+    p: *mut emf_producer_t,
+    out: *mut u64,
+    out_slot: *mut u32,
+) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        // SAFETY: liveness checked; caller contract excludes a concurrent free.
-        let r = unsafe { borrow_handle(ring, "ring") }?;
-        let producer = r.ring.producer()?;
-        let h = new_handle(emf_producer_t {
-            inner: Exclusive::new(ProducerState {
-                producer,
-                open: None,
-            }),
+        let (n, slot) = with_producer_any(p, |s| {
+            Ok((s.producer.committed(), s.producer.slot_index() as u32))
         })?;
-        // SAFETY: writable by contract.
-        unsafe { write_out(out, h, "out") }
+        if !out_slot.is_null() {
+            // SAFETY: non-NULL, writable by contract.
+            unsafe { write_out(out_slot, slot, "out_slot") }?;
+        }
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, n, "out") }
     })
 }
 
@@ -421,6 +497,16 @@ pub unsafe extern "C" fn emf_producer_free(p: *mut emf_producer_t) -> emf_status
         // SAFETY: caller contract; the slab refuses a double free.
         unsafe { free_handle(p, "producer") }
     })
+}
+
+/// Like `with_producer`, also while a claim is open.
+fn with_producer_any<R>(
+    p: *const emf_producer_t,
+    f: impl FnOnce(&mut ProducerState) -> FfiResult<R>,
+) -> FfiResult<R> {
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let h = unsafe { borrow_handle(p, "producer") }?;
+    h.inner.with("producer", f)
 }
 
 fn with_producer<R>(
@@ -620,7 +706,7 @@ pub(crate) unsafe fn read_slices<'a>(
     }
     if n > 1 << 24 {
         return Err(FfiError::new(
-            EMF_ERR_INVALID_ARGUMENT,
+            super::EMF_ERR_TOO_LARGE,
             format!("batch of {n} frames is larger than 16M"),
         ));
     }
@@ -875,6 +961,96 @@ pub unsafe extern "C" fn emf_consumer_wait(
     })
 }
 
+/// Chooses when the consumer releases what it delivered: `EMF_ACK_AUTO` (the default: every
+/// receive releases) or `EMF_ACK_MANUAL` (nothing is released until `emf_consumer_ack`;
+/// frames delivered and not acknowledged when the consumer dies are delivered again to the
+/// next one). Switching to `EMF_ACK_AUTO` acknowledges what was delivered.
+///
+/// # Safety
+///
+/// `c` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn emf_consumer_set_ack_mode(
+    c: *mut emf_consumer_t,
+    mode: u32,
+) -> emf_status_t {
+    guard(|| {
+        let mode = match mode {
+            EMF_ACK_AUTO => AckMode::Auto,
+            EMF_ACK_MANUAL => AckMode::Manual,
+            _ => {
+                return Err(FfiError::new(
+                    EMF_ERR_INVALID_ARGUMENT,
+                    format!("unknown acknowledgement mode {mode}"),
+                ))
+            }
+        };
+        with_consumer(c, |cons| {
+            cons.set_ack_mode(mode);
+            Ok(())
+        })
+    })
+}
+
+/// Releases every frame delivered so far (their space goes back to producers; a consumer
+/// attaching later starts after them). Needed only in `EMF_ACK_MANUAL` mode.
+///
+/// # Safety
+///
+/// `c` a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn emf_consumer_ack(c: *mut emf_consumer_t) -> emf_status_t {
+    guard(|| {
+        with_consumer(c, |cons| {
+            cons.ack();
+            Ok(())
+        })
+    })
+}
+
+/// Forgets the frames delivered since the last acknowledgement: the next receive delivers
+/// them again, in order. `*out_unacked` (if not NULL) receives how many there were.
+///
+/// # Safety
+///
+/// `c` a live handle; `out_unacked` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_consumer_rewind(
+    c: *mut emf_consumer_t,
+    out_unacked: *mut u64,
+) -> emf_status_t {
+    guard(|| {
+        let n = with_consumer(c, |cons| {
+            let n = cons.unacked();
+            cons.rewind();
+            Ok(n)
+        })?;
+        if out_unacked.is_null() {
+            return Ok(());
+        }
+        // SAFETY: non-NULL, writable by contract.
+        unsafe { write_out(out_unacked, n, "out_unacked") }
+    })
+}
+
+/// Stores in `*out` how many delivered frames are not acknowledged yet.
+///
+/// # Safety
+///
+/// `c` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_consumer_unacked(
+    c: *mut emf_consumer_t,
+    out: *mut u64,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        let n = with_consumer(c, |cons| Ok(cons.unacked()))?;
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, n, "out") }
+    })
+}
+
 /// Stores in `*out` the bytes committed or claimed that this consumer has not consumed.
 ///
 /// # Safety
@@ -1031,6 +1207,117 @@ mod tests {
             assert_eq!(emf_ring_free(ring), EMF_ERR_INVALID_ARGUMENT);
             // A freed ring handle used again is refused, not dereferenced.
             assert_eq!(emf_producer_new(ring, &mut p2), EMF_ERR_INVALID_ARGUMENT);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
+    fn ack_mode_slots_checksums_and_counts_through_the_abi() {
+        let dir = std::env::temp_dir().join(format!("emf-capi-ack-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cdir = CString::new(dir.to_str().unwrap()).unwrap();
+        let name = CString::new("ack").unwrap();
+        let mut o = std::mem::MaybeUninit::uninit();
+        // SAFETY: writable out-parameter.
+        assert_eq!(unsafe { emf_ring_options_default(o.as_mut_ptr()) }, EMF_OK);
+        // SAFETY: initialised on success.
+        let mut o = unsafe { o.assume_init() };
+        assert_eq!(o.flags, 0);
+        o.capacity = 4096;
+        o.dir = cdir.as_ptr();
+        o.multi_producer = true;
+        o.flags = 0x80;
+        let mut ring = std::ptr::null_mut();
+        // SAFETY: valid arguments; unknown flags are refused.
+        let st = unsafe { emf_ring_create(name.as_ptr(), &o, &mut ring) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+        o.flags = EMF_RING_CHECKSUM;
+        // SAFETY: valid arguments.
+        let st = unsafe { emf_ring_create(name.as_ptr(), &o, &mut ring) };
+        assert_eq!(st, EMF_OK);
+        let mut p = std::ptr::null_mut();
+        // SAFETY: a slot that does not exist.
+        let st = unsafe { emf_producer_new_in_slot(ring, 99, &mut p) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+        // SAFETY: live ring, valid out.
+        assert_eq!(unsafe { emf_producer_new_in_slot(ring, 5, &mut p) }, EMF_OK);
+        let mut p2 = std::ptr::null_mut();
+        // SAFETY: the slot is held.
+        let st = unsafe { emf_producer_new_in_slot(ring, 5, &mut p2) };
+        assert_eq!(st, EMF_ERR_BUSY);
+        for f in [b"f0", b"f1", b"f2"] {
+            // SAFETY: valid input.
+            assert_eq!(unsafe { emf_producer_send(p, f.as_ptr(), 2) }, EMF_OK);
+        }
+        let (mut committed, mut slot) = (0u64, 0u32);
+        // SAFETY: valid outs.
+        let st = unsafe { emf_producer_committed(p, &mut committed, &mut slot) };
+        assert_eq!((st, committed, slot), (EMF_OK, 3, 5));
+        // SAFETY: NULL out refused.
+        let st = unsafe { emf_producer_committed(p, std::ptr::null_mut(), &mut slot) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
+        let frames = [emf_slice_t {
+            data: b"x".as_ptr(),
+            len: 1,
+        }];
+        let mut sent = 0;
+        // SAFETY: a count past the limit is TOO_LARGE (before any slice is read).
+        let st = unsafe { emf_producer_send_batch(p, frames.as_ptr(), 1 << 40, &mut sent) };
+        assert_eq!(st, super::super::EMF_ERR_TOO_LARGE);
+
+        let mut c = std::ptr::null_mut();
+        // SAFETY: live ring, valid out.
+        assert_eq!(unsafe { emf_consumer_new(ring, &mut c) }, EMF_OK);
+        // SAFETY: unknown mode refused.
+        let st = unsafe { emf_consumer_set_ack_mode(c, 7) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+        // SAFETY: live consumer.
+        let st = unsafe { emf_consumer_set_ack_mode(c, EMF_ACK_MANUAL) };
+        assert_eq!(st, EMF_OK);
+        let mut buf = [0u8; 16];
+        let mut len = 0;
+        for want in [b"f0", b"f1"] {
+            // SAFETY: valid buffer.
+            let st = unsafe { emf_consumer_recv(c, buf.as_mut_ptr(), 16, &mut len) };
+            assert_eq!((st, &buf[..len]), (EMF_OK, &want[..]));
+        }
+        let mut unacked = 0;
+        // SAFETY: valid out.
+        assert_eq!(unsafe { emf_consumer_unacked(c, &mut unacked) }, EMF_OK);
+        assert_eq!(unacked, 2);
+        // SAFETY: live consumer; frees it without acknowledging (like a crash).
+        assert_eq!(unsafe { emf_consumer_free(c) }, EMF_OK);
+        // SAFETY: live ring, valid out.
+        assert_eq!(unsafe { emf_consumer_new(ring, &mut c) }, EMF_OK);
+        // SAFETY: live consumer.
+        let st = unsafe { emf_consumer_set_ack_mode(c, EMF_ACK_MANUAL) };
+        assert_eq!(st, EMF_OK);
+        // SAFETY: valid buffer.
+        let st = unsafe { emf_consumer_recv(c, buf.as_mut_ptr(), 16, &mut len) };
+        assert_eq!((st, &buf[..len]), (EMF_OK, &b"f0"[..]), "delivered again");
+        // SAFETY: live consumer, valid out.
+        assert_eq!(unsafe { emf_consumer_rewind(c, &mut unacked) }, EMF_OK);
+        assert_eq!(unacked, 1);
+        // SAFETY: valid buffer.
+        let st = unsafe { emf_consumer_recv(c, buf.as_mut_ptr(), 16, &mut len) };
+        assert_eq!((st, &buf[..len]), (EMF_OK, &b"f0"[..]), "rewound");
+        // SAFETY: live consumer.
+        assert_eq!(unsafe { emf_consumer_ack(c) }, EMF_OK);
+        // SAFETY: live handles, freed once.
+        unsafe {
+            assert_eq!(emf_consumer_free(c), EMF_OK);
+            assert_eq!(emf_consumer_new(ring, &mut c), EMF_OK);
+            let st = emf_consumer_recv(c, buf.as_mut_ptr(), 16, &mut len);
+            assert_eq!(
+                (st, &buf[..len]),
+                (EMF_OK, &b"f1"[..]),
+                "f0 was acknowledged"
+            );
+            assert_eq!(emf_consumer_free(c), EMF_OK);
+            assert_eq!(emf_producer_free(p), EMF_OK);
+            assert_eq!(emf_ring_unlink(ring), EMF_OK);
+            assert_eq!(emf_ring_free(ring), EMF_OK);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -42,7 +42,7 @@ from ctypes import (
 from pathlib import Path
 
 #: The ``EMF_ABI_VERSION`` this package was written for.
-ABI_VERSION = 2
+ABI_VERSION = 3
 EMF_ABI_VERSION = ABI_VERSION
 
 #: Environment variable naming the shared library to load.
@@ -130,6 +130,7 @@ class emf_ring_options_t(Structure):
         ("stall_timeout_ms", c_uint32),
         ("mode", c_uint32),
         ("dir", c_char_p),
+        ("flags", c_uint32),
     ]
 
 
