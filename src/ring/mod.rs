@@ -49,6 +49,27 @@
 //! Trust: participants are cooperating processes that may crash at any instruction. A
 //! process that deliberately writes garbage into the segment can stall the ring or make
 //! consumers see corrupt frames, but cannot make another process read out of bounds.
+//!
+//! # Delivery guarantees
+//!
+//! What a crash (kill -9 of any one process) does to frames, path by path. "Committed" means
+//! the frame's header is written: from then on the frame is in the segment, whatever happens
+//! to its producer, until every consumer has released it. Nothing survives a reboot or the
+//! removal of the segment (rings live in memory).
+//!
+//! | Path | Guarantee | What a crash does |
+//! |---|---|---|
+//! | [`Producer::send`], [`Claim::commit`], [`Producer::send_batch`] (the `n` it returned) | once `Ok` returned, committed: it reaches every consumer attached before it (the rows below say how often a crashing consumer sees it) | producer dies inside the call: the frame is either committed whole or never delivered (its claim becomes padding); [`Producer::committed`] in a producer restarted with [`Ring::producer_in_slot`] says which |
+//! | `send` answering `Full` / `Timeout` / an error | nothing was written; the caller keeps the frame | — |
+//! | [`Consumer::poll`] (callback), [`AckMode::Auto`] | at least once while the callback runs; released when the call returns | consumer dies during the callback: that batch is delivered again to the next consumer; after the call returned: released, not redelivered |
+//! | [`Consumer::recv_into`], [`Consumer::recv_batch_into`], [`AckMode::Auto`] | at most once: released before they return | consumer dies after the call and before it used the bytes: those frames are lost to it |
+//! | any receive in [`AckMode::Manual`], then [`Consumer::ack`] | at least once: nothing is released before `ack` | consumer dies before `ack`: every unacknowledged frame is delivered again, in order, to the next consumer of the slot (dedupe by your own sequence numbers if effects must be once) |
+//! | fan-out subscribers ([`Ring::subscribe`]) | as above for each subscriber, from the moment it attached | a dead subscriber's slot is reaped and its position dropped: a new subscriber starts at the tail |
+//!
+//! A frame whose bytes change inside the ring (a stray write, a bit flip) is delivered as it
+//! is, unless the ring was created with [`RingOptions::checksum`]: then it is skipped and
+//! reported as `Corrupt`. A damaged frame header is reported as `Corrupt` once nothing can
+//! commit it any more, never waited on forever.
 
 pub mod futex;
 pub mod layout;
