@@ -2139,5 +2139,7 @@ impl Drop for Consumer {
 
 #[cfg(all(test, loom))]
 mod model;
+#[cfg(all(test, loom))]
+mod recovery_model;
 #[cfg(test)]
 pub(crate) mod tests;
