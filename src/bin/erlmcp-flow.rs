@@ -7,8 +7,9 @@
 //! erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
 //! erlmcp-flow shm gc|list [--dir DIR]
 //! erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
-//! erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--dir DIR]
-//! erlmcp-flow ring consume NAME [--count N] [--dir DIR]
+//! erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--dir DIR]
+//! erlmcp-flow ring consume NAME [--count N] [--manual --progress FILE [--until-empty]] [--dir DIR]
+//! erlmcp-flow ring chaos [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -19,6 +20,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use erlmcp_flow::suite::{self, Report, Settings};
+
+#[path = "cli/chaos.rs"]
+mod chaos;
 
 const USAGE: &str = "\
 usage:
@@ -37,10 +41,17 @@ usage:
   erlmcp-flow shm gc|list [--dir DIR]
       remove stale segments (no live participant) / list segments
   erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
-  erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--dir DIR]
-      send sequence-numbered frames (count 0 = until killed), waiting when the ring is full
+  erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--dir DIR]
+      send sequence-numbered frames (count 0 = until killed), waiting when the ring is full;
+      with --slot, in producer slot K, numbered on from the slot's committed count
   erlmcp-flow ring consume NAME [--count N] [--dir DIR]
       receive and check sequence-numbered frames (no loss, duplicate, reorder or corruption)
+  erlmcp-flow ring consume NAME --manual --progress FILE [--until-empty] [--dir DIR]
+      the same with acknowledgements: progress is saved, then acknowledged; a restarted
+      consumer accepts redelivered frames and fails on a gap (exit 4) or corruption (exit 3)
+  erlmcp-flow ring chaos [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]
+      kill -9 campaign over an SPSC and an MPSC ring: producers, consumers, zombies left
+      unreaped, slot takeovers; checks every byte of every frame, prints the counts
   erlmcp-flow codec encode < MESSAGE.json > MESSAGE.emf
       MCP / JSON-RPC text on stdin to an archive on stdout
   erlmcp-flow codec decode < MESSAGE.emf
@@ -280,7 +291,7 @@ fn codec_cmd(what: Option<&str>) -> Result<ExitCode, String> {
 }
 
 /// Options shared by the shm / ring / stat commands.
-struct ShmArgs {
+pub(crate) struct ShmArgs {
     positional: Vec<String>,
     dir: std::path::PathBuf,
     capacity: usize,
@@ -289,6 +300,13 @@ struct ShmArgs {
     count: u64,
     size: usize,
     watch: Option<f64>,
+    slot: Option<usize>,
+    manual: bool,
+    progress: Option<PathBuf>,
+    until_empty: bool,
+    kills: u64,
+    seed: u64,
+    zombie_ms: u64,
 }
 
 fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
@@ -301,6 +319,13 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
         count: 0,
         size: 64,
         watch: None,
+        slot: None,
+        manual: false,
+        progress: None,
+        until_empty: false,
+        kills: 1000,
+        seed: 1,
+        zombie_ms: 200,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
@@ -315,6 +340,13 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
             "--id" => a.id = num(it.next(), "--id")? as u32,
             "--count" => a.count = num(it.next(), "--count")?,
             "--size" => a.size = num(it.next(), "--size")? as usize,
+            "--slot" => a.slot = Some(num(it.next(), "--slot")? as usize),
+            "--manual" => a.manual = true,
+            "--progress" => a.progress = Some(it.next().ok_or("--progress needs a path")?.into()),
+            "--until-empty" => a.until_empty = true,
+            "--kills" => a.kills = num(it.next(), "--kills")?,
+            "--seed" => a.seed = num(it.next(), "--seed")?,
+            "--zombie-ms" => a.zombie_ms = num(it.next(), "--zombie-ms")?,
             "--watch" => {
                 a.watch = Some(
                     it.next()
@@ -447,14 +479,22 @@ fn stat_cmd(args: &[String]) -> Result<ExitCode, String> {
     }
 }
 
+fn r_open(
+    name: &str,
+    opts: &erlmcp_flow::shm::SegmentOptions,
+) -> Result<erlmcp_flow::ring::Ring, String> {
+    erlmcp_flow::ring::Ring::open(name, opts).map_err(|e| e.to_string())
+}
+
 fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
     use erlmcp_flow::ring::{seq, Ring, RingOptions, WaitStrategy};
     use std::time::Duration;
     let a = shm_args(args.get(1..).unwrap_or_default())?;
-    let name = a
-        .positional
-        .first()
-        .ok_or("ring commands need a ring NAME")?;
+    let name = match a.positional.first() {
+        Some(n) => n.as_str(),
+        None if args.first().map(String::as_str) == Some("chaos") => "chaos",
+        None => return Err("ring commands need a ring NAME".into()),
+    };
     let opts = seg_opts(&a);
     match args.first().map(String::as_str) {
         Some("create") => {
@@ -475,11 +515,17 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
         }
         Some("produce") => {
             let r = Ring::open(name, &opts).map_err(|e| e.to_string())?;
-            let mut p = r.producer().map_err(|e| e.to_string())?;
+            // In a slot, the producer is the slot's: its frames carry the slot as their id
+            // and continue the slot's numbering (a restarted producer resends nothing and
+            // skips nothing).
+            let (mut p, id) = match a.slot {
+                Some(k) => (r.producer_in_slot(k).map_err(|e| e.to_string())?, k as u32),
+                None => (r.producer().map_err(|e| e.to_string())?, a.id),
+            };
             let mut buf = vec![0u8; a.size.max(seq::MIN_LEN)];
-            let mut s = 0u64;
+            let mut s = if a.slot.is_some() { p.committed() } else { 0 };
             while a.count == 0 || s < a.count {
-                seq::fill(&mut buf, a.id, s);
+                seq::fill(&mut buf, id, s);
                 p.send_timeout(
                     &buf,
                     WaitStrategy::SpinThenPark { spins: 200 },
@@ -490,6 +536,8 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Some("consume") if a.manual => chaos::consume_manual(&r_open(name, &opts)?, &a),
+        Some("chaos") => chaos::campaign(name, &a),
         Some("consume") => {
             let r = Ring::open(name, &opts).map_err(|e| e.to_string())?;
             let mut c = r.consumer().map_err(|e| e.to_string())?;
