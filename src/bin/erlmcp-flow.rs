@@ -7,7 +7,7 @@
 //! erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
 //! erlmcp-flow shm gc|list [--dir DIR]
 //! erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
-//! erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--dir DIR]
+//! erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--hold-claim] [--dir DIR]
 //! erlmcp-flow ring consume NAME [--count N] [--dir DIR]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
@@ -37,8 +37,10 @@ usage:
   erlmcp-flow shm gc|list [--dir DIR]
       remove stale segments (no live participant) / list segments
   erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
-  erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--dir DIR]
-      send sequence-numbered frames (count 0 = until killed), waiting when the ring is full
+  erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--hold-claim] [--dir DIR]
+      send sequence-numbered frames (count 0 = until killed), waiting when the ring is full;
+      with --hold-claim, then claim one more frame and hold it uncommitted until stdin
+      closes (a producer stuck mid-write, for crash tests)
   erlmcp-flow ring consume NAME [--count N] [--dir DIR]
       receive and check sequence-numbered frames (no loss, duplicate, reorder or corruption)
   erlmcp-flow codec encode < MESSAGE.json > MESSAGE.emf
@@ -288,6 +290,7 @@ struct ShmArgs {
     id: u32,
     count: u64,
     size: usize,
+    hold_claim: bool,
     watch: Option<f64>,
 }
 
@@ -300,6 +303,7 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
         id: 0,
         count: 0,
         size: 64,
+        hold_claim: false,
         watch: None,
     };
     let mut it = args.iter();
@@ -312,6 +316,7 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
             "--dir" => a.dir = it.next().ok_or("--dir needs a path")?.into(),
             "--capacity" => a.capacity = num(it.next(), "--capacity")? as usize,
             "--mpsc" => a.mpsc = true,
+            "--hold-claim" => a.hold_claim = true,
             "--id" => a.id = num(it.next(), "--id")? as u32,
             "--count" => a.count = num(it.next(), "--count")?,
             "--size" => a.size = num(it.next(), "--size")? as usize,
@@ -487,6 +492,18 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
                 )
                 .map_err(|e| e.to_string())?;
                 s += 1;
+            }
+            if a.hold_claim {
+                let mut claim = p.try_claim(a.size).map_err(|e| e.to_string())?;
+                claim.as_mut_slice().fill(0xEE);
+                println!("holding a claim of {} bytes", a.size);
+                std::io::stdout()
+                    .flush()
+                    .map_err(|e| format!("cannot write stdout: {e}"))?;
+                // Until stdin closes (or this process is killed); dropping the claim then
+                // aborts it.
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                drop(claim);
             }
             Ok(ExitCode::SUCCESS)
         }

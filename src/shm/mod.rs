@@ -11,6 +11,11 @@
 //! * Files are created with mode 0600 unless the caller asks otherwise (the mode is set with
 //!   `fchmod`, so the umask cannot widen or narrow it). A process of another user cannot open
 //!   the file unless the mode allows it.
+//! * A process is **alive** when it exists, is not a zombie (state `Z` or `X` in
+//!   `/proc/<pid>/stat`: killed but not reaped yet, which a container whose PID 1 never reaps
+//!   keeps forever) and, when its start time was recorded, started at that time (not a later
+//!   process that reused the pid). A process that exists but whose `/proc` entry cannot be
+//!   read (permissions, `hidepid`, no `/proc`) counts as alive: unreadable is not dead.
 //! * A segment is **stale** when its creator is dead and no process in its attach table is
 //!   alive (pid and process start time both match). Stale segments are removed by [`gc`], and [`Segment::create`] replaces a
 //!   stale segment of the same name, so a restart after `kill -9` reuses the name without
@@ -478,24 +483,72 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The start time of process `pid` in clock ticks since boot, or 0 when unknown.
-pub fn process_start_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Field 2 (comm) may contain spaces and parentheses: parse after the last ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
-    };
-    // After ')' come fields 3.. ; starttime is field 22, i.e. index 19 here.
-    rest.split_whitespace()
-        .nth(19)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// The fields of `/proc/<pid>/stat` that liveness needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    /// Field 3: `R`, `S`, `D`, `T`, `Z` (zombie), `X` (dead), ...
+    state: u8,
+    /// Field 22: start time in clock ticks since boot.
+    start_ticks: u64,
 }
 
-/// True when process `pid` exists and (when `start_ticks` is non-zero) is the same process
-/// that recorded `start_ticks`, not a later one that reused the pid.
+/// What `/proc` says about a pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcEntry {
+    Stat(ProcStat),
+    /// No entry: the process is gone, or `/proc` does not show it (not mounted, `hidepid`).
+    Missing,
+    /// An entry that cannot be read or parsed (permissions): says nothing about liveness.
+    Unreadable,
+}
+
+fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    // Field 2 (comm) may contain spaces and parentheses: parse after the last ')'.
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = *fields.next()?.as_bytes().first()?; // field 3
+    let start_ticks = fields.nth(18)?.parse().ok()?; // field 22
+    Some(ProcStat { state, start_ticks })
+}
+
+fn read_proc_stat(pid: u32) -> ProcEntry {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => parse_proc_stat(&text).map_or(ProcEntry::Unreadable, ProcEntry::Stat),
+        // ESRCH: the process went away while its entry was being read.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            ProcEntry::Missing
+        }
+        Err(_) => ProcEntry::Unreadable,
+    }
+}
+
+/// True when `kill(pid, 0)` finds the pid (a zombie included; EPERM means it exists).
+fn pid_exists(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The start time of process `pid` in clock ticks since boot, or 0 when unknown (no such
+/// process, or its `/proc` entry cannot be read). A zombie still has its start time.
+pub fn process_start_ticks(pid: u32) -> u64 {
+    match read_proc_stat(pid) {
+        ProcEntry::Stat(s) => s.start_ticks,
+        ProcEntry::Missing | ProcEntry::Unreadable => 0,
+    }
+}
+
+/// True when process `pid` is alive: it exists, is not a zombie (`Z`, or `X`/`x` dead, in
+/// `/proc/<pid>/stat`: killed but not yet reaped by its parent, which may never happen in a
+/// container whose PID 1 does not reap) and, when `start_ticks` is non-zero, is the same
+/// process that recorded `start_ticks`, not a later one that reused the pid.
+///
+/// What cannot be read is not taken for dead: a process that `kill(pid, 0)` finds but whose
+/// `/proc` entry is unreadable or hidden (permissions, `hidepid`, `/proc` not mounted) counts
+/// as alive.
 pub fn process_alive(pid: u32, start_ticks: u64) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
@@ -504,18 +557,19 @@ pub fn process_alive(pid: u32, start_ticks: u64) -> bool {
     if cfg!(miri) {
         return pid == std::process::id();
     }
-    // SAFETY: kill with signal 0 performs only the existence and permission check.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
+    if !pid_exists(pid) {
         return false;
     }
-    if start_ticks == 0 {
-        return true;
+    match read_proc_stat(pid) {
+        ProcEntry::Stat(s) => {
+            !matches!(s.state, b'Z' | b'X' | b'x')
+                && (start_ticks == 0 || s.start_ticks == start_ticks)
+        }
+        // Reaped between the two looks (then kill finds nothing now), or /proc does not show
+        // this pid (then kill still finds it and we cannot tell more).
+        ProcEntry::Missing => pid_exists(pid),
+        ProcEntry::Unreadable => true,
     }
-    let now = process_start_ticks(pid);
-    // A zombie or an unreadable /proc entry reads as 0: treat as alive only if we cannot tell.
-    now == 0 || now == start_ticks
 }
 
 /// What [`gc`] found.
@@ -690,6 +744,78 @@ mod tests {
         assert_eq!(r.removed, vec![path]);
         assert!(list(&dir).unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Blocks until child `pid` has exited, leaving it unreaped (a zombie).
+    fn wait_exit_unreaped(pid: u32) {
+        loop {
+            // SAFETY: siginfo_t is plain data, for which all-zero bytes are a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is a valid, writable siginfo_t that outlives the call; WNOWAIT
+            // leaves the child waitable (not reaped).
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                return;
+            }
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitid: {e}");
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "spawns and kills a process")]
+    fn a_zombie_is_dead() {
+        // `cat` blocks on its stdin; if this test panics, the pipe closes and it exits.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cat");
+        let pid = child.id();
+        let start = process_start_ticks(pid);
+        assert!(start > 0);
+        assert!(process_alive(pid, start), "a running child is alive");
+        child.kill().unwrap(); // SIGKILL; not reaped
+        wait_exit_unreaped(pid);
+        assert_eq!(
+            read_proc_stat(pid),
+            ProcEntry::Stat(ProcStat {
+                state: b'Z',
+                start_ticks: start
+            }),
+            "the child is a zombie with its start time intact"
+        );
+        assert!(pid_exists(pid), "kill(2) still finds a zombie");
+        assert!(!process_alive(pid, start), "a zombie is dead");
+        assert!(
+            !process_alive(pid, 0),
+            "a zombie is dead, start time or not"
+        );
+        child.wait().unwrap(); // reap
+        assert!(!process_alive(pid, start));
+        assert_eq!(process_start_ticks(pid), 0);
+    }
+
+    #[test]
+    fn proc_stat_is_parsed_after_the_last_parenthesis() {
+        let tail = "Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
+        let stat = format!("77 (evil) S 1 (x) {tail}");
+        assert_eq!(
+            parse_proc_stat(&stat),
+            Some(ProcStat {
+                state: b'Z',
+                start_ticks: 424242
+            })
+        );
+        assert_eq!(parse_proc_stat("77 (short) S 1 2"), None);
+        assert_eq!(parse_proc_stat("no parenthesis"), None);
     }
 
     #[test]
