@@ -35,7 +35,9 @@ usage:
   erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
       read a ring's counters from outside (no participant attaches); all rings without NAME
   erlmcp-flow shm gc|list [--dir DIR]
-      remove stale segments (no live participant) / list segments
+      gc: remove what is provably stale (segments without a live participant, state key
+      files whose value is gone); files it cannot judge (e.g. permission denied) are kept
+      and listed as skipped. list: list segments
   erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
   erlmcp-flow ring produce NAME [--id N] [--count N] [--size BYTES] [--hold-claim] [--dir DIR]
       send sequence-numbered frames (count 0 = until killed), waiting when the ring is full;
@@ -350,10 +352,14 @@ fn shm_cmd(args: &[String]) -> Result<ExitCode, String> {
             for p in &r.removed {
                 println!("removed {}", p.display());
             }
+            for s in &r.skipped {
+                println!("skipped {}: {}", s.path.display(), s.reason);
+            }
             println!(
-                "{} removed, {} kept (live participants)",
+                "{} removed, {} kept (in use), {} skipped (could not be judged; never removed)",
                 r.removed.len(),
-                r.kept.len()
+                r.kept.len(),
+                r.skipped.len()
             );
             Ok(ExitCode::SUCCESS)
         }
