@@ -11,7 +11,28 @@
 //! * [`StateStore::release`] retires a reference; its memory is reclaimed when the last
 //!   reader drops its [`SharedValue`];
 //! * nothing is ever read after it was freed, and a crash leaks nothing (`shm gc` removes
-//!   values whose creator died).
+//!   values whose creator died once no reader holds them, and then their key files).
+//!
+//! # Files
+//!
+//! All files of a store live in its directory, named with the segment prefix `emf-`:
+//!
+//! * `emf-state.<store>.<id>`: a value, a segment of kind `State` (16 hex digits of id). Its
+//!   creator is the publisher; readers attach while they hold a [`SharedValue`].
+//! * `emf-state.<store>.key.<hash>`: the key file of a key (16 hex digits of the key's
+//!   FNV-1a hash), which names the key's current value. Its content is the line
+//!   `emf-state-key 1`, the value's id in 16 hex digits and a newline, then the key itself
+//!   (which a lookup compares, so hash collisions answer `NotFound`, never a wrong value).
+//!   Files written by earlier builds lack the first line and are read all the same.
+//! * `emf-state.<store>.key.<hash>.tmp-<pid>-<start>-<n>`: a key file being written by
+//!   process `<pid>` (started at `<start>` clock ticks), renamed over the key file once
+//!   complete, so a key file is replaced atomically and never read half-written.
+//!
+//! Key files are created like segments: with the store's segment mode (0600), set with
+//! `fchmod` so the umask cannot widen it. `shm gc` ([`crate::shm::gc`]) understands them: a
+//! key file is stale exactly when the value it names is gone or stale (its publisher dead
+//! and no reader left), never merely because it is old; a temporary key file is stale once
+//! its writer is dead.
 //!
 //! ```
 //! use erlmcp_flow::state::StateStore;
@@ -28,6 +49,7 @@
 //! # drop(held); store.release(r2).unwrap();
 //! ```
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -106,6 +128,33 @@ impl StateStore {
         ))
     }
 
+    /// A fresh temporary name next to the key file of `key`, naming this process.
+    fn key_temp_path(&self, key: &str) -> PathBuf {
+        let me = std::process::id();
+        self.opts.dir.join(format!(
+            "{}state.{}.key.{:016x}.tmp-{me}-{}-{:016x}",
+            shm::FILE_PREFIX,
+            self.name,
+            key_hash(key),
+            shm::process_start_ticks(me),
+            fresh_id()
+        ))
+    }
+
+    /// Points `key` at `r`: writes a private temporary file and renames it over the key file.
+    fn write_key(&self, key: &str, r: StateRef) -> std::io::Result<()> {
+        let tmp = self.key_temp_path(key);
+        let write = || -> std::io::Result<()> {
+            let mut f = shm::create_file(&tmp, self.opts.mode)?;
+            f.write_all(format!("{KEY_FILE_MAGIC}{:016x}\n{key}", r.0).as_bytes())?;
+            drop(f);
+            std::fs::rename(&tmp, self.key_path(key))
+        };
+        write().inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+    }
+
     /// Publishes `value` under `key` and returns its reference; the key's previous
     /// reference (if any) is retired.
     pub fn share_state(&self, key: &str, value: &[u8]) -> Result<StateRef> {
@@ -140,12 +189,14 @@ impl StateStore {
             }
         };
         // Point the key at the new value atomically (rename), then retire the old one.
-        let key_path = self.key_path(key);
         let old = self.lookup(key).ok();
-        let tmp = key_path.with_extension(format!("tmp{}", fresh_id()));
-        std::fs::write(&tmp, format!("{:016x}\n{key}", r.0))
-            .and_then(|()| std::fs::rename(&tmp, &key_path))
-            .map_err(|e| Error::new(ErrorKind::Io, format!("cannot publish key {key:?}: {e}")))?;
+        if let Err(e) = self.write_key(key, r) {
+            let _ = self.release(r);
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("cannot publish key {key:?}: {e}"),
+            ));
+        }
         if let Some(old) = old {
             if old != r {
                 let _ = self.release(old);
@@ -164,18 +215,15 @@ impl StateStore {
                 format!("no shared state for key {key:?}"),
             )
         })?;
-        let (id, stored_key) = text
-            .split_once('\n')
-            .ok_or_else(|| Error::corrupt("malformed state key file"))?;
+        let (r, stored_key) =
+            parse_key_file(&text).ok_or_else(|| Error::corrupt("malformed state key file"))?;
         if stored_key != key {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!("no shared state for key {key:?} (hash collision with {stored_key:?})"),
             ));
         }
-        u64::from_str_radix(id, 16)
-            .map(StateRef)
-            .map_err(|_| Error::corrupt("malformed state key file"))
+        Ok(r)
     }
 
     /// Maps the value of `r` for reading. `NotFound` when it was released or replaced.
@@ -224,6 +272,78 @@ impl StateStore {
     }
 }
 
+/// The first line of a key file.
+const KEY_FILE_MAGIC: &str = "emf-state-key 1\n";
+
+/// A key file's reference and key; files of earlier builds have no magic line.
+fn parse_key_file(text: &str) -> Option<(StateRef, &str)> {
+    let body = text.strip_prefix(KEY_FILE_MAGIC).unwrap_or(text);
+    let (id, key) = body.split_once('\n')?;
+    if id.len() != 16 {
+        return None;
+    }
+    u64::from_str_radix(id, 16)
+        .ok()
+        .map(|id| (StateRef(id), key))
+}
+
+/// What a file of a state store is, for `shm gc`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreFile {
+    /// A key file: [`key_file_value`] says which value it names.
+    Key,
+    /// A key file being written by process `pid`, started at `start_ticks`.
+    KeyTemp { pid: u32, start_ticks: u64 },
+}
+
+fn is_hex16(s: &str) -> bool {
+    s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// Splits a segment name `state.<store>.key.<hash>[.<rest>]` into store, hash and rest.
+fn split_key_name(name: &str) -> Option<(&str, &str, Option<&str>)> {
+    let (store, rest) = name.strip_prefix("state.")?.split_once('.')?;
+    let valid_store = !store.is_empty()
+        && store.len() <= 100
+        && store
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let after_key = rest.strip_prefix("key.")?;
+    let (hash, tail) = match after_key.split_once('.') {
+        Some((h, t)) => (h, Some(t)),
+        None => (after_key, None),
+    };
+    (valid_store && is_hex16(hash)).then_some((store, hash, tail))
+}
+
+/// Recognises the key files of a state store by their segment name (the file name without
+/// `emf-`); `None` for anything else (values are ordinary segments).
+pub(crate) fn store_file(name: &str) -> Option<StoreFile> {
+    match split_key_name(name)? {
+        (_, _, None) => Some(StoreFile::Key),
+        (_, _, Some(tail)) => {
+            let mut parts = tail.strip_prefix("tmp-")?.splitn(3, '-');
+            let pid = parts.next()?.parse().ok()?;
+            let start_ticks = parts.next()?.parse().ok()?;
+            parts
+                .next()
+                .filter(|n| is_hex16(n))
+                .map(|_| StoreFile::KeyTemp { pid, start_ticks })
+        }
+    }
+}
+
+/// The segment name of the value that the key file named `name` points at, when `content` is
+/// a well-formed key file for that name (its key hashes to the name's hash).
+pub(crate) fn key_file_value(name: &str, content: &[u8]) -> Option<String> {
+    let (store, hash, None) = split_key_name(name)? else {
+        return None;
+    };
+    let (r, key) = parse_key_file(std::str::from_utf8(content).ok()?)?;
+    (format!("{:016x}", key_hash(key)) == hash.to_ascii_lowercase())
+        .then(|| format!("state.{store}.{:016x}", r.0))
+}
+
 fn fresh_id() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering}; // std-atomic-ok: a process-local id counter
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -241,6 +361,7 @@ fn fresh_id() -> u64 {
 mod tests {
     use super::*;
     use crate::ring::tests::TempDir;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     #[cfg_attr(miri, ignore = "maps files")]
@@ -273,5 +394,158 @@ mod tests {
             StateStore::open("bad name", &dir.0).unwrap_err().kind(),
             ErrorKind::InvalidArgument
         );
+    }
+
+    fn key_file(s: &StateStore, key: &str) -> PathBuf {
+        s.key_path(key)
+    }
+
+    fn value_file(s: &StateStore, r: StateRef) -> PathBuf {
+        shm::segment_path(&s.opts.dir, &s.value_name(r))
+    }
+
+    /// Makes the value `r` look as if its publisher died (no reader attached).
+    fn forge_dead_publisher(s: &StateStore, r: StateRef) {
+        Segment::inspect(&s.value_name(r), &s.opts)
+            .unwrap()
+            .forge_dead_creator();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files / calls kill(2)")]
+    fn key_files_are_private() {
+        let dir = TempDir::new("state-mode");
+        let s = StateStore::open("s", &dir.0).unwrap();
+        s.share_state("k", b"v").unwrap();
+        let mode = std::fs::metadata(key_file(&s, "k"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names.len(),
+            2,
+            "a value and a key file, no temporary left: {names:?}"
+        );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files / calls kill(2)")]
+    fn gc_keeps_an_old_key_file_of_a_live_publisher() {
+        let dir = TempDir::new("state-gc-live");
+        let s = StateStore::open("s", &dir.0).unwrap();
+        let r = s.share_state("k", b"v1").unwrap();
+        // Idle for two minutes: age is no proof of staleness while the publisher lives.
+        shm::tests::age(&key_file(&s, "k"), 120);
+        shm::tests::age(&value_file(&s, r), 120);
+        let report = shm::gc(&dir.0).unwrap();
+        assert!(report.removed.is_empty(), "{report:?}");
+        assert!(report.skipped.is_empty(), "{report:?}");
+        assert_eq!(report.kept.len(), 2, "{report:?}");
+        assert_eq!(s.lookup("k").unwrap(), r);
+        assert_eq!(s.read_shared_state(r).unwrap().value(), b"v1");
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files / calls kill(2)")]
+    fn gc_removes_the_key_file_once_its_value_is_dead_or_gone() {
+        let dir = TempDir::new("state-gc-dead");
+        let s = StateStore::open("s", &dir.0).unwrap();
+        // Publisher dead but a reader holds the value: both files stay.
+        let r = s.share_state("held", b"v").unwrap();
+        let reader = s.read_shared_state(r).unwrap();
+        forge_dead_publisher(&s, r);
+        let report = shm::gc(&dir.0).unwrap();
+        assert!(report.removed.is_empty(), "{report:?}");
+        assert_eq!(s.lookup("held").unwrap(), r);
+        // The last reader goes: the value is stale, and so is its key file (fresh as it is).
+        drop(reader);
+        let mut removed = shm::gc(&dir.0).unwrap().removed;
+        removed.sort();
+        let mut want = vec![key_file(&s, "held"), value_file(&s, r)];
+        want.sort();
+        assert_eq!(removed, want);
+        assert_eq!(s.lookup("held").unwrap_err().kind(), ErrorKind::NotFound);
+        // A key whose value was released points at nothing: removed too.
+        let r = s.share_state("released", b"v").unwrap();
+        s.release(r).unwrap();
+        assert_eq!(
+            shm::gc(&dir.0).unwrap().removed,
+            vec![key_file(&s, "released")]
+        );
+        // A temporary key file left by a writer that died is removed; one being written by
+        // a live process (this one) is kept.
+        let dead = dir.0.join(format!(
+            "emf-state.s.key.{:016x}.tmp-{}-1-{:016x}",
+            key_hash("x"),
+            i32::MAX - 5,
+            7
+        ));
+        let live = s.key_temp_path("x");
+        std::fs::write(&dead, b"").unwrap();
+        std::fs::write(&live, b"").unwrap();
+        let report = shm::gc(&dir.0).unwrap();
+        assert_eq!((report.removed, report.kept), (vec![dead], vec![live]));
+        assert!(std::fs::read_dir(&dir.0).unwrap().count() == 1);
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files / calls kill(2)")]
+    fn key_files_of_earlier_builds_are_read_and_understood() {
+        let dir = TempDir::new("state-legacy");
+        let s = StateStore::open("s", &dir.0).unwrap();
+        let r = s.share_state("k", b"v").unwrap();
+        // The format before the magic line.
+        std::fs::write(key_file(&s, "k"), format!("{:016x}\nk", r.0)).unwrap();
+        shm::tests::age(&key_file(&s, "k"), 120);
+        assert_eq!(s.lookup("k").unwrap(), r);
+        assert!(shm::gc(&dir.0).unwrap().removed.is_empty());
+        assert_eq!(s.lookup("k").unwrap(), r);
+        // A file under a key name that is not a key file is junk like any other.
+        let bogus = dir
+            .0
+            .join(format!("emf-state.s.key.{:016x}", key_hash("other")));
+        std::fs::write(&bogus, format!("{:016x}\nnot other", r.0)).unwrap();
+        assert!(shm::gc(&dir.0).unwrap().kept.contains(&bogus), "young");
+        shm::tests::age(&bogus, 120);
+        assert_eq!(shm::gc(&dir.0).unwrap().removed, vec![bogus]);
+    }
+
+    #[test]
+    fn store_file_names_are_recognised() {
+        let h = "0123456789abcdef";
+        assert_eq!(
+            store_file(&format!("state.s.key.{h}")),
+            Some(StoreFile::Key)
+        );
+        assert_eq!(
+            store_file(&format!("state.a-b_c.key.{h}.tmp-42-77-{h}")),
+            Some(StoreFile::KeyTemp {
+                pid: 42,
+                start_ticks: 77
+            })
+        );
+        for other in [
+            format!("state.s.{h}"),
+            format!("state.s.key.{h}x"),
+            format!("state..key.{h}"),
+            format!("state.s.key.{h}.tmp-x-1-{h}"),
+            format!("state.s.key.{h}.tmp12345"),
+            "ring".to_owned(),
+        ] {
+            assert_eq!(store_file(&other), None, "{other}");
+        }
+        let key_name = format!("state.s.key.{:016x}", key_hash("k"));
+        let file = format!("{KEY_FILE_MAGIC}{:016x}\nk", 0xabc);
+        assert_eq!(
+            key_file_value(&key_name, file.as_bytes()),
+            Some(format!("state.s.{:016x}", 0xabc))
+        );
+        assert_eq!(key_file_value(&key_name, b"0000000000000abc\nk2"), None);
+        assert_eq!(key_file_value(&key_name, b"garbage"), None);
     }
 }

@@ -7,7 +7,7 @@
 //! erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
 //! erlmcp-flow shm gc|list [--dir DIR]
 //! erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
-//! erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--dir DIR]
+//! erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--hold-claim] [--dir DIR]
 //! erlmcp-flow ring consume NAME [--count N] [--manual --progress FILE [--until-empty]] [--dir DIR]
 //! erlmcp-flow ring chaos [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]
 //! erlmcp-flow codec encode < message.json > message.emf
@@ -39,11 +39,16 @@ usage:
   erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
       read a ring's counters from outside (no participant attaches); all rings without NAME
   erlmcp-flow shm gc|list [--dir DIR]
-      remove stale segments (no live participant) / list segments
+      gc: remove what is provably stale (segments without a live participant, state key
+      files whose value is gone); files it cannot judge (e.g. permission denied) are kept
+      and listed as skipped. list: list segments
   erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
-  erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--dir DIR]
+  erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--hold-claim]
+                              [--dir DIR]
       send sequence-numbered frames (count 0 = until killed), waiting when the ring is full;
-      with --slot, in producer slot K, numbered on from the slot's committed count
+      with --slot, in producer slot K, numbered on from the slot's committed count; with
+      --hold-claim, then claim one more frame and hold it uncommitted until stdin closes (a
+      producer stuck mid-write, for crash tests)
   erlmcp-flow ring consume NAME [--count N] [--dir DIR]
       receive and check sequence-numbered frames (no loss, duplicate, reorder or corruption)
   erlmcp-flow ring consume NAME --manual --progress FILE [--until-empty] [--dir DIR]
@@ -299,6 +304,7 @@ pub(crate) struct ShmArgs {
     id: u32,
     count: u64,
     size: usize,
+    hold_claim: bool,
     watch: Option<f64>,
     slot: Option<usize>,
     manual: bool,
@@ -318,6 +324,7 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
         id: 0,
         count: 0,
         size: 64,
+        hold_claim: false,
         watch: None,
         slot: None,
         manual: false,
@@ -337,6 +344,7 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
             "--dir" => a.dir = it.next().ok_or("--dir needs a path")?.into(),
             "--capacity" => a.capacity = num(it.next(), "--capacity")? as usize,
             "--mpsc" => a.mpsc = true,
+            "--hold-claim" => a.hold_claim = true,
             "--id" => a.id = num(it.next(), "--id")? as u32,
             "--count" => a.count = num(it.next(), "--count")?,
             "--size" => a.size = num(it.next(), "--size")? as usize,
@@ -377,10 +385,14 @@ fn shm_cmd(args: &[String]) -> Result<ExitCode, String> {
             for p in &r.removed {
                 println!("removed {}", p.display());
             }
+            for s in &r.skipped {
+                println!("skipped {}: {}", s.path.display(), s.reason);
+            }
             println!(
-                "{} removed, {} kept (live participants)",
+                "{} removed, {} kept (in use), {} skipped (could not be judged; never removed)",
                 r.removed.len(),
-                r.kept.len()
+                r.kept.len(),
+                r.skipped.len()
             );
             Ok(ExitCode::SUCCESS)
         }
@@ -533,6 +545,18 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
                 )
                 .map_err(|e| e.to_string())?;
                 s += 1;
+            }
+            if a.hold_claim {
+                let mut claim = p.try_claim(a.size).map_err(|e| e.to_string())?;
+                claim.as_mut_slice().fill(0xEE);
+                println!("holding a claim of {} bytes", a.size);
+                std::io::stdout()
+                    .flush()
+                    .map_err(|e| format!("cannot write stdout: {e}"))?;
+                // Until stdin closes (or this process is killed); dropping the claim then
+                // aborts it.
+                let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+                drop(claim);
             }
             Ok(ExitCode::SUCCESS)
         }

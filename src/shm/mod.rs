@@ -10,16 +10,25 @@
 //!   every reference is an offset, so processes may map it at different addresses.
 //! * Files are created with mode 0600 unless the caller asks otherwise (the mode is set with
 //!   `fchmod`, so the umask cannot widen or narrow it). A process of another user cannot open
-//!   the file unless the mode allows it.
+//!   the file unless the mode allows it. The state store's key files are created the same way.
+//! * A process is **alive** when it exists, is not a zombie (state `Z` or `X` in
+//!   `/proc/<pid>/stat`: killed but not reaped yet, which a container whose PID 1 never reaps
+//!   keeps forever) and, when its start time was recorded, started at that time (not a later
+//!   process that reused the pid). A process that exists but whose `/proc` entry cannot be
+//!   read (permissions, `hidepid`, no `/proc`) counts as alive: unreadable is not dead.
 //! * A segment is **stale** when its creator is dead and no process in its attach table is
-//!   alive (pid and process start time both match). Stale segments are removed by [`gc`], and [`Segment::create`] replaces a
-//!   stale segment of the same name, so a restart after `kill -9` reuses the name without
-//!   manual cleanup. A segment with a live participant is never replaced.
+//!   alive (pid and process start time both match). [`Segment::create`] replaces a stale
+//!   segment of the same name, so a restart after `kill -9` reuses the name without manual
+//!   cleanup. A segment with a live participant is never replaced, and neither is a file that
+//!   cannot be read (permission denied is not proof of staleness).
+//! * [`gc`] removes only what it can prove stale; its rules are listed there. It reads files
+//!   with `pread` (never mapping them, never following symbolic links) and removes a file only
+//!   if it is still the very file it judged (see [`gc`]).
 
 use std::ffi::OsStr;
 use std::fs::{File, OpenOptions};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -192,22 +201,36 @@ impl Segment {
         let file = match create_file(&path, opts.mode) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                match Segment::probe_stale(&path) {
-                    Ok(true) | Err(_) => {
-                        // Stale (no live participant) or not a valid segment at all:
-                        // replace it. Removing and re-creating with O_EXCL keeps two racing
-                        // creators from both winning.
-                        let _ = std::fs::remove_file(&path);
+                let (verdict, id) = judge(&path, name);
+                match verdict {
+                    // Stale (no live participant), or not a segment at all (a creator that
+                    // died before writing its header): replace it. The removal takes only the
+                    // file judged, and re-creating with O_EXCL keeps two racing creators from
+                    // both winning.
+                    Verdict::Stale | Verdict::Young | Verdict::Gone => {
+                        if let Some(id) = id {
+                            remove_if_unchanged(&path, id)
+                                .map_err(|e| io_err("cannot replace stale segment", &path, e))?;
+                        }
                         create_file(&path, opts.mode)
                             .map_err(|e| io_err("cannot create segment", &path, e))?
                     }
-                    Ok(false) => {
+                    Verdict::Live => {
                         return Err(Error::new(
                             ErrorKind::Busy,
                             format!(
                                 "segment {} exists and has live participants",
                                 path.display()
                             ),
+                        ))
+                    }
+                    Verdict::Unknown(why) => {
+                        return Err(Error::new(
+                            ErrorKind::Busy,
+                            format!(
+                            "segment {} exists and cannot be judged stale ({why}); not replaced",
+                            path.display()
+                        ),
                         ))
                     }
                 }
@@ -343,15 +366,6 @@ impl Segment {
         Ok(())
     }
 
-    /// True when no process attached to the segment at `path` is alive.
-    fn probe_stale(path: &Path) -> Result<bool> {
-        let seg = Segment::map_existing(path, "")?;
-        if seg.header().magic != MAGIC {
-            return Err(Error::corrupt("bad magic"));
-        }
-        Ok(seg.is_stale())
-    }
-
     /// True when the creator is dead and no attached process is alive.
     pub fn is_stale(&self) -> bool {
         let h = self.header();
@@ -459,7 +473,9 @@ impl Drop for Segment {
     }
 }
 
-fn create_file(path: &Path, mode: u32) -> std::io::Result<File> {
+/// Creates `path` with O_EXCL and exactly `mode` (set with `fchmod` after creation, so the
+/// umask can neither widen nor narrow it).
+pub(crate) fn create_file(path: &Path, mode: u32) -> std::io::Result<File> {
     let f = OpenOptions::new()
         .read(true)
         .write(true)
@@ -478,24 +494,72 @@ pub fn now_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// The start time of process `pid` in clock ticks since boot, or 0 when unknown.
-pub fn process_start_ticks(pid: u32) -> u64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0;
-    };
-    // Field 2 (comm) may contain spaces and parentheses: parse after the last ')'.
-    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
-        return 0;
-    };
-    // After ')' come fields 3.. ; starttime is field 22, i.e. index 19 here.
-    rest.split_whitespace()
-        .nth(19)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+/// The fields of `/proc/<pid>/stat` that liveness needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ProcStat {
+    /// Field 3: `R`, `S`, `D`, `T`, `Z` (zombie), `X` (dead), ...
+    state: u8,
+    /// Field 22: start time in clock ticks since boot.
+    start_ticks: u64,
 }
 
-/// True when process `pid` exists and (when `start_ticks` is non-zero) is the same process
-/// that recorded `start_ticks`, not a later one that reused the pid.
+/// What `/proc` says about a pid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ProcEntry {
+    Stat(ProcStat),
+    /// No entry: the process is gone, or `/proc` does not show it (not mounted, `hidepid`).
+    Missing,
+    /// An entry that cannot be read or parsed (permissions): says nothing about liveness.
+    Unreadable,
+}
+
+fn parse_proc_stat(text: &str) -> Option<ProcStat> {
+    // Field 2 (comm) may contain spaces and parentheses: parse after the last ')'.
+    let (_, rest) = text.rsplit_once(')')?;
+    let mut fields = rest.split_whitespace();
+    let state = *fields.next()?.as_bytes().first()?; // field 3
+    let start_ticks = fields.nth(18)?.parse().ok()?; // field 22
+    Some(ProcStat { state, start_ticks })
+}
+
+fn read_proc_stat(pid: u32) -> ProcEntry {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => parse_proc_stat(&text).map_or(ProcEntry::Unreadable, ProcEntry::Stat),
+        // ESRCH: the process went away while its entry was being read.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            ProcEntry::Missing
+        }
+        Err(_) => ProcEntry::Unreadable,
+    }
+}
+
+/// True when `kill(pid, 0)` finds the pid (a zombie included; EPERM means it exists).
+fn pid_exists(pid: u32) -> bool {
+    // SAFETY: kill with signal 0 performs only the existence and permission check.
+    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// The start time of process `pid` in clock ticks since boot, or 0 when unknown (no such
+/// process, or its `/proc` entry cannot be read). A zombie still has its start time.
+pub fn process_start_ticks(pid: u32) -> u64 {
+    match read_proc_stat(pid) {
+        ProcEntry::Stat(s) => s.start_ticks,
+        ProcEntry::Missing | ProcEntry::Unreadable => 0,
+    }
+}
+
+/// True when process `pid` is alive: it exists, is not a zombie (`Z`, or `X`/`x` dead, in
+/// `/proc/<pid>/stat`: killed but not yet reaped by its parent, which may never happen in a
+/// container whose PID 1 does not reap) and, when `start_ticks` is non-zero, is the same
+/// process that recorded `start_ticks`, not a later one that reused the pid.
+///
+/// What cannot be read is not taken for dead: a process that `kill(pid, 0)` finds but whose
+/// `/proc` entry is unreadable or hidden (permissions, `hidepid`, `/proc` not mounted) counts
+/// as alive.
 pub fn process_alive(pid: u32, start_ticks: u64) -> bool {
     if pid == 0 || pid > i32::MAX as u32 {
         return false;
@@ -504,38 +568,326 @@ pub fn process_alive(pid: u32, start_ticks: u64) -> bool {
     if cfg!(miri) {
         return pid == std::process::id();
     }
-    // SAFETY: kill with signal 0 performs only the existence and permission check.
-    let r = unsafe { libc::kill(pid as libc::pid_t, 0) };
-    let exists = r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-    if !exists {
+    if !pid_exists(pid) {
         return false;
     }
-    if start_ticks == 0 {
-        return true;
+    match read_proc_stat(pid) {
+        ProcEntry::Stat(s) => {
+            !matches!(s.state, b'Z' | b'X' | b'x')
+                && (start_ticks == 0 || s.start_ticks == start_ticks)
+        }
+        // Reaped between the two looks (then kill finds nothing now), or /proc does not show
+        // this pid (then kill still finds it and we cannot tell more).
+        ProcEntry::Missing => pid_exists(pid),
+        ProcEntry::Unreadable => true,
     }
-    let now = process_start_ticks(pid);
-    // A zombie or an unreadable /proc entry reads as 0: treat as alive only if we cannot tell.
-    now == 0 || now == start_ticks
 }
+
+/// Stale: the creator is dead and no attached process is alive.
+fn stale_by(
+    creator_pid: u32,
+    creator_start: u64,
+    attached: impl IntoIterator<Item = (u32, u64)>,
+) -> bool {
+    !process_alive(creator_pid, creator_start)
+        && attached
+            .into_iter()
+            .all(|(pid, start)| pid == 0 || !process_alive(pid, start))
+}
+
+/// A file that is not a segment (or whose creator died before writing the header) is taken
+/// for abandoned only once it is this old.
+pub const GC_MIN_AGE: Duration = Duration::from_secs(60);
 
 /// What [`gc`] found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct GcReport {
-    /// Segment files removed (stale: no live participant).
+    /// Files removed: provably stale (see [`gc`]).
     pub removed: Vec<PathBuf>,
-    /// Segment files kept (live participants).
+    /// Files kept because they are in use: segments with a live participant, key files whose
+    /// value is in use, temporary key files whose writer is alive, and files that are not
+    /// segments but younger than [`GC_MIN_AGE`].
     pub kept: Vec<PathBuf>,
+    /// Files kept because `gc` could not judge them (or could not remove them), with the
+    /// reason: unreadable (permission denied), not a regular file, a foreign layout version.
+    /// Such a file is never removed.
+    pub skipped: Vec<GcSkipped>,
 }
 
-/// Removes the stale segments in `dir`: files named `emf-*` whose attached processes are all
-/// dead, or which are not valid segments and are older than a minute (a creator that died
-/// before finishing). Segments with a live participant are kept.
+/// A file [`gc`] left alone because it could not prove it stale.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcSkipped {
+    /// The file.
+    pub path: PathBuf,
+    /// Why it could not be judged (or removed).
+    pub reason: String,
+}
+
+/// Identifies one file (not one name): device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// What [`judge`] can tell about a file named `emf-*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Verdict {
+    /// It went away meanwhile.
+    Gone,
+    /// Provably stale: may be removed.
+    Stale,
+    /// In use (a live participant, publisher or writer).
+    Live,
+    /// Not a segment (or one whose creator has not written the header yet), younger than
+    /// [`GC_MIN_AGE`]: not abandoned yet.
+    Young,
+    /// Cannot be judged; never removed. The reason.
+    Unknown(String),
+}
+
+/// A copy of a segment's header page, read with `pread`: no mapping, so a file that another
+/// process truncates cannot fault the reader.
+struct HeaderCopy(Vec<u8>);
+
+impl HeaderCopy {
+    fn u32_at(&self, off: usize) -> u32 {
+        let mut b = [0u8; 4];
+        b.copy_from_slice(&self.0[off..off + 4]);
+        u32::from_ne_bytes(b)
+    }
+
+    fn u64_at(&self, off: usize) -> u64 {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.0[off..off + 8]);
+        u64::from_ne_bytes(b)
+    }
+
+    fn magic(&self) -> &[u8] {
+        let off = std::mem::offset_of!(SegmentHeader, magic);
+        &self.0[off..off + MAGIC.len()]
+    }
+
+    fn layout_version(&self) -> u32 {
+        self.u32_at(std::mem::offset_of!(SegmentHeader, layout_version))
+    }
+
+    fn creator(&self) -> (u32, u64) {
+        (
+            self.u32_at(std::mem::offset_of!(SegmentHeader, creator_pid)),
+            self.u64_at(std::mem::offset_of!(SegmentHeader, creator_start_ticks)),
+        )
+    }
+
+    fn attached(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+        let table = std::mem::offset_of!(SegmentHeader, attached);
+        (0..MAX_ATTACHED).map(move |i| {
+            let slot = table + i * std::mem::size_of::<AttachSlot>();
+            (
+                self.u32_at(slot + std::mem::offset_of!(AttachSlot, pid)),
+                self.u64_at(slot + std::mem::offset_of!(AttachSlot, start_ticks)),
+            )
+        })
+    }
+}
+
+/// Judges the file `path`, named `emf-<name>`, and identifies the file judged (so that a
+/// removal can make sure it removes that file and not a newer one of the same name).
+fn judge(path: &Path, name: &str) -> (Verdict, Option<FileId>) {
+    // O_NOFOLLOW: a symbolic link is not a segment; O_NONBLOCK: a FIFO must not hang gc.
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return (Verdict::Gone, None),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return (
+                Verdict::Unknown("a symbolic link, not a segment".into()),
+                None,
+            )
+        }
+        Err(e) => return (Verdict::Unknown(format!("cannot open: {e}")), None),
+    };
+    let meta = match file.metadata() {
+        Ok(m) => m,
+        Err(e) => return (Verdict::Unknown(format!("cannot stat: {e}")), None),
+    };
+    if !meta.file_type().is_file() {
+        return (Verdict::Unknown("not a regular file".into()), None);
+    }
+    let id = FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    };
+    // A modification time in the future reads as age zero: young.
+    let age = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .unwrap_or(Duration::ZERO);
+    let abandoned = || {
+        if age > GC_MIN_AGE {
+            Verdict::Stale
+        } else {
+            Verdict::Young
+        }
+    };
+    let verdict = match crate::state::store_file(name) {
+        Some(crate::state::StoreFile::KeyTemp { pid, start_ticks }) => {
+            if process_alive(pid, start_ticks) {
+                Verdict::Live
+            } else {
+                Verdict::Stale
+            }
+        }
+        Some(crate::state::StoreFile::Key) => {
+            judge_key(&file, meta.len(), path, name).unwrap_or_else(abandoned)
+        }
+        None => judge_segment(&file, meta.len()).unwrap_or_else(abandoned),
+    };
+    (verdict, Some(id))
+}
+
+/// A key file of the state store: stale exactly when the value it points at is gone or
+/// stale. `None` when the file is not a well-formed key file.
+fn judge_key(file: &File, len: u64, path: &Path, name: &str) -> Option<Verdict> {
+    /// Larger files are not read (a key that long is not plausible; the file is kept).
+    const MAX_KEY_FILE: u64 = 64 << 20;
+    if len > MAX_KEY_FILE {
+        return Some(Verdict::Unknown(format!(
+            "a state key file of {len} bytes, too large to read"
+        )));
+    }
+    let mut content = vec![0u8; len as usize];
+    match file.read_exact_at(&mut content, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) => return Some(Verdict::Unknown(format!("cannot read: {e}"))),
+    }
+    let value = crate::state::key_file_value(name, &content)?;
+    let value_path = path.with_file_name(format!("{FILE_PREFIX}{value}"));
+    Some(match judge(&value_path, &value).0 {
+        Verdict::Gone | Verdict::Stale => Verdict::Stale,
+        Verdict::Live | Verdict::Young => Verdict::Live,
+        Verdict::Unknown(why) => Verdict::Unknown(format!(
+            "a state key file whose value {} cannot be judged: {why}",
+            value_path.display()
+        )),
+    })
+}
+
+/// A segment: stale when its creator is dead and no attached process is alive. `None` when
+/// the file is not a segment of any layout (too short, no magic) or its creator has not
+/// written the header yet.
+fn judge_segment(file: &File, len: u64) -> Option<Verdict> {
+    if len < HEADER_LEN as u64 {
+        return None;
+    }
+    let mut page = vec![0u8; HEADER_LEN];
+    match file.read_exact_at(&mut page, 0) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
+        Err(e) => return Some(Verdict::Unknown(format!("cannot read: {e}"))),
+    }
+    let h = HeaderCopy(page);
+    if h.magic() != MAGIC {
+        return None;
+    }
+    if h.layout_version() != LAYOUT_VERSION {
+        return Some(Verdict::Unknown(format!(
+            "segment layout version {}, this build reads {LAYOUT_VERSION}",
+            h.layout_version()
+        )));
+    }
+    let (pid, start) = h.creator();
+    if pid == 0 {
+        return None;
+    }
+    Some(if stale_by(pid, start, h.attached()) {
+        Verdict::Stale
+    } else {
+        Verdict::Live
+    })
+}
+
+/// How [`remove_if_unchanged`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Removal {
+    /// The judged file was removed.
+    Removed,
+    /// The name now holds another file (replaced after it was judged): left in place.
+    Replaced,
+    /// Nothing was there any more.
+    Gone,
+}
+
+/// Removes `path` only if it still is the file `id`. Unlinking by name right after judging
+/// could remove a file that replaced the judged one in between (a key republished with
+/// `rename`, a stale segment re-created by [`Segment::create`]). So the name is first renamed
+/// to a private one in the same directory, the file behind it is compared with `id`, and a
+/// newer file is put back under its name with `link` (which never overwrites: if an even
+/// newer one took the name meanwhile, the one in hand is superseded and goes).
+fn remove_if_unchanged(path: &Path, id: FileId) -> std::io::Result<Removal> {
+    use std::sync::atomic::{AtomicU64 as StdAtomicU64, Ordering as StdOrdering}; // std-atomic-ok: a process-local name counter in a static (loom cannot build one)
+    static COUNTER: StdAtomicU64 = StdAtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, StdOrdering::Relaxed);
+    // `emf-.` cannot be a segment name (names never start with '.'); if this process dies
+    // before removing it, a later gc judges the file by its content like any other.
+    let hold = path.with_file_name(format!("{FILE_PREFIX}.gc-{}-{n}", std::process::id()));
+    match std::fs::rename(path, &hold) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::Gone),
+        Err(e) => return Err(e),
+    }
+    let held = match std::fs::symlink_metadata(&hold) {
+        Ok(m) => m,
+        // Another gc removed it under its private name: a name that process chose, not
+        // ours, so this cannot happen; treat it as gone.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Removal::Gone),
+        Err(e) => return Err(e),
+    };
+    if held.dev() == id.dev && held.ino() == id.ino {
+        std::fs::remove_file(&hold)?;
+        return Ok(Removal::Removed);
+    }
+    match std::fs::hard_link(&hold, path) {
+        Ok(()) => std::fs::remove_file(&hold)?,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::remove_file(&hold)?,
+        // A file system without hard links: put it back by rename.
+        Err(_) => std::fs::rename(&hold, path)?,
+    }
+    Ok(Removal::Replaced)
+}
+
+/// Removes what is provably stale among the files named `emf-*` in `dir`, and nothing else.
+///
+/// The rules, per file:
+///
+/// * a **segment** (its header's magic) is removed when its creator is dead and no process
+///   in its attach table is alive ([`Segment::is_stale`]; a zombie is dead, see
+///   [`process_alive`]), and kept otherwise;
+/// * a **state key file** (`emf-state.<store>.key.<hash>`, see [`crate::state`]) is removed
+///   when the value segment it points at is gone or stale, and kept while that value is in
+///   use (its publisher or a reader alive), however old the key file is; a temporary key file
+///   (`….tmp-<pid>-…`) is removed once the process writing it is dead;
+/// * a file that is **not a segment** (too short, no magic, or a creator that died before
+///   writing the header) and is older than [`GC_MIN_AGE`] is removed; a younger one is kept;
+/// * a file that **cannot be judged** is never removed and is reported in
+///   [`GcReport::skipped`] with the reason: it cannot be opened or read (permission denied
+///   is not proof of staleness: a process of another user may use it), it is not a regular
+///   file or is a symbolic link, or its layout version is not this build's. A stale file
+///   whose removal fails (e.g. a sticky directory) is reported there too.
+///
+/// Files are read with `pread`, never mapped, and a file is removed only if it is still the
+/// file that was judged: one that replaced it meanwhile (same name) stays.
 pub fn gc(dir: &Path) -> Result<GcReport> {
     let mut report = GcReport::default();
     let entries = std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
     for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(seg_name) = name
+        let file_name = entry.file_name();
+        let Some(name) = file_name
             .as_bytes()
             .strip_prefix(FILE_PREFIX.as_bytes())
             .map(OsStr::from_bytes)
@@ -543,32 +895,31 @@ pub fn gc(dir: &Path) -> Result<GcReport> {
             continue;
         };
         let path = entry.path();
-        let stale = match Segment::map_existing(&path, &seg_name.to_string_lossy()) {
-            Ok(seg)
-                if seg.header().magic == MAGIC
-                    && seg.header().ready.load(Ordering::Acquire) == 1 =>
-            {
-                seg.is_stale()
-            }
-            _ => entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > Duration::from_secs(60)),
-        };
-        if stale {
-            if std::fs::remove_file(&path).is_ok() {
-                report.removed.push(path);
-            }
-        } else {
-            report.kept.push(path);
+        let (verdict, id) = judge(&path, &name.to_string_lossy());
+        match (verdict, id) {
+            (Verdict::Gone, _) => {}
+            (Verdict::Live | Verdict::Young, _) => report.kept.push(path),
+            (Verdict::Unknown(reason), _) => report.skipped.push(GcSkipped { path, reason }),
+            (Verdict::Stale, None) => report.skipped.push(GcSkipped {
+                path,
+                reason: "stale, but the file could not be identified".into(),
+            }),
+            (Verdict::Stale, Some(id)) => match remove_if_unchanged(&path, id) {
+                Ok(Removal::Removed) => report.removed.push(path),
+                Ok(Removal::Replaced) => report.kept.push(path),
+                Ok(Removal::Gone) => {}
+                Err(e) => report.skipped.push(GcSkipped {
+                    path,
+                    reason: format!("stale, but cannot be removed: {e}"),
+                }),
+            },
         }
     }
     Ok(report)
 }
 
-/// The names of the segments in `dir`.
+/// The names of the segments in `dir` (files `emf-NAME` with a valid NAME: gc's private
+/// names `emf-.gc-*` are not listed).
 pub fn list(dir: &Path) -> Result<Vec<String>> {
     let entries = std::fs::read_dir(dir).map_err(|e| io_err("cannot list", dir, e))?;
     let mut names: Vec<String> = entries
@@ -577,6 +928,7 @@ pub fn list(dir: &Path) -> Result<Vec<String>> {
             e.file_name()
                 .to_str()
                 .and_then(|n| n.strip_prefix(FILE_PREFIX))
+                .filter(|n| validate_name(n).is_ok())
                 .map(str::to_owned)
         })
         .collect();
@@ -585,7 +937,7 @@ pub fn list(dir: &Path) -> Result<Vec<String>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn temp_dir(tag: &str) -> PathBuf {
@@ -689,6 +1041,201 @@ mod tests {
         let r = gc(&dir).unwrap();
         assert_eq!(r.removed, vec![path]);
         assert!(list(&dir).unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Blocks until child `pid` has exited, leaving it unreaped (a zombie).
+    fn wait_exit_unreaped(pid: u32) {
+        loop {
+            // SAFETY: siginfo_t is plain data, for which all-zero bytes are a valid value.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // SAFETY: `info` is a valid, writable siginfo_t that outlives the call; WNOWAIT
+            // leaves the child waitable (not reaped).
+            let r = unsafe {
+                libc::waitid(
+                    libc::P_PID,
+                    pid as libc::id_t,
+                    &mut info,
+                    libc::WEXITED | libc::WNOWAIT,
+                )
+            };
+            if r == 0 {
+                return;
+            }
+            let e = std::io::Error::last_os_error();
+            assert_eq!(e.kind(), std::io::ErrorKind::Interrupted, "waitid: {e}");
+        }
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "spawns and kills a process")]
+    fn a_zombie_is_dead() {
+        // `cat` blocks on its stdin; if this test panics, the pipe closes and it exits.
+        let mut child = std::process::Command::new("cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn cat");
+        let pid = child.id();
+        let start = process_start_ticks(pid);
+        assert!(start > 0);
+        assert!(process_alive(pid, start), "a running child is alive");
+        child.kill().unwrap(); // SIGKILL; not reaped
+        wait_exit_unreaped(pid);
+        assert_eq!(
+            read_proc_stat(pid),
+            ProcEntry::Stat(ProcStat {
+                state: b'Z',
+                start_ticks: start
+            }),
+            "the child is a zombie with its start time intact"
+        );
+        assert!(pid_exists(pid), "kill(2) still finds a zombie");
+        assert!(!process_alive(pid, start), "a zombie is dead");
+        assert!(
+            !process_alive(pid, 0),
+            "a zombie is dead, start time or not"
+        );
+        child.wait().unwrap(); // reap
+        assert!(!process_alive(pid, start));
+        assert_eq!(process_start_ticks(pid), 0);
+    }
+
+    #[test]
+    fn proc_stat_is_parsed_after_the_last_parenthesis() {
+        let tail = "Z 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 424242 20 21";
+        let stat = format!("77 (evil) S 1 (x) {tail}");
+        assert_eq!(
+            parse_proc_stat(&stat),
+            Some(ProcStat {
+                state: b'Z',
+                start_ticks: 424242
+            })
+        );
+        assert_eq!(parse_proc_stat("77 (short) S 1 2"), None);
+        assert_eq!(parse_proc_stat("no parenthesis"), None);
+    }
+
+    /// Sets the modification time of `path` `secs` seconds into the past.
+    pub(crate) fn age(path: &Path, secs: u64) {
+        let t = std::time::SystemTime::now() - Duration::from_secs(secs);
+        // O_NONBLOCK: opening a FIFO must not wait for a writer.
+        let f = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .unwrap();
+        f.set_modified(t).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files / calls kill(2)")]
+    fn gc_skips_what_it_cannot_judge() {
+        let dir = temp_dir("gc-skip");
+        // A directory, a symbolic link and a FIFO named like segments, and a segment of a
+        // layout this build does not read whose (v1) creator and attach fields look dead:
+        // none may be removed, however old, and each is reported with a reason.
+        let sub = segment_path(&dir, "adir");
+        std::fs::create_dir(&sub).unwrap();
+        let target = dir.join("elsewhere");
+        std::fs::write(&target, vec![0u8; 10]).unwrap();
+        let link = segment_path(&dir, "alink");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let fifo = segment_path(&dir, "afifo");
+        let c = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+        // SAFETY: `c` is a NUL-terminated path that outlives the call.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let opts = SegmentOptions {
+            dir: dir.clone(),
+            ..Default::default()
+        };
+        let future = Segment::create("v2", SegmentKind::Ring, 8192, &opts, |_, _| {}).unwrap();
+        let v2 = future.path().to_owned();
+        drop(future);
+        let mut page = std::fs::read(&v2).unwrap();
+        let off = std::mem::offset_of!(SegmentHeader, layout_version);
+        page[off..off + 4].copy_from_slice(&(LAYOUT_VERSION + 1).to_ne_bytes());
+        let off = std::mem::offset_of!(SegmentHeader, creator_pid);
+        page[off..off + 4].copy_from_slice(&(i32::MAX as u32 - 5).to_ne_bytes());
+        std::fs::write(&v2, &page).unwrap();
+        for p in [&sub, &fifo, &v2] {
+            age(p, 3600);
+        }
+        let r = gc(&dir).unwrap();
+        assert!(r.removed.is_empty(), "{r:?}");
+        let mut skipped: Vec<_> = r.skipped.iter().map(|s| s.path.clone()).collect();
+        skipped.sort();
+        let mut want = vec![sub.clone(), link.clone(), fifo.clone(), v2.clone()];
+        want.sort();
+        assert_eq!(skipped, want, "{r:?}");
+        let reason = |p: &Path| {
+            r.skipped
+                .iter()
+                .find(|s| s.path == p)
+                .unwrap()
+                .reason
+                .clone()
+        };
+        assert!(reason(&sub).contains("not a regular file"), "{r:?}");
+        assert!(reason(&fifo).contains("not a regular file"), "{r:?}");
+        assert!(reason(&link).contains("symbolic link"), "{r:?}");
+        assert!(reason(&v2).contains("layout version"), "{r:?}");
+        for p in [&sub, &link, &fifo, &v2] {
+            assert!(
+                std::fs::symlink_metadata(p).is_ok(),
+                "{} survives",
+                p.display()
+            );
+        }
+        assert!(target.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files / calls kill(2)")]
+    fn gc_removes_old_junk_and_keeps_young_junk() {
+        let dir = temp_dir("gc-junk");
+        let old = segment_path(&dir, "old");
+        let young = segment_path(&dir, "young");
+        std::fs::write(&old, b"not a segment").unwrap();
+        std::fs::write(&young, vec![0u8; 8192]).unwrap();
+        age(&old, 120);
+        let r = gc(&dir).unwrap();
+        assert_eq!((r.removed, r.kept), (vec![old.clone()], vec![young]));
+        assert!(r.skipped.is_empty());
+        assert!(!old.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "renames files")]
+    fn removal_takes_only_the_file_judged() {
+        let dir = temp_dir("gc-race");
+        let path = segment_path(&dir, "x");
+        std::fs::write(&path, b"judged stale").unwrap();
+        let (_, id) = judge(&path, "x");
+        let id = id.unwrap();
+        // Replaced after it was judged (as a key file is republished): the newcomer stays.
+        let newer = dir.join("newer");
+        std::fs::write(&newer, b"newer").unwrap();
+        std::fs::rename(&newer, &path).unwrap();
+        assert_eq!(remove_if_unchanged(&path, id).unwrap(), Removal::Replaced);
+        assert_eq!(std::fs::read(&path).unwrap(), b"newer");
+        let (_, id) = judge(&path, "x");
+        assert_eq!(
+            remove_if_unchanged(&path, id.unwrap()).unwrap(),
+            Removal::Removed
+        );
+        assert!(!path.exists());
+        assert_eq!(
+            remove_if_unchanged(&path, id.unwrap()).unwrap(),
+            Removal::Gone
+        );
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            0,
+            "no private names left behind"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
