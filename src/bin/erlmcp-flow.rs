@@ -531,7 +531,23 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
             // and continue the slot's numbering (a restarted producer resends nothing and
             // skips nothing).
             let (mut p, id) = match a.slot {
-                Some(k) => (r.producer_in_slot(k).map_err(|e| e.to_string())?, k as u32),
+                // A restarted producer may start before its killed predecessor is gone:
+                // retry a held slot for a while.
+                Some(k) => {
+                    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                    let p = loop {
+                        match r.producer_in_slot(k) {
+                            Err(e)
+                                if e.kind() == erlmcp_flow::ErrorKind::Busy
+                                    && std::time::Instant::now() < deadline =>
+                            {
+                                std::thread::sleep(Duration::from_millis(1))
+                            }
+                            other => break other.map_err(|e| e.to_string())?,
+                        }
+                    };
+                    (p, k as u32)
+                }
                 None => (r.producer().map_err(|e| e.to_string())?, a.id),
             };
             let mut buf = vec![0u8; a.size.max(seq::MIN_LEN)];

@@ -88,7 +88,7 @@ pub fn consume_manual(r: &Ring, a: &ShmArgs) -> Result<ExitCode, String> {
         match r.consumer() {
             Ok(c) => break c,
             Err(e) if e.kind() == erlmcp_flow::ErrorKind::Busy && Instant::now() < deadline => {
-                std::thread::yield_now()
+                std::thread::sleep(Duration::from_millis(1))
             }
             Err(e) => return Err(e.to_string()),
         }
@@ -182,6 +182,21 @@ struct Lane {
     progress: PathBuf,
 }
 
+impl Drop for Lane {
+    /// No process outlives the campaign, whatever ended it.
+    fn drop(&mut self) {
+        for p in self
+            .producers
+            .iter_mut()
+            .chain([&mut self.consumer])
+            .flatten()
+        {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
 struct Campaign {
     exe: PathBuf,
     dir: PathBuf,
@@ -190,6 +205,14 @@ struct Campaign {
     kills: u64,
     zombies_left: u64,
     recovery: Vec<Duration>,
+}
+
+impl Drop for Campaign {
+    fn drop(&mut self) {
+        for (c, _) in &mut self.zombies {
+            let _ = c.wait();
+        }
+    }
 }
 
 impl Campaign {
