@@ -2,7 +2,10 @@
 # Long ring checks that do not belong in CI:
 #   1. MESSAGES (default 10^8) sequence-checked 64-byte frames between two processes;
 #   2. a kill -9 loop of KILLS (default 1000) producer processes, with the resume times;
-#   3. gc leaves no files behind.
+#   3. the mixed campaign `erlmcp-flow ring chaos`: KILLS kills of producers and consumers of an
+#      SPSC and an MPSC ring, zombies left unreaped, slot takeovers, every byte of every frame
+#      checked; its last line is JSON (kills, frames, corrupt, lost_after_ack, recovery);
+#   4. gc leaves no files behind.
 #
 #   scripts/ring-soak.sh [MESSAGES] [KILLS]
 set -euo pipefail
@@ -30,6 +33,9 @@ $bin stat soak --dir "$dir"
 echo "=== kill -9 loop, $kills iterations"
 EMF_KILL_ITERATIONS=$kills cargo test --release --quiet --test ring_process kill_9 -- --nocapture 2>&1 |
   grep -E "kill -9 loop|test result"
+
+echo "=== chaos campaign, $kills kills"
+$bin ring chaos soak --kills "$kills" --seed "${EMF_CHAOS_SEED:-42}" --dir "$dir"
 
 echo "=== gc"
 $bin shm gc --dir "$dir"

@@ -44,11 +44,12 @@ usage:
       and listed as skipped. list: list segments
   erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
   erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--hold-claim]
-                              [--dir DIR]
+                              [--dwell-us US] [--dir DIR]
       send sequence-numbered frames (count 0 = until killed), waiting when the ring is full;
       with --slot, in producer slot K, numbered on from the slot's committed count; with
       --hold-claim, then claim one more frame and hold it uncommitted until stdin closes (a
-      producer stuck mid-write, for crash tests)
+      producer stuck mid-write, for crash tests); with --dwell-us, each frame is claimed,
+      half written, held US microseconds, then finished and committed (kills land mid-claim)
   erlmcp-flow ring consume NAME [--count N] [--dir DIR]
       receive and check sequence-numbered frames (no loss, duplicate, reorder or corruption)
   erlmcp-flow ring consume NAME --manual --progress FILE [--until-empty] [--dir DIR]
@@ -313,6 +314,7 @@ pub(crate) struct ShmArgs {
     kills: u64,
     seed: u64,
     zombie_ms: u64,
+    dwell_us: u64,
 }
 
 fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
@@ -333,6 +335,7 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
         kills: 1000,
         seed: 1,
         zombie_ms: 200,
+        dwell_us: 0,
     };
     let mut it = args.iter();
     let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
@@ -355,6 +358,7 @@ fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
             "--kills" => a.kills = num(it.next(), "--kills")?,
             "--seed" => a.seed = num(it.next(), "--seed")?,
             "--zombie-ms" => a.zombie_ms = num(it.next(), "--zombie-ms")?,
+            "--dwell-us" => a.dwell_us = num(it.next(), "--dwell-us")?,
             "--watch" => {
                 a.watch = Some(
                     it.next()
@@ -554,12 +558,33 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
             let mut s = if a.slot.is_some() { p.committed() } else { 0 };
             while a.count == 0 || s < a.count {
                 seq::fill(&mut buf, id, s);
-                p.send_timeout(
-                    &buf,
-                    WaitStrategy::SpinThenPark { spins: 200 },
-                    Duration::from_secs(3600),
-                )
-                .map_err(|e| e.to_string())?;
+                if a.dwell_us == 0 {
+                    p.send_timeout(
+                        &buf,
+                        WaitStrategy::SpinThenPark { spins: 200 },
+                        Duration::from_secs(3600),
+                    )
+                    .map_err(|e| e.to_string())?;
+                } else {
+                    // Claim, write half, dwell, write the rest, commit: a claim stays open
+                    // long enough for a kill to land inside it (crash tests).
+                    let mut claim = loop {
+                        match p.try_claim(buf.len()) {
+                            Err(e) if e.kind() == erlmcp_flow::ErrorKind::Full => {
+                                std::thread::yield_now()
+                            }
+                            other => break other.map_err(|e| e.to_string())?,
+                        }
+                    };
+                    let half = buf.len() / 2;
+                    claim.as_mut_slice()[..half].copy_from_slice(&buf[..half]);
+                    let until = std::time::Instant::now() + Duration::from_micros(a.dwell_us);
+                    while std::time::Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                    claim.as_mut_slice()[half..].copy_from_slice(&buf[half..]);
+                    claim.commit();
+                }
                 s += 1;
             }
             if a.hold_claim {

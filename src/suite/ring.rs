@@ -54,11 +54,16 @@ fn helper_cmd(args: &[&str]) -> Child {
 }
 
 fn ring_in(dir: &Path, name: &str, capacity: usize, mpsc: bool) -> Ring {
+    ring_with(dir, name, capacity, mpsc, false)
+}
+
+fn ring_with(dir: &Path, name: &str, capacity: usize, mpsc: bool, checksum: bool) -> Ring {
     Ring::create(
         name,
         &RingOptions {
             capacity,
             multi_producer: mpsc,
+            checksum,
             ..RingOptions::in_dir(dir)
         },
     )
@@ -92,8 +97,20 @@ fn drain(ring: &Ring, count: u64) -> Duration {
 }
 
 fn spsc_throughput(count: u64, size: usize, capacity: usize, batched: bool) -> f64 {
+    spsc_throughput_with(count, size, capacity, batched, false)
+}
+
+/// `checksum`: the ring carries a CRC32C per frame, written by the producer and checked by
+/// the consumer (the helper opens the ring and follows its flags).
+fn spsc_throughput_with(
+    count: u64,
+    size: usize,
+    capacity: usize,
+    batched: bool,
+    checksum: bool,
+) -> f64 {
     let scratch = Scratch::new();
-    let r = ring_in(&scratch.0, "tput", capacity, false);
+    let r = ring_with(&scratch.0, "tput", capacity, false, checksum);
     let dir = scratch.0.to_string_lossy().into_owned();
     let mode = if batched { "produce-batch" } else { "produce" };
     let mut child = helper_cmd(&[mode, &dir, "tput", &count.to_string(), &size.to_string()]);
@@ -786,6 +803,12 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
             Better::Higher,
         )
         .with_peer("unix_socket", uds),
+    );
+    progress("spsc_crc_64b_throughput");
+    let spsc_crc = spsc_throughput_with(n64, 64, 1 << 20, false, true);
+    out.push(
+        BenchResult::new("spsc_crc_64b_throughput", spsc_crc, "msg/s", Better::Higher)
+            .with_peer("same_ring_without_checksums", spsc),
     );
     progress("spsc_64b_batch_throughput");
     let spsc_batch = spsc_throughput(n64, 64, 1 << 20, true);

@@ -204,7 +204,10 @@ struct Campaign {
     zombies: Vec<(Child, Instant)>,
     kills: u64,
     zombies_left: u64,
+    /// From a producer kill until the consumer passed everything claimed before it.
     recovery: Vec<Duration>,
+    /// The same, for kills that left a claim to pad (the ring's `unblocked` grew).
+    recovery_padded: Vec<Duration>,
 }
 
 impl Drop for Campaign {
@@ -223,9 +226,13 @@ impl Campaign {
         cmd
     }
 
+    /// A producer in `slot`; every other one dwells inside its claims (`--dwell-us`), so
+    /// that kills land between claim and commit and dead claims get recovered.
     fn producer(&self, name: &str, slot: usize, size: usize) -> Result<Child, String> {
+        let dwell = if (slot + size) % 2 == 0 { "20" } else { "0" };
         self.ring_args("produce", name)
             .args(["--slot", &slot.to_string(), "--size", &size.to_string()])
+            .args(["--dwell-us", dwell])
             .spawn()
             .map_err(|e| format!("spawn producer: {e}"))
     }
@@ -309,6 +316,7 @@ fn run(dir: &Path, a: &ShmArgs) -> Result<ExitCode, String> {
         kills: 0,
         zombies_left: 0,
         recovery: Vec::new(),
+        recovery_padded: Vec::new(),
     };
     let mut rng = Rng(a.seed.max(1).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let sizes = [12usize, 64, 200, 1000];
@@ -351,7 +359,8 @@ fn run(dir: &Path, a: &ShmArgs) -> Result<ExitCode, String> {
         check_alive(&mut lanes[li])?;
         let what = rng.below(10);
         let (kill_producer, kill_consumer) = (what < 7 || what == 9, what >= 7);
-        let tail_at_kill = lanes[li].ring.stats().tail;
+        let before = lanes[li].ring.stats();
+        let (tail_at_kill, unblocked_before) = (before.tail, before.unblocked);
         if kill_producer {
             // The successor takes the slot over, of a zombie too; frames change size.
             let k = rng.below(lanes[li].producers.len() as u64) as usize;
@@ -376,6 +385,9 @@ fn run(dir: &Path, a: &ShmArgs) -> Result<ExitCode, String> {
                 let pos = st.subscribers.first().map_or(0, |s| s.position);
                 if pos >= tail_at_kill {
                     c.recovery.push(t0.elapsed());
+                    if st.unblocked > unblocked_before {
+                        c.recovery_padded.push(t0.elapsed());
+                    }
                     break;
                 }
                 if t0.elapsed() > Duration::from_secs(10) {
@@ -442,11 +454,13 @@ fn run(dir: &Path, a: &ShmArgs) -> Result<ExitCode, String> {
         let _ = lane.ring.unlink();
     }
     c.recovery.sort();
-    let pct = |q: f64| {
-        c.recovery
-            .get(((c.recovery.len() as f64 - 1.0) * q).round() as usize)
+    c.recovery_padded.sort();
+    let pct_of = |v: &[Duration], q: f64| {
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
             .map_or(0.0, |d| d.as_secs_f64() * 1e3)
     };
+    let pct = |q: f64| pct_of(&c.recovery, q);
+    let padded = |q: f64| pct_of(&c.recovery_padded, q);
     for s in &summary {
         println!("{s}");
     }
@@ -454,24 +468,33 @@ fn run(dir: &Path, a: &ShmArgs) -> Result<ExitCode, String> {
         "chaos: {} kills ({} left as zombies) in {:.1} s, {frames} frames checked byte by byte, \
          {redelivered} redelivered after consumer kills, corrupt {corrupt}, lost after ack \
          {lost}, {unblocked} dead claims unblocked; recovery after a producer kill p50 \
-         {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+         {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples); of those that left a claim to \
+         pad p50 {:.1} ms, max {:.1} ms ({} samples; stall timeout 50 ms)",
         c.kills,
         c.zombies_left,
         elapsed.as_secs_f64(),
         pct(0.5),
         pct(0.99),
         pct(1.0),
-        c.recovery.len()
+        c.recovery.len(),
+        padded(0.5),
+        padded(1.0),
+        c.recovery_padded.len()
     );
     println!(
         "{{\"kills\":{},\"zombies\":{},\"frames\":{frames},\"redelivered\":{redelivered},\
          \"corrupt\":{corrupt},\"lost_after_ack\":{lost},\"unblocked\":{unblocked},\
-         \"recovery_p50_ms\":{:.2},\"recovery_p99_ms\":{:.2},\"recovery_max_ms\":{:.2}}}",
+         \"recovery_p50_ms\":{:.2},\"recovery_p99_ms\":{:.2},\"recovery_max_ms\":{:.2},\
+         \"padded_recoveries\":{},\"padded_recovery_p50_ms\":{:.2},\
+         \"padded_recovery_max_ms\":{:.2}}}",
         c.kills,
         c.zombies_left,
         pct(0.5),
         pct(0.99),
-        pct(1.0)
+        pct(1.0),
+        c.recovery_padded.len(),
+        padded(0.5),
+        padded(1.0)
     );
     if corrupt != 0 || lost != 0 {
         return Ok(ExitCode::FAILURE);
