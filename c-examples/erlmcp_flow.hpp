@@ -40,6 +40,55 @@
 //     if (!tx.try_send("hello")) { /* full: keep the frame, retry later */ }
 //     std::vector<std::uint8_t> frame;
 //     if (rx.wait(emf::Wait::Park, 100) && rx.try_recv(frame)) { /* use frame */ }
+//     rx.set_ack_mode(emf::AckMode::Manual);             // at least once: receive, then
+//     rx.ack();                                          //   ack (see the table below)
+//
+//     // A producer restarted after a crash, in the slot its predecessor held:
+//     emf::Producer tx2 = ring.producer_in_slot(0);
+//     for (std::uint64_t seq = tx2.committed(); seq < total; ++seq) tx2.send(frame_of(seq));
+//
+// Delivery guarantees of the rings: what a crash (kill -9 of one process, or a handle
+// destroyed) does to frames, path by path.
+//
+//   Path                          Guarantee                        What a crash does
+//   ----------------------------  -------------------------------  ---------------------------
+//   Producer::send / try_send /   once it returned (true), the     producer killed inside the
+//   send_for, Claim::commit,      frame is committed: it reaches   call: the frame is either
+//   Producer::send_batch (the n   every consumer attached before   committed whole or never
+//   it returned)                  it                               delivered; committed() of a
+//                                                                  producer restarted in the
+//                                                                  same slot
+//                                                                  (Ring::producer_in_slot)
+//                                                                  says which
+//   send answering Full / false   nothing was written; the caller  -
+//   / Error                       keeps the frame
+//   Consumer::poll (handler),     at least once while the handler  consumer dies during the
+//   AckMode::Auto                 runs; released when poll         handler: that batch is
+//                                 returns                          delivered again to the next
+//                                                                  consumer; after poll
+//                                                                  returned: released, not
+//                                                                  redelivered
+//   Consumer::try_recv /          at most once: released before    consumer dies after the
+//   recv_batch, AckMode::Auto     they return                      call and before it used the
+//                                                                  bytes: those frames are
+//                                                                  lost to it
+//   any receive in                at least once: nothing is        consumer dies (or is
+//   AckMode::Manual, then         released before ack()            destroyed) before ack():
+//   Consumer::ack                                                  every unacknowledged frame
+//                                                                  is delivered again, in
+//                                                                  order, to the next consumer
+//                                                                  (dedupe by your own
+//                                                                  sequence numbers if effects
+//                                                                  must happen once)
+//   fan-out subscribers           as above for each subscriber,    a dead subscriber's slot is
+//   (Ring::subscribe)             from the moment it attached      reaped: a new subscriber
+//                                                                  starts at the tail
+//
+// A frame whose bytes change inside the ring is delivered as it is unless the ring was
+// created with RingOptions::checksum (then it is skipped and reported as
+// Error(EMF_ERR_CORRUPT) by the receive that meets it, after the frames before it were
+// delivered); a damaged frame header is reported as corrupt once nothing can commit it any
+// more.
 //
 // Task queue and cache (see the TaskQueue and Cache classes below):
 //
@@ -421,9 +470,16 @@ inline Error moved_from(const char* function) {
 
 }  // namespace detail
 
+// When a Consumer releases what it delivered (Consumer::set_ack_mode).
+enum class AckMode : std::uint32_t {
+    Auto = EMF_ACK_AUTO,      // every receive releases (the default)
+    Manual = EMF_ACK_MANUAL,  // nothing is released until Consumer::ack(): a consumer that
+                              // dies first has those frames delivered again (at least once)
+};
+
 // Options for Ring::create. A default-constructed RingOptions holds the library's defaults
 // (emf_ring_options_default): 1 MiB, single producer, 16 producer slots, 8 subscriber slots,
-// 100 ms stall timeout, mode 0600, segment in /dev/shm.
+// 100 ms stall timeout, mode 0600, segment in /dev/shm, no checksums.
 struct RingOptions {
     std::size_t capacity;            // a power of two from 4096 to 1 GiB
     bool multi_producer;             // several producers (claims by CAS)
@@ -432,6 +488,8 @@ struct RingOptions {
     std::uint32_t stall_timeout_ms;  // before a stalled claim's producer is checked for death
     std::uint32_t mode;              // file mode of the segment
     std::string dir;                 // directory of the segment file; empty = /dev/shm
+    bool checksum;                   // EMF_RING_CHECKSUM: every frame carries a CRC32C that
+                                     // consumers check (a changed frame: EMF_ERR_CORRUPT)
 
     RingOptions() {
         emf_ring_options_t o{};
@@ -442,6 +500,7 @@ struct RingOptions {
         max_subscribers = o.max_subscribers;
         stall_timeout_ms = o.stall_timeout_ms;
         mode = o.mode;
+        checksum = (o.flags & EMF_RING_CHECKSUM) != 0;
     }
 };
 
@@ -597,6 +656,25 @@ public:
         return Claim(p, data, len);
     }
 
+    // Frames committed through this producer's slot so far, by it and by every earlier holder
+    // of the slot (a killed one included). A frame counts once its send returned: a producer
+    // restarted in its predecessor's slot (Ring::producer_in_slot) resends from here.
+    std::uint64_t committed() const {
+        std::uint64_t n = 0;
+        detail::check(emf_producer_committed(handle("emf_producer_committed"), &n, nullptr),
+                      "emf_producer_committed");
+        return n;
+    }
+
+    // The producer slot this producer holds.
+    std::uint32_t slot() const {
+        std::uint64_t n = 0;
+        std::uint32_t slot = 0;
+        detail::check(emf_producer_committed(handle("emf_producer_committed"), &n, &slot),
+                      "emf_producer_committed");
+        return slot;
+    }
+
     // The C handle (NULL after a move), for calls this wrapper does not cover.
     emf_producer_t* get() const noexcept { return p_; }
     explicit operator bool() const noexcept { return p_ != nullptr; }
@@ -730,6 +808,35 @@ public:
         return ready;
     }
 
+    // Chooses when delivered frames are released: AckMode::Auto (the default: every receive)
+    // or AckMode::Manual (nothing until ack(); frames not acknowledged when this consumer dies
+    // or is destroyed are delivered again to the next one). Switching to Auto acknowledges.
+    // Error(EMF_ERR_INVALID_ARGUMENT) for a value that is no AckMode.
+    void set_ack_mode(AckMode mode) {
+        detail::check(emf_consumer_set_ack_mode(handle("emf_consumer_set_ack_mode"),
+                                                static_cast<std::uint32_t>(mode)),
+                      "emf_consumer_set_ack_mode");
+    }
+
+    // Releases every frame delivered so far: they are not delivered again.
+    void ack() { detail::check(emf_consumer_ack(handle("emf_consumer_ack")), "emf_consumer_ack"); }
+
+    // Forgets the frames delivered since the last ack(): the next receive delivers them again,
+    // in order. Returns how many there were.
+    std::uint64_t rewind() {
+        std::uint64_t n = 0;
+        detail::check(emf_consumer_rewind(handle("emf_consumer_rewind"), &n), "emf_consumer_rewind");
+        return n;
+    }
+
+    // Frames delivered and not acknowledged yet (always 0 in AckMode::Auto).
+    std::uint64_t unacked() {
+        std::uint64_t n = 0;
+        detail::check(emf_consumer_unacked(handle("emf_consumer_unacked"), &n),
+                      "emf_consumer_unacked");
+        return n;
+    }
+
     // Bytes committed or claimed that this consumer has not consumed yet.
     std::uint64_t lag() {
         std::uint64_t lag = 0;
@@ -794,6 +901,7 @@ public:
         o.stall_timeout_ms = opts.stall_timeout_ms;
         o.mode = opts.mode;
         o.dir = opts.dir.empty() ? nullptr : opts.dir.c_str();
+        o.flags = opts.checksum ? EMF_RING_CHECKSUM : 0;
         emf_ring_t* r = nullptr;
         detail::check(emf_ring_create(name.c_str(), &o, &r), "emf_ring_create");
         return Ring(r);
@@ -813,6 +921,17 @@ public:
     Producer producer() const {
         emf_producer_t* p = nullptr;
         detail::check(emf_producer_new(handle("emf_producer_new"), &p), "emf_producer_new");
+        return Producer(p);
+    }
+
+    // Attaches a producer in slot `slot` (0 on a single-producer ring, below max_producers on
+    // a multi-producer one), taking it over when its holder died: Error(EMF_ERR_BUSY) while a
+    // live producer holds it, Error(EMF_ERR_INVALID_ARGUMENT) for a slot the ring does not
+    // have. Producer::committed() says how many frames the slot has committed.
+    Producer producer_in_slot(std::uint32_t slot) const {
+        emf_producer_t* p = nullptr;
+        detail::check(emf_producer_new_in_slot(handle("emf_producer_new_in_slot"), slot, &p),
+                      "emf_producer_new_in_slot");
         return Producer(p);
     }
 

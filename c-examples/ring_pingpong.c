@@ -17,6 +17,15 @@
  * foreign handles, a second producer or consumer (EMF_ERR_BUSY, in-process and across
  * processes). Exact status codes, and the error message for every failure.
  *
+ * Delivery guarantees (ABI 3): manual acknowledgement (no receive releases anything before
+ * emf_consumer_ack; a consumer freed, or a child process SIGKILLed, before acknowledging has
+ * its frames delivered again, in order, to the next consumer; rewind; back to auto), producer
+ * slots (a child sending through slot 2 is SIGKILLed; emf_producer_new_in_slot(2) reads
+ * emf_producer_committed == what it sent and resends the rest: every frame exactly once), and
+ * checksum rings (EMF_RING_CHECKSUM: a payload byte flipped through a second mapping of the
+ * segment file gives EMF_ERR_CORRUPT after the frame before it, then the next frame; without
+ * the flag the changed frame is delivered as it is).
+ *
  * Ping-pong: the parent forks a child, creates rings "ping" and "pong" in a temporary
  * directory, and sends N frames one at a time; the child echoes each one back. The parent
  * checks every echo byte for byte and prints round-trip percentiles for EMF_WAIT_SPIN and
@@ -38,6 +47,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -1367,6 +1379,436 @@ static void test_dead_participants(void) {
     emf_ring_free(fresh);
 }
 
+/* ---------------------------------------------------------------- acknowledgements, slots, checksums */
+
+/* Receives exactly `n` frames with emf_consumer_recv; each must be frame *seq, *seq + 1, ...
+ * of `len` bytes. Returns how many came; counts wrong ones in *bad. */
+static size_t recv_n(emf_consumer_t *c, size_t n, uint64_t *seq, size_t len, size_t *bad) {
+    uint8_t buf[4096];
+    size_t got = 0, k = 0;
+    for (; k < n; k++) {
+        emf_status_t st = emf_consumer_recv(c, buf, sizeof buf, &got);
+        if (st != EMF_OK) {
+            CHECK_STATUS(st, EMF_OK);
+            break;
+        }
+        if (!frame_is(buf, got, len, *seq)) (*bad)++;
+        (*seq)++;
+    }
+    return k;
+}
+
+static uint64_t unacked_of(emf_consumer_t *c) {
+    uint64_t n = UINT64_MAX;
+    CHECK_STATUS(emf_consumer_unacked(c, &n), EMF_OK);
+    return n;
+}
+
+/* Blocks until killed (the parent SIGKILLs it). */
+static void wait_to_be_killed(void) {
+    for (;;) pause();
+}
+
+/* Tells the parent through `fd` how the child's checks went (0: none failed). */
+static void report_to_parent(int fd, unsigned long failed_at_start) {
+    uint8_t failed = (uint8_t)child_result(failed_at_start);
+    if (write(fd, &failed, 1) != 1) _exit(99);
+}
+
+/* Reads the child's report: true when it came and no check of the child failed. */
+static int child_reported_ok(int fd) {
+    uint8_t failed = 255;
+    ssize_t n;
+    while ((n = read(fd, &failed, 1)) < 0 && errno == EINTR) {
+    }
+    if (n != 1 || failed != 0) fprintf(stderr, "child report: %zd byte(s), %u failed\n", n, failed);
+    return n == 1 && failed == 0;
+}
+
+/* Kills the child with SIGKILL and reaps it (a zombie would still count as a live holder). */
+static int kill_child(pid_t pid) {
+    int status = 0;
+    if (pid <= 0 || kill(pid, SIGKILL) != 0) return 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return 0;
+    }
+    return WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL;
+}
+
+struct held_child {
+    const char *ring;
+    int fd;         /* the pipe's write end: one byte when the child's work is done */
+    uint32_t slot;  /* producer children: the slot */
+    uint64_t count; /* frames to receive or send */
+};
+
+/* Child: receives `count` frames in manual mode, reports, and waits to be killed without
+ * acknowledging them. */
+static int manual_consumer_child(void *argp) {
+    struct held_child *a = argp;
+    unsigned long failed = g_failed;
+    emf_ring_t *r = NULL;
+    CHECK_STATUS(emf_ring_open(a->ring, g_dir, &r), EMF_OK);
+    emf_consumer_t *c = new_consumer(r);
+    CHECK_STATUS(emf_consumer_set_ack_mode(c, EMF_ACK_MANUAL), EMF_OK);
+    uint64_t seq = 0;
+    size_t bad = 0;
+    CHECK(recv_n(c, a->count, &seq, 64, &bad) == a->count && bad == 0);
+    CHECK(unacked_of(c) == a->count);
+    report_to_parent(a->fd, failed);
+    wait_to_be_killed();
+    return 0;
+}
+
+/* Child: sends `count` frames through producer slot `slot`, reports, and waits to be killed. */
+static int slot_producer_child(void *argp) {
+    struct held_child *a = argp;
+    unsigned long failed = g_failed;
+    emf_ring_t *r = NULL;
+    CHECK_STATUS(emf_ring_open(a->ring, g_dir, &r), EMF_OK);
+    emf_producer_t *p = NULL;
+    CHECK_STATUS(emf_producer_new_in_slot(r, a->slot, &p), EMF_OK);
+    uint64_t committed = UINT64_MAX;
+    uint32_t slot = UINT32_MAX;
+    CHECK_STATUS(emf_producer_committed(p, &committed, &slot), EMF_OK);
+    CHECK(committed == 0 && slot == a->slot);
+    for (uint64_t i = 0; i < a->count; i++) CHECK_STATUS(send_seq(p, 64, i), EMF_OK);
+    CHECK_STATUS(emf_producer_committed(p, &committed, NULL), EMF_OK);
+    CHECK(committed == a->count);
+    report_to_parent(a->fd, failed);
+    wait_to_be_killed();
+    return 0;
+}
+
+/* Forks `body` with a pipe for its report; returns the pid and the read end in *fd. */
+static pid_t fork_held_child(int (*body)(void *), struct held_child *a, int *fd) {
+    int fds[2];
+    if (pipe(fds) != 0) {
+        CHECK(!"pipe");
+        return -1;
+    }
+    a->fd = fds[1];
+    pid_t pid = fork_child(body, a);
+    close(fds[1]);
+    *fd = fds[0];
+    return pid;
+}
+
+static int poll_count_cb(void *ctx, const uint8_t *data, size_t len) {
+    struct collect *k = ctx;
+    if (!frame_is(data, len, k->len, k->next_seq)) k->bad++;
+    k->next_seq++;
+    k->count++;
+    return 0;
+}
+
+static void test_manual_ack(void) {
+    emf_ring_options_t o = ring_opts(1 << 16);
+    emf_ring_t *r = create_ring("acked", &o);
+    emf_producer_t *p = new_producer(r);
+    for (uint64_t i = 0; i < 10; i++) CHECK_STATUS(send_seq(p, 64, i), EMF_OK);
+
+    /* Manual mode: no receive releases anything (recv_batch, recv, poll); freed without ack. */
+    emf_consumer_t *c = new_consumer(r);
+    CHECK_STATUS(emf_consumer_set_ack_mode(c, EMF_ACK_MANUAL), EMF_OK);
+    CHECK(unacked_of(c) == 0);
+    uint8_t buf[1024];
+    size_t frames = 0, bytes = 0, bad = 0;
+    CHECK_STATUS(emf_consumer_recv_batch(c, buf, sizeof buf, 3, &frames, &bytes), EMF_OK);
+    CHECK(frames == 3 && bytes == 3 * (4 + 64));
+    uint64_t seq = 3;
+    CHECK(recv_n(c, 2, &seq, 64, &bad) == 2 && bad == 0);
+    struct collect k = {NULL, EMF_OK, 0, 5, 64, 0};
+    size_t n = 0;
+    CHECK_STATUS(emf_consumer_poll(c, 2, poll_count_cb, &k, &n), EMF_OK);
+    CHECK(n == 2 && k.bad == 0);
+    CHECK(unacked_of(c) == 7);
+    CHECK(stats_of(r).received == 0);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+
+    /* The next consumer gets the same frames again, in order; ack releases them. */
+    c = new_consumer(r);
+    CHECK_STATUS(emf_consumer_set_ack_mode(c, EMF_ACK_MANUAL), EMF_OK);
+    seq = 0;
+    CHECK(drain_seq(c, &seq, 64, &bad) == 10 && bad == 0);
+    CHECK(unacked_of(c) == 10);
+    CHECK_STATUS(emf_consumer_ack(c), EMF_OK);
+    CHECK(unacked_of(c) == 0);
+    CHECK(stats_of(r).received == 10);
+
+    /* Rewind: the frames since the last ack come again; rewind's count is optional. */
+    for (uint64_t i = 10; i < 14; i++) CHECK_STATUS(send_seq(p, 64, i), EMF_OK);
+    CHECK(recv_n(c, 3, &seq, 64, &bad) == 3 && bad == 0);
+    uint64_t was = 0;
+    CHECK_STATUS(emf_consumer_rewind(c, &was), EMF_OK);
+    CHECK(was == 3 && unacked_of(c) == 0);
+    seq = 10;
+    CHECK(recv_n(c, 2, &seq, 64, &bad) == 2 && bad == 0);
+    CHECK_STATUS(emf_consumer_rewind(c, NULL), EMF_OK);
+    seq = 10;
+    CHECK(drain_seq(c, &seq, 64, &bad) == 4 && bad == 0 && seq == 14);
+    /* Back to auto acknowledges what was delivered. */
+    CHECK_STATUS(emf_consumer_set_ack_mode(c, EMF_ACK_AUTO), EMF_OK);
+    CHECK(unacked_of(c) == 0);
+    CHECK_STATUS(emf_consumer_rewind(c, &was), EMF_OK);
+    CHECK(was == 0);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+
+    /* Auto mode (the contrast): recv releases before it returns, so a consumer freed after
+     * recv does not see the frame again. */
+    c = new_consumer(r);
+    CHECK_ERROR(emf_consumer_recv(c, buf, sizeof buf, &n), EMF_ERR_EMPTY, "no frame");
+    for (uint64_t i = 14; i < 16; i++) CHECK_STATUS(send_seq(p, 64, i), EMF_OK);
+    CHECK(recv_n(c, 1, &seq, 64, &bad) == 1 && bad == 0);
+    CHECK(unacked_of(c) == 0);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+    c = new_consumer(r);
+    CHECK(drain_seq(c, &seq, 64, &bad) == 1 && bad == 0 && seq == 16);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+
+    /* A consumer in another process receives 40 frames in manual mode and is SIGKILLed before
+     * acknowledging: the next consumer gets those 40 again, in order, then the rest. */
+    for (uint64_t i = 0; i < 60; i++) CHECK_STATUS(send_seq(p, 64, i), EMF_OK);
+    struct held_child a = {"acked", -1, 0, 40};
+    int fd = -1;
+    pid_t pid = fork_held_child(manual_consumer_child, &a, &fd);
+    CHECK(child_reported_ok(fd));
+    close(fd);
+    emf_consumer_t *busy = NULL;
+    CHECK_ERROR(emf_consumer_new(r, &busy), EMF_ERR_BUSY, "consumer"); /* the live child's */
+    CHECK(kill_child(pid));
+    c = new_consumer(r);
+    CHECK_STATUS(emf_consumer_set_ack_mode(c, EMF_ACK_MANUAL), EMF_OK);
+    seq = 0;
+    CHECK(drain_seq(c, &seq, 64, &bad) == 60 && bad == 0);
+    CHECK_STATUS(emf_consumer_ack(c), EMF_OK);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+    c = new_consumer(r); /* acknowledged: gone for good */
+    CHECK_ERROR(emf_consumer_recv(c, buf, sizeof buf, &n), EMF_ERR_EMPTY, "no frame");
+    CHECK(stats_of(r).received == 16 + 60);
+
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+    CHECK_STATUS(emf_producer_free(p), EMF_OK);
+    emf_ring_unlink(r);
+    emf_ring_free(r);
+}
+
+static void test_producer_slots(void) {
+    emf_ring_options_t o = ring_opts(1 << 16);
+    o.multi_producer = true;
+    o.max_producers = 4;
+    emf_ring_t *r = create_ring("slots", &o);
+    emf_consumer_t *c = new_consumer(r);
+
+    /* A producer in slot 2 of another process sends 300 frames and is SIGKILLed. */
+    struct held_child a = {"slots", -1, 2, 300};
+    int fd = -1;
+    pid_t pid = fork_held_child(slot_producer_child, &a, &fd);
+    CHECK(child_reported_ok(fd));
+    close(fd);
+    emf_producer_t *p = NULL;
+    CHECK_ERROR(emf_producer_new_in_slot(r, 2, &p), EMF_ERR_BUSY, "slot 2"); /* live holder */
+    CHECK(p == NULL);
+    CHECK(kill_child(pid));
+
+    /* Its successor in slot 2 reads committed == 300 and resends from there. */
+    CHECK_STATUS(emf_producer_new_in_slot(r, 2, &p), EMF_OK);
+    uint64_t committed = 0;
+    uint32_t slot = 0;
+    CHECK_STATUS(emf_producer_committed(p, &committed, &slot), EMF_OK);
+    CHECK(committed == 300 && slot == 2);
+    for (uint64_t i = committed; i < 500; i++) CHECK_STATUS(send_seq(p, 64, i), EMF_OK);
+    CHECK_STATUS(emf_producer_committed(p, &committed, NULL), EMF_OK);
+    CHECK(committed == 500);
+    uint64_t seq = 0;
+    size_t bad = 0;
+    CHECK(drain_seq(c, &seq, 64, &bad) == 500 && bad == 0); /* 0..499, once each, in order */
+    emf_ring_stats_t s = stats_of(r);
+    CHECK(s.sent == 500 && s.received == 500 && s.dead_reaped >= 1);
+
+    /* emf_producer_new takes the first free slot; a slot freed normally keeps its count. */
+    emf_producer_t *q = new_producer(r);
+    CHECK_STATUS(emf_producer_committed(q, &committed, &slot), EMF_OK);
+    CHECK(committed == 0 && slot == 0);
+    CHECK_STATUS(emf_producer_free(p), EMF_OK);
+    CHECK_STATUS(emf_producer_new_in_slot(r, 2, &p), EMF_OK);
+    CHECK_STATUS(emf_producer_committed(p, &committed, &slot), EMF_OK);
+    CHECK(committed == 500 && slot == 2);
+
+    /* Bad input. */
+    emf_producer_t *none = NULL;
+    CHECK_ERROR(emf_producer_new_in_slot(r, 4, &none), EMF_ERR_INVALID_ARGUMENT, "does not exist");
+    CHECK_ERROR(emf_producer_new_in_slot(r, UINT32_MAX, &none), EMF_ERR_INVALID_ARGUMENT,
+                "does not exist");
+    CHECK_ERROR(emf_producer_new_in_slot(NULL, 0, &none), EMF_ERR_NULL_ARGUMENT, "ring");
+    CHECK_ERROR(emf_producer_new_in_slot(r, 1, NULL), EMF_ERR_NULL_ARGUMENT, "out");
+    CHECK(none == NULL);
+    CHECK_ERROR(emf_producer_committed(NULL, &committed, &slot), EMF_ERR_NULL_ARGUMENT, "producer");
+    CHECK_ERROR(emf_producer_committed(p, NULL, &slot), EMF_ERR_NULL_ARGUMENT, "out");
+    CHECK_STATUS(emf_producer_free(q), EMF_OK);
+    CHECK_ERROR(emf_producer_committed(q, &committed, &slot), EMF_ERR_INVALID_ARGUMENT,
+                "not a live handle");
+    {
+        emf_ring_options_t o1 = ring_opts(4096);
+        emf_ring_t *single = create_ring("slots-single", &o1);
+        CHECK_ERROR(emf_producer_new_in_slot(single, 1, &none), EMF_ERR_INVALID_ARGUMENT,
+                    "does not exist");
+        CHECK_STATUS(emf_producer_new_in_slot(single, 0, &none), EMF_OK);
+        emf_producer_t *second = NULL;
+        CHECK_ERROR(emf_producer_new(single, &second), EMF_ERR_BUSY, "producer");
+        CHECK_STATUS(emf_producer_free(none), EMF_OK);
+        emf_ring_unlink(single);
+        emf_ring_free(single);
+    }
+
+    CHECK_STATUS(emf_producer_free(p), EMF_OK);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+    emf_ring_unlink(r);
+    emf_ring_free(r);
+}
+
+/* Flips one byte of the only copy of `pattern` in ring `name`'s segment file, through a second
+ * mapping of the file (the ring's data offset is not public: the pattern is looked for). */
+static int flip_in_segment(const char *name, const uint8_t *pattern, size_t len) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/emf-%s", g_dir, name);
+    int fd = open(path, O_RDWR);
+    if (fd < 0) return 0;
+    struct stat st;
+    int found = 0;
+    if (fstat(fd, &st) == 0 && st.st_size > 0) {
+        size_t size = (size_t)st.st_size;
+        uint8_t *m = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        if (m != MAP_FAILED) {
+            uint8_t *at = NULL;
+            for (size_t i = 0; i + len <= size; i++) {
+                if (m[i] == pattern[0] && memcmp(m + i, pattern, len) == 0) {
+                    found++;
+                    at = m + i;
+                }
+            }
+            if (found == 1) at[3] ^= 0x40;
+            munmap(m, size);
+        }
+    }
+    close(fd);
+    return found == 1;
+}
+
+/* A 32-byte pattern found nowhere else in the segment, then a frame carrying it. */
+static void make_marked(uint8_t *frame, size_t len, uint64_t tag) {
+    fill_frame(frame, len, tag * 0x100000001u + 0xC0FFEE);
+    memcpy(frame, "MARK", 4);
+}
+
+static void test_checksum(void) {
+    emf_ring_options_t o = ring_opts(1 << 16);
+    emf_ring_t *bad_flags = NULL;
+    o.flags = 0x80;
+    CHECK_ERROR(emf_ring_create("checked", &o, &bad_flags), EMF_ERR_INVALID_ARGUMENT,
+                "unknown ring flags");
+    CHECK(bad_flags == NULL);
+    o.flags = EMF_RING_CHECKSUM | 2;
+    CHECK_ERROR(emf_ring_create("checked", &o, &bad_flags), EMF_ERR_INVALID_ARGUMENT,
+                "unknown ring flags");
+    o.flags = EMF_RING_CHECKSUM;
+    emf_ring_t *r = create_ring("checked", &o);
+    emf_producer_t *p = new_producer(r);
+    emf_consumer_t *c = new_consumer(r);
+
+    /* Round trips: every size up to the largest payload, one at a time and in batches. */
+    size_t max = 0;
+    CHECK_STATUS(emf_ring_max_payload(r, &max), EMF_OK);
+    uint8_t *big = xmalloc(max);
+    uint8_t *got = xmalloc(max);
+    fill_frame(big, max, 77);
+    CHECK_STATUS(emf_producer_send(p, big, max), EMF_OK);
+    CHECK_STATUS(emf_producer_send(p, big, 0), EMF_OK);
+    size_t len = 0;
+    CHECK_STATUS(emf_consumer_recv(c, got, max, &len), EMF_OK);
+    CHECK(len == max && memcmp(got, big, max) == 0);
+    CHECK_STATUS(emf_consumer_recv(c, got, max, &len), EMF_OK);
+    CHECK(len == 0);
+    uint64_t seq = 0;
+    size_t bad = 0;
+    for (uint64_t i = 0; i < 200; i++) CHECK_STATUS(send_seq(p, 100, i), EMF_OK);
+    CHECK(drain_seq(c, &seq, 100, &bad) == 200 && bad == 0);
+    free(big);
+    free(got);
+
+    /* A payload byte changed in the ring: recv delivers the frame before it, then answers
+     * EMF_ERR_CORRUPT for it (skipped), then delivers the one after it. */
+    uint8_t f[3][64];
+    for (int i = 0; i < 3; i++) make_marked(f[i], sizeof f[i], (uint64_t)i + 1);
+    for (int i = 0; i < 3; i++) CHECK_STATUS(emf_producer_send(p, f[i], sizeof f[i]), EMF_OK);
+    CHECK(flip_in_segment("checked", f[1], sizeof f[1]));
+    uint8_t buf[256];
+    CHECK_STATUS(emf_consumer_recv(c, buf, sizeof buf, &len), EMF_OK);
+    CHECK(len == 64 && memcmp(buf, f[0], 64) == 0);
+    CHECK_ERROR(emf_consumer_recv(c, buf, sizeof buf, &len), EMF_ERR_CORRUPT, "CRC32C");
+    CHECK_STATUS(emf_consumer_recv(c, buf, sizeof buf, &len), EMF_OK);
+    CHECK(len == 64 && memcmp(buf, f[2], 64) == 0);
+    CHECK(stats_of(r).corrupt_frames == 1);
+
+    /* The same through recv_batch: the frames before it come first, then the error. */
+    for (int i = 0; i < 3; i++) make_marked(f[i], sizeof f[i], (uint64_t)i + 10);
+    for (int i = 0; i < 3; i++) CHECK_STATUS(emf_producer_send(p, f[i], sizeof f[i]), EMF_OK);
+    CHECK(flip_in_segment("checked", f[1], sizeof f[1]));
+    size_t frames = 0, bytes = 0;
+    CHECK_STATUS(emf_consumer_recv_batch(c, buf, sizeof buf, 10, &frames, &bytes), EMF_OK);
+    CHECK(frames == 1 && bytes == 4 + 64 && memcmp(buf + 4, f[0], 64) == 0);
+    CHECK_ERROR(emf_consumer_recv_batch(c, buf, sizeof buf, 10, &frames, &bytes), EMF_ERR_CORRUPT,
+                "CRC32C");
+    CHECK_STATUS(emf_consumer_recv_batch(c, buf, sizeof buf, 10, &frames, &bytes), EMF_OK);
+    CHECK(frames == 1 && bytes == 4 + 64 && memcmp(buf + 4, f[2], 64) == 0);
+    CHECK(stats_of(r).corrupt_frames == 2);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+    CHECK_STATUS(emf_producer_free(p), EMF_OK);
+    emf_ring_unlink(r);
+    emf_ring_free(r);
+
+    /* Without the flag the changed frame is delivered as it is. */
+    o.flags = 0;
+    r = create_ring("unchecked", &o);
+    p = new_producer(r);
+    c = new_consumer(r);
+    make_marked(f[0], sizeof f[0], 42);
+    CHECK_STATUS(emf_producer_send(p, f[0], sizeof f[0]), EMF_OK);
+    CHECK(flip_in_segment("unchecked", f[0], sizeof f[0]));
+    f[0][3] ^= 0x40;
+    CHECK_STATUS(emf_consumer_recv(c, buf, sizeof buf, &len), EMF_OK);
+    CHECK(len == 64 && memcmp(buf, f[0], 64) == 0);
+    CHECK(stats_of(r).corrupt_frames == 0);
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+    CHECK_STATUS(emf_producer_free(p), EMF_OK);
+    emf_ring_unlink(r);
+    emf_ring_free(r);
+}
+
+static void test_ack_bad_input(void) {
+    emf_ring_options_t o = ring_opts(4096);
+    emf_ring_t *r = create_ring("ack-bad", &o);
+    emf_consumer_t *c = new_consumer(r);
+    uint64_t n = 0;
+    CHECK_ERROR(emf_consumer_set_ack_mode(NULL, EMF_ACK_MANUAL), EMF_ERR_NULL_ARGUMENT, "consumer");
+    CHECK_ERROR(emf_consumer_ack(NULL), EMF_ERR_NULL_ARGUMENT, "consumer");
+    CHECK_ERROR(emf_consumer_rewind(NULL, &n), EMF_ERR_NULL_ARGUMENT, "consumer");
+    CHECK_ERROR(emf_consumer_unacked(NULL, &n), EMF_ERR_NULL_ARGUMENT, "consumer");
+    CHECK_ERROR(emf_consumer_unacked(c, NULL), EMF_ERR_NULL_ARGUMENT, "out");
+    CHECK_ERROR(emf_consumer_set_ack_mode(c, 2), EMF_ERR_INVALID_ARGUMENT, "acknowledgement mode");
+    CHECK_ERROR(emf_consumer_set_ack_mode(c, UINT32_MAX), EMF_ERR_INVALID_ARGUMENT,
+                "acknowledgement mode");
+    CHECK_STATUS(emf_consumer_ack(c), EMF_OK); /* auto mode, nothing delivered: fine */
+    CHECK_STATUS(emf_consumer_free(c), EMF_OK);
+    CHECK_ERROR(emf_consumer_set_ack_mode(c, EMF_ACK_AUTO), EMF_ERR_INVALID_ARGUMENT,
+                "not a live handle");
+    CHECK_ERROR(emf_consumer_ack(c), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_ERROR(emf_consumer_rewind(c, NULL), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_ERROR(emf_consumer_unacked(c, &n), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    emf_ring_unlink(r);
+    emf_ring_free(r);
+}
+
 /* ---------------------------------------------------------------- ping-pong */
 
 struct echo_state {
@@ -1873,6 +2315,10 @@ int main(int argc, char **argv) {
         test_stats_and_wait();
         test_multi_producer();
         test_dead_participants();
+        test_manual_ack();
+        test_producer_slots();
+        test_checksum();
+        test_ack_bad_input();
         pingpong(EMF_WAIT_SPIN, "spin", n ? (size_t)n : 20000);
         pingpong(EMF_WAIT_PARK, "park", n ? (size_t)n : 20000);
     }

@@ -8,9 +8,11 @@
 // send_batch partial acceptance (the longest prefix that fits), claims (a too-long commit
 // leaves the claim open), try_recv and recv_batch growing their buffers to the size the
 // library reports, poll (a handler that stops it; a free from inside it is EMF_ERR_BUSY),
-// fan-out subscribers and stats; then a ping-pong of N 64-byte frames between two threads
-// over rings "ping" and "pong", every echo checked, round-trip percentiles printed for
-// Wait::Spin and Wait::Park.
+// fan-out subscribers and stats, manual acknowledgement (a consumer destroyed before ack()
+// has its frames delivered again; rewind, ack, back to auto), producer slots (committed()
+// carries over to the slot's next holder) and checksum rings; then a ping-pong of N 64-byte
+// frames between two threads over rings "ping" and "pong", every echo checked, round-trip
+// percentiles printed for Wait::Spin and Wait::Park. (Killed processes: ring_pingpong.c.)
 //
 // Output: RTT lines on stdout, one line per failed check on stderr, then exactly one line
 // `N passed, M failed`. Exit status: 0 when M is 0, 1 otherwise, 2 when the loaded library
@@ -448,6 +450,80 @@ void test_receiving() {
 // ------------------------------------------------------------------------------------------
 // Ping-pong between two threads.
 
+// Manual acknowledgement, producer slots and checksums through the wrapper.
+void test_acks_slots_checksums() {
+    emf::RingOptions d;
+    CHECK(!d.checksum);
+    emf::Ring ring = emf::Ring::create("acks", opts(1 << 16));
+    emf::Producer p = ring.producer_in_slot(0);
+    CHECK(p.slot() == 0 && p.committed() == 0);
+    for (std::uint64_t i = 0; i < 10; ++i) p.send(frame(64, i));
+    CHECK(p.committed() == 10);
+    CHECK_THROWS(ring.producer_in_slot(0), EMF_ERR_BUSY);
+    CHECK_THROWS(ring.producer_in_slot(1), EMF_ERR_INVALID_ARGUMENT);  // single producer
+
+    std::vector<std::uint8_t> got;
+    {
+        // Manual mode: destroyed without ack, so the next consumer gets the frames again.
+        emf::Consumer c = ring.consumer();
+        c.set_ack_mode(emf::AckMode::Manual);
+        CHECK(c.try_recv(got) && same(got, frame(64, 0)));
+        std::vector<std::uint8_t> buf(4096);
+        std::vector<emf::Bytes> batch = c.recv_batch(buf, 3);
+        CHECK(batch.size() == 3 && same(batch[2], frame(64, 3)));
+        CHECK(c.poll(2, [](emf::Bytes) noexcept {}) == 2);
+        CHECK(c.unacked() == 6);
+        CHECK(ring.stats().received == 0);
+    }
+    {
+        emf::Consumer c = ring.consumer();
+        c.set_ack_mode(emf::AckMode::Manual);
+        std::uint64_t seq = 0;
+        while (c.try_recv(got)) CHECK(same(got, frame(64, seq++)));
+        CHECK(seq == 10 && c.unacked() == 10);
+        CHECK(c.rewind() == 10 && c.unacked() == 0);
+        CHECK(c.try_recv(got) && same(got, frame(64, 0)));  // rewound: from the start again
+        c.ack();
+        CHECK(c.unacked() == 0 && ring.stats().received == 1);
+        CHECK(c.try_recv(got) && same(got, frame(64, 1)));
+        c.set_ack_mode(emf::AckMode::Auto);  // acknowledges frame 1
+        CHECK(c.unacked() == 0 && c.rewind() == 0);
+        CHECK_THROWS(c.set_ack_mode(static_cast<emf::AckMode>(5)), EMF_ERR_INVALID_ARGUMENT);
+    }
+    {
+        emf::Consumer c = ring.consumer();  // after the acknowledged frames 0 and 1
+        CHECK(c.try_recv(got) && same(got, frame(64, 2)));
+    }
+
+    // A slot's count carries over to its next holder, which resends from there.
+    p = emf::Producer();
+    emf::Producer again = ring.producer_in_slot(0);
+    CHECK(again.committed() == 10);
+    emf::Producer moved = std::move(again);
+    CHECK_THROWS(again.committed(), EMF_ERR_INVALID_ARGUMENT);  // NOLINT: moved from
+    CHECK_THROWS(again.slot(), EMF_ERR_INVALID_ARGUMENT);
+    emf::Consumer gone;
+    CHECK_THROWS(gone.ack(), EMF_ERR_INVALID_ARGUMENT);
+    CHECK_THROWS(gone.rewind(), EMF_ERR_INVALID_ARGUMENT);
+    CHECK_THROWS(gone.unacked(), EMF_ERR_INVALID_ARGUMENT);
+    CHECK_THROWS(gone.set_ack_mode(emf::AckMode::Manual), EMF_ERR_INVALID_ARGUMENT);
+    ring.unlink();
+
+    // Checksums: round trips of every size up to the largest payload.
+    emf::RingOptions o = opts(1 << 16);
+    o.checksum = true;
+    emf::Ring checked = emf::Ring::create("checked", o);
+    emf::Producer tx = checked.producer();
+    emf::Consumer rx = checked.consumer();
+    for (std::size_t len : {std::size_t(0), std::size_t(1), std::size_t(8), std::size_t(999),
+                            checked.max_payload()}) {
+        tx.send(frame(len, len));
+        CHECK(rx.try_recv(got) && same(got, frame(len, len)));
+    }
+    CHECK(checked.stats().corrupt_frames == 0);
+    checked.unlink();
+}
+
 double pct_us(const std::vector<std::uint64_t>& sorted, unsigned per_mille) {
     std::size_t i = std::min(sorted.size() - 1, sorted.size() * per_mille / 1000);
     return static_cast<double>(sorted[i]) / 1000.0;
@@ -575,6 +651,7 @@ int main(int argc, char** argv) {
         test_backpressure();
         test_batch_and_claims();
         test_receiving();
+        test_acks_slots_checksums();
         pingpong(emf::Wait::Spin, "spin", n);
         pingpong(emf::Wait::Park, "park", n);
     } catch (const std::exception& e) {

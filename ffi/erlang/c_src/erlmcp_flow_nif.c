@@ -130,6 +130,9 @@ static ERL_NIF_TERM atom_max_subscribers;
 static ERL_NIF_TERM atom_stall_timeout_ms;
 static ERL_NIF_TERM atom_mode;
 static ERL_NIF_TERM atom_dir;
+static ERL_NIF_TERM atom_checksum;
+static ERL_NIF_TERM atom_auto;
+static ERL_NIF_TERM atom_manual;
 static ERL_NIF_TERM atom_tail;
 static ERL_NIF_TERM atom_sent;
 static ERL_NIF_TERM atom_bytes;
@@ -270,6 +273,9 @@ static void make_atoms(ErlNifEnv *env) {
     atom_stall_timeout_ms = enif_make_atom(env, "stall_timeout_ms");
     atom_mode = enif_make_atom(env, "mode");
     atom_dir = enif_make_atom(env, "dir");
+    atom_checksum = enif_make_atom(env, "checksum");
+    atom_auto = enif_make_atom(env, "auto");
+    atom_manual = enif_make_atom(env, "manual");
     atom_tail = enif_make_atom(env, "tail");
     atom_sent = enif_make_atom(env, "sent");
     atom_bytes = enif_make_atom(env, "bytes");
@@ -1581,7 +1587,8 @@ static ErlNifTime deadline_of(uint64_t timeout_ms) {
 
 /* ring_create(Name, Options) -> {ok, Ring}; Options is a map of the emf_ring_options_t fields
  * to change (capacity, multi_producer, max_producers, max_subscribers, stall_timeout_ms, mode,
- * dir); the others keep the engine's defaults (emf_ring_options_default). */
+ * dir; checksum => true sets EMF_RING_CHECKSUM in flags); the others keep the engine's
+ * defaults (emf_ring_options_default). */
 static ERL_NIF_TERM ring_create_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_ring_options_t o;
@@ -1612,6 +1619,13 @@ static ERL_NIF_TERM ring_create_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     }
     if (enif_get_map_value(env, map, atom_mode, &v) && !get_u32(env, v, &o.mode)) {
         return argument_error(env, "mode: expected a file mode such as 8#600");
+    }
+    if (enif_get_map_value(env, map, atom_checksum, &v)) {
+        bool checksum;
+        if (!get_bool(v, &checksum)) {
+            return argument_error(env, "checksum: expected true or false");
+        }
+        o.flags = checksum ? o.flags | EMF_RING_CHECKSUM : o.flags & ~(uint32_t)EMF_RING_CHECKSUM;
     }
     char *dir = NULL;
     if (enif_get_map_value(env, map, atom_dir, &v) && !enif_is_identical(v, atom_undefined)) {
@@ -1790,6 +1804,54 @@ static ERL_NIF_TERM producer_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
 
 static ERL_NIF_TERM nif_producer_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     return schedule_dirty_io(env, "producer_new", producer_new_impl, argc, argv);
+}
+
+/* producer_new_in_slot(Ring, Slot) -> {ok, Producer}: emf_producer_new_in_slot. Like
+ * producer_new on a dirty I/O scheduler: taking over a dead holder's slot checks its liveness
+ * in /proc and may wait up to 100 ms for the ring's recovery lock. */
+static ERL_NIF_TERM producer_new_in_slot_impl(ErlNifEnv *env, int argc,
+                                              const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    uint32_t slot;
+    if (!get_u32(env, argv[1], &slot)) {
+        return argument_error(env, "slot: expected a 32-bit non-negative integer");
+    }
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
+        return error;
+    }
+    emf_producer_t *p = NULL;
+    emf_status_t st = emf_producer_new_in_slot(h->ptr, slot, &p);
+    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, handle_new(env, &producer_kind, p, 0, h->aux))
+                                       : status_error(env, st);
+    handle_leave(h, &ring_kind);
+    return result;
+}
+
+static ERL_NIF_TERM nif_producer_new_in_slot(ErlNifEnv *env, int argc,
+                                             const ERL_NIF_TERM argv[]) {
+    return schedule_dirty_io(env, "producer_new_in_slot", producer_new_in_slot_impl, argc, argv);
+}
+
+/* producer_committed(Producer) -> {ok, {Committed, Slot}}: emf_producer_committed (two loads
+ * from the segment: a normal scheduler). */
+static ERL_NIF_TERM nif_producer_committed(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &producer_kind, &h, &error)) {
+        return error;
+    }
+    uint64_t committed = 0;
+    uint32_t slot = 0;
+    emf_status_t st = emf_producer_committed(h->ptr, &committed, &slot);
+    ERL_NIF_TERM result =
+        st == EMF_OK ? make_ok(env, enif_make_tuple2(env, enif_make_uint64(env, committed),
+                                                     enif_make_uint(env, slot)))
+                     : status_error(env, st);
+    handle_leave(h, &producer_kind);
+    return result;
 }
 
 /* producer_send_wait(Producer, Data, TimeoutMs): the waiting part of producer_send/3, on a
@@ -2275,6 +2337,91 @@ static ERL_NIF_TERM nif_consumer_recv_batch(ErlNifEnv *env, int argc,
     return consumer_recv_batch_impl(env, argc, argv);
 }
 
+/* consumer_set_ack_mode(Consumer, auto | manual | Code) -> ok: emf_consumer_set_ack_mode. An
+ * integer is passed to the engine as is (it refuses unknown codes). Normal scheduler: it
+ * publishes the consumer's position at most. */
+static ERL_NIF_TERM nif_consumer_set_ack_mode(ErlNifEnv *env, int argc,
+                                              const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    uint32_t mode;
+    if (enif_is_identical(argv[1], atom_auto)) {
+        mode = EMF_ACK_AUTO;
+    } else if (enif_is_identical(argv[1], atom_manual)) {
+        mode = EMF_ACK_MANUAL;
+    } else if (!get_u32(env, argv[1], &mode)) {
+        return argument_error(env, "mode: expected auto, manual or an EMF_ACK_* code");
+    }
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
+        return error;
+    }
+    emf_status_t st = emf_consumer_set_ack_mode(h->ptr, mode);
+    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
+    handle_leave(h, &consumer_kind);
+    return result;
+}
+
+static ERL_NIF_TERM nif_deliver_ack(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+
+/* consumer_ack(Consumer | DeliveryRef) -> ok: emf_consumer_ack for a consumer handle (normal
+ * scheduler: it publishes the consumer's position). Any other reference is taken for the
+ * reference of a delivery and acknowledged as by deliver_ack/1, so that
+ * erlmcp_flow_ring:ack/1 serves both. A ring or producer handle is refused. */
+static ERL_NIF_TERM nif_consumer_ack(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    void *obj;
+    if (!enif_get_resource(env, argv[0], handle_type(env, &consumer_kind), &obj)) {
+        if (enif_get_resource(env, argv[0], handle_type(env, &ring_kind), &obj)
+            || enif_get_resource(env, argv[0], handle_type(env, &producer_kind), &obj)
+            || !enif_is_ref(env, argv[0])) {
+            return argument_error(env, "ack: expected a consumer handle or the reference from "
+                                       "deliver/2,3");
+        }
+        return nif_deliver_ack(env, argc, argv);
+    }
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
+        return error;
+    }
+    emf_status_t st = emf_consumer_ack(h->ptr);
+    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
+    handle_leave(h, &consumer_kind);
+    return result;
+}
+
+/* consumer_rewind(Consumer) -> {ok, Unacked}: emf_consumer_rewind (normal scheduler). */
+static ERL_NIF_TERM nif_consumer_rewind(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
+        return error;
+    }
+    uint64_t unacked = 0;
+    emf_status_t st = emf_consumer_rewind(h->ptr, &unacked);
+    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, enif_make_uint64(env, unacked))
+                                       : status_error(env, st);
+    handle_leave(h, &consumer_kind);
+    return result;
+}
+
+/* consumer_unacked(Consumer) -> {ok, Count}: emf_consumer_unacked (normal scheduler). */
+static ERL_NIF_TERM nif_consumer_unacked(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_nif_handle *h;
+    ERL_NIF_TERM error;
+    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
+        return error;
+    }
+    uint64_t unacked = 0;
+    emf_status_t st = emf_consumer_unacked(h->ptr, &unacked);
+    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, enif_make_uint64(env, unacked))
+                                       : status_error(env, st);
+    handle_leave(h, &consumer_kind);
+    return result;
+}
+
 /* consumer_lag(Consumer) -> {ok, Bytes} */
 static ERL_NIF_TERM nif_consumer_lag(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
@@ -2665,6 +2812,13 @@ static ERL_NIF_TERM nif_deliver(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         delivery_free(d);
         return busy ? shim_error(env, EMF_ERR_BUSY, "consumer: in use by another call")
                     : shim_error(env, EMF_ERR_CLOSED, consumer_kind.closed);
+    }
+    /* The delivery's messages are flow control, not acknowledgements: the thread releases
+     * every frame it takes (auto mode). A consumer in manual mode, which would never release
+     * anything here, is switched to auto, which acknowledges what it received before. */
+    emf_status_t ack_st = emf_consumer_set_ack_mode(d->consumer, EMF_ACK_AUTO);
+    if (ack_st != EMF_OK) {
+        report_impossible("emf_consumer_set_ack_mode", ack_st);
     }
     int rc = enif_monitor_process(env, d->monitor, &owner, &d->mon);
     if (rc != 0) {
@@ -5292,12 +5446,18 @@ static ErlNifFunc nif_funcs[] = {
     {"ring_unlink", 1, nif_ring_unlink, 0},
     {"ring_close", 1, nif_ring_close, 0},
     {"producer_new", 1, nif_producer_new, 0},
+    {"producer_new_in_slot", 2, nif_producer_new_in_slot, 0},
+    {"producer_committed", 1, nif_producer_committed, 0},
     {"producer_send", 3, nif_producer_send, 0},
     {"producer_send_batch", 2, nif_producer_send_batch, 0},
     {"consumer_new", 2, nif_consumer_new, 0},
     {"consumer_recv", 2, nif_consumer_recv, 0},
     {"consumer_recv_batch", 3, nif_consumer_recv_batch, 0},
     {"consumer_lag", 1, nif_consumer_lag, 0},
+    {"consumer_set_ack_mode", 2, nif_consumer_set_ack_mode, 0},
+    {"consumer_ack", 1, nif_consumer_ack, 0},
+    {"consumer_rewind", 1, nif_consumer_rewind, 0},
+    {"consumer_unacked", 1, nif_consumer_unacked, 0},
     {"deliver", 6, nif_deliver, 0},
     {"deliver_ack", 1, nif_deliver_ack, 0},
     {"deliver_stop", 1, nif_deliver_stop, 0},

@@ -35,8 +35,10 @@
          compress_if_needed/2, decompress/2,
          ring_create/2, ring_open/2, ring_stats/1, ring_max_payload/1, ring_unlink/1,
          ring_close/1,
-         producer_new/1, producer_send/3, producer_send_batch/2,
+         producer_new/1, producer_new_in_slot/2, producer_committed/1,
+         producer_send/3, producer_send_batch/2,
          consumer_new/2, consumer_recv/2, consumer_recv_batch/3, consumer_lag/1,
+         consumer_set_ack_mode/2, consumer_ack/1, consumer_rewind/1, consumer_unacked/1,
          deliver/6, deliver_ack/1, deliver_stop/1, deliveries/0,
          router_new/2, router_close/1, router_register_agent/2, router_unregister_agent/2,
          router_send_direct/4, router_send_batch/4,
@@ -267,6 +269,15 @@ ring_close(_Handle) -> erlang:nif_error(not_loaded).
 -spec producer_new(ring()) -> {ok, producer()} | error().
 producer_new(_Ring) -> erlang:nif_error(not_loaded).
 
+%% @doc `emf_producer_new_in_slot' (dirty I/O scheduler, like `producer_new/1').
+-spec producer_new_in_slot(ring(), non_neg_integer()) -> {ok, producer()} | error().
+producer_new_in_slot(_Ring, _Slot) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_producer_committed': `{ok, {Committed, Slot}}'.
+-spec producer_committed(producer()) ->
+          {ok, {non_neg_integer(), non_neg_integer()}} | error().
+producer_committed(_Producer) -> erlang:nif_error(not_loaded).
+
 %% @doc `emf_producer_send'; with a timeout above 0, waits for space (dirty I/O scheduler).
 -spec producer_send(producer(), bytes(), timeout_ms()) -> ok | error().
 producer_send(_Producer, _Data, _TimeoutMs) -> erlang:nif_error(not_loaded).
@@ -292,6 +303,24 @@ consumer_recv_batch(_Consumer, _MaxFrames, _TimeoutMs) -> erlang:nif_error(not_l
 %% @doc `emf_consumer_lag'.
 -spec consumer_lag(consumer()) -> {ok, non_neg_integer()} | error().
 consumer_lag(_Consumer) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_consumer_set_ack_mode' with `auto' (`EMF_ACK_AUTO'), `manual' (`EMF_ACK_MANUAL')
+%% or a code, which the engine checks.
+-spec consumer_set_ack_mode(consumer(), auto | manual | non_neg_integer()) -> ok | error().
+consumer_set_ack_mode(_Consumer, _Mode) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_consumer_ack' for a consumer; another reference is taken for a delivery's and
+%% acknowledged as by `deliver_ack/1'.
+-spec consumer_ack(consumer() | reference()) -> ok | error().
+consumer_ack(_ConsumerOrRef) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_consumer_rewind': `{ok, Unacked}', how many frames will be delivered again.
+-spec consumer_rewind(consumer()) -> {ok, non_neg_integer()} | error().
+consumer_rewind(_Consumer) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_consumer_unacked'.
+-spec consumer_unacked(consumer()) -> {ok, non_neg_integer()} | error().
+consumer_unacked(_Consumer) -> erlang:nif_error(not_loaded).
 
 %% @doc Hands `Consumer' to a delivery thread sending `{erlmcp_flow_frames, Ref, Frames}' to
 %% `Pid'. `Window' is a positive integer or `infinity'.

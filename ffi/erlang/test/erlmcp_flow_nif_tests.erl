@@ -6,7 +6,7 @@
 -define(N, erlmcp_flow_nif).
 
 loaded_test() ->
-    ?assertEqual(2, ?N:abi_version()),
+    ?assertEqual(3, ?N:abi_version()),
     Version = ?N:version(),
     ?assertMatch({match, _}, re:run(Version, "^[0-9]+\\.[0-9]+\\.[0-9]+")).
 
@@ -18,6 +18,12 @@ abi_mismatch_reason_test() ->
     ?assertEqual({abi_mismatch, 2, 1}, ?N:load_error_reason({error, {load, Text}})),
     UpgradeText = lists:flatten(io_lib:format("Library upgrade-call unsuccessful (~b).", [Code])),
     ?assertEqual({abi_mismatch, 2, 1}, ?N:load_error_reason({error, {upgrade, UpgradeText}})),
+    %% ABI 3 (this version) against a shim built for ABI 2, and the other way round.
+    [begin
+         C = 16#40000000 bor (Lib bsl 15) bor Hdr,
+         T = lists:flatten(io_lib:format("Library load-call unsuccessful (~b).", [C])),
+         ?assertEqual({abi_mismatch, Lib, Hdr}, ?N:load_error_reason({error, {load, T}}))
+     end || {Lib, Hdr} <- [{3, 2}, {2, 3}]],
     Other = {load, "Library load-call unsuccessful (1)."},
     ?assertEqual(Other, ?N:load_error_reason({error, Other})),
     Missing = {load_failed, "Failed to load NIF library: x"},
@@ -161,7 +167,7 @@ upgrade_to_another_library_file_test() ->
         ?assertEqual(NewBeam, code:which(?N)),
         %% Two copies of the library (two engines) are loaded now.
         assert_copies_mapped(2),
-        ?assertEqual(2, ?N:abi_version()),
+        ?assertEqual(3, ?N:abi_version()),
         assert_refused(Old),
         {ok, New} = ?N:message_open(A),
         assert_usable(New),

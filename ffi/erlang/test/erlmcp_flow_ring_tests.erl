@@ -755,3 +755,318 @@ cross_process_consumer() ->
                                                  [{capture, none}])}),
         ok = ?R:unlink(Ring)
     end).
+
+%%--------------------------------------------------------------------------------------------
+%% Acknowledgements, producer slots, checksums (ABI 3)
+%%--------------------------------------------------------------------------------------------
+
+%% Manual mode: a consumer closed without ack has its frames delivered again, in order, to
+%% the next one; once acknowledged they are gone for good.
+manual_ack_redelivers_test() ->
+    with_dir(fun(Dir) ->
+        {_, Ring} = new_ring(Dir, #{capacity => 1 bsl 16}),
+        {ok, P} = ?R:producer(Ring),
+        Frames = [frame(I) || I <- lists:seq(0, 9)],
+        {ok, 10} = ?R:send_batch(P, Frames),
+        {ok, C1} = ?R:consumer(Ring),
+        ok = ?R:set_ack_mode(C1, manual),
+        ?assertEqual({ok, 0}, ?R:unacked(C1)),
+        ?assertEqual({ok, lists:sublist(Frames, 4)}, ?R:recv_batch(C1, 4, 0)),
+        ?assertEqual({ok, frame(4)}, ?R:recv(C1, 0)),
+        ?assertEqual({ok, 5}, ?R:unacked(C1)),
+        ?assertMatch({ok, #{received := 0}}, ?R:stats(Ring)),   % nothing released
+        ok = ?R:close(C1),
+        {ok, C2} = ?R:consumer(Ring),
+        ok = ?R:set_ack_mode(C2, manual),
+        ?assertEqual(Frames, drain(C2)),
+        ?assertEqual({ok, 10}, ?R:unacked(C2)),
+        ok = ?R:ack(C2),
+        ?assertEqual({ok, 0}, ?R:unacked(C2)),
+        ok = ?R:ack(C2),                                          % nothing to acknowledge
+        ok = ?R:close(C2),
+        ?assertMatch({ok, #{received := 10}}, ?R:stats(Ring)),
+        {ok, C3} = ?R:consumer(Ring),
+        ?assertMatch({error, {timeout, _}}, ?R:recv(C3, 0)),
+        ok = ?R:close(P),
+        ok = ?R:unlink(Ring)
+    end).
+
+%% The owner of a manual-mode consumer is killed before it acknowledges: its handle is
+%% collected, and the next consumer gets the frames again. In auto mode (the contrast)
+%% recv releases before it returns: the frames received by the killed owner are not seen again.
+killed_owner_of_a_manual_consumer_test() ->
+    with_dir(fun(Dir) ->
+        {_, Ring} = new_ring(Dir, #{capacity => 1 bsl 16}),
+        {ok, P} = ?R:producer(Ring),
+        {ok, 12} = ?R:send_batch(P, [frame(I) || I <- lists:seq(0, 11)]),
+        Self = self(),
+        Owner = fun(Mode) ->
+                        spawn(fun() ->
+                                      {ok, C} = ?R:consumer(Ring),
+                                      ok = ?R:set_ack_mode(C, Mode),
+                                      Self ! {got, self(), pull_exactly(C, 3)},
+                                      receive never -> ok end
+                              end)
+                end,
+        Pid = Owner(manual),
+        receive {got, Pid, Got} -> ?assertEqual([frame(I) || I <- lists:seq(0, 2)], Got) end,
+        exit(Pid, kill),
+        ?assert(wait_until(fun() -> consumer_free(Ring) end, 2000)),
+        Pid2 = Owner(auto),
+        receive {got, Pid2, Again} -> ?assertEqual([frame(I) || I <- lists:seq(0, 2)], Again) end,
+        exit(Pid2, kill),
+        ?assert(wait_until(fun() -> consumer_free(Ring) end, 2000)),
+        {ok, C} = ?R:consumer(Ring),
+        ?assertEqual([frame(I) || I <- lists:seq(3, 11)], drain(C)),
+        [ok = ?R:close(H) || H <- [P, C]],
+        ok = ?R:unlink(Ring)
+    end).
+
+rewind_test() ->
+    with_dir(fun(Dir) ->
+        {_, Ring} = new_ring(Dir, #{capacity => 1 bsl 16}),
+        {ok, P} = ?R:producer(Ring),
+        {ok, 8} = ?R:send_batch(P, [frame(I) || I <- lists:seq(0, 7)]),
+        {ok, C} = ?R:consumer(Ring),
+        ok = ?R:set_ack_mode(C, manual),
+        ?assertEqual([frame(I) || I <- lists:seq(0, 2)], pull_exactly(C, 3)),
+        ?assertEqual({ok, 3}, ?R:rewind(C)),
+        ?assertEqual({ok, 0}, ?R:unacked(C)),
+        ?assertEqual([frame(I) || I <- lists:seq(0, 4)], pull_exactly(C, 5)),
+        ok = ?R:ack(C),
+        ?assertEqual({ok, frame(5)}, ?R:recv(C, 0)),
+        ?assertEqual({ok, 1}, ?R:rewind(C)),                     % only since the ack
+        ?assertEqual([frame(I) || I <- lists:seq(5, 7)], drain(C)),
+        ok = ?R:ack(C),
+        ?assertEqual({ok, 0}, ?R:rewind(C)),
+        ?assertMatch({error, {timeout, _}}, ?R:recv(C, 0)),
+        [ok = ?R:close(H) || H <- [P, C]],
+        ok = ?R:unlink(Ring)
+    end).
+
+%% Back to auto acknowledges; deliver/2,3 switches a manual consumer to auto (its frames are
+%% released as it delivers them, so the ring never fills up behind it).
+auto_mode_acknowledges_test() ->
+    with_dir(fun(Dir) ->
+        {_, Ring} = new_ring(Dir, #{capacity => 4096}),
+        {ok, P} = ?R:producer(Ring),
+        {ok, 5} = ?R:send_batch(P, [frame(I) || I <- lists:seq(0, 4)]),
+        {ok, C1} = ?R:consumer(Ring),
+        ok = ?R:set_ack_mode(C1, manual),
+        ?assertEqual([frame(0), frame(1)], pull_exactly(C1, 2)),
+        ok = ?R:set_ack_mode(C1, auto),
+        ?assertEqual({ok, 0}, ?R:unacked(C1)),
+        ok = ?R:close(C1),
+        {ok, C2} = ?R:consumer(Ring),
+        ok = ?R:set_ack_mode(C2, manual),
+        ?assertEqual([frame(2)], pull_exactly(C2, 1)),
+        {ok, Ref} = ?R:deliver(C2, self()),
+        ?assertEqual([frame(I) || I <- lists:seq(3, 4)], collect(Ref, 2, 5000)),
+        %% 200 frames through a ring that holds 56: only possible if the delivery releases.
+        Total = 200,
+        Sender = spawn_link(fun() ->
+                                    [ok = ?R:send(P, frame(I), 10000)
+                                     || I <- lists:seq(5, 4 + Total)]
+                            end),
+        ?assertEqual([frame(I) || I <- lists:seq(5, 4 + Total)], collect(Ref, Total, 10000)),
+        ok = ?R:stop(Ref),
+        unlink(Sender),
+        ?assert(wait_until(fun() -> consumer_free(Ring) end, 2000)),
+        {ok, C3} = ?R:consumer(Ring),
+        ?assertMatch({error, {timeout, _}}, ?R:recv(C3, 0)),   % nothing comes back
+        [ok = ?R:close(H) || H <- [P, C3]],
+        ok = ?R:unlink(Ring)
+    end).
+
+producer_slots_test() ->
+    with_dir(fun(Dir) ->
+        {_, Ring} = new_ring(Dir, #{multi_producer => true, max_producers => 4,
+                                    capacity => 1 bsl 16}),
+        {ok, P2} = ?R:producer(Ring, #{slot => 2}),
+        ?assertEqual({ok, 2}, ?R:slot(P2)),
+        ?assertEqual({ok, 0}, ?R:committed(P2)),
+        {ok, 3} = ?R:send_batch(P2, [frame(I) || I <- lists:seq(0, 2)]),
+        ok = ?R:send(P2, frame(3)),
+        ?assertEqual({ok, 4}, ?R:committed(P2)),
+        ?assertMatch({error, {busy, _}}, ?R:producer(Ring, #{slot => 2})),
+        {ok, P0} = ?R:producer(Ring, #{}),                       % the first free slot
+        ?assertEqual({ok, 0}, ?R:slot(P0)),
+        ok = ?R:close(P2),
+        %% A slot's count carries over to its next holder.
+        {ok, P2b} = ?R:producer(Ring, #{slot => 2}),
+        ?assertEqual({ok, 4}, ?R:committed(P2b)),
+        {ok, C} = ?R:consumer(Ring),
+        ?assertEqual([frame(I) || I <- lists:seq(0, 3)], drain(C)),
+        [ok = ?R:close(H) || H <- [P0, P2b, C]],
+        ok = ?R:unlink(Ring)
+    end).
+
+killed_producer_resumes_in_its_slot_test_() ->
+    {timeout, 120, fun killed_producer_resumes_in_its_slot/0}.
+
+%% `erlmcp-flow ring produce' (another OS process, slot 0 of a single-producer ring) sends
+%% without end while this process reads, and is killed with SIGKILL at an arbitrary point,
+%% maybe inside a send. A producer attached in slot 0 reads committed/1 and resends from
+%% there: the frames form one unbroken sequence, none lost or twice.
+killed_producer_resumes_in_its_slot() ->
+    with_dir(fun(Dir) ->
+        {Name, Ring} = new_ring(Dir, #{capacity => 4096, stall_timeout_ms => 20}),
+        {ok, C} = ?R:consumer(Ring),
+        Port = run_cli(["ring", "produce", Name, "--dir", Dir, "--id", "7", "--count", "0",
+                        "--size", "64"]),
+        {os_pid, OsPid} = erlang:port_info(Port, os_pid),
+        Tails = seq_tails(7, 64),
+        Check = fun(Frames, From) ->
+                        lists:foldl(fun(F, S) -> ?assertEqual(seq_frame(Tails, 7, S), F), S + 1 end,
+                                    From, Frames)
+                end,
+        Pull = fun Loop(Seq, Until) when Seq >= Until -> Seq;
+                   Loop(Seq, Until) ->
+                       {ok, Frames} = ?R:recv_batch(C, 64, 10000),
+                       Loop(Check(Frames, Seq), Until)
+               end,
+        Got = Pull(0, 3000),
+        ?assertMatch({error, {busy, _}}, ?R:producer(Ring, #{slot => 0})),  % alive
+        _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+        {Status, _} = wait_port(Port, 20000),
+        ?assertEqual(128 + 9, Status),
+        {ok, P} = ?R:producer(Ring, #{slot => 0}),
+        ?assertEqual({ok, 0}, ?R:slot(P)),
+        {ok, Resume} = ?R:committed(P),
+        ?assert(Resume >= Got),
+        End = Resume + 200,
+        Sender = spawn_link(fun() ->
+                                    [ok = ?R:send(P, seq_frame(Tails, 7, S), 10000)
+                                     || S <- lists:seq(Resume, End - 1)]
+                            end),
+        ?assertEqual(End, Pull(Got, End)),
+        ?assertMatch({error, {timeout, _}}, ?R:recv(C, 0)),
+        unlink(Sender),
+        ?assertMatch({ok, #{sent := End, received := End, corrupt_frames := 0}},
+                     ?R:stats(Ring)),
+        [ok = ?R:close(H) || H <- [P, C]],
+        ok = ?R:unlink(Ring)
+    end).
+
+checksum_round_trip_test() ->
+    with_dir(fun(Dir) ->
+        {_, Ring} = new_ring(Dir, #{capacity => 1 bsl 16, checksum => true}),
+        {ok, Max} = ?R:max_payload(Ring),
+        {ok, P} = ?R:producer(Ring),
+        {ok, C} = ?R:consumer(Ring),
+        Frames = [<<>>, <<"x">>, binary:copy(<<"y">>, Max) | [frame(I) || I <- lists:seq(0, 99)]],
+        ok = send_all(P, Frames),
+        ?assertEqual(Frames, drain(C)),
+        ?assertMatch({ok, #{corrupt_frames := 0}}, ?R:stats(Ring)),
+        [ok = ?R:close(H) || H <- [P, C]],
+        ok = ?R:unlink(Ring)
+    end).
+
+%% A byte of a frame changed in the segment (through the file, which shares its pages with
+%% the mapping): with checksums the receive that meets it answers {corrupt, _} and the next
+%% one goes on after it; without, the frame is delivered as it is.
+checksum_detects_a_changed_frame_test() ->
+    with_dir(fun(Dir) ->
+        Marks = [mark() || _ <- lists:seq(1, 4)],
+        Frames = [<<"frame-", M/binary>> || M <- Marks],
+        {Name, Ring} = new_ring(Dir, #{capacity => 1 bsl 16, checksum => true}),
+        {ok, P} = ?R:producer(Ring),
+        {ok, C} = ?R:consumer(Ring),
+        {ok, 3} = ?R:send_batch(P, lists:sublist(Frames, 3)),
+        flip_in_segment(Dir, Name, lists:nth(2, Marks)),
+        ?assertEqual({ok, [hd(Frames)]}, ?R:recv_batch(C, 10, 0)),  % the frames before it
+        ?assertMatch({error, {corrupt, <<_/binary>>}}, ?R:recv_batch(C, 10, 0)),
+        ?assertEqual({ok, lists:nth(3, Frames)}, ?R:recv(C, 0)),
+        ?assertMatch({error, {timeout, _}}, ?R:recv(C, 0)),
+        ok = ?R:send(P, lists:nth(4, Frames)),
+        flip_in_segment(Dir, Name, lists:nth(4, Marks)),
+        ?assertMatch({error, {corrupt, _}}, ?R:recv(C, 0)),
+        ?assertMatch({error, {timeout, _}}, ?R:recv(C, 0)),
+        ?assertMatch({ok, #{corrupt_frames := 2}}, ?R:stats(Ring)),
+        [ok = ?R:close(H) || H <- [P, C]],
+        ok = ?R:unlink(Ring),
+
+        {Name2, Plain} = new_ring(Dir, #{capacity => 1 bsl 16}),
+        {ok, P2} = ?R:producer(Plain),
+        {ok, C2} = ?R:consumer(Plain),
+        ok = ?R:send(P2, hd(Frames)),
+        flip_in_segment(Dir, Name2, hd(Marks)),
+        <<B0:6/binary, B1:3/binary, X, Rest/binary>> = hd(Frames),
+        ?assertEqual({ok, <<B0/binary, B1/binary, (X bxor 16#40), Rest/binary>>}, ?R:recv(C2, 0)),
+        ?assertMatch({ok, #{corrupt_frames := 0}}, ?R:stats(Plain)),
+        [ok = ?R:close(H) || H <- [P2, C2]],
+        ok = ?R:unlink(Plain)
+    end).
+
+acks_and_slots_bad_input_test() ->
+    with_dir(fun(Dir) ->
+        Invalid = fun(R) -> ?assertMatch({error, {invalid_argument, <<_/binary>>}}, R) end,
+        Invalid(?R:create("x", #{dir => Dir, checksum => maybe})),
+        {_, Ring} = new_ring(Dir, #{capacity => 4096}),
+        %% Slots: a single-producer ring has slot 0 only.
+        Invalid(?R:producer(Ring, #{slot => 1})),
+        Invalid(?R:producer(Ring, #{slot => -1})),
+        Invalid(?R:producer(Ring, #{slot => 1 bsl 32})),
+        Invalid(?R:producer(Ring, #{slot => first})),
+        Invalid(?R:producer(Ring, #{colour => blue})),
+        Invalid(?R:producer(Ring, [{slot, 0}])),
+        Invalid(?R:producer(make_ref(), #{slot => 0})),
+        {ok, P} = ?R:producer(Ring, #{slot => 0}),
+        ?assertMatch({error, {busy, _}}, ?R:producer(Ring, #{slot => 0})),
+        ?assertMatch({error, {busy, _}}, ?R:producer(Ring)),
+        {ok, C} = ?R:consumer(Ring),
+        Invalid(?R:committed(C)),
+        Invalid(?R:committed(Ring)),
+        Invalid(?R:slot(not_a_producer)),
+        %% Acknowledgement modes and calls.
+        Invalid(?R:set_ack_mode(C, sometimes)),
+        Invalid(?R:set_ack_mode(C, 1)),
+        Invalid(erlmcp_flow_nif:consumer_set_ack_mode(C, 7)),       % the engine's answer
+        Invalid(erlmcp_flow_nif:consumer_set_ack_mode(C, -1)),
+        Invalid(?R:set_ack_mode(P, manual)),
+        Invalid(?R:ack(P)),
+        Invalid(?R:ack(Ring)),
+        Invalid(?R:ack(42)),
+        ?assertEqual(ok, ?R:ack(make_ref())),                       % an ended delivery's
+        Invalid(?R:rewind(P)),
+        Invalid(?R:rewind(make_ref())),
+        Invalid(?R:unacked(Ring)),
+        Invalid(?R:unacked(self())),
+        ok = erlmcp_flow_nif:consumer_set_ack_mode(C, 1),          % EMF_ACK_MANUAL
+        ok = ?R:send(P, <<"x">>),
+        ?assertEqual({ok, <<"x">>}, ?R:recv(C, 0)),
+        ?assertEqual({ok, 1}, ?R:unacked(C)),
+        %% Closed handles.
+        [ok = ?R:close(H) || H <- [P, C]],
+        Closed = fun(R) -> ?assertMatch({error, {closed, _}}, R) end,
+        Closed(?R:committed(P)),
+        Closed(?R:slot(P)),
+        Closed(?R:set_ack_mode(C, auto)),
+        Closed(?R:ack(C)),
+        Closed(?R:rewind(C)),
+        Closed(?R:unacked(C)),
+        %% The closed manual consumer did not acknowledge "x".
+        {ok, C2} = ?R:consumer(Ring),
+        ?assertEqual({ok, <<"x">>}, ?R:recv(C2, 0)),
+        ok = ?R:close(C2),
+        ok = ?R:close(Ring),
+        Closed(?R:producer(Ring, #{slot => 0}))
+    end).
+
+%% 16 bytes found nowhere else.
+mark() ->
+    <<(erlang:unique_integer([positive])):64, (rand:uniform(1 bsl 62)):64>>.
+
+%% Receives exactly N frames (recv_batch may return fewer or more than asked for otherwise).
+pull_exactly(C, N) ->
+    [begin {ok, F} = ?R:recv(C, 5000), F end || _ <- lists:seq(1, N)].
+
+%% Flips one byte of the only copy of Mark in ring Name's segment file.
+flip_in_segment(Dir, Name, Mark) ->
+    File = filename:join(Dir, "emf-" ++ Name),
+    {ok, Bin} = file:read_file(File),
+    [{Pos, _}] = binary:matches(Bin, Mark),
+    {ok, Fd} = file:open(File, [read, write, raw, binary]),
+    {ok, <<B>>} = file:pread(Fd, Pos + 3, 1),
+    ok = file:pwrite(Fd, Pos + 3, <<(B bxor 16#40)>>),
+    ok = file:close(Fd).

@@ -328,6 +328,14 @@ PROTOTYPES = {
     "emf_ring_max_payload": (emf_status_t, [emf_ring_p, POINTER(c_size_t)]),
     "emf_ring_stats": (emf_status_t, [emf_ring_p, POINTER(emf_ring_stats_t)]),
     "emf_producer_new": (emf_status_t, [emf_ring_p, POINTER(emf_producer_p)]),
+    "emf_producer_new_in_slot": (
+        emf_status_t,
+        [emf_ring_p, c_uint32, POINTER(emf_producer_p)],
+    ),
+    "emf_producer_committed": (
+        emf_status_t,
+        [emf_producer_p, POINTER(c_uint64), POINTER(c_uint32)],
+    ),
     "emf_producer_free": (emf_status_t, [emf_producer_p]),
     "emf_producer_send": (emf_status_t, [emf_producer_p, _bytes_in, c_size_t]),
     "emf_producer_send_timeout": (
@@ -363,6 +371,10 @@ PROTOTYPES = {
         emf_status_t,
         [emf_consumer_p, c_uint32, c_uint32, POINTER(c_bool)],
     ),
+    "emf_consumer_set_ack_mode": (emf_status_t, [emf_consumer_p, c_uint32]),
+    "emf_consumer_ack": (emf_status_t, [emf_consumer_p]),
+    "emf_consumer_rewind": (emf_status_t, [emf_consumer_p, POINTER(c_uint64)]),
+    "emf_consumer_unacked": (emf_status_t, [emf_consumer_p, POINTER(c_uint64)]),
     "emf_consumer_lag": (emf_status_t, [emf_consumer_p, POINTER(c_uint64)]),
     # Router, batch processor and shared state (wrapped in erlmcp_flow.flow).
     "emf_router_new": (emf_status_t, [c_char_p, c_size_t, POINTER(emf_router_p)]),

@@ -8,6 +8,13 @@ subscriber (:meth:`Consumer.subscribe`). Every method converts its arguments, ca
 library, and converts the answer; the ring itself (claims, back-pressure, waiting, recovery
 from dead processes) is Rust.
 
+Delivery: a send that returned committed its frame; ``recv`` / ``recv_batch`` release what
+they return (at most once) unless the consumer is in ``ack_mode="manual"``, where nothing is
+released before :meth:`Consumer.ack` and a consumer that dies first has its frames delivered
+again (at least once); a producer restarted in its predecessor's slot
+(``Producer(ring, slot=K)``) reads :attr:`Producer.committed` to resend exactly the missing
+frames. The full table is in ffi/python/README.md ("Delivery guarantees").
+
 Thread-safety: a :class:`Ring` may be used from any number of threads. A :class:`Producer` or
 :class:`Consumer` is used by one thread at a time, like the library's handles: a second
 thread calling in while another is inside gets :class:`Busy` (``EMF_ERR_BUSY``). ``close()``
@@ -25,7 +32,7 @@ import threading
 import time
 import weakref
 from array import array
-from ctypes import byref, c_bool, c_size_t, c_uint64
+from ctypes import byref, c_bool, c_size_t, c_uint32, c_uint64
 from dataclasses import dataclass
 from itertools import accumulate, chain
 from typing import Iterable, Iterator, List, Optional, Union
@@ -70,6 +77,17 @@ EMF_WAIT_PARK = 2
 #: Names accepted for ``wait=``: busy-poll, spin then yield, spin then sleep on a futex in
 #: shared memory (woken across processes).
 WAIT_STRATEGIES = {"spin": EMF_WAIT_SPIN, "yield": EMF_WAIT_YIELD, "park": EMF_WAIT_PARK}
+
+# Ring flags (``emf_ring_options_t.flags``; include/erlmcp_flow.h).
+EMF_RING_CHECKSUM = 1
+
+# Acknowledgement modes (``emf_consumer_set_ack_mode``; include/erlmcp_flow.h).
+EMF_ACK_AUTO = 0
+EMF_ACK_MANUAL = 1
+
+#: Names accepted for ``ack_mode=``: every receive releases what it delivered (``"auto"``,
+#: the default), or nothing is released until :meth:`Consumer.ack` (``"manual"``).
+ACK_MODES = {"auto": EMF_ACK_AUTO, "manual": EMF_ACK_MANUAL}
 
 #: Default size of a consumer's receive buffer (grown when a frame needs more).
 DEFAULT_BUFFER_SIZE = 256 * 1024
@@ -159,6 +177,18 @@ def _strategy(wait: Union[str, int]) -> int:
                 f"unknown wait strategy {wait!r} (expected one of {', '.join(WAIT_STRATEGIES)})"
             ) from None
     return _unsigned(wait, "wait", _U32_MAX)
+
+
+def _ack_mode(mode: Union[str, int]) -> int:
+    """``"auto"``, ``"manual"``, or an ``EMF_ACK_*`` code (checked by the library)."""
+    if isinstance(mode, str):
+        try:
+            return ACK_MODES[mode]
+        except KeyError:
+            raise _invalid(
+                f"unknown ack mode {mode!r} (expected one of {', '.join(ACK_MODES)})"
+            ) from None
+    return _unsigned(mode, "ack_mode", _U32_MAX)
 
 
 def _frame_bytes(frame, index: int):
@@ -289,6 +319,7 @@ class Ring(_Handle):
         mode: int = 0o600,
         dir: Union[str, os.PathLike, None] = None,
         max_producers: int = 16,
+        checksum: bool = False,
     ) -> "Ring":
         """Creates ring ``name`` (``emf_ring_create``).
 
@@ -296,6 +327,9 @@ class Ring(_Handle):
         at most a quarter of it (:attr:`max_payload`). ``max_producers`` applies to a
         multi-producer ring; ``max_subscribers`` counts the primary consumer. ``mode``: file
         mode of the segment. ``dir``: directory of the segment file (``/dev/shm`` when None).
+        ``checksum`` (``EMF_RING_CHECKSUM``): every frame carries a CRC32C that consumers
+        check; a frame whose bytes changed in the ring is skipped and reported as
+        ``Error(EMF_ERR_CORRUPT)``, the frames before it having been delivered.
         A stale ring of that name is replaced; one with live participants gives :class:`Busy`.
         Bad names and options give ``EMF_ERR_INVALID_ARGUMENT``."""
         name_c = _c_string(name, "name")
@@ -309,6 +343,7 @@ class Ring(_Handle):
         opts.stall_timeout_ms = _unsigned(stall_timeout_ms, "stall_timeout_ms", _U32_MAX)
         opts.mode = _unsigned(mode, "mode", _U32_MAX)
         opts.dir = dir_c
+        opts.flags = EMF_RING_CHECKSUM if checksum else 0
         handle = emf_ring_p()
         check(lib.emf_ring_create(name_c, byref(opts), byref(handle)))
         return cls(handle, name, dir)
@@ -386,16 +421,36 @@ def _ring_handle_owner(ring) -> "Ring":
 
 
 class Producer(_Handle):
-    """A producer attached to a ring (``emf_producer_new``).
+    """A producer attached to a ring (``emf_producer_new``), or with ``slot=K`` in producer
+    slot ``K`` (``emf_producer_new_in_slot``).
 
     A single-producer ring refuses a second live producer with :class:`Busy`. One thread at a
-    time; ``close()`` (or the garbage collector) detaches it."""
+    time; ``close()`` (or the garbage collector) detaches it.
+
+    ``slot``: 0 on a single-producer ring, below ``max_producers`` on a multi-producer one
+    (else ``EMF_ERR_INVALID_ARGUMENT``). The slot is taken over when its holder died;
+    :class:`Busy` while a live producer holds it. A producer restarted in its predecessor's
+    slot reads :attr:`committed`: the frames the slot has committed, the dead predecessor's
+    included, so a producer that numbers its frames can resend exactly the missing ones::
+
+        p = emf.Producer(ring, slot=3)
+        for seq in range(p.committed, total):   # frames 0 .. committed-1 are in the ring
+            p.send(frame(seq), timeout=math.inf)
+    """
 
     _free = lib.emf_producer_free
 
-    def __init__(self, ring: Ring):
+    def __init__(self, ring: Ring, *, slot: Optional[int] = None):
         ring = _ring_handle_owner(ring)
-        handle = ring._attach(lib.emf_producer_new, emf_producer_p())
+        if slot is None:
+            attach = lib.emf_producer_new
+        else:
+            index = _unsigned(slot, "slot", _U32_MAX)
+
+            def attach(handle, out):
+                return lib.emf_producer_new_in_slot(handle, index, out)
+
+        handle = ring._attach(attach, emf_producer_p())
         super().__init__(handle)
         #: The ring it was attached through.
         self.ring = ring
@@ -489,6 +544,28 @@ class Producer(_Handle):
             return 0
         raise error_for(status, last_error_message())
 
+    def _committed(self):
+        count, slot = c_uint64(0), c_uint32(0)
+        handle = self._enter()
+        try:
+            status = lib.emf_producer_committed(handle, byref(count), byref(slot))
+        finally:
+            self._lock.release()
+        check(status)
+        return count.value, slot.value
+
+    @property
+    def committed(self) -> int:
+        """Frames committed through this producer's slot so far, by this producer and every
+        earlier holder of the slot, a killed one included (``emf_producer_committed``). A
+        frame counts once its send returned."""
+        return self._committed()[0]
+
+    @property
+    def slot(self) -> int:
+        """The producer slot this producer holds (``emf_producer_committed``'s ``out_slot``)."""
+        return self._committed()[1]
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<erlmcp_flow.Producer ring={self.ring.name!r} {state}>"
@@ -504,16 +581,37 @@ class Consumer(_Handle):
 
     Frames are copied by the library into one reusable buffer of ``buffer_size`` bytes, grown
     when a frame needs more, and sliced from there. One thread at a time. Iterating yields the
-    frames that are ready, without waiting."""
+    frames that are ready, without waiting.
+
+    ``ack_mode`` (see :attr:`ack_mode`): ``"auto"`` (the default) releases what every receive
+    delivered; ``"manual"`` releases nothing until :meth:`ack`, so a consumer that dies or is
+    closed first has its unacknowledged frames delivered again, in order, to the next primary
+    consumer (at least once). A frame that fails its checksum (a ring created with
+    ``checksum=True``) raises ``Error(EMF_ERR_CORRUPT)`` and is skipped: the next receive
+    goes on after it."""
 
     _free = lib.emf_consumer_free
 
-    def __init__(self, ring: Ring, *, buffer_size: int = DEFAULT_BUFFER_SIZE, _subscribe=False):
+    def __init__(
+        self,
+        ring: Ring,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        ack_mode: Union[str, int] = "auto",
+        _subscribe=False,
+    ):
         ring = _ring_handle_owner(ring)
         buffer_size = _unsigned(buffer_size, "buffer_size", _SIZE_MAX)
+        code = _ack_mode(ack_mode)
         attach = lib.emf_consumer_subscribe if _subscribe else lib.emf_consumer_new
         handle = ring._attach(attach, emf_consumer_p())
         self._init_attached(handle, ring, buffer_size, bool(_subscribe), None)
+        if code != EMF_ACK_AUTO:
+            try:
+                self.set_ack_mode(code)
+            except BaseException:
+                self.close()
+                raise
 
     @classmethod
     def _adopt(cls, handle, *, buffer_size: int, agent: str) -> "Consumer":
@@ -539,11 +637,20 @@ class Consumer(_Handle):
         self._count_ref = byref(self._count)
         self._used_ref = byref(self._used)
         self._ready_ref = byref(self._ready)
+        self._ack_code = EMF_ACK_AUTO
 
     @classmethod
-    def subscribe(cls, ring: Ring, *, buffer_size: int = DEFAULT_BUFFER_SIZE) -> "Consumer":
-        """Attaches a fan-out subscriber. :class:`Busy` when every subscriber slot is taken."""
-        return cls(ring, buffer_size=buffer_size, _subscribe=True)
+    def subscribe(
+        cls,
+        ring: Ring,
+        *,
+        buffer_size: int = DEFAULT_BUFFER_SIZE,
+        ack_mode: Union[str, int] = "auto",
+    ) -> "Consumer":
+        """Attaches a fan-out subscriber. :class:`Busy` when every subscriber slot is taken.
+        (A subscriber that dies has its slot reaped: a new subscriber starts at the tail, so
+        ``ack_mode="manual"`` lets a subscriber :meth:`rewind`, not redeliver to another.)"""
+        return cls(ring, buffer_size=buffer_size, ack_mode=ack_mode, _subscribe=True)
 
     # -- the receive buffer --
 
@@ -687,6 +794,70 @@ class Consumer(_Handle):
         finally:
             self._lock.release()
 
+    # -- acknowledgement --
+
+    @property
+    def ack_mode(self) -> str:
+        """``"auto"`` or ``"manual"``: when delivered frames are released (their space goes
+        back to producers, and a primary consumer attached later starts after them).
+        Assigning it calls :meth:`set_ack_mode`."""
+        # Only a mode the library accepted is kept, so it has a name.
+        return "manual" if self._ack_code == EMF_ACK_MANUAL else "auto"
+
+    @ack_mode.setter
+    def ack_mode(self, mode: Union[str, int]) -> None:
+        self.set_ack_mode(mode)
+
+    def set_ack_mode(self, mode: Union[str, int]) -> None:
+        """Chooses the acknowledgement mode (``emf_consumer_set_ack_mode``): ``"auto"``
+        (``EMF_ACK_AUTO``) or ``"manual"`` (``EMF_ACK_MANUAL``), or the code. An unknown mode
+        is ``EMF_ERR_INVALID_ARGUMENT``. Switching to ``"auto"`` acknowledges what was
+        delivered."""
+        code = _ack_mode(mode)
+        handle = self._enter()
+        try:
+            status = lib.emf_consumer_set_ack_mode(handle, code)
+            if status == EMF_OK:
+                self._ack_code = code
+        finally:
+            self._lock.release()
+        check(status)
+
+    def ack(self) -> None:
+        """Releases every frame delivered so far (``emf_consumer_ack``): they will not be
+        delivered again. Needed only in ``"manual"`` mode (harmless in ``"auto"``)."""
+        handle = self._enter()
+        try:
+            status = lib.emf_consumer_ack(handle)
+        finally:
+            self._lock.release()
+        check(status)
+
+    def rewind(self) -> int:
+        """Forgets the frames delivered since the last :meth:`ack` (``emf_consumer_rewind``):
+        the next receive delivers them again, in order. Returns how many there were."""
+        out = c_uint64(0)
+        handle = self._enter()
+        try:
+            status = lib.emf_consumer_rewind(handle, byref(out))
+        finally:
+            self._lock.release()
+        check(status)
+        return out.value
+
+    @property
+    def unacked(self) -> int:
+        """Frames delivered and not acknowledged yet (``emf_consumer_unacked``); always 0 in
+        ``"auto"`` mode."""
+        out = c_uint64(0)
+        handle = self._enter()
+        try:
+            status = lib.emf_consumer_unacked(handle, byref(out))
+        finally:
+            self._lock.release()
+        check(status)
+        return out.value
+
     @property
     def lag(self) -> int:
         """Bytes committed or claimed that this consumer has not consumed
@@ -720,5 +891,6 @@ class Consumer(_Handle):
 __all__ = [
     "EMF_FLUSH_NONE", "EMF_FLUSH_SIZE", "EMF_FLUSH_TIMEOUT", "EMF_FLUSH_IDLE", "EMF_FLUSH_DEMAND",
     "EMF_WAIT_SPIN", "EMF_WAIT_YIELD", "EMF_WAIT_PARK", "WAIT_STRATEGIES",
+    "EMF_RING_CHECKSUM", "EMF_ACK_AUTO", "EMF_ACK_MANUAL", "ACK_MODES",
     "DEFAULT_BUFFER_SIZE", "Ring", "RingStats", "Producer", "Consumer",
 ]  # fmt: skip

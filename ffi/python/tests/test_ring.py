@@ -822,7 +822,8 @@ def test_ring_options_default():
     o = emf_ring_options_t()
     assert lib.emf_ring_options_default(byref(o)) == emf.EMF_OK
     assert (o.capacity, o.multi_producer, o.max_producers, o.max_subscribers,
-            o.stall_timeout_ms, o.mode, o.dir) == (1 << 20, False, 16, 8, 100, 0o600, None)
+            o.stall_timeout_ms, o.mode, o.dir, o.flags) == \
+        (1 << 20, False, 16, 8, 100, 0o600, None, 0)
     assert lib.emf_ring_options_default(None) == emf.EMF_ERR_NULL_ARGUMENT
 
 
@@ -843,6 +844,9 @@ def test_raw_null_arguments(ring, tmp_path):
         "stats out": lambda: lib.emf_ring_stats(ring._handle, None),
         "producer ring": lambda: lib.emf_producer_new(None, byref(p)),
         "producer out": lambda: lib.emf_producer_new(ring._handle, None),
+        "producer in slot ring": lambda: lib.emf_producer_new_in_slot(None, 0, byref(p)),
+        "producer in slot out": lambda: lib.emf_producer_new_in_slot(ring._handle, 0, None),
+        "committed": lambda: lib.emf_producer_committed(None, byref(c_uint64()), None),
         "consumer ring": lambda: lib.emf_consumer_new(None, byref(c)),
         "consumer out": lambda: lib.emf_consumer_new(ring._handle, None),
         "subscribe out": lambda: lib.emf_consumer_subscribe(ring._handle, None),
@@ -856,6 +860,10 @@ def test_raw_null_arguments(ring, tmp_path):
         "recv_batch": lambda: lib.emf_consumer_recv_batch(None, None, 0, 1, byref(n), byref(n)),
         "wait": lambda: lib.emf_consumer_wait(None, 0, 0, byref(c_bool())),
         "lag": lambda: lib.emf_consumer_lag(None, byref(c_uint64())),
+        "set_ack_mode": lambda: lib.emf_consumer_set_ack_mode(None, 1),
+        "ack": lambda: lib.emf_consumer_ack(None),
+        "rewind": lambda: lib.emf_consumer_rewind(None, None),
+        "unacked": lambda: lib.emf_consumer_unacked(None, byref(c_uint64())),
         "poll": lambda: lib.emf_consumer_poll(None, 1, emf_frame_fn(lambda *a: 0), None,
                                               byref(n)),
     }
@@ -893,6 +901,15 @@ def test_raw_producer_and_consumer_null_buffers(ring):
             emf.EMF_ERR_NULL_ARGUMENT
         assert lib.emf_consumer_wait(c, 0, 0, None) == emf.EMF_ERR_NULL_ARGUMENT
         assert lib.emf_consumer_lag(c, None) == emf.EMF_ERR_NULL_ARGUMENT
+        assert lib.emf_consumer_unacked(c, None) == emf.EMF_ERR_NULL_ARGUMENT
+        assert lib.emf_producer_committed(p, None, None) == emf.EMF_ERR_NULL_ARGUMENT
+        # The nullable out-parameters: out_slot and out_unacked.
+        count, slot = c_uint64(7), ctypes.c_uint32(7)
+        assert lib.emf_producer_committed(p, byref(count), None) == emf.EMF_OK
+        assert count.value == 1  # the empty frame above
+        assert lib.emf_producer_committed(p, byref(count), byref(slot)) == emf.EMF_OK
+        assert (count.value, slot.value) == (1, 0)
+        assert lib.emf_consumer_rewind(c, None) == emf.EMF_OK
         assert lib.emf_consumer_poll(c, 1, emf_frame_fn(), None, byref(n)) == \
             emf.EMF_ERR_NULL_ARGUMENT  # a NULL function pointer
         assert lib.emf_consumer_recv(c, buf, 16, byref(n)) == emf.EMF_OK and n.value == 0
@@ -901,8 +918,9 @@ def test_raw_producer_and_consumer_null_buffers(ring):
         assert lib.emf_producer_send_batch(p, None, (1 << 24) + 1, byref(n)) == \
             emf.EMF_ERR_NULL_ARGUMENT
         big = (emf_slice_t * 1)(emf_slice_t(None, 0))
+        # A count past the 16M limit is a size limit (ABI 3; was EMF_ERR_INVALID_ARGUMENT).
         assert lib.emf_producer_send_batch(p, big, (1 << 24) + 1, byref(n)) == \
-            emf.EMF_ERR_INVALID_ARGUMENT
+            emf.EMF_ERR_TOO_LARGE
     finally:
         assert lib.emf_consumer_free(c) == emf.EMF_OK
         assert lib.emf_producer_free(p) == emf.EMF_OK
@@ -1287,3 +1305,331 @@ def test_a_closed_ring_refuses_producers_and_lets_consumers_drain(ring):
         ring.close_to_producers()
         expect_error(emf.EMF_ERR_CLOSED, p.send, b"after")
         assert c.recv() == b"before"
+
+
+# --- acknowledgement, producer slots, checksums (ABI 3) -----------------------------------
+
+
+def run_held_child(code, *args):
+    """run_child whose stdin is a pipe: the child may block on it until it is killed."""
+    env = dict(os.environ, PYTHONPATH=str(PACKAGE_ROOT), ERLMCP_FLOW_LIB=str(emf.library_path))
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
+                            env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def kill_child(child):
+    """SIGKILLs a child and reaps it (a zombie would still count as a live participant)."""
+    child.kill()
+    child.wait(timeout=30)
+    assert child.returncode == -9, child.returncode
+    child.stdout.close()
+    child.stderr.close()
+    child.stdin.close()
+
+
+def expect_line(child, want):
+    line = child.stdout.readline().split()
+    if line[:1] != [want]:
+        child.kill()
+        _, err = child.communicate(timeout=30)
+        pytest.fail(f"child said {line!r}, expected {want!r}; stderr:\n{err}")
+    return line[1:]
+
+
+def test_manual_ack_redelivers_what_a_closed_consumer_did_not_acknowledge(ring):
+    frames = [seq_frame(i) for i in range(10)]
+    with emf.Producer(ring) as p:
+        assert p.send_batch(frames) == 10
+    with emf.Consumer(ring, ack_mode="manual") as c:
+        assert c.ack_mode == "manual"
+        assert c.unacked == 0
+        assert c.recv_batch(max_frames=4) == frames[:4]
+        assert c.recv() == frames[4]
+        assert list(itertools.islice(c, 2)) == frames[5:7]   # iteration receives too
+        assert c.unacked == 7
+        assert ring.stats().received == 0                    # nothing released
+    # Closed without ack: the next primary consumer gets the same frames again, in order.
+    with emf.Consumer(ring, ack_mode="manual") as c:
+        assert c.recv_batch() == frames
+        assert c.unacked == 10
+        c.ack()
+        assert c.unacked == 0
+        c.ack()                                              # nothing to acknowledge: fine
+    assert ring.stats().received == 10
+    # Acknowledged: released for good, a further consumer sees none of them.
+    with emf.Consumer(ring) as c:
+        assert c.ack_mode == "auto"
+        assert c.recv() is None
+
+
+def test_auto_mode_releases_before_recv_returns(ring):
+    """The contrast: in auto mode (the default) recv / recv_batch are at most once."""
+    with emf.Producer(ring) as p:
+        assert p.send_batch([seq_frame(i) for i in range(6)]) == 6
+    with emf.Consumer(ring) as c:
+        assert check_seq(c.recv_batch(max_frames=3), 0) == 3
+        assert c.unacked == 0
+    with emf.Consumer(ring) as c:
+        assert check_seq(c.recv_batch(), 3) == 6
+
+
+def test_rewind_redelivers_since_the_last_ack(ring):
+    with emf.Producer(ring) as p, emf.Consumer(ring, ack_mode="manual") as c:
+        assert p.send_batch([seq_frame(i) for i in range(8)]) == 8
+        assert check_seq(c.recv_batch(max_frames=3), 0) == 3
+        assert c.rewind() == 3
+        assert c.unacked == 0
+        assert check_seq(c.recv_batch(max_frames=5), 0) == 5   # the same three, then more
+        c.ack()
+        assert check_seq([c.recv()], 5) == 6
+        assert c.rewind() == 1                                 # only since the ack
+        assert check_seq(c.recv_batch(), 5) == 8
+        c.ack()
+        assert c.rewind() == 0
+        assert c.recv() is None
+
+
+def test_switching_to_auto_acknowledges(ring):
+    with emf.Producer(ring) as p:
+        assert p.send_batch([seq_frame(i) for i in range(5)]) == 5
+    with emf.Consumer(ring) as c:
+        c.ack_mode = "manual"
+        assert check_seq(c.recv_batch(max_frames=2), 0) == 2
+        assert c.unacked == 2
+        c.set_ack_mode("auto")
+        assert (c.ack_mode, c.unacked) == ("auto", 0)
+    with emf.Consumer(ring) as c:
+        assert check_seq(c.recv_batch(), 2) == 5
+
+
+def test_ack_mode_bad_input(ring):
+    with emf.Consumer(ring) as c:
+        expect_error(emf.EMF_ERR_INVALID_ARGUMENT, c.set_ack_mode, "sometimes")
+        expect_error(emf.EMF_ERR_INVALID_ARGUMENT, c.set_ack_mode, 7)   # the library's answer
+        assert "acknowledgement mode" in last_error()
+        expect_error(emf.EMF_ERR_INVALID_ARGUMENT, c.set_ack_mode, -1)
+        with pytest.raises(TypeError):
+            c.set_ack_mode(None)
+        assert c.ack_mode == "auto"                                     # unchanged
+        c.set_ack_mode(emf.EMF_ACK_MANUAL)
+        assert c.ack_mode == "manual"
+    expect_error(emf.EMF_ERR_INVALID_ARGUMENT, emf.Consumer, ring, ack_mode="later")
+    expect_error(emf.EMF_ERR_INVALID_ARGUMENT, emf.Consumer, ring, ack_mode=7)  # the library's
+    # A mode refused after attaching detaches the consumer again: the slot is free.
+    with emf.Consumer(ring) as c:
+        pass
+    for call in (c.ack, c.rewind, lambda: c.unacked, lambda: c.set_ack_mode("auto")):
+        with pytest.raises(ValueError):
+            call()
+    raw = emf_consumer_p()
+    assert lib.emf_consumer_new(ring._handle, byref(raw)) == emf.EMF_OK
+    assert lib.emf_consumer_set_ack_mode(raw, 2) == emf.EMF_ERR_INVALID_ARGUMENT
+    assert lib.emf_consumer_free(raw) == emf.EMF_OK
+    assert lib.emf_consumer_ack(raw) == emf.EMF_ERR_INVALID_ARGUMENT        # freed handle
+    assert lib.emf_consumer_rewind(raw, None) == emf.EMF_ERR_INVALID_ARGUMENT
+
+
+MANUAL_CONSUMER_CHILD = """
+import struct, sys
+import erlmcp_flow as emf
+
+name, directory, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
+with emf.Ring.open(name, dir=directory) as ring:
+    c = emf.Consumer(ring, ack_mode="manual")
+    for i in range(count):
+        frame = c.recv(timeout=30)
+        assert frame is not None and struct.unpack_from("<Q", frame)[0] == i, (i, frame)
+    print("received", c.unacked, flush=True)
+    sys.stdin.readline()   # killed here, without ack
+"""
+
+
+def test_a_killed_manual_consumer_has_its_frames_redelivered(ring):
+    """A consumer in another process receives 40 frames in manual mode and is SIGKILLed
+    before it acknowledges them: the next consumer gets those 40 again, in order, then the
+    rest; once acknowledged, a further consumer sees none of them."""
+    with emf.Producer(ring) as p:
+        assert p.send_batch([seq_frame(i) for i in range(60)]) == 60
+        child = run_held_child(MANUAL_CONSUMER_CHILD, ring.name, ring.dir, 40)
+        try:
+            assert expect_line(child, "received") == ["40"]
+            expect_error(emf.EMF_ERR_BUSY, emf.Consumer, ring)  # held by the live child
+        finally:
+            kill_child(child)
+        assert ring.stats().received == 0
+        with emf.Consumer(ring, ack_mode="manual") as c:
+            assert check_seq(c.recv_batch(), 0) == 60
+            c.ack()
+        p.send(seq_frame(60))
+    with emf.Consumer(ring) as c:
+        assert c.recv_batch() == [seq_frame(60)]
+    assert ring.stats().received == 61
+
+
+SLOT_PRODUCER_CHILD = """
+import math, struct, sys
+import erlmcp_flow as emf
+
+name, directory, slot, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+SEQ = struct.Struct("<Q")
+with emf.Ring.open(name, dir=directory) as ring:
+    p = emf.Producer(ring, slot=slot)
+    assert (p.slot, p.committed) == (slot, 0)
+    i = 0
+    while count < 0 or i < count:
+        p.send(SEQ.pack(i) + bytes([i % 251]) * (8 + (i * 7919) % 61 - 8), timeout=math.inf)
+        i += 1
+    print("sent", p.committed, flush=True)
+    sys.stdin.readline()   # killed here
+"""
+
+
+def test_a_producer_restarted_in_its_slot_resends_exactly_the_missing_frames(make_ring):
+    """A producer in slot 2 of another process sends 300 frames and is SIGKILLed; a new
+    producer in slot 2 reads committed == 300 and resends from 300: the consumer sees
+    0..499 exactly once, in order."""
+    ring = make_ring(multi_producer=True, max_producers=4)
+    with emf.Consumer(ring) as c:
+        child = run_held_child(SLOT_PRODUCER_CHILD, ring.name, ring.dir, 2, 300)
+        try:
+            assert expect_line(child, "sent") == ["300"]
+            expect_error(emf.EMF_ERR_BUSY, emf.Producer, ring, slot=2)  # a live holder
+            with emf.Producer(ring, slot=1) as other:                    # other slots are free
+                assert (other.slot, other.committed) == (1, 0)
+        finally:
+            kill_child(child)
+        with emf.Producer(ring, slot=2) as p:
+            assert (p.slot, p.committed) == (2, 300)
+            for i in range(p.committed, 500):
+                p.send(seq_frame(i))
+            assert p.committed == 500
+        assert check_seq(c.recv_batch(max_frames=1000), 0) == 500
+        assert c.recv() is None
+    stats = ring.stats()
+    assert stats.sent == stats.received == 500 and stats.dead_reaped >= 1
+
+
+def test_a_producer_killed_mid_stream_is_resumed_without_loss_or_duplicate(make_ring):
+    """The child sends without end through a small ring while this process reads, and is
+    SIGKILLed at an arbitrary point (maybe inside a send). The restarted producer's
+    committed count says exactly which frames made it: resending from there gives an
+    unbroken sequence."""
+    ring = make_ring(capacity=4096, multi_producer=True, max_producers=2, stall_timeout_ms=20)
+    with emf.Consumer(ring) as c:
+        child = run_held_child(SLOT_PRODUCER_CHILD, ring.name, ring.dir, 1, -1)
+        got = 0
+        try:
+            deadline = time.monotonic() + 60
+            while got < 3000:
+                assert child.poll() is None, child.communicate()[1]
+                assert time.monotonic() < deadline, f"only {got} frames"
+                got = check_seq(c.recv_batch(max_frames=64, timeout=1), got)
+        finally:
+            kill_child(child)
+        with emf.Producer(ring, slot=1) as p:
+            resume = p.committed
+            assert resume >= got
+            for i in range(resume, resume + 200):
+                p.send(seq_frame(i), timeout=10)
+                got = check_seq(c.recv_batch(), got)
+        deadline = time.monotonic() + 30
+        while got < resume + 200:
+            assert time.monotonic() < deadline, f"{got} of {resume + 200} frames"
+            got = check_seq(c.recv_batch(timeout=1), got)
+        assert c.recv(timeout=0.05) is None
+
+
+def test_producer_slot_bad_input(make_ring):
+    single = make_ring()
+    expect_error(emf.EMF_ERR_INVALID_ARGUMENT, emf.Producer, single, slot=1)
+    assert "slot 1" in last_error()
+    with emf.Producer(single, slot=0) as p:
+        assert (p.slot, p.committed) == (0, 0)
+        expect_error(emf.EMF_ERR_BUSY, emf.Producer, single)
+        expect_error(emf.EMF_ERR_BUSY, emf.Producer, single, slot=0)
+    multi = make_ring(multi_producer=True, max_producers=3)
+    expect_error(emf.EMF_ERR_INVALID_ARGUMENT, emf.Producer, multi, slot=3)
+    expect_error(emf.EMF_ERR_INVALID_ARGUMENT, emf.Producer, multi, slot=2**32)
+    expect_error(emf.EMF_ERR_INVALID_ARGUMENT, emf.Producer, multi, slot=-1)
+    with pytest.raises(TypeError):
+        emf.Producer(multi, slot="1")
+    with emf.Producer(multi, slot=2) as p:
+        p.send(b"x")
+        assert (p.slot, p.committed) == (2, 1)
+        with emf.Producer(multi) as q:          # emf_producer_new takes the first free slot
+            assert q.slot == 0
+    # A slot closed normally keeps its count: the next holder continues it.
+    with emf.Producer(multi, slot=2) as p:
+        assert p.committed == 1
+    with pytest.raises(ValueError):
+        p.committed
+
+
+def test_checksum_ring_round_trips(make_ring):
+    ring = make_ring(capacity=1 << 16, checksum=True)
+    big = bytes(range(256)) * (ring.max_payload // 256) + b"\x07" * (ring.max_payload % 256)
+    frames = [b"", b"x", big, *(seq_frame(i) for i in range(300))]
+    with emf.Producer(ring) as p, emf.Consumer(ring) as c:
+        for frame in frames[:3]:
+            p.send(frame)
+        got = c.recv_batch()
+        pending = frames[3:]
+        while pending:
+            pending = pending[p.send_batch(pending):]
+            got += c.recv_batch()
+        assert got == frames
+    assert ring.stats().corrupt_frames == 0
+
+
+def flip_in_segment(ring, pattern):
+    """Flips one byte of the only copy of `pattern` in the ring's segment file, through a
+    second mapping of it."""
+    import mmap
+    with open(Path(ring.dir) / f"emf-{ring.name}", "r+b") as f, mmap.mmap(f.fileno(), 0) as m:
+        at = m.find(pattern)
+        assert at >= 0 and m.find(pattern, at + 1) < 0, "pattern not found exactly once"
+        m[at + 3] ^= 0x40
+
+
+@pytest.mark.parametrize("receive", ["recv", "recv_batch"])
+def test_checksum_reports_a_changed_frame_and_goes_on(make_ring, receive):
+    ring = make_ring(capacity=1 << 16, checksum=True)
+    marks = [os.urandom(16) for _ in range(3)]
+    frames = [b"frame-%d-" % i + m for i, m in enumerate(marks)]
+    with emf.Producer(ring) as p, emf.Consumer(ring) as c:
+        assert p.send_batch(frames) == 3
+        flip_in_segment(ring, marks[1])
+        if receive == "recv":
+            assert c.recv() == frames[0]
+            expect_error(emf.EMF_ERR_CORRUPT, c.recv)
+            assert c.recv() == frames[2]
+        else:
+            assert c.recv_batch() == [frames[0]]    # the frames before it are delivered
+            expect_error(emf.EMF_ERR_CORRUPT, c.recv_batch)
+            assert c.recv_batch() == [frames[2]]    # then the one after it
+        assert c.recv() is None
+    assert ring.stats().corrupt_frames == 1
+
+
+def test_without_checksum_a_changed_frame_is_delivered_as_it_is(make_ring):
+    ring = make_ring(capacity=1 << 16)
+    mark = os.urandom(16)
+    with emf.Producer(ring) as p, emf.Consumer(ring) as c:
+        p.send(b"before" + mark)
+        flip_in_segment(ring, mark)
+        changed = bytearray(mark)
+        changed[3] ^= 0x40
+        assert c.recv() == b"before" + bytes(changed)
+    assert ring.stats().corrupt_frames == 0
+
+
+def test_unknown_ring_flags_are_refused(tmp_path):
+    o = emf_ring_options_t()
+    assert lib.emf_ring_options_default(byref(o)) == emf.EMF_OK
+    o.dir = str(tmp_path).encode()
+    o.flags = 0x80
+    r = emf_ring_p()
+    assert lib.emf_ring_create(b"flags", byref(o), byref(r)) == emf.EMF_ERR_INVALID_ARGUMENT
+    assert "flags" in last_error() and not r
+    assert not list(tmp_path.iterdir())
