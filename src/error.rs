@@ -24,7 +24,9 @@ pub enum ErrorKind {
     Timeout,
     /// The object was closed.
     Closed,
-    /// Bytes failed validation: truncated, garbage, bit-flipped, or otherwise not what they claim.
+    /// Bytes failed validation: truncated, garbage, or otherwise not what they claim. The
+    /// structure is always checked; a flipped bit in the content only where a CRC32C is present
+    /// (index files, archives and ring frames made with a checksum).
     Corrupt,
     /// An operating-system I/O call failed.
     Io,

@@ -35,6 +35,7 @@
 pub mod batch;
 pub mod cache;
 pub mod capi;
+mod checksum;
 pub mod codec;
 mod error;
 pub mod hnsw;

@@ -14,6 +14,8 @@
 //! * Handles are opaque pointers created by `emf_<thing>_new`/`_open` and released by
 //!   `emf_<thing>_free`, which accepts NULL and detects a double free.
 //! * A panic inside the engine is caught at the boundary and reported as `EMF_ERR_PANIC`.
+//! * `EMF_ERR_CORRUPT` means bytes failed validation: their structure is always checked, their
+//!   content only where a CRC32C is present (the preamble in `cbindgen.toml` says where).
 #![allow(non_camel_case_types)]
 
 pub mod codec;
@@ -47,7 +49,11 @@ pub const EMF_ERR_EMPTY: emf_status_t = 4;
 pub const EMF_ERR_TIMEOUT: emf_status_t = 5;
 /// The object was closed.
 pub const EMF_ERR_CLOSED: emf_status_t = 6;
-/// Bytes failed validation (truncated, garbage, bit-flipped).
+/// Bytes failed validation. The structure is always checked (truncated, garbage, bad offsets,
+/// lengths or codes); a flipped bit in the content (a string, a number, a vector) is detected
+/// only where a CRC32C is present: HNSW index files (format 2, every file this library
+/// saves), archives made with `EMF_ARCHIVE_CHECKSUM`, frames of rings created with a frame
+/// checksum.
 pub const EMF_ERR_CORRUPT: emf_status_t = 7;
 /// An operating-system I/O error.
 pub const EMF_ERR_IO: emf_status_t = 8;

@@ -355,7 +355,8 @@ pub unsafe extern "C" fn emf_hnsw_new(
 }
 
 /// Maps the index file at `path` read-only and validates it (searches only; other processes
-/// may map the same file). A damaged file gives `EMF_ERR_CORRUPT`.
+/// may map the same file): its CRC32C over every byte, then its structure. A damaged file
+/// gives `EMF_ERR_CORRUPT`.
 ///
 /// # Safety
 ///
@@ -373,7 +374,8 @@ pub unsafe extern "C" fn emf_hnsw_open(
     })
 }
 
-/// Reads the index file at `path` into a new in-memory index that can change.
+/// Reads the index file at `path` into a new in-memory index that can change. The file is
+/// validated and the errors are those of `emf_hnsw_open`.
 ///
 /// # Safety
 ///
