@@ -27,11 +27,12 @@
  * mapped, a mapped index refusing every change (EMF_ERR_UNSUPPORTED), corrupt, truncated and
  * bit-flipped files (EMF_ERR_CORRUPT from the file's CRC32C; re-sealed with a fresh CRC32C,
  * from the structural checks behind it; never a crash), missing files (EMF_ERR_NOT_FOUND),
- * directories; NaN and infinite components refused by the distance functions; and bad input
- * for every function: NULL handles, pointers and out-parameters (EMF_ERR_NULL_ARGUMENT), wrong
- * dimensions, unknown metrics, originals and flags, NaN and infinite vectors, duplicate ids,
- * misaligned arrays (EMF_ERR_INVALID_ARGUMENT), lengths past EMF_MAX_INPUT_LEN
- * (EMF_ERR_TOO_LARGE), handles of another type, freed and double-freed handles, and a huge ef
+ * directories (EMF_ERR_IO); NaN and infinite components refused by the distance functions; and
+ * bad input for every function: NULL handles, pointers and out-parameters
+ * (EMF_ERR_NULL_ARGUMENT), wrong dimensions, unknown metrics, originals and flags, NaN and
+ * infinite vectors, duplicate ids, misaligned arrays (EMF_ERR_INVALID_ARGUMENT), lengths past
+ * EMF_MAX_INPUT_LEN and counts whose product overflows (EMF_ERR_TOO_LARGE), handles of
+ * another type, freed and double-freed handles, and a huge ef
  * (checked in a child process: it must be refused, not abort). Every failure must come with an
  * error message naming the culprit; out-parameters stay untouched.
  *
@@ -1168,8 +1169,8 @@ static void test_bad_input(void) {
     /* Lengths past EMF_MAX_INPUT_LEN, and sizes whose product overflows. */
     n = 777;
     CHECK_ERROR(emf_hnsw_insert(h, 9, v, SIZE_MAX / 4), EMF_ERR_TOO_LARGE, "exceed");
-    CHECK_ERROR(emf_hnsw_insert_batch(h, ids, SIZE_MAX / 2, v, DIM, 1), EMF_ERR_INVALID_ARGUMENT,
-                "overflows");
+    CHECK_ERROR(emf_hnsw_insert_batch(h, ids, SIZE_MAX / 2, v, DIM, 1), EMF_ERR_TOO_LARGE,
+                "overflow");
     CHECK_ERROR(emf_hnsw_insert_batch(h, ids, (size_t)1 << 30, v, DIM, 1), EMF_ERR_TOO_LARGE,
                 "exceed");
     CHECK_ERROR(emf_hnsw_search(h, v, SIZE_MAX / 2, 4, 0, 0, NULL, 0, hits, &n),
@@ -1179,7 +1180,7 @@ static void test_bad_input(void) {
     CHECK_ERROR(emf_hnsw_search(h, v, DIM, 4, 0, 0, filter, SIZE_MAX / 8, hits, &n),
                 EMF_ERR_TOO_LARGE, "exceed");
     CHECK_ERROR(emf_hnsw_search_batch(h, v, SIZE_MAX / 4, DIM, 4, 0, 0, NULL, 0, 1, hits, counts),
-                EMF_ERR_INVALID_ARGUMENT, "overflow");
+                EMF_ERR_TOO_LARGE, "overflow");
     CHECK(n == 777 && all_sentinel(hits, 16));
 
     /* Misaligned arrays are refused, not read. */
@@ -1400,7 +1401,7 @@ static void test_files(void) {
      * Saving into a missing directory, or over a directory: EMF_ERR_IO. */
     expect_open_fails(path_in(other, sizeof other, "missing.hnsw"), EMF_ERR_NOT_FOUND, "missing.hnsw",
                       "a missing file");
-    expect_open_fails(g_dir, EMF_ERR_INVALID_ARGUMENT, "is a directory", "a directory");
+    expect_open_fails(g_dir, EMF_ERR_IO, "is a directory", "a directory");
     CHECK_ERROR(emf_hnsw_save(h, path_in(other, sizeof other, "no/such/dir.hnsw")), EMF_ERR_IO,
                 "no/such/dir.hnsw");
     CHECK_ERROR(emf_hnsw_save(h, g_dir), EMF_ERR_IO, g_dir);

@@ -501,6 +501,9 @@ void test_errors(emf::Hnsw& index, const ScratchDir& dir, const Memory& notes) {
     // Files: missing, garbage, truncated.
     CHECK_THROWS(emf::Hnsw::open(dir.file("missing.hnsw")), EMF_ERR_NOT_FOUND);
     CHECK_THROWS(emf::Hnsw::load(dir.file("missing.hnsw")), EMF_ERR_NOT_FOUND);
+    // A directory is no index file: the OS's kind of refusal.
+    CHECK_THROWS(emf::Hnsw::open(dir.file(".")), EMF_ERR_IO);
+    CHECK_THROWS(emf::Hnsw::load(dir.file(".")), EMF_ERR_IO);
     {
         std::ofstream f(dir.file("garbage.hnsw"), std::ios::binary);
         f << "EMFHNSW" << std::string(500, 'x');

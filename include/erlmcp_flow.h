@@ -16,12 +16,32 @@
  *    EMF_ERR_INVALID_ARGUMENT. Each handle's thread-safety is stated where it is declared.
  *  - No input makes the library panic, abort or read out of bounds; an internal panic is
  *    caught and returned as EMF_ERR_PANIC.
- *  - EMF_ERR_CORRUPT: bytes read by the library failed validation. Their structure is always
- *    checked (truncation, garbage, bad offsets, lengths and codes); their content (a flipped
- *    bit inside a string, a number, a vector) only where a CRC32C is present: HNSW index files
- *    always (those of format 1, written before the checksum, are read with structural checks
- *    only), archives made with EMF_ARCHIVE_CHECKSUM, frames of rings created with a frame
- *    checksum.
+ *  - One rule picks the status for a mistake, whichever function sees it:
+ *      EMF_ERR_NULL_ARGUMENT     a required pointer is NULL.
+ *      EMF_ERR_TOO_LARGE         a length, count or capacity (an amount of bytes, items,
+ *                                entries) that is well-formed but beyond a limit: the
+ *                                library's (EMF_MAX_INPUT_LEN, a batch or capacity cap) or the
+ *                                caller's (a decompression limit), or whose arithmetic
+ *                                (count x element size, n x dim) overflows. E.g. a batch of
+ *                                2^40 frames, n x dim past SIZE_MAX, a cache of 2^40 entries.
+ *      EMF_ERR_INVALID_ARGUMENT  a value that is wrong whatever the limits: malformed (bad
+ *                                JSON or UTF-8, NaN, a misaligned pointer), an unknown code or
+ *                                flag bit, a size that breaks a rule other than a maximum
+ *                                (0 where one is needed, not a power of two, a dimension other
+ *                                than the index's), a tuning parameter outside its documented
+ *                                range (HNSW dim, m, ef), a duplicate id, a stale handle.
+ *      EMF_ERR_IO                the operating system refused a file or mapping operation, or
+ *                                a path names something that is not a regular file (a
+ *                                directory, a FIFO). A path that does not exist:
+ *                                EMF_ERR_NOT_FOUND.
+ *      EMF_ERR_CORRUPT           bytes read by the library failed validation. Their structure
+ *                                is always checked (truncation, garbage, bad offsets, lengths
+ *                                and codes); their content (a flipped bit inside a string, a
+ *                                number, a vector) only where a CRC32C is present: HNSW index
+ *                                files always (those of format 1, written before the checksum,
+ *                                are read with structural checks only), archives made with
+ *                                EMF_ARCHIVE_CHECKSUM, frames of rings created with a frame
+ *                                checksum.
  *  - Check emf_abi_version() == EMF_ABI_VERSION once at load and refuse to run otherwise.
  *  - Handles belong to the process that made them: after fork(), the child opens its own
  *    (it must neither use nor free handles inherited from the parent).
@@ -399,7 +419,9 @@ typedef struct emf_hnsw_hit_t {
 // A required pointer argument was NULL.
 #define EMF_ERR_NULL_ARGUMENT 1
 
-// An argument is malformed or out of range (bad JSON, non-UTF-8 text, unknown enum code, ...).
+// An argument is wrong whatever the limits: malformed (bad JSON, non-UTF-8 text, NaN, a
+// misaligned pointer), an unknown code or flag, a size breaking a rule other than a maximum,
+// a tuning parameter out of its range, a stale handle. (Beyond a maximum: `EMF_ERR_TOO_LARGE`.)
 #define EMF_ERR_INVALID_ARGUMENT 2
 
 // Full: back-pressure. The caller still owns what it tried to hand over.
@@ -421,7 +443,8 @@ typedef struct emf_hnsw_hit_t {
 // checksum.
 #define EMF_ERR_CORRUPT 7
 
-// An operating-system I/O error.
+// The operating system refused a file or mapping operation, or a path is not a regular file
+// (a directory, a FIFO).
 #define EMF_ERR_IO 8
 
 // This Raft node is not the leader.
@@ -436,7 +459,8 @@ typedef struct emf_hnsw_hit_t {
 // A caller-provided buffer is too small; the required length was reported.
 #define EMF_ERR_BUFFER_TOO_SMALL 12
 
-// A size limit would be exceeded (input length, decompression limit, value size).
+// A well-formed length, count or capacity is beyond a limit (input length, batch size, cache
+// capacity, decompression limit, value size), or its arithmetic (count × size) overflows.
 #define EMF_ERR_TOO_LARGE 13
 
 // A looked-up item does not exist.
@@ -873,6 +897,7 @@ emf_status_t emf_task_queue_stats(const struct emf_task_queue_t *q,
 // (0: chosen from the capacity and the machine; rounded up to a power of two). The capacity
 // is split evenly over the shards and so rounded up to a multiple of their number
 // (`emf_cache_stats` reports it); memory is taken as entries arrive, not up front.
+// `EMF_ERR_TOO_LARGE` for a capacity above 2^31.
 //
 // # Safety
 //
@@ -1238,7 +1263,8 @@ emf_status_t emf_hnsw_new(const struct emf_hnsw_params_t *params, struct emf_hns
 
 // Maps the index file at `path` read-only and validates it (searches only; other processes
 // may map the same file): its CRC32C over every byte, then its structure. A damaged file
-// gives `EMF_ERR_CORRUPT`.
+// gives `EMF_ERR_CORRUPT`, a missing one `EMF_ERR_NOT_FOUND`, one the OS refuses or a path
+// that is not a regular file (a directory) `EMF_ERR_IO`.
 //
 // # Safety
 //
@@ -1280,6 +1306,7 @@ emf_status_t emf_hnsw_insert(const struct emf_hnsw_t *index,
 
 // Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
 // `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
+// `EMF_ERR_TOO_LARGE` when `n · dim` floats exceed `EMF_MAX_INPUT_LEN` bytes or overflow.
 //
 // # Safety
 //
@@ -1315,7 +1342,8 @@ emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
 // Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
 // CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]` (slots
 // past a query's count are left as they were). The outputs are written only when every
-// query succeeded.
+// query succeeded. `EMF_ERR_TOO_LARGE` when `nq · dim` or `nq · k` overflow or the arrays
+// exceed `EMF_MAX_INPUT_LEN` bytes.
 //
 // # Safety
 //

@@ -282,7 +282,8 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 impl MappedHnsw {
     /// Maps the index file at `path` read-only and validates it: the CRC32C over every byte,
     /// then the structure (module documentation). `Corrupt` for a damaged file, `NotFound`
-    /// when there is none.
+    /// when there is none, `Io` when the OS refuses it or `path` is not a regular file (a
+    /// directory, a FIFO, a device).
     pub fn open(path: impl AsRef<Path>) -> Result<MappedHnsw> {
         let path = path.as_ref();
         let io = |e: std::io::Error| {
@@ -292,13 +293,24 @@ impl MappedHnsw {
             };
             Error::new(kind, format!("{}: {e}", path.display()))
         };
+        let not_a_file = |what: &str| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{}: {what}, not an index file", path.display()),
+            )
+        };
+        // Looked at before the open: opening a FIFO for reading would wait for a writer.
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.is_dir() {
+            return Err(not_a_file("is a directory"));
+        }
+        if !meta.is_file() {
+            return Err(not_a_file("is not a regular file"));
+        }
         let f = File::open(path).map_err(io)?;
         let meta = f.metadata().map_err(io)?;
-        if meta.is_dir() {
-            return Err(Error::invalid(format!(
-                "{} is a directory, not an index file",
-                path.display()
-            )));
+        if !meta.is_file() {
+            return Err(not_a_file("is not a regular file"));
         }
         let len = meta.len();
         if len < HEADER_V1 as u64 {

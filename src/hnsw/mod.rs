@@ -793,7 +793,7 @@ impl Hnsw {
 
     /// Reads a saved index into memory (a mutable copy; [`MappedHnsw::open`] searches the
     /// file in place instead). The file is validated as by [`MappedHnsw::open`], checksum
-    /// first: a damaged file is `Corrupt`.
+    /// first: a damaged file is `Corrupt`, a path that is not a regular file `Io`.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Hnsw> {
         MappedHnsw::open(path)?.to_hnsw()
     }

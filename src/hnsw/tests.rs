@@ -463,8 +463,12 @@ fn bad_input_gives_clear_errors() {
     assert!(idx.insert_batch(&[2, 3], &[1.0; 4], 2).is_err());
     let e = idx.insert_batch(&[2, 2], &[1.0; 8], 2).unwrap_err();
     assert!(e.message().contains("twice in the batch"), "{e}");
+    // A directory is not a file to read: an I/O refusal, at open and at load alike.
     let e = MappedHnsw::open(std::env::temp_dir()).unwrap_err();
     assert!(e.message().contains("directory"), "{e}");
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    let e = Hnsw::load(std::env::temp_dir()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
     assert!(idx.insert_batch(&[2, 1], &[1.0; 8], 2).is_err());
     assert_eq!(idx.len(), 1, "a refused batch inserts nothing");
     // A huge ef or k is bounded by the index's size, not allocated.

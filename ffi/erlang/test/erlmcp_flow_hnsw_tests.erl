@@ -488,6 +488,10 @@ bad_files_test() ->
         {error, {corrupt, Why}} = ?H:open(Path),
         ?assertNotEqual(nomatch, binary:match(Why, <<"checksum">>)),
         ?assertMatch({error, {corrupt, _}}, ?H:load(Path)),
+        %% A directory is no index file: io, as the OS refuses it, at open and load.
+        Dir = filename:dirname(Path),
+        ?assertMatch({error, {io, _}}, ?H:open(Dir)),
+        ?assertMatch({error, {io, _}}, ?H:load(Dir)),
         ?assertMatch({error, {io, _}}, ?H:save(Index, filename:join(Path, "x"))),
         invalid(?H:open(<<"nul", 0, "byte">>)),
         invalid(?H:open({not_a, path})),

@@ -528,6 +528,11 @@ def test_open_and_load_refuse_bad_files(tmp_path):
         with pytest.raises(emf.Error) as e:
             fn(bad)
         assert e.value.code == emf.EMF_ERR_CORRUPT, e.value
+    # A directory is no index file: the OS's kind of refusal (EMF_ERR_IO), at open and load.
+    for fn in (emf.HnswIndex.open, emf.HnswIndex.load):
+        with pytest.raises(emf.Error) as e:
+            fn(tmp_path)
+        assert e.value.code == emf.EMF_ERR_IO and "directory" in e.value.message, e.value
     with pytest.raises(emf.Error) as e:  # C would cut the path at the NUL
         emf.HnswIndex.open("a\0b")
     assert e.value.code == emf.EMF_ERR_INVALID_ARGUMENT and "NUL" in e.value.message
