@@ -5,10 +5,12 @@
 //! cargo bench --bench codec --features bench-peers
 //!
 //! The measured operations are defined once in `erlmcp_flow::suite::codec` and shared with
-//! `erlmcp-flow bench --suite serializer`.
+//! `erlmcp-flow bench --suite serializer`. `erlmcp_flow_crc32c` is the same operation on an
+//! archive with a checksum (`EncodeOptions::CHECKSUM`): its cost over `erlmcp_flow` is the
+//! price of the option.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use erlmcp_flow::codec::{self, Encoder};
+use erlmcp_flow::codec::{self, EncodeOptions, Encoder};
 use erlmcp_flow::suite::codec::{
     decode_and_access, encode, fixtures, serde_decode_and_access, serde_encode, text_payload,
 };
@@ -21,6 +23,12 @@ fn bench_decode(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("erlmcp_flow", f.label), &f, |b, f| {
             b.iter(|| decode_and_access(black_box(&f.archive), &f.path))
         });
+        let sealed = codec::encode_with(&f.message, EncodeOptions::CHECKSUM).expect("encodes");
+        g.bench_with_input(
+            BenchmarkId::new("erlmcp_flow_crc32c", f.label),
+            &f,
+            |b, f| b.iter(|| decode_and_access(black_box(&sealed), &f.path)),
+        );
         g.bench_with_input(BenchmarkId::new("serde_json", f.label), &f, |b, f| {
             b.iter(|| serde_decode_and_access(black_box(f.json.as_bytes()), &f.path))
         });
@@ -40,6 +48,12 @@ fn bench_encode(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("erlmcp_flow", f.label), &f, |b, f| {
             b.iter(|| encode(&mut enc, black_box(&f.message)))
         });
+        let mut sealing = Encoder::with_options(EncodeOptions::CHECKSUM);
+        g.bench_with_input(
+            BenchmarkId::new("erlmcp_flow_crc32c", f.label),
+            &f,
+            |b, f| b.iter(|| encode(&mut sealing, black_box(&f.message))),
+        );
         let mut buf = Vec::new();
         g.bench_with_input(BenchmarkId::new("serde_json", f.label), &f, |b, f| {
             b.iter(|| serde_encode(&mut buf, black_box(&f.serde)))

@@ -221,11 +221,14 @@ inline std::string_view priority_name(Priority priority) noexcept {
     return emf_priority_name(static_cast<std::uint32_t>(priority));
 }
 
-// Metadata for json_to_archive (times in µs since the UNIX epoch; 0 = now / no deadline).
+// Metadata for json_to_archive (times in µs since the UNIX epoch; 0 = now / no deadline),
+// and whether the archive carries a CRC32C (EMF_ARCHIVE_CHECKSUM: any flipped bit is then
+// refused as EMF_ERR_CORRUPT by every reader).
 struct EncodeOptions {
     Priority priority = Priority::Normal;
     std::uint64_t created_at_us = 0;
     std::uint64_t deadline_us = 0;
+    bool checksum = false;
 };
 
 // Bytes owned by the library, released in the destructor. Move-only. It keeps the whole
@@ -388,9 +391,10 @@ inline Buffer json_to_archive(std::string_view json, const EncodeOptions& opts =
     const emf_encode_options_t o{static_cast<std::uint32_t>(opts.priority), opts.created_at_us,
                                  opts.deadline_us};
     emf_buf_t out{nullptr, 0, 0};
-    detail::check(emf_json_to_archive(reinterpret_cast<const std::uint8_t*>(json.data()),
-                                      json.size(), &o, &out),
-                  "emf_json_to_archive");
+    detail::check(emf_json_to_archive_ex(reinterpret_cast<const std::uint8_t*>(json.data()),
+                                         json.size(), &o,
+                                         opts.checksum ? EMF_ARCHIVE_CHECKSUM : 0u, &out),
+                  "emf_json_to_archive_ex");
     return Buffer(out);
 }
 

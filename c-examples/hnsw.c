@@ -25,12 +25,14 @@
  * search (as on 1 thread); searches racing a writer thread's inserts answering k hits (a
  * reader thread); save / open / load, a save renamed over a file that is still
  * mapped, a mapped index refusing every change (EMF_ERR_UNSUPPORTED), corrupt, truncated and
- * bit-flipped files (EMF_ERR_CORRUPT, never a crash), missing files (EMF_ERR_NOT_FOUND), directories;
- * NaN and infinite components refused by the distance functions; and bad input
- * for every function: NULL handles, pointers and out-parameters (EMF_ERR_NULL_ARGUMENT), wrong
- * dimensions, unknown metrics, originals and flags, NaN and infinite vectors, duplicate ids,
- * misaligned arrays (EMF_ERR_INVALID_ARGUMENT), lengths past EMF_MAX_INPUT_LEN
- * (EMF_ERR_TOO_LARGE), handles of another type, freed and double-freed handles, and a huge ef
+ * bit-flipped files (EMF_ERR_CORRUPT from the file's CRC32C; re-sealed with a fresh CRC32C,
+ * from the structural checks behind it; never a crash), missing files (EMF_ERR_NOT_FOUND),
+ * directories (EMF_ERR_IO); NaN and infinite components refused by the distance functions; and
+ * bad input for every function: NULL handles, pointers and out-parameters
+ * (EMF_ERR_NULL_ARGUMENT), wrong dimensions, unknown metrics, originals and flags, NaN and
+ * infinite vectors, duplicate ids, misaligned arrays (EMF_ERR_INVALID_ARGUMENT), lengths past
+ * EMF_MAX_INPUT_LEN and counts whose product overflows (EMF_ERR_TOO_LARGE), handles of
+ * another type, freed and double-freed handles, and a huge ef
  * (checked in a child process: it must be refused, not abort). Every failure must come with an
  * error message naming the culprit; out-parameters stay untouched.
  *
@@ -1167,8 +1169,8 @@ static void test_bad_input(void) {
     /* Lengths past EMF_MAX_INPUT_LEN, and sizes whose product overflows. */
     n = 777;
     CHECK_ERROR(emf_hnsw_insert(h, 9, v, SIZE_MAX / 4), EMF_ERR_TOO_LARGE, "exceed");
-    CHECK_ERROR(emf_hnsw_insert_batch(h, ids, SIZE_MAX / 2, v, DIM, 1), EMF_ERR_INVALID_ARGUMENT,
-                "overflows");
+    CHECK_ERROR(emf_hnsw_insert_batch(h, ids, SIZE_MAX / 2, v, DIM, 1), EMF_ERR_TOO_LARGE,
+                "overflow");
     CHECK_ERROR(emf_hnsw_insert_batch(h, ids, (size_t)1 << 30, v, DIM, 1), EMF_ERR_TOO_LARGE,
                 "exceed");
     CHECK_ERROR(emf_hnsw_search(h, v, SIZE_MAX / 2, 4, 0, 0, NULL, 0, hits, &n),
@@ -1178,7 +1180,7 @@ static void test_bad_input(void) {
     CHECK_ERROR(emf_hnsw_search(h, v, DIM, 4, 0, 0, filter, SIZE_MAX / 8, hits, &n),
                 EMF_ERR_TOO_LARGE, "exceed");
     CHECK_ERROR(emf_hnsw_search_batch(h, v, SIZE_MAX / 4, DIM, 4, 0, 0, NULL, 0, 1, hits, counts),
-                EMF_ERR_INVALID_ARGUMENT, "overflow");
+                EMF_ERR_TOO_LARGE, "overflow");
     CHECK(n == 777 && all_sentinel(hits, 16));
 
     /* Misaligned arrays are refused, not read. */
@@ -1303,6 +1305,25 @@ static void put_le32(unsigned char *b, uint32_t x) {
     for (int i = 0; i < 4; i++) b[i] = (unsigned char)(x >> (8 * i));
 }
 
+/* CRC32C (Castagnoli, reflected polynomial 0x82F63B78), bit by bit: continues `crc` over
+ * `len` bytes. */
+static uint32_t crc32c_append(uint32_t crc, const unsigned char *b, size_t len) {
+    crc = ~crc;
+    for (size_t i = 0; i < len; i++) {
+        crc ^= b[i];
+        for (int k = 0; k < 8; k++) crc = (crc >> 1) ^ (0x82F63B78u & (0u - (crc & 1u)));
+    }
+    return ~crc;
+}
+
+/* Writes a fresh CRC32C into an index file of format 2 (src/hnsw/file.rs: the CRC32C of every
+ * byte but its own four, at bytes 128..131), so that damage done on purpose reaches the
+ * structural checks behind the checksum. */
+static void reseal(unsigned char *file, size_t len) {
+    uint32_t crc = crc32c_append(crc32c_append(0, file, 128), file + 132, len - 132);
+    put_le32(file + 128, crc);
+}
+
 static void test_files(void) {
     char path[4096], other[4096], bad[4096];
     path_in(path, sizeof path, "small.hnsw");
@@ -1380,7 +1401,7 @@ static void test_files(void) {
      * Saving into a missing directory, or over a directory: EMF_ERR_IO. */
     expect_open_fails(path_in(other, sizeof other, "missing.hnsw"), EMF_ERR_NOT_FOUND, "missing.hnsw",
                       "a missing file");
-    expect_open_fails(g_dir, EMF_ERR_INVALID_ARGUMENT, "is a directory", "a directory");
+    expect_open_fails(g_dir, EMF_ERR_IO, "is a directory", "a directory");
     CHECK_ERROR(emf_hnsw_save(h, path_in(other, sizeof other, "no/such/dir.hnsw")), EMF_ERR_IO,
                 "no/such/dir.hnsw");
     CHECK_ERROR(emf_hnsw_save(h, g_dir), EMF_ERR_IO, g_dir);
@@ -1388,8 +1409,8 @@ static void test_files(void) {
     /* Damaged files: EMF_ERR_CORRUPT from open and load alike. */
     size_t flen = 0;
     unsigned char *file = read_file(path, &flen);
-    CHECK(file != NULL && flen > 128);
-    if (file == NULL || flen <= 128) {
+    CHECK(file != NULL && flen > 136);
+    if (file == NULL || flen <= 136) {
         free(file);
         free(v);
         emf_hnsw_free(h);
@@ -1416,9 +1437,14 @@ static void test_files(void) {
     memset(copy, 0, flen);
     CHECK(write_file(bad, copy, flen) == 0);
     expect_open_fails(bad, EMF_ERR_CORRUPT, "magic", "a file of zeros");
+    /* The file as saved carries a valid CRC32C (this file's own computation agrees). */
+    memcpy(copy, file, flen);
+    reseal(copy, flen);
+    CHECK(memcmp(copy, file, flen) == 0);
     /* Damage the file format (src/hnsw/file.rs) knows of: a version, a metric, a dimension, a
      * neighbour id, a neighbour count. The level-0 lists start at the offset in header bytes
-     * 96..103 and hold, per node, a count then 2m ids. */
+     * 96..103 and hold, per node, a count then 2m ids. The CRC32C refuses each; re-sealed
+     * with a fresh CRC32C, the structural checks do. */
     memcpy(copy, file, flen);
     put_le32(copy + 8, 99);
     CHECK(write_file(bad, copy, flen) == 0);
@@ -1426,33 +1452,56 @@ static void test_files(void) {
     memcpy(copy, file, flen);
     put_le32(copy + 16, 7);
     CHECK(write_file(bad, copy, flen) == 0);
-    expect_open_fails(bad, EMF_ERR_CORRUPT, "metric", "a file with an unknown metric");
+    expect_open_fails(bad, EMF_ERR_CORRUPT, "checksum", "a file with an unknown metric");
+    reseal(copy, flen);
+    CHECK(write_file(bad, copy, flen) == 0);
+    expect_open_fails(bad, EMF_ERR_CORRUPT, "metric", "a re-sealed file with an unknown metric");
     memcpy(copy, file, flen);
     put_le32(copy + 20, SMALL_DIM + 8);
+    reseal(copy, flen);
     CHECK(write_file(bad, copy, flen) == 0);
     expect_open_fails(bad, EMF_ERR_CORRUPT, "hnsw file", "a file with another dimension");
     uint64_t l0 = le64(file + 96);
-    CHECK(l0 > 128 && l0 + 4 * 33 < flen);
-    if (l0 > 128 && l0 + 4 * 33 < flen) {
+    CHECK(l0 > 136 && l0 + 4 * 33 < flen);
+    if (l0 > 136 && l0 + 4 * 33 < flen) {
         memcpy(copy, file, flen);
         put_le32(copy + l0 + 4, 0xFFFFFF00u); /* node 0's first neighbour */
+        CHECK(write_file(bad, copy, flen) == 0);
+        expect_open_fails(bad, EMF_ERR_CORRUPT, "checksum", "a neighbour out of range");
+        reseal(copy, flen);
         CHECK(write_file(bad, copy, flen) == 0);
         expect_open_fails(bad, EMF_ERR_CORRUPT, "neighbour", "a neighbour out of range");
         memcpy(copy, file, flen);
         put_le32(copy + l0, 33); /* node 0's count, past 2m = 32 */
+        reseal(copy, flen);
         CHECK(write_file(bad, copy, flen) == 0);
         expect_open_fails(bad, EMF_ERR_CORRUPT, "neighbours", "a count past the list");
     }
 
-    /* Random single-byte damage anywhere: open and load either refuse the file
-     * (EMF_ERR_CORRUPT) or accept it, and then every search returns (an answer or an error),
-     * never a crash or a read outside the file (valgrind checks). */
+    /* Random single-byte damage anywhere: open and load refuse the file (EMF_ERR_CORRUPT,
+     * the checksum). Re-sealed with a fresh CRC32C, they either refuse it or accept it, and
+     * then every search returns (an answer or an error), never a crash or a read outside the
+     * file (valgrind checks). */
     uint64_t rng = 51;
     unsigned long refused = 0, accepted = 0, odd = 0;
     for (int t = 0; t < 200; t++) {
         memcpy(copy, file, flen);
         size_t at = t < 128 ? (size_t)t : (size_t)(next_u64(&rng) % flen);
         copy[at] ^= (unsigned char)(1u + next_u64(&rng) % 255u);
+        if (write_file(bad, copy, flen) != 0) {
+            odd++;
+            continue;
+        }
+        for (int loaded = 0; loaded < 2; loaded++) {
+            emf_hnsw_t *x = NULL;
+            emf_status_t st = loaded ? emf_hnsw_load(bad, &x) : emf_hnsw_open(bad, &x);
+            if (st != EMF_ERR_CORRUPT) {
+                fprintf(stderr, "  byte %zu damaged, not re-sealed: %s\n", at, emf_status_name(st));
+                odd++;
+                if (st == EMF_OK) emf_hnsw_free(x);
+            }
+        }
+        reseal(copy, flen);
         if (write_file(bad, copy, flen) != 0) {
             odd++;
             continue;

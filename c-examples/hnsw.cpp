@@ -501,6 +501,9 @@ void test_errors(emf::Hnsw& index, const ScratchDir& dir, const Memory& notes) {
     // Files: missing, garbage, truncated.
     CHECK_THROWS(emf::Hnsw::open(dir.file("missing.hnsw")), EMF_ERR_NOT_FOUND);
     CHECK_THROWS(emf::Hnsw::load(dir.file("missing.hnsw")), EMF_ERR_NOT_FOUND);
+    // A directory is no index file: the OS's kind of refusal.
+    CHECK_THROWS(emf::Hnsw::open(dir.file(".")), EMF_ERR_IO);
+    CHECK_THROWS(emf::Hnsw::load(dir.file(".")), EMF_ERR_IO);
     {
         std::ofstream f(dir.file("garbage.hnsw"), std::ios::binary);
         f << "EMFHNSW" << std::string(500, 'x');
@@ -510,6 +513,18 @@ void test_errors(emf::Hnsw& index, const ScratchDir& dir, const Memory& notes) {
     index.save(dir.file("whole.hnsw"));
     fs::resize_file(dir.file("whole.hnsw"), fs::file_size(dir.file("whole.hnsw")) / 2);
     CHECK_THROWS(emf::Hnsw::open(dir.file("whole.hnsw")), EMF_ERR_CORRUPT);
+    // One bit flipped in the middle of a saved file: the file's CRC32C refuses it.
+    index.save(dir.file("flipped.hnsw"));
+    {
+        std::fstream f(dir.file("flipped.hnsw"), std::ios::in | std::ios::out | std::ios::binary);
+        const auto middle = static_cast<std::streamoff>(fs::file_size(dir.file("flipped.hnsw")) / 2);
+        f.seekg(middle);
+        const int byte = f.get();
+        f.seekp(middle);
+        f.put(static_cast<char>(byte ^ 0x10));
+    }
+    CHECK_THROWS(emf::Hnsw::open(dir.file("flipped.hnsw")), EMF_ERR_CORRUPT);
+    CHECK_THROWS(emf::Hnsw::load(dir.file("flipped.hnsw")), EMF_ERR_CORRUPT);
     CHECK_THROWS(index.save(dir.file("no/such/dir.hnsw")), EMF_ERR_IO);
 
     // Moves: the moved-to object works, the moved-from one throws, destruction frees once.

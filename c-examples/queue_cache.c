@@ -17,8 +17,8 @@
  * Bad input for both: NULL handles and out-parameters (EMF_ERR_NULL_ARGUMENT), unknown
  * priorities and drop policies (EMF_ERR_INVALID_ARGUMENT), lengths past EMF_MAX_INPUT_LEN
  * (EMF_ERR_TOO_LARGE), handles of the wrong type, use after free and double free
- * (EMF_ERR_INVALID_ARGUMENT), a capacity too large to allocate (must be refused, not abort the
- * process: checked in a child process), and stale copies of freed buffers. Every failure must
+ * (EMF_ERR_INVALID_ARGUMENT), a capacity past the limit (EMF_ERR_TOO_LARGE, refused rather
+ * than an abort of the process: checked in a child process), and stale copies of freed buffers. Every failure must
  * come with an error message naming the culprit, and out-parameters stay untouched. Every
  * buffer the library returns is released with emf_buf_free (valgrind checks).
  *
@@ -775,7 +775,7 @@ static void test_cache_sweep(void) {
     CHECK_STATUS(emf_cache_free(c), EMF_OK);
 }
 
-/* Child: a capacity too large to allocate must be refused (EMF_ERR_INVALID_ARGUMENT), not
+/* Child: a capacity too large to allocate must be refused (EMF_ERR_TOO_LARGE), not
  * abort the process; the largest one allowed (2^31) must not allocate it up front. Runs under
  * an address-space limit of 1 GiB more than the child uses, so that a library that tries
  * anyway fails to allocate instead of exhausting the machine. Exit 0 when all went right. */
@@ -795,16 +795,16 @@ static int huge_capacity_child(void) {
     int code = 0;
     emf_cache_t *c = NULL;
     emf_status_t st = emf_cache_new(SIZE_MAX, 0, 0, &c);
-    if (st != EMF_ERR_INVALID_ARGUMENT) {
-        fprintf(stderr, "  emf_cache_new(SIZE_MAX): %s, expected EMF_ERR_INVALID_ARGUMENT\n",
+    if (st != EMF_ERR_TOO_LARGE) {
+        fprintf(stderr, "  emf_cache_new(SIZE_MAX): %s, expected EMF_ERR_TOO_LARGE\n",
                 emf_status_name(st));
         if (st == EMF_OK) emf_cache_free(c);
         code |= 1;
     }
     c = NULL;
     st = emf_cache_new(((size_t)1 << 31) + 1, 0, 1, &c);
-    if (st != EMF_ERR_INVALID_ARGUMENT) {
-        fprintf(stderr, "  emf_cache_new(2^31 + 1): %s, expected EMF_ERR_INVALID_ARGUMENT\n",
+    if (st != EMF_ERR_TOO_LARGE) {
+        fprintf(stderr, "  emf_cache_new(2^31 + 1): %s, expected EMF_ERR_TOO_LARGE\n",
                 emf_status_name(st));
         if (st == EMF_OK) emf_cache_free(c);
         code |= 2;

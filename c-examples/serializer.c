@@ -765,6 +765,33 @@ static void test_damaged_archives(void) {
         free(space);
         emf_buf_free(&archive);
     }
+
+    /* Made with EMF_ARCHIVE_CHECKSUM: every single-bit flip is corrupt, for every reader. */
+    {
+        emf_buf_t archive = {NULL, 0, 0};
+        CHECK_STATUS(emf_json_to_archive_ex(u8(INITIALIZE), strlen(INITIALIZE), NULL,
+                                            EMF_ARCHIVE_CHECKSUM, &archive),
+                     EMF_OK);
+        size_t bad = 0, count = 0;
+        uint8_t *space = xmalloc(archive.len + 1);
+        uint8_t *copy = space + 1;
+        memcpy(copy, archive.data, archive.len);
+        CHECK_STATUS(emf_archive_validate(copy, archive.len, &count), EMF_OK);
+        for (size_t bit = 0; bit < archive.len * 8; bit++) {
+            copy[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            emf_status_t st;
+            if (!archive_status_consistent(copy, archive.len, &st) || st != EMF_ERR_CORRUPT) {
+                if (bad++ == 0) fprintf(stderr, "  checksummed, bit flip %zu: %s\n", bit, emf_status_name(st));
+            }
+            copy[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+        }
+        CHECK(bad == 0);
+        free(space);
+        emf_buf_free(&archive);
+        /* Unknown flag bits are refused. */
+        CHECK_ERROR(emf_json_to_archive_ex(u8(PING), strlen(PING), NULL, 2, &archive),
+                    EMF_ERR_INVALID_ARGUMENT, "flags");
+    }
 }
 
 /* ---------------------------------------------------------------- buffers and errors */

@@ -137,7 +137,7 @@ void test_errors() {
         CHECK(false);
     } catch (const emf::Error& e) {
         CHECK(e.message().find("batch") != std::string::npos);
-        CHECK(std::string(e.what()).find("emf_json_to_archive: EMF_ERR_INVALID_ARGUMENT") == 0);
+        CHECK(std::string(e.what()).find("emf_json_to_archive_ex: EMF_ERR_INVALID_ARGUMENT") == 0);
     }
 
     // Corrupt archives.
@@ -263,6 +263,24 @@ void test_threads() {
 
 }  // namespace
 
+// EncodeOptions::checksum: a CRC32C makes every flipped bit an EMF_ERR_CORRUPT.
+void test_checksum() {
+    emf::EncodeOptions opts;
+    opts.created_at_us = 1;
+    emf::Buffer plain = emf::json_to_archive(kToolsCall, opts);
+    opts.checksum = true;
+    emf::Buffer sealed = emf::json_to_archive(kToolsCall, opts);
+    CHECK(sealed.size() == plain.size() + 4);
+    CHECK(emf::archive_to_json(sealed).view() == emf::archive_to_json(plain).view());
+    std::vector<std::uint8_t> bytes(sealed.data(), sealed.data() + sealed.size());
+    for (std::size_t bit = 0; bit < bytes.size() * 8; bit += 5) {
+        bytes[bit / 8] ^= static_cast<std::uint8_t>(1u << (bit % 8));
+        CHECK_THROWS(emf::validate(bytes), EMF_ERR_CORRUPT);
+        bytes[bit / 8] ^= static_cast<std::uint8_t>(1u << (bit % 8));
+    }
+    CHECK(emf::validate(bytes) == 1);
+}
+
 int main() {
     try {
         emf::check_abi();
@@ -277,6 +295,7 @@ int main() {
     test_roundtrips();
     test_message_fields();
     test_errors();
+    test_checksum();
     test_compression();
     test_moves();
     test_threads();

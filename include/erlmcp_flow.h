@@ -16,6 +16,32 @@
  *    EMF_ERR_INVALID_ARGUMENT. Each handle's thread-safety is stated where it is declared.
  *  - No input makes the library panic, abort or read out of bounds; an internal panic is
  *    caught and returned as EMF_ERR_PANIC.
+ *  - One rule picks the status for a mistake, whichever function sees it:
+ *      EMF_ERR_NULL_ARGUMENT     a required pointer is NULL.
+ *      EMF_ERR_TOO_LARGE         a length, count or capacity (an amount of bytes, items,
+ *                                entries) that is well-formed but beyond a limit: the
+ *                                library's (EMF_MAX_INPUT_LEN, a batch or capacity cap) or the
+ *                                caller's (a decompression limit), or whose arithmetic
+ *                                (count x element size, n x dim) overflows. E.g. a batch of
+ *                                2^40 frames, n x dim past SIZE_MAX, a cache of 2^40 entries.
+ *      EMF_ERR_INVALID_ARGUMENT  a value that is wrong whatever the limits: malformed (bad
+ *                                JSON or UTF-8, NaN, a misaligned pointer), an unknown code or
+ *                                flag bit, a size that breaks a rule other than a maximum
+ *                                (0 where one is needed, not a power of two, a dimension other
+ *                                than the index's), a tuning parameter outside its documented
+ *                                range (HNSW dim, m, ef), a duplicate id, a stale handle.
+ *      EMF_ERR_IO                the operating system refused a file or mapping operation, or
+ *                                a path names something that is not a regular file (a
+ *                                directory, a FIFO). A path that does not exist:
+ *                                EMF_ERR_NOT_FOUND.
+ *      EMF_ERR_CORRUPT           bytes read by the library failed validation. Their structure
+ *                                is always checked (truncation, garbage, bad offsets, lengths
+ *                                and codes); their content (a flipped bit inside a string, a
+ *                                number, a vector) only where a CRC32C is present: HNSW index
+ *                                files always (those of format 1, written before the checksum,
+ *                                are read with structural checks only), archives made with
+ *                                EMF_ARCHIVE_CHECKSUM, frames of rings created with a frame
+ *                                checksum.
  *  - Check emf_abi_version() == EMF_ABI_VERSION once at load and refuse to run otherwise.
  *  - Handles belong to the process that made them: after fork(), the child opens its own
  *    (it must neither use nor free handles inherited from the parent).
@@ -94,6 +120,15 @@
 
 // The default compression threshold in bytes (1 KiB).
 #define EMF_COMPRESS_DEFAULT_THRESHOLD 1024
+
+// Flag of `emf_json_to_archive_ex`: the archive carries a CRC32C of all its bytes (4 bytes
+// more), so that every function reading it refuses any flipped bit with `EMF_ERR_CORRUPT`,
+// inside strings and numbers too. Without it an archive is checked for its structure only:
+// a flip inside a string or a number reads as another valid message. Costs one CRC32C pass
+// over the archive when encoding and again when reading (measured with the CPU's CRC
+// instructions: about 40 ns for 200 bytes, 0.2 µs for 2 KB, 2.7 µs for 64 KB — a 2 KB
+// message validates 20 % slower, a 64 KB one 4 times slower).
+#define EMF_ARCHIVE_CHECKSUM 1
 
 // No flush happened.
 #define EMF_FLUSH_NONE 0
@@ -228,8 +263,8 @@ typedef struct emf_buf_t {
   uint64_t token;
 } emf_buf_t;
 
-// Options for [`emf_json_to_archive`]. Pass NULL for the defaults (normal priority, created
-// now, no deadline).
+// Options for [`emf_json_to_archive`] and [`emf_json_to_archive_ex`]. Pass NULL for the
+// defaults (normal priority, created now, no deadline).
 typedef struct emf_encode_options_t {
   // An `EMF_PRIORITY_*` code.
   uint32_t priority;
@@ -400,7 +435,9 @@ typedef struct emf_hnsw_hit_t {
 // A required pointer argument was NULL.
 #define EMF_ERR_NULL_ARGUMENT 1
 
-// An argument is malformed or out of range (bad JSON, non-UTF-8 text, unknown enum code, ...).
+// An argument is wrong whatever the limits: malformed (bad JSON, non-UTF-8 text, NaN, a
+// misaligned pointer), an unknown code or flag, a size breaking a rule other than a maximum,
+// a tuning parameter out of its range, a stale handle. (Beyond a maximum: `EMF_ERR_TOO_LARGE`.)
 #define EMF_ERR_INVALID_ARGUMENT 2
 
 // Full: back-pressure. The caller still owns what it tried to hand over.
@@ -415,10 +452,15 @@ typedef struct emf_hnsw_hit_t {
 // The object was closed.
 #define EMF_ERR_CLOSED 6
 
-// Bytes failed validation (truncated, garbage, bit-flipped).
+// Bytes failed validation. The structure is always checked (truncated, garbage, bad offsets,
+// lengths or codes); a flipped bit in the content (a string, a number, a vector) is detected
+// only where a CRC32C is present: HNSW index files (format 2, every file this library
+// saves), archives made with `EMF_ARCHIVE_CHECKSUM`, frames of rings created with a frame
+// checksum.
 #define EMF_ERR_CORRUPT 7
 
-// An operating-system I/O error.
+// The operating system refused a file or mapping operation, or a path is not a regular file
+// (a directory, a FIFO).
 #define EMF_ERR_IO 8
 
 // This Raft node is not the leader.
@@ -433,7 +475,8 @@ typedef struct emf_hnsw_hit_t {
 // A caller-provided buffer is too small; the required length was reported.
 #define EMF_ERR_BUFFER_TOO_SMALL 12
 
-// A size limit would be exceeded (input length, decompression limit, value size).
+// A well-formed length, count or capacity is beyond a limit (input length, batch size, cache
+// capacity, decompression limit, value size), or its arithmetic (count × size) overflows.
 #define EMF_ERR_TOO_LARGE 13
 
 // A looked-up item does not exist.
@@ -486,7 +529,8 @@ emf_status_t emf_last_error_message(char *buf, size_t cap, size_t *out_len);
 // `buf`, when non-NULL, must point to a readable and writable `emf_buf_t`.
 emf_status_t emf_buf_free(struct emf_buf_t *buf);
 
-// Parses MCP / JSON-RPC 2.0 text (one message or a batch) and encodes it as an archive.
+// Parses MCP / JSON-RPC 2.0 text (one message or a batch) and encodes it as an archive
+// (without a checksum: `emf_json_to_archive_ex` with flags 0).
 //
 // `opts` may be NULL. On success `*out` receives the archive; free it with `emf_buf_free`.
 // Errors: `EMF_ERR_INVALID_ARGUMENT` for non-UTF-8 text, invalid JSON or invalid JSON-RPC
@@ -500,9 +544,22 @@ emf_status_t emf_json_to_archive(const uint8_t *json,
                                  const struct emf_encode_options_t *opts,
                                  struct emf_buf_t *out);
 
+// `emf_json_to_archive` with `flags`: 0 or `EMF_ARCHIVE_CHECKSUM`. Unknown flag bits give
+// `EMF_ERR_INVALID_ARGUMENT`. Archives of either kind are read by the same functions.
+//
+// # Safety
+//
+// `json` must be readable for `json_len` bytes; `opts` NULL or readable; `out` writable.
+emf_status_t emf_json_to_archive_ex(const uint8_t *json,
+                                    size_t json_len,
+                                    const struct emf_encode_options_t *opts,
+                                    uint32_t flags,
+                                    struct emf_buf_t *out);
+
 // Validates an archive and writes it as JSON-RPC text (UTF-8, not NUL-terminated).
 //
-// Errors: `EMF_ERR_CORRUPT` when the bytes are not a valid archive.
+// Errors: `EMF_ERR_CORRUPT` when the bytes are not a valid archive (structure; and the
+// checksum when it has one, see `EMF_ARCHIVE_CHECKSUM`).
 //
 // # Safety
 //
@@ -856,6 +913,7 @@ emf_status_t emf_task_queue_stats(const struct emf_task_queue_t *q,
 // (0: chosen from the capacity and the machine; rounded up to a power of two). The capacity
 // is split evenly over the shards and so rounded up to a multiple of their number
 // (`emf_cache_stats` reports it); memory is taken as entries arrive, not up front.
+// `EMF_ERR_TOO_LARGE` for a capacity above 2^31.
 //
 // # Safety
 //
@@ -1274,14 +1332,17 @@ emf_status_t emf_hnsw_params_default(uint32_t dim, struct emf_hnsw_params_t *out
 emf_status_t emf_hnsw_new(const struct emf_hnsw_params_t *params, struct emf_hnsw_t **out);
 
 // Maps the index file at `path` read-only and validates it (searches only; other processes
-// may map the same file). A damaged file gives `EMF_ERR_CORRUPT`.
+// may map the same file): its CRC32C over every byte, then its structure. A damaged file
+// gives `EMF_ERR_CORRUPT`, a missing one `EMF_ERR_NOT_FOUND`, one the OS refuses or a path
+// that is not a regular file (a directory) `EMF_ERR_IO`.
 //
 // # Safety
 //
 // `path` a NUL-terminated string; `out` writable.
 emf_status_t emf_hnsw_open(const char *path, struct emf_hnsw_t **out);
 
-// Reads the index file at `path` into a new in-memory index that can change.
+// Reads the index file at `path` into a new in-memory index that can change. The file is
+// validated and the errors are those of `emf_hnsw_open`.
 //
 // # Safety
 //
@@ -1315,6 +1376,7 @@ emf_status_t emf_hnsw_insert(const struct emf_hnsw_t *index,
 
 // Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
 // `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
+// `EMF_ERR_TOO_LARGE` when `n · dim` floats exceed `EMF_MAX_INPUT_LEN` bytes or overflow.
 //
 // # Safety
 //
@@ -1350,7 +1412,8 @@ emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
 // Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
 // CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]` (slots
 // past a query's count are left as they were). The outputs are written only when every
-// query succeeded.
+// query succeeded. `EMF_ERR_TOO_LARGE` when `nq · dim` or `nq · k` overflow or the arrays
+// exceed `EMF_MAX_INPUT_LEN` bytes.
 //
 // # Safety
 //

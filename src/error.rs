@@ -14,7 +14,9 @@ use std::fmt;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ErrorKind {
-    /// An argument is out of range, malformed, or not valid UTF-8 / JSON / JSON-RPC.
+    /// An argument is wrong whatever the limits: malformed, not valid UTF-8 / JSON /
+    /// JSON-RPC, an unknown code, a tuning parameter out of its range. (A size beyond a
+    /// maximum is [`ErrorKind::TooLarge`].)
     InvalidArgument,
     /// A bounded structure is full; the caller keeps its item (back-pressure).
     Full,
@@ -24,15 +26,18 @@ pub enum ErrorKind {
     Timeout,
     /// The object was closed.
     Closed,
-    /// Bytes failed validation: truncated, garbage, bit-flipped, or otherwise not what they claim.
+    /// Bytes failed validation: truncated, garbage, or otherwise not what they claim. The
+    /// structure is always checked; a flipped bit in the content only where a CRC32C is present
+    /// (index files, archives and ring frames made with a checksum).
     Corrupt,
-    /// An operating-system I/O call failed.
+    /// An operating-system I/O call failed, or a path is not a regular file.
     Io,
     /// The operation needs the Raft leader and this node is not it.
     NotLeader,
     /// The operation is not supported by this build or this object.
     Unsupported,
-    /// A size limit set by the caller or the engine would be exceeded.
+    /// A length, count or capacity beyond a limit set by the caller or the engine, or whose
+    /// arithmetic overflows.
     TooLarge,
     /// A looked-up item does not exist.
     NotFound,

@@ -35,7 +35,7 @@
 pub mod batch;
 pub mod cache;
 pub mod capi;
-pub(crate) mod checksum;
+mod checksum;
 pub mod codec;
 mod error;
 pub mod hnsw;

@@ -281,6 +281,119 @@ fn bit_flips_give_corrupt_or_a_safe_view() {
     assert!(!original.is_empty());
 }
 
+/// Issue 9, item 7: in an archive encoded with a checksum, every single-bit flip — in the
+/// header, the checksum, a string, a number, a length — is refused as `Corrupt`. Without the
+/// checksum a flip inside a string or a number leaves a valid archive of another message
+/// (the test above), which is why the option exists.
+#[test]
+fn every_bit_flip_of_a_checksummed_archive_is_corrupt() {
+    let corpus = corpus();
+    let batch = format!("[{},{}]", corpus[0], corpus[3]);
+    let texts = [corpus[3].as_str(), corpus[0].as_str(), batch.as_str()];
+    let mut enc = codec::Encoder::with_options(codec::EncodeOptions::CHECKSUM);
+    let mut frame = vec![0u8; 4096];
+    for text in texts {
+        let archive = jsonrpc::json_to_archive_with(
+            text.as_bytes(),
+            Default::default(),
+            codec::EncodeOptions::CHECKSUM,
+        )
+        .unwrap();
+        assert!(codec::has_checksum(&archive));
+        assert!(codec::decode(&archive).is_ok());
+        // The encoder's other two ways of writing give the same bytes.
+        let msg = codec::to_owned(codec::decode(&archive).unwrap()).unwrap();
+        assert_eq!(enc.encode(&msg).unwrap(), &archive[..]);
+        let n = enc.encode_into_slice(&msg, &mut frame).unwrap();
+        assert_eq!(&frame[..n], &archive[..]);
+        let mut accepted = Vec::new();
+        for bit in 0..archive.len() * 8 {
+            let mut b = archive.to_vec();
+            b[bit / 8] ^= 1 << (bit % 8);
+            match codec::decode(&b) {
+                Ok(_) => accepted.push(bit),
+                Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt, "bit {bit}: {e}"),
+            }
+        }
+        assert!(
+            accepted.is_empty(),
+            "{} of {} single-bit flips accepted (bits {:?}...)",
+            accepted.len(),
+            archive.len() * 8,
+            &accepted[..accepted.len().min(8)]
+        );
+        // A flip in the payload is named for what it is.
+        let mut b = archive.to_vec();
+        let last = b.len() - 1;
+        b[last] ^= 4;
+        let e = codec::decode(&b).unwrap_err();
+        assert!(e.message().contains("checksum mismatch"), "{e}");
+    }
+}
+
+/// Archives without the checksum keep their bytes (the default); a checksummed archive is the
+/// same payload behind a 12-byte header, and both decode to the same message, in place at any
+/// address, and through `decode_unchecked`.
+#[test]
+fn checksummed_and_plain_archives_decode_alike() {
+    // A fixed creation time: "now" would differ between the two encodings.
+    let meta = jsonrpc::Metadata {
+        created_at_us: 1_700_000_000_000_000,
+        ..Default::default()
+    };
+    for text in corpus().iter().take(14) {
+        let plain = jsonrpc::json_to_archive(text.as_bytes(), meta).unwrap();
+        let sealed =
+            jsonrpc::json_to_archive_with(text.as_bytes(), meta, codec::EncodeOptions::CHECKSUM)
+                .unwrap();
+        assert_eq!(plain[3], codec::FORMAT_VERSION);
+        assert!(!codec::has_checksum(&plain));
+        assert_eq!(sealed[3], codec::FORMAT_VERSION | codec::FLAG_CHECKSUM);
+        assert_eq!(sealed.len(), plain.len() + codec::CHECKSUM_LEN);
+        assert_eq!(
+            sealed[4..8],
+            plain[4..8],
+            "the length counts the payload only"
+        );
+        assert_eq!(sealed[12..], plain[8..], "the same payload");
+        let json = jsonrpc::archive_to_json(&plain).unwrap();
+        assert_eq!(jsonrpc::archive_to_json(&sealed).unwrap(), json);
+        for offset in [1, 3] {
+            let mut buf = vec![0u8; offset];
+            buf.extend_from_slice(&sealed);
+            assert_eq!(
+                jsonrpc::to_json(codec::decode(&buf[offset..]).unwrap()),
+                json
+            );
+        }
+        // SAFETY: `sealed` was just validated by `decode` above and is unchanged.
+        let view = unsafe { codec::decode_unchecked(&sealed) };
+        assert_eq!(jsonrpc::to_json(view), json);
+    }
+    // A checksummed archive cut inside its checksum, or padded, is still refused.
+    let sealed = codec::encode_with(
+        &jsonrpc::from_json(corpus()[0].as_bytes()).unwrap(),
+        codec::EncodeOptions::CHECKSUM,
+    )
+    .unwrap();
+    for cut in 0..sealed.len() {
+        let e = codec::decode(&sealed[..cut]).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+    }
+    let mut padded = sealed.to_vec();
+    padded.push(0);
+    assert_eq!(
+        codec::decode(&padded).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    // Too small a frame for the header and checksum is TooLarge, as for the payload.
+    let mut enc = codec::Encoder::with_options(codec::EncodeOptions::CHECKSUM);
+    assert!(enc.options().checksum);
+    let msg = codec::to_owned(codec::decode(&sealed).unwrap()).unwrap();
+    let e = enc.encode_into_slice(&msg, &mut [0u8; 10]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+}
+
 #[test]
 fn misaligned_input_decodes_in_place() {
     let archive =

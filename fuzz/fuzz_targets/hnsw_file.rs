@@ -1,12 +1,14 @@
 //! Damaged HNSW index files: `MappedHnsw::from_bytes` must answer an error or a searchable
 //! index, never crash. Inputs starting with an even byte are parsed as they are; odd ones
 //! are read as edits (offset, xor) applied to a real small index file, so the fuzzer gets past
-//! the header checks into the lists and levels.
+//! the header checks into the lists and levels. The file's CRC32C refuses every edit; so when
+//! bit 1 of the first byte is clear the edited file is re-sealed with a fresh CRC32C
+//! (`reseal_file`), and the edits reach the structural checks behind the checksum.
 #![no_main]
 
 use std::sync::OnceLock;
 
-use erlmcp_flow::hnsw::{Hnsw, MappedHnsw, Originals, Params, SearchOptions};
+use erlmcp_flow::hnsw::{reseal_file, Hnsw, MappedHnsw, Originals, Params, SearchOptions};
 use libfuzzer_sys::fuzz_target;
 
 fn valid() -> &'static [u8] {
@@ -33,11 +35,14 @@ fn valid() -> &'static [u8] {
 
 fuzz_target!(|data: &[u8]| {
     let bytes = match data.first() {
-        Some(b) if b & 1 == 1 => {
+        Some(&b) if b & 1 == 1 => {
             let mut f = valid().to_vec();
             for e in data[1..].chunks_exact(5) {
                 let at = u32::from_le_bytes([e[0], e[1], e[2], e[3]]) as usize % f.len();
                 f[at] ^= e[4];
+            }
+            if b & 2 == 0 {
+                reseal_file(&mut f);
             }
             f
         }

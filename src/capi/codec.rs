@@ -48,8 +48,17 @@ pub const EMF_ID_OTHER_NUMBER: u32 = 4;
 /// The default compression threshold in bytes (1 KiB).
 pub const EMF_COMPRESS_DEFAULT_THRESHOLD: usize = 1024;
 
-/// Options for [`emf_json_to_archive`]. Pass NULL for the defaults (normal priority, created
-/// now, no deadline).
+/// Flag of `emf_json_to_archive_ex`: the archive carries a CRC32C of all its bytes (4 bytes
+/// more), so that every function reading it refuses any flipped bit with `EMF_ERR_CORRUPT`,
+/// inside strings and numbers too. Without it an archive is checked for its structure only:
+/// a flip inside a string or a number reads as another valid message. Costs one CRC32C pass
+/// over the archive when encoding and again when reading (measured with the CPU's CRC
+/// instructions: about 40 ns for 200 bytes, 0.2 µs for 2 KB, 2.7 µs for 64 KB — a 2 KB
+/// message validates 20 % slower, a 64 KB one 4 times slower).
+pub const EMF_ARCHIVE_CHECKSUM: u32 = 1;
+
+/// Options for [`emf_json_to_archive`] and [`emf_json_to_archive_ex`]. Pass NULL for the
+/// defaults (normal priority, created now, no deadline).
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct emf_encode_options_t {
@@ -113,7 +122,8 @@ pub struct emf_envelope_info_t {
     pub error_code: i64,
 }
 
-/// Parses MCP / JSON-RPC 2.0 text (one message or a batch) and encodes it as an archive.
+/// Parses MCP / JSON-RPC 2.0 text (one message or a batch) and encodes it as an archive
+/// (without a checksum: `emf_json_to_archive_ex` with flags 0).
 ///
 /// `opts` may be NULL. On success `*out` receives the archive; free it with `emf_buf_free`.
 /// Errors: `EMF_ERR_INVALID_ARGUMENT` for non-UTF-8 text, invalid JSON or invalid JSON-RPC
@@ -129,8 +139,35 @@ pub unsafe extern "C" fn emf_json_to_archive(
     opts: *const emf_encode_options_t,
     out: *mut emf_buf_t,
 ) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe { emf_json_to_archive_ex(json, json_len, opts, 0, out) }
+}
+
+/// `emf_json_to_archive` with `flags`: 0 or `EMF_ARCHIVE_CHECKSUM`. Unknown flag bits give
+/// `EMF_ERR_INVALID_ARGUMENT`. Archives of either kind are read by the same functions.
+///
+/// # Safety
+///
+/// `json` must be readable for `json_len` bytes; `opts` NULL or readable; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_json_to_archive_ex(
+    json: *const u8,
+    json_len: usize,
+    opts: *const emf_encode_options_t,
+    flags: u32,
+    out: *mut emf_buf_t,
+) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
+        if flags & !EMF_ARCHIVE_CHECKSUM != 0 {
+            return Err(FfiError::new(
+                EMF_ERR_INVALID_ARGUMENT,
+                format!("unknown archive flags {flags:#x} (known: EMF_ARCHIVE_CHECKSUM)"),
+            ));
+        }
+        let encoding = codec::EncodeOptions {
+            checksum: flags & EMF_ARCHIVE_CHECKSUM != 0,
+        };
         // SAFETY: caller contract. Copied so that the UTF-8 check and the parse see the same
         // bytes even if the caller's memory changes.
         let text = unsafe { bytes(json, json_len, "json") }?.to_vec();
@@ -151,7 +188,7 @@ pub unsafe extern "C" fn emf_json_to_archive(
                 deadline_us: o.deadline_us,
             }
         };
-        let archive = jsonrpc::json_to_archive(&text, meta)?;
+        let archive = jsonrpc::json_to_archive_with(&text, meta, encoding)?;
         // SAFETY: `out` checked non-NULL; writable by contract.
         unsafe { write_buf(out, archive.to_vec()) }
     })
@@ -159,7 +196,8 @@ pub unsafe extern "C" fn emf_json_to_archive(
 
 /// Validates an archive and writes it as JSON-RPC text (UTF-8, not NUL-terminated).
 ///
-/// Errors: `EMF_ERR_CORRUPT` when the bytes are not a valid archive.
+/// Errors: `EMF_ERR_CORRUPT` when the bytes are not a valid archive (structure; and the
+/// checksum when it has one, see `EMF_ARCHIVE_CHECKSUM`).
 ///
 /// # Safety
 ///
@@ -572,6 +610,70 @@ mod tests {
         // SAFETY: a truncated copy is validated, not trusted.
         let st = unsafe { emf_archive_validate(bytes.as_ptr(), bytes.len() - 1, &mut count) };
         assert_eq!(st, EMF_ERR_CORRUPT);
+    }
+
+    /// Issue 9, item 7: an archive made with `EMF_ARCHIVE_CHECKSUM` has every flipped bit
+    /// refused by each function that reads archives; without the flag, the same call makes
+    /// the same bytes as `emf_json_to_archive`.
+    #[test]
+    fn checksummed_archives_through_the_abi() {
+        let json = br#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"q":"abc","n":12}}"#;
+        let opts = emf_encode_options_t {
+            priority: EMF_PRIORITY_NORMAL,
+            created_at_us: 77,
+            deadline_us: 0,
+        };
+        let encode = |flags: u32| {
+            let mut out = emf_buf_t::EMPTY;
+            // SAFETY: valid input range, options and out-parameter.
+            let st = unsafe {
+                emf_json_to_archive_ex(json.as_ptr(), json.len(), &opts, flags, &mut out)
+            };
+            (st, take(&mut out))
+        };
+        let (st, sealed) = encode(EMF_ARCHIVE_CHECKSUM);
+        assert_eq!(st, EMF_OK);
+        let (st, plain) = encode(0);
+        assert_eq!(st, EMF_OK);
+        let mut out = emf_buf_t::EMPTY;
+        // SAFETY: valid input range, options and out-parameter.
+        let st = unsafe { emf_json_to_archive(json.as_ptr(), json.len(), &opts, &mut out) };
+        assert_eq!((st, take(&mut out)), (EMF_OK, plain.clone()));
+        assert_eq!(sealed.len(), plain.len() + 4);
+        assert_eq!(encode(2).0, EMF_ERR_INVALID_ARGUMENT);
+        assert_eq!(
+            encode(EMF_ARCHIVE_CHECKSUM | 1 << 31).0,
+            EMF_ERR_INVALID_ARGUMENT
+        );
+        // SAFETY: a NULL out is refused before anything is read.
+        let st = unsafe {
+            emf_json_to_archive_ex(json.as_ptr(), json.len(), &opts, 0, std::ptr::null_mut())
+        };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
+        let read = |b: &[u8]| -> [emf_status_t; 3] {
+            let mut n = 0;
+            // SAFETY: valid input range and out-parameter.
+            let validate = unsafe { emf_archive_validate(b.as_ptr(), b.len(), &mut n) };
+            let mut out = emf_buf_t::EMPTY;
+            // SAFETY: valid input range and out-parameter.
+            let to_json = unsafe { emf_archive_to_json(b.as_ptr(), b.len(), &mut out) };
+            take(&mut out);
+            let mut msg = std::ptr::null_mut();
+            // SAFETY: valid input range and out-parameter.
+            let open = unsafe { emf_message_open(b.as_ptr(), b.len(), &mut msg) };
+            if open == EMF_OK {
+                // SAFETY: a live handle, freed once.
+                assert_eq!(unsafe { emf_message_free(msg) }, EMF_OK);
+            }
+            [validate, to_json, open]
+        };
+        assert_eq!(read(&sealed), [EMF_OK; 3]);
+        // Every bit; under Miri (slow) every 13th.
+        for bit in (0..sealed.len() * 8).step_by(if cfg!(miri) { 13 } else { 1 }) {
+            let mut b = sealed.clone();
+            b[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(read(&b), [EMF_ERR_CORRUPT; 3], "bit {bit}");
+        }
     }
 
     #[test]

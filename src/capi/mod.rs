@@ -14,6 +14,13 @@
 //! * Handles are opaque pointers created by `emf_<thing>_new`/`_open` and released by
 //!   `emf_<thing>_free`, which accepts NULL and detects a double free.
 //! * A panic inside the engine is caught at the boundary and reported as `EMF_ERR_PANIC`.
+//! * One rule picks the status for a mistake, whichever function sees it (the preamble in
+//!   `cbindgen.toml` has the full text): `EMF_ERR_TOO_LARGE` for a well-formed length, count
+//!   or capacity beyond a limit or whose arithmetic overflows; `EMF_ERR_INVALID_ARGUMENT` for
+//!   a value wrong whatever the limits (malformed, an unknown code, a size that breaks a rule
+//!   other than a maximum, a tuning parameter out of range); `EMF_ERR_IO` when the OS refuses
+//!   a file operation or a path is not a regular file; `EMF_ERR_CORRUPT` for bytes that fail
+//!   validation — structure always, content only where a CRC32C is present.
 #![allow(non_camel_case_types)]
 
 pub mod codec;
@@ -37,7 +44,9 @@ pub type emf_status_t = i32;
 pub const EMF_OK: emf_status_t = 0;
 /// A required pointer argument was NULL.
 pub const EMF_ERR_NULL_ARGUMENT: emf_status_t = 1;
-/// An argument is malformed or out of range (bad JSON, non-UTF-8 text, unknown enum code, ...).
+/// An argument is wrong whatever the limits: malformed (bad JSON, non-UTF-8 text, NaN, a
+/// misaligned pointer), an unknown code or flag, a size breaking a rule other than a maximum,
+/// a tuning parameter out of its range, a stale handle. (Beyond a maximum: `EMF_ERR_TOO_LARGE`.)
 pub const EMF_ERR_INVALID_ARGUMENT: emf_status_t = 2;
 /// Full: back-pressure. The caller still owns what it tried to hand over.
 pub const EMF_ERR_FULL: emf_status_t = 3;
@@ -47,9 +56,14 @@ pub const EMF_ERR_EMPTY: emf_status_t = 4;
 pub const EMF_ERR_TIMEOUT: emf_status_t = 5;
 /// The object was closed.
 pub const EMF_ERR_CLOSED: emf_status_t = 6;
-/// Bytes failed validation (truncated, garbage, bit-flipped).
+/// Bytes failed validation. The structure is always checked (truncated, garbage, bad offsets,
+/// lengths or codes); a flipped bit in the content (a string, a number, a vector) is detected
+/// only where a CRC32C is present: HNSW index files (format 2, every file this library
+/// saves), archives made with `EMF_ARCHIVE_CHECKSUM`, frames of rings created with a frame
+/// checksum.
 pub const EMF_ERR_CORRUPT: emf_status_t = 7;
-/// An operating-system I/O error.
+/// The operating system refused a file or mapping operation, or a path is not a regular file
+/// (a directory, a FIFO).
 pub const EMF_ERR_IO: emf_status_t = 8;
 /// This Raft node is not the leader.
 pub const EMF_ERR_NOT_LEADER: emf_status_t = 9;
@@ -59,7 +73,8 @@ pub const EMF_ERR_UNSUPPORTED: emf_status_t = 10;
 pub const EMF_ERR_PANIC: emf_status_t = 11;
 /// A caller-provided buffer is too small; the required length was reported.
 pub const EMF_ERR_BUFFER_TOO_SMALL: emf_status_t = 12;
-/// A size limit would be exceeded (input length, decompression limit, value size).
+/// A well-formed length, count or capacity is beyond a limit (input length, batch size, cache
+/// capacity, decompression limit, value size), or its arithmetic (count × size) overflows.
 pub const EMF_ERR_TOO_LARGE: emf_status_t = 13;
 /// A looked-up item does not exist.
 pub const EMF_ERR_NOT_FOUND: emf_status_t = 14;

@@ -9,6 +9,7 @@ use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
 use super::{
     bytes, emf_buf_t, emf_status_t, guard, require_out, write_out, FfiError, FfiResult,
     EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_EMPTY, EMF_ERR_INVALID_ARGUMENT, EMF_ERR_NOT_FOUND,
+    EMF_ERR_TOO_LARGE,
 };
 use crate::cache::{CacheOptions, LruCache, Sweeper};
 use crate::queue::{DropPolicy, Enqueue, Priority, TaskQueue, TaskQueueOptions};
@@ -284,6 +285,7 @@ fn cache<'a>(c: *const emf_cache_t) -> FfiResult<&'a emf_cache_t> {
 /// (0: chosen from the capacity and the machine; rounded up to a power of two). The capacity
 /// is split evenly over the shards and so rounded up to a multiple of their number
 /// (`emf_cache_stats` reports it); memory is taken as entries arrive, not up front.
+/// `EMF_ERR_TOO_LARGE` for a capacity above 2^31.
 ///
 /// # Safety
 ///
@@ -300,7 +302,7 @@ pub unsafe extern "C" fn emf_cache_new(
         let d = CacheOptions::default();
         if capacity > 1 << 31 {
             return Err(FfiError::new(
-                EMF_ERR_INVALID_ARGUMENT,
+                EMF_ERR_TOO_LARGE,
                 format!("capacity {capacity} is above the limit of 2^31 entries"),
             ));
         }
@@ -688,10 +690,15 @@ mod tests {
                 emf_cache_put(c, b"a".as_ptr(), 1, b"x".as_ptr(), 1),
                 EMF_ERR_INVALID_ARGUMENT
             );
+            // A capacity past the limit is TOO_LARGE (the header's rule; it was
+            // INVALID_ARGUMENT), the limit itself is fine.
+            assert_eq!(emf_cache_new(usize::MAX, 0, 0, &mut c), EMF_ERR_TOO_LARGE);
             assert_eq!(
-                emf_cache_new(usize::MAX, 0, 0, &mut c),
-                EMF_ERR_INVALID_ARGUMENT
+                emf_cache_new((1 << 31) + 1, 0, 1, &mut c),
+                EMF_ERR_TOO_LARGE
             );
+            assert_eq!(emf_cache_new(1 << 31, 0, 1, &mut c), EMF_OK);
+            assert_eq!(emf_cache_free(c), EMF_OK);
             assert_eq!(
                 emf_cache_new(10, 0, 0, std::ptr::null_mut()),
                 EMF_ERR_NULL_ARGUMENT

@@ -12,7 +12,7 @@ use std::sync::RwLock;
 use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
 use super::{
     c_str, emf_status_t, guard, require_out, typed, typed_mut, write_out, FfiError, FfiResult,
-    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_UNSUPPORTED,
+    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_ERR_UNSUPPORTED,
 };
 use crate::hnsw::{Filter, Hnsw, MappedHnsw, Originals, Params, SearchOptions};
 use crate::vector::{self, f16, Metric};
@@ -36,6 +36,17 @@ pub const EMF_SEARCH_RERANK: u32 = 1;
 
 fn metric(code: u32) -> FfiResult<Metric> {
     Ok(Metric::from_code(code)?)
+}
+
+/// `a · b` elements of an array argument; `EMF_ERR_TOO_LARGE` when the product overflows
+/// (the header's rule: sizes beyond a limit, arithmetic overflow included).
+fn product(a: usize, b: usize, what: &str) -> FfiResult<usize> {
+    a.checked_mul(b).ok_or_else(|| {
+        FfiError::new(
+            EMF_ERR_TOO_LARGE,
+            format!("`{what}`: {a} · {b} values overflow the address space"),
+        )
+    })
 }
 
 fn dim_eq(dim: usize, want: usize, what: &str) -> FfiResult {
@@ -355,7 +366,9 @@ pub unsafe extern "C" fn emf_hnsw_new(
 }
 
 /// Maps the index file at `path` read-only and validates it (searches only; other processes
-/// may map the same file). A damaged file gives `EMF_ERR_CORRUPT`.
+/// may map the same file): its CRC32C over every byte, then its structure. A damaged file
+/// gives `EMF_ERR_CORRUPT`, a missing one `EMF_ERR_NOT_FOUND`, one the OS refuses or a path
+/// that is not a regular file (a directory) `EMF_ERR_IO`.
 ///
 /// # Safety
 ///
@@ -373,7 +386,8 @@ pub unsafe extern "C" fn emf_hnsw_open(
     })
 }
 
-/// Reads the index file at `path` into a new in-memory index that can change.
+/// Reads the index file at `path` into a new in-memory index that can change. The file is
+/// validated and the errors are those of `emf_hnsw_open`.
 ///
 /// # Safety
 ///
@@ -450,6 +464,7 @@ pub unsafe extern "C" fn emf_hnsw_insert(
 
 /// Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
 /// `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
+/// `EMF_ERR_TOO_LARGE` when `n · dim` floats exceed `EMF_MAX_INPUT_LEN` bytes or overflow.
 ///
 /// # Safety
 ///
@@ -464,9 +479,7 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
     threads: u32,
 ) -> emf_status_t {
     guard(|| {
-        let total = n
-            .checked_mul(dim)
-            .ok_or_else(|| FfiError::new(EMF_ERR_INVALID_ARGUMENT, "n · dim overflows"))?;
+        let total = product(n, dim, "vectors")?;
         // SAFETY: caller contract.
         let ids = unsafe { typed(ids, n, "ids") }?;
         // SAFETY: caller contract.
@@ -569,7 +582,8 @@ fn search_into(
 /// Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
 /// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]` (slots
 /// past a query's count are left as they were). The outputs are written only when every
-/// query succeeded.
+/// query succeeded. `EMF_ERR_TOO_LARGE` when `nq · dim` or `nq · k` overflow or the arrays
+/// exceed `EMF_MAX_INPUT_LEN` bytes.
 ///
 /// # Safety
 ///
@@ -592,9 +606,8 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
     out_counts: *mut usize,
 ) -> emf_status_t {
     guard(|| {
-        let too_big = || FfiError::new(EMF_ERR_INVALID_ARGUMENT, "sizes overflow");
-        let total = nq.checked_mul(dim).ok_or_else(too_big)?;
-        let hits_len = nq.checked_mul(k).ok_or_else(too_big)?;
+        let total = product(nq, dim, "queries")?;
+        let hits_len = product(nq, k, "out_hits")?;
         // SAFETY: caller contract.
         let qs = unsafe { typed(queries, total, "queries") }?;
         // SAFETY: caller contract.
@@ -829,6 +842,76 @@ mod tests {
         // SAFETY: alignment is checked before the pointer is read.
         let st = unsafe { emf_distance_f32(0, misaligned, misaligned, 2, &mut d) };
         assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+    }
+
+    /// Issue 9, item 8: the header's rule for statuses. A count or size whose product
+    /// overflows is `EMF_ERR_TOO_LARGE`, as a count past `EMF_MAX_INPUT_LEN` is (these
+    /// answered `EMF_ERR_INVALID_ARGUMENT` before); a path that is not a regular file is
+    /// `EMF_ERR_IO` at open and at load (a directory answered `EMF_ERR_INVALID_ARGUMENT`).
+    #[test]
+    #[cfg_attr(miri, ignore)] // opens files (Miri cannot)
+    fn sizes_are_too_large_and_paths_that_are_no_files_are_io() {
+        let dim = 4usize;
+        let h = new_index(dim as u32, EMF_ORIGINALS_NONE);
+        let v = [0.5f32; 8];
+        let ids = [1u64, 2];
+        let (mut hits, mut counts) = ([emf_hnsw_hit_t::default(); 4], [0usize; 2]);
+        // SAFETY: the product overflows: refused before any pointer is used.
+        let st =
+            unsafe { emf_hnsw_insert_batch(h, ids.as_ptr(), usize::MAX / 2, v.as_ptr(), dim, 1) };
+        assert_eq!(st, EMF_ERR_TOO_LARGE);
+        // SAFETY: as above, the other way round.
+        let st =
+            unsafe { emf_hnsw_insert_batch(h, ids.as_ptr(), 2, v.as_ptr(), usize::MAX / 3, 1) };
+        assert_eq!(st, EMF_ERR_TOO_LARGE);
+        // SAFETY: 2^40 ids: past the input limit, refused before any read.
+        let st = unsafe { emf_hnsw_insert_batch(h, ids.as_ptr(), 1 << 40, v.as_ptr(), 1, 1) };
+        assert_eq!(st, EMF_ERR_TOO_LARGE);
+        for (nq, k) in [(usize::MAX / 2, 1), (2, usize::MAX / 2)] {
+            // SAFETY: the products overflow: refused before any pointer is used.
+            let st = unsafe {
+                emf_hnsw_search_batch(
+                    h,
+                    v.as_ptr(),
+                    nq,
+                    dim,
+                    k,
+                    0,
+                    0,
+                    null(),
+                    0,
+                    1,
+                    hits.as_mut_ptr(),
+                    counts.as_mut_ptr(),
+                )
+            };
+            assert_eq!(st, EMF_ERR_TOO_LARGE, "nq {nq}, k {k}");
+        }
+        // SAFETY: sizes match: the same call with sane sizes works.
+        let st = unsafe { emf_hnsw_insert_batch(h, ids.as_ptr(), 2, v.as_ptr(), dim, 1) };
+        assert_eq!(st, EMF_OK);
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_free(h) }, EMF_OK);
+
+        let dir = std::env::temp_dir().join(format!("emf-capi-notafile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let cfifo = CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path; mkfifo only creates the node.
+        assert_eq!(unsafe { libc::mkfifo(cfifo.as_ptr(), 0o600) }, 0);
+        for path in [&dir, &fifo] {
+            let cpath = CString::new(path.to_str().unwrap()).unwrap();
+            let mut x = null_mut();
+            // SAFETY: NUL-terminated path, writable out. (A FIFO is refused without being
+            // opened: opening it would wait for a writer.)
+            let st = unsafe { emf_hnsw_open(cpath.as_ptr(), &mut x) };
+            assert_eq!(st, crate::capi::EMF_ERR_IO, "open {}", path.display());
+            // SAFETY: as above.
+            let st = unsafe { emf_hnsw_load(cpath.as_ptr(), &mut x) };
+            assert_eq!(st, crate::capi::EMF_ERR_IO, "load {}", path.display());
+            assert!(x.is_null());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

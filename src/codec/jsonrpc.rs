@@ -326,7 +326,16 @@ pub fn write_envelope(e: &ArchivedEnvelope, out: &mut Vec<u8>) {
 
 /// Parses JSON-RPC text and encodes it as an archive in one step.
 pub fn json_to_archive(text: &[u8], meta: Metadata) -> Result<rkyv::util::AlignedVec> {
-    super::encode(&from_json_with(text, meta)?)
+    json_to_archive_with(text, meta, super::EncodeOptions::default())
+}
+
+/// [`json_to_archive`] with encoding options (a checksum).
+pub fn json_to_archive_with(
+    text: &[u8],
+    meta: Metadata,
+    opts: super::EncodeOptions,
+) -> Result<rkyv::util::AlignedVec> {
+    super::encode_with(&from_json_with(text, meta)?, opts)
 }
 
 /// Validates an archive and writes it as JSON-RPC text.

@@ -3,9 +3,10 @@
 //! Layout (little-endian; every section starts at a multiple of 8):
 //!
 //! ```text
-//! header (128 bytes)  magic "EMFHNSW\0", version, byte-order mark, metric, dim, m, count,
+//! header (136 bytes)  magic "EMFHNSW\0", version (2), byte-order mark, metric, dim, m, count,
 //!                     live, entry, top level, originals, ef_construction, ef_search, seed,
-//!                     upper length, the offset of each section, file length
+//!                     upper length, the offset of each section, file length,
+//!                     CRC32C (at byte 128), 4 bytes reserved (zero)
 //! records             count × record_stride(dim)   [a f32][b f32][id u64][codes i8 × dim]
 //! originals           count × dim × (0 | 2 | 4)    f16 or f32 vectors for re-ranking
 //! levels              count bytes                  level | 0x80 when removed
@@ -14,9 +15,21 @@
 //! upper lists         upper length u32              per node and level 1..: count, then ids
 //! ```
 //!
-//! [`MappedHnsw::open`] checks the header, every section's bounds, every list's count, and
-//! that every id in a level-`l` list names a node of level `l` or more, before the first
-//! search. After that, searches index the mapping with bounds-checked slices, so even a check
+//! The CRC32C covers every byte of the file but its own four (bytes `0..128` then `132..`).
+//! [`MappedHnsw::open`] (and so [`Hnsw::load`]) checks the header's magic, version and file
+//! length, then the checksum over the whole file — so any bit flipped on disk or on the way is
+//! refused as `Corrupt` — and then every section's bounds, every list's count, and that every
+//! id in a level-`l` list names a node of level `l` or more, before the first search. The
+//! checksum reads every byte once at open (about 14 GB/s with the CPU's CRC instructions): a
+//! 100K × 384 index with f16 originals (131 MB) opens in 12 ms instead of 3 ms from the page
+//! cache, and a file not in the page cache is read whole from the disk at open rather than
+//! page by page as searches touch it.
+//!
+//! Files of version 1 (written before the checksum; a 128-byte header without the last two
+//! fields) are still read, with the structural checks only; [`Hnsw::save`] always writes
+//! version 2, so loading an old file and saving it again adds the checksum.
+//!
+//! After the checks, searches index the mapping with bounds-checked slices, so even a damage
 //! missed here could only stop a search, never read outside the file. A file is written to a
 //! temporary name and renamed, so a process that mapped the old file keeps reading the old
 //! one intact.
@@ -32,9 +45,15 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::sync::Ordering;
 
 const MAGIC: &[u8; 8] = b"EMFHNSW\0";
-const VERSION: u32 = 1;
+/// The version this build writes: version 1 plus the CRC32C.
+const VERSION: u32 = 2;
+/// Files written before the checksum: read with the structural checks only.
+const VERSION_1: u32 = 1;
 const BOM: u32 = 0x0102_0304;
-const HEADER: usize = 128;
+const HEADER: usize = 136;
+const HEADER_V1: usize = 128;
+/// Where the CRC32C sits in a version-2 header (4 bytes; 4 reserved zero bytes follow).
+const CRC_AT: usize = 128;
 const REMOVED: u8 = 0x80;
 
 /// What a save writes, gathered from the live index.
@@ -150,8 +169,11 @@ impl Snapshot {
             h.extend_from_slice(&o.to_le_bytes());
         }
         h.extend_from_slice(&len.to_le_bytes());
+        h.extend_from_slice(&[0; 8]); // the CRC32C, then 4 reserved bytes
         debug_assert_eq!(h.len(), HEADER);
         out[..HEADER].copy_from_slice(&h);
+        let crc = file_crc(&out);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
         Ok(out)
     }
 }
@@ -231,6 +253,22 @@ fn corrupt(what: impl std::fmt::Display) -> Error {
     Error::corrupt(format!("hnsw file: {what}"))
 }
 
+/// The CRC32C of a version-2 file: every byte but the four that hold it.
+fn file_crc(b: &[u8]) -> u32 {
+    crate::checksum::crc32c_append(crate::checksum::crc32c(&b[..CRC_AT]), &b[CRC_AT + 4..])
+}
+
+/// Recomputes the checksum of version-2 index file bytes in place (for the fuzz target: it
+/// damages a file on purpose and re-seals it, to reach the structural checks behind the
+/// checksum). Bytes too short for the header are left alone.
+#[doc(hidden)]
+pub fn reseal_file(bytes: &mut [u8]) {
+    if bytes.len() >= HEADER && u32_at(bytes, 8) == VERSION {
+        let crc = file_crc(bytes);
+        bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
@@ -242,7 +280,10 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 impl MappedHnsw {
-    /// Maps the index file at `path` read-only and validates it.
+    /// Maps the index file at `path` read-only and validates it: the CRC32C over every byte,
+    /// then the structure (module documentation). `Corrupt` for a damaged file, `NotFound`
+    /// when there is none, `Io` when the OS refuses it or `path` is not a regular file (a
+    /// directory, a FIFO, a device).
     pub fn open(path: impl AsRef<Path>) -> Result<MappedHnsw> {
         let path = path.as_ref();
         let io = |e: std::io::Error| {
@@ -252,16 +293,27 @@ impl MappedHnsw {
             };
             Error::new(kind, format!("{}: {e}", path.display()))
         };
+        let not_a_file = |what: &str| {
+            Error::new(
+                ErrorKind::Io,
+                format!("{}: {what}, not an index file", path.display()),
+            )
+        };
+        // Looked at before the open: opening a FIFO for reading would wait for a writer.
+        let meta = std::fs::metadata(path).map_err(io)?;
+        if meta.is_dir() {
+            return Err(not_a_file("is a directory"));
+        }
+        if !meta.is_file() {
+            return Err(not_a_file("is not a regular file"));
+        }
         let f = File::open(path).map_err(io)?;
         let meta = f.metadata().map_err(io)?;
-        if meta.is_dir() {
-            return Err(Error::invalid(format!(
-                "{} is a directory, not an index file",
-                path.display()
-            )));
+        if !meta.is_file() {
+            return Err(not_a_file("is not a regular file"));
         }
         let len = meta.len();
-        if len < HEADER as u64 {
+        if len < HEADER_V1 as u64 {
             return Err(corrupt(format!("{} bytes is shorter than the header", len)));
         }
         // SAFETY: the mapping is read-only and private to this value; the file is not
@@ -272,8 +324,9 @@ impl MappedHnsw {
         MappedHnsw::parse(Backing::Map(map))
     }
 
-    /// Validates `bytes` as an index file and searches a copy of them (for bytes that did
-    /// not come from a file, e.g. received from another process).
+    /// Validates `bytes` as an index file (checksum and structure, as [`MappedHnsw::open`])
+    /// and searches a copy of them (for bytes that did not come from a file, e.g. received
+    /// from another process).
     pub fn from_bytes(bytes: &[u8]) -> Result<MappedHnsw> {
         let mut v = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut v)[..bytes.len()].copy_from_slice(bytes);
@@ -282,20 +335,44 @@ impl MappedHnsw {
 
     fn parse(backing: Backing) -> Result<MappedHnsw> {
         let b = backing.bytes();
-        if b.len() < HEADER {
-            return Err(corrupt(format!(
-                "{} bytes is shorter than the header",
-                b.len()
-            )));
+        let short = || corrupt(format!("{} bytes is shorter than the header", b.len()));
+        if b.len() < HEADER_V1 {
+            return Err(short());
         }
         if &b[..8] != MAGIC {
             return Err(corrupt("not an erlmcp-flow HNSW file (magic)"));
         }
         let version = u32_at(b, 8);
-        if version != VERSION {
+        let header = match version {
+            VERSION => HEADER,
+            VERSION_1 => HEADER_V1,
+            _ => {
+                return Err(corrupt(format!(
+                    "version {version}, this build reads {VERSION_1} and {VERSION}"
+                )))
+            }
+        };
+        if b.len() < header {
+            return Err(short());
+        }
+        if u64_at(b, 120) != b.len() as u64 {
             return Err(corrupt(format!(
-                "version {version}, this build reads {VERSION}"
+                "the header says {} bytes, the file has {} (truncated, or extended)",
+                u64_at(b, 120),
+                b.len()
             )));
+        }
+        if version == VERSION {
+            let (stored, computed) = (u32_at(b, CRC_AT), file_crc(b));
+            if stored != computed {
+                return Err(corrupt(format!(
+                    "checksum mismatch: the header's CRC32C is {stored:#010x}, the file's bytes \
+                     give {computed:#010x} (damaged on disk or on the way)"
+                )));
+            }
+            if u32_at(b, CRC_AT + 4) != 0 {
+                return Err(corrupt("reserved header bytes are not zero"));
+            }
         }
         if u32_at(b, 12) != BOM {
             return Err(corrupt("written on a machine of the other byte order"));
@@ -323,13 +400,6 @@ impl MappedHnsw {
         if count > MAX_NODES || live > count {
             return Err(corrupt(format!("{live} live of {count} nodes")));
         }
-        if u64_at(b, 120) != b.len() as u64 {
-            return Err(corrupt(format!(
-                "the header says {} bytes, the file has {} (truncated, or extended)",
-                u64_at(b, 120),
-                b.len()
-            )));
-        }
         let upper_len = usize::try_from(u64_at(b, 64)).map_err(|_| corrupt("upper length"))?;
         let sizes = [
             count.checked_mul(record_stride(dim)),
@@ -340,7 +410,7 @@ impl MappedHnsw {
             upper_len.checked_mul(4),
         ];
         let mut offs = [0usize; 6];
-        let mut end = HEADER;
+        let mut end = header;
         for (i, size) in sizes.iter().enumerate() {
             let off = usize::try_from(u64_at(b, 72 + 8 * i)).map_err(|_| corrupt("offset"))?;
             let size = size.ok_or_else(|| corrupt("section size overflows"))?;

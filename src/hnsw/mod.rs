@@ -10,7 +10,8 @@
 //! * [`Hnsw::remove`] unlinks a node and repairs its neighbours' lists; the node's memory
 //!   stays (searches may still be passing through it) until [`Hnsw::compact`].
 //! * [`Hnsw::save`] writes a file that [`MappedHnsw::open`] maps read-only and searches in
-//!   place — several processes can map one file; bytes are validated before use.
+//!   place — several processes can map one file; the file carries a CRC32C of its bytes, and
+//!   the checksum and the structure are validated before use.
 //!
 //! ```
 //! use erlmcp_flow::hnsw::{Hnsw, Params, SearchOptions};
@@ -36,6 +37,8 @@ mod tests;
 use std::collections::HashMap;
 
 pub use crate::vector::Metric;
+#[doc(hidden)]
+pub use file::reseal_file;
 pub use file::MappedHnsw;
 pub use graph::{Filter, Hit, Originals, SearchOptions};
 
@@ -789,7 +792,8 @@ impl Hnsw {
     }
 
     /// Reads a saved index into memory (a mutable copy; [`MappedHnsw::open`] searches the
-    /// file in place instead).
+    /// file in place instead). The file is validated as by [`MappedHnsw::open`], checksum
+    /// first: a damaged file is `Corrupt`, a path that is not a regular file `Io`.
     pub fn load(path: impl AsRef<std::path::Path>) -> Result<Hnsw> {
         MappedHnsw::open(path)?.to_hnsw()
     }

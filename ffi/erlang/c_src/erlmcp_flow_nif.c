@@ -1128,10 +1128,13 @@ static ERL_NIF_TERM nif_version(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 /* Serializer                                                                                 */
 /* ------------------------------------------------------------------------------------------ */
 
-/* json_to_archive(Json, Priority, CreatedAtUs, DeadlineUs) */
+static bool get_bool(ERL_NIF_TERM term, bool *out);
+
+/* json_to_archive(Json, Priority, CreatedAtUs, DeadlineUs[, Checksum]): Checksum `true'
+ * passes EMF_ARCHIVE_CHECKSUM to emf_json_to_archive_ex. */
 static ERL_NIF_TERM json_to_archive_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
     ErlNifBinary json;
+    bool checksum = false;
     emf_encode_options_t opts;
     ErlNifUInt64 created, deadline;
     if (!get_bytes(env, argv[0], &json)) {
@@ -1146,10 +1149,14 @@ static ERL_NIF_TERM json_to_archive_impl(ErlNifEnv *env, int argc, const ERL_NIF
     if (!enif_get_uint64(env, argv[3], &deadline)) {
         return argument_error(env, "deadline_us: expected a non-negative 64-bit integer");
     }
+    if (argc > 4 && !get_bool(argv[4], &checksum)) {
+        return argument_error(env, "checksum: expected true or false");
+    }
     opts.created_at_us = created;
     opts.deadline_us = deadline;
     emf_buf_t out = {0};
-    emf_status_t st = emf_json_to_archive(json.data, json.size, &opts, &out);
+    emf_status_t st = emf_json_to_archive_ex(json.data, json.size, &opts,
+                                             checksum ? EMF_ARCHIVE_CHECKSUM : 0, &out);
     if (st != EMF_OK) {
         return status_error(env, st);
     }
@@ -5430,6 +5437,7 @@ static ErlNifFunc nif_funcs[] = {
     {"abi_version", 0, nif_abi_version, 0},
     {"version", 0, nif_version, 0},
     {"json_to_archive", 4, nif_json_to_archive, 0},
+    {"json_to_archive", 5, nif_json_to_archive, 0},
     {"archive_to_json", 1, nif_archive_to_json, 0},
     {"archive_validate", 1, nif_archive_validate, 0},
     {"message_open", 1, nif_message_open, 0},

@@ -29,7 +29,7 @@
 -module(erlmcp_flow_nif).
 
 -export([abi_version/0, version/0,
-         json_to_archive/4, archive_to_json/1, archive_validate/1,
+         json_to_archive/4, json_to_archive/5, archive_to_json/1, archive_validate/1,
          message_open/1, message_count/1, message_envelopes/1, message_to_json/1,
          message_payload_json/2,
          compress_if_needed/2, decompress/2,
@@ -191,6 +191,14 @@ version() -> erlang:nif_error(not_loaded).
 -spec json_to_archive(bytes(), priority(), non_neg_integer(), non_neg_integer()) ->
           {ok, binary()} | error().
 json_to_archive(_Json, _Priority, _CreatedAtUs, _DeadlineUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_json_to_archive_ex': as {@link json_to_archive/4}; `Checksum' `true' adds a
+%% CRC32C (`EMF_ARCHIVE_CHECKSUM'), so that any flipped bit of the archive is refused as
+%% `corrupt' by every reader.
+-spec json_to_archive(bytes(), priority(), non_neg_integer(), non_neg_integer(), boolean()) ->
+          {ok, binary()} | error().
+json_to_archive(_Json, _Priority, _CreatedAtUs, _DeadlineUs, _Checksum) ->
+    erlang:nif_error(not_loaded).
 
 %% @doc `emf_archive_to_json': validates an archive and writes it as JSON-RPC text.
 -spec archive_to_json(bytes()) -> {ok, binary()} | error().

@@ -26,13 +26,16 @@
 
 -type options() :: #{priority => erlmcp_flow_nif:priority(),
                      created_at_us => non_neg_integer(),
-                     deadline_us => non_neg_integer()}.
+                     deadline_us => non_neg_integer(),
+                     checksum => boolean()}.
 %% `priority' defaults to `normal'; `created_at_us' (µs since the UNIX epoch) to 0, meaning
-%% now; `deadline_us' to 0, meaning none.
+%% now; `deadline_us' to 0, meaning none; `checksum' to `false'. With `checksum => true' the
+%% archive carries a CRC32C (4 bytes more) and every reader refuses it as `corrupt' if any
+%% bit changed, inside strings and numbers too; without it only the structure is checked.
 
 -type error() :: erlmcp_flow_nif:error().
 
--define(OPTION_KEYS, [priority, created_at_us, deadline_us]).
+-define(OPTION_KEYS, [priority, created_at_us, deadline_us, checksum]).
 
 %% @doc Encodes MCP / JSON-RPC 2.0 text (one message or a batch) with the default options.
 %% @equiv encode(Json, #{})
@@ -49,7 +52,8 @@ encode(Json, Opts) when is_map(Opts) ->
             erlmcp_flow_nif:json_to_archive(Json,
                                             maps:get(priority, Opts, normal),
                                             maps:get(created_at_us, Opts, 0),
-                                            maps:get(deadline_us, Opts, 0));
+                                            maps:get(deadline_us, Opts, 0),
+                                            maps:get(checksum, Opts, false));
         Unknown ->
             invalid(io_lib:format("unknown options ~0p (known: ~0p)", [Unknown, ?OPTION_KEYS]))
     end;

@@ -481,6 +481,17 @@ bad_files_test() ->
         ok = file:write_file(Path, binary:part(Good, 0, byte_size(Good) div 2)),
         ?assertMatch({error, {corrupt, _}}, ?H:open(Path)),
         ?assertMatch({error, {corrupt, _}}, ?H:load(Path)),
+        %% The file's CRC32C refuses a single flipped bit anywhere (here in the middle).
+        Half = byte_size(Good) div 2,
+        <<Head:Half/binary, Byte, Tail/binary>> = Good,
+        ok = file:write_file(Path, <<Head/binary, (Byte bxor 16#10), Tail/binary>>),
+        {error, {corrupt, Why}} = ?H:open(Path),
+        ?assertNotEqual(nomatch, binary:match(Why, <<"checksum">>)),
+        ?assertMatch({error, {corrupt, _}}, ?H:load(Path)),
+        %% A directory is no index file: io, as the OS refuses it, at open and load.
+        Dir = filename:dirname(Path),
+        ?assertMatch({error, {io, _}}, ?H:open(Dir)),
+        ?assertMatch({error, {io, _}}, ?H:load(Dir)),
         ?assertMatch({error, {io, _}}, ?H:save(Index, filename:join(Path, "x"))),
         invalid(?H:open(<<"nul", 0, "byte">>)),
         invalid(?H:open({not_a, path})),

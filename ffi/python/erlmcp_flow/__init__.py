@@ -77,6 +77,7 @@ from ._errors import (
     status_name,
 )
 from .codec import (
+    EMF_ARCHIVE_CHECKSUM,
     EMF_COMPRESS_DEFAULT_THRESHOLD,
     EMF_ID_INT,
     EMF_ID_NONE,

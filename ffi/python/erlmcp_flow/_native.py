@@ -84,7 +84,7 @@ class emf_buf_t(Structure):
 
 
 class emf_encode_options_t(Structure):
-    """``emf_encode_options_t``: metadata for ``emf_json_to_archive``."""
+    """``emf_encode_options_t``: metadata for ``emf_json_to_archive`` and ``_ex``."""
 
     _fields_ = [
         ("priority", c_uint32),
@@ -291,6 +291,10 @@ PROTOTYPES = {
     "emf_json_to_archive": (
         emf_status_t,
         [_bytes_in, c_size_t, POINTER(emf_encode_options_t), POINTER(emf_buf_t)],
+    ),
+    "emf_json_to_archive_ex": (
+        emf_status_t,
+        [_bytes_in, c_size_t, POINTER(emf_encode_options_t), c_uint32, POINTER(emf_buf_t)],
     ),
     "emf_archive_to_json": (emf_status_t, [_bytes_in, c_size_t, POINTER(emf_buf_t)]),
     "emf_archive_validate": (emf_status_t, [_bytes_in, c_size_t, POINTER(c_size_t)]),

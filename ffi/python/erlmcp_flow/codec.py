@@ -45,6 +45,9 @@ EMF_ID_OTHER_NUMBER = 4
 EMF_COMPRESS_DEFAULT_THRESHOLD = 1024
 EMF_MAX_INPUT_LEN = 2**31 - 1
 
+# Flag of emf_json_to_archive_ex: the archive carries a CRC32C (see encode's ``checksum``).
+EMF_ARCHIVE_CHECKSUM = 1
+
 # The library's word for a code it does not define (emf_kind_name, emf_priority_name).
 _UNKNOWN_NAME = "unknown"
 # A stop for the scan below, should a library ever name every code.
@@ -198,15 +201,20 @@ def encode(
     priority: Union[str, int] = "normal",
     created_at_us: int = 0,
     deadline_us: int = 0,
+    checksum: bool = False,
 ) -> bytes:
     """Encodes MCP / JSON-RPC 2.0 text (one message or a batch array) as an archive.
 
     ``priority`` is a name the library gives a priority (:data:`PRIORITY_NAMES`, from
     ``emf_priority_name``: ``"critical"``, ``"high"``, ``"normal"``, ``"low"``) or an
     ``EMF_PRIORITY_*`` code; ``created_at_us`` 0 means now, ``deadline_us`` 0 means none.
-    A ``str`` is encoded as UTF-8. Raises :class:`Error` ``EMF_ERR_INVALID_ARGUMENT`` for
-    invalid UTF-8, JSON or JSON-RPC, or an unknown priority.
+    ``checksum=True`` adds a CRC32C (4 bytes): every reader then refuses the archive with
+    ``EMF_ERR_CORRUPT`` if any bit of it changed, inside strings and numbers too (without
+    it, only the structure is checked). A ``str`` is encoded as UTF-8. Raises :class:`Error`
+    ``EMF_ERR_INVALID_ARGUMENT`` for invalid UTF-8, JSON or JSON-RPC, or an unknown priority.
     """
+    if not isinstance(checksum, bool):
+        raise TypeError(f"checksum must be a bool, not {type(checksum).__name__}")
     if isinstance(json_text, str):
         json_text = json_text.encode("utf-8")
     opts = emf_encode_options_t(
@@ -216,7 +224,8 @@ def encode(
     )
     ptr, n = _input(json_text, "json")
     out = emf_buf_t()
-    check(lib.emf_json_to_archive(ptr, n, byref(opts), byref(out)))
+    flags = EMF_ARCHIVE_CHECKSUM if checksum else 0
+    check(lib.emf_json_to_archive_ex(ptr, n, byref(opts), flags, byref(out)))
     return _take(out)
 
 
@@ -490,7 +499,7 @@ __all__ = [
     "EMF_KIND_RESULT", "EMF_KIND_ERROR",
     "EMF_PRIORITY_CRITICAL", "EMF_PRIORITY_HIGH", "EMF_PRIORITY_NORMAL", "EMF_PRIORITY_LOW",
     "EMF_ID_NONE", "EMF_ID_NULL", "EMF_ID_INT", "EMF_ID_STRING", "EMF_ID_OTHER_NUMBER",
-    "EMF_COMPRESS_DEFAULT_THRESHOLD", "EMF_MAX_INPUT_LEN",
+    "EMF_COMPRESS_DEFAULT_THRESHOLD", "EMF_MAX_INPUT_LEN", "EMF_ARCHIVE_CHECKSUM",
     "KIND_NAMES", "PRIORITY_NAMES", "ID_TYPE_NAMES", "NO_ID", "BigNumber",
     "Envelope", "Message",
     "abi_version", "version", "encode", "decode", "validate",

@@ -1,5 +1,6 @@
 """Bad input: every failure is an erlmcp_flow.Error with the right code and a message."""
 
+import ctypes
 import json
 import random
 
@@ -171,6 +172,35 @@ def test_bit_flips_never_crash(which):
                     assert e.code == emf.EMF_ERR_NOT_FOUND
             json.loads(m.to_json())
     assert outcomes["corrupt"] > 0
+
+
+@pytest.mark.parametrize("which", ["single", "batch"])
+def test_every_bit_flip_of_a_checksummed_archive_is_corrupt(which):
+    """encode(checksum=True): every single-bit flip is refused by decode, validate and
+    Message alike (without the checksum, flips inside strings and numbers decode)."""
+    text = {"single": json.dumps(MESSAGES["tools_call"]),
+            "batch": json.dumps([MESSAGES["error"], MESSAGES["progress"]])}[which]
+    archive = emf.encode(text, checksum=True, created_at_us=5)
+    plain = emf.encode(text, created_at_us=5)
+    assert len(archive) == len(plain) + 4 and archive[12:] == plain[8:]
+    assert emf.decode(archive) == emf.decode(plain)
+    assert emf.validate(archive) == emf.validate(plain)
+    for bit in range(len(archive) * 8):
+        flipped = bytearray(archive)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        expect_error(emf.EMF_ERR_CORRUPT, emf.decode, flipped)
+        expect_error(emf.EMF_ERR_CORRUPT, emf.validate, flipped)
+        expect_error(emf.EMF_ERR_CORRUPT, emf.Message, flipped)
+    with pytest.raises(TypeError):
+        emf.encode(text, checksum=1)
+
+
+def test_unknown_archive_flags_are_refused():
+    out = emf._native.emf_buf_t()
+    sample = b'{"jsonrpc":"2.0","method":"m"}'
+    status = emf._native.lib.emf_json_to_archive_ex(sample, len(sample), None, 2, ctypes.byref(out))
+    assert status == emf.EMF_ERR_INVALID_ARGUMENT
+    assert "flags" in emf._errors.last_error_message()
 
 
 def test_error_is_an_exception_with_fields():

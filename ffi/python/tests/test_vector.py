@@ -528,11 +528,33 @@ def test_open_and_load_refuse_bad_files(tmp_path):
         with pytest.raises(emf.Error) as e:
             fn(bad)
         assert e.value.code == emf.EMF_ERR_CORRUPT, e.value
+    # A directory is no index file: the OS's kind of refusal (EMF_ERR_IO), at open and load.
+    for fn in (emf.HnswIndex.open, emf.HnswIndex.load):
+        with pytest.raises(emf.Error) as e:
+            fn(tmp_path)
+        assert e.value.code == emf.EMF_ERR_IO and "directory" in e.value.message, e.value
     with pytest.raises(emf.Error) as e:  # C would cut the path at the NUL
         emf.HnswIndex.open("a\0b")
     assert e.value.code == emf.EMF_ERR_INVALID_ARGUMENT and "NUL" in e.value.message
     with pytest.raises(TypeError):
         emf.HnswIndex.open(42)
+
+
+def test_a_flipped_bit_anywhere_in_a_file_is_corrupt(tmp_path, base32):
+    """Index files carry a CRC32C: a bit flipped in a vector, an id or a list is refused."""
+    path = tmp_path / "i"
+    with small_index(base32, n=100) as index:
+        index.save(path)
+    data = path.read_bytes()
+    for at in (200, len(data) // 3, len(data) // 2, len(data) - 1):
+        flipped = bytearray(data)
+        flipped[at] ^= 0x08
+        path.write_bytes(flipped)
+        for fn in (emf.HnswIndex.open, emf.HnswIndex.load):
+            with pytest.raises(emf.Error) as e:
+                fn(path)
+            assert e.value.code == emf.EMF_ERR_CORRUPT, (at, e.value)
+            assert "checksum" in e.value.message
 
 
 def test_truncated_file_is_corrupt(tmp_path, base32):
