@@ -28,7 +28,7 @@
 use crate::sync::{AtomicU32, AtomicU64};
 
 /// The ring layout version this build reads and writes. Version 2: producer slots record the
-/// claim's confirmation (`SLOT_OWNED`), the count before the claim and the frame being
+/// claim's confirmation (`SLOT_OWNED`) and the position of the frame being
 /// committed; a recovery lock; optional per-frame checksums.
 pub const RING_VERSION: u32 = 2;
 /// Cache line size used to separate hot words.
@@ -129,8 +129,7 @@ pub struct ProducerSlot {
     pub pending_len: AtomicU32,
     /// 1 when this producer skips the fence after commits (registered for membarrier).
     pub lazy_wake: AtomicU32,
-    /// `sent` before the claim (valid while CLAIMING or OWNED).
-    pub pending_base: AtomicU64,
+    _reserved: u64,
     /// Position of the last frame counted in `sent` (stored before its header).
     pub last_pos: AtomicU64,
     /// Frames committed through this slot, by every producer that held it. Stored before

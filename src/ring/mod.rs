@@ -1160,7 +1160,6 @@ impl Producer {
             let s = self.slot();
             s.pending_pos.store(tail, Ordering::Release);
             s.pending_len.store((end - tail) as u32, Ordering::Release);
-            s.pending_base.store(self.sent, Ordering::Relaxed);
             s.state.store(SLOT_CLAIMING, Ordering::Release);
             let sh = self.ring.shared();
             if self.ring.inner.mpsc {

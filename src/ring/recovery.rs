@@ -4,7 +4,7 @@
 //! # The claim protocol this relies on
 //!
 //! A producer records a claim in its slot *before* making it: `pending_pos` (the tail it
-//! read), `pending_len`, `pending_base` (its `sent` count) and then `state = CLAIMING`. On a
+//! read), `pending_len` and then `state = CLAIMING`. On a
 //! single-producer ring the claim is then made by a plain store of the tail, so a dead
 //! producer's record is its own exactly when `pending_pos + pending_len <= tail`. On a
 //! multi-producer ring the claim is a CAS on the tail that may fail because another producer
@@ -342,10 +342,11 @@ impl Ring {
         // frame's header was never written, mark it so (`NOT_WRITTEN`), once: the decision
         // is made before any padding, so a recoverer that dies after it and the next one
         // agree, and `sent` itself is never rewritten.
-        let base = s.pending_base.load(Ordering::Acquire);
-        let sent = s.sent.load(Ordering::Acquire);
+        // Frames commit in order, each announced before its header: of this claim's
+        // announced frames only the last can lack its header, and it belongs to this claim
+        // exactly when its position lies in the claim's range.
         let last = s.last_pos.load(Ordering::Acquire);
-        if sent > base && last != NOT_WRITTEN {
+        if (r.pos..end).contains(&last) {
             let written = last < self.primary_position()
                 || decode_header(self.header_at(last).load(Ordering::Acquire), last)
                     .is_some_and(|h| !h.padding);
