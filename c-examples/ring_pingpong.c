@@ -253,7 +253,8 @@ static void test_options(void) {
     CHECK(o.dir == NULL);
     CHECK_ERROR(emf_ring_options_default(NULL), EMF_ERR_NULL_ARGUMENT, "out");
 
-    /* capacity: a power of two from 4096 to 1 GiB. */
+    /* capacity: a power of two from 4096 to 1 GiB; past the maximum is TOO_LARGE (the
+       header's status rule), anything else malformed INVALID_ARGUMENT. */
     const size_t bad_caps[] = {0, 1, 1000, 2048, 4095, 4097, 3 * 4096, 1000000,
                                ((size_t)1 << 30) + 4096, (size_t)-1};
     static char marker;
@@ -261,20 +262,26 @@ static void test_options(void) {
     for (size_t i = 0; i < sizeof bad_caps / sizeof bad_caps[0]; i++) {
         emf_ring_options_t b = ring_opts(bad_caps[i]);
         emf_ring_t *r = sentinel;
-        CHECK_ERROR(emf_ring_create("badcap", &b, &r), EMF_ERR_INVALID_ARGUMENT, "capacity");
+        emf_status_t want =
+            bad_caps[i] > ((size_t)1 << 30) ? EMF_ERR_TOO_LARGE : EMF_ERR_INVALID_ARGUMENT;
+        CHECK_ERROR(emf_ring_create("badcap", &b, &r), want, "capacity");
         CHECK(r == sentinel); /* out-parameter untouched */
     }
     struct {
         bool multi;
         uint32_t max_p, max_s;
-    } bad_slots[] = {{false, 1, 0}, {false, 1, 1025}, {true, 0, 8}, {true, 1025, 8}};
+        emf_status_t want;
+    } bad_slots[] = {{false, 1, 0, EMF_ERR_INVALID_ARGUMENT},
+                     {false, 1, 1025, EMF_ERR_TOO_LARGE},
+                     {true, 0, 8, EMF_ERR_INVALID_ARGUMENT},
+                     {true, 1025, 8, EMF_ERR_TOO_LARGE}};
     for (size_t i = 0; i < sizeof bad_slots / sizeof bad_slots[0]; i++) {
         emf_ring_options_t b = ring_opts(4096);
         b.multi_producer = bad_slots[i].multi;
         b.max_producers = bad_slots[i].max_p;
         b.max_subscribers = bad_slots[i].max_s;
         emf_ring_t *r = sentinel;
-        CHECK_ERROR(emf_ring_create("badslots", &b, &r), EMF_ERR_INVALID_ARGUMENT, "max_");
+        CHECK_ERROR(emf_ring_create("badslots", &b, &r), bad_slots[i].want, "max_");
         CHECK(r == sentinel);
     }
     {

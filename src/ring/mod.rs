@@ -227,7 +227,14 @@ struct Params {
 impl Params {
     fn of(opts: &RingOptions) -> Result<Params> {
         let cap = opts.capacity;
-        if !cap.is_power_of_two() || !(4096..=1 << 30).contains(&cap) {
+        // The C ABI's rule: beyond a maximum is TooLarge, otherwise malformed is invalid.
+        if cap > 1 << 30 {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("ring capacity {cap} is larger than the maximum of 1 GiB"),
+            ));
+        }
+        if !cap.is_power_of_two() || cap < 4096 {
             return Err(Error::invalid(format!(
                 "ring capacity {cap} must be a power of two from 4096 to 1 GiB"
             )));
@@ -238,7 +245,13 @@ impl Params {
             1
         };
         let max_s = opts.max_subscribers;
-        if !(1..=1024).contains(&max_p) || !(1..=1024).contains(&max_s) {
+        if max_p > 1024 || max_s > 1024 {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                "max_producers and max_subscribers must be from 1 to 1024",
+            ));
+        }
+        if max_p == 0 || max_s == 0 {
             return Err(Error::invalid(
                 "max_producers and max_subscribers must be from 1 to 1024",
             ));
