@@ -710,6 +710,7 @@ impl Ring {
         Ok(Some(Producer {
             ring: self.clone(),
             slot: i,
+            slot_ptr: s,
             cached_head: 0,
             sent: committed_in(s),
             bytes: s.bytes.load(Ordering::Relaxed),
@@ -1033,6 +1034,9 @@ pub struct SubscriberStats {
 pub struct Producer {
     ring: Ring,
     slot: usize,
+    /// `ring.producer_slot(slot)`, computed once: the hot path stores into it several
+    /// times per frame.
+    slot_ptr: *const ProducerSlot,
     cached_head: u64,
     sent: u64,
     bytes: u64,
@@ -1040,6 +1044,10 @@ pub struct Producer {
     last_reap: Option<Instant>,
     counters: bool,
 }
+
+// SAFETY: `slot_ptr` points into the ring's body, which the `ring` clone keeps mapped; a
+// Producer moved to another thread touches the slot only through atomics, as before the move.
+unsafe impl Send for Producer {}
 
 /// Why a claim failed (turned into an [`Error`] off the hot path).
 #[derive(Clone, Copy)]
@@ -1061,8 +1069,12 @@ impl Producer {
         &self.ring
     }
 
+    #[inline(always)]
     fn slot(&self) -> &ProducerSlot {
-        self.ring.producer_slot(self.slot)
+        // SAFETY: `slot_ptr` came from `Ring::producer_slot` (bounds-checked) of the ring
+        // this producer holds a clone of, so the mapping outlives `self`; the slot is atomics
+        // only.
+        unsafe { &*self.slot_ptr }
     }
 
     /// The producer slot this producer holds (see [`Ring::producer_in_slot`]).
