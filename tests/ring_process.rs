@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use erlmcp_flow::ring::{seq, Ring, RingOptions, WaitStrategy};
 use erlmcp_flow::shm;
 
+mod common;
+
 struct Dir(std::path::PathBuf);
 
 impl Dir {
@@ -218,26 +220,57 @@ fn stat_reads_counters_from_outside() {
 #[cfg(target_os = "linux")]
 #[test]
 fn another_user_cannot_attach_to_a_private_ring() {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run a child as another user");
         return;
     }
-    let dir = Dir::new("perm");
-    // The directory must be reachable by the other user; the ring file itself is 0600.
-    std::fs::set_permissions(&dir.0, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let _r = ring(&dir, false, 1 << 14);
-    let out = Command::new(env!("CARGO_BIN_EXE_erlmcp-flow"))
-        .args(["ring", "produce", "r", "--count", "1", "--dir"])
-        .arg(&dir.0)
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
+    // The repository may live in a directory other users cannot enter (a 0700 clone): the
+    // other user runs a copy of the binary, and the ring lives where it can reach it too.
+    let public = common::Public::new("perm");
+    let bin = public.binary();
+    let dir = public.subdir("rings", 0o755);
+    let r = Ring::create(
+        "r",
+        &RingOptions {
+            capacity: 1 << 14,
+            ..RingOptions::in_dir(&dir)
+        },
+    )
+    .unwrap();
+    let ring_path = shm::segment_path(&dir, "r");
+    let as_other_user = |args: &[&str]| {
+        Command::new(&bin)
+            .args(args)
+            .arg("--dir")
+            .arg(&dir)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("the other user can run the copy of the binary")
+    };
+    // The other user reaches the directory and the binary: it lists the ring...
+    let out = as_other_user(&["shm", "list"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        listed.lines().any(|l| l == "r"),
+        "the other user sees the ring: {listed}"
+    );
+    // ...but the ring itself is 0600, and attaching to it is refused.
+    let mode = std::fs::metadata(&ring_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let out = as_other_user(&["ring", "produce", "r", "--count", "1"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("ermission denied"), "{err}");
+    assert_eq!(r.stats().sent, 0, "nothing was sent");
 }
 
 /// A short run of the mixed kill -9 campaign (`scripts/ring-soak.sh` runs 1000 kills):

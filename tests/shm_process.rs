@@ -8,13 +8,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use erlmcp_flow::ring::{seq, Ring, RingOptions, WaitStrategy};
 use erlmcp_flow::shm;
 use erlmcp_flow::state::StateStore;
+
+mod common;
+use common::{chmod, Public};
 
 struct Dir(PathBuf);
 
@@ -225,29 +228,6 @@ fn state_key_files_are_private_under_umask_000() {
     );
 }
 
-/// A directory tree under /tmp that another user can reach; removed on drop.
-struct Public(PathBuf);
-
-impl Public {
-    fn new() -> Public {
-        let top = Path::new("/tmp").join(format!("emf-gc-other-user-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&top);
-        std::fs::create_dir(&top).unwrap();
-        chmod(&top, 0o755);
-        Public(top)
-    }
-}
-
-impl Drop for Public {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn chmod(p: &Path, mode: u32) {
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
-}
-
 #[test]
 fn gc_by_another_user_keeps_a_live_ring_it_cannot_open() {
     use std::os::unix::process::CommandExt;
@@ -260,18 +240,11 @@ fn gc_by_another_user_keeps_a_live_ring_it_cannot_open() {
     }
     // The repository may live in a directory other users cannot enter: run a copy of the
     // binary from a world-readable place.
-    let public = Public::new();
-    let bin_dir = public.0.join("bin");
-    std::fs::create_dir(&bin_dir).unwrap();
-    chmod(&bin_dir, 0o755);
-    let bin = bin_dir.join("erlmcp-flow");
-    std::fs::copy(env!("CARGO_BIN_EXE_erlmcp-flow"), &bin).unwrap();
-    chmod(&bin, 0o755);
+    let public = Public::new("gc-other-user");
+    let bin = public.binary();
     // A shared directory everyone may write to, without the sticky bit: the other user may
     // unlink anything in it.
-    let dir = public.0.join("shared");
-    std::fs::create_dir(&dir).unwrap();
-    chmod(&dir, 0o777);
+    let dir = public.subdir("shared", 0o777);
     // A live ring of root's, mode 0600, idle for two minutes.
     let r = Ring::create("live", &RingOptions::in_dir(&dir)).unwrap();
     let ring_path = shm::segment_path(&dir, "live");

@@ -19,84 +19,312 @@ use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use erlmcp_flow::suite::{self, Report, Settings};
 
 #[path = "cli/chaos.rs"]
 mod chaos;
 
-const USAGE: &str = "\
-usage:
-  erlmcp-flow bench [--suite NAME]... [--quick] [--out-dir DIR] [--no-write]
-      run the benchmark suites (all by default), print a table and write
-      bench/results/<suite>_<UTC timestamp>.json
-  erlmcp-flow bench list
-      list the suites
-  erlmcp-flow bench compare BASELINE.json LATEST.json [--threshold 0.10] [--fail-on-regression]
-                                [--by value|ratio]
-      compare two result files; with --fail-on-regression exit 1 when a result is worse
-      than the baseline by more than the threshold. --by ratio compares the ratio against
-      the peer measured in the same run (steadier on a shared machine)
-  erlmcp-flow stat [NAME] [--dir DIR] [--watch SECONDS]
-      read a ring's counters from outside (no participant attaches); all rings without NAME
-  erlmcp-flow shm gc|list [--dir DIR]
-      gc: remove what is provably stale (segments without a live participant, state key
-      files whose value is gone); files it cannot judge (e.g. permission denied) are kept
-      and listed as skipped. list: list segments
-  erlmcp-flow ring create NAME [--capacity BYTES] [--mpsc] [--dir DIR]
-  erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--hold-claim]
-                              [--dwell-us US] [--dir DIR]
-      send sequence-numbered frames (count 0 = until killed), waiting when the ring is full;
-      with --slot, in producer slot K, numbered on from the slot's committed count; with
-      --hold-claim, then claim one more frame and hold it uncommitted until stdin closes (a
-      producer stuck mid-write, for crash tests); with --dwell-us, each frame is claimed,
-      half written, held US microseconds, then finished and committed (kills land mid-claim)
-  erlmcp-flow ring consume NAME [--count N] [--dir DIR]
-      receive and check sequence-numbered frames (no loss, duplicate, reorder or corruption)
-  erlmcp-flow ring consume NAME --manual --progress FILE [--until-empty] [--dir DIR]
-      the same with acknowledgements: progress is saved, then acknowledged; a restarted
-      consumer accepts redelivered frames and fails on a gap (exit 4) or corruption (exit 3)
-  erlmcp-flow ring chaos [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]
-      kill -9 campaign over an SPSC and an MPSC ring: producers, consumers, zombies left
-      unreaped, slot takeovers; checks every byte of every frame, prints the counts
-  erlmcp-flow codec encode < MESSAGE.json > MESSAGE.emf
-      MCP / JSON-RPC text on stdin to an archive on stdout
-  erlmcp-flow codec decode < MESSAGE.emf
-      a validated archive on stdin to JSON-RPC text on stdout
-  erlmcp-flow version";
+/// The engine's command line: benchmarks, ring tools, shared-memory housekeeping, codec.
+#[derive(Parser)]
+#[command(
+    name = "erlmcp-flow",
+    version = erlmcp_flow::VERSION,
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the benchmark suites (all by default), print a table and write
+    /// bench/results/<suite>_<UTC timestamp>.json
+    Bench(BenchArgs),
+    /// Read rings' counters from outside (no participant attaches); all rings without NAME
+    Stat(StatArgs),
+    /// Shared-memory segments: remove what is provably stale, or list them
+    Shm {
+        #[command(subcommand)]
+        cmd: ShmCmd,
+    },
+    /// Sequence-numbered frames through a ring, and the kill -9 campaign
+    Ring {
+        #[command(subcommand)]
+        cmd: RingCmd,
+    },
+    /// MCP / JSON-RPC text to an archive and back (stdin to stdout)
+    Codec {
+        #[command(subcommand)]
+        cmd: CodecCmd,
+    },
+    /// The other side of the benchmarks' cross-process measurements (src/suite/ring.rs)
+    #[command(hide = true, disable_help_flag = true, disable_version_flag = true)]
+    BenchHelper {
+        /// Passed to the helper as they are
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Print the version
+    Version,
+}
+
+/// The directory of the shared-memory segments (shm, ring and stat commands).
+#[derive(Args)]
+struct Seg {
+    /// Directory of the segments
+    #[arg(long, value_name = "DIR", default_value = erlmcp_flow::shm::DEFAULT_DIR)]
+    dir: PathBuf,
+}
+
+impl Seg {
+    fn opts(&self) -> erlmcp_flow::shm::SegmentOptions {
+        erlmcp_flow::shm::SegmentOptions {
+            dir: self.dir.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+struct BenchArgs {
+    #[command(subcommand)]
+    cmd: Option<BenchCmd>,
+    /// Run this suite (repeatable; all suites by default)
+    #[arg(long = "suite", value_name = "NAME", value_parser = suite_names())]
+    suites: Vec<String>,
+    /// Fewer samples: a smoke run, not a measurement
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the result files
+    #[arg(long, value_name = "DIR", default_value = "bench/results")]
+    out_dir: PathBuf,
+    /// Print the tables only, write no result file
+    #[arg(long)]
+    no_write: bool,
+}
+
+fn suite_names() -> clap::builder::PossibleValuesParser {
+    suite::all()
+        .into_iter()
+        .map(|s| s.name)
+        .collect::<Vec<_>>()
+        .into()
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// List the suites
+    List,
+    /// Compare two result files; with --fail-on-regression exit 1 when a result is worse
+    /// than the baseline by more than the threshold
+    Compare(CompareArgs),
+}
+
+#[derive(Args)]
+struct CompareArgs {
+    /// The reference result file
+    #[arg(value_name = "BASELINE.json")]
+    baseline: PathBuf,
+    /// The result file to judge
+    #[arg(value_name = "LATEST.json")]
+    latest: PathBuf,
+    /// Relative change counted as a regression (0.10 = 10%)
+    #[arg(long, value_name = "FRACTION", default_value = "0.10", value_parser = threshold)]
+    threshold: f64,
+    /// Exit 1 when a result regressed
+    #[arg(long)]
+    fail_on_regression: bool,
+    /// Compare the values, or the ratio against the peer measured in the same run
+    /// (steadier on a shared machine)
+    #[arg(long, value_enum, default_value_t = By::Value)]
+    by: By,
+}
+
+fn threshold(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|t| t.is_finite() && *t >= 0.0)
+        .ok_or_else(|| "not a finite number >= 0".to_owned())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum By {
+    Value,
+    Ratio,
+}
+
+#[derive(Args)]
+struct StatArgs {
+    /// Rings to read (all rings of the directory by default)
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
+    /// Print again every SECONDS, with rates
+    #[arg(long, value_name = "SECONDS", value_parser = positive_seconds)]
+    watch: Option<f64>,
+    #[command(flatten)]
+    seg: Seg,
+}
+
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    s.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s > 0.0)
+        .ok_or_else(|| "not a positive number of seconds".to_owned())
+}
+
+#[derive(Subcommand)]
+enum ShmCmd {
+    /// Remove what is provably stale (segments without a live participant, state key files
+    /// whose value is gone); files it cannot judge (e.g. permission denied) are kept and
+    /// listed as skipped
+    Gc(Seg),
+    /// List the segments
+    List(Seg),
+}
+
+#[derive(Subcommand)]
+enum RingCmd {
+    /// Create a ring (its segment outlives this command)
+    Create(CreateArgs),
+    /// Send sequence-numbered frames (count 0 = until killed), waiting when the ring is full
+    Produce(ProduceArgs),
+    /// Receive and check sequence-numbered frames (no loss, duplicate, reorder or
+    /// corruption); with --manual, acknowledge after saving progress, and exit 3 on a
+    /// corrupt frame, 4 on a gap, 5 on a duplicate
+    Consume(ConsumeArgs),
+    /// Kill -9 campaign over an SPSC and an MPSC ring: producers, consumers, zombies left
+    /// unreaped, slot takeovers; checks every byte of every frame, prints the counts
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args)]
+struct CreateArgs {
+    /// The ring's name
+    name: String,
+    /// Capacity in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    capacity: usize,
+    /// Multi-producer (default: single producer)
+    #[arg(long)]
+    mpsc: bool,
+    #[command(flatten)]
+    seg: Seg,
+}
+
+#[derive(Args)]
+struct ProduceArgs {
+    /// The ring's name
+    name: String,
+    /// Producer id carried by the frames
+    #[arg(long, value_name = "N", default_value_t = 0, conflicts_with = "slot")]
+    id: u32,
+    /// Produce in producer slot K, numbered on from the slot's committed count (the frames
+    /// carry K as their id)
+    #[arg(long, value_name = "K")]
+    slot: Option<usize>,
+    /// Number of frames (0 = until killed)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    count: u64,
+    /// Frame size in bytes
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    size: usize,
+    /// Then claim one more frame and hold it uncommitted until stdin closes (a producer
+    /// stuck mid-write, for crash tests)
+    #[arg(long)]
+    hold_claim: bool,
+    /// Claim each frame, write half, hold it US microseconds, then finish and commit (kills
+    /// land mid-claim)
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    dwell_us: u64,
+    #[command(flatten)]
+    seg: Seg,
+}
+
+#[derive(Args)]
+struct ConsumeArgs {
+    /// The ring's name
+    name: String,
+    /// Number of frames to receive (0 = until killed)
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    count: u64,
+    /// Acknowledge manually: progress is saved, then acknowledged; a restarted consumer
+    /// accepts redelivered frames and fails on a gap (exit 4) or corruption (exit 3)
+    #[arg(long, requires = "progress")]
+    manual: bool,
+    /// Where --manual saves its progress
+    #[arg(long, value_name = "FILE")]
+    progress: Option<PathBuf>,
+    /// With --manual: stop once the ring is empty
+    #[arg(long, requires = "manual")]
+    until_empty: bool,
+    #[command(flatten)]
+    seg: Seg,
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// Prefix of the campaign's directory
+    #[arg(default_value = "chaos")]
+    name: String,
+    /// Number of kills
+    #[arg(long, value_name = "N", default_value_t = 1000)]
+    kills: u64,
+    /// Seed of the campaign's random choices (a campaign is repeatable by seed)
+    #[arg(long, value_name = "S", default_value_t = 1)]
+    seed: u64,
+    /// Leave a killed process unreaped (a zombie) for up to MS milliseconds (0 = never)
+    #[arg(long, value_name = "MS", default_value_t = 200)]
+    zombie_ms: u64,
+    #[command(flatten)]
+    seg: Seg,
+}
+
+#[derive(Subcommand)]
+enum CodecCmd {
+    /// MCP / JSON-RPC text on stdin to an archive on stdout
+    Encode,
+    /// A validated archive on stdin to JSON-RPC text on stdout
+    Decode,
+}
 
 /// Counts allocations during memory measurements (`bench --suite queue`); idle otherwise.
 #[global_allocator]
 static ALLOC: erlmcp_flow::suite::alloc::Counting = erlmcp_flow::suite::alloc::Counting;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("bench") => match args.get(1).map(String::as_str) {
-            Some("compare") => compare(&args[2..]),
-            Some("list") => {
-                for s in suite::all() {
-                    println!("{:<12} {}", s.name, s.about);
-                }
-                Ok(ExitCode::SUCCESS)
+    // Usage errors exit 2 (clap's), --help and --version exit 0.
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Bench(BenchArgs {
+            cmd: Some(BenchCmd::Compare(c)),
+            ..
+        }) => compare(&c),
+        Cmd::Bench(BenchArgs {
+            cmd: Some(BenchCmd::List),
+            ..
+        }) => {
+            for s in suite::all() {
+                println!("{:<12} {}", s.name, s.about);
             }
-            _ => bench(&args[1..]),
-        },
-        Some("codec") => codec_cmd(args.get(1).map(String::as_str)),
-        Some("stat") => stat_cmd(&args[1..]),
-        Some("shm") => shm_cmd(&args[1..]),
-        Some("ring") => ring_cmd(&args[1..]),
-        Some("bench-helper") => {
-            erlmcp_flow::suite::ring::helper(&args[1..]).map(|()| ExitCode::SUCCESS)
+            Ok(ExitCode::SUCCESS)
         }
-        Some("version" | "--version" | "-V") => {
+        Cmd::Bench(b) => bench(&b),
+        Cmd::Codec { cmd } => codec_cmd(&cmd),
+        Cmd::Stat(a) => stat_cmd(&a),
+        Cmd::Shm { cmd } => shm_cmd(&cmd),
+        Cmd::Ring { cmd } => ring_cmd(&cmd),
+        Cmd::BenchHelper { args } => {
+            erlmcp_flow::suite::ring::helper(&args).map(|()| ExitCode::SUCCESS)
+        }
+        Cmd::Version => {
             println!("erlmcp-flow {}", erlmcp_flow::VERSION);
             Ok(ExitCode::SUCCESS)
         }
-        Some("help" | "--help" | "-h") => {
-            println!("{USAGE}");
-            Ok(ExitCode::SUCCESS)
-        }
-        _ => Err(format!("unknown command\n{USAGE}")),
     };
     match result {
         Ok(code) => code,
@@ -107,28 +335,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn bench(args: &[String]) -> Result<ExitCode, String> {
-    let mut names = Vec::new();
-    let mut settings = Settings::full();
-    let mut out_dir = PathBuf::from("bench/results");
-    let mut write = true;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--suite" => names.push(it.next().ok_or("--suite needs a name")?.clone()),
-            "--quick" => settings = Settings::quick(),
-            "--out-dir" => out_dir = it.next().ok_or("--out-dir needs a path")?.into(),
-            "--no-write" => write = false,
-            other => return Err(format!("unknown bench option {other:?}\n{USAGE}")),
-        }
-    }
+fn bench(b: &BenchArgs) -> Result<ExitCode, String> {
+    let settings = if b.quick {
+        Settings::quick()
+    } else {
+        Settings::full()
+    };
+    let (names, out_dir, write) = (&b.suites, &b.out_dir, !b.no_write);
     let all = suite::all();
-    for n in &names {
-        if !all.iter().any(|s| s.name == n) {
-            let known: Vec<&str> = all.iter().map(|s| s.name).collect();
-            return Err(format!("unknown suite {n:?} (known: {})", known.join(", ")));
-        }
-    }
     let chosen: Vec<_> = all
         .into_iter()
         .filter(|s| names.is_empty() || names.iter().any(|n| n == s.name))
@@ -187,7 +401,7 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
             suite::table(&report.results)
         );
         if write {
-            std::fs::create_dir_all(&out_dir)
+            std::fs::create_dir_all(out_dir)
                 .map_err(|e| format!("cannot create {}: {e}", out_dir.display()))?;
             let path = out_dir.join(format!("{}_{stamp}.json", s.name));
             std::fs::write(&path, report.to_json() + "\n")
@@ -198,42 +412,17 @@ fn bench(args: &[String]) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn compare(args: &[String]) -> Result<ExitCode, String> {
-    let mut files = Vec::new();
-    let mut threshold = 0.10;
-    let mut fail = false;
-    let mut by = suite::CompareBy::Value;
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "--threshold" => {
-                let t = it.next().ok_or("--threshold needs a number")?;
-                threshold = t
-                    .parse::<f64>()
-                    .ok()
-                    .filter(|t| t.is_finite() && *t >= 0.0)
-                    .ok_or_else(|| format!("bad threshold {t:?}"))?;
-            }
-            "--fail-on-regression" => fail = true,
-            "--by" => {
-                by = match it.next().map(String::as_str) {
-                    Some("value") => suite::CompareBy::Value,
-                    Some("ratio") => suite::CompareBy::Ratio,
-                    other => return Err(format!("--by takes value or ratio, not {other:?}")),
-                }
-            }
-            f if !f.starts_with("--") => files.push(f.to_owned()),
-            other => return Err(format!("unknown compare option {other:?}")),
-        }
-    }
-    let [base, latest] = files.as_slice() else {
-        return Err("compare needs BASELINE.json and LATEST.json".into());
+fn compare(c: &CompareArgs) -> Result<ExitCode, String> {
+    let threshold = c.threshold;
+    let by = match c.by {
+        By::Value => suite::CompareBy::Value,
+        By::Ratio => suite::CompareBy::Ratio,
     };
-    let read = |p: &str| -> Result<Report, String> {
-        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {p}: {e}"))?;
-        Report::from_json(&bytes).map_err(|e| format!("{p}: {e}"))
+    let read = |p: &std::path::Path| -> Result<Report, String> {
+        let bytes = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
+        Report::from_json(&bytes).map_err(|e| format!("{}: {e}", p.display()))
     };
-    let (b, l) = (read(base)?, read(latest)?);
+    let (b, l) = (read(&c.baseline)?, read(&c.latest)?);
     let rows = suite::compare(&b, &l, threshold, by);
     if rows.is_empty() {
         return Err("the two files have no result names in common".into());
@@ -265,14 +454,14 @@ fn compare(args: &[String]) -> Result<ExitCode, String> {
         );
     }
     println!("{} compared, {} regressed", rows.len(), regressed);
-    Ok(if fail && regressed > 0 {
+    Ok(if c.fail_on_regression && regressed > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     })
 }
 
-fn codec_cmd(what: Option<&str>) -> Result<ExitCode, String> {
+fn codec_cmd(what: &CodecCmd) -> Result<ExitCode, String> {
     use erlmcp_flow::codec::jsonrpc;
     use std::io::Read;
     let mut input = Vec::new();
@@ -280,15 +469,14 @@ fn codec_cmd(what: Option<&str>) -> Result<ExitCode, String> {
         .read_to_end(&mut input)
         .map_err(|e| format!("cannot read stdin: {e}"))?;
     let out: Vec<u8> = match what {
-        Some("encode") => jsonrpc::json_to_archive(&input, Default::default())
+        CodecCmd::Encode => jsonrpc::json_to_archive(&input, Default::default())
             .map_err(|e| e.to_string())?
             .to_vec(),
-        Some("decode") => {
+        CodecCmd::Decode => {
             let mut json = jsonrpc::archive_to_json(&input).map_err(|e| e.to_string())?;
             json.push('\n');
             json.into_bytes()
         }
-        _ => return Err(format!("codec needs encode or decode\n{USAGE}")),
     };
     std::io::stdout()
         .write_all(&out)
@@ -296,95 +484,9 @@ fn codec_cmd(what: Option<&str>) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Options shared by the shm / ring / stat commands.
-pub(crate) struct ShmArgs {
-    positional: Vec<String>,
-    dir: std::path::PathBuf,
-    capacity: usize,
-    mpsc: bool,
-    id: u32,
-    count: u64,
-    size: usize,
-    hold_claim: bool,
-    watch: Option<f64>,
-    slot: Option<usize>,
-    manual: bool,
-    progress: Option<PathBuf>,
-    until_empty: bool,
-    kills: u64,
-    seed: u64,
-    zombie_ms: u64,
-    dwell_us: u64,
-}
-
-fn shm_args(args: &[String]) -> Result<ShmArgs, String> {
-    let mut a = ShmArgs {
-        positional: Vec::new(),
-        dir: erlmcp_flow::shm::DEFAULT_DIR.into(),
-        capacity: 1 << 20,
-        mpsc: false,
-        id: 0,
-        count: 0,
-        size: 64,
-        hold_claim: false,
-        watch: None,
-        slot: None,
-        manual: false,
-        progress: None,
-        until_empty: false,
-        kills: 1000,
-        seed: 1,
-        zombie_ms: 200,
-        dwell_us: 0,
-    };
-    let mut it = args.iter();
-    let num = |v: Option<&String>, what: &str| -> Result<u64, String> {
-        v.and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("{what} needs a number"))
-    };
-    while let Some(x) = it.next() {
-        match x.as_str() {
-            "--dir" => a.dir = it.next().ok_or("--dir needs a path")?.into(),
-            "--capacity" => a.capacity = num(it.next(), "--capacity")? as usize,
-            "--mpsc" => a.mpsc = true,
-            "--hold-claim" => a.hold_claim = true,
-            "--id" => a.id = num(it.next(), "--id")? as u32,
-            "--count" => a.count = num(it.next(), "--count")?,
-            "--size" => a.size = num(it.next(), "--size")? as usize,
-            "--slot" => a.slot = Some(num(it.next(), "--slot")? as usize),
-            "--manual" => a.manual = true,
-            "--progress" => a.progress = Some(it.next().ok_or("--progress needs a path")?.into()),
-            "--until-empty" => a.until_empty = true,
-            "--kills" => a.kills = num(it.next(), "--kills")?,
-            "--seed" => a.seed = num(it.next(), "--seed")?,
-            "--zombie-ms" => a.zombie_ms = num(it.next(), "--zombie-ms")?,
-            "--dwell-us" => a.dwell_us = num(it.next(), "--dwell-us")?,
-            "--watch" => {
-                a.watch = Some(
-                    it.next()
-                        .and_then(|s| s.parse().ok())
-                        .filter(|s: &f64| *s > 0.0)
-                        .ok_or("--watch needs a positive number of seconds")?,
-                )
-            }
-            o if o.starts_with("--") => return Err(format!("unknown option {o:?}\n{USAGE}")),
-            o => a.positional.push(o.to_owned()),
-        }
-    }
-    Ok(a)
-}
-
-fn seg_opts(a: &ShmArgs) -> erlmcp_flow::shm::SegmentOptions {
-    erlmcp_flow::shm::SegmentOptions {
-        dir: a.dir.clone(),
-        ..Default::default()
-    }
-}
-
-fn shm_cmd(args: &[String]) -> Result<ExitCode, String> {
-    let a = shm_args(args.get(1..).unwrap_or_default())?;
-    match args.first().map(String::as_str) {
-        Some("gc") => {
+fn shm_cmd(cmd: &ShmCmd) -> Result<ExitCode, String> {
+    match cmd {
+        ShmCmd::Gc(a) => {
             let r = erlmcp_flow::shm::gc(&a.dir).map_err(|e| e.to_string())?;
             for p in &r.removed {
                 println!("removed {}", p.display());
@@ -400,31 +502,29 @@ fn shm_cmd(args: &[String]) -> Result<ExitCode, String> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Some("list") => {
+        ShmCmd::List(a) => {
             for n in erlmcp_flow::shm::list(&a.dir).map_err(|e| e.to_string())? {
                 println!("{n}");
             }
             Ok(ExitCode::SUCCESS)
         }
-        _ => Err(format!("shm needs gc or list\n{USAGE}")),
     }
 }
 
-fn stat_cmd(args: &[String]) -> Result<ExitCode, String> {
+fn stat_cmd(a: &StatArgs) -> Result<ExitCode, String> {
     use erlmcp_flow::ring::Ring;
-    let a = shm_args(args)?;
-    let opts = seg_opts(&a);
-    let names = if a.positional.is_empty() {
-        erlmcp_flow::shm::list(&a.dir).map_err(|e| e.to_string())?
+    let opts = a.seg.opts();
+    let names = if a.names.is_empty() {
+        erlmcp_flow::shm::list(&a.seg.dir).map_err(|e| e.to_string())?
     } else {
-        a.positional.clone()
+        a.names.clone()
     };
     let rings: Vec<Ring> = names
         .iter()
         .filter_map(|n| match Ring::inspect(n, &opts) {
             Ok(r) => Some(r),
             Err(e) => {
-                if !a.positional.is_empty() {
+                if !a.names.is_empty() {
                     eprintln!("erlmcp-flow: {n}: {e}");
                 }
                 None
@@ -432,7 +532,7 @@ fn stat_cmd(args: &[String]) -> Result<ExitCode, String> {
         })
         .collect();
     if rings.is_empty() {
-        return Err(format!("no rings found in {}", a.dir.display()));
+        return Err(format!("no rings found in {}", a.seg.dir.display()));
     }
     let interactive = std::io::stdout().is_terminal();
     let mut last: Vec<Option<(std::time::Instant, u64, u64)>> = vec![None; rings.len()];
@@ -495,31 +595,17 @@ fn stat_cmd(args: &[String]) -> Result<ExitCode, String> {
     }
 }
 
-fn r_open(
-    name: &str,
-    opts: &erlmcp_flow::shm::SegmentOptions,
-) -> Result<erlmcp_flow::ring::Ring, String> {
-    erlmcp_flow::ring::Ring::open(name, opts).map_err(|e| e.to_string())
-}
-
-fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
+fn ring_cmd(cmd: &RingCmd) -> Result<ExitCode, String> {
     use erlmcp_flow::ring::{seq, Ring, RingOptions, WaitStrategy};
     use std::time::Duration;
-    let a = shm_args(args.get(1..).unwrap_or_default())?;
-    let name = match a.positional.first() {
-        Some(n) => n.as_str(),
-        None if args.first().map(String::as_str) == Some("chaos") => "chaos",
-        None => return Err("ring commands need a ring NAME".into()),
-    };
-    let opts = seg_opts(&a);
-    match args.first().map(String::as_str) {
-        Some("create") => {
+    match cmd {
+        RingCmd::Create(a) => {
             let r = Ring::create(
-                name,
+                &a.name,
                 &RingOptions {
                     capacity: a.capacity,
                     multi_producer: a.mpsc,
-                    segment: opts,
+                    segment: a.seg.opts(),
                     ..Default::default()
                 },
             )
@@ -529,8 +615,8 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
             std::mem::forget(r);
             Ok(ExitCode::SUCCESS)
         }
-        Some("produce") => {
-            let r = Ring::open(name, &opts).map_err(|e| e.to_string())?;
+        RingCmd::Produce(a) => {
+            let r = Ring::open(&a.name, &a.seg.opts()).map_err(|e| e.to_string())?;
             // In a slot, the producer is the slot's: its frames carry the slot as their id
             // and continue the slot's numbering (a restarted producer resends nothing and
             // skips nothing).
@@ -601,10 +687,13 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Some("consume") if a.manual => chaos::consume_manual(&r_open(name, &opts)?, &a),
-        Some("chaos") => chaos::campaign(name, &a),
-        Some("consume") => {
-            let r = Ring::open(name, &opts).map_err(|e| e.to_string())?;
+        RingCmd::Consume(a) if a.manual => {
+            let r = Ring::open(&a.name, &a.seg.opts()).map_err(|e| e.to_string())?;
+            chaos::consume_manual(&r, a)
+        }
+        RingCmd::Chaos(a) => chaos::campaign(a),
+        RingCmd::Consume(a) => {
+            let r = Ring::open(&a.name, &a.seg.opts()).map_err(|e| e.to_string())?;
             let mut c = r.consumer().map_err(|e| e.to_string())?;
             let mut t = seq::Tracker::default();
             let mut err = None;
@@ -624,6 +713,5 @@ fn ring_cmd(args: &[String]) -> Result<ExitCode, String> {
             println!("received {} frames, all in order and intact", t.received);
             Ok(ExitCode::SUCCESS)
         }
-        _ => Err(format!("ring needs create, produce or consume\n{USAGE}")),
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use erlmcp_flow::ring::{seq, AckMode, Ring, RingOptions, WaitStrategy};
 use erlmcp_flow::shm::SegmentOptions;
 
-use super::ShmArgs;
+use super::{ChaosArgs, ConsumeArgs};
 
 /// What a manual consumer has accepted, saved before each acknowledgement.
 #[derive(Default)]
@@ -76,7 +76,7 @@ const EXIT_GAP: u8 = 4;
 const EXIT_DUPLICATE: u8 = 5;
 
 /// `ring consume NAME --manual --progress FILE [--until-empty]`.
-pub fn consume_manual(r: &Ring, a: &ShmArgs) -> Result<ExitCode, String> {
+pub fn consume_manual(r: &Ring, a: &ConsumeArgs) -> Result<ExitCode, String> {
     let path = a
         .progress
         .as_deref()
@@ -298,17 +298,18 @@ fn check_alive(lane: &mut Lane) -> Result<(), String> {
 }
 
 /// `ring chaos NAME [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]`.
-pub fn campaign(prefix: &str, a: &ShmArgs) -> Result<ExitCode, String> {
+pub fn campaign(a: &ChaosArgs) -> Result<ExitCode, String> {
     let dir = a
+        .seg
         .dir
-        .join(format!("emf-chaos-{prefix}-{}", std::process::id()));
+        .join(format!("emf-chaos-{}-{}", a.name, std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let result = run(&dir, a);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run(dir: &Path, a: &ShmArgs) -> Result<ExitCode, String> {
+fn run(dir: &Path, a: &ChaosArgs) -> Result<ExitCode, String> {
     let mut c = Campaign {
         exe: std::env::current_exe().map_err(|e| e.to_string())?,
         dir: dir.to_owned(),
