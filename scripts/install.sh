@@ -22,11 +22,11 @@ while [ $# -gt 0 ]; do
   esac
 done
 if [ "$build" = 1 ]; then
-  cargo build --release --lib --quiet
+  cargo build --release -p erlmcp-flow-cdylib --quiet
 fi
 target="${CARGO_TARGET_DIR:-target}/release"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n1)
-abi=$(sed -n 's/^pub const EMF_ABI_VERSION: u32 = \([0-9]*\);/\1/p' src/capi/mod.rs)
+abi=$(sed -n 's/^pub const EMF_ABI_VERSION: u32 = \([0-9]*\);/\1/p' crates/capi/src/lib.rs)
 mkdir -p "$prefix/include" "$prefix/lib/pkgconfig"
 install -m 0644 include/erlmcp_flow.h "$prefix/include/erlmcp_flow.h"
 install -m 0755 "$target/liberlmcp_flow.so" "$prefix/lib/liberlmcp_flow.so.$version"

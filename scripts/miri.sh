@@ -15,7 +15,7 @@ rustup component list --toolchain nightly --installed | grep -q '^miri' ||
 # Isolation is off because envelopes and reports read the wall clock.
 export MIRIFLAGS="${MIRIFLAGS:--Zmiri-tree-borrows -Zmiri-strict-provenance -Zmiri-disable-isolation}"
 if [ "$#" -eq 0 ]; then
-  cargo +nightly miri test --lib --no-default-features -- --skip queue::
+  cargo +nightly miri test -p erlmcp-flow --lib -- --skip queue::
   # crossbeam-epoch (the unbounded queue's reclamation) keeps tags in pointer bits through
   # integer casts, which strict provenance refuses: the queue tests run with permissive
   # provenance (Tree Borrows and everything else unchanged). Its process-wide collector also
@@ -23,9 +23,9 @@ if [ "$#" -eq 0 ]; then
   # Miri reports as leaks: they are ignored for this run (values are checked by the tests'
   # drop counts instead).
   MIRIFLAGS="${MIRIFLAGS/-Zmiri-strict-provenance/-Zmiri-permissive-provenance} -Zmiri-ignore-leaks" \
-    cargo +nightly miri test --lib --no-default-features -- queue::
+    cargo +nightly miri test -p erlmcp-flow --lib -- queue::
 else
-  cargo +nightly miri test --lib --no-default-features "$@"
+  cargo +nightly miri test -p erlmcp-flow --lib "$@"
 fi
 # The ring tests run on heap rings under Miri (Ring::anonymous): the same claim, commit,
 # consume, wrap-around, recovery and wake-up code as on shared memory.

@@ -8,4 +8,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export EMF_STRESS_SECS="${EMF_STRESS_SECS:-600}"
-cargo test --release --lib queue::tests::stress_mpmc_queues_for_a_while -- --ignored --nocapture
+cargo test --release -p erlmcp-flow --lib queue::tests::stress_mpmc_queues_for_a_while -- --ignored --nocapture

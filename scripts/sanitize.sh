@@ -15,11 +15,11 @@ for w in "${what[@]}"; do
       RUSTFLAGS="-Zsanitizer=address" RUSTDOCFLAGS="-Zsanitizer=address" \
         ASAN_OPTIONS="detect_leaks=1" EMF_TEST_STACK_KIB=1024 \
         cargo +nightly test --target x86_64-unknown-linux-gnu --target-dir target/asan \
-        --lib --test codec
+        -p erlmcp-flow -p erlmcp-flow-bench --lib --test codec
       ;;
     valgrind)
       echo "=== valgrind: C and C++ hosts"
-      cargo build --release --lib --quiet
+      cargo build --release -p erlmcp-flow-cdylib --quiet
       c-examples/run-tests.sh --valgrind
       ;;
     *) echo "unknown check $w (asan, valgrind)" >&2; exit 2 ;;

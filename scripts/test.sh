@@ -68,14 +68,14 @@ install_deps() {
   done
 }
 
-rust_tests() { cargo test --all-targets --quiet && cargo test --doc --quiet; }
+rust_tests() { cargo test --workspace --all-targets --quiet && cargo test --workspace --doc --quiet; }
 one_atomics_shim() {
-  # All atomics come from src/sync.rs (std or loom); a line that must use std says why with
-  # "std-atomic-ok".
+  # All of the engine's atomics come from crates/core/src/sync.rs (std or loom); a line that
+  # must use std says why with "std-atomic-ok".
   local bad
-  bad=$(grep -rn "std::sync::atomic" src --include='*.rs' | grep -v '^src/sync.rs:' | grep -v 'std-atomic-ok' || true)
+  bad=$(grep -rn "std::sync::atomic" crates/core/src --include='*.rs' | grep -v '^crates/core/src/sync.rs:' | grep -v 'std-atomic-ok' || true)
   if [ -n "$bad" ]; then
-    echo "std::sync::atomic outside src/sync.rs (use crate::sync):"
+    echo "std::sync::atomic outside crates/core/src/sync.rs (use crate::sync):"
     echo "$bad"
     return 1
   fi
@@ -83,13 +83,13 @@ one_atomics_shim() {
 lints() {
   one_atomics_shim &&
   cargo fmt --all -- --check &&
-    cargo clippy --all-targets --quiet -- -D warnings &&
-    cargo clippy --all-targets --no-default-features --quiet -- -D warnings
+    cargo clippy --workspace --all-targets --quiet -- -D warnings &&
+    cargo clippy -p erlmcp-flow-bench --all-targets --no-default-features --quiet -- -D warnings
 }
 header_drift() {
   # The unit test header_drift compares OUT_DIR's fresh generation with the committed header;
   # this stage also regenerates the file itself and checks git sees no change.
-  EMF_UPDATE_HEADER=1 cargo build --lib --quiet && git diff --exit-code -- include/erlmcp_flow.h
+  EMF_UPDATE_HEADER=1 cargo build -p erlmcp-flow-capi --quiet && git diff --exit-code -- include/erlmcp_flow.h
 }
 release_build() { cargo build --release --quiet; }
 bench_smoke() { cargo run --release --quiet -- bench --quick --out-dir "$repo/target/bench-smoke"; }

@@ -3,8 +3,8 @@
 use erlmcp_flow::codec::{
     self, json, jsonrpc, Envelope, Kind, Member, Message, Number, Priority, Value,
 };
-use erlmcp_flow::suite::samples;
 use erlmcp_flow::ErrorKind;
+use erlmcp_flow_bench::suite::samples;
 
 /// Messages covering the MCP traffic the issue names.
 fn corpus() -> Vec<String> {

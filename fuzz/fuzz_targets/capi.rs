@@ -1,6 +1,6 @@
 //! The C ABI with arbitrary bytes: every entry point must return a status, never panic.
 #![no_main]
-use erlmcp_flow::capi::{codec as c, emf_buf_free, emf_buf_t, EMF_OK};
+use erlmcp_flow_capi::{codec as c, emf_buf_free, emf_buf_t, EMF_OK};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
