@@ -20,11 +20,9 @@ static emf_status_t release_message(void *ptr) {
     return emf_message_free(ptr);
 }
 
-static void message_dtor(ErlNifEnv *env, void *obj);
 
 static const emf_nif_handle_kind message_kind = {
     .name = "erlmcp_flow_message",
-    .dtor = message_dtor,
     .release = release_message,
     .release_what = "emf_message_free in the resource destructor",
     .expected = "message: expected a handle from message_open/1",
@@ -35,11 +33,6 @@ static const emf_nif_handle_kind message_kind = {
     .closed = "message: closed",
     .index = EMF_NIF_KIND_MESSAGE,
 };
-
-static void message_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &message_kind);
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Serializer                                                                                 */
@@ -72,101 +65,57 @@ static ERL_NIF_TERM json_to_archive_impl(ErlNifEnv *env, int argc, const ERL_NIF
     emf_buf_t out = {0};
     emf_status_t st = emf_json_to_archive_ex(json.data, json.size, &opts,
                                              checksum ? EMF_ARCHIVE_CHECKSUM : 0, &out);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, take_buf(env, &out));
+    return ok_buf(env, st, &out);
 }
+NIF_BY_BYTES(json_to_archive, 0, EMF_NIF_DIRTY_THRESHOLD)
 
-static ERL_NIF_TERM nif_json_to_archive(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "json_to_archive", json_to_archive_impl, bytes_cost(env, argv[0]),
-                       EMF_NIF_DIRTY_THRESHOLD, argc, argv);
-}
+#define EMF_NIF_ARCHIVE_ERROR "archive: expected a binary"
 
 /* archive_to_json(Archive) */
 static ERL_NIF_TERM archive_to_json_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     ErlNifBinary archive;
     if (!get_bytes(env, argv[0], &archive)) {
-        return argument_error(env, "archive: expected a binary");
+        return argument_error(env, EMF_NIF_ARCHIVE_ERROR);
     }
     emf_buf_t out = {0};
-    emf_status_t st = emf_archive_to_json(archive.data, archive.size, &out);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, take_buf(env, &out));
+    return ok_buf(env, emf_archive_to_json(archive.data, archive.size, &out), &out);
 }
-
-static ERL_NIF_TERM nif_archive_to_json(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "archive_to_json", archive_to_json_impl, bytes_cost(env, argv[0]),
-                       EMF_NIF_DIRTY_THRESHOLD, argc, argv);
-}
+NIF_BY_BYTES(archive_to_json, 0, EMF_NIF_DIRTY_THRESHOLD)
 
 /* archive_validate(Archive) */
 static ERL_NIF_TERM archive_validate_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     ErlNifBinary archive;
     if (!get_bytes(env, argv[0], &archive)) {
-        return argument_error(env, "archive: expected a binary");
+        return argument_error(env, EMF_NIF_ARCHIVE_ERROR);
     }
     size_t count = 0;
     emf_status_t st = emf_archive_validate(archive.data, archive.size, &count);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, enif_make_uint64(env, (ErlNifUInt64)count));
+    return ok_u64(env, st, count);
 }
-
-static ERL_NIF_TERM nif_archive_validate(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "archive_validate", archive_validate_impl, bytes_cost(env, argv[0]),
-                       EMF_NIF_DIRTY_THRESHOLD, argc, argv);
-}
+NIF_BY_BYTES(archive_validate, 0, EMF_NIF_DIRTY_THRESHOLD)
 
 /* message_open(Archive) -> {ok, Message} */
 static ERL_NIF_TERM message_open_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     ErlNifBinary archive;
     if (!get_bytes(env, argv[0], &archive)) {
-        return argument_error(env, "archive: expected a binary");
+        return argument_error(env, EMF_NIF_ARCHIVE_ERROR);
     }
     emf_message_t *msg = NULL;
     emf_status_t st = emf_message_open(archive.data, archive.size, &msg);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, handle_wrap(env, &message_kind, msg, archive.size));
+    return ok_handle(env, st, &message_kind, msg, archive.size, 0);
 }
-
-static ERL_NIF_TERM nif_message_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "message_open", message_open_impl, bytes_cost(env, argv[0]),
-                       EMF_NIF_DIRTY_THRESHOLD, argc, argv);
-}
-
-/* Reads the message handle argument `term' into `*h', or returns false and sets `*error'. */
-static bool get_message(ErlNifEnv *env, ERL_NIF_TERM term, emf_nif_handle **h,
-                        ERL_NIF_TERM *error) {
-    if (handle_get(env, term, &message_kind, h)) {
-        return true;
-    }
-    *error = not_a_handle(env, term, message_kind.expected, message_kind.not_this_version);
-    return false;
-}
+NIF_BY_BYTES(message_open, 0, EMF_NIF_DIRTY_THRESHOLD)
 
 /* message_count(Message) -> {ok, Count} */
 static ERL_NIF_TERM nif_message_count(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!get_message(env, argv[0], &h, &error)) {
-        return error;
-    }
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &message_kind);
     size_t count = 0;
     emf_status_t st = emf_message_count(h->ptr, &count);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, enif_make_uint64(env, (ErlNifUInt64)count));
+    return ok_u64(env, st, count);
 }
 
 /* Envelope `index' of `msg' as a map; the borrowed strings are copied. An id that is not
@@ -202,19 +151,14 @@ static emf_status_t envelope_map(ErlNifEnv *env, const emf_message_t *msg, size_
         enif_make_uint64(env, info->deadline_us),
         info->has_error ? enif_make_int64(env, info->error_code) : atom_undefined,
     };
-    /* Cannot fail: the keys are distinct. */
-    (void)enif_make_map_from_arrays(env, keys, values, sizeof keys / sizeof keys[0], out);
+    *out = MAKE_MAP(env, keys, values);
     return EMF_OK;
 }
 
 /* message_envelopes(Message) -> {ok, [Map]} */
 static ERL_NIF_TERM message_envelopes_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!get_message(env, argv[0], &h, &error)) {
-        return error;
-    }
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &message_kind);
     size_t count = 0;
     emf_status_t st = emf_message_count(h->ptr, &count);
     if (st != EMF_OK) {
@@ -255,17 +199,9 @@ static ERL_NIF_TERM nif_message_envelopes(ErlNifEnv *env, int argc, const ERL_NI
 /* message_to_json(Message) -> {ok, Json} */
 static ERL_NIF_TERM message_to_json_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!get_message(env, argv[0], &h, &error)) {
-        return error;
-    }
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &message_kind);
     emf_buf_t out = {0};
-    emf_status_t st = emf_message_to_json(h->ptr, &out);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, take_buf(env, &out));
+    return ok_buf(env, emf_message_to_json(h->ptr, &out), &out);
 }
 
 static ERL_NIF_TERM nif_message_to_json(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -278,21 +214,13 @@ static ERL_NIF_TERM nif_message_to_json(ErlNifEnv *env, int argc, const ERL_NIF_
 static ERL_NIF_TERM message_payload_json_impl(ErlNifEnv *env, int argc,
                                               const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &message_kind);
     size_t index;
-    if (!get_message(env, argv[0], &h, &error)) {
-        return error;
-    }
     if (!get_size(env, argv[1], &index)) {
         return argument_error(env, "index: expected a non-negative integer");
     }
     emf_buf_t out = {0};
-    emf_status_t st = emf_message_payload_json(h->ptr, index, &out);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, take_buf(env, &out));
+    return ok_buf(env, emf_message_payload_json(h->ptr, index, &out), &out);
 }
 
 static ERL_NIF_TERM nif_message_payload_json(ErlNifEnv *env, int argc,
@@ -312,7 +240,7 @@ static ERL_NIF_TERM compress_if_needed_impl(ErlNifEnv *env, int argc, const ERL_
     ErlNifBinary data;
     size_t threshold;
     if (!get_bytes(env, argv[0], &data)) {
-        return argument_error(env, "data: expected a binary or iodata");
+        return argument_error(env, EMF_NIF_DATA_ERROR);
     }
     if (!get_limit(env, argv[1], &threshold)) {
         return argument_error(env, "threshold: expected a non-negative 64-bit integer");
@@ -326,11 +254,7 @@ static ERL_NIF_TERM compress_if_needed_impl(ErlNifEnv *env, int argc, const ERL_
     ERL_NIF_TERM tag = compressed ? atom_compressed : atom_raw;
     return make_ok(env, enif_make_tuple2(env, tag, take_buf(env, &out)));
 }
-
-static ERL_NIF_TERM nif_compress_if_needed(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "compress_if_needed", compress_if_needed_impl,
-                       bytes_cost(env, argv[0]), EMF_NIF_COMPRESS_DIRTY_THRESHOLD, argc, argv);
-}
+NIF_BY_BYTES(compress_if_needed, 0, EMF_NIF_COMPRESS_DIRTY_THRESHOLD)
 
 /* decompress(Data, MaxLen) -> {ok, Bin} */
 static ERL_NIF_TERM decompress_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -338,17 +262,13 @@ static ERL_NIF_TERM decompress_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     ErlNifBinary data;
     size_t max_len;
     if (!get_bytes(env, argv[0], &data)) {
-        return argument_error(env, "data: expected a binary or iodata");
+        return argument_error(env, EMF_NIF_DATA_ERROR);
     }
     if (!get_limit(env, argv[1], &max_len)) {
         return argument_error(env, "max_size: expected a non-negative 64-bit integer");
     }
     emf_buf_t out = {0};
-    emf_status_t st = emf_decompress(data.data, data.size, max_len, &out);
-    if (st != EMF_OK) {
-        return status_error(env, st);
-    }
-    return make_ok(env, take_buf(env, &out));
+    return ok_buf(env, emf_decompress(data.data, data.size, max_len, &out), &out);
 }
 
 static ERL_NIF_TERM nif_decompress(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {

@@ -46,7 +46,12 @@
  *   queue.c    task queues and caches
  *   vector.c   quantization, distances, HNSW indexes
  *
- * An area file may use what the files included before it define.
+ * util.c is the helper layer every NIF is written with (declared in erlmcp_flow_nif.h):
+ * handle arguments (HANDLE_USE_OR_RETURN / HANDLE_ARG_OR_RETURN, handle_leave_with), argument
+ * decoding (get_*), results (ok_or_error, ok_u64, ok_buf, ok_handle, MAKE_MAP), errors
+ * (argument_error, shim_error, status_error) and dirty scheduling (NIF_BY_BYTES, run_by_cost;
+ * NIFs that always run dirty are flagged in the NIF table). An area file may also use what
+ * the area files included before it define (flow.c: ring.c's frame lists and kinds).
  */
 
 #include "erlmcp_flow_nif.h"
@@ -88,7 +93,7 @@ static bool open_resource_types(ErlNifEnv *env, emf_nif_priv *priv) {
         }
         ErlNifResourceTypeInit init;
         memset(&init, 0, sizeof init);
-        init.dtor = kind->dtor;
+        init.dtor = handle_dtor;
         init.down = kind->down;
         ErlNifResourceFlags tried;
         priv->types[kind->index] =
@@ -198,6 +203,8 @@ static void on_unload(ErlNifEnv *env, void *priv_data) {
     enif_free(priv);
 }
 
+/* The NIFs. Those flagged dirty always run on a dirty scheduler (they touch files or /proc, or
+ * their work is long); the others decide at each call (see each area). */
 static ErlNifFunc nif_funcs[] = {
     {"abi_version", 0, nif_abi_version, 0},
     {"version", 0, nif_version, 0},
@@ -212,18 +219,18 @@ static ErlNifFunc nif_funcs[] = {
     {"message_payload_json", 2, nif_message_payload_json, 0},
     {"compress_if_needed", 2, nif_compress_if_needed, 0},
     {"decompress", 2, nif_decompress, 0},
-    {"ring_create", 2, nif_ring_create, 0},
-    {"ring_open", 2, nif_ring_open, 0},
-    {"ring_stats", 1, nif_ring_stats, 0},
+    {"ring_create", 2, nif_ring_create, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"ring_open", 2, nif_ring_open, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"ring_stats", 1, nif_ring_stats, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"ring_max_payload", 1, nif_ring_max_payload, 0},
-    {"ring_unlink", 1, nif_ring_unlink, 0},
-    {"ring_close", 1, nif_ring_close, 0},
-    {"producer_new", 1, nif_producer_new, 0},
-    {"producer_new_in_slot", 2, nif_producer_new_in_slot, 0},
+    {"ring_unlink", 1, nif_ring_unlink, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"ring_close", 1, nif_ring_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"producer_new", 1, nif_producer_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"producer_new_in_slot", 2, nif_producer_new_in_slot, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"producer_committed", 1, nif_producer_committed, 0},
     {"producer_send", 3, nif_producer_send, 0},
     {"producer_send_batch", 2, nif_producer_send_batch, 0},
-    {"consumer_new", 2, nif_consumer_new, 0},
+    {"consumer_new", 2, nif_consumer_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"consumer_recv", 2, nif_consumer_recv, 0},
     {"consumer_recv_batch", 3, nif_consumer_recv_batch, 0},
     {"consumer_lag", 1, nif_consumer_lag, 0},
@@ -235,32 +242,32 @@ static ErlNifFunc nif_funcs[] = {
     {"deliver_ack", 1, nif_deliver_ack, 0},
     {"deliver_stop", 1, nif_deliver_stop, 0},
     {"deliveries", 0, nif_deliveries, 0},
-    {"router_new", 2, nif_router_new, 0},
-    {"router_close", 1, nif_router_close, 0},
-    {"router_register_agent", 2, nif_router_register_agent, 0},
-    {"router_unregister_agent", 2, nif_router_unregister_agent, 0},
+    {"router_new", 2, nif_router_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"router_close", 1, nif_router_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"router_register_agent", 2, nif_router_register_agent, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"router_unregister_agent", 2, nif_router_unregister_agent, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"router_send_direct", 4, nif_router_send_direct, 0},
     {"router_send_batch", 4, nif_router_send_batch, 0},
-    {"batch_new", 4, nif_batch_new, 0},
+    {"batch_new", 4, nif_batch_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"batch_send", 2, nif_batch_send, 0},
     {"batch_tick", 1, nif_batch_tick, 0},
     {"batch_flush", 1, nif_batch_flush, 0},
     {"batch_pending", 1, nif_batch_pending, 0},
-    {"batch_close", 1, nif_batch_close, 0},
-    {"batch_discard", 1, nif_batch_discard, 0},
+    {"batch_close", 1, nif_batch_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"batch_discard", 1, nif_batch_discard, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"state_open", 2, nif_state_open, 0},
-    {"state_share", 3, nif_state_share, 0},
-    {"state_lookup", 2, nif_state_lookup, 0},
-    {"state_read", 2, nif_state_read, 0},
-    {"state_release", 2, nif_state_release, 0},
+    {"state_share", 3, nif_state_share, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"state_lookup", 2, nif_state_lookup, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"state_read", 2, nif_state_read, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"state_release", 2, nif_state_release, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"state_mapped", 0, nif_state_mapped, 0},
     {"queue_new", 3, nif_queue_new, 0},
     {"queue_enqueue", 3, nif_queue_enqueue, 0},
     {"queue_dequeue", 1, nif_queue_dequeue, 0},
     {"queue_stats", 1, nif_queue_stats, 0},
-    {"queue_close", 1, nif_queue_close, 0},
+    {"queue_close", 1, nif_queue_close, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"cache_new", 3, nif_cache_new, 0},
-    {"cache_set_sweeper", 2, nif_cache_set_sweeper, 0},
+    {"cache_set_sweeper", 2, nif_cache_set_sweeper, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"cache_put", 3, nif_cache_put, 0},
     {"cache_get", 2, nif_cache_get, 0},
     {"cache_remove", 2, nif_cache_remove, 0},
@@ -273,17 +280,17 @@ static ErlNifFunc nif_funcs[] = {
     {"cosine_distance_i8", 2, nif_cosine_distance_i8, 0},
     {"dot_i8", 2, nif_dot_i8, 0},
     {"hnsw_new", 7, nif_hnsw_new, 0},
-    {"hnsw_open", 1, nif_hnsw_open, 0},
-    {"hnsw_load", 1, nif_hnsw_load, 0},
-    {"hnsw_close", 1, nif_hnsw_close, 0},
+    {"hnsw_open", 1, nif_hnsw_open, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"hnsw_load", 1, nif_hnsw_load, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"hnsw_close", 1, nif_hnsw_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"hnsw_info", 1, nif_hnsw_info, 0},
     {"hnsw_insert", 3, nif_hnsw_insert, 0},
-    {"hnsw_insert_batch", 4, nif_hnsw_insert_batch, 0},
+    {"hnsw_insert_batch", 4, nif_hnsw_insert_batch, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"hnsw_search", 6, nif_hnsw_search, 0},
-    {"hnsw_search_batch", 7, nif_hnsw_search_batch, 0},
+    {"hnsw_search_batch", 7, nif_hnsw_search_batch, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"hnsw_remove", 2, nif_hnsw_remove, 0},
-    {"hnsw_compact", 1, nif_hnsw_compact, 0},
-    {"hnsw_save", 2, nif_hnsw_save, 0},
+    {"hnsw_compact", 1, nif_hnsw_compact, ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"hnsw_save", 2, nif_hnsw_save, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"hnsw_stats", 1, nif_hnsw_stats, 0},
     {"hnsw_indexes", 0, nif_hnsw_indexes, 0},
 };

@@ -35,14 +35,9 @@ static emf_status_t release_store(void *ptr) {
 /* A shared value mapped in place: defined with the shared-state NIFs. */
 static emf_status_t release_shared(void *ptr);
 
-static void router_dtor(ErlNifEnv *env, void *obj);
-static void batch_dtor(ErlNifEnv *env, void *obj);
-static void store_dtor(ErlNifEnv *env, void *obj);
-static void state_value_dtor(ErlNifEnv *env, void *obj);
 
 static const emf_nif_handle_kind router_kind = {
     .name = "erlmcp_flow_router",
-    .dtor = router_dtor,
     .release = release_router,
     .release_what = "emf_router_free",
     .expected = "router: expected a handle from erlmcp_flow_nif:router_new/2",
@@ -55,7 +50,6 @@ static const emf_nif_handle_kind router_kind = {
 
 static const emf_nif_handle_kind batch_kind = {
     .name = "erlmcp_flow_batch",
-    .dtor = batch_dtor,
     .release = release_batch,
     .release_what = "emf_batch_free and emf_batch_discard",
     .expected = "batch: expected a handle from erlmcp_flow_nif:batch_new/4",
@@ -68,7 +62,6 @@ static const emf_nif_handle_kind batch_kind = {
 
 static const emf_nif_handle_kind store_kind = {
     .name = "erlmcp_flow_state_store",
-    .dtor = store_dtor,
     .release = release_store,
     .release_what = "emf_state_free",
     .expected = "store: expected a handle from erlmcp_flow:open_store/1,2",
@@ -83,7 +76,6 @@ static const emf_nif_handle_kind store_kind = {
  * only appears inside binaries (enif_make_resource_binary), never as a term of its own. */
 static const emf_nif_handle_kind state_value_kind = {
     .name = "erlmcp_flow_state_value",
-    .dtor = state_value_dtor,
     .release = release_shared,
     .release_what = "emf_state_value_free",
     .expected = "",
@@ -91,26 +83,6 @@ static const emf_nif_handle_kind state_value_kind = {
     .closed = "",
     .index = EMF_NIF_KIND_STATE_VALUE,
 };
-
-static void router_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &router_kind);
-}
-
-static void batch_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &batch_kind);
-}
-
-static void store_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &store_kind);
-}
-
-static void state_value_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &state_value_kind);
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Router                                                                                     */
@@ -154,52 +126,37 @@ static const char *get_name(ErlNifEnv *env, ERL_NIF_TERM term, char *stack, size
     return s;
 }
 
-/* router_new(Dir | undefined, InboxCapacity) -> {ok, Router} */
-static ERL_NIF_TERM router_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* router_new(Dir | undefined, InboxCapacity) -> {ok, Router}. Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_router_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     size_t capacity;
+    char *dir;
     if (!get_size(env, argv[1], &capacity)) {
         return argument_error(env, "inbox_capacity: expected a non-negative integer (0: 1 MiB)");
     }
-    char *dir = NULL;
-    if (!enif_is_identical(argv[0], atom_undefined)) {
-        dir = get_cstring(env, argv[0]);
-        if (dir == NULL) {
-            return argument_error(env, "dir: expected a path (binary or string) without NUL");
-        }
+    if (!get_opt_cstring(env, argv[0], &dir)) {
+        return argument_error(env, EMF_NIF_DIR_ERROR);
     }
     emf_router_t *r = NULL;
     emf_status_t st = emf_router_new(dir, capacity, &r);
-    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, handle_wrap(env, &router_kind, r, 0))
-                                       : status_error(env, st);
+    ERL_NIF_TERM result = ok_handle(env, st, &router_kind, r, 0, 0);
     enif_free(dir);
     return result;
 }
 
-static ERL_NIF_TERM nif_router_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "router_new", router_new_impl, argc, argv);
-}
-
-/* router_close(Router) -> ok: frees the router (its producers detach) now; idempotent. */
-static ERL_NIF_TERM router_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
-    void *obj;
-    if (!enif_get_resource(env, argv[0], handle_type(env, &router_kind), &obj)) {
-        return not_a_handle(env, argv[0], router_kind.expected, router_kind.not_this_version);
-    }
-    (void)handle_close(obj, &router_kind);
-    return atom_ok;
-}
-
+/* router_close(Router) -> ok: frees the router (its producers detach) now; idempotent. Dirty
+ * I/O (NIF table). */
 static ERL_NIF_TERM nif_router_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "router_close", router_close_impl, argc, argv);
+    (void)argc;
+    return handle_close_arg(env, argv[0], &router_kind);
 }
 
 #define EMF_NIF_AGENT_ERROR "agent: expected a name (binary or string) without NUL"
 
-/* router_register_agent(Router, Agent) -> {ok, Consumer}: the agent's inbox consumer. */
-static ERL_NIF_TERM router_register_agent_impl(ErlNifEnv *env, int argc,
-                                               const ERL_NIF_TERM argv[]) {
+/* router_register_agent(Router, Agent) -> {ok, Consumer}: the agent's inbox consumer. Dirty
+ * I/O (NIF table). */
+static ERL_NIF_TERM nif_router_register_agent(ErlNifEnv *env, int argc,
+                                              const ERL_NIF_TERM argv[]) {
     (void)argc;
     char stack[EMF_NIF_NAME_STACK_BUF], *heap;
     const char *agent = get_name(env, argv[1], stack, sizeof stack, &heap);
@@ -211,23 +168,16 @@ static ERL_NIF_TERM router_register_agent_impl(ErlNifEnv *env, int argc,
     if (handle_use(env, argv[0], &router_kind, &h, &result)) {
         emf_consumer_t *c = NULL;
         emf_status_t st = emf_router_register_agent(h->ptr, agent, &c);
-        result = st == EMF_OK ? make_ok(env, handle_new(env, &consumer_kind, c, 0, 0))
-                              : status_error(env, st);
-        handle_leave(h, &router_kind);
+        result = handle_leave_with(h, ok_handle(env, st, &consumer_kind, c, 0, 0));
     }
     enif_free(heap);
     return result;
 }
 
-static ERL_NIF_TERM nif_router_register_agent(ErlNifEnv *env, int argc,
-                                              const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "router_register_agent", router_register_agent_impl, argc,
-                             argv);
-}
-
-/* router_unregister_agent(Router, Agent) -> ok: removes the agent's inbox. */
-static ERL_NIF_TERM router_unregister_agent_impl(ErlNifEnv *env, int argc,
-                                                 const ERL_NIF_TERM argv[]) {
+/* router_unregister_agent(Router, Agent) -> ok: removes the agent's inbox. Dirty I/O (NIF
+ * table). */
+static ERL_NIF_TERM nif_router_unregister_agent(ErlNifEnv *env, int argc,
+                                                const ERL_NIF_TERM argv[]) {
     (void)argc;
     char stack[EMF_NIF_NAME_STACK_BUF], *heap;
     const char *agent = get_name(env, argv[1], stack, sizeof stack, &heap);
@@ -238,17 +188,10 @@ static ERL_NIF_TERM router_unregister_agent_impl(ErlNifEnv *env, int argc,
     ERL_NIF_TERM result;
     if (handle_use(env, argv[0], &router_kind, &h, &result)) {
         emf_status_t st = emf_router_unregister_agent(h->ptr, agent);
-        result = st == EMF_OK ? atom_ok : status_error(env, st);
-        handle_leave(h, &router_kind);
+        result = handle_leave_with(h, ok_or_error(env, st));
     }
     enif_free(heap);
     return result;
-}
-
-static ERL_NIF_TERM nif_router_unregister_agent(ErlNifEnv *env, int argc,
-                                                const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "router_unregister_agent", router_unregister_agent_impl, argc,
-                             argv);
 }
 
 /* True when a router send may run on the calling scheduler as far as its agent goes: the
@@ -258,6 +201,8 @@ static bool router_send_inline(ErlNifEnv *env, ERL_NIF_TERM agent, ERL_NIF_TERM 
     return get_bool(attached, &a) && a && enif_is_binary(env, agent);
 }
 
+#define EMF_NIF_ATTACHED_ERROR "attached: expected true or false"
+
 /* router_send_direct(Router, Agent, Data, Attached) -> ok | {error, {full | not_found, _}} */
 static ERL_NIF_TERM router_send_direct_impl(ErlNifEnv *env, int argc,
                                             const ERL_NIF_TERM argv[]) {
@@ -265,10 +210,10 @@ static ERL_NIF_TERM router_send_direct_impl(ErlNifEnv *env, int argc,
     bool attached;
     ErlNifBinary data;
     if (!get_bool(argv[3], &attached)) {
-        return argument_error(env, "attached: expected true or false");
+        return argument_error(env, EMF_NIF_ATTACHED_ERROR);
     }
     if (!get_bytes(env, argv[2], &data)) {
-        return argument_error(env, "data: expected a binary or iodata");
+        return argument_error(env, EMF_NIF_DATA_ERROR);
     }
     char stack[EMF_NIF_NAME_STACK_BUF], *heap;
     const char *agent = get_name(env, argv[1], stack, sizeof stack, &heap);
@@ -279,8 +224,7 @@ static ERL_NIF_TERM router_send_direct_impl(ErlNifEnv *env, int argc,
     ERL_NIF_TERM result;
     if (handle_use(env, argv[0], &router_kind, &h, &result)) {
         emf_status_t st = emf_router_send_direct(h->ptr, agent, data.data, data.size);
-        result = st == EMF_OK ? atom_ok : status_error(env, st);
-        handle_leave(h, &router_kind);
+        result = handle_leave_with(h, ok_or_error(env, st));
     }
     enif_free(heap);
     return result;
@@ -296,20 +240,19 @@ static ERL_NIF_TERM nif_router_send_direct(ErlNifEnv *env, int argc, const ERL_N
 
 /* router_send_batch(Router, Agent, [Data], Attached) -> {ok, Accepted}: the first Accepted
  * messages were sent, in order; the others were not (back-pressure) and stay the caller's. */
-static ERL_NIF_TERM router_send_batch_impl(ErlNifEnv *env, int argc,
-                                           const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM nif_router_send_batch(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     bool attached;
     if (!get_bool(argv[3], &attached)) {
-        return argument_error(env, "attached: expected true or false");
+        return argument_error(env, EMF_NIF_ATTACHED_ERROR);
     }
     bool normal = on_normal_scheduler();
     if (normal && !router_send_inline(env, argv[1], argv[3])) {
-        return schedule_dirty_io(env, "router_send_batch", router_send_batch_impl, argc, argv);
+        return schedule_dirty_io(env, "router_send_batch", nif_router_send_batch, argc, argv);
     }
     size_t n = 0;
     emf_nif_frames f = frames_count(env, argv[2], normal, &n);
     if (f == EMF_NIF_FRAMES_DIRTY) {
-        return schedule_dirty_cpu(env, "router_send_batch", router_send_batch_impl, argc, argv);
+        return schedule_dirty_cpu(env, "router_send_batch", nif_router_send_batch, argc, argv);
     }
     if (f != EMF_NIF_FRAMES_OK) {
         return frames_error(env, f);
@@ -330,22 +273,13 @@ static ERL_NIF_TERM router_send_batch_impl(ErlNifEnv *env, int argc,
     if (handle_use(env, argv[0], &router_kind, &h, &result)) {
         size_t accepted = 0;
         emf_status_t st = emf_router_send_batch(h->ptr, agent, slices, n, &accepted);
-        if (st == EMF_OK) {
-            result = make_ok(env, enif_make_uint64(env, (ErlNifUInt64)accepted));
-        } else if (st == EMF_ERR_FULL) {
-            result = make_ok(env, enif_make_uint(env, 0)); /* none accepted */
-        } else {
-            result = status_error(env, st);
-        }
-        handle_leave(h, &router_kind);
+        /* A full inbox accepted none: {ok, 0}. */
+        result = handle_leave_with(h, st == EMF_ERR_FULL ? ok_u64(env, EMF_OK, 0)
+                                                         : ok_u64(env, st, accepted));
     }
     frames_free(slices, stack_slices);
     enif_free(heap);
     return result;
-}
-
-static ERL_NIF_TERM nif_router_send_batch(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return router_send_batch_impl(env, argc, argv);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -385,15 +319,19 @@ static size_t batch_load(ErlNifEnv *env, ERL_NIF_TERM term) {
     return atomic_load_explicit(&((emf_nif_handle *)obj)->load, memory_order_relaxed);
 }
 
-/* {ok, First, Pending, DueMs} after a successful call on batch `h' that queued `added' bytes;
- * updates the pending-bytes bound. */
-static ERL_NIF_TERM batch_result(ErlNifEnv *env, emf_nif_handle *h, ERL_NIF_TERM first,
-                                 size_t added) {
+/* The result of a call on batch `h' that returned `st': {ok, First, Pending, DueMs} when it
+ * succeeded, having queued `added' bytes (the pending-bytes bound is updated), else its
+ * error. Leaves `h'. */
+static ERL_NIF_TERM batch_result(ErlNifEnv *env, emf_nif_handle *h, emf_status_t st,
+                                 ERL_NIF_TERM first, size_t added) {
+    if (st != EMF_OK) {
+        return handle_leave_with(h, status_error(env, st));
+    }
     size_t pending = 0;
     int64_t due = -1;
-    emf_status_t st = emf_batch_pending(h->ptr, &pending, &due);
+    st = emf_batch_pending(h->ptr, &pending, &due);
     if (st != EMF_OK) {
-        return status_error(env, st);
+        return handle_leave_with(h, status_error(env, st));
     }
     if (pending == 0) {
         atomic_store_explicit(&h->load, 0, memory_order_relaxed);
@@ -401,13 +339,14 @@ static ERL_NIF_TERM batch_result(ErlNifEnv *env, emf_nif_handle *h, ERL_NIF_TERM
         size_t old = atomic_load_explicit(&h->load, memory_order_relaxed);
         atomic_store_explicit(&h->load, sat_add(old, added), memory_order_relaxed);
     }
-    return enif_make_tuple4(env, atom_ok, first, enif_make_uint64(env, (ErlNifUInt64)pending),
-                            enif_make_int64(env, due));
+    return handle_leave_with(h, enif_make_tuple4(env, atom_ok, first,
+                                                 enif_make_uint64(env, (ErlNifUInt64)pending),
+                                                 enif_make_int64(env, due)));
 }
 
 /* batch_new(Ring, BatchSize, TimeoutMs, MaxPending) -> {ok, Batch}; 0 takes the engine's
- * default (100, 10 ms, 10000). */
-static ERL_NIF_TERM batch_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * default (100, 10 ms, 10000). Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_batch_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     size_t batch_size, max_pending;
     uint32_t timeout_ms;
@@ -421,21 +360,10 @@ static ERL_NIF_TERM batch_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     if (!get_size(env, argv[3], &max_pending)) {
         return argument_error(env, "max_pending: expected a non-negative integer (0: 10000)");
     }
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &ring_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &ring_kind);
     emf_batch_t *b = NULL;
     emf_status_t st = emf_batch_new(h->ptr, batch_size, timeout_ms, max_pending, &b);
-    result = st == EMF_OK ? make_ok(env, handle_wrap(env, &batch_kind, b, 0))
-                          : status_error(env, st);
-    handle_leave(h, &ring_kind);
-    return result;
-}
-
-static ERL_NIF_TERM nif_batch_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "batch_new", batch_new_impl, argc, argv);
+    return handle_leave_with(h, ok_handle(env, st, &batch_kind, b, 0, 0));
 }
 
 /* batch_send(Batch, Data) -> {ok, Flush, Pending, DueMs}; {error, {full, _}} when max_pending
@@ -444,19 +372,12 @@ static ERL_NIF_TERM batch_send_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     (void)argc;
     ErlNifBinary data;
     if (!get_bytes(env, argv[1], &data)) {
-        return argument_error(env, "data: expected a binary or iodata");
+        return argument_error(env, EMF_NIF_DATA_ERROR);
     }
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &batch_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &batch_kind);
     uint32_t flush = EMF_FLUSH_NONE;
     emf_status_t st = emf_batch_send(h->ptr, data.data, data.size, &flush);
-    result = st == EMF_OK ? batch_result(env, h, flush_atom(env, flush), data.size)
-                          : status_error(env, st);
-    handle_leave(h, &batch_kind);
-    return result;
+    return batch_result(env, h, st, flush_atom(env, flush), data.size);
 }
 
 static ERL_NIF_TERM nif_batch_send(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -468,17 +389,10 @@ static ERL_NIF_TERM nif_batch_send(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 /* batch_tick(Batch) -> {ok, Flush, Pending, DueMs}: the timeout flush when it is due. */
 static ERL_NIF_TERM batch_tick_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &batch_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &batch_kind);
     uint32_t flush = EMF_FLUSH_NONE;
     emf_status_t st = emf_batch_tick(h->ptr, &flush);
-    result = st == EMF_OK ? batch_result(env, h, flush_atom(env, flush), 0)
-                          : status_error(env, st);
-    handle_leave(h, &batch_kind);
-    return result;
+    return batch_result(env, h, st, flush_atom(env, flush), 0);
 }
 
 static ERL_NIF_TERM nif_batch_tick(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -489,17 +403,10 @@ static ERL_NIF_TERM nif_batch_tick(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 /* batch_flush(Batch) -> {ok, Sent, Pending, DueMs}: sends everything pending that fits. */
 static ERL_NIF_TERM batch_flush_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &batch_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &batch_kind);
     size_t sent = 0;
     emf_status_t st = emf_batch_flush(h->ptr, &sent);
-    result = st == EMF_OK ? batch_result(env, h, enif_make_uint64(env, (ErlNifUInt64)sent), 0)
-                          : status_error(env, st);
-    handle_leave(h, &batch_kind);
-    return result;
+    return batch_result(env, h, st, enif_make_uint64(env, (ErlNifUInt64)sent), 0);
 }
 
 static ERL_NIF_TERM nif_batch_flush(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -510,20 +417,16 @@ static ERL_NIF_TERM nif_batch_flush(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 /* batch_pending(Batch) -> {ok, Pending, DueMs} (DueMs -1: nothing pending, 0: overdue) */
 static ERL_NIF_TERM nif_batch_pending(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &batch_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &batch_kind);
     size_t pending = 0;
     int64_t due = -1;
     emf_status_t st = emf_batch_pending(h->ptr, &pending, &due);
-    result = st == EMF_OK ? enif_make_tuple3(env, atom_ok,
-                                             enif_make_uint64(env, (ErlNifUInt64)pending),
-                                             enif_make_int64(env, due))
-                          : status_error(env, st);
-    handle_leave(h, &batch_kind);
-    return result;
+    if (st != EMF_OK) {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    return handle_leave_with(h, enif_make_tuple3(env, atom_ok,
+                                                 enif_make_uint64(env, (ErlNifUInt64)pending),
+                                                 enif_make_int64(env, due)));
 }
 
 /* Takes the engine handle out of the batch argument for a free: NULL with *error set when the
@@ -555,8 +458,8 @@ static void batch_untake(emf_nif_handle *h, void *ptr) {
 
 /* batch_close(Batch) -> ok: flushes and frees the processor. {error, {full, _}} when messages
  * could not be sent: nothing was freed, the handle stays usable. Closing a closed handle is
- * ok. */
-static ERL_NIF_TERM batch_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * ok. Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_batch_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_nif_handle *h = NULL;
     bool closed;
@@ -574,12 +477,9 @@ static ERL_NIF_TERM batch_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     return result;
 }
 
-static ERL_NIF_TERM nif_batch_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "batch_close", batch_close_impl, argc, argv);
-}
-
-/* batch_discard(Batch) -> {ok, Discarded}: frees the processor and the messages it holds. */
-static ERL_NIF_TERM batch_discard_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* batch_discard(Batch) -> {ok, Discarded}: frees the processor and the messages it holds.
+ * Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_batch_discard(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_nif_handle *h = NULL;
     bool closed;
@@ -596,10 +496,6 @@ static ERL_NIF_TERM batch_discard_impl(ErlNifEnv *env, int argc, const ERL_NIF_T
         return result;
     }
     return make_ok(env, enif_make_uint64(env, (ErlNifUInt64)discarded));
-}
-
-static ERL_NIF_TERM nif_batch_discard(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "batch_discard", batch_discard_impl, argc, argv);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -722,21 +618,13 @@ static emf_status_t release_shared(void *ptr) {
  * (nothing touches the file system), so binaries are read on the calling scheduler. */
 static ERL_NIF_TERM state_open_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    char *dir = NULL;
-    if (!enif_is_identical(argv[1], atom_undefined)) {
-        dir = get_cstring(env, argv[1]);
-        if (dir == NULL) {
-            return argument_error(env, "dir: expected a path (binary or string) without NUL");
-        }
-    }
-    char *name = get_cstring(env, argv[0]);
-    if (name == NULL) {
-        enif_free(dir);
-        return argument_error(env, "name: expected a binary or string without NUL");
+    char *name, *dir;
+    ERL_NIF_TERM result;
+    if (!get_name_and_dir(env, argv[0], argv[1], &name, &dir, &result)) {
+        return result;
     }
     emf_state_store_t *store = NULL;
     emf_status_t st = emf_state_open(name, dir, &store);
-    ERL_NIF_TERM result;
     if (st != EMF_OK) {
         result = status_error(env, st);
     } else {
@@ -747,7 +635,7 @@ static ERL_NIF_TERM state_open_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM
             if (st != EMF_OK) {
                 report_impossible("emf_state_free", st);
             }
-            result = shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+            result = out_of_memory(env);
         } else {
             s->store = store;
             s->id_len = name_len + 1 + dir_len;
@@ -755,7 +643,7 @@ static ERL_NIF_TERM state_open_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM
             if (dir_len > 0) {
                 memcpy(s->id + name_len + 1, dir, dir_len);
             }
-            result = make_ok(env, handle_wrap(env, &store_kind, s, 0));
+            result = make_ok(env, handle_new(env, &store_kind, s, 0, 0));
         }
     }
     enif_free(name);
@@ -775,8 +663,7 @@ static ERL_NIF_TERM nif_state_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
 static bool get_store(ErlNifEnv *env, ERL_NIF_TERM term, emf_nif_store **out,
                       ERL_NIF_TERM *error) {
     emf_nif_handle *h;
-    if (!handle_get(env, term, &store_kind, &h)) {
-        *error = not_a_handle(env, term, store_kind.expected, store_kind.not_this_version);
+    if (!handle_arg(env, term, &store_kind, &h, error)) {
         return false;
     }
     *out = h->ptr;
@@ -784,10 +671,11 @@ static bool get_store(ErlNifEnv *env, ERL_NIF_TERM term, emf_nif_store **out,
 }
 
 #define EMF_NIF_KEY_ERROR "key: expected a binary or string without NUL"
+#define EMF_NIF_REF_ERROR "ref: expected a state reference (a 64-bit integer)"
 
 /* state_share(Store, Key, Value) -> {ok, Ref}: publishes Value under Key (the key's previous
- * reference is retired). */
-static ERL_NIF_TERM state_share_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * reference is retired). Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_state_share(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_nif_store *s;
     ERL_NIF_TERM error;
@@ -806,15 +694,11 @@ static ERL_NIF_TERM state_share_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     uint64_t ref = 0;
     emf_status_t st = emf_state_share(s->store, key, value.data, value.size, &ref);
     enif_free(heap);
-    return st == EMF_OK ? make_ok(env, enif_make_uint64(env, ref)) : status_error(env, st);
+    return ok_u64(env, st, ref);
 }
 
-static ERL_NIF_TERM nif_state_share(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "state_share", state_share_impl, argc, argv);
-}
-
-/* state_lookup(Store, Key) -> {ok, Ref} | {error, {not_found, _}} */
-static ERL_NIF_TERM state_lookup_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* state_lookup(Store, Key) -> {ok, Ref} | {error, {not_found, _}}. Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_state_lookup(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_nif_store *s;
     ERL_NIF_TERM error;
@@ -829,16 +713,12 @@ static ERL_NIF_TERM state_lookup_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
     uint64_t ref = 0;
     emf_status_t st = emf_state_lookup(s->store, key, &ref);
     enif_free(heap);
-    return st == EMF_OK ? make_ok(env, enif_make_uint64(env, ref)) : status_error(env, st);
-}
-
-static ERL_NIF_TERM nif_state_lookup(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "state_lookup", state_lookup_impl, argc, argv);
+    return ok_u64(env, st, ref);
 }
 
 /* state_read(Store, Ref) -> {ok, Value} | {error, {not_found, _}}: a copy, or a zero-copy
- * binary over the mapping (see above). */
-static ERL_NIF_TERM state_read_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * binary over the mapping (see above). Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_state_read(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_nif_store *s;
     ERL_NIF_TERM error;
@@ -847,7 +727,7 @@ static ERL_NIF_TERM state_read_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM
         return error;
     }
     if (!enif_get_uint64(env, argv[1], &ref)) {
-        return argument_error(env, "ref: expected a state reference (a 64-bit integer)");
+        return argument_error(env, EMF_NIF_REF_ERROR);
     }
     emf_state_value_t *v = NULL;
     emf_status_t st = emf_state_read(s->store, ref, &v);
@@ -868,28 +748,22 @@ static ERL_NIF_TERM state_read_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     }
     emf_nif_shared *e = shared_adopt(enif_priv_data(env), s, ref, v, data, len);
     if (e == NULL) {
-        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+        return out_of_memory(env);
     }
-    emf_nif_handle *owner = handle_alloc(env, &state_value_kind, e, e->len, 0);
-    if (owner == NULL) {
+    ERL_NIF_TERM bin;
+    if (!resource_binary(env, &state_value_kind, e, e->data, e->len, &bin)) {
         st = release_shared(e);
         if (st != EMF_OK) {
             report_impossible("emf_state_value_free", st);
         }
-        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+        return out_of_memory(env);
     }
-    ERL_NIF_TERM bin = enif_make_resource_binary(env, owner, e->data, e->len);
-    enif_release_resource(owner); /* the binary holds the only reference now */
     return make_ok(env, bin);
 }
 
-static ERL_NIF_TERM nif_state_read(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "state_read", state_read_impl, argc, argv);
-}
-
 /* state_release(Store, Ref) -> ok | {error, {not_found, _}}: retires Ref (current readers keep
- * their value). */
-static ERL_NIF_TERM state_release_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * their value). Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_state_release(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_nif_store *s;
     ERL_NIF_TERM error;
@@ -898,14 +772,9 @@ static ERL_NIF_TERM state_release_impl(ErlNifEnv *env, int argc, const ERL_NIF_T
         return error;
     }
     if (!enif_get_uint64(env, argv[1], &ref)) {
-        return argument_error(env, "ref: expected a state reference (a 64-bit integer)");
+        return argument_error(env, EMF_NIF_REF_ERROR);
     }
-    emf_status_t st = emf_state_release(s->store, ref);
-    return st == EMF_OK ? atom_ok : status_error(env, st);
-}
-
-static ERL_NIF_TERM nif_state_release(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "state_release", state_release_impl, argc, argv);
+    return ok_or_error(env, emf_state_release(s->store, ref));
 }
 
 /* state_mapped() -> Count: shared values this load has mapped for zero-copy binaries. For

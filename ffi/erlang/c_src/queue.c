@@ -20,15 +20,11 @@ static emf_status_t release_buf(void *ptr) {
     return st;
 }
 
-static void queue_dtor(ErlNifEnv *env, void *obj);
-static void cache_dtor(ErlNifEnv *env, void *obj);
-static void buf_dtor(ErlNifEnv *env, void *obj);
 
 /* A task queue can be closed early (queue_close/1, which hands back the tasks left): its
  * calls bracket their use with handle_use/handle_leave. */
 static const emf_nif_handle_kind queue_kind = {
     .name = "erlmcp_flow_task_queue",
-    .dtor = queue_dtor,
     .release = release_queue,
     .release_what = "emf_task_queue_free",
     .expected = "queue: expected a handle from erlmcp_flow_queue:new/0,1",
@@ -41,7 +37,6 @@ static const emf_nif_handle_kind queue_kind = {
 
 static const emf_nif_handle_kind cache_kind = {
     .name = "erlmcp_flow_cache",
-    .dtor = cache_dtor,
     .release = release_cache,
     .release_what = "emf_cache_free",
     .expected = "cache: expected a handle from erlmcp_flow_lru_cache:new/0,1",
@@ -56,7 +51,6 @@ static const emf_nif_handle_kind cache_kind = {
  * appears inside binaries (enif_make_resource_binary), never as a term of its own. */
 static const emf_nif_handle_kind buf_kind = {
     .name = "erlmcp_flow_buf",
-    .dtor = buf_dtor,
     .release = release_buf,
     .release_what = "emf_buf_free",
     .expected = "",
@@ -64,21 +58,6 @@ static const emf_nif_handle_kind buf_kind = {
     .closed = "",
     .index = EMF_NIF_KIND_BUF,
 };
-
-static void queue_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &queue_kind);
-}
-
-static void cache_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &cache_kind);
-}
-
-static void buf_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &buf_kind);
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Task queues and caches                                                                     */
@@ -137,11 +116,8 @@ static ERL_NIF_TERM buf_term(ErlNifEnv *env, emf_buf_t *buf) {
         emf_buf_t *owned = enif_alloc(sizeof *owned);
         if (owned != NULL) {
             *owned = *buf;
-            emf_nif_handle *owner = handle_alloc(env, &buf_kind, owned, owned->len, 0);
-            if (owner != NULL) {
-                ERL_NIF_TERM bin = enif_make_resource_binary(env, owner, owned->data,
-                                                             owned->len);
-                enif_release_resource(owner); /* the binary holds the only reference now */
+            ERL_NIF_TERM bin;
+            if (resource_binary(env, &buf_kind, owned, owned->data, owned->len, &bin)) {
                 memset(buf, 0, sizeof *buf);
                 return bin;
             }
@@ -182,8 +158,7 @@ static ERL_NIF_TERM nif_queue_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     }
     emf_task_queue_t *q = NULL;
     emf_status_t st = emf_task_queue_new(max_primary, max_overflow, drop, &q);
-    return st == EMF_OK ? make_ok(env, handle_wrap(env, &queue_kind, q, 0))
-                        : status_error(env, st);
+    return ok_handle(env, st, &queue_kind, q, 0, 0);
 }
 
 /* queue_enqueue(Queue, Task, Priority) -> ok | backpressure | rejected
@@ -198,11 +173,8 @@ static ERL_NIF_TERM queue_enqueue_impl(ErlNifEnv *env, int argc, const ERL_NIF_T
     if (!get_bytes(env, argv[1], &task)) {
         return argument_error(env, "task: expected a binary or iodata");
     }
-    emf_nif_handle *h;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &queue_kind);
     ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &queue_kind, &h, &result)) {
-        return result;
-    }
     uint32_t answer = 0, evicted_priority = 0;
     emf_buf_t evicted = {0};
     emf_status_t st = emf_task_queue_enqueue(h->ptr, task.data, task.size, priority, &answer,
@@ -233,68 +205,46 @@ static ERL_NIF_TERM queue_enqueue_impl(ErlNifEnv *env, int argc, const ERL_NIF_T
         }
         }
     }
-    handle_leave(h, &queue_kind);
-    return result;
+    return handle_leave_with(h, result);
 }
-
-static ERL_NIF_TERM nif_queue_enqueue(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "queue_enqueue", queue_enqueue_impl, bytes_cost(env, argv[1]),
-                       EMF_NIF_DIRTY_THRESHOLD, argc, argv);
-}
+NIF_BY_BYTES(queue_enqueue, 1, EMF_NIF_DIRTY_THRESHOLD)
 
 /* queue_dequeue(Queue) -> {ok, Task, Priority} | empty */
 static ERL_NIF_TERM nif_queue_dequeue(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &queue_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &queue_kind);
     emf_buf_t out = {0};
     uint32_t priority = 0;
     emf_status_t st = emf_task_queue_dequeue(h->ptr, &out, &priority);
     if (st == EMF_OK) {
-        result = enif_make_tuple3(env, atom_ok, buf_term(env, &out), priority_term(env, priority));
-    } else if (st == EMF_ERR_EMPTY) {
-        result = atom_empty;
-    } else {
-        result = status_error(env, st);
+        ERL_NIF_TERM task = buf_term(env, &out);
+        return handle_leave_with(h, enif_make_tuple3(env, atom_ok, task,
+                                                     priority_term(env, priority)));
     }
-    handle_leave(h, &queue_kind);
-    return result;
+    return handle_leave_with(h, st == EMF_ERR_EMPTY ? atom_empty : status_error(env, st));
 }
 
 /* queue_stats(Queue) -> {ok, #{...}}: emf_task_queue_stats_t. */
 static ERL_NIF_TERM nif_queue_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &queue_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &queue_kind);
     emf_task_queue_stats_t s;
     emf_status_t st = emf_task_queue_stats(h->ptr, &s);
     if (st != EMF_OK) {
-        result = status_error(env, st);
-    } else {
-        ERL_NIF_TERM keys[] = {atom_depth,   atom_primary_depth, atom_overflow_depth,
-                               atom_depth_p99, atom_max_depth,   atom_enqueued,
-                               atom_dequeued, atom_spills,       atom_rejections,
-                               atom_evictions};
-        ERL_NIF_TERM values[] = {
-            enif_make_uint64(env, s.depth),      enif_make_uint64(env, s.primary_depth),
-            enif_make_uint64(env, s.overflow_depth), enif_make_uint64(env, s.depth_p99),
-            enif_make_uint64(env, s.max_depth),  enif_make_uint64(env, s.enqueued),
-            enif_make_uint64(env, s.dequeued),   enif_make_uint64(env, s.spills),
-            enif_make_uint64(env, s.rejections), enif_make_uint64(env, s.evictions),
-        };
-        ERL_NIF_TERM map;
-        /* Cannot fail: the keys are distinct. */
-        (void)enif_make_map_from_arrays(env, keys, values, sizeof keys / sizeof keys[0], &map);
-        result = make_ok(env, map);
+        return handle_leave_with(h, status_error(env, st));
     }
-    handle_leave(h, &queue_kind);
-    return result;
+    ERL_NIF_TERM keys[] = {atom_depth,   atom_primary_depth, atom_overflow_depth,
+                           atom_depth_p99, atom_max_depth,   atom_enqueued,
+                           atom_dequeued, atom_spills,       atom_rejections,
+                           atom_evictions};
+    ERL_NIF_TERM values[] = {
+        enif_make_uint64(env, s.depth),      enif_make_uint64(env, s.primary_depth),
+        enif_make_uint64(env, s.overflow_depth), enif_make_uint64(env, s.depth_p99),
+        enif_make_uint64(env, s.max_depth),  enif_make_uint64(env, s.enqueued),
+        enif_make_uint64(env, s.dequeued),   enif_make_uint64(env, s.spills),
+        enif_make_uint64(env, s.rejections), enif_make_uint64(env, s.evictions),
+    };
+    return handle_leave_with(h, make_ok(env, MAKE_MAP(env, keys, values)));
 }
 
 /* The end of queue_close, once it is the only call inside `h' (CLOSED set): every task left,
@@ -314,13 +264,14 @@ static ERL_NIF_TERM queue_drain_and_free(ErlNifEnv *env, emf_nif_handle *h) {
             report_impossible("emf_task_queue_dequeue in queue_close", st);
             break;
         }
-        ERL_NIF_TERM task = enif_make_tuple2(env, buf_term(env, &out), priority_term(env, priority));
+        ERL_NIF_TERM task = enif_make_tuple2(env, buf_term(env, &out),
+                                             priority_term(env, priority));
         list = enif_make_list_cell(env, task, list);
     }
     ERL_NIF_TERM tasks;
     (void)enif_make_reverse_list(env, list, &tasks); /* cannot fail: a proper list */
-    handle_release(h, &queue_kind); /* frees the engine queue now */
-    handle_leave(h, &queue_kind);   /* the last use of a closed handle: nothing left to free */
+    handle_release(h); /* frees the engine queue now */
+    handle_leave(h);   /* the last use of a closed handle: nothing left to free */
     return make_ok(env, tasks);
 }
 
@@ -345,33 +296,15 @@ static ERL_NIF_TERM queue_close_wait_impl(ErlNifEnv *env, int argc, const ERL_NI
 }
 
 /* queue_close(Queue) -> {ok, [{Task, Priority}]} | {error, {closed, _}}: the tasks left, in
- * dequeue order; the queue is freed and refuses every later call. */
-static ERL_NIF_TERM queue_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &queue_kind, &h, &error)) {
-        return error;
-    }
+ * dequeue order; the queue is freed and refuses every later call. Dirty CPU (NIF table). */
+static ERL_NIF_TERM nif_queue_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &queue_kind);
     size_t old = atomic_fetch_or_explicit(&h->use, EMF_NIF_USE_CLOSED, memory_order_acq_rel);
     if (old & EMF_NIF_USE_CLOSED) { /* another close came first */
-        handle_leave(h, &queue_kind);
+        handle_leave(h);
         return shim_error(env, EMF_ERR_CLOSED, queue_kind.closed);
     }
     return queue_close_wait_impl(env, argc, argv);
-}
-
-static ERL_NIF_TERM nif_queue_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_cpu(env, "queue_close", queue_close_impl, argc, argv);
-}
-
-/* Reads the cache handle argument `term' into `*h', or returns false and sets `*error'. */
-static bool get_cache(ErlNifEnv *env, ERL_NIF_TERM term, emf_nif_handle **h,
-                      ERL_NIF_TERM *error) {
-    if (handle_get(env, term, &cache_kind, h)) {
-        return true;
-    }
-    *error = not_a_handle(env, term, cache_kind.expected, cache_kind.not_this_version);
-    return false;
 }
 
 #define EMF_NIF_CACHE_KEY_ERROR "key: expected a binary or iodata"
@@ -401,7 +334,7 @@ static ERL_NIF_TERM cache_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     /* The capacity in force (rounded up to whole shards) decides where sweeps run. */
     emf_cache_stats_t s;
     size_t cost = emf_cache_stats(c, &s) == EMF_OK ? (size_t)s.capacity : SIZE_MAX;
-    return make_ok(env, handle_wrap(env, &cache_kind, c, cost));
+    return ok_handle(env, EMF_OK, &cache_kind, c, cost, 0);
 }
 
 static ERL_NIF_TERM nif_cache_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -418,43 +351,30 @@ static ERL_NIF_TERM nif_cache_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
                        argc, argv);
 }
 
-/* cache_set_sweeper(Cache, EveryMs) -> ok: starts, restarts or (0) stops the sweeper thread. */
-static ERL_NIF_TERM cache_set_sweeper_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* cache_set_sweeper(Cache, EveryMs) -> ok: starts, restarts or (0) stops the sweeper thread.
+ * Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_cache_set_sweeper(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &cache_kind);
     uint32_t every_ms;
-    if (!get_cache(env, argv[0], &h, &error)) {
-        return error;
-    }
     if (!get_u32(env, argv[1], &every_ms)) {
         return argument_error(env, "every_ms: expected a 32-bit non-negative integer (0: stop)");
     }
-    emf_status_t st = emf_cache_set_sweeper(h->ptr, every_ms);
-    return st == EMF_OK ? atom_ok : status_error(env, st);
-}
-
-static ERL_NIF_TERM nif_cache_set_sweeper(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "cache_set_sweeper", cache_set_sweeper_impl, argc, argv);
+    return ok_or_error(env, emf_cache_set_sweeper(h->ptr, every_ms));
 }
 
 /* cache_put(Cache, Key, Value) -> ok */
 static ERL_NIF_TERM cache_put_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &cache_kind);
     ErlNifBinary key, value;
-    if (!get_cache(env, argv[0], &h, &error)) {
-        return error;
-    }
     if (!get_bytes(env, argv[1], &key)) {
         return argument_error(env, EMF_NIF_CACHE_KEY_ERROR);
     }
     if (!get_bytes(env, argv[2], &value)) {
         return argument_error(env, "value: expected a binary or iodata");
     }
-    emf_status_t st = emf_cache_put(h->ptr, key.data, key.size, value.data, value.size);
-    return st == EMF_OK ? atom_ok : status_error(env, st);
+    return ok_or_error(env, emf_cache_put(h->ptr, key.data, key.size, value.data, value.size));
 }
 
 static ERL_NIF_TERM nif_cache_put(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -468,12 +388,8 @@ static ERL_NIF_TERM nif_cache_put(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
  * value's size, so that the value is read straight into a binary of that size there. (Each
  * emf_cache_get_into counts a hit, so a value above EMF_NIF_CACHE_STACK_BUF bytes counts two.) */
 static ERL_NIF_TERM cache_get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &cache_kind);
     ErlNifBinary key;
-    if (!get_cache(env, argv[0], &h, &error)) {
-        return error;
-    }
     if (!get_bytes(env, argv[1], &key)) {
         return argument_error(env, EMF_NIF_CACHE_KEY_ERROR);
     }
@@ -501,7 +417,7 @@ static ERL_NIF_TERM cache_get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         }
         ErlNifBinary bin;
         if (!enif_alloc_binary(len, &bin)) {
-            return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+            return out_of_memory(env);
         }
         size_t got = 0;
         st = emf_cache_get_into(h->ptr, key.data, key.size, bin.data, bin.size, &got);
@@ -520,21 +436,13 @@ static ERL_NIF_TERM cache_get_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         len = got; /* replaced meanwhile by a larger value: again, at its size */
     }
 }
-
-static ERL_NIF_TERM nif_cache_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "cache_get", cache_get_impl, bytes_cost(env, argv[1]),
-                       EMF_NIF_DIRTY_THRESHOLD, argc, argv);
-}
+NIF_BY_BYTES(cache_get, 1, EMF_NIF_DIRTY_THRESHOLD)
 
 /* cache_remove(Cache, Key) -> ok | not_found */
 static ERL_NIF_TERM cache_remove_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &cache_kind);
     ErlNifBinary key;
-    if (!get_cache(env, argv[0], &h, &error)) {
-        return error;
-    }
     if (!get_bytes(env, argv[1], &key)) {
         return argument_error(env, EMF_NIF_CACHE_KEY_ERROR);
     }
@@ -544,24 +452,15 @@ static ERL_NIF_TERM cache_remove_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
     }
     return st == EMF_ERR_NOT_FOUND ? atom_not_found : status_error(env, st);
 }
-
-static ERL_NIF_TERM nif_cache_remove(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "cache_remove", cache_remove_impl, bytes_cost(env, argv[1]),
-                       EMF_NIF_DIRTY_THRESHOLD, argc, argv);
-}
+NIF_BY_BYTES(cache_remove, 1, EMF_NIF_DIRTY_THRESHOLD)
 
 /* cache_sweep(Cache) -> {ok, Removed}: removes every expired entry now. */
 static ERL_NIF_TERM cache_sweep_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!get_cache(env, argv[0], &h, &error)) {
-        return error;
-    }
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &cache_kind);
     size_t removed = 0;
     emf_status_t st = emf_cache_sweep(h->ptr, &removed);
-    return st == EMF_OK ? make_ok(env, enif_make_uint64(env, (ErlNifUInt64)removed))
-                        : status_error(env, st);
+    return ok_u64(env, st, removed);
 }
 
 static ERL_NIF_TERM nif_cache_sweep(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
@@ -573,11 +472,7 @@ static ERL_NIF_TERM nif_cache_sweep(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 /* cache_stats(Cache) -> {ok, #{len, capacity, hits, misses, evictions, expirations}} */
 static ERL_NIF_TERM nif_cache_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!get_cache(env, argv[0], &h, &error)) {
-        return error;
-    }
+    HANDLE_ARG_OR_RETURN(env, h, argv[0], &cache_kind);
     emf_cache_stats_t s;
     emf_status_t st = emf_cache_stats(h->ptr, &s);
     if (st != EMF_OK) {
@@ -590,8 +485,5 @@ static ERL_NIF_TERM nif_cache_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM
         enif_make_uint64(env, s.hits),   enif_make_uint64(env, s.misses),
         enif_make_uint64(env, s.evictions), enif_make_uint64(env, s.expirations),
     };
-    ERL_NIF_TERM map;
-    /* Cannot fail: the keys are distinct. */
-    (void)enif_make_map_from_arrays(env, keys, values, sizeof keys / sizeof keys[0], &map);
-    return make_ok(env, map);
+    return make_ok(env, MAKE_MAP(env, keys, values));
 }

@@ -15,15 +15,10 @@ static emf_status_t release_consumer(void *ptr) {
     return emf_consumer_free(ptr);
 }
 
-static void ring_dtor(ErlNifEnv *env, void *obj);
-static void producer_dtor(ErlNifEnv *env, void *obj);
-static void consumer_dtor(ErlNifEnv *env, void *obj);
-static void delivery_dtor(ErlNifEnv *env, void *obj);
 static void delivery_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon);
 
 static const emf_nif_handle_kind ring_kind = {
     .name = "erlmcp_flow_ring",
-    .dtor = ring_dtor,
     .release = release_ring,
     .release_what = "emf_ring_free",
     .expected = "ring: expected a handle from erlmcp_flow_ring:create/2 or open/1,2",
@@ -36,7 +31,6 @@ static const emf_nif_handle_kind ring_kind = {
 
 static const emf_nif_handle_kind producer_kind = {
     .name = "erlmcp_flow_producer",
-    .dtor = producer_dtor,
     .release = release_producer,
     .release_what = "emf_producer_free",
     .expected = "producer: expected a handle from erlmcp_flow_ring:producer/1",
@@ -49,7 +43,6 @@ static const emf_nif_handle_kind producer_kind = {
 
 static const emf_nif_handle_kind consumer_kind = {
     .name = "erlmcp_flow_consumer",
-    .dtor = consumer_dtor,
     .release = release_consumer,
     .release_what = "emf_consumer_free",
     .expected = "consumer: expected a handle from erlmcp_flow_ring:consumer/1 or subscribe/1",
@@ -61,10 +54,12 @@ static const emf_nif_handle_kind consumer_kind = {
 };
 
 /* The owner monitor of a delivery (see "Delivery"): `ptr' is the emf_nif_delivery, which
- * this object does not own; it never appears in a term. */
+ * this object does not own (release NULL: the reaper frees it); it never appears in a term.
+ * Its type still has the common destructor: ERTS keeps a library loaded while objects of its
+ * types with a destructor exist, and delivery threads run this library's code while their
+ * monitor objects live. */
 static const emf_nif_handle_kind delivery_kind = {
     .name = "erlmcp_flow_delivery",
-    .dtor = delivery_dtor,
     .down = delivery_down,
     .release = NULL,
     .release_what = "",
@@ -73,29 +68,6 @@ static const emf_nif_handle_kind delivery_kind = {
     .closed = "",
     .index = EMF_NIF_KIND_DELIVERY,
 };
-
-static void ring_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &ring_kind);
-}
-
-static void producer_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &producer_kind);
-}
-
-static void consumer_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &consumer_kind);
-}
-
-/* Nothing to free (the delivery belongs to the reaper), but the type needs a destructor: ERTS
- * keeps a library loaded while objects of its types with a destructor exist, and delivery
- * threads run this library's code while their monitor objects live. */
-static void delivery_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    (void)obj;
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Rings                                                                                      */
@@ -130,13 +102,13 @@ static void delivery_dtor(ErlNifEnv *env, void *obj) {
 /* Frames of send_batch/2 whose slices live on the stack; more are allocated. */
 #define EMF_NIF_BATCH_STACK_SLICES 64
 #define EMF_NIF_TIMEOUT_INFINITY UINT64_MAX
+#define EMF_NIF_TIMEOUT_ERROR "timeout: expected a non-negative integer or infinity"
 /* A status of this shim, never returned by the engine: out of memory. */
 #define EMF_NIF_ERR_NO_MEMORY ((emf_status_t)-1)
 
 /* The error of a failed call of this section: status_error, or out of memory. */
 static ERL_NIF_TERM ring_error(ErlNifEnv *env, emf_status_t st) {
-    return st == EMF_NIF_ERR_NO_MEMORY ? shim_error(env, EMF_ERR_TOO_LARGE, "out of memory")
-                                       : status_error(env, st);
+    return st == EMF_NIF_ERR_NO_MEMORY ? out_of_memory(env) : status_error(env, st);
 }
 
 /* {Status, Message} of ring_error. */
@@ -178,11 +150,21 @@ static ErlNifTime deadline_of(uint64_t timeout_ms) {
     return timeout_ms > (uint64_t)(INT64_MAX / 2) ? INT64_MAX / 2 : now + (ErlNifTime)timeout_ms;
 }
 
+/* {ok, Ring} for a ring the engine just created or opened (its largest payload is read once,
+ * into the handle), or the error of that call. */
+static ERL_NIF_TERM ring_result(ErlNifEnv *env, emf_status_t st, emf_ring_t *ring) {
+    size_t max_payload = 0;
+    if (st == EMF_OK) {
+        (void)emf_ring_max_payload(ring, &max_payload);
+    }
+    return ok_handle(env, st, &ring_kind, ring, 0, max_payload);
+}
+
 /* ring_create(Name, Options) -> {ok, Ring}; Options is a map of the emf_ring_options_t fields
  * to change (capacity, multi_producer, max_producers, max_subscribers, stall_timeout_ms, mode,
  * dir; checksum => true sets EMF_RING_CHECKSUM in flags); the others keep the engine's
- * defaults (emf_ring_options_default). */
-static ERL_NIF_TERM ring_create_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * defaults (emf_ring_options_default). Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_ring_create(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     emf_ring_options_t o;
     emf_status_t st = emf_ring_options_default(&o);
@@ -220,153 +202,92 @@ static ERL_NIF_TERM ring_create_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         }
         o.flags = checksum ? o.flags | EMF_RING_CHECKSUM : o.flags & ~(uint32_t)EMF_RING_CHECKSUM;
     }
-    char *dir = NULL;
-    if (enif_get_map_value(env, map, atom_dir, &v) && !enif_is_identical(v, atom_undefined)) {
-        dir = get_cstring(env, v);
-        if (dir == NULL) {
-            return argument_error(env, "dir: expected a path (binary or string) without NUL");
-        }
-        o.dir = dir;
+    char *name, *dir;
+    ERL_NIF_TERM result;
+    if (!enif_get_map_value(env, map, atom_dir, &v)) {
+        v = atom_undefined;
     }
-    char *name = get_cstring(env, argv[0]);
-    if (name == NULL) {
-        enif_free(dir);
-        return argument_error(env, "name: expected a binary or string without NUL");
+    if (!get_name_and_dir(env, argv[0], v, &name, &dir, &result)) {
+        return result;
+    }
+    if (dir != NULL) {
+        o.dir = dir;
     }
     emf_ring_t *ring = NULL;
     st = emf_ring_create(name, &o, &ring);
-    ERL_NIF_TERM result;
-    if (st != EMF_OK) {
-        result = status_error(env, st);
-    } else {
-        size_t max_payload = 0;
-        (void)emf_ring_max_payload(ring, &max_payload);
-        result = make_ok(env, handle_new(env, &ring_kind, ring, 0, max_payload));
-    }
+    result = ring_result(env, st, ring);
     enif_free(name);
     enif_free(dir);
     return result;
 }
 
-static ERL_NIF_TERM nif_ring_create(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "ring_create", ring_create_impl, argc, argv);
-}
-
-/* ring_open(Name, Dir | undefined) -> {ok, Ring} */
-static ERL_NIF_TERM ring_open_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* ring_open(Name, Dir | undefined) -> {ok, Ring}. Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_ring_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    char *dir = NULL;
-    if (!enif_is_identical(argv[1], atom_undefined)) {
-        dir = get_cstring(env, argv[1]);
-        if (dir == NULL) {
-            return argument_error(env, "dir: expected a path (binary or string) without NUL");
-        }
-    }
-    char *name = get_cstring(env, argv[0]);
-    if (name == NULL) {
-        enif_free(dir);
-        return argument_error(env, "name: expected a binary or string without NUL");
+    char *name, *dir;
+    ERL_NIF_TERM result;
+    if (!get_name_and_dir(env, argv[0], argv[1], &name, &dir, &result)) {
+        return result;
     }
     emf_ring_t *ring = NULL;
     emf_status_t st = emf_ring_open(name, dir, &ring);
-    ERL_NIF_TERM result;
-    if (st != EMF_OK) {
-        result = status_error(env, st);
-    } else {
-        size_t max_payload = 0;
-        (void)emf_ring_max_payload(ring, &max_payload);
-        result = make_ok(env, handle_new(env, &ring_kind, ring, 0, max_payload));
-    }
+    result = ring_result(env, st, ring);
     enif_free(name);
     enif_free(dir);
     return result;
 }
 
-static ERL_NIF_TERM nif_ring_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "ring_open", ring_open_impl, argc, argv);
-}
-
-/* ring_stats(Ring) -> {ok, #{...}}: emf_ring_stats_t plus max_payload. */
-static ERL_NIF_TERM ring_stats_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* ring_stats(Ring) -> {ok, #{...}}: emf_ring_stats_t plus max_payload. Dirty I/O (NIF
+ * table). */
+static ERL_NIF_TERM nif_ring_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &ring_kind);
     emf_ring_stats_t s;
     emf_status_t st = emf_ring_stats(h->ptr, &s);
-    ERL_NIF_TERM result;
     if (st != EMF_OK) {
-        result = status_error(env, st);
-    } else {
-        ERL_NIF_TERM keys[] = {atom_capacity, atom_tail, atom_sent, atom_bytes, atom_received,
-                               atom_backpressure, atom_unblocked, atom_dead_reaped,
-                               atom_max_lag, atom_corrupt_frames, atom_producers,
-                               atom_subscribers, atom_max_payload};
-        ERL_NIF_TERM values[] = {
-            enif_make_uint64(env, s.capacity), enif_make_uint64(env, s.tail),
-            enif_make_uint64(env, s.sent), enif_make_uint64(env, s.bytes),
-            enif_make_uint64(env, s.received), enif_make_uint64(env, s.backpressure),
-            enif_make_uint64(env, s.unblocked), enif_make_uint64(env, s.dead_reaped),
-            enif_make_uint64(env, s.max_lag), enif_make_uint64(env, s.corrupt_frames),
-            enif_make_uint(env, s.producers), enif_make_uint(env, s.subscribers),
-            enif_make_uint64(env, (ErlNifUInt64)h->aux),
-        };
-        ERL_NIF_TERM map;
-        /* Cannot fail: the keys are distinct. */
-        (void)enif_make_map_from_arrays(env, keys, values, sizeof keys / sizeof keys[0], &map);
-        result = make_ok(env, map);
+        return handle_leave_with(h, status_error(env, st));
     }
-    handle_leave(h, &ring_kind);
-    return result;
-}
-
-static ERL_NIF_TERM nif_ring_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "ring_stats", ring_stats_impl, argc, argv);
+    ERL_NIF_TERM keys[] = {atom_capacity, atom_tail, atom_sent, atom_bytes, atom_received,
+                           atom_backpressure, atom_unblocked, atom_dead_reaped,
+                           atom_max_lag, atom_corrupt_frames, atom_producers,
+                           atom_subscribers, atom_max_payload};
+    ERL_NIF_TERM values[] = {
+        enif_make_uint64(env, s.capacity), enif_make_uint64(env, s.tail),
+        enif_make_uint64(env, s.sent), enif_make_uint64(env, s.bytes),
+        enif_make_uint64(env, s.received), enif_make_uint64(env, s.backpressure),
+        enif_make_uint64(env, s.unblocked), enif_make_uint64(env, s.dead_reaped),
+        enif_make_uint64(env, s.max_lag), enif_make_uint64(env, s.corrupt_frames),
+        enif_make_uint(env, s.producers), enif_make_uint(env, s.subscribers),
+        enif_make_uint64(env, (ErlNifUInt64)h->aux),
+    };
+    return handle_leave_with(h, make_ok(env, MAKE_MAP(env, keys, values)));
 }
 
 /* ring_max_payload(Ring) -> {ok, Bytes} (read once when the handle was made) */
 static ERL_NIF_TERM nif_ring_max_payload(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
-        return error;
-    }
-    ERL_NIF_TERM result = make_ok(env, enif_make_uint64(env, (ErlNifUInt64)h->aux));
-    handle_leave(h, &ring_kind);
-    return result;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &ring_kind);
+    return handle_leave_with(h, make_ok(env, enif_make_uint64(env, (ErlNifUInt64)h->aux)));
 }
 
-/* ring_unlink(Ring) -> ok */
-static ERL_NIF_TERM ring_unlink_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
-        return error;
-    }
-    emf_status_t st = emf_ring_unlink(h->ptr);
-    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
-    handle_leave(h, &ring_kind);
-    return result;
-}
-
+/* ring_unlink(Ring) -> ok. Dirty I/O (NIF table). */
 static ERL_NIF_TERM nif_ring_unlink(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "ring_unlink", ring_unlink_impl, argc, argv);
+    (void)argc;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &ring_kind);
+    return handle_leave_with(h, ok_or_error(env, emf_ring_unlink(h->ptr)));
 }
 
 /* ring_close(Handle) -> ok: releases a ring, producer or consumer handle now (idempotent). A
- * call still using it finishes first; the engine handle is released when it leaves. */
-static ERL_NIF_TERM ring_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * call still using it finishes first; the engine handle is released when it leaves. Dirty
+ * I/O (NIF table). */
+static ERL_NIF_TERM nif_ring_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     static const emf_nif_handle_kind *const closable[] = {&ring_kind, &producer_kind,
                                                           &consumer_kind};
     for (size_t i = 0; i < sizeof closable / sizeof closable[0]; i++) {
         void *obj;
         if (enif_get_resource(env, argv[0], handle_type(env, closable[i]), &obj)) {
-            (void)handle_close(obj, closable[i]);
+            (void)handle_close(obj);
             return atom_ok;
         }
     }
@@ -375,76 +296,45 @@ static ERL_NIF_TERM ring_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM
                         "code upgrade of erlmcp_flow_nif are refused)");
 }
 
-static ERL_NIF_TERM nif_ring_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "ring_close", ring_close_impl, argc, argv);
-}
-
-/* producer_new(Ring) -> {ok, Producer} */
-static ERL_NIF_TERM producer_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* producer_new(Ring) -> {ok, Producer}. Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_producer_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &ring_kind);
     emf_producer_t *p = NULL;
     emf_status_t st = emf_producer_new(h->ptr, &p);
-    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, handle_new(env, &producer_kind, p, 0, h->aux))
-                                       : status_error(env, st);
-    handle_leave(h, &ring_kind);
-    return result;
-}
-
-static ERL_NIF_TERM nif_producer_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "producer_new", producer_new_impl, argc, argv);
+    return handle_leave_with(h, ok_handle(env, st, &producer_kind, p, 0, h->aux));
 }
 
 /* producer_new_in_slot(Ring, Slot) -> {ok, Producer}: emf_producer_new_in_slot. Like
- * producer_new on a dirty I/O scheduler: taking over a dead holder's slot checks its liveness
- * in /proc and may wait up to 100 ms for the ring's recovery lock. */
-static ERL_NIF_TERM producer_new_in_slot_impl(ErlNifEnv *env, int argc,
-                                              const ERL_NIF_TERM argv[]) {
+ * producer_new on a dirty I/O scheduler (NIF table): taking over a dead holder's slot checks
+ * its liveness in /proc and may wait up to 100 ms for the ring's recovery lock. */
+static ERL_NIF_TERM nif_producer_new_in_slot(ErlNifEnv *env, int argc,
+                                             const ERL_NIF_TERM argv[]) {
     (void)argc;
     uint32_t slot;
     if (!get_u32(env, argv[1], &slot)) {
         return argument_error(env, "slot: expected a 32-bit non-negative integer");
     }
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &ring_kind);
     emf_producer_t *p = NULL;
     emf_status_t st = emf_producer_new_in_slot(h->ptr, slot, &p);
-    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, handle_new(env, &producer_kind, p, 0, h->aux))
-                                       : status_error(env, st);
-    handle_leave(h, &ring_kind);
-    return result;
-}
-
-static ERL_NIF_TERM nif_producer_new_in_slot(ErlNifEnv *env, int argc,
-                                             const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "producer_new_in_slot", producer_new_in_slot_impl, argc, argv);
+    return handle_leave_with(h, ok_handle(env, st, &producer_kind, p, 0, h->aux));
 }
 
 /* producer_committed(Producer) -> {ok, {Committed, Slot}}: emf_producer_committed (two loads
  * from the segment: a normal scheduler). */
 static ERL_NIF_TERM nif_producer_committed(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &producer_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &producer_kind);
     uint64_t committed = 0;
     uint32_t slot = 0;
     emf_status_t st = emf_producer_committed(h->ptr, &committed, &slot);
-    ERL_NIF_TERM result =
-        st == EMF_OK ? make_ok(env, enif_make_tuple2(env, enif_make_uint64(env, committed),
-                                                     enif_make_uint(env, slot)))
-                     : status_error(env, st);
-    handle_leave(h, &producer_kind);
-    return result;
+    if (st != EMF_OK) {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    ERL_NIF_TERM pair = enif_make_tuple2(env, enif_make_uint64(env, committed),
+                                         enif_make_uint(env, slot));
+    return handle_leave_with(h, make_ok(env, pair));
 }
 
 /* producer_send_wait(Producer, Data, TimeoutMs): the waiting part of producer_send/3, on a
@@ -452,19 +342,15 @@ static ERL_NIF_TERM nif_producer_committed(ErlNifEnv *env, int argc, const ERL_N
 static ERL_NIF_TERM producer_send_wait_impl(ErlNifEnv *env, int argc,
                                             const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
     ErlNifBinary data;
     uint64_t timeout;
     if (!get_timeout(env, argv[2], &timeout)) {
-        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+        return argument_error(env, EMF_NIF_TIMEOUT_ERROR);
     }
     if (!get_bytes(env, argv[1], &data)) {
-        return argument_error(env, "data: expected a binary or iodata");
+        return argument_error(env, EMF_NIF_DATA_ERROR);
     }
-    if (!handle_use(env, argv[0], &producer_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &producer_kind);
     bool infinite = timeout == EMF_NIF_TIMEOUT_INFINITY;
     ErlNifTime deadline = deadline_of(timeout);
     ERL_NIF_TERM result;
@@ -501,39 +387,30 @@ static ERL_NIF_TERM producer_send_wait_impl(ErlNifEnv *env, int argc,
             break;
         }
     }
-    handle_leave(h, &producer_kind);
+    handle_leave(h);
     return result;
 }
 
 /* producer_send(Producer, Data, TimeoutMs) -> ok | {error, {full | timeout | ..., _}}: sends
  * one frame; with a timeout above 0, waits for space on a dirty I/O scheduler. */
 static ERL_NIF_TERM producer_send_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
     ErlNifBinary data;
     uint64_t timeout;
     if (!get_timeout(env, argv[2], &timeout)) {
-        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+        return argument_error(env, EMF_NIF_TIMEOUT_ERROR);
     }
     if (!get_bytes(env, argv[1], &data)) {
-        return argument_error(env, "data: expected a binary or iodata");
+        return argument_error(env, EMF_NIF_DATA_ERROR);
     }
-    if (!handle_use(env, argv[0], &producer_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &producer_kind);
     emf_status_t st = emf_producer_send(h->ptr, data.data, data.size);
-    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
-    handle_leave(h, &producer_kind);
+    ERL_NIF_TERM result = handle_leave_with(h, ok_or_error(env, st));
     if (st == EMF_ERR_FULL && timeout > 0) {
         return schedule_dirty_io(env, "producer_send_wait", producer_send_wait_impl, argc, argv);
     }
     return result;
 }
-
-static ERL_NIF_TERM nif_producer_send(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return run_by_cost(env, "producer_send", producer_send_impl, bytes_cost(env, argv[1]),
-                       EMF_NIF_RING_DIRTY_BYTES, argc, argv);
-}
+NIF_BY_BYTES(producer_send, 1, EMF_NIF_RING_DIRTY_BYTES)
 
 /* What frames_count found in a list of frames. */
 typedef enum emf_nif_frames {
@@ -619,12 +496,12 @@ static void frames_free(emf_slice_t *slices, const emf_slice_t *stack) {
 /* producer_send_batch(Producer, [Data]) -> {ok, Sent}: sends the longest prefix of the frames
  * that fits, with one claim; {ok, 0} when the ring is full (EMF_ERR_FULL). Frames Sent+1..
  * were not sent and stay the caller's. */
-static ERL_NIF_TERM producer_send_batch_impl(ErlNifEnv *env, int argc,
-                                             const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM nif_producer_send_batch(ErlNifEnv *env, int argc,
+                                            const ERL_NIF_TERM argv[]) {
     size_t n = 0;
     emf_nif_frames f = frames_count(env, argv[1], on_normal_scheduler(), &n);
     if (f == EMF_NIF_FRAMES_DIRTY) {
-        return schedule_dirty_cpu(env, "producer_send_batch", producer_send_batch_impl, argc,
+        return schedule_dirty_cpu(env, "producer_send_batch", nif_producer_send_batch, argc,
                                   argv);
     }
     if (f != EMF_NIF_FRAMES_OK) {
@@ -640,47 +517,26 @@ static ERL_NIF_TERM producer_send_batch_impl(ErlNifEnv *env, int argc,
     if (handle_use(env, argv[0], &producer_kind, &h, &result)) {
         size_t sent = 0;
         emf_status_t st = emf_producer_send_batch(h->ptr, slices, n, &sent);
-        if (st == EMF_OK) {
-            result = make_ok(env, enif_make_uint64(env, (ErlNifUInt64)sent));
-        } else if (st == EMF_ERR_FULL) {
-            result = make_ok(env, enif_make_uint(env, 0));
-        } else {
-            result = status_error(env, st);
-        }
-        handle_leave(h, &producer_kind);
+        /* A full ring sent nothing: {ok, 0}. */
+        result = handle_leave_with(h, st == EMF_ERR_FULL ? ok_u64(env, EMF_OK, 0)
+                                                         : ok_u64(env, st, sent));
     }
     frames_free(slices, stack_slices);
     return result;
 }
 
-static ERL_NIF_TERM nif_producer_send_batch(ErlNifEnv *env, int argc,
-                                            const ERL_NIF_TERM argv[]) {
-    return producer_send_batch_impl(env, argc, argv);
-}
-
 /* consumer_new(Ring, Subscribe) -> {ok, Consumer}: the primary consumer (false) or a new
- * fan-out subscriber (true). */
-static ERL_NIF_TERM consumer_new_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+ * fan-out subscriber (true). Dirty I/O (NIF table). */
+static ERL_NIF_TERM nif_consumer_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     bool subscribe;
     if (!get_bool(argv[1], &subscribe)) {
         return argument_error(env, "subscribe: expected true or false");
     }
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &ring_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &ring_kind);
     emf_consumer_t *c = NULL;
     emf_status_t st = subscribe ? emf_consumer_subscribe(h->ptr, &c) : emf_consumer_new(h->ptr, &c);
-    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, handle_new(env, &consumer_kind, c, 0, h->aux))
-                                       : status_error(env, st);
-    handle_leave(h, &ring_kind);
-    return result;
-}
-
-static ERL_NIF_TERM nif_consumer_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "consumer_new", consumer_new_impl, argc, argv);
+    return handle_leave_with(h, ok_handle(env, st, &consumer_kind, c, 0, h->aux));
 }
 
 /* Receives the next frame of `c' into a new binary: EMF_OK with *out set, or a status
@@ -782,17 +638,14 @@ static bool consumer_wait_ready(ErlNifEnv *env, emf_nif_handle *h, uint64_t time
 }
 
 /* consumer_recv(Consumer, TimeoutMs) -> {ok, Frame} | {error, {timeout, _}} */
-static ERL_NIF_TERM consumer_recv_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM nif_consumer_recv(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     uint64_t timeout;
     if (!get_timeout(env, argv[1], &timeout)) {
-        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+        return argument_error(env, EMF_NIF_TIMEOUT_ERROR);
     }
     bool normal = on_normal_scheduler();
-    emf_nif_handle *h;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &consumer_kind);
     ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &consumer_kind, &h, &result)) {
-        return result;
-    }
     bool big = false, wait = false;
     for (;;) {
         ERL_NIF_TERM frame;
@@ -824,43 +677,36 @@ static ERL_NIF_TERM consumer_recv_impl(ErlNifEnv *env, int argc, const ERL_NIF_T
          * vanishes, taken by another process, ends in a timeout of at most one more wait). */
         timeout = timeout == EMF_NIF_TIMEOUT_INFINITY ? timeout : 0;
     }
-    handle_leave(h, &consumer_kind);
+    handle_leave(h);
     if (big) {
-        return schedule_dirty_cpu(env, "consumer_recv", consumer_recv_impl, argc, argv);
+        return schedule_dirty_cpu(env, "consumer_recv", nif_consumer_recv, argc, argv);
     }
     if (wait) {
-        return schedule_dirty_io(env, "consumer_recv", consumer_recv_impl, argc, argv);
+        return schedule_dirty_io(env, "consumer_recv", nif_consumer_recv, argc, argv);
     }
     return result;
-}
-
-static ERL_NIF_TERM nif_consumer_recv(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return consumer_recv_impl(env, argc, argv);
 }
 
 /* consumer_recv_batch(Consumer, MaxFrames, TimeoutMs) -> {ok, [Frame]} (at least one frame)
  * | {error, {timeout, _}}: the frames ready now, up to MaxFrames and about 64 KiB (a larger
  * frame comes alone). */
-static ERL_NIF_TERM consumer_recv_batch_impl(ErlNifEnv *env, int argc,
-                                             const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM nif_consumer_recv_batch(ErlNifEnv *env, int argc,
+                                            const ERL_NIF_TERM argv[]) {
     uint64_t timeout;
     size_t max_frames;
     if (!get_size(env, argv[1], &max_frames) || max_frames == 0 || max_frames > UINT32_MAX) {
         return argument_error(env, "max_frames: expected a positive integer");
     }
     if (!get_timeout(env, argv[2], &timeout)) {
-        return argument_error(env, "timeout: expected a non-negative integer or infinity");
+        return argument_error(env, EMF_NIF_TIMEOUT_ERROR);
     }
     bool normal = on_normal_scheduler();
     if (normal && max_frames > EMF_NIF_RING_DIRTY_FRAMES) {
-        return schedule_dirty_cpu(env, "consumer_recv_batch", consumer_recv_batch_impl, argc,
+        return schedule_dirty_cpu(env, "consumer_recv_batch", nif_consumer_recv_batch, argc,
                                   argv);
     }
-    emf_nif_handle *h;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &consumer_kind);
     ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &consumer_kind, &h, &result)) {
-        return result;
-    }
     /* A frame takes at least 4 bytes of the buffer, so no more than cap / 4 fit. */
     size_t cap = EMF_NIF_RECV_BATCH_BYTES;
     size_t max_terms = size_min(max_frames, cap / 4);
@@ -868,7 +714,7 @@ static ERL_NIF_TERM consumer_recv_batch_impl(ErlNifEnv *env, int argc,
     ERL_NIF_TERM *terms = enif_alloc(max_terms * sizeof *terms);
     bool big = false, wait = false;
     if (buf == NULL || terms == NULL) {
-        result = shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+        result = out_of_memory(env);
     } else {
         for (;;) {
             size_t frames = 0, used = 0;
@@ -913,21 +759,16 @@ static ERL_NIF_TERM consumer_recv_batch_impl(ErlNifEnv *env, int argc,
     }
     enif_free(buf);
     enif_free(terms);
-    handle_leave(h, &consumer_kind);
+    handle_leave(h);
     if (big) {
-        return schedule_dirty_cpu(env, "consumer_recv_batch", consumer_recv_batch_impl, argc,
+        return schedule_dirty_cpu(env, "consumer_recv_batch", nif_consumer_recv_batch, argc,
                                   argv);
     }
     if (wait) {
-        return schedule_dirty_io(env, "consumer_recv_batch", consumer_recv_batch_impl, argc,
+        return schedule_dirty_io(env, "consumer_recv_batch", nif_consumer_recv_batch, argc,
                                  argv);
     }
     return result;
-}
-
-static ERL_NIF_TERM nif_consumer_recv_batch(ErlNifEnv *env, int argc,
-                                            const ERL_NIF_TERM argv[]) {
-    return consumer_recv_batch_impl(env, argc, argv);
 }
 
 /* consumer_set_ack_mode(Consumer, auto | manual | Code) -> ok: emf_consumer_set_ack_mode. An
@@ -944,15 +785,8 @@ static ERL_NIF_TERM nif_consumer_set_ack_mode(ErlNifEnv *env, int argc,
     } else if (!get_u32(env, argv[1], &mode)) {
         return argument_error(env, "mode: expected auto, manual or an EMF_ACK_* code");
     }
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
-        return error;
-    }
-    emf_status_t st = emf_consumer_set_ack_mode(h->ptr, mode);
-    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
-    handle_leave(h, &consumer_kind);
-    return result;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &consumer_kind);
+    return handle_leave_with(h, ok_or_error(env, emf_consumer_set_ack_mode(h->ptr, mode)));
 }
 
 static ERL_NIF_TERM nif_deliver_ack(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
@@ -972,63 +806,35 @@ static ERL_NIF_TERM nif_consumer_ack(ErlNifEnv *env, int argc, const ERL_NIF_TER
         }
         return nif_deliver_ack(env, argc, argv);
     }
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
-        return error;
-    }
-    emf_status_t st = emf_consumer_ack(h->ptr);
-    ERL_NIF_TERM result = st == EMF_OK ? atom_ok : status_error(env, st);
-    handle_leave(h, &consumer_kind);
-    return result;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &consumer_kind);
+    return handle_leave_with(h, ok_or_error(env, emf_consumer_ack(h->ptr)));
 }
 
 /* consumer_rewind(Consumer) -> {ok, Unacked}: emf_consumer_rewind (normal scheduler). */
 static ERL_NIF_TERM nif_consumer_rewind(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &consumer_kind);
     uint64_t unacked = 0;
     emf_status_t st = emf_consumer_rewind(h->ptr, &unacked);
-    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, enif_make_uint64(env, unacked))
-                                       : status_error(env, st);
-    handle_leave(h, &consumer_kind);
-    return result;
+    return handle_leave_with(h, ok_u64(env, st, unacked));
 }
 
 /* consumer_unacked(Consumer) -> {ok, Count}: emf_consumer_unacked (normal scheduler). */
 static ERL_NIF_TERM nif_consumer_unacked(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &consumer_kind);
     uint64_t unacked = 0;
     emf_status_t st = emf_consumer_unacked(h->ptr, &unacked);
-    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, enif_make_uint64(env, unacked))
-                                       : status_error(env, st);
-    handle_leave(h, &consumer_kind);
-    return result;
+    return handle_leave_with(h, ok_u64(env, st, unacked));
 }
 
 /* consumer_lag(Consumer) -> {ok, Bytes} */
 static ERL_NIF_TERM nif_consumer_lag(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM error;
-    if (!handle_use(env, argv[0], &consumer_kind, &h, &error)) {
-        return error;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &consumer_kind);
     uint64_t lag = 0;
     emf_status_t st = emf_consumer_lag(h->ptr, &lag);
-    ERL_NIF_TERM result = st == EMF_OK ? make_ok(env, enif_make_uint64(env, lag))
-                                       : status_error(env, st);
-    handle_leave(h, &consumer_kind);
-    return result;
+    return handle_leave_with(h, ok_u64(env, st, lag));
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -1374,7 +1180,7 @@ static ERL_NIF_TERM nif_deliver(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     }
     emf_nif_delivery *d = enif_alloc(sizeof *d);
     if (d == NULL) {
-        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+        return out_of_memory(env);
     }
     memset(d, 0, sizeof *d);
     d->priv = priv;
@@ -1389,13 +1195,13 @@ static ERL_NIF_TERM nif_deliver(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     d->wake = enif_cond_create("erlmcp_flow_delivery");
     if (d->tag_env == NULL || d->wake == NULL) {
         delivery_free(d);
-        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+        return out_of_memory(env);
     }
     d->tag = enif_make_ref(d->tag_env);
     d->monitor = handle_alloc(env, &delivery_kind, d, 0, 0);
     if (d->monitor == NULL) {
         delivery_free(d);
-        return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+        return out_of_memory(env);
     }
     /* The consumer is the thread's from now on; its handle is closed. */
     bool busy = false;

@@ -1,4 +1,5 @@
-/* util.c — the shared helper layer of the NIF (see erlmcp_flow_nif.c). */
+/* util.c — the shared helper layer of the NIF: atoms, results and errors, argument decoding,
+ * dirty scheduling and resources (declared in erlmcp_flow_nif.h; see erlmcp_flow_nif.c). */
 
 #include "erlmcp_flow_nif.h"
 
@@ -17,108 +18,6 @@ static size_t sat_mul(size_t a, size_t b) { return b != 0 && a > SIZE_MAX / b ? 
  * them while they are written. load and upgrade never run concurrently (ERTS holds the code
  * modification permission). */
 static bool atoms_made;
-
-static ERL_NIF_TERM atom_ok;
-static ERL_NIF_TERM atom_error;
-static ERL_NIF_TERM atom_compressed;
-static ERL_NIF_TERM atom_raw;
-static ERL_NIF_TERM atom_undefined;
-static ERL_NIF_TERM atom_null;
-static ERL_NIF_TERM atom_none;
-static ERL_NIF_TERM atom_json;
-static ERL_NIF_TERM atom_unknown;
-static ERL_NIF_TERM atom_invalid_argument;
-
-/* Map keys of an envelope description. */
-static ERL_NIF_TERM atom_kind;
-static ERL_NIF_TERM atom_priority;
-static ERL_NIF_TERM atom_id;
-static ERL_NIF_TERM atom_method;
-static ERL_NIF_TERM atom_created_at_us;
-static ERL_NIF_TERM atom_deadline_us;
-static ERL_NIF_TERM atom_error_code;
-
-/* Rings: option and statistics keys, values, and the messages of deliveries. */
-static ERL_NIF_TERM atom_true;
-static ERL_NIF_TERM atom_false;
-static ERL_NIF_TERM atom_infinity;
-static ERL_NIF_TERM atom_capacity;
-static ERL_NIF_TERM atom_multi_producer;
-static ERL_NIF_TERM atom_max_producers;
-static ERL_NIF_TERM atom_max_subscribers;
-static ERL_NIF_TERM atom_stall_timeout_ms;
-static ERL_NIF_TERM atom_mode;
-static ERL_NIF_TERM atom_dir;
-static ERL_NIF_TERM atom_checksum;
-static ERL_NIF_TERM atom_auto;
-static ERL_NIF_TERM atom_manual;
-static ERL_NIF_TERM atom_tail;
-static ERL_NIF_TERM atom_sent;
-static ERL_NIF_TERM atom_bytes;
-static ERL_NIF_TERM atom_received;
-static ERL_NIF_TERM atom_backpressure;
-static ERL_NIF_TERM atom_unblocked;
-static ERL_NIF_TERM atom_dead_reaped;
-static ERL_NIF_TERM atom_max_lag;
-static ERL_NIF_TERM atom_corrupt_frames;
-static ERL_NIF_TERM atom_producers;
-static ERL_NIF_TERM atom_subscribers;
-static ERL_NIF_TERM atom_max_payload;
-static ERL_NIF_TERM atom_erlmcp_flow_frames;
-static ERL_NIF_TERM atom_erlmcp_flow_error;
-
-/* Task queues and caches: answers, options and statistics keys. */
-static ERL_NIF_TERM atom_rejected;
-static ERL_NIF_TERM atom_evicted;
-static ERL_NIF_TERM atom_empty;
-static ERL_NIF_TERM atom_miss;
-static ERL_NIF_TERM atom_not_found;
-static ERL_NIF_TERM atom_low_priority;
-static ERL_NIF_TERM atom_depth;
-static ERL_NIF_TERM atom_primary_depth;
-static ERL_NIF_TERM atom_overflow_depth;
-static ERL_NIF_TERM atom_depth_p99;
-static ERL_NIF_TERM atom_max_depth;
-static ERL_NIF_TERM atom_enqueued;
-static ERL_NIF_TERM atom_dequeued;
-static ERL_NIF_TERM atom_spills;
-static ERL_NIF_TERM atom_rejections;
-static ERL_NIF_TERM atom_evictions;
-static ERL_NIF_TERM atom_len;
-static ERL_NIF_TERM atom_hits;
-static ERL_NIF_TERM atom_misses;
-static ERL_NIF_TERM atom_expirations;
-
-/* Vectors and HNSW indexes: metrics, originals, parameter and statistics keys. */
-static ERL_NIF_TERM atom_cosine;
-static ERL_NIF_TERM atom_dot;
-static ERL_NIF_TERM atom_l2sq;
-static ERL_NIF_TERM atom_f16;
-static ERL_NIF_TERM atom_f32;
-static ERL_NIF_TERM atom_default;
-static ERL_NIF_TERM atom_neg_infinity;
-static ERL_NIF_TERM atom_nan;
-static ERL_NIF_TERM atom_dim;
-static ERL_NIF_TERM atom_metric;
-static ERL_NIF_TERM atom_m;
-static ERL_NIF_TERM atom_ef_construction;
-static ERL_NIF_TERM atom_ef_search;
-static ERL_NIF_TERM atom_originals;
-static ERL_NIF_TERM atom_seed;
-static ERL_NIF_TERM atom_mapped;
-static ERL_NIF_TERM atom_memory_bytes;
-
-/* Batch processors: why a flush happened, indexed by EMF_FLUSH_* code. */
-#define EMF_NIF_FLUSH_CODES 5
-static ERL_NIF_TERM flush_atoms[EMF_NIF_FLUSH_CODES];
-
-/* Indexed by EMF_KIND_* code, named by emf_kind_name(); kind_count codes are known. */
-static ERL_NIF_TERM kind_atoms[EMF_NIF_MAX_KINDS];
-static size_t kind_count;
-
-/* Indexed by EMF_PRIORITY_* code, named by emf_priority_name(); priority_count are known. */
-static ERL_NIF_TERM priority_atoms[EMF_NIF_MAX_PRIORITIES];
-static size_t priority_count;
 
 /* Indexed by emf_status_t: emf_status_name() in lower case without the "EMF_ERR_" prefix
  * ("EMF_ERR_TOO_LARGE" -> too_large); `unknown' for EMF_OK and codes the engine does not
@@ -165,87 +64,9 @@ static void make_atoms(ErlNifEnv *env) {
     if (atoms_made) {
         return;
     }
-    atom_ok = enif_make_atom(env, "ok");
-    atom_error = enif_make_atom(env, "error");
-    atom_compressed = enif_make_atom(env, "compressed");
-    atom_raw = enif_make_atom(env, "raw");
-    atom_undefined = enif_make_atom(env, "undefined");
-    atom_null = enif_make_atom(env, "null");
-    atom_none = enif_make_atom(env, "none");
-    atom_json = enif_make_atom(env, "json");
-    atom_unknown = enif_make_atom(env, "unknown");
-    atom_invalid_argument = enif_make_atom(env, "invalid_argument");
-    atom_kind = enif_make_atom(env, "kind");
-    atom_priority = enif_make_atom(env, "priority");
-    atom_id = enif_make_atom(env, "id");
-    atom_method = enif_make_atom(env, "method");
-    atom_created_at_us = enif_make_atom(env, "created_at_us");
-    atom_deadline_us = enif_make_atom(env, "deadline_us");
-    atom_error_code = enif_make_atom(env, "error_code");
-    atom_true = enif_make_atom(env, "true");
-    atom_false = enif_make_atom(env, "false");
-    atom_infinity = enif_make_atom(env, "infinity");
-    atom_capacity = enif_make_atom(env, "capacity");
-    atom_multi_producer = enif_make_atom(env, "multi_producer");
-    atom_max_producers = enif_make_atom(env, "max_producers");
-    atom_max_subscribers = enif_make_atom(env, "max_subscribers");
-    atom_stall_timeout_ms = enif_make_atom(env, "stall_timeout_ms");
-    atom_mode = enif_make_atom(env, "mode");
-    atom_dir = enif_make_atom(env, "dir");
-    atom_checksum = enif_make_atom(env, "checksum");
-    atom_auto = enif_make_atom(env, "auto");
-    atom_manual = enif_make_atom(env, "manual");
-    atom_tail = enif_make_atom(env, "tail");
-    atom_sent = enif_make_atom(env, "sent");
-    atom_bytes = enif_make_atom(env, "bytes");
-    atom_received = enif_make_atom(env, "received");
-    atom_backpressure = enif_make_atom(env, "backpressure");
-    atom_unblocked = enif_make_atom(env, "unblocked");
-    atom_dead_reaped = enif_make_atom(env, "dead_reaped");
-    atom_max_lag = enif_make_atom(env, "max_lag");
-    atom_corrupt_frames = enif_make_atom(env, "corrupt_frames");
-    atom_producers = enif_make_atom(env, "producers");
-    atom_subscribers = enif_make_atom(env, "subscribers");
-    atom_max_payload = enif_make_atom(env, "max_payload");
-    atom_erlmcp_flow_frames = enif_make_atom(env, "erlmcp_flow_frames");
-    atom_erlmcp_flow_error = enif_make_atom(env, "erlmcp_flow_error");
-    atom_rejected = enif_make_atom(env, "rejected");
-    atom_evicted = enif_make_atom(env, "evicted");
-    atom_empty = enif_make_atom(env, "empty");
-    atom_miss = enif_make_atom(env, "miss");
-    atom_not_found = enif_make_atom(env, "not_found");
-    atom_low_priority = enif_make_atom(env, "low_priority");
-    atom_depth = enif_make_atom(env, "depth");
-    atom_primary_depth = enif_make_atom(env, "primary_depth");
-    atom_overflow_depth = enif_make_atom(env, "overflow_depth");
-    atom_depth_p99 = enif_make_atom(env, "depth_p99");
-    atom_max_depth = enif_make_atom(env, "max_depth");
-    atom_enqueued = enif_make_atom(env, "enqueued");
-    atom_dequeued = enif_make_atom(env, "dequeued");
-    atom_spills = enif_make_atom(env, "spills");
-    atom_rejections = enif_make_atom(env, "rejections");
-    atom_evictions = enif_make_atom(env, "evictions");
-    atom_len = enif_make_atom(env, "len");
-    atom_hits = enif_make_atom(env, "hits");
-    atom_misses = enif_make_atom(env, "misses");
-    atom_expirations = enif_make_atom(env, "expirations");
-    atom_cosine = enif_make_atom(env, "cosine");
-    atom_dot = enif_make_atom(env, "dot");
-    atom_l2sq = enif_make_atom(env, "l2sq");
-    atom_f16 = enif_make_atom(env, "f16");
-    atom_f32 = enif_make_atom(env, "f32");
-    atom_default = enif_make_atom(env, "default");
-    atom_neg_infinity = enif_make_atom(env, "neg_infinity");
-    atom_nan = enif_make_atom(env, "nan");
-    atom_dim = enif_make_atom(env, "dim");
-    atom_metric = enif_make_atom(env, "metric");
-    atom_m = enif_make_atom(env, "m");
-    atom_ef_construction = enif_make_atom(env, "ef_construction");
-    atom_ef_search = enif_make_atom(env, "ef_search");
-    atom_originals = enif_make_atom(env, "originals");
-    atom_seed = enif_make_atom(env, "seed");
-    atom_mapped = enif_make_atom(env, "mapped");
-    atom_memory_bytes = enif_make_atom(env, "memory_bytes");
+#define EMF_NIF_MAKE_ATOM(name) atom_##name = enif_make_atom(env, #name);
+    EMF_NIF_ATOMS(EMF_NIF_MAKE_ATOM)
+#undef EMF_NIF_MAKE_ATOM
     flush_atoms[EMF_FLUSH_NONE] = enif_make_atom(env, "none");
     flush_atoms[EMF_FLUSH_SIZE] = enif_make_atom(env, "size");
     flush_atoms[EMF_FLUSH_TIMEOUT] = enif_make_atom(env, "timeout");
@@ -344,6 +165,40 @@ static ERL_NIF_TERM take_buf(ErlNifEnv *env, emf_buf_t *buf) {
     return bin;
 }
 
+static ERL_NIF_TERM out_of_memory(ErlNifEnv *env) {
+    return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
+}
+
+static ERL_NIF_TERM make_map(ErlNifEnv *env, ERL_NIF_TERM keys[], ERL_NIF_TERM values[],
+                             size_t n) {
+    ERL_NIF_TERM map;
+    /* Cannot fail: the keys are distinct. */
+    (void)enif_make_map_from_arrays(env, keys, values, n, &map);
+    return map;
+}
+
+static ERL_NIF_TERM code_atom(ErlNifEnv *env, const ERL_NIF_TERM *atoms, size_t count,
+                              uint32_t code) {
+    return code < count ? atoms[code] : enif_make_uint(env, code);
+}
+
+/* The results of an emf_* call: each builds its value only when `st' is EMF_OK, and else
+ * calls status_error right away (the engine's message is still the call's). */
+
+static ERL_NIF_TERM ok_or_error(ErlNifEnv *env, emf_status_t st) {
+    return st == EMF_OK ? atom_ok : status_error(env, st);
+}
+
+static ERL_NIF_TERM ok_u64(ErlNifEnv *env, emf_status_t st, uint64_t v) {
+    return st == EMF_OK ? make_ok(env, enif_make_uint64(env, v)) : status_error(env, st);
+}
+
+static ERL_NIF_TERM ok_buf(ErlNifEnv *env, emf_status_t st, emf_buf_t *buf) {
+    return st == EMF_OK ? make_ok(env, take_buf(env, buf)) : status_error(env, st);
+}
+
+/* ok_handle is with the resources, below. */
+
 /* ------------------------------------------------------------------------------------------ */
 /* Arguments                                                                                  */
 /* ------------------------------------------------------------------------------------------ */
@@ -387,6 +242,27 @@ static bool get_limit(ErlNifEnv *env, ERL_NIF_TERM term, size_t *out) {
     return true;
 }
 
+static bool get_u32(ErlNifEnv *env, ERL_NIF_TERM term, uint32_t *out) {
+    unsigned int v;
+    if (!enif_get_uint(env, term, &v) || v > UINT32_MAX) {
+        return false;
+    }
+    *out = (uint32_t)v;
+    return true;
+}
+
+static bool get_bool(ERL_NIF_TERM term, bool *out) {
+    if (enif_is_identical(term, atom_true)) {
+        *out = true;
+        return true;
+    }
+    if (enif_is_identical(term, atom_false)) {
+        *out = false;
+        return true;
+    }
+    return false;
+}
+
 static bool get_priority(ERL_NIF_TERM term, uint32_t *out) {
     for (size_t i = 0; i < priority_count; i++) {
         if (enif_is_identical(term, priority_atoms[i])) {
@@ -395,6 +271,48 @@ static bool get_priority(ERL_NIF_TERM term, uint32_t *out) {
         }
     }
     return false;
+}
+
+/* Copies a binary or iodata argument into a new NUL-terminated string (free it with
+ * enif_free); NULL when it is not bytes, holds a NUL byte, or memory ran out. */
+static char *get_cstring(ErlNifEnv *env, ERL_NIF_TERM term) {
+    ErlNifBinary bin;
+    if (!get_bytes(env, term, &bin) || memchr(bin.data, 0, bin.size) != NULL) {
+        return NULL;
+    }
+    char *s = enif_alloc(bin.size + 1);
+    if (s != NULL) {
+        memcpy(s, bin.data, bin.size);
+        s[bin.size] = '\0';
+    }
+    return s;
+}
+
+/* An optional path argument: `undefined' (*out NULL) or get_cstring's copy; false when
+ * refused. */
+static bool get_opt_cstring(ErlNifEnv *env, ERL_NIF_TERM term, char **out) {
+    *out = NULL;
+    if (enif_is_identical(term, atom_undefined)) {
+        return true;
+    }
+    *out = get_cstring(env, term);
+    return *out != NULL;
+}
+
+/* The name and directory arguments of ring_open and state_open (Name, Dir | undefined). */
+static bool get_name_and_dir(ErlNifEnv *env, ERL_NIF_TERM name_term, ERL_NIF_TERM dir_term,
+                             char **name, char **dir, ERL_NIF_TERM *error) {
+    if (!get_opt_cstring(env, dir_term, dir)) {
+        *error = argument_error(env, EMF_NIF_DIR_ERROR);
+        return false;
+    }
+    *name = get_cstring(env, name_term);
+    if (*name == NULL) {
+        enif_free(*dir);
+        *error = argument_error(env, "name: expected a binary or string without NUL");
+        return false;
+    }
+    return true;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -411,13 +329,34 @@ static ERL_NIF_TERM run_by_cost(ErlNifEnv *env, const char *name, nif_impl impl,
     return impl(env, argc, argv);
 }
 
+static ERL_NIF_TERM schedule_dirty_io(ErlNifEnv *env, const char *name, nif_impl impl, int argc,
+                                      const ERL_NIF_TERM argv[]) {
+    if (enif_thread_type() == ERL_NIF_THR_DIRTY_IO_SCHEDULER) {
+        return impl(env, argc, argv);
+    }
+    return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_IO_BOUND, impl, argc, argv);
+}
+
+static ERL_NIF_TERM schedule_dirty_cpu(ErlNifEnv *env, const char *name, nif_impl impl,
+                                       int argc, const ERL_NIF_TERM argv[]) {
+    return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, impl, argc, argv);
+}
+
+static bool on_normal_scheduler(void) {
+    return enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Resources: engine handles owned by Erlang terms (see erlmcp_flow_nif.h)                    */
+/* ------------------------------------------------------------------------------------------ */
+
 /* Releases the engine handle of `h' (no call is using it). A failure would be a bug (see
- * handle_destroy); it cannot be returned to Erlang, so it is reported on stderr. */
-static void handle_release(emf_nif_handle *h, const emf_nif_handle_kind *kind) {
-    if (h->ptr != NULL && kind->release != NULL) {
-        emf_status_t st = kind->release(h->ptr);
+ * handle_dtor); it cannot be returned to Erlang, so it is reported on stderr. */
+static void handle_release(emf_nif_handle *h) {
+    if (h->ptr != NULL && h->kind->release != NULL) {
+        emf_status_t st = h->kind->release(h->ptr);
         if (st != EMF_OK) {
-            report_impossible(kind->release_what, st);
+            report_impossible(h->kind->release_what, st);
         }
     }
     h->ptr = NULL;
@@ -434,21 +373,27 @@ static bool handle_enter(emf_nif_handle *h) {
     return true;
 }
 
-static void handle_leave(emf_nif_handle *h, const emf_nif_handle_kind *kind) {
+static void handle_leave(emf_nif_handle *h) {
     size_t old = atomic_fetch_sub_explicit(&h->use, EMF_NIF_USE_USER, memory_order_acq_rel);
     if (old == (EMF_NIF_USE_USER | EMF_NIF_USE_CLOSED)) {
-        handle_release(h, kind); /* the last call inside a closed handle */
+        handle_release(h); /* the last call inside a closed handle */
     }
 }
 
+/* Leaves `h' once `result' is built (an error term reads the engine's message first). */
+static ERL_NIF_TERM handle_leave_with(emf_nif_handle *h, ERL_NIF_TERM result) {
+    handle_leave(h);
+    return result;
+}
+
 /* Closes `h'; false when it was closed already. */
-static bool handle_close(emf_nif_handle *h, const emf_nif_handle_kind *kind) {
+static bool handle_close(emf_nif_handle *h) {
     size_t old = atomic_fetch_or_explicit(&h->use, EMF_NIF_USE_CLOSED, memory_order_acq_rel);
     if (old & EMF_NIF_USE_CLOSED) {
         return false;
     }
     if (old == 0) {
-        handle_release(h, kind);
+        handle_release(h);
     }
     return true;
 }
@@ -467,17 +412,24 @@ static void *handle_take(emf_nif_handle *h, bool *busy) {
     return ptr;
 }
 
-/* The body of every destructor. It runs once, when no term refers to the resource any more,
- * so no NIF can be using the engine handle at the same time. Releasing cannot fail:
- *  - only handle_new creates objects of these types, storing a handle that this copy of the
+static bool is_closed(emf_nif_handle *h) {
+    return (atomic_load_explicit(&h->use, memory_order_acquire) & EMF_NIF_USE_CLOSED) != 0;
+}
+
+/* The destructor of every resource type. It runs once, when no term refers to the resource
+ * any more, so no NIF can be using the engine handle at the same time. Releasing cannot fail:
+ *  - only handle_alloc creates objects of these types, storing a handle that this copy of the
  *    engine has just returned, and nothing else writes `ptr' but the release above;
- *  - the types are opened by this library alone and never taken over (see above), so this
- *    destructor only sees objects created by this copy of the library, and the handle is in
- *    this engine's registry;
+ *  - the types are opened by this library alone and never taken over (see "Code upgrades"),
+ *    so this destructor only sees objects created by this copy of the library, and the handle
+ *    is in this engine's registry;
  *  - ERTS runs the destructor exactly once per object.
- * A failure would be a bug; it cannot be returned to Erlang, so it is reported on stderr. */
-static void handle_destroy(void *obj, const emf_nif_handle_kind *kind) {
-    handle_release(obj, kind);
+ * A failure would be a bug; it cannot be returned to Erlang, so it is reported on stderr.
+ * Every type needs a destructor, even one with nothing to release (delivery monitors): ERTS
+ * keeps a library loaded while objects of its types with a destructor exist. */
+static void handle_dtor(ErlNifEnv *env, void *obj) {
+    (void)env;
+    handle_release(obj);
 }
 
 static ErlNifResourceType *handle_type(ErlNifEnv *env, const emf_nif_handle_kind *kind) {
@@ -492,6 +444,7 @@ static emf_nif_handle *handle_alloc(ErlNifEnv *env, const emf_nif_handle_kind *k
     if (h == NULL) {
         return NULL;
     }
+    h->kind = kind;
     h->ptr = ptr;
     h->cost = cost;
     h->aux = aux;
@@ -509,9 +462,21 @@ static ERL_NIF_TERM handle_new(ErlNifEnv *env, const emf_nif_handle_kind *kind, 
     return term;
 }
 
-static ERL_NIF_TERM handle_wrap(ErlNifEnv *env, const emf_nif_handle_kind *kind, void *ptr,
-                                size_t cost) {
-    return handle_new(env, kind, ptr, cost, 0);
+static ERL_NIF_TERM ok_handle(ErlNifEnv *env, emf_status_t st, const emf_nif_handle_kind *kind,
+                              void *ptr, size_t cost, size_t aux) {
+    return st == EMF_OK ? make_ok(env, handle_new(env, kind, ptr, cost, aux))
+                        : status_error(env, st);
+}
+
+static bool resource_binary(ErlNifEnv *env, const emf_nif_handle_kind *kind, void *ptr,
+                            const void *data, size_t len, ERL_NIF_TERM *out) {
+    emf_nif_handle *owner = handle_alloc(env, kind, ptr, len, 0);
+    if (owner == NULL) {
+        return false;
+    }
+    *out = enif_make_resource_binary(env, owner, data, len);
+    enif_release_resource(owner); /* the binary holds the only reference now */
+    return true;
 }
 
 /* Reads a resource term of the given kind made by this load of the library; false when the
@@ -537,8 +502,18 @@ static ERL_NIF_TERM not_a_handle(ErlNifEnv *env, ERL_NIF_TERM term, const char *
     return argument_error(env, enif_is_ref(env, term) ? not_this_version : expected);
 }
 
+/* Reads the handle argument `term' into `*out', or returns false and sets `*error'. */
+static bool handle_arg(ErlNifEnv *env, ERL_NIF_TERM term, const emf_nif_handle_kind *kind,
+                       emf_nif_handle **out, ERL_NIF_TERM *error) {
+    if (handle_get(env, term, kind, out)) {
+        return true;
+    }
+    *error = not_a_handle(env, term, kind->expected, kind->not_this_version);
+    return false;
+}
+
 /* Reads a closable handle argument and enters its use guard: on success the caller must call
- * handle_leave(*out, kind) once done with (*out)->ptr. Else false with `*error' set:
+ * handle_leave(*out) once done with (*out)->ptr. Else false with `*error' set:
  * {invalid_argument, _} for a term that is no handle of this kind and load, {closed, _} for a
  * closed handle. */
 static bool handle_use(ErlNifEnv *env, ERL_NIF_TERM term, const emf_nif_handle_kind *kind,
@@ -556,70 +531,20 @@ static bool handle_use(ErlNifEnv *env, ERL_NIF_TERM term, const emf_nif_handle_k
     return true;
 }
 
+/* close(Handle) -> ok: releases the handle now, or once the calls using it return
+ * (idempotent). */
+static ERL_NIF_TERM handle_close_arg(ErlNifEnv *env, ERL_NIF_TERM term,
+                                     const emf_nif_handle_kind *kind) {
+    void *obj;
+    if (!enif_get_resource(env, term, handle_type(env, kind), &obj)) {
+        return not_a_handle(env, term, kind->expected, kind->not_this_version);
+    }
+    (void)handle_close(obj); /* false: closed already, fine */
+    return atom_ok;
+}
+
 /* The cost hint of a handle argument, 0 when it is not one. */
 static size_t handle_cost(ErlNifEnv *env, ERL_NIF_TERM term, const emf_nif_handle_kind *kind) {
     emf_nif_handle *h;
     return handle_get(env, term, kind, &h) ? h->cost : 0;
-}
-
-static ERL_NIF_TERM code_atom(ErlNifEnv *env, const ERL_NIF_TERM *atoms, size_t count,
-                              uint32_t code) {
-    return code < count ? atoms[code] : enif_make_uint(env, code);
-}
-
-/* Copies a binary or iodata argument into a new NUL-terminated string (free it with
- * enif_free); NULL when it is not bytes, holds a NUL byte, or memory ran out. */
-static char *get_cstring(ErlNifEnv *env, ERL_NIF_TERM term) {
-    ErlNifBinary bin;
-    if (!get_bytes(env, term, &bin) || memchr(bin.data, 0, bin.size) != NULL) {
-        return NULL;
-    }
-    char *s = enif_alloc(bin.size + 1);
-    if (s != NULL) {
-        memcpy(s, bin.data, bin.size);
-        s[bin.size] = '\0';
-    }
-    return s;
-}
-
-static bool get_u32(ErlNifEnv *env, ERL_NIF_TERM term, uint32_t *out) {
-    unsigned int v;
-    if (!enif_get_uint(env, term, &v) || v > UINT32_MAX) {
-        return false;
-    }
-    *out = (uint32_t)v;
-    return true;
-}
-
-static bool get_bool(ERL_NIF_TERM term, bool *out) {
-    if (enif_is_identical(term, atom_true)) {
-        *out = true;
-        return true;
-    }
-    if (enif_is_identical(term, atom_false)) {
-        *out = false;
-        return true;
-    }
-    return false;
-}
-
-static ERL_NIF_TERM schedule_dirty_io(ErlNifEnv *env, const char *name, nif_impl impl, int argc,
-                                      const ERL_NIF_TERM argv[]) {
-    if (enif_thread_type() == ERL_NIF_THR_DIRTY_IO_SCHEDULER) {
-        return impl(env, argc, argv);
-    }
-    return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_IO_BOUND, impl, argc, argv);
-}
-
-static ERL_NIF_TERM schedule_dirty_cpu(ErlNifEnv *env, const char *name, nif_impl impl,
-                                       int argc, const ERL_NIF_TERM argv[]) {
-    return enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_CPU_BOUND, impl, argc, argv);
-}
-
-static bool on_normal_scheduler(void) {
-    return enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
-}
-
-static bool is_closed(emf_nif_handle *h) {
-    return (atomic_load_explicit(&h->use, memory_order_acquire) & EMF_NIF_USE_CLOSED) != 0;
 }

@@ -5,13 +5,11 @@
 /* An HNSW index with the shim's lock: defined with the HNSW NIFs. */
 static emf_status_t release_hnsw(void *ptr);
 
-static void hnsw_dtor(ErlNifEnv *env, void *obj);
 
 /* An HNSW index (emf_hnsw_t in an emf_nif_hnsw): thread-safe; close/1 may release it early,
  * so its calls bracket their use with handle_use/handle_leave. */
 static const emf_nif_handle_kind hnsw_kind = {
     .name = "erlmcp_flow_hnsw",
-    .dtor = hnsw_dtor,
     .release = release_hnsw,
     .release_what = "emf_hnsw_free",
     .expected = "index: expected a handle from erlmcp_flow_hnsw:new/1, open/1 or load/1",
@@ -21,11 +19,6 @@ static const emf_nif_handle_kind hnsw_kind = {
     .closed = "index: closed by close/1",
     .index = EMF_NIF_KIND_HNSW,
 };
-
-static void hnsw_dtor(ErlNifEnv *env, void *obj) {
-    (void)env;
-    handle_destroy(obj, &hnsw_kind);
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Vectors and HNSW indexes                                                                   */
@@ -122,10 +115,6 @@ static emf_status_t release_hnsw(void *ptr) {
     atomic_fetch_sub_explicit(w->count, 1, memory_order_relaxed);
     enif_free(w);
     return st;
-}
-
-static ERL_NIF_TERM out_of_memory(ErlNifEnv *env) {
-    return shim_error(env, EMF_ERR_TOO_LARGE, "out of memory");
 }
 
 /* A binary argument holding whole values of `elem' bytes. */
@@ -543,7 +532,7 @@ static ERL_NIF_TERM nif_hnsw_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     return hnsw_wrap(env, index, false);
 }
 
-/* hnsw_open(Path), hnsw_load(Path) -> {ok, Index} (dirty I/O scheduler) */
+/* hnsw_open(Path), hnsw_load(Path) -> {ok, Index} (dirty I/O scheduler: NIF table) */
 static ERL_NIF_TERM hnsw_file_impl(ErlNifEnv *env, ERL_NIF_TERM path_term, bool map) {
     char *path = get_cstring(env, path_term);
     if (path == NULL) {
@@ -558,22 +547,14 @@ static ERL_NIF_TERM hnsw_file_impl(ErlNifEnv *env, ERL_NIF_TERM path_term, bool 
     return hnsw_wrap(env, index, map);
 }
 
-static ERL_NIF_TERM hnsw_open_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM nif_hnsw_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     return hnsw_file_impl(env, argv[0], true);
 }
 
-static ERL_NIF_TERM hnsw_load_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM nif_hnsw_load(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     return hnsw_file_impl(env, argv[0], false);
-}
-
-static ERL_NIF_TERM nif_hnsw_open(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "hnsw_open", hnsw_open_impl, argc, argv);
-}
-
-static ERL_NIF_TERM nif_hnsw_load(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "hnsw_load", hnsw_load_impl, argc, argv);
 }
 
 /* Enters the index argv[0] for a call of `impl' (named `name'): on success the shim's lock is
@@ -590,7 +571,7 @@ static bool hnsw_enter(ErlNifEnv *env, const char *name, nif_impl impl, int argc
     emf_nif_hnsw *w = h->ptr;
     if (on_normal_scheduler()) {
         if (enif_rwlock_tryrlock(w->lock) != 0) {
-            handle_leave(h, &hnsw_kind);
+            handle_leave(h);
             *result = enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_IO_BOUND, impl, argc, argv);
             return false;
         }
@@ -604,7 +585,7 @@ static bool hnsw_enter(ErlNifEnv *env, const char *name, nif_impl impl, int argc
 static void hnsw_leave(emf_nif_handle *h) {
     emf_nif_hnsw *w = h->ptr;
     enif_rwlock_runlock(w->lock);
-    handle_leave(h, &hnsw_kind); /* may free the index: the last call of a closed one */
+    handle_leave(h); /* may free the index: the last call of a closed one */
 }
 
 /* Leaves the index and moves the call to a dirty CPU scheduler (too long for this one). */
@@ -679,11 +660,7 @@ static size_t hnsw_remove_ns(const emf_nif_hnsw *w) {
  * mapped}}: the parameters read when the index was made, opened or loaded. */
 static ERL_NIF_TERM nif_hnsw_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
-    ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &hnsw_kind, &h, &result)) {
-        return result;
-    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &hnsw_kind);
     const emf_nif_hnsw *w = h->ptr;
     const emf_hnsw_params_t *p = &w->params;
     ERL_NIF_TERM keys[] = {atom_dim, atom_metric, atom_m, atom_ef_construction, atom_ef_search,
@@ -698,11 +675,7 @@ static ERL_NIF_TERM nif_hnsw_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         enif_make_uint64(env, p->seed),
         w->mapped ? atom_true : atom_false,
     };
-    ERL_NIF_TERM map;
-    /* Cannot fail: the keys are distinct. */
-    (void)enif_make_map_from_arrays(env, keys, values, sizeof keys / sizeof keys[0], &map);
-    handle_leave(h, &hnsw_kind);
-    return make_ok(env, map);
+    return handle_leave_with(h, make_ok(env, MAKE_MAP(env, keys, values)));
 }
 
 /* hnsw_insert(Index, Id, Vector) -> ok */
@@ -732,7 +705,7 @@ static ERL_NIF_TERM hnsw_insert_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         result = out_of_memory(env);
     } else {
         emf_status_t st = emf_hnsw_insert(w->index, id, vs, v.size / sizeof(float));
-        result = st == EMF_OK ? atom_ok : status_error(env, st);
+        result = ok_or_error(env, st);
         free_heap(heap);
     }
     hnsw_leave(h);
@@ -744,10 +717,10 @@ static ERL_NIF_TERM nif_hnsw_insert(ErlNifEnv *env, int argc, const ERL_NIF_TERM
                        EMF_NIF_DIRTY_THRESHOLD, argc, argv);
 }
 
-/* hnsw_insert_batch(Index, Ids, Vectors, Threads) -> ok (dirty CPU scheduler): Ids a binary of
+/* hnsw_insert_batch(Index, Ids, Vectors, Threads) -> ok (dirty CPU: NIF table): Ids a binary of
  * native-endian uint64, Vectors one of as many rows of the index's dim float32 values. */
-static ERL_NIF_TERM hnsw_insert_batch_impl(ErlNifEnv *env, int argc,
-                                           const ERL_NIF_TERM argv[]) {
+static ERL_NIF_TERM nif_hnsw_insert_batch(ErlNifEnv *env, int argc,
+                                          const ERL_NIF_TERM argv[]) {
     ErlNifBinary ids, vectors;
     uint32_t threads;
     if (!get_array(env, argv[1], sizeof(uint64_t), &ids)) {
@@ -763,7 +736,7 @@ static ERL_NIF_TERM hnsw_insert_batch_impl(ErlNifEnv *env, int argc,
     }
     emf_nif_handle *h;
     ERL_NIF_TERM result;
-    if (!hnsw_enter(env, "hnsw_insert_batch", hnsw_insert_batch_impl, argc, argv, &h,
+    if (!hnsw_enter(env, "hnsw_insert_batch", nif_hnsw_insert_batch, argc, argv, &h,
                     &result)) {
         return result;
     }
@@ -787,7 +760,7 @@ static ERL_NIF_TERM hnsw_insert_batch_impl(ErlNifEnv *env, int argc,
         } else {
             atomic_fetch_add_explicit(&w->batches, 1, memory_order_acq_rel);
             emf_status_t st = emf_hnsw_insert_batch(w->index, ip, n, vp, dim, threads);
-            result = st == EMF_OK ? atom_ok : status_error(env, st);
+            result = ok_or_error(env, st);
             atomic_fetch_sub_explicit(&w->batches, 1, memory_order_acq_rel);
         }
         free_heap(heap_ids);
@@ -795,10 +768,6 @@ static ERL_NIF_TERM hnsw_insert_batch_impl(ErlNifEnv *env, int argc,
     }
     hnsw_leave(h);
     return result;
-}
-
-static ERL_NIF_TERM nif_hnsw_insert_batch(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_cpu(env, "hnsw_insert_batch", hnsw_insert_batch_impl, argc, argv);
 }
 
 /* The hits of one search as [{Id, Distance}], closest first. */
@@ -907,9 +876,9 @@ static ERL_NIF_TERM nif_hnsw_search(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 }
 
 /* hnsw_search_batch(Index, Queries, K, Ef, Rerank, Filter, Threads) -> {ok, [[{Id, Dist}]]}
- * (dirty CPU scheduler): Queries holds rows of the index's dim float32 values. */
-static ERL_NIF_TERM hnsw_search_batch_impl(ErlNifEnv *env, int argc,
-                                           const ERL_NIF_TERM argv[]) {
+ * (dirty CPU scheduler: NIF table): Queries holds rows of the index's dim float32 values. */
+static ERL_NIF_TERM nif_hnsw_search_batch(ErlNifEnv *env, int argc,
+                                          const ERL_NIF_TERM argv[]) {
     ErlNifBinary qs;
     emf_nif_search_opts o;
     uint32_t threads;
@@ -926,7 +895,7 @@ static ERL_NIF_TERM hnsw_search_batch_impl(ErlNifEnv *env, int argc,
                                    "per CPU)");
     }
     emf_nif_handle *h;
-    if (!hnsw_enter(env, "hnsw_search_batch", hnsw_search_batch_impl, argc, argv, &h,
+    if (!hnsw_enter(env, "hnsw_search_batch", nif_hnsw_search_batch, argc, argv, &h,
                     &result)) {
         return result;
     }
@@ -981,10 +950,6 @@ static ERL_NIF_TERM hnsw_search_batch_impl(ErlNifEnv *env, int argc,
     return result;
 }
 
-static ERL_NIF_TERM nif_hnsw_search_batch(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_cpu(env, "hnsw_search_batch", hnsw_search_batch_impl, argc, argv);
-}
-
 /* hnsw_remove(Index, Id) -> ok */
 static ERL_NIF_TERM hnsw_remove_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     ErlNifUInt64 id;
@@ -1016,14 +981,12 @@ static ERL_NIF_TERM nif_hnsw_remove(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     return hnsw_remove_impl(env, argc, argv); /* decides its scheduler once it sees the index */
 }
 
-/* hnsw_compact(Index) -> ok (dirty CPU scheduler): holds every other call off meanwhile. */
-static ERL_NIF_TERM hnsw_compact_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* hnsw_compact(Index) -> ok (dirty CPU scheduler: NIF table): holds every other call off
+ * meanwhile. */
+static ERL_NIF_TERM nif_hnsw_compact(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
-    emf_nif_handle *h;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &hnsw_kind);
     ERL_NIF_TERM result;
-    if (!handle_use(env, argv[0], &hnsw_kind, &h, &result)) {
-        return result;
-    }
     emf_nif_hnsw *w = h->ptr;
     enif_rwlock_rwlock(w->lock);
     emf_status_t st = emf_hnsw_compact(w->index);
@@ -1035,34 +998,25 @@ static ERL_NIF_TERM hnsw_compact_impl(ErlNifEnv *env, int argc, const ERL_NIF_TE
         result = status_error(env, st);
     }
     enif_rwlock_rwunlock(w->lock);
-    handle_leave(h, &hnsw_kind);
+    handle_leave(h);
     return result;
 }
 
-static ERL_NIF_TERM nif_hnsw_compact(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_cpu(env, "hnsw_compact", hnsw_compact_impl, argc, argv);
-}
-
-/* hnsw_save(Index, Path) -> ok (dirty I/O scheduler) */
-static ERL_NIF_TERM hnsw_save_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+/* hnsw_save(Index, Path) -> ok (dirty I/O scheduler: NIF table) */
+static ERL_NIF_TERM nif_hnsw_save(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     char *path = get_cstring(env, argv[1]);
     if (path == NULL) {
         return argument_error(env, EMF_NIF_PATH_ERROR);
     }
     emf_nif_handle *h;
     ERL_NIF_TERM result;
-    if (hnsw_enter(env, "hnsw_save", hnsw_save_impl, argc, argv, &h, &result)) {
+    if (hnsw_enter(env, "hnsw_save", nif_hnsw_save, argc, argv, &h, &result)) {
         emf_nif_hnsw *w = h->ptr;
-        emf_status_t st = emf_hnsw_save(w->index, path);
-        result = st == EMF_OK ? atom_ok : status_error(env, st);
+        result = ok_or_error(env, emf_hnsw_save(w->index, path));
         hnsw_leave(h);
     }
     enif_free(path);
     return result;
-}
-
-static ERL_NIF_TERM nif_hnsw_save(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "hnsw_save", hnsw_save_impl, argc, argv);
 }
 
 /* hnsw_stats(Index) -> {ok, #{len, memory_bytes}} */
@@ -1085,29 +1039,18 @@ static ERL_NIF_TERM nif_hnsw_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     } else {
         ERL_NIF_TERM keys[] = {atom_len, atom_memory_bytes};
         ERL_NIF_TERM values[] = {enif_make_uint64(env, len), enif_make_uint64(env, bytes)};
-        ERL_NIF_TERM map;
-        /* Cannot fail: the keys are distinct. */
-        (void)enif_make_map_from_arrays(env, keys, values, 2, &map);
-        result = make_ok(env, map);
+        result = make_ok(env, MAKE_MAP(env, keys, values));
     }
     hnsw_leave(h);
     return result;
 }
 
 /* hnsw_close(Index) -> ok: releases the index now, or once the calls using it return
- * (idempotent; later calls get {error, {closed, _}}). Dirty I/O: it may unmap a file. */
-static ERL_NIF_TERM hnsw_close_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    (void)argc;
-    void *obj;
-    if (!enif_get_resource(env, argv[0], handle_type(env, &hnsw_kind), &obj)) {
-        return not_a_handle(env, argv[0], hnsw_kind.expected, hnsw_kind.not_this_version);
-    }
-    (void)handle_close(obj, &hnsw_kind); /* false: closed already, fine */
-    return atom_ok;
-}
-
+ * (idempotent; later calls get {error, {closed, _}}). Dirty I/O (NIF table): it may unmap a
+ * file. */
 static ERL_NIF_TERM nif_hnsw_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
-    return schedule_dirty_io(env, "hnsw_close", hnsw_close_impl, argc, argv);
+    (void)argc;
+    return handle_close_arg(env, argv[0], &hnsw_kind);
 }
 
 /* hnsw_indexes() -> the number of indexes of this load not freed yet. */
