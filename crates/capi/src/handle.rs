@@ -33,7 +33,8 @@ use super::{FfiError, FfiResult, EMF_ERR_BUSY, EMF_ERR_FULL, EMF_ERR_INVALID_ARG
 /// The C type is only the handle's name: what the slab holds is [`Handle::Target`] (often an
 /// engine object; `Self` when the handle bundles several), wrapped as its [`Access`] requires.
 pub(crate) trait Handle: 'static {
-    /// Distinct for every handle type: a handle of another type is refused.
+    /// Distinct for every handle type: a handle of another type is refused. (A new type
+    /// joins the list in lib.rs's `every_handle_type_has_its_own_kind_and_a_name`.)
     const KIND: u32;
     /// How error messages name a handle of this type (`"ring"`, `"producer"`).
     const NAME: &'static str;
