@@ -5,7 +5,7 @@
 //! the memory during the call (another thread, another process through shared memory) can
 //! cause at most an `EMF_ERR_CORRUPT` answer, never an out-of-bounds read.
 
-use super::handle::{borrow_handle, free_handle, new_handle};
+use super::handle::{borrow, free, new_handle, Handle, Shared};
 use super::{
     bytes, emf_buf_t, emf_status_t, guard, require_out, write_buf, write_out, FfiError,
     EMF_ERR_INVALID_ARGUMENT, EMF_ERR_NOT_FOUND,
@@ -79,8 +79,11 @@ pub struct emf_message_t {
     bytes: Box<[u8]>,
 }
 
-impl super::handle::HandleKind for emf_message_t {
+impl Handle for emf_message_t {
     const KIND: u32 = 1;
+    const NAME: &'static str = "msg";
+    type Target = Self;
+    type Access = Shared;
 }
 
 impl emf_message_t {
@@ -258,7 +261,7 @@ pub unsafe extern "C" fn emf_message_open(
         let b = unsafe { bytes(archive, len, "archive") }?;
         let owned: Box<[u8]> = b.into();
         codec::decode(&owned)?;
-        let h = new_handle(emf_message_t { bytes: owned })?;
+        let h = new_handle::<emf_message_t>(emf_message_t { bytes: owned })?;
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -272,7 +275,7 @@ pub unsafe extern "C" fn emf_message_open(
 #[no_mangle]
 pub unsafe extern "C" fn emf_message_free(msg: *mut emf_message_t) -> emf_status_t {
     // SAFETY: caller contract (no concurrent use); the registry checks liveness.
-    guard(|| unsafe { free_handle(msg, "msg") })
+    guard(|| unsafe { free(msg) })
 }
 
 /// Stores the number of envelopes in `*out_count`.
@@ -287,7 +290,7 @@ pub unsafe extern "C" fn emf_message_count(
 ) -> emf_status_t {
     guard(|| {
         // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
-        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let m = unsafe { borrow(msg) }?;
         // SAFETY: writable by contract (NULL checked inside).
         unsafe { write_out(out_count, m.view().envelopes().len(), "out_count") }
     })
@@ -320,7 +323,7 @@ pub unsafe extern "C" fn emf_message_envelope(
     guard(|| {
         require_out(out, "out")?;
         // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
-        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let m = unsafe { borrow(msg) }?;
         let e = envelope_at(m, index)?;
         let (id_type, id_int, id_str, id_str_len) = match e.id.as_ref() {
             None => (EMF_ID_NONE, 0, std::ptr::null(), 0),
@@ -369,7 +372,7 @@ pub unsafe extern "C" fn emf_message_id_json(
     guard(|| {
         require_out(out, "out")?;
         // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
-        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let m = unsafe { borrow(msg) }?;
         let e = envelope_at(m, index)?;
         let mut text = Vec::new();
         match e.id.as_ref() {
@@ -431,7 +434,7 @@ pub unsafe extern "C" fn emf_message_to_json(
     guard(|| {
         require_out(out, "out")?;
         // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
-        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let m = unsafe { borrow(msg) }?;
         let json = jsonrpc::to_json(m.view());
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_buf(out, json.into_bytes()) }
@@ -454,7 +457,7 @@ pub unsafe extern "C" fn emf_message_payload_json(
     guard(|| {
         require_out(out, "out")?;
         // SAFETY: liveness checked by the registry; caller contract excludes concurrent free.
-        let m = unsafe { borrow_handle(msg, "msg") }?;
+        let m = unsafe { borrow(msg) }?;
         let e = envelope_at(m, index)?;
         let mut text = Vec::new();
         if let Some(v) = e.params.as_ref().or(e.result.as_ref()) {

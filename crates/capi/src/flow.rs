@@ -8,9 +8,11 @@ use std::ffi::c_char;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
-use super::ring::{emf_consumer_t, emf_ring_t, emf_slice_t, Exclusive};
-use super::{bytes, c_str, emf_status_t, guard, require_out, write_out, FfiError, FfiResult};
+use super::handle::{borrow, free, new_handle, Exclusive, Handle, Shared};
+use super::ring::{emf_consumer_t, emf_ring_t, emf_slice_t};
+use super::{
+    bytes, c_str, emf_status_t, guard, require_out, slices, write_out, FfiError, FfiResult,
+};
 use engine::batch::{BatchOptions, BatchProcessor, FlushReason};
 use engine::router::{Router, RouterOptions};
 use engine::state::{SharedValue, StateRef, StateStore};
@@ -46,11 +48,14 @@ fn dir_or_default(dir: *const c_char) -> FfiResult<PathBuf> {
 
 /// A router sending to agents' inboxes by name. Opaque; one thread at a time.
 pub struct emf_router_t {
-    inner: Exclusive<Router>,
+    _private: (),
 }
 
-impl HandleKind for emf_router_t {
+impl Handle for emf_router_t {
     const KIND: u32 = 5;
+    const NAME: &'static str = "router";
+    type Target = Router;
+    type Access = Exclusive;
 }
 
 /// Creates a router whose inboxes live in `dir` (NULL: `/dev/shm`) with `inbox_capacity`
@@ -71,9 +76,7 @@ pub unsafe extern "C" fn emf_router_new(
         if inbox_capacity != 0 {
             opts.inbox.capacity = inbox_capacity;
         }
-        let h = new_handle(emf_router_t {
-            inner: Exclusive::new(Router::new(opts)),
-        })?;
+        let h = new_handle::<emf_router_t>(Router::new(opts))?;
         // SAFETY: writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -86,17 +89,9 @@ pub unsafe extern "C" fn emf_router_new(
 /// No other thread may be using `r`.
 #[no_mangle]
 pub unsafe extern "C" fn emf_router_free(r: *mut emf_router_t) -> emf_status_t {
-    // SAFETY: caller contract; the slab refuses a double free.
-    guard(|| unsafe { free_handle(r, "router") })
-}
-
-fn with_router<R>(
-    r: *const emf_router_t,
-    f: impl FnOnce(&mut Router) -> FfiResult<R>,
-) -> FfiResult<R> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow_handle(r, "router") }?;
-    h.inner.with("router", f)
+    // SAFETY: caller contract; the slab refuses a double free, the busy flag a free while the
+    // router is in use.
+    guard(|| unsafe { free(r) })
 }
 
 /// Creates (or reopens after a restart) `agent`'s inbox and attaches its consumer.
@@ -113,8 +108,9 @@ pub unsafe extern "C" fn emf_router_register_agent(
     guard(|| {
         require_out(out, "out")?;
         let agent = c_str(agent, "agent")?;
-        let c = with_router(r, |router| Ok(router.register_agent(agent)?))?;
-        let h = super::ring::consumer_handle(c)?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let c = unsafe { borrow(r) }?.register_agent(agent)?;
+        let h = new_handle::<emf_consumer_t>(c)?;
         // SAFETY: writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -132,7 +128,8 @@ pub unsafe extern "C" fn emf_router_unregister_agent(
 ) -> emf_status_t {
     guard(|| {
         let agent = c_str(agent, "agent")?;
-        with_router(r, |router| Ok(router.unregister_agent(agent)?))
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        Ok(unsafe { borrow(r) }?.unregister_agent(agent)?)
     })
 }
 
@@ -153,7 +150,8 @@ pub unsafe extern "C" fn emf_router_send_direct(
         let agent = c_str(agent, "agent")?;
         // SAFETY: caller contract.
         let b = unsafe { bytes(data, len, "data") }?;
-        with_router(r, |router| Ok(router.send_direct(agent, b)?))
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        Ok(unsafe { borrow(r) }?.send_direct(agent, b)?)
     })
 }
 
@@ -177,8 +175,9 @@ pub unsafe extern "C" fn emf_router_send_batch(
         require_out(out_accepted, "out_accepted")?;
         let agent = c_str(agent, "agent")?;
         // SAFETY: caller contract.
-        let slices = unsafe { super::ring::read_slices(frames, n) }?;
-        let out = with_router(r, |router| Ok(router.send_batch(agent, &slices)?))?;
+        let slices = unsafe { slices(frames, n) }?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let out = unsafe { borrow(r) }?.send_batch(agent, &slices)?;
         if out.accepted == 0 && n > 0 {
             // As emf_producer_send_batch: nothing fit is back-pressure, not success.
             return Err(FfiError::new(
@@ -193,11 +192,14 @@ pub unsafe extern "C" fn emf_router_send_batch(
 
 /// A batch processor. Opaque; one thread at a time.
 pub struct emf_batch_t {
-    inner: Exclusive<BatchProcessor>,
+    _private: (),
 }
 
-impl HandleKind for emf_batch_t {
+impl Handle for emf_batch_t {
     const KIND: u32 = 6;
+    const NAME: &'static str = "batch";
+    type Target = BatchProcessor;
+    type Access = Exclusive;
 }
 
 /// Creates a batch processor sending to `ring` through its own producer. Zero arguments take
@@ -234,10 +236,9 @@ pub unsafe extern "C" fn emf_batch_new(
                 max_pending
             },
         };
-        let producer = super::ring::ring_of(ring)?.producer()?;
-        let h = new_handle(emf_batch_t {
-            inner: Exclusive::new(BatchProcessor::new(producer, opts)),
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let producer = unsafe { borrow(ring) }?.producer()?;
+        let h = new_handle::<emf_batch_t>(BatchProcessor::new(producer, opts))?;
         // SAFETY: writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -256,7 +257,10 @@ pub unsafe extern "C" fn emf_batch_free(b: *mut emf_batch_t) -> emf_status_t {
         if b.is_null() {
             return Ok(());
         }
-        with_batch(b, |p| {
+        {
+            // SAFETY: liveness checked by the slab; the caller's contract excludes concurrent
+            // use. The borrow ends (its busy flag released) before the free below.
+            let mut p = unsafe { borrow(b) }?;
             p.flush()?;
             if p.pending() > 0 {
                 return Err(FfiError::new(
@@ -267,10 +271,9 @@ pub unsafe extern "C" fn emf_batch_free(b: *mut emf_batch_t) -> emf_status_t {
                     ),
                 ));
             }
-            Ok(())
-        })?;
+        }
         // SAFETY: caller contract; the slab refuses a double free.
-        unsafe { free_handle(b, "batch") }
+        unsafe { free(b) }
     })
 }
 
@@ -286,24 +289,17 @@ pub unsafe extern "C" fn emf_batch_discard(
     out_discarded: *mut usize,
 ) -> emf_status_t {
     guard(|| {
-        let n = with_batch(b, |p| Ok(p.pending()))?;
-        // SAFETY: caller contract.
-        unsafe { free_handle(b, "batch") }?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes concurrent use.
+        // A temporary: the borrow ends (its busy flag released) with this statement.
+        let n = unsafe { borrow(b) }?.pending();
+        // SAFETY: caller contract; the slab refuses a double free.
+        unsafe { free(b) }?;
         if !out_discarded.is_null() {
             // SAFETY: non-NULL and writable by contract.
             unsafe { out_discarded.write(n) };
         }
         Ok(())
     })
-}
-
-fn with_batch<R>(
-    b: *const emf_batch_t,
-    f: impl FnOnce(&mut BatchProcessor) -> FfiResult<R>,
-) -> FfiResult<R> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow_handle(b, "batch") }?;
-    h.inner.with("batch", f)
 }
 
 /// Queues one message; `*out_flush` receives an `EMF_FLUSH_*` code saying whether (and why)
@@ -323,7 +319,8 @@ pub unsafe extern "C" fn emf_batch_send(
         require_out(out_flush, "out_flush")?;
         // SAFETY: caller contract.
         let d = unsafe { bytes(data, len, "data") }?;
-        let r = with_batch(b, |p| Ok(p.send_message(d)?))?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let r = unsafe { borrow(b) }?.send_message(d)?;
         // SAFETY: writable by contract.
         unsafe { write_out(out_flush, reason_code(r), "out_flush") }
     })
@@ -338,7 +335,8 @@ pub unsafe extern "C" fn emf_batch_send(
 pub unsafe extern "C" fn emf_batch_tick(b: *mut emf_batch_t, out_flush: *mut u32) -> emf_status_t {
     guard(|| {
         require_out(out_flush, "out_flush")?;
-        let r = with_batch(b, |p| Ok(p.tick(Instant::now())?))?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let r = unsafe { borrow(b) }?.tick(Instant::now())?;
         // SAFETY: writable by contract.
         unsafe { write_out(out_flush, reason_code(r), "out_flush") }
     })
@@ -356,7 +354,8 @@ pub unsafe extern "C" fn emf_batch_flush(
 ) -> emf_status_t {
     guard(|| {
         require_out(out_sent, "out_sent")?;
-        let n = with_batch(b, |p| Ok(p.flush()?))?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let n = unsafe { borrow(b) }?.flush()?;
         // SAFETY: writable by contract.
         unsafe { write_out(out_sent, n, "out_sent") }
     })
@@ -377,12 +376,12 @@ pub unsafe extern "C" fn emf_batch_pending(
     guard(|| {
         require_out(out_pending, "out_pending")?;
         require_out(out_due_ms, "out_due_ms")?;
-        let (n, due) = with_batch(b, |p| {
-            let due = p.deadline().map_or(-1, |d| {
-                d.saturating_duration_since(Instant::now()).as_millis() as i64
-            });
-            Ok((p.pending(), due))
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let p = unsafe { borrow(b) }?;
+        let due = p.deadline().map_or(-1, |d| {
+            d.saturating_duration_since(Instant::now()).as_millis() as i64
+        });
+        let n = p.pending();
         // SAFETY: both checked non-NULL; writable by contract.
         unsafe { write_out(out_pending, n, "out_pending") }?;
         // SAFETY: as above.
@@ -392,20 +391,26 @@ pub unsafe extern "C" fn emf_batch_pending(
 
 /// A store of shared values. Opaque; thread-safe.
 pub struct emf_state_store_t {
-    store: StateStore,
+    _private: (),
 }
 
-impl HandleKind for emf_state_store_t {
+impl Handle for emf_state_store_t {
     const KIND: u32 = 7;
+    const NAME: &'static str = "store";
+    type Target = StateStore;
+    type Access = Shared;
 }
 
 /// A shared value mapped for reading. Opaque; immutable; thread-safe.
 pub struct emf_state_value_t {
-    value: SharedValue,
+    _private: (),
 }
 
-impl HandleKind for emf_state_value_t {
+impl Handle for emf_state_value_t {
     const KIND: u32 = 8;
+    const NAME: &'static str = "value";
+    type Target = SharedValue;
+    type Access = Shared;
 }
 
 /// Opens the state store `name` in `dir` (NULL: `/dev/shm`).
@@ -422,7 +427,7 @@ pub unsafe extern "C" fn emf_state_open(
     guard(|| {
         require_out(out, "out")?;
         let store = StateStore::open(c_str(name, "name")?, &dir_or_default(dir)?)?;
-        let h = new_handle(emf_state_store_t { store })?;
+        let h = new_handle::<emf_state_store_t>(store)?;
         // SAFETY: writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -436,12 +441,7 @@ pub unsafe extern "C" fn emf_state_open(
 #[no_mangle]
 pub unsafe extern "C" fn emf_state_free(s: *mut emf_state_store_t) -> emf_status_t {
     // SAFETY: caller contract; the slab refuses a double free.
-    guard(|| unsafe { free_handle(s, "store") })
-}
-
-fn store<'a>(s: *const emf_state_store_t) -> FfiResult<&'a StateStore> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    Ok(&unsafe { borrow_handle(s, "store") }?.store)
+    guard(|| unsafe { free(s) })
 }
 
 /// Shares `value` under `key` and stores its reference in `*out_ref`; the key's previous
@@ -462,7 +462,8 @@ pub unsafe extern "C" fn emf_state_share(
         require_out(out_ref, "out_ref")?;
         // SAFETY: caller contract.
         let v = unsafe { bytes(value, len, "value") }?;
-        let r = store(s)?.share_state(c_str(key, "key")?, v)?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let r = unsafe { borrow(s) }?.share_state(c_str(key, "key")?, v)?;
         // SAFETY: writable by contract.
         unsafe { write_out(out_ref, r.0, "out_ref") }
     })
@@ -481,7 +482,8 @@ pub unsafe extern "C" fn emf_state_lookup(
 ) -> emf_status_t {
     guard(|| {
         require_out(out_ref, "out_ref")?;
-        let r = store(s)?.lookup(c_str(key, "key")?)?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let r = unsafe { borrow(s) }?.lookup(c_str(key, "key")?)?;
         // SAFETY: writable by contract.
         unsafe { write_out(out_ref, r.0, "out_ref") }
     })
@@ -501,8 +503,9 @@ pub unsafe extern "C" fn emf_state_read(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let value = store(s)?.read_shared_state(StateRef(state_ref))?;
-        let h = new_handle(emf_state_value_t { value })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let value = unsafe { borrow(s) }?.read_shared_state(StateRef(state_ref))?;
+        let h = new_handle::<emf_state_value_t>(value)?;
         // SAFETY: writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -522,9 +525,8 @@ pub unsafe extern "C" fn emf_state_value_data(
     guard(|| {
         require_out(out_data, "out_data")?;
         require_out(out_len, "out_len")?;
-        // SAFETY: liveness checked by the slab; caller contract excludes a concurrent free.
-        let h = unsafe { borrow_handle(v, "value") }?;
-        let bytes = h.value.value();
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let bytes = unsafe { borrow(v) }?.value();
         // SAFETY: both checked non-NULL; writable by contract.
         unsafe { write_out(out_data, bytes.as_ptr(), "out_data") }?;
         // SAFETY: as above.
@@ -541,7 +543,7 @@ pub unsafe extern "C" fn emf_state_value_data(
 #[no_mangle]
 pub unsafe extern "C" fn emf_state_value_free(v: *mut emf_state_value_t) -> emf_status_t {
     // SAFETY: caller contract; the slab refuses a double free.
-    guard(|| unsafe { free_handle(v, "value") })
+    guard(|| unsafe { free(v) })
 }
 
 /// Retires `state_ref`: new reads get `EMF_ERR_NOT_FOUND`; current readers keep it.
@@ -554,7 +556,8 @@ pub unsafe extern "C" fn emf_state_release(
     s: *const emf_state_store_t,
     state_ref: u64,
 ) -> emf_status_t {
-    guard(|| Ok(store(s)?.release(StateRef(state_ref))?))
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    guard(|| Ok(unsafe { borrow(s) }?.release(StateRef(state_ref))?))
 }
 
 #[cfg(test)]

@@ -209,6 +209,36 @@ pub(crate) unsafe fn bytes<'a>(ptr: *const u8, len: usize, name: &str) -> FfiRes
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// Borrows `n` caller slices (`emf_slice_t`), each as [`bytes`] would.
+///
+/// # Safety
+///
+/// `frames` readable for `n` elements, each readable for its length, unchanged during `'a`.
+pub(crate) unsafe fn slices<'a>(
+    frames: *const ring::emf_slice_t,
+    n: usize,
+) -> FfiResult<Vec<&'a [u8]>> {
+    if n > 0 && frames.is_null() {
+        return Err(FfiError::null("frames"));
+    }
+    if n > 1 << 24 {
+        return Err(FfiError::new(
+            EMF_ERR_TOO_LARGE,
+            format!("batch of {n} frames is larger than 16M"),
+        ));
+    }
+    let mut slices = Vec::with_capacity(n);
+    for i in 0..n {
+        // In bounds: `frames` is readable for n elements (contract) and i < n.
+        let fp = frames.wrapping_add(i);
+        // SAFETY: readable (above); plain data, read without alignment assumptions.
+        let f = unsafe { fp.read_unaligned() };
+        // SAFETY: caller contract for each slice.
+        slices.push(unsafe { bytes(f.data, f.len, "frames[i].data") }?);
+    }
+    Ok(slices)
+}
+
 /// The checks of a caller's array argument: the length cap, NULL (allowed only for an empty
 /// array) and alignment. Answers whether the array is empty-and-NULL.
 fn check_array<T>(ptr: *const T, len: usize, name: &str) -> FfiResult<bool> {
@@ -591,6 +621,29 @@ mod tests {
         // SAFETY: the registry refuses a pointer it never handed out.
         let st = unsafe { emf_buf_free(&mut bogus) };
         assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+    }
+
+    #[test]
+    fn every_handle_type_has_its_own_kind_and_a_name() {
+        use handle::Handle;
+        let kinds = [
+            (codec::emf_message_t::KIND, codec::emf_message_t::NAME),
+            (ring::emf_ring_t::KIND, ring::emf_ring_t::NAME),
+            (ring::emf_producer_t::KIND, ring::emf_producer_t::NAME),
+            (ring::emf_consumer_t::KIND, ring::emf_consumer_t::NAME),
+            (flow::emf_router_t::KIND, flow::emf_router_t::NAME),
+            (flow::emf_batch_t::KIND, flow::emf_batch_t::NAME),
+            (flow::emf_state_store_t::KIND, flow::emf_state_store_t::NAME),
+            (flow::emf_state_value_t::KIND, flow::emf_state_value_t::NAME),
+            (queue::emf_task_queue_t::KIND, queue::emf_task_queue_t::NAME),
+            (queue::emf_cache_t::KIND, queue::emf_cache_t::NAME),
+            (vector::emf_hnsw_t::KIND, vector::emf_hnsw_t::NAME),
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for (kind, name) in kinds {
+            assert!(seen.insert(kind), "kind {kind} ({name}) is used twice");
+            assert!(!name.is_empty());
+        }
     }
 
     #[test]

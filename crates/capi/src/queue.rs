@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
+use super::handle::{borrow, free, new_handle, Handle, Shared};
 use super::{
     bytes, emf_buf_t, emf_status_t, guard, require_out, write_out, FfiError, FfiResult,
     EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_EMPTY, EMF_ERR_INVALID_ARGUMENT, EMF_ERR_NOT_FOUND,
@@ -30,11 +30,14 @@ pub const EMF_ENQUEUE_EVICTED: u32 = 3;
 
 /// A task queue of byte-string tasks. Opaque; thread-safe.
 pub struct emf_task_queue_t {
-    q: TaskQueue<Box<[u8]>>,
+    _private: (),
 }
 
-impl HandleKind for emf_task_queue_t {
+impl Handle for emf_task_queue_t {
     const KIND: u32 = 9;
+    const NAME: &'static str = "queue";
+    type Target = TaskQueue<Box<[u8]>>;
+    type Access = Shared;
 }
 
 /// Counters of a task queue (`emf_task_queue_stats`).
@@ -70,11 +73,6 @@ fn priority(code: u32) -> FfiResult<Priority> {
             format!("priority {code} is not one of EMF_PRIORITY_* (0..3)"),
         )
     })
-}
-
-fn task_queue<'a>(q: *const emf_task_queue_t) -> FfiResult<&'a TaskQueue<Box<[u8]>>> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    Ok(&unsafe { borrow_handle(q, "queue") }?.q)
 }
 
 /// Creates a task queue holding `max_primary` tasks (0: 1000) plus `max_overflow` more in the
@@ -116,9 +114,7 @@ pub unsafe extern "C" fn emf_task_queue_new(
             },
             drop_policy,
         };
-        let h = new_handle(emf_task_queue_t {
-            q: TaskQueue::new(opts),
-        })?;
+        let h = new_handle::<emf_task_queue_t>(TaskQueue::new(opts))?;
         // SAFETY: writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -133,7 +129,7 @@ pub unsafe extern "C" fn emf_task_queue_new(
 #[no_mangle]
 pub unsafe extern "C" fn emf_task_queue_free(q: *mut emf_task_queue_t) -> emf_status_t {
     // SAFETY: caller contract; the slab refuses a double free.
-    guard(|| unsafe { free_handle(q, "queue") })
+    guard(|| unsafe { free(q) })
 }
 
 /// Queues a copy of `data` at `priority` (`EMF_PRIORITY_*`); `*out_result` says what happened
@@ -163,7 +159,8 @@ pub unsafe extern "C" fn emf_task_queue_enqueue(
         // SAFETY: caller contract.
         let task = unsafe { bytes(data, len, "data") }?;
         let p = priority(priority_code)?;
-        let q = task_queue(q)?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let q = unsafe { borrow(q) }?;
         let (code, evicted) = match q.enqueue(task.into(), p) {
             Enqueue::Ok => (EMF_ENQUEUE_OK, None),
             Enqueue::Backpressure => (EMF_ENQUEUE_BACKPRESSURE, None),
@@ -201,7 +198,8 @@ pub unsafe extern "C" fn emf_task_queue_dequeue(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let q = task_queue(q)?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let q = unsafe { borrow(q) }?;
         let Some((t, p)) = q.dequeue() else {
             return Err(FfiError::new(EMF_ERR_EMPTY, "the task queue is empty"));
         };
@@ -226,7 +224,8 @@ pub unsafe extern "C" fn emf_task_queue_stats(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let s = task_queue(q)?.stats();
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let s = unsafe { borrow(q) }?.stats();
         let c = emf_task_queue_stats_t {
             depth: s.depth as u64,
             primary_depth: s.primary_depth as u64,
@@ -252,8 +251,11 @@ pub struct emf_cache_t {
     sweeper: Mutex<Option<Sweeper>>,
 }
 
-impl HandleKind for emf_cache_t {
+impl Handle for emf_cache_t {
     const KIND: u32 = 10;
+    const NAME: &'static str = "cache";
+    type Target = Self;
+    type Access = Shared;
 }
 
 /// Counters of a cache (`emf_cache_stats`).
@@ -272,11 +274,6 @@ pub struct emf_cache_stats_t {
     pub evictions: u64,
     /// Entries removed because their TTL passed.
     pub expirations: u64,
-}
-
-fn cache<'a>(c: *const emf_cache_t) -> FfiResult<&'a emf_cache_t> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    unsafe { borrow_handle(c, "cache") }
 }
 
 /// Creates a cache of `capacity` entries (0: 10000; at most 2^31) whose entries live `ttl_ms`
@@ -315,7 +312,7 @@ pub unsafe extern "C" fn emf_cache_new(
             },
             shards: shards as usize,
         };
-        let h = new_handle(emf_cache_t {
+        let h = new_handle::<emf_cache_t>(emf_cache_t {
             cache: Arc::new(LruCache::new(opts)),
             sweeper: Mutex::new(None),
         })?;
@@ -332,7 +329,7 @@ pub unsafe extern "C" fn emf_cache_new(
 #[no_mangle]
 pub unsafe extern "C" fn emf_cache_free(c: *mut emf_cache_t) -> emf_status_t {
     // SAFETY: caller contract; the slab refuses a double free.
-    guard(|| unsafe { free_handle(c, "cache") })
+    guard(|| unsafe { free(c) })
 }
 
 /// Stores a copy of `value` under a copy of `key` (replacing any value, restarting its TTL).
@@ -353,7 +350,8 @@ pub unsafe extern "C" fn emf_cache_put(
         let k = unsafe { bytes(key, key_len, "key") }?;
         // SAFETY: caller contract.
         let v = unsafe { bytes(value, value_len, "value") }?;
-        cache(c)?.cache.put(k.into(), v.into());
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        unsafe { borrow(c) }?.cache.put(k.into(), v.into());
         Ok(())
     })
 }
@@ -375,7 +373,8 @@ pub unsafe extern "C" fn emf_cache_get(
         require_out(out, "out")?;
         // SAFETY: caller contract.
         let k = unsafe { bytes(key, key_len, "key") }?;
-        let v = cache(c)?
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let v = unsafe { borrow(c) }?
             .cache
             .get(k)
             .ok_or_else(|| FfiError::new(EMF_ERR_NOT_FOUND, "no live entry for this key"))?;
@@ -408,7 +407,8 @@ pub unsafe extern "C" fn emf_cache_get_into(
         }
         // SAFETY: caller contract.
         let k = unsafe { bytes(key, key_len, "key") }?;
-        let n = cache(c)?
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let n = unsafe { borrow(c) }?
             .cache
             .get_with(k, |v| {
                 if v.len() <= cap && !v.is_empty() {
@@ -445,7 +445,8 @@ pub unsafe extern "C" fn emf_cache_remove(
     guard(|| {
         // SAFETY: caller contract.
         let k = unsafe { bytes(key, key_len, "key") }?;
-        cache(c)?
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        unsafe { borrow(c) }?
             .cache
             .remove(k)
             .map(|_| ())
@@ -464,7 +465,8 @@ pub unsafe extern "C" fn emf_cache_sweep(
     out_removed: *mut usize,
 ) -> emf_status_t {
     guard(|| {
-        let n = cache(c)?.cache.sweep();
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let n = unsafe { borrow(c) }?.cache.sweep();
         if !out_removed.is_null() {
             // SAFETY: non-NULL, writable by contract.
             unsafe { out_removed.write(n) };
@@ -485,7 +487,8 @@ pub unsafe extern "C" fn emf_cache_set_sweeper(
     every_ms: u32,
 ) -> emf_status_t {
     guard(|| {
-        let h = cache(c)?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let h = unsafe { borrow(c) }?;
         let mut s = h.sweeper.lock().unwrap_or_else(|p| p.into_inner());
         // Stop the old one first (joins its thread).
         *s = None;
@@ -511,7 +514,8 @@ pub unsafe extern "C" fn emf_cache_stats(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let s = cache(c)?.cache.stats();
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let s = unsafe { borrow(c) }?.cache.stats();
         let st = emf_cache_stats_t {
             len: s.len as u64,
             capacity: s.capacity as u64,

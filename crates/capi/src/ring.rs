@@ -4,19 +4,17 @@
 //! consumer is used by one thread at a time; a second thread calling in while the first is
 //! inside gets `EMF_ERR_BUSY` (the handles guard themselves, they never race).
 
-use std::cell::UnsafeCell;
 use std::ffi::{c_char, c_int, c_void};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
+use super::handle::{borrow, free, new_handle, Exclusive, Handle, Shared};
 use super::{
-    bytes, c_str, emf_status_t, guard, require_out, write_out, FfiError, FfiResult,
-    EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_BUSY, EMF_ERR_EMPTY, EMF_ERR_INVALID_ARGUMENT,
+    bytes, c_str, emf_status_t, guard, require_out, slices, write_out, FfiError, FfiResult,
+    EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_EMPTY, EMF_ERR_INVALID_ARGUMENT,
 };
 use engine::ring::{AckMode, Consumer, Producer, RawClaim, Ring, RingOptions, WaitStrategy};
 use engine::shm::SegmentOptions;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Wait strategy: busy-poll.
 pub const EMF_WAIT_SPIN: u32 = 0;
@@ -107,88 +105,71 @@ pub type emf_frame_fn =
 
 /// A mapped ring. Opaque; thread-safe.
 pub struct emf_ring_t {
-    ring: Ring,
+    _private: (),
 }
 
-impl HandleKind for emf_ring_t {
+impl Handle for emf_ring_t {
     const KIND: u32 = 2;
+    const NAME: &'static str = "ring";
+    type Target = Ring;
+    type Access = Shared;
 }
 
-/// Exclusive use by one thread at a time, enforced with a busy flag instead of a lock.
-pub(crate) struct Exclusive<T> {
-    busy: AtomicBool,
-    value: UnsafeCell<T>,
+/// What an `emf_producer_t` holds: the producer and the claim C is writing into, if any.
+pub(crate) struct ProducerState {
+    producer: Producer,
+    open: Option<RawClaim>,
 }
 
-// SAFETY: `value` is only reached through `Exclusive::with`, which holds the busy flag, so at
-// most one thread touches it at a time; T itself is Send.
-unsafe impl<T: Send> Sync for Exclusive<T> {}
-
-impl<T> Exclusive<T> {
-    pub(crate) fn new(value: T) -> Self {
-        Exclusive {
-            busy: AtomicBool::new(false),
-            value: UnsafeCell::new(value),
-        }
-    }
-
-    /// Takes the busy flag for good, before the handle is freed: `EMF_ERR_BUSY` when another
-    /// thread (or a callback of this handle) is inside.
-    pub(crate) fn claim_for_free(&self, name: &str) -> FfiResult {
-        if self.busy.swap(true, Ordering::Acquire) {
+impl ProducerState {
+    /// Refuses while a claim is open: a send would overlap it.
+    fn no_open_claim(&self) -> FfiResult {
+        if self.open.is_some() {
             return Err(FfiError::new(
-                EMF_ERR_BUSY,
-                format!("`{name}` is in use by another thread (or by its own callback)"),
+                EMF_ERR_INVALID_ARGUMENT,
+                "the producer has an open claim: commit or abort it first",
             ));
         }
         Ok(())
     }
 
-    pub(crate) fn with<R>(
-        &self,
-        name: &str,
-        f: impl FnOnce(&mut T) -> FfiResult<R>,
-    ) -> FfiResult<R> {
-        if self.busy.swap(true, Ordering::Acquire) {
-            return Err(FfiError::new(
-                EMF_ERR_BUSY,
-                format!("`{name}` is in use by another thread"),
-            ));
-        }
-        struct Release<'a>(&'a AtomicBool);
-        impl Drop for Release<'_> {
-            fn drop(&mut self) {
-                self.0.store(false, Ordering::Release);
-            }
-        }
-        let _release = Release(&self.busy);
-        // SAFETY: the busy flag was false and we set it, so no other thread is inside; it is
-        // cleared only when `_release` drops, after `f` returns (or unwinds).
-        f(unsafe { &mut *self.value.get() })
+    /// The open claim, or an error when there is none.
+    fn open_claim(&self) -> FfiResult<&RawClaim> {
+        self.open.as_ref().ok_or_else(no_open_claim)
+    }
+
+    /// Takes the open claim out, or an error when there is none.
+    fn take_claim(&mut self) -> FfiResult<RawClaim> {
+        self.open.take().ok_or_else(no_open_claim)
     }
 }
 
-struct ProducerState {
-    producer: Producer,
-    open: Option<RawClaim>,
+fn no_open_claim() -> FfiError {
+    FfiError::new(EMF_ERR_INVALID_ARGUMENT, "the producer has no open claim")
 }
 
 /// A producer attached to a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 pub struct emf_producer_t {
-    inner: Exclusive<ProducerState>,
+    _private: (),
 }
 
-impl HandleKind for emf_producer_t {
+impl Handle for emf_producer_t {
     const KIND: u32 = 3;
+    const NAME: &'static str = "producer";
+    type Target = ProducerState;
+    type Access = Exclusive;
 }
 
 /// A consumer or subscriber of a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 pub struct emf_consumer_t {
-    inner: Exclusive<Consumer>,
+    _private: (),
 }
 
-impl HandleKind for emf_consumer_t {
+impl Handle for emf_consumer_t {
     const KIND: u32 = 4;
+    const NAME: &'static str = "consumer";
+    type Target = Consumer;
+    type Access = Exclusive;
 }
 
 fn seg_opts(dir: *const c_char, mode: u32) -> FfiResult<SegmentOptions> {
@@ -278,8 +259,7 @@ pub unsafe extern "C" fn emf_ring_create(
             }
             o.checksum = c.flags & EMF_RING_CHECKSUM != 0;
         }
-        let ring = Ring::create(name, &o)?;
-        let h = new_handle(emf_ring_t { ring })?;
+        let h = new_handle::<emf_ring_t>(Ring::create(name, &o)?)?;
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -299,8 +279,7 @@ pub unsafe extern "C" fn emf_ring_open(
     guard(|| {
         require_out(out, "out")?;
         let name = c_str(name, "name")?;
-        let ring = Ring::open(name, &seg_opts(dir, 0)?)?;
-        let h = new_handle(emf_ring_t { ring })?;
+        let h = new_handle::<emf_ring_t>(Ring::open(name, &seg_opts(dir, 0)?)?)?;
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, h, "out") }
     })
@@ -314,7 +293,7 @@ pub unsafe extern "C" fn emf_ring_open(
 #[no_mangle]
 pub unsafe extern "C" fn emf_ring_free(ring: *mut emf_ring_t) -> emf_status_t {
     // SAFETY: caller contract; liveness checked by the slab.
-    guard(|| unsafe { free_handle(ring, "ring") })
+    guard(|| unsafe { free(ring) })
 }
 
 /// Removes the ring's file; processes that mapped it keep working.
@@ -325,9 +304,9 @@ pub unsafe extern "C" fn emf_ring_free(ring: *mut emf_ring_t) -> emf_status_t {
 #[no_mangle]
 pub unsafe extern "C" fn emf_ring_unlink(ring: *const emf_ring_t) -> emf_status_t {
     guard(|| {
-        // SAFETY: liveness checked; caller contract excludes a concurrent free.
-        let r = unsafe { borrow_handle(ring, "ring") }?;
-        Ok(r.ring.unlink()?)
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let r = unsafe { borrow(ring) }?;
+        Ok(r.unlink()?)
     })
 }
 
@@ -340,7 +319,9 @@ pub unsafe extern "C" fn emf_ring_unlink(ring: *const emf_ring_t) -> emf_status_
 #[no_mangle]
 pub unsafe extern "C" fn emf_ring_close(ring: *const emf_ring_t) -> emf_status_t {
     guard(|| {
-        ring_of(ring)?.close();
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let r = unsafe { borrow(ring) }?;
+        r.close();
         Ok(())
     })
 }
@@ -356,10 +337,10 @@ pub unsafe extern "C" fn emf_ring_max_payload(
     out: *mut usize,
 ) -> emf_status_t {
     guard(|| {
-        // SAFETY: liveness checked; caller contract excludes a concurrent free.
-        let r = unsafe { borrow_handle(ring, "ring") }?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let r = unsafe { borrow(ring) }?;
         // SAFETY: writable by contract.
-        unsafe { write_out(out, r.ring.max_payload(), "out") }
+        unsafe { write_out(out, r.max_payload(), "out") }
     })
 }
 
@@ -374,9 +355,8 @@ pub unsafe extern "C" fn emf_ring_stats(
     out: *mut emf_ring_stats_t,
 ) -> emf_status_t {
     guard(|| {
-        // SAFETY: liveness checked; caller contract excludes a concurrent free.
-        let r = unsafe { borrow_handle(ring, "ring") }?;
-        let s = r.ring.stats();
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let s = unsafe { borrow(ring) }?.stats();
         let st = emf_ring_stats_t {
             capacity: s.capacity,
             tail: s.tail,
@@ -432,17 +412,15 @@ fn new_producer(
     out: *mut *mut emf_producer_t,
 ) -> FfiResult {
     require_out(out, "out")?;
-    // SAFETY: liveness checked; caller contract excludes a concurrent free.
-    let r = unsafe { borrow_handle(ring, "ring") }?;
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let r = unsafe { borrow(ring) }?;
     let producer = match slot {
-        Some(i) => r.ring.producer_in_slot(i)?,
-        None => r.ring.producer()?,
+        Some(i) => r.producer_in_slot(i)?,
+        None => r.producer()?,
     };
-    let h = new_handle(emf_producer_t {
-        inner: Exclusive::new(ProducerState {
-            producer,
-            open: None,
-        }),
+    let h = new_handle::<emf_producer_t>(ProducerState {
+        producer,
+        open: None,
     })?;
     // SAFETY: writable by contract.
     unsafe { write_out(out, h, "out") }
@@ -463,9 +441,9 @@ pub unsafe extern "C" fn emf_producer_committed(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let (n, slot) = with_producer_any(p, |s| {
-            Ok((s.producer.committed(), s.producer.slot_index() as u32))
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let s = unsafe { borrow(p) }?;
+        let (n, slot) = (s.producer.committed(), s.producer.slot_index() as u32);
         if !out_slot.is_null() {
             // SAFETY: non-NULL, writable by contract.
             unsafe { write_out(out_slot, slot, "out_slot") }?;
@@ -484,45 +462,16 @@ pub unsafe extern "C" fn emf_producer_committed(
 pub unsafe extern "C" fn emf_producer_free(p: *mut emf_producer_t) -> emf_status_t {
     guard(|| {
         if !p.is_null() {
-            // SAFETY: liveness checked; caller contract excludes concurrent use.
-            let h = unsafe { borrow_handle(p, "producer") }?;
-            h.inner.with("producer", |s| {
-                if let Some(c) = s.open.take() {
-                    s.producer.abort_raw(c);
-                }
-                Ok(())
-            })?;
-            h.inner.claim_for_free("producer")?;
+            // SAFETY: liveness checked by the slab; the caller's contract excludes concurrent
+            // use. The borrow ends (its busy flag released) before the free below.
+            let mut s = unsafe { borrow(p) }?;
+            if let Some(c) = s.open.take() {
+                s.producer.abort_raw(c);
+            }
         }
-        // SAFETY: caller contract; the slab refuses a double free.
-        unsafe { free_handle(p, "producer") }
-    })
-}
-
-/// Like `with_producer`, also while a claim is open.
-fn with_producer_any<R>(
-    p: *const emf_producer_t,
-    f: impl FnOnce(&mut ProducerState) -> FfiResult<R>,
-) -> FfiResult<R> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow_handle(p, "producer") }?;
-    h.inner.with("producer", f)
-}
-
-fn with_producer<R>(
-    p: *const emf_producer_t,
-    f: impl FnOnce(&mut ProducerState) -> FfiResult<R>,
-) -> FfiResult<R> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow_handle(p, "producer") }?;
-    h.inner.with("producer", |s| {
-        if s.open.is_some() {
-            return Err(FfiError::new(
-                EMF_ERR_INVALID_ARGUMENT,
-                "the producer has an open claim: commit or abort it first",
-            ));
-        }
-        f(s)
+        // SAFETY: caller contract; the slab refuses a double free, the busy flag a free while
+        // the producer is in use.
+        unsafe { free(p) }
     })
 }
 
@@ -541,7 +490,10 @@ pub unsafe extern "C" fn emf_producer_send(
     guard(|| {
         // SAFETY: caller contract.
         let b = unsafe { bytes(data, len, "data") }?;
-        with_producer(p, |s| Ok(s.producer.send(b)?))
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut s = unsafe { borrow(p) }?;
+        s.no_open_claim()?;
+        Ok(s.producer.send(b)?)
     })
 }
 
@@ -563,10 +515,11 @@ pub unsafe extern "C" fn emf_producer_send_timeout(
         // SAFETY: caller contract.
         let b = unsafe { bytes(data, len, "data") }?;
         let st = strategy(strategy_code)?;
-        with_producer(p, |s| {
-            Ok(s.producer
-                .send_timeout(b, st, Duration::from_millis(timeout_ms as u64))?)
-        })
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut s = unsafe { borrow(p) }?;
+        s.no_open_claim()?;
+        Ok(s.producer
+            .send_timeout(b, st, Duration::from_millis(timeout_ms as u64))?)
     })
 }
 
@@ -588,8 +541,11 @@ pub unsafe extern "C" fn emf_producer_send_batch(
     guard(|| {
         require_out(out_sent, "out_sent")?;
         // SAFETY: caller contract.
-        let slices = unsafe { read_slices(frames, n) }?;
-        let sent = with_producer(p, |s| Ok(s.producer.send_batch(&slices)?))?;
+        let slices = unsafe { slices(frames, n) }?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut s = unsafe { borrow(p) }?;
+        s.no_open_claim()?;
+        let sent = s.producer.send_batch(&slices)?;
         if sent == 0 && n > 0 {
             return Err(FfiError::new(
                 super::EMF_ERR_FULL,
@@ -616,26 +572,14 @@ pub unsafe extern "C" fn emf_producer_claim(
 ) -> emf_status_t {
     guard(|| {
         require_out(out_data, "out_data")?;
-        let ptr = with_producer(p, |s| {
-            let c = s.producer.claim_raw(len)?;
-            let ptr = s.producer.raw_payload(&c);
-            s.open = Some(c);
-            Ok(ptr)
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut s = unsafe { borrow(p) }?;
+        s.no_open_claim()?;
+        let c = s.producer.claim_raw(len)?;
+        let ptr = s.producer.raw_payload(&c);
+        s.open = Some(c);
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out_data, ptr, "out_data") }
-    })
-}
-
-fn take_claim(p: *const emf_producer_t, f: impl FnOnce(&mut Producer, RawClaim)) -> FfiResult {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow_handle(p, "producer") }?;
-    h.inner.with("producer", |s| {
-        let c = s.open.take().ok_or_else(|| {
-            FfiError::new(EMF_ERR_INVALID_ARGUMENT, "the producer has no open claim")
-        })?;
-        f(&mut s.producer, c);
-        Ok(())
     })
 }
 
@@ -648,24 +592,17 @@ fn take_claim(p: *const emf_producer_t, f: impl FnOnce(&mut Producer, RawClaim))
 pub unsafe extern "C" fn emf_producer_commit(p: *mut emf_producer_t, len: usize) -> emf_status_t {
     guard(|| {
         // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-        let h = unsafe { borrow_handle(p, "producer") }?;
-        h.inner.with("producer", |s| {
-            let claimed = s.open.as_ref().map(RawClaim::len).ok_or_else(|| {
-                FfiError::new(EMF_ERR_INVALID_ARGUMENT, "the producer has no open claim")
-            })?;
-            if len > claimed {
-                return Err(FfiError::new(
-                    EMF_ERR_INVALID_ARGUMENT,
-                    format!(
-                        "commit of {len} bytes exceeds the claim of {claimed} (claim still open)"
-                    ),
-                ));
-            }
-            if let Some(c) = s.open.take() {
-                s.producer.commit_raw(c, len);
-            }
-            Ok(())
-        })
+        let mut s = unsafe { borrow(p) }?;
+        let claimed = s.open_claim()?.len();
+        if len > claimed {
+            return Err(FfiError::new(
+                EMF_ERR_INVALID_ARGUMENT,
+                format!("commit of {len} bytes exceeds the claim of {claimed} (claim still open)"),
+            ));
+        }
+        let c = s.take_claim()?;
+        s.producer.commit_raw(c, len);
+        Ok(())
     })
 }
 
@@ -676,50 +613,13 @@ pub unsafe extern "C" fn emf_producer_commit(p: *mut emf_producer_t, len: usize)
 /// `p` a live handle.
 #[no_mangle]
 pub unsafe extern "C" fn emf_producer_abort(p: *mut emf_producer_t) -> emf_status_t {
-    guard(|| take_claim(p, |prod, c| prod.abort_raw(c)))
-}
-
-/// Wraps a Rust consumer in a C handle.
-pub(crate) fn consumer_handle(c: Consumer) -> FfiResult<*mut emf_consumer_t> {
-    new_handle(emf_consumer_t {
-        inner: Exclusive::new(c),
+    guard(|| {
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut s = unsafe { borrow(p) }?;
+        let c = s.take_claim()?;
+        s.producer.abort_raw(c);
+        Ok(())
     })
-}
-
-/// The ring behind a live ring handle.
-pub(crate) fn ring_of<'a>(ring: *const emf_ring_t) -> FfiResult<&'a Ring> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    Ok(&unsafe { borrow_handle(ring, "ring") }?.ring)
-}
-
-/// Reads `n` caller slices.
-///
-/// # Safety
-///
-/// `frames` readable for `n` elements, each readable for its length, unchanged during use.
-pub(crate) unsafe fn read_slices<'a>(
-    frames: *const emf_slice_t,
-    n: usize,
-) -> FfiResult<Vec<&'a [u8]>> {
-    if n > 0 && frames.is_null() {
-        return Err(FfiError::null("frames"));
-    }
-    if n > 1 << 24 {
-        return Err(FfiError::new(
-            super::EMF_ERR_TOO_LARGE,
-            format!("batch of {n} frames is larger than 16M"),
-        ));
-    }
-    let mut slices = Vec::with_capacity(n);
-    for i in 0..n {
-        // In bounds: `frames` is readable for n elements (contract) and i < n.
-        let fp = frames.wrapping_add(i);
-        // SAFETY: readable (above); plain data, read without alignment assumptions.
-        let f = unsafe { fp.read_unaligned() };
-        // SAFETY: caller contract for each slice.
-        slices.push(unsafe { bytes(f.data, f.len, "frames[i].data") }?);
-    }
-    Ok(slices)
 }
 
 fn new_consumer(
@@ -728,14 +628,14 @@ fn new_consumer(
     subscribe: bool,
 ) -> FfiResult {
     require_out(out, "out")?;
-    // SAFETY: liveness checked; caller contract excludes a concurrent free.
-    let r = unsafe { borrow_handle(ring, "ring") }?;
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let r = unsafe { borrow(ring) }?;
     let c = if subscribe {
-        r.ring.subscribe()?
+        r.subscribe()?
     } else {
-        r.ring.consumer()?
+        r.consumer()?
     };
-    let h = consumer_handle(c)?;
+    let h = new_handle::<emf_consumer_t>(c)?;
     // SAFETY: writable by contract.
     unsafe { write_out(out, h, "out") }
 }
@@ -774,24 +674,9 @@ pub unsafe extern "C" fn emf_consumer_subscribe(
 /// No other thread may be using `c`.
 #[no_mangle]
 pub unsafe extern "C" fn emf_consumer_free(c: *mut emf_consumer_t) -> emf_status_t {
-    guard(|| {
-        if !c.is_null() {
-            // SAFETY: liveness checked; caller contract excludes a concurrent free.
-            let h = unsafe { borrow_handle(c, "consumer") }?;
-            h.inner.claim_for_free("consumer")?;
-        }
-        // SAFETY: caller contract; the slab refuses a double free.
-        unsafe { free_handle(c, "consumer") }
-    })
-}
-
-fn with_consumer<R>(
-    c: *const emf_consumer_t,
-    f: impl FnOnce(&mut Consumer) -> FfiResult<R>,
-) -> FfiResult<R> {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow_handle(c, "consumer") }?;
-    h.inner.with("consumer", f)
+    // SAFETY: caller contract; the slab refuses a double free, the busy flag a free while the
+    // consumer is in use (by its own poll callback, say).
+    guard(|| unsafe { free(c) })
 }
 
 /// Calls `callback(ctx, data, len)` for up to `limit` ready frames, in order, then releases
@@ -813,11 +698,13 @@ pub unsafe extern "C" fn emf_consumer_poll(
     guard(|| {
         require_out(out_count, "out_count")?;
         let cb = callback.ok_or_else(|| FfiError::null("callback"))?;
-        let n = with_consumer(c, |cons| {
-            Ok(cons.poll_until(limit, |f| {
-                // SAFETY: the caller provides a valid function; `f` is valid for the call.
-                unsafe { cb(ctx, f.as_ptr(), f.len()) == 0 }
-            })?)
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut cons = unsafe { borrow(c) }?;
+        // The callback runs while this borrow holds the busy flag: a call of its own on `c`
+        // answers EMF_ERR_BUSY.
+        let n = cons.poll_until(limit, |f| {
+            // SAFETY: the caller provides a valid function; `f` is valid for the call.
+            unsafe { cb(ctx, f.as_ptr(), f.len()) == 0 }
         })?;
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out_count, n, "out_count") }
@@ -844,25 +731,25 @@ pub unsafe extern "C" fn emf_consumer_recv(
         if buf.is_null() && cap > 0 {
             return Err(FfiError::null("buf"));
         }
-        let got = with_consumer(c, |cons| {
-            let Some(len) = cons.next_len()? else {
-                return Err(FfiError::new(EMF_ERR_EMPTY, "no frame is ready"));
-            };
-            if len > cap {
-                needed = Some(len);
-                return Err(FfiError::new(
-                    EMF_ERR_BUFFER_TOO_SMALL,
-                    format!("the frame is {len} bytes, the buffer {cap}"),
-                ));
-            }
-            let out: &mut [u8] = if cap == 0 {
-                &mut []
-            } else {
-                // SAFETY: non-NULL, writable for `cap` bytes by contract.
-                unsafe { std::slice::from_raw_parts_mut(buf, cap) }
-            };
-            Ok(cons.recv_into(out)?.unwrap_or(0))
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut cons = unsafe { borrow(c) }?;
+        let Some(len) = cons.next_len()? else {
+            return Err(FfiError::new(EMF_ERR_EMPTY, "no frame is ready"));
+        };
+        if len > cap {
+            needed = Some(len);
+            return Err(FfiError::new(
+                EMF_ERR_BUFFER_TOO_SMALL,
+                format!("the frame is {len} bytes, the buffer {cap}"),
+            ));
+        }
+        let out: &mut [u8] = if cap == 0 {
+            &mut []
+        } else {
+            // SAFETY: non-NULL, writable for `cap` bytes by contract.
+            unsafe { std::slice::from_raw_parts_mut(buf, cap) }
+        };
+        let got = cons.recv_into(out)?.unwrap_or(0);
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out_len, got, "out_len") }
     });
@@ -899,38 +786,29 @@ pub unsafe extern "C" fn emf_consumer_recv_batch(
         if buf.is_null() && cap > 0 {
             return Err(FfiError::null("buf"));
         }
-        let mut needed = None;
-        let result = with_consumer(c, |cons| {
-            if let Some(len) = cons.next_len()? {
-                if len + 4 > cap {
-                    needed = Some(len + 4);
-                    return Err(FfiError::new(
-                        EMF_ERR_BUFFER_TOO_SMALL,
-                        format!(
-                            "the next frame needs {} bytes, the buffer has {cap}",
-                            len + 4
-                        ),
-                    ));
-                }
-            }
-            let out: &mut [u8] = if cap == 0 {
-                &mut []
-            } else {
-                // SAFETY: non-NULL, writable for `cap` bytes by contract.
-                unsafe { std::slice::from_raw_parts_mut(buf, cap) }
-            };
-            Ok(cons.recv_batch_into(out, max_frames)?)
-        });
-        let (frames, used) = match (result, needed) {
-            (Ok(v), _) => v,
-            (Err(e), Some(n)) => {
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut cons = unsafe { borrow(c) }?;
+        if let Some(len) = cons.next_len()? {
+            if len + 4 > cap {
                 // The documented required-length answer of EMF_ERR_BUFFER_TOO_SMALL.
                 // SAFETY: checked non-NULL above; writable by contract.
-                unsafe { out_bytes.write(n) };
-                return Err(e);
+                unsafe { out_bytes.write(len + 4) };
+                return Err(FfiError::new(
+                    EMF_ERR_BUFFER_TOO_SMALL,
+                    format!(
+                        "the next frame needs {} bytes, the buffer has {cap}",
+                        len + 4
+                    ),
+                ));
             }
-            (Err(e), None) => return Err(e),
+        }
+        let out: &mut [u8] = if cap == 0 {
+            &mut []
+        } else {
+            // SAFETY: non-NULL, writable for `cap` bytes by contract.
+            unsafe { std::slice::from_raw_parts_mut(buf, cap) }
         };
+        let (frames, used) = cons.recv_batch_into(out, max_frames)?;
         // SAFETY: both checked non-NULL; writable by contract.
         unsafe { write_out(out_frames, frames, "out_frames") }?;
         // SAFETY: as above.
@@ -953,9 +831,9 @@ pub unsafe extern "C" fn emf_consumer_wait(
     guard(|| {
         require_out(out_ready, "out_ready")?;
         let st = strategy(strategy_code)?;
-        let ready = with_consumer(c, |cons| {
-            Ok(cons.wait(st, Duration::from_millis(timeout_ms as u64))?)
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut cons = unsafe { borrow(c) }?;
+        let ready = cons.wait(st, Duration::from_millis(timeout_ms as u64))?;
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out_ready, ready, "out_ready") }
     })
@@ -985,10 +863,10 @@ pub unsafe extern "C" fn emf_consumer_set_ack_mode(
                 ))
             }
         };
-        with_consumer(c, |cons| {
-            cons.set_ack_mode(mode);
-            Ok(())
-        })
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut cons = unsafe { borrow(c) }?;
+        cons.set_ack_mode(mode);
+        Ok(())
     })
 }
 
@@ -1001,10 +879,10 @@ pub unsafe extern "C" fn emf_consumer_set_ack_mode(
 #[no_mangle]
 pub unsafe extern "C" fn emf_consumer_ack(c: *mut emf_consumer_t) -> emf_status_t {
     guard(|| {
-        with_consumer(c, |cons| {
-            cons.ack();
-            Ok(())
-        })
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut cons = unsafe { borrow(c) }?;
+        cons.ack();
+        Ok(())
     })
 }
 
@@ -1020,11 +898,10 @@ pub unsafe extern "C" fn emf_consumer_rewind(
     out_unacked: *mut u64,
 ) -> emf_status_t {
     guard(|| {
-        let n = with_consumer(c, |cons| {
-            let n = cons.unacked();
-            cons.rewind();
-            Ok(n)
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut cons = unsafe { borrow(c) }?;
+        let n = cons.unacked();
+        cons.rewind();
         if out_unacked.is_null() {
             return Ok(());
         }
@@ -1045,7 +922,8 @@ pub unsafe extern "C" fn emf_consumer_unacked(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let n = with_consumer(c, |cons| Ok(cons.unacked()))?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let n = unsafe { borrow(c) }?.unacked();
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, n, "out") }
     })
@@ -1059,7 +937,8 @@ pub unsafe extern "C" fn emf_consumer_unacked(
 #[no_mangle]
 pub unsafe extern "C" fn emf_consumer_lag(c: *mut emf_consumer_t, out: *mut u64) -> emf_status_t {
     guard(|| {
-        let lag = with_consumer(c, |cons| Ok(cons.lag()))?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let lag = unsafe { borrow(c) }?.lag();
         // SAFETY: writable by contract (NULL checked inside).
         unsafe { write_out(out, lag, "out") }
     })
@@ -1071,7 +950,7 @@ pub unsafe extern "C" fn emf_consumer_lag(c: *mut emf_consumer_t, out: *mut u64)
 #[allow(clippy::multiple_unsafe_ops_per_block)]
 mod tests {
     use super::*;
-    use crate::{EMF_ERR_FULL, EMF_ERR_NULL_ARGUMENT, EMF_OK};
+    use crate::{EMF_ERR_BUSY, EMF_ERR_FULL, EMF_ERR_NULL_ARGUMENT, EMF_OK};
     use std::ffi::CString;
 
     unsafe extern "C" fn collect(ctx: *mut c_void, data: *const u8, len: usize) -> c_int {
@@ -1207,6 +1086,96 @@ mod tests {
             assert_eq!(emf_ring_free(ring), EMF_ERR_INVALID_ARGUMENT);
             // A freed ring handle used again is refused, not dereferenced.
             assert_eq!(emf_producer_new(ring, &mut p2), EMF_ERR_INVALID_ARGUMENT);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What `reenter` saw: its own consumer, and the statuses and messages of its calls.
+    struct Reentry {
+        consumer: *mut emf_consumer_t,
+        seen: Vec<(emf_status_t, String)>,
+    }
+
+    fn last_error() -> String {
+        let mut buf = [0 as c_char; 256];
+        let mut n = 0usize;
+        // SAFETY: 256 writable bytes and a writable length.
+        let st = unsafe { crate::emf_last_error_message(buf.as_mut_ptr(), buf.len(), &mut n) };
+        assert_eq!(st, EMF_OK);
+        // SAFETY: NUL-terminated by the call.
+        let s = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) };
+        s.to_string_lossy().into_owned()
+    }
+
+    unsafe extern "C" fn reenter(ctx: *mut c_void, _data: *const u8, _len: usize) -> c_int {
+        // SAFETY: ctx is the &mut Reentry passed by the test.
+        let r = unsafe { &mut *ctx.cast::<Reentry>() };
+        let mut lag = 0;
+        // SAFETY: a live handle, in use by the poll that called us.
+        let st = unsafe { emf_consumer_lag(r.consumer, &mut lag) };
+        r.seen.push((st, last_error()));
+        // SAFETY: as above; the free must be refused, not done.
+        let st = unsafe { emf_consumer_free(r.consumer) };
+        r.seen.push((st, last_error()));
+        1
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
+    fn a_callback_reentering_its_consumer_is_busy_and_cannot_free_it() {
+        let dir = std::env::temp_dir().join(format!("emf-capi-busy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cdir = CString::new(dir.to_str().unwrap()).unwrap();
+        let name = CString::new("busy").unwrap();
+        let mut o = std::mem::MaybeUninit::uninit();
+        // SAFETY: writable out-parameter.
+        assert_eq!(unsafe { emf_ring_options_default(o.as_mut_ptr()) }, EMF_OK);
+        // SAFETY: initialised on success.
+        let mut o = unsafe { o.assume_init() };
+        o.capacity = 4096;
+        o.dir = cdir.as_ptr();
+        let (mut ring, mut p, mut c) = (
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        );
+        // SAFETY: valid arguments throughout; every handle is freed once at the end.
+        unsafe {
+            assert_eq!(emf_ring_create(name.as_ptr(), &o, &mut ring), EMF_OK);
+            assert_eq!(emf_producer_new(ring, &mut p), EMF_OK);
+            assert_eq!(emf_consumer_new(ring, &mut c), EMF_OK);
+            assert_eq!(emf_producer_send(p, b"a".as_ptr(), 1), EMF_OK);
+            assert_eq!(emf_producer_send(p, b"b".as_ptr(), 1), EMF_OK);
+        }
+        let mut r = Reentry {
+            consumer: c,
+            seen: Vec::new(),
+        };
+        let mut n = 0;
+        // SAFETY: a valid callback and context; `r` outlives the call.
+        let st = unsafe {
+            emf_consumer_poll(c, 8, Some(reenter), (&mut r as *mut Reentry).cast(), &mut n)
+        };
+        assert_eq!((st, n), (EMF_OK, 1));
+        let busy = "`consumer` is in use by another thread";
+        assert_eq!(r.seen[0], (EMF_ERR_BUSY, busy.to_owned()));
+        let busy_free = format!("{busy} (or by its own callback)");
+        assert_eq!(r.seen[1], (EMF_ERR_BUSY, busy_free));
+        // Released when the poll returned: the consumer is still live and usable.
+        let (mut buf, mut len) = ([0u8; 4], 0);
+        // SAFETY: valid buffer and handles; freed once each.
+        unsafe {
+            assert_eq!(emf_consumer_recv(c, buf.as_mut_ptr(), 4, &mut len), EMF_OK);
+            assert_eq!(&buf[..len], b"b");
+            // A producer's open claim is aborted by its free.
+            let mut slot = std::ptr::null_mut();
+            assert_eq!(emf_producer_claim(p, 3, &mut slot), EMF_OK);
+            assert_eq!(emf_producer_free(p), EMF_OK);
+            let st = emf_consumer_recv(c, buf.as_mut_ptr(), 4, &mut len);
+            assert_eq!(st, EMF_ERR_EMPTY);
+            assert_eq!(emf_consumer_free(c), EMF_OK);
+            assert_eq!(emf_ring_unlink(ring), EMF_OK);
+            assert_eq!(emf_ring_free(ring), EMF_OK);
         }
         let _ = std::fs::remove_dir_all(&dir);
     }

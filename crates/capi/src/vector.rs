@@ -9,7 +9,7 @@
 use std::ffi::c_char;
 use std::sync::RwLock;
 
-use super::handle::{borrow_handle, free_handle, new_handle, HandleKind};
+use super::handle::{borrow, free, new_handle, Handle, Shared};
 use super::{
     c_str, emf_status_t, guard, require_out, typed, typed_mut, write_out, FfiError, FfiResult,
     EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_ERR_UNSUPPORTED,
@@ -291,13 +291,16 @@ pub struct emf_hnsw_t {
     index: RwLock<Index>,
 }
 
-impl HandleKind for emf_hnsw_t {
+impl Handle for emf_hnsw_t {
     const KIND: u32 = 11;
+    const NAME: &'static str = "index";
+    type Target = Self;
+    type Access = Shared;
 }
 
 fn with_index<R>(h: *const emf_hnsw_t, f: impl FnOnce(&Index) -> FfiResult<R>) -> FfiResult<R> {
     // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow_handle(h, "index") }?;
+    let h = unsafe { borrow(h) }?;
     let g = h.index.read().unwrap_or_else(|e| e.into_inner());
     f(&g)
 }
@@ -308,7 +311,7 @@ fn with_index<R>(h: *const emf_hnsw_t, f: impl FnOnce(&Index) -> FfiResult<R>) -
 ///
 /// `out` writable (checked non-NULL by the caller).
 unsafe fn publish(index: Index, out: *mut *mut emf_hnsw_t) -> FfiResult {
-    let h = new_handle(emf_hnsw_t {
+    let h = new_handle::<emf_hnsw_t>(emf_hnsw_t {
         index: RwLock::new(index),
     })?;
     // SAFETY: writable by the caller's contract.
@@ -413,7 +416,7 @@ pub unsafe extern "C" fn emf_hnsw_load(
 #[no_mangle]
 pub unsafe extern "C" fn emf_hnsw_free(index: *mut emf_hnsw_t) -> emf_status_t {
     // SAFETY: caller contract; the slab refuses a double free.
-    guard(|| unsafe { free_handle(index, "index") })
+    guard(|| unsafe { free(index) })
 }
 
 /// Writes the index's parameters.
@@ -707,7 +710,7 @@ pub unsafe extern "C" fn emf_hnsw_remove(index: *const emf_hnsw_t, id: u64) -> e
 pub unsafe extern "C" fn emf_hnsw_compact(index: *const emf_hnsw_t) -> emf_status_t {
     guard(|| {
         // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
-        let h = unsafe { borrow_handle(index, "index") }?;
+        let h = unsafe { borrow(index) }?;
         let mut g = h.index.write().unwrap_or_else(|e| e.into_inner());
         match &mut *g {
             Index::Live(h) => Ok(h.compact()?),
