@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of erlmcp-flow on a fresh machine: Rust (unit, integration, doc, header
-# drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python, Erlang, and
-# the cross-language interop test (Python producer, Erlang consumer, C subscriber).
-# Installs what is missing: Erlang/OTP + rebar3 through apt-get (when root), pytest through pip.
+# drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python (the suite,
+# then `pip install` / `pip wheel` of the package in a fresh venv), Erlang, and the
+# cross-language interop test (Python producer, Erlang consumer, C subscriber).
+# Installs what is missing: Erlang/OTP + rebar3 through apt-get (when root), pytest through pip
+# (python-install: python3-venv through apt-get when needed, the build dependencies from PyPI).
 #
 #   scripts/test.sh            everything
 #   EMF_SKIP=erlang,python scripts/test.sh    skip stages by name
@@ -103,6 +105,7 @@ stage bench-smoke bench_smoke
 stage loom scripts/loom.sh
 stage c-cpp c-examples/run-tests.sh
 stage python ffi/python/run-tests.sh
+stage python-install ffi/python/test-install.sh
 stage erlang ffi/erlang/run-tests.sh
 stage interop tests/interop/run.sh
 

@@ -69,6 +69,14 @@ class NotFound(Error):
     name, a shared-state key or a released or replaced state reference, an envelope's id)."""
 
 
+class _InvalidValue(Error, ValueError):
+    """An argument refused in Python before the library is called: both a ``ValueError``
+    and an :class:`Error` with code ``EMF_ERR_INVALID_ARGUMENT``."""
+
+    def __init__(self, message: str):
+        super().__init__(EMF_ERR_INVALID_ARGUMENT, message)
+
+
 #: Status code -> the :class:`Error` subclass raised for it (others raise :class:`Error`).
 ERROR_CLASSES = {
     EMF_ERR_FULL: Full,

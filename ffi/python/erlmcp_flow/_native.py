@@ -8,7 +8,10 @@ Discovery order (the first that applies wins):
 
 1. ``ERLMCP_FLOW_LIB``: a path to the shared library. When set it is authoritative: a
    missing or unloadable file is an error, never a silent fall-back to another copy.
-2. ``liberlmcp_flow.so`` next to this package's ``__init__.py`` (a wheel that bundles it).
+2. The library bundled in this package, next to ``__init__.py``: the copy that ``pip install``
+   / ``pip wheel`` build with cargo and put there (named like an extension module of this
+   interpreter, ``liberlmcp_flow.cpython-311-x86_64-linux-gnu.so``, see
+   :data:`BUNDLED_FILES`), or a ``liberlmcp_flow.so`` copied there by hand.
 3. The build tree of the repository this package sits in: ``<repo>/target/release``, then
    ``<repo>/target/debug``, with ``<repo>`` three levels above the package directory
    (``<repo>/ffi/python/erlmcp_flow``).
@@ -21,6 +24,7 @@ library's ``emf_abi_version()`` differs from :data:`ABI_VERSION`).
 from __future__ import annotations
 
 import ctypes
+import importlib.machinery
 import os
 import sys
 from ctypes import (
@@ -54,6 +58,18 @@ elif sys.platform == "win32":
     LIBRARY_FILE = "erlmcp_flow.dll"
 else:
     LIBRARY_FILE = "liberlmcp_flow.so"
+
+#: The file names the bundled library may have in the package directory, in the order they are
+#: tried. The build (``ffi/python/setup.py``, setuptools-rust) copies the C library there under
+#: the name of an extension module ``erlmcp_flow.liberlmcp_flow`` of the interpreter that built
+#: it: ``liberlmcp_flow`` plus one of this interpreter's extension suffixes. It is a plain C
+#: library all the same, loaded with ctypes. :data:`LIBRARY_FILE` (a copy made by hand) last.
+BUNDLED_FILES = tuple(
+    dict.fromkeys(
+        [f"liberlmcp_flow{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+        + [LIBRARY_FILE]
+    )
+)
 
 
 class LibraryNotFoundError(ImportError):
@@ -537,12 +553,16 @@ PROTOTYPES = {
 def candidate_paths() -> list[tuple[str, Path]]:
     """The places searched when ``ERLMCP_FLOW_LIB`` is not set, in order, with a label."""
     package_dir = Path(__file__).resolve().parent
-    repo = package_dir.parents[2]
-    return [
-        ("package directory", package_dir / LIBRARY_FILE),
-        ("build tree (release)", repo / "target" / "release" / LIBRARY_FILE),
-        ("build tree (debug)", repo / "target" / "debug" / LIBRARY_FILE),
-    ]
+    places = [("package directory", package_dir / name) for name in BUNDLED_FILES]
+    # An installed package may sit less than three levels deep (`pip install --target /opt`):
+    # then there is no build tree to look at.
+    if len(package_dir.parents) > 2:
+        repo = package_dir.parents[2]
+        places += [
+            ("build tree (release)", repo / "target" / "release" / LIBRARY_FILE),
+            ("build tree (debug)", repo / "target" / "debug" / LIBRARY_FILE),
+        ]
+    return places
 
 
 def find_library() -> Path:
@@ -564,7 +584,8 @@ def find_library() -> Path:
     raise LibraryNotFoundError(
         f"erlmcp_flow: cannot find {LIBRARY_FILE}. Looked in:\n"
         f"  - ${ENV_VAR}: not set\n" + "\n".join(looked) + "\n"
-        f"Build it with `cargo build --release`, copy it next to the package, "
+        f"Install the package with `pip install ./ffi/python` from the repository (it builds "
+        f"and bundles the library), build it with `cargo build --release`, "
         f"or set {ENV_VAR} to its path."
     )
 

@@ -16,7 +16,14 @@ from ctypes import byref, c_bool, c_size_t
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from ._errors import EMF_ERR_INVALID_ARGUMENT, EMF_OK, Error, check, last_error_message
+from ._errors import (
+    EMF_ERR_INVALID_ARGUMENT,
+    EMF_OK,
+    Error,
+    _InvalidValue,
+    check,
+    last_error_message,
+)
 from ._native import emf_buf_t, emf_encode_options_t, emf_envelope_info_t, emf_message_p, lib
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -183,16 +190,26 @@ def version() -> str:
     return lib.emf_version_string().decode("ascii")
 
 
+# The package's one conversion of priorities (the engine has one priority for envelopes and
+# the task queue): erlmcp_flow.queue uses these two too.
 def _priority_code(priority: Union[str, int]) -> int:
+    """A priority name (``"critical"``, ``"high"``, ``"normal"``, ``"low"``; the library's
+    own, see :data:`PRIORITY_NAMES`) or an ``EMF_PRIORITY_*`` code -> the code. An unknown
+    name raises an :class:`Error` ``EMF_ERR_INVALID_ARGUMENT`` that is also a ``ValueError``;
+    an int code is checked by the library (only its u32 range here)."""
     if isinstance(priority, str):
         try:
             return _PRIORITY_CODES[priority]
         except KeyError:
-            raise _invalid(
+            raise _InvalidValue(
                 f"unknown priority {priority!r} (expected one of {', '.join(_PRIORITY_CODES)})"
             ) from None
-    # An int code is checked by the library (only its u32 range here).
     return _unsigned(priority, "priority", _U32_MAX)
+
+
+def _priority_name(code: int) -> Union[str, int]:
+    """The library's name of a priority code; a code it has no name for stays an int."""
+    return _name_or_code(PRIORITY_NAMES, lib.emf_priority_name, code)
 
 
 def encode(
@@ -424,7 +441,7 @@ class Message:
                 id_value = json.loads(self._id_json_locked(index), parse_int=_number_from_json)
         return Envelope(
             kind=_name_or_code(KIND_NAMES, lib.emf_kind_name, info.kind),
-            priority=_name_or_code(PRIORITY_NAMES, lib.emf_priority_name, info.priority),
+            priority=_priority_name(info.priority),
             created_at_us=info.created_at_us,
             deadline_us=info.deadline_us,
             id=id_value,

@@ -29,10 +29,9 @@ from typing import Dict, List, NamedTuple, Optional, Tuple, Union
 from ._errors import (
     EMF_ERR_BUFFER_TOO_SMALL,
     EMF_ERR_EMPTY,
-    EMF_ERR_INVALID_ARGUMENT,
     EMF_ERR_NOT_FOUND,
     EMF_OK,
-    Error,
+    _InvalidValue,
     check,
     error_for,
     last_error_message,
@@ -45,7 +44,17 @@ from ._native import (
     emf_task_queue_stats_t,
     lib,
 )
-from .codec import PRIORITY_NAMES, BytesLike, _input, _take
+# The priority conversion is codec's (one for envelopes and tasks); PRIORITY_NAMES and
+# _PRIORITY_CODES stay importable from this module too.
+from .codec import (  # noqa: F401
+    _PRIORITY_CODES,
+    PRIORITY_NAMES,
+    BytesLike,
+    _input,
+    _priority_code,
+    _priority_name,
+    _take,
+)
 from .ring import _SIZE_MAX, _U32_MAX, _free_in_owner, _unsigned
 
 _U64_MAX = 2**64 - 1
@@ -72,37 +81,8 @@ ENQUEUE_STATUS_NAMES = {
     EMF_ENQUEUE_EVICTED: "evicted",
 }
 
-_PRIORITY_CODES = {name: code for code, name in PRIORITY_NAMES.items()}
-
 #: Initial size of each thread's :meth:`Cache.get` buffer (grown when a value needs more).
 DEFAULT_GET_BUFFER_SIZE = 4096
-
-
-class _InvalidValue(Error, ValueError):
-    """An argument refused in Python before the library is called: both a ``ValueError``
-    and an :class:`~erlmcp_flow.Error` with code ``EMF_ERR_INVALID_ARGUMENT``."""
-
-    def __init__(self, message: str):
-        super().__init__(EMF_ERR_INVALID_ARGUMENT, message)
-
-
-def _priority_code(priority: Union[str, int]) -> int:
-    """A priority name (``"critical"``, ``"high"``, ``"normal"``, ``"low"``; the library's
-    own, see :data:`~erlmcp_flow.PRIORITY_NAMES`) or an ``EMF_PRIORITY_*`` code (checked by
-    the library)."""
-    if isinstance(priority, str):
-        try:
-            return _PRIORITY_CODES[priority]
-        except KeyError:
-            raise _InvalidValue(
-                f"unknown priority {priority!r} (expected one of {', '.join(_PRIORITY_CODES)})"
-            ) from None
-    return _unsigned(priority, "priority", _U32_MAX)
-
-
-def _priority_name(code: int) -> Union[str, int]:
-    """The library's name of a priority code; a code it has no name for stays an int."""
-    return PRIORITY_NAMES.get(code, code)
 
 
 class _SharedHandle:

@@ -2,6 +2,7 @@
 double frees, the error-text buffer, the ABI check and library discovery."""
 
 import ctypes
+import importlib.machinery
 import os
 import re
 import shutil
@@ -515,7 +516,8 @@ def test_env_var_pointing_nowhere_is_an_import_error():
 
 
 @pytest.mark.skipif(
-    (PACKAGE_DIR / _native.LIBRARY_FILE).exists(), reason="a library is bundled in the package"
+    any((PACKAGE_DIR / name).exists() for name in _native.BUNDLED_FILES),
+    reason="a library is bundled in the package",
 )
 @pytest.mark.skipif(
     not any((REPO / "target" / d / _native.LIBRARY_FILE).exists() for d in ("release", "debug")),
@@ -525,6 +527,15 @@ def test_build_tree_is_found_without_env_var():
     r = run_python("import erlmcp_flow as e; print(e.library_path)")
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).parent in (REPO / "target" / "release", REPO / "target" / "debug")
+
+
+def test_a_package_near_the_root_has_no_build_tree_to_look_at(monkeypatch):
+    # e.g. `pip install --target /opt`: /opt/erlmcp_flow has no <repo> three levels up.
+    monkeypatch.setattr(_native, "__file__", "/opt/erlmcp_flow/_native.py")
+    package_dir = Path("/opt/erlmcp_flow")
+    assert _native.candidate_paths() == [
+        ("package directory", package_dir / name) for name in _native.BUNDLED_FILES
+    ]
 
 
 def test_package_directory_comes_before_the_build_tree(tmp_path):
@@ -545,8 +556,17 @@ def test_package_directory_comes_before_the_build_tree(tmp_path):
     r = run_python(code, sys_path=site)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(release / _native.LIBRARY_FILE)
-    # A library in the package directory wins over the build tree.
-    bundled = site / "erlmcp_flow" / _native.LIBRARY_FILE
+    # A library in the package directory wins over the build tree: a copy made by hand...
+    by_hand = site / "erlmcp_flow" / _native.LIBRARY_FILE
+    shutil.copy(emf.library_path, by_hand)
+    r = run_python(code, sys_path=site)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(by_hand)
+    # ... and the one `pip install` bundles (named like an extension module of this
+    # interpreter) wins over that.
+    built_name = f"liberlmcp_flow{importlib.machinery.EXTENSION_SUFFIXES[0]}"
+    assert _native.BUNDLED_FILES[0] == built_name
+    bundled = site / "erlmcp_flow" / built_name
     shutil.copy(emf.library_path, bundled)
     r = run_python(code, sys_path=site)
     assert r.returncode == 0, r.stderr

@@ -248,6 +248,28 @@ def test_unknown_priority_names_are_value_errors_raised_before_the_library():
         assert q.stats()["enqueued"] == 0
 
 
+def test_envelopes_and_tasks_share_one_priority():
+    # One conversion for both (codec's); the queue module still exports the names.
+    assert emf.queue._priority_code is emf.codec._priority_code
+    assert emf.queue.PRIORITY_NAMES is emf.codec.PRIORITY_NAMES is emf.PRIORITY_NAMES
+    assert sorted(emf.PRIORITY_NAMES.values()) == sorted(PRIORITIES)
+    text = '{"jsonrpc":"2.0","method":"n"}'
+    with emf.TaskQueue() as q:
+        for code, name in emf.PRIORITY_NAMES.items():
+            for given in (name, code):
+                q.enqueue(b"t", given)
+                assert q.dequeue() == (b"t", name)
+                with emf.Message(emf.encode(text, priority=given)) as m:
+                    assert m.envelope(0).priority == name
+        # An unknown name is refused the same way by both: a ValueError that is an Error.
+        for call in (lambda: q.enqueue(b"t", "urgent"), lambda: emf.encode(text, priority="urgent")):
+            with pytest.raises(ValueError) as err:
+                call()
+            assert isinstance(err.value, emf.Error)
+            assert err.value.code == emf.EMF_ERR_INVALID_ARGUMENT
+            assert "'urgent'" in err.value.message
+
+
 def test_bad_drop_policies_and_sizes():
     for bad in ("drop", "LOW_PRIORITY", ""):
         with pytest.raises(ValueError) as err:
