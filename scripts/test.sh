@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of erlmcp-flow on a fresh machine: Rust (unit, integration, doc, header
-# drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python, Erlang, and
-# the cross-language interop test (Python producer, Erlang consumer, C subscriber).
+# drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python, Erlang, the
+# Erlang build from scratch (erlang-build: rebar3 compile in a fresh clone and as a git_subdir
+# dependency, cargo included), and the cross-language interop test (Python producer, Erlang
+# consumer, C subscriber).
 # Installs what is missing: Erlang/OTP + rebar3 through apt-get (when root), pytest through pip.
 #
 #   scripts/test.sh            everything
@@ -104,6 +106,7 @@ stage loom scripts/loom.sh
 stage c-cpp c-examples/run-tests.sh
 stage python ffi/python/run-tests.sh
 stage erlang ffi/erlang/run-tests.sh
+stage erlang-build ffi/erlang/test-build.sh
 stage interop tests/interop/run.sh
 
 echo
