@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every test of erlmcp-flow on a fresh machine: Rust (unit, integration, doc, header
 # drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python (the suite,
-# then `pip install` / `pip wheel` of the package in a fresh venv), Erlang, and the
-# cross-language interop test (Python producer, Erlang consumer, C subscriber).
+# then `pip install` / `pip wheel` of the package in a fresh venv), Erlang, the Erlang build
+# from scratch (erlang-build: rebar3 compile in a fresh clone and as a git_subdir dependency,
+# cargo included), and the cross-language interop test (Python producer, Erlang consumer, C
+# subscriber).
 # Installs what is missing: Erlang/OTP + rebar3 through apt-get (when root), pytest through pip
 # (python-install: python3-venv through apt-get when needed, the build dependencies from PyPI).
 #
@@ -107,6 +109,7 @@ stage c-cpp c-examples/run-tests.sh
 stage python ffi/python/run-tests.sh
 stage python-install ffi/python/test-install.sh
 stage erlang ffi/erlang/run-tests.sh
+stage erlang-build ffi/erlang/test-build.sh
 stage interop tests/interop/run.sh
 
 echo

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the erlmcp_flow NIF and runs the EUnit tests of ffi/erlang. Works from any directory,
+# Builds the erlmcp_flow NIF and runs the EUnit tests of the application in
+# ffi/erlang/erlmcp_flow. Works from any directory,
 # without network access once Erlang/OTP and rebar3 are installed.
 #
 #   EMF_LIB_DIR  directory of liberlmcp_flow.a (default: <repo>/target/release)
@@ -45,5 +46,5 @@ mkdir -p "$REBAR_CACHE_DIR"
 # No dependencies are fetched; make sure rebar3 never waits on the network.
 export REBAR_OFFLINE=1
 
-cd "$here"
+cd "$here/erlmcp_flow"
 rebar3 eunit

@@ -169,7 +169,7 @@ if ! command -v erl >/dev/null 2>&1 || ! command -v rebar3 >/dev/null 2>&1; then
 fi
 
 build_erlang() {
-    local src="$repo/ffi/erlang" dst="$tmp/erlang" f
+    local src="$repo/ffi/erlang/erlmcp_flow" dst="$tmp/erlang" f
     rm -rf "$dst"
     mkdir -p "$dst/c_src"
     cp -R "$src/src" "$dst/src" || return 1

@@ -20,10 +20,10 @@ if [ -z "${HOME:-}" ] || [ ! -w "${HOME}" ]; then
 fi
 export REBAR_OFFLINE=1
 
-cd "$here"
+cd "$here/erlmcp_flow"
 rebar3 compile >/dev/null
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
-erlc -o "$out" bench/ring_bench.erl
+erlc -o "$out" "$here/bench/ring_bench.erl"
 erl -noshell -pa _build/default/lib/erlmcp_flow/ebin -pa "$out" \
     -run ring_bench main "$@"

@@ -35,9 +35,10 @@
  *    from lists by the Erlang modules; HNSW indexes are thread-safe engine objects whose calls
  *    never wait on a normal scheduler (see "Vectors and HNSW indexes").
  *
- * Layout (as jiffy's c_src): erlmcp_flow_nif.h holds what the files share; this file keeps
- * the NIF table, load, upgrade and unload, and #includes one file per area, so the whole NIF
- * is still one compile unit (every function static, one exported symbol: nif_init):
+ * Layout (one file per area and a shared header, as jiffy's c_src, but one compile unit):
+ * erlmcp_flow_nif.h holds what the files share; this file keeps the NIF table, load, upgrade
+ * and unload, and #includes the area files, so the NIF is still one compile unit (every
+ * function static, one exported symbol: nif_init):
  *
  *   util.c     atoms, results and errors, argument decoding, dirty scheduling, resources
  *   codec.c    serializer (archives, messages) and compressor
