@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
+use crate::codec::ring::ProducerExt;
 use crate::codec::{Encoder, Message};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ring::{Consumer, Producer, Ring, RingOptions};

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{BenchResult, Better, Settings, Suite};
+use erlmcp_flow::codec::ring::{ConsumerExt, ProducerExt};
 use erlmcp_flow::ring::{Ring, RingOptions, WaitStrategy};
 use erlmcp_flow::shm::SegmentOptions;
 

@@ -88,7 +88,6 @@ use layout::{
 };
 use recovery::{committed_in, Stall};
 
-use crate::codec::{self, ArchivedMessage};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::{self, process_alive, process_start_ticks, Segment, SegmentKind, SegmentOptions};
 use crate::sync::{compiler_fence, fence, AtomicU64, Ordering};
@@ -623,6 +622,12 @@ impl Ring {
     /// True once the ring was closed with [`Ring::close`].
     pub fn is_closed(&self) -> bool {
         self.shared().closed.load(Ordering::Acquire) != 0
+    }
+
+    /// Counts one frame that a layer above the ring found invalid (a payload that fails its
+    /// format's validation) in [`RingStats::corrupt_frames`].
+    pub(crate) fn count_corrupt_frame(&self) {
+        self.shared().corrupt_frames.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Attaches a producer. A single-producer ring refuses a second live producer (`Busy`).
@@ -1556,72 +1561,6 @@ impl Producer {
         s.state.store(SLOT_IDLE, Ordering::Release);
         self.ring.wake_data_after(self.lazy_wake);
     }
-
-    /// Archives `value` with rkyv straight into a claimed frame (no intermediate buffer) and
-    /// commits it; returns the archive's length. Reserves `max_len` bytes; when the archive
-    /// is larger, nothing is sent and `TooLarge` comes back. The consumer reads it with
-    /// [`Consumer::poll_archived`] for the same `T`. A ring carries one frame type by
-    /// convention: the frame does not say which type it holds.
-    ///
-    /// ```
-    /// use erlmcp_flow::ring::{Ring, RingOptions};
-    /// #[derive(rkyv::Archive, rkyv::Serialize)]
-    /// struct Tick { seq: u64, agent: [u8; 16] }
-    /// let ring = Ring::anonymous("doc-typed", &RingOptions::default()).unwrap();
-    /// let mut p = ring.producer().unwrap();
-    /// let mut c = ring.consumer().unwrap();
-    /// p.send_archived(&Tick { seq: 7, agent: *b"agent-0000000001" }, 64).unwrap();
-    /// c.poll_archived::<Tick>(1, |t| assert_eq!(t.unwrap().seq, 7)).unwrap();
-    /// ```
-    pub fn send_archived<T>(&mut self, value: &T, max_len: usize) -> Result<usize>
-    where
-        T: for<'a, 'b> rkyv::Serialize<
-            rkyv::api::high::HighSerializer<
-                rkyv::ser::writer::Buffer<'b>,
-                rkyv::ser::allocator::ArenaHandle<'a>,
-                rkyv::rancor::Failure,
-            >,
-        >,
-    {
-        let mut claim = self.try_claim(max_len.min(self.ring.max_payload()))?;
-        let out = rkyv::ser::writer::Buffer::from(claim.as_mut_slice());
-        match rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Failure>(value, out) {
-            Ok(written) => {
-                let n = written.len();
-                claim.commit_len(n);
-                Ok(n)
-            }
-            Err(_) => {
-                claim.abort();
-                Err(Error::new(
-                    ErrorKind::TooLarge,
-                    format!("the archive does not fit in {max_len} bytes"),
-                ))
-            }
-        }
-    }
-
-    /// Encodes `msg` in place in the ring (no intermediate buffer) and commits it.
-    /// Reserves `max_len` bytes; when the archive is larger, nothing is sent and `TooLarge`
-    /// comes back (use a larger `max_len`).
-    pub fn send_message(
-        &mut self,
-        enc: &mut codec::Encoder,
-        msg: &codec::Message,
-        max_len: usize,
-    ) -> Result<()> {
-        let mut claim = self.try_claim(max_len.min(self.ring.max_payload()))?;
-        match enc.encode_into_slice(msg, claim.as_mut_slice()) {
-            Ok(n) => {
-                claim.commit_len(n);
-                Ok(())
-            }
-            Err(e) => {
-                claim.abort();
-                Err(e)
-            }
-        }
-    }
 }
 
 impl Drop for Producer {
@@ -2092,53 +2031,6 @@ impl Consumer {
             },
         )?;
         Ok((frames, used))
-    }
-
-    /// Like [`Consumer::poll`], but each frame is validated (rkyv bytecheck) as the archive
-    /// of a `T` written by [`Producer::send_archived`] and handed over in place; a frame that
-    /// fails validation is passed as `Err(Corrupt)` and counted.
-    pub fn poll_archived<T>(
-        &mut self,
-        limit: usize,
-        mut handler: impl FnMut(Result<&T::Archived>),
-    ) -> Result<usize>
-    where
-        T: rkyv::Archive,
-        T::Archived: for<'a> rkyv::bytecheck::CheckBytes<
-            rkyv::api::high::HighValidator<'a, rkyv::rancor::Failure>,
-        >,
-    {
-        let sh = self.ring.clone();
-        self.poll(limit, |frame| {
-            match rkyv::access::<T::Archived, rkyv::rancor::Failure>(frame) {
-                Ok(v) => handler(Ok(v)),
-                Err(_) => {
-                    sh.shared().corrupt_frames.fetch_add(1, Ordering::Relaxed);
-                    handler(Err(Error::corrupt(format!(
-                        "a frame of {} bytes is not a valid archive of {}",
-                        frame.len(),
-                        std::any::type_name::<T>()
-                    ))))
-                }
-            }
-        })
-    }
-
-    /// Like [`Consumer::poll`], but each frame is validated as an archived [`codec::Message`]
-    /// in place; a frame that fails validation is passed as `Err(Corrupt)` and counted.
-    pub fn poll_messages(
-        &mut self,
-        limit: usize,
-        mut handler: impl FnMut(Result<&ArchivedMessage>),
-    ) -> Result<usize> {
-        let sh = self.ring.clone();
-        self.poll(limit, |frame| {
-            let m = codec::decode(frame);
-            if m.is_err() {
-                sh.shared().corrupt_frames.fetch_add(1, Ordering::Relaxed);
-            }
-            handler(m)
-        })
     }
 
     /// Publishes the acknowledged position (and its counts) in the slot.
