@@ -1,8 +1,12 @@
 //! In-process ring tests (threads share one mapping). Multi-process tests live in
 //! `tests/ring_process.rs`.
 
+use super::layout::{SLOT_CLAIMING, SLOT_IDLE};
 use super::*;
-use std::sync::atomic::AtomicUsize as AtomicUsizeStd; // std-atomic-ok: a static in tests
+use crate::error::ErrorKind;
+use crate::shm::{self, SegmentOptions};
+use std::sync::atomic::AtomicUsize as AtomicUsizeStd;
+use std::time::Instant; // std-atomic-ok: a static in tests
 
 /// A temporary directory for segments, removed on drop.
 pub(crate) struct TempDir(pub std::path::PathBuf);
