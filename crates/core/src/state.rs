@@ -239,9 +239,16 @@ impl StateStore {
         if seg.body_len() < 8 {
             return Err(Error::corrupt("state segment too small"));
         }
-        let mut len_bytes = [0u8; 8];
-        // SAFETY: the body has at least 8 bytes (checked above).
-        unsafe { std::ptr::copy_nonoverlapping(seg.body(), len_bytes.as_mut_ptr(), 8) };
+        // The length is copied out of the mapping once and only the copy is checked and used:
+        // another process could write the segment, and a value read again after the check
+        // could be a different one.
+        //
+        // SAFETY: the body has at least 8 bytes (checked above) and `[u8; 8]` needs no
+        // alignment; bytes are valid for any bit pattern, so a concurrent or torn write can
+        // only give a length that the check below refuses or that stays inside the segment.
+        // The volatile read cannot be elided or repeated. The publisher wrote the length
+        // before marking the segment ready, which `Segment::open` observed (Acquire).
+        let len_bytes = unsafe { seg.body().cast::<[u8; 8]>().read_volatile() };
         let len = u64::from_le_bytes(len_bytes);
         if len > (seg.body_len() - 8) as u64 {
             return Err(Error::corrupt(format!(

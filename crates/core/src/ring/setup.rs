@@ -231,8 +231,20 @@ impl Ring {
         if seg.body_len() < data_off(1, 1) {
             return Err(Error::corrupt("ring segment too small for its layout"));
         }
-        // SAFETY: the body is page aligned and longer than one line (checked above).
-        let cfg = unsafe { &*seg.body().cast::<RingConfig>() };
+        // Another process can write the mapping at any time, so the configuration is copied
+        // out of it once and only the copy is checked and used: no reference into shared
+        // memory to a non-atomic struct, and nothing read again after it was validated.
+        //
+        // SAFETY: the body is page aligned (8-byte alignment suffices) and longer than one
+        // line (checked above), so the RingConfig at offset 0 is in bounds and aligned. Its
+        // fields are integers, valid for any bit pattern: a concurrent or torn write by a
+        // damaged or hostile process can only yield values that the checks below refuse (or
+        // a configuration that is merely wrong, which the bounds checks of every access
+        // contain). The volatile read cannot be elided or repeated by the compiler. The
+        // creator wrote the configuration before marking the segment ready (Release), which
+        // `Segment::open` / `inspect` observed (Acquire); after `create` and `anonymous` this
+        // thread wrote it itself.
+        let cfg: RingConfig = unsafe { std::ptr::read_volatile(seg.body().cast::<RingConfig>()) };
         // Everything below comes from the file: check it before using any of it.
         let bad = |what: String| Err(Error::corrupt(format!("{}: {what}", seg.path().display())));
         if cfg.version != RING_VERSION {
