@@ -216,7 +216,7 @@ struct NodeLock<'a>(&'a AtomicU32);
 
 impl<'a> NodeLock<'a> {
     fn new(flags: &'a AtomicU32) -> NodeLock<'a> {
-        let backoff = crate::queue::Backoff::new();
+        let backoff = crate::sync::Backoff::new();
         while flags.fetch_or(LOCKED, Ordering::Acquire) & LOCKED != 0 {
             backoff.snooze();
         }
