@@ -206,8 +206,8 @@ impl BatchProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::tests::TempDir;
     use crate::ring::{Ring, RingOptions};
+    use crate::testutil::TempDir;
 
     fn setup(cap: usize) -> (TempDir, Ring) {
         let dir = TempDir::new("batch");

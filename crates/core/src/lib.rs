@@ -42,6 +42,8 @@ pub mod router;
 pub mod shm;
 pub mod state;
 mod sync;
+#[cfg(test)]
+mod testutil;
 pub mod vector;
 
 pub use error::{Error, ErrorKind, Result};

@@ -178,7 +178,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::tests::TempDir;
+    use crate::testutil::TempDir;
 
     #[test]
     #[cfg_attr(miri, ignore = "maps files")]

@@ -367,7 +367,7 @@ fn fresh_id() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::tests::TempDir;
+    use crate::testutil::TempDir;
     use std::os::unix::fs::PermissionsExt;
 
     #[test]

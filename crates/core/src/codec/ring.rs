@@ -173,8 +173,8 @@ impl ConsumerExt for Consumer {
 mod tests {
     use super::*;
     use crate::codec::jsonrpc;
-    use crate::ring::tests::TempDir;
     use crate::ring::{Ring, RingOptions};
+    use crate::testutil::TempDir;
 
     /// A ring in `dir` (on the heap under Miri, which cannot map files).
     fn ring(dir: &TempDir, cap: usize) -> Ring {

@@ -357,4 +357,4 @@ mod model;
 #[cfg(all(test, loom))]
 mod recovery_model;
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;

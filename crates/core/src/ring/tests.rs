@@ -5,27 +5,8 @@ use super::layout::{SLOT_CLAIMING, SLOT_IDLE};
 use super::*;
 use crate::error::ErrorKind;
 use crate::shm::{self, SegmentOptions};
-use std::sync::atomic::AtomicUsize as AtomicUsizeStd;
-use std::time::Instant; // std-atomic-ok: a static in tests
-
-/// A temporary directory for segments, removed on drop.
-pub(crate) struct TempDir(pub std::path::PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> TempDir {
-        static N: AtomicUsizeStd = AtomicUsizeStd::new(0); // std-atomic-ok: test counter
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let d = std::env::temp_dir().join(format!("emf-ring-{tag}-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        TempDir(d)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use crate::testutil::TempDir;
+use std::time::Instant;
 
 /// The ring under test: a shared-memory segment normally; under Miri (which cannot map
 /// files) the same algorithm on a heap allocation.
