@@ -36,6 +36,7 @@ mod checksum;
 pub mod codec;
 mod error;
 pub mod hnsw;
+mod priority;
 pub mod queue;
 pub mod ring;
 pub mod router;

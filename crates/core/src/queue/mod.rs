@@ -11,8 +11,9 @@ mod bounded;
 mod task;
 mod unbounded;
 
+pub use crate::priority::Priority;
 pub use bounded::BoundedQueue;
-pub use task::{DropPolicy, Enqueue, Priority, TaskQueue, TaskQueueOptions, TaskQueueStats};
+pub use task::{DropPolicy, Enqueue, TaskQueue, TaskQueueOptions, TaskQueueStats};
 pub use unbounded::Queue;
 
 #[cfg(test)]

@@ -10,39 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-/// Task priority, highest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum Priority {
-    /// Served before everything else.
-    Critical = 0,
-    /// Above normal.
-    High = 1,
-    /// The default.
-    Normal = 2,
-    /// Served last; evicted first under `DropPolicy::LowPriority`.
-    Low = 3,
-}
-
-impl Priority {
-    /// All priorities, highest first.
-    pub const ALL: [Priority; 4] = [
-        Priority::Critical,
-        Priority::High,
-        Priority::Normal,
-        Priority::Low,
-    ];
-
-    /// The priority with this code (0 = critical … 3 = low).
-    pub fn from_code(code: u32) -> Option<Priority> {
-        Priority::ALL.get(code as usize).copied()
-    }
-
-    /// Its name (`critical`, `high`, `normal`, `low`).
-    pub fn name(self) -> &'static str {
-        ["critical", "high", "normal", "low"][self as usize]
-    }
-}
+use crate::priority::Priority;
 
 /// What a full queue does with an arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
