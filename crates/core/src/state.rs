@@ -1,4 +1,4 @@
-//! Shared state by reference, across processes (the original design's "zero-copy" ETS trick):
+//! Shared state by reference, across processes, read in place (zero-copy):
 //! `share_state(key, value) → state_ref`, `read_shared_state(state_ref) → value | not_found`.
 //!
 //! Each shared value is its own small segment (`state.<store>.<id>`) written once and never

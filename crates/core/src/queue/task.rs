@@ -1,4 +1,4 @@
-//! The task queue (`erlmcp_flow_queue` in the original design): a primary queue of
+//! The task queue (the Erlang host's `erlmcp_flow_queue`): a primary queue of
 //! `max_primary` tasks and an overflow of `max_overflow` more, four priorities, dequeue by
 //! priority and FIFO within a priority, and answers that say what happened to every task.
 //!
@@ -23,7 +23,7 @@ pub enum DropPolicy {
     LowPriority,
 }
 
-/// Task queue parameters (the original design's defaults).
+/// Task queue parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskQueueOptions {
     /// Tasks the primary queue holds (default 1000).
