@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
 
+pub(crate) mod state_files;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -54,7 +56,7 @@ pub const MAX_ATTACHED: usize = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum SegmentKind {
-    /// A frame ring (`crate::ring`).
+    /// A frame ring (the `ring` module).
     Ring = 1,
     /// A shared-state store.
     State = 2,
@@ -816,15 +818,15 @@ fn judge(path: &Path, name: &str) -> (Verdict, Option<FileId>) {
             Verdict::Young
         }
     };
-    let verdict = match crate::state::store_file(name) {
-        Some(crate::state::StoreFile::KeyTemp { pid, start_ticks }) => {
+    let verdict = match state_files::store_file(name) {
+        Some(state_files::StoreFile::KeyTemp { pid, start_ticks }) => {
             if process_alive(pid, start_ticks) {
                 Verdict::Live
             } else {
                 Verdict::Stale
             }
         }
-        Some(crate::state::StoreFile::Key) => {
+        Some(state_files::StoreFile::Key) => {
             judge_key(&file, meta.len(), path, name).unwrap_or_else(abandoned)
         }
         None => judge_segment(&file, meta.len()).unwrap_or_else(abandoned),
@@ -848,7 +850,7 @@ fn judge_key(file: &File, len: u64, path: &Path, name: &str) -> Option<Verdict> 
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
         Err(e) => return Some(Verdict::Unknown(format!("cannot read: {e}"))),
     }
-    let value = crate::state::key_file_value(name, &content)?;
+    let value = state_files::key_file_value(name, &content)?;
     let value_path = path.with_file_name(format!("{FILE_PREFIX}{value}"));
     Some(match judge(&value_path, &value).0 {
         Verdict::Gone | Verdict::Stale => Verdict::Stale,
@@ -950,10 +952,10 @@ fn remove_if_unchanged(path: &Path, id: FileId) -> std::io::Result<Removal> {
 /// * a **segment** (its header's magic) is removed when its creator is dead and no process
 ///   in its attach table is alive ([`Segment::is_stale`]; a zombie is dead, see
 ///   [`process_alive`]), and kept otherwise;
-/// * a **state key file** (`emf-state.<store>.key.<hash>`, see [`crate::state`]) is removed
-///   when the value segment it points at is gone or stale, and kept while that value is in
-///   use (its publisher or a reader alive), however old the key file is; a temporary key file
-///   (`….tmp-<pid>-…`) is removed once the process writing it is dead;
+/// * a **state key file** (`emf-state.<store>.key.<hash>`, written by the state store) is
+///   removed when the value segment it points at is gone or stale, and kept while that value
+///   is in use (its publisher or a reader alive), however old the key file is; a temporary key
+///   file (`….tmp-<pid>-…`) is removed once the process writing it is dead;
 /// * a file that is **not a segment** (too short, no magic, or a creator that died before
 ///   writing the header) and is older than [`GC_MIN_AGE`] is removed; a younger one is kept;
 /// * a file that **cannot be judged** is never removed and is reported in
