@@ -132,7 +132,8 @@ pub struct Ring {
 
 impl Ring {
     fn shared(&self) -> &RingShared {
-        // SAFETY: offsets validated in `Ring::from_memory`; RingShared is atomics only.
+        // SAFETY: offsets validated in `Ring::from_memory`; RingShared is atomics (and
+        // padding that nothing reads or writes), valid for any bit pattern.
         unsafe {
             &*self
                 .inner
@@ -145,7 +146,8 @@ impl Ring {
     fn producer_slot(&self, i: usize) -> &ProducerSlot {
         assert!(i < self.inner.max_producers);
         // SAFETY: i < max_producers, so the slot lies before the data region (validated
-        // layout); ProducerSlot is atomics only, valid for any bit pattern.
+        // layout); ProducerSlot is atomics (and a reserved word that nothing reads or
+        // writes), valid for any bit pattern.
         unsafe {
             &*self
                 .inner

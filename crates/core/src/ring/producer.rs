@@ -152,7 +152,7 @@ impl Producer {
     fn slot(&self) -> &ProducerSlot {
         // SAFETY: `slot_ptr` came from `Ring::producer_slot` (bounds-checked) of the ring
         // this producer holds a clone of, so the mapping outlives `self`; the slot is atomics
-        // only.
+        // (and a reserved word that nothing reads or writes).
         unsafe { &*self.slot_ptr }
     }
 
