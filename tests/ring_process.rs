@@ -9,23 +9,7 @@ use erlmcp_flow::ring::{seq, Ring, RingOptions, WaitStrategy};
 use erlmcp_flow::shm;
 
 mod common;
-
-struct Dir(std::path::PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("emf-proc-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::Dir;
 
 fn producer(dir: &Dir, name: &str, id: u32, count: u64, size: usize) -> Child {
     Command::new(env!("CARGO_BIN_EXE_erlmcp-flow"))

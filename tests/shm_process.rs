@@ -8,7 +8,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,24 +16,7 @@ use erlmcp_flow::shm;
 use erlmcp_flow::state::StateStore;
 
 mod common;
-use common::{chmod, Public};
-
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(tag: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("emf-shmproc-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use common::{chmod, Dir, Public};
 
 /// Kills (SIGKILL) and reaps the child on drop, so that a failing test leaves no process.
 struct Reaper(Child);

@@ -1,7 +1,28 @@
-//! Helpers shared by the integration tests that run the built binary as another user.
+//! Helpers shared by the integration tests: scratch directories, and a place under /tmp for
+//! the tests that run the built binary as another user.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+/// A scratch directory for segments (in the system's temporary directory), fresh on creation
+/// and removed on drop.
+pub struct Dir(pub PathBuf);
+
+impl Dir {
+    /// `<tmp>/emf-proc-<tag>-<pid>`, emptied first.
+    pub fn new(tag: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("emf-proc-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// A directory tree under /tmp that any user can reach (mode 0755), removed on drop.
 ///

@@ -1,4 +1,4 @@
-//! The batch processor (original design: `batch_size = 100`, `batch_timeout = 10 ms`):
+//! The batch processor (by default `batch_size = 100`, `batch_timeout = 10 ms`):
 //! messages for one ring are collected and sent as one batch — on size, on timeout, on
 //! demand, and at once when the consumer is idle and waiting, so that batching never adds
 //! latency at low load.
@@ -25,9 +25,9 @@ use crate::ring::Producer;
 /// When to flush.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchOptions {
-    /// Flush when this many messages are pending (original design: 100).
+    /// Flush when this many messages are pending (default 100).
     pub batch_size: usize,
-    /// Flush when the oldest pending message has waited this long (original design: 10 ms).
+    /// Flush when the oldest pending message has waited this long (default 10 ms).
     pub batch_timeout: Duration,
     /// Refuse new messages (`Full`) when this many are pending and cannot be flushed.
     pub max_pending: usize,
@@ -206,8 +206,8 @@ impl BatchProcessor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::tests::TempDir;
     use crate::ring::{Ring, RingOptions};
+    use crate::testutil::TempDir;
 
     fn setup(cap: usize) -> (TempDir, Ring) {
         let dir = TempDir::new("batch");

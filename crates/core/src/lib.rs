@@ -36,12 +36,15 @@ mod checksum;
 pub mod codec;
 mod error;
 pub mod hnsw;
+mod priority;
 pub mod queue;
 pub mod ring;
 pub mod router;
 pub mod shm;
 pub mod state;
 mod sync;
+#[cfg(test)]
+mod testutil;
 pub mod vector;
 
 pub use error::{Error, ErrorKind, Result};

@@ -23,6 +23,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::path::Path;
 
+use crate::codec::ring::ProducerExt;
 use crate::codec::{Encoder, Message};
 use crate::error::{Error, ErrorKind, Result};
 use crate::ring::{Consumer, Producer, Ring, RingOptions};
@@ -177,7 +178,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ring::tests::TempDir;
+    use crate::testutil::TempDir;
 
     #[test]
     #[cfg_attr(miri, ignore = "maps files")]

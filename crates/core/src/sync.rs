@@ -3,6 +3,8 @@
 //! fails when `std::sync::atomic` is named anywhere else in `src/` (clippy's
 //! `disallowed-types` cannot be used for this: it sees through the re-export).
 //!
+//! [`Backoff`], the pause of every retry loop, lives here too: it is a loom yield in models.
+//!
 //! Process-wide statics that loom cannot construct in a `const` context (the C ABI's token
 //! counter) use `std` directly, with a comment saying why.
 #![allow(unused_imports)]
@@ -50,5 +52,37 @@ impl<T> UnsafeCell<T> {
     #[inline(always)]
     pub(crate) fn with_mut<R>(&self, f: impl FnOnce(*mut T) -> R) -> R {
         f(self.0.get())
+    }
+}
+
+/// Spin-then-yield backoff for the retry loops (queues, the HNSW index, the cache's lock); a
+/// loom yield under `cfg(loom)` (a model must see every spin as a scheduling point).
+pub(crate) struct Backoff {
+    #[cfg(not(loom))]
+    inner: crossbeam_utils::Backoff,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Backoff {
+            #[cfg(not(loom))]
+            inner: crossbeam_utils::Backoff::new(),
+        }
+    }
+
+    /// A short pause: another thread is mid-operation on the same slot.
+    pub(crate) fn spin(&self) {
+        #[cfg(not(loom))]
+        self.inner.spin();
+        #[cfg(loom)]
+        loom::thread::yield_now();
+    }
+
+    /// A longer pause: wait for another thread to make progress.
+    pub(crate) fn snooze(&self) {
+        #[cfg(not(loom))]
+        self.inner.snooze();
+        #[cfg(loom)]
+        loom::thread::yield_now();
     }
 }

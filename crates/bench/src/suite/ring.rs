@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{BenchResult, Better, Settings, Suite};
+use erlmcp_flow::codec::ring::{ConsumerExt, ProducerExt};
 use erlmcp_flow::ring::{Ring, RingOptions, WaitStrategy};
 use erlmcp_flow::shm::SegmentOptions;
 
@@ -772,17 +773,65 @@ fn counters_cost(settings: Settings) -> (f64, f64) {
     (with, without)
 }
 
+/// One run of the suite: its settings, the progress callback and the results so far. Each
+/// `measure_*` function below takes the next measurements in the suite's fixed order, reports
+/// progress and appends its results; `run` calls them in that order.
+struct Run<'a> {
+    settings: Settings,
+    /// A quick run (`--quick`): fewer messages per measurement.
+    quick: bool,
+    /// Messages per 64-byte throughput measurement.
+    n64: u64,
+    progress: &'a mut dyn FnMut(&str),
+    out: Vec<BenchResult>,
+}
+
+impl Run<'_> {
+    fn progress(&mut self, step: &str) {
+        (self.progress)(step)
+    }
+
+    fn push(&mut self, r: BenchResult) {
+        self.out.push(r)
+    }
+}
+
 fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
-    let mut out = Vec::new();
-    progress("spsc_64b_throughput");
     let quick = settings.samples < 10;
-    let n64: u64 = if quick { 2_000_000 } else { 10_000_000 };
+    let mut run = Run {
+        settings,
+        quick,
+        n64: if quick { 2_000_000 } else { 10_000_000 },
+        progress,
+        out: Vec::new(),
+    };
+    let spsc = measure_spsc_64b(&mut run);
+    measure_spsc_crc(&mut run, spsc);
+    measure_spsc_batch(&mut run);
+    #[cfg(feature = "peers")]
+    measure_spsc_vs_crossbeam(&mut run, spsc);
+    measure_rkyv(&mut run);
+    measure_mpsc(&mut run);
+    let uds_both = measure_rtt_spin(&mut run);
+    measure_rtt_park(&mut run, uds_both);
+    measure_capi_overhead(&mut run);
+    measure_counters_cost(&mut run);
+    measure_batch_processor(&mut run);
+    measure_frame_64k(&mut run);
+    run.out
+}
+
+/// 64-byte SPSC throughput, against iceoryx2 (`bench-peers`) or else a Unix socket. Returns
+/// the ring's rate, the reference of later comparisons.
+fn measure_spsc_64b(run: &mut Run) -> f64 {
+    run.progress("spsc_64b_throughput");
+    let (quick, n64) = (run.quick, run.n64);
     let spsc = spsc_throughput(n64, 64, 1 << 20, false);
-    progress("uds_64b_throughput");
+    run.progress("uds_64b_throughput");
     let uds = uds_throughput(if quick { 200_000 } else { 1_000_000 }, false);
     #[cfg(feature = "bench-peers")]
     let ice_spsc = {
-        progress("iceoryx2_64b_throughput");
+        run.progress("iceoryx2_64b_throughput");
         iceoryx2_throughput(if quick { 1_000_000 } else { 4_000_000 }, 1)
     };
     #[cfg(not(feature = "bench-peers"))]
@@ -794,8 +843,8 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         Some(ice) => r.with_peer("iceoryx2", ice),
         None => r.with_peer("unix_socket", uds),
     };
-    out.push(r.with_targets(Some(5e5), Some(4e7)));
-    out.push(
+    run.push(r.with_targets(Some(5e5), Some(4e7)));
+    run.push(
         BenchResult::new(
             "spsc_64b_throughput_vs_unix_socket",
             spsc,
@@ -804,17 +853,26 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         )
         .with_peer("unix_socket", uds),
     );
-    progress("spsc_crc_64b_throughput");
-    let spsc_crc = spsc_throughput_with(n64, 64, 1 << 20, false, true);
-    out.push(
+    spsc
+}
+
+/// 64-byte SPSC throughput on a checksummed ring, against the same ring without (`spsc`).
+fn measure_spsc_crc(run: &mut Run, spsc: f64) {
+    run.progress("spsc_crc_64b_throughput");
+    let spsc_crc = spsc_throughput_with(run.n64, 64, 1 << 20, false, true);
+    run.push(
         BenchResult::new("spsc_crc_64b_throughput", spsc_crc, "msg/s", Better::Higher)
             .with_peer("same_ring_without_checksums", spsc),
     );
-    progress("spsc_64b_batch_throughput");
-    let spsc_batch = spsc_throughput(n64, 64, 1 << 20, true);
-    progress("uds_64b_batch_throughput");
-    let uds_batch = uds_throughput(if quick { 500_000 } else { 2_000_000 }, true);
-    out.push(
+}
+
+/// 64-byte SPSC throughput with `send_batch`, against 64 KiB Unix socket writes.
+fn measure_spsc_batch(run: &mut Run) {
+    run.progress("spsc_64b_batch_throughput");
+    let spsc_batch = spsc_throughput(run.n64, 64, 1 << 20, true);
+    run.progress("uds_64b_batch_throughput");
+    let uds_batch = uds_throughput(if run.quick { 500_000 } else { 2_000_000 }, true);
+    run.push(
         BenchResult::new(
             "spsc_64b_batch_throughput",
             spsc_batch,
@@ -824,50 +882,60 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         .with_peer("unix_socket_64k_writes", uds_batch)
         .with_targets(Some(5e5), Some(4e7)),
     );
-    #[cfg(feature = "peers")]
-    {
-        progress("crossbeam_64b_throughput");
-        let cb = crossbeam_throughput(settings);
-        out.push(
-            BenchResult::new(
-                "spsc_64b_throughput_vs_crossbeam",
-                spsc,
-                "msg/s",
-                Better::Higher,
-            )
-            .with_peer("crossbeam_channel_in_process", cb),
-        );
-    }
-    progress("spsc_rkyv_64b_throughput");
-    let (rkyv, rkyv_size) = spsc_rkyv_throughput(n64, true);
-    out.push(
+}
+
+/// The 64-byte SPSC rate (`spsc`) against crossbeam-channel between threads.
+#[cfg(feature = "peers")]
+fn measure_spsc_vs_crossbeam(run: &mut Run, spsc: f64) {
+    run.progress("crossbeam_64b_throughput");
+    let cb = crossbeam_throughput(run.settings);
+    run.push(
+        BenchResult::new(
+            "spsc_64b_throughput_vs_crossbeam",
+            spsc,
+            "msg/s",
+            Better::Higher,
+        )
+        .with_peer("crossbeam_channel_in_process", cb),
+    );
+}
+
+/// rkyv end to end: typed 64-byte tasks, then JSON-RPC envelopes; rates and frame sizes.
+fn measure_rkyv(run: &mut Run) {
+    run.progress("spsc_rkyv_64b_throughput");
+    let (rkyv, rkyv_size) = spsc_rkyv_throughput(run.n64, true);
+    run.push(
         BenchResult::new("spsc_rkyv_64b_throughput", rkyv, "msg/s", Better::Higher)
             .with_targets(Some(5e5), Some(1e7)),
     );
-    out.push(BenchResult::new(
+    run.push(BenchResult::new(
         "spsc_rkyv_64b_frame_bytes",
         rkyv_size as f64,
         "B",
         Better::Lower,
     ));
-    progress("spsc_envelope_throughput");
-    let (env, env_size) = spsc_rkyv_throughput(n64 / 2, false);
-    out.push(
+    run.progress("spsc_envelope_throughput");
+    let (env, env_size) = spsc_rkyv_throughput(run.n64 / 2, false);
+    run.push(
         BenchResult::new("spsc_envelope_throughput", env, "msg/s", Better::Higher)
             .with_targets(Some(5e5), None),
     );
-    out.push(BenchResult::new(
+    run.push(BenchResult::new(
         "spsc_envelope_frame_bytes",
         env_size as f64,
         "B",
         Better::Lower,
     ));
-    progress("mpsc_2to1_64b_throughput");
-    let mpsc = mpsc_throughput(n64 / 2);
+}
+
+/// Two producer processes into one ring, against iceoryx2 (`bench-peers`).
+fn measure_mpsc(run: &mut Run) {
+    run.progress("mpsc_2to1_64b_throughput");
+    let mpsc = mpsc_throughput(run.n64 / 2);
     #[cfg(feature = "bench-peers")]
     let ice_mpsc = {
-        progress("iceoryx2_2to1_64b_throughput");
-        iceoryx2_throughput(if quick { 1_000_000 } else { 4_000_000 }, 2)
+        run.progress("iceoryx2_2to1_64b_throughput");
+        iceoryx2_throughput(if run.quick { 1_000_000 } else { 4_000_000 }, 2)
     };
     #[cfg(not(feature = "bench-peers"))]
     let ice_mpsc: Option<f64> = None;
@@ -876,28 +944,34 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         Some(ice) => r.with_peer("iceoryx2", ice),
         None => r,
     };
-    out.push(r.with_targets(Some(5e5), Some(5e6)));
-    progress("rtt_64b_spin");
+    run.push(r.with_targets(Some(5e5), Some(5e6)));
+}
+
+/// Round trips with both sides spinning, against a Unix socket and crossbeam-channel
+/// (`peers`). Returns the Unix socket's round trips, the peer of a later measurement.
+fn measure_rtt_spin(run: &mut Run) -> Vec<f64> {
+    let settings = run.settings;
+    run.progress("rtt_64b_spin");
     let spin = ring_rtt(settings, RttMode::Spin);
-    progress("rtt_64b_uds");
+    run.progress("rtt_64b_uds");
     let uds_both = uds_rtt(settings, false);
-    out.push(
+    run.push(
         BenchResult::new("rtt_64b_spin_p50", pct(&spin, 0.5), "ns", Better::Lower)
             .with_peer("unix_socket", pct(&uds_both, 0.5))
             .with_targets(Some(1e7), Some(400.0)),
     );
-    out.push(
+    run.push(
         BenchResult::new("rtt_64b_spin_p99", pct(&spin, 0.99), "ns", Better::Lower)
             .with_peer("unix_socket", pct(&uds_both, 0.99))
             .with_targets(Some(5e7), Some(1000.0)),
     );
-    out.push(BenchResult::new(
+    run.push(BenchResult::new(
         "rtt_64b_spin_p999",
         pct(&spin, 0.999),
         "ns",
         Better::Lower,
     ));
-    out.push(BenchResult::new(
+    run.push(BenchResult::new(
         "rtt_64b_spin_max",
         pct(&spin, 1.0),
         "ns",
@@ -905,9 +979,9 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     ));
     #[cfg(feature = "peers")]
     {
-        progress("rtt_64b_crossbeam");
+        run.progress("rtt_64b_crossbeam");
         let cb = crossbeam_rtt(settings);
-        out.push(
+        run.push(
             BenchResult::new(
                 "rtt_64b_spin_p50_vs_crossbeam",
                 pct(&spin, 0.5),
@@ -917,24 +991,31 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
             .with_peer("crossbeam_channel_in_process", pct(&cb, 0.5)),
         );
     }
-    progress("rtt_64b_park");
+    uds_both
+}
+
+/// Round trips with a parked echo side, and with both sides parked (against the Unix
+/// socket round trips `uds_both` of [`measure_rtt_spin`]).
+fn measure_rtt_park(run: &mut Run, uds_both: Vec<f64>) {
+    let settings = run.settings;
+    run.progress("rtt_64b_park");
     let park = ring_rtt(settings, RttMode::ParkEcho);
-    progress("rtt_64b_uds_parked_echo");
+    run.progress("rtt_64b_uds_parked_echo");
     let uds_park = uds_rtt(settings, true);
-    progress("rtt_64b_park_both");
+    run.progress("rtt_64b_park_both");
     let park_both = ring_rtt(settings, RttMode::ParkBoth);
-    out.push(
+    run.push(
         BenchResult::new("rtt_64b_park_p50", pct(&park, 0.5), "ns", Better::Lower)
             .with_peer("unix_socket_blocked_echo", pct(&uds_park, 0.5))
             .with_targets(Some(1e7), Some(15_000.0)),
     );
-    out.push(BenchResult::new(
+    run.push(BenchResult::new(
         "rtt_64b_park_p99",
         pct(&park, 0.99),
         "ns",
         Better::Lower,
     ));
-    out.push(
+    run.push(
         BenchResult::new(
             "rtt_64b_park_both_p50",
             pct(&park_both, 0.5),
@@ -943,13 +1024,17 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         )
         .with_peer("unix_socket", pct(&uds_both, 0.5)),
     );
-    progress("capi_send_overhead");
-    let (rust_ns, abi_ns) = capi_overhead(settings);
-    out.push(
+}
+
+/// What a send through the C ABI costs over the Rust API.
+fn measure_capi_overhead(run: &mut Run) {
+    run.progress("capi_send_overhead");
+    let (rust_ns, abi_ns) = capi_overhead(run.settings);
+    run.push(
         BenchResult::new("capi_send_ns", abi_ns, "ns", Better::Lower)
             .with_peer("rust_api_send", rust_ns),
     );
-    out.push(
+    run.push(
         BenchResult::new(
             "capi_send_overhead_ns",
             (abi_ns - rust_ns).max(0.0),
@@ -958,9 +1043,13 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         )
         .with_targets(None, Some(20.0)),
     );
-    progress("counters_cost");
-    let (with, without) = counters_cost(settings);
-    out.push(
+}
+
+/// What publishing a producer's byte counter costs.
+fn measure_counters_cost(run: &mut Run) {
+    run.progress("counters_cost");
+    let (with, without) = counters_cost(run.settings);
+    run.push(
         BenchResult::new(
             "counters_cost_pct",
             ((with / without) - 1.0).max(0.0) * 100.0,
@@ -969,19 +1058,27 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         )
         .with_targets(None, Some(2.0)),
     );
-    progress("batch_processor");
-    let (idle_p50, loaded) = batching(settings);
-    out.push(
+}
+
+/// The batch processor: latency when the consumer is idle, throughput under load.
+fn measure_batch_processor(run: &mut Run) {
+    run.progress("batch_processor");
+    let (idle_p50, loaded) = batching(run.settings);
+    run.push(
         BenchResult::new("batch_idle_latency_p50", idle_p50, "ns", Better::Lower)
             .with_targets(Some(1e7), None),
     );
-    out.push(
+    run.push(
         BenchResult::new("batch_loaded_throughput", loaded, "msg/s", Better::Higher)
             .with_targets(Some(5e5), None),
     );
-    progress("frame_64k_bandwidth");
-    let per_s = spsc_throughput(n64 / 200, 64 * 1024, 1 << 24, false);
-    out.push(
+}
+
+/// The bandwidth of 64 KiB frames.
+fn measure_frame_64k(run: &mut Run) {
+    run.progress("frame_64k_bandwidth");
+    let per_s = spsc_throughput(run.n64 / 200, 64 * 1024, 1 << 24, false);
+    run.push(
         BenchResult::new(
             "frame_64k_bandwidth",
             per_s * 65536.0 / 1e9,
@@ -990,7 +1087,6 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         )
         .with_targets(None, Some(3.0)),
     );
-    out
 }
 
 /// One cross-process transfer measured by [`rate`] (shared with `benches/ring.rs`).

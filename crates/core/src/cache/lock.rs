@@ -41,7 +41,7 @@ impl<T> SpinLock<T> {
 
     #[cold]
     fn lock_slow(&self) {
-        let backoff = crate::queue::Backoff::new();
+        let backoff = crate::sync::Backoff::new();
         loop {
             while self.locked.load(Ordering::Relaxed) {
                 backoff.snooze();

@@ -1,5 +1,5 @@
-//! A concurrent LRU cache with a time-to-live (`erlmcp_flow_lru_cache` in the original design:
-//! capacity 10 000, TTL 5 000 ms).
+//! A concurrent LRU cache with a time-to-live (`erlmcp_flow_lru_cache`; by default capacity
+//! 10 000, TTL 5 000 ms).
 //!
 //! The key space is split over shards by an ahash of the key (hashed once: the shard's table
 //! reuses the hash); each shard is a hash table into a slab of entries threaded on a doubly
@@ -28,7 +28,7 @@ use hashbrown::HashTable;
 
 const NIL: u32 = u32::MAX;
 
-/// Cache parameters (the original design's defaults).
+/// Cache parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheOptions {
     /// Entries the cache holds at most (default 10 000).

@@ -176,7 +176,7 @@ fn shards_share_the_capacity_and_threads_agree() {
 }
 
 #[test]
-fn default_options_are_the_original_design() {
+fn default_options_are_10_000_entries_for_5_seconds() {
     let o = CacheOptions::default();
     assert_eq!(
         (o.capacity, o.ttl),

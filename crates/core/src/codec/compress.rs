@@ -9,7 +9,7 @@ use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress, 
 
 use crate::error::{Error, ErrorKind, Result};
 
-/// The original design's threshold: payloads under 1 KiB are sent as they are.
+/// The default threshold: payloads under 1 KiB are sent as they are.
 pub const DEFAULT_THRESHOLD: usize = 1024;
 
 /// Compressed output is kept only when smaller than this fraction of the input.

@@ -8,6 +8,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 
 use super::value::{Member, Number, Value};
 
+pub use crate::priority::{ArchivedPriority, Priority};
+
 /// What an envelope carries.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
@@ -67,72 +69,6 @@ impl ArchivedKind {
             ArchivedKind::Task => Kind::Task,
             ArchivedKind::Result => Kind::Result,
             ArchivedKind::Error => Kind::Error,
-        }
-    }
-}
-
-/// Scheduling priority; lower codes are served first.
-#[derive(
-    Archive,
-    Serialize,
-    Deserialize,
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    Default,
-)]
-#[rkyv(derive(Debug, Clone, Copy, PartialEq, Eq))]
-#[repr(u8)]
-pub enum Priority {
-    /// Served before everything else.
-    Critical = 0,
-    /// Served before normal work.
-    High = 1,
-    /// The default.
-    #[default]
-    Normal = 2,
-    /// Served when nothing else waits.
-    Low = 3,
-}
-
-impl Priority {
-    /// All priorities, highest first.
-    pub const ALL: [Priority; 4] = [
-        Priority::Critical,
-        Priority::High,
-        Priority::Normal,
-        Priority::Low,
-    ];
-
-    /// The priority with the stable code `code` (as in the C ABI's `EMF_PRIORITY_*`).
-    pub fn from_code(code: u32) -> Option<Priority> {
-        Priority::ALL.get(code as usize).copied()
-    }
-
-    /// A lower-case name (`"critical"`, ...).
-    pub fn name(self) -> &'static str {
-        match self {
-            Priority::Critical => "critical",
-            Priority::High => "high",
-            Priority::Normal => "normal",
-            Priority::Low => "low",
-        }
-    }
-}
-
-impl ArchivedPriority {
-    /// The native priority.
-    pub fn to_native(self) -> Priority {
-        match self {
-            ArchivedPriority::Critical => Priority::Critical,
-            ArchivedPriority::High => Priority::High,
-            ArchivedPriority::Normal => Priority::Normal,
-            ArchivedPriority::Low => Priority::Low,
         }
     }
 }

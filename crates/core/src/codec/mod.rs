@@ -38,6 +38,7 @@ pub mod compress;
 pub mod envelope;
 pub mod json;
 pub mod jsonrpc;
+pub mod ring;
 pub mod value;
 
 pub use compress::{compress_if_needed, decompress, Compressed, DEFAULT_THRESHOLD};

@@ -1,5 +1,5 @@
-//! A concurrent HNSW index over int8 vectors (`erlmcp_flow_hnsw`; the original design's
-//! `M = 16`, `ef_construction = 200`, `ef_search = 50`).
+//! A concurrent HNSW index over int8 vectors (`erlmcp_flow_hnsw`; by default `M = 16`,
+//! `ef_construction = 200`, `ef_search = 50`).
 //!
 //! * Vectors are stored as calibrated int8 codes ([`crate::vector`]: one scale per vector)
 //!   and compared with simsimd's int8 dot product; the original vectors can be kept as f16 or
@@ -76,7 +76,7 @@ pub struct Params {
 }
 
 impl Params {
-    /// The original design's parameters for `dim`-dimensional cosine vectors.
+    /// The default parameters for `dim`-dimensional cosine vectors.
     pub fn new(dim: usize) -> Params {
         Params {
             dim,
@@ -216,7 +216,7 @@ struct NodeLock<'a>(&'a AtomicU32);
 
 impl<'a> NodeLock<'a> {
     fn new(flags: &'a AtomicU32) -> NodeLock<'a> {
-        let backoff = crate::queue::Backoff::new();
+        let backoff = crate::sync::Backoff::new();
         while flags.fetch_or(LOCKED, Ordering::Acquire) & LOCKED != 0 {
             backoff.snooze();
         }

@@ -76,8 +76,8 @@ fn every_metric_finds_each_inserted_vector_first() {
 #[test]
 #[cfg_attr(miri, ignore)] // too slow under Miri: miri_sized_lifecycle covers the unsafe paths
 fn recall_on_real_embeddings_with_and_without_rerank() {
-    // 20K of the MiniLM set when ../shared/data (or EMF_DATA_DIR) is there, else the
-    // committed 5K subset.
+    // 20K of the full MiniLM set when it is available (`EMF_DATA_DIR`, see the dataset
+    // crate), else the committed 5K subset.
     let (d, _full) = Dataset::minilm_or_committed(20_000, 200).unwrap();
     let p = Params {
         originals: Originals::F16,

@@ -9,9 +9,7 @@ use std::mem::MaybeUninit;
 
 use crossbeam_utils::CachePadded;
 
-use super::Backoff;
-
-use crate::sync::{AtomicUsize, Ordering, UnsafeCell};
+use crate::sync::{AtomicUsize, Backoff, Ordering, UnsafeCell};
 
 struct Slot<T> {
     stamp: AtomicUsize,

@@ -11,8 +11,9 @@ mod bounded;
 mod task;
 mod unbounded;
 
+pub use crate::priority::Priority;
 pub use bounded::BoundedQueue;
-pub use task::{DropPolicy, Enqueue, Priority, TaskQueue, TaskQueueOptions, TaskQueueStats};
+pub use task::{DropPolicy, Enqueue, TaskQueue, TaskQueueOptions, TaskQueueStats};
 pub use unbounded::Queue;
 
 #[cfg(test)]
@@ -21,35 +22,3 @@ mod lincheck;
 mod model;
 #[cfg(all(test, not(loom)))]
 mod tests;
-
-/// Spin-then-yield backoff for the retry loops; a loom yield under `cfg(loom)` (a model must
-/// see every spin as a scheduling point).
-pub(crate) struct Backoff {
-    #[cfg(not(loom))]
-    inner: crossbeam_utils::Backoff,
-}
-
-impl Backoff {
-    pub(crate) fn new() -> Self {
-        Backoff {
-            #[cfg(not(loom))]
-            inner: crossbeam_utils::Backoff::new(),
-        }
-    }
-
-    /// A short pause: another thread is mid-operation on the same slot.
-    pub(crate) fn spin(&self) {
-        #[cfg(not(loom))]
-        self.inner.spin();
-        #[cfg(loom)]
-        loom::thread::yield_now();
-    }
-
-    /// A longer pause: wait for another thread to make progress.
-    pub(crate) fn snooze(&self) {
-        #[cfg(not(loom))]
-        self.inner.snooze();
-        #[cfg(loom)]
-        loom::thread::yield_now();
-    }
-}

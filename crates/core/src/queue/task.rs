@@ -1,4 +1,4 @@
-//! The task queue (`erlmcp_flow_queue` in the original design): a primary queue of
+//! The task queue (the Erlang host's `erlmcp_flow_queue`): a primary queue of
 //! `max_primary` tasks and an overflow of `max_overflow` more, four priorities, dequeue by
 //! priority and FIFO within a priority, and answers that say what happened to every task.
 //!
@@ -10,39 +10,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-/// Task priority, highest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-#[repr(u8)]
-pub enum Priority {
-    /// Served before everything else.
-    Critical = 0,
-    /// Above normal.
-    High = 1,
-    /// The default.
-    Normal = 2,
-    /// Served last; evicted first under `DropPolicy::LowPriority`.
-    Low = 3,
-}
-
-impl Priority {
-    /// All priorities, highest first.
-    pub const ALL: [Priority; 4] = [
-        Priority::Critical,
-        Priority::High,
-        Priority::Normal,
-        Priority::Low,
-    ];
-
-    /// The priority with this code (0 = critical … 3 = low).
-    pub fn from_code(code: u32) -> Option<Priority> {
-        Priority::ALL.get(code as usize).copied()
-    }
-
-    /// Its name (`critical`, `high`, `normal`, `low`).
-    pub fn name(self) -> &'static str {
-        ["critical", "high", "normal", "low"][self as usize]
-    }
-}
+use crate::priority::Priority;
 
 /// What a full queue does with an arrival.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,7 +23,7 @@ pub enum DropPolicy {
     LowPriority,
 }
 
-/// Task queue parameters (the original design's defaults).
+/// Task queue parameters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TaskQueueOptions {
     /// Tasks the primary queue holds (default 1000).

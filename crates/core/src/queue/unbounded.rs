@@ -223,7 +223,7 @@ impl<T> Queue<T> {
                 continue;
             }
             let slot = &b.slots[i];
-            let backoff = super::Backoff::new();
+            let backoff = crate::sync::Backoff::new();
             let mut waited = 0;
             loop {
                 if slot.state.load(Ordering::Acquire) & WRITTEN != 0 {

@@ -42,8 +42,10 @@ pub const FLAG_CHECKSUM: u32 = 2;
 /// Bytes a frame's checksum adds after the payload (rings with [`FLAG_CHECKSUM`]).
 pub const CHECKSUM_LEN: usize = 4;
 
-/// Immutable ring parameters, at body offset 0.
+/// Immutable ring parameters, at body offset 0. Read out of a mapping by copy (a volatile
+/// read of the whole struct, validated before use), never through a reference.
 #[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingConfig {
     /// [`RING_VERSION`].
     pub version: u32,

@@ -34,6 +34,8 @@ use std::time::{Duration, Instant};
 
 use memmap2::MmapRaw;
 
+pub(crate) mod state_files;
+
 use crate::error::{Error, ErrorKind, Result};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
@@ -54,7 +56,7 @@ pub const MAX_ATTACHED: usize = 128;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u32)]
 pub enum SegmentKind {
-    /// A frame ring (`crate::ring`).
+    /// A frame ring (the `ring` module).
     Ring = 1,
     /// A shared-state store.
     State = 2,
@@ -90,6 +92,10 @@ pub struct AttachSlot {
 }
 
 /// The header page at offset 0 of every segment.
+///
+/// Another process can write a mapping at any time, so no reference to this struct is ever
+/// made into shared memory: its plain fields are read by copy ([`Segment::header`]) and its
+/// atomics are reached one by one.
 #[repr(C)]
 pub struct SegmentHeader {
     /// [`MAGIC`].
@@ -117,6 +123,29 @@ pub struct SegmentHeader {
 }
 
 const _: () = assert!(std::mem::size_of::<SegmentHeader>() <= HEADER_LEN);
+
+/// The plain fields of a segment's [`SegmentHeader`], copied out of the mapping
+/// ([`Segment::header`]): the creator writes them before it marks the segment ready, and
+/// nobody changes them after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeaderFields {
+    /// [`MAGIC`].
+    pub magic: [u8; 8],
+    /// [`LAYOUT_VERSION`].
+    pub layout_version: u32,
+    /// A [`SegmentKind`] code.
+    pub kind: u32,
+    /// The segment's total length in bytes (header included).
+    pub total_len: u64,
+    /// The creator's process id.
+    pub creator_pid: u32,
+    /// The creator's user id.
+    pub owner_uid: u32,
+    /// Creation time, nanoseconds since the UNIX epoch.
+    pub created_at_ns: u64,
+    /// The creator's process start time (with `creator_pid`, identifies it).
+    pub creator_start_ticks: u64,
+}
 
 /// How to create or open segments.
 #[derive(Debug, Clone)]
@@ -243,7 +272,10 @@ impl Segment {
         let base = map.as_mut_ptr();
         // SAFETY: the mapping is `len` ≥ HEADER_LEN bytes, page-aligned, freshly created by
         // us with O_EXCL (zero-filled by ftruncate) and not marked ready, so no other process
-        // uses it yet: a unique reference to the header is sound.
+        // uses it yet: a unique reference to the header is sound. (Another process may
+        // already have mapped the file; until `ready` is set it only polls that atomic, which
+        // is not written through this reference, and `gc` reads files with `pread`, a
+        // kernel copy.)
         let h = unsafe { &mut *base.cast::<SegmentHeader>() };
         h.magic = MAGIC;
         h.layout_version = LAYOUT_VERSION;
@@ -263,7 +295,7 @@ impl Segment {
             attach_index: None,
         };
         seg.attach()?;
-        seg.header().ready.store(1, Ordering::Release);
+        seg.ready().store(1, Ordering::Release);
         Ok(seg)
     }
 
@@ -313,10 +345,9 @@ impl Segment {
     }
 
     fn check_header(&self) -> Result<()> {
-        let h = self.header();
         // The creator sets `ready` after initialising; give a concurrent creator a moment.
         let deadline = Instant::now() + Duration::from_millis(500);
-        while h.ready.load(Ordering::Acquire) != 1 {
+        while self.ready().load(Ordering::Acquire) != 1 {
             if Instant::now() > deadline {
                 return Err(Error::corrupt(format!(
                     "{} was never finished by its creator (not ready)",
@@ -325,6 +356,8 @@ impl Segment {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        // Copied after `ready` was seen (Acquire): what the creator wrote before it.
+        let h = self.header();
         if h.magic != MAGIC {
             return Err(Error::corrupt(format!(
                 "{} is not an erlmcp-flow segment (bad magic)",
@@ -372,12 +405,65 @@ impl Segment {
         self.live_participants() == 0 && !process_alive(h.creator_pid, h.creator_start_ticks)
     }
 
-    /// The header.
-    pub fn header(&self) -> &SegmentHeader {
-        // SAFETY: the mapping is at least HEADER_LEN bytes (checked at map time) and page
-        // aligned; `SegmentHeader` is plain data plus atomics, valid for any bit pattern, and
-        // every field that other processes change is atomic.
-        unsafe { &*self.map.as_ptr().cast::<SegmentHeader>() }
+    /// A copy of the header's plain fields. Check it before trusting it: it comes from a
+    /// file that any process with write access may have changed.
+    pub fn header(&self) -> HeaderFields {
+        let base = self.map.as_ptr();
+        // One field of the header, copied out of the mapping.
+        macro_rules! copy {
+            ($field:ident: $t:ty) => {{
+                // The field has type `$t` (a compile-time check; never run).
+                let _: fn(&SegmentHeader) -> &$t = |h| &h.$field;
+                let p = base
+                    .wrapping_add(std::mem::offset_of!(SegmentHeader, $field))
+                    .cast::<$t>();
+                // SAFETY: the mapping is at least HEADER_LEN bytes (checked at map time) and
+                // page aligned, so the field is in bounds and aligned. It is read once, by a
+                // volatile copy: never re-read after a check, never through a reference that
+                // would claim the shared bytes cannot change. It is an integer or a byte
+                // array, valid for any bit pattern, so a concurrent or torn write by another
+                // process can only give values the caller's checks refuse. The creator wrote
+                // it before its Release store of `ready`.
+                unsafe { p.read_volatile() }
+            }};
+        }
+        HeaderFields {
+            magic: copy!(magic: [u8; 8]),
+            layout_version: copy!(layout_version: u32),
+            kind: copy!(kind: u32),
+            total_len: copy!(total_len: u64),
+            creator_pid: copy!(creator_pid: u32),
+            owner_uid: copy!(owner_uid: u32),
+            created_at_ns: copy!(created_at_ns: u64),
+            creator_start_ticks: copy!(creator_start_ticks: u64),
+        }
+    }
+
+    /// The header's `ready` word. The header is never borrowed as a whole (its plain
+    /// fields are copied, [`Segment::header`]); its atomics are borrowed one by one.
+    fn ready(&self) -> &AtomicU32 {
+        let p = self
+            .map
+            .as_ptr()
+            .wrapping_add(std::mem::offset_of!(SegmentHeader, ready))
+            .cast::<AtomicU32>();
+        // SAFETY: the field lies inside the mapping (at least HEADER_LEN bytes), which lives
+        // as long as `self`, and is aligned (the mapping is page aligned); an atomic is valid
+        // for any bit pattern and may be changed by other processes.
+        unsafe { &*p }
+    }
+
+    /// The header's attach table (borrowed alone, as [`Segment::ready`]).
+    fn attached(&self) -> &[AttachSlot; MAX_ATTACHED] {
+        let p = self
+            .map
+            .as_ptr()
+            .wrapping_add(std::mem::offset_of!(SegmentHeader, attached))
+            .cast::<[AttachSlot; MAX_ATTACHED]>();
+        // SAFETY: as for `ready`: the table lies inside the mapping and is aligned, and an
+        // `AttachSlot` is atomics (and padding nobody reads or writes), valid for any bit
+        // pattern.
+        unsafe { &*p }
     }
 
     /// The start of the kind-specific area (after the header page).
@@ -403,8 +489,7 @@ impl Segment {
 
     /// Number of live attachments (a process attached twice counts twice).
     pub fn live_participants(&self) -> usize {
-        self.header()
-            .attached
+        self.attached()
             .iter()
             .filter(|s| {
                 let pid = s.pid.load(Ordering::Acquire);
@@ -416,8 +501,7 @@ impl Segment {
     fn attach(&mut self) -> Result<()> {
         let me = std::process::id();
         let start = process_start_ticks(me);
-        let h = self.header();
-        for (i, s) in h.attached.iter().enumerate() {
+        for (i, s) in self.attached().iter().enumerate() {
             let pid = s.pid.load(Ordering::Acquire);
             let free = pid == 0 || !process_alive(pid, s.start_ticks.load(Ordering::Acquire));
             if free
@@ -466,7 +550,7 @@ impl std::fmt::Debug for Segment {
 impl Drop for Segment {
     fn drop(&mut self) {
         if let Some(i) = self.attach_index.take() {
-            let s = &self.header().attached[i];
+            let s = &self.attached()[i];
             s.start_ticks.store(0, Ordering::Release);
             s.pid.store(0, Ordering::Release);
         }
@@ -734,15 +818,15 @@ fn judge(path: &Path, name: &str) -> (Verdict, Option<FileId>) {
             Verdict::Young
         }
     };
-    let verdict = match crate::state::store_file(name) {
-        Some(crate::state::StoreFile::KeyTemp { pid, start_ticks }) => {
+    let verdict = match state_files::store_file(name) {
+        Some(state_files::StoreFile::KeyTemp { pid, start_ticks }) => {
             if process_alive(pid, start_ticks) {
                 Verdict::Live
             } else {
                 Verdict::Stale
             }
         }
-        Some(crate::state::StoreFile::Key) => {
+        Some(state_files::StoreFile::Key) => {
             judge_key(&file, meta.len(), path, name).unwrap_or_else(abandoned)
         }
         None => judge_segment(&file, meta.len()).unwrap_or_else(abandoned),
@@ -766,7 +850,7 @@ fn judge_key(file: &File, len: u64, path: &Path, name: &str) -> Option<Verdict> 
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
         Err(e) => return Some(Verdict::Unknown(format!("cannot read: {e}"))),
     }
-    let value = crate::state::key_file_value(name, &content)?;
+    let value = state_files::key_file_value(name, &content)?;
     let value_path = path.with_file_name(format!("{FILE_PREFIX}{value}"));
     Some(match judge(&value_path, &value).0 {
         Verdict::Gone | Verdict::Stale => Verdict::Stale,
@@ -868,10 +952,10 @@ fn remove_if_unchanged(path: &Path, id: FileId) -> std::io::Result<Removal> {
 /// * a **segment** (its header's magic) is removed when its creator is dead and no process
 ///   in its attach table is alive ([`Segment::is_stale`]; a zombie is dead, see
 ///   [`process_alive`]), and kept otherwise;
-/// * a **state key file** (`emf-state.<store>.key.<hash>`, see [`crate::state`]) is removed
-///   when the value segment it points at is gone or stale, and kept while that value is in
-///   use (its publisher or a reader alive), however old the key file is; a temporary key file
-///   (`….tmp-<pid>-…`) is removed once the process writing it is dead;
+/// * a **state key file** (`emf-state.<store>.key.<hash>`, written by the state store) is
+///   removed when the value segment it points at is gone or stale, and kept while that value
+///   is in use (its publisher or a reader alive), however old the key file is; a temporary key
+///   file (`….tmp-<pid>-…`) is removed once the process writing it is dead;
 /// * a file that is **not a segment** (too short, no magic, or a creator that died before
 ///   writing the header) and is older than [`GC_MIN_AGE`] is removed; a younger one is kept;
 /// * a file that **cannot be judged** is never removed and is reported in
@@ -1024,7 +1108,7 @@ pub(crate) mod tests {
         };
         let seg = Segment::create("s", SegmentKind::Ring, 8192, &opts, |_, _| {}).unwrap();
         // Simulate a crashed owner: the attach slot names a pid that does not exist.
-        let slot = &seg.header().attached[0];
+        let slot = &seg.attached()[0];
         slot.pid.store(i32::MAX as u32 - 7, Ordering::Release);
         seg.forge_dead_creator();
         let path = seg.path().to_owned();
@@ -1033,7 +1117,7 @@ pub(crate) mod tests {
         assert_eq!(again.live_participants(), 1);
         let kept = gc(&dir).unwrap();
         assert_eq!(kept.kept, vec![path.clone()]);
-        again.header().attached[0]
+        again.attached()[0]
             .pid
             .store(i32::MAX as u32 - 7, Ordering::Release);
         again.forge_dead_creator();

@@ -1,4 +1,4 @@
-//! Vector kernels and int8 quantization (`erlmcp_flow_quantization` in the original design).
+//! Vector kernels and int8 quantization (the Erlang host's `erlmcp_flow_quantization`).
 //!
 //! * Distances for `i8`, `f16` and `f32` vectors: [`dot`], [`cosine_distance`] and
 //!   [`l2sq`], computed by simsimd's kernels (chosen at run time for this CPU: AVX-512 VNNI /
@@ -6,8 +6,8 @@
 //!   reference the tests compare simsimd with).
 //! * Calibrated int8 quantization: [`quantize_vector`] scales each vector by its own largest
 //!   component (`x ≈ scale · code`, codes in −127..=127). MiniLM components are small
-//!   (|x| ≤ 0.29, a vector's largest ≈ 0.17 on average), so the fixed `x · 127` of the
-//!   original design uses about a seventh of the int8 range. Measured by brute force on the
+//!   (|x| ≤ 0.29, a vector's largest ≈ 0.17 on average), so a fixed `x · 127` (one scale
+//!   for every vector) uses about a seventh of the int8 range. Measured by brute force on the
 //!   100K MiniLM set (1000 queries, recall@10 against exact float search):
 //!
 //!   | codes | recall@10 |
