@@ -78,14 +78,11 @@ ROOT_ITEMS = {"Error": "error", "ErrorKind": "error", "Result": "error", "VERSIO
 # Breaks of the rules that issue 10 names, and what fixes them (printed with the break).
 KNOWN = {
     ("ring", "codec"): "ring-codec",
-    ("shm", "state"): "shm-state",
     ("cache", "queue"): "queue-backoff",
     ("hnsw", "queue"): "queue-backoff",
 }
 HINT = {
     "ring-codec": "the ring moves bytes; its codec adapters are leaving it (issue 10)",
-    "shm-state": "shm gc parses the state store's key files; that format belongs in shm "
-                 "(or gc takes it from above), not shm -> state",
     "queue-backoff": "Backoff is moving from queue to sync (issue 10)",
 }
 FOREIGN = re.compile(r"\b(erlmcp_flow_capi|erlmcp_flow_bench|erlmcp_flow_cdylib)\b")

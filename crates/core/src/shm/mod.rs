@@ -37,6 +37,8 @@ use memmap2::MmapRaw;
 use crate::error::{Error, ErrorKind, Result};
 use crate::sync::{AtomicU32, AtomicU64, Ordering};
 
+pub(crate) mod keyfile;
+
 /// Where segments live by default.
 pub const DEFAULT_DIR: &str = "/dev/shm";
 /// File names of segments start with this prefix.
@@ -734,15 +736,15 @@ fn judge(path: &Path, name: &str) -> (Verdict, Option<FileId>) {
             Verdict::Young
         }
     };
-    let verdict = match crate::state::store_file(name) {
-        Some(crate::state::StoreFile::KeyTemp { pid, start_ticks }) => {
+    let verdict = match keyfile::store_file(name) {
+        Some(keyfile::StoreFile::KeyTemp { pid, start_ticks }) => {
             if process_alive(pid, start_ticks) {
                 Verdict::Live
             } else {
                 Verdict::Stale
             }
         }
-        Some(crate::state::StoreFile::Key) => {
+        Some(keyfile::StoreFile::Key) => {
             judge_key(&file, meta.len(), path, name).unwrap_or_else(abandoned)
         }
         None => judge_segment(&file, meta.len()).unwrap_or_else(abandoned),
@@ -766,7 +768,7 @@ fn judge_key(file: &File, len: u64, path: &Path, name: &str) -> Option<Verdict> 
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return None,
         Err(e) => return Some(Verdict::Unknown(format!("cannot read: {e}"))),
     }
-    let value = crate::state::key_file_value(name, &content)?;
+    let value = keyfile::key_file_value(name, &content)?;
     let value_path = path.with_file_name(format!("{FILE_PREFIX}{value}"));
     Some(match judge(&value_path, &value).0 {
         Verdict::Gone | Verdict::Stale => Verdict::Stale,
