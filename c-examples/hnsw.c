@@ -1316,9 +1316,9 @@ static uint32_t crc32c_append(uint32_t crc, const unsigned char *b, size_t len) 
     return ~crc;
 }
 
-/* Writes a fresh CRC32C into an index file of format 2 (src/hnsw/file.rs: the CRC32C of every
- * byte but its own four, at bytes 128..131), so that damage done on purpose reaches the
- * structural checks behind the checksum. */
+/* Writes a fresh CRC32C into an index file of format 2 (crates/core/src/hnsw/file.rs: the
+ * CRC32C of every byte but its own four, at bytes 128..131), so that damage done on purpose
+ * reaches the structural checks behind the checksum. */
 static void reseal(unsigned char *file, size_t len) {
     uint32_t crc = crc32c_append(crc32c_append(0, file, 128), file + 132, len - 132);
     put_le32(file + 128, crc);
@@ -1441,8 +1441,8 @@ static void test_files(void) {
     memcpy(copy, file, flen);
     reseal(copy, flen);
     CHECK(memcmp(copy, file, flen) == 0);
-    /* Damage the file format (src/hnsw/file.rs) knows of: a version, a metric, a dimension, a
-     * neighbour id, a neighbour count. The level-0 lists start at the offset in header bytes
+    /* Damage the file format (crates/core/src/hnsw/file.rs) knows of: a version, a metric, a
+     * dimension, a neighbour id, a neighbour count. The level-0 lists start at the offset in header bytes
      * 96..103 and hold, per node, a count then 2m ids. The CRC32C refuses each; re-sealed
      * with a fresh CRC32C, the structural checks do. */
     memcpy(copy, file, flen);

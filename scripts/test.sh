@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of erlmcp-flow on a fresh machine: Rust (unit, integration, doc, header
-# drift), formatting and lints, the bench smoke run, the C and C++ hosts, Python (the suite,
-# then `pip install` / `pip wheel` of the package in a fresh venv), Erlang, the Erlang build
-# from scratch (erlang-build: rebar3 compile in a fresh clone and as a git_subdir dependency,
-# cargo included), and the cross-language interop test (Python producer, Erlang consumer, C
+# drift), formatting and lints, the layer rules (docs/ARCHITECTURE.md), clippy over the
+# feature matrix, the bench smoke run, the C and C++ hosts, Python (the suite, then
+# `pip install` / `pip wheel` of the package in a fresh venv), Erlang, the Erlang build from
+# scratch (erlang-build: rebar3 compile in a fresh clone and as a git_subdir dependency, cargo
+# included), and the cross-language interop test (Python producer, Erlang consumer, C
 # subscriber).
-# Installs what is missing: Erlang/OTP + rebar3 through apt-get (when root), pytest through pip
-# (python-install: python3-venv through apt-get when needed, the build dependencies from PyPI).
+# Installs what is missing: Erlang/OTP, rebar3 and libclang (iceoryx2's bindgen, for the
+# bench-peers feature) through apt-get (when root), pytest through pip (python-install:
+# python3-venv through apt-get when needed, the build dependencies from PyPI).
 #
 #   scripts/test.sh            everything
 #   EMF_SKIP=erlang,python scripts/test.sh    skip stages by name
@@ -50,6 +52,7 @@ install_deps() {
   command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
   command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
   command -v make >/dev/null 2>&1 || need_apt+=(make)
+  ldconfig -p 2>/dev/null | grep -q 'libclang[-.0-9]*\.so' || need_apt+=(libclang-dev)
   if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
       echo "installing with apt-get: ${need_apt[*]}"
@@ -84,11 +87,11 @@ one_atomics_shim() {
     return 1
   fi
 }
+# Clippy runs in stage `features` (scripts/check-features.sh): every package alone, with each
+# feature set.
 lints() {
   one_atomics_shim &&
-  cargo fmt --all -- --check &&
-    cargo clippy --workspace --all-targets --quiet -- -D warnings &&
-    cargo clippy -p erlmcp-flow-bench --all-targets --no-default-features --quiet -- -D warnings
+    cargo fmt --all -- --check
 }
 header_drift() {
   # The unit test header_drift compares OUT_DIR's fresh generation with the committed header;
@@ -100,6 +103,8 @@ bench_smoke() { cargo run --release --quiet -- bench --quick --out-dir "$repo/ta
 
 stage deps install_deps
 stage lints lints
+stage layers scripts/check-layers.sh
+stage features scripts/check-features.sh
 stage rust rust_tests
 stage header header_drift
 stage release release_build

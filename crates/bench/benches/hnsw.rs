@@ -1,5 +1,5 @@
-//! Criterion: HNSW search on real MiniLM embeddings (20K of `EMF_DATA_DIR`, default
-//! `../shared/data`, else the committed 5K subset), M 16, ef_construction 200, ef 50, k 10:
+//! Criterion: HNSW search on real MiniLM embeddings (20K of the set in `EMF_DATA_DIR` when it is
+//! set, else the committed 5K subset), M 16, ef_construction 200, ef 50, k 10:
 //! our int8 index, with exact re-rank, and the same index mapped from a file; with
 //! `--features bench-peers`, hnsw_rs (f32) built on the same vectors, side by side.
 //!

@@ -21,8 +21,9 @@ Measured per peer:
 A warm-up (one batched pass + one loop pass, untimed) precedes all search timing.
 
 Usage:
-  python3 benches/hnsw_peers.py --n 20000 --out bench/peers/hnsw_peers_20k.json
-  python3 benches/hnsw_peers.py --out bench/peers/hnsw_peers_100k.json
+  EMF_DATA_DIR=/path/to/data python3 crates/bench/benches/hnsw_peers.py --n 20000 --out peers_20k.json
+  python3 crates/bench/benches/hnsw_peers.py --data /path/to/data --out peers_100k.json
+The data directory (--data, default $EMF_DATA_DIR) holds minilm-wordnet-100k.*.npy.
 """
 import os
 
@@ -42,7 +43,6 @@ from types import SimpleNamespace
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
 PARAMS = {"M": 16, "ef_construction": 200, "ef_search": 50, "k": 10, "metric": "inner_product"}
 SEED = 100
 
@@ -146,7 +146,7 @@ PEERS = {f.__name__: f for f in (faiss_hnswsq8, faiss_hnswflat, hnswlib_f32, use
 # ---------------------------------------------------------------- data
 
 def default_data_dir():
-    return os.environ.get("EMF_DATA_DIR") or str(REPO.parent / "shared" / "data")
+    return os.environ.get("EMF_DATA_DIR") or None
 
 
 def load(data_dir, n, nq):
@@ -255,7 +255,8 @@ def machine():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", default=default_data_dir())
+    ap.add_argument("--data", default=default_data_dir(),
+                    help="directory of minilm-wordnet-100k.*.npy (default: $EMF_DATA_DIR)")
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("--out")
@@ -264,6 +265,9 @@ def main():
     ap.add_argument("--reps", type=int, default=3, help="timed search passes (median reported)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if not args.data:
+        sys.exit("no data directory: pass --data DIR or set EMF_DATA_DIR "
+                 "(the directory of minilm-wordnet-100k.*.npy)")
 
     if args._child:
         print(json.dumps(run_peer(args._child, args)), flush=True)

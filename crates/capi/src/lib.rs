@@ -1,4 +1,13 @@
-//! The C ABI: a thin, checked, panic-free boundary over the Rust API.
+//! The C ABI of erlmcp-flow: a thin, checked, panic-free boundary over the Rust API of the
+//! `erlmcp-flow` crate (imported here as `engine`), declared by `include/erlmcp_flow.h`.
+//!
+//! This crate is an rlib: `crates/cdylib` links it whole as the C library
+//! (`liberlmcp_flow.so`, `liberlmcp_flow.a`), and the benchmark command calls it in-process.
+//! `build.rs` generates the header with cbindgen (`cbindgen.toml`); the unit test
+//! `header_drift` fails while the committed header differs. It holds no logic of its own:
+//! modules [`codec`], [`ring`], [`queue`] (task queue, cache), [`vector`] (kernels, HNSW) and
+//! [`flow`] (router, batch processor, state) check arguments, call the engine, and map its
+//! [`ErrorKind`] to a status code.
 //!
 //! Conventions (also in the header's preamble, `include/erlmcp_flow.h`):
 //!

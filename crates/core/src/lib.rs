@@ -2,18 +2,45 @@
 //!
 //! The native core of a multi-agent orchestration system built around the Model Context
 //! Protocol (MCP): many agents, in many processes and languages, exchanging tasks and results.
-//! Erlang/OTP loads it as a NIF, C and C++ link it through `include/erlmcp_flow.h`, Python
-//! loads it with ctypes, and Rust uses this crate directly. The Rust API is the real one; the
-//! C ABI (the `erlmcp-flow-capi` crate) and every binding only wrap it.
+//! Rust uses this crate directly; everything else goes through the C ABI. The Rust API is the
+//! real one; the C ABI and every binding only wrap it.
 //!
 //! ## Modules
 //!
+//! From the lowest layer up (`docs/ARCHITECTURE.md` has the layers and which module may use
+//! which):
+//!
+//! * [`shm`] — named shared-memory segments (0600 files under `/dev/shm`), header checks,
+//!   process liveness, and the gc that removes provably stale segments.
+//! * [`ring`] — frame rings on shared memory between processes: SPSC/MPSC, fan-out
+//!   subscribers, claim/commit in place, futex waits, crash recovery, optional CRC32C.
 //! * [`codec`] — rkyv-archived MCP messages read in place after validation, a lossless
 //!   JSON-RPC 2.0 bridge, and zlib compression with a decompression limit.
+//! * [`queue`] — lock-free MPMC queues (unbounded and bounded) and the task queue with
+//!   priorities, overflow and back-pressure.
+//! * [`cache`] — a sharded concurrent LRU cache with a time-to-live.
 //! * [`vector`] — int8 quantization with a calibrated per-vector scale and SIMD distance
 //!   kernels (simsimd) for i8, f16 and f32.
 //! * [`hnsw`] — a concurrent HNSW index over int8 vectors, saved to a file that other
 //!   processes map and search in place.
+//! * [`router`] — messages to agents by name, over their inbox rings.
+//! * [`batch`] — the batch processor: sends on size, timeout, demand or an idle consumer.
+//! * [`state`] — shared state by reference across processes, each value a segment.
+//!
+//! [`Error`], [`ErrorKind`] and [`Result`] are every module's error type.
+//!
+//! ## Around this crate
+//!
+//! This crate depends on no other crate of the workspace. Around it:
+//!
+//! * the C ABI is the `erlmcp-flow-capi` crate (`crates/capi`), declared by
+//!   `include/erlmcp_flow.h`; `crates/cdylib` packages it as `liberlmcp_flow.so` and
+//!   `liberlmcp_flow.a`;
+//! * the bindings wrap that library: Python through ctypes (`ffi/python`), Erlang/OTP as a NIF
+//!   (`ffi/erlang`), C and C++ through the header (`c-examples/`);
+//! * the `erlmcp-flow` command (benchmark suites, ring and shm tools) and the criterion
+//!   benches are the `erlmcp-flow-bench` crate (`crates/bench`); `cargo run --release --
+//!   bench` runs it from the repository root.
 //!
 //! ## A first example
 //!

@@ -180,13 +180,12 @@ pub struct Dataset {
     pub truth: Array<i32>,
 }
 
-/// The full MiniLM set's directory: `EMF_DATA_DIR`, else a `shared/data` directory beside the
-/// repository (the layout of the project's own machines; a clone without it falls back to
-/// [`committed_dir`] in [`Dataset::minilm_or_committed`]).
-pub fn data_dir() -> PathBuf {
+/// The full MiniLM set's directory (`minilm-wordnet-100k.*.npy`): `EMF_DATA_DIR` when it is set
+/// and not empty. Without it, [`Dataset::minilm_or_committed`] falls back to [`committed_dir`].
+pub fn data_dir() -> Option<PathBuf> {
     std::env::var_os("EMF_DATA_DIR")
+        .filter(|d| !d.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data"))
 }
 
 /// The subset committed with the sources (`tests/data/minilm-5k.*`).
@@ -223,14 +222,14 @@ impl Dataset {
     /// The MiniLM set from [`data_dir`] when it is there (first `n` vectors, `q` queries),
     /// else the committed 5000-vector subset. The flag says which.
     pub fn minilm_or_committed(n: usize, q: usize) -> Result<(Dataset, bool)> {
-        let full = data_dir();
-        if full.join("minilm-wordnet-100k.base.f16.npy").exists() {
-            Ok((Dataset::load(&full, "minilm-wordnet-100k", n, q)?, true))
-        } else {
-            Ok((
+        match data_dir() {
+            Some(full) if full.join("minilm-wordnet-100k.base.f16.npy").exists() => {
+                Ok((Dataset::load(&full, "minilm-wordnet-100k", n, q)?, true))
+            }
+            _ => Ok((
                 Dataset::load(&committed_dir(), "minilm-5k", n.min(5000), q)?,
                 false,
-            ))
+            )),
         }
     }
 

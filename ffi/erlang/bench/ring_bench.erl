@@ -125,7 +125,7 @@ batch_loop(P, [{Len, Batch} | Rest], Retries) ->
                                  Retries + 1)
     end.
 
-%% Sequence-numbered frames as `erlmcp-flow ring produce' makes them (src/ring/seq.rs):
+%% Sequence-numbered frames as `erlmcp-flow ring produce' makes them (crates/core/src/ring/seq.rs):
 %% producer id (u32 LE), sequence (u64 LE), then byte i = (seq * 31) xor id xor i (mod 256).
 frames(N) ->
     Tails = list_to_tuple([<< <<((K bxor ?ID bxor I) band 255)>> || I <- lists:seq(12, ?SIZE - 1)>>

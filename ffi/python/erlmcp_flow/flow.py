@@ -1,5 +1,5 @@
 """Routing to agents, batching, and shared state: thin wrappers of ``emf_router_*``,
-``emf_batch_*`` and ``emf_state_*`` (``src/capi/flow.rs``).
+``emf_batch_*`` and ``emf_state_*`` (``crates/capi/src/flow.rs``).
 
 * :class:`Router` sends messages to agents' inboxes by name. An inbox is a multi-producer
   ring ``inbox.<agent>`` in the router's directory, made when the agent registers;

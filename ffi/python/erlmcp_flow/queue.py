@@ -1,5 +1,5 @@
 """The task queue and the LRU cache: thin wrappers of ``emf_task_queue_*`` and ``emf_cache_*``
-(``src/capi/queue.rs``).
+(``crates/capi/src/queue.rs``).
 
 * :class:`TaskQueue` holds byte-string tasks at four priorities (``"critical"``, ``"high"``,
   ``"normal"``, ``"low"``): a primary queue of ``max_primary`` tasks plus an overflow of

@@ -1,6 +1,6 @@
 """Vector kernels, int8 quantization and the HNSW index: thin wrappers of ``emf_quantize_f32``,
 ``emf_dequantize_i8``, ``emf_distance_f32`` / ``_f16``, ``emf_cosine_distance_i8``,
-``emf_dot_i8`` and ``emf_hnsw_*`` (``src/capi/vector.rs``).
+``emf_dot_i8`` and ``emf_hnsw_*`` (``crates/capi/src/vector.rs``).
 
 * :func:`quantize` / :func:`dequantize`: a float vector as int8 codes with one scale per
   vector (``x ≈ scale · codes``).

@@ -225,7 +225,7 @@ def test_quantize_round_trip_is_within_half_a_step():
             np.testing.assert_array_equal(back, (codes * np.float32(scale)).astype(np.float32))
     codes, scale = emf.quantize(np.zeros(8, dtype=np.float32))
     assert scale == 0.0 and not codes.any()
-    # The library's own example (src/capi/vector.rs).
+    # The library's own example (crates/capi/src/vector.rs).
     codes, _ = emf.quantize([0.1, -0.05, 0.0, 0.2])
     assert codes.tolist() == [64, -32, 0, 127]
 

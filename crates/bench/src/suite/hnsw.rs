@@ -2,8 +2,8 @@
 //! HNSWFlat), hnswlib and usearch (i8, f32) run by `benches/hnsw_peers.py` in a subprocess of
 //! the same run, on the same vectors and parameters (M 16, ef_construction 200, ef 50, k 10).
 //!
-//! Data: `EMF_DATA_DIR` (default `../shared/data`), 100K vectors and 1000 queries; `--quick`
-//! or a clone without that directory uses 5K vectors (the committed subset). Peers run when
+//! Data: the MiniLM set in `EMF_DATA_DIR`, 100K vectors and 1000 queries; `--quick`, or a run
+//! without `EMF_DATA_DIR`, uses 5K vectors (the subset committed under `tests/data/`). Peers run when
 //! `python3` can import numpy and the peer's package; `EMF_HNSW_PEERS` chooses them (a comma
 //! list, `none` to skip; default all, `faiss_hnswsq8` in quick runs).
 
@@ -266,8 +266,9 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     let data_dir = if full {
         erlmcp_flow_dataset::data_dir()
     } else {
-        erlmcp_flow_dataset::committed_dir()
-    };
+        None
+    }
+    .unwrap_or_else(erlmcp_flow_dataset::committed_dir);
     let peers = if full || quick {
         python_peers(n, q, &peer_list, &data_dir).unwrap_or_default()
     } else {

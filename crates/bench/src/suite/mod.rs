@@ -1,9 +1,9 @@
 //! The benchmark suites behind `erlmcp-flow bench`, as a library.
 //!
 //! A suite measures this engine and, where one exists, a peer doing the same work on the same
-//! input in the same run, and returns [`BenchResult`]s. [`Report`] writes the JSON format of
-//! DESIGN.md (plus a `better` field saying which direction is an improvement) and reads it
-//! back for `bench compare`.
+//! input in the same run, and returns [`BenchResult`]s. [`Report`] writes them as JSON (`suite`,
+//! `timestamp`, `machine`, and `results`: name, value, unit, the direction that is `better`,
+//! targets, the peer and the ratio against it) and reads it back for `bench compare`.
 //!
 //! Timing: each measurement runs the operation in batches sized to take a few milliseconds,
 //! repeats the batch, and reports the **median** batch (per operation). The machine is shared
@@ -234,7 +234,7 @@ pub struct Report {
 }
 
 impl Report {
-    /// The report as JSON (the DESIGN.md format).
+    /// The report as JSON (the format described in this module's documentation).
     pub fn to_json(&self) -> String {
         let v = Value::Object(vec![
             Member::new("suite", self.suite.as_str().into()),

@@ -685,8 +685,8 @@ wait_port(Port, Timeout, Out) ->
             error({cli_timeout, Out})
     end.
 
-%% The sequence-numbered frames of `erlmcp-flow ring produce' (src/ring/seq.rs): producer id
-%% (u32 LE), sequence (u64 LE), then byte i = (seq * 31) xor id xor i, all mod 256.
+%% The sequence-numbered frames of `erlmcp-flow ring produce' (crates/core/src/ring/seq.rs):
+%% producer id (u32 LE), sequence (u64 LE), then byte i = (seq * 31) xor id xor i, all mod 256.
 seq_tails(Id, Size) ->
     list_to_tuple([<< <<((K bxor Id bxor I) band 255)>> || I <- lists:seq(12, Size - 1)>>
                    || K <- lists:seq(0, 255)]).
