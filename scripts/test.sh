@@ -91,7 +91,8 @@ one_atomics_shim() {
 # feature set.
 lints() {
   one_atomics_shim &&
-    cargo fmt --all -- --check
+    cargo fmt --all -- --check &&
+    RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
 }
 header_drift() {
   # The unit test header_drift compares OUT_DIR's fresh generation with the committed header;

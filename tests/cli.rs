@@ -192,3 +192,33 @@ fn real_commands_still_run() {
     assert!(ok(&["bench", "list"]).contains("serializer"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A reader that went away (`erlmcp-flow ... | head`) ends the command by SIGPIPE, as any Unix
+/// filter, never by a panic. The pipe's read end is closed before the command starts, so its
+/// first write fails for sure.
+#[test]
+fn a_closed_stdout_ends_the_command_without_a_panic() {
+    use std::os::unix::io::FromRawFd;
+    use std::os::unix::process::ExitStatusExt;
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for the two descriptors pipe(2) writes.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: fds[0] is the pipe's read end, just created and owned by nobody else.
+    assert_eq!(unsafe { libc::close(fds[0]) }, 0);
+    // SAFETY: fds[1] is the write end, owned from here on by the Stdio (closed once).
+    let stdout = unsafe { std::process::Stdio::from_raw_fd(fds[1]) };
+    let out = Command::new(env!("CARGO_BIN_EXE_erlmcp-flow"))
+        .args(["bench", "list"])
+        .stdout(stdout)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .expect("run erlmcp-flow");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        out.status
+    );
+}

@@ -42,7 +42,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the benchmark suites (all by default), print a table and write
-    /// bench/results/<suite>_<UTC timestamp>.json
+    /// bench/results/SUITE_TIMESTAMP.json (UTC)
     Bench(BenchArgs),
     /// Read rings' counters from outside (no participant attaches); all rings without NAME
     Stat(StatArgs),
@@ -297,6 +297,14 @@ enum CodecCmd {
 static ALLOC: erlmcp_flow_bench::suite::alloc::Counting = erlmcp_flow_bench::suite::alloc::Counting;
 
 fn main() -> ExitCode {
+    // A closed stdout (`erlmcp-flow stat --watch 1 | head`) ends the command quietly, as it
+    // does any Unix filter, instead of `println!` panicking on EPIPE: the Rust runtime
+    // ignores SIGPIPE, so put back the default action before anything is written.
+    // SAFETY: signal(2) with SIG_DFL installs no handler (nothing of ours runs in signal
+    // context); this runs first in main, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // Usage errors exit 2 (clap's), --help and --version exit 0.
     let cli = Cli::parse();
     let result = match cli.cmd {

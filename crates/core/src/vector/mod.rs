@@ -160,7 +160,7 @@ pub fn simd_capabilities() -> Vec<&'static str> {
     v
 }
 
-/// An element type with distance kernels: `i8`, [`f16`] and `f32`.
+/// An element type with distance kernels: `i8`, [`f16`](struct@f16) and `f32`.
 pub trait Element: Copy + Send + Sync + 'static {
     /// `Σ aᵢ·bᵢ`.
     fn dot(a: &[Self], b: &[Self]) -> f64;
@@ -410,12 +410,12 @@ pub fn l2sq_quantized(a: &Quantized, b: &Quantized) -> Result<f64> {
     Ok((aa + bb - 2.0 * dot(&a.codes, &b.codes)? * sa * sb).max(0.0))
 }
 
-/// Converts `f32` values to [`f16`] (round to nearest even; overflow gives infinity).
+/// Converts `f32` values to [`f16`](struct@f16) (round to nearest even; overflow gives infinity).
 pub fn to_f16(x: &[f32]) -> Vec<f16> {
     x.iter().map(|&v| f16(f32_to_f16_bits(v))).collect()
 }
 
-/// Converts [`f16`] values to `f32` (exact).
+/// Converts [`f16`](struct@f16) values to `f32` (exact).
 pub fn from_f16(x: &[f16]) -> Vec<f32> {
     x.iter().map(|v| f16_bits_to_f32(v.0)).collect()
 }
