@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the library's unit tests under Miri (nightly): the C ABI boundary (buffers, handles,
-# error text), the codec's unchecked access path and the JSON/compression code.
+# Runs the unit tests of the engine (crates/core) and of the C ABI (crates/capi) under Miri
+# (nightly): the C ABI boundary (buffers, the handle slab and its generic borrow, error text),
+# the codec's unchecked access path, the rings on heap memory and the JSON/compression code.
 #
 #   scripts/miri.sh [extra cargo test args]
 #
@@ -24,6 +25,7 @@ if [ "$#" -eq 0 ]; then
   # drop counts instead).
   MIRIFLAGS="${MIRIFLAGS/-Zmiri-strict-provenance/-Zmiri-permissive-provenance} -Zmiri-ignore-leaks" \
     cargo +nightly miri test -p erlmcp-flow --lib -- queue::
+  cargo +nightly miri test -p erlmcp-flow-capi --lib
 else
   cargo +nightly miri test -p erlmcp-flow --lib "$@"
 fi
