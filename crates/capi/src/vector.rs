@@ -15,7 +15,7 @@ use std::ffi::c_char;
 use super::handle::{borrow, free, new_handle, Handle, Shared};
 use super::{
     c_str, emf_status_t, guard, require_out, typed, typed_mut, write_out, FfiError, FfiResult,
-    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE,
+    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_ERR_UNSUPPORTED,
 };
 use engine::hnsw::{Filter, Hit, Index, IndexRead, Originals, Params, SearchOptions};
 use engine::vector::{self, f16, Metric};
@@ -319,6 +319,18 @@ fn with_read<R>(
     f(index, &read)
 }
 
+/// `EMF_ERR_UNSUPPORTED` for a mapped index, naming the C function that makes a copy that
+/// can change (the engine's message names its own).
+fn writable(index: &Index) -> FfiResult {
+    if index.is_mapped() {
+        return Err(FfiError::new(
+            EMF_ERR_UNSUPPORTED,
+            "the index is a mapped file, read-only (emf_hnsw_load makes a copy that can change)",
+        ));
+    }
+    Ok(())
+}
+
 /// Registers `index` as a new handle and writes it to `out`.
 ///
 /// # Safety
@@ -453,7 +465,10 @@ unsafe fn insert(
     guard(|| {
         // SAFETY: caller contract.
         let v = unsafe { typed(vector, dim, "vector") }?;
-        with_read(index, wait, |_, r| Ok(r.insert(id, v)?))
+        with_read(index, wait, |i, r| {
+            writable(i)?;
+            Ok(r.insert(id, v)?)
+        })
     })
 }
 
@@ -517,9 +532,8 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
         // SAFETY: caller contract.
         let vs = unsafe { typed(vectors, total, "vectors") }?;
         with_read(index, Wait::Block, |i, r| {
-            if !i.is_mapped() {
-                dim_eq(dim, i.params().dim, "vectors")?;
-            }
+            writable(i)?;
+            dim_eq(dim, i.params().dim, "vectors")?;
             Ok(r.insert_batch(ids, vs, threads as usize)?)
         })
     })
@@ -722,7 +736,12 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
 ///
 /// As `emf_hnsw_remove`.
 unsafe fn remove(index: *const emf_hnsw_t, id: u64, wait: Wait) -> emf_status_t {
-    guard(|| with_read(index, wait, |_, r| Ok(r.remove(id)?)))
+    guard(|| {
+        with_read(index, wait, |i, r| {
+            writable(i)?;
+            Ok(r.remove(id)?)
+        })
+    })
 }
 
 /// Removes `id` (`EMF_ERR_NOT_FOUND` when absent). Its memory is reclaimed by
@@ -758,8 +777,12 @@ pub unsafe extern "C" fn emf_hnsw_try_remove(index: *const emf_hnsw_t, id: u64) 
 /// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
 #[no_mangle]
 pub unsafe extern "C" fn emf_hnsw_compact(index: *const emf_hnsw_t) -> emf_status_t {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
-    guard(|| Ok(unsafe { borrow(index) }?.compact()?))
+    guard(|| {
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
+        let index = unsafe { borrow(index) }?;
+        writable(index)?;
+        Ok(index.compact()?)
+    })
 }
 
 /// `emf_hnsw_compact` without waiting: `EMF_ERR_BUSY`, nothing done, while another call on
@@ -770,8 +793,12 @@ pub unsafe extern "C" fn emf_hnsw_compact(index: *const emf_hnsw_t) -> emf_statu
 /// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
 #[no_mangle]
 pub unsafe extern "C" fn emf_hnsw_try_compact(index: *const emf_hnsw_t) -> emf_status_t {
-    // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
-    guard(|| Ok(unsafe { borrow(index) }?.try_compact()?))
+    guard(|| {
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
+        let index = unsafe { borrow(index) }?;
+        writable(index)?;
+        Ok(index.try_compact()?)
+    })
 }
 
 /// Writes the index to the file `path` (a temporary file renamed over it, so processes that
@@ -787,7 +814,10 @@ pub unsafe extern "C" fn emf_hnsw_save(
 ) -> emf_status_t {
     guard(|| {
         let path = c_str(path, "path")?;
-        with_read(index, Wait::Block, |_, r| Ok(r.save(path)?))
+        with_read(index, Wait::Block, |i, r| {
+            writable(i)?;
+            Ok(r.save(path)?)
+        })
     })
 }
 
