@@ -1119,6 +1119,26 @@ mod tests {
         for q in 0..10 {
             assert_eq!((counts[q], batch[q * 3].id), (3, q as u64));
         }
+        // k = 0: every count is written, 0.
+        let mut zero = [usize::MAX; 4];
+        // SAFETY: sizes match (no hits to write).
+        let st = unsafe {
+            emf_hnsw_search_batch(
+                h,
+                vs.as_ptr(),
+                4,
+                dim,
+                0,
+                0,
+                0,
+                null(),
+                0,
+                2,
+                null_mut(),
+                zero.as_mut_ptr(),
+            )
+        };
+        assert_eq!((st, zero), (EMF_OK, [0; 4]));
         // A failing batch (a NaN query among them) writes nothing.
         let mut bad_q = vs[..3 * dim].to_vec();
         bad_q[2 * dim] = f32::NAN;
