@@ -24,7 +24,9 @@
 //!
 //! One thread must not call [`Index::compact`] while it holds an [`IndexRead`] of the same
 //! index: the compaction would wait for that guard forever ([`Index::try_compact`] says
-//! `Busy` instead). A mapped index is read-only: insert, remove, save and compact are
+//! `Busy` instead). Nor should it enter the read side a second time (an `Index` shortcut
+//! included) while holding a guard: a compaction waiting between the two would hold the
+//! second one off while itself waiting for the first; use the guard's own methods. A mapped index is read-only: insert, remove, save and compact are
 //! `Unsupported` ([`Index::load`] makes an in-memory copy that can change).
 //!
 //! ```
