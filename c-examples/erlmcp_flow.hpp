@@ -27,8 +27,9 @@
 //  - A TaskQueue and a Cache may be used from any number of threads at once (share a
 //    reference); they must not be moved from or destroyed while another thread uses them.
 //  - An Hnsw may be used from any number of threads at once: searches, inserts and removals
-//    run together; compact() waits for the calls in progress and holds the others off. It
-//    must not be moved from or destroyed while another thread uses it.
+//    run together; compact() waits for the calls in progress and holds the others off
+//    (try_compact() returns false instead of waiting). It must not be moved from or
+//    destroyed while another thread uses it.
 //
 // Shared-memory rings (see the Ring class below):
 //
@@ -1513,6 +1514,14 @@ public:
     // Reclaims the memory of removed vectors (waits for the calls in progress, holds others
     // off meanwhile).
     void compact() { detail::check(emf_hnsw_compact(handle("emf_hnsw_compact")), "emf_hnsw_compact"); }
+
+    // compact() without waiting: false (nothing done) while another call on the index runs.
+    bool try_compact() {
+        emf_status_t st = emf_hnsw_try_compact(handle("emf_hnsw_try_compact"));
+        if (st == EMF_ERR_BUSY) return false;
+        detail::check(st, "emf_hnsw_try_compact");
+        return true;
+    }
 
     // Writes the index to `path` (a temporary file renamed over it).
     void save(const std::string& path) const {

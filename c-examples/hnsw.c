@@ -23,7 +23,9 @@
  * the three metrics, with and without originals; a bitset filter; remove (absent ids:
  * EMF_ERR_NOT_FOUND) and compact; every vector of a batch inserted on 2 threads reachable by a
  * search (as on 1 thread); searches racing a writer thread's inserts answering k hits (a
- * reader thread); save / open / load, a save renamed over a file that is still
+ * reader thread); the emf_hnsw_try_* forms (EMF_ERR_BUSY, nothing done or written, while a
+ * compaction runs or waits for a batch insert on another thread; try_compact busy while the
+ * batch runs); save / open / load, a save renamed over a file that is still
  * mapped, a mapped index refusing every change (EMF_ERR_UNSUPPORTED), corrupt, truncated and
  * bit-flipped files (EMF_ERR_CORRUPT from the file's CRC32C; re-sealed with a fresh CRC32C,
  * from the structural checks behind it; never a crash), missing files (EMF_ERR_NOT_FOUND),
@@ -939,6 +941,140 @@ static void test_search_during_insert(int rounds) {
     CHECK(searches > 0);
     CHECK(short_answers == 0 && "a search racing an insert answers k hits");
     CHECK(unsorted == 0 && errors == 0);
+    free(v);
+}
+
+/* The emf_hnsw_try_* forms never wait: where the plain form would wait for a compaction (one
+ * that runs, or waits for the calls in progress), they answer EMF_ERR_BUSY having done and
+ * written nothing; emf_hnsw_try_compact answers EMF_ERR_BUSY while any other call runs. A
+ * batch insert on another thread is the call in progress: try_compact is busy while it runs;
+ * then a blocking emf_hnsw_compact on a third thread waits for it, and meanwhile the read-side
+ * try forms are busy (outputs untouched) or succeed, never anything else. Both kinds of BUSY
+ * must be seen within `rounds` rounds (the batch is long enough that they always are). */
+typedef struct {
+    emf_hnsw_t *index;
+    const uint64_t *ids;
+    const float *vs;
+    size_t n;
+    atomic_int started, done;
+    emf_status_t st;
+} try_batch_t;
+
+static void *try_batch_job(void *arg) {
+    try_batch_t *j = arg;
+    atomic_store_explicit(&j->started, 1, memory_order_release);
+    j->st = emf_hnsw_insert_batch(j->index, j->ids, j->n, j->vs, SMALL_DIM, 1);
+    atomic_store_explicit(&j->done, 1, memory_order_release);
+    return NULL;
+}
+
+typedef struct {
+    emf_hnsw_t *index;
+    atomic_int done;
+    emf_status_t st;
+} try_compact_t;
+
+static void *try_compact_job(void *arg) {
+    try_compact_t *j = arg;
+    j->st = emf_hnsw_compact(j->index);
+    atomic_store_explicit(&j->done, 1, memory_order_release);
+    return NULL;
+}
+
+static void test_try_forms(size_t batch, int rounds) {
+    float *v = xmalloc(sizeof(float) * (batch + 1) * SMALL_DIM);
+    uint64_t *ids = xmalloc(sizeof(uint64_t) * batch);
+    uint64_t rng = 70;
+    random_vector(v, (batch + 1) * SMALL_DIM, &rng);
+    for (size_t i = 0; i < batch; i++) ids[i] = i;
+    const float *probe = v + batch * SMALL_DIM; /* id `batch`, inserted first */
+
+    /* Nothing else running: every try form does its work. */
+    emf_hnsw_t *h = new_index(SMALL_DIM, EMF_METRIC_COSINE, EMF_ORIGINALS_NONE);
+    CHECK_STATUS(emf_hnsw_try_insert(h, 1, v, SMALL_DIM), EMF_OK);
+    CHECK_STATUS(emf_hnsw_try_insert(h, 2, v + SMALL_DIM, SMALL_DIM), EMF_OK);
+    CHECK_ERROR(emf_hnsw_try_insert(h, 2, v, SMALL_DIM), EMF_ERR_INVALID_ARGUMENT, "2");
+    emf_hnsw_hit_t hits[2];
+    size_t n = 0, len = 0;
+    CHECK_STATUS(emf_hnsw_try_search(h, v, SMALL_DIM, 2, 0, 0, NULL, 0, hits, &n), EMF_OK);
+    CHECK(n == 2 && hits[0].id == 1);
+    CHECK_STATUS(emf_hnsw_try_remove(h, 1), EMF_OK);
+    CHECK_ERROR(emf_hnsw_try_remove(h, 1), EMF_ERR_NOT_FOUND, "1");
+    CHECK_STATUS(emf_hnsw_try_stats(h, &len, NULL), EMF_OK);
+    CHECK(len == 1);
+    CHECK_STATUS(emf_hnsw_try_compact(h), EMF_OK);
+    CHECK_STATUS(emf_hnsw_free(h), EMF_OK);
+    CHECK_ERROR(emf_hnsw_try_compact(NULL), EMF_ERR_NULL_ARGUMENT, "index");
+    CHECK_ERROR(emf_hnsw_try_compact(h), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_ERROR(emf_hnsw_try_stats(NULL, &len, NULL), EMF_ERR_NULL_ARGUMENT, "index");
+
+    unsigned long compact_busy = 0, read_busy = 0, read_ok = 0, wrong = 0, touched = 0;
+    for (int round = 0; round < rounds && (compact_busy == 0 || read_busy == 0); round++) {
+        h = new_index(SMALL_DIM, EMF_METRIC_COSINE, EMF_ORIGINALS_NONE);
+        CHECK_STATUS(emf_hnsw_insert(h, batch, probe, SMALL_DIM), EMF_OK);
+        try_batch_t b = {.index = h, .ids = ids, .vs = v, .n = batch};
+        atomic_init(&b.started, 0);
+        atomic_init(&b.done, 0);
+        try_compact_t c = {.index = h};
+        atomic_init(&c.done, 0);
+        pthread_t bt, ct;
+        if (pthread_create(&bt, NULL, try_batch_job, &b) != 0) {
+            CHECK(!"pthread_create");
+            emf_hnsw_free(h);
+            break;
+        }
+        while (!atomic_load_explicit(&b.started, memory_order_acquire)) sched_yield();
+        /* Until the batch is inside the index, try_compact may still succeed (nothing to
+         * reclaim); once it is, try_compact is busy. */
+        int busy = 0;
+        while (!busy && !atomic_load_explicit(&b.done, memory_order_acquire)) {
+            emf_status_t st = emf_hnsw_try_compact(h);
+            busy = st == EMF_ERR_BUSY;
+            if (!busy && st != EMF_OK) CHECK_STATUS(st, EMF_OK);
+        }
+        compact_busy += busy;
+        int compacting = busy && pthread_create(&ct, NULL, try_compact_job, &c) == 0;
+        uint64_t next = batch + 1;
+        while (compacting && !atomic_load_explicit(&c.done, memory_order_acquire)) {
+            emf_hnsw_hit_t got[2] = {SENTINEL_HIT, SENTINEL_HIT};
+            size_t got_n = SIZE_MAX, got_len = SIZE_MAX;
+            emf_status_t s1 = emf_hnsw_try_search(h, probe, SMALL_DIM, 2, 0, 0, NULL, 0, got,
+                                                  &got_n);
+            emf_status_t s2 = emf_hnsw_try_stats(h, &got_len, NULL);
+            emf_status_t s3 = emf_hnsw_try_insert(h, next, probe, SMALL_DIM);
+            emf_status_t s4 = s3 == EMF_OK ? emf_hnsw_try_remove(h, next) : EMF_OK;
+            if (s3 == EMF_OK && s4 == EMF_ERR_BUSY) {
+                /* The blocking form waits for the compaction, then succeeds. */
+                CHECK_STATUS(emf_hnsw_remove(h, next), EMF_OK);
+            }
+            next += s3 == EMF_OK;
+            emf_status_t all[] = {s1, s2, s3, s4};
+            for (size_t i = 0; i < (s3 == EMF_OK ? 4u : 3u); i++) {
+                if (all[i] == EMF_ERR_BUSY) read_busy++;
+                else if (all[i] == EMF_OK) read_ok++;
+                else wrong++;
+            }
+            if (s1 == EMF_ERR_BUSY && (got_n != SIZE_MAX || !all_sentinel(got, 2))) touched++;
+            if (s2 == EMF_ERR_BUSY && got_len != SIZE_MAX) touched++;
+            if (s1 == EMF_OK && (got_n == 0 || got[0].id != batch)) wrong++;
+        }
+        pthread_join(bt, NULL);
+        CHECK_STATUS(b.st, EMF_OK);
+        if (compacting) {
+            pthread_join(ct, NULL);
+            CHECK_STATUS(c.st, EMF_OK);
+        }
+        CHECK(index_len(h) == batch + 1);
+        CHECK_STATUS(emf_hnsw_free(h), EMF_OK);
+    }
+    printf("try forms: try_compact busy during a batch insert in %lu round(s); read-side try "
+           "forms %lu busy, %lu done while a compaction waited or ran\n",
+           compact_busy, read_busy, read_ok);
+    CHECK(compact_busy > 0 && "emf_hnsw_try_compact is busy while a batch insert runs");
+    CHECK(read_busy > 0 && "the read-side try forms are busy while a compaction waits");
+    CHECK(wrong == 0 && "a try form answers EMF_OK (right) or EMF_ERR_BUSY, nothing else");
+    CHECK(touched == 0 && "a busy try form writes nothing");
+    free(ids);
     free(v);
 }
 
@@ -2114,6 +2250,7 @@ int main(int argc, char **argv) {
     test_remove_compact();
     test_concurrent_build(builds);
     test_search_during_insert(builds / 4);
+    test_try_forms(limit < 5000 ? 600 : 3000, 5);
     test_bad_input();
     test_files();
     if (data_dir != NULL) {

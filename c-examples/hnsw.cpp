@@ -304,6 +304,7 @@ void test_mapped(const emf::Hnsw& index, emf::Hnsw& mapped, const std::string& p
     CHECK_THROWS(mapped.insert_batch(std::vector<std::uint64_t>{999999}, v), EMF_ERR_UNSUPPORTED);
     CHECK_THROWS(mapped.remove(0), EMF_ERR_UNSUPPORTED);
     CHECK_THROWS(mapped.compact(), EMF_ERR_UNSUPPORTED);
+    CHECK_THROWS(mapped.try_compact(), EMF_ERR_UNSUPPORTED);
     CHECK_THROWS(mapped.save(path + ".copy"), EMF_ERR_UNSUPPORTED);
     CHECK(!fs::exists(path + ".copy"));
     CHECK(mapped.size() == index.size());
@@ -451,6 +452,9 @@ void test_load(const std::string& path, const emf::Hnsw& mapped, const Memory& n
     CHECK(first.size() == 1 && first[0].id == 0);
     copy.compact();
     CHECK(copy.size() == mapped.size());
+    CHECK(copy.remove(1));
+    CHECK(copy.try_compact());  // nothing else runs: done at once
+    CHECK(copy.size() == mapped.size() - 1);
 }
 
 // =============================================================================================

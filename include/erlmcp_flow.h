@@ -1356,7 +1356,8 @@ emf_status_t emf_hnsw_load(const char *path, struct emf_hnsw_t **out);
 // No other thread may be using `index`.
 emf_status_t emf_hnsw_free(struct emf_hnsw_t *index);
 
-// Writes the index's parameters.
+// Writes the index's parameters (they never change: this call never waits for a
+// compaction).
 //
 // # Safety
 //
@@ -1364,7 +1365,8 @@ emf_status_t emf_hnsw_free(struct emf_hnsw_t *index);
 emf_status_t emf_hnsw_params(const struct emf_hnsw_t *index, struct emf_hnsw_params_t *out);
 
 // Inserts a vector of `dim` floats under `id`. `EMF_ERR_INVALID_ARGUMENT` when `id` is
-// already in the index, `dim` differs from the index's, or a value is NaN or infinite.
+// already in the index, `dim` differs from the index's, or a value is NaN or infinite;
+// `EMF_ERR_UNSUPPORTED` for a mapped index. Waits while a compaction runs.
 //
 // # Safety
 //
@@ -1374,9 +1376,22 @@ emf_status_t emf_hnsw_insert(const struct emf_hnsw_t *index,
                              const float *vector,
                              size_t dim);
 
+// `emf_hnsw_insert` without waiting: `EMF_ERR_BUSY`, nothing inserted, while a compaction
+// runs or waits (for a caller that must not block; call `emf_hnsw_insert` from a thread
+// that may).
+//
+// # Safety
+//
+// As `emf_hnsw_insert`.
+emf_status_t emf_hnsw_try_insert(const struct emf_hnsw_t *index,
+                                 uint64_t id,
+                                 const float *vector,
+                                 size_t dim);
+
 // Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
 // `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
 // `EMF_ERR_TOO_LARGE` when `n · dim` floats exceed `EMF_MAX_INPUT_LEN` bytes or overflow.
+// Waits while a compaction runs.
 //
 // # Safety
 //
@@ -1392,7 +1407,7 @@ emf_status_t emf_hnsw_insert_batch(const struct emf_hnsw_t *index,
 // (0: the index's `ef_search`); `flags` may hold `EMF_SEARCH_RERANK`. When `filter_words`
 // is not 0, only ids whose bit is set in `filter` (id `i`: bit `i % 64` of word `i / 64`)
 // are returned. Writes up to `k` hits, closest first, into `out_hits` and their number to
-// `*out_count`.
+// `*out_count`. Waits while a compaction runs.
 //
 // # Safety
 //
@@ -1409,11 +1424,28 @@ emf_status_t emf_hnsw_search(const struct emf_hnsw_t *index,
                              struct emf_hnsw_hit_t *out_hits,
                              size_t *out_count);
 
+// `emf_hnsw_search` without waiting: `EMF_ERR_BUSY`, nothing written, while a compaction
+// runs or waits.
+//
+// # Safety
+//
+// As `emf_hnsw_search`.
+emf_status_t emf_hnsw_try_search(const struct emf_hnsw_t *index,
+                                 const float *query,
+                                 size_t dim,
+                                 size_t k,
+                                 size_t ef,
+                                 uint32_t flags,
+                                 const uint64_t *filter,
+                                 size_t filter_words,
+                                 struct emf_hnsw_hit_t *out_hits,
+                                 size_t *out_count);
+
 // Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
 // CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]` (slots
 // past a query's count are left as they were). The outputs are written only when every
 // query succeeded. `EMF_ERR_TOO_LARGE` when `nq · dim` or `nq · k` overflow or the arrays
-// exceed `EMF_MAX_INPUT_LEN` bytes.
+// exceed `EMF_MAX_INPUT_LEN` bytes. Waits while a compaction runs.
 //
 // # Safety
 //
@@ -1434,23 +1466,40 @@ emf_status_t emf_hnsw_search_batch(const struct emf_hnsw_t *index,
                                    size_t *out_counts);
 
 // Removes `id` (`EMF_ERR_NOT_FOUND` when absent). Its memory is reclaimed by
-// `emf_hnsw_compact`.
+// `emf_hnsw_compact`. Waits while a compaction runs.
 //
 // # Safety
 //
 // `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
 emf_status_t emf_hnsw_remove(const struct emf_hnsw_t *index, uint64_t id);
 
+// `emf_hnsw_remove` without waiting: `EMF_ERR_BUSY`, nothing removed, while a compaction
+// runs or waits.
+//
+// # Safety
+//
+// As `emf_hnsw_remove`.
+emf_status_t emf_hnsw_try_remove(const struct emf_hnsw_t *index, uint64_t id);
+
 // Reclaims the memory of removed vectors. Waits for calls in progress on this index and
-// holds others off until it is done.
+// holds others off until it is done (they wait, or their `emf_hnsw_try_*` forms answer
+// `EMF_ERR_BUSY`). `EMF_ERR_UNSUPPORTED` for a mapped index.
 //
 // # Safety
 //
 // `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
 emf_status_t emf_hnsw_compact(const struct emf_hnsw_t *index);
 
+// `emf_hnsw_compact` without waiting: `EMF_ERR_BUSY`, nothing done, while another call on
+// the index (or another compaction) runs.
+//
+// # Safety
+//
+// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
+emf_status_t emf_hnsw_try_compact(const struct emf_hnsw_t *index);
+
 // Writes the index to the file `path` (a temporary file renamed over it, so processes that
-// mapped the old file keep reading it intact).
+// mapped the old file keep reading it intact). Waits while a compaction runs.
 //
 // # Safety
 //
@@ -1458,7 +1507,7 @@ emf_status_t emf_hnsw_compact(const struct emf_hnsw_t *index);
 emf_status_t emf_hnsw_save(const struct emf_hnsw_t *index, const char *path);
 
 // Writes the number of live vectors and the bytes the index holds (for a mapped index, the
-// file's size). Either out-pointer may be NULL.
+// file's size). Either out-pointer may be NULL. Waits while a compaction runs.
 //
 // # Safety
 //
@@ -1466,6 +1515,16 @@ emf_status_t emf_hnsw_save(const struct emf_hnsw_t *index, const char *path);
 emf_status_t emf_hnsw_stats(const struct emf_hnsw_t *index,
                             size_t *out_len,
                             size_t *out_memory_bytes);
+
+// `emf_hnsw_stats` without waiting: `EMF_ERR_BUSY`, nothing written, while a compaction
+// runs or waits.
+//
+// # Safety
+//
+// As `emf_hnsw_stats`.
+emf_status_t emf_hnsw_try_stats(const struct emf_hnsw_t *index,
+                                size_t *out_len,
+                                size_t *out_memory_bytes);
 
 #ifdef __cplusplus
 }  // extern "C"

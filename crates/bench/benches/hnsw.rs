@@ -1,14 +1,15 @@
 //! Criterion: HNSW search on real MiniLM embeddings (20K of the set in `EMF_DATA_DIR` when it is
 //! set, else the committed 5K subset), M 16, ef_construction 200, ef 50, k 10:
 //! our int8 index, with exact re-rank, and the same index mapped from a file; with
-//! `--features bench-peers`, hnsw_rs (f32) built on the same vectors, side by side.
+//! `--features bench-peers`, hnsw_rs (f32) built on the same vectors, side by side. Then
+//! every query at once: one after another on one thread against `Index::search_batch` on 2.
 //!
 //!     cargo bench --bench hnsw [--features bench-peers]
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use erlmcp_flow::hnsw::{Hnsw, MappedHnsw, Originals, Params, SearchOptions};
+use erlmcp_flow::hnsw::{Hnsw, Index, MappedHnsw, Originals, Params, SearchOptions};
 use erlmcp_flow_dataset::Dataset;
 
 fn search(c: &mut Criterion) {
@@ -77,6 +78,25 @@ fn search(c: &mut Criterion) {
     }
     g.finish();
     let _ = std::fs::remove_file(&path);
+
+    // The whole query set per iteration: sequential, then one batch call on 2 threads.
+    let index = Index::from(idx);
+    let queries = &d.queries.data[..q * d.queries.cols];
+    let mut g = c.benchmark_group(format!("hnsw_search_batch_{}k_{q}q", n / 1000));
+    g.bench_function("sequential", |b| {
+        b.iter(|| {
+            let r = index.read();
+            let hits: Vec<_> = queries
+                .chunks(d.queries.cols)
+                .map(|qv| r.search(qv, &int8).unwrap())
+                .collect();
+            black_box(hits)
+        })
+    });
+    g.bench_function("search_batch_2_threads", |b| {
+        b.iter(|| black_box(index.search_batch(queries, &int8, 2).unwrap()))
+    });
+    g.finish();
 }
 
 criterion_group! {

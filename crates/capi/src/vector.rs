@@ -4,17 +4,20 @@
 //! `uint16_t`), with their length passed beside them and checked against the index. An index
 //! handle is thread-safe: inserts, removals and searches may run on any threads at once;
 //! `emf_hnsw_compact` waits for the calls in progress and holds the others off while it
-//! runs. A handle must not be freed while another thread uses it.
+//! runs (the engine's `hnsw::Index` keeps that rule; this file holds no lock). A caller that
+//! must not block (a VM scheduler thread) uses the `emf_hnsw_try_*` forms, which answer
+//! `EMF_ERR_BUSY` at once, having done nothing, where the plain form would wait, and makes
+//! the plain call from a thread that may block. A handle must not be freed while another
+//! thread uses it.
 
 use std::ffi::c_char;
-use std::sync::RwLock;
 
 use super::handle::{borrow, free, new_handle, Handle, Shared};
 use super::{
     c_str, emf_status_t, guard, require_out, typed, typed_mut, write_out, FfiError, FfiResult,
     EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_ERR_UNSUPPORTED,
 };
-use engine::hnsw::{Filter, Hnsw, MappedHnsw, Originals, Params, SearchOptions};
+use engine::hnsw::{Filter, Hit, Index, IndexRead, Originals, Params, SearchOptions};
 use engine::vector::{self, f16, Metric};
 
 /// Metric: `1 − cos(a, b)`.
@@ -280,29 +283,52 @@ pub struct emf_hnsw_hit_t {
     pub distance: f32,
 }
 
-enum Index {
-    Live(Hnsw),
-    Mapped(MappedHnsw),
-}
-
 /// An HNSW index: built in memory (`emf_hnsw_new`, `emf_hnsw_load`) or a saved file mapped
 /// read-only (`emf_hnsw_open`). Opaque; thread-safe (see the module notes).
 pub struct emf_hnsw_t {
-    index: RwLock<Index>,
+    _private: (),
 }
 
 impl Handle for emf_hnsw_t {
     const KIND: u32 = 11;
     const NAME: &'static str = "index";
-    type Target = Self;
+    type Target = Index;
     type Access = Shared;
 }
 
-fn with_index<R>(h: *const emf_hnsw_t, f: impl FnOnce(&Index) -> FfiResult<R>) -> FfiResult<R> {
+/// Whether a call waits while a compaction runs (`emf_hnsw_<op>`) or answers `EMF_ERR_BUSY`
+/// at once (`emf_hnsw_try_<op>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    Block,
+    Try,
+}
+
+/// Borrows the index behind `h` and enters its read side as `wait` says, then runs `f`.
+fn with_read<R>(
+    h: *const emf_hnsw_t,
+    wait: Wait,
+    f: impl FnOnce(&Index, &IndexRead<'_>) -> FfiResult<R>,
+) -> FfiResult<R> {
     // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-    let h = unsafe { borrow(h) }?;
-    let g = h.index.read().unwrap_or_else(|e| e.into_inner());
-    f(&g)
+    let index = unsafe { borrow(h) }?;
+    let read = match wait {
+        Wait::Block => index.read(),
+        Wait::Try => index.try_read()?,
+    };
+    f(index, &read)
+}
+
+/// `EMF_ERR_UNSUPPORTED` for a mapped index, naming the C function that makes a copy that
+/// can change (the engine's message names its own).
+fn writable(index: &Index) -> FfiResult {
+    if index.is_mapped() {
+        return Err(FfiError::new(
+            EMF_ERR_UNSUPPORTED,
+            "the index is a mapped file, read-only (emf_hnsw_load makes a copy that can change)",
+        ));
+    }
+    Ok(())
 }
 
 /// Registers `index` as a new handle and writes it to `out`.
@@ -311,21 +337,9 @@ fn with_index<R>(h: *const emf_hnsw_t, f: impl FnOnce(&Index) -> FfiResult<R>) -
 ///
 /// `out` writable (checked non-NULL by the caller).
 unsafe fn publish(index: Index, out: *mut *mut emf_hnsw_t) -> FfiResult {
-    let h = new_handle::<emf_hnsw_t>(emf_hnsw_t {
-        index: RwLock::new(index),
-    })?;
+    let h = new_handle::<emf_hnsw_t>(index)?;
     // SAFETY: writable by the caller's contract.
     unsafe { write_out(out, h, "out") }
-}
-
-fn live(i: &Index) -> FfiResult<&Hnsw> {
-    match i {
-        Index::Live(h) => Ok(h),
-        Index::Mapped(_) => Err(FfiError::new(
-            EMF_ERR_UNSUPPORTED,
-            "the index is a mapped file, read-only (emf_hnsw_load makes a copy that can change)",
-        )),
-    }
 }
 
 /// Writes the original design's parameters (`M` 16, `ef_construction` 200, `ef_search` 50,
@@ -364,7 +378,7 @@ pub unsafe extern "C" fn emf_hnsw_new(
         // SAFETY: non-NULL and readable by contract; a plain-data struct.
         let p = unsafe { params.read_unaligned() }.to_params()?;
         // SAFETY: writable by contract, checked non-NULL.
-        unsafe { publish(Index::Live(Hnsw::new(p)?), out) }
+        unsafe { publish(Index::new(p)?, out) }
     })
 }
 
@@ -383,9 +397,9 @@ pub unsafe extern "C" fn emf_hnsw_open(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let m = MappedHnsw::open(c_str(path, "path")?)?;
+        let m = Index::open(c_str(path, "path")?)?;
         // SAFETY: writable by contract, checked non-NULL.
-        unsafe { publish(Index::Mapped(m), out) }
+        unsafe { publish(m, out) }
     })
 }
 
@@ -402,9 +416,9 @@ pub unsafe extern "C" fn emf_hnsw_load(
 ) -> emf_status_t {
     guard(|| {
         require_out(out, "out")?;
-        let idx = Hnsw::load(c_str(path, "path")?)?;
+        let idx = Index::load(c_str(path, "path")?)?;
         // SAFETY: writable by contract, checked non-NULL.
-        unsafe { publish(Index::Live(idx), out) }
+        unsafe { publish(idx, out) }
     })
 }
 
@@ -419,7 +433,8 @@ pub unsafe extern "C" fn emf_hnsw_free(index: *mut emf_hnsw_t) -> emf_status_t {
     guard(|| unsafe { free(index) })
 }
 
-/// Writes the index's parameters.
+/// Writes the index's parameters (they never change: this call never waits for a
+/// compaction).
 ///
 /// # Safety
 ///
@@ -430,19 +445,36 @@ pub unsafe extern "C" fn emf_hnsw_params(
     out: *mut emf_hnsw_params_t,
 ) -> emf_status_t {
     guard(|| {
-        let p = with_index(index, |i| {
-            Ok(emf_hnsw_params_t::from_params(match i {
-                Index::Live(h) => h.params(),
-                Index::Mapped(m) => m.params(),
-            }))
-        })?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
+        let p = emf_hnsw_params_t::from_params(unsafe { borrow(index) }?.params());
         // SAFETY: writable by contract (NULL checked inside).
         unsafe { write_out(out, p, "out") }
     })
 }
 
+/// # Safety
+///
+/// As `emf_hnsw_insert`.
+unsafe fn insert(
+    index: *const emf_hnsw_t,
+    id: u64,
+    vector: *const f32,
+    dim: usize,
+    wait: Wait,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        let v = unsafe { typed(vector, dim, "vector") }?;
+        with_read(index, wait, |i, r| {
+            writable(i)?;
+            Ok(r.insert(id, v)?)
+        })
+    })
+}
+
 /// Inserts a vector of `dim` floats under `id`. `EMF_ERR_INVALID_ARGUMENT` when `id` is
-/// already in the index, `dim` differs from the index's, or a value is NaN or infinite.
+/// already in the index, `dim` differs from the index's, or a value is NaN or infinite;
+/// `EMF_ERR_UNSUPPORTED` for a mapped index. Waits while a compaction runs.
 ///
 /// # Safety
 ///
@@ -454,20 +486,32 @@ pub unsafe extern "C" fn emf_hnsw_insert(
     vector: *const f32,
     dim: usize,
 ) -> emf_status_t {
-    guard(|| {
-        // SAFETY: caller contract.
-        let v = unsafe { typed(vector, dim, "vector") }?;
-        with_index(index, |i| {
-            let h = live(i)?;
-            dim_eq(dim, h.params().dim, "vector")?;
-            Ok(h.insert(id, v)?)
-        })
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe { insert(index, id, vector, dim, Wait::Block) }
+}
+
+/// `emf_hnsw_insert` without waiting: `EMF_ERR_BUSY`, nothing inserted, while a compaction
+/// runs or waits (for a caller that must not block; call `emf_hnsw_insert` from a thread
+/// that may).
+///
+/// # Safety
+///
+/// As `emf_hnsw_insert`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_try_insert(
+    index: *const emf_hnsw_t,
+    id: u64,
+    vector: *const f32,
+    dim: usize,
+) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe { insert(index, id, vector, dim, Wait::Try) }
 }
 
 /// Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
 /// `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
 /// `EMF_ERR_TOO_LARGE` when `n · dim` floats exceed `EMF_MAX_INPUT_LEN` bytes or overflow.
+/// Waits while a compaction runs.
 ///
 /// # Safety
 ///
@@ -487,11 +531,44 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
         let ids = unsafe { typed(ids, n, "ids") }?;
         // SAFETY: caller contract.
         let vs = unsafe { typed(vectors, total, "vectors") }?;
-        with_index(index, |i| {
-            let h = live(i)?;
-            dim_eq(dim, h.params().dim, "vectors")?;
-            Ok(h.insert_batch(ids, vs, threads as usize)?)
+        with_read(index, Wait::Block, |i, r| {
+            writable(i)?;
+            dim_eq(dim, i.params().dim, "vectors")?;
+            Ok(r.insert_batch(ids, vs, threads as usize)?)
         })
+    })
+}
+
+/// # Safety
+///
+/// As `emf_hnsw_search`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn search(
+    index: *const emf_hnsw_t,
+    query: *const f32,
+    dim: usize,
+    k: usize,
+    ef: usize,
+    flags: u32,
+    filter: *const u64,
+    filter_words: usize,
+    out_hits: *mut emf_hnsw_hit_t,
+    out_count: *mut usize,
+    wait: Wait,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out_count, "out_count")?;
+        // SAFETY: caller contract.
+        let q = unsafe { typed(query, dim, "query") }?;
+        // SAFETY: caller contract.
+        let out = unsafe { typed_mut(out_hits, k, "out_hits") }?;
+        // SAFETY: caller contract.
+        let bits = unsafe { typed(filter, filter_words, "filter") }?;
+        let o = options(k, ef, flags, bits)?;
+        let hits = with_read(index, wait, |_, r| Ok(r.search(q, &o)?))?;
+        let n = write_hits(&hits, out);
+        // SAFETY: checked non-NULL, writable by contract.
+        unsafe { write_out(out_count, n, "out_count") }
     })
 }
 
@@ -499,7 +576,7 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
 /// (0: the index's `ef_search`); `flags` may hold `EMF_SEARCH_RERANK`. When `filter_words`
 /// is not 0, only ids whose bit is set in `filter` (id `i`: bit `i % 64` of word `i / 64`)
 /// are returned. Writes up to `k` hits, closest first, into `out_hits` and their number to
-/// `*out_count`.
+/// `*out_count`. Waits while a compaction runs.
 ///
 /// # Safety
 ///
@@ -518,18 +595,59 @@ pub unsafe extern "C" fn emf_hnsw_search(
     out_hits: *mut emf_hnsw_hit_t,
     out_count: *mut usize,
 ) -> emf_status_t {
-    guard(|| {
-        require_out(out_count, "out_count")?;
-        // SAFETY: caller contract.
-        let q = unsafe { typed(query, dim, "query") }?;
-        // SAFETY: caller contract.
-        let out = unsafe { typed_mut(out_hits, k, "out_hits") }?;
-        // SAFETY: caller contract.
-        let bits = unsafe { typed(filter, filter_words, "filter") }?;
-        let n = search_into(index, q, k, ef, flags, bits, out)?;
-        // SAFETY: checked non-NULL, writable by contract.
-        unsafe { write_out(out_count, n, "out_count") }
-    })
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        search(
+            index,
+            query,
+            dim,
+            k,
+            ef,
+            flags,
+            filter,
+            filter_words,
+            out_hits,
+            out_count,
+            Wait::Block,
+        )
+    }
+}
+
+/// `emf_hnsw_search` without waiting: `EMF_ERR_BUSY`, nothing written, while a compaction
+/// runs or waits.
+///
+/// # Safety
+///
+/// As `emf_hnsw_search`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_try_search(
+    index: *const emf_hnsw_t,
+    query: *const f32,
+    dim: usize,
+    k: usize,
+    ef: usize,
+    flags: u32,
+    filter: *const u64,
+    filter_words: usize,
+    out_hits: *mut emf_hnsw_hit_t,
+    out_count: *mut usize,
+) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe {
+        search(
+            index,
+            query,
+            dim,
+            k,
+            ef,
+            flags,
+            filter,
+            filter_words,
+            out_hits,
+            out_count,
+            Wait::Try,
+        )
+    }
 }
 
 fn options<'a>(k: usize, ef: usize, flags: u32, bits: &'a [u64]) -> FfiResult<SearchOptions<'a>> {
@@ -551,42 +669,22 @@ fn options<'a>(k: usize, ef: usize, flags: u32, bits: &'a [u64]) -> FfiResult<Se
     })
 }
 
-fn search_into(
-    index: *const emf_hnsw_t,
-    q: &[f32],
-    k: usize,
-    ef: usize,
-    flags: u32,
-    bits: &[u64],
-    out: &mut [emf_hnsw_hit_t],
-) -> FfiResult<usize> {
-    let o = options(k, ef, flags, bits)?;
-    let hits = with_index(index, |i| {
-        Ok(match i {
-            Index::Live(h) => {
-                dim_eq(q.len(), h.params().dim, "query")?;
-                h.search(q, &o)?
-            }
-            Index::Mapped(m) => {
-                dim_eq(q.len(), m.params().dim, "query")?;
-                m.search(q, &o)?
-            }
-        })
-    })?;
-    for (o, h) in out.iter_mut().zip(&hits) {
+/// Writes as many of `hits` as `out` holds; returns that number.
+fn write_hits(hits: &[Hit], out: &mut [emf_hnsw_hit_t]) -> usize {
+    for (o, h) in out.iter_mut().zip(hits) {
         *o = emf_hnsw_hit_t {
             id: h.id,
             distance: h.distance,
         };
     }
-    Ok(hits.len().min(out.len()))
+    hits.len().min(out.len())
 }
 
 /// Searches `nq` queries (`queries` holds `nq · dim` floats) on `threads` threads (0: one per
 /// CPU): query `i`'s hits go to `out_hits[i·k ..]`, their number to `out_counts[i]` (slots
 /// past a query's count are left as they were). The outputs are written only when every
 /// query succeeded. `EMF_ERR_TOO_LARGE` when `nq · dim` or `nq · k` overflow or the arrays
-/// exceed `EMF_MAX_INPUT_LEN` bytes.
+/// exceed `EMF_MAX_INPUT_LEN` bytes. Waits while a compaction runs.
 ///
 /// # Safety
 ///
@@ -619,89 +717,60 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
         let counts = unsafe { typed_mut(out_counts, nq, "out_counts") }?;
         // SAFETY: caller contract.
         let bits = unsafe { typed(filter, filter_words, "filter") }?;
-        options(k, ef, flags, bits)?;
+        let o = options(k, ef, flags, bits)?;
         // The handle and the dimension are checked even when there is nothing to search.
-        let want = with_index(index, |i| {
-            Ok(match i {
-                Index::Live(h) => h.params().dim,
-                Index::Mapped(m) => m.params().dim,
-            })
+        let answers = with_read(index, Wait::Block, |i, r| {
+            dim_eq(dim, i.params().dim, "queries")?;
+            Ok(r.search_batch(qs, &o, threads as usize)?)
         })?;
-        dim_eq(dim, want, "queries")?;
-        if nq == 0 {
-            return Ok(());
-        }
-        let threads = match threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            t => t as usize,
-        }
-        .clamp(1, engine::hnsw::MAX_THREADS)
-        .min(nq);
-        let per = nq.div_ceil(threads);
-        let idx = index as usize; // a token, not dereferenced: Send across the scope
-                                  // Each thread answers into its own buffers; the caller's are written at the end,
-                                  // only when every query succeeded.
-        type Part = FfiResult<(Vec<emf_hnsw_hit_t>, Vec<usize>)>;
-        let parts: Vec<Part> = std::thread::scope(|s| {
-            let jobs: Vec<_> = qs
-                .chunks(per * dim)
-                .map(|qs| {
-                    s.spawn(move || -> Part {
-                        let n = qs.len() / dim;
-                        let (mut hits, mut counts) =
-                            (vec![emf_hnsw_hit_t::default(); n * k], vec![0usize; n]);
-                        for ((q, out), c) in qs
-                            .chunks(dim)
-                            .zip(hits.chunks_mut(k.max(1)))
-                            .zip(&mut counts)
-                        {
-                            let index = idx as *const emf_hnsw_t;
-                            *c = search_into(index, q, k, ef, flags, bits, out)?;
-                        }
-                        Ok((hits, counts))
-                    })
-                })
-                .collect();
-            jobs.into_iter()
-                .map(|j| {
-                    j.join().unwrap_or_else(|_| {
-                        Err(FfiError::new(
-                            super::EMF_ERR_PANIC,
-                            "a search thread panicked",
-                        ))
-                    })
-                })
-                .collect()
-        });
-        let parts: Vec<_> = parts.into_iter().collect::<FfiResult<_>>()?;
-        // Only each query's hits are written: slots past its count keep what the caller
-        // put there.
-        let mut q_at = 0;
-        for (hits, cs) in parts {
-            for (i, &c) in cs.iter().enumerate() {
-                let (from, to) = (i * k, (q_at + i) * k);
-                out[to..to + c].copy_from_slice(&hits[from..from + c]);
-            }
-            counts[q_at..q_at + cs.len()].copy_from_slice(&cs);
-            q_at += cs.len();
+        // Every query succeeded: only each query's hits are written, slots past its count
+        // keep what the caller put there.
+        for (i, (hits, c)) in answers.iter().zip(counts.iter_mut()).enumerate() {
+            *c = write_hits(hits, &mut out[i * k..(i + 1) * k]);
         }
         Ok(())
     })
 }
 
+/// # Safety
+///
+/// As `emf_hnsw_remove`.
+unsafe fn remove(index: *const emf_hnsw_t, id: u64, wait: Wait) -> emf_status_t {
+    guard(|| {
+        with_read(index, wait, |i, r| {
+            writable(i)?;
+            Ok(r.remove(id)?)
+        })
+    })
+}
+
 /// Removes `id` (`EMF_ERR_NOT_FOUND` when absent). Its memory is reclaimed by
-/// `emf_hnsw_compact`.
+/// `emf_hnsw_compact`. Waits while a compaction runs.
 ///
 /// # Safety
 ///
 /// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
 #[no_mangle]
 pub unsafe extern "C" fn emf_hnsw_remove(index: *const emf_hnsw_t, id: u64) -> emf_status_t {
-    guard(|| with_index(index, |i| Ok(live(i)?.remove(id)?)))
+    // SAFETY: forwarded caller contract.
+    unsafe { remove(index, id, Wait::Block) }
+}
+
+/// `emf_hnsw_remove` without waiting: `EMF_ERR_BUSY`, nothing removed, while a compaction
+/// runs or waits.
+///
+/// # Safety
+///
+/// As `emf_hnsw_remove`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_try_remove(index: *const emf_hnsw_t, id: u64) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe { remove(index, id, Wait::Try) }
 }
 
 /// Reclaims the memory of removed vectors. Waits for calls in progress on this index and
-/// holds others off until it is done.
+/// holds others off until it is done (they wait, or their `emf_hnsw_try_*` forms answer
+/// `EMF_ERR_BUSY`). `EMF_ERR_UNSUPPORTED` for a mapped index.
 ///
 /// # Safety
 ///
@@ -710,17 +779,30 @@ pub unsafe extern "C" fn emf_hnsw_remove(index: *const emf_hnsw_t, id: u64) -> e
 pub unsafe extern "C" fn emf_hnsw_compact(index: *const emf_hnsw_t) -> emf_status_t {
     guard(|| {
         // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
-        let h = unsafe { borrow(index) }?;
-        let mut g = h.index.write().unwrap_or_else(|e| e.into_inner());
-        match &mut *g {
-            Index::Live(h) => Ok(h.compact()?),
-            Index::Mapped(_) => live(&g).map(|_| ()),
-        }
+        let index = unsafe { borrow(index) }?;
+        writable(index)?;
+        Ok(index.compact()?)
+    })
+}
+
+/// `emf_hnsw_compact` without waiting: `EMF_ERR_BUSY`, nothing done, while another call on
+/// the index (or another compaction) runs.
+///
+/// # Safety
+///
+/// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_try_compact(index: *const emf_hnsw_t) -> emf_status_t {
+    guard(|| {
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
+        let index = unsafe { borrow(index) }?;
+        writable(index)?;
+        Ok(index.try_compact()?)
     })
 }
 
 /// Writes the index to the file `path` (a temporary file renamed over it, so processes that
-/// mapped the old file keep reading it intact).
+/// mapped the old file keep reading it intact). Waits while a compaction runs.
 ///
 /// # Safety
 ///
@@ -732,29 +814,24 @@ pub unsafe extern "C" fn emf_hnsw_save(
 ) -> emf_status_t {
     guard(|| {
         let path = c_str(path, "path")?;
-        with_index(index, |i| Ok(live(i)?.save(path)?))
+        with_read(index, Wait::Block, |i, r| {
+            writable(i)?;
+            Ok(r.save(path)?)
+        })
     })
 }
 
-/// Writes the number of live vectors and the bytes the index holds (for a mapped index, the
-/// file's size). Either out-pointer may be NULL.
-///
 /// # Safety
 ///
-/// Non-NULL out-pointers writable.
-#[no_mangle]
-pub unsafe extern "C" fn emf_hnsw_stats(
+/// As `emf_hnsw_stats`.
+unsafe fn stats(
     index: *const emf_hnsw_t,
     out_len: *mut usize,
     out_memory_bytes: *mut usize,
+    wait: Wait,
 ) -> emf_status_t {
     guard(|| {
-        let (len, mem) = with_index(index, |i| {
-            Ok(match i {
-                Index::Live(h) => (h.len(), h.memory_bytes()),
-                Index::Mapped(m) => (m.len(), m.memory_bytes()),
-            })
-        })?;
+        let (len, mem) = with_read(index, wait, |_, r| Ok((r.len(), r.memory_bytes())))?;
         if !out_len.is_null() {
             // SAFETY: non-NULL, writable by contract.
             unsafe { out_len.write(len) };
@@ -767,11 +844,44 @@ pub unsafe extern "C" fn emf_hnsw_stats(
     })
 }
 
+/// Writes the number of live vectors and the bytes the index holds (for a mapped index, the
+/// file's size). Either out-pointer may be NULL. Waits while a compaction runs.
+///
+/// # Safety
+///
+/// Non-NULL out-pointers writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_stats(
+    index: *const emf_hnsw_t,
+    out_len: *mut usize,
+    out_memory_bytes: *mut usize,
+) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe { stats(index, out_len, out_memory_bytes, Wait::Block) }
+}
+
+/// `emf_hnsw_stats` without waiting: `EMF_ERR_BUSY`, nothing written, while a compaction
+/// runs or waits.
+///
+/// # Safety
+///
+/// As `emf_hnsw_stats`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_try_stats(
+    index: *const emf_hnsw_t,
+    out_len: *mut usize,
+    out_memory_bytes: *mut usize,
+) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe { stats(index, out_len, out_memory_bytes, Wait::Try) }
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::{
-        EMF_ERR_CORRUPT, EMF_ERR_NOT_FOUND, EMF_ERR_NULL_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_OK,
+        EMF_ERR_BUSY, EMF_ERR_CORRUPT, EMF_ERR_NOT_FOUND, EMF_ERR_NULL_ARGUMENT, EMF_ERR_TOO_LARGE,
+        EMF_ERR_UNSUPPORTED, EMF_OK,
     };
     use std::ffi::CString;
     use std::ptr::{null, null_mut};
@@ -1009,6 +1119,26 @@ mod tests {
         for q in 0..10 {
             assert_eq!((counts[q], batch[q * 3].id), (3, q as u64));
         }
+        // k = 0: every count is written, 0.
+        let mut zero = [usize::MAX; 4];
+        // SAFETY: sizes match (no hits to write).
+        let st = unsafe {
+            emf_hnsw_search_batch(
+                h,
+                vs.as_ptr(),
+                4,
+                dim,
+                0,
+                0,
+                0,
+                null(),
+                0,
+                2,
+                null_mut(),
+                zero.as_mut_ptr(),
+            )
+        };
+        assert_eq!((st, zero), (EMF_OK, [0; 4]));
         // A failing batch (a NaN query among them) writes nothing.
         let mut bad_q = vs[..3 * dim].to_vec();
         bad_q[2 * dim] = f32::NAN;
@@ -1109,6 +1239,8 @@ mod tests {
         assert_eq!(st, EMF_ERR_UNSUPPORTED);
         // SAFETY: live handle.
         assert_eq!(unsafe { emf_hnsw_compact(m) }, EMF_ERR_UNSUPPORTED);
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_try_compact(m) }, EMF_ERR_UNSUPPORTED);
         let mut p = std::mem::MaybeUninit::uninit();
         // SAFETY: live handle, writable out.
         assert_eq!(unsafe { emf_hnsw_params(m, p.as_mut_ptr()) }, EMF_OK);
@@ -1146,5 +1278,108 @@ mod tests {
         // SAFETY: NULL params refused.
         let st = unsafe { emf_hnsw_new(null(), &mut x) };
         assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
+    }
+    /// The `emf_hnsw_try_*` forms answer `EMF_ERR_BUSY` at once, having done and written
+    /// nothing, while a compaction waits for (then runs after) a call in progress; the plain
+    /// forms wait and succeed. The call in progress is a read-side borrow held by the test.
+    #[test]
+    fn try_forms_are_busy_while_a_compaction_waits() {
+        let dim = 4usize;
+        let h = new_index(dim as u32, EMF_ORIGINALS_NONE);
+        let vs: Vec<f32> = (0..20 * dim).map(|i| (i % 7) as f32 - 3.0).collect();
+        let ids: Vec<u64> = (0..20).collect();
+        // SAFETY: sizes match.
+        let st = unsafe { emf_hnsw_insert_batch(h, ids.as_ptr(), 20, vs.as_ptr(), dim, 1) };
+        assert_eq!(st, EMF_OK);
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_remove(h, 19) }, EMF_OK);
+        // SAFETY: live handle, freed at the end after every borrow ended.
+        let index = unsafe { borrow(h) }.unwrap();
+        let reader = index.read();
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_try_compact(h) }, EMF_ERR_BUSY);
+        let addr = h.addr();
+        let compaction = std::thread::spawn(move || {
+            let h = std::ptr::without_provenance::<emf_hnsw_t>(addr);
+            // SAFETY: the handle outlives this thread (joined before the free).
+            unsafe { emf_hnsw_compact(h) }
+        });
+        let (mut len, mut mem) = (usize::MAX, usize::MAX);
+        // The compaction waits once the read side is held off (observed, not slept on).
+        // SAFETY: live handle, writable outs.
+        while unsafe { emf_hnsw_try_stats(h, &mut len, &mut mem) } == EMF_OK {
+            std::thread::yield_now();
+        }
+        (len, mem) = (usize::MAX, usize::MAX);
+        // SAFETY: as above.
+        let st = unsafe { emf_hnsw_try_stats(h, &mut len, &mut mem) };
+        assert_eq!((st, len, mem), (EMF_ERR_BUSY, usize::MAX, usize::MAX));
+        // SAFETY: sizes match.
+        let st = unsafe { emf_hnsw_try_insert(h, 100, vs.as_ptr(), dim) };
+        assert_eq!(st, EMF_ERR_BUSY);
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_try_remove(h, 3) }, EMF_ERR_BUSY);
+        let mut hits = [emf_hnsw_hit_t {
+            id: 77,
+            distance: 7.0,
+        }; 2];
+        let mut n = usize::MAX;
+        // SAFETY: sizes match.
+        let st = unsafe {
+            emf_hnsw_try_search(
+                h,
+                vs.as_ptr(),
+                dim,
+                2,
+                0,
+                0,
+                null(),
+                0,
+                hits.as_mut_ptr(),
+                &mut n,
+            )
+        };
+        assert_eq!((st, n, hits[0].id), (EMF_ERR_BUSY, usize::MAX, 77));
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_try_compact(h) }, EMF_ERR_BUSY);
+        // Nothing was done: the call in progress still sees 19 vectors.
+        assert_eq!(reader.len(), 19);
+        drop(reader);
+        assert_eq!(compaction.join().unwrap(), EMF_OK);
+        // The try forms work again, and the blocking ones too.
+        // SAFETY: sizes match.
+        let st = unsafe { emf_hnsw_try_insert(h, 100, vs.as_ptr(), dim) };
+        assert_eq!(st, EMF_OK);
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_try_remove(h, 3) }, EMF_OK);
+        // SAFETY: sizes match.
+        let st = unsafe {
+            emf_hnsw_try_search(
+                h,
+                vs[5 * dim..].as_ptr(),
+                dim,
+                2,
+                0,
+                0,
+                null(),
+                0,
+                hits.as_mut_ptr(),
+                &mut n,
+            )
+        };
+        assert_eq!((st, n), (EMF_OK, 2));
+        // SAFETY: live handle, writable outs.
+        assert_eq!(unsafe { emf_hnsw_try_stats(h, &mut len, &mut mem) }, EMF_OK);
+        assert_eq!(len, 19);
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_try_compact(h) }, EMF_OK);
+        // A mapped index cannot compact, tried or not; a stale handle is refused.
+        // SAFETY: NULL is refused.
+        let st = unsafe { emf_hnsw_try_compact(null()) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
+        // SAFETY: live handle, no borrow left.
+        assert_eq!(unsafe { emf_hnsw_free(h) }, EMF_OK);
+        // SAFETY: the slab refuses a stale handle.
+        assert_ne!(unsafe { emf_hnsw_try_stats(h, &mut len, &mut mem) }, EMF_OK);
     }
 }

@@ -504,11 +504,27 @@ PROTOTYPES = {
     "emf_hnsw_free": (emf_status_t, [emf_hnsw_p]),
     "emf_hnsw_params": (emf_status_t, [emf_hnsw_p, POINTER(emf_hnsw_params_t)]),
     "emf_hnsw_insert": (emf_status_t, [emf_hnsw_p, c_uint64, c_void_p, c_size_t]),
+    "emf_hnsw_try_insert": (emf_status_t, [emf_hnsw_p, c_uint64, c_void_p, c_size_t]),
     "emf_hnsw_insert_batch": (
         emf_status_t,
         [emf_hnsw_p, c_void_p, c_size_t, c_void_p, c_size_t, c_uint32],
     ),
     "emf_hnsw_search": (
+        emf_status_t,
+        [
+            emf_hnsw_p,
+            c_void_p,  # query
+            c_size_t,  # dim
+            c_size_t,  # k
+            c_size_t,  # ef
+            c_uint32,  # flags
+            c_void_p,  # filter
+            c_size_t,  # filter_words
+            c_void_p,  # out_hits
+            POINTER(c_size_t),  # out_count
+        ],
+    ),
+    "emf_hnsw_try_search": (
         emf_status_t,
         [
             emf_hnsw_p,
@@ -541,9 +557,12 @@ PROTOTYPES = {
         ],
     ),
     "emf_hnsw_remove": (emf_status_t, [emf_hnsw_p, c_uint64]),
+    "emf_hnsw_try_remove": (emf_status_t, [emf_hnsw_p, c_uint64]),
     "emf_hnsw_compact": (emf_status_t, [emf_hnsw_p]),
+    "emf_hnsw_try_compact": (emf_status_t, [emf_hnsw_p]),
     "emf_hnsw_save": (emf_status_t, [emf_hnsw_p, c_char_p]),
     "emf_hnsw_stats": (emf_status_t, [emf_hnsw_p, POINTER(c_size_t), POINTER(c_size_t)]),
+    "emf_hnsw_try_stats": (emf_status_t, [emf_hnsw_p, POINTER(c_size_t), POINTER(c_size_t)]),
 }
 
 

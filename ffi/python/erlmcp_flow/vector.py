@@ -28,7 +28,8 @@ filled in place by the C call.
 **Threads.** An index may be used by any number of threads at once (inserts, removals and
 searches run concurrently in the library; ctypes releases the GIL during each call, and
 ``search_batch`` / ``insert_batch`` also spread one call over library threads).
-:meth:`HnswIndex.compact` holds the other calls off while it runs. :meth:`HnswIndex.close`
+:meth:`HnswIndex.compact` holds the other calls off while it runs (and waits for those in
+progress; :meth:`HnswIndex.try_compact` returns ``False`` instead). :meth:`HnswIndex.close`
 refuses new calls, waits for those in progress, then frees the handle, so a closed index
 raises :class:`~erlmcp_flow.Error` (``EMF_ERR_CLOSED``, also a ``ValueError``) instead of
 touching freed memory.
@@ -56,6 +57,7 @@ from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
 from ._errors import (
+    EMF_ERR_BUSY,
     EMF_ERR_CLOSED,
     EMF_ERR_TOO_LARGE,
     EMF_OK,
@@ -563,7 +565,8 @@ class HnswIndex(_SharedHandle):
         """Maps the index file at ``path`` read-only, after validating it (``emf_hnsw_open``;
         a damaged file raises ``Error`` with ``EMF_ERR_CORRUPT``). Searches read the mapping
         in place, and other processes may map the same file. :meth:`insert`,
-        :meth:`insert_batch`, :meth:`remove`, :meth:`compact` and :meth:`save` raise
+        :meth:`insert_batch`, :meth:`remove`, :meth:`compact`, :meth:`try_compact` and
+        :meth:`save` raise
         ``Error`` with ``EMF_ERR_UNSUPPORTED``. A later :meth:`save` to the same path
         replaces the file by a rename: this mapping keeps reading the old one."""
         return cls._from_file(lib.emf_hnsw_open, path, mapped=True)
@@ -668,6 +671,16 @@ class HnswIndex(_SharedHandle):
         """Reclaims the memory of removed vectors (``emf_hnsw_compact``); the library holds
         the index's other calls off while it runs."""
         check(self._call(lib.emf_hnsw_compact))
+
+    def try_compact(self) -> bool:
+        """:meth:`compact` without waiting (``emf_hnsw_try_compact``): ``False``, nothing
+        done, while another call on the index runs (``EMF_ERR_BUSY``); ``True`` once the
+        memory is reclaimed. A mapped index raises ``Error`` with ``EMF_ERR_UNSUPPORTED``."""
+        st = self._call(lib.emf_hnsw_try_compact)
+        if st == EMF_ERR_BUSY:
+            return False
+        check(st)
+        return True
 
     def save(self, path: Union[str, os.PathLike]) -> None:
         """Writes the index to ``path`` (``emf_hnsw_save``): a temporary file renamed over it,

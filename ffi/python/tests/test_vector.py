@@ -456,6 +456,45 @@ def test_remove_and_compact(minilm, base32):
     index.close()
 
 
+def test_try_compact_is_false_while_another_call_runs(base32):
+    """try_compact never waits: True (done) when nothing else runs, False (nothing done) while
+    a batch insert on another thread is inside the library; compact waits and succeeds."""
+    index = emf.HnswIndex(384)
+    index.insert_batch(np.arange(100), base32[:100])
+    for i in range(0, 100, 2):
+        index.remove(i)
+    before = index.memory_bytes
+    assert index.try_compact() is True
+    assert len(index) == 50 and index.memory_bytes < before
+    busy = 0
+    for rnd in range(5):  # a round is long enough that busy is seen at once; retried anyway
+        started, done = threading.Event(), threading.Event()
+        ids = np.arange(1000 + rnd * 2000, 1000 + rnd * 2000 + 2000)
+
+        def insert():
+            started.set()
+            try:
+                index.insert_batch(ids, base32[:2000], threads=1)
+            finally:
+                done.set()
+
+        t = threading.Thread(target=insert)
+        t.start()
+        started.wait()
+        while not done.is_set():
+            if not index.try_compact():
+                busy += 1
+                break
+        t.join()
+        if busy:
+            break
+    assert busy > 0, "try_compact never saw the batch insert in progress"
+    assert len(index) == 50 + 2000 * (rnd + 1)
+    index.compact()
+    assert index.try_compact() is True
+    index.close()
+
+
 # --- save, open (mapped), load --------------------------------------------------------------
 
 
@@ -492,6 +531,7 @@ def test_save_open_load(tmp_path, minilm, base32):
             lambda: mapped.insert_batch([10**6], base32[:1]),
             lambda: mapped.remove(1),
             mapped.compact,
+            mapped.try_compact,
             lambda: mapped.save(tmp_path / "copy"),
         ):
             with pytest.raises(emf.Error) as e:
@@ -706,6 +746,7 @@ def test_closed_index_raises_instead_of_crashing(base32, tmp_path):
         lambda: index.insert_batch([100], base32[:1]),
         lambda: index.remove(1),
         index.compact,
+        index.try_compact,
         lambda: index.save(tmp_path / "x"),
         lambda: len(index),
         lambda: index.memory_bytes,

@@ -27,6 +27,7 @@
 
 mod file;
 mod graph;
+mod index;
 mod store;
 
 #[cfg(all(test, loom))]
@@ -41,6 +42,7 @@ pub use crate::vector::Metric;
 pub use file::reseal_file;
 pub use file::MappedHnsw;
 pub use graph::{Filter, Hit, Originals, SearchOptions};
+pub use index::{Index, IndexRead};
 
 use graph::{record_ext, record_stride, Graph, Query, Scored};
 use store::{Layout, Store, DELETED, LEVEL_SHIFT, LOCKED, MAX_NODES, NONE};

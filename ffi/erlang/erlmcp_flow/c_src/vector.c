@@ -2,7 +2,7 @@
 
 #include "erlmcp_flow_nif.h"
 
-/* An HNSW index with the shim's lock: defined with the HNSW NIFs. */
+/* An HNSW index: defined with the HNSW NIFs. */
 static emf_status_t release_hnsw(void *ptr);
 
 
@@ -39,13 +39,18 @@ static const emf_nif_handle_kind hnsw_kind = {
  * not finite (float arithmetic overflowing on huge values) becomes infinity, neg_infinity or
  * nan, which no Erlang float can hold.
  *
- * Indexes. An index resource holds an emf_nif_hnsw: the engine handle, its parameters (read
- * once: they never change) and a lock of this shim. emf_hnsw_compact takes the engine's index
- * lock for writing and holds every other call on the index off until it is done, so every
- * call takes the shim's lock for reading around its engine calls and compact takes it for
- * writing first: on a normal scheduler with a try-lock, and when that fails (a compact runs or
- * waits) the call moves to a dirty I/O scheduler and waits there. No call ever waits for a
- * compact on a normal scheduler. A batch insert holds the engine's id map while it checks
+ * Indexes. An index resource holds an emf_nif_hnsw: the engine handle and its parameters
+ * (read once: they never change); this shim holds no lock of its own. The engine serialises
+ * compaction: emf_hnsw_compact waits for the calls in progress on the index and holds every
+ * other call off until it is done, and each call that would wait has a try form
+ * (emf_hnsw_try_insert, _try_search, _try_remove, _try_stats) that answers EMF_ERR_BUSY at
+ * once, having done nothing, while a compaction runs or waits. On a normal scheduler a call
+ * uses the try forms (its cost estimate's emf_hnsw_try_stats included), and on EMF_ERR_BUSY
+ * it moves to a dirty I/O scheduler, where it makes the plain (waiting) call; on a dirty
+ * scheduler the plain calls are made. No call ever waits for a compact on a normal scheduler.
+ * (emf_hnsw_try_remove also answers EMF_ERR_BUSY for an id whose insertion is still under
+ * way: the call moves all the same, and the plain call's answer is the result.) A batch
+ * insert holds the engine's id map while it checks
  * and reserves its ids (about 0.1-0.2 µs an id: 20 ms for 100000), which single inserts,
  * removals and stats need too: while a batch insert runs, those move to a dirty scheduler
  * (one that starts in the same instant as a batch may still wait for its id check). close/1
@@ -100,7 +105,6 @@ static const emf_nif_handle_kind hnsw_kind = {
 /* The state of one index resource (its `ptr'). */
 typedef struct emf_nif_hnsw {
     emf_hnsw_t *index;
-    ErlNifRWLock *lock;        /* compact: write; every other call using `index': read */
     emf_hnsw_params_t params;  /* emf_hnsw_params, read once */
     bool mapped;               /* emf_hnsw_open: read-only */
     atomic_size_t removed;     /* removals since made, loaded or compacted (cost estimates) */
@@ -111,7 +115,6 @@ typedef struct emf_nif_hnsw {
 static emf_status_t release_hnsw(void *ptr) {
     emf_nif_hnsw *w = ptr;
     emf_status_t st = emf_hnsw_free(w->index);
-    enif_rwlock_destroy(w->lock);
     atomic_fetch_sub_explicit(w->count, 1, memory_order_relaxed);
     enif_free(w);
     return st;
@@ -448,18 +451,13 @@ static ERL_NIF_TERM hnsw_wrap(ErlNifEnv *env, emf_hnsw_t *index, bool mapped) {
         error = status_error(env, st); /* cannot happen: a handle the engine just made */
     }
     emf_nif_hnsw *w = NULL;
-    ErlNifRWLock *lock = NULL;
     if (st == EMF_OK) {
         w = enif_alloc(sizeof *w);
-        lock = w != NULL ? enif_rwlock_create("erlmcp_flow_hnsw") : NULL;
-        if (lock == NULL) {
+        if (w == NULL) {
             error = out_of_memory(env);
         }
     }
-    if (lock == NULL) {
-        if (w != NULL) {
-            enif_free(w);
-        }
+    if (w == NULL) {
         st = emf_hnsw_free(index);
         if (st != EMF_OK) {
             report_impossible("emf_hnsw_free of an index not wrapped", st);
@@ -468,7 +466,6 @@ static ERL_NIF_TERM hnsw_wrap(ErlNifEnv *env, emf_hnsw_t *index, bool mapped) {
     }
     emf_nif_priv *priv = enif_priv_data(env);
     w->index = index;
-    w->lock = lock;
     w->params = params;
     w->mapped = mapped;
     atomic_init(&w->removed, 0);
@@ -557,34 +554,15 @@ static ERL_NIF_TERM nif_hnsw_load(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     return hnsw_file_impl(env, argv[0], false);
 }
 
-/* Enters the index argv[0] for a call of `impl' (named `name'): on success the shim's lock is
- * held for reading, and hnsw_leave must follow. Never waits on a normal scheduler: when the
- * lock is taken for a compact, the call is rescheduled on a dirty I/O scheduler, where it
- * waits, and *result is that. Else false with the error in *result: {invalid_argument, _}
- * for a term that is no index of this load, {closed, _} for a closed one. */
-static bool hnsw_enter(ErlNifEnv *env, const char *name, nif_impl impl, int argc,
-                       const ERL_NIF_TERM argv[], emf_nif_handle **out, ERL_NIF_TERM *result) {
-    emf_nif_handle *h;
-    if (!handle_use(env, argv[0], &hnsw_kind, &h, result)) {
-        return false;
-    }
-    emf_nif_hnsw *w = h->ptr;
-    if (on_normal_scheduler()) {
-        if (enif_rwlock_tryrlock(w->lock) != 0) {
-            handle_leave(h);
-            *result = enif_schedule_nif(env, name, ERL_NIF_DIRTY_JOB_IO_BOUND, impl, argc, argv);
-            return false;
-        }
-    } else {
-        enif_rwlock_rlock(w->lock);
-    }
-    *out = h;
-    return true;
+/* Enters the index argv[0]: on success hnsw_leave must follow. Else false with the error in
+ * *result: {invalid_argument, _} for a term that is no index of this load, {closed, _} for a
+ * closed one. */
+static bool hnsw_enter(ErlNifEnv *env, const ERL_NIF_TERM argv[], emf_nif_handle **out,
+                       ERL_NIF_TERM *result) {
+    return handle_use(env, argv[0], &hnsw_kind, out, result);
 }
 
 static void hnsw_leave(emf_nif_handle *h) {
-    emf_nif_hnsw *w = h->ptr;
-    enif_rwlock_runlock(w->lock);
     handle_leave(h); /* may free the index: the last call of a closed one */
 }
 
@@ -594,6 +572,18 @@ static ERL_NIF_TERM hnsw_go_dirty(ErlNifEnv *env, emf_nif_handle *h, const char 
     hnsw_leave(h);
     return schedule_dirty_cpu(env, name, impl, argc, argv);
 }
+
+/* Leaves the index and moves the call to a dirty I/O scheduler, where it waits for the
+ * compaction that made a try form answer EMF_ERR_BUSY. */
+static ERL_NIF_TERM hnsw_go_wait(ErlNifEnv *env, emf_nif_handle *h, const char *name,
+                                 nif_impl impl, int argc, const ERL_NIF_TERM argv[]) {
+    hnsw_leave(h);
+    return schedule_dirty_io(env, name, impl, argc, argv);
+}
+
+/* A cost estimate's answer when a compaction runs or waits (the index could not be sized
+ * without waiting): the call moves with hnsw_go_wait. */
+#define EMF_NIF_HNSW_BUSY SIZE_MAX
 
 /* True when a batch insert runs on the index: it may hold the engine's id map for long. */
 static bool hnsw_batch_running(emf_nif_hnsw *w) {
@@ -605,14 +595,21 @@ static size_t hnsw_eval_ns(const emf_nif_hnsw *w) {
     return 48 + (size_t)w->params.dim / 4;
 }
 
-/* The live vectors and the nodes (live and removed, not yet compacted) of an entered index. */
-static void hnsw_size(const emf_nif_hnsw *w, size_t *live, size_t *nodes) {
+/* The live vectors and the nodes (live and removed, not yet compacted) of an entered index,
+ * read on a normal scheduler with emf_hnsw_try_stats: false when that is EMF_ERR_BUSY. */
+static bool hnsw_size(const emf_nif_hnsw *w, size_t *live, size_t *nodes) {
     size_t len = 0;
-    if (emf_hnsw_stats(w->index, &len, NULL) != EMF_OK) {
+    emf_status_t st = on_normal_scheduler() ? emf_hnsw_try_stats(w->index, &len, NULL)
+                                            : emf_hnsw_stats(w->index, &len, NULL);
+    if (st == EMF_ERR_BUSY) {
+        return false;
+    }
+    if (st != EMF_OK) {
         len = SIZE_MAX / 4; /* cannot happen (a live handle): assume a large index */
     }
     *live = len;
     *nodes = sat_add(len, atomic_load_explicit(&w->removed, memory_order_relaxed));
+    return true;
 }
 
 /* The graph work of a search that expands `expanded' nodes: their neighbour slots are
@@ -626,7 +623,9 @@ static size_t hnsw_walk_ns(const emf_nif_hnsw *w, size_t expanded, size_t nodes)
 static size_t hnsw_search_ns(const emf_nif_hnsw *w, size_t k, size_t ef, bool filtered,
                              bool rerank) {
     size_t live, nodes;
-    hnsw_size(w, &live, &nodes);
+    if (!hnsw_size(w, &live, &nodes)) {
+        return EMF_NIF_HNSW_BUSY;
+    }
     size_t efe = size_max(ef != 0 ? ef : w->params.ef_search, k);
     /* About ef nodes are expanded, more when removed nodes (routed through, never returned)
      * dilute the live ones; every node when a filter admits few of them. */
@@ -639,16 +638,20 @@ static size_t hnsw_search_ns(const emf_nif_hnsw *w, size_t k, size_t ef, bool fi
     if (rerank && w->params.originals != EMF_ORIGINALS_NONE) {
         ns = sat_add(ns, sat_mul(size_min(efe, nodes), 16 + w->params.dim / 4));
     }
-    return sat_add(ns, sat_mul(size_min(k, live), EMF_NIF_HNSW_HIT_NS));
+    return size_min(sat_add(ns, sat_mul(size_min(k, live), EMF_NIF_HNSW_HIT_NS)),
+                    EMF_NIF_HNSW_BUSY - 1);
 }
 
 static size_t hnsw_insert_ns(const emf_nif_hnsw *w) {
     size_t live, nodes;
-    hnsw_size(w, &live, &nodes);
+    if (!hnsw_size(w, &live, &nodes)) {
+        return EMF_NIF_HNSW_BUSY;
+    }
     size_t m2 = 2 * (size_t)w->params.m;
     /* A search with ef_construction, then the neighbours' lists pruned. */
     size_t search = hnsw_walk_ns(w, size_min(nodes, w->params.ef_construction), nodes);
-    return sat_add(search, sat_mul(sat_mul(2, sat_mul(m2, m2)), hnsw_eval_ns(w)));
+    return size_min(sat_add(search, sat_mul(sat_mul(2, sat_mul(m2, m2)), hnsw_eval_ns(w))),
+                    EMF_NIF_HNSW_BUSY - 1);
 }
 
 static size_t hnsw_remove_ns(const emf_nif_hnsw *w) {
@@ -690,13 +693,22 @@ static ERL_NIF_TERM hnsw_insert_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     }
     emf_nif_handle *h;
     ERL_NIF_TERM result;
-    if (!hnsw_enter(env, "hnsw_insert", hnsw_insert_impl, argc, argv, &h, &result)) {
+    if (!hnsw_enter(env, argv, &h, &result)) {
         return result;
     }
     emf_nif_hnsw *w = h->ptr;
-    if (on_normal_scheduler()
-        && (hnsw_batch_running(w) || hnsw_insert_ns(w) > EMF_NIF_HNSW_DIRTY_NS)) {
+    bool normal = on_normal_scheduler();
+    if (normal && hnsw_batch_running(w)) {
         return hnsw_go_dirty(env, h, "hnsw_insert", hnsw_insert_impl, argc, argv);
+    }
+    if (normal) {
+        size_t ns = hnsw_insert_ns(w);
+        if (ns == EMF_NIF_HNSW_BUSY) {
+            return hnsw_go_wait(env, h, "hnsw_insert", hnsw_insert_impl, argc, argv);
+        }
+        if (ns > EMF_NIF_HNSW_DIRTY_NS) {
+            return hnsw_go_dirty(env, h, "hnsw_insert", hnsw_insert_impl, argc, argv);
+        }
     }
     uint64_t stack[EMF_NIF_VEC_STACK_BYTES / 8];
     void *heap;
@@ -704,9 +716,14 @@ static ERL_NIF_TERM hnsw_insert_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     if (!aligned_view(&v, _Alignof(float), stack, &heap, &vs)) {
         result = out_of_memory(env);
     } else {
-        emf_status_t st = emf_hnsw_insert(w->index, id, vs, v.size / sizeof(float));
-        result = ok_or_error(env, st);
+        size_t dim = v.size / sizeof(float);
+        emf_status_t st = normal ? emf_hnsw_try_insert(w->index, id, vs, dim)
+                                 : emf_hnsw_insert(w->index, id, vs, dim);
         free_heap(heap);
+        if (normal && st == EMF_ERR_BUSY) {
+            return hnsw_go_wait(env, h, "hnsw_insert", hnsw_insert_impl, argc, argv);
+        }
+        result = ok_or_error(env, st);
     }
     hnsw_leave(h);
     return result;
@@ -721,6 +738,7 @@ static ERL_NIF_TERM nif_hnsw_insert(ErlNifEnv *env, int argc, const ERL_NIF_TERM
  * native-endian uint64, Vectors one of as many rows of the index's dim float32 values. */
 static ERL_NIF_TERM nif_hnsw_insert_batch(ErlNifEnv *env, int argc,
                                           const ERL_NIF_TERM argv[]) {
+    (void)argc;
     ErlNifBinary ids, vectors;
     uint32_t threads;
     if (!get_array(env, argv[1], sizeof(uint64_t), &ids)) {
@@ -736,8 +754,7 @@ static ERL_NIF_TERM nif_hnsw_insert_batch(ErlNifEnv *env, int argc,
     }
     emf_nif_handle *h;
     ERL_NIF_TERM result;
-    if (!hnsw_enter(env, "hnsw_insert_batch", nif_hnsw_insert_batch, argc, argv, &h,
-                    &result)) {
+    if (!hnsw_enter(env, argv, &h, &result)) {
         return result;
     }
     emf_nif_hnsw *w = h->ptr;
@@ -831,15 +848,21 @@ static ERL_NIF_TERM hnsw_search_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         return result;
     }
     emf_nif_handle *h;
-    if (!hnsw_enter(env, "hnsw_search", hnsw_search_impl, argc, argv, &h, &result)) {
+    if (!hnsw_enter(env, argv, &h, &result)) {
         return result;
     }
     emf_nif_hnsw *w = h->ptr;
-    if (on_normal_scheduler()
-        && hnsw_search_ns(w, o.k, o.ef, o.filter.size > 0, o.flags != 0)
-               > EMF_NIF_HNSW_DIRTY_NS) {
-        return hnsw_go_dirty(env, h, "hnsw_search", hnsw_search_impl, argc, argv);
+    bool normal = on_normal_scheduler();
+    if (normal) {
+        size_t ns = hnsw_search_ns(w, o.k, o.ef, o.filter.size > 0, o.flags != 0);
+        if (ns == EMF_NIF_HNSW_BUSY) {
+            return hnsw_go_wait(env, h, "hnsw_search", hnsw_search_impl, argc, argv);
+        }
+        if (ns > EMF_NIF_HNSW_DIRTY_NS) {
+            return hnsw_go_dirty(env, h, "hnsw_search", hnsw_search_impl, argc, argv);
+        }
     }
+    bool busy = false;
     emf_hnsw_hit_t stack_hits[EMF_NIF_HITS_STACK];
     emf_hnsw_hit_t *hits = stack_hits;
     uint64_t stack_q[EMF_NIF_VEC_STACK_BYTES / 8];
@@ -854,17 +877,25 @@ static ERL_NIF_TERM hnsw_search_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
         result = out_of_memory(env);
     } else {
         size_t n = 0;
-        emf_status_t st = emf_hnsw_search(w->index, qp, q.size / sizeof(float), o.k, o.ef,
-                                          o.flags, fp, o.filter.size / sizeof(uint64_t), hits,
-                                          &n);
-        result = st == EMF_OK ? make_ok(env, hits_list(env, hits, size_min(n, o.k)))
-                              : status_error(env, st);
+        size_t dim = q.size / sizeof(float), words = o.filter.size / sizeof(uint64_t);
+        emf_status_t st =
+            normal ? emf_hnsw_try_search(w->index, qp, dim, o.k, o.ef, o.flags, fp, words, hits,
+                                         &n)
+                   : emf_hnsw_search(w->index, qp, dim, o.k, o.ef, o.flags, fp, words, hits, &n);
+        busy = normal && st == EMF_ERR_BUSY;
+        if (!busy) {
+            result = st == EMF_OK ? make_ok(env, hits_list(env, hits, size_min(n, o.k)))
+                                  : status_error(env, st);
+        }
     }
     if (hits != stack_hits && hits != NULL) {
         enif_free(hits);
     }
     free_heap(heap_q);
     free_heap(heap_f);
+    if (busy) {
+        return hnsw_go_wait(env, h, "hnsw_search", hnsw_search_impl, argc, argv);
+    }
     hnsw_leave(h);
     return result;
 }
@@ -879,6 +910,7 @@ static ERL_NIF_TERM nif_hnsw_search(ErlNifEnv *env, int argc, const ERL_NIF_TERM
  * (dirty CPU scheduler: NIF table): Queries holds rows of the index's dim float32 values. */
 static ERL_NIF_TERM nif_hnsw_search_batch(ErlNifEnv *env, int argc,
                                           const ERL_NIF_TERM argv[]) {
+    (void)argc;
     ErlNifBinary qs;
     emf_nif_search_opts o;
     uint32_t threads;
@@ -895,8 +927,7 @@ static ERL_NIF_TERM nif_hnsw_search_batch(ErlNifEnv *env, int argc,
                                    "per CPU)");
     }
     emf_nif_handle *h;
-    if (!hnsw_enter(env, "hnsw_search_batch", nif_hnsw_search_batch, argc, argv, &h,
-                    &result)) {
+    if (!hnsw_enter(env, argv, &h, &result)) {
         return result;
     }
     emf_nif_hnsw *w = h->ptr;
@@ -958,15 +989,18 @@ static ERL_NIF_TERM hnsw_remove_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     }
     emf_nif_handle *h;
     ERL_NIF_TERM result;
-    if (!hnsw_enter(env, "hnsw_remove", hnsw_remove_impl, argc, argv, &h, &result)) {
+    if (!hnsw_enter(env, argv, &h, &result)) {
         return result;
     }
     emf_nif_hnsw *w = h->ptr;
-    if (on_normal_scheduler()
-        && (hnsw_batch_running(w) || hnsw_remove_ns(w) > EMF_NIF_HNSW_DIRTY_NS)) {
+    bool normal = on_normal_scheduler();
+    if (normal && (hnsw_batch_running(w) || hnsw_remove_ns(w) > EMF_NIF_HNSW_DIRTY_NS)) {
         return hnsw_go_dirty(env, h, "hnsw_remove", hnsw_remove_impl, argc, argv);
     }
-    emf_status_t st = emf_hnsw_remove(w->index, id);
+    emf_status_t st = normal ? emf_hnsw_try_remove(w->index, id) : emf_hnsw_remove(w->index, id);
+    if (normal && st == EMF_ERR_BUSY) {
+        return hnsw_go_wait(env, h, "hnsw_remove", hnsw_remove_impl, argc, argv);
+    }
     if (st == EMF_OK) {
         atomic_fetch_add_explicit(&w->removed, 1, memory_order_relaxed);
         result = atom_ok;
@@ -981,36 +1015,38 @@ static ERL_NIF_TERM nif_hnsw_remove(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     return hnsw_remove_impl(env, argc, argv); /* decides its scheduler once it sees the index */
 }
 
-/* hnsw_compact(Index) -> ok (dirty CPU scheduler: NIF table): holds every other call off
- * meanwhile. */
+/* hnsw_compact(Index) -> ok (dirty CPU scheduler: NIF table): the engine holds every other
+ * call off meanwhile (they wait on dirty schedulers; see the notes above). */
 static ERL_NIF_TERM nif_hnsw_compact(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     HANDLE_USE_OR_RETURN(env, h, argv[0], &hnsw_kind);
     ERL_NIF_TERM result;
     emf_nif_hnsw *w = h->ptr;
-    enif_rwlock_rwlock(w->lock);
+    /* The removals counted before the compaction are reclaimed by it (none runs while it
+     * does). One counted after this load that finished before the compaction began stays
+     * counted: the cost estimates err on the high side. */
+    size_t reclaimed = atomic_load_explicit(&w->removed, memory_order_relaxed);
     emf_status_t st = emf_hnsw_compact(w->index);
     if (st == EMF_OK) {
-        /* No removal runs meanwhile: they hold the lock for reading. */
-        atomic_store_explicit(&w->removed, 0, memory_order_relaxed);
+        atomic_fetch_sub_explicit(&w->removed, reclaimed, memory_order_relaxed);
         result = atom_ok;
     } else {
         result = status_error(env, st);
     }
-    enif_rwlock_rwunlock(w->lock);
     handle_leave(h);
     return result;
 }
 
 /* hnsw_save(Index, Path) -> ok (dirty I/O scheduler: NIF table) */
 static ERL_NIF_TERM nif_hnsw_save(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
     char *path = get_cstring(env, argv[1]);
     if (path == NULL) {
         return argument_error(env, EMF_NIF_PATH_ERROR);
     }
     emf_nif_handle *h;
     ERL_NIF_TERM result;
-    if (hnsw_enter(env, "hnsw_save", nif_hnsw_save, argc, argv, &h, &result)) {
+    if (hnsw_enter(env, argv, &h, &result)) {
         emf_nif_hnsw *w = h->ptr;
         result = ok_or_error(env, emf_hnsw_save(w->index, path));
         hnsw_leave(h);
@@ -1023,17 +1059,21 @@ static ERL_NIF_TERM nif_hnsw_save(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 static ERL_NIF_TERM nif_hnsw_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     emf_nif_handle *h;
     ERL_NIF_TERM result;
-    if (!hnsw_enter(env, "hnsw_stats", nif_hnsw_stats, argc, argv, &h, &result)) {
+    if (!hnsw_enter(env, argv, &h, &result)) {
         return result;
     }
     emf_nif_hnsw *w = h->ptr;
-    if (on_normal_scheduler() && hnsw_batch_running(w)) {
+    bool normal = on_normal_scheduler();
+    if (normal && hnsw_batch_running(w)) {
         /* memory_bytes reads the engine's id map, which the batch may hold for long. */
-        hnsw_leave(h);
-        return schedule_dirty_io(env, "hnsw_stats", nif_hnsw_stats, argc, argv);
+        return hnsw_go_wait(env, h, "hnsw_stats", nif_hnsw_stats, argc, argv);
     }
     size_t len = 0, bytes = 0;
-    emf_status_t st = emf_hnsw_stats(w->index, &len, &bytes);
+    emf_status_t st = normal ? emf_hnsw_try_stats(w->index, &len, &bytes)
+                             : emf_hnsw_stats(w->index, &len, &bytes);
+    if (normal && st == EMF_ERR_BUSY) {
+        return hnsw_go_wait(env, h, "hnsw_stats", nif_hnsw_stats, argc, argv);
+    }
     if (st != EMF_OK) {
         result = status_error(env, st);
     } else {
