@@ -329,6 +329,38 @@ pub(crate) fn search_layer<G: Graph>(
     })
 }
 
+/// Which of `ids` a search of `level` for `q` from `entries` (keeping `ef` candidates)
+/// meets on its way: listed by a node it expands, so reachable from `entries` (a node not
+/// met may still be reachable, farther than the search went).
+pub(crate) fn met_by_search<G: Graph>(
+    g: &G,
+    q: &Query,
+    entries: &[Scored],
+    ef: usize,
+    level: usize,
+    ids: &[u32],
+) -> Vec<bool> {
+    let met = |v: &Visited| {
+        ids.iter()
+            .map(|&id| v.tags.get(id as usize).is_some_and(|&t| t == v.gen))
+            .collect()
+    };
+    VISITED.with(|v| match v.try_borrow_mut() {
+        Ok(mut v) => {
+            search_layer_with(g, q, entries, ef, level, &|_| true, &mut v);
+            met(&v)
+        }
+        Err(_) => {
+            let mut v = Visited {
+                tags: Vec::new(),
+                gen: 0,
+            };
+            search_layer_with(g, q, entries, ef, level, &|_| true, &mut v);
+            met(&v)
+        }
+    })
+}
+
 fn search_layer_with<G: Graph>(
     g: &G,
     q: &Query,

@@ -531,8 +531,8 @@ impl Hnsw {
         write_list(list, &chosen);
     }
 
-    /// Rewrites `n`'s list (held locked by the caller, or `&mut self`) keeping every id of
-    /// `kept` and filling the free places from `extra`: closest first, by the selection
+    /// `n`'s new list (for the caller to write, holding `n` locked or `&mut self`): every id
+    /// of `kept`, the free places filled from `extra` closest first, by the selection
     /// heuristic, and at least the closest one when the heuristic keeps none. A repair never
     /// evicts a live neighbour: the evicted node could lose its only way in.
     fn refill(
@@ -542,8 +542,7 @@ impl Hnsw {
         mut kept: Vec<u32>,
         extra: &[u32],
         cap: usize,
-        list: &[AtomicU32],
-    ) {
+    ) -> Vec<u32> {
         kept.truncate(cap);
         if kept.len() < cap && !extra.is_empty() {
             let (metric, dim) = (self.p.metric, self.p.dim);
@@ -571,7 +570,7 @@ impl Hnsw {
                 kept.push(scored[0].1);
             }
         }
-        write_list(list, &kept);
+        kept
     }
 
     /// Searches for the nearest live vectors to `query`.
@@ -580,7 +579,9 @@ impl Hnsw {
     }
 
     /// Removes `id`: it is no longer returned, and its neighbours are relinked among
-    /// themselves. Its memory is reclaimed by [`Hnsw::compact`]. `NotFound` when absent.
+    /// themselves (when that would leave a node it lists unreachable, one neighbour keeps it
+    /// as a route that searches pass through). Its memory is reclaimed by
+    /// [`Hnsw::compact`]. `NotFound` when absent.
     pub fn remove(&self, id: u64) -> Result<()> {
         let node = {
             // Under the map lock: a concurrent insert of the same id, or a save, sees the id
@@ -601,6 +602,7 @@ impl Hnsw {
         };
         self.live.fetch_sub(1, Ordering::Relaxed);
         let g = Live(self);
+        let mut unlinked = Vec::new();
         for l in 0..=self.level(node) {
             let mut around = Vec::new();
             g.neighbours(node, l, &mut around);
@@ -616,19 +618,75 @@ impl Hnsw {
                 if !ids.contains(&node) {
                     continue;
                 }
-                ids.retain(|&x| x != node && !g.deleted(x));
+                // Other removed nodes stay: they may be routes that `n` still needs.
+                ids.retain(|&x| x != node);
                 let extra: Vec<u32> = around
                     .iter()
                     .copied()
                     .filter(|&x| x != n && !g.deleted(x) && !ids.contains(&x))
                     .collect();
-                self.refill(&g, n, ids, &extra, cap, list);
+                write_list(list, &self.refill(&g, n, ids, &extra, cap));
+                if l == 0 {
+                    unlinked.push(n);
+                }
             }
         }
         // Checked under the entry lock (two removals at once could otherwise each leave the
         // other's pick in place).
         self.replace_entry();
+        if !unlinked.is_empty() {
+            self.keep_reachable(node, &unlinked);
+        }
         Ok(())
+    }
+
+    /// After `node` was unlinked from the level-0 lists of `unlinked` (its neighbours, nearest
+    /// first): when a search for it from the entry point no longer meets every live node it
+    /// lists, one of those it does meet lists `node` again, as a route that searches pass
+    /// through (never return) until compaction, so nothing is cut off. (Unlinking whatever
+    /// it left behind cut off nodes whose only ways in were removed nodes, e.g. two that
+    /// listed only each other.) A live node the search misses may still be reachable
+    /// farther away: then the route costs one list slot until compaction.
+    fn keep_reachable(&self, node: u32, unlinked: &[u32]) {
+        let g = Live(self);
+        let Some((entry, top)) = g.entry() else {
+            return;
+        };
+        let mut out = Vec::new();
+        g.neighbours(node, 0, &mut out);
+        out.retain(|&y| !g.deleted(y));
+        let cap = 2 * self.p.m;
+        let q = g.with_record(node, |r| Query::from_record(self.p.metric, r, self.p.dim));
+        let eps = graph::descend(&g, &q, entry, top, 0);
+        let mut probe = out.clone();
+        probe.extend_from_slice(unlinked);
+        let met = graph::met_by_search(&g, &q, &eps, cap, 0, &probe);
+        if met[..out.len()].iter().all(|&m| m) {
+            return;
+        }
+        for (&n, _) in unlinked.iter().zip(&met[out.len()..]).filter(|(_, &m)| m) {
+            let _lock = NodeLock::new(self.store.flags(n));
+            let mut ids = Vec::with_capacity(cap);
+            g.neighbours(n, 0, &mut ids);
+            if ids.contains(&node) {
+                return;
+            }
+            if g.deleted(n) {
+                continue;
+            }
+            if ids.len() >= cap {
+                // Give up a node `node` lists: it stays reachable through `node`.
+                match ids.iter().rposition(|x| out.contains(x)) {
+                    Some(i) => {
+                        ids.remove(i);
+                    }
+                    None => continue,
+                }
+            }
+            ids.push(node);
+            write_list(self.store.list(n, 0), &ids);
+            return;
+        }
     }
 
     /// Picks a new entry point (the highest live node) after the current one was removed.
@@ -645,16 +703,7 @@ impl Hnsw {
     /// Sets the entry point to the highest live node, or empty (the caller holds
     /// `entry_lock`, or `&mut self`).
     fn pick_entry(&self) {
-        let mut best: Option<(u32, usize)> = None;
-        for id in 0..self.next.load(Ordering::Acquire) {
-            let f = self.flags(id);
-            if f & (DELETED | READY) == READY {
-                let l = (f >> LEVEL_SHIFT & 0xFF) as usize;
-                if best.is_none_or(|(_, bl)| l > bl) {
-                    best = Some((id, l));
-                }
-            }
-        }
+        let best = self.highest_live();
         self.entry
             .store(best.map_or(EMPTY, |(id, l)| pack(id, l)), Ordering::Release);
     }
@@ -719,9 +768,9 @@ impl Hnsw {
     /// Until compaction, removed nodes stay in the graph as tombstones that searches route
     /// through (never return). Before they go: every list still naming a removed node takes
     /// that node's live neighbours as candidates (the removal's repair only reached the
-    /// nodes the removed one listed), and a live node that no live node lists at level 0
-    /// gets a link from its nearest neighbour, so that dropping the tombstones cannot cut
-    /// anything off.
+    /// nodes the removed one listed), and then every live node the level-0 walk from the
+    /// entry point no longer reaches is linked back ([`Hnsw::reconnect`]), so that dropping
+    /// the tombstones cannot cut anything off.
     fn repair_before_compact(&mut self, n: u32) {
         let live = |id: u32| self.flags(id) & (DELETED | READY) == READY;
         let g = Live(self);
@@ -737,42 +786,186 @@ impl Hnsw {
                 for &x in ids.iter().filter(|&&x| !live(x)) {
                     let mut via = Vec::new();
                     g.neighbours(x, l, &mut via);
-                    for y in via {
-                        if y != id && live(y) && !kept.contains(&y) && !extra.contains(&y) {
-                            extra.push(y);
-                        }
+                    extra.extend(
+                        via.into_iter()
+                            .filter(|&y| y != id && live(y) && !kept.contains(&y)),
+                    );
+                }
+                extra.sort_unstable();
+                extra.dedup();
+                let cap = if l == 0 { 2 * self.p.m } else { self.p.m };
+                let fresh = self.refill(&g, id, kept, &extra, cap);
+                write_list(self.store.list(id, l), &fresh);
+            }
+        }
+        self.reconnect(n);
+    }
+
+    /// Makes level 0 strongly connected again once the tombstones are gone, so that a
+    /// search finds every live node from wherever its descent lands: dropping them can cut
+    /// off a node whose only ways in (or out) were removed nodes, or a group of nodes that
+    /// list only each other, which no check of a node's own links sees. Two walks from the
+    /// entry point (the one compaction keeps):
+    ///
+    /// 1. backwards: a node that cannot reach the entry lists the nearest node that can
+    ///    (found by a search), giving up its farthest entry when its list is full (none of
+    ///    its entries reaches the entry either);
+    /// 2. forwards: a node the entry cannot reach is listed by its nearest reached node (one
+    ///    of its own neighbours, else one a search finds). A full list gives up an entry
+    ///    that is on neither walk's tree, so no link made here undoes another.
+    ///
+    /// Costs two walks of the level-0 links, plus a search for each node reconnected.
+    fn reconnect(&mut self, n: u32) {
+        let live = |id: u32| self.flags(id) & (DELETED | READY) == READY;
+        let start = match unpack(self.entry.load(Ordering::Relaxed)) {
+            Some((e, _)) if live(e) => e,
+            _ => match self.highest_live() {
+                Some((e, _)) => e,
+                None => return,
+            },
+        };
+        let g = Live(self);
+        let cap = 2 * self.p.m;
+        let (metric, dim) = (self.p.metric, self.p.dim);
+        let nodes = n as usize;
+        // The level-0 links of the live nodes, changed here and written back at the end.
+        let mut adj: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+        for id in (0..n).filter(|&id| live(id)) {
+            g.neighbours(id, 0, &mut adj[id as usize]);
+            adj[id as usize].retain(|&x| live(x));
+        }
+        let mut changed = vec![false; nodes];
+        let nearest = |u: u32, admit: &dyn Fn(u32) -> bool| -> Vec<u32> {
+            let q = g.with_record(u, |r| Query::from_record(metric, r, dim));
+            let from = [Scored(g.distance(&q, start), start)];
+            graph::search_layer(&g, &q, &from, self.p.ef_construction, 0, admit)
+                .into_iter()
+                .map(|s| s.1)
+                .filter(|&x| x != u)
+                .collect()
+        };
+        let mut queue = std::collections::VecDeque::new();
+
+        // 1. Backwards: `next[x]` is x's first hop towards the entry (NONE: none).
+        let mut radj: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+        for (x, out) in adj.iter().enumerate() {
+            for &y in out {
+                radj[y as usize].push(x as u32);
+            }
+        }
+        let mut next = vec![NONE; nodes];
+        let back = |next: &mut [u32],
+                    radj: &[Vec<u32>],
+                    from: u32,
+                    queue: &mut std::collections::VecDeque<u32>| {
+            queue.push_back(from);
+            while let Some(x) = queue.pop_front() {
+                for &p in &radj[x as usize] {
+                    if next[p as usize] == NONE {
+                        next[p as usize] = x;
+                        queue.push_back(p);
                     }
                 }
-                let cap = if l == 0 { 2 * self.p.m } else { self.p.m };
-                self.refill(&g, id, kept, &extra, cap, self.store.list(id, l));
             }
-        }
-        let mut listed = vec![false; n as usize];
-        let mut ids = Vec::new();
-        for id in (0..n).filter(|&id| live(id)) {
-            ids.clear();
-            g.neighbours(id, 0, &mut ids);
-            for &x in &ids {
-                listed[x as usize] = true;
+        };
+        next[start as usize] = start;
+        back(&mut next, &radj, start, &mut queue);
+        for u in 0..n {
+            if !live(u) || next[u as usize] != NONE {
+                continue;
             }
-        }
-        let entry = unpack(self.entry.load(Ordering::Relaxed)).map(|(e, _)| e);
-        let cap = 2 * self.p.m;
-        for y in (0..n).filter(|&y| live(y) && !listed[y as usize] && Some(y) != entry) {
-            ids.clear();
-            g.neighbours(y, 0, &mut ids);
-            // Its list is in selection order: the first live entry is its nearest neighbour.
-            let Some(&near) = ids.iter().find(|&&x| live(x)) else {
+            let reaches = |x: u32| live(x) && next[x as usize] != NONE;
+            let Some(&r) = nearest(u, &reaches).first() else {
                 continue;
             };
-            let mut theirs = Vec::new();
-            g.neighbours(near, 0, &mut theirs);
-            if theirs.len() >= cap {
-                theirs.pop(); // the last kept is the farthest
+            let list = &mut adj[u as usize];
+            if list.len() >= cap {
+                if let Some(e) = list.pop() {
+                    radj[e as usize].retain(|&x| x != u);
+                }
             }
-            theirs.push(y);
-            write_list(self.store.list(near, 0), &theirs);
+            list.push(r);
+            radj[r as usize].push(u);
+            changed[u as usize] = true;
+            next[u as usize] = r;
+            back(&mut next, &radj, u, &mut queue);
         }
+
+        // 2. Forwards: `parent[x]` is the node through which x was first reached.
+        let mut parent = vec![NONE; nodes];
+        let walk = |parent: &mut [u32],
+                    adj: &[Vec<u32>],
+                    from: u32,
+                    queue: &mut std::collections::VecDeque<u32>| {
+            queue.push_back(from);
+            while let Some(x) = queue.pop_front() {
+                for &y in &adj[x as usize] {
+                    if parent[y as usize] == NONE {
+                        parent[y as usize] = x;
+                        queue.push_back(y);
+                    }
+                }
+            }
+        };
+        parent[start as usize] = start;
+        walk(&mut parent, &adj, start, &mut queue);
+        for u in 0..n {
+            if !live(u) || parent[u as usize] != NONE {
+                continue;
+            }
+            // Its own reached neighbours first (its list is in selection order: nearest
+            // first), then those a search finds.
+            let reached = |x: u32| live(x) && parent[x as usize] != NONE;
+            let mut cands: Vec<u32> = adj[u as usize]
+                .iter()
+                .copied()
+                .filter(|&x| reached(x))
+                .collect();
+            for x in nearest(u, &reached) {
+                if !cands.contains(&x) {
+                    cands.push(x);
+                }
+            }
+            for r in cands {
+                let list = &mut adj[r as usize];
+                if list.len() >= cap {
+                    let spare = list
+                        .iter()
+                        .rposition(|&x| parent[x as usize] != r && next[r as usize] != x);
+                    match spare {
+                        Some(i) => {
+                            list.remove(i);
+                        }
+                        None => continue,
+                    }
+                }
+                list.push(u);
+                changed[r as usize] = true;
+                parent[u as usize] = r;
+                walk(&mut parent, &adj, u, &mut queue);
+                break;
+            }
+        }
+        for (id, list) in adj.iter().enumerate() {
+            if changed[id] {
+                write_list(self.store.list(id as u32, 0), list);
+            }
+        }
+    }
+
+    /// The first live node of the highest level (None when no node is live).
+    fn highest_live(&self) -> Option<(u32, usize)> {
+        let mut best: Option<(u32, usize)> = None;
+        for id in 0..self.next.load(Ordering::Acquire) {
+            let f = self.flags(id);
+            if f & (DELETED | READY) == READY {
+                let l = (f >> LEVEL_SHIFT & 0xFF) as usize;
+                if best.is_none_or(|(_, bl)| l > bl) {
+                    best = Some((id, l));
+                }
+            }
+        }
+        best
     }
 
     fn free_store(&self, store: &mut Store, n: u32) {
