@@ -873,6 +873,7 @@ typedef struct {
     const float *queries;
     size_t nq;
     atomic_int done; /* set by the writer when it is through */
+    atomic_ulong tried; /* searches made so far (answered or not): the writer paces itself on it */
     unsigned long searches, short_answers, unsorted, errors, min_hits; /* the reader's */
 } search_race_t;
 
@@ -882,6 +883,7 @@ static void *race_reader(void *arg) {
     size_t i = 0;
     while (!atomic_load_explicit(&r->done, memory_order_acquire)) {
         size_t n = 0;
+        atomic_fetch_add_explicit(&r->tried, 1, memory_order_release);
         if (emf_hnsw_search(r->index, r->queries + (i++ % r->nq) * SMALL_DIM, SMALL_DIM, 10, 0, 0,
                             NULL, 0, hits, &n) != EMF_OK) {
             r->errors++;
@@ -914,16 +916,24 @@ static void test_search_during_insert(int rounds) {
         }
         search_race_t r = {.index = h, .queries = v, .nq = START, .min_hits = 10};
         atomic_init(&r.done, 0);
+        atomic_init(&r.tried, 0);
         pthread_t reader;
         if (pthread_create(&reader, NULL, race_reader, &r) != 0) {
             CHECK(!"pthread_create");
             emf_hnsw_free(h);
             break;
         }
+        unsigned long seen = 0;
         for (uint64_t i = START; i < START + ADDED; i++) { /* one writer, one vector at a time */
             emf_status_t st = emf_hnsw_insert(h, i, v + i * SMALL_DIM, SMALL_DIM);
             if (st != EMF_OK) CHECK_STATUS(st, EMF_OK);
-            if (i % 64 == 0) sched_yield(); /* under valgrind: let the reader run */
+            /* Every 64 inserts, wait until the reader has started another search (it searches
+             * until `done`, so it always does): searches really interleave with the inserts on
+             * any scheduler, also under valgrind, which runs one thread at a time. */
+            if (i % 64 == 0) {
+                while (atomic_load_explicit(&r.tried, memory_order_acquire) == seen) sched_yield();
+                seen = atomic_load_explicit(&r.tried, memory_order_acquire);
+            }
         }
         atomic_store_explicit(&r.done, 1, memory_order_release);
         pthread_join(reader, NULL);
