@@ -385,5 +385,4 @@ impl IndexRead<'_> {
 }
 
 #[cfg(all(test, not(loom)))]
-#[path = "index_tests.rs"]
 mod tests;
