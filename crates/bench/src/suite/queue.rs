@@ -322,17 +322,23 @@ pub fn cache_hit_ns(settings: Settings, kind: CacheKind, capacity: usize) -> Opt
         x ^= x << 17;
         order.swap(i, (x % (i as u64 + 1)) as usize);
     }
-    let (mut i, mut misses) = (0, 0u64);
+    let (mut i, mut lookups, mut misses) = (0, 0u64, 0u64);
     let ns = median_ns(settings, || {
         let k = keys[order[i]];
         i = if i + 1 == n { 0 } else { i + 1 };
+        lookups += 1;
         if c.get(std::hint::black_box(k)).is_none() {
             misses += 1;
         }
     });
+    // At most 1 % of the lookups may miss. A sharded cache splits its capacity over shards
+    // whose hash seed is drawn per process, so at 90 % fill a shard can hold a few more keys
+    // than its share and evict them; every pass over the keys then misses those few again.
+    // (The bound used to be 1 % of the key count, compared with the misses of millions of
+    // lookups: one evicted key failed it, in about one run of six.)
     assert!(
-        misses * 100 <= (n as u64).max(1),
-        "{kind:?}: the hit benchmark missed"
+        misses * 100 <= lookups.max(1),
+        "{kind:?}: the hit benchmark missed {misses} of {lookups} lookups"
     );
     Some(ns)
 }
