@@ -164,11 +164,13 @@ impl Consumer {
     }
 
     /// This consumer's position.
+    #[inline]
     pub fn position(&self) -> u64 {
         self.head
     }
 
     /// Bytes committed or claimed that this consumer has not consumed yet.
+    #[inline]
     pub fn lag(&self) -> u64 {
         self.ring
             .shared()
@@ -342,6 +344,7 @@ impl Consumer {
 
     /// Like [`Consumer::poll`], but stops after the first frame for which `handler` returns
     /// false (that frame counts as delivered and consumed).
+    #[inline]
     pub fn poll_until(
         &mut self,
         limit: usize,
@@ -444,6 +447,7 @@ impl Consumer {
     /// Copies the next frame into `buf` and consumes it; `Ok(None)` when none is ready.
     /// `TooLarge` (frame left in place) when `buf` is shorter than the frame: ask
     /// [`Consumer::next_len`] for the size.
+    #[inline]
     pub fn recv_into(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
         let Some(len) = self.next_len()? else {
             return Ok(None);

@@ -131,6 +131,7 @@ pub struct Ring {
 }
 
 impl Ring {
+    #[inline]
     fn shared(&self) -> &RingShared {
         // SAFETY: offsets validated in `Ring::from_memory`; RingShared is atomics (and
         // padding that nothing reads or writes), valid for any bit pattern.
@@ -143,6 +144,7 @@ impl Ring {
         }
     }
 
+    #[inline]
     fn producer_slot(&self, i: usize) -> &ProducerSlot {
         assert!(i < self.inner.max_producers);
         // SAFETY: i < max_producers, so the slot lies before the data region (validated
@@ -157,6 +159,7 @@ impl Ring {
         }
     }
 
+    #[inline]
     fn subscriber_slot(&self, i: usize) -> &SubscriberSlot {
         assert!(i < self.inner.max_subscribers);
         // SAFETY: as for producer slots.
@@ -169,12 +172,14 @@ impl Ring {
         }
     }
 
+    #[inline]
     fn data(&self) -> *mut u8 {
         // In bounds: data_offset + capacity == body length (validated in `Ring::from_memory`).
         self.inner.body.wrapping_add(self.inner.data_offset)
     }
 
     /// The header word of the frame at position `pos` (8-aligned).
+    #[inline]
     fn header_at(&self, pos: u64) -> &AtomicU64 {
         // Positions are 8-aligned by construction, but some come from shared memory that a
         // crashed or hostile process may have damaged: force the alignment, never trust it.
@@ -228,21 +233,25 @@ impl Ring {
     }
 
     /// Data region size.
+    #[inline]
     pub fn capacity(&self) -> usize {
         self.inner.capacity as usize
     }
 
     /// Largest payload one frame can carry (a quarter of the capacity).
+    #[inline]
     pub fn max_payload(&self) -> usize {
         (self.inner.capacity as usize / 4 - FRAME_HEADER - self.inner.extra).min(MAX_PAYLOAD)
     }
 
     /// True when every data frame carries a CRC32C ([`RingOptions::checksum`]).
+    #[inline]
     pub fn has_checksums(&self) -> bool {
         self.inner.extra != 0
     }
 
     /// True for a multi-producer ring.
+    #[inline]
     pub fn is_multi_producer(&self) -> bool {
         self.inner.mpsc
     }
@@ -261,6 +270,7 @@ impl Ring {
     }
 
     /// True once the ring was closed with [`Ring::close`].
+    #[inline]
     pub fn is_closed(&self) -> bool {
         self.shared().closed.load(Ordering::Acquire) != 0
     }
@@ -344,6 +354,7 @@ impl Ring {
 
     /// True when the primary consumer is parked waiting for data, or has consumed
     /// everything committed so far (batching should not hold messages back then).
+    #[inline]
     pub fn consumer_idle(&self) -> bool {
         let sh = self.shared();
         if sh.data_waiters.load(Ordering::Relaxed) != 0 {

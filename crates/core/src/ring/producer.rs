@@ -166,6 +166,7 @@ impl Producer {
     /// settled before this producer attached). A frame counts once [`Producer::send`] (or a
     /// commit) has returned, and survives the death of any process; numbering frames with
     /// this count before sending lets a restarted producer resend exactly what is missing.
+    #[inline]
     pub fn committed(&self) -> u64 {
         self.sent
     }
@@ -180,6 +181,7 @@ impl Producer {
 
     /// The slowest consumer's position; dead subscribers are reaped at most every 10 ms, so a
     /// producer retrying on a full ring does not pay a liveness check per subscriber per try.
+    #[inline]
     fn refresh_head(&mut self) -> u64 {
         let now = Instant::now();
         let reap = self
@@ -332,6 +334,7 @@ impl Producer {
     /// `Full` when the slowest consumer is too far behind: the caller keeps its message and
     /// may retry, wait ([`Producer::send_timeout`]) or give up. `TooLarge` past
     /// [`Ring::max_payload`].
+    #[inline]
     pub fn try_claim(&mut self, len: usize) -> Result<Claim<'_>> {
         let raw = self.claim_raw(len)?;
         Ok(Claim {
@@ -383,6 +386,7 @@ impl Producer {
     /// # Panics
     ///
     /// If `c` was made by another producer.
+    #[inline]
     pub fn raw_payload(&self, c: &RawClaim) -> *mut u8 {
         self.check_owner(c);
         let idx = (c.pos & (self.ring.inner.capacity - 1)) as usize;
@@ -666,16 +670,19 @@ pub struct RawClaim {
 
 impl RawClaim {
     /// The claimed payload length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// True when the claim has no payload bytes.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// A copy for [`Claim`], whose `done` flag makes sure it is used once.
+    #[inline]
     fn dup(&self) -> RawClaim {
         RawClaim { ..*self }
     }
@@ -691,6 +698,7 @@ pub struct Claim<'a> {
 impl Claim<'_> {
     /// The frame's payload bytes, to write in place. Their content is undefined until
     /// written (old ring data).
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let p = self.producer.raw_payload(&self.raw);
         // SAFETY: the range lies inside the data region and belongs to this claim (see
@@ -699,6 +707,7 @@ impl Claim<'_> {
     }
 
     /// Makes the frame visible to consumers.
+    #[inline]
     pub fn commit(self) {
         let n = self.raw.len;
         self.commit_len(n);
@@ -706,12 +715,14 @@ impl Claim<'_> {
 
     /// Commits only the first `n` bytes written (`n` ≤ the claimed length); the rest of the
     /// claim becomes padding.
+    #[inline]
     pub fn commit_len(mut self, n: usize) {
         self.done = true;
         self.producer.commit_raw(self.raw.dup(), n);
     }
 
     /// Gives the space back as padding; nothing is delivered.
+    #[inline]
     pub fn abort(mut self) {
         self.done = true;
         self.producer.abort_raw(self.raw.dup());
