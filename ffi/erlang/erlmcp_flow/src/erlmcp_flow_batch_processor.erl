@@ -153,13 +153,28 @@ stats(Server) ->
                 %% The timer of the next emf_batch_tick; it never fires after the timeout
                 %% flush is due (see arm/3).
                 timer :: reference() | undefined,
+                %% The persistent_term key under which a registered server publishes its
+                %% engine processor, for a successor to adopt when this one is killed
+                %% (undefined: an anonymous server publishes nothing).
+                key :: {module(), term()} | undefined,
                 counters = #{flush_size => 0, flush_timeout => 0, flush_idle => 0,
                              flush_demand => 0, refused => 0} :: map()}).
 
 %% @private
-init({Batch, #{batch_timeout := TimeoutMs, drain_timeout := DrainMs}}) ->
+init({Made, #{batch_timeout := TimeoutMs, drain_timeout := DrainMs}, Key}) ->
     process_flag(trap_exit, true), % terminate/2 flushes on shutdown
-    {ok, #state{batch = Batch, timeout_ms = TimeoutMs, drain_ms = DrainMs}}.
+    Batch = case Made of
+                {adopt, Old, Pending} ->
+                    logger:notice("~p ~p: took over the processor of a server that was "
+                                  "killed (~b message(s) pending)", [?MODULE, self(), Pending]),
+                    Old;
+                {new, New} ->
+                    New
+            end,
+    Key =:= undefined orelse persistent_term:put(Key, Batch),
+    S = #state{batch = Batch, timeout_ms = TimeoutMs, drain_ms = DrainMs, key = Key},
+    %% An adopted processor may hold pending messages: make sure a tick sends them.
+    {ok, rearm(S)}.
 
 %% @private
 handle_call({send, Message}, _From, #state{batch = B} = S) ->
@@ -189,6 +204,7 @@ handle_call(stats, _From, #state{batch = B, counters = C} = S) ->
             {reply, Error, S}
     end;
 handle_call(stop, _From, S) ->
+    unpublish(S),
     Result = close(S),
     {stop, normal, Result, S#state{batch = closed}};
 handle_call(_Request, _From, S) ->
@@ -221,6 +237,7 @@ handle_info(_Info, S) ->
 terminate(_Reason, #state{batch = closed}) ->
     ok;
 terminate(_Reason, S) ->
+    unpublish(S),
     case close(S) of
         ok ->
             ok;
@@ -245,17 +262,19 @@ start(Ring, Opts, How) when is_map(Opts) ->
                         {max_pending, MaxPending}]) andalso is_integer(DrainMs)
                 andalso DrainMs >= 0 of
                 true ->
+                    Name = maps:get(name, Opts, {local, ?SERVER}),
+                    Key = case Name of undefined -> undefined; _ -> {?MODULE, Name} end,
                     %% The engine processor is made here, so that an unknown ring is an error of
                     %% this call rather than the crash of a linked server; the server owns it.
-                    case new_batch(Ring, Opts, Size, TimeoutMs, MaxPending) of
-                        {ok, Batch} ->
-                            Args = {Batch, All},
-                            case maps:get(name, Opts, {local, ?SERVER}) of
-                                undefined -> gen_server:How(?MODULE, Args, []);
-                                Name -> gen_server:How(Name, ?MODULE, Args, [])
-                            end;
-                        {error, _} = Error ->
-                            Error
+                    %% A registered server adopts the one a killed predecessor left instead.
+                    case adoptable(Key) of
+                        {ok, Old, Pending} ->
+                            run(How, Name, {{adopt, Old, Pending}, All, Key});
+                        none ->
+                            case new_batch(Ring, Opts, Size, TimeoutMs, MaxPending) of
+                                {ok, Batch} -> run(How, Name, {{new, Batch}, All, Key});
+                                {error, _} = Error -> Error
+                            end
                     end;
                 false ->
                     invalid("batch_size, batch_timeout and max_pending: expected positive "
@@ -266,6 +285,35 @@ start(Ring, Opts, How) when is_map(Opts) ->
     end;
 start(_Ring, _Opts, _How) ->
     invalid("options: expected a map").
+
+run(How, undefined, Args) -> gen_server:How(?MODULE, Args, []);
+run(How, Name, Args) -> gen_server:How(Name, ?MODULE, Args, []).
+
+%% A registered server publishes its engine processor under Key. One found there was left by a
+%% server of the same name that was killed (an orderly end unpublishes it): the next server of
+%% that name adopts it, pending messages and producer included (nothing is lost, and the ring
+%% needs no second producer). When a server of that name is still running, gen_server refuses
+%% the start (already_started) before init/1 could take it.
+adoptable(undefined) ->
+    none;
+adoptable(Key) ->
+    case persistent_term:get(Key, undefined) of
+        undefined ->
+            none;
+        Old ->
+            case erlmcp_flow_nif:batch_pending(Old) of
+                {ok, Pending, _Due} -> {ok, Old, Pending};
+                {error, _} -> none % closed, or made by an earlier load of the NIF library
+            end
+    end.
+
+unpublish(#state{key = undefined}) ->
+    ok;
+unpublish(#state{key = Key, batch = B}) ->
+    case persistent_term:get(Key, undefined) of
+        B -> _ = persistent_term:erase(Key), ok;
+        _ -> ok
+    end.
 
 check(Options) ->
     lists:all(fun({_, V}) -> is_integer(V) andalso V > 0 end, Options).

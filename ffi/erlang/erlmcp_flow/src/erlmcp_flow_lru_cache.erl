@@ -229,8 +229,24 @@ stats(Cache) ->
 %%--------------------------------------------------------------------------------------------
 
 %% @private
-init(Cache) ->
+init(New) ->
     process_flag(trap_exit, true), % terminate/2 unpublishes the cache on shutdown
+    Cache = case persistent_term:get(?KEY, undefined) of
+                undefined ->
+                    New;
+                Old ->
+                    %% Left by a server that was killed: take it over with its entries (and
+                    %% its sweeper); the new one was never used.
+                    case erlmcp_flow_nif:cache_stats(Old) of
+                        {ok, #{len := Len}} ->
+                            logger:notice("~p ~p: took over the default cache of a server that "
+                                          "was killed (~b entries)", [?MODULE, self(), Len]),
+                            _ = erlmcp_flow_nif:cache_set_sweeper(New, 0),
+                            Old;
+                        {error, _} ->
+                            New % made by an earlier load of the NIF library
+                    end
+            end,
     persistent_term:put(?KEY, Cache),
     {ok, Cache}.
 
