@@ -201,20 +201,8 @@ published_key(lru_cache) ->
 
 release(router, Router) ->
     _ = erlmcp_flow_nif:router_close(Router);
-release(batch_processor, Batch) ->
-    _ = erlmcp_flow_nif:batch_flush(Batch),
-    case erlmcp_flow_nif:batch_close(Batch) of
-        ok ->
-            ok;
-        _ ->
-            case erlmcp_flow_nif:batch_discard(Batch) of
-                {ok, N} when N > 0 ->
-                    logger:warning("erlmcp_flow: ~b message(s) of a killed batch processor "
-                                   "could not be sent (ring full) and were discarded", [N]);
-                _ ->
-                    ok
-            end
-    end;
+release(batch_processor, {Batch, _Ring}) ->
+    erlmcp_flow_batch_processor:release_left(Batch);
 release(queue, Queue) ->
     case erlmcp_flow_queue:close(Queue) of
         {ok, [_ | _] = Tasks} ->

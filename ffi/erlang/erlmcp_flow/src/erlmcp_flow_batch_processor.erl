@@ -35,6 +35,7 @@
 -export([start_link/1, start_link/2, start/1, start/2, stop/0, stop/1,
          send_message/1, send_message/2, flush_batch/0, flush_batch/1, stats/0, stats/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([release_left/1]).
 
 -export_type([options/0, server/0, stats/0]).
 
@@ -161,7 +162,7 @@ stats(Server) ->
                              flush_demand => 0, refused => 0} :: map()}).
 
 %% @private
-init({Made, #{batch_timeout := TimeoutMs, drain_timeout := DrainMs}, Key}) ->
+init({Made, #{batch_timeout := TimeoutMs, drain_timeout := DrainMs}, Key, Target}) ->
     process_flag(trap_exit, true), % terminate/2 flushes on shutdown
     Batch = case Made of
                 {adopt, Old, Pending} ->
@@ -171,7 +172,7 @@ init({Made, #{batch_timeout := TimeoutMs, drain_timeout := DrainMs}, Key}) ->
                 {new, New} ->
                     New
             end,
-    Key =:= undefined orelse persistent_term:put(Key, Batch),
+    Key =:= undefined orelse persistent_term:put(Key, {Batch, Target}),
     S = #state{batch = Batch, timeout_ms = TimeoutMs, drain_ms = DrainMs, key = Key},
     %% An adopted processor may hold pending messages: make sure a tick sends them.
     {ok, rearm(S)}.
@@ -267,13 +268,16 @@ start(Ring, Opts, How) when is_map(Opts) ->
                     %% The engine processor is made here, so that an unknown ring is an error of
                     %% this call rather than the crash of a linked server; the server owns it.
                     %% A registered server adopts the one a killed predecessor left instead.
-                    case adoptable(Key) of
+                    Target = target(Ring, Opts),
+                    case adoptable(Key, Target) of
                         {ok, Old, Pending} ->
-                            run(How, Name, {{adopt, Old, Pending}, All, Key});
+                            run(How, Name, {{adopt, Old, Pending}, All, Key, Target});
                         none ->
                             case new_batch(Ring, Opts, Size, TimeoutMs, MaxPending) of
-                                {ok, Batch} -> run(How, Name, {{new, Batch}, All, Key});
-                                {error, _} = Error -> Error
+                                {ok, Batch} ->
+                                    run(How, Name, {{new, Batch}, All, Key, Target});
+                                {error, _} = Error ->
+                                    Error
                             end
                     end;
                 false ->
@@ -293,25 +297,73 @@ run(How, Name, Args) -> gen_server:How(Name, ?MODULE, Args, []).
 %% server of the same name that was killed (an orderly end unpublishes it): the next server of
 %% that name adopts it, pending messages and producer included (nothing is lost, and the ring
 %% needs no second producer). When a server of that name is still running, gen_server refuses
-%% the start (already_started) before init/1 could take it.
-adoptable(undefined) ->
+%% the start (already_started) before init/1 could take it. A processor left for another ring
+%% (the new server is started for a different one) is not adopted: it is flushed and freed
+%% here, and what it could not send is discarded with a warning.
+adoptable(undefined, _Target) ->
     none;
-adoptable(Key) ->
+adoptable(Key, Target) ->
     case persistent_term:get(Key, undefined) of
         undefined ->
             none;
-        Old ->
+        {Old, Target} ->
             case erlmcp_flow_nif:batch_pending(Old) of
                 {ok, Pending, _Due} -> {ok, Old, Pending};
                 {error, _} -> none % closed, or made by an earlier load of the NIF library
+            end;
+        {Old, _OtherRing} ->
+            case erlmcp_flow_nif:batch_pending(Old) of
+                {error, {busy, _}} ->
+                    none; % still in use: its server runs, the start is refused
+                _ ->
+                    _ = persistent_term:erase(Key),
+                    release_left(Old),
+                    none
             end
     end.
+
+%% @private Flushes and frees a processor that a killed server left (see adoptable/2); used
+%% by erlmcp_flow_app too.
+-spec release_left(erlmcp_flow_nif:batch()) -> ok.
+release_left(Batch) ->
+    _ = erlmcp_flow_nif:batch_flush(Batch),
+    case erlmcp_flow_nif:batch_close(Batch) of
+        {error, {full, _}} ->
+            case erlmcp_flow_nif:batch_discard(Batch) of
+                {ok, N} when N > 0 ->
+                    logger:warning("~p: ~b message(s) of a killed processor could not be sent "
+                                   "(ring full) and were discarded", [?MODULE, N]);
+                _ ->
+                    ok
+            end;
+        _ ->
+            ok
+    end.
+
+%% What a processor writes to, to compare a left processor's ring with a new start's.
+target(Ring, _Opts) when is_reference(Ring) ->
+    {handle, Ring};
+target(Name, Opts) ->
+    {ring, text(Name), case maps:get(dir, Opts, undefined) of
+                           undefined -> undefined;
+                           Dir -> text(Dir)
+                       end}.
+
+text(T) when is_atom(T) -> atom_to_binary(T, utf8);
+text(T) when is_list(T) ->
+    try unicode:characters_to_binary(T) of
+        Bin when is_binary(Bin) -> Bin;
+        _ -> T
+    catch
+        error:badarg -> T
+    end;
+text(T) -> T.
 
 unpublish(#state{key = undefined}) ->
     ok;
 unpublish(#state{key = Key, batch = B}) ->
     case persistent_term:get(Key, undefined) of
-        B -> _ = persistent_term:erase(Key), ok;
+        {B, _Target} -> _ = persistent_term:erase(Key), ok;
         _ -> ok
     end.
 
