@@ -27,8 +27,21 @@
 %% make room, then frees the processor: `ok' when everything was sent, `{discarded, N}' when
 %% `N' messages could not be sent and were dropped. The server traps exits: any other
 %% termination (a supervisor's shutdown) does the same in `terminate/2' and logs a warning for
-%% discarded messages. A server killed outright (`brutal_kill') leaves its handle to the
-%% garbage collector, which sends what fits and drops the rest without a report.
+%% discarded messages.
+%%
+%% <h3>A killed server</h3>
+%% A registered server (the default, and the `erlmcp_flow' application's) publishes its engine
+%% processor with `persistent_term'. Killed outright (`exit(Pid, kill)', `brutal_kill'), it
+%% runs no `terminate/2': the processor stays published, with the messages it accepted but did
+%% not write yet. The next server started under that name for the same ring (its supervisor's
+%% restart) adopts it, pending messages included, and writes them with the next flush (on
+%% size, on an idle consumer, on demand, or its timeout timer, armed at once): nothing is
+%% lost. A server of that name started for another ring does not adopt it: the left processor
+%% is flushed into its own ring and freed, and what it still could not send (its ring full) is
+%% discarded with a logged warning. Until a successor starts, the left processor keeps its
+%% producer slot in the ring; the application's stop releases it the same way. An anonymous
+%% server (`name => undefined') publishes nothing: killed, its processor goes to the garbage
+%% collector, which sends what fits and drops the rest without a report.
 -module(erlmcp_flow_batch_processor).
 -behaviour(gen_server).
 
@@ -80,7 +93,9 @@ start_link(Ring) ->
 
 %% @doc Starts a processor, linked to the caller, over `Ring': the name of an existing ring
 %% (in `dir') or a ring handle. Registered as `erlmcp_flow_batch_processor' unless `name'
-%% says otherwise. The ring must accept one more producer.
+%% says otherwise. The ring must accept one more producer, unless the server adopts the
+%% processor a killed server of the same name left for the same ring (see the module
+%% documentation).
 -spec start_link(erlmcp_flow_ring:name() | erlmcp_flow_nif:ring(), options()) ->
           {ok, pid()} | {error, term()}.
 start_link(Ring, Opts) ->

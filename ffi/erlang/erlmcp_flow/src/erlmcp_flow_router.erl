@@ -19,6 +19,15 @@
 %% functions without a server argument use it); `name => undefined' starts an anonymous one,
 %% used through its pid with the functions taking a `Router' argument.
 %%
+%% <h3>Restarts</h3>
+%% The inboxes are files in the router's directory, not state of the server: a router started
+%% after another one stopped or was killed (a supervisor's restart) sends to the existing
+%% inboxes as they are (the engine opens an agent's inbox, it never recreates one): registered
+%% agents stay registered, keep their consumers and their unread messages, and sends to them
+%% work at once. A registered server publishes its engine router with `persistent_term'; when
+%% one was killed outright, the next server of that name closes the router it left, releasing
+%% its producer in each inbox at once (an inbox has 16 producer slots for the whole machine).
+%%
 %% <h3>Results</h3>
 %% `send_direct/2,3': `ok', `{error, {full, _}}' (the inbox is full: nothing was sent; retry
 %% later), `{error, {not_found, _}}' (the agent has no inbox), `{error, {too_large, _}}'.
