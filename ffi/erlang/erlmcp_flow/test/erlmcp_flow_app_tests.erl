@@ -324,8 +324,8 @@ stop_releases_everything() ->
         ok = erlmcp_flow_router:send_direct(<<"a">>, <<"p">>),
         ?assertEqual(4, length(published())),
         ?assert(filelib:is_file(ring_file(Dir))),
-        %% A server killed just before the stop leaves its handle published; the stop
-        %% releases it too.
+        %% A server killed just before the stop: restarted or not by then, nothing of it
+        %% stays (the deterministic case is supervisor_giving_up_releases_everything).
         exit(whereis(erlmcp_flow_lru_cache), kill),
         ok = application:stop(?APP),
         [?assertEqual(undefined, whereis(N)) || N <- ?NAMES],
@@ -344,6 +344,33 @@ stop_releases_everything() ->
         ok = erlmcp_flow_batch_processor:send_message(<<"m2">>),
         ok = application:stop(?APP),
         ?assertEqual([], published())
+    end).
+
+%% A supervisor that gives up (restart_intensity 0: the first crash ends the application)
+%% leaves the killed server's handle published; the application's stop releases it.
+supervisor_giving_up_releases_everything_test_() ->
+    {timeout, 60, fun supervisor_giving_up_releases_everything/0}.
+
+supervisor_giving_up_releases_everything() ->
+    with_app([{restart_intensity, 0}], fun(Dir) ->
+        ok = erlmcp_flow_queue:enqueue(t),
+        ok = erlmcp_flow_lru_cache:put(k, v),
+        Sup = whereis(erlmcp_flow_sup),
+        Mon = monitor(process, Sup),
+        exit(whereis(erlmcp_flow_queue), kill),
+        receive {'DOWN', Mon, process, Sup, shutdown} -> ok end,
+        ok = wait_for(fun() ->
+                              case lists:keymember(?APP, 1, application:which_applications()) of
+                                  false -> {true, ok};
+                                  true -> false
+                              end
+                      end, erlang:monotonic_time(millisecond) + 5000),
+        [?assertEqual(undefined, whereis(N)) || N <- ?NAMES],
+        ?assertEqual([], published()),
+        ?assertMatch({error, {closed, _}}, erlmcp_flow_queue:enqueue(t)),
+        ?assertNot(filelib:is_file(ring_file(Dir))),
+        {ok, _} = application:ensure_all_started(?APP),
+        ?assertEqual(empty, erlmcp_flow_queue:dequeue())
     end).
 
 %% A ring that exists already is used as it is (its frames kept) and left in place at stop.
