@@ -27,14 +27,28 @@
 %% make room, then frees the processor: `ok' when everything was sent, `{discarded, N}' when
 %% `N' messages could not be sent and were dropped. The server traps exits: any other
 %% termination (a supervisor's shutdown) does the same in `terminate/2' and logs a warning for
-%% discarded messages. A server killed outright (`brutal_kill') leaves its handle to the
-%% garbage collector, which sends what fits and drops the rest without a report.
+%% discarded messages.
+%%
+%% <h3>A killed server</h3>
+%% A registered server (the default, and the `erlmcp_flow' application's) publishes its engine
+%% processor with `persistent_term'. Killed outright (`exit(Pid, kill)', `brutal_kill'), it
+%% runs no `terminate/2': the processor stays published, with the messages it accepted but did
+%% not write yet. The next server started under that name for the same ring (its supervisor's
+%% restart) adopts it, pending messages included, and writes them with the next flush (on
+%% size, on an idle consumer, on demand, or its timeout timer, armed at once): nothing is
+%% lost. A server of that name started for another ring does not adopt it: the left processor
+%% is flushed into its own ring and freed, and what it still could not send (its ring full) is
+%% discarded with a logged warning. Until a successor starts, the left processor keeps its
+%% producer slot in the ring; the application's stop releases it the same way. An anonymous
+%% server (`name => undefined') publishes nothing: killed, its processor goes to the garbage
+%% collector, which sends what fits and drops the rest without a report.
 -module(erlmcp_flow_batch_processor).
 -behaviour(gen_server).
 
 -export([start_link/1, start_link/2, start/1, start/2, stop/0, stop/1,
          send_message/1, send_message/2, flush_batch/0, flush_batch/1, stats/0, stats/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
+-export([release_left/1]).
 
 -export_type([options/0, server/0, stats/0]).
 
@@ -79,7 +93,9 @@ start_link(Ring) ->
 
 %% @doc Starts a processor, linked to the caller, over `Ring': the name of an existing ring
 %% (in `dir') or a ring handle. Registered as `erlmcp_flow_batch_processor' unless `name'
-%% says otherwise. The ring must accept one more producer.
+%% says otherwise. The ring must accept one more producer, unless the server adopts the
+%% processor a killed server of the same name left for the same ring (see the module
+%% documentation).
 -spec start_link(erlmcp_flow_ring:name() | erlmcp_flow_nif:ring(), options()) ->
           {ok, pid()} | {error, term()}.
 start_link(Ring, Opts) ->
@@ -153,13 +169,28 @@ stats(Server) ->
                 %% The timer of the next emf_batch_tick; it never fires after the timeout
                 %% flush is due (see arm/3).
                 timer :: reference() | undefined,
+                %% The persistent_term key under which a registered server publishes its
+                %% engine processor, for a successor to adopt when this one is killed
+                %% (undefined: an anonymous server publishes nothing).
+                key :: {module(), term()} | undefined,
                 counters = #{flush_size => 0, flush_timeout => 0, flush_idle => 0,
                              flush_demand => 0, refused => 0} :: map()}).
 
 %% @private
-init({Batch, #{batch_timeout := TimeoutMs, drain_timeout := DrainMs}}) ->
+init({Made, #{batch_timeout := TimeoutMs, drain_timeout := DrainMs}, Key, Target}) ->
     process_flag(trap_exit, true), % terminate/2 flushes on shutdown
-    {ok, #state{batch = Batch, timeout_ms = TimeoutMs, drain_ms = DrainMs}}.
+    Batch = case Made of
+                {adopt, Old, Pending} ->
+                    logger:notice("~p ~p: took over the processor of a server that was "
+                                  "killed (~b message(s) pending)", [?MODULE, self(), Pending]),
+                    Old;
+                {new, New} ->
+                    New
+            end,
+    Key =:= undefined orelse persistent_term:put(Key, {Batch, Target}),
+    S = #state{batch = Batch, timeout_ms = TimeoutMs, drain_ms = DrainMs, key = Key},
+    %% An adopted processor may hold pending messages: make sure a tick sends them.
+    {ok, rearm(S)}.
 
 %% @private
 handle_call({send, Message}, _From, #state{batch = B} = S) ->
@@ -189,6 +220,7 @@ handle_call(stats, _From, #state{batch = B, counters = C} = S) ->
             {reply, Error, S}
     end;
 handle_call(stop, _From, S) ->
+    unpublish(S),
     Result = close(S),
     {stop, normal, Result, S#state{batch = closed}};
 handle_call(_Request, _From, S) ->
@@ -221,6 +253,7 @@ handle_info(_Info, S) ->
 terminate(_Reason, #state{batch = closed}) ->
     ok;
 terminate(_Reason, S) ->
+    unpublish(S),
     case close(S) of
         ok ->
             ok;
@@ -245,17 +278,22 @@ start(Ring, Opts, How) when is_map(Opts) ->
                         {max_pending, MaxPending}]) andalso is_integer(DrainMs)
                 andalso DrainMs >= 0 of
                 true ->
+                    Name = maps:get(name, Opts, {local, ?SERVER}),
+                    Key = case Name of undefined -> undefined; _ -> {?MODULE, Name} end,
                     %% The engine processor is made here, so that an unknown ring is an error of
                     %% this call rather than the crash of a linked server; the server owns it.
-                    case new_batch(Ring, Opts, Size, TimeoutMs, MaxPending) of
-                        {ok, Batch} ->
-                            Args = {Batch, All},
-                            case maps:get(name, Opts, {local, ?SERVER}) of
-                                undefined -> gen_server:How(?MODULE, Args, []);
-                                Name -> gen_server:How(Name, ?MODULE, Args, [])
-                            end;
-                        {error, _} = Error ->
-                            Error
+                    %% A registered server adopts the one a killed predecessor left instead.
+                    Target = target(Ring, Opts),
+                    case adoptable(Key, Target) of
+                        {ok, Old, Pending} ->
+                            run(How, Name, {{adopt, Old, Pending}, All, Key, Target});
+                        none ->
+                            case new_batch(Ring, Opts, Size, TimeoutMs, MaxPending) of
+                                {ok, Batch} ->
+                                    run(How, Name, {{new, Batch}, All, Key, Target});
+                                {error, _} = Error ->
+                                    Error
+                            end
                     end;
                 false ->
                     invalid("batch_size, batch_timeout and max_pending: expected positive "
@@ -266,6 +304,83 @@ start(Ring, Opts, How) when is_map(Opts) ->
     end;
 start(_Ring, _Opts, _How) ->
     invalid("options: expected a map").
+
+run(How, undefined, Args) -> gen_server:How(?MODULE, Args, []);
+run(How, Name, Args) -> gen_server:How(Name, ?MODULE, Args, []).
+
+%% A registered server publishes its engine processor under Key. One found there was left by a
+%% server of the same name that was killed (an orderly end unpublishes it): the next server of
+%% that name adopts it, pending messages and producer included (nothing is lost, and the ring
+%% needs no second producer). When a server of that name is still running, gen_server refuses
+%% the start (already_started) before init/1 could take it. A processor left for another ring
+%% (the new server is started for a different one) is not adopted: it is flushed and freed
+%% here, and what it could not send is discarded with a warning.
+adoptable(undefined, _Target) ->
+    none;
+adoptable(Key, Target) ->
+    case persistent_term:get(Key, undefined) of
+        undefined ->
+            none;
+        {Old, Target} ->
+            case erlmcp_flow_nif:batch_pending(Old) of
+                {ok, Pending, _Due} -> {ok, Old, Pending};
+                {error, _} -> none % closed, or made by an earlier load of the NIF library
+            end;
+        {Old, _OtherRing} ->
+            case erlmcp_flow_nif:batch_pending(Old) of
+                {error, {busy, _}} ->
+                    none; % still in use: its server runs, the start is refused
+                _ ->
+                    _ = persistent_term:erase(Key),
+                    release_left(Old),
+                    none
+            end
+    end.
+
+%% @private Flushes and frees a processor that a killed server left (see adoptable/2); used
+%% by erlmcp_flow_app too.
+-spec release_left(erlmcp_flow_nif:batch()) -> ok.
+release_left(Batch) ->
+    _ = erlmcp_flow_nif:batch_flush(Batch),
+    case erlmcp_flow_nif:batch_close(Batch) of
+        {error, {full, _}} ->
+            case erlmcp_flow_nif:batch_discard(Batch) of
+                {ok, N} when N > 0 ->
+                    logger:warning("~p: ~b message(s) of a killed processor could not be sent "
+                                   "(ring full) and were discarded", [?MODULE, N]);
+                _ ->
+                    ok
+            end;
+        _ ->
+            ok
+    end.
+
+%% What a processor writes to, to compare a left processor's ring with a new start's.
+target(Ring, _Opts) when is_reference(Ring) ->
+    {handle, Ring};
+target(Name, Opts) ->
+    {ring, text(Name), case maps:get(dir, Opts, undefined) of
+                           undefined -> undefined;
+                           Dir -> text(Dir)
+                       end}.
+
+text(T) when is_atom(T) -> atom_to_binary(T, utf8);
+text(T) when is_list(T) ->
+    try unicode:characters_to_binary(T) of
+        Bin when is_binary(Bin) -> Bin;
+        _ -> T
+    catch
+        error:badarg -> T
+    end;
+text(T) -> T.
+
+unpublish(#state{key = undefined}) ->
+    ok;
+unpublish(#state{key = Key, batch = B}) ->
+    case persistent_term:get(Key, undefined) of
+        {B, _Target} -> _ = persistent_term:erase(Key), ok;
+        _ -> ok
+    end.
 
 check(Options) ->
     lists:all(fun({_, V}) -> is_integer(V) andalso V > 0 end, Options).

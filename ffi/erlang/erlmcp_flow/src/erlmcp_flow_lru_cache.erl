@@ -33,9 +33,12 @@
 %% `start_link/0,1' (a gen_server registered as `erlmcp_flow_lru_cache', to put under a
 %% supervisor). The server only owns the cache: it publishes the handle with
 %% `persistent_term' and every call goes straight to the engine from the calling process (the
-%% engine's cache is thread-safe). When the server stops, the default cache is unpublished and
-%% its sweeper stopped; a new server starts with an empty cache. When none runs, the functions
-%% return `{error, {closed, _}}'. `new/0,1' makes a cache of your own: a thread-safe handle
+%% engine's cache is thread-safe). When the server stops (`stop/0', or a supervisor's
+%% shutdown: it traps exits), the default cache is unpublished and its sweeper stopped; the
+%% next server starts with an empty cache. A server killed outright (`exit(Pid, kill)') leaves
+%% its cache published and in use: the next server started (its supervisor's restart) takes
+%% it over, entries, options and sweeper included. When none runs, the functions return
+%% `{error, {closed, _}}'. `new/0,1' makes a cache of your own: a thread-safe handle
 %% for the functions taking a cache, freed (its sweeper stopped) when garbage collected.
 %%
 %% <h3>Errors and scheduling</h3>
@@ -92,7 +95,8 @@ start_link() ->
     start_link(#{}).
 
 %% @doc Starts the default cache's server, linked to the caller, registered as
-%% `erlmcp_flow_lru_cache', with a new cache made with `Opts' (see `new/1').
+%% `erlmcp_flow_lru_cache', with a new cache made with `Opts' (see `new/1'), unless a server
+%% killed earlier left its cache published: that one is taken over.
 -spec start_link(options()) -> {ok, pid()} | {error, term()}.
 start_link(Opts) ->
     start(Opts, start_link).
@@ -229,8 +233,24 @@ stats(Cache) ->
 %%--------------------------------------------------------------------------------------------
 
 %% @private
-init(Cache) ->
+init(New) ->
     process_flag(trap_exit, true), % terminate/2 unpublishes the cache on shutdown
+    Cache = case persistent_term:get(?KEY, undefined) of
+                undefined ->
+                    New;
+                Old ->
+                    %% Left by a server that was killed: take it over with its entries (and
+                    %% its sweeper); the new one was never used.
+                    case erlmcp_flow_nif:cache_stats(Old) of
+                        {ok, #{len := Len}} ->
+                            logger:notice("~p ~p: took over the default cache of a server that "
+                                          "was killed (~b entries)", [?MODULE, self(), Len]),
+                            _ = erlmcp_flow_nif:cache_set_sweeper(New, 0),
+                            Old;
+                        {error, _} ->
+                            New % made by an earlier load of the NIF library
+                    end
+            end,
     persistent_term:put(?KEY, Cache),
     {ok, Cache}.
 

@@ -19,6 +19,15 @@
 %% functions without a server argument use it); `name => undefined' starts an anonymous one,
 %% used through its pid with the functions taking a `Router' argument.
 %%
+%% <h3>Restarts</h3>
+%% The inboxes are files in the router's directory, not state of the server: a router started
+%% after another one stopped or was killed (a supervisor's restart) sends to the existing
+%% inboxes as they are (the engine opens an agent's inbox, it never recreates one): registered
+%% agents stay registered, keep their consumers and their unread messages, and sends to them
+%% work at once. A registered server publishes its engine router with `persistent_term'; when
+%% one was killed outright, the next server of that name closes the router it left, releasing
+%% its producer in each inbox at once (an inbox has 16 producer slots for the whole machine).
+%%
 %% <h3>Results</h3>
 %% `send_direct/2,3': `ok', `{error, {full, _}}' (the inbox is full: nothing was sent; retry
 %% later), `{error, {not_found, _}}' (the agent has no inbox), `{error, {too_large, _}}'.
@@ -159,14 +168,19 @@ send_batch(_Router, _Agent, _Messages) ->
 %%--------------------------------------------------------------------------------------------
 
 -record(state, {router :: erlmcp_flow_nif:router(),
+                %% The persistent_term key under which a registered server publishes its
+                %% engine router (undefined: anonymous), so that a successor started after
+                %% this one was killed frees it at once (see init/1).
+                key :: {module(), term()} | undefined,
                 %% Agents this router has a producer for (a scheduling hint for the NIF: a
                 %% send to them does not open a file).
                 attached = #{} :: #{binary() => true}}).
 
 %% @private
-init(Router) ->
+init({Router, Key}) ->
     process_flag(trap_exit, true), % terminate/2 closes the router on shutdown
-    {ok, #state{router = Router}}.
+    publish(Key, Router),
+    {ok, #state{router = Router, key = Key}}.
 
 %% @private
 handle_call({send, Agent, Message}, _From, #state{router = R, attached = A} = S) ->
@@ -192,7 +206,11 @@ handle_info(_Info, S) ->
     {noreply, S}.
 
 %% @private
-terminate(_Reason, #state{router = R}) ->
+terminate(_Reason, #state{router = R, key = Key}) ->
+    case Key =/= undefined andalso persistent_term:get(Key, undefined) of
+        R -> _ = persistent_term:erase(Key), ok;
+        _ -> ok
+    end,
     erlmcp_flow_nif:router_close(R).
 
 %%--------------------------------------------------------------------------------------------
@@ -212,8 +230,8 @@ start(Opts, How) when is_map(Opts) ->
             case erlmcp_flow_nif:router_new(Dir, maps:get(inbox_capacity, Opts, 0)) of
                 {ok, Router} ->
                     case maps:get(name, Opts, {local, ?SERVER}) of
-                        undefined -> gen_server:How(?MODULE, Router, []);
-                        Name -> gen_server:How(Name, ?MODULE, Router, [])
+                        undefined -> gen_server:How(?MODULE, {Router, undefined}, []);
+                        Name -> gen_server:How(Name, ?MODULE, {Router, {?MODULE, Name}}, [])
                     end;
                 {error, _} = Error ->
                     Error
@@ -223,6 +241,23 @@ start(Opts, How) when is_map(Opts) ->
     end;
 start(_Opts, _How) ->
     invalid("options: expected a map").
+
+%% A registered server publishes its engine router under Key. One found there was left by a
+%% server of the same name that was killed (an orderly end unpublishes it): nobody uses it any
+%% more, but the handle could stay alive for long (the supervisor that started the dead server
+%% may still hold the term), and with it a producer in every inbox it sent to (an inbox has 16
+%% producer slots for the whole machine). It is closed now. The inboxes themselves are files
+%% in the router's directory: the new router sends to them as they are (the engine opens an
+%% agent's existing inbox; nothing is created or cleared), unread messages and the agents'
+%% consumers untouched.
+publish(undefined, _Router) ->
+    ok;
+publish(Key, Router) ->
+    case persistent_term:get(Key, undefined) of
+        undefined -> ok;
+        Old -> _ = erlmcp_flow_nif:router_close(Old), ok
+    end,
+    persistent_term:put(Key, Router).
 
 %% After a send: the router holds a producer for the agent once a send reached its inbox
 %% (sent, or refused because the inbox is full).

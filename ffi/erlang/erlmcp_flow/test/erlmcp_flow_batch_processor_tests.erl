@@ -266,3 +266,47 @@ start_options() ->
         ?assertMatch({error, {closed, _}}, ?B:flush_batch(P)),
         ?assertMatch({error, {closed, _}}, ?B:stats())
     end).
+
+%% A registered processor killed outright leaves its engine processor published; the next
+%% server of that name for the same ring adopts it, pending messages included, and sends them.
+%% One started for another ring does not adopt it: the left processor is flushed into its own
+%% ring and freed. No message is lost.
+killed_processor_is_adopted_test_() ->
+    {timeout, 120, fun killed_processor_is_adopted/0}.
+
+killed_processor_is_adopted() ->
+    with_dir(fun(Dir) ->
+        {Name, _Ring, C} = new_ring(Dir, #{}),
+        Kill = fun() ->
+                       Pid = whereis(?B),
+                       Mon = monitor(process, Pid),
+                       exit(Pid, kill),
+                       receive {'DOWN', Mon, process, Pid, killed} -> ok end
+               end,
+        {ok, _} = ?B:start(Name, #{dir => Dir, batch_timeout => ?HOUR}),
+        ok = ?B:send_message(msg(0)), % idle consumer: at once; it stays unread
+        [ok = ?B:send_message(msg(I)) || I <- lists:seq(1, 9)],
+        ?assertEqual(9, stat(pending)),
+        Kill(),
+        %% Same ring, given as a string this time: adopted.
+        {ok, _} = ?B:start(binary_to_list(iolist_to_binary(Name)),
+                           #{dir => list_to_binary(Dir), batch_timeout => ?HOUR}),
+        ?assertEqual(9, stat(pending)),
+        ok = ?B:send_message(msg(10)),
+        ?assertEqual({ok, 10}, ?B:flush_batch()),
+        ?assertEqual([msg(I) || I <- lists:seq(0, 10)], drain(C)),
+        %% Killed with messages pending, then a server for another ring: the left processor
+        %% flushes into its own ring.
+        ok = ?B:send_message(msg(11)), % idle: at once
+        [ok = ?B:send_message(msg(I)) || I <- lists:seq(12, 14)],
+        ?assertEqual(3, stat(pending)),
+        Kill(),
+        {Other, _OtherRing, C2} = new_ring(Dir, #{}),
+        {ok, _} = ?B:start(Other, #{dir => Dir, batch_timeout => ?HOUR}),
+        ?assertEqual(0, stat(pending)),
+        ?assertEqual([msg(I) || I <- lists:seq(11, 14)], drain(C)),
+        ok = ?B:send_message(<<"other">>),
+        ?assertEqual([<<"other">>], drain(C2)),
+        ok = ?B:stop(),
+        ?assertEqual(undefined, persistent_term:get({?B, {local, ?B}}, undefined))
+    end).

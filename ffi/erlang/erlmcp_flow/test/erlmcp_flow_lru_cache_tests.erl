@@ -359,6 +359,24 @@ default_cache_test() ->
         ok = ?C:stop()
     end).
 
+%% A server killed outright leaves its cache published; the next one takes it over, entries
+%% included (an orderly stop, above, clears it instead).
+killed_server_cache_is_taken_over_test() ->
+    with_no_default(fun() ->
+        {ok, Pid} = ?C:start(#{capacity => 50, ttl => infinity}),
+        ok = ?C:put(kept, {value, 1}),
+        {ok, Cache} = ?C:cache(),
+        Mon = monitor(process, Pid),
+        exit(Pid, kill),
+        receive {'DOWN', Mon, process, Pid, killed} -> ok end,
+        {ok, _} = ?C:start(#{capacity => 5}),
+        ?assertEqual({ok, Cache}, ?C:cache()),
+        ?assertEqual({ok, {value, 1}}, ?C:get(kept)),
+        ?assertMatch({ok, #{capacity := 50}}, ?C:stats()),
+        ok = ?C:stop(),
+        ?assertEqual(undefined, persistent_term:get({?C, cache}, undefined))
+    end).
+
 supervised_default_cache_test() ->
     with_no_default(fun() ->
         process_flag(trap_exit, true),

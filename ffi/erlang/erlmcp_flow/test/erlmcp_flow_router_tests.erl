@@ -240,3 +240,31 @@ receive_all(_Inbox, 0, Acc) ->
 receive_all(Inbox, N, Acc) ->
     {ok, Frames} = ?R:recv_batch(Inbox, 1000, 30000),
     receive_all(Inbox, N - length(Frames), [Frames | Acc]).
+
+%% A registered router killed outright: the next one sends to the same inboxes (nothing is
+%% recreated: unread messages stay, the agent's consumer reads on) and closes the killed
+%% router's engine handle at once, releasing its producer in every inbox it sent to.
+killed_router_successor_test_() ->
+    {timeout, 120, fun killed_router_successor/0}.
+
+killed_router_successor() ->
+    with_dir(fun(Dir) ->
+        {ok, Pid} = ?RT:start(#{dir => Dir}),
+        {ok, Inbox} = ?RT:register_agent(<<"agent">>),
+        ok = ?RT:send_direct(<<"agent">>, <<"before">>),
+        {ok, Ring} = ?R:open(<<"inbox.agent">>, #{dir => Dir}),
+        Producers = fun() -> {ok, #{producers := N}} = ?R:stats(Ring), N end,
+        ?assertEqual(1, Producers()),
+        Mon = monitor(process, Pid),
+        exit(Pid, kill),
+        receive {'DOWN', Mon, process, Pid, killed} -> ok end,
+        {ok, _} = ?RT:start(#{dir => Dir}),
+        ?assertEqual(0, Producers()),
+        ok = ?RT:send_direct(<<"agent">>, <<"after">>),
+        ?assertEqual(1, Producers()),
+        ?assertEqual([<<"before">>, <<"after">>], drain(Inbox)),
+        ok = ?RT:stop(),
+        ?assertEqual(0, Producers()),
+        ?assertEqual(undefined, persistent_term:get({?RT, {local, ?RT}}, undefined)),
+        ok = ?R:close(Ring)
+    end).

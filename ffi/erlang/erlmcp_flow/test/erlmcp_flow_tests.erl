@@ -1,6 +1,9 @@
 %% EUnit tests of erlmcp_flow: shared state by reference (share, read, lookup, release),
 %% values held across a re-share and a release, zero-copy binaries whose mapping lives as long
-%% as they do, big values, and the default store.
+%% as they do, big values, and the default store, through the raw-bytes API
+%% (share_binary/read_shared_binary); terms through share_state/read_shared_state (any term
+%% back as it was; values that are not terms, or name atoms this VM does not know, refused
+%% without creating an atom).
 %%
 %% Every test uses a store in a temporary directory of its own, removed afterwards; no
 %% assertion depends on timing (the unmapping after garbage collection is awaited).
@@ -91,25 +94,25 @@ share_read_lookup_release_test_() ->
 
 share_read_lookup_release() ->
     with_store(fun(Dir, S) ->
-        {ok, Ref} = ?F:share_state(S, <<"registry">>, <<"v1">>),
+        {ok, Ref} = ?F:share_binary(S, <<"registry">>, <<"v1">>),
         ?assert(is_integer(Ref)),
-        ?assertEqual({ok, <<"v1">>}, ?F:read_shared_state(S, Ref)),
+        ?assertEqual({ok, <<"v1">>}, ?F:read_shared_binary(S, Ref)),
         ?assertEqual({ok, Ref}, ?F:lookup_state(S, <<"registry">>)),
         ?assertEqual({ok, Ref}, ?F:lookup_state(S, registry)),      % atom and string keys
         ?assertEqual({ok, Ref}, ?F:lookup_state(S, "registry")),
         ?assertEqual({error, not_found}, ?F:lookup_state(S, <<"other">>)),
         ok = ?F:release_state(S, Ref),
-        ?assertEqual({error, not_found}, ?F:read_shared_state(S, Ref)),
+        ?assertEqual({error, not_found}, ?F:read_shared_binary(S, Ref)),
         ?assertEqual({error, not_found}, ?F:release_state(S, Ref)),
-        ?assertEqual({error, not_found}, ?F:read_shared_state(S, 12345)),
+        ?assertEqual({error, not_found}, ?F:read_shared_binary(S, 12345)),
         %% Iodata values, empty values, UTF-8 keys.
-        {ok, R2} = ?F:share_state(S, <<"clé"/utf8>>, [<<"io">>, "data"]),
-        ?assertEqual({ok, <<"iodata">>}, ?F:read_shared_state(S, R2)),
-        {ok, R3} = ?F:share_state(S, <<"empty">>, <<>>),
-        ?assertEqual({ok, <<>>}, ?F:read_shared_state(S, R3)),
+        {ok, R2} = ?F:share_binary(S, <<"clé"/utf8>>, [<<"io">>, "data"]),
+        ?assertEqual({ok, <<"iodata">>}, ?F:read_shared_binary(S, R2)),
+        {ok, R3} = ?F:share_binary(S, <<"empty">>, <<>>),
+        ?assertEqual({ok, <<>>}, ?F:read_shared_binary(S, R3)),
         %% A reference is valid through any handle of the same store.
         {ok, S2} = ?F:open_store(t, #{dir => Dir}),
-        ?assertEqual({ok, <<"iodata">>}, ?F:read_shared_state(S2, R2)),
+        ?assertEqual({ok, <<"iodata">>}, ?F:read_shared_binary(S2, R2)),
         [ok = ?F:release_state(S, R) || R <- [R2, R3]]
     end).
 
@@ -123,11 +126,11 @@ value_held_across_reshare_and_release() ->
     with_store(fun(Dir, S) ->
         Mapped = erlmcp_flow_nif:state_mapped(),
         Big = value(1, 1 bsl 20),
-        {ok, R1} = ?F:share_state(S, <<"k">>, Big),
+        {ok, R1} = ?F:share_binary(S, <<"k">>, Big),
         Self = self(),
         %% A reader process holds the value (a zero-copy binary over the mapping).
         Reader = spawn_link(fun() ->
-                                    {ok, Held} = ?F:read_shared_state(S, R1),
+                                    {ok, Held} = ?F:read_shared_binary(S, R1),
                                     Self ! {read, self()},
                                     receive check -> Self ! {held, self(), Held =:= Big} end,
                                     receive done -> ok end
@@ -135,13 +138,13 @@ value_held_across_reshare_and_release() ->
         receive {read, Reader} -> ok end,
         ?assertEqual(Mapped + 1, erlmcp_flow_nif:state_mapped()),
         ?assertEqual(1, length(mappings(Dir))),
-        {ok, R2} = ?F:share_state(S, <<"k">>, <<"v2">>),
+        {ok, R2} = ?F:share_binary(S, <<"k">>, <<"v2">>),
         ?assertNotEqual(R1, R2),
-        ?assertEqual({error, not_found}, ?F:read_shared_state(S, R1)),
+        ?assertEqual({error, not_found}, ?F:read_shared_binary(S, R1)),
         ?assertEqual({ok, R2}, ?F:lookup_state(S, <<"k">>)),
-        ?assertEqual({ok, <<"v2">>}, ?F:read_shared_state(S, R2)),
+        ?assertEqual({ok, <<"v2">>}, ?F:read_shared_binary(S, R2)),
         ok = ?F:release_state(S, R2),
-        ?assertEqual({error, not_found}, ?F:read_shared_state(S, R2)),
+        ?assertEqual({error, not_found}, ?F:read_shared_binary(S, R2)),
         %% The old value's file is gone, its mapping is not: still readable, unchanged.
         ?assertEqual([], filelib:wildcard(filename:join(Dir, "emf-state.t.[0-9a-f]*"))),
         Reader ! check,
@@ -164,8 +167,8 @@ held_reads_share_one_mapping() ->
     with_store(fun(Dir, S) ->
         Mapped = erlmcp_flow_nif:state_mapped(),
         Big = value(2, 200000),
-        {ok, R} = ?F:share_state(S, <<"shared">>, Big),
-        Held = [begin {ok, B} = ?F:read_shared_state(S, R), B end || _ <- lists:seq(1, 300)],
+        {ok, R} = ?F:share_binary(S, <<"shared">>, Big),
+        Held = [begin {ok, B} = ?F:read_shared_binary(S, R), B end || _ <- lists:seq(1, 300)],
         ?assert(lists:all(fun(B) -> B =:= Big end, Held)),
         ?assertEqual(Mapped + 1, erlmcp_flow_nif:state_mapped()),
         ?assertEqual(1, length(mappings(Dir))),
@@ -173,7 +176,7 @@ held_reads_share_one_mapping() ->
         Self = self(),
         Pids = [spawn_link(fun() ->
                                    Ok = lists:all(fun(_) ->
-                                                          {ok, B} = ?F:read_shared_state(S, R),
+                                                          {ok, B} = ?F:read_shared_binary(S, R),
                                                           B =:= Big
                                                   end, lists:seq(1, 20)),
                                    Self ! {self(), Ok}
@@ -181,7 +184,7 @@ held_reads_share_one_mapping() ->
         [receive {P, Ok} -> ?assert(Ok) end || P <- Pids],
         Part = binary:part(hd(Held), 1000, 10),
         ok = ?F:release_state(S, R),
-        ?assertEqual({error, not_found}, ?F:read_shared_state(S, R)),
+        ?assertEqual({error, not_found}, ?F:read_shared_binary(S, R)),
         erlang:garbage_collect(),
         ?assertEqual(binary:part(Big, 1000, 10), Part),
         ?assertEqual(Big, lists:last(Held))
@@ -196,8 +199,8 @@ big_values_test_() ->
                  lists:foreach(
                    fun(Size) ->
                            V = value(Size, Size),
-                           {ok, R} = ?F:share_state(S, <<"big">>, V),
-                           {ok, Got} = ?F:read_shared_state(S, R),
+                           {ok, R} = ?F:share_binary(S, <<"big">>, V),
+                           {ok, Got} = ?F:read_shared_binary(S, R),
                            ?assertEqual(Size, byte_size(Got)),
                            ?assert(Got =:= V),
                            ?assertEqual({ok, R}, ?F:lookup_state(S, <<"big">>))
@@ -216,15 +219,15 @@ default_store() ->
         ok = application:set_env(erlmcp_flow, state_dir, Dir),
         ok = application:set_env(erlmcp_flow, state_store, <<"dflt">>),
         try
-            {ok, R} = ?F:share_state(<<"key">>, <<"value">>),
-            ?assertEqual({ok, <<"value">>}, ?F:read_shared_state(R)),
+            {ok, R} = ?F:share_binary(<<"key">>, <<"value">>),
+            ?assertEqual({ok, <<"value">>}, ?F:read_shared_binary(R)),
             ?assertEqual({ok, R}, ?F:lookup_state(<<"key">>)),
             Hex = string:lowercase(lists:flatten(io_lib:format("~16.16.0b", [R]))),
             ?assert(filelib:is_file(filename:join(Dir, "emf-state.dflt." ++ Hex))),
             {ok, Explicit} = ?F:open_store(<<"dflt">>, #{dir => Dir}),
-            ?assertEqual({ok, <<"value">>}, ?F:read_shared_state(Explicit, R)),
+            ?assertEqual({ok, <<"value">>}, ?F:read_shared_binary(Explicit, R)),
             ok = ?F:release_state(R),
-            ?assertEqual({error, not_found}, ?F:read_shared_state(R)),
+            ?assertEqual({error, not_found}, ?F:read_shared_binary(R)),
             ?assertEqual({error, not_found}, ?F:release_state(R))
         after
             ok = application:unset_env(erlmcp_flow, state_dir),
@@ -240,14 +243,105 @@ bad_arguments() ->
         ?assertMatch({error, {invalid_argument, _}}, ?F:open_store(<<"bad name">>)),
         ?assertMatch({error, {invalid_argument, _}}, ?F:open_store(<<"ok">>, #{bogus => 1})),
         ?assertMatch({error, {invalid_argument, _}}, ?F:open_store(<<"ok">>, not_a_map)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:share_state(S, <<"a", 0>>, <<"v">>)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:share_state(S, <<"k">>, not_bytes)),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:share_binary(S, <<"a", 0>>, <<"v">>)),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:share_binary(S, <<"k">>, not_bytes)),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:share_state(S, <<"a", 0>>, value)),
         ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(S, -1)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(S, not_a_ref)),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(make_ref(), 1)),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_binary(S, -1)),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_binary(S, not_a_ref)),
         ?assertMatch({error, {invalid_argument, _}},
-                     ?F:read_shared_state(make_ref(), 1)),
+                     ?F:read_shared_binary(make_ref(), 1)),
         ?assertMatch({error, {invalid_argument, _}}, ?F:lookup_state(not_a_store, <<"k">>)),
         %% A directory that does not exist.
         {ok, Nowhere} = ?F:open_store(<<"t">>, #{dir => filename:join(Dir, "missing")}),
-        ?assertMatch({error, {_, _}}, ?F:share_state(Nowhere, <<"k">>, <<"v">>))
+        ?assertMatch({error, {_, _}}, ?F:share_binary(Nowhere, <<"k">>, <<"v">>))
+    end).
+
+%%--------------------------------------------------------------------------------------------
+%% Terms
+%%--------------------------------------------------------------------------------------------
+
+%% share_state keeps any term; read_shared_state gives it back, equal (=:=).
+terms_test_() ->
+    {timeout, 120, fun terms/0}.
+
+terms() ->
+    with_store(fun(_Dir, S) ->
+        Big = maps:from_list([{I, value(I, 100)} || I <- lists:seq(1, 2000)]),
+        Terms = [atom, 42, -1 bsl 70, 1.5, <<"bin">>, <<>>, "string", [], {}, {a, [b, "c"]},
+                 #{key => #{nested => [1, 2.0, <<3>>]}}, self(), make_ref(),
+                 fun erlang:is_atom/1, value(9, 1 bsl 20), Big],
+        lists:foreach(fun(T) ->
+                              {ok, R} = ?F:share_state(S, <<"term">>, T),
+                              ?assert(is_integer(R)),
+                              ?assert(?F:read_shared_state(S, R) =:= {ok, T}),
+                              ?assertEqual({ok, R}, ?F:lookup_state(S, <<"term">>))
+                      end, Terms),
+        %% The bytes of a term value are its external term format.
+        {ok, R1} = ?F:share_state(S, <<"t1">>, {x, 1}),
+        ?assertEqual({ok, term_to_binary({x, 1})}, ?F:read_shared_binary(S, R1)),
+        %% Bytes shared as they are read back as a term when they are one.
+        {ok, R2} = ?F:share_binary(S, <<"t2">>, term_to_binary([ok])),
+        ?assertEqual({ok, [ok]}, ?F:read_shared_state(S, R2)),
+        ok = ?F:release_state(S, R1),
+        ?assertEqual({error, not_found}, ?F:read_shared_state(S, R1)),
+        [ok = ?F:release_state(S, R) || R <- [R2]]
+    end).
+
+%% A value that is not a term (raw bytes, e.g. from another language), a damaged one, or one
+%% that names an atom this VM does not know is refused with a clear error; no atom is created.
+unsafe_terms_are_refused_test_() ->
+    {timeout, 120, fun unsafe_terms_are_refused/0}.
+
+unsafe_terms_are_refused() ->
+    with_store(fun(_Dir, S) ->
+        {ok, Raw} = ?F:share_binary(S, <<"raw">>, <<"plain bytes">>),
+        {error, {invalid_argument, Msg1}} = ?F:read_shared_state(S, Raw),
+        ?assertNotEqual(nomatch, binary:match(Msg1, <<"read_shared_binary">>)),
+        {ok, Empty} = ?F:share_binary(S, <<"empty">>, <<>>),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(S, Empty)),
+        {ok, Damaged} = ?F:share_binary(S, <<"damaged">>, <<131, 108, 0, 0, 0, 5>>),
+        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(S, Damaged)),
+        %% An atom nobody made: SMALL_ATOM_UTF8_EXT (119) inside a tuple.
+        Name = <<"emf_no_such_atom_", (integer_to_binary(erlang:unique_integer([positive])))/binary,
+                 "_", (list_to_binary(os:getpid()))/binary>>,
+        ?assertError(badarg, binary_to_existing_atom(Name, utf8)),
+        Ext = <<131, 104, 2, 97, 1, 119, (byte_size(Name)), Name/binary>>,
+        {ok, Unknown} = ?F:share_binary(S, <<"unknown atom">>, Ext),
+        {error, {invalid_argument, Msg2}} = ?F:read_shared_state(S, Unknown),
+        ?assertNotEqual(nomatch, binary:match(Msg2, <<"atoms">>)),
+        ?assertError(badarg, binary_to_existing_atom(Name, utf8)),
+        %% The bytes stay readable as they are.
+        ?assertEqual({ok, Ext}, ?F:read_shared_binary(S, Unknown)),
+        %% A known atom decodes.
+        Known = <<131, 104, 2, 97, 1, 119, 2, "ok">>,
+        {ok, KnownRef} = ?F:share_binary(S, <<"known atom">>, Known),
+        ?assertEqual({ok, {1, ok}}, ?F:read_shared_state(S, KnownRef)),
+        [ok = ?F:release_state(S, R) || R <- [Raw, Empty, Damaged, Unknown, KnownRef]]
+    end).
+
+%% The original design's calls on the default store: share_state(Key, Value) with any term
+%% (its `{state_ref, ...}' is our `{ok, Ref}'), read_shared_state(Ref).
+default_store_terms_test_() ->
+    {timeout, 120, fun default_store_terms/0}.
+
+default_store_terms() ->
+    with_store(fun(Dir, _S) ->
+        ok = application:set_env(erlmcp_flow, state_dir, Dir),
+        ok = application:set_env(erlmcp_flow, state_store, <<"dflt">>),
+        try
+            Registry = #{agents => [{planner, self()}], version => 3},
+            {ok, Ref} = ?F:share_state(registry, Registry),
+            ?assertEqual({ok, Registry}, ?F:read_shared_state(Ref)),
+            ?assertEqual({ok, term_to_binary(Registry)}, ?F:read_shared_binary(Ref)),
+            {ok, Ref2} = ?F:share_binary(<<"bytes">>, [<<"a">>, "b"]),
+            ?assertEqual({ok, <<"ab">>}, ?F:read_shared_binary(Ref2)),
+            ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(Ref2)),
+            [ok = ?F:release_state(R) || R <- [Ref, Ref2]],
+            ?assertEqual({error, not_found}, ?F:read_shared_state(Ref))
+        after
+            ok = application:unset_env(erlmcp_flow, state_dir),
+            ok = application:unset_env(erlmcp_flow, state_store)
+        end
     end).
