@@ -541,7 +541,7 @@ static void test_params(void) {
         emf_hnsw_params_t p;
     } bad[10];
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) bad[i].p = p;
-    bad[0].needle = "dim", bad[0].p.dim = 0;
+    bad[0].needle = "dim", bad[0].p.dim = UINT32_MAX; /* 0 is valid: the first insert fixes it */
     bad[1].needle = "dim", bad[1].p.dim = 65537;
     bad[2].needle = "metric", bad[2].p.metric = 3;
     bad[3].needle = "originals", bad[3].p.originals = 3;

@@ -496,7 +496,7 @@ void test_errors(emf::Hnsw& index, const ScratchDir& dir, const Memory& notes) {
     emf::HnswParams bad(kDim);
     bad.m = 1;
     CHECK_THROWS(emf::Hnsw{bad}, EMF_ERR_INVALID_ARGUMENT);
-    bad = emf::HnswParams(0);
+    bad = emf::HnswParams(70000);  // (0 is valid: the first insert fixes the dimension)
     CHECK_THROWS(emf::Hnsw{bad}, EMF_ERR_INVALID_ARGUMENT);
     bad = emf::HnswParams(kDim);
     bad.metric = static_cast<emf::Metric>(9);

@@ -405,7 +405,8 @@ typedef int (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
 
 // Parameters of an index (`emf_hnsw_params_default` fills the original design's).
 typedef struct emf_hnsw_params_t {
-  // Vector dimensions (1..65536).
+  // Vector dimensions (1..65536); 0 for `emf_hnsw_new`: the length of the first vector
+  // inserted (`emf_hnsw_params` reports 0 until then).
   uint32_t dim;
   // `EMF_METRIC_*`.
   uint32_t metric;
@@ -1356,17 +1357,43 @@ emf_status_t emf_hnsw_load(const char *path, struct emf_hnsw_t **out);
 // No other thread may be using `index`.
 emf_status_t emf_hnsw_free(struct emf_hnsw_t *index);
 
-// Writes the index's parameters (they never change: this call never waits for a
-// compaction).
+// Writes the index's parameters (they never change, but for `dim` of an index created with
+// `dim` 0: 0 until the first insert fixes it; this call never waits for a compaction).
 //
 // # Safety
 //
 // `out` writable.
 emf_status_t emf_hnsw_params(const struct emf_hnsw_t *index, struct emf_hnsw_params_t *out);
 
+// Inserts a vector of `dim` floats under an id the index picks, written to `*out_id`: the
+// smallest id not in use from a counter that starts at 0 and only grows (ids inserted by
+// `emf_hnsw_insert` are skipped, removed ones are not reused; a loaded index counts from 0
+// again). Errors as `emf_hnsw_insert` (no id is used up). Waits while a compaction runs.
+//
+// # Safety
+//
+// `vector` readable for `dim` floats; `out_id` writable.
+emf_status_t emf_hnsw_insert_new(const struct emf_hnsw_t *index,
+                                 const float *vector,
+                                 size_t dim,
+                                 uint64_t *out_id);
+
+// `emf_hnsw_insert_new` without waiting: `EMF_ERR_BUSY`, nothing inserted, while a
+// compaction runs or waits (or, on an index without a dimension yet, while any call runs).
+//
+// # Safety
+//
+// As `emf_hnsw_insert_new`.
+emf_status_t emf_hnsw_try_insert_new(const struct emf_hnsw_t *index,
+                                     const float *vector,
+                                     size_t dim,
+                                     uint64_t *out_id);
+
 // Inserts a vector of `dim` floats under `id`. `EMF_ERR_INVALID_ARGUMENT` when `id` is
 // already in the index, `dim` differs from the index's, or a value is NaN or infinite;
-// `EMF_ERR_UNSUPPORTED` for a mapped index. Waits while a compaction runs.
+// `EMF_ERR_UNSUPPORTED` for a mapped index. On an index created with `dim` 0 the first
+// insert fixes the dimension (of concurrent first inserts exactly one does; the others
+// then fit it or fail). Waits while a compaction runs.
 //
 // # Safety
 //
@@ -1377,8 +1404,8 @@ emf_status_t emf_hnsw_insert(const struct emf_hnsw_t *index,
                              size_t dim);
 
 // `emf_hnsw_insert` without waiting: `EMF_ERR_BUSY`, nothing inserted, while a compaction
-// runs or waits (for a caller that must not block; call `emf_hnsw_insert` from a thread
-// that may).
+// runs or waits, or, on an index without a dimension yet, while any call runs (for a caller
+// that must not block; call `emf_hnsw_insert` from a thread that may).
 //
 // # Safety
 //
@@ -1391,6 +1418,7 @@ emf_status_t emf_hnsw_try_insert(const struct emf_hnsw_t *index,
 // Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
 // `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
 // `EMF_ERR_TOO_LARGE` when `n · dim` floats exceed `EMF_MAX_INPUT_LEN` bytes or overflow.
+// On an index created with `dim` 0, a batch of `n > 0` first fixes the dimension to `dim`.
 // Waits while a compaction runs.
 //
 // # Safety

@@ -55,6 +55,13 @@ fn product(a: usize, b: usize, what: &str) -> FfiResult<usize> {
 fn dim_eq(dim: usize, want: usize, what: &str) -> FfiResult {
     if dim == want {
         Ok(())
+    } else if want == 0 {
+        Err(FfiError::new(
+            EMF_ERR_INVALID_ARGUMENT,
+            format!(
+                "{what}: the index has no dimension yet (created with dim 0, nothing inserted)"
+            ),
+        ))
     } else {
         Err(FfiError::new(
             EMF_ERR_INVALID_ARGUMENT,
@@ -217,7 +224,8 @@ pub unsafe extern "C" fn emf_dot_i8(
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct emf_hnsw_params_t {
-    /// Vector dimensions (1..65536).
+    /// Vector dimensions (1..65536); 0 for `emf_hnsw_new`: the length of the first vector
+    /// inserted (`emf_hnsw_params` reports 0 until then).
     pub dim: u32,
     /// `EMF_METRIC_*`.
     pub metric: u32,
@@ -433,8 +441,8 @@ pub unsafe extern "C" fn emf_hnsw_free(index: *mut emf_hnsw_t) -> emf_status_t {
     guard(|| unsafe { free(index) })
 }
 
-/// Writes the index's parameters (they never change: this call never waits for a
-/// compaction).
+/// Writes the index's parameters (they never change, but for `dim` of an index created with
+/// `dim` 0: 0 until the first insert fixes it; this call never waits for a compaction).
 ///
 /// # Safety
 ///
@@ -446,7 +454,7 @@ pub unsafe extern "C" fn emf_hnsw_params(
 ) -> emf_status_t {
     guard(|| {
         // SAFETY: liveness checked by the slab; the caller's contract excludes a free.
-        let p = emf_hnsw_params_t::from_params(unsafe { borrow(index) }?.params());
+        let p = emf_hnsw_params_t::from_params(&unsafe { borrow(index) }?.params());
         // SAFETY: writable by contract (NULL checked inside).
         unsafe { write_out(out, p, "out") }
     })
@@ -465,6 +473,8 @@ unsafe fn insert(
     guard(|| {
         // SAFETY: caller contract.
         let v = unsafe { typed(vector, dim, "vector") }?;
+        // SAFETY: forwarded caller contract.
+        unsafe { fix_dim(index, dim, wait) }?;
         with_read(index, wait, |i, r| {
             writable(i)?;
             Ok(r.insert(id, v)?)
@@ -472,9 +482,90 @@ unsafe fn insert(
     })
 }
 
+/// On an index created with `dim` 0 and still without a vector, fixes its dimension to `dim`
+/// (the engine's `Index::fix_dim`, or `try_fix_dim`: `EMF_ERR_BUSY` rather than wait); does
+/// nothing otherwise.
+///
+/// # Safety
+///
+/// `index` a live handle (or NULL: `EMF_ERR_NULL_ARGUMENT`).
+unsafe fn fix_dim(index: *const emf_hnsw_t, dim: usize, wait: Wait) -> FfiResult {
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let i = unsafe { borrow(index) }?;
+    writable(i)?;
+    match wait {
+        Wait::Block => i.fix_dim(dim)?,
+        Wait::Try => i.try_fix_dim(dim)?,
+    }
+    Ok(())
+}
+
+/// # Safety
+///
+/// As `emf_hnsw_insert_new`.
+unsafe fn insert_new(
+    index: *const emf_hnsw_t,
+    vector: *const f32,
+    dim: usize,
+    out_id: *mut u64,
+    wait: Wait,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out_id, "out_id")?;
+        // SAFETY: caller contract.
+        let v = unsafe { typed(vector, dim, "vector") }?;
+        // SAFETY: forwarded caller contract.
+        unsafe { fix_dim(index, dim, wait) }?;
+        let id = with_read(index, wait, |i, r| {
+            writable(i)?;
+            Ok(r.insert_new(v)?)
+        })?;
+        // SAFETY: checked non-NULL, writable by contract.
+        unsafe { write_out(out_id, id, "out_id") }
+    })
+}
+
+/// Inserts a vector of `dim` floats under an id the index picks, written to `*out_id`: the
+/// smallest id not in use from a counter that starts at 0 and only grows (ids inserted by
+/// `emf_hnsw_insert` are skipped, removed ones are not reused; a loaded index counts from 0
+/// again). Errors as `emf_hnsw_insert` (no id is used up). Waits while a compaction runs.
+///
+/// # Safety
+///
+/// `vector` readable for `dim` floats; `out_id` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_insert_new(
+    index: *const emf_hnsw_t,
+    vector: *const f32,
+    dim: usize,
+    out_id: *mut u64,
+) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe { insert_new(index, vector, dim, out_id, Wait::Block) }
+}
+
+/// `emf_hnsw_insert_new` without waiting: `EMF_ERR_BUSY`, nothing inserted, while a
+/// compaction runs or waits (or, on an index without a dimension yet, while any call runs).
+///
+/// # Safety
+///
+/// As `emf_hnsw_insert_new`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_hnsw_try_insert_new(
+    index: *const emf_hnsw_t,
+    vector: *const f32,
+    dim: usize,
+    out_id: *mut u64,
+) -> emf_status_t {
+    // SAFETY: forwarded caller contract.
+    unsafe { insert_new(index, vector, dim, out_id, Wait::Try) }
+}
+
 /// Inserts a vector of `dim` floats under `id`. `EMF_ERR_INVALID_ARGUMENT` when `id` is
 /// already in the index, `dim` differs from the index's, or a value is NaN or infinite;
-/// `EMF_ERR_UNSUPPORTED` for a mapped index. Waits while a compaction runs.
+/// `EMF_ERR_UNSUPPORTED` for a mapped index. On an index created with `dim` 0 the first
+/// insert fixes the dimension (of concurrent first inserts exactly one does; the others
+/// then fit it or fail). Waits while a compaction runs.
 ///
 /// # Safety
 ///
@@ -491,8 +582,8 @@ pub unsafe extern "C" fn emf_hnsw_insert(
 }
 
 /// `emf_hnsw_insert` without waiting: `EMF_ERR_BUSY`, nothing inserted, while a compaction
-/// runs or waits (for a caller that must not block; call `emf_hnsw_insert` from a thread
-/// that may).
+/// runs or waits, or, on an index without a dimension yet, while any call runs (for a caller
+/// that must not block; call `emf_hnsw_insert` from a thread that may).
 ///
 /// # Safety
 ///
@@ -511,6 +602,7 @@ pub unsafe extern "C" fn emf_hnsw_try_insert(
 /// Inserts `n` vectors (`vectors` holds `n · dim` floats, row after row) under `ids` on
 /// `threads` threads (0: one per CPU). All are checked first: on an error none is inserted.
 /// `EMF_ERR_TOO_LARGE` when `n · dim` floats exceed `EMF_MAX_INPUT_LEN` bytes or overflow.
+/// On an index created with `dim` 0, a batch of `n > 0` first fixes the dimension to `dim`.
 /// Waits while a compaction runs.
 ///
 /// # Safety
@@ -531,9 +623,16 @@ pub unsafe extern "C" fn emf_hnsw_insert_batch(
         let ids = unsafe { typed(ids, n, "ids") }?;
         // SAFETY: caller contract.
         let vs = unsafe { typed(vectors, total, "vectors") }?;
+        if n > 0 {
+            // SAFETY: forwarded caller contract.
+            unsafe { fix_dim(index, dim, Wait::Block) }?;
+        }
         with_read(index, Wait::Block, |i, r| {
             writable(i)?;
-            dim_eq(dim, i.params().dim, "vectors")?;
+            if n == 0 && i.dim() == 0 {
+                return Ok(());
+            }
+            dim_eq(dim, i.dim(), "vectors")?;
             Ok(r.insert_batch(ids, vs, threads as usize)?)
         })
     })
@@ -720,7 +819,7 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
         let o = options(k, ef, flags, bits)?;
         // The handle and the dimension are checked even when there is nothing to search.
         let answers = with_read(index, Wait::Block, |i, r| {
-            dim_eq(dim, i.params().dim, "queries")?;
+            dim_eq(dim, i.dim(), "queries")?;
             Ok(r.search_batch(qs, &o, threads as usize)?)
         })?;
         // Every query succeeded: only each query's hits are written, slots past its count
@@ -1270,15 +1369,132 @@ mod tests {
         assert_eq!(unsafe { emf_hnsw_free(null_mut()) }, EMF_OK);
         let mut p = std::mem::MaybeUninit::uninit();
         // SAFETY: writable out.
-        unsafe { emf_hnsw_params_default(0, p.as_mut_ptr()) };
+        unsafe { emf_hnsw_params_default(70_000, p.as_mut_ptr()) };
         let mut x = null_mut();
-        // SAFETY: dim 0 is refused.
+        // SAFETY: a dim above 65536 is refused (0 is not: the first insert says).
         let st = unsafe { emf_hnsw_new(p.as_ptr(), &mut x) };
         assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: NULL params refused.
         let st = unsafe { emf_hnsw_new(null(), &mut x) };
         assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
     }
+
+    fn params_of(h: *const emf_hnsw_t) -> emf_hnsw_params_t {
+        let mut p = std::mem::MaybeUninit::uninit();
+        // SAFETY: live handle, writable out.
+        assert_eq!(unsafe { emf_hnsw_params(h, p.as_mut_ptr()) }, EMF_OK);
+        // SAFETY: initialised by the call above.
+        unsafe { p.assume_init() }
+    }
+
+    /// `dim` 0: the first insert fixes the dimension (plain, try, new-id and batch forms);
+    /// `emf_hnsw_insert_new` assigns ids 0, 1, ... skipping those in use.
+    #[test]
+    fn dim_zero_takes_the_first_insert_and_insert_new_assigns_ids() {
+        let h = new_index(0, EMF_ORIGINALS_NONE);
+        assert_eq!(params_of(h).dim, 0);
+        let mut hits = [emf_hnsw_hit_t::default(); 2];
+        let mut n = usize::MAX;
+        let q = [1.0f32, 0.0, 0.0];
+        // SAFETY: sizes match.
+        let st = unsafe {
+            emf_hnsw_search(
+                h,
+                q.as_ptr(),
+                3,
+                2,
+                0,
+                0,
+                null(),
+                0,
+                hits.as_mut_ptr(),
+                &mut n,
+            )
+        };
+        assert_eq!((st, n), (EMF_OK, 0));
+        let mut counts = [usize::MAX; 1];
+        // SAFETY: sizes match.
+        let st = unsafe {
+            emf_hnsw_search_batch(
+                h,
+                q.as_ptr(),
+                1,
+                3,
+                2,
+                0,
+                0,
+                null(),
+                0,
+                0,
+                hits.as_mut_ptr(),
+                counts.as_mut_ptr(),
+            )
+        };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+        // An empty batch fixes nothing.
+        // SAFETY: empty arrays.
+        let st = unsafe { emf_hnsw_insert_batch(h, [0u64; 0].as_ptr(), 0, q.as_ptr(), 3, 1) };
+        assert_eq!((st, params_of(h).dim), (EMF_OK, 0));
+        let mut id = u64::MAX;
+        // SAFETY: NULL out checked first: nothing inserted, nothing fixed.
+        let st = unsafe { emf_hnsw_insert_new(h, q.as_ptr(), 3, null_mut()) };
+        assert_eq!((st, params_of(h).dim), (EMF_ERR_NULL_ARGUMENT, 0));
+        // SAFETY: sizes match.
+        let st = unsafe { emf_hnsw_try_insert_new(h, q.as_ptr(), 3, &mut id) };
+        assert_eq!((st, id, params_of(h).dim), (EMF_OK, 0, 3));
+        // SAFETY: 2 of q's 3 values: a short read.
+        let st = unsafe { emf_hnsw_insert(h, 1, q.as_ptr(), 2) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+        let v = [0.0f32, 1.0, 0.0];
+        // SAFETY: sizes match.
+        assert_eq!(unsafe { emf_hnsw_insert(h, 1, v.as_ptr(), 3) }, EMF_OK);
+        // SAFETY: sizes match.
+        let st = unsafe { emf_hnsw_insert_new(h, v.as_ptr(), 3, &mut id) };
+        assert_eq!((st, id), (EMF_OK, 2));
+        // SAFETY: a mismatched dimension uses no id.
+        let st = unsafe { emf_hnsw_insert_new(h, v.as_ptr(), 2, &mut id) };
+        assert_eq!((st, id), (EMF_ERR_INVALID_ARGUMENT, 2));
+        // SAFETY: sizes match.
+        let st = unsafe {
+            emf_hnsw_search(
+                h,
+                q.as_ptr(),
+                3,
+                2,
+                0,
+                0,
+                null(),
+                0,
+                hits.as_mut_ptr(),
+                &mut n,
+            )
+        };
+        assert_eq!((st, n, hits[0].id), (EMF_OK, 2, 0));
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_free(h) }, EMF_OK);
+
+        // A first batch fixes the dimension to its rows.
+        let h = new_index(0, EMF_ORIGINALS_F32);
+        let vs = [1.0f32, 0.0, 0.0, 1.0];
+        // SAFETY: sizes match.
+        let st = unsafe { emf_hnsw_insert_batch(h, [5u64, 6].as_ptr(), 2, vs.as_ptr(), 2, 1) };
+        assert_eq!((st, params_of(h).dim), (EMF_OK, 2));
+        // SAFETY: sizes match.
+        let st = unsafe { emf_hnsw_insert_new(h, vs.as_ptr(), 2, &mut id) };
+        assert_eq!((st, id), (EMF_OK, 0));
+        // SAFETY: a dimension out of range fixes nothing (a fresh index).
+        assert_eq!(unsafe { emf_hnsw_free(h) }, EMF_OK);
+        let h = new_index(0, EMF_ORIGINALS_NONE);
+        // SAFETY: an empty vector is readable (length 0).
+        let st = unsafe { emf_hnsw_insert(h, 1, vs.as_ptr(), 0) };
+        assert_eq!((st, params_of(h).dim), (EMF_ERR_INVALID_ARGUMENT, 0));
+        // SAFETY: NULL index refused.
+        let st = unsafe { emf_hnsw_insert_new(null(), vs.as_ptr(), 2, &mut id) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
+        // SAFETY: live handle.
+        assert_eq!(unsafe { emf_hnsw_free(h) }, EMF_OK);
+    }
+
     /// The `emf_hnsw_try_*` forms answer `EMF_ERR_BUSY` at once, having done and written
     /// nothing, while a compaction waits for (then runs after) a call in progress; the plain
     /// forms wait and succeed. The call in progress is a read-side borrow held by the test.

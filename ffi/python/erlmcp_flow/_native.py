@@ -505,6 +505,14 @@ PROTOTYPES = {
     "emf_hnsw_params": (emf_status_t, [emf_hnsw_p, POINTER(emf_hnsw_params_t)]),
     "emf_hnsw_insert": (emf_status_t, [emf_hnsw_p, c_uint64, c_void_p, c_size_t]),
     "emf_hnsw_try_insert": (emf_status_t, [emf_hnsw_p, c_uint64, c_void_p, c_size_t]),
+    "emf_hnsw_insert_new": (
+        emf_status_t,
+        [emf_hnsw_p, c_void_p, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_hnsw_try_insert_new": (
+        emf_status_t,
+        [emf_hnsw_p, c_void_p, c_size_t, POINTER(c_uint64)],
+    ),
     "emf_hnsw_insert_batch": (
         emf_status_t,
         [emf_hnsw_p, c_void_p, c_size_t, c_void_p, c_size_t, c_uint32],

@@ -52,7 +52,7 @@ import ctypes
 import operator
 import os
 import threading
-from ctypes import byref, c_double, c_float, c_int64, c_size_t
+from ctypes import byref, c_double, c_float, c_int64, c_size_t, c_uint64
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -185,13 +185,14 @@ def _vector(np, x, dim: Optional[int], name: str):
     return arr
 
 
-def _matrix(np, x, dim: int, name: str, single: str):
-    """A 2-D float32 array of ``dim`` columns, row after row. ``single``: the method taking
-    one vector, named in the error for a 1-D array."""
+def _matrix(np, x, dim: Optional[int], name: str, single: str):
+    """A 2-D float32 array of ``dim`` columns (any number when ``dim`` is None), row after
+    row. ``single``: the method taking one vector, named in the error for a 1-D array."""
     arr = _floats(np, x, name)
-    if arr.ndim != 2 or arr.shape[1] != dim:
+    if arr.ndim != 2 or (dim is not None and arr.shape[1] != dim):
         hint = f" (for one vector use {single}, or x[None, :])" if arr.ndim == 1 else ""
-        raise _shape_error(name, f"a 2-D array (n, {dim}){hint}", arr)
+        cols = "dim" if dim is None else dim
+        raise _shape_error(name, f"a 2-D array (n, {cols}){hint}", arr)
     return arr
 
 
@@ -500,14 +501,18 @@ class HnswIndex(_SharedHandle):
     """An HNSW approximate nearest-neighbour index over int8-quantized vectors
     (``emf_hnsw_new``).
 
-    ``dim``: vector dimensions (1..65536). ``metric``: ``"cosine"`` (default), ``"dot"`` or
+    ``dim``: vector dimensions (1..65536), or 0 (the default): the first insert fixes it to
+    its vector's length (of concurrent first inserts exactly one does; the others fit it or
+    fail); until then :attr:`dim` is 0, a search finds nothing, and a batch search of
+    queries and :meth:`save` are refused. ``metric``: ``"cosine"`` (default), ``"dot"`` or
     ``"l2sq"``. ``m``: neighbours per node (``2·m`` on level 0; 2..128). ``ef_construction``:
     candidates kept while inserting. ``ef_search``: candidates kept by a search that passes
     ``ef=0``. ``originals``: None (codes only), ``"f16"`` or ``"f32"`` to also keep the
     vectors for ``search(rerank=True)``. ``seed``: of the level draws (None: the library's
     default seed, so builds are reproducible). The library checks the ranges.
 
-    Ids are any ints in ``0..2**64-1`` given at insertion. :meth:`open` maps a saved file
+    Ids are any ints in ``0..2**64-1`` given at insertion, or picked by the index
+    (:meth:`insert_new`). :meth:`open` maps a saved file
     read-only (searches only: mutations raise ``Error`` with ``EMF_ERR_UNSUPPORTED``);
     :meth:`load` reads it into a new index that can change.
 
@@ -518,7 +523,7 @@ class HnswIndex(_SharedHandle):
 
     def __init__(
         self,
-        dim: int,
+        dim: int = 0,
         metric: Union[str, int] = "cosine",
         m: int = 16,
         ef_construction: int = 200,
@@ -550,6 +555,18 @@ class HnswIndex(_SharedHandle):
             raise
         self._params = HnswParams._from_c(p)
         self._dim = p.dim
+
+    def _fixed_dim(self) -> Optional[int]:
+        """The dimension, or None while the index has none (made with ``dim=0``, nothing
+        inserted): the library says, once, when the first insert has fixed it."""
+        if self._dim == 0:
+            p = emf_hnsw_params_t()
+            check(self._call(lib.emf_hnsw_params, byref(p)))
+            if p.dim != 0:
+                # Every thread that gets here reads the same value: the races are benign.
+                self._params = HnswParams._from_c(p)
+                self._dim = p.dim
+        return self._dim or None
 
     @classmethod
     def _from_file(cls, fn, path, mapped: bool) -> "HnswIndex":
@@ -597,12 +614,15 @@ class HnswIndex(_SharedHandle):
     @property
     def params(self) -> HnswParams:
         """The index's parameters as the library reported them when it was made or opened
-        (``emf_hnsw_params``); they never change."""
+        (``emf_hnsw_params``); they never change, but for ``dim`` of an index made with
+        ``dim=0``: 0 until the first insert fixes it."""
+        self._fixed_dim()
         return self._params
 
     @property
     def dim(self) -> int:
-        return self._dim
+        """The vector dimensions (0 while an index made with ``dim=0`` has no vector)."""
+        return self._fixed_dim() or 0
 
     @property
     def mapped(self) -> bool:
@@ -632,8 +652,20 @@ class HnswIndex(_SharedHandle):
         and NaN or infinite values."""
         np = _np or _numpy()
         id = _id(id)
-        v = _vector(np, vector, self._dim, "vector")
+        v = _vector(np, vector, self._fixed_dim(), "vector")
         check(self._call(lib.emf_hnsw_insert, id, v.ctypes.data, v.shape[0]))
+
+    def insert_new(self, vector) -> int:
+        """Inserts ``vector`` (1-D, ``dim`` values) under an id the index picks, and returns
+        it (``emf_hnsw_insert_new``): the smallest id not in use from a counter that starts
+        at 0 and only grows (ids given to :meth:`insert` are skipped, removed ones never
+        reused; a loaded index counts from 0 again). Errors as :meth:`insert`; a failed call
+        uses no id."""
+        np = _np or _numpy()
+        v = _vector(np, vector, self._fixed_dim(), "vector")
+        out = c_uint64(0)
+        check(self._call(lib.emf_hnsw_insert_new, v.ctypes.data, v.shape[0], byref(out)))
+        return out.value
 
     def insert_batch(self, ids, vectors, threads: int = 0) -> None:
         """Inserts ``vectors`` (2-D, ``(n, dim)``) under ``ids`` (``n`` ints) on ``threads``
@@ -645,7 +677,7 @@ class HnswIndex(_SharedHandle):
         read in place; other arrays (``float16`` or ``float64`` vectors, ``int64`` ids, a
         list) are converted first, **with a copy**."""
         np = _np or _numpy()
-        v = _matrix(np, vectors, self._dim, "vectors", "insert()")
+        v = _matrix(np, vectors, self._fixed_dim(), "vectors", "insert()")
         i = _ids(np, ids)
         if i.shape[0] != v.shape[0]:
             raise _InvalidValue(f"{i.shape[0]} ids for {v.shape[0]} vectors")
@@ -656,7 +688,7 @@ class HnswIndex(_SharedHandle):
                 i.ctypes.data,
                 i.shape[0],
                 v.ctypes.data,
-                self._dim,
+                v.shape[1],
                 threads,
             )
         )
@@ -710,7 +742,7 @@ class HnswIndex(_SharedHandle):
         A C-contiguous float32 ``query`` is read in place, anything else copied to float32;
         ``k`` must be at least 1. The library refuses a NaN or infinite query."""
         np = _np or _numpy()
-        q = _vector(np, query, self._dim, "query")
+        q = _vector(np, query, self._fixed_dim(), "query")
         k, ef, flags = self._search_args(k, ef, rerank)
         faddr, fwords, _words = _filter_arg(np, filter)  # _words: alive through the call
         hits = np.empty(k, dtype=_HIT_DTYPE)
@@ -718,7 +750,7 @@ class HnswIndex(_SharedHandle):
         status = self._call(
             lib.emf_hnsw_search,
             q.ctypes.data,
-            self._dim,
+            q.shape[0],
             k,
             ef,
             flags,
@@ -753,7 +785,7 @@ class HnswIndex(_SharedHandle):
         A C-contiguous float32 ``queries`` is read in place; anything else is copied to
         float32 first."""
         np = _np or _numpy()
-        qs = _matrix(np, queries, self._dim, "queries", "search()")
+        qs = _matrix(np, queries, self._fixed_dim(), "queries", "search()")
         k, ef, flags = self._search_args(k, ef, rerank)
         threads = _unsigned(threads, "threads", _U32_MAX)
         faddr, fwords, _words = _filter_arg(np, filter)  # _words: alive through the call
@@ -766,7 +798,7 @@ class HnswIndex(_SharedHandle):
             lib.emf_hnsw_search_batch,
             qs.ctypes.data,
             nq,
-            self._dim,
+            qs.shape[1],
             k,
             ef,
             flags,
@@ -783,7 +815,7 @@ class HnswIndex(_SharedHandle):
     def __repr__(self) -> str:
         if self.closed:
             return "<erlmcp_flow.HnswIndex closed>"
-        p = self._params
+        p = self.params
         kind = "mapped" if self._mapped else "in memory"
         return (
             f"<erlmcp_flow.HnswIndex dim={p.dim} metric={p.metric!r} m={p.m} "

@@ -632,7 +632,6 @@ def test_parameters():
         emf.HnswIndex(8, originals="f8")
     assert_invalid(e, "unknown originals")
     for kwargs, word in (
-        (dict(dim=0), "dim"),
         (dict(dim=70000), "dim"),
         (dict(dim=8, m=1), "m"),
         (dict(dim=8, m=129), "m"),
@@ -999,3 +998,76 @@ def test_package_imports_without_numpy():
 def test_module_doctests():
     result = doctest.testmod(vec, verbose=False)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_dim_zero_takes_the_first_insert():
+    with emf.HnswIndex(m=16, ef_construction=200) as index:
+        assert (index.dim, index.params.dim, len(index)) == (0, 0, 0)
+        ids, dists = index.search([1.0, 2.0, 3.0], k=3)
+        assert len(ids) == 0 and len(dists) == 0
+        with pytest.raises(emf.Error) as e:
+            index.search_batch(np.ones((2, 3), dtype=np.float32), k=1)
+        assert e.value.code == emf.EMF_ERR_INVALID_ARGUMENT and "no dimension" in e.value.message
+        index.insert_batch(np.empty(0, dtype=np.uint64), np.empty((0, 3), dtype=np.float32))
+        assert index.dim == 0
+        index.insert(7, [1.0, 0.0, 0.0])
+        assert (index.dim, index.params.dim) == (3, 3)
+        with pytest.raises(ValueError):
+            index.insert(8, [1.0, 0.0])  # checked against the fixed dimension now
+        index.insert(8, [0.0, 1.0, 0.0])
+        ids, _ = index.search([0.1, 0.9, 0.0], k=2)
+        assert list(ids) == [8, 7]
+        assert "dim=3" in repr(index)
+    # A first batch fixes it to its columns.
+    with emf.HnswIndex() as index:
+        index.insert_batch([1, 2], np.eye(2, dtype=np.float32))
+        assert index.dim == 2 and len(index) == 2
+        ids, _, counts = index.search_batch(np.eye(2, dtype=np.float32), k=1)
+        assert list(ids[:, 0]) == [1, 2] and list(counts) == [1, 1]
+
+
+def test_concurrent_first_inserts_fix_one_dimension():
+    import threading
+
+    index = emf.HnswIndex()
+    barrier = threading.Barrier(6)
+    results = {}
+
+    def insert(t):
+        dim = 3 + t % 2
+        barrier.wait()
+        try:
+            index.insert(t, np.arange(1, dim + 1, dtype=np.float32) + t)
+            results[t] = (dim, None)
+        except emf.Error as e:
+            results[t] = (dim, e.code)
+
+    threads = [threading.Thread(target=insert, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    won = index.dim
+    assert won in (3, 4)
+    for dim, code in results.values():
+        assert code == (None if dim == won else emf.EMF_ERR_INVALID_ARGUMENT)
+    assert len(index) == 3
+    index.close()
+
+
+def test_insert_new_assigns_ids():
+    with emf.HnswIndex() as index:
+        assert index.insert_new([1.0, 0.0]) == 0
+        index.insert(1, [0.0, 1.0])
+        assert index.insert_new(np.array([0.5, 0.5], dtype=np.float32)) == 2
+        with pytest.raises(ValueError):
+            index.insert_new([1.0, 2.0, 3.0])
+        with pytest.raises(emf.Error) as e:
+            index.insert_new(np.array([np.nan, 1.0], dtype=np.float32))
+        assert e.value.code == emf.EMF_ERR_INVALID_ARGUMENT
+        index.remove(2)
+        assert index.insert_new([0.2, 0.8]) == 3  # no id used up by errors, 2 not reused
+        ids, _ = index.search([0.2, 0.8], k=1)
+        assert list(ids) == [3]
+    with pytest.raises(ValueError):
+        index.insert_new([1.0, 0.0])  # closed

@@ -60,6 +60,11 @@ pub(crate) fn encode_record(metric: Metric, ext: u64, v: &[f32], out: &mut [u8])
     Ok(())
 }
 
+/// Replaces the external id of an encoded record (`insert_new` encodes before it picks one).
+pub(crate) fn set_record_ext(record: &mut [u8], ext: u64) {
+    record[8..16].copy_from_slice(&ext.to_le_bytes());
+}
+
 fn factors(metric: Metric, codes: &[i8], scale: f32) -> Factors {
     let sq = i8::dot(codes, codes);
     match metric {

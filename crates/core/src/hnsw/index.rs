@@ -29,6 +29,32 @@
 //! second one off while itself waiting for the first; use the guard's own methods. A mapped index is read-only: insert, remove, save and compact are
 //! `Unsupported` ([`Index::load`] makes an in-memory copy that can change).
 //!
+//! # A dimension fixed by the first insert
+//!
+//! [`Index::new`] takes `dim` 0 to leave the dimension open: the index is empty and
+//! dimensionless ([`Index::dim`] 0) until the first insert fixes it to that vector's length.
+//! Fixing it is a write-side step like a compaction: the first insert of a dimensionless
+//! index ([`Index::insert`], [`Index::insert_new`], or a non-empty [`Index::insert_batch`])
+//! takes the write side, and only if the index is still dimensionless builds the graph for
+//! its dimension; then it inserts on the read side. Of concurrent first inserts exactly one
+//! fixes the dimension; the others insert into the index it built, and fail with
+//! `InvalidArgument` when their dimension differs. While dimensionless, a search answers no
+//! hits, `len` is 0, a compaction does nothing, a removal is `NotFound`, and a save, a batch
+//! search of rows that cannot be split, and the read guard's own inserts (which cannot take
+//! the write side) are refused. The `try_` forms answer `Busy` rather than wait for the
+//! write side.
+//!
+//! ```
+//! use erlmcp_flow::hnsw::{Index, Params, SearchOptions};
+//! let index = Index::new(Params::new(0)).unwrap(); // the first insert says
+//! assert_eq!(index.dim(), 0);
+//! let id = index.insert_new(&[0.5, 0.5, 0.0]).unwrap();
+//! assert_eq!((id, index.dim()), (0, 3));
+//! assert!(index.insert(7, &[1.0, 0.0]).is_err()); // not 3 values
+//! let hits = index.search(&[0.5, 0.4, 0.0], &SearchOptions { k: 1, ..Default::default() });
+//! assert_eq!(hits.unwrap()[0].id, 0);
+//! ```
+//!
 //! ```
 //! use erlmcp_flow::hnsw::{Index, Params, SearchOptions};
 //! let index = Index::new(Params::new(2)).unwrap();
@@ -45,19 +71,27 @@ use std::path::Path;
 
 use super::{Hit, Hnsw, MappedHnsw, Params, SearchOptions, MAX_THREADS};
 use crate::error::{Error, ErrorKind, Result};
-use crate::sync::{AtomicBool, Ordering, RwLock, RwLockReadGuard, TryLockError};
+use crate::sync::{
+    AtomicBool, AtomicUsize, Ordering, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError,
+};
 
 enum Kind {
     Live(Hnsw),
     Mapped(MappedHnsw),
+    /// Created with `dim` 0 and nothing inserted yet: the first insert builds the graph.
+    Dimensionless,
 }
 
 /// An HNSW index, built in memory ([`Index::new`], [`Index::load`]) or a saved file mapped
 /// read-only ([`Index::open`]); thread-safe for every operation (see the module
 /// documentation for the locking rule).
 pub struct Index {
+    /// The parameters, `dim` 0 when left to the first insert (`dim` below says).
     params: Params,
     mapped: bool,
+    /// The dimension, 0 until fixed. Stored with the write side held, after the graph is
+    /// built and before the lock is let go; read without a lock by [`Index::params`].
+    dim: AtomicUsize,
     kind: RwLock<Kind>,
 }
 
@@ -102,17 +136,30 @@ impl Index {
         let (params, mapped) = match &kind {
             Kind::Live(h) => (*h.params(), false),
             Kind::Mapped(m) => (*m.params(), true),
+            Kind::Dimensionless => unreachable!("built by Index::new"),
         };
         Index {
             params,
             mapped,
+            dim: AtomicUsize::new(params.dim),
             kind: RwLock::new(kind),
         }
     }
 
-    /// An empty in-memory index ([`Hnsw::new`]).
+    /// An empty in-memory index ([`Hnsw::new`]); `params.dim` 0 leaves the dimension to the
+    /// first insert (see the module documentation). The other parameters are checked now.
     pub fn new(params: Params) -> Result<Index> {
-        Ok(Hnsw::new(params)?.into())
+        if params.dim != 0 {
+            return Ok(Hnsw::new(params)?.into());
+        }
+        // Every check but the dimension's, on a stand-in dimension.
+        Hnsw::new(Params { dim: 1, ..params })?;
+        Ok(Index {
+            params,
+            mapped: false,
+            dim: AtomicUsize::new(0),
+            kind: RwLock::new(Kind::Dimensionless),
+        })
     }
 
     /// Maps a saved index read-only ([`MappedHnsw::open`]).
@@ -125,9 +172,63 @@ impl Index {
         Ok(Hnsw::load(path)?.into())
     }
 
-    /// The parameters (no lock: they never change).
-    pub fn params(&self) -> &Params {
-        &self.params
+    /// The parameters (no lock: they never change, but for a `dim` left to the first insert,
+    /// 0 until that insert fixes it).
+    pub fn params(&self) -> Params {
+        Params {
+            dim: self.dim(),
+            ..self.params
+        }
+    }
+
+    /// The dimension: 0 while an index created with `dim` 0 has had no insert (no lock).
+    pub fn dim(&self) -> usize {
+        self.dim.load(Ordering::Acquire)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Kind> {
+        self.kind.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_write(&self, what: &str) -> Result<RwLockWriteGuard<'_, Kind>> {
+        match self.kind.try_write() {
+            Ok(k) => Ok(k),
+            Err(TryLockError::Poisoned(e)) => Ok(e.into_inner()),
+            Err(TryLockError::WouldBlock) => Err(Error::new(
+                ErrorKind::Busy,
+                format!("{what}: the index is in use by other calls (or a compaction)"),
+            )),
+        }
+    }
+
+    /// Fixes the dimension of a dimensionless index to `dim` (the length of the vectors
+    /// about to be inserted), waiting for the write side; does nothing when the dimension is
+    /// fixed already, whatever it is (the insert that follows checks the vectors against
+    /// it). `InvalidArgument` for a `dim` outside 1..=65536 (nothing fixed).
+    pub fn fix_dim(&self, dim: usize) -> Result<()> {
+        if self.dim() != 0 || self.mapped {
+            return Ok(());
+        }
+        self.fix_dim_in(&mut self.write(), dim)
+    }
+
+    /// [`Index::fix_dim`] without waiting: `Busy`, nothing done, when the write side is
+    /// taken (any call in progress) and the dimension still open.
+    pub fn try_fix_dim(&self, dim: usize) -> Result<()> {
+        if self.dim() != 0 || self.mapped {
+            return Ok(());
+        }
+        self.fix_dim_in(&mut *self.try_write("fix the dimension")?, dim)
+    }
+
+    fn fix_dim_in(&self, kind: &mut Kind, dim: usize) -> Result<()> {
+        if let Kind::Dimensionless = kind {
+            let h = Hnsw::new(Params { dim, ..self.params })?;
+            *kind = Kind::Live(h);
+            // Published before the write side is let go: whoever sees the new kind sees it.
+            self.dim.store(dim, Ordering::Release);
+        }
+        Ok(())
     }
 
     /// True for a mapped (read-only) index.
@@ -161,8 +262,7 @@ impl Index {
         if self.mapped {
             return Err(read_only());
         }
-        let mut kind = self.kind.write().unwrap_or_else(|e| e.into_inner());
-        compact_kind(&mut kind)
+        compact_kind(&mut self.write())
     }
 
     /// [`Index::compact`] without waiting: `Busy` (nothing done) while any other call on the
@@ -171,26 +271,30 @@ impl Index {
         if self.mapped {
             return Err(read_only());
         }
-        let mut kind = match self.kind.try_write() {
-            Ok(k) => k,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                return Err(Error::new(
-                    ErrorKind::Busy,
-                    "compact: the index is in use by other calls (or another compaction)",
-                ))
-            }
-        };
-        compact_kind(&mut kind)
+        compact_kind(&mut *self.try_write("compact")?)
     }
 
-    /// [`IndexRead::insert`] (waits while a compaction runs).
+    /// [`IndexRead::insert`], fixing the dimension first on a dimensionless index (waits
+    /// while a compaction runs).
     pub fn insert(&self, id: u64, vector: &[f32]) -> Result<()> {
+        self.fix_dim(vector.len())?;
         self.read().insert(id, vector)
     }
 
-    /// [`IndexRead::insert_batch`] (waits while a compaction runs).
+    /// [`IndexRead::insert_new`]: inserts `vector` under an id the index picks and returns
+    /// it, fixing the dimension first on a dimensionless index (waits while a compaction
+    /// runs).
+    pub fn insert_new(&self, vector: &[f32]) -> Result<u64> {
+        self.fix_dim(vector.len())?;
+        self.read().insert_new(vector)
+    }
+
+    /// [`IndexRead::insert_batch`]; on a dimensionless index a non-empty batch first fixes
+    /// the dimension to `vectors.len() / ids.len()` (waits while a compaction runs).
     pub fn insert_batch(&self, ids: &[u64], vectors: &[f32], threads: usize) -> Result<()> {
+        if let Some(dim) = batch_dim(ids, vectors) {
+            self.fix_dim(dim)?;
+        }
         self.read().insert_batch(ids, vectors, threads)
     }
 
@@ -220,11 +324,25 @@ impl Index {
     }
 }
 
+/// The dimension a non-empty batch implies (`None`: empty, or not whole rows — the insert
+/// then says what is wrong).
+fn batch_dim(ids: &[u64], vectors: &[f32]) -> Option<usize> {
+    (!ids.is_empty() && vectors.len() % ids.len() == 0).then(|| vectors.len() / ids.len())
+}
+
+fn dimensionless(what: &str) -> Error {
+    Error::invalid(format!(
+        "{what}: the index has no dimension yet (created with dim 0, nothing inserted)"
+    ))
+}
+
 impl Kind {
     fn search(&self, query: &[f32], opts: &SearchOptions<'_>) -> Result<Vec<Hit>> {
         match self {
             Kind::Live(h) => h.search(query, opts),
             Kind::Mapped(m) => m.search(query, opts),
+            // An empty index: no hits, for a query of any length.
+            Kind::Dimensionless => Ok(Vec::new()),
         }
     }
 }
@@ -233,6 +351,7 @@ fn compact_kind(kind: &mut Kind) -> Result<()> {
     match kind {
         Kind::Live(h) => h.compact(),
         Kind::Mapped(_) => Err(read_only()),
+        Kind::Dimensionless => Ok(()),
     }
 }
 
@@ -251,21 +370,34 @@ impl std::fmt::Debug for IndexRead<'_> {
 }
 
 impl IndexRead<'_> {
-    fn live(&self) -> Result<&Hnsw> {
+    fn live(&self, what: &str) -> Result<&Hnsw> {
         match &*self.kind {
             Kind::Live(h) => Ok(h),
             Kind::Mapped(_) => Err(read_only()),
+            Kind::Dimensionless => Err(dimensionless(what)),
         }
     }
 
-    /// [`Hnsw::insert`]; `Unsupported` for a mapped index.
+    /// [`Hnsw::insert`]; `Unsupported` for a mapped index; `InvalidArgument` for a
+    /// dimensionless one (a guard cannot fix the dimension: [`Index::insert`] does).
     pub fn insert(&self, id: u64, vector: &[f32]) -> Result<()> {
-        self.live()?.insert(id, vector)
+        self.live("insert")?.insert(id, vector)
     }
 
-    /// [`Hnsw::insert_batch`]; `Unsupported` for a mapped index.
+    /// [`Hnsw::insert_new`]: inserts under an id the index picks, returned; errors as
+    /// [`IndexRead::insert`].
+    pub fn insert_new(&self, vector: &[f32]) -> Result<u64> {
+        self.live("insert")?.insert_new(vector)
+    }
+
+    /// [`Hnsw::insert_batch`]; `Unsupported` for a mapped index; on a dimensionless one an
+    /// empty batch does nothing and any other is `InvalidArgument` (as for `insert`).
     pub fn insert_batch(&self, ids: &[u64], vectors: &[f32], threads: usize) -> Result<()> {
-        self.live()?.insert_batch(ids, vectors, threads)
+        if ids.is_empty() && vectors.is_empty() && matches!(*self.kind, Kind::Dimensionless) {
+            return Ok(());
+        }
+        self.live("insert_batch")?
+            .insert_batch(ids, vectors, threads)
     }
 
     /// [`Hnsw::search`] / [`MappedHnsw::search`].
@@ -290,6 +422,12 @@ impl IndexRead<'_> {
         let dim = match &*self.kind {
             Kind::Live(h) => h.params().dim,
             Kind::Mapped(m) => m.params().dim,
+            Kind::Dimensionless if queries.is_empty() => return Ok(Vec::new()),
+            Kind::Dimensionless => {
+                return Err(dimensionless(
+                    "search_batch (the queries cannot be split into rows)",
+                ))
+            }
         };
         if queries.len() % dim != 0 {
             return Err(Error::invalid(format!(
@@ -352,14 +490,22 @@ impl IndexRead<'_> {
         Ok(all)
     }
 
-    /// [`Hnsw::remove`]; `Unsupported` for a mapped index.
+    /// [`Hnsw::remove`]; `Unsupported` for a mapped index; `NotFound` for a dimensionless
+    /// one (it holds nothing).
     pub fn remove(&self, id: u64) -> Result<()> {
-        self.live()?.remove(id)
+        if let Kind::Dimensionless = &*self.kind {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("id {id} is not in the index"),
+            ));
+        }
+        self.live("remove")?.remove(id)
     }
 
-    /// [`Hnsw::save`]; `Unsupported` for a mapped index.
+    /// [`Hnsw::save`]; `Unsupported` for a mapped index; `InvalidArgument` for a
+    /// dimensionless one (a file records a dimension).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        self.live()?.save(path)
+        self.live("save")?.save(path)
     }
 
     /// Live vectors.
@@ -367,6 +513,7 @@ impl IndexRead<'_> {
         match &*self.kind {
             Kind::Live(h) => h.len(),
             Kind::Mapped(m) => m.len(),
+            Kind::Dimensionless => 0,
         }
     }
 
@@ -380,6 +527,7 @@ impl IndexRead<'_> {
         match &*self.kind {
             Kind::Live(h) => h.memory_bytes(),
             Kind::Mapped(m) => m.memory_bytes(),
+            Kind::Dimensionless => 0,
         }
     }
 }

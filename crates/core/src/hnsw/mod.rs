@@ -61,7 +61,8 @@ pub const MAX_THREADS: usize = 64;
 /// Index parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
-    /// Vector dimensions (1..=65536).
+    /// Vector dimensions (1..=65536). [`Index::new`] also takes 0: the dimension of the
+    /// first vector inserted ([`Hnsw::new`] does not).
     pub dim: usize,
     /// The distance.
     pub metric: Metric,
@@ -139,6 +140,9 @@ pub struct Hnsw {
     ids: Mutex<HashMap<u64, u32, ahash::RandomState>>,
     live: AtomicUsize,
     upper_bytes: AtomicUsize,
+    /// The id [`Hnsw::insert_new`] tries first (it skips ids in use). Read and written only
+    /// with the id map locked, so `Relaxed` is enough: the lock orders every access.
+    next_ext: AtomicU64,
 }
 
 impl std::fmt::Debug for Hnsw {
@@ -246,6 +250,7 @@ impl Hnsw {
             ids: Mutex::new(HashMap::default()),
             live: AtomicUsize::new(0),
             upper_bytes: AtomicUsize::new(0),
+            next_ext: AtomicU64::new(0),
         })
     }
 
@@ -313,6 +318,46 @@ impl Hnsw {
         let node = self.reserve(id)?;
         self.insert_node(node, &record, vector);
         Ok(())
+    }
+
+    /// Inserts `vector` under an id the index picks, and returns it: the smallest id not in
+    /// use from a counter that starts at 0 and only grows (an id given back by
+    /// [`Hnsw::remove`] is not reused; ids taken by [`Hnsw::insert`] are skipped). The id is
+    /// chosen with the id map locked, so concurrent calls, and inserts under ids of the
+    /// caller's, never collide. A loaded index counts from 0 again (skipping the ids in it).
+    /// On an error (dimensions, values that are not finite) no id is used up.
+    pub fn insert_new(&self, vector: &[f32]) -> Result<u64> {
+        // Checked and encoded first, with a placeholder id patched in below.
+        let mut record = self.encode(0, vector)?;
+        let (id, node) = self.reserve_new()?;
+        graph::set_record_ext(&mut record, id);
+        self.insert_node(node, &record, vector);
+        Ok(id)
+    }
+
+    /// Picks the next free id from `next_ext` and maps it to a fresh node, under the map lock.
+    fn reserve_new(&self) -> Result<(u64, u32)> {
+        let mut map = self.lock_ids();
+        if self.next.load(Ordering::Relaxed) as usize >= MAX_NODES {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("the index holds at most {MAX_NODES} nodes"),
+            ));
+        }
+        let mut id = self.next_ext.load(Ordering::Relaxed);
+        while map.contains_key(&id) {
+            id = id.checked_add(1).ok_or_else(|| {
+                Error::new(
+                    ErrorKind::TooLarge,
+                    "no id left to assign (2^64 - 1 reached)",
+                )
+            })?;
+        }
+        let node = self.allocate()?;
+        map.insert(id, node);
+        // u64::MAX taken: the next call finds it in use and fails with TooLarge.
+        self.next_ext.store(id.saturating_add(1), Ordering::Relaxed);
+        Ok((id, node))
     }
 
     /// Inserts `ids.len()` vectors, `vectors` holding them one after another, on `threads`

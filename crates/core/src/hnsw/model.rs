@@ -168,3 +168,33 @@ fn a_tried_compaction_is_refused_during_a_call_and_never_waits() {
         assert_eq!(idx.try_read().unwrap().len(), 1);
     });
 }
+
+/// Two threads insert the first vector of a dimensionless index, of 2 and of 3 values: in
+/// every interleaving exactly one fixes the dimension (its insert succeeds), the other fails
+/// with `InvalidArgument`, and the index holds the winner's vector alone.
+#[test]
+fn concurrent_first_inserts_fix_exactly_one_dimension() {
+    model(|| {
+        let idx = Arc::new(Index::new(Params { dim: 0, ..params() }).unwrap());
+        let two = {
+            let idx = idx.clone();
+            thread::spawn(move || idx.insert(2, &[1.0, 0.0]).map_err(|e| e.kind()))
+        };
+        let three = idx.insert(3, &[0.0, 1.0, 0.0]).map_err(|e| e.kind());
+        let two = two.join().unwrap();
+        let winner = match (two, three) {
+            (Ok(()), Err(ErrorKind::InvalidArgument)) => 2,
+            (Err(ErrorKind::InvalidArgument), Ok(())) => 3,
+            other => panic!("exactly one insert wins: {other:?}"),
+        };
+        assert_eq!(idx.dim(), winner);
+        let r = idx.read();
+        assert_eq!(r.len(), 1);
+        let q = vec![1.0; winner];
+        let o = SearchOptions {
+            k: 2,
+            ..Default::default()
+        };
+        assert_eq!(ids(r.search(&q, &o).unwrap()), [winner as u64]);
+    });
+}

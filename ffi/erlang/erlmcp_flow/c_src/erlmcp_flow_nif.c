@@ -286,6 +286,7 @@ static ErlNifFunc nif_funcs[] = {
     {"hnsw_close", 1, nif_hnsw_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"hnsw_info", 1, nif_hnsw_info, 0},
     {"hnsw_insert", 3, nif_hnsw_insert, 0},
+    {"hnsw_insert_new", 2, nif_hnsw_insert_new, 0},
     {"hnsw_insert_batch", 4, nif_hnsw_insert_batch, ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"hnsw_search", 6, nif_hnsw_search, 0},
     {"hnsw_search_batch", 7, nif_hnsw_search_batch, ERL_NIF_DIRTY_JOB_CPU_BOUND},

@@ -40,7 +40,8 @@ static const emf_nif_handle_kind hnsw_kind = {
  * nan, which no Erlang float can hold.
  *
  * Indexes. An index resource holds an emf_nif_hnsw: the engine handle and its parameters
- * (read once: they never change); this shim holds no lock of its own. The engine serialises
+ * (read once: they never change, but for the dim of an index made with dim 0, which its first
+ * insert fixes in the engine: hnsw_dim asks for it); this shim holds no lock of its own. The engine serialises
  * compaction: emf_hnsw_compact waits for the calls in progress on the index and holds every
  * other call off until it is done, and each call that would wait has a try form
  * (emf_hnsw_try_insert, _try_search, _try_remove, _try_stats) that answers EMF_ERR_BUSY at
@@ -105,7 +106,7 @@ static const emf_nif_handle_kind hnsw_kind = {
 /* The state of one index resource (its `ptr'). */
 typedef struct emf_nif_hnsw {
     emf_hnsw_t *index;
-    emf_hnsw_params_t params;  /* emf_hnsw_params, read once */
+    emf_hnsw_params_t params;  /* emf_hnsw_params, read once (dim 0: see hnsw_dim) */
     bool mapped;               /* emf_hnsw_open: read-only */
     atomic_size_t removed;     /* removals since made, loaded or compacted (cost estimates) */
     atomic_size_t batches;     /* batch inserts in progress */
@@ -590,9 +591,20 @@ static bool hnsw_batch_running(emf_nif_hnsw *w) {
     return atomic_load_explicit(&w->batches, memory_order_acquire) > 0;
 }
 
+/* The index's dimension: params.dim, or for an index made with dim 0 the one its first
+ * insert fixed, asked of the engine each time (0 until then; emf_hnsw_params takes no lock),
+ * so that the shared params are never written after the index is made. */
+static size_t hnsw_dim(const emf_nif_hnsw *w) {
+    if (w->params.dim != 0) {
+        return w->params.dim;
+    }
+    emf_hnsw_params_t p;
+    return emf_hnsw_params(w->index, &p) == EMF_OK ? p.dim : 0;
+}
+
 /* ns of one distance evaluation (int8 codes, graph bookkeeping included). */
 static size_t hnsw_eval_ns(const emf_nif_hnsw *w) {
-    return 48 + (size_t)w->params.dim / 4;
+    return 48 + hnsw_dim(w) / 4;
 }
 
 /* The live vectors and the nodes (live and removed, not yet compacted) of an entered index,
@@ -636,7 +648,7 @@ static size_t hnsw_search_ns(const emf_nif_hnsw *w, size_t k, size_t ef, bool fi
     }
     size_t ns = hnsw_walk_ns(w, expanded, nodes);
     if (rerank && w->params.originals != EMF_ORIGINALS_NONE) {
-        ns = sat_add(ns, sat_mul(size_min(efe, nodes), 16 + w->params.dim / 4));
+        ns = sat_add(ns, sat_mul(size_min(efe, nodes), 16 + hnsw_dim(w) / 4));
     }
     return size_min(sat_add(ns, sat_mul(size_min(k, live), EMF_NIF_HNSW_HIT_NS)),
                     EMF_NIF_HNSW_BUSY - 1);
@@ -656,11 +668,12 @@ static size_t hnsw_insert_ns(const emf_nif_hnsw *w) {
 
 static size_t hnsw_remove_ns(const emf_nif_hnsw *w) {
     size_t m2 = 2 * (size_t)w->params.m;
-    return sat_mul(sat_mul(m2, m2), 48 + (size_t)w->params.dim / 2);
+    return sat_mul(sat_mul(m2, m2), 48 + hnsw_dim(w) / 2);
 }
 
 /* hnsw_info(Index) -> {ok, #{dim, metric, m, ef_construction, ef_search, originals, seed,
- * mapped}}: the parameters read when the index was made, opened or loaded. */
+ * mapped}}: the parameters read when the index was made, opened or loaded (dim: hnsw_dim,
+ * 0 for an index made with dim 0 until its first insert). */
 static ERL_NIF_TERM nif_hnsw_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     HANDLE_USE_OR_RETURN(env, h, argv[0], &hnsw_kind);
@@ -669,7 +682,7 @@ static ERL_NIF_TERM nif_hnsw_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     ERL_NIF_TERM keys[] = {atom_dim, atom_metric, atom_m, atom_ef_construction, atom_ef_search,
                            atom_originals, atom_seed, atom_mapped};
     ERL_NIF_TERM values[] = {
-        enif_make_uint(env, p->dim),
+        enif_make_uint64(env, hnsw_dim(w)),
         metric_term(env, p->metric),
         enif_make_uint(env, p->m),
         enif_make_uint(env, p->ef_construction),
@@ -734,6 +747,58 @@ static ERL_NIF_TERM nif_hnsw_insert(ErlNifEnv *env, int argc, const ERL_NIF_TERM
                        EMF_NIF_DIRTY_THRESHOLD, argc, argv);
 }
 
+/* hnsw_insert_new(Index, Vector) -> {ok, Id}: emf_hnsw_insert_new (an id the index picks),
+ * scheduled as hnsw_insert. */
+static ERL_NIF_TERM hnsw_insert_new_impl(ErlNifEnv *env, int argc,
+                                         const ERL_NIF_TERM argv[]) {
+    ErlNifBinary v;
+    if (!get_array(env, argv[1], sizeof(float), &v)) {
+        return argument_error(env, EMF_NIF_VECTOR_ERROR);
+    }
+    emf_nif_handle *h;
+    ERL_NIF_TERM result;
+    if (!hnsw_enter(env, argv, &h, &result)) {
+        return result;
+    }
+    emf_nif_hnsw *w = h->ptr;
+    bool normal = on_normal_scheduler();
+    if (normal && hnsw_batch_running(w)) {
+        return hnsw_go_dirty(env, h, "hnsw_insert_new", hnsw_insert_new_impl, argc, argv);
+    }
+    if (normal) {
+        size_t ns = hnsw_insert_ns(w);
+        if (ns == EMF_NIF_HNSW_BUSY) {
+            return hnsw_go_wait(env, h, "hnsw_insert_new", hnsw_insert_new_impl, argc, argv);
+        }
+        if (ns > EMF_NIF_HNSW_DIRTY_NS) {
+            return hnsw_go_dirty(env, h, "hnsw_insert_new", hnsw_insert_new_impl, argc, argv);
+        }
+    }
+    uint64_t stack[EMF_NIF_VEC_STACK_BYTES / 8];
+    void *heap;
+    const void *vs;
+    if (!aligned_view(&v, _Alignof(float), stack, &heap, &vs)) {
+        result = out_of_memory(env);
+    } else {
+        size_t dim = v.size / sizeof(float);
+        uint64_t id = 0;
+        emf_status_t st = normal ? emf_hnsw_try_insert_new(w->index, vs, dim, &id)
+                                 : emf_hnsw_insert_new(w->index, vs, dim, &id);
+        free_heap(heap);
+        if (normal && st == EMF_ERR_BUSY) {
+            return hnsw_go_wait(env, h, "hnsw_insert_new", hnsw_insert_new_impl, argc, argv);
+        }
+        result = st == EMF_OK ? make_ok(env, enif_make_uint64(env, id)) : status_error(env, st);
+    }
+    hnsw_leave(h);
+    return result;
+}
+
+static ERL_NIF_TERM nif_hnsw_insert_new(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    return run_by_cost(env, "hnsw_insert_new", hnsw_insert_new_impl,
+                       binary_cost(env, argv[1]), EMF_NIF_DIRTY_THRESHOLD, argc, argv);
+}
+
 /* hnsw_insert_batch(Index, Ids, Vectors, Threads) -> ok (dirty CPU: NIF table): Ids a binary of
  * native-endian uint64, Vectors one of as many rows of the index's dim float32 values. */
 static ERL_NIF_TERM nif_hnsw_insert_batch(ErlNifEnv *env, int argc,
@@ -759,8 +824,13 @@ static ERL_NIF_TERM nif_hnsw_insert_batch(ErlNifEnv *env, int argc,
     }
     emf_nif_hnsw *w = h->ptr;
     size_t n = ids.size / sizeof(uint64_t);
-    size_t dim = w->params.dim;
+    size_t dim = hnsw_dim(w);
     size_t values = vectors.size / sizeof(float);
+    if (dim == 0) {
+        /* No dimension yet: the rows give it (the engine fixes it; an empty batch does
+         * nothing, and rows that do not divide fail the check below). */
+        dim = n > 0 && values % n == 0 && values > 0 ? values / n : 1;
+    }
     if (values % dim != 0 || values / dim != n) {
         char msg[200];
         snprintf(msg, sizeof msg, "vectors: %zu ids need %zu rows of %zu float32 values, got "
@@ -931,16 +1001,20 @@ static ERL_NIF_TERM nif_hnsw_search_batch(ErlNifEnv *env, int argc,
         return result;
     }
     emf_nif_hnsw *w = h->ptr;
-    size_t dim = w->params.dim;
+    size_t dim = hnsw_dim(w);
     size_t values = qs.size / sizeof(float);
-    size_t nq = values / dim;
+    size_t nq = dim == 0 ? 0 : values / dim;
     emf_hnsw_hit_t *hits = NULL;
     size_t *counts = NULL;
     void *heap_q = NULL, *heap_f = NULL;
     uint64_t stack_q[EMF_NIF_VEC_STACK_BYTES / 8];
     uint64_t stack_f[EMF_NIF_VEC_STACK_BYTES / 8];
     const void *qp = NULL, *fp = NULL;
-    if (values % dim != 0) {
+    if (dim == 0) {
+        result = values == 0 ? make_ok(env, enif_make_list(env, 0))
+                             : argument_error(env, "queries: the index has no dimension yet "
+                                                   "(made with dim 0, nothing inserted)");
+    } else if (values % dim != 0) {
         char msg[160];
         snprintf(msg, sizeof msg, "queries: %zu float32 values are not rows of %zu (the "
                  "index's dim)", values, dim);

@@ -4,16 +4,38 @@
 %% searched with filters, saved to a file and mapped back read-only.
 %%
 %% ```
-%% {ok, Index} = erlmcp_flow_hnsw:new(#{dim => 3}),
+%% {ok, Index} = erlmcp_flow_hnsw:new(#{m => 16, ef_construction => 200}), % dim: 1st insert
 %% ok = erlmcp_flow_hnsw:insert(Index, [{1, [1.0, 0.0, 0.0]}, {2, [0.0, 1.0, 0.0]}]),
 %% ok = erlmcp_flow_hnsw:insert(Index, 3, <<0.0:32/float-native, 0.0:32/float-native,
 %%                                          1.0:32/float-native>>),
-%% {ok, [{1, _}, {2, _}]} = erlmcp_flow_hnsw:search(Index, [0.9, 0.1, 0.0], 2),
-%% {ok, [{2, _}]} = erlmcp_flow_hnsw:search(Index, [0.9, 0.1, 0.0], 2, #{filter => [2]}),
+%% {ok, 0} = erlmcp_flow_hnsw:insert(Index, [0.5, 0.5, 0.0]),   % an id the index picks
+%% [{1, _}, {0, _}] = erlmcp_flow_hnsw:search(Index, [0.9, 0.1, 0.0], 2),
+%% [{2, _}] = erlmcp_flow_hnsw:search(Index, [0.9, 0.1, 0.0], 2, #{filter => [2]}),
 %% ok = erlmcp_flow_hnsw:save(Index, "/tmp/vectors.hnsw"),
 %% {ok, Mapped} = erlmcp_flow_hnsw:open("/tmp/vectors.hnsw"),   % read-only, shared mapping
-%% {error, {unsupported, _}} = erlmcp_flow_hnsw:insert(Mapped, 4, [1.0, 1.0, 1.0]).
+%% {error, {unsupported, _}} = erlmcp_flow_hnsw:insert(Mapped, 4, [1.0, 1.0, 1.0]),
+%% {ok, Built} = erlmcp_flow_hnsw:build_index([[1.0, 0.0], [0.0, 1.0]], #{}), % ids 0, 1
+%% [{1, _}] = erlmcp_flow_hnsw:search(Built, [0.1, 0.9], 1).
 %% '''
+%%
+%% <h3>The original design's calls</h3>
+%% <ul>
+%% <li>`new(#{m => 16, ef_construction => 200})': `dim' may be left out (or 0): the first
+%% insert fixes it to its vector's length (of concurrent first inserts exactly one does; the
+%% others fit it or fail). Until then `info/1' says `dim => 0', a search answers `[]', a
+%% `search_batch/3,4' of queries and `save/2' are refused.</li>
+%% <li>`build_index(Vectors, Config) -> {ok, Index}': `new(Config)' and one batch insert
+%% of `Vectors', a list of vectors (ids 0 to N - 1) or of `{Id, Vector}'.</li>
+%% <li>`search(Index, Query, TopK) -> [{Id, Distance}]': the list bare, as the original
+%% returns it, and `{error, {Status, Message}}' on failure; `search/4' (options) answers
+%% the same way. `search_batch/3,4', which the original has not, keeps `{ok, [[Hit]]}'.</li>
+%% <li>`insert(Index, Vector) -> {ok, Id}': a single vector with no id, under an id the
+%% index picks (the smallest not in use from a counter that starts at 0 and only grows:
+%% ids given with `insert/3' or in a batch are skipped, removed ones never reused; a
+%% loaded index counts from 0 again). `insert(Index, [{Id, Vector}])' is a batch (ours):
+%% the two are told apart by the list's elements (numbers or tuples; `[]' is an empty
+%% batch).</li>
+%% </ul>
 %%
 %% <h3>Vectors and ids</h3>
 %% A vector is a list of numbers (integers or floats, within the float32 range) or a binary of
@@ -47,7 +69,7 @@
 %% waits for a compact on a normal scheduler.
 -module(erlmcp_flow_hnsw).
 
--export([new/1, open/1, load/1, close/1, info/1,
+-export([new/1, build_index/2, open/1, load/1, close/1, info/1,
          insert/2, insert/3, insert_batch/3, search/3, search/4, search_batch/3,
          search_batch/4,
          remove/2, compact/1, save/2, stats/1]).
@@ -59,14 +81,14 @@
 -type id() :: 0..16#FFFFFFFFFFFFFFFF.
 -type vector() :: [number()] | binary().
 %% A list of numbers or a binary of native-endian float32 values.
--type options() :: #{dim := 1..65536,
+-type options() :: #{dim => 0..65536,
                      metric => erlmcp_flow_nif:metric(),
                      m => 2..128,
                      ef_construction => 1..1048576,
                      ef_search => 1..1048576,
                      originals => erlmcp_flow_nif:originals(),
                      seed => non_neg_integer()}.
-%% `dim' (required): values a vector; `metric': `cosine' (default), `dot' or `l2sq';
+%% `dim': values a vector (left out or 0: the first insert's); `metric': `cosine' (default), `dot' or `l2sq';
 %% `m': neighbours a node on the upper levels, `2m' on level 0 (16); `ef_construction':
 %% candidates kept while inserting (200); `ef_search': candidates kept while searching when a
 %% search does not say (50); `originals': `none' (default: int8 codes only), `f16' or `f32'
@@ -83,7 +105,7 @@
 -type batch_options() :: #{threads => non_neg_integer()}.
 %% `threads': engine threads inserting (0, the default: one per CPU).
 -type hit() :: {id(), erlmcp_flow_nif:distance()}.
--type info() :: #{dim := pos_integer(), metric := erlmcp_flow_nif:metric(),
+-type info() :: #{dim := non_neg_integer(), metric := erlmcp_flow_nif:metric(),
                   m := pos_integer(), ef_construction := pos_integer(),
                   ef_search := pos_integer(), originals := erlmcp_flow_nif:originals(),
                   seed := non_neg_integer(), mapped := boolean()}.
@@ -93,7 +115,7 @@
 -type error() :: erlmcp_flow_nif:error().
 
 -define(KEYS, [dim, metric, m, ef_construction, ef_search, originals, seed]).
--define(DEFAULTS, #{metric => cosine, m => 16, ef_construction => 200, ef_search => 50,
+-define(DEFAULTS, #{dim => 0, metric => cosine, m => 16, ef_construction => 200, ef_search => 50,
                     originals => none, seed => default}).
 -define(SEARCH_KEYS, [ef, rerank, filter]).
 -define(BATCH_SEARCH_KEYS, [ef, rerank, filter, threads]).
@@ -106,19 +128,19 @@
 %% Indexes
 %%--------------------------------------------------------------------------------------------
 
-%% @doc A new, empty index (see `options()'; only `dim' is required).
+%% @doc A new, empty index (see `options()'; none is required: without `dim' the first
+%% insert fixes the dimension).
 -spec new(options()) -> {ok, index()} | error().
 new(Opts) when is_map(Opts) ->
     case maps:keys(maps:without(?KEYS, Opts)) of
-        [] when not is_map_key(dim, Opts) ->
-            invalid("dim: required (an integer from 1 to 65536)");
         [] ->
             #{dim := Dim, metric := Metric, m := M, ef_construction := EfC,
               ef_search := EfS, originals := Originals, seed := Seed} =
                 maps:merge(?DEFAULTS, Opts),
             if
-                not (is_integer(Dim) andalso Dim >= 1 andalso Dim =< 65536) ->
-                    invalid("dim: expected an integer from 1 to 65536");
+                not (is_integer(Dim) andalso Dim >= 0 andalso Dim =< 65536) ->
+                    invalid("dim: expected an integer from 1 to 65536 (0: the first "
+                            "insert's)");
                 not (Metric =:= cosine orelse Metric =:= dot orelse Metric =:= l2sq) ->
                     invalid("metric: expected cosine, dot or l2sq");
                 not (is_integer(M) andalso M >= 2 andalso M =< 128) ->
@@ -140,6 +162,45 @@ new(Opts) when is_map(Opts) ->
     end;
 new(_Opts) ->
     invalid("options: expected a map").
+
+%% @doc A new index (`new(Config)') holding `Vectors', inserted in one batch (`insert/2'):
+%% a list of vectors, given ids 0 to N - 1 in order, or of `{Id, Vector}'. Without `dim' in
+%% `Config' the vectors give it. On an error the index is closed and the error returned.
+-spec build_index([vector()] | [{id(), vector()}], options()) -> {ok, index()} | error().
+build_index(Vectors, Config) when is_list(Vectors), is_map(Config) ->
+    Batch = case Vectors of
+                [{_, _} | _] -> Vectors;
+                _ -> numbered(Vectors, 0, [])
+            end,
+    case Batch of
+        {error, Text} ->
+            invalid(Text);
+        _ ->
+            case new(Config) of
+                {ok, Index} ->
+                    case insert_batch(Index, Batch, #{}) of
+                        ok -> {ok, Index};
+                        {error, _} = Error -> _ = close(Index), Error
+                    end;
+                {error, _} = Error ->
+                    Error
+            end
+    end;
+build_index(_Vectors, Config) when is_map(Config) ->
+    invalid("vectors: expected a list of vectors or of {Id, Vector}");
+build_index(_Vectors, _Config) ->
+    invalid("config: expected a map of options").
+
+%% Vectors numbered 0, 1, ... as a batch; an element that is no vector fails here.
+numbered([V | Rest], I, Acc) when is_list(V); is_binary(V) ->
+    numbered(Rest, I + 1, [{I, V} | Acc]);
+numbered([], _I, Acc) ->
+    lists:reverse(Acc);
+numbered([Other | _], I, _Acc) ->
+    {error, io_lib:format("vector ~b: expected a list of numbers or a binary of float32 "
+                          "values, got ~0P", [I, Other, 8])};
+numbered(_Tail, _I, _Acc) ->
+    {error, "vectors: expected a proper list"}.
 
 %% @doc Maps the index file `Path' read-only: searches only (changes give
 %% `{error, {unsupported, _}}'); the file is validated first (`{error, {corrupt, _}}'). The
@@ -179,8 +240,16 @@ stats(Index) ->
 %% Vectors
 %%--------------------------------------------------------------------------------------------
 
-%% @equiv insert_batch(Index, Batch, #{})
--spec insert(index(), [{id(), vector()}]) -> ok | error().
+%% @doc `insert(Index, Vector)' (a binary, or a non-empty list of numbers): inserts one vector
+%% under an id the index picks and answers `{ok, Id}' (the original design's call; see the
+%% module documentation). `insert(Index, Batch)' (`[]' or a list of `{Id, Vector}'):
+%% `insert_batch(Index, Batch, #{})'.
+-spec insert(index(), vector() | [{id(), vector()}]) -> ok | {ok, id()} | error().
+insert(Index, Vector) when is_binary(Vector); is_list(Vector), is_number(hd(Vector)) ->
+    case ?V:f32(Vector, "vector") of
+        {ok, Bin} -> erlmcp_flow_nif:hnsw_insert_new(Index, Bin);
+        {error, Text} -> invalid(Text)
+    end;
 insert(Index, Batch) ->
     insert_batch(Index, Batch, #{}).
 
@@ -194,8 +263,8 @@ insert_batch(Index, Batch, Opts) when is_list(Batch), is_map(Opts) ->
             case maps:get(threads, Opts, 0) of
                 Threads when is_integer(Threads), Threads >= 0, Threads =< 16#FFFFFFFF ->
                     case erlmcp_flow_nif:hnsw_info(Index) of
-                        {ok, #{dim := Dim}} ->
-                            case batch(Batch, Dim, 0, [], []) of
+                        {ok, #{dim := Dim0}} ->
+                            case batch(Batch, batch_dim(Dim0, Batch), 0, [], []) of
                                 {ok, Ids, Vectors} ->
                                     erlmcp_flow_nif:hnsw_insert_batch(Index, Ids, Vectors,
                                                                       Threads);
@@ -229,22 +298,29 @@ insert(Index, Id, Vector) ->
             invalid(Text)
     end.
 
+%% @doc The original design's `search(IndexRef, QueryVector, TopK) -> [Result]': the list
+%% of hits bare.
 %% @equiv search(Index, Query, K, #{})
--spec search(index(), vector(), non_neg_integer()) -> {ok, [hit()]} | error().
+-spec search(index(), vector(), non_neg_integer()) -> [hit()] | error().
 search(Index, Query, K) ->
     search(Index, Query, K, #{}).
 
 %% @doc The `K' ids nearest to `Query' with their distances, closest first (fewer when the
-%% index or the filter holds fewer). `Opts': `ef', `rerank', `filter' (see
+%% index or the filter holds fewer), as a bare list `[{Id, Distance}]' (as `search/3');
+%% `{error, {Status, Message}}' on failure. `Opts': `ef', `rerank', `filter' (see
 %% `search_options()').
--spec search(index(), vector(), non_neg_integer(), search_options()) ->
-          {ok, [hit()]} | error().
+-spec search(index(), vector(), non_neg_integer(), search_options()) -> [hit()] | error().
 search(Index, Query, K, Opts) ->
     case search_args(K, Opts, ?SEARCH_KEYS) of
         {ok, Ef, Rerank, Filter, _Threads} ->
             case ?V:f32(Query, "query") of
-                {ok, Q} -> erlmcp_flow_nif:hnsw_search(Index, Q, K, Ef, Rerank, Filter);
-                {error, Text} -> invalid(Text)
+                {ok, Q} ->
+                    case erlmcp_flow_nif:hnsw_search(Index, Q, K, Ef, Rerank, Filter) of
+                        {ok, Hits} -> Hits;
+                        {error, _} = Error -> Error
+                    end;
+                {error, Text} ->
+                    invalid(Text)
             end;
         {error, _} = Error ->
             Error
@@ -256,13 +332,17 @@ search_batch(Index, Queries, K) ->
     search_batch(Index, Queries, K, #{}).
 
 %% @doc `search/4' for each query, on `threads' threads of a dirty CPU scheduler: one list of
-%% hits a query, in order.
+%% hits a query, in order, as `{ok, Lists}' (the original design has no batch search). An
+%% index without a dimension yet (`new/1' without `dim', nothing inserted) refuses queries.
 -spec search_batch(index(), [vector()], non_neg_integer(), search_options()) ->
           {ok, [[hit()]]} | error().
 search_batch(Index, Queries, K, Opts) when is_list(Queries) ->
     case search_args(K, Opts, ?BATCH_SEARCH_KEYS) of
         {ok, Ef, Rerank, Filter, Threads} ->
             case erlmcp_flow_nif:hnsw_info(Index) of
+                {ok, #{dim := 0}} when Queries =/= [] ->
+                    invalid("queries: the index has no dimension yet (made without dim, "
+                            "nothing inserted)");
                 {ok, #{dim := Dim}} ->
                     case queries(Queries, Dim, 0, []) of
                         {ok, Qs} ->
@@ -297,6 +377,15 @@ compact(Index) ->
 %%--------------------------------------------------------------------------------------------
 %% Internal
 %%--------------------------------------------------------------------------------------------
+
+%% The dimension a batch's vectors are checked against: the index's, or while it has none
+%% (0), the first vector's (the engine fixes it at the insert).
+batch_dim(0, [{_, V} | _]) when is_binary(V) -> byte_size(V) div 4;
+batch_dim(0, [{_, V} | _]) when is_list(V) -> length_or_zero(V);
+batch_dim(Dim, _Batch) -> Dim.
+
+length_or_zero(L) ->
+    try length(L) catch error:badarg -> 0 end.
 
 %% The ids and vectors of a batch as the NIF's binaries, each vector checked against `Dim'.
 batch([{Id, Vector} | Rest], Dim, I, Ids, Vectors) ->

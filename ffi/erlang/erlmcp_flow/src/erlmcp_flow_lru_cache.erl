@@ -16,7 +16,10 @@
 %% `term_to_binary(Key, [deterministic])', so that equal keys (`=:=') find the same entry, a
 %% value as `term_to_binary(Value)' (a copy, like an ETS table's). `get' answers
 %% `{ok, Value}' for a live entry (and makes it the most recently used) and `miss' for an
-%% absent or expired one; `put' replaces any value and restarts the entry's TTL.
+%% absent or expired one; `put' replaces any value and restarts the entry's TTL. These are
+%% the original design's `get(Key) -> {ok, Value} | miss' and `put(Key, Value) -> ok' as
+%% written (on the default cache; `get/2' and `put/3' take a cache first), with
+%% `{error, {closed, _}}' when no default cache runs.
 %%
 %% <h3>Eviction and expiry</h3>
 %% The key space is split over shards (by default as many as the engine finds useful for the

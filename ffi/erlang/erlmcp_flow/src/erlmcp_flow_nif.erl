@@ -52,7 +52,8 @@
          quantize_f32/1, dequantize_i8/2, distance_f32/3, distance_f16/3,
          cosine_distance_i8/2, dot_i8/2,
          hnsw_new/7, hnsw_open/1, hnsw_load/1, hnsw_close/1, hnsw_info/1,
-         hnsw_insert/3, hnsw_insert_batch/4, hnsw_search/6, hnsw_search_batch/7,
+         hnsw_insert/3, hnsw_insert_new/2, hnsw_insert_batch/4, hnsw_search/6,
+         hnsw_search_batch/7,
          hnsw_remove/2, hnsw_compact/1, hnsw_save/2, hnsw_stats/1, hnsw_indexes/0]).
 -export([load_error_reason/1]).
 
@@ -550,8 +551,8 @@ dot_i8(_A, _B) -> erlang:nif_error(not_loaded).
 %% dirty I/O scheduler. No call waits for a compact on a normal scheduler.
 
 %% @doc `emf_hnsw_new' with `emf_hnsw_params_default(Dim)' updated by the arguments; `Seed'
-%% `default' keeps the default seed.
--spec hnsw_new(pos_integer(), metric(), pos_integer(), pos_integer(), pos_integer(),
+%% `default' keeps the default seed. `Dim' 0: the first insert fixes it.
+-spec hnsw_new(non_neg_integer(), metric(), pos_integer(), pos_integer(), pos_integer(),
                originals(), non_neg_integer() | default) -> {ok, hnsw()} | error().
 hnsw_new(_Dim, _Metric, _M, _EfConstruction, _EfSearch, _Originals, _Seed) ->
     erlang:nif_error(not_loaded).
@@ -569,10 +570,10 @@ hnsw_load(_Path) -> erlang:nif_error(not_loaded).
 -spec hnsw_close(hnsw()) -> ok | error().
 hnsw_close(_Index) -> erlang:nif_error(not_loaded).
 
-%% @doc The index's parameters (`emf_hnsw_params', read when it was made) and whether it is a
-%% mapped file.
+%% @doc The index's parameters (`emf_hnsw_params', read when it was made; `dim' 0 for an
+%% index made with `Dim' 0 until its first insert) and whether it is a mapped file.
 -spec hnsw_info(hnsw()) ->
-          {ok, #{dim := pos_integer(), metric := metric(), m := pos_integer(),
+          {ok, #{dim := non_neg_integer(), metric := metric(), m := pos_integer(),
                  ef_construction := pos_integer(), ef_search := pos_integer(),
                  originals := originals(), seed := non_neg_integer(), mapped := boolean()}}
           | error().
@@ -581,6 +582,10 @@ hnsw_info(_Index) -> erlang:nif_error(not_loaded).
 %% @doc `emf_hnsw_insert': one float32 vector of the index's dim.
 -spec hnsw_insert(hnsw(), non_neg_integer(), binary()) -> ok | error().
 hnsw_insert(_Index, _Id, _Vector) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_hnsw_insert_new': one float32 vector under an id the index picks, returned.
+-spec hnsw_insert_new(hnsw(), binary()) -> {ok, non_neg_integer()} | error().
+hnsw_insert_new(_Index, _Vector) -> erlang:nif_error(not_loaded).
 
 %% @doc `emf_hnsw_insert_batch' on `Threads' threads (0: one per CPU): `Ids' native-endian
 %% uint64 values, `Vectors' as many rows of float32 values (dirty CPU scheduler).

@@ -27,6 +27,24 @@
 %% No task disappears silently: each one is queued, handed back, or returned by `close/1'
 %% (or `stop/0'). Only a queue handle that is garbage collected drops what it holds.
 %%
+%% <h3>The original design's calls and ours</h3>
+%% <ul>
+%% <li>`enqueue(Task) -> ok | ...': as written. The original answers `ok', `{backpressure}'
+%% (queued in the overflow) or `{dropped}' (the task is lost); ours answer `ok',
+%% `backpressure' (the atom: queued in the overflow, slow down), and in place of
+%% `{dropped}' either `{rejected, Task}' (not queued, handed back) or, with the drop policy
+%% `low_priority', `{evicted, Evicted, EvictedPriority}' (queued; another task was evicted
+%% and is handed back). Nothing is lost.</li>
+%% <li>`start_link(#{max_primary => 10000})': as written (`{ok, Pid}', the default queue's
+%% server).</li>
+%% <li>`enqueue(Task, Queue)', the queue second, as the original's benchmark calls it: our
+%% `enqueue/2' is `(Task, Priority)', and takes a queue there too, told apart from a
+%% priority (an atom): a queue handle (`new/0,1', `queue/0') or the pid of the default
+%% queue's server (what `start_link/0,1' answered) queue `Task' at `normal' priority;
+%% any other pid is `{error, {invalid_argument, _}}'. `enqueue/3' is
+%% `(Queue, Task, Priority)', the queue first.</li>
+%% </ul>
+%%
 %% `dequeue' returns `{ok, Task, Priority}' (the oldest task of the highest priority queued:
 %% `critical', then `high', `normal', `low') or `empty'. `dequeue(Timeout)' and
 %% `dequeue(Queue, Timeout)' wait up to `Timeout' ms (or `infinity') for a task. The engine's
@@ -151,8 +169,20 @@ queue() ->
 enqueue(Task) ->
     enqueue(Task, normal).
 
-%% @doc Queues `Task' at `Priority' in the default queue (see `enqueue/3').
--spec enqueue(term(), priority()) -> enqueue_result() | error().
+%% @doc Queues `Task' at `Priority' in the default queue (see `enqueue/3'). The original
+%% design's `enqueue(Task, Queue)': with a queue handle, or the default queue server's pid,
+%% in place of `Priority', queues `Task' there at `normal' priority.
+-spec enqueue(term(), priority() | queue() | pid()) -> enqueue_result() | error().
+enqueue(Task, Pid) when is_pid(Pid) ->
+    case whereis(?SERVER) of
+        Pid ->
+            enqueue(Task, normal);
+        _ ->
+            invalid(io_lib:format("queue: ~p is not the default queue's server (~s)",
+                                  [Pid, ?SERVER]))
+    end;
+enqueue(Task, Queue) when is_reference(Queue) ->
+    enqueue(Queue, Task, normal);
 enqueue(Task, Priority) ->
     with_default(fun(Queue) -> enqueue(Queue, Task, Priority) end).
 

@@ -62,18 +62,22 @@ f16_list([], _What, _I, Acc) ->
 f16_list(L, What, I, _Acc) ->
     bad_element(L, What, I).
 
-%% @doc int8 codes: a binary (one code a byte), a list of integers from -128 to 127, or the
-%% `{Codes, Scale}' of `erlmcp_flow_quantization:quantize_vector/1'.
+%% @doc int8 codes: a binary (one code a byte), a list of integers from -128 to 127, the
+%% `#{vector := Codes}' of `erlmcp_flow_quantization:quantize_vector/1', or the
+%% `{Codes, Scale}' of `erlmcp_flow_quantization:quantize/1'.
 -spec i8(term(), iodata()) -> {ok, binary()} | {error, iodata()}.
 i8(V, _What) when is_binary(V) ->
     {ok, V};
+i8(#{vector := Codes}, What) ->
+    i8(Codes, What);
 i8({Codes, Scale}, What) when is_number(Scale) ->
     i8(Codes, What);
 i8(V, What) when is_list(V) ->
     i8_list(V, What, 0, <<>>);
 i8(V, What) ->
     {error, io_lib:format("~ts: expected int8 codes (a binary, a list of integers from -128 "
-                          "to 127, or {Codes, Scale}), got ~0P", [What, V, 8])}.
+                          "to 127, #{vector := Codes} or {Codes, Scale}), got ~0P",
+                          [What, V, 8])}.
 
 i8_list([X | Rest], What, I, Acc) when is_integer(X), X >= -128, X =< 127 ->
     i8_list(Rest, What, I + 1, <<Acc/binary, X:8/signed>>);

@@ -1,4 +1,6 @@
-%% EUnit tests of erlmcp_flow_quantization: quantization round trips within half a step
+%% EUnit tests of erlmcp_flow_quantization: the original design's shapes (quantize_vector's
+%% map, dequantize_vector and cosine_distance_quantized of it, answers bare) and their
+%% compositions; then the engine-level forms: quantization round trips within half a step
 %% (scale / 2), codes and scales, lists and binaries alike, distances against references
 %% computed here in doubles (float32, half-float and int8 vectors), the exact int8 dot product,
 %% results that are not finite, large and unaligned vectors, and bad input.
@@ -48,6 +50,81 @@ close_to(Expected, Got, Tolerance) ->
     ?assert(abs(Expected - Got) =< Tolerance * max(1.0, abs(Expected))).
 
 %%--------------------------------------------------------------------------------------------
+%% The original design's shapes
+%%--------------------------------------------------------------------------------------------
+
+quantize_vector_map_test() ->
+    Q = ?Q:quantize_vector([0.1, -0.05, 0.0, 0.2]),
+    #{vector := Codes, scale := Scale, min := Min, max := Max, dim := 4} = Q,
+    ?assertEqual([64, -32, 0, 127], codes(Codes)),
+    ?assertEqual({ok, {Codes, Scale}}, ?Q:quantize([0.1, -0.05, 0.0, 0.2])),
+    close_to(-32 * Scale, Min, 1.0e-6),
+    close_to(0.2, Max, 1.0e-6),
+    ?assertEqual(Q, ?Q:quantize_vector(f32([0.1, -0.05, 0.0, 0.2]))),
+    ?assertEqual(#{vector => <<>>, scale => 0.0, min => 0.0, max => 0.0, dim => 0},
+                 ?Q:quantize_vector([])),
+    ?assertMatch(#{vector := <<0, 0>>, scale := 0.0, min := 0.0, max := 0.0},
+                 ?Q:quantize_vector([0.0, 0])).
+
+%% dequantize_vector(quantize_vector(V), Metadata) is V within half a step, for Metadata the
+%% map or its scale, and dequantize_vector/1 of the map alike.
+dequantize_composes_test() ->
+    lists:foreach(
+      fun(V) ->
+              Q = #{scale := Scale, vector := Codes} = ?Q:quantize_vector(V),
+              Back = ?Q:dequantize_vector(Q, Q),
+              ?assertEqual(length(V), length(Back)),
+              [?assert(abs(X - Y) =< Scale / 2 + abs(X) * 1.0e-6)
+               || {X, Y} <- lists:zip(as_f32(V), Back)],
+              ?assertEqual(Back, ?Q:dequantize_vector(Q, Scale)),
+              ?assertEqual(Back, ?Q:dequantize_vector(Q)),
+              ?assertEqual(Back, ?Q:dequantize_vector(Codes, Q)),
+              ?assertEqual(Back, ?Q:dequantize_vector(codes(Codes), Scale)),
+              ?assertEqual({ok, Back}, ?Q:dequantize(Codes, Scale)),
+              #{min := Min, max := Max} = Q,
+              ?assertEqual(lists:min(Back), Min),
+              ?assertEqual(lists:max(Back), Max)
+      end,
+      vectors(20, 16, {31, 32, 33}) ++ vectors(2, 768, {34, 35, 36})).
+
+%% cosine_distance_quantized(quantize_vector(A), quantize_vector(B)) is a float close to the
+%% exact cosine distance, the same as of the bare codes.
+cosine_distance_quantized_composes_test() ->
+    Vs = vectors(20, 64, {37, 38, 39}),
+    [begin
+         QA = ?Q:quantize_vector(A),
+         QB = ?Q:quantize_vector(B),
+         D = ?Q:cosine_distance_quantized(QA, QB),
+         ?assert(is_float(D)),
+         {ok, Exact} = ?Q:distance(cosine, A, B),
+         ?assert(abs(D - Exact) < 0.02),
+         ?assertEqual(D, ?Q:cosine_distance_quantized(maps:get(vector, QA), QB)),
+         ?assertEqual({ok, D}, ?Q:cosine_distance_i8(QA, QB)),
+         {ok, {CA, _}} = ?Q:quantize(A),
+         ?assertEqual(D, ?Q:cosine_distance_quantized(CA, codes(maps:get(vector, QB)))),
+         ?assertEqual(abs(?Q:cosine_distance_quantized(QA, QA)) < 1.0e-5, true)
+     end || {A, B} <- lists:zip(lists:sublist(Vs, 10), lists:nthtail(10, Vs))],
+    %% dot_i8 takes the map too.
+    Q = ?Q:quantize_vector([1.0, -1.0]),
+    ?assertEqual({ok, 2 * 127 * 127}, ?Q:dot_i8(Q, Q)).
+
+original_shapes_bad_input_test() ->
+    invalid(?Q:quantize_vector([1.0, x])),
+    invalid(?Q:quantize_vector(<<0, 0, 192, 127>>)),          % NaN
+    invalid(?Q:quantize_vector(not_a_vector)),
+    Q = ?Q:quantize_vector([1.0, 2.0]),
+    invalid(?Q:dequantize_vector(Q, scale)),
+    invalid(?Q:dequantize_vector(Q, #{})),                   % no scale
+    invalid(?Q:dequantize_vector(Q, 1.0e39)),
+    invalid(?Q:dequantize_vector(#{vector => [300], scale => 1.0})),
+    invalid(?Q:dequantize_vector(<<1, 2>>)),                 % codes need a scale
+    invalid(?Q:dequantize_vector({<<1>>, 1.0})),
+    invalid(?Q:dequantize_vector(#{scale => 1.0}, 1.0)),      % no codes
+    invalid(?Q:cosine_distance_quantized(Q, ?Q:quantize_vector([1.0]))),
+    invalid(?Q:cosine_distance_quantized(Q, #{scale => 1.0})),
+    invalid(?Q:cosine_distance_quantized(a, Q)).
+
+%%--------------------------------------------------------------------------------------------
 %% Quantization
 %%--------------------------------------------------------------------------------------------
 
@@ -56,13 +133,13 @@ close_to(Expected, Got, Tolerance) ->
 round_trip_within_half_a_step_test() ->
     lists:foreach(
       fun(V) ->
-              {ok, {Codes, Scale}} = ?Q:quantize_vector(V),
-              ?assertEqual({ok, {Codes, Scale}}, ?Q:quantize_vector(f32(V))),
+              {ok, {Codes, Scale}} = ?Q:quantize(V),
+              ?assertEqual({ok, {Codes, Scale}}, ?Q:quantize(f32(V))),
               ?assertEqual(length(V), byte_size(Codes)),
               ?assert(is_float(Scale) andalso Scale > 0),
               %% The largest magnitude maps to 127.
               ?assertEqual(127, lists:max([abs(C) || C <- codes(Codes)])),
-              {ok, Back} = ?Q:dequantize_vector(Codes, Scale),
+              {ok, Back} = ?Q:dequantize(Codes, Scale),
               ?assertEqual(length(V), length(Back)),
               [?assert(abs(X - Y) =< Scale / 2 + abs(X) * 1.0e-6)
                || {X, Y} <- lists:zip(as_f32(V), Back)],
@@ -72,20 +149,20 @@ round_trip_within_half_a_step_test() ->
       vectors(50, 16, {1, 2, 3}) ++ vectors(5, 1, {4, 5, 6}) ++ vectors(5, 768, {7, 8, 9})).
 
 quantize_examples_test() ->
-    {ok, {Codes, Scale}} = ?Q:quantize_vector([0.1, -0.05, 0.0, 0.2]),
+    {ok, {Codes, Scale}} = ?Q:quantize([0.1, -0.05, 0.0, 0.2]),
     ?assertEqual([64, -32, 0, 127], codes(Codes)),
     close_to(0.2 / 127, Scale, 1.0e-6),
     %% A zero vector: all codes 0, scale 0.0; an empty one.
-    ?assertEqual({ok, {<<0, 0, 0>>, 0.0}}, ?Q:quantize_vector([0, 0.0, -0.0])),
-    ?assertEqual({ok, {<<>>, 0.0}}, ?Q:quantize_vector([])),
-    ?assertEqual({ok, []}, ?Q:dequantize_vector(<<>>, 1.0)),
+    ?assertEqual({ok, {<<0, 0, 0>>, 0.0}}, ?Q:quantize([0, 0.0, -0.0])),
+    ?assertEqual({ok, {<<>>, 0.0}}, ?Q:quantize([])),
+    ?assertEqual({ok, []}, ?Q:dequantize(<<>>, 1.0)),
     %% Integers are numbers; codes as lists and as {Codes, Scale}; an integer scale.
-    {ok, {C2, S2}} = ?Q:quantize_vector([1, -2, 4]),
+    {ok, {C2, S2}} = ?Q:quantize([1, -2, 4]),
     ?assertEqual([32, -64, 127], codes(C2)),
-    ?assertEqual(?Q:dequantize_vector(C2, S2), ?Q:dequantize_vector(codes(C2), S2)),
-    ?assertEqual({ok, [2.0, -4.0, 254.0]}, ?Q:dequantize_vector([1, -2, 127], 2)),
+    ?assertEqual(?Q:dequantize(C2, S2), ?Q:dequantize(codes(C2), S2)),
+    ?assertEqual({ok, [2.0, -4.0, 254.0]}, ?Q:dequantize([1, -2, 127], 2)),
     %% Extremes of float32 quantize without overflow.
-    {ok, {C3, S3}} = ?Q:quantize_vector([3.4e38, -3.4e38, 1.0]),
+    {ok, {C3, S3}} = ?Q:quantize([3.4e38, -3.4e38, 1.0]),
     ?assertEqual([127, -127, 0], codes(C3)),
     close_to(3.4e38 / 127, S3, 1.0e-6).
 
@@ -93,14 +170,14 @@ quantize_examples_test() ->
 large_and_unaligned_vectors_test() ->
     [V] = vectors(1, 40000, {10, 11, 12}),
     Bin = f32(V),
-    {ok, {Codes, Scale}} = ?Q:quantize_vector(Bin),
-    ?assertEqual({ok, {Codes, Scale}}, ?Q:quantize_vector(unaligned(Bin))),
-    {ok, Back} = ?Q:dequantize_vector(Codes, Scale),
-    ?assertEqual({ok, Back}, ?Q:dequantize_vector(unaligned(Codes), Scale)),
+    {ok, {Codes, Scale}} = ?Q:quantize(Bin),
+    ?assertEqual({ok, {Codes, Scale}}, ?Q:quantize(unaligned(Bin))),
+    {ok, Back} = ?Q:dequantize(Codes, Scale),
+    ?assertEqual({ok, Back}, ?Q:dequantize(unaligned(Codes), Scale)),
     {ok, D} = ?Q:distance(l2sq, Bin, f32(Back)),
     ?assertEqual({ok, D}, ?Q:distance(l2sq, unaligned(Bin), unaligned(f32(Back)))),
     ?assert(D =< 40000 * (Scale / 2) * (Scale / 2) * 1.01),
-    {ok, Cos} = ?Q:cosine_distance_quantized(Codes, unaligned(Codes)),
+    {ok, Cos} = ?Q:cosine_distance_i8(Codes, unaligned(Codes)),
     ?assert(abs(Cos) < 1.0e-5),
     {ok, Dot} = ?Q:dot_i8(unaligned(Codes), Codes),
     ?assertEqual(lists:sum([C * C || C <- codes(Codes)]), Dot),
@@ -150,15 +227,15 @@ quantized_distances_test() ->
     Vs = vectors(40, 64, {19, 20, 21}),
     Pairs = lists:zip(lists:sublist(Vs, 20), lists:nthtail(20, Vs)),
     [begin
-         {ok, {CA, SA} = QA} = ?Q:quantize_vector(A),
-         {ok, {CB, _} = QB} = ?Q:quantize_vector(B),
-         {ok, D} = ?Q:cosine_distance_quantized(CA, CB),
+         {ok, {CA, SA} = QA} = ?Q:quantize(A),
+         {ok, {CB, _} = QB} = ?Q:quantize(B),
+         {ok, D} = ?Q:cosine_distance_i8(CA, CB),
          {ok, Exact} = ?Q:distance(cosine, A, B),
          ?assert(abs(D - Exact) < 0.02),
-         ?assertEqual({ok, D}, ?Q:cosine_distance_quantized(QA, QB)),
-         ?assertEqual({ok, D}, ?Q:cosine_distance_quantized(codes(CA), CB)),
+         ?assertEqual({ok, D}, ?Q:cosine_distance_i8(QA, QB)),
+         ?assertEqual({ok, D}, ?Q:cosine_distance_i8(codes(CA), CB)),
          %% Scaling a vector changes its scale, not its codes.
-         {ok, {CA, SA2}} = ?Q:quantize_vector([X * 4 || X <- A]),
+         {ok, {CA, SA2}} = ?Q:quantize([X * 4 || X <- A]),
          close_to(SA * 4, SA2, 1.0e-6),
          %% The dot product of the codes is exact, and times both scales estimates a·b.
          {ok, Dot} = ?Q:dot_i8(CA, CB),
@@ -188,25 +265,25 @@ bad_input_test() ->
     Inf = <<0, 0, 128, 127>>,
     One = <<1.0:32/float-native>>,
     %% NaN and infinite values, which only binaries can hold.
-    invalid(?Q:quantize_vector(<<One/binary, NaN/binary>>)),
-    invalid(?Q:quantize_vector(<<Inf/binary, One/binary>>)),
+    invalid(?Q:quantize(<<One/binary, NaN/binary>>)),
+    invalid(?Q:quantize(<<Inf/binary, One/binary>>)),
     %% Numbers beyond float32, other terms, improper lists, odd binaries.
-    invalid(?Q:quantize_vector([1.0e39])),
-    invalid(?Q:quantize_vector([-1.0e39])),
-    invalid(?Q:quantize_vector([1 bsl 200])),
-    invalid(?Q:quantize_vector([1.0, x])),
-    invalid(?Q:quantize_vector([1.0 | 2.0])),
-    invalid(?Q:quantize_vector(vector)),
-    invalid(?Q:quantize_vector({1.0, 2.0})),
-    invalid(?Q:quantize_vector(<<1, 2, 3>>)),
-    invalid(?Q:quantize_vector(<<1:3>>)),
+    invalid(?Q:quantize([1.0e39])),
+    invalid(?Q:quantize([-1.0e39])),
+    invalid(?Q:quantize([1 bsl 200])),
+    invalid(?Q:quantize([1.0, x])),
+    invalid(?Q:quantize([1.0 | 2.0])),
+    invalid(?Q:quantize(vector)),
+    invalid(?Q:quantize({1.0, 2.0})),
+    invalid(?Q:quantize(<<1, 2, 3>>)),
+    invalid(?Q:quantize(<<1:3>>)),
     %% Codes and scales.
-    invalid(?Q:dequantize_vector([128], 1.0)),
-    invalid(?Q:dequantize_vector([-129], 1.0)),
-    invalid(?Q:dequantize_vector([1.0], 1.0)),
-    invalid(?Q:dequantize_vector(codes, 1.0)),
-    invalid(?Q:dequantize_vector(<<1>>, 1.0e39)),
-    invalid(?Q:dequantize_vector(<<1>>, scale)),
+    invalid(?Q:dequantize([128], 1.0)),
+    invalid(?Q:dequantize([-129], 1.0)),
+    invalid(?Q:dequantize([1.0], 1.0)),
+    invalid(?Q:dequantize(codes, 1.0)),
+    invalid(?Q:dequantize(<<1>>, 1.0e39)),
+    invalid(?Q:dequantize(<<1>>, scale)),
     invalid(?N:dequantize_i8(<<1>>, 1)),                 % the NIF takes floats only
     invalid(?N:dequantize_i8(<<1>>, 1.0e300)),
     invalid(?N:dequantize_i8([1], 1.0)),
@@ -219,9 +296,9 @@ bad_input_test() ->
     invalid(?Q:distance(cosine, a, [1.0])),
     invalid(?Q:distance_f16(cosine, [1.0], [1.0, 2.0])),
     invalid(?Q:distance_f16(cosine, x, [1.0])),
-    invalid(?Q:cosine_distance_quantized(<<1, 2>>, <<1>>)),
-    invalid(?Q:cosine_distance_quantized([1, 2], [1, 200])),
-    invalid(?Q:cosine_distance_quantized(a, <<1>>)),
+    invalid(?Q:cosine_distance_i8(<<1, 2>>, <<1>>)),
+    invalid(?Q:cosine_distance_i8([1, 2], [1, 200])),
+    invalid(?Q:cosine_distance_i8(a, <<1>>)),
     invalid(?Q:dot_i8(<<1, 2>>, [1])),
     invalid(?Q:dot_i8(<<1>>, {<<1>>, scale})),
     %% The NIF refuses what the module would not send.

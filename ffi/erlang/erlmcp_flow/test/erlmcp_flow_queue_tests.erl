@@ -352,6 +352,34 @@ default_queue_test() ->
         NotRunning(?Q:enqueue(Queue, g, normal))
     end).
 
+%% The original design's benchmark: start_link(#{max_primary => N}) then enqueue(M, Queue)
+%% with the queue second (the server's pid, or a handle); enqueue/1 answers as written, with
+%% backpressure and rejection in place of {backpressure} and {dropped}.
+original_calls_test() ->
+    with_no_default(fun() ->
+        {ok, Pid} = ?Q:start_link(#{max_primary => 2, max_overflow => 1}),
+        ?assertEqual(ok, ?Q:enqueue(m1, Pid)),
+        ?assertEqual(ok, ?Q:enqueue({m, 2})),
+        ?assertEqual(backpressure, ?Q:enqueue(m3, Pid)),
+        ?assertEqual({rejected, m4}, ?Q:enqueue(m4, Pid)),
+        ?assertEqual({ok, m1, normal}, ?Q:dequeue()),
+        %% Another pid is no queue; a handle is one.
+        Other = spawn(fun() -> ok end),
+        ?assertMatch({error, {invalid_argument, <<_/binary>>}}, ?Q:enqueue(m5, Other)),
+        ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m5, make_ref())),
+        ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m5, urgent)),
+        Own = new(#{max_primary => 1, max_overflow => 0}),
+        ?assertEqual(ok, ?Q:enqueue(x, Own)),
+        ?assertEqual({rejected, y}, ?Q:enqueue(y, Own)),
+        ?assertEqual([{x, normal}], drain(Own)),
+        {ok, Default} = ?Q:queue(),
+        ?assertEqual(backpressure, ?Q:enqueue(m6, Default)),
+        unlink(Pid),
+        ?assertEqual({ok, [{{m, 2}, normal}, {m3, normal}, {m6, normal}]}, ?Q:stop()),
+        %% The server is gone: its pid is no longer the default queue's.
+        ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m7, Pid))
+    end).
+
 %% A server killed outright leaves its queue in use; the next one takes it over, tasks
 %% included.
 killed_server_queue_is_taken_over_test() ->

@@ -28,7 +28,7 @@ fn filled(n: usize) -> (Index, Vec<f32>) {
 fn nodes(r: &IndexRead<'_>) -> u32 {
     match &*r.kind {
         Kind::Live(h) => h.next.load(crate::sync::Ordering::Relaxed),
-        Kind::Mapped(_) => unreachable!("a live index"),
+        Kind::Mapped(_) | Kind::Dimensionless => unreachable!("a live index"),
     }
 }
 
@@ -235,4 +235,174 @@ fn compaction_waits_for_calls_in_progress_and_holds_new_ones_off() {
         rx.recv().unwrap().unwrap();
         assert_eq!(nodes(&index.read()), 99);
     });
+}
+
+fn deferred() -> Index {
+    Index::new(Params::new(0)).unwrap()
+}
+
+fn k(k: usize) -> SearchOptions<'static> {
+    SearchOptions {
+        k,
+        ..Default::default()
+    }
+}
+
+#[test]
+fn a_dimensionless_index_takes_its_dimension_from_the_first_insert() {
+    let index = deferred();
+    assert_eq!((index.dim(), index.params().dim), (0, 0));
+    // Empty and dimensionless: no hits, nothing to remove, compact does nothing.
+    assert!(index.search(&[1.0, 2.0], &k(3)).unwrap().is_empty());
+    assert_eq!(kind_of(index.remove(1)), ErrorKind::NotFound);
+    index.compact().unwrap();
+    assert_eq!(index.read().len(), 0);
+    assert_eq!(index.read().memory_bytes(), 0);
+    assert!(index.search_batch(&[], &k(1), 1).unwrap().is_empty());
+    assert_eq!(
+        kind_of(index.search_batch(&[1.0; 4], &k(1), 1)),
+        ErrorKind::InvalidArgument
+    );
+    let path = std::env::temp_dir().join(format!("emf-dimless-{}.hnsw", std::process::id()));
+    assert_eq!(kind_of(index.save(&path)), ErrorKind::InvalidArgument);
+    assert!(!path.exists());
+    // A guard cannot fix the dimension; an empty batch fixes nothing.
+    assert_eq!(
+        kind_of(index.read().insert(1, &[1.0])),
+        ErrorKind::InvalidArgument
+    );
+    index.insert_batch(&[], &[], 1).unwrap();
+    assert_eq!(index.dim(), 0);
+    // A dimension out of range fixes nothing either.
+    assert_eq!(
+        kind_of(index.insert(1, &vec![1.0; 65_537])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(kind_of(index.insert(1, &[])), ErrorKind::InvalidArgument);
+    assert_eq!(index.dim(), 0);
+    // The first insert fixes it; the other parameters are the ones given.
+    index.insert(7, &[1.0, 0.0, 0.0]).unwrap();
+    assert_eq!(index.dim(), 3);
+    assert_eq!(index.params(), Params::new(3));
+    assert_eq!(
+        kind_of(index.insert(8, &[1.0, 0.0])),
+        ErrorKind::InvalidArgument
+    );
+    index.insert(8, &[0.0, 1.0, 0.0]).unwrap();
+    let hits = index.search(&[0.1, 0.9, 0.0], &k(2)).unwrap();
+    assert_eq!(hits.iter().map(|h| h.id).collect::<Vec<_>>(), [8, 7]);
+    // Other parameters are still checked at creation.
+    let bad = Params {
+        m: 1,
+        ..Params::new(0)
+    };
+    assert_eq!(kind_of(Index::new(bad)), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn a_first_batch_fixes_the_dimension_and_try_forms_never_wait() {
+    let index = deferred();
+    index
+        .insert_batch(&[1, 2], &[1.0, 0.0, 0.0, 0.0, 1.0, 0.0], 2)
+        .unwrap();
+    assert_eq!((index.dim(), index.read().len()), (3, 2));
+    // A batch that is not whole rows fixes nothing.
+    let other = deferred();
+    assert_eq!(
+        kind_of(other.insert_batch(&[1, 2], &[1.0, 0.0, 0.0], 1)),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(other.dim(), 0);
+    // try_fix_dim is Busy while a call holds the read side, and does nothing.
+    let held = other.read();
+    assert_eq!(kind_of(other.try_fix_dim(2)), ErrorKind::Busy);
+    drop(held);
+    assert_eq!(other.dim(), 0);
+    other.try_fix_dim(2).unwrap();
+    assert_eq!(other.dim(), 2);
+    // Once fixed, fixing again with another dimension is not an error by itself: the
+    // insert that follows says the vector does not fit.
+    other.fix_dim(5).unwrap();
+    assert_eq!(other.dim(), 2);
+}
+
+/// Threads race to insert the first vector, half with 3 values and half with 4: exactly
+/// one dimension wins, every vector of that dimension goes in, every other one fails cleanly.
+#[test]
+fn concurrent_first_inserts_fix_one_dimension() {
+    for round in 0..50 {
+        let index = deferred();
+        let barrier = std::sync::Barrier::new(8);
+        let results: Vec<(usize, Result<()>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8u64)
+                .map(|t| {
+                    let (index, barrier) = (&index, &barrier);
+                    s.spawn(move || {
+                        let dim = 3 + (t as usize + round) % 2;
+                        let v: Vec<f32> = (0..dim).map(|i| (i as u64 + t) as f32 + 1.0).collect();
+                        barrier.wait();
+                        (dim, index.insert(t, &v))
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = index.dim();
+        assert!(won == 3 || won == 4);
+        for (dim, r) in &results {
+            if *dim == won {
+                assert!(r.is_ok(), "{r:?}");
+            } else {
+                assert_eq!(r.as_ref().unwrap_err().kind(), ErrorKind::InvalidArgument);
+            }
+        }
+        assert_eq!(index.read().len(), 4);
+    }
+}
+
+#[test]
+fn insert_new_assigns_free_ids() {
+    let index = deferred();
+    assert_eq!(index.insert_new(&[1.0, 0.0]).unwrap(), 0);
+    index.insert(1, &[0.0, 1.0]).unwrap();
+    index.insert(2, &[0.5, 0.5]).unwrap();
+    // 1 and 2 are taken by the caller: skipped.
+    assert_eq!(index.insert_new(&[0.7, 0.1]).unwrap(), 3);
+    // A failed call uses no id; a removed id is not reused.
+    assert_eq!(
+        kind_of(index.insert_new(&[1.0, 2.0, 3.0])),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kind_of(index.insert_new(&[f32::NAN, 1.0])),
+        ErrorKind::InvalidArgument
+    );
+    index.remove(3).unwrap();
+    assert_eq!(index.insert_new(&[0.1, 0.7]).unwrap(), 4);
+    assert_eq!(index.search(&[0.1, 0.7], &k(1)).unwrap()[0].id, 4);
+    // An id the caller inserts later under a number already handed out is refused.
+    assert_eq!(
+        kind_of(index.insert(4, &[1.0, 1.0])),
+        ErrorKind::InvalidArgument
+    );
+    // Concurrent calls get distinct ids; compaction keeps the counter.
+    index.compact().unwrap();
+    let ids: Vec<u64> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let index = &index;
+                s.spawn(move || {
+                    (0..25)
+                        .map(|i| index.insert_new(&[t as f32 + 1.0, i as f32]).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let mut sorted = ids.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted, (5..105).collect::<Vec<u64>>());
+    assert_eq!(index.read().len(), 104);
 }
