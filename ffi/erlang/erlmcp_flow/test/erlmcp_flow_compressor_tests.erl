@@ -11,7 +11,8 @@ compressible(Size) ->
     binary:part(binary:copy(Unit, Size div byte_size(Unit) + 1), 0, Size).
 
 incompressible(Size) ->
-    rand:seed(exsss, {1, 2, 3}),
+    _ = rand:seed(exsss, {1, 2, 3}),
+
     rand:bytes(Size).
 
 %%--------------------------------------------------------------------------------------------
