@@ -45,6 +45,7 @@
 %% Main
 %%--------------------------------------------------------------------------------------------
 
+-spec main([string()]) -> no_return().
 main(Args) ->
     {Rounds, TargetMs} = case Args of
                              ["short" | _] -> {3, ?TARGET_MS div 10};
@@ -68,7 +69,9 @@ main(Args) ->
     report(Messages, Codecs, Sized, Samples),
     halt(0).
 
+-spec usage(string()) -> no_return().
 usage(Other) ->
+
     io:format(standard_error, "serializer_bench: unknown mode ~p (short | full)~n", [Other]),
     halt(2).
 
