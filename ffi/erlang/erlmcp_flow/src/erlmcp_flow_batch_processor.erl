@@ -385,9 +385,10 @@ unpublish(#state{key = Key, batch = B}) ->
 check(Options) ->
     lists:all(fun({_, V}) -> is_integer(V) andalso V > 0 end, Options).
 
-new_batch(Ring, _Opts, Size, TimeoutMs, MaxPending) when is_reference(Ring) ->
-    erlmcp_flow_nif:batch_new(Ring, Size, TimeoutMs, MaxPending);
-new_batch(Name, Opts, Size, TimeoutMs, MaxPending) ->
+%% A ring name (erlmcp_flow_ring:name()) is opened here; anything else goes to the NIF as a
+%% ring handle, which it checks (ring() is opaque: only the NIF looks inside).
+new_batch(Name, Opts, Size, TimeoutMs, MaxPending)
+  when is_binary(Name); is_list(Name); is_atom(Name) ->
     case erlmcp_flow_ring:open(Name, maps:with([dir], Opts)) of
         {ok, Ring} ->
             Result = erlmcp_flow_nif:batch_new(Ring, Size, TimeoutMs, MaxPending),
@@ -395,7 +396,9 @@ new_batch(Name, Opts, Size, TimeoutMs, MaxPending) ->
             Result;
         {error, _} = Error ->
             Error
-    end.
+    end;
+new_batch(Ring, _Opts, Size, TimeoutMs, MaxPending) ->
+    erlmcp_flow_nif:batch_new(Ring, Size, TimeoutMs, MaxPending).
 
 %% Arms the tick timer for a batch that is pending and due in Due ms, unless one is armed: an
 %% armed timer never fires later than the due time of the current batch (a new batch starts
@@ -424,8 +427,7 @@ count(none, S) -> S;
 count(size, S) -> bump(flush_size, S);
 count(timeout, S) -> bump(flush_timeout, S);
 count(idle, S) -> bump(flush_idle, S);
-count(demand, S) -> bump(flush_demand, S);
-count(_Other, S) -> S.
+count(demand, S) -> bump(flush_demand, S).
 
 bump(Key, #state{counters = C} = S) ->
     S#state{counters = maps:update_with(Key, fun(N) -> N + 1 end, C)}.

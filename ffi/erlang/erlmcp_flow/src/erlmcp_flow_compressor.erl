@@ -73,7 +73,7 @@ compress_if_needed(Data, Threshold) ->
 
 %% @doc The data of a `compress_if_needed/1,2' answer, bare, of at most 64 MiB.
 %% @equiv decompress(Packed, 67108864)
--spec decompress(packed()) -> binary() | error().
+-spec decompress(packed() | {compressed | uncompressed, iodata()}) -> binary() | error().
 decompress(Packed) ->
     decompress(Packed, ?DEFAULT_MAX_SIZE).
 
@@ -83,7 +83,8 @@ decompress(Packed) ->
 %% whatever its size, so that every `compress_if_needed/1,2' answer round-trips),
 %% `{error, {corrupt, _}}' for a bad stream or trailing bytes. `MaxSize' is any non-negative
 %% 64-bit integer (`16#FFFFFFFFFFFFFFFF': no limit).
--spec decompress(packed(), non_neg_integer()) -> binary() | error().
+-spec decompress(packed() | {compressed | uncompressed, iodata()}, non_neg_integer()) ->
+          binary() | error().
 decompress({compressed, Z}, MaxSize) ->
     case erlmcp_flow_nif:decompress(Z, MaxSize) of
         {ok, Data} -> Data;

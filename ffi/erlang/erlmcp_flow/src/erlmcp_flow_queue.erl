@@ -181,10 +181,11 @@ enqueue(Task, Pid) when is_pid(Pid) ->
             invalid(io_lib:format("queue: ~p is not the default queue's server (~s)",
                                   [Pid, ?SERVER]))
     end;
-enqueue(Task, Queue) when is_reference(Queue) ->
-    enqueue(Queue, Task, normal);
-enqueue(Task, Priority) ->
-    with_default(fun(Queue) -> enqueue(Queue, Task, Priority) end).
+enqueue(Task, Priority) when is_atom(Priority) ->
+    with_default(fun(Queue) -> enqueue(Queue, Task, Priority) end);
+enqueue(Task, Queue) ->
+    %% Not a priority: a queue handle (the NIF refuses anything else).
+    enqueue(Queue, Task, normal).
 
 %% @doc Takes the next task of the default queue: `{ok, Task, Priority}' or `empty'.
 -spec dequeue() -> {ok, term(), priority()} | empty | error().

@@ -189,7 +189,7 @@ instances_turned_off_test_() ->
     {timeout, 60, fun instances_turned_off/0}.
 
 instances_turned_off() ->
-    with_app([{lru_cache, false}, {batch_processor, false}], fun(Dir) ->
+    _ = with_app([{lru_cache, false}, {batch_processor, false}], fun(Dir) ->
         ?assertEqual(undefined, whereis(erlmcp_flow_lru_cache)),
         ?assertEqual(undefined, whereis(erlmcp_flow_batch_processor)),
         ?assertEqual([erlmcp_flow_router, erlmcp_flow_queue], lists:reverse(child_ids())),
@@ -385,7 +385,7 @@ existing_batch_ring_is_kept() ->
         {ok, P} = erlmcp_flow_ring:producer(Ring),
         ok = erlmcp_flow_ring:send(P, <<"left over">>),
         ok = erlmcp_flow_ring:close(P),
-        with_app([{batch_ring_dir, Dir}], fun(_) ->
+        _ = with_app([{batch_ring_dir, Dir}], fun(_) ->
             ok = erlmcp_flow_batch_processor:send_message(<<"new">>),
             {ok, _} = erlmcp_flow_batch_processor:flush_batch()
         end),

@@ -7,6 +7,7 @@
 -module(erlmcp_flow_batch_processor_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-import(erlmcp_flow_test_util, [untyped/1]).
 
 -define(B, erlmcp_flow_batch_processor).
 -define(R, erlmcp_flow_ring).
@@ -248,9 +249,10 @@ start_options() ->
     with_dir(fun(Dir) ->
         {_Name, Ring, C} = new_ring(Dir, #{}),
         ?assertMatch({error, {not_found, _}}, ?B:start(<<"nope">>, #{dir => Dir})),
-        ?assertMatch({error, {invalid_argument, _}}, ?B:start(Ring, #{bogus => 1})),
-        ?assertMatch({error, {invalid_argument, _}}, ?B:start(Ring, #{batch_size => 0})),
-        ?assertMatch({error, {invalid_argument, _}}, ?B:start(Ring, not_a_map)),
+        ?assertMatch({error, {invalid_argument, _}}, ?B:start(Ring, untyped(#{bogus => 1}))),
+        ?assertMatch({error, {invalid_argument, _}}, ?B:start(Ring, untyped(#{batch_size => 0}))),
+        ?assertMatch({error, {invalid_argument, _}}, ?B:start(Ring, untyped(not_a_map))
+),
         %% A ring handle and a batch size of 3, unregistered.
         {ok, P} = ?B:start(Ring, #{batch_size => 3, batch_timeout => ?HOUR,
                                    name => undefined}),

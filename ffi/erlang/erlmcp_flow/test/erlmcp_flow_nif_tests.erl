@@ -2,6 +2,7 @@
 -module(erlmcp_flow_nif_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-import(erlmcp_flow_test_util, [untyped/1]).
 
 -define(N, erlmcp_flow_nif).
 
@@ -41,8 +42,8 @@ raw_functions_test() ->
                          error_code => undefined}]}, ?N:message_envelopes(M)),
     ?assertEqual({ok, Json}, ?N:message_to_json(M)),
     ?assertMatch({error, {not_found, _}}, ?N:message_payload_json(M, 0)),
-    ?assertMatch({error, {invalid_argument, _}}, ?N:message_count(not_a_handle)),
-    ?assertMatch({error, {invalid_argument, _}}, ?N:message_count(make_ref())).
+    ?assertMatch({error, {invalid_argument, _}}, ?N:message_count(untyped(not_a_handle))),
+    ?assertMatch({error, {invalid_argument, _}}, ?N:message_count(untyped(make_ref()))).
 
 %%--------------------------------------------------------------------------------------------
 %% Code upgrades
@@ -100,10 +101,10 @@ assert_usable(M) ->
     ?assertMatch({ok, <<"{", _/binary>>}, ?N:message_to_json(M)).
 
 not_a_handle_message_test() ->
-    {error, {invalid_argument, Msg}} = ?N:message_count(not_a_handle),
+    {error, {invalid_argument, Msg}} = ?N:message_count(untyped(not_a_handle)),
     ?assertEqual(nomatch, binary:match(Msg, <<"library version">>)),
     %% Any other reference may be a handle from before an upgrade: the message says so.
-    {error, {invalid_argument, RefMsg}} = ?N:message_count(make_ref()),
+    {error, {invalid_argument, RefMsg}} = ?N:message_count(untyped(make_ref())),
     ?assertNotEqual(nomatch, binary:match(RefMsg, <<"not a handle of this library version">>)).
 
 %% An upgrade that loads the same file again (the same copy of the library) behaves alike.
@@ -250,7 +251,8 @@ large_iodata_runs_on_dirty_schedulers_test() ->
     %% Even iodata found invalid only at its end is walked there, not on a normal scheduler.
     %% (Ten times the data, so that the walk, not the ~0.5 ms of scheduling overhead, decides
     %% the share: with 1 ms of work the ratio was noise on a small machine.)
-    Bad = [lists:duplicate(10, Data) | bad_tail],
+    Bad = untyped([lists:duplicate(10, Data) | bad_tail]),
+
     {{error, {invalid_argument, _}}, BadDirty, BadElapsed} =
         dirty_share(fun() -> ?N:compress_if_needed(Bad, 0) end),
     ?assert(BadDirty >= BadElapsed div 2).

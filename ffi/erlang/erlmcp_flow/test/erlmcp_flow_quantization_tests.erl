@@ -9,6 +9,7 @@
 -module(erlmcp_flow_quantization_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-import(erlmcp_flow_test_util, [untyped/1]).
 
 -define(Q, erlmcp_flow_quantization).
 -define(N, erlmcp_flow_nif).
@@ -18,7 +19,7 @@
 %%--------------------------------------------------------------------------------------------
 
 vectors(Count, Dim, Seed) ->
-    rand:seed(exsss, Seed),
+    _ = rand:seed(exsss, Seed),
     [[(rand:uniform() * 2 - 1) * rand:uniform() * 10 || _ <- lists:seq(1, Dim)]
      || _ <- lists:seq(1, Count)].
 
@@ -109,20 +110,21 @@ cosine_distance_quantized_composes_test() ->
     ?assertEqual({ok, 2 * 127 * 127}, ?Q:dot_i8(Q, Q)).
 
 original_shapes_bad_input_test() ->
-    invalid(?Q:quantize_vector([1.0, x])),
-    invalid(?Q:quantize_vector(<<0, 0, 192, 127>>)),          % NaN
-    invalid(?Q:quantize_vector(not_a_vector)),
-    Q = ?Q:quantize_vector([1.0, 2.0]),
-    invalid(?Q:dequantize_vector(Q, scale)),
-    invalid(?Q:dequantize_vector(Q, #{})),                   % no scale
-    invalid(?Q:dequantize_vector(Q, 1.0e39)),
-    invalid(?Q:dequantize_vector(#{vector => [300], scale => 1.0})),
-    invalid(?Q:dequantize_vector(<<1, 2>>)),                 % codes need a scale
-    invalid(?Q:dequantize_vector({<<1>>, 1.0})),
-    invalid(?Q:dequantize_vector(#{scale => 1.0}, 1.0)),      % no codes
-    invalid(?Q:cosine_distance_quantized(Q, ?Q:quantize_vector([1.0]))),
-    invalid(?Q:cosine_distance_quantized(Q, #{scale => 1.0})),
-    invalid(?Q:cosine_distance_quantized(a, Q)).
+    QuantMod = untyped(?Q), % contracts broken on purpose: see untyped/1
+    invalid(QuantMod:quantize_vector([1.0, x])),
+    invalid(QuantMod:quantize_vector(<<0, 0, 192, 127>>)),          % NaN
+    invalid(QuantMod:quantize_vector(not_a_vector)),
+    Q = QuantMod:quantize_vector([1.0, 2.0]),
+    invalid(QuantMod:dequantize_vector(Q, scale)),
+    invalid(QuantMod:dequantize_vector(Q, #{})),                   % no scale
+    invalid(QuantMod:dequantize_vector(Q, 1.0e39)),
+    invalid(QuantMod:dequantize_vector(#{vector => [300], scale => 1.0})),
+    invalid(QuantMod:dequantize_vector(<<1, 2>>)),                 % codes need a scale
+    invalid(QuantMod:dequantize_vector({<<1>>, 1.0})),
+    invalid(QuantMod:dequantize_vector(#{scale => 1.0}, 1.0)),      % no codes
+    invalid(QuantMod:cosine_distance_quantized(Q, QuantMod:quantize_vector([1.0]))),
+    invalid(QuantMod:cosine_distance_quantized(Q, #{scale => 1.0})),
+    invalid(QuantMod:cosine_distance_quantized(a, Q)).
 
 %%--------------------------------------------------------------------------------------------
 %% Quantization
@@ -261,54 +263,58 @@ non_finite_distances_test() ->
 %%--------------------------------------------------------------------------------------------
 
 bad_input_test() ->
+    %% The calls below break contracts on purpose: made through a variable module
+    %% name, Dialyzer does not check them (see erlmcp_flow_test_util:untyped/1).
+    QuantMod = untyped(?Q),
+    NifMod = untyped(?N),
     NaN = <<0, 0, 192, 127>>,
     Inf = <<0, 0, 128, 127>>,
     One = <<1.0:32/float-native>>,
     %% NaN and infinite values, which only binaries can hold.
-    invalid(?Q:quantize(<<One/binary, NaN/binary>>)),
-    invalid(?Q:quantize(<<Inf/binary, One/binary>>)),
+    invalid(QuantMod:quantize(<<One/binary, NaN/binary>>)),
+    invalid(QuantMod:quantize(<<Inf/binary, One/binary>>)),
     %% Numbers beyond float32, other terms, improper lists, odd binaries.
-    invalid(?Q:quantize([1.0e39])),
-    invalid(?Q:quantize([-1.0e39])),
-    invalid(?Q:quantize([1 bsl 200])),
-    invalid(?Q:quantize([1.0, x])),
-    invalid(?Q:quantize([1.0 | 2.0])),
-    invalid(?Q:quantize(vector)),
-    invalid(?Q:quantize({1.0, 2.0})),
-    invalid(?Q:quantize(<<1, 2, 3>>)),
-    invalid(?Q:quantize(<<1:3>>)),
+    invalid(QuantMod:quantize([1.0e39])),
+    invalid(QuantMod:quantize([-1.0e39])),
+    invalid(QuantMod:quantize([1 bsl 200])),
+    invalid(QuantMod:quantize([1.0, x])),
+    invalid(QuantMod:quantize([1.0 | 2.0])),
+    invalid(QuantMod:quantize(vector)),
+    invalid(QuantMod:quantize({1.0, 2.0})),
+    invalid(QuantMod:quantize(<<1, 2, 3>>)),
+    invalid(QuantMod:quantize(<<1:3>>)),
     %% Codes and scales.
-    invalid(?Q:dequantize([128], 1.0)),
-    invalid(?Q:dequantize([-129], 1.0)),
-    invalid(?Q:dequantize([1.0], 1.0)),
-    invalid(?Q:dequantize(codes, 1.0)),
-    invalid(?Q:dequantize(<<1>>, 1.0e39)),
-    invalid(?Q:dequantize(<<1>>, scale)),
-    invalid(?N:dequantize_i8(<<1>>, 1)),                 % the NIF takes floats only
-    invalid(?N:dequantize_i8(<<1>>, 1.0e300)),
-    invalid(?N:dequantize_i8([1], 1.0)),
+    invalid(QuantMod:dequantize([128], 1.0)),
+    invalid(QuantMod:dequantize([-129], 1.0)),
+    invalid(QuantMod:dequantize([1.0], 1.0)),
+    invalid(QuantMod:dequantize(codes, 1.0)),
+    invalid(QuantMod:dequantize(<<1>>, 1.0e39)),
+    invalid(QuantMod:dequantize(<<1>>, scale)),
+    invalid(NifMod:dequantize_i8(<<1>>, 1)),                 % the NIF takes floats only
+    invalid(NifMod:dequantize_i8(<<1>>, 1.0e300)),
+    invalid(NifMod:dequantize_i8([1], 1.0)),
     %% Distances: unknown metrics, lengths that differ, wrong terms.
-    invalid(?Q:distance(euclid, [1.0], [1.0])),
-    invalid(?Q:distance("cosine", [1.0], [1.0])),
-    invalid(?Q:distance(cosine, [1.0, 2.0], [1.0])),
-    invalid(?Q:distance(cosine, f32([1.0, 2.0]), f32([1.0]))),
-    invalid(?Q:distance(cosine, [1.0], b)),
-    invalid(?Q:distance(cosine, a, [1.0])),
-    invalid(?Q:distance_f16(cosine, [1.0], [1.0, 2.0])),
-    invalid(?Q:distance_f16(cosine, x, [1.0])),
-    invalid(?Q:cosine_distance_i8(<<1, 2>>, <<1>>)),
-    invalid(?Q:cosine_distance_i8([1, 2], [1, 200])),
-    invalid(?Q:cosine_distance_i8(a, <<1>>)),
-    invalid(?Q:dot_i8(<<1, 2>>, [1])),
-    invalid(?Q:dot_i8(<<1>>, {<<1>>, scale})),
+    invalid(QuantMod:distance(euclid, [1.0], [1.0])),
+    invalid(QuantMod:distance("cosine", [1.0], [1.0])),
+    invalid(QuantMod:distance(cosine, [1.0, 2.0], [1.0])),
+    invalid(QuantMod:distance(cosine, f32([1.0, 2.0]), f32([1.0]))),
+    invalid(QuantMod:distance(cosine, [1.0], b)),
+    invalid(QuantMod:distance(cosine, a, [1.0])),
+    invalid(QuantMod:distance_f16(cosine, [1.0], [1.0, 2.0])),
+    invalid(QuantMod:distance_f16(cosine, x, [1.0])),
+    invalid(QuantMod:cosine_distance_i8(<<1, 2>>, <<1>>)),
+    invalid(QuantMod:cosine_distance_i8([1, 2], [1, 200])),
+    invalid(QuantMod:cosine_distance_i8(a, <<1>>)),
+    invalid(QuantMod:dot_i8(<<1, 2>>, [1])),
+    invalid(QuantMod:dot_i8(<<1>>, {<<1>>, scale})),
     %% The NIF refuses what the module would not send.
-    invalid(?N:quantize_f32([1.0])),
-    invalid(?N:quantize_f32(<<1, 2, 3>>)),
-    invalid(?N:distance_f32(cosine, [1.0], [1.0])),
-    invalid(?N:distance_f32(cosine, <<1, 2, 3, 4, 5>>, <<1, 2, 3, 4, 5>>)),
-    invalid(?N:distance_f32(7, One, One)),
-    invalid(?N:distance_f16(l2sq, <<1>>, <<1>>)),
-    invalid(?N:cosine_distance_i8([1], <<1>>)),
-    invalid(?N:dot_i8(<<1>>, [1])),
-    invalid(?Q:distance(l2sq, NaN, One)),
-    invalid(?Q:distance(cosine, One, Inf)).
+    invalid(NifMod:quantize_f32([1.0])),
+    invalid(NifMod:quantize_f32(<<1, 2, 3>>)),
+    invalid(NifMod:distance_f32(cosine, [1.0], [1.0])),
+    invalid(NifMod:distance_f32(cosine, <<1, 2, 3, 4, 5>>, <<1, 2, 3, 4, 5>>)),
+    invalid(NifMod:distance_f32(7, One, One)),
+    invalid(NifMod:distance_f16(l2sq, <<1>>, <<1>>)),
+    invalid(NifMod:cosine_distance_i8([1], <<1>>)),
+    invalid(NifMod:dot_i8(<<1>>, [1])),
+    invalid(QuantMod:distance(l2sq, NaN, One)),
+    invalid(QuantMod:distance(cosine, One, Inf)).

@@ -9,6 +9,7 @@
 -module(erlmcp_flow_queue_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-import(erlmcp_flow_test_util, [untyped/1]).
 
 -behaviour(supervisor).
 -export([init/1]).
@@ -192,7 +193,8 @@ stats_test() ->
                  ?Q:stats(Queue)),
     [ok = ?Q:enqueue(Queue, I, normal) || I <- lists:seq(1, 10)],
     [backpressure = ?Q:enqueue(Queue, I, normal) || I <- lists:seq(11, 15)],
-    [{ok, _, normal} = ?Q:dequeue(Queue) || _ <- lists:seq(1, 12)],
+    _ = [{ok, _, normal} = ?Q:dequeue(Queue) || _ <- lists:seq(1, 12)],
+
     {ok, S} = ?Q:stats(Queue),
     ?assertMatch(#{depth := 3, primary_depth := 3, overflow_depth := 0, max_depth := 15,
                    enqueued := 15, dequeued := 12, spills := 5}, S),
@@ -276,39 +278,43 @@ large_tasks_test() ->
 %%--------------------------------------------------------------------------------------------
 
 bad_arguments_test() ->
+    %% The calls below break contracts on purpose: made through a variable module
+    %% name, Dialyzer does not check them (see erlmcp_flow_test_util:untyped/1).
+    QueueMod = untyped(?Q),
+    NifMod = untyped(erlmcp_flow_nif),
     Queue = new(#{}),
     Invalid = fun(R) -> ?assertMatch({error, {invalid_argument, <<_/binary>>}}, R) end,
-    Invalid(?Q:enqueue(Queue, task, urgent)),
-    Invalid(?Q:enqueue(Queue, task, 2)),
-    Invalid(?Q:dequeue(Queue, -1)),
-    Invalid(?Q:dequeue(Queue, soon)),
-    Invalid(?Q:new(#{max_primary => 0})),
-    Invalid(?Q:new(#{max_primary => -1})),
-    Invalid(?Q:new(#{max_primary => 1 bsl 64})),
-    Invalid(?Q:new(#{max_overflow => -1})),
-    Invalid(?Q:new(#{max_overflow => 16#FFFFFFFFFFFFFFFF})),
-    Invalid(?Q:new(#{max_overflow => infinity})),
-    Invalid(?Q:new(#{drop_policy => oldest})),
-    Invalid(?Q:new(#{capacity => 10})),
-    Invalid(?Q:new([{max_primary, 10}])),
-    Invalid(?Q:start_link(#{max_primary => 0})),
+    Invalid(QueueMod:enqueue(Queue, task, urgent)),
+    Invalid(QueueMod:enqueue(Queue, task, 2)),
+    Invalid(QueueMod:dequeue(Queue, -1)),
+    Invalid(QueueMod:dequeue(Queue, soon)),
+    Invalid(QueueMod:new(#{max_primary => 0})),
+    Invalid(QueueMod:new(#{max_primary => -1})),
+    Invalid(QueueMod:new(#{max_primary => 1 bsl 64})),
+    Invalid(QueueMod:new(#{max_overflow => -1})),
+    Invalid(QueueMod:new(#{max_overflow => 16#FFFFFFFFFFFFFFFF})),
+    Invalid(QueueMod:new(#{max_overflow => infinity})),
+    Invalid(QueueMod:new(#{drop_policy => oldest})),
+    Invalid(QueueMod:new(#{capacity => 10})),
+    Invalid(QueueMod:new([{max_primary, 10}])),
+    Invalid(QueueMod:start_link(#{max_primary => 0})),
     ?assertEqual(undefined, whereis(?Q)),
     %% Not queue handles: a reference of another kind, any other term.
-    Invalid(?Q:enqueue(make_ref(), task, normal)),
-    Invalid(?Q:dequeue(make_ref())),
-    Invalid(?Q:stats(not_a_queue)),
-    Invalid(?Q:close(<<"queue">>)),
+    Invalid(QueueMod:enqueue(make_ref(), task, normal)),
+    Invalid(QueueMod:dequeue(make_ref())),
+    Invalid(QueueMod:stats(not_a_queue)),
+    Invalid(QueueMod:close(<<"queue">>)),
     {ok, Cache} = erlmcp_flow_lru_cache:new(),
-    Invalid(?Q:stats(Cache)),
+    Invalid(QueueMod:stats(Cache)),
     %% The raw NIF refuses wrong types with the same errors, never badarg.
-    Invalid(erlmcp_flow_nif:queue_new(-1, 0, none)),
-    Invalid(erlmcp_flow_nif:queue_new(1, x, none)),
-    Invalid(erlmcp_flow_nif:queue_new(1, 0, drop_all)),
-    Invalid(erlmcp_flow_nif:queue_enqueue(Queue, not_bytes, normal)),
-    Invalid(erlmcp_flow_nif:queue_enqueue(Queue, [<<"ok">> | bad_tail], normal)),
+    Invalid(NifMod:queue_new(-1, 0, none)),
+    Invalid(NifMod:queue_new(1, x, none)),
+    Invalid(NifMod:queue_new(1, 0, drop_all)),
+    Invalid(NifMod:queue_enqueue(Queue, not_bytes, normal)),
+    Invalid(NifMod:queue_enqueue(Queue, [<<"ok">> | bad_tail], normal)),
     %% The queue still works after all that.
-    ok = ?Q:enqueue(Queue, fine, normal),
-    ?assertEqual({ok, fine, normal}, ?Q:dequeue(Queue)).
+    ok = QueueMod:enqueue(Queue, fine, normal),
+    ?assertEqual({ok, fine, normal}, QueueMod:dequeue(Queue)).
 
 %% The engine's own sentinels, through the raw NIF: 0 in the primary means 1000.
 raw_nif_defaults_test() ->
@@ -366,8 +372,8 @@ original_calls_test() ->
         %% Another pid is no queue; a handle is one.
         Other = spawn(fun() -> ok end),
         ?assertMatch({error, {invalid_argument, <<_/binary>>}}, ?Q:enqueue(m5, Other)),
-        ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m5, make_ref())),
-        ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m5, urgent)),
+        ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m5, untyped(make_ref()))),
+        ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m5, untyped(urgent))),
         Own = new(#{max_primary => 1, max_overflow => 0}),
         ?assertEqual(ok, ?Q:enqueue(x, Own)),
         ?assertEqual({rejected, y}, ?Q:enqueue(y, Own)),
@@ -375,7 +381,9 @@ original_calls_test() ->
         {ok, Default} = ?Q:queue(),
         ?assertEqual(backpressure, ?Q:enqueue(m6, Default)),
         unlink(Pid),
+        Mon = monitor(process, Pid),
         ?assertEqual({ok, [{{m, 2}, normal}, {m3, normal}, {m6, normal}]}, ?Q:stop()),
+        receive {'DOWN', Mon, process, Pid, _} -> ok end,
         %% The server is gone: its pid is no longer the default queue's.
         ?assertMatch({error, {invalid_argument, _}}, ?Q:enqueue(m7, Pid))
     end).

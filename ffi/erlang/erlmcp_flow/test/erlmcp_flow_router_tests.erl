@@ -6,6 +6,7 @@
 -module(erlmcp_flow_router_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-import(erlmcp_flow_test_util, [untyped/1]).
 
 -define(RT, erlmcp_flow_router).
 -define(R, erlmcp_flow_ring).
@@ -93,8 +94,11 @@ direct_sends_and_errors() ->
         ?assertMatch({error, {too_large, _}},
                      ?RT:send_batch(<<"worker">>, [<<"a">>, binary:copy(<<0>>, Max + 1)])),
         ?assertEqual([], drain(Inbox)),
-        ?assertMatch({error, {invalid_argument, _}}, ?RT:send_batch(<<"worker">>, not_a_list)),
-        ?assertMatch({error, {invalid_argument, _}}, ?RT:send_batch(<<"worker">>, [an_atom])),
+        ?assertMatch({error, {invalid_argument, _}},
+                     ?RT:send_batch(<<"worker">>, untyped(not_a_list))),
+        ?assertMatch({error, {invalid_argument, _}},
+                     ?RT:send_batch(<<"worker">>, untyped([an_atom]))),
+
         ?assertEqual({ok, 0}, ?RT:send_batch(<<"worker">>, [])),
         ok = ?RT:stop(),
         ?assertMatch({error, {closed, _}}, ?RT:send_direct(<<"worker">>, <<"x">>)),
@@ -198,8 +202,9 @@ anonymous_router_and_unregister() ->
         ?assertMatch({error, {not_found, _}}, ?RT:unregister_agent(R, <<"b">>)),
         ok = ?R:close(C),
         ok = ?RT:stop(R),
-        ?assertMatch({error, {invalid_argument, _}}, ?RT:start(#{bogus => 1})),
-        ?assertMatch({error, {invalid_argument, _}}, ?RT:start(not_a_map)),
+        ?assertMatch({error, {invalid_argument, _}}, ?RT:start(untyped(#{bogus => 1}))),
+        ?assertMatch({error, {invalid_argument, _}}, ?RT:start(untyped(not_a_map))
+),
         ?assertMatch({error, {invalid_argument, _}},
                      ?RT:start(#{dir => <<"a", 0, "b">>, name => undefined}))
     end).

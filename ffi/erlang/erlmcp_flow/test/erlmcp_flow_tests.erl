@@ -10,6 +10,7 @@
 -module(erlmcp_flow_tests).
 
 -include_lib("eunit/include/eunit.hrl").
+-import(erlmcp_flow_test_util, [untyped/1]).
 
 -define(F, erlmcp_flow).
 -define(ZERO_COPY_MIN, 65536).
@@ -239,23 +240,24 @@ bad_arguments_test_() ->
     {timeout, 120, fun bad_arguments/0}.
 
 bad_arguments() ->
+    FlowMod = untyped(?F), % the calls below break contracts on purpose
     with_store(fun(Dir, S) ->
-        ?assertMatch({error, {invalid_argument, _}}, ?F:open_store(<<"bad name">>)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:open_store(<<"ok">>, #{bogus => 1})),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:open_store(<<"ok">>, not_a_map)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:share_binary(S, <<"a", 0>>, <<"v">>)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:share_binary(S, <<"k">>, not_bytes)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:share_state(S, <<"a", 0>>, value)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(S, -1)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_state(make_ref(), 1)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_binary(S, -1)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:read_shared_binary(S, not_a_ref)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:open_store(<<"bad name">>)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:open_store(<<"ok">>, #{bogus => 1})),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:open_store(<<"ok">>, not_a_map)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:share_binary(S, <<"a", 0>>, <<"v">>)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:share_binary(S, <<"k">>, not_bytes)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:share_state(S, <<"a", 0>>, value)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:read_shared_state(S, -1)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:read_shared_state(make_ref(), 1)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:read_shared_binary(S, -1)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:read_shared_binary(S, not_a_ref)),
         ?assertMatch({error, {invalid_argument, _}},
-                     ?F:read_shared_binary(make_ref(), 1)),
-        ?assertMatch({error, {invalid_argument, _}}, ?F:lookup_state(not_a_store, <<"k">>)),
+                     FlowMod:read_shared_binary(make_ref(), 1)),
+        ?assertMatch({error, {invalid_argument, _}}, FlowMod:lookup_state(not_a_store, <<"k">>)),
         %% A directory that does not exist.
-        {ok, Nowhere} = ?F:open_store(<<"t">>, #{dir => filename:join(Dir, "missing")}),
-        ?assertMatch({error, {_, _}}, ?F:share_binary(Nowhere, <<"k">>, <<"v">>))
+        {ok, Nowhere} = FlowMod:open_store(<<"t">>, #{dir => filename:join(Dir, "missing")}),
+        ?assertMatch({error, {_, _}}, FlowMod:share_binary(Nowhere, <<"k">>, <<"v">>))
     end).
 
 %%--------------------------------------------------------------------------------------------
