@@ -115,7 +115,10 @@ pub fn visit_envelope<B>(
         f(Event::Key("id"))?;
         match id {
             ArchivedId::Null => f(Event::Null)?,
-            ArchivedId::Number(n) => f(Event::Number(NumberRef::from(n)))?,
+            ArchivedId::Number(n) => match NumberRef::from(n) {
+                NumberRef::Float(x) if !x.is_finite() => f(Event::Null)?,
+                n => f(Event::Number(n))?,
+            },
             ArchivedId::String(s) => f(Event::String(s.as_str()))?,
         }
     }
@@ -167,6 +170,9 @@ pub fn visit_value<T: JsonTree, B>(
     match v.node() {
         Node::Null => f(Event::Null),
         Node::Bool(b) => f(Event::Bool(b)),
+        // As `json::write_number`: a non-finite float (only a hand-built or damaged value
+        // holds one) is `null`.
+        Node::Number(NumberRef::Float(x)) if !x.is_finite() => f(Event::Null),
         Node::Number(n) => f(Event::Number(n)),
         Node::String(s) => f(Event::String(s)),
         Node::Array(items) => {
@@ -859,6 +865,22 @@ mod tests {
         // And the text agrees with the JSON parser's view of the same digits.
         let t = format!("1{}", "0".repeat(30));
         assert_eq!(json::parse_number(&t).unwrap(), int_from_le(false, &m));
+    }
+
+    #[test]
+    fn non_finite_floats_visit_as_null_like_the_json_writer() {
+        let msg: Message = codec::Envelope::request(
+            1u64,
+            "m",
+            Value::Array(vec![Value::from(f64::NAN), Value::from(f64::INFINITY)]),
+        )
+        .into();
+        let archive = codec::encode(&msg).unwrap();
+        let events = events_of(&archive);
+        assert_eq!(events[8..11], ["BeginArray(2)", "Null", "Null"]);
+        assert!(jsonrpc::archive_to_json(&archive)
+            .unwrap()
+            .ends_with("[null,null]}"));
     }
 
     #[test]
