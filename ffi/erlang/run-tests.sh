@@ -33,8 +33,10 @@ fi
 # The serializer's property tests use PropEr (its header proper.hrl comes with
 # erlang-proper-dev) and compare with jiffy.
 have_erlang_file() {
-    erl -noshell -eval "F = filename:join(code:lib_dir($1), \"$2\"),
-        halt(case filelib:is_file(F) of true -> 0; false -> 1 end)." >/dev/null 2>&1
+    erl -noshell -eval "halt(case code:lib_dir($1) of
+        {error, _} -> 1;
+        Dir -> case filelib:is_file(filename:join(Dir, \"$2\")) of true -> 0; false -> 1 end
+    end)." >/dev/null 2>&1
 }
 missing=()
 have_erlang_file proper include/proper.hrl || missing+=(erlang-proper erlang-proper-dev)
