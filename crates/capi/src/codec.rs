@@ -974,8 +974,10 @@ mod tests {
     }
 
     unsafe extern "C" fn record(ctx: *mut c_void, event: *const emf_value_event_t) -> c_int {
-        // SAFETY: ctx is the test's `Seen`; the event is valid during the callback.
-        let (seen, e) = unsafe { (&mut *ctx.cast::<Seen>(), &*event) };
+        // SAFETY: ctx is the test's `Seen`, not otherwise used during the visit.
+        let seen = unsafe { &mut *ctx.cast::<Seen>() };
+        // SAFETY: the event is valid during the callback.
+        let e = unsafe { &*event };
         seen.kinds.push(e.kind);
         if !e.data.is_null() {
             // SAFETY: `data` readable for `len` bytes during the callback.
@@ -1036,10 +1038,8 @@ mod tests {
             // SAFETY: live builder, freed once; the second free is detected.
             assert_eq!(unsafe { emf_value_builder_free(b) }, EMF_OK);
             // SAFETY: refused by the registry.
-            assert_eq!(
-                unsafe { emf_value_builder_free(b) },
-                EMF_ERR_INVALID_ARGUMENT
-            );
+            let st = unsafe { emf_value_builder_free(b) };
+            assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         }
     }
 
@@ -1090,10 +1090,8 @@ mod tests {
         assert_eq!(st, EMF_OK, "{}", last_error());
         let archive = take(&mut out);
         // SAFETY: valid range and out-parameter.
-        assert_eq!(
-            unsafe { emf_archive_to_json(archive.as_ptr(), archive.len(), &mut out) },
-            EMF_OK
-        );
+        let st = unsafe { emf_archive_to_json(archive.as_ptr(), archive.len(), &mut out) };
+        assert_eq!(st, EMF_OK);
         assert_eq!(
             take(&mut out),
             br#"{"jsonrpc":"2.0","method":"task","params":[-18446744073709551616,-5,2.5,1e400,true]}"#
@@ -1133,10 +1131,8 @@ mod tests {
             ev(EMF_VALUE_END),
         ];
         // SAFETY: live builder; valid events.
-        assert_eq!(
-            unsafe { emf_value_builder_push(b, events.as_ptr(), events.len()) },
-            EMF_OK
-        );
+        let st = unsafe { emf_value_builder_push(b, events.as_ptr(), events.len()) };
+        assert_eq!(st, EMF_OK);
         // SAFETY: live builder, valid out-parameter.
         let st = unsafe { emf_value_builder_finish(b, std::ptr::null(), 0, &mut out) };
         assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
@@ -1153,15 +1149,11 @@ mod tests {
     fn builder_and_visit_refuse_misuse() {
         let mut b = std::ptr::null_mut();
         // SAFETY: valid out-parameter; unknown flag refused.
-        assert_eq!(
-            unsafe { emf_value_builder_new(4, &mut b) },
-            EMF_ERR_INVALID_ARGUMENT
-        );
+        let st = unsafe { emf_value_builder_new(4, &mut b) };
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
         // SAFETY: NULL out refused.
-        assert_eq!(
-            unsafe { emf_value_builder_new(0, std::ptr::null_mut()) },
-            EMF_ERR_NULL_ARGUMENT
-        );
+        let st = unsafe { emf_value_builder_new(0, std::ptr::null_mut()) };
+        assert_eq!(st, EMF_ERR_NULL_ARGUMENT);
         let b = new_builder(EMF_BUILDER_UNIQUE_KEYS);
         let push = |e: &[emf_value_event_t]| {
             // SAFETY: live builder; valid events.
@@ -1223,31 +1215,14 @@ mod tests {
         };
         let none = emf_value_visitor_t { on_event: None };
         let garbage = b"eMF\x01\x04\x00\x00\x00abcd";
-        // SAFETY: NULL visitor, NULL callback, corrupt bytes: refused before any callback.
-        unsafe {
-            assert_eq!(
-                emf_archive_visit(
-                    garbage.as_ptr(),
-                    garbage.len(),
-                    std::ptr::null(),
-                    std::ptr::null_mut()
-                ),
-                EMF_ERR_NULL_ARGUMENT
-            );
-            assert_eq!(
-                emf_archive_visit(garbage.as_ptr(), garbage.len(), &none, std::ptr::null_mut()),
-                EMF_ERR_NULL_ARGUMENT
-            );
-            assert_eq!(
-                emf_archive_visit(
-                    garbage.as_ptr(),
-                    garbage.len(),
-                    &visitor,
-                    std::ptr::null_mut()
-                ),
-                EMF_ERR_CORRUPT
-            );
-        }
+        let visit = |v: *const emf_value_visitor_t| {
+            // SAFETY: valid archive range (refused as corrupt); `v` NULL or a valid visitor.
+            unsafe { emf_archive_visit(garbage.as_ptr(), garbage.len(), v, std::ptr::null_mut()) }
+        };
+        // NULL visitor, NULL callback, corrupt bytes: refused before any callback.
+        assert_eq!(visit(std::ptr::null()), EMF_ERR_NULL_ARGUMENT);
+        assert_eq!(visit(&none), EMF_ERR_NULL_ARGUMENT);
+        assert_eq!(visit(&visitor), EMF_ERR_CORRUPT);
     }
 
     #[test]

@@ -478,12 +478,12 @@ impl ValueBuilder {
             Container::Array(items) => Value::Array(items),
             Container::Object { members, .. } => Value::Object(members),
         };
-        match self.stack.last_mut() {
-            Some(Frame {
-                container: Container::Object { key, .. },
-                ..
-            }) => *key = frame.key_in_parent,
-            _ => {}
+        if let Some(Frame {
+            container: Container::Object { key, .. },
+            ..
+        }) = self.stack.last_mut()
+        {
+            *key = frame.key_in_parent;
         }
         self.place(value);
         Ok(())
