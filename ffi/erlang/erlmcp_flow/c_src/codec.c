@@ -665,6 +665,10 @@ static ERL_NIF_TERM nif_serializer_encode_term(ErlNifEnv *env, int argc,
 
 /* --- decode ------------------------------------------------------------------------------ */
 
+/* The longest integer decode makes a term of, in digits (about 1 million bits): the decimal
+ * conversion is quadratic, and an archive may hold a number of 100 million digits. */
+#define EMF_NIF_MAX_INTEGER_DIGITS ((size_t)300000)
+
 /* Frames: the batch, an envelope, the error object, then values up to EMF_VALUE_MAX_DEPTH. */
 #define EMF_NIF_DECODE_DEPTH (EMF_VALUE_MAX_DEPTH + 8)
 
@@ -835,6 +839,15 @@ static int dec_event(void *ctx, const emf_value_event_t *e) {
                      "the number %.*s%s is beyond the range of a double and has no Erlang form",
                      (int)(e->len > 40 ? 40 : e->len), (const char *)e->data,
                      e->len > 40 ? "..." : "");
+            return dec_fail(c, what, c->depth,
+                            "; decode_json/1 gives the message as JSON text, number included");
+        }
+        size_t digits = e->len - (e->len > 0 && e->data[0] == '-');
+        if (digits > EMF_NIF_MAX_INTEGER_DIGITS) {
+            char what[160];
+            snprintf(what, sizeof what,
+                     "an integer of %zu digits is longer than decode/1 makes terms of (%zu "
+                     "digits)", digits, EMF_NIF_MAX_INTEGER_DIGITS);
             return dec_fail(c, what, c->depth,
                             "; decode_json/1 gives the message as JSON text, number included");
         }

@@ -52,7 +52,9 @@
 %% <li>A number beyond the double range (`1e400', which JSON text may hold) has no Erlang
 %%     form: {@link decode/1} refuses it, and {@link decode_json/1} gives it as text. So is an
 %%     object with a repeated key (JSON text may hold one, a map cannot): refused rather than
-%%     dropping a member.</li>
+%%     dropping a member. And an integer of more than 300 000 digits (about a million bits:
+%%     making the term is quadratic in its length, and an archive may hold far longer
+%%     ones).</li>
 %% </ul>
 %%
 %% {@link encode_json/2} and {@link decode_json/1} do the same with JSON text (every number

@@ -231,6 +231,24 @@ no_term_form_test() ->
     %% With existing_atoms too (both keys would be the atom a).
     ?assertMatch({error, {invalid_argument, _}}, ?S:decode(Dup, #{keys => existing_atoms})).
 
+%% Integers up to 300 000 digits come back; longer ones (an archive may hold 100 million
+%% digits, and the conversion is quadratic) are refused with a pointer to decode_json/1.
+long_integers_test() ->
+    Long = binary_to_integer(binary:copy(<<"9">>, 300000)),
+    ?assertEqual([Long, -Long], params_rt([Long, -Long])),
+    Digits = binary:copy(<<"7">>, 300001),
+    {ok, A} = ?S:encode_json(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[", Digits/binary,
+                               "]}">>),
+    %% (The term itself would print as 300 KB in a failure report: only its shape.)
+    {error, {invalid_argument, Msg}} = case ?S:decode(A) of
+                                           {ok, _} -> decoded_but_should_not;
+                                           Error -> Error
+                                       end,
+    contains(Msg, <<"300001 digits">>),
+    contains(Msg, <<"decode_json/1">>),
+    {ok, Json} = ?S:decode_json(A),
+    ?assertNotEqual(nomatch, binary:match(Json, Digits)).
+
 decode_refuses_garbage_test_() ->
     [?_assertMatch({error, {corrupt, _}}, ?S:decode(B))
      || B <- [<<>>, <<"garbage!">>, binary:copy(<<0>>, 64),
