@@ -15,6 +15,7 @@
  */
 #include <erlmcp_flow.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -460,6 +461,157 @@ static void test_message_handles(void) {
                     EMF_ERR_INVALID_ARGUMENT, "priority");
         CHECK(is_sentinel(out));
     }
+}
+
+/* ---------------------------------------------------------------- value events */
+
+/* Copies each visited event into a builder (ctx); the event's bytes are used during the
+ * callback only. */
+static int copy_event(void *ctx, const emf_value_event_t *event) {
+    return emf_value_builder_push((emf_value_builder_t *)ctx, event, 1) != EMF_OK;
+}
+
+typedef struct {
+    uint32_t kinds[64];
+    size_t n;
+    size_t stop_after;
+    char keys[256];
+} event_log;
+
+static int log_event(void *ctx, const emf_value_event_t *event) {
+    event_log *log = ctx;
+    if (log->n < 64) log->kinds[log->n] = event->kind;
+    log->n++;
+    if (event->kind == EMF_VALUE_KEY) {
+        size_t used = strlen(log->keys);
+        if (used + event->len + 2 < sizeof log->keys) {
+            memcpy(log->keys + used, event->data, event->len);
+            log->keys[used + event->len] = ',';
+            log->keys[used + event->len + 1] = '\0';
+        }
+    }
+    return log->stop_after != 0 && log->n >= log->stop_after;
+}
+
+static emf_value_event_t value_event(uint32_t kind) {
+    emf_value_event_t e;
+    memset(&e, 0, sizeof e);
+    e.kind = kind;
+    return e;
+}
+
+static emf_value_event_t text_event(uint32_t kind, const char *text) {
+    emf_value_event_t e = value_event(kind);
+    e.data = u8(text);
+    e.len = strlen(text);
+    return e;
+}
+
+static void test_value_events(void) {
+    /* JSON -> archive, visited into a builder, finished: the same archive. */
+    const emf_encode_options_t opts = {EMF_PRIORITY_HIGH, 5, 9};
+    emf_buf_t from_json = {NULL, 0, 0};
+    CHECK_STATUS(emf_json_to_archive(u8(BIG_INTEGER), strlen(BIG_INTEGER), &opts, &from_json),
+                 EMF_OK);
+    emf_value_builder_t *b = NULL;
+    CHECK_STATUS(emf_value_builder_new(0, &b), EMF_OK);
+    const emf_value_visitor_t copier = {copy_event};
+    CHECK_STATUS(emf_archive_visit(from_json.data, from_json.len, &copier, b), EMF_OK);
+    emf_buf_t built = {NULL, 0, 0};
+    CHECK_STATUS(emf_value_builder_finish(b, &opts, 0, &built), EMF_OK);
+    CHECK(built.len == from_json.len && memcmp(built.data, from_json.data, built.len) == 0);
+    emf_buf_free(&built);
+
+    /* Events by hand: no "jsonrpc" member (EMF_ARCHIVE_IMPLICIT_JSONRPC), a big integer from
+     * its magnitude bytes (-2^64), a checksum. */
+    const uint8_t two_to_64[] = {0, 0, 0, 0, 0, 0, 0, 0, 1};
+    emf_value_event_t events[9];
+    events[0] = value_event(EMF_VALUE_BEGIN_OBJECT);
+    events[0].count = 2;
+    events[1] = text_event(EMF_VALUE_KEY, "method");
+    events[2] = text_event(EMF_VALUE_STRING, "task");
+    events[3] = text_event(EMF_VALUE_KEY, "params");
+    events[4] = value_event(EMF_VALUE_BEGIN_ARRAY);
+    events[4].count = 2;
+    events[5] = value_event(EMF_VALUE_BIG_INT_LE);
+    events[5].int_value = 1;
+    events[5].data = two_to_64;
+    events[5].len = sizeof two_to_64;
+    events[6] = value_event(EMF_VALUE_FLOAT);
+    events[6].float_value = 0.1;
+    events[7] = value_event(EMF_VALUE_END);
+    events[8] = value_event(EMF_VALUE_END);
+    CHECK_STATUS(emf_value_builder_push(b, events, 9), EMF_OK);
+    CHECK_STATUS(emf_value_builder_finish(b, NULL,
+                                          EMF_ARCHIVE_IMPLICIT_JSONRPC | EMF_ARCHIVE_CHECKSUM,
+                                          &built),
+                 EMF_OK);
+    emf_buf_t text = {NULL, 0, 0};
+    CHECK_STATUS(emf_archive_to_json(built.data, built.len, &text), EMF_OK);
+    CHECK(buf_equal(text, "{\"jsonrpc\":\"2.0\",\"method\":\"task\","
+                          "\"params\":[-18446744073709551616,0.1]}"));
+    emf_buf_free(&text);
+
+    /* A visit gives the members in emf_archive_to_json's order, with counts; a callback
+     * returning non-zero stops it. */
+    event_log log;
+    memset(&log, 0, sizeof log);
+    const emf_value_visitor_t logger = {log_event};
+    CHECK_STATUS(emf_archive_visit(built.data, built.len, &logger, &log), EMF_OK);
+    CHECK(log.n == 11);
+    CHECK(log.kinds[0] == EMF_VALUE_BEGIN_OBJECT && log.kinds[6] == EMF_VALUE_BEGIN_ARRAY);
+    CHECK(log.kinds[7] == EMF_VALUE_NUMBER_TEXT && log.kinds[8] == EMF_VALUE_FLOAT);
+    CHECK(strcmp(log.keys, "jsonrpc,method,params,") == 0);
+    memset(&log, 0, sizeof log);
+    log.stop_after = 2;
+    CHECK_ERROR(emf_archive_visit(built.data, built.len, &logger, &log), EMF_ERR_STOPPED,
+                "stopped");
+    CHECK(log.n == 2);
+    emf_buf_free(&built);
+
+    /* Misuse: the status and a message that says where. */
+    emf_value_event_t bad[3];
+    bad[0] = value_event(EMF_VALUE_BEGIN_ARRAY);
+    bad[1] = value_event(EMF_VALUE_NULL);
+    bad[2] = value_event(EMF_VALUE_FLOAT);
+    bad[2].float_value = HUGE_VAL;
+    CHECK_ERROR(emf_value_builder_push(b, bad, 3), EMF_ERR_INVALID_ARGUMENT, "at $[1]");
+    bad[0] = text_event(EMF_VALUE_STRING, "\xff");
+    CHECK_ERROR(emf_value_builder_push(b, bad, 1), EMF_ERR_INVALID_ARGUMENT, "UTF-8");
+    bad[0] = value_event(77);
+    CHECK_ERROR(emf_value_builder_push(b, bad, 1), EMF_ERR_INVALID_ARGUMENT, "kind 77");
+    CHECK_ERROR(emf_value_builder_push(b, NULL, 1), EMF_ERR_NULL_ARGUMENT, "events");
+    emf_buf_t untouched = sentinel_buf();
+    CHECK_ERROR(emf_value_builder_finish(b, NULL, 0, &untouched), EMF_ERR_INVALID_ARGUMENT,
+                "not ended");
+    CHECK(is_sentinel(untouched));
+    CHECK_ERROR(emf_value_builder_finish(b, NULL, 0x100, &untouched), EMF_ERR_INVALID_ARGUMENT,
+                "flags");
+    CHECK_STATUS(emf_value_builder_free(b), EMF_OK);
+    CHECK_ERROR(emf_value_builder_free(b), EMF_ERR_INVALID_ARGUMENT, "not a live handle");
+    CHECK_ERROR(emf_value_builder_new(8, &b), EMF_ERR_INVALID_ARGUMENT, "flags");
+    CHECK_ERROR(emf_value_builder_new(0, NULL), EMF_ERR_NULL_ARGUMENT, "out");
+
+    /* Repeated keys refused with EMF_BUILDER_UNIQUE_KEYS (JSON text may hold them). */
+    CHECK_STATUS(emf_value_builder_new(EMF_BUILDER_UNIQUE_KEYS, &b), EMF_OK);
+    emf_value_event_t dup[6] = {value_event(EMF_VALUE_BEGIN_OBJECT),
+                                text_event(EMF_VALUE_KEY, "k"), value_event(EMF_VALUE_NULL),
+                                text_event(EMF_VALUE_KEY, "k"), value_event(EMF_VALUE_NULL),
+                                value_event(EMF_VALUE_END)};
+    CHECK_ERROR(emf_value_builder_push(b, dup, 6), EMF_ERR_INVALID_ARGUMENT, "\"k\"");
+    CHECK_STATUS(emf_value_builder_free(b), EMF_OK);
+
+    /* A visit refuses NULL and damaged input before any callback. */
+    memset(&log, 0, sizeof log);
+    const emf_value_visitor_t empty = {NULL};
+    CHECK_ERROR(emf_archive_visit(from_json.data, from_json.len, NULL, &log),
+                EMF_ERR_NULL_ARGUMENT, "visitor");
+    CHECK_ERROR(emf_archive_visit(from_json.data, from_json.len, &empty, &log),
+                EMF_ERR_NULL_ARGUMENT, "on_event");
+    CHECK_ERROR(emf_archive_visit(from_json.data, from_json.len - 1, &logger, &log),
+                EMF_ERR_CORRUPT, NULL);
+    CHECK(log.n == 0);
+    emf_buf_free(&from_json);
 }
 
 /* ---------------------------------------------------------------- compression */
@@ -1082,6 +1234,7 @@ int main(void) {
     test_roundtrips();
     test_message_handles();
     test_compression();
+    test_value_events();
     test_bad_json();
     test_null_and_length_arguments();
     test_damaged_archives();

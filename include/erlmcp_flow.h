@@ -130,6 +130,58 @@
 // message validates 20 % slower, a 64 KB one 4 times slower).
 #define EMF_ARCHIVE_CHECKSUM 1
 
+// Value event: `null`.
+#define EMF_VALUE_NULL 0
+
+// Value event: a boolean, `int_value` 0 (false) or 1 (true; any non-zero when building).
+#define EMF_VALUE_BOOL 1
+
+// Value event: an integer in `int_value`.
+#define EMF_VALUE_INT 2
+
+// Value event: a non-negative integer in `uint_value`.
+#define EMF_VALUE_UINT 3
+
+// Value event: a finite double in `float_value` (NaN and infinities are refused).
+#define EMF_VALUE_FLOAT 4
+
+// Value event: a number as exact JSON number text in `data`, `len`. A visit gives it for an
+// integer beyond 64 bits (digits, maybe a `-`) and for a float beyond the double range
+// (with `.`, `e` or `E`); a builder reads any JSON number text as the JSON parser does.
+#define EMF_VALUE_NUMBER_TEXT 5
+
+// Value event (building only): an integer of any size as its magnitude, little-endian bytes
+// in `data`, `len`, negative when `int_value` is non-zero.
+#define EMF_VALUE_BIG_INT_LE 6
+
+// Value event: a string, UTF-8 bytes in `data`, `len` (not NUL-terminated).
+#define EMF_VALUE_STRING 7
+
+// Value event: the key of the next member of the enclosing object, UTF-8 in `data`, `len`.
+#define EMF_VALUE_KEY 8
+
+// Value event: the start of an array of `count` items (when building, `count` only
+// reserves memory).
+#define EMF_VALUE_BEGIN_ARRAY 9
+
+// Value event: the start of an object of `count` members (each a `EMF_VALUE_KEY` then a
+// value; when building, `count` only reserves memory).
+#define EMF_VALUE_BEGIN_OBJECT 10
+
+// Value event: the end of the innermost array or object.
+#define EMF_VALUE_END 11
+
+// The deepest nesting of arrays and objects a value may have (as in JSON text).
+#define EMF_VALUE_MAX_DEPTH 128
+
+// Flag of `emf_value_builder_new`: refuse an object with two members of the same key (for
+// hosts whose maps cannot hold them).
+#define EMF_BUILDER_UNIQUE_KEYS 1
+
+// Flag of `emf_value_builder_finish`: a message object without a `"jsonrpc"` member is
+// taken as `"jsonrpc": "2.0"` (a `"jsonrpc"` member that is there must still be `"2.0"`).
+#define EMF_ARCHIVE_IMPLICIT_JSONRPC 2
+
 // No flush happened.
 #define EMF_FLUSH_NONE 0
 
@@ -244,6 +296,12 @@ typedef struct emf_state_value_t emf_state_value_t;
 // A task queue of byte-string tasks. Opaque; thread-safe.
 typedef struct emf_task_queue_t emf_task_queue_t;
 
+// A builder of one message from value events (`emf_value_builder_push`), finished into an
+// archive by `emf_value_builder_finish`. Opaque.
+//
+// Thread-safety: one thread at a time (a second thread inside gets `EMF_ERR_BUSY`).
+typedef struct emf_value_builder_t emf_value_builder_t;
+
 // A status code: `EMF_OK` or one of the `EMF_ERR_*` codes.
 typedef int32_t emf_status_t;
 
@@ -302,6 +360,38 @@ typedef struct emf_envelope_info_t {
   // The JSON-RPC error code when `has_error`.
   int64_t error_code;
 } emf_envelope_info_t;
+
+// One event of a value stream: what `emf_archive_visit` hands its visitor and what
+// `emf_value_builder_push` takes. `kind` is an `EMF_VALUE_*` code and says which other
+// fields count; the others are 0 / NULL in a visit and ignored when building.
+typedef struct emf_value_event_t {
+  // An `EMF_VALUE_*` code.
+  uint32_t kind;
+  // `EMF_VALUE_INT`: the integer; `EMF_VALUE_BOOL`: 0 or 1; `EMF_VALUE_BIG_INT_LE`:
+  // non-zero for a negative integer.
+  int64_t int_value;
+  // `EMF_VALUE_UINT`: the integer.
+  uint64_t uint_value;
+  // `EMF_VALUE_FLOAT`: the double.
+  double float_value;
+  // `EMF_VALUE_STRING`, `EMF_VALUE_KEY`, `EMF_VALUE_NUMBER_TEXT`, `EMF_VALUE_BIG_INT_LE`:
+  // the bytes. In a visit they borrow from the library and are valid only during the
+  // callback.
+  const uint8_t *data;
+  // Length of `data`.
+  size_t len;
+  // `EMF_VALUE_BEGIN_ARRAY`, `EMF_VALUE_BEGIN_OBJECT`: the number of items or members.
+  size_t count;
+} emf_value_event_t;
+
+// The callback of an `emf_value_visitor_t`: return 0 to go on, non-zero to stop the visit.
+typedef int (*emf_value_event_fn)(void *ctx, const struct emf_value_event_t *event);
+
+// What `emf_archive_visit` calls for each event.
+typedef struct emf_value_visitor_t {
+  // Called once per event, in order, on the calling thread.
+  emf_value_event_fn on_event;
+} emf_value_visitor_t;
 
 // One frame of a batch to send.
 typedef struct emf_slice_t {
@@ -487,6 +577,10 @@ typedef struct emf_hnsw_hit_t {
 // single-producer ring, a name in use).
 #define EMF_ERR_BUSY 15
 
+// A caller's callback asked to stop (`emf_archive_visit`): the walk ended early, nothing
+// else went wrong.
+#define EMF_ERR_STOPPED 16
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -663,6 +757,74 @@ emf_status_t emf_compress_if_needed(const uint8_t *data,
 //
 // `data` readable for `len` bytes; `out` writable.
 emf_status_t emf_decompress(const uint8_t *data, size_t len, size_t max_len, struct emf_buf_t *out);
+
+// Creates a value builder. `flags`: 0 or `EMF_BUILDER_UNIQUE_KEYS` (unknown bits give
+// `EMF_ERR_INVALID_ARGUMENT`). Free it with `emf_value_builder_free`.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_value_builder_new(uint32_t flags, struct emf_value_builder_t **out);
+
+// Frees a value builder. NULL is fine; a second free gives `EMF_ERR_INVALID_ARGUMENT`.
+//
+// # Safety
+//
+// No other thread may be using `builder`.
+emf_status_t emf_value_builder_free(struct emf_value_builder_t *builder);
+
+// Applies `count` events, in order: a value (at the root, as an array item, or after a key
+// in an object), a key, the start or end of an array or object. Refused with
+// `EMF_ERR_INVALID_ARGUMENT`, the message saying what and where (`at $.params[2]`): an
+// unknown kind, misplaced events (a value in an object without a key, an end with nothing
+// open, a second root value), nesting deeper than `EMF_VALUE_MAX_DEPTH`, a NaN or infinite
+// float, text that is not UTF-8, number text that is not a JSON number, and with
+// `EMF_BUILDER_UNIQUE_KEYS` an object with a repeated key (at its end). The events before a
+// refused one stay applied; the refused one changes nothing.
+//
+// # Safety
+//
+// `builder` a live handle; `events` readable for `count` events, each with `data` readable
+// for `len` bytes.
+emf_status_t emf_value_builder_push(struct emf_value_builder_t *builder,
+                                    const struct emf_value_event_t *events,
+                                    size_t count);
+
+// Reads the value built as a JSON-RPC 2.0 message (an object) or batch (a non-empty array
+// of objects), with the rules and messages of `emf_json_to_archive`, and encodes it into
+// `*out` (free it with `emf_buf_free`). `opts` may be NULL (the defaults). `flags`: any of
+// `EMF_ARCHIVE_CHECKSUM` and `EMF_ARCHIVE_IMPLICIT_JSONRPC`. Afterwards, success or not, the
+// builder is empty and may build the next message. Errors: `EMF_ERR_INVALID_ARGUMENT`
+// (nothing built, arrays or objects not ended, not JSON-RPC), `EMF_ERR_TOO_LARGE`.
+//
+// # Safety
+//
+// `builder` a live handle; `opts` NULL or readable; `out` writable.
+emf_status_t emf_value_builder_finish(struct emf_value_builder_t *builder,
+                                      const struct emf_encode_options_t *opts,
+                                      uint32_t flags,
+                                      struct emf_buf_t *out);
+
+// Validates an archive and walks it as value events: `visitor->on_event(ctx, &event)` for
+// each, in order, exactly as `emf_archive_to_json` writes the message (each envelope an
+// object: `jsonrpc`, `id`, `method`, `params`, `result`, `error` with `code`, `message`,
+// `data`, then the other members; a batch an array of them). Numbers come as
+// `EMF_VALUE_UINT` (non-negative integers), `EMF_VALUE_INT` (negative ones),
+// `EMF_VALUE_FLOAT`, or `EMF_VALUE_NUMBER_TEXT` (beyond 64 bits or the double range). The
+// event and its bytes are valid only during the callback.
+//
+// Returns `EMF_OK` after the last event, `EMF_ERR_STOPPED` when the callback returned
+// non-zero (no event follows), `EMF_ERR_CORRUPT` for bytes that are not a valid archive
+// (then no event was delivered).
+//
+// # Safety
+//
+// `archive` readable for `len` bytes; `visitor` readable with a valid `on_event`, which must
+// not unwind; `ctx` is passed through untouched.
+emf_status_t emf_archive_visit(const uint8_t *archive,
+                               size_t len,
+                               const struct emf_value_visitor_t *visitor,
+                               void *ctx);
 
 // Creates a router whose inboxes live in `dir` (NULL: `/dev/shm`) with `inbox_capacity`
 // bytes each (0: 1 MiB).

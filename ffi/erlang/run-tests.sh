@@ -41,6 +41,31 @@ if ! command -v erl >/dev/null 2>&1 || ! command -v rebar3 >/dev/null 2>&1 \
     fi
 fi
 
+# The serializer's property tests use PropEr (its header proper.hrl comes with
+# erlang-proper-dev) and compare with jiffy.
+have_erlang_file() {
+    erl -noshell -eval "halt(case code:lib_dir($1) of
+        {error, _} -> 1;
+        Dir -> case filelib:is_file(filename:join(Dir, \"$2\")) of true -> 0; false -> 1 end
+    end)." >/dev/null 2>&1
+}
+missing=()
+have_erlang_file proper include/proper.hrl || missing+=(erlang-proper erlang-proper-dev)
+have_erlang_file jiffy ebin/jiffy.beam || missing+=(erlang-jiffy)
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "run-tests.sh: installing ${missing[*]} with apt-get" >&2
+        export DEBIAN_FRONTEND=noninteractive
+        if ! apt-get install -y --no-install-recommends "${missing[@]}"; then
+            apt-get update
+            apt-get install -y --no-install-recommends "${missing[@]}"
+        fi
+    else
+        echo "run-tests.sh: the tests need ${missing[*]} (apt-get install ${missing[*]})" >&2
+        exit 1
+    fi
+fi
+
 export EMF_LIB_DIR="${EMF_LIB_DIR:-$repo/target/release}"
 if [ ! -f "$EMF_LIB_DIR/liberlmcp_flow.a" ]; then
     echo "run-tests.sh: $EMF_LIB_DIR/liberlmcp_flow.a is missing; build it with 'cargo build --release'" >&2

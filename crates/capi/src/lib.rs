@@ -91,6 +91,10 @@ pub const EMF_ERR_NOT_FOUND: emf_status_t = 14;
 /// single-producer ring, a name in use).
 pub const EMF_ERR_BUSY: emf_status_t = 15;
 
+/// A caller's callback asked to stop (`emf_archive_visit`): the walk ended early, nothing
+/// else went wrong.
+pub const EMF_ERR_STOPPED: emf_status_t = 16;
+
 /// The ABI version. Bumped on any incompatible change to the C ABI; every binding checks
 /// `emf_abi_version() == EMF_ABI_VERSION` at load.
 pub const EMF_ABI_VERSION: u32 = 3;
@@ -388,6 +392,7 @@ pub extern "C" fn emf_status_name(status: emf_status_t) -> *const c_char {
         EMF_ERR_TOO_LARGE => "EMF_ERR_TOO_LARGE\0",
         EMF_ERR_NOT_FOUND => "EMF_ERR_NOT_FOUND\0",
         EMF_ERR_BUSY => "EMF_ERR_BUSY\0",
+        EMF_ERR_STOPPED => "EMF_ERR_STOPPED\0",
         _ => "EMF_ERR_UNKNOWN\0",
     };
     name.as_ptr().cast()
@@ -647,6 +652,10 @@ mod tests {
             (queue::emf_task_queue_t::KIND, queue::emf_task_queue_t::NAME),
             (queue::emf_cache_t::KIND, queue::emf_cache_t::NAME),
             (vector::emf_hnsw_t::KIND, vector::emf_hnsw_t::NAME),
+            (
+                codec::emf_value_builder_t::KIND,
+                codec::emf_value_builder_t::NAME,
+            ),
         ];
         let mut seen = std::collections::HashSet::new();
         for (kind, name) in kinds {
@@ -662,7 +671,7 @@ mod tests {
         // SAFETY: static NUL-terminated string.
         let s = unsafe { std::ffi::CStr::from_ptr(emf_version_string()) };
         assert_eq!(s.to_str().unwrap(), v);
-        for code in 0..=EMF_ERR_BUSY {
+        for code in 0..=EMF_ERR_STOPPED {
             // SAFETY: static NUL-terminated string.
             let n = unsafe { std::ffi::CStr::from_ptr(emf_status_name(code)) };
             assert!(n.to_str().unwrap().starts_with("EMF_"));

@@ -23,6 +23,7 @@ EMF_ERR_BUFFER_TOO_SMALL = 12
 EMF_ERR_TOO_LARGE = 13
 EMF_ERR_NOT_FOUND = 14
 EMF_ERR_BUSY = 15
+EMF_ERR_STOPPED = 16
 
 
 def status_name(code: int) -> str:

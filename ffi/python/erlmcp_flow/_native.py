@@ -134,6 +134,38 @@ class emf_message_t(Structure):
 
 emf_message_p = POINTER(emf_message_t)
 
+
+class emf_value_builder_t(Structure):
+    """Opaque ``emf_value_builder_t``; only pointers to it are used."""
+
+
+emf_value_builder_p = POINTER(emf_value_builder_t)
+
+
+class emf_value_event_t(Structure):
+    """``emf_value_event_t``: one event of a value stream (``emf_value_builder_push``,
+    ``emf_archive_visit``)."""
+
+    _fields_ = [
+        ("kind", c_uint32),
+        ("int_value", c_int64),
+        ("uint_value", c_uint64),
+        ("float_value", c_double),
+        ("data", POINTER(c_uint8)),
+        ("len", c_size_t),
+        ("count", c_size_t),
+    ]
+
+
+#: ``emf_value_event_fn``: ``int (*)(void *ctx, const emf_value_event_t *event)``; 0 goes on.
+emf_value_event_fn = ctypes.CFUNCTYPE(c_int, c_void_p, POINTER(emf_value_event_t))
+
+
+class emf_value_visitor_t(Structure):
+    """``emf_value_visitor_t``: the callback of ``emf_archive_visit``."""
+
+    _fields_ = [("on_event", emf_value_event_fn)]
+
 class emf_ring_options_t(Structure):
     """``emf_ring_options_t``: options for ``emf_ring_create``; fill it with
     ``emf_ring_options_default`` first."""
@@ -313,6 +345,20 @@ PROTOTYPES = {
         [_bytes_in, c_size_t, POINTER(emf_encode_options_t), c_uint32, POINTER(emf_buf_t)],
     ),
     "emf_archive_to_json": (emf_status_t, [_bytes_in, c_size_t, POINTER(emf_buf_t)]),
+    "emf_value_builder_new": (emf_status_t, [c_uint32, POINTER(emf_value_builder_p)]),
+    "emf_value_builder_free": (emf_status_t, [emf_value_builder_p]),
+    "emf_value_builder_push": (
+        emf_status_t,
+        [emf_value_builder_p, POINTER(emf_value_event_t), c_size_t],
+    ),
+    "emf_value_builder_finish": (
+        emf_status_t,
+        [emf_value_builder_p, POINTER(emf_encode_options_t), c_uint32, POINTER(emf_buf_t)],
+    ),
+    "emf_archive_visit": (
+        emf_status_t,
+        [_bytes_in, c_size_t, POINTER(emf_value_visitor_t), c_void_p],
+    ),
     "emf_archive_validate": (emf_status_t, [_bytes_in, c_size_t, POINTER(c_size_t)]),
     "emf_message_open": (emf_status_t, [_bytes_in, c_size_t, POINTER(emf_message_p)]),
     "emf_message_free": (emf_status_t, [emf_message_p]),

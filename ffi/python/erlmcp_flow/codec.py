@@ -54,6 +54,26 @@ EMF_MAX_INPUT_LEN = 2**31 - 1
 
 # Flag of emf_json_to_archive_ex: the archive carries a CRC32C (see encode's ``checksum``).
 EMF_ARCHIVE_CHECKSUM = 1
+# Flag of emf_value_builder_finish: a message without "jsonrpc" is taken as "2.0".
+EMF_ARCHIVE_IMPLICIT_JSONRPC = 2
+# Flag of emf_value_builder_new: refuse objects with a repeated key.
+EMF_BUILDER_UNIQUE_KEYS = 1
+# The deepest nesting of arrays and objects in a value (as in JSON text).
+EMF_VALUE_MAX_DEPTH = 128
+# Kinds of emf_value_event_t (emf_value_builder_push, emf_archive_visit; declared in
+# _native for ctypes, not used by this package's own API).
+EMF_VALUE_NULL = 0
+EMF_VALUE_BOOL = 1
+EMF_VALUE_INT = 2
+EMF_VALUE_UINT = 3
+EMF_VALUE_FLOAT = 4
+EMF_VALUE_NUMBER_TEXT = 5
+EMF_VALUE_BIG_INT_LE = 6
+EMF_VALUE_STRING = 7
+EMF_VALUE_KEY = 8
+EMF_VALUE_BEGIN_ARRAY = 9
+EMF_VALUE_BEGIN_OBJECT = 10
+EMF_VALUE_END = 11
 
 # The library's word for a code it does not define (emf_kind_name, emf_priority_name).
 _UNKNOWN_NAME = "unknown"
@@ -517,6 +537,8 @@ __all__ = [
     "EMF_PRIORITY_CRITICAL", "EMF_PRIORITY_HIGH", "EMF_PRIORITY_NORMAL", "EMF_PRIORITY_LOW",
     "EMF_ID_NONE", "EMF_ID_NULL", "EMF_ID_INT", "EMF_ID_STRING", "EMF_ID_OTHER_NUMBER",
     "EMF_COMPRESS_DEFAULT_THRESHOLD", "EMF_MAX_INPUT_LEN", "EMF_ARCHIVE_CHECKSUM",
+    "EMF_ARCHIVE_IMPLICIT_JSONRPC", "EMF_BUILDER_UNIQUE_KEYS", "EMF_VALUE_MAX_DEPTH",
+    "EMF_VALUE_NULL", "EMF_VALUE_BOOL", "EMF_VALUE_INT", "EMF_VALUE_UINT", "EMF_VALUE_FLOAT", "EMF_VALUE_NUMBER_TEXT", "EMF_VALUE_BIG_INT_LE", "EMF_VALUE_STRING", "EMF_VALUE_KEY", "EMF_VALUE_BEGIN_ARRAY", "EMF_VALUE_BEGIN_OBJECT", "EMF_VALUE_END",
     "KIND_NAMES", "PRIORITY_NAMES", "ID_TYPE_NAMES", "NO_ID", "BigNumber",
     "Envelope", "Message",
     "abi_version", "version", "encode", "decode", "validate",

@@ -28,6 +28,7 @@ from erlmcp_flow._native import (
     emf_ring_stats_t,
     emf_slice_t,
     emf_task_queue_stats_t,
+    emf_value_event_t,
     lib,
 )
 
@@ -101,6 +102,7 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_cache_stats_t": emf_cache_stats_t,
         "emf_hnsw_params_t": emf_hnsw_params_t,
         "emf_hnsw_hit_t": emf_hnsw_hit_t,
+        "emf_value_event_t": emf_value_event_t,
     }
     lines = []
     for struct, cls in fields.items():

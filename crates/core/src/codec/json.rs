@@ -398,6 +398,23 @@ pub fn is_json_number(s: &str) -> bool {
     matches!(p.peek(), Some(b'-' | b'0'..=b'9')) && p.number().is_ok() && p.pos == s.len()
 }
 
+/// Reads `s`, which must be exactly one JSON number, as the parser would read it.
+pub fn parse_number(s: &str) -> Result<Number> {
+    let mut p = Parser {
+        s: s.as_bytes(),
+        pos: 0,
+        depth: 0,
+    };
+    if !matches!(p.peek(), Some(b'-' | b'0'..=b'9')) {
+        return Err(p.err("expected a number"));
+    }
+    let n = p.number()?;
+    if p.pos != s.len() {
+        return Err(p.err("trailing characters after the number"));
+    }
+    Ok(n)
+}
+
 /// Appends `s` as a JSON string literal.
 pub fn write_string(s: &str, out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -66,6 +66,15 @@ pub fn from_json_with(text: &[u8], meta: Metadata) -> Result<Message> {
             ),
         ));
     }
+    message_from_value(json::parse(text)?, meta, false)
+}
+
+/// Reads a parsed JSON value as a message: an object is one message, an array a batch (never
+/// empty) of message objects. A `created_at_us` of 0 in `meta` means now. With
+/// `implicit_version`, a message object without a `jsonrpc` member is taken as
+/// `"jsonrpc": "2.0"` (a `jsonrpc` member that is there must still be `"2.0"`); without it
+/// the member is required, as in JSON text.
+pub fn message_from_value(v: Value, meta: Metadata, implicit_version: bool) -> Result<Message> {
     let meta = Metadata {
         created_at_us: if meta.created_at_us == 0 {
             super::envelope::now_us()
@@ -74,7 +83,7 @@ pub fn from_json_with(text: &[u8], meta: Metadata) -> Result<Message> {
         },
         ..meta
     };
-    match json::parse(text)? {
+    match v {
         Value::Array(items) => {
             if items.is_empty() {
                 return Err(Error::invalid("a JSON-RPC batch must not be empty"));
@@ -83,19 +92,23 @@ pub fn from_json_with(text: &[u8], meta: Metadata) -> Result<Message> {
                 .into_iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    envelope_from_value(v, meta).map_err(|e| {
+                    envelope_from(v, meta, implicit_version).map_err(|e| {
                         Error::new(e.kind(), format!("batch item {i}: {}", e.message()))
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
             Ok(Message::Batch(envs))
         }
-        v => Ok(Message::Single(envelope_from_value(v, meta)?)),
+        v => Ok(Message::Single(envelope_from(v, meta, implicit_version)?)),
     }
 }
 
 /// Converts one parsed JSON-RPC message object into an envelope.
 pub fn envelope_from_value(v: Value, meta: Metadata) -> Result<Envelope> {
+    envelope_from(v, meta, false)
+}
+
+fn envelope_from(v: Value, meta: Metadata, implicit_version: bool) -> Result<Envelope> {
     let Value::Object(members) = v else {
         return Err(Error::invalid(
             "a JSON-RPC message must be a JSON object (or a batch array of objects)",
@@ -164,7 +177,7 @@ pub fn envelope_from_value(v: Value, meta: Metadata) -> Result<Envelope> {
             _ => extra.push(Member { key, value }),
         }
     }
-    if !version_seen {
+    if !version_seen && !implicit_version {
         return Err(Error::invalid("missing \"jsonrpc\": \"2.0\" member"));
     }
     let kind = match (&method, &result, &error) {

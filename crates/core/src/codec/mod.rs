@@ -36,6 +36,7 @@
 
 pub mod compress;
 pub mod envelope;
+pub mod events;
 pub mod json;
 pub mod jsonrpc;
 pub mod ring;

@@ -212,6 +212,8 @@ static ErlNifFunc nif_funcs[] = {
     {"json_to_archive", 4, nif_json_to_archive, 0},
     {"json_to_archive", 5, nif_json_to_archive, 0},
     {"archive_to_json", 1, nif_archive_to_json, 0},
+    {"serializer_encode_term", 5, nif_serializer_encode_term, 0},
+    {"serializer_decode_term", 2, nif_serializer_decode_term, 0},
     {"archive_validate", 1, nif_archive_validate, 0},
     {"message_open", 1, nif_message_open, 0},
     {"message_count", 1, nif_message_count, 0},

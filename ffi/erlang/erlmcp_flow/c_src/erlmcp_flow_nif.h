@@ -38,7 +38,7 @@
 #define EMF_NIF_ATOMS(X)                                                                       \
     /* Results and values. */                                                                  \
     X(ok) X(error) X(compressed) X(raw) X(undefined) X(null) X(none) X(json) X(unknown)        \
-    X(invalid_argument) X(true) X(false) X(infinity)                                           \
+    X(invalid_argument) X(true) X(false) X(infinity) X(binary) X(existing_atoms)               \
     /* Map keys of an envelope description. */                                                 \
     X(kind) X(priority) X(id) X(method) X(created_at_us) X(deadline_us) X(error_code)          \
     /* Rings: option and statistics keys, values, and the messages of deliveries. */           \

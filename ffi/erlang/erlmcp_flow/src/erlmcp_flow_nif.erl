@@ -30,6 +30,7 @@
 
 -export([abi_version/0, version/0,
          json_to_archive/4, json_to_archive/5, archive_to_json/1, archive_validate/1,
+         serializer_encode_term/5, serializer_decode_term/2,
          message_open/1, message_count/1, message_envelopes/1, message_to_json/1,
          message_payload_json/2,
          compress_if_needed/2, decompress/2,
@@ -204,6 +205,22 @@ json_to_archive(_Json, _Priority, _CreatedAtUs, _DeadlineUs, _Checksum) ->
 %% @doc `emf_archive_to_json': validates an archive and writes it as JSON-RPC text.
 -spec archive_to_json(bytes()) -> {ok, binary()} | error().
 archive_to_json(_Archive) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_value_builder_*': encodes an Erlang term (one JSON-RPC message map or a batch
+%% list of them) into an archive, walking the term in C without JSON text; a message map
+%% without a `jsonrpc' key is taken as `"2.0"' (`EMF_ARCHIVE_IMPLICIT_JSONRPC'). The mapping
+%% is {@link erlmcp_flow_serializer}'s. Terms that are not JSON-mappable give
+%% `{error, {invalid_argument, Message}}' with what and where.
+-spec serializer_encode_term(term(), priority(), non_neg_integer(), non_neg_integer(),
+                             boolean()) -> {ok, binary()} | error().
+serializer_encode_term(_Term, _Priority, _CreatedAtUs, _DeadlineUs, _Checksum) ->
+    erlang:nif_error(not_loaded).
+
+%% @doc `emf_archive_visit': validates an archive and builds the Erlang term of its message
+%% (maps with binary keys, or with `existing_atoms' the existing atom of a key's name when
+%% there is one). Never creates atoms.
+-spec serializer_decode_term(bytes(), binary | existing_atoms) -> {ok, term()} | error().
+serializer_decode_term(_Archive, _Keys) -> erlang:nif_error(not_loaded).
 
 %% @doc `emf_archive_validate': validates an archive and counts its envelopes.
 -spec archive_validate(bytes()) -> {ok, pos_integer()} | error().

@@ -1,5 +1,6 @@
-%% EUnit tests of erlmcp_flow_serializer: MCP round trips, envelope descriptions, message
-%% handles and hostile input.
+%% EUnit tests of erlmcp_flow_serializer on JSON text (encode_json, decode_json): MCP round
+%% trips, envelope descriptions, message handles and hostile input. Terms (encode, decode):
+%% erlmcp_flow_serializer_term_tests.
 -module(erlmcp_flow_serializer_tests).
 
 -include_lib("eunit/include/eunit.hrl").
@@ -9,9 +10,9 @@
 
 %% Encodes and decodes; returns the JSON text that came back.
 round_trip(Json) ->
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assert(is_binary(Archive)),
-    {ok, Back} = ?S:decode(Archive),
+    {ok, Back} = ?S:decode_json(Archive),
     Back.
 
 %% Compact JSON text comes back byte for byte.
@@ -25,7 +26,7 @@ assert_exact(Json) ->
 readme_example_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"}">>,
     assert_exact(Json),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assertMatch({ok, [#{kind := request, id := 1, method := <<"tools/list">>,
                          priority := normal, error_code := undefined}]},
                  ?S:info(Archive)).
@@ -53,7 +54,7 @@ tools_call_nested_arguments_test() ->
              "{\"files\":[\"a.erl\",\"b.erl\"],\"depth\":3,\"flags\":{\"dry\":true,"
              "\"force\":false,\"note\":null}}},[1,[2,[3,[4,[]]]]],{}],\"weight\":-17}}}">>,
     assert_exact(Json),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assertMatch({ok, [#{kind := request, id := <<"call-7">>,
                          method := <<"tools/call">>}]}, ?S:info(Archive)),
     {ok, M} = ?S:open(Archive),
@@ -72,9 +73,9 @@ resources_read_large_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"id\":9,\"result\":{\"contents\":[{\"uri\":"
              "\"file:///big.txt\",\"mimeType\":\"text/plain\",\"text\":\"", Text/binary,
              "\"}]}}">>,
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assert(byte_size(Archive) > 64 * 1024),
-    ?assertEqual({ok, Json}, ?S:decode(Archive)),
+    ?assertEqual({ok, Json}, ?S:decode_json(Archive)),
     ?assertEqual({ok, 1}, ?S:validate(Archive)),
     ?assertMatch({ok, [#{kind := response, id := 9, method := undefined}]}, ?S:info(Archive)),
     {ok, M} = ?S:open(Archive),
@@ -87,7 +88,7 @@ notification_progress_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":"
              "{\"progressToken\":\"t-1\",\"progress\":50,\"total\":100}}">>,
     assert_exact(Json),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assertMatch({ok, [#{kind := notification, id := none,
                          method := <<"notifications/progress">>}]}, ?S:info(Archive)).
 
@@ -95,7 +96,7 @@ error_response_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"id\":5,\"error\":{\"code\":-32601,\"message\":"
              "\"Method not found\",\"data\":{\"method\":\"tools/frobnicate\"}}}">>,
     assert_exact(Json),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assertMatch({ok, [#{kind := error, id := 5, error_code := -32601,
                          method := undefined}]}, ?S:info(Archive)),
     {ok, M} = ?S:open(Archive),
@@ -106,7 +107,7 @@ parse_error_with_null_id_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":"
              "\"Parse error\"}}">>,
     assert_exact(Json),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assertMatch({ok, [#{kind := error, id := null, error_code := -32700}]},
                  ?S:info(Archive)).
 
@@ -116,7 +117,7 @@ unicode_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"id\":\"ü-1\",\"method\":\"tools/call\",\"params\":"/utf8,
              "{\"name\":\"echo\",\"arguments\":{\"text\":\"", Text/binary, "\"}}}">>,
     assert_exact(Json),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     ?assertMatch({ok, [#{id := <<"ü-1"/utf8>>}]}, ?S:info(Archive)),
     %% Escapes are decoded; the text comes back as UTF-8.
     Escaped = <<"{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"params\":"
@@ -134,12 +135,12 @@ big_integer_survives_exactly_test() ->
     ?assertNotEqual(nomatch, binary:match(Back, <<"123456789012345678901234567890">>)).
 
 big_integer_id_test() ->
-    {ok, Archive} = ?S:encode(<<"{\"jsonrpc\":\"2.0\",\"id\":123456789012345678901234567890,"
+    {ok, Archive} = ?S:encode_json(<<"{\"jsonrpc\":\"2.0\",\"id\":123456789012345678901234567890,"
                                 "\"method\":\"m\"}">>),
     ?assertMatch({ok, [#{id := {json, <<"123456789012345678901234567890">>}}]},
                  ?S:info(Archive)),
     ?assertEqual({ok, <<"{\"jsonrpc\":\"2.0\",\"id\":123456789012345678901234567890,"
-                        "\"method\":\"m\"}">>}, ?S:decode(Archive)).
+                        "\"method\":\"m\"}">>}, ?S:decode_json(Archive)).
 
 floats_test() ->
     assert_exact(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"a\":0.1,\"b\":3.14,"
@@ -148,7 +149,7 @@ floats_test() ->
     ?assertEqual(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[-0.0025,100.0]}">>,
                  round_trip(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[-2.5e-3,1E2]}">>)),
     %% A float id is described by its JSON text.
-    {ok, Archive} = ?S:encode(<<"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"m\"}">>),
+    {ok, Archive} = ?S:encode_json(<<"{\"jsonrpc\":\"2.0\",\"id\":1.5,\"method\":\"m\"}">>),
     ?assertMatch({ok, [#{id := {json, <<"1.5">>}}]}, ?S:info(Archive)).
 
 %% Ids that are not 64-bit integers come as {json, ExactText}; the others as Erlang terms.
@@ -162,7 +163,7 @@ id_json_test() ->
     Items = [["{\"jsonrpc\":\"2.0\",\"id\":", Id,
               ",\"error\":{\"code\":-32600,\"message\":\"x\"}}"] || Id <- Ids],
     Json = iolist_to_binary(["[", lists:join(",", Items), "]"]),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     {ok, Infos} = ?S:info(Archive),
     ?assertEqual([{json, <<"1.5">>}, {json, <<"-0.25">>}, {json, <<"1e400">>},
                   {json, <<"9223372036854775808">>}, {json, <<"-9223372036854775809">>},
@@ -171,7 +172,7 @@ id_json_test() ->
                   9223372036854775807, -9223372036854775808, null, <<"s">>],
                  [Id || #{id := Id} <- Infos]),
     %% The JSON text of an id is what decode/1 writes for it.
-    {ok, Back} = ?S:decode(Archive),
+    {ok, Back} = ?S:decode_json(Archive),
     lists:foreach(fun({json, Text}) -> ?assertNotEqual(nomatch, binary:match(Back, Text));
                      (_) -> ok
                   end, [Id || #{id := Id} <- Infos]).
@@ -182,8 +183,8 @@ whitespace_is_normalised_test() ->
 
 iodata_input_test() ->
     Json = [<<"{\"jsonrpc\":">>, "\"2.0\"", [$,, <<"\"id\":4,">>], "\"method\":\"ping\"}"],
-    {ok, Archive} = ?S:encode(Json),
-    ?assertEqual({ok, iolist_to_binary(Json)}, ?S:decode(Archive)).
+    {ok, Archive} = ?S:encode_json(Json),
+    ?assertEqual({ok, iolist_to_binary(Json)}, ?S:decode_json(Archive)).
 
 batch_test() ->
     Json = <<"[{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tools/list\"},"
@@ -191,7 +192,7 @@ batch_test() ->
              "{\"jsonrpc\":\"2.0\",\"id\":\"r\",\"result\":{\"ok\":true}},"
              "{\"jsonrpc\":\"2.0\",\"id\":3,\"error\":{\"code\":-32602,\"message\":\"bad\"}}]">>,
     assert_exact(Json),
-    {ok, Archive} = ?S:encode(Json, #{priority => low}),
+    {ok, Archive} = ?S:encode_json(Json, #{priority => low}),
     ?assertEqual({ok, 4}, ?S:validate(Archive)),
     {ok, Infos} = ?S:info(Archive),
     ?assertMatch([#{kind := request, id := 1, method := <<"tools/list">>},
@@ -211,11 +212,11 @@ large_batch_test() ->
     Items = [io_lib:format("{\"jsonrpc\":\"2.0\",\"id\":~b,\"method\":\"m~b\"}", [I, I])
              || I <- lists:seq(1, N)],
     Json = iolist_to_binary(["[", lists:join(",", Items), "]"]),
-    {ok, Archive} = ?S:encode(Json),
+    {ok, Archive} = ?S:encode_json(Json),
     {ok, Infos} = ?S:info(Archive),
     ?assertEqual(N, length(Infos)),
     ?assertEqual(lists:seq(1, N), [Id || #{id := Id} <- Infos]),
-    ?assertEqual({ok, Json}, ?S:decode(Archive)).
+    ?assertEqual({ok, Json}, ?S:decode_json(Archive)).
 
 %%--------------------------------------------------------------------------------------------
 %% Options
@@ -225,7 +226,7 @@ options_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"tasks/run\"}">>,
     lists:foreach(
       fun(P) ->
-              {ok, A} = ?S:encode(Json, #{priority => P, created_at_us => 1700000000000000,
+              {ok, A} = ?S:encode_json(Json, #{priority => P, created_at_us => 1700000000000000,
                                           deadline_us => 1700000005000000}),
               ?assertMatch({ok, [#{priority := P, created_at_us := 1700000000000000,
                                    deadline_us := 1700000005000000}]}, ?S:info(A))
@@ -233,7 +234,7 @@ options_test() ->
 
 default_options_test() ->
     Before = os:system_time(microsecond),
-    {ok, A} = ?S:encode(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}">>),
+    {ok, A} = ?S:encode_json(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}">>),
     After = os:system_time(microsecond),
     {ok, [#{priority := normal, created_at_us := Created, deadline_us := 0}]} = ?S:info(A),
     ?assert(Created >= Before - 1000000 andalso Created =< After + 1000000).
@@ -244,7 +245,7 @@ bad_options_test_() ->
     Bad = [#{priority => urgent}, #{priority => 1}, #{priority => "high"},
            #{created_at_us => -1}, #{deadline_us => 1.5}, #{deadline_us => 1 bsl 64},
            #{colour => blue}, #{checksum => yes}, [{priority, high}]],
-    [?_assertMatch({error, {invalid_argument, _}}, ?S:encode(Json, untyped(Opts)))
+    [?_assertMatch({error, {invalid_argument, _}}, ?S:encode_json(Json, untyped(Opts)))
      || Opts <- Bad].
 
 %%--------------------------------------------------------------------------------------------
@@ -267,22 +268,22 @@ bad_json_test_() ->
                                                 lists:duplicate(100000, $]), "}"])}],
     [{Name, ?_assertMatch({error, {invalid_argument, Msg}} when is_binary(Msg)
                                                            andalso byte_size(Msg) > 0,
-                          ?S:encode(Json))}
+                          ?S:encode_json(Json))}
      || {Name, Json} <- Cases].
 
 error_message_names_the_problem_test() ->
-    {error, {invalid_argument, Msg}} = ?S:encode(<<"{\"id\":1,\"method\":\"m\"}">>),
+    {error, {invalid_argument, Msg}} = ?S:encode_json(<<"{\"id\":1,\"method\":\"m\"}">>),
     ?assertNotEqual(nomatch, binary:match(Msg, <<"jsonrpc">>)).
 
 sample_archive() ->
-    {ok, A} = ?S:encode(<<"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":"
+    {ok, A} = ?S:encode_json(<<"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":"
                           "{\"name\":\"x\",\"arguments\":{\"n\":[1,2.5,\"s\",null,true]}}}">>),
     A.
 
 %% Every reader answers a corrupt archive with {error, {corrupt, _}} or, when the change
 %% happens to keep it valid, a successful read. Nothing crashes.
 assert_safe_read(Bytes) ->
-    case ?S:decode(Bytes) of
+    case ?S:decode_json(Bytes) of
         {ok, Json} -> ?assert(is_binary(Json));
         Other -> ?assertMatch({error, {corrupt, _}}, Other)
     end,
@@ -296,14 +297,14 @@ assert_safe_read(Bytes) ->
     end.
 
 empty_and_garbage_archives_test_() ->
-    [?_assertMatch({error, {corrupt, _}}, ?S:decode(<<>>)),
+    [?_assertMatch({error, {corrupt, _}}, ?S:decode_json(<<>>)),
      ?_assertMatch({error, {corrupt, _}}, ?S:validate(<<>>)),
      ?_assertMatch({error, {corrupt, _}}, ?S:info(<<>>)),
-     ?_assertMatch({error, {corrupt, _}}, ?S:decode(<<"garbage!">>)),
-     ?_assertMatch({error, {corrupt, _}}, ?S:decode(binary:copy(<<255>>, 4096))),
-     ?_assertMatch({error, {corrupt, _}}, ?S:decode(binary:copy(<<0>>, 3))),
+     ?_assertMatch({error, {corrupt, _}}, ?S:decode_json(<<"garbage!">>)),
+     ?_assertMatch({error, {corrupt, _}}, ?S:decode_json(binary:copy(<<255>>, 4096))),
+     ?_assertMatch({error, {corrupt, _}}, ?S:decode_json(binary:copy(<<0>>, 3))),
      ?_assertMatch({error, {corrupt, _}},
-                   ?S:decode(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}">>)),
+                   ?S:decode_json(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}">>)),
      ?_test(lists:foreach(fun(Seed) ->
                                   _ = rand:seed(exsss, {Seed, Seed, Seed}),
                                   assert_safe_read(rand:bytes(1 + Seed * 7))
@@ -313,7 +314,7 @@ truncated_archives_test() ->
     A = sample_archive(),
     lists:foreach(fun(N) ->
                           Prefix = binary:part(A, 0, N),
-                          ?assertMatch({error, {corrupt, _}}, ?S:decode(Prefix)),
+                          ?assertMatch({error, {corrupt, _}}, ?S:decode_json(Prefix)),
                           ?assertMatch({error, {corrupt, _}}, ?S:open(Prefix))
                   end, lists:seq(0, byte_size(A) - 1)).
 
@@ -331,16 +332,16 @@ bit_flipped_archives_test() ->
 checksummed_archives_test() ->
     Json = <<"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"tools/call\",\"params\":"
              "{\"name\":\"x\",\"arguments\":{\"n\":[1,2.5,\"s\",null,true]}}}">>,
-    {ok, Plain} = ?S:encode(Json, #{created_at_us => 1}),
-    {ok, A} = ?S:encode(Json, #{created_at_us => 1, checksum => true}),
-    {ok, Plain} = ?S:encode(Json, #{created_at_us => 1, checksum => false}),
+    {ok, Plain} = ?S:encode_json(Json, #{created_at_us => 1}),
+    {ok, A} = ?S:encode_json(Json, #{created_at_us => 1, checksum => true}),
+    {ok, Plain} = ?S:encode_json(Json, #{created_at_us => 1, checksum => false}),
     ?assertEqual(byte_size(Plain) + 4, byte_size(A)),
-    ?assertEqual({ok, Json}, ?S:decode(A)),
-    ?assertEqual({ok, Json}, ?S:decode(Plain)),
+    ?assertEqual({ok, Json}, ?S:decode_json(A)),
+    ?assertEqual({ok, Json}, ?S:decode_json(Plain)),
     lists:foreach(fun(I) ->
                           <<Pre:I/bits, B:1, Post/bits>> = A,
                           Flipped = <<Pre:I/bits, (1 - B):1, Post/bits>>,
-                          ?assertMatch({error, {corrupt, _}}, ?S:decode(Flipped)),
+                          ?assertMatch({error, {corrupt, _}}, ?S:decode_json(Flipped)),
                           ?assertMatch({error, {corrupt, _}}, ?S:validate(Flipped)),
                           ?assertMatch({error, {corrupt, _}}, ?S:open(Flipped))
                   end, lists:seq(0, bit_size(A) - 1)).
@@ -348,17 +349,17 @@ checksummed_archives_test() ->
 %% Archives read in place from sub-binaries at every small offset (odd ones included).
 sub_binary_at_odd_offsets_test() ->
     A = sample_archive(),
-    {ok, Expected} = ?S:decode(A),
+    {ok, Expected} = ?S:decode_json(A),
     lists:foreach(
       fun(Offset) ->
               Pad = binary:copy(<<16#AA>>, Offset),
               Big = <<Pad/binary, A/binary, "trailing bytes">>,
               Sub = binary:part(Big, Offset, byte_size(A)),
-              ?assertEqual({ok, Expected}, ?S:decode(Sub)),
+              ?assertEqual({ok, Expected}, ?S:decode_json(Sub)),
               ?assertEqual({ok, 1}, ?S:validate(Sub)),
               ?assertMatch({ok, [#{id := 7}]}, ?S:info(Sub)),
               <<_:Offset/binary, Matched:(byte_size(A))/binary, _/binary>> = Big,
-              ?assertEqual({ok, Expected}, ?S:decode(Matched))
+              ?assertEqual({ok, Expected}, ?S:decode_json(Matched))
       end, lists:seq(0, 16)).
 
 %%--------------------------------------------------------------------------------------------
@@ -369,9 +370,9 @@ non_binary_arguments_test_() ->
     Bad = [atom, 42, 1.5, self(), make_ref(), #{}, {tuple}, [1 | 2], [256], <<1:3>>],
     [?_assertMatch({error, {invalid_argument, _}}, F(Arg))
      || Arg <- Bad,
-        F <- [fun ?S:encode/1,
-              fun(X) -> ?S:encode(X, #{priority => high}) end,
-              fun ?S:decode/1, fun ?S:validate/1, fun ?S:info/1, fun ?S:open/1,
+        F <- [fun ?S:encode_json/1,
+              fun(X) -> ?S:encode_json(X, #{priority => high}) end,
+              fun ?S:decode_json/1, fun ?S:validate/1, fun ?S:info/1, fun ?S:open/1,
               fun ?S:envelopes/1, fun ?S:to_json/1, fun(X) -> ?S:payload(X, 0) end]].
 
 bad_payload_index_test() ->
@@ -410,7 +411,7 @@ message_handle_outlives_its_archive_binary_test() ->
     {ok, M} = ?S:open(binary:copy(sample_archive())),
     erlang:garbage_collect(),
     ?assertMatch({ok, [#{id := 7, method := <<"tools/call">>}]}, ?S:envelopes(M)),
-    ?assertEqual(?S:decode(sample_archive()), ?S:to_json(M)).
+    ?assertEqual(?S:decode_json(sample_archive()), ?S:to_json(M)).
 
 message_handle_shared_between_processes_test() ->
     {ok, M} = ?S:open(sample_archive()),
@@ -433,7 +434,7 @@ concurrent_errors_test() ->
               fun() ->
                       Ok = lists:all(
                              fun(_) ->
-                                     {error, {invalid_argument, Msg}} = ?S:encode(Json),
+                                     {error, {invalid_argument, Msg}} = ?S:encode_json(Json),
                                      binary:match(Msg, Word) =/= nomatch
                              end, lists:seq(1, 500)),
                       Self ! {self(), Ok}
