@@ -34,11 +34,9 @@
 -export([main/1]).
 
 -define(S, erlmcp_flow_serializer).
-%% The serializer's JSON-text entry points. Today encode/1 and decode/1 take and give JSON
-%% text; once encode/1 and decode/1 take and give terms, these become encode_json and
-%% decode_json.
--define(FLOW_JSON_ENCODE, encode).
--define(FLOW_JSON_DECODE, decode).
+%% The serializer's JSON-text entry points (encode/1 and decode/1 take and give terms).
+-define(FLOW_JSON_ENCODE, encode_json).
+-define(FLOW_JSON_DECODE, decode_json).
 -define(TARGET_MS, 100).
 
 %%--------------------------------------------------------------------------------------------
