@@ -67,6 +67,7 @@ mod priority;
 pub mod queue;
 pub mod ring;
 pub mod router;
+pub mod sched;
 pub mod shm;
 pub mod state;
 mod sync;

@@ -1,0 +1,17 @@
+//! Agents, the scheduler, pools and leases (issue 12; being built).
+//!
+//! Everything here is a state machine or a pure component without I/O: callers (the hosts'
+//! runtimes, the simulations of the tests) feed it events and a clock reading (`now`, in µs of
+//! any monotonic clock they choose) and carry out the actions it returns. Durable state goes
+//! through the [`Ledger`] trait, so the in-memory, shared-memory and file-backed ledgers (and a
+//! later Raft-replicated one) are interchangeable.
+//!
+//! The shared vocabulary lives in [`types`]; each part has a file of its own.
+
+pub mod strategy;
+pub mod types;
+
+pub use strategy::{Candidate, Strategy};
+pub use types::{
+    AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, MemLedger, Micros, TaskId,
+};
