@@ -20,8 +20,12 @@
 //! agent fails every call, the successes before the fault have left the window `window` µs
 //! later, and the breaker opens at the first failure from then on at which the window holds
 //! `min_calls` calls (with one bucket, the window empties at each bucket boundary: more
-//! buckets, a smoother window). The ratio is compared in integers
-//! (parts per million), so `0.3` with 3 failures out of 10 trips exactly.
+//! buckets, a smoother window). The ratio is judged after every outcome counted while closed
+//! (a success too can complete `min_calls`), in integers (parts per million), so `0.3` with 3
+//! failures out of 10 trips exactly.
+//!
+//! Reopening after a failed probe multiplies the open period by `backoff` (bounded by
+//! `max_open_for`); closing resets it to `open_for` and empties the window.
 //!
 //! The breaker is a pure state machine: the caller passes `now` (µs of any monotonic clock) to
 //! every call. A `now` smaller than one seen before is taken as the latest one seen (no time
