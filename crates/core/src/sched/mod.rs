@@ -8,9 +8,15 @@
 //!
 //! The shared vocabulary lives in [`types`]; each part has a file of its own.
 
+pub mod backpressure;
+pub mod breaker;
+pub mod ratelimit;
 pub mod strategy;
 pub mod types;
 
+pub use backpressure::{BackPressure, BackPressureConfig, SlowConsumer};
+pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState};
+pub use ratelimit::{Rate, RateLimiter, RateLimiterConfig, Throttled};
 pub use strategy::{Candidate, Strategy};
 pub use types::{
     AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, MemLedger, Micros, TaskId,
