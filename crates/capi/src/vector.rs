@@ -820,6 +820,15 @@ pub unsafe extern "C" fn emf_hnsw_search_batch(
         // The handle and the dimension are checked even when there is nothing to search.
         let answers = with_read(index, Wait::Block, |i, r| {
             dim_eq(dim, i.dim(), "queries")?;
+            if nq > 0 && dim == 0 {
+                // Only an index without a dimension gets here: it has no answer to give for
+                // `nq` queries of no values, and `out_counts` would be left unwritten.
+                return Err(FfiError::new(
+                    EMF_ERR_INVALID_ARGUMENT,
+                    "queries: the index has no dimension yet (created with dim 0, nothing \
+                     inserted), and queries of 0 values are none",
+                ));
+            }
             Ok(r.search_batch(qs, &o, threads as usize)?)
         })?;
         // Every query succeeded: only each query's hits are written, slots past its count
@@ -1431,6 +1440,30 @@ mod tests {
             )
         };
         assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+        // Queries of 0 values: nq of them cannot be answered (EMF_OK would leave out_counts
+        // unwritten); none is an empty answer.
+        let mut counts = [usize::MAX; 2];
+        for (nq, want) in [(2, EMF_ERR_INVALID_ARGUMENT), (0, EMF_OK)] {
+            // SAFETY: nq · 0 queries, nq · 2 hits and nq counts fit the arrays.
+            let st = unsafe {
+                emf_hnsw_search_batch(
+                    h,
+                    q.as_ptr(),
+                    nq,
+                    0,
+                    1,
+                    0,
+                    0,
+                    null(),
+                    0,
+                    0,
+                    hits.as_mut_ptr(),
+                    counts.as_mut_ptr(),
+                )
+            };
+            assert_eq!(st, want, "nq {nq}");
+        }
+        assert_eq!(counts, [usize::MAX; 2]);
         // An empty batch fixes nothing.
         // SAFETY: empty arrays.
         let st = unsafe { emf_hnsw_insert_batch(h, [0u64; 0].as_ptr(), 0, q.as_ptr(), 3, 1) };

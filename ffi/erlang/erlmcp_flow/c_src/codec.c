@@ -281,6 +281,15 @@ static ERL_NIF_TERM path_error(ErlNifEnv *env, const char *what, const char *pat
     return make_error(env, atom_invalid_argument, msg, len);
 }
 
+/* The longest integer decode makes a term of, in digits (about 1 million bits): the decimal
+ * conversion is quadratic, and an archive may hold a number of 100 million digits. */
+#define EMF_NIF_MAX_INTEGER_DIGITS ((size_t)300000)
+
+/* The longest magnitude encode takes, in bytes: 10^300000 - 1 (996 579 bits) fits, so encode
+ * takes what decode gives back. The engine converts a magnitude to decimal text in quadratic
+ * time: a megabyte integer would hold a dirty scheduler for minutes. */
+#define EMF_NIF_MAX_INTEGER_BYTES ((size_t)124573)
+
 /* --- encode ------------------------------------------------------------------------------ */
 
 /* One open map or list of the term being encoded. */
@@ -413,7 +422,17 @@ static bool enc_bignum(enc_ctx *c, ERL_NIF_TERM t) {
     bool ok;
     if (at == 0 || at + 1 + n > ext.size) {
         ok = enc_refuse(c, "an integer could not be read", "");
+    } else if (n > EMF_NIF_MAX_INTEGER_BYTES) {
+        char what[160];
+        snprintf(what, sizeof what,
+                 "an integer of %zu bytes is longer than encode/1 takes (%zu bytes, about "
+                 "%zu digits, as decode/1)", n, EMF_NIF_MAX_INTEGER_BYTES,
+                 EMF_NIF_MAX_INTEGER_DIGITS);
+        ok = enc_refuse(c, what, "; encode_json/1 takes it as JSON text");
     } else {
+        /* The engine's conversion to decimal text is quadratic (about n^2 / 30 divisions):
+         * counted as such, a long magnitude sends the walk to a dirty scheduler. */
+        c->work += n * n / 32;
         emf_value_event_t ev = {.kind = EMF_VALUE_BIG_INT_LE,
                                 .int_value = ext.data[at] != 0,
                                 .data = ext.data + at + 1,
@@ -665,10 +684,6 @@ static ERL_NIF_TERM nif_serializer_encode_term(ErlNifEnv *env, int argc,
 
 /* --- decode ------------------------------------------------------------------------------ */
 
-/* The longest integer decode makes a term of, in digits (about 1 million bits): the decimal
- * conversion is quadratic, and an archive may hold a number of 100 million digits. */
-#define EMF_NIF_MAX_INTEGER_DIGITS ((size_t)300000)
-
 /* Frames: the batch, an envelope, the error object, then values up to EMF_VALUE_MAX_DEPTH. */
 #define EMF_NIF_DECODE_DEPTH (EMF_VALUE_MAX_DEPTH + 8)
 
@@ -687,6 +702,9 @@ typedef struct dec_ctx {
     ERL_NIF_TERM root;
     bool failed;
     ERL_NIF_TERM error;
+    size_t work;   /* big-integer conversion work so far */
+    size_t budget; /* 0: none; else stop and go dirty past it */
+    bool over_budget;
 } dec_ctx;
 
 /* The path of the value at the top of the stack (`upto' frames counted). */
@@ -851,6 +869,14 @@ static int dec_event(void *ctx, const emf_value_event_t *e) {
             return dec_fail(c, what, c->depth,
                             "; decode_json/1 gives the message as JSON text, number included");
         }
+        /* The conversion is quadratic (chunks^2 / 2 multiplications): on a normal scheduler,
+         * the visit stops past the budget and starts over on a dirty one. */
+        size_t chunks = digits / 9 + 1;
+        c->work += chunks * chunks / 2;
+        if (c->budget != 0 && c->work > c->budget) {
+            c->over_budget = true;
+            return 1;
+        }
         ERL_NIF_TERM big;
         if (!dec_big_integer(env, e->data, e->len, &big)) {
             return dec_fail(c, "an integer could not be made (out of memory?)", c->depth, "");
@@ -962,10 +988,15 @@ static ERL_NIF_TERM serializer_decode_term_impl(ErlNifEnv *env, int argc,
     c->root = atom_undefined;
     c->failed = false;
     c->error = atom_undefined;
+    c->work = 0;
+    c->budget = on_normal_scheduler() ? EMF_NIF_DIRTY_THRESHOLD : 0;
+    c->over_budget = false;
     const emf_value_visitor_t visitor = {.on_event = dec_event};
     emf_status_t st = emf_archive_visit(archive.data, archive.size, &visitor, c);
     ERL_NIF_TERM result;
-    if (st == EMF_OK && c->depth == 0) {
+    if (c->over_budget) {
+        result = atom_undefined; /* done again on a dirty scheduler, below */
+    } else if (st == EMF_OK && c->depth == 0) {
         result = make_ok(env, c->root);
     } else if (st == EMF_ERR_STOPPED && c->failed) {
         result = c->error;
@@ -979,7 +1010,12 @@ static ERL_NIF_TERM serializer_decode_term_impl(ErlNifEnv *env, int argc,
         enif_free(f->keys);
         enif_free(f->values);
     }
+    bool again = c->over_budget;
     enif_free(c);
+    if (again) {
+        return schedule_dirty_cpu(env, "serializer_decode_term", serializer_decode_term_impl,
+                                  argc, argv);
+    }
     return result;
 }
 NIF_BY_BYTES(serializer_decode_term, 0, EMF_NIF_DIRTY_THRESHOLD)

@@ -252,6 +252,51 @@ long_integers_test() ->
     {ok, Json} = ?S:decode_json(A),
     ?assertNotEqual(nomatch, binary:match(Json, Digits)).
 
+%% Converting a long integer is quadratic (encode: the engine writes the magnitude as decimal
+%% text, 0.37 s for this one; decode: the digits become a bignum here, 20 ms), so the byte
+%% count of the term or the archive says little: an integer under the 64 KiB of a normal
+%% scheduler's budget must still go to a dirty one. A NIF holding a normal scheduler gives a
+%% long_schedule report; the decode, shorter, is tried three times (one clean run passes: an
+%% OS hiccup on a loaded machine is no failure, a NIF taking 20 ms every time is).
+long_integers_leave_the_normal_scheduler_test() ->
+    Big = (1 bsl 480000) - 1, % 60 000 bytes, 144 495 digits
+    ?assertEqual([], long_schedules(
+                       fun() -> {ok, _} = ?S:encode(#{method => m, params => [Big]}) end, 50)),
+    Digits = binary:copy(<<"7">>, 65000),
+    {ok, A} = ?S:encode_json(<<"{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":[", Digits/binary,
+                               "]}">>),
+    ?assert(byte_size(A) < 64 * 1024),
+    Runs = [long_schedules(fun() -> {ok, _} = ?S:decode(A) end, 8) || _ <- [1, 2, 3]],
+    ?assert(lists:member([], Runs), Runs).
+
+%% Encode takes the integers decode gives back (up to 300 000 digits: long_integers_test)
+%% and refuses longer ones, whose conversion would hold a dirty scheduler for minutes.
+encode_refuses_what_decode_would_test() ->
+    ?assertMatch({ok, _}, ?S:encode(#{method => m, params => [(1 bsl 996584) - 1]})),
+    Msg = refused(#{method => m, params => [-(1 bsl 996584)]}),
+    contains(Msg, <<"an integer of 124574 bytes">>),
+    contains(Msg, <<"(at $.params[0])">>),
+    contains(Msg, <<"encode_json/1">>).
+
+%% The long_schedule reports (Ms or more) of a process running Fun (the monitoring process
+%% itself is never reported).
+long_schedules(Fun, Ms) ->
+    Prev = erlang:system_monitor(self(), [{long_schedule, Ms}]),
+    {Pid, Ref} = spawn_monitor(fun() -> Fun(), receive after 20 -> ok end end),
+    receive {'DOWN', Ref, process, Pid, Reason} -> ?assertEqual(normal, Reason) end,
+    case Prev of
+        undefined -> erlang:system_monitor(undefined);
+        {Monitor, Opts} -> erlang:system_monitor(Monitor, Opts)
+    end,
+    collect_long_schedules(Pid).
+
+collect_long_schedules(Pid) ->
+    receive
+        {monitor, Pid, long_schedule, Info} -> [Info | collect_long_schedules(Pid)]
+    after 0 ->
+        []
+    end.
+
 decode_refuses_garbage_test_() ->
     [?_assertMatch({error, {corrupt, _}}, ?S:decode(B))
      || B <- [<<>>, <<"garbage!">>, binary:copy(<<0>>, 64),
