@@ -236,6 +236,8 @@ pub struct ValueBuilder {
     stack: Vec<Frame>,
     root: Option<Value>,
     unique_keys: bool,
+    /// About the length of the value's JSON text so far (see [`ValueBuilder::charge`]).
+    size: usize,
 }
 
 impl ValueBuilder {
@@ -257,6 +259,28 @@ impl ValueBuilder {
     pub fn reset(&mut self) {
         self.stack.clear();
         self.root = None;
+        self.size = 0;
+    }
+
+    /// Counts `n` more bytes of (about) the value's JSON text: 2 for each value, key or
+    /// container, plus the bytes of strings, keys and number texts. A value past
+    /// [`jsonrpc::MAX_JSON_LEN`] (the JSON bridge's limit) is refused with `TooLarge`: a host
+    /// walking a term of shared subterms (tiny in memory, huge when walked) stops there instead
+    /// of exhausting memory.
+    fn charge(&mut self, n: usize) -> Result<()> {
+        let size = self.size.saturating_add(n.saturating_add(2));
+        if size > jsonrpc::MAX_JSON_LEN {
+            return Err(Error::new(
+                crate::ErrorKind::TooLarge,
+                format!(
+                    "the value exceeds the limit of {} bytes of JSON text (at {})",
+                    jsonrpc::MAX_JSON_LEN,
+                    self.path()
+                ),
+            ));
+        }
+        self.size = size;
+        Ok(())
     }
 
     /// Where the next value goes, as a path: `$` for the root, `$.params.items[3]`.
@@ -318,6 +342,10 @@ impl ValueBuilder {
 
     fn scalar(&mut self, v: Value) -> Result<()> {
         self.check_slot()?;
+        self.charge(match &v {
+            Value::String(s) => s.len(),
+            _ => 3,
+        })?;
         self.place(v);
         Ok(())
     }
@@ -355,6 +383,8 @@ impl ValueBuilder {
     /// [`Number::Big`].
     pub fn big_int_le(&mut self, negative: bool, magnitude: &[u8]) -> Result<()> {
         self.check_slot()?;
+        // About 2.41 decimal digits a byte.
+        self.charge(magnitude.len().saturating_mul(5) / 2)?;
         self.place(Value::Number(int_from_le(negative, magnitude)));
         Ok(())
     }
@@ -363,6 +393,7 @@ impl ValueBuilder {
     /// `1e400`), read exactly as the JSON parser reads it.
     pub fn number_text(&mut self, text: &str) -> Result<()> {
         self.check_slot()?;
+        self.charge(text.len())?;
         let n = json::parse_number(text).map_err(|_| {
             self.err(format!(
                 "{:?} is not a JSON number",
@@ -395,6 +426,15 @@ impl ValueBuilder {
 
     /// The key of the next member of the enclosing object.
     pub fn key(&mut self, k: &str) -> Result<()> {
+        if matches!(
+            self.stack.last(),
+            Some(Frame {
+                container: Container::Object { key: None, .. },
+                ..
+            })
+        ) {
+            self.charge(k.len())?;
+        }
         match self.stack.last_mut() {
             Some(Frame {
                 container:
@@ -425,6 +465,7 @@ impl ValueBuilder {
         if self.stack.len() >= json::MAX_DEPTH {
             return Err(self.err(format!("nesting deeper than {} levels", json::MAX_DEPTH)));
         }
+        self.charge(0)?;
         let key_in_parent = match self.stack.last_mut() {
             Some(Frame {
                 container: Container::Object { key, .. },
@@ -902,5 +943,34 @@ mod tests {
         });
         assert_eq!(r, ControlFlow::Break("stop"));
         assert_eq!(seen, 11);
+    }
+
+    #[test]
+    fn a_value_past_the_json_limit_is_too_large_and_leaves_the_builder_usable() {
+        let mut b = ValueBuilder::new();
+        b.begin_array(0).unwrap();
+        let chunk = "x".repeat(1 << 20);
+        let mut refused = None;
+        for i in 0..200 {
+            if let Err(e) = b.string(&chunk) {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        // 2 for the array, then 1 MiB + 2 per string: the 128th crosses 128 MiB.
+        let (i, e) = refused.expect("the builder never refused");
+        assert_eq!(i, 127);
+        assert_eq!(e.kind(), crate::ErrorKind::TooLarge, "{e}");
+        assert!(e.message().contains("at $[127]"), "{e}");
+        // Big integers are charged before they are converted.
+        let mut big = ValueBuilder::new();
+        let e = big.big_int_le(false, &vec![0xff; 60 << 20]).unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::TooLarge);
+        // The refused event left the builder as it was.
+        b.end().unwrap();
+        match b.finish().unwrap() {
+            Value::Array(items) => assert_eq!(items.len(), 127),
+            other => panic!("{other:?}"),
+        }
     }
 }

@@ -77,6 +77,7 @@
 -type error() :: erlmcp_flow_nif:error().
 
 -define(SERVER, ?MODULE).
+-define(ADOPT_WAIT_MS, 5000).
 -define(KEYS, [name, dir, batch_size, batch_timeout, max_pending, drain_timeout]).
 -define(DEFAULTS, #{batch_size => 100, batch_timeout => 10, max_pending => 10000,
                     drain_timeout => 1000}).
@@ -287,6 +288,8 @@ start(Ring, Opts, How) when is_map(Opts) ->
                     case adoptable(Key, Target) of
                         {ok, Old, Pending} ->
                             run(How, Name, {{adopt, Old, Pending}, All, Key, Target});
+                        {error, _} = Busy ->
+                            Busy;
                         none ->
                             case new_batch(Ring, Opts, Size, TimeoutMs, MaxPending) of
                                 {ok, Batch} ->
@@ -322,10 +325,7 @@ adoptable(Key, Target) ->
         undefined ->
             none;
         {Old, Target} ->
-            case erlmcp_flow_nif:batch_pending(Old) of
-                {ok, Pending, _Due} -> {ok, Old, Pending};
-                {error, _} -> none % closed, or made by an earlier load of the NIF library
-            end;
+            adopt(Old, erlang:monotonic_time(millisecond) + ?ADOPT_WAIT_MS);
         {Old, _OtherRing} ->
             case erlmcp_flow_nif:batch_pending(Old) of
                 {error, {busy, _}} ->
@@ -335,6 +335,28 @@ adoptable(Key, Target) ->
                     release_left(Old),
                     none
             end
+    end.
+
+%% A killed server's processor may still be busy: the VM reports a process killed during a
+%% dirty NIF call as gone at once, while the call runs on. Its successor waits for the call to
+%% return (polling, up to ?ADOPT_WAIT_MS) rather than making a second processor and leaving
+%% the first one's pending messages to its destructor; still busy then, the start fails with
+%% `{error, {busy, _}}' (a supervisor tries again).
+adopt(Old, Deadline) ->
+    case erlmcp_flow_nif:batch_pending(Old) of
+        {ok, Pending, _Due} ->
+            {ok, Old, Pending};
+        {error, {busy, _}} ->
+            case erlang:monotonic_time(millisecond) < Deadline of
+                true ->
+                    receive after 1 -> ok end,
+                    adopt(Old, Deadline);
+                false ->
+                    {error, {busy, <<"erlmcp_flow_batch_processor: the processor of a killed "
+                                     "server is still in use by a call of that server">>}}
+            end;
+        {error, _} ->
+            none % closed, or made by an earlier load of the NIF library
     end.
 
 %% @private Flushes and frees a processor that a killed server left (see adoptable/2); used

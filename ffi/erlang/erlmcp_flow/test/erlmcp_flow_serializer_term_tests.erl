@@ -282,9 +282,9 @@ encode_refuses_what_decode_would_test() ->
 %% itself is never reported).
 long_schedules(Fun, Ms) ->
     Prev = erlang:system_monitor(self(), [{long_schedule, Ms}]),
-    {Pid, Ref} = spawn_monitor(fun() -> Fun(), receive after 20 -> ok end end),
+    {Pid, Ref} = spawn_monitor(fun() -> _ = Fun(), receive after 20 -> ok end end),
     receive {'DOWN', Ref, process, Pid, Reason} -> ?assertEqual(normal, Reason) end,
-    case Prev of
+    _ = case Prev of
         undefined -> erlang:system_monitor(undefined);
         {Monitor, Opts} -> erlang:system_monitor(Monitor, Opts)
     end,
@@ -473,3 +473,18 @@ proper_test_() ->
      Check(prop_agrees_with_jiffy(), 500),
      Check(prop_refuses_non_json_anywhere(), 500),
      Check(prop_existing_atoms_creates_none(), 500)].
+
+%% A term of shared subterms is small in memory and huge when walked: 2^12 references to one
+%% 64 KiB binary is 256 MiB of JSON text. The engine's builder stops at the JSON bridge's
+%% limit (128 MiB) with too_large, instead of growing until memory runs out.
+shared_subterms_are_bounded_test_() ->
+    {timeout, 120,
+     fun() ->
+             Leaf = binary:copy(<<"x">>, 65536),
+             T = lists:foldl(fun(_, Acc) -> [Acc, Acc] end, Leaf, lists:seq(1, 12)),
+             ?assertMatch({error, {too_large, <<_/binary>>}},
+                          ?S:encode(#{method => m, params => [T]})),
+             %% Half of it fits.
+             Half = lists:foldl(fun(_, Acc) -> [Acc, Acc] end, Leaf, lists:seq(1, 10)),
+             ?assertMatch({ok, _}, ?S:encode(#{method => m, params => [Half]}))
+     end}.
