@@ -8,9 +8,11 @@
 //!
 //! The shared vocabulary lives in [`types`]; each part has a file of its own.
 
+pub mod ledger;
 pub mod strategy;
 pub mod types;
 
+pub use ledger::{FileLedger, FileLedgerOptions, ShmLedger, ShmLedgerOptions};
 pub use strategy::{Candidate, Strategy};
 pub use types::{
     AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, MemLedger, Micros, TaskId,

@@ -149,6 +149,12 @@ pub enum LedgerRecord {
 pub trait Ledger {
     /// Appends `record`.
     fn append(&mut self, record: &LedgerRecord) -> Result<()>;
+    /// Appends `records`, in order (a group commit: a ledger that syncs makes the whole batch
+    /// durable at once, e.g. one write and one `fdatasync` for the file-backed ledger). On
+    /// `Err`, a prefix of the batch may have been appended. The default appends one by one.
+    fn append_batch(&mut self, records: &[LedgerRecord]) -> Result<()> {
+        records.iter().try_for_each(|r| self.append(r))
+    }
     /// Every record appended so far, in order (what a restarted scheduler replays). A ledger
     /// may compact: it then returns records equivalent for replay (e.g. only the tasks not yet
     /// ended, and the largest task id ever accepted as an `Accepted` or ended record).
@@ -187,7 +193,16 @@ mod tests {
         for ok in ["a", "planner-1", "x.y_z", &"a".repeat(MAX_AGENT_ID_LEN)] {
             assert_eq!(AgentId::new(ok).unwrap().as_str(), ok);
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"a".repeat(195)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(195),
+        ] {
             let e = AgentId::new(bad).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
         }
@@ -203,8 +218,14 @@ mod tests {
     #[test]
     fn mem_ledger_replays_in_order() {
         let mut l = MemLedger::new();
-        let a = LedgerRecord::Completed { id: TaskId(1), result: vec![1] };
-        let b = LedgerRecord::DeadLettered { id: TaskId(2), reason: "x".into() };
+        let a = LedgerRecord::Completed {
+            id: TaskId(1),
+            result: vec![1],
+        };
+        let b = LedgerRecord::DeadLettered {
+            id: TaskId(2),
+            reason: "x".into(),
+        };
         l.append(&a).unwrap();
         l.append(&b).unwrap();
         assert_eq!(l.replay().unwrap(), vec![a, b]);
