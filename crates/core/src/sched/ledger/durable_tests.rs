@@ -226,14 +226,15 @@ fn shm_compaction_keeps_the_live_tasks_and_the_max_id_or_answers_full() {
     let opts = shm_opts(&dir.0, 4096);
     let mut l = ShmLedger::open("c", &opts).unwrap();
     let mut model = MemLedger::new();
-    let path = l.path();
-    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
-    let first = ino(&path);
+    // About 100 KB of records through 4 KB: only compaction lets them in.
+    let mut compactions = 0;
     for r in Workload::after(&[], 6).take(3000) {
+        let before = l.used();
         l.append(&r).unwrap();
         model.append(&r).unwrap();
+        compactions += usize::from(l.used() < before);
     }
-    assert_ne!(ino(&path), first, "compacted into a new segment");
+    assert!(compactions > 20, "{compactions}");
     let all = model.replay().unwrap();
     let got = l.replay().unwrap();
     assert_eq!(compact(&got), compact(&all));
@@ -423,6 +424,21 @@ fn shm_survives_sigkill_at_any_moment() {
 // ---------------------------------------------------------------------------------------
 // FileLedger
 
+/// Opens a file ledger, retrying while it is `Busy` for a moment: another test of this
+/// process that spawns a child (the SIGKILL test) shares every open file, and so the lock,
+/// with the child between its fork and its exec.
+fn open_file(path: &Path, opts: &FileLedgerOptions) -> crate::Result<FileLedger> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match FileLedger::open(path, opts) {
+            Err(e) if e.kind() == ErrorKind::Busy && Instant::now() < deadline => {
+                std::thread::yield_now()
+            }
+            r => return r,
+        }
+    }
+}
+
 fn file_opts(compact_at: u64) -> FileLedgerOptions {
     FileLedgerOptions { compact_at }
 }
@@ -432,7 +448,7 @@ fn file_opts(compact_at: u64) -> FileLedgerOptions {
 fn file_every_kind_round_trips_in_batches() {
     let dir = TempDir::new("fledger-rt");
     let path = dir.0.join("l");
-    let mut l = FileLedger::open(&path, &FileLedgerOptions::default()).unwrap();
+    let mut l = open_file(&path, &FileLedgerOptions::default()).unwrap();
     assert!(l.is_empty() && l.replay().unwrap().is_empty());
     let all = every_kind();
     l.append(&all[0]).unwrap();
@@ -447,7 +463,7 @@ fn file_every_kind_round_trips_in_batches() {
         ErrorKind::Busy
     );
     drop(l);
-    let mut l = FileLedger::open(&path, &FileLedgerOptions::default()).unwrap();
+    let mut l = open_file(&path, &FileLedgerOptions::default()).unwrap();
     assert_eq!(l.replay().unwrap(), all);
     l.append(&all[0]).unwrap();
     assert_eq!(l.replay().unwrap().len(), all.len() + 1);
@@ -463,7 +479,7 @@ fn file_every_kind_round_trips_in_batches() {
 fn three_batches(path: &Path) -> (Vec<u8>, Vec<Vec<LedgerRecord>>, usize) {
     let all = every_kind();
     let batches = vec![all[..2].to_vec(), all[2..3].to_vec(), all[3..].to_vec()];
-    let mut l = FileLedger::open(path, &FileLedgerOptions::default()).unwrap();
+    let mut l = open_file(path, &FileLedgerOptions::default()).unwrap();
     let mut before_last = 0;
     for b in &batches {
         before_last = l.len() as usize;
@@ -486,12 +502,15 @@ fn file_torn_tails_are_truncated() {
         // reach the disk in any order) the whole length with a zeroed stretch.
         let mut torn = bytes[..cut].to_vec();
         if cut > before_last + 1 && rng.below(2) == 0 {
-            torn = bytes.clone();
             let a = before_last + rng.below((cut - before_last) as u64) as usize;
-            torn[a..cut].fill(0);
+            let mut holed = bytes.clone();
+            holed[a..cut].fill(0);
+            if holed != bytes {
+                torn = holed;
+            }
         }
         std::fs::write(&path, &torn).unwrap();
-        let mut l = FileLedger::open(&path, &FileLedgerOptions::default()).unwrap();
+        let mut l = open_file(&path, &FileLedgerOptions::default()).unwrap();
         assert_eq!(l.replay().unwrap(), first_two, "cut {cut}");
         assert_eq!(
             std::fs::metadata(&path).unwrap().len() as usize,
@@ -502,7 +521,7 @@ fn file_torn_tails_are_truncated() {
     }
     // A torn file header (the creator died while writing it) is a new ledger.
     std::fs::write(&path, &bytes[..5]).unwrap();
-    let l = FileLedger::open(&path, &FileLedgerOptions::default()).unwrap();
+    let l = open_file(&path, &FileLedgerOptions::default()).unwrap();
     assert!(l.replay().unwrap().is_empty());
 }
 
@@ -518,7 +537,7 @@ fn file_flipped_bytes_are_corrupt_or_a_torn_tail() {
             let mut b = bytes.clone();
             b[off] ^= x;
             std::fs::write(&path, &b).unwrap();
-            match FileLedger::open(&path, &FileLedgerOptions::default()) {
+            match open_file(&path, &FileLedgerOptions::default()) {
                 Ok(l) => {
                     // Only damage to the last group reads as a torn tail.
                     assert!(off >= before_last, "flip {x:#x} at {off} was not detected");
@@ -536,7 +555,7 @@ fn file_flipped_bytes_are_corrupt_or_a_torn_tail() {
     }
     // Damage behind an open ledger's back, even to its last group, is Corrupt on replay.
     std::fs::write(&path, &bytes).unwrap();
-    let l = FileLedger::open(&path, &FileLedgerOptions::default()).unwrap();
+    let l = open_file(&path, &FileLedgerOptions::default()).unwrap();
     for off in [20, bytes.len() - 1] {
         let mut b = bytes.clone();
         b[off] ^= 0x10;
@@ -550,21 +569,18 @@ fn file_flipped_bytes_are_corrupt_or_a_torn_tail() {
 fn file_compaction_keeps_the_live_tasks_and_the_max_id() {
     let dir = TempDir::new("fledger-compact");
     let path = dir.0.join("l");
-    let mut l = FileLedger::open(&path, &file_opts(8192)).unwrap();
+    let mut l = open_file(&path, &file_opts(8192)).unwrap();
     let mut model = MemLedger::new();
-    let ino = |p: &Path| std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(p).unwrap());
-    let first = ino(&path);
     let work: Vec<_> = Workload::after(&[], 5).take(2000).collect();
     for batch in work.chunks(7) {
         l.append_batch(batch).unwrap();
         model.append_batch(batch).unwrap();
         assert!(l.len() <= 8192 + 4096, "{}", l.len());
     }
-    assert_ne!(ino(&path), first, "compacted into a new file");
     let all = model.replay().unwrap();
     assert_eq!(compact(&l.replay().unwrap()), compact(&all));
     drop(l);
-    let mut l = FileLedger::open(&path, &file_opts(8192)).unwrap();
+    let mut l = open_file(&path, &file_opts(8192)).unwrap();
     assert_eq!(compact(&l.replay().unwrap()), compact(&all));
     l.compact().unwrap();
     assert_eq!(l.replay().unwrap(), compact(&all));
@@ -599,7 +615,7 @@ fn ledger_throughput() {
     for group in [1usize, 16, 256] {
         let path = Path::new(&fdir).join(format!("ledger-bench-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let mut l = FileLedger::open(&path, &FileLedgerOptions::default()).unwrap();
+        let mut l = open_file(&path, &FileLedgerOptions::default()).unwrap();
         let groups = match group {
             1 => 2000,
             16 => 1000,
