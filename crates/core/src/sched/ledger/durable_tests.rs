@@ -338,7 +338,11 @@ fn shm_survives_sigkill_at_any_moment() {
         .unwrap_or(0x1ed9e5);
     let mut rng = Rng(seed);
     let mut start: Vec<LedgerRecord> = Vec::new();
-    let rounds = 6;
+    // Each round takes some 20 ms; EMF_LEDGER_ROUNDS runs more (scripts or a long soak).
+    let rounds = std::env::var("EMF_LEDGER_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
     for round in 0..rounds {
         let report = dir.0.join(format!("report-{round}"));
         std::fs::write(&report, b"").unwrap();
@@ -594,15 +598,19 @@ fn file_compaction_keeps_the_live_tasks_and_the_max_id() {
 #[test]
 #[ignore = "a benchmark: prints appends/s"]
 fn ledger_throughput() {
-    let dir = TempDir::new("ledger-bench");
     let rec = |i: u64| LedgerRecord::Leased {
         id: TaskId(i),
         agent: AgentId::new("agent-17").unwrap(),
         attempt: 1,
         deadline: i,
     };
-    let opts = shm_opts(&dir.0, 64 << 20);
-    let mut l = ShmLedger::open("bench", &opts).unwrap();
+    // The shared-memory ledger in /dev/shm (where segments live), the file one on disk.
+    let name = format!("bench-{}", std::process::id());
+    let opts = ShmLedgerOptions {
+        capacity: 64 << 20,
+        ..Default::default()
+    };
+    let mut l = ShmLedger::open(&name, &opts).unwrap();
     let n = 1_000_000u64;
     let t = Instant::now();
     for i in 0..n {
@@ -610,8 +618,11 @@ fn ledger_throughput() {
     }
     let s = t.elapsed().as_secs_f64();
     println!("ShmLedger: {:.0} appends/s ({n} records)", n as f64 / s);
+    drop(l);
+    ShmLedger::remove(&name, &opts.segment).unwrap();
     // The file ledger on the disk of the working directory (target/), not /tmp (tmpfs?).
-    let fdir = std::env::var("EMF_LEDGER_BENCH_DIR").unwrap_or_else(|_| "target".into());
+    let fdir = std::env::var("EMF_LEDGER_BENCH_DIR")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../target").into());
     for group in [1usize, 16, 256] {
         let path = Path::new(&fdir).join(format!("ledger-bench-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);

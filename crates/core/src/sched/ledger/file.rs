@@ -29,8 +29,10 @@
 //! # Ownership and compaction
 //!
 //! One process appends: the file is locked with `flock(LOCK_EX)` (released by the kernel when
-//! the process dies); a second opener gets `Busy`. When the file grows past
-//! [`FileLedgerOptions::compact_at`], the live records ([`compact`](super::compact)) are
+//! the process dies); a second opener gets `Busy`. (A child forked by any thread of the owner
+//! shares the lock until it calls `exec`, which closes the file: the files are opened with
+//! `O_CLOEXEC`. An opener may see `Busy` for that moment, even after the owner closed it.) When the file grows past
+//! [`FileLedgerOptions::compact_at`], the live records ([`compact`]) are
 //! written to `<path>.compact` (locked first), made durable, renamed over the ledger and the
 //! directory is `fsync`ed. An opener that locked the old file after the rename sees that the
 //! name now names another file, and opens again.
@@ -330,7 +332,7 @@ impl FileLedger {
         Ok(())
     }
 
-    /// Rewrites the ledger as its compacted records (see [`compact`](super::compact)): a new
+    /// Rewrites the ledger as its compacted records (see [`compact`]): a new
     /// file, made durable, renamed over this one, the directory synced.
     pub fn compact(&mut self) -> Result<()> {
         self.check_poisoned()?;

@@ -39,7 +39,7 @@
 //! # Compaction
 //!
 //! When a record does not fit, the owner writes the compacted records (the tasks not yet
-//! ended and the largest id ever used, see [`compact`](super::compact)) and the new record
+//! ended and the largest id ever used, see [`compact`]) and the new record
 //! into a new segment, under a temporary name, with itself as the owner, and renames it over
 //! the ledger's name: a process that opens the name sees the old segment or the new one, both
 //! whole. If even that does not fit, the append gives `ErrorKind::Full` and changes nothing.
@@ -91,6 +91,8 @@ struct LedgerHeader {
     _reserved: [u64; 2],
 }
 
+// Under loom the atomics are loom's (larger) types; the layout is only used without it.
+#[cfg(not(loom))]
 const _: () = assert!(std::mem::size_of::<LedgerHeader>() == LEDGER_HEADER);
 
 /// How to open a [`ShmLedger`].
@@ -561,7 +563,7 @@ impl ShmLedger {
         segment_path(&self.opts.dir, &self.seg_name)
     }
 
-    /// Rewrites the ledger as its compacted records (see [`compact`](super::compact)) plus
+    /// Rewrites the ledger as its compacted records (see [`compact`]) plus
     /// `extra` frames, in a new segment renamed over the old one. `Full` when they do not fit.
     fn compact_with(&mut self, extra: &[u8]) -> Result<()> {
         let (records, _) = self.view().scan()?;
@@ -608,7 +610,7 @@ impl ShmLedger {
         Ok(())
     }
 
-    /// Compacts the ledger now (see [`compact`](super::compact)).
+    /// Compacts the ledger now (see [`compact`]).
     pub fn compact(&mut self) -> Result<()> {
         self.check_owner()?;
         self.compact_with(&[])
