@@ -152,6 +152,7 @@ fn align8(n: usize) -> usize {
 pub struct ShmLedger {
     seg: Segment,
     seg_name: String,
+    path: PathBuf,
     opts: SegmentOptions,
     token: u64,
     /// Where the next frame goes (the end of the committed frames).
@@ -172,6 +173,9 @@ impl std::fmt::Debug for ShmLedger {
 /// A view of a mapped ledger segment's header and data area.
 struct View<'a> {
     seg: &'a Segment,
+    /// The ledger's path, for messages (a segment made by compaction was mapped under a
+    /// temporary name).
+    path: &'a Path,
 }
 
 impl<'a> View<'a> {
@@ -234,7 +238,7 @@ impl<'a> View<'a> {
 
     fn check(&self) -> Result<u64> {
         let (magic, version, capacity, nonce) = self.fields();
-        let path = self.seg.path().display();
+        let path = self.path.display();
         if magic != LEDGER_MAGIC {
             return Err(Error::corrupt(format!("{path}: not a ledger (bad magic)")));
         }
@@ -278,7 +282,7 @@ impl<'a> View<'a> {
     fn scan(&self) -> Result<(Vec<LedgerRecord>, usize)> {
         self.check()?;
         let cap = self.capacity();
-        let path = self.seg.path().display();
+        let path = self.path.display();
         let mut records = Vec::new();
         let mut pos = 0;
         let mut buf = Vec::new();
@@ -423,7 +427,10 @@ impl ShmLedger {
                     seg.path().display()
                 )));
             }
-            let v = View { seg: &seg };
+            let v = View {
+                seg: &seg,
+                path: seg.path(),
+            };
             let nonce = v.check()?;
             let cur = v.owner().load(Ordering::Acquire);
             if cur == token.0 {
@@ -463,6 +470,7 @@ impl ShmLedger {
             // process writes it, and readers read only committed frames, which end at `tail`.
             unsafe { std::ptr::write_bytes(v.data().wrapping_add(tail), 0, v.capacity() - tail) };
             let l = ShmLedger {
+                path: seg.path().to_owned(),
                 seg,
                 seg_name,
                 opts: opts.segment.clone(),
@@ -490,6 +498,7 @@ impl ShmLedger {
         match linked {
             Ok(()) => Ok(Some(ShmLedger {
                 seg,
+                path,
                 seg_name: seg_name.to_owned(),
                 opts: opts.segment.clone(),
                 token: token.0,
@@ -545,7 +554,10 @@ impl ShmLedger {
     }
 
     fn view(&self) -> View<'_> {
-        View { seg: &self.seg }
+        View {
+            seg: &self.seg,
+            path: &self.path,
+        }
     }
 
     /// Bytes of the data area.
@@ -559,8 +571,8 @@ impl ShmLedger {
     }
 
     /// The path of the segment file.
-    pub fn path(&self) -> PathBuf {
-        segment_path(&self.opts.dir, &self.seg_name)
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Rewrites the ledger as its compacted records (see [`compact`]) plus
@@ -596,7 +608,7 @@ impl ShmLedger {
             self.view().owner_ticks().load(Ordering::Relaxed),
         );
         let (seg, tmp) = Self::build(&self.seg_name, len, &self.opts, token, &frames)?;
-        let path = self.path();
+        let path = self.path.clone();
         if let Err(e) = std::fs::rename(&tmp, &path) {
             let _ = std::fs::remove_file(&tmp);
             return Err(Error::new(
@@ -634,7 +646,10 @@ impl ShmLedger {
         let seg_name = format!("ledger.{name}");
         let seg = Segment::open(&seg_name, SegmentKind::Ledger, opts)?;
         if seg.body_len() >= LEDGER_HEADER {
-            let v = View { seg: &seg };
+            let v = View {
+                seg: &seg,
+                path: seg.path(),
+            };
             let cur = v.owner().load(Ordering::Acquire);
             if cur != 0 && holder_alive(cur, v.owner_ticks().load(Ordering::Acquire)) {
                 return Err(Error::new(
