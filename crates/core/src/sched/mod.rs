@@ -10,12 +10,14 @@
 
 pub mod backpressure;
 pub mod breaker;
+pub mod ledger;
 pub mod ratelimit;
 pub mod strategy;
 pub mod types;
 
 pub use backpressure::{BackPressure, BackPressureConfig, SlowConsumer};
 pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState};
+pub use ledger::{FileLedger, FileLedgerOptions, ShmLedger, ShmLedgerOptions};
 pub use ratelimit::{Rate, RateLimiter, RateLimiterConfig, Throttled};
 pub use strategy::{Candidate, Strategy};
 pub use types::{

@@ -149,6 +149,12 @@ pub enum LedgerRecord {
 pub trait Ledger {
     /// Appends `record`.
     fn append(&mut self, record: &LedgerRecord) -> Result<()>;
+    /// Appends `records`, in order (a group commit: a ledger that syncs makes the whole batch
+    /// durable at once, e.g. one write and one `fdatasync` for the file-backed ledger). On
+    /// `Err`, a prefix of the batch may have been appended. The default appends one by one.
+    fn append_batch(&mut self, records: &[LedgerRecord]) -> Result<()> {
+        records.iter().try_for_each(|r| self.append(r))
+    }
     /// Every record appended so far, in order (what a restarted scheduler replays). A ledger
     /// may compact: it then returns records equivalent for replay (e.g. only the tasks not yet
     /// ended, and the largest task id ever accepted as an `Accepted` or ended record).

@@ -60,6 +60,9 @@ pub enum SegmentKind {
     Ring = 1,
     /// A shared-state store.
     State = 2,
+    /// A scheduler's ledger (`sched::ledger::ShmLedger`): durable state that [`gc`] never
+    /// removes, whoever is alive.
+    Ledger = 3,
 }
 
 impl SegmentKind {
@@ -67,6 +70,7 @@ impl SegmentKind {
         match v {
             1 => Some(SegmentKind::Ring),
             2 => Some(SegmentKind::State),
+            3 => Some(SegmentKind::Ledger),
             _ => None,
         }
     }
@@ -76,6 +80,7 @@ impl SegmentKind {
         match self {
             SegmentKind::Ring => "ring",
             SegmentKind::State => "state",
+            SegmentKind::Ledger => "ledger",
         }
     }
 }
@@ -756,6 +761,10 @@ impl HeaderCopy {
         self.u32_at(std::mem::offset_of!(SegmentHeader, layout_version))
     }
 
+    fn kind(&self) -> u32 {
+        self.u32_at(std::mem::offset_of!(SegmentHeader, kind))
+    }
+
     fn creator(&self) -> (u32, u64) {
         (
             self.u32_at(std::mem::offset_of!(SegmentHeader, creator_pid)),
@@ -889,6 +898,11 @@ fn judge_segment(file: &File, len: u64) -> Option<Verdict> {
     if pid == 0 {
         return None;
     }
+    if h.kind() == SegmentKind::Ledger as u32 {
+        // A scheduler's ledger outlives its processes on purpose: it is what a restarted
+        // scheduler replays. Only its owner (or `ShmLedger::remove`) removes it.
+        return Some(Verdict::Live);
+    }
     Some(if stale_by(pid, start, h.attached()) {
         Verdict::Stale
     } else {
@@ -951,7 +965,8 @@ fn remove_if_unchanged(path: &Path, id: FileId) -> std::io::Result<Removal> {
 ///
 /// * a **segment** (its header's magic) is removed when its creator is dead and no process
 ///   in its attach table is alive ([`Segment::is_stale`]; a zombie is dead, see
-///   [`process_alive`]), and kept otherwise;
+///   [`process_alive`]), and kept otherwise; a scheduler's **ledger** segment
+///   ([`SegmentKind::Ledger`]) is always kept (it is what a restarted scheduler replays);
 /// * a **state key file** (`emf-state.<store>.key.<hash>`, written by the state store) is
 ///   removed when the value segment it points at is gone or stale, and kept while that value
 ///   is in use (its publisher or a reader alive), however old the key file is; a temporary key
