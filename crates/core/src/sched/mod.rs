@@ -8,9 +8,14 @@
 //!
 //! The shared vocabulary lives in [`types`]; each part has a file of its own.
 
+pub mod scheduler;
 pub mod strategy;
 pub mod types;
 
+pub use scheduler::{
+    AckOutcome, Action, AgentLoad, DeadLetter, Scheduler, SchedulerConfig, SchedulerStats,
+    TaskSpec, DEFAULT_MAX_TASKS,
+};
 pub use strategy::{Candidate, Strategy};
 pub use types::{
     AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, MemLedger, Micros, TaskId,

@@ -187,7 +187,16 @@ mod tests {
         for ok in ["a", "planner-1", "x.y_z", &"a".repeat(MAX_AGENT_ID_LEN)] {
             assert_eq!(AgentId::new(ok).unwrap().as_str(), ok);
         }
-        for bad in ["", ".", "..", ".hidden", "a/b", "a b", "é", &"a".repeat(195)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            &"a".repeat(195),
+        ] {
             let e = AgentId::new(bad).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
         }
@@ -203,8 +212,14 @@ mod tests {
     #[test]
     fn mem_ledger_replays_in_order() {
         let mut l = MemLedger::new();
-        let a = LedgerRecord::Completed { id: TaskId(1), result: vec![1] };
-        let b = LedgerRecord::DeadLettered { id: TaskId(2), reason: "x".into() };
+        let a = LedgerRecord::Completed {
+            id: TaskId(1),
+            result: vec![1],
+        };
+        let b = LedgerRecord::DeadLettered {
+            id: TaskId(2),
+            reason: "x".into(),
+        };
         l.append(&a).unwrap();
         l.append(&b).unwrap();
         assert_eq!(l.replay().unwrap(), vec![a, b]);
