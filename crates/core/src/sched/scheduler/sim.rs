@@ -16,7 +16,9 @@
 //! the scheduler's own bookkeeping is consistent. At the end, faults stop and the simulation
 //! runs to quiescence: every accepted task must have ended (nothing lost).
 //!
-//! `EMF_SIM_SEEDS=N` runs N seeds instead of the default 200 (`EMF_SIM_STEPS` sets the steps).
+//! `EMF_SIM_SEEDS=N` runs N seeds instead of the default 200 (`EMF_SIM_STEPS` sets the steps;
+//! `EMF_SIM_DEEP_EVERY=1` checks the scheduler's whole bookkeeping after every step, not every
+//! 8th).
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
@@ -150,6 +152,8 @@ struct Harness {
     must_precede: HashMap<TaskId, BTreeSet<TaskId>>,
     ledger_seen: usize,
     crashes: u64,
+    checks: u64,
+    deep_every: u64,
     results: u64,
     dead: u64,
     refused: u64,
@@ -187,6 +191,8 @@ impl Harness {
             must_precede: HashMap::new(),
             ledger_seen: 0,
             crashes: 0,
+            checks: 0,
+            deep_every: env("EMF_SIM_DEEP_EVERY", 8).max(1),
             results: 0,
             dead: 0,
             refused: 0,
@@ -384,6 +390,7 @@ impl Harness {
         // Pending actions of the dead scheduler are gone with it (drained above); the new
         // one's recovery actions (dead letters) are checked now.
         self.check();
+        self.deep_check();
     }
 
     fn deliver_messages(&mut self) {
@@ -562,15 +569,13 @@ impl Harness {
         self.ledger_seen = tried.len();
     }
 
+    /// The invariants after a step; the scheduler's whole bookkeeping (the costly part) every
+    /// `deep_every` steps, after a crash and at the end.
     fn check(&mut self) {
         self.drain_and_check();
-        self.sched.assert_consistent();
-        for (task, (agent, attempt)) in &self.holder {
-            assert_eq!(
-                self.sched.lease_of(*task),
-                Some((agent.clone(), *attempt)),
-                "the ledger and the scheduler agree on {task:?}"
-            );
+        self.checks += 1;
+        if self.checks % self.deep_every == 0 {
+            self.deep_check();
         }
         let st = self.sched.stats();
         assert_eq!(st.leased, self.holder.len());
@@ -580,6 +585,17 @@ impl Harness {
             open,
             "every open task is queued or leased"
         );
+    }
+
+    fn deep_check(&mut self) {
+        self.sched.assert_consistent();
+        for (&task, (agent, attempt)) in &self.holder {
+            let (a, n) = self.sched.lease_of(task).expect("leased");
+            assert!(
+                a == *agent && n == *attempt,
+                "the ledger and the scheduler agree on {task:?}"
+            );
+        }
     }
 
     /// Stops the faults and runs until every accepted task has ended.
@@ -612,6 +628,7 @@ impl Harness {
             .take(10)
             .collect();
         assert!(lost.is_empty(), "tasks lost: {lost:?}");
+        self.deep_check();
         let st = self.sched.stats();
         assert_eq!((st.queued, st.leased), (0, 0));
     }
