@@ -284,7 +284,7 @@ pub struct SchedulerStats {
     pub agents: usize,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Lease {
     agent: AgentId,
     attempt: Attempt,
@@ -293,7 +293,7 @@ struct Lease {
     started: bool,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Task {
     type_ix: usize,
     priority: Priority,
@@ -308,7 +308,7 @@ struct Task {
     avoid: Option<AgentId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Agent {
     type_ix: usize,
     max_tasks: u32,
@@ -319,7 +319,7 @@ struct Agent {
     leases: Vec<TaskId>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct TypeState {
     name: AgentType,
     /// One lane per priority, highest first. May hold ids of tasks that ended while queued
@@ -333,8 +333,9 @@ struct TypeState {
     lease: Option<Micros>,
 }
 
-/// The scheduler. See the [module documentation](self) for its rules.
-#[derive(Debug)]
+/// The scheduler. See the [module documentation](self) for its rules. A clone is an
+/// independent copy (with a clone of the ledger): what a model checker explores.
+#[derive(Debug, Clone)]
 pub struct Scheduler<L: Ledger> {
     config: SchedulerConfig,
     ledger: L,
@@ -1165,6 +1166,53 @@ impl<L: Ledger> Scheduler<L> {
         l
     }
 
+    /// The state that decides the scheduler's future behaviour, in a canonical text (model
+    /// checking: two schedulers with the same fingerprint behave alike). Leaves out the ledger
+    /// and the counters.
+    #[cfg(test)]
+    pub(crate) fn fingerprint(&self) -> String {
+        use std::fmt::Write;
+        let mut f = String::new();
+        let mut ids: Vec<_> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let t = &self.tasks[&id];
+            let lease = t
+                .lease
+                .as_ref()
+                .map(|l| (&l.agent, l.attempt, l.deadline, l.delivered_at, l.started));
+            let _ = write!(
+                f,
+                "t{} {} {:?} {} {} {:?} {:?};",
+                id.0, t.type_ix, t.priority, t.deliveries, t.failures, lease, t.avoid
+            );
+        }
+        for ts in &self.types {
+            for lane in &ts.lanes {
+                let live: Vec<_> = lane
+                    .iter()
+                    .filter(|id| self.tasks.get(id).is_some_and(|t| t.lease.is_none()))
+                    .collect();
+                let _ = write!(f, "{live:?}");
+            }
+            let _ = write!(f, "{:?} {:?} {:?};", ts.agents, ts.window, ts.lease);
+        }
+        for (id, a) in &self.agents {
+            let _ = write!(
+                f,
+                "{id} {} {:?} {:?} {:?};",
+                a.max_tasks, a.liveness, a.latency_us, a.leases
+            );
+        }
+        let dead: Vec<_> = self.dead_letters.iter().map(|d| d.task).collect();
+        let _ = write!(
+            f,
+            "{} {} {:?} {:?} {:?}",
+            self.next_id, self.queued, dead, self.strategy, self.actions
+        );
+        f
+    }
+
     /// Checks the internal bookkeeping (tests and simulations): every live task is queued in
     /// its lane exactly once or leased to exactly one registered agent, the counters agree.
     #[cfg(test)]
@@ -1232,3 +1280,6 @@ mod tests;
 
 #[cfg(test)]
 mod sim;
+
+#[cfg(test)]
+mod model;
