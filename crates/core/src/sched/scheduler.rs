@@ -754,7 +754,8 @@ impl<L: Ledger> Scheduler<L> {
                 .collect();
             for id in silent {
                 self.stats.agents_dead += 1;
-                self.remove_agent(&id, "the agent missed its heartbeats", now);
+                // The queues are served below, once every silent agent is out.
+                self.remove_agent_quietly(&id, "the agent missed its heartbeats");
             }
         }
         let expired: Vec<TaskId> = self
@@ -876,15 +877,21 @@ impl<L: Ledger> Scheduler<L> {
 
     /// Removes agent `id` (known) and releases its leases, oldest at the front of its lane.
     fn remove_agent(&mut self, id: &AgentId, reason: &str, now: Micros) {
-        let Some(a) = self.agents.remove(id) else {
-            return;
-        };
+        if let Some(type_ix) = self.remove_agent_quietly(id, reason) {
+            self.pump(type_ix, now);
+        }
+    }
+
+    /// [`Self::remove_agent`] without serving the queue (when several agents go at once, none
+    /// of their tasks must land on another that is going too). Returns the agent's type.
+    fn remove_agent_quietly(&mut self, id: &AgentId, reason: &str) -> Option<usize> {
+        let a = self.agents.remove(id)?;
         self.types[a.type_ix].agents.retain(|x| x != id);
         for &task in a.leases.iter().rev() {
             // The agent is gone: nothing to avoid.
             self.release(task, reason, false);
         }
-        self.pump(a.type_ix, now);
+        Some(a.type_ix)
     }
 
     /// Releases `task`'s lease (a failed attempt) and queues it at the front of its lane, or

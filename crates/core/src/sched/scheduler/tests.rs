@@ -428,6 +428,31 @@ fn missed_heartbeats_declare_an_agent_dead_in_tick() {
 }
 
 #[test]
+fn agents_silent_at_once_do_not_pass_tasks_to_each_other() {
+    let mut s = sched_with(SchedulerConfig {
+        heartbeat_timeout: Some(S),
+        max_attempts: 2,
+        work_stealing: false,
+        ..SchedulerConfig::default()
+    });
+    let t = ty("t");
+    let (a, b, c) = (agent("a"), agent("b"), agent("c"));
+    s.register_agent(a.clone(), t.clone(), 5, token(1), 0)
+        .unwrap();
+    s.register_agent(b.clone(), t.clone(), 5, token(2), 0)
+        .unwrap();
+    let id = s.submit(&t, Priority::Normal, vec![], 0).unwrap();
+    assert_eq!(delivered(&mut s), [("a".into(), id.0, 1)]);
+    s.register_agent(c.clone(), t.clone(), 5, token(3), S / 2)
+        .unwrap();
+    // a and b are both silent: the task goes to c, one failed attempt, not two.
+    s.tick(S + 1);
+    assert_eq!(delivered(&mut s), [("c".into(), id.0, 2)]);
+    assert!(s.dead_letters().is_empty());
+    assert_eq!(s.stats().agents, 1);
+}
+
+#[test]
 fn max_attempts_dead_letters_once_and_reports_it() {
     let mut s = sched_with(SchedulerConfig {
         max_attempts: 2,
