@@ -18,7 +18,7 @@
 //!
 //! `EMF_SIM_SEEDS=N` runs N seeds instead of the default 200 (`EMF_SIM_STEPS` sets the steps;
 //! `EMF_SIM_DEEP_EVERY=1` checks the scheduler's whole bookkeeping after every step, not every
-//! 8th).
+//! 8th). `scripts/sched-sim.sh` runs many seeds in release, and the full model.
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
