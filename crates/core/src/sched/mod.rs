@@ -12,6 +12,7 @@ pub mod backpressure;
 pub mod breaker;
 pub mod ledger;
 pub mod ratelimit;
+pub mod scheduler;
 pub mod strategy;
 pub mod types;
 
@@ -19,6 +20,10 @@ pub use backpressure::{BackPressure, BackPressureConfig, SlowConsumer};
 pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 pub use ledger::{FileLedger, FileLedgerOptions, ShmLedger, ShmLedgerOptions};
 pub use ratelimit::{Rate, RateLimiter, RateLimiterConfig, Throttled};
+pub use scheduler::{
+    AckOutcome, Action, AgentLoad, DeadLetter, Scheduler, SchedulerConfig, SchedulerStats,
+    TaskSpec, DEFAULT_MAX_TASKS,
+};
 pub use strategy::{Candidate, Strategy};
 pub use types::{
     AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, MemLedger, Micros, TaskId,

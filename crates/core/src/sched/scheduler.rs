@@ -1,0 +1,1292 @@
+//! The scheduler: a state machine without I/O that turns submitted tasks into leases on agents
+//! and results back to submitters, and never loses an accepted task.
+//!
+//! The host feeds it events, each with a clock reading `now` ([`Scheduler::submit`],
+//! [`Scheduler::register_agent`], [`Scheduler::heartbeat`], [`Scheduler::agent_dead`],
+//! [`Scheduler::started`], [`Scheduler::ack`], [`Scheduler::nack`], [`Scheduler::tick`]) and
+//! carries out the [`Action`]s it takes from [`Scheduler::poll_action`]: write a task to an
+//! agent's inbox ([`Action::Deliver`]), tell an agent to drop a task ([`Action::Revoke`]), hand a
+//! result to its submitter ([`Action::Result`]), report a dead letter ([`Action::DeadLetter`]).
+//!
+//! # The rules
+//!
+//! * **Write-ahead.** Every state change that matters after a crash is appended to the
+//!   [`Ledger`] before it takes effect and before its action is emitted: `Accepted` before
+//!   [`Scheduler::submit`] returns the id, `Leased` before the `Deliver`, `Completed` before the
+//!   `Result`, `DeadLettered` before the `DeadLetter`. An accepted task is never lost.
+//! * **Back-pressure.** At most [`SchedulerConfig::max_queued`] tasks wait in the queue; beyond
+//!   that `submit` fails with [`ErrorKind::Full`] and the caller keeps its task. Tasks put back
+//!   in the queue (released leases) are never refused, so the bound may be passed by them.
+//! * **Priority lanes.** Queued tasks wait per agent type in one lane per [`Priority`]: a
+//!   critical task is delivered before every lower one of its type; FIFO within a lane. A task
+//!   whose type has no agent (yet) waits for one.
+//! * **Leases.** A delivery carries a deadline: `now` + the type's lease length, which is the
+//!   p95 of the type's last [`SchedulerConfig::latency_window`] delivery-to-ack latencies ×
+//!   [`SchedulerConfig::lease_factor`], clamped to `[min_lease, max_lease]`
+//!   ([`SchedulerConfig::default_lease`] before any observation). [`Scheduler::tick`] releases
+//!   expired leases; a dead agent's leases (reported by [`Scheduler::agent_dead`], or
+//!   [`SchedulerConfig::heartbeat_timeout`] without a heartbeat) and those of an unregistered
+//!   agent are released at once; [`Scheduler::nack`] releases one early. A released task goes
+//!   back to the front of its lane, and to another agent than the one it was released from when
+//!   another of its type has capacity.
+//! * **Dead letters.** Every release counts as a failed attempt (a steal does not: it is the
+//!   scheduler's choice, not a failure). A task released [`SchedulerConfig::max_attempts`] times
+//!   is dead-lettered: reported by an action and kept in [`Scheduler::dead_letters`], never
+//!   dropped.
+//! * **Exactly one effect.** The first result for a task wins; every later one (the first agent
+//!   of a redelivered task answering late, a duplicated message) is counted in
+//!   [`SchedulerStats::duplicates`] and ignored. A result from an agent that does not hold the
+//!   task's lease (an old attempt, an agent declared dead, an agent not re-registered after a
+//!   scheduler restart) still completes the task when it has not ended: the work was done. The
+//!   current holder, if any, is then sent a `Revoke`.
+//! * **Work stealing.** An agent reports [`Scheduler::started`] when it begins a task; a
+//!   delivered task not yet started is in that agent's backlog. When an agent holds no task and
+//!   nothing of its type is queued, it takes the oldest un-started task of the most loaded agent
+//!   of its type that holds at least two tasks (so tasks never bounce back and forth): a
+//!   `Revoke` to the victim, a new `Leased` record and a `Deliver` to the thief. This is the one
+//!   documented case where two agents may both work on a task (the victim may have started it
+//!   before the revoke arrived); the first result wins as above.
+//! * **Recovery.** [`Scheduler::recover`] replays the ledger: tasks accepted and not ended are
+//!   queued again (leases of before the crash are void; their agents may still answer, and the
+//!   dedup rule absorbs it), ids continue after the largest id seen, completed tasks' results
+//!   are not sent again, and the failed-attempt counts are kept. The registry is not durable:
+//!   agents register again after a scheduler restart — a heartbeat or `started` from an unknown
+//!   agent fails with [`ErrorKind::NotFound`], which tells the agent to do so.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
+
+use super::strategy::{Candidate, Strategy};
+use super::types::{AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, Micros, TaskId};
+use crate::error::{Error, ErrorKind, Result};
+use crate::priority::Priority;
+
+/// An agent's capacity when the host has no better idea (the original design's `max_tasks`).
+pub const DEFAULT_MAX_TASKS: u32 = 5;
+
+/// The scheduler's settings. [`SchedulerConfig::default`] gives the documented defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    /// How many tasks may wait in the queue before [`Scheduler::submit`] refuses with
+    /// [`ErrorKind::Full`] (default 100,000; at least 1).
+    pub max_queued: usize,
+    /// An agent without a heartbeat for longer than this is declared dead by
+    /// [`Scheduler::tick`] (default 5 s); `None`: heartbeats are not watched (the host reports
+    /// deaths itself).
+    pub heartbeat_timeout: Option<Micros>,
+    /// Releases (expired leases, dead agents, refusals) before a task is dead-lettered
+    /// (default 3; at least 1).
+    pub max_attempts: u32,
+    /// The lease length is the observed p95 latency × this factor (default 3; finite, > 0).
+    pub lease_factor: f64,
+    /// The shortest lease (default 100 ms; at least 1 µs).
+    pub min_lease: Micros,
+    /// The longest lease (default 10 min; at least `min_lease`).
+    pub max_lease: Micros,
+    /// The lease of a type with no observed latency yet (default 10 s; within
+    /// `[min_lease, max_lease]`).
+    pub default_lease: Micros,
+    /// How many recent delivery-to-ack latencies per type the p95 is taken over (default 64;
+    /// at least 1).
+    pub latency_window: usize,
+    /// The weight of a new sample in an agent's latency EWMA (default 0.2; in `(0, 1]`).
+    pub ewma_alpha: f64,
+    /// How an agent is chosen among those of a task's type (default
+    /// [`Strategy::LeastLoaded`]).
+    pub strategy: Strategy,
+    /// Whether idle agents steal un-started tasks from busy ones (default true).
+    pub work_stealing: bool,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_queued: 100_000,
+            heartbeat_timeout: Some(5_000_000),
+            max_attempts: 3,
+            lease_factor: 3.0,
+            min_lease: 100_000,
+            max_lease: 600_000_000,
+            default_lease: 10_000_000,
+            latency_window: 64,
+            ewma_alpha: 0.2,
+            strategy: Strategy::LeastLoaded,
+            work_stealing: true,
+        }
+    }
+}
+
+impl SchedulerConfig {
+    /// Checks the settings against the ranges documented on each field.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::invalid(what));
+        if self.max_queued == 0 {
+            return bad("max_queued must be at least 1".into());
+        }
+        if self.heartbeat_timeout == Some(0) {
+            return bad("heartbeat_timeout must be at least 1 µs (or None)".into());
+        }
+        if self.max_attempts == 0 {
+            return bad("max_attempts must be at least 1".into());
+        }
+        if !(self.lease_factor.is_finite() && self.lease_factor > 0.0) {
+            return bad(format!(
+                "lease_factor {} must be finite and > 0",
+                self.lease_factor
+            ));
+        }
+        if self.min_lease == 0 || self.min_lease > self.max_lease {
+            return bad(format!(
+                "lease bounds [{}, {}] µs must satisfy 1 <= min_lease <= max_lease",
+                self.min_lease, self.max_lease
+            ));
+        }
+        if !(self.min_lease..=self.max_lease).contains(&self.default_lease) {
+            return bad(format!(
+                "default_lease {} µs must lie in [{}, {}]",
+                self.default_lease, self.min_lease, self.max_lease
+            ));
+        }
+        if self.latency_window == 0 {
+            return bad("latency_window must be at least 1".into());
+        }
+        if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
+            return bad(format!("ewma_alpha {} must lie in (0, 1]", self.ewma_alpha));
+        }
+        Ok(())
+    }
+}
+
+/// What the host must carry out, in the order given.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write the task to the agent's inbox. Its `Leased` record is already in the ledger.
+    Deliver {
+        /// The agent.
+        agent: AgentId,
+        /// The task.
+        task: TaskId,
+        /// The attempt: the agent quotes it in `started`, `ack` and `nack`.
+        attempt: Attempt,
+        /// The task's payload (shared, not copied, between deliveries).
+        payload: Arc<[u8]>,
+        /// When the lease expires (the clock of the events).
+        deadline: Micros,
+    },
+    /// Tell the agent to drop this attempt of the task if it has not started it (it was
+    /// stolen, or completed elsewhere). Whatever the agent answers for it later is ignored.
+    Revoke {
+        /// The agent.
+        agent: AgentId,
+        /// The task.
+        task: TaskId,
+        /// The revoked attempt.
+        attempt: Attempt,
+    },
+    /// Hand the task's result to its submitter. Its `Completed` record is already in the
+    /// ledger; this happens once per task.
+    Result {
+        /// The task.
+        task: TaskId,
+        /// The result.
+        result: Vec<u8>,
+    },
+    /// Tell the submitter the task failed for good. Its `DeadLettered` record is already in
+    /// the ledger; this happens once per task, never together with a `Result`.
+    DeadLetter {
+        /// The task.
+        task: TaskId,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A task as it was submitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskSpec {
+    /// The agent type it needs.
+    pub agent_type: AgentType,
+    /// Its priority.
+    pub priority: Priority,
+    /// Its payload.
+    pub payload: Arc<[u8]>,
+}
+
+/// A dead-lettered task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The task.
+    pub task: TaskId,
+    /// Why it was given up.
+    pub reason: String,
+    /// The task as submitted; `None` when a recovered ledger no longer held its `Accepted`
+    /// record (a compacted ledger).
+    pub spec: Option<TaskSpec>,
+}
+
+/// What [`Scheduler::ack`] did with a result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckOutcome {
+    /// The result completed the task (a `Result` action was emitted).
+    Completed,
+    /// The task had already ended: the result was counted and ignored.
+    Duplicate,
+}
+
+/// One agent's load, as the strategies see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentLoad {
+    /// The agent.
+    pub agent: AgentId,
+    /// Its type.
+    pub agent_type: AgentType,
+    /// How it is known to be alive.
+    pub liveness: Liveness,
+    /// Tasks it holds (leased, not acknowledged).
+    pub current_tasks: u32,
+    /// Of those, the ones it has not reported started (its backlog).
+    pub backlog: u32,
+    /// Its capacity.
+    pub max_tasks: u32,
+    /// Its latency EWMA in µs (0 before its first acknowledged task).
+    pub latency_us: u64,
+    /// When it last gave a sign of life (registration or heartbeat).
+    pub last_heartbeat: Micros,
+}
+
+/// Counters of a scheduler. `completed` and `dead_lettered` are recovered from the ledger; the
+/// others count since this scheduler was made.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SchedulerStats {
+    /// Tasks waiting in the queue.
+    pub queued: usize,
+    /// Tasks leased to an agent.
+    pub leased: usize,
+    /// Tasks completed.
+    pub completed: u64,
+    /// Tasks dead-lettered.
+    pub dead_lettered: u64,
+    /// Results for tasks that had already ended, and `started`/`nack` for attempts no longer
+    /// leased: counted and ignored.
+    pub duplicates: u64,
+    /// Deliveries after the first of a task (steals excluded).
+    pub redeliveries: u64,
+    /// Tasks taken from a busy agent by an idle one.
+    pub steals: u64,
+    /// Leases that ran out.
+    pub expired: u64,
+    /// Agents declared dead (reported, or heartbeats missed).
+    pub agents_dead: u64,
+    /// Ledger appends that failed inside an event (the event then left the task where it was,
+    /// or, for a `Released` record, went on: replay voids leases anyway).
+    pub ledger_errors: u64,
+    /// Agents registered.
+    pub agents: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Lease {
+    agent: AgentId,
+    attempt: Attempt,
+    deadline: Micros,
+    delivered_at: Micros,
+    started: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Task {
+    type_ix: usize,
+    priority: Priority,
+    payload: Arc<[u8]>,
+    /// The last attempt number handed out (0 before the first delivery).
+    deliveries: Attempt,
+    /// Releases so far.
+    failures: u32,
+    /// `None`: queued.
+    lease: Option<Lease>,
+    /// Deliver elsewhere than this agent when possible (the one it was released from).
+    avoid: Option<AgentId>,
+}
+
+#[derive(Debug, Clone)]
+struct Agent {
+    type_ix: usize,
+    max_tasks: u32,
+    liveness: Liveness,
+    last_heartbeat: Micros,
+    latency_us: Option<f64>,
+    /// Leased tasks in delivery order.
+    leases: Vec<TaskId>,
+}
+
+#[derive(Debug, Clone)]
+struct TypeState {
+    name: AgentType,
+    /// One lane per priority, highest first. May hold ids of tasks that ended while queued
+    /// (a late result); they are skipped when met.
+    lanes: [VecDeque<TaskId>; 4],
+    /// Its agents in registration order.
+    agents: Vec<AgentId>,
+    /// Recent delivery-to-ack latencies.
+    window: VecDeque<Micros>,
+    /// The lease length from `window`, recomputed after a new sample.
+    lease: Option<Micros>,
+}
+
+/// The scheduler. See the [module documentation](self) for its rules. A clone is an
+/// independent copy (with a clone of the ledger): what a model checker explores.
+#[derive(Debug, Clone)]
+pub struct Scheduler<L: Ledger> {
+    config: SchedulerConfig,
+    ledger: L,
+    strategy: Strategy,
+    next_id: u64,
+    tasks: HashMap<TaskId, Task, ahash::RandomState>,
+    types: Vec<TypeState>,
+    type_index: HashMap<AgentType, usize, ahash::RandomState>,
+    agents: BTreeMap<AgentId, Agent>,
+    deadlines: BTreeSet<(Micros, TaskId)>,
+    queued: usize,
+    dead_letters: Vec<DeadLetter>,
+    actions: VecDeque<Action>,
+    stats: SchedulerStats,
+    scratch: Vec<Candidate>,
+}
+
+impl<L: Ledger> Scheduler<L> {
+    /// A scheduler over an empty `ledger`. Fails when `config` is out of range, or when the
+    /// ledger holds records (use [`Scheduler::recover`] then: ids must not be reused).
+    pub fn new(config: SchedulerConfig, ledger: L) -> Result<Self> {
+        config.validate()?;
+        if !ledger.replay()?.is_empty() {
+            return Err(Error::invalid(
+                "the ledger holds records: recover the scheduler from it instead",
+            ));
+        }
+        Ok(Self::empty(config, ledger))
+    }
+
+    fn empty(config: SchedulerConfig, ledger: L) -> Self {
+        Scheduler {
+            strategy: config.strategy.clone(),
+            config,
+            ledger,
+            next_id: 1,
+            tasks: HashMap::default(),
+            types: Vec::new(),
+            type_index: HashMap::default(),
+            agents: BTreeMap::new(),
+            deadlines: BTreeSet::new(),
+            queued: 0,
+            dead_letters: Vec::new(),
+            actions: VecDeque::new(),
+            stats: SchedulerStats::default(),
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Rebuilds a scheduler from `ledger.replay()` (after a crash of the previous one): the
+    /// tasks accepted and not ended are queued again in id order within their lanes, with their
+    /// failed-attempt counts; those that have reached `max_attempts` are dead-lettered now;
+    /// new ids continue after the largest id seen. No agent is registered: agents register
+    /// again (see the module documentation).
+    pub fn recover(config: SchedulerConfig, ledger: L, now: Micros) -> Result<Self> {
+        config.validate()?;
+        let records = ledger.replay()?;
+        let mut s = Self::empty(config, ledger);
+        let mut max_id = 0u64;
+        for record in records {
+            match record {
+                LedgerRecord::Accepted {
+                    id,
+                    agent_type,
+                    priority,
+                    payload,
+                } => {
+                    max_id = max_id.max(id.0);
+                    let type_ix = s.type_ix(&agent_type);
+                    s.tasks.insert(
+                        id,
+                        Task {
+                            type_ix,
+                            priority,
+                            payload: payload.into(),
+                            deliveries: 0,
+                            failures: 0,
+                            lease: None,
+                            avoid: None,
+                        },
+                    );
+                }
+                LedgerRecord::Leased { id, attempt, .. } => {
+                    max_id = max_id.max(id.0);
+                    if let Some(t) = s.tasks.get_mut(&id) {
+                        t.deliveries = t.deliveries.max(attempt);
+                    }
+                }
+                LedgerRecord::Released { id, .. } => {
+                    max_id = max_id.max(id.0);
+                    if let Some(t) = s.tasks.get_mut(&id) {
+                        t.failures += 1;
+                    }
+                }
+                LedgerRecord::Completed { id, .. } => {
+                    max_id = max_id.max(id.0);
+                    s.tasks.remove(&id);
+                    s.stats.completed += 1;
+                }
+                LedgerRecord::DeadLettered { id, reason } => {
+                    max_id = max_id.max(id.0);
+                    let spec = s.tasks.remove(&id).map(|t| s.spec_of(&t));
+                    s.dead_letters.push(DeadLetter {
+                        task: id,
+                        reason,
+                        spec,
+                    });
+                    s.stats.dead_lettered += 1;
+                }
+            }
+        }
+        s.next_id = max_id + 1;
+        let mut ids: Vec<TaskId> = s.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let t = &s.tasks[&id];
+            let (type_ix, lane) = (t.type_ix, t.priority as usize);
+            s.types[type_ix].lanes[lane].push_back(id);
+            s.queued += 1;
+        }
+        let max_attempts = s.config.max_attempts;
+        let mut spent: Vec<TaskId> = s
+            .tasks
+            .iter()
+            .filter(|(_, t)| t.failures >= max_attempts)
+            .map(|(&id, _)| id)
+            .collect();
+        spent.sort_unstable();
+        for id in spent {
+            // On a ledger error the task stays queued; the next pump of its type retries.
+            let _ = s.dead_letter(id, "its lease was released before a scheduler restart");
+        }
+        for ix in 0..s.types.len() {
+            s.pump(ix, now);
+        }
+        Ok(s)
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// The ledger.
+    pub fn ledger(&self) -> &L {
+        &self.ledger
+    }
+
+    /// Gives the ledger back (e.g. to recover another scheduler from it).
+    pub fn into_ledger(self) -> L {
+        self.ledger
+    }
+
+    // ----- agents -----
+
+    /// Registers an agent of `agent_type` that holds at most `max_tasks` tasks at once
+    /// ([`DEFAULT_MAX_TASKS`] when the host has no better idea; at least 1). Registering an id
+    /// that is registered with the same type and liveness updates its capacity and keeps its
+    /// leases (an agent saying hello again); with another type or liveness it is a new
+    /// incarnation: the old one's leases are released as if it had died.
+    pub fn register_agent(
+        &mut self,
+        id: AgentId,
+        agent_type: AgentType,
+        max_tasks: u32,
+        liveness: Liveness,
+        now: Micros,
+    ) -> Result<()> {
+        if max_tasks == 0 {
+            return Err(Error::invalid(format!(
+                "agent {id}: max_tasks must be at least 1"
+            )));
+        }
+        let type_ix = self.type_ix(&agent_type);
+        if let Some(a) = self.agents.get_mut(&id) {
+            if a.type_ix == type_ix && a.liveness == liveness {
+                a.max_tasks = max_tasks;
+                a.last_heartbeat = now;
+                self.pump(type_ix, now);
+                return Ok(());
+            }
+            self.remove_agent(&id, "the agent registered again with a new identity", now);
+        }
+        self.agents.insert(
+            id.clone(),
+            Agent {
+                type_ix,
+                max_tasks,
+                liveness,
+                last_heartbeat: now,
+                latency_us: None,
+                leases: Vec::new(),
+            },
+        );
+        self.types[type_ix].agents.push(id);
+        self.pump(type_ix, now);
+        Ok(())
+    }
+
+    /// Removes an agent; its leased tasks are released and delivered again elsewhere.
+    pub fn unregister_agent(&mut self, id: &AgentId, now: Micros) -> Result<()> {
+        self.known(id)?;
+        self.remove_agent(id, "the agent unregistered", now);
+        Ok(())
+    }
+
+    /// Records a sign of life from agent `id`. [`ErrorKind::NotFound`] when the agent is not
+    /// registered (declared dead, or the scheduler restarted): it should register again.
+    pub fn heartbeat(&mut self, id: &AgentId, now: Micros) -> Result<()> {
+        let a = self.agents.get_mut(id).ok_or_else(|| not_registered(id))?;
+        a.last_heartbeat = a.last_heartbeat.max(now);
+        Ok(())
+    }
+
+    /// The host saw agent `id` die (its pid gone, its Erlang process down): it is removed and
+    /// its leases are released at once.
+    pub fn agent_dead(&mut self, id: &AgentId, now: Micros) -> Result<()> {
+        self.known(id)?;
+        self.stats.agents_dead += 1;
+        self.remove_agent(id, "the agent died", now);
+        Ok(())
+    }
+
+    /// The agent the strategy would give a task of `agent_type` now, without leasing anything
+    /// (for hosts that route by themselves); `None` when no agent of the type has spare
+    /// capacity (`no_capacity`).
+    pub fn select_agent(&mut self, agent_type: &AgentType) -> Option<AgentId> {
+        let &ix = self.type_index.get(agent_type)?;
+        self.select(ix, None)
+            .map(|i| self.types[ix].agents[i].clone())
+    }
+
+    /// The load of agent `id`, or `None` when it is not registered.
+    pub fn agent_load(&self, id: &AgentId) -> Option<AgentLoad> {
+        self.agents.get(id).map(|a| self.load_of(id, a))
+    }
+
+    /// The load of every registered agent, in id order.
+    pub fn agent_loads(&self) -> Vec<AgentLoad> {
+        self.agents
+            .iter()
+            .map(|(id, a)| self.load_of(id, a))
+            .collect()
+    }
+
+    // ----- tasks -----
+
+    /// Accepts a task: its `Accepted` record is in the ledger when this returns its id, so it
+    /// is never lost from then on. [`ErrorKind::Full`] when `max_queued` tasks wait already
+    /// (back-pressure: the caller keeps its task and may retry); a ledger error is returned
+    /// as is (the task was not accepted, and its id is not used again).
+    pub fn submit(
+        &mut self,
+        agent_type: &AgentType,
+        priority: Priority,
+        payload: Vec<u8>,
+        now: Micros,
+    ) -> Result<TaskId> {
+        if self.queued >= self.config.max_queued {
+            return Err(Error::new(
+                ErrorKind::Full,
+                format!(
+                    "{} tasks are queued, the bound (max_queued): retry later",
+                    self.queued
+                ),
+            ));
+        }
+        let id = TaskId(self.next_id);
+        // The id is spent even when the append fails: it may have reached the ledger.
+        self.next_id += 1;
+        let record = LedgerRecord::Accepted {
+            id,
+            agent_type: agent_type.clone(),
+            priority,
+            payload,
+        };
+        self.ledger.append(&record)?;
+        let LedgerRecord::Accepted { payload, .. } = record else {
+            unreachable!("built above")
+        };
+        let type_ix = self.type_ix(agent_type);
+        self.tasks.insert(
+            id,
+            Task {
+                type_ix,
+                priority,
+                payload: payload.into(),
+                deliveries: 0,
+                failures: 0,
+                lease: None,
+                avoid: None,
+            },
+        );
+        self.types[type_ix].lanes[priority as usize].push_back(id);
+        self.queued += 1;
+        self.pump(type_ix, now);
+        Ok(id)
+    }
+
+    /// Agent `agent` began attempt `attempt` of `task`: the task leaves its backlog and can no
+    /// longer be stolen. `Ok(false)` (counted as a duplicate) when that attempt is not leased
+    /// to that agent (revoked, released, ended); [`ErrorKind::NotFound`] when the agent is not
+    /// registered.
+    pub fn started(
+        &mut self,
+        agent: &AgentId,
+        task: TaskId,
+        attempt: Attempt,
+        _now: Micros,
+    ) -> Result<bool> {
+        self.known(agent)?;
+        match self.tasks.get_mut(&task).and_then(|t| t.lease.as_mut()) {
+            Some(l) if l.agent == *agent && l.attempt == attempt => {
+                l.started = true;
+                Ok(true)
+            }
+            _ => {
+                self.stats.duplicates += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// A result for `task` from `agent` (attempt `attempt`). The first result of a task
+    /// completes it: its `Completed` record is appended, then a `Result` action is emitted.
+    /// Any later result is a [`AckOutcome::Duplicate`]. A result from an agent that does not
+    /// hold the lease (even an unregistered one) completes a task that has not ended: the work
+    /// was done; the holder, if any, gets a `Revoke`. [`ErrorKind::NotFound`] for an id never
+    /// handed out; a ledger error leaves the task as it was (the agent may send the result
+    /// again; otherwise the lease expires and the task is delivered again).
+    pub fn ack(
+        &mut self,
+        agent: &AgentId,
+        task: TaskId,
+        attempt: Attempt,
+        result: Vec<u8>,
+        now: Micros,
+    ) -> Result<AckOutcome> {
+        if task.0 == 0 || task.0 >= self.next_id {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("task {} was never accepted", task.0),
+            ));
+        }
+        if !self.tasks.contains_key(&task) {
+            self.stats.duplicates += 1;
+            return Ok(AckOutcome::Duplicate);
+        }
+        let record = LedgerRecord::Completed { id: task, result };
+        self.ledger.append(&record)?;
+        let LedgerRecord::Completed { result, .. } = record else {
+            unreachable!("built above")
+        };
+        let t = self.tasks.remove(&task).expect("checked above");
+        match t.lease {
+            Some(l) => {
+                self.deadlines.remove(&(l.deadline, task));
+                if l.agent == *agent && l.attempt == attempt {
+                    self.observe(&l, now);
+                } else {
+                    self.actions.push_back(Action::Revoke {
+                        agent: l.agent.clone(),
+                        task,
+                        attempt: l.attempt,
+                    });
+                }
+                if let Some(a) = self.agents.get_mut(&l.agent) {
+                    a.leases.retain(|&x| x != task);
+                }
+            }
+            // Its lane entry is skipped when met.
+            None => self.queued -= 1,
+        }
+        self.stats.completed += 1;
+        self.actions.push_back(Action::Result { task, result });
+        self.pump(t.type_ix, now);
+        Ok(AckOutcome::Completed)
+    }
+
+    /// Agent `agent` gives attempt `attempt` of `task` back without a result (it refused or
+    /// failed it): the lease is released early (a failed attempt) and the task is delivered
+    /// again, elsewhere when possible. `Ok(false)` (counted as a duplicate) when that attempt
+    /// is not leased to that agent.
+    pub fn nack(
+        &mut self,
+        agent: &AgentId,
+        task: TaskId,
+        attempt: Attempt,
+        reason: &str,
+        now: Micros,
+    ) -> Result<bool> {
+        match self.tasks.get(&task).and_then(|t| t.lease.as_ref()) {
+            Some(l) if l.agent == *agent && l.attempt == attempt => {
+                let reason = format!("refused by agent {agent}: {reason}");
+                let type_ix = self.release(task, &reason, true);
+                self.pump(type_ix, now);
+                Ok(true)
+            }
+            _ => {
+                self.stats.duplicates += 1;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Advances time: agents silent for longer than the heartbeat timeout are declared dead,
+    /// leases whose deadline is at or before `now` are released, and every type's queue is
+    /// served (deliveries, steals).
+    pub fn tick(&mut self, now: Micros) {
+        if let Some(timeout) = self.config.heartbeat_timeout {
+            let silent: Vec<AgentId> = self
+                .agents
+                .iter()
+                .filter(|(_, a)| now.saturating_sub(a.last_heartbeat) > timeout)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in silent {
+                self.stats.agents_dead += 1;
+                // The queues are served below, once every silent agent is out.
+                self.remove_agent_quietly(&id, "the agent missed its heartbeats");
+            }
+        }
+        let expired: Vec<TaskId> = self
+            .deadlines
+            .iter()
+            .take_while(|&&(deadline, _)| deadline <= now)
+            .map(|&(_, task)| task)
+            .collect();
+        // Latest first, so that the earliest ends up at the front of its lane.
+        for &task in expired.iter().rev() {
+            self.stats.expired += 1;
+            self.release(task, "the lease expired", true);
+        }
+        for ix in 0..self.types.len() {
+            self.pump(ix, now);
+        }
+    }
+
+    /// The next action to carry out, oldest first.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// Every pending action, oldest first.
+    pub fn drain_actions(&mut self) -> Vec<Action> {
+        self.actions.drain(..).collect()
+    }
+
+    /// The dead-lettered tasks, oldest first (those recovered from the ledger included).
+    pub fn dead_letters(&self) -> &[DeadLetter] {
+        &self.dead_letters
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> SchedulerStats {
+        SchedulerStats {
+            queued: self.queued,
+            leased: self.deadlines.len(),
+            agents: self.agents.len(),
+            ..self.stats.clone()
+        }
+    }
+
+    /// The largest id handed out so far (0 before the first).
+    pub fn last_task_id(&self) -> TaskId {
+        TaskId(self.next_id - 1)
+    }
+
+    /// Whether `task` was accepted and waits in the queue.
+    pub fn is_queued(&self, task: TaskId) -> bool {
+        self.tasks.get(&task).is_some_and(|t| t.lease.is_none())
+    }
+
+    /// The agent and attempt `task` is leased to now, if it is.
+    pub fn lease_of(&self, task: TaskId) -> Option<(AgentId, Attempt)> {
+        let l = self.tasks.get(&task)?.lease.as_ref()?;
+        Some((l.agent.clone(), l.attempt))
+    }
+
+    /// The lease length a task of `agent_type` would get now.
+    pub fn lease_length(&mut self, agent_type: &AgentType) -> Micros {
+        match self.type_index.get(agent_type) {
+            Some(&ix) => self.lease_len(ix),
+            None => self.config.default_lease,
+        }
+    }
+
+    // ----- internals -----
+
+    fn known(&self, id: &AgentId) -> Result<()> {
+        if self.agents.contains_key(id) {
+            Ok(())
+        } else {
+            Err(not_registered(id))
+        }
+    }
+
+    fn type_ix(&mut self, t: &AgentType) -> usize {
+        if let Some(&ix) = self.type_index.get(t) {
+            return ix;
+        }
+        let ix = self.types.len();
+        self.types.push(TypeState {
+            name: t.clone(),
+            lanes: Default::default(),
+            agents: Vec::new(),
+            window: VecDeque::new(),
+            lease: None,
+        });
+        self.type_index.insert(t.clone(), ix);
+        ix
+    }
+
+    fn spec_of(&self, t: &Task) -> TaskSpec {
+        TaskSpec {
+            agent_type: self.types[t.type_ix].name.clone(),
+            priority: t.priority,
+            payload: t.payload.clone(),
+        }
+    }
+
+    fn load_of(&self, id: &AgentId, a: &Agent) -> AgentLoad {
+        let backlog = a
+            .leases
+            .iter()
+            .filter(|t| self.tasks[t].lease.as_ref().is_some_and(|l| !l.started))
+            .count() as u32;
+        AgentLoad {
+            agent: id.clone(),
+            agent_type: self.types[a.type_ix].name.clone(),
+            liveness: a.liveness,
+            current_tasks: a.leases.len() as u32,
+            backlog,
+            max_tasks: a.max_tasks,
+            latency_us: a.latency_us.map_or(0, |l| l as u64),
+            last_heartbeat: a.last_heartbeat,
+        }
+    }
+
+    /// Removes agent `id` (known) and releases its leases, oldest at the front of its lane.
+    fn remove_agent(&mut self, id: &AgentId, reason: &str, now: Micros) {
+        if let Some(type_ix) = self.remove_agent_quietly(id, reason) {
+            self.pump(type_ix, now);
+        }
+    }
+
+    /// [`Self::remove_agent`] without serving the queue (when several agents go at once, none
+    /// of their tasks must land on another that is going too). Returns the agent's type.
+    fn remove_agent_quietly(&mut self, id: &AgentId, reason: &str) -> Option<usize> {
+        let a = self.agents.remove(id)?;
+        self.types[a.type_ix].agents.retain(|x| x != id);
+        for &task in a.leases.iter().rev() {
+            // The agent is gone: nothing to avoid.
+            self.release(task, reason, false);
+        }
+        Some(a.type_ix)
+    }
+
+    /// Releases `task`'s lease (a failed attempt) and queues it at the front of its lane, or
+    /// dead-letters it after `max_attempts` failures. Returns its type.
+    fn release(&mut self, task: TaskId, reason: &str, avoid_holder: bool) -> usize {
+        let t = self.tasks.get_mut(&task).expect("a leased task");
+        let l = t.lease.take().expect("a leased task");
+        let type_ix = t.type_ix;
+        t.failures += 1;
+        t.avoid = avoid_holder.then(|| l.agent.clone());
+        let failures = t.failures;
+        self.deadlines.remove(&(l.deadline, task));
+        if let Some(a) = self.agents.get_mut(&l.agent) {
+            a.leases.retain(|&x| x != task);
+        }
+        let record = LedgerRecord::Released {
+            id: task,
+            reason: reason.to_owned(),
+        };
+        if self.ledger.append(&record).is_err() {
+            // Replay voids leases anyway; only the failure count after a restart is lower.
+            self.stats.ledger_errors += 1;
+        }
+        let lane = self.tasks[&task].priority as usize;
+        self.types[type_ix].lanes[lane].push_front(task);
+        self.queued += 1;
+        if failures >= self.config.max_attempts {
+            // On a ledger error it stays queued; the next pump of its type retries.
+            let _ = self.dead_letter(task, reason);
+        }
+        type_ix
+    }
+
+    /// Dead-letters the queued `task` (its lane entry is then skipped when met).
+    fn dead_letter(&mut self, task: TaskId, last_reason: &str) -> Result<()> {
+        let t = &self.tasks[&task];
+        debug_assert!(t.lease.is_none());
+        let reason = format!(
+            "{} failed attempts (max_attempts); the last: {last_reason}",
+            t.failures
+        );
+        let record = LedgerRecord::DeadLettered {
+            id: task,
+            reason: reason.clone(),
+        };
+        if let Err(e) = self.ledger.append(&record) {
+            self.stats.ledger_errors += 1;
+            return Err(e);
+        }
+        let t = self.tasks.remove(&task).expect("checked above");
+        self.queued -= 1;
+        self.stats.dead_lettered += 1;
+        let spec = Some(self.spec_of(&t));
+        self.dead_letters.push(DeadLetter {
+            task,
+            reason: reason.clone(),
+            spec,
+        });
+        self.actions.push_back(Action::DeadLetter { task, reason });
+        Ok(())
+    }
+
+    /// The first live queued task of a type, highest lane first; drops the lane entries of
+    /// tasks that ended while queued.
+    fn front(&mut self, type_ix: usize) -> Option<TaskId> {
+        let tasks = &self.tasks;
+        for lane in self.types[type_ix].lanes.iter_mut() {
+            while let Some(&id) = lane.front() {
+                if tasks.get(&id).is_some_and(|t| t.lease.is_none()) {
+                    return Some(id);
+                }
+                lane.pop_front();
+            }
+        }
+        None
+    }
+
+    /// The index (in the type's agent list) of the agent the strategy picks, avoiding `avoid`
+    /// when another agent has capacity.
+    fn select(&mut self, type_ix: usize, avoid: Option<&AgentId>) -> Option<usize> {
+        let ts = &self.types[type_ix];
+        self.scratch.clear();
+        let mut avoided = None;
+        let mut others_free = false;
+        for (i, id) in ts.agents.iter().enumerate() {
+            let a = &self.agents[id];
+            let c = Candidate {
+                current_tasks: a.leases.len() as u32,
+                max_tasks: a.max_tasks,
+                latency_us: a.latency_us.map_or(0, |l| l as u64),
+            };
+            if avoid == Some(id) {
+                avoided = Some(i);
+            } else if c.has_capacity() {
+                others_free = true;
+            }
+            self.scratch.push(c);
+        }
+        if let (Some(i), true) = (avoided, others_free) {
+            self.scratch[i].current_tasks = self.scratch[i].max_tasks;
+        }
+        self.strategy.select(&self.scratch)
+    }
+
+    /// Serves a type's queue while its agents have capacity, then lets idle agents steal.
+    fn pump(&mut self, type_ix: usize, now: Micros) {
+        while let Some(task) = self.front(type_ix) {
+            if self.tasks[&task].failures >= self.config.max_attempts {
+                // A dead letter whose record could not be written before: try again.
+                if self.dead_letter(task, "a released lease").is_err() {
+                    return;
+                }
+                continue;
+            }
+            let avoid = self.tasks[&task].avoid.clone();
+            let Some(i) = self.select(type_ix, avoid.as_ref()) else {
+                return;
+            };
+            let agent = self.types[type_ix].agents[i].clone();
+            if self.lease(task, agent, now).is_err() {
+                return;
+            }
+            if self.tasks[&task].deliveries > 1 {
+                self.stats.redeliveries += 1;
+            }
+            let lane = self.tasks[&task].priority as usize;
+            let popped = self.types[type_ix].lanes[lane].pop_front();
+            debug_assert_eq!(popped, Some(task));
+            self.queued -= 1;
+        }
+        if self.config.work_stealing {
+            self.steal(type_ix, now);
+        }
+    }
+
+    /// Leases the queued or stolen `task` to `agent`: the `Leased` record, then the `Deliver`.
+    /// The caller takes it out of its lane or its previous holder.
+    fn lease(&mut self, task: TaskId, agent: AgentId, now: Micros) -> Result<()> {
+        let type_ix = self.tasks[&task].type_ix;
+        let deadline = now.saturating_add(self.lease_len(type_ix));
+        let t = self.tasks.get_mut(&task).expect("a live task");
+        let attempt = t.deliveries + 1;
+        let record = LedgerRecord::Leased {
+            id: task,
+            agent: agent.clone(),
+            attempt,
+            deadline,
+        };
+        if let Err(e) = self.ledger.append(&record) {
+            self.stats.ledger_errors += 1;
+            return Err(e);
+        }
+        t.deliveries = attempt;
+        t.avoid = None;
+        t.lease = Some(Lease {
+            agent: agent.clone(),
+            attempt,
+            deadline,
+            delivered_at: now,
+            started: false,
+        });
+        let payload = t.payload.clone();
+        self.agents
+            .get_mut(&agent)
+            .expect("a registered agent")
+            .leases
+            .push(task);
+        self.deadlines.insert((deadline, task));
+        self.actions.push_back(Action::Deliver {
+            agent,
+            task,
+            attempt,
+            payload,
+            deadline,
+        });
+        Ok(())
+    }
+
+    /// Idle agents of the type (holding no task) take the oldest un-started task of the most
+    /// loaded agent holding at least two. Only when nothing of the type is queued.
+    fn steal(&mut self, type_ix: usize, now: Micros) {
+        if self.front(type_ix).is_some() {
+            return;
+        }
+        loop {
+            let ts = &self.types[type_ix];
+            let Some(thief) = ts
+                .agents
+                .iter()
+                .find(|id| self.agents[*id].leases.is_empty())
+            else {
+                return;
+            };
+            let mut victim: Option<(&AgentId, usize, TaskId)> = None;
+            for id in &ts.agents {
+                let a = &self.agents[id];
+                if a.leases.len() < 2 || victim.is_some_and(|(_, n, _)| n >= a.leases.len()) {
+                    continue;
+                }
+                let oldest = a
+                    .leases
+                    .iter()
+                    .copied()
+                    .find(|t| self.tasks[t].lease.as_ref().is_some_and(|l| !l.started));
+                if let Some(task) = oldest {
+                    victim = Some((id, a.leases.len(), task));
+                }
+            }
+            let Some((victim, _, task)) = victim else {
+                return;
+            };
+            let (thief, victim) = (thief.clone(), victim.clone());
+            let old = self
+                .tasks
+                .get_mut(&task)
+                .expect("a leased task")
+                .lease
+                .take();
+            let old = old.expect("a leased task");
+            // Before the new lease, whose deadline may be the same.
+            self.deadlines.remove(&(old.deadline, task));
+            if self.lease(task, thief, now).is_err() {
+                self.deadlines.insert((old.deadline, task));
+                self.tasks.get_mut(&task).expect("a leased task").lease = Some(old);
+                return;
+            }
+            self.agents
+                .get_mut(&victim)
+                .expect("a registered agent")
+                .leases
+                .retain(|&x| x != task);
+            // The revoke goes before the new delivery.
+            let deliver = self.actions.pop_back().expect("just pushed");
+            self.actions.push_back(Action::Revoke {
+                agent: victim,
+                task,
+                attempt: old.attempt,
+            });
+            self.actions.push_back(deliver);
+            self.stats.steals += 1;
+        }
+    }
+
+    /// Feeds a matching result's latency to its agent's EWMA and its type's window.
+    fn observe(&mut self, l: &Lease, now: Micros) {
+        let sample = now.saturating_sub(l.delivered_at);
+        let alpha = self.config.ewma_alpha;
+        if let Some(a) = self.agents.get_mut(&l.agent) {
+            a.latency_us = Some(match a.latency_us {
+                None => sample as f64,
+                Some(m) => alpha * sample as f64 + (1.0 - alpha) * m,
+            });
+            let ts = &mut self.types[a.type_ix];
+            if ts.window.len() == self.config.latency_window {
+                ts.window.pop_front();
+            }
+            ts.window.push_back(sample);
+            ts.lease = None;
+        }
+    }
+
+    /// The type's lease length: p95 of its window × factor, clamped; the default before any
+    /// sample.
+    fn lease_len(&mut self, type_ix: usize) -> Micros {
+        let c = &self.config;
+        let ts = &mut self.types[type_ix];
+        if ts.window.is_empty() {
+            return c.default_lease;
+        }
+        if let Some(l) = ts.lease {
+            return l;
+        }
+        let mut v: Vec<Micros> = ts.window.iter().copied().collect();
+        // The nearest-rank p95.
+        let rank = (v.len() * 95).div_ceil(100).max(1) - 1;
+        let (_, &mut p95, _) = v.select_nth_unstable(rank);
+        let l = ((p95 as f64 * c.lease_factor) as Micros).clamp(c.min_lease, c.max_lease);
+        ts.lease = Some(l);
+        l
+    }
+
+    /// The state that decides the scheduler's future behaviour, in a canonical text (model
+    /// checking: two schedulers with the same fingerprint behave alike). Leaves out the ledger
+    /// and the counters.
+    #[cfg(test)]
+    pub(crate) fn fingerprint(&self) -> String {
+        use std::fmt::Write;
+        let mut f = String::new();
+        let mut ids: Vec<_> = self.tasks.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let t = &self.tasks[&id];
+            let lease = t
+                .lease
+                .as_ref()
+                .map(|l| (&l.agent, l.attempt, l.deadline, l.delivered_at, l.started));
+            let _ = write!(
+                f,
+                "t{} {} {:?} {} {} {:?} {:?};",
+                id.0, t.type_ix, t.priority, t.deliveries, t.failures, lease, t.avoid
+            );
+        }
+        for ts in &self.types {
+            for lane in &ts.lanes {
+                let live: Vec<_> = lane
+                    .iter()
+                    .filter(|id| self.tasks.get(id).is_some_and(|t| t.lease.is_none()))
+                    .collect();
+                let _ = write!(f, "{live:?}");
+            }
+            let _ = write!(f, "{:?} {:?} {:?};", ts.agents, ts.window, ts.lease);
+        }
+        for (id, a) in &self.agents {
+            let _ = write!(
+                f,
+                "{id} {} {:?} {:?} {:?};",
+                a.max_tasks, a.liveness, a.latency_us, a.leases
+            );
+        }
+        let dead: Vec<_> = self.dead_letters.iter().map(|d| d.task).collect();
+        let _ = write!(
+            f,
+            "{} {} {:?} {:?} {:?}",
+            self.next_id, self.queued, dead, self.strategy, self.actions
+        );
+        f
+    }
+
+    /// Checks the internal bookkeeping (tests and simulations): every live task is queued in
+    /// its lane exactly once or leased to exactly one registered agent, the counters agree.
+    #[cfg(test)]
+    pub(crate) fn assert_consistent(&self) {
+        let mut in_lanes: HashMap<TaskId, usize> = HashMap::new();
+        for (ix, ts) in self.types.iter().enumerate() {
+            for (p, lane) in ts.lanes.iter().enumerate() {
+                for id in lane {
+                    if let Some(t) = self.tasks.get(id) {
+                        if t.lease.is_none() {
+                            assert_eq!((t.type_ix, t.priority as usize), (ix, p), "{id:?} lane");
+                            *in_lanes.entry(*id).or_default() += 1;
+                        }
+                    }
+                }
+            }
+            for id in &ts.agents {
+                assert_eq!(self.agents[id].type_ix, ix);
+            }
+        }
+        let mut queued = 0;
+        let mut leased = 0;
+        for (id, t) in &self.tasks {
+            match &t.lease {
+                None => {
+                    queued += 1;
+                    assert_eq!(in_lanes.get(id), Some(&1), "{id:?} queued once");
+                }
+                Some(l) => {
+                    leased += 1;
+                    let a = self
+                        .agents
+                        .get(&l.agent)
+                        .expect("leased to a registered agent");
+                    assert_eq!(a.leases.iter().filter(|&&x| x == *id).count(), 1);
+                    assert!(self.deadlines.contains(&(l.deadline, *id)));
+                    assert_eq!(l.attempt, t.deliveries);
+                }
+            }
+            assert!(id.0 < self.next_id);
+        }
+        assert_eq!(queued, self.queued);
+        assert_eq!(leased, self.deadlines.len());
+        let held: usize = self.agents.values().map(|a| a.leases.len()).sum();
+        assert_eq!(held, leased, "each lease held by one agent");
+        for (id, a) in &self.agents {
+            assert!(self.types[a.type_ix].agents.contains(id));
+            for t in &a.leases {
+                let l = self.tasks[t].lease.as_ref().expect("leased");
+                assert_eq!(&l.agent, id);
+            }
+        }
+    }
+}
+
+fn not_registered(id: &AgentId) -> Error {
+    Error::new(
+        ErrorKind::NotFound,
+        format!("agent {id} is not registered (declared dead, or the scheduler restarted): register it again"),
+    )
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod sim;
+
+#[cfg(test)]
+mod model;
