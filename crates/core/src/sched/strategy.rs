@@ -46,7 +46,11 @@ impl Strategy {
     /// A power-of-two-choices strategy seeded with `seed` (0 is replaced by a constant).
     pub fn power_of_two(seed: u64) -> Strategy {
         Strategy::PowerOfTwo {
-            state: if seed == 0 { 0x9E37_79B9_7F4A_7C15 } else { seed },
+            state: if seed == 0 {
+                0x9E37_79B9_7F4A_7C15
+            } else {
+                seed
+            },
         }
     }
 
