@@ -60,6 +60,8 @@ pub enum SegmentKind {
     Ring = 1,
     /// A shared-state store.
     State = 2,
+    /// The agents' load table (`sched::loads`).
+    Loads = 3,
 }
 
 impl SegmentKind {
@@ -67,6 +69,7 @@ impl SegmentKind {
         match v {
             1 => Some(SegmentKind::Ring),
             2 => Some(SegmentKind::State),
+            3 => Some(SegmentKind::Loads),
             _ => None,
         }
     }
@@ -76,6 +79,7 @@ impl SegmentKind {
         match self {
             SegmentKind::Ring => "ring",
             SegmentKind::State => "state",
+            SegmentKind::Loads => "loads",
         }
     }
 }
