@@ -9,10 +9,12 @@
 //! The shared vocabulary lives in [`types`]; each part has a file of its own.
 
 pub mod loads;
+pub mod registry;
 pub mod strategy;
 pub mod types;
 
 pub use loads::{AgentLoad, LoadTable, SlotRef};
+pub use registry::{AgentInfo, Candidates, Registry};
 pub use strategy::{Candidate, Strategy};
 pub use types::{
     AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, MemLedger, Micros, TaskId,
