@@ -841,7 +841,9 @@ emf_status_t emf_router_new(const char *dir, size_t inbox_capacity, struct emf_r
 // No other thread may be using `r`.
 emf_status_t emf_router_free(struct emf_router_t *r);
 
-// Creates (or reopens after a restart) `agent`'s inbox and attaches its consumer.
+// Creates (or reopens after a restart) `agent`'s inbox and attaches its consumer. Agent
+// names are 1-194 characters of `A-Z a-z 0-9 . _ -`, not starting with `.`
+// (`EMF_ERR_INVALID_ARGUMENT` otherwise, here and in every router call taking an agent).
 //
 // # Safety
 //

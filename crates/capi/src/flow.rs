@@ -94,7 +94,9 @@ pub unsafe extern "C" fn emf_router_free(r: *mut emf_router_t) -> emf_status_t {
     guard(|| unsafe { free(r) })
 }
 
-/// Creates (or reopens after a restart) `agent`'s inbox and attaches its consumer.
+/// Creates (or reopens after a restart) `agent`'s inbox and attaches its consumer. Agent
+/// names are 1-194 characters of `A-Z a-z 0-9 . _ -`, not starting with `.`
+/// (`EMF_ERR_INVALID_ARGUMENT` otherwise, here and in every router call taking an agent).
 ///
 /// # Safety
 ///
@@ -565,7 +567,7 @@ pub unsafe extern "C" fn emf_state_release(
 #[allow(clippy::multiple_unsafe_ops_per_block)]
 mod tests {
     use super::*;
-    use crate::{EMF_ERR_NOT_FOUND, EMF_OK};
+    use crate::{EMF_ERR_INVALID_ARGUMENT, EMF_ERR_NOT_FOUND, EMF_OK};
     use std::ffi::CString;
 
     #[test]
@@ -593,6 +595,29 @@ mod tests {
                 emf_router_send_direct(r, ghost.as_ptr(), b"hi".as_ptr(), 2),
                 EMF_ERR_NOT_FOUND
             );
+            // Names that would make the files `inbox.`, `inbox..`, `inbox...` are refused
+            // everywhere, as ring and state store names are.
+            for bad in ["", ".", ".."] {
+                let bad = CString::new(bad).unwrap();
+                let mut out = std::ptr::null_mut();
+                assert_eq!(
+                    emf_router_register_agent(r, bad.as_ptr(), &mut out),
+                    EMF_ERR_INVALID_ARGUMENT,
+                    "{bad:?}"
+                );
+                assert!(out.is_null());
+                assert_eq!(
+                    emf_router_unregister_agent(r, bad.as_ptr()),
+                    EMF_ERR_INVALID_ARGUMENT
+                );
+                assert_eq!(
+                    emf_router_send_direct(r, bad.as_ptr(), b"hi".as_ptr(), 2),
+                    EMF_ERR_INVALID_ARGUMENT
+                );
+            }
+            for f in ["emf-inbox.", "emf-inbox..", "emf-inbox..."] {
+                assert!(!dir.join(f).exists(), "{f}");
+            }
             let big = [1u8; 1000];
             let frames: Vec<emf_slice_t> = (0..10)
                 .map(|_| emf_slice_t {

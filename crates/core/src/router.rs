@@ -80,6 +80,32 @@ pub fn inbox_name(agent: &str) -> String {
     format!("inbox.{agent}")
 }
 
+/// The longest agent name: an inbox is the segment `inbox.<agent>`, and a segment name is at
+/// most 200 characters.
+pub const MAX_AGENT_NAME_LEN: usize = 194;
+
+/// Checks an agent name: 1 to [`MAX_AGENT_NAME_LEN`] characters of `A-Z a-z 0-9 . _ -`, not
+/// starting with `.`. The inbox name `inbox.<agent>` would be a valid segment name for `""`,
+/// `"."` or `".."` too (files `inbox.`, `inbox..`, `inbox...`), so agent names follow the
+/// segment-name rules themselves. Every router entry point checks it, and so does
+/// `sched::AgentId::new`.
+pub fn validate_agent_name(agent: &str) -> Result<()> {
+    let ok = !agent.is_empty()
+        && agent.len() <= MAX_AGENT_NAME_LEN
+        && !agent.starts_with('.')
+        && agent
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "agent name {agent:?} must be 1-{MAX_AGENT_NAME_LEN} characters of A-Z a-z 0-9 . _ - \
+             and not start with '.'"
+        )))
+    }
+}
+
 impl Router {
     /// A router with `opts`.
     pub fn new(mut opts: RouterOptions) -> Router {
@@ -95,7 +121,9 @@ impl Router {
     }
 
     /// Creates `agent`'s inbox (or reopens it after a restart) and returns its consumer.
+    /// `InvalidArgument` when `agent` is not a valid name ([`validate_agent_name`]).
     pub fn register_agent(&self, agent: &str) -> Result<Consumer> {
+        validate_agent_name(agent)?;
         let name = inbox_name(agent);
         let ring = match Ring::open(&name, self.seg()) {
             Ok(r) => r,
@@ -107,7 +135,9 @@ impl Router {
 
     /// Removes `agent`'s inbox and closes it: senders that still hold it get `Closed` (a
     /// router then looks the agent up again) instead of writing into a removed ring.
+    /// `InvalidArgument` when `agent` is not a valid name ([`validate_agent_name`]).
     pub fn unregister_agent(&mut self, agent: &str) -> Result<()> {
+        validate_agent_name(agent)?;
         self.producers.remove(agent);
         let ring = Ring::inspect(&inbox_name(agent), self.seg())?;
         ring.close();
@@ -116,6 +146,7 @@ impl Router {
 
     fn producer(&mut self, agent: &str) -> Result<&mut Producer> {
         if !self.producers.contains_key(agent) {
+            validate_agent_name(agent)?;
             let ring = Ring::open(&inbox_name(agent), self.seg()).map_err(|e| {
                 if e.kind() == ErrorKind::NotFound {
                     Error::new(
@@ -148,7 +179,8 @@ impl Router {
     }
 
     /// Sends one message to `agent`. `Full` when its inbox is full (the caller keeps the
-    /// message), `NotFound` when the agent has no inbox.
+    /// message), `NotFound` when the agent has no inbox, `InvalidArgument` when `agent` is not
+    /// a valid name ([`validate_agent_name`]).
     pub fn send_direct(&mut self, agent: &str, payload: &[u8]) -> Result<()> {
         self.with_inbox(agent, |p| p.send(payload))
     }
@@ -223,5 +255,63 @@ mod tests {
             r.register_agent("bad/name").err().unwrap().kind(),
             ErrorKind::InvalidArgument
         );
+    }
+
+    #[test]
+    #[cfg_attr(miri, ignore = "maps files")]
+    fn agent_names_follow_the_segment_name_rules_everywhere() {
+        let dir = TempDir::new("router-names");
+        let mut r = Router::new(RouterOptions::in_dir(&dir.0));
+        let too_long = "a".repeat(MAX_AGENT_NAME_LEN + 1);
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a b",
+            "é",
+            too_long.as_str(),
+        ] {
+            let kind = |e: Error| e.kind();
+            assert_eq!(
+                r.register_agent(bad).err().map(kind),
+                Some(ErrorKind::InvalidArgument),
+                "register {bad:?}"
+            );
+            assert_eq!(
+                r.unregister_agent(bad).map_err(kind),
+                Err(ErrorKind::InvalidArgument),
+                "unregister {bad:?}"
+            );
+            assert_eq!(
+                r.send_direct(bad, b"x").map_err(kind),
+                Err(ErrorKind::InvalidArgument),
+                "send_direct {bad:?}"
+            );
+            assert_eq!(
+                r.send_batch(bad, &[b"x"]).map_err(kind),
+                Err(ErrorKind::InvalidArgument),
+                "send_batch {bad:?}"
+            );
+            let mut enc = Encoder::new();
+            let msg = Message::from(crate::codec::Envelope::default());
+            assert_eq!(
+                r.send_message(bad, &mut enc, &msg, 1024).map_err(kind),
+                Err(ErrorKind::InvalidArgument),
+                "send_message {bad:?}"
+            );
+        }
+        // Nothing was created for them: no `inbox.`, `inbox..` or `inbox...` files.
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 0);
+        // The longest valid name works end to end.
+        let longest = "a".repeat(MAX_AGENT_NAME_LEN);
+        let mut inbox = r.register_agent(&longest).unwrap();
+        r.send_direct(&longest, b"x").unwrap();
+        let mut n = 0;
+        inbox.poll(10, |_| n += 1).unwrap();
+        assert_eq!(n, 1);
+        drop(inbox);
+        r.unregister_agent(&longest).unwrap();
     }
 }

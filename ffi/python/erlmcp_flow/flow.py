@@ -136,7 +136,8 @@ class Router(_Handle):
         """Creates ``agent``'s inbox, or reopens it after a restart (its unread messages are
         kept), and returns its consumer (``emf_router_register_agent``): the inbox's primary
         consumer, :class:`~erlmcp_flow.Busy` while another live one holds it. Agent names
-        follow ring names (1-200 of ``[A-Za-z0-9._-]``; else ``EMF_ERR_INVALID_ARGUMENT``).
+        follow ring names (1-194 of ``[A-Za-z0-9._-]``, not starting with ``.``; else
+        ``EMF_ERR_INVALID_ARGUMENT``).
         ``buffer_size`` as for :class:`~erlmcp_flow.Consumer`."""
         agent_c = _c_string(agent, "agent")
         buffer_size = _unsigned(buffer_size, "buffer_size", _SIZE_MAX)

@@ -131,6 +131,11 @@ def test_router_inbox_survives_an_agent_restart(router):
 def test_router_refuses_bad_arguments(router, tmp_path):
     expect_error(emf.EMF_ERR_INVALID_ARGUMENT, router.register_agent, "bad/name")
     expect_error(emf.EMF_ERR_INVALID_ARGUMENT, router.register_agent, "nul\0")
+    for bad in ("", ".", "..", ".hidden"):  # would be the files inbox., inbox.., ...
+        expect_error(emf.EMF_ERR_INVALID_ARGUMENT, router.register_agent, bad)
+        expect_error(emf.EMF_ERR_INVALID_ARGUMENT, router.send_direct, bad, b"x")
+        expect_error(emf.EMF_ERR_INVALID_ARGUMENT, router.unregister_agent, bad)
+    assert not any(p.name.startswith("emf-inbox.") for p in tmp_path.iterdir())
     with pytest.raises(TypeError):
         router.send_direct("a", "text")
     with pytest.raises(TypeError):

@@ -15,6 +15,7 @@ pub mod hnsw;
 pub mod queue;
 pub mod ring;
 pub mod samples;
+pub mod sched;
 
 use std::time::{Duration, Instant};
 
@@ -366,6 +367,7 @@ pub fn all() -> Vec<Suite> {
         queue::queue_suite(),
         queue::cache_suite(),
         hnsw::hnsw_suite(),
+        sched::sched_suite(),
     ]
 }
 

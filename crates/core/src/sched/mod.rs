@@ -11,7 +11,9 @@
 pub mod backpressure;
 pub mod breaker;
 pub mod ledger;
+pub mod loads;
 pub mod ratelimit;
+pub mod registry;
 pub mod scheduler;
 pub mod strategy;
 pub mod types;
@@ -19,7 +21,9 @@ pub mod types;
 pub use backpressure::{BackPressure, BackPressureConfig, SlowConsumer};
 pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 pub use ledger::{FileLedger, FileLedgerOptions, ShmLedger, ShmLedgerOptions};
+pub use loads::{LoadTable, SlotRef};
 pub use ratelimit::{Rate, RateLimiter, RateLimiterConfig, Throttled};
+pub use registry::{AgentInfo, Candidates, Registry};
 pub use scheduler::{
     AckOutcome, Action, AgentLoad, DeadLetter, Scheduler, SchedulerConfig, SchedulerStats,
     TaskSpec, DEFAULT_MAX_TASKS,

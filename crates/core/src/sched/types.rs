@@ -22,25 +22,13 @@ pub type Attempt = u32;
 pub struct AgentId(String);
 
 /// The longest agent id: a segment name is at most 200 characters, and `inbox.` takes 6.
-pub const MAX_AGENT_ID_LEN: usize = 194;
+pub const MAX_AGENT_ID_LEN: usize = crate::router::MAX_AGENT_NAME_LEN;
 
 impl AgentId {
-    /// Checks `id` and makes an agent id of it.
+    /// Checks `id` and makes an agent id of it. The rules are the router's
+    /// ([`crate::router::validate_agent_name`]), so an id is always a valid inbox name.
     pub fn new(id: &str) -> Result<AgentId> {
-        let ok = !id.is_empty()
-            && id.len() <= MAX_AGENT_ID_LEN
-            && !id.starts_with('.')
-            && id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok {
-            Ok(AgentId(id.to_owned()))
-        } else {
-            Err(Error::invalid(format!(
-                "agent id {id:?} must be 1-{MAX_AGENT_ID_LEN} characters of A-Z a-z 0-9 . _ - \
-                 and not start with '.'"
-            )))
-        }
+        crate::router::validate_agent_name(id).map(|()| AgentId(id.to_owned()))
     }
 
     /// The id as text.

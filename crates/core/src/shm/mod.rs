@@ -63,6 +63,8 @@ pub enum SegmentKind {
     /// A scheduler's ledger (`sched::ledger::ShmLedger`): durable state that [`gc`] never
     /// removes, whoever is alive.
     Ledger = 3,
+    /// The agents' load table (`sched::loads`).
+    Loads = 4,
 }
 
 impl SegmentKind {
@@ -71,6 +73,7 @@ impl SegmentKind {
             1 => Some(SegmentKind::Ring),
             2 => Some(SegmentKind::State),
             3 => Some(SegmentKind::Ledger),
+            4 => Some(SegmentKind::Loads),
             _ => None,
         }
     }
@@ -81,6 +84,7 @@ impl SegmentKind {
             SegmentKind::Ring => "ring",
             SegmentKind::State => "state",
             SegmentKind::Ledger => "ledger",
+            SegmentKind::Loads => "loads",
         }
     }
 }
