@@ -113,12 +113,20 @@ snapshot_library() {
             fi
             mv -f "$tmp/lib/$f.tmp" "$tmp/lib/$f"
         done
-        # The two files must come from the same build: neither may be much older.
+        # Both files must be built from the sources as they are: neither may be older than the
+        # newest source of the library's crates. (Not "close in time to each other": the
+        # python-install stage relinks the .so alone, long after the .a, from the same
+        # sources.)
         if [ "$ok" -eq 1 ]; then
-            local so_t a_t
+            local so_t a_t src_t
             so_t="$(stat -c %Y "$lib_dir/liberlmcp_flow.so")"
             a_t="$(stat -c %Y "$lib_dir/liberlmcp_flow.a")"
-            if [ $((so_t > a_t ? so_t - a_t : a_t - so_t)) -le 600 ]; then
+            src_t="$(find "$repo/crates/core" "$repo/crates/capi" "$repo/crates/cdylib" \
+                          "$repo/Cargo.toml" "$repo/Cargo.lock" -type f \
+                          \( -name '*.rs' -o -name '*.toml' -o -name 'Cargo.lock' \) \
+                          -printf '%T@\n' 2>/dev/null | sort -n | tail -1)"
+            src_t="${src_t%%.*}"
+            if [ "$so_t" -ge "${src_t:-0}" ] && [ "$a_t" -ge "${src_t:-0}" ]; then
                 return 0
             fi
         fi
