@@ -136,13 +136,14 @@ fn an_open_breaker_sends_tasks_elsewhere_then_probes_and_closes() {
         delivered(&mut s),
         [("b".into(), t2.0, 1), ("b".into(), t3.0, 1)]
     );
-    // The open period is over: `a` (less loaded) gets one probe, and only one.
-    s.tick(110 * MS);
+    // The open period is over (at 102 ms; `b`'s leases, of the 100 ms minimum, expire at
+    // 105 ms): `a` (less loaded) gets one probe, and only one.
+    s.tick(103 * MS);
     let t4 = s
-        .submit(&ty("t"), Priority::Normal, vec![], 110 * MS)
+        .submit(&ty("t"), Priority::Normal, vec![], 103 * MS)
         .unwrap();
     let t5 = s
-        .submit(&ty("t"), Priority::Normal, vec![], 110 * MS)
+        .submit(&ty("t"), Priority::Normal, vec![], 103 * MS)
         .unwrap();
     assert_eq!(
         delivered(&mut s),
@@ -155,10 +156,10 @@ fn an_open_breaker_sends_tasks_elsewhere_then_probes_and_closes() {
             succeeded: 0
         })
     );
-    s.ack(&a, t4, 1, vec![], 120 * MS).unwrap();
+    s.ack(&a, t4, 1, vec![], 104 * MS).unwrap();
     assert_eq!(s.breaker_state(&a), Some(BreakerState::Closed));
     let t6 = s
-        .submit(&ty("t"), Priority::Normal, vec![], 130 * MS)
+        .submit(&ty("t"), Priority::Normal, vec![], 104 * MS)
         .unwrap();
     assert_eq!(delivered(&mut s), [("a".into(), t6.0, 1)]);
     let st = s.breaker(&a).unwrap().stats();
@@ -231,7 +232,7 @@ fn a_probe_is_never_stolen_and_a_revoked_probe_is_a_failure() {
     ));
     assert!(s.is_queued(t2));
     // Half-open: the waiting task goes to `a` as its probe.
-    s.tick(110 * MS);
+    s.tick(103 * MS);
     assert_eq!(delivered(&mut s), [("a".into(), t2.0, 2)]);
     // An idle `b` does not steal the probe (nor the started task).
     s.register_agent(b.clone(), ty("t"), 5, Liveness::Token(2), 111 * MS)
