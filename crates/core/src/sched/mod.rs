@@ -25,8 +25,8 @@ pub use loads::{LoadTable, SlotRef};
 pub use ratelimit::{Rate, RateLimiter, RateLimiterConfig, Throttled};
 pub use registry::{AgentInfo, Candidates, Registry};
 pub use scheduler::{
-    AckOutcome, Action, AgentLoad, DeadLetter, Scheduler, SchedulerConfig, SchedulerStats,
-    TaskSpec, DEFAULT_MAX_TASKS,
+    AckOutcome, Action, AgentLoad, DeadLetter, HeartbeatSource, Scheduler, SchedulerConfig,
+    SchedulerStats, TaskSpec, DEFAULT_MAX_TASKS,
 };
 pub use strategy::{Candidate, Strategy};
 pub use types::{

@@ -52,10 +52,44 @@
 //!   are not sent again, and the failed-attempt counts are kept. The registry is not durable:
 //!   agents register again after a scheduler restart — a heartbeat or `started` from an unknown
 //!   agent fails with [`ErrorKind::NotFound`], which tells the agent to do so.
+//!
+//! # Protections (options, all off by default)
+//!
+//! * **Circuit breaker** ([`SchedulerConfig::breaker`]): one [`Breaker`] per agent id. A
+//!   matching `ack` is a success (with its delivery-to-ack latency); a `nack`, an expired
+//!   lease and each lease of an agent that died (reported, or heartbeats missed) are failures.
+//!   An agent whose breaker does not admit ([`Breaker::peek`]) is not a candidate: its type's
+//!   tasks go to the other agents, or wait. The chosen agent's breaker is then asked
+//!   ([`Breaker::allow`]), so a half-open breaker admits at most `half_open_probes` probes. A
+//!   probe lease is never stolen (its outcome would never be reported and its slot would be
+//!   lost); a probe revoked because another agent answered the task first counts as a
+//!   failure (conservative: the breaker reopens, with its bounded back-off, rather than waiting
+//!   for ever), one revoked because the same agent answered an older attempt as a success. Breakers outlive a death and a new incarnation of the same id (a crash-looping
+//!   agent stays shunned); `unregister_agent` forgets it. They are not durable: a scheduler
+//!   restart starts every breaker closed.
+//! * **Back-pressure** ([`SchedulerConfig::backpressure`]): one [`BackPressure`] per registered
+//!   agent. The host reports the agent's inbox lag with [`Scheduler::observe_lag`]; every
+//!   `Deliver` counts as one frame sent ([`BackPressure::on_sent`]). An agent that is not
+//!   accepting is not a candidate (for new tasks nor for steals) until a reading shows it
+//!   drained to the low-water mark. A new incarnation of an agent starts with an empty inbox.
+//! * **Rate limit** ([`SchedulerConfig::rate_limit`]): one [`RateLimiter`] per agent type.
+//!   `submit` takes a token (after the `max_queued` check); without one it fails with
+//!   [`ErrorKind::Full`] whose message says how long to wait (nothing is accepted; counted in
+//!   [`SchedulerStats::throttled`]). Every completing `ack` feeds the task's submit-to-result
+//!   latency to [`RateLimiter::observe_latency`] (queueing included: what overload shows in).
+//! * **Shared heartbeats** ([`Scheduler::set_heartbeat_source`]): agents in other processes
+//!   beat by writing their slot of a [`LoadTable`] rather than sending `heartbeat` events.
+//!   When [`Scheduler::tick`] finds agents silent for longer than the heartbeat timeout, it
+//!   first reads the source once and takes each registered agent's newer table heartbeat as a
+//!   sign of life (by agent id; the table's clock must be the clock of the events).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
+use super::backpressure::{BackPressure, BackPressureConfig};
+use super::breaker::{Admission, Breaker, BreakerConfig, BreakerState};
+use super::loads::LoadTable;
+use super::ratelimit::{RateLimiter, RateLimiterConfig};
 use super::strategy::{Candidate, Strategy};
 use super::types::{AgentId, AgentType, Attempt, Ledger, LedgerRecord, Liveness, Micros, TaskId};
 use crate::error::{Error, ErrorKind, Result};
@@ -96,6 +130,15 @@ pub struct SchedulerConfig {
     pub strategy: Strategy,
     /// Whether idle agents steal un-started tasks from busy ones (default true).
     pub work_stealing: bool,
+    /// A circuit breaker per agent with these settings (default `None`: off). See the
+    /// [module documentation](self#protections-options-all-off-by-default).
+    pub breaker: Option<BreakerConfig>,
+    /// A back-pressure controller per agent with these marks (default `None`: off); the host
+    /// reports inbox lags with [`Scheduler::observe_lag`].
+    pub backpressure: Option<BackPressureConfig>,
+    /// A rate limiter per agent type with these settings, applied by [`Scheduler::submit`]
+    /// (default `None`: off).
+    pub rate_limit: Option<RateLimiterConfig>,
 }
 
 impl Default for SchedulerConfig {
@@ -112,6 +155,9 @@ impl Default for SchedulerConfig {
             ewma_alpha: 0.2,
             strategy: Strategy::LeastLoaded,
             work_stealing: true,
+            breaker: None,
+            backpressure: None,
+            rate_limit: None,
         }
     }
 }
@@ -152,6 +198,15 @@ impl SchedulerConfig {
         }
         if !(self.ewma_alpha > 0.0 && self.ewma_alpha <= 1.0) {
             return bad(format!("ewma_alpha {} must lie in (0, 1]", self.ewma_alpha));
+        }
+        if let Some(b) = &self.breaker {
+            b.validate()?;
+        }
+        if let Some(b) = &self.backpressure {
+            b.validate()?;
+        }
+        if let Some(r) = &self.rate_limit {
+            r.validate()?;
         }
         Ok(())
     }
@@ -282,6 +337,36 @@ pub struct SchedulerStats {
     pub ledger_errors: u64,
     /// Agents registered.
     pub agents: usize,
+    /// Submissions refused by the rate limiter.
+    pub throttled: u64,
+}
+
+/// Where [`Scheduler::tick`] reads heartbeats that agents wrote themselves (agents in other
+/// processes beat by writing their [`LoadTable`] slot). See the
+/// [module documentation](self#protections-options-all-off-by-default).
+pub trait HeartbeatSource: Send + Sync {
+    /// Calls `f` with the last heartbeat (the clock of the scheduler's events) of every agent
+    /// the source knows.
+    fn for_each_heartbeat(&self, f: &mut dyn FnMut(&AgentId, Micros));
+}
+
+impl HeartbeatSource for LoadTable {
+    /// One pass over the table: each live slot's agent and heartbeat.
+    fn for_each_heartbeat(&self, f: &mut dyn FnMut(&AgentId, Micros)) {
+        for (id, load) in self.snapshot() {
+            f(&id, load.heartbeat);
+        }
+    }
+}
+
+/// A shared heartbeat source, printable.
+#[derive(Clone)]
+struct Heartbeats(Arc<dyn HeartbeatSource>);
+
+impl std::fmt::Debug for Heartbeats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeartbeatSource")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -291,6 +376,8 @@ struct Lease {
     deadline: Micros,
     delivered_at: Micros,
     started: bool,
+    /// The agent's breaker admitted it as a half-open probe.
+    probe: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +393,8 @@ struct Task {
     lease: Option<Lease>,
     /// Deliver elsewhere than this agent when possible (the one it was released from).
     avoid: Option<AgentId>,
+    /// When it was submitted (or recovered): the rate limiter's latencies start here.
+    submitted_at: Micros,
 }
 
 #[derive(Debug, Clone)]
@@ -317,6 +406,8 @@ struct Agent {
     latency_us: Option<f64>,
     /// Leased tasks in delivery order.
     leases: Vec<TaskId>,
+    /// Its back-pressure controller, when configured.
+    backpressure: Option<BackPressure>,
 }
 
 #[derive(Debug, Clone)]
@@ -331,6 +422,8 @@ struct TypeState {
     window: VecDeque<Micros>,
     /// The lease length from `window`, recomputed after a new sample.
     lease: Option<Micros>,
+    /// Its rate limiter, when configured.
+    limiter: Option<RateLimiter>,
 }
 
 /// The scheduler. See the [module documentation](self) for its rules. A clone is an
@@ -351,6 +444,11 @@ pub struct Scheduler<L: Ledger> {
     actions: VecDeque<Action>,
     stats: SchedulerStats,
     scratch: Vec<Candidate>,
+    /// Circuit breakers by agent id (when configured; they outlive an agent's death).
+    breakers: BTreeMap<AgentId, Breaker>,
+    heartbeats: Option<Heartbeats>,
+    /// The latest `now` seen by a pump (for [`Scheduler::select_agent`]).
+    last_now: Micros,
 }
 
 impl<L: Ledger> Scheduler<L> {
@@ -382,6 +480,9 @@ impl<L: Ledger> Scheduler<L> {
             actions: VecDeque::new(),
             stats: SchedulerStats::default(),
             scratch: Vec::new(),
+            breakers: BTreeMap::new(),
+            heartbeats: None,
+            last_now: 0,
         }
     }
 
@@ -415,6 +516,7 @@ impl<L: Ledger> Scheduler<L> {
                             failures: 0,
                             lease: None,
                             avoid: None,
+                            submitted_at: now,
                         },
                     );
                 }
@@ -517,8 +619,23 @@ impl<L: Ledger> Scheduler<L> {
                 self.pump(type_ix, now);
                 return Ok(());
             }
-            self.remove_agent(&id, "the agent registered again with a new identity", now);
+            self.remove_agent(
+                &id,
+                "the agent registered again with a new identity",
+                false,
+                now,
+            );
         }
+        if let Some(cfg) = &self.config.breaker {
+            if !self.breakers.contains_key(&id) {
+                let b = Breaker::new(cfg.clone()).expect("validated with the config");
+                self.breakers.insert(id.clone(), b);
+            }
+        }
+        let backpressure = self
+            .config
+            .backpressure
+            .map(|c| BackPressure::new(c).expect("validated with the config"));
         self.agents.insert(
             id.clone(),
             Agent {
@@ -528,6 +645,7 @@ impl<L: Ledger> Scheduler<L> {
                 last_heartbeat: now,
                 latency_us: None,
                 leases: Vec::new(),
+                backpressure,
             },
         );
         self.types[type_ix].agents.push(id);
@@ -538,7 +656,8 @@ impl<L: Ledger> Scheduler<L> {
     /// Removes an agent; its leased tasks are released and delivered again elsewhere.
     pub fn unregister_agent(&mut self, id: &AgentId, now: Micros) -> Result<()> {
         self.known(id)?;
-        self.remove_agent(id, "the agent unregistered", now);
+        self.remove_agent(id, "the agent unregistered", false, now);
+        self.breakers.remove(id);
         Ok(())
     }
 
@@ -555,16 +674,67 @@ impl<L: Ledger> Scheduler<L> {
     pub fn agent_dead(&mut self, id: &AgentId, now: Micros) -> Result<()> {
         self.known(id)?;
         self.stats.agents_dead += 1;
-        self.remove_agent(id, "the agent died", now);
+        self.remove_agent(id, "the agent died", true, now);
         Ok(())
+    }
+
+    /// The host read agent `id`'s inbox lag (`lag_frames` frames written and not yet read) at
+    /// `now`: with back-pressure on, an agent above the high-water mark gets no new task until
+    /// a reading at or below the low-water mark (its type's queue is served then).
+    /// [`ErrorKind::NotFound`] when the agent is not registered; `Error::invalid` when
+    /// back-pressure is off ([`SchedulerConfig::backpressure`]).
+    pub fn observe_lag(&mut self, id: &AgentId, lag_frames: u64, now: Micros) -> Result<()> {
+        let a = self.agents.get_mut(id).ok_or_else(|| not_registered(id))?;
+        let Some(bp) = a.backpressure.as_mut() else {
+            return Err(Error::invalid(
+                "back-pressure is off (SchedulerConfig::backpressure): no lag to observe",
+            ));
+        };
+        let was = bp.accepting();
+        bp.observe(lag_frames, now);
+        if !was && bp.accepting() {
+            let type_ix = a.type_ix;
+            self.pump(type_ix, now);
+        }
+        Ok(())
+    }
+
+    /// Where [`Scheduler::tick`] also reads heartbeats (e.g. the agents' [`LoadTable`]);
+    /// `None` removes it. See the [module documentation](self#protections-options-all-off-by-default).
+    pub fn set_heartbeat_source(&mut self, source: Option<Arc<dyn HeartbeatSource>>) {
+        self.heartbeats = source.map(Heartbeats);
+    }
+
+    /// Agent `id`'s circuit breaker, when breakers are configured and it has one.
+    pub fn breaker(&self, id: &AgentId) -> Option<&Breaker> {
+        self.breakers.get(id)
+    }
+
+    /// The state of agent `id`'s circuit breaker, when it has one.
+    pub fn breaker_state(&self, id: &AgentId) -> Option<BreakerState> {
+        self.breakers.get(id).map(Breaker::state)
+    }
+
+    /// Agent `id`'s back-pressure controller, when back-pressure is configured and the agent
+    /// is registered.
+    pub fn backpressure(&self, id: &AgentId) -> Option<&BackPressure> {
+        self.agents.get(id)?.backpressure.as_ref()
+    }
+
+    /// The rate limiter of `agent_type`, when rate limits are configured and the type is known.
+    pub fn rate_limiter(&self, agent_type: &AgentType) -> Option<&RateLimiter> {
+        let &ix = self.type_index.get(agent_type)?;
+        self.types[ix].limiter.as_ref()
     }
 
     /// The agent the strategy would give a task of `agent_type` now, without leasing anything
     /// (for hosts that route by themselves); `None` when no agent of the type has spare
-    /// capacity (`no_capacity`).
+    /// capacity (`no_capacity`) or none that the protections admit (judged at the latest
+    /// event's `now`).
     pub fn select_agent(&mut self, agent_type: &AgentType) -> Option<AgentId> {
         let &ix = self.type_index.get(agent_type)?;
-        self.select(ix, None)
+        let now = self.last_now;
+        self.select(ix, None, now)
             .map(|i| self.types[ix].agents[i].clone())
     }
 
@@ -586,7 +756,9 @@ impl<L: Ledger> Scheduler<L> {
     /// Accepts a task: its `Accepted` record is in the ledger when this returns its id, so it
     /// is never lost from then on. [`ErrorKind::Full`] when `max_queued` tasks wait already
     /// (back-pressure: the caller keeps its task and may retry); a ledger error is returned
-    /// as is (the task was not accepted, and its id is not used again).
+    /// as is (the task was not accepted, and its id is not used again). With a rate limit,
+    /// [`ErrorKind::Full`] too when the type's bucket is empty: the message says after how many
+    /// µs a token is there (see [`Scheduler::rate_limiter`]).
     pub fn submit(
         &mut self,
         agent_type: &AgentType,
@@ -602,6 +774,17 @@ impl<L: Ledger> Scheduler<L> {
                     self.queued
                 ),
             ));
+        }
+        if self.config.rate_limit.is_some() {
+            let ix = self.type_ix(agent_type);
+            let limiter = self.types[ix].limiter.as_mut().expect("configured");
+            if let Err(t) = limiter.try_acquire(now) {
+                self.stats.throttled += 1;
+                return Err(Error::new(
+                    ErrorKind::Full,
+                    format!("agent type {}: {t}", agent_type.as_str()),
+                ));
+            }
         }
         let id = TaskId(self.next_id);
         // The id is spent even when the append fails: it may have reached the ledger.
@@ -627,6 +810,7 @@ impl<L: Ledger> Scheduler<L> {
                 failures: 0,
                 lease: None,
                 avoid: None,
+                submitted_at: now,
             },
         );
         self.types[type_ix].lanes[priority as usize].push_back(id);
@@ -690,12 +874,23 @@ impl<L: Ledger> Scheduler<L> {
             unreachable!("built above")
         };
         let t = self.tasks.remove(&task).expect("checked above");
+        if let Some(limiter) = self.types[t.type_ix].limiter.as_mut() {
+            limiter.observe_latency(now, now.saturating_sub(t.submitted_at));
+        }
         match t.lease {
             Some(l) => {
                 self.deadlines.remove(&(l.deadline, task));
                 if l.agent == *agent && l.attempt == attempt {
                     self.observe(&l, now);
+                    self.judge(&l.agent, Some(now.saturating_sub(l.delivered_at)), now);
                 } else {
+                    if l.probe {
+                        // Its own outcome will never be known: a result of the same agent
+                        // (an older attempt) is a success, any other a failure (see the
+                        // module documentation).
+                        let ok = (l.agent == *agent).then(|| now.saturating_sub(l.delivered_at));
+                        self.judge(&l.agent, ok, now);
+                    }
                     self.actions.push_back(Action::Revoke {
                         agent: l.agent.clone(),
                         task,
@@ -730,6 +925,7 @@ impl<L: Ledger> Scheduler<L> {
         match self.tasks.get(&task).and_then(|t| t.lease.as_ref()) {
             Some(l) if l.agent == *agent && l.attempt == attempt => {
                 let reason = format!("refused by agent {agent}: {reason}");
+                self.judge(agent, None, now);
                 let type_ix = self.release(task, &reason, true);
                 self.pump(type_ix, now);
                 Ok(true)
@@ -746,16 +942,27 @@ impl<L: Ledger> Scheduler<L> {
     /// served (deliveries, steals).
     pub fn tick(&mut self, now: Micros) {
         if let Some(timeout) = self.config.heartbeat_timeout {
-            let silent: Vec<AgentId> = self
-                .agents
-                .iter()
-                .filter(|(_, a)| now.saturating_sub(a.last_heartbeat) > timeout)
-                .map(|(id, _)| id.clone())
-                .collect();
-            for id in silent {
+            let silent = |agents: &BTreeMap<AgentId, Agent>| -> Vec<AgentId> {
+                agents
+                    .iter()
+                    .filter(|(_, a)| now.saturating_sub(a.last_heartbeat) > timeout)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            };
+            let mut silent_now = silent(&self.agents);
+            if let (false, Some(src)) = (silent_now.is_empty(), &self.heartbeats) {
+                let agents = &mut self.agents;
+                src.0.for_each_heartbeat(&mut |id, beat| {
+                    if let Some(a) = agents.get_mut(id) {
+                        a.last_heartbeat = a.last_heartbeat.max(beat);
+                    }
+                });
+                silent_now = silent(&self.agents);
+            }
+            for id in silent_now {
                 self.stats.agents_dead += 1;
                 // The queues are served below, once every silent agent is out.
-                self.remove_agent_quietly(&id, "the agent missed its heartbeats");
+                self.remove_agent_quietly(&id, "the agent missed its heartbeats", true, now);
             }
         }
         let expired: Vec<TaskId> = self
@@ -767,6 +974,10 @@ impl<L: Ledger> Scheduler<L> {
         // Latest first, so that the earliest ends up at the front of its lane.
         for &task in expired.iter().rev() {
             self.stats.expired += 1;
+            if let Some(l) = &self.tasks[&task].lease {
+                let agent = l.agent.clone();
+                self.judge(&agent, None, now);
+            }
             self.release(task, "the lease expired", true);
         }
         for ix in 0..self.types.len() {
@@ -844,6 +1055,11 @@ impl<L: Ledger> Scheduler<L> {
             agents: Vec::new(),
             window: VecDeque::new(),
             lease: None,
+            limiter: self
+                .config
+                .rate_limit
+                .clone()
+                .map(|c| RateLimiter::new(c).expect("validated with the config")),
         });
         self.type_index.insert(t.clone(), ix);
         ix
@@ -876,18 +1092,30 @@ impl<L: Ledger> Scheduler<L> {
     }
 
     /// Removes agent `id` (known) and releases its leases, oldest at the front of its lane.
-    fn remove_agent(&mut self, id: &AgentId, reason: &str, now: Micros) {
-        if let Some(type_ix) = self.remove_agent_quietly(id, reason) {
+    /// `fault`: the agent died, each released lease is a failure for its breaker.
+    fn remove_agent(&mut self, id: &AgentId, reason: &str, fault: bool, now: Micros) {
+        if let Some(type_ix) = self.remove_agent_quietly(id, reason, fault, now) {
             self.pump(type_ix, now);
         }
     }
 
     /// [`Self::remove_agent`] without serving the queue (when several agents go at once, none
     /// of their tasks must land on another that is going too). Returns the agent's type.
-    fn remove_agent_quietly(&mut self, id: &AgentId, reason: &str) -> Option<usize> {
+    fn remove_agent_quietly(
+        &mut self,
+        id: &AgentId,
+        reason: &str,
+        fault: bool,
+        now: Micros,
+    ) -> Option<usize> {
         let a = self.agents.remove(id)?;
         self.types[a.type_ix].agents.retain(|x| x != id);
         for &task in a.leases.iter().rev() {
+            // A probe's outcome will never be known: a failure too (see the module docs).
+            let probe = self.tasks[&task].lease.as_ref().is_some_and(|l| l.probe);
+            if fault || probe {
+                self.judge(id, None, now);
+            }
             // The agent is gone: nothing to avoid.
             self.release(task, reason, false);
         }
@@ -971,18 +1199,22 @@ impl<L: Ledger> Scheduler<L> {
 
     /// The index (in the type's agent list) of the agent the strategy picks, avoiding `avoid`
     /// when another agent has capacity.
-    fn select(&mut self, type_ix: usize, avoid: Option<&AgentId>) -> Option<usize> {
+    /// Agents the protections do not admit at `now` count as having no capacity.
+    fn select(&mut self, type_ix: usize, avoid: Option<&AgentId>, now: Micros) -> Option<usize> {
         let ts = &self.types[type_ix];
         self.scratch.clear();
         let mut avoided = None;
         let mut others_free = false;
         for (i, id) in ts.agents.iter().enumerate() {
             let a = &self.agents[id];
-            let c = Candidate {
+            let mut c = Candidate {
                 current_tasks: a.leases.len() as u32,
                 max_tasks: a.max_tasks,
                 latency_us: a.latency_us.map_or(0, |l| l as u64),
             };
+            if !Self::admits(&self.breakers, id, a, now) {
+                c.current_tasks = c.current_tasks.max(c.max_tasks);
+            }
             if avoid == Some(id) {
                 avoided = Some(i);
             } else if c.has_capacity() {
@@ -996,8 +1228,26 @@ impl<L: Ledger> Scheduler<L> {
         self.strategy.select(&self.scratch)
     }
 
+    /// Whether the agent's breaker (peeked) and back-pressure let it take a task at `now`.
+    fn admits(breakers: &BTreeMap<AgentId, Breaker>, id: &AgentId, a: &Agent, now: Micros) -> bool {
+        a.backpressure.as_ref().is_none_or(BackPressure::accepting)
+            && breakers.get(id).is_none_or(|b| b.peek(now).is_allowed())
+    }
+
+    /// Reports an outcome to agent `id`'s breaker, if it has one: a success with its latency,
+    /// or a failure (`None`).
+    fn judge(&mut self, id: &AgentId, latency: Option<Micros>, now: Micros) {
+        if let Some(b) = self.breakers.get_mut(id) {
+            match latency {
+                Some(l) => b.on_success(now, l),
+                None => b.on_failure(now),
+            }
+        }
+    }
+
     /// Serves a type's queue while its agents have capacity, then lets idle agents steal.
     fn pump(&mut self, type_ix: usize, now: Micros) {
+        self.last_now = self.last_now.max(now);
         while let Some(task) = self.front(type_ix) {
             if self.tasks[&task].failures >= self.config.max_attempts {
                 // A dead letter whose record could not be written before: try again.
@@ -1007,7 +1257,7 @@ impl<L: Ledger> Scheduler<L> {
                 continue;
             }
             let avoid = self.tasks[&task].avoid.clone();
-            let Some(i) = self.select(type_ix, avoid.as_ref()) else {
+            let Some(i) = self.select(type_ix, avoid.as_ref(), now) else {
                 return;
             };
             let agent = self.types[type_ix].agents[i].clone();
@@ -1044,6 +1294,12 @@ impl<L: Ledger> Scheduler<L> {
             self.stats.ledger_errors += 1;
             return Err(e);
         }
+        // After the append: an admission whose task is never sent would hold a probe slot.
+        let probe = self.breakers.get_mut(&agent).is_some_and(|b| {
+            let admission = b.allow(now);
+            debug_assert!(admission.is_allowed(), "peeked before: {admission:?}");
+            admission == Admission::Probe
+        });
         t.deliveries = attempt;
         t.avoid = None;
         t.lease = Some(Lease {
@@ -1052,13 +1308,14 @@ impl<L: Ledger> Scheduler<L> {
             deadline,
             delivered_at: now,
             started: false,
+            probe,
         });
         let payload = t.payload.clone();
-        self.agents
-            .get_mut(&agent)
-            .expect("a registered agent")
-            .leases
-            .push(task);
+        let a = self.agents.get_mut(&agent).expect("a registered agent");
+        a.leases.push(task);
+        if let Some(bp) = a.backpressure.as_mut() {
+            bp.on_sent(1, now);
+        }
         self.deadlines.insert((deadline, task));
         self.actions.push_back(Action::Deliver {
             agent,
@@ -1078,11 +1335,10 @@ impl<L: Ledger> Scheduler<L> {
         }
         loop {
             let ts = &self.types[type_ix];
-            let Some(thief) = ts
-                .agents
-                .iter()
-                .find(|id| self.agents[*id].leases.is_empty())
-            else {
+            let Some(thief) = ts.agents.iter().find(|id| {
+                let a = &self.agents[*id];
+                a.leases.is_empty() && Self::admits(&self.breakers, id, a, now)
+            }) else {
                 return;
             };
             let mut victim: Option<(&AgentId, usize, TaskId)> = None;
@@ -1091,11 +1347,13 @@ impl<L: Ledger> Scheduler<L> {
                 if a.leases.len() < 2 || victim.is_some_and(|(_, n, _)| n >= a.leases.len()) {
                     continue;
                 }
-                let oldest = a
-                    .leases
-                    .iter()
-                    .copied()
-                    .find(|t| self.tasks[t].lease.as_ref().is_some_and(|l| !l.started));
+                let oldest = a.leases.iter().copied().find(|t| {
+                    // A probe is the victim's test: never taken from it.
+                    self.tasks[t]
+                        .lease
+                        .as_ref()
+                        .is_some_and(|l| !l.started && !l.probe)
+                });
                 if let Some(task) = oldest {
                     victim = Some((id, a.leases.len(), task));
                 }
@@ -1184,10 +1442,16 @@ impl<L: Ledger> Scheduler<L> {
         ids.sort_unstable();
         for id in ids {
             let t = &self.tasks[&id];
-            let lease = t
-                .lease
-                .as_ref()
-                .map(|l| (&l.agent, l.attempt, l.deadline, l.delivered_at, l.started));
+            let lease = t.lease.as_ref().map(|l| {
+                (
+                    &l.agent,
+                    l.attempt,
+                    l.deadline,
+                    l.delivered_at,
+                    l.started,
+                    l.probe,
+                )
+            });
             let _ = write!(
                 f,
                 "t{} {} {:?} {} {} {:?} {:?};",
@@ -1207,9 +1471,16 @@ impl<L: Ledger> Scheduler<L> {
         for (id, a) in &self.agents {
             let _ = write!(
                 f,
-                "{id} {} {:?} {:?} {:?};",
-                a.max_tasks, a.liveness, a.latency_us, a.leases
+                "{id} {} {:?} {:?} {:?} {:?};",
+                a.max_tasks,
+                a.liveness,
+                a.latency_us,
+                a.leases,
+                a.backpressure.as_ref().map(|b| (b.lag(), b.accepting()))
             );
+        }
+        for (id, b) in &self.breakers {
+            let _ = write!(f, "{id} {:?};", b.state());
         }
         let dead: Vec<_> = self.dead_letters.iter().map(|d| d.task).collect();
         let _ = write!(
@@ -1287,6 +1558,9 @@ mod tests;
 
 #[cfg(test)]
 mod sim;
+
+#[cfg(test)]
+mod wire_tests;
 
 #[cfg(test)]
 mod model;

@@ -98,7 +98,27 @@ struct SimAgent {
     inbox: VecDeque<(TaskId, Attempt)>,
     busy: Option<(TaskId, Attempt, Micros)>,
     revoked: HashSet<(TaskId, Attempt)>,
+    /// A broken agent: it refuses every task it takes (never killed by the harness).
+    fails: bool,
+    /// A slow consumer: ten times slower than the slowest other (never killed by the harness).
+    slow: bool,
 }
+
+/// The protections a simulation exercises, each with an agent that needs them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Flavor {
+    /// A failing agent of the first type.
+    failing_agent: bool,
+    /// Circuit breakers on.
+    breaker: bool,
+    /// A slow consumer of the second type.
+    slow_agent: bool,
+    /// Back-pressure on.
+    backpressure: bool,
+}
+
+/// The back-pressure marks of the simulations with a slow consumer.
+const SLOW_HIGH_WATER: u64 = 2;
 
 const TYPES: [&str; 3] = ["coder", "tester", "planner"];
 const HEARTBEAT_EVERY: Micros = 5_000;
@@ -120,6 +140,7 @@ fn sim_config(rng: &mut Rng) -> SchedulerConfig {
             _ => Strategy::round_robin(),
         },
         work_stealing: rng.below(4) != 0,
+        ..SchedulerConfig::default()
     }
 }
 
@@ -157,12 +178,40 @@ struct Harness {
     results: u64,
     dead: u64,
     refused: u64,
+    /// Per slow agent: whether the scheduler's agent has had a lag reading since it was
+    /// (re)registered (until then its controller does not know the inbox).
+    lag_watched: HashMap<usize, bool>,
+    /// Deliveries per agent index.
+    deliveries: HashMap<usize, u64>,
+    /// The most frames a slow consumer's inbox held.
+    slow_max_inbox: usize,
+    /// Steps at which a slow consumer was not accepting.
+    slow_refusing: u64,
 }
 
 impl Harness {
-    fn new(seed: u64) -> Harness {
+    fn with(seed: u64, flavor: Flavor) -> Harness {
         let mut rng = Rng(seed);
-        let config = sim_config(&mut rng);
+        let mut config = sim_config(&mut rng);
+        if flavor.breaker {
+            config.breaker = Some(BreakerConfig {
+                window: 40_000,
+                buckets: 4,
+                min_calls: 3,
+                failure_ratio: 0.5,
+                slow_call: None,
+                open_for: 20_000,
+                backoff: 2,
+                max_open_for: 160_000,
+                half_open_probes: 1,
+            });
+        }
+        if flavor.backpressure {
+            config.backpressure = Some(BackPressureConfig {
+                high_water: SLOW_HIGH_WATER,
+                low_water: 0,
+            });
+        }
         let ledger = SimLedger {
             records: Rc::default(),
             fail_per_mille: Rc::new(RefCell::new(5)),
@@ -196,37 +245,66 @@ impl Harness {
             results: 0,
             dead: 0,
             refused: 0,
+            lag_watched: HashMap::new(),
+            deliveries: HashMap::new(),
+            slow_max_inbox: 0,
+            slow_refusing: 0,
         };
         let n = 3 + h.rng.below(8);
         for i in 0..n {
             h.spawn(i as usize % TYPES.len());
         }
+        if flavor.failing_agent {
+            // Fast and idle: the strategies' favourite, were it not for its breaker.
+            let ix = h.spawn_with(0, 4, false);
+            h.agents[ix].fails = true;
+            h.agents[ix].speed = 200;
+        }
+        if flavor.slow_agent {
+            h.spawn_with(1, 8, true);
+        }
         h
     }
 
     fn spawn(&mut self, type_ix: usize) {
+        let max_tasks = 1 + self.rng.below(4) as u32;
+        self.spawn_with(type_ix, max_tasks, false);
+    }
+
+    fn spawn_with(&mut self, type_ix: usize, max_tasks: u32, slow: bool) -> usize {
         self.next_agent += 1;
         let id = AgentId::new(&format!("{}-{}", TYPES[type_ix], self.next_agent)).unwrap();
         let ix = self.agents.len();
         let agent = SimAgent {
             id: id.clone(),
             type_ix,
-            max_tasks: 1 + self.rng.below(4) as u32,
+            max_tasks,
             token: self.next_agent,
             alive: true,
             mute_until: 0,
             next_heartbeat: self.now + HEARTBEAT_EVERY,
-            speed: 200 + self.rng.below(4_000),
+            speed: if slow {
+                40_000
+            } else {
+                200 + self.rng.below(4_000)
+            },
             inbox: VecDeque::new(),
             busy: None,
             revoked: HashSet::new(),
+            fails: false,
+            slow,
         };
         self.agents.push(agent);
         self.by_id.insert(id, ix);
         self.register(ix);
+        ix
     }
 
     fn register(&mut self, ix: usize) {
+        if self.agents[ix].slow {
+            // A new agent in the scheduler: its controller has not read the inbox yet.
+            self.lag_watched.insert(ix, false);
+        }
         let a = &self.agents[ix];
         self.sched
             .register_agent(
@@ -260,10 +338,38 @@ impl Harness {
         }
     }
 
+    /// The live agents the harness may kill, mute or unregister (not the special ones).
     fn live_agents(&self) -> Vec<usize> {
         (0..self.agents.len())
-            .filter(|&i| self.agents[i].alive)
+            .filter(|&i| self.agents[i].alive && !self.agents[i].fails && !self.agents[i].slow)
             .collect()
+    }
+
+    /// The host reads every agent's inbox lag.
+    fn observe_lags(&mut self) {
+        if self.config.backpressure.is_none() {
+            return;
+        }
+        self.drain_and_check();
+        for ix in 0..self.agents.len() {
+            let a = &self.agents[ix];
+            if !a.alive {
+                continue;
+            }
+            let (id, slow) = (a.id.clone(), a.slow);
+            match self.sched.observe_lag(&id, a.inbox.len() as u64, self.now) {
+                Ok(()) if slow => {
+                    self.lag_watched.insert(ix, true);
+                    if !self.sched.backpressure(&id).unwrap().accepting() {
+                        self.slow_refusing += 1;
+                    }
+                }
+                Ok(()) => {}
+                // Declared dead, or the scheduler restarted: it registers again.
+                Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e}"),
+            }
+            self.drain_and_check();
+        }
     }
 
     fn step(&mut self) {
@@ -283,6 +389,7 @@ impl Harness {
             323..=325 if self.faults => self.unregister(),
             _ => {}
         }
+        self.observe_lags();
         self.deliver_messages();
         self.run_agents();
         self.sched.tick(self.now);
@@ -387,6 +494,9 @@ impl Harness {
         self.sched = Scheduler::recover(config, copy, self.now).unwrap();
         // Leases of before the crash are void.
         self.holder.clear();
+        for w in self.lag_watched.values_mut() {
+            *w = false;
+        }
         // Pending actions of the dead scheduler are gone with it (drained above); the new
         // one's recovery actions (dead letters) are checked now.
         self.check();
@@ -444,7 +554,7 @@ impl Harness {
             if let Some((task, attempt, done)) = self.agents[ix].busy {
                 if done <= self.now {
                     self.agents[ix].busy = None;
-                    if self.faults && self.rng.chance(20) {
+                    if self.agents[ix].fails || (self.faults && self.rng.chance(20)) {
                         self.send(Msg::Nack(ix, task, attempt));
                     } else {
                         self.send(Msg::Ack(ix, task, attempt, task.0.to_le_bytes().to_vec()));
@@ -494,6 +604,19 @@ impl Harness {
                     let ix = self.by_id[agent];
                     assert_eq!(self.agents[ix].type_ix, type_ix, "an agent of its type");
                     assert!(!self.ended.contains_key(task), "delivery of an ended task");
+                    *self.deliveries.entry(ix).or_default() += 1;
+                    if self.agents[ix].slow {
+                        let inbox = self.agents[ix].inbox.len();
+                        if self.lag_watched.get(&ix) == Some(&true) {
+                            // The controller's lag bounds the inbox from above: it sends
+                            // only while that bound is at or below the high-water mark.
+                            assert!(
+                                inbox as u64 <= SLOW_HIGH_WATER,
+                                "a delivery to a slow consumer holding {inbox} frames"
+                            );
+                        }
+                        self.slow_max_inbox = self.slow_max_inbox.max(inbox + 1);
+                    }
                     if self.agents[ix].alive {
                         self.agents[ix].inbox.push_back((*task, *attempt));
                     }
@@ -616,6 +739,8 @@ impl Harness {
                 break;
             }
             self.now += 1_000;
+            // The host keeps reading lags: a slow consumer accepts again only on a reading.
+            self.observe_lags();
             self.deliver_messages();
             self.run_agents();
             self.sched.tick(self.now);
@@ -642,7 +767,11 @@ fn env(name: &str, default: u64) -> u64 {
 }
 
 fn run(seed: u64, steps: u64) -> Harness {
-    let mut h = Harness::new(seed);
+    run_with(seed, steps, Flavor::default())
+}
+
+fn run_with(seed: u64, steps: u64, flavor: Flavor) -> Harness {
+    let mut h = Harness::with(seed, flavor);
     for _ in 0..steps {
         h.step();
     }
@@ -694,5 +823,110 @@ fn simulation_is_deterministic() {
     assert_eq!(
         a.ledger.records.borrow().clone(),
         b.ledger.records.borrow().clone()
+    );
+}
+
+/// Runs `seeds` seeds of a flavor (reporting the failing seed); returns the harnesses'
+/// totals through `f`.
+fn run_seeds(seeds: u64, steps: u64, flavor: Flavor, mut f: impl FnMut(&Harness)) {
+    for seed in 0..seeds {
+        let h = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_with(seed, steps, flavor)
+        }))
+        .unwrap_or_else(|e| {
+            eprintln!(
+                "{flavor:?}: seed {seed} failed (rerun it with EMF_SIM_SEEDS={})",
+                seed + 1
+            );
+            std::panic::resume_unwind(e)
+        });
+        assert_eq!(
+            h.results + h.dead,
+            h.accepted.len() as u64,
+            "each task ends once"
+        );
+        f(&h);
+    }
+}
+
+/// Deliveries to the failing agent and to the others of its type.
+fn failing_share(h: &Harness) -> (u64, u64) {
+    let (mut failing, mut others) = (0, 0);
+    for (ix, n) in &h.deliveries {
+        let a = &h.agents[*ix];
+        if a.fails {
+            failing += n;
+        } else if a.type_ix == 0 {
+            others += n;
+        }
+    }
+    (failing, others)
+}
+
+#[test]
+fn simulation_with_a_failing_agent_and_breakers_shuns_it_and_loses_nothing() {
+    let seeds = env("EMF_SIM_SEEDS", 200) / 5;
+    let steps = env("EMF_SIM_STEPS", 2_000);
+    let with = |breaker| Flavor {
+        failing_agent: true,
+        breaker,
+        ..Flavor::default()
+    };
+    let (mut on, mut off, mut dead_on, mut dead_off) = ((0, 0), (0, 0), 0, 0);
+    run_seeds(seeds, steps, with(true), |h| {
+        let (f, o) = failing_share(h);
+        on = (on.0 + f, on.1 + o);
+        dead_on += h.dead;
+    });
+    run_seeds(seeds, steps, with(false), |h| {
+        let (f, o) = failing_share(h);
+        off = (off.0 + f, off.1 + o);
+        dead_off += h.dead;
+    });
+    eprintln!(
+        "{seeds} seeds x {steps} steps with a failing agent: deliveries to it / to the others \
+         of its type {on:?} with breakers, {off:?} without; dead letters {dead_on} / {dead_off}"
+    );
+    // Without a breaker the failing agent is the favourite.
+    assert!(
+        off.0 * 1000 > off.1 * 100,
+        "the failing agent attracts tasks: {off:?}"
+    );
+    // Its share with breakers is less than half of that (they start closed again after each
+    // scheduler crash).
+    assert!(
+        on.0 * off.1 * 2 < off.0 * on.1,
+        "the breaker shuns it: {on:?} against {off:?}"
+    );
+    assert!(dead_on < dead_off, "fewer tasks spend their attempts on it");
+}
+
+#[test]
+fn simulation_with_a_slow_consumer_and_back_pressure_bounds_its_inbox() {
+    let seeds = env("EMF_SIM_SEEDS", 200) / 5;
+    let steps = env("EMF_SIM_STEPS", 2_000);
+    let with = |backpressure| Flavor {
+        slow_agent: true,
+        backpressure,
+        ..Flavor::default()
+    };
+    let (mut refusing, mut max_on, mut max_off) = (0, 0, 0);
+    run_seeds(seeds, steps, with(true), |h| {
+        refusing += h.slow_refusing;
+        max_on = max_on.max(h.slow_max_inbox);
+    });
+    run_seeds(seeds, steps, with(false), |h| {
+        max_off = max_off.max(h.slow_max_inbox);
+    });
+    eprintln!(
+        "{seeds} seeds x {steps} steps with a slow consumer: {refusing} steps refusing, its \
+         largest inbox {max_on} with back-pressure (before a reading), {max_off} without"
+    );
+    assert!(refusing > 0, "back-pressure was exercised");
+    // The bound is checked at each delivery (after a reading); without it the inbox fills up
+    // to the agent's capacity.
+    assert!(
+        max_off as u64 > SLOW_HIGH_WATER + 1,
+        "the slow consumer lags: {max_off}"
     );
 }
