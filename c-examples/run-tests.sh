@@ -10,9 +10,9 @@
 # ring_pingpong --bench, and ring_pingpong-cpp (two threads), then the task queue and cache
 # programs: queue_cache (C, dynamic and static) and queue_cache-cpp (2 producer + 2 consumer
 # threads), then the HNSW programs: hnsw (C, dynamic and static; given <repo>/tests/data for
-# the MiniLM recall check) and hnsw-cpp. With --valgrind each one also runs under memcheck
-# (the ring ping-pongs, the queue threads and the HNSW builds with a small N). Exits non-zero
-# on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
+# the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched. With --valgrind
+# each one also runs under memcheck (the ring ping-pongs, the queue threads and the HNSW
+# builds with a small N). Exits non-zero on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
 # 20000), EMF_QUEUE_N the tasks per producer thread of queue_cache-cpp (default 20000).
 set -euo pipefail
 
@@ -23,7 +23,7 @@ use_valgrind=0
 for arg in "$@"; do
   case "$arg" in
     --valgrind) use_valgrind=1 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--valgrind]" >&2; exit 2 ;;
   esac
 done
@@ -94,6 +94,7 @@ for prog in hnsw hnsw-static; do
   run "$prog" "$build/$prog" "$repo/tests/data"
 done
 run hnsw-cpp "$build/hnsw-cpp"
+run sched "$build/sched"
 
 if [ "$use_valgrind" = 1 ]; then
   for prog in serializer serializer-static serializer-cpp; do
@@ -114,6 +115,7 @@ if [ "$use_valgrind" = 1 ]; then
     valgrind_run "$prog" "$build/$prog" -n 1000 "$repo/tests/data"
   done
   valgrind_run hnsw-cpp "$build/hnsw-cpp" -n 300
+  valgrind_run sched "$build/sched"
 fi
 
 if [ "$failed" != 0 ]; then

@@ -238,6 +238,47 @@
 // before acknowledging has those frames delivered again to the next one (at least once).
 #define EMF_ACK_MANUAL 1
 
+// Agent selection (`emf_sched_options_t::strategy`): the least-loaded agent with spare
+// capacity (load 70 %, latency 30 %; examines every agent of the type). The default.
+#define EMF_SCHED_LEAST_LOADED 0
+
+// Agent selection: power of two choices (two random agents, the less loaded wins), seeded
+// with `emf_sched_options_t::seed`.
+#define EMF_SCHED_POWER_OF_TWO 1
+
+// Agent selection: the next agent with spare capacity after the previous choice.
+#define EMF_SCHED_ROUND_ROBIN 2
+
+// Ledger (`emf_sched_new`): in memory; tasks do not outlive the handle.
+#define EMF_LEDGER_MEMORY 0
+
+// Ledger (`emf_sched_new`): a shared-memory segment named `ledger_name` in `ledger_dir`
+// (NULL: `/dev/shm`); survives the death of any process, this one included.
+#define EMF_LEDGER_SHM 1
+
+// Ledger (`emf_sched_new`): an append-only file at path `ledger_name` (`ledger_dir` must be
+// NULL); survives a reboot.
+#define EMF_LEDGER_FILE 2
+
+// Action kind (`emf_sched_action_t::kind`): no action is pending.
+#define EMF_SCHED_ACTION_NONE 0
+
+// Action kind: write task `task` (`data`/`len`: its payload) to agent `agent`'s inbox; the
+// agent quotes `attempt` in `emf_sched_started`/`_ack`/`_nack`; the lease ends at
+// `deadline_us`.
+#define EMF_SCHED_ACTION_DELIVER 1
+
+// Action kind: tell agent `agent` to drop attempt `attempt` of task `task` (stolen, or
+// completed elsewhere); whatever it answers for it later is ignored.
+#define EMF_SCHED_ACTION_REVOKE 2
+
+// Action kind: hand task `task`'s result (`data`/`len`) to its submitter; once per task.
+#define EMF_SCHED_ACTION_RESULT 3
+
+// Action kind: task `task` failed for good (`data`/`len`: the reason, UTF-8); once per task,
+// never together with a result.
+#define EMF_SCHED_ACTION_DEAD_LETTER 4
+
 // Metric: `1 − cos(a, b)`.
 #define EMF_METRIC_COSINE 0
 
@@ -286,6 +327,9 @@ typedef struct emf_ring_t emf_ring_t;
 
 // A router sending to agents' inboxes by name. Opaque; one thread at a time.
 typedef struct emf_router_t emf_router_t;
+
+// A scheduler. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
+typedef struct emf_sched_t emf_sched_t;
 
 // A store of shared values. Opaque; thread-safe.
 typedef struct emf_state_store_t emf_state_store_t;
@@ -492,6 +536,88 @@ typedef struct emf_ring_stats_t {
 // Called by `emf_consumer_poll` for each frame; `data` is valid only during the call.
 // Return 0 to go on, anything else to stop after this frame (which counts as consumed).
 typedef int (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
+
+// Options for `emf_sched_new`; fill with `emf_sched_options_default` first. Every value is
+// used as given and checked (a value out of its range: `EMF_ERR_INVALID_ARGUMENT`).
+typedef struct emf_sched_options_t {
+  // Tasks that may wait in the queue before `emf_sched_submit` gives `EMF_ERR_FULL`
+  // (default 100000; at least 1).
+  size_t max_queued;
+  // An agent without a heartbeat for longer than this is declared dead by
+  // `emf_sched_tick` (default 5 s); 0: heartbeats are not watched (the host reports deaths
+  // with `emf_sched_agent_dead`).
+  uint64_t heartbeat_timeout_us;
+  // Releases of a task's lease before it is dead-lettered (default 3; at least 1).
+  uint32_t max_attempts;
+  // The lease length is the type's observed p95 latency × this factor (default 3; > 0).
+  double lease_factor;
+  // The shortest lease (default 100 ms; at least 1 µs).
+  uint64_t min_lease_us;
+  // The longest lease (default 10 min; at least `min_lease_us`).
+  uint64_t max_lease_us;
+  // The lease before any latency is observed (default 10 s; within the bounds above).
+  uint64_t default_lease_us;
+  // Latencies per type the p95 is taken over (default 64; at least 1).
+  uint32_t latency_window;
+  // Weight of a new sample in an agent's latency average (default 0.2; in (0, 1]).
+  double ewma_alpha;
+  // `EMF_SCHED_*` agent selection (default `EMF_SCHED_LEAST_LOADED`).
+  uint32_t strategy;
+  // Seed of `EMF_SCHED_POWER_OF_TWO` (default 0: a fixed constant).
+  uint64_t seed;
+  // Idle agents steal tasks not yet started from busy ones (default true).
+  bool work_stealing;
+  // Bytes of a new shared-memory ledger's data area (default 16 MiB; at least 64).
+  size_t shm_capacity;
+} emf_sched_options_t;
+
+// One action to carry out, filled by `emf_sched_poll_action`. The pointers (`agent`, `data`)
+// point into the handle and stay valid until the next `emf_sched_poll_action` or
+// `emf_sched_free` on it; copy what must live longer.
+typedef struct emf_sched_action_t {
+  // `EMF_SCHED_ACTION_*`.
+  uint32_t kind;
+  // The attempt (DELIVER, REVOKE; else 0).
+  uint32_t attempt;
+  // The task (0 for NONE).
+  uint64_t task;
+  // When the lease expires (DELIVER; else 0).
+  uint64_t deadline_us;
+  // The agent, NUL-terminated (DELIVER, REVOKE; else NULL).
+  const char *agent;
+  // The payload (DELIVER), the result (RESULT) or the reason (DEAD_LETTER); NULL when
+  // `len` is 0.
+  const uint8_t *data;
+  // The length of `data`.
+  size_t len;
+} emf_sched_action_t;
+
+// A scheduler's counters (`emf_sched_stats`). `completed` and `dead_lettered` include what a
+// recovered ledger held; the others count since the handle was made.
+typedef struct emf_sched_stats_t {
+  // Tasks waiting in the queue.
+  uint64_t queued;
+  // Tasks leased to an agent.
+  uint64_t leased;
+  // Tasks completed.
+  uint64_t completed;
+  // Tasks dead-lettered.
+  uint64_t dead_lettered;
+  // Late or repeated results, `started`/`nack` for attempts no longer leased: ignored.
+  uint64_t duplicates;
+  // Deliveries after the first of a task (steals excluded).
+  uint64_t redeliveries;
+  // Tasks taken from a busy agent by an idle one.
+  uint64_t steals;
+  // Leases that ran out.
+  uint64_t expired;
+  // Agents declared dead (reported, or heartbeats missed).
+  uint64_t agents_dead;
+  // Ledger appends that failed inside an event.
+  uint64_t ledger_errors;
+  // Agents registered.
+  uint64_t agents;
+} emf_sched_stats_t;
 
 // Parameters of an index (`emf_hnsw_params_default` fills the original design's).
 typedef struct emf_hnsw_params_t {
@@ -1424,6 +1550,195 @@ emf_status_t emf_consumer_unacked(struct emf_consumer_t *c, uint64_t *out);
 //
 // `c` a live handle; `out` writable.
 emf_status_t emf_consumer_lag(struct emf_consumer_t *c, uint64_t *out);
+
+// Fills `*out` with the default scheduler options.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_sched_options_default(struct emf_sched_options_t *out);
+
+// Creates a scheduler with options `opts` (NULL: the defaults) over a ledger of kind
+// `ledger` (`EMF_LEDGER_*`): `EMF_LEDGER_MEMORY` (`ledger_name` and `ledger_dir` NULL),
+// `EMF_LEDGER_SHM` (segment `ledger_name` in directory `ledger_dir`, NULL for `/dev/shm`;
+// a live owner's ledger gives `EMF_ERR_BUSY`) or `EMF_LEDGER_FILE` (path `ledger_name`,
+// `ledger_dir` NULL). A durable ledger that holds records is recovered (the scheduler that
+// wrote it died or was freed): its accepted tasks not ended are queued again and delivered
+// once agents register; ids continue after the largest seen; `now_us` is the clock reading
+// of that recovery. No agent is registered after a recovery: agents register again.
+//
+// # Safety
+//
+// `opts` NULL or readable; `ledger_name`, `ledger_dir` NULL or NUL-terminated strings; `out`
+// writable.
+emf_status_t emf_sched_new(const struct emf_sched_options_t *opts,
+                           uint32_t ledger,
+                           const char *ledger_name,
+                           const char *ledger_dir,
+                           uint64_t now_us,
+                           struct emf_sched_t **out);
+
+// Frees a scheduler (closing its ledger: a durable one keeps its records for a later
+// `emf_sched_new`). NULL is fine.
+//
+// # Safety
+//
+// No other thread may be using `s`.
+emf_status_t emf_sched_free(struct emf_sched_t *s);
+
+// Registers agent `agent` (1-194 characters of `A-Z a-z 0-9 . _ -`, not starting with `.`)
+// of type `agent_type`, holding at most `max_tasks` tasks at once (0: 5). Its liveness: an OS
+// process `pid` started at `start_time_or_token` (clock ticks since boot, field 22 of
+// `/proc/<pid>/stat`) when `pid` is not 0; else a token `start_time_or_token` the host checks
+// itself (reporting deaths with `emf_sched_agent_dead`). Registering again with the same type
+// and liveness updates the capacity and keeps the agent's tasks; with another, the old
+// incarnation's tasks are released.
+//
+// # Safety
+//
+// `s` a live handle; `agent`, `agent_type` NUL-terminated strings.
+emf_status_t emf_sched_register_agent(struct emf_sched_t *s,
+                                      const char *agent,
+                                      const char *agent_type,
+                                      uint32_t max_tasks,
+                                      uint32_t pid,
+                                      uint64_t start_time_or_token,
+                                      uint64_t now_us);
+
+// Removes agent `agent`; its tasks are delivered again elsewhere. `EMF_ERR_NOT_FOUND` when it
+// is not registered.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_sched_unregister_agent(struct emf_sched_t *s, const char *agent, uint64_t now_us);
+
+// A sign of life from agent `agent`. `EMF_ERR_NOT_FOUND` when it is not registered (declared
+// dead, or the scheduler was recovered): the agent should register again.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_sched_heartbeat(struct emf_sched_t *s, const char *agent, uint64_t now_us);
+
+// The host saw agent `agent` die: it is removed and its tasks are delivered again elsewhere
+// at once. `EMF_ERR_NOT_FOUND` when it is not registered.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_sched_agent_dead(struct emf_sched_t *s, const char *agent, uint64_t now_us);
+
+// Submits a task for an agent of type `agent_type` at priority `priority`
+// (`EMF_PRIORITY_*`) with a copy of `payload`. On `EMF_OK` the task is in the ledger (never
+// lost from then on) and `*out_task_id` holds its id (ids start at 1). `EMF_ERR_FULL` when
+// `max_queued` tasks wait already: back-pressure, the caller keeps its task and may retry.
+//
+// # Safety
+//
+// `s` a live handle; `agent_type` a NUL-terminated string; `payload` readable for `len`;
+// `out_task_id` writable.
+emf_status_t emf_sched_submit(struct emf_sched_t *s,
+                              const char *agent_type,
+                              uint32_t priority,
+                              const uint8_t *payload,
+                              size_t len,
+                              uint64_t now_us,
+                              uint64_t *out_task_id);
+
+// Agent `agent` began attempt `attempt` of task `task` (it can no longer be stolen).
+// `*out_current` (when non-NULL) is 1, or 0 when that attempt is not leased to that agent any
+// more (revoked, released, ended: counted as a duplicate). `EMF_ERR_NOT_FOUND` when the agent
+// is not registered.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string; `out_current` NULL or writable.
+emf_status_t emf_sched_started(struct emf_sched_t *s,
+                               const char *agent,
+                               uint64_t task,
+                               uint32_t attempt,
+                               uint64_t now_us,
+                               int *out_current);
+
+// A result (a copy of `result`) for attempt `attempt` of task `task` from agent `agent`. The
+// first result of a task completes it (a RESULT action follows); a later one is ignored:
+// `*out_duplicate` (when non-NULL) is then 1, else 0. A result from an agent that does not
+// hold the lease still completes a task not yet ended. `EMF_ERR_NOT_FOUND` for a task id never
+// handed out.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string; `result` readable for `len`;
+// `out_duplicate` NULL or writable.
+emf_status_t emf_sched_ack(struct emf_sched_t *s,
+                           const char *agent,
+                           uint64_t task,
+                           uint32_t attempt,
+                           const uint8_t *result,
+                           size_t len,
+                           uint64_t now_us,
+                           int *out_duplicate);
+
+// Agent `agent` gives attempt `attempt` of task `task` back without a result, for `reason`
+// (NULL: none given): a failed attempt; the task is delivered again, elsewhere when possible,
+// or dead-lettered after `max_attempts`. `*out_current` (when non-NULL) is 1, or 0 when that
+// attempt was not leased to that agent (ignored, counted as a duplicate).
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string; `reason` NULL or one; `out_current`
+// NULL or writable.
+emf_status_t emf_sched_nack(struct emf_sched_t *s,
+                            const char *agent,
+                            uint64_t task,
+                            uint32_t attempt,
+                            const char *reason,
+                            uint64_t now_us,
+                            int *out_current);
+
+// Advances time to `now_us`: agents silent past the heartbeat timeout are declared dead,
+// expired leases are released, queued tasks are delivered. Call it regularly.
+//
+// # Safety
+//
+// `s` a live handle.
+emf_status_t emf_sched_tick(struct emf_sched_t *s, uint64_t now_us);
+
+// Takes the next action to carry out, oldest first, into `*out` (`kind`
+// `EMF_SCHED_ACTION_NONE` when none is pending). The action's `agent` and `data` point into
+// the handle and stay valid until the next `emf_sched_poll_action` or `emf_sched_free` on it.
+// Its RESULT or DEAD_LETTER record is already durable when it is handed out; an action not
+// carried out (the host crashed) is not repeated, except that a recovered scheduler delivers
+// the tasks not ended again.
+//
+// # Safety
+//
+// `s` a live handle; `out` writable.
+emf_status_t emf_sched_poll_action(struct emf_sched_t *s, struct emf_sched_action_t *out);
+
+// The agent the scheduler's strategy would give a task of type `agent_type` now, without
+// leasing anything (for hosts that route by themselves): its id is written into `buf` (at
+// most `cap - 1` bytes and a NUL) and its length (without the NUL) into `*out_len`.
+// `EMF_ERR_FULL` when no agent of the type has spare capacity (or none is registered);
+// `EMF_ERR_BUFFER_TOO_SMALL` when the id did not fit (`*out_len` says how long it is).
+//
+// # Safety
+//
+// `s` a live handle; `agent_type` a NUL-terminated string; `buf` writable for `cap` bytes
+// (NULL when `cap` is 0); `out_len` writable.
+emf_status_t emf_sched_select_agent(struct emf_sched_t *s,
+                                    const char *agent_type,
+                                    char *buf,
+                                    size_t cap,
+                                    size_t *out_len);
+
+// Writes the scheduler's counters to `*out`.
+//
+// # Safety
+//
+// `s` a live handle; `out` writable.
+emf_status_t emf_sched_stats(struct emf_sched_t *s, struct emf_sched_stats_t *out);
 
 // Quantizes `dim` floats to int8 codes with a per-vector scale (`x ≈ scale · code`).
 // Fails on NaN or infinite values.

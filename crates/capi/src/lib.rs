@@ -6,7 +6,7 @@
 //! `build.rs` generates the header with cbindgen (`cbindgen.toml`); the unit test
 //! `header_drift` fails while the committed header differs. It holds no logic of its own:
 //! modules [`codec`], [`ring`], [`queue`] (task queue, cache), [`vector`] (kernels, HNSW) and
-//! [`flow`] (router, batch processor, state) check arguments, call the engine, and map its
+//! [`flow`] (router, batch processor, state) and [`sched`] (the task scheduler) check arguments, call the engine, and map its
 //! [`ErrorKind`] to a status code.
 //!
 //! Conventions (also in the header's preamble, `include/erlmcp_flow.h`):
@@ -37,6 +37,7 @@ pub mod flow;
 mod handle;
 pub mod queue;
 pub mod ring;
+pub mod sched;
 pub mod vector;
 
 use std::borrow::Cow;
@@ -652,6 +653,7 @@ mod tests {
             (queue::emf_task_queue_t::KIND, queue::emf_task_queue_t::NAME),
             (queue::emf_cache_t::KIND, queue::emf_cache_t::NAME),
             (vector::emf_hnsw_t::KIND, vector::emf_hnsw_t::NAME),
+            (sched::emf_sched_t::KIND, sched::emf_sched_t::NAME),
             (
                 codec::emf_value_builder_t::KIND,
                 codec::emf_value_builder_t::NAME,

@@ -42,6 +42,9 @@ A task queue with priorities and an LRU cache with a TTL (:mod:`erlmcp_flow.queu
 Vector kernels and an HNSW index (:mod:`erlmcp_flow.vector`; needs NumPy, imported on first
 use): :func:`quantize`, :func:`dequantize`, :func:`distance`, :func:`cosine_distance_quantized`,
 :func:`dot_i8` and :class:`HnswIndex`.
+
+A task scheduler with leases and a durable ledger (:mod:`erlmcp_flow.sched`):
+:class:`Scheduler`, its actions (:class:`SchedAction`) and counters (:class:`SchedStats`).
 """
 
 from ._native import (
@@ -161,6 +164,24 @@ from .queue import (
     Enqueued,
     TaskQueue,
 )
+from .sched import (
+    ACTION_KINDS,
+    EMF_LEDGER_FILE,
+    EMF_LEDGER_MEMORY,
+    EMF_LEDGER_SHM,
+    EMF_SCHED_ACTION_DEAD_LETTER,
+    EMF_SCHED_ACTION_DELIVER,
+    EMF_SCHED_ACTION_NONE,
+    EMF_SCHED_ACTION_RESULT,
+    EMF_SCHED_ACTION_REVOKE,
+    EMF_SCHED_LEAST_LOADED,
+    EMF_SCHED_POWER_OF_TWO,
+    EMF_SCHED_ROUND_ROBIN,
+    STRATEGIES,
+    Action as SchedAction,
+    SchedStats,
+    Scheduler,
+)
 from .vector import (
     EMF_METRIC_COSINE,
     EMF_METRIC_DOT,
@@ -242,4 +263,9 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "IdFilter",
     "HnswParams",
     "HnswIndex",
+    "ACTION_KINDS",
+    "STRATEGIES",
+    "SchedAction",
+    "SchedStats",
+    "Scheduler",
 ]

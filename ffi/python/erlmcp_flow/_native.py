@@ -306,10 +306,69 @@ class emf_hnsw_t(Structure):
     """Opaque ``emf_hnsw_t``; only pointers to it are used."""
 
 
+class emf_sched_options_t(Structure):
+    """``emf_sched_options_t``: a scheduler's options; fill it with
+    ``emf_sched_options_default`` first."""
+
+    _fields_ = [
+        ("max_queued", c_size_t),
+        ("heartbeat_timeout_us", c_uint64),
+        ("max_attempts", c_uint32),
+        ("lease_factor", c_double),
+        ("min_lease_us", c_uint64),
+        ("max_lease_us", c_uint64),
+        ("default_lease_us", c_uint64),
+        ("latency_window", c_uint32),
+        ("ewma_alpha", c_double),
+        ("strategy", c_uint32),
+        ("seed", c_uint64),
+        ("work_stealing", c_bool),
+        ("shm_capacity", c_size_t),
+    ]
+
+
+class emf_sched_action_t(Structure):
+    """``emf_sched_action_t``: one action to carry out; ``agent`` and ``data`` point into the
+    handle until its next ``emf_sched_poll_action``."""
+
+    _fields_ = [
+        ("kind", c_uint32),
+        ("attempt", c_uint32),
+        ("task", c_uint64),
+        ("deadline_us", c_uint64),
+        ("agent", c_char_p),
+        ("data", POINTER(c_uint8)),
+        ("len", c_size_t),
+    ]
+
+
+class emf_sched_stats_t(Structure):
+    """``emf_sched_stats_t``: a scheduler's counters."""
+
+    _fields_ = [
+        ("queued", c_uint64),
+        ("leased", c_uint64),
+        ("completed", c_uint64),
+        ("dead_lettered", c_uint64),
+        ("duplicates", c_uint64),
+        ("redeliveries", c_uint64),
+        ("steals", c_uint64),
+        ("expired", c_uint64),
+        ("agents_dead", c_uint64),
+        ("ledger_errors", c_uint64),
+        ("agents", c_uint64),
+    ]
+
+
+class emf_sched_t(Structure):
+    """Opaque ``emf_sched_t``; only pointers to it are used."""
+
+
 emf_ring_p = POINTER(emf_ring_t)
 emf_task_queue_p = POINTER(emf_task_queue_t)
 emf_cache_p = POINTER(emf_cache_t)
 emf_hnsw_p = POINTER(emf_hnsw_t)
+emf_sched_p = POINTER(emf_sched_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -617,6 +676,59 @@ PROTOTYPES = {
     "emf_hnsw_save": (emf_status_t, [emf_hnsw_p, c_char_p]),
     "emf_hnsw_stats": (emf_status_t, [emf_hnsw_p, POINTER(c_size_t), POINTER(c_size_t)]),
     "emf_hnsw_try_stats": (emf_status_t, [emf_hnsw_p, POINTER(c_size_t), POINTER(c_size_t)]),
+    # The scheduler (wrapped in erlmcp_flow.sched). Names are C strings (c_char_p).
+    "emf_sched_options_default": (emf_status_t, [POINTER(emf_sched_options_t)]),
+    "emf_sched_new": (
+        emf_status_t,
+        [
+            POINTER(emf_sched_options_t),
+            c_uint32,  # ledger
+            c_char_p,  # ledger_name
+            c_char_p,  # ledger_dir
+            c_uint64,  # now_us
+            POINTER(emf_sched_p),
+        ],
+    ),
+    "emf_sched_free": (emf_status_t, [emf_sched_p]),
+    "emf_sched_register_agent": (
+        emf_status_t,
+        [emf_sched_p, c_char_p, c_char_p, c_uint32, c_uint32, c_uint64, c_uint64],
+    ),
+    "emf_sched_unregister_agent": (emf_status_t, [emf_sched_p, c_char_p, c_uint64]),
+    "emf_sched_heartbeat": (emf_status_t, [emf_sched_p, c_char_p, c_uint64]),
+    "emf_sched_agent_dead": (emf_status_t, [emf_sched_p, c_char_p, c_uint64]),
+    "emf_sched_submit": (
+        emf_status_t,
+        [emf_sched_p, c_char_p, c_uint32, _bytes_in, c_size_t, c_uint64, POINTER(c_uint64)],
+    ),
+    "emf_sched_started": (
+        emf_status_t,
+        [emf_sched_p, c_char_p, c_uint64, c_uint32, c_uint64, POINTER(c_int)],
+    ),
+    "emf_sched_ack": (
+        emf_status_t,
+        [
+            emf_sched_p,
+            c_char_p,  # agent
+            c_uint64,  # task
+            c_uint32,  # attempt
+            _bytes_in,  # result
+            c_size_t,
+            c_uint64,  # now_us
+            POINTER(c_int),  # out_duplicate
+        ],
+    ),
+    "emf_sched_nack": (
+        emf_status_t,
+        [emf_sched_p, c_char_p, c_uint64, c_uint32, c_char_p, c_uint64, POINTER(c_int)],
+    ),
+    "emf_sched_tick": (emf_status_t, [emf_sched_p, c_uint64]),
+    "emf_sched_poll_action": (emf_status_t, [emf_sched_p, POINTER(emf_sched_action_t)]),
+    "emf_sched_select_agent": (
+        emf_status_t,
+        [emf_sched_p, c_char_p, c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_sched_stats": (emf_status_t, [emf_sched_p, POINTER(emf_sched_stats_t)]),
 }
 
 

@@ -26,6 +26,9 @@ from erlmcp_flow._native import (
     emf_message_p,
     emf_ring_options_t,
     emf_ring_stats_t,
+    emf_sched_action_t,
+    emf_sched_options_t,
+    emf_sched_stats_t,
     emf_slice_t,
     emf_task_queue_stats_t,
     emf_value_event_t,
@@ -103,6 +106,9 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_hnsw_params_t": emf_hnsw_params_t,
         "emf_hnsw_hit_t": emf_hnsw_hit_t,
         "emf_value_event_t": emf_value_event_t,
+        "emf_sched_options_t": emf_sched_options_t,
+        "emf_sched_action_t": emf_sched_action_t,
+        "emf_sched_stats_t": emf_sched_stats_t,
     }
     lines = []
     for struct, cls in fields.items():

@@ -1,0 +1,421 @@
+"""The task scheduler: a thin wrapper of ``emf_sched_*`` (``crates/capi/src/sched.rs``).
+
+A :class:`Scheduler` turns submitted tasks into leases on registered agents and their results
+back into actions for the submitter, and never loses an accepted task: every accepted task is
+in its ledger (in memory, in a shared-memory segment, or in a file) before
+:meth:`Scheduler.submit` returns its id, and a scheduler opened over a durable ledger that
+holds records recovers the tasks not yet ended.
+
+It does no I/O of its own: the caller carries out the :class:`Action` s it takes from
+:meth:`Scheduler.poll_action` (deliver a task to an agent, revoke one, hand a result or a dead
+letter to the submitter) and reports what agents do (:meth:`~Scheduler.started`,
+:meth:`~Scheduler.ack`, :meth:`~Scheduler.nack`, :meth:`~Scheduler.heartbeat`,
+:meth:`~Scheduler.agent_dead`). Every event takes a clock reading ``now`` in microseconds;
+it defaults to :func:`now_us` (the monotonic clock), and a simulation may pass its own (one
+clock per scheduler).
+
+>>> s = Scheduler()
+>>> s.register_agent("w1", "coder")
+>>> task = s.submit("coder", b"job")
+>>> d = s.poll_action(); (d.kind, d.agent, d.task == task, d.data)
+('deliver', 'w1', True, b'job')
+>>> s.ack("w1", d.task, d.attempt, b"done")
+False
+>>> r = s.poll_action(); (r.kind, r.data)
+('result', b'done')
+>>> s.close()
+
+One thread at a time uses the library object; this wrapper serialises the calls of several
+Python threads with a lock.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import time
+from ctypes import byref, c_int, c_size_t, c_uint64
+from dataclasses import dataclass
+from typing import List, Optional, Union
+
+from ._errors import EMF_ERR_FULL, EMF_OK, _InvalidValue, check, error_for, last_error_message
+from ._native import (
+    emf_sched_action_t,
+    emf_sched_options_t,
+    emf_sched_p,
+    emf_sched_stats_t,
+    lib,
+)
+from .codec import BytesLike, _input, _priority_code
+from .ring import _U32_MAX, _c_string, _Handle, _unsigned
+
+_U64_MAX = 2**64 - 1
+
+# Agent selection (include/erlmcp_flow.h).
+EMF_SCHED_LEAST_LOADED = 0
+EMF_SCHED_POWER_OF_TWO = 1
+EMF_SCHED_ROUND_ROBIN = 2
+
+# Ledger kinds.
+EMF_LEDGER_MEMORY = 0
+EMF_LEDGER_SHM = 1
+EMF_LEDGER_FILE = 2
+
+# Action kinds.
+EMF_SCHED_ACTION_NONE = 0
+EMF_SCHED_ACTION_DELIVER = 1
+EMF_SCHED_ACTION_REVOKE = 2
+EMF_SCHED_ACTION_RESULT = 3
+EMF_SCHED_ACTION_DEAD_LETTER = 4
+
+#: Names accepted for ``strategy=``.
+STRATEGIES = {
+    "least_loaded": EMF_SCHED_LEAST_LOADED,
+    "power_of_two": EMF_SCHED_POWER_OF_TWO,
+    "round_robin": EMF_SCHED_ROUND_ROBIN,
+}
+
+#: ``EMF_SCHED_ACTION_*`` code -> :attr:`Action.kind`.
+ACTION_KINDS = {
+    EMF_SCHED_ACTION_DELIVER: "deliver",
+    EMF_SCHED_ACTION_REVOKE: "revoke",
+    EMF_SCHED_ACTION_RESULT: "result",
+    EMF_SCHED_ACTION_DEAD_LETTER: "dead_letter",
+}
+
+
+def now_us() -> int:
+    """The default clock reading of the scheduler's events: the monotonic clock in µs."""
+    return time.monotonic_ns() // 1000
+
+
+def _now(now: Optional[int]) -> int:
+    return now_us() if now is None else _unsigned(now, "now", _U64_MAX)
+
+
+@dataclass(frozen=True)
+class Action:
+    """One action to carry out (``emf_sched_action_t``)."""
+
+    #: ``"deliver"``, ``"revoke"``, ``"result"`` or ``"dead_letter"``.
+    kind: str
+    #: The task.
+    task: int
+    #: The agent (deliver, revoke; else None).
+    agent: Optional[str] = None
+    #: The attempt, which the agent quotes in started/ack/nack (deliver, revoke; else 0).
+    attempt: int = 0
+    #: When the lease expires, µs of the scheduler's clock (deliver; else 0).
+    deadline_us: int = 0
+    #: The payload (deliver), the result (result) or the reason, UTF-8 (dead_letter).
+    data: bytes = b""
+
+    @property
+    def reason(self) -> str:
+        """A dead letter's reason as text."""
+        return self.data.decode("utf-8", "replace")
+
+
+@dataclass(frozen=True)
+class SchedStats:
+    """A scheduler's counters (``emf_sched_stats_t``)."""
+
+    #: Tasks waiting in the queue.
+    queued: int
+    #: Tasks leased to an agent.
+    leased: int
+    #: Tasks completed (a recovered ledger's included).
+    completed: int
+    #: Tasks dead-lettered (a recovered ledger's included).
+    dead_lettered: int
+    #: Late or repeated answers, ignored.
+    duplicates: int
+    #: Deliveries after the first of a task (steals excluded).
+    redeliveries: int
+    #: Tasks taken from a busy agent by an idle one.
+    steals: int
+    #: Leases that ran out.
+    expired: int
+    #: Agents declared dead.
+    agents_dead: int
+    #: Ledger appends that failed inside an event.
+    ledger_errors: int
+    #: Agents registered.
+    agents: int
+
+
+class Scheduler(_Handle):
+    """A scheduler (``emf_sched_new``) over a ledger: in memory (the default), a shared-memory
+    segment ``shm`` (in directory ``dir``, default ``/dev/shm``; :class:`Busy` while another
+    live scheduler owns it) or a file ``file``. A durable ledger holding records is recovered:
+    its tasks not yet ended are queued again and delivered once agents register (agents must
+    register again; their heartbeats raise :class:`NotFound` until they do).
+
+    Options (checked by the library; ``None`` keeps the default): ``max_queued`` (back-pressure
+    bound: :meth:`submit` raises :class:`Full` beyond it), ``heartbeat_timeout_us`` (0: not
+    watched), ``max_attempts``, ``lease_factor``, ``min_lease_us``, ``max_lease_us``,
+    ``default_lease_us``, ``latency_window``, ``ewma_alpha``, ``strategy`` (a name of
+    :data:`STRATEGIES`), ``seed``, ``work_stealing``, ``shm_capacity``."""
+
+    _free = lib.emf_sched_free
+
+    def __init__(
+        self,
+        *,
+        shm: Optional[str] = None,
+        dir: Union[str, os.PathLike, None] = None,
+        file: Union[str, os.PathLike, None] = None,
+        now: Optional[int] = None,
+        max_queued: Optional[int] = None,
+        heartbeat_timeout_us: Optional[int] = None,
+        max_attempts: Optional[int] = None,
+        lease_factor: Optional[float] = None,
+        min_lease_us: Optional[int] = None,
+        max_lease_us: Optional[int] = None,
+        default_lease_us: Optional[int] = None,
+        latency_window: Optional[int] = None,
+        ewma_alpha: Optional[float] = None,
+        strategy: str = "least_loaded",
+        seed: int = 0,
+        work_stealing: bool = True,
+        shm_capacity: Optional[int] = None,
+    ):
+        if shm is not None and file is not None:
+            raise _InvalidValue("pass shm= or file=, not both")
+        if dir is not None and shm is None:
+            raise _InvalidValue("dir= is the directory of a shm= ledger")
+        opts = emf_sched_options_t()
+        check(lib.emf_sched_options_default(byref(opts)))
+        for name, value, limit in (
+            ("max_queued", max_queued, 2**63 - 1),
+            ("heartbeat_timeout_us", heartbeat_timeout_us, _U64_MAX),
+            ("max_attempts", max_attempts, _U32_MAX),
+            ("min_lease_us", min_lease_us, _U64_MAX),
+            ("max_lease_us", max_lease_us, _U64_MAX),
+            ("default_lease_us", default_lease_us, _U64_MAX),
+            ("latency_window", latency_window, _U32_MAX),
+            ("shm_capacity", shm_capacity, 2**63 - 1),
+        ):
+            if value is not None:
+                setattr(opts, name, _unsigned(value, name, limit))
+        if lease_factor is not None:
+            opts.lease_factor = float(lease_factor)
+        if ewma_alpha is not None:
+            opts.ewma_alpha = float(ewma_alpha)
+        try:
+            opts.strategy = STRATEGIES[strategy]
+        except KeyError:
+            raise _InvalidValue(
+                f"unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})"
+            ) from None
+        opts.seed = _unsigned(seed, "seed", _U64_MAX)
+        opts.work_stealing = bool(work_stealing)
+        if shm is not None:
+            kind, name = EMF_LEDGER_SHM, _c_string(shm, "shm")
+            directory = None if dir is None else _c_string(dir, "dir", path=True)
+        elif file is not None:
+            kind, name, directory = EMF_LEDGER_FILE, _c_string(file, "file", path=True), None
+        else:
+            kind, name, directory = EMF_LEDGER_MEMORY, None, None
+        handle = emf_sched_p()
+        check(lib.emf_sched_new(byref(opts), kind, name, directory, _now(now), byref(handle)))
+        super().__init__(handle)
+        self._action = emf_sched_action_t()
+        self._flag = c_int(0)
+        self._id = c_uint64(0)
+
+    def _run(self, fn, *args) -> None:
+        """``fn(handle, *args)`` under the lock; raises for a non-OK status."""
+        handle = self._enter(blocking=True)
+        try:
+            status = fn(handle, *args)
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+        finally:
+            self._lock.release()
+
+    def _flagged(self, fn, *args) -> bool:
+        """As :meth:`_run` for a function whose last argument is an ``int *`` answer."""
+        handle = self._enter(blocking=True)
+        try:
+            status = fn(handle, *args, byref(self._flag))
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+            return bool(self._flag.value)
+        finally:
+            self._lock.release()
+
+    # ----- agents -----
+
+    def register_agent(
+        self,
+        agent: str,
+        agent_type: str,
+        max_tasks: int = 0,
+        *,
+        pid: int = 0,
+        start_time: int = 0,
+        token: int = 0,
+        now: Optional[int] = None,
+    ) -> None:
+        """Registers ``agent`` of ``agent_type`` holding at most ``max_tasks`` tasks (0: 5).
+        Its liveness: OS process ``pid`` started at ``start_time`` (clock ticks since boot)
+        when ``pid`` is given, else a ``token`` the caller checks itself (reporting deaths with
+        :meth:`agent_dead`). Registering again with the same type and liveness keeps the
+        agent's tasks; with another, the old incarnation's tasks are released."""
+        pid = _unsigned(pid, "pid", _U32_MAX)
+        if pid and token:
+            raise _InvalidValue("pass pid= (and start_time=) or token=, not both")
+        value = _unsigned(start_time if pid else token, "start_time/token", _U64_MAX)
+        self._run(
+            lib.emf_sched_register_agent,
+            _c_string(agent, "agent"),
+            _c_string(agent_type, "agent_type"),
+            _unsigned(max_tasks, "max_tasks", _U32_MAX),
+            pid,
+            value,
+            _now(now),
+        )
+
+    def unregister_agent(self, agent: str, now: Optional[int] = None) -> None:
+        """Removes ``agent``; its tasks are delivered again elsewhere. :class:`NotFound` when
+        it is not registered."""
+        self._run(lib.emf_sched_unregister_agent, _c_string(agent, "agent"), _now(now))
+
+    def heartbeat(self, agent: str, now: Optional[int] = None) -> None:
+        """A sign of life. :class:`NotFound` when ``agent`` is not registered (declared dead,
+        or the scheduler was recovered): it should register again."""
+        self._run(lib.emf_sched_heartbeat, _c_string(agent, "agent"), _now(now))
+
+    def agent_dead(self, agent: str, now: Optional[int] = None) -> None:
+        """``agent`` died: its tasks are delivered again elsewhere at once."""
+        self._run(lib.emf_sched_agent_dead, _c_string(agent, "agent"), _now(now))
+
+    def select_agent(self, agent_type: str) -> Optional[str]:
+        """The agent the strategy would give a task of ``agent_type`` now (nothing is leased);
+        None when no agent of the type has spare capacity."""
+        name = _c_string(agent_type, "agent_type")
+        buf = ctypes.create_string_buffer(256)
+        n = c_size_t(0)
+        handle = self._enter(blocking=True)
+        try:
+            status = lib.emf_sched_select_agent(handle, name, buf, len(buf), byref(n))
+            if status == EMF_ERR_FULL:
+                return None
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+        finally:
+            self._lock.release()
+        return buf.raw[: n.value].decode()
+
+    # ----- tasks -----
+
+    def submit(
+        self,
+        agent_type: str,
+        payload: BytesLike,
+        priority: Union[str, int] = "normal",
+        now: Optional[int] = None,
+    ) -> int:
+        """Accepts a task and returns its id; it is in the ledger, never lost from then on.
+        :class:`Full` when ``max_queued`` tasks wait already (back-pressure: nothing was
+        accepted; retry later)."""
+        name = _c_string(agent_type, "agent_type")
+        code = _priority_code(priority)
+        ptr, n = _input(payload, "payload")
+        self._run(lib.emf_sched_submit, name, code, ptr, n, _now(now), byref(self._id))
+        return self._id.value
+
+    def started(self, agent: str, task: int, attempt: int, now: Optional[int] = None) -> bool:
+        """``agent`` began ``attempt`` of ``task``; False when that attempt is no longer
+        leased to it (ignored)."""
+        return self._flagged(
+            lib.emf_sched_started,
+            _c_string(agent, "agent"),
+            _unsigned(task, "task", _U64_MAX),
+            _unsigned(attempt, "attempt", _U32_MAX),
+            _now(now),
+        )
+
+    def ack(
+        self,
+        agent: str,
+        task: int,
+        attempt: int,
+        result: BytesLike = b"",
+        now: Optional[int] = None,
+    ) -> bool:
+        """A result for ``task``. Returns True when it is a duplicate (the task had already
+        ended; ignored), False when it completed the task (a ``"result"`` action follows).
+        :class:`NotFound` for an id never handed out."""
+        ptr, n = _input(result, "result")
+        return self._flagged(
+            lib.emf_sched_ack,
+            _c_string(agent, "agent"),
+            _unsigned(task, "task", _U64_MAX),
+            _unsigned(attempt, "attempt", _U32_MAX),
+            ptr,
+            n,
+            _now(now),
+        )
+
+    def nack(
+        self,
+        agent: str,
+        task: int,
+        attempt: int,
+        reason: str = "",
+        now: Optional[int] = None,
+    ) -> bool:
+        """``agent`` gives ``task`` back without a result (a failed attempt): it is delivered
+        again, or dead-lettered after ``max_attempts``. False when that attempt was not leased
+        to it (ignored)."""
+        return self._flagged(
+            lib.emf_sched_nack,
+            _c_string(agent, "agent"),
+            _unsigned(task, "task", _U64_MAX),
+            _unsigned(attempt, "attempt", _U32_MAX),
+            _c_string(reason, "reason"),
+            _now(now),
+        )
+
+    def tick(self, now: Optional[int] = None) -> None:
+        """Advances time: silent agents are declared dead, expired leases released, queued
+        tasks delivered. Call it regularly."""
+        self._run(lib.emf_sched_tick, _now(now))
+
+    def poll_action(self) -> Optional[Action]:
+        """The next action to carry out, oldest first; None when none is pending."""
+        a = self._action
+        handle = self._enter(blocking=True)
+        try:
+            status = lib.emf_sched_poll_action(handle, byref(a))
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+            if a.kind == EMF_SCHED_ACTION_NONE:
+                return None
+            # Copied while the lock is held: the library's bytes live until the next poll.
+            data = ctypes.string_at(a.data, a.len) if a.len else b""
+            return Action(
+                kind=ACTION_KINDS[a.kind],
+                task=a.task,
+                agent=a.agent.decode() if a.agent is not None else None,
+                attempt=a.attempt,
+                deadline_us=a.deadline_us,
+                data=data,
+            )
+        finally:
+            self._lock.release()
+
+    def actions(self) -> List[Action]:
+        """Every pending action, oldest first."""
+        out = []
+        while (a := self.poll_action()) is not None:
+            out.append(a)
+        return out
+
+    def stats(self) -> SchedStats:
+        """The counters."""
+        st = emf_sched_stats_t()
+        self._run(lib.emf_sched_stats, byref(st))
+        return SchedStats(**{name: getattr(st, name) for name, _ in st._fields_})
