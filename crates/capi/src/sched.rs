@@ -242,6 +242,9 @@ fn config_of(o: &emf_sched_options_t) -> FfiResult<SchedulerConfig> {
         ewma_alpha: o.ewma_alpha,
         strategy,
         work_stealing: o.work_stealing,
+        // The protections (breaker, back-pressure, rate limit) are not in the C options yet:
+        // off, as SchedulerConfig::default() has them.
+        ..SchedulerConfig::default()
     };
     c.validate()?;
     Ok(c)
