@@ -222,7 +222,6 @@ class Scheduler(_Handle):
         super().__init__(handle)
         self._action = emf_sched_action_t()
         self._flag = c_int(0)
-        self._id = c_uint64(0)
 
     def _run(self, fn, *args) -> None:
         """``fn(handle, *args)`` under the lock; raises for a non-OK status."""
@@ -323,8 +322,11 @@ class Scheduler(_Handle):
         name = _c_string(agent_type, "agent_type")
         code = _priority_code(priority)
         ptr, n = _input(payload, "payload")
-        self._run(lib.emf_sched_submit, name, code, ptr, n, _now(now), byref(self._id))
-        return self._id.value
+        # A local out-parameter: `_run` releases the lock before we read it, and a shared one
+        # could by then hold another thread's id.
+        task = c_uint64(0)
+        self._run(lib.emf_sched_submit, name, code, ptr, n, _now(now), byref(task))
+        return task.value
 
     def started(self, agent: str, task: int, attempt: int, now: Optional[int] = None) -> bool:
         """``agent`` began ``attempt`` of ``task``; False when that attempt is no longer

@@ -208,3 +208,31 @@ def test_errors():
         s.tick()
     with pytest.raises(ValueError):
         s.poll_action()
+
+
+def test_concurrent_submits_each_get_their_own_id():
+    # submit used to read a shared out-parameter after releasing the lock: two threads could
+    # both return the id of the later task.
+    import sys
+    import threading
+
+    s = emf.Scheduler()
+    ids = []
+    per_thread = 2000
+
+    def work():
+        mine = [s.submit("t", b"") for _ in range(per_thread)]
+        ids.extend(mine)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=work) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert sorted(ids) == list(range(1, 4 * per_thread + 1))
+    s.close()

@@ -497,6 +497,31 @@ impl<L: Ledger> Scheduler<L> {
         let mut s = Self::empty(config, ledger);
         let mut max_id = 0u64;
         for record in records {
+            // Bounds a ledger written by another process (a shared-memory one is writable by
+            // any of them) may break while its frames check out: id 0 is no task's, and the
+            // largest id and attempt would overflow `next_id` and the next attempt number.
+            let id = match &record {
+                LedgerRecord::Accepted { id, .. }
+                | LedgerRecord::Leased { id, .. }
+                | LedgerRecord::Released { id, .. }
+                | LedgerRecord::Completed { id, .. }
+                | LedgerRecord::DeadLettered { id, .. } => id.0,
+            };
+            if id == 0 || id == u64::MAX {
+                return Err(Error::corrupt(format!("ledger record with task id {id}")));
+            }
+            if matches!(
+                record,
+                LedgerRecord::Leased {
+                    attempt: u32::MAX,
+                    ..
+                }
+            ) {
+                return Err(Error::corrupt(format!(
+                    "ledger record of task {id} with attempt {}",
+                    u32::MAX
+                )));
+            }
             match record {
                 LedgerRecord::Accepted {
                     id,

@@ -891,3 +891,42 @@ fn ledger_errors_leave_tasks_where_they_were() {
     assert!(s.stats().ledger_errors >= 1);
     s.assert_consistent();
 }
+
+#[test]
+fn recovery_refuses_ids_and_attempts_that_would_overflow() {
+    let t = ty("t");
+    let acc = |id| LedgerRecord::Accepted {
+        id: TaskId(id),
+        agent_type: t.clone(),
+        priority: Priority::Normal,
+        payload: vec![],
+    };
+    let leased = |attempt| LedgerRecord::Leased {
+        id: TaskId(1),
+        agent: agent("a"),
+        attempt,
+        deadline: 5,
+    };
+    for records in [
+        vec![acc(u64::MAX)],
+        vec![acc(0)],
+        vec![acc(1), leased(u32::MAX)],
+    ] {
+        // Before: `max_id + 1` and `deliveries + 1` overflowed (a panic, or in release a
+        // task id 0 and then ids reused).
+        let e = Scheduler::recover(SchedulerConfig::default(), clone_ledger(&records), 0)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Corrupt, "{records:?}");
+    }
+    // A large but valid attempt is still accepted.
+    let mut s = Scheduler::recover(
+        SchedulerConfig::default(),
+        clone_ledger(&[acc(1), leased(u32::MAX - 1)]),
+        0,
+    )
+    .unwrap();
+    s.register_agent(agent("a"), t.clone(), 1, token(1), 1)
+        .unwrap();
+    assert_eq!(s.lease_of(TaskId(1)), Some((agent("a"), u32::MAX)));
+}
