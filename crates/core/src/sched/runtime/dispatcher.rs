@@ -54,6 +54,8 @@ struct Inbox {
     pending: VecDeque<Vec<u8>>,
     pid: u32,
     start_ticks: u64,
+    /// A hello request was sent since the scheduler last forgot the agent.
+    asked: bool,
 }
 
 /// Everything but the reports consumer (so a report can be handled while it is borrowed).
@@ -388,8 +390,12 @@ impl Core {
                     pending: VecDeque::new(),
                     pid,
                     start_ticks,
+                    asked: false,
                 },
             );
+        }
+        if let Some(i) = self.inboxes.get_mut(&agent) {
+            i.asked = false;
         }
         let liveness = Liveness::Process {
             pid,
@@ -413,7 +419,15 @@ impl Core {
     }
 
     /// Declares dead every agent whose process is gone; their leases go back to the queue.
+    /// An agent alive but forgotten by the scheduler (its heartbeats were missed: a handler
+    /// that ran too long) is asked to register again.
     fn check_liveness(&mut self, now: Micros) {
+        for (id, i) in self.inboxes.iter_mut() {
+            if !i.asked && self.sched.agent_load(id).is_none() {
+                i.asked = true;
+                i.pending.push_back(wire::encode_inbox(&InboxFrame::Hello));
+            }
+        }
         let dead: Vec<AgentId> = self
             .inboxes
             .iter()

@@ -326,3 +326,42 @@ fn service_futures_resolve_across_threads() {
         ErrorKind::Closed
     );
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "threads, rings and /proc")]
+fn an_agent_forgotten_for_missed_heartbeats_is_asked_back() {
+    let dir = TempDir::new("rt-forgot");
+    let mut o = opts(&dir);
+    o.config.heartbeat_timeout = Some(20_000);
+    o.liveness_interval = 1_000;
+    let mut d = Dispatcher::open(&o).unwrap();
+    let mut a = Agent::connect(agent_opts(&dir, "slow", "t")).unwrap();
+    d.step(Duration::from_millis(1)).unwrap(); // its hello
+    let first = d.submit(&ty("t"), Priority::Normal, vec![1]).unwrap();
+    let id = AgentId::new("slow").unwrap();
+    assert!(d.scheduler().agent_load(&id).is_some());
+    let t = a.recv(Duration::from_secs(10)).unwrap().expect("a task");
+    assert_eq!(t.id, first);
+    // The agent works on and on without a heartbeat: the scheduler forgets it and puts its
+    // task back.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.scheduler().agent_load(&id).is_some() {
+        assert!(Instant::now() < deadline, "never forgotten");
+        d.step(Duration::from_millis(1)).unwrap();
+    }
+    assert!(d.scheduler().is_queued(first));
+    // Its late result still completes the task (the work was done)...
+    a.complete(&t, b"late").unwrap();
+    let got = collect(&mut d, 1);
+    assert_eq!(got[&first], Outcome::Done(b"late".to_vec()));
+    // ...and the dispatcher asked it to register again: its next recv says hello, and a new
+    // task reaches it.
+    assert!(a.recv(Duration::ZERO).unwrap().is_none());
+    while d.scheduler().agent_load(&id).is_none() {
+        assert!(Instant::now() < deadline, "never registered again");
+        d.step(Duration::from_millis(1)).unwrap();
+    }
+    let second = d.submit(&ty("t"), Priority::Normal, vec![2]).unwrap();
+    let t = a.recv(Duration::from_secs(10)).unwrap().expect("a task");
+    assert_eq!(t.id, second);
+}
