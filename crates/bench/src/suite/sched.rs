@@ -249,7 +249,7 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
     let (ll50, ll99) = p50_p99(least);
     let (p2c50, p2c99) = p50_p99(p2c);
     let peer = "Mutex<HashMap> scan";
-    vec![
+    let mut out = vec![
         BenchResult::new("sched_select_p99_ns", ll99, "ns", Better::Lower)
             .with_targets(Some(1_000_000.0), Some(1_000.0))
             .with_peer(peer, naive99),
@@ -259,7 +259,9 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
             .with_peer(peer, naive99),
         BenchResult::new("sched_select_p2c_p50_ns", p2c50, "ns", Better::Lower)
             .with_peer(peer, naive50),
-    ]
+    ];
+    out.extend(super::sched_sim::results(settings, progress));
+    out
 }
 
 /// The scheduler suite.
@@ -267,7 +269,7 @@ pub fn sched_suite() -> Suite {
     Suite {
         name: "sched",
         about: "select_agent among 60 agents (shared-memory loads) against a Mutex<HashMap> scan",
-        steps: 1,
+        steps: 2,
         run: run_sched,
     }
 }
