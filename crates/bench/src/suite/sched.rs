@@ -1,4 +1,9 @@
-//! The scheduler suite: choosing an agent among 60 (issue 12's `sched_select_p99_ns`).
+//! The scheduler suite: choosing an agent among 60 (issue 12's `sched_select_p99_ns`, here),
+//! the scheduling policies compared on a virtual clock (`sched_p99_vs_round_robin`,
+//! `sched_mean_depth`, `sched_balance`: [`super::sched_sim`]) and the memory of a loaded
+//! scheduler (`sched_memory_mb`: [`super::sched_mem`]).
+//!
+//! # Selecting an agent
 //!
 //! Ours: the agents' loads live in a shared-memory load table (`/dev/shm`), the registry
 //! hands out the type's candidates read from it, and a strategy (`LeastLoaded` or
@@ -261,6 +266,7 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
             .with_peer(peer, naive50),
     ];
     out.extend(super::sched_sim::results(settings, progress));
+    out.extend(super::sched_mem::results(settings, progress));
     out
 }
 
@@ -268,8 +274,8 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
 pub fn sched_suite() -> Suite {
     Suite {
         name: "sched",
-        about: "select_agent among 60 agents (shared-memory loads) against a Mutex<HashMap> scan",
-        steps: 2,
+        about: "select_agent among 60 agents against a Mutex<HashMap> scan; policies vs round-robin (simulated); memory",
+        steps: 3,
         run: run_sched,
     }
 }

@@ -597,6 +597,8 @@ fn mode_results(m: &[Medians], suffix: &str) -> Vec<BenchResult> {
             Better::Lower,
         )
         .with_targets(Some(0.4), None),
+        BenchResult::new(name("sched_p2c_p99_ms"), p2c[0], "ms", Better::Lower)
+            .with_peer(peer, rr[0]),
         BenchResult::new(name("sched_p2c_mean_depth"), p2c[2], "tasks", Better::Lower)
             .with_peer(peer, rr[2]),
         BenchResult::new(name("sched_p2c_balance"), p2c[3], "%", Better::Higher)
