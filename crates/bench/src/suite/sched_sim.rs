@@ -207,7 +207,7 @@ pub struct SimOutcome {
     pub dead_letters: u64,
     /// Submissions the scheduler refused (back-pressure).
     pub refused: u64,
-    /// The scheduler's counters at the end.
+    /// Tasks stolen by idle agents (the scheduler's counter at the end).
     pub steals: u64,
     /// Results the scheduler counted as duplicates.
     pub duplicates: u64,
