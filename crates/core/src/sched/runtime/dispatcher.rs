@@ -376,10 +376,9 @@ impl Core {
                 format!("hello from agent {agent}: its process {pid} is gone"),
             ));
         }
-        let same = self
-            .inboxes
-            .get(&agent)
-            .is_some_and(|i| i.pid == pid && i.start_ticks == start_ticks);
+        let same = self.inboxes.get(&agent).is_some_and(|i| {
+            i.pid == pid && i.start_ticks == start_ticks && !i.producer.ring().is_closed()
+        });
         if !same {
             let ring = Ring::open(&inbox_name(agent.as_str()), &self.seg)?;
             let producer = ring.producer()?;

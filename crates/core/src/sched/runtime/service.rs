@@ -1,6 +1,6 @@
 //! A dispatcher on a thread of its own, with futures for results.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering}; // std-atomic-ok: a stop flag beside a mutex, not a lock-free structure
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -27,11 +27,13 @@ struct State {
     dispatcher: Inner,
     /// Outcomes of tasks submitted through this service, until their future takes them.
     finished: HashMap<TaskId, Outcome>,
-    /// Tasks whose future is alive (an outcome for another task — recovered from the ledger
-    /// of a previous dispatcher — goes to `orphans`).
-    waiting: HashMap<TaskId, ()>,
-    /// Outcomes nobody here waits for, in order (see [`Service::take_orphan`]).
-    orphans: Vec<(TaskId, Outcome)>,
+    /// Tasks whose future is alive.
+    waiting: HashSet<TaskId>,
+    /// Tasks whose future was dropped before the outcome came: the outcome is discarded.
+    abandoned: HashSet<TaskId>,
+    /// Outcomes of tasks this service did not submit (recovered from the ledger of a
+    /// previous dispatcher), in order (see [`Service::take_orphan`]).
+    orphans: VecDeque<(TaskId, Outcome)>,
     /// The error that stopped the service thread, if any.
     failed: Option<Error>,
 }
@@ -60,11 +62,11 @@ impl State {
     fn collect(&mut self) -> bool {
         let mut any = false;
         while let Some((id, o)) = self.dispatcher.poll_outcome() {
-            if self.waiting.remove(&id).is_some() {
+            if self.waiting.remove(&id) {
                 self.finished.insert(id, o);
                 any = true;
-            } else {
-                self.orphans.push((id, o));
+            } else if !self.abandoned.remove(&id) {
+                self.orphans.push_back((id, o));
             }
         }
         any
@@ -82,8 +84,9 @@ impl Service {
             state: Mutex::new(State {
                 dispatcher,
                 finished: HashMap::new(),
-                waiting: HashMap::new(),
-                orphans: Vec::new(),
+                waiting: HashSet::new(),
+                abandoned: HashSet::new(),
+                orphans: VecDeque::new(),
                 failed: None,
             }),
             done: Condvar::new(),
@@ -143,7 +146,7 @@ impl Service {
             ));
         }
         let id = st.dispatcher.submit(agent_type, priority, payload)?;
-        st.waiting.insert(id, ());
+        st.waiting.insert(id);
         // A task may complete inside submit only if an agent answered already; collect anyway.
         if st.collect() {
             self.shared.done.notify_all();
@@ -158,12 +161,7 @@ impl Service {
     /// An outcome of a task that no future of this service waits for (tasks recovered from a
     /// previous dispatcher's ledger), oldest first.
     pub fn take_orphan(&self) -> Option<(TaskId, Outcome)> {
-        let mut st = lock(&self.shared.state);
-        if st.orphans.is_empty() {
-            None
-        } else {
-            Some(st.orphans.remove(0))
-        }
+        lock(&self.shared.state).orphans.pop_front()
     }
 
     /// The dispatcher's counters.
@@ -254,7 +252,9 @@ impl Drop for TaskFuture {
     fn drop(&mut self) {
         if !self.taken {
             let mut st = lock(&self.shared.state);
-            st.waiting.remove(&self.id);
+            if st.waiting.remove(&self.id) {
+                st.abandoned.insert(self.id);
+            }
             st.finished.remove(&self.id);
         }
     }

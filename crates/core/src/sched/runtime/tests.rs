@@ -305,6 +305,13 @@ fn service_futures_resolve_across_threads() {
         s.join().unwrap();
     }
     assert_eq!(svc.stats().sched.completed, 300);
+    // Fire and forget: a dropped future's outcome is discarded, not kept as an orphan.
+    drop(svc.submit(&ty("t"), Priority::Normal, vec![9]).unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while svc.stats().sched.completed < 301 {
+        assert!(Instant::now() < deadline, "the dropped task never ran");
+        std::thread::yield_now();
+    }
     assert!(svc.take_orphan().is_none());
     // A future that times out says so and the task stays owned by the scheduler.
     stop.store(true, Ordering::Release);
