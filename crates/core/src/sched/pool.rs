@@ -360,6 +360,12 @@ impl Pool {
         self.actions.pop_front()
     }
 
+    /// The next action [`Pool::poll_action`] would take, left in place (a host whose buffer
+    /// for it is too small can retry).
+    pub fn peek_action(&self) -> Option<&PoolAction> {
+        self.actions.front()
+    }
+
     /// The live agents, in id order.
     pub fn agents(&self) -> Vec<AgentId> {
         self.agents.keys().cloned().collect()
