@@ -365,8 +365,10 @@ pub unsafe extern "C" fn emf_pool_poll_action(
             unsafe {
                 std::ptr::copy_nonoverlapping(name.as_ptr(), agent_buf.cast::<u8>(), name.len());
             }
-            // SAFETY: len < cap: in bounds of the caller's buffer, writable by contract.
-            unsafe { agent_buf.add(name.len()).write(0) };
+            // SAFETY: len < cap: in bounds of the caller's buffer.
+            let end = unsafe { agent_buf.add(name.len()) };
+            // SAFETY: `end` is in bounds (above) and writable by contract.
+            unsafe { end.write(0) };
         }
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out_kind, kind, "out_kind") }?;
@@ -445,10 +447,8 @@ mod tests {
         o.max_size = max;
         let mut p = null_mut();
         // SAFETY: valid arguments.
-        assert_eq!(
-            unsafe { emf_pool_new(&o, c"coder".as_ptr(), &mut p) },
-            EMF_OK
-        );
+        let st = unsafe { emf_pool_new(&o, c"coder".as_ptr(), &mut p) };
+        assert_eq!(st, EMF_OK);
         p
     }
 
