@@ -133,6 +133,14 @@ impl PoolConfig {
     }
 }
 
+impl Default for PoolConfig {
+    /// [`PoolConfig::new`] for the agent type `"agent"`: set `agent_type` to the pool's own
+    /// (`PoolConfig { agent_type, ..PoolConfig::default() }`).
+    fn default() -> PoolConfig {
+        PoolConfig::new(AgentType::new("agent").expect("a valid agent type"))
+    }
+}
+
 /// What the host must do for the pool.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PoolAction {

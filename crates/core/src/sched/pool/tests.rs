@@ -77,6 +77,7 @@ fn bad_configs_are_refused() {
         let e = Pool::new(c).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     }
+    assert_eq!(PoolConfig::default().agent_type.as_str(), "agent");
     let d = PoolConfig::new(AgentType::new("t").unwrap());
     assert_eq!((d.min_size, d.max_size, d.max_starting), (5, 20, 2));
     assert_eq!(
@@ -405,6 +406,9 @@ fn next_deadline_names_the_next_timed_event() {
 }
 
 // ---- seeded simulation ----
+//
+// `EMF_POOL_SIM_SEEDS=N` runs N seeds instead of the default 300 (600 random steps and 400
+// quiet ones each; about a second in a debug build).
 
 /// splitmix64.
 struct Rng(u64);
@@ -428,7 +432,7 @@ impl Rng {
 /// One run: a host with random start outcomes (quick, failed, late past the timeout, never
 /// answered), agents dying, demand waves; invariants checked after every step; then a quiet
 /// period with reliable starts must leave the pool at `min_size` at least.
-fn simulate(seed: u64, steps: usize) {
+fn simulate(seed: u64, steps: usize) -> PoolStats {
     let mut rng = Rng(seed);
     let min = rng.below(6) as u32;
     let max = min.max(1) + rng.below(6) as u32;
@@ -585,6 +589,7 @@ fn simulate(seed: u64, steps: usize) {
         st.live >= c.min_size,
         "seed {seed}: after a quiet period {st:?} with {c:?}"
     );
+    st
 }
 
 #[test]
@@ -593,7 +598,22 @@ fn simulation_keeps_the_invariants() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(300);
+    let mut seen = PoolStats::default();
     for seed in 0..seeds {
-        simulate(seed, 600);
+        let st = simulate(seed, 600);
+        seen.replaced += st.replaced;
+        seen.stopped_total += st.stopped_total;
+        seen.timed_out_starts += st.timed_out_starts;
+        seen.failed_starts += st.failed_starts;
+        seen.died += st.died;
+    }
+    // The runs went through every rule (a simulation that never replaces, stops or times out
+    // would check nothing).
+    if seeds >= 100 {
+        assert!(
+            seen.replaced > 0 && seen.stopped_total > 0 && seen.died > 0,
+            "{seen:?}"
+        );
+        assert!(seen.timed_out_starts > 0 && seen.failed_starts > seen.timed_out_starts);
     }
 }
