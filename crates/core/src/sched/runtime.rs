@@ -18,7 +18,9 @@
 //! consumer of the reports ring; [`Agent`] is one agent's end: it creates its inbox, claims a
 //! load slot, says hello, then receives tasks and reports on them. [`Service`] runs a dispatcher
 //! on a thread of its own behind a thread-safe handle whose [`Service::submit`] gives a
-//! [`TaskFuture`].
+//! [`TaskFuture`]. [`PoolHost`] keeps a [`crate::sched::Pool`] of agents of a type alive
+//! against a dispatcher: pre-warmed, replaced when they die, grown under demand, shrunk when
+//! idle; [`CommandLauncher`] starts them as OS processes from a command line.
 //!
 //! # Why nothing is lost
 //!
@@ -42,9 +44,12 @@
 
 mod agent;
 mod dispatcher;
+mod pool_host;
 mod service;
 pub mod wire;
 
+#[cfg(test)]
+mod pool_tests;
 #[cfg(test)]
 mod tests;
 
@@ -58,6 +63,7 @@ use crate::shm::SegmentOptions;
 
 pub use agent::{Agent, AgentOptions, Task};
 pub use dispatcher::{Dispatcher, DispatcherStats, Outcome};
+pub use pool_host::{CommandLauncher, Launcher, PoolHost};
 pub use service::{Service, TaskFuture};
 
 /// The ledger segment's name in a scheduler directory.

@@ -1040,6 +1040,20 @@ impl<L: Ledger> Scheduler<L> {
         TaskId(self.next_id - 1)
     }
 
+    /// How many tasks of `agent_type` wait in the queue (what a pool of that type sees as
+    /// demand). Walks the type's lanes: O(queued).
+    pub fn queued_of(&self, agent_type: &AgentType) -> usize {
+        let Some(&ix) = self.type_index.get(agent_type) else {
+            return 0;
+        };
+        self.types[ix]
+            .lanes
+            .iter()
+            .flatten()
+            .filter(|&&id| self.is_queued(id))
+            .count()
+    }
+
     /// Whether `task` was accepted and waits in the queue.
     pub fn is_queued(&self, task: TaskId) -> bool {
         self.tasks.get(&task).is_some_and(|t| t.lease.is_none())

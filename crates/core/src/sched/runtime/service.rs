@@ -7,11 +7,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::dispatcher::{Dispatcher, DispatcherStats, Inner, Outcome};
+use super::pool_host::{Launcher, PoolHost};
 use super::AnyLedger;
 use super::RuntimeOptions;
 use crate::error::{Error, ErrorKind, Result};
 use crate::priority::Priority;
 use crate::ring::{Consumer, WaitStrategy};
+use crate::sched::pool::{PoolConfig, PoolStats};
 use crate::sched::scheduler::Scheduler;
 use crate::sched::types::{AgentType, TaskId};
 
@@ -36,6 +38,10 @@ struct State {
     orphans: VecDeque<(TaskId, Outcome)>,
     /// The error that stopped the service thread, if any.
     failed: Option<Error>,
+    /// Pools kept by the service thread.
+    pools: Vec<PoolHost<Box<dyn Launcher>>>,
+    /// The last error of a pool's round (the pools go on).
+    pool_error: Option<Error>,
 }
 
 /// A dispatcher run by a thread of its own, shared by any number of threads (see
@@ -73,6 +79,26 @@ impl State {
     }
 }
 
+impl State {
+    fn step_pools(&mut self) {
+        if self.pools.is_empty() {
+            return;
+        }
+        let now = super::now_micros();
+        let State {
+            dispatcher,
+            pools,
+            pool_error,
+            ..
+        } = self;
+        for p in pools.iter_mut() {
+            if let Err(e) = p.step(dispatcher.scheduler(), now) {
+                *pool_error = Some(e);
+            }
+        }
+    }
+}
+
 impl Service {
     /// Opens the directory ([`Dispatcher::open`]) and starts the thread that runs it.
     pub fn start(opts: &RuntimeOptions) -> Result<Service> {
@@ -88,6 +114,8 @@ impl Service {
                 abandoned: HashSet::new(),
                 orphans: VecDeque::new(),
                 failed: None,
+                pools: Vec::new(),
+                pool_error: None,
             }),
             done: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -109,6 +137,7 @@ impl Service {
                 let mut st = lock(&s.state);
                 let r = st.dispatcher.poll(&mut reports);
                 let any = st.collect();
+                st.step_pools();
                 if let Err(e) = r {
                     st.failed = Some(e);
                     drop(st);
@@ -167,6 +196,32 @@ impl Service {
     /// The dispatcher's counters.
     pub fn stats(&self) -> DispatcherStats {
         lock(&self.shared.state).dispatcher.stats()
+    }
+
+    /// Adds a pool of agents started by `launcher` as `<id_prefix><n>` (see [`PoolHost`]); the
+    /// service thread keeps it. Returns its index for [`Service::pool_stats`].
+    pub fn add_pool(
+        &self,
+        config: PoolConfig,
+        launcher: Box<dyn Launcher>,
+        id_prefix: &str,
+    ) -> Result<usize> {
+        let host = PoolHost::new(config, launcher, id_prefix)?;
+        let mut st = lock(&self.shared.state);
+        st.pools.push(host);
+        Ok(st.pools.len() - 1)
+    }
+
+    /// Pool `index`'s counters, and the last error of any pool's round.
+    pub fn pool_stats(&self, index: usize) -> Result<(PoolStats, Option<Error>)> {
+        let st = lock(&self.shared.state);
+        let p = st.pools.get(index).ok_or_else(|| {
+            Error::new(
+                ErrorKind::NotFound,
+                format!("no pool {index} in this service"),
+            )
+        })?;
+        Ok((p.stats(), st.pool_error.clone()))
     }
 
     /// Runs `f` on the scheduler (read-only), under the service's lock.
