@@ -260,7 +260,10 @@ impl Agent {
         Ok(Some(t))
     }
 
-    /// Reports `task` done with `result`.
+    /// Reports `task` done with `result`. A result larger than the reports ring's largest
+    /// frame (a quarter of [`super::RuntimeOptions::reports_capacity`], less the frame's
+    /// header) is refused with `TooLarge`: the task's lease then expires and, after
+    /// `max_attempts`, the task is dead-lettered with the reason — never dropped silently.
     pub fn complete(&mut self, task: &Task, result: &[u8]) -> Result<()> {
         let latency = now_micros().saturating_sub(task.received);
         let _ = self.loads.update(self.slot, -1, Some(latency));
