@@ -10,6 +10,7 @@
 //! erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--hold-claim] [--dir DIR]
 //! erlmcp-flow ring consume NAME [--count N] [--manual --progress FILE [--until-empty]] [--dir DIR]
 //! erlmcp-flow ring chaos [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]
+//! erlmcp-flow agents show [--dir DIR] [--json]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -22,6 +23,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use erlmcp_flow_bench::suite::{self, Report, Settings};
 
+#[path = "cli/agents_show.rs"]
+mod agents_show;
 #[path = "cli/chaos.rs"]
 mod chaos;
 
@@ -56,6 +59,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RingCmd,
     },
+    /// The scheduler's agents: registry, loads, leases and dead letters, read from outside
+    Agents {
+        #[command(subcommand)]
+        cmd: AgentsCmd,
+    },
     /// MCP / JSON-RPC text to an archive and back (stdin to stdout)
     Codec {
         #[command(subcommand)]
@@ -70,6 +78,13 @@ enum Cmd {
     },
     /// Print the version
     Version,
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    /// The agents of a scheduler directory, their loads and leases, the queued tasks and
+    /// the dead letters (no participant attaches, nothing is written)
+    Show(agents_show::ShowArgs),
 }
 
 /// The directory of the shared-memory segments (shm, ring and stat commands).
@@ -323,6 +338,9 @@ fn main() -> ExitCode {
         }
         Cmd::Bench(b) => bench(&b),
         Cmd::Codec { cmd } => codec_cmd(&cmd),
+        Cmd::Agents {
+            cmd: AgentsCmd::Show(a),
+        } => agents_show::run(&a),
         Cmd::Stat(a) => stat_cmd(&a),
         Cmd::Shm { cmd } => shm_cmd(&cmd),
         Cmd::Ring { cmd } => ring_cmd(&cmd),

@@ -317,7 +317,11 @@ mod tests {
         assert_eq!((c.queued.clone(), c.leases.clone()), (s.queued, s.leases));
         assert_eq!(c.max_id, max);
         assert_eq!(c.completed, 0);
-        assert_eq!(c.dead_letters.len(), 0, "task 2's end is not the largest id's");
+        assert_eq!(
+            c.dead_letters.len(),
+            0,
+            "task 2's end is not the largest id's"
+        );
     }
 
     #[test]
