@@ -179,6 +179,7 @@ from .sched import (
     EMF_SCHED_ROUND_ROBIN,
     STRATEGIES,
     Action as SchedAction,
+    DeadLetter as SchedDeadLetter,
     SchedStats,
     Scheduler,
 )
@@ -266,6 +267,7 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "ACTION_KINDS",
     "STRATEGIES",
     "SchedAction",
+    "SchedDeadLetter",
     "SchedStats",
     "Scheduler",
 ]
