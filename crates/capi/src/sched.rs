@@ -866,8 +866,10 @@ unsafe fn copy_to(buf: *mut u8, src: &[u8], nul: bool) {
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf, src.len()) };
     }
     if nul {
-        // SAFETY: caller contract: `len + 1` bytes are writable.
-        unsafe { buf.add(src.len()).write(0) };
+        // SAFETY: caller contract: `len + 1` bytes are writable, so `len` is in bounds.
+        let end = unsafe { buf.add(src.len()) };
+        // SAFETY: in bounds (above), writable by contract.
+        unsafe { end.write(0) };
     }
 }
 
@@ -924,12 +926,12 @@ pub unsafe extern "C" fn emf_sched_dead_letter_get(
         })?;
         let reason = d.reason.as_bytes();
         let payload: &[u8] = d.spec.as_ref().map_or(&[], |t| &t.payload[..]);
-        // SAFETY: all checked non-NULL; writable by contract.
-        unsafe {
-            write_out(out_task, d.task.0, "out_task")?;
-            write_out(out_reason_len, reason.len(), "out_reason_len")?;
-            write_out(out_payload_len, payload.len(), "out_payload_len")?;
-        }
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out_task, d.task.0, "out_task") }?;
+        // SAFETY: as above.
+        unsafe { write_out(out_reason_len, reason.len(), "out_reason_len") }?;
+        // SAFETY: as above.
+        unsafe { write_out(out_payload_len, payload.len(), "out_payload_len") }?;
         if !out_has_payload.is_null() {
             // SAFETY: non-NULL, writable by contract.
             unsafe { out_has_payload.write(c_int::from(d.spec.is_some())) };
@@ -946,13 +948,11 @@ pub unsafe extern "C" fn emf_sched_dead_letter_get(
             ));
         }
         // SAFETY: `reason_buf` is non-NULL (cap > len ≥ 0) and writable for `reason_cap` >
-        // `reason.len()` bytes; `payload_buf` writable for `payload_cap` ≥ `payload.len()`
-        // bytes (and only touched when the payload is not empty, so non-NULL then). Our bytes
-        // do not overlap the caller's buffers.
-        unsafe {
-            copy_to(reason_buf.cast::<u8>(), reason, true);
-            copy_to(payload_buf, payload, false);
-        }
+        // `reason.len()` bytes; our bytes do not overlap the caller's buffer.
+        unsafe { copy_to(reason_buf.cast::<u8>(), reason, true) };
+        // SAFETY: `payload_buf` is writable for `payload_cap` ≥ `payload.len()` bytes and
+        // only touched when the payload is not empty (so non-NULL then); no overlap.
+        unsafe { copy_to(payload_buf, payload, false) };
         Ok(())
     })
 }

@@ -10,7 +10,7 @@
 //! (`LedgerChoice::Memory`/`File`) has no ledger segment: only the agents are shown.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -58,9 +58,9 @@ struct Shown {
     ledger: Option<LedgerStatus>,
 }
 
-fn gather(dir: &PathBuf) -> Result<Shown, String> {
+fn gather(dir: &Path) -> Result<Shown, String> {
     let opts = SegmentOptions {
-        dir: dir.clone(),
+        dir: dir.to_owned(),
         ..Default::default()
     };
     let now = now_micros();
@@ -114,7 +114,7 @@ fn gather(dir: &PathBuf) -> Result<Shown, String> {
     agents.sort_by(|a, b| a.id.cmp(&b.id));
     inboxes.sort();
     Ok(Shown {
-        dir: dir.clone(),
+        dir: dir.to_owned(),
         now,
         agents,
         orphan_inboxes: inboxes,

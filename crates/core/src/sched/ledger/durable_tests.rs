@@ -332,7 +332,7 @@ fn shm_inspect_reads_a_consistent_prefix_while_the_owner_appends_and_compacts() 
     assert_eq!(*seen.last().unwrap(), all.len());
     // The inspection that ends the owner's wait at record 100·j (j = 2..=29) started after
     // the owner's wait at 100·(j-1) began: it saw 100 to 2900 records.
-    let middle = seen.iter().filter(|&&k| k >= 100 && k <= 2900).count();
+    let middle = seen.iter().filter(|&&k| (100..=2900).contains(&k)).count();
     assert!(middle >= 28, "{middle} inspections during the run");
 }
 
