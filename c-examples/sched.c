@@ -12,7 +12,8 @@
  * is the host's own (a counter of microseconds), as the scheduler never reads one.
  *
  * Also: back-pressure (EMF_ERR_FULL from emf_sched_submit), agent selection (EMF_ERR_FULL
- * when no agent has capacity), NULL and bad arguments, a freed handle.
+ * when no agent has capacity), NULL and bad arguments, a freed handle, and dead letters read
+ * back with their reasons and payloads (emf_sched_dead_letter_count/_get).
  *
  * Output: one line per failed check on stderr, then exactly one line `N passed, M failed`.
  * Exit status: 0 when M is 0, 1 otherwise, 2 when the loaded library has another ABI.
@@ -226,6 +227,70 @@ static void test_backpressure_and_bad_input(void) {
     CHECK_STATUS(emf_sched_free(NULL), EMF_OK);
 }
 
+/* Dead letters with their payloads: two tasks refused once with max_attempts 1. Read by index
+   (nothing is removed); lengths first with NULL buffers, then a too-small reason buffer
+   (EMF_ERR_BUFFER_TOO_SMALL, nothing copied), then the bytes. */
+static void test_dead_letters(void) {
+    emf_sched_t *s = NULL;
+    emf_sched_options_t o;
+    uint64_t id = 0, task = 0;
+    size_t count = 9, rlen = 0, plen = 0;
+    int has = -1;
+    CHECK_STATUS(emf_sched_options_default(&o), EMF_OK);
+    o.max_attempts = 1;
+    CHECK_STATUS(emf_sched_new(&o, EMF_LEDGER_MEMORY, NULL, NULL, 0, &s), EMF_OK);
+    if (s == NULL) {
+        return;
+    }
+    CHECK_STATUS(emf_sched_dead_letter_count(s, &count), EMF_OK);
+    CHECK(count == 0);
+    CHECK_STATUS(emf_sched_register_agent(s, "w", "t", 2, 0, 1, 1), EMF_OK);
+    CHECK_STATUS(emf_sched_submit(s, "t", EMF_PRIORITY_NORMAL, (const uint8_t *)"payload-1", 9, 2,
+                                  &id),
+                 EMF_OK);
+    CHECK_STATUS(emf_sched_submit(s, "t", EMF_PRIORITY_NORMAL, NULL, 0, 2, &id), EMF_OK);
+    emf_sched_action_t a;
+    uint64_t delivered[2] = {0, 0};
+    for (int i = 0; i < 2; i++) {
+        CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
+        CHECK(a.kind == EMF_SCHED_ACTION_DELIVER);
+        delivered[i] = a.task;
+    }
+    for (int i = 0; i < 2; i++) {
+        CHECK_STATUS(emf_sched_nack(s, "w", delivered[i], 1, "no disk", 3, NULL), EMF_OK);
+        CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
+        CHECK(a.kind == EMF_SCHED_ACTION_DEAD_LETTER && a.task == delivered[i]);
+    }
+    CHECK_STATUS(emf_sched_dead_letter_count(s, &count), EMF_OK);
+    CHECK(count == 2);
+    CHECK_ERROR(emf_sched_dead_letter_get(s, 0, &task, NULL, 0, &rlen, NULL, 0, &plen, &has),
+                EMF_ERR_BUFFER_TOO_SMALL, "reason");
+    CHECK(task == delivered[0] && plen == 9 && has == 1 && rlen > 7);
+    char reason[256];
+    uint8_t payload[16];
+    memset(reason, 'x', sizeof reason);
+    CHECK(rlen < sizeof reason);
+    CHECK_ERROR(emf_sched_dead_letter_get(s, 0, &task, reason, rlen, &rlen, payload,
+                                          sizeof payload, &plen, &has),
+                EMF_ERR_BUFFER_TOO_SMALL, "NUL");
+    CHECK(reason[0] == 'x');
+    CHECK_STATUS(emf_sched_dead_letter_get(s, 0, &task, reason, sizeof reason, &rlen, payload,
+                                           sizeof payload, &plen, &has),
+                 EMF_OK);
+    CHECK(strlen(reason) == rlen && strstr(reason, "refused by agent w: no disk") != NULL);
+    CHECK(plen == 9 && memcmp(payload, "payload-1", 9) == 0);
+    CHECK_STATUS(emf_sched_dead_letter_get(s, 1, &task, reason, sizeof reason, &rlen, NULL, 0,
+                                           &plen, NULL),
+                 EMF_OK);
+    CHECK(task == delivered[1] && plen == 0);
+    CHECK_ERROR(emf_sched_dead_letter_get(s, 2, &task, reason, sizeof reason, &rlen, NULL, 0,
+                                          &plen, NULL),
+                EMF_ERR_NOT_FOUND, "dead letter 2");
+    CHECK_ERROR(emf_sched_dead_letter_count(s, NULL), EMF_ERR_NULL_ARGUMENT, "out");
+    CHECK_STATUS(emf_sched_free(s), EMF_OK);
+    CHECK_ERROR(emf_sched_dead_letter_count(s, &count), EMF_ERR_INVALID_ARGUMENT, "sched");
+}
+
 int main(void) {
     if (emf_abi_version() != EMF_ABI_VERSION) {
         fprintf(stderr, "liberlmcp_flow has ABI %u, this program was compiled for ABI %u\n",
@@ -234,6 +299,7 @@ int main(void) {
     }
     test_cycle();
     test_backpressure_and_bad_input();
+    test_dead_letters();
     printf("%lu passed, %lu failed\n", g_passed, g_failed);
     return g_failed > 0 ? 1 : 0;
 }

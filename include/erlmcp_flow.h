@@ -1932,6 +1932,44 @@ emf_status_t emf_sched_select_agent(struct emf_sched_t *s,
 // `s` a live handle; `out` writable.
 emf_status_t emf_sched_stats(struct emf_sched_t *s, struct emf_sched_stats_t *out);
 
+// The number of dead-lettered tasks of the handle, into `*out`. Dead letters are kept for the
+// handle's life, oldest first (those a recovered ledger held included), and only added to:
+// index `i` of `emf_sched_dead_letter_get` names the same one until `emf_sched_free`.
+//
+// # Safety
+//
+// `s` a live handle; `out` writable.
+emf_status_t emf_sched_dead_letter_count(struct emf_sched_t *s, size_t *out);
+
+// Reads dead letter `index` (0 = the oldest; see `emf_sched_dead_letter_count`) without
+// removing it: its task id into `*out_task`, its reason (UTF-8) into `reason_buf` with a NUL
+// after it (`*out_reason_len`: its length without the NUL), its payload into `payload_buf`
+// (`*out_payload_len`: its length), and into `*out_has_payload` (when non-NULL) 1, or 0 when
+// the payload is unknown (a recovered, compacted ledger no longer held the task's `Accepted`
+// record; the payload length is then 0).
+//
+// `*out_task` and both lengths are written whenever `index` exists; when a buffer is too
+// small (`reason_cap < reason length + 1`, `payload_cap < payload length`) the status is
+// `EMF_ERR_BUFFER_TOO_SMALL`, nothing is copied, and the caller retries with the lengths
+// reported (pass `NULL`, 0 to learn them first). Nothing is lost: dead letters stay until the
+// handle is freed. `EMF_ERR_NOT_FOUND` when `index` ≥ the count.
+//
+// # Safety
+//
+// `s` a live handle; `reason_buf` writable for `reason_cap` bytes (NULL when 0);
+// `payload_buf` writable for `payload_cap` bytes (NULL when 0); `out_task`, `out_reason_len`,
+// `out_payload_len` writable; `out_has_payload` NULL or writable.
+emf_status_t emf_sched_dead_letter_get(struct emf_sched_t *s,
+                                       size_t index,
+                                       uint64_t *out_task,
+                                       char *reason_buf,
+                                       size_t reason_cap,
+                                       size_t *out_reason_len,
+                                       uint8_t *payload_buf,
+                                       size_t payload_cap,
+                                       size_t *out_payload_len,
+                                       int *out_has_payload);
+
 // Quantizes `dim` floats to int8 codes with a per-vector scale (`x ≈ scale · code`).
 // Fails on NaN or infinite values.
 //

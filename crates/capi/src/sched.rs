@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use super::handle::{borrow, free, new_handle, Exclusive, Handle};
 use super::{
     bytes, c_str, emf_status_t, guard, require_out, write_out, FfiError, FfiResult,
-    EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_FULL, EMF_ERR_INVALID_ARGUMENT,
+    EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_FULL, EMF_ERR_INVALID_ARGUMENT, EMF_ERR_NOT_FOUND,
 };
 use engine::queue::Priority;
 use engine::sched::{
@@ -216,6 +216,24 @@ fn agent_id(p: *const c_char, name: &str) -> FfiResult<AgentId> {
 
 fn agent_type(p: *const c_char, name: &str) -> FfiResult<AgentType> {
     Ok(AgentType::new(c_str(p, name)?)?)
+}
+
+/// The body of the calls about one agent: decodes `agent` (argument errors first), borrows
+/// the handle, and runs `f` on its scheduler with the id.
+///
+/// # Safety
+///
+/// `s` a live handle or NULL, not used by another thread concurrently (the slab checks
+/// liveness); `agent` NULL or a NUL-terminated string.
+unsafe fn on_agent<R>(
+    s: *mut emf_sched_t,
+    agent: *const c_char,
+    f: impl FnOnce(&mut Scheduler<AnyLedger>, &AgentId) -> engine::Result<R>,
+) -> FfiResult<R> {
+    let id = agent_id(agent, "agent")?;
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let mut h = unsafe { borrow(s) }?;
+    Ok(f(&mut h.sched, &id)?)
 }
 
 fn config_of(o: &emf_sched_options_t) -> FfiResult<SchedulerConfig> {
@@ -438,12 +456,8 @@ pub unsafe extern "C" fn emf_sched_unregister_agent(
     agent: *const c_char,
     now_us: u64,
 ) -> emf_status_t {
-    guard(|| {
-        let id = agent_id(agent, "agent")?;
-        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-        unsafe { borrow(s) }?.sched.unregister_agent(&id, now_us)?;
-        Ok(())
-    })
+    // SAFETY: caller contract.
+    guard(|| unsafe { on_agent(s, agent, |sc, id| sc.unregister_agent(id, now_us)) })
 }
 
 /// A sign of life from agent `agent`. `EMF_ERR_NOT_FOUND` when it is not registered (declared
@@ -458,12 +472,8 @@ pub unsafe extern "C" fn emf_sched_heartbeat(
     agent: *const c_char,
     now_us: u64,
 ) -> emf_status_t {
-    guard(|| {
-        let id = agent_id(agent, "agent")?;
-        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-        unsafe { borrow(s) }?.sched.heartbeat(&id, now_us)?;
-        Ok(())
-    })
+    // SAFETY: caller contract.
+    guard(|| unsafe { on_agent(s, agent, |sc, id| sc.heartbeat(id, now_us)) })
 }
 
 /// The host saw agent `agent` die: it is removed and its tasks are delivered again elsewhere
@@ -478,12 +488,8 @@ pub unsafe extern "C" fn emf_sched_agent_dead(
     agent: *const c_char,
     now_us: u64,
 ) -> emf_status_t {
-    guard(|| {
-        let id = agent_id(agent, "agent")?;
-        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-        unsafe { borrow(s) }?.sched.agent_dead(&id, now_us)?;
-        Ok(())
-    })
+    // SAFETY: caller contract.
+    guard(|| unsafe { on_agent(s, agent, |sc, id| sc.agent_dead(id, now_us)) })
 }
 
 /// Submits a task for an agent of type `agent_type` at priority `priority`
@@ -543,11 +549,12 @@ pub unsafe extern "C" fn emf_sched_started(
     out_current: *mut c_int,
 ) -> emf_status_t {
     guard(|| {
-        let id = agent_id(agent, "agent")?;
-        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-        let current = unsafe { borrow(s) }?
-            .sched
-            .started(&id, TaskId(task), attempt, now_us)?;
+        // SAFETY: caller contract.
+        let current = unsafe {
+            on_agent(s, agent, |sc, id| {
+                sc.started(id, TaskId(task), attempt, now_us)
+            })
+        }?;
         if !out_current.is_null() {
             // SAFETY: non-NULL, writable by contract.
             unsafe { out_current.write(c_int::from(current)) };
@@ -827,6 +834,129 @@ pub unsafe extern "C" fn emf_sched_stats(
     })
 }
 
+/// The number of dead-lettered tasks of the handle, into `*out`. Dead letters are kept for the
+/// handle's life, oldest first (those a recovered ledger held included), and only added to:
+/// index `i` of `emf_sched_dead_letter_get` names the same one until `emf_sched_free`.
+///
+/// # Safety
+///
+/// `s` a live handle; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_dead_letter_count(
+    s: *mut emf_sched_t,
+    out: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let n = unsafe { borrow(s) }?.sched.dead_letters().len();
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, n, "out") }
+    })
+}
+
+/// Copies `len` bytes of `src` to `buf` (and a NUL after them when `nul`).
+///
+/// # Safety
+///
+/// `buf` writable for `len` (+ 1 with `nul`) bytes, not overlapping `src`.
+unsafe fn copy_to(buf: *mut u8, src: &[u8], nul: bool) {
+    if !src.is_empty() {
+        // SAFETY: caller contract.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), buf, src.len()) };
+    }
+    if nul {
+        // SAFETY: caller contract: `len + 1` bytes are writable, so `len` is in bounds.
+        let end = unsafe { buf.add(src.len()) };
+        // SAFETY: in bounds (above), writable by contract.
+        unsafe { end.write(0) };
+    }
+}
+
+/// Reads dead letter `index` (0 = the oldest; see `emf_sched_dead_letter_count`) without
+/// removing it: its task id into `*out_task`, its reason (UTF-8) into `reason_buf` with a NUL
+/// after it (`*out_reason_len`: its length without the NUL), its payload into `payload_buf`
+/// (`*out_payload_len`: its length), and into `*out_has_payload` (when non-NULL) 1, or 0 when
+/// the payload is unknown (a recovered, compacted ledger no longer held the task's `Accepted`
+/// record; the payload length is then 0).
+///
+/// `*out_task` and both lengths are written whenever `index` exists; when a buffer is too
+/// small (`reason_cap < reason length + 1`, `payload_cap < payload length`) the status is
+/// `EMF_ERR_BUFFER_TOO_SMALL`, nothing is copied, and the caller retries with the lengths
+/// reported (pass `NULL`, 0 to learn them first). Nothing is lost: dead letters stay until the
+/// handle is freed. `EMF_ERR_NOT_FOUND` when `index` ≥ the count.
+///
+/// # Safety
+///
+/// `s` a live handle; `reason_buf` writable for `reason_cap` bytes (NULL when 0);
+/// `payload_buf` writable for `payload_cap` bytes (NULL when 0); `out_task`, `out_reason_len`,
+/// `out_payload_len` writable; `out_has_payload` NULL or writable.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn emf_sched_dead_letter_get(
+    s: *mut emf_sched_t,
+    index: usize,
+    out_task: *mut u64,
+    reason_buf: *mut c_char,
+    reason_cap: usize,
+    out_reason_len: *mut usize,
+    payload_buf: *mut u8,
+    payload_cap: usize,
+    out_payload_len: *mut usize,
+    out_has_payload: *mut c_int,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out_task, "out_task")?;
+        require_out(out_reason_len, "out_reason_len")?;
+        require_out(out_payload_len, "out_payload_len")?;
+        if reason_buf.is_null() && reason_cap > 0 {
+            return Err(FfiError::null("reason_buf"));
+        }
+        if payload_buf.is_null() && payload_cap > 0 {
+            return Err(FfiError::null("payload_buf"));
+        }
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let h = unsafe { borrow(s) }?;
+        let all = h.sched.dead_letters();
+        let d = all.get(index).ok_or_else(|| {
+            FfiError::new(
+                EMF_ERR_NOT_FOUND,
+                format!("dead letter {index} of {}", all.len()),
+            )
+        })?;
+        let reason = d.reason.as_bytes();
+        let payload: &[u8] = d.spec.as_ref().map_or(&[], |t| &t.payload[..]);
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out_task, d.task.0, "out_task") }?;
+        // SAFETY: as above.
+        unsafe { write_out(out_reason_len, reason.len(), "out_reason_len") }?;
+        // SAFETY: as above.
+        unsafe { write_out(out_payload_len, payload.len(), "out_payload_len") }?;
+        if !out_has_payload.is_null() {
+            // SAFETY: non-NULL, writable by contract.
+            unsafe { out_has_payload.write(c_int::from(d.spec.is_some())) };
+        }
+        if reason.len() >= reason_cap || payload.len() > payload_cap {
+            return Err(FfiError::new(
+                EMF_ERR_BUFFER_TOO_SMALL,
+                format!(
+                    "dead letter {index}: the reason needs {} bytes (with its NUL), the payload \
+                     {}; the buffers have {reason_cap} and {payload_cap}",
+                    reason.len() + 1,
+                    payload.len()
+                ),
+            ));
+        }
+        // SAFETY: `reason_buf` is non-NULL (cap > len ≥ 0) and writable for `reason_cap` >
+        // `reason.len()` bytes; our bytes do not overlap the caller's buffer.
+        unsafe { copy_to(reason_buf.cast::<u8>(), reason, true) };
+        // SAFETY: `payload_buf` is writable for `payload_cap` ≥ `payload.len()` bytes and
+        // only touched when the payload is not empty (so non-NULL then); no overlap.
+        unsafe { copy_to(payload_buf, payload, false) };
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 // Tests drive the C ABI the way C does: several calls per unsafe block read better.
 #[allow(clippy::multiple_unsafe_ops_per_block)]
@@ -1074,6 +1204,193 @@ mod tests {
             assert_eq!(current, 0);
             assert_eq!(stats(s).dead_lettered, 1);
             assert_eq!(emf_sched_free(s), EMF_OK);
+        }
+    }
+
+    #[test]
+    fn dead_letters_are_read_with_their_payloads_and_buffer_sizes_are_reported() {
+        let mut o = options_default();
+        o.max_attempts = 1;
+        let s = new_mem(Some(&o));
+        // SAFETY: a live handle and valid arguments throughout; freed once at the end.
+        unsafe {
+            let mut n = 9;
+            assert_eq!(emf_sched_dead_letter_count(s, &mut n), EMF_OK);
+            assert_eq!(n, 0);
+            assert_eq!(
+                emf_sched_register_agent(s, c"w".as_ptr(), c"t".as_ptr(), 2, 0, 1, 1),
+                EMF_OK
+            );
+            let mut id = 0;
+            for p in [&b"first"[..], &b""[..]] {
+                assert_eq!(
+                    emf_sched_submit(s, c"t".as_ptr(), 2, p.as_ptr(), p.len(), 2, &mut id),
+                    EMF_OK
+                );
+            }
+            for task in 1..=2 {
+                let d = poll(s);
+                assert_eq!((d.kind, d.task), (EMF_SCHED_ACTION_DELIVER, task));
+            }
+            for task in 1..=2 {
+                assert_eq!(
+                    emf_sched_nack(s, c"w".as_ptr(), task, 1, c"bad".as_ptr(), 3, null_mut()),
+                    EMF_OK
+                );
+                assert_eq!(poll(s).kind, EMF_SCHED_ACTION_DEAD_LETTER);
+            }
+            assert_eq!(emf_sched_dead_letter_count(s, &mut n), EMF_OK);
+            assert_eq!(n, 2);
+            // Lengths first (NULL buffers), then too small, then enough.
+            let (mut task, mut rlen, mut plen, mut has) = (0u64, 0usize, 0usize, 9);
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    0,
+                    &mut task,
+                    null_mut(),
+                    0,
+                    &mut rlen,
+                    null_mut(),
+                    0,
+                    &mut plen,
+                    &mut has
+                ),
+                EMF_ERR_BUFFER_TOO_SMALL
+            );
+            assert_eq!((task, plen, has), (1, 5, 1));
+            let mut reason = vec![0 as c_char; rlen + 1];
+            let mut payload = vec![0u8; plen];
+            // The reason without room for its NUL: too small, nothing copied.
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    0,
+                    &mut task,
+                    reason.as_mut_ptr(),
+                    rlen,
+                    &mut rlen,
+                    payload.as_mut_ptr(),
+                    plen,
+                    &mut plen,
+                    null_mut()
+                ),
+                EMF_ERR_BUFFER_TOO_SMALL
+            );
+            assert!(reason.iter().all(|&c| c == 0) && payload.iter().all(|&b| b == 0));
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    0,
+                    &mut task,
+                    reason.as_mut_ptr(),
+                    rlen + 1,
+                    &mut rlen,
+                    payload.as_mut_ptr(),
+                    plen - 1,
+                    &mut plen,
+                    null_mut()
+                ),
+                EMF_ERR_BUFFER_TOO_SMALL,
+                "the payload does not fit"
+            );
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    0,
+                    &mut task,
+                    reason.as_mut_ptr(),
+                    rlen + 1,
+                    &mut rlen,
+                    payload.as_mut_ptr(),
+                    plen,
+                    &mut plen,
+                    &mut has
+                ),
+                EMF_OK
+            );
+            let text = CStr::from_ptr(reason.as_ptr()).to_str().unwrap();
+            assert_eq!(text.len(), rlen);
+            assert!(text.ends_with("refused by agent w: bad"), "{text}");
+            assert_eq!(&payload[..], b"first");
+            // Reading does not remove: the same again; the second has an empty payload.
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    1,
+                    &mut task,
+                    reason.as_mut_ptr(),
+                    rlen + 1,
+                    &mut rlen,
+                    null_mut(),
+                    0,
+                    &mut plen,
+                    &mut has
+                ),
+                EMF_OK
+            );
+            assert_eq!((task, plen, has), (2, 0, 1));
+            assert_eq!(emf_sched_dead_letter_count(s, &mut n), EMF_OK);
+            assert_eq!(n, 2);
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    2,
+                    &mut task,
+                    null_mut(),
+                    0,
+                    &mut rlen,
+                    null_mut(),
+                    0,
+                    &mut plen,
+                    &mut has
+                ),
+                EMF_ERR_NOT_FOUND
+            );
+            // Argument errors.
+            assert_eq!(
+                emf_sched_dead_letter_count(s, null_mut()),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    0,
+                    &mut task,
+                    null_mut(),
+                    4,
+                    &mut rlen,
+                    null_mut(),
+                    0,
+                    &mut plen,
+                    &mut has
+                ),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(
+                emf_sched_dead_letter_get(
+                    s,
+                    0,
+                    null_mut(),
+                    null_mut(),
+                    0,
+                    &mut rlen,
+                    null_mut(),
+                    0,
+                    &mut plen,
+                    &mut has
+                ),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(emf_sched_free(s), EMF_OK);
+            assert_eq!(
+                emf_sched_dead_letter_count(s, &mut n),
+                EMF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                emf_sched_dead_letter_count(null_mut(), &mut n),
+                EMF_ERR_NULL_ARGUMENT
+            );
         }
     }
 

@@ -182,6 +182,7 @@ from .sched import (
     EMF_SCHED_ROUND_ROBIN,
     STRATEGIES,
     Action as SchedAction,
+    DeadLetter as SchedDeadLetter,
     SchedStats,
     Scheduler,
 )
@@ -278,6 +279,7 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "ACTION_KINDS",
     "STRATEGIES",
     "SchedAction",
+    "SchedDeadLetter",
     "SchedStats",
     "Scheduler",
     "POOL_ACTION_KINDS",

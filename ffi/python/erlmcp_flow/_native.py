@@ -767,6 +767,22 @@ PROTOTYPES = {
         [emf_sched_p, c_char_p, c_char_p, c_size_t, POINTER(c_size_t)],
     ),
     "emf_sched_stats": (emf_status_t, [emf_sched_p, POINTER(emf_sched_stats_t)]),
+    "emf_sched_dead_letter_count": (emf_status_t, [emf_sched_p, POINTER(c_size_t)]),
+    "emf_sched_dead_letter_get": (
+        emf_status_t,
+        [
+            emf_sched_p,
+            c_size_t,
+            POINTER(c_uint64),
+            c_char_p,
+            c_size_t,
+            POINTER(c_size_t),
+            c_char_p,
+            c_size_t,
+            POINTER(c_size_t),
+            POINTER(c_int),
+        ],
+    ),
     # The pool manager (wrapped in erlmcp_flow.pool).
     "emf_pool_options_default": (emf_status_t, [POINTER(emf_pool_options_t)]),
     "emf_pool_new": (

@@ -38,7 +38,15 @@ from ctypes import byref, c_int, c_size_t, c_uint64
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
-from ._errors import EMF_ERR_FULL, EMF_OK, _InvalidValue, check, error_for, last_error_message
+from ._errors import (
+    EMF_ERR_BUFFER_TOO_SMALL,
+    EMF_ERR_FULL,
+    EMF_OK,
+    _InvalidValue,
+    check,
+    error_for,
+    last_error_message,
+)
 from ._native import (
     emf_sched_action_t,
     emf_sched_options_t,
@@ -142,6 +150,19 @@ class SchedStats:
     ledger_errors: int
     #: Agents registered.
     agents: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered task (``emf_sched_dead_letter_get``)."""
+
+    #: The task.
+    task: int
+    #: Why it was given up.
+    reason: str
+    #: Its payload as submitted; None when unknown (a recovered ledger that was compacted no
+    #: longer held it).
+    payload: Optional[bytes]
 
 
 class Scheduler(_Handle):
@@ -415,6 +436,51 @@ class Scheduler(_Handle):
         while (a := self.poll_action()) is not None:
             out.append(a)
         return out
+
+    def dead_letters(self) -> List[DeadLetter]:
+        """Every dead-lettered task, oldest first (a recovered ledger's included), with its
+        reason and payload. Reading removes nothing: the scheduler keeps them for its life."""
+        handle = self._enter(blocking=True)
+        try:
+            n = c_size_t(0)
+            status = lib.emf_sched_dead_letter_count(handle, byref(n))
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+            out = []
+            task, rlen, plen, has = c_uint64(0), c_size_t(0), c_size_t(0), c_int(0)
+            for i in range(n.value):
+                # First the lengths (no buffers: BUFFER_TOO_SMALL), then the bytes. Under the
+                # lock, nothing changes in between.
+                args = (byref(task), None, 0, byref(rlen), None, 0, byref(plen), byref(has))
+                status = lib.emf_sched_dead_letter_get(handle, i, *args)
+                if status != EMF_ERR_BUFFER_TOO_SMALL:
+                    raise error_for(status, last_error_message())
+                reason = ctypes.create_string_buffer(rlen.value + 1)
+                payload = ctypes.create_string_buffer(max(plen.value, 1))
+                status = lib.emf_sched_dead_letter_get(
+                    handle,
+                    i,
+                    byref(task),
+                    reason,
+                    len(reason),
+                    byref(rlen),
+                    payload,
+                    plen.value,
+                    byref(plen),
+                    byref(has),
+                )
+                if status != EMF_OK:
+                    raise error_for(status, last_error_message())
+                out.append(
+                    DeadLetter(
+                        task=task.value,
+                        reason=reason.raw[: rlen.value].decode("utf-8", "replace"),
+                        payload=payload.raw[: plen.value] if has.value else None,
+                    )
+                )
+            return out
+        finally:
+            self._lock.release()
 
     def stats(self) -> SchedStats:
         """The counters."""

@@ -128,6 +128,27 @@ def test_back_pressure_is_full_and_refusals_dead_letter():
         assert s.stats().dead_lettered == 1
 
 
+def test_dead_letters_keep_their_reason_and_payload():
+    with emf.Scheduler(max_attempts=1) as s:
+        assert s.dead_letters() == []
+        s.register_agent("w", "t", 3, now=0)
+        big = bytes(range(256)) * 40
+        ids = [s.submit("t", p, now=1) for p in (b"small", b"", big)]
+        delivered = drain(s)
+        assert [d.task for d in delivered] == ids
+        for d, why in zip(delivered, ("bad input", "no", "\u00e9t\u00e9")):
+            assert s.nack("w", d.task, d.attempt, why, now=2) is True
+        assert [a.kind for a in drain(s)] == ["dead_letter"] * 3
+        dls = s.dead_letters()
+        assert [(x.task, x.payload) for x in dls] == list(zip(ids, (b"small", b"", big)))
+        assert dls[0].reason.endswith("refused by agent w: bad input")
+        assert dls[2].reason.endswith("\u00e9t\u00e9")
+        assert isinstance(dls[0], emf.SchedDeadLetter)
+        assert s.dead_letters() == dls, "reading removes nothing"
+    with pytest.raises(ValueError):
+        s.dead_letters()
+
+
 def test_a_file_ledger_is_recovered(tmp_path):
     path = tmp_path / "ledger"
     with emf.Scheduler(file=path, now=0) as s:

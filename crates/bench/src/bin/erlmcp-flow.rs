@@ -12,6 +12,7 @@
 //! erlmcp-flow ring chaos [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]
 //! erlmcp-flow agents worker --dir DIR --id ID [--type T] [--max-tasks N] [--work-us US] [--count N]
 //! erlmcp-flow agents chaos [--tasks N] [--agents N] [--kills N] [--scheduler-kills N] [--seed S]
+//! erlmcp-flow agents show [--dir DIR] [--json]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -26,6 +27,8 @@ use erlmcp_flow_bench::suite::{self, Report, Settings};
 
 #[path = "cli/agents.rs"]
 mod agents;
+#[path = "cli/agents_show.rs"]
+mod agents_show;
 #[path = "cli/chaos.rs"]
 mod chaos;
 
@@ -60,7 +63,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: RingCmd,
     },
-    /// Agent processes of a scheduler directory, and the kill -9 reliability test
+    /// The scheduler's agents: read a directory from outside, run agent processes, and the
+    /// kill -9 reliability test
     Agents {
         #[command(subcommand)]
         cmd: agents::AgentsCmd,

@@ -12,6 +12,7 @@
 mod codec;
 pub mod file;
 pub mod shm;
+pub mod view;
 
 #[cfg(test)]
 mod durable_tests;
@@ -25,6 +26,7 @@ use codec::task_of;
 
 pub use file::{FileLedger, FileLedgerOptions};
 pub use shm::{ShmLedger, ShmLedgerOptions};
+pub use view::{DeadLetterInfo, LeaseInfo, LedgerStatus, QueuedTask};
 
 /// True for the records that end a task (`Completed`, `DeadLettered`).
 pub fn ends_task(r: &LedgerRecord) -> bool {

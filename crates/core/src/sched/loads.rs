@@ -335,6 +335,28 @@ impl LoadTable {
     #[cfg(not(loom))]
     pub fn open(name: &str, opts: &SegmentOptions) -> Result<LoadTable> {
         let seg = Segment::open(name, SegmentKind::Loads, opts)?;
+        Self::from_segment(seg, name)
+    }
+
+    /// Every live agent's load in the shared table `name`, read from outside: the segment is
+    /// mapped without attaching and nothing is written (`erlmcp-flow agents show`). The same
+    /// reads as [`LoadTable::snapshot`].
+    #[cfg(not(loom))]
+    pub fn inspect(name: &str, opts: &SegmentOptions) -> Result<Vec<(AgentId, AgentLoad)>> {
+        let seg = Segment::inspect(name, opts)?;
+        let kind = seg.header().kind;
+        if kind != SegmentKind::Loads as u32 {
+            return Err(Error::corrupt(format!(
+                "{}: a segment of kind {kind}, not a load table",
+                seg.path().display()
+            )));
+        }
+        Ok(Self::from_segment(seg, name)?.snapshot())
+    }
+
+    /// Checks the table header of `seg` and makes the table of it.
+    #[cfg(not(loom))]
+    fn from_segment(seg: Segment, name: &str) -> Result<LoadTable> {
         if seg.body_len() < SLOTS_OFF {
             return Err(Error::corrupt(format!("load table {name:?} is too small")));
         }

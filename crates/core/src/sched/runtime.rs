@@ -1,4 +1,4 @@
-//! The scheduler's runtime: the sans-I/O [`Scheduler`] wired to shared-memory rings, so agents in
+//! The scheduler's runtime: the sans-I/O [`Scheduler`](crate::sched::Scheduler) wired to shared-memory rings, so agents in
 //! any process (threads, OS processes, other languages through the C ABI) take tasks from it
 //! and report results, and so the scheduler process itself may be killed and restarted without
 //! losing an accepted task.
@@ -12,7 +12,7 @@
 //! | `ledger.sched` ([`LEDGER_NAME`]) | the [`ShmLedger`] of accepted tasks (or a file ledger elsewhere, see [`LedgerChoice`]) | the dispatcher |
 //! | `sched.reports` ([`REPORTS_RING`]) | one multi-producer ring of [`wire::ReportFrame`]s: hello, started, ack, nack, bye | every agent |
 //! | `inbox.<agent>` ([`crate::router::inbox_name`]) | one ring per agent of [`wire::InboxFrame`]s: tasks, revokes, hello requests | the dispatcher |
-//! | `sched.loads` ([`LOADS_NAME`]) | the [`LoadTable`]: every agent's current tasks, latency and heartbeat | each agent, its own slot |
+//! | `sched.loads` ([`LOADS_NAME`]) | the [`LoadTable`](crate::sched::LoadTable): every agent's current tasks, latency and heartbeat | each agent, its own slot |
 //!
 //! The [`Dispatcher`] (one per directory, in the scheduler's process) owns the ledger and the
 //! consumer of the reports ring; [`Agent`] is one agent's end: it creates its inbox, claims a
@@ -26,7 +26,7 @@
 //!
 //! * A task is in the ledger (`Accepted`) before `submit` returns its id; a restarted
 //!   dispatcher ([`Dispatcher::open`] on a directory whose ledger exists) re-queues every
-//!   accepted task that has not ended (see [`Scheduler::recover`]) and writes a `Hello` request
+//!   accepted task that has not ended (see [`Scheduler::recover`](crate::sched::Scheduler::recover)) and writes a `Hello` request
 //!   into every inbox it finds, so live agents register again.
 //! * The dispatcher acknowledges a report frame only after the scheduler has handled it (its
 //!   ledger record appended): a dispatcher killed in between reads the frame again.

@@ -22,6 +22,9 @@ use erlmcp_flow::ErrorKind;
 
 #[derive(Subcommand)]
 pub enum AgentsCmd {
+    /// The agents of a scheduler directory, their loads and leases, the queued tasks and
+    /// the dead letters (no participant attaches, nothing is written)
+    Show(super::agents_show::ShowArgs),
     /// Run one agent process of a scheduler directory: answers each task with
     /// `answer(payload)` after WORK_US microseconds of work
     Worker(WorkerArgs),
@@ -115,6 +118,7 @@ const CHAOS_LEDGER: usize = 256 << 20;
 
 pub fn run(cmd: &AgentsCmd) -> Result<ExitCode, String> {
     match cmd {
+        AgentsCmd::Show(a) => super::agents_show::run(a),
         AgentsCmd::Worker(a) => worker(a),
         AgentsCmd::Chaos(a) => chaos(a),
         AgentsCmd::ChaosScheduler(a) => chaos_scheduler(a),

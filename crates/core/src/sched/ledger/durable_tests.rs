@@ -273,6 +273,116 @@ fn shm_compaction_keeps_the_live_tasks_and_the_max_id_or_answers_full() {
     assert_eq!(l.append(&too_big).unwrap_err().kind(), ErrorKind::TooLarge);
 }
 
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn shm_inspect_reads_a_consistent_prefix_while_the_owner_appends_and_compacts() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering}; // std-atomic-ok: test coordination, never modelled
+    let dir = TempDir::new("ledger-inspect");
+    let opts = shm_opts(&dir.0, 4096);
+    let all: Vec<LedgerRecord> = Workload::after(&[], 6).take(3000).collect();
+    // Every prefix of this workload has its own summary (each record changes it), so an
+    // inspection names exactly one prefix.
+    let prefixes: std::collections::HashMap<_, usize> = (0..=all.len())
+        .map(|k| (format!("{:?}", summary(&all[..k])), k))
+        .collect();
+    assert_eq!(prefixes.len(), all.len() + 1);
+    let l = ShmLedger::open("ins", &opts).unwrap();
+    let inspections = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    let (compactions, seen) = std::thread::scope(|s| {
+        let owner = s.spawn(|| {
+            let mut l = l;
+            let mut compactions = 0;
+            for (i, r) in all.iter().enumerate() {
+                // Between chunks, wait for one more inspection, so that inspections
+                // certainly fall in the middle of the run; within a chunk they race.
+                if i % 100 == 0 {
+                    let n = inspections.load(Ordering::Acquire);
+                    while inspections.load(Ordering::Acquire) == n {
+                        std::thread::yield_now();
+                    }
+                }
+                let before = l.used();
+                l.append(r).unwrap();
+                compactions += usize::from(l.used() < before);
+            }
+            done.store(true, Ordering::Release);
+            compactions
+        });
+        let mut seen = Vec::new();
+        loop {
+            let finished = done.load(Ordering::Acquire);
+            let got = ShmLedger::inspect("ins", &opts.segment).unwrap();
+            let k = *prefixes
+                .get(&format!("{:?}", summary(&got)))
+                .unwrap_or_else(|| panic!("an inspection that is no prefix: {got:?}"));
+            seen.push(k);
+            inspections.fetch_add(1, Ordering::Release);
+            if finished {
+                break;
+            }
+        }
+        (owner.join().unwrap(), seen)
+    });
+    assert!(compactions > 20, "{compactions}");
+    assert!(
+        seen.windows(2).all(|w| w[0] <= w[1]),
+        "inspections go forward"
+    );
+    assert_eq!(*seen.last().unwrap(), all.len());
+    // The inspection that ends the owner's wait at record 100·j (j = 2..=29) started after
+    // the owner's wait at 100·(j-1) began: it saw 100 to 2900 records.
+    let middle = seen.iter().filter(|&&k| (100..=2900).contains(&k)).count();
+    assert!(middle >= 28, "{middle} inspections during the run");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn shm_inspect_writes_nothing_and_refuses_what_is_not_a_ledger() {
+    let dir = TempDir::new("ledger-inspect-err");
+    let opts = shm_opts(&dir.0, 1 << 16);
+    let seg = &opts.segment;
+    assert_eq!(
+        ShmLedger::inspect("missing", seg).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    let mut l = ShmLedger::open("ok", &opts).unwrap();
+    l.append_batch(&every_kind()).unwrap();
+    let path = l.path().to_owned();
+    let before = std::fs::read(&path).unwrap();
+    assert_eq!(ShmLedger::inspect("ok", seg).unwrap(), every_kind());
+    assert_eq!(std::fs::read(&path).unwrap(), before, "not a byte written");
+    // The owner is still the owner, and a compaction shows the compacted records.
+    l.append(&accepted(50, 1)).unwrap();
+    l.compact().unwrap();
+    let got = ShmLedger::inspect("ok", seg).unwrap();
+    assert_eq!(got, l.replay().unwrap());
+    // A damaged commit word: Corrupt.
+    // SAFETY: in bounds (checked by byte_ptr); this test owns the ledger.
+    unsafe { *l.byte_ptr(LEDGER_HEADER + 1) ^= 0x40 };
+    assert_eq!(
+        ShmLedger::inspect("ok", seg).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    // Garbage under a ledger's name: too short for a header, or a header that is no
+    // segment's.
+    let garbage = crate::shm::segment_path(&dir.0, "ledger.junk");
+    std::fs::write(&garbage, b"not a ledger").unwrap();
+    assert_eq!(
+        ShmLedger::inspect("junk", seg).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+    let mut rng = Rng(12);
+    let bytes: Vec<u8> = (0..3 * crate::shm::HEADER_LEN)
+        .map(|_| rng.next() as u8)
+        .collect();
+    std::fs::write(&garbage, bytes).unwrap();
+    assert_eq!(
+        ShmLedger::inspect("junk", seg).unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
+}
+
 /// The child of [`shm_survives_sigkill_at_any_moment`]: appends the workload as fast as it
 /// can and records, after each append returned, how many it has done (8 bytes to the report
 /// file with one `write`, which a SIGKILL cannot tear). Runs until killed.

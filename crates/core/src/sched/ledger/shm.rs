@@ -661,6 +661,62 @@ impl ShmLedger {
         seg.unlink()
     }
 
+    /// Reads ledger `name`'s committed records from outside, without owning it and without
+    /// writing anything (no owner lock, no attach-table entry, no zeroing of a torn tail): for
+    /// `erlmcp-flow agents show` while a dispatcher owns the ledger.
+    ///
+    /// The result is the log as it was at one moment: the records of a prefix of the appends.
+    /// A frame is read only once its commit word is seen (`Acquire`), which the owner stores
+    /// (`Release`) after the frame's bytes, and commits go forward in order, so a scan that
+    /// runs while the owner appends stops at some committed frame and never reads a frame in
+    /// the making. A compaction never writes the segment it replaces: it builds a whole new
+    /// one and renames it over the name, so a scan of the old mapping still reads a prefix of
+    /// the old log. After a scan the nonce of the file under the name is compared with the
+    /// scanned one; when a compaction replaced it meanwhile, the new segment is scanned again
+    /// (up to a few turns; then the last whole scan is returned: equivalent for replay, see
+    /// [`compact`], just older). A compacted ledger no longer holds the ended tasks' records.
+    ///
+    /// `NotFound` when the ledger does not exist; `Corrupt` when the file under the name is
+    /// not a ledger or a committed frame is damaged; `Unsupported` for another layout version.
+    pub fn inspect(name: &str, opts: &SegmentOptions) -> Result<Vec<LedgerRecord>> {
+        validate_name(name)?;
+        if name.len() > MAX_NAME_LEN {
+            return Err(Error::invalid(format!(
+                "ledger name {name:?} is longer than {MAX_NAME_LEN} characters"
+            )));
+        }
+        let seg_name = format!("ledger.{name}");
+        let mut last = None;
+        for _ in 0..4 {
+            let seg = Segment::inspect(&seg_name, opts)?;
+            let kind = seg.header().kind;
+            if kind != SegmentKind::Ledger as u32 {
+                return Err(Error::corrupt(format!(
+                    "{}: a segment of kind {kind}, not a ledger",
+                    seg.path().display()
+                )));
+            }
+            if seg.body_len() < LEDGER_HEADER + 64 {
+                return Err(Error::corrupt(format!(
+                    "{}: too small for a ledger",
+                    seg.path().display()
+                )));
+            }
+            let v = View {
+                seg: &seg,
+                path: seg.path(),
+            };
+            let nonce = v.check()?;
+            let (records, _) = v.scan()?;
+            if nonce_at(seg.path()) == Some(nonce) {
+                return Ok(records);
+            }
+            // Replaced by a compaction (or removed) while we read: read the new one.
+            last = Some(records);
+        }
+        Ok(last.unwrap_or_default())
+    }
+
     /// Test support: writes the first `cut` bytes of `r`'s frame after the last committed
     /// one without committing it, like an owner killed in the middle of an append.
     #[cfg(test)]
