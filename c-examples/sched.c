@@ -291,6 +291,94 @@ static void test_dead_letters(void) {
     CHECK_ERROR(emf_sched_dead_letter_count(s, &count), EMF_ERR_INVALID_ARGUMENT, "sched");
 }
 
+/* The protections in the C options: a failing agent's breaker opens; a lagging agent gets no
+   task until it drains; a rate limit answers EMF_ERR_FULL without accepting; bad settings. */
+static void test_protections(void) {
+    emf_sched_t *s = NULL;
+    emf_sched_options_t o;
+    emf_sched_action_t a;
+    uint64_t id = 0, task = 0;
+    uint32_t state = 99;
+    CHECK_STATUS(emf_sched_options_default(&o), EMF_OK);
+    CHECK(!o.breaker.enabled && !o.backpressure.enabled && !o.rate_limit.enabled);
+    o.breaker.enabled = true;
+    o.breaker.min_calls = 2;
+    o.breaker.failure_ratio = 0.5;
+    o.max_attempts = 5;
+    CHECK_STATUS(emf_sched_new(&o, EMF_LEDGER_MEMORY, NULL, NULL, 0, &s), EMF_OK);
+    if (s == NULL) {
+        return;
+    }
+    CHECK_STATUS(emf_sched_register_agent(s, "bad", "t", 1, 0, 1, 0), EMF_OK);
+    CHECK_STATUS(emf_sched_breaker_state(s, "bad", &state), EMF_OK);
+    CHECK(state == EMF_BREAKER_CLOSED);
+    CHECK_STATUS(emf_sched_submit(s, "t", EMF_PRIORITY_NORMAL, NULL, 0, 10, &task), EMF_OK);
+    for (uint32_t attempt = 1; attempt <= 2; attempt++) {
+        CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
+        CHECK(a.kind == EMF_SCHED_ACTION_DELIVER && a.task == task && a.attempt == attempt);
+        CHECK_STATUS(emf_sched_nack(s, "bad", task, attempt, "boom", 20 + attempt), EMF_OK);
+    }
+    CHECK_STATUS(emf_sched_breaker_state(s, "bad", &state), EMF_OK);
+    CHECK(state == EMF_BREAKER_OPEN);
+    CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
+    CHECK(a.kind == EMF_SCHED_ACTION_NONE); /* its only agent is shunned: the task waits */
+    CHECK_STATUS(emf_sched_register_agent(s, "good", "t", 1, 0, 2, 30), EMF_OK);
+    CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
+    CHECK(a.kind == EMF_SCHED_ACTION_DELIVER && strcmp(a.agent, "good") == 0);
+    CHECK_ERROR(emf_sched_breaker_state(s, "nobody", &state), EMF_ERR_NOT_FOUND, "nobody");
+    CHECK_ERROR(emf_sched_breaker_state(s, "bad", NULL), EMF_ERR_NULL_ARGUMENT, "out_state");
+    CHECK_ERROR(emf_sched_observe_lag(s, "good", 5, 40), EMF_ERR_INVALID_ARGUMENT,
+                "back-pressure is off");
+    CHECK_STATUS(emf_sched_free(s), EMF_OK);
+
+    CHECK_STATUS(emf_sched_options_default(&o), EMF_OK);
+    o.backpressure.enabled = true;
+    o.backpressure.high_water = 4;
+    o.backpressure.low_water = 1;
+    CHECK_STATUS(emf_sched_new(&o, EMF_LEDGER_MEMORY, NULL, NULL, 0, &s), EMF_OK);
+    if (s == NULL) {
+        return;
+    }
+    CHECK_STATUS(emf_sched_register_agent(s, "slow", "t", 5, 0, 1, 0), EMF_OK);
+    CHECK_STATUS(emf_sched_observe_lag(s, "slow", 10, 1), EMF_OK);
+    CHECK_STATUS(emf_sched_submit(s, "t", EMF_PRIORITY_NORMAL, NULL, 0, 2, &id), EMF_OK);
+    CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
+    CHECK(a.kind == EMF_SCHED_ACTION_NONE);
+    CHECK_STATUS(emf_sched_observe_lag(s, "slow", 0, 3), EMF_OK);
+    CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
+    CHECK(a.kind == EMF_SCHED_ACTION_DELIVER && a.task == id);
+    CHECK_ERROR(emf_sched_observe_lag(s, "ghost", 0, 4), EMF_ERR_NOT_FOUND, "ghost");
+    CHECK_STATUS(emf_sched_free(s), EMF_OK);
+
+    CHECK_STATUS(emf_sched_options_default(&o), EMF_OK);
+    o.rate_limit.enabled = true;
+    o.rate_limit.burst = 2;
+    o.rate_limit.initial_milli_per_sec = 1000;
+    CHECK_STATUS(emf_sched_new(&o, EMF_LEDGER_MEMORY, NULL, NULL, 0, &s), EMF_OK);
+    if (s == NULL) {
+        return;
+    }
+    CHECK_STATUS(emf_sched_submit(s, "t", EMF_PRIORITY_NORMAL, NULL, 0, 0, &id), EMF_OK);
+    CHECK_STATUS(emf_sched_submit(s, "t", EMF_PRIORITY_NORMAL, NULL, 0, 0, &id), EMF_OK);
+    id = 55;
+    CHECK_STATUS(emf_sched_submit(s, "t", EMF_PRIORITY_NORMAL, NULL, 0, 0, &id), EMF_ERR_FULL);
+    CHECK(id == 55);
+    CHECK_STATUS(emf_sched_free(s), EMF_OK);
+
+    CHECK_STATUS(emf_sched_options_default(&o), EMF_OK);
+    o.breaker.enabled = true;
+    o.breaker.failure_ratio = 2.0;
+    s = NULL;
+    CHECK_ERROR(emf_sched_new(&o, EMF_LEDGER_MEMORY, NULL, NULL, 0, &s), EMF_ERR_INVALID_ARGUMENT,
+                "failure");
+    CHECK(s == NULL);
+    CHECK_STATUS(emf_sched_options_default(&o), EMF_OK);
+    o.backpressure.enabled = true;
+    o.backpressure.low_water = o.backpressure.high_water;
+    CHECK_STATUS(emf_sched_new(&o, EMF_LEDGER_MEMORY, NULL, NULL, 0, &s),
+                 EMF_ERR_INVALID_ARGUMENT);
+}
+
 int main(void) {
     if (emf_abi_version() != EMF_ABI_VERSION) {
         fprintf(stderr, "liberlmcp_flow has ABI %u, this program was compiled for ABI %u\n",
@@ -300,6 +388,7 @@ int main(void) {
     test_cycle();
     test_backpressure_and_bad_input();
     test_dead_letters();
+    test_protections();
     printf("%lu passed, %lu failed\n", g_passed, g_failed);
     return g_failed > 0 ? 1 : 0;
 }

@@ -59,7 +59,7 @@
 
 // The ABI version. Bumped on any incompatible change to the C ABI; every binding checks
 // `emf_abi_version() == EMF_ABI_VERSION` at load.
-#define EMF_ABI_VERSION 3
+#define EMF_ABI_VERSION 4
 
 // Major version of the library.
 #define EMF_VERSION_MAJOR 0
@@ -289,6 +289,15 @@
 // Action kind: task `task` failed for good (`data`/`len`: the reason, UTF-8); once per task,
 // never together with a result.
 #define EMF_SCHED_ACTION_DEAD_LETTER 4
+
+// Breaker state (`emf_sched_breaker_state`): closed, tasks flow.
+#define EMF_BREAKER_CLOSED 0
+
+// Breaker state: open, the agent gets no task.
+#define EMF_BREAKER_OPEN 1
+
+// Breaker state: half-open, a few probe tasks are admitted.
+#define EMF_BREAKER_HALF_OPEN 2
 
 // Metric: `1 − cos(a, b)`.
 #define EMF_METRIC_COSINE 0
@@ -598,6 +607,76 @@ typedef struct emf_ring_stats_t {
 // Return 0 to go on, anything else to stop after this frame (which counts as consumed).
 typedef int (*emf_frame_fn)(void *ctx, const uint8_t *data, size_t len);
 
+// A circuit breaker per agent (`emf_sched_options_t::breaker`; off by default): an agent
+// whose recent calls failed too often stops receiving tasks for a while, then gets a few
+// probes. Defaults (from `emf_sched_options_default`): a 10 s window of 10 buckets, at least 10
+// calls, 50 % failures; open 5 s, doubling up to 60 s; 3 probes.
+typedef struct emf_breaker_options_t {
+  // On or off.
+  bool enabled;
+  // The sliding window in µs (at least `buckets`).
+  uint64_t window_us;
+  // Buckets of the window (1 to 4096).
+  uint32_t buckets;
+  // Calls the window must hold before the breaker can open (at least 1).
+  uint32_t min_calls;
+  // The failure ratio that opens it, in (0, 1].
+  double failure_ratio;
+  // A success slower than this (µs) counts as a failure; 0: latency is not judged.
+  uint64_t slow_call_us;
+  // The first open period in µs (at least 1).
+  uint64_t open_for_us;
+  // Growth of the open period after a failed probe (1 to 1000).
+  uint32_t backoff;
+  // The longest open period in µs (at least `open_for_us`).
+  uint64_t max_open_for_us;
+  // Probes admitted half-open; that many successes close it (1 to 1,000,000).
+  uint32_t half_open_probes;
+} emf_breaker_options_t;
+
+// A back-pressure controller per agent (`emf_sched_options_t::backpressure`; off by default):
+// an agent whose inbox lag (reported with `emf_sched_observe_lag`) passes `high_water` frames
+// gets no new task until a reading at or below `low_water`. Defaults: 64 and 16.
+typedef struct emf_backpressure_options_t {
+  // On or off.
+  bool enabled;
+  // Lag (frames) above which the agent is a slow consumer (at least 1).
+  uint64_t high_water;
+  // Lag at or below which it accepts again (below `high_water`).
+  uint64_t low_water;
+} emf_backpressure_options_t;
+
+// An adaptive rate limiter per agent type (`emf_sched_options_t::rate_limit`; off by
+// default): a token bucket whose rate grows additively while the p95 submit-to-result latency
+// stays under the target and shrinks multiplicatively when it does not; `emf_sched_submit`
+// without a token gives `EMF_ERR_FULL`. Rates in thousandths of a token per second. Defaults:
+// 100/s (1 to 10,000), burst 100, target 50 ms, +10/s or ×0.5 per second, on at least 20 of
+// the last 1000 latencies.
+typedef struct emf_ratelimit_options_t {
+  // On or off.
+  bool enabled;
+  // The starting rate (within min..max).
+  uint64_t initial_milli_per_sec;
+  // The slowest rate (at least 1).
+  uint64_t min_milli_per_sec;
+  // The fastest rate.
+  uint64_t max_milli_per_sec;
+  // The bucket's size in tokens (at least 1).
+  uint64_t burst;
+  // The p95 latency to stay under, µs (at least 1).
+  uint64_t target_p95_us;
+  // What a good interval adds to the rate (above 0).
+  uint64_t increase_milli_per_sec;
+  // What a bad interval multiplies the rate by, in (0, 1).
+  double decrease;
+  // Latencies kept (at least 1).
+  uint64_t window;
+  // Latencies needed for a decision (1 to `window`).
+  uint64_t min_samples;
+  // The least time between two decisions, µs (at least 1).
+  uint64_t interval_us;
+} emf_ratelimit_options_t;
+
 // Options for `emf_sched_new`; fill with `emf_sched_options_default` first. Every value is
 // used as given and checked (a value out of its range: `EMF_ERR_INVALID_ARGUMENT`).
 typedef struct emf_sched_options_t {
@@ -630,6 +709,12 @@ typedef struct emf_sched_options_t {
   bool work_stealing;
   // Bytes of a new shared-memory ledger's data area (default 16 MiB; at least 64).
   size_t shm_capacity;
+  // Circuit breakers (off by default; the other fields hold the defaults).
+  struct emf_breaker_options_t breaker;
+  // Back-pressure (off by default).
+  struct emf_backpressure_options_t backpressure;
+  // Rate limits (off by default).
+  struct emf_ratelimit_options_t rate_limit;
 } emf_sched_options_t;
 
 // One action to carry out, filled by `emf_sched_poll_action`. The pointers (`agent`, `data`)
@@ -1820,6 +1905,27 @@ emf_status_t emf_sched_heartbeat(struct emf_sched_t *s, const char *agent, uint6
 //
 // `s` a live handle; `agent` a NUL-terminated string.
 emf_status_t emf_sched_agent_dead(struct emf_sched_t *s, const char *agent, uint64_t now_us);
+
+// Reports agent `agent`'s inbox lag (`lag_frames` frames written, not yet read) for the
+// back-pressure controller: above its high-water mark the agent gets no new task until a
+// reading at or below the low-water mark. `EMF_ERR_NOT_FOUND` when the agent is not
+// registered; `EMF_ERR_INVALID_ARGUMENT` when back-pressure is off.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_sched_observe_lag(struct emf_sched_t *s,
+                                   const char *agent,
+                                   uint64_t lag_frames,
+                                   uint64_t now_us);
+
+// Agent `agent`'s circuit breaker state (`EMF_BREAKER_*`) into `*out_state`.
+// `EMF_ERR_NOT_FOUND` when the agent has no breaker (breakers off, or an unknown agent).
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string; `out_state` writable.
+emf_status_t emf_sched_breaker_state(struct emf_sched_t *s, const char *agent, uint32_t *out_state);
 
 // Submits a task for an agent of type `agent_type` at priority `priority`
 // (`EMF_PRIORITY_*`) with a copy of `payload`. On `EMF_OK` the task is in the ledger (never

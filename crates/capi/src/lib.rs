@@ -100,7 +100,7 @@ pub const EMF_ERR_STOPPED: emf_status_t = 16;
 
 /// The ABI version. Bumped on any incompatible change to the C ABI; every binding checks
 /// `emf_abi_version() == EMF_ABI_VERSION` at load.
-pub const EMF_ABI_VERSION: u32 = 3;
+pub const EMF_ABI_VERSION: u32 = 4;
 /// Major version of the library.
 pub const EMF_VERSION_MAJOR: u32 = 0;
 /// Minor version of the library.

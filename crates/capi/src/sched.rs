@@ -18,9 +18,9 @@ use super::{
 };
 use engine::queue::Priority;
 use engine::sched::{
-    Action, AgentId, AgentType, FileLedger, FileLedgerOptions, Ledger, LedgerRecord, Liveness,
-    MemLedger, Scheduler, SchedulerConfig, ShmLedger, ShmLedgerOptions, Strategy, TaskId,
-    DEFAULT_MAX_TASKS,
+    Action, AgentId, AgentType, BackPressureConfig, BreakerConfig, BreakerState, FileLedger,
+    FileLedgerOptions, Ledger, LedgerRecord, Liveness, MemLedger, Rate, RateLimiterConfig,
+    Scheduler, SchedulerConfig, ShmLedger, ShmLedgerOptions, Strategy, TaskId, DEFAULT_MAX_TASKS,
 };
 use engine::shm::SegmentOptions;
 
@@ -57,6 +57,82 @@ pub const EMF_SCHED_ACTION_RESULT: u32 = 3;
 /// never together with a result.
 pub const EMF_SCHED_ACTION_DEAD_LETTER: u32 = 4;
 
+/// A circuit breaker per agent (`emf_sched_options_t::breaker`; off by default): an agent
+/// whose recent calls failed too often stops receiving tasks for a while, then gets a few
+/// probes. Defaults (from `emf_sched_options_default`): a 10 s window of 10 buckets, at least 10
+/// calls, 50 % failures; open 5 s, doubling up to 60 s; 3 probes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct emf_breaker_options_t {
+    /// On or off.
+    pub enabled: bool,
+    /// The sliding window in µs (at least `buckets`).
+    pub window_us: u64,
+    /// Buckets of the window (1 to 4096).
+    pub buckets: u32,
+    /// Calls the window must hold before the breaker can open (at least 1).
+    pub min_calls: u32,
+    /// The failure ratio that opens it, in (0, 1].
+    pub failure_ratio: f64,
+    /// A success slower than this (µs) counts as a failure; 0: latency is not judged.
+    pub slow_call_us: u64,
+    /// The first open period in µs (at least 1).
+    pub open_for_us: u64,
+    /// Growth of the open period after a failed probe (1 to 1000).
+    pub backoff: u32,
+    /// The longest open period in µs (at least `open_for_us`).
+    pub max_open_for_us: u64,
+    /// Probes admitted half-open; that many successes close it (1 to 1,000,000).
+    pub half_open_probes: u32,
+}
+
+/// A back-pressure controller per agent (`emf_sched_options_t::backpressure`; off by default):
+/// an agent whose inbox lag (reported with `emf_sched_observe_lag`) passes `high_water` frames
+/// gets no new task until a reading at or below `low_water`. Defaults: 64 and 16.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct emf_backpressure_options_t {
+    /// On or off.
+    pub enabled: bool,
+    /// Lag (frames) above which the agent is a slow consumer (at least 1).
+    pub high_water: u64,
+    /// Lag at or below which it accepts again (below `high_water`).
+    pub low_water: u64,
+}
+
+/// An adaptive rate limiter per agent type (`emf_sched_options_t::rate_limit`; off by
+/// default): a token bucket whose rate grows additively while the p95 submit-to-result latency
+/// stays under the target and shrinks multiplicatively when it does not; `emf_sched_submit`
+/// without a token gives `EMF_ERR_FULL`. Rates in thousandths of a token per second. Defaults:
+/// 100/s (1 to 10,000), burst 100, target 50 ms, +10/s or ×0.5 per second, on at least 20 of
+/// the last 1000 latencies.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct emf_ratelimit_options_t {
+    /// On or off.
+    pub enabled: bool,
+    /// The starting rate (within min..max).
+    pub initial_milli_per_sec: u64,
+    /// The slowest rate (at least 1).
+    pub min_milli_per_sec: u64,
+    /// The fastest rate.
+    pub max_milli_per_sec: u64,
+    /// The bucket's size in tokens (at least 1).
+    pub burst: u64,
+    /// The p95 latency to stay under, µs (at least 1).
+    pub target_p95_us: u64,
+    /// What a good interval adds to the rate (above 0).
+    pub increase_milli_per_sec: u64,
+    /// What a bad interval multiplies the rate by, in (0, 1).
+    pub decrease: f64,
+    /// Latencies kept (at least 1).
+    pub window: u64,
+    /// Latencies needed for a decision (1 to `window`).
+    pub min_samples: u64,
+    /// The least time between two decisions, µs (at least 1).
+    pub interval_us: u64,
+}
+
 /// Options for `emf_sched_new`; fill with `emf_sched_options_default` first. Every value is
 /// used as given and checked (a value out of its range: `EMF_ERR_INVALID_ARGUMENT`).
 #[repr(C)]
@@ -91,6 +167,12 @@ pub struct emf_sched_options_t {
     pub work_stealing: bool,
     /// Bytes of a new shared-memory ledger's data area (default 16 MiB; at least 64).
     pub shm_capacity: usize,
+    /// Circuit breakers (off by default; the other fields hold the defaults).
+    pub breaker: emf_breaker_options_t,
+    /// Back-pressure (off by default).
+    pub backpressure: emf_backpressure_options_t,
+    /// Rate limits (off by default).
+    pub rate_limit: emf_ratelimit_options_t,
 }
 
 /// One action to carry out, filled by `emf_sched_poll_action`. The pointers (`agent`, `data`)
@@ -260,9 +342,39 @@ fn config_of(o: &emf_sched_options_t) -> FfiResult<SchedulerConfig> {
         ewma_alpha: o.ewma_alpha,
         strategy,
         work_stealing: o.work_stealing,
-        // The protections (breaker, back-pressure, rate limit) are not in the C options yet:
-        // off, as SchedulerConfig::default() has them.
-        ..SchedulerConfig::default()
+        breaker: o.breaker.enabled.then(|| {
+            let b = &o.breaker;
+            BreakerConfig {
+                window: b.window_us,
+                buckets: b.buckets,
+                min_calls: b.min_calls,
+                failure_ratio: b.failure_ratio,
+                slow_call: (b.slow_call_us != 0).then_some(b.slow_call_us),
+                open_for: b.open_for_us,
+                backoff: b.backoff,
+                max_open_for: b.max_open_for_us,
+                half_open_probes: b.half_open_probes,
+            }
+        }),
+        backpressure: o.backpressure.enabled.then_some(BackPressureConfig {
+            high_water: o.backpressure.high_water,
+            low_water: o.backpressure.low_water,
+        }),
+        rate_limit: o.rate_limit.enabled.then(|| {
+            let r = &o.rate_limit;
+            RateLimiterConfig {
+                initial_rate: Rate::milli_per_sec(r.initial_milli_per_sec),
+                min_rate: Rate::milli_per_sec(r.min_milli_per_sec),
+                max_rate: Rate::milli_per_sec(r.max_milli_per_sec),
+                burst: r.burst,
+                target_p95: r.target_p95_us,
+                increase: Rate::milli_per_sec(r.increase_milli_per_sec),
+                decrease: r.decrease,
+                window: usize::try_from(r.window).unwrap_or(usize::MAX),
+                min_samples: usize::try_from(r.min_samples).unwrap_or(usize::MAX),
+                interval: r.interval_us,
+            }
+        }),
     };
     c.validate()?;
     Ok(c)
@@ -284,6 +396,45 @@ fn options_default() -> emf_sched_options_t {
         seed: 0,
         work_stealing: d.work_stealing,
         shm_capacity: ShmLedgerOptions::default().capacity,
+        breaker: {
+            let b = BreakerConfig::default();
+            emf_breaker_options_t {
+                enabled: false,
+                window_us: b.window,
+                buckets: b.buckets,
+                min_calls: b.min_calls,
+                failure_ratio: b.failure_ratio,
+                slow_call_us: b.slow_call.unwrap_or(0),
+                open_for_us: b.open_for,
+                backoff: b.backoff,
+                max_open_for_us: b.max_open_for,
+                half_open_probes: b.half_open_probes,
+            }
+        },
+        backpressure: {
+            let b = BackPressureConfig::default();
+            emf_backpressure_options_t {
+                enabled: false,
+                high_water: b.high_water,
+                low_water: b.low_water,
+            }
+        },
+        rate_limit: {
+            let r = RateLimiterConfig::default();
+            emf_ratelimit_options_t {
+                enabled: false,
+                initial_milli_per_sec: r.initial_rate.as_milli_per_sec(),
+                min_milli_per_sec: r.min_rate.as_milli_per_sec(),
+                max_milli_per_sec: r.max_rate.as_milli_per_sec(),
+                burst: r.burst,
+                target_p95_us: r.target_p95,
+                increase_milli_per_sec: r.increase.as_milli_per_sec(),
+                decrease: r.decrease,
+                window: r.window as u64,
+                min_samples: r.min_samples as u64,
+                interval_us: r.interval,
+            }
+        },
     }
 }
 
@@ -490,6 +641,65 @@ pub unsafe extern "C" fn emf_sched_agent_dead(
 ) -> emf_status_t {
     // SAFETY: caller contract.
     guard(|| unsafe { on_agent(s, agent, |sc, id| sc.agent_dead(id, now_us)) })
+}
+
+/// Reports agent `agent`'s inbox lag (`lag_frames` frames written, not yet read) for the
+/// back-pressure controller: above its high-water mark the agent gets no new task until a
+/// reading at or below the low-water mark. `EMF_ERR_NOT_FOUND` when the agent is not
+/// registered; `EMF_ERR_INVALID_ARGUMENT` when back-pressure is off.
+///
+/// # Safety
+///
+/// `s` a live handle; `agent` a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_observe_lag(
+    s: *mut emf_sched_t,
+    agent: *const c_char,
+    lag_frames: u64,
+    now_us: u64,
+) -> emf_status_t {
+    // SAFETY: caller contract.
+    guard(|| unsafe { on_agent(s, agent, |sc, id| sc.observe_lag(id, lag_frames, now_us)) })
+}
+
+/// Breaker state (`emf_sched_breaker_state`): closed, tasks flow.
+pub const EMF_BREAKER_CLOSED: u32 = 0;
+/// Breaker state: open, the agent gets no task.
+pub const EMF_BREAKER_OPEN: u32 = 1;
+/// Breaker state: half-open, a few probe tasks are admitted.
+pub const EMF_BREAKER_HALF_OPEN: u32 = 2;
+
+/// Agent `agent`'s circuit breaker state (`EMF_BREAKER_*`) into `*out_state`.
+/// `EMF_ERR_NOT_FOUND` when the agent has no breaker (breakers off, or an unknown agent).
+///
+/// # Safety
+///
+/// `s` a live handle; `agent` a NUL-terminated string; `out_state` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_breaker_state(
+    s: *mut emf_sched_t,
+    agent: *const c_char,
+    out_state: *mut u32,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out_state, "out_state")?;
+        let id = agent_id(agent, "agent")?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let h = unsafe { borrow(s) }?;
+        let st = h.sched.breaker_state(&id).ok_or_else(|| {
+            FfiError::new(
+                EMF_ERR_NOT_FOUND,
+                format!("agent {id} has no circuit breaker (breakers off, or not registered)"),
+            )
+        })?;
+        let code = match st {
+            BreakerState::Closed => EMF_BREAKER_CLOSED,
+            BreakerState::Open { .. } => EMF_BREAKER_OPEN,
+            BreakerState::HalfOpen { .. } => EMF_BREAKER_HALF_OPEN,
+        };
+        // SAFETY: checked writable above (non-NULL, caller contract).
+        unsafe { write_out(out_state, code, "out_state") }
+    })
 }
 
 /// Submits a task for an agent of type `agent_type` at priority `priority`

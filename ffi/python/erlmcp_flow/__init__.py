@@ -169,6 +169,9 @@ from .queue import (
 )
 from .sched import (
     ACTION_KINDS,
+    EMF_BREAKER_CLOSED,
+    EMF_BREAKER_HALF_OPEN,
+    EMF_BREAKER_OPEN,
     EMF_LEDGER_FILE,
     EMF_LEDGER_MEMORY,
     EMF_LEDGER_SHM,

@@ -46,7 +46,7 @@ from ctypes import (
 from pathlib import Path
 
 #: The ``EMF_ABI_VERSION`` this package was written for.
-ABI_VERSION = 3
+ABI_VERSION = 4
 EMF_ABI_VERSION = ABI_VERSION
 
 #: Environment variable naming the shared library to load.
@@ -306,6 +306,51 @@ class emf_hnsw_t(Structure):
     """Opaque ``emf_hnsw_t``; only pointers to it are used."""
 
 
+class emf_breaker_options_t(Structure):
+    """``emf_breaker_options_t``: a circuit breaker per agent (``enabled`` off by default)."""
+
+    _fields_ = [
+        ("enabled", c_bool),
+        ("window_us", c_uint64),
+        ("buckets", c_uint32),
+        ("min_calls", c_uint32),
+        ("failure_ratio", c_double),
+        ("slow_call_us", c_uint64),
+        ("open_for_us", c_uint64),
+        ("backoff", c_uint32),
+        ("max_open_for_us", c_uint64),
+        ("half_open_probes", c_uint32),
+    ]
+
+
+class emf_backpressure_options_t(Structure):
+    """``emf_backpressure_options_t``: back-pressure per agent (off by default)."""
+
+    _fields_ = [
+        ("enabled", c_bool),
+        ("high_water", c_uint64),
+        ("low_water", c_uint64),
+    ]
+
+
+class emf_ratelimit_options_t(Structure):
+    """``emf_ratelimit_options_t``: an adaptive rate limit per agent type (off by default)."""
+
+    _fields_ = [
+        ("enabled", c_bool),
+        ("initial_milli_per_sec", c_uint64),
+        ("min_milli_per_sec", c_uint64),
+        ("max_milli_per_sec", c_uint64),
+        ("burst", c_uint64),
+        ("target_p95_us", c_uint64),
+        ("increase_milli_per_sec", c_uint64),
+        ("decrease", c_double),
+        ("window", c_uint64),
+        ("min_samples", c_uint64),
+        ("interval_us", c_uint64),
+    ]
+
+
 class emf_sched_options_t(Structure):
     """``emf_sched_options_t``: a scheduler's options; fill it with
     ``emf_sched_options_default`` first."""
@@ -324,6 +369,9 @@ class emf_sched_options_t(Structure):
         ("seed", c_uint64),
         ("work_stealing", c_bool),
         ("shm_capacity", c_size_t),
+        ("breaker", emf_breaker_options_t),
+        ("backpressure", emf_backpressure_options_t),
+        ("rate_limit", emf_ratelimit_options_t),
     ]
 
 
@@ -767,6 +815,8 @@ PROTOTYPES = {
         [emf_sched_p, c_char_p, c_char_p, c_size_t, POINTER(c_size_t)],
     ),
     "emf_sched_stats": (emf_status_t, [emf_sched_p, POINTER(emf_sched_stats_t)]),
+    "emf_sched_observe_lag": (emf_status_t, [emf_sched_p, c_char_p, c_uint64, c_uint64]),
+    "emf_sched_breaker_state": (emf_status_t, [emf_sched_p, c_char_p, POINTER(c_uint32)]),
     "emf_sched_dead_letter_count": (emf_status_t, [emf_sched_p, POINTER(c_size_t)]),
     "emf_sched_dead_letter_get": (
         emf_status_t,

@@ -34,7 +34,7 @@ from __future__ import annotations
 import ctypes
 import os
 import time
-from ctypes import byref, c_int, c_size_t, c_uint64
+from ctypes import byref, c_int, c_size_t, c_uint32, c_uint64
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
@@ -75,6 +75,11 @@ EMF_SCHED_ACTION_DELIVER = 1
 EMF_SCHED_ACTION_REVOKE = 2
 EMF_SCHED_ACTION_RESULT = 3
 EMF_SCHED_ACTION_DEAD_LETTER = 4
+
+# Circuit breaker states (``Scheduler.breaker_state``).
+EMF_BREAKER_CLOSED = 0
+EMF_BREAKER_OPEN = 1
+EMF_BREAKER_HALF_OPEN = 2
 
 #: Names accepted for ``strategy=``.
 STRATEGIES = {
@@ -200,6 +205,9 @@ class Scheduler(_Handle):
         seed: int = 0,
         work_stealing: bool = True,
         shm_capacity: Optional[int] = None,
+        breaker: Optional[dict] = None,
+        backpressure: Optional[dict] = None,
+        rate_limit: Optional[dict] = None,
     ):
         if shm is not None and file is not None:
             raise _InvalidValue("pass shm= or file=, not both")
@@ -231,6 +239,29 @@ class Scheduler(_Handle):
             ) from None
         opts.seed = _unsigned(seed, "seed", _U64_MAX)
         opts.work_stealing = bool(work_stealing)
+        # The protections: a dict (possibly empty) turns one on; its keys override the
+        # defaults, named as the fields of the C option structs.
+        for what, given in (
+            ("breaker", breaker),
+            ("backpressure", backpressure),
+            ("rate_limit", rate_limit),
+        ):
+            if given is None:
+                continue
+            if not isinstance(given, dict):
+                raise _InvalidValue(f"{what}= takes a dict of settings")
+            sub = getattr(opts, what)
+            fields = {f for f, _ in type(sub)._fields_} - {"enabled"}
+            for key, value in given.items():
+                if key not in fields:
+                    raise _InvalidValue(
+                        f"{what}: unknown setting {key!r} (expected {', '.join(sorted(fields))})"
+                    )
+                if isinstance(getattr(sub, key), float):
+                    setattr(sub, key, float(value))
+                else:
+                    setattr(sub, key, _unsigned(value, f"{what}.{key}", _U64_MAX))
+            sub.enabled = True
         if shm is not None:
             kind, name = EMF_LEDGER_SHM, _c_string(shm, "shm")
             directory = None if dir is None else _c_string(dir, "dir", path=True)
@@ -310,6 +341,26 @@ class Scheduler(_Handle):
     def agent_dead(self, agent: str, now: Optional[int] = None) -> None:
         """``agent`` died: its tasks are delivered again elsewhere at once."""
         self._run(lib.emf_sched_agent_dead, _c_string(agent, "agent"), _now(now))
+
+    def observe_lag(self, agent: str, lag_frames: int, now: Optional[int] = None) -> None:
+        """Reports ``agent``'s inbox lag for back-pressure (on with ``backpressure=``)."""
+        self._run(
+            lib.emf_sched_observe_lag,
+            _c_string(agent, "agent"),
+            _unsigned(lag_frames, "lag_frames", _U64_MAX),
+            _now(now),
+        )
+
+    def breaker_state(self, agent: str) -> str:
+        """``"closed"``, ``"open"`` or ``"half_open"``: ``agent``'s circuit breaker (on with
+        ``breaker=``). :class:`NotFound` when it has none."""
+        out = c_uint32(0)
+        self._run(lib.emf_sched_breaker_state, _c_string(agent, "agent"), byref(out))
+        return {
+            EMF_BREAKER_CLOSED: "closed",
+            EMF_BREAKER_OPEN: "open",
+            EMF_BREAKER_HALF_OPEN: "half_open",
+        }[out.value]
 
     def select_agent(self, agent_type: str) -> Optional[str]:
         """The agent the strategy would give a task of ``agent_type`` now (nothing is leased);

@@ -257,3 +257,52 @@ def test_concurrent_submits_each_get_their_own_id():
         sys.setswitchinterval(old)
     assert sorted(ids) == list(range(1, 4 * per_thread + 1))
     s.close()
+
+
+def test_protections_from_python_breaker_backpressure_rate_limit():
+    """The protections through the C options: a failing agent's breaker opens and its
+    type's tasks go to the other agent; a lagging agent gets nothing until it drains; a rate
+    limit answers Full without accepting."""
+    breaker = {"min_calls": 2, "failure_ratio": 0.5, "open_for_us": 1_000_000}
+    with emf.Scheduler(breaker=breaker, max_attempts=5) as s:
+        s.register_agent("bad", "t", 1, token=1, now=0)
+        assert s.breaker_state("bad") == "closed"
+        task = s.submit("t", b"x", now=10)
+        for attempt in (1, 2):
+            (d,) = [a for a in s.actions() if a.kind == "deliver"]
+            assert (d.agent, d.task, d.attempt) == ("bad", task, attempt)
+            s.nack("bad", task, attempt, "boom", now=20 + attempt)
+        assert s.breaker_state("bad") == "open"
+        assert s.actions() == []  # the task waits: its only agent is shunned
+        s.register_agent("good", "t", 1, token=2, now=30)
+        (d,) = [a for a in s.actions() if a.kind == "deliver"]
+        assert (d.agent, d.task) == ("good", task)
+        s.ack("good", task, d.attempt, b"ok", now=40)
+        s.actions()
+        s.submit("t", b"y", now=50)
+        assert [a.agent for a in s.actions() if a.kind == "deliver"] == ["good"]
+        with pytest.raises(emf.NotFound):
+            s.breaker_state("nobody")
+    with emf.Scheduler(backpressure={"high_water": 4, "low_water": 1}) as s:
+        s.register_agent("slow", "t", 5, token=1, now=0)
+        s.observe_lag("slow", 10, now=1)
+        s.submit("t", b"x", now=2)
+        assert [a for a in s.actions() if a.kind == "deliver"] == []
+        s.observe_lag("slow", 0, now=3)
+        assert [a.agent for a in s.actions() if a.kind == "deliver"] == ["slow"]
+    with emf.Scheduler() as s:
+        s.register_agent("a", "t", token=1, now=0)
+        with pytest.raises(emf.Error):
+            s.observe_lag("a", 1, now=1)  # back-pressure is off
+    with emf.Scheduler(rate_limit={"burst": 2, "initial_milli_per_sec": 1000}) as s:
+        s.submit("t", b"1", now=0)
+        s.submit("t", b"2", now=0)
+        with pytest.raises(emf.Full):
+            s.submit("t", b"3", now=0)
+        assert s.stats().queued == 2
+    with pytest.raises(emf.Error):
+        emf.Scheduler(breaker={"no_such": 1})
+    with pytest.raises(emf.Error):
+        emf.Scheduler(breaker={"failure_ratio": 2.0})
+    with pytest.raises(emf.Error):
+        emf.Scheduler(rate_limit=[1])
