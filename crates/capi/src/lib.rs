@@ -6,7 +6,8 @@
 //! `build.rs` generates the header with cbindgen (`cbindgen.toml`); the unit test
 //! `header_drift` fails while the committed header differs. It holds no logic of its own:
 //! modules [`codec`], [`ring`], [`queue`] (task queue, cache), [`vector`] (kernels, HNSW) and
-//! [`flow`] (router, batch processor, state) and [`sched`] (the task scheduler) check arguments, call the engine, and map its
+//! [`flow`] (router, batch processor, state), [`sched`] (the task scheduler) and [`runtime`]
+//! (its service and agents over a scheduler directory) check arguments, call the engine, and map its
 //! [`ErrorKind`] to a status code.
 //!
 //! Conventions (also in the header's preamble, `include/erlmcp_flow.h`):
@@ -37,6 +38,7 @@ pub mod flow;
 mod handle;
 pub mod queue;
 pub mod ring;
+pub mod runtime;
 pub mod sched;
 pub mod vector;
 
@@ -654,6 +656,8 @@ mod tests {
             (queue::emf_cache_t::KIND, queue::emf_cache_t::NAME),
             (vector::emf_hnsw_t::KIND, vector::emf_hnsw_t::NAME),
             (sched::emf_sched_t::KIND, sched::emf_sched_t::NAME),
+            (runtime::emf_service_t::KIND, runtime::emf_service_t::NAME),
+            (runtime::emf_agent_t::KIND, runtime::emf_agent_t::NAME),
             (
                 codec::emf_value_builder_t::KIND,
                 codec::emf_value_builder_t::NAME,
