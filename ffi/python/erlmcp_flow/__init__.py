@@ -45,6 +45,9 @@ use): :func:`quantize`, :func:`dequantize`, :func:`distance`, :func:`cosine_dist
 
 A task scheduler with leases and a durable ledger (:mod:`erlmcp_flow.sched`):
 :class:`Scheduler`, its actions (:class:`SchedAction`) and counters (:class:`SchedStats`).
+Its runtime over a scheduler directory shared by processes: :class:`Service` (the
+dispatcher, with :class:`TaskFuture` s) and the agents of :mod:`erlmcp_flow.agent`
+(``agent.run(handler, type=..., dir=...)``).
 """
 
 from ._native import (
@@ -177,11 +180,18 @@ from .sched import (
     EMF_SCHED_LEAST_LOADED,
     EMF_SCHED_POWER_OF_TWO,
     EMF_SCHED_ROUND_ROBIN,
+    EMF_OUTCOME_DEAD_LETTER,
+    EMF_OUTCOME_DONE,
     STRATEGIES,
     Action as SchedAction,
+    DeadLettered,
     SchedStats,
     Scheduler,
+    Service,
+    ServiceStats,
+    TaskFuture,
 )
+from . import agent
 from .vector import (
     EMF_METRIC_COSINE,
     EMF_METRIC_DOT,
@@ -268,4 +278,9 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "SchedAction",
     "SchedStats",
     "Scheduler",
+    "Service",
+    "ServiceStats",
+    "TaskFuture",
+    "DeadLettered",
+    "agent",
 ]
