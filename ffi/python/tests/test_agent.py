@@ -263,3 +263,14 @@ def test_cross_language_python_service_and_c_agent_processes(tmp_path):
         st = s.stats()
         # Both left (goodbye): no inbox remains.
         assert (st.sched.completed, st.sched.duplicates, st.inboxes) == (n, 0, 0)
+
+
+def test_module_doctests():
+    import doctest
+
+    from erlmcp_flow import sched
+
+    for module in (sched, agent):
+        result = doctest.testmod(module, verbose=False)
+        assert result.failed == 0, module.__name__
+    assert doctest.testmod(sched).attempted > 0
