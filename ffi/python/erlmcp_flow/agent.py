@@ -161,7 +161,11 @@ def run(
     value completes the task, an exception fails it with the exception's ``repr`` (the task
     is delivered again, or dead-lettered after ``max_attempts``) — until ``stop`` (an
     ``Event`` or a callable returning True; checked at least every ``poll`` seconds), then
-    leaves. Returns the number of tasks answered."""
+    leaves. Returns the number of tasks answered.
+
+    Every receive records a heartbeat: a handler that may run longer than the scheduler's
+    heartbeat timeout (5 s by default) belongs in a loop of your own over :class:`Agent`,
+    calling :meth:`Agent.heartbeat` while it works."""
     stopped = _stopper(stop)
     if id is None:
         id = f"py-{os.getpid()}-{threading.get_ident() % 1_000_000}"
