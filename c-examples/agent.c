@@ -61,7 +61,8 @@ static int grow(uint8_t **buf, size_t *cap, size_t need) {
 }
 
 /* The agent's loop. Returns the exit status. */
-static int serve(const char *dir, const char *id, const char *type, uint32_t max_tasks, long count) {
+static int serve(const char *dir, const char *id, const char *type, uint32_t max_tasks,
+                 long count) {
     struct sigaction sa;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -197,9 +198,10 @@ static void test_bad_input(void) {
     CHECK_STATUS(emf_agent_connect(g_dir, "w", "echo", 1, &a), EMF_OK);
     CHECK_ERROR(emf_agent_connect(g_dir, "w", "echo", 1, &a), EMF_ERR_BUSY, NULL);
 
-    CHECK_ERROR(emf_service_submit(s, NULL, EMF_PRIORITY_NORMAL, NULL, 0, &id), EMF_ERR_NULL_ARGUMENT,
-                "agent_type");
-    CHECK_ERROR(emf_service_submit(s, "echo", 9, NULL, 0, &id), EMF_ERR_INVALID_ARGUMENT, "priority");
+    CHECK_ERROR(emf_service_submit(s, NULL, EMF_PRIORITY_NORMAL, NULL, 0, &id),
+                EMF_ERR_NULL_ARGUMENT, "agent_type");
+    CHECK_ERROR(emf_service_submit(s, "echo", 9, NULL, 0, &id), EMF_ERR_INVALID_ARGUMENT,
+                "priority");
     CHECK_ERROR(emf_service_submit(s, "echo", EMF_PRIORITY_NORMAL, NULL, 3, &id),
                 EMF_ERR_NULL_ARGUMENT, "payload");
     CHECK_ERROR(emf_service_wait(s, 12345, 0, &kind, buf, sizeof buf, &len), EMF_ERR_NOT_FOUND,
@@ -218,8 +220,8 @@ static void test_bad_input(void) {
                 "service");
     CHECK_STATUS(emf_agent_free(NULL), EMF_OK);
     CHECK_STATUS(emf_service_free(NULL), EMF_OK);
-    CHECK_ERROR(emf_agent_recv(NULL, 0, &id, &attempt, buf, sizeof buf, &len), EMF_ERR_NULL_ARGUMENT,
-                "agent");
+    CHECK_ERROR(emf_agent_recv(NULL, 0, &id, &attempt, buf, sizeof buf, &len),
+                EMF_ERR_NULL_ARGUMENT, "agent");
     CHECK_ERROR(emf_service_wait(NULL, 1, 0, &kind, buf, sizeof buf, &len), EMF_ERR_NULL_ARGUMENT,
                 "service");
     CHECK_STATUS(emf_agent_free(a), EMF_OK);
@@ -255,7 +257,8 @@ static void test_in_process(void) {
     for (size_t i = 0; i < sizeof payload; i++) {
         payload[i] = (uint8_t)(i * 7);
     }
-    CHECK_STATUS(emf_service_submit(s, "echo", EMF_PRIORITY_HIGH, payload, sizeof payload, &id), EMF_OK);
+    CHECK_STATUS(emf_service_submit(s, "echo", EMF_PRIORITY_HIGH, payload, sizeof payload, &id),
+                 EMF_OK);
     /* Too small: the task stays received, handed out again. */
     CHECK_ERROR(emf_agent_recv(a, 10000, &task, &attempt, small, sizeof small, &len),
                 EMF_ERR_BUFFER_TOO_SMALL, "1000 bytes");
@@ -264,7 +267,8 @@ static void test_in_process(void) {
     CHECK(task == id && len == sizeof payload && memcmp(big, payload, len) == 0);
     CHECK_STATUS(emf_agent_heartbeat(a), EMF_OK);
     CHECK_STATUS(emf_agent_complete(a, task, attempt, payload, sizeof payload), EMF_OK);
-    CHECK_ERROR(emf_agent_complete(a, task, attempt, payload, 1), EMF_ERR_NOT_FOUND, "not received");
+    CHECK_ERROR(emf_agent_complete(a, task, attempt, payload, 1), EMF_ERR_NOT_FOUND,
+                "not received");
     CHECK_ERROR(emf_service_wait(s, id, 10000, &kind, small, sizeof small, &len),
                 EMF_ERR_BUFFER_TOO_SMALL, "1000 bytes");
     CHECK(kind == EMF_OUTCOME_DONE && len == sizeof payload);
@@ -389,7 +393,8 @@ static int usage(void) {
 
 int main(int argc, char **argv) {
     if (emf_abi_version() != EMF_ABI_VERSION) {
-        fprintf(stderr, "ABI mismatch: header %u, library %u\n", EMF_ABI_VERSION, emf_abi_version());
+        fprintf(stderr, "ABI mismatch: header %u, library %u\n", EMF_ABI_VERSION,
+                emf_abi_version());
         return 2;
     }
     const char *dir = NULL, *id = NULL, *type = "echo";

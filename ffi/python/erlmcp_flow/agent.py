@@ -21,7 +21,13 @@ from ctypes import byref, c_size_t, c_uint32, c_uint64
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from ._errors import EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_TIMEOUT, EMF_OK, error_for, last_error_message
+from ._errors import (
+    EMF_ERR_BUFFER_TOO_SMALL,
+    EMF_ERR_TIMEOUT,
+    EMF_OK,
+    error_for,
+    last_error_message,
+)
 from ._native import emf_agent_p, lib
 from .codec import BytesLike, _input
 from .ring import _U32_MAX, _c_string, _Handle, _unsigned

@@ -56,7 +56,8 @@ def test_agents_in_threads_answer_every_task_once(tmp_path):
         stop = threading.Event()
         threads = start_threads(3, tmp_path / "sched", agent_procs.answer, stop, max_tasks=4)
         try:
-            payloads = [b"task-%d" % i + b"x" * (i % 5000 if i % 50 == 0 else 0) for i in range(300)]
+            # Every 50th payload is longer than the agent's first buffer (4 KiB).
+            payloads = [b"task-%d" % i + b"x" * (i * 30 if i % 50 == 0 else 0) for i in range(300)]
             futures = [s.submit("echo", p, priority=i % 4) for i, p in enumerate(payloads)]
             results = [f.result(timeout=LONG) for f in futures]
         finally:
@@ -235,7 +236,7 @@ def test_cross_language_python_service_and_c_agent_processes(tmp_path):
     exe = c_agent()
     if exe is None:
         if os.environ.get("EMF_REQUIRE_C_AGENT") == "1":
-            pytest.fail("EMF_REQUIRE_C_AGENT=1 but no C agent at $EMF_C_AGENT or c-examples/build/agent")
+            pytest.fail("EMF_REQUIRE_C_AGENT=1 and no agent at $EMF_C_AGENT or c-examples/build")
         pytest.skip("no c-examples/build/agent: run c-examples/run-tests.sh first")
     d = tmp_path / "sched"
     n = 500
