@@ -48,6 +48,7 @@ from ._errors import (
     EMF_ERR_FULL,
     EMF_ERR_TIMEOUT,
     EMF_OK,
+    Error,
     _InvalidValue,
     check,
     error_for,
@@ -810,5 +811,7 @@ class TaskFuture:
     def _watch(self) -> None:
         try:
             self._poll(None)
-        except ValueError:
-            pass  # the service was closed: the callbacks never run, as no outcome came
+        except (ValueError, Error):
+            # The service was closed (or its thread stopped): no outcome came here, so the
+            # callbacks do not run; result() says why.
+            pass
