@@ -10,7 +10,9 @@
 # ring_pingpong --bench, and ring_pingpong-cpp (two threads), then the task queue and cache
 # programs: queue_cache (C, dynamic and static) and queue_cache-cpp (2 producer + 2 consumer
 # threads), then the HNSW programs: hnsw (C, dynamic and static; given <repo>/tests/data for
-# the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched, and the pool manager: pool. With --valgrind
+# the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched, the pool manager:
+# pool, then the runtime's C ABI with a service and two agent processes: agent --test, and a
+# Python service with C agent processes (when pytest is there). With --valgrind
 # each one also runs under memcheck (the ring ping-pongs, the queue threads and the HNSW
 # builds with a small N). Exits non-zero on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
 # 20000), EMF_QUEUE_N the tasks per producer thread of queue_cache-cpp (default 20000).
@@ -96,6 +98,16 @@ done
 run hnsw-cpp "$build/hnsw-cpp"
 run sched "$build/sched"
 run pool "$build/pool"
+run agent "$build/agent" --test
+# Cross-language: a Python Service schedules 500 tasks, two C agent processes answer them
+# (ffi/python/tests/test_agent.py; the python stage runs it too, finding build/agent).
+if python3 -c 'import pytest' >/dev/null 2>&1; then
+  run agent-python-c env EMF_C_AGENT="$build/agent" EMF_REQUIRE_C_AGENT=1 \
+    ERLMCP_FLOW_LIB="$prefix/lib/liberlmcp_flow.so" \
+    python3 -m pytest -q -p no:cacheprovider "$repo/ffi/python/tests/test_agent.py" -k cross_language
+else
+  echo "== agent-python-c: skipped (no pytest; the python stage runs it)"
+fi
 
 if [ "$use_valgrind" = 1 ]; then
   for prog in serializer serializer-static serializer-cpp; do
@@ -118,7 +130,8 @@ if [ "$use_valgrind" = 1 ]; then
   valgrind_run hnsw-cpp "$build/hnsw-cpp" -n 300
   valgrind_run sched "$build/sched"
   valgrind_run pool "$build/pool"
-run pool "$build/pool"
+  # The agent processes it spawns run natively; the service side runs under memcheck.
+  valgrind_run agent "$build/agent" --test
 fi
 
 if [ "$failed" != 0 ]; then

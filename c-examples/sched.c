@@ -316,7 +316,7 @@ static void test_protections(void) {
     for (uint32_t attempt = 1; attempt <= 2; attempt++) {
         CHECK_STATUS(emf_sched_poll_action(s, &a), EMF_OK);
         CHECK(a.kind == EMF_SCHED_ACTION_DELIVER && a.task == task && a.attempt == attempt);
-        CHECK_STATUS(emf_sched_nack(s, "bad", task, attempt, "boom", 20 + attempt), EMF_OK);
+        CHECK_STATUS(emf_sched_nack(s, "bad", task, attempt, "boom", 20 + attempt, NULL), EMF_OK);
     }
     CHECK_STATUS(emf_sched_breaker_state(s, "bad", &state), EMF_OK);
     CHECK(state == EMF_BREAKER_OPEN);

@@ -249,6 +249,14 @@
 // before acknowledging has those frames delivered again to the next one (at least once).
 #define EMF_ACK_MANUAL 1
 
+// Outcome kind (`emf_service_wait`, `emf_service_take_orphan`): the task completed; the
+// bytes are its result.
+#define EMF_OUTCOME_DONE 1
+
+// Outcome kind: the task was given up after `max_attempts` failed attempts; the bytes are
+// the reason (UTF-8).
+#define EMF_OUTCOME_DEAD_LETTER 2
+
 // Agent selection (`emf_sched_options_t::strategy`): the least-loaded agent with spare
 // capacity (load 70 %, latency 30 %; examines every agent of the type). The default.
 #define EMF_SCHED_LEAST_LOADED 0
@@ -320,6 +328,9 @@
 // Search flag: re-rank the int8 candidates with the original vectors (when kept).
 #define EMF_SEARCH_RERANK 1
 
+// One agent of a scheduler directory. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
+typedef struct emf_agent_t emf_agent_t;
+
 // A batch processor. Opaque; one thread at a time.
 typedef struct emf_batch_t emf_batch_t;
 
@@ -353,6 +364,10 @@ typedef struct emf_router_t emf_router_t;
 
 // A scheduler. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_sched_t emf_sched_t;
+
+// A scheduler directory's dispatcher, run by a thread of its own. Opaque; any number of
+// threads may use it at once.
+typedef struct emf_service_t emf_service_t;
 
 // A store of shared values. Opaque; thread-safe.
 typedef struct emf_state_store_t emf_state_store_t;
@@ -717,26 +732,26 @@ typedef struct emf_sched_options_t {
   struct emf_ratelimit_options_t rate_limit;
 } emf_sched_options_t;
 
-// One action to carry out, filled by `emf_sched_poll_action`. The pointers (`agent`, `data`)
-// point into the handle and stay valid until the next `emf_sched_poll_action` or
-// `emf_sched_free` on it; copy what must live longer.
-typedef struct emf_sched_action_t {
-  // `EMF_SCHED_ACTION_*`.
-  uint32_t kind;
-  // The attempt (DELIVER, REVOKE; else 0).
-  uint32_t attempt;
-  // The task (0 for NONE).
-  uint64_t task;
-  // When the lease expires (DELIVER; else 0).
-  uint64_t deadline_us;
-  // The agent, NUL-terminated (DELIVER, REVOKE; else NULL).
-  const char *agent;
-  // The payload (DELIVER), the result (RESULT) or the reason (DEAD_LETTER); NULL when
-  // `len` is 0.
-  const uint8_t *data;
-  // The length of `data`.
-  size_t len;
-} emf_sched_action_t;
+// Options for `emf_service_start`; fill with `emf_service_options_default` first.
+typedef struct emf_service_options_t {
+  // The scheduler's options (as for `emf_sched_new`; `sched.shm_capacity` sizes a new
+  // shared-memory ledger).
+  struct emf_sched_options_t sched;
+  // `EMF_LEDGER_*`: where accepted tasks are kept (default `EMF_LEDGER_SHM`, the segment
+  // `ledger.sched` in the directory: survives the death of any process). `EMF_LEDGER_FILE`
+  // needs `ledger_path`; `EMF_LEDGER_MEMORY` keeps nothing past the service.
+  uint32_t ledger;
+  // The ledger file of `EMF_LEDGER_FILE` (NUL-terminated; else NULL).
+  const char *ledger_path;
+  // Bytes of the reports ring (default 4 MiB; a power of two).
+  size_t reports_capacity;
+  // Slots of the load table: the most agents at once (default 1024).
+  size_t load_slots;
+  // How often agents' processes are checked, µs (default 20 ms; at least 1).
+  uint64_t liveness_interval_us;
+  // Most report frames handled per round (default 4096; at least 1).
+  size_t batch;
+} emf_service_options_t;
 
 // A scheduler's counters (`emf_sched_stats`). `completed` and `dead_lettered` include what a
 // recovered ledger held; the others count since the handle was made.
@@ -764,6 +779,43 @@ typedef struct emf_sched_stats_t {
   // Agents registered.
   uint64_t agents;
 } emf_sched_stats_t;
+
+// A service's counters (`emf_service_stats`).
+typedef struct emf_service_stats_t {
+  // The scheduler's counters.
+  struct emf_sched_stats_t sched;
+  // Agents with an inbox (registered).
+  uint64_t inboxes;
+  // Report frames handled.
+  uint64_t reports;
+  // Report frames refused (undecodable, or about unknown tasks or agents).
+  uint64_t bad_reports;
+  // Inbox frames waiting for space in a full inbox.
+  uint64_t pending_deliveries;
+  // Agents found dead by their process identity.
+  uint64_t deaths;
+} emf_service_stats_t;
+
+// One action to carry out, filled by `emf_sched_poll_action`. The pointers (`agent`, `data`)
+// point into the handle and stay valid until the next `emf_sched_poll_action` or
+// `emf_sched_free` on it; copy what must live longer.
+typedef struct emf_sched_action_t {
+  // `EMF_SCHED_ACTION_*`.
+  uint32_t kind;
+  // The attempt (DELIVER, REVOKE; else 0).
+  uint32_t attempt;
+  // The task (0 for NONE).
+  uint64_t task;
+  // When the lease expires (DELIVER; else 0).
+  uint64_t deadline_us;
+  // The agent, NUL-terminated (DELIVER, REVOKE; else NULL).
+  const char *agent;
+  // The payload (DELIVER), the result (RESULT) or the reason (DEAD_LETTER); NULL when
+  // `len` is 0.
+  const uint8_t *data;
+  // The length of `data`.
+  size_t len;
+} emf_sched_action_t;
 
 // Parameters of an index (`emf_hnsw_params_default` fills the original design's).
 typedef struct emf_hnsw_params_t {
@@ -1827,6 +1879,193 @@ emf_status_t emf_consumer_unacked(struct emf_consumer_t *c, uint64_t *out);
 //
 // `c` a live handle; `out` writable.
 emf_status_t emf_consumer_lag(struct emf_consumer_t *c, uint64_t *out);
+
+// Fills `*out` with the default service options (a shared-memory ledger, the scheduler's
+// defaults).
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_service_options_default(struct emf_service_options_t *out);
+
+// Opens the scheduler directory `dir` (created if missing; NULL: `/dev/shm/emf-sched`) as its
+// dispatcher, with options `opts` (NULL: the defaults), and starts the thread that runs it.
+// A durable ledger holding tasks of a previous dispatcher is recovered: its tasks not ended
+// are delivered again, their outcomes come out of `emf_service_take_orphan`; agents still
+// connected register again by themselves. `EMF_ERR_BUSY` while another live dispatcher holds
+// the directory.
+//
+// # Safety
+//
+// `opts` NULL or readable (its `ledger_path` NULL or a NUL-terminated string); `dir` NULL or
+// a NUL-terminated string; `out` writable.
+emf_status_t emf_service_start(const struct emf_service_options_t *opts,
+                               const char *dir,
+                               struct emf_service_t **out);
+
+// Stops the service's thread and frees it (NULL is fine). The directory stays: its ledger
+// keeps the tasks not ended for a later `emf_service_start`; outcomes not yet taken are
+// dropped (their tasks are ended in the ledger).
+//
+// # Safety
+//
+// No other thread may be using `s`.
+emf_status_t emf_service_free(struct emf_service_t *s);
+
+// Submits a task for an agent of type `agent_type` at priority `priority`
+// (`EMF_PRIORITY_*`) with a copy of `payload`. On `EMF_OK` the task is in the ledger (never
+// lost from then on), `*out_task_id` holds its id, and `emf_service_wait` gives its outcome.
+// `EMF_ERR_FULL` is back-pressure (`max_queued` tasks wait already): nothing was accepted,
+// the caller keeps its task and may retry. `EMF_ERR_CLOSED` when the service's thread
+// stopped on an error (its message says which).
+//
+// # Safety
+//
+// `s` a live handle; `agent_type` a NUL-terminated string; `payload` readable for `len`;
+// `out_task_id` writable.
+emf_status_t emf_service_submit(struct emf_service_t *s,
+                                const char *agent_type,
+                                uint32_t priority,
+                                const uint8_t *payload,
+                                size_t len,
+                                uint64_t *out_task_id);
+
+// Waits up to `timeout_ms` for the outcome of task `task_id` (submitted through this
+// handle). On `EMF_OK`: `*out_status_kind` is `EMF_OUTCOME_DONE` (the bytes are the result)
+// or `EMF_OUTCOME_DEAD_LETTER` (the bytes are the reason), the bytes are in `buf` and their
+// length in `*out_len`; the outcome is taken (a second wait is `EMF_ERR_NOT_FOUND`).
+//
+// `EMF_ERR_BUFFER_TOO_SMALL` when the bytes do not fit `cap`: `*out_status_kind` and
+// `*out_len` (the length needed) are written and the outcome is kept for another call
+// (`buf` may be NULL with `cap` 0 to ask for the length). `EMF_ERR_TIMEOUT` when the task
+// has not ended yet (wait again; the scheduler still owns it). `EMF_ERR_NOT_FOUND` for an id
+// not submitted through this handle or whose outcome was taken; `EMF_ERR_BUSY` while another
+// thread waits for the same task; `EMF_ERR_CLOSED` when the service's thread stopped.
+//
+// # Safety
+//
+// `s` a live handle; `buf` writable for `cap` bytes (NULL when `cap` is 0); `out_status_kind`
+// and `out_len` writable.
+emf_status_t emf_service_wait(struct emf_service_t *s,
+                              uint64_t task_id,
+                              uint32_t timeout_ms,
+                              uint32_t *out_status_kind,
+                              uint8_t *buf,
+                              size_t cap,
+                              size_t *out_len);
+
+// Takes the oldest outcome no future of this handle waits for — a task accepted by a
+// previous dispatcher of the directory and recovered from its ledger — into `*out_task_id`,
+// `*out_status_kind`, `buf` and `*out_len` as `emf_service_wait` does (also for
+// `EMF_ERR_BUFFER_TOO_SMALL`: the outcome is kept, `*out_task_id` written). `EMF_ERR_EMPTY`
+// when there is none now.
+//
+// # Safety
+//
+// `s` a live handle; `buf` writable for `cap` bytes (NULL when `cap` is 0); the outs
+// writable.
+emf_status_t emf_service_take_orphan(struct emf_service_t *s,
+                                     uint64_t *out_task_id,
+                                     uint32_t *out_status_kind,
+                                     uint8_t *buf,
+                                     size_t cap,
+                                     size_t *out_len);
+
+// Writes the service's counters to `*out`.
+//
+// # Safety
+//
+// `s` a live handle; `out` writable.
+emf_status_t emf_service_stats(struct emf_service_t *s, struct emf_service_stats_t *out);
+
+// Joins the scheduler directory `dir` (NULL: `/dev/shm/emf-sched`) as agent `id` (1-194
+// characters of `A-Z a-z 0-9 . _ -`, not starting with `.`) of type `agent_type`, holding at
+// most `max_tasks` tasks at once (0: 5): creates its inbox, claims its load slot and says
+// hello to the dispatcher. `EMF_ERR_NOT_FOUND` when no dispatcher ever opened `dir`;
+// `EMF_ERR_BUSY` when a live agent already has this id. The agent's liveness is this
+// process: when it dies, its tasks are delivered to other agents.
+//
+// # Safety
+//
+// `dir` NULL or a NUL-terminated string; `id`, `agent_type` NUL-terminated strings; `out`
+// writable.
+emf_status_t emf_agent_connect(const char *dir,
+                               const char *id,
+                               const char *agent_type,
+                               uint32_t max_tasks,
+                               struct emf_agent_t **out);
+
+// Leaves the directory and frees the agent (NULL is fine): says goodbye, so the dispatcher
+// delivers the tasks it still holds (received, not answered) to other agents.
+//
+// # Safety
+//
+// No other thread may be using `a`.
+emf_status_t emf_agent_free(struct emf_agent_t *a);
+
+// Takes the next task, waiting up to `timeout_ms` for one: its id in `*out_task_id`, its
+// attempt (quoted by `emf_agent_complete`/`_fail`) in `*out_attempt`, its payload in `buf`
+// and the payload's length in `*out_len`. The task is then this agent's until it answers
+// it. `EMF_ERR_TIMEOUT` when no task came (the usual answer of an idle agent: call again).
+//
+// `EMF_ERR_BUFFER_TOO_SMALL` when the payload does not fit `cap`: `*out_task_id`,
+// `*out_attempt` and `*out_len` (the length needed) are written and the task stays received:
+// the next call hands the same task out again (with a larger buffer), or the agent answers
+// it without its payload (`emf_agent_fail`). Every call records a heartbeat.
+//
+// # Safety
+//
+// `a` a live handle; `buf` writable for `cap` bytes (NULL when `cap` is 0); the outs
+// writable.
+emf_status_t emf_agent_recv(struct emf_agent_t *a,
+                            uint32_t timeout_ms,
+                            uint64_t *out_task_id,
+                            uint32_t *out_attempt,
+                            uint8_t *buf,
+                            size_t cap,
+                            size_t *out_len);
+
+// Reports attempt `attempt` of task `task_id` (received with `emf_agent_recv`) done with a
+// copy of `result`. `EMF_ERR_NOT_FOUND` when this agent does not hold that attempt (never
+// received, or answered). When the report could not be written (`EMF_ERR_TIMEOUT`: the
+// reports ring stayed full), the task stays held: answer it again, or let its lease expire
+// (it is then delivered again; nothing is lost).
+//
+// # Safety
+//
+// `a` a live handle; `result` readable for `len`.
+emf_status_t emf_agent_complete(struct emf_agent_t *a,
+                                uint64_t task_id,
+                                uint32_t attempt,
+                                const uint8_t *result,
+                                size_t len);
+
+// Gives attempt `attempt` of task `task_id` back without a result, for `reason` (NULL: none
+// given): it is delivered again (to another agent when one has room) or dead-lettered after
+// the scheduler's `max_attempts`. Errors as `emf_agent_complete`.
+//
+// # Safety
+//
+// `a` a live handle; `reason` NULL or a NUL-terminated string.
+emf_status_t emf_agent_fail(struct emf_agent_t *a,
+                            uint64_t task_id,
+                            uint32_t attempt,
+                            const char *reason);
+
+// Records a sign of life (every `emf_agent_recv` does; a handler running longer than the
+// scheduler's heartbeat timeout calls this now and then).
+//
+// # Safety
+//
+// `a` a live handle.
+emf_status_t emf_agent_heartbeat(struct emf_agent_t *a);
+
+// The number of tasks this agent received and has not answered yet, into `*out`.
+//
+// # Safety
+//
+// `a` a live handle; `out` writable.
+emf_status_t emf_agent_held(struct emf_agent_t *a, size_t *out);
 
 // Fills `*out` with the default scheduler options.
 //

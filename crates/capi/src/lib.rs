@@ -6,8 +6,9 @@
 //! `build.rs` generates the header with cbindgen (`cbindgen.toml`); the unit test
 //! `header_drift` fails while the committed header differs. It holds no logic of its own:
 //! modules [`codec`], [`ring`], [`queue`] (task queue, cache), [`vector`] (kernels, HNSW) and
-//! [`flow`] (router, batch processor, state), [`sched`] (the task scheduler) and [`pool`] (the
-//! pool manager) check arguments, call the engine, and map its
+//! [`flow`] (router, batch processor, state), [`sched`] (the task scheduler), [`pool`] (the
+//! pool manager) and [`runtime`] (the scheduler's service and agents over a scheduler
+//! directory) check arguments, call the engine, and map its
 //! [`ErrorKind`] to a status code.
 //!
 //! Conventions (also in the header's preamble, `include/erlmcp_flow.h`):
@@ -39,6 +40,7 @@ mod handle;
 pub mod pool;
 pub mod queue;
 pub mod ring;
+pub mod runtime;
 pub mod sched;
 pub mod vector;
 
@@ -657,6 +659,8 @@ mod tests {
             (vector::emf_hnsw_t::KIND, vector::emf_hnsw_t::NAME),
             (sched::emf_sched_t::KIND, sched::emf_sched_t::NAME),
             (pool::emf_pool_t::KIND, pool::emf_pool_t::NAME),
+            (runtime::emf_service_t::KIND, runtime::emf_service_t::NAME),
+            (runtime::emf_agent_t::KIND, runtime::emf_agent_t::NAME),
             (
                 codec::emf_value_builder_t::KIND,
                 codec::emf_value_builder_t::NAME,

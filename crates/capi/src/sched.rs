@@ -20,7 +20,8 @@ use engine::queue::Priority;
 use engine::sched::{
     Action, AgentId, AgentType, BackPressureConfig, BreakerConfig, BreakerState, FileLedger,
     FileLedgerOptions, Ledger, LedgerRecord, Liveness, MemLedger, Rate, RateLimiterConfig,
-    Scheduler, SchedulerConfig, ShmLedger, ShmLedgerOptions, Strategy, TaskId, DEFAULT_MAX_TASKS,
+    Scheduler, SchedulerConfig, SchedulerStats, ShmLedger, ShmLedgerOptions, Strategy, TaskId,
+    DEFAULT_MAX_TASKS,
 };
 use engine::shm::SegmentOptions;
 
@@ -292,11 +293,11 @@ impl Handle for emf_sched_t {
     type Access = Exclusive;
 }
 
-fn agent_id(p: *const c_char, name: &str) -> FfiResult<AgentId> {
+pub(crate) fn agent_id(p: *const c_char, name: &str) -> FfiResult<AgentId> {
     Ok(AgentId::new(c_str(p, name)?)?)
 }
 
-fn agent_type(p: *const c_char, name: &str) -> FfiResult<AgentType> {
+pub(crate) fn agent_type(p: *const c_char, name: &str) -> FfiResult<AgentType> {
     Ok(AgentType::new(c_str(p, name)?)?)
 }
 
@@ -318,7 +319,7 @@ unsafe fn on_agent<R>(
     Ok(f(&mut h.sched, &id)?)
 }
 
-fn config_of(o: &emf_sched_options_t) -> FfiResult<SchedulerConfig> {
+pub(crate) fn config_of(o: &emf_sched_options_t) -> FfiResult<SchedulerConfig> {
     let strategy = match o.strategy {
         EMF_SCHED_LEAST_LOADED => Strategy::LeastLoaded,
         EMF_SCHED_POWER_OF_TWO => Strategy::power_of_two(o.seed),
@@ -380,7 +381,7 @@ fn config_of(o: &emf_sched_options_t) -> FfiResult<SchedulerConfig> {
     Ok(c)
 }
 
-fn options_default() -> emf_sched_options_t {
+pub(crate) fn options_default() -> emf_sched_options_t {
     let d = SchedulerConfig::default();
     emf_sched_options_t {
         max_queued: d.max_queued,
@@ -1012,6 +1013,23 @@ pub unsafe extern "C" fn emf_sched_select_agent(
     })
 }
 
+/// The C form of a scheduler's counters.
+pub(crate) fn stats_of(st: &SchedulerStats) -> emf_sched_stats_t {
+    emf_sched_stats_t {
+        queued: st.queued as u64,
+        leased: st.leased as u64,
+        completed: st.completed,
+        dead_lettered: st.dead_lettered,
+        duplicates: st.duplicates,
+        redeliveries: st.redeliveries,
+        steals: st.steals,
+        expired: st.expired,
+        agents_dead: st.agents_dead,
+        ledger_errors: st.ledger_errors,
+        agents: st.agents as u64,
+    }
+}
+
 /// Writes the scheduler's counters to `*out`.
 ///
 /// # Safety
@@ -1025,20 +1043,7 @@ pub unsafe extern "C" fn emf_sched_stats(
     guard(|| {
         require_out(out, "out")?;
         // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
-        let st = unsafe { borrow(s) }?.sched.stats();
-        let o = emf_sched_stats_t {
-            queued: st.queued as u64,
-            leased: st.leased as u64,
-            completed: st.completed,
-            dead_lettered: st.dead_lettered,
-            duplicates: st.duplicates,
-            redeliveries: st.redeliveries,
-            steals: st.steals,
-            expired: st.expired,
-            agents_dead: st.agents_dead,
-            ledger_errors: st.ledger_errors,
-            agents: st.agents as u64,
-        };
+        let o = stats_of(&unsafe { borrow(s) }?.sched.stats());
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, o, "out") }
     })

@@ -48,6 +48,10 @@ A task scheduler with leases and a durable ledger (:mod:`erlmcp_flow.sched`):
 
 A pool manager keeping pre-warmed agents of one type (:mod:`erlmcp_flow.pool`): :class:`Pool`,
 its actions (:class:`PoolAction`) and counters (:class:`PoolStats`).
+
+Its runtime over a scheduler directory shared by processes: :class:`Service` (the
+dispatcher, with :class:`TaskFuture` s) and the agents of :mod:`erlmcp_flow.agent`
+(``agent.run(handler, type=..., dir=...)``).
 """
 
 from ._native import (
@@ -183,11 +187,17 @@ from .sched import (
     EMF_SCHED_LEAST_LOADED,
     EMF_SCHED_POWER_OF_TWO,
     EMF_SCHED_ROUND_ROBIN,
+    EMF_OUTCOME_DEAD_LETTER,
+    EMF_OUTCOME_DONE,
     STRATEGIES,
     Action as SchedAction,
     DeadLetter as SchedDeadLetter,
+    DeadLettered,
     SchedStats,
     Scheduler,
+    Service,
+    ServiceStats,
+    TaskFuture,
 )
 from .pool import (
     EMF_POOL_ACTION_NONE,
@@ -198,6 +208,7 @@ from .pool import (
     PoolAction,
     PoolStats,
 )
+from . import agent
 from .vector import (
     EMF_METRIC_COSINE,
     EMF_METRIC_DOT,
@@ -289,4 +300,9 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "Pool",
     "PoolAction",
     "PoolStats",
+    "Service",
+    "ServiceStats",
+    "TaskFuture",
+    "DeadLettered",
+    "agent",
 ]

@@ -449,12 +449,50 @@ class emf_pool_t(Structure):
     """Opaque ``emf_pool_t``; only pointers to it are used."""
 
 
+class emf_service_options_t(Structure):
+    """``emf_service_options_t``: a service's options; fill it with
+    ``emf_service_options_default`` first."""
+
+    _fields_ = [
+        ("sched", emf_sched_options_t),
+        ("ledger", c_uint32),
+        ("ledger_path", c_char_p),
+        ("reports_capacity", c_size_t),
+        ("load_slots", c_size_t),
+        ("liveness_interval_us", c_uint64),
+        ("batch", c_size_t),
+    ]
+
+
+class emf_service_stats_t(Structure):
+    """``emf_service_stats_t``: a service's counters."""
+
+    _fields_ = [
+        ("sched", emf_sched_stats_t),
+        ("inboxes", c_uint64),
+        ("reports", c_uint64),
+        ("bad_reports", c_uint64),
+        ("pending_deliveries", c_uint64),
+        ("deaths", c_uint64),
+    ]
+
+
+class emf_service_t(Structure):
+    """Opaque ``emf_service_t``; only pointers to it are used."""
+
+
+class emf_agent_t(Structure):
+    """Opaque ``emf_agent_t``; only pointers to it are used."""
+
+
 emf_ring_p = POINTER(emf_ring_t)
 emf_task_queue_p = POINTER(emf_task_queue_t)
 emf_cache_p = POINTER(emf_cache_t)
 emf_hnsw_p = POINTER(emf_hnsw_t)
 emf_sched_p = POINTER(emf_sched_t)
 emf_pool_p = POINTER(emf_pool_t)
+emf_service_p = POINTER(emf_service_t)
+emf_agent_p = POINTER(emf_agent_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -860,6 +898,63 @@ PROTOTYPES = {
     ),
     "emf_pool_next_deadline": (emf_status_t, [emf_pool_p, POINTER(c_uint64)]),
     "emf_pool_stats": (emf_status_t, [emf_pool_p, POINTER(emf_pool_stats_t)]),
+    # The scheduler's runtime (wrapped in erlmcp_flow.sched.Service and erlmcp_flow.agent).
+    # Output byte buffers are c_char_p (ctypes.create_string_buffer).
+    "emf_service_options_default": (emf_status_t, [POINTER(emf_service_options_t)]),
+    "emf_service_start": (
+        emf_status_t,
+        [POINTER(emf_service_options_t), c_char_p, POINTER(emf_service_p)],
+    ),
+    "emf_service_free": (emf_status_t, [emf_service_p]),
+    "emf_service_submit": (
+        emf_status_t,
+        [emf_service_p, c_char_p, c_uint32, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_service_wait": (
+        emf_status_t,
+        [
+            emf_service_p,
+            c_uint64,  # task_id
+            c_uint32,  # timeout_ms
+            POINTER(c_uint32),  # out_status_kind
+            c_char_p,  # buf
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_len
+        ],
+    ),
+    "emf_service_take_orphan": (
+        emf_status_t,
+        [
+            emf_service_p,
+            POINTER(c_uint64),
+            POINTER(c_uint32),
+            c_char_p,
+            c_size_t,
+            POINTER(c_size_t),
+        ],
+    ),
+    "emf_service_stats": (emf_status_t, [emf_service_p, POINTER(emf_service_stats_t)]),
+    "emf_agent_connect": (
+        emf_status_t,
+        [c_char_p, c_char_p, c_char_p, c_uint32, POINTER(emf_agent_p)],
+    ),
+    "emf_agent_free": (emf_status_t, [emf_agent_p]),
+    "emf_agent_recv": (
+        emf_status_t,
+        [
+            emf_agent_p,
+            c_uint32,  # timeout_ms
+            POINTER(c_uint64),  # out_task_id
+            POINTER(c_uint32),  # out_attempt
+            c_char_p,  # buf
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_len
+        ],
+    ),
+    "emf_agent_complete": (emf_status_t, [emf_agent_p, c_uint64, c_uint32, _bytes_in, c_size_t]),
+    "emf_agent_fail": (emf_status_t, [emf_agent_p, c_uint64, c_uint32, c_char_p]),
+    "emf_agent_heartbeat": (emf_status_t, [emf_agent_p]),
+    "emf_agent_held": (emf_status_t, [emf_agent_p, POINTER(c_size_t)]),
 }
 
 

@@ -31,17 +31,24 @@ Python threads with a lock.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ctypes
 import os
+import threading
 import time
+import weakref
+from contextlib import contextmanager
 from ctypes import byref, c_int, c_size_t, c_uint32, c_uint64
 from dataclasses import dataclass
 from typing import List, Optional, Union
 
 from ._errors import (
     EMF_ERR_BUFFER_TOO_SMALL,
+    EMF_ERR_EMPTY,
     EMF_ERR_FULL,
+    EMF_ERR_TIMEOUT,
     EMF_OK,
+    Error,
     _InvalidValue,
     check,
     error_for,
@@ -52,10 +59,13 @@ from ._native import (
     emf_sched_options_t,
     emf_sched_p,
     emf_sched_stats_t,
+    emf_service_options_t,
+    emf_service_p,
+    emf_service_stats_t,
     lib,
 )
 from .codec import BytesLike, _input, _priority_code
-from .ring import _U32_MAX, _c_string, _Handle, _unsigned
+from .ring import _U32_MAX, _c_string, _free_in_owner, _Handle, _unsigned
 
 _U64_MAX = 2**64 - 1
 
@@ -538,3 +548,379 @@ class Scheduler(_Handle):
         st = emf_sched_stats_t()
         self._run(lib.emf_sched_stats, byref(st))
         return SchedStats(**{name: getattr(st, name) for name, _ in st._fields_})
+
+
+# ----- the runtime's scheduler end: a service with futures -----------------------------------
+
+#: Outcome kinds (``emf_service_wait``).
+EMF_OUTCOME_DONE = 1
+EMF_OUTCOME_DEAD_LETTER = 2
+
+_LEDGERS = {"shm": EMF_LEDGER_SHM, "memory": EMF_LEDGER_MEMORY, "file": EMF_LEDGER_FILE}
+
+# The longest single emf_service_wait of a future: waits longer than this are several calls
+# (so a closing service is noticed, and Ctrl-C between calls).
+_WAIT_SLICE_MS = 200
+_FIRST_BUFFER = 4096
+
+
+class DeadLettered(Exception):
+    """A task given up after ``max_attempts`` failed attempts (raised by
+    :meth:`TaskFuture.result`): ``task`` is its id and ``reason`` why."""
+
+    def __init__(self, task: int, reason: str):
+        super().__init__(f"task {task} was dead-lettered: {reason}")
+        self.task = task
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ServiceStats:
+    """A service's counters (``emf_service_stats_t``)."""
+
+    #: The scheduler's counters.
+    sched: SchedStats
+    #: Agents with an inbox (registered).
+    inboxes: int
+    #: Report frames handled.
+    reports: int
+    #: Report frames refused.
+    bad_reports: int
+    #: Inbox frames waiting for space in a full inbox.
+    pending_deliveries: int
+    #: Agents found dead by their process identity.
+    deaths: int
+
+
+class Service:
+    """A scheduler directory's dispatcher, run by a thread of the library
+    (``emf_service_start``): agents in any process (:mod:`erlmcp_flow.agent`, the C agent of
+    ``c-examples/agent.c``) connect to the same ``dir`` and take its tasks.
+
+    :meth:`submit` accepts a task (in the ledger before it returns) and gives a
+    :class:`TaskFuture`; its :meth:`~TaskFuture.result` calls ``emf_service_wait``. Any number
+    of threads may use a service at once. ``ledger`` is ``"shm"`` (default: a segment in
+    ``dir``, survives the death of any process, so a service started again on ``dir``
+    recovers the tasks not ended — their outcomes come out of :meth:`take_orphan`),
+    ``"memory"`` or ``"file"`` (with ``ledger_path``). The other options are the scheduler's
+    (see :class:`Scheduler`) and the runtime's: ``reports_capacity``, ``load_slots``,
+    ``liveness_interval_us`` (how often agents' processes are checked), ``batch``.
+
+    >>> import tempfile, threading
+    >>> from erlmcp_flow import agent
+    >>> with tempfile.TemporaryDirectory() as d, Service(d) as s:
+    ...     stop = threading.Event()
+    ...     t = threading.Thread(target=agent.run, args=(bytes.upper,),
+    ...                          kwargs=dict(type="up", dir=d, id="w1", stop=stop))
+    ...     t.start()
+    ...     f = s.submit("up", b"hello")
+    ...     r = f.result(timeout=30)
+    ...     stop.set(); t.join()
+    >>> r
+    b'HELLO'
+    """
+
+    def __init__(
+        self,
+        dir: Union[str, os.PathLike, None] = None,
+        *,
+        ledger: str = "shm",
+        ledger_path: Union[str, os.PathLike, None] = None,
+        max_queued: Optional[int] = None,
+        heartbeat_timeout_us: Optional[int] = None,
+        max_attempts: Optional[int] = None,
+        default_lease_us: Optional[int] = None,
+        min_lease_us: Optional[int] = None,
+        max_lease_us: Optional[int] = None,
+        strategy: str = "least_loaded",
+        seed: int = 0,
+        work_stealing: bool = True,
+        shm_capacity: Optional[int] = None,
+        reports_capacity: Optional[int] = None,
+        load_slots: Optional[int] = None,
+        liveness_interval_us: Optional[int] = None,
+        batch: Optional[int] = None,
+    ):
+        opts = emf_service_options_t()
+        check(lib.emf_service_options_default(byref(opts)))
+        for target, name, value, limit in (
+            (opts.sched, "max_queued", max_queued, 2**63 - 1),
+            (opts.sched, "heartbeat_timeout_us", heartbeat_timeout_us, _U64_MAX),
+            (opts.sched, "max_attempts", max_attempts, _U32_MAX),
+            (opts.sched, "default_lease_us", default_lease_us, _U64_MAX),
+            (opts.sched, "min_lease_us", min_lease_us, _U64_MAX),
+            (opts.sched, "max_lease_us", max_lease_us, _U64_MAX),
+            (opts.sched, "shm_capacity", shm_capacity, 2**63 - 1),
+            (opts, "reports_capacity", reports_capacity, 2**63 - 1),
+            (opts, "load_slots", load_slots, 2**63 - 1),
+            (opts, "liveness_interval_us", liveness_interval_us, _U64_MAX),
+            (opts, "batch", batch, 2**63 - 1),
+        ):
+            if value is not None:
+                setattr(target, name, _unsigned(value, name, limit))
+        try:
+            opts.sched.strategy = STRATEGIES[strategy]
+        except KeyError:
+            raise _InvalidValue(
+                f"unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})"
+            ) from None
+        opts.sched.seed = _unsigned(seed, "seed", _U64_MAX)
+        opts.sched.work_stealing = bool(work_stealing)
+        try:
+            opts.ledger = _LEDGERS[ledger]
+        except KeyError:
+            raise _InvalidValue(
+                f"unknown ledger {ledger!r} (expected one of {', '.join(_LEDGERS)})"
+            ) from None
+        if (ledger == "file") != (ledger_path is not None):
+            raise _InvalidValue('ledger_path= goes with ledger="file", and only with it')
+        # Kept alive with the options while the library reads them.
+        path = None if ledger_path is None else _c_string(ledger_path, "ledger_path", path=True)
+        opts.ledger_path = path
+        directory = None if dir is None else _c_string(dir, "dir", path=True)
+        handle = emf_service_p()
+        check(lib.emf_service_start(byref(opts), directory, byref(handle)))
+        self._handle = handle
+        self._users = 0
+        self._cond = threading.Condition()
+        self._owner = os.getpid()
+        self._finalizer = weakref.finalize(
+            self, _free_in_owner, lib.emf_service_free, handle, self._owner
+        )
+
+    # Any number of threads call in at once (the library's service is thread-safe); close()
+    # waits for the calls under way and refuses new ones.
+    @contextmanager
+    def _use(self):
+        with self._cond:
+            if self._handle is None:
+                raise ValueError("operation on a closed erlmcp_flow.Service")
+            self._users += 1
+            handle = self._handle
+        try:
+            yield handle
+        finally:
+            with self._cond:
+                self._users -= 1
+                if self._users == 0:
+                    self._cond.notify_all()
+
+    def close(self) -> None:
+        """Stops the service's thread and frees it (futures not done then raise
+        ``ValueError``); the directory stays for a successor. Calling it again does
+        nothing."""
+        with self._cond:
+            handle, self._handle = self._handle, None
+            if handle is None:
+                return
+            while self._users:
+                self._cond.wait()
+        if self._finalizer.detach() is not None and os.getpid() == self._owner:
+            check(lib.emf_service_free(handle))
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def submit(
+        self, agent_type: str, payload: BytesLike = b"", priority: Union[str, int] = "normal"
+    ) -> "TaskFuture":
+        """Accepts a task for an agent of ``agent_type`` (in the ledger before this returns:
+        never lost from then on) and returns the future of its outcome. :class:`Full` is
+        back-pressure: nothing was accepted, retry later."""
+        name = _c_string(agent_type, "agent_type")
+        code = _priority_code(priority)
+        ptr, n = _input(payload, "payload")
+        task = c_uint64(0)
+        with self._use() as h:
+            status = lib.emf_service_submit(h, name, code, ptr, n, byref(task))
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+        return TaskFuture(self, task.value)
+
+    def _wait(self, task: int, timeout_ms: int):
+        """One ``emf_service_wait``: ``(kind, bytes)``, or None when the task has not ended."""
+        kind = c_uint32(0)
+        n = c_size_t(0)
+        with self._use() as h:
+            buf = ctypes.create_string_buffer(_FIRST_BUFFER)
+            status = lib.emf_service_wait(h, task, timeout_ms, byref(kind), buf, len(buf), byref(n))
+            if status == EMF_ERR_BUFFER_TOO_SMALL:
+                # The outcome was kept: take it with the length the library asked for.
+                buf = ctypes.create_string_buffer(n.value)
+                status = lib.emf_service_wait(h, task, 0, byref(kind), buf, len(buf), byref(n))
+            if status == EMF_ERR_TIMEOUT:
+                return None
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+            return kind.value, buf.raw[: n.value]
+
+    def take_orphan(self):
+        """The oldest outcome no future waits for (a task accepted by a previous service of
+        the directory), as ``(task, result_bytes_or_DeadLettered)``; None when there is
+        none now."""
+        task = c_uint64(0)
+        kind = c_uint32(0)
+        n = c_size_t(0)
+        with self._use() as h:
+            buf = ctypes.create_string_buffer(_FIRST_BUFFER)
+            args = (byref(task), byref(kind))
+            status = lib.emf_service_take_orphan(h, *args, buf, len(buf), byref(n))
+            if status == EMF_ERR_BUFFER_TOO_SMALL:
+                buf = ctypes.create_string_buffer(n.value)
+                status = lib.emf_service_take_orphan(h, *args, buf, len(buf), byref(n))
+            if status == EMF_ERR_EMPTY:
+                return None
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+        return task.value, _outcome(task.value, kind.value, buf.raw[: n.value])
+
+    def stats(self) -> ServiceStats:
+        """The counters."""
+        st = emf_service_stats_t()
+        with self._use() as h:
+            check(lib.emf_service_stats(h, byref(st)))
+        sched = SchedStats(**{name: getattr(st.sched, name) for name, _ in st.sched._fields_})
+        rest = {name: getattr(st, name) for name, _ in st._fields_ if name != "sched"}
+        return ServiceStats(sched=sched, **rest)
+
+
+def _outcome(task: int, kind: int, data: bytes):
+    if kind == EMF_OUTCOME_DONE:
+        return data
+    return DeadLettered(task, data.decode("utf-8", "replace"))
+
+
+class TaskFuture:
+    """The outcome of a task submitted through a :class:`Service`, shaped like
+    :class:`concurrent.futures.Future`: :meth:`result`, :meth:`exception`, :meth:`done`,
+    :meth:`add_done_callback` (``cancel`` always fails: an accepted task belongs to the
+    scheduler). Waiting is ``emf_service_wait`` itself, called by the waiting thread."""
+
+    def __init__(self, service: Service, task: int):
+        self._service = service
+        #: The task's id.
+        self.task = task
+        self._lock = threading.Lock()  # guards _outcome and _callbacks
+        self._waiting = threading.Lock()  # one emf_service_wait per task at a time
+        self._outcome = None  # bytes or DeadLettered, once known
+        self._known = False
+        self._callbacks: list = []
+        self._watcher = None
+
+    def __repr__(self) -> str:
+        state = "done" if self._known else "pending"
+        return f"<TaskFuture task={self.task} {state}>"
+
+    def _settle(self, outcome) -> list:
+        """Records the outcome; returns the callbacks to call (outside any lock)."""
+        with self._lock:
+            if self._known:
+                return []
+            self._outcome, self._known = outcome, True
+            callbacks, self._callbacks = self._callbacks, []
+        return callbacks
+
+    def _run_callbacks(self, callbacks) -> None:
+        for fn in callbacks:
+            try:
+                fn(self)
+            except Exception:  # as concurrent.futures does: a callback's error is its own
+                pass
+
+    def _poll(self, timeout: Optional[float]) -> bool:
+        """Waits up to ``timeout`` seconds (None: for ever) for the outcome; True once known."""
+        deadline = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        while not self._known:
+            # One emf_service_wait per task at a time (the library answers a second one with
+            # EMF_ERR_BUSY): other threads wait for this lock instead.
+            if deadline is None:
+                locked = self._waiting.acquire()
+            else:
+                left = deadline - time.monotonic()
+                locked = (
+                    self._waiting.acquire(timeout=left)
+                    if left > 0
+                    else self._waiting.acquire(blocking=False)
+                )
+            if not locked:
+                break
+            callbacks = []
+            try:
+                if self._known:
+                    break
+                ms = _WAIT_SLICE_MS
+                if deadline is not None:
+                    ms = max(0, min(ms, int((deadline - time.monotonic()) * 1000)))
+                got = self._service._wait(self.task, ms)
+                if got is not None:
+                    # Recorded before the lock is released: the library's copy is taken.
+                    callbacks = self._settle(_outcome(self.task, *got))
+            finally:
+                self._waiting.release()
+            self._run_callbacks(callbacks)
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return self._known
+
+    def done(self) -> bool:
+        """True once the task ended (asks the service without waiting)."""
+        return self._poll(0)
+
+    def running(self) -> bool:
+        """True until the task ends."""
+        return not self.done()
+
+    def cancel(self) -> bool:
+        """False: an accepted task cannot be withdrawn."""
+        return False
+
+    def cancelled(self) -> bool:
+        """False (see :meth:`cancel`)."""
+        return False
+
+    def result(self, timeout: Optional[float] = None) -> bytes:
+        """The task's result, waiting up to ``timeout`` seconds (None: for ever).
+        :class:`DeadLettered` when it was given up; ``TimeoutError`` when it has not ended
+        yet (it is still the scheduler's: ask again)."""
+        if not self._poll(timeout):
+            raise concurrent.futures.TimeoutError(f"task {self.task}: no outcome yet")
+        if isinstance(self._outcome, DeadLettered):
+            raise self._outcome
+        return self._outcome
+
+    def exception(self, timeout: Optional[float] = None) -> Optional[BaseException]:
+        """The :class:`DeadLettered` of a task given up, None for a result; waits as
+        :meth:`result`."""
+        if not self._poll(timeout):
+            raise concurrent.futures.TimeoutError(f"task {self.task}: no outcome yet")
+        return self._outcome if isinstance(self._outcome, DeadLettered) else None
+
+    def add_done_callback(self, fn) -> None:
+        """Calls ``fn(future)`` once the task ended: now when it has, else on the thread that
+        learns the outcome — a waiter in :meth:`result`, or a watcher thread started here
+        whose only work is calling ``emf_service_wait``."""
+        with self._lock:
+            if not self._known:
+                self._callbacks.append(fn)
+                if self._watcher is None:
+                    self._watcher = threading.Thread(
+                        target=self._watch, name=f"emf-task-{self.task}", daemon=True
+                    )
+                    self._watcher.start()
+                return
+        fn(self)
+
+    def _watch(self) -> None:
+        try:
+            self._poll(None)
+        except (ValueError, Error):
+            # The service was closed (or its thread stopped): no outcome came here, so the
+            # callbacks do not run; result() says why.
+            pass

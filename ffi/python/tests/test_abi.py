@@ -29,6 +29,8 @@ from erlmcp_flow._native import (
     emf_sched_action_t,
     emf_sched_options_t,
     emf_sched_stats_t,
+    emf_service_options_t,
+    emf_service_stats_t,
     emf_slice_t,
     emf_task_queue_stats_t,
     emf_value_event_t,
@@ -109,6 +111,8 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_sched_options_t": emf_sched_options_t,
         "emf_sched_action_t": emf_sched_action_t,
         "emf_sched_stats_t": emf_sched_stats_t,
+        "emf_service_options_t": emf_service_options_t,
+        "emf_service_stats_t": emf_service_stats_t,
     }
     lines = []
     for struct, cls in fields.items():

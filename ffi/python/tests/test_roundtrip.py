@@ -11,7 +11,7 @@ from helpers import BIG, MESSAGES, assert_same_json
 
 
 def test_versions():
-    assert emf.abi_version() == emf.ABI_VERSION == 3
+    assert emf.abi_version() == emf.ABI_VERSION == 4
     assert emf.version().count(".") == 2
     assert emf.library_path.is_file()
 
