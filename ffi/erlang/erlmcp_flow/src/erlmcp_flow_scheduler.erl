@@ -293,7 +293,10 @@ started(TaskId, Attempt) ->
     gen_server:cast(?SERVER, {started, TaskId, Attempt}).
 
 %% @doc From an agent: the result of attempt `Attempt' of task `TaskId'. The first result of
-%% a task is sent to its submitter; a later one (a duplicate) is ignored: `ok' either way.
+%% a task is sent to its submitter; a later one while the task is pending (an older attempt
+%% answering after a redelivery) is ignored by the engine: `ok' either way. Once the task has
+%% ended (or for a task this server did not deliver: see "Restarts") the answer is
+%% `{error, {not_found, _}}': nothing changes, and the agent may ignore it.
 -spec ack(task_id(), non_neg_integer(), term()) -> ok | error().
 ack(TaskId, Attempt, Result) ->
     call({ack, TaskId, Attempt, term_to_binary(Result)}).
