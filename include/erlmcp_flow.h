@@ -1765,6 +1765,14 @@ emf_status_t emf_sched_agent_load(struct emf_sched_t *s,
                                   const char *agent,
                                   struct emf_sched_agent_load_t *out);
 
+// Writes into `*out` how many tasks of type `agent_type` wait in the queue (every priority;
+// 0 for a type never seen): the demand a pool manager of that type reads.
+//
+// # Safety
+//
+// `s` a live handle; `agent_type` a NUL-terminated string; `out` writable.
+emf_status_t emf_sched_queued(struct emf_sched_t *s, const char *agent_type, size_t *out);
+
 // Quantizes `dim` floats to int8 codes with a per-vector scale (`x ≈ scale · code`).
 // Fails on NaN or infinite values.
 //

@@ -878,6 +878,28 @@ pub unsafe extern "C" fn emf_sched_agent_load(
     })
 }
 
+/// Writes into `*out` how many tasks of type `agent_type` wait in the queue (every priority;
+/// 0 for a type never seen): the demand a pool manager of that type reads.
+///
+/// # Safety
+///
+/// `s` a live handle; `agent_type` a NUL-terminated string; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_queued(
+    s: *mut emf_sched_t,
+    agent_type: *const c_char,
+    out: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        let ty = self::agent_type(agent_type, "agent_type")?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let n = unsafe { borrow(s) }?.sched.queued_of(&ty);
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, n, "out") }
+    })
+}
+
 #[cfg(test)]
 // Tests drive the C ABI the way C does: several calls per unsafe block read better.
 #[allow(clippy::multiple_unsafe_ops_per_block)]
@@ -946,7 +968,7 @@ mod tests {
     }
 
     #[test]
-    fn agent_load_counts_leases_and_refuses_bad_input() {
+    fn agent_load_and_queued_count_and_refuse_bad_input() {
         let s = new_mem(None);
         // SAFETY: a live handle and valid arguments unless a test says otherwise; freed once.
         unsafe {
@@ -975,6 +997,26 @@ mod tests {
             );
             assert_eq!(emf_sched_agent_load(s, c"a1".as_ptr(), &mut l), EMF_OK);
             assert_eq!((l.current_tasks, l.backlog), (2, 1));
+            let mut q = 9usize;
+            assert_eq!(emf_sched_queued(s, c"t".as_ptr(), &mut q), EMF_OK);
+            assert_eq!(q, 0, "both leased");
+            assert_eq!(
+                emf_sched_submit(s, c"t".as_ptr(), EMF_PRIORITY_NORMAL, null(), 0, 8, &mut id),
+                EMF_OK
+            );
+            assert_eq!(
+                emf_sched_submit(s, c"t".as_ptr(), EMF_PRIORITY_HIGH, null(), 0, 8, &mut id),
+                EMF_OK
+            );
+            assert_eq!(emf_sched_queued(s, c"t".as_ptr(), &mut q), EMF_OK);
+            assert_eq!(q, 1, "one more fits the capacity of 3");
+            assert_eq!(emf_sched_queued(s, c"other".as_ptr(), &mut q), EMF_OK);
+            assert_eq!(q, 0);
+            assert_eq!(
+                emf_sched_queued(s, c"t".as_ptr(), null_mut()),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(emf_sched_queued(s, null(), &mut q), EMF_ERR_NULL_ARGUMENT);
             assert_eq!(
                 emf_sched_agent_load(s, c"a1".as_ptr(), null_mut()),
                 EMF_ERR_NULL_ARGUMENT

@@ -1035,6 +1035,20 @@ impl<L: Ledger> Scheduler<L> {
         }
     }
 
+    /// Tasks of `agent_type` waiting in the queue, every priority (0 for a type never seen):
+    /// the demand a pool manager of that type reads. Counts the type's lanes (O(queued)).
+    pub fn queued_of(&self, agent_type: &AgentType) -> usize {
+        let Some(&ix) = self.type_index.get(agent_type) else {
+            return 0;
+        };
+        self.types[ix]
+            .lanes
+            .iter()
+            .flatten()
+            .filter(|id| self.tasks.get(id).is_some_and(|t| t.lease.is_none()))
+            .count()
+    }
+
     /// The largest id handed out so far (0 before the first).
     pub fn last_task_id(&self) -> TaskId {
         TaskId(self.next_id - 1)
