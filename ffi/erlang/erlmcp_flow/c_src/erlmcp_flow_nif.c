@@ -314,6 +314,7 @@ static ErlNifFunc nif_funcs[] = {
     {"sched_select_agent", 2, nif_sched_select_agent, 0},
     {"sched_agent_load", 2, nif_sched_agent_load, 0},
     {"sched_stats", 1, nif_sched_stats, 0},
+    {"sched_queued", 2, nif_sched_queued, 0},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

@@ -579,3 +579,20 @@ static ERL_NIF_TERM sched_stats_impl(ErlNifEnv *env, int argc, const ERL_NIF_TER
     return handle_leave_with(h, make_ok(env, MAKE_MAP(env, keys, values)));
 }
 SCHED_NIF(sched_stats, -1)
+
+/* sched_queued(Sched, Type) -> {ok, N}: tasks of Type waiting in the queue (a pool's demand). */
+static ERL_NIF_TERM sched_queued_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    SCHED_NAME_OR_RETURN(type, argv[1], EMF_NIF_SCHED_TYPE_ERROR)
+    emf_nif_handle *h;
+    ERL_NIF_TERM result;
+    if (handle_use(env, argv[0], &sched_kind, &h, &result)) {
+        size_t n = 0;
+        emf_status_t st = emf_sched_queued(h->ptr, type, &n);
+        result = ok_u64(env, st, n);
+        handle_leave(h);
+    }
+    enif_free(type_heap);
+    return result;
+}
+SCHED_NIF(sched_queued, -1)

@@ -59,7 +59,7 @@
          sched_new/5, sched_close/1, sched_register_agent/6, sched_unregister_agent/3,
          sched_agent_dead/3, sched_heartbeat/3, sched_submit/5, sched_started/5, sched_ack/6,
          sched_nack/6, sched_tick/2, sched_poll/2, sched_select_agent/2, sched_agent_load/2,
-         sched_stats/1]).
+         sched_stats/1, sched_queued/2]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
@@ -738,3 +738,7 @@ sched_agent_load(_Sched, _Agent) -> erlang:nif_error(not_loaded).
 %% @doc `emf_sched_stats' as a map.
 -spec sched_stats(sched()) -> {ok, #{atom() => non_neg_integer()}} | error().
 sched_stats(_Sched) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_queued': tasks of the type waiting in the queue.
+-spec sched_queued(sched(), binary()) -> {ok, non_neg_integer()} | error().
+sched_queued(_Sched, _Type) -> erlang:nif_error(not_loaded).

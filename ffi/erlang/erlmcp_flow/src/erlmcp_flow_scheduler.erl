@@ -85,7 +85,7 @@
          register_agent/2, unregister_agent/1, select_agent/1,
          assign_task/1, assign_task/2, assign_task/3,
          started/2, ack/3, nack/3,
-         update_agent_load/2, get_agent_load/1, stats/0, agents/0,
+         update_agent_load/2, get_agent_load/1, queued/1, stats/0, agents/0,
          spawn_agent/1, spawn_agent/2, agent_loop/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -228,6 +228,11 @@ update_agent_load(_AgentId, _Load) ->
 -spec get_agent_load(agent_id()) -> {ok, #{atom() => number()}} | error().
 get_agent_load(AgentId) ->
     with_name(AgentId, "agent", fun(Id) -> call({load, Id}) end).
+
+%% @doc How many tasks of `Type' wait in the queue (the demand a pool of that type reads).
+-spec queued(agent_type()) -> {ok, non_neg_integer()} | error().
+queued(Type) ->
+    with_name(Type, "agent_type", fun(T) -> call({queued, T}) end).
 
 %% @doc The registered agents: id, pid and type.
 -spec agents() -> [{binary(), pid(), binary()}].
@@ -456,6 +461,8 @@ handle_call({update_load, Id, Max}, _From, #state{agents = Agents} = S) ->
         _ ->
             {reply, not_found(Id), S}
     end;
+handle_call({queued, Type}, _From, S) ->
+    {reply, erlmcp_flow_nif:sched_queued(S#state.sched, Type), S};
 handle_call({select, Type}, _From, S) ->
     {reply, erlmcp_flow_nif:sched_select_agent(S#state.sched, Type), S};
 handle_call({load, Id}, _From, S) ->
@@ -687,7 +694,7 @@ act({deliver, Agent, TaskId, Attempt, _Deadline, Data}, #state{agents = Agents} 
             S#state{tasks = Tasks}
     end;
 act({revoke, Agent, TaskId, Attempt}, #state{agents = Agents} = S) ->
-    case Agents of
+    _ = case Agents of
         #{Agent := #agent{pid = Pid}} -> Pid ! {erlmcp_flow_task, revoke, TaskId, Attempt};
         _ -> ok
     end,

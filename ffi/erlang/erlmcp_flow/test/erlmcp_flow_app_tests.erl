@@ -268,7 +268,7 @@ restarted_scheduler_readopts_its_tasks_test_() ->
     {timeout, 60, fun restarted_scheduler_readopts_its_tasks/0}.
 
 restarted_scheduler_readopts_its_tasks() ->
-    with_app([], fun(_Dir) ->
+    _ = with_app([], fun(_Dir) ->
         ?assertEqual(undefined, whereis(erlmcp_flow_scheduler)),
         ?assertNot(lists:member(erlmcp_flow_scheduler, child_ids()))
     end),
@@ -276,7 +276,7 @@ restarted_scheduler_readopts_its_tasks() ->
     Env = [{scheduler, #{ledger => {shm, <<"app_test.sched">>, list_to_binary(LedgerDir)},
                          shm_capacity => 1 bsl 20}}],
     try
-        with_app(Env, fun(_Dir) ->
+        _ = with_app(Env, fun(_Dir) ->
             ?assertEqual([erlmcp_flow_router, erlmcp_flow_batch_processor, erlmcp_flow_queue,
                           erlmcp_flow_lru_cache, erlmcp_flow_scheduler],
                          lists:reverse(child_ids())),

@@ -218,6 +218,8 @@ backpressure_is_an_answer_and_nothing_is_dropped_test() ->
         {ok, A} = ?S:assign_task(t, 1),
         {ok, B} = ?S:assign_task(t, 2),
         ?assertMatch({error, {full, _}}, ?S:assign_task(t, 3)),
+        ?assertEqual({ok, 2}, ?S:queued(t)),
+        ?assertEqual({ok, 0}, ?S:queued(<<"other">>)),
         {ok, _} = ?S:spawn_agent(<<"w">>, #{type => t, handler => fun(X) -> X end}),
         ?assertEqual(#{A => {ok, 1}, B => {ok, 2}}, collect([A, B])),
         {ok, C} = ?S:assign_task(t, 3),
@@ -240,13 +242,16 @@ critical_tasks_overtake_test() ->
 failing_tasks_are_dead_lettered_with_their_reason_test() ->
     with_sched(#{max_attempts => 2}, fun() ->
         {ok, _} = ?S:spawn_agent(<<"bad">>, #{type => t,
-                                              handler => fun(_) -> error(boom) end}),
+                                              handler => fun(X) -> fail_on_x(X) end}),
         {ok, Id} = ?S:assign_task(t, x),
         #{Id := {dead_letter, Reason}} = collect([Id]),
         ?assert(is_binary(Reason)),
         ?assertMatch({ok, #{dead_lettered := 1}}, ?S:stats()),
         ?assertEqual([], leftover_results())
     end).
+
+fail_on_x(x) -> error(boom);
+fail_on_x(Other) -> Other.
 
 unregistering_hands_the_tasks_to_another_agent_test() ->
     with_sched(#{}, fun() ->
@@ -296,7 +301,7 @@ bad_arguments_are_clear_errors_and_lose_nothing_test() ->
         Inv(?S:register_agent(<<"">>, #{})),
         Inv(?S:register_agent(<<"a">>, untyped(not_a_map))),
         Inv(?S:register_agent(<<"a">>, #{pid => untyped(self_pid)})),
-        Inv(?S:register_agent(<<"a">>, #{max_tasks => 0})),
+        Inv(?S:register_agent(<<"a">>, #{max_tasks => untyped(0)})),
         Inv(?S:register_agent(<<"a">>, #{bogus => 1})),
         Inv(?S:register_agent(<<"a">>, #{type => untyped({t})})),
         Inv(?S:register_agent(<<"a">>, #{type => <<"bad\0type">>})),
@@ -310,7 +315,7 @@ bad_arguments_are_clear_errors_and_lose_nothing_test() ->
         Inv(?S:nack(untyped(-1), 1, r)),
         ?assertMatch({error, {not_found, _}}, ?S:ack(Id + 1000, 1, r)),
         Inv(?S:update_agent_load(<<"a">>, untyped(5))),
-        Inv(?S:update_agent_load(<<"a">>, #{max_tasks => 0})),
+        Inv(?S:update_agent_load(<<"a">>, #{max_tasks => untyped(0)})),
         ?assertMatch({error, {not_found, _}},
                      ?S:update_agent_load(<<"nobody">>, #{max_tasks => 2})),
         ?assertMatch({error, {not_found, _}}, ?S:get_agent_load(<<"nobody">>)),
@@ -343,7 +348,7 @@ nif_handle_errors_test() ->
     Inv(N:sched_started(H, <<"a">>, untyped(0), 1, 1)),
     Inv(N:sched_ack(H, <<"a">>, 1, untyped(-1), 1, <<>>)),
     Inv(N:sched_nack(H, <<"a">>, 1, 1, 1, <<"bad\0reason">>)),
-    Inv(N:sched_poll(H, 0)),
+    Inv(N:sched_poll(H, untyped(0))),
     Inv(N:sched_register_agent(H, <<"a">>, <<"t">>, untyped(-5), 1, 1)),
     ?assertMatch({error, {not_found, _}}, N:sched_agent_dead(H, <<"a">>, 1)),
     ?assertMatch({error, {not_found, _}}, N:sched_ack(H, <<"a">>, 77, 1, 1, <<>>)),
