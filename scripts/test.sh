@@ -101,6 +101,12 @@ header_drift() {
 }
 release_build() { cargo build --release --quiet; }
 bench_smoke() { cargo run --release --quiet -- bench --quick --out-dir "$repo/target/bench-smoke"; }
+# The original reliability test, for real: agent processes and the scheduler SIGKILLed during
+# the run; fails unless every task has exactly one correct result in the ledger.
+agents_chaos() {
+    cargo run --release --quiet -- agents chaos --tasks 10000 --agents 20 --kills 20 --scheduler-kills 2 &&
+        cargo run --release --quiet -- agents chaos --tasks 10000 --agents 60 --kills 40 --scheduler-kills 3 --work-us 0 --seed 7
+}
 
 stage deps install_deps
 stage lints lints
@@ -110,6 +116,7 @@ stage rust rust_tests
 stage header header_drift
 stage release release_build
 stage bench-smoke bench_smoke
+stage agents-chaos agents_chaos
 stage loom scripts/loom.sh
 stage c-cpp c-examples/run-tests.sh
 stage python ffi/python/run-tests.sh

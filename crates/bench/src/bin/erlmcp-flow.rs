@@ -10,6 +10,8 @@
 //! erlmcp-flow ring produce NAME [--id N | --slot K] [--count N] [--size BYTES] [--hold-claim] [--dir DIR]
 //! erlmcp-flow ring consume NAME [--count N] [--manual --progress FILE [--until-empty]] [--dir DIR]
 //! erlmcp-flow ring chaos [--kills N] [--seed S] [--zombie-ms MS] [--dir DIR]
+//! erlmcp-flow agents worker --dir DIR --id ID [--type T] [--max-tasks N] [--work-us US] [--count N]
+//! erlmcp-flow agents chaos [--tasks N] [--agents N] [--kills N] [--scheduler-kills N] [--seed S]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -22,6 +24,8 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use erlmcp_flow_bench::suite::{self, Report, Settings};
 
+#[path = "cli/agents.rs"]
+mod agents;
 #[path = "cli/chaos.rs"]
 mod chaos;
 
@@ -55,6 +59,11 @@ enum Cmd {
     Ring {
         #[command(subcommand)]
         cmd: RingCmd,
+    },
+    /// Agent processes of a scheduler directory, and the kill -9 reliability test
+    Agents {
+        #[command(subcommand)]
+        cmd: agents::AgentsCmd,
     },
     /// MCP / JSON-RPC text to an archive and back (stdin to stdout)
     Codec {
@@ -322,6 +331,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Bench(b) => bench(&b),
+        Cmd::Agents { cmd } => agents::run(&cmd),
         Cmd::Codec { cmd } => codec_cmd(&cmd),
         Cmd::Stat(a) => stat_cmd(&a),
         Cmd::Shm { cmd } => shm_cmd(&cmd),

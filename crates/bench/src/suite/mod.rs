@@ -16,6 +16,8 @@ pub mod queue;
 pub mod ring;
 pub mod samples;
 pub mod sched;
+pub mod sched_mem;
+pub mod sched_sim;
 
 use std::time::{Duration, Instant};
 

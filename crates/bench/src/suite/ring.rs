@@ -1152,6 +1152,7 @@ pub fn helper(args: &[String]) -> Result<(), String> {
     };
     let err = |e: erlmcp_flow::Error| e.to_string();
     match arg(0)? {
+        "sched-memory" => super::sched_mem::helper(),
         "produce" => {
             let opts = SegmentOptions {
                 dir: arg(1)?.into(),

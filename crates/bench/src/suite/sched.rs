@@ -1,4 +1,9 @@
-//! The scheduler suite: choosing an agent among 60 (issue 12's `sched_select_p99_ns`).
+//! The scheduler suite: choosing an agent among 60 (issue 12's `sched_select_p99_ns`, here),
+//! the scheduling policies compared on a virtual clock (`sched_p99_vs_round_robin`,
+//! `sched_mean_depth`, `sched_balance`: [`super::sched_sim`]) and the memory of a loaded
+//! scheduler (`sched_memory_mb`: [`super::sched_mem`]).
+//!
+//! # Selecting an agent
 //!
 //! Ours: the agents' loads live in a shared-memory load table (`/dev/shm`), the registry
 //! hands out the type's candidates read from it, and a strategy (`LeastLoaded` or
@@ -249,7 +254,7 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
     let (ll50, ll99) = p50_p99(least);
     let (p2c50, p2c99) = p50_p99(p2c);
     let peer = "Mutex<HashMap> scan";
-    vec![
+    let mut out = vec![
         BenchResult::new("sched_select_p99_ns", ll99, "ns", Better::Lower)
             .with_targets(Some(1_000_000.0), Some(1_000.0))
             .with_peer(peer, naive99),
@@ -259,15 +264,18 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
             .with_peer(peer, naive99),
         BenchResult::new("sched_select_p2c_p50_ns", p2c50, "ns", Better::Lower)
             .with_peer(peer, naive50),
-    ]
+    ];
+    out.extend(super::sched_sim::results(settings, progress));
+    out.extend(super::sched_mem::results(settings, progress));
+    out
 }
 
 /// The scheduler suite.
 pub fn sched_suite() -> Suite {
     Suite {
         name: "sched",
-        about: "select_agent among 60 agents (shared-memory loads) against a Mutex<HashMap> scan",
-        steps: 1,
+        about: "select_agent among 60 agents against a Mutex<HashMap> scan; policies vs round-robin (simulated); memory",
+        steps: 3,
         run: run_sched,
     }
 }

@@ -14,6 +14,8 @@ pub mod ledger;
 pub mod loads;
 pub mod ratelimit;
 pub mod registry;
+#[cfg(not(loom))]
+pub mod runtime;
 pub mod scheduler;
 pub mod strategy;
 pub mod types;
@@ -24,6 +26,11 @@ pub use ledger::{FileLedger, FileLedgerOptions, ShmLedger, ShmLedgerOptions};
 pub use loads::{LoadTable, SlotRef};
 pub use ratelimit::{Rate, RateLimiter, RateLimiterConfig, Throttled};
 pub use registry::{AgentInfo, Candidates, Registry};
+#[cfg(not(loom))]
+pub use runtime::{
+    Agent, AgentOptions, Dispatcher, DispatcherStats, LedgerChoice, Outcome, RuntimeOptions,
+    Service, Task, TaskFuture,
+};
 pub use scheduler::{
     AckOutcome, Action, AgentLoad, DeadLetter, HeartbeatSource, Scheduler, SchedulerConfig,
     SchedulerStats, TaskSpec, DEFAULT_MAX_TASKS,
