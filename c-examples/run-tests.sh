@@ -10,7 +10,7 @@
 # ring_pingpong --bench, and ring_pingpong-cpp (two threads), then the task queue and cache
 # programs: queue_cache (C, dynamic and static) and queue_cache-cpp (2 producer + 2 consumer
 # threads), then the HNSW programs: hnsw (C, dynamic and static; given <repo>/tests/data for
-# the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched. With --valgrind
+# the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched, and the pool manager: pool. With --valgrind
 # each one also runs under memcheck (the ring ping-pongs, the queue threads and the HNSW
 # builds with a small N). Exits non-zero on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
 # 20000), EMF_QUEUE_N the tasks per producer thread of queue_cache-cpp (default 20000).
@@ -95,6 +95,7 @@ for prog in hnsw hnsw-static; do
 done
 run hnsw-cpp "$build/hnsw-cpp"
 run sched "$build/sched"
+run pool "$build/pool"
 
 if [ "$use_valgrind" = 1 ]; then
   for prog in serializer serializer-static serializer-cpp; do
@@ -116,6 +117,8 @@ if [ "$use_valgrind" = 1 ]; then
   done
   valgrind_run hnsw-cpp "$build/hnsw-cpp" -n 300
   valgrind_run sched "$build/sched"
+  valgrind_run pool "$build/pool"
+run pool "$build/pool"
 fi
 
 if [ "$failed" != 0 ]; then

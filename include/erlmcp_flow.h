@@ -197,6 +197,17 @@
 // Flushed on demand.
 #define EMF_FLUSH_DEMAND 4
 
+// Action kind (`emf_pool_poll_action`): no action is pending.
+#define EMF_POOL_ACTION_NONE 0
+
+// Action kind: start one agent of the pool's type and answer with `emf_pool_started(slot,
+// id)` or `emf_pool_start_failed(slot)`.
+#define EMF_POOL_ACTION_START 1
+
+// Action kind: stop the (idle) agent named in the buffer gracefully; it no longer counts in
+// the pool, and `emf_pool_agent_gone` for it afterwards is expected.
+#define EMF_POOL_ACTION_STOP 2
+
 // Drop policy: a full queue refuses arrivals.
 #define EMF_DROP_NONE 0
 
@@ -318,6 +329,9 @@ typedef struct emf_hnsw_t emf_hnsw_t;
 // Thread-safety: immutable after `emf_message_open`; any number of threads may read one
 // message at once. It must not be freed while another thread still uses it.
 typedef struct emf_message_t emf_message_t;
+
+// A pool manager. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
+typedef struct emf_pool_t emf_pool_t;
 
 // A producer attached to a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_producer_t emf_producer_t;
@@ -444,6 +458,53 @@ typedef struct emf_slice_t {
   // Their number.
   size_t len;
 } emf_slice_t;
+
+// Options for `emf_pool_new`; fill with `emf_pool_options_default` first. Every value is used
+// as given and checked (out of range: `EMF_ERR_INVALID_ARGUMENT`).
+typedef struct emf_pool_options_t {
+  // Agents kept alive at all times, dead ones replaced (default 5; at most `max_size`).
+  uint32_t min_size;
+  // Never more agents, live and starting, than this (default 20; at least 1).
+  uint32_t max_size;
+  // Starts in flight at once (default 2; at least 1).
+  uint32_t max_starting;
+  // An agent idle this long while more than `min_size` are live is stopped (default 60 s;
+  // at least 1).
+  uint64_t idle_timeout_us;
+  // At most one start per this period, the first at once (default 100 ms; may be 0).
+  uint64_t warmup_delay_us;
+  // A start not answered by then counts as failed (default 30 s; at least 1).
+  uint64_t start_timeout_us;
+  // The longest back-off after consecutive failed starts, which wait
+  // `max(warmup_delay, 10 ms) × 2^n` (default 30 s; at least 1).
+  uint64_t max_backoff_us;
+} emf_pool_options_t;
+
+// A pool's counters (`emf_pool_stats`).
+typedef struct emf_pool_stats_t {
+  // Agents live (started, not gone, not told to stop).
+  uint32_t live;
+  // Starts in flight.
+  uint32_t starting;
+  // Live agents with no task in flight.
+  uint32_t idle;
+  // Live agents with tasks in flight.
+  uint32_t busy;
+  // Agents told to stop, not yet reported gone.
+  uint32_t stopping;
+  // Starts that succeeded.
+  uint64_t started_total;
+  // STOP actions issued.
+  uint64_t stopped_total;
+  // Starts that failed (reported, or timed out).
+  uint64_t failed_starts;
+  // Starts that timed out (included in `failed_starts`).
+  uint64_t timed_out_starts;
+  // Live agents reported gone (deaths).
+  uint64_t died;
+  // Successful starts that replaced a dead agent.
+  uint64_t replaced;
+} emf_pool_stats_t;
 
 // Counters of a task queue (`emf_task_queue_stats`).
 typedef struct emf_task_queue_stats_t {
@@ -1154,6 +1215,137 @@ emf_status_t emf_state_value_free(struct emf_state_value_t *v);
 //
 // `s` a live handle.
 emf_status_t emf_state_release(const struct emf_state_store_t *s, uint64_t state_ref);
+
+// Fills `*out` with the default pool options.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_pool_options_default(struct emf_pool_options_t *out);
+
+// Creates a pool manager for agents of type `agent_type` (1-255 bytes of UTF-8) with options
+// `opts` (NULL: the defaults). Nothing is started until its first event (typically
+// `emf_pool_ensure_min`).
+//
+// # Safety
+//
+// `opts` NULL or readable; `agent_type` a NUL-terminated string; `out` writable.
+emf_status_t emf_pool_new(const struct emf_pool_options_t *opts,
+                          const char *agent_type,
+                          struct emf_pool_t **out);
+
+// Frees a pool manager (the agents it started are the host's; nothing is stopped). NULL is
+// fine.
+//
+// # Safety
+//
+// No other thread may be using `p`.
+emf_status_t emf_pool_free(struct emf_pool_t *p);
+
+// Brings the pool towards `min_size` (the original `ensure_min_pool/0`): times out late
+// starts and issues the starts the warm-up rule allows now (one per `warmup_delay_us`, at
+// most `max_starting` in flight, fewer during a back-off).
+//
+// # Safety
+//
+// `p` a live handle.
+emf_status_t emf_pool_ensure_min(struct emf_pool_t *p, uint64_t now_us);
+
+// Start `slot` succeeded: agent `agent` (an agent id: 1-194 characters of
+// `A-Z a-z 0-9 . _ -`, not starting with `.`) is live and idle. A start that had timed out is
+// adopted when there is room, else a STOP for the agent follows. `EMF_ERR_NOT_FOUND` for a
+// slot never issued; `EMF_ERR_INVALID_ARGUMENT` for a slot already answered or an id already
+// in the pool. Nothing changes on an error.
+//
+// # Safety
+//
+// `p` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_pool_started(struct emf_pool_t *p,
+                              uint64_t slot,
+                              const char *agent,
+                              uint64_t now_us);
+
+// Start `slot` failed for `reason` (NULL: none given; for the host's log). Failed starts back
+// off exponentially (bounded by `max_backoff_us`). Errors as `emf_pool_started`.
+//
+// # Safety
+//
+// `p` a live handle; `reason` NULL or a NUL-terminated string.
+emf_status_t emf_pool_start_failed(struct emf_pool_t *p,
+                                   uint64_t slot,
+                                   const char *reason,
+                                   uint64_t now_us);
+
+// Agent `agent` died or stopped. A live one is a death: replaced if the pool falls below
+// `min_size`. One told to stop is forgotten. `EMF_ERR_NOT_FOUND` for an agent not in the pool.
+//
+// # Safety
+//
+// `p` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_pool_agent_gone(struct emf_pool_t *p, const char *agent, uint64_t now_us);
+
+// Agent `agent` has `in_flight` tasks now (0: idle). Ignored for an agent told to stop;
+// `EMF_ERR_NOT_FOUND` for one not in the pool.
+//
+// # Safety
+//
+// `p` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_pool_observe(struct emf_pool_t *p,
+                              const char *agent,
+                              uint32_t in_flight,
+                              uint64_t now_us);
+
+// `queued` tasks of the pool's type wait (replaces the previous reading). When more wait than
+// starts are in flight and no live agent is idle, one more agent is started.
+//
+// # Safety
+//
+// `p` a live handle.
+emf_status_t emf_pool_demand(struct emf_pool_t *p, size_t queued, uint64_t now_us);
+
+// Advances time: times out late starts, stops agents idle past `idle_timeout_us` above
+// `min_size`, issues the starts the rules allow. Call it regularly (or at
+// `emf_pool_next_deadline`).
+//
+// # Safety
+//
+// `p` a live handle.
+emf_status_t emf_pool_tick(struct emf_pool_t *p, uint64_t now_us);
+
+// Takes the next action to carry out, oldest first: `*out_kind` is `EMF_POOL_ACTION_*`;
+// `*out_slot` the START's slot (else 0); for a STOP the agent's id is written into
+// `agent_buf` (at most `agent_cap - 1` bytes and a NUL) and its length into `*out_agent_len`
+// (0 for the other kinds, with `agent_buf[0]` = NUL when `agent_cap` > 0). When the id does
+// not fit: `EMF_ERR_BUFFER_TOO_SMALL`, `*out_agent_len` says how long it is, and the action
+// stays pending (poll again with a larger buffer; 195 bytes always suffice).
+//
+// # Safety
+//
+// `p` a live handle; `out_kind`, `out_slot`, `out_agent_len` writable; `agent_buf` writable
+// for `agent_cap` bytes (NULL when `agent_cap` is 0).
+emf_status_t emf_pool_poll_action(struct emf_pool_t *p,
+                                  uint32_t *out_kind,
+                                  uint64_t *out_slot,
+                                  char *agent_buf,
+                                  size_t agent_cap,
+                                  size_t *out_agent_len);
+
+// The clock reading at which the pool next needs `emf_pool_tick` (a delayed start, a start
+// timeout, an idle agent to stop) into `*out_us`; `UINT64_MAX` when nothing is pending in
+// time. Hosts may sleep until then instead of ticking at a fixed period (events in between
+// may bring it forward: read it again after each).
+//
+// # Safety
+//
+// `p` a live handle; `out_us` writable.
+emf_status_t emf_pool_next_deadline(struct emf_pool_t *p, uint64_t *out_us);
+
+// Writes the pool's counters to `*out`.
+//
+// # Safety
+//
+// `p` a live handle; `out` writable.
+emf_status_t emf_pool_stats(struct emf_pool_t *p, struct emf_pool_stats_t *out);
 
 // Creates a task queue holding `max_primary` tasks (0: 1000) plus `max_overflow` more in the
 // overflow (`SIZE_MAX`: 10000), with drop policy `EMF_DROP_*`.

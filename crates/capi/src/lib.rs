@@ -6,7 +6,8 @@
 //! `build.rs` generates the header with cbindgen (`cbindgen.toml`); the unit test
 //! `header_drift` fails while the committed header differs. It holds no logic of its own:
 //! modules [`codec`], [`ring`], [`queue`] (task queue, cache), [`vector`] (kernels, HNSW) and
-//! [`flow`] (router, batch processor, state) and [`sched`] (the task scheduler) check arguments, call the engine, and map its
+//! [`flow`] (router, batch processor, state), [`sched`] (the task scheduler) and [`pool`] (the
+//! pool manager) check arguments, call the engine, and map its
 //! [`ErrorKind`] to a status code.
 //!
 //! Conventions (also in the header's preamble, `include/erlmcp_flow.h`):
@@ -35,6 +36,7 @@
 pub mod codec;
 pub mod flow;
 mod handle;
+pub mod pool;
 pub mod queue;
 pub mod ring;
 pub mod sched;
@@ -654,6 +656,7 @@ mod tests {
             (queue::emf_cache_t::KIND, queue::emf_cache_t::NAME),
             (vector::emf_hnsw_t::KIND, vector::emf_hnsw_t::NAME),
             (sched::emf_sched_t::KIND, sched::emf_sched_t::NAME),
+            (pool::emf_pool_t::KIND, pool::emf_pool_t::NAME),
             (
                 codec::emf_value_builder_t::KIND,
                 codec::emf_value_builder_t::NAME,

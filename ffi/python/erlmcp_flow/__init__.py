@@ -45,6 +45,9 @@ use): :func:`quantize`, :func:`dequantize`, :func:`distance`, :func:`cosine_dist
 
 A task scheduler with leases and a durable ledger (:mod:`erlmcp_flow.sched`):
 :class:`Scheduler`, its actions (:class:`SchedAction`) and counters (:class:`SchedStats`).
+
+A pool manager keeping pre-warmed agents of one type (:mod:`erlmcp_flow.pool`): :class:`Pool`,
+its actions (:class:`PoolAction`) and counters (:class:`PoolStats`).
 """
 
 from ._native import (
@@ -182,6 +185,15 @@ from .sched import (
     SchedStats,
     Scheduler,
 )
+from .pool import (
+    EMF_POOL_ACTION_NONE,
+    EMF_POOL_ACTION_START,
+    EMF_POOL_ACTION_STOP,
+    POOL_ACTION_KINDS,
+    Pool,
+    PoolAction,
+    PoolStats,
+)
 from .vector import (
     EMF_METRIC_COSINE,
     EMF_METRIC_DOT,
@@ -268,4 +280,8 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "SchedAction",
     "SchedStats",
     "Scheduler",
+    "POOL_ACTION_KINDS",
+    "Pool",
+    "PoolAction",
+    "PoolStats",
 ]

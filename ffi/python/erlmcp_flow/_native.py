@@ -364,11 +364,49 @@ class emf_sched_t(Structure):
     """Opaque ``emf_sched_t``; only pointers to it are used."""
 
 
+class emf_pool_options_t(Structure):
+    """``emf_pool_options_t``: a pool manager's options; fill it with
+    ``emf_pool_options_default`` first."""
+
+    _fields_ = [
+        ("min_size", c_uint32),
+        ("max_size", c_uint32),
+        ("max_starting", c_uint32),
+        ("idle_timeout_us", c_uint64),
+        ("warmup_delay_us", c_uint64),
+        ("start_timeout_us", c_uint64),
+        ("max_backoff_us", c_uint64),
+    ]
+
+
+class emf_pool_stats_t(Structure):
+    """``emf_pool_stats_t``: a pool manager's counters."""
+
+    _fields_ = [
+        ("live", c_uint32),
+        ("starting", c_uint32),
+        ("idle", c_uint32),
+        ("busy", c_uint32),
+        ("stopping", c_uint32),
+        ("started_total", c_uint64),
+        ("stopped_total", c_uint64),
+        ("failed_starts", c_uint64),
+        ("timed_out_starts", c_uint64),
+        ("died", c_uint64),
+        ("replaced", c_uint64),
+    ]
+
+
+class emf_pool_t(Structure):
+    """Opaque ``emf_pool_t``; only pointers to it are used."""
+
+
 emf_ring_p = POINTER(emf_ring_t)
 emf_task_queue_p = POINTER(emf_task_queue_t)
 emf_cache_p = POINTER(emf_cache_t)
 emf_hnsw_p = POINTER(emf_hnsw_t)
 emf_sched_p = POINTER(emf_sched_t)
+emf_pool_p = POINTER(emf_pool_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -729,6 +767,33 @@ PROTOTYPES = {
         [emf_sched_p, c_char_p, c_char_p, c_size_t, POINTER(c_size_t)],
     ),
     "emf_sched_stats": (emf_status_t, [emf_sched_p, POINTER(emf_sched_stats_t)]),
+    # The pool manager (wrapped in erlmcp_flow.pool).
+    "emf_pool_options_default": (emf_status_t, [POINTER(emf_pool_options_t)]),
+    "emf_pool_new": (
+        emf_status_t,
+        [POINTER(emf_pool_options_t), c_char_p, POINTER(emf_pool_p)],
+    ),
+    "emf_pool_free": (emf_status_t, [emf_pool_p]),
+    "emf_pool_ensure_min": (emf_status_t, [emf_pool_p, c_uint64]),
+    "emf_pool_started": (emf_status_t, [emf_pool_p, c_uint64, c_char_p, c_uint64]),
+    "emf_pool_start_failed": (emf_status_t, [emf_pool_p, c_uint64, c_char_p, c_uint64]),
+    "emf_pool_agent_gone": (emf_status_t, [emf_pool_p, c_char_p, c_uint64]),
+    "emf_pool_observe": (emf_status_t, [emf_pool_p, c_char_p, c_uint32, c_uint64]),
+    "emf_pool_demand": (emf_status_t, [emf_pool_p, c_size_t, c_uint64]),
+    "emf_pool_tick": (emf_status_t, [emf_pool_p, c_uint64]),
+    "emf_pool_poll_action": (
+        emf_status_t,
+        [
+            emf_pool_p,
+            POINTER(c_uint32),
+            POINTER(c_uint64),
+            c_char_p,
+            c_size_t,
+            POINTER(c_size_t),
+        ],
+    ),
+    "emf_pool_next_deadline": (emf_status_t, [emf_pool_p, POINTER(c_uint64)]),
+    "emf_pool_stats": (emf_status_t, [emf_pool_p, POINTER(emf_pool_stats_t)]),
 }
 
 

@@ -12,6 +12,7 @@ pub mod backpressure;
 pub mod breaker;
 pub mod ledger;
 pub mod loads;
+pub mod pool;
 pub mod ratelimit;
 pub mod registry;
 #[cfg(not(loom))]
@@ -24,6 +25,7 @@ pub use backpressure::{BackPressure, BackPressureConfig, SlowConsumer};
 pub use breaker::{Admission, Breaker, BreakerConfig, BreakerState};
 pub use ledger::{FileLedger, FileLedgerOptions, ShmLedger, ShmLedgerOptions};
 pub use loads::{LoadTable, SlotRef};
+pub use pool::{Pool, PoolAction, PoolConfig, PoolStats};
 pub use ratelimit::{Rate, RateLimiter, RateLimiterConfig, Throttled};
 pub use registry::{AgentInfo, Candidates, Registry};
 #[cfg(not(loom))]
