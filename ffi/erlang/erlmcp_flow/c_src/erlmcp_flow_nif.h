@@ -60,7 +60,12 @@
     X(agents_dead) X(ledger_errors) X(agents) X(max_queued) X(heartbeat_timeout_us)            \
     X(max_attempts) X(lease_factor) X(min_lease_us) X(max_lease_us) X(default_lease_us)        \
     X(latency_window) X(ewma_alpha) X(strategy) X(work_stealing) X(shm_capacity)               \
-    X(least_loaded) X(power_of_two) X(round_robin)
+    X(least_loaded) X(power_of_two) X(round_robin)                                            \
+    /* Pool managers: actions, option and statistics keys. */                                  \
+    X(start) X(stop) X(min_size) X(max_size) X(max_starting) X(idle_timeout_us)                \
+    X(warmup_delay_us) X(start_timeout_us) X(max_backoff_us) X(live) X(starting) X(idle)       \
+    X(busy) X(stopping) X(started_total) X(stopped_total) X(failed_starts)                     \
+    X(timed_out_starts) X(died) X(replaced)
 
 #define EMF_NIF_DECLARE_ATOM(name) static ERL_NIF_TERM atom_##name;
 EMF_NIF_ATOMS(EMF_NIF_DECLARE_ATOM)
@@ -132,7 +137,8 @@ typedef struct emf_nif_handle_kind {
 #define EMF_NIF_KIND_BUF 11
 #define EMF_NIF_KIND_HNSW 12
 #define EMF_NIF_KIND_SCHED 13
-#define EMF_NIF_KIND_COUNT 14
+#define EMF_NIF_KIND_POOL 14
+#define EMF_NIF_KIND_COUNT 15
 
 struct emf_nif_delivery;
 struct emf_nif_shared;

@@ -181,7 +181,7 @@ dir_opts(Key) ->
 %% The default instances this start runs.
 instances() ->
     [I || {I, Default} <- [{router, #{}}, {batch_processor, #{}}, {queue, #{}},
-                           {lru_cache, #{}}, {scheduler, false}],
+                           {lru_cache, #{}}, {scheduler, false}, {pool_manager, false}],
           application:get_env(?APP, I, Default) =/= false].
 
 %% After the supervisor stopped, each default instance has unpublished its engine handle in
@@ -208,7 +208,9 @@ published_key(queue) ->
 published_key(lru_cache) ->
     {erlmcp_flow_lru_cache, {erlmcp_flow_lru_cache, cache}};
 published_key(scheduler) ->
-    {erlmcp_flow_scheduler, {erlmcp_flow_scheduler, sched}}.
+    {erlmcp_flow_scheduler, {erlmcp_flow_scheduler, sched}};
+published_key(pool_manager) ->
+    {erlmcp_flow_pool_manager, {erlmcp_flow_pool_manager, pool}}.
 
 release(router, Router) ->
     _ = erlmcp_flow_nif:router_close(Router);
@@ -224,6 +226,13 @@ release(queue, Queue) ->
     end;
 release(lru_cache, Cache) ->
     _ = erlmcp_flow_nif:cache_set_sweeper(Cache, 0),
+    ok;
+release(pool_manager, Pool) ->
+    %% The agents a killed pool manager left end with the application.
+    Agents = persistent_term:get({erlmcp_flow_pool_manager, agents}, #{}),
+    _ = [exit(Pid, shutdown) || Pid <- maps:values(Agents)],
+    _ = persistent_term:erase({erlmcp_flow_pool_manager, agents}),
+    _ = erlmcp_flow_nif:pool_close(Pool),
     ok;
 release(scheduler, Sched) ->
     _ = persistent_term:erase({erlmcp_flow_scheduler, agents}),

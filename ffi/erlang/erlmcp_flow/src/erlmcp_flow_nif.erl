@@ -59,14 +59,17 @@
          sched_new/5, sched_close/1, sched_register_agent/6, sched_unregister_agent/3,
          sched_agent_dead/3, sched_heartbeat/3, sched_submit/5, sched_started/5, sched_ack/6,
          sched_nack/6, sched_tick/2, sched_poll/2, sched_select_agent/2, sched_agent_load/2,
-         sched_stats/1, sched_queued/2]).
+         sched_stats/1, sched_queued/2,
+         pool_new/2, pool_close/1, pool_ensure_min/2, pool_started/4, pool_start_failed/4,
+         pool_agent_gone/3, pool_observe/4, pool_demand/3, pool_tick/2, pool_poll/1,
+         pool_next_deadline/1, pool_stats/1]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
               ring/0, producer/0, consumer/0, timeout_ms/0,
               router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
               drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0,
-              sched/0, sched_action/0]).
+              sched/0, sched_action/0, pool/0, pool_action/0]).
 
 -on_load(init/0).
 
@@ -116,6 +119,11 @@
                       | {result, Task :: pos_integer(), Result :: binary()}
                       | {dead_letter, Task :: pos_integer(), Reason :: binary()}.
 %% An action a scheduler asks its host to carry out (`EMF_SCHED_ACTION_*').
+-opaque pool() :: reference().
+%% A pool manager's policy (`emf_pool_t'): one process at a time; see
+%% erlmcp_flow_pool_manager.
+-type pool_action() :: {start, Slot :: non_neg_integer()} | {stop, Agent :: binary()}.
+%% An action a pool asks its host to carry out (`EMF_POOL_ACTION_*').
 -type metric() :: cosine | dot | l2sq.
 %% `EMF_METRIC_*': `1 - cos(a, b)', `1 - a·b', `|a - b|²'.
 -type originals() :: none | f16 | f32.
@@ -742,3 +750,59 @@ sched_stats(_Sched) -> erlang:nif_error(not_loaded).
 %% @doc `emf_sched_queued': tasks of the type waiting in the queue.
 -spec sched_queued(sched(), binary()) -> {ok, non_neg_integer()} | error().
 sched_queued(_Sched, _Type) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Pool managers (see erlmcp_flow_pool_manager)
+%%--------------------------------------------------------------------------------------------
+%% Every event carries the caller's clock reading `NowUs'. A pool is used by one process at a
+%% time (another one calling in meanwhile gets `{error, {busy, _}}').
+
+%% @doc `emf_pool_new' for agents of `Type': options `min_size', `max_size', `max_starting',
+%% `idle_timeout_us', `warmup_delay_us', `start_timeout_us', `max_backoff_us' (others are
+%% ignored here; absent ones take the engine's defaults).
+-spec pool_new(map(), binary()) -> {ok, pool()} | error().
+pool_new(_Opts, _Type) -> erlang:nif_error(not_loaded).
+
+%% @doc Frees the pool now (its agents are the host's); idempotent.
+-spec pool_close(pool()) -> ok | error().
+pool_close(_Pool) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_ensure_min'.
+-spec pool_ensure_min(pool(), non_neg_integer()) -> ok | error().
+pool_ensure_min(_Pool, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_started': start `Slot' became agent `Agent'.
+-spec pool_started(pool(), non_neg_integer(), binary(), non_neg_integer()) -> ok | error().
+pool_started(_Pool, _Slot, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_start_failed'.
+-spec pool_start_failed(pool(), non_neg_integer(), bytes(), non_neg_integer()) -> ok | error().
+pool_start_failed(_Pool, _Slot, _Reason, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_agent_gone'.
+-spec pool_agent_gone(pool(), binary(), non_neg_integer()) -> ok | error().
+pool_agent_gone(_Pool, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_observe': `Agent' has `InFlight' tasks now.
+-spec pool_observe(pool(), binary(), non_neg_integer(), non_neg_integer()) -> ok | error().
+pool_observe(_Pool, _Agent, _InFlight, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_demand': `Queued' tasks of the pool's type wait.
+-spec pool_demand(pool(), non_neg_integer(), non_neg_integer()) -> ok | error().
+pool_demand(_Pool, _Queued, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_tick'.
+-spec pool_tick(pool(), non_neg_integer()) -> ok | error().
+pool_tick(_Pool, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc Every pending action (`emf_pool_poll_action'), oldest first.
+-spec pool_poll(pool()) -> {ok, [pool_action()]} | error().
+pool_poll(_Pool) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_next_deadline': when the pool next needs a tick.
+-spec pool_next_deadline(pool()) -> {ok, non_neg_integer() | infinity} | error().
+pool_next_deadline(_Pool) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_stats' as a map.
+-spec pool_stats(pool()) -> {ok, #{atom() => non_neg_integer()}} | error().
+pool_stats(_Pool) -> erlang:nif_error(not_loaded).
