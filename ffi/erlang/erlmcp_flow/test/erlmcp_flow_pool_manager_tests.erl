@@ -188,6 +188,29 @@ command_agents_test() ->
         end
     end).
 
+%% kill -9 of an OS-process agent is its death: it is replaced and the pool serves on.
+a_killed_os_process_agent_is_replaced_test() ->
+    with_pool(#{type => sh, min_size => 1, warmup_delay => 0, start => {command, "cat"}},
+              fun() ->
+        true = wait_until(fun() -> stat(live) =:= 1 end, 5000),
+        [Proxy] = live_pids(),
+        {links, Links} = process_info(Proxy, links),
+        [OsPid] = [P || Port <- Links, is_port(Port),
+                        {os_pid, P} <- [erlang:port_info(Port, os_pid)]],
+        _ = os:cmd("kill -9 " ++ integer_to_list(OsPid)),
+        true = wait_until(fun() ->
+                                  case live_pids() of
+                                      [New] -> New =/= Proxy;
+                                      _ -> false
+                                  end
+                          end, 5000),
+        ?assertMatch(#{died := 1, replaced := 1}, element(2, ?P:stats())),
+        {ok, Id} = ?S:assign_task(sh, <<"after">>),
+        receive {erlmcp_flow_task, Id, R} -> ?assertEqual({ok, <<"after">>}, R)
+        after 10000 -> error(no_result)
+        end
+    end).
+
 a_restarted_manager_adopts_the_live_agents_test() ->
     with_pool(#{type => w, min_size => 2, warmup_delay => 0}, fun() ->
         true = wait_until(fun() -> stat(live) =:= 2 end, 5000),
