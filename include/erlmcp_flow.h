@@ -817,6 +817,20 @@ typedef struct emf_sched_action_t {
   size_t len;
 } emf_sched_action_t;
 
+// One agent's load (`emf_sched_agent_load`), as the scheduler's strategy sees it.
+typedef struct emf_sched_agent_load_t {
+  // Tasks it holds (leased, not acknowledged).
+  uint32_t current_tasks;
+  // Of those, the ones it has not reported started (its backlog, open to stealing).
+  uint32_t backlog;
+  // Its capacity (`max_tasks`).
+  uint32_t max_tasks;
+  // Its delivery-to-ack latency average in µs (0 before its first acknowledged task).
+  uint64_t latency_us;
+  // When it last gave a sign of life (registration or heartbeat), on the events' clock.
+  uint64_t last_heartbeat_us;
+} emf_sched_agent_load_t;
+
 // Parameters of an index (`emf_hnsw_params_default` fills the original design's).
 typedef struct emf_hnsw_params_t {
   // Vector dimensions (1..65536); 0 for `emf_hnsw_new`: the length of the first vector
@@ -2314,6 +2328,25 @@ emf_status_t emf_sched_dead_letter_get(struct emf_sched_t *s,
                                        size_t payload_cap,
                                        size_t *out_payload_len,
                                        int *out_has_payload);
+
+// Writes agent `agent`'s load to `*out`: the tasks it holds (leases, so the scheduler's own
+// count, not a figure the host sets), its capacity and latency average. `EMF_ERR_NOT_FOUND`
+// when it is not registered.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string; `out` writable.
+emf_status_t emf_sched_agent_load(struct emf_sched_t *s,
+                                  const char *agent,
+                                  struct emf_sched_agent_load_t *out);
+
+// Writes into `*out` how many tasks of type `agent_type` wait in the queue (every priority;
+// 0 for a type never seen): the demand a pool manager of that type reads.
+//
+// # Safety
+//
+// `s` a live handle; `agent_type` a NUL-terminated string; `out` writable.
+emf_status_t emf_sched_queued(struct emf_sched_t *s, const char *agent_type, size_t *out);
 
 // Quantizes `dim` floats to int8 codes with a per-vector scale (`x ≈ scale · code`).
 // Fails on NaN or infinite values.

@@ -240,6 +240,22 @@ pub struct emf_sched_stats_t {
     pub agents: u64,
 }
 
+/// One agent's load (`emf_sched_agent_load`), as the scheduler's strategy sees it.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct emf_sched_agent_load_t {
+    /// Tasks it holds (leased, not acknowledged).
+    pub current_tasks: u32,
+    /// Of those, the ones it has not reported started (its backlog, open to stealing).
+    pub backlog: u32,
+    /// Its capacity (`max_tasks`).
+    pub max_tasks: u32,
+    /// Its delivery-to-ack latency average in µs (0 before its first acknowledged task).
+    pub latency_us: u64,
+    /// When it last gave a sign of life (registration or heartbeat), on the events' clock.
+    pub last_heartbeat_us: u64,
+}
+
 /// The ledger behind a handle: one of the three kinds.
 pub(crate) enum AnyLedger {
     Memory(MemLedger),
@@ -1172,15 +1188,70 @@ pub unsafe extern "C" fn emf_sched_dead_letter_get(
     })
 }
 
+/// Writes agent `agent`'s load to `*out`: the tasks it holds (leases, so the scheduler's own
+/// count, not a figure the host sets), its capacity and latency average. `EMF_ERR_NOT_FOUND`
+/// when it is not registered.
+///
+/// # Safety
+///
+/// `s` a live handle; `agent` a NUL-terminated string; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_agent_load(
+    s: *mut emf_sched_t,
+    agent: *const c_char,
+    out: *mut emf_sched_agent_load_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        let id = agent_id(agent, "agent")?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let load = unsafe { borrow(s) }?.sched.agent_load(&id).ok_or_else(|| {
+            FfiError::new(
+                EMF_ERR_NOT_FOUND,
+                format!("agent {} is not registered", id.as_str()),
+            )
+        })?;
+        let o = emf_sched_agent_load_t {
+            current_tasks: load.current_tasks,
+            backlog: load.backlog,
+            max_tasks: load.max_tasks,
+            latency_us: load.latency_us,
+            last_heartbeat_us: load.last_heartbeat,
+        };
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, o, "out") }
+    })
+}
+
+/// Writes into `*out` how many tasks of type `agent_type` wait in the queue (every priority;
+/// 0 for a type never seen): the demand a pool manager of that type reads.
+///
+/// # Safety
+///
+/// `s` a live handle; `agent_type` a NUL-terminated string; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_queued(
+    s: *mut emf_sched_t,
+    agent_type: *const c_char,
+    out: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        let ty = self::agent_type(agent_type, "agent_type")?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let n = unsafe { borrow(s) }?.sched.queued_of(&ty);
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, n, "out") }
+    })
+}
+
 #[cfg(test)]
 // Tests drive the C ABI the way C does: several calls per unsafe block read better.
 #[allow(clippy::multiple_unsafe_ops_per_block)]
 mod tests {
     use super::*;
     use crate::codec::{EMF_PRIORITY_HIGH, EMF_PRIORITY_NORMAL};
-    use crate::{
-        EMF_ERR_BUSY, EMF_ERR_NOT_FOUND, EMF_ERR_NULL_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_OK,
-    };
+    use crate::{EMF_ERR_BUSY, EMF_ERR_NULL_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_OK};
     use std::ffi::CStr;
     use std::ptr::{null, null_mut};
 
@@ -1239,6 +1310,73 @@ mod tests {
         // SAFETY: live handle, writable out-parameter.
         assert_eq!(unsafe { emf_sched_stats(s, &mut st) }, EMF_OK);
         st
+    }
+
+    #[test]
+    fn agent_load_and_queued_count_and_refuse_bad_input() {
+        let s = new_mem(None);
+        // SAFETY: a live handle and valid arguments unless a test says otherwise; freed once.
+        unsafe {
+            let mut l = emf_sched_agent_load_t::default();
+            assert_eq!(
+                emf_sched_agent_load(s, c"a1".as_ptr(), &mut l),
+                EMF_ERR_NOT_FOUND
+            );
+            assert_eq!(
+                emf_sched_register_agent(s, c"a1".as_ptr(), c"t".as_ptr(), 3, 0, 1, 5),
+                EMF_OK
+            );
+            let mut id = 0;
+            for _ in 0..2 {
+                assert_eq!(
+                    emf_sched_submit(s, c"t".as_ptr(), EMF_PRIORITY_NORMAL, null(), 0, 6, &mut id),
+                    EMF_OK
+                );
+            }
+            assert_eq!(emf_sched_agent_load(s, c"a1".as_ptr(), &mut l), EMF_OK);
+            assert_eq!((l.current_tasks, l.backlog, l.max_tasks), (2, 2, 3));
+            assert_eq!((l.latency_us, l.last_heartbeat_us), (0, 5));
+            assert_eq!(
+                emf_sched_started(s, c"a1".as_ptr(), 1, 1, 7, null_mut()),
+                EMF_OK
+            );
+            assert_eq!(emf_sched_agent_load(s, c"a1".as_ptr(), &mut l), EMF_OK);
+            assert_eq!((l.current_tasks, l.backlog), (2, 1));
+            let mut q = 9usize;
+            assert_eq!(emf_sched_queued(s, c"t".as_ptr(), &mut q), EMF_OK);
+            assert_eq!(q, 0, "both leased");
+            assert_eq!(
+                emf_sched_submit(s, c"t".as_ptr(), EMF_PRIORITY_NORMAL, null(), 0, 8, &mut id),
+                EMF_OK
+            );
+            assert_eq!(
+                emf_sched_submit(s, c"t".as_ptr(), EMF_PRIORITY_HIGH, null(), 0, 8, &mut id),
+                EMF_OK
+            );
+            assert_eq!(emf_sched_queued(s, c"t".as_ptr(), &mut q), EMF_OK);
+            assert_eq!(q, 1, "one more fits the capacity of 3");
+            assert_eq!(emf_sched_queued(s, c"other".as_ptr(), &mut q), EMF_OK);
+            assert_eq!(q, 0);
+            assert_eq!(
+                emf_sched_queued(s, c"t".as_ptr(), null_mut()),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(emf_sched_queued(s, null(), &mut q), EMF_ERR_NULL_ARGUMENT);
+            assert_eq!(
+                emf_sched_agent_load(s, c"a1".as_ptr(), null_mut()),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(
+                emf_sched_agent_load(s, null(), &mut l),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            assert_eq!(
+                emf_sched_agent_load(s, c"..".as_ptr(), &mut l),
+                EMF_ERR_INVALID_ARGUMENT
+            );
+            assert_eq!(emf_sched_free(s), EMF_OK);
+            assert_ne!(emf_sched_agent_load(s, c"a1".as_ptr(), &mut l), EMF_OK);
+        }
     }
 
     #[test]

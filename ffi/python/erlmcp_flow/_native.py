@@ -408,6 +408,18 @@ class emf_sched_stats_t(Structure):
     ]
 
 
+class emf_sched_agent_load_t(Structure):
+    """``emf_sched_agent_load_t``: one agent's load as the scheduler counts it."""
+
+    _fields_ = [
+        ("current_tasks", c_uint32),
+        ("backlog", c_uint32),
+        ("max_tasks", c_uint32),
+        ("latency_us", c_uint64),
+        ("last_heartbeat_us", c_uint64),
+    ]
+
+
 class emf_sched_t(Structure):
     """Opaque ``emf_sched_t``; only pointers to it are used."""
 
@@ -871,6 +883,11 @@ PROTOTYPES = {
             POINTER(c_int),
         ],
     ),
+    "emf_sched_agent_load": (
+        emf_status_t,
+        [emf_sched_p, c_char_p, POINTER(emf_sched_agent_load_t)],
+    ),
+    "emf_sched_queued": (emf_status_t, [emf_sched_p, c_char_p, POINTER(c_size_t)]),
     # The pool manager (wrapped in erlmcp_flow.pool).
     "emf_pool_options_default": (emf_status_t, [POINTER(emf_pool_options_t)]),
     "emf_pool_new": (

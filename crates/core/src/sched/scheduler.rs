@@ -1035,13 +1035,8 @@ impl<L: Ledger> Scheduler<L> {
         }
     }
 
-    /// The largest id handed out so far (0 before the first).
-    pub fn last_task_id(&self) -> TaskId {
-        TaskId(self.next_id - 1)
-    }
-
-    /// How many tasks of `agent_type` wait in the queue (what a pool of that type sees as
-    /// demand). Walks the type's lanes: O(queued).
+    /// Tasks of `agent_type` waiting in the queue, every priority (0 for a type never seen):
+    /// the demand a pool manager of that type reads. Counts the type's lanes (O(queued)).
     pub fn queued_of(&self, agent_type: &AgentType) -> usize {
         let Some(&ix) = self.type_index.get(agent_type) else {
             return 0;
@@ -1050,8 +1045,13 @@ impl<L: Ledger> Scheduler<L> {
             .lanes
             .iter()
             .flatten()
-            .filter(|&&id| self.is_queued(id))
+            .filter(|id| self.tasks.get(id).is_some_and(|t| t.lease.is_none()))
             .count()
+    }
+
+    /// The largest id handed out so far (0 before the first).
+    pub fn last_task_id(&self) -> TaskId {
+        TaskId(self.next_id - 1)
     }
 
     /// Whether `task` was accepted and waits in the queue.

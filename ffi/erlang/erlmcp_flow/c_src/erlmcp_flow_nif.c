@@ -46,6 +46,8 @@
  *   flow.c     router, batch processors, shared state
  *   queue.c    task queues and caches
  *   vector.c   quantization, distances, HNSW indexes
+ *   sched.c    schedulers (agents, tasks with leases, the actions the host carries out)
+ *   pool.c     pool managers (when to start and stop agents)
  *
  * util.c is the helper layer every NIF is written with (declared in erlmcp_flow_nif.h):
  * handle arguments (HANDLE_USE_OR_RETURN / HANDLE_ARG_OR_RETURN, handle_leave_with), argument
@@ -63,6 +65,8 @@
 #include "flow.c"
 #include "queue.c"
 #include "vector.c"
+#include "sched.c"
+#include "pool.c"
 
 /* load() return value on an ABI mismatch: the mismatch flag, then the library's and the
  * header's ABI versions in 15 bits each, so that the Erlang side can decode them from the
@@ -76,7 +80,7 @@
 static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {
     &message_kind, &ring_kind,  &producer_kind,    &consumer_kind, &delivery_kind, &router_kind,
     &batch_kind,   &store_kind, &state_value_kind, &queue_kind,    &cache_kind,    &buf_kind,
-    &hnsw_kind};
+    &hnsw_kind,    &sched_kind, &pool_kind};
 
 /* Opens this load's resource types under names no other load uses: the prefix and an
  * integer unique in the running VM. */
@@ -297,6 +301,34 @@ static ErlNifFunc nif_funcs[] = {
     {"hnsw_save", 2, nif_hnsw_save, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"hnsw_stats", 1, nif_hnsw_stats, 0},
     {"hnsw_indexes", 0, nif_hnsw_indexes, 0},
+    {"sched_new", 5, nif_sched_new, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"sched_close", 1, nif_sched_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"sched_register_agent", 6, nif_sched_register_agent, 0},
+    {"sched_unregister_agent", 3, nif_sched_unregister_agent, 0},
+    {"sched_agent_dead", 3, nif_sched_agent_dead, 0},
+    {"sched_heartbeat", 3, nif_sched_heartbeat, 0},
+    {"sched_submit", 5, nif_sched_submit, 0},
+    {"sched_started", 5, nif_sched_started, 0},
+    {"sched_ack", 6, nif_sched_ack, 0},
+    {"sched_nack", 6, nif_sched_nack, 0},
+    {"sched_tick", 2, nif_sched_tick, 0},
+    {"sched_poll", 2, nif_sched_poll, 0},
+    {"sched_select_agent", 2, nif_sched_select_agent, 0},
+    {"sched_agent_load", 2, nif_sched_agent_load, 0},
+    {"sched_stats", 1, nif_sched_stats, 0},
+    {"sched_queued", 2, nif_sched_queued, 0},
+    {"pool_new", 2, nif_pool_new, 0},
+    {"pool_close", 1, nif_pool_close, 0},
+    {"pool_ensure_min", 2, nif_pool_ensure_min, 0},
+    {"pool_started", 4, nif_pool_started, 0},
+    {"pool_start_failed", 4, nif_pool_start_failed, 0},
+    {"pool_agent_gone", 3, nif_pool_agent_gone, 0},
+    {"pool_observe", 4, nif_pool_observe, 0},
+    {"pool_demand", 3, nif_pool_demand, 0},
+    {"pool_tick", 2, nif_pool_tick, 0},
+    {"pool_poll", 1, nif_pool_poll, 0},
+    {"pool_next_deadline", 1, nif_pool_next_deadline, 0},
+    {"pool_stats", 1, nif_pool_stats, 0},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

@@ -52,7 +52,20 @@
     X(spills) X(rejections) X(evictions) X(len) X(hits) X(misses) X(expirations)               \
     /* Vectors and HNSW indexes: metrics, originals, parameter and statistics keys. */         \
     X(cosine) X(dot) X(l2sq) X(f16) X(f32) X(default) X(neg_infinity) X(nan) X(dim) X(metric)  \
-    X(m) X(ef_construction) X(ef_search) X(originals) X(seed) X(mapped) X(memory_bytes)
+    X(m) X(ef_construction) X(ef_search) X(originals) X(seed) X(mapped) X(memory_bytes)      \
+    /* Schedulers: actions, ledgers, option, load and statistics keys, strategies. */          \
+    X(deliver) X(revoke) X(result) X(dead_letter) X(memory) X(shm) X(file) X(current_tasks)    \
+    X(backlog) X(max_tasks) X(latency_us) X(last_heartbeat_us) X(queued) X(leased)             \
+    X(completed) X(dead_lettered) X(duplicates) X(redeliveries) X(steals) X(expired)           \
+    X(agents_dead) X(ledger_errors) X(agents) X(max_queued) X(heartbeat_timeout_us)            \
+    X(max_attempts) X(lease_factor) X(min_lease_us) X(max_lease_us) X(default_lease_us)        \
+    X(latency_window) X(ewma_alpha) X(strategy) X(work_stealing) X(shm_capacity)               \
+    X(least_loaded) X(power_of_two) X(round_robin)                                            \
+    /* Pool managers: actions, option and statistics keys. */                                  \
+    X(start) X(stop) X(min_size) X(max_size) X(max_starting) X(idle_timeout_us)                \
+    X(warmup_delay_us) X(start_timeout_us) X(max_backoff_us) X(live) X(starting) X(idle)       \
+    X(busy) X(stopping) X(started_total) X(stopped_total) X(failed_starts)                     \
+    X(timed_out_starts) X(died) X(replaced)
 
 #define EMF_NIF_DECLARE_ATOM(name) static ERL_NIF_TERM atom_##name;
 EMF_NIF_ATOMS(EMF_NIF_DECLARE_ATOM)
@@ -123,7 +136,9 @@ typedef struct emf_nif_handle_kind {
 #define EMF_NIF_KIND_CACHE 10
 #define EMF_NIF_KIND_BUF 11
 #define EMF_NIF_KIND_HNSW 12
-#define EMF_NIF_KIND_COUNT 13
+#define EMF_NIF_KIND_SCHED 13
+#define EMF_NIF_KIND_POOL 14
+#define EMF_NIF_KIND_COUNT 15
 
 struct emf_nif_delivery;
 struct emf_nif_shared;

@@ -28,6 +28,13 @@
 %% <tr><td>`lru_cache'</td><td>`#{capacity => 10000, ttl => 5000}'</td>
 %%     <td>the default cache: `false', `true' or `erlmcp_flow_lru_cache:new/1' options
 %%     (`shards', `sweep_interval' too)</td></tr>
+%% <tr><td>`scheduler'</td><td>`false'</td><td>the agents' scheduler: `false', `true' or a
+%%     map of `erlmcp_flow_scheduler:start_link/1' options (`ledger' `memory', `{shm, Name}'
+%%     or `{file, Path}', `strategy', `max_queued', `max_attempts', lease settings, ...)</td></tr>
+%% <tr><td>`pool_manager'</td><td>`false'</td><td>a pool of agents registered with the
+%%     scheduler: `false', `true' or a map of `erlmcp_flow_pool_manager:start_link/1' options
+%%     (`min_size', `max_size', `idle_timeout', `warmup_delay', `type', `handler',
+%%     `start')</td></tr>
 %% <tr><td>`router_dir'</td><td>`undefined' (/dev/shm)</td><td>directory of the agents'
 %%     inboxes</td></tr>
 %% <tr><td>`batch_ring'</td><td>`<<"erlmcp_flow.batch">>'</td><td>the ring the default batch
@@ -112,6 +119,7 @@ batch_ring_name() ->
 check_env() ->
     Checks = [{router, fun instance/1}, {batch_processor, fun instance/1},
               {queue, fun instance/1}, {lru_cache, fun instance/1},
+              {scheduler, fun instance/1}, {pool_manager, fun instance/1},
               {restart_intensity, fun(V) -> is_integer(V) andalso V >= 0 end},
               {restart_period, fun(V) -> is_integer(V) andalso V > 0 end},
               {batch_ring_capacity, fun(V) -> is_integer(V) andalso V > 0 end}],
@@ -172,8 +180,9 @@ dir_opts(Key) ->
 
 %% The default instances this start runs.
 instances() ->
-    [I || I <- [router, batch_processor, queue, lru_cache],
-          application:get_env(?APP, I, #{}) =/= false].
+    [I || {I, Default} <- [{router, #{}}, {batch_processor, #{}}, {queue, #{}},
+                           {lru_cache, #{}}, {scheduler, false}, {pool_manager, false}],
+          application:get_env(?APP, I, Default) =/= false].
 
 %% After the supervisor stopped, each default instance has unpublished its engine handle in
 %% its terminate/2. One is left only when its server was killed during the shutdown (no
@@ -197,7 +206,11 @@ published_key(batch_processor) ->
 published_key(queue) ->
     {erlmcp_flow_queue, {erlmcp_flow_queue, queue}};
 published_key(lru_cache) ->
-    {erlmcp_flow_lru_cache, {erlmcp_flow_lru_cache, cache}}.
+    {erlmcp_flow_lru_cache, {erlmcp_flow_lru_cache, cache}};
+published_key(scheduler) ->
+    {erlmcp_flow_scheduler, {erlmcp_flow_scheduler, sched}};
+published_key(pool_manager) ->
+    {erlmcp_flow_pool_manager, {erlmcp_flow_pool_manager, pool}}.
 
 release(router, Router) ->
     _ = erlmcp_flow_nif:router_close(Router);
@@ -213,4 +226,15 @@ release(queue, Queue) ->
     end;
 release(lru_cache, Cache) ->
     _ = erlmcp_flow_nif:cache_set_sweeper(Cache, 0),
+    ok;
+release(pool_manager, Pool) ->
+    %% The agents a killed pool manager left end with the application.
+    Agents = persistent_term:get({erlmcp_flow_pool_manager, agents}, #{}),
+    _ = [exit(Pid, shutdown) || Pid <- maps:values(Agents)],
+    _ = persistent_term:erase({erlmcp_flow_pool_manager, agents}),
+    _ = erlmcp_flow_nif:pool_close(Pool),
+    ok;
+release(scheduler, Sched) ->
+    _ = persistent_term:erase({erlmcp_flow_scheduler, agents}),
+    _ = erlmcp_flow_nif:sched_close(Sched),
     ok.

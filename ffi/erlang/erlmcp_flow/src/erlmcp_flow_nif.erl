@@ -55,13 +55,21 @@
          hnsw_new/7, hnsw_open/1, hnsw_load/1, hnsw_close/1, hnsw_info/1,
          hnsw_insert/3, hnsw_insert_new/2, hnsw_insert_batch/4, hnsw_search/6,
          hnsw_search_batch/7,
-         hnsw_remove/2, hnsw_compact/1, hnsw_save/2, hnsw_stats/1, hnsw_indexes/0]).
+         hnsw_remove/2, hnsw_compact/1, hnsw_save/2, hnsw_stats/1, hnsw_indexes/0,
+         sched_new/5, sched_close/1, sched_register_agent/6, sched_unregister_agent/3,
+         sched_agent_dead/3, sched_heartbeat/3, sched_submit/5, sched_started/5, sched_ack/6,
+         sched_nack/6, sched_tick/2, sched_poll/2, sched_select_agent/2, sched_agent_load/2,
+         sched_stats/1, sched_queued/2,
+         pool_new/2, pool_close/1, pool_ensure_min/2, pool_started/4, pool_start_failed/4,
+         pool_agent_gone/3, pool_observe/4, pool_demand/3, pool_tick/2, pool_poll/1,
+         pool_next_deadline/1, pool_stats/1]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
               ring/0, producer/0, consumer/0, timeout_ms/0,
               router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
-              drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0]).
+              drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0,
+              sched/0, sched_action/0, pool/0, pool_action/0]).
 
 -on_load(init/0).
 
@@ -101,6 +109,21 @@
 %% An LRU cache (`emf_cache_t'): thread-safe; see erlmcp_flow_lru_cache.
 -opaque hnsw() :: reference().
 %% An HNSW index (`emf_hnsw_t'): thread-safe; see erlmcp_flow_hnsw.
+-opaque sched() :: reference().
+%% A scheduler (`emf_sched_t'): one process at a time; see erlmcp_flow_scheduler.
+-type sched_action() :: {deliver, Agent :: binary(), Task :: pos_integer(),
+                         Attempt :: non_neg_integer(), DeadlineUs :: non_neg_integer(),
+                         Payload :: binary()}
+                      | {revoke, Agent :: binary(), Task :: pos_integer(),
+                         Attempt :: non_neg_integer()}
+                      | {result, Task :: pos_integer(), Result :: binary()}
+                      | {dead_letter, Task :: pos_integer(), Reason :: binary()}.
+%% An action a scheduler asks its host to carry out (`EMF_SCHED_ACTION_*').
+-opaque pool() :: reference().
+%% A pool manager's policy (`emf_pool_t'): one process at a time; see
+%% erlmcp_flow_pool_manager.
+-type pool_action() :: {start, Slot :: non_neg_integer()} | {stop, Agent :: binary()}.
+%% An action a pool asks its host to carry out (`EMF_POOL_ACTION_*').
 -type metric() :: cosine | dot | l2sq.
 %% `EMF_METRIC_*': `1 - cos(a, b)', `1 - a·b', `|a - b|²'.
 -type originals() :: none | f16 | f32.
@@ -643,3 +666,143 @@ hnsw_stats(_Index) -> erlang:nif_error(not_loaded).
 %% @doc The number of indexes of the loaded library not freed yet (closed or collected).
 -spec hnsw_indexes() -> non_neg_integer().
 hnsw_indexes() -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Schedulers (see erlmcp_flow_scheduler)
+%%--------------------------------------------------------------------------------------------
+%% Every event carries the caller's clock reading `NowUs' (µs of one monotonic clock for every
+%% call on a scheduler). A scheduler is used by one process at a time (another one calling in
+%% meanwhile gets `{error, {busy, _}}').
+
+%% @doc `emf_sched_new': options (`max_queued', `heartbeat_timeout_us', `max_attempts',
+%% `lease_factor', `min_lease_us', `max_lease_us', `default_lease_us', `latency_window',
+%% `ewma_alpha', `strategy', `seed', `work_stealing', `shm_capacity'; others are ignored here),
+%% the ledger kind, its name (shm: a segment name; file: a path) and directory (shm only).
+%% A durable ledger holding records is recovered. Runs on a dirty I/O scheduler.
+-spec sched_new(map(), memory | shm | file, binary() | undefined, binary() | undefined,
+                non_neg_integer()) -> {ok, sched()} | error().
+sched_new(_Opts, _Ledger, _Name, _Dir, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc Frees the scheduler now (a durable ledger keeps its records); idempotent.
+-spec sched_close(sched()) -> ok | error().
+sched_close(_Sched) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_register_agent' with a host-checked liveness token (pid 0).
+-spec sched_register_agent(sched(), binary(), binary(), non_neg_integer(), non_neg_integer(),
+                           non_neg_integer()) -> ok | error().
+sched_register_agent(_Sched, _Agent, _Type, _MaxTasks, _Token, _NowUs) ->
+    erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_unregister_agent'.
+-spec sched_unregister_agent(sched(), binary(), non_neg_integer()) -> ok | error().
+sched_unregister_agent(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_agent_dead'.
+-spec sched_agent_dead(sched(), binary(), non_neg_integer()) -> ok | error().
+sched_agent_dead(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_heartbeat'.
+-spec sched_heartbeat(sched(), binary(), non_neg_integer()) -> ok | error().
+sched_heartbeat(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_submit': `{error, {full, _}}' is back-pressure (nothing accepted).
+-spec sched_submit(sched(), binary(), priority(), bytes(), non_neg_integer()) ->
+          {ok, pos_integer()} | error().
+sched_submit(_Sched, _Type, _Priority, _Payload, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_started': `{ok, false}' when that attempt is not leased to that agent.
+-spec sched_started(sched(), binary(), pos_integer(), non_neg_integer(), non_neg_integer()) ->
+          {ok, boolean()} | error().
+sched_started(_Sched, _Agent, _Task, _Attempt, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_ack': `{ok, true}' when the result is a duplicate (ignored).
+-spec sched_ack(sched(), binary(), pos_integer(), non_neg_integer(), non_neg_integer(),
+                bytes()) -> {ok, boolean()} | error().
+sched_ack(_Sched, _Agent, _Task, _Attempt, _NowUs, _Result) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_nack': `{ok, false}' when that attempt was not leased to that agent.
+-spec sched_nack(sched(), binary(), pos_integer(), non_neg_integer(), non_neg_integer(),
+                 bytes()) -> {ok, boolean()} | error().
+sched_nack(_Sched, _Agent, _Task, _Attempt, _NowUs, _Reason) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_tick'.
+-spec sched_tick(sched(), non_neg_integer()) -> ok | error().
+sched_tick(_Sched, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc Up to `Max' actions (`emf_sched_poll_action'), oldest first, about 64 KiB of them at
+%% most; `More' is true when the call stopped at a limit.
+-spec sched_poll(sched(), pos_integer()) -> {ok, [sched_action()], boolean()} | error().
+sched_poll(_Sched, _Max) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_select_agent': `{error, {full, _}}' when no agent has spare capacity.
+-spec sched_select_agent(sched(), binary()) -> {ok, binary()} | error().
+sched_select_agent(_Sched, _Type) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_agent_load' as a map (`current_tasks', `backlog', `max_tasks',
+%% `latency_us', `last_heartbeat_us').
+-spec sched_agent_load(sched(), binary()) -> {ok, #{atom() => non_neg_integer()}} | error().
+sched_agent_load(_Sched, _Agent) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_stats' as a map.
+-spec sched_stats(sched()) -> {ok, #{atom() => non_neg_integer()}} | error().
+sched_stats(_Sched) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_queued': tasks of the type waiting in the queue.
+-spec sched_queued(sched(), binary()) -> {ok, non_neg_integer()} | error().
+sched_queued(_Sched, _Type) -> erlang:nif_error(not_loaded).
+
+%%--------------------------------------------------------------------------------------------
+%% Pool managers (see erlmcp_flow_pool_manager)
+%%--------------------------------------------------------------------------------------------
+%% Every event carries the caller's clock reading `NowUs'. A pool is used by one process at a
+%% time (another one calling in meanwhile gets `{error, {busy, _}}').
+
+%% @doc `emf_pool_new' for agents of `Type': options `min_size', `max_size', `max_starting',
+%% `idle_timeout_us', `warmup_delay_us', `start_timeout_us', `max_backoff_us' (others are
+%% ignored here; absent ones take the engine's defaults).
+-spec pool_new(map(), binary()) -> {ok, pool()} | error().
+pool_new(_Opts, _Type) -> erlang:nif_error(not_loaded).
+
+%% @doc Frees the pool now (its agents are the host's); idempotent.
+-spec pool_close(pool()) -> ok | error().
+pool_close(_Pool) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_ensure_min'.
+-spec pool_ensure_min(pool(), non_neg_integer()) -> ok | error().
+pool_ensure_min(_Pool, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_started': start `Slot' became agent `Agent'.
+-spec pool_started(pool(), non_neg_integer(), binary(), non_neg_integer()) -> ok | error().
+pool_started(_Pool, _Slot, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_start_failed'.
+-spec pool_start_failed(pool(), non_neg_integer(), bytes(), non_neg_integer()) -> ok | error().
+pool_start_failed(_Pool, _Slot, _Reason, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_agent_gone'.
+-spec pool_agent_gone(pool(), binary(), non_neg_integer()) -> ok | error().
+pool_agent_gone(_Pool, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_observe': `Agent' has `InFlight' tasks now.
+-spec pool_observe(pool(), binary(), non_neg_integer(), non_neg_integer()) -> ok | error().
+pool_observe(_Pool, _Agent, _InFlight, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_demand': `Queued' tasks of the pool's type wait.
+-spec pool_demand(pool(), non_neg_integer(), non_neg_integer()) -> ok | error().
+pool_demand(_Pool, _Queued, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_tick'.
+-spec pool_tick(pool(), non_neg_integer()) -> ok | error().
+pool_tick(_Pool, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc Every pending action (`emf_pool_poll_action'), oldest first.
+-spec pool_poll(pool()) -> {ok, [pool_action()]} | error().
+pool_poll(_Pool) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_next_deadline': when the pool next needs a tick.
+-spec pool_next_deadline(pool()) -> {ok, non_neg_integer() | infinity} | error().
+pool_next_deadline(_Pool) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pool_stats' as a map.
+-spec pool_stats(pool()) -> {ok, #{atom() => non_neg_integer()}} | error().
+pool_stats(_Pool) -> erlang:nif_error(not_loaded).

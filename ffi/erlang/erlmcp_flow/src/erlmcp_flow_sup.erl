@@ -8,11 +8,13 @@
 %%     in `batch_ring_dir' (the application opens or creates that ring before this supervisor
 %%     starts);</li>
 %% <li>`erlmcp_flow_queue' (env `queue'): the default task queue;</li>
-%% <li>`erlmcp_flow_lru_cache' (env `lru_cache'): the default cache.</li>
+%% <li>`erlmcp_flow_lru_cache' (env `lru_cache'): the default cache;</li>
+%% <li>`erlmcp_flow_scheduler' (env `scheduler', default `false'): the agents' scheduler;</li>
+%% <li>`erlmcp_flow_pool_manager' (env `pool_manager', default `false'): a pool of agents
+%%     registered with that scheduler (so it needs `scheduler' on).</li>
 %% </ol>
-%% The coming children of the original design go after these, in this order, because they use
-%% them: the scheduler (queue, router), the pool manager, the Raft consensus and the gossip
-%% protocol. Children stop in the reverse order. A default instance whose env value is `false'
+%% The coming children of the original design go after these, in this order: the Raft
+%% consensus and the gossip protocol. Children stop in the reverse order. A default instance whose env value is `false'
 %% is not started (it is absent from `supervisor:which_children/1'); `true' uses its module's
 %% defaults; a map is passed to its `start_link' (the router's and the batch processor's
 %% `name' is always their default registered name).
@@ -27,11 +29,20 @@
 %% <li>batch processor: adopts the killed server's engine processor, messages not yet written
 %%     to the ring included, and writes them (nothing is lost);</li>
 %% <li>queue: takes the killed server's queue over, tasks included;</li>
-%% <li>cache: takes the killed server's cache over, entries included.</li>
+%% <li>cache: takes the killed server's cache over, entries included;</li>
+%% <li>scheduler: closes the killed server's engine scheduler, opens its ledger again and
+%%     registers again the agents it left that are still alive; with a durable ledger
+%%     (`ledger => {shm, Name}' or `{file, Path}') the tasks accepted and not ended are
+%%     recovered and delivered again, their results sent to their submitters; with the
+%%     default `memory' ledger they are gone;</li>
+%% <li>pool manager: adopts the agents the killed manager left that are still alive, and
+%%     starts more to keep `min_size'.</li>
 %% </ul>
 %% A shutdown (by this supervisor, or the application's stop) is an orderly end instead: the
 %% batch processor drains for up to its `drain_timeout', the queue is closed (tasks left are
-%% dropped with a warning), the cache released.
+%% dropped with a warning), the cache released, the pool manager stops its agents, and the
+%% scheduler sends each task not ended `{dead_letter, <<"scheduler stopped">>}' when its
+%% ledger is `memory' (a durable ledger keeps them for the next start).
 -module(erlmcp_flow_sup).
 -behaviour(supervisor).
 
@@ -53,8 +64,10 @@ children() ->
     lists:append([router(env(router)),
                    batch_processor(env(batch_processor)),
                    queue(env(queue)),
-                   lru_cache(env(lru_cache))
-                   %% Next, in this order: scheduler, pool manager, Raft, gossip.
+                   lru_cache(env(lru_cache)),
+                   worker(erlmcp_flow_scheduler, env(scheduler, false)),
+                   worker(erlmcp_flow_pool_manager, env(pool_manager, false))
+                   %% Next, in this order: Raft, gossip.
                   ]).
 
 %% @private
@@ -94,6 +107,9 @@ queue(Opts) -> [child(erlmcp_flow_queue, [Opts], 5000)].
 lru_cache(false) -> [];
 lru_cache(Opts) -> [child(erlmcp_flow_lru_cache, [Opts], 5000)].
 
+worker(_Module, false) -> [];
+worker(Module, Opts) -> [child(Module, [Opts], 5000)].
+
 child(Module, Args, Shutdown) ->
     #{id => Module,
       start => {Module, start_link, Args},
@@ -107,7 +123,10 @@ shutdown(_) -> 5000. % a bad drain_timeout fails in start_link with a clear erro
 
 %% true: the module's defaults; false: off; a map: options.
 env(Key) ->
-    case application:get_env(?APP, Key, #{}) of
+    env(Key, #{}).
+
+env(Key, Default) ->
+    case application:get_env(?APP, Key, Default) of
         true -> #{};
         false -> false;
         Opts when is_map(Opts) -> Opts;

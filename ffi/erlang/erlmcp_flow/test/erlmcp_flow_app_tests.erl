@@ -15,7 +15,7 @@
 -define(NAMES, [erlmcp_flow_sup, erlmcp_flow_router, erlmcp_flow_batch_processor,
                 erlmcp_flow_queue, erlmcp_flow_lru_cache]).
 -define(MODULES, [erlmcp_flow_router, erlmcp_flow_batch_processor, erlmcp_flow_queue,
-                  erlmcp_flow_lru_cache]).
+                  erlmcp_flow_lru_cache, erlmcp_flow_scheduler, erlmcp_flow_pool_manager]).
 -define(RING, <<"app_test.batch">>).
 
 %%--------------------------------------------------------------------------------------------
@@ -260,6 +260,71 @@ restarted_cache_keeps_its_entries() ->
         {ok, _} = supervisor:restart_child(erlmcp_flow_sup, erlmcp_flow_lru_cache),
         ?assertEqual(miss, erlmcp_flow_lru_cache:get(k))
     end).
+
+%% The scheduler is off by default; turned on with a shared-memory ledger it starts after the
+%% cache, and a killed one comes back with the tasks it had accepted (delivered once an agent
+%% of their type registers, their results sent to their submitter). A stop releases it.
+restarted_scheduler_readopts_its_tasks_test_() ->
+    {timeout, 60, fun restarted_scheduler_readopts_its_tasks/0}.
+
+restarted_scheduler_readopts_its_tasks() ->
+    _ = with_app([], fun(_Dir) ->
+        ?assertEqual(undefined, whereis(erlmcp_flow_scheduler)),
+        ?assertNot(lists:member(erlmcp_flow_scheduler, child_ids()))
+    end),
+    LedgerDir = tmp_dir(),
+    Env = [{scheduler, #{ledger => {shm, <<"app_test.sched">>, list_to_binary(LedgerDir)},
+                         shm_capacity => 1 bsl 20}}],
+    try
+        _ = with_app(Env, fun(_Dir) ->
+            ?assertEqual([erlmcp_flow_router, erlmcp_flow_batch_processor, erlmcp_flow_queue,
+                          erlmcp_flow_lru_cache, erlmcp_flow_scheduler],
+                         lists:reverse(child_ids())),
+            Ids = [begin {ok, Id} = erlmcp_flow_scheduler:assign_task(later, I), Id end
+                   || I <- [1, 2, 3]],
+            _ = kill_and_wait(erlmcp_flow_scheduler),
+            ?assertMatch({ok, #{queued := 3}}, erlmcp_flow_scheduler:stats()),
+            {ok, _} = erlmcp_flow_scheduler:spawn_agent(
+                        <<"w">>, #{type => later, handler => fun(X) -> X * 10 end}),
+            ?assertEqual([{Id, {ok, I * 10}} || {Id, I} <- lists:zip(Ids, [1, 2, 3])],
+                         [receive {erlmcp_flow_task, Id, R} -> {Id, R}
+                          after 10000 -> error({no_result, Id})
+                          end || Id <- Ids])
+        end),
+        ?assertEqual([], published())
+    after
+        ok = file:del_dir_r(LedgerDir)
+    end.
+
+%% A pool manager under the application: it starts after the scheduler, warms up to min_size,
+%% its agents serve tasks; a killed one is replaced; the stop ends the agents.
+pool_manager_under_the_application_test_() ->
+    {timeout, 60, fun pool_manager_under_the_application/0}.
+
+pool_manager_under_the_application() ->
+    Env = [{scheduler, true},
+           {pool_manager, #{type => w, min_size => 2, warmup_delay => 0,
+                            handler => fun(X) -> {done, X} end}}],
+    Mons = with_app(Env, fun(_Dir) ->
+        ?assertEqual([erlmcp_flow_router, erlmcp_flow_batch_processor, erlmcp_flow_queue,
+                      erlmcp_flow_lru_cache, erlmcp_flow_scheduler, erlmcp_flow_pool_manager],
+                     lists:reverse(child_ids())),
+        Agents = wait_for(fun() ->
+                                  case erlmcp_flow_pool_manager:agents() of
+                                      [_, _] = A -> {true, [P || {_, P} <- A]};
+                                      _ -> false
+                                  end
+                          end, erlang:monotonic_time(millisecond) + 5000),
+        {ok, Id} = erlmcp_flow_scheduler:assign_task(w, 7),
+        receive {erlmcp_flow_task, Id, R} -> ?assertEqual({ok, {done, 7}}, R)
+        after 10000 -> error(no_result)
+        end,
+        [monitor(process, P) || P <- Agents]
+    end),
+    %% The stop ended them.
+    [receive {'DOWN', M, process, _, _} -> ok after 5000 -> error(agent_left) end
+     || M <- Mons],
+    ?assertEqual([], published()).
 
 restarted_router_keeps_the_inboxes_test_() ->
     {timeout, 60, fun restarted_router_keeps_the_inboxes/0}.

@@ -7,7 +7,7 @@
 -define(N, erlmcp_flow_nif).
 
 loaded_test() ->
-    ?assertEqual(3, ?N:abi_version()),
+    ?assertEqual(4, ?N:abi_version()),
     Version = ?N:version(),
     ?assertMatch({match, _}, re:run(Version, "^[0-9]+\\.[0-9]+\\.[0-9]+")).
 
@@ -168,7 +168,7 @@ upgrade_to_another_library_file_test() ->
         ?assertEqual(NewBeam, code:which(?N)),
         %% Two copies of the library (two engines) are loaded now.
         assert_copies_mapped(2),
-        ?assertEqual(3, ?N:abi_version()),
+        ?assertEqual(4, ?N:abi_version()),
         assert_refused(Old),
         {ok, New} = ?N:message_open(A),
         assert_usable(New),

@@ -223,6 +223,31 @@ fn back_pressure_is_an_error_the_caller_can_act_on() {
 }
 
 #[test]
+fn queued_of_counts_a_type_s_waiting_tasks_only() {
+    let mut s = sched();
+    let (t, u) = (ty("t"), ty("u"));
+    assert_eq!(s.queued_of(&t), 0, "a type never seen");
+    let first = s.submit(&t, Priority::Low, vec![], 0).unwrap();
+    s.submit(&t, Priority::Critical, vec![], 0).unwrap();
+    s.submit(&u, Priority::Normal, vec![], 0).unwrap();
+    assert_eq!((s.queued_of(&t), s.queued_of(&u)), (2, 1));
+    let a = agent("a");
+    s.register_agent(a.clone(), t.clone(), 1, token(1), 1)
+        .unwrap();
+    let d = delivered(&mut s);
+    assert_eq!(d.len(), 1);
+    assert_eq!(s.queued_of(&t), 1, "the leased task is not waiting");
+    // The agent dies: its task waits again; then its late result completes it while it is
+    // queued, and a completed task is not counted although its lane entry stays.
+    s.agent_dead(&a, 2).unwrap();
+    assert_eq!(s.queued_of(&t), 2);
+    s.ack(&a, TaskId(d[0].1), d[0].2, vec![], 3).unwrap();
+    assert_eq!(s.queued_of(&t), 1);
+    assert_ne!(TaskId(d[0].1), first, "the critical one went first");
+    assert_eq!(s.queued_of(&u), 1);
+}
+
+#[test]
 fn critical_overtakes_and_each_lane_is_fifo() {
     let mut s = sched();
     let t = ty("t");
