@@ -39,6 +39,18 @@
 //! * Effects are once per task: the first result completes the task, later ones (a
 //!   redelivered task's first agent answering late) are counted as duplicates.
 //!
+//! * Agents' inboxes belong to their agents: an agent creates its own (replacing a dead
+//!   predecessor's) and removes it when it leaves; the dispatcher removes the inbox of an agent
+//!   found dead only while it holds that id's load slot, so a new incarnation's inbox is never
+//!   removed by mistake.
+//!
+//! What a crash of the dispatcher's process does not keep: outcomes it had produced but not
+//! handed out (a future's result, a `poll_outcome` not yet called) are not handed out again by
+//! its successor. They stay in the ledger as `Completed` / `DeadLettered` records (readable with
+//! [`crate::sched::ShmLedger::inspect`] and `erlmcp-flow agents show`) until its next
+//! compaction. In-process submitters die with the dispatcher, so this only matters to a host
+//! whose submitters outlive it (the Erlang scheduler process restarted by its supervisor).
+//!
 //! The clock of every event is [`now_micros`] (`CLOCK_MONOTONIC`, system-wide), so lease
 //! deadlines written by one dispatcher mean the same to its successor.
 

@@ -384,6 +384,12 @@ fn chaos_in(dir: &Path, a: &AgentsChaosArgs) -> Result<ExitCode, String> {
             }
             break;
         }
+        // An agent that exits by itself (an error) is a failure of the campaign, not a kill.
+        for (id, p) in agents.iter_mut() {
+            if let Some(status) = p.0.try_wait().map_err(err)? {
+                return Err(format!("agent {id} exited by itself: {status}"));
+            }
+        }
         let done = c.progress.completed.load(Ordering::Acquire);
         if let Some(&(at, is_sched)) = plan.peek() {
             if done >= at {
@@ -442,6 +448,7 @@ fn chaos_in(dir: &Path, a: &AgentsChaosArgs) -> Result<ExitCode, String> {
     )
     .map_err(err)?;
     let mut results = vec![0u32; a.tasks as usize + 1];
+    let mut accepted = vec![0u32; a.tasks as usize + 1];
     let mut wrong = 0u64;
     let mut other = 0u64;
     for r in ledger.replay().map_err(err)? {
@@ -455,10 +462,24 @@ fn chaos_in(dir: &Path, a: &AgentsChaosArgs) -> Result<ExitCode, String> {
                     wrong += 1;
                 }
             }
+            LedgerRecord::Accepted {
+                id: TaskId(i),
+                payload,
+                ..
+            } if i >= 1 && i <= a.tasks => {
+                accepted[i as usize] += 1;
+                if payload != i.to_le_bytes() {
+                    wrong += 1;
+                }
+            }
+            // A record of a task that was never submitted.
+            LedgerRecord::Completed { .. } | LedgerRecord::Accepted { .. } => wrong += 1,
             LedgerRecord::DeadLettered { .. } => other += 1,
             _ => {}
         }
     }
+    // The ledger never compacts in a campaign (CHAOS_LEDGER): each task was accepted once.
+    wrong += accepted[1..].iter().filter(|&&n| n != 1).count() as u64;
     let lost = results[1..].iter().filter(|&&n| n == 0).count();
     let duplicated = results[1..].iter().filter(|&&n| n > 1).count();
     let redeliveries = c.carried[0] + last[0];

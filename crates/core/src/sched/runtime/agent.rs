@@ -13,6 +13,9 @@ use crate::sched::loads::{LoadTable, SlotRef};
 use crate::sched::types::{AgentId, AgentType, Attempt, Liveness, Micros, TaskId};
 use crate::shm::process_start_ticks;
 
+/// The longest an idle [`Agent::recv`] waits between two heartbeats.
+const HEARTBEAT_SLICE: Duration = Duration::from_millis(500);
+
 /// How an [`Agent`] joins a scheduler directory.
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
@@ -72,6 +75,7 @@ pub struct Task {
 pub struct Agent {
     opts: AgentOptions,
     inbox: Consumer,
+    inbox_ring: Ring,
     reports: Producer,
     loads: LoadTable,
     slot: SlotRef,
@@ -115,7 +119,7 @@ impl Agent {
         };
         let slot = loads.claim(&opts.id, liveness, opts.max_tasks, now_micros())?;
         let name = inbox_name(opts.id.as_str());
-        let inbox = match Self::fresh_inbox(&name, &opts) {
+        let (inbox_ring, inbox) = match Self::fresh_inbox(&name, &opts) {
             Ok(c) => c,
             Err(e) => {
                 let _ = loads.release(slot);
@@ -125,6 +129,7 @@ impl Agent {
         let mut a = Agent {
             opts,
             inbox,
+            inbox_ring,
             reports,
             loads,
             slot,
@@ -139,7 +144,7 @@ impl Agent {
     }
 
     /// A new, empty inbox: a stale one (its agent dead) is replaced.
-    fn fresh_inbox(name: &str, opts: &AgentOptions) -> Result<Consumer> {
+    fn fresh_inbox(name: &str, opts: &AgentOptions) -> Result<(Ring, Consumer)> {
         let ropts = RingOptions {
             capacity: opts.inbox_capacity,
             max_producers: 1,
@@ -152,7 +157,9 @@ impl Agent {
             old.close();
             old.unlink()?;
         }
-        Ring::create(name, &ropts)?.consumer()
+        let ring = Ring::create(name, &ropts)?;
+        let consumer = ring.consumer()?;
+        Ok((ring, consumer))
     }
 
     /// The agent's id.
@@ -162,14 +169,18 @@ impl Agent {
 
     fn report(&mut self, f: &ReportFrame<'_>) -> Result<()> {
         wire::encode_report(f, &mut self.buf);
-        let deadline = Instant::now() + self.opts.report_timeout;
+        // No deadline when the timeout is too long to add (Duration::MAX: wait for ever).
+        let deadline = Instant::now().checked_add(self.opts.report_timeout);
         loop {
             match self.reports.send_timeout(
                 &self.buf,
                 WaitStrategy::SpinThenYield { spins: 100 },
                 Duration::from_millis(50),
             ) {
-                Err(e) if e.kind() == ErrorKind::Timeout && Instant::now() < deadline => {
+                Err(e)
+                    if e.kind() == ErrorKind::Timeout
+                        && deadline.is_none_or(|d| Instant::now() < d) =>
+                {
                     // The dispatcher is slow or restarting: stay alive in the table.
                     let _ = self.loads.heartbeat(self.slot, now_micros());
                 }
@@ -238,11 +249,25 @@ impl Agent {
         if self.backlog.is_empty() {
             self.drain_inbox()?;
         }
-        if self.backlog.is_empty()
-            && !timeout.is_zero()
-            && self.inbox.wait(WaitStrategy::default(), timeout)?
-        {
-            self.drain_inbox()?;
+        // Wait in slices, with a heartbeat after each: a long timeout on an idle agent must
+        // not look like a dead agent to the scheduler.
+        let deadline = Instant::now().checked_add(timeout);
+        while self.backlog.is_empty() && !timeout.is_zero() {
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => HEARTBEAT_SLICE,
+            };
+            if left.is_zero() {
+                break;
+            }
+            if self
+                .inbox
+                .wait(WaitStrategy::default(), left.min(HEARTBEAT_SLICE))?
+            {
+                self.drain_inbox()?;
+            } else {
+                self.heartbeat()?;
+            }
         }
         let Some(mut t) = self.backlog.pop_front() else {
             return Ok(None);
@@ -325,6 +350,10 @@ impl Agent {
             agent: self.opts.id.clone(),
         };
         let r = self.report(&f);
+        // The inbox is ours to remove while we hold the id's load slot: no other incarnation
+        // can have replaced it.
+        self.inbox_ring.close();
+        let _ = self.inbox_ring.unlink();
         let _ = self.loads.release(self.slot);
         r
     }

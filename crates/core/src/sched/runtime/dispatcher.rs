@@ -62,7 +62,12 @@ struct Inbox {
 struct Core {
     sched: Scheduler<AnyLedger>,
     seg: SegmentOptions,
+    loads: Arc<LoadTable>,
     inboxes: HashMap<AgentId, Inbox>,
+    /// Inboxes of agents not registered here (found at open, or an agent reporting without
+    /// having said hello): asked to say hello every liveness check until they do, or until
+    /// their agent is found gone (then the inbox is removed).
+    asking: HashMap<AgentId, Producer>,
     outcomes: VecDeque<(TaskId, Outcome)>,
     stats: DispatcherStats,
     last_error: Option<Error>,
@@ -83,6 +88,31 @@ pub(super) struct Inner {
     last_liveness: Micros,
     last_tick: Micros,
     batch: usize,
+}
+
+/// The largest capacity an agent may announce in its hello.
+pub const MAX_AGENT_TASKS: u32 = 1 << 16;
+
+/// Removes agent `id`'s inbox file when no live agent holds the id: the dispatcher takes the
+/// id's load slot for a moment (so no new incarnation can create its inbox meanwhile), removes
+/// the file, and gives the slot back. True when it did (or there was no file). A live agent
+/// (the slot held by a live process, this one's agents included) keeps its inbox.
+fn remove_if_abandoned(loads: &LoadTable, seg: &SegmentOptions, id: &AgentId) -> bool {
+    let me = std::process::id();
+    let liveness = Liveness::Process {
+        pid: me,
+        start_time: crate::shm::process_start_ticks(me),
+    };
+    let Ok(slot) = loads.claim(id, liveness, 1, now_micros()) else {
+        return false;
+    };
+    let path = crate::shm::segment_path(&seg.dir, &inbox_name(id.as_str()));
+    let removed = match std::fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    };
+    let _ = loads.release(slot);
+    removed
 }
 
 /// How often leases and heartbeats are checked at most.
@@ -152,7 +182,9 @@ impl Dispatcher {
             core: Core {
                 sched,
                 seg,
+                loads: loads.clone(),
                 inboxes: HashMap::new(),
+                asking: HashMap::new(),
                 outcomes: VecDeque::new(),
                 stats: DispatcherStats::default(),
                 last_error: None,
@@ -235,22 +267,18 @@ impl Dispatcher {
 }
 
 impl Inner {
-    /// Writes a `Hello` request into every inbox of the directory (a previous dispatcher's
-    /// agents), so they register again.
+    /// Finds the inboxes of the directory (a previous dispatcher's agents): each live agent is
+    /// asked to register again (and asked again until it does), each dead one's inbox removed.
     fn ask_agents_to_register(&mut self) -> Result<()> {
-        let hello = wire::encode_inbox(&InboxFrame::Hello);
         for name in crate::shm::list(&self.core.seg.dir)? {
-            if name.strip_prefix("inbox.").is_none() {
-                continue;
-            }
-            let Ok(ring) = Ring::open(&name, &self.core.seg) else {
+            let Some(id) = name.strip_prefix("inbox.") else {
                 continue;
             };
-            if let Ok(mut p) = ring.producer() {
-                // Full: the agent has work to read and reports anyway; Closed: it left.
-                let _ = p.send(&hello);
+            if let Ok(id) = AgentId::new(id) {
+                self.core.ask(&id);
             }
         }
+        self.core.ask_again();
         Ok(())
     }
 
@@ -281,6 +309,7 @@ impl Inner {
         if now.saturating_sub(self.last_liveness) >= self.liveness_interval {
             self.last_liveness = now;
             self.core.check_liveness(now);
+            self.core.ask_again();
             self.loads.reclaim_dead();
         }
         if now.saturating_sub(self.last_tick) >= TICK_EVERY {
@@ -323,6 +352,12 @@ impl Core {
             Ok(f) => f,
             Err(e) => return self.refuse(e),
         };
+        let agent_of = match &f {
+            ReportFrame::Started { agent, .. } | ReportFrame::Nack { agent, .. } => {
+                Some(agent.clone())
+            }
+            _ => None,
+        };
         let r = match f {
             ReportFrame::Hello {
                 agent,
@@ -357,6 +392,15 @@ impl Core {
             ReportFrame::Bye { agent } => self.bye(&agent, now),
         };
         if let Err(e) = r {
+            if e.kind() == ErrorKind::NotFound {
+                if let Some(a) = agent_of {
+                    if !self.inboxes.contains_key(&a) {
+                        // An agent that never said hello to this dispatcher (it missed the
+                        // request, or its hello was refused): ask it.
+                        self.ask(&a);
+                    }
+                }
+            }
             self.refuse(e);
         }
     }
@@ -376,12 +420,23 @@ impl Core {
                 format!("hello from agent {agent}: its process {pid} is gone"),
             ));
         }
+        if max_tasks == 0 || max_tasks > MAX_AGENT_TASKS {
+            return Err(Error::invalid(format!(
+                "hello from agent {agent}: max_tasks {max_tasks} is not in 1..={MAX_AGENT_TASKS}"
+            )));
+        }
+        self.asking.remove(&agent);
         let same = self.inboxes.get(&agent).is_some_and(|i| {
             i.pid == pid && i.start_ticks == start_ticks && !i.producer.ring().is_closed()
         });
         if !same {
             let ring = Ring::open(&inbox_name(agent.as_str()), &self.seg)?;
             let producer = ring.producer()?;
+            if let Some(old) = self.inboxes.get(&agent) {
+                // The previous incarnation's inbox (already replaced by the agent): no more
+                // frames go there.
+                old.producer.ring().close();
+            }
             self.inboxes.insert(
                 agent.clone(),
                 Inbox {
@@ -410,11 +465,48 @@ impl Core {
     }
 
     fn bye(&mut self, agent: &AgentId, now: Micros) -> Result<()> {
-        self.sched.unregister_agent(agent, now)?;
+        // The agent removes its inbox itself before it says goodbye (a new incarnation may
+        // already have made a new one under the same name: never remove by name here).
         if let Some(i) = self.inboxes.remove(agent) {
-            let _ = i.producer.ring().unlink();
+            i.producer.ring().close();
         }
-        Ok(())
+        self.sched.unregister_agent(agent, now)
+    }
+
+    /// Starts asking agent `id` (not registered here) to say hello, through its inbox.
+    fn ask(&mut self, id: &AgentId) {
+        if self.inboxes.contains_key(id) || self.asking.contains_key(id) {
+            return;
+        }
+        let Ok(ring) = Ring::open(&inbox_name(id.as_str()), &self.seg) else {
+            return;
+        };
+        if let Ok(p) = ring.producer() {
+            self.asking.insert(id.clone(), p);
+        }
+    }
+
+    /// Writes a hello request into the inbox of every agent being asked; the inbox of one
+    /// found gone is removed.
+    fn ask_again(&mut self) {
+        let hello = wire::encode_inbox(&InboxFrame::Hello);
+        let mut gone = Vec::new();
+        for (id, p) in self.asking.iter_mut() {
+            if remove_if_abandoned(&self.loads, &self.seg, id) {
+                p.ring().close();
+                gone.push(id.clone());
+                continue;
+            }
+            // Full: the agent has frames to read first; asked again at the next check.
+            if let Err(e) = p.send(&hello) {
+                if e.kind() == ErrorKind::Closed {
+                    gone.push(id.clone());
+                }
+            }
+        }
+        for id in gone {
+            self.asking.remove(&id);
+        }
     }
 
     /// Declares dead every agent whose process is gone; their leases go back to the queue.
@@ -438,8 +530,9 @@ impl Core {
             let _ = self.sched.agent_dead(&id, now);
             if let Some(i) = self.inboxes.remove(&id) {
                 // Its frames are void (the leases were released): a replacement with the same
-                // id starts with a new, empty inbox.
-                let _ = i.producer.ring().unlink();
+                // id starts with a new, empty inbox of its own.
+                i.producer.ring().close();
+                remove_if_abandoned(&self.loads, &self.seg, &id);
             }
         }
     }
@@ -511,7 +604,16 @@ impl Core {
 
     /// Writes waiting inbox frames, in order, as far as there is space.
     fn flush_pending(&mut self) {
-        for inbox in self.inboxes.values_mut() {
+        for (agent, inbox) in self.inboxes.iter_mut() {
+            // A waiting delivery whose lease has ended (expired, released, completed) is void:
+            // drop it rather than let a stuck agent's backlog grow with every redelivery.
+            let sched = &self.sched;
+            inbox.pending.retain(|f| match wire::decode_inbox(f) {
+                Ok(InboxFrame::Task { task, attempt, .. }) => sched
+                    .lease_of(task)
+                    .is_some_and(|(a, n)| a == *agent && n == attempt),
+                _ => true,
+            });
             while let Some(f) = inbox.pending.front() {
                 match inbox.producer.send(f) {
                     Ok(()) => {

@@ -142,14 +142,16 @@ pub struct PoolHost<L: Launcher> {
 }
 
 impl<L: Launcher> PoolHost<L> {
-    /// A pool of `config` whose agents are started by `launcher` as `<id_prefix><slot>`
-    /// (the prefix followed by a number must be a valid agent id).
+    /// A pool of `config` whose agents are started by `launcher` as `<id_prefix><pid>-<slot>`
+    /// (this process's id keeps them apart from the agents of a previous, killed host, which
+    /// may still be alive; the result must be a valid agent id).
     pub fn new(config: PoolConfig, launcher: L, id_prefix: &str) -> Result<PoolHost<L>> {
-        AgentId::new(&format!("{id_prefix}1"))?;
+        let prefix = format!("{id_prefix}{}-", std::process::id());
+        AgentId::new(&format!("{prefix}{}", u64::MAX))?;
         Ok(PoolHost {
             pool: Pool::new(config)?,
             launcher,
-            prefix: id_prefix.to_owned(),
+            prefix,
             starting: HashMap::new(),
             members: HashSet::new(),
             stopping: HashSet::new(),
@@ -193,9 +195,12 @@ impl<L: Launcher> PoolHost<L> {
                     Ok(()) => {
                         self.members.insert(id);
                     }
-                    // The start had timed out and the pool has no room: it asked for a Stop.
-                    Err(e) if e.kind() == ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
+                    // The start had timed out long ago and the pool forgot it (or refused it):
+                    // the agent is not the pool's; stop it rather than lose track of it.
+                    Err(_) => {
+                        let _ = self.launcher.stop(&id);
+                        self.stopping.insert(id);
+                    }
                 }
             } else if self.launcher.ended(&id) {
                 self.starting.remove(&slot);

@@ -124,7 +124,7 @@ fn thread_pool_warms_up_replaces_and_grows() {
     });
     assert_eq!(p.launcher().launched, 3);
     // One agent leaves (a crash of a thread agent: its Drop says bye): it is replaced.
-    let victim = AgentId::new("t-1").unwrap();
+    let victim = AgentId::new(&format!("t-{}-1", std::process::id())).unwrap();
     p.launcher().stop(&victim).unwrap();
     drive(&mut d, &mut p, "replacement", |_, p| {
         p.stats().replaced == 1 && p.stats().live == 3
@@ -195,7 +195,7 @@ fn process_pool_replaces_killed_agents() {
         p.stats().live == 2 && d.stats().agents == 2
     });
     // SIGKILL one agent process: the dispatcher sees its pid gone, the pool replaces it.
-    let victim = AgentId::new("p-1").unwrap();
+    let victim = AgentId::new(&format!("p-{}-1", std::process::id())).unwrap();
     let pid = p.launcher().pid(&victim).expect("running");
     // SAFETY: kill(2) of our own child's pid with a valid signal.
     assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);

@@ -26,7 +26,9 @@ struct Shared {
 }
 
 struct State {
-    dispatcher: Inner,
+    /// The dispatcher; taken (and dropped: its ledger and inboxes released) when the service
+    /// stops, while futures may still hold this state.
+    dispatcher: Option<Inner>,
     /// Outcomes of tasks submitted through this service, until their future takes them.
     finished: HashMap<TaskId, Outcome>,
     /// Tasks whose future is alive.
@@ -67,7 +69,10 @@ fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
 impl State {
     fn collect(&mut self) -> bool {
         let mut any = false;
-        while let Some((id, o)) = self.dispatcher.poll_outcome() {
+        let Some(d) = self.dispatcher.as_mut() else {
+            return false;
+        };
+        while let Some((id, o)) = d.poll_outcome() {
             if self.waiting.remove(&id) {
                 self.finished.insert(id, o);
                 any = true;
@@ -91,6 +96,9 @@ impl State {
             pool_error,
             ..
         } = self;
+        let Some(dispatcher) = dispatcher.as_ref() else {
+            return;
+        };
         for p in pools.iter_mut() {
             if let Err(e) = p.step(dispatcher.scheduler(), now) {
                 *pool_error = Some(e);
@@ -108,7 +116,7 @@ impl Service {
         } = Dispatcher::open(opts)?;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                dispatcher,
+                dispatcher: Some(dispatcher),
                 finished: HashMap::new(),
                 waiting: HashSet::new(),
                 abandoned: HashSet::new(),
@@ -135,7 +143,10 @@ impl Service {
         while !s.stop.load(Ordering::Acquire) {
             let any = {
                 let mut st = lock(&s.state);
-                let r = st.dispatcher.poll(&mut reports);
+                let Some(d) = st.dispatcher.as_mut() else {
+                    return;
+                };
+                let r = d.poll(&mut reports);
                 let any = st.collect();
                 st.step_pools();
                 if let Err(e) = r {
@@ -174,7 +185,10 @@ impl Service {
                 format!("the scheduler stopped: {}", e.message()),
             ));
         }
-        let id = st.dispatcher.submit(agent_type, priority, payload)?;
+        let Some(d) = st.dispatcher.as_mut() else {
+            return Err(Error::new(ErrorKind::Closed, "the scheduler stopped"));
+        };
+        let id = d.submit(agent_type, priority, payload)?;
         st.waiting.insert(id);
         // A task may complete inside submit only if an agent answered already; collect anyway.
         if st.collect() {
@@ -193,9 +207,13 @@ impl Service {
         lock(&self.shared.state).orphans.pop_front()
     }
 
-    /// The dispatcher's counters.
+    /// The dispatcher's counters (all zero once stopped).
     pub fn stats(&self) -> DispatcherStats {
-        lock(&self.shared.state).dispatcher.stats()
+        lock(&self.shared.state)
+            .dispatcher
+            .as_ref()
+            .map(Inner::stats)
+            .unwrap_or_default()
     }
 
     /// Adds a pool of agents started by `launcher` as `<id_prefix><n>` (see [`PoolHost`]); the
@@ -224,9 +242,15 @@ impl Service {
         Ok((p.stats(), st.pool_error.clone()))
     }
 
-    /// Runs `f` on the scheduler (read-only), under the service's lock.
-    pub fn with_scheduler<R>(&self, f: impl FnOnce(&Scheduler<AnyLedger>) -> R) -> R {
-        f(lock(&self.shared.state).dispatcher.scheduler())
+    /// Runs `f` on the scheduler (read-only), under the service's lock. `Closed` once the
+    /// service stopped.
+    pub fn with_scheduler<R>(&self, f: impl FnOnce(&Scheduler<AnyLedger>) -> R) -> Result<R> {
+        let st = lock(&self.shared.state);
+        let d = st
+            .dispatcher
+            .as_ref()
+            .ok_or_else(|| Error::new(ErrorKind::Closed, "the scheduler stopped"))?;
+        Ok(f(d.scheduler()))
     }
 
     /// Stops the thread (futures still waiting get `Closed`); the directory stays for a
@@ -240,7 +264,18 @@ impl Service {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        self.shared.done.notify_all();
+        // Under the lock, so that a future between its check of `stop` and its wait cannot
+        // miss the wake-up; the dispatcher (ledger, inboxes) and the pools (their launchers)
+        // go now, not when the last future does.
+        let (dispatcher, pools) = {
+            let mut st = lock(&self.shared.state);
+            let d = st.dispatcher.take();
+            let p = std::mem::take(&mut st.pools);
+            self.shared.done.notify_all();
+            (d, p)
+        };
+        drop(pools);
+        drop(dispatcher);
     }
 }
 
@@ -270,7 +305,8 @@ impl TaskFuture {
                 self.id.0
             )));
         }
-        let deadline = Instant::now() + timeout;
+        // No deadline when the timeout is too long to add (Duration::MAX: wait for ever).
+        let deadline = Instant::now().checked_add(timeout);
         let mut st = lock(&self.shared.state);
         loop {
             if let Some(o) = st.finished.remove(&self.id) {
@@ -287,16 +323,17 @@ impl TaskFuture {
                 return Err(Error::new(ErrorKind::Closed, "the scheduler stopped"));
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 return Err(Error::new(
                     ErrorKind::Timeout,
                     format!("task {}: no outcome yet", self.id.0),
                 ));
             }
+            let slice = deadline.map_or(Duration::from_secs(3600), |d| d - now);
             st = self
                 .shared
                 .done
-                .wait_timeout(st, deadline - now)
+                .wait_timeout(st, slice)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }

@@ -372,3 +372,166 @@ fn an_agent_forgotten_for_missed_heartbeats_is_asked_back() {
     let t = a.recv(Duration::from_secs(10)).unwrap().expect("a task");
     assert_eq!(t.id, second);
 }
+
+// The cases of an independent review of the runtime: each failed before its fix.
+
+#[test]
+#[cfg_attr(miri, ignore = "threads, rings and /proc")]
+fn leave_then_reconnect_with_the_same_id_gets_tasks() {
+    let dir = TempDir::new("rv-reconnect");
+    let mut d = Dispatcher::open(&opts(&dir)).unwrap();
+    let a = Agent::connect(agent_opts(&dir, "w", "t")).unwrap();
+    d.step(Duration::from_millis(1)).unwrap();
+    assert_eq!(d.stats().agents, 1);
+    a.leave().unwrap();
+    let mut b = Agent::connect(agent_opts(&dir, "w", "t")).unwrap();
+    d.step(Duration::from_millis(1)).unwrap(); // the old bye and the new hello in one step
+    let id = d.submit(&ty("t"), Priority::Normal, vec![1]).unwrap();
+    let got = b.recv(Duration::from_secs(10)).unwrap().map(|t| t.id);
+    assert_eq!(got, Some(id), "last error {:?}", d.last_report_error());
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns a process")]
+fn a_replacement_with_the_same_id_survives_its_predecessors_death() {
+    use crate::ring::RingOptions;
+    let dir = TempDir::new("rv-replace");
+    let mut o = opts(&dir);
+    o.batch = 1;
+    o.liveness_interval = 1;
+    let mut d = Dispatcher::open(&o).unwrap();
+    // The first incarnation: another process (its inbox made by hand, its hello forged).
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .unwrap();
+    let (pid, ticks) = (child.id(), crate::shm::process_start_ticks(child.id()));
+    let ropts = RingOptions {
+        capacity: 1 << 14,
+        max_producers: 1,
+        max_subscribers: 1,
+        ..RingOptions::in_dir(&dir.0)
+    };
+    let old_inbox = Ring::create(&crate::router::inbox_name("w"), &ropts).unwrap();
+    let reports = Ring::open(REPORTS_RING, &segment_in(&dir.0)).unwrap();
+    let mut p = reports.producer().unwrap();
+    let mut v = Vec::new();
+    wire::encode_report(
+        &ReportFrame::Hello {
+            agent: AgentId::new("w").unwrap(),
+            pid,
+            start_ticks: ticks,
+            max_tasks: 1,
+            agent_type: ty("t"),
+        },
+        &mut v,
+    );
+    p.send(&v).unwrap();
+    d.step(Duration::from_millis(1)).unwrap();
+    assert_eq!(d.stats().agents, 1);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(old_inbox);
+    // Other reports ahead of the new incarnation's hello: its predecessor's death is seen
+    // (one frame per step) before the hello is read.
+    for _ in 0..3 {
+        p.send(&[9, 9, 9]).unwrap();
+    }
+    let mut b = Agent::connect(agent_opts(&dir, "w", "t")).unwrap();
+    for _ in 0..20 {
+        d.step(Duration::from_millis(1)).unwrap();
+    }
+    let id = d.submit(&ty("t"), Priority::Normal, vec![1]).unwrap();
+    let got = b.recv(Duration::from_secs(10)).unwrap().map(|t| t.id);
+    assert_eq!(got, Some(id), "last error {:?}", d.last_report_error());
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads, rings and /proc")]
+fn an_agent_with_a_full_inbox_at_a_restart_registers_again() {
+    let dir = TempDir::new("rv-full-hello");
+    let mut d = Dispatcher::open(&opts(&dir)).unwrap();
+    let mut ao = agent_opts(&dir, "w", "t");
+    ao.inbox_capacity = 4096;
+    let mut a = Agent::connect(ao).unwrap();
+    d.step(Duration::from_millis(1)).unwrap();
+    for i in 0..5u8 {
+        d.submit(&ty("t"), Priority::Normal, vec![i; 995]).unwrap();
+    }
+    d.step(Duration::from_millis(1)).unwrap();
+    assert!(d.stats().pending_deliveries > 0, "the inbox is full");
+    drop(d);
+    let mut d = Dispatcher::open(&opts(&dir)).unwrap();
+    while let Some(t) = a.recv(Duration::from_millis(20)).unwrap() {
+        a.complete(&t, b"r").unwrap();
+        d.step(Duration::from_millis(1)).unwrap();
+    }
+    let w = AgentId::new("w").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while d.scheduler().agent_load(&w).is_none() {
+        assert!(Instant::now() < deadline, "never registered again");
+        d.step(Duration::from_millis(1)).unwrap();
+        let _ = a.recv(Duration::ZERO).unwrap();
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads, rings and /proc")]
+fn deliveries_waiting_for_a_stuck_agent_stay_bounded() {
+    let dir = TempDir::new("rv-stuck");
+    let mut o = opts(&dir);
+    o.config.heartbeat_timeout = None;
+    o.config.min_lease = 1_000;
+    o.config.default_lease = 1_000;
+    o.config.max_lease = 1_000;
+    o.config.max_attempts = 1_000_000;
+    let mut d = Dispatcher::open(&o).unwrap();
+    let mut ao = agent_opts(&dir, "stuck", "t");
+    ao.inbox_capacity = 4096;
+    ao.max_tasks = 1;
+    let _a = Agent::connect(ao).unwrap(); // never reads
+    d.step(Duration::from_millis(1)).unwrap();
+    d.submit(&ty("t"), Priority::Normal, vec![7; 900]).unwrap();
+    for _ in 0..300 {
+        d.step(Duration::from_millis(1)).unwrap();
+        assert!(d.stats().pending_deliveries <= 4, "{:?}", d.stats());
+    }
+    assert!(
+        d.stats().sched.redeliveries > 10,
+        "leases expired meanwhile"
+    );
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads, rings and /proc")]
+fn the_inbox_of_an_agent_leaving_during_a_restart_is_removed() {
+    let dir = TempDir::new("rv-bye-leak");
+    let mut d = Dispatcher::open(&opts(&dir)).unwrap();
+    let a = Agent::connect(agent_opts(&dir, "w", "t")).unwrap();
+    d.step(Duration::from_millis(1)).unwrap();
+    drop(d);
+    a.leave().unwrap();
+    let mut d = Dispatcher::open(&opts(&dir)).unwrap();
+    for _ in 0..10 {
+        d.step(Duration::from_millis(1)).unwrap();
+    }
+    let left: Vec<String> = crate::shm::list(&dir.0)
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.starts_with("inbox."))
+        .collect();
+    assert!(left.is_empty(), "{left:?} left behind");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads, rings and /proc")]
+fn a_successor_service_starts_while_an_old_future_lives() {
+    let dir = TempDir::new("rv-svc-busy");
+    let svc = Service::start(&opts(&dir)).unwrap();
+    let mut f = svc.submit(&ty("nobody"), Priority::Low, vec![]).unwrap();
+    svc.shutdown();
+    let next = Service::start(&opts(&dir));
+    assert!(next.is_ok(), "{:?}", next.err());
+    // Waiting for ever on a stopped service answers at once, without overflow.
+    assert_eq!(f.wait(Duration::MAX).unwrap_err().kind(), ErrorKind::Closed);
+}
