@@ -1992,6 +1992,24 @@ emf_status_t emf_service_take_orphan(struct emf_service_t *s,
 // `s` a live handle; `out` writable.
 emf_status_t emf_service_stats(struct emf_service_t *s, struct emf_service_stats_t *out);
 
+// Looks agent `agent` up in the service's registry (through its LRU cache; no scheduling lock
+// is taken): its type into `type_buf` with a NUL after it (`*out_type_len`: the length
+// without the NUL), its capacity into `*out_max_tasks` and its process id into `*out_pid`.
+// `EMF_ERR_NOT_FOUND` when no such agent is registered; `EMF_ERR_BUFFER_TOO_SMALL` (nothing
+// copied, `*out_type_len` written) when `type_cap` is below the length + 1.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string; `type_buf` writable for `type_cap`
+// bytes (NULL when 0); the `out_*` pointers writable.
+emf_status_t emf_service_lookup_agent(struct emf_service_t *s,
+                                      const char *agent,
+                                      char *type_buf,
+                                      size_t type_cap,
+                                      size_t *out_type_len,
+                                      uint32_t *out_max_tasks,
+                                      uint32_t *out_pid);
+
 // Joins the scheduler directory `dir` (NULL: `/dev/shm/emf-sched`) as agent `id` (1-194
 // characters of `A-Z a-z 0-9 . _ -`, not starting with `.`) of type `agent_type`, holding at
 // most `max_tasks` tasks at once (0: 5): creates its inbox, claims its load slot and says

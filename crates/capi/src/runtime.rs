@@ -31,8 +31,8 @@ use super::{
 };
 use engine::queue::Priority;
 use engine::sched::{
-    Agent, AgentOptions, FileLedgerOptions, LedgerChoice, Outcome, RuntimeOptions, Service, Task,
-    TaskFuture, DEFAULT_MAX_TASKS,
+    Agent, AgentOptions, FileLedgerOptions, LedgerChoice, Liveness, Outcome, RuntimeOptions,
+    Service, Task, TaskFuture, DEFAULT_MAX_TASKS,
 };
 use engine::ErrorKind;
 
@@ -558,6 +558,69 @@ pub unsafe extern "C" fn emf_service_stats(
         };
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, o, "out") }
+    })
+}
+
+/// Looks agent `agent` up in the service's registry (through its LRU cache; no scheduling lock
+/// is taken): its type into `type_buf` with a NUL after it (`*out_type_len`: the length
+/// without the NUL), its capacity into `*out_max_tasks` and its process id into `*out_pid`.
+/// `EMF_ERR_NOT_FOUND` when no such agent is registered; `EMF_ERR_BUFFER_TOO_SMALL` (nothing
+/// copied, `*out_type_len` written) when `type_cap` is below the length + 1.
+///
+/// # Safety
+///
+/// `s` a live handle; `agent` a NUL-terminated string; `type_buf` writable for `type_cap`
+/// bytes (NULL when 0); the `out_*` pointers writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_service_lookup_agent(
+    s: *mut emf_service_t,
+    agent: *const c_char,
+    type_buf: *mut c_char,
+    type_cap: usize,
+    out_type_len: *mut usize,
+    out_max_tasks: *mut u32,
+    out_pid: *mut u32,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out_type_len, "out_type_len")?;
+        require_out(out_max_tasks, "out_max_tasks")?;
+        require_out(out_pid, "out_pid")?;
+        if type_buf.is_null() && type_cap > 0 {
+            return Err(FfiError::null("type_buf"));
+        }
+        let id = agent_id(agent, "agent")?;
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let registry = unsafe { borrow(s) }?.service.registry()?;
+        let info = registry.lookup(&id)?;
+        let ty = info.agent_type.as_str().as_bytes();
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out_type_len, ty.len(), "out_type_len") }?;
+        if ty.len() >= type_cap {
+            return Err(FfiError::new(
+                EMF_ERR_BUFFER_TOO_SMALL,
+                format!(
+                    "agent {id}: its type needs {} bytes with the NUL, the buffer has {type_cap}",
+                    ty.len() + 1
+                ),
+            ));
+        }
+        // SAFETY: type_buf is writable for type_cap > ty.len() bytes (checked above; non-NULL
+        // since type_cap > 0), and does not overlap the registry's string.
+        unsafe {
+            std::ptr::copy_nonoverlapping(ty.as_ptr(), type_buf.cast::<u8>(), ty.len());
+        }
+        // SAFETY: in bounds (ty.len() < type_cap).
+        let end = unsafe { type_buf.add(ty.len()) };
+        // SAFETY: in bounds (above), writable by contract.
+        unsafe { end.write(0) };
+        let pid = match info.liveness {
+            Liveness::Process { pid, .. } => pid,
+            Liveness::Token(_) => 0,
+        };
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out_max_tasks, info.max_tasks, "out_max_tasks") }?;
+        // SAFETY: as above.
+        unsafe { write_out(out_pid, pid, "out_pid") }
     })
 }
 

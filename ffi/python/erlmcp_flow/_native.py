@@ -951,6 +951,18 @@ PROTOTYPES = {
         ],
     ),
     "emf_service_stats": (emf_status_t, [emf_service_p, POINTER(emf_service_stats_t)]),
+    "emf_service_lookup_agent": (
+        emf_status_t,
+        [
+            emf_service_p,
+            c_char_p,
+            c_char_p,
+            c_size_t,
+            POINTER(c_size_t),
+            POINTER(c_uint32),
+            POINTER(c_uint32),
+        ],
+    ),
     "emf_agent_connect": (
         emf_status_t,
         [c_char_p, c_char_p, c_char_p, c_uint32, POINTER(emf_agent_p)],

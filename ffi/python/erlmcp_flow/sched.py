@@ -46,6 +46,7 @@ from ._errors import (
     EMF_ERR_BUFFER_TOO_SMALL,
     EMF_ERR_EMPTY,
     EMF_ERR_FULL,
+    EMF_ERR_NOT_FOUND,
     EMF_ERR_TIMEOUT,
     EMF_OK,
     Error,
@@ -780,6 +781,27 @@ class Service:
             if status != EMF_OK:
                 raise error_for(status, last_error_message())
         return task.value, _outcome(task.value, kind.value, buf.raw[: n.value])
+
+    def agent(self, agent: str) -> Optional[dict]:
+        """The registered agent ``agent`` as ``{"type", "max_tasks", "pid"}`` (looked up in
+        the service's registry, through its LRU cache), or None when it is not registered."""
+        name = _c_string(agent, "agent")
+        n = c_size_t(0)
+        max_tasks = c_uint32(0)
+        pid = c_uint32(0)
+        with self._use() as h:
+            buf = ctypes.create_string_buffer(256)
+            outs = (byref(n), byref(max_tasks), byref(pid))
+            status = lib.emf_service_lookup_agent(h, name, buf, len(buf), *outs)
+            if status == EMF_ERR_NOT_FOUND:
+                return None
+            if status != EMF_OK:
+                raise error_for(status, last_error_message())
+        return {
+            "type": buf.raw[: n.value].decode("utf-8"),
+            "max_tasks": max_tasks.value,
+            "pid": pid.value,
+        }
 
     def stats(self) -> ServiceStats:
         """The counters."""

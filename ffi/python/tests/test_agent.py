@@ -60,10 +60,14 @@ def test_agents_in_threads_answer_every_task_once(tmp_path):
             payloads = [b"task-%d" % i + b"x" * (i * 30 if i % 50 == 0 else 0) for i in range(300)]
             futures = [s.submit("echo", p, priority=i % 4) for i, p in enumerate(payloads)]
             results = [f.result(timeout=LONG) for f in futures]
+            # The registry knows the agents while they serve.
+            assert s.agent("t0") == {"type": "echo", "max_tasks": 4, "pid": os.getpid()}
+            assert s.agent("nobody") is None
         finally:
             stop.set()
             for t in threads:
                 t.join()
+        until(lambda: s.agent("t1") is None, "the agents to leave the registry")
         # One result per task for the submitter. (Work stealing may have run a task twice —
         # taken from a busy agent just as it started it —: the later answer is counted as a
         # duplicate and dropped.)

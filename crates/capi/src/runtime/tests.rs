@@ -563,3 +563,87 @@ fn null_bad_and_freed_handles_answer_with_a_status() {
         assert_eq!(emf_agent_free(a), EMF_ERR_INVALID_ARGUMENT);
     }
 }
+
+#[test]
+fn agents_are_looked_up_in_the_registry() {
+    let dir = Dir::new("lookup");
+    let s = start(&dir, &small_options());
+    let a = connect(&dir, c"finder", 3);
+    until_agents(s, 1);
+    let mut ty = [0 as c_char; 16];
+    let (mut len, mut max, mut pid) = (0usize, 0u32, 0u32);
+    // SAFETY: a live handle, a 16-byte buffer and writable outputs.
+    let st = unsafe {
+        emf_service_lookup_agent(
+            s,
+            c"finder".as_ptr(),
+            ty.as_mut_ptr(),
+            ty.len(),
+            &mut len,
+            &mut max,
+            &mut pid,
+        )
+    };
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    // SAFETY: NUL-terminated by the call.
+    assert_eq!(unsafe { CStr::from_ptr(ty.as_ptr()) }, c"echo");
+    assert_eq!((len, max, pid), (4, 3, std::process::id()));
+    // Too small a buffer: the length, nothing copied.
+    let mut tiny = [7 as c_char; 4];
+    // SAFETY: as above, with a 4-byte buffer.
+    let st = unsafe {
+        emf_service_lookup_agent(
+            s,
+            c"finder".as_ptr(),
+            tiny.as_mut_ptr(),
+            tiny.len(),
+            &mut len,
+            &mut max,
+            &mut pid,
+        )
+    };
+    assert_eq!(st, EMF_ERR_BUFFER_TOO_SMALL);
+    assert_eq!((len, tiny[0]), (4, 7));
+    // SAFETY: as above.
+    let st = unsafe {
+        emf_service_lookup_agent(
+            s,
+            c"nobody".as_ptr(),
+            ty.as_mut_ptr(),
+            ty.len(),
+            &mut len,
+            &mut max,
+            &mut pid,
+        )
+    };
+    assert_eq!(st, crate::EMF_ERR_NOT_FOUND);
+    // SAFETY: NULL outputs and a bad name answer with a status.
+    unsafe {
+        assert_eq!(
+            emf_service_lookup_agent(
+                s,
+                c"finder".as_ptr(),
+                null_mut(),
+                0,
+                null_mut(),
+                &mut max,
+                &mut pid
+            ),
+            EMF_ERR_NULL_ARGUMENT
+        );
+        assert_eq!(
+            emf_service_lookup_agent(
+                s,
+                c"..".as_ptr(),
+                null_mut(),
+                0,
+                &mut len,
+                &mut max,
+                &mut pid
+            ),
+            EMF_ERR_INVALID_ARGUMENT
+        );
+        assert_eq!(emf_agent_free(a), EMF_OK);
+        assert_eq!(emf_service_free(s), EMF_OK);
+    }
+}

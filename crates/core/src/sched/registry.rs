@@ -174,27 +174,72 @@ impl Registry {
         }
         let slot = self.loads.claim(&id, liveness, max_tasks, now)?;
         let info = Arc::new(AgentInfo {
-            id: id.clone(),
-            agent_type: agent_type.clone(),
+            id,
+            agent_type,
             max_tasks,
             liveness,
             slot,
         });
-        let grown = match maps.by_type.get(&agent_type) {
-            Some(m) => Members::of(m.agents.iter().chain([&info])),
-            None => Members::of([&info].into_iter()),
-        };
-        maps.by_type.insert(agent_type, Arc::new(grown));
-        maps.by_id.insert(id, info.clone());
+        Self::insert(&mut maps, info.clone());
         Ok(info)
     }
 
-    /// Unregisters `id` and releases its load slot; its cache entry is invalidated.
-    /// `NotFound` when it is not registered.
-    pub fn unregister(&self, id: &AgentId) -> Result<Arc<AgentInfo>> {
+    fn insert(maps: &mut Maps, info: Arc<AgentInfo>) {
+        let grown = match maps.by_type.get(&info.agent_type) {
+            Some(m) => Members::of(m.agents.iter().chain([&info])),
+            None => Members::of([&info].into_iter()),
+        };
+        maps.by_type
+            .insert(info.agent_type.clone(), Arc::new(grown));
+        maps.by_id.insert(info.id.clone(), info);
+    }
+
+    /// Registers `id` whose load slot `slot` the agent claimed itself (an agent in another
+    /// process keeps its own load: see the scheduler's runtime). Replaces a registration of
+    /// the same id (a new incarnation). Leaves the slot to the agent: [`Registry::forget`]
+    /// undoes this without releasing it.
+    pub fn adopt(
+        &self,
+        id: AgentId,
+        agent_type: AgentType,
+        max_tasks: u32,
+        liveness: Liveness,
+        slot: SlotRef,
+    ) -> Result<Arc<AgentInfo>> {
+        if max_tasks == 0 {
+            return Err(Error::invalid(format!(
+                "agent {id} must have a capacity of at least 1 task"
+            )));
+        }
         let mut maps = self.write();
-        let info = maps.by_id.remove(id).ok_or_else(|| not_registered(id))?;
-        self.cache.remove(id);
+        if maps.by_id.contains_key(&id) {
+            Self::remove(&mut maps, &id, &self.cache);
+        }
+        let info = Arc::new(AgentInfo {
+            id,
+            agent_type,
+            max_tasks,
+            liveness,
+            slot,
+        });
+        Self::insert(&mut maps, info.clone());
+        Ok(info)
+    }
+
+    /// Unregisters `id` without releasing its load slot (an adopted agent's).
+    /// `NotFound` when it is not registered.
+    pub fn forget(&self, id: &AgentId) -> Result<Arc<AgentInfo>> {
+        let mut maps = self.write();
+        Self::remove(&mut maps, id, &self.cache).ok_or_else(|| not_registered(id))
+    }
+
+    fn remove(
+        maps: &mut Maps,
+        id: &AgentId,
+        cache: &LruCache<AgentId, Arc<AgentInfo>>,
+    ) -> Option<Arc<AgentInfo>> {
+        let info = maps.by_id.remove(id)?;
+        cache.remove(id);
         if let Some(members) = maps.by_type.get(&info.agent_type) {
             let kept = Members::of(members.agents.iter().filter(|m| m.id != *id));
             if kept.agents.is_empty() {
@@ -203,6 +248,14 @@ impl Registry {
                 maps.by_type.insert(info.agent_type.clone(), Arc::new(kept));
             }
         }
+        Some(info)
+    }
+
+    /// Unregisters `id` and releases its load slot; its cache entry is invalidated.
+    /// `NotFound` when it is not registered.
+    pub fn unregister(&self, id: &AgentId) -> Result<Arc<AgentInfo>> {
+        let mut maps = self.write();
+        let info = Self::remove(&mut maps, id, &self.cache).ok_or_else(|| not_registered(id))?;
         drop(maps);
         // Already gone from the table when the agent was judged dead and its slot reclaimed.
         let _ = self.loads.release(info.slot);

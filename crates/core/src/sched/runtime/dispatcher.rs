@@ -15,6 +15,7 @@ use crate::ring::{AckMode, Consumer, Producer, Ring, RingOptions, WaitStrategy};
 use crate::router::inbox_name;
 use crate::sched::ledger::{FileLedger, ShmLedger, ShmLedgerOptions};
 use crate::sched::loads::LoadTable;
+use crate::sched::registry::Registry;
 use crate::sched::scheduler::{Action, Scheduler, SchedulerStats};
 use crate::sched::types::{AgentId, AgentType, Liveness, MemLedger, Micros, TaskId};
 use crate::shm::{process_alive, SegmentOptions};
@@ -63,6 +64,9 @@ struct Core {
     sched: Scheduler<AnyLedger>,
     seg: SegmentOptions,
     loads: Arc<LoadTable>,
+    /// The registered agents, for lookups from any thread (by id through the LRU cache, by
+    /// type); mirrors the scheduler's registrations.
+    registry: Arc<Registry>,
     inboxes: HashMap<AgentId, Inbox>,
     /// Inboxes of agents not registered here (found at open, or an agent reporting without
     /// having said hello): asked to say hello every liveness check until they do, or until
@@ -89,6 +93,9 @@ pub(super) struct Inner {
     last_tick: Micros,
     batch: usize,
 }
+
+/// Entries of the registry's lookup cache (the original design's cache size).
+const REGISTRY_CACHE: usize = 10_000;
 
 /// The largest capacity an agent may announce in its hello.
 pub const MAX_AGENT_TASKS: u32 = 1 << 16;
@@ -183,6 +190,7 @@ impl Dispatcher {
                 sched,
                 seg,
                 loads: loads.clone(),
+                registry: Arc::new(Registry::new(loads.clone(), REGISTRY_CACHE)),
                 inboxes: HashMap::new(),
                 asking: HashMap::new(),
                 outcomes: VecDeque::new(),
@@ -236,6 +244,12 @@ impl Dispatcher {
     /// The shared load table.
     pub fn loads(&self) -> &LoadTable {
         &self.inner.loads
+    }
+
+    /// The registered agents: look one up by id (through the LRU cache) or list a type's,
+    /// from any thread.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.inner.core.registry
     }
 
     /// The counters.
@@ -327,6 +341,10 @@ impl Inner {
 
     pub(super) fn scheduler(&self) -> &Scheduler<AnyLedger> {
         &self.core.sched
+    }
+
+    pub(super) fn registry(&self) -> &Arc<Registry> {
+        &self.core.registry
     }
 
     pub(super) fn stats(&self) -> DispatcherStats {
@@ -455,11 +473,22 @@ impl Core {
             pid,
             start_time: start_ticks,
         };
-        let r = self
-            .sched
-            .register_agent(agent.clone(), agent_type, max_tasks, liveness, now);
-        if r.is_err() && !same {
-            self.inboxes.remove(&agent);
+        let r =
+            self.sched
+                .register_agent(agent.clone(), agent_type.clone(), max_tasks, liveness, now);
+        match &r {
+            Ok(()) => {
+                // The agent claimed its load slot before its hello.
+                if let Some(slot) = self.loads.find(&agent) {
+                    let _ = self
+                        .registry
+                        .adopt(agent, agent_type, max_tasks, liveness, slot);
+                }
+            }
+            Err(_) if !same => {
+                self.inboxes.remove(&agent);
+            }
+            Err(_) => {}
         }
         r
     }
@@ -470,6 +499,7 @@ impl Core {
         if let Some(i) = self.inboxes.remove(agent) {
             i.producer.ring().close();
         }
+        let _ = self.registry.forget(agent);
         self.sched.unregister_agent(agent, now)
     }
 
@@ -515,6 +545,7 @@ impl Core {
     fn check_liveness(&mut self, now: Micros) {
         for (id, i) in self.inboxes.iter_mut() {
             if !i.asked && self.sched.agent_load(id).is_none() {
+                let _ = self.registry.forget(id);
                 i.asked = true;
                 i.pending.push_back(wire::encode_inbox(&InboxFrame::Hello));
             }
@@ -527,6 +558,7 @@ impl Core {
             .collect();
         for id in dead {
             self.stats.deaths += 1;
+            let _ = self.registry.forget(&id);
             let _ = self.sched.agent_dead(&id, now);
             if let Some(i) = self.inboxes.remove(&id) {
                 // Its frames are void (the leases were released): a replacement with the same

@@ -14,6 +14,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::priority::Priority;
 use crate::ring::{Consumer, WaitStrategy};
 use crate::sched::pool::{PoolConfig, PoolStats};
+use crate::sched::registry::Registry;
 use crate::sched::scheduler::Scheduler;
 use crate::sched::types::{AgentType, TaskId};
 
@@ -240,6 +241,16 @@ impl Service {
             )
         })?;
         Ok((p.stats(), st.pool_error.clone()))
+    }
+
+    /// The registered agents, for lookups by id (LRU-cached) and by type from any thread
+    /// without the service's lock. `Closed` once the service stopped.
+    pub fn registry(&self) -> Result<Arc<Registry>> {
+        lock(&self.shared.state)
+            .dispatcher
+            .as_ref()
+            .map(|d| d.registry().clone())
+            .ok_or_else(|| Error::new(ErrorKind::Closed, "the scheduler stopped"))
     }
 
     /// Runs `f` on the scheduler (read-only), under the service's lock. `Closed` once the

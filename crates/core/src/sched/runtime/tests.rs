@@ -107,6 +107,14 @@ fn tasks_reach_thread_agents_and_results_come_back_once() {
     }
     let got = collect(&mut d, want.len());
     assert_eq!(got, want);
+    // The registry knows them while they serve (lookups by id through the LRU cache, by
+    // type), with the load slots they claimed themselves.
+    let reg = d.registry().clone();
+    let w0 = AgentId::new("w0").unwrap();
+    let info = reg.lookup(&w0).unwrap();
+    assert_eq!(info.agent_type, ty("echo"));
+    assert_eq!(d.loads().find(&w0), Some(info.slot));
+    assert_eq!(reg.by_type(&ty("echo")).len(), 3);
     stop.store(true, Ordering::Release);
     let done: u64 = agents.into_iter().map(|h| h.join().unwrap()).sum();
     assert_eq!(done, runs.load(Ordering::Relaxed));
@@ -117,6 +125,8 @@ fn tasks_reach_thread_agents_and_results_come_back_once() {
     // The agents said goodbye: no agent is registered, and their inboxes are gone.
     d.step(Duration::from_millis(1)).unwrap();
     assert_eq!(d.stats().agents, 0);
+    assert_eq!(reg.lookup(&w0).unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(reg.is_empty());
     drop(d);
     Dispatcher::remove_segments(&dir.0).unwrap();
     assert!(crate::shm::list(&dir.0).unwrap().is_empty());
