@@ -1154,6 +1154,7 @@ pub fn helper(args: &[String]) -> Result<(), String> {
     match arg(0)? {
         "sched-memory" => super::sched_mem::helper(),
         "sched-memory-runtime" => super::sched_rt::memory_helper(),
+        "sched-rt" => super::sched_rt::helper(&args[1..]),
         "produce" => {
             let opts = SegmentOptions {
                 dir: arg(1)?.into(),

@@ -20,9 +20,11 @@
 //! * `sched_warm_start_us` / `sched_cold_start_ms`: one task's submit→result on an idle,
 //!   connected agent process, against spawning a new agent process (spawn, connect, hello,
 //!   the task).
-//! * `sched_critical_p99_us`: agent threads saturated by a deep queue of normal tasks; a
-//!   critical task submitted every [`CRITICAL_EVERY`]; the p99 of its submit→result, with the
-//!   normal tasks' p99 beside it.
+//! * `sched_critical_p99_us`: agent threads (one per core but the dispatcher's, default
+//!   `max_tasks`) saturated by a deep queue of normal tasks; a critical task submitted every
+//!   [`CRITICAL_EVERY`]; the p99 of its submit→result, with the normal tasks' p99 beside it;
+//!   with the shared-memory ledger (the default), then in memory (`_mem`: without the
+//!   ledger's compaction pauses).
 //! * `sched_lost_under_kills`: `erlmcp-flow agents chaos` as a child: lost (must be 0),
 //!   duplicated effects, redeliveries.
 //! * `sched_runtime_memory_mb`: a fresh child process with a [`Dispatcher`] (shared-memory
@@ -180,11 +182,7 @@ impl AgentThreads {
                 std::thread::spawn(move || {
                     let opts = AgentOptions {
                         max_tasks,
-                        ..AgentOptions::new(
-                            dir,
-                            AgentId::new(&format!("t{i}")).map_err(err)?,
-                            ty(),
-                        )
+                        ..AgentOptions::new(dir, AgentId::new(&format!("t{i}")).map_err(err)?, ty())
                     };
                     let mut a = Agent::connect(opts).map_err(err)?;
                     let n = a
@@ -206,7 +204,9 @@ impl AgentThreads {
         self.stop.store(true, Ordering::Release);
         let mut total = 0;
         for t in self.threads.drain(..) {
-            total += t.join().map_err(|_| "an agent thread panicked".to_string())??;
+            total += t
+                .join()
+                .map_err(|_| "an agent thread panicked".to_string())??;
         }
         Ok(total)
     }
@@ -342,8 +342,8 @@ pub fn runtime_processes(
 ) -> Result<ProcessFigures, String> {
     let scratch = Scratch::new("procs");
     let dir = &scratch.0;
-    let mut d = Dispatcher::open(&options(dir, LedgerChoice::Shm { capacity: 16 << 20 }))
-        .map_err(err)?;
+    let mut d =
+        Dispatcher::open(&options(dir, LedgerChoice::Shm { capacity: 16 << 20 })).map_err(err)?;
     let ids: Vec<String> = (0..workers).map(|i| format!("p{i}")).collect();
     let procs = spawn_workers(dir, &ids, AGENT_TYPE, THROUGHPUT_MAX_TASKS, 0);
     await_agents(&mut d, workers)?;
@@ -372,7 +372,11 @@ pub fn runtime_processes(
     for k in 0..starts.max(1) {
         // The task waits for an agent of its type; none runs until the spawn.
         let id = d
-            .submit(&cold_ty, Priority::Normal, (k as u64).to_le_bytes().to_vec())
+            .submit(
+                &cold_ty,
+                Priority::Normal,
+                (k as u64).to_le_bytes().to_vec(),
+            )
             .map_err(err)?;
         let t = Instant::now();
         let mut p = spawn_workers(dir, &[format!("c{k}")], "cold", 5, 1);
@@ -449,15 +453,15 @@ pub struct CriticalFigures {
     pub tasks_per_s: f64,
 }
 
-/// Agent threads (default `max_tasks`, shared-memory ledger) saturated by [`CRITICAL_DEPTH`]
-/// queued normal tasks; a critical task every [`CRITICAL_EVERY`] until `samples` of them ended.
-pub fn critical_under_load(agents: usize, samples: usize) -> Result<CriticalFigures, String> {
+/// Agent threads (default `max_tasks`) saturated by [`CRITICAL_DEPTH`] queued normal tasks; a
+/// critical task every [`CRITICAL_EVERY`] until `samples` of them ended.
+pub fn critical_under_load(
+    ledger: LedgerChoice,
+    agents: usize,
+    samples: usize,
+) -> Result<CriticalFigures, String> {
     let scratch = Scratch::new("crit");
-    let mut d = Dispatcher::open(&options(
-        &scratch.0,
-        LedgerChoice::Shm { capacity: 16 << 20 },
-    ))
-    .map_err(err)?;
+    let mut d = Dispatcher::open(&options(&scratch.0, ledger)).map_err(err)?;
     let mut pool = AgentThreads::start(&scratch.0, agents, erlmcp_flow::sched::DEFAULT_MAX_TASKS);
     await_agents(&mut d, agents)?;
     let ty = ty();
@@ -588,7 +592,11 @@ pub fn measure_runtime_memory() -> Result<(Rss, Rss), Error> {
     let mut agents = Vec::with_capacity(MEM_AGENTS);
     for i in 0..MEM_AGENTS {
         let id = AgentId::new(&format!("agent-{i:02}"))?;
-        agents.push(Agent::connect(AgentOptions::new(&scratch.0, id, ty.clone()))?);
+        agents.push(Agent::connect(AgentOptions::new(
+            &scratch.0,
+            id,
+            ty.clone(),
+        ))?);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while d.stats().agents < MEM_AGENTS && Instant::now() < deadline {
@@ -601,7 +609,9 @@ pub fn measure_runtime_memory() -> Result<(Rss, Rss), Error> {
     d.step(Duration::ZERO)?;
     let s = d.stats();
     let leased = MEM_AGENTS * erlmcp_flow::sched::DEFAULT_MAX_TASKS as usize;
-    if s.agents != MEM_AGENTS || s.sched.queued + s.sched.leased != MEM_TASKS || s.sched.leased != leased
+    if s.agents != MEM_AGENTS
+        || s.sched.queued + s.sched.leased != MEM_TASKS
+        || s.sched.leased != leased
     {
         return Err(Error::invalid(format!(
             "{} agents, {} queued and {} leased, not {MEM_AGENTS}, {MEM_TASKS} with {leased}",
@@ -649,6 +659,41 @@ fn child_memory() -> Result<(Rss, Rss), String> {
         shmem_kib: n[i + 2],
     };
     Ok((rss(0), rss(3)))
+}
+
+/// `erlmcp-flow bench-helper sched-rt KIND ...`: one measurement alone, for profiling
+/// (`perf record`) and trying settings: `threads mem|shm AGENTS TASKS`, `critical mem|shm
+/// AGENTS SAMPLES`, `processes AGENTS TASKS`.
+pub fn helper(args: &[String]) -> Result<(), String> {
+    let num = |i: usize| -> Result<u64, String> {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .ok_or_else(|| format!("sched-rt: argument {i} is missing or not a number"))
+    };
+    match args.first().map(String::as_str) {
+        Some("threads") => {
+            let ledger = match args.get(1).map(String::as_str) {
+                Some("mem") => LedgerChoice::Memory,
+                _ => LedgerChoice::Shm { capacity: 16 << 20 },
+            };
+            let r = runtime_threads(ledger, num(2)? as usize, num(3)?, 3)?;
+            println!("tasks/s {r:.0}");
+        }
+        Some("critical") => {
+            let ledger = match args.get(1).map(String::as_str) {
+                Some("mem") => LedgerChoice::Memory,
+                _ => LedgerChoice::Shm { capacity: 16 << 20 },
+            };
+            let c = critical_under_load(ledger, num(2)? as usize, num(3)? as usize)?;
+            println!("{c:?}");
+        }
+        Some("processes") => {
+            let p = runtime_processes(num(1)? as usize, num(2)?, 3, 5)?;
+            println!("{p:?}");
+        }
+        other => return Err(format!("sched-rt: unknown measurement {other:?}")),
+    }
+    Ok(())
 }
 
 /// The median of `v` (NaN when empty).
@@ -704,10 +749,10 @@ pub fn results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchR
     let (ptasks, pruns, starts) = if quick {
         (5_000, 1, 3)
     } else {
-        (50_000, 5, 11)
+        (20_000, 5, 11)
     };
-    let p = runtime_processes(n, ptasks, pruns, starts)
-        .unwrap_or_else(|e| fail("agent processes", e));
+    let p =
+        runtime_processes(n, ptasks, pruns, starts).unwrap_or_else(|e| fail("agent processes", e));
     let mut r = BenchResult::new(
         "sched_tasks_per_s_processes",
         p.tasks_per_s,
@@ -742,8 +787,11 @@ pub fn results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchR
     ));
 
     progress("sched_critical_p99_us");
-    let c = critical_under_load(n, if quick { 200 } else { 2_000 })
+    let (agents, samples) = ((n - 1).max(1), if quick { 200 } else { 2_000 });
+    let c = critical_under_load(LedgerChoice::Shm { capacity: 16 << 20 }, agents, samples)
         .unwrap_or_else(|e| fail("critical under load", e));
+    let cm = critical_under_load(LedgerChoice::Memory, agents, samples)
+        .unwrap_or_else(|e| fail("critical under load, memory ledger", e));
     out.push(
         BenchResult::new(
             "sched_critical_p99_us",
@@ -770,6 +818,22 @@ pub fn results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchR
         c.tasks_per_s,
         "tasks/s",
         Better::Higher,
+    ));
+
+    out.push(
+        BenchResult::new(
+            "sched_critical_p99_us_mem",
+            cm.critical_p99_us,
+            "us",
+            Better::Lower,
+        )
+        .with_targets(Some(1_000.0), Some(50.0)),
+    );
+    out.push(BenchResult::new(
+        "sched_normal_p99_us_under_load_mem",
+        cm.normal_p99_us,
+        "us",
+        Better::Lower,
     ));
 
     progress("sched_lost_under_kills");
@@ -876,7 +940,10 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "mmapped segments and threads")]
     fn threads_benchmark_completes_every_task() {
-        for ledger in [LedgerChoice::Memory, LedgerChoice::Shm { capacity: 1 << 20 }] {
+        for ledger in [
+            LedgerChoice::Memory,
+            LedgerChoice::Shm { capacity: 1 << 20 },
+        ] {
             let rate = runtime_threads(ledger, 2, 500, 2).expect("run");
             assert!(rate.is_finite() && rate > 0.0, "{rate}");
         }
@@ -886,7 +953,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "mmapped segments and threads")]
     fn critical_run_measures_both_kinds() {
-        let c = critical_under_load(1, 5).expect("run");
+        let c = critical_under_load(LedgerChoice::Memory, 1, 5).expect("run");
         assert!(c.critical_p99_us > 0.0 && c.normal_p99_us > 0.0, "{c:?}");
         assert!(c.critical_p50_us <= c.critical_p99_us);
     }
