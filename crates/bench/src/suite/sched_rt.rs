@@ -661,8 +661,23 @@ fn child_memory() -> Result<(Rss, Rss), String> {
     Ok((rss(0), rss(3)))
 }
 
+/// `mem` (the memory ledger), `shm` (16 MiB, the default) or `shm:MIB`.
+fn ledger_arg(a: Option<&String>) -> Result<LedgerChoice, String> {
+    match a.map(String::as_str) {
+        Some("mem") => Ok(LedgerChoice::Memory),
+        Some("shm") | None => Ok(LedgerChoice::Shm { capacity: 16 << 20 }),
+        Some(other) => other
+            .strip_prefix("shm:")
+            .and_then(|m| m.parse::<usize>().ok())
+            .map(|mib| LedgerChoice::Shm {
+                capacity: mib << 20,
+            })
+            .ok_or_else(|| format!("sched-rt: ledger {other:?} is not mem, shm or shm:MIB")),
+    }
+}
+
 /// `erlmcp-flow bench-helper sched-rt KIND ...`: one measurement alone, for profiling
-/// (`perf record`) and trying settings: `threads mem|shm AGENTS TASKS`, `critical mem|shm
+/// (`perf record`) and trying settings: `threads LEDGER AGENTS TASKS`, `critical LEDGER
 /// AGENTS SAMPLES`, `processes AGENTS TASKS`.
 pub fn helper(args: &[String]) -> Result<(), String> {
     let num = |i: usize| -> Result<u64, String> {
@@ -672,18 +687,12 @@ pub fn helper(args: &[String]) -> Result<(), String> {
     };
     match args.first().map(String::as_str) {
         Some("threads") => {
-            let ledger = match args.get(1).map(String::as_str) {
-                Some("mem") => LedgerChoice::Memory,
-                _ => LedgerChoice::Shm { capacity: 16 << 20 },
-            };
+            let ledger = ledger_arg(args.get(1))?;
             let r = runtime_threads(ledger, num(2)? as usize, num(3)?, 3)?;
             println!("tasks/s {r:.0}");
         }
         Some("critical") => {
-            let ledger = match args.get(1).map(String::as_str) {
-                Some("mem") => LedgerChoice::Memory,
-                _ => LedgerChoice::Shm { capacity: 16 << 20 },
-            };
+            let ledger = ledger_arg(args.get(1))?;
             let c = critical_under_load(ledger, num(2)? as usize, num(3)? as usize)?;
             println!("{c:?}");
         }
