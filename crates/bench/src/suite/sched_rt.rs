@@ -736,23 +736,21 @@ pub fn results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchR
     let shm = runtime_threads(LedgerChoice::Shm { capacity: 16 << 20 }, n, tasks, runs)
         .unwrap_or_else(|e| fail("threads, shm ledger", e));
     let goal = (Some(100_000.0), Some(1_000_000.0));
-    let mut r_mem = BenchResult::new("sched_tasks_per_s_threads", mem, "tasks/s", Better::Higher)
-        .with_targets(goal.0, goal.1);
-    let mut r_shm = BenchResult::new(
-        "sched_tasks_per_s_threads_shm",
-        shm,
-        "tasks/s",
-        Better::Higher,
-    )
-    .with_targets(goal.0, goal.1);
     #[cfg(feature = "peers")]
-    {
-        let peer = crossbeam_pool(n, tasks, runs);
-        r_mem = r_mem.with_peer("crossbeam-channel pool", peer);
-        r_shm = r_shm.with_peer("crossbeam-channel pool", peer);
+    let peer = Some(crossbeam_pool(n, tasks, runs));
+    #[cfg(not(feature = "peers"))]
+    let peer: Option<f64> = None;
+    for (name, value) in [
+        ("sched_tasks_per_s_threads", mem),
+        ("sched_tasks_per_s_threads_shm", shm),
+    ] {
+        let r =
+            BenchResult::new(name, value, "tasks/s", Better::Higher).with_targets(goal.0, goal.1);
+        out.push(match peer {
+            Some(p) => r.with_peer("crossbeam-channel pool", p),
+            None => r,
+        });
     }
-    out.push(r_mem);
-    out.push(r_shm);
 
     progress("sched_tasks_per_s_processes");
     let (ptasks, pruns, starts) = if quick {
