@@ -17,6 +17,7 @@ pub mod ring;
 pub mod samples;
 pub mod sched;
 pub mod sched_mem;
+pub mod sched_rt;
 pub mod sched_sim;
 
 use std::time::{Duration, Instant};

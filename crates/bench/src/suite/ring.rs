@@ -1153,6 +1153,8 @@ pub fn helper(args: &[String]) -> Result<(), String> {
     let err = |e: erlmcp_flow::Error| e.to_string();
     match arg(0)? {
         "sched-memory" => super::sched_mem::helper(),
+        "sched-memory-runtime" => super::sched_rt::memory_helper(),
+        "sched-rt" => super::sched_rt::helper(&args[1..]),
         "produce" => {
             let opts = SegmentOptions {
                 dir: arg(1)?.into(),

@@ -1,7 +1,9 @@
 //! The scheduler suite: choosing an agent among 60 (issue 12's `sched_select_p99_ns`, here),
 //! the scheduling policies compared on a virtual clock (`sched_p99_vs_round_robin`,
 //! `sched_mean_depth`, `sched_balance`: [`super::sched_sim`]) and the memory of a loaded
-//! scheduler (`sched_memory_mb`: [`super::sched_mem`]).
+//! scheduler (`sched_memory_mb`: [`super::sched_mem`]); the runtime end to end (tasks per
+//! second with agent threads and processes, warm and cold starts, critical tasks under load,
+//! tasks lost under kills, the runtime's memory: [`super::sched_rt`]).
 //!
 //! # Selecting an agent
 //!
@@ -267,6 +269,7 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
     ];
     out.extend(super::sched_sim::results(settings, progress));
     out.extend(super::sched_mem::results(settings, progress));
+    out.extend(super::sched_rt::results(settings, progress));
     out
 }
 
@@ -274,8 +277,8 @@ fn run_sched(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchRes
 pub fn sched_suite() -> Suite {
     Suite {
         name: "sched",
-        about: "select_agent among 60 agents against a Mutex<HashMap> scan; policies vs round-robin (simulated); memory",
-        steps: 3,
+        about: "select_agent among 60 agents against a Mutex<HashMap> scan; policies vs round-robin (simulated); memory; the runtime end to end (tasks/s, starts, critical p99, kills)",
+        steps: 3 + super::sched_rt::STEPS,
         run: run_sched,
     }
 }
