@@ -21,8 +21,9 @@
 //!   critical task is delivered before every lower one of its type; FIFO within a lane. A task
 //!   whose type has no agent (yet) waits for one.
 //! * **Leases.** A delivery carries a deadline: `now` + the type's lease length, which is the
-//!   p95 of the type's last [`SchedulerConfig::latency_window`] delivery-to-ack latencies ×
-//!   [`SchedulerConfig::lease_factor`], clamped to `[min_lease, max_lease]`
+//!   p95 of the type's last [`SchedulerConfig::latency_window`] delivery-to-ack latencies
+//!   (recomputed after each sample until the window is full, then every `latency_window / 8`
+//!   samples) × [`SchedulerConfig::lease_factor`], clamped to `[min_lease, max_lease]`
 //!   ([`SchedulerConfig::default_lease`] before any observation). [`Scheduler::tick`] releases
 //!   expired leases; a dead agent's leases (reported by [`Scheduler::agent_dead`], or
 //!   [`SchedulerConfig::heartbeat_timeout`] without a heartbeat) and those of an unregistered
@@ -420,8 +421,14 @@ struct TypeState {
     agents: Vec<AgentId>,
     /// Recent delivery-to-ack latencies.
     window: VecDeque<Micros>,
-    /// The lease length from `window`, recomputed after a new sample.
+    /// The lease length from `window`; recomputed after each new sample while the window
+    /// fills, then after every `latency_window / 8` new samples (a p95 moves slowly; a
+    /// selection per ack cost 11 % of a busy dispatcher).
     lease: Option<Micros>,
+    /// Samples since `lease` was computed.
+    stale: usize,
+    /// Scratch for the p95 selection (no allocation per recomputation).
+    scratch: Vec<Micros>,
     /// Its rate limiter, when configured.
     limiter: Option<RateLimiter>,
 }
@@ -1094,6 +1101,8 @@ impl<L: Ledger> Scheduler<L> {
             agents: Vec::new(),
             window: VecDeque::new(),
             lease: None,
+            stale: 0,
+            scratch: Vec::new(),
             limiter: self
                 .config
                 .rate_limit
@@ -1442,11 +1451,15 @@ impl<L: Ledger> Scheduler<L> {
                 Some(m) => alpha * sample as f64 + (1.0 - alpha) * m,
             });
             let ts = &mut self.types[a.type_ix];
-            if ts.window.len() == self.config.latency_window {
+            let full = ts.window.len() == self.config.latency_window;
+            if full {
                 ts.window.pop_front();
             }
             ts.window.push_back(sample);
-            ts.lease = None;
+            ts.stale += 1;
+            if !full || ts.stale >= (self.config.latency_window / 8).max(1) {
+                ts.lease = None;
+            }
         }
     }
 
@@ -1461,12 +1474,15 @@ impl<L: Ledger> Scheduler<L> {
         if let Some(l) = ts.lease {
             return l;
         }
-        let mut v: Vec<Micros> = ts.window.iter().copied().collect();
+        let v = &mut ts.scratch;
+        v.clear();
+        v.extend(ts.window.iter().copied());
         // The nearest-rank p95.
         let rank = (v.len() * 95).div_ceil(100).max(1) - 1;
         let (_, &mut p95, _) = v.select_nth_unstable(rank);
         let l = ((p95 as f64 * c.lease_factor) as Micros).clamp(c.min_lease, c.max_lease);
         ts.lease = Some(l);
+        ts.stale = 0;
         l
     }
 
