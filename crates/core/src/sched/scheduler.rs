@@ -66,7 +66,7 @@
 //!   lost); a probe revoked because another agent answered the task first counts as a
 //!   failure (conservative: the breaker reopens, with its bounded back-off, rather than waiting
 //!   for ever), one revoked because the same agent answered an older attempt as a success. Breakers outlive a death and a new incarnation of the same id (a crash-looping
-//!   agent stays shunned); `unregister_agent` forgets it. They are not durable: a scheduler
+//!   agent stays shunned); `unregister_agent` forgets it, and `tick` forgets a closed one whose agent is gone. They are not durable: a scheduler
 //!   restart starts every breaker closed.
 //! * **Back-pressure** ([`SchedulerConfig::backpressure`]): one [`BackPressure`] per registered
 //!   agent. The host reports the agent's inbox lag with [`Scheduler::observe_lag`]; every
@@ -973,6 +973,15 @@ impl<L: Ledger> Scheduler<L> {
     /// leases whose deadline is at or before `now` are released, and every type's queue is
     /// served (deliveries, steals).
     pub fn tick(&mut self, now: Micros) {
+        // A closed breaker of an agent that is gone holds nothing worth keeping (an open one
+        // keeps a crash-looping id shunned): forget it, so ids that never come back (a pool's
+        // replacements) do not pile up.
+        if self.breakers.len() > self.agents.len() {
+            let agents = &self.agents;
+            self.breakers.retain(|id, b| {
+                agents.contains_key(id) || !matches!(b.state(), BreakerState::Closed)
+            });
+        }
         if let Some(timeout) = self.config.heartbeat_timeout {
             let silent = |agents: &BTreeMap<AgentId, Agent>| -> Vec<AgentId> {
                 agents

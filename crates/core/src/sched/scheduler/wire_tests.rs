@@ -416,3 +416,43 @@ fn any_heartbeat_source_can_be_plugged_in_and_removed() {
     s.tick(200);
     assert!(s.agent_load(&a).is_none());
 }
+
+#[test]
+fn closed_breakers_of_agents_gone_are_forgotten_open_ones_kept() {
+    let mut s = sched_with(breaker_config());
+    s.register_agent(agent("flaky"), ty("t"), 1, Liveness::Token(1), 0)
+        .unwrap();
+    // "flaky" fails its only task twice: its breaker opens.
+    let task = s.submit(&ty("t"), Priority::Normal, vec![1], 0).unwrap();
+    for now in [1, 2] {
+        let d = delivered(&mut s);
+        assert_eq!(d.len(), 1);
+        let (who, t, attempt) = &d[0];
+        assert_eq!((who.as_str(), *t), ("flaky", task.0));
+        s.nack(&agent("flaky"), task, *attempt, "boom", now)
+            .unwrap();
+    }
+    assert!(matches!(
+        s.breaker_state(&agent("flaky")),
+        Some(BreakerState::Open { .. })
+    ));
+    s.register_agent(agent("gone"), ty("t"), 1, Liveness::Token(2), 3)
+        .unwrap();
+    assert_eq!(s.breaker_state(&agent("gone")), Some(BreakerState::Closed));
+    s.agent_dead(&agent("flaky"), 4).unwrap();
+    s.agent_dead(&agent("gone"), 4).unwrap();
+    assert_eq!(s.breaker_state(&agent("gone")), Some(BreakerState::Closed));
+    s.tick(5);
+    assert_eq!(
+        s.breaker_state(&agent("gone")),
+        None,
+        "closed and gone: forgotten"
+    );
+    assert!(
+        matches!(
+            s.breaker_state(&agent("flaky")),
+            Some(BreakerState::Open { .. })
+        ),
+        "open: kept, the id stays shunned"
+    );
+}
