@@ -273,6 +273,207 @@ fn shm_compaction_keeps_the_live_tasks_and_the_max_id_or_answers_full() {
     assert_eq!(l.append(&too_big).unwrap_err().kind(), ErrorKind::TooLarge);
 }
 
+/// A random record about task `id`: any kind, with fields of random sizes.
+fn random_record(rng: &mut Rng, id: u64) -> LedgerRecord {
+    let id = TaskId(id);
+    let n = rng.below(60) as usize;
+    match rng.below(5) {
+        0 => LedgerRecord::Accepted {
+            id,
+            agent_type: AgentType::new("t").unwrap(),
+            priority: Priority::High,
+            payload: vec![7; n],
+        },
+        1 => LedgerRecord::Leased {
+            id,
+            agent: AgentId::new("a-1").unwrap(),
+            attempt: rng.below(4) as u32,
+            deadline: rng.next(),
+        },
+        2 => LedgerRecord::Released {
+            id,
+            reason: "r".repeat(n),
+        },
+        3 => LedgerRecord::Completed {
+            id,
+            result: vec![1; n],
+        },
+        _ => LedgerRecord::DeadLettered {
+            id,
+            reason: "d".repeat(n),
+        },
+    }
+}
+
+fn frame_bytes(r: &LedgerRecord) -> usize {
+    let mut f = Vec::new();
+    codec::encode_frame(r, &mut f).unwrap();
+    (4 + f.len() + 7) & !7
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn shm_compaction_from_the_index_equals_compact_of_the_segment() {
+    // Random workloads (every record kind, ends, duplicate ends, records after an end, huge
+    // ids, reopenings) through random small capacities: after every append the ledger holds
+    // exactly what the reference says, byte for byte in its framing: appended, or
+    // `compact(what it held)` followed by the record, or unchanged with `Full`.
+    let dir = TempDir::new("ledger-index");
+    let mut compactions = 0;
+    for seed in 0..12u64 {
+        let mut rng = Rng(seed);
+        let cap = 1024 + 8 * rng.below(400) as usize;
+        let opts = shm_opts(&dir.0, cap);
+        let name = format!("p{seed}");
+        let mut l = ShmLedger::open(&name, &opts).unwrap();
+        let mut model: Vec<LedgerRecord> = Vec::new();
+        let mut all: Vec<LedgerRecord> = Vec::new();
+        let mut next = 1u64;
+        let sane = seed % 2 == 0;
+        let mut ended = std::collections::BTreeSet::new();
+        let mut used: Vec<u64> = Vec::new();
+        let mut live: Vec<u64> = Vec::new();
+        let (mut fulls, mut steps) = (0, 0);
+        for step in 0..1500 {
+            let pick = rng.below(10);
+            let id = if live.is_empty() || pick < 2 {
+                // A new task; now and then far above the others.
+                next += if rng.below(10) == 0 {
+                    1 + rng.below(1 << 40)
+                } else {
+                    1
+                };
+                used.push(next);
+                live.push(next);
+                next
+            } else if pick < 9 {
+                live[rng.below(live.len() as u64) as usize]
+            } else {
+                used[rng.below(used.len() as u64) as usize]
+            };
+            let mut r = random_record(&mut rng, id);
+            if pick < 9 && pick >= 2 && rng.below(3) == 0 {
+                // Live tasks end soon enough to leave room.
+                r = LedgerRecord::Completed {
+                    id: TaskId(id),
+                    result: vec![3; rng.below(20) as usize],
+                };
+            }
+            if ended.contains(&id) && !ends_task(&r) && (sane || rng.below(20) != 0) {
+                // Sane workloads only repeat ends after an end; the others now and then
+                // append another record (it outlives compactions that no longer hold the end).
+                r = LedgerRecord::Completed {
+                    id: TaskId(id),
+                    result: vec![],
+                };
+            } else if ended.contains(&id) && !ends_task(&r) && !live.contains(&id) {
+                // Such a task looks live again once a compaction drops its end: end it again.
+                live.push(id);
+            }
+            let before = l.used();
+            let need = frame_bytes(&r);
+            match l.append(&r) {
+                Ok(()) if before + need <= cap => model.push(r.clone()),
+                Ok(()) => {
+                    model = compact(&model);
+                    model.push(r.clone());
+                    compactions += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Full, "{e}");
+                    let c: usize = compact(&model).iter().map(frame_bytes).sum();
+                    assert!(c + need > cap, "Full but {c} + {need} fit {cap}");
+                    fulls += 1;
+                    continue;
+                }
+            }
+            steps += 1;
+            if ends_task(&r) {
+                ended.insert(id);
+                live.retain(|&t| t != id);
+            }
+            all.push(r);
+            assert_eq!(l.replay().unwrap(), model, "seed {seed} step {step}");
+            assert_eq!(l.used(), model.iter().map(frame_bytes).sum::<usize>());
+            if sane {
+                assert_eq!(compact(&model), compact(&all), "seed {seed} step {step}");
+            }
+            if rng.below(100) == 0 {
+                // Reopen: the index is rebuilt by the scan.
+                drop(l);
+                l = ShmLedger::open(&name, &opts).unwrap();
+                assert_eq!(l.replay().unwrap(), model);
+            }
+            if rng.below(50) == 0 {
+                l.compact().unwrap();
+                model = compact(&model);
+                compactions += 1;
+                assert_eq!(l.replay().unwrap(), model);
+            }
+        }
+        assert!(steps > 1000, "seed {seed}: {steps} appends, {fulls} Full");
+    }
+    assert!(compactions > 500, "{compactions}");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn shm_compaction_refuses_a_kept_frame_damaged_since_its_append() {
+    let dir = TempDir::new("ledger-damaged");
+    let opts = shm_opts(&dir.0, 4096);
+    let mut l = ShmLedger::open("d", &opts).unwrap();
+    l.append(&accepted(1, 10)).unwrap();
+    l.append(&accepted(2, 10)).unwrap();
+    let path = l.path().to_owned();
+    // A byte of task 1's payload (the frame at 0: commit, len, crc, then the body).
+    let p = l.byte_ptr(LEDGER_HEADER + 4 + 8 + 20);
+    // SAFETY: test-only; inside the mapping, this process owns the ledger.
+    unsafe { *p ^= 1 };
+    let before = std::fs::read(&path).unwrap();
+    assert_eq!(l.compact().unwrap_err().kind(), ErrorKind::Corrupt);
+    assert_eq!(std::fs::read(&path).unwrap(), before, "nothing replaced");
+    // SAFETY: as above (restores the byte).
+    unsafe { *p ^= 1 };
+    l.compact().unwrap();
+    assert_eq!(l.replay().unwrap(), vec![accepted(1, 10), accepted(2, 10)]);
+}
+
+#[test]
+#[ignore = "a benchmark: prints the time of compactions of a full 16 MiB ledger"]
+fn shm_compaction_time() {
+    // `cargo test --release -p erlmcp-flow --lib shm_compaction_time -- --ignored --nocapture`
+    let name = format!("bench-compact-{}", std::process::id());
+    let opts = ShmLedgerOptions::default();
+    let mut l = ShmLedger::open(&name, &opts).unwrap();
+    let mut times = Vec::new();
+    let mut plain = Vec::new();
+    for r in Workload::after(&[], 64).take(3_000_000) {
+        let before = l.used();
+        let t = Instant::now();
+        l.append(&r).unwrap();
+        let e = t.elapsed();
+        if l.used() < before {
+            times.push(e);
+        } else {
+            plain.push(e);
+        }
+    }
+    drop(l);
+    ShmLedger::remove(&name, &opts.segment).unwrap();
+    times.sort();
+    plain.sort();
+    println!(
+        "ShmLedger 16 MiB, 64 live tasks: {} compactions, median {:?}, max {:?}; {} plain \
+         appends, median {:?}, p99 {:?}",
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1],
+        plain.len(),
+        plain[plain.len() / 2],
+        plain[plain.len() * 99 / 100],
+    );
+}
+
 #[test]
 #[cfg_attr(miri, ignore = "maps files")]
 fn shm_inspect_reads_a_consistent_prefix_while_the_owner_appends_and_compacts() {

@@ -39,21 +39,31 @@
 //! # Compaction
 //!
 //! When a record does not fit, the owner writes the compacted records (the tasks not yet
-//! ended and the largest id ever used, see [`compact`]) and the new record
+//! ended and the largest id ever used, see [`compact`](super::compact)) and the new record
 //! into a new segment, under a temporary name, with itself as the owner, and renames it over
 //! the ledger's name: a process that opens the name sees the old segment or the new one, both
-//! whole. If even that does not fit, the append gives `ErrorKind::Full` and changes nothing.
+//! whole.
+//!
+//! The owner does not read the segment to compact it: it keeps in memory, as it appends, where
+//! the frames of the tasks not yet ended are, which tasks ended, the largest id and where the
+//! first end of that task is (built once by the scan at open, rebuilt at each compaction). A
+//! compaction copies the surviving frames' bytes from the old mapping into the new segment as
+//! they are (the same bytes a decode and re-encode would give: the encoding is canonical), in
+//! their order, and checks each copied frame's length and CRC (a frame damaged since it was
+//! appended gives `Corrupt` and nothing is replaced). Its cost follows the records it keeps,
+//! not the size of the segment. If even that does not fit, the append gives `ErrorKind::Full` and changes nothing.
 //! A process that took the lock of a segment that was meanwhile replaced (it opened the old
 //! file before the rename, and the owner died after it) sees that the file under the name has
 //! another nonce, and opens again.
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use super::codec::{self, Frame, FRAME_HEADER};
-use super::compact;
+use super::codec::{self, task_of, Frame, FRAME_HEADER};
+use super::ends_task;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sched::types::{Ledger, LedgerRecord};
+use crate::sched::types::{Ledger, LedgerRecord, TaskId};
 use crate::shm::{
     process_alive, process_start_ticks, segment_path, validate_name, Segment, SegmentKind,
     SegmentOptions, HEADER_LEN,
@@ -158,6 +168,125 @@ pub struct ShmLedger {
     /// Where the next frame goes (the end of the committed frames).
     tail: usize,
     buf: Vec<u8>,
+    /// What a compaction keeps, maintained as frames are appended.
+    index: FrameIndex,
+}
+
+/// Where a frame is in the data area: the offset of its commit word and the bytes of its codec
+/// frame (length, CRC, body).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct FrameAt {
+    off: usize,
+    len: usize,
+}
+
+/// A frame of a task not yet ended, in its task's chain.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    at: FrameAt,
+    /// The next frame of the same task (or of the free list); `NIL` ends the chain.
+    next: usize,
+}
+
+const NIL: usize = usize::MAX;
+
+/// The owner's account of its segment's frames: exactly what [`compact`](super::compact) would keep of them,
+/// without reading them. Its size follows the tasks not yet ended and the tasks ended in the
+/// segment (each has a frame there), so it is bounded by the segment and shrinks at each
+/// compaction.
+#[derive(Debug, Default)]
+struct FrameIndex {
+    /// The frames of the tasks not yet ended, chained per task, and the free slots.
+    links: Vec<Link>,
+    /// The first free slot of `links` (`NIL`: none).
+    free: usize,
+    /// Each task not yet ended: the first and last slot of its chain.
+    live: HashMap<TaskId, (usize, usize)>,
+    /// The tasks with an ending record in the segment.
+    ended: HashSet<TaskId>,
+    /// The largest task id in the segment.
+    max: Option<TaskId>,
+    /// The first ending record of task `max`, when it has one.
+    max_end: Option<FrameAt>,
+    /// Scratch space of a compaction: the frames it keeps.
+    kept: Vec<(FrameAt, TaskId, bool)>,
+}
+
+impl FrameIndex {
+    fn new() -> FrameIndex {
+        FrameIndex {
+            free: NIL,
+            ..Default::default()
+        }
+    }
+
+    fn clear(&mut self) {
+        self.links.clear();
+        self.free = NIL;
+        self.live.clear();
+        self.ended.clear();
+        self.max = None;
+        self.max_end = None;
+    }
+
+    /// Accounts for a frame appended at `at`, of a record about `task` that ends it or not.
+    fn note(&mut self, at: FrameAt, task: TaskId, ends: bool) {
+        if Some(task) > self.max {
+            self.max = Some(task);
+            self.max_end = None;
+        }
+        if self.ended.contains(&task) {
+            // A record of a task already ended: compaction drops it (the first end of the
+            // largest id was noted when it came).
+            return;
+        }
+        if ends {
+            self.ended.insert(task);
+            if Some(task) == self.max {
+                self.max_end = Some(at);
+            }
+            if let Some((first, last)) = self.live.remove(&task) {
+                // Its frames are dropped: their slots go to the free list.
+                self.links[last].next = self.free;
+                self.free = first;
+            }
+            return;
+        }
+        let slot = if self.free != NIL {
+            let s = self.free;
+            self.free = self.links[s].next;
+            self.links[s] = Link { at, next: NIL };
+            s
+        } else {
+            self.links.push(Link { at, next: NIL });
+            self.links.len() - 1
+        };
+        match self.live.get_mut(&task) {
+            Some((_, last)) => {
+                self.links[*last].next = slot;
+                *last = slot;
+            }
+            None => {
+                self.live.insert(task, (slot, slot));
+            }
+        }
+    }
+
+    /// Fills `kept` with the frames [`compact`](super::compact) keeps, in their order in the segment.
+    fn collect_kept(&mut self) {
+        self.kept.clear();
+        for (&task, &(first, _)) in &self.live {
+            let mut s = first;
+            while s != NIL {
+                self.kept.push((self.links[s].at, task, false));
+                s = self.links[s].next;
+            }
+        }
+        if let (Some(at), Some(task)) = (self.max_end, self.max) {
+            self.kept.push((at, task, true));
+        }
+        self.kept.sort_unstable_by_key(|k| k.0.off);
+    }
 }
 
 impl std::fmt::Debug for ShmLedger {
@@ -280,10 +409,17 @@ impl<'a> View<'a> {
 
     /// The committed records and the offset where the next frame goes.
     fn scan(&self) -> Result<(Vec<LedgerRecord>, usize)> {
+        let mut records = Vec::new();
+        let tail = self.scan_with(|_, r| records.push(r))?;
+        Ok((records, tail))
+    }
+
+    /// Calls `f` with each committed frame's place and record, in order; returns the offset
+    /// where the next frame goes.
+    fn scan_with(&self, mut f: impl FnMut(FrameAt, LedgerRecord)) -> Result<usize> {
         self.check()?;
         let cap = self.capacity();
         let path = self.path.display();
-        let mut records = Vec::new();
         let mut pos = 0;
         let mut buf = Vec::new();
         while pos + 4 <= cap {
@@ -310,7 +446,7 @@ impl<'a> View<'a> {
             }
             self.copy_out(pos + 4, FRAME_HEADER + len, &mut buf);
             match codec::decode_frame(&buf) {
-                Ok(Frame::Record(r, _)) => records.push(r),
+                Ok(Frame::Record(r, n)) => f(FrameAt { off: pos, len: n }, r),
                 Ok(Frame::Truncated) => unreachable!("the whole frame was copied"),
                 Err(e) => {
                     return Err(Error::corrupt(format!(
@@ -320,24 +456,17 @@ impl<'a> View<'a> {
             }
             pos += align8(SHM_FRAME_HEADER + len);
         }
-        Ok((records, pos.min(cap)))
+        Ok(pos.min(cap))
     }
 }
 
-/// Writes a new ledger segment's header and `frames` (codec frames, back to back, each
-/// committed) into `body` (`len` bytes), owned by `token`.
+/// Writes a new ledger segment's header into `body` (`len` bytes), owned by `token`.
 ///
 /// # Safety
 ///
 /// `body` must be valid for writes of `len` bytes, 8-aligned, zero-filled and not yet
 /// visible to other processes (the segment is not marked ready).
-unsafe fn init_segment(
-    body: *mut u8,
-    len: usize,
-    nonce: u64,
-    token: (u64, u64),
-    frames: &[Vec<u8>],
-) {
+unsafe fn init_segment(body: *mut u8, len: usize, nonce: u64, token: (u64, u64)) {
     let put = |off: usize, bytes: &[u8]| {
         assert!(off + bytes.len() <= len);
         let dst = body.wrapping_add(off);
@@ -362,12 +491,26 @@ unsafe fn init_segment(
         offset_of!(LedgerHeader, owner_ticks),
         &token.1.to_ne_bytes(),
     );
-    let mut pos = LEDGER_HEADER;
-    for f in frames {
-        put(pos + 4, f);
-        put(pos, &COMMITTED.to_ne_bytes());
-        pos += align8(4 + f.len());
+}
+
+/// True when `frame` (a codec frame: length, CRC, body) is whole: its length field says its
+/// length and its CRC matches.
+fn frame_intact(frame: &[u8]) -> bool {
+    if frame.len() < FRAME_HEADER {
+        return false;
     }
+    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    len as usize == frame.len() - FRAME_HEADER
+        && codec::frame_crc(len, &frame[FRAME_HEADER..]) == crc
+}
+
+/// Writes the commit word of the frame at `pos` of a new segment's data area `data` as plain
+/// bytes (nothing else sees the segment before its `ready` store, which publishes them).
+fn commit_plain(data: *mut u8, pos: usize) {
+    let c = COMMITTED.to_ne_bytes();
+    // SAFETY: callers pass a data area of a segment being built, `pos + 4` inside it.
+    unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), data.wrapping_add(pos), 4) };
 }
 
 fn new_nonce() -> u64 {
@@ -464,7 +607,8 @@ impl ShmLedger {
                 v.owner().store(0, Ordering::Release);
                 continue;
             }
-            let (_, tail) = v.scan()?;
+            let mut index = FrameIndex::new();
+            let tail = v.scan_with(|at, r| index.note(at, task_of(&r), ends_task(&r)))?;
             // Zero what a torn append may have left after the last committed frame.
             // SAFETY: [tail, capacity) is inside the data area; we own the ledger, so no other
             // process writes it, and readers read only committed frames, which end at `tail`.
@@ -477,6 +621,7 @@ impl ShmLedger {
                 token: token.0,
                 tail,
                 buf: Vec::new(),
+                index,
             };
             l.sweep_temp_files();
             return Ok(l);
@@ -491,7 +636,7 @@ impl ShmLedger {
     /// appears whole or not at all). `None` when another process created it first.
     fn create(seg_name: &str, opts: &ShmLedgerOptions, token: (u64, u64)) -> Result<Option<Self>> {
         let len = HEADER_LEN + LEDGER_HEADER + align8(opts.capacity);
-        let (seg, tmp) = Self::build(seg_name, len, &opts.segment, token, &[])?;
+        let (seg, tmp) = Self::build(seg_name, len, &opts.segment, token, |_, _| {})?;
         let path = segment_path(&opts.segment.dir, seg_name);
         let linked = std::fs::hard_link(&tmp, &path);
         let _ = std::fs::remove_file(&tmp);
@@ -504,6 +649,7 @@ impl ShmLedger {
                 token: token.0,
                 tail: 0,
                 buf: Vec::new(),
+                index: FrameIndex::new(),
             })),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(Error::new(
@@ -513,14 +659,15 @@ impl ShmLedger {
         }
     }
 
-    /// Makes a ledger segment of `len` bytes holding `frames`, owned by `token`, under a
-    /// temporary name; returns it and its path.
+    /// Makes a ledger segment of `len` bytes, owned by `token`, under a temporary name;
+    /// `fill` writes its frames (given the data area and its length, zero-filled, not yet
+    /// visible to any other process). Returns it and its path.
     fn build(
         seg_name: &str,
         len: usize,
         opts: &SegmentOptions,
         token: (u64, u64),
-        frames: &[Vec<u8>],
+        fill: impl FnOnce(*mut u8, usize),
     ) -> Result<(Segment, PathBuf)> {
         let tmp_name = format!("{seg_name}.{}", temp_suffix());
         let tmp = segment_path(&opts.dir, &tmp_name);
@@ -529,8 +676,9 @@ impl ShmLedger {
         let nonce = new_nonce();
         let seg = Segment::create(&tmp_name, SegmentKind::Ledger, len, opts, |body, blen| {
             // SAFETY: `body` is the fresh, zero-filled, page-aligned body of `blen` bytes of a
-            // segment not marked ready yet; the frames fit (measured by the callers).
-            unsafe { init_segment(body, blen, nonce, token, frames) }
+            // segment not marked ready yet.
+            unsafe { init_segment(body, blen, nonce, token) };
+            fill(body.wrapping_add(LEDGER_HEADER), blen - LEDGER_HEADER);
         })?;
         Ok((seg, tmp))
     }
@@ -575,21 +723,21 @@ impl ShmLedger {
         &self.path
     }
 
-    /// Rewrites the ledger as its compacted records (see [`compact`]) plus
-    /// `extra` frames, in a new segment renamed over the old one. `Full` when they do not fit.
-    fn compact_with(&mut self, extra: &[u8]) -> Result<()> {
-        let (records, _) = self.view().scan()?;
-        let mut frames = Vec::new();
-        let mut need = 0;
-        for r in compact(&records) {
-            let mut f = Vec::new();
-            codec::encode_frame(&r, &mut f)?;
+    /// Rewrites the ledger as its compacted records (see [`compact`](super::compact)) plus `extra` (a codec
+    /// frame of a record about `task`, ending it or not), in a new segment renamed over the old
+    /// one. `Full` when they do not fit. The kept frames are copied as they are from the old
+    /// mapping, found by the index (nothing is decoded).
+    fn compact_with(&mut self, extra: Option<(&[u8], TaskId, bool)>) -> Result<()> {
+        self.view().check()?;
+        self.index.collect_kept();
+        let mut need: usize = self
+            .index
+            .kept
+            .iter()
+            .map(|(at, _, _)| align8(4 + at.len))
+            .sum();
+        if let Some((f, _, _)) = extra {
             need += align8(4 + f.len());
-            frames.push(f);
-        }
-        if !extra.is_empty() {
-            need += align8(4 + extra.len());
-            frames.push(extra.to_vec());
         }
         let cap = self.capacity();
         if need > cap {
@@ -607,7 +755,47 @@ impl ShmLedger {
             self.token,
             self.view().owner_ticks().load(Ordering::Relaxed),
         );
-        let (seg, tmp) = Self::build(&self.seg_name, len, &self.opts, token, &frames)?;
+        let old = self.view().data();
+        let kept = &self.index.kept;
+        let mut damaged = None;
+        let (seg, tmp) = Self::build(&self.seg_name, len, &self.opts, token, |data, dlen| {
+            let mut pos = 0;
+            for &(at, _, _) in kept {
+                // SAFETY: `at` is a committed frame of the old data area (the index holds only
+                // frames this owner appended or scanned, inside it); the destination
+                // [pos, pos + 4 + len) is inside the new data area (`need` ≤ its capacity),
+                // which no other process sees yet.
+                let frame = unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        old.wrapping_add(at.off + 4),
+                        data.wrapping_add(pos + 4),
+                        at.len,
+                    );
+                    std::slice::from_raw_parts(data.wrapping_add(pos + 4), at.len)
+                };
+                if damaged.is_none() && !frame_intact(frame) {
+                    damaged = Some(at.off);
+                }
+                commit_plain(data, pos);
+                pos += align8(4 + at.len);
+            }
+            if let Some((f, _, _)) = extra {
+                debug_assert!(pos + 4 + f.len() <= dlen);
+                // SAFETY: as above; `f` is our own buffer.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(f.as_ptr(), data.wrapping_add(pos + 4), f.len())
+                };
+                commit_plain(data, pos);
+            }
+        })?;
+        if let Some(off) = damaged {
+            drop(seg);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::corrupt(format!(
+                "{}: committed frame at {off} was damaged since it was appended; not compacted",
+                self.path.display()
+            )));
+        }
         let path = self.path.clone();
         if let Err(e) = std::fs::rename(&tmp, &path) {
             let _ = std::fs::remove_file(&tmp);
@@ -619,13 +807,40 @@ impl ShmLedger {
         // The old segment is unlinked; dropping it detaches us.
         self.seg = seg;
         self.tail = need;
+        // The index of the new segment: the kept frames, at their new places, then `extra`.
+        let mut kept = std::mem::take(&mut self.index.kept);
+        self.index.clear();
+        let mut pos = 0;
+        for &(at, task, ends) in &kept {
+            self.index.note(
+                FrameAt {
+                    off: pos,
+                    len: at.len,
+                },
+                task,
+                ends,
+            );
+            pos += align8(4 + at.len);
+        }
+        if let Some((f, task, ends)) = extra {
+            self.index.note(
+                FrameAt {
+                    off: pos,
+                    len: f.len(),
+                },
+                task,
+                ends,
+            );
+        }
+        kept.clear();
+        self.index.kept = kept;
         Ok(())
     }
 
-    /// Compacts the ledger now (see [`compact`]).
+    /// Compacts the ledger now (see [`compact`](super::compact)).
     pub fn compact(&mut self) -> Result<()> {
         self.check_owner()?;
-        self.compact_with(&[])
+        self.compact_with(None)
     }
 
     fn check_owner(&self) -> Result<()> {
@@ -674,7 +889,7 @@ impl ShmLedger {
     /// the old log. After a scan the nonce of the file under the name is compared with the
     /// scanned one; when a compaction replaced it meanwhile, the new segment is scanned again
     /// (up to a few turns; then the last whole scan is returned: equivalent for replay, see
-    /// [`compact`], just older). A compacted ledger no longer holds the ended tasks' records.
+    /// [`compact`](super::compact), just older). A compacted ledger no longer holds the ended tasks' records.
     ///
     /// `NotFound` when the ledger does not exist; `Corrupt` when the file under the name is
     /// not a ledger or a committed frame is damaged; `Unsupported` for another layout version.
@@ -769,9 +984,11 @@ impl Ledger for ShmLedger {
                 ),
             ));
         }
+        let task = task_of(record);
+        let ends = ends_task(record);
         if self.tail + need > cap {
             let frame = std::mem::take(&mut self.buf);
-            let r = self.compact_with(&frame);
+            let r = self.compact_with(Some((&frame, task, ends)));
             self.buf = frame;
             return r;
         }
@@ -788,7 +1005,12 @@ impl Ledger for ShmLedger {
         };
         // Release: a reader that sees the commit word sees the frame.
         v.commit(self.tail).store(COMMITTED, Ordering::Release);
+        let at = FrameAt {
+            off: self.tail,
+            len: self.buf.len(),
+        };
         self.tail += need;
+        self.index.note(at, task, ends);
         Ok(())
     }
 
