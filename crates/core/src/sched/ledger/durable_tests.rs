@@ -352,7 +352,7 @@ fn shm_compaction_from_the_index_equals_compact_of_the_segment() {
                 used[rng.below(used.len() as u64) as usize]
             };
             let mut r = random_record(&mut rng, id);
-            if pick < 9 && pick >= 2 && rng.below(3) == 0 {
+            if (2..9).contains(&pick) && rng.below(3) == 0 {
                 // Live tasks end soon enough to leave room.
                 r = LedgerRecord::Completed {
                     id: TaskId(id),

@@ -51,12 +51,14 @@
 //! they are (the same bytes a decode and re-encode would give: the encoding is canonical), in
 //! their order, and checks each copied frame's length and CRC (a frame damaged since it was
 //! appended gives `Corrupt` and nothing is replaced). Its cost follows the records it keeps,
-//! not the size of the segment. If even that does not fit, the append gives `ErrorKind::Full` and changes nothing.
+//! not the size of the segment (the replaced segment, whose unmapping costs the kernel time
+//! that grows with its written pages, is dropped on a short-lived thread when it is large).
+//! If even that does not fit, the append gives `ErrorKind::Full` and changes nothing.
 //! A process that took the lock of a segment that was meanwhile replaced (it opened the old
 //! file before the rename, and the owner died after it) sees that the file under the name has
 //! another nonce, and opens again.
 
-use std::collections::{HashMap, HashSet};
+use ahash::{AHashMap, AHashSet};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -190,8 +192,8 @@ struct Link {
 
 const NIL: usize = usize::MAX;
 
-/// The owner's account of its segment's frames: exactly what [`compact`](super::compact) would keep of them,
-/// without reading them. Its size follows the tasks not yet ended and the tasks ended in the
+/// The owner's account of its segment's frames: exactly what [`compact`](super::compact)
+/// would keep of them, without reading them. Its size follows the tasks not yet ended and the tasks ended in the
 /// segment (each has a frame there), so it is bounded by the segment and shrinks at each
 /// compaction.
 #[derive(Debug, Default)]
@@ -201,9 +203,9 @@ struct FrameIndex {
     /// The first free slot of `links` (`NIL`: none).
     free: usize,
     /// Each task not yet ended: the first and last slot of its chain.
-    live: HashMap<TaskId, (usize, usize)>,
+    live: AHashMap<TaskId, (usize, usize)>,
     /// The tasks with an ending record in the segment.
-    ended: HashSet<TaskId>,
+    ended: AHashSet<TaskId>,
     /// The largest task id in the segment.
     max: Option<TaskId>,
     /// The first ending record of task `max`, when it has one.
@@ -272,7 +274,8 @@ impl FrameIndex {
         }
     }
 
-    /// Fills `kept` with the frames [`compact`](super::compact) keeps, in their order in the segment.
+    /// Fills `kept` with the frames [`compact`](super::compact) keeps, in their order in the
+    /// segment.
     fn collect_kept(&mut self) {
         self.kept.clear();
         for (&task, &(first, _)) in &self.live {
@@ -507,10 +510,35 @@ fn frame_intact(frame: &[u8]) -> bool {
 
 /// Writes the commit word of the frame at `pos` of a new segment's data area `data` as plain
 /// bytes (nothing else sees the segment before its `ready` store, which publishes them).
-fn commit_plain(data: *mut u8, pos: usize) {
+///
+/// # Safety
+///
+/// `data` must be the data area of a segment being built (not yet visible to another
+/// process), with `pos + 4` bytes inside it.
+unsafe fn commit_plain(data: *mut u8, pos: usize) {
     let c = COMMITTED.to_ne_bytes();
-    // SAFETY: callers pass a data area of a segment being built, `pos + 4` inside it.
+    // SAFETY: guaranteed by the caller.
     unsafe { std::ptr::copy_nonoverlapping(c.as_ptr(), data.wrapping_add(pos), 4) };
+}
+
+/// Bytes used in a replaced segment from which [`retire`] unmaps it on another thread.
+const RETIRE_IN_BACKGROUND: usize = 1 << 20;
+
+/// Drops `old`, a segment replaced by a compaction, of which `used` bytes were written.
+///
+/// Unmapping the written pages and freeing the unlinked file costs the kernel time that grows
+/// with them (about 3 ms for a full 16 MiB ledger, most of a compaction): for large ones that
+/// is done on a short-lived thread, so the owner (the dispatcher) does not wait for it. The
+/// segment is already replaced under its name; nothing depends on when it is unmapped. When
+/// no thread can be started it is dropped here.
+fn retire(old: Segment, used: usize) {
+    if used < RETIRE_IN_BACKGROUND {
+        return drop(old);
+    }
+    // On an error the closure, and the segment with it, is dropped here.
+    let _ = std::thread::Builder::new()
+        .name("emf-ledger-unmap".into())
+        .spawn(move || drop(old));
 }
 
 fn new_nonce() -> u64 {
@@ -723,9 +751,9 @@ impl ShmLedger {
         &self.path
     }
 
-    /// Rewrites the ledger as its compacted records (see [`compact`](super::compact)) plus `extra` (a codec
-    /// frame of a record about `task`, ending it or not), in a new segment renamed over the old
-    /// one. `Full` when they do not fit. The kept frames are copied as they are from the old
+    /// Rewrites the ledger as its compacted records (see [`compact`](super::compact)) plus
+    /// `extra` (a codec frame of a record about `task`, ending it or not), in a new segment
+    /// renamed over the old one. `Full` when they do not fit. The kept frames are copied as they are from the old
     /// mapping, found by the index (nothing is decoded).
     fn compact_with(&mut self, extra: Option<(&[u8], TaskId, bool)>) -> Result<()> {
         self.view().check()?;
@@ -776,16 +804,17 @@ impl ShmLedger {
                 if damaged.is_none() && !frame_intact(frame) {
                     damaged = Some(at.off);
                 }
-                commit_plain(data, pos);
+                // SAFETY: as above.
+                unsafe { commit_plain(data, pos) };
                 pos += align8(4 + at.len);
             }
             if let Some((f, _, _)) = extra {
                 debug_assert!(pos + 4 + f.len() <= dlen);
                 // SAFETY: as above; `f` is our own buffer.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(f.as_ptr(), data.wrapping_add(pos + 4), f.len())
+                    std::ptr::copy_nonoverlapping(f.as_ptr(), data.wrapping_add(pos + 4), f.len());
+                    commit_plain(data, pos);
                 };
-                commit_plain(data, pos);
             }
         })?;
         if let Some(off) = damaged {
@@ -805,7 +834,8 @@ impl ShmLedger {
             ));
         }
         // The old segment is unlinked; dropping it detaches us.
-        self.seg = seg;
+        let old = std::mem::replace(&mut self.seg, seg);
+        retire(old, self.tail);
         self.tail = need;
         // The index of the new segment: the kept frames, at their new places, then `extra`.
         let mut kept = std::mem::take(&mut self.index.kept);
@@ -889,7 +919,8 @@ impl ShmLedger {
     /// the old log. After a scan the nonce of the file under the name is compared with the
     /// scanned one; when a compaction replaced it meanwhile, the new segment is scanned again
     /// (up to a few turns; then the last whole scan is returned: equivalent for replay, see
-    /// [`compact`](super::compact), just older). A compacted ledger no longer holds the ended tasks' records.
+    /// [`compact`](super::compact), just older). A compacted ledger no longer holds the ended
+    /// tasks' records.
     ///
     /// `NotFound` when the ledger does not exist; `Corrupt` when the file under the name is
     /// not a ledger or a committed frame is damaged; `Unsupported` for another layout version.
