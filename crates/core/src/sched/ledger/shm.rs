@@ -170,8 +170,8 @@ pub struct ShmLedger {
     /// Where the next frame goes (the end of the committed frames).
     tail: usize,
     buf: Vec<u8>,
-    /// What a compaction keeps, maintained as frames are appended.
-    index: FrameIndex,
+    /// What a compaction keeps, maintained as frames are appended (boxed: it is large).
+    index: Box<FrameIndex>,
 }
 
 /// Where a frame is in the data area: the offset of its commit word and the bytes of its codec
@@ -635,7 +635,7 @@ impl ShmLedger {
                 v.owner().store(0, Ordering::Release);
                 continue;
             }
-            let mut index = FrameIndex::new();
+            let mut index = Box::new(FrameIndex::new());
             let tail = v.scan_with(|at, r| index.note(at, task_of(&r), ends_task(&r)))?;
             // Zero what a torn append may have left after the last committed frame.
             // SAFETY: [tail, capacity) is inside the data area; we own the ledger, so no other
@@ -677,7 +677,7 @@ impl ShmLedger {
                 token: token.0,
                 tail: 0,
                 buf: Vec::new(),
-                index: FrameIndex::new(),
+                index: Box::new(FrameIndex::new()),
             })),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(Error::new(
@@ -793,14 +793,16 @@ impl ShmLedger {
                 // frames this owner appended or scanned, inside it); the destination
                 // [pos, pos + 4 + len) is inside the new data area (`need` ≤ its capacity),
                 // which no other process sees yet.
-                let frame = unsafe {
+                unsafe {
                     std::ptr::copy_nonoverlapping(
                         old.wrapping_add(at.off + 4),
                         data.wrapping_add(pos + 4),
                         at.len,
-                    );
-                    std::slice::from_raw_parts(data.wrapping_add(pos + 4), at.len)
+                    )
                 };
+                // SAFETY: the bytes just written, in the new data area, ours alone.
+                let frame =
+                    unsafe { std::slice::from_raw_parts(data.wrapping_add(pos + 4), at.len) };
                 if damaged.is_none() && !frame_intact(frame) {
                     damaged = Some(at.off);
                 }
@@ -812,9 +814,10 @@ impl ShmLedger {
                 debug_assert!(pos + 4 + f.len() <= dlen);
                 // SAFETY: as above; `f` is our own buffer.
                 unsafe {
-                    std::ptr::copy_nonoverlapping(f.as_ptr(), data.wrapping_add(pos + 4), f.len());
-                    commit_plain(data, pos);
+                    std::ptr::copy_nonoverlapping(f.as_ptr(), data.wrapping_add(pos + 4), f.len())
                 };
+                // SAFETY: as above.
+                unsafe { commit_plain(data, pos) };
             }
         })?;
         if let Some(off) = damaged {
