@@ -325,15 +325,24 @@ impl Segment {
             .write(true)
             .open(path)
             .map_err(|e| io_err("cannot open segment", path, e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| io_err("cannot stat segment", path, e))?
-            .len();
-        if len < HEADER_LEN as u64 {
-            return Err(Error::corrupt(format!(
-                "{} is {len} bytes, too small for a segment header",
-                path.display()
-            )));
+        // A creator makes the file (O_EXCL) and then sizes it: a file still too small may be
+        // one being created. Give it the same moment `check_header` gives `ready`.
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            let len = file
+                .metadata()
+                .map_err(|e| io_err("cannot stat segment", path, e))?
+                .len();
+            if len >= HEADER_LEN as u64 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::corrupt(format!(
+                    "{} is {len} bytes, too small for a segment header",
+                    path.display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
         let map = MmapRaw::map_raw(&file).map_err(|e| io_err("cannot map segment", path, e))?;
         Ok(Segment {
