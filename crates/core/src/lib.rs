@@ -63,6 +63,7 @@ mod checksum;
 pub mod codec;
 mod error;
 pub mod hnsw;
+pub mod net;
 mod priority;
 pub mod queue;
 pub mod ring;
