@@ -26,6 +26,8 @@
 //! * [`router`] — messages to agents by name, over their inbox rings.
 //! * [`batch`] — the batch processor: sends on size, timeout, demand or an idle consumer.
 //! * [`state`] — shared state by reference across processes, each value a segment.
+//! * [`net`] — transports between the nodes of a cluster: one `Transport` trait over inbox
+//!   rings, TCP, and a seeded simulated network for tests.
 //!
 //! [`Error`], [`ErrorKind`] and [`Result`] are every module's error type.
 //!

@@ -28,7 +28,7 @@
 //! # What every transport promises
 //!
 //! * `send` either accepts a frame (`Ok`), or answers why not, and the caller keeps it:
-//!   [`ErrorKind::Full`](crate::ErrorKind::Full) is back-pressure (a bounded queue or ring is
+//!   [`ErrorKind::Full`] is back-pressure (a bounded queue or ring is
 //!   full: retry later or drop, the caller decides), `NotFound` names a node that is not a
 //!   peer, `TooLarge` a payload beyond the transport's maximum, `Closed` a transport that was
 //!   shut down or a node that is down.

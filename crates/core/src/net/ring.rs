@@ -12,8 +12,9 @@
 //! resumes at the position its predecessor reached, so frames sent while it was down (up to
 //! the ring's capacity; then senders get `Full`) are delivered to it.
 //!
-//! A peer whose inbox does not exist yet (not started) answers `Closed`: for a protocol that
-//! is a lost message, like a host that is down.
+//! A peer whose inbox does not exist yet (not started) or cannot be opened yet (its creator
+//! is sizing the file right now; a damaged file says so in the message) answers `Closed`: for
+//! a protocol that is a lost message, like a host that is down.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -107,7 +108,9 @@ fn check_frame(frame: &[u8], peers: &BTreeSet<NodeId>) -> Result<NodeId> {
             &frame[..8]
         )));
     }
-    let from = NodeId(u64::from_le_bytes(frame[8..16].try_into().expect("8 bytes")));
+    let from = NodeId(u64::from_le_bytes(
+        frame[8..16].try_into().expect("8 bytes"),
+    ));
     if !peers.contains(&from) {
         return Err(Error::corrupt(format!(
             "a frame claims to come from {from}, which is not a peer"
@@ -190,13 +193,22 @@ impl RingTransport {
     fn producer(&mut self, to: NodeId) -> Result<&mut Producer> {
         if !self.producers.contains_key(&to) {
             let ring = Ring::open(&inbox_name(to), &self.opts.segment()).map_err(|e| {
-                if e.kind() == ErrorKind::NotFound {
-                    Error::new(
+                match e.kind() {
+                    ErrorKind::NotFound => Error::new(
                         ErrorKind::Closed,
-                        format!("{to} has no inbox in {} (not started)", self.opts.dir.display()),
-                    )
-                } else {
-                    e
+                        format!(
+                            "{to} has no inbox in {} (not started)",
+                            self.opts.dir.display()
+                        ),
+                    ),
+                    // `Segment::open` reads a file that its creator has made but not yet
+                    // sized as too small: a peer starting right now. Nothing is cached, so
+                    // the next send looks again; a file that stays damaged keeps saying so.
+                    ErrorKind::Corrupt => Error::new(
+                        ErrorKind::Closed,
+                        format!("{to}'s inbox is not usable (starting, or damaged): {e}"),
+                    ),
+                    _ => e,
                 }
             })?;
             self.producers.insert(to, ring.producer()?);
@@ -247,7 +259,11 @@ impl Transport for RingTransport {
         let result = self.producer(to).and_then(|p| {
             let max = p.ring().max_payload();
             if buf.len() > max {
-                return Err(too_large(payload.len(), max - HEADER_LEN, "the peer's inbox"));
+                return Err(too_large(
+                    payload.len(),
+                    max - HEADER_LEN,
+                    "the peer's inbox",
+                ));
             }
             p.send(&buf)
         });

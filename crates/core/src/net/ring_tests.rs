@@ -41,7 +41,11 @@ fn round_trip_in_process() {
         assert_eq!((f.from, f.payload), (A, i.to_le_bytes().to_vec()));
     }
     let f = a.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
-    assert_eq!((f.from, f.payload.len()), (B, 0), "empty payloads travel too");
+    assert_eq!(
+        (f.from, f.payload.len()),
+        (B, 0),
+        "empty payloads travel too"
+    );
     assert_eq!(b.recv_timeout(Duration::from_millis(1)).unwrap(), None);
     assert_eq!(a.stats().sent, 100);
     assert_eq!(b.stats().received, 100);
@@ -54,7 +58,10 @@ fn unknown_peer_not_started_and_too_large_are_clear_errors() {
     let mut a = RingTransport::open(A, &[B, NodeId(3)], opts(&dir.0)).unwrap();
     let e = a.send(NodeId(9), b"x").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
-    assert!(e.message().contains("node 9 is not a peer of node 1"), "{e}");
+    assert!(
+        e.message().contains("node 9 is not a peer of node 1"),
+        "{e}"
+    );
     let e = a.send(NodeId(3), b"x").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
     assert!(e.message().contains("not started"), "{e}");
@@ -118,7 +125,10 @@ fn invalid_frames_are_skipped_and_counted() {
         dir: dir.0.clone(),
         ..Default::default()
     };
-    let mut raw = Ring::open(&inbox_name(B), &seg).unwrap().producer().unwrap();
+    let mut raw = Ring::open(&inbox_name(B), &seg)
+        .unwrap()
+        .producer()
+        .unwrap();
     // Too short, wrong magic, an unknown sender, then a good frame.
     raw.send(b"short").unwrap();
     raw.send(&[0xAB; 40]).unwrap();

@@ -347,9 +347,7 @@ impl Sim {
             self.stats.refused_full += 1;
             return Err(Error::new(
                 ErrorKind::Full,
-                format!(
-                    "the link {from} -> {to} has {in_flight} frames in flight (its capacity)"
-                ),
+                format!("the link {from} -> {to} has {in_flight} frames in flight (its capacity)"),
             ));
         }
         let f = self.links.get(&link).copied().unwrap_or(self.opts.link);
@@ -408,7 +406,8 @@ impl Sim {
 
     fn enqueue(&mut self, due: u64, seq: u64, from: NodeId, to: NodeId, payload: Vec<u8>) {
         *self.per_link.entry((from, to)).or_insert(0) += 1;
-        self.flight.insert((due, seq), InFlight { from, to, payload });
+        self.flight
+            .insert((due, seq), InFlight { from, to, payload });
     }
 
     fn advance(&mut self, now: u64) {

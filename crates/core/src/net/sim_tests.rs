@@ -80,10 +80,21 @@ fn same_seed_same_trace_other_seed_other_trace() {
     assert_ne!(t1, t3);
 }
 
+/// 20 seeds in the suite; `EMF_NET_SIM_SEEDS=N` runs N (`scripts/net-sim.sh`), from
+/// `EMF_NET_SIM_SEED` (default 0).
 #[test]
 fn many_seeds_replay() {
-    for seed in 0..20 {
-        assert_eq!(run(seed).0, run(seed).0, "seed {seed}");
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (first, n) = (env("EMF_NET_SIM_SEED", 0), env("EMF_NET_SIM_SEEDS", 20));
+    for seed in first..first + n {
+        let (d1, _, got) = run(seed);
+        assert_eq!(d1, run(seed).0, "seed {seed} does not replay");
+        assert!(!got.is_empty(), "seed {seed}: nothing delivered");
     }
 }
 
@@ -176,21 +187,30 @@ fn delays_stay_in_range_and_fifo_holds_without_reorder() {
         net.send(A, B, &i.to_le_bytes()).unwrap();
         sent_at.insert(i, i);
         for d in net.deliver_due(i) {
-            got.push((d.at, u64::from_le_bytes(d.frame.payload[..].try_into().unwrap())));
+            got.push((
+                d.at,
+                u64::from_le_bytes(d.frame.payload[..].try_into().unwrap()),
+            ));
         }
     }
     let mut t = 400;
     while let Some(due) = net.next_due() {
         t = t.max(due);
         for d in net.deliver_due(t) {
-            got.push((d.at, u64::from_le_bytes(d.frame.payload[..].try_into().unwrap())));
+            got.push((
+                d.at,
+                u64::from_le_bytes(d.frame.payload[..].try_into().unwrap()),
+            ));
         }
     }
     let order: Vec<u64> = got.iter().map(|g| g.1).collect();
     assert_eq!(order, (0..400).collect::<Vec<_>>(), "FIFO per link");
     let mut late = 0;
     for (at, i) in &got {
-        assert!(*at >= sent_at[i] + 5, "frame {i} delivered at {at}, too early");
+        assert!(
+            *at >= sent_at[i] + 5,
+            "frame {i} delivered at {at}, too early"
+        );
         if *at > sent_at[i] + 5 {
             late += 1;
         }
@@ -312,7 +332,10 @@ fn bounds_and_errors_are_answers() {
     });
     let mut a = net.add_node(A).unwrap();
     let mut b = net.add_node(B).unwrap();
-    assert_eq!(net.add_node(A).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        net.add_node(A).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     assert_eq!(a.send(C, b"?").unwrap_err().kind(), ErrorKind::NotFound);
     assert_eq!(
         a.send(B, b"123456789").unwrap_err().kind(),
@@ -327,7 +350,10 @@ fn bounds_and_errors_are_answers() {
     assert_eq!(net.run_until(1), 2);
     assert_eq!(net.stats().dropped_inbox_full, 1);
     assert!(b.try_recv().unwrap().is_some());
-    assert!(b.recv_timeout(std::time::Duration::from_secs(5)).unwrap().is_some());
+    assert!(b
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap()
+        .is_some());
     assert!(b.try_recv().unwrap().is_none());
     assert_eq!(
         net.set_link(

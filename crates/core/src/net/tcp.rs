@@ -185,7 +185,10 @@ impl TcpTransport {
         opts: TcpOptions,
     ) -> Result<TcpTransport> {
         let listener = TcpListener::bind(listen).map_err(|e| {
-            Error::new(ErrorKind::Io, format!("{id}: cannot listen on {listen}: {e}"))
+            Error::new(
+                ErrorKind::Io,
+                format!("{id}: cannot listen on {listen}: {e}"),
+            )
         })?;
         TcpTransport::from_listener(id, listener, peers, opts)
     }
@@ -583,11 +586,10 @@ fn write_loop(s: &Shared, p: &Peer) {
                         if q.closed || s.stopping() || left.is_zero() {
                             break;
                         }
-                        q = p
-                            .cv
-                            .wait_timeout(q, left)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0;
+                        q =
+                            p.cv.wait_timeout(q, left)
+                                .unwrap_or_else(|p| p.into_inner())
+                                .0;
                     }
                     backoff = (backoff * 2).min(s.opts.backoff_max);
                 }

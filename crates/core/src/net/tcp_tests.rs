@@ -72,7 +72,10 @@ fn unknown_peer_and_too_large_are_clear_errors() {
     });
     let e = a.send(NodeId(9), b"x").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::NotFound);
-    assert!(e.message().contains("node 9 is not a peer of node 1"), "{e}");
+    assert!(
+        e.message().contains("node 9 is not a peer of node 1"),
+        "{e}"
+    );
     assert_eq!(
         a.send(B, &[0; 1001]).unwrap_err().kind(),
         ErrorKind::TooLarge
@@ -107,7 +110,10 @@ fn reconnects_after_the_peer_restarts() {
     // Every frame is either received or counted as dropped with the broken connection.
     let mut got = 0;
     while got + a.stats().dropped < 5 {
-        let f = b.recv_timeout(WAIT).unwrap().expect("frames after the restart");
+        let f = b
+            .recv_timeout(WAIT)
+            .unwrap()
+            .expect("frames after the restart");
         assert_eq!((f.from, &f.payload[..]), (A, &b"while down"[..]));
         got += 1;
     }
@@ -148,7 +154,10 @@ fn a_peer_that_does_not_read_pushes_back_and_loses_nothing() {
             }
             Err(e) => panic!("{e}"),
         }
-        assert!(Instant::now() < deadline, "no back-pressure after {accepted}");
+        assert!(
+            Instant::now() < deadline,
+            "no back-pressure after {accepted}"
+        );
         assert!(accepted < 20_000, "1.3 GB buffered without back-pressure");
     }
     assert_eq!(a.queued(B).unwrap(), 8, "the send queue is at its bound");
@@ -176,7 +185,9 @@ fn closed_after(addr: SocketAddr, bytes: &[u8]) -> bool {
     match s.read(&mut buf) {
         Ok(0) => true,
         Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut,
+        Err(e) => {
+            e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut
+        }
     }
 }
 
@@ -197,7 +208,10 @@ fn garbage_closes_the_connection_with_a_counted_error() {
     let (mut a, mut b) = pair(opts);
     let at = b.local_addr();
     let cases: Vec<(&str, Vec<u8>)> = vec![
-        ("HTTP instead of the preamble", b"GET / HTTP/1.1\r\n\r\n".to_vec()),
+        (
+            "HTTP instead of the preamble",
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        ),
         ("a length beyond max_payload", {
             let mut v = PREAMBLE.to_vec();
             v.extend(frame(1, 8 + 1025, b""));
@@ -234,7 +248,10 @@ fn garbage_closes_the_connection_with_a_counted_error() {
     drop(TcpStream::connect(at).unwrap().write_all(&v));
     // The real peer is unaffected.
     a.send(B, b"still fine").unwrap();
-    assert_eq!(b.recv_timeout(WAIT).unwrap().unwrap().payload, b"still fine");
+    assert_eq!(
+        b.recv_timeout(WAIT).unwrap().unwrap().payload,
+        b"still fine"
+    );
     assert_eq!(b.stats().corrupt, cases.len() as u64);
 }
 
