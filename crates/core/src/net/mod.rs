@@ -105,6 +105,8 @@ pub(crate) fn too_large(len: usize, max: usize, what: &str) -> Error {
 }
 
 #[cfg(test)]
+mod conformance_tests;
+#[cfg(test)]
 mod ring_tests;
 #[cfg(test)]
 mod sim_tests;

@@ -63,6 +63,9 @@ pub struct TcpOptions {
     pub backoff_max: Duration,
     /// How long one connection attempt may take.
     pub connect_timeout: Duration,
+    /// Accepted connections open at once (each has a reader thread); more are closed at once
+    /// and counted in [`TcpStats::refused`].
+    pub max_inbound: usize,
 }
 
 impl Default for TcpOptions {
@@ -74,6 +77,7 @@ impl Default for TcpOptions {
             backoff_min: Duration::from_millis(10),
             backoff_max: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(1),
+            max_inbound: 256,
         }
     }
 }
@@ -97,6 +101,8 @@ pub struct TcpStats {
     pub dropped: u64,
     /// Connections accepted.
     pub accepted: u64,
+    /// Connections closed at once because `max_inbound` were open.
+    pub refused: u64,
 }
 
 #[derive(Default)]
@@ -109,6 +115,7 @@ struct Counters {
     connect_failures: AtomicU64,
     dropped: AtomicU64,
     accepted: AtomicU64,
+    refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -201,9 +208,13 @@ impl TcpTransport {
         peers: &[(NodeId, SocketAddr)],
         opts: TcpOptions,
     ) -> Result<TcpTransport> {
-        if opts.send_queue == 0 || opts.recv_queue == 0 || opts.max_payload == 0 {
+        if opts.send_queue == 0
+            || opts.recv_queue == 0
+            || opts.max_payload == 0
+            || opts.max_inbound == 0
+        {
             return Err(Error::invalid(format!(
-                "TCP transport queues and max_payload must be at least 1: {opts:?}"
+                "TCP transport queues, max_payload and max_inbound must be at least 1: {opts:?}"
             )));
         }
         if opts.max_payload > u32::MAX as usize - 8 {
@@ -323,6 +334,7 @@ impl TcpTransport {
             connect_failures: g(&c.connect_failures),
             dropped: g(&c.dropped),
             accepted: g(&c.accepted),
+            refused: g(&c.refused),
         }
     }
 
@@ -467,6 +479,11 @@ fn accept_loop(s: &Arc<Shared>, listener: TcpListener) {
             return;
         }
         let Ok(stream) = conn else { continue };
+        if lock(&s.inbound).len() >= s.opts.max_inbound {
+            bump(&s.stats.refused);
+            let _ = stream.shutdown(Shutdown::Both);
+            continue;
+        }
         bump(&s.stats.accepted);
         let Ok(clone) = stream.try_clone() else {
             continue;

@@ -282,3 +282,21 @@ fn removed_peers_are_refused_and_dropping_stops_everything() {
     drop(a);
     drop(b);
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "sockets")]
+fn connections_beyond_max_inbound_are_refused() {
+    let (mut a, mut b) = pair(TcpOptions {
+        max_inbound: 1,
+        ..fast()
+    });
+    a.send(B, b"x").unwrap();
+    assert_eq!(b.recv_timeout(WAIT).unwrap().unwrap().payload, b"x");
+    assert!(
+        closed_after(b.local_addr(), &PREAMBLE),
+        "a second connection stays open"
+    );
+    until(&b, "the extra connection refused", |s| s.refused == 1);
+    a.send(B, b"y").unwrap();
+    assert_eq!(b.recv_timeout(WAIT).unwrap().unwrap().payload, b"y");
+}
