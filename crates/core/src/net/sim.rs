@@ -176,12 +176,14 @@ pub enum Event {
         /// The frame's number.
         seq: u64,
     },
-    /// A node crashed.
+    /// A node crashed; the frames in flight to it follow as [`DropReason::Crashed`] drops.
     Crashed {
         /// The clock.
         at: u64,
         /// The node.
         node: NodeId,
+        /// Frames delivered to its inbox and not yet taken, lost with it.
+        inbox_lost: usize,
     },
     /// A node restarted.
     Restarted {
@@ -584,9 +586,9 @@ impl SimNet {
         s.node(id)?;
         let node = s.nodes.get_mut(&id).expect("checked");
         node.up = false;
-        let lost = node.inbox.len() as u64;
+        let inbox_lost = node.inbox.len();
         node.inbox.clear();
-        s.stats.dropped_crashed += lost;
+        s.stats.dropped_crashed += inbox_lost as u64;
         let gone: Vec<(u64, u64)> = s
             .flight
             .iter()
@@ -594,7 +596,11 @@ impl SimNet {
             .map(|(k, _)| *k)
             .collect();
         let at = s.now;
-        s.trace.push(Event::Crashed { at, node: id });
+        s.trace.push(Event::Crashed {
+            at,
+            node: id,
+            inbox_lost,
+        });
         for k in gone {
             let f = s.flight.remove(&k).expect("listed");
             if let Some(n) = s.per_link.get_mut(&(f.from, f.to)) {

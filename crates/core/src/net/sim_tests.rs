@@ -290,7 +290,11 @@ fn crash_loses_inbox_and_in_flight_and_restart_receives_again() {
     net.run_until(20);
     let f = b.try_recv().unwrap().unwrap();
     assert_eq!((f.from, &f.payload[..]), (A, &b"after restart"[..]));
-    assert!(net.trace().contains(&Event::Crashed { at: 5, node: B }));
+    assert!(net.trace().contains(&Event::Crashed {
+        at: 5,
+        node: B,
+        inbox_lost: 1
+    }));
 }
 
 #[test]
