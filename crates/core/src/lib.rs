@@ -28,6 +28,8 @@
 //! * [`state`] — shared state by reference across processes, each value a segment.
 //! * [`net`] — transports between the nodes of a cluster: one `Transport` trait over inbox
 //!   rings, TCP, and a seeded simulated network for tests.
+//! * [`raft`] — Raft consensus (tikv raft-rs) as a state machine without I/O: a durable,
+//!   checksummed log with group commit and snapshots, leader batching, a replicated KV store.
 //!
 //! [`Error`], [`ErrorKind`] and [`Result`] are every module's error type.
 //!
@@ -68,6 +70,7 @@ pub mod hnsw;
 pub mod net;
 mod priority;
 pub mod queue;
+pub mod raft;
 pub mod ring;
 pub mod router;
 pub mod sched;

@@ -1,0 +1,714 @@
+//! Raft consensus as a state machine without I/O: tikv's raft-rs (`RawNode` and its Ready
+//! loop) is the core; this module adds what raft-rs leaves to its user — the log store
+//! ([`LogStorage`]: in memory, or durable with checksummed records, torn-write truncation,
+//! group commit, snapshots and compaction), leader batching, the apply loop with
+//! proposal tracking, and a replicated key-value store ([`KvStore`]) behind the
+//! [`StateMachine`] trait.
+//!
+//! A [`Node`] is stepped by its host: [`Node::propose`] an operation, [`Node::step`] a message
+//! received from a peer, [`Node::tick`] every tick interval, and [`Node::ready`] to collect the
+//! work done — messages to send, results of applied operations, proposals that will never
+//! apply. The node never sends, sleeps or reads a clock: the host passes the time (any
+//! monotonic [`Duration`]) and moves the bytes, which is how a seeded simulation drives it.
+//!
+//! ```
+//! use std::time::Duration;
+//! use erlmcp_flow::raft::{Config, KvOp, KvResult, KvStore, LogStorage, Node, Proposed};
+//!
+//! // A single-voter cluster elects itself after an election timeout.
+//! let mut node = Node::new(Config::new(1, vec![1]), LogStorage::memory(), KvStore::new()).unwrap();
+//! let mut now = Duration::ZERO;
+//! while !node.is_leader() {
+//!     node.tick();
+//!     now += Duration::from_millis(10);
+//!     node.ready(now).unwrap();
+//! }
+//! let op = KvOp::Set { key: b"k".to_vec(), value: b"v".to_vec() };
+//! let Proposed::Accepted(id) = node.propose(&op.encode(), now).unwrap() else { panic!() };
+//! let out = node.ready(now).unwrap();
+//! assert_eq!(out.applied[0].id, id);
+//! assert_eq!(KvResult::decode(&out.applied[0].result), Some(KvResult::Done));
+//! assert_eq!(node.state_machine().get(b"k"), Some(&b"v"[..]));
+//! ```
+//!
+//! # Decisions
+//!
+//! * raft-rs 0.7 with its `protobuf-codec` (protobuf 2): the `prost-codec` needs `protoc` at
+//!   build time. Messages travel as protobuf bytes ([`Outgoing::bytes`], [`Node::step`]).
+//! * Our own log ([`LogStorage`]) rather than `raft-engine`: raft-engine is built for many
+//!   raft groups per process and pulls a C build (lz4-sys), prometheus, rayon, nix, a
+//!   scripting engine (rhai), with its own file format; one group per node needs one
+//!   append-only file, and ours shares the engine's CRC32C and error type.
+//! * raft-rs assumes peers that follow the protocol (crash faults, not Byzantine ones):
+//!   [`Node::step`] checks that a message decodes, is addressed to this node and carries
+//!   contiguous entries, which keeps garbage from reaching raft-rs's internal assertions; a
+//!   peer that lies within the protocol is PBFT's business.
+
+mod kv;
+mod storage;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use protobuf::Message as _;
+use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::{RawNode, StateRole};
+
+pub use kv::{KvOp, KvResult, KvStore, StateMachine};
+pub use storage::{LogStorage, Recovery, SyncStats};
+
+use crate::{Error, ErrorKind, Result};
+
+/// A node's settings. [`Config::new`] gives the defaults; fields are public to tune.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// This node's id (not 0).
+    pub id: u64,
+    /// The voters of a new cluster (including `id`); used only when the storage is empty — a
+    /// restarted node takes its configuration from its storage.
+    pub voters: Vec<u64>,
+    /// Ticks without hearing from a leader before a follower campaigns (default 10).
+    pub election_tick: usize,
+    /// Ticks between a leader's heartbeats (default 2).
+    pub heartbeat_tick: usize,
+    /// The randomised election timeout is drawn from `[min, max)` ticks; 0 means raft-rs's
+    /// default (`election_tick`, `2 × election_tick`). raft-rs draws it from a thread-local
+    /// random generator: a seeded simulation sets `max = min + 1` and randomises who ticks.
+    pub min_election_tick: usize,
+    /// See [`min_election_tick`](Self::min_election_tick).
+    pub max_election_tick: usize,
+    /// Pre-vote: a node asks whether it could win before it bumps its term (default on).
+    pub pre_vote: bool,
+    /// Check-quorum: a leader that has not heard from a quorum for an election timeout steps
+    /// down (default on).
+    pub check_quorum: bool,
+    /// Append messages in flight per follower (the replication pipeline; default 256).
+    pub max_inflight_msgs: usize,
+    /// The largest append message raft-rs builds, in bytes (default 1 MiB).
+    pub max_size_per_msg: u64,
+    /// Operations per batch entry (default 256).
+    pub max_batch_ops: usize,
+    /// Bytes of operations per batch entry (default 256 KiB); also the largest operation.
+    pub max_batch_bytes: usize,
+    /// The longest an operation waits in the leader's batch while the pipeline is busy
+    /// (default 10 ms); when a quorum of followers has a free pipeline slot the batch goes out
+    /// at the next [`Node::ready`] without waiting.
+    pub batch_window: Duration,
+    /// Bytes of proposed but uncommitted entries beyond which proposals are refused with
+    /// [`ErrorKind::Full`] (default 64 MiB).
+    pub max_uncommitted_bytes: u64,
+    /// Applied entries after which a snapshot is taken and the log compacted (0: never;
+    /// default 10 000).
+    pub snapshot_entries: u64,
+}
+
+impl Config {
+    /// The defaults for node `id` of a cluster of `voters`.
+    pub fn new(id: u64, voters: Vec<u64>) -> Config {
+        Config {
+            id,
+            voters,
+            election_tick: 10,
+            heartbeat_tick: 2,
+            min_election_tick: 0,
+            max_election_tick: 0,
+            pre_vote: true,
+            check_quorum: true,
+            max_inflight_msgs: 256,
+            max_size_per_msg: 1 << 20,
+            max_batch_ops: 256,
+            max_batch_bytes: 256 << 10,
+            batch_window: Duration::from_millis(10),
+            max_uncommitted_bytes: 64 << 20,
+            snapshot_entries: 10_000,
+        }
+    }
+}
+
+/// Identifies a proposal of this node (unique for the node's lifetime; restarts start again
+/// from 1 — a result is only ever reported to the incarnation that proposed it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ProposalId(pub u64);
+
+/// The answer to [`Node::propose`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Proposed {
+    /// Taken into the leader's batch; its result comes in [`Out::applied`], or its id in
+    /// [`Out::dropped`] / [`Out::unknown`].
+    Accepted(ProposalId),
+    /// This node is not the leader; `leader` is the one it knows of, if any.
+    NotLeader {
+        /// The leader's id, when known.
+        leader: Option<u64>,
+    },
+}
+
+/// A message for a peer: raft-rs's protobuf bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// The peer's id.
+    pub to: u64,
+    /// The encoded message, for the peer's [`Node::step`].
+    pub bytes: Vec<u8>,
+    /// True for a snapshot: the host reports its fate with [`Node::report_snapshot`] (until
+    /// then the leader sends that peer nothing else).
+    pub is_snapshot: bool,
+}
+
+/// The result of one of this node's proposals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The proposal.
+    pub id: ProposalId,
+    /// The log index it was committed at.
+    pub index: u64,
+    /// What [`StateMachine::apply`] returned.
+    pub result: Vec<u8>,
+}
+
+/// The work done by one [`Node::ready`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Out {
+    /// Messages to send, in order per peer. Sending may fail or drop: Raft retries.
+    pub messages: Vec<Outgoing>,
+    /// Results of this node's proposals, in log order.
+    pub applied: Vec<Applied>,
+    /// Proposals that will never be applied (leadership lost before they were replicated, or
+    /// their entry was replaced by another leader's): safe to retry.
+    pub dropped: Vec<ProposalId>,
+    /// Proposals whose outcome this node can no longer tell (a snapshot from the new leader
+    /// covered their index): they may or may not have been applied.
+    pub unknown: Vec<ProposalId>,
+    /// Entries appended to the log by this Ready.
+    pub entries_persisted: u64,
+    /// What the log's group commit wrote.
+    pub sync: SyncStats,
+    /// True when a snapshot from the leader was installed.
+    pub snapshot_installed: bool,
+}
+
+/// Counters of a node's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Operations accepted by [`Node::propose`].
+    pub proposed: u64,
+    /// Batch entries handed to raft-rs.
+    pub batches: u64,
+    /// Batches flushed because they were full.
+    pub flush_full: u64,
+    /// Batches flushed because the window expired while the pipeline was busy.
+    pub flush_window: u64,
+    /// Batches flushed because a pipeline slot was free.
+    pub flush_slot: u64,
+    /// Committed normal entries whose batch header did not decode (skipped, never applied).
+    pub malformed_entries: u64,
+    /// `fdatasync` calls.
+    pub syncs: u64,
+    /// Snapshots taken.
+    pub snapshots: u64,
+}
+
+const BATCH_MAGIC: u8 = 0xB1;
+const BATCH_HEADER: usize = 1 + 8 + 8 + 4;
+
+/// A batch flushed into the log and not yet applied.
+#[derive(Debug, Clone, Copy)]
+struct Flushed {
+    index: u64,
+    term: u64,
+    first: u64,
+    count: u64,
+}
+
+/// A decoded batch entry: (proposer, first proposal id, operations).
+fn decode_batch(data: &[u8]) -> Option<(u64, u64, Vec<&[u8]>)> {
+    if data.len() < BATCH_HEADER || data[0] != BATCH_MAGIC {
+        return None;
+    }
+    let proposer = u64::from_le_bytes(data[1..9].try_into().ok()?);
+    let first = u64::from_le_bytes(data[9..17].try_into().ok()?);
+    let count = u32::from_le_bytes(data[17..21].try_into().ok()?) as usize;
+    let mut rest = &data[BATCH_HEADER..];
+    let mut ops = Vec::with_capacity(count.min(rest.len() / 4));
+    for _ in 0..count {
+        if rest.len() < 4 {
+            return None;
+        }
+        let n = u32::from_le_bytes(rest[..4].try_into().ok()?) as usize;
+        if rest.len() - 4 < n {
+            return None;
+        }
+        ops.push(&rest[4..4 + n]);
+        rest = &rest[4 + n..];
+    }
+    rest.is_empty().then_some((proposer, first, ops))
+}
+
+fn raft_err(what: &str, e: raft::Error) -> Error {
+    let kind = match &e {
+        raft::Error::Io(_) => ErrorKind::Io,
+        raft::Error::ProposalDropped => ErrorKind::Full,
+        raft::Error::StepPeerNotFound => ErrorKind::NotFound,
+        raft::Error::CodecError(_) => ErrorKind::Corrupt,
+        _ => ErrorKind::InvalidArgument,
+    };
+    Error::new(kind, format!("raft: {what}: {e}"))
+}
+
+/// A Raft node: raft-rs's `RawNode` over a [`LogStorage`], applying to a [`StateMachine`].
+pub struct Node<S: StateMachine> {
+    raw: RawNode<LogStorage>,
+    sm: S,
+    cfg: Config,
+    /// The batch being filled: header space + `[len][op]`s.
+    batch: Vec<u8>,
+    batch_count: u64,
+    batch_first: u64,
+    batch_since: Option<Duration>,
+    next_id: u64,
+    flushed: VecDeque<Flushed>,
+    applied: u64,
+    stats: Stats,
+    dropped: Vec<ProposalId>,
+}
+
+impl<S: StateMachine> Node<S> {
+    /// Starts a node over `storage` (empty: a new member of `cfg.voters`; otherwise the node
+    /// restarts from what it holds) and state machine `sm` (empty; restored from the storage's
+    /// snapshot when there is one — committed entries after it are applied again by
+    /// [`ready`](Self::ready)).
+    pub fn new(cfg: Config, mut storage: LogStorage, mut sm: S) -> Result<Node<S>> {
+        if cfg.id == 0 {
+            return Err(Error::invalid("raft: node id 0 is reserved"));
+        }
+        if cfg.max_batch_ops == 0 || cfg.max_batch_bytes == 0 {
+            return Err(Error::invalid("raft: max_batch_ops and max_batch_bytes must be > 0"));
+        }
+        if storage.is_empty() {
+            if !cfg.voters.contains(&cfg.id) {
+                return Err(Error::invalid(format!(
+                    "raft: node {} is not among the voters {:?} of a new cluster",
+                    cfg.id, cfg.voters
+                )));
+            }
+            let mut cs = raft::eraftpb::ConfState::default();
+            cs.voters = cfg.voters.clone();
+            storage.set_conf_state(&cs)?;
+            storage.sync()?;
+        }
+        let snap = storage.latest_snapshot();
+        let applied = snap.get_metadata().index;
+        if applied > 0 {
+            sm.restore(&snap.data)?;
+        }
+        let rcfg = raft::Config {
+            id: cfg.id,
+            election_tick: cfg.election_tick,
+            heartbeat_tick: cfg.heartbeat_tick,
+            min_election_tick: cfg.min_election_tick,
+            max_election_tick: cfg.max_election_tick,
+            applied,
+            max_size_per_msg: cfg.max_size_per_msg,
+            max_inflight_msgs: cfg.max_inflight_msgs,
+            check_quorum: cfg.check_quorum,
+            pre_vote: cfg.pre_vote,
+            max_uncommitted_size: cfg.max_uncommitted_bytes,
+            ..raft::Config::default()
+        };
+        rcfg.validate().map_err(|e| raft_err("invalid configuration", e))?;
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let raw = RawNode::new(&rcfg, storage, &logger).map_err(|e| raft_err("cannot start", e))?;
+        let mut batch = Vec::with_capacity(BATCH_HEADER);
+        batch.resize(BATCH_HEADER, 0);
+        Ok(Node {
+            raw,
+            sm,
+            cfg,
+            batch,
+            batch_count: 0,
+            batch_first: 1,
+            batch_since: None,
+            next_id: 1,
+            flushed: VecDeque::new(),
+            applied,
+            stats: Stats::default(),
+            dropped: Vec::new(),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.cfg.id
+    }
+
+    /// True when this node is the leader.
+    pub fn is_leader(&self) -> bool {
+        self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The leader this node knows of.
+    pub fn leader(&self) -> Option<u64> {
+        match self.raw.raft.leader_id {
+            0 => None,
+            id => Some(id),
+        }
+    }
+
+    /// The current term.
+    pub fn term(&self) -> u64 {
+        self.raw.raft.term
+    }
+
+    /// The commit index this node knows of.
+    pub fn commit_index(&self) -> u64 {
+        self.raw.raft.raft_log.committed
+    }
+
+    /// The index of the last entry applied to the state machine.
+    pub fn applied_index(&self) -> u64 {
+        self.applied
+    }
+
+    /// The voters of the configuration in force.
+    pub fn voters(&self) -> Vec<u64> {
+        self.raw.raft.prs().conf().to_conf_state().voters
+    }
+
+    /// The state machine (for local, possibly stale reads).
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    /// The log store.
+    pub fn storage(&self) -> &LogStorage {
+        self.raw.store()
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Advances raft's logical clock by one tick (elections, heartbeats, check-quorum).
+    pub fn tick(&mut self) {
+        self.raw.tick();
+    }
+
+    /// Asks this node to campaign now (tests, leadership hand-over by hand).
+    pub fn campaign(&mut self) -> Result<()> {
+        self.raw.campaign().map_err(|e| raft_err("cannot campaign", e))
+    }
+
+    /// Tells the leader whether a snapshot sent to `peer` ([`Outgoing::is_snapshot`]) was
+    /// delivered (`delivered`) or lost; replication to that peer resumes either way.
+    pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
+        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        self.raw.report_snapshot(peer, status);
+    }
+
+    /// Tells the leader that a message to `peer` could not be sent (the replication pipeline
+    /// to it falls back to probing).
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    /// Proposes an operation: taken into the leader's batch (flushed by this call when full,
+    /// otherwise by [`ready`](Self::ready)); `now` starts the batch window. Not on a leader:
+    /// [`Proposed::NotLeader`]. Errors: [`ErrorKind::TooLarge`] for an operation over
+    /// `max_batch_bytes`, [`ErrorKind::Full`] while the batch is full and raft-rs refuses more
+    /// uncommitted entries (back-pressure: retry after [`ready`](Self::ready)).
+    pub fn propose(&mut self, op: &[u8], now: Duration) -> Result<Proposed> {
+        if !self.is_leader() {
+            return Ok(Proposed::NotLeader { leader: self.leader() });
+        }
+        if op.len() > self.cfg.max_batch_bytes {
+            return Err(Error::new(
+                ErrorKind::TooLarge,
+                format!("raft: operation of {} bytes over max_batch_bytes {}", op.len(), self.cfg.max_batch_bytes),
+            ));
+        }
+        if self.batch_full(op.len()) {
+            self.flush(now)?;
+            self.stats.flush_full += 1;
+        }
+        if self.batch_count == 0 {
+            self.batch_first = self.next_id;
+            self.batch_since = Some(now);
+        }
+        self.batch.extend_from_slice(&(op.len() as u32).to_le_bytes());
+        self.batch.extend_from_slice(op);
+        self.batch_count += 1;
+        let id = ProposalId(self.next_id);
+        self.next_id += 1;
+        self.stats.proposed += 1;
+        Ok(Proposed::Accepted(id))
+    }
+
+    fn batch_full(&self, more: usize) -> bool {
+        self.batch_count > 0
+            && (self.batch_count as usize >= self.cfg.max_batch_ops
+                || self.batch.len() - BATCH_HEADER + 4 + more > self.cfg.max_batch_bytes)
+    }
+
+    /// Hands the batch to raft-rs as one entry.
+    fn flush(&mut self, _now: Duration) -> Result<()> {
+        if self.batch_count == 0 {
+            return Ok(());
+        }
+        self.batch[0] = BATCH_MAGIC;
+        self.batch[1..9].copy_from_slice(&self.cfg.id.to_le_bytes());
+        self.batch[9..17].copy_from_slice(&self.batch_first.to_le_bytes());
+        self.batch[17..21].copy_from_slice(&(self.batch_count as u32).to_le_bytes());
+        // raft-rs takes the bytes; a copy keeps the batch if it refuses them (nothing lost).
+        match self.raw.propose(Vec::new(), self.batch.clone()) {
+            Ok(()) => {
+                self.flushed.push_back(Flushed {
+                    index: self.raw.raft.raft_log.last_index(),
+                    term: self.raw.raft.term,
+                    first: self.batch_first,
+                    count: self.batch_count,
+                });
+                self.batch.truncate(BATCH_HEADER);
+                self.batch_count = 0;
+                self.batch_since = None;
+                self.stats.batches += 1;
+                Ok(())
+            }
+            Err(e) => Err(raft_err("proposal refused", e)),
+        }
+    }
+
+    /// True when a quorum (counting the leader) has a free replication slot: a flushed batch
+    /// would go out at once.
+    fn pipeline_free(&self) -> bool {
+        let prs = self.raw.raft.prs();
+        let voters = prs.conf().to_conf_state().voters;
+        let free = voters
+            .iter()
+            .filter(|&&v| v == self.cfg.id || prs.get(v).is_some_and(|p| !p.ins.full()))
+            .count();
+        free > voters.len() / 2
+    }
+
+    fn maybe_flush(&mut self, now: Duration) -> Result<()> {
+        if self.batch_count == 0 || !self.is_leader() {
+            return Ok(());
+        }
+        let since = self.batch_since.unwrap_or(now);
+        let slot = self.pipeline_free();
+        if !slot && now.saturating_sub(since) < self.cfg.batch_window {
+            return Ok(());
+        }
+        match self.flush(now) {
+            Ok(()) if slot => self.stats.flush_slot += 1,
+            Ok(()) => self.stats.flush_window += 1,
+            // raft-rs refuses more uncommitted bytes: the batch waits for commits.
+            Err(e) if e.kind() == ErrorKind::Full => {}
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// When the host must call [`ready`](Self::ready) at the latest for the batch window to
+    /// hold (None: no batch waiting).
+    pub fn next_deadline(&self) -> Option<Duration> {
+        self.batch_since.map(|t| t + self.cfg.batch_window)
+    }
+
+    /// Steps a message received from a peer (its [`Outgoing::bytes`]). Bytes that do not
+    /// decode are [`ErrorKind::Corrupt`]; a message for another node, from node 0, with
+    /// entries that are not contiguous, or a local message type is
+    /// [`ErrorKind::InvalidArgument`]; a response from a node that is not a member is
+    /// [`ErrorKind::NotFound`]. A rejected message changes nothing.
+    pub fn step(&mut self, bytes: &[u8]) -> Result<()> {
+        let m = Message::parse_from_bytes(bytes)
+            .map_err(|e| Error::corrupt(format!("raft: message does not decode: {e}")))?;
+        if m.to != self.cfg.id || m.from == 0 || m.from == self.cfg.id {
+            return Err(Error::invalid(format!(
+                "raft: message from {} to {} stepped on node {}",
+                m.from, m.to, self.cfg.id
+            )));
+        }
+        if raft::raw_node::is_local_msg(m.get_msg_type()) {
+            return Err(Error::invalid(format!("raft: local message type {:?} from the network", m.get_msg_type())));
+        }
+        let mut expect = m.index + 1;
+        for e in m.get_entries() {
+            if e.index != expect || e.term > m.term {
+                return Err(Error::invalid(format!(
+                    "raft: message from {} carries entry {} (term {}) where {expect} (term ≤ {}) belongs",
+                    m.from, e.index, e.term, m.term
+                )));
+            }
+            expect += 1;
+        }
+        if m.get_msg_type() == MessageType::MsgAppend && m.log_term > m.term {
+            return Err(Error::invalid("raft: append with a log term beyond its term"));
+        }
+        self.raw.step(m).map_err(|e| raft_err("cannot step", e))
+    }
+
+    /// Runs the Ready loop: flushes the batch if due, persists the new entries and HardState
+    /// with one group commit, applies committed entries, and returns the messages to send and
+    /// the results. When applying frees a pipeline slot and a waiting batch is flushed, its
+    /// Ready is handled in the same call (a second group commit). An error (an I/O failure of
+    /// the log) leaves the node unusable: drop it and start again from its storage.
+    pub fn ready(&mut self, now: Duration) -> Result<Out> {
+        let mut out = Out::default();
+        self.maybe_flush(now)?;
+        self.process_ready(&mut out)?;
+        let batches = self.stats.batches;
+        // A batch committed frees a slot: send the next one without waiting for the window.
+        self.maybe_flush(now)?;
+        if self.stats.batches != batches {
+            self.process_ready(&mut out)?;
+        }
+        if !self.is_leader() {
+            self.drop_batch();
+        }
+        self.maybe_snapshot()?;
+        out.dropped.append(&mut self.dropped);
+        Ok(out)
+    }
+
+    fn process_ready(&mut self, out: &mut Out) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut rd = self.raw.ready();
+        encode_messages(rd.take_messages(), &mut out.messages)?;
+        if !rd.snapshot().is_empty() {
+            let snap = rd.snapshot().clone();
+            let index = snap.get_metadata().index;
+            self.sm.restore(&snap.data)?;
+            self.raw.mut_store().apply_snapshot(snap)?;
+            self.applied = index;
+            while let Some(f) = self.flushed.front().copied().filter(|f| f.index <= index) {
+                self.flushed.pop_front();
+                out.unknown.extend((f.first..f.first + f.count).map(ProposalId));
+            }
+            out.snapshot_installed = true;
+        }
+        let committed = rd.take_committed_entries();
+        self.apply_entries(committed, out)?;
+        if !rd.entries().is_empty() {
+            out.entries_persisted += rd.entries().len() as u64;
+            self.raw.mut_store().append(rd.entries())?;
+        }
+        if let Some(hs) = rd.hs() {
+            self.raw.mut_store().set_hard_state(hs)?;
+        }
+        let sync = self.raw.mut_store().sync()?;
+        out.sync.records += sync.records;
+        out.sync.bytes += sync.bytes;
+        out.sync.syncs += sync.syncs;
+        self.stats.syncs += sync.syncs;
+        encode_messages(rd.take_persisted_messages(), &mut out.messages)?;
+        let mut light = self.raw.advance(rd);
+        if let Some(commit) = light.commit_index() {
+            // Durable with the next group commit; a crash before it only lowers the commit
+            // index recovered, which raft-rs learns again from the leader.
+            self.raw.mut_store().set_commit(commit)?;
+        }
+        encode_messages(light.take_messages(), &mut out.messages)?;
+        self.apply_entries(light.take_committed_entries(), out)?;
+        self.raw.advance_apply();
+        Ok(())
+    }
+
+    fn drop_batch(&mut self) {
+        if self.batch_count > 0 {
+            self.dropped.extend((self.batch_first..self.batch_first + self.batch_count).map(ProposalId));
+            self.batch.truncate(BATCH_HEADER);
+            self.batch_count = 0;
+            self.batch_since = None;
+        }
+    }
+
+    fn apply_entries(&mut self, entries: Vec<Entry>, out: &mut Out) -> Result<()> {
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            // Our flushed batches before this index were replaced by another leader's entries.
+            while let Some(f) = self.flushed.front().copied().filter(|f| f.index < e.index) {
+                self.flushed.pop_front();
+                self.dropped.extend((f.first..f.first + f.count).map(ProposalId));
+            }
+            let mine = self.flushed.front().copied().filter(|f| f.index == e.index);
+            if mine.is_some() {
+                self.flushed.pop_front();
+            }
+            // Whether this entry is the batch we flushed there (same proposer, term and ids).
+            let mut ours = false;
+            match e.get_entry_type() {
+                EntryType::EntryNormal if e.data.is_empty() => {}
+                EntryType::EntryNormal => match decode_batch(&e.data) {
+                    Some((proposer, first, ops)) => {
+                        ours = mine.is_some_and(|f| {
+                            proposer == self.cfg.id
+                                && f.term == e.term
+                                && f.first == first
+                                && f.count == ops.len() as u64
+                        });
+                        for (k, op) in ops.iter().enumerate() {
+                            let result = self.sm.apply(e.index, op);
+                            if ours {
+                                out.applied.push(Applied {
+                                    id: ProposalId(first + k as u64),
+                                    index: e.index,
+                                    result,
+                                });
+                            }
+                        }
+                    }
+                    None => self.stats.malformed_entries += 1,
+                },
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| Error::corrupt(format!("raft: conf change {} does not decode: {err}", e.index)))?;
+                    let cs = self.raw.apply_conf_change(&cc).map_err(|err| raft_err("conf change", err))?;
+                    self.raw.mut_store().set_conf_state(&cs)?;
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
+                        .map_err(|err| Error::corrupt(format!("raft: conf change {} does not decode: {err}", e.index)))?;
+                    let cs = self.raw.apply_conf_change(&cc).map_err(|err| raft_err("conf change", err))?;
+                    self.raw.mut_store().set_conf_state(&cs)?;
+                }
+            }
+            if let (Some(f), false) = (mine, ours) {
+                self.dropped.extend((f.first..f.first + f.count).map(ProposalId));
+            }
+            self.applied = e.index;
+        }
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) -> Result<()> {
+        let n = self.cfg.snapshot_entries;
+        let store = self.raw.store();
+        if n == 0 || self.applied < store.snapshot_index() + n || self.applied > store.hard_state().commit {
+            return Ok(());
+        }
+        let data = self.sm.snapshot();
+        let conf = self.raw.raft.prs().conf().to_conf_state();
+        let applied = self.applied;
+        self.raw.mut_store().create_snapshot(applied, conf, data)?;
+        self.stats.snapshots += 1;
+        Ok(())
+    }
+}
+
+fn encode_messages(msgs: Vec<Message>, out: &mut Vec<Outgoing>) -> Result<()> {
+    for m in msgs {
+        let bytes = m
+            .write_to_bytes()
+            .map_err(|e| Error::invalid(format!("raft: cannot encode a message: {e}")))?;
+        let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
+        out.push(Outgoing { to: m.to, bytes, is_snapshot });
+    }
+    Ok(())
+}
