@@ -96,7 +96,8 @@ impl<'a> Reader<'a> {
         self.take(1).map(|b| b[0])
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        self.take(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
     }
     fn bytes(&mut self) -> Option<Vec<u8>> {
         let n = self.u32()? as usize;
@@ -142,9 +143,16 @@ impl KvOp {
     pub fn decode(bytes: &[u8]) -> Option<KvOp> {
         let mut r = Reader(bytes);
         let op = match r.u8()? {
-            1 => KvOp::Set { key: r.bytes()?, value: r.bytes()? },
+            1 => KvOp::Set {
+                key: r.bytes()?,
+                value: r.bytes()?,
+            },
             2 => KvOp::Get { key: r.bytes()? },
-            3 => KvOp::Cas { key: r.bytes()?, expected: r.opt()?, new: r.bytes()? },
+            3 => KvOp::Cas {
+                key: r.bytes()?,
+                expected: r.opt()?,
+                new: r.bytes()?,
+            },
             _ => return None,
         };
         r.end()?;
@@ -184,7 +192,10 @@ impl KvResult {
                     1 => true,
                     _ => return None,
                 };
-                KvResult::Cas { swapped, previous: r.opt()? }
+                KvResult::Cas {
+                    swapped,
+                    previous: r.opt()?,
+                }
             }
             4 => KvResult::Invalid,
             _ => return None,

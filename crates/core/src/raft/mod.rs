@@ -284,7 +284,9 @@ impl<S: StateMachine> Node<S> {
             return Err(Error::invalid("raft: node id 0 is reserved"));
         }
         if cfg.max_batch_ops == 0 || cfg.max_batch_bytes == 0 {
-            return Err(Error::invalid("raft: max_batch_ops and max_batch_bytes must be > 0"));
+            return Err(Error::invalid(
+                "raft: max_batch_ops and max_batch_bytes must be > 0",
+            ));
         }
         if storage.is_empty() {
             if !cfg.voters.contains(&cfg.id) {
@@ -293,8 +295,10 @@ impl<S: StateMachine> Node<S> {
                     cfg.id, cfg.voters
                 )));
             }
-            let mut cs = raft::eraftpb::ConfState::default();
-            cs.voters = cfg.voters.clone();
+            let cs = raft::eraftpb::ConfState {
+                voters: cfg.voters.clone(),
+                ..Default::default()
+            };
             storage.set_conf_state(&cs)?;
             storage.sync()?;
         }
@@ -317,11 +321,11 @@ impl<S: StateMachine> Node<S> {
             max_uncommitted_size: cfg.max_uncommitted_bytes,
             ..raft::Config::default()
         };
-        rcfg.validate().map_err(|e| raft_err("invalid configuration", e))?;
+        rcfg.validate()
+            .map_err(|e| raft_err("invalid configuration", e))?;
         let logger = slog::Logger::root(slog::Discard, slog::o!());
         let raw = RawNode::new(&rcfg, storage, &logger).map_err(|e| raft_err("cannot start", e))?;
-        let mut batch = Vec::with_capacity(BATCH_HEADER);
-        batch.resize(BATCH_HEADER, 0);
+        let batch = vec![0; BATCH_HEADER];
         Ok(Node {
             raw,
             sm,
@@ -398,13 +402,19 @@ impl<S: StateMachine> Node<S> {
 
     /// Asks this node to campaign now (tests, leadership hand-over by hand).
     pub fn campaign(&mut self) -> Result<()> {
-        self.raw.campaign().map_err(|e| raft_err("cannot campaign", e))
+        self.raw
+            .campaign()
+            .map_err(|e| raft_err("cannot campaign", e))
     }
 
     /// Tells the leader whether a snapshot sent to `peer` ([`Outgoing::is_snapshot`]) was
     /// delivered (`delivered`) or lost; replication to that peer resumes either way.
     pub fn report_snapshot(&mut self, peer: u64, delivered: bool) {
-        let status = if delivered { raft::SnapshotStatus::Finish } else { raft::SnapshotStatus::Failure };
+        let status = if delivered {
+            raft::SnapshotStatus::Finish
+        } else {
+            raft::SnapshotStatus::Failure
+        };
         self.raw.report_snapshot(peer, status);
     }
 
@@ -421,12 +431,18 @@ impl<S: StateMachine> Node<S> {
     /// uncommitted entries (back-pressure: retry after [`ready`](Self::ready)).
     pub fn propose(&mut self, op: &[u8], now: Duration) -> Result<Proposed> {
         if !self.is_leader() {
-            return Ok(Proposed::NotLeader { leader: self.leader() });
+            return Ok(Proposed::NotLeader {
+                leader: self.leader(),
+            });
         }
         if op.len() > self.cfg.max_batch_bytes {
             return Err(Error::new(
                 ErrorKind::TooLarge,
-                format!("raft: operation of {} bytes over max_batch_bytes {}", op.len(), self.cfg.max_batch_bytes),
+                format!(
+                    "raft: operation of {} bytes over max_batch_bytes {}",
+                    op.len(),
+                    self.cfg.max_batch_bytes
+                ),
             ));
         }
         if self.batch_full(op.len()) {
@@ -437,7 +453,8 @@ impl<S: StateMachine> Node<S> {
             self.batch_first = self.next_id;
             self.batch_since = Some(now);
         }
-        self.batch.extend_from_slice(&(op.len() as u32).to_le_bytes());
+        self.batch
+            .extend_from_slice(&(op.len() as u32).to_le_bytes());
         self.batch.extend_from_slice(op);
         self.batch_count += 1;
         let id = ProposalId(self.next_id);
@@ -532,20 +549,23 @@ impl<S: StateMachine> Node<S> {
             )));
         }
         if raft::raw_node::is_local_msg(m.get_msg_type()) {
-            return Err(Error::invalid(format!("raft: local message type {:?} from the network", m.get_msg_type())));
+            return Err(Error::invalid(format!(
+                "raft: local message type {:?} from the network",
+                m.get_msg_type()
+            )));
         }
-        let mut expect = m.index + 1;
-        for e in m.get_entries() {
+        for (expect, e) in (m.index + 1..).zip(m.get_entries()) {
             if e.index != expect || e.term > m.term {
                 return Err(Error::invalid(format!(
                     "raft: message from {} carries entry {} (term {}) where {expect} (term ≤ {}) belongs",
                     m.from, e.index, e.term, m.term
                 )));
             }
-            expect += 1;
         }
         if m.get_msg_type() == MessageType::MsgAppend && m.log_term > m.term {
-            return Err(Error::invalid("raft: append with a log term beyond its term"));
+            return Err(Error::invalid(
+                "raft: append with a log term beyond its term",
+            ));
         }
         self.raw.step(m).map_err(|e| raft_err("cannot step", e))
     }
@@ -587,7 +607,8 @@ impl<S: StateMachine> Node<S> {
             self.applied = index;
             while let Some(f) = self.flushed.front().copied().filter(|f| f.index <= index) {
                 self.flushed.pop_front();
-                out.unknown.extend((f.first..f.first + f.count).map(ProposalId));
+                out.unknown
+                    .extend((f.first..f.first + f.count).map(ProposalId));
             }
             out.snapshot_installed = true;
         }
@@ -620,7 +641,8 @@ impl<S: StateMachine> Node<S> {
 
     fn drop_batch(&mut self) {
         if self.batch_count > 0 {
-            self.dropped.extend((self.batch_first..self.batch_first + self.batch_count).map(ProposalId));
+            self.dropped
+                .extend((self.batch_first..self.batch_first + self.batch_count).map(ProposalId));
             self.batch.truncate(BATCH_HEADER);
             self.batch_count = 0;
             self.batch_since = None;
@@ -635,7 +657,8 @@ impl<S: StateMachine> Node<S> {
             // Our flushed batches before this index were replaced by another leader's entries.
             while let Some(f) = self.flushed.front().copied().filter(|f| f.index < e.index) {
                 self.flushed.pop_front();
-                self.dropped.extend((f.first..f.first + f.count).map(ProposalId));
+                self.dropped
+                    .extend((f.first..f.first + f.count).map(ProposalId));
             }
             let mine = self.flushed.front().copied().filter(|f| f.index == e.index);
             if mine.is_some() {
@@ -667,20 +690,35 @@ impl<S: StateMachine> Node<S> {
                     None => self.stats.malformed_entries += 1,
                 },
                 EntryType::EntryConfChange => {
-                    let cc = ConfChange::parse_from_bytes(&e.data)
-                        .map_err(|err| Error::corrupt(format!("raft: conf change {} does not decode: {err}", e.index)))?;
-                    let cs = self.raw.apply_conf_change(&cc).map_err(|err| raft_err("conf change", err))?;
+                    let cc = ConfChange::parse_from_bytes(&e.data).map_err(|err| {
+                        Error::corrupt(format!(
+                            "raft: conf change {} does not decode: {err}",
+                            e.index
+                        ))
+                    })?;
+                    let cs = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .map_err(|err| raft_err("conf change", err))?;
                     self.raw.mut_store().set_conf_state(&cs)?;
                 }
                 EntryType::EntryConfChangeV2 => {
-                    let cc = ConfChangeV2::parse_from_bytes(&e.data)
-                        .map_err(|err| Error::corrupt(format!("raft: conf change {} does not decode: {err}", e.index)))?;
-                    let cs = self.raw.apply_conf_change(&cc).map_err(|err| raft_err("conf change", err))?;
+                    let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| {
+                        Error::corrupt(format!(
+                            "raft: conf change {} does not decode: {err}",
+                            e.index
+                        ))
+                    })?;
+                    let cs = self
+                        .raw
+                        .apply_conf_change(&cc)
+                        .map_err(|err| raft_err("conf change", err))?;
                     self.raw.mut_store().set_conf_state(&cs)?;
                 }
             }
             if let (Some(f), false) = (mine, ours) {
-                self.dropped.extend((f.first..f.first + f.count).map(ProposalId));
+                self.dropped
+                    .extend((f.first..f.first + f.count).map(ProposalId));
             }
             self.applied = e.index;
         }
@@ -690,7 +728,10 @@ impl<S: StateMachine> Node<S> {
     fn maybe_snapshot(&mut self) -> Result<()> {
         let n = self.cfg.snapshot_entries;
         let store = self.raw.store();
-        if n == 0 || self.applied < store.snapshot_index() + n || self.applied > store.hard_state().commit {
+        if n == 0
+            || self.applied < store.snapshot_index() + n
+            || self.applied > store.hard_state().commit
+        {
             return Ok(());
         }
         let data = self.sm.snapshot();
@@ -708,7 +749,11 @@ fn encode_messages(msgs: Vec<Message>, out: &mut Vec<Outgoing>) -> Result<()> {
             .write_to_bytes()
             .map_err(|e| Error::invalid(format!("raft: cannot encode a message: {e}")))?;
         let is_snapshot = m.get_msg_type() == MessageType::MsgSnapshot;
-        out.push(Outgoing { to: m.to, bytes, is_snapshot });
+        out.push(Outgoing {
+            to: m.to,
+            bytes,
+            is_snapshot,
+        });
     }
     Ok(())
 }

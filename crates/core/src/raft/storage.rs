@@ -112,7 +112,10 @@ pub struct LogStorage {
 }
 
 fn io_err(what: &str, path: &Path, e: std::io::Error) -> Error {
-    Error::new(ErrorKind::Io, format!("raft storage: {what} {}: {e}", path.display()))
+    Error::new(
+        ErrorKind::Io,
+        format!("raft storage: {what} {}: {e}", path.display()),
+    )
 }
 
 fn encode<M: protobuf::Message>(m: &M) -> Result<Vec<u8>> {
@@ -153,7 +156,8 @@ fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<File> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     let mut f = File::create(&tmp).map_err(|e| io_err("cannot create", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| io_err("cannot write", &tmp, e))?;
+    f.write_all(bytes)
+        .map_err(|e| io_err("cannot write", &tmp, e))?;
     f.sync_data().map_err(|e| io_err("cannot sync", &tmp, e))?;
     fs::rename(&tmp, &path).map_err(|e| io_err("cannot rename over", &path, e))?;
     sync_dir(dir)?;
@@ -191,7 +195,8 @@ impl LogStorage {
         let mut bytes = Vec::new();
         match File::open(&path) {
             Ok(mut f) => {
-                f.read_to_end(&mut bytes).map_err(|e| io_err("cannot read", &path, e))?;
+                f.read_to_end(&mut bytes)
+                    .map_err(|e| io_err("cannot read", &path, e))?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_err("cannot open", &path, e)),
@@ -219,14 +224,20 @@ impl LogStorage {
                 .open(&path)
                 .map_err(|e| io_err("cannot open", &path, e))?;
             if good < bytes.len() {
-                f.set_len(good as u64).map_err(|e| io_err("cannot truncate", &path, e))?;
+                f.set_len(good as u64)
+                    .map_err(|e| io_err("cannot truncate", &path, e))?;
                 f.sync_all().map_err(|e| io_err("cannot sync", &path, e))?;
                 st.recovery.truncated_bytes = (bytes.len() - good) as u64;
             }
             f
         };
         st.check(&path)?;
-        st.disk = Some(Disk { dir, log, pending: Vec::new(), pending_records: 0 });
+        st.disk = Some(Disk {
+            dir,
+            log,
+            pending: Vec::new(),
+            pending_records: 0,
+        });
         Ok(st)
     }
 
@@ -238,7 +249,10 @@ impl LogStorage {
             Err(e) => return Err(io_err("cannot read", &path, e)),
         };
         let bad = |why: &str| {
-            Error::corrupt(format!("raft storage: snapshot {} is damaged: {why}", path.display()))
+            Error::corrupt(format!(
+                "raft storage: snapshot {} is damaged: {why}",
+                path.display()
+            ))
         };
         if bytes.len() < 20 || &bytes[..8] != SNAP_MAGIC {
             return Err(bad("bad magic or short header"));
@@ -269,7 +283,9 @@ impl LogStorage {
         while off < bytes.len() {
             let Some((kind, payload, end)) = parse_record(bytes, off) else {
                 // A bad record: torn tail, or damage with good data after it?
-                if let Some(later) = (off + 1..bytes.len()).find(|&o| parse_record(bytes, o).is_some()) {
+                if let Some(later) =
+                    (off + 1..bytes.len()).find(|&o| parse_record(bytes, o).is_some())
+                {
                     return Err(Error::corrupt(format!(
                         "raft storage: {} is damaged at byte {off} and a valid record follows at \
                          byte {later}; refusing to truncate acknowledged entries",
@@ -331,7 +347,11 @@ impl LogStorage {
             let at = snap_index - base.0;
             let matches = at <= entries.len() as u64 && entries[at as usize - 1].term == snap_term;
             let held = entries.len();
-            let keep = if matches { entries.split_off(at as usize) } else { Vec::new() };
+            let keep = if matches {
+                entries.split_off(at as usize)
+            } else {
+                Vec::new()
+            };
             self.recovery.entries_dropped = (held - keep.len()) as u64;
             entries = keep;
         }
@@ -448,7 +468,9 @@ impl LogStorage {
     /// Appends entries from raft-rs's Ready; an entry at an index already held replaces it and
     /// everything after it.
     pub fn append(&mut self, ents: &[Entry]) -> Result<()> {
-        let Some(first) = ents.first() else { return Ok(()) };
+        let Some(first) = ents.first() else {
+            return Ok(());
+        };
         if first.index <= self.snapshot_index() || first.index > self.last() + 1 {
             return Err(Error::invalid(format!(
                 "raft storage: cannot append entry {} to a log holding {}..={}",
@@ -492,14 +514,24 @@ impl LogStorage {
     /// Writes every record since the last sync with one `write` and one `fdatasync` (group
     /// commit). In memory it does nothing.
     pub fn sync(&mut self) -> Result<SyncStats> {
-        let Some(d) = &mut self.disk else { return Ok(SyncStats::default()) };
+        let Some(d) = &mut self.disk else {
+            return Ok(SyncStats::default());
+        };
         if d.pending.is_empty() {
             return Ok(SyncStats::default());
         }
         let path = d.dir.join(LOG_FILE);
-        d.log.write_all(&d.pending).map_err(|e| io_err("cannot write", &path, e))?;
-        d.log.sync_data().map_err(|e| io_err("cannot sync", &path, e))?;
-        let stats = SyncStats { records: d.pending_records, bytes: d.pending.len() as u64, syncs: 1 };
+        d.log
+            .write_all(&d.pending)
+            .map_err(|e| io_err("cannot write", &path, e))?;
+        d.log
+            .sync_data()
+            .map_err(|e| io_err("cannot sync", &path, e))?;
+        let stats = SyncStats {
+            records: d.pending_records,
+            bytes: d.pending.len() as u64,
+            syncs: 1,
+        };
         d.pending.clear();
         d.pending_records = 0;
         Ok(stats)
@@ -556,9 +588,11 @@ impl LogStorage {
         })?;
         // Records still pending must be on disk before the rewrite replaces the file.
         self.sync()?;
-        let mut meta = SnapshotMetadata::default();
-        meta.index = index;
-        meta.term = term;
+        let mut meta = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         meta.set_conf_state(conf);
         let mut snap = Snapshot::default();
         snap.set_metadata(meta);
@@ -611,7 +645,8 @@ impl raft::Storage for LogStorage {
         if idx < self.snapshot_index() {
             return Err(raft::Error::Store(StorageError::Compacted));
         }
-        self.term_of(idx).ok_or(raft::Error::Store(StorageError::Unavailable))
+        self.term_of(idx)
+            .ok_or(raft::Error::Store(StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -624,7 +659,9 @@ impl raft::Storage for LogStorage {
 
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
         if self.snapshot_index() < request_index {
-            return Err(raft::Error::Store(StorageError::SnapshotTemporarilyUnavailable));
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
         }
         Ok(self.snapshot.clone())
     }

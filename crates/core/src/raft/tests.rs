@@ -3,8 +3,10 @@
 //! routing (drop, delay, reorder, duplicate, partitions, crash and restart from disk) with the
 //! Raft safety properties checked after every step.
 //!
-//! `EMF_RAFT_SEEDS=N` runs N seeds per cluster size instead of the suite's count
-//! (scripts/raft-sim.sh).
+//! `EMF_RAFT_SEEDS=N` runs N seeds per simulation test instead of the suite's count
+//! (scripts/raft-sim.sh); `EMF_RAFT_SEED=s` reruns the failing seed `s` alone;
+//! `EMF_RAFT_TRACE=1` prints every node's role, term, vote and commit at every step;
+//! `EMF_RAFT_SUMMARY=1` prints what each run exercised.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -21,29 +23,37 @@ use crate::testutil::TempDir;
 // The log store.
 
 fn entry(index: u64, term: u64, data: &[u8]) -> Entry {
-    let mut e = Entry::default();
-    e.index = index;
-    e.term = term;
-    e.data = data.to_vec().into();
-    e
+    Entry {
+        index,
+        term,
+        data: data.to_vec().into(),
+        ..Default::default()
+    }
 }
 
 fn hs(term: u64, vote: u64, commit: u64) -> HardState {
-    let mut h = HardState::default();
-    h.term = term;
-    h.vote = vote;
-    h.commit = commit;
-    h
+    HardState {
+        term,
+        vote,
+        commit,
+        ..Default::default()
+    }
 }
 
 /// A store at `dir` holding entries 1..=n (term 1), commit `commit`.
 fn filled(dir: &std::path::Path, n: u64, commit: u64) -> LogStorage {
     let mut st = LogStorage::open(dir).unwrap();
-    let ents: Vec<Entry> = (1..=n).map(|i| entry(i, 1, format!("e{i}").as_bytes())).collect();
+    let ents: Vec<Entry> = (1..=n)
+        .map(|i| entry(i, 1, format!("e{i}").as_bytes()))
+        .collect();
     st.append(&ents).unwrap();
     st.set_hard_state(&hs(1, 1, commit)).unwrap();
     let s = st.sync().unwrap();
-    assert_eq!((s.records, s.syncs), (n + 1, 1), "one group commit for all the records");
+    assert_eq!(
+        (s.records, s.syncs),
+        (n + 1, 1),
+        "one group commit for all the records"
+    );
     st
 }
 
@@ -53,13 +63,23 @@ fn durable_log_round_trips_and_group_commits() {
     drop(filled(&dir.0, 5, 3));
     let st = LogStorage::open(&dir.0).unwrap();
     assert_eq!(st.recovery().truncated_bytes, 0);
-    assert_eq!((st.first_index().unwrap(), st.last_index().unwrap()), (1, 5));
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (1, 5)
+    );
     assert_eq!(st.hard_state(), &hs(1, 1, 3));
-    let got = st.entries(2, 5, None, raft::GetEntriesContext::empty(false)).unwrap();
-    assert_eq!(got.iter().map(|e| e.index).collect::<Vec<_>>(), vec![2, 3, 4]);
+    let got = st
+        .entries(2, 5, None, raft::GetEntriesContext::empty(false))
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|e| e.index).collect::<Vec<_>>(),
+        vec![2, 3, 4]
+    );
     assert_eq!(&got[0].data[..], b"e2");
     // Out of range asks are errors, not panics.
-    assert!(st.entries(1, 9, None, raft::GetEntriesContext::empty(false)).is_err());
+    assert!(st
+        .entries(1, 9, None, raft::GetEntriesContext::empty(false))
+        .is_err());
     assert!(st.term(9).is_err());
 }
 
@@ -94,14 +114,21 @@ fn torn_tail_is_truncated_at_every_cut() {
         let st = LogStorage::open(&dir.0).unwrap();
         assert_eq!(st.last_index().unwrap(), 4, "cut at {cut}");
         assert_eq!(st.recovery().truncated_bytes, (cut - full.len()) as u64);
-        assert_eq!(std::fs::metadata(&path).unwrap().len(), full.len() as u64, "file truncated");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().len(),
+            full.len() as u64,
+            "file truncated"
+        );
     }
     // Garbage appended after the last record (a torn write of zeros) is cut too.
     let mut zeros = full.clone();
     zeros.extend_from_slice(&[0u8; 100]);
     std::fs::write(&path, &zeros).unwrap();
     let st = LogStorage::open(&dir.0).unwrap();
-    assert_eq!((st.last_index().unwrap(), st.recovery().truncated_bytes), (4, 100));
+    assert_eq!(
+        (st.last_index().unwrap(), st.recovery().truncated_bytes),
+        (4, 100)
+    );
 }
 
 #[test]
@@ -115,15 +142,28 @@ fn damage_before_good_records_is_a_clear_error() {
     let mid = good.len() / 2;
     bad[mid] ^= 0x40;
     std::fs::write(&path, &bad).unwrap();
-    let err = LogStorage::open(&dir.0).err().expect("damage in the middle must not be cut away");
+    let err = LogStorage::open(&dir.0)
+        .err()
+        .expect("damage in the middle must not be cut away");
     assert_eq!(err.kind(), ErrorKind::Corrupt);
-    assert!(err.message().contains("valid record follows"), "{}", err.message());
-    assert_eq!(std::fs::read(&path).unwrap(), bad, "the file is left for inspection");
+    assert!(
+        err.message().contains("valid record follows"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        std::fs::read(&path).unwrap(),
+        bad,
+        "the file is left for inspection"
+    );
     // A bad magic.
     let mut magic = good.clone();
     magic[0] = b'X';
     std::fs::write(&path, &magic).unwrap();
-    assert_eq!(LogStorage::open(&dir.0).err().unwrap().kind(), ErrorKind::Corrupt);
+    assert_eq!(
+        LogStorage::open(&dir.0).err().unwrap().kind(),
+        ErrorKind::Corrupt
+    );
 }
 
 #[test]
@@ -138,7 +178,10 @@ fn every_single_byte_flip_is_an_error_or_a_truncation_never_a_panic() {
         std::fs::write(&path, &bad).unwrap();
         match LogStorage::open(&dir.0) {
             // A flip in the last record can only be told from a torn write by its position.
-            Ok(st) => assert!(st.recovery().truncated_bytes > 0, "flip at {i} went unnoticed"),
+            Ok(st) => assert!(
+                st.recovery().truncated_bytes > 0,
+                "flip at {i} went unnoticed"
+            ),
             Err(e) => assert_eq!(e.kind(), ErrorKind::Corrupt, "flip at {i}: {e}"),
         }
     }
@@ -153,23 +196,36 @@ fn commit_beyond_the_log_is_corrupt_not_a_raft_panic() {
     drop(st);
     let err = LogStorage::open(&dir.0).err().unwrap();
     assert_eq!(err.kind(), ErrorKind::Corrupt);
-    assert!(err.message().contains("beyond the last entry"), "{}", err.message());
+    assert!(
+        err.message().contains("beyond the last entry"),
+        "{}",
+        err.message()
+    );
 }
 
 #[test]
 fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
     let dir = TempDir::new("raft-snap");
     let mut st = filled(&dir.0, 10, 8);
-    let mut cs = raft::eraftpb::ConfState::default();
-    cs.voters = vec![1, 2, 3];
+    let cs = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
     st.set_conf_state(&cs).unwrap();
-    st.create_snapshot(6, cs.clone(), b"state@6".to_vec()).unwrap();
-    assert_eq!((st.first_index().unwrap(), st.last_index().unwrap()), (7, 10));
+    st.create_snapshot(6, cs.clone(), b"state@6".to_vec())
+        .unwrap();
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (7, 10)
+    );
     assert_eq!(st.term(6).unwrap(), 1);
     assert!(st.term(5).is_err());
     drop(st);
     let st = LogStorage::open(&dir.0).unwrap();
-    assert_eq!((st.first_index().unwrap(), st.last_index().unwrap()), (7, 10));
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (7, 10)
+    );
     assert_eq!(&st.latest_snapshot().data[..], b"state@6");
     assert_eq!(st.conf_state().voters, vec![1, 2, 3]);
     assert_eq!(st.hard_state().commit, 8);
@@ -183,7 +239,10 @@ fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
     assert_eq!(err.kind(), ErrorKind::Corrupt);
     assert!(err.message().contains("snapshot"), "{}", err.message());
     std::fs::write(&snap, &bytes[..10]).unwrap();
-    assert_eq!(LogStorage::open(&dir.0).err().unwrap().kind(), ErrorKind::Corrupt);
+    assert_eq!(
+        LogStorage::open(&dir.0).err().unwrap().kind(),
+        ErrorKind::Corrupt
+    );
 }
 
 #[test]
@@ -194,21 +253,36 @@ fn snapshot_newer_than_the_log_drops_the_covered_entries() {
     drop(filled(&dir.0, 10, 8));
     let old_log = std::fs::read(dir.0.join("log")).unwrap();
     let mut st = LogStorage::open(&dir.0).unwrap();
-    st.create_snapshot(6, Default::default(), b"s".to_vec()).unwrap();
+    st.create_snapshot(6, Default::default(), b"s".to_vec())
+        .unwrap();
     drop(st);
     std::fs::write(dir.0.join("log"), &old_log).unwrap();
     let st = LogStorage::open(&dir.0).unwrap();
-    assert_eq!((st.first_index().unwrap(), st.last_index().unwrap()), (7, 10));
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (7, 10)
+    );
     assert_eq!(st.recovery().entries_dropped, 6);
 }
 
 #[test]
 fn kv_ops_and_results_round_trip_and_garbage_is_invalid() {
     let ops = [
-        KvOp::Set { key: b"a".to_vec(), value: b"1".to_vec() },
+        KvOp::Set {
+            key: b"a".to_vec(),
+            value: b"1".to_vec(),
+        },
         KvOp::Get { key: b"a".to_vec() },
-        KvOp::Cas { key: b"a".to_vec(), expected: Some(b"1".to_vec()), new: b"2".to_vec() },
-        KvOp::Cas { key: b"b".to_vec(), expected: None, new: b"x".to_vec() },
+        KvOp::Cas {
+            key: b"a".to_vec(),
+            expected: Some(b"1".to_vec()),
+            new: b"2".to_vec(),
+        },
+        KvOp::Cas {
+            key: b"b".to_vec(),
+            expected: None,
+            new: b"x".to_vec(),
+        },
     ];
     let mut kv = KvStore::new();
     let mut results = Vec::new();
@@ -222,11 +296,20 @@ fn kv_ops_and_results_round_trip_and_garbage_is_invalid() {
         vec![
             KvResult::Done,
             KvResult::Value(Some(b"1".to_vec())),
-            KvResult::Cas { swapped: true, previous: Some(b"1".to_vec()) },
-            KvResult::Cas { swapped: true, previous: None },
+            KvResult::Cas {
+                swapped: true,
+                previous: Some(b"1".to_vec())
+            },
+            KvResult::Cas {
+                swapped: true,
+                previous: None
+            },
         ]
     );
-    assert_eq!(KvResult::decode(&kv.apply(5, b"\x07junk")), Some(KvResult::Invalid));
+    assert_eq!(
+        KvResult::decode(&kv.apply(5, b"\x07junk")),
+        Some(KvResult::Invalid)
+    );
     assert_eq!(KvResult::decode(&kv.apply(6, &[])), Some(KvResult::Invalid));
     let mut other = KvStore::new();
     other.restore(&kv.snapshot()).unwrap();
@@ -240,26 +323,52 @@ fn kv_ops_and_results_round_trip_and_garbage_is_invalid() {
 
 #[test]
 fn garbage_and_misaddressed_messages_are_rejected() {
-    let mut n = Node::new(Config::new(1, vec![1, 2, 3]), LogStorage::memory(), KvStore::new()).unwrap();
-    assert_eq!(n.step(b"\xff\xff\xff\xff garbage").unwrap_err().kind(), ErrorKind::Corrupt);
+    let mut n = Node::new(
+        Config::new(1, vec![1, 2, 3]),
+        LogStorage::memory(),
+        KvStore::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        n.step(b"\xff\xff\xff\xff garbage").unwrap_err().kind(),
+        ErrorKind::Corrupt
+    );
     let mut m = raft::eraftpb::Message::default();
     m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
     m.from = 2;
     m.to = 7;
     m.term = 1;
-    assert_eq!(n.step(&m.write_to_bytes().unwrap()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        n.step(&m.write_to_bytes().unwrap()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     m.to = 1;
     m.set_msg_type(raft::eraftpb::MessageType::MsgHup);
-    assert_eq!(n.step(&m.write_to_bytes().unwrap()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        n.step(&m.write_to_bytes().unwrap()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
     m.index = 0;
     m.entries = vec![entry(5, 1, b"x")].into();
-    assert_eq!(n.step(&m.write_to_bytes().unwrap()).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    assert_eq!(
+        n.step(&m.write_to_bytes().unwrap()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
     // A node not among the voters of a new cluster.
-    let err = Node::new(Config::new(9, vec![1, 2, 3]), LogStorage::memory(), KvStore::new()).err().unwrap();
+    let err = Node::new(
+        Config::new(9, vec![1, 2, 3]),
+        LogStorage::memory(),
+        KvStore::new(),
+    )
+    .err()
+    .unwrap();
     assert_eq!(err.kind(), ErrorKind::InvalidArgument);
     // Proposals on a follower name no leader yet.
-    assert_eq!(n.propose(b"op", Duration::ZERO).unwrap(), Proposed::NotLeader { leader: None });
+    assert_eq!(
+        n.propose(b"op", Duration::ZERO).unwrap(),
+        Proposed::NotLeader { leader: None }
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -276,7 +385,11 @@ struct Recorder {
 
 impl StateMachine for Recorder {
     fn apply(&mut self, index: u64, op: &[u8]) -> Vec<u8> {
-        let ord = if self.last.0 == index { self.last.1 + 1 } else { 0 };
+        let ord = if self.last.0 == index {
+            self.last.1 + 1
+        } else {
+            0
+        };
         self.last = (index, ord);
         self.seen.push((index, ord, op.to_vec()));
         self.kv.apply(index, op)
@@ -342,6 +455,10 @@ struct Sim {
     /// Proposals in flight: (node, id) → key.
     pending: HashMap<(u64, ProposalId), Vec<u8>>,
     next_key: u64,
+    /// Counts of what happened, to show the faults were exercised.
+    crashes: u64,
+    restarts: u64,
+    snapshots_installed: u64,
 }
 
 fn config(id: u64, n: u64) -> Config {
@@ -376,9 +493,13 @@ impl Sim {
             acked: Vec::new(),
             pending: HashMap::new(),
             next_key: 0,
+            crashes: 0,
+            restarts: 0,
+            snapshots_installed: 0,
         };
         for id in 1..=n {
-            sim.dirs.push(root.as_ref().map(|r| r.0.join(format!("n{id}"))));
+            sim.dirs
+                .push(root.as_ref().map(|r| r.0.join(format!("n{id}"))));
             sim.nodes.push(None);
         }
         for id in 1..=n {
@@ -391,7 +512,8 @@ impl Sim {
     fn start(&mut self, id: u64) {
         let n = self.nodes.len() as u64;
         let storage = match &self.dirs[id as usize - 1] {
-            Some(d) => LogStorage::open(d).unwrap_or_else(|e| panic!("seed {}: reopen {id}: {e}", self.seed)),
+            Some(d) => LogStorage::open(d)
+                .unwrap_or_else(|e| panic!("seed {}: reopen {id}: {e}", self.seed)),
             None => LogStorage::memory(),
         };
         let node = Node::new(config(id, n), storage, Recorder::default()).unwrap();
@@ -424,16 +546,26 @@ impl Sim {
         while !due.is_empty() {
             let m = due.swap_remove(self.rng.below(due.len() as u64) as usize);
             let (f, t) = (m.from as usize - 1, m.to as usize - 1);
-            let lost = (faults && self.rng.chance(self.drop_per_mille)) || self.group[f] != self.group[t];
+            let lost =
+                (faults && self.rng.chance(self.drop_per_mille)) || self.group[f] != self.group[t];
             let delivered = !lost && self.nodes[t].is_some();
             if delivered {
                 if faults && self.rng.chance(20) {
-                    let copy = InFlight { at: self.step + 1 + self.rng.below(3), from: m.from, to: m.to, bytes: m.bytes.clone(), is_snapshot: false };
+                    let copy = InFlight {
+                        at: self.step + 1 + self.rng.below(3),
+                        from: m.from,
+                        to: m.to,
+                        bytes: m.bytes.clone(),
+                        is_snapshot: false,
+                    };
                     self.net.push(copy);
                 }
                 let node = self.nodes[t].as_mut().unwrap();
                 if let Err(e) = node.step(&m.bytes) {
-                    self.fail(format!("node {} rejected a message from {}: {e}", m.to, m.from));
+                    self.fail(format!(
+                        "node {} rejected a message from {}: {e}",
+                        m.to, m.from
+                    ));
                 }
             }
             if m.is_snapshot {
@@ -449,7 +581,9 @@ impl Sim {
         }
         // Client traffic at whichever node believes it leads.
         if self.rng.chance(400) {
-            let live: Vec<usize> = (0..self.nodes.len()).filter(|&i| self.nodes[i].is_some()).collect();
+            let live: Vec<usize> = (0..self.nodes.len())
+                .filter(|&i| self.nodes[i].is_some())
+                .collect();
             if !live.is_empty() {
                 let i = live[self.rng.below(live.len() as u64) as usize];
                 for _ in 0..1 + self.rng.below(6) {
@@ -462,9 +596,15 @@ impl Sim {
         }
         // Every node's Ready.
         for i in 0..self.nodes.len() {
-            let Some(node) = self.nodes[i].as_mut() else { continue };
-            let out = node.ready(now).unwrap_or_else(|e| panic!("seed {}: ready on {}: {e}", self.seed, i + 1));
+            let Some(node) = self.nodes[i].as_mut() else {
+                continue;
+            };
+            let vote = (node.term(), node.raw.raft.vote);
+            let out = node
+                .ready(now)
+                .unwrap_or_else(|e| panic!("seed {}: ready on {}: {e}", self.seed, i + 1));
             let id = i as u64 + 1;
+            self.snapshots_installed += u64::from(out.snapshot_installed);
             for a in &out.applied {
                 if let Some(key) = self.pending.remove(&(id, a.id)) {
                     if KvResult::decode(&a.result) == Some(KvResult::Done) {
@@ -475,9 +615,25 @@ impl Sim {
             for d in out.dropped.iter().chain(&out.unknown) {
                 self.pending.remove(&(id, *d));
             }
+            let voted = vote != (node.term(), node.raw.raft.vote) && node.raw.raft.vote != 0;
             for m in out.messages {
                 let at = self.step + if faults { self.rng.below(4) } else { 1 };
-                self.net.push(InFlight { at, from: id, to: m.to, bytes: m.bytes, is_snapshot: m.is_snapshot });
+                self.net.push(InFlight {
+                    at,
+                    from: id,
+                    to: m.to,
+                    bytes: m.bytes,
+                    is_snapshot: m.is_snapshot,
+                });
+            }
+            // The nemesis's favourite moment: crash right after a vote went out, and come back
+            // at once (a node that forgot its vote could then vote twice in one term).
+            if faults && voted && self.dirs[i].is_some() && self.rng.chance(300) {
+                self.crashes += 1;
+                self.restarts += 1;
+                self.pending.retain(|(p, _), _| *p != id);
+                self.nodes[i] = None;
+                self.start(id);
             }
         }
         self.check();
@@ -487,9 +643,18 @@ impl Sim {
         let key = format!("k{}", self.next_key).into_bytes();
         self.next_key += 1;
         let op = match self.rng.below(10) {
-            0 => KvOp::Get { key: b"shared".to_vec() },
-            1 => KvOp::Cas { key: b"shared".to_vec(), expected: None, new: key.clone() },
-            _ => KvOp::Set { key: key.clone(), value: b"v".to_vec() },
+            0 => KvOp::Get {
+                key: b"shared".to_vec(),
+            },
+            1 => KvOp::Cas {
+                key: b"shared".to_vec(),
+                expected: None,
+                new: key.clone(),
+            },
+            _ => KvOp::Set {
+                key: key.clone(),
+                value: b"v".to_vec(),
+            },
         };
         let is_set = matches!(op, KvOp::Set { .. });
         let node = self.nodes[i].as_mut().unwrap();
@@ -527,8 +692,14 @@ impl Sim {
         if self.dirs[0].is_some() && self.rng.chance(6) {
             let i = self.rng.below(n as u64) as usize;
             match self.nodes[i].take() {
-                Some(_) => self.pending.retain(|(id, _), _| *id != i as u64 + 1),
-                None => self.start(i as u64 + 1),
+                Some(_) => {
+                    self.crashes += 1;
+                    self.pending.retain(|(id, _), _| *id != i as u64 + 1);
+                }
+                None => {
+                    self.restarts += 1;
+                    self.start(i as u64 + 1);
+                }
             }
         }
     }
@@ -537,8 +708,21 @@ impl Sim {
     fn check(&mut self) {
         let live: Vec<&Node<Recorder>> = self.nodes.iter().flatten().collect();
         let mut problems = Vec::new();
-        if std::env::var("EMF_RAFT_TRACE").is_ok() {
-            let st: Vec<String> = live.iter().map(|n| format!("{}:{:?}/t{}/v{}/c{}/l{:?}", n.id(), n.raw.raft.state, n.term(), n.raw.raft.vote, n.commit_index(), n.leader())).collect();
+        if std::env::var_os("EMF_RAFT_TRACE").is_some() {
+            let st: Vec<String> = live
+                .iter()
+                .map(|n| {
+                    format!(
+                        "{}:{:?}/t{}/v{}/c{}/l{:?}",
+                        n.id(),
+                        n.raw.raft.state,
+                        n.term(),
+                        n.raw.raft.vote,
+                        n.commit_index(),
+                        n.leader()
+                    )
+                })
+                .collect();
             eprintln!("step {} {}", self.step, st.join(" "));
         }
         // Election safety: at most one leader per term.
@@ -546,7 +730,11 @@ impl Sim {
             if n.is_leader() {
                 let prev = *self.leaders.entry(n.term()).or_insert(n.id());
                 if prev != n.id() {
-                    problems.push(format!("two leaders in term {}: {prev} and {}", n.term(), n.id()));
+                    problems.push(format!(
+                        "two leaders in term {}: {prev} and {}",
+                        n.term(),
+                        n.id()
+                    ));
                 }
             }
         }
@@ -561,7 +749,12 @@ impl Sim {
                 }
                 let (t, _) = *self.committed.entry(e.index).or_insert((e.term, n.term()));
                 if t != e.term {
-                    problems.push(format!("index {} committed with terms {t} and {} (node {})", e.index, e.term, n.id()));
+                    problems.push(format!(
+                        "index {} committed with terms {t} and {} (node {})",
+                        e.index,
+                        e.term,
+                        n.id()
+                    ));
                 }
             }
             let _ = base;
@@ -582,7 +775,11 @@ impl Sim {
                     if matched || ea.term == eb.term {
                         matched = true;
                         if ea.term != eb.term || ea.data != eb.data {
-                            problems.push(format!("logs of {} and {} differ at {i} below a matching entry", na.id(), nb.id()));
+                            problems.push(format!(
+                                "logs of {} and {} differ at {i} below a matching entry",
+                                na.id(),
+                                nb.id()
+                            ));
                             break;
                         }
                     }
@@ -603,12 +800,20 @@ impl Sim {
                     continue;
                 }
                 if i > last {
-                    problems.push(format!("leader {} (term {}) lacks committed entry {i}", n.id(), n.term()));
+                    problems.push(format!(
+                        "leader {} (term {}) lacks committed entry {i}",
+                        n.id(),
+                        n.term()
+                    ));
                     break;
                 }
                 let e = &st.entries_held()[(i - st.snapshot_index() - 1) as usize];
                 if e.term != t {
-                    problems.push(format!("leader {} holds term {} at committed {i} (term {t})", n.id(), e.term));
+                    problems.push(format!(
+                        "leader {} holds term {} at committed {i} (term {t})",
+                        n.id(),
+                        e.term
+                    ));
                 }
             }
         }
@@ -618,7 +823,10 @@ impl Sim {
             for (i, ord, op) in node.sm.seen.drain(..) {
                 let prev = self.applied.entry((i, ord)).or_insert_with(|| op.clone());
                 if *prev != op {
-                    problems.push(format!("node {} applied a different operation at {i}.{ord}", id));
+                    problems.push(format!(
+                        "node {} applied a different operation at {i}.{ord}",
+                        id
+                    ));
                 }
             }
         }
@@ -641,12 +849,25 @@ impl Sim {
         let mut marker: Option<(u64, ProposalId)> = None;
         for _ in 0..3000 {
             self.run_step(false);
-            if let Some(l) = self.nodes.iter().flatten().find(|n| n.is_leader()).map(|n| n.id() as usize - 1) {
-                if marker.is_none() || !self.pending.contains_key(&marker.unwrap()) && !self.done(marker.unwrap()) {
+            if let Some(l) = self
+                .nodes
+                .iter()
+                .flatten()
+                .find(|n| n.is_leader())
+                .map(|n| n.id() as usize - 1)
+            {
+                if marker.is_none()
+                    || !self.pending.contains_key(&marker.unwrap()) && !self.done(marker.unwrap())
+                {
                     let key = format!("final{}", self.step).into_bytes();
-                    let op = KvOp::Set { key: key.clone(), value: b"end".to_vec() };
+                    let op = KvOp::Set {
+                        key: key.clone(),
+                        value: b"end".to_vec(),
+                    };
                     let now = self.now();
-                    if let Ok(Proposed::Accepted(id)) = self.nodes[l].as_mut().unwrap().propose(&op.encode(), now) {
+                    if let Ok(Proposed::Accepted(id)) =
+                        self.nodes[l].as_mut().unwrap().propose(&op.encode(), now)
+                    {
                         self.pending.insert((l as u64 + 1, id), key);
                         marker = Some((l as u64 + 1, id));
                     }
@@ -657,7 +878,10 @@ impl Sim {
                     let kv = &self.nodes[0].as_ref().unwrap().sm.kv;
                     for k in &self.acked {
                         if kv.get(k).is_none() {
-                            self.fail(format!("acknowledged write {} lost", String::from_utf8_lossy(k)));
+                            self.fail(format!(
+                                "acknowledged write {} lost",
+                                String::from_utf8_lossy(k)
+                            ));
                         }
                     }
                     return;
@@ -668,19 +892,30 @@ impl Sim {
     }
 
     fn done(&self, marker: (u64, ProposalId)) -> bool {
-        !self.pending.contains_key(&marker) && self.acked.last().is_some_and(|k| k.starts_with(b"final"))
+        !self.pending.contains_key(&marker)
+            && self.acked.last().is_some_and(|k| k.starts_with(b"final"))
     }
 
     fn all_equal(&self) -> bool {
         let first = self.nodes[0].as_ref().unwrap();
         self.nodes.iter().flatten().all(|n| {
-            n.applied_index() == first.applied_index() && n.sm.kv == first.sm.kv && n.applied_index() == n.commit_index()
+            n.applied_index() == first.applied_index()
+                && n.sm.kv == first.sm.kv
+                && n.applied_index() == n.commit_index()
         })
     }
 }
 
-fn seeds(suite: u64) -> u64 {
-    std::env::var("EMF_RAFT_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(suite)
+/// The seeds of a simulation test: `base..base + n`, n = `EMF_RAFT_SEEDS` or the suite's
+/// count; `EMF_RAFT_SEED=s` runs seed `s` alone (of the tests whose range holds it).
+fn seeds(base: u64, suite: u64) -> std::ops::Range<u64> {
+    let env = |k: &str| std::env::var(k).ok().and_then(|s| s.parse::<u64>().ok());
+    let n = env("EMF_RAFT_SEEDS").unwrap_or(suite);
+    match env("EMF_RAFT_SEED") {
+        Some(s) if (base..base + n.max(1000)).contains(&s) => s..s + 1,
+        Some(_) => 0..0,
+        None => base..base + n,
+    }
 }
 
 fn run_cluster(n: u64, seed: u64, durable: bool, steps: u64) -> Sim {
@@ -689,34 +924,45 @@ fn run_cluster(n: u64, seed: u64, durable: bool, steps: u64) -> Sim {
         sim.run_step(true);
     }
     sim.settle();
+    if std::env::var("EMF_RAFT_SUMMARY").is_ok() {
+        eprintln!(
+            "n={n} seed={seed} acked={} leaders={} crashes={} restarts={} snapshots_installed={} final_index={}",
+            sim.acked.len(),
+            sim.leaders.len(),
+            sim.crashes,
+            sim.restarts,
+            sim.snapshots_installed,
+            sim.nodes[0].as_ref().unwrap().applied_index()
+        );
+    }
     sim
 }
 
 #[test]
 fn sim_three_nodes_memory() {
-    for seed in std::env::var("EMF_RAFT_SEED").ok().and_then(|s| s.parse::<u64>().ok()).map_or(0..seeds(15), |s| s..s + 1) {
-        run_cluster(3, 1000 + seed, false, 500);
+    for seed in seeds(1000, 15) {
+        run_cluster(3, seed, false, 1500);
     }
 }
 
 #[test]
 fn sim_three_nodes_durable_with_crashes() {
-    for seed in 0..seeds(15) {
-        run_cluster(3, 2000 + seed, true, 500);
+    for seed in seeds(2000, 15) {
+        run_cluster(3, seed, true, 1500);
     }
 }
 
 #[test]
 fn sim_five_nodes_memory() {
-    for seed in 0..seeds(10) {
-        run_cluster(5, 3000 + seed, false, 500);
+    for seed in seeds(3000, 10) {
+        run_cluster(5, seed, false, 1500);
     }
 }
 
 #[test]
 fn sim_five_nodes_durable_with_crashes() {
-    for seed in 0..seeds(10) {
-        run_cluster(5, 4000 + seed, true, 500);
+    for seed in seeds(4000, 10) {
+        run_cluster(5, seed, true, 1500);
     }
 }
 
@@ -725,10 +971,27 @@ fn sim_makes_progress_and_exercises_snapshots() {
     // Not a safety check: the simulation must actually elect, commit and compact, or the
     // checks above would pass vacuously.
     let sim = run_cluster(3, 77, true, 800);
-    assert!(sim.acked.len() > 20, "only {} writes acknowledged", sim.acked.len());
-    assert!(sim.leaders.len() > 1, "no leader change in 800 faulty steps");
-    let snaps: u64 = sim.nodes.iter().flatten().map(|n| n.stats().snapshots).sum();
-    let based = sim.nodes.iter().flatten().filter(|n| n.storage().snapshot_index() > 0).count();
+    assert!(
+        sim.acked.len() > 20,
+        "only {} writes acknowledged",
+        sim.acked.len()
+    );
+    assert!(
+        sim.leaders.len() > 1,
+        "no leader change in 800 faulty steps"
+    );
+    let snaps: u64 = sim
+        .nodes
+        .iter()
+        .flatten()
+        .map(|n| n.stats().snapshots)
+        .sum();
+    let based = sim
+        .nodes
+        .iter()
+        .flatten()
+        .filter(|n| n.storage().snapshot_index() > 0)
+        .count();
     assert!(snaps > 0 || based > 0, "no snapshot taken");
     let batches: u64 = sim.nodes.iter().flatten().map(|n| n.stats().batches).sum();
     assert!(batches > 0);
@@ -743,7 +1006,11 @@ fn batching_flushes_full_batches_at_once_and_waits_only_while_the_pipeline_is_bu
     let mut now = Duration::ZERO;
     n.ready(now).unwrap();
     assert!(n.is_leader());
-    let op = KvOp::Set { key: b"k".to_vec(), value: b"v".to_vec() }.encode();
+    let op = KvOp::Set {
+        key: b"k".to_vec(),
+        value: b"v".to_vec(),
+    }
+    .encode();
     for _ in 0..7 {
         n.propose(&op, now).unwrap();
     }
@@ -783,11 +1050,22 @@ fn batching_flushes_full_batches_at_once_and_waits_only_while_the_pipeline_is_bu
     }
     let after = n.stats();
     assert!(sent > 0);
-    assert_eq!(after.flush_slot - before.flush_slot, 2, "two batches fill the two slots");
-    assert!(n.next_deadline().is_some(), "the rest waits while the pipeline is full");
+    assert_eq!(
+        after.flush_slot - before.flush_slot,
+        2,
+        "two batches fill the two slots"
+    );
+    assert!(
+        n.next_deadline().is_some(),
+        "the rest waits while the pipeline is full"
+    );
     now += Duration::from_millis(10);
     n.ready(now).unwrap();
-    assert_eq!(n.stats().flush_window - before.flush_window, 1, "the window flushes it");
+    assert_eq!(
+        n.stats().flush_window - before.flush_window,
+        1,
+        "the window flushes it"
+    );
 }
 
 /// Node 1 of {1, 2, 3}, made leader by votes granted by hand (pre-vote off for brevity).
@@ -816,9 +1094,13 @@ fn leadership_loss_reports_dropped_proposals() {
     c.max_inflight_msgs = 1;
     let mut n = leader_of_three(c, now);
     // Flushed (the entry is in the log, unacknowledged) and still batched proposals.
-    let Proposed::Accepted(a) = n.propose(b"a", now).unwrap() else { panic!() };
+    let Proposed::Accepted(a) = n.propose(b"a", now).unwrap() else {
+        panic!()
+    };
     n.ready(now).unwrap();
-    let Proposed::Accepted(b) = n.propose(b"b", now).unwrap() else { panic!() };
+    let Proposed::Accepted(b) = n.propose(b"b", now).unwrap() else {
+        panic!()
+    };
     // Node 2 leads term 9 now: the batch is dropped at once.
     let mut m = raft::eraftpb::Message::default();
     m.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
@@ -829,12 +1111,17 @@ fn leadership_loss_reports_dropped_proposals() {
     let out = n.ready(now).unwrap();
     assert!(!n.is_leader());
     assert!(out.dropped.contains(&b), "{:?}", out.dropped);
-    assert_eq!(n.propose(b"x", now).unwrap(), Proposed::NotLeader { leader: Some(2) });
+    assert_eq!(
+        n.propose(b"x", now).unwrap(),
+        Proposed::NotLeader { leader: Some(2) }
+    );
     // The new leader replaces the flushed entry: its proposal is dropped when that commits.
     let flushed_at = n.storage().entries_held().last().unwrap().index;
-    let mut other = Entry::default();
-    other.index = flushed_at;
-    other.term = m.term;
+    let other = Entry {
+        index: flushed_at,
+        term: m.term,
+        ..Default::default()
+    };
     let mut app = raft::eraftpb::Message::default();
     app.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
     app.from = 2;
@@ -848,4 +1135,51 @@ fn leadership_loss_reports_dropped_proposals() {
     let out = n.ready(now).unwrap();
     assert!(out.dropped.contains(&a), "{:?}", out.dropped);
     assert!(out.applied.is_empty());
+}
+
+#[test]
+fn a_vote_survives_a_crash() {
+    // Node 3 votes for 1 in term 5, crashes, restarts from its directory and is asked by 2 in
+    // the same term: it must refuse (a forgotten vote elects two leaders in one term).
+    let dir = TempDir::new("raft-vote");
+    let vote = |n: &mut Node<KvStore>, from: u64| -> bool {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(raft::eraftpb::MessageType::MsgRequestVote);
+        m.from = from;
+        m.to = 3;
+        m.term = 5;
+        n.step(&m.write_to_bytes().unwrap()).unwrap();
+        let out = n.ready(Duration::ZERO).unwrap();
+        let resp = out
+            .messages
+            .iter()
+            .find(|o| o.to == from)
+            .expect("a vote response");
+        let r = raft::eraftpb::Message::parse_from_bytes(&resp.bytes).unwrap();
+        assert_eq!(
+            r.get_msg_type(),
+            raft::eraftpb::MessageType::MsgRequestVoteResponse
+        );
+        !r.reject
+    };
+    let mut n = Node::new(
+        Config::new(3, vec![1, 2, 3]),
+        LogStorage::open(&dir.0).unwrap(),
+        KvStore::new(),
+    )
+    .unwrap();
+    assert!(vote(&mut n, 1), "first vote of term 5 granted");
+    drop(n);
+    let mut n = Node::new(
+        Config::new(3, vec![1, 2, 3]),
+        LogStorage::open(&dir.0).unwrap(),
+        KvStore::new(),
+    )
+    .unwrap();
+    assert_eq!(n.term(), 5);
+    assert!(
+        !vote(&mut n, 2),
+        "second vote of term 5 refused after the restart"
+    );
+    assert!(vote(&mut n, 1), "the same candidate is granted again");
 }
