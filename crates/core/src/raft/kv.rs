@@ -19,6 +19,16 @@ pub trait StateMachine {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's (bytes from disk or from the leader: validated).
     fn restore(&mut self, data: &[u8]) -> Result<()>;
+    /// Checks a snapshot received from a peer before raft-rs takes it ([`Node::step`]
+    /// rejects the message on an error): bytes this accepts, [`restore`](Self::restore) must
+    /// accept too, or the node fails in [`Node::ready`]. The default accepts everything.
+    ///
+    /// [`Node::step`]: super::Node::step
+    /// [`Node::ready`]: super::Node::ready
+    fn check_snapshot(&self, data: &[u8]) -> Result<()> {
+        let _ = data;
+        Ok(())
+    }
 }
 
 /// An operation of the key-value store.
@@ -295,5 +305,9 @@ impl StateMachine for KvStore {
         self.map = map;
         self.applied = applied;
         Ok(())
+    }
+
+    fn check_snapshot(&self, data: &[u8]) -> Result<()> {
+        KvStore::new().restore(data)
     }
 }

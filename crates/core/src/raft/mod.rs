@@ -39,10 +39,11 @@
 //!   raft groups per process and pulls a C build (lz4-sys), prometheus, rayon, nix, a
 //!   scripting engine (rhai), with its own file format; one group per node needs one
 //!   append-only file, and ours shares the engine's CRC32C and error type.
-//! * raft-rs assumes peers that follow the protocol (crash faults, not Byzantine ones):
-//!   [`Node::step`] checks that a message decodes, is addressed to this node and carries
-//!   contiguous entries, which keeps garbage from reaching raft-rs's internal assertions; a
-//!   peer that lies within the protocol is PBFT's business.
+//! * raft-rs assumes peers that follow the protocol (crash faults, not Byzantine ones) and
+//!   `panic!`s on some impossible messages. [`Node::step`] checks what it would trust (see
+//!   there), so a garbled frame is an error, never a panic (tested with mutated traffic and
+//!   bit-flipped frames in a running cluster); a peer that lies consistently within the
+//!   protocol is PBFT's business.
 
 mod kv;
 mod storage;
@@ -535,10 +536,14 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Steps a message received from a peer (its [`Outgoing::bytes`]). Bytes that do not
-    /// decode are [`ErrorKind::Corrupt`]; a message for another node, from node 0, with
-    /// entries that are not contiguous, or a local message type is
-    /// [`ErrorKind::InvalidArgument`]; a response from a node that is not a member is
-    /// [`ErrorKind::NotFound`]. A rejected message changes nothing.
+    /// decode are [`ErrorKind::Corrupt`]; a message from a node that is not a member of the
+    /// configuration is [`ErrorKind::NotFound`]; a message raft-rs would trust and choke on is
+    /// [`ErrorKind::InvalidArgument`] — addressed to another node, from itself, of a local
+    /// type, a forwarded proposal, without a term, entries that are not contiguous or conflict
+    /// with committed ones, a zero log term, a heartbeat committing past this node's log, a
+    /// snapshot without index, term or voters — and a snapshot whose data
+    /// [`StateMachine::check_snapshot`] refuses is that error. A rejected message changes
+    /// nothing; raft-rs's own refusals (a response from a removed peer) are errors too.
     pub fn step(&mut self, bytes: &[u8]) -> Result<()> {
         let m = Message::parse_from_bytes(bytes)
             .map_err(|e| Error::corrupt(format!("raft: message does not decode: {e}")))?;
@@ -554,20 +559,104 @@ impl<S: StateMachine> Node<S> {
                 m.get_msg_type()
             )));
         }
-        for (expect, e) in (m.index + 1..).zip(m.get_entries()) {
-            if e.index != expect || e.term > m.term {
-                return Err(Error::invalid(format!(
-                    "raft: message from {} carries entry {} (term {}) where {expect} (term ≤ {}) belongs",
-                    m.from, e.index, e.term, m.term
-                )));
-            }
-        }
-        if m.get_msg_type() == MessageType::MsgAppend && m.log_term > m.term {
-            return Err(Error::invalid(
-                "raft: append with a log term beyond its term",
+        self.validate(&m)?;
+        self.raw.step(m).map_err(|e| raft_err("cannot step", e))
+    }
+
+    /// Checks what raft-rs would otherwise trust (and `panic!` on): raft-rs assumes messages
+    /// from correct peers; a garbled frame must not take the node down.
+    fn validate(&self, m: &Message) -> Result<()> {
+        use MessageType::*;
+        let bad = |why: String| {
+            Err(Error::invalid(format!(
+                "raft: message {:?} from {}: {why}",
+                m.get_msg_type(),
+                m.from
+            )))
+        };
+        let log = &self.raw.raft.raft_log;
+        if self.raw.raft.prs().get(m.from).is_none() {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "raft: message from node {}, not a member of the configuration",
+                    m.from
+                ),
             ));
         }
-        self.raw.step(m).map_err(|e| raft_err("cannot step", e))
+        // raft-rs treats a term-0 message as local and skips its term checks: only the
+        // messages forwarded to a leader travel without a term.
+        if m.term == 0 && !matches!(m.get_msg_type(), MsgReadIndex | MsgTransferLeader) {
+            return bad("a message without a term".into());
+        }
+        match m.get_msg_type() {
+            MsgPropose => return bad("proposals are not forwarded between nodes".into()),
+            MsgRequestVote
+            | MsgRequestPreVote
+            | MsgRequestVoteResponse
+            | MsgRequestPreVoteResponse
+                if m.term == 0 =>
+            {
+                return bad("a vote message needs a term".into());
+            }
+            MsgHeartbeat if m.commit > log.last_index() && m.term >= self.term() => {
+                return bad(format!(
+                    "commit {} beyond this node's last entry {}",
+                    m.commit,
+                    log.last_index()
+                ));
+            }
+            MsgAppend => {
+                if m.log_term > m.term {
+                    return bad("a log term beyond the message's term".into());
+                }
+                // Every entry has a term >= 1, so only index 0 has log term 0; and raft-rs
+                // reads term 0 for an index beyond its log: a zero log term would "match"
+                // there and commit past the end.
+                if m.index > 0 && m.log_term == 0 {
+                    return bad(format!("index {} with log term 0", m.index));
+                }
+                for (expect, e) in (m.index + 1..).zip(m.get_entries()) {
+                    if e.index != expect || e.term == 0 || e.term > m.term || e.term < m.log_term {
+                        return bad(format!(
+                            "entry {} (term {}) where {expect} (term {}..={}) belongs",
+                            e.index, e.term, m.log_term, m.term
+                        ));
+                    }
+                    // From a leader of this term or a newer one (raft-rs ignores older
+                    // terms), an entry over this node's committed prefix must be the one
+                    // committed (leader completeness).
+                    if m.term >= self.term()
+                        && e.index <= log.committed
+                        // (raft-rs answers 0 for a compacted index: unknown, not a conflict)
+                        && log.term(e.index).is_ok_and(|t| t != 0 && t != e.term)
+                    {
+                        return bad(format!(
+                            "entry {} (term {}) conflicts with the committed one",
+                            e.index, e.term
+                        ));
+                    }
+                }
+            }
+            MsgSnapshot => {
+                let meta = m.get_snapshot().get_metadata();
+                let cs = meta.get_conf_state();
+                if meta.index == 0
+                    || meta.term == 0
+                    || meta.term > m.term
+                    || cs.voters.is_empty()
+                    || cs.voters.iter().chain(&cs.learners).any(|&v| v == 0)
+                {
+                    return bad("a snapshot without index, term or voters".into());
+                }
+                self.sm.check_snapshot(&m.get_snapshot().data)?;
+            }
+            MsgReadIndex | MsgReadIndexResp if m.get_entries().len() != 1 => {
+                return bad("a read-index message carries exactly one entry".into());
+            }
+            _ => {}
+        }
+        Ok(())
     }
 
     /// Runs the Ready loop: flushes the batch if due, persists the new entries and HardState

@@ -356,6 +356,12 @@ impl LogStorage {
             entries = keep;
         }
         self.entries = entries;
+        // A snapshot is committed state: a log older than it (a crash between installing a
+        // received snapshot and rewriting the log) may still hold a lower commit and term.
+        if self.hard.commit < snap_index {
+            self.hard.commit = snap_index;
+        }
+        self.hard.term = self.hard.term.max(snap_term);
         Ok(off)
     }
 
@@ -366,14 +372,6 @@ impl LogStorage {
                 "raft storage: {}: commit index {} is beyond the last entry {last}",
                 path.display(),
                 self.hard.commit
-            )));
-        }
-        if self.hard.commit < self.snapshot_index() {
-            return Err(Error::corrupt(format!(
-                "raft storage: {}: commit index {} is below the snapshot index {}",
-                path.display(),
-                self.hard.commit,
-                self.snapshot_index()
             )));
         }
         Ok(())
