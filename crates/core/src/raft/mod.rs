@@ -446,7 +446,12 @@ impl<S: StateMachine> Node<S> {
                 ),
             ));
         }
-        if self.batch_full(op.len()) {
+        // The op would overflow the batch's bytes (or a full batch is still waiting because
+        // raft-rs refused it): flush first; a refusal is back-pressure and the op is not taken.
+        if self.batch_count as usize >= self.cfg.max_batch_ops
+            || (self.batch_count > 0
+                && self.batch.len() - BATCH_HEADER + 4 + op.len() > self.cfg.max_batch_bytes)
+        {
             self.flush(now)?;
             self.stats.flush_full += 1;
         }
@@ -461,13 +466,12 @@ impl<S: StateMachine> Node<S> {
         let id = ProposalId(self.next_id);
         self.next_id += 1;
         self.stats.proposed += 1;
+        // A batch full by count goes out now; if raft-rs refuses it, it waits (the op is taken:
+        // it is in the batch, nothing is lost) and the next propose answers Full.
+        if self.batch_count as usize >= self.cfg.max_batch_ops && self.flush(now).is_ok() {
+            self.stats.flush_full += 1;
+        }
         Ok(Proposed::Accepted(id))
-    }
-
-    fn batch_full(&self, more: usize) -> bool {
-        self.batch_count > 0
-            && (self.batch_count as usize >= self.cfg.max_batch_ops
-                || self.batch.len() - BATCH_HEADER + 4 + more > self.cfg.max_batch_bytes)
     }
 
     /// Hands the batch to raft-rs as one entry.
