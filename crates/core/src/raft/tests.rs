@@ -1,7 +1,8 @@
 //! Tests of the raft module: the log store's recovery (torn and damaged files), the KV
 //! encoding, and a deterministic simulated cluster of 3 and 5 nodes over seeded message
 //! routing (drop, delay, reorder, duplicate, partitions, crash and restart from disk) with the
-//! Raft safety properties checked after every step.
+//! Raft safety properties checked after every step. Its submodule `lin` drives the same
+//! simulation with concurrent clients and checks their histories for linearizability.
 //!
 //! `EMF_RAFT_SEEDS=N` runs N seeds per simulation test instead of the suite's count
 //! (scripts/raft-sim.sh); `EMF_RAFT_SEED=s` reruns the failing seed `s` alone;
@@ -402,6 +403,8 @@ fn garbage_and_misaddressed_messages_are_rejected() {
 // ---------------------------------------------------------------------------------------------
 // The simulated cluster.
 
+mod lin;
+
 /// A state machine that records every operation it applies, for the safety checks.
 #[derive(Default)]
 struct Recorder {
@@ -493,6 +496,26 @@ struct Sim {
     crashes: u64,
     restarts: u64,
     snapshots_installed: u64,
+    /// Whether the simulation proposes its own traffic (off when the linearizability clients
+    /// of `lin` drive it).
+    own_traffic: bool,
+    /// When on, every proposal outcome and crash is recorded for `lin`'s clients.
+    record: bool,
+    /// (node, proposal, outcome) reported by `ready` since the clients last looked.
+    outcomes: Vec<(u64, ProposalId, Outcome)>,
+    /// Nodes crashed since the clients last looked (their proposals' outcomes are unknown).
+    crash_log: Vec<u64>,
+}
+
+/// What became of a proposal, as the node reported it.
+#[derive(Debug)]
+enum Outcome {
+    /// Applied with this result.
+    Applied(Vec<u8>),
+    /// Never applied (`Out::dropped`).
+    Dropped,
+    /// May or may not have been applied (`Out::unknown`).
+    Unknown,
 }
 
 fn config(id: u64, n: u64) -> Config {
@@ -531,6 +554,10 @@ impl Sim {
             crashes: 0,
             restarts: 0,
             snapshots_installed: 0,
+            own_traffic: true,
+            record: false,
+            outcomes: Vec::new(),
+            crash_log: Vec::new(),
         };
         for id in 1..=n {
             sim.dirs
@@ -626,7 +653,7 @@ impl Sim {
             }
         }
         // Client traffic at whichever node believes it leads.
-        if self.rng.chance(400) {
+        if self.own_traffic && self.rng.chance(400) {
             let live: Vec<usize> = (0..self.nodes.len())
                 .filter(|&i| self.nodes[i].is_some())
                 .collect();
@@ -661,6 +688,15 @@ impl Sim {
             for d in out.dropped.iter().chain(&out.unknown) {
                 self.pending.remove(&(id, *d));
             }
+            if self.record {
+                let applied = out
+                    .applied
+                    .iter()
+                    .map(|a| (id, a.id, Outcome::Applied(a.result.clone())));
+                let dropped = out.dropped.iter().map(|d| (id, *d, Outcome::Dropped));
+                let unknown = out.unknown.iter().map(|d| (id, *d, Outcome::Unknown));
+                self.outcomes.extend(applied.chain(dropped).chain(unknown));
+            }
             let voted = vote != (node.term(), node.raw.raft.vote) && node.raw.raft.vote != 0;
             for m in out.messages {
                 let at = self.step + if faults { self.rng.below(4) } else { 1 };
@@ -677,6 +713,7 @@ impl Sim {
             if faults && voted && self.dirs[i].is_some() && self.rng.chance(300) {
                 self.crashes += 1;
                 self.restarts += 1;
+                self.crash_log.push(id);
                 self.pending.retain(|(p, _), _| *p != id);
                 self.nodes[i] = None;
                 self.start(id);
@@ -740,6 +777,7 @@ impl Sim {
             match self.nodes[i].take() {
                 Some(_) => {
                     self.crashes += 1;
+                    self.crash_log.push(i as u64 + 1);
                     self.pending.retain(|(id, _), _| *id != i as u64 + 1);
                 }
                 None => {
