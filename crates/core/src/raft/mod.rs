@@ -486,8 +486,20 @@ impl<S: StateMachine> Node<S> {
         // raft-rs takes the bytes; a copy keeps the batch if it refuses them (nothing lost).
         match self.raw.propose(Vec::new(), self.batch.clone()) {
             Ok(()) => {
+                let index = self.raw.raft.raft_log.last_index();
+                // Batches this node flushed at `index` or later in an earlier term were cut
+                // from its log (never committed: a new leader's entries replaced them) before
+                // it led again. Dropped now, so `flushed` stays in index order: `apply_entries`
+                // matches it against committed entries front to back (found by the
+                // linearizability check: a batch flushed below a stale one was applied and
+                // then reported dropped).
+                while let Some(f) = self.flushed.back().copied().filter(|f| f.index >= index) {
+                    self.flushed.pop_back();
+                    self.dropped
+                        .extend((f.first..f.first + f.count).map(ProposalId));
+                }
                 self.flushed.push_back(Flushed {
-                    index: self.raw.raft.raft_log.last_index(),
+                    index,
                     term: self.raw.raft.term,
                     first: self.batch_first,
                     count: self.batch_count,
