@@ -132,7 +132,8 @@ pub struct ProducerSlot {
     /// 1 when this producer skips the fence after commits (registered for membarrier).
     pub lazy_wake: AtomicU32,
     _reserved: u64,
-    /// Position of the last frame counted in `sent` (stored before its header).
+    /// Position of the last frame committed through this slot, stored before `sent` and the
+    /// header, tagged in its low three bits with the low bits of the count that includes it.
     pub last_pos: AtomicU64,
     /// Frames committed through this slot, by every producer that held it. Stored before
     /// each frame's header, so it may count one frame whose header was never written; a

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use super::layout::{
     header, ProducerSlot, CHECKSUM_LEN, FRAME_HEADER, SLOT_CLAIMING, SLOT_IDLE, SLOT_OWNED,
 };
-use super::recovery::committed_in;
+use super::recovery::{committed_in, tag_last_pos};
 use super::{futex, Ring, WaitStrategy};
 use crate::error::{Error, ErrorKind, Result};
 use crate::shm::{process_alive, process_start_ticks};
@@ -417,13 +417,16 @@ impl Producer {
 
     /// Counts the frame at `pos` in the slot, then writes its header (the commit). The count
     /// goes first so that a crash can only over-count, which recovery settles from
-    /// `last_pos` (see `recovery`).
+    /// `last_pos` (see `recovery`). `last_pos` carries the low three bits of the count it goes
+    /// with (positions are 8-aligned): a crash between it and `sent` leaves a tag that does
+    /// not match `sent`, so recovery knows `sent` does not count that frame yet.
     #[inline(always)]
     fn commit_header(&mut self, pos: u64, len: usize) {
         self.sent += 1;
         self.bytes += len as u64;
         let s = self.slot();
-        s.last_pos.store(pos, Ordering::Relaxed);
+        s.last_pos
+            .store(tag_last_pos(pos, self.sent), Ordering::Relaxed);
         s.sent.store(self.sent, Ordering::Relaxed);
         self.ring
             .header_at(pos)

@@ -10,9 +10,12 @@
 //! multi-producer ring the claim is a CAS on the tail that may fail because another producer
 //! claimed from the same tail first; only after the CAS succeeded does the producer store
 //! `state = OWNED`, and it writes nothing into the range before that store. Before each
-//! frame's header it stores `last_pos` (the frame's position) and then `sent`, so `sent`
-//! may count one frame too many after a crash; recovery decides whether that frame's header
-//! was written and, if not, marks `last_pos` as [`NOT_WRITTEN`] (see [`committed_in`]).
+//! frame's header it stores `last_pos` (the frame's position, tagged in its three low bits
+//! with the low bits of the new count) and then `sent`. A crash between the two leaves a tag
+//! that does not match `sent`: `sent` is then exact. A crash after both but before the header
+//! leaves `sent` counting one frame too many; recovery sees the matching tag, decides
+//! whether that frame's header was written and, if not, marks `last_pos` as [`NOT_WRITTEN`]
+//! (see [`committed_in`]).
 //!
 //! # What recovery may pad
 //!
@@ -108,8 +111,24 @@ pub(super) fn evidence_end(
 }
 
 /// `ProducerSlot::last_pos` after a recovery found that the last frame counted in `sent`
-/// was never written (no position is odd).
+/// was never written (never a tagged position: its low bits would name count 7 at a
+/// position of all ones, which no 8-aligned ring reaches).
 pub(super) const NOT_WRITTEN: u64 = u64::MAX;
+
+/// `last_pos` as a producer stores it: the frame's (8-aligned) position with the low three
+/// bits of the count that includes the frame.
+#[inline(always)]
+pub(super) fn tag_last_pos(pos: u64, count: u64) -> u64 {
+    debug_assert_eq!(pos % 8, 0);
+    pos | (count & 7)
+}
+
+/// The position in a `last_pos` word, if the count stored in `sent` includes that frame
+/// (its tag matches `sent`); `None` when the producer died before storing `sent` (which is
+/// then exact), or when a recovery already settled the frame.
+pub(super) fn counted_last_pos(raw: u64, sent: u64) -> Option<u64> {
+    (raw != NOT_WRITTEN && raw & 7 == sent & 7).then_some(raw & !7)
+}
 
 /// Frames committed through a producer slot: `sent`, less the frame a dead producer
 /// announced but never wrote.
@@ -345,8 +364,12 @@ impl Ring {
         // Frames commit in order, each announced before its header: of this claim's
         // announced frames only the last can lack its header, and it belongs to this claim
         // exactly when its position lies in the claim's range.
-        let last = s.last_pos.load(Ordering::Acquire);
-        if (r.pos..end).contains(&last) {
+        // A frame whose tag does not match `sent` was never counted: nothing to settle.
+        let counted = counted_last_pos(
+            s.last_pos.load(Ordering::Acquire),
+            s.sent.load(Ordering::Acquire),
+        );
+        if let Some(last) = counted.filter(|last| (r.pos..end).contains(last)) {
             let written = last < self.primary_position()
                 || decode_header(self.header_at(last).load(Ordering::Acquire), last)
                     .is_some_and(|h| !h.padding);

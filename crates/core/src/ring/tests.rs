@@ -757,21 +757,25 @@ fn manual_ack_holds_producers_back_until_acknowledged() {
 #[test]
 fn a_restarted_producer_learns_exactly_how_many_frames_its_slot_committed() {
     let dir = TempDir::new("committed");
-    for header_written in [false, true] {
+    // The three places a producer can die inside `commit_header`: after `last_pos`, after
+    // `sent`, after the header.
+    for (sent_stored, header_written) in [(false, false), (true, false), (true, true)] {
         let r = ring(&dir, 1 << 16, true);
         let mut p = r.producer_in_slot(1).unwrap();
         assert_eq!(p.committed(), 0);
         for seq in 0..5 {
             p.send(&frame(1, seq, 30)).unwrap();
         }
-        // Die inside the commit of frame 5: counted, header written or not.
+        // Die inside the commit of frame 5 (the count that includes it is 6).
         let mut claim = p.try_claim(30).unwrap();
         claim.as_mut_slice().copy_from_slice(&frame(1, 5, 30));
         let pos = claim.raw.pos;
         std::mem::forget(claim);
         let s = r.producer_slot(1);
-        s.last_pos.store(pos, Ordering::Release);
-        s.sent.store(6, Ordering::Release);
+        s.last_pos.store(pos | 6, Ordering::Release);
+        if sent_stored {
+            s.sent.store(6, Ordering::Release);
+        }
         if header_written {
             r.header_at(pos)
                 .store(header(pos, 30, false), Ordering::Release);
@@ -779,7 +783,11 @@ fn a_restarted_producer_learns_exactly_how_many_frames_its_slot_committed() {
         kill_slot(&r, 1);
         let want = 5 + u64::from(header_written);
         let mut again = r.producer_in_slot(1).unwrap();
-        assert_eq!(again.committed(), want, "header written: {header_written}");
+        assert_eq!(
+            again.committed(),
+            want,
+            "sent stored: {sent_stored}, header written: {header_written}"
+        );
         for seq in again.committed()..8 {
             again.send(&frame(1, seq, 30)).unwrap();
         }
