@@ -317,3 +317,85 @@ fn ring_cluster_survives_leader_sigkills() {
         eprintln!("acked {} writes, failovers {failovers:?}", acked.len());
     }
 }
+
+/// The real-clock API over rings in one process: followers on their own threads, the leader
+/// in the test's; `submit` on a follower names the leader, `wait_committed` returns the
+/// committed outcome with its index, and times out on an id that was never proposed.
+#[test]
+#[cfg_attr(miri, ignore = "threads and real time")]
+fn wait_committed_over_rings_with_threads() {
+    use crate::sync::{Arc, AtomicBool, Ordering};
+    let dir = TempDir::new("replica-wait");
+    std::fs::create_dir_all(dir.0.join("net")).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let open = |id: u64| {
+        let peers: Vec<NodeId> = NODES
+            .iter()
+            .filter(|&&n| n != id)
+            .map(|&n| NodeId(n))
+            .collect();
+        let t = RingTransport::open(NodeId(id), &peers, ring_opts(&dir.0)).unwrap();
+        let node = Node::new(node_config(id), LogStorage::memory(), KvStore::new()).unwrap();
+        Replica::new(node, t, ReplicaOptions::default()).unwrap()
+    };
+    let mut leader = open(1);
+    let followers: Vec<_> = [2, 3].map(open).into_iter().collect();
+    std::thread::scope(|s| {
+        let mut hs = Vec::new();
+        for mut r in followers {
+            let stop = stop.clone();
+            hs.push(s.spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let now = r.elapsed();
+                    r.run_once(now, Duration::from_millis(5)).unwrap();
+                }
+                r
+            }));
+        }
+        leader.node_mut().campaign().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !leader.node().is_leader() {
+            assert!(Instant::now() < deadline, "no leader");
+            let now = leader.elapsed();
+            leader.run_once(now, Duration::from_millis(5)).unwrap();
+        }
+        let mut last = 0;
+        for k in 0..50u8 {
+            let op = KvOp::Set {
+                key: vec![k],
+                value: b"v".to_vec(),
+            };
+            let now = leader.elapsed();
+            let Submitted::Pending(p) = leader.submit(&op.encode(), now).unwrap() else {
+                panic!("the leader refused");
+            };
+            match leader.wait_committed(p, Duration::from_secs(10)).unwrap() {
+                Outcome::Committed { index, result } => {
+                    assert!(index > last, "indexes grow: {index} after {last}");
+                    last = index;
+                    assert_eq!(KvResult::decode(&result), Some(KvResult::Done));
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        let e = leader
+            .wait_committed(ProposalId(1 << 40), Duration::from_millis(50))
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        stop.store(true, Ordering::Relaxed);
+        for h in hs {
+            let mut r = h.join().unwrap();
+            assert_eq!(r.leader(), Some(1));
+            let now = r.elapsed();
+            let op = KvOp::Set {
+                key: b"x".to_vec(),
+                value: b"v".to_vec(),
+            };
+            assert_eq!(
+                r.submit(&op.encode(), now).unwrap(),
+                Submitted::NotLeader { leader: Some(1) }
+            );
+            assert_eq!(r.stats().rejected, 0);
+        }
+    });
+}
