@@ -10,6 +10,9 @@
 //! `[req u64 le][status u8][payload]` (0 ok — a set's payload is the leader's term, a
 //! dump's a `KvStore` snapshot —,
 //! 1 not the leader — payload the leader's id, 0 if unknown —, 2 try again).
+//!
+//! Also the real-clock API (`wait_committed`) with replicas on threads of one process, over
+//! rings and over TCP on loopback.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -318,31 +321,25 @@ fn ring_cluster_survives_leader_sigkills() {
     }
 }
 
-/// The real-clock API over rings in one process: followers on their own threads, the leader
-/// in the test's; `submit` on a follower names the leader, `wait_committed` returns the
-/// committed outcome with its index, and times out on an id that was never proposed.
-#[test]
-#[cfg_attr(miri, ignore = "threads and real time")]
-fn wait_committed_over_rings_with_threads() {
+/// The real-clock API over a transport in one process: followers on their own threads, the
+/// leader in the test's; `submit` on a follower names the leader, `wait_committed` returns
+/// the committed outcome with its index, and times out on an id that was never proposed.
+fn wait_committed_with_threads<T: Transport + Send>(ts: Vec<T>) {
     use crate::sync::{Arc, AtomicBool, Ordering};
-    let dir = TempDir::new("replica-wait");
-    std::fs::create_dir_all(dir.0.join("net")).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let open = |id: u64| {
-        let peers: Vec<NodeId> = NODES
-            .iter()
-            .filter(|&&n| n != id)
-            .map(|&n| NodeId(n))
-            .collect();
-        let t = RingTransport::open(NodeId(id), &peers, ring_opts(&dir.0)).unwrap();
-        let node = Node::new(node_config(id), LogStorage::memory(), KvStore::new()).unwrap();
-        Replica::new(node, t, ReplicaOptions::default()).unwrap()
-    };
-    let mut leader = open(1);
-    let followers: Vec<_> = [2, 3].map(open).into_iter().collect();
+    let mut reps: Vec<_> = ts
+        .into_iter()
+        .map(|t| {
+            let id = t.local_id().0;
+            let node = Node::new(node_config(id), LogStorage::memory(), KvStore::new()).unwrap();
+            Replica::new(node, t, ReplicaOptions::default()).unwrap()
+        })
+        .collect();
+    let mut leader = reps.remove(0);
+    let leader_id = leader.id();
     std::thread::scope(|s| {
         let mut hs = Vec::new();
-        for mut r in followers {
+        for mut r in reps {
             let stop = stop.clone();
             hs.push(s.spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
@@ -385,7 +382,7 @@ fn wait_committed_over_rings_with_threads() {
         stop.store(true, Ordering::Relaxed);
         for h in hs {
             let mut r = h.join().unwrap();
-            assert_eq!(r.leader(), Some(1));
+            assert_eq!(r.leader(), Some(leader_id));
             let now = r.elapsed();
             let op = KvOp::Set {
                 key: b"x".to_vec(),
@@ -393,9 +390,55 @@ fn wait_committed_over_rings_with_threads() {
             };
             assert_eq!(
                 r.submit(&op.encode(), now).unwrap(),
-                Submitted::NotLeader { leader: Some(1) }
+                Submitted::NotLeader {
+                    leader: Some(leader_id)
+                }
             );
             assert_eq!(r.stats().rejected, 0);
         }
     });
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads and real time")]
+fn wait_committed_over_rings_with_threads() {
+    let dir = TempDir::new("replica-wait");
+    std::fs::create_dir_all(dir.0.join("net")).unwrap();
+    let ts = NODES
+        .iter()
+        .map(|&id| {
+            let peers: Vec<NodeId> = NODES
+                .iter()
+                .filter(|&&n| n != id)
+                .map(|&n| NodeId(n))
+                .collect();
+            RingTransport::open(NodeId(id), &peers, ring_opts(&dir.0)).unwrap()
+        })
+        .collect();
+    wait_committed_with_threads(ts);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads, sockets and real time")]
+fn wait_committed_over_tcp_with_threads() {
+    use crate::net::tcp::{TcpOptions, TcpTransport};
+    let ls: Vec<std::net::TcpListener> = NODES
+        .iter()
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<std::net::SocketAddr> = ls.iter().map(|l| l.local_addr().unwrap()).collect();
+    let ts = ls
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let peers: Vec<(NodeId, std::net::SocketAddr)> = NODES
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(j, &n)| (NodeId(n), addrs[j]))
+                .collect();
+            TcpTransport::from_listener(NodeId(NODES[i]), l, &peers, TcpOptions::default()).unwrap()
+        })
+        .collect();
+    wait_committed_with_threads(ts);
 }
