@@ -30,6 +30,8 @@
 //!   rings, TCP, and a seeded simulated network for tests.
 //! * [`raft`] — Raft consensus (tikv raft-rs) as a state machine without I/O: a durable,
 //!   checksummed log with group commit and snapshots, leader batching, a replicated KV store.
+//! * [`replica`] — the Raft host loop: a `raft::Node` driven over a `net::Transport`, a clock
+//!   and its storage; submit, wait for commit, leader and term.
 //!
 //! [`Error`], [`ErrorKind`] and [`Result`] are every module's error type.
 //!
@@ -71,6 +73,7 @@ pub mod net;
 mod priority;
 pub mod queue;
 pub mod raft;
+pub mod replica;
 pub mod ring;
 pub mod router;
 pub mod sched;

@@ -386,6 +386,12 @@ impl<S: StateMachine> Node<S> {
         &self.sm
     }
 
+    /// The state machine, mutably: for a host's own bookkeeping in it. Changing the
+    /// replicated state here, outside [`StateMachine::apply`], makes this replica diverge.
+    pub fn state_machine_mut(&mut self) -> &mut S {
+        &mut self.sm
+    }
+
     /// The log store.
     pub fn storage(&self) -> &LogStorage {
         self.raw.store()
