@@ -28,6 +28,21 @@
 //! host's own traffic over the same transport (client requests and answers, say): those are
 //! queued for [`Replica::take_app_frames`] and sent with [`Replica::send_app`].
 //! Anything else is counted in [`ReplicaStats::rejected`].
+//!
+//! # The Raft service
+//!
+//! On top of the loop: the [client protocol](proto) carried in app frames (submit an
+//! operation, wait for an index, status; answers naming the leader when a node does not
+//! lead), the [node server](server::Server) answering it, the [client](client::RaftClient)
+//! following redirects and retrying, [one node](node::run_node) of the replicated KV store
+//! from a spec (the `erlmcp-flow raft node` command), and [a local cluster](cluster) of node
+//! processes over rings (the original `start_cluster(N)`).
+
+pub mod client;
+pub mod cluster;
+pub mod node;
+pub mod proto;
+pub mod server;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -35,6 +50,11 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::{Frame, NodeId, Transport};
 use crate::raft::{Node, Out, ProposalId, Proposed, StateMachine};
+
+pub use client::{ClientOptions, Committed, RaftClient};
+pub use cluster::{ClusterOptions, LocalCluster};
+pub use node::{run_node, NodeSpec, NodeTransport};
+pub use server::{ServeOptions, ServeStats, Server};
 
 /// The tag byte of a frame holding a Raft message.
 pub const TAG_RAFT: u8 = b'R';
@@ -466,5 +486,7 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
 
 #[cfg(test)]
 mod process_tests;
+#[cfg(test)]
+mod service_tests;
 #[cfg(test)]
 mod sim_tests;
