@@ -13,6 +13,9 @@
 //! erlmcp-flow agents worker --dir DIR --id ID [--type T] [--max-tasks N] [--work-us US] [--count N]
 //! erlmcp-flow agents chaos [--tasks N] [--agents N] [--kills N] [--scheduler-kills N] [--seed S]
 //! erlmcp-flow agents show [--dir DIR] [--json]
+//! erlmcp-flow raft node --id N --peers 1,2,3 (--data-dir DIR | --memory) [--transport ring --net-dir DIR | --transport tcp --listen ADDR --peer-addr ID=ADDR... --client-addr ID=ADDR...]
+//! erlmcp-flow raft status|put KEY VALUE|get KEY [--nodes 1,2,3] [--net-dir DIR | --peer-addr ID=ADDR... --listen ADDR]
+//! erlmcp-flow raft cluster [--nodes 3] [--dir DIR] [--memory]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -31,6 +34,8 @@ mod agents;
 mod agents_show;
 #[path = "cli/chaos.rs"]
 mod chaos;
+#[path = "cli/raft.rs"]
+mod raft;
 
 /// The engine's command line: benchmarks, ring tools, shared-memory housekeeping, codec.
 #[derive(Parser)]
@@ -68,6 +73,12 @@ enum Cmd {
     Agents {
         #[command(subcommand)]
         cmd: agents::AgentsCmd,
+    },
+    /// The Raft service: run a node (rings or TCP), ask the nodes' status, put and get keys,
+    /// start a local cluster
+    Raft {
+        #[command(subcommand)]
+        cmd: raft::RaftCmd,
     },
     /// MCP / JSON-RPC text to an archive and back (stdin to stdout)
     Codec {
@@ -336,6 +347,7 @@ fn main() -> ExitCode {
         }
         Cmd::Bench(b) => bench(&b),
         Cmd::Agents { cmd } => agents::run(&cmd),
+        Cmd::Raft { cmd } => raft::run(&cmd),
         Cmd::Codec { cmd } => codec_cmd(&cmd),
         Cmd::Stat(a) => stat_cmd(&a),
         Cmd::Shm { cmd } => shm_cmd(&cmd),
