@@ -1,15 +1,10 @@
 //! Three Raft node processes over [`RingTransport`] (the test binary spawning itself, as the
-//! ledger's SIGKILL test does), a client in the test process writing keys through the leader,
-//! and the leader SIGKILLed several times and restarted from its data directory. Checked: a
-//! new leader acknowledges writes after each kill (within a failover budget), and no
-//! acknowledged write is lost (a dump of the final leader's state, taken after a barrier
-//! write, holds every one).
-//!
-//! The host protocol rides on the replicas' app frames ([`Replica::send_app`]):
-//! request `[kind u8][req u64 le][key]` (`S` set, `D` dump), answer
-//! `[req u64 le][status u8][payload]` (0 ok — a set's payload is the leader's term, a
-//! dump's a `KvStore` snapshot —,
-//! 1 not the leader — payload the leader's id, 0 if unknown —, 2 try again).
+//! ledger's SIGKILL test does), each a [`Server`](super::server::Server); a
+//! [`RaftClient`](super::client::RaftClient) in the test process writing keys through the
+//! leader (the [client protocol](super::proto): not-leader answers name the leader), and the
+//! leader SIGKILLed several times and restarted from its data directory. Checked: a new
+//! leader acknowledges writes after each kill (in a higher term, within a failover budget),
+//! and no acknowledged write is lost (each is read back through the log at the end).
 //!
 //! Also the real-clock API (`wait_committed`) with replicas on threads of one process, over
 //! rings and over TCP on loopback.
@@ -18,6 +13,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use super::client::{ClientOptions, RaftClient};
+use super::server::{ServeOptions, Server};
 use super::*;
 use crate::net::ring::{RingNetOptions, RingTransport};
 use crate::raft::{Config, KvOp, KvResult, KvStore, LogStorage};
@@ -61,74 +58,28 @@ fn replica_node_child() {
     let t = RingTransport::open(NodeId(id), &peers, ring_opts(&dir)).unwrap();
     let storage = LogStorage::open(dir.join(format!("n{id}"))).unwrap();
     let node = Node::new(node_config(id), storage, KvStore::new()).unwrap();
-    let mut r = Replica::new(node, t, ReplicaOptions::default()).unwrap();
-    let mut waiting: HashMap<ProposalId, (NodeId, u64)> = HashMap::new();
+    let r = Replica::new(node, t, ReplicaOptions::default()).unwrap();
+    let mut srv = Server::new(r, ServeOptions::default()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
     let log = std::env::var_os("EMF_REPLICA_CHILD_LOG").is_some();
     let mut last_log = Instant::now();
     while Instant::now() < deadline {
-        let now = r.elapsed();
         if log && last_log.elapsed() > Duration::from_millis(500) {
             last_log = Instant::now();
+            let r = srv.replica();
             eprintln!(
-                "node {id}: term {} leader {:?} commit {} {:?} {:?}",
+                "node {id}: term {} leader {:?} commit {} {:?} {:?} {:?}",
                 r.term(),
                 r.leader(),
                 r.node().commit_index(),
                 r.stats(),
-                r.transport().stats()
+                r.transport().stats(),
+                srv.stats()
             );
         }
-        let round = r.run_once(now, Duration::from_millis(2)).unwrap();
-        for (p, o) in round.outcomes {
-            r.forget(p);
-            if let Some((to, req)) = waiting.remove(&p) {
-                let ok = matches!(&o, Outcome::Committed { result, .. }
-                    if KvResult::decode(result) == Some(KvResult::Done));
-                let term = r.term().to_le_bytes();
-                answer(&mut r, to, req, if ok { 0 } else { 2 }, &term);
-            }
-        }
-        for f in r.take_app_frames() {
-            if f.payload.len() < 9 {
-                continue;
-            }
-            let req = u64::from_le_bytes(f.payload[1..9].try_into().unwrap());
-            let key = f.payload[9..].to_vec();
-            let leader = r.leader().unwrap_or(0);
-            match f.payload[0] {
-                b'D' if r.node().is_leader() => {
-                    let snap = r.node().state_machine().snapshot();
-                    answer(&mut r, f.from, req, 0, &snap);
-                }
-                b'S' => {
-                    let op = KvOp::Set {
-                        key,
-                        value: b"v".to_vec(),
-                    };
-                    match r.submit(&op.encode(), now) {
-                        Ok(Submitted::Pending(p)) => {
-                            waiting.insert(p, (f.from, req));
-                        }
-                        Ok(Submitted::NotLeader { leader }) => {
-                            let l = leader.unwrap_or(0).to_le_bytes();
-                            answer(&mut r, f.from, req, 1, &l);
-                        }
-                        Err(_) => answer(&mut r, f.from, req, 2, &[]),
-                    }
-                }
-                _ => answer(&mut r, f.from, req, 1, &leader.to_le_bytes()),
-            }
-        }
+        let now = srv.replica().elapsed();
+        srv.run_once(now, Duration::from_millis(2)).unwrap();
     }
-}
-
-fn answer(r: &mut Replica<KvStore, RingTransport>, to: NodeId, req: u64, status: u8, p: &[u8]) {
-    let mut b = req.to_le_bytes().to_vec();
-    b.push(status);
-    b.extend_from_slice(p);
-    // The client reads its inbox continuously; a lost answer makes it retry.
-    let _ = r.send_app(to, &b);
 }
 
 /// A node process, SIGKILLed and reaped on drop.
@@ -164,83 +115,23 @@ fn spawn(dir: &Path, id: u64) -> Child {
     )
 }
 
-struct Client {
-    t: RingTransport,
-    req: u64,
-    target: u64,
-}
-
-enum Answer {
-    Ok(u64, Vec<u8>),
-    Retry,
-}
-
-impl Client {
-    /// One request to the node it believes leads; follows not-leader answers; `Retry` on a
-    /// timeout or a try-again answer (then the next node is tried).
-    fn call(&mut self, kind: u8, key: &[u8]) -> Answer {
-        self.req += 1;
-        let mut b = vec![TAG_APP, kind];
-        b.extend_from_slice(&self.req.to_le_bytes());
-        b.extend_from_slice(key);
-        let to = self.target;
-        if self.t.send(NodeId(to), &b).is_err() {
-            self.target = to % 3 + 1;
-            return Answer::Retry;
-        }
-        let deadline = Instant::now() + Duration::from_millis(300);
-        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-            let Some(f) = self.t.recv_timeout(left).unwrap() else {
-                break;
-            };
-            let p = &f.payload;
-            if p.len() < 10 || p[0] != TAG_APP {
-                continue;
-            }
-            if u64::from_le_bytes(p[1..9].try_into().unwrap()) != self.req {
-                continue; // a late answer to an earlier request
-            }
-            match p[9] {
-                0 => return Answer::Ok(f.from.0, p[10..].to_vec()),
-                1 => {
-                    let l = u64::from_le_bytes(p[10..18].try_into().unwrap());
-                    self.target = if NODES.contains(&l) && l != to {
-                        l
-                    } else {
-                        to % 3 + 1
-                    };
-                    return Answer::Retry;
-                }
-                _ => return Answer::Retry,
-            }
-        }
-        self.target = to % 3 + 1;
-        Answer::Retry
+/// Writes `key` (the client retries and follows redirects); the node that acknowledged it.
+fn set(c: &mut RaftClient<RingTransport>, key: &[u8], nodes: &mut HashMap<u64, Child>) -> u64 {
+    for (id, ch) in nodes.iter_mut() {
+        assert!(
+            ch.0.try_wait().unwrap().is_none(),
+            "node {id} exited by itself"
+        );
     }
-
-    /// Writes `key` until acknowledged; the node that acknowledged it and its term.
-    fn set(
-        &mut self,
-        key: &[u8],
-        deadline: Instant,
-        nodes: &mut HashMap<u64, Child>,
-    ) -> (u64, u64) {
-        loop {
-            assert!(
-                Instant::now() < deadline,
-                "no leader acknowledged a write in time"
-            );
-            for (id, c) in nodes.iter_mut() {
-                assert!(
-                    c.0.try_wait().unwrap().is_none(),
-                    "node {id} exited by itself"
-                );
-            }
-            if let Answer::Ok(n, t) = self.call(b'S', key) {
-                return (n, u64::from_le_bytes(t[..8].try_into().unwrap()));
-            }
-        }
-    }
+    let op = KvOp::Set {
+        key: key.to_vec(),
+        value: b"v".to_vec(),
+    };
+    let done = c
+        .submit(&op.encode())
+        .unwrap_or_else(|e| panic!("no leader acknowledged a write in time: {e}"));
+    assert_eq!(KvResult::decode(&done.result), Some(KvResult::Done));
+    done.node
 }
 
 #[test]
@@ -251,60 +142,52 @@ fn ring_cluster_survives_leader_sigkills() {
     let peers: Vec<NodeId> = NODES.iter().map(|&n| NodeId(n)).collect();
     // The client's inbox first, so nodes can answer from their first round.
     let t = RingTransport::open(NodeId(CLIENT), &peers, ring_opts(&dir.0)).unwrap();
-    let mut client = Client {
-        t,
-        req: 0,
-        target: 1,
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(30),
+        attempt_timeout: Duration::from_millis(300),
+        ..ClientOptions::default()
     };
+    let mut client = RaftClient::new(t, &NODES, opts).unwrap();
     let mut children: HashMap<u64, Child> = NODES.iter().map(|&n| (n, spawn(&dir.0, n))).collect();
     let kills: usize = std::env::var("EMF_REPLICA_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut acked: Vec<Vec<u8>> = Vec::new();
     let mut k = 0u64;
     let mut failovers = Vec::new();
     for kill in 0..=kills {
-        let (mut leader, mut term) = (0, 0);
+        let mut leader = 0;
         for _ in 0..40 {
             let key = format!("k{k}").into_bytes();
             k += 1;
-            (leader, term) = client.set(&key, deadline, &mut children);
+            leader = set(&mut client, &key, &mut children);
             acked.push(key);
         }
         if kill == kills {
             break;
         }
+        let term = client.status(leader).unwrap().term;
         // SIGKILL the leader that just acknowledged, restart it from its data directory.
         drop(children.remove(&leader));
         let killed = Instant::now();
         children.insert(leader, spawn(&dir.0, leader));
         let key = format!("k{k}").into_bytes();
         k += 1;
-        let (_, new_term) = client.set(&key, deadline, &mut children);
+        let by = set(&mut client, &key, &mut children);
         acked.push(key);
         failovers.push(killed.elapsed());
+        let new_term = client.status(by).unwrap().term;
         assert!(
             new_term > term,
             "acknowledged in term {new_term} after the leader of {term} died"
         );
     }
-    // A barrier write, then the state of the node that acknowledged it (it has applied every
-    // write committed before the barrier).
-    let dump = loop {
-        assert!(Instant::now() < deadline, "no dump");
-        let (n, _) = client.set(b"barrier", deadline, &mut children);
-        client.target = n;
-        if let Answer::Ok(_, snap) = client.call(b'D', b"") {
-            break snap;
-        }
-    };
-    let mut kv = KvStore::new();
-    kv.restore(&dump).unwrap();
+    // Every acknowledged write, read back through the log.
     for key in &acked {
-        assert!(
-            kv.get(key).is_some(),
+        assert_eq!(
+            client.get(key).unwrap().as_deref(),
+            Some(&b"v"[..]),
             "acknowledged write {} lost",
             String::from_utf8_lossy(key)
         );
