@@ -155,7 +155,64 @@ fn usage_errors_exit_2_and_name_the_argument() {
     assert!(err.contains("frobnicate"), "{err}");
     let err = usage_error(&["ring", "produce"]);
     assert!(err.contains("NAME"), "{err}");
+    let err = usage_error(&["raft", "node", "--id", "1"]);
+    assert!(err.contains("--peers"), "{err}");
+    let err = usage_error(&["raft", "node", "--id", "1", "--peers", "1,2,3"]);
+    assert!(err.contains("--data-dir"), "{err}");
+    let err = usage_error(&[
+        "raft",
+        "node",
+        "--id",
+        "1",
+        "--peers",
+        "1,2,3",
+        "--memory",
+        "--transport",
+        "tcp",
+    ]);
+    assert!(err.contains("--listen"), "{err}");
+    let err = usage_error(&["raft", "node", "--id", "4", "--peers", "1,2,3", "--memory"]);
+    assert!(err.contains("voters"), "{err}");
+    let err = usage_error(&["raft", "status", "--peer-addr", "1:2"]);
+    assert!(err.contains("ID=HOST:PORT"), "{err}");
     usage_error(&[]);
+}
+
+#[test]
+fn raft_help_names_the_options() {
+    assert_mentions(
+        "raft node --help",
+        &ok(&["raft", "node", "--help"]),
+        &[
+            "--id",
+            "--peers",
+            "--data-dir",
+            "--memory",
+            "--transport",
+            "--net-dir",
+            "--listen",
+            "--peer-addr",
+            "--client-addr",
+        ],
+    );
+    for cmd in ["status", "put", "get"] {
+        assert_mentions(
+            &format!("raft {cmd} --help"),
+            &ok(&["raft", cmd, "--help"]),
+            &[
+                "--nodes",
+                "--net-dir",
+                "--peer-addr",
+                "--listen",
+                "--timeout-ms",
+            ],
+        );
+    }
+    assert_mentions(
+        "raft cluster --help",
+        &ok(&["raft", "cluster", "--help"]),
+        &["--nodes", "--dir", "--memory"],
+    );
 }
 
 #[test]

@@ -104,6 +104,39 @@ fn ring_cluster_keeps_acknowledged_writes_across_leader_sigkills() {
         c.restart(leader).unwrap();
     }
     check_all(c.client(), &acked);
+    // The commands users run, against the same cluster (the cluster's client holds the first
+    // client id: these take the next free one).
+    let leader = c.leader().unwrap();
+    let net = dir.0.join("net");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_erlmcp-flow"))
+            .args(["raft"])
+            .args(args)
+            .arg("--net-dir")
+            .arg(&net)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, out) = cli(&["status"]);
+    assert_eq!(code, Some(0), "{out}");
+    for n in 1..=3 {
+        let line = out
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&n.to_string()))
+            .unwrap_or_else(|| panic!("no line for node {n}:\n{out}"));
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(cols[1], leader.to_string(), "{out}");
+        assert!(line.ends_with("[1, 2, 3]"), "{out}");
+    }
+    let (code, out) = cli(&["put", "from-cli", "yes"]);
+    assert!(code == Some(0) && out.starts_with("ok "), "{out}");
+    assert_eq!(cli(&["get", "from-cli"]), (Some(0), "yes\n".to_string()));
+    assert_eq!(cli(&["get", "k0-1"]), (Some(0), "v1\n".to_string()));
+    let (code, out) = cli(&["get", "never-set"]);
+    assert!(code == Some(1) && out.contains("not set"), "{out}");
     for (n, s) in c.stats() {
         let s = s.unwrap_or_else(|e| panic!("node {n}: {e}"));
         assert_eq!(s.voters, vec![1, 2, 3]);

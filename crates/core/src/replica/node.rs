@@ -2,10 +2,11 @@
 //! `erlmcp-flow raft node` and every node of a [`LocalCluster`](super::cluster::LocalCluster)
 //! run ([`run_node`]).
 //!
-//! Over rings, the node's peers are the other voters and the client ids
-//! ([`NodeSpec::clients`], [`default_client_ids`](super::client::default_client_ids) by
-//! default) — a ring transport knows its peers in advance. Over TCP, clients are peers with
-//! an address the node dials to answer ([`NodeTransport::Tcp::clients`]).
+//! Over rings, the node's peers are the other voters and the client ids listed in
+//! [`NodeTransport::Ring`] (the `erlmcp-flow raft node` command lists
+//! [`default_client_ids`](super::client::default_client_ids) by default) — a ring transport
+//! knows its peers in advance. Over TCP, clients are peers with an address the node dials to
+//! answer ([`NodeTransport::Tcp`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use super::server::{ServeOptions, Server};
 use super::{Replica, ReplicaOptions};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::net::ring::{RingNetOptions, RingTransport};
 use crate::net::tcp::{TcpOptions, TcpTransport};
 use crate::net::{NodeId, Transport};
@@ -136,7 +137,8 @@ fn serve_on<T: Transport>(spec: &NodeSpec, t: T, stop: &AtomicBool) -> Result<()
     Server::new(replica, ServeOptions::default())?.serve(stop)
 }
 
-/// Runs node `spec` until `stop` is set: opens its transport and log, then serves the client
+/// Runs node `spec` until `stop` is set: opens its transport (creating a ring directory)
+/// and log, then serves the client
 /// protocol ([`Server::serve`]). Errors: a bad spec (`InvalidArgument`), the transport's or
 /// the log's (a second process for the same id is `Busy`).
 pub fn run_node(spec: &NodeSpec, stop: &AtomicBool) -> Result<()> {
@@ -148,6 +150,16 @@ pub fn run_node(spec: &NodeSpec, stop: &AtomicBool) -> Result<()> {
             inbox_capacity,
             clients,
         } => {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::new(
+                    ErrorKind::Io,
+                    format!(
+                        "raft node {}: cannot create {}: {e}",
+                        spec.id,
+                        dir.display()
+                    ),
+                )
+            })?;
             let peers: Vec<NodeId> = others.chain(clients).map(|&n| NodeId(n)).collect();
             let mut o = RingNetOptions::in_dir(dir);
             o.inbox_capacity = *inbox_capacity;

@@ -168,11 +168,10 @@ extern "C" fn on_signal(_: libc::c_int) {
 }
 
 fn install_stop_handler() {
-    // SAFETY: the handler only stores to an atomic (async-signal-safe); signal(2) with a
-    // valid signal number and an `extern "C"` function of the right type.
-    unsafe {
-        libc::signal(libc::SIGTERM, on_signal as *const () as libc::sighandler_t);
-        libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
+    for sig in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe); signal(2) with a
+        // valid signal number and an `extern "C"` function of the right type.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
     }
 }
 
@@ -212,19 +211,15 @@ fn node(a: &NodeArgs) -> Result<ExitCode, String> {
         (None, false) => return Err("raft node: give --data-dir DIR or --memory".into()),
     };
     let transport = match a.transport {
-        TransportKind::Ring => {
-            std::fs::create_dir_all(&a.net_dir)
-                .map_err(|e| format!("{}: {e}", a.net_dir.display()))?;
-            NodeTransport::Ring {
-                dir: a.net_dir.clone(),
-                inbox_capacity: a.inbox_kib << 10,
-                clients: if a.clients.is_empty() {
-                    default_client_ids()
-                } else {
-                    a.clients.clone()
-                },
-            }
-        }
+        TransportKind::Ring => NodeTransport::Ring {
+            dir: a.net_dir.clone(),
+            inbox_capacity: a.inbox_kib << 10,
+            clients: if a.clients.is_empty() {
+                default_client_ids()
+            } else {
+                a.clients.clone()
+            },
+        },
         TransportKind::Tcp => {
             let listen = a
                 .listen
