@@ -226,6 +226,15 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
                 self.answer(client, req, &Answer::Status(s));
             }
             Request::WaitCommitted { index, timeout_ms } => {
+                let applied = self.replica.node().applied_index();
+                if index <= applied {
+                    let a = Answer::Ok {
+                        index: applied,
+                        result: Vec::new(),
+                    };
+                    self.answer(client, req, &a);
+                    return;
+                }
                 if self.full() {
                     self.stats.busy += 1;
                     self.answer(client, req, &Answer::Busy { retry_after_ms: 1 });
@@ -240,7 +249,8 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
                 });
             }
             Request::Submit { op } => {
-                if self.full() {
+                // Only what becomes pending needs room (a follower redirects whatever).
+                if self.full() && self.replica.node().is_leader() {
                     self.stats.busy += 1;
                     self.answer(client, req, &Answer::Busy { retry_after_ms: 1 });
                     return;

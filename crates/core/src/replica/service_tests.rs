@@ -10,7 +10,7 @@ use super::proto::{Answer, Request, VERSION};
 use super::server::{ServeOptions, Server};
 use super::*;
 use crate::net::ring::{RingNetOptions, RingTransport};
-use crate::raft::{Config, KvStore, LogStorage};
+use crate::raft::{Config, KvOp, KvStore, LogStorage};
 use crate::sync::{Arc, AtomicBool, Ordering};
 use crate::testutil::TempDir;
 
@@ -207,4 +207,177 @@ fn service_over_tcp() {
         .collect();
     let client = ts.pop().unwrap();
     with_cluster(ts, client, exercise);
+}
+
+/// Deterministic, over the simulated network: the pending bound answers `Busy`; a leader cut
+/// off from its followers steps down (check-quorum) with its submits still pending (another
+/// leader could commit what it replicated); after the heal it names the new leader, and once
+/// the new leader commits over their indexes its submits are answered `Busy` (dropped: safe
+/// to resend); a wait past its timeout is answered with a `timeout` error.
+#[test]
+fn sim_busy_dropped_timeout_and_redirect() {
+    use crate::net::sim::{SimEndpoint, SimNet, SimOptions};
+    let net = SimNet::new(SimOptions::seeded(3));
+    let mut srvs: Vec<Server<KvStore, SimEndpoint>> = NODES
+        .iter()
+        .map(|&id| {
+            let ep = net.add_node(NodeId(id)).unwrap();
+            let mut c = Config::new(id, NODES.to_vec());
+            c.election_tick = 10;
+            c.min_election_tick = 10 + id as usize * 3;
+            c.max_election_tick = c.min_election_tick + 1;
+            let node = Node::new(c, LogStorage::memory(), KvStore::new()).unwrap();
+            let r = Replica::new(node, ep, ReplicaOptions::default()).unwrap();
+            let o = ServeOptions {
+                max_pending: 2,
+                ..ServeOptions::default()
+            };
+            Server::new(r, o).unwrap()
+        })
+        .collect();
+    let mut client = net.add_node(NodeId(CLIENTS[0])).unwrap();
+    let mut t = 0u64;
+    let mut answers: Vec<(u64, u64, Answer)> = Vec::new();
+    let step = |srvs: &mut Vec<Server<KvStore, SimEndpoint>>,
+                client: &mut SimEndpoint,
+                answers: &mut Vec<(u64, u64, Answer)>,
+                t: &mut u64| {
+        *t += 1;
+        net.run_until(*t);
+        for s in srvs.iter_mut() {
+            s.run_once(Duration::from_millis(*t), Duration::ZERO)
+                .unwrap();
+        }
+        net.run_until(*t);
+        while let Some(f) = client.try_recv().unwrap() {
+            let (req, a) = Answer::decode(&f.payload[1..]).unwrap();
+            answers.push((f.from.0, req, a));
+        }
+    };
+    let send = |client: &mut SimEndpoint, to: u64, req: u64, r: &Request| {
+        let mut b = vec![TAG_APP];
+        b.extend_from_slice(&r.encode(req));
+        client.send(NodeId(to), &b).unwrap();
+    };
+    srvs[0].replica_mut().node_mut().campaign().unwrap();
+    while !srvs[0].replica().node().is_leader() {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+        assert!(t < 1000, "no leader");
+    }
+    let op = |k: u8| Request::Submit {
+        op: KvOp::Set {
+            key: vec![k],
+            value: b"v".to_vec(),
+        }
+        .encode(),
+    };
+    // Cut the leader (and the client) off from the followers.
+    net.partition(&[&[NodeId(1), NodeId(CLIENTS[0])], &[NodeId(2), NodeId(3)]])
+        .unwrap();
+    for req in 1..=3 {
+        send(&mut client, 1, req, &op(req as u8));
+    }
+    for _ in 0..5 {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+    }
+    assert_eq!(answers, vec![(1, 3, Answer::Busy { retry_after_ms: 1 })]);
+    answers.clear();
+    // A wait for an index that will not come in time (the bound is full: Busy too).
+    send(
+        &mut client,
+        1,
+        4,
+        &Request::WaitCommitted {
+            index: 99,
+            timeout_ms: 5,
+        },
+    );
+    for _ in 0..3 {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+    }
+    assert_eq!(answers, vec![(1, 4, Answer::Busy { retry_after_ms: 1 })]);
+    answers.clear();
+    // Check-quorum: the leader steps down. Its pending submits stay pending: another leader
+    // could still commit entries it replicated, so only a log that replaces them decides.
+    for _ in 0..400 {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+    }
+    assert!(!srvs[0].replica().node().is_leader());
+    assert_eq!(answers, vec![]);
+    // Heal. The old leader learns of the new one and names it; the new one commits; its log
+    // replaces the old leader's entries, whose submits are then answered Busy (dropped); a
+    // wait past its timeout gets a timeout error.
+    net.heal();
+    let leader = loop {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+        assert!(t < 5000, "no new leader");
+        if let Some(l) = srvs[0].replica().leader().filter(|&l| l != 1) {
+            break l;
+        }
+    };
+    assert_eq!(answers, vec![], "nothing decided yet");
+    send(&mut client, leader, 7, &op(7));
+    while answers.len() < 3 {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+        assert!(t < 20_000, "unanswered: {answers:?}");
+    }
+    let wait = Request::WaitCommitted {
+        index: 1 << 40,
+        timeout_ms: 5,
+    };
+    send(&mut client, 1, 5, &wait);
+    send(&mut client, 1, 6, &op(6));
+    while answers.len() < 5 {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+        assert!(t < 20_000, "unanswered: {answers:?}");
+    }
+    answers.sort_by_key(|a| a.1);
+    let busy = Answer::Busy { retry_after_ms: 1 };
+    assert_eq!(answers[..2], [(1, 1, busy.clone()), (1, 2, busy)]);
+    assert!(
+        matches!(
+            &answers[2],
+            (1, 5, Answer::Error { kind: ErrorKind::Timeout, message }) if message.contains("not applied")
+        ),
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers[3],
+        (
+            1,
+            6,
+            Answer::NotLeader {
+                leader: Some(leader)
+            }
+        )
+    );
+    assert!(
+        matches!(&answers[4], (l, 7, Answer::Ok { index, .. }) if *l == leader && *index > 0),
+        "{answers:?}"
+    );
+    // A wait for an index already applied is answered at once, bound or not.
+    send(
+        &mut client,
+        1,
+        8,
+        &Request::WaitCommitted {
+            index: 1,
+            timeout_ms: 0,
+        },
+    );
+    answers.clear();
+    while answers.is_empty() {
+        step(&mut srvs, &mut client, &mut answers, &mut t);
+        assert!(t < 20_000);
+    }
+    assert!(
+        matches!(answers[0], (1, 8, Answer::Ok { index, .. }) if index >= 1),
+        "{answers:?}"
+    );
+    let st = srvs[0].stats();
+    assert_eq!(
+        (st.busy, st.redirected, st.bad_requests),
+        (4, 1, 0),
+        "{st:?}"
+    );
 }
