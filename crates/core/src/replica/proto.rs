@@ -93,7 +93,7 @@ pub struct Status {
     pub commit: u64,
     /// Its applied index.
     pub applied: u64,
-    /// The voters of its configuration.
+    /// The voters of its configuration (a node sends them in increasing order).
     pub voters: Vec<u64>,
     /// Named counters (the host loop's, the node's and the server's), in a stable order.
     pub stats: Vec<(String, u64)>,

@@ -149,13 +149,15 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
             ("busy", ss.busy),
             ("pending", (self.pending.len() + self.waiters.len()) as u64),
         ];
+        let mut voters = n.voters();
+        voters.sort_unstable();
         Status {
             id: r.id(),
             leader: r.leader().unwrap_or(0),
             term: r.term(),
             commit: n.commit_index(),
             applied: n.applied_index(),
-            voters: n.voters(),
+            voters,
             stats: stats.iter().map(|&(k, v)| (k.to_owned(), v)).collect(),
         }
     }
