@@ -11,7 +11,8 @@
 # programs: queue_cache (C, dynamic and static) and queue_cache-cpp (2 producer + 2 consumer
 # threads), then the HNSW programs: hnsw (C, dynamic and static; given <repo>/tests/data for
 # the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched, the pool manager:
-# pool, then the runtime's C ABI with a service and two agent processes: agent --test, and a
+# pool, then the runtime's C ABI with a service and two agent processes: agent --test, a local
+# Raft cluster of 3 node processes with a leader SIGKILL: raft, and a
 # Python service with C agent processes (when pytest is there). With --valgrind
 # each one also runs under memcheck (the ring ping-pongs, the queue threads and the HNSW
 # builds with a small N). Exits non-zero on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
@@ -99,6 +100,9 @@ run hnsw-cpp "$build/hnsw-cpp"
 run sched "$build/sched"
 run pool "$build/pool"
 run agent "$build/agent" --test
+# A local Raft cluster: 3 `erlmcp-flow raft node' processes (the release binary beside the
+# library, unless EMF_BIN names one).
+run raft env EMF_BIN="${EMF_BIN:-$repo/target/release/erlmcp-flow}" "$build/raft"
 # Cross-language: a Python Service schedules 500 tasks, two C agent processes answer them
 # (ffi/python/tests/test_agent.py; the python stage runs it too, finding build/agent).
 if python3 -c 'import pytest' >/dev/null 2>&1; then

@@ -226,6 +226,9 @@
 // Enqueue answer: queued by evicting a lower-priority task, returned in `out_evicted`.
 #define EMF_ENQUEUE_EVICTED 3
 
+// The most nodes of a cluster (`emf_raft_cluster_start`, `emf_raft_client_connect`).
+#define EMF_RAFT_MAX_NODES 64
+
 // Wait strategy: busy-poll.
 #define EMF_WAIT_SPIN 0
 
@@ -355,6 +358,13 @@ typedef struct emf_pool_t emf_pool_t;
 
 // A producer attached to a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_producer_t emf_producer_t;
+
+// A client of a running Raft cluster. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
+typedef struct emf_raft_client_t emf_raft_client_t;
+
+// A local Raft cluster: N node processes and a client. Opaque; one thread at a time (else
+// `EMF_ERR_BUSY`).
+typedef struct emf_raft_cluster_t emf_raft_cluster_t;
 
 // A mapped ring. Opaque; thread-safe.
 typedef struct emf_ring_t emf_ring_t;
@@ -569,6 +579,51 @@ typedef struct emf_cache_stats_t {
   // Entries removed because their TTL passed.
   uint64_t expirations;
 } emf_cache_stats_t;
+
+// A client's options (`emf_raft_client_connect`, `emf_raft_cluster_options_t::client`);
+// fill with `emf_raft_client_options_default` first.
+typedef struct emf_raft_client_options_t {
+  // The longest one call (submit, wait for a leader) takes, redirects and retries
+  // included, ms (default 10000; at least 1).
+  uint32_t timeout_ms;
+  // The longest one node is waited for before another is tried, ms (default 500; at
+  // least 1).
+  uint32_t attempt_timeout_ms;
+} emf_raft_client_options_t;
+
+// Options for `emf_raft_cluster_start`; fill with `emf_raft_cluster_options_default` first.
+typedef struct emf_raft_cluster_options_t {
+  // The `erlmcp-flow` binary (NUL-terminated); NULL: `EMF_BIN`, else `erlmcp-flow` in
+  // `PATH`.
+  const char *bin;
+  // Non-zero: logs in memory (faster; a killed node restarts empty). Default 0: durable
+  // logs in `DIR/node.I`.
+  uint32_t memory;
+  // Ticks without a leader before an election (default 10; at least 2).
+  uint32_t election_tick;
+  // One Raft tick, ms (default 10; at least 1).
+  uint64_t tick_ms;
+  // The longest `emf_raft_cluster_start` waits for a first leader, ms (default 20000).
+  uint32_t start_timeout_ms;
+  // The client's options.
+  struct emf_raft_client_options_t client;
+} emf_raft_cluster_options_t;
+
+// One node's status (`emf_raft_cluster_status`, `emf_raft_client_status`).
+typedef struct emf_raft_status_t {
+  // The node's id.
+  uint64_t id;
+  // The leader it knows (0: none).
+  uint64_t leader;
+  // Its current term.
+  uint64_t term;
+  // Its commit index.
+  uint64_t commit;
+  // Its applied index.
+  uint64_t applied;
+  // How many voters its configuration has.
+  uint64_t voters;
+} emf_raft_status_t;
 
 // Options for `emf_ring_create`; fill with `emf_ring_options_default` first.
 typedef struct emf_ring_options_t {
@@ -1630,6 +1685,368 @@ emf_status_t emf_cache_set_sweeper(const struct emf_cache_t *c, uint32_t every_m
 //
 // `c` a live handle; `out` writable.
 emf_status_t emf_cache_stats(const struct emf_cache_t *c, struct emf_cache_stats_t *out);
+
+// Fills `*out` with the default cluster options (durable logs, 10 ms ticks, elections after
+// 10 ticks, 20 s for a first leader, the client's defaults).
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_raft_cluster_options_default(struct emf_raft_cluster_options_t *out);
+
+// Fills `*out` with the default client options (10 s per call, 500 ms per node).
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_raft_client_options_default(struct emf_raft_client_options_t *out);
+
+// Starts a local cluster of `n` nodes (1 to `EMF_RAFT_MAX_NODES`; ids `1..=n`) in the
+// directory `dir` (created if needed; `dir/net` holds the rings — put it under `/dev/shm`
+// for speed — `dir/node.I` the logs, `dir/node.I.log` each node's standard error) with
+// options `opts` (NULL: the defaults), and waits until they have elected a leader.
+// `EMF_ERR_IO` when the binary cannot be started (set `bin` or `EMF_BIN`);
+// `EMF_ERR_CLOSED` when a node exits by itself (the message quotes its log);
+// `EMF_ERR_TIMEOUT` when no leader is elected within `start_timeout_ms`. The directory is
+// not removed by `emf_raft_cluster_free`.
+//
+// # Safety
+//
+// `dir` a NUL-terminated string; `opts` NULL or readable (its `bin` NULL or a
+// NUL-terminated string); `out` writable.
+emf_status_t emf_raft_cluster_start(uint32_t n,
+                                    const char *dir,
+                                    const struct emf_raft_cluster_options_t *opts,
+                                    struct emf_raft_cluster_t **out);
+
+// Stops the nodes (SIGTERM, then SIGKILL after 2 s; all are reaped) and frees the handle
+// (NULL is fine). The directory stays.
+//
+// # Safety
+//
+// No other thread may be using `c`.
+emf_status_t emf_raft_cluster_free(struct emf_raft_cluster_t *c);
+
+// Stops every node as `emf_raft_cluster_free` does but keeps the handle: calls then time
+// out until nodes are started again with `emf_raft_cluster_restart`.
+//
+// # Safety
+//
+// `c` a live handle.
+emf_status_t emf_raft_cluster_stop(struct emf_raft_cluster_t *c);
+
+// Replicates `op` (`len` bytes, opaque; the nodes run the key-value store, whose result for
+// bytes that are not one of its operations is its `Invalid` answer — the entry is logged and
+// committed all the same) and waits
+// until it is applied: `*out_index` is its log index (the original `submit_operation(Op)
+// -> {ok, Index}`), the state machine's result goes to `buf` and its length to `*out_len`
+// (`EMF_ERR_BUFFER_TOO_SMALL`: see the module rules; `buf` may be NULL with `cap` 0).
+// Redirects to the leader and retries during an election are the client's; `EMF_ERR_TIMEOUT`
+// when nothing committed within the client's timeout (the operation may or may not be
+// applied then: Raft cannot tell an unanswered request from a lost one).
+//
+// # Safety
+//
+// `c` a live handle; `op` readable for `len`; `buf` writable for `cap`; `out_index` and
+// `out_len` writable.
+emf_status_t emf_raft_cluster_submit(struct emf_raft_cluster_t *c,
+                                     const uint8_t *op,
+                                     size_t len,
+                                     uint64_t *out_index,
+                                     uint8_t *buf,
+                                     size_t cap,
+                                     size_t *out_len);
+
+// Appends `entry` to the replicated log and waits until it is committed and applied:
+// `*out_index` is its index (the original `append_entry(Entry)`; entries proposed together
+// by any clients are batched by the leader). Errors as `emf_raft_cluster_submit`.
+//
+// # Safety
+//
+// `c` a live handle; `entry` readable for `len`; `out_index` writable.
+emf_status_t emf_raft_cluster_append_entry(struct emf_raft_cluster_t *c,
+                                           const uint8_t *entry,
+                                           size_t len,
+                                           uint64_t *out_index);
+
+// Hands out the bytes kept by the last call that reported `EMF_ERR_BUFFER_TOO_SMALL` (a
+// result, value or stats text) and forgets them; `*out_len` 0 when none are kept. Too small
+// again: kept again.
+//
+// # Safety
+//
+// `c` a live handle; `buf` writable for `cap`; `out_len` writable.
+emf_status_t emf_raft_cluster_result(struct emf_raft_cluster_t *c,
+                                     uint8_t *buf,
+                                     size_t cap,
+                                     size_t *out_len);
+
+// Waits up to `timeout_ms` until the leader has applied log index `index`: `*out_applied`
+// is its applied index (≥ `index`). `EMF_ERR_TIMEOUT` when it has not.
+//
+// # Safety
+//
+// `c` a live handle; `out_applied` writable.
+emf_status_t emf_raft_cluster_wait_committed(struct emf_raft_cluster_t *c,
+                                             uint64_t index,
+                                             uint32_t timeout_ms,
+                                             uint64_t *out_applied);
+
+// The current leader's id and term, asked of the nodes (waits, within the client's timeout,
+// for an election under way; `EMF_ERR_TIMEOUT` when none ends). Either out-pointer may be
+// NULL, not both.
+//
+// # Safety
+//
+// `c` a live handle; `out_leader` and `out_term` NULL or writable.
+emf_status_t emf_raft_cluster_leader(struct emf_raft_cluster_t *c,
+                                     uint64_t *out_leader,
+                                     uint64_t *out_term);
+
+// The node ids (`1..=n`) into `ids` (room for `cap`), their count in `*out_n`;
+// `EMF_ERR_BUFFER_TOO_SMALL` (with `*out_n` written) when `cap` is smaller.
+//
+// # Safety
+//
+// `c` a live handle; `ids` writable for `cap` values (NULL with 0); `out_n` writable.
+emf_status_t emf_raft_cluster_members(struct emf_raft_cluster_t *c,
+                                      uint64_t *ids,
+                                      size_t cap,
+                                      size_t *out_n);
+
+// Node `node`'s status (asked of it: `EMF_ERR_TIMEOUT` when it does not answer within the
+// client's attempt timeout, e.g. killed).
+//
+// # Safety
+//
+// `c` a live handle; `out` writable.
+emf_status_t emf_raft_cluster_status(struct emf_raft_cluster_t *c,
+                                     uint64_t node,
+                                     struct emf_raft_status_t *out);
+
+// Every node's status and counters as text (UTF-8, not NUL-terminated), one line per node:
+// `node=I leader=L term=T commit=C applied=A voters=1,2,3 NAME=VALUE ...` (the counters the
+// node reports, names `[a-z_]+`), or `node=I error=EMF_ERR_... MESSAGE` for a node that did
+// not answer. `EMF_ERR_BUFFER_TOO_SMALL`: the text is kept (`emf_raft_cluster_result`).
+//
+// # Safety
+//
+// `c` a live handle; `buf` writable for `cap`; `out_len` writable.
+emf_status_t emf_raft_cluster_stats(struct emf_raft_cluster_t *c,
+                                    uint8_t *buf,
+                                    size_t cap,
+                                    size_t *out_len);
+
+// SIGKILLs node `node` and reaps it (for tests: a crash). `EMF_ERR_NOT_FOUND` when it is not
+// running.
+//
+// # Safety
+//
+// `c` a live handle.
+emf_status_t emf_raft_cluster_kill(struct emf_raft_cluster_t *c, uint64_t node);
+
+// Starts node `node` again from its data directory (killing it first if it runs).
+// `EMF_ERR_NOT_FOUND` when it is not a member. With `memory` set the node restarts empty.
+//
+// # Safety
+//
+// `c` a live handle.
+emf_status_t emf_raft_cluster_restart(struct emf_raft_cluster_t *c, uint64_t node);
+
+// Sets `key` to `value` in the replicated key-value store (the original `{set, Key,
+// Value}`); `*out_index` (may be NULL) is the log index.
+//
+// # Safety
+//
+// `c` a live handle; `key`, `value` readable for their lengths; `out_index` NULL or writable.
+emf_status_t emf_raft_cluster_set(struct emf_raft_cluster_t *c,
+                                  const uint8_t *key,
+                                  size_t key_len,
+                                  const uint8_t *value,
+                                  size_t value_len,
+                                  uint64_t *out_index);
+
+// Reads `key` through the log (linearizable; `*out_index`, may be NULL, is the read's log
+// index): `*out_found` 1 and the value in `buf` (length
+// in `*out_len`), or `*out_found` 0 and `*out_len` 0. `EMF_ERR_BUFFER_TOO_SMALL`: the value
+// is kept (`emf_raft_cluster_result`).
+//
+// # Safety
+//
+// `c` a live handle; `key` readable for `key_len`; `buf` writable for `cap`; `out_found`
+// and `out_len` writable.
+emf_status_t emf_raft_cluster_get(struct emf_raft_cluster_t *c,
+                                  const uint8_t *key,
+                                  size_t key_len,
+                                  uint64_t *out_index,
+                                  uint32_t *out_found,
+                                  uint8_t *buf,
+                                  size_t cap,
+                                  size_t *out_len);
+
+// Compare-and-set: when `key` holds `expected` (`has_expected` non-zero) or is absent
+// (`has_expected` 0; then `expected` must be empty), sets it to `new` (`*out_index`, may be
+// NULL, is the log index). `*out_swapped` says
+// whether it did; `*out_had_previous` whether the key held a value, which goes to `buf`
+// (length in `*out_len`; `EMF_ERR_BUFFER_TOO_SMALL`: kept for `emf_raft_cluster_result`).
+//
+// # Safety
+//
+// `c` a live handle; byte inputs readable for their lengths; `buf` writable for `cap`; the
+// out-pointers writable.
+emf_status_t emf_raft_cluster_cas(struct emf_raft_cluster_t *c,
+                                  const uint8_t *key,
+                                  size_t key_len,
+                                  uint64_t *out_index,
+                                  uint32_t has_expected,
+                                  const uint8_t *expected,
+                                  size_t expected_len,
+                                  const uint8_t *new_,
+                                  size_t new_len,
+                                  uint32_t *out_swapped,
+                                  uint32_t *out_had_previous,
+                                  uint8_t *buf,
+                                  size_t cap,
+                                  size_t *out_len);
+
+// Connects to the cluster whose nodes `nodes[0..n]` serve the rings of `net_dir` (a local
+// cluster's `DIR/net`, or the `--net-dir` of `erlmcp-flow raft node --transport ring`),
+// taking the first free client id of the nodes' defaults (`EMF_ERR_BUSY` when all are in
+// use), with options `opts` (NULL: the defaults). Nothing is sent yet.
+//
+// # Safety
+//
+// `net_dir` a NUL-terminated string; `nodes` readable for `n` values; `opts` NULL or
+// readable; `out` writable.
+emf_status_t emf_raft_client_connect(const char *net_dir,
+                                     const uint64_t *nodes,
+                                     size_t n,
+                                     const struct emf_raft_client_options_t *opts,
+                                     struct emf_raft_client_t **out);
+
+// Frees the client (NULL is fine); its client id becomes free. The cluster runs on.
+//
+// # Safety
+//
+// No other thread may be using `c`.
+emf_status_t emf_raft_client_free(struct emf_raft_client_t *c);
+
+// As `emf_raft_cluster_submit`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_submit`.
+emf_status_t emf_raft_client_submit(struct emf_raft_client_t *c,
+                                    const uint8_t *op,
+                                    size_t len,
+                                    uint64_t *out_index,
+                                    uint8_t *buf,
+                                    size_t cap,
+                                    size_t *out_len);
+
+// As `emf_raft_cluster_append_entry`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_append_entry`.
+emf_status_t emf_raft_client_append_entry(struct emf_raft_client_t *c,
+                                          const uint8_t *entry,
+                                          size_t len,
+                                          uint64_t *out_index);
+
+// As `emf_raft_cluster_result`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_result`.
+emf_status_t emf_raft_client_result(struct emf_raft_client_t *c,
+                                    uint8_t *buf,
+                                    size_t cap,
+                                    size_t *out_len);
+
+// As `emf_raft_cluster_wait_committed`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_wait_committed`.
+emf_status_t emf_raft_client_wait_committed(struct emf_raft_client_t *c,
+                                            uint64_t index,
+                                            uint32_t timeout_ms,
+                                            uint64_t *out_applied);
+
+// As `emf_raft_cluster_leader`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_leader`.
+emf_status_t emf_raft_client_leader(struct emf_raft_client_t *c,
+                                    uint64_t *out_leader,
+                                    uint64_t *out_term);
+
+// As `emf_raft_cluster_status`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_status`.
+emf_status_t emf_raft_client_status(struct emf_raft_client_t *c,
+                                    uint64_t node,
+                                    struct emf_raft_status_t *out);
+
+// As `emf_raft_cluster_stats`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_stats`.
+emf_status_t emf_raft_client_stats(struct emf_raft_client_t *c,
+                                   uint8_t *buf,
+                                   size_t cap,
+                                   size_t *out_len);
+
+// As `emf_raft_cluster_set`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_set`.
+emf_status_t emf_raft_client_set(struct emf_raft_client_t *c,
+                                 const uint8_t *key,
+                                 size_t key_len,
+                                 const uint8_t *value,
+                                 size_t value_len,
+                                 uint64_t *out_index);
+
+// As `emf_raft_cluster_get`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_get`.
+emf_status_t emf_raft_client_get(struct emf_raft_client_t *c,
+                                 const uint8_t *key,
+                                 size_t key_len,
+                                 uint64_t *out_index,
+                                 uint32_t *out_found,
+                                 uint8_t *buf,
+                                 size_t cap,
+                                 size_t *out_len);
+
+// As `emf_raft_cluster_cas`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_cas`.
+emf_status_t emf_raft_client_cas(struct emf_raft_client_t *c,
+                                 const uint8_t *key,
+                                 size_t key_len,
+                                 uint64_t *out_index,
+                                 uint32_t has_expected,
+                                 const uint8_t *expected,
+                                 size_t expected_len,
+                                 const uint8_t *new_,
+                                 size_t new_len,
+                                 uint32_t *out_swapped,
+                                 uint32_t *out_had_previous,
+                                 uint8_t *buf,
+                                 size_t cap,
+                                 size_t *out_len);
 
 // Fills `*out` with the default ring options.
 //

@@ -7,8 +7,9 @@
 //! `header_drift` fails while the committed header differs. It holds no logic of its own:
 //! modules [`codec`], [`ring`], [`queue`] (task queue, cache), [`vector`] (kernels, HNSW) and
 //! [`flow`] (router, batch processor, state), [`sched`] (the task scheduler), [`pool`] (the
-//! pool manager) and [`runtime`] (the scheduler's service and agents over a scheduler
-//! directory) check arguments, call the engine, and map its
+//! pool manager), [`runtime`] (the scheduler's service and agents over a scheduler
+//! directory) and [`raft`] (a local Raft cluster of node processes, a client of one) check
+//! arguments, call the engine, and map its
 //! [`ErrorKind`] to a status code.
 //!
 //! Conventions (also in the header's preamble, `include/erlmcp_flow.h`):
@@ -39,6 +40,7 @@ pub mod flow;
 mod handle;
 pub mod pool;
 pub mod queue;
+pub mod raft;
 pub mod ring;
 pub mod runtime;
 pub mod sched;
@@ -661,6 +663,11 @@ mod tests {
             (pool::emf_pool_t::KIND, pool::emf_pool_t::NAME),
             (runtime::emf_service_t::KIND, runtime::emf_service_t::NAME),
             (runtime::emf_agent_t::KIND, runtime::emf_agent_t::NAME),
+            (
+                raft::emf_raft_cluster_t::KIND,
+                raft::emf_raft_cluster_t::NAME,
+            ),
+            (raft::emf_raft_client_t::KIND, raft::emf_raft_client_t::NAME),
             (
                 codec::emf_value_builder_t::KIND,
                 codec::emf_value_builder_t::NAME,
