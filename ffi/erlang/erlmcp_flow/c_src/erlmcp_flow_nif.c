@@ -48,6 +48,7 @@
  *   vector.c   quantization, distances, HNSW indexes
  *   sched.c    schedulers (agents, tasks with leases, the actions the host carries out)
  *   pool.c     pool managers (when to start and stop agents)
+ *   raft.c     local Raft clusters (node processes over rings; submit, wait, KV, leader kill)
  *
  * util.c is the helper layer every NIF is written with (declared in erlmcp_flow_nif.h):
  * handle arguments (HANDLE_USE_OR_RETURN / HANDLE_ARG_OR_RETURN, handle_leave_with), argument
@@ -67,6 +68,7 @@
 #include "vector.c"
 #include "sched.c"
 #include "pool.c"
+#include "raft.c"
 
 /* load() return value on an ABI mismatch: the mismatch flag, then the library's and the
  * header's ABI versions in 15 bits each, so that the Erlang side can decode them from the
@@ -80,7 +82,7 @@
 static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {
     &message_kind, &ring_kind,  &producer_kind,    &consumer_kind, &delivery_kind, &router_kind,
     &batch_kind,   &store_kind, &state_value_kind, &queue_kind,    &cache_kind,    &buf_kind,
-    &hnsw_kind,    &sched_kind, &pool_kind};
+    &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind};
 
 /* Opens this load's resource types under names no other load uses: the prefix and an
  * integer unique in the running VM. */
@@ -329,6 +331,19 @@ static ErlNifFunc nif_funcs[] = {
     {"pool_poll", 1, nif_pool_poll, 0},
     {"pool_next_deadline", 1, nif_pool_next_deadline, 0},
     {"pool_stats", 1, nif_pool_stats, 0},
+    {"raft_cluster_start", 3, nif_raft_cluster_start, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_cluster_close", 1, nif_raft_cluster_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_submit", 2, nif_raft_submit, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_append_entry", 2, nif_raft_append_entry, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_wait_committed", 3, nif_raft_wait_committed, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_leader", 1, nif_raft_leader, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_members", 1, nif_raft_members, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_stats", 1, nif_raft_stats, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_kill", 2, nif_raft_kill, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_restart", 2, nif_raft_restart, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_set", 3, nif_raft_set, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_get", 2, nif_raft_get, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_cas", 4, nif_raft_cas, ERL_NIF_DIRTY_JOB_IO_BOUND},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

@@ -65,7 +65,9 @@
     X(start) X(stop) X(min_size) X(max_size) X(max_starting) X(idle_timeout_us)                \
     X(warmup_delay_us) X(start_timeout_us) X(max_backoff_us) X(live) X(starting) X(idle)       \
     X(busy) X(stopping) X(started_total) X(stopped_total) X(failed_starts)                     \
-    X(timed_out_starts) X(died) X(replaced)
+    X(timed_out_starts) X(died) X(replaced)                                                   \
+    /* Raft clusters: option keys. */                                                          \
+    X(bin) X(tick_ms) X(election_tick) X(start_timeout_ms) X(timeout_ms) X(attempt_timeout_ms)
 
 #define EMF_NIF_DECLARE_ATOM(name) static ERL_NIF_TERM atom_##name;
 EMF_NIF_ATOMS(EMF_NIF_DECLARE_ATOM)
@@ -138,7 +140,8 @@ typedef struct emf_nif_handle_kind {
 #define EMF_NIF_KIND_HNSW 12
 #define EMF_NIF_KIND_SCHED 13
 #define EMF_NIF_KIND_POOL 14
-#define EMF_NIF_KIND_COUNT 15
+#define EMF_NIF_KIND_RAFT 15
+#define EMF_NIF_KIND_COUNT 16
 
 struct emf_nif_delivery;
 struct emf_nif_shared;

@@ -62,14 +62,17 @@
          sched_stats/1, sched_queued/2,
          pool_new/2, pool_close/1, pool_ensure_min/2, pool_started/4, pool_start_failed/4,
          pool_agent_gone/3, pool_observe/4, pool_demand/3, pool_tick/2, pool_poll/1,
-         pool_next_deadline/1, pool_stats/1]).
+         pool_next_deadline/1, pool_stats/1,
+         raft_cluster_start/3, raft_cluster_close/1, raft_submit/2, raft_append_entry/2,
+         raft_wait_committed/3, raft_leader/1, raft_members/1, raft_stats/1, raft_kill/2,
+         raft_restart/2, raft_set/3, raft_get/2, raft_cas/4]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
               ring/0, producer/0, consumer/0, timeout_ms/0,
               router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
               drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0,
-              sched/0, sched_action/0, pool/0, pool_action/0]).
+              sched/0, sched_action/0, pool/0, pool_action/0, raft/0]).
 
 -on_load(init/0).
 
@@ -120,6 +123,9 @@
                       | {dead_letter, Task :: pos_integer(), Reason :: binary()}.
 %% An action a scheduler asks its host to carry out (`EMF_SCHED_ACTION_*').
 -opaque pool() :: reference().
+%% A local Raft cluster (`emf_raft_cluster_t'): node processes and a client; owned by one
+%% erlmcp_flow_raft server.
+-opaque raft() :: reference().
 %% A pool manager's policy (`emf_pool_t'): one process at a time; see
 %% erlmcp_flow_pool_manager.
 -type pool_action() :: {start, Slot :: non_neg_integer()} | {stop, Agent :: binary()}.
@@ -806,3 +812,61 @@ pool_next_deadline(_Pool) -> erlang:nif_error(not_loaded).
 %% @doc `emf_pool_stats' as a map.
 -spec pool_stats(pool()) -> {ok, #{atom() => non_neg_integer()}} | error().
 pool_stats(_Pool) -> erlang:nif_error(not_loaded).
+
+%% ---- Raft clusters (c_src/raft.c; every call on a dirty I/O scheduler) ----------------------
+
+%% @doc `emf_raft_cluster_start': `N' node processes in `Dir', options `bin', `memory',
+%% `tick_ms', `election_tick', `start_timeout_ms', `timeout_ms', `attempt_timeout_ms'.
+-spec raft_cluster_start(pos_integer(), file:filename_all(), map()) -> {ok, raft()} | error().
+raft_cluster_start(_N, _Dir, _Opts) -> erlang:nif_error(not_loaded).
+
+%% @doc Stops the nodes and frees the cluster now; idempotent.
+-spec raft_cluster_close(raft()) -> ok | error().
+raft_cluster_close(_Cluster) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_submit': the log index and the state machine's result bytes.
+-spec raft_submit(raft(), bytes()) -> {ok, {non_neg_integer(), binary()}} | error().
+raft_submit(_Cluster, _Op) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_append_entry': the log index once committed.
+-spec raft_append_entry(raft(), bytes()) -> {ok, non_neg_integer()} | error().
+raft_append_entry(_Cluster, _Entry) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_wait_committed': the leader's applied index.
+-spec raft_wait_committed(raft(), non_neg_integer(), non_neg_integer()) ->
+          {ok, non_neg_integer()} | error().
+raft_wait_committed(_Cluster, _Index, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_leader': `{Leader, Term}'.
+-spec raft_leader(raft()) -> {ok, {pos_integer(), non_neg_integer()}} | error().
+raft_leader(_Cluster) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_members'.
+-spec raft_members(raft()) -> {ok, [pos_integer()]} | error().
+raft_members(_Cluster) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_stats': a text line per node.
+-spec raft_stats(raft()) -> {ok, binary()} | error().
+raft_stats(_Cluster) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_kill': SIGKILL node `Node' (for tests).
+-spec raft_kill(raft(), pos_integer()) -> ok | error().
+raft_kill(_Cluster, _Node) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_restart'.
+-spec raft_restart(raft(), pos_integer()) -> ok | error().
+raft_restart(_Cluster, _Node) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_set': the log index.
+-spec raft_set(raft(), bytes(), bytes()) -> {ok, non_neg_integer()} | error().
+raft_set(_Cluster, _Key, _Value) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_get': `{Index, Found, Value}'.
+-spec raft_get(raft(), bytes()) -> {ok, {non_neg_integer(), boolean(), binary()}} | error().
+raft_get(_Cluster, _Key) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_cas' (`Expected' `none': the key must be absent):
+%% `{Index, Swapped, HadPrevious, Previous}'.
+-spec raft_cas(raft(), bytes(), none | bytes(), bytes()) ->
+          {ok, {non_neg_integer(), boolean(), boolean(), binary()}} | error().
+raft_cas(_Cluster, _Key, _Expected, _New) -> erlang:nif_error(not_loaded).

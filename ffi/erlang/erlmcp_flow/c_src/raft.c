@@ -1,0 +1,353 @@
+/* raft.c — replicated state NIFs over emf_raft_cluster_* (see erlmcp_flow_nif.c). */
+
+#include "erlmcp_flow_nif.h"
+
+/* ------------------------------------------------------------------------------------------ */
+/* Raft clusters                                                                              */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A local Raft cluster (emf_raft_cluster_t): N `erlmcp-flow raft node' processes over rings
+ * and the engine's client, which follows not-leader answers to the leader and retries during
+ * elections. Consensus, batching (the leader's batch_window), redirects and timeouts are all
+ * the engine's; this file only converts.
+ *
+ * Ownership. A cluster is a one-thread-at-a-time engine object (a second caller gets
+ * {error, {busy, _}}, never a race): erlmcp_flow_raft owns it in one gen_server, which alone
+ * calls these NIFs with it. The handle is closable (raft_cluster_close stops the nodes at
+ * once); calls bracket their use with the use guard, and a call after the close gets
+ * {error, {closed, _}}. A handle dropped without a close stops its nodes in the destructor.
+ *
+ * Scheduling. Every call waits for processes or a Raft round trip (a commit, an election):
+ * all run on dirty I/O schedulers (flagged in the NIF table).
+ */
+
+static emf_status_t release_raft(void *ptr) {
+    return emf_raft_cluster_free(ptr);
+}
+
+static const emf_nif_handle_kind raft_kind = {
+    .name = "erlmcp_flow_raft",
+    .release = release_raft,
+    .release_what = "emf_raft_cluster_free",
+    .expected = "raft: expected a handle from erlmcp_flow_nif:raft_cluster_start/3",
+    .not_this_version = "raft: not a handle of this library version: expected a cluster of the "
+                        "NIF library loaded now (handles made before a code upgrade of "
+                        "erlmcp_flow_nif are refused; start the cluster again)",
+    .closed = "raft: closed",
+    .index = EMF_NIF_KIND_RAFT,
+};
+
+#define EMF_NIF_RAFT_NODE_ERROR "node: expected a node id (a positive 64-bit integer)"
+#define EMF_NIF_RAFT_INDEX_ERROR "index: expected a log index (a non-negative 64-bit integer)"
+#define EMF_NIF_RAFT_BYTES_ERROR "expected a binary or iodata"
+
+/* Answers that fit this many bytes are read without a heap allocation. */
+#define EMF_NIF_RAFT_STACK_BUF 1024
+
+/* The bytes of an answer: `st' and the first call's stack buffer; on EMF_ERR_BUFFER_TOO_SMALL
+ * the kept bytes are taken with emf_raft_cluster_result into a binary of the needed size.
+ * Returns false (and *error) on failure. */
+static bool raft_answer(ErlNifEnv *env, emf_raft_cluster_t *c, emf_status_t st,
+                        const uint8_t *stack, size_t len, ERL_NIF_TERM *out,
+                        ERL_NIF_TERM *error) {
+    if (st == EMF_OK) {
+        *out = make_binary_from(env, stack, len);
+        return true;
+    }
+    if (st != EMF_ERR_BUFFER_TOO_SMALL) {
+        *error = status_error(env, st);
+        return false;
+    }
+    ErlNifBinary bin;
+    if (!enif_alloc_binary(len, &bin)) {
+        *error = out_of_memory(env);
+        return false;
+    }
+    size_t got = 0;
+    st = emf_raft_cluster_result(c, bin.data, bin.size, &got);
+    if (st != EMF_OK) {
+        enif_release_binary(&bin);
+        *error = status_error(env, st);
+        return false;
+    }
+    if (got != bin.size && !enif_realloc_binary(&bin, got)) {
+        enif_release_binary(&bin);
+        *error = out_of_memory(env);
+        return false;
+    }
+    *out = enif_make_binary(env, &bin);
+    return true;
+}
+
+/* raft_cluster_start(N, Dir, Opts) -> {ok, Cluster}: emf_raft_cluster_start with the options
+ * of the map (bin, memory, tick_ms, election_tick, start_timeout_ms, timeout_ms,
+ * attempt_timeout_ms; absent ones take the engine's defaults). Waits for a first leader. */
+static ERL_NIF_TERM nif_raft_cluster_start(ErlNifEnv *env, int argc,
+                                           const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    uint32_t n;
+    if (!get_u32(env, argv[0], &n)) {
+        return argument_error(env, "n: expected a node count (a 32-bit non-negative integer)");
+    }
+    if (!enif_is_map(env, argv[2])) {
+        return argument_error(env, "options: expected a map");
+    }
+    emf_raft_cluster_options_t o;
+    emf_status_t st = emf_raft_cluster_options_default(&o);
+    if (st != EMF_OK) {
+        return status_error(env, st);
+    }
+    ERL_NIF_TERM v;
+    ErlNifUInt64 u;
+    uint32_t u32;
+    bool b;
+    if (enif_get_map_value(env, argv[2], atom_memory, &v)) {
+        if (!get_bool(v, &b)) {
+            return argument_error(env, "memory: expected a boolean");
+        }
+        o.memory = b ? 1 : 0;
+    }
+    if (enif_get_map_value(env, argv[2], atom_tick_ms, &v)) {
+        if (!enif_get_uint64(env, v, &u)) {
+            return argument_error(env, "tick_ms: expected a positive 64-bit integer");
+        }
+        o.tick_ms = u;
+    }
+#define RAFT_U32(field, key, msg)                                                              \
+    if (enif_get_map_value(env, argv[2], atom_##key, &v)) {                                    \
+        if (!get_u32(env, v, &u32)) {                                                          \
+            return argument_error(env, (msg));                                                 \
+        }                                                                                      \
+        o.field = u32;                                                                         \
+    }
+    RAFT_U32(election_tick, election_tick, "election_tick: expected a 32-bit integer >= 2")
+    RAFT_U32(start_timeout_ms, start_timeout_ms, "start_timeout_ms: expected a positive 32-bit integer")
+    RAFT_U32(client.timeout_ms, timeout_ms, "timeout_ms: expected a positive 32-bit integer")
+    RAFT_U32(client.attempt_timeout_ms, attempt_timeout_ms,
+             "attempt_timeout_ms: expected a positive 32-bit integer")
+#undef RAFT_U32
+    char *bin = NULL;
+    if (enif_get_map_value(env, argv[2], atom_bin, &v)) {
+        bin = get_cstring(env, v);
+        if (bin == NULL) {
+            return argument_error(env, "bin: expected a path (binary or string) without NUL");
+        }
+        o.bin = bin;
+    }
+    char *dir = get_cstring(env, argv[1]);
+    if (dir == NULL) {
+        enif_free(bin);
+        return argument_error(env, EMF_NIF_DIR_ERROR);
+    }
+    emf_raft_cluster_t *c = NULL;
+    st = emf_raft_cluster_start(n, dir, &o, &c);
+    enif_free(dir);
+    enif_free(bin);
+    return ok_handle(env, st, &raft_kind, c, 0, 0);
+}
+
+/* raft_cluster_close(Cluster) -> ok: stops the nodes now (SIGTERM, then SIGKILL after 2 s);
+ * idempotent. The directory stays. */
+static ERL_NIF_TERM nif_raft_cluster_close(ErlNifEnv *env, int argc,
+                                           const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    return handle_close_arg(env, argv[0], &raft_kind);
+}
+
+/* raft_submit(Cluster, Op) -> {ok, {Index, Result}}: emf_raft_cluster_submit. */
+static ERL_NIF_TERM nif_raft_submit(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary op;
+    if (!get_bytes(env, argv[1], &op)) {
+        return argument_error(env, "op: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint8_t buf[EMF_NIF_RAFT_STACK_BUF];
+    uint64_t index = 0;
+    size_t len = 0;
+    emf_status_t st = emf_raft_cluster_submit(h->ptr, op.data, op.size, &index, buf, sizeof buf,
+                                              &len);
+    ERL_NIF_TERM result, error;
+    if (!raft_answer(env, h->ptr, st, buf, len, &result, &error)) {
+        return handle_leave_with(h, error);
+    }
+    return handle_leave_with(
+        h, make_ok(env, enif_make_tuple2(env, enif_make_uint64(env, index), result)));
+}
+
+/* raft_append_entry(Cluster, Entry) -> {ok, Index}: emf_raft_cluster_append_entry. */
+static ERL_NIF_TERM nif_raft_append_entry(ErlNifEnv *env, int argc,
+                                          const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary e;
+    if (!get_bytes(env, argv[1], &e)) {
+        return argument_error(env, "entry: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t index = 0;
+    emf_status_t st = emf_raft_cluster_append_entry(h->ptr, e.data, e.size, &index);
+    return handle_leave_with(h, ok_u64(env, st, index));
+}
+
+/* raft_wait_committed(Cluster, Index, TimeoutMs) -> {ok, Applied}. */
+static ERL_NIF_TERM nif_raft_wait_committed(ErlNifEnv *env, int argc,
+                                            const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifUInt64 index;
+    uint32_t timeout_ms;
+    if (!enif_get_uint64(env, argv[1], &index)) {
+        return argument_error(env, EMF_NIF_RAFT_INDEX_ERROR);
+    }
+    if (!get_u32(env, argv[2], &timeout_ms)) {
+        return argument_error(env, "timeout_ms: expected a 32-bit non-negative integer");
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t applied = 0;
+    emf_status_t st = emf_raft_cluster_wait_committed(h->ptr, index, timeout_ms, &applied);
+    return handle_leave_with(h, ok_u64(env, st, applied));
+}
+
+/* raft_leader(Cluster) -> {ok, {Leader, Term}}. */
+static ERL_NIF_TERM nif_raft_leader(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t leader = 0, term = 0;
+    emf_status_t st = emf_raft_cluster_leader(h->ptr, &leader, &term);
+    if (st != EMF_OK) {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    return handle_leave_with(h, make_ok(env, enif_make_tuple2(env, enif_make_uint64(env, leader),
+                                                              enif_make_uint64(env, term))));
+}
+
+/* raft_members(Cluster) -> {ok, [Id]}. */
+static ERL_NIF_TERM nif_raft_members(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t ids[EMF_RAFT_MAX_NODES];
+    size_t n = 0;
+    emf_status_t st = emf_raft_cluster_members(h->ptr, ids, EMF_RAFT_MAX_NODES, &n);
+    if (st != EMF_OK) {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    ERL_NIF_TERM list = enif_make_list(env, 0);
+    for (size_t i = n; i > 0; i--) {
+        list = enif_make_list_cell(env, enif_make_uint64(env, ids[i - 1]), list);
+    }
+    return handle_leave_with(h, make_ok(env, list));
+}
+
+/* raft_stats(Cluster) -> {ok, Text}: emf_raft_cluster_stats (a line per node; parsed by
+ * erlmcp_flow_raft:stats/1). */
+static ERL_NIF_TERM nif_raft_stats(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint8_t buf[EMF_NIF_RAFT_STACK_BUF];
+    size_t len = 0;
+    emf_status_t st = emf_raft_cluster_stats(h->ptr, buf, sizeof buf, &len);
+    ERL_NIF_TERM text, error;
+    if (!raft_answer(env, h->ptr, st, buf, len, &text, &error)) {
+        return handle_leave_with(h, error);
+    }
+    return handle_leave_with(h, make_ok(env, text));
+}
+
+/* The node calls (Cluster, Node) -> ok. */
+static ERL_NIF_TERM raft_node_call(ErlNifEnv *env, const ERL_NIF_TERM argv[],
+                                   emf_status_t (*call)(emf_raft_cluster_t *, uint64_t)) {
+    ErlNifUInt64 node;
+    if (!enif_get_uint64(env, argv[1], &node) || node == 0) {
+        return argument_error(env, EMF_NIF_RAFT_NODE_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    return handle_leave_with(h, ok_or_error(env, call(h->ptr, node)));
+}
+
+/* raft_kill(Cluster, Node) -> ok: SIGKILL (for tests). */
+static ERL_NIF_TERM nif_raft_kill(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    return raft_node_call(env, argv, emf_raft_cluster_kill);
+}
+
+/* raft_restart(Cluster, Node) -> ok. */
+static ERL_NIF_TERM nif_raft_restart(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    return raft_node_call(env, argv, emf_raft_cluster_restart);
+}
+
+/* raft_set(Cluster, Key, Value) -> {ok, Index}. */
+static ERL_NIF_TERM nif_raft_set(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary k, v;
+    if (!get_bytes(env, argv[1], &k)) {
+        return argument_error(env, "key: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    if (!get_bytes(env, argv[2], &v)) {
+        return argument_error(env, "value: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t index = 0;
+    emf_status_t st = emf_raft_cluster_set(h->ptr, k.data, k.size, v.data, v.size, &index);
+    return handle_leave_with(h, ok_u64(env, st, index));
+}
+
+/* raft_get(Cluster, Key) -> {ok, {Index, Found, Value}}. */
+static ERL_NIF_TERM nif_raft_get(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary k;
+    if (!get_bytes(env, argv[1], &k)) {
+        return argument_error(env, "key: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint8_t buf[EMF_NIF_RAFT_STACK_BUF];
+    uint64_t index = 0;
+    uint32_t found = 0;
+    size_t len = 0;
+    emf_status_t st =
+        emf_raft_cluster_get(h->ptr, k.data, k.size, &index, &found, buf, sizeof buf, &len);
+    ERL_NIF_TERM value, error;
+    if (!raft_answer(env, h->ptr, st, buf, len, &value, &error)) {
+        return handle_leave_with(h, error);
+    }
+    return handle_leave_with(
+        h, make_ok(env, enif_make_tuple3(env, enif_make_uint64(env, index),
+                                         found ? atom_true : atom_false, value)));
+}
+
+/* raft_cas(Cluster, Key, Expected, New) -> {ok, {Index, Swapped, HadPrevious, Previous}};
+ * Expected is `none' (the key must be absent) or a binary. */
+static ERL_NIF_TERM nif_raft_cas(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary k, e, n;
+    uint32_t has_expected = 1;
+    if (!get_bytes(env, argv[1], &k)) {
+        return argument_error(env, "key: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    if (enif_is_identical(argv[2], atom_none)) {
+        has_expected = 0;
+        e.data = NULL;
+        e.size = 0;
+    } else if (!get_bytes(env, argv[2], &e)) {
+        return argument_error(env, "expected: `none' or a binary or iodata");
+    }
+    if (!get_bytes(env, argv[3], &n)) {
+        return argument_error(env, "new: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint8_t buf[EMF_NIF_RAFT_STACK_BUF];
+    uint64_t index = 0;
+    uint32_t swapped = 0, had = 0;
+    size_t len = 0;
+    emf_status_t st = emf_raft_cluster_cas(h->ptr, k.data, k.size, &index, has_expected, e.data,
+                                           e.size, n.data, n.size, &swapped, &had, buf,
+                                           sizeof buf, &len);
+    ERL_NIF_TERM prev, error;
+    if (!raft_answer(env, h->ptr, st, buf, len, &prev, &error)) {
+        return handle_leave_with(h, error);
+    }
+    return handle_leave_with(
+        h, make_ok(env, enif_make_tuple4(env, enif_make_uint64(env, index),
+                                         swapped ? atom_true : atom_false,
+                                         had ? atom_true : atom_false, prev)));
+}

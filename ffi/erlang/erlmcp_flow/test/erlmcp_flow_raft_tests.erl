@@ -1,0 +1,166 @@
+%% Tests of erlmcp_flow_raft and erlmcp_flow_raft_leader: local clusters of 3 `erlmcp-flow
+%% raft node' processes (the binary from EMF_BIN, else <repo>/target/{release,debug}).
+-module(erlmcp_flow_raft_tests).
+
+-include_lib("eunit/include/eunit.hrl").
+
+%% The node binary: EMF_BIN, else the repository's release or debug build.
+bin() ->
+    case os:getenv("EMF_BIN") of
+        false ->
+            Repo = filename:join([filename:dirname(code:which(?MODULE)),
+                                  "..", "..", "..", "..", "..", "..", ".."]),
+            Found = [P || Kind <- ["release", "debug"],
+                          P <- [filename:join([Repo, "target", Kind, "erlmcp-flow"])],
+                          filelib:is_regular(P)],
+            case Found of
+                [P | _] -> iolist_to_binary(filename:absname(P));
+                [] -> error({no_erlmcp_flow_binary, "set EMF_BIN"})
+            end;
+        B ->
+            list_to_binary(B)
+    end.
+
+start(Opts) ->
+    {ok, C} = erlmcp_flow_raft:start_cluster(3, Opts#{bin => bin()}),
+    C.
+
+cluster_test_() ->
+    {timeout, 120, fun cluster/0}.
+
+cluster() ->
+    C = start(#{}),
+    Dir = erlmcp_flow_raft:dir(C),
+    ?assert(filelib:is_dir(Dir)),
+    ?assertEqual({ok, [1, 2, 3]}, erlmcp_flow_raft:members(C)),
+    {ok, Leader} = erlmcp_flow_raft:leader(C),
+    ?assert(lists:member(Leader, [1, 2, 3])),
+    {ok, Term} = erlmcp_flow_raft:term(C),
+    ?assert(Term >= 1),
+    %% The original shapes: any terms as keys and values.
+    {ok, I1} = erlmcp_flow_raft:submit_operation(C, {set, {user, 42}, #{role => admin}}),
+    {ok, A1} = erlmcp_flow_raft:wait_committed(C, I1),
+    ?assert(A1 >= I1),
+    ?assertMatch({ok, _, {value, #{role := admin}}},
+                 erlmcp_flow_raft:submit(C, {get, {user, 42}})),
+    ?assertMatch({ok, _, not_found}, erlmcp_flow_raft:submit(C, {get, nobody})),
+    ?assertMatch({ok, _, {false, {value, #{role := admin}}}},
+                 erlmcp_flow_raft:submit(C, {cas, {user, 42}, {value, x}, y})),
+    ?assertMatch({ok, _, {true, {value, #{role := admin}}}},
+                 erlmcp_flow_raft:submit(C, {cas, {user, 42}, {value, #{role => admin}}, y})),
+    ?assertMatch({ok, _, {true, not_found}},
+                 erlmcp_flow_raft:submit(C, {cas, fresh, not_found, 1})),
+    ?assertMatch({ok, _, {false, {value, 1}}},
+                 erlmcp_flow_raft:submit(C, {cas, fresh, not_found, 2})),
+    %% A value larger than the NIF's stack buffer.
+    Big = binary:copy(<<"b">>, 5000),
+    {ok, _} = erlmcp_flow_raft:submit_operation(C, {set, big, Big}),
+    ?assertMatch({ok, _, {value, Big}}, erlmcp_flow_raft:submit(C, {get, big})),
+    %% Raw entries; 1000 operations one after another, each committed in order.
+    {ok, R} = erlmcp_flow_raft:submit_operation(C, <<"opaque">>),
+    Indexes = [begin
+                   {ok, I} = erlmcp_flow_raft:submit_operation(C, {set, N, N * N}),
+                   I
+               end || N <- lists:seq(1, 1000)],
+    ?assertEqual(Indexes, lists:usort(Indexes)),
+    ?assert(hd(Indexes) > R),
+    Last = lists:last(Indexes),
+    {ok, Applied} = erlmcp_flow_raft:wait_committed(C, Last, 5000),
+    ?assert(Applied >= Last),
+    ?assertMatch({ok, _, {value, 250000}}, erlmcp_flow_raft:submit(C, {get, 500})),
+    {ok, Stats} = erlmcp_flow_raft:stats(C),
+    ?assertEqual([1, 2, 3], [maps:get(node, S) || S <- Stats]),
+    [#{voters := [1, 2, 3], counters := #{proposed := _}, commit := Commit} | _] = Stats,
+    ?assert(Commit >= Last),
+    ok = erlmcp_flow_raft:stop(C),
+    ?assertNot(filelib:is_dir(Dir)).
+
+leader_kill_test_() ->
+    {timeout, 120, fun leader_kill/0}.
+
+leader_kill() ->
+    C = start(#{timeout_ms => 3000, attempt_timeout_ms => 200}),
+    {ok, _} = erlmcp_flow_raft:submit_operation(C, {set, k, before}),
+    {ok, Old} = erlmcp_flow_raft:leader(C),
+    {ok, OldTerm} = erlmcp_flow_raft:term(C),
+    ok = erlmcp_flow_raft:kill(C, Old),
+    ?assertMatch({error, {not_found, _}}, erlmcp_flow_raft:kill(C, Old)),
+    %% The client finds the new leader (not-leader answers name it): nothing acknowledged
+    %% before is lost.
+    {ok, _} = erlmcp_flow_raft:submit_operation(C, {set, k2, 'after'}),
+    {ok, New} = erlmcp_flow_raft:leader(C),
+    ?assertNotEqual(Old, New),
+    {ok, NewTerm} = erlmcp_flow_raft:term(C),
+    ?assert(NewTerm > OldTerm),
+    ?assertMatch({ok, _, {value, before}}, erlmcp_flow_raft:submit(C, {get, k})),
+    {ok, Stats} = erlmcp_flow_raft:stats(C),
+    ?assertMatch([#{error := {timeout, _}}], [S || S = #{node := N} <- Stats, N =:= Old]),
+    %% Two of three down: no quorum, a timeout error (not a hang).
+    Third = hd([N || N <- [1, 2, 3], N =/= Old, N =/= New]),
+    ok = erlmcp_flow_raft:kill(C, Third),
+    ?assertMatch({error, {timeout, _}}, erlmcp_flow_raft:submit_operation(C, {set, k3, x})),
+    %% Back to three: the nodes come back from their logs.
+    ok = erlmcp_flow_raft:restart(C, Old),
+    ok = erlmcp_flow_raft:restart(C, Third),
+    {ok, I} = erlmcp_flow_raft:submit_operation(C, {set, k4, y}),
+    {ok, _} = erlmcp_flow_raft:wait_committed(C, I),
+    ?assertMatch({ok, _, {value, 'after'}}, erlmcp_flow_raft:submit(C, {get, k2})),
+    ?assertMatch({error, {not_found, _}}, erlmcp_flow_raft:restart(C, 9)),
+    ok = erlmcp_flow_raft:stop(C).
+
+errors_test_() ->
+    {timeout, 60, fun errors/0}.
+
+errors() ->
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:start_cluster(0, #{})),
+    ?assertMatch({error, {invalid_argument, _}},
+                 erlmcp_flow_raft:start_cluster(3, #{tick_ms => 0, bin => bin()})),
+    ?assertMatch({error, {invalid_argument, _}},
+                 erlmcp_flow_raft:start_cluster(3, #{memory => maybe, bin => bin()})),
+    ?assertMatch({error, {io, _}},
+                 erlmcp_flow_raft:start_cluster(1, #{bin => <<"/nonexistent/erlmcp-flow">>})),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:start_cluster(x, #{})),
+    C = start(#{memory => true}),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:submit(C, {bad, op})),
+    ?assertMatch({error, {invalid_argument, _}},
+                 erlmcp_flow_raft:submit(C, {cas, k, expected_without_value, 1})),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:kill(C, 0)),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:wait_committed(C, -1)),
+    ?assertMatch({error, {timeout, _}}, erlmcp_flow_raft:wait_committed(C, 1 bsl 40, 50)),
+    ok = erlmcp_flow_raft:stop(C),
+    %% A NIF handle after its close: refused.
+    {ok, H} = erlmcp_flow_nif:raft_cluster_start(1, erlmcp_flow_raft_tests_dir(),
+                                                 #{bin => bin(), memory => true}),
+    ok = erlmcp_flow_nif:raft_cluster_close(H),
+    ok = erlmcp_flow_nif:raft_cluster_close(H),
+    ?assertMatch({error, {closed, _}}, erlmcp_flow_nif:raft_leader(H)),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_nif:raft_leader(make_ref())),
+    _ = file:del_dir_r(erlmcp_flow_raft_tests_dir()).
+
+erlmcp_flow_raft_tests_dir() ->
+    iolist_to_binary(["/dev/shm/erlmcp_flow_raft_tests-", os:getpid()]).
+
+leader_facade_test_() ->
+    {timeout, 120, fun leader_facade/0}.
+
+leader_facade() ->
+    {ok, Pid} = erlmcp_flow_raft_leader:start_link(#{bin => bin(), nodes => 3}),
+    unlink(Pid),
+    C = erlmcp_flow_raft_leader:cluster(),
+    %% Many appenders at once: each answer is a distinct index, all committed.
+    Self = self(),
+    Ps = [spawn_link(fun() ->
+                             Is = [begin
+                                       {ok, I} = erlmcp_flow_raft_leader:append_entry({W, N}),
+                                       I
+                                   end || N <- lists:seq(1, 50)],
+                             Self ! {done, self(), Is}
+                     end) || W <- lists:seq(1, 4)],
+    All = lists:append([receive {done, P, Is} -> Is end || P <- Ps]),
+    ?assertEqual(200, length(lists:usort(All))),
+    ok = erlmcp_flow_raft_leader:flush_batch(),
+    {ok, _} = erlmcp_flow_raft:wait_committed(C, lists:max(All), 1000),
+    {ok, I} = erlmcp_flow_raft_leader:append_entry(<<"raw">>),
+    ?assert(I > lists:max(All)),
+    ok = erlmcp_flow_raft_leader:stop(),
+    ?assertNot(is_process_alive(C)).
