@@ -52,6 +52,10 @@ its actions (:class:`PoolAction`) and counters (:class:`PoolStats`).
 Its runtime over a scheduler directory shared by processes: :class:`Service` (the
 dispatcher, with :class:`TaskFuture` s) and the agents of :mod:`erlmcp_flow.agent`
 (``agent.run(handler, type=..., dir=...)``).
+
+Replicated state over Raft (:mod:`erlmcp_flow.raft`): ``raft.Cluster.start(3)``, a local
+cluster of node processes (``submit_operation``, ``wait_committed``, ``leader``, KV
+``set``/``get``/``cas``, ``kill``/``restart``), and ``raft.Client`` (a running cluster's).
 """
 
 from ._native import (
@@ -199,6 +203,8 @@ from .sched import (
     ServiceStats,
     TaskFuture,
 )
+from . import raft
+from .raft import EMF_RAFT_MAX_NODES
 from .pool import (
     EMF_POOL_ACTION_NONE,
     EMF_POOL_ACTION_START,
@@ -305,4 +311,5 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "TaskFuture",
     "DeadLettered",
     "agent",
+    "raft",
 ]

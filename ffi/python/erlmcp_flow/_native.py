@@ -497,6 +497,48 @@ class emf_agent_t(Structure):
     """Opaque ``emf_agent_t``; only pointers to it are used."""
 
 
+class emf_raft_client_options_t(Structure):
+    """``emf_raft_client_options_t``: a Raft client's options; fill it with
+    ``emf_raft_client_options_default`` first."""
+
+    _fields_ = [("timeout_ms", c_uint32), ("attempt_timeout_ms", c_uint32)]
+
+
+class emf_raft_cluster_options_t(Structure):
+    """``emf_raft_cluster_options_t``: a local Raft cluster's options; fill it with
+    ``emf_raft_cluster_options_default`` first."""
+
+    _fields_ = [
+        ("bin", c_char_p),
+        ("memory", c_uint32),
+        ("election_tick", c_uint32),
+        ("tick_ms", c_uint64),
+        ("start_timeout_ms", c_uint32),
+        ("client", emf_raft_client_options_t),
+    ]
+
+
+class emf_raft_status_t(Structure):
+    """``emf_raft_status_t``: one Raft node's status."""
+
+    _fields_ = [
+        ("id", c_uint64),
+        ("leader", c_uint64),
+        ("term", c_uint64),
+        ("commit", c_uint64),
+        ("applied", c_uint64),
+        ("voters", c_uint64),
+    ]
+
+
+class emf_raft_cluster_t(Structure):
+    """Opaque ``emf_raft_cluster_t``; only pointers to it are used."""
+
+
+class emf_raft_client_t(Structure):
+    """Opaque ``emf_raft_client_t``; only pointers to it are used."""
+
+
 emf_ring_p = POINTER(emf_ring_t)
 emf_task_queue_p = POINTER(emf_task_queue_t)
 emf_cache_p = POINTER(emf_cache_t)
@@ -505,6 +547,8 @@ emf_sched_p = POINTER(emf_sched_t)
 emf_pool_p = POINTER(emf_pool_t)
 emf_service_p = POINTER(emf_service_t)
 emf_agent_p = POINTER(emf_agent_t)
+emf_raft_cluster_p = POINTER(emf_raft_cluster_t)
+emf_raft_client_p = POINTER(emf_raft_client_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -984,6 +1028,165 @@ PROTOTYPES = {
     "emf_agent_fail": (emf_status_t, [emf_agent_p, c_uint64, c_uint32, c_char_p]),
     "emf_agent_heartbeat": (emf_status_t, [emf_agent_p]),
     "emf_agent_held": (emf_status_t, [emf_agent_p, POINTER(c_size_t)]),
+    "emf_raft_cluster_options_default": (
+        emf_status_t,
+        [POINTER(emf_raft_cluster_options_t)],
+    ),
+    "emf_raft_client_options_default": (
+        emf_status_t,
+        [POINTER(emf_raft_client_options_t)],
+    ),
+    "emf_raft_cluster_start": (
+        emf_status_t,
+        [c_uint32, c_char_p, POINTER(emf_raft_cluster_options_t), POINTER(emf_raft_cluster_p)],
+    ),
+    "emf_raft_cluster_free": (emf_status_t, [emf_raft_cluster_p]),
+    "emf_raft_cluster_stop": (emf_status_t, [emf_raft_cluster_p]),
+    "emf_raft_cluster_members": (
+        emf_status_t,
+        [emf_raft_cluster_p, POINTER(c_uint64), c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_cluster_kill": (emf_status_t, [emf_raft_cluster_p, c_uint64]),
+    "emf_raft_cluster_restart": (emf_status_t, [emf_raft_cluster_p, c_uint64]),
+    "emf_raft_client_connect": (
+        emf_status_t,
+        [
+            c_char_p,
+            POINTER(c_uint64),
+            c_size_t,
+            POINTER(emf_raft_client_options_t),
+            POINTER(emf_raft_client_p),
+        ],
+    ),
+    "emf_raft_client_free": (emf_status_t, [emf_raft_client_p]),
+    "emf_raft_cluster_submit": (
+        emf_status_t,
+        [emf_raft_cluster_p, _bytes_in, c_size_t, POINTER(c_uint64), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_cluster_append_entry": (
+        emf_status_t,
+        [emf_raft_cluster_p, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_raft_cluster_result": (
+        emf_status_t,
+        [emf_raft_cluster_p, c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_cluster_wait_committed": (
+        emf_status_t,
+        [emf_raft_cluster_p, c_uint64, c_uint32, POINTER(c_uint64)],
+    ),
+    "emf_raft_cluster_leader": (
+        emf_status_t,
+        [emf_raft_cluster_p, POINTER(c_uint64), POINTER(c_uint64)],
+    ),
+    "emf_raft_cluster_status": (
+        emf_status_t,
+        [emf_raft_cluster_p, c_uint64, POINTER(emf_raft_status_t)],
+    ),
+    "emf_raft_cluster_stats": (
+        emf_status_t,
+        [emf_raft_cluster_p, c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_cluster_set": (
+        emf_status_t,
+        [emf_raft_cluster_p, _bytes_in, c_size_t, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_raft_cluster_get": (
+        emf_status_t,
+        [
+            emf_raft_cluster_p,
+            _bytes_in,  # key
+            c_size_t,
+            POINTER(c_uint64),  # out_index
+            POINTER(c_uint32),  # out_found
+            c_char_p,  # buf
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_len
+        ],
+    ),
+    "emf_raft_cluster_cas": (
+        emf_status_t,
+        [
+            emf_raft_cluster_p,
+            _bytes_in,  # key
+            c_size_t,
+            POINTER(c_uint64),  # out_index
+            c_uint32,  # has_expected
+            _bytes_in,  # expected
+            c_size_t,
+            _bytes_in,  # new
+            c_size_t,
+            POINTER(c_uint32),  # out_swapped
+            POINTER(c_uint32),  # out_had_previous
+            c_char_p,  # buf
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_len
+        ],
+    ),
+    "emf_raft_client_submit": (
+        emf_status_t,
+        [emf_raft_client_p, _bytes_in, c_size_t, POINTER(c_uint64), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_client_append_entry": (
+        emf_status_t,
+        [emf_raft_client_p, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_raft_client_result": (
+        emf_status_t,
+        [emf_raft_client_p, c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_client_wait_committed": (
+        emf_status_t,
+        [emf_raft_client_p, c_uint64, c_uint32, POINTER(c_uint64)],
+    ),
+    "emf_raft_client_leader": (
+        emf_status_t,
+        [emf_raft_client_p, POINTER(c_uint64), POINTER(c_uint64)],
+    ),
+    "emf_raft_client_status": (
+        emf_status_t,
+        [emf_raft_client_p, c_uint64, POINTER(emf_raft_status_t)],
+    ),
+    "emf_raft_client_stats": (
+        emf_status_t,
+        [emf_raft_client_p, c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_client_set": (
+        emf_status_t,
+        [emf_raft_client_p, _bytes_in, c_size_t, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_raft_client_get": (
+        emf_status_t,
+        [
+            emf_raft_client_p,
+            _bytes_in,  # key
+            c_size_t,
+            POINTER(c_uint64),  # out_index
+            POINTER(c_uint32),  # out_found
+            c_char_p,  # buf
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_len
+        ],
+    ),
+    "emf_raft_client_cas": (
+        emf_status_t,
+        [
+            emf_raft_client_p,
+            _bytes_in,  # key
+            c_size_t,
+            POINTER(c_uint64),  # out_index
+            c_uint32,  # has_expected
+            _bytes_in,  # expected
+            c_size_t,
+            _bytes_in,  # new
+            c_size_t,
+            POINTER(c_uint32),  # out_swapped
+            POINTER(c_uint32),  # out_had_previous
+            c_char_p,  # buf
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_len
+        ],
+    ),
 }
 
 

@@ -27,6 +27,9 @@ from erlmcp_flow._native import (
     emf_ring_options_t,
     emf_ring_stats_t,
     emf_sched_action_t,
+    emf_raft_client_options_t,
+    emf_raft_cluster_options_t,
+    emf_raft_status_t,
     emf_sched_agent_load_t,
     emf_sched_options_t,
     emf_sched_stats_t,
@@ -115,6 +118,9 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_service_options_t": emf_service_options_t,
         "emf_service_stats_t": emf_service_stats_t,
         "emf_sched_agent_load_t": emf_sched_agent_load_t,
+        "emf_raft_cluster_options_t": emf_raft_cluster_options_t,
+        "emf_raft_client_options_t": emf_raft_client_options_t,
+        "emf_raft_status_t": emf_raft_status_t,
     }
     lines = []
     for struct, cls in fields.items():

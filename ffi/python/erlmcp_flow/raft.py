@@ -1,0 +1,376 @@
+"""Replicated state: a thin wrapper of ``emf_raft_cluster_*`` and ``emf_raft_client_*``
+(``crates/capi/src/raft.rs``, over the Rust ``replica::LocalCluster`` and ``RaftClient``).
+
+A :class:`Cluster` is the original ``start_cluster(N)``: N ``erlmcp-flow raft node``
+processes over shared-memory rings in one directory (the binary from ``bin``, else the
+environment variable ``EMF_BIN``, else ``PATH``), running the engine's replicated key-value
+store. A :class:`Client` talks to a cluster already running (another process's, or nodes
+started with ``erlmcp-flow raft node --transport ring``) through its rings.
+
+>>> with Cluster.start(3) as c:                                    # doctest: +SKIP
+...     i = c.submit_operation(b"an entry")                       # the log index
+...     c.wait_committed(i)
+...     c.set(b"k", b"v"); c.get(b"k")
+...     c.kill(c.leader()); c.set(b"k", b"w")                     # a new leader answers
+
+Consensus, the leader's batching, durable logs, redirects to the leader (a not-leader answer
+names it) and retries during elections are the engine's, bounded by ``timeout_ms``:
+:class:`~erlmcp_flow.Timeout` when nothing committed in time (e.g. no quorum; the operation
+may or may not be applied later). Each call waits for its commit. One thread at a time uses a
+cluster or client: another thread calling meanwhile gets :class:`~erlmcp_flow.Busy`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from ctypes import byref, c_size_t, c_uint32, c_uint64, create_string_buffer
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ._errors import EMF_ERR_BUFFER_TOO_SMALL, EMF_OK, check, error_for, last_error_message
+from ._native import (
+    emf_raft_client_options_t,
+    emf_raft_client_p,
+    emf_raft_cluster_options_t,
+    emf_raft_cluster_p,
+    emf_raft_status_t,
+    lib,
+)
+from .ring import _U32_MAX, _c_string, _Handle, _unsigned
+from .sched import _U64_MAX
+
+#: The most nodes of a cluster.
+EMF_RAFT_MAX_NODES = 64
+
+# Answers up to this many bytes are read in one call.
+_BUF = 4096
+
+
+@dataclass(frozen=True)
+class RaftStatus:
+    """One node's status (``emf_raft_status_t``)."""
+
+    #: The node's id.
+    id: int
+    #: The leader it knows (0: none).
+    leader: int
+    #: Its current term.
+    term: int
+    #: Its commit index.
+    commit: int
+    #: Its applied index.
+    applied: int
+    #: How many voters its configuration has.
+    voters: int
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """A node's status and counters, from :meth:`Cluster.stats`; or why it did not answer
+    (``error``: the status name and message)."""
+
+    node: int
+    leader: int = 0
+    term: int = 0
+    commit: int = 0
+    applied: int = 0
+    voters: Tuple[int, ...] = ()
+    #: The node's counters by the engine's names (``proposed``, ``batches``, ``redirected``...).
+    counters: Dict[str, int] = field(default_factory=dict)
+    error: Optional[Tuple[str, str]] = None
+
+
+def _bytes(value, name: str) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{name} must be bytes, not {type(value).__name__}")
+
+
+def _parse_stats(text: str) -> List[NodeStats]:
+    out = []
+    for line in text.splitlines():
+        words = line.split(" ")
+        node = int(words[0].removeprefix("node="))
+        if len(words) > 1 and words[1].startswith("error="):
+            out.append(NodeStats(node, error=(words[1][6:], " ".join(words[2:]))))
+            continue
+        fields: dict = {"counters": {}}
+        for w in words[1:]:
+            k, _, v = w.partition("=")
+            if k == "voters":
+                fields["voters"] = tuple(int(x) for x in v.split(",") if x)
+            elif k in ("leader", "term", "commit", "applied"):
+                fields[k] = int(v)
+            else:
+                fields["counters"][k] = int(v)
+        out.append(NodeStats(node, **fields))
+    return out
+
+
+class _RaftOps(_Handle):
+    """The calls a cluster and a client share (``emf_raft_<kind>_*``)."""
+
+    _kind = ""
+
+    def _fn(self, name: str):
+        return getattr(lib, f"emf_raft_{self._kind}_{name}")
+
+    def _call(self, name: str, *args) -> int:
+        """``emf_raft_<kind>_<name>(handle, *args)`` for one thread at a time (another thread
+        inside: :class:`~erlmcp_flow.Busy`); returns the status, raising for any but OK and
+        BUFFER_TOO_SMALL."""
+        handle = self._enter(blocking=False)
+        try:
+            status = self._fn(name)(handle, *args)
+            # BUFFER_TOO_SMALL: the operation was applied; its bytes wait in the handle.
+            if status not in (EMF_OK, EMF_ERR_BUFFER_TOO_SMALL):
+                raise error_for(status, last_error_message())
+            return status
+        finally:
+            self._lock.release()
+
+    def _answer(self, status: int, buf, length: c_size_t) -> bytes:
+        """The answer's bytes: from ``buf``, or from ``_result`` when they did not fit."""
+        if status == EMF_OK:
+            return buf.raw[: length.value]
+        big = create_string_buffer(max(length.value, 1))
+        n = c_size_t()
+        self._call("result", big, length.value, byref(n))
+        return big.raw[: n.value]
+
+    def submit(self, op: bytes) -> Tuple[int, bytes]:
+        """Replicates ``op`` and waits until it is applied: ``(index, result)`` (the state
+        machine's result bytes; for bytes that are no key-value operation its ``Invalid``
+        answer)."""
+        op = _bytes(op, "op")
+        index, n, buf = c_uint64(), c_size_t(), create_string_buffer(_BUF)
+        st = self._call("submit", op, len(op), byref(index), buf, _BUF, byref(n))
+        return index.value, self._answer(st, buf, n)
+
+    def submit_operation(self, op: bytes) -> int:
+        """The original ``submit_operation(Op) -> {ok, Index}``: the log index of ``op``
+        once applied."""
+        return self.submit(op)[0]
+
+    def append_entry(self, entry: bytes) -> int:
+        """The original ``append_entry(Entry)``: the index once committed (the leader batches
+        the entries proposed meanwhile)."""
+        entry = _bytes(entry, "entry")
+        index = c_uint64()
+        self._call("append_entry", entry, len(entry), byref(index))
+        return index.value
+
+    def wait_committed(self, index: int, timeout_ms: int = 10_000) -> int:
+        """Waits until the leader has applied ``index``: its applied index (≥ ``index``);
+        :class:`~erlmcp_flow.Timeout` after ``timeout_ms``."""
+        applied = c_uint64()
+        self._call(
+            "wait_committed",
+            _unsigned(index, "index", _U64_MAX),
+            _unsigned(timeout_ms, "timeout_ms", _U32_MAX),
+            byref(applied),
+        )
+        return applied.value
+
+    def leader_and_term(self) -> Tuple[int, int]:
+        """``(leader, term)``, asked of the nodes (waits for an election under way)."""
+        leader, term = c_uint64(), c_uint64()
+        self._call("leader", byref(leader), byref(term))
+        return leader.value, term.value
+
+    def leader(self) -> int:
+        """The current leader's id."""
+        return self.leader_and_term()[0]
+
+    def term(self) -> int:
+        """The current leader's term."""
+        return self.leader_and_term()[1]
+
+    def status(self, node: int) -> RaftStatus:
+        """Node ``node``'s status (:class:`~erlmcp_flow.Timeout` when it does not answer)."""
+        s = emf_raft_status_t()
+        self._call("status", _unsigned(node, "node", _U64_MAX), byref(s))
+        return RaftStatus(s.id, s.leader, s.term, s.commit, s.applied, s.voters)
+
+    def stats(self) -> List[NodeStats]:
+        """Every node's status and counters, or why it did not answer."""
+        n, buf = c_size_t(), create_string_buffer(_BUF)
+        st = self._call("stats", buf, _BUF, byref(n))
+        return _parse_stats(self._answer(st, buf, n).decode("utf-8"))
+
+    def set(self, key: bytes, value: bytes) -> int:
+        """Sets ``key`` to ``value`` in the replicated store: the log index."""
+        key, value = _bytes(key, "key"), _bytes(value, "value")
+        index = c_uint64()
+        self._call("set", key, len(key), value, len(value), byref(index))
+        return index.value
+
+    def get(self, key: bytes) -> Optional[bytes]:
+        """``key``'s value read through the log (linearizable), or None."""
+        key = _bytes(key, "key")
+        index, found, n, buf = c_uint64(), c_uint32(), c_size_t(), create_string_buffer(_BUF)
+        st = self._call("get", key, len(key), byref(index), byref(found), buf, _BUF, byref(n))
+        value = self._answer(st, buf, n)
+        return value if found.value else None
+
+    def cas(
+        self, key: bytes, expected: Optional[bytes], new: bytes
+    ) -> Tuple[bool, Optional[bytes]]:
+        """Sets ``key`` to ``new`` when it holds ``expected`` (None: when it is absent):
+        ``(swapped, previous value or None)``."""
+        key, new = _bytes(key, "key"), _bytes(new, "new")
+        exp = b"" if expected is None else _bytes(expected, "expected")
+        index, swapped, had = c_uint64(), c_uint32(), c_uint32()
+        n, buf = c_size_t(), create_string_buffer(_BUF)
+        st = self._call(
+            "cas",
+            key,
+            len(key),
+            byref(index),
+            0 if expected is None else 1,
+            exp,
+            len(exp),
+            new,
+            len(new),
+            byref(swapped),
+            byref(had),
+            buf,
+            _BUF,
+            byref(n),
+        )
+        previous = self._answer(st, buf, n)
+        return bool(swapped.value), (previous if had.value else None)
+
+
+def _timeouts(opts, timeout_ms, attempt_timeout_ms) -> None:
+    if timeout_ms is not None:
+        opts.timeout_ms = _unsigned(timeout_ms, "timeout_ms", _U32_MAX)
+    if attempt_timeout_ms is not None:
+        opts.attempt_timeout_ms = _unsigned(attempt_timeout_ms, "attempt_timeout_ms", _U32_MAX)
+
+
+class Cluster(_RaftOps):
+    """A local cluster (``emf_raft_cluster_t``); make one with :meth:`start`. Closing it
+    stops the nodes and removes a directory :meth:`start` made."""
+
+    _free = lib.emf_raft_cluster_free
+    _kind = "cluster"
+
+    def __init__(self, handle, dir: str, owned_dir: bool):
+        super().__init__(handle)
+        #: The cluster's directory (rings in ``net/``, logs in ``node.I/``, each node's
+        #: standard error in ``node.I.log``).
+        self.dir = dir
+        self._owned_dir = owned_dir
+
+    @classmethod
+    def start(
+        cls,
+        n: int = 3,
+        dir: Optional[str] = None,
+        *,
+        bin: Optional[str] = None,
+        memory: bool = False,
+        tick_ms: Optional[int] = None,
+        election_tick: Optional[int] = None,
+        start_timeout_ms: Optional[int] = None,
+        timeout_ms: Optional[int] = None,
+        attempt_timeout_ms: Optional[int] = None,
+    ) -> "Cluster":
+        """Starts nodes ``1..n`` in ``dir`` (None: a new directory under ``/dev/shm``,
+        removed by :meth:`close`) and waits until they have elected a leader. Options (None
+        keeps the engine's default): ``memory`` (logs in memory), ``tick_ms`` (10),
+        ``election_tick`` (10), ``start_timeout_ms`` (20000), ``timeout_ms`` (10000 per
+        call), ``attempt_timeout_ms`` (500 per node)."""
+        opts = emf_raft_cluster_options_t()
+        check(lib.emf_raft_cluster_options_default(byref(opts)))
+        if bin is not None:
+            opts.bin = _c_string(bin, "bin", path=True)
+        opts.memory = 1 if memory else 0
+        if tick_ms is not None:
+            opts.tick_ms = _unsigned(tick_ms, "tick_ms", _U64_MAX)
+        if election_tick is not None:
+            opts.election_tick = _unsigned(election_tick, "election_tick", _U32_MAX)
+        if start_timeout_ms is not None:
+            opts.start_timeout_ms = _unsigned(start_timeout_ms, "start_timeout_ms", _U32_MAX)
+        _timeouts(opts.client, timeout_ms, attempt_timeout_ms)
+        n = _unsigned(n, "n", _U32_MAX)
+        owned = dir is None
+        if owned:
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            dir = tempfile.mkdtemp(prefix="emf-raft-", dir=base)
+        path = os.fspath(dir)
+        handle = emf_raft_cluster_p()
+        try:
+            check(
+                lib.emf_raft_cluster_start(
+                    n, _c_string(path, "dir", path=True), byref(opts), byref(handle)
+                )
+            )
+        except BaseException:
+            if owned:
+                shutil.rmtree(path, ignore_errors=True)
+            raise
+        return cls(handle, path, owned)
+
+    def close(self) -> None:
+        """Stops the nodes and frees the cluster; removes the directory :meth:`start` made.
+        Calling it again does nothing."""
+        super().close()
+        if self._owned_dir:
+            self._owned_dir = False
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def stop(self) -> None:
+        """Stops every node (SIGTERM, then SIGKILL after 2 s) and keeps the handle: calls time
+        out until nodes are started again with :meth:`restart`."""
+        self._call("stop")
+
+    def members(self) -> List[int]:
+        """The node ids, ``[1..n]``."""
+        ids = (c_uint64 * EMF_RAFT_MAX_NODES)()
+        n = c_size_t()
+        self._call("members", ids, EMF_RAFT_MAX_NODES, byref(n))
+        return list(ids[: n.value])
+
+    def kill(self, node: int) -> None:
+        """SIGKILLs node ``node`` (for tests: a crash); :class:`~erlmcp_flow.NotFound` when it
+        is not running."""
+        self._call("kill", _unsigned(node, "node", _U64_MAX))
+
+    def restart(self, node: int) -> None:
+        """Starts node ``node`` again from its data directory."""
+        self._call("restart", _unsigned(node, "node", _U64_MAX))
+
+
+class Client(_RaftOps):
+    """A client of a running cluster (``emf_raft_client_t``) through the rings of
+    ``net_dir`` (a :class:`Cluster`'s ``dir/net``, or the ``--net-dir`` of ``erlmcp-flow raft
+    node``) to the nodes ``nodes``. Closing it leaves the cluster running."""
+
+    _free = lib.emf_raft_client_free
+    _kind = "client"
+
+    def __init__(
+        self,
+        net_dir: str,
+        nodes: Sequence[int],
+        *,
+        timeout_ms: Optional[int] = None,
+        attempt_timeout_ms: Optional[int] = None,
+    ):
+        opts = emf_raft_client_options_t()
+        check(lib.emf_raft_client_options_default(byref(opts)))
+        _timeouts(opts, timeout_ms, attempt_timeout_ms)
+        ids = [_unsigned(i, "node", _U64_MAX) for i in nodes]
+        arr = (c_uint64 * max(len(ids), 1))(*ids)
+        handle = emf_raft_client_p()
+        check(
+            lib.emf_raft_client_connect(
+                _c_string(net_dir, "net_dir", path=True), arr, len(ids), byref(opts),
+                byref(handle),
+            )
+        )
+        super().__init__(handle)
