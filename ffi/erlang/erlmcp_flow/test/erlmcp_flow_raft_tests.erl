@@ -112,20 +112,20 @@ errors_test_() ->
     {timeout, 60, fun errors/0}.
 
 errors() ->
-    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:start_cluster(0, #{})),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:start_cluster(erlmcp_flow_test_util:untyped(0), #{})),
     ?assertMatch({error, {invalid_argument, _}},
                  erlmcp_flow_raft:start_cluster(3, #{tick_ms => 0, bin => bin()})),
     ?assertMatch({error, {invalid_argument, _}},
                  erlmcp_flow_raft:start_cluster(3, #{memory => maybe, bin => bin()})),
     ?assertMatch({error, {io, _}},
                  erlmcp_flow_raft:start_cluster(1, #{bin => <<"/nonexistent/erlmcp-flow">>})),
-    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:start_cluster(x, #{})),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:start_cluster(erlmcp_flow_test_util:untyped(x), #{})),
     C = start(#{memory => true}),
-    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:submit(C, {bad, op})),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:submit(C, erlmcp_flow_test_util:untyped({bad, op}))),
     ?assertMatch({error, {invalid_argument, _}},
-                 erlmcp_flow_raft:submit(C, {cas, k, expected_without_value, 1})),
-    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:kill(C, 0)),
-    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:wait_committed(C, -1)),
+                 erlmcp_flow_raft:submit(C, erlmcp_flow_test_util:untyped({cas, k, expected_without_value, 1}))),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:kill(C, erlmcp_flow_test_util:untyped(0))),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:wait_committed(C, erlmcp_flow_test_util:untyped(-1))),
     ?assertMatch({error, {timeout, _}}, erlmcp_flow_raft:wait_committed(C, 1 bsl 40, 50)),
     ok = erlmcp_flow_raft:stop(C),
     %% A NIF handle after its close: refused.
@@ -134,7 +134,7 @@ errors() ->
     ok = erlmcp_flow_nif:raft_cluster_close(H),
     ok = erlmcp_flow_nif:raft_cluster_close(H),
     ?assertMatch({error, {closed, _}}, erlmcp_flow_nif:raft_leader(H)),
-    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_nif:raft_leader(make_ref())),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_nif:raft_leader(erlmcp_flow_test_util:untyped(make_ref()))),
     _ = file:del_dir_r(erlmcp_flow_raft_tests_dir()).
 
 erlmcp_flow_raft_tests_dir() ->
