@@ -8,17 +8,25 @@
 bin() ->
     case os:getenv("EMF_BIN") of
         false ->
-            Repo = filename:join([filename:dirname(code:which(?MODULE)),
-                                  "..", "..", "..", "..", "..", "..", ".."]),
+            Repo = repo(filename:dirname(filename:absname(code:which(?MODULE)))),
             Found = [P || Kind <- ["release", "debug"],
                           P <- [filename:join([Repo, "target", Kind, "erlmcp-flow"])],
                           filelib:is_regular(P)],
             case Found of
-                [P | _] -> iolist_to_binary(filename:absname(P));
-                [] -> error({no_erlmcp_flow_binary, "set EMF_BIN"})
+                [P | _] -> iolist_to_binary(P);
+                [] -> error({no_erlmcp_flow_binary, Repo, "set EMF_BIN"})
             end;
         B ->
             list_to_binary(B)
+    end.
+
+%% The repository root: the nearest directory above with a Cargo.lock.
+repo("/") ->
+    error({no_repository, "set EMF_BIN"});
+repo(Dir) ->
+    case filelib:is_regular(filename:join(Dir, "Cargo.lock")) of
+        true -> Dir;
+        false -> repo(filename:dirname(Dir))
     end.
 
 start(Opts) ->
