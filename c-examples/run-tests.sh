@@ -136,6 +136,8 @@ if [ "$use_valgrind" = 1 ]; then
   valgrind_run pool "$build/pool"
   # The agent processes it spawns run natively; the service side runs under memcheck.
   valgrind_run agent "$build/agent" --test
+  # The node processes run natively; the cluster's host side runs under memcheck.
+  EMF_BIN="${EMF_BIN:-$repo/target/release/erlmcp-flow}" valgrind_run raft "$build/raft"
 fi
 
 if [ "$failed" != 0 ]; then
