@@ -17,7 +17,9 @@
 //! * `raft_commit_p50_ms` / `raft_commit_p99_ms` (and `_fsync_`): open loop at half the
 //!   measured throughput: operation `i` is due at `start + i / rate` and its latency runs
 //!   from that time to its acknowledgement, whether or not it could be sent on time (no
-//!   coordinated omission). The original `measure_consensus_latency`.
+//!   coordinated omission). The original `measure_consensus_latency`. The same at a light
+//!   [`LIGHT_RATE`] (`raft_commit_10k_p50_ms` / `_p99_ms`, and `_fsync_`): the floor that
+//!   queueing at half the maximum adds to.
 //! * `raft_failover_ms`: the leader SIGKILLed, to the first write acknowledged by a new
 //!   leader; median over the repetitions (the max is printed and reported as
 //!   `raft_failover_max_ms`). Durable logs (under `/dev/shm`): the killed node restarts from
@@ -42,6 +44,8 @@ pub const WINDOW: usize = 2048;
 pub const KEYS: u64 = 4096;
 /// The size of one operation, in bytes.
 pub const OP_BYTES: usize = 64;
+/// The light load of the `_10k_` latency figures, in operations per second.
+pub const LIGHT_RATE: f64 = 10_000.0;
 /// Measurements (progress steps).
 pub const STEPS: usize = 5;
 
@@ -421,6 +425,21 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         BenchResult::new("raft_commit_p99_ms", p99, "ms", Better::Lower)
             .with_targets(Some(100.0), Some(1.0)),
     );
+    let (l50, l99, lmax) = open_loop(&mut b.cluster, LIGHT_RATE, secs)
+        .unwrap_or_else(|e| fail("memory latency, light load", e));
+    eprintln!(
+        "raft: in memory, open loop at {LIGHT_RATE:.0} ops/s: p50 {l50:.3} ms, p99 {l99:.3} ms, max {lmax:.3} ms"
+    );
+    out.push(BenchResult::new(
+        "raft_commit_10k_p50_ms",
+        l50,
+        "ms",
+        Better::Lower,
+    ));
+    out.push(
+        BenchResult::new("raft_commit_10k_p99_ms", l99, "ms", Better::Lower)
+            .with_targets(None, Some(1.0)),
+    );
     drop(b);
 
     progress("raft_fsync_throughput");
@@ -439,6 +458,11 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     eprintln!(
         "raft: fdatasync, open loop at {:.0} ops/s: p50 {f50:.3} ms, p99 {f99:.3} ms, max {fmax:.3} ms",
         fs / 2.0
+    );
+    let (g50, g99, gmax) = open_loop(&mut b.cluster, LIGHT_RATE, secs)
+        .unwrap_or_else(|e| fail("fsync latency, light load", e));
+    eprintln!(
+        "raft: fdatasync, open loop at {LIGHT_RATE:.0} ops/s: p50 {g50:.3} ms, p99 {g99:.3} ms, max {gmax:.3} ms"
     );
     drop(b);
     if quick {
@@ -462,6 +486,16 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
     out.push(
         BenchResult::new("raft_fsync_commit_p99_ms", f99, "ms", Better::Lower)
             .with_targets(Some(100.0), Some(5.0)),
+    );
+    out.push(BenchResult::new(
+        "raft_fsync_commit_10k_p50_ms",
+        g50,
+        "ms",
+        Better::Lower,
+    ));
+    out.push(
+        BenchResult::new("raft_fsync_commit_10k_p99_ms", g99, "ms", Better::Lower)
+            .with_targets(None, Some(5.0)),
     );
 
     progress("raft_failover_ms");

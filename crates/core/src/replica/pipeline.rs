@@ -108,6 +108,9 @@ pub struct Pipeline {
     queue: VecDeque<Queued>,
     done: VecDeque<Done>,
     stats: PipelineStats,
+    /// When in-flight operations are next checked for a missing answer (the check walks
+    /// them all: done every `resend_after / 8`, not every poll).
+    next_check: Instant,
 }
 
 fn next_node(nodes: &[u64], after: u64) -> u64 {
@@ -135,6 +138,7 @@ impl Pipeline {
             queue: VecDeque::new(),
             done: VecDeque::new(),
             stats: PipelineStats::default(),
+            next_check: Instant::now() + opts.resend_after / 8,
         })
     }
 
@@ -269,12 +273,10 @@ impl Pipeline {
             frame = c.transport_mut().try_recv()?;
         }
         let now = Instant::now();
-        // Unanswered for too long: to the next node.
-        if self
-            .inflight
-            .values()
-            .any(|f| now.duration_since(f.sent) >= self.opts.resend_after)
-        {
+        // Unanswered for too long: to the next node. (An operation is resent between
+        // `resend_after` and `resend_after * 9 / 8` after its send.)
+        if now >= self.next_check {
+            self.next_check = now + self.opts.resend_after / 8;
             let late: Vec<u64> = self
                 .inflight
                 .iter()
@@ -406,5 +408,97 @@ impl Pipeline {
             )?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::ring::{RingNetOptions, RingTransport};
+    use crate::testutil::TempDir;
+
+    /// Answers every request waiting in `t`'s inbox with what `reply` says.
+    fn answer_all(t: &mut RingTransport, mut reply: impl FnMut(u64, Vec<u8>) -> Answer) -> usize {
+        let mut n = 0;
+        while let Some(f) = t.try_recv().unwrap() {
+            let (req, r) = Request::decode(&f.payload[1..]).unwrap();
+            let Request::Submit { op } = r else {
+                panic!("{r:?}")
+            };
+            let mut b = vec![TAG_APP];
+            b.extend_from_slice(&reply(req, op).encode(req));
+            t.send(f.from, &b).unwrap();
+            n += 1;
+        }
+        n
+    }
+
+    /// Node 1 never answers, node 2 redirects to 3 once then is busy, node 3 commits: every
+    /// operation ends once, committed by node 3; a stray answer is counted and ignored.
+    #[test]
+    #[cfg_attr(miri, ignore = "shared memory and real time")]
+    fn resend_redirect_busy_stray() {
+        let dir = TempDir::new("replica-pipeline-unit");
+        let o = || RingNetOptions::in_dir(&dir.0);
+        let ids = [1u64, 2, 3];
+        let mut nodes: Vec<RingTransport> = ids
+            .iter()
+            .map(|&i| RingTransport::open(NodeId(i), &[NodeId(100)], o()).unwrap())
+            .collect();
+        let peers: Vec<NodeId> = ids.iter().map(|&i| NodeId(i)).collect();
+        let t = RingTransport::open(NodeId(100), &peers, o()).unwrap();
+        let mut c = RaftClient::new(t, &ids, super::super::ClientOptions::default()).unwrap();
+        let opts = PipelineOptions {
+            window: 8,
+            resend_after: Duration::from_millis(20),
+            backoff: Duration::from_millis(1),
+        };
+        let mut p = Pipeline::new(opts).unwrap();
+        for k in 0..8u64 {
+            p.submit(&mut c, vec![k as u8], k).unwrap();
+        }
+        let e = p.submit(&mut c, vec![9], 9).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Full);
+        assert_eq!(p.in_flight(), 8);
+        // A stray: an answer nobody asked for.
+        let mut b = vec![TAG_APP];
+        b.extend_from_slice(&Answer::Busy { retry_after_ms: 0 }.encode(12345));
+        nodes[2].send(NodeId(100), &b).unwrap();
+        let mut redirected = false;
+        let mut index = 0;
+        let mut seen = [false; 8];
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.iter().any(|s| !s) {
+            assert!(Instant::now() < deadline, "{:?}", p.stats());
+            p.poll(&mut c, Duration::from_millis(2)).unwrap();
+            // Node 1 is silent: its inbox just fills.
+            answer_all(&mut nodes[1], |_, _| {
+                if redirected {
+                    Answer::Busy { retry_after_ms: 0 }
+                } else {
+                    redirected = true;
+                    Answer::NotLeader { leader: Some(3) }
+                }
+            });
+            answer_all(&mut nodes[2], |_, op| {
+                index += 1;
+                Answer::Ok { index, result: op }
+            });
+            while let Some(d) = p.take_done() {
+                let cm = d.outcome.unwrap();
+                assert_eq!((cm.node, cm.result.clone()), (3, vec![d.tag as u8]));
+                assert!(!seen[d.tag as usize], "{} twice", d.tag);
+                seen[d.tag as usize] = true;
+            }
+        }
+        p.drain(&mut c, Duration::from_secs(1)).unwrap();
+        let s = p.stats();
+        assert!(s.resent >= 8 && s.redirects >= 1 && s.stray >= 1, "{s:?}");
+        assert_eq!((s.done, p.in_flight(), c.leader_hint()), (8, 0, 3));
+        assert!(Pipeline::new(PipelineOptions {
+            resend_after: Duration::ZERO,
+            ..opts
+        })
+        .is_err());
     }
 }
