@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod codec;
 pub mod hnsw;
 pub mod queue;
+pub mod raft;
 pub mod ring;
 pub mod samples;
 pub mod sched;
@@ -371,6 +372,7 @@ pub fn all() -> Vec<Suite> {
         queue::cache_suite(),
         hnsw::hnsw_suite(),
         sched::sched_suite(),
+        raft::raft_suite(),
     ]
 }
 

@@ -36,11 +36,13 @@
 //! lead), the [node server](server::Server) answering it, the [client](client::RaftClient)
 //! following redirects and retrying, [one node](node::run_node) of the replicated KV store
 //! from a spec (the `erlmcp-flow raft node` command), and [a local cluster](cluster) of node
-//! processes over rings (the original `start_cluster(N)`).
+//! processes over rings (the original `start_cluster(N)`), and a [pipeline](pipeline) of
+//! submits for clients that keep many operations in flight.
 
 pub mod client;
 pub mod cluster;
 pub mod node;
+pub mod pipeline;
 pub mod proto;
 pub mod server;
 
@@ -54,6 +56,7 @@ use crate::raft::{Node, Out, ProposalId, Proposed, StateMachine};
 pub use client::{ClientOptions, Committed, RaftClient};
 pub use cluster::{ClusterOptions, LocalCluster};
 pub use node::{run_node, NodeSpec, NodeTransport};
+pub use pipeline::{Done, Pipeline, PipelineOptions, PipelineStats};
 pub use server::{ServeOptions, ServeStats, Server};
 
 /// The tag byte of a frame holding a Raft message.

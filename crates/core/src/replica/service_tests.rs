@@ -381,3 +381,83 @@ fn sim_busy_dropped_timeout_and_redirect() {
         "{st:?}"
     );
 }
+
+/// A pipeline of sets, started at a follower: every operation finishes once, committed, in
+/// index order per node; the window is enforced; the values are there afterwards.
+fn pipelined<C: Transport>(c: &mut RaftClient<C>) {
+    use super::pipeline::{Pipeline, PipelineOptions};
+    let (leader, _) = c.leader().unwrap();
+    let follower = NODES.iter().copied().find(|&n| n != leader).unwrap();
+    c.set_leader_hint(follower);
+    let opts = PipelineOptions {
+        window: 64,
+        ..PipelineOptions::default()
+    };
+    assert!(Pipeline::new(PipelineOptions { window: 0, ..opts }).is_err());
+    let mut p = Pipeline::new(opts).unwrap();
+    const N: u64 = 2_000;
+    let op = |k: u64| {
+        crate::raft::KvOp::Set {
+            key: k.to_le_bytes().to_vec(),
+            value: vec![k as u8; 48],
+        }
+        .encode()
+    };
+    let mut seen = vec![false; N as usize];
+    let (mut next, mut done, mut last_index, mut full) = (0u64, 0u64, 0u64, 0u32);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while done < N {
+        assert!(std::time::Instant::now() < deadline, "{:?}", p.stats());
+        while next < N {
+            match p.submit(c, op(next), next) {
+                Ok(()) => next += 1,
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::Full, "{e}");
+                    full += 1;
+                    break;
+                }
+            }
+        }
+        assert!(p.in_flight() <= 64);
+        p.poll(c, Duration::from_millis(5)).unwrap();
+        while let Some(d) = p.take_done() {
+            let k = d.tag as usize;
+            assert!(!seen[k], "operation {k} finished twice");
+            seen[k] = true;
+            let cm = d.outcome.unwrap();
+            assert_eq!(cm.node, leader);
+            assert!(cm.index >= last_index, "{} after {last_index}", cm.index);
+            last_index = cm.index;
+            done += 1;
+        }
+    }
+    p.drain(c, Duration::from_secs(1)).unwrap();
+    assert_eq!(p.in_flight(), 0);
+    assert!(full > 0, "the window was never full");
+    let s = p.stats();
+    assert!(s.redirects >= 1 && s.done == N, "{s:?}");
+    // Many operations per raft entry: the leader batched.
+    let st = c.status(leader).unwrap();
+    assert!(st.stat("batches").unwrap() < N / 4, "{st:?}");
+    for k in [0, N / 2, N - 1] {
+        assert_eq!(
+            c.get(&k.to_le_bytes()).unwrap(),
+            Some(vec![k as u8; 48]),
+            "key {k}"
+        );
+    }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads and real time")]
+fn pipeline_over_rings() {
+    let dir = TempDir::new("replica-pipeline");
+    std::fs::create_dir_all(dir.0.join("net")).unwrap();
+    let ts: Vec<RingTransport> = NODES
+        .iter()
+        .map(|&id| RingTransport::open(NodeId(id), &peers_of(id), ring_opts(&dir.0)).unwrap())
+        .collect();
+    let nodes: Vec<NodeId> = NODES.iter().map(|&n| NodeId(n)).collect();
+    let client = RingTransport::open(NodeId(CLIENTS[1]), &nodes, ring_opts(&dir.0)).unwrap();
+    with_cluster(ts, client, pipelined);
+}
