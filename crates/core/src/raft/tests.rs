@@ -212,7 +212,7 @@ fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
         voters: vec![1, 2, 3],
         ..Default::default()
     };
-    st.set_conf_state(&cs).unwrap();
+    st.set_conf_state(&cs, 0).unwrap();
     st.create_snapshot(6, cs.clone(), b"state@6".to_vec())
         .unwrap();
     assert_eq!(
@@ -403,6 +403,7 @@ fn garbage_and_misaddressed_messages_are_rejected() {
 // ---------------------------------------------------------------------------------------------
 // The simulated cluster.
 
+mod feat;
 mod lin;
 
 /// A state machine that records every operation it applies, for the safety checks.
