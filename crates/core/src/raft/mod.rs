@@ -133,10 +133,21 @@ impl Config {
     }
 }
 
-/// Identifies a proposal of this node (unique for the node's lifetime; restarts start again
-/// from 1 — a result is only ever reported to the incarnation that proposed it).
+/// Identifies a proposal or a read of this node (unique for the node's lifetime; restarts
+/// start again from 1 — a result is only ever reported to the incarnation that proposed it).
+/// Reads ([`Node::read_index`]) are numbered apart, with the top bit set
+/// ([`is_read`](Self::is_read)): the operations of a batch take consecutive numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProposalId(pub u64);
+
+impl ProposalId {
+    const READ: u64 = 1 << 63;
+
+    /// True for the id of a read.
+    pub fn is_read(self) -> bool {
+        self.0 & Self::READ != 0
+    }
+}
 
 /// The answer to [`Node::propose`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,6 +355,8 @@ pub struct Node<S: StateMachine> {
     batch_first: u64,
     batch_since: Option<Duration>,
     next_id: u64,
+    /// The next read's number (its id has [`ProposalId::READ`] set).
+    next_read: u64,
     flushed: VecDeque<Flushed>,
     applied: u64,
     stats: Stats,
@@ -420,6 +433,7 @@ impl<S: StateMachine> Node<S> {
             batch_first: 1,
             batch_since: None,
             next_id: 1,
+            next_read: 1,
             flushed: VecDeque::new(),
             applied,
             stats: Stats::default(),
@@ -571,7 +585,8 @@ impl<S: StateMachine> Node<S> {
                 leader: self.leader(),
             });
         }
-        let id = self.new_id();
+        let id = ProposalId(ProposalId::READ | self.next_read);
+        self.next_read += 1;
         self.stats.reads += 1;
         self.reads_waiting.push((id, self.term()));
         self.issue_reads();
@@ -742,6 +757,8 @@ impl<S: StateMachine> Node<S> {
         raft::Changer::new(self.raw.raft.prs())
             .enter_joint(false, &ccs)
             .map_err(|e| raft_err("membership change refused", e))?;
+        // The open batch goes first: its operations' ids stay consecutive.
+        self.flush(Duration::ZERO)?;
         let id = self.new_id();
         let mut cc = ConfChangeV2::default();
         cc.set_transition(ConfChangeTransition::Explicit);

@@ -506,6 +506,9 @@ struct Sim {
     outcomes: Vec<(u64, ProposalId, Outcome)>,
     /// Nodes crashed since the clients last looked (their proposals' outcomes are unknown).
     crash_log: Vec<u64>,
+    /// Reads asked with `read_index`: (node, read) → key; the value is taken from the node's
+    /// state machine when `ready` says the read may proceed.
+    read_keys: HashMap<(u64, ProposalId), Vec<u8>>,
 }
 
 /// What became of a proposal, as the node reported it.
@@ -517,6 +520,8 @@ enum Outcome {
     Dropped,
     /// May or may not have been applied (`Out::unknown`).
     Unknown,
+    /// A read (`Out::reads`) and the value it read.
+    Read(Option<Vec<u8>>),
 }
 
 fn config(id: u64, n: u64) -> Config {
@@ -559,6 +564,7 @@ impl Sim {
             record: false,
             outcomes: Vec::new(),
             crash_log: Vec::new(),
+            read_keys: HashMap::new(),
         };
         for id in 1..=n {
             sim.dirs
@@ -697,6 +703,18 @@ impl Sim {
                 let dropped = out.dropped.iter().map(|d| (id, *d, Outcome::Dropped));
                 let unknown = out.unknown.iter().map(|d| (id, *d, Outcome::Unknown));
                 self.outcomes.extend(applied.chain(dropped).chain(unknown));
+                for r in &out.reads {
+                    if let Some(key) = self.read_keys.remove(&(id, r.id)) {
+                        if node.applied_index() < r.index {
+                            self.fail(format!("read {r:?} answered before its index applied"));
+                        }
+                        let v = node.sm.kv.get(&key).map(<[u8]>::to_vec);
+                        self.outcomes.push((id, r.id, Outcome::Read(v)));
+                    }
+                }
+                for d in &out.dropped {
+                    self.read_keys.remove(&(id, *d));
+                }
             }
             let voted = vote != (node.term(), node.raw.raft.vote) && node.raw.raft.vote != 0;
             for m in out.messages {
@@ -716,6 +734,7 @@ impl Sim {
                 self.restarts += 1;
                 self.crash_log.push(id);
                 self.pending.retain(|(p, _), _| *p != id);
+                self.read_keys.retain(|(p, _), _| *p != id);
                 self.nodes[i] = None;
                 self.start(id);
             }
@@ -780,6 +799,7 @@ impl Sim {
                     self.crashes += 1;
                     self.crash_log.push(i as u64 + 1);
                     self.pending.retain(|(id, _), _| *id != i as u64 + 1);
+                    self.read_keys.retain(|(id, _), _| *id != i as u64 + 1);
                 }
                 None => {
                     self.restarts += 1;
