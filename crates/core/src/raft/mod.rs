@@ -950,7 +950,8 @@ impl<S: StateMachine> Node<S> {
 
     /// Steps a message received from a peer (its [`Outgoing::bytes`]). Bytes that do not
     /// decode are [`ErrorKind::Corrupt`]; a message from a node that is not a member of the
-    /// configuration is [`ErrorKind::NotFound`]; a message raft-rs would trust and choke on is
+    /// configuration is [`ErrorKind::NotFound`] (except a leader's appends, heartbeats and
+    /// snapshots: this node may lag behind the change that made their sender a member); a message raft-rs would trust and choke on is
     /// [`ErrorKind::InvalidArgument`] — addressed to another node, from itself, of a local
     /// type, a forwarded proposal, without a term, entries that are not contiguous or conflict
     /// with committed ones, a zero log term, a heartbeat committing past this node's log, a
@@ -988,10 +989,13 @@ impl<S: StateMachine> Node<S> {
             )))
         };
         let log = &self.raw.raft.raft_log;
-        // A node still joining has no configuration yet: it hears from the leader before the
-        // snapshot that makes it a member arrives.
-        let joining = self.membership() == Membership::default();
-        if !joining && self.raw.raft.prs().get(m.from).is_none() {
+        // Only a leader's messages are taken from a node outside this node's configuration:
+        // a node that lags behind a membership change (or is still joining, without a
+        // configuration) must follow a leader its configuration does not know yet — Raft's
+        // safety never depended on it. Votes, answers and the rest from a stranger (a removed
+        // node that does not know it yet) are refused: they could only disrupt.
+        let from_leader = matches!(m.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot);
+        if !from_leader && self.raw.raft.prs().get(m.from).is_none() {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -1258,6 +1262,16 @@ impl<S: StateMachine> Node<S> {
         }
         match self.raw.apply_conf_change(cc) {
             Ok(cs) => {
+                // A leader that is no voter once the change is complete (elected by the
+                // outgoing half, it applied the leave a predecessor proposed) steps down:
+                // raft-rs cannot lead without its own progress (it would panic).
+                if self.is_leader()
+                    && cs.voters_outgoing.is_empty()
+                    && !cs.voters.contains(&self.cfg.id)
+                {
+                    let term = self.term();
+                    self.raw.raft.become_follower(term, 0);
+                }
                 self.raw.mut_store().set_conf_state(&cs, index)?;
                 self.stats.conf_applied += 1;
                 self.snapshot_due = true;

@@ -451,3 +451,31 @@ fn a_leader_elected_by_the_outgoing_half_hands_over_before_leaving() {
     assert!(c.run_until(200, |c| c.leader().is_some_and(|l| l != 3)));
     assert!(c.nodes[&3].is_removed());
 }
+
+#[test]
+fn strangers_may_lead_but_not_vote() {
+    // A node lagging behind a membership change must follow a leader it does not know yet;
+    // anything else from a node outside its configuration is refused.
+    let mut n = Node::new(cfg(1, vec![1, 2, 3]), LogStorage::memory(), KvStore::new()).unwrap();
+    let msg = |ty: raft::eraftpb::MessageType| {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(ty);
+        m.from = 9;
+        m.to = 1;
+        m.term = 5;
+        m.write_to_bytes().unwrap()
+    };
+    use raft::eraftpb::MessageType::*;
+    for ty in [
+        MsgRequestVote,
+        MsgRequestPreVote,
+        MsgAppendResponse,
+        MsgTimeoutNow,
+    ] {
+        let e = n.step(&msg(ty)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound, "{ty:?}: {e}");
+    }
+    assert_eq!(n.term(), 0);
+    n.step(&msg(MsgHeartbeat)).unwrap();
+    assert_eq!((n.term(), n.leader()), (5, Some(9)));
+}
