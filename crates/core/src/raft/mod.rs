@@ -8,7 +8,9 @@
 //! A [`Node`] is stepped by its host: [`Node::propose`] an operation, [`Node::step`] a message
 //! received from a peer, [`Node::tick`] every tick interval, and [`Node::ready`] to collect the
 //! work done — messages to send, results of applied operations, proposals that will never
-//! apply. The node never sends, sleeps or reads a clock: the host passes the time (any
+//! apply, reads that may proceed. Beyond proposals: linearizable reads
+//! ([`Node::read_index`]), leadership transfer ([`Node::transfer_leader`]) and membership
+//! changes by joint consensus, voters and learners ([`Node::change_membership`]). The node never sends, sleeps or reads a clock: the host passes the time (any
 //! monotonic [`Duration`]) and moves the bytes, which is how a seeded simulation drives it.
 //!
 //! ```
@@ -44,6 +46,12 @@
 //!   there), so a garbled frame is an error, never a panic (tested with mutated traffic and
 //!   bit-flipped frames in a running cluster); a peer that lies consistently within the
 //!   protocol is PBFT's business.
+//! * Reads are served by the leader only (ReadIndex, raft-rs's safe mode: a quorum's
+//!   heartbeat answers, no lease on clocks); a follower answers [`Proposed::NotLeader`]
+//!   rather than forwarding, since a forwarded request that is lost is never answered.
+//! * Membership changes always go through a joint configuration, left explicitly by whoever
+//!   leads (not raft-rs's auto-leave, which a leader change loses); the stored ConfState
+//!   carries the index of the change it results from ([`LogStorage::conf_index`]).
 
 mod kv;
 mod storage;
