@@ -247,6 +247,40 @@ fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
 }
 
 #[test]
+fn conf_state_keeps_its_index_across_restarts_and_snapshots() {
+    let dir = TempDir::new("raft-conf-index");
+    let mut st = filled(&dir.0, 10, 9);
+    let old = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let joint = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 4],
+        voters_outgoing: vec![1, 2, 3],
+        ..Default::default()
+    };
+    st.set_conf_state(&old, 0).unwrap();
+    st.set_conf_state(&joint, 7).unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let mut st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!((st.conf_state(), st.conf_index()), (&joint, 7));
+    // A snapshot at 9 carries the configuration; a log record of an older change (written
+    // before a crash interrupted the log's rewrite) does not override it.
+    let new = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 4],
+        ..Default::default()
+    };
+    st.set_conf_state(&new, 8).unwrap();
+    st.create_snapshot(9, new.clone(), b"s".to_vec()).unwrap();
+    st.set_conf_state(&joint, 7).unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!((st.conf_state(), st.conf_index()), (&new, 9));
+}
+
+#[test]
 fn snapshot_newer_than_the_log_drops_the_covered_entries() {
     // A crash between writing the snapshot file and rewriting the log: the old log still
     // holds entries the snapshot covers.
