@@ -260,7 +260,8 @@ pub struct Out {
     /// their entry was replaced by another leader's): safe to retry.
     pub dropped: Vec<ProposalId>,
     /// Proposals whose outcome this node can no longer tell (a snapshot from the new leader
-    /// covered their index): they may or may not have been applied.
+    /// covered their index, or this node was removed from the configuration): they may or may
+    /// not have been applied.
     pub unknown: Vec<ProposalId>,
     /// Reads ([`Node::read_index`]) that may proceed now: the state machine holds every write
     /// committed before they were asked for. Reads that cannot complete (leadership lost
@@ -375,9 +376,6 @@ pub struct Node<S: StateMachine> {
     reads_issued: Vec<(ProposalId, u64)>,
     /// Reads confirmed at an index, waiting for it to be applied: (read, index).
     reads_confirmed: Vec<(ProposalId, u64)>,
-    /// A configuration change was applied: take a snapshot as soon as possible (a node that
-    /// joins learns the configuration from a snapshot, never from the log's start).
-    snapshot_due: bool,
 }
 
 impl<S: StateMachine> Node<S> {
@@ -449,7 +447,6 @@ impl<S: StateMachine> Node<S> {
             reads_waiting: Vec::new(),
             reads_issued: Vec::new(),
             reads_confirmed: Vec::new(),
-            snapshot_due: false,
         })
     }
 
@@ -1002,8 +999,12 @@ impl<S: StateMachine> Node<S> {
         // configuration) must follow a leader its configuration does not know yet — Raft's
         // safety never depended on it. Votes, answers and the rest from a stranger (a removed
         // node that does not know it yet) are refused: they could only disrupt.
+        // A node still joining (no configuration yet) may already be a voter of the
+        // configuration in force: it must answer votes too, or a cluster that added it and
+        // then lost its leader could never elect one (found by the churn simulation).
         let from_leader = matches!(m.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot);
-        if !from_leader && self.raw.raft.prs().get(m.from).is_none() {
+        let joining = self.membership() == Membership::default();
+        if !from_leader && !joining && self.raw.raft.prs().get(m.from).is_none() {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -1105,6 +1106,14 @@ impl<S: StateMachine> Node<S> {
             self.process_ready(&mut out)?;
         }
         if !self.is_leader() {
+            self.drop_batch();
+        }
+        if self.is_removed() {
+            // A removed node hears no more entries: what it proposed may or may not commit.
+            while let Some(f) = self.flushed.pop_front() {
+                out.unknown
+                    .extend((f.first..f.first + f.count).map(ProposalId));
+            }
             self.drop_batch();
         }
         self.settle_reads(&mut out);
@@ -1282,7 +1291,6 @@ impl<S: StateMachine> Node<S> {
                 }
                 self.raw.mut_store().set_conf_state(&cs, index)?;
                 self.stats.conf_applied += 1;
-                self.snapshot_due = true;
                 Ok(true)
             }
             Err(_) => {
@@ -1295,13 +1303,15 @@ impl<S: StateMachine> Node<S> {
     fn maybe_snapshot(&mut self) -> Result<()> {
         let n = self.cfg.snapshot_entries;
         let store = self.raw.store();
-        let due = self.snapshot_due && self.applied > store.snapshot_index();
+        // The configuration in force changed after the latest snapshot: take one now (a node
+        // that joins learns the configuration from a snapshot, never from the log's start).
+        // Derived from the store, so a restart before the snapshot still takes it.
+        let due = store.conf_index() > store.snapshot_index();
         if (!due && (n == 0 || self.applied < store.snapshot_index() + n))
             || self.applied > store.hard_state().commit
         {
             return Ok(());
         }
-        self.snapshot_due = false;
         let data = self.sm.snapshot();
         let conf = self.raw.raft.prs().conf().to_conf_state();
         let applied = self.applied;

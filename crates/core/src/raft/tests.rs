@@ -1153,24 +1153,42 @@ impl Sim {
                 }
             }
         }
-        let state: Vec<String> = self
-            .nodes
+        self.fail(format!(
+            "no progress after healing: the cluster did not settle (marker {marker:?} pending \
+             {}, last acked {:?}, equal {}): {:#?}",
+            marker.is_some_and(|m| self.pending.contains_key(&m)),
+            self.acked
+                .last()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            self.all_equal(),
+            self.dump()
+        ));
+    }
+
+    /// Every live node's indexes and configuration, for a failure message.
+    fn dump(&self) -> Vec<String> {
+        self.nodes
             .iter()
             .flatten()
             .map(|n| {
                 format!(
-                    "{}: applied {} commit {} snapshot {} {:?}",
+                    "{}: {:?} t{} applied {} commit {} snapshot {} ({:?}) conf@{} {:?}",
                     n.id(),
+                    n.raw.raft.state,
+                    n.term(),
                     n.applied_index(),
                     n.commit_index(),
                     n.storage().snapshot_index(),
+                    n.storage()
+                        .latest_snapshot()
+                        .get_metadata()
+                        .get_conf_state()
+                        .voters,
+                    n.storage().conf_index(),
                     n.membership()
                 )
             })
-            .collect();
-        self.fail(format!(
-            "no progress after healing: the cluster did not settle: {state:#?}"
-        ));
+            .collect()
     }
 
     fn done(&self, marker: (u64, ProposalId)) -> bool {
@@ -1300,6 +1318,13 @@ fn sim_membership_churn_three_nodes_memory() {
 fn sim_membership_churn_three_nodes_durable_with_crashes() {
     for seed in seeds(9500, 10) {
         run_churn(3, seed, true, 1500);
+    }
+}
+
+#[test]
+fn sim_membership_churn_five_nodes_durable_with_crashes() {
+    for seed in seeds(9700, 5) {
+        run_churn(5, seed, true, 1500);
     }
 }
 

@@ -478,4 +478,17 @@ fn strangers_may_lead_but_not_vote() {
     assert_eq!(n.term(), 0);
     n.step(&msg(MsgHeartbeat)).unwrap();
     assert_eq!((n.term(), n.leader()), (5, Some(9)));
+    // A node still joining (no configuration) may already be a voter: it answers votes.
+    let mut j = Node::new(cfg(4, vec![]), LogStorage::memory(), KvStore::new()).unwrap();
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(MsgRequestVote);
+    m.from = 9;
+    m.to = 4;
+    m.term = 5;
+    j.step(&m.write_to_bytes().unwrap()).unwrap();
+    let out = j.ready(Duration::ZERO).unwrap();
+    assert!(
+        out.messages.iter().any(|o| o.to == 9),
+        "the vote is answered"
+    );
 }

@@ -465,6 +465,14 @@ fn run_clients(
     loop {
         st.ops = st.invoked - st.refused;
         let faults = st.ops < ops;
+        if sim.step > 200 * ops.max(100) {
+            sim.fail(format!(
+                "no progress: {} of {ops} operations after {} steps: {:#?}",
+                st.ops,
+                sim.step,
+                sim.dump()
+            ));
+        }
         if !faults {
             calm += 1;
             if clients.iter().all(|c| c.waiting.is_none()) || calm > 5000 {
