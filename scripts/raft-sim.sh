@@ -4,7 +4,9 @@
 # drops, delays, reordering, duplicates and partitions; election safety, log matching, leader
 # completeness and state-machine safety checked after every step, then heal and check that
 # every replica is equal and holds every acknowledged write. The suite runs 50 seeds. Also the
-# garbled-frame run (3 % of frames bit-flipped, every node must stay up) over as many seeds.
+# garbled-frame run (3 % of frames bit-flipped, every node must stay up) over as many seeds,
+# and the membership-churn runs (learners joining, promotions, removals, replacements and
+# leadership transfers under the same faults).
 # A failing run prints its seed and step; rerun it alone with EMF_RAFT_SEED=<seed>.
 #
 #   scripts/raft-sim.sh [SEEDS per cluster kind (default 250: 1000 runs in all)]

@@ -166,6 +166,23 @@ impl RingTransport {
         })
     }
 
+    /// Adds `id` to the peers this node sends to (a node that joined the cluster); adding a
+    /// known peer does nothing. `InvalidArgument` for this node's own id.
+    pub fn add_peer(&mut self, id: NodeId) -> Result<()> {
+        if id == self.id {
+            return Err(Error::invalid(format!("{id} cannot be its own peer")));
+        }
+        self.peers.insert(id);
+        Ok(())
+    }
+
+    /// Forgets peer `id` (a node removed from the cluster): sends to it are `NotFound` again.
+    /// True when it was a peer.
+    pub fn remove_peer(&mut self, id: NodeId) -> bool {
+        self.producers.remove(&id);
+        self.peers.remove(&id)
+    }
+
     /// Removes node `id`'s inbox from `opts.dir` (a node leaving the cluster for good).
     /// Senders holding it get `Closed` and drop it.
     pub fn remove_inbox(id: NodeId, opts: &RingNetOptions) -> Result<()> {

@@ -259,3 +259,33 @@ fn round_trip_between_processes() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn peers_are_added_and_removed_at_run_time() {
+    // A node that joins the cluster: the others learn it with add_peer (both directions: a
+    // frame from a node that is not a peer is refused on receipt too).
+    let dir = TempDir::new("net-ring-peers");
+    let (mut a, _b) = pair(&dir.0);
+    let c_id = NodeId(3);
+    let mut c = RingTransport::open(c_id, &[A, B], opts(&dir.0)).unwrap();
+    assert_eq!(a.send(c_id, b"x").unwrap_err().kind(), ErrorKind::NotFound);
+    c.send(A, b"early").unwrap();
+    assert_eq!(a.recv_timeout(Duration::from_millis(50)).unwrap(), None);
+    a.add_peer(c_id).unwrap();
+    a.add_peer(c_id).unwrap();
+    assert_eq!(
+        a.add_peer(A).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    a.send(c_id, b"hello").unwrap();
+    let f = c.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!((f.from, f.payload), (A, b"hello".to_vec()));
+    c.send(A, b"back").unwrap();
+    let f = a.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
+    assert_eq!((f.from, f.payload), (c_id, b"back".to_vec()));
+    assert!(a.remove_peer(c_id));
+    assert!(!a.remove_peer(c_id));
+    assert_eq!(a.send(c_id, b"x").unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(a.peers().all(|p| p == B));
+}

@@ -8,7 +8,9 @@
 //! A [`Node`] is stepped by its host: [`Node::propose`] an operation, [`Node::step`] a message
 //! received from a peer, [`Node::tick`] every tick interval, and [`Node::ready`] to collect the
 //! work done — messages to send, results of applied operations, proposals that will never
-//! apply. The node never sends, sleeps or reads a clock: the host passes the time (any
+//! apply, reads that may proceed. Beyond proposals: linearizable reads
+//! ([`Node::read_index`]), leadership transfer ([`Node::transfer_leader`]) and membership
+//! changes by joint consensus, voters and learners ([`Node::change_membership`]). The node never sends, sleeps or reads a clock: the host passes the time (any
 //! monotonic [`Duration`]) and moves the bytes, which is how a seeded simulation drives it.
 //!
 //! ```
@@ -44,6 +46,12 @@
 //!   there), so a garbled frame is an error, never a panic (tested with mutated traffic and
 //!   bit-flipped frames in a running cluster); a peer that lies consistently within the
 //!   protocol is PBFT's business.
+//! * Reads are served by the leader only (ReadIndex, raft-rs's safe mode: a quorum's
+//!   heartbeat answers, no lease on clocks); a follower answers [`Proposed::NotLeader`]
+//!   rather than forwarding, since a forwarded request that is lost is never answered.
+//! * Membership changes always go through a joint configuration, left explicitly by whoever
+//!   leads (not raft-rs's auto-leave, which a leader change loses); the stored ConfState
+//!   carries the index of the change it results from ([`LogStorage::conf_index`]).
 
 mod kv;
 mod storage;
@@ -54,8 +62,11 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
-use raft::{RawNode, StateRole};
+use raft::eraftpb::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
+    EntryType, Message, MessageType,
+};
+use raft::{RawNode, ReadState, StateRole};
 
 pub use kv::{KvOp, KvResult, KvStore, StateMachine};
 pub use storage::{LogStorage, Recovery, SyncStats};
@@ -68,7 +79,9 @@ pub struct Config {
     /// This node's id (not 0).
     pub id: u64,
     /// The voters of a new cluster (including `id`); used only when the storage is empty — a
-    /// restarted node takes its configuration from its storage.
+    /// restarted node takes its configuration from its storage. Empty: the node joins an
+    /// existing cluster (it starts without a configuration and learns it from the snapshot
+    /// the leader sends once [`Node::change_membership`] added it).
     pub voters: Vec<u64>,
     /// Ticks without hearing from a leader before a follower campaigns (default 10).
     pub election_tick: usize,
@@ -128,10 +141,21 @@ impl Config {
     }
 }
 
-/// Identifies a proposal of this node (unique for the node's lifetime; restarts start again
-/// from 1 — a result is only ever reported to the incarnation that proposed it).
+/// Identifies a proposal or a read of this node (unique for the node's lifetime; restarts
+/// start again from 1 — a result is only ever reported to the incarnation that proposed it).
+/// Reads ([`Node::read_index`]) are numbered apart, with the top bit set
+/// ([`is_read`](Self::is_read)): the operations of a batch take consecutive numbers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ProposalId(pub u64);
+
+impl ProposalId {
+    const READ: u64 = 1 << 63;
+
+    /// True for the id of a read.
+    pub fn is_read(self) -> bool {
+        self.0 & Self::READ != 0
+    }
+}
 
 /// The answer to [`Node::propose`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +193,62 @@ pub struct Applied {
     pub result: Vec<u8>,
 }
 
+/// A read of [`Node::read_index`] that may proceed: read the state machine now (before
+/// anything else is applied, or later — either is linearizable, the read's linearization point
+/// lying between its request and this answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadReady {
+    /// The read (its id comes from the same counter as the proposals').
+    pub id: ProposalId,
+    /// The commit index the leader confirmed it still led at; the state machine has applied
+    /// at least this far.
+    pub index: u64,
+}
+
+/// One change of a membership change ([`Node::change_membership`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberChange {
+    /// Adds a voter, or promotes a learner to voter.
+    AddVoter(u64),
+    /// Adds a learner (receives the log, does not vote), or demotes a voter to learner.
+    AddLearner(u64),
+    /// Removes a voter or a learner.
+    Remove(u64),
+}
+
+/// The configuration in force (after the last configuration change applied); ids sorted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Membership {
+    /// The voters (of the incoming configuration while joint).
+    pub voters: Vec<u64>,
+    /// The learners.
+    pub learners: Vec<u64>,
+    /// While joint: the voters of the outgoing configuration (decisions need a majority of
+    /// both); empty otherwise.
+    pub voters_outgoing: Vec<u64>,
+    /// While joint: voters of the outgoing configuration that become learners on leaving it.
+    pub learners_next: Vec<u64>,
+}
+
+impl Membership {
+    /// True while a change is half way: the joint configuration of old and new voters.
+    pub fn is_joint(&self) -> bool {
+        !self.voters_outgoing.is_empty()
+    }
+
+    /// True when `id` is a voter or a learner, in either half of a joint configuration.
+    pub fn contains(&self, id: u64) -> bool {
+        [
+            &self.voters,
+            &self.learners,
+            &self.voters_outgoing,
+            &self.learners_next,
+        ]
+        .iter()
+        .any(|l| l.contains(&id))
+    }
+}
+
 /// The work done by one [`Node::ready`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Out {
@@ -180,8 +260,13 @@ pub struct Out {
     /// their entry was replaced by another leader's): safe to retry.
     pub dropped: Vec<ProposalId>,
     /// Proposals whose outcome this node can no longer tell (a snapshot from the new leader
-    /// covered their index): they may or may not have been applied.
+    /// covered their index, or this node was removed from the configuration): they may or may
+    /// not have been applied.
     pub unknown: Vec<ProposalId>,
+    /// Reads ([`Node::read_index`]) that may proceed now: the state machine holds every write
+    /// committed before they were asked for. Reads that cannot complete (leadership lost
+    /// first) are in [`dropped`](Self::dropped).
+    pub reads: Vec<ReadReady>,
     /// Entries appended to the log by this Ready.
     pub entries_persisted: u64,
     /// What the log's group commit wrote.
@@ -209,6 +294,16 @@ pub struct Stats {
     pub syncs: u64,
     /// Snapshots taken.
     pub snapshots: u64,
+    /// Reads asked for with [`Node::read_index`].
+    pub reads: u64,
+    /// Membership changes proposed with [`Node::change_membership`].
+    pub conf_changes: u64,
+    /// Configuration changes applied (entering and leaving joint configurations).
+    pub conf_applied: u64,
+    /// Committed configuration changes raft-rs refused to apply (left without effect).
+    pub conf_refused: u64,
+    /// Leadership transfers started with [`Node::transfer_leader`].
+    pub transfers: u64,
 }
 
 const BATCH_MAGIC: u8 = 0xB1;
@@ -269,10 +364,18 @@ pub struct Node<S: StateMachine> {
     batch_first: u64,
     batch_since: Option<Duration>,
     next_id: u64,
+    /// The next read's number (its id has [`ProposalId::READ`] set).
+    next_read: u64,
     flushed: VecDeque<Flushed>,
     applied: u64,
     stats: Stats,
     dropped: Vec<ProposalId>,
+    /// Reads waiting for this leader to commit an entry of its term: (read, term asked in).
+    reads_waiting: Vec<(ProposalId, u64)>,
+    /// Reads handed to raft-rs, waiting for a quorum's heartbeat answers: (read, term).
+    reads_issued: Vec<(ProposalId, u64)>,
+    /// Reads confirmed at an index, waiting for it to be applied: (read, index).
+    reads_confirmed: Vec<(ProposalId, u64)>,
 }
 
 impl<S: StateMachine> Node<S> {
@@ -289,7 +392,7 @@ impl<S: StateMachine> Node<S> {
                 "raft: max_batch_ops and max_batch_bytes must be > 0",
             ));
         }
-        if storage.is_empty() {
+        if storage.is_empty() && !cfg.voters.is_empty() {
             if !cfg.voters.contains(&cfg.id) {
                 return Err(Error::invalid(format!(
                     "raft: node {} is not among the voters {:?} of a new cluster",
@@ -300,7 +403,7 @@ impl<S: StateMachine> Node<S> {
                 voters: cfg.voters.clone(),
                 ..Default::default()
             };
-            storage.set_conf_state(&cs)?;
+            storage.set_conf_state(&cs, 0)?;
             storage.sync()?;
         }
         let snap = storage.latest_snapshot();
@@ -336,10 +439,14 @@ impl<S: StateMachine> Node<S> {
             batch_first: 1,
             batch_since: None,
             next_id: 1,
+            next_read: 1,
             flushed: VecDeque::new(),
             applied,
             stats: Stats::default(),
             dropped: Vec::new(),
+            reads_waiting: Vec::new(),
+            reads_issued: Vec::new(),
+            reads_confirmed: Vec::new(),
         })
     }
 
@@ -381,7 +488,36 @@ impl<S: StateMachine> Node<S> {
         self.raw.raft.prs().conf().to_conf_state().voters
     }
 
-    /// The state machine (for local, possibly stale reads).
+    /// The configuration in force (the last configuration change applied).
+    pub fn membership(&self) -> Membership {
+        let cs = self.raw.raft.prs().conf().to_conf_state();
+        let sorted = |mut v: Vec<u64>| {
+            v.sort_unstable();
+            v
+        };
+        Membership {
+            voters: sorted(cs.voters),
+            learners: sorted(cs.learners),
+            voters_outgoing: sorted(cs.voters_outgoing),
+            learners_next: sorted(cs.learners_next),
+        }
+    }
+
+    /// True when this node has a configuration and is not in it: it was removed (it never
+    /// campaigns; its host should stop it). False for a node still joining (no configuration
+    /// yet).
+    pub fn is_removed(&self) -> bool {
+        let m = self.membership();
+        m != Membership::default() && !m.contains(self.cfg.id)
+    }
+
+    /// The voter a leadership transfer started by this leader is handing over to.
+    pub fn transferring(&self) -> Option<u64> {
+        self.raw.raft.lead_transferee
+    }
+
+    /// The state machine (for local, possibly stale reads; [`read_index`](Self::read_index)
+    /// for linearizable ones).
     pub fn state_machine(&self) -> &S {
         &self.sm
     }
@@ -429,6 +565,277 @@ impl<S: StateMachine> Node<S> {
     /// to it falls back to probing).
     pub fn report_unreachable(&mut self, peer: u64) {
         self.raw.report_unreachable(peer);
+    }
+
+    fn new_id(&mut self) -> ProposalId {
+        let id = ProposalId(self.next_id);
+        self.next_id += 1;
+        id
+    }
+
+    /// Asks for a linearizable read (Raft's ReadIndex, §6.4 of the Raft thesis): the leader
+    /// notes its commit index, confirms with a quorum's heartbeat answers that it still leads,
+    /// and once that index is applied the read comes back in [`Out::reads`] — then read the
+    /// state machine. No log entry is written. A new leader first commits an entry of its term
+    /// (the read waits for it). The read is [`Out::dropped`] when this node stops leading, or
+    /// its term changes, before the quorum answered: ask again (at the leader).
+    ///
+    /// Only the leader serves reads: on another node the answer is [`Proposed::NotLeader`]
+    /// naming the leader it knows (raft-rs could forward the request to the leader, but a
+    /// forwarded request that is lost is never answered; a client asking the leader itself
+    /// gets a clear answer and knows whom to ask).
+    pub fn read_index(&mut self, _now: Duration) -> Result<Proposed> {
+        if !self.is_leader() {
+            return Ok(Proposed::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        let id = ProposalId(ProposalId::READ | self.next_read);
+        self.next_read += 1;
+        self.stats.reads += 1;
+        self.reads_waiting.push((id, self.term()));
+        self.issue_reads();
+        Ok(Proposed::Accepted(id))
+    }
+
+    /// Hands the waiting reads to raft-rs once this leader committed an entry of its term
+    /// (raft-rs silently ignores reads before that).
+    fn issue_reads(&mut self) {
+        if self.reads_waiting.is_empty()
+            || !self.is_leader()
+            || !self.raw.raft.commit_to_current_term()
+        {
+            return;
+        }
+        for (id, term) in std::mem::take(&mut self.reads_waiting) {
+            if term != self.term() {
+                self.dropped.push(id);
+                continue;
+            }
+            self.raw.read_index(id.0.to_le_bytes().to_vec());
+            self.reads_issued.push((id, term));
+        }
+    }
+
+    fn confirm_read(&mut self, rs: ReadState) {
+        let Ok(ctx) = <[u8; 8]>::try_from(&rs.request_ctx[..]) else {
+            return;
+        };
+        let id = ProposalId(u64::from_le_bytes(ctx));
+        if let Some(k) = self.reads_issued.iter().position(|r| r.0 == id) {
+            self.reads_issued.remove(k);
+            self.reads_confirmed.push((id, rs.index));
+        }
+    }
+
+    /// Drops the reads that can no longer be confirmed and completes the applied ones.
+    fn settle_reads(&mut self, out: &mut Out) {
+        let (leader, term) = (self.is_leader(), self.term());
+        for q in [&mut self.reads_waiting, &mut self.reads_issued] {
+            q.retain(|&(id, t)| {
+                let keep = leader && t == term;
+                if !keep {
+                    self.dropped.push(id);
+                }
+                keep
+            });
+        }
+        let applied = self.applied;
+        self.reads_confirmed.retain(|&(id, index)| {
+            let done = index <= applied;
+            if done {
+                out.reads.push(ReadReady { id, index });
+            }
+            !done
+        });
+    }
+
+    /// Starts handing leadership to voter `to` (Raft's leadership transfer, §3.10): the
+    /// leader brings `to`'s log up to date (a lagging follower is caught up first), then
+    /// tells it to campaign at once; meanwhile the leader takes no proposals (they answer
+    /// [`ErrorKind::Full`]: retry at the new leader). raft-rs gives up after an election
+    /// timeout (see [`transferring`](Self::transferring)); watch [`leader`](Self::leader).
+    /// `to == id()` does nothing.
+    ///
+    /// Errors: [`ErrorKind::NotLeader`] on a node that does not lead; `InvalidArgument` for
+    /// node 0, a learner, or a node that is not a voter.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<()> {
+        if !self.is_leader() {
+            return Err(Error::new(
+                ErrorKind::NotLeader,
+                format!(
+                    "raft: node {} cannot transfer leadership: it does not lead (leader {:?})",
+                    self.cfg.id,
+                    self.leader()
+                ),
+            ));
+        }
+        if to == self.cfg.id {
+            return Ok(());
+        }
+        let m = self.membership();
+        if !m.voters.contains(&to) {
+            let what = if m.learners.contains(&to) || m.learners_next.contains(&to) {
+                "a learner"
+            } else {
+                "not a voter of the configuration"
+            };
+            return Err(Error::invalid(format!(
+                "raft: cannot transfer leadership to node {to}: {what}"
+            )));
+        }
+        self.stats.transfers += 1;
+        self.raw.transfer_leader(to);
+        Ok(())
+    }
+
+    /// Proposes a membership change by joint consensus (§4.3 of the Raft thesis): the cluster
+    /// first moves to the joint configuration (old and new voters, each majority needed), and
+    /// once that is applied the leader proposes leaving it (also a new leader that finds the
+    /// configuration joint) — so any change, even of several voters at once, keeps a single
+    /// quorum intersection. The outcome is [`Out::applied`] (with an empty result) when the
+    /// joint configuration is applied; [`Node::membership`] tells when it was left. A node
+    /// that is added starts with an empty storage and `Config::voters` empty; every node takes
+    /// a snapshot after applying a change, so the leader sends the newcomer that snapshot
+    /// (with the configuration) rather than the log from its start.
+    ///
+    /// Not on the leader: [`Proposed::NotLeader`]. Errors: `InvalidArgument` for no changes,
+    /// node 0, a node named twice, removing a node that is not a member, or a change raft-rs
+    /// refuses (removing every voter); [`ErrorKind::Busy`] while another change is under way
+    /// (joint, or not yet applied) or a leadership transfer is; `Full` when raft-rs refuses
+    /// more uncommitted entries.
+    pub fn change_membership(&mut self, changes: &[MemberChange]) -> Result<Proposed> {
+        if !self.is_leader() {
+            return Ok(Proposed::NotLeader {
+                leader: self.leader(),
+            });
+        }
+        if changes.is_empty() {
+            return Err(Error::invalid("raft: a membership change without changes"));
+        }
+        let m = self.membership();
+        let mut ccs = Vec::with_capacity(changes.len());
+        for (k, c) in changes.iter().enumerate() {
+            let (ty, id) = match *c {
+                MemberChange::AddVoter(id) => (ConfChangeType::AddNode, id),
+                MemberChange::AddLearner(id) => (ConfChangeType::AddLearnerNode, id),
+                MemberChange::Remove(id) => (ConfChangeType::RemoveNode, id),
+            };
+            if id == 0 {
+                return Err(Error::invalid(
+                    "raft: membership change naming node 0 (reserved)",
+                ));
+            }
+            if changes[..k].iter().any(|p| {
+                matches!(*p, MemberChange::AddVoter(x) | MemberChange::AddLearner(x) | MemberChange::Remove(x) if x == id)
+            }) {
+                return Err(Error::invalid(format!(
+                    "raft: membership change naming node {id} twice"
+                )));
+            }
+            if id == self.cfg.id && ty != ConfChangeType::AddNode {
+                return Err(Error::invalid(format!(
+                    "raft: the leader {id} cannot remove or demote itself: transfer leadership \
+                     first"
+                )));
+            }
+            if ty == ConfChangeType::RemoveNode && !m.contains(id) {
+                return Err(Error::invalid(format!(
+                    "raft: cannot remove node {id}: not a member"
+                )));
+            }
+            let mut cc = ConfChangeSingle::default();
+            cc.set_change_type(ty);
+            cc.node_id = id;
+            ccs.push(cc);
+        }
+        if m.is_joint()
+            || self.raw.raft.pending_conf_index > self.applied
+            || self.raw.raft.lead_transferee.is_some()
+        {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "raft: a membership change or leadership transfer is under way",
+            ));
+        }
+        // What raft-rs will check when applying it: refused now, not after committing.
+        raft::Changer::new(self.raw.raft.prs())
+            .enter_joint(false, &ccs)
+            .map_err(|e| raft_err("membership change refused", e))?;
+        // The open batch goes first: its operations' ids stay consecutive.
+        self.flush(Duration::ZERO)?;
+        let id = self.new_id();
+        let mut cc = ConfChangeV2::default();
+        cc.set_transition(ConfChangeTransition::Explicit);
+        cc.set_changes(ccs.into());
+        let mut ctx = self.cfg.id.to_le_bytes().to_vec();
+        ctx.extend_from_slice(&id.0.to_le_bytes());
+        self.raw
+            .propose_conf_change(ctx, cc)
+            .map_err(|e| raft_err("membership change refused", e))?;
+        self.stats.conf_changes += 1;
+        let index = self.raw.raft.raft_log.last_index();
+        self.track_flushed(Flushed {
+            index,
+            term: self.raw.raft.term,
+            first: id.0,
+            count: 1,
+        });
+        Ok(Proposed::Accepted(id))
+    }
+
+    /// The leader leaves a joint configuration once it is applied (raft-rs's own auto-leave
+    /// is lost if the leader changes before; this one is done by whoever leads). A leader
+    /// that is not a voter of the incoming configuration (elected by the outgoing one) hands
+    /// leadership to the most up-to-date incoming voter instead: leaving would leave it
+    /// leading a cluster it is not a member of.
+    fn maybe_leave_joint(&mut self) -> Result<()> {
+        let r = &self.raw.raft;
+        let m = self.membership();
+        if !self.is_leader()
+            || !m.is_joint()
+            || r.pending_conf_index > self.applied
+            || r.lead_transferee.is_some()
+            || !r.commit_to_current_term()
+        {
+            return Ok(());
+        }
+        if !m.voters.contains(&self.cfg.id) {
+            let prs = r.prs();
+            let to = m
+                .voters
+                .iter()
+                .copied()
+                .max_by_key(|&v| prs.get(v).map_or(0, |p| p.matched));
+            if let Some(to) = to {
+                self.stats.transfers += 1;
+                self.raw.transfer_leader(to);
+            }
+            return Ok(());
+        }
+        match self
+            .raw
+            .propose_conf_change(Vec::new(), ConfChangeV2::default())
+        {
+            Ok(()) => Ok(()),
+            Err(raft::Error::ProposalDropped) => Ok(()),
+            Err(e) => Err(raft_err("cannot leave the joint configuration", e)),
+        }
+    }
+
+    /// Records a batch (or membership change) appended to the log at `f.index`.
+    fn track_flushed(&mut self, f: Flushed) {
+        // Batches this node flushed at `index` or later in an earlier term were cut from its
+        // log (never committed: a new leader's entries replaced them) before it led again.
+        // Dropped now, so `flushed` stays in index order: `apply_entries` matches it against
+        // committed entries front to back (found by the linearizability check: a batch
+        // flushed below a stale one was applied and then reported dropped).
+        while let Some(g) = self.flushed.back().copied().filter(|g| g.index >= f.index) {
+            self.flushed.pop_back();
+            self.dropped
+                .extend((g.first..g.first + g.count).map(ProposalId));
+        }
+        self.flushed.push_back(f);
     }
 
     /// Proposes an operation: taken into the leader's batch (flushed by this call when full,
@@ -493,18 +900,7 @@ impl<S: StateMachine> Node<S> {
         match self.raw.propose(Vec::new(), self.batch.clone()) {
             Ok(()) => {
                 let index = self.raw.raft.raft_log.last_index();
-                // Batches this node flushed at `index` or later in an earlier term were cut
-                // from its log (never committed: a new leader's entries replaced them) before
-                // it led again. Dropped now, so `flushed` stays in index order: `apply_entries`
-                // matches it against committed entries front to back (found by the
-                // linearizability check: a batch flushed below a stale one was applied and
-                // then reported dropped).
-                while let Some(f) = self.flushed.back().copied().filter(|f| f.index >= index) {
-                    self.flushed.pop_back();
-                    self.dropped
-                        .extend((f.first..f.first + f.count).map(ProposalId));
-                }
-                self.flushed.push_back(Flushed {
+                self.track_flushed(Flushed {
                     index,
                     term: self.raw.raft.term,
                     first: self.batch_first,
@@ -559,7 +955,8 @@ impl<S: StateMachine> Node<S> {
 
     /// Steps a message received from a peer (its [`Outgoing::bytes`]). Bytes that do not
     /// decode are [`ErrorKind::Corrupt`]; a message from a node that is not a member of the
-    /// configuration is [`ErrorKind::NotFound`]; a message raft-rs would trust and choke on is
+    /// configuration is [`ErrorKind::NotFound`] (except a leader's appends, heartbeats and
+    /// snapshots: this node may lag behind the change that made their sender a member); a message raft-rs would trust and choke on is
     /// [`ErrorKind::InvalidArgument`] — addressed to another node, from itself, of a local
     /// type, a forwarded proposal, without a term, entries that are not contiguous or conflict
     /// with committed ones, a zero log term, a heartbeat committing past this node's log, a
@@ -597,7 +994,17 @@ impl<S: StateMachine> Node<S> {
             )))
         };
         let log = &self.raw.raft.raft_log;
-        if self.raw.raft.prs().get(m.from).is_none() {
+        // Only a leader's messages are taken from a node outside this node's configuration:
+        // a node that lags behind a membership change (or is still joining, without a
+        // configuration) must follow a leader its configuration does not know yet — Raft's
+        // safety never depended on it. Votes, answers and the rest from a stranger (a removed
+        // node that does not know it yet) are refused: they could only disrupt.
+        // A node still joining (no configuration yet) may already be a voter of the
+        // configuration in force: it must answer votes too, or a cluster that added it and
+        // then lost its leader could never elect one (found by the churn simulation).
+        let from_leader = matches!(m.get_msg_type(), MsgAppend | MsgHeartbeat | MsgSnapshot);
+        let joining = self.membership() == Membership::default();
+        if !from_leader && !joining && self.raw.raft.prs().get(m.from).is_none() {
             return Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -688,6 +1095,8 @@ impl<S: StateMachine> Node<S> {
     /// the log) leaves the node unusable: drop it and start again from its storage.
     pub fn ready(&mut self, now: Duration) -> Result<Out> {
         let mut out = Out::default();
+        self.issue_reads();
+        self.maybe_leave_joint()?;
         self.maybe_flush(now)?;
         self.process_ready(&mut out)?;
         let batches = self.stats.batches;
@@ -699,6 +1108,15 @@ impl<S: StateMachine> Node<S> {
         if !self.is_leader() {
             self.drop_batch();
         }
+        if self.is_removed() {
+            // A removed node hears no more entries: what it proposed may or may not commit.
+            while let Some(f) = self.flushed.pop_front() {
+                out.unknown
+                    .extend((f.first..f.first + f.count).map(ProposalId));
+            }
+            self.drop_batch();
+        }
+        self.settle_reads(&mut out);
         self.maybe_snapshot()?;
         out.dropped.append(&mut self.dropped);
         Ok(out)
@@ -709,6 +1127,9 @@ impl<S: StateMachine> Node<S> {
             return Ok(());
         }
         let mut rd = self.raw.ready();
+        for rs in rd.take_read_states() {
+            self.confirm_read(rs);
+        }
         encode_messages(rd.take_messages(), &mut out.messages)?;
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
@@ -807,11 +1228,13 @@ impl<S: StateMachine> Node<S> {
                             e.index
                         ))
                     })?;
-                    let cs = self
-                        .raw
-                        .apply_conf_change(&cc)
-                        .map_err(|err| raft_err("conf change", err))?;
-                    self.raw.mut_store().set_conf_state(&cs)?;
+                    // A version-1 change is one simple change.
+                    let mut single = ConfChangeSingle::default();
+                    single.set_change_type(cc.get_change_type());
+                    single.node_id = cc.node_id;
+                    let mut v2 = ConfChangeV2::default();
+                    v2.set_changes(vec![single].into());
+                    self.apply_conf(e.index, &v2)?;
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data).map_err(|err| {
@@ -820,11 +1243,22 @@ impl<S: StateMachine> Node<S> {
                             e.index
                         ))
                     })?;
-                    let cs = self
-                        .raw
-                        .apply_conf_change(&cc)
-                        .map_err(|err| raft_err("conf change", err))?;
-                    self.raw.mut_store().set_conf_state(&cs)?;
+                    let done = self.apply_conf(e.index, &cc)?;
+                    ours = done
+                        && mine.is_some_and(|f| {
+                            f.term == e.term && f.count == 1 && {
+                                let mut ctx = self.cfg.id.to_le_bytes().to_vec();
+                                ctx.extend_from_slice(&f.first.to_le_bytes());
+                                e.context == ctx
+                            }
+                        });
+                    if ours {
+                        out.applied.push(Applied {
+                            id: ProposalId(mine.map_or(0, |f| f.first)),
+                            index: e.index,
+                            result: Vec::new(),
+                        });
+                    }
                 }
             }
             if let (Some(f), false) = (mine, ours) {
@@ -836,11 +1270,44 @@ impl<S: StateMachine> Node<S> {
         Ok(())
     }
 
+    /// Applies the configuration change committed at `index` (unless the stored ConfState
+    /// already holds it: a restarted node re-applying its log). False when raft-rs refused
+    /// it (it then has no effect, on every node alike).
+    fn apply_conf(&mut self, index: u64, cc: &ConfChangeV2) -> Result<bool> {
+        if index <= self.raw.store().conf_index() {
+            return Ok(true);
+        }
+        match self.raw.apply_conf_change(cc) {
+            Ok(cs) => {
+                // A leader that is no voter once the change is complete (elected by the
+                // outgoing half, it applied the leave a predecessor proposed) steps down:
+                // raft-rs cannot lead without its own progress (it would panic).
+                if self.is_leader()
+                    && cs.voters_outgoing.is_empty()
+                    && !cs.voters.contains(&self.cfg.id)
+                {
+                    let term = self.term();
+                    self.raw.raft.become_follower(term, 0);
+                }
+                self.raw.mut_store().set_conf_state(&cs, index)?;
+                self.stats.conf_applied += 1;
+                Ok(true)
+            }
+            Err(_) => {
+                self.stats.conf_refused += 1;
+                Ok(false)
+            }
+        }
+    }
+
     fn maybe_snapshot(&mut self) -> Result<()> {
         let n = self.cfg.snapshot_entries;
         let store = self.raw.store();
-        if n == 0
-            || self.applied < store.snapshot_index() + n
+        // The configuration in force changed after the latest snapshot: take one now (a node
+        // that joins learns the configuration from a snapshot, never from the log's start).
+        // Derived from the store, so a restart before the snapshot still takes it.
+        let due = store.conf_index() > store.snapshot_index();
+        if (!due && (n == 0 || self.applied < store.snapshot_index() + n))
             || self.applied > store.hard_state().commit
         {
             return Ok(());

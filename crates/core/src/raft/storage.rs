@@ -9,7 +9,9 @@
 //!   `[len: u32 LE][crc32c: u32 LE][kind: u8][payload: len bytes]`; the CRC covers the kind byte
 //!   and the payload. Kinds: an entry (protobuf `Entry`; an entry at index *i* replaces the
 //!   entries from *i* on, which is how a follower's conflicting suffix is truncated), a
-//!   `HardState`, a `ConfState`, and a base mark (the snapshot index and term the entries follow).
+//!   `HardState`, a `ConfState` with the index of the configuration change that produced it
+//!   (kind 5; kind 3, a bare `ConfState`, is read as index 0), and a base mark (the snapshot
+//!   index and term the entries follow).
 //!   Records are appended to a buffer and written with ONE `write` + `fdatasync` per
 //!   [`LogStorage::sync`] — the node calls it once per Ready, however many entries it holds
 //!   (group commit).
@@ -62,8 +64,11 @@ const MAX_RECORD: usize = 256 << 20;
 
 const KIND_ENTRY: u8 = 1;
 const KIND_HARD_STATE: u8 = 2;
+/// A bare ConfState (read as the configuration at index 0; no longer written).
 const KIND_CONF_STATE: u8 = 3;
 const KIND_BASE: u8 = 4;
+/// A ConfState with its index: `[index: u64 LE][ConfState protobuf]`.
+const KIND_CONF_AT: u8 = 5;
 
 /// What [`LogStorage::open`] found and repaired.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,6 +109,9 @@ struct Disk {
 pub struct LogStorage {
     hard: HardState,
     conf: ConfState,
+    /// The log index of the configuration change `conf` results from (0: the bootstrap
+    /// configuration; the snapshot index after a snapshot was installed).
+    conf_index: u64,
     snapshot: Snapshot,
     /// `entries[k].index == snapshot index + 1 + k`.
     entries: Vec<Entry>,
@@ -137,7 +145,7 @@ fn parse_record(buf: &[u8], off: usize) -> Option<(u8, &[u8], usize)> {
     let len = u32::from_le_bytes(head[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(head[4..8].try_into().ok()?);
     let kind = head[8];
-    if len > MAX_RECORD || !(KIND_ENTRY..=KIND_BASE).contains(&kind) {
+    if len > MAX_RECORD || !(KIND_ENTRY..=KIND_CONF_AT).contains(&kind) {
         return None;
     }
     let end = off + HEADER + len;
@@ -171,6 +179,7 @@ impl LogStorage {
         LogStorage {
             hard: HardState::default(),
             conf: ConfState::default(),
+            conf_index: 0,
             snapshot: Snapshot::default(),
             entries: Vec::new(),
             disk: None,
@@ -267,6 +276,7 @@ impl LogStorage {
         }
         let snap = Snapshot::parse_from_bytes(&bytes[20..]).map_err(|e| bad(&e.to_string()))?;
         self.conf = snap.get_metadata().get_conf_state().clone();
+        self.conf_index = snap.get_metadata().index;
         self.snapshot = snap;
         Ok(())
     }
@@ -317,7 +327,28 @@ impl LogStorage {
                     entries.push(e);
                 }
                 KIND_HARD_STATE => self.hard = HardState::parse_from_bytes(payload).map_err(bad)?,
-                KIND_CONF_STATE => self.conf = ConfState::parse_from_bytes(payload).map_err(bad)?,
+                KIND_CONF_STATE | KIND_CONF_AT => {
+                    let (index, cs) = if kind == KIND_CONF_AT {
+                        if payload.len() < 8 {
+                            return Err(Error::corrupt(format!(
+                                "raft storage: {}: ConfState record at byte {off} too short",
+                                path.display()
+                            )));
+                        }
+                        let index = u64::from_le_bytes(payload[..8].try_into().unwrap_or_default());
+                        (
+                            index,
+                            ConfState::parse_from_bytes(&payload[8..]).map_err(bad)?,
+                        )
+                    } else {
+                        (0, ConfState::parse_from_bytes(payload).map_err(bad)?)
+                    };
+                    // A log older than the snapshot file may hold an older configuration.
+                    if index >= self.conf_index {
+                        self.conf = cs;
+                        self.conf_index = index;
+                    }
+                }
                 _ => {
                     if payload.len() != 16 {
                         return Err(Error::corrupt(format!(
@@ -384,11 +415,17 @@ impl LogStorage {
         base.extend_from_slice(&m.term.to_le_bytes());
         push_record(buf, KIND_BASE, &base);
         push_record(buf, KIND_HARD_STATE, &encode(&self.hard)?);
-        push_record(buf, KIND_CONF_STATE, &encode(&self.conf)?);
+        push_record(buf, KIND_CONF_AT, &self.conf_record()?);
         for e in &self.entries {
             push_record(buf, KIND_ENTRY, &encode(e)?);
         }
         Ok(())
+    }
+
+    fn conf_record(&self) -> Result<Vec<u8>> {
+        let mut b = self.conf_index.to_le_bytes().to_vec();
+        b.extend_from_slice(&encode(&self.conf)?);
+        Ok(b)
     }
 
     fn rewrite(&mut self) -> Result<()> {
@@ -453,6 +490,13 @@ impl LogStorage {
         &self.conf
     }
 
+    /// The log index of the configuration change the current ConfState results from: a
+    /// restarted node re-applies the committed entries after its snapshot, and skips the
+    /// configuration changes up to this index (the ConfState already holds them).
+    pub fn conf_index(&self) -> u64 {
+        self.conf_index
+    }
+
     /// The latest snapshot (metadata and data; empty when none was taken).
     pub fn latest_snapshot(&self) -> &Snapshot {
         &self.snapshot
@@ -501,11 +545,13 @@ impl LogStorage {
         self.set_hard_state(&hs)
     }
 
-    /// Records a new ConfState (after a configuration change was applied).
-    pub fn set_conf_state(&mut self, cs: &ConfState) -> Result<()> {
-        let bytes = encode(cs)?;
-        self.record(KIND_CONF_STATE, &bytes);
+    /// Records a new ConfState, the result of the configuration change at log `index` (0 for
+    /// a new cluster's bootstrap configuration).
+    pub fn set_conf_state(&mut self, cs: &ConfState, index: u64) -> Result<()> {
         self.conf = cs.clone();
+        self.conf_index = index;
+        let bytes = self.conf_record()?;
+        self.record(KIND_CONF_AT, &bytes);
         Ok(())
     }
 
@@ -562,6 +608,7 @@ impl LogStorage {
         self.hard.term = self.hard.term.max(m.term);
         self.hard.commit = m.index;
         self.conf = m.get_conf_state().clone();
+        self.conf_index = m.index;
         self.entries.clear();
         self.snapshot = snap;
         self.write_snapshot_file()?;

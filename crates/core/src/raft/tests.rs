@@ -212,7 +212,7 @@ fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
         voters: vec![1, 2, 3],
         ..Default::default()
     };
-    st.set_conf_state(&cs).unwrap();
+    st.set_conf_state(&cs, 0).unwrap();
     st.create_snapshot(6, cs.clone(), b"state@6".to_vec())
         .unwrap();
     assert_eq!(
@@ -244,6 +244,40 @@ fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
         LogStorage::open(&dir.0).err().unwrap().kind(),
         ErrorKind::Corrupt
     );
+}
+
+#[test]
+fn conf_state_keeps_its_index_across_restarts_and_snapshots() {
+    let dir = TempDir::new("raft-conf-index");
+    let mut st = filled(&dir.0, 10, 9);
+    let old = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let joint = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 4],
+        voters_outgoing: vec![1, 2, 3],
+        ..Default::default()
+    };
+    st.set_conf_state(&old, 0).unwrap();
+    st.set_conf_state(&joint, 7).unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let mut st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!((st.conf_state(), st.conf_index()), (&joint, 7));
+    // A snapshot at 9 carries the configuration; a log record of an older change (written
+    // before a crash interrupted the log's rewrite) does not override it.
+    let new = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 4],
+        ..Default::default()
+    };
+    st.set_conf_state(&new, 8).unwrap();
+    st.create_snapshot(9, new.clone(), b"s".to_vec()).unwrap();
+    st.set_conf_state(&joint, 7).unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!((st.conf_state(), st.conf_index()), (&new, 9));
 }
 
 #[test]
@@ -403,6 +437,7 @@ fn garbage_and_misaddressed_messages_are_rejected() {
 // ---------------------------------------------------------------------------------------------
 // The simulated cluster.
 
+mod feat;
 mod lin;
 
 /// A state machine that records every operation it applies, for the safety checks.
@@ -505,6 +540,19 @@ struct Sim {
     outcomes: Vec<(u64, ProposalId, Outcome)>,
     /// Nodes crashed since the clients last looked (their proposals' outcomes are unknown).
     crash_log: Vec<u64>,
+    /// Reads asked with `read_index`: (node, read) → key; the value is taken from the node's
+    /// state machine when `ready` says the read may proceed.
+    read_keys: HashMap<(u64, ProposalId), Vec<u8>>,
+    /// The voters the cluster started with (ids 1..=n); ids beyond are spare slots for nodes
+    /// that join.
+    initial: u64,
+    /// Whether a slot's node exists (started once: crashes and restarts apply to it).
+    spawned: Vec<bool>,
+    /// Membership changes and leadership transfers as part of the nemesis.
+    churn: bool,
+    /// What the churn did: changes proposed / transfers started.
+    churn_changes: u64,
+    churn_transfers: u64,
 }
 
 /// What became of a proposal, as the node reported it.
@@ -516,6 +564,8 @@ enum Outcome {
     Dropped,
     /// May or may not have been applied (`Out::unknown`).
     Unknown,
+    /// A read (`Out::reads`) and the value it read.
+    Read(Option<Vec<u8>>),
 }
 
 fn config(id: u64, n: u64) -> Config {
@@ -533,7 +583,13 @@ fn config(id: u64, n: u64) -> Config {
 
 impl Sim {
     fn new(seed: u64, n: u64, durable: bool) -> Sim {
+        Sim::with_spares(seed, n, 0, durable)
+    }
+
+    /// A cluster of `n` voters with `spares` more slots for nodes that join (ids n+1..).
+    fn with_spares(seed: u64, n: u64, spares: u64, durable: bool) -> Sim {
         let root = durable.then(|| TempDir::new(&format!("raft-sim-{seed}")));
+        let slots = n + spares;
         let mut sim = Sim {
             rng: Rng(seed),
             seed,
@@ -542,7 +598,7 @@ impl Sim {
             _root: None,
             step: 0,
             net: Vec::new(),
-            group: vec![0; n as usize],
+            group: vec![0; slots as usize],
             drop_per_mille: 50,
             garble_per_mille: 0,
             leaders: HashMap::new(),
@@ -558,8 +614,14 @@ impl Sim {
             record: false,
             outcomes: Vec::new(),
             crash_log: Vec::new(),
+            read_keys: HashMap::new(),
+            initial: n,
+            spawned: vec![false; slots as usize],
+            churn: false,
+            churn_changes: 0,
+            churn_transfers: 0,
         };
-        for id in 1..=n {
+        for id in 1..=slots {
             sim.dirs
                 .push(root.as_ref().map(|r| r.0.join(format!("n{id}"))));
             sim.nodes.push(None);
@@ -572,13 +634,19 @@ impl Sim {
     }
 
     fn start(&mut self, id: u64) {
-        let n = self.nodes.len() as u64;
+        let n = self.initial;
+        self.spawned[id as usize - 1] = true;
         let storage = match &self.dirs[id as usize - 1] {
             Some(d) => LogStorage::open(d)
                 .unwrap_or_else(|e| panic!("seed {}: reopen {id}: {e}", self.seed)),
             None => LogStorage::memory(),
         };
-        let node = Node::new(config(id, n), storage, Recorder::default()).unwrap();
+        // A spare joins: no configuration of its own, it learns it by snapshot.
+        let mut c = config(id, n);
+        if id > n {
+            c.voters.clear();
+        }
+        let node = Node::new(c, storage, Recorder::default()).unwrap();
         self.nodes[id as usize - 1] = Some(node);
     }
 
@@ -607,6 +675,10 @@ impl Sim {
         }
         while !due.is_empty() {
             let m = due.swap_remove(self.rng.below(due.len() as u64) as usize);
+            if m.to == 0 || m.to as usize > self.nodes.len() {
+                // To a node that does not exist (an answer to a garbled sender id).
+                continue;
+            }
             let (f, t) = (m.from as usize - 1, m.to as usize - 1);
             let lost =
                 (faults && self.rng.chance(self.drop_per_mille)) || self.group[f] != self.group[t];
@@ -633,7 +705,9 @@ impl Sim {
                 } else if let Err(e) = node.step(&m.bytes) {
                     // With garbling on, a garbled frame that passed validation may have misled
                     // a node (Raft does not survive lying peers): real messages may be refused.
-                    if self.garble_per_mille == 0 {
+                    // With membership changes, a node removed (or not yet known) is refused.
+                    let stranger = self.churn && e.kind() == ErrorKind::NotFound;
+                    if self.garble_per_mille == 0 && !stranger {
                         self.fail(format!(
                             "node {} rejected a message from {}: {e}",
                             m.to, m.from
@@ -666,6 +740,9 @@ impl Sim {
         }
         if faults {
             self.faults();
+            if self.churn && self.rng.chance(12) {
+                self.churn(now);
+            }
         }
         // Every node's Ready.
         for i in 0..self.nodes.len() {
@@ -696,6 +773,18 @@ impl Sim {
                 let dropped = out.dropped.iter().map(|d| (id, *d, Outcome::Dropped));
                 let unknown = out.unknown.iter().map(|d| (id, *d, Outcome::Unknown));
                 self.outcomes.extend(applied.chain(dropped).chain(unknown));
+                for r in &out.reads {
+                    if let Some(key) = self.read_keys.remove(&(id, r.id)) {
+                        if node.applied_index() < r.index {
+                            self.fail(format!("read {r:?} answered before its index applied"));
+                        }
+                        let v = node.sm.kv.get(&key).map(<[u8]>::to_vec);
+                        self.outcomes.push((id, r.id, Outcome::Read(v)));
+                    }
+                }
+                for d in &out.dropped {
+                    self.read_keys.remove(&(id, *d));
+                }
             }
             let voted = vote != (node.term(), node.raw.raft.vote) && node.raw.raft.vote != 0;
             for m in out.messages {
@@ -715,6 +804,7 @@ impl Sim {
                 self.restarts += 1;
                 self.crash_log.push(id);
                 self.pending.retain(|(p, _), _| *p != id);
+                self.read_keys.retain(|(p, _), _| *p != id);
                 self.nodes[i] = None;
                 self.start(id);
             }
@@ -774,11 +864,15 @@ impl Sim {
         // Crash a node (its in-memory state is lost; its data directory stays), or restart one.
         if self.dirs[0].is_some() && self.rng.chance(6) {
             let i = self.rng.below(n as u64) as usize;
+            if !self.spawned[i] {
+                return;
+            }
             match self.nodes[i].take() {
                 Some(_) => {
                     self.crashes += 1;
                     self.crash_log.push(i as u64 + 1);
                     self.pending.retain(|(id, _), _| *id != i as u64 + 1);
+                    self.read_keys.retain(|(id, _), _| *id != i as u64 + 1);
                 }
                 None => {
                     self.restarts += 1;
@@ -786,6 +880,89 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Membership churn at the leader, if there is one: a spare joins as a learner, a
+    /// learner is promoted, a voter (not the leader) is removed or replaced by a spare, or
+    /// leadership moves to a random voter. Refusals (a change under way, a transfer in
+    /// progress, back-pressure) are part of the game.
+    fn churn(&mut self, now: Duration) {
+        let Some(l) = self
+            .nodes
+            .iter()
+            .flatten()
+            .find(|n| n.is_leader())
+            .map(|n| n.id())
+        else {
+            return;
+        };
+        let m = self.nodes[l as usize - 1].as_ref().unwrap().membership();
+        let spare =
+            (self.initial + 1..=self.nodes.len() as u64).find(|&id| !self.spawned[id as usize - 1]);
+        let others: Vec<u64> = m.voters.iter().copied().filter(|&v| v != l).collect();
+        let pick = |rng: &mut Rng, v: &[u64]| v[rng.below(v.len() as u64) as usize];
+        let changes = match self.rng.below(5) {
+            0 => match spare {
+                Some(id) => vec![MemberChange::AddLearner(id)],
+                None => return,
+            },
+            1 if !m.learners.is_empty() => {
+                vec![MemberChange::AddVoter(pick(&mut self.rng, &m.learners))]
+            }
+            2 if m.voters.len() > 3 && !others.is_empty() => {
+                vec![MemberChange::Remove(pick(&mut self.rng, &others))]
+            }
+            3 if !others.is_empty() => match spare {
+                Some(id) => vec![
+                    MemberChange::AddVoter(id),
+                    MemberChange::Remove(pick(&mut self.rng, &others)),
+                ],
+                None => return,
+            },
+            _ if !others.is_empty() => {
+                let to = pick(&mut self.rng, &others);
+                let node = self.nodes[l as usize - 1].as_mut().unwrap();
+                node.transfer_leader(to)
+                    .unwrap_or_else(|e| self.fail(format!("transfer to {to}: {e}")));
+                self.churn_transfers += 1;
+                return;
+            }
+            _ => return,
+        };
+        let _ = now;
+        let node = self.nodes[l as usize - 1].as_mut().unwrap();
+        match node.change_membership(&changes) {
+            Ok(Proposed::Accepted(_)) => {
+                self.churn_changes += 1;
+                // A spare named by the change starts now (empty, joining).
+                for c in &changes {
+                    if let MemberChange::AddLearner(id) | MemberChange::AddVoter(id) = *c {
+                        if !self.spawned[id as usize - 1] {
+                            self.start(id);
+                        }
+                    }
+                }
+            }
+            Ok(Proposed::NotLeader { .. }) => self.fail("the leader answered NotLeader".into()),
+            Err(e) if matches!(e.kind(), ErrorKind::Busy | ErrorKind::Full) => {}
+            Err(e) => self.fail(format!("membership change {changes:?}: {e}")),
+        }
+    }
+
+    /// The members (voters and learners) by the most advanced live node's configuration.
+    fn members(&self) -> Vec<usize> {
+        let Some(n) = self
+            .nodes
+            .iter()
+            .flatten()
+            .max_by_key(|n| n.applied_index())
+        else {
+            return Vec::new();
+        };
+        let m = n.membership();
+        (0..self.nodes.len())
+            .filter(|&i| m.contains(i as u64 + 1))
+            .collect()
     }
 
     /// The safety properties, over every live node.
@@ -929,7 +1106,7 @@ impl Sim {
             *g = 0;
         }
         for i in 0..self.nodes.len() {
-            if self.nodes[i].is_none() {
+            if self.nodes[i].is_none() && self.spawned[i] {
                 self.start(i as u64 + 1);
             }
         }
@@ -962,7 +1139,8 @@ impl Sim {
             }
             if let Some(m) = marker {
                 if self.done(m) && self.all_equal() {
-                    let kv = &self.nodes[0].as_ref().unwrap().sm.kv;
+                    let first = self.members()[0];
+                    let kv = &self.nodes[first].as_ref().unwrap().sm.kv;
                     for k in &self.acked {
                         if kv.get(k).is_none() {
                             self.fail(format!(
@@ -975,7 +1153,42 @@ impl Sim {
                 }
             }
         }
-        self.fail("no progress after healing: the cluster did not settle".into());
+        self.fail(format!(
+            "no progress after healing: the cluster did not settle (marker {marker:?} pending \
+             {}, last acked {:?}, equal {}): {:#?}",
+            marker.is_some_and(|m| self.pending.contains_key(&m)),
+            self.acked
+                .last()
+                .map(|k| String::from_utf8_lossy(k).into_owned()),
+            self.all_equal(),
+            self.dump()
+        ));
+    }
+
+    /// Every live node's indexes and configuration, for a failure message.
+    fn dump(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .flatten()
+            .map(|n| {
+                format!(
+                    "{}: {:?} t{} applied {} commit {} snapshot {} ({:?}) conf@{} {:?}",
+                    n.id(),
+                    n.raw.raft.state,
+                    n.term(),
+                    n.applied_index(),
+                    n.commit_index(),
+                    n.storage().snapshot_index(),
+                    n.storage()
+                        .latest_snapshot()
+                        .get_metadata()
+                        .get_conf_state()
+                        .voters,
+                    n.storage().conf_index(),
+                    n.membership()
+                )
+            })
+            .collect()
     }
 
     fn done(&self, marker: (u64, ProposalId)) -> bool {
@@ -984,12 +1197,22 @@ impl Sim {
     }
 
     fn all_equal(&self) -> bool {
-        let first = self.nodes[0].as_ref().unwrap();
-        self.nodes.iter().flatten().all(|n| {
-            n.applied_index() == first.applied_index()
-                && n.sm.kv == first.sm.kv
-                && n.applied_index() == n.commit_index()
-        })
+        let members = self.members();
+        if members.is_empty() || members.iter().any(|&i| self.nodes[i].is_none()) {
+            return false;
+        }
+        let first = self.nodes[members[0]].as_ref().unwrap();
+        if first.membership().is_joint() {
+            return false;
+        }
+        members
+            .iter()
+            .map(|&i| self.nodes[i].as_ref().unwrap())
+            .all(|n| {
+                n.applied_index() == first.applied_index()
+                    && n.sm.kv == first.sm.kv
+                    && n.applied_index() == n.commit_index()
+            })
     }
 }
 
@@ -1051,6 +1274,83 @@ fn sim_five_nodes_durable_with_crashes() {
     for seed in seeds(4000, 10) {
         run_cluster(5, seed, true, 1500);
     }
+}
+
+/// A cluster of `n` voters and two spare slots under the usual faults plus membership churn
+/// (learners joining, promotions, removals, replacements, leadership transfers).
+fn run_churn(n: u64, seed: u64, durable: bool, steps: u64) -> Sim {
+    let mut sim = Sim::with_spares(seed, n, 2, durable);
+    sim.churn = true;
+    for _ in 0..steps {
+        sim.run_step(true);
+    }
+    sim.settle();
+    if std::env::var("EMF_RAFT_SUMMARY").is_ok() {
+        let first = sim.members()[0];
+        eprintln!(
+            "churn n={n} seed={seed} acked={} leaders={} crashes={} changes={} transfers={} \
+             members={:?} conf_applied={} final_index={}",
+            sim.acked.len(),
+            sim.leaders.len(),
+            sim.crashes,
+            sim.churn_changes,
+            sim.churn_transfers,
+            sim.nodes[first].as_ref().unwrap().membership(),
+            sim.nodes
+                .iter()
+                .flatten()
+                .map(|n| n.stats().conf_applied)
+                .sum::<u64>(),
+            sim.nodes[first].as_ref().unwrap().applied_index()
+        );
+    }
+    sim
+}
+
+#[test]
+fn sim_membership_churn_three_nodes_memory() {
+    for seed in seeds(9000, 10) {
+        run_churn(3, seed, false, 1500);
+    }
+}
+
+#[test]
+fn sim_membership_churn_three_nodes_durable_with_crashes() {
+    for seed in seeds(9500, 10) {
+        run_churn(3, seed, true, 1500);
+    }
+}
+
+#[test]
+fn sim_membership_churn_five_nodes_durable_with_crashes() {
+    for seed in seeds(9700, 5) {
+        run_churn(5, seed, true, 1500);
+    }
+}
+
+#[test]
+fn sim_membership_churn_is_exercised() {
+    // Not a safety check: the churn must actually change the membership, or the runs above
+    // would pass vacuously.
+    let (mut joined, mut removed, mut transfers, mut changes) = (0, 0, 0, 0);
+    for seed in 9900..9904 {
+        let sim = run_churn(3, seed, true, 1500);
+        let members = sim.members();
+        joined += members.iter().filter(|&&i| i >= 3).count();
+        removed += (0..3).filter(|i| !members.contains(i)).count();
+        transfers += sim.churn_transfers;
+        changes += sim
+            .nodes
+            .iter()
+            .flatten()
+            .map(|n| n.stats().conf_applied)
+            .max()
+            .unwrap_or(0);
+    }
+    assert!(joined > 0, "no spare became a member");
+    assert!(removed > 0, "no initial voter was removed");
+    assert!(transfers > 0, "no leadership transfer");
+    assert!(changes >= 4, "only {changes} configuration changes applied");
 }
 
 #[test]

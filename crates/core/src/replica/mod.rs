@@ -16,9 +16,19 @@
 //!    then probes it again: Raft retransmits what matters). Any other send error
 //!    (`Closed`: the peer is down) reports the peer unreachable and counts the message in
 //!    [`ReplicaStats::send_failed`]. A snapshot's fate is reported to the node either way.
-//! 4. record the outcome of this node's proposals: [`Outcome::Committed`] with the log index
-//!    and the state machine's result, [`Outcome::Dropped`] (never applied: safe to retry) or
-//!    [`Outcome::Unknown`] (a snapshot covered it).
+//! 4. record the outcome of this node's proposals and reads: [`Outcome::Committed`] with the
+//!    log index and the state machine's result, [`Outcome::Read`] (a linearizable read may
+//!    proceed: read [`Replica::state_machine`]), [`Outcome::Dropped`] (never applied: safe to
+//!    retry) or [`Outcome::Unknown`] (a snapshot covered it).
+//!
+//! Beyond submitting operations: [`Replica::read`] (ReadIndex reads, leader only),
+//! [`Replica::transfer_leader`] and [`Replica::change_membership`] (joint consensus; voters
+//! and learners). A node that is added starts as a replica whose node has `Config::voters`
+//! empty; the other replicas' transports must learn its address (`TcpTransport::add_peer`,
+//! `RingTransport::add_peer`, `SimNet::add_node`; see [`Replica::transport_mut`]) — until then
+//! messages to it count as [`ReplicaStats::send_failed`] and Raft retries. A removed node
+//! reports [`Replica::is_removed`]: it never campaigns, the others refuse its frames (counted
+//! in their [`ReplicaStats::rejected`]), and its host should stop it.
 //!
 //! The clock is the caller's (`now`: any monotonic [`Duration`]), so a simulation steps many
 //! replicas over [`net::sim`](crate::net::sim) deterministically; [`Replica::wait_committed`]
@@ -51,7 +61,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::{Frame, NodeId, Transport};
-use crate::raft::{Node, Out, ProposalId, Proposed, StateMachine};
+use crate::raft::{MemberChange, Membership, Node, Out, ProposalId, Proposed, StateMachine};
 
 pub use client::{ClientOptions, Committed, RaftClient};
 pub use cluster::{ClusterOptions, LocalCluster};
@@ -111,8 +121,14 @@ pub enum Outcome {
         /// What [`StateMachine::apply`] returned.
         result: Vec<u8>,
     },
-    /// Never applied (leadership lost first, or another leader's entry replaced it): safe to
-    /// submit again.
+    /// A read ([`Replica::read`]) may proceed: the state machine has applied `index`, the
+    /// commit index the leader confirmed it still led at — read it now.
+    Read {
+        /// The confirmed commit index.
+        index: u64,
+    },
+    /// Never applied (leadership lost first, or another leader's entry replaced it) — for a
+    /// read: leadership lost before it was confirmed: safe to submit again.
     Dropped,
     /// This node can no longer tell (a snapshot from a new leader covered its index).
     Unknown,
@@ -212,6 +228,27 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
         &self.transport
     }
 
+    /// The transport, mutably: to tell it a new peer's address after a membership change
+    /// (`TcpTransport::add_peer`, `RingTransport::add_peer`).
+    pub fn transport_mut(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    /// The state machine (read it when a read's [`Outcome::Read`] came back).
+    pub fn state_machine(&self) -> &S {
+        self.node.state_machine()
+    }
+
+    /// The configuration in force.
+    pub fn membership(&self) -> Membership {
+        self.node.membership()
+    }
+
+    /// True when this node was removed from the configuration: stop it.
+    pub fn is_removed(&self) -> bool {
+        self.node.is_removed()
+    }
+
     /// This node's id.
     pub fn id(&self) -> u64 {
         self.node.id()
@@ -250,7 +287,32 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
         })
     }
 
-    /// The outcome of proposal `id`, once known (it stays until [`Replica::forget`]).
+    /// Asks for a linearizable read at clock time `now` ([`Node::read_index`]): its outcome is
+    /// [`Outcome::Read`] (then read [`Replica::state_machine`]) or [`Outcome::Dropped`]. Not on
+    /// the leader: `NotLeader` naming the leader it knows.
+    pub fn read(&mut self, now: Duration) -> Result<Submitted> {
+        Ok(match self.node.read_index(now)? {
+            Proposed::Accepted(id) => Submitted::Pending(id),
+            Proposed::NotLeader { leader } => Submitted::NotLeader { leader },
+        })
+    }
+
+    /// Starts handing leadership to voter `to` ([`Node::transfer_leader`]; errors as there:
+    /// `NotLeader`, `InvalidArgument` for a learner or a non-member).
+    pub fn transfer_leader(&mut self, to: u64) -> Result<()> {
+        self.node.transfer_leader(to)
+    }
+
+    /// Proposes a membership change by joint consensus ([`Node::change_membership`]); its
+    /// outcome is `Committed` (with an empty result) once the joint configuration is applied.
+    pub fn change_membership(&mut self, changes: &[MemberChange]) -> Result<Submitted> {
+        Ok(match self.node.change_membership(changes)? {
+            Proposed::Accepted(id) => Submitted::Pending(id),
+            Proposed::NotLeader { leader } => Submitted::NotLeader { leader },
+        })
+    }
+
+    /// The outcome of proposal (or read) `id`, once known (it stays until [`Replica::forget`]).
     pub fn outcome(&self, id: ProposalId) -> Option<&Outcome> {
         self.outcomes.get(&id)
     }
@@ -260,8 +322,8 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
         self.outcomes.remove(&id)
     }
 
-    /// Runs rounds on the real clock ([`Replica::elapsed`]) until proposal `id`'s outcome is
-    /// known, then returns (and forgets) it. `Timeout` after `timeout`.
+    /// Runs rounds on the real clock ([`Replica::elapsed`]) until proposal (or read) `id`'s
+    /// outcome is known, then returns (and forgets) it. `Timeout` after `timeout`.
     pub fn wait_committed(&mut self, id: ProposalId, timeout: Duration) -> Result<Outcome> {
         let deadline = self.elapsed() + timeout;
         loop {
@@ -354,6 +416,11 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
             };
             round.outcomes.push((a.id, o.clone()));
             self.outcomes.insert(a.id, o);
+        }
+        for r in out.reads {
+            let o = Outcome::Read { index: r.index };
+            round.outcomes.push((r.id, o.clone()));
+            self.outcomes.insert(r.id, o);
         }
         for (ids, o) in [
             (&out.dropped, Outcome::Dropped),
@@ -487,6 +554,8 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
     }
 }
 
+#[cfg(test)]
+mod member_tests;
 #[cfg(test)]
 mod process_tests;
 #[cfg(test)]

@@ -184,6 +184,12 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
             };
             let a = match o {
                 Outcome::Committed { index, result } => Answer::Ok { index, result },
+                // The server issues no ReadIndex reads of its own (gets go through the log):
+                // were one pending, its answer is the confirmed index.
+                Outcome::Read { index } => Answer::Ok {
+                    index,
+                    result: Vec::new(),
+                },
                 Outcome::Dropped => {
                     self.stats.busy += 1;
                     Answer::Busy { retry_after_ms: 1 }

@@ -416,6 +416,8 @@ struct LinStats {
     dropped: u64,
     cas_swapped: u64,
     reads_seeing_values: u64,
+    /// Gets answered through ReadIndex.
+    index_reads: u64,
     /// Faults the cluster went through.
     crashes: u64,
     leaders: u64,
@@ -427,17 +429,20 @@ struct LinStats {
 const PATIENCE: u64 = 300;
 
 /// Runs `ops` client operations on a simulated cluster of `n` nodes under faults, then heals
-/// and lets the waiting clients finish; returns the history. With `local_reads`, gets are
-/// answered from the contacted node's state machine without the log (a deliberately broken
-/// read path: stale reads).
+/// and lets the waiting clients finish; returns the history. Gets go through ReadIndex
+/// (`Node::read_index`: no log entry), sets and compare-and-sets through the log. With
+/// `local_reads`, gets are answered from the contacted node's state machine at once (a
+/// deliberately broken read path: stale reads).
 fn run_clients(
     seed: u64,
     n: u64,
     durable: bool,
     ops: u64,
     local_reads: bool,
+    churn: bool,
 ) -> (Vec<HistOp>, LinStats) {
-    let mut sim = Sim::new(seed, n, durable);
+    let mut sim = Sim::with_spares(seed, n, if churn { 2 } else { 0 }, durable);
+    sim.churn = churn;
     sim.own_traffic = false;
     sim.record = true;
     let mut rng = Rng(seed ^ 0x5EED_11AE_0000_0000);
@@ -460,6 +465,14 @@ fn run_clients(
     loop {
         st.ops = st.invoked - st.refused;
         let faults = st.ops < ops;
+        if sim.step > 200 * ops.max(100) {
+            sim.fail(format!(
+                "no progress: {} of {ops} operations after {} steps: {:#?}",
+                st.ops,
+                sim.step,
+                sim.dump()
+            ));
+        }
         if !faults {
             calm += 1;
             if clients.iter().all(|c| c.waiting.is_none()) || calm > 5000 {
@@ -505,7 +518,17 @@ fn run_clients(
             }
             hist.push(h(c, t_inv, None, op.clone()));
             refused.push(false);
-            match node.propose(&op.encode(), now) {
+            let asked = match &op {
+                KvOp::Get { key } => {
+                    let r = node.read_index(now);
+                    if let Ok(Proposed::Accepted(id)) = r {
+                        sim.read_keys.insert((cl.hint as u64 + 1, id), key.clone());
+                    }
+                    r
+                }
+                _ => node.propose(&op.encode(), now),
+            };
+            match asked {
                 Ok(Proposed::Accepted(id)) => {
                     cl.waiting = Some(Waiting {
                         node: cl.hint as u64 + 1,
@@ -575,6 +598,13 @@ fn run_clients(
                     }
                     hist[w.hist].ret = Some((t_ret, res));
                 }
+                Outcome::Read(v) => {
+                    st.index_reads += 1;
+                    st.reads_seeing_values += u64::from(v.is_some());
+                    let key = key_of(&hist[w.hist].op).to_vec();
+                    cl.seen.insert(key, v.clone());
+                    hist[w.hist].ret = Some((t_ret, KvResult::Value(v)));
+                }
                 Outcome::Dropped => {
                     if trace {
                         eprintln!(
@@ -634,12 +664,16 @@ fn lin_ops() -> u64 {
 }
 
 fn run_and_check(seed: u64, n: u64, durable: bool) {
-    let (hist, st) = run_clients(seed, n, durable, lin_ops(), false);
+    run_and_check_churn(seed, n, durable, false);
+}
+
+fn run_and_check_churn(seed: u64, n: u64, durable: bool, churn: bool) {
+    let (hist, st) = run_clients(seed, n, durable, lin_ops(), false, churn);
     if std::env::var_os("EMF_RAFT_SUMMARY").is_some() {
         eprintln!("lin n={n} durable={durable} seed={seed} {st:?}");
     }
     assert!(
-        st.ops >= lin_ops() && st.completed >= 4 * st.unknown,
+        st.ops >= lin_ops() && st.completed >= 4 * st.unknown && st.index_reads > 0,
         "seed {seed}: too few operations completed: {st:?}"
     );
     if let Err(e) = check(&hist) {
@@ -669,11 +703,20 @@ fn lin_five_nodes_durable_with_crashes() {
 }
 
 #[test]
+fn lin_three_nodes_durable_with_membership_churn() {
+    // Leadership transfers, learners joining, promotions, removals and replacements while
+    // the clients run (their gets through ReadIndex at whichever node leads).
+    for seed in seeds(7500, 3) {
+        run_and_check_churn(seed, 3, true, true);
+    }
+}
+
+#[test]
 fn lin_catches_stale_local_reads() {
     // Gets answered by the contacted node's replica, off the log: a follower or a deposed
     // leader answers stale values. Some seed must show it.
     let caught = (8000..8010).find(|&seed| {
-        let (hist, _) = run_clients(seed, 3, false, 300, true);
+        let (hist, _) = run_clients(seed, 3, false, 300, true, false);
         check(&hist).is_err()
     });
     assert!(
@@ -689,7 +732,7 @@ fn lin_regression_batch_applied_then_reported_dropped() {
     // its flushed batches front to back and reported the new batch dropped although it was
     // applied. This seed showed it with 300 operations (and fails with `Node::flush`'s
     // ordering fix reverted, while the simulation's random draws stay as they are).
-    let (hist, _) = run_clients(5243, 3, false, 300, false);
+    let (hist, _) = run_clients(5243, 3, false, 300, false, false);
     if let Err(e) = check(&hist) {
         panic!("seed 5243: {e}");
     }
