@@ -46,7 +46,7 @@
 //! lead), the [node server](server::Server) answering it, the [client](client::RaftClient)
 //! following redirects and retrying, [one node](node::run_node) of the replicated KV store
 //! from a spec (the `erlmcp-flow raft node` command), and [a local cluster](cluster) of node
-//! processes over rings (the original `start_cluster(N)`), and a [pipeline](pipeline) of
+//! processes over rings (the original `start_cluster(N)`), and a [pipeline] of
 //! submits for clients that keep many operations in flight.
 
 pub mod client;
