@@ -465,6 +465,10 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
 }
 
 #[cfg(test)]
+mod cluster_support;
+#[cfg(test)]
+mod netns_tests;
+#[cfg(test)]
 mod process_tests;
 #[cfg(test)]
 mod sim_tests;
