@@ -567,8 +567,26 @@ impl<S: StateMachine> Node<S> {
     /// [`StateMachine::check_snapshot`] refuses is that error. A rejected message changes
     /// nothing; raft-rs's own refusals (a response from a removed peer) are errors too.
     pub fn step(&mut self, bytes: &[u8]) -> Result<()> {
+        self.step_checked(None, bytes)
+    }
+
+    /// [`Node::step`] for a message that arrived from node `from` over a transport that
+    /// vouches for its senders (every transport of the engine does): a message that claims
+    /// another sender is [`ErrorKind::InvalidArgument`] — a peer of the transport that is not
+    /// this sender (a client, another member) must not speak for it.
+    pub fn step_from(&mut self, from: u64, bytes: &[u8]) -> Result<()> {
+        self.step_checked(Some(from), bytes)
+    }
+
+    fn step_checked(&mut self, sender: Option<u64>, bytes: &[u8]) -> Result<()> {
         let m = Message::parse_from_bytes(bytes)
             .map_err(|e| Error::corrupt(format!("raft: message does not decode: {e}")))?;
+        if let Some(s) = sender.filter(|&s| s != m.from) {
+            return Err(Error::invalid(format!(
+                "raft: a message claiming to be from node {} arrived from node {s}",
+                m.from
+            )));
+        }
         if m.to != self.cfg.id || m.from == 0 || m.from == self.cfg.id {
             return Err(Error::invalid(format!(
                 "raft: message from {} to {} stepped on node {}",

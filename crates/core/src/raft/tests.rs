@@ -247,6 +247,84 @@ fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
 }
 
 #[test]
+fn snapshot_damage_anywhere_is_a_clear_error_never_a_panic() {
+    // A snapshot file with any byte flipped, cut at any length, or with bytes appended: the
+    // open fails with Corrupt (the log before the snapshot was compacted away: there is
+    // nothing to fall back to), and the files are left as they were.
+    let dir = TempDir::new("raft-snap-damage");
+    let mut st = filled(&dir.0, 10, 8);
+    let cs = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
+    st.create_snapshot(6, cs, b"state@6".to_vec()).unwrap();
+    drop(st);
+    let path = dir.0.join("snapshot");
+    let good = std::fs::read(&path).unwrap();
+    let log = std::fs::read(dir.0.join("log")).unwrap();
+    let mut damaged: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..good.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut b = good.clone();
+            b[i] ^= bit;
+            damaged.push((format!("bit {bit:#x} of byte {i} flipped"), b));
+        }
+    }
+    for cut in 0..good.len() {
+        damaged.push((format!("cut at {cut}"), good[..cut].to_vec()));
+    }
+    for extra in [&b"\0"[..], b"garbage", &[0u8; 100]] {
+        let mut b = good.clone();
+        b.extend_from_slice(extra);
+        damaged.push((format!("{} bytes appended", extra.len()), b));
+    }
+    for (what, bytes) in damaged {
+        std::fs::write(&path, &bytes).unwrap();
+        match LogStorage::open(&dir.0) {
+            Ok(_) => panic!("{what}: the damaged snapshot was accepted"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+                assert!(e.message().contains("snapshot"), "{what}: {e}");
+            }
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{what}: file changed");
+        assert_eq!(std::fs::read(dir.0.join("log")).unwrap(), log, "{what}");
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(LogStorage::open(&dir.0).unwrap().snapshot_index(), 6);
+}
+
+#[test]
+fn random_garbage_after_the_last_record_is_cut() {
+    // A torn write may leave any bytes, not only zeros: whatever follows the last record and
+    // holds no valid record is cut, and the entries before it are kept.
+    let dir = TempDir::new("raft-garbage-tail");
+    drop(filled(&dir.0, 4, 2));
+    let path = dir.0.join("log");
+    let good = std::fs::read(&path).unwrap();
+    let mut rng = Rng(41);
+    for n in [1usize, 5, 8, 9, 13, 64, 4096] {
+        let mut b = good.clone();
+        b.extend((0..n).map(|_| rng.next() as u8));
+        std::fs::write(&path, &b).unwrap();
+        let st = LogStorage::open(&dir.0).unwrap();
+        assert_eq!(
+            (st.last_index().unwrap(), st.recovery().truncated_bytes),
+            (4, n as u64),
+            "{n} random bytes"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+    }
+    // A log cut inside its magic (a crash while creating it) starts again, empty.
+    std::fs::write(&path, &good[..5]).unwrap();
+    let st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!(
+        (st.last_index().unwrap(), st.recovery().truncated_bytes),
+        (0, 5)
+    );
+}
+
+#[test]
 fn snapshot_newer_than_the_log_drops_the_covered_entries() {
     // A crash between writing the snapshot file and rewriting the log: the old log still
     // holds entries the snapshot covers.
@@ -398,6 +476,18 @@ fn garbage_and_misaddressed_messages_are_rejected() {
         n.propose(b"op", Duration::ZERO).unwrap(),
         Proposed::NotLeader { leader: None }
     );
+    // Well-formed, from a member, but through another sender's connection: refused, and the
+    // node does not take its term.
+    let mut hb = raft::eraftpb::Message::default();
+    hb.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    (hb.from, hb.to, hb.term) = (2, 1, 1);
+    let hb = hb.write_to_bytes().unwrap();
+    let e = n.step_from(3, &hb).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("arrived from node 3"), "{e}");
+    assert_eq!(n.term(), 0);
+    n.step_from(2, &hb).unwrap();
+    assert_eq!((n.term(), n.leader()), (1, Some(2)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //! [`Replica::run_once`] at a time:
 //!
 //! 1. receive frames (waiting up to the given timeout for the first one) and step the raft
-//!    frames into the node; a frame the node refuses (garbled, not from a member, …) is
+//!    frames into the node ([`Node::step_from`]: the transport's sender must be the message's);
+//!    a frame the node refuses (garbled, not from a member, claiming another sender, …) is
 //!    counted in [`ReplicaStats::rejected`], never fatal;
 //! 2. tick the node once per [`ReplicaOptions::tick`] of the caller's clock that has passed;
 //! 3. run the node's Ready and send its messages. A send answered `Full` (back-pressure) is
@@ -346,7 +347,7 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
 
     fn handle_frame(&mut self, f: Frame) {
         match f.payload.first() {
-            Some(&TAG_RAFT) => match self.node.step(&f.payload[1..]) {
+            Some(&TAG_RAFT) => match self.node.step_from(f.from.0, &f.payload[1..]) {
                 Ok(()) => self.stats.received += 1,
                 Err(_) => self.stats.rejected += 1,
             },
@@ -464,6 +465,8 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
     }
 }
 
+#[cfg(test)]
+mod bad_input_tests;
 #[cfg(test)]
 mod cluster_support;
 #[cfg(test)]
