@@ -54,7 +54,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use protobuf::Message as _;
-use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType};
+use raft::eraftpb::{ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType};
 use raft::{RawNode, StateRole};
 
 pub use kv::{KvOp, KvResult, KvStore, StateMachine};
@@ -247,6 +247,94 @@ fn decode_batch(data: &[u8]) -> Option<(u64, u64, Vec<&[u8]>)> {
     rest.is_empty().then_some((proposer, first, ops))
 }
 
+/// Checks that raft-rs can take `cs` (the ConfState of a snapshot, from a peer or from disk):
+/// raft-rs replays it as configuration changes and `panic!`s when that fails or yields another
+/// configuration (a node both voter and learner, a learner-next that is no outgoing voter, an
+/// id 0, …). This replays it the same way, on a scratch tracker; the error is
+/// [`ErrorKind::InvalidArgument`] naming the configuration.
+pub(crate) fn check_conf_state(cs: &ConfState) -> Result<()> {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+    use raft::{Changer, ProgressTracker};
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "raft: configuration {cs:?} is not one raft can restore: {why}"
+        ))
+    };
+    let single = |id: u64, t: ConfChangeType| {
+        let mut c = ConfChangeSingle {
+            node_id: id,
+            ..Default::default()
+        };
+        c.set_change_type(t);
+        c
+    };
+    let all = || {
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+    };
+    if all().any(|&id| id == 0) {
+        return Err(bad("node id 0".into()));
+    }
+    let outgoing: Vec<_> = cs
+        .voters_outgoing
+        .iter()
+        .map(|&id| single(id, ConfChangeType::AddNode))
+        .collect();
+    let incoming: Vec<_> = cs
+        .voters_outgoing
+        .iter()
+        .map(|&id| single(id, ConfChangeType::RemoveNode))
+        .chain(
+            cs.voters
+                .iter()
+                .map(|&id| single(id, ConfChangeType::AddNode)),
+        )
+        .chain(
+            cs.learners
+                .iter()
+                .chain(&cs.learners_next)
+                .map(|&id| single(id, ConfChangeType::AddLearnerNode)),
+        )
+        .collect();
+    let mut t = ProgressTracker::new(1);
+    let apply = |t: &mut ProgressTracker, joint: bool, ccs: &[ConfChangeSingle]| {
+        let mut ch = Changer::new(t);
+        let r = if joint {
+            ch.enter_joint(cs.auto_leave, ccs)
+        } else {
+            ch.simple(ccs)
+        };
+        let (cfg, changes) = r.map_err(|e| bad(e.to_string()))?;
+        t.apply_conf(cfg, changes, 1);
+        Ok::<(), Error>(())
+    };
+    if outgoing.is_empty() {
+        for c in &incoming {
+            apply(&mut t, false, std::slice::from_ref(c))?;
+        }
+    } else {
+        for c in &outgoing {
+            apply(&mut t, false, std::slice::from_ref(c))?;
+        }
+        apply(&mut t, true, &incoming)?;
+    }
+    let got = t.conf().to_conf_state();
+    let same =
+        |a: &[u64], b: &[u64]| a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x));
+    if !(same(&cs.voters, &got.voters)
+        && same(&cs.learners, &got.learners)
+        && same(&cs.voters_outgoing, &got.voters_outgoing)
+        && same(&cs.learners_next, &got.learners_next)
+        && cs.auto_leave == got.auto_leave)
+    {
+        return Err(bad(format!("it restores as {got:?}")));
+    }
+    Ok(())
+}
+
 fn raft_err(what: &str, e: raft::Error) -> Error {
     let kind = match &e {
         raft::Error::Io(_) => ErrorKind::Io,
@@ -273,6 +361,8 @@ pub struct Node<S: StateMachine> {
     applied: u64,
     stats: Stats,
     dropped: Vec<ProposalId>,
+    /// Ticks held back while the log had unpersisted entries (see [`Node::tick`]).
+    deferred_ticks: u32,
 }
 
 impl<S: StateMachine> Node<S> {
@@ -340,6 +430,7 @@ impl<S: StateMachine> Node<S> {
             applied,
             stats: Stats::default(),
             dropped: Vec::new(),
+            deferred_ticks: 0,
         })
     }
 
@@ -403,12 +494,39 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Advances raft's logical clock by one tick (elections, heartbeats, check-quorum).
+    ///
+    /// raft-rs asserts that a node becoming leader has persisted its whole log, and a sole
+    /// voter wins the election its tick starts at once: so a node that is not the leader
+    /// holds its ticks back while entries stepped in since the last [`Node::ready`] are not
+    /// persisted, and gives them on the next tick after the Ready (the election timer is late
+    /// by at most that one round).
     pub fn tick(&mut self) {
+        if self.unpersisted() && !self.is_leader() {
+            self.deferred_ticks = self.deferred_ticks.saturating_add(1);
+            return;
+        }
+        for _ in 0..std::mem::take(&mut self.deferred_ticks) {
+            self.raw.tick();
+        }
         self.raw.tick();
     }
 
-    /// Asks this node to campaign now (tests, leadership hand-over by hand).
+    /// True between a step that appended entries and the Ready that persists them.
+    fn unpersisted(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.last_index() != log.persisted
+    }
+
+    /// Asks this node to campaign now (tests, leadership hand-over by hand). `Busy` while
+    /// entries stepped since the last [`Node::ready`] are not persisted (run a Ready first;
+    /// see [`Node::tick`]).
     pub fn campaign(&mut self) -> Result<()> {
+        if self.unpersisted() {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "raft: cannot campaign with unpersisted entries: run ready first",
+            ));
+        }
         self.raw
             .campaign()
             .map_err(|e| raft_err("cannot campaign", e))
@@ -629,6 +747,23 @@ impl<S: StateMachine> Node<S> {
         if m.term == 0 && !matches!(m.get_msg_type(), MsgReadIndex | MsgTransferLeader) {
             return bad("a message without a term".into());
         }
+        // Messages that can make this node leader at once: raft-rs asserts the whole log is
+        // persisted then. A genuine one never finds unpersisted entries: a node campaigns
+        // only with its log persisted (see `tick`), a candidate's log does not change, and a
+        // transfer waits until the transferee's log is acknowledged.
+        let campaigning = matches!(
+            self.raw.raft.state,
+            StateRole::Candidate | StateRole::PreCandidate
+        );
+        let votes = matches!(
+            m.get_msg_type(),
+            MsgRequestVoteResponse | MsgRequestPreVoteResponse
+        );
+        if self.unpersisted()
+            && ((votes && campaigning) || (m.get_msg_type() == MsgTimeoutNow && !self.is_leader()))
+        {
+            return bad("it would elect this node before its log is persisted".into());
+        }
         match m.get_msg_type() {
             MsgPropose => return bad("proposals are not forwarded between nodes".into()),
             MsgRequestVote
@@ -689,6 +824,7 @@ impl<S: StateMachine> Node<S> {
                 {
                     return bad("a snapshot without index, term or voters".into());
                 }
+                check_conf_state(cs)?;
                 self.sm.check_snapshot(&m.get_snapshot().data)?;
             }
             MsgReadIndex | MsgReadIndexResp if m.get_entries().len() != 1 => {

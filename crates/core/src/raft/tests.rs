@@ -324,6 +324,117 @@ fn random_garbage_after_the_last_record_is_cut() {
     );
 }
 
+fn cs(voters: &[u64], learners: &[u64], outgoing: &[u64], next: &[u64]) -> ConfState {
+    ConfState {
+        voters: voters.to_vec(),
+        learners: learners.to_vec(),
+        voters_outgoing: outgoing.to_vec(),
+        learners_next: next.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn configurations_raft_cannot_restore_are_refused() {
+    // Found by the raft_step fuzz target: a snapshot whose ConfState names node 3 as voter
+    // and learner made raft-rs panic ("invalid restore") inside step.
+    for ok in [
+        cs(&[1, 2, 3], &[], &[], &[]),
+        cs(&[1, 2, 3], &[5], &[], &[]),
+        cs(&[1, 2, 3], &[5], &[1, 2, 4, 6], &[4]),
+        cs(&[], &[], &[], &[]),
+    ] {
+        super::check_conf_state(&ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+    for bad in [
+        cs(&[1, 3], &[3], &[], &[]),
+        cs(&[0, 1], &[], &[], &[]),
+        cs(&[1, 2], &[], &[], &[3]),
+        cs(&[1, 2], &[], &[1, 2], &[1]),
+    ] {
+        let e = super::check_conf_state(&bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}");
+    }
+    // In a snapshot message: refused, no panic.
+    let mut n = Node::new(config(1, 3), LogStorage::memory(), KvStore::new()).unwrap();
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    (m.from, m.to, m.term) = (2, 1, 1);
+    let mut meta = raft::eraftpb::SnapshotMetadata {
+        index: 5,
+        term: 1,
+        ..Default::default()
+    };
+    meta.set_conf_state(cs(&[1, 3], &[3], &[], &[]));
+    m.mut_snapshot().set_metadata(meta);
+    m.mut_snapshot().data = KvStore::new().snapshot().into();
+    let e = n.step(&m.write_to_bytes().unwrap()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    n.ready(Duration::ZERO).unwrap();
+    // On disk, in the log or in the snapshot file: Corrupt at open, before raft-rs sees it
+    // (raft-rs panics in RawNode::new on a configuration it cannot restore).
+    let dir = TempDir::new("raft-bad-conf");
+    let mut st = filled(&dir.0, 4, 3);
+    st.set_conf_state(&cs(&[1, 2, 3], &[2], &[], &[])).unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let e = LogStorage::open(&dir.0).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.message().contains("configuration"), "{e}");
+    let dir = TempDir::new("raft-bad-snap-conf");
+    let mut st = filled(&dir.0, 4, 3);
+    st.create_snapshot(2, cs(&[1, 2], &[1], &[], &[]), KvStore::new().snapshot())
+        .unwrap();
+    drop(st);
+    let e = LogStorage::open(&dir.0).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.message().contains("snapshot's configuration"), "{e}");
+}
+
+#[test]
+fn nothing_elects_a_node_before_its_log_is_persisted() {
+    // Found by the raft_step fuzz target: a sole voter that had appended a leader's entries
+    // (not yet persisted: no Ready since) and was asked to campaign became leader at once,
+    // and raft-rs panicked (it asserts the whole log is persisted then).
+    let mut n = Node::new(config(1, 1), LogStorage::memory(), KvStore::new()).unwrap();
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+    (m.to, m.term) = (1, 1);
+    m.entries = vec![entry(1, 1, b"x")].into();
+    // From a node that is not a voter: raft-rs knows no progress for it.
+    m.from = 2;
+    assert!(n.step(&m.write_to_bytes().unwrap()).is_err());
+    // A three-voter node: appended, then a campaign, a forged vote and a tick must wait.
+    let mut n = Node::new(config(1, 3), LogStorage::memory(), KvStore::new()).unwrap();
+    n.step(&m.write_to_bytes().unwrap()).unwrap();
+    assert_eq!(n.campaign().unwrap_err().kind(), ErrorKind::Busy);
+    let mut v = raft::eraftpb::Message::default();
+    v.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+    (v.from, v.to, v.term) = (2, 1, 1);
+    assert_eq!(
+        n.step(&v.write_to_bytes().unwrap()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    for _ in 0..100 {
+        n.tick();
+    }
+    assert_eq!(
+        (n.term(), n.leader()),
+        (1, Some(2)),
+        "the ticks were held back"
+    );
+    // After the Ready the held-back ticks count: an election follows at the next tick.
+    n.ready(Duration::ZERO).unwrap();
+    n.tick();
+    assert!(
+        n.term() > 1 || n.leader().is_none(),
+        "ticks given: {}",
+        n.term()
+    );
+    n.ready(Duration::ZERO).unwrap();
+    n.campaign().unwrap();
+}
+
 #[test]
 fn snapshot_newer_than_the_log_drops_the_covered_entries() {
     // A crash between writing the snapshot file and rewriting the log: the old log still
