@@ -766,6 +766,13 @@ impl<S: StateMachine> Node<S> {
         }
         match m.get_msg_type() {
             MsgPropose => return bad("proposals are not forwarded between nodes".into()),
+            // raft-rs forwards both to the leader from a follower and panics if the message
+            // carries a term then: a read index never carries one, a transfer request
+            // carries its sender's and is for the leader only.
+            MsgReadIndex if m.term != 0 => return bad("a read index with a term".into()),
+            MsgTransferLeader if m.term != 0 && !self.is_leader() => {
+                return bad("a leader transfer for a node that does not lead".into());
+            }
             MsgRequestVote
             | MsgRequestPreVote
             | MsgRequestVoteResponse

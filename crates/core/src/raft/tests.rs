@@ -436,6 +436,30 @@ fn nothing_elects_a_node_before_its_log_is_persisted() {
 }
 
 #[test]
+fn requests_a_follower_would_forward_with_a_term_are_refused() {
+    // Found by the raft_step fuzz target: a follower forwards a leader transfer (or a read
+    // index) to its leader, and raft-rs panics when the message already carries a term.
+    let mut n = Node::new(config(1, 3), LogStorage::memory(), KvStore::new()).unwrap();
+    let mut hb = raft::eraftpb::Message::default();
+    hb.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    (hb.from, hb.to, hb.term) = (2, 1, 1);
+    n.step(&hb.write_to_bytes().unwrap()).unwrap();
+    assert_eq!(n.leader(), Some(2));
+    for t in [
+        raft::eraftpb::MessageType::MsgTransferLeader,
+        raft::eraftpb::MessageType::MsgReadIndex,
+    ] {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(t);
+        (m.from, m.to, m.term) = (3, 1, 1);
+        m.entries = vec![entry(0, 0, b"ctx")].into();
+        let e = n.step(&m.write_to_bytes().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{t:?}");
+    }
+    n.ready(Duration::ZERO).unwrap();
+}
+
+#[test]
 fn snapshot_newer_than_the_log_drops_the_covered_entries() {
     // A crash between writing the snapshot file and rewriting the log: the old log still
     // holds entries the snapshot covers.
