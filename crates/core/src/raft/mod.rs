@@ -392,6 +392,13 @@ impl<S: StateMachine> Node<S> {
             };
             storage.set_conf_state(&cs)?;
             storage.sync()?;
+        } else if storage.conf_state().voters.is_empty() {
+            // A node writes its configuration (synced) before any entry: a store with entries
+            // and no voters is not a node's, and raft-rs would elect a node with no voters
+            // (and panic).
+            return Err(Error::corrupt(
+                "raft: the store holds a log but no voters (not a node's store, or damaged)",
+            ));
         }
         let snap = storage.latest_snapshot();
         let applied = snap.get_metadata().index;

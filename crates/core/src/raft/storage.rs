@@ -378,6 +378,18 @@ impl LogStorage {
             })?;
         }
         let last = self.last();
+        let mut prev = self.snapshot.get_metadata().term;
+        for e in &self.entries {
+            if e.term == 0 || e.term < prev {
+                return Err(Error::corrupt(format!(
+                    "raft storage: {}: entry {} has term {} after term {prev}",
+                    path.display(),
+                    e.index,
+                    e.term
+                )));
+            }
+            prev = e.term;
+        }
         if self.hard.commit > last {
             return Err(Error::corrupt(format!(
                 "raft storage: {}: commit index {} is beyond the last entry {last}",

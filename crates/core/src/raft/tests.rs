@@ -436,6 +436,42 @@ fn nothing_elects_a_node_before_its_log_is_persisted() {
 }
 
 #[test]
+fn a_log_without_voters_or_with_bad_terms_is_corrupt() {
+    // Found by the raft_log_open fuzz target: a log holding an entry but no configuration
+    // opened, and the node over it won an election with no voters (raft-rs panicked).
+    let write = |records: &[(u8, Vec<u8>)]| {
+        let dir = TempDir::new("raft-no-voters");
+        let mut log = b"EMFRLOG1".to_vec();
+        for (kind, p) in records {
+            let crc = crate::checksum::crc32c_append(crate::checksum::crc32c(&[*kind]), p);
+            log.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            log.extend_from_slice(&crc.to_le_bytes());
+            log.push(*kind);
+            log.extend_from_slice(p);
+        }
+        std::fs::write(dir.0.join("log"), &log).unwrap();
+        let r = LogStorage::open(&dir.0)
+            .and_then(|st| Node::new(config(1, 3), st, KvStore::new()).map(|_| ()));
+        r.map_err(|e| (e.kind(), e.message().to_string()))
+    };
+    let e1 = entry(1, 1, b"x").write_to_bytes().unwrap();
+    let e2_term0 = entry(2, 0, b"y").write_to_bytes().unwrap();
+    let conf = ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    }
+    .write_to_bytes()
+    .unwrap();
+    let (kind, msg) = write(&[(1, e1.clone())]).unwrap_err();
+    assert_eq!(kind, ErrorKind::Corrupt);
+    assert!(msg.contains("no voters"), "{msg}");
+    let (kind, msg) = write(&[(3, conf.clone()), (1, e1.clone()), (1, e2_term0)]).unwrap_err();
+    assert_eq!(kind, ErrorKind::Corrupt);
+    assert!(msg.contains("has term 0"), "{msg}");
+    write(&[(3, conf), (1, e1)]).unwrap();
+}
+
+#[test]
 fn requests_a_follower_would_forward_with_a_term_are_refused() {
     // Found by the raft_step fuzz target: a follower forwards a leader transfer (or a read
     // index) to its leader, and raft-rs panics when the message already carries a term.
