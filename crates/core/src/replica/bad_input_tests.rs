@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 
-use super::cluster_support::node_config;
+use super::cluster_support::{node_config, StopOnDrop};
 use super::*;
 use crate::net::ring::RingTransport;
 use crate::net::tcp::TcpTransport;
@@ -90,13 +90,6 @@ fn garbage_is_rejected_and_counted<T: Transport + Send>(ts: Vec<T>, mut intruder
                 }
                 r
             }));
-        }
-        // Stops the followers however this thread leaves the scope (a failed assertion too).
-        struct StopOnDrop(Arc<crate::sync::AtomicBool>);
-        impl Drop for StopOnDrop {
-            fn drop(&mut self) {
-                self.0.store(true, Ordering::Relaxed);
-            }
         }
         let _stop = StopOnDrop(stop.clone());
         leader.node_mut().campaign().unwrap();

@@ -602,6 +602,16 @@ impl<T: Transport> Client<T> {
     }
 }
 
+/// Sets its flag when dropped: a test's main thread holds one so that its follower threads
+/// stop however it leaves a `thread::scope` (a failed assertion too) — not hang it.
+pub(super) struct StopOnDrop(pub crate::sync::Arc<crate::sync::AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, crate::sync::Ordering::Relaxed);
+    }
+}
+
 /// Panics unless `kv` holds every key of `acked`.
 pub(super) fn assert_none_lost(kv: &KvStore, acked: &[Vec<u8>]) {
     for key in acked {

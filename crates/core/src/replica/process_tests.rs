@@ -184,6 +184,7 @@ fn wait_committed_with_threads<T: Transport + Send>(ts: Vec<T>) {
                 r
             }));
         }
+        let _stop = StopOnDrop(stop.clone());
         leader.node_mut().campaign().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !leader.node().is_leader() {
