@@ -666,10 +666,19 @@ impl<S: StateMachine> Node<S> {
         log.last_index() != log.persisted
     }
 
-    /// Asks this node to campaign now (tests, leadership hand-over by hand). `Busy` while
+    /// Asks this node to campaign now (tests, leadership hand-over by hand).
+    /// `InvalidArgument` when it is not a voter (joining, a learner, removed); `Busy` while
     /// entries stepped since the last [`Node::ready`] are not persisted (run a Ready first;
     /// see [`Node::tick`]).
     pub fn campaign(&mut self) -> Result<()> {
+        // raft-rs's campaign does not check that this node may vote: one without voters (a
+        // joining node) would win with an empty quorum and panic (found by raft_step).
+        if !self.voters().contains(&self.cfg.id) {
+            return Err(Error::invalid(format!(
+                "raft: node {} is not a voter of its configuration: it cannot campaign",
+                self.cfg.id
+            )));
+        }
         if self.unpersisted() {
             return Err(Error::new(
                 ErrorKind::Busy,
