@@ -3,14 +3,15 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 #
-# Targets: decode, json_to_archive, decompress, capi, ring_corrupt, hnsw_file. Default 60 s each. Installs cargo-fuzz
+# Targets: decode, json_to_archive, decompress, capi, ring_corrupt, hnsw_file, raft_step,
+# raft_log_open. Default 60 s each. Installs cargo-fuzz
 # from crates.io when missing. Crashes land in fuzz/artifacts/<target>/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(decode json_to_archive decompress capi ring_corrupt hnsw_file)
+[ ${#targets[@]} -gt 0 ] || targets=(decode json_to_archive decompress capi ring_corrupt hnsw_file raft_step raft_log_open)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 rustup toolchain list | grep -q nightly || { echo "needs a nightly toolchain" >&2; exit 1; }
 mkdir -p fuzz/corpus/json_to_archive fuzz/corpus/decode fuzz/corpus/capi

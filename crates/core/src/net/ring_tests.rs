@@ -289,3 +289,44 @@ fn peers_are_added_and_removed_at_run_time() {
     assert_eq!(a.send(c_id, b"x").unwrap_err().kind(), ErrorKind::NotFound);
     assert!(a.peers().all(|p| p == B));
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "maps files")]
+fn random_frames_in_the_inbox_are_skipped_and_counted() {
+    // Random frames of every length around the header (a peer writing noise into the shared
+    // inbox): each is skipped and counted, the good frames between them arrive in order.
+    let dir = TempDir::new("net-ring-noise");
+    let (mut a, mut b) = pair(&dir.0);
+    let seg = SegmentOptions {
+        dir: dir.0.clone(),
+        ..Default::default()
+    };
+    let mut raw = Ring::open(&inbox_name(B), &seg)
+        .unwrap()
+        .producer()
+        .unwrap();
+    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for len in 0..40usize {
+        let mut noise: Vec<u8> = (0..len).map(|_| rand() as u8).collect();
+        if len >= 8 && len % 2 == 0 {
+            // The right magic and version, a sender that is noise.
+            noise[..4].copy_from_slice(b"EMFn");
+            noise[4..8].copy_from_slice(&1u32.to_le_bytes());
+        }
+        raw.send(&noise).unwrap();
+        a.send(B, &[len as u8]).unwrap();
+    }
+    for len in 0..40u8 {
+        let f = b.try_recv().unwrap().unwrap();
+        assert_eq!((f.from, &f.payload[..]), (A, &[len][..]));
+    }
+    assert_eq!(b.try_recv().unwrap(), None);
+    assert_eq!(b.stats().corrupt, 40);
+    assert_eq!(b.stats().received, 40);
+}

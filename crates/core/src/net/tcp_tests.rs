@@ -300,3 +300,40 @@ fn connections_beyond_max_inbound_are_refused() {
     a.send(B, b"y").unwrap();
     assert_eq!(b.recv_timeout(WAIT).unwrap().unwrap().payload, b"y");
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "sockets")]
+fn random_bytes_on_many_connections_never_break_the_transport() {
+    // Thirty connections of random bytes after a valid preamble (a length and a sender that
+    // are noise): each is closed as corrupt, no frame is delivered, the real peer's frames
+    // still flow, and no reader is left behind (max_inbound stays available).
+    let opts = TcpOptions {
+        max_payload: 1024,
+        max_inbound: 4,
+        ..fast()
+    };
+    let (mut a, mut b) = pair(opts);
+    let at = b.local_addr();
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut rand = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for i in 0..30u64 {
+        let mut v = PREAMBLE.to_vec();
+        let n = 12 + (rand() % 200) as usize;
+        v.extend((0..n).map(|_| rand() as u8));
+        // A length within bounds would make the reader wait for its payload: force the
+        // sender to be noise, which is refused on the header alone.
+        v[12..20].copy_from_slice(&(1000 + i).to_le_bytes());
+        assert!(closed_after(at, &v), "connection {i} left open");
+        until(&b, "the noise counted", |s| s.corrupt == i + 1);
+    }
+    a.send(B, b"still fine").unwrap();
+    let f = b.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!((f.from, &f.payload[..]), (A, &b"still fine"[..]));
+    assert_eq!(b.try_recv().unwrap(), None);
+    assert_eq!(b.stats().refused, 0);
+}

@@ -63,8 +63,8 @@ use std::time::Duration;
 
 use protobuf::Message as _;
 use raft::eraftpb::{
-    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
-    EntryType, Message, MessageType,
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+    Entry, EntryType, Message, MessageType,
 };
 use raft::{RawNode, ReadState, StateRole};
 
@@ -342,6 +342,94 @@ fn decode_batch(data: &[u8]) -> Option<(u64, u64, Vec<&[u8]>)> {
     rest.is_empty().then_some((proposer, first, ops))
 }
 
+/// Checks that raft-rs can take `cs` (the ConfState of a snapshot, from a peer or from disk):
+/// raft-rs replays it as configuration changes and `panic!`s when that fails or yields another
+/// configuration (a node both voter and learner, a learner-next that is no outgoing voter, an
+/// id 0, …). This replays it the same way, on a scratch tracker; the error is
+/// [`ErrorKind::InvalidArgument`] naming the configuration.
+pub(crate) fn check_conf_state(cs: &ConfState) -> Result<()> {
+    use raft::eraftpb::{ConfChangeSingle, ConfChangeType};
+    use raft::{Changer, ProgressTracker};
+    let bad = |why: String| {
+        Error::invalid(format!(
+            "raft: configuration {cs:?} is not one raft can restore: {why}"
+        ))
+    };
+    let single = |id: u64, t: ConfChangeType| {
+        let mut c = ConfChangeSingle {
+            node_id: id,
+            ..Default::default()
+        };
+        c.set_change_type(t);
+        c
+    };
+    let all = || {
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .chain(&cs.learners_next)
+    };
+    if all().any(|&id| id == 0) {
+        return Err(bad("node id 0".into()));
+    }
+    let outgoing: Vec<_> = cs
+        .voters_outgoing
+        .iter()
+        .map(|&id| single(id, ConfChangeType::AddNode))
+        .collect();
+    let incoming: Vec<_> = cs
+        .voters_outgoing
+        .iter()
+        .map(|&id| single(id, ConfChangeType::RemoveNode))
+        .chain(
+            cs.voters
+                .iter()
+                .map(|&id| single(id, ConfChangeType::AddNode)),
+        )
+        .chain(
+            cs.learners
+                .iter()
+                .chain(&cs.learners_next)
+                .map(|&id| single(id, ConfChangeType::AddLearnerNode)),
+        )
+        .collect();
+    let mut t = ProgressTracker::new(1);
+    let apply = |t: &mut ProgressTracker, joint: bool, ccs: &[ConfChangeSingle]| {
+        let mut ch = Changer::new(t);
+        let r = if joint {
+            ch.enter_joint(cs.auto_leave, ccs)
+        } else {
+            ch.simple(ccs)
+        };
+        let (cfg, changes) = r.map_err(|e| bad(e.to_string()))?;
+        t.apply_conf(cfg, changes, 1);
+        Ok::<(), Error>(())
+    };
+    if outgoing.is_empty() {
+        for c in &incoming {
+            apply(&mut t, false, std::slice::from_ref(c))?;
+        }
+    } else {
+        for c in &outgoing {
+            apply(&mut t, false, std::slice::from_ref(c))?;
+        }
+        apply(&mut t, true, &incoming)?;
+    }
+    let got = t.conf().to_conf_state();
+    let same =
+        |a: &[u64], b: &[u64]| a.iter().all(|x| b.contains(x)) && b.iter().all(|x| a.contains(x));
+    if !(same(&cs.voters, &got.voters)
+        && same(&cs.learners, &got.learners)
+        && same(&cs.voters_outgoing, &got.voters_outgoing)
+        && same(&cs.learners_next, &got.learners_next)
+        && cs.auto_leave == got.auto_leave)
+    {
+        return Err(bad(format!("it restores as {got:?}")));
+    }
+    Ok(())
+}
+
 fn raft_err(what: &str, e: raft::Error) -> Error {
     let kind = match &e {
         raft::Error::Io(_) => ErrorKind::Io,
@@ -376,13 +464,17 @@ pub struct Node<S: StateMachine> {
     reads_issued: Vec<(ProposalId, u64)>,
     /// Reads confirmed at an index, waiting for it to be applied: (read, index).
     reads_confirmed: Vec<(ProposalId, u64)>,
+    /// Ticks held back while the log had unpersisted entries (see [`Node::tick`]).
+    deferred_ticks: u32,
 }
 
 impl<S: StateMachine> Node<S> {
     /// Starts a node over `storage` (empty: a new member of `cfg.voters`; otherwise the node
     /// restarts from what it holds) and state machine `sm` (empty; restored from the storage's
     /// snapshot when there is one — committed entries after it are applied again by
-    /// [`ready`](Self::ready)).
+    /// [`ready`](Self::ready)). A store holding entries or a snapshot but no voters is
+    /// [`ErrorKind::Corrupt`]; one holding at most a HardState is a joining node's (with
+    /// `cfg.voters` empty).
     pub fn new(cfg: Config, mut storage: LogStorage, mut sm: S) -> Result<Node<S>> {
         if cfg.id == 0 {
             return Err(Error::invalid("raft: node id 0 is reserved"));
@@ -405,6 +497,17 @@ impl<S: StateMachine> Node<S> {
             };
             storage.set_conf_state(&cs, 0)?;
             storage.sync()?;
+        } else if !storage.is_empty() && storage.conf_state().voters.is_empty() {
+            // A store without a configuration is a new node's (a bootstrap writes its
+            // voters, synced, before any entry) or a joining one's: it learns the
+            // configuration from a snapshot, which carries it, and takes no entry before
+            // that (see `validate`). Its store may hold a HardState (a term, a vote) and
+            // nothing else. Entries (or a snapshot) with no voters anywhere — neither in a
+            // configuration record nor in the snapshot — are not a node's store: raft-rs
+            // would elect a node with no voters over them (and panic).
+            return Err(Error::corrupt(
+                "raft: the store holds a log but no voters (not a node's store, or damaged)",
+            ));
         }
         let snap = storage.latest_snapshot();
         let applied = snap.get_metadata().index;
@@ -447,6 +550,7 @@ impl<S: StateMachine> Node<S> {
             reads_waiting: Vec::new(),
             reads_issued: Vec::new(),
             reads_confirmed: Vec::new(),
+            deferred_ticks: 0,
         })
     }
 
@@ -539,12 +643,48 @@ impl<S: StateMachine> Node<S> {
     }
 
     /// Advances raft's logical clock by one tick (elections, heartbeats, check-quorum).
+    ///
+    /// raft-rs asserts that a node becoming leader has persisted its whole log, and a sole
+    /// voter wins the election its tick starts at once: so a node that is not the leader
+    /// holds its ticks back while entries stepped in since the last [`Node::ready`] are not
+    /// persisted, and gives them on the next tick after the Ready (the election timer is late
+    /// by at most that one round).
     pub fn tick(&mut self) {
+        if self.unpersisted() && !self.is_leader() {
+            self.deferred_ticks = self.deferred_ticks.saturating_add(1);
+            return;
+        }
+        for _ in 0..std::mem::take(&mut self.deferred_ticks) {
+            self.raw.tick();
+        }
         self.raw.tick();
     }
 
+    /// True between a step that appended entries and the Ready that persists them.
+    fn unpersisted(&self) -> bool {
+        let log = &self.raw.raft.raft_log;
+        log.last_index() != log.persisted
+    }
+
     /// Asks this node to campaign now (tests, leadership hand-over by hand).
+    /// `InvalidArgument` when it is not a voter (joining, a learner, removed); `Busy` while
+    /// entries stepped since the last [`Node::ready`] are not persisted (run a Ready first;
+    /// see [`Node::tick`]).
     pub fn campaign(&mut self) -> Result<()> {
+        // raft-rs's campaign does not check that this node may vote: one without voters (a
+        // joining node) would win with an empty quorum and panic (found by raft_step).
+        if !self.voters().contains(&self.cfg.id) {
+            return Err(Error::invalid(format!(
+                "raft: node {} is not a voter of its configuration: it cannot campaign",
+                self.cfg.id
+            )));
+        }
+        if self.unpersisted() {
+            return Err(Error::new(
+                ErrorKind::Busy,
+                "raft: cannot campaign with unpersisted entries: run ready first",
+            ));
+        }
         self.raw
             .campaign()
             .map_err(|e| raft_err("cannot campaign", e))
@@ -956,16 +1096,38 @@ impl<S: StateMachine> Node<S> {
     /// Steps a message received from a peer (its [`Outgoing::bytes`]). Bytes that do not
     /// decode are [`ErrorKind::Corrupt`]; a message from a node that is not a member of the
     /// configuration is [`ErrorKind::NotFound`] (except a leader's appends, heartbeats and
-    /// snapshots: this node may lag behind the change that made their sender a member); a message raft-rs would trust and choke on is
-    /// [`ErrorKind::InvalidArgument`] — addressed to another node, from itself, of a local
-    /// type, a forwarded proposal, without a term, entries that are not contiguous or conflict
-    /// with committed ones, a zero log term, a heartbeat committing past this node's log, a
-    /// snapshot without index, term or voters — and a snapshot whose data
+    /// snapshots: this node may lag behind the change that made their sender a member); a
+    /// message raft-rs would trust and choke on is [`ErrorKind::InvalidArgument`] — addressed
+    /// to another node, from itself, of a local type, a forwarded proposal, a forwarded
+    /// request that carries a term, without a term, entries that are not contiguous or
+    /// conflict with committed ones, entries for a node without a configuration (it learns
+    /// one by snapshot first), a zero log term, a heartbeat committing past this node's log,
+    /// a snapshot without index, term or voters or with a configuration raft-rs cannot
+    /// restore, a message that would elect this node before its log is persisted — and a
+    /// snapshot whose data
     /// [`StateMachine::check_snapshot`] refuses is that error. A rejected message changes
     /// nothing; raft-rs's own refusals (a response from a removed peer) are errors too.
     pub fn step(&mut self, bytes: &[u8]) -> Result<()> {
+        self.step_checked(None, bytes)
+    }
+
+    /// [`Node::step`] for a message that arrived from node `from` over a transport that
+    /// vouches for its senders (every transport of the engine does): a message that claims
+    /// another sender is [`ErrorKind::InvalidArgument`] — a peer of the transport that is not
+    /// this sender (a client, another member) must not speak for it.
+    pub fn step_from(&mut self, from: u64, bytes: &[u8]) -> Result<()> {
+        self.step_checked(Some(from), bytes)
+    }
+
+    fn step_checked(&mut self, sender: Option<u64>, bytes: &[u8]) -> Result<()> {
         let m = Message::parse_from_bytes(bytes)
             .map_err(|e| Error::corrupt(format!("raft: message does not decode: {e}")))?;
+        if let Some(s) = sender.filter(|&s| s != m.from) {
+            return Err(Error::invalid(format!(
+                "raft: a message claiming to be from node {} arrived from node {s}",
+                m.from
+            )));
+        }
         if m.to != self.cfg.id || m.from == 0 || m.from == self.cfg.id {
             return Err(Error::invalid(format!(
                 "raft: message from {} to {} stepped on node {}",
@@ -1018,8 +1180,32 @@ impl<S: StateMachine> Node<S> {
         if m.term == 0 && !matches!(m.get_msg_type(), MsgReadIndex | MsgTransferLeader) {
             return bad("a message without a term".into());
         }
+        // Messages that can make this node leader at once: raft-rs asserts the whole log is
+        // persisted then. A genuine one never finds unpersisted entries: a node campaigns
+        // only with its log persisted (see `tick`), a candidate's log does not change, and a
+        // transfer waits until the transferee's log is acknowledged.
+        let campaigning = matches!(
+            self.raw.raft.state,
+            StateRole::Candidate | StateRole::PreCandidate
+        );
+        let votes = matches!(
+            m.get_msg_type(),
+            MsgRequestVoteResponse | MsgRequestPreVoteResponse
+        );
+        if self.unpersisted()
+            && ((votes && campaigning) || (m.get_msg_type() == MsgTimeoutNow && !self.is_leader()))
+        {
+            return bad("it would elect this node before its log is persisted".into());
+        }
         match m.get_msg_type() {
             MsgPropose => return bad("proposals are not forwarded between nodes".into()),
+            // raft-rs forwards both to the leader from a follower and panics if the message
+            // carries a term then: a read index never carries one, a transfer request
+            // carries its sender's and is for the leader only.
+            MsgReadIndex if m.term != 0 => return bad("a read index with a term".into()),
+            MsgTransferLeader if m.term != 0 && !self.is_leader() => {
+                return bad("a leader transfer for a node that does not lead".into());
+            }
             MsgRequestVote
             | MsgRequestPreVote
             | MsgRequestVoteResponse
@@ -1034,6 +1220,15 @@ impl<S: StateMachine> Node<S> {
                     m.commit,
                     log.last_index()
                 ));
+            }
+            // Our bootstrap configuration is in the ConfState, not in the log: a node
+            // without a configuration must learn it from a snapshot before taking entries
+            // (a leader's log starts after the change that added a node: it sends one). At
+            // index 0 they would be appended to an empty log with no voters anywhere — a
+            // store `Node::new` refuses. (Entries after an index this node lacks are only
+            // answered with a rejection, which leads the leader to send the snapshot.)
+            MsgAppend if joining && m.index == 0 && !m.get_entries().is_empty() => {
+                return bad("entries for a node without a configuration (a snapshot first)".into());
             }
             MsgAppend => {
                 if m.log_term > m.term {
@@ -1078,6 +1273,7 @@ impl<S: StateMachine> Node<S> {
                 {
                     return bad("a snapshot without index, term or voters".into());
                 }
+                check_conf_state(cs)?;
                 self.sm.check_snapshot(&m.get_snapshot().data)?;
             }
             MsgReadIndex | MsgReadIndexResp if m.get_entries().len() != 1 => {

@@ -39,9 +39,10 @@
 //! The search for a later valid record tries every byte offset of the rest of the file; it
 //! costs O(rest × record size) in the worst case, and runs only when a bad record is found.
 //! After the replay the state is checked (entries contiguous after the base, `commit` within
-//! the log, the snapshot file consistent with the log): a violation is `Corrupt` too, never a
-//! panic inside raft-rs. A damaged `snapshot` file is `Corrupt` (there is nothing to truncate
-//! to: the log before it was compacted away).
+//! the log, the snapshot file consistent with the log, configurations raft-rs can restore,
+//! entry terms ≥ 1 and never decreasing): a violation is `Corrupt` too, never a panic inside
+//! raft-rs. A damaged `snapshot` file is `Corrupt` (there is nothing to truncate to: the log
+//! before it was compacted away).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
@@ -397,7 +398,30 @@ impl LogStorage {
     }
 
     fn check(&self, path: &Path) -> Result<()> {
+        for (what, cs) in [
+            ("the log's configuration", &self.conf),
+            (
+                "the snapshot's configuration",
+                self.snapshot.get_metadata().get_conf_state(),
+            ),
+        ] {
+            super::check_conf_state(cs).map_err(|e| {
+                Error::corrupt(format!("raft storage: {}: {what}: {e}", path.display()))
+            })?;
+        }
         let last = self.last();
+        let mut prev = self.snapshot.get_metadata().term;
+        for e in &self.entries {
+            if e.term == 0 || e.term < prev {
+                return Err(Error::corrupt(format!(
+                    "raft storage: {}: entry {} has term {} after term {prev}",
+                    path.display(),
+                    e.index,
+                    e.term
+                )));
+            }
+            prev = e.term;
+        }
         if self.hard.commit > last {
             return Err(Error::corrupt(format!(
                 "raft storage: {}: commit index {} is beyond the last entry {last}",

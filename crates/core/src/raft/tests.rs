@@ -281,6 +281,282 @@ fn conf_state_keeps_its_index_across_restarts_and_snapshots() {
 }
 
 #[test]
+fn snapshot_damage_anywhere_is_a_clear_error_never_a_panic() {
+    // A snapshot file with any byte flipped, cut at any length, or with bytes appended: the
+    // open fails with Corrupt (the log before the snapshot was compacted away: there is
+    // nothing to fall back to), and the files are left as they were.
+    let dir = TempDir::new("raft-snap-damage");
+    let mut st = filled(&dir.0, 10, 8);
+    let cs = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
+    st.create_snapshot(6, cs, b"state@6".to_vec()).unwrap();
+    drop(st);
+    let path = dir.0.join("snapshot");
+    let good = std::fs::read(&path).unwrap();
+    let log = std::fs::read(dir.0.join("log")).unwrap();
+    let mut damaged: Vec<(String, Vec<u8>)> = Vec::new();
+    for i in 0..good.len() {
+        for bit in [0x01u8, 0x80] {
+            let mut b = good.clone();
+            b[i] ^= bit;
+            damaged.push((format!("bit {bit:#x} of byte {i} flipped"), b));
+        }
+    }
+    for cut in 0..good.len() {
+        damaged.push((format!("cut at {cut}"), good[..cut].to_vec()));
+    }
+    for extra in [&b"\0"[..], b"garbage", &[0u8; 100]] {
+        let mut b = good.clone();
+        b.extend_from_slice(extra);
+        damaged.push((format!("{} bytes appended", extra.len()), b));
+    }
+    for (what, bytes) in damaged {
+        std::fs::write(&path, &bytes).unwrap();
+        match LogStorage::open(&dir.0) {
+            Ok(_) => panic!("{what}: the damaged snapshot was accepted"),
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{what}: {e}");
+                assert!(e.message().contains("snapshot"), "{what}: {e}");
+            }
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "{what}: file changed");
+        assert_eq!(std::fs::read(dir.0.join("log")).unwrap(), log, "{what}");
+    }
+    std::fs::write(&path, &good).unwrap();
+    assert_eq!(LogStorage::open(&dir.0).unwrap().snapshot_index(), 6);
+}
+
+#[test]
+fn random_garbage_after_the_last_record_is_cut() {
+    // A torn write may leave any bytes, not only zeros: whatever follows the last record and
+    // holds no valid record is cut, and the entries before it are kept.
+    let dir = TempDir::new("raft-garbage-tail");
+    drop(filled(&dir.0, 4, 2));
+    let path = dir.0.join("log");
+    let good = std::fs::read(&path).unwrap();
+    let mut rng = Rng(41);
+    for n in [1usize, 5, 8, 9, 13, 64, 4096] {
+        let mut b = good.clone();
+        b.extend((0..n).map(|_| rng.next() as u8));
+        std::fs::write(&path, &b).unwrap();
+        let st = LogStorage::open(&dir.0).unwrap();
+        assert_eq!(
+            (st.last_index().unwrap(), st.recovery().truncated_bytes),
+            (4, n as u64),
+            "{n} random bytes"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), good);
+    }
+    // A log cut inside its magic (a crash while creating it) starts again, empty.
+    std::fs::write(&path, &good[..5]).unwrap();
+    let st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!(
+        (st.last_index().unwrap(), st.recovery().truncated_bytes),
+        (0, 5)
+    );
+}
+
+fn cs(voters: &[u64], learners: &[u64], outgoing: &[u64], next: &[u64]) -> ConfState {
+    ConfState {
+        voters: voters.to_vec(),
+        learners: learners.to_vec(),
+        voters_outgoing: outgoing.to_vec(),
+        learners_next: next.to_vec(),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn configurations_raft_cannot_restore_are_refused() {
+    // Found by the raft_step fuzz target: a snapshot whose ConfState names node 3 as voter
+    // and learner made raft-rs panic ("invalid restore") inside step.
+    for ok in [
+        cs(&[1, 2, 3], &[], &[], &[]),
+        cs(&[1, 2, 3], &[5], &[], &[]),
+        cs(&[1, 2, 3], &[5], &[1, 2, 4, 6], &[4]),
+        cs(&[], &[], &[], &[]),
+    ] {
+        super::check_conf_state(&ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+    }
+    for bad in [
+        cs(&[1, 3], &[3], &[], &[]),
+        cs(&[0, 1], &[], &[], &[]),
+        cs(&[1, 2], &[], &[], &[3]),
+        cs(&[1, 2], &[], &[1, 2], &[1]),
+    ] {
+        let e = super::check_conf_state(&bad).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad:?}");
+    }
+    // In a snapshot message: refused, no panic.
+    let mut n = Node::new(config(1, 3), LogStorage::memory(), KvStore::new()).unwrap();
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgSnapshot);
+    (m.from, m.to, m.term) = (2, 1, 1);
+    let mut meta = raft::eraftpb::SnapshotMetadata {
+        index: 5,
+        term: 1,
+        ..Default::default()
+    };
+    meta.set_conf_state(cs(&[1, 3], &[3], &[], &[]));
+    m.mut_snapshot().set_metadata(meta);
+    m.mut_snapshot().data = KvStore::new().snapshot().into();
+    let e = n.step(&m.write_to_bytes().unwrap()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    n.ready(Duration::ZERO).unwrap();
+    // On disk, in the log or in the snapshot file: Corrupt at open, before raft-rs sees it
+    // (raft-rs panics in RawNode::new on a configuration it cannot restore).
+    let dir = TempDir::new("raft-bad-conf");
+    let mut st = filled(&dir.0, 4, 3);
+    st.set_conf_state(&cs(&[1, 2, 3], &[2], &[], &[]), 0)
+        .unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let e = LogStorage::open(&dir.0).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    assert!(e.message().contains("configuration"), "{e}");
+    let dir = TempDir::new("raft-bad-snap-conf");
+    let mut st = filled(&dir.0, 4, 3);
+    st.create_snapshot(2, cs(&[1, 2], &[1], &[], &[]), KvStore::new().snapshot())
+        .unwrap();
+    drop(st);
+    let e = LogStorage::open(&dir.0).err().unwrap();
+    assert_eq!(e.kind(), ErrorKind::Corrupt);
+    // (The snapshot's configuration is also the store's: either may be named.)
+    assert!(e.message().contains("configuration"), "{e}");
+}
+
+#[test]
+fn nothing_elects_a_node_before_its_log_is_persisted() {
+    // Found by the raft_step fuzz target: a sole voter that had appended a leader's entries
+    // (not yet persisted: no Ready since) and was asked to campaign became leader at once,
+    // and raft-rs panicked (it asserts the whole log is persisted then).
+    let mut n = Node::new(config(1, 1), LogStorage::memory(), KvStore::new()).unwrap();
+    let mut m = raft::eraftpb::Message::default();
+    m.set_msg_type(raft::eraftpb::MessageType::MsgAppend);
+    (m.to, m.term) = (1, 1);
+    m.entries = vec![entry(1, 1, b"x")].into();
+    // From a node that is not a voter: a stranger's append is followed (this node may lag
+    // behind the change that made it leader), and the sole voter must not campaign until
+    // the entry is persisted.
+    m.from = 2;
+    n.step(&m.write_to_bytes().unwrap()).unwrap();
+    assert_eq!(n.campaign().unwrap_err().kind(), ErrorKind::Busy);
+    for _ in 0..100 {
+        n.tick();
+    }
+    assert!(!n.is_leader(), "ticks held back");
+    n.ready(Duration::ZERO).unwrap();
+    n.campaign().unwrap();
+    n.ready(Duration::ZERO).unwrap();
+    assert!(
+        n.is_leader(),
+        "the sole voter leads once its log is persisted"
+    );
+    // A three-voter node: appended, then a campaign, a forged vote and a tick must wait.
+    let mut n = Node::new(config(1, 3), LogStorage::memory(), KvStore::new()).unwrap();
+    n.step(&m.write_to_bytes().unwrap()).unwrap();
+    assert_eq!(n.campaign().unwrap_err().kind(), ErrorKind::Busy);
+    let mut v = raft::eraftpb::Message::default();
+    v.set_msg_type(raft::eraftpb::MessageType::MsgTimeoutNow);
+    (v.from, v.to, v.term) = (2, 1, 1);
+    assert_eq!(
+        n.step(&v.write_to_bytes().unwrap()).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    for _ in 0..100 {
+        n.tick();
+    }
+    assert_eq!(
+        (n.term(), n.leader()),
+        (1, Some(2)),
+        "the ticks were held back"
+    );
+    // After the Ready the held-back ticks count: an election follows at the next tick.
+    n.ready(Duration::ZERO).unwrap();
+    n.tick();
+    assert!(
+        n.term() > 1 || n.leader().is_none(),
+        "ticks given: {}",
+        n.term()
+    );
+    n.ready(Duration::ZERO).unwrap();
+    n.campaign().unwrap();
+}
+
+#[test]
+fn a_log_without_voters_or_with_bad_terms_is_corrupt() {
+    // Found by the raft_log_open fuzz target: a log holding an entry but no configuration
+    // opened, and the node over it won an election with no voters (raft-rs panicked).
+    let open_as = |records: &[(u8, Vec<u8>)], voters: u64| {
+        let dir = TempDir::new("raft-no-voters");
+        let mut log = b"EMFRLOG1".to_vec();
+        for (kind, p) in records {
+            let crc = crate::checksum::crc32c_append(crate::checksum::crc32c(&[*kind]), p);
+            log.extend_from_slice(&(p.len() as u32).to_le_bytes());
+            log.extend_from_slice(&crc.to_le_bytes());
+            log.push(*kind);
+            log.extend_from_slice(p);
+        }
+        std::fs::write(dir.0.join("log"), &log).unwrap();
+        let r = LogStorage::open(&dir.0)
+            .and_then(|st| Node::new(config(1, voters), st, KvStore::new()).map(|_| ()));
+        r.map_err(|e| (e.kind(), e.message().to_string()))
+    };
+    let write = |records: &[(u8, Vec<u8>)]| open_as(records, 3);
+    let e1 = entry(1, 1, b"x").write_to_bytes().unwrap();
+    let e2_term0 = entry(2, 0, b"y").write_to_bytes().unwrap();
+    let conf = ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    }
+    .write_to_bytes()
+    .unwrap();
+    let (kind, msg) = write(&[(1, e1.clone())]).unwrap_err();
+    assert_eq!(kind, ErrorKind::Corrupt);
+    assert!(msg.contains("no voters"), "{msg}");
+    // The same for a joining node (no voters configured): a store with no configuration is
+    // one only while it holds no entry (a HardState at most).
+    let (kind, msg) = open_as(&[(1, e1.clone())], 0).unwrap_err();
+    assert_eq!(kind, ErrorKind::Corrupt);
+    assert!(msg.contains("no voters"), "{msg}");
+    let hard = hs(3, 2, 0).write_to_bytes().unwrap();
+    open_as(&[(2, hard.clone())], 0).unwrap();
+    open_as(&[], 0).unwrap();
+    let (kind, _) = open_as(&[(2, hard), (1, e1.clone())], 0).unwrap_err();
+    assert_eq!(kind, ErrorKind::Corrupt);
+    let (kind, msg) = write(&[(3, conf.clone()), (1, e1.clone()), (1, e2_term0)]).unwrap_err();
+    assert_eq!(kind, ErrorKind::Corrupt);
+    assert!(msg.contains("has term 0"), "{msg}");
+    write(&[(3, conf), (1, e1)]).unwrap();
+}
+
+#[test]
+fn requests_a_follower_would_forward_with_a_term_are_refused() {
+    // Found by the raft_step fuzz target: a follower forwards a leader transfer (or a read
+    // index) to its leader, and raft-rs panics when the message already carries a term.
+    let mut n = Node::new(config(1, 3), LogStorage::memory(), KvStore::new()).unwrap();
+    let mut hb = raft::eraftpb::Message::default();
+    hb.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    (hb.from, hb.to, hb.term) = (2, 1, 1);
+    n.step(&hb.write_to_bytes().unwrap()).unwrap();
+    assert_eq!(n.leader(), Some(2));
+    for t in [
+        raft::eraftpb::MessageType::MsgTransferLeader,
+        raft::eraftpb::MessageType::MsgReadIndex,
+    ] {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(t);
+        (m.from, m.to, m.term) = (3, 1, 1);
+        m.entries = vec![entry(0, 0, b"ctx")].into();
+        let e = n.step(&m.write_to_bytes().unwrap()).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{t:?}");
+    }
+    n.ready(Duration::ZERO).unwrap();
+}
+
+#[test]
 fn snapshot_newer_than_the_log_drops_the_covered_entries() {
     // A crash between writing the snapshot file and rewriting the log: the old log still
     // holds entries the snapshot covers.
@@ -432,6 +708,18 @@ fn garbage_and_misaddressed_messages_are_rejected() {
         n.propose(b"op", Duration::ZERO).unwrap(),
         Proposed::NotLeader { leader: None }
     );
+    // Well-formed, from a member, but through another sender's connection: refused, and the
+    // node does not take its term.
+    let mut hb = raft::eraftpb::Message::default();
+    hb.set_msg_type(raft::eraftpb::MessageType::MsgHeartbeat);
+    (hb.from, hb.to, hb.term) = (2, 1, 1);
+    let hb = hb.write_to_bytes().unwrap();
+    let e = n.step_from(3, &hb).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("arrived from node 3"), "{e}");
+    assert_eq!(n.term(), 0);
+    n.step_from(2, &hb).unwrap();
+    assert_eq!((n.term(), n.leader()), (1, Some(2)));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,9 @@
 //! [`Replica::run_once`] at a time:
 //!
 //! 1. receive frames (waiting up to the given timeout for the first one) and step the raft
-//!    frames into the node; a frame the node refuses (garbled, not from a member, …) is
+//!    frames into the node ([`Node::step_from`]: the transport's sender must be the message's);
+//!    a frame the node refuses (garbled, not from a member, claiming another sender, …) or
+//!    from a peer declared a client ([`Replica::set_clients`]) is
 //!    counted in [`ReplicaStats::rejected`], never fatal;
 //! 2. tick the node once per [`ReplicaOptions::tick`] of the caller's clock that has passed;
 //! 3. run the node's Ready and send its messages. A send answered `Full` (back-pressure) is
@@ -56,7 +58,7 @@ pub mod pipeline;
 pub mod proto;
 pub mod server;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -181,6 +183,8 @@ pub struct Replica<S: StateMachine, T: Transport> {
     backlog: BTreeMap<u64, VecDeque<(Vec<u8>, bool)>>,
     outcomes: HashMap<ProposalId, Outcome>,
     app: VecDeque<Frame>,
+    /// Transport peers that are clients: app frames only (see [`Replica::set_clients`]).
+    clients: BTreeSet<u64>,
     stats: ReplicaStats,
     born: Instant,
 }
@@ -208,6 +212,7 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
             backlog: BTreeMap::new(),
             outcomes: HashMap::new(),
             app: VecDeque::new(),
+            clients: BTreeSet::new(),
             stats: ReplicaStats::default(),
             born: Instant::now(),
         })
@@ -226,6 +231,16 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
     /// The transport.
     pub fn transport(&self) -> &T {
         &self.transport
+    }
+
+    /// Declares the transport peers that are clients, not Raft nodes: a Raft frame from one
+    /// is rejected (counted in [`ReplicaStats::rejected`]) before the node sees it; their app
+    /// frames are taken as before. The node itself follows a leader outside its
+    /// configuration (a node lagging behind a membership change must), so a peer that is no
+    /// node — a client with a bug, say — must not get to speak Raft at all. Replaces the
+    /// previous set; none by default.
+    pub fn set_clients(&mut self, clients: impl IntoIterator<Item = u64>) {
+        self.clients = clients.into_iter().collect();
     }
 
     /// The transport, mutably: to tell it a new peer's address after a membership change
@@ -436,7 +451,8 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
 
     fn handle_frame(&mut self, f: Frame) {
         match f.payload.first() {
-            Some(&TAG_RAFT) => match self.node.step(&f.payload[1..]) {
+            Some(&TAG_RAFT) if self.clients.contains(&f.from.0) => self.stats.rejected += 1,
+            Some(&TAG_RAFT) => match self.node.step_from(f.from.0, &f.payload[1..]) {
                 Ok(()) => self.stats.received += 1,
                 Err(_) => self.stats.rejected += 1,
             },
@@ -555,7 +571,13 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
 }
 
 #[cfg(test)]
+mod bad_input_tests;
+#[cfg(test)]
+mod cluster_support;
+#[cfg(test)]
 mod member_tests;
+#[cfg(test)]
+mod netns_tests;
 #[cfg(test)]
 mod process_tests;
 #[cfg(test)]

@@ -119,7 +119,7 @@ impl NodeSpec {
     }
 }
 
-fn serve_on<T: Transport>(spec: &NodeSpec, t: T, stop: &AtomicBool) -> Result<()> {
+fn serve_on<T: Transport>(spec: &NodeSpec, t: T, clients: &[u64], stop: &AtomicBool) -> Result<()> {
     let storage = match &spec.data_dir {
         Some(d) => LogStorage::open(d)?,
         None => LogStorage::memory(),
@@ -133,7 +133,9 @@ fn serve_on<T: Transport>(spec: &NodeSpec, t: T, stop: &AtomicBool) -> Result<()
         tick: spec.tick,
         ..ReplicaOptions::default()
     };
-    let replica = Replica::new(node, t, opts)?;
+    let mut replica = Replica::new(node, t, opts)?;
+    // Clients speak the client protocol only: a Raft frame from one is refused.
+    replica.set_clients(clients.iter().copied());
     Server::new(replica, ServeOptions::default())?.serve(stop)
 }
 
@@ -165,7 +167,7 @@ pub fn run_node(spec: &NodeSpec, stop: &AtomicBool) -> Result<()> {
             o.inbox_capacity = *inbox_capacity;
             o.max_producers = o.max_producers.max(peers.len());
             let t = RingTransport::open(NodeId(spec.id), &peers, o)?;
-            serve_on(spec, t, stop)
+            serve_on(spec, t, clients, stop)
         }
         NodeTransport::Tcp {
             listen,
@@ -179,7 +181,8 @@ pub fn run_node(spec: &NodeSpec, stop: &AtomicBool) -> Result<()> {
                 .map(|&(n, a)| (NodeId(n), a))
                 .collect();
             let t = TcpTransport::bind(NodeId(spec.id), *listen, &all, TcpOptions::default())?;
-            serve_on(spec, t, stop)
+            let ids: Vec<u64> = clients.iter().map(|c| c.0).collect();
+            serve_on(spec, t, &ids, stop)
         }
     }
 }

@@ -1,197 +1,73 @@
-//! Three Raft node processes over [`RingTransport`] (the test binary spawning itself, as the
-//! ledger's SIGKILL test does), each a [`Server`](super::server::Server); a
-//! [`RaftClient`](super::client::RaftClient) in the test process writing keys through the
-//! leader (the [client protocol](super::proto): not-leader answers name the leader), and the
-//! leader SIGKILLed several times and restarted from its data directory. Checked: a new
-//! leader acknowledges writes after each kill (in a higher term, within a failover budget),
-//! and no acknowledged write is lost (each is read back through the log at the end).
+//! Three Raft node processes (the test binary spawning itself, as the ledger's SIGKILL test
+//! does) over [`RingTransport`] and over [`TcpTransport`] on loopback, a client in the test
+//! process writing keys (not-leader answers name the leader), and the leader SIGKILLed several times and
+//! restarted from its data directory. Checked: a new leader, of a higher term, acknowledges
+//! writes after each kill (within a failover budget), and no acknowledged write is lost (each
+//! is read back through the log at the end). The node processes are
+//! [`Server`](super::server::Server)s, the client a [`RaftClient`](super::client::RaftClient):
+//! the [client protocol](super::proto); the harness is in [`super::cluster_support`].
 //!
 //! Also the real-clock API (`wait_committed`) with replicas on threads of one process, over
 //! rings and over TCP on loopback.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use super::client::{ClientOptions, RaftClient};
-use super::server::{ServeOptions, Server};
+use super::cluster_support::*;
 use super::*;
-use crate::net::ring::{RingNetOptions, RingTransport};
-use crate::raft::{Config, KvOp, KvResult, KvStore, LogStorage};
+use crate::net::ring::RingTransport;
+use crate::net::tcp::TcpTransport;
+use crate::raft::{KvOp, KvResult, KvStore, LogStorage};
 use crate::testutil::TempDir;
 
-const CLIENT: u64 = 100;
-const NODES: [u64; 3] = [1, 2, 3];
-
-fn ring_opts(dir: &Path) -> RingNetOptions {
-    let mut o = RingNetOptions::in_dir(dir.join("net"));
-    o.inbox_capacity = 4 << 20;
-    o
-}
-
-fn node_config(id: u64) -> Config {
-    let mut c = Config::new(id, NODES.to_vec());
-    c.election_tick = 10;
-    c.heartbeat_tick = 2;
-    c.snapshot_entries = 200;
-    c
-}
-
-/// The node process of [`ring_cluster_survives_leader_sigkills`].
+/// The node process of the multi-process tests ([`node_process`]).
 #[test]
-#[ignore = "the child process of ring_cluster_survives_leader_sigkills"]
+#[ignore = "the child process of the multi-process replica tests"]
 fn replica_node_child() {
-    let (Ok(dir), Ok(id)) = (
-        std::env::var("EMF_REPLICA_CHILD_DIR"),
-        std::env::var("EMF_REPLICA_CHILD_ID"),
-    ) else {
-        panic!("run by ring_cluster_survives_leader_sigkills only");
-    };
-    let dir = PathBuf::from(dir);
-    let id: u64 = id.parse().unwrap();
-    let peers: Vec<NodeId> = NODES
-        .iter()
-        .chain(&[CLIENT])
-        .filter(|&&n| n != id)
-        .map(|&n| NodeId(n))
-        .collect();
-    let t = RingTransport::open(NodeId(id), &peers, ring_opts(&dir)).unwrap();
-    let storage = LogStorage::open(dir.join(format!("n{id}"))).unwrap();
-    let node = Node::new(node_config(id), storage, KvStore::new()).unwrap();
-    let r = Replica::new(node, t, ReplicaOptions::default()).unwrap();
-    let mut srv = Server::new(r, ServeOptions::default()).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let log = std::env::var_os("EMF_REPLICA_CHILD_LOG").is_some();
-    let mut last_log = Instant::now();
-    while Instant::now() < deadline {
-        if log && last_log.elapsed() > Duration::from_millis(500) {
-            last_log = Instant::now();
-            let r = srv.replica();
-            eprintln!(
-                "node {id}: term {} leader {:?} commit {} {:?} {:?} {:?}",
-                r.term(),
-                r.leader(),
-                r.node().commit_index(),
-                r.stats(),
-                r.transport().stats(),
-                srv.stats()
-            );
-        }
-        let now = srv.replica().elapsed();
-        srv.run_once(now, Duration::from_millis(2)).unwrap();
-    }
+    node_process();
 }
 
-/// A node process, SIGKILLed and reaped on drop.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(dir: &Path, id: u64) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    Child(
-        std::process::Command::new(exe)
-            .args([
-                "--ignored",
-                "--exact",
-                "replica::process_tests::replica_node_child",
-                "--test-threads=1",
-                "--nocapture",
-            ])
-            .env("EMF_REPLICA_CHILD_DIR", dir)
-            .env("EMF_REPLICA_CHILD_ID", id.to_string())
-            .stdout(std::process::Stdio::null())
-            .stderr(match std::env::var_os("EMF_REPLICA_CHILD_LOG") {
-                Some(_) => std::process::Stdio::inherit(),
-                None => std::process::Stdio::null(),
-            })
-            .spawn()
-            .unwrap(),
-    )
-}
-
-/// Writes `key` (the client retries and follows redirects); the node that acknowledged it.
-fn set(c: &mut RaftClient<RingTransport>, key: &[u8], nodes: &mut HashMap<u64, Child>) -> u64 {
-    for (id, ch) in nodes.iter_mut() {
-        assert!(
-            ch.0.try_wait().unwrap().is_none(),
-            "node {id} exited by itself"
-        );
-    }
-    let op = KvOp::Set {
-        key: key.to_vec(),
-        value: b"v".to_vec(),
-    };
-    let done = c
-        .submit(&op.encode())
-        .unwrap_or_else(|e| panic!("no leader acknowledged a write in time: {e}"));
-    assert_eq!(KvResult::decode(&done.result), Some(KvResult::Done));
-    done.node
-}
-
-#[test]
-#[cfg_attr(miri, ignore = "spawns and kills processes")]
-fn ring_cluster_survives_leader_sigkills() {
-    let dir = TempDir::new("replica-ring");
-    std::fs::create_dir_all(dir.0.join("net")).unwrap();
-    let peers: Vec<NodeId> = NODES.iter().map(|&n| NodeId(n)).collect();
-    // The client's inbox first, so nodes can answer from their first round.
-    let t = RingTransport::open(NodeId(CLIENT), &peers, ring_opts(&dir.0)).unwrap();
-    let opts = ClientOptions {
-        timeout: Duration::from_secs(30),
-        attempt_timeout: Duration::from_millis(300),
-        ..ClientOptions::default()
-    };
-    let mut client = RaftClient::new(t, &NODES, opts).unwrap();
-    let mut children: HashMap<u64, Child> = NODES.iter().map(|&n| (n, spawn(&dir.0, n))).collect();
+/// Writes through the leader, SIGKILLs it (`EMF_REPLICA_KILLS` times, 3 by default) and
+/// restarts it, checking each failover and, at the end, that no acknowledged write was lost.
+fn survives_leader_sigkills<T: Transport>(cluster: &mut Cluster, client: &mut Client<T>) {
     let kills: usize = std::env::var("EMF_REPLICA_KILLS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(3);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut acked: Vec<Vec<u8>> = Vec::new();
     let mut k = 0u64;
     let mut failovers = Vec::new();
     for kill in 0..=kills {
-        let mut leader = 0;
+        let mut last = None;
         for _ in 0..40 {
             let key = format!("k{k}").into_bytes();
             k += 1;
-            leader = set(&mut client, &key, &mut children);
+            last = Some(client.set(&key, deadline, cluster));
             acked.push(key);
         }
         if kill == kills {
             break;
         }
-        let term = client.status(leader).unwrap().term;
         // SIGKILL the leader that just acknowledged, restart it from its data directory.
-        drop(children.remove(&leader));
+        let last = last.expect("40 writes");
+        cluster.kill(last.node);
         let killed = Instant::now();
-        children.insert(leader, spawn(&dir.0, leader));
+        cluster.spawn(last.node);
         let key = format!("k{k}").into_bytes();
         k += 1;
-        let by = set(&mut client, &key, &mut children);
+        let a = client.set(&key, deadline, cluster);
         acked.push(key);
         failovers.push(killed.elapsed());
-        let new_term = client.status(by).unwrap().term;
         assert!(
-            new_term > term,
-            "acknowledged in term {new_term} after the leader of {term} died"
+            a.term > last.term,
+            "acknowledged in term {} after the leader of {} died",
+            a.term,
+            last.term
         );
     }
-    // Every acknowledged write, read back through the log.
-    for key in &acked {
-        assert_eq!(
-            client.get(key).unwrap().as_deref(),
-            Some(&b"v"[..]),
-            "acknowledged write {} lost",
-            String::from_utf8_lossy(key)
-        );
-    }
+    client.assert_none_lost(&acked, deadline, cluster);
     assert_eq!(failovers.len(), kills);
     for f in &failovers {
         assert!(
@@ -202,6 +78,82 @@ fn ring_cluster_survives_leader_sigkills() {
     if std::env::var_os("EMF_REPLICA_SUMMARY").is_some() {
         eprintln!("acked {} writes, failovers {failovers:?}", acked.len());
     }
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns and kills processes")]
+fn ring_cluster_survives_leader_sigkills() {
+    let dir = TempDir::new("replica-ring");
+    std::fs::create_dir_all(dir.0.join("net")).unwrap();
+    let peers: Vec<NodeId> = NODES.iter().map(|&n| NodeId(n)).collect();
+    // The client's inbox first, so nodes can answer from their first round.
+    let t = RingTransport::open(NodeId(CLIENT), &peers, ring_opts(&dir.0)).unwrap();
+    let mut client = Client::new(t);
+    let specs = NODES.iter().map(|&n| (n, NodeSpawn::default())).collect();
+    let mut cluster = Cluster::start(&dir.0, specs);
+    survives_leader_sigkills(&mut cluster, &mut client);
+}
+
+/// Listeners on loopback for the nodes and the client, and every node's peer list (the other
+/// nodes and the client).
+pub(super) fn loopback_listeners() -> (HashMap<u64, TcpListener>, HashMap<u64, SocketAddr>) {
+    let ls: HashMap<u64, TcpListener> = NODES
+        .iter()
+        .chain(&[CLIENT])
+        .map(|&n| (n, TcpListener::bind("127.0.0.1:0").unwrap()))
+        .collect();
+    let addrs = ls
+        .iter()
+        .map(|(&n, l)| (n, l.local_addr().unwrap()))
+        .collect();
+    (ls, addrs)
+}
+
+/// The peers of `id`: every other member of `addrs`.
+pub(super) fn peers_of(id: u64, addrs: &HashMap<u64, SocketAddr>) -> Vec<(NodeId, SocketAddr)> {
+    let mut v: Vec<_> = addrs
+        .iter()
+        .filter(|&(&n, _)| n != id)
+        .map(|(&n, &a)| (NodeId(n), a))
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "spawns and kills processes")]
+fn tcp_cluster_survives_leader_sigkills() {
+    // The test process binds every listener and keeps it: a restarted node inherits its
+    // socket again, so its address never changes and no other process can take the port.
+    let dir = TempDir::new("replica-tcp");
+    let (mut ls, addrs) = loopback_listeners();
+    let specs = NODES
+        .iter()
+        .map(|&n| {
+            let spec = NodeSpawn {
+                env: vec![
+                    (ENV_NET, "tcp".to_string()),
+                    (ENV_PEERS, format_peers(&peers_of(n, &addrs))),
+                ],
+                listener: ls.remove(&n),
+                netns: None,
+            };
+            (n, spec)
+        })
+        .collect();
+    let t = TcpTransport::from_listener(
+        NodeId(CLIENT),
+        ls.remove(&CLIENT).unwrap(),
+        &peers_of(CLIENT, &addrs)
+            .into_iter()
+            .filter(|(n, _)| n.0 != CLIENT)
+            .collect::<Vec<_>>(),
+        tcp_opts(),
+    )
+    .unwrap();
+    let mut client = Client::new(t);
+    let mut cluster = Cluster::start(&dir.0, specs);
+    survives_leader_sigkills(&mut cluster, &mut client);
 }
 
 /// The real-clock API over a transport in one process: followers on their own threads, the
@@ -232,6 +184,7 @@ fn wait_committed_with_threads<T: Transport + Send>(ts: Vec<T>) {
                 r
             }));
         }
+        let _stop = StopOnDrop(stop.clone());
         leader.node_mut().campaign().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !leader.node().is_leader() {

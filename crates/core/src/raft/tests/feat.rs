@@ -492,3 +492,112 @@ fn strangers_may_lead_but_not_vote() {
         "the vote is answered"
     );
 }
+
+#[test]
+fn a_joining_node_restarts_from_every_state_of_its_store() {
+    // A node joins with no voters and learns them by snapshot. Its store goes through: empty;
+    // a HardState only (the term of a leader it does not know yet); a snapshot carrying the
+    // configuration; entries after it. Restarted (with no voters, as its host starts it)
+    // after every round of the join until it held entries after its snapshot, it comes back
+    // from each state and then catches up.
+    use raft::eraftpb::MessageType;
+    let mut c = Cluster::new(3, "raft-join-restarts");
+    for k in 0..5 {
+        c.set(1, &format!("k{k}"), "v");
+    }
+    let restart = |c: &mut Cluster| {
+        c.nodes.remove(&4);
+        c.start(4, vec![]);
+    };
+    c.start(4, vec![]);
+    restart(&mut c);
+    assert_eq!(c.nodes[&4].membership(), Membership::default());
+    assert!(c.nodes[&4].storage().is_empty());
+    // The leader, a stranger: its heartbeat is followed (the term kept across a restart),
+    // entries at the log's start are refused (a configuration comes by snapshot first).
+    let term = c.nodes[&1].term();
+    let msg = |ty: MessageType, entries: Vec<Entry>| {
+        let mut m = raft::eraftpb::Message::default();
+        m.set_msg_type(ty);
+        (m.from, m.to, m.term) = (1, 4, term);
+        m.entries = entries.into();
+        m.write_to_bytes().unwrap()
+    };
+    c.node(4)
+        .step(&msg(MessageType::MsgHeartbeat, vec![]))
+        .unwrap();
+    let e = c
+        .node(4)
+        .step(&msg(
+            MessageType::MsgAppend,
+            vec![super::entry(1, term, b"x")],
+        ))
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    let now = c.now;
+    c.node(4).ready(now).unwrap();
+    restart(&mut c);
+    let st = c.nodes[&4].storage();
+    assert!(st.is_empty() && st.hard_state().term == term);
+    assert_eq!((c.nodes[&4].term(), c.nodes[&4].applied_index()), (term, 0));
+    // Joins as a learner, restarted every round; writes go on meanwhile.
+    let cc = accepted(
+        c.node(1)
+            .change_membership(&[MemberChange::AddLearner(4)])
+            .unwrap(),
+    );
+    // (snapshot held, entries after it, voters known) of each store it restarted from.
+    let mut seen = BTreeSet::new();
+    let mut k = 5;
+    for round in 0..600 {
+        let st = c.nodes[&4].storage();
+        seen.insert((
+            st.snapshot_index() > 0,
+            !st.entries_held().is_empty(),
+            !st.conf_state().voters.is_empty(),
+        ));
+        let caught_up = c.applied_id(1, cc)
+            && c.nodes[&4].applied_index() == c.nodes[&1].applied_index()
+            && c.nodes[&4].applied_index() > c.nodes[&4].storage().snapshot_index();
+        if caught_up && k >= 15 && c.nodes[&4].state_machine().get(b"k14").is_some() {
+            break;
+        }
+        if round % 3 == 0 && k < 15 {
+            c.set(1, &format!("k{k}"), "v");
+            k += 1;
+        }
+        c.round();
+        // Restarted every round until it held a snapshot and entries after it; then left
+        // to catch up.
+        if !seen.contains(&(true, true, true)) {
+            restart(&mut c);
+        }
+    }
+    assert!(
+        seen.contains(&(true, true, true)),
+        "entries after the snapshot: {seen:?}"
+    );
+    assert!(
+        seen.contains(&(true, false, true)),
+        "the snapshot alone: {seen:?}"
+    );
+    // No store without a configuration ever held entries or a snapshot.
+    assert!(
+        seen.iter()
+            .all(|&(snap, ents, voters)| voters || !(snap || ents)),
+        "{seen:?}"
+    );
+    let n4 = &c.nodes[&4];
+    assert_eq!(n4.applied_index(), c.nodes[&1].applied_index(), "caught up");
+    assert_eq!(
+        (n4.membership().voters, n4.membership().learners),
+        (vec![1, 2, 3], vec![4])
+    );
+    for k in 0..15 {
+        assert_eq!(
+            n4.state_machine().get(format!("k{k}").as_bytes()),
+            Some(&b"v"[..]),
+            "k{k}"
+        );
+    }
+}
