@@ -1115,7 +1115,7 @@ impl Hnsw {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 impl Hnsw {
     /// The external id of node `node` (tests).
     pub(crate) fn store_record_ext(&self, node: u32) -> u64 {

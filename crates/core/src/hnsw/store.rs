@@ -22,6 +22,7 @@
 //!
 //! `model.rs` checks the publication step with loom (small chunk sizes under `cfg(loom)`).
 
+#[cfg(not(loom))]
 use std::ptr::NonNull;
 
 use crate::error::{Error, ErrorKind, Result};
