@@ -1923,3 +1923,48 @@ fn garbled_frames_in_a_running_cluster_never_panic_a_node() {
         }
     }
 }
+
+/// Only a voter campaigns: raft-rs's own campaign does not check it, and a node without a
+/// vote (joining with no configuration yet, or a learner) won with an empty quorum and then
+/// panicked (found by the `raft_step` fuzz target). Neither an explicit campaign nor any
+/// number of election timeouts makes such a node a candidate or a leader.
+#[test]
+fn only_a_voter_campaigns() {
+    let now = Duration::ZERO;
+    // Pre-vote off: any election would raise the term, which the test watches.
+    let config = |id| {
+        let mut c = config(id, 0);
+        c.pre_vote = false;
+        c
+    };
+    // A joining node: no voters configured, an empty store.
+    let mut joining = Node::new(config(4), LogStorage::memory(), KvStore::new()).unwrap();
+    assert!(joining.voters().is_empty());
+    // A learner of {1, 2, 3}.
+    let mut store = LogStorage::memory();
+    store
+        .set_conf_state(&cs(&[1, 2, 3], &[4], &[], &[]), 0)
+        .unwrap();
+    let mut learner = Node::new(config(4), store, KvStore::new()).unwrap();
+    assert_eq!(learner.voters(), &[1, 2, 3]);
+    for (name, n) in [("joining", &mut joining), ("learner", &mut learner)] {
+        let e = n.campaign().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{name}: {e}");
+        assert!(e.message().contains("not a voter"), "{name}: {e}");
+        for _ in 0..100 {
+            n.tick();
+            n.ready(now).unwrap();
+        }
+        assert!(!n.is_leader(), "{name} leads");
+        assert_eq!(n.term(), 0, "{name} started an election");
+    }
+    // The same configuration lets a voter campaign (the refusal is about the vote).
+    let mut store = LogStorage::memory();
+    store
+        .set_conf_state(&cs(&[1, 2, 3], &[4], &[], &[]), 0)
+        .unwrap();
+    let mut voter = Node::new(config(1), store, KvStore::new()).unwrap();
+    voter.campaign().unwrap();
+    voter.ready(now).unwrap();
+    assert!(voter.term() > 0, "a voter's campaign starts an election");
+}
