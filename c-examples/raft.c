@@ -67,6 +67,32 @@ static void run(const char *dir) {
         CHECK(at > index && at > last);
         last = at;
     }
+    /* Pipelined: 100 entries in one call, up to 16 in flight, the leader batches them. */
+    {
+        enum { N = 100 };
+        static char bodies[N][16];
+        emf_slice_t ops[N];
+        uint64_t idx[N];
+        emf_status_t st[N];
+        for (int i = 0; i < N; i++) {
+            int bl = snprintf(bodies[i], sizeof bodies[i], "many-%d", i);
+            ops[i].data = (const uint8_t *)bodies[i];
+            ops[i].len = (size_t)bl;
+        }
+        CHECK_STATUS(emf_raft_cluster_submit_many(c, ops, N, 16, idx, st), EMF_OK);
+        for (int i = 0; i < N; i++) {
+            CHECK(st[i] == EMF_OK && idx[i] > last);
+            CHECK(i == 0 || idx[i] >= idx[i - 1]); /* batched entries share an index */
+        }
+        last = idx[N - 1];
+        CHECK_ERROR(emf_raft_cluster_submit_many(c, ops, N, 0, idx, st),
+                    EMF_ERR_INVALID_ARGUMENT, "window");
+        CHECK_ERROR(emf_raft_cluster_submit_many(c, ops, N, 4, NULL, st),
+                    EMF_ERR_NULL_ARGUMENT, "out_indexes");
+        CHECK_ERROR(emf_raft_cluster_submit_many(c, NULL, N, 4, idx, st),
+                    EMF_ERR_NULL_ARGUMENT, "frames");
+        CHECK_STATUS(emf_raft_cluster_submit_many(c, NULL, 0, 4, NULL, NULL), EMF_OK);
+    }
     CHECK_STATUS(emf_raft_cluster_wait_committed(c, last, 2000, &applied), EMF_OK);
     CHECK(applied >= last);
     CHECK_ERROR(emf_raft_cluster_wait_committed(c, last + 1000000, 50, &applied),
@@ -163,6 +189,13 @@ static void run(const char *dir) {
         uint64_t at = 0;
         CHECK_STATUS(emf_raft_client_append_entry(cl, (const uint8_t *)"c", 1, &at), EMF_OK);
         CHECK(at > index);
+        {
+            emf_slice_t two[2] = {{(const uint8_t *)"m1", 2}, {(const uint8_t *)"m2", 2}};
+            uint64_t ix[2] = {0, 0};
+            emf_status_t sx[2] = {-1, -1};
+            CHECK_STATUS(emf_raft_client_submit_many(cl, two, 2, 2, ix, sx), EMF_OK);
+            CHECK(sx[0] == EMF_OK && sx[1] == EMF_OK && ix[0] > at && ix[1] >= ix[0]);
+        }
         CHECK_STATUS(emf_raft_client_wait_committed(cl, at, 2000, &applied), EMF_OK);
         CHECK_STATUS(emf_raft_client_leader(cl, NULL, &term), EMF_OK);
         CHECK_ERROR(emf_raft_client_leader(cl, NULL, NULL), EMF_ERR_NULL_ARGUMENT, "out_leader");

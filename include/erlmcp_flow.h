@@ -1769,6 +1769,26 @@ emf_status_t emf_raft_cluster_append_entry(struct emf_raft_cluster_t *c,
                                            size_t len,
                                            uint64_t *out_index);
 
+// Submits `n` operations with up to `window` of them in flight at once and waits until
+// each has an answer (at most the client's timeout in all): the hosts' pipelined submit —
+// one call commits many operations in a few round trips, batched by the leader, where
+// `emf_raft_cluster_submit` waits for each. `out_indexes[i]` is operation `i`'s log index
+// (0 when it failed) and `out_status[i]` its status (`EMF_OK`, `EMF_ERR_TIMEOUT`: it may yet
+// commit, ...); the state machine's results are not returned (submit one at a time for
+// them). Returns `EMF_OK` when every operation committed, else the first failure's status
+// with a message naming it. Each operation is at-least-once, as with a single submit.
+//
+// # Safety
+//
+// `c` a live handle; `ops` readable for `n` slices, each readable for its length;
+// `out_indexes` and `out_status` writable for `n` values.
+emf_status_t emf_raft_cluster_submit_many(struct emf_raft_cluster_t *c,
+                                          const struct emf_slice_t *ops,
+                                          size_t n,
+                                          uint32_t window,
+                                          uint64_t *out_indexes,
+                                          emf_status_t *out_status);
+
 // Hands out the bytes kept by the last call that reported `EMF_ERR_BUFFER_TOO_SMALL` (a
 // result, value or stats text) and forgets them; `*out_len` 0 when none are kept. Too small
 // again: kept again.
@@ -1953,6 +1973,26 @@ emf_status_t emf_raft_client_append_entry(struct emf_raft_client_t *c,
                                           const uint8_t *entry,
                                           size_t len,
                                           uint64_t *out_index);
+
+// Submits `n` operations with up to `window` of them in flight at once and waits until
+// each has an answer (at most the client's timeout in all): the hosts' pipelined submit —
+// one call commits many operations in a few round trips, batched by the leader, where
+// `emf_raft_client_submit` waits for each. `out_indexes[i]` is operation `i`'s log index
+// (0 when it failed) and `out_status[i]` its status (`EMF_OK`, `EMF_ERR_TIMEOUT`: it may yet
+// commit, ...); the state machine's results are not returned (submit one at a time for
+// them). Returns `EMF_OK` when every operation committed, else the first failure's status
+// with a message naming it. Each operation is at-least-once, as with a single submit.
+//
+// # Safety
+//
+// `c` a live handle; `ops` readable for `n` slices, each readable for its length;
+// `out_indexes` and `out_status` writable for `n` values.
+emf_status_t emf_raft_client_submit_many(struct emf_raft_client_t *c,
+                                         const struct emf_slice_t *ops,
+                                         size_t n,
+                                         uint32_t window,
+                                         uint64_t *out_indexes,
+                                         emf_status_t *out_status);
 
 // As `emf_raft_cluster_result`.
 //

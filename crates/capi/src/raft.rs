@@ -29,10 +29,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::handle::{borrow, free, new_handle, Exclusive, Handle};
+use super::ring::emf_slice_t;
 use super::{
-    bytes, c_str, emf_status_name, emf_status_t, guard, require_out, status_of, typed, typed_mut,
-    write_out, FfiError, FfiResult, EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_CORRUPT,
-    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE,
+    bytes, c_str, emf_status_name, emf_status_t, guard, require_out, slices, status_of, typed,
+    typed_mut, write_out, FfiError, FfiResult, EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_CORRUPT,
+    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_OK,
 };
 use engine::net::ring::RingTransport;
 use engine::raft::{KvOp, KvResult};
@@ -312,6 +313,65 @@ unsafe fn do_append<H: RaftHandle>(
     let c = client.submit(e)?;
     // SAFETY: checked non-NULL; writable by contract.
     unsafe { write_out(out_index, c.index, "out_index") }
+}
+
+/// `submit_many`: every operation's index and status.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_submit_many`.
+unsafe fn do_submit_many<H: RaftHandle>(
+    h: *mut H,
+    ops: *const emf_slice_t,
+    n: usize,
+    window: u32,
+    out_indexes: *mut u64,
+    out_status: *mut emf_status_t,
+) -> FfiResult {
+    // SAFETY: caller contract.
+    let ops = unsafe { slices(ops, n) }?;
+    // SAFETY: caller contract (writable for n values; NULL only with n 0).
+    let indexes = unsafe { typed_mut(out_indexes, n, "out_indexes") }?;
+    // SAFETY: as above.
+    let statuses = unsafe { typed_mut(out_status, n, "out_status") }?;
+    if window == 0 {
+        return Err(FfiError::new(
+            EMF_ERR_INVALID_ARGUMENT,
+            "window must be at least 1 (operations in flight at once)",
+        ));
+    }
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let mut st = unsafe { borrow(h) }?;
+    let (client, _) = H::parts(&mut st);
+    let results = client.submit_many(&ops, window as usize)?;
+    let mut first: Option<(usize, FfiError)> = None;
+    let mut failed = 0usize;
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(c) => {
+                indexes[i] = c.index;
+                statuses[i] = EMF_OK;
+            }
+            Err(e) => {
+                indexes[i] = 0;
+                let fe = FfiError::from(e);
+                statuses[i] = fe.status;
+                failed += 1;
+                first.get_or_insert((i, fe));
+            }
+        }
+    }
+    match first {
+        None => Ok(()),
+        Some((i, e)) => Err(FfiError::new(
+            e.status,
+            format!(
+                "{failed} of {n} operations failed (see out_status); the first, operation \
+                 {i}: {}",
+                e.message
+            ),
+        )),
+    }
 }
 
 /// # Safety
@@ -746,6 +806,34 @@ pub unsafe extern "C" fn emf_raft_cluster_append_entry(
     })
 }
 
+/// Submits `n` operations with up to `window` of them in flight at once and waits until
+/// each has an answer (at most the client's timeout in all): the hosts' pipelined submit —
+/// one call commits many operations in a few round trips, batched by the leader, where
+/// `emf_raft_cluster_submit` waits for each. `out_indexes[i]` is operation `i`'s log index
+/// (0 when it failed) and `out_status[i]` its status (`EMF_OK`, `EMF_ERR_TIMEOUT`: it may yet
+/// commit, ...); the state machine's results are not returned (submit one at a time for
+/// them). Returns `EMF_OK` when every operation committed, else the first failure's status
+/// with a message naming it. Each operation is at-least-once, as with a single submit.
+///
+/// # Safety
+///
+/// `c` a live handle; `ops` readable for `n` slices, each readable for its length;
+/// `out_indexes` and `out_status` writable for `n` values.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_cluster_submit_many(
+    c: *mut emf_raft_cluster_t,
+    ops: *const emf_slice_t,
+    n: usize,
+    window: u32,
+    out_indexes: *mut u64,
+    out_status: *mut emf_status_t,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_submit_many(c, ops, n, window, out_indexes, out_status) }
+    })
+}
+
 /// Hands out the bytes kept by the last call that reported `EMF_ERR_BUFFER_TOO_SMALL` (a
 /// result, value or stats text) and forgets them; `*out_len` 0 when none are kept. Too small
 /// again: kept again.
@@ -1109,6 +1197,34 @@ pub unsafe extern "C" fn emf_raft_client_append_entry(
     guard(|| {
         // SAFETY: caller contract.
         unsafe { do_append(c, entry, len, out_index) }
+    })
+}
+
+/// Submits `n` operations with up to `window` of them in flight at once and waits until
+/// each has an answer (at most the client's timeout in all): the hosts' pipelined submit —
+/// one call commits many operations in a few round trips, batched by the leader, where
+/// `emf_raft_client_submit` waits for each. `out_indexes[i]` is operation `i`'s log index
+/// (0 when it failed) and `out_status[i]` its status (`EMF_OK`, `EMF_ERR_TIMEOUT`: it may yet
+/// commit, ...); the state machine's results are not returned (submit one at a time for
+/// them). Returns `EMF_OK` when every operation committed, else the first failure's status
+/// with a message naming it. Each operation is at-least-once, as with a single submit.
+///
+/// # Safety
+///
+/// `c` a live handle; `ops` readable for `n` slices, each readable for its length;
+/// `out_indexes` and `out_status` writable for `n` values.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_client_submit_many(
+    c: *mut emf_raft_client_t,
+    ops: *const emf_slice_t,
+    n: usize,
+    window: u32,
+    out_indexes: *mut u64,
+    out_status: *mut emf_status_t,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_submit_many(c, ops, n, window, out_indexes, out_status) }
     })
 }
 

@@ -1067,6 +1067,10 @@ PROTOTYPES = {
         emf_status_t,
         [emf_raft_cluster_p, _bytes_in, c_size_t, POINTER(c_uint64)],
     ),
+    "emf_raft_cluster_submit_many": (
+        emf_status_t,
+        [emf_raft_cluster_p, POINTER(emf_slice_t), c_size_t, c_uint32, POINTER(c_uint64), POINTER(emf_status_t)],
+    ),
     "emf_raft_cluster_result": (
         emf_status_t,
         [emf_raft_cluster_p, c_char_p, c_size_t, POINTER(c_size_t)],
@@ -1130,6 +1134,10 @@ PROTOTYPES = {
     "emf_raft_client_append_entry": (
         emf_status_t,
         [emf_raft_client_p, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_raft_client_submit_many": (
+        emf_status_t,
+        [emf_raft_client_p, POINTER(emf_slice_t), c_size_t, c_uint32, POINTER(c_uint64), POINTER(emf_status_t)],
     ),
     "emf_raft_client_result": (
         emf_status_t,

@@ -25,17 +25,35 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from ctypes import byref, c_size_t, c_uint32, c_uint64, create_string_buffer
+from ctypes import (
+    byref,
+    c_char_p,
+    c_int32,
+    c_size_t,
+    c_uint32,
+    c_uint64,
+    c_void_p,
+    cast,
+    create_string_buffer,
+)
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from ._errors import EMF_ERR_BUFFER_TOO_SMALL, EMF_OK, check, error_for, last_error_message
+from ._errors import (
+    EMF_ERR_BUFFER_TOO_SMALL,
+    EMF_OK,
+    Error,
+    check,
+    error_for,
+    last_error_message,
+)
 from ._native import (
     emf_raft_client_options_t,
     emf_raft_client_p,
     emf_raft_cluster_options_t,
     emf_raft_cluster_p,
     emf_raft_status_t,
+    emf_slice_t,
     lib,
 )
 from .ring import _U32_MAX, _c_string, _Handle, _unsigned
@@ -161,6 +179,39 @@ class _RaftOps(_Handle):
         index = c_uint64()
         self._call("append_entry", entry, len(entry), byref(index))
         return index.value
+
+    def submit_many(self, ops: Sequence[bytes], window: int = 64) -> List[int]:
+        """Submits every operation of ``ops`` with up to ``window`` in flight at once and waits
+        until each has an answer (within the timeout in all): their log indexes, in order —
+        the pipelined submit (one call, a few round trips, batched by the leader) where
+        :meth:`submit` waits for each. Results of the state machine are not returned.
+
+        When any operation fails, the first failure is raised (its class as for a single
+        submit: :class:`~erlmcp_flow.Timeout` — it may yet commit — and so on) with
+        ``indexes`` (0 for a failed operation) and ``statuses`` (one code each) attached."""
+        data = [_bytes(op, "op") for op in ops]
+        n = len(data)
+        table = (emf_slice_t * max(n, 1))()
+        for i, b in enumerate(data):
+            table[i].data = cast(c_char_p(b), c_void_p) if b else None
+            table[i].len = len(b)
+        indexes = (c_uint64 * max(n, 1))()
+        statuses = (c_int32 * max(n, 1))()
+        try:
+            self._call(
+                "submit_many",
+                table,
+                n,
+                _unsigned(window, "window", _U32_MAX),
+                indexes,
+                statuses,
+            )
+        except Error as e:
+            e.indexes = list(indexes[:n])
+            e.statuses = list(statuses[:n])
+            raise
+        # `data` kept the bytes the table points into alive until here.
+        return list(indexes[:n])
 
     def wait_committed(self, index: int, timeout_ms: int = 10_000) -> int:
         """Waits until the leader has applied ``index``: its applied index (≥ ``index``);

@@ -40,6 +40,15 @@ def test_submit_wait_and_the_kv_store(cluster):
     indexes = [c.append_entry(b"e%d" % i) for i in range(50)]
     assert indexes == sorted(set(indexes)) and indexes[0] > first
     assert c.wait_committed(indexes[-1], 2000) >= indexes[-1]
+    # Pipelined: one call, many in flight; entries batched together share an index.
+    many = c.submit_many([b"m%d" % i for i in range(200)] + [b""], window=16)
+    assert len(many) == 201 and many[0] > indexes[-1] and many == sorted(many)
+    assert c.submit_many([]) == []
+    with pytest.raises(emf.Error) as e:
+        c.submit_many([b"x"], window=0)
+    assert e.value.name == "EMF_ERR_INVALID_ARGUMENT" and "window" in e.value.message
+    with pytest.raises(TypeError):
+        c.submit_many(["text"])
     with pytest.raises(emf.Timeout):
         c.wait_committed(indexes[-1] + 10**6, 50)
     c.set(b"k", b"v1")
@@ -98,6 +107,7 @@ def test_a_second_client_and_threads(cluster):
         assert cl.get(b"shared") == b"yes"
         i = cl.append_entry(b"from the client")
         assert cl.wait_committed(i) >= i
+        assert cl.submit_many([b"a", b"b"], window=2)[0] > i
         assert cl.leader() == c.leader()
     # One thread at a time: another thread inside gets Busy, not a race.
     started, errors = threading.Event(), []

@@ -411,6 +411,77 @@ impl Pipeline {
     }
 }
 
+impl<T: Transport> RaftClient<T> {
+    /// Submits every operation of `ops` with up to `window` of them in flight at once (a
+    /// [`Pipeline`]) and waits, at most the client's [`timeout`](super::ClientOptions::timeout)
+    /// in all, until each has an answer: one result per operation, in the order of `ops`.
+    /// What the hosts' batch submits call: one call commits many operations in a few round
+    /// trips, and the leader batches them, where [`submit`](Self::submit) waits for each.
+    ///
+    /// Each operation is at-least-once, as with `submit`. An operation still unanswered at
+    /// the deadline is `Timeout` (it may yet commit: Raft cannot tell); an `Error` answer is
+    /// that operation's error; a transport error ends the call, and every operation not yet
+    /// answered is that error. `window` 0 is `InvalidArgument`.
+    pub fn submit_many<B: AsRef<[u8]>>(
+        &mut self,
+        ops: &[B],
+        window: usize,
+    ) -> Result<Vec<Result<Committed>>> {
+        let timeout = self.options().timeout;
+        let mut p = Pipeline::new(PipelineOptions {
+            window,
+            resend_after: self.options().attempt_timeout,
+            backoff: self.options().backoff_min.max(Duration::from_micros(100)),
+        })?;
+        let deadline = Instant::now() + timeout;
+        let mut out: Vec<Option<Result<Committed>>> = vec![None; ops.len()];
+        let mut next = 0;
+        let mut failed: Option<Error> = None;
+        let collect = |p: &mut Pipeline, out: &mut Vec<Option<Result<Committed>>>| {
+            while let Some(d) = p.take_done() {
+                out[d.tag as usize] = Some(d.outcome);
+            }
+        };
+        while next < ops.len() || p.in_flight() > 0 {
+            while next < ops.len() && p.has_room() {
+                if let Err(e) = p.submit(self, ops[next].as_ref().to_vec(), next as u64) {
+                    failed = Some(e);
+                    break;
+                }
+                next += 1;
+            }
+            if failed.is_some() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            let wait = (deadline - now).min(Duration::from_millis(1));
+            if let Err(e) = p.poll(self, wait) {
+                failed = Some(e);
+                break;
+            }
+            collect(&mut p, &mut out);
+        }
+        collect(&mut p, &mut out);
+        Ok(out
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(match &failed {
+                        Some(e) => e.clone(),
+                        None => Error::new(
+                            ErrorKind::Timeout,
+                            format!("raft: no answer within {timeout:?} (may yet commit)"),
+                        ),
+                    })
+                })
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

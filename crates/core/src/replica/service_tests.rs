@@ -446,6 +446,55 @@ fn pipelined<C: Transport>(c: &mut RaftClient<C>) {
             "key {k}"
         );
     }
+    // The hosts' batch submit: one call, many in flight, one result per operation in the
+    // order given. A chain of compare-and-sets on one key: each finds its predecessor's value
+    // (the order was kept), and the results say so.
+    use crate::raft::{KvOp, KvResult};
+    let e = c.submit_many(&[op(0)], 0).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(c.submit_many::<Vec<u8>>(&[], 8).unwrap().is_empty());
+    let mut ops = vec![op(N + 1)];
+    let cas = |k: u64| KvOp::Cas {
+        key: (N + 1).to_le_bytes().to_vec(),
+        expected: Some(vec![(k - 1) as u8; 48]),
+        new: vec![k as u8; 48],
+    };
+    ops.extend((N + 2..N + 200).map(|k| cas(k).encode()));
+    // No resend (which is at-least-once and may reorder) unless a node is silent for 5 s.
+    let saved = c.options();
+    c.set_options(super::ClientOptions {
+        attempt_timeout: Duration::from_secs(5),
+        timeout: Duration::from_secs(20),
+        ..saved
+    });
+    let rs = c.submit_many(&ops, 32).unwrap();
+    c.set_options(saved);
+    assert_eq!(rs.len(), ops.len());
+    let mut last = 0;
+    for (i, r) in rs.iter().enumerate() {
+        let cm = r.as_ref().unwrap_or_else(|e| panic!("op {i}: {e}"));
+        // Operations batched into one entry share its index.
+        assert!(cm.index >= last, "op {i} at {} after {last}", cm.index);
+        last = cm.index;
+        let res = KvResult::decode(&cm.result).unwrap();
+        if i == 0 {
+            assert_eq!(res, KvResult::Done);
+        } else {
+            let k = N + 1 + i as u64;
+            assert_eq!(
+                res,
+                KvResult::Cas {
+                    swapped: true,
+                    previous: Some(vec![(k - 1) as u8; 48])
+                },
+                "op {i}"
+            );
+        }
+    }
+    assert_eq!(
+        c.get(&(N + 1).to_le_bytes()).unwrap(),
+        Some(vec![(N + 199) as u8; 48])
+    );
 }
 
 #[test]

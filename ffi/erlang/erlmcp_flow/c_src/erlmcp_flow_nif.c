@@ -335,6 +335,7 @@ static ErlNifFunc nif_funcs[] = {
     {"raft_cluster_close", 1, nif_raft_cluster_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_submit", 2, nif_raft_submit, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_append_entry", 2, nif_raft_append_entry, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_submit_many", 3, nif_raft_submit_many, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_wait_committed", 3, nif_raft_wait_committed, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_leader", 1, nif_raft_leader, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_members", 1, nif_raft_members, ERL_NIF_DIRTY_JOB_IO_BOUND},

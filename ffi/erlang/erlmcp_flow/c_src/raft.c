@@ -190,6 +190,84 @@ static ERL_NIF_TERM nif_raft_append_entry(ErlNifEnv *env, int argc,
     return handle_leave_with(h, ok_u64(env, st, index));
 }
 
+/* raft_submit_many(Cluster, [Op], Window) -> {ok, [Index]}
+ *   | {error, {Reason, Message, [Index | StatusAtom]}} | {error, {Reason, Message}}:
+ * emf_raft_cluster_submit_many, up to Window operations in flight. When some operations
+ * failed, the list says per operation its index or the atom of its status (`timeout': it may
+ * yet commit); the 2-tuple error when the call failed before any operation was sent. */
+static ERL_NIF_TERM nif_raft_submit_many(ErlNifEnv *env, int argc,
+                                         const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    uint32_t window;
+    size_t n = 0;
+    emf_nif_frames f = frames_count(env, argv[1], false, &n);
+    if (f != EMF_NIF_FRAMES_OK) {
+        return argument_error(env, f == EMF_NIF_FRAMES_IMPROPER
+                                       ? "ops: expected a proper list"
+                                       : "ops: expected a list of binaries or iodata");
+    }
+    if (!get_u32(env, argv[2], &window) || window == 0) {
+        return argument_error(env, "window: expected a positive 32-bit integer");
+    }
+    emf_slice_t stack[EMF_NIF_BATCH_STACK_SLICES];
+    ERL_NIF_TERM error;
+    emf_slice_t *slices = frames_slices(env, argv[1], n, stack, &error);
+    if (slices == NULL) {
+        return error;
+    }
+    size_t cells = n > 0 ? n : 1;
+    uint64_t *indexes = enif_alloc(cells * sizeof *indexes);
+    emf_status_t *statuses = enif_alloc(cells * sizeof *statuses);
+    if (indexes == NULL || statuses == NULL || cells > SIZE_MAX / sizeof *indexes) {
+        enif_free(indexes);
+        enif_free(statuses);
+        frames_free(slices, stack);
+        return shim_error(env, EMF_ERR_TOO_LARGE, "ops: out of memory");
+    }
+    emf_nif_handle *h;
+    if (!handle_use(env, argv[0], &raft_kind, &h, &error)) {
+        enif_free(indexes);
+        enif_free(statuses);
+        frames_free(slices, stack);
+        return error;
+    }
+    for (size_t i = 0; i < n; i++) {
+        statuses[i] = -1; /* not written: the call failed before the operations */
+    }
+    emf_status_t st = emf_raft_cluster_submit_many(h->ptr, slices, n, window, indexes, statuses);
+    ERL_NIF_TERM result = atom_ok;
+    bool written = true;
+    for (size_t i = 0; i < n; i++) {
+        written = written && statuses[i] != -1;
+    }
+    if (st != EMF_OK) {
+        result = status_error(env, st);
+    }
+    if (written) {
+        /* Per operation: its index, or the atom of its status. */
+        ERL_NIF_TERM list = enif_make_list(env, 0);
+        for (size_t i = n; i-- > 0;) {
+            ERL_NIF_TERM v = statuses[i] == EMF_OK ? enif_make_uint64(env, indexes[i])
+                                                    : status_atom(statuses[i]);
+            list = enif_make_list_cell(env, v, list);
+        }
+        const ERL_NIF_TERM *outer, *inner;
+        int arity;
+        if (st == EMF_OK) {
+            result = make_ok(env, list);
+        } else if (enif_get_tuple(env, result, &arity, &outer) && arity == 2
+                   && enif_get_tuple(env, outer[1], &arity, &inner) && arity == 2) {
+            /* {error, {Reason, Message}} -> {error, {Reason, Message, PerOperation}} */
+            result = enif_make_tuple2(env, atom_error,
+                                      enif_make_tuple3(env, inner[0], inner[1], list));
+        }
+    }
+    enif_free(indexes);
+    enif_free(statuses);
+    frames_free(slices, stack);
+    return handle_leave_with(h, result);
+}
+
 /* raft_wait_committed(Cluster, Index, TimeoutMs) -> {ok, Applied}. */
 static ERL_NIF_TERM nif_raft_wait_committed(ErlNifEnv *env, int argc,
                                             const ERL_NIF_TERM argv[]) {

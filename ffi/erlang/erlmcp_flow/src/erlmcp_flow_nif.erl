@@ -63,7 +63,7 @@
          pool_new/2, pool_close/1, pool_ensure_min/2, pool_started/4, pool_start_failed/4,
          pool_agent_gone/3, pool_observe/4, pool_demand/3, pool_tick/2, pool_poll/1,
          pool_next_deadline/1, pool_stats/1,
-         raft_cluster_start/3, raft_cluster_close/1, raft_submit/2, raft_append_entry/2,
+         raft_cluster_start/3, raft_cluster_close/1, raft_submit/2, raft_append_entry/2, raft_submit_many/3,
          raft_wait_committed/3, raft_leader/1, raft_members/1, raft_stats/1, raft_kill/2,
          raft_restart/2, raft_set/3, raft_get/2, raft_cas/4]).
 -export([load_error_reason/1]).
@@ -831,6 +831,14 @@ raft_submit(_Cluster, _Op) -> erlang:nif_error(not_loaded).
 %% @doc `emf_raft_cluster_append_entry': the log index once committed.
 -spec raft_append_entry(raft(), bytes()) -> {ok, non_neg_integer()} | error().
 raft_append_entry(_Cluster, _Entry) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_submit_many': up to `Window' operations in flight; each one's log
+%% index, or (when some failed) `{error, {Reason, Message, [Index | StatusAtom]}}'.
+-spec raft_submit_many(raft(), [bytes()], non_neg_integer()) ->
+    {ok, [non_neg_integer()]}
+    | {error, {atom(), binary(), [non_neg_integer() | atom()]}}
+    | error().
+raft_submit_many(_Cluster, _Ops, _Window) -> erlang:nif_error(not_loaded).
 
 %% @doc `emf_raft_cluster_wait_committed': the leader's applied index.
 -spec raft_wait_committed(raft(), non_neg_integer(), non_neg_integer()) ->

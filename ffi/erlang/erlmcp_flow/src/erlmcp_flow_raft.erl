@@ -59,7 +59,7 @@
 -behaviour(gen_server).
 
 -export([start_cluster/1, start_cluster/2, stop/1, submit_operation/2, submit/2,
-         append_entry/2, wait_committed/2, wait_committed/3, leader/1, term/1, members/1,
+         append_entry/2, append_entries/2, append_entries/3, wait_committed/2, wait_committed/3, leader/1, term/1, members/1,
          stats/1, kill/2, restart/2, dir/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
@@ -133,6 +133,25 @@ append_entry(C, Entry) when is_binary(Entry) ->
     gen_server:call(C, {nif, raft_append_entry, [Entry]}, infinity);
 append_entry(C, Entry) ->
     append_entry(C, term_to_binary(Entry)).
+
+%% @equiv append_entries(C, Entries, 64)
+-spec append_entries(cluster(), [term()]) ->
+    {ok, [non_neg_integer()]} | {error, {atom(), binary(), [non_neg_integer() | atom()]}} | error().
+append_entries(C, Entries) ->
+    append_entries(C, Entries, 64).
+
+%% @doc Appends every entry of `Entries' (each as {@link append_entry/2} takes it) with up to
+%% `Window' of them in flight at once, and answers when each has an answer: the pipelined
+%% form of {@link append_entry/2} (one call, a few round trips, the leader batches them).
+%% `{ok, Indexes}' in the order given (entries batched together share an index); when some
+%% failed, `{error, {Reason, Message, PerEntry}}' where `PerEntry' holds each one's index or
+%% the atom of its failure (`timeout': it may yet commit). `Window' 0 is an
+%% `invalid_argument' error.
+-spec append_entries(cluster(), [term()], non_neg_integer()) ->
+    {ok, [non_neg_integer()]} | {error, {atom(), binary(), [non_neg_integer() | atom()]}} | error().
+append_entries(C, Entries, Window) when is_list(Entries) ->
+    Bins = [if is_binary(E) -> E; true -> term_to_binary(E) end || E <- Entries],
+    gen_server:call(C, {nif, raft_submit_many, [Bins, Window]}, infinity).
 
 %% @equiv wait_committed(C, Index, 10000)
 -spec wait_committed(cluster(), non_neg_integer()) -> {ok, non_neg_integer()} | error().
