@@ -69,7 +69,7 @@ use raft::eraftpb::{
 use raft::{RawNode, ReadState, StateRole};
 
 pub use kv::{KvOp, KvResult, KvStore, StateMachine};
-pub use storage::{LogStorage, Recovery, SyncStats};
+pub use storage::{LogStorage, Recovery, SyncStats, DEFAULT_COMPACT_BYTES};
 
 use crate::{Error, ErrorKind, Result};
 
@@ -116,6 +116,13 @@ pub struct Config {
     /// Applied entries after which a snapshot is taken and the log compacted (0: never;
     /// default 10 000).
     pub snapshot_entries: u64,
+    /// Write periodic snapshots of a durable log on a thread of the store's
+    /// ([`LogStorage::begin_snapshot`]): the loop goes on while the state is written and
+    /// synced, and installs the snapshot at a later Ready (default true). Off: the Ready
+    /// that takes a snapshot waits for its file (the deterministic simulations use this).
+    /// Snapshots taken because the configuration changed are always written at once (a
+    /// joining node must find the new configuration in the next snapshot it is sent).
+    pub background_snapshots: bool,
 }
 
 impl Config {
@@ -137,6 +144,7 @@ impl Config {
             batch_window: Duration::from_millis(10),
             max_uncommitted_bytes: 64 << 20,
             snapshot_entries: 10_000,
+            background_snapshots: true,
         }
     }
 }
@@ -1497,6 +1505,10 @@ impl<S: StateMachine> Node<S> {
     }
 
     fn maybe_snapshot(&mut self) -> Result<()> {
+        // A snapshot written in the background is installed once its file is durable.
+        if self.raw.mut_store().finish_snapshot(false)?.is_some() {
+            self.stats.snapshots += 1;
+        }
         let n = self.cfg.snapshot_entries;
         let store = self.raw.store();
         // The configuration in force changed after the latest snapshot: take one now (a node
@@ -1508,11 +1520,19 @@ impl<S: StateMachine> Node<S> {
         {
             return Ok(());
         }
+        let background = self.cfg.background_snapshots && !due;
+        if background && store.snapshot_pending() {
+            return Ok(()); // one at a time; the next is due from the one being written
+        }
         let data = self.sm.snapshot();
         let conf = self.raw.raft.prs().conf().to_conf_state();
         let applied = self.applied;
-        self.raw.mut_store().create_snapshot(applied, conf, data)?;
-        self.stats.snapshots += 1;
+        if background && self.raw.store().is_durable() {
+            self.raw.mut_store().begin_snapshot(applied, conf, data)?;
+        } else {
+            self.raw.mut_store().create_snapshot(applied, conf, data)?;
+            self.stats.snapshots += 1;
+        }
         Ok(())
     }
 }

@@ -246,6 +246,123 @@ fn snapshot_compacts_and_survives_restart_and_damage_is_reported() {
     );
 }
 
+/// A snapshot written in the background: nothing changes until its file is durable and it is
+/// installed; appends and syncs go on meanwhile; a store dropped (a crash) before the install
+/// reopens consistent either way; the calls that must not overlap it wait for it.
+#[test]
+fn background_snapshot_installs_once_durable_and_survives_a_crash_before() {
+    let cs = raft::eraftpb::ConfState {
+        voters: vec![1, 2, 3],
+        ..Default::default()
+    };
+    let dir = TempDir::new("raft-snap-bg");
+    let mut st = filled(&dir.0, 10, 8);
+    st.set_conf_state(&cs, 0).unwrap();
+    assert!(st
+        .begin_snapshot(9, cs.clone(), b"x".to_vec())
+        .is_err_and(|e| e.message().contains("beyond the commit")));
+    assert!(!st.snapshot_pending());
+    assert!(st
+        .begin_snapshot(6, cs.clone(), b"state@6".to_vec())
+        .unwrap());
+    assert!(st.snapshot_pending());
+    // One at a time.
+    assert!(!st
+        .begin_snapshot(7, cs.clone(), b"state@7".to_vec())
+        .unwrap());
+    // Not installed yet, whatever the writer's progress: the log and snapshot held are the old.
+    assert_eq!(st.first_index().unwrap(), 1);
+    // The loop goes on: more entries, a sync.
+    st.append(&[entry(11, 1, b"e11")]).unwrap();
+    st.set_hard_state(&hs(1, 1, 11)).unwrap();
+    st.sync().unwrap();
+    assert_eq!(st.finish_snapshot(true).unwrap(), Some(6));
+    assert!(!st.snapshot_pending());
+    assert_eq!(st.finish_snapshot(true).unwrap(), None);
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (7, 11)
+    );
+    assert_eq!(&st.latest_snapshot().data[..], b"state@6");
+    // The log file was not rewritten (it is far below the compaction size): a reopen drops
+    // the six entries the snapshot covers.
+    let grown = st.log_bytes();
+    assert!(grown > 0);
+    drop(st);
+    let mut st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (7, 11)
+    );
+    assert_eq!(&st.latest_snapshot().data[..], b"state@6");
+    assert_eq!(st.hard_state().commit, 11);
+    assert_eq!(st.recovery().entries_dropped, 6, "{:?}", st.recovery());
+    assert_eq!(st.log_bytes(), grown);
+
+    // Dropped while (or after) the writer runs, never installed: the reopened store holds the
+    // new snapshot file (when it was complete) and drops the log entries it covers, or the old
+    // snapshot and the whole log; entries after it are there either way.
+    assert!(st
+        .begin_snapshot(10, cs.clone(), b"state@10".to_vec())
+        .unwrap());
+    st.append(&[entry(12, 1, b"e12")]).unwrap();
+    st.sync().unwrap();
+    drop(st);
+    let st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!(&st.latest_snapshot().data[..], b"state@10");
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (11, 12)
+    );
+    assert_eq!(st.recovery().entries_dropped, 10, "{:?}", st.recovery());
+    drop(st);
+
+    // A crash before the writer's rename leaves a snapshot.tmp: ignored and removed on open.
+    std::fs::write(dir.0.join("snapshot.tmp"), b"half a snapshot").unwrap();
+    let mut st = LogStorage::open(&dir.0).unwrap();
+    assert!(!dir.0.join("snapshot.tmp").exists());
+    assert_eq!(&st.latest_snapshot().data[..], b"state@10");
+
+    // create_snapshot and apply_snapshot wait for a snapshot being written, then go on.
+    st.set_hard_state(&hs(1, 1, 12)).unwrap();
+    assert!(st
+        .begin_snapshot(11, cs.clone(), b"state@11".to_vec())
+        .unwrap());
+    st.create_snapshot(12, cs.clone(), b"state@12".to_vec())
+        .unwrap();
+    assert!(!st.snapshot_pending());
+    assert_eq!(&st.latest_snapshot().data[..], b"state@12");
+    assert_eq!(st.first_index().unwrap(), 13);
+    // From the compaction size on, a background snapshot rewrites the log too.
+    st.append(&[entry(13, 1, b"e13"), entry(14, 1, b"e14")])
+        .unwrap();
+    st.set_hard_state(&hs(1, 1, 14)).unwrap();
+    st.sync().unwrap();
+    let before = st.log_bytes();
+    st.set_compact_bytes(1);
+    assert!(st
+        .begin_snapshot(13, cs.clone(), b"state@13".to_vec())
+        .unwrap());
+    assert_eq!(st.finish_snapshot(true).unwrap(), Some(13));
+    assert!(st.log_bytes() < before, "{} >= {before}", st.log_bytes());
+    drop(st);
+    let st = LogStorage::open(&dir.0).unwrap();
+    assert_eq!(st.recovery().entries_dropped, 0, "{:?}", st.recovery());
+    assert_eq!(
+        (st.first_index().unwrap(), st.last_index().unwrap()),
+        (14, 14)
+    );
+
+    // In memory the snapshot is taken at once.
+    let mut m = LogStorage::memory();
+    m.set_conf_state(&cs, 0).unwrap();
+    m.append(&[entry(1, 1, b"a"), entry(2, 1, b"b")]).unwrap();
+    m.set_hard_state(&hs(1, 1, 2)).unwrap();
+    assert!(m.begin_snapshot(2, cs, b"m".to_vec()).unwrap());
+    assert!(!m.snapshot_pending());
+    assert_eq!(m.first_index().unwrap(), 3);
+}
+
 #[test]
 fn conf_state_keeps_its_index_across_restarts_and_snapshots() {
     let dir = TempDir::new("raft-conf-index");
@@ -863,6 +980,8 @@ fn config(id: u64, n: u64) -> Config {
     c.max_election_tick = 11;
     c.heartbeat_tick = 2;
     c.snapshot_entries = 25;
+    // Deterministic by seed: snapshots are written in the Ready that takes them.
+    c.background_snapshots = false;
     c.max_batch_ops = 4;
     c.max_inflight_msgs = 4;
     c.batch_window = Duration::from_millis(3);

@@ -99,6 +99,8 @@ fn config(id: u64, n: u64) -> Config {
     c.max_election_tick = 11;
     c.heartbeat_tick = 2;
     c.snapshot_entries = 25;
+    // Deterministic by seed: snapshots are written in the Ready that takes them.
+    c.background_snapshots = false;
     c.max_batch_ops = 4;
     c.max_inflight_msgs = 4;
     c.batch_window = Duration::from_millis(3);
