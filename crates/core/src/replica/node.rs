@@ -424,6 +424,13 @@ impl NodeHandle {
         self.id
     }
 
+    /// The id of the thread running the node (every call into its state machine is made
+    /// on it), `None` once stopped: a host refuses to stop a node from inside its own
+    /// callback (the thread would join itself).
+    pub fn thread_id(&self) -> Option<std::thread::ThreadId> {
+        self.thread.as_ref().map(|t| t.thread().id())
+    }
+
     /// The node's view as of its latest round (`running` false once its loop ended).
     pub fn info(&self) -> NodeInfo {
         let p = &self.published;
