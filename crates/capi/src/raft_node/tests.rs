@@ -344,3 +344,71 @@ fn start_refuses_bad_arguments() {
         EMF_ERR_NULL_ARGUMENT
     );
 }
+
+/// What the self-stopping machine's callbacks share with the test: its own node's handle
+/// and the status its `emf_raft_node_stop` got.
+struct SelfStop {
+    node: std::sync::atomic::AtomicPtr<emf_raft_node_t>, // std-atomic-ok: a test's cell
+    got: std::sync::atomic::AtomicI32,                   // std-atomic-ok: a test's cell
+}
+
+unsafe extern "C" fn self_apply(
+    ctx: *mut c_void,
+    _index: u64,
+    _op: *const u8,
+    _len: usize,
+    _emit: emf_raft_emit_fn,
+    _emit_ctx: *mut c_void,
+) -> c_int {
+    // SAFETY: the test passes a live `SelfStop`.
+    let s = unsafe { &*ctx.cast::<SelfStop>() };
+    let n = s.node.load(Ordering::Acquire);
+    if !n.is_null() {
+        // SAFETY: the node's live handle (freed by the test after it is stopped).
+        let st = unsafe { emf_raft_node_stop(n) };
+        s.got.store(st, Ordering::Release);
+    }
+    0
+}
+
+unsafe extern "C" fn no_snapshot(_: *mut c_void, _: emf_raft_emit_fn, _: *mut c_void) -> c_int {
+    0
+}
+
+unsafe extern "C" fn any_restore(_: *mut c_void, _: *const u8, _: usize) -> c_int {
+    0
+}
+
+#[test]
+fn a_callback_cannot_stop_its_own_node() {
+    let dir = tmp("self");
+    let ring = cstr(&dir.0.join("net"));
+    let one = [1u64];
+    let mut o = options_default();
+    o.id = 1;
+    o.voters = one.as_ptr();
+    o.n_voters = 1;
+    o.ring_dir = ring.as_ptr();
+    let sm = emf_raft_sm_t {
+        apply: Some(self_apply),
+        snapshot: Some(no_snapshot),
+        restore: Some(any_restore),
+        query: None,
+    };
+    let ctx = SelfStop {
+        node: std::sync::atomic::AtomicPtr::new(null_mut()),
+        got: std::sync::atomic::AtomicI32::new(-1),
+    };
+    let mut n = null_mut();
+    let p = std::ptr::from_ref(&ctx).cast_mut().cast();
+    assert_eq!(ffi!(emf_raft_node_start(&o, &sm, p, &mut n)), EMF_OK);
+    ctx.node.store(n, Ordering::Release);
+    let c = connect(&dir.0, &one);
+    assert_eq!(submit(c, 1).0, EMF_OK, "{}", last_error());
+    assert_eq!(ctx.got.load(Ordering::Acquire), EMF_ERR_BUSY);
+    let mut info = emf_raft_node_info_t::default();
+    assert_eq!(ffi!(emf_raft_node_info(n, &mut info)), EMF_OK);
+    assert_eq!(info.running, 1, "the node goes on");
+    assert_eq!(ffi!(emf_raft_node_free(n)), EMF_OK);
+    assert_eq!(ffi!(emf_raft_client_free(c)), EMF_OK);
+}
