@@ -168,6 +168,7 @@ fn submit(c: *mut emf_raft_client_t, v: u64) -> (emf_status_t, u64, u64) {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "maps rings and files, runs nodes on threads")]
 fn three_nodes_of_one_process_run_the_hosts_counter() {
     let dir = tmp("three");
     let voters = [1u64, 2, 3];
@@ -229,6 +230,7 @@ fn three_nodes_of_one_process_run_the_hosts_counter() {
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "maps rings and files, runs nodes on threads")]
 fn a_failing_callback_stops_the_node_with_a_readable_error() {
     let dir = tmp("fail");
     let counter = Counter::default();
@@ -380,6 +382,7 @@ unsafe extern "C" fn any_restore(_: *mut c_void, _: *const u8, _: usize) -> c_in
 }
 
 #[test]
+#[cfg_attr(miri, ignore = "maps rings and files, runs nodes on threads")]
 fn a_callback_cannot_stop_its_own_node() {
     let dir = tmp("self");
     let ring = cstr(&dir.0.join("net"));

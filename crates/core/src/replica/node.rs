@@ -345,6 +345,8 @@ pub fn spawn_node<S>(spec: NodeSpec, sm: S) -> Result<NodeHandle>
 where
     S: StateMachine + Send + 'static,
 {
+    // A bad spec is refused before any thread starts.
+    spec.check()?;
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(Published::default());
     published.running.store(true, Ordering::Relaxed);
