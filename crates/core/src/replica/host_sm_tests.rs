@@ -2,7 +2,7 @@
 //! running an append-only list, driven by a [`RaftClient`]. Submits answered with the list's
 //! results, every node applying the same sequence, a node stopped and restarted from its
 //! data directory catching up through the leader's snapshot, and a state machine that
-//! aborts its node.
+//! aborts its node; the same nodes over TCP.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -244,4 +244,65 @@ fn an_aborting_state_machine_stops_its_node_with_the_error() {
     // A bad spec is refused before any thread runs.
     let e = spawn_node(spec(&dir.0, 7, &[1]), ListSm::default()).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "threads and sockets")]
+fn host_nodes_over_tcp() {
+    use crate::net::tcp::{TcpOptions, TcpTransport};
+    use std::net::{SocketAddr, TcpListener};
+    let dir = TempDir::new("replica-host-tcp");
+    // Free loopback ports for the nodes (released for the nodes to bind: a port taken in
+    // between makes spawn_node fail loudly, never pass wrongly); the client keeps its own.
+    let addrs: Vec<(u64, SocketAddr)> = NODES
+        .iter()
+        .map(|&n| {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            (n, l.local_addr().unwrap())
+        })
+        .collect();
+    let cl = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client_addr = cl.local_addr().unwrap();
+    let sms: Vec<ListSm> = NODES.iter().map(|_| ListSm::default()).collect();
+    let nodes: Vec<NodeHandle> = addrs
+        .iter()
+        .zip(&sms)
+        .map(|(&(id, listen), sm)| {
+            let t = NodeTransport::Tcp {
+                listen,
+                peers: addrs.iter().copied().filter(|p| p.0 != id).collect(),
+                clients: vec![(CLIENT, client_addr)],
+            };
+            let spec = NodeSpec::new(id, NODES.to_vec(), Some(dir.0.join(format!("n{id}"))), t);
+            spawn_node(spec, sm.clone()).unwrap()
+        })
+        .collect();
+    let peers: Vec<(NodeId, SocketAddr)> = addrs.iter().map(|&(n, a)| (NodeId(n), a)).collect();
+    let t = TcpTransport::from_listener(NodeId(CLIENT), cl, &peers, TcpOptions::default()).unwrap();
+    let opts = ClientOptions {
+        timeout: Duration::from_secs(20),
+        attempt_timeout: Duration::from_secs(5),
+        resend_unanswered: false,
+        ..ClientOptions::default()
+    };
+    let mut c = RaftClient::new(t, &NODES, opts).unwrap();
+    let mut last = 0;
+    for i in 0..5u64 {
+        let done = c.submit(format!("tcp-{i}").as_bytes()).unwrap();
+        assert_eq!(len_of(&done.result), i + 1);
+        last = done.index;
+    }
+    for n in NODES {
+        assert!(
+            c.wait_committed_on(n, last, Duration::from_secs(10))
+                .unwrap()
+                >= last
+        );
+    }
+    let want = sms[0].entries();
+    assert_eq!(want.len(), 5);
+    assert!(sms.iter().all(|sm| sm.entries() == want));
+    for h in nodes {
+        h.stop().unwrap();
+    }
 }
