@@ -668,8 +668,9 @@ typedef struct emf_raft_node_options_t {
 typedef int (*emf_raft_emit_fn)(void *emit_ctx, const uint8_t *data, size_t len);
 
 // A host's replicated state machine: callbacks called on the node's own thread, one at a
-// time, with the `ctx` given to `emf_raft_node_start`. Each returns 0 on success; anything
-// else stops the node (see `emf_raft_node_start`).
+// time, with the `ctx` given to `emf_raft_node_start`. `apply`, `snapshot` and `restore`
+// return 0 on success; anything else stops the node (see `emf_raft_node_start`). They must
+// not unwind (C++ exceptions) into the library, nor stop or free their own node.
 typedef struct emf_raft_sm_t {
   // Applies the operation `op[0..len]` committed at log `index` (several operations
   // batched in one entry share its index) and writes its result with `emit(emit_ctx, …)`

@@ -52,8 +52,9 @@ pub type emf_raft_emit_fn =
     Option<unsafe extern "C" fn(emit_ctx: *mut c_void, data: *const u8, len: usize) -> c_int>;
 
 /// A host's replicated state machine: callbacks called on the node's own thread, one at a
-/// time, with the `ctx` given to `emf_raft_node_start`. Each returns 0 on success; anything
-/// else stops the node (see `emf_raft_node_start`).
+/// time, with the `ctx` given to `emf_raft_node_start`. `apply`, `snapshot` and `restore`
+/// return 0 on success; anything else stops the node (see `emf_raft_node_start`). They must
+/// not unwind (C++ exceptions) into the library, nor stop or free their own node.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct emf_raft_sm_t {
