@@ -12,7 +12,8 @@
 # threads), then the HNSW programs: hnsw (C, dynamic and static; given <repo>/tests/data for
 # the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched, the pool manager:
 # pool, then the runtime's C ABI with a service and two agent processes: agent --test, a local
-# Raft cluster of 3 node processes with a leader SIGKILL: raft, and a
+# Raft cluster of 3 node processes with a leader SIGKILL: raft, 3 in-process nodes with the
+# host's state machine: raft_node, and a
 # Python service with C agent processes (when pytest is there). With --valgrind
 # each one also runs under memcheck (the ring ping-pongs, the queue threads and the HNSW
 # builds with a small N). Exits non-zero on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
@@ -103,6 +104,8 @@ run agent "$build/agent" --test
 # A local Raft cluster: 3 `erlmcp-flow raft node' processes (the release binary beside the
 # library, unless EMF_BIN names one).
 run raft env EMF_BIN="${EMF_BIN:-$repo/target/release/erlmcp-flow}" "$build/raft"
+# Three in-process nodes with the host's own state machine (a counter) and a client.
+run raft_node "$build/raft_node"
 # Cross-language: a Python Service schedules 500 tasks, two C agent processes answer them
 # (ffi/python/tests/test_agent.py; the python stage runs it too, finding build/agent).
 if python3 -c 'import pytest' >/dev/null 2>&1; then
@@ -138,6 +141,7 @@ if [ "$use_valgrind" = 1 ]; then
   valgrind_run agent "$build/agent" --test
   # The node processes run natively; the cluster's host side runs under memcheck.
   EMF_BIN="${EMF_BIN:-$repo/target/release/erlmcp-flow}" valgrind_run raft "$build/raft"
+  valgrind_run raft_node "$build/raft_node"
 fi
 
 if [ "$failed" != 0 ]; then

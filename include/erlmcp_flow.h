@@ -366,6 +366,9 @@ typedef struct emf_raft_client_t emf_raft_client_t;
 // `EMF_ERR_BUSY`).
 typedef struct emf_raft_cluster_t emf_raft_cluster_t;
 
+// An in-process Raft node running the host's state machine. Opaque; thread-safe.
+typedef struct emf_raft_node_t emf_raft_node_t;
+
 // A mapped ring. Opaque; thread-safe.
 typedef struct emf_ring_t emf_ring_t;
 
@@ -624,6 +627,86 @@ typedef struct emf_raft_status_t {
   // How many voters its configuration has.
   uint64_t voters;
 } emf_raft_status_t;
+
+// Options of `emf_raft_node_start`; fill with `emf_raft_node_options_default` first.
+typedef struct emf_raft_node_options_t {
+  // This node's id (one of `voters`, not 0).
+  uint64_t id;
+  // The cluster's voters (used when the data directory is new); at most
+  // `EMF_RAFT_MAX_NODES`.
+  const uint64_t *voters;
+  // How many `voters`.
+  size_t n_voters;
+  // The durable log's directory (NUL-terminated; created when missing); NULL keeps the
+  // log in memory (a node restarted in memory has forgotten its votes: restart memory
+  // nodes only with the whole cluster).
+  const char *data_dir;
+  // The cluster's ring directory (NUL-terminated; under `/dev/shm` for speed), shared by
+  // every node and client of the cluster. Required.
+  const char *ring_dir;
+  // This node's inbox capacity in bytes, a power of two (default 1 MiB).
+  size_t inbox_capacity;
+  // The client ids whose requests the node accepts; NULL: the defaults
+  // (1000001..=1000008, the ids `emf_raft_client_connect` takes).
+  const uint64_t *clients;
+  // How many `clients`.
+  size_t n_clients;
+  // One Raft tick, ms (default 10; at least 1).
+  uint64_t tick_ms;
+  // Ticks without a leader before an election (default 10).
+  uint32_t election_tick;
+  // Ticks between heartbeats (default 2; below `election_tick`).
+  uint32_t heartbeat_tick;
+  // Applied entries between snapshots (default 10000; 0: never).
+  uint64_t snapshot_entries;
+} emf_raft_node_options_t;
+
+// Appends `len` bytes at `data` to the result being written (`emit_ctx` is the value the
+// library passed next to it). May be called any number of times during the callback that
+// received it, never after. Returns 0, or non-zero when the bytes were refused (NULL `data`
+// with `len` > 0, more than `EMF_MAX_INPUT_LEN` in all): the callback then fails.
+typedef int (*emf_raft_emit_fn)(void *emit_ctx, const uint8_t *data, size_t len);
+
+// A host's replicated state machine: callbacks called on the node's own thread, one at a
+// time, with the `ctx` given to `emf_raft_node_start`. `apply`, `snapshot` and `restore`
+// return 0 on success; anything else stops the node (see `emf_raft_node_start`). They must
+// not unwind (C++ exceptions) into the library, nor stop or free their own node.
+typedef struct emf_raft_sm_t {
+  // Applies the operation `op[0..len]` committed at log `index` (several operations
+  // batched in one entry share its index) and writes its result with `emit(emit_ctx, …)`
+  // (nothing written: an empty result). Required.
+  int (*apply)(void *ctx,
+               uint64_t index,
+               const uint8_t *op,
+               size_t len,
+               emf_raft_emit_fn emit,
+               void *emit_ctx);
+  // Writes the whole state with `emit(emit_ctx, …)`, for a snapshot. Required.
+  int (*snapshot)(void *ctx, emf_raft_emit_fn emit, void *emit_ctx);
+  // Replaces the state with the snapshot `data[0..len]` (validate it: non-zero refuses
+  // it and stops the node). Required.
+  int (*restore)(void *ctx, const uint8_t *data, size_t len);
+  // Answers the read-only query `q[0..len]` from the current state with
+  // `emit(emit_ctx, …)`; non-zero refuses the query (the node goes on). NULL: the node
+  // answers no queries.
+  int (*query)(void *ctx, const uint8_t *q, size_t len, emf_raft_emit_fn emit, void *emit_ctx);
+} emf_raft_sm_t;
+
+// A node's view as of its latest round (`emf_raft_node_info`).
+typedef struct emf_raft_node_info_t {
+  // The node's id.
+  uint64_t id;
+  // The leader it knows of (0: none).
+  uint64_t leader;
+  // Its current term.
+  uint64_t term;
+  // Its commit index.
+  uint64_t commit;
+  // The index its state machine has applied.
+  uint64_t applied;
+  // 1 while the node runs; 0 once stopped or failed (`emf_raft_node_stop` says why).
+  uint32_t running;
+} emf_raft_node_info_t;
 
 // Options for `emf_ring_create`; fill with `emf_ring_options_default` first.
 typedef struct emf_ring_options_t {
@@ -2087,6 +2170,62 @@ emf_status_t emf_raft_client_cas(struct emf_raft_client_t *c,
                                  uint8_t *buf,
                                  size_t cap,
                                  size_t *out_len);
+
+// Fills `*out` with the defaults: no id, voters or directories (to be set), a 1 MiB inbox,
+// the default client ids, 10 ms ticks, elections after 10 ticks, heartbeats every 2,
+// snapshots every 10000 entries.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_raft_node_options_default(struct emf_raft_node_options_t *out);
+
+// Starts node `opts->id` of a cluster over the rings of `opts->ring_dir`, with the host's
+// state machine `sm` (copied; `ctx` is passed to every callback), on a thread of the
+// library's own, and returns once its inbox and log are open (a node restarted from
+// `opts->data_dir` has restored its latest snapshot through `sm->restore` by then). Every
+// callback is called on that thread, one at a time, until `emf_raft_node_stop`/`_free`
+// returns: `ctx` must stay valid and usable from that thread until then. A callback
+// returning non-zero stops the node (`emf_raft_node_stop` then returns `EMF_ERR_STOPPED`
+// with the reason). Errors: bad options (`EMF_ERR_INVALID_ARGUMENT`, `EMF_ERR_TOO_LARGE`),
+// a node of that id already running on these rings (`EMF_ERR_BUSY`), the log's I/O and
+// corruption, a snapshot `restore` refused.
+//
+// # Safety
+//
+// `opts` readable, its pointers as `emf_raft_node_options_t` says; `sm` readable, its
+// callbacks valid functions; `ctx` as above; `out` writable.
+emf_status_t emf_raft_node_start(const struct emf_raft_node_options_t *opts,
+                                 const struct emf_raft_sm_t *sm,
+                                 void *ctx,
+                                 struct emf_raft_node_t **out);
+
+// Stops the node and joins its thread (no callback runs after this returns); the handle
+// stays valid for `emf_raft_node_info` until freed. Returns what ended the node: `EMF_OK`
+// when it was serving until told to stop, `EMF_ERR_STOPPED` when a callback failed (the
+// message names it), the log's or the transport's error; `EMF_OK` again once stopped.
+// `EMF_ERR_BUSY` from the node's own callback.
+//
+// # Safety
+//
+// `n` a live handle.
+emf_status_t emf_raft_node_stop(struct emf_raft_node_t *n);
+
+// Writes the node's view as of its latest round to `*out` (`running` 0 once stopped or
+// failed).
+//
+// # Safety
+//
+// `n` a live handle; `out` writable.
+emf_status_t emf_raft_node_info(struct emf_raft_node_t *n, struct emf_raft_node_info_t *out);
+
+// Stops the node (as `emf_raft_node_stop`, its error then lost) and releases the handle.
+// NULL is fine; a double free is refused. `EMF_ERR_BUSY` from the node's own callback.
+//
+// # Safety
+//
+// `n` NULL or a handle; no other thread uses it during or after the call.
+emf_status_t emf_raft_node_free(struct emf_raft_node_t *n);
 
 // Fills `*out` with the default ring options.
 //

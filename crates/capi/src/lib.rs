@@ -8,7 +8,8 @@
 //! modules [`codec`], [`ring`], [`queue`] (task queue, cache), [`vector`] (kernels, HNSW) and
 //! [`flow`] (router, batch processor, state), [`sched`] (the task scheduler), [`pool`] (the
 //! pool manager), [`runtime`] (the scheduler's service and agents over a scheduler
-//! directory) and [`raft`] (a local Raft cluster of node processes, a client of one) check
+//! directory), [`raft`] (a local Raft cluster of node processes, a client of one) and
+//! [`raft_node`] (an in-process node running the host's state machine) check
 //! arguments, call the engine, and map its
 //! [`ErrorKind`] to a status code.
 //!
@@ -41,6 +42,7 @@ mod handle;
 pub mod pool;
 pub mod queue;
 pub mod raft;
+pub mod raft_node;
 pub mod ring;
 pub mod runtime;
 pub mod sched;
@@ -668,6 +670,10 @@ mod tests {
                 raft::emf_raft_cluster_t::NAME,
             ),
             (raft::emf_raft_client_t::KIND, raft::emf_raft_client_t::NAME),
+            (
+                raft_node::emf_raft_node_t::KIND,
+                raft_node::emf_raft_node_t::NAME,
+            ),
             (
                 codec::emf_value_builder_t::KIND,
                 codec::emf_value_builder_t::NAME,

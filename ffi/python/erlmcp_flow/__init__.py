@@ -55,7 +55,8 @@ dispatcher, with :class:`TaskFuture` s) and the agents of :mod:`erlmcp_flow.agen
 
 Replicated state over Raft (:mod:`erlmcp_flow.raft`): ``raft.Cluster.start(3)``, a local
 cluster of node processes (``submit_operation``, ``wait_committed``, ``leader``, KV
-``set``/``get``/``cas``, ``kill``/``restart``), and ``raft.Client`` (a running cluster's).
+``set``/``get``/``cas``, ``kill``/``restart``), ``raft.Client`` (a running cluster's), and
+``raft.Node`` (this process as one node, running a Python state machine).
 """
 
 from ._native import (

@@ -531,6 +531,72 @@ class emf_raft_status_t(Structure):
     ]
 
 
+#: ``emf_raft_emit_fn``: ``int (*)(void *emit_ctx, const uint8_t *data, size_t len)``, the
+#: library's function a state-machine callback writes its result with.
+emf_raft_emit_fn = ctypes.CFUNCTYPE(c_int, c_void_p, c_char_p, c_size_t)
+
+#: ``emf_raft_sm_t.apply``.
+emf_raft_apply_fn = ctypes.CFUNCTYPE(
+    c_int, c_void_p, c_uint64, c_void_p, c_size_t, emf_raft_emit_fn, c_void_p
+)
+#: ``emf_raft_sm_t.snapshot``.
+emf_raft_snapshot_fn = ctypes.CFUNCTYPE(c_int, c_void_p, emf_raft_emit_fn, c_void_p)
+#: ``emf_raft_sm_t.restore``.
+emf_raft_restore_fn = ctypes.CFUNCTYPE(c_int, c_void_p, c_void_p, c_size_t)
+#: ``emf_raft_sm_t.query``.
+emf_raft_query_fn = ctypes.CFUNCTYPE(
+    c_int, c_void_p, c_void_p, c_size_t, emf_raft_emit_fn, c_void_p
+)
+
+
+class emf_raft_sm_t(Structure):
+    """``emf_raft_sm_t``: a host's replicated state machine (callbacks on the node's thread)."""
+
+    _fields_ = [
+        ("apply", emf_raft_apply_fn),
+        ("snapshot", emf_raft_snapshot_fn),
+        ("restore", emf_raft_restore_fn),
+        ("query", emf_raft_query_fn),
+    ]
+
+
+class emf_raft_node_options_t(Structure):
+    """``emf_raft_node_options_t``: an in-process node's options; fill it with
+    ``emf_raft_node_options_default`` first."""
+
+    _fields_ = [
+        ("id", c_uint64),
+        ("voters", POINTER(c_uint64)),
+        ("n_voters", c_size_t),
+        ("data_dir", c_char_p),
+        ("ring_dir", c_char_p),
+        ("inbox_capacity", c_size_t),
+        ("clients", POINTER(c_uint64)),
+        ("n_clients", c_size_t),
+        ("tick_ms", c_uint64),
+        ("election_tick", c_uint32),
+        ("heartbeat_tick", c_uint32),
+        ("snapshot_entries", c_uint64),
+    ]
+
+
+class emf_raft_node_info_t(Structure):
+    """``emf_raft_node_info_t``: an in-process node's view as of its latest round."""
+
+    _fields_ = [
+        ("id", c_uint64),
+        ("leader", c_uint64),
+        ("term", c_uint64),
+        ("commit", c_uint64),
+        ("applied", c_uint64),
+        ("running", c_uint32),
+    ]
+
+
+class emf_raft_node_t(Structure):
+    """Opaque ``emf_raft_node_t``; only pointers to it are used."""
+
+
 class emf_raft_cluster_t(Structure):
     """Opaque ``emf_raft_cluster_t``; only pointers to it are used."""
 
@@ -549,6 +615,7 @@ emf_service_p = POINTER(emf_service_t)
 emf_agent_p = POINTER(emf_agent_t)
 emf_raft_cluster_p = POINTER(emf_raft_cluster_t)
 emf_raft_client_p = POINTER(emf_raft_client_t)
+emf_raft_node_p = POINTER(emf_raft_node_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -1059,6 +1126,19 @@ PROTOTYPES = {
         ],
     ),
     "emf_raft_client_free": (emf_status_t, [emf_raft_client_p]),
+    "emf_raft_node_options_default": (emf_status_t, [POINTER(emf_raft_node_options_t)]),
+    "emf_raft_node_start": (
+        emf_status_t,
+        [
+            POINTER(emf_raft_node_options_t),
+            POINTER(emf_raft_sm_t),
+            c_void_p,
+            POINTER(emf_raft_node_p),
+        ],
+    ),
+    "emf_raft_node_stop": (emf_status_t, [emf_raft_node_p]),
+    "emf_raft_node_info": (emf_status_t, [emf_raft_node_p, POINTER(emf_raft_node_info_t)]),
+    "emf_raft_node_free": (emf_status_t, [emf_raft_node_p]),
     "emf_raft_cluster_submit": (
         emf_status_t,
         [emf_raft_cluster_p, _bytes_in, c_size_t, POINTER(c_uint64), c_char_p, c_size_t, POINTER(c_size_t)],

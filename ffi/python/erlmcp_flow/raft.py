@@ -5,7 +5,10 @@ A :class:`Cluster` is the original ``start_cluster(N)``: N ``erlmcp-flow raft no
 processes over shared-memory rings in one directory (the binary from ``bin``, else the
 environment variable ``EMF_BIN``, else ``PATH``), running the engine's replicated key-value
 store. A :class:`Client` talks to a cluster already running (another process's, or nodes
-started with ``erlmcp-flow raft node --transport ring``) through its rings.
+started with ``erlmcp-flow raft node --transport ring``) through its rings. A :class:`Node`
+makes this process one node of a cluster, running the host's own state machine (an object
+with ``apply``, ``snapshot``, ``restore`` and optionally ``query``) on a thread of the
+library's own (``emf_raft_node_*``).
 
 >>> with Cluster.start(3) as c:                                    # doctest: +SKIP
 ...     i = c.submit_operation(b"an entry")                       # the log index
@@ -25,6 +28,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import weakref
 from ctypes import (
     byref,
     c_char_p,
@@ -35,6 +40,7 @@ from ctypes import (
     c_void_p,
     cast,
     create_string_buffer,
+    string_at,
 )
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -48,10 +54,18 @@ from ._errors import (
     last_error_message,
 )
 from ._native import (
+    emf_raft_apply_fn,
     emf_raft_client_options_t,
     emf_raft_client_p,
     emf_raft_cluster_options_t,
     emf_raft_cluster_p,
+    emf_raft_node_info_t,
+    emf_raft_node_options_t,
+    emf_raft_node_p,
+    emf_raft_query_fn,
+    emf_raft_restore_fn,
+    emf_raft_sm_t,
+    emf_raft_snapshot_fn,
     emf_raft_status_t,
     emf_slice_t,
     lib,
@@ -425,3 +439,228 @@ class Client(_RaftOps):
             )
         )
         super().__init__(handle)
+
+
+# --- an in-process node with the host's state machine -------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    """An in-process node's view as of its latest round (``emf_raft_node_info_t``)."""
+
+    #: The node's id.
+    id: int
+    #: The leader it knows of (0: none).
+    leader: int
+    #: Its current term.
+    term: int
+    #: Its commit index.
+    commit: int
+    #: The index its state machine has applied.
+    applied: int
+    #: False once the node stopped or failed (:meth:`Node.stop` says why).
+    running: bool
+
+
+def _result_bytes(value, what: str) -> bytes:
+    if value is None:
+        return b""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(f"{what} must return bytes, not {type(value).__name__}")
+
+
+def _emit(emit, emit_ctx, data: bytes) -> int:
+    return emit(emit_ctx, data, len(data)) if data else 0
+
+
+class _Callbacks:
+    """The ctypes callbacks of one node's state machine, kept alive (with the struct the
+    library copied them from) until the node is freed; the first exception a callback
+    raised, which stopped the node."""
+
+    def __init__(self, sm):
+        for name in ("apply", "snapshot", "restore"):
+            if not callable(getattr(sm, name, None)):
+                raise TypeError(f"the state machine has no method {name}()")
+        self.sm = sm
+        #: The exception that stopped the node, if one did.
+        self.error: Optional[BaseException] = None
+        self.apply = emf_raft_apply_fn(self._apply)
+        self.snapshot = emf_raft_snapshot_fn(self._snapshot)
+        self.restore = emf_raft_restore_fn(self._restore)
+        query = getattr(sm, "query", None)
+        self.query = emf_raft_query_fn(self._query) if callable(query) else None
+        self.struct = emf_raft_sm_t(self.apply, self.snapshot, self.restore)
+        if self.query is not None:
+            self.struct.query = self.query
+
+    # Each runs on the node's thread (ctypes takes the GIL) and must not raise: an exception
+    # is kept and reported as a failure (non-zero), which stops the node.
+
+    def _fail(self, e: BaseException) -> int:
+        if self.error is None:
+            self.error = e
+        return 1
+
+    def _apply(self, _ctx, index, op, n, emit, emit_ctx) -> int:
+        try:
+            data = string_at(op, n) if n else b""
+            out = _result_bytes(self.sm.apply(index, data), "apply()")
+            return _emit(emit, emit_ctx, out)
+        except BaseException as e:  # noqa: BLE001 — reported by Node.stop()
+            return self._fail(e)
+
+    def _snapshot(self, _ctx, emit, emit_ctx) -> int:
+        try:
+            out = _result_bytes(self.sm.snapshot(), "snapshot()")
+            return _emit(emit, emit_ctx, out)
+        except BaseException as e:  # noqa: BLE001
+            return self._fail(e)
+
+    def _restore(self, _ctx, data, n) -> int:
+        try:
+            self.sm.restore(string_at(data, n) if n else b"")
+            return 0
+        except BaseException as e:  # noqa: BLE001
+            return self._fail(e)
+
+    def _query(self, _ctx, q, n, emit, emit_ctx) -> int:
+        # A refused query leaves the node running: the exception is not kept.
+        try:
+            out = _result_bytes(self.sm.query(string_at(q, n) if n else b""), "query()")
+            return _emit(emit, emit_ctx, out)
+        except BaseException:  # noqa: BLE001
+            return 1
+
+
+def _free_node(handle, owner_pid: int, _keep) -> None:
+    # A finalizer: must not raise. `_keep` (the callbacks) lives until the node's thread is
+    # joined by the free.
+    if os.getpid() == owner_pid:
+        lib.emf_raft_node_free(handle)
+
+
+class Node:
+    """This process as node ``id`` of the cluster of ``voters``, running the state machine
+    ``sm`` (``emf_raft_node_t``), over the rings of ``dir/net`` with its durable log in
+    ``dir/node.<id>`` (``memory=True``: in memory) — the layout of a :class:`Cluster`'s
+    directory, so a :class:`Client` of ``dir/net`` reaches it, and so do nodes of other
+    processes (``erlmcp-flow raft node --net-dir dir/net``).
+
+    ``sm`` has ``apply(index, op: bytes) -> bytes`` (deterministic: the same result and
+    effect on every node; an operation it cannot parse is answered, not raised),
+    ``snapshot() -> bytes`` (the whole state), ``restore(data: bytes)`` (replaces the state;
+    raises on bytes it does not accept) and optionally ``query(q: bytes) -> bytes``. They run
+    on the node's own thread (the library's, holding the GIL while in Python), one at a
+    time; a node started again from its data directory gets a fresh ``sm`` and restores its
+    latest snapshot before the constructor returns. An exception in ``apply``, ``snapshot``
+    or ``restore`` stops the node at once (nothing after it is applied or persisted):
+    :meth:`stop` raises :class:`~erlmcp_flow.Error` with code ``EMF_ERR_STOPPED``, chained
+    from it.
+
+    Options (None keeps the engine's default): ``tick_ms`` (10), ``election_tick`` (10),
+    ``heartbeat_tick`` (2), ``snapshot_entries`` (10000; 0: never), ``inbox_capacity``
+    (1 MiB), ``clients`` (the ids the node accepts requests from; default those
+    :class:`Client` takes).
+    """
+
+    def __init__(
+        self,
+        id: int,
+        voters: Sequence[int],
+        dir: str,
+        sm,
+        *,
+        memory: bool = False,
+        tick_ms: Optional[int] = None,
+        election_tick: Optional[int] = None,
+        heartbeat_tick: Optional[int] = None,
+        snapshot_entries: Optional[int] = None,
+        inbox_capacity: Optional[int] = None,
+        clients: Optional[Sequence[int]] = None,
+    ):
+        callbacks = _Callbacks(sm)
+        opts = emf_raft_node_options_t()
+        check(lib.emf_raft_node_options_default(byref(opts)))
+        opts.id = _unsigned(id, "id", _U64_MAX)
+        ids = [_unsigned(v, "voter", _U64_MAX) for v in voters]
+        voter_arr = (c_uint64 * max(len(ids), 1))(*ids)
+        opts.voters, opts.n_voters = voter_arr, len(ids)
+        path = os.fspath(dir)
+        #: The ring directory (``dir/net``).
+        self.net_dir = os.path.join(path, "net")
+        #: The log's directory (None: in memory).
+        self.data_dir = None if memory else os.path.join(path, f"node.{opts.id}")
+        ring = _c_string(self.net_dir, "dir", path=True)
+        opts.ring_dir = ring
+        data = None if self.data_dir is None else _c_string(self.data_dir, "dir", path=True)
+        opts.data_dir = data
+        if tick_ms is not None:
+            opts.tick_ms = _unsigned(tick_ms, "tick_ms", _U64_MAX)
+        if election_tick is not None:
+            opts.election_tick = _unsigned(election_tick, "election_tick", _U32_MAX)
+        if heartbeat_tick is not None:
+            opts.heartbeat_tick = _unsigned(heartbeat_tick, "heartbeat_tick", _U32_MAX)
+        if snapshot_entries is not None:
+            opts.snapshot_entries = _unsigned(snapshot_entries, "snapshot_entries", _U64_MAX)
+        if inbox_capacity is not None:
+            opts.inbox_capacity = _unsigned(inbox_capacity, "inbox_capacity", _U64_MAX)
+        client_arr = None
+        if clients is not None:
+            cids = [_unsigned(c, "client", _U64_MAX) for c in clients]
+            client_arr = (c_uint64 * max(len(cids), 1))(*cids)
+            opts.clients, opts.n_clients = client_arr, len(cids)
+        handle = emf_raft_node_p()
+        status = lib.emf_raft_node_start(
+            byref(opts), byref(callbacks.struct), None, byref(handle)
+        )
+        if status != EMF_OK:
+            raise error_for(status, last_error_message()) from callbacks.error
+        #: This node's id.
+        self.id = opts.id
+        self._callbacks = callbacks
+        self._handle = handle
+        self._lock = threading.Lock()
+        self._finalizer = weakref.finalize(self, _free_node, handle, os.getpid(), callbacks)
+
+    def _live(self):
+        if self._handle is None:
+            raise ValueError("operation on a closed erlmcp_flow.raft.Node")
+        return self._handle
+
+    def info(self) -> NodeInfo:
+        """The node's view as of its latest round."""
+        with self._lock:
+            i = emf_raft_node_info_t()
+            check(lib.emf_raft_node_info(self._live(), byref(i)))
+        return NodeInfo(i.id, i.leader, i.term, i.commit, i.applied, bool(i.running))
+
+    def stop(self) -> None:
+        """Stops the node and joins its thread (no callback runs after this returns).
+        Raises what ended it: :class:`~erlmcp_flow.Error` ``EMF_ERR_STOPPED`` chained from
+        the state machine's exception, or the log's or transport's error. Stopping again does
+        nothing; the node's data directory may then be opened by a new :class:`Node`."""
+        with self._lock:
+            status = lib.emf_raft_node_stop(self._live())
+            if status != EMF_OK:
+                raise error_for(status, last_error_message()) from self._callbacks.error
+
+    def close(self) -> None:
+        """Stops the node (its error, if any, is dropped: call :meth:`stop` to see it) and
+        frees it. Calling it again does nothing."""
+        with self._lock:
+            if self._handle is not None:
+                self._finalizer()
+                self._handle = None
+
+    @property
+    def closed(self) -> bool:
+        return self._handle is None
+
+    def __enter__(self) -> "Node":
+        self._live()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -29,6 +29,9 @@ from erlmcp_flow._native import (
     emf_sched_action_t,
     emf_raft_client_options_t,
     emf_raft_cluster_options_t,
+    emf_raft_node_info_t,
+    emf_raft_node_options_t,
+    emf_raft_sm_t,
     emf_raft_status_t,
     emf_sched_agent_load_t,
     emf_sched_options_t,
@@ -121,6 +124,9 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_raft_cluster_options_t": emf_raft_cluster_options_t,
         "emf_raft_client_options_t": emf_raft_client_options_t,
         "emf_raft_status_t": emf_raft_status_t,
+        "emf_raft_sm_t": emf_raft_sm_t,
+        "emf_raft_node_options_t": emf_raft_node_options_t,
+        "emf_raft_node_info_t": emf_raft_node_info_t,
     }
     lines = []
     for struct, cls in fields.items():

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// What a [`Node`](super::Node) applies committed operations to.
 ///
@@ -19,6 +19,15 @@ pub trait StateMachine {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's (bytes from disk or from the leader: validated).
     fn restore(&mut self, data: &[u8]) -> Result<()>;
+    /// Answers a read-only `query` from the current state (a linearizable read when asked
+    /// after a ReadIndex confirmed and applied). The default refuses every query.
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>> {
+        let _ = query;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this state machine answers no queries",
+        ))
+    }
     /// Checks a snapshot received from a peer before raft-rs takes it ([`Node::step`]
     /// rejects the message on an error): bytes this accepts, [`restore`](Self::restore) must
     /// accept too, or the node fails in [`Node::ready`]. The default accepts everything.

@@ -67,7 +67,9 @@ use crate::raft::{MemberChange, Membership, Node, Out, ProposalId, Proposed, Sta
 
 pub use client::{ClientOptions, Committed, RaftClient};
 pub use cluster::{ClusterOptions, LocalCluster};
-pub use node::{run_node, NodeSpec, NodeTransport};
+pub use node::{
+    abort_node, run_node, run_node_with, spawn_node, NodeHandle, NodeInfo, NodeSpec, NodeTransport,
+};
 pub use pipeline::{Done, Pipeline, PipelineOptions, PipelineStats};
 pub use server::{ServeOptions, ServeStats, Server};
 
@@ -574,6 +576,8 @@ impl<S: StateMachine, T: Transport> Replica<S, T> {
 mod bad_input_tests;
 #[cfg(test)]
 mod cluster_support;
+#[cfg(test)]
+mod host_sm_tests;
 #[cfg(test)]
 mod member_tests;
 #[cfg(test)]
