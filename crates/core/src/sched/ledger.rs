@@ -9,7 +9,7 @@
 //! ([`compact`]): the records of the tasks not yet ended, in their order, and the record that
 //! shows the largest task id ever used, so a restarted scheduler never reuses an id.
 
-mod codec;
+pub(super) mod codec;
 pub mod file;
 pub mod shm;
 pub mod view;

@@ -3,8 +3,8 @@
 //! Everything here is a state machine or a pure component without I/O: callers (the hosts'
 //! runtimes, the simulations of the tests) feed it events and a clock reading (`now`, in µs of
 //! any monotonic clock they choose) and carry out the actions it returns. Durable state goes
-//! through the [`Ledger`] trait, so the in-memory, shared-memory and file-backed ledgers (and a
-//! later Raft-replicated one) are interchangeable.
+//! through the [`Ledger`] trait, so the in-memory, shared-memory, file-backed and Raft-replicated
+//! ([`replicated::RaftLedger`]) ledgers are interchangeable.
 //!
 //! The shared vocabulary lives in [`types`]; each part has a file of its own.
 
@@ -15,6 +15,8 @@ pub mod loads;
 pub mod pool;
 pub mod ratelimit;
 pub mod registry;
+#[cfg(not(loom))]
+pub mod replicated;
 #[cfg(not(loom))]
 pub mod runtime;
 pub mod scheduler;
