@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// What a [`Node`](super::Node) applies committed operations to.
 ///
@@ -19,6 +19,15 @@ pub trait StateMachine {
     fn snapshot(&self) -> Vec<u8>;
     /// Replaces the state with a snapshot's (bytes from disk or from the leader: validated).
     fn restore(&mut self, data: &[u8]) -> Result<()>;
+    /// Answers a read-only `query` from the current state (a linearizable read when asked
+    /// after a ReadIndex confirmed and applied). The default refuses every query.
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>> {
+        let _ = query;
+        Err(Error::new(
+            ErrorKind::Unsupported,
+            "this state machine answers no queries",
+        ))
+    }
     /// Checks a snapshot received from a peer before raft-rs takes it ([`Node::step`]
     /// rejects the message on an error): bytes this accepts, [`restore`](Self::restore) must
     /// accept too, or the node fails in [`Node::ready`]. The default accepts everything.
@@ -309,5 +318,21 @@ impl StateMachine for KvStore {
 
     fn check_snapshot(&self, data: &[u8]) -> Result<()> {
         KvStore::new().restore(data)
+    }
+
+    /// Answers an encoded [`KvOp::Get`] with the bytes applying it would give (an encoded
+    /// [`KvResult::Value`]); any other operation (a set, a cas: not read-only) or bytes that
+    /// do not decode are `InvalidArgument`.
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>> {
+        match KvOp::decode(query) {
+            Some(KvOp::Get { key }) => Ok(KvResult::Value(self.map.get(&key).cloned()).encode()),
+            Some(op) => Err(Error::invalid(format!(
+                "kv query: only a get is read-only, not {op:?}"
+            ))),
+            None => Err(Error::invalid(format!(
+                "kv query: {} bytes that are not a KV operation",
+                query.len()
+            ))),
+        }
     }
 }
