@@ -337,6 +337,26 @@ impl<T: Transport> RaftClient<T> {
         }
     }
 
+    /// The leader's configuration once no change is half way (polled with the back-off
+    /// until the leader has left the joint configuration, or the call's timeout).
+    pub fn membership_settled(&mut self) -> Result<Membership> {
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut backoff = self.opts.backoff_min;
+        loop {
+            let m = self.membership()?;
+            if !m.is_joint() {
+                return Ok(m);
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    self.timeout_error("leaving the joint configuration", &format!("{m:?}"))
+                );
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(self.opts.backoff_max);
+        }
+    }
+
     /// Adds `node` to the nodes this client talks to (a member added by
     /// [`change_membership`](Self::change_membership)); the transport must reach it.
     pub fn add_node(&mut self, node: u64) {
