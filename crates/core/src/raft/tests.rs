@@ -779,7 +779,7 @@ fn garbage_and_misaddressed_messages_are_rejected() {
 // The simulated cluster.
 
 mod feat;
-mod lin;
+pub(crate) mod lin;
 
 /// A state machine that records every operation it applies, for the safety checks.
 #[derive(Default)]

@@ -378,3 +378,192 @@ fn a_member_is_removed_added_back_as_learner_and_promoted() {
         a => panic!("{a:?}"),
     }
 }
+
+/// A client of the lin test: one request at a time.
+struct LinClient {
+    id: u64,
+    hint: u64,
+    /// (request id, history index, node, sent at step).
+    waiting: Option<(u64, usize, u64, u64)>,
+    seen: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+/// Steps a lin client waits for an answer before it gives up (the operation is then unknown).
+const PATIENCE: u64 = 400;
+
+/// Concurrent clients of the client protocol (sets and cas through Submit, gets through
+/// Read) on 3 servers over SimNet with drops, reordering, duplicated Raft messages and
+/// partitions that leave the old leader with some clients; the history is checked by the
+/// raft lin checker. NotLeader and Busy answers are resent (the request was not applied);
+/// no answer in time makes the operation unknown (it may apply at any time after).
+fn lin_run(seed: u64, ops: u64) -> (usize, u64) {
+    use crate::net::sim::LinkFaults;
+    use crate::raft::tests::lin::{check, HistOp};
+    let mut s = Sim::new(3, seed);
+    let client_ids: Vec<u64> = (200..204).collect();
+    for &c in &client_ids {
+        let ep = s.net.add_node(NodeId(c)).unwrap();
+        s.clients.insert(c, ep);
+    }
+    let lossy = LinkFaults {
+        drop: 0.02,
+        duplicate: 0.0,
+        reorder: 0.05,
+        reorder_window: 3,
+        min_delay: 1,
+        max_delay: 3,
+    };
+    s.net.set_default_link(lossy).unwrap();
+    for a in 1..=3u64 {
+        for b in 1..=3u64 {
+            if a != b {
+                let dup = LinkFaults {
+                    duplicate: 0.02,
+                    ..lossy
+                };
+                s.net.set_link(NodeId(a), NodeId(b), dup).unwrap();
+            }
+        }
+    }
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rnd = move |n: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % n
+    };
+    let mut clients: Vec<LinClient> = client_ids
+        .iter()
+        .map(|&id| LinClient {
+            id,
+            hint: 1,
+            waiting: None,
+            seen: BTreeMap::new(),
+        })
+        .collect();
+    let mut hist: Vec<HistOp> = Vec::new();
+    let mut reqs: BTreeMap<u64, Request> = BTreeMap::new();
+    let (mut invoked, mut reads_ok, mut value) = (0u64, 0u64, 0u64);
+    let (mut partitioned, mut partitions) = (false, 0u64);
+    let mut step = 0u64;
+    loop {
+        step += 1;
+        assert!(step < 200_000, "seed {seed}: the run does not finish");
+        // Nemesis: every 150 steps, cut the leader off with half the clients, or heal.
+        if step % 150 == 0 && invoked < ops {
+            if partitioned {
+                s.net.heal();
+            } else if let Some(l) = (1..=3).find(|id| s.srvs[id].replica().node().is_leader()) {
+                let others: Vec<NodeId> = (1..=3).filter(|&n| n != l).map(NodeId).collect();
+                let (a, b) = (NodeId(client_ids[0]), NodeId(client_ids[1]));
+                let (c, d) = (NodeId(client_ids[2]), NodeId(client_ids[3]));
+                s.net
+                    .partition(&[&[NodeId(l), a, b], &[others[0], others[1], c, d]])
+                    .unwrap();
+            }
+            partitioned = !partitioned;
+            partitions += u64::from(partitioned);
+        }
+        if invoked >= ops && partitioned {
+            s.net.heal();
+            partitioned = false;
+        }
+        s.step();
+        let t = s.t;
+        for (ci, c) in clients.iter_mut().enumerate() {
+            if let Some((req, hi, node, since)) = c.waiting {
+                let resend_to = match s.answers.remove(&req) {
+                    Some((_, Answer::Ok { result, .. })) => {
+                        let r = KvResult::decode(&result).expect("a KV result");
+                        if let KvOp::Get { key } = &hist[hi].op {
+                            reads_ok += 1;
+                            if let KvResult::Value(v) = &r {
+                                c.seen.insert(key.clone(), v.clone());
+                            }
+                        }
+                        hist[hi].ret = Some((2 * t, r));
+                        c.waiting = None;
+                        None
+                    }
+                    Some((_, Answer::NotLeader { leader })) => Some(leader.unwrap_or(node % 3 + 1)),
+                    Some((_, Answer::Busy { .. })) => Some(node),
+                    Some((_, Answer::Error { kind, message })) => {
+                        assert_eq!(kind, ErrorKind::Timeout, "seed {seed}: {message}");
+                        c.waiting = None;
+                        None
+                    }
+                    Some((_, a)) => panic!("seed {seed}: {a:?}"),
+                    None if t - since > PATIENCE => {
+                        c.hint = node % 3 + 1;
+                        c.waiting = None;
+                        None
+                    }
+                    None => None,
+                };
+                if let Some(to) = resend_to {
+                    let r = reqs[&req].clone();
+                    let new = s.send_from(c.id, to, &r);
+                    reqs.insert(new, r);
+                    c.hint = to;
+                    c.waiting = Some((new, hi, to, t));
+                }
+            }
+            if c.waiting.is_none() && invoked < ops {
+                invoked += 1;
+                let key = vec![b'a' + rnd(2) as u8];
+                value += 1;
+                let op = match rnd(3) {
+                    0 => KvOp::Set {
+                        key,
+                        value: value.to_le_bytes().to_vec(),
+                    },
+                    1 => KvOp::Get { key },
+                    _ => KvOp::Cas {
+                        expected: c.seen.get(&key).cloned().flatten(),
+                        key,
+                        new: value.to_le_bytes().to_vec(),
+                    },
+                };
+                let r = match &op {
+                    KvOp::Get { .. } => Request::Read { query: op.encode() },
+                    _ => Request::Submit { op: op.encode() },
+                };
+                hist.push(HistOp {
+                    client: ci,
+                    op,
+                    inv: 2 * t + 1,
+                    ret: None,
+                });
+                let req = s.send_from(c.id, c.hint, &r);
+                reqs.insert(req, r);
+                c.waiting = Some((req, hist.len() - 1, c.hint, t));
+            }
+        }
+        if invoked >= ops && clients.iter().all(|c| c.waiting.is_none()) {
+            break;
+        }
+    }
+    if let Err(e) = check(&hist) {
+        panic!("seed {seed}: {e}\n{hist:#?}");
+    }
+    let done = hist.iter().filter(|h| h.ret.is_some()).count();
+    assert!(partitions >= 2, "seed {seed}: {partitions} partitions");
+    (done, reads_ok)
+}
+
+#[test]
+fn client_protocol_histories_are_linearizable() {
+    let seeds: u64 = std::env::var("EMF_REPLICA_SEEDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(6);
+    let (mut done, mut reads) = (0, 0);
+    for seed in 0..seeds {
+        let (d, r) = lin_run(seed, 600);
+        done += d;
+        reads += r;
+    }
+    // The runs did something: most operations completed, reads among them.
+    assert!(done as u64 > seeds * 300, "{done} completed");
+    assert!(reads > seeds * 20, "{reads} reads answered");
+}
