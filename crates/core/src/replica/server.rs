@@ -70,9 +70,9 @@ pub struct ServeStats {
     pub answers: u64,
     /// Answers the transport refused (the client asks again after its timeout).
     pub answers_lost: u64,
-    /// Submits proposed by this node.
+    /// Submits, reads and membership changes taken by this node (as the leader).
     pub proposed: u64,
-    /// Submits answered `NotLeader`.
+    /// Requests answered `NotLeader` (submits, reads, changes, transfers at a follower).
     pub redirected: u64,
     /// Reads answered from the state machine after their ReadIndex was confirmed.
     pub reads: u64,
