@@ -50,7 +50,9 @@ pub enum KvOp {
         /// The new value.
         value: Vec<u8>,
     },
-    /// Reads `key` (through the log: a linearizable but slow read until ReadIndex comes).
+    /// Reads `key`. Proposed through the log it is a linearizable read that costs an entry;
+    /// the client protocol's `Read` answers it with [`StateMachine::query`] after a ReadIndex
+    /// instead (no entry).
     Get {
         /// The key.
         key: Vec<u8>,
