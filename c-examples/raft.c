@@ -6,12 +6,16 @@
  * directory under /dev/shm (the binary from EMF_BIN, else PATH), then:
  *   - submits operations (the original submit_operation / append_entry / wait_committed),
  *     reads leader, term, members, every node's status and the stats text;
- *   - the replicated key-value store: set, get, cas (swapped and refused), each a log entry;
+ *   - the replicated key-value store: set, cas (swapped and refused), each a log entry, and
+ *     get (a ReadIndex read);
  *   - a result that does not fit: EMF_ERR_BUFFER_TOO_SMALL with the length, then
  *     emf_raft_cluster_result hands it out;
  *   - SIGKILLs the leader, writes again (a new leader answers; nothing acknowledged is
  *     lost), restarts the node and waits until it has applied the log;
  *   - a second client (emf_raft_client_connect) on the same rings reads what was written;
+ *   - linearizable reads (emf_raft_*_read: ReadIndex, no log entry), leadership transfer,
+ *     and membership: a follower removed, added back as a learner, promoted; the leader
+ *     refuses to remove itself; bad changes are refused;
  *   - bad input: NULL arguments, a freed handle, kill of a node that is not running, a
  *     restart of a node that is not a member.
  *
@@ -210,8 +214,90 @@ static void run(const char *dir) {
             }
         }
         CHECK(caught_up);
+        /* A read through the second client: an encoded get of "k" (kind 2, u32 length, key)
+         * answered with an encoded value (kind 2, present 1, u32 length, bytes). */
+        const uint8_t get_k[6] = {2, 1, 0, 0, 0, 'k'};
+        uint64_t read_index = 0;
+        CHECK_STATUS(emf_raft_client_read(cl, get_k, sizeof get_k, &read_index, result,
+                                          sizeof result, &len),
+                     EMF_OK);
+        CHECK(read_index >= index && len == 8 && result[0] == 2 && result[1] == 1 &&
+              memcmp(result + 6, "v2", 2) == 0);
+        uint64_t ids[8];
+        size_t nv = 0, nl = 0;
+        uint32_t joint = 9;
+        CHECK_STATUS(emf_raft_client_membership(cl, ids, 8, &nv, &nl, &joint), EMF_OK);
+        CHECK(nv == 3 && nl == 0 && joint == 0 && ids[0] == 1 && ids[2] == 3);
+        CHECK_STATUS(emf_raft_client_transfer_leader(cl, 1, &term), EMF_OK);
+        CHECK_STATUS(emf_raft_client_leader(cl, &leader, NULL), EMF_OK);
+        CHECK(leader == 1);
+        emf_raft_member_change_t bad = {.node = 2, .kind = 7};
+        CHECK_ERROR(emf_raft_client_change_membership(cl, &bad, 1, NULL),
+                    EMF_ERR_INVALID_ARGUMENT, "kind 7");
         CHECK_STATUS(emf_raft_client_free(cl), EMF_OK);
         CHECK_ERROR(emf_raft_client_free(cl), EMF_ERR_INVALID_ARGUMENT, NULL);
+    }
+
+    /* Reads, leadership transfer, membership through the cluster handle. */
+    {
+        const uint8_t get_k[6] = {2, 1, 0, 0, 0, 'k'};
+        uint64_t read_index = 0, commit_before = 0, new_term = 0;
+        CHECK_STATUS(emf_raft_cluster_leader(c, &leader, &term), EMF_OK);
+        CHECK_STATUS(emf_raft_cluster_status(c, leader, &s), EMF_OK);
+        commit_before = s.commit;
+        CHECK_STATUS(emf_raft_cluster_read(c, get_k, sizeof get_k, &read_index, result,
+                                           sizeof result, &len),
+                     EMF_OK);
+        CHECK(len == 8 && memcmp(result + 6, "v2", 2) == 0);
+        CHECK_STATUS(emf_raft_cluster_status(c, leader, &s), EMF_OK);
+        CHECK(s.commit == commit_before); /* a read writes no log entry */
+        CHECK_ERROR(emf_raft_cluster_read(c, (const uint8_t *)"x", 1, NULL, result,
+                                          sizeof result, &len),
+                    EMF_ERR_INVALID_ARGUMENT, "not a KV operation");
+        uint64_t to = leader % 3 + 1;
+        CHECK_STATUS(emf_raft_cluster_transfer_leader(c, to, &new_term), EMF_OK);
+        CHECK(new_term > term);
+        CHECK_STATUS(emf_raft_cluster_leader(c, &leader, NULL), EMF_OK);
+        CHECK(leader == to);
+        CHECK_ERROR(emf_raft_cluster_transfer_leader(c, 9, NULL), EMF_ERR_INVALID_ARGUMENT,
+                    NULL);
+        CHECK_ERROR(emf_raft_cluster_transfer_leader(c, 0, NULL), EMF_ERR_INVALID_ARGUMENT,
+                    "node 0");
+        /* The leader cannot remove itself; a follower is removed, comes back as a learner
+         * (same process, same data), and is promoted. */
+        emf_raft_member_change_t ch = {.node = leader, .kind = EMF_RAFT_REMOVE};
+        CHECK_ERROR(emf_raft_cluster_change_membership(c, &ch, 1, NULL),
+                    EMF_ERR_INVALID_ARGUMENT, "transfer leadership first");
+        CHECK_ERROR(emf_raft_cluster_change_membership(c, &ch, 0, NULL),
+                    EMF_ERR_INVALID_ARGUMENT, "not 0");
+        uint64_t f = leader % 3 + 1, at = 0;
+        ch.node = f;
+        CHECK_STATUS(emf_raft_cluster_change_membership(c, &ch, 1, &at), EMF_OK);
+        CHECK(at > 0);
+        ch.kind = EMF_RAFT_ADD_LEARNER;
+        CHECK_STATUS(emf_raft_cluster_change_membership(c, &ch, 1, &at), EMF_OK);
+        uint64_t ids[8], small[1];
+        size_t nv = 0, nl = 0;
+        uint32_t joint = 1;
+        for (int i = 0; i < 200 && joint; i++) {
+            CHECK_STATUS(emf_raft_cluster_membership(c, ids, 8, &nv, &nl, &joint), EMF_OK);
+            if (joint) {
+                struct timespec ts = {0, 10 * 1000 * 1000};
+                nanosleep(&ts, NULL);
+            }
+        }
+        CHECK(joint == 0 && nv == 2 && nl == 1 && ids[2] == f);
+        CHECK_ERROR(emf_raft_cluster_membership(c, small, 1, &nv, &nl, NULL),
+                    EMF_ERR_BUFFER_TOO_SMALL, "room for 1");
+        CHECK(nv == 2 && nl == 1);
+        ch.kind = EMF_RAFT_ADD_VOTER;
+        CHECK_STATUS(emf_raft_cluster_change_membership(c, &ch, 1, NULL), EMF_OK);
+        CHECK_STATUS(emf_raft_cluster_set(c, (const uint8_t *)"m", 1, (const uint8_t *)"3", 1,
+                                          &at),
+                     EMF_OK);
+        CHECK_STATUS(emf_raft_cluster_wait_committed(c, at, 2000, &applied), EMF_OK);
+        CHECK_STATUS(emf_raft_cluster_membership(c, ids, 8, &nv, &nl, NULL), EMF_OK);
+        CHECK(nv == 3 && nl == 0);
     }
 
     /* Bad input. */

@@ -229,6 +229,18 @@
 // The most nodes of a cluster (`emf_raft_cluster_start`, `emf_raft_client_connect`).
 #define EMF_RAFT_MAX_NODES 64
 
+// `emf_raft_member_change_t::kind`: add a voter (or promote a learner).
+#define EMF_RAFT_ADD_VOTER 1
+
+// `emf_raft_member_change_t::kind`: add a learner (or demote a voter).
+#define EMF_RAFT_ADD_LEARNER 2
+
+// `emf_raft_member_change_t::kind`: remove a voter or a learner.
+#define EMF_RAFT_REMOVE 3
+
+// The most changes one `emf_raft_*_change_membership` call carries.
+#define EMF_RAFT_MAX_CHANGES 64
+
 // Wait strategy: busy-poll.
 #define EMF_WAIT_SPIN 0
 
@@ -627,6 +639,14 @@ typedef struct emf_raft_status_t {
   // How many voters its configuration has.
   uint64_t voters;
 } emf_raft_status_t;
+
+// One membership change (`emf_raft_cluster_change_membership`).
+typedef struct emf_raft_member_change_t {
+  // The node added, promoted, demoted or removed (not 0).
+  uint64_t node;
+  // `EMF_RAFT_ADD_VOTER`, `EMF_RAFT_ADD_LEARNER` or `EMF_RAFT_REMOVE`.
+  uint32_t kind;
+} emf_raft_member_change_t;
 
 // Options of `emf_raft_node_start`; fill with `emf_raft_node_options_default` first.
 typedef struct emf_raft_node_options_t {
@@ -1940,6 +1960,70 @@ emf_status_t emf_raft_cluster_stats(struct emf_raft_cluster_t *c,
                                     size_t cap,
                                     size_t *out_len);
 
+// A linearizable read: the leader confirms with a quorum that it still leads (ReadIndex; no
+// log entry is written) and answers `query` from its applied state (for the key-value store
+// the nodes run, an encoded get: `emf_raft_cluster_get` is the easy way). `*out_index` (may be
+// NULL) is the read index; the answer goes to `buf`, its length to `*out_len`
+// (`EMF_ERR_BUFFER_TOO_SMALL`: kept for `emf_raft_cluster_result`). A query the state machine
+// refuses is `EMF_ERR_INVALID_ARGUMENT` with the reason; `EMF_ERR_TIMEOUT` when no leader
+// answered within the client's timeout.
+//
+// # Safety
+//
+// `c` a live handle; `query` readable for `len`; `buf` writable for `cap`; `out_index` NULL or
+// writable; `out_len` writable.
+emf_status_t emf_raft_cluster_read(struct emf_raft_cluster_t *c,
+                                   const uint8_t *query,
+                                   size_t len,
+                                   uint64_t *out_index,
+                                   uint8_t *buf,
+                                   size_t cap,
+                                   size_t *out_len);
+
+// Hands the leadership to voter `to` and waits until it leads; `*out_term` (may be NULL) is
+// the new term. `EMF_ERR_INVALID_ARGUMENT` for node 0, a learner or a non-member;
+// `EMF_ERR_TIMEOUT` when the transfer did not finish (e.g. `to` is down).
+//
+// # Safety
+//
+// `c` a live handle; `out_term` NULL or writable.
+emf_status_t emf_raft_cluster_transfer_leader(struct emf_raft_cluster_t *c,
+                                              uint64_t to,
+                                              uint64_t *out_term);
+
+// Changes the configuration by joint consensus: `n` (1 to `EMF_RAFT_MAX_CHANGES`) changes made
+// together; returns once the joint configuration is applied (`*out_index`, may be NULL, is its
+// log index; the leader then leaves it on its own — `emf_raft_cluster_membership` tells).
+// Another change under way is waited for within the client's timeout (then `EMF_ERR_TIMEOUT`
+// naming it); a change that cannot be made is `EMF_ERR_INVALID_ARGUMENT` with the reason
+// (removing the leader: transfer the leadership first). A local cluster's node processes stay
+// as they are: a removed node keeps running and can be added back, as a learner and then a
+// voter.
+//
+// # Safety
+//
+// `c` a live handle; `changes` readable for `n` values; `out_index` NULL or writable.
+emf_status_t emf_raft_cluster_change_membership(struct emf_raft_cluster_t *c,
+                                                const struct emf_raft_member_change_t *changes,
+                                                size_t n,
+                                                uint64_t *out_index);
+
+// The configuration the leader has applied: the voters in `ids[0..*out_voters]`, then the
+// learners in `ids[*out_voters..*out_voters + *out_learners]` (room for `cap`;
+// `EMF_ERR_BUFFER_TOO_SMALL` with the counts written when it is smaller); `*out_joint` (may be
+// NULL) 1 while a change is half way (the voters are then the incoming ones).
+//
+// # Safety
+//
+// `c` a live handle; `ids` writable for `cap` values (NULL with 0); `out_voters` and
+// `out_learners` writable; `out_joint` NULL or writable.
+emf_status_t emf_raft_cluster_membership(struct emf_raft_cluster_t *c,
+                                         uint64_t *ids,
+                                         size_t cap,
+                                         size_t *out_voters,
+                                         size_t *out_learners,
+                                         uint32_t *out_joint);
+
 // SIGKILLs node `node` and reaps it (for tests: a crash). `EMF_ERR_NOT_FOUND` when it is not
 // running.
 //
@@ -1969,8 +2053,9 @@ emf_status_t emf_raft_cluster_set(struct emf_raft_cluster_t *c,
                                   size_t value_len,
                                   uint64_t *out_index);
 
-// Reads `key` through the log (linearizable; `*out_index`, may be NULL, is the read's log
-// index): `*out_found` 1 and the value in `buf` (length
+// Reads `key` at the leader with a linearizable ReadIndex read (no log entry; `*out_index`,
+// may be NULL, is the read index: the value reflects every write committed up to it):
+// `*out_found` 1 and the value in `buf` (length
 // in `*out_len`), or `*out_found` 0 and `*out_len` 0. `EMF_ERR_BUFFER_TOO_SMALL`: the value
 // is kept (`emf_raft_cluster_result`).
 //
@@ -2170,6 +2255,50 @@ emf_status_t emf_raft_client_cas(struct emf_raft_client_t *c,
                                  uint8_t *buf,
                                  size_t cap,
                                  size_t *out_len);
+
+// As `emf_raft_cluster_read`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_read`.
+emf_status_t emf_raft_client_read(struct emf_raft_client_t *c,
+                                  const uint8_t *query,
+                                  size_t len,
+                                  uint64_t *out_index,
+                                  uint8_t *buf,
+                                  size_t cap,
+                                  size_t *out_len);
+
+// As `emf_raft_cluster_transfer_leader`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_transfer_leader`.
+emf_status_t emf_raft_client_transfer_leader(struct emf_raft_client_t *c,
+                                             uint64_t to,
+                                             uint64_t *out_term);
+
+// As `emf_raft_cluster_change_membership`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_change_membership`.
+emf_status_t emf_raft_client_change_membership(struct emf_raft_client_t *c,
+                                               const struct emf_raft_member_change_t *changes,
+                                               size_t n,
+                                               uint64_t *out_index);
+
+// As `emf_raft_cluster_membership`.
+//
+// # Safety
+//
+// As `emf_raft_cluster_membership`.
+emf_status_t emf_raft_client_membership(struct emf_raft_client_t *c,
+                                        uint64_t *ids,
+                                        size_t cap,
+                                        size_t *out_voters,
+                                        size_t *out_learners,
+                                        uint32_t *out_joint);
 
 // Fills `*out` with the defaults: no id, voters or directories (to be set), a 1 MiB inbox,
 // the default client ids, 10 ms ticks, elections after 10 ticks, heartbeats every 2,

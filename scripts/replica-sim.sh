@@ -12,5 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EMF_REPLICA_SEEDS="${1:-250}" cargo test --release -p erlmcp-flow --lib -- replica::sim_tests::sim_
+# The client protocol's lin check (reads through Request::Read), 450 operations per seed.
+EMF_REPLICA_SEEDS="${1:-250}" cargo test --release -p erlmcp-flow --lib -- \
+    replica::ops_tests::client_protocol_histories_are_linearizable
 EMF_REPLICA_KILLS="${EMF_REPLICA_KILLS:-10}" EMF_REPLICA_SUMMARY=1 cargo test --release \
     -p erlmcp-flow --lib -- replica::process_tests::ring_cluster --nocapture

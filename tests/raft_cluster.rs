@@ -145,6 +145,105 @@ fn ring_cluster_keeps_acknowledged_writes_across_leader_sigkills() {
     assert!(c.pid(1).is_none());
 }
 
+/// Reads, leadership transfer and membership changes on a local cluster of node processes,
+/// through the API and through the commands: node 3 is removed (its process keeps running),
+/// added back as a learner with its data, promoted, and then leads.
+#[test]
+fn ring_cluster_reads_transfers_and_changes_members() {
+    use erlmcp_flow::raft::{KvOp, KvResult, MemberChange};
+    let dir = Dir::new("raft-members");
+    let opts = ClusterOptions {
+        bin: Some(env!("CARGO_BIN_EXE_erlmcp-flow").into()),
+        client: client_opts(),
+        ..ClusterOptions::default()
+    };
+    let mut c = LocalCluster::start(3, &dir.0, opts).unwrap();
+    c.client().set(b"a", b"1").unwrap();
+    let get = |k: &str| KvOp::Get { key: k.into() }.encode();
+    let value = |b: Vec<u8>| match KvResult::decode(&b) {
+        Some(KvResult::Value(v)) => v,
+        r => panic!("{r:?}"),
+    };
+    assert_eq!(
+        value(c.read(&get("a")).unwrap()).as_deref(),
+        Some(&b"1"[..])
+    );
+    // Leadership to a chosen node, away from node 3.
+    let leader = c.leader().unwrap();
+    let to = if leader == 3 { 1 } else { 3 };
+    let term = c.transfer_leader(to).unwrap();
+    assert_eq!((c.leader().unwrap(), c.term().unwrap()), (to, term));
+    let to = if to == 3 { 2 } else { to };
+    c.transfer_leader(to).unwrap();
+    assert_eq!(c.leader().unwrap(), to);
+    // Remove 3, write without it, add it back as a learner, promote it.
+    let e = c
+        .change_membership(&[MemberChange::Remove(to)])
+        .unwrap_err();
+    assert!(e.message().contains("transfer leadership first"), "{e}");
+    c.change_membership(&[MemberChange::Remove(3)]).unwrap();
+    c.client().set(b"b", b"2").unwrap();
+    let i = c.change_membership(&[MemberChange::AddLearner(3)]).unwrap();
+    assert!(i > 0);
+    let m = c.client().membership_settled().unwrap();
+    assert_eq!((m.voters.len(), m.learners.clone()), (2, vec![3]), "{m:?}");
+    assert!(c
+        .client()
+        .wait_committed_on(3, i, Duration::from_secs(10))
+        .is_ok());
+    c.change_membership(&[MemberChange::AddVoter(3)]).unwrap();
+    let m = c.client().membership_settled().unwrap();
+    assert_eq!(m.voters, vec![1, 2, 3]);
+    assert_eq!(c.membership().unwrap(), m);
+    c.transfer_leader(3).unwrap();
+    assert_eq!(c.leader().unwrap(), 3);
+    assert_eq!(
+        value(c.read(&get("b")).unwrap()).as_deref(),
+        Some(&b"2"[..])
+    );
+    // The commands.
+    let net = dir.0.join("net");
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_erlmcp-flow"))
+            .args(["raft"])
+            .args(args)
+            .arg("--net-dir")
+            .arg(&net)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code(), text)
+    };
+    let (code, out) = cli(&["members"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("voters [1, 2, 3]") && out.contains("learners []"),
+        "{out}"
+    );
+    let (code, out) = cli(&["transfer", "--to", "1"]);
+    assert!(
+        code == Some(0) && out.starts_with("leader 1 term "),
+        "{out}"
+    );
+    let (code, out) = cli(&["members", "add-learner", "2"]);
+    assert!(code == Some(0) && out.contains("learners [2]"), "{out}");
+    // The previous change's joint configuration may still be being left: retried.
+    let (code, out) = cli(&["members", "add", "2"]);
+    assert!(code == Some(0) && out.contains("voters [1, 2, 3]"), "{out}");
+    let (code, out) = cli(&["members", "remove", "1"]);
+    assert!(
+        code != Some(0) && out.contains("transfer leadership first"),
+        "{out}"
+    );
+    let (code, out) = cli(&["members", "remove"]);
+    assert!(code != Some(0), "a change needs a node: {out}");
+    let (code, out) = cli(&["transfer", "--to", "9"]);
+    assert!(code != Some(0) && out.contains("9"), "{out}");
+    assert_eq!(cli(&["get", "b"]), (Some(0), "2\n".to_string()));
+    c.stop();
+}
+
 /// A node process, SIGKILLed and reaped on drop.
 struct Node(Child);
 

@@ -7,10 +7,13 @@
 //!   waits for a leader: the original `start_cluster(N)`. It submits operations (the
 //!   original `submit_operation`, `append_entry`, `wait_committed`), asks for the leader,
 //!   term, members and every node's status, runs the replicated key-value store's
-//!   set/get/cas, and kills and restarts nodes (for tests). Freeing it stops the nodes.
+//!   set/get/cas, reads (`_read`: a linearizable ReadIndex query, no log entry; a get is
+//!   one), moves the leadership (`_transfer_leader`), changes and lists the configuration
+//!   (`_change_membership`, `_membership`), and kills and restarts nodes (for tests).
+//!   Freeing it stops the nodes.
 //! * `emf_raft_client_t` — `emf_raft_client_connect` joins the rings of a cluster already
 //!   running (started by another process, or `erlmcp-flow raft node --transport ring`), with
-//!   the same submit/wait/leader/status/KV calls.
+//!   the same submit/wait/leader/status/KV/read/transfer/membership calls.
 //!
 //! Both handles are one thread at a time (else `EMF_ERR_BUSY`): a call blocks for a Raft
 //! round trip (and leader redirects, retries and elections within the client's timeout).
@@ -36,13 +39,31 @@ use super::{
     EMF_ERR_INVALID_ARGUMENT, EMF_ERR_TOO_LARGE, EMF_OK,
 };
 use engine::net::ring::RingTransport;
-use engine::raft::{KvOp, KvResult};
+use engine::raft::{KvOp, KvResult, MemberChange};
 use engine::replica::client::default_client_ids;
 use engine::replica::proto::Status;
 use engine::replica::{ClientOptions, ClusterOptions, LocalCluster, RaftClient};
 
 /// The most nodes of a cluster (`emf_raft_cluster_start`, `emf_raft_client_connect`).
 pub const EMF_RAFT_MAX_NODES: usize = 64;
+/// `emf_raft_member_change_t::kind`: add a voter (or promote a learner).
+pub const EMF_RAFT_ADD_VOTER: u32 = 1;
+/// `emf_raft_member_change_t::kind`: add a learner (or demote a voter).
+pub const EMF_RAFT_ADD_LEARNER: u32 = 2;
+/// `emf_raft_member_change_t::kind`: remove a voter or a learner.
+pub const EMF_RAFT_REMOVE: u32 = 3;
+/// The most changes one `emf_raft_*_change_membership` call carries.
+pub const EMF_RAFT_MAX_CHANGES: usize = 64;
+
+/// One membership change (`emf_raft_cluster_change_membership`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct emf_raft_member_change_t {
+    /// The node added, promoted, demoted or removed (not 0).
+    pub node: u64,
+    /// `EMF_RAFT_ADD_VOTER`, `EMF_RAFT_ADD_LEARNER` or `EMF_RAFT_REMOVE`.
+    pub kind: u32,
+}
 
 /// Options for `emf_raft_cluster_start`; fill with `emf_raft_cluster_options_default` first.
 #[repr(C)]
@@ -291,6 +312,143 @@ unsafe fn do_submit<H: RaftHandle>(
     unsafe { write_out(out_index, c.index, "out_index") }?;
     // SAFETY: checked above; buffers by contract.
     unsafe { put_answer(kept, c.result, buf, cap, out_len, "result") }
+}
+
+/// `read`: the read index and the query's answer.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_read`.
+unsafe fn do_read<H: RaftHandle>(
+    h: *mut H,
+    query: *const u8,
+    len: usize,
+    out_index: *mut u64,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut usize,
+) -> FfiResult {
+    require_out(out_len, "out_len")?;
+    check_buf(buf, cap)?;
+    // SAFETY: caller contract.
+    let q = unsafe { bytes(query, len, "query") }?;
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let mut st = unsafe { borrow(h) }?;
+    let (client, kept) = H::parts(&mut st);
+    let c = client.read(q)?;
+    put_index(out_index, c.index)?;
+    // SAFETY: checked above; buffers by contract.
+    unsafe { put_answer(kept, c.result, buf, cap, out_len, "answer") }
+}
+
+/// `transfer_leader`: the new term.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_transfer_leader`.
+unsafe fn do_transfer<H: RaftHandle>(h: *mut H, to: u64, out_term: *mut u64) -> FfiResult {
+    if to == 0 {
+        return Err(FfiError::new(
+            EMF_ERR_INVALID_ARGUMENT,
+            "raft: node 0 cannot lead (ids start at 1)",
+        ));
+    }
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let mut st = unsafe { borrow(h) }?;
+    let (client, _) = H::parts(&mut st);
+    let term = client.transfer_leader(to)?;
+    if !out_term.is_null() {
+        // SAFETY: non-NULL; writable by contract.
+        unsafe { write_out(out_term, term, "out_term") }?;
+    }
+    Ok(())
+}
+
+/// `change_membership`: the index of the change.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_change_membership`.
+unsafe fn do_change_membership<H: RaftHandle>(
+    h: *mut H,
+    changes: *const emf_raft_member_change_t,
+    n: usize,
+    out_index: *mut u64,
+) -> FfiResult {
+    // SAFETY: caller contract.
+    let cs = unsafe { typed(changes, n, "changes") }?;
+    if cs.is_empty() || cs.len() > EMF_RAFT_MAX_CHANGES {
+        return Err(FfiError::new(
+            EMF_ERR_INVALID_ARGUMENT,
+            format!(
+                "raft: 1 to {EMF_RAFT_MAX_CHANGES} membership changes, not {}",
+                cs.len()
+            ),
+        ));
+    }
+    let mut list = Vec::with_capacity(cs.len());
+    for (i, c) in cs.iter().enumerate() {
+        list.push(match c.kind {
+            EMF_RAFT_ADD_VOTER => MemberChange::AddVoter(c.node),
+            EMF_RAFT_ADD_LEARNER => MemberChange::AddLearner(c.node),
+            EMF_RAFT_REMOVE => MemberChange::Remove(c.node),
+            k => {
+                return Err(FfiError::new(
+                    EMF_ERR_INVALID_ARGUMENT,
+                    format!(
+                        "raft: change {i} has kind {k} (EMF_RAFT_ADD_VOTER 1, \
+                         EMF_RAFT_ADD_LEARNER 2, EMF_RAFT_REMOVE 3)"
+                    ),
+                ))
+            }
+        });
+    }
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let mut st = unsafe { borrow(h) }?;
+    let (client, _) = H::parts(&mut st);
+    let index = client.change_membership(&list)?;
+    put_index(out_index, index)
+}
+
+/// `membership`: voters then learners into `ids`.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_membership`.
+unsafe fn do_membership<H: RaftHandle>(
+    h: *mut H,
+    ids: *mut u64,
+    cap: usize,
+    out_voters: *mut usize,
+    out_learners: *mut usize,
+    out_joint: *mut u32,
+) -> FfiResult {
+    require_out(out_voters, "out_voters")?;
+    require_out(out_learners, "out_learners")?;
+    // SAFETY: caller contract.
+    let ids = unsafe { typed_mut(ids, cap, "ids") }?;
+    // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+    let mut st = unsafe { borrow(h) }?;
+    let (client, _) = H::parts(&mut st);
+    let m = client.membership()?;
+    let (nv, nl) = (m.voters.len(), m.learners.len());
+    // SAFETY: checked non-NULL; writable by contract.
+    unsafe { write_out(out_voters, nv, "out_voters") }?;
+    // SAFETY: checked non-NULL; writable by contract.
+    unsafe { write_out(out_learners, nl, "out_learners") }?;
+    if !out_joint.is_null() {
+        // SAFETY: non-NULL; writable by contract.
+        unsafe { write_out(out_joint, u32::from(m.is_joint()), "out_joint") }?;
+    }
+    if nv + nl > ids.len() {
+        return Err(FfiError::new(
+            EMF_ERR_BUFFER_TOO_SMALL,
+            format!("{nv} voters and {nl} learners, room for {}", ids.len()),
+        ));
+    }
+    ids[..nv].copy_from_slice(&m.voters);
+    ids[nv..nv + nl].copy_from_slice(&m.learners);
+    Ok(())
 }
 
 /// `append_entry`: the index only.
@@ -547,7 +705,17 @@ unsafe fn do_get<H: RaftHandle>(
     // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
     let mut st = unsafe { borrow(h) }?;
     let (client, kept) = H::parts(&mut st);
-    let (index, r) = client.kv(&KvOp::Get { key: k.to_vec() })?;
+    let c = client.read(&KvOp::Get { key: k.to_vec() }.encode())?;
+    let index = c.index;
+    let r = KvResult::decode(&c.result).ok_or_else(|| {
+        FfiError::new(
+            EMF_ERR_CORRUPT,
+            format!(
+                "raft: node {} answered a get with bytes that are not a KV result",
+                c.node
+            ),
+        )
+    })?;
     let KvResult::Value(v) = r else {
         return Err(FfiError::new(
             EMF_ERR_CORRUPT,
@@ -964,6 +1132,102 @@ pub unsafe extern "C" fn emf_raft_cluster_stats(
     })
 }
 
+/// A linearizable read: the leader confirms with a quorum that it still leads (ReadIndex; no
+/// log entry is written) and answers `query` from its applied state (for the key-value store
+/// the nodes run, an encoded get: `emf_raft_cluster_get` is the easy way). `*out_index` (may be
+/// NULL) is the read index; the answer goes to `buf`, its length to `*out_len`
+/// (`EMF_ERR_BUFFER_TOO_SMALL`: kept for `emf_raft_cluster_result`). A query the state machine
+/// refuses is `EMF_ERR_INVALID_ARGUMENT` with the reason; `EMF_ERR_TIMEOUT` when no leader
+/// answered within the client's timeout.
+///
+/// # Safety
+///
+/// `c` a live handle; `query` readable for `len`; `buf` writable for `cap`; `out_index` NULL or
+/// writable; `out_len` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_cluster_read(
+    c: *mut emf_raft_cluster_t,
+    query: *const u8,
+    len: usize,
+    out_index: *mut u64,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_read(c, query, len, out_index, buf, cap, out_len) }
+    })
+}
+
+/// Hands the leadership to voter `to` and waits until it leads; `*out_term` (may be NULL) is
+/// the new term. `EMF_ERR_INVALID_ARGUMENT` for node 0, a learner or a non-member;
+/// `EMF_ERR_TIMEOUT` when the transfer did not finish (e.g. `to` is down).
+///
+/// # Safety
+///
+/// `c` a live handle; `out_term` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_cluster_transfer_leader(
+    c: *mut emf_raft_cluster_t,
+    to: u64,
+    out_term: *mut u64,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_transfer(c, to, out_term) }
+    })
+}
+
+/// Changes the configuration by joint consensus: `n` (1 to `EMF_RAFT_MAX_CHANGES`) changes made
+/// together; returns once the joint configuration is applied (`*out_index`, may be NULL, is its
+/// log index; the leader then leaves it on its own — `emf_raft_cluster_membership` tells).
+/// Another change under way is waited for within the client's timeout (then `EMF_ERR_TIMEOUT`
+/// naming it); a change that cannot be made is `EMF_ERR_INVALID_ARGUMENT` with the reason
+/// (removing the leader: transfer the leadership first). A local cluster's node processes stay
+/// as they are: a removed node keeps running and can be added back, as a learner and then a
+/// voter.
+///
+/// # Safety
+///
+/// `c` a live handle; `changes` readable for `n` values; `out_index` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_cluster_change_membership(
+    c: *mut emf_raft_cluster_t,
+    changes: *const emf_raft_member_change_t,
+    n: usize,
+    out_index: *mut u64,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_change_membership(c, changes, n, out_index) }
+    })
+}
+
+/// The configuration the leader has applied: the voters in `ids[0..*out_voters]`, then the
+/// learners in `ids[*out_voters..*out_voters + *out_learners]` (room for `cap`;
+/// `EMF_ERR_BUFFER_TOO_SMALL` with the counts written when it is smaller); `*out_joint` (may be
+/// NULL) 1 while a change is half way (the voters are then the incoming ones).
+///
+/// # Safety
+///
+/// `c` a live handle; `ids` writable for `cap` values (NULL with 0); `out_voters` and
+/// `out_learners` writable; `out_joint` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_cluster_membership(
+    c: *mut emf_raft_cluster_t,
+    ids: *mut u64,
+    cap: usize,
+    out_voters: *mut usize,
+    out_learners: *mut usize,
+    out_joint: *mut u32,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_membership(c, ids, cap, out_voters, out_learners, out_joint) }
+    })
+}
+
 /// SIGKILLs node `node` and reaps it (for tests: a crash). `EMF_ERR_NOT_FOUND` when it is not
 /// running.
 ///
@@ -1021,8 +1285,9 @@ pub unsafe extern "C" fn emf_raft_cluster_set(
     })
 }
 
-/// Reads `key` through the log (linearizable; `*out_index`, may be NULL, is the read's log
-/// index): `*out_found` 1 and the value in `buf` (length
+/// Reads `key` at the leader with a linearizable ReadIndex read (no log entry; `*out_index`,
+/// may be NULL, is the read index: the value reflects every write committed up to it):
+/// `*out_found` 1 and the value in `buf` (length
 /// in `*out_len`), or `*out_found` 0 and `*out_len` 0. `EMF_ERR_BUFFER_TOO_SMALL`: the value
 /// is kept (`emf_raft_cluster_result`).
 ///
@@ -1400,6 +1665,82 @@ pub unsafe extern "C" fn emf_raft_client_cas(
                 out_len,
             )
         }
+    })
+}
+
+/// As `emf_raft_cluster_read`.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_read`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_client_read(
+    c: *mut emf_raft_client_t,
+    query: *const u8,
+    len: usize,
+    out_index: *mut u64,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_read(c, query, len, out_index, buf, cap, out_len) }
+    })
+}
+
+/// As `emf_raft_cluster_transfer_leader`.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_transfer_leader`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_client_transfer_leader(
+    c: *mut emf_raft_client_t,
+    to: u64,
+    out_term: *mut u64,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_transfer(c, to, out_term) }
+    })
+}
+
+/// As `emf_raft_cluster_change_membership`.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_change_membership`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_client_change_membership(
+    c: *mut emf_raft_client_t,
+    changes: *const emf_raft_member_change_t,
+    n: usize,
+    out_index: *mut u64,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_change_membership(c, changes, n, out_index) }
+    })
+}
+
+/// As `emf_raft_cluster_membership`.
+///
+/// # Safety
+///
+/// As `emf_raft_cluster_membership`.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_client_membership(
+    c: *mut emf_raft_client_t,
+    ids: *mut u64,
+    cap: usize,
+    out_voters: *mut usize,
+    out_learners: *mut usize,
+    out_joint: *mut u32,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: caller contract.
+        unsafe { do_membership(c, ids, cap, out_voters, out_learners, out_joint) }
     })
 }
 

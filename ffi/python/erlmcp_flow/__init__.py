@@ -205,7 +205,13 @@ from .sched import (
     TaskFuture,
 )
 from . import raft
-from .raft import EMF_RAFT_MAX_NODES
+from .raft import (
+    EMF_RAFT_ADD_LEARNER,
+    EMF_RAFT_ADD_VOTER,
+    EMF_RAFT_MAX_CHANGES,
+    EMF_RAFT_MAX_NODES,
+    EMF_RAFT_REMOVE,
+)
 from .pool import (
     EMF_POOL_ACTION_NONE,
     EMF_POOL_ACTION_START,

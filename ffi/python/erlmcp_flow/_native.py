@@ -597,6 +597,15 @@ class emf_raft_node_t(Structure):
     """Opaque ``emf_raft_node_t``; only pointers to it are used."""
 
 
+class emf_raft_member_change_t(Structure):
+    """``emf_raft_member_change_t``: one membership change."""
+
+    _fields_ = [
+        ("node", c_uint64),
+        ("kind", c_uint32),
+    ]
+
+
 class emf_raft_cluster_t(Structure):
     """Opaque ``emf_raft_cluster_t``; only pointers to it are used."""
 
@@ -1254,6 +1263,52 @@ PROTOTYPES = {
             c_char_p,  # buf
             c_size_t,  # cap
             POINTER(c_size_t),  # out_len
+        ],
+    ),
+    "emf_raft_cluster_read": (
+        emf_status_t,
+        [emf_raft_cluster_p, _bytes_in, c_size_t, POINTER(c_uint64), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_cluster_transfer_leader": (
+        emf_status_t,
+        [emf_raft_cluster_p, c_uint64, POINTER(c_uint64)],
+    ),
+    "emf_raft_cluster_change_membership": (
+        emf_status_t,
+        [emf_raft_cluster_p, POINTER(emf_raft_member_change_t), c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_raft_cluster_membership": (
+        emf_status_t,
+        [
+            emf_raft_cluster_p,
+            POINTER(c_uint64),  # ids
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_voters
+            POINTER(c_size_t),  # out_learners
+            POINTER(c_uint32),  # out_joint
+        ],
+    ),
+    "emf_raft_client_read": (
+        emf_status_t,
+        [emf_raft_client_p, _bytes_in, c_size_t, POINTER(c_uint64), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_client_transfer_leader": (
+        emf_status_t,
+        [emf_raft_client_p, c_uint64, POINTER(c_uint64)],
+    ),
+    "emf_raft_client_change_membership": (
+        emf_status_t,
+        [emf_raft_client_p, POINTER(emf_raft_member_change_t), c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_raft_client_membership": (
+        emf_status_t,
+        [
+            emf_raft_client_p,
+            POINTER(c_uint64),  # ids
+            c_size_t,  # cap
+            POINTER(c_size_t),  # out_voters
+            POINTER(c_size_t),  # out_learners
+            POINTER(c_uint32),  # out_joint
         ],
     ),
     "emf_raft_client_cas": (

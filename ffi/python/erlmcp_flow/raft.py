@@ -13,7 +13,9 @@ library's own (``emf_raft_node_*``).
 >>> with Cluster.start(3) as c:                                    # doctest: +SKIP
 ...     i = c.submit_operation(b"an entry")                       # the log index
 ...     c.wait_committed(i)
-...     c.set(b"k", b"v"); c.get(b"k")
+...     c.set(b"k", b"v"); c.get(b"k")                            # get: a ReadIndex read
+...     c.transfer_leader(2)                                       # the new term
+...     c.remove_member(3); c.add_learner(3); c.add_voter(3)
 ...     c.kill(c.leader()); c.set(b"k", b"w")                     # a new leader answers
 
 Consensus, the leader's batching, durable logs, redirects to the leader (a not-leader answer
@@ -66,6 +68,7 @@ from ._native import (
     emf_raft_restore_fn,
     emf_raft_sm_t,
     emf_raft_snapshot_fn,
+    emf_raft_member_change_t,
     emf_raft_status_t,
     emf_slice_t,
     lib,
@@ -75,6 +78,14 @@ from .sched import _U64_MAX
 
 #: The most nodes of a cluster.
 EMF_RAFT_MAX_NODES = 64
+#: A membership change's kind: add a voter (or promote a learner).
+EMF_RAFT_ADD_VOTER = 1
+#: A membership change's kind: add a learner (or demote a voter).
+EMF_RAFT_ADD_LEARNER = 2
+#: A membership change's kind: remove a voter or a learner.
+EMF_RAFT_REMOVE = 3
+#: The most changes one :meth:`~_RaftOps.change_membership` call carries.
+EMF_RAFT_MAX_CHANGES = 64
 
 # Answers up to this many bytes are read in one call.
 _BUF = 4096
@@ -96,6 +107,18 @@ class RaftStatus:
     applied: int
     #: How many voters its configuration has.
     voters: int
+
+
+@dataclass(frozen=True)
+class Membership:
+    """The configuration the leader has applied (:meth:`~_RaftOps.membership`)."""
+
+    #: The voters (while ``joint``, the incoming ones).
+    voters: Tuple[int, ...]
+    #: The learners (receive the log, do not vote).
+    learners: Tuple[int, ...]
+    #: True while a change is half way (the joint configuration of old and new voters).
+    joint: bool
 
 
 @dataclass(frozen=True)
@@ -272,8 +295,71 @@ class _RaftOps(_Handle):
         self._call("set", key, len(key), value, len(value), byref(index))
         return index.value
 
+    def read(self, query: bytes) -> Tuple[int, bytes]:
+        """A linearizable read: the leader confirms with a quorum that it still leads
+        (ReadIndex; no log entry) and answers ``query`` from its applied state (for the
+        key-value store, an encoded get: :meth:`get` is the easy way). ``(read index,
+        answer)``; :class:`~erlmcp_flow.InvalidArgument` for a query the state machine
+        refuses."""
+        query = _bytes(query, "query")
+        index, n, buf = c_uint64(), c_size_t(), create_string_buffer(_BUF)
+        st = self._call("read", query, len(query), byref(index), buf, _BUF, byref(n))
+        return index.value, self._answer(st, buf, n)
+
+    def transfer_leader(self, to: int) -> int:
+        """Hands the leadership to voter ``to`` and waits until it leads: the new term.
+        :class:`~erlmcp_flow.InvalidArgument` for a learner or a non-member,
+        :class:`~erlmcp_flow.Timeout` when the transfer did not finish."""
+        term = c_uint64()
+        self._call("transfer_leader", _unsigned(to, "to", _U64_MAX), byref(term))
+        return term.value
+
+    def change_membership(self, changes: Sequence[Tuple[int, int]]) -> int:
+        """Changes the configuration by joint consensus: ``changes`` are ``(kind, node)``
+        pairs (``EMF_RAFT_ADD_VOTER``, ``EMF_RAFT_ADD_LEARNER``, ``EMF_RAFT_REMOVE``) made
+        together. Returns the change's log index once the joint configuration is applied (the
+        leader then leaves it on its own: :meth:`membership`). Another change under way is
+        waited for within the timeout; :class:`~erlmcp_flow.InvalidArgument` with the reason
+        for a change that cannot be made (removing the leader: transfer the leadership
+        first)."""
+        changes = list(changes)
+        if not 1 <= len(changes) <= EMF_RAFT_MAX_CHANGES:
+            raise ValueError(f"1 to {EMF_RAFT_MAX_CHANGES} changes, not {len(changes)}")
+        arr = (emf_raft_member_change_t * len(changes))()
+        for i, (kind, node) in enumerate(changes):
+            arr[i].kind = _unsigned(kind, "kind", _U32_MAX)
+            arr[i].node = _unsigned(node, "node", _U64_MAX)
+        index = c_uint64()
+        self._call("change_membership", arr, len(changes), byref(index))
+        return index.value
+
+    def add_voter(self, node: int) -> int:
+        """Adds ``node`` as a voter (or promotes the learner ``node``): the change's
+        index."""
+        return self.change_membership([(EMF_RAFT_ADD_VOTER, node)])
+
+    def add_learner(self, node: int) -> int:
+        """Adds ``node`` as a learner (or demotes the voter ``node``): the change's
+        index."""
+        return self.change_membership([(EMF_RAFT_ADD_LEARNER, node)])
+
+    def remove_member(self, node: int) -> int:
+        """Removes the voter or learner ``node``: the change's index."""
+        return self.change_membership([(EMF_RAFT_REMOVE, node)])
+
+    def membership(self) -> Membership:
+        """The configuration the leader has applied."""
+        ids = (c_uint64 * (2 * EMF_RAFT_MAX_NODES))()
+        nv, nl, joint = c_size_t(), c_size_t(), c_uint32()
+        self._call(
+            "membership", ids, 2 * EMF_RAFT_MAX_NODES, byref(nv), byref(nl), byref(joint)
+        )
+        v, n = nv.value, nv.value + nl.value
+        return Membership(tuple(ids[:v]), tuple(ids[v:n]), bool(joint.value))
+
     def get(self, key: bytes) -> Optional[bytes]:
-        """``key``'s value read through the log (linearizable), or None."""
+        """``key``'s value from a linearizable read at the leader (ReadIndex, no log
+        entry), or None."""
         key = _bytes(key, "key")
         index, found, n, buf = c_uint64(), c_uint32(), c_size_t(), create_string_buffer(_BUF)
         st = self._call("get", key, len(key), byref(index), byref(found), buf, _BUF, byref(n))

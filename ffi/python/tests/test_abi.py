@@ -33,6 +33,7 @@ from erlmcp_flow._native import (
     emf_raft_node_options_t,
     emf_raft_sm_t,
     emf_raft_status_t,
+    emf_raft_member_change_t,
     emf_sched_agent_load_t,
     emf_sched_options_t,
     emf_sched_stats_t,
@@ -127,6 +128,7 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_raft_sm_t": emf_raft_sm_t,
         "emf_raft_node_options_t": emf_raft_node_options_t,
         "emf_raft_node_info_t": emf_raft_node_info_t,
+        "emf_raft_member_change_t": emf_raft_member_change_t,
     }
     lines = []
     for struct, cls in fields.items():

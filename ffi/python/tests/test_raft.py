@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import erlmcp_flow as emf
+from erlmcp_flow import raft
 from erlmcp_flow.raft import Client, Cluster
 
 REPO = Path(__file__).resolve().parents[3]
@@ -158,3 +159,58 @@ def test_argument_errors(tmp_path):
     assert not os.path.exists(d), "the directory start made is removed"
     with pytest.raises(ValueError):
         c.leader()
+
+
+def test_reads_transfer_and_membership(cluster):
+    c = cluster
+    c.set(b"k", b"v")
+    leader = c.leader()
+    commit = c.status(leader).commit
+    # An encoded get (kind 2, u32 length, key) answered with an encoded value.
+    index, answer = c.read(b"\x02\x01\x00\x00\x00k")
+    assert index >= 1 and answer == b"\x02\x01\x01\x00\x00\x00v"
+    assert c.get(b"k") == b"v" and c.get(b"nope") is None
+    assert c.status(leader).commit == commit, "reads write no log entry"
+    with pytest.raises(emf.Error) as e:
+        c.read(b"x")
+    assert e.value.name == "EMF_ERR_INVALID_ARGUMENT" and "not a KV operation" in e.value.message
+    assert c.membership() == raft.Membership((1, 2, 3), (), False)
+    # Leadership moves; bad targets are refused.
+    to = leader % 3 + 1
+    term = c.transfer_leader(to)
+    assert c.leader_and_term() == (to, term)
+    for bad in (0, 9):
+        with pytest.raises(emf.Error) as e:
+            c.transfer_leader(bad)
+        assert e.value.name == "EMF_ERR_INVALID_ARGUMENT"
+    # The leader cannot remove itself; a follower is removed, added back as a learner (same
+    # process, same data), promoted; then it can lead.
+    with pytest.raises(emf.Error) as e:
+        c.remove_member(to)
+    assert "transfer leadership first" in e.value.message
+    f = to % 3 + 1
+    assert c.remove_member(f) > 0
+    c.set(b"while-out", b"1")
+    c.add_learner(f)
+    for _ in range(200):
+        m = c.membership()
+        if not m.joint:
+            break
+        threading.Event().wait(0.01)
+    assert (len(m.voters), m.learners, m.joint) == (2, (f,), False)
+    c.add_voter(f)
+    with Client(os.path.join(c.dir, "net"), [1, 2, 3], timeout_ms=5000) as cl:
+        for _ in range(200):
+            m = cl.membership()
+            if not m.joint:
+                break
+            threading.Event().wait(0.01)
+        assert m == raft.Membership((1, 2, 3), (), False)
+        assert cl.transfer_leader(f) > term
+        assert cl.leader() == f
+        assert cl.read(b"\x02\x09\x00\x00\x00while-out")[1] == b"\x02\x01\x01\x00\x00\x001"
+        with pytest.raises(ValueError):
+            cl.change_membership([])
+        with pytest.raises(emf.Error) as e:
+            cl.change_membership([(7, 2)])
+        assert "kind 7" in e.value.message

@@ -261,3 +261,133 @@ fn client_connect_checks_its_arguments() {
     assert_eq!(ffi!(emf_raft_client_free(out)), EMF_ERR_INVALID_ARGUMENT);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn read_transfer_and_membership_refuse_bad_arguments_before_the_handle() {
+    let garbage = std::ptr::without_provenance_mut::<emf_raft_cluster_t>(0xdead_0000);
+    let cgarbage = std::ptr::without_provenance_mut::<emf_raft_client_t>(0xdead_0000);
+    let (mut i, mut n, mut m) = (0u64, 0usize, 0usize);
+    // Read: NULL out_len, NULL buffer with room claimed, NULL query with a length.
+    assert_eq!(
+        ffi!(emf_raft_cluster_read(
+            garbage,
+            c"q".as_ptr().cast(),
+            1,
+            &mut i,
+            null_mut(),
+            0,
+            null_mut()
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        ffi!(emf_raft_client_read(
+            cgarbage,
+            null(),
+            0,
+            null_mut(),
+            null_mut(),
+            8,
+            &mut n
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        ffi!(emf_raft_cluster_read(
+            garbage,
+            null(),
+            3,
+            null_mut(),
+            null_mut(),
+            0,
+            &mut n
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        ffi!(emf_raft_cluster_read(
+            garbage,
+            null(),
+            0,
+            null_mut(),
+            null_mut(),
+            0,
+            &mut n
+        )),
+        EMF_ERR_INVALID_ARGUMENT,
+        "a garbage handle"
+    );
+    // Transfer: node 0 is refused with a reason; a garbage handle after that.
+    assert_eq!(
+        ffi!(emf_raft_client_transfer_leader(cgarbage, 0, null_mut())),
+        EMF_ERR_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("node 0"), "{}", last_error());
+    assert_eq!(
+        ffi!(emf_raft_cluster_transfer_leader(garbage, 2, &mut i)),
+        EMF_ERR_INVALID_ARGUMENT
+    );
+    // Membership changes: none, too many, an unknown kind, NULL with a count.
+    let ch = |node, kind| emf_raft_member_change_t { node, kind };
+    let many = vec![ch(1, EMF_RAFT_REMOVE); EMF_RAFT_MAX_CHANGES + 1];
+    for (changes, what) in [
+        (&[][..], "not 0"),
+        (&many[..], "not 65"),
+        (
+            &[ch(2, EMF_RAFT_ADD_VOTER), ch(3, 0)][..],
+            "change 1 has kind 0",
+        ),
+    ] {
+        let st = ffi!(emf_raft_cluster_change_membership(
+            garbage,
+            changes.as_ptr(),
+            changes.len(),
+            null_mut()
+        ));
+        assert_eq!(st, EMF_ERR_INVALID_ARGUMENT);
+        assert!(last_error().contains(what), "{what}: {}", last_error());
+    }
+    assert_eq!(
+        ffi!(emf_raft_client_change_membership(
+            cgarbage,
+            null(),
+            1,
+            null_mut()
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    // Membership: the counts are required; a NULL id array with room claimed is refused.
+    assert_eq!(
+        ffi!(emf_raft_cluster_membership(
+            garbage,
+            null_mut(),
+            0,
+            null_mut(),
+            &mut m,
+            null_mut()
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        ffi!(emf_raft_client_membership(
+            cgarbage,
+            null_mut(),
+            4,
+            &mut n,
+            &mut m,
+            null_mut()
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        ffi!(emf_raft_client_membership(
+            cgarbage,
+            null_mut(),
+            0,
+            &mut n,
+            &mut m,
+            null_mut()
+        )),
+        EMF_ERR_INVALID_ARGUMENT
+    );
+}

@@ -50,7 +50,9 @@ pub enum KvOp {
         /// The new value.
         value: Vec<u8>,
     },
-    /// Reads `key` (through the log: a linearizable but slow read until ReadIndex comes).
+    /// Reads `key`. Proposed through the log it is a linearizable read that costs an entry;
+    /// the client protocol's `Read` answers it with [`StateMachine::query`] after a ReadIndex
+    /// instead (no entry).
     Get {
         /// The key.
         key: Vec<u8>,
@@ -318,5 +320,21 @@ impl StateMachine for KvStore {
 
     fn check_snapshot(&self, data: &[u8]) -> Result<()> {
         KvStore::new().restore(data)
+    }
+
+    /// Answers an encoded [`KvOp::Get`] with the bytes applying it would give (an encoded
+    /// [`KvResult::Value`]); any other operation (a set, a cas: not read-only) or bytes that
+    /// do not decode are `InvalidArgument`.
+    fn query(&self, query: &[u8]) -> Result<Vec<u8>> {
+        match KvOp::decode(query) {
+            Some(KvOp::Get { key }) => Ok(KvResult::Value(self.map.get(&key).cloned()).encode()),
+            Some(op) => Err(Error::invalid(format!(
+                "kv query: only a get is read-only, not {op:?}"
+            ))),
+            None => Err(Error::invalid(format!(
+                "kv query: {} bytes that are not a KV operation",
+                query.len()
+            ))),
+        }
     }
 }

@@ -778,6 +778,59 @@ fn kv_ops_and_results_round_trip_and_garbage_is_invalid() {
 }
 
 #[test]
+fn kv_query_answers_a_get_as_applying_it_would() {
+    let mut kv = KvStore::new();
+    kv.apply(
+        1,
+        &KvOp::Set {
+            key: b"a".to_vec(),
+            value: b"1".to_vec(),
+        }
+        .encode(),
+    );
+    for key in [&b"a"[..], b"absent", b""] {
+        let get = KvOp::Get { key: key.to_vec() }.encode();
+        let answer = kv.query(&get).unwrap();
+        let mut copy = kv.clone();
+        assert_eq!(answer, copy.apply(2, &get), "key {key:?}");
+    }
+    assert_eq!(kv.applied_index(), 1, "a query changes nothing");
+    let set = KvOp::Set {
+        key: b"a".to_vec(),
+        value: b"2".to_vec(),
+    };
+    let e = kv.query(&set.encode()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.message().contains("read-only"), "{e}");
+    assert_eq!(
+        kv.query(b"\x02junk").unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(
+        kv.query(&[]).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+    assert_eq!(kv.get(b"a"), Some(&b"1"[..]));
+
+    // A state machine that does not override `query` refuses every query.
+    struct Counter;
+    impl StateMachine for Counter {
+        fn apply(&mut self, _: u64, _: &[u8]) -> Vec<u8> {
+            Vec::new()
+        }
+        fn snapshot(&self) -> Vec<u8> {
+            Vec::new()
+        }
+        fn restore(&mut self, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+    }
+    let e = Counter.query(b"anything").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(e.message().contains("no queries"), "{e}");
+}
+
+#[test]
 fn garbage_and_misaddressed_messages_are_rejected() {
     let mut n = Node::new(
         Config::new(1, vec![1, 2, 3]),
@@ -843,7 +896,7 @@ fn garbage_and_misaddressed_messages_are_rejected() {
 // The simulated cluster.
 
 mod feat;
-mod lin;
+pub(crate) mod lin;
 
 /// A state machine that records every operation it applies, for the safety checks.
 #[derive(Default)]

@@ -9,19 +9,23 @@
 //!
 //! The key-value helpers ([`RaftClient::set`], [`get`](RaftClient::get),
 //! [`cas`](RaftClient::cas)) submit [`KvOp`]s for a cluster running the [`KvStore`]
-//! (`erlmcp-flow raft node` does); [`RaftClient::submit`] carries any operation.
+//! (`erlmcp-flow raft node` does) — a get is a linearizable [`read`](RaftClient::read), not
+//! a log entry; [`RaftClient::submit`] carries any operation. Leadership transfer
+//! ([`RaftClient::transfer_leader`]) and membership changes
+//! ([`RaftClient::change_membership`], [`RaftClient::membership`]) go to the leader the
+//! same way.
 //!
 //! [`KvStore`]: crate::raft::KvStore
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use super::proto::{Answer, Request, Status};
+use super::proto::{Answer, Request, Status, MAX_CHANGES};
 use super::TAG_APP;
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::ring::{RingNetOptions, RingTransport};
 use crate::net::{NodeId, Transport};
-use crate::raft::{KvOp, KvResult};
+use crate::raft::{KvOp, KvResult, MemberChange, Membership};
 
 /// How a [`RaftClient`] retries and waits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -242,21 +246,150 @@ impl<T: Transport> RaftClient<T> {
     /// module docs); `Timeout` after [`ClientOptions::timeout`]; an `Error` answer as its
     /// error.
     pub fn submit(&mut self, op: &[u8]) -> Result<Committed> {
+        let r = Request::Submit { op: op.to_vec() };
+        let resend = self.opts.resend_unanswered;
+        self.call_leader("submit", &r, resend, false)
+    }
+
+    /// A linearizable read: the leader confirms it still leads (ReadIndex, no log entry),
+    /// then answers `query` from its applied state
+    /// ([`StateMachine::query`](crate::raft::StateMachine::query)). `index` is the read
+    /// index, `result` the answer. Follows redirects and retries `Busy` (leadership lost
+    /// before the read was confirmed) like [`submit`](Self::submit); a read that is not
+    /// answered is always sent again (it changes nothing).
+    pub fn read(&mut self, query: &[u8]) -> Result<Committed> {
+        let r = Request::Read {
+            query: query.to_vec(),
+        };
+        self.call_leader("read", &r, true, false)
+    }
+
+    /// Hands leadership to voter `to` and waits until it leads: the new term. Errors as the
+    /// leader gives them (`InvalidArgument` for a learner or a non-member, `Timeout` when
+    /// the transfer did not finish, e.g. `to` is down).
+    pub fn transfer_leader(&mut self, to: u64) -> Result<u64> {
+        let c = self.call_leader(
+            "leadership transfer",
+            &Request::TransferLeader { to },
+            true,
+            false,
+        )?;
+        if self.nodes.contains(&to) {
+            self.target = to;
+        }
+        Ok(c.index)
+    }
+
+    /// Changes the membership by joint consensus and waits until the joint configuration
+    /// is applied: its log index (the leader then leaves the joint configuration on its own;
+    /// [`membership`](Self::membership) tells when). A change refused because another one
+    /// (or a leadership transfer) is under way is retried until the call's timeout, whose
+    /// error then gives the reason; `InvalidArgument` with the reason for a change that
+    /// cannot be made ("transfer leadership first" when it would remove the leader). Nodes
+    /// added here are not added to [`nodes`](Self::nodes): see [`add_node`](Self::add_node).
+    pub fn change_membership(&mut self, changes: &[MemberChange]) -> Result<u64> {
+        if changes.is_empty() || changes.len() > MAX_CHANGES {
+            return Err(Error::invalid(format!(
+                "raft client: 1 to {MAX_CHANGES} member changes, not {}",
+                changes.len()
+            )));
+        }
+        let r = Request::ChangeMembership {
+            changes: changes.to_vec(),
+        };
+        let resend = self.opts.resend_unanswered;
+        Ok(self
+            .call_leader("membership change", &r, resend, true)?
+            .index)
+    }
+
+    /// The configuration the leader has applied (voters, learners, and while a change is
+    /// half way the outgoing voters).
+    pub fn membership(&mut self) -> Result<Membership> {
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut last = String::from("nothing sent");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(self.timeout_error("membership", &last));
+            }
+            let to = self.target;
+            match self.call(to, &Request::Membership, self.opts.attempt_timeout) {
+                Ok(Answer::Membership(m)) => return Ok(m),
+                Ok(Answer::Error { kind, message }) => {
+                    return Err(Error::new(kind, format!("node {to}: {message}")))
+                }
+                Ok(a) => {
+                    return Err(Error::corrupt(format!(
+                        "raft client: node {to} answered a membership request with {a:?}"
+                    )))
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Timeout | ErrorKind::Closed | ErrorKind::Full
+                    ) =>
+                {
+                    last = e.to_string();
+                    self.target = self.next_node(to);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The leader's configuration once no change is half way (polled with the back-off
+    /// until the leader has left the joint configuration, or the call's timeout).
+    pub fn membership_settled(&mut self) -> Result<Membership> {
+        let deadline = Instant::now() + self.opts.timeout;
+        let mut backoff = self.opts.backoff_min;
+        loop {
+            let m = self.membership()?;
+            if !m.is_joint() {
+                return Ok(m);
+            }
+            if Instant::now() >= deadline {
+                return Err(
+                    self.timeout_error("leaving the joint configuration", &format!("{m:?}"))
+                );
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(self.opts.backoff_max);
+        }
+    }
+
+    /// Adds `node` to the nodes this client talks to (a member added by
+    /// [`change_membership`](Self::change_membership)); the transport must reach it.
+    pub fn add_node(&mut self, node: u64) {
+        if !self.nodes.contains(&node) && node != self.t.local_id().0 {
+            self.nodes.push(node);
+        }
+    }
+
+    /// Sends `r` to the leader, following redirects and retrying `Busy` answers,
+    /// unreachable nodes and (when `resend`) unanswered requests, until an `Ok` answer (as
+    /// a [`Committed`]) or the call's timeout. `busy_errors`: an `Error` answer of kind
+    /// `Busy` is retried too (its message kept for the timeout's error).
+    fn call_leader(
+        &mut self,
+        what: &str,
+        r: &Request,
+        resend: bool,
+        busy_errors: bool,
+    ) -> Result<Committed> {
         let start = Instant::now();
         let deadline = start + self.opts.timeout;
         let mut backoff = self.opts.backoff_min;
         let mut hops = 0usize;
         let mut last = String::from("nothing sent");
-        let r = Request::Submit { op: op.to_vec() };
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(self.timeout_error("submit", &last));
+                return Err(self.timeout_error(what, &last));
             }
             let to = self.target;
             let wait = self.opts.attempt_timeout.min(deadline - now);
             let mut pause = None;
-            match self.call(to, &r, wait) {
+            match self.call(to, r, wait) {
                 Ok(Answer::Ok { index, result }) => {
                     return Ok(Committed {
                         index,
@@ -286,19 +419,24 @@ impl<T: Transport> RaftClient<T> {
                     last = format!("node {to}: busy");
                     pause = Some(backoff.max(Duration::from_millis(retry_after_ms.into())));
                 }
+                Ok(Answer::Error { kind, message }) if busy_errors && kind == ErrorKind::Busy => {
+                    self.stats.busy += 1;
+                    last = format!("node {to}: {message}");
+                    pause = Some(backoff);
+                }
                 Ok(Answer::Error { kind, message }) => {
                     return Err(Error::new(kind, format!("node {to}: {message}")))
                 }
-                Ok(a @ Answer::Status(_)) => {
+                Ok(a @ (Answer::Status(_) | Answer::Membership(_))) => {
                     return Err(Error::corrupt(format!(
-                        "raft client: node {to} answered a submit with {a:?}"
+                        "raft client: node {to} answered a {what} with {a:?}"
                     )))
                 }
                 Err(e) if e.kind() == ErrorKind::Timeout => {
-                    if !self.opts.resend_unanswered {
+                    if !resend {
                         return Err(Error::new(
                             ErrorKind::Timeout,
-                            format!("{e}: the operation may or may not have been applied"),
+                            format!("{e}: the {what} may or may not have been made"),
                         ));
                     }
                     last = e.to_string();
@@ -421,6 +559,10 @@ impl<T: Transport> RaftClient<T> {
     /// not decode: the cluster does not run the KV store).
     pub fn kv(&mut self, op: &KvOp) -> Result<(u64, KvResult)> {
         let c = self.submit(&op.encode())?;
+        Self::kv_result(c)
+    }
+
+    fn kv_result(c: Committed) -> Result<(u64, KvResult)> {
         let r = KvResult::decode(&c.result).ok_or_else(|| {
             Error::corrupt(format!(
                 "raft client: node {} answered with {} bytes that are not a KV result",
@@ -445,9 +587,11 @@ impl<T: Transport> RaftClient<T> {
         Ok(self.kv(&op)?.0)
     }
 
-    /// Reads `key` through the log (linearizable): its value, `None` when absent.
+    /// Reads `key` with a linearizable [`read`](Self::read) (ReadIndex at the leader, no
+    /// log entry): its value, `None` when absent.
     pub fn get(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match self.kv(&KvOp::Get { key: key.to_vec() })?.1 {
+        let c = self.read(&KvOp::Get { key: key.to_vec() }.encode())?;
+        match Self::kv_result(c)?.1 {
             KvResult::Value(v) => Ok(v),
             r => Err(Error::corrupt(format!("raft client: a get answered {r:?}"))),
         }

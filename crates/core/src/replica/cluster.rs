@@ -37,6 +37,7 @@ use super::client::{default_client_ids, ClientOptions, RaftClient};
 use super::proto::Status;
 use crate::error::{Error, ErrorKind, Result};
 use crate::net::ring::RingTransport;
+use crate::raft::{MemberChange, Membership};
 
 /// How a [`LocalCluster`] starts its nodes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -232,6 +233,31 @@ impl LocalCluster {
     /// Waits until the leader has applied `index`: its applied index.
     pub fn wait_committed(&mut self, index: u64, timeout: Duration) -> Result<u64> {
         self.client.wait_committed(index, timeout)
+    }
+
+    /// A linearizable read of the state machine ([`RaftClient::read`]): the answer to
+    /// `query` (for the KV store, an encoded [`KvOp::Get`](crate::raft::KvOp)) from the
+    /// leader once it confirmed its leadership.
+    pub fn read(&mut self, query: &[u8]) -> Result<Vec<u8>> {
+        Ok(self.client.read(query)?.result)
+    }
+
+    /// Hands leadership to node `to` and waits until it leads: the new term.
+    pub fn transfer_leader(&mut self, to: u64) -> Result<u64> {
+        self.client.transfer_leader(to)
+    }
+
+    /// Changes the membership ([`RaftClient::change_membership`]): its log index once the
+    /// joint configuration is applied. The node processes stay as they are: a removed node
+    /// keeps running (no longer in the configuration) and can be added back, as a learner
+    /// and then a voter, with its data; an id outside `1..=n` has no process to join with.
+    pub fn change_membership(&mut self, changes: &[MemberChange]) -> Result<u64> {
+        self.client.change_membership(changes)
+    }
+
+    /// The configuration the leader has applied.
+    pub fn membership(&mut self) -> Result<Membership> {
+        self.client.membership()
     }
 
     /// The current leader's id (asked of the nodes; waits for an election under way).

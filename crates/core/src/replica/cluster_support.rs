@@ -490,8 +490,8 @@ impl<T: Transport> Client<T> {
         }
     }
 
-    /// Panics unless every key of `acked` is set: each read back through the log (a get is
-    /// a log entry, linearizable) from whichever node leads.
+    /// Panics unless every key of `acked` is set: each read back with a linearizable get (a
+    /// ReadIndex read) from whichever node leads.
     pub fn assert_none_lost(
         &mut self,
         acked: &[Vec<u8>],

@@ -583,6 +583,8 @@ mod member_tests;
 #[cfg(test)]
 mod netns_tests;
 #[cfg(test)]
+mod ops_tests;
+#[cfg(test)]
 mod process_tests;
 #[cfg(test)]
 mod service_tests;

@@ -335,8 +335,8 @@ impl Pipeline {
             Answer::Error { kind, message } => {
                 Err(Error::new(kind, format!("node {from}: {message}")))
             }
-            Answer::Status(_) => Err(Error::corrupt(format!(
-                "pipeline: node {from} answered a submit with a status"
+            Answer::Status(_) | Answer::Membership(_) => Err(Error::corrupt(format!(
+                "pipeline: node {from} answered a submit with {a:?}"
             ))),
             Answer::NotLeader { leader } => {
                 self.stats.redirects += 1;

@@ -3,7 +3,7 @@
 //! process writing keys (not-leader answers name the leader), and the leader SIGKILLed several times and
 //! restarted from its data directory. Checked: a new leader, of a higher term, acknowledges
 //! writes after each kill (within a failover budget), and no acknowledged write is lost (each
-//! is read back through the log at the end). The node processes are
+//! is read back with a linearizable read at the end). The node processes are
 //! [`Server`](super::server::Server)s, the client a [`RaftClient`](super::client::RaftClient):
 //! the [client protocol](super::proto); the harness is in [`super::cluster_support`].
 //!

@@ -19,11 +19,19 @@
 //! | 0x01 | Submit | `op: bytes` — an operation for the state machine (for the replicated KV store, a [`KvOp`](crate::raft::KvOp) encoded) |
 //! | 0x02 | WaitCommitted | `index: u64`, `timeout_ms: u32` — answer once this node has applied `index` |
 //! | 0x03 | Status | — |
-//! | 0x81 | Ok | `index: u64`, `result: bytes` — a Submit committed at `index` with the state machine's result; a WaitCommitted's applied index (empty result) |
+//! | 0x04 | Read | `query: bytes` — a read-only query for the state machine ([`StateMachine::query`](crate::raft::StateMachine::query); for the KV store an encoded [`KvOp::Get`](crate::raft::KvOp)), answered from the leader's state after a ReadIndex (linearizable) |
+//! | 0x05 | TransferLeader | `to: u64` — hand leadership to voter `to`; answered when `to` leads |
+//! | 0x06 | ChangeMembership | `changes: u32` count (at most [`MAX_CHANGES`]) and (`kind: u8` — 1 add voter, 2 add learner, 3 remove — `node: u64`) each |
+//! | 0x07 | Membership | — |
+//! | 0x81 | Ok | `index: u64`, `result: bytes` — a Submit committed at `index` with the state machine's result; a WaitCommitted's applied index (empty result); a Read's confirmed read index with the query's answer; a TransferLeader's new term (empty result); a ChangeMembership's log index once the joint configuration is applied (empty result) |
 //! | 0x82 | NotLeader | `leader: u64` — the leader this node knows, 0 when it knows none |
 //! | 0x83 | Busy | `retry_after_ms: u32` — not done, safe to send again (back-pressure, or leadership lost before the operation was applied) |
 //! | 0x84 | Error | `code: u8` (an [`ErrorKind`], see [`error_code`]), `message: bytes` (UTF-8) |
 //! | 0x85 | Status | `id, leader, term, commit, applied: u64`, `voters: u32` count and `u64` each, `stats: u32` count and (`name: bytes`, `value: u64`) each |
+//! | 0x86 | Membership | four id lists, each a `u32` count (at most [`MAX_VOTERS`]) and `u64` each: voters, learners, outgoing voters (joint only), learners next (joint only) — see [`Membership`] |
+//!
+//! Kinds 0x04–0x07 and 0x86 were added to version 1 without changing any earlier encoding: a
+//! node of an older build answers them `Error` (`corrupt`: unknown request kind).
 //!
 //! A Submit is answered once its fate is known: `Ok` when committed and applied, `Busy` when it
 //! was dropped (never applied: resend it), `NotLeader` on a follower, `Error` with code
@@ -32,11 +40,19 @@
 //! at-least-once semantics, so operations that may be resent should be idempotent (set) or
 //! conditional (cas).
 //!
+//! A Read is answered only by the leader, once a quorum confirmed it still leads at the read
+//! index and that index is applied (`NotLeader` elsewhere; `Busy` when leadership was lost
+//! first: ask again); reads write no log entry. A ChangeMembership is `Error` (`busy`, with
+//! the reason) while another change or a leadership transfer is under way, and
+//! `invalid argument` with a readable reason for a change that cannot be made (e.g. the
+//! leader removing itself: "transfer leadership first").
+//!
 //! Every byte is validated by [`Request::decode`] and [`Answer::decode`]: truncated, trailing
 //! or oversized fields, unknown kinds and versions are errors (`Corrupt`, or `Unsupported`
 //! for another version), never a panic, and nothing is allocated from an unchecked length.
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::raft::{MemberChange, Membership};
 
 /// The protocol version this build speaks.
 pub const VERSION: u8 = 1;
@@ -50,15 +66,25 @@ pub const MAX_VOTERS: usize = 1024;
 pub const MAX_STATS: usize = 256;
 /// The longest stat name, in bytes.
 pub const MAX_STAT_NAME: usize = 64;
+/// The most member changes one request may carry.
+pub const MAX_CHANGES: usize = 64;
 
 const REQ_SUBMIT: u8 = 0x01;
 const REQ_WAIT: u8 = 0x02;
 const REQ_STATUS: u8 = 0x03;
+const REQ_READ: u8 = 0x04;
+const REQ_TRANSFER: u8 = 0x05;
+const REQ_CHANGE: u8 = 0x06;
+const REQ_MEMBERSHIP: u8 = 0x07;
 const ANS_OK: u8 = 0x81;
 const ANS_NOT_LEADER: u8 = 0x82;
 const ANS_BUSY: u8 = 0x83;
 const ANS_ERROR: u8 = 0x84;
 const ANS_STATUS: u8 = 0x85;
+const ANS_MEMBERSHIP: u8 = 0x86;
+const CHANGE_VOTER: u8 = 1;
+const CHANGE_LEARNER: u8 = 2;
+const CHANGE_REMOVE: u8 = 3;
 
 /// A client's request to a node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +104,27 @@ pub enum Request {
     },
     /// The node's [`Status`].
     Status,
+    /// A linearizable read: the leader confirms it still leads (ReadIndex), then answers
+    /// `query` from its applied state ([`StateMachine::query`]).
+    ///
+    /// [`StateMachine::query`]: crate::raft::StateMachine::query
+    Read {
+        /// The query (for the KV store, an encoded [`KvOp::Get`](crate::raft::KvOp)).
+        query: Vec<u8>,
+    },
+    /// Hand leadership to voter `to`; answered `Ok` with the new term once `to` leads.
+    TransferLeader {
+        /// The voter to lead.
+        to: u64,
+    },
+    /// A membership change by joint consensus; answered `Ok` with its log index once the
+    /// joint configuration is applied (the leader then leaves it on its own).
+    ChangeMembership {
+        /// The changes, made together.
+        changes: Vec<MemberChange>,
+    },
+    /// The node's configuration ([`Answer::Membership`]).
+    Membership,
 }
 
 /// What a node knows of itself and the cluster.
@@ -136,6 +183,8 @@ pub enum Answer {
     },
     /// The answer to [`Request::Status`].
     Status(Status),
+    /// The answer to [`Request::Membership`]: the configuration the node has applied.
+    Membership(Membership),
 }
 
 impl Answer {
@@ -315,6 +364,32 @@ impl Request {
                 b
             }
             Request::Status => header(REQ_STATUS, req, 0),
+            Request::Read { query } => {
+                let mut b = header(REQ_READ, req, 4 + query.len());
+                put_bytes(&mut b, query);
+                b
+            }
+            Request::TransferLeader { to } => {
+                let mut b = header(REQ_TRANSFER, req, 8);
+                b.extend_from_slice(&to.to_le_bytes());
+                b
+            }
+            Request::ChangeMembership { changes } => {
+                let changes = &changes[..changes.len().min(MAX_CHANGES)];
+                let mut b = header(REQ_CHANGE, req, 4 + 9 * changes.len());
+                b.extend_from_slice(&(changes.len() as u32).to_le_bytes());
+                for c in changes {
+                    let (k, id) = match *c {
+                        MemberChange::AddVoter(id) => (CHANGE_VOTER, id),
+                        MemberChange::AddLearner(id) => (CHANGE_LEARNER, id),
+                        MemberChange::Remove(id) => (CHANGE_REMOVE, id),
+                    };
+                    b.push(k);
+                    b.extend_from_slice(&id.to_le_bytes());
+                }
+                b
+            }
+            Request::Membership => header(REQ_MEMBERSHIP, req, 0),
         }
     }
 
@@ -333,6 +408,32 @@ impl Request {
                 timeout_ms: r.u32("a wait's timeout")?,
             },
             REQ_STATUS => Request::Status,
+            REQ_READ => Request::Read {
+                query: r.bytes(u32::MAX as usize, "a read's query")?.to_vec(),
+            },
+            REQ_TRANSFER => Request::TransferLeader {
+                to: r.u64("a transfer's node")?,
+            },
+            REQ_CHANGE => {
+                let n = r.count(MAX_CHANGES, 9, "member changes")?;
+                let mut changes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let k = r.u8("a member change")?;
+                    let id = r.u64("a member change's node")?;
+                    changes.push(match k {
+                        CHANGE_VOTER => MemberChange::AddVoter(id),
+                        CHANGE_LEARNER => MemberChange::AddLearner(id),
+                        CHANGE_REMOVE => MemberChange::Remove(id),
+                        k => {
+                            return Err(Error::corrupt(format!(
+                                "client protocol: unknown member change kind {k}"
+                            )))
+                        }
+                    });
+                }
+                Request::ChangeMembership { changes }
+            }
+            REQ_MEMBERSHIP => Request::Membership,
             k => {
                 return Err(Error::corrupt(format!(
                     "client protocol: unknown request kind {k:#04x}"
@@ -389,6 +490,19 @@ impl Answer {
                 }
                 b
             }
+            Answer::Membership(m) => {
+                let lists = [&m.voters, &m.learners, &m.voters_outgoing, &m.learners_next];
+                let n: usize = lists.iter().map(|l| l.len().min(MAX_VOTERS)).sum();
+                let mut b = header(ANS_MEMBERSHIP, req, 16 + 8 * n);
+                for l in lists {
+                    let l = &l[..l.len().min(MAX_VOTERS)];
+                    b.extend_from_slice(&(l.len() as u32).to_le_bytes());
+                    for v in l {
+                        b.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                b
+            }
         }
     }
 
@@ -440,6 +554,22 @@ impl Answer {
                 }
                 Answer::Status(s)
             }
+            ANS_MEMBERSHIP => {
+                let mut lists: [Vec<u64>; 4] = Default::default();
+                for l in &mut lists {
+                    let n = r.count(MAX_VOTERS, 8, "members")?;
+                    for _ in 0..n {
+                        l.push(r.u64("a member")?);
+                    }
+                }
+                let [voters, learners, voters_outgoing, learners_next] = lists;
+                Answer::Membership(Membership {
+                    voters,
+                    learners,
+                    voters_outgoing,
+                    learners_next,
+                })
+            }
             k => {
                 return Err(Error::corrupt(format!(
                     "client protocol: unknown answer kind {k:#04x}"
@@ -486,6 +616,13 @@ mod tests {
             },
             Answer::Status(status()),
             Answer::Status(Status::default()),
+            Answer::Membership(Membership {
+                voters: vec![1, 2, 4],
+                learners: vec![5],
+                voters_outgoing: vec![1, 2, 3],
+                learners_next: vec![3],
+            }),
+            Answer::Membership(Membership::default()),
         ]
     }
 
@@ -498,6 +635,22 @@ mod tests {
                 timeout_ms: 100,
             },
             Request::Status,
+            Request::Read {
+                query: b"get k".to_vec(),
+            },
+            Request::Read { query: Vec::new() },
+            Request::TransferLeader { to: 3 },
+            Request::ChangeMembership {
+                changes: vec![
+                    MemberChange::AddVoter(4),
+                    MemberChange::AddLearner(5),
+                    MemberChange::Remove(u64::MAX),
+                ],
+            },
+            Request::ChangeMembership {
+                changes: Vec::new(),
+            },
+            Request::Membership,
         ]
     }
 
@@ -549,7 +702,7 @@ mod tests {
         assert_eq!(e.kind(), ErrorKind::Unsupported);
         assert!(e.message().contains("version 2"), "{e}");
         assert_eq!(request_id(&b), Some(1), "still answerable");
-        for k in [0u8, 0x04, 0x7f, 0x80, 0x86, 0xff] {
+        for k in [0u8, 0x08, 0x7f, 0x80, 0x87, 0xff] {
             let mut b = Request::Status.encode(1);
             b[1] = k;
             assert!(Request::decode(&b).is_err() && Answer::decode(&b).is_err());
@@ -568,6 +721,35 @@ mod tests {
         let mut b = Answer::Status(status()).encode(1);
         b[HEADER_LEN + 40..HEADER_LEN + 44].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(Answer::decode(&b).unwrap_err().message().contains("voters"));
+        // Member changes: an unknown kind, more than the limit, a count beyond the body.
+        let changes = Request::ChangeMembership {
+            changes: vec![MemberChange::AddVoter(4)],
+        };
+        for k in [0u8, 4, 0xff] {
+            let mut b = changes.encode(1);
+            b[HEADER_LEN + 4] = k;
+            let e = Request::decode(&b).unwrap_err();
+            assert!(e.message().contains("member change kind"), "{e}");
+        }
+        for n in [2u32, MAX_CHANGES as u32 + 1, u32::MAX] {
+            let mut b = changes.encode(1);
+            b[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&n.to_le_bytes());
+            let e = Request::decode(&b).unwrap_err();
+            assert!(e.message().contains("member changes"), "{n}: {e}");
+        }
+        let many = Request::ChangeMembership {
+            changes: vec![MemberChange::Remove(1); MAX_CHANGES + 5],
+        };
+        match Request::decode(&many.encode(1)).unwrap().1 {
+            Request::ChangeMembership { changes } => assert_eq!(changes.len(), MAX_CHANGES),
+            r => panic!("{r:?}"),
+        }
+        let mut b = Answer::Membership(Membership::default()).encode(1);
+        b[HEADER_LEN + 4..HEADER_LEN + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(Answer::decode(&b)
+            .unwrap_err()
+            .message()
+            .contains("members"));
         // Invalid UTF-8 in a message is shown, not refused; in a stat name it is refused.
         let mut b = Answer::Error {
             kind: ErrorKind::Io,

@@ -4,7 +4,19 @@
 //! leader a `Submit` is proposed and answered when its outcome is known (`Ok` with the index
 //! and result, `Busy` when it was dropped); on a follower it is answered `NotLeader` naming
 //! the leader. `WaitCommitted` is answered once this node has applied the index (or with a
-//! `timeout` error), `Status` at once. A request that does not decode is answered with an
+//! `timeout` error), `Status` and `Membership` at once.
+//!
+//! A `Read` on the leader asks the replica for a ReadIndex read and, only once its
+//! [`Outcome::Read`] came (a quorum confirmed the leadership at that index and it is applied),
+//! answers `Ok` with the read index and [`StateMachine::query`]'s answer; a read dropped by a
+//! leadership change is answered `Busy` (the client asks again, at the new leader), so an old
+//! leader cut off from the quorum never answers from stale state. `TransferLeader` is
+//! answered `Ok` with the new term once the target leads, with a `timeout` error when raft-rs
+//! gave the transfer up (or [`ServeOptions::max_wait`] passed). `ChangeMembership` is answered
+//! `Ok` with its index once the joint configuration is applied; refusals are `Error`s with
+//! the node's reason (kind `busy` while another change or a transfer is under way).
+//!
+//! A request that does not decode is answered with an
 //! `Error` when its header names a request id, and counted in [`ServeStats::bad_requests`]
 //! either way; answers the transport refuses (`Full`, a client gone) are counted in
 //! [`ServeStats::answers_lost`] — the client times out and asks again.
@@ -58,10 +70,12 @@ pub struct ServeStats {
     pub answers: u64,
     /// Answers the transport refused (the client asks again after its timeout).
     pub answers_lost: u64,
-    /// Submits proposed by this node.
+    /// Submits, reads and membership changes taken by this node (as the leader).
     pub proposed: u64,
-    /// Submits answered `NotLeader`.
+    /// Requests answered `NotLeader` (submits, reads, changes, transfers at a follower).
     pub redirected: u64,
+    /// Reads answered from the state machine after their ReadIndex was confirmed.
+    pub reads: u64,
     /// Requests answered `Busy` (back-pressure, dropped proposals, too many pending).
     pub busy: u64,
 }
@@ -74,12 +88,31 @@ struct Waiter {
     deadline: Duration,
 }
 
+/// A request waiting for its proposal's (or read's) outcome.
+struct Pending {
+    client: NodeId,
+    req: u64,
+    /// A read's query, answered once the read is confirmed.
+    query: Option<Vec<u8>>,
+}
+
+/// A `TransferLeader` waiting for `to` to lead.
+struct Transfer {
+    client: NodeId,
+    req: u64,
+    to: u64,
+    /// The term when the transfer started: `to` leads in a later one.
+    term: u64,
+    deadline: Duration,
+}
+
 /// A replica serving the client protocol: see the module docs.
 pub struct Server<S: StateMachine, T: Transport> {
     replica: Replica<S, T>,
     opts: ServeOptions,
-    pending: HashMap<ProposalId, (NodeId, u64)>,
+    pending: HashMap<ProposalId, Pending>,
     waiters: Vec<Waiter>,
+    transfers: Vec<Transfer>,
     stats: ServeStats,
 }
 
@@ -96,6 +129,7 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
             opts,
             pending: HashMap::new(),
             waiters: Vec::new(),
+            transfers: Vec::new(),
             stats: ServeStats::default(),
         })
     }
@@ -147,7 +181,8 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
             ("answers_lost", ss.answers_lost),
             ("redirected", ss.redirected),
             ("busy", ss.busy),
-            ("pending", (self.pending.len() + self.waiters.len()) as u64),
+            ("reads", ss.reads),
+            ("pending", self.pending_count() as u64),
         ];
         let mut voters = n.voters();
         voters.sort_unstable();
@@ -179,17 +214,23 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
         let round = self.replica.run_once(now, timeout)?;
         for (p, o) in round.outcomes {
             self.replica.forget(p);
-            let Some((client, req)) = self.pending.remove(&p) else {
+            let Some(Pending { client, req, query }) = self.pending.remove(&p) else {
                 continue;
             };
             let a = match o {
                 Outcome::Committed { index, result } => Answer::Ok { index, result },
-                // The server issues no ReadIndex reads of its own (gets go through the log):
-                // were one pending, its answer is the confirmed index.
-                Outcome::Read { index } => Answer::Ok {
-                    index,
-                    result: Vec::new(),
-                },
+                // Confirmed: the quorum still followed this leader at `index`, and `index` is
+                // applied (this round's state, maybe later: still linearizable).
+                Outcome::Read { index } => {
+                    let q = query.as_deref().unwrap_or_default();
+                    match self.replica.state_machine().query(q) {
+                        Ok(result) => {
+                            self.stats.reads += 1;
+                            Answer::Ok { index, result }
+                        }
+                        Err(e) => Answer::from_error(&e),
+                    }
+                }
                 Outcome::Dropped => {
                     self.stats.busy += 1;
                     Answer::Busy { retry_after_ms: 1 }
@@ -220,11 +261,141 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
             }
         }
         self.answer_waiters(now);
+        self.answer_transfers(now);
         Ok(())
     }
 
+    fn pending_count(&self) -> usize {
+        self.pending.len() + self.waiters.len() + self.transfers.len()
+    }
+
     fn full(&self) -> bool {
-        self.pending.len() + self.waiters.len() >= self.opts.max_pending
+        self.pending_count() >= self.opts.max_pending
+    }
+
+    /// Answers a request that became pending as `p`, or its refusal.
+    fn proposed(&mut self, client: NodeId, req: u64, r: Result<Submitted>, query: Option<Vec<u8>>) {
+        match r {
+            Ok(Submitted::Pending(p)) => {
+                self.stats.proposed += 1;
+                self.pending.insert(p, Pending { client, req, query });
+            }
+            Ok(Submitted::NotLeader { leader }) => {
+                self.stats.redirected += 1;
+                self.answer(client, req, &Answer::NotLeader { leader });
+            }
+            Err(e) if e.kind() == ErrorKind::Full => {
+                self.stats.busy += 1;
+                self.answer(client, req, &Answer::Busy { retry_after_ms: 1 });
+            }
+            Err(e) => self.answer(client, req, &Answer::from_error(&e)),
+        }
+    }
+
+    /// True (and answered `Busy`) when a request that would wait finds no room; a follower
+    /// redirects whatever.
+    fn refuse_when_full(&mut self, client: NodeId, req: u64) -> bool {
+        if self.full() && self.replica.node().is_leader() {
+            self.stats.busy += 1;
+            self.answer(client, req, &Answer::Busy { retry_after_ms: 1 });
+            return true;
+        }
+        false
+    }
+
+    fn transfer(&mut self, client: NodeId, req: u64, to: u64, now: Duration) {
+        let term = self.replica.term();
+        if !self.replica.node().is_leader() {
+            // The target may already lead (a resent request after the transfer was done).
+            if to != 0 && self.replica.leader() == Some(to) {
+                self.answer(
+                    client,
+                    req,
+                    &Answer::Ok {
+                        index: term,
+                        result: Vec::new(),
+                    },
+                );
+            } else {
+                self.stats.redirected += 1;
+                let leader = self.replica.leader();
+                self.answer(client, req, &Answer::NotLeader { leader });
+            }
+            return;
+        }
+        if to == self.replica.id() {
+            self.answer(
+                client,
+                req,
+                &Answer::Ok {
+                    index: term,
+                    result: Vec::new(),
+                },
+            );
+            return;
+        }
+        if self.refuse_when_full(client, req) {
+            return;
+        }
+        match self.replica.transfer_leader(to) {
+            Ok(()) => self.transfers.push(Transfer {
+                client,
+                req,
+                to,
+                term,
+                deadline: now + self.opts.max_wait,
+            }),
+            Err(e) => self.answer(client, req, &Answer::from_error(&e)),
+        }
+    }
+
+    fn answer_transfers(&mut self, now: Duration) {
+        if self.transfers.is_empty() {
+            return;
+        }
+        let id = self.replica.id();
+        let term = self.replica.term();
+        let leader = self.replica.leader();
+        let leads = self.replica.node().is_leader();
+        let transferring = self.replica.node().transferring();
+        let mut due = Vec::new();
+        self.transfers.retain(|t| {
+            let a = if leader == Some(t.to) && term > t.term {
+                Answer::Ok {
+                    index: term,
+                    result: Vec::new(),
+                }
+            } else if leads && transferring.is_none() {
+                // raft-rs gives a transfer up after an election timeout.
+                Answer::Error {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "node {id}: leadership transfer to {} given up (it did not \
+                         campaign in time: down or cut off?)",
+                        t.to
+                    ),
+                }
+            } else if now >= t.deadline {
+                Answer::Error {
+                    kind: ErrorKind::Timeout,
+                    message: format!(
+                        "node {id}: leadership transfer to {} not seen done in time \
+                         (leader {leader:?}, term {term})",
+                        t.to
+                    ),
+                }
+            } else if !leads && leader.is_some() && leader != Some(t.to) {
+                // Another node won the election: say who leads.
+                Answer::NotLeader { leader }
+            } else {
+                return true;
+            };
+            due.push((t.client, t.req, a));
+            false
+        });
+        for (c, req, a) in due {
+            self.answer(c, req, &a);
+        }
     }
 
     fn request(&mut self, client: NodeId, req: u64, r: Request, now: Duration) {
@@ -256,29 +427,33 @@ impl<S: StateMachine, T: Transport> Server<S, T> {
                     deadline: now + wait,
                 });
             }
+            Request::Membership => {
+                let m = self.replica.membership();
+                self.answer(client, req, &Answer::Membership(m));
+            }
             Request::Submit { op } => {
                 // Only what becomes pending needs room (a follower redirects whatever).
-                if self.full() && self.replica.node().is_leader() {
-                    self.stats.busy += 1;
-                    self.answer(client, req, &Answer::Busy { retry_after_ms: 1 });
+                if self.refuse_when_full(client, req) {
                     return;
                 }
-                match self.replica.submit(&op, now) {
-                    Ok(Submitted::Pending(p)) => {
-                        self.stats.proposed += 1;
-                        self.pending.insert(p, (client, req));
-                    }
-                    Ok(Submitted::NotLeader { leader }) => {
-                        self.stats.redirected += 1;
-                        self.answer(client, req, &Answer::NotLeader { leader });
-                    }
-                    Err(e) if e.kind() == ErrorKind::Full => {
-                        self.stats.busy += 1;
-                        self.answer(client, req, &Answer::Busy { retry_after_ms: 1 });
-                    }
-                    Err(e) => self.answer(client, req, &Answer::from_error(&e)),
-                }
+                let r = self.replica.submit(&op, now);
+                self.proposed(client, req, r, None);
             }
+            Request::Read { query } => {
+                if self.refuse_when_full(client, req) {
+                    return;
+                }
+                let r = self.replica.read(now);
+                self.proposed(client, req, r, Some(query));
+            }
+            Request::ChangeMembership { changes } => {
+                if self.refuse_when_full(client, req) {
+                    return;
+                }
+                let r = self.replica.change_membership(&changes);
+                self.proposed(client, req, r, None);
+            }
+            Request::TransferLeader { to } => self.transfer(client, req, to, now),
         }
     }
 

@@ -162,6 +162,36 @@ fn exercise<C: Transport>(c: &mut RaftClient<C>) {
     assert_eq!(s.stat("bad_requests"), Some(3), "{s:?}");
     assert_eq!(s.stat("raft_rejected"), Some(1), "{s:?}");
     assert_eq!(c.get(&[0]).unwrap().as_deref(), Some(&b"v"[..]));
+    // Gets are ReadIndex reads: no log entry, answered by the leader, counted.
+    let commit = c.status(leader).unwrap().commit;
+    let r = c.read(&KvOp::Get { key: vec![1] }.encode()).unwrap();
+    assert!(r.node == leader && r.index >= e.index, "{r:?}");
+    assert_eq!(c.status(leader).unwrap().commit, commit);
+    assert!(c.status(leader).unwrap().stat("reads") >= Some(22));
+    let a = c
+        .call(
+            follower,
+            &Request::Read { query: Vec::new() },
+            Duration::from_secs(2),
+        )
+        .unwrap();
+    assert_eq!(
+        a,
+        Answer::NotLeader {
+            leader: Some(leader)
+        }
+    );
+    let m = c.membership().unwrap();
+    assert_eq!((m.voters, m.learners), (NODES.to_vec(), vec![]));
+    // Leadership moves to the follower; the client follows it.
+    let term = c.transfer_leader(follower).unwrap();
+    assert_eq!(c.leader_hint(), follower);
+    assert_eq!(c.leader().unwrap(), (follower, term));
+    c.set_leader_hint(leader);
+    assert_eq!(c.get(&[0]).unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(c.leader_hint(), follower, "redirected to the new leader");
+    let e = c.change_membership(&[]).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }
 
 fn ring_opts(dir: &Path) -> RingNetOptions {

@@ -48,7 +48,8 @@
  *   vector.c   quantization, distances, HNSW indexes
  *   sched.c    schedulers (agents, tasks with leases, the actions the host carries out)
  *   pool.c     pool managers (when to start and stop agents)
- *   raft.c     local Raft clusters (node processes over rings; submit, wait, KV, leader kill)
+ *   raft.c     local Raft clusters (node processes over rings; submit, wait, KV, reads,
+ *              leadership transfer, membership changes, leader kill)
  *
  * util.c is the helper layer every NIF is written with (declared in erlmcp_flow_nif.h):
  * handle arguments (HANDLE_USE_OR_RETURN / HANDLE_ARG_OR_RETURN, handle_leave_with), argument
@@ -345,6 +346,10 @@ static ErlNifFunc nif_funcs[] = {
     {"raft_set", 3, nif_raft_set, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_get", 2, nif_raft_get, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_cas", 4, nif_raft_cas, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_read", 2, nif_raft_read, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_transfer_leader", 2, nif_raft_transfer_leader, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_change_membership", 2, nif_raft_change_membership, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_membership", 1, nif_raft_membership, ERL_NIF_DIRTY_JOB_IO_BOUND},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

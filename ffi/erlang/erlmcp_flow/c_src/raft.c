@@ -429,3 +429,98 @@ static ERL_NIF_TERM nif_raft_cas(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                                          swapped ? atom_true : atom_false,
                                          had ? atom_true : atom_false, prev)));
 }
+
+/* raft_read(Cluster, Query) -> {ok, {ReadIndex, Answer}}: emf_raft_cluster_read (a
+ * linearizable ReadIndex read at the leader; no log entry). */
+static ERL_NIF_TERM nif_raft_read(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary q;
+    if (!get_bytes(env, argv[1], &q)) {
+        return argument_error(env, "query: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint8_t buf[EMF_NIF_RAFT_STACK_BUF];
+    uint64_t index = 0;
+    size_t len = 0;
+    emf_status_t st = emf_raft_cluster_read(h->ptr, q.data, q.size, &index, buf, sizeof buf,
+                                            &len);
+    ERL_NIF_TERM answer, error;
+    if (!raft_answer(env, h->ptr, st, buf, len, &answer, &error)) {
+        return handle_leave_with(h, error);
+    }
+    return handle_leave_with(
+        h, make_ok(env, enif_make_tuple2(env, enif_make_uint64(env, index), answer)));
+}
+
+/* raft_transfer_leader(Cluster, To) -> {ok, Term}: emf_raft_cluster_transfer_leader (waits
+ * until `To' leads). */
+static ERL_NIF_TERM nif_raft_transfer_leader(ErlNifEnv *env, int argc,
+                                             const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifUInt64 to;
+    if (!enif_get_uint64(env, argv[1], &to) || to == 0) {
+        return argument_error(env, EMF_NIF_RAFT_NODE_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t term = 0;
+    emf_status_t st = emf_raft_cluster_transfer_leader(h->ptr, to, &term);
+    return handle_leave_with(h, ok_u64(env, st, term));
+}
+
+/* raft_change_membership(Cluster, [{Kind, Node}]) -> {ok, Index}: Kind 1 add voter, 2 add
+ * learner, 3 remove (erlmcp_flow_raft maps its atoms; the engine checks the kinds). */
+static ERL_NIF_TERM nif_raft_change_membership(ErlNifEnv *env, int argc,
+                                               const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    static const char *const bad =
+        "changes: expected a list of 1 to 64 {Kind, Node} (Kind 1..3, Node a positive integer)";
+    unsigned n = 0;
+    if (!enif_get_list_length(env, argv[1], &n) || n == 0 || n > EMF_RAFT_MAX_CHANGES) {
+        return argument_error(env, bad);
+    }
+    emf_raft_member_change_t changes[EMF_RAFT_MAX_CHANGES];
+    ERL_NIF_TERM list = argv[1], head;
+    for (unsigned i = 0; i < n; i++) {
+        const ERL_NIF_TERM *t;
+        int arity = 0;
+        uint32_t kind;
+        ErlNifUInt64 node;
+        if (!enif_get_list_cell(env, list, &head, &list) ||
+            !enif_get_tuple(env, head, &arity, &t) || arity != 2 ||
+            !get_u32(env, t[0], &kind) || !enif_get_uint64(env, t[1], &node) || node == 0) {
+            return argument_error(env, bad);
+        }
+        changes[i].kind = kind;
+        changes[i].node = node;
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t index = 0;
+    emf_status_t st = emf_raft_cluster_change_membership(h->ptr, changes, n, &index);
+    return handle_leave_with(h, ok_u64(env, st, index));
+}
+
+static ERL_NIF_TERM raft_id_list(ErlNifEnv *env, const uint64_t *ids, size_t n) {
+    ERL_NIF_TERM list = enif_make_list(env, 0);
+    for (size_t i = n; i > 0; i--) {
+        list = enif_make_list_cell(env, enif_make_uint64(env, ids[i - 1]), list);
+    }
+    return list;
+}
+
+/* raft_membership(Cluster) -> {ok, {Voters, Learners, Joint}}: emf_raft_cluster_membership. */
+static ERL_NIF_TERM nif_raft_membership(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_kind);
+    uint64_t ids[2 * EMF_RAFT_MAX_NODES];
+    size_t nv = 0, nl = 0;
+    uint32_t joint = 0;
+    emf_status_t st =
+        emf_raft_cluster_membership(h->ptr, ids, 2 * EMF_RAFT_MAX_NODES, &nv, &nl, &joint);
+    if (st != EMF_OK) {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    ERL_NIF_TERM t = enif_make_tuple3(env, raft_id_list(env, ids, nv),
+                                      raft_id_list(env, ids + nv, nl),
+                                      joint ? atom_true : atom_false);
+    return handle_leave_with(h, make_ok(env, t));
+}

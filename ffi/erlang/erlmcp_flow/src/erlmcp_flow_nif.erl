@@ -65,7 +65,8 @@
          pool_next_deadline/1, pool_stats/1,
          raft_cluster_start/3, raft_cluster_close/1, raft_submit/2, raft_append_entry/2, raft_submit_many/3,
          raft_wait_committed/3, raft_leader/1, raft_members/1, raft_stats/1, raft_kill/2,
-         raft_restart/2, raft_set/3, raft_get/2, raft_cas/4]).
+         raft_restart/2, raft_set/3, raft_get/2, raft_cas/4, raft_read/2,
+         raft_transfer_leader/2, raft_change_membership/2, raft_membership/1]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
@@ -878,3 +879,23 @@ raft_get(_Cluster, _Key) -> erlang:nif_error(not_loaded).
 -spec raft_cas(raft(), bytes(), none | bytes(), bytes()) ->
           {ok, {non_neg_integer(), boolean(), boolean(), binary()}} | error().
 raft_cas(_Cluster, _Key, _Expected, _New) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_read': a linearizable ReadIndex read of `Query' at the leader (no
+%% log entry): `{ReadIndex, Answer}'.
+-spec raft_read(raft(), bytes()) -> {ok, {non_neg_integer(), binary()}} | error().
+raft_read(_Cluster, _Query) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_transfer_leader': waits until `To' leads; the new term.
+-spec raft_transfer_leader(raft(), pos_integer()) -> {ok, non_neg_integer()} | error().
+raft_transfer_leader(_Cluster, _To) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_change_membership': `[{Kind, Node}]' with `Kind' 1 (add a voter),
+%% 2 (add a learner) or 3 (remove); the change's log index once the joint configuration is
+%% applied.
+-spec raft_change_membership(raft(), [{1..3, pos_integer()}]) ->
+          {ok, non_neg_integer()} | error().
+raft_change_membership(_Cluster, _Changes) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_cluster_membership': `{Voters, Learners, Joint}'.
+-spec raft_membership(raft()) -> {ok, {[pos_integer()], [pos_integer()], boolean()}} | error().
+raft_membership(_Cluster) -> erlang:nif_error(not_loaded).

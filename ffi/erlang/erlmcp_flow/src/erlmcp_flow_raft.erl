@@ -8,6 +8,10 @@
 %% {ok, _} = erlmcp_flow_raft:wait_committed(C, I),
 %% {ok, _, {value, #{role := admin}}} = erlmcp_flow_raft:submit(C, {get, user_42}),
 %% {ok, Leader} = erlmcp_flow_raft:leader(C),
+%% {ok, _ReadIndex, {value, _}} = erlmcp_flow_raft:read(C, user_42),
+%% {ok, _Term} = erlmcp_flow_raft:transfer_leader(C, 2),
+%% {ok, _} = erlmcp_flow_raft:change_membership(C, [{remove, 3}]),
+%% {ok, #{voters := [1, 2]}} = erlmcp_flow_raft:membership(C),
 %% ok = erlmcp_flow_raft:stop(C).
 %% '''
 %%
@@ -26,8 +30,8 @@
 %% <ul>
 %% <li>`{set, Key, Value}': any terms (stored as `term_to_binary(T, [deterministic])');
 %%     result `ok';</li>
-%% <li>`{get, Key}': a read through the log (linearizable); result `{value, Value}' or
-%%     `not_found';</li>
+%% <li>`{get, Key}': a linearizable read (ReadIndex at the leader, no log entry; the index
+%%     is the read index); result `{value, Value}' or `not_found' — as {@link read/2};</li>
 %% <li>`{cas, Key, Expected, New}': `Expected' is what `get' answers: `{value, V}' (the key
 %%     must hold `V') or `not_found' (it must be absent); result `{Swapped, Previous}' with
 %%     `Previous' as `get' answers;</li>
@@ -36,6 +40,16 @@
 %% </ul>
 %% {@link submit_operation/2} answers `{ok, Index}' (the original); {@link submit/2} also
 %% the result.
+%%
+%% <h3>Leadership and membership</h3>
+%% {@link transfer_leader/2} hands the leadership to a voter and answers `{ok, Term}' once
+%% it leads. {@link change_membership/2} takes `[{add_voter, N} | {add_learner, N} |
+%% {remove, N}]', made together by joint consensus, and answers `{ok, Index}' once the joint
+%% configuration is applied (the leader leaves it on its own; {@link membership/1} tells).
+%% A change while another is under way is retried within `timeout_ms'; the leader cannot
+%% remove itself (`{invalid_argument, <<"... transfer leadership first ...">>}'). The node
+%% processes stay as started: a removed node keeps running and can be added back (as a
+%% learner, then a voter) with its data.
 %%
 %% <h3>Errors</h3>
 %% `{error, {Status, Message}}' as every call of the NIF: `{timeout, _}' when no leader
@@ -59,11 +73,19 @@
 -behaviour(gen_server).
 
 -export([start_cluster/1, start_cluster/2, stop/1, submit_operation/2, submit/2,
-         append_entry/2, append_entries/2, append_entries/3, wait_committed/2, wait_committed/3, leader/1, term/1, members/1,
-         stats/1, kill/2, restart/2, dir/1]).
+         append_entry/2, append_entries/2, append_entries/3, wait_committed/2, wait_committed/3,
+         leader/1, term/1, members/1, stats/1, kill/2, restart/2, dir/1, read/2,
+         transfer_leader/2, change_membership/2, membership/1]).
 -export([init/1, handle_call/3, handle_cast/2, handle_info/2, terminate/2]).
 
--export_type([cluster/0, op/0, result/0, node_stats/0]).
+-export_type([cluster/0, op/0, result/0, node_stats/0, member_change/0, membership/0]).
+
+%% A membership change.
+-type member_change() :: {add_voter | add_learner | remove, pos_integer()}.
+%% The configuration the leader has applied (`joint': a change is half way; the voters are
+%% then the incoming ones).
+-type membership() :: #{voters := [pos_integer()], learners := [pos_integer()],
+                        joint := boolean()}.
 
 %% A cluster: the gen_server owning it.
 -type cluster() :: pid().
@@ -203,6 +225,58 @@ kill(C, Node) ->
 -spec restart(cluster(), pos_integer()) -> ok | error().
 restart(C, Node) ->
     gen_server:call(C, {nif, raft_restart, [Node]}, infinity).
+
+%% @doc A linearizable read of `Key' (what `{get, Key}' reads): the leader confirms with a
+%% quorum that it still leads (ReadIndex; no log entry) and answers from its applied state.
+%% `{ok, ReadIndex, {value, V} | not_found}'; `{query, Bytes}' sends raw query bytes to the
+%% state machine and answers `{ok, ReadIndex, AnswerBytes}'.
+-spec read(cluster(), term()) -> {ok, non_neg_integer(), found() | binary()} | error().
+read(C, {query, Q}) when is_binary(Q) ->
+    case gen_server:call(C, {nif, raft_read, [Q]}, infinity) of
+        {ok, {I, A}} -> {ok, I, A};
+        E -> E
+    end;
+read(C, Key) ->
+    submit(C, {get, Key}).
+
+%% @doc Hands the leadership to voter `To' and waits until it leads: `{ok, Term}'.
+%% `{invalid_argument, _}' for a learner or a non-member, `{timeout, _}' when the transfer
+%% did not finish (e.g. `To' is down).
+-spec transfer_leader(cluster(), pos_integer()) -> {ok, non_neg_integer()} | error().
+transfer_leader(C, To) ->
+    gen_server:call(C, {nif, raft_transfer_leader, [To]}, infinity).
+
+%% @doc Changes the configuration by joint consensus (see the module docs): `{ok, Index}'.
+-spec change_membership(cluster(), [member_change()]) -> {ok, non_neg_integer()} | error().
+change_membership(C, Changes) when is_list(Changes) ->
+    try [{change_kind(K), N} || {K, N} <- Changes] of
+        Encoded when length(Encoded) =:= length(Changes) ->
+            gen_server:call(C, {nif, raft_change_membership, [Encoded]}, infinity);
+        _ ->
+            bad_changes()
+    catch
+        throw:bad_kind -> bad_changes()
+    end;
+change_membership(_, _) ->
+    bad_changes().
+
+%% @doc The configuration the leader has applied.
+-spec membership(cluster()) -> {ok, membership()} | error().
+membership(C) ->
+    case gen_server:call(C, {nif, raft_membership, []}, infinity) of
+        {ok, {Voters, Learners, Joint}} ->
+            {ok, #{voters => Voters, learners => Learners, joint => Joint}};
+        E -> E
+    end.
+
+change_kind(add_voter) -> 1;
+change_kind(add_learner) -> 2;
+change_kind(remove) -> 3;
+change_kind(_) -> throw(bad_kind).
+
+bad_changes() ->
+    {error, {invalid_argument,
+             <<"changes: expected a list of {add_voter | add_learner | remove, Node}">>}}.
 
 %% @doc The cluster's directory (rings in `net/', logs in `node.I/', stderr in `node.I.log').
 -spec dir(cluster()) -> binary().

@@ -126,6 +126,71 @@ leader_kill() ->
     ?assertMatch({error, {not_found, _}}, erlmcp_flow_raft:restart(C, 9)),
     ok = erlmcp_flow_raft:stop(C).
 
+reads_transfer_and_membership_test_() ->
+    {timeout, 120, fun reads_transfer_and_membership/0}.
+
+reads_transfer_and_membership() ->
+    C = start(#{timeout_ms => 5000, attempt_timeout_ms => 200}),
+    {ok, W} = erlmcp_flow_raft:submit_operation(C, {set, k, v}),
+    {ok, Leader} = erlmcp_flow_raft:leader(C),
+    {ok, Stats0} = erlmcp_flow_raft:stats(C),
+    [Commit0] = [Cm || #{node := N, commit := Cm} <- Stats0, N =:= Leader],
+    {ok, RI, {value, v}} = erlmcp_flow_raft:read(C, k),
+    ?assert(RI >= W),
+    ?assertMatch({ok, _, not_found}, erlmcp_flow_raft:read(C, nobody)),
+    {ok, Stats1} = erlmcp_flow_raft:stats(C),
+    [Commit1] = [Cm || #{node := N, commit := Cm} <- Stats1, N =:= Leader],
+    ?assertEqual(Commit0, Commit1),
+    %% Raw query bytes: refused ones are an error with the state machine's reason.
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:read(C, {query, <<"x">>})),
+    ?assertEqual({ok, #{voters => [1, 2, 3], learners => [], joint => false}},
+                 erlmcp_flow_raft:membership(C)),
+    %% Leadership moves; bad targets are refused.
+    To = Leader rem 3 + 1,
+    {ok, Term} = erlmcp_flow_raft:transfer_leader(C, To),
+    ?assertEqual({ok, To}, erlmcp_flow_raft:leader(C)),
+    ?assertEqual({ok, Term}, erlmcp_flow_raft:term(C)),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:transfer_leader(C, 9)),
+    ?assertMatch({error, {invalid_argument, _}},
+                 erlmcp_flow_raft:transfer_leader(C, erlmcp_flow_test_util:untyped(0))),
+    %% The leader cannot remove itself; a follower is removed, comes back as a learner (same
+    %% process, same data), is promoted and then leads.
+    {error, {invalid_argument, Why}} = erlmcp_flow_raft:change_membership(C, [{remove, To}]),
+    ?assertNotEqual(nomatch, binary:match(Why, <<"transfer leadership first">>)),
+    F = To rem 3 + 1,
+    {ok, _} = erlmcp_flow_raft:change_membership(C, [{remove, F}]),
+    {ok, _} = erlmcp_flow_raft:submit_operation(C, {set, while_out, 1}),
+    {ok, _} = erlmcp_flow_raft:change_membership(C, [{add_learner, F}]),
+    #{learners := [F], voters := Vs} = settled(C),
+    ?assertEqual(2, length(Vs)),
+    {ok, _} = erlmcp_flow_raft:change_membership(C, [{add_voter, F}]),
+    ?assertMatch(#{voters := [1, 2, 3], learners := []}, settled(C)),
+    {ok, _} = erlmcp_flow_raft:transfer_leader(C, F),
+    ?assertEqual({ok, F}, erlmcp_flow_raft:leader(C)),
+    ?assertMatch({ok, _, {value, 1}}, erlmcp_flow_raft:read(C, while_out)),
+    %% Bad changes.
+    Bad = {error, {invalid_argument,
+                   <<"changes: expected a list of {add_voter | add_learner | remove, Node}">>}},
+    ?assertEqual(Bad, erlmcp_flow_raft:change_membership(C, erlmcp_flow_test_util:untyped([{promote, 2}]))),
+    ?assertEqual(Bad, erlmcp_flow_raft:change_membership(C, erlmcp_flow_test_util:untyped([x]))),
+    ?assertMatch({error, {invalid_argument, _}}, erlmcp_flow_raft:change_membership(C, [])),
+    ?assertMatch({error, {invalid_argument, _}},
+                 erlmcp_flow_raft:change_membership(C, [{remove, erlmcp_flow_test_util:untyped(0)}])),
+    ok = erlmcp_flow_raft:stop(C).
+
+%% The membership once the leader has left the joint configuration.
+settled(C) ->
+    settled(C, 200).
+
+settled(C, 0) ->
+    {ok, M} = erlmcp_flow_raft:membership(C),
+    M;
+settled(C, N) ->
+    case erlmcp_flow_raft:membership(C) of
+        {ok, M = #{joint := false}} -> M;
+        _ -> timer:sleep(10), settled(C, N - 1)
+    end.
+
 errors_test_() ->
     {timeout, 60, fun errors/0}.
 

@@ -1,6 +1,7 @@
-//! `erlmcp-flow raft node|status|put|get|cluster`: the Raft service from the command line —
-//! run one node of a cluster (rings on one host, TCP between hosts), ask the nodes for their
-//! status, write and read keys, or start a local cluster of node processes.
+//! `erlmcp-flow raft node|status|put|get|transfer|members|cluster`: the Raft service from the
+//! command line — run one node of a cluster (rings on one host, TCP between hosts), ask the
+//! nodes for their status, write and read keys, move the leadership, list or change the
+//! members, or start a local cluster of node processes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand, ValueEnum};
 use erlmcp_flow::net::tcp::{TcpOptions, TcpTransport};
 use erlmcp_flow::net::{NodeId, Transport};
+use erlmcp_flow::raft::{MemberChange, Membership};
 use erlmcp_flow::replica::client::default_client_ids;
 use erlmcp_flow::replica::proto::Status;
 use erlmcp_flow::replica::{
@@ -25,8 +27,15 @@ pub enum RaftCmd {
     Status(StatusArgs),
     /// Write KEY = VALUE through the leader; prints the log index
     Put(PutArgs),
-    /// Read KEY through the log (linearizable); prints the value, exits 1 when absent
+    /// Read KEY at the leader (a linearizable ReadIndex read, no log entry); prints the
+    /// value, exits 1 when absent
     Get(GetArgs),
+    /// Hand the leadership to node --to; prints the new term once it leads
+    Transfer(TransferArgs),
+    /// Print the voters and learners, or change them: `members add N` (a voter, or promote a
+    /// learner), `members add-learner N`, `members remove N` (the leader cannot remove
+    /// itself: transfer the leadership first)
+    Members(MembersArgs),
     /// Start a local cluster of node processes over rings and keep it up until Ctrl-C
     Cluster(ClusterArgs),
 }
@@ -148,6 +157,36 @@ pub struct GetArgs {
 }
 
 #[derive(Args)]
+pub struct TransferArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The voter to lead
+    #[arg(long, value_name = "N")]
+    to: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum MembersAction {
+    /// Add N as a voter (or promote the learner N)
+    Add,
+    /// Add N as a learner (gets the log, does not vote; or demote the voter N)
+    AddLearner,
+    /// Remove the voter or learner N
+    Remove,
+}
+
+#[derive(Args)]
+pub struct MembersArgs {
+    #[command(flatten)]
+    conn: ConnArgs,
+    /// The change to make (none: print the members)
+    #[arg(value_enum, requires = "node")]
+    action: Option<MembersAction>,
+    /// The node to add or remove
+    node: Option<u64>,
+}
+
+#[derive(Args)]
 pub struct ClusterArgs {
     /// Nodes to start (ids 1..=N)
     #[arg(long, default_value_t = 3)]
@@ -196,8 +235,41 @@ pub fn run(cmd: &RaftCmd) -> Result<ExitCode, String> {
                 }
             })
         }
+        RaftCmd::Transfer(a) => with_client(&a.conn, |c| {
+            let term = c.transfer_leader(a.to).map_err(err)?;
+            println!("leader {} term {term}", a.to);
+            Ok(ExitCode::SUCCESS)
+        }),
+        RaftCmd::Members(a) => members(a),
         RaftCmd::Cluster(a) => cluster(a),
     }
+}
+
+fn print_membership(m: &Membership) {
+    println!("voters {:?}", m.voters);
+    println!("learners {:?}", m.learners);
+    if m.is_joint() {
+        println!(
+            "joint: outgoing voters {:?}, learners next {:?}",
+            m.voters_outgoing, m.learners_next
+        );
+    }
+}
+
+fn members(a: &MembersArgs) -> Result<ExitCode, String> {
+    with_client(&a.conn, |c| {
+        if let (Some(action), Some(n)) = (a.action, a.node) {
+            let change = match action {
+                MembersAction::Add => MemberChange::AddVoter(n),
+                MembersAction::AddLearner => MemberChange::AddLearner(n),
+                MembersAction::Remove => MemberChange::Remove(n),
+            };
+            let i = c.change_membership(&[change]).map_err(err)?;
+            println!("ok {i}");
+        }
+        print_membership(&c.membership_settled().map_err(err)?);
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn err(e: impl std::fmt::Display) -> String {
@@ -286,6 +358,9 @@ pub trait KvClient {
     fn set(&mut self, key: &[u8], value: &[u8]) -> erlmcp_flow::Result<u64>;
     fn get(&mut self, key: &[u8]) -> erlmcp_flow::Result<Option<Vec<u8>>>;
     fn statuses(&mut self) -> Vec<(u64, erlmcp_flow::Result<Status>)>;
+    fn transfer_leader(&mut self, to: u64) -> erlmcp_flow::Result<u64>;
+    fn change_membership(&mut self, changes: &[MemberChange]) -> erlmcp_flow::Result<u64>;
+    fn membership_settled(&mut self) -> erlmcp_flow::Result<Membership>;
 }
 
 impl<T: Transport> KvClient for RaftClient<T> {
@@ -297,6 +372,15 @@ impl<T: Transport> KvClient for RaftClient<T> {
     }
     fn statuses(&mut self) -> Vec<(u64, erlmcp_flow::Result<Status>)> {
         RaftClient::statuses(self)
+    }
+    fn transfer_leader(&mut self, to: u64) -> erlmcp_flow::Result<u64> {
+        RaftClient::transfer_leader(self, to)
+    }
+    fn change_membership(&mut self, changes: &[MemberChange]) -> erlmcp_flow::Result<u64> {
+        RaftClient::change_membership(self, changes)
+    }
+    fn membership_settled(&mut self) -> erlmcp_flow::Result<Membership> {
+        RaftClient::membership_settled(self)
     }
 }
 

@@ -32,15 +32,16 @@ use stateright::semantics::{ConsistencyTester, LinearizabilityTester, Sequential
 
 use super::*;
 
-/// One operation of a client history.
+/// One operation of a client history (also built by the client-protocol lin test in
+/// `replica/ops_tests.rs`).
 #[derive(Debug, Clone)]
-struct HistOp {
-    client: usize,
-    op: KvOp,
+pub(crate) struct HistOp {
+    pub(crate) client: usize,
+    pub(crate) op: KvOp,
     /// Invocation time (simulation clock: odd half-steps, after a step's Ready).
-    inv: u64,
+    pub(crate) inv: u64,
     /// Response time (even half-steps, in a step's Ready) and result; `None`: unknown.
-    ret: Option<(u64, KvResult)>,
+    pub(crate) ret: Option<(u64, KvResult)>,
 }
 
 fn key_of(op: &KvOp) -> &[u8] {
@@ -77,7 +78,7 @@ fn apply(state: &Option<Vec<u8>>, op: &KvOp) -> (Option<Vec<u8>>, KvResult) {
 const BUDGET: u64 = 20_000_000;
 
 /// Checks a history; `Err` names the first key whose history is not linearizable.
-fn check(history: &[HistOp]) -> std::result::Result<(), String> {
+pub(crate) fn check(history: &[HistOp]) -> std::result::Result<(), String> {
     let mut by_key: BTreeMap<&[u8], Vec<&HistOp>> = BTreeMap::new();
     for h in history {
         if h.ret.is_none() && matches!(h.op, KvOp::Get { .. }) {
