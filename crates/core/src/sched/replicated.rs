@@ -15,7 +15,9 @@
 //!   operation it had no answer for (at-least-once); the machine keeps, per writer, the last
 //!   `seq` applied and skips an append whose `seq` is not newer, so each append takes effect
 //!   once. Answer: `[1]` applied, `[2]` a duplicate skipped.
-//! * `[2][offset: u32][max: u32]` — a page of the compacted records (see
+//! * `[2][offset: u32][max: u32]` — as a read ([`StateMachine::query`], what
+//!   [`RaftLedger`]'s replay sends: a ReadIndex read, no log entry) or as an operation: a
+//!   page of the compacted records (see
 //!   [`compact`](super::ledger::compact)) from record `offset`, at most `max` bytes of frames
 //!   (at least one record): `[0][version: u64][total: u32][frames…]`. `version` counts the
 //!   appends applied; a replay whose pages do not all have the same version starts again.
@@ -344,8 +346,14 @@ impl<T: Transport> Ledger for RaftLedger<T> {
                 let mut op = vec![OP_PAGE];
                 op.extend_from_slice(&(out.len() as u32).to_le_bytes());
                 op.extend_from_slice(&PAGE_BYTES.to_le_bytes());
-                // Through the log: a linearizable read of the ledger.
-                let r = self.submit(&op)?;
+                // A linearizable read (ReadIndex on the leader, then the machine's query):
+                // no log entry.
+                let r = self
+                    .client
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .read(&op)?
+                    .result;
                 let (Some(&ANS_PAGE), Some(v), Some(total)) =
                     (r.first(), u64_at(&r, 1), u32_at(&r, 9))
                 else {
