@@ -18,7 +18,7 @@
 //! * `[2][offset: u32][max: u32]` — as a read ([`StateMachine::query`], what
 //!   [`RaftLedger`]'s replay sends: a ReadIndex read, no log entry) or as an operation: a
 //!   page of the compacted records (see
-//!   [`compact`](super::ledger::compact)) from record `offset`, at most `max` bytes of frames
+//!   [`compact`]) from record `offset`, at most `max` bytes of frames
 //!   (at least one record): `[0][version: u64][total: u32][frames…]`. `version` counts the
 //!   appends applied; a replay whose pages do not all have the same version starts again.
 //!
