@@ -166,9 +166,8 @@ fn connect_quick(dir: &std::path::Path, nodes: &[u64], timeout_ms: u32) -> *mut 
         timeout_ms: 0,
         attempt_timeout_ms: 0,
     };
-    // SAFETY: writable out-parameter.
     assert_eq!(
-        unsafe { crate::raft::emf_raft_client_options_default(&mut o) },
+        ffi!(crate::raft::emf_raft_client_options_default(&mut o)),
         EMF_OK
     );
     o.timeout_ms = timeout_ms;
