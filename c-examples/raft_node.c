@@ -10,7 +10,11 @@
  *     snapshot, catches up, and its counter agrees again;
  *   - an operation the apply callback fails stops the node that applies it: stop says
  *     EMF_ERR_STOPPED with the callback's code (a one-node cluster of its own);
- *   - bad input: NULL arguments, a missing callback, an id that is not a voter.
+ *   - bad input: NULL arguments, a missing callback, an id that is not a voter;
+ *   - a node started with emf_raft_node_start_remote, whose counter a host thread runs by
+ *     fetching the node's requests (emf_raft_node_next_request, a buffer too small at
+ *     first) and answering them (emf_raft_node_reply): the way a host that cannot be
+ *     called from the node's thread (an Erlang VM) runs its state machine.
  * Callbacks run on each node's own thread: each node has its own counter (ctx), touched
  * only by that thread while the node runs, read here after a stop or through the client.
  *
@@ -20,6 +24,8 @@
 #define _POSIX_C_SOURCE 200809L /* getpid, nanosleep */
 
 #include <erlmcp_flow.h>
+
+#include <pthread.h>
 
 #include <stdint.h>
 #include <stdio.h>
@@ -261,6 +267,115 @@ static void failing(const char *dir) {
     }
 }
 
+/* The host thread of a remote node: a counter answered through next_request/reply until the
+ * node stops (EMF_ERR_CLOSED). Touches only `c' (read by main after the join). */
+typedef struct remote_host {
+    emf_raft_node_t *node;
+    counter_t c;
+    uint64_t too_small; /* requests fetched again with a bigger buffer */
+    emf_status_t error; /* the unexpected status that ended the loop, or EMF_OK */
+} remote_host_t;
+
+static void *remote_host_main(void *arg) {
+    remote_host_t *h = arg;
+    uint8_t small[4], big[64];
+    uint8_t *buf = small;
+    size_t cap = sizeof small;
+    for (;;) {
+        emf_raft_request_t r;
+        size_t len = 0;
+        emf_status_t st = emf_raft_node_next_request(h->node, 100, &r, buf, cap, &len);
+        if (st == EMF_ERR_TIMEOUT) {
+            continue;
+        }
+        if (st == EMF_ERR_BUFFER_TOO_SMALL && len <= sizeof big) {
+            h->too_small++; /* kept by the node: the next call hands it out again */
+            buf = big;
+            cap = sizeof big;
+            continue;
+        }
+        if (st == EMF_ERR_CLOSED) {
+            return NULL;
+        }
+        if (st != EMF_OK) {
+            h->error = st;
+            return NULL;
+        }
+        uint8_t out[8];
+        size_t out_len = 0;
+        int status = 0;
+        if (r.kind == EMF_RAFT_REQ_APPLY && len == 8) {
+            h->c.sum += get_u64(buf);
+            h->c.applied++;
+            put_u64(out, h->c.sum);
+            out_len = 8;
+        } else if (r.kind == EMF_RAFT_REQ_SNAPSHOT) {
+            put_u64(out, h->c.sum);
+            out_len = 8;
+        } else if (r.kind == EMF_RAFT_REQ_RESTORE) {
+            if (len == 8) {
+                h->c.sum = get_u64(buf);
+                h->c.restores++;
+            } else {
+                status = 1; /* refused: the node stops */
+            }
+        }
+        st = emf_raft_node_reply(h->node, r.id, status, out, out_len);
+        if (st == EMF_ERR_CLOSED) {
+            return NULL;
+        }
+        if (st != EMF_OK) {
+            h->error = st;
+            return NULL;
+        }
+    }
+}
+
+static void remote(const char *dir) {
+    static const uint64_t one[1] = {1};
+    char ring[300], data[300];
+    snprintf(ring, sizeof ring, "%s/net", dir);
+    snprintf(data, sizeof data, "%s/node-1", dir);
+    emf_raft_node_options_t o;
+    CHECK_STATUS(emf_raft_node_options_default(&o), EMF_OK);
+    o.id = 1;
+    o.voters = one;
+    o.n_voters = 1;
+    o.ring_dir = ring;
+    o.data_dir = data;
+    o.snapshot_entries = 4;
+    remote_host_t h;
+    memset(&h, 0, sizeof h);
+    CHECK_STATUS(emf_raft_node_start_remote(&o, 0, &h.node), EMF_OK);
+    if (h.node == NULL) {
+        return;
+    }
+    pthread_t t;
+    if (pthread_create(&t, NULL, remote_host_main, &h) != 0) {
+        CHECK(!"pthread_create");
+        CHECK_STATUS(emf_raft_node_free(h.node), EMF_OK);
+        return;
+    }
+    emf_raft_client_t *cl = NULL;
+    CHECK_STATUS(emf_raft_client_connect(ring, one, 1, NULL, &cl), EMF_OK);
+    uint64_t index = 0, sum = 0, want = 0;
+    for (uint64_t v = 1; cl != NULL && v <= 6; v++) {
+        want += v;
+        CHECK_STATUS(submit(cl, v, &index, &sum), EMF_OK);
+        CHECK(sum == want); /* the host thread's answer */
+    }
+    CHECK_STATUS(emf_raft_node_stop(h.node), EMF_OK);
+    pthread_join(t, NULL);
+    CHECK(h.error == EMF_OK);
+    CHECK(h.c.sum == want && h.c.applied == 6);
+    CHECK(h.too_small == 1);
+    CHECK_ERROR(emf_raft_node_reply(h.node, 1, 0, NULL, 0), EMF_ERR_CLOSED, "");
+    CHECK_STATUS(emf_raft_node_free(h.node), EMF_OK);
+    if (cl != NULL) {
+        CHECK_STATUS(emf_raft_client_free(cl), EMF_OK);
+    }
+}
+
 static void rm_rf(const char *dir) {
     char cmd[600];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -281,6 +396,9 @@ int main(void) {
     rm_rf(dir);
     snprintf(dir, sizeof dir, "/dev/shm/emf-raft-node-c-fail-%ld", (long)getpid());
     failing(dir);
+    rm_rf(dir);
+    snprintf(dir, sizeof dir, "/dev/shm/emf-raft-node-c-remote-%ld", (long)getpid());
+    remote(dir);
     rm_rf(dir);
     printf("%lu passed, %lu failed\n", g_passed, g_failed);
     return g_failed == 0 ? 0 : 1;

@@ -241,6 +241,21 @@
 // The most changes one `emf_raft_*_change_membership` call carries.
 #define EMF_RAFT_MAX_CHANGES 64
 
+// `emf_raft_request_t.kind`: apply the operation committed at `index` (the bytes) and
+// answer its result.
+#define EMF_RAFT_REQ_APPLY 1
+
+// `emf_raft_request_t.kind`: answer the whole state, for a snapshot (no bytes).
+#define EMF_RAFT_REQ_SNAPSHOT 2
+
+// `emf_raft_request_t.kind`: replace the state with the snapshot in the bytes (validate
+// them); answer nothing, or a non-zero status to refuse them (the node stops).
+#define EMF_RAFT_REQ_RESTORE 3
+
+// `emf_raft_request_t.kind`: answer the read-only query in the bytes (a non-zero status
+// refuses only that query).
+#define EMF_RAFT_REQ_QUERY 4
+
 // Wait strategy: busy-poll.
 #define EMF_WAIT_SPIN 0
 
@@ -727,6 +742,16 @@ typedef struct emf_raft_node_info_t {
   // 1 while the node runs; 0 once stopped or failed (`emf_raft_node_stop` says why).
   uint32_t running;
 } emf_raft_node_info_t;
+
+// A request of a remote node to its host (`emf_raft_node_next_request`).
+typedef struct emf_raft_request_t {
+  // The request's id, named by `emf_raft_node_reply`.
+  uint64_t id;
+  // `EMF_RAFT_REQ_APPLY`, `_SNAPSHOT`, `_RESTORE` or `_QUERY`.
+  uint32_t kind;
+  // The log index of an apply (0 otherwise).
+  uint64_t index;
+} emf_raft_request_t;
 
 // Options for `emf_ring_create`; fill with `emf_ring_options_default` first.
 typedef struct emf_ring_options_t {
@@ -2355,6 +2380,67 @@ emf_status_t emf_raft_node_info(struct emf_raft_node_t *n, struct emf_raft_node_
 //
 // `n` NULL or a handle; no other thread uses it during or after the call.
 emf_status_t emf_raft_node_free(struct emf_raft_node_t *n);
+
+// Starts node `opts->id` as `emf_raft_node_start` does, with a state machine the host
+// answers *asynchronously* instead of through callbacks: every call the node makes into
+// the machine becomes a request that the host fetches with `emf_raft_node_next_request`
+// and answers with `emf_raft_node_reply`, from any thread, while the node's thread waits.
+// For hosts that cannot be called from a library thread (an Erlang VM). Rules:
+//
+// * Requests come one at a time, in the node's order (applies in log order); answer each
+//   before fetching the next.
+// * An apply or snapshot answered with a non-zero status, or not within `timeout_ms`
+//   (0: 5000), stops the node (`emf_raft_node_stop` returns `EMF_ERR_STOPPED` with the
+//   reason): nothing after it is applied or persisted. A query answered so is only refused.
+// * A restore (this node's snapshot at start, or the leader's) is not waited for: the node
+//   may ask it while it opens, before this call returns. The next request waits for its
+//   answer; a refused restore stops the node before any later request reaches the host.
+// * The node's thread is blocked while the host computes: keep answers quick (a host
+//   slower than an election timeout costs its node the leadership).
+//
+// Errors as `emf_raft_node_start`'s.
+//
+// # Safety
+//
+// `opts` readable, its pointers as `emf_raft_node_options_t` says; `out` writable.
+emf_status_t emf_raft_node_start_remote(const struct emf_raft_node_options_t *opts,
+                                        uint64_t timeout_ms,
+                                        struct emf_raft_node_t **out);
+
+// Waits up to `timeout_ms` for the node's next request: writes it to `*out` and its bytes
+// (an apply's operation, a restore's snapshot, a query; none for a snapshot) to
+// `buf[0..cap]` with their length in `*out_len`. Bytes longer than `cap`:
+// `EMF_ERR_BUFFER_TOO_SMALL` with `*out` and `*out_len` (the length needed) written, and the
+// request is kept: the next call hands it out again at once. `EMF_ERR_TIMEOUT` when no
+// request came; `EMF_ERR_CLOSED` once the node has stopped (`emf_raft_node_stop` says why);
+// `EMF_ERR_UNSUPPORTED` for a node started with callbacks. Blocks the calling thread.
+//
+// # Safety
+//
+// `n` a live handle; `out` and `out_len` writable; `buf` writable for `cap` bytes (NULL
+// only with `cap` 0).
+emf_status_t emf_raft_node_next_request(struct emf_raft_node_t *n,
+                                        uint64_t timeout_ms,
+                                        struct emf_raft_request_t *out,
+                                        uint8_t *buf,
+                                        size_t cap,
+                                        size_t *out_len);
+
+// Answers request `id` of the node: `status` 0 with its result in `data[0..len]` (an
+// apply's result, the snapshot's state, nothing for a restore, a query's answer), or a
+// non-zero `status` with a reason in `data[0..len]` (text): the node stops, except for a
+// query (see `emf_raft_node_start_remote`). Errors: `EMF_ERR_NOT_FOUND` for an id not
+// awaiting an answer (timed out, answered, never fetched), `EMF_ERR_CLOSED` once the node
+// has stopped, `EMF_ERR_TOO_LARGE` beyond `EMF_MAX_INPUT_LEN`.
+//
+// # Safety
+//
+// `n` a live handle; `data` readable for `len` bytes (NULL only with `len` 0).
+emf_status_t emf_raft_node_reply(struct emf_raft_node_t *n,
+                                 uint64_t id,
+                                 int status,
+                                 const uint8_t *data,
+                                 size_t len);
 
 // Fills `*out` with the default ring options.
 //

@@ -33,12 +33,14 @@ use std::time::Duration;
 
 use super::handle::{borrow, free, new_handle, Handle, Shared};
 use super::{
-    c_str, emf_status_t, guard, require_out, typed, write_out, FfiError, FfiResult, EMF_ERR_BUSY,
-    EMF_ERR_INVALID_ARGUMENT, EMF_ERR_STOPPED, EMF_ERR_TOO_LARGE,
+    c_str, emf_status_t, guard, require_out, typed, write_out, FfiError, FfiResult,
+    EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_BUSY, EMF_ERR_INVALID_ARGUMENT, EMF_ERR_STOPPED,
+    EMF_ERR_TIMEOUT, EMF_ERR_TOO_LARGE, EMF_ERR_UNSUPPORTED,
 };
 use engine::raft::StateMachine;
 use engine::replica::client::default_client_ids;
 use engine::replica::node::{abort_node, spawn_node, NodeHandle, NodeInfo};
+use engine::replica::remote_sm::{remote_sm, RemoteSmHost, SmRequest, SmRequestKind};
 use engine::replica::{NodeSpec, NodeTransport};
 use engine::{Error, ErrorKind, Result};
 
@@ -168,6 +170,15 @@ pub(crate) struct NodeState {
     node: Mutex<Option<NodeHandle>>,
     last: Mutex<NodeInfo>,
     failure: Arc<Mutex<Option<String>>>,
+    /// The host's end of a node started with `emf_raft_node_start_remote`.
+    remote: Option<Remote>,
+}
+
+/// The host's end of a remote state machine and the request fetched into a buffer too
+/// small (handed out again by the next `emf_raft_node_next_request`).
+struct Remote {
+    host: RemoteSmHost,
+    held: Mutex<Option<SmRequest>>,
 }
 
 /// An in-process Raft node running the host's state machine. Opaque; thread-safe.
@@ -468,6 +479,7 @@ pub unsafe extern "C" fn emf_raft_node_start(
             node: Mutex::new(Some(node)),
             last: Mutex::new(last),
             failure,
+            remote: None,
         })?;
         // SAFETY: checked non-NULL; writable by contract.
         unsafe { write_out(out, h, "out") }
@@ -503,9 +515,23 @@ fn stop_node(st: &NodeState) -> FfiResult {
         return Ok(());
     };
     let mut info = node.info();
+    // The node's thread may be waiting for an answer the host will not give now.
+    if let Some(r) = &st.remote {
+        r.host.close();
+    }
     let r = node.stop();
     info.running = false;
     *st.last.lock().unwrap_or_else(|p| p.into_inner()) = info;
+    if let (Err(e), Some(remote)) = (&r, &st.remote) {
+        if remote.host.interrupted() {
+            // Stopped while waiting for the host: the stop asked for.
+            return Ok(());
+        }
+        if let Some(f) = remote.host.failure() {
+            return Err(FfiError::new(EMF_ERR_STOPPED, f.message().to_owned()));
+        }
+        return Err(e.clone().into());
+    }
     r.map_err(|e| stop_error(e, &st.failure))
 }
 
@@ -575,6 +601,235 @@ pub unsafe extern "C" fn emf_raft_node_free(n: *mut emf_raft_node_t) -> emf_stat
         }
         // SAFETY: caller contract; the slab refuses a double free.
         unsafe { free(n) }
+    })
+}
+
+/// `emf_raft_request_t.kind`: apply the operation committed at `index` (the bytes) and
+/// answer its result.
+pub const EMF_RAFT_REQ_APPLY: u32 = 1;
+/// `emf_raft_request_t.kind`: answer the whole state, for a snapshot (no bytes).
+pub const EMF_RAFT_REQ_SNAPSHOT: u32 = 2;
+/// `emf_raft_request_t.kind`: replace the state with the snapshot in the bytes (validate
+/// them); answer nothing, or a non-zero status to refuse them (the node stops).
+pub const EMF_RAFT_REQ_RESTORE: u32 = 3;
+/// `emf_raft_request_t.kind`: answer the read-only query in the bytes (a non-zero status
+/// refuses only that query).
+pub const EMF_RAFT_REQ_QUERY: u32 = 4;
+
+/// A request of a remote node to its host (`emf_raft_node_next_request`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct emf_raft_request_t {
+    /// The request's id, named by `emf_raft_node_reply`.
+    pub id: u64,
+    /// `EMF_RAFT_REQ_APPLY`, `_SNAPSHOT`, `_RESTORE` or `_QUERY`.
+    pub kind: u32,
+    /// The log index of an apply (0 otherwise).
+    pub index: u64,
+}
+
+fn request_struct(r: &SmRequest) -> (emf_raft_request_t, &[u8]) {
+    let (kind, index, bytes): (u32, u64, &[u8]) = match &r.kind {
+        SmRequestKind::Apply { index, op } => (EMF_RAFT_REQ_APPLY, *index, op.as_slice()),
+        SmRequestKind::Snapshot => (EMF_RAFT_REQ_SNAPSHOT, 0, &[][..]),
+        SmRequestKind::Restore { data } => (EMF_RAFT_REQ_RESTORE, 0, data.as_slice()),
+        SmRequestKind::Query { query } => (EMF_RAFT_REQ_QUERY, 0, query.as_slice()),
+    };
+    (
+        emf_raft_request_t {
+            id: r.id,
+            kind,
+            index,
+        },
+        bytes,
+    )
+}
+
+/// Starts node `opts->id` as `emf_raft_node_start` does, with a state machine the host
+/// answers *asynchronously* instead of through callbacks: every call the node makes into
+/// the machine becomes a request that the host fetches with `emf_raft_node_next_request`
+/// and answers with `emf_raft_node_reply`, from any thread, while the node's thread waits.
+/// For hosts that cannot be called from a library thread (an Erlang VM). Rules:
+///
+/// * Requests come one at a time, in the node's order (applies in log order); answer each
+///   before fetching the next.
+/// * An apply or snapshot answered with a non-zero status, or not within `timeout_ms`
+///   (0: 5000), stops the node (`emf_raft_node_stop` returns `EMF_ERR_STOPPED` with the
+///   reason): nothing after it is applied or persisted. A query answered so is only refused.
+/// * A restore (this node's snapshot at start, or the leader's) is not waited for: the node
+///   may ask it while it opens, before this call returns. The next request waits for its
+///   answer; a refused restore stops the node before any later request reaches the host.
+/// * The node's thread is blocked while the host computes: keep answers quick (a host
+///   slower than an election timeout costs its node the leadership).
+///
+/// Errors as `emf_raft_node_start`'s.
+///
+/// # Safety
+///
+/// `opts` readable, its pointers as `emf_raft_node_options_t` says; `out` writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_node_start_remote(
+    opts: *const emf_raft_node_options_t,
+    timeout_ms: u64,
+    out: *mut *mut emf_raft_node_t,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        if opts.is_null() {
+            return Err(FfiError::null("opts"));
+        }
+        // SAFETY: readable by contract; plain data, read without alignment assumptions.
+        let o = unsafe { opts.read_unaligned() };
+        // SAFETY: caller contract.
+        let spec = unsafe { spec_of(&o) }?;
+        let id = spec.id;
+        let timeout = (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms));
+        let (sm, host) = remote_sm(id, timeout);
+        let node = spawn_node(spec, sm)?;
+        let last = node.info();
+        let h = new_handle::<emf_raft_node_t>(NodeState {
+            id,
+            node: Mutex::new(Some(node)),
+            last: Mutex::new(last),
+            failure: Arc::new(Mutex::new(None)),
+            remote: Some(Remote {
+                host,
+                held: Mutex::new(None),
+            }),
+        })?;
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, h, "out") }
+    })
+}
+
+fn remote_of(st: &NodeState) -> FfiResult<&Remote> {
+    st.remote.as_ref().ok_or_else(|| {
+        FfiError::new(
+            EMF_ERR_UNSUPPORTED,
+            format!(
+                "raft node {}: started with callbacks (emf_raft_node_start), not \
+                 emf_raft_node_start_remote: it makes no requests",
+                st.id
+            ),
+        )
+    })
+}
+
+/// Waits up to `timeout_ms` for the node's next request: writes it to `*out` and its bytes
+/// (an apply's operation, a restore's snapshot, a query; none for a snapshot) to
+/// `buf[0..cap]` with their length in `*out_len`. Bytes longer than `cap`:
+/// `EMF_ERR_BUFFER_TOO_SMALL` with `*out` and `*out_len` (the length needed) written, and the
+/// request is kept: the next call hands it out again at once. `EMF_ERR_TIMEOUT` when no
+/// request came; `EMF_ERR_CLOSED` once the node has stopped (`emf_raft_node_stop` says why);
+/// `EMF_ERR_UNSUPPORTED` for a node started with callbacks. Blocks the calling thread.
+///
+/// # Safety
+///
+/// `n` a live handle; `out` and `out_len` writable; `buf` writable for `cap` bytes (NULL
+/// only with `cap` 0).
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_node_next_request(
+    n: *mut emf_raft_node_t,
+    timeout_ms: u64,
+    out: *mut emf_raft_request_t,
+    buf: *mut u8,
+    cap: usize,
+    out_len: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        require_out(out, "out")?;
+        require_out(out_len, "out_len")?;
+        if buf.is_null() && cap > 0 {
+            return Err(FfiError::null("buf"));
+        }
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let st = unsafe { borrow(n) }?;
+        let remote = remote_of(st)?;
+        let mut held = remote.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // A kept request that timed out meanwhile is not handed out.
+        if let Some(r) = &held {
+            if !remote.host.awaits(r.id)? {
+                held = None;
+            }
+        }
+        let req = match held {
+            Some(r) => r,
+            None => match remote.host.next(Duration::from_millis(timeout_ms)) {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    return Err(FfiError::new(
+                        EMF_ERR_TIMEOUT,
+                        format!("raft node {}: no request within {timeout_ms} ms", st.id),
+                    ))
+                }
+                Err(e) => return Err(e.into()),
+            },
+        };
+        let (r, bytes) = request_struct(&req);
+        // SAFETY: checked non-NULL; writable by contract.
+        unsafe { write_out(out, r, "out") }?;
+        // SAFETY: as above.
+        unsafe { write_out(out_len, bytes.len(), "out_len") }?;
+        if bytes.len() > cap {
+            let need = bytes.len();
+            *remote.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(req);
+            return Err(FfiError::new(
+                EMF_ERR_BUFFER_TOO_SMALL,
+                format!(
+                    "raft node {}: request {} carries {need} bytes, the buffer {cap}: call \
+                     again with a buffer of {need} bytes (the request is kept)",
+                    st.id, r.id
+                ),
+            ));
+        }
+        if !bytes.is_empty() {
+            // SAFETY: `buf` writable for `cap` >= len bytes by contract; the regions are
+            // distinct (ours is a Rust allocation).
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), buf, bytes.len()) };
+        }
+        Ok(())
+    })
+}
+
+/// Answers request `id` of the node: `status` 0 with its result in `data[0..len]` (an
+/// apply's result, the snapshot's state, nothing for a restore, a query's answer), or a
+/// non-zero `status` with a reason in `data[0..len]` (text): the node stops, except for a
+/// query (see `emf_raft_node_start_remote`). Errors: `EMF_ERR_NOT_FOUND` for an id not
+/// awaiting an answer (timed out, answered, never fetched), `EMF_ERR_CLOSED` once the node
+/// has stopped, `EMF_ERR_TOO_LARGE` beyond `EMF_MAX_INPUT_LEN`.
+///
+/// # Safety
+///
+/// `n` a live handle; `data` readable for `len` bytes (NULL only with `len` 0).
+#[no_mangle]
+pub unsafe extern "C" fn emf_raft_node_reply(
+    n: *mut emf_raft_node_t,
+    id: u64,
+    status: c_int,
+    data: *const u8,
+    len: usize,
+) -> emf_status_t {
+    guard(|| {
+        if len > super::EMF_MAX_INPUT_LEN {
+            return Err(FfiError::new(
+                EMF_ERR_TOO_LARGE,
+                format!("an answer of {len} bytes: at most EMF_MAX_INPUT_LEN"),
+            ));
+        }
+        // SAFETY: caller contract.
+        let bytes = unsafe { typed(data, len, "data") }?.to_vec();
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let st = unsafe { borrow(n) }?;
+        let remote = remote_of(st)?;
+        let answer = if status == 0 {
+            Ok(bytes)
+        } else {
+            Err(Error::invalid(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )))
+        };
+        Ok(remote.host.reply(id, answer)?)
     })
 }
 

@@ -593,6 +593,17 @@ class emf_raft_node_info_t(Structure):
     ]
 
 
+class emf_raft_request_t(Structure):
+    """``emf_raft_request_t``: a remote node's request to its host
+    (``emf_raft_node_next_request``)."""
+
+    _fields_ = [
+        ("id", c_uint64),
+        ("kind", c_uint32),
+        ("index", c_uint64),
+    ]
+
+
 class emf_raft_node_t(Structure):
     """Opaque ``emf_raft_node_t``; only pointers to it are used."""
 
@@ -1148,6 +1159,15 @@ PROTOTYPES = {
     "emf_raft_node_stop": (emf_status_t, [emf_raft_node_p]),
     "emf_raft_node_info": (emf_status_t, [emf_raft_node_p, POINTER(emf_raft_node_info_t)]),
     "emf_raft_node_free": (emf_status_t, [emf_raft_node_p]),
+    "emf_raft_node_start_remote": (
+        emf_status_t,
+        [POINTER(emf_raft_node_options_t), c_uint64, POINTER(emf_raft_node_p)],
+    ),
+    "emf_raft_node_next_request": (
+        emf_status_t,
+        [emf_raft_node_p, c_uint64, POINTER(emf_raft_request_t), c_char_p, c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_raft_node_reply": (emf_status_t, [emf_raft_node_p, c_uint64, c_int, _bytes_in, c_size_t]),
     "emf_raft_cluster_submit": (
         emf_status_t,
         [emf_raft_cluster_p, _bytes_in, c_size_t, POINTER(c_uint64), c_char_p, c_size_t, POINTER(c_size_t)],

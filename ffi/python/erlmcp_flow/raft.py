@@ -86,6 +86,14 @@ EMF_RAFT_ADD_LEARNER = 2
 EMF_RAFT_REMOVE = 3
 #: The most changes one :meth:`~_RaftOps.change_membership` call carries.
 EMF_RAFT_MAX_CHANGES = 64
+#: A remote node's request (``emf_raft_node_next_request``): apply an operation.
+EMF_RAFT_REQ_APPLY = 1
+#: A remote node's request: answer the whole state, for a snapshot.
+EMF_RAFT_REQ_SNAPSHOT = 2
+#: A remote node's request: replace the state with a snapshot.
+EMF_RAFT_REQ_RESTORE = 3
+#: A remote node's request: answer a read-only query.
+EMF_RAFT_REQ_QUERY = 4
 
 # Answers up to this many bytes are read in one call.
 _BUF = 4096

@@ -31,6 +31,7 @@ from erlmcp_flow._native import (
     emf_raft_cluster_options_t,
     emf_raft_node_info_t,
     emf_raft_node_options_t,
+    emf_raft_request_t,
     emf_raft_sm_t,
     emf_raft_status_t,
     emf_raft_member_change_t,
@@ -128,6 +129,7 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_raft_sm_t": emf_raft_sm_t,
         "emf_raft_node_options_t": emf_raft_node_options_t,
         "emf_raft_node_info_t": emf_raft_node_info_t,
+        "emf_raft_request_t": emf_raft_request_t,
         "emf_raft_member_change_t": emf_raft_member_change_t,
     }
     lines = []

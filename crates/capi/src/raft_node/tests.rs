@@ -11,7 +11,10 @@ use crate::raft::{
     emf_raft_client_connect, emf_raft_client_free, emf_raft_client_submit, emf_raft_client_t,
     emf_raft_client_wait_committed,
 };
-use crate::{emf_last_error_message, EMF_ERR_NULL_ARGUMENT, EMF_OK};
+use crate::{
+    emf_last_error_message, EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_CLOSED, EMF_ERR_NULL_ARGUMENT,
+    EMF_ERR_TIMEOUT, EMF_OK,
+};
 
 /// One FFI call whose every pointer argument is valid, NULL, or a handle the slab refuses
 /// without dereferencing it.
@@ -152,6 +155,27 @@ fn connect(dir: &std::path::Path, nodes: &[u64]) -> *mut emf_raft_client_t {
     let st = unsafe {
         emf_raft_client_connect(ring.as_ptr(), nodes.as_ptr(), nodes.len(), null(), &mut c)
     };
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    c
+}
+
+/// A client whose calls give up after `timeout_ms`.
+fn connect_quick(dir: &std::path::Path, nodes: &[u64], timeout_ms: u32) -> *mut emf_raft_client_t {
+    let ring = cstr(&dir.join("net"));
+    let mut o = crate::raft::emf_raft_client_options_t {
+        timeout_ms: 0,
+        attempt_timeout_ms: 0,
+    };
+    assert_eq!(
+        ffi!(crate::raft::emf_raft_client_options_default(&mut o)),
+        EMF_OK
+    );
+    o.timeout_ms = timeout_ms;
+    o.attempt_timeout_ms = timeout_ms.min(200);
+    let mut c = null_mut();
+    // SAFETY: valid strings, arrays and options.
+    let st =
+        unsafe { emf_raft_client_connect(ring.as_ptr(), nodes.as_ptr(), nodes.len(), &o, &mut c) };
     assert_eq!(st, EMF_OK, "{}", last_error());
     c
 }
@@ -414,4 +438,259 @@ fn a_callback_cannot_stop_its_own_node() {
     assert_eq!(info.running, 1, "the node goes on");
     assert_eq!(ffi!(emf_raft_node_free(n)), EMF_OK);
     assert_eq!(ffi!(emf_raft_client_free(c)), EMF_OK);
+}
+
+// ---- a node whose state machine the host answers (emf_raft_node_start_remote) ----
+
+fn start_remote(
+    dir: &std::path::Path,
+    id: u64,
+    voters: &[u64],
+    timeout_ms: u64,
+) -> (emf_status_t, *mut emf_raft_node_t) {
+    let ring = cstr(&dir.join("net"));
+    let data = cstr(&dir.join(format!("node-{id}")));
+    let mut o = options_default();
+    o.id = id;
+    o.voters = voters.as_ptr();
+    o.n_voters = voters.len();
+    o.ring_dir = ring.as_ptr();
+    o.data_dir = data.as_ptr();
+    o.snapshot_entries = 4;
+    let mut n = null_mut();
+    // SAFETY: options and strings live during the call (copied by it).
+    let st = unsafe { emf_raft_node_start_remote(&o, timeout_ms, &mut n) };
+    (st, n)
+}
+
+/// The handle, sent to a host thread (the handle is thread-safe).
+#[derive(Clone, Copy)]
+struct SendNode(*mut emf_raft_node_t);
+// SAFETY: `emf_raft_node_t` is a Shared handle, usable from any thread until freed (the test
+// joins the host thread before freeing).
+unsafe impl Send for SendNode {}
+
+/// A host answering a counter's requests with the C calls, with a buffer of 2 bytes first
+/// (so every 8-byte operation is fetched twice: the kept-request path); answers the
+/// operation `u64::MAX` with a failure. Ends when the node stops (`EMF_ERR_CLOSED`).
+/// Returns the kinds seen and the final sum.
+fn counter_host(n: SendNode) -> std::thread::JoinHandle<(Vec<u32>, u64)> {
+    std::thread::spawn(move || {
+        let n = n;
+        let (mut kinds, mut sum) = (Vec::new(), 0u64);
+        let mut buf = vec![0u8; 2];
+        loop {
+            let mut r = emf_raft_request_t::default();
+            let mut len = 0usize;
+            // SAFETY: live handle; buffers valid for their lengths.
+            let st = unsafe {
+                emf_raft_node_next_request(n.0, 100, &mut r, buf.as_mut_ptr(), buf.len(), &mut len)
+            };
+            match st {
+                EMF_OK => {}
+                EMF_ERR_TIMEOUT => continue,
+                EMF_ERR_BUFFER_TOO_SMALL => {
+                    assert!(len > buf.len());
+                    buf.resize(len, 0);
+                    continue;
+                }
+                EMF_ERR_CLOSED => return (kinds, sum),
+                other => panic!("next_request: {other} {}", last_error()),
+            }
+            kinds.push(r.kind);
+            let bytes = &buf[..len];
+            let (status, answer): (c_int, Vec<u8>) = match r.kind {
+                EMF_RAFT_REQ_APPLY => match <[u8; 8]>::try_from(bytes).map(u64::from_le_bytes) {
+                    Ok(u64::MAX) => (7, b"the counter cannot add MAX".to_vec()),
+                    Ok(v) => {
+                        sum += v;
+                        (0, sum.to_le_bytes().to_vec())
+                    }
+                    Err(_) => (0, Vec::new()),
+                },
+                EMF_RAFT_REQ_SNAPSHOT => (0, sum.to_le_bytes().to_vec()),
+                EMF_RAFT_REQ_RESTORE => match <[u8; 8]>::try_from(bytes) {
+                    Ok(b) => {
+                        sum = u64::from_le_bytes(b);
+                        (0, Vec::new())
+                    }
+                    Err(_) => (1, b"not a counter".to_vec()),
+                },
+                EMF_RAFT_REQ_QUERY => (0, sum.to_le_bytes().to_vec()),
+                k => panic!("unknown kind {k}"),
+            };
+            // SAFETY: live handle; `answer` readable.
+            let st =
+                unsafe { emf_raft_node_reply(n.0, r.id, status, answer.as_ptr(), answer.len()) };
+            if st == EMF_ERR_CLOSED {
+                return (kinds, sum);
+            }
+            assert_eq!(st, EMF_OK, "{}", last_error());
+        }
+    })
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps rings and files, runs nodes on threads")]
+fn a_remote_node_is_answered_by_its_host_and_restarts_through_it() {
+    let dir = tmp("remote");
+    let one = [1u64];
+    let (st, n) = start_remote(&dir.0, 1, &one, 0);
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    let host = counter_host(SendNode(n));
+    let c = connect(&dir.0, &one);
+    for v in 1..=10u64 {
+        let (st, _, sum) = submit(c, v);
+        assert_eq!(st, EMF_OK, "{}", last_error());
+        assert_eq!(sum, v * (v + 1) / 2, "the host's answer");
+    }
+    assert_eq!(ffi!(emf_raft_node_stop(n)), EMF_OK, "{}", last_error());
+    let (kinds, sum) = host.join().unwrap();
+    assert_eq!(sum, 55);
+    assert!(kinds.contains(&EMF_RAFT_REQ_SNAPSHOT), "{kinds:?}");
+    // Answers to a stopped node: refused.
+    assert_eq!(
+        ffi!(emf_raft_node_reply(n, 1, 0, null(), 0)),
+        EMF_ERR_CLOSED
+    );
+    assert_eq!(ffi!(emf_raft_node_free(n)), EMF_OK);
+
+    // Restarted from its data directory: the host restores the snapshot first, then
+    // applies only what followed it.
+    let (st, n) = start_remote(&dir.0, 1, &one, 0);
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    let host = counter_host(SendNode(n));
+    let (st, _, sum) = submit(c, 100);
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    assert_eq!(sum, 155, "the state survived the restart");
+    assert_eq!(ffi!(emf_raft_node_stop(n)), EMF_OK, "{}", last_error());
+    let (kinds, _) = host.join().unwrap();
+    assert_eq!(kinds.first(), Some(&EMF_RAFT_REQ_RESTORE), "{kinds:?}");
+    let applies = kinds.iter().filter(|&&k| k == EMF_RAFT_REQ_APPLY).count();
+    assert!(applies < 11, "not every entry replayed: {kinds:?}");
+    assert_eq!(ffi!(emf_raft_node_free(n)), EMF_OK);
+    assert_eq!(ffi!(emf_raft_client_free(c)), EMF_OK);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps rings and files, runs nodes on threads")]
+fn a_remote_hosts_failure_stops_the_node_with_its_reason() {
+    let dir = tmp("remote-fail");
+    let one = [1u64];
+    let (st, n) = start_remote(&dir.0, 1, &one, 0);
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    let host = counter_host(SendNode(n));
+    let c = connect_quick(&dir.0, &one, 2000);
+    assert_eq!(submit(c, 5).0, EMF_OK, "{}", last_error());
+    // The host fails this apply: the node stops; the client gets no answer.
+    let (st, _, _) = submit(c, u64::MAX);
+    assert_ne!(st, EMF_OK);
+    let (_, sum) = host.join().unwrap();
+    assert_eq!(sum, 5);
+    assert_eq!(ffi!(emf_raft_node_stop(n)), EMF_ERR_STOPPED);
+    let msg = last_error();
+    assert!(
+        msg.contains("apply at index") && msg.contains("the counter cannot add MAX"),
+        "{msg}"
+    );
+    assert_eq!(ffi!(emf_raft_node_free(n)), EMF_OK);
+    assert_eq!(ffi!(emf_raft_client_free(c)), EMF_OK);
+}
+
+#[test]
+#[cfg_attr(miri, ignore = "maps rings and files, runs nodes on threads")]
+fn a_remote_node_without_answers_times_out_and_calls_are_checked() {
+    let dir = tmp("remote-timeout");
+    let one = [1u64];
+    let (st, n) = start_remote(&dir.0, 1, &one, 50);
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    let mut r = emf_raft_request_t::default();
+    let mut len = 0usize;
+    assert_eq!(
+        ffi!(emf_raft_node_next_request(
+            n,
+            1,
+            &mut r,
+            null_mut(),
+            0,
+            &mut len
+        )),
+        EMF_ERR_TIMEOUT,
+        "no request yet"
+    );
+    assert_eq!(
+        ffi!(emf_raft_node_next_request(
+            n,
+            1,
+            null_mut(),
+            null_mut(),
+            0,
+            &mut len
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        ffi!(emf_raft_node_next_request(
+            n,
+            1,
+            &mut r,
+            null_mut(),
+            8,
+            &mut len
+        )),
+        EMF_ERR_NULL_ARGUMENT
+    );
+    assert_eq!(
+        ffi!(emf_raft_node_reply(n, 99, 0, null(), 0)),
+        crate::EMF_ERR_NOT_FOUND
+    );
+    // A submit the host never answers: the node gives up after 50 ms and stops.
+    let client_thread = {
+        let dir = dir.0.clone();
+        std::thread::spawn(move || {
+            let c = connect_quick(&dir, &[1], 1000);
+            let st = submit(c, 1).0;
+            assert_eq!(ffi!(emf_raft_client_free(c)), EMF_OK);
+            st
+        })
+    };
+    loop {
+        let st = ffi!(emf_raft_node_next_request(
+            n,
+            100,
+            &mut r,
+            null_mut(),
+            0,
+            &mut len
+        ));
+        if st == EMF_ERR_CLOSED {
+            break;
+        }
+        // The apply (8 bytes) does not fit; never answered.
+        assert!(
+            st == EMF_ERR_TIMEOUT || st == EMF_ERR_BUFFER_TOO_SMALL,
+            "{st}"
+        );
+    }
+    assert_eq!(r.kind, EMF_RAFT_REQ_APPLY);
+    assert_eq!(ffi!(emf_raft_node_stop(n)), EMF_ERR_STOPPED);
+    assert!(last_error().contains("did not answer"), "{}", last_error());
+    assert_ne!(client_thread.join().unwrap(), EMF_OK);
+    // A callback node makes no requests.
+    let counter = Counter::default();
+    let (st, cb) = start(&dir.0, 2, &[2], &counter);
+    assert_eq!(st, EMF_OK, "{}", last_error());
+    assert_eq!(
+        ffi!(emf_raft_node_next_request(
+            cb,
+            1,
+            &mut r,
+            null_mut(),
+            0,
+            &mut len
+        )),
+        crate::EMF_ERR_UNSUPPORTED
+    );
+    assert_eq!(ffi!(emf_raft_node_free(cb)), EMF_OK);
+    assert_eq!(ffi!(emf_raft_node_free(n)), EMF_OK);
 }

@@ -56,6 +56,7 @@ pub mod cluster;
 pub mod node;
 pub mod pipeline;
 pub mod proto;
+pub mod remote_sm;
 pub mod server;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
@@ -71,6 +72,7 @@ pub use node::{
     abort_node, run_node, run_node_with, spawn_node, NodeHandle, NodeInfo, NodeSpec, NodeTransport,
 };
 pub use pipeline::{Done, Pipeline, PipelineOptions, PipelineStats};
+pub use remote_sm::{remote_sm, RemoteSm, RemoteSmHost, SmRequest, SmRequestKind};
 pub use server::{ServeOptions, ServeStats, Server};
 
 /// The tag byte of a frame holding a Raft message.

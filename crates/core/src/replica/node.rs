@@ -183,7 +183,7 @@ pub fn abort_node(err: Error) -> ! {
 }
 
 /// Runs `f`, turning an [`abort_node`] into its error (any other panic goes on unwinding).
-fn catch_abort(f: impl FnOnce() -> Result<()>) -> Result<()> {
+pub(super) fn catch_abort(f: impl FnOnce() -> Result<()>) -> Result<()> {
     match panic::catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => match p.downcast::<NodeAbort>() {

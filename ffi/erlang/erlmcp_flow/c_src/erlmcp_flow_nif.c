@@ -83,7 +83,7 @@
 static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {
     &message_kind, &ring_kind,  &producer_kind,    &consumer_kind, &delivery_kind, &router_kind,
     &batch_kind,   &store_kind, &state_value_kind, &queue_kind,    &cache_kind,    &buf_kind,
-    &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind};
+    &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind,     &raft_node_kind, &raft_client_kind};
 
 /* Opens this load's resource types under names no other load uses: the prefix and an
  * integer unique in the running VM. */
@@ -350,6 +350,15 @@ static ErlNifFunc nif_funcs[] = {
     {"raft_transfer_leader", 2, nif_raft_transfer_leader, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_change_membership", 2, nif_raft_change_membership, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_membership", 1, nif_raft_membership, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_node_start", 3, nif_raft_node_start, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_node_next_request", 2, nif_raft_node_next_request, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_node_reply", 4, nif_raft_node_reply, 0},
+    {"raft_node_stop", 1, nif_raft_node_stop, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_node_info", 1, nif_raft_node_info, 0},
+    {"raft_node_close", 1, nif_raft_node_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_client_connect", 3, nif_raft_client_connect, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_client_submit", 2, nif_raft_client_submit, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"raft_client_close", 1, nif_raft_client_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

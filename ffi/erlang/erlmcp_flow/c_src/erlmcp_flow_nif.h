@@ -67,7 +67,10 @@
     X(busy) X(stopping) X(started_total) X(stopped_total) X(failed_starts)                     \
     X(timed_out_starts) X(died) X(replaced)                                                   \
     /* Raft clusters: option keys. */                                                          \
-    X(bin) X(tick_ms) X(election_tick) X(start_timeout_ms) X(timeout_ms) X(attempt_timeout_ms)
+    X(bin) X(tick_ms) X(election_tick) X(start_timeout_ms) X(timeout_ms) X(attempt_timeout_ms) \
+    /* In-process Raft nodes: option keys, requests, info keys. */                             \
+    X(ring_dir) X(data_dir) X(heartbeat_tick) X(snapshot_entries) X(apply) X(snapshot)         \
+    X(restore) X(query) X(leader) X(term) X(commit) X(applied) X(running)
 
 #define EMF_NIF_DECLARE_ATOM(name) static ERL_NIF_TERM atom_##name;
 EMF_NIF_ATOMS(EMF_NIF_DECLARE_ATOM)
@@ -141,7 +144,9 @@ typedef struct emf_nif_handle_kind {
 #define EMF_NIF_KIND_SCHED 13
 #define EMF_NIF_KIND_POOL 14
 #define EMF_NIF_KIND_RAFT 15
-#define EMF_NIF_KIND_COUNT 16
+#define EMF_NIF_KIND_RAFT_NODE 16
+#define EMF_NIF_KIND_RAFT_CLIENT 17
+#define EMF_NIF_KIND_COUNT 18
 
 struct emf_nif_delivery;
 struct emf_nif_shared;

@@ -524,3 +524,346 @@ static ERL_NIF_TERM nif_raft_membership(ErlNifEnv *env, int argc, const ERL_NIF_
                                       joint ? atom_true : atom_false);
     return handle_leave_with(h, make_ok(env, t));
 }
+
+/* ------------------------------------------------------------------------------------------ */
+/* In-process nodes whose state machine Erlang answers, and clients of a running cluster     */
+/* ------------------------------------------------------------------------------------------ */
+
+/*
+ * A node of a cluster over rings running in this VM (emf_raft_node_start_remote): its thread
+ * is the engine's; every call of the node into its state machine is a request that Erlang
+ * fetches (raft_node_next_request, blocking on a dirty I/O scheduler) and answers
+ * (raft_node_reply) — a NIF cannot call Erlang, so the engine waits instead. No thread or
+ * lock of this file: the request queue, the wait, its timeout and the stop are the engine's
+ * (replica::remote_sm). erlmcp_flow_raft_node owns a node: a linked worker loops on
+ * next_request while its gen_server replies, so two calls may use one node at once (the
+ * engine handle is thread-safe; the use guard keeps it alive until both returned).
+ *
+ * A client (emf_raft_client_connect) submits to any cluster over rings: this VM's nodes,
+ * `erlmcp-flow raft node' processes, other hosts' nodes. One caller at a time.
+ */
+
+static emf_status_t release_raft_node(void *ptr) {
+    return emf_raft_node_free(ptr);
+}
+
+static const emf_nif_handle_kind raft_node_kind = {
+    .name = "erlmcp_flow_raft_node",
+    .release = release_raft_node,
+    .release_what = "emf_raft_node_free",
+    .expected = "raft node: expected a handle from erlmcp_flow_nif:raft_node_start/3",
+    .not_this_version = "raft node: not a handle of this library version: expected a node of "
+                        "the NIF library loaded now (start the node again)",
+    .closed = "raft node: closed",
+    .index = EMF_NIF_KIND_RAFT_NODE,
+};
+
+static emf_status_t release_raft_client(void *ptr) {
+    return emf_raft_client_free(ptr);
+}
+
+static const emf_nif_handle_kind raft_client_kind = {
+    .name = "erlmcp_flow_raft_client",
+    .release = release_raft_client,
+    .release_what = "emf_raft_client_free",
+    .expected = "raft client: expected a handle from erlmcp_flow_nif:raft_client_connect/3",
+    .not_this_version = "raft client: not a handle of this library version: expected a client "
+                        "of the NIF library loaded now (connect again)",
+    .closed = "raft client: closed",
+    .index = EMF_NIF_KIND_RAFT_CLIENT,
+};
+
+#define EMF_NIF_RAFT_IDS_ERROR                                                                 \
+    "voters: expected a list of 1 to 64 node ids (positive 64-bit integers)"
+
+/* A list of 1..EMF_RAFT_MAX_NODES positive ids into ids[]; false when it is not one. */
+static bool get_raft_ids(ErlNifEnv *env, ERL_NIF_TERM list, uint64_t *ids, size_t *n) {
+    unsigned len = 0;
+    if (!enif_get_list_length(env, list, &len) || len == 0 || len > EMF_RAFT_MAX_NODES) {
+        return false;
+    }
+    ERL_NIF_TERM head;
+    for (unsigned i = 0; i < len; i++) {
+        ErlNifUInt64 id;
+        if (!enif_get_list_cell(env, list, &head, &list) || !enif_get_uint64(env, head, &id) ||
+            id == 0) {
+            return false;
+        }
+        ids[i] = id;
+    }
+    *n = len;
+    return true;
+}
+
+/* raft_node_start(Id, Voters, Opts) -> {ok, Node}: emf_raft_node_start_remote, options of the
+ * map: ring_dir (required), data_dir (absent: the log in memory), tick_ms, election_tick,
+ * heartbeat_tick, snapshot_entries, timeout_ms (the longest the node waits for an answer;
+ * 0 or absent: 5000). Returns once the node's inbox and log are open. */
+static ERL_NIF_TERM nif_raft_node_start(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    emf_raft_node_options_t o;
+    emf_status_t st = emf_raft_node_options_default(&o);
+    if (st != EMF_OK) {
+        return status_error(env, st);
+    }
+    ErlNifUInt64 id;
+    if (!enif_get_uint64(env, argv[0], &id) || id == 0) {
+        return argument_error(env, EMF_NIF_RAFT_NODE_ERROR);
+    }
+    uint64_t voters[EMF_RAFT_MAX_NODES];
+    size_t n_voters = 0;
+    if (!get_raft_ids(env, argv[1], voters, &n_voters)) {
+        return argument_error(env, EMF_NIF_RAFT_IDS_ERROR);
+    }
+    if (!enif_is_map(env, argv[2])) {
+        return argument_error(env, "options: expected a map");
+    }
+    o.id = id;
+    o.voters = voters;
+    o.n_voters = n_voters;
+    ERL_NIF_TERM v;
+    ErlNifUInt64 u, timeout_ms = 0;
+    uint32_t u32;
+#define RAFT_NODE_U64(field, key, msg)                                                         \
+    if (enif_get_map_value(env, argv[2], atom_##key, &v)) {                                    \
+        if (!enif_get_uint64(env, v, &u)) {                                                    \
+            return argument_error(env, (msg));                                                 \
+        }                                                                                      \
+        field = u;                                                                             \
+    }
+#define RAFT_NODE_U32(field, key, msg)                                                         \
+    if (enif_get_map_value(env, argv[2], atom_##key, &v)) {                                    \
+        if (!get_u32(env, v, &u32)) {                                                          \
+            return argument_error(env, (msg));                                                 \
+        }                                                                                      \
+        field = u32;                                                                           \
+    }
+    RAFT_NODE_U64(o.tick_ms, tick_ms, "tick_ms: expected a positive 64-bit integer")
+    RAFT_NODE_U64(o.snapshot_entries, snapshot_entries,
+                  "snapshot_entries: expected a non-negative 64-bit integer")
+    RAFT_NODE_U64(timeout_ms, timeout_ms, "timeout_ms: expected a non-negative 64-bit integer")
+    RAFT_NODE_U32(o.election_tick, election_tick, "election_tick: expected a 32-bit integer")
+    RAFT_NODE_U32(o.heartbeat_tick, heartbeat_tick, "heartbeat_tick: expected a 32-bit integer")
+#undef RAFT_NODE_U64
+#undef RAFT_NODE_U32
+    if (!enif_get_map_value(env, argv[2], atom_ring_dir, &v)) {
+        return argument_error(env, "ring_dir: required (the cluster's ring directory)");
+    }
+    char *ring_dir = get_cstring(env, v);
+    if (ring_dir == NULL) {
+        return argument_error(env, "ring_dir: expected a path (binary or string) without NUL");
+    }
+    char *data_dir = NULL;
+    if (enif_get_map_value(env, argv[2], atom_data_dir, &v)) {
+        data_dir = get_cstring(env, v);
+        if (data_dir == NULL) {
+            enif_free(ring_dir);
+            return argument_error(env,
+                                  "data_dir: expected a path (binary or string) without NUL");
+        }
+    }
+    o.ring_dir = ring_dir;
+    o.data_dir = data_dir;
+    emf_raft_node_t *node = NULL;
+    st = emf_raft_node_start_remote(&o, timeout_ms, &node);
+    enif_free(ring_dir);
+    enif_free(data_dir);
+    return ok_handle(env, st, &raft_node_kind, node, 0, 0);
+}
+
+/* raft_node_next_request(Node, TimeoutMs) -> {ok, Request} | {error, {timeout, _}}
+ * | {error, {closed, _}} (the node has stopped: raft_node_stop says why), Request one of
+ * {apply, Id, Index, Op}, {snapshot, Id}, {restore, Id, Snapshot}, {query, Id, Query}.
+ * Blocks up to TimeoutMs (dirty I/O). */
+static ERL_NIF_TERM nif_raft_node_next_request(ErlNifEnv *env, int argc,
+                                               const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    uint32_t timeout_ms;
+    if (!get_u32(env, argv[1], &timeout_ms)) {
+        return argument_error(env, "timeout_ms: expected a 32-bit non-negative integer");
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_node_kind);
+    uint8_t stack[EMF_NIF_RAFT_STACK_BUF];
+    emf_raft_request_t r;
+    size_t len = 0;
+    emf_status_t st =
+        emf_raft_node_next_request(h->ptr, timeout_ms, &r, stack, sizeof stack, &len);
+    ERL_NIF_TERM bytes;
+    if (st == EMF_OK) {
+        bytes = make_binary_from(env, stack, len);
+    } else if (st == EMF_ERR_BUFFER_TOO_SMALL) {
+        /* The request is kept by the engine: fetch it again into a binary of its size. */
+        ErlNifBinary bin;
+        if (!enif_alloc_binary(len, &bin)) {
+            return handle_leave_with(h, out_of_memory(env));
+        }
+        st = emf_raft_node_next_request(h->ptr, 0, &r, bin.data, bin.size, &len);
+        if (st != EMF_OK || len != bin.size) {
+            enif_release_binary(&bin);
+            /* A kept request that timed out meanwhile: the caller asks again. */
+            return handle_leave_with(h, status_error(env, st == EMF_OK ? EMF_ERR_TIMEOUT : st));
+        }
+        bytes = enif_make_binary(env, &bin);
+    } else {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    ERL_NIF_TERM id = enif_make_uint64(env, r.id), req;
+    switch (r.kind) {
+    case EMF_RAFT_REQ_APPLY:
+        req = enif_make_tuple4(env, atom_apply, id, enif_make_uint64(env, r.index), bytes);
+        break;
+    case EMF_RAFT_REQ_SNAPSHOT:
+        req = enif_make_tuple2(env, atom_snapshot, id);
+        break;
+    case EMF_RAFT_REQ_RESTORE:
+        req = enif_make_tuple3(env, atom_restore, id, bytes);
+        break;
+    case EMF_RAFT_REQ_QUERY:
+        req = enif_make_tuple3(env, atom_query, id, bytes);
+        break;
+    default:
+        return handle_leave_with(h, shim_error(env, EMF_ERR_CORRUPT,
+                                               "raft node: a request of an unknown kind"));
+    }
+    return handle_leave_with(h, make_ok(env, req));
+}
+
+/* raft_node_reply(Node, Id, Status, Bytes) -> ok: emf_raft_node_reply (Status 0: Bytes is
+ * the answer; else the node's request failed and Bytes says why). */
+static ERL_NIF_TERM nif_raft_node_reply(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifUInt64 id;
+    int status;
+    ErlNifBinary b;
+    if (!enif_get_uint64(env, argv[1], &id)) {
+        return argument_error(env, "id: expected a request id (a 64-bit integer)");
+    }
+    if (!enif_get_int(env, argv[2], &status)) {
+        return argument_error(env, "status: expected an integer (0: an answer)");
+    }
+    if (!get_bytes(env, argv[3], &b)) {
+        return argument_error(env, "answer: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_node_kind);
+    emf_status_t st = emf_raft_node_reply(h->ptr, id, status, b.data, b.size);
+    return handle_leave_with(h, ok_or_error(env, st));
+}
+
+/* raft_node_stop(Node) -> ok | {error, {stopped, Why}} | ...: emf_raft_node_stop (joins the
+ * node's thread; the handle stays usable for raft_node_info until closed). */
+static ERL_NIF_TERM nif_raft_node_stop(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_node_kind);
+    return handle_leave_with(h, ok_or_error(env, emf_raft_node_stop(h->ptr)));
+}
+
+/* raft_node_info(Node) -> {ok, #{id, leader, term, commit, applied, running}}. */
+static ERL_NIF_TERM nif_raft_node_info(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_node_kind);
+    emf_raft_node_info_t i;
+    emf_status_t st = emf_raft_node_info(h->ptr, &i);
+    if (st != EMF_OK) {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    ERL_NIF_TERM keys[] = {atom_id, atom_leader, atom_term, atom_commit, atom_applied,
+                           atom_running};
+    ERL_NIF_TERM values[] = {enif_make_uint64(env, i.id),     enif_make_uint64(env, i.leader),
+                             enif_make_uint64(env, i.term),   enif_make_uint64(env, i.commit),
+                             enif_make_uint64(env, i.applied), i.running ? atom_true : atom_false};
+    return handle_leave_with(h, make_ok(env, MAKE_MAP(env, keys, values)));
+}
+
+/* raft_node_close(Node) -> ok: stops the node (its error lost: raft_node_stop first to see
+ * it) and releases the handle once no call uses it; idempotent. */
+static ERL_NIF_TERM nif_raft_node_close(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    return handle_close_arg(env, argv[0], &raft_node_kind);
+}
+
+/* raft_client_connect(RingDir, Nodes, Opts) -> {ok, Client}: emf_raft_client_connect to the
+ * cluster over the rings of RingDir (options timeout_ms, attempt_timeout_ms). */
+static ERL_NIF_TERM nif_raft_client_connect(ErlNifEnv *env, int argc,
+                                            const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    uint64_t nodes[EMF_RAFT_MAX_NODES];
+    size_t n = 0;
+    if (!get_raft_ids(env, argv[1], nodes, &n)) {
+        return argument_error(env,
+                              "nodes: expected a list of 1 to 64 node ids (positive integers)");
+    }
+    if (!enif_is_map(env, argv[2])) {
+        return argument_error(env, "options: expected a map");
+    }
+    emf_raft_client_options_t o;
+    emf_status_t st = emf_raft_client_options_default(&o);
+    if (st != EMF_OK) {
+        return status_error(env, st);
+    }
+    ERL_NIF_TERM v;
+    uint32_t u32;
+    if (enif_get_map_value(env, argv[2], atom_timeout_ms, &v)) {
+        if (!get_u32(env, v, &u32)) {
+            return argument_error(env, "timeout_ms: expected a positive 32-bit integer");
+        }
+        o.timeout_ms = u32;
+    }
+    if (enif_get_map_value(env, argv[2], atom_attempt_timeout_ms, &v)) {
+        if (!get_u32(env, v, &u32)) {
+            return argument_error(env, "attempt_timeout_ms: expected a positive 32-bit integer");
+        }
+        o.attempt_timeout_ms = u32;
+    }
+    char *dir = get_cstring(env, argv[0]);
+    if (dir == NULL) {
+        return argument_error(env, EMF_NIF_DIR_ERROR);
+    }
+    emf_raft_client_t *c = NULL;
+    st = emf_raft_client_connect(dir, nodes, n, &o, &c);
+    enif_free(dir);
+    return ok_handle(env, st, &raft_client_kind, c, 0, 0);
+}
+
+/* raft_client_submit(Client, Op) -> {ok, {Index, Result}}: emf_raft_client_submit. */
+static ERL_NIF_TERM nif_raft_client_submit(ErlNifEnv *env, int argc,
+                                           const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifBinary op;
+    if (!get_bytes(env, argv[1], &op)) {
+        return argument_error(env, "op: " EMF_NIF_RAFT_BYTES_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &raft_client_kind);
+    uint8_t buf[EMF_NIF_RAFT_STACK_BUF];
+    uint64_t index = 0;
+    size_t len = 0;
+    emf_status_t st =
+        emf_raft_client_submit(h->ptr, op.data, op.size, &index, buf, sizeof buf, &len);
+    ERL_NIF_TERM result;
+    if (st == EMF_OK) {
+        result = make_binary_from(env, buf, len);
+    } else if (st == EMF_ERR_BUFFER_TOO_SMALL) {
+        ErlNifBinary bin;
+        if (!enif_alloc_binary(len, &bin)) {
+            return handle_leave_with(h, out_of_memory(env));
+        }
+        size_t got = 0;
+        st = emf_raft_client_result(h->ptr, bin.data, bin.size, &got);
+        if (st != EMF_OK || (got != bin.size && !enif_realloc_binary(&bin, got))) {
+            enif_release_binary(&bin);
+            return handle_leave_with(h, st != EMF_OK ? status_error(env, st)
+                                                     : out_of_memory(env));
+        }
+        result = enif_make_binary(env, &bin);
+    } else {
+        return handle_leave_with(h, status_error(env, st));
+    }
+    return handle_leave_with(
+        h, make_ok(env, enif_make_tuple2(env, enif_make_uint64(env, index), result)));
+}
+
+/* raft_client_close(Client) -> ok: releases the client; idempotent. */
+static ERL_NIF_TERM nif_raft_client_close(ErlNifEnv *env, int argc,
+                                          const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    return handle_close_arg(env, argv[0], &raft_client_kind);
+}

@@ -66,14 +66,18 @@
          raft_cluster_start/3, raft_cluster_close/1, raft_submit/2, raft_append_entry/2, raft_submit_many/3,
          raft_wait_committed/3, raft_leader/1, raft_members/1, raft_stats/1, raft_kill/2,
          raft_restart/2, raft_set/3, raft_get/2, raft_cas/4, raft_read/2,
-         raft_transfer_leader/2, raft_change_membership/2, raft_membership/1]).
+         raft_transfer_leader/2, raft_change_membership/2, raft_membership/1,
+         raft_node_start/3, raft_node_next_request/2, raft_node_reply/4, raft_node_stop/1,
+         raft_node_info/1, raft_node_close/1,
+         raft_client_connect/3, raft_client_submit/2, raft_client_close/1]).
 -export([load_error_reason/1]).
 
 -export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
               ring/0, producer/0, consumer/0, timeout_ms/0,
               router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
               drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0,
-              sched/0, sched_action/0, pool/0, pool_action/0, raft/0]).
+              sched/0, sched_action/0, pool/0, pool_action/0, raft/0,
+              raft_node/0, raft_request/0, raft_client/0]).
 
 -on_load(init/0).
 
@@ -127,6 +131,17 @@
 %% A local Raft cluster (`emf_raft_cluster_t'): node processes and a client; owned by one
 %% erlmcp_flow_raft server.
 -opaque raft() :: reference().
+%% A node of a Raft cluster running in this VM whose state machine Erlang answers
+%% (`emf_raft_node_start_remote'); owned by one erlmcp_flow_raft_node server.
+-opaque raft_node() :: reference().
+%% A request of a `raft_node()' to its state machine, answered with `raft_node_reply/4'
+%% naming its `Id'.
+-type raft_request() :: {apply, Id :: pos_integer(), Index :: pos_integer(), Op :: binary()}
+                      | {snapshot, Id :: pos_integer()}
+                      | {restore, Id :: pos_integer(), Snapshot :: binary()}
+                      | {query, Id :: pos_integer(), Query :: binary()}.
+%% A client of a Raft cluster over rings (`emf_raft_client_t'): one caller at a time.
+-opaque raft_client() :: reference().
 %% A pool manager's policy (`emf_pool_t'): one process at a time; see
 %% erlmcp_flow_pool_manager.
 -type pool_action() :: {start, Slot :: non_neg_integer()} | {stop, Agent :: binary()}.
@@ -899,3 +914,50 @@ raft_change_membership(_Cluster, _Changes) -> erlang:nif_error(not_loaded).
 %% @doc `emf_raft_cluster_membership': `{Voters, Learners, Joint}'.
 -spec raft_membership(raft()) -> {ok, {[pos_integer()], [pos_integer()], boolean()}} | error().
 raft_membership(_Cluster) -> erlang:nif_error(not_loaded).
+
+%% ---- In-process Raft nodes answered by Erlang, and clients (c_src/raft.c) -----------------
+
+%% @doc `emf_raft_node_start_remote': node `Id' of `Voters' over the rings of the option
+%% `ring_dir' (required), its log in `data_dir' (absent: in memory); options `tick_ms',
+%% `election_tick', `heartbeat_tick', `snapshot_entries', `timeout_ms' (how long the node
+%% waits for each answer; 0: 5000).
+-spec raft_node_start(pos_integer(), [pos_integer()], map()) -> {ok, raft_node()} | error().
+raft_node_start(_Id, _Voters, _Opts) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_node_next_request': waits up to `TimeoutMs' for the node's next request
+%% (`{error, {timeout, _}}': none; `{error, {closed, _}}': the node has stopped).
+-spec raft_node_next_request(raft_node(), non_neg_integer()) -> {ok, raft_request()} | error().
+raft_node_next_request(_Node, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_node_reply': answers request `Id' (`Status' 0) or fails it (`Answer' says
+%% why; the node stops unless it is a query).
+-spec raft_node_reply(raft_node(), pos_integer(), integer(), bytes()) -> ok | error().
+raft_node_reply(_Node, _Id, _Status, _Answer) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_node_stop': stops the node and says what ended it (`{error, {stopped, Why}}'
+%% when its state machine failed or did not answer in time).
+-spec raft_node_stop(raft_node()) -> ok | error().
+raft_node_stop(_Node) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_node_info': `#{id, leader, term, commit, applied, running}'.
+-spec raft_node_info(raft_node()) -> {ok, map()} | error().
+raft_node_info(_Node) -> erlang:nif_error(not_loaded).
+
+%% @doc Stops the node (its error lost) and releases the handle; idempotent.
+-spec raft_node_close(raft_node()) -> ok | error().
+raft_node_close(_Node) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_client_connect': a client of the cluster of `Nodes' over the rings of
+%% `RingDir'; options `timeout_ms', `attempt_timeout_ms'.
+-spec raft_client_connect(file:filename_all(), [pos_integer()], map()) ->
+          {ok, raft_client()} | error().
+raft_client_connect(_RingDir, _Nodes, _Opts) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_raft_client_submit': the log index and the state machine's result.
+-spec raft_client_submit(raft_client(), bytes()) ->
+          {ok, {non_neg_integer(), binary()}} | error().
+raft_client_submit(_Client, _Op) -> erlang:nif_error(not_loaded).
+
+%% @doc Releases the client; idempotent.
+-spec raft_client_close(raft_client()) -> ok | error().
+raft_client_close(_Client) -> erlang:nif_error(not_loaded).
