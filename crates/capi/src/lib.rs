@@ -46,6 +46,8 @@ pub mod raft_node;
 pub mod ring;
 pub mod runtime;
 pub mod sched;
+#[cfg(test)]
+mod testutil;
 pub mod vector;
 
 use std::borrow::Cow;

@@ -5,28 +5,9 @@ use std::ffi::CString;
 use std::ptr::{null, null_mut};
 
 use super::*;
-use crate::{emf_last_error_message, EMF_ERR_IO, EMF_ERR_NULL_ARGUMENT, EMF_OK};
+use crate::{EMF_ERR_IO, EMF_ERR_NULL_ARGUMENT, EMF_OK};
 
-/// One FFI call: every argument a test passes is valid, NULL, or a handle the slab refuses
-/// without dereferencing it.
-macro_rules! ffi {
-    ($e:expr) => {{
-        // SAFETY: see the macro's documentation.
-        unsafe { $e }
-    }};
-}
-
-fn last_error() -> String {
-    let mut buf = [0 as c_char; 512];
-    let mut n = 0usize;
-    // SAFETY: buf is 512 bytes; n a valid usize.
-    let st = unsafe { emf_last_error_message(buf.as_mut_ptr(), buf.len(), &mut n) };
-    assert_eq!(st, EMF_OK);
-    // SAFETY: NUL-terminated by the call.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
+use crate::testutil::{ffi, last_error};
 
 #[test]
 fn defaults_are_the_engines() {

@@ -12,30 +12,10 @@ use crate::raft::{
     emf_raft_client_wait_committed,
 };
 use crate::{
-    emf_last_error_message, EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_CLOSED, EMF_ERR_NULL_ARGUMENT,
-    EMF_ERR_TIMEOUT, EMF_OK,
+    EMF_ERR_BUFFER_TOO_SMALL, EMF_ERR_CLOSED, EMF_ERR_NULL_ARGUMENT, EMF_ERR_TIMEOUT, EMF_OK,
 };
 
-/// One FFI call whose every pointer argument is valid, NULL, or a handle the slab refuses
-/// without dereferencing it.
-macro_rules! ffi {
-    ($e:expr) => {{
-        // SAFETY: see the macro's documentation.
-        unsafe { $e }
-    }};
-}
-
-fn last_error() -> String {
-    let mut buf = [0 as c_char; 512];
-    let mut n = 0usize;
-    // SAFETY: buf is 512 bytes; n a valid usize.
-    let st = unsafe { emf_last_error_message(buf.as_mut_ptr(), buf.len(), &mut n) };
-    assert_eq!(st, EMF_OK);
-    // SAFETY: NUL-terminated by the call.
-    unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
-}
+use crate::testutil::{ffi, last_error};
 
 /// The counter a node's callbacks work on: the sum of the operations (u64, little-endian)
 /// applied; the operation `u64::MAX` makes `apply` fail.

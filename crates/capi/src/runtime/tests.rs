@@ -5,6 +5,7 @@ use std::ptr::{null, null_mut};
 
 use super::*;
 use crate::codec::EMF_PRIORITY_NORMAL;
+use crate::testutil::last_error;
 use crate::{EMF_ERR_FULL, EMF_ERR_NULL_ARGUMENT, EMF_OK};
 
 /// A scheduler directory removed when dropped.
@@ -54,17 +55,6 @@ fn connect(dir: &Dir, id: &CStr, max: u32) -> *mut emf_agent_t {
         unsafe { emf_agent_connect(dir.1.as_ptr(), id.as_ptr(), c"echo".as_ptr(), max, &mut a) };
     assert_eq!(st, EMF_OK, "{}", last_error());
     a
-}
-
-fn last_error() -> String {
-    let mut buf = [0 as c_char; 512];
-    let mut n = 0;
-    // SAFETY: a 512-byte buffer and a writable length.
-    unsafe { crate::emf_last_error_message(buf.as_mut_ptr(), buf.len(), &mut n) };
-    // SAFETY: NUL-terminated by the call.
-    unsafe { CStr::from_ptr(buf.as_ptr()) }
-        .to_string_lossy()
-        .into_owned()
 }
 
 fn submit(s: *mut emf_service_t, payload: &[u8]) -> u64 {
