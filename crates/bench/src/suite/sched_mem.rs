@@ -326,12 +326,15 @@ mod tests {
             return; // no /proc: nothing to compare
         }
         assert!(r.loaded.total_kib > r.base.total_kib, "{r:?}");
-        // 60 rings of 1 MiB, each written end to end: at least 60 MiB more shared pages.
+        // 60 rings of 1 MiB, each written end to end: at least 60 MiB of shared pages over
+        // the base (not over `loaded`: the loaded scheduler has already written part of the
+        // inboxes, how much depends on timing — a CI run saw 28 MiB there).
         let rings_kib = (AGENTS * INBOX_CAPACITY / 1024) as u64;
         assert!(
-            r.rings_touched.shmem_kib >= r.loaded.shmem_kib + rings_kib * 9 / 10,
+            r.rings_touched.shmem_kib >= r.base.shmem_kib + rings_kib * 9 / 10,
             "{r:?}"
         );
+        assert!(r.rings_touched.shmem_kib >= r.loaded.shmem_kib, "{r:?}");
         let dir = PathBuf::from(erlmcp_flow::shm::DEFAULT_DIR)
             .join(format!("emf-sched-mem-{}", std::process::id()));
         assert!(!dir.exists(), "{dir:?} left behind");
