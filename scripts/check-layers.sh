@@ -44,7 +44,7 @@ def fail(msg):
 #
 # A module may name only the modules of its row. The rows follow the layers, lowest first:
 #   error; sync; checksum; priority | shm | ring | codec | queue, cache | vector, hnsw |
-#   router, batch, state | net | raft, pbft, membership | replica | sched
+#   router, batch, state | net | raft, pbft, membership | replica, mesh | sched
 # A row lists what the module needs or may plausibly need from below, not every lower module:
 # queue, cache and hnsw take their Backoff from sync, never from each other; ring moves bytes
 # and knows no codec (codec's ring adapters sit above it, in codec::ring); priority is a value
@@ -74,8 +74,10 @@ ALLOWED = {
     "membership": BASE | {"priority", "codec"},
     # The Raft host loop: drives a raft::Node over a net::Transport (raft may not name net).
     "replica": BASE | {"priority", "shm", "ring", "codec", "net", "raft"},
+    # The membership and PBFT host loops: drive them over a net::Transport (as replica does raft).
+    "mesh": BASE | {"priority", "shm", "ring", "codec", "net", "pbft", "membership"},
     "sched": BASE | {"priority", "shm", "ring", "codec", "queue", "cache", "vector", "hnsw", "router",
-                     "batch", "state", "net", "raft", "pbft", "membership", "replica"},
+                     "batch", "state", "net", "raft", "pbft", "membership", "replica", "mesh"},
 }
 # Items of the crate root that are not modules: the re-exports of `error`, and the version.
 ROOT_ITEMS = {"Error": "error", "ErrorKind": "error", "Result": "error", "VERSION": None}

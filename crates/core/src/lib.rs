@@ -32,6 +32,11 @@
 //!   checksummed log with group commit and snapshots, leader batching, a replicated KV store.
 //! * [`replica`] — the Raft host loop: a `raft::Node` driven over a `net::Transport`, a clock
 //!   and its storage; submit, wait for commit, leader and term.
+//! * [`membership`] — SWIM membership with suspicion and push-pull gossip of agents' state
+//!   with anti-entropy, as state machines without I/O.
+//! * [`pbft`] — PBFT Byzantine agreement with a tentative-execution fast path, as a state
+//!   machine without I/O.
+//! * [`mesh`] — the host loops of membership and PBFT over a `net::Transport`.
 //!
 //! [`Error`], [`ErrorKind`] and [`Result`] are every module's error type.
 //!
@@ -69,12 +74,18 @@ mod checksum;
 pub mod codec;
 mod error;
 pub mod hnsw;
+#[cfg(not(loom))]
+pub mod membership;
+#[cfg(not(loom))]
+pub mod mesh;
 // The consensus layers have no loom models; the loom build (scripts/loom.sh) leaves them and
 // raft-rs out, which keeps the CI loom stage to the structures it checks.
 #[cfg(not(loom))]
 pub mod net;
 mod priority;
 pub mod queue;
+#[cfg(not(loom))]
+pub mod pbft;
 #[cfg(not(loom))]
 pub mod raft;
 #[cfg(not(loom))]
