@@ -12,6 +12,8 @@
 //! does not name `net` (see `docs/ARCHITECTURE.md`). [`crate::mesh`] drives both over a
 //! transport.
 
+pub mod swim;
+
 /// A datagram a membership state machine asks its driver to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Datagram {
