@@ -30,27 +30,36 @@
 //! # Local health (what is implemented of Lifeguard)
 //!
 //! foca has no Lifeguard. A member that runs late (CPU starvation, a paused process) would
-//! otherwise accuse healthy members: its probe's deadline passes before it has read the
-//! acks waiting in its inbox. Three measures, all in this driver:
+//! otherwise accuse healthy members: it judges a probe when its deadline has long passed,
+//! before the acks of the indirect probes it has only just sent could come back. And a
+//! starved *suspect* refutes late. The measures, all in this driver ([`SwimConfig::local_health`],
+//! on by default):
 //!
-//! 1. **Starved time does not count.** When [`Swim::tick`] finds its earliest timer overdue
-//!    by more than [`SwimConfig::late_threshold`], the member was not running: every pending
-//!    timer is pushed back by the stall, so the probe cycle (and any suspicion timeout) that
-//!    was running gets the time it was meant to have *while this member runs*. The host loop
-//!    must hand received datagrams to [`Swim::handle`] before calling `tick` (acks that came
-//!    during the stall are read first).
-//! 2. **A local health score** `h` in `0..max_health` (Lifeguard's LHM). It goes up by one
-//!    on a late tick (as in 1), on a failed probe of ours (a member we probed answered
-//!    neither directly nor through the indirect probes) and on a refutation (the cluster
-//!    suspected *us*: we had to raise our incarnation); it goes down by one on each probe
-//!    cycle of ours that succeeded.
-//! 3. **Timeouts scaled by the multiplier** `h + 1` ([`Swim::local_health`]): the probe
-//!    period, the probe RTT (when indirect probes start) and the suspicion timeout of the
-//!    suspicions we raise are multiplied when their timers are armed. An unhealthy member
-//!    probes less often and waits longer before accusing.
+//! 1. **Read before judging.** The host loop hands received datagrams to [`Swim::handle`]
+//!    before calling [`Swim::tick`], so acks that arrived during a stall count.
+//! 2. **Late indirect probes get their whole window.** When the indirect-probe timer fires
+//!    `L` µs late, the end of that probe cycle (where foca decides "suspect") moves `L` later.
+//! 3. **A local health score** `h` in `0..max_health` (Lifeguard's LHM). It goes up by one
+//!    on a late tick (a timer overdue by more than [`SwimConfig::late_threshold`]; at most
+//!    once per probe period), on a failed probe of ours (the member answered neither directly
+//!    nor through the indirect probes) and on a refutation (the cluster suspected *us*); it
+//!    goes down by one for each probe cycle of ours that succeeded.
+//! 4. **Timeouts scaled by the multiplier** `h + 1` ([`Swim::local_health`]): the probe
+//!    period, the probe RTT and the suspicion timeout of the suspicions we raise are
+//!    multiplied when their timers are armed. An unhealthy member probes less often and
+//!    waits longer before accusing; a member that keeps running late stays at the maximum.
+//! 5. **Buddy system.** When we suspect a member we tell it directly (a gossip datagram
+//!    carrying only its suspicion) instead of waiting for gossip to reach it; and when a
+//!    datagram makes us refute a suspicion of ourselves, the refutation goes straight back to
+//!    its sender (the suspecter, for a buddy notice). Only the suspecter's timer can declare
+//!    a member down, so the refutation must reach that member in time.
 //!
 //! Not implemented: Lifeguard's "dogpile" (suspicion timeouts that shrink with independent
-//! confirmations) and nack-based health in indirect probes; foca has no hook for either.
+//! confirmations) and nacks in indirect probes; foca has no hook for either.
+//!
+//! One foca behaviour is corrected: it sends `TurnUndead` ("you are down") to a member whose
+//! suspicion timer ran out even when that member refuted in time; such messages are dropped
+//! ([`SwimStats::spurious_turn_undead`]), or the member would renew itself for nothing.
 //!
 //! # Identities, restarts and stale input
 //!
@@ -128,8 +137,11 @@ pub struct SwimConfig {
     /// off). Lifeguard's default is 8.
     pub max_health: u32,
     /// A timer delivered later than this means this member was not running (starved, paused):
-    /// the stall does not count against the timers and the health score goes up.
+    /// the health score goes up (module docs).
     pub late_threshold: Duration,
+    /// The Lifeguard-like measures (module docs): the health multiplier and the protection of
+    /// late probe cycles. On by default; off gives foca's plain SWIM (for comparison).
+    pub local_health: bool,
 }
 
 impl SwimConfig {
@@ -154,6 +166,7 @@ impl SwimConfig {
             max_datagram: 1400,
             max_health: 8,
             late_threshold: Duration::from_millis(100),
+            local_health: true,
         };
         let n = n.max(1) as f64;
         c.max_transmissions = (4.0 * (n + 1.0).log10()).ceil().clamp(3.0, 255.0) as u8;
@@ -304,12 +317,21 @@ pub struct SwimStats {
     pub refutations: u64,
     /// Ticks that came later than `late_threshold` (this member was starved).
     pub late_ticks: u64,
-    /// The total stall (µs) pushed out of the timers by late ticks.
+    /// The total lateness (µs) of the late ticks.
     pub stalled_us: u64,
+    /// Suspicions told directly to the suspect (Lifeguard's buddy system).
+    pub buddy_notices: u64,
+    /// Refutations sent straight back to the member that told us of our suspicion.
+    pub direct_refutations: u64,
+    /// Probe cycles whose end was pushed back because their indirect probes went out late.
+    pub delayed_cycles: u64,
     /// Timer events foca refused (a probe cycle it found incomplete, ...).
     pub timer_errors: u64,
     /// Times this member was declared down and rejoined under a new generation.
     pub rejoins: u64,
+    /// `TurnUndead` messages foca asked to send to a member that refuted its suspicion in
+    /// time, dropped (see the module docs).
+    pub spurious_turn_undead: u64,
 }
 
 /// SplitMix64 as foca's random source: seeded, and the same on every platform.
@@ -385,6 +407,8 @@ pub struct Swim {
     left: bool,
     /// The local health score, `0..max_health`.
     health: u32,
+    /// When a late tick last raised the health score.
+    last_late_us: Option<u64>,
     /// A probe cycle of ours is running (an indirect-probe timer was armed for it).
     probing: bool,
     /// The highest incarnation (of the current generation) this member has sent.
@@ -435,6 +459,7 @@ impl Swim {
             active: false,
             left: false,
             health: 0,
+            last_late_us: None,
             probing: false,
             incarnation: 0,
             suspects: HashSet::new(),
@@ -556,8 +581,24 @@ impl Swim {
             self.stats.stale += 1;
             return Ok(());
         }
+        let (generation, incarnation) = (self.generation, self.incarnation);
         let r = self.foca.handle_data(packet, &mut self.rt);
         self.flush(out, None);
+        if self.config.local_health
+            && self.generation == generation
+            && self.incarnation > incarnation
+        {
+            // This datagram made us refute a suspicion of ourselves: its sender (the
+            // suspecter itself when it is a buddy notice) hears the refutation at once.
+            let me = self.identity();
+            let packet = self.notice(header.src, me, self.incarnation, State::Alive);
+            out.push(Datagram {
+                to: from,
+                payload: wire::seal(&packet),
+            });
+            self.stats.sent += 1;
+            self.stats.direct_refutations += 1;
+        }
         match r {
             Ok(()) => Ok(()),
             Err(e) => Err(self.reject(ErrorKind::Corrupt, from, e.to_string())),
@@ -575,29 +616,43 @@ impl Swim {
         let late = micros(self.config.late_threshold);
         if let Some((&(due, _), _)) = self.timers.first_key_value() {
             if now > due && now - due > late {
-                let stall = now - due;
                 self.stats.late_ticks += 1;
-                self.stats.stalled_us = self.stats.stalled_us.saturating_add(stall);
-                self.health_up();
-                let timers = std::mem::take(&mut self.timers);
-                self.timers = timers
-                    .into_iter()
-                    .map(|((due, seq), t)| ((due.saturating_add(stall), seq), t))
-                    .collect();
+                self.stats.stalled_us = self.stats.stalled_us.saturating_add(now - due);
+                // One step of health per probe period at most: a member stalled often is
+                // unhealthy, not infinitely so.
+                let period = micros(self.config.probe_period);
+                if self.config.local_health
+                    && self.last_late_us.is_none_or(|t| now.saturating_sub(t) >= period)
+                {
+                    self.last_late_us = Some(now);
+                    self.health_up();
+                }
             }
         }
         for _ in 0..MAX_FIRED_PER_TICK {
             let Some(entry) = self.timers.first_entry() else {
                 break;
             };
-            if entry.key().0 > now {
+            let due = entry.key().0;
+            if due > now {
                 break;
             }
             let timer = entry.remove();
             let cycle_end = matches!(timer, Timer::ProbeRandomMember(_));
             let was_probing = cycle_end && std::mem::take(&mut self.probing);
+            let suspect = match &timer {
+                Timer::ChangeSuspectToDown { member_id, .. } => Some(*member_id),
+                _ => None,
+            };
+            let indirect = matches!(timer, Timer::SendIndirectProbe { .. });
             if self.foca.handle_timer(timer, &mut self.rt).is_err() {
                 self.stats.timer_errors += 1;
+            }
+            if indirect && now > due && self.config.local_health {
+                self.delay_cycle_end(now - due);
+            }
+            if let Some(suspect) = suspect {
+                self.drop_spurious_turn_undead(suspect);
             }
             self.flush(out, cycle_end.then_some(was_probing));
         }
@@ -674,11 +729,86 @@ impl Swim {
     }
 
     fn health_up(&mut self) {
+        if !self.config.local_health {
+            return;
+        }
         self.health = (self.health + 1).min(self.config.max_health - 1);
     }
 
     fn health_down(&mut self) {
         self.health = self.health.saturating_sub(1);
+    }
+
+    fn identity(&self) -> NodeIdentity {
+        NodeIdentity {
+            id: self.id,
+            generation: self.generation,
+        }
+    }
+
+    /// A gossip message to `dst` carrying one update, `member` at `incarnation` in `state`
+    /// (our codec, foca's packet layout: header, a big-endian `u16` count, the updates).
+    fn notice(
+        &self,
+        dst: NodeIdentity,
+        member: NodeIdentity,
+        incarnation: u16,
+        state: State,
+    ) -> Vec<u8> {
+        let header = foca::Header {
+            src: self.identity(),
+            src_incarnation: self.incarnation,
+            dst,
+            message: Message::Gossip,
+        };
+        let mut buf = Vec::with_capacity(64);
+        WireCodec
+            .encode_header(&header, &mut buf)
+            .expect("a Vec has room");
+        buf.extend_from_slice(&1u16.to_be_bytes());
+        WireCodec
+            .encode_member(
+                &foca::Member::new(member, incarnation, state),
+                &mut buf,
+            )
+            .expect("a Vec has room");
+        buf
+    }
+
+    /// The indirect probes went out `lateness` after their time: the end of the probe cycle
+    /// (the pending `ProbeRandomMember`, which judges the probe) moves by as much, so they get
+    /// the window they were meant to have while this member runs.
+    fn delay_cycle_end(&mut self, lateness: u64) {
+        let key = self
+            .timers
+            .iter()
+            .find(|(_, t)| matches!(t, Timer::ProbeRandomMember(_)))
+            .map(|(&k, _)| k);
+        if let Some(key) = key {
+            let timer = self.timers.remove(&key).expect("found");
+            self.timers
+                .insert((key.0.saturating_add(lateness), key.1), timer);
+            self.stats.delayed_cycles += 1;
+        }
+    }
+
+    /// foca (1.0 and 2.0) sends `TurnUndead` ("the cluster thinks you are down") to a member
+    /// whose suspicion timer ran out even when the member refuted in time and was *not*
+    /// declared down; the member would then renew its identity and rejoin for nothing (a
+    /// false positive in all but name). Such a message is dropped here: it goes out only to a
+    /// member that this member now holds down.
+    fn drop_spurious_turn_undead(&mut self, suspect: NodeIdentity) {
+        let still_live = self
+            .foca
+            .iter_members()
+            .any(|m| *m.id() == suspect);
+        if still_live {
+            let before = self.rt.sends.len();
+            self.rt
+                .sends
+                .retain(|(to, p)| !(*to == suspect && wire::is_turn_undead(p)));
+            self.stats.spurious_turn_undead += (before - self.rt.sends.len()) as u64;
+        }
     }
 
     fn announce_to_seeds(&mut self, out: &mut Vec<Datagram>) {
@@ -724,6 +854,7 @@ impl Swim {
 
         let mult = u64::from(self.local_health());
         let mut suspected = false;
+        let mut buddies = Vec::new();
         let timers = std::mem::take(&mut self.rt.timers);
         for (timer, after) in timers {
             let mut after = micros(after);
@@ -733,9 +864,16 @@ impl Swim {
                     self.stats.probes += 1;
                     after = after.saturating_mul(mult);
                 }
-                Timer::ChangeSuspectToDown { .. } => {
+                Timer::ChangeSuspectToDown {
+                    member_id,
+                    incarnation,
+                    ..
+                } => {
                     suspected = true;
                     after = after.saturating_mul(mult);
+                    if self.config.local_health {
+                        buddies.push((member_id, incarnation));
+                    }
                 }
                 Timer::ProbeRandomMember(_) => after = after.saturating_mul(mult),
                 _ => {}
@@ -743,6 +881,17 @@ impl Swim {
             self.timer_seq += 1;
             self.timers
                 .insert((self.now_us.saturating_add(after), self.timer_seq), timer);
+        }
+        for (suspect, incarnation) in buddies {
+            // Lifeguard's buddy system: the suspect hears of the suspicion from us at once,
+            // not only when gossip reaches it, and refutes sooner.
+            let packet = self.notice(suspect, suspect, incarnation, State::Suspect);
+            out.push(Datagram {
+                to: suspect.id,
+                payload: wire::seal(&packet),
+            });
+            self.stats.sent += 1;
+            self.stats.buddy_notices += 1;
         }
         if let Some(was_probing) = cycle_end {
             if suspected {

@@ -305,3 +305,8 @@ pub(crate) fn src_incarnation(packet: &[u8]) -> Option<u16> {
     let b = packet.get(IDENTITY_LEN..IDENTITY_LEN + 2)?;
     Some(u16::from_le_bytes([b[0], b[1]]))
 }
+
+/// True when a foca packet is a `TurnUndead` message.
+pub(crate) fn is_turn_undead(packet: &[u8]) -> bool {
+    packet.get(2 * IDENTITY_LEN + 2) == Some(&TAG_TURN_UNDEAD)
+}
