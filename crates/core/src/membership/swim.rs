@@ -224,8 +224,7 @@ impl SwimConfig {
         c.max_transmissions = NonZeroU8::new(self.max_transmissions).expect("validated");
         c.suspect_to_down_after = self.suspicion_timeout;
         c.remove_down_after = self.remove_down_after;
-        c.max_packet_size =
-            NonZeroUsize::new(self.max_datagram - ENVELOPE_LEN).expect("validated");
+        c.max_packet_size = NonZeroUsize::new(self.max_datagram - ENVELOPE_LEN).expect("validated");
         c.notify_down_members = true;
         let one = NonZeroUsize::new(1).expect("1 > 0");
         c.periodic_announce = self.announce_period.map(|frequency| PeriodicParams {
@@ -553,7 +552,7 @@ impl Swim {
             Ok(p) => p,
             Err(why) => return Err(self.reject(ErrorKind::Corrupt, from, why.to_string())),
         };
-        let header = match WireCodec.decode_header(packet) {
+        let header = match wire::validate(packet) {
             Ok(h) => h,
             Err(e) => return Err(self.reject(ErrorKind::Corrupt, from, e.to_string())),
         };
@@ -622,7 +621,9 @@ impl Swim {
                 // unhealthy, not infinitely so.
                 let period = micros(self.config.probe_period);
                 if self.config.local_health
-                    && self.last_late_us.is_none_or(|t| now.saturating_sub(t) >= period)
+                    && self
+                        .last_late_us
+                        .is_none_or(|t| now.saturating_sub(t) >= period)
                 {
                     self.last_late_us = Some(now);
                     self.health_up();
@@ -724,7 +725,10 @@ impl Swim {
         self.stats.rejected += 1;
         Error::new(
             kind,
-            format!("swim member {}: datagram from {from} refused: {why}", self.id),
+            format!(
+                "swim member {}: datagram from {from} refused: {why}",
+                self.id
+            ),
         )
     }
 
@@ -767,10 +771,7 @@ impl Swim {
             .expect("a Vec has room");
         buf.extend_from_slice(&1u16.to_be_bytes());
         WireCodec
-            .encode_member(
-                &foca::Member::new(member, incarnation, state),
-                &mut buf,
-            )
+            .encode_member(&foca::Member::new(member, incarnation, state), &mut buf)
             .expect("a Vec has room");
         buf
     }
@@ -798,10 +799,7 @@ impl Swim {
     /// false positive in all but name). Such a message is dropped here: it goes out only to a
     /// member that this member now holds down.
     fn drop_spurious_turn_undead(&mut self, suspect: NodeIdentity) {
-        let still_live = self
-            .foca
-            .iter_members()
-            .any(|m| *m.id() == suspect);
+        let still_live = self.foca.iter_members().any(|m| *m.id() == suspect);
         if still_live {
             let before = self.rt.sends.len();
             self.rt

@@ -184,7 +184,9 @@ impl Cluster {
                     Some(w) if w <= now => {
                         // A starved member wakes: reads its inbox, then fires its timers.
                         while let Some((from, payload)) = node.inbox.pop_front() {
-                            node.swim.handle(from, &payload, now, &mut self.out).unwrap();
+                            node.swim
+                                .handle(from, &payload, now, &mut self.out)
+                                .unwrap();
                         }
                         node.swim.tick(now, &mut self.out);
                         let stall = self.rng.between(1, self.max_stall);
@@ -304,13 +306,20 @@ fn a_crashed_member_is_declared_down_everywhere_within_a_bound() {
             .iter()
             .find(|(_, o, e)| *o == id && *e == MemberEvent::Down(5))
             .unwrap_or_else(|| panic!("member {id} did not see 5 down within {bound} µs"));
-        assert!(seen.0 > crashed_at + suspicion, "down before the suspicion ran out");
+        assert!(
+            seen.0 > crashed_at + suspicion,
+            "down before the suspicion ran out"
+        );
         assert!(!c.nodes[&id].swim.live_members().contains(&5));
     }
     // It was suspected first, and nobody else went down.
     assert!(c.log.iter().any(|(_, _, e)| *e == MemberEvent::Suspect(5)));
     let healthy: Vec<u64> = c.live_ids();
-    assert!(c.false_downs(&healthy).is_empty(), "{:?}", c.false_downs(&healthy));
+    assert!(
+        c.false_downs(&healthy).is_empty(),
+        "{:?}",
+        c.false_downs(&healthy)
+    );
 }
 
 #[test]
@@ -326,8 +335,17 @@ fn a_restarted_member_rejoins_with_a_new_generation() {
     c.run_until_converged(50 * MS, c.now + 20 * SEC)
         .expect("converged after a quick restart");
     for id in c.live_ids().into_iter().filter(|&id| id != 4) {
-        let m = c.nodes[&id].swim.members().into_iter().find(|m| m.id == 4).unwrap();
-        assert_eq!((m.generation, m.state), (1, MemberState::Alive), "seen by {id}");
+        let m = c.nodes[&id]
+            .swim
+            .members()
+            .into_iter()
+            .find(|m| m.id == 4)
+            .unwrap();
+        assert_eq!(
+            (m.generation, m.state),
+            (1, MemberState::Alive),
+            "seen by {id}"
+        );
         assert!(c
             .log
             .iter()
@@ -337,7 +355,10 @@ fn a_restarted_member_rejoins_with_a_new_generation() {
     // Restarted after being declared down: it comes back up.
     c.crash(4);
     c.run_until(c.now + 10 * SEC);
-    assert!(c.live_ids().iter().all(|&id| id == 4 || !c.nodes[&id].swim.live_members().contains(&4)));
+    assert!(c
+        .live_ids()
+        .iter()
+        .all(|&id| id == 4 || !c.nodes[&id].swim.live_members().contains(&4)));
     let back = c.now;
     c.restart(4, 2);
     c.run_until_converged(50 * MS, c.now + 20 * SEC)
@@ -363,7 +384,10 @@ fn a_member_that_leaves_is_down_without_waiting_for_suspicion() {
     c.send_out(3);
     c.run_until(left_at + suspicion / 2);
     for id in c.live_ids().into_iter().filter(|&id| id != 3) {
-        assert!(!c.nodes[&id].swim.live_members().contains(&3), "{id} still sees 3");
+        assert!(
+            !c.nodes[&id].swim.live_members().contains(&3),
+            "{id} still sees 3"
+        );
     }
     assert!(c.log.iter().all(|(_, _, e)| *e != MemberEvent::Suspect(3)));
     // The member that left ignores what it still receives.
@@ -401,10 +425,16 @@ fn no_false_positives_with_loss_and_a_starved_member() {
         let c = starved_run(seed, minutes * 60 * SEC, 0.01, stall, config);
         let all: Vec<u64> = c.nodes.keys().copied().collect();
         let false_downs = c.false_downs(&all);
-        assert!(false_downs.is_empty(), "seed {seed}: false positives: {false_downs:?}");
+        assert!(
+            false_downs.is_empty(),
+            "seed {seed}: false positives: {false_downs:?}"
+        );
         assert!(c.converged(), "seed {seed}: not converged at the end");
         let st = c.nodes[&8].swim.stats();
-        assert!(st.late_ticks > 100, "seed {seed}: the starved member was not late: {st:?}");
+        assert!(
+            st.late_ticks > 100,
+            "seed {seed}: the starved member was not late: {st:?}"
+        );
         let suspicions = c
             .log
             .iter()
@@ -436,7 +466,11 @@ fn local_health_keeps_a_starved_member_from_accusing() {
     assert!(wo.failed_probes >= 10, "without local health: {wo:?}");
     assert!(!without.false_downs(&all).is_empty());
     assert!(w.failed_probes * 5 <= wo.failed_probes, "{w:?} vs {wo:?}");
-    assert!(with.false_downs(&all).is_empty(), "{:?}", with.false_downs(&all));
+    assert!(
+        with.false_downs(&all).is_empty(),
+        "{:?}",
+        with.false_downs(&all)
+    );
     assert!(with.nodes[&8].swim.local_health() > 1);
     assert_eq!(without.nodes[&8].swim.local_health(), 1);
 }
@@ -449,14 +483,22 @@ fn local_health_rises_under_starvation_and_recovers() {
     let peak = c.nodes[&8].swim.local_health();
     assert!(peak > 1, "health stayed at {peak} while starved");
     for id in 1..=7 {
-        assert!(c.nodes[&id].swim.local_health() <= 2, "member {id} unhealthy");
+        assert!(
+            c.nodes[&id].swim.local_health() <= 2,
+            "member {id} unhealthy"
+        );
     }
     // Fed on time again, its probes succeed and the multiplier comes back to 1.
     c.nodes.get_mut(&8).unwrap().wake_at = None;
     let inbox: Vec<_> = c.nodes.get_mut(&8).unwrap().inbox.drain(..).collect();
     let now = c.now;
     for (from, p) in inbox {
-        c.nodes.get_mut(&8).unwrap().swim.handle(from, &p, now, &mut c.out).unwrap();
+        c.nodes
+            .get_mut(&8)
+            .unwrap()
+            .swim
+            .handle(from, &p, now, &mut c.out)
+            .unwrap();
     }
     c.send_out(8);
     c.run_until(c.now + 60 * SEC);

@@ -50,10 +50,12 @@ impl Identity for NodeIdentity {
     type Addr = u64;
 
     fn renew(&self) -> Option<Self> {
-        self.generation.checked_add(1).map(|generation| NodeIdentity {
-            id: self.id,
-            generation,
-        })
+        self.generation
+            .checked_add(1)
+            .map(|generation| NodeIdentity {
+                id: self.id,
+                generation,
+            })
     }
 
     fn addr(&self) -> u64 {
@@ -309,4 +311,32 @@ pub(crate) fn src_incarnation(packet: &[u8]) -> Option<u16> {
 /// True when a foca packet is a `TurnUndead` message.
 pub(crate) fn is_turn_undead(packet: &[u8]) -> bool {
     packet.get(2 * IDENTITY_LEN + 2) == Some(&TAG_TURN_UNDEAD)
+}
+
+/// Decodes and validates a whole foca packet before foca sees it (foca applies the updates it
+/// has read before it finds trailing garbage): the header, then either nothing or a
+/// big-endian `u16` count and exactly that many updates, nothing after. An announce carries
+/// no updates; custom broadcasts are not used, so a `Broadcast` carries nothing.
+pub(crate) fn validate(mut packet: &[u8]) -> Result<Header<NodeIdentity>, WireError> {
+    let header = WireCodec.decode_header(&mut packet)?;
+    if packet.is_empty() {
+        return Ok(header);
+    }
+    match header.message {
+        Message::Announce => return Err(WireError("an announce carries no updates")),
+        Message::Broadcast => return Err(WireError("custom broadcasts are not used")),
+        _ => {}
+    }
+    let count = if packet.len() >= 2 {
+        packet.get_u16()
+    } else {
+        return Err(WireError("truncated update count"));
+    };
+    for _ in 0..count {
+        WireCodec.decode_member(&mut packet)?;
+    }
+    if !packet.is_empty() {
+        return Err(WireError("bytes after the updates"));
+    }
+    Ok(header)
 }
