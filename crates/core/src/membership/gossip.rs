@@ -23,7 +23,11 @@
 //! learned them; the trade-off: memory for deleted keys against safety — a member that was
 //! away (partitioned, paused) longer than the TTL and still holds the old value brings it
 //! back when it gossips again. Keep the TTL well beyond the longest partition you want to
-//! heal without resurrections (default: one hour).
+//! heal without resurrections (default: one hour). A member takes a pushed tombstone even for
+//! a key it does not hold (so a late copy of the old value cannot show there), but never
+//! *fetches* one for such a key in a pull: a tombstone changes nothing such a member shows,
+//! and fetching would bounce tombstones back and forth between members that dropped them a
+//! few rounds apart, so they would never expire.
 //!
 //! # Rounds
 //!
@@ -38,11 +42,14 @@
 //!   go first; what does not fit one `max_datagram` push waits for the next round (pull and
 //!   anti-entropy still carry it).
 //! * A pull sends a digest: the keys' 64-bit hashes split into `2^bits` buckets by their top
-//!   bits, each bucket the XOR of its entries' `(key hash, version)` fingerprints (at most 64
-//!   buckets for a round's pull). The peer answers for each bucket that differs: entries
-//!   outright where the puller's bucket is empty, else `(key hash, version)` summaries; the
-//!   puller asks (`want`) for the hashes where the peer's version is greater and gets only
-//!   those entries. Nothing the puller already has is sent as an entry.
+//!   bits, each bucket the XOR of its entries' `(key hash, version)` fingerprints. A round's
+//!   pull uses about `sqrt(3 n)` buckets for n entries (8 bytes a bucket in the digest
+//!   against 25 bytes an entry in the summaries of a differing bucket; at most 2^10). The
+//!   peer answers for each bucket that differs: entries outright where the puller's bucket is
+//!   empty, else `(key hash, version)` summaries; the puller asks (`want`) for the hashes
+//!   where the peer's version is greater and gets only those entries. Nothing the puller
+//!   already has is sent as an entry. Members in agreement exchange one digest and nothing
+//!   else.
 //! * **Anti-entropy**: every `anti_entropy_interval_us`, a pull from one random peer with the
 //!   finest digest that fits a datagram (up to 2^12 buckets at 60 kB), marked so the peer
 //!   pulls back the same way: both sides end with the difference, nothing more.
@@ -77,8 +84,12 @@ pub use wire::WIRE_VERSION;
 use super::Datagram;
 use crate::error::{Error, ErrorKind, Result};
 
-/// The digest of a round's pull has at most 2^6 buckets (512 bytes).
-const PULL_MAX_BITS: u8 = 6;
+/// The digest of a round's pull has at most 2^10 buckets (8 KiB).
+const PULL_MAX_BITS: u8 = 10;
+/// Bits of the kept bucket hashes (4096 buckets, 32 KiB).
+const LEAF_BITS: u8 = 12;
+/// Entries beyond which the bucket hashes are kept.
+const LEAF_THRESHOLD: usize = 4096;
 /// The smallest `max_datagram` accepted.
 const MIN_DATAGRAM: usize = 64;
 
@@ -242,6 +253,9 @@ pub struct Gossip {
     /// Hashes with an item that may still be pushed.
     recent: BTreeSet<u64>,
     changes: BTreeMap<Vec<u8>, Change>,
+    /// XOR of the fingerprints per 2^LEAF_BITS bucket, kept once the store grows beyond
+    /// LEAF_THRESHOLD entries (digests then fold it instead of reading every entry).
+    leaves: Option<Vec<u64>>,
     rng: u64,
     next_round_us: Option<u64>,
     next_anti_entropy_us: u64,
@@ -303,6 +317,7 @@ impl Gossip {
             clock: 0,
             recent: BTreeSet::new(),
             changes: BTreeMap::new(),
+            leaves: None,
             rng,
             next_round_us: None,
             next_anti_entropy_us: u64::MAX,
@@ -465,6 +480,10 @@ impl Gossip {
                     return false;
                 }
                 let was = (it.value.is_some(), it.value.is_none());
+                if let Some(l) = self.leaves.as_mut() {
+                    l[bucket(hash, LEAF_BITS)] ^=
+                        fingerprint(hash, it.version) ^ fingerprint(hash, version);
+                }
                 it.value = value.map(<[u8]>::to_vec);
                 it.version = version;
                 it.learned_us = now_us;
@@ -472,6 +491,9 @@ impl Gossip {
                 was
             }
             None => {
+                if let Some(l) = self.leaves.as_mut() {
+                    l[bucket(hash, LEAF_BITS)] ^= fingerprint(hash, version);
+                }
                 slot.push(Item {
                     key: key.to_vec(),
                     value: value.map(<[u8]>::to_vec),
@@ -484,6 +506,9 @@ impl Gossip {
         };
         self.live = self.live + value.is_some() as usize - was_live as usize;
         self.tombstones = self.tombstones + value.is_none() as usize - was_tomb as usize;
+        if self.leaves.is_none() && self.live + self.tombstones > LEAF_THRESHOLD {
+            self.leaves = Some(self.compute_digest(LEAF_BITS));
+        }
         if value.is_none() {
             let expiry = now_us.saturating_add(self.config.tombstone_ttl_us);
             self.next_gc_us = self.next_gc_us.min(expiry);
@@ -568,12 +593,14 @@ impl Gossip {
             }
             wire::Message::Summaries(summaries) => {
                 let mut want = wire::Chunker::new(wire::KIND_WANT, self.config.max_datagram);
-                for (hash, version) in summaries {
-                    let have = self
-                        .items
-                        .get(&hash)
-                        .is_some_and(|slot| slot.iter().any(|i| i.version >= version));
-                    if !have {
+                for (hash, version, tombstone) in summaries {
+                    let slot = self.items.get(&hash);
+                    let have = slot.is_some_and(|s| s.iter().any(|i| i.version >= version));
+                    // A tombstone of a key this member does not hold changes nothing it shows;
+                    // not fetching it is what lets tombstones expire instead of bouncing back
+                    // between members that dropped them at slightly different times.
+                    let pointless = tombstone && slot.is_none();
+                    if !have && !pointless {
                         want.element(8).extend_from_slice(&hash.to_le_bytes());
                     }
                 }
@@ -604,8 +631,8 @@ impl Gossip {
         Ok(())
     }
 
-    /// Bucket hashes of the items at `bits`.
-    fn digest(&self, bits: u8) -> Vec<u64> {
+    /// Bucket hashes of the items at `bits`, from every entry.
+    fn compute_digest(&self, bits: u8) -> Vec<u64> {
         let mut d = vec![0u64; 1usize << bits];
         for (&hash, slot) in &self.items {
             for i in slot {
@@ -615,6 +642,31 @@ impl Gossip {
         d
     }
 
+    /// Bucket hashes of the items at `bits`: folded from the kept ones when there are.
+    fn digest(&self, bits: u8) -> Vec<u64> {
+        match &self.leaves {
+            Some(leaves) if bits <= LEAF_BITS => {
+                let mut d = vec![0u64; 1usize << bits];
+                let shift = LEAF_BITS - bits;
+                for (i, l) in leaves.iter().enumerate() {
+                    d[i >> shift] ^= l;
+                }
+                d
+            }
+            _ => self.compute_digest(bits),
+        }
+    }
+
+    /// The key hashes of bucket `b` of `2^bits`.
+    fn bucket_range(b: usize, bits: u8) -> std::ops::RangeInclusive<u64> {
+        if bits == 0 {
+            return 0..=u64::MAX;
+        }
+        let shift = 64 - bits as u32;
+        let lo = (b as u64) << shift;
+        lo..=lo | (u64::MAX >> bits)
+    }
+
     /// Answers a pull: entries for the puller's empty buckets, summaries for the others that
     /// differ.
     fn answer_pull(&mut self, from: u64, bits: u8, theirs: &[u64], out: &mut Vec<Datagram>) {
@@ -622,25 +674,27 @@ impl Gossip {
         let max = self.config.max_datagram;
         let mut push = wire::Chunker::new(wire::KIND_PUSH, max);
         let mut sums = wire::Chunker::new(wire::KIND_SUMMARIES, max);
-        for (&hash, slot) in &self.items {
-            let b = bucket(hash, bits);
+        for b in 0..ours.len() {
             if ours[b] == theirs[b] {
                 continue;
             }
-            for i in slot {
-                if theirs[b] == 0 {
-                    let v = i.value.as_deref();
-                    wire::put_entry(
-                        push.element(wire::entry_len(&i.key, v)),
-                        i.version,
-                        &i.key,
-                        v,
-                    );
-                } else {
-                    let buf = sums.element(wire::SUMMARY_LEN);
-                    buf.extend_from_slice(&hash.to_le_bytes());
-                    buf.extend_from_slice(&i.version.counter.to_le_bytes());
-                    buf.extend_from_slice(&i.version.origin.to_le_bytes());
+            for (&hash, slot) in self.items.range(Self::bucket_range(b, bits)) {
+                for i in slot {
+                    if theirs[b] == 0 {
+                        let v = i.value.as_deref();
+                        let buf = push.element(wire::entry_len(&i.key, v));
+                        wire::put_entry(buf, i.version, &i.key, v);
+                    } else {
+                        let buf = sums.element(wire::SUMMARY_LEN);
+                        buf.extend_from_slice(&hash.to_le_bytes());
+                        buf.extend_from_slice(&i.version.counter.to_le_bytes());
+                        buf.extend_from_slice(&i.version.origin.to_le_bytes());
+                        buf.push(if i.value.is_none() {
+                            wire::FLAG_TOMBSTONE
+                        } else {
+                            0
+                        });
+                    }
                 }
             }
         }
@@ -659,9 +713,12 @@ impl Gossip {
         bits
     }
 
-    /// Digest bits for a round's pull: at most 2^6 buckets.
+    /// Digest bits for a round's pull: about sqrt(3 n) buckets (which balances the digest's
+    /// 8 bytes a bucket against the 25-byte summaries of a differing bucket), at most 2^10.
     fn coarse_bits(&self) -> u8 {
-        self.fine_bits().min(PULL_MAX_BITS)
+        let n = self.live + self.tombstones;
+        let bits = (ceil_log2(n.max(1)) / 2 + 1) as u8;
+        self.fine_bits().min(bits).min(PULL_MAX_BITS)
     }
 
     fn send_pull(&mut self, to: u64, full: bool, bits: u8, out: &mut Vec<Datagram>) {
@@ -828,13 +885,17 @@ impl Gossip {
         let ttl = self.config.tombstone_ttl_us;
         let mut next = u64::MAX;
         let mut dropped = 0;
-        self.items.retain(|_, slot| {
+        let mut leaves = self.leaves.take();
+        self.items.retain(|&hash, slot| {
             slot.retain(|i| {
                 if i.value.is_some() {
                     return true;
                 }
                 let expiry = i.learned_us.saturating_add(ttl);
                 if expiry <= now_us {
+                    if let Some(l) = leaves.as_mut() {
+                        l[bucket(hash, LEAF_BITS)] ^= fingerprint(hash, i.version);
+                    }
                     dropped += 1;
                     false
                 } else {
@@ -844,6 +905,7 @@ impl Gossip {
             });
             !slot.is_empty()
         });
+        self.leaves = leaves;
         self.tombstones -= dropped;
         self.stats.tombstones_dropped += dropped as u64;
         self.next_gc_us = next;

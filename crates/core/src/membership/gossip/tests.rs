@@ -775,3 +775,103 @@ fn convergence_is_faster_than_the_memberlist_model() {
         );
     }
 }
+
+/// The kept bucket hashes of a large store stay equal to the ones computed from its entries
+/// through writes, overwrites, remote merges, deletes and expiries.
+#[test]
+fn kept_bucket_hashes_match_the_entries() {
+    let c = GossipConfig {
+        tombstone_ttl_us: 1_000,
+        ..GossipConfig::default()
+    };
+    let mut g = Gossip::new(1, c).unwrap();
+    let mut now = 0;
+    for i in 0u32..6000 {
+        g.put(&i.to_le_bytes(), b"v", now).unwrap();
+    }
+    assert!(g.leaves.is_some());
+    let mut r = 7u64;
+    let mut out = Vec::new();
+    for step in 0..3000u64 {
+        r = mix(r ^ step);
+        let key = ((r >> 8) % 7000) as u32;
+        match r % 4 {
+            0 => {
+                g.put(&key.to_le_bytes(), b"w", now).unwrap();
+            }
+            1 => {
+                g.delete(&key.to_le_bytes(), now).unwrap();
+            }
+            2 => {
+                let v = Version {
+                    counter: r % 10_000 + 1,
+                    origin: r % 5,
+                };
+                let p = push_of(v, &key.to_le_bytes(), (r & 16 != 0).then_some(&b"x"[..]));
+                g.handle(2, &p, now, &mut out).unwrap();
+            }
+            _ => {
+                now += 300;
+                g.tick(now, &mut out);
+            }
+        }
+    }
+    assert!(g.stats().tombstones_dropped > 0);
+    for bits in [0, 1, 5, 10, 12] {
+        assert_eq!(g.digest(bits), g.compute_digest(bits), "bits {bits}");
+    }
+}
+
+/// After a delete, tombstones spread, then expire on every member and stay gone (no member
+/// fetches one back), while the key stays deleted.
+#[test]
+fn tombstones_expire_everywhere_and_do_not_bounce_back() {
+    let mut s = Sim::new(SimConfig {
+        nodes: 16,
+        seed: 21,
+        gossip: GossipConfig {
+            tombstone_ttl_us: 2_000_000,
+            anti_entropy_interval_us: 300_000,
+            ..GossipConfig::default()
+        },
+        ..SimConfig::default()
+    })
+    .unwrap();
+    s.put(3, b"k", b"v").unwrap();
+    s.put(3, b"other", b"stays").unwrap();
+    s.run_until(1_000_000);
+    s.delete(9, b"k").unwrap().unwrap();
+    s.run_until(2_000_000);
+    assert!(s.converged());
+    assert!((0..16).all(|i| s.member(i).tombstones() == 1));
+    s.run_until(6_000_000);
+    assert!(s.converged());
+    for i in 0..16 {
+        let m = s.member(i);
+        assert_eq!(
+            (m.tombstones(), m.version(b"k"), m.len()),
+            (0, None, 1),
+            "member {i}"
+        );
+        assert_eq!(
+            m.stats().tombstones_dropped,
+            1,
+            "member {i}: dropped once, never refetched"
+        );
+    }
+    // Converged members only exchange digests: no summaries, wants or entries.
+    let before: Vec<GossipStats> = (0..16).map(|i| s.member(i).stats()).collect();
+    s.run_until(8_000_000);
+    for (i, b) in before.iter().enumerate() {
+        let a = s.member(i).stats();
+        assert_eq!(
+            a.datagrams_out - b.datagrams_out,
+            a.pulls - b.pulls,
+            "member {i}"
+        );
+        assert_eq!(
+            a.remote_applied + a.remote_stale,
+            b.remote_applied + b.remote_stale
+        );
+    }
+}

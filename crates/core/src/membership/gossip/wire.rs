@@ -7,7 +7,7 @@
 //! |------|-----------|------|
 //! | 1    | push      | `u32 n`, then `n` entries: `u64 counter, u64 origin, u8 flags` (bit 0: has a value), `u32 key_len, key`, and if it has a value `u32 value_len, value` |
 //! | 2    | pull      | `u8 flags` (bit 0: anti-entropy, pull back), `u8 bits`, then `2^bits` bucket hashes (`u64`) |
-//! | 3    | summaries | `u32 n`, then `n` × (`u64 key_hash, u64 counter, u64 origin`) |
+//! | 3    | summaries | `u32 n`, then `n` × (`u64 key_hash, u64 counter, u64 origin, u8 flags` (bit 0: a tombstone)) |
 //! | 4    | want      | `u32 n`, then `n` key hashes (`u64`) |
 //!
 //! A count is checked against the bytes left (each element has a minimum size) before any
@@ -32,12 +32,13 @@ pub(crate) const PULL_HEADER: usize = 4;
 /// Bytes of an entry besides its key and value bytes (counter, origin, flags, two lengths).
 pub(crate) const ENTRY_OVERHEAD: usize = 8 + 8 + 1 + 4 + 4;
 /// Bytes of one summary.
-pub(crate) const SUMMARY_LEN: usize = 24;
+pub(crate) const SUMMARY_LEN: usize = 25;
 /// The largest digest: 2^16 buckets.
 pub(crate) const MAX_BITS: u8 = 16;
 
 const FLAG_VALUE: u8 = 1;
 pub(crate) const FLAG_FULL: u8 = 1;
+pub(crate) const FLAG_TOMBSTONE: u8 = 1;
 
 /// One entry of a push, borrowing the datagram.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +57,8 @@ pub(crate) enum Message<'a> {
         bits: u8,
         hashes: Vec<u64>,
     },
-    Summaries(Vec<(u64, Version)>),
+    /// Key hash, version, whether it is a tombstone.
+    Summaries(Vec<(u64, Version, bool)>),
     Want(Vec<u64>),
 }
 
@@ -208,7 +210,13 @@ pub(crate) fn decode(bytes: &[u8], max_key: usize, max_value: usize) -> Result<M
                 let hash = r.u64("a key hash")?;
                 let counter = r.u64("a summary counter")?;
                 let origin = r.u64("a summary origin")?;
-                s.push((hash, Version { counter, origin }));
+                let flags = r.u8("summary flags")?;
+                if flags & !FLAG_TOMBSTONE != 0 {
+                    return Err(Error::corrupt(format!(
+                        "gossip summary flags {flags:#x} unknown"
+                    )));
+                }
+                s.push((hash, Version { counter, origin }, flags != 0));
             }
             Message::Summaries(s)
         }
