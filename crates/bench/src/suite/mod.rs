@@ -11,6 +11,7 @@
 
 pub mod alloc;
 pub mod codec;
+pub mod gossip;
 pub mod hnsw;
 pub mod queue;
 pub mod raft;
@@ -373,6 +374,7 @@ pub fn all() -> Vec<Suite> {
         hnsw::hnsw_suite(),
         sched::sched_suite(),
         raft::raft_suite(),
+        gossip::gossip_suite(),
     ]
 }
 

@@ -22,3 +22,5 @@ pub struct Datagram {
     /// Its bytes, as the receiving state machine's `handle` expects them.
     pub payload: Vec<u8>,
 }
+
+pub mod gossip;

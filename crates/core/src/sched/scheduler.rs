@@ -409,6 +409,8 @@ struct Agent {
     leases: Vec<TaskId>,
     /// Its back-pressure controller, when configured.
     backpressure: Option<BackPressure>,
+    /// The cluster member (a `membership` id) its process runs on, when the host said so.
+    host: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -678,6 +680,7 @@ impl<L: Ledger> Scheduler<L> {
                 latency_us: None,
                 leases: Vec::new(),
                 backpressure,
+                host: None,
             },
         );
         self.types[type_ix].agents.push(id);
@@ -708,6 +711,49 @@ impl<L: Ledger> Scheduler<L> {
         self.stats.agents_dead += 1;
         self.remove_agent(id, "the agent died", true, now);
         Ok(())
+    }
+
+    /// Records that agent `id` runs on cluster member `host` (a [`crate::membership`] member
+    /// id, the same number as a [`crate::net::NodeId`]), or on no member in particular
+    /// (`None`, the default). [`Self::host_down`] then takes the agent for dead when its host
+    /// is. A registration again with the same type and liveness keeps it; a new incarnation
+    /// starts without one. [`ErrorKind::NotFound`] when the agent is not registered.
+    pub fn set_agent_host(&mut self, id: &AgentId, host: Option<u64>) -> Result<()> {
+        let a = self.agents.get_mut(id).ok_or_else(|| not_registered(id))?;
+        a.host = host;
+        Ok(())
+    }
+
+    /// The cluster member agent `id` runs on, as [`Self::set_agent_host`] recorded it.
+    pub fn agent_host(&self, id: &AgentId) -> Option<u64> {
+        self.agents.get(id).and_then(|a| a.host)
+    }
+
+    /// Membership declared cluster member `host` dead (SWIM's failure detector, in addition
+    /// to the local pid checks): every agent recorded on it is dead, as if
+    /// [`Self::agent_dead`] were called for each, and their leased tasks are delivered again
+    /// elsewhere. None of those tasks goes to another agent of the same dead host. Returns the
+    /// agents so removed (none when no agent was on `host`).
+    pub fn host_down(&mut self, host: u64, now: Micros) -> Vec<AgentId> {
+        let gone: Vec<AgentId> = self
+            .agents
+            .iter()
+            .filter(|(_, a)| a.host == Some(host))
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut types = Vec::new();
+        for id in &gone {
+            self.stats.agents_dead += 1;
+            if let Some(t) = self.remove_agent_quietly(id, "the agent's host is down", true, now) {
+                if !types.contains(&t) {
+                    types.push(t);
+                }
+            }
+        }
+        for t in types {
+            self.pump(t, now);
+        }
+        gone
     }
 
     /// The host read agent `id`'s inbox lag (`lag_frames` frames written and not yet read) at

@@ -453,6 +453,52 @@ fn missed_heartbeats_declare_an_agent_dead_in_tick() {
 }
 
 #[test]
+fn a_dead_host_s_agents_are_dead_and_their_tasks_go_to_other_hosts() {
+    let mut s = sched();
+    let t = ty("t");
+    let (a1, a2, b) = (agent("a1"), agent("a2"), agent("b"));
+    for (i, id) in [&a1, &a2, &b].into_iter().enumerate() {
+        s.register_agent(id.clone(), t.clone(), 2, token(i as u64), 0)
+            .unwrap();
+    }
+    s.set_agent_host(&a1, Some(7)).unwrap();
+    s.set_agent_host(&a2, Some(7)).unwrap();
+    s.set_agent_host(&b, Some(8)).unwrap();
+    assert_eq!(s.agent_host(&a2), Some(7));
+    assert_eq!(
+        s.set_agent_host(&agent("ghost"), Some(7))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+    let ids: Vec<_> = (0..6)
+        .map(|_| s.submit(&t, Priority::Normal, vec![], 0).unwrap())
+        .collect();
+    assert_eq!(delivered(&mut s).len(), 6);
+    // A member with no agents: nothing happens.
+    assert!(s.host_down(9, 1).is_empty());
+    let mut gone = s.host_down(7, 1);
+    gone.sort();
+    assert_eq!(gone, [a1.clone(), a2.clone()]);
+    assert_eq!((s.agent_load(&a1), s.agent_load(&a2)), (None, None));
+    assert_eq!(s.stats().agents_dead, 2);
+    // b already holds two; the other four wait for capacity, none went to a2 on the way.
+    let d = delivered(&mut s);
+    assert!(d.is_empty(), "b is full: {d:?}");
+    assert_eq!(s.stats().queued, 4);
+    // A new agent on a live host takes them, at attempt 2.
+    let c = agent("c");
+    s.register_agent(c.clone(), t.clone(), 4, token(9), 2)
+        .unwrap();
+    assert_eq!(s.agent_host(&c), None);
+    let d = delivered(&mut s);
+    assert_eq!(d.len(), 4);
+    assert!(d.iter().all(|(who, task, attempt)| who == "c"
+        && *attempt == 2
+        && ids.iter().any(|i| i.0 == *task)));
+}
+
+#[test]
 fn agents_silent_at_once_do_not_pass_tasks_to_each_other() {
     let mut s = sched_with(SchedulerConfig {
         heartbeat_timeout: Some(S),
