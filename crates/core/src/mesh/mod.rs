@@ -3,4 +3,9 @@
 //!
 //! [`crate::membership`] and [`crate::pbft`] take datagrams and the caller's clock and answer
 //! the datagrams to send; this layer receives frames, steps the machines, sends their output
-//! (keeping back-pressured frames for retry) and exposes the result to the host.
+//! (keeping back-pressured frames for retry, or dropping them with a count where the protocol
+//! retransmits anyway: see each loop) and exposes the result to the host.
+//!
+//! * [`member`] — SWIM membership and gossip of agents' state on one transport.
+
+pub mod member;
