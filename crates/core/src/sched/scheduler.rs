@@ -756,6 +756,25 @@ impl<L: Ledger> Scheduler<L> {
         gone
     }
 
+    /// Applies a membership event of a [`crate::mesh::member::Member`] (or of its runner):
+    /// a member declared down, or restarted as a new generation (its old process, and so the
+    /// agents recorded on it, are gone), is [`Self::host_down`]; every other event changes
+    /// nothing. Returns the agents declared dead.
+    #[cfg(not(loom))]
+    pub fn on_membership(
+        &mut self,
+        event: &crate::mesh::member::MeshEvent,
+        now: Micros,
+    ) -> Vec<AgentId> {
+        use crate::mesh::member::MeshEvent;
+        match event {
+            MeshEvent::MemberDown(host) | MeshEvent::MemberRestarted(host) => {
+                self.host_down(host.0, now)
+            }
+            _ => Vec::new(),
+        }
+    }
+
     /// The host read agent `id`'s inbox lag (`lag_frames` frames written and not yet read) at
     /// `now`: with back-pressure on, an agent above the high-water mark gets no new task until
     /// a reading at or below the low-water mark (its type's queue is served then).

@@ -161,6 +161,57 @@ fn a_crashed_member_is_reported_down_and_leaves_gossip() {
 }
 
 #[test]
+fn a_scheduler_redelivers_the_tasks_of_agents_on_a_crashed_member() {
+    use crate::priority::Priority;
+    use crate::sched::{AgentId, AgentType, Liveness, MemLedger, Scheduler, SchedulerConfig};
+
+    let mut c = SimCluster::new(4, SimOptions::seeded(21));
+    c.run_until_converged(5_000);
+    // The scheduler runs beside member 1; agent "a3" on member 3, "a2" on member 2.
+    let mut s = Scheduler::new(
+        SchedulerConfig {
+            heartbeat_timeout: None,
+            work_stealing: false,
+            ..SchedulerConfig::default()
+        },
+        MemLedger::new(),
+    )
+    .unwrap();
+    let ty = AgentType::new("t").unwrap();
+    let (a2, a3) = (AgentId::new("a2").unwrap(), AgentId::new("a3").unwrap());
+    s.register_agent(a3.clone(), ty.clone(), 4, Liveness::Token(3), 0)
+        .unwrap();
+    s.set_agent_host(&a3, Some(3)).unwrap();
+    let tasks: Vec<_> = (0..3)
+        .map(|_| s.submit(&ty, Priority::Normal, vec![], 0).unwrap())
+        .collect();
+    assert!(tasks.iter().all(|t| s.lease_of(*t).unwrap().0 == a3));
+    s.register_agent(a2.clone(), ty.clone(), 4, Liveness::Token(2), 0)
+        .unwrap();
+    s.set_agent_host(&a2, Some(2)).unwrap();
+    c.members.get_mut(&1).unwrap().drain_events();
+
+    c.net.crash(NodeId(3)).unwrap();
+    c.members.remove(&3).unwrap();
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        c.run(100);
+        for e in c.members.get_mut(&1).unwrap().drain_events() {
+            dead.extend(s.on_membership(&e, c.now));
+        }
+        if !dead.is_empty() {
+            break;
+        }
+    }
+    assert_eq!(dead, [a3.clone()], "member 1 learned that 3 is down");
+    // Every task leased on the dead host went to the agent on a live one, attempt 2.
+    for t in &tasks {
+        assert_eq!(s.lease_of(*t), Some((a2.clone(), 2)));
+    }
+    assert_eq!(s.agent_load(&a3), None);
+}
+
+#[test]
 fn a_restarted_member_comes_back_as_a_new_generation() {
     // Six members, so that every gossip round pulls as well as pushes: a pull is what brings
     // an old key back to a member that restarted empty (or anti-entropy, every 10 s).
