@@ -203,7 +203,11 @@ fn a_scheduler_redelivers_the_tasks_of_agents_on_a_crashed_member() {
             break;
         }
     }
-    assert_eq!(dead, [a3.clone()], "member 1 learned that 3 is down");
+    assert_eq!(
+        dead,
+        std::slice::from_ref(&a3),
+        "member 1 learned that 3 is down"
+    );
     // Every task leased on the dead host went to the agent on a live one, attempt 2.
     for t in &tasks {
         assert_eq!(s.lease_of(*t), Some((a2.clone(), 2)));
