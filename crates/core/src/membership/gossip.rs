@@ -19,22 +19,23 @@
 //! Deletes write a **tombstone**: a version without a value. A later write (a greater
 //! version) brings the key back — a `put` after a `delete` on any member that has seen the
 //! tombstone always makes a greater version. A stale write (a smaller version) that arrives
-//! after the tombstone loses. Tombstones are dropped `tombstone_ttl_us` after this member
-//! learned them; the trade-off: memory for deleted keys against safety — a member that was
-//! away (partitioned, paused) longer than the TTL and still holds the old value brings it
-//! back when it gossips again. Keep the TTL well beyond the longest partition you want to
-//! heal without resurrections (default: one hour). A member takes a pushed tombstone even for
-//! a key it does not hold (so a late copy of the old value cannot show there), but never
-//! *fetches* one for such a key in a pull: a tombstone changes nothing such a member shows,
-//! and fetching would bounce tombstones back and forth between members that dropped them a
-//! few rounds apart, so they would never expire.
+//! after the tombstone loses. Tombstones are dropped `tombstone_ttl_us` after the delete:
+//! a tombstone travels with its age (measured by each holder's own clock, so no clock sync is
+//! needed; each hop adds its transit time), and every member drops it at about the same
+//! moment, so members that dropped it do not fetch it back from one that has not yet. The
+//! trade-off: memory for deleted keys against safety — a member that was away (partitioned,
+//! paused) longer than the TTL and still holds the old value brings it back when it gossips
+//! again. Keep the TTL well beyond the longest partition you want to heal without
+//! resurrections (default: one hour). An expired tombstone still deletes an older value it
+//! meets, and is dropped at the next tick.
 //!
 //! # Rounds
 //!
 //! Every `round_interval_us` a round picks `fan_out = min(ceil(log2 N) + 1, max_fan_out)`
 //! random peers (N: the live members including this one) to **push** to, and a disjoint
-//! random set of up to the same size to **pull** from (with few peers the pull set gets what
-//! is left, possibly nothing).
+//! random set of up to the same size to **pull** from. With few peers the push set leaves at
+//! least one peer to pull from and the pull set gets what is left; with a single peer, that
+//! peer is pushed to and pulled from.
 //!
 //! * A push carries recent updates: each update (a local write, or a remote one that changed
 //!   this member's state) is pushed until it was sent to `retransmit_mult * ceil(log2(N+1))`
@@ -232,8 +233,8 @@ struct Item {
     key: Vec<u8>,
     value: Option<Vec<u8>>,
     version: Version,
-    /// When this member learned this version (tombstone expiry).
-    learned_us: u64,
+    /// When a tombstone is dropped (this member's clock); `u64::MAX` for a value.
+    expires_us: u64,
     /// Peers this version was pushed to.
     sends: u32,
 }
@@ -406,7 +407,7 @@ impl Gossip {
             ));
         }
         let version = self.next_version()?;
-        self.merge(key, Some(value), version, now_us);
+        self.merge(key, Some(value), version, 0, now_us);
         self.stats.local_writes += 1;
         Ok(version)
     }
@@ -419,7 +420,7 @@ impl Gossip {
             return Ok(None);
         }
         let version = self.next_version()?;
-        self.merge(key, None, version, now_us);
+        self.merge(key, None, version, 0, now_us);
         self.stats.local_writes += 1;
         Ok(Some(version))
     }
@@ -464,10 +465,23 @@ impl Gossip {
             .filter_map(|i| i.value.as_deref().map(|v| (i.key.as_slice(), v)))
     }
 
-    /// Merges a version of `key`; true if it changed this member's state.
-    fn merge(&mut self, key: &[u8], value: Option<&[u8]>, version: Version, now_us: u64) -> bool {
+    /// Merges a version of `key` (a tombstone `age_us` old); true if it changed this
+    /// member's state.
+    fn merge(
+        &mut self,
+        key: &[u8],
+        value: Option<&[u8]>,
+        version: Version,
+        age_us: u64,
+        now_us: u64,
+    ) -> bool {
         self.clock = self.clock.max(version.counter);
         let hash = key_hash(key);
+        let ttl = self.config.tombstone_ttl_us;
+        let expires_us = match value {
+            Some(_) => u64::MAX,
+            None => now_us.saturating_add(ttl.saturating_sub(age_us)),
+        };
         let slot = self.items.entry(hash).or_default();
         let (was_live, was_tomb) = match slot.iter_mut().find(|i| i.key == key) {
             Some(it) => {
@@ -486,9 +500,16 @@ impl Gossip {
                 }
                 it.value = value.map(<[u8]>::to_vec);
                 it.version = version;
-                it.learned_us = now_us;
+                it.expires_us = expires_us;
                 it.sends = 0;
                 was
+            }
+            None if value.is_none() && age_us >= ttl => {
+                // An expired tombstone of a key this member does not hold: nothing to keep.
+                if slot.is_empty() {
+                    self.items.remove(&hash);
+                }
+                return false;
             }
             None => {
                 if let Some(l) = self.leaves.as_mut() {
@@ -498,7 +519,7 @@ impl Gossip {
                     key: key.to_vec(),
                     value: value.map(<[u8]>::to_vec),
                     version,
-                    learned_us: now_us,
+                    expires_us,
                     sends: 0,
                 });
                 (false, false)
@@ -509,10 +530,7 @@ impl Gossip {
         if self.leaves.is_none() && self.live + self.tombstones > LEAF_THRESHOLD {
             self.leaves = Some(self.compute_digest(LEAF_BITS));
         }
-        if value.is_none() {
-            let expiry = now_us.saturating_add(self.config.tombstone_ttl_us);
-            self.next_gc_us = self.next_gc_us.min(expiry);
-        }
+        self.next_gc_us = self.next_gc_us.min(expires_us);
         self.recent.insert(hash);
         true
     }
@@ -568,7 +586,7 @@ impl Gossip {
         match wire::decode(payload, self.config.max_key, self.config.max_value)? {
             wire::Message::Push(entries) => {
                 for e in entries {
-                    if self.merge(e.key, e.value, e.version, now_us) {
+                    if self.merge(e.key, e.value, e.version, e.age_us, now_us) {
                         self.stats.remote_applied += 1;
                         self.changes.insert(
                             e.key.to_vec(),
@@ -584,7 +602,7 @@ impl Gossip {
                 }
             }
             wire::Message::Pull { full, bits, hashes } => {
-                self.answer_pull(from, bits, &hashes, out);
+                self.answer_pull(from, bits, &hashes, now_us, out);
                 if full {
                     // Anti-entropy: pull back so both sides end with the difference.
                     let bits = self.fine_bits();
@@ -593,14 +611,12 @@ impl Gossip {
             }
             wire::Message::Summaries(summaries) => {
                 let mut want = wire::Chunker::new(wire::KIND_WANT, self.config.max_datagram);
-                for (hash, version, tombstone) in summaries {
-                    let slot = self.items.get(&hash);
-                    let have = slot.is_some_and(|s| s.iter().any(|i| i.version >= version));
-                    // A tombstone of a key this member does not hold changes nothing it shows;
-                    // not fetching it is what lets tombstones expire instead of bouncing back
-                    // between members that dropped them at slightly different times.
-                    let pointless = tombstone && slot.is_none();
-                    if !have && !pointless {
+                for (hash, version) in summaries {
+                    let have = self
+                        .items
+                        .get(&hash)
+                        .is_some_and(|slot| slot.iter().any(|i| i.version >= version));
+                    if !have {
                         want.element(8).extend_from_slice(&hash.to_le_bytes());
                     }
                 }
@@ -613,13 +629,7 @@ impl Gossip {
                 for hash in hashes {
                     if let Some(slot) = self.items.get(&hash) {
                         for i in slot {
-                            let v = i.value.as_deref();
-                            wire::put_entry(
-                                push.element(wire::entry_len(&i.key, v)),
-                                i.version,
-                                &i.key,
-                                v,
-                            );
+                            self.put_item(push.element(self.item_len(i)), i, now_us);
                         }
                     }
                 }
@@ -629,6 +639,21 @@ impl Gossip {
             }
         }
         Ok(())
+    }
+
+    /// The encoded size of an item.
+    fn item_len(&self, i: &Item) -> usize {
+        wire::entry_len(&i.key, i.value.as_deref())
+    }
+
+    /// Encodes an item, a tombstone with its age now (so it expires everywhere about
+    /// `tombstone_ttl_us` after the delete, however it travelled).
+    fn put_item(&self, buf: &mut Vec<u8>, i: &Item, now_us: u64) {
+        let age = self
+            .config
+            .tombstone_ttl_us
+            .saturating_sub(i.expires_us.saturating_sub(now_us));
+        wire::put_entry(buf, i.version, &i.key, i.value.as_deref(), age);
     }
 
     /// Bucket hashes of the items at `bits`, from every entry.
@@ -669,7 +694,14 @@ impl Gossip {
 
     /// Answers a pull: entries for the puller's empty buckets, summaries for the others that
     /// differ.
-    fn answer_pull(&mut self, from: u64, bits: u8, theirs: &[u64], out: &mut Vec<Datagram>) {
+    fn answer_pull(
+        &mut self,
+        from: u64,
+        bits: u8,
+        theirs: &[u64],
+        now_us: u64,
+        out: &mut Vec<Datagram>,
+    ) {
         let ours = self.digest(bits);
         let max = self.config.max_datagram;
         let mut push = wire::Chunker::new(wire::KIND_PUSH, max);
@@ -681,19 +713,12 @@ impl Gossip {
             for (&hash, slot) in self.items.range(Self::bucket_range(b, bits)) {
                 for i in slot {
                     if theirs[b] == 0 {
-                        let v = i.value.as_deref();
-                        let buf = push.element(wire::entry_len(&i.key, v));
-                        wire::put_entry(buf, i.version, &i.key, v);
+                        self.put_item(push.element(self.item_len(i)), i, now_us);
                     } else {
                         let buf = sums.element(wire::SUMMARY_LEN);
                         buf.extend_from_slice(&hash.to_le_bytes());
                         buf.extend_from_slice(&i.version.counter.to_le_bytes());
                         buf.extend_from_slice(&i.version.origin.to_le_bytes());
-                        buf.push(if i.value.is_none() {
-                            wire::FLAG_TOMBSTONE
-                        } else {
-                            0
-                        });
                     }
                 }
             }
@@ -740,12 +765,16 @@ impl Gossip {
         self.scratch = s;
     }
 
-    /// The push set and the pull set a round would use now (disjoint), advancing the
-    /// random generator as a round does.
+    /// The push set and the pull set of a round, advancing the random generator: disjoint,
+    /// `fan_out` peers each when there are enough, else the push set leaves at least one peer
+    /// to pull from. With a single peer both are that peer.
     fn pick_sets(&mut self) -> (Vec<u64>, Vec<u64>) {
         let f = self.fan_out();
         let n = self.peers.len();
-        let push_n = f.min(n);
+        if n == 1 {
+            return (self.peers.clone(), self.peers.clone());
+        }
+        let push_n = f.min(n - 1);
         let pull_n = f.min(n - push_n);
         self.shuffle_front(push_n + pull_n);
         let push = self.scratch[..push_n].to_vec();
@@ -756,14 +785,14 @@ impl Gossip {
     /// Runs one push-pull round now: pushes recent updates to `fan_out` random peers and
     /// sends a digest to as many others (Erlang `gossip_round/1`). Does not move the
     /// schedule of [`Gossip::tick`].
-    pub fn round(&mut self, _now_us: u64, out: &mut Vec<Datagram>) {
+    pub fn round(&mut self, now_us: u64, out: &mut Vec<Datagram>) {
         self.stats.rounds += 1;
         if self.peers.is_empty() {
             return;
         }
         let (push_set, pull_set) = self.pick_sets();
         if !push_set.is_empty() && !self.recent.is_empty() {
-            if let Some(payload) = self.build_push(push_set.len() as u32) {
+            if let Some(payload) = self.build_push(push_set.len() as u32, now_us) {
                 for &p in &push_set {
                     self.stats.pushes += 1;
                     self.emit(p, payload.clone(), out);
@@ -782,7 +811,7 @@ impl Gossip {
 
     /// One push datagram of the least-sent recent updates; counts `sends` peer-sends for
     /// each included update.
-    fn build_push(&mut self, sends: u32) -> Option<Vec<u8>> {
+    fn build_push(&mut self, sends: u32, now_us: u64) -> Option<Vec<u8>> {
         let limit = self.retransmit_limit();
         let mut candidates: Vec<(u32, u64, usize)> = Vec::new();
         let mut done = Vec::new();
@@ -809,17 +838,17 @@ impl Gossip {
         let mut count = 0u32;
         buf.extend_from_slice(&[wire::WIRE_VERSION, wire::KIND_PUSH, 0, 0, 0, 0]);
         for (_, hash, idx) in candidates {
-            let Some(i) = self.items.get_mut(&hash).and_then(|s| s.get_mut(idx)) else {
+            let Some(i) = self.items.get(&hash).and_then(|s| s.get(idx)) else {
                 continue;
             };
-            let v = i.value.as_deref();
-            let len = wire::entry_len(&i.key, v);
-            if buf.len() + len > max {
+            if buf.len() + self.item_len(i) > max {
                 self.stats.push_deferred += 1;
                 continue;
             }
-            wire::put_entry(&mut buf, i.version, &i.key, v);
-            i.sends = i.sends.saturating_add(sends);
+            self.put_item(&mut buf, i, now_us);
+            if let Some(i) = self.items.get_mut(&hash).and_then(|s| s.get_mut(idx)) {
+                i.sends = i.sends.saturating_add(sends);
+            }
             count += 1;
         }
         if count == 0 {
@@ -882,7 +911,6 @@ impl Gossip {
     }
 
     fn drop_tombstones(&mut self, now_us: u64) {
-        let ttl = self.config.tombstone_ttl_us;
         let mut next = u64::MAX;
         let mut dropped = 0;
         let mut leaves = self.leaves.take();
@@ -891,7 +919,7 @@ impl Gossip {
                 if i.value.is_some() {
                     return true;
                 }
-                let expiry = i.learned_us.saturating_add(ttl);
+                let expiry = i.expires_us;
                 if expiry <= now_us {
                     if let Some(l) = leaves.as_mut() {
                         l[bucket(hash, LEAF_BITS)] ^= fingerprint(hash, i.version);

@@ -3,8 +3,8 @@
 //!
 //! [`Sim`] runs N [`Gossip`] members (ids `0..N`) on one simulated clock: each member is
 //! ticked at its [`Gossip::next_deadline_us`], each datagram it sends is delivered after a
-//! random latency in `latency_us`, dropped with probability `loss`, or blocked by a
-//! partition. Everything is drawn from one seeded generator, so a run is a function of its
+//! random latency in `latency_us` (so datagrams overtake each other), dropped with
+//! probability `loss`, duplicated with probability `duplicate`, or blocked by a partition. Everything is drawn from one seeded generator, so a run is a function of its
 //! [`SimConfig`] and the calls made on it. It handles N = 1000 in well under a second per
 //! simulated second.
 //!
@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub nodes: usize,
     /// Probability that a datagram is lost, `0.0..1.0`.
     pub loss: f64,
+    /// Probability that a datagram (not lost) is delivered twice, each copy with its own
+    /// latency, `0.0..1.0`.
+    pub duplicate: f64,
     /// One-way latency, uniform in `lo..=hi` microseconds.
     pub latency_us: (u64, u64),
     /// Seed of the network and of the members (member `i` gets `seed ^ i` mixed).
@@ -58,6 +61,7 @@ impl Default for SimConfig {
         SimConfig {
             nodes: 16,
             loss: 0.0,
+            duplicate: 0.0,
             latency_us: (200, 1_000),
             seed: 1,
             gossip: GossipConfig::default(),
@@ -84,6 +88,8 @@ pub struct NetStats {
     pub lost: u64,
     /// Blocked by a partition.
     pub blocked: u64,
+    /// Delivered twice.
+    pub duplicated: u64,
     /// Delivered.
     pub delivered: u64,
     /// The largest datagram sent, in bytes.
@@ -103,6 +109,7 @@ pub struct Sim {
     now: u64,
     rng: Rng,
     loss: f64,
+    duplicate: f64,
     latency: (u64, u64),
     stats: NetStats,
     out: Vec<super::Datagram>,
@@ -112,8 +119,8 @@ impl Sim {
     /// A simulation of `config.nodes` members at time 0, each ticked once (which schedules
     /// its first round at a random point of the first interval).
     pub fn new(config: SimConfig) -> Result<Sim> {
-        if !(0.0..1.0).contains(&config.loss) {
-            return Err(Error::invalid("sim loss must be in 0.0..1.0"));
+        if !(0.0..1.0).contains(&config.loss) || !(0.0..1.0).contains(&config.duplicate) {
+            return Err(Error::invalid("sim loss and duplicate must be in 0.0..1.0"));
         }
         if config.latency_us.0 > config.latency_us.1 {
             return Err(Error::invalid(
@@ -139,6 +146,7 @@ impl Sim {
             now: 0,
             rng: Rng(super::mix(config.seed)),
             loss: config.loss,
+            duplicate: config.duplicate,
             latency: config.latency_us,
             stats: NetStats::default(),
             out: Vec::new(),
@@ -233,6 +241,11 @@ impl Sim {
             if self.rng.chance(self.loss) {
                 self.stats.lost += 1;
                 continue;
+            }
+            if self.rng.chance(self.duplicate) {
+                self.stats.duplicated += 1;
+                let at = self.now + self.rng.range(self.latency.0, self.latency.1);
+                self.push(at, Event::Deliver(from, to, d.payload.clone()));
             }
             let at = self.now + self.rng.range(self.latency.0, self.latency.1);
             self.push(at, Event::Deliver(from, to, d.payload));

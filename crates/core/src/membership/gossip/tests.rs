@@ -1,6 +1,7 @@
 use super::sim::{gossip_convergence, memberlist_convergence, MemberlistModel, Sim, SimConfig};
 use super::wire::{self, KIND_PULL, KIND_PUSH};
 use super::*;
+use std::collections::BTreeMap;
 
 fn member(id: u64) -> Gossip {
     Gossip::new(id, GossipConfig::default()).unwrap()
@@ -202,8 +203,16 @@ fn push_and_pull_sets_are_disjoint() {
                 .filter(|d| d.payload[1] == KIND_PULL)
                 .map(|d| d.to)
                 .collect();
-            assert_eq!(push.len(), f.min(peers), "n={n}");
+            if peers == 1 {
+                assert_eq!((&push[..], &pull[..]), (&[1][..], &[1][..]));
+                continue;
+            }
+            assert_eq!(push.len(), f.min(peers - 1), "n={n}");
             assert_eq!(pull.len(), f.min(peers - push.len()), "n={n}");
+            assert!(!pull.is_empty());
+            if peers >= 2 * f {
+                assert_eq!((push.len(), pull.len()), (f, f));
+            }
             let mut all: Vec<u64> = push.iter().chain(&pull).copied().collect();
             all.sort_unstable();
             all.dedup();
@@ -348,7 +357,7 @@ fn equal_versions_with_different_values_resolve_identically() {
     for (g, first, second) in [(&mut a, b"xx", b"yy"), (&mut b, b"yy", b"xx")] {
         for val in [first, second] {
             let mut p = vec![WIRE_VERSION, KIND_PUSH, 1, 0, 0, 0];
-            wire::put_entry(&mut p, v, b"k", Some(val));
+            wire::put_entry(&mut p, v, b"k", Some(val), 0);
             g.handle(9, &p, 0, &mut out).unwrap();
         }
     }
@@ -358,7 +367,7 @@ fn equal_versions_with_different_values_resolve_identically() {
 
 fn push_of(version: Version, key: &[u8], value: Option<&[u8]>) -> Vec<u8> {
     let mut p = vec![WIRE_VERSION, KIND_PUSH, 1, 0, 0, 0];
-    wire::put_entry(&mut p, version, key, value);
+    wire::put_entry(&mut p, version, key, value, 0);
     p
 }
 
@@ -415,11 +424,11 @@ fn tombstones_expire_after_their_ttl_and_then_stale_copies_resurrect() {
     g.tick(6_000_000, &mut out);
     assert_eq!((g.tombstones(), g.version(b"k")), (0, None));
     assert_eq!(g.stats().tombstones_dropped, 1);
-    // The documented trade-off: a member away longer than the TTL brings the old value back…
+    // The documented trade-off: a member away longer than the TTL brings the old value back...
     g.handle(2, &push_of(v1, b"k", Some(b"old")), 7_000_000, &mut out)
         .unwrap();
     assert_eq!(g.get(b"k"), Some(&b"old"[..]));
-    // …but local writes still outrank everything seen before (the clock was kept).
+    // ...but local writes still outrank everything seen before (the clock was kept).
     assert!(g.put(b"k", b"x", 7_000_000).unwrap() > d);
 }
 
@@ -709,6 +718,7 @@ fn bad_datagrams_are_rejected_counted_and_change_nothing() {
         },
         &[0; 17],
         None,
+        0,
     );
     cases.push((two, ErrorKind::TooLarge));
     let before = g.stats();
@@ -874,4 +884,168 @@ fn tombstones_expire_everywhere_and_do_not_bounce_back() {
             b.remote_applied + b.remote_stale
         );
     }
+}
+
+// ---- seeded chaos: random members, settings, writes, loss, duplicates, partitions ----
+
+/// One seeded run: random cluster and settings; random puts and deletes on random members
+/// while datagrams are lost, duplicated, reordered and partitions and stops come and go; then
+/// everything heals. Every member must end with, for every key, the greatest version written
+/// anywhere and its value.
+fn chaos_run(seed: u64) {
+    let mut r = mix(seed.wrapping_add(0xC4A0_5EED));
+    let mut next = move || {
+        r = mix(r);
+        r
+    };
+    let n = 3 + (next() % 14) as usize;
+    let max_datagram = [256usize, 1_000, 60_000][(next() % 3) as usize];
+    let config = SimConfig {
+        nodes: n,
+        seed,
+        loss: (next() % 30) as f64 / 100.0,
+        duplicate: (next() % 20) as f64 / 100.0,
+        latency_us: (100, 100 + next() % 5_000),
+        gossip: GossipConfig {
+            round_interval_us: [2_000, 10_000, 100_000][(next() % 3) as usize],
+            anti_entropy_interval_us: [0, 300_000, 1_000_000][(next() % 3) as usize],
+            max_fan_out: 1 + (next() % 10) as usize,
+            max_datagram,
+            max_key: 16,
+            max_value: 64,
+            retransmit_mult: 1 + (next() % 4) as u32,
+            ..GossipConfig::default()
+        },
+    };
+    let mut s = Sim::new(config.clone()).unwrap();
+    let mut down = vec![false; n];
+    let mut truth: BTreeMap<Vec<u8>, (Version, Option<Vec<u8>>)> = BTreeMap::new();
+    for _ in 0..150 {
+        let who = (next() % n as u64) as usize;
+        let key = vec![(next() % 12) as u8; 1 + (next() % 16) as usize];
+        match next() % 20 {
+            0..=10 if !down[who] => {
+                let value = vec![next() as u8; (next() % 65) as usize];
+                let v = s.put(who, &key, &value).unwrap();
+                let e = truth.entry(key).or_insert((v, None));
+                if v >= e.0 {
+                    *e = (v, Some(value));
+                }
+            }
+            11..=13 if !down[who] => {
+                if let Some(v) = s.delete(who, &key).unwrap() {
+                    let e = truth.entry(key).or_insert((v, None));
+                    if v >= e.0 {
+                        *e = (v, None);
+                    }
+                }
+            }
+            14 => s.set_group(who, 1),
+            15 => s.heal(),
+            16 => {
+                down[who] = !down[who];
+                s.set_down(who, down[who]);
+            }
+            _ => {}
+        }
+        let t = s.now() + next() % 30_000;
+        s.run_until(t);
+    }
+    s.heal();
+    for (i, d) in down.iter_mut().enumerate() {
+        if *d {
+            *d = false;
+            s.set_down(i, false);
+        }
+    }
+    // Pulls alone repair everything (anti-entropy may be off): allow many rounds.
+    let t = s.now() + 400 * config.gossip.round_interval_us.max(10_000);
+    s.run_until(t);
+    assert!(s.converged(), "seed {seed}: {config:?}");
+    for i in 0..n {
+        let m = s.member(i);
+        for (key, (v, value)) in &truth {
+            assert_eq!(
+                m.version(key),
+                Some(*v),
+                "seed {seed} member {i} key {key:?}"
+            );
+            assert_eq!(m.get(key), value.as_deref(), "seed {seed} member {i}");
+        }
+        assert_eq!(m.len(), truth.values().filter(|e| e.1.is_some()).count());
+    }
+    assert!(s.net_stats().largest <= max_datagram, "seed {seed}");
+}
+
+/// 20 seeded chaos runs (`EMF_SIM_SEEDS` changes the count; `scripts/gossip-sim.sh` runs
+/// many more in release).
+#[test]
+fn chaos_runs_converge_to_the_greatest_versions() {
+    let seeds: u64 = std::env::var("EMF_SIM_SEEDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    for seed in 0..seeds {
+        chaos_run(seed);
+    }
+}
+
+/// A tombstone travels with its age: the receiver drops it when it is `tombstone_ttl_us` old,
+/// not `tombstone_ttl_us` after it arrived; an expired one is not kept for an unknown key but
+/// still deletes an older value.
+#[test]
+fn tombstones_travel_with_their_age() {
+    let c = GossipConfig {
+        tombstone_ttl_us: 10_000,
+        ..GossipConfig::default()
+    };
+    let tomb = |counter, key: &[u8], age| {
+        let mut p = vec![WIRE_VERSION, KIND_PUSH, 1, 0, 0, 0];
+        wire::put_entry(&mut p, Version { counter, origin: 5 }, key, None, age);
+        p
+    };
+    let mut a = Gossip::new(1, c.clone()).unwrap();
+    let mut out = Vec::new();
+    a.handle(5, &tomb(3, b"x", 4_000), 100_000, &mut out)
+        .unwrap();
+    assert_eq!(a.tombstones(), 1);
+    assert_eq!(a.next_deadline_us(), 0, "not ticked yet");
+    a.tick(100_000, &mut out);
+    a.tick(105_999, &mut out);
+    assert_eq!(a.tombstones(), 1);
+    a.tick(106_000, &mut out);
+    assert_eq!((a.tombstones(), a.version(b"x")), (0, None));
+    // Expired, unknown key: nothing kept.
+    a.handle(5, &tomb(4, b"y", 10_000), 200_000, &mut out)
+        .unwrap();
+    assert_eq!((a.tombstones(), a.version(b"y")), (0, None));
+    // Expired, older value held: the value goes, the tombstone at the next tick.
+    a.put(b"z", b"v", 200_000).unwrap();
+    a.handle(5, &tomb(50, b"z", 50_000), 200_000, &mut out)
+        .unwrap();
+    assert_eq!((a.get(b"z"), a.tombstones()), (None, 1));
+    a.tick(200_000, &mut out);
+    assert_eq!((a.tombstones(), a.len()), (0, 0));
+    // Forwarded on, it carries its age: a second member drops it at the same moment.
+    let mut b = Gossip::new(2, c).unwrap();
+    b.set_peers([3]);
+    b.handle(5, &tomb(60, b"w", 1_000), 300_000, &mut out)
+        .unwrap();
+    let mut pushed = Vec::new();
+    b.round(302_000, &mut pushed);
+    let mut d = Gossip::new(
+        3,
+        GossipConfig {
+            tombstone_ttl_us: 10_000,
+            ..GossipConfig::default()
+        },
+    )
+    .unwrap();
+    d.handle(2, &pushed[0].payload, 302_500, &mut out).unwrap();
+    assert_eq!(d.tombstones(), 1);
+    d.tick(302_500, &mut out);
+    d.tick(309_499, &mut out);
+    assert_eq!(d.tombstones(), 1, "3 ms old when sent, 0.5 ms in transit");
+    d.tick(309_500, &mut out);
+    assert_eq!(d.tombstones(), 0);
 }
