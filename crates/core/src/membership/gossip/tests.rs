@@ -166,11 +166,21 @@ fn remote_versions_advance_the_lamport_clock() {
 #[test]
 fn fan_out_and_retransmit_limit_follow_n() {
     let mut g = member(0);
-    assert_eq!((g.fan_out(), g.retransmit_limit()), (1, 3));
+    assert_eq!((g.fan_out(), g.retransmit_limit()), (1, 1));
     g.set_peers(1..16); // N = 16
-    assert_eq!((g.fan_out(), g.retransmit_limit()), (5, 15));
+    assert_eq!((g.fan_out(), g.retransmit_limit()), (5, 5));
     g.set_peers(1..1000); // N = 1000
-    assert_eq!((g.fan_out(), g.retransmit_limit()), (10, 30));
+    assert_eq!((g.fan_out(), g.retransmit_limit()), (10, 10));
+    let mut g = Gossip::new(
+        0,
+        GossipConfig {
+            retransmit_mult: 3,
+            ..GossipConfig::default()
+        },
+    )
+    .unwrap();
+    g.set_peers(1..16);
+    assert_eq!((g.fan_out(), g.retransmit_limit()), (5, 15));
     g.set_peers([0, 3, 3, 2]);
     assert_eq!(g.peers(), &[2, 3], "self dropped, duplicates once");
 }
@@ -225,22 +235,26 @@ fn push_and_pull_sets_are_disjoint() {
 
 #[test]
 fn an_update_is_pushed_until_its_retransmit_limit() {
-    let mut g = member(0);
-    g.set_peers(1..16);
-    g.put(b"k", b"v", 0).unwrap();
-    let mut pushes = 0;
-    for _ in 0..20 {
-        let mut out = Vec::new();
-        g.round(0, &mut out);
-        pushes += out.iter().filter(|d| d.payload[1] == KIND_PUSH).count();
+    for (mult, rounds) in [(1, 1), (3, 3)] {
+        let c = GossipConfig {
+            retransmit_mult: mult,
+            ..GossipConfig::default()
+        };
+        let mut g = Gossip::new(0, c).unwrap();
+        g.set_peers(1..16);
+        g.put(b"k", b"v", 0).unwrap();
+        let mut pushes = 0;
+        for _ in 0..20 {
+            let mut out = Vec::new();
+            g.round(0, &mut out);
+            pushes += out.iter().filter(|d| d.payload[1] == KIND_PUSH).count();
+        }
+        // N = 16: 5 peers a round, 5 * mult peer-sends.
+        assert_eq!(pushes as u32, g.retransmit_limit());
+        assert_eq!(pushes, 5 * rounds);
+        assert_eq!(g.stats().pushes, pushes as u64);
+        assert!(g.recent.is_empty());
     }
-    assert_eq!(
-        pushes as u32,
-        g.retransmit_limit(),
-        "15 peer-sends: 3 rounds of 5"
-    );
-    assert_eq!(g.stats().pushes, pushes as u64);
-    assert!(g.recent.is_empty());
 }
 
 #[test]
