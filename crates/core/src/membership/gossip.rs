@@ -412,6 +412,7 @@ impl Gossip {
         }
         let version = self.next_version()?;
         self.merge(key, Some(value), version, 0, now_us);
+        self.changes.remove(key);
         self.stats.local_writes += 1;
         Ok(version)
     }
@@ -425,6 +426,7 @@ impl Gossip {
         }
         let version = self.next_version()?;
         self.merge(key, None, version, 0, now_us);
+        self.changes.remove(key);
         self.stats.local_writes += 1;
         Ok(Some(version))
     }
@@ -590,8 +592,13 @@ impl Gossip {
         match wire::decode(payload, self.config.max_key, self.config.max_value)? {
             wire::Message::Push(entries) => {
                 for e in entries {
+                    let was_live = self.get(e.key).is_some();
                     if self.merge(e.key, e.value, e.version, e.age_us, now_us) {
                         self.stats.remote_applied += 1;
+                        if !was_live && e.value.is_none() {
+                            // A tombstone of a key this member did not show: no change.
+                            continue;
+                        }
                         self.changes.insert(
                             e.key.to_vec(),
                             Change {
@@ -952,8 +959,11 @@ impl Gossip {
         }
     }
 
-    /// Keys changed by remote updates since the last call, each once with its latest state,
-    /// in key order. (Bounded by the number of keys; local writes are not reported.)
+    /// Keys whose value remote updates changed since the last call, each once with its latest
+    /// state, in key order: a new value, or `None` for a key deleted. Bounded by the number of
+    /// keys. Local writes are not reported, and a local write drops a pending remote change
+    /// of its key (this member's writer knows the newer state); a tombstone for a key this
+    /// member did not show is not a change.
     pub fn drain_changes(&mut self) -> Vec<Change> {
         std::mem::take(&mut self.changes).into_values().collect()
     }

@@ -607,10 +607,32 @@ fn drain_changes_reports_remote_changes_once_coalesced() {
     .unwrap();
     b.handle(0, &push_of(v, b"x", Some(b"2")), 0, &mut out)
         .unwrap();
+    let y = Version {
+        counter: d.counter - 1,
+        ..d
+    };
+    b.handle(0, &push_of(y, b"y", Some(b"3")), 0, &mut out)
+        .unwrap();
     b.handle(0, &push_of(d, b"y", None), 0, &mut out).unwrap();
     b.handle(0, &push_of(v, b"x", Some(b"2")), 0, &mut out)
         .unwrap(); // duplicate
     b.put(b"local", b"not reported", 0).unwrap();
+    // A tombstone of a key b never showed is no change.
+    b.handle(
+        0,
+        &push_of(
+            Version {
+                counter: 90,
+                origin: 0,
+            },
+            b"never",
+            None,
+        ),
+        0,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(b.version(b"never").map(|v| v.counter), Some(90));
     let changes = b.drain_changes();
     assert_eq!(
         changes,
@@ -629,6 +651,15 @@ fn drain_changes_reports_remote_changes_once_coalesced() {
     );
     assert!(b.drain_changes().is_empty());
     assert!(out.is_empty(), "pushes are not answered");
+    // A local write drops a pending remote change of its key.
+    let w = Version {
+        counter: 100,
+        origin: 0,
+    };
+    b.handle(0, &push_of(w, b"x", Some(b"remote")), 0, &mut out)
+        .unwrap();
+    b.put(b"x", b"local", 0).unwrap();
+    assert!(b.drain_changes().is_empty());
 }
 
 // ---- bad input ----
@@ -934,6 +965,18 @@ fn chaos_run(seed: u64) {
     let mut s = Sim::new(config.clone()).unwrap();
     let mut down = vec![false; n];
     let mut truth: BTreeMap<Vec<u8>, (Version, Option<Vec<u8>>)> = BTreeMap::new();
+    // What a subscriber of each member sees: its local writes and its drained changes.
+    let mut shadow: Vec<BTreeMap<Vec<u8>, Vec<u8>>> = vec![BTreeMap::new(); n];
+    let drain = |s: &mut Sim, shadow: &mut Vec<BTreeMap<Vec<u8>, Vec<u8>>>| {
+        for (i, sh) in shadow.iter_mut().enumerate() {
+            for c in s.member_mut(i).drain_changes() {
+                match c.value {
+                    Some(v) => sh.insert(c.key, v),
+                    None => sh.remove(&c.key),
+                };
+            }
+        }
+    };
     for _ in 0..150 {
         let who = (next() % n as u64) as usize;
         let key = vec![(next() % 12) as u8; 1 + (next() % 16) as usize];
@@ -941,6 +984,7 @@ fn chaos_run(seed: u64) {
             0..=10 if !down[who] => {
                 let value = vec![next() as u8; (next() % 65) as usize];
                 let v = s.put(who, &key, &value).unwrap();
+                shadow[who].insert(key.clone(), value.clone());
                 let e = truth.entry(key).or_insert((v, None));
                 if v >= e.0 {
                     *e = (v, Some(value));
@@ -948,6 +992,7 @@ fn chaos_run(seed: u64) {
             }
             11..=13 if !down[who] => {
                 if let Some(v) = s.delete(who, &key).unwrap() {
+                    shadow[who].remove(&key);
                     let e = truth.entry(key).or_insert((v, None));
                     if v >= e.0 {
                         *e = (v, None);
@@ -964,6 +1009,7 @@ fn chaos_run(seed: u64) {
         }
         let t = s.now() + next() % 30_000;
         s.run_until(t);
+        drain(&mut s, &mut shadow);
     }
     s.heal();
     for (i, d) in down.iter_mut().enumerate() {
@@ -975,6 +1021,7 @@ fn chaos_run(seed: u64) {
     // Pulls alone repair everything (anti-entropy may be off): allow many rounds.
     let t = s.now() + 400 * config.gossip.round_interval_us.max(10_000);
     s.run_until(t);
+    drain(&mut s, &mut shadow);
     assert!(s.converged(), "seed {seed}: {config:?}");
     for i in 0..n {
         let m = s.member(i);
@@ -987,6 +1034,12 @@ fn chaos_run(seed: u64) {
             assert_eq!(m.get(key), value.as_deref(), "seed {seed} member {i}");
         }
         assert_eq!(m.len(), truth.values().filter(|e| e.1.is_some()).count());
+        let shown: BTreeMap<Vec<u8>, Vec<u8>> =
+            m.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
+        assert_eq!(
+            shown, shadow[i],
+            "seed {seed} member {i}: the changes reported"
+        );
     }
     assert!(s.net_stats().largest <= max_datagram, "seed {seed}");
 }
