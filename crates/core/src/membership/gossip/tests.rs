@@ -1023,7 +1023,7 @@ fn chaos_run(seed: u64) {
     s.run_until(t);
     drain(&mut s, &mut shadow);
     assert!(s.converged(), "seed {seed}: {config:?}");
-    for i in 0..n {
+    for (i, sh) in shadow.iter().enumerate() {
         let m = s.member(i);
         for (key, (v, value)) in &truth {
             assert_eq!(
@@ -1036,10 +1036,7 @@ fn chaos_run(seed: u64) {
         assert_eq!(m.len(), truth.values().filter(|e| e.1.is_some()).count());
         let shown: BTreeMap<Vec<u8>, Vec<u8>> =
             m.iter().map(|(k, v)| (k.to_vec(), v.to_vec())).collect();
-        assert_eq!(
-            shown, shadow[i],
-            "seed {seed} member {i}: the changes reported"
-        );
+        assert_eq!(&shown, sh, "seed {seed} member {i}: the changes reported");
     }
     assert!(s.net_stats().largest <= max_datagram, "seed {seed}");
 }
