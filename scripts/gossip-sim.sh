@@ -5,7 +5,7 @@
 # partitions and stopped members, then healing; every member must end with the greatest
 # version of every key). A failing seed is printed with its settings.
 #
-#   scripts/gossip-sim.sh [SEEDS (default 2000)]
+#   scripts/gossip-sim.sh [SEEDS (default 2000; about a minute)]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EMF_SIM_SEEDS="${1:-2000}" \

@@ -277,15 +277,17 @@ impl Sim {
 
     /// Processes the next event; false when there is none at or before `until`.
     pub fn step(&mut self, until: u64) -> bool {
-        let Some(Reverse((at, _, _))) = self.queue.peek() else {
-            return false;
-        };
+        self.step_to(until).is_some()
+    }
+
+    /// Processes the next event at or before `until`: `None` when there is none, else the
+    /// member a datagram was delivered to, if any.
+    fn step_to(&mut self, until: u64) -> Option<Option<usize>> {
+        let Reverse((at, _, _)) = self.queue.peek()?;
         if *at > until {
-            return false;
+            return None;
         }
-        let Some(Reverse((at, _, event))) = self.queue.pop() else {
-            return false;
-        };
+        let Reverse((at, _, event)) = self.queue.pop()?;
         self.now = self.now.max(at);
         match event {
             Event::Tick(i) => {
@@ -308,10 +310,11 @@ impl Sim {
                     if self.members[to].next_deadline_us() < self.scheduled[to] {
                         self.reschedule(to);
                     }
+                    return Some(Some(to));
                 }
             }
         }
-        true
+        Some(None)
     }
 
     /// Runs every event up to `until` and sets the clock there.
@@ -337,17 +340,21 @@ impl Sim {
         need: usize,
         deadline: u64,
     ) -> Option<u64> {
-        let mut known = self.knowing(key, version);
-        while known < need {
-            let before = self.now;
-            if !self.step(deadline) {
-                self.now = self.now.max(deadline);
-                return None;
-            }
-            // Only a delivery changes who knows; recount after events at a new time or
-            // cheaply every event for small clusters.
-            if self.members.len() <= 64 || self.now != before {
-                known = self.knowing(key, version);
+        let knows = |m: &Gossip| m.version(key).is_some_and(|v| v >= version);
+        let mut known: Vec<bool> = self.members.iter().map(knows).collect();
+        let mut count = known.iter().filter(|&&k| k).count();
+        while count < need {
+            // Only a delivery changes who knows, and only its receiver.
+            match self.step_to(deadline) {
+                None => {
+                    self.now = self.now.max(deadline);
+                    return None;
+                }
+                Some(Some(to)) if !known[to] && knows(&self.members[to]) => {
+                    known[to] = true;
+                    count += 1;
+                }
+                Some(_) => {}
             }
         }
         Some(self.now)
