@@ -109,6 +109,11 @@ pub struct GossipConfig {
     /// The largest datagram built, in bytes (default 60 000); received ones beyond it are
     /// rejected. At least 64, and an entry of `max_key` and `max_value` bytes must fit.
     pub max_datagram: usize,
+    /// The most bytes of entries and summaries sent in answer to one pull (default 1 MiB;
+    /// at least `max_datagram`). A member with an empty store pulls everything from each of
+    /// its pull peers at once; this bounds what each sends (starting at a random bucket, so
+    /// the peers send different parts), and later rounds fetch the rest.
+    pub max_pull_answer: usize,
     /// The largest key, in bytes (default 1 KiB); checked on put and on receive.
     pub max_key: usize,
     /// The largest value, in bytes (default 32 KiB); checked on put and on receive.
@@ -134,6 +139,7 @@ impl Default for GossipConfig {
             anti_entropy_interval_us: 10_000_000,
             max_fan_out: 10,
             max_datagram: 60_000,
+            max_pull_answer: 1 << 20,
             max_key: 1024,
             max_value: 32 * 1024,
             tombstone_ttl_us: 3_600_000_000,
@@ -159,6 +165,12 @@ impl GossipConfig {
             return Err(Error::invalid(format!(
                 "gossip max_datagram {} is outside {MIN_DATAGRAM}..=2^32-1",
                 self.max_datagram
+            )));
+        }
+        if self.max_pull_answer < self.max_datagram {
+            return Err(Error::invalid(format!(
+                "gossip max_pull_answer {} is below max_datagram {}",
+                self.max_pull_answer, self.max_datagram
             )));
         }
         let entry = wire::COUNTED_HEADER
@@ -229,6 +241,8 @@ pub struct GossipStats {
     pub push_deferred: u64,
     /// Tombstones dropped after their TTL.
     pub tombstones_dropped: u64,
+    /// Pull answers cut short at `max_pull_answer` bytes (the rest goes in later rounds).
+    pub answers_capped: u64,
 }
 
 /// One key's state.
@@ -715,16 +729,47 @@ impl Gossip {
     ) {
         let ours = self.digest(bits);
         let max = self.config.max_datagram;
+        let cap = self.config.max_pull_answer;
         let mut push = wire::Chunker::new(wire::KIND_PUSH, max);
         let mut sums = wire::Chunker::new(wire::KIND_SUMMARIES, max);
-        for b in 0..ours.len() {
+        // Start at a random key hash: members answering the same puller (a new member pulls
+        // from several at once) send different parts when the cap cuts the answer short.
+        let r = self.next_random();
+        let nb = ours.len();
+        let b0 = bucket(r, bits);
+        let mut bytes = 0usize;
+        let mut capped = false;
+        'buckets: for k in 0..=nb {
+            let b = (b0 + k) % nb;
             if ours[b] == theirs[b] {
                 continue;
             }
-            for (&hash, slot) in self.items.range(Self::bucket_range(b, bits)) {
+            let full = Self::bucket_range(b, bits);
+            let range = if k == 0 {
+                r..=*full.end()
+            } else if k == nb {
+                // The start bucket's first part, below r.
+                if r == *full.start() {
+                    continue;
+                }
+                *full.start()..=r - 1
+            } else {
+                full
+            };
+            for (&hash, slot) in self.items.range(range) {
                 for i in slot {
+                    let len = if theirs[b] == 0 {
+                        self.item_len(i)
+                    } else {
+                        wire::SUMMARY_LEN
+                    };
+                    if bytes + len > cap {
+                        capped = true;
+                        break 'buckets;
+                    }
+                    bytes += len;
                     if theirs[b] == 0 {
-                        self.put_item(push.element(self.item_len(i)), i, now_us);
+                        self.put_item(push.element(len), i, now_us);
                     } else {
                         let buf = sums.element(wire::SUMMARY_LEN);
                         buf.extend_from_slice(&hash.to_le_bytes());
@@ -734,6 +779,7 @@ impl Gossip {
                 }
             }
         }
+        self.stats.answers_capped += capped as u64;
         for p in push.finish().into_iter().chain(sums.finish()) {
             self.emit(from, p, out);
         }

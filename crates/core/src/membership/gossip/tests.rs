@@ -54,6 +54,10 @@ fn bad_config_is_invalid_argument() {
             ..GossipConfig::default()
         },
         GossipConfig {
+            max_pull_answer: 59_999,
+            ..GossipConfig::default()
+        },
+        GossipConfig {
             max_datagram: 1000,
             max_key: 100,
             max_value: 900,
@@ -1112,4 +1116,60 @@ fn tombstones_travel_with_their_age() {
     assert_eq!(d.tombstones(), 1, "3 ms old when sent, 0.5 ms in transit");
     d.tick(309_500, &mut out);
     assert_eq!(d.tombstones(), 0);
+}
+
+/// A member with an empty store pulling from a large one gets at most `max_pull_answer` bytes
+/// per pull, different parts from different peers, and everything over a few rounds.
+#[test]
+fn pull_answers_are_capped_and_spread() {
+    let c = GossipConfig {
+        max_datagram: 1_000,
+        max_pull_answer: 10_000,
+        max_key: 16,
+        max_value: 128,
+        anti_entropy_interval_us: 0,
+        ..GossipConfig::default()
+    };
+    let mut ms: Vec<Gossip> = (0..3).map(|i| Gossip::new(i, c.clone()).unwrap()).collect();
+    for k in 0u32..1000 {
+        let v = ms[0].put(&k.to_le_bytes(), &[1; 50], 0).unwrap();
+        let p = push_of(v, &k.to_le_bytes(), Some(&[1; 50]));
+        ms[1].handle(0, &p, 0, &mut Vec::new()).unwrap();
+    }
+    // Member 2 (empty) pulls from 0 and 1 at once.
+    let digest = wire::pull(false, 0, &[0]);
+    let mut got = Vec::new();
+    for from in [0usize, 1] {
+        let mut out = Vec::new();
+        ms[from].handle(2, &digest, 0, &mut out).unwrap();
+        let bytes: usize = out.iter().map(|d| d.payload.len()).sum();
+        assert!(
+            bytes <= 10_000 + out.len() * wire::COUNTED_HEADER,
+            "{bytes}"
+        );
+        assert!(out.iter().all(|d| d.payload.len() <= 1_000));
+        assert_eq!(ms[from].stats().answers_capped, 1);
+        for d in out {
+            ms[2]
+                .handle(from as u64, &d.payload, 0, &mut Vec::new())
+                .unwrap();
+        }
+        got.push(ms[2].len());
+    }
+    assert!(
+        got[0] > 100 && got[1] > got[0] + 100,
+        "different parts: {got:?}"
+    );
+    // Rounds of pulls bring the rest.
+    ms[2].set_peers([0, 1]);
+    for round in 0..200 {
+        let mut out = Vec::new();
+        ms[2].round(round, &mut out);
+        let q = out.into_iter().map(|d| (2, d)).collect();
+        exchange(&mut ms, q, round);
+        if ms[2].len() == 1000 {
+            return;
+        }
+    }
+    panic!("not all entries after 200 rounds: {}", ms[2].len());
 }
