@@ -960,6 +960,7 @@ fn chaos_run(seed: u64) {
             anti_entropy_interval_us: [0, 300_000, 1_000_000][(next() % 3) as usize],
             max_fan_out: 1 + (next() % 10) as usize,
             max_datagram,
+            max_pull_answer: max_datagram * [1, 4, 1000][(next() % 3) as usize],
             max_key: 16,
             max_value: 64,
             retransmit_mult: 1 + (next() % 4) as u32,
