@@ -3,8 +3,8 @@
 //!
 //! [`Sim`] runs N [`Gossip`] members (ids `0..N`) on one simulated clock: each member is
 //! ticked at its [`Gossip::next_deadline_us`], each datagram it sends is delivered after a
-//! random latency in `latency_us`, dropped with probability `loss`, or blocked by a
-//! partition. Everything is drawn from one seeded generator, so a run is a function of its
+//! random latency in `latency_us` (so datagrams overtake each other), dropped with
+//! probability `loss`, duplicated with probability `duplicate`, or blocked by a partition. Everything is drawn from one seeded generator, so a run is a function of its
 //! [`SimConfig`] and the calls made on it. It handles N = 1000 in well under a second per
 //! simulated second.
 //!
@@ -45,6 +45,9 @@ pub struct SimConfig {
     pub nodes: usize,
     /// Probability that a datagram is lost, `0.0..1.0`.
     pub loss: f64,
+    /// Probability that a datagram (not lost) is delivered twice, each copy with its own
+    /// latency, `0.0..1.0`.
+    pub duplicate: f64,
     /// One-way latency, uniform in `lo..=hi` microseconds.
     pub latency_us: (u64, u64),
     /// Seed of the network and of the members (member `i` gets `seed ^ i` mixed).
@@ -58,6 +61,7 @@ impl Default for SimConfig {
         SimConfig {
             nodes: 16,
             loss: 0.0,
+            duplicate: 0.0,
             latency_us: (200, 1_000),
             seed: 1,
             gossip: GossipConfig::default(),
@@ -84,6 +88,8 @@ pub struct NetStats {
     pub lost: u64,
     /// Blocked by a partition.
     pub blocked: u64,
+    /// Delivered twice.
+    pub duplicated: u64,
     /// Delivered.
     pub delivered: u64,
     /// The largest datagram sent, in bytes.
@@ -103,6 +109,7 @@ pub struct Sim {
     now: u64,
     rng: Rng,
     loss: f64,
+    duplicate: f64,
     latency: (u64, u64),
     stats: NetStats,
     out: Vec<super::Datagram>,
@@ -112,8 +119,8 @@ impl Sim {
     /// A simulation of `config.nodes` members at time 0, each ticked once (which schedules
     /// its first round at a random point of the first interval).
     pub fn new(config: SimConfig) -> Result<Sim> {
-        if !(0.0..1.0).contains(&config.loss) {
-            return Err(Error::invalid("sim loss must be in 0.0..1.0"));
+        if !(0.0..1.0).contains(&config.loss) || !(0.0..1.0).contains(&config.duplicate) {
+            return Err(Error::invalid("sim loss and duplicate must be in 0.0..1.0"));
         }
         if config.latency_us.0 > config.latency_us.1 {
             return Err(Error::invalid(
@@ -139,6 +146,7 @@ impl Sim {
             now: 0,
             rng: Rng(super::mix(config.seed)),
             loss: config.loss,
+            duplicate: config.duplicate,
             latency: config.latency_us,
             stats: NetStats::default(),
             out: Vec::new(),
@@ -234,6 +242,11 @@ impl Sim {
                 self.stats.lost += 1;
                 continue;
             }
+            if self.rng.chance(self.duplicate) {
+                self.stats.duplicated += 1;
+                let at = self.now + self.rng.range(self.latency.0, self.latency.1);
+                self.push(at, Event::Deliver(from, to, d.payload.clone()));
+            }
             let at = self.now + self.rng.range(self.latency.0, self.latency.1);
             self.push(at, Event::Deliver(from, to, d.payload));
         }
@@ -264,15 +277,17 @@ impl Sim {
 
     /// Processes the next event; false when there is none at or before `until`.
     pub fn step(&mut self, until: u64) -> bool {
-        let Some(Reverse((at, _, _))) = self.queue.peek() else {
-            return false;
-        };
+        self.step_to(until).is_some()
+    }
+
+    /// Processes the next event at or before `until`: `None` when there is none, else the
+    /// member a datagram was delivered to, if any.
+    fn step_to(&mut self, until: u64) -> Option<Option<usize>> {
+        let Reverse((at, _, _)) = self.queue.peek()?;
         if *at > until {
-            return false;
+            return None;
         }
-        let Some(Reverse((at, _, event))) = self.queue.pop() else {
-            return false;
-        };
+        let Reverse((at, _, event)) = self.queue.pop()?;
         self.now = self.now.max(at);
         match event {
             Event::Tick(i) => {
@@ -295,10 +310,11 @@ impl Sim {
                     if self.members[to].next_deadline_us() < self.scheduled[to] {
                         self.reschedule(to);
                     }
+                    return Some(Some(to));
                 }
             }
         }
-        true
+        Some(None)
     }
 
     /// Runs every event up to `until` and sets the clock there.
@@ -324,17 +340,21 @@ impl Sim {
         need: usize,
         deadline: u64,
     ) -> Option<u64> {
-        let mut known = self.knowing(key, version);
-        while known < need {
-            let before = self.now;
-            if !self.step(deadline) {
-                self.now = self.now.max(deadline);
-                return None;
-            }
-            // Only a delivery changes who knows; recount after events at a new time or
-            // cheaply every event for small clusters.
-            if self.members.len() <= 64 || self.now != before {
-                known = self.knowing(key, version);
+        let knows = |m: &Gossip| m.version(key).is_some_and(|v| v >= version);
+        let mut known: Vec<bool> = self.members.iter().map(knows).collect();
+        let mut count = known.iter().filter(|&&k| k).count();
+        while count < need {
+            // Only a delivery changes who knows, and only its receiver.
+            match self.step_to(deadline) {
+                None => {
+                    self.now = self.now.max(deadline);
+                    return None;
+                }
+                Some(Some(to)) if !known[to] && knows(&self.members[to]) => {
+                    known[to] = true;
+                    count += 1;
+                }
+                Some(_) => {}
             }
         }
         Some(self.now)

@@ -5,9 +5,9 @@
 //!
 //! | kind | name      | body |
 //! |------|-----------|------|
-//! | 1    | push      | `u32 n`, then `n` entries: `u64 counter, u64 origin, u8 flags` (bit 0: has a value), `u32 key_len, key`, and if it has a value `u32 value_len, value` |
+//! | 1    | push      | `u32 n`, then `n` entries: `u64 counter, u64 origin, u8 flags` (bit 0: has a value), `u32 key_len, key`, then with a value `u32 value_len, value`, else (a tombstone) `u64 age_us`, its age at the sender |
 //! | 2    | pull      | `u8 flags` (bit 0: anti-entropy, pull back), `u8 bits`, then `2^bits` bucket hashes (`u64`) |
-//! | 3    | summaries | `u32 n`, then `n` × (`u64 key_hash, u64 counter, u64 origin, u8 flags` (bit 0: a tombstone)) |
+//! | 3    | summaries | `u32 n`, then `n` × (`u64 key_hash, u64 counter, u64 origin`) |
 //! | 4    | want      | `u32 n`, then `n` key hashes (`u64`) |
 //!
 //! A count is checked against the bytes left (each element has a minimum size) before any
@@ -29,16 +29,19 @@ pub(crate) const KIND_WANT: u8 = 4;
 pub(crate) const COUNTED_HEADER: usize = 6;
 /// Bytes of a pull header (version, kind, flags, bits).
 pub(crate) const PULL_HEADER: usize = 4;
-/// Bytes of an entry besides its key and value bytes (counter, origin, flags, two lengths).
-pub(crate) const ENTRY_OVERHEAD: usize = 8 + 8 + 1 + 4 + 4;
+/// The most bytes of an entry besides its key and value bytes: counter, origin, flags, key
+/// length, and a value length (4) or a tombstone's age (8).
+pub(crate) const ENTRY_OVERHEAD: usize = 8 + 8 + 1 + 4 + 8;
+/// The fewest bytes of an entry: counter, origin, flags, key length, an empty key, and an empty
+/// value's length.
+const MIN_ENTRY: usize = 8 + 8 + 1 + 4 + 4;
 /// Bytes of one summary.
-pub(crate) const SUMMARY_LEN: usize = 25;
+pub(crate) const SUMMARY_LEN: usize = 24;
 /// The largest digest: 2^16 buckets.
 pub(crate) const MAX_BITS: u8 = 16;
 
 const FLAG_VALUE: u8 = 1;
 pub(crate) const FLAG_FULL: u8 = 1;
-pub(crate) const FLAG_TOMBSTONE: u8 = 1;
 
 /// One entry of a push, borrowing the datagram.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +49,8 @@ pub(crate) struct WireEntry<'a> {
     pub version: Version,
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
+    /// A tombstone's age at the sender (0 with a value).
+    pub age_us: u64,
 }
 
 /// A decoded datagram.
@@ -57,8 +62,7 @@ pub(crate) enum Message<'a> {
         bits: u8,
         hashes: Vec<u64>,
     },
-    /// Key hash, version, whether it is a tombstone.
-    Summaries(Vec<(u64, Version, bool)>),
+    Summaries(Vec<(u64, Version)>),
     Want(Vec<u64>),
 }
 
@@ -130,7 +134,7 @@ pub(crate) fn decode(bytes: &[u8], max_key: usize, max_value: usize) -> Result<M
     let kind = r.u8("the kind byte")?;
     let msg = match kind {
         KIND_PUSH => {
-            let n = r.count(ENTRY_OVERHEAD - 4, "entries")?;
+            let n = r.count(MIN_ENTRY, "entries")?;
             let mut entries = Vec::with_capacity(n);
             for _ in 0..n {
                 let counter = r.u64("an entry counter")?;
@@ -152,6 +156,7 @@ pub(crate) fn decode(bytes: &[u8], max_key: usize, max_value: usize) -> Result<M
                     ));
                 }
                 let key = r.take(key_len, "a key")?;
+                let mut age_us = 0;
                 let value = if flags & FLAG_VALUE != 0 {
                     let len = r.u32("a value length")? as usize;
                     if len > max_value {
@@ -162,12 +167,14 @@ pub(crate) fn decode(bytes: &[u8], max_key: usize, max_value: usize) -> Result<M
                     }
                     Some(r.take(len, "a value")?)
                 } else {
+                    age_us = r.u64("a tombstone age")?;
                     None
                 };
                 entries.push(WireEntry {
                     version: Version { counter, origin },
                     key,
                     value,
+                    age_us,
                 });
             }
             Message::Push(entries)
@@ -210,13 +217,7 @@ pub(crate) fn decode(bytes: &[u8], max_key: usize, max_value: usize) -> Result<M
                 let hash = r.u64("a key hash")?;
                 let counter = r.u64("a summary counter")?;
                 let origin = r.u64("a summary origin")?;
-                let flags = r.u8("summary flags")?;
-                if flags & !FLAG_TOMBSTONE != 0 {
-                    return Err(Error::corrupt(format!(
-                        "gossip summary flags {flags:#x} unknown"
-                    )));
-                }
-                s.push((hash, Version { counter, origin }, flags != 0));
+                s.push((hash, Version { counter, origin }));
             }
             Message::Summaries(s)
         }
@@ -238,22 +239,31 @@ pub(crate) fn decode(bytes: &[u8], max_key: usize, max_value: usize) -> Result<M
     Ok(msg)
 }
 
-/// Appends one push entry to `buf`.
-pub(crate) fn put_entry(buf: &mut Vec<u8>, version: Version, key: &[u8], value: Option<&[u8]>) {
+/// Appends one push entry to `buf`: a value, or a tombstone `age_us` old.
+pub(crate) fn put_entry(
+    buf: &mut Vec<u8>,
+    version: Version,
+    key: &[u8],
+    value: Option<&[u8]>,
+    age_us: u64,
+) {
     buf.extend_from_slice(&version.counter.to_le_bytes());
     buf.extend_from_slice(&version.origin.to_le_bytes());
     buf.push(if value.is_some() { FLAG_VALUE } else { 0 });
     buf.extend_from_slice(&(key.len() as u32).to_le_bytes());
     buf.extend_from_slice(key);
-    if let Some(v) = value {
-        buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
-        buf.extend_from_slice(v);
+    match value {
+        Some(v) => {
+            buf.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            buf.extend_from_slice(v);
+        }
+        None => buf.extend_from_slice(&age_us.to_le_bytes()),
     }
 }
 
 /// The encoded size of an entry.
 pub(crate) fn entry_len(key: &[u8], value: Option<&[u8]>) -> usize {
-    ENTRY_OVERHEAD - 4 + key.len() + value.map_or(0, |v| 4 + v.len())
+    8 + 8 + 1 + 4 + key.len() + value.map_or(8, |v| 4 + v.len())
 }
 
 /// Encodes a pull (a digest of `2^bits` bucket hashes).
