@@ -145,6 +145,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         self.id
     }
 
+    /// The group's parameters.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
     /// The current view (the target view during a view change).
     pub fn view(&self) -> u64 {
         self.view
@@ -168,6 +173,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
     /// The sequence number executed tentatively, if one is.
     pub fn tentative_seq(&self) -> Option<u64> {
         self.tentative.as_ref().map(|t| t.seq)
+    }
+
+    /// Requests executed tentatively (not committed yet).
+    pub fn tentative_requests(&self) -> usize {
+        self.tentative.as_ref().map_or(0, |t| t.done.len())
     }
 
     /// h, the low watermark: the last stable checkpoint.
@@ -376,6 +386,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                     .is_some_and(|t| t.done.iter().any(|(q, _)| q.client == r.client));
                 let result = c.result.clone();
                 self.send_reply(r.client, r.timestamp, result, tentative, out);
+                // Tentative or committed here, maybe not at the others: repeat our votes.
+                if let Some(&seq) = self.known.get(&key) {
+                    self.retransmit(seq, out);
+                }
                 self.stats.stale += 1;
                 return;
             }
