@@ -390,24 +390,24 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 if let Some(&seq) = self.known.get(&key) {
                     self.retransmit(seq, out);
                 }
+                if tentative {
+                    // Not committed: the client still waits, so do we.
+                    self.wait_for(r);
+                }
                 self.stats.stale += 1;
                 return;
             }
         }
         if let Some(&seq) = self.known.get(&key) {
-            // Ordered but not executed: the client is retransmitting, so something was lost.
+            // Ordered but not executed: the client is retransmitting, so something was lost
+            // (or the primary misbehaves: the timer runs).
             self.retransmit(seq, out);
+            self.wait_for(r);
             self.stats.stale += 1;
             return;
         }
-        if !self.waiting.contains_key(&key) {
-            if self.waiting.len() >= self.cfg.max_pending {
-                self.stats.dropped_requests += 1;
-                return;
-            }
-            self.waiting.insert(key, r.clone());
-        }
         if self.changing {
+            self.wait_for(r);
             return;
         }
         if self.is_primary() {
@@ -415,19 +415,39 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 self.stats.stale += 1;
                 return;
             }
+            if self.pending.len() >= self.cfg.max_pending {
+                self.stats.dropped_requests += 1;
+                return;
+            }
+            self.waiting.insert(key, r.clone());
             self.pending_keys.insert(key);
             self.pending.push_back(r);
             self.batch_since.get_or_insert(self.now);
             self.maybe_order(out);
         } else {
-            // Relay to the primary (the client may have sent to us only) and start the
-            // timer: the primary must order it in time.
+            // Relay to the primary (the client may have sent to us only); the timer runs:
+            // the primary must order it in time.
             out.push(Outgoing {
                 to: Dest::Replica(self.primary(self.view)),
                 payload: r.encode(),
             });
-            self.vc_deadline
-                .get_or_insert(self.now + self.vc_timeout);
+            self.wait_for(r);
+        }
+    }
+
+    /// Remembers a request not committed yet and, at a backup, starts the view-change timer
+    /// if it is not running.
+    fn wait_for(&mut self, r: Request) {
+        let key = (r.client, r.timestamp);
+        if !self.waiting.contains_key(&key) {
+            if self.waiting.len() >= self.cfg.max_pending {
+                self.stats.dropped_requests += 1;
+                return;
+            }
+            self.waiting.insert(key, r);
+        }
+        if !self.changing && !self.is_primary() {
+            self.vc_deadline.get_or_insert(self.now + self.vc_timeout);
         }
     }
 
@@ -650,6 +670,7 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                     // Its commit arrived: the tentative results become committed.
                     debug_assert_eq!(t.seq, s);
                     for (r, result) in t.done {
+                        self.waiting.remove(&(r.client, r.timestamp));
                         self.send_reply(r.client, r.timestamp, result, false, out);
                     }
                 } else {
@@ -716,7 +737,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 },
             );
             undo.push((r.client, old));
-            self.waiting.remove(&(r.client, r.timestamp));
+            if !tentative {
+                self.waiting.remove(&(r.client, r.timestamp));
+            }
             self.send_reply(r.client, r.timestamp, result.clone(), tentative, out);
             done.push((r.clone(), result));
         }
