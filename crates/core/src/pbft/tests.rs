@@ -820,6 +820,13 @@ fn many_seeds_with_faults() {
         }
         sim.to_issue = vec![6, 6, 6];
         let done = sim.run(60_000_000);
+        // Let fast-path completions commit before checking them.
+        sim.run_for(300_000);
+        if !done {
+            for r in &sim.replicas {
+                eprintln!("{} dl{:?} {:?}\n   {}", r.id(), r.next_deadline_us(), r.stats(), r.fingerprint());
+            }
+        }
         sim.check_completions();
         assert!(
             done,
