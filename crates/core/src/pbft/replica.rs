@@ -46,6 +46,7 @@ struct Tentative {
 
 /// A PBFT replica: a state machine without I/O, stepped by [`Replica::handle`] and
 /// [`Replica::tick`], over an application `A` and an authenticator `K`.
+#[derive(Clone)]
 pub struct Replica<A: App, K: Authenticator> {
     cfg: Config,
     lim: Limits,
