@@ -862,13 +862,30 @@ impl<A: App, K: Authenticator> Replica<A, K> {
     }
 
     fn on_checkpoint(&mut self, c: Checkpoint, out: &mut Vec<Outgoing>) {
-        if c.seq <= self.low {
+        if c.seq <= self.low || c.seq % self.cfg.checkpoint_interval != 0 {
             self.stats.stale += 1;
             return;
         }
-        let (seq, digest) = (c.seq, c.digest);
-        let set = self.checkpoints.entry(seq).or_default();
-        set.insert(c.replica, c);
+        let (seq, digest, replica) = (c.seq, c.digest, c.replica);
+        self.checkpoints.entry(seq).or_default().insert(replica, c);
+        // At most L/K + 1 checkpoints per replica (its latest): bounded memory whatever a
+        // Byzantine replica sends, and a replica far behind still sees the latest ones.
+        let per_replica = (self.cfg.log_window / self.cfg.checkpoint_interval) as usize + 1;
+        let mine: Vec<u64> = self
+            .checkpoints
+            .iter()
+            .filter(|(_, set)| set.contains_key(&replica))
+            .map(|(&s, _)| s)
+            .collect();
+        for old in &mine[..mine.len().saturating_sub(per_replica)] {
+            if let Some(set) = self.checkpoints.get_mut(old) {
+                set.remove(&replica);
+            }
+        }
+        self.checkpoints.retain(|_, set| !set.is_empty());
+        let Some(set) = self.checkpoints.get(&seq) else {
+            return;
+        };
         let proof: Vec<Checkpoint> = set
             .values()
             .filter(|c| c.digest == digest)
@@ -1076,6 +1093,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             return Err(forged("pbft: an invalid view change"));
         }
         let view = vc.new_view;
+        // One view change per replica (its latest): bounded memory whatever it sends.
+        for set in self.view_changes.values_mut() {
+            set.remove(&vc.replica);
+        }
+        self.view_changes.retain(|_, set| !set.is_empty());
         self.view_changes
             .entry(view)
             .or_default()
