@@ -82,10 +82,10 @@ pub mod mesh;
 // raft-rs out, which keeps the CI loom stage to the structures it checks.
 #[cfg(not(loom))]
 pub mod net;
-mod priority;
-pub mod queue;
 #[cfg(not(loom))]
 pub mod pbft;
+mod priority;
+pub mod queue;
 #[cfg(not(loom))]
 pub mod raft;
 #[cfg(not(loom))]

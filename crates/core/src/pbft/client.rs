@@ -217,7 +217,9 @@ impl<K: Authenticator> Client<K> {
             _ => return Err(Error::corrupt("pbft: a client expects replies only")),
         };
         if from != Principal::Replica(reply.replica) {
-            return Err(Error::invalid("pbft: the sender is not the replica that signed"));
+            return Err(Error::invalid(
+                "pbft: the sender is not the replica that signed",
+            ));
         }
         if !reply.verify(&self.keys) {
             return Err(Error::invalid("pbft: bad signature on a reply"));
@@ -267,6 +269,13 @@ impl<K: Authenticator> Client<K> {
     /// A deterministic description of the client's state (for the model checker).
     #[cfg(test)]
     pub(crate) fn fingerprint(&self) -> String {
-        format!("{} {} {:?}", self.view, self.timestamp, self.outstanding.as_ref().map(|o| (&o.tentative, &o.committed)))
+        format!(
+            "{} {} {:?}",
+            self.view,
+            self.timestamp,
+            self.outstanding
+                .as_ref()
+                .map(|o| (&o.tentative, &o.committed))
+        )
     }
 }

@@ -334,7 +334,10 @@ impl Model for PbftModel {
             }),
             Property::sometimes("a request completes after a view change", |_, s: &State| {
                 !s.completions.is_empty()
-                    && s.replicas.iter().filter(|r| r.view() == 1 && !r.in_view_change()).count()
+                    && s.replicas
+                        .iter()
+                        .filter(|r| r.view() == 1 && !r.in_view_change())
+                        .count()
                         >= 3
             }),
             Property::sometimes("a tentative execution is rolled back", |_, s: &State| {
@@ -378,7 +381,7 @@ fn walks(model: PbftModel, seconds: u64) -> Vec<&'static str> {
     let checker = model
         .checker()
         .timeout(Duration::from_secs(
-            env("PBFT_MODEL_WALK_SECS", seconds as usize) as u64
+            env("PBFT_MODEL_WALK_SECS", seconds as usize) as u64,
         ))
         .spawn_simulation(1, UniformChooser)
         .join();
@@ -417,8 +420,14 @@ fn two_requests_loss_and_a_view_change_random_walks() {
         },
         3,
     );
-    assert!(found.contains(&"a client completes on the fast path"), "{found:?}");
-    assert!(found.contains(&"a request completes after a view change"), "{found:?}");
+    assert!(
+        found.contains(&"a client completes on the fast path"),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&"a request completes after a view change"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -433,5 +442,8 @@ fn a_byzantine_replica_random_walks() {
         },
         3,
     );
-    assert!(found.contains(&"a request completes after a view change"), "{found:?}");
+    assert!(
+        found.contains(&"a request completes after a view change"),
+        "{found:?}"
+    );
 }

@@ -265,7 +265,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         }
         if let Some(t) = self.vc_resend {
             if self.changing && self.now >= t {
-                if let Some(vc) = self.view_changes.get(&self.view).and_then(|m| m.get(&self.id)) {
+                if let Some(vc) = self
+                    .view_changes
+                    .get(&self.view)
+                    .and_then(|m| m.get(&self.id))
+                {
                     out.push(Outgoing {
                         to: Dest::AllReplicas,
                         payload: vc.encode(),
@@ -896,7 +900,13 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         }
     }
 
-    fn make_stable(&mut self, seq: u64, digest: Digest, proof: Vec<Checkpoint>, out: &mut Vec<Outgoing>) {
+    fn make_stable(
+        &mut self,
+        seq: u64,
+        digest: Digest,
+        proof: Vec<Checkpoint>,
+        out: &mut Vec<Outgoing>,
+    ) {
         if seq <= self.low {
             return;
         }
@@ -944,7 +954,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             return Ok(());
         }
         if sha256(&s.state) != digest {
-            return Err(forged("pbft: a state that does not match the stable checkpoint"));
+            return Err(forged(
+                "pbft: a state that does not match the stable checkpoint",
+            ));
         }
         self.install_state(&s.state)?;
         self.tentative = None;
@@ -993,7 +1005,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             payload: vc.encode(),
         });
         self.view_changes.retain(|&v, _| v >= view);
-        self.view_changes.entry(view).or_default().insert(self.id, vc);
+        self.view_changes
+            .entry(view)
+            .or_default()
+            .insert(self.id, vc);
         self.vc_timeout = self.vc_timeout.saturating_mul(2);
         // The timer for the next view starts only with 2f + 1 view changes for this one, so
         // a replica that lost a new view does not race ahead alone (Castro-Liskov 4.5.2).
@@ -1143,7 +1158,12 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         }
         let max_s = chosen.keys().next_back().copied().unwrap_or(min_s);
         let batches = (min_s + 1..=max_s)
-            .map(|s| (s, chosen.get(&s).map(|p| p.batch.clone()).unwrap_or_default()))
+            .map(|s| {
+                (
+                    s,
+                    chosen.get(&s).map(|p| p.batch.clone()).unwrap_or_default(),
+                )
+            })
             .collect();
         (min_s, best.stable_digest, best.proof.clone(), batches)
     }
@@ -1207,7 +1227,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
 
     fn on_new_view(&mut self, nv: NewView, out: &mut Vec<Outgoing>) -> Result<()> {
         if nv.replica != self.primary(nv.view) {
-            return Err(forged("pbft: a new view from a replica that is not its primary"));
+            return Err(forged(
+                "pbft: a new view from a replica that is not its primary",
+            ));
         }
         if !self
             .keys
@@ -1352,11 +1374,19 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 s,
                 "[{seq} {:?} p{:?} c{:?} {}{} {:?}]",
                 slot.pre_prepare.as_ref().map(|p| p.digest[0]),
-                slot.prepares.iter().map(|(r, v)| (*r, v.digest[0])).collect::<Vec<_>>(),
-                slot.commits.iter().map(|(r, v)| (*r, v.digest[0])).collect::<Vec<_>>(),
+                slot.prepares
+                    .iter()
+                    .map(|(r, v)| (*r, v.digest[0]))
+                    .collect::<Vec<_>>(),
+                slot.commits
+                    .iter()
+                    .map(|(r, v)| (*r, v.digest[0]))
+                    .collect::<Vec<_>>(),
                 slot.prepared,
                 slot.committed,
-                slot.cert.as_ref().map(|c| (c.pre_prepare.view, c.pre_prepare.digest[0]))
+                slot.cert
+                    .as_ref()
+                    .map(|c| (c.pre_prepare.view, c.pre_prepare.digest[0]))
             );
         }
         let _ = write!(
@@ -1373,7 +1403,12 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 .map(|(v, m)| (*v, m.keys().copied().collect::<Vec<_>>()))
                 .collect::<Vec<_>>(),
         );
-        s.extend(self.app.snapshot().iter().map(|b| char::from(b'a' + b % 26)));
+        s.extend(
+            self.app
+                .snapshot()
+                .iter()
+                .map(|b| char::from(b'a' + b % 26)),
+        );
         s
     }
 }

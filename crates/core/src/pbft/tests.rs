@@ -334,8 +334,7 @@ impl<K: Authenticator> Sim<K> {
             if self.now % 20_000 == 0 {
                 self.check_agreement();
             }
-            if self.to_issue.iter().all(|&k| k == 0) && self.clients.iter().all(|c| !c.is_busy())
-            {
+            if self.to_issue.iter().all(|&k| k == 0) && self.clients.iter().all(|c| !c.is_busy()) {
                 return true;
             }
         }
@@ -394,15 +393,29 @@ impl<K: Authenticator> Sim<K> {
         let committed = self.committed(best);
         for (c, op) in committed {
             let text = String::from_utf8(op.clone()).unwrap();
-            assert!(text.starts_with(&format!("c{c}-op")), "not a client's: {text}");
+            assert!(
+                text.starts_with(&format!("c{c}-op")),
+                "not a client's: {text}"
+            );
         }
         let mut seen = BTreeSet::new();
         for (c, done) in &self.completions {
             assert!(seen.insert((*c, done.timestamp)), "completed twice");
             let pos = done.result[..8].try_into().map(u64::from_le_bytes).unwrap() as usize;
-            assert!(pos >= 1 && pos <= committed.len(), "completed but not committed");
-            assert_eq!(committed[pos - 1].0, *c, "result of another client's operation");
-            assert_eq!(app.results[pos - 1], done.result, "a wrong result was accepted");
+            assert!(
+                pos >= 1 && pos <= committed.len(),
+                "completed but not committed"
+            );
+            assert_eq!(
+                committed[pos - 1].0,
+                *c,
+                "result of another client's operation"
+            );
+            assert_eq!(
+                app.results[pos - 1],
+                done.result,
+                "a wrong result was accepted"
+            );
         }
     }
 }
@@ -553,7 +566,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
     // A vote claiming to be replica 3's but signed by 1.
     let mut lie = v.clone();
     lie.replica = 3;
-    sim.deliver(Principal::Replica(3), Principal::Replica(2), &lie.encode(false));
+    sim.deliver(
+        Principal::Replica(3),
+        Principal::Replica(2),
+        &lie.encode(false),
+    );
     assert_eq!(sim.replicas[2].stats().forged, 2);
     // A flipped signature bit.
     let mut bad = good.clone();
@@ -567,7 +584,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
         ..v.clone()
     };
     pv.sign(&ed_keys(Principal::Replica(0), 4, 1), false);
-    sim.deliver(Principal::Replica(0), Principal::Replica(2), &pv.encode(false));
+    sim.deliver(
+        Principal::Replica(0),
+        Principal::Replica(2),
+        &pv.encode(false),
+    );
     assert_eq!(sim.replicas[2].stats().forged, 4);
     // A request signed by a client the replicas do not know.
     let stranger = ed_keys(Principal::Client(999), 4, 1);
@@ -596,7 +617,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
     };
     old.sign(&keys_c);
     for i in 0..4 {
-        sim.deliver(Principal::Client(CLIENT0), Principal::Replica(i), &old.encode());
+        sim.deliver(
+            Principal::Client(CLIENT0),
+            Principal::Replica(i),
+            &old.encode(),
+        );
     }
     sim.run_for(20_000);
     let after: Vec<LogApp> = sim.replicas.iter().map(|r| r.app().clone()).collect();
@@ -611,7 +636,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
         sig: [0; 64],
     };
     huge.sign(&keys_c);
-    sim.deliver(Principal::Client(CLIENT0), Principal::Replica(2), &huge.encode());
+    sim.deliver(
+        Principal::Client(CLIENT0),
+        Principal::Replica(2),
+        &huge.encode(),
+    );
     assert_eq!(sim.replicas[2].stats().oversized, 1);
     assert!(sim.errors[&ErrorKind::InvalidArgument] >= 5);
     sim.check_completions();
@@ -626,7 +655,9 @@ fn random_bytes_never_panic_a_replica_or_client() {
     let samples: Vec<Vec<u8>> = sim.msgs.values().map(|m| m.2.clone()).collect();
     for k in 0..3_000 {
         let mut b = if samples.is_empty() || k % 3 == 0 {
-            (0..rng.range(0, 300)).map(|_| rng.next() as u8).collect::<Vec<_>>()
+            (0..rng.range(0, 300))
+                .map(|_| rng.next() as u8)
+                .collect::<Vec<_>>()
         } else {
             samples[k % samples.len()].clone()
         };
@@ -672,7 +703,11 @@ fn a_lagging_replica_catches_up_by_state_transfer() {
     sim.check_completions();
     let r3 = &sim.replicas[3];
     assert!(r3.stats().state_transfers >= 1);
-    assert!(r3.last_executed() >= 24, "replica 3 at {}", r3.last_executed());
+    assert!(
+        r3.last_executed() >= 24,
+        "replica 3 at {}",
+        r3.last_executed()
+    );
     assert_eq!(
         r3.app().ops[..],
         sim.replicas[0].app().ops[..r3.app().ops.len()]
@@ -710,8 +745,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         sig: [0; 64],
     };
     pp.sign(&keys(0));
-    r2.handle(Principal::Replica(0), &Message::PrePrepare(pp.clone()).encode(), 0, &mut out)
-        .unwrap();
+    r2.handle(
+        Principal::Replica(0),
+        &Message::PrePrepare(pp.clone()).encode(),
+        0,
+        &mut out,
+    )
+    .unwrap();
     let prepare = |i: u32| {
         let mut v = Vote {
             view: 0,
@@ -723,8 +763,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         v.sign(&keys(i), false);
         v.encode(false)
     };
-    r2.handle(Principal::Replica(1), &prepare(1), 0, &mut out).unwrap();
-    assert_eq!(r2.tentative_seq(), Some(1), "prepared: executed tentatively");
+    r2.handle(Principal::Replica(1), &prepare(1), 0, &mut out)
+        .unwrap();
+    assert_eq!(
+        r2.tentative_seq(),
+        Some(1),
+        "prepared: executed tentatively"
+    );
     assert_eq!(r2.app().ops.len(), 1);
     let tentative_replies = out
         .iter()
@@ -762,8 +807,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         sig: [0; 64],
     };
     nv.sign(&keys(1));
-    r2.handle(Principal::Replica(1), &Message::NewView(nv).encode(), 20, &mut out)
-        .unwrap();
+    r2.handle(
+        Principal::Replica(1),
+        &Message::NewView(nv).encode(),
+        20,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(r2.view(), 1);
     assert!(!r2.in_view_change());
     let mut pp_b = PrePrepare {
@@ -775,8 +825,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         sig: [0; 64],
     };
     pp_b.sign(&keys(1));
-    r2.handle(Principal::Replica(1), &Message::PrePrepare(pp_b.clone()).encode(), 30, &mut out)
-        .unwrap();
+    r2.handle(
+        Principal::Replica(1),
+        &Message::PrePrepare(pp_b.clone()).encode(),
+        30,
+        &mut out,
+    )
+    .unwrap();
     for i in [0u32, 3] {
         let mut v = Vote {
             view: 1,
@@ -814,7 +869,12 @@ fn many_seeds_with_faults() {
         sim.drop_pct = seed % 6;
         sim.dup_pct = 5;
         sim.delay = (100, 3_000);
-        let byz = [None, Some(Byz::Silent), Some(Byz::Equivocate), Some(Byz::WrongResults)];
+        let byz = [
+            None,
+            Some(Byz::Silent),
+            Some(Byz::Equivocate),
+            Some(Byz::WrongResults),
+        ];
         if let Some(b) = byz[(seed % 4) as usize] {
             sim.byz.insert((seed / 4 % 4) as u32, b);
         }
@@ -824,7 +884,13 @@ fn many_seeds_with_faults() {
         sim.run_for(300_000);
         if !done {
             for r in &sim.replicas {
-                eprintln!("{} dl{:?} {:?}\n   {}", r.id(), r.next_deadline_us(), r.stats(), r.fingerprint());
+                eprintln!(
+                    "{} dl{:?} {:?}\n   {}",
+                    r.id(),
+                    r.next_deadline_us(),
+                    r.stats(),
+                    r.fingerprint()
+                );
             }
         }
         sim.check_completions();
@@ -833,7 +899,10 @@ fn many_seeds_with_faults() {
             "seed {seed}: {} of 18 completed by {} us; views {:?}",
             sim.completions.len(),
             sim.now,
-            sim.replicas.iter().map(|r| (r.view(), r.in_view_change())).collect::<Vec<_>>()
+            sim.replicas
+                .iter()
+                .map(|r| (r.view(), r.in_view_change()))
+                .collect::<Vec<_>>()
         );
     }
 }
