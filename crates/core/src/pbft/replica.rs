@@ -517,10 +517,20 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 return;
             }
             let mut batch = Vec::new();
+            // A pre-prepare must fit in a message: at most half of one in requests (a request
+            // alone always fits: Config::validate).
+            let budget = self.cfg.max_message_bytes / 2;
+            let mut bytes = 0;
             while batch.len() < self.cfg.batch_max {
-                let Some(r) = self.pending.pop_front() else {
+                let Some(r) = self.pending.front() else {
                     break;
                 };
+                let size = r.op.len() + 100;
+                if !batch.is_empty() && bytes + size > budget {
+                    break;
+                }
+                bytes += size;
+                let r = self.pending.pop_front().unwrap();
                 let key = (r.client, r.timestamp);
                 self.pending_keys.remove(&key);
                 let done = self
@@ -531,11 +541,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                     batch.push(r);
                 }
             }
-            self.batch_since = if self.pending.is_empty() {
-                None
-            } else {
-                Some(self.now)
-            };
+            // What is left arrived before the batch was cut: its window is as old.
+            if self.pending.is_empty() {
+                self.batch_since = None;
+            }
             if batch.is_empty() {
                 continue;
             }

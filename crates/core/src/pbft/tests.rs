@@ -906,3 +906,46 @@ fn many_seeds_with_faults() {
         );
     }
 }
+
+#[test]
+fn batches_are_cut_to_fit_a_message() {
+    let mut cfg = small_cfg();
+    cfg.max_message_bytes = 4_096;
+    cfg.max_op_bytes = 1_000;
+    cfg.batch_max = 16;
+    cfg.batch_window_us = 1_000;
+    let keys = |p| SimKeys::new(p, 7);
+    let mut primary = Replica::new(
+        cfg.clone(),
+        0,
+        keys(Principal::Replica(0)),
+        LogApp::default(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for c in 0..6u64 {
+        let mut r = wire::Request {
+            client: CLIENT0 + c,
+            timestamp: 1,
+            op: vec![c as u8; 900],
+            sig: [0; 64],
+        };
+        r.sign(&keys(Principal::Client(CLIENT0 + c)));
+        primary
+            .handle(Principal::Client(CLIENT0 + c), &r.encode(), 0, &mut out)
+            .unwrap();
+    }
+    assert!(out.is_empty(), "waiting for the batch window");
+    primary.tick(1_000, &mut out);
+    let lim = cfg.limits();
+    let sizes: Vec<usize> = out
+        .iter()
+        .filter_map(|o| match Message::decode(&o.payload, &lim) {
+            Ok(Message::PrePrepare(p)) => Some(p.batch.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.len() >= 3, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 6);
+    assert!(out.iter().all(|o| o.payload.len() <= cfg.max_message_bytes));
+}
