@@ -949,3 +949,116 @@ fn batches_are_cut_to_fit_a_message() {
     assert_eq!(sizes.iter().sum::<usize>(), 6);
     assert!(out.iter().all(|o| o.payload.len() <= cfg.max_message_bytes));
 }
+
+/// A new primary cannot drop a prepared request: a new view must follow from the view
+/// changes it carries; and a view change cannot carry a certificate without 2f prepares.
+#[test]
+fn forged_view_changes_and_new_views_are_refused() {
+    let cfg = small_cfg();
+    let keys = |i: u32| SimKeys::new(Principal::Replica(i), 7);
+    let ck = SimKeys::new(Principal::Client(CLIENT0), 7);
+    let mut r2 = Replica::new(cfg.clone(), 2, keys(2), LogApp::default()).unwrap();
+    let mut out = Vec::new();
+    let mut a = wire::Request {
+        client: CLIENT0,
+        timestamp: 1,
+        op: b"A".to_vec(),
+        sig: [0; 64],
+    };
+    a.sign(&ck);
+    let mut pp = PrePrepare {
+        view: 0,
+        seq: 1,
+        digest: wire::batch_digest(std::slice::from_ref(&a)),
+        batch: vec![a],
+        replica: 0,
+        sig: [0; 64],
+    };
+    pp.sign(&keys(0));
+    let prepare = |i: u32| {
+        let mut v = Vote {
+            view: 0,
+            seq: 1,
+            digest: pp.digest,
+            replica: i,
+            sig: [0; 64],
+        };
+        v.sign(&keys(i), false);
+        v
+    };
+    let vc = |i: u32, prepared: Vec<wire::PreparedCert>| {
+        let mut vc = wire::ViewChange {
+            new_view: 1,
+            stable_seq: 0,
+            stable_digest: [0; 32],
+            proof: vec![],
+            prepared,
+            replica: i,
+            sig: [0; 64],
+        };
+        vc.sign(&keys(i));
+        vc
+    };
+    let cert = wire::PreparedCert {
+        pre_prepare: pp.clone(),
+        prepares: vec![prepare(2), prepare(3)],
+    };
+    // A view change whose certificate has one prepare only.
+    let thin = vc(
+        3,
+        vec![wire::PreparedCert {
+            pre_prepare: pp.clone(),
+            prepares: vec![prepare(3)],
+        }],
+    );
+    let e = r2
+        .handle(Principal::Replica(3), &thin.encode(), 0, &mut out)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // A new view carrying replica 3's certificate for A but re-issuing a null batch at 1.
+    let null = {
+        let mut p = PrePrepare {
+            view: 1,
+            seq: 1,
+            digest: wire::batch_digest(&[]),
+            batch: vec![],
+            replica: 1,
+            sig: [0; 64],
+        };
+        p.sign(&keys(1));
+        p
+    };
+    let new_view = |pre_prepares: Vec<PrePrepare>| {
+        let mut nv = wire::NewView {
+            view: 1,
+            view_changes: vec![vc(0, vec![]), vc(1, vec![]), vc(3, vec![cert.clone()])],
+            pre_prepares,
+            replica: 1,
+            sig: [0; 64],
+        };
+        nv.sign(&keys(1));
+        Message::NewView(nv).encode()
+    };
+    let e = r2
+        .handle(Principal::Replica(1), &new_view(vec![null]), 0, &mut out)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(r2.view(), 0, "the forged new view was not installed");
+    assert_eq!(r2.stats().forged, 2);
+    // The honest new view re-issues A at 1.
+    let mut again = PrePrepare {
+        view: 1,
+        replica: 1,
+        ..pp.clone()
+    };
+    again.sign(&keys(1));
+    r2.handle(Principal::Replica(1), &new_view(vec![again]), 0, &mut out)
+        .unwrap();
+    assert_eq!(r2.view(), 1);
+    assert!(!r2.in_view_change());
+    // ... from the primary of view 1 only.
+    let e = r2
+        .handle(Principal::Replica(0), &new_view(vec![]), 0, &mut out)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
