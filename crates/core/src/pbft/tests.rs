@@ -133,6 +133,8 @@ pub(crate) struct Sim<K: Authenticator> {
     pub byz: BTreeMap<u32, Byz>,
     /// Replicas cut off from everybody (no Byzantine behaviour: a partition).
     pub partitioned: BTreeSet<u32>,
+    /// Drop state-transfer answers.
+    pub drop_states: bool,
     /// Requests each client still has to issue.
     pub to_issue: Vec<u32>,
     issued: Vec<u32>,
@@ -184,6 +186,7 @@ impl<K: Authenticator> Sim<K> {
             delay: (100, 1_000),
             byz: BTreeMap::new(),
             partitioned: BTreeSet::new(),
+            drop_states: false,
             to_issue: Vec::new(),
             issued: Vec::new(),
             completions: Vec::new(),
@@ -202,6 +205,14 @@ impl<K: Authenticator> Sim<K> {
 
     fn push(&mut self, from: Principal, to: Principal, bytes: Vec<u8>) {
         if self.cut(from) || self.cut(to) || self.rng.pct(self.drop_pct) {
+            return;
+        }
+        if self.drop_states
+            && matches!(
+                Message::decode(&bytes, &self.replicas[0].config_limits()),
+                Ok(Message::State(_))
+            )
+        {
             return;
         }
         let copies = if self.rng.pct(self.dup_pct) { 2 } else { 1 };
@@ -691,27 +702,55 @@ fn checkpoints_advance_and_the_log_is_collected() {
 
 #[test]
 fn a_lagging_replica_catches_up_by_state_transfer() {
-    let mut sim = sim_sim(small_cfg(), 1, 10);
+    for seed in 10..16 {
+        let mut sim = sim_sim(small_cfg(), 1, seed);
+        sim.partitioned.insert(3);
+        sim.to_issue = vec![20];
+        assert!(sim.run(5_000_000));
+        assert_eq!(sim.replicas[3].last_executed(), 0);
+        sim.partitioned.clear();
+        // Lossy: fetches and state answers are lost too, and the fetch is repeated.
+        sim.drop_pct = 5 * (seed - 10);
+        sim.to_issue = vec![10];
+        assert!(sim.run(30_000_000), "seed {seed}");
+        sim.drop_pct = 0;
+        sim.run_for(200_000);
+        sim.check_completions();
+        let r3 = &sim.replicas[3];
+        assert!(r3.stats().state_transfers >= 1, "seed {seed}");
+        assert!(
+            r3.last_executed() >= 24,
+            "seed {seed}: replica 3 at {}",
+            r3.last_executed()
+        );
+        assert_eq!(
+            r3.app().ops[..],
+            sim.replicas[0].app().ops[..r3.app().ops.len()]
+        );
+    }
+}
+
+#[test]
+fn a_lost_state_transfer_is_asked_again() {
+    let mut sim = sim_sim(small_cfg(), 1, 11);
     sim.partitioned.insert(3);
-    sim.to_issue = vec![20];
+    sim.to_issue = vec![8];
     assert!(sim.run(5_000_000));
-    assert_eq!(sim.replicas[3].last_executed(), 0);
     sim.partitioned.clear();
-    sim.to_issue = vec![10];
-    assert!(sim.run(10_000_000));
-    sim.run_for(50_000);
-    sim.check_completions();
-    let r3 = &sim.replicas[3];
-    assert!(r3.stats().state_transfers >= 1);
-    assert!(
-        r3.last_executed() >= 24,
-        "replica 3 at {}",
-        r3.last_executed()
-    );
+    sim.drop_states = true;
+    sim.to_issue = vec![4];
+    assert!(sim.run(5_000_000));
+    sim.run_for(10_000);
     assert_eq!(
-        r3.app().ops[..],
-        sim.replicas[0].app().ops[..r3.app().ops.len()]
+        sim.replicas[3].last_executed(),
+        0,
+        "its state answers were lost"
     );
+    // No more requests, hence no new checkpoint: only asking again helps.
+    sim.drop_states = false;
+    sim.run_for(100_000);
+    assert!(sim.replicas[3].last_executed() >= 12);
+    assert_eq!(sim.replicas[3].app(), sim.replicas[0].app());
 }
 
 /// A replica prepares and tentatively executes a batch; the view change does not keep it
