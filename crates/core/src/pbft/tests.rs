@@ -1101,3 +1101,80 @@ fn forged_view_changes_and_new_views_are_refused() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }
+
+#[test]
+fn the_client_refuses_busy_oversized_forged_and_foreign_replies() {
+    let n = 4;
+    let keys = |p| SimKeys::new(p, 7);
+    let mut cfg = ClientConfig::new(n);
+    cfg.max_op_bytes = 16;
+    let mut c = Client::new(cfg, CLIENT0, keys(Principal::Client(CLIENT0)), 0).unwrap();
+    let mut out = Vec::new();
+    let e = c.request(&[0; 17], 0, &mut out).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+    let ts = c.request(b"op", 0, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, Dest::Replica(0));
+    let e = c.request(b"op2", 0, &mut out).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    let reply = |i: u32, result: &[u8], tentative: bool, ts: u64| {
+        let mut r = wire::Reply {
+            view: 0,
+            client: CLIENT0,
+            timestamp: ts,
+            replica: i,
+            tentative,
+            result: result.to_vec(),
+            sig: [0; 64],
+        };
+        r.sign(&keys(Principal::Replica(i)));
+        Message::Reply(r).encode()
+    };
+    // Replica 1's reply arriving "from" replica 2, and a flipped signature.
+    let r1 = reply(1, b"ok", false, ts);
+    assert!(c.handle(Principal::Replica(2), &r1, 0).is_err());
+    let mut bad = r1.clone();
+    let k = bad.len() - 1;
+    bad[k] ^= 1;
+    assert!(c.handle(Principal::Replica(1), &bad, 0).is_err());
+    assert_eq!(c.stats().forged, 2);
+    // A reply to another timestamp is stale; one committed reply is not enough (f + 1).
+    assert_eq!(
+        c.handle(Principal::Replica(1), &reply(1, b"ok", false, ts + 1), 0)
+            .unwrap(),
+        None
+    );
+    assert_eq!(c.stats().stale, 1);
+    assert_eq!(c.handle(Principal::Replica(1), &r1, 0).unwrap(), None);
+    // The same replica twice does not count twice.
+    assert_eq!(c.handle(Principal::Replica(1), &r1, 0).unwrap(), None);
+    // Two tentative replies (2f + 1 = 3 needed) and a different committed result: not yet.
+    assert_eq!(
+        c.handle(Principal::Replica(2), &reply(2, b"ok", true, ts), 0)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        c.handle(Principal::Replica(3), &reply(3, b"ok", true, ts), 0)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        c.handle(Principal::Replica(0), &reply(0, b"lie", false, ts), 0)
+            .unwrap(),
+        None
+    );
+    // The retransmission goes to every replica.
+    out.clear();
+    c.tick(c.next_deadline_us().unwrap(), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, Dest::AllReplicas);
+    // A second matching committed reply completes, on the slow path.
+    let done = c
+        .handle(Principal::Replica(2), &reply(2, b"ok", false, ts), 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.result, b"ok");
+    assert_eq!(done.path, Path::Slow);
+    assert!(!c.is_busy());
+}
