@@ -263,7 +263,12 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         self.now = self.now.max(now_us);
         if let Some(d) = self.vc_deadline {
             if self.now >= d {
-                self.start_view_change(self.view + 1, out);
+                if self.changing || !self.waiting.is_empty() {
+                    self.start_view_change(self.view + 1, out);
+                } else {
+                    // What we waited for was settled (e.g. by a state transfer).
+                    self.vc_deadline = None;
+                }
             }
         }
         if let Some(t) = self.vc_resend {
