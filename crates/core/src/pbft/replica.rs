@@ -1382,6 +1382,15 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         self.try_execute(out);
     }
 
+    /// Checkpoint and view-change messages held (bounded per replica).
+    #[cfg(test)]
+    pub(crate) fn held_votes(&self) -> (usize, usize) {
+        (
+            self.checkpoints.values().map(|m| m.len()).sum(),
+            self.view_changes.values().map(|m| m.len()).sum(),
+        )
+    }
+
     /// A deterministic description of the protocol state (for the model checker).
     #[cfg(test)]
     pub(crate) fn fingerprint(&self) -> String {

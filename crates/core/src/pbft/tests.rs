@@ -1178,3 +1178,43 @@ fn the_client_refuses_busy_oversized_forged_and_foreign_replies() {
     assert_eq!(done.path, Path::Slow);
     assert!(!c.is_busy());
 }
+
+/// A Byzantine replica spamming checkpoints and view changes for ever later sequence numbers
+/// and views cannot grow a correct replica's memory beyond a bound per replica.
+#[test]
+fn spam_from_a_byzantine_replica_is_bounded() {
+    let cfg = small_cfg();
+    let keys = |i: u32| SimKeys::new(Principal::Replica(i), 7);
+    let mut r0 = Replica::new(cfg.clone(), 0, keys(0), LogApp::default()).unwrap();
+    let mut out = Vec::new();
+    for k in 1..500u64 {
+        let mut c = wire::Checkpoint {
+            seq: k * cfg.checkpoint_interval,
+            digest: [k as u8; 32],
+            replica: 3,
+            sig: [0; 64],
+        };
+        c.sign(&keys(3));
+        r0.handle(Principal::Replica(3), &c.encode(), 0, &mut out)
+            .unwrap();
+        let mut vc = wire::ViewChange {
+            new_view: k + 10,
+            stable_seq: 0,
+            stable_digest: [0; 32],
+            proof: vec![],
+            prepared: vec![],
+            replica: 3,
+            sig: [0; 64],
+        };
+        vc.sign(&keys(3));
+        r0.handle(Principal::Replica(3), &vc.encode(), 0, &mut out)
+            .unwrap();
+    }
+    let (checkpoints, view_changes) = r0.held_votes();
+    let per_replica = (cfg.log_window / cfg.checkpoint_interval) as usize + 1;
+    assert!(checkpoints <= per_replica, "{checkpoints} checkpoints held");
+    assert_eq!(view_changes, 1);
+    // One replica alone does not move a correct one to another view.
+    assert_eq!(r0.view(), 0);
+    assert!(!r0.in_view_change());
+}
