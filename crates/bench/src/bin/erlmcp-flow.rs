@@ -16,6 +16,8 @@
 //! erlmcp-flow raft node --id N --peers 1,2,3 (--data-dir DIR | --memory) [--transport ring --net-dir DIR | --transport tcp --listen ADDR --peer-addr ID=ADDR... --client-addr ID=ADDR...]
 //! erlmcp-flow raft status|put KEY VALUE|get KEY [--nodes 1,2,3] [--net-dir DIR | --peer-addr ID=ADDR... --listen ADDR]
 //! erlmcp-flow raft cluster [--nodes 3] [--dir DIR] [--memory]
+//! erlmcp-flow gossip member --id N --peers 1,2,3 [--seeds 1] [--transport ring --net-dir DIR | --transport tcp --listen ADDR --peer-addr ID=ADDR...] [--put KEY=VALUE]... [--show-ms MS]
+//! erlmcp-flow gossip cluster [--members 16] [--duration-s 30] [--loss P] [--stress N] [--kill ID]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf
 //! erlmcp-flow version
@@ -34,6 +36,8 @@ mod agents;
 mod agents_show;
 #[path = "cli/chaos.rs"]
 mod chaos;
+#[path = "cli/gossip.rs"]
+mod gossip;
 #[path = "cli/raft.rs"]
 mod raft;
 
@@ -79,6 +83,12 @@ enum Cmd {
     Raft {
         #[command(subcommand)]
         cmd: raft::RaftCmd,
+    },
+    /// SWIM membership and gossip: run a member (rings or TCP) and show its member list, or
+    /// a local cluster with loss, CPU stress and a killed member
+    Gossip {
+        #[command(subcommand)]
+        cmd: gossip::GossipCmd,
     },
     /// MCP / JSON-RPC text to an archive and back (stdin to stdout)
     Codec {
@@ -348,6 +358,7 @@ fn main() -> ExitCode {
         Cmd::Bench(b) => bench(&b),
         Cmd::Agents { cmd } => agents::run(&cmd),
         Cmd::Raft { cmd } => raft::run(&cmd),
+        Cmd::Gossip { cmd } => gossip::run(&cmd),
         Cmd::Codec { cmd } => codec_cmd(&cmd),
         Cmd::Stat(a) => stat_cmd(&a),
         Cmd::Shm { cmd } => shm_cmd(&cmd),

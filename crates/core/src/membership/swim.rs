@@ -4,8 +4,8 @@
 //! The protocol core is the [`foca`] crate (SWIM + infection-style dissemination + suspicion:
 //! direct probe, indirect probes through `k` members, suspicion refuted by the suspect raising
 //! its incarnation, periodic gossip and announce). [`Swim`] is its driver: it gives foca our
-//! wire format ([`wire`](self) module docs: an envelope with a version byte and a CRC32C, a
-//! bounds-checked codec), our identities (a member id plus a generation, so a restarted
+//! wire format (an envelope with a version byte and a CRC32C around a bounds-checked codec,
+//! every datagram validated whole before foca sees it; `swim/wire.rs`), our identities (a member id plus a generation, so a restarted
 //! process rejoins as a new identity that replaces its previous life), a seeded random
 //! source, and a timer wheel on the caller's clock (`now_us`). Nothing here sends, sleeps or
 //! reads a clock: every call takes `now_us` and appends the datagrams to send to `out`.

@@ -161,6 +161,49 @@ fn a_crashed_member_is_reported_down_and_leaves_gossip() {
 }
 
 #[test]
+fn a_restarted_member_comes_back_as_a_new_generation() {
+    // Six members, so that every gossip round pulls as well as pushes: a pull is what brings
+    // an old key back to a member that restarted empty (or anti-entropy, every 10 s).
+    let mut c = SimCluster::new(6, SimOptions::seeded(12));
+    c.run_until_converged(5_000);
+    c.members
+        .get_mut(&3)
+        .unwrap()
+        .put(b"agent/x", b"on-3")
+        .unwrap();
+    c.run(1_000);
+    // Member 3's process dies and comes back at once (before anyone suspects it), empty.
+    c.net.crash(NodeId(3)).unwrap();
+    c.members.remove(&3);
+    c.net.restart(NodeId(3)).unwrap();
+    let ep = c.net.endpoint(NodeId(3)).unwrap();
+    let mut opts = options(&[1], Duration::from_millis(100));
+    opts.swim.generation = 2;
+    c.members.insert(3, Member::new(ep, opts).unwrap());
+    c.run_until_converged(5_000);
+    c.run(1_000);
+    for (id, m) in c.members.iter_mut() {
+        if *id == 3 {
+            // Gossip brought its old key back to it.
+            assert_eq!(m.get(b"agent/x"), Some(&b"on-3"[..]));
+            continue;
+        }
+        let g = m
+            .members()
+            .into_iter()
+            .find(|x| x.id == 3)
+            .unwrap()
+            .generation;
+        assert_eq!(g, 2, "member {id} sees generation {g}");
+        let events = m.drain_events();
+        assert!(
+            events.contains(&MeshEvent::MemberRestarted(NodeId(3))),
+            "{id}: {events:?}"
+        );
+    }
+}
+
+#[test]
 fn bad_frames_are_counted_and_dropped() {
     let mut c = SimCluster::new(2, SimOptions::seeded(1));
     c.run_until_converged(3_000);
