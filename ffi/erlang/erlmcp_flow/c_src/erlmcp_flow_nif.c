@@ -313,6 +313,8 @@ static ErlNifFunc nif_funcs[] = {
     {"sched_unregister_agent", 3, nif_sched_unregister_agent, 0},
     {"sched_agent_dead", 3, nif_sched_agent_dead, 0},
     {"sched_heartbeat", 3, nif_sched_heartbeat, 0},
+    {"sched_set_agent_host", 3, nif_sched_set_agent_host, 0},
+    {"sched_host_down", 3, nif_sched_host_down, 0},
     {"sched_submit", 5, nif_sched_submit, 0},
     {"sched_started", 5, nif_sched_started, 0},
     {"sched_ack", 6, nif_sched_ack, 0},

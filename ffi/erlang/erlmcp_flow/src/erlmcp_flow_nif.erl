@@ -57,7 +57,7 @@
          hnsw_search_batch/7,
          hnsw_remove/2, hnsw_compact/1, hnsw_save/2, hnsw_stats/1, hnsw_indexes/0,
          sched_new/5, sched_close/1, sched_register_agent/6, sched_unregister_agent/3,
-         sched_agent_dead/3, sched_heartbeat/3, sched_submit/5, sched_started/5, sched_ack/6,
+         sched_agent_dead/3, sched_heartbeat/3, sched_set_agent_host/3, sched_host_down/3, sched_submit/5, sched_started/5, sched_ack/6,
          sched_nack/6, sched_tick/2, sched_poll/2, sched_select_agent/2, sched_agent_load/2,
          sched_stats/1, sched_queued/2,
          pool_new/2, pool_close/1, pool_ensure_min/2, pool_started/4, pool_start_failed/4,
@@ -735,6 +735,15 @@ sched_unregister_agent(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
 %% @doc `emf_sched_agent_dead'.
 -spec sched_agent_dead(sched(), binary(), non_neg_integer()) -> ok | error().
 sched_agent_dead(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_set_agent_host': `Agent' runs on gossip member `Host' (0: none).
+-spec sched_set_agent_host(sched(), binary(), non_neg_integer()) -> ok | error().
+sched_set_agent_host(_Sched, _Agent, _Host) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_host_down': member `Host' is dead; the number of its agents removed.
+-spec sched_host_down(sched(), non_neg_integer(), non_neg_integer()) ->
+          {ok, non_neg_integer()} | error().
+sched_host_down(_Sched, _Host, _NowUs) -> erlang:nif_error(not_loaded).
 
 %% @doc `emf_sched_heartbeat'.
 -spec sched_heartbeat(sched(), binary(), non_neg_integer()) -> ok | error().

@@ -184,3 +184,21 @@ bad_arguments_test() ->
     after
         _ = file:del_dir_r(Dir)
     end.
+
+%% The scheduler's host hooks: agents recorded on a member are removed when it is down.
+sched_host_down_test() ->
+    N = erlmcp_flow_nif,
+    {ok, S} = N:sched_new(#{}, memory, undefined, undefined, 0),
+    ok = N:sched_register_agent(S, <<"a1">>, <<"t">>, 2, 1, 0),
+    ok = N:sched_register_agent(S, <<"a2">>, <<"t">>, 2, 2, 0),
+    ok = N:sched_set_agent_host(S, <<"a1">>, 7),
+    ok = N:sched_set_agent_host(S, <<"a2">>, 8),
+    ok = N:sched_set_agent_host(S, <<"a2">>, 0),
+    ?assertMatch({error, {not_found, _}}, N:sched_set_agent_host(S, <<"nobody">>, 7)),
+    ?assertMatch({error, {invalid_argument, _}},
+                 N:sched_set_agent_host(S, <<"a1">>, erlmcp_flow_test_util:untyped(-1))),
+    ?assertEqual({ok, 1}, N:sched_host_down(S, 7, 1)),
+    ?assertEqual({ok, 0}, N:sched_host_down(S, 8, 2)),
+    ?assertMatch({error, {not_found, _}}, N:sched_heartbeat(S, <<"a1">>, 3)),
+    ok = N:sched_heartbeat(S, <<"a2">>, 3),
+    ok = N:sched_close(S).
