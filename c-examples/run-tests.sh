@@ -13,7 +13,7 @@
 # the MiniLM recall check) and hnsw-cpp, then the scheduler cycle: sched, the pool manager:
 # pool, then the runtime's C ABI with a service and two agent processes: agent --test, a local
 # Raft cluster of 3 node processes with a leader SIGKILL: raft, 3 in-process nodes with the
-# host's state machine: raft_node, and a
+# host's state machine: raft_node, three in-process gossip members: gossip, and a
 # Python service with C agent processes (when pytest is there). With --valgrind
 # each one also runs under memcheck (the ring ping-pongs, the queue threads and the HNSW
 # builds with a small N). Exits non-zero on any failure. Works from any directory. EMF_RING_N sets the ping-pong length (default
@@ -106,6 +106,9 @@ run agent "$build/agent" --test
 run raft env EMF_BIN="${EMF_BIN:-$repo/target/release/erlmcp-flow}" "$build/raft"
 # Three in-process nodes with the host's own state machine (a counter) and a client.
 run raft_node "$build/raft_node"
+# Three in-process gossip members over rings, their events, and the scheduler's host hooks.
+# (Not under valgrind: its slowdown against 100 ms probe periods would make members flap.)
+run gossip "$build/gossip"
 # Cross-language: a Python Service schedules 500 tasks, two C agent processes answer them
 # (ffi/python/tests/test_agent.py; the python stage runs it too, finding build/agent).
 if python3 -c 'import pytest' >/dev/null 2>&1; then

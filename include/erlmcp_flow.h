@@ -197,6 +197,39 @@
 // Flushed on demand.
 #define EMF_FLUSH_DEMAND 4
 
+// The most peers or seeds `emf_gossip_options_t` takes.
+#define EMF_GOSSIP_MAX_PEERS 65536
+
+// `emf_gossip_member_t.state`: answering probes.
+#define EMF_GOSSIP_ALIVE 1
+
+// `emf_gossip_member_t.state`: failed a probe; declared down unless it refutes in time.
+#define EMF_GOSSIP_SUSPECT 2
+
+// `emf_gossip_member_t.state`: declared down, or left.
+#define EMF_GOSSIP_DOWN 3
+
+// `emf_gossip_event_t.kind`: member `member` became live.
+#define EMF_GOSSIP_EVENT_MEMBER_UP 1
+
+// `emf_gossip_event_t.kind`: member `member` is suspected (it may still refute).
+#define EMF_GOSSIP_EVENT_MEMBER_SUSPECT 2
+
+// `emf_gossip_event_t.kind`: member `member` was declared down or left.
+#define EMF_GOSSIP_EVENT_MEMBER_DOWN 3
+
+// `emf_gossip_event_t.kind`: member `member` restarted (a new generation replaced the one
+// known).
+#define EMF_GOSSIP_EVENT_MEMBER_RESTARTED 4
+
+// `emf_gossip_event_t.kind`: the cluster declared this member down while it ran; it
+// rejoined as `generation`.
+#define EMF_GOSSIP_EVENT_REJOINED 5
+
+// `emf_gossip_event_t.kind`: a remote write or delete changed `key` (local writes are not
+// reported).
+#define EMF_GOSSIP_EVENT_KEY_CHANGED 6
+
 // Action kind (`emf_pool_poll_action`): no action is pending.
 #define EMF_POOL_ACTION_NONE 0
 
@@ -370,6 +403,9 @@ typedef struct emf_cache_t emf_cache_t;
 // A consumer or subscriber of a ring. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_consumer_t emf_consumer_t;
 
+// A gossip member running on a thread of the library. Opaque; thread-safe (module docs).
+typedef struct emf_gossip_t emf_gossip_t;
+
 // An HNSW index: built in memory (`emf_hnsw_new`, `emf_hnsw_load`) or a saved file mapped
 // read-only (`emf_hnsw_open`). Opaque; thread-safe (see the module notes).
 typedef struct emf_hnsw_t emf_hnsw_t;
@@ -522,6 +558,115 @@ typedef struct emf_slice_t {
   // Their number.
   size_t len;
 } emf_slice_t;
+
+// Options of `emf_gossip_start`; fill with `emf_gossip_options_default` first.
+typedef struct emf_gossip_options_t {
+  // This member's id (not 0).
+  uint64_t id;
+  // The cluster's ring directory (NUL-terminated; under `/dev/shm` for speed), shared by
+  // every member on this host: the member runs over rings. NULL: over TCP (`listen`).
+  const char *ring_dir;
+  // The inbox capacity in bytes over rings, a power of two (default 1 MiB).
+  size_t inbox_capacity;
+  // Over TCP: the address to listen on, `"ip:port"` (NUL-terminated; port 0 picks one).
+  const char *listen;
+  // The ids of the other members (over rings: every member that may send to this one).
+  const uint64_t *peers;
+  // How many `peers` (at most `EMF_GOSSIP_MAX_PEERS`).
+  size_t n_peers;
+  // Over TCP: `n_peers` addresses `"ip:port"`, one for each of `peers`; NULL over rings.
+  const char *const *peer_addrs;
+  // The members to announce this one to (each one of `peers`); none for the first member.
+  const uint64_t *seeds;
+  // How many `seeds`.
+  size_t n_seeds;
+  // Microseconds between push-pull rounds (default 100000; a few ms works).
+  uint64_t gossip_interval_us;
+  // Microseconds between anti-entropy reconciliations with one random peer (default
+  // 10 s; 0 turns it off).
+  uint64_t anti_entropy_interval_us;
+  // The largest fan-out (default 10): a round pushes to `min(ceil(log2 N) + 1,
+  // max_fan_out)` peers and pulls from as many others.
+  uint32_t max_fan_out;
+  // SWIM's probe period, µs (default 1 s); the other SWIM timings keep their ratio to it
+  // (memberlist's LAN defaults for a cluster of `n_peers + 1`).
+  uint64_t probe_period_us;
+  // How long a suspected member has to refute before it is declared down, µs; 0: SWIM's
+  // default for the cluster size (4 × max(1, log10 N) probe periods).
+  uint64_t suspicion_timeout_us;
+  // The generation of this member's process (higher after every restart); 0: the wall
+  // clock in µs.
+  uint64_t generation;
+  // Seed of the random choices (peers to probe, push to, pull from).
+  uint64_t seed;
+} emf_gossip_options_t;
+
+// A member as this one sees it (`emf_gossip_members`).
+typedef struct emf_gossip_member_t {
+  // Its id.
+  uint64_t id;
+  // The generation of its process.
+  uint64_t generation;
+  // Its incarnation (raised by itself to refute a suspicion).
+  uint32_t incarnation;
+  // `EMF_GOSSIP_ALIVE`, `_SUSPECT` or `_DOWN`.
+  uint32_t state;
+} emf_gossip_member_t;
+
+// An event of the member's subscription (`emf_gossip_next_event`). `key` and `value` are
+// owned by the caller (release both with `emf_buf_free`; empty for membership events).
+typedef struct emf_gossip_event_t {
+  // `EMF_GOSSIP_EVENT_*`.
+  uint32_t kind;
+  // For `EMF_GOSSIP_EVENT_KEY_CHANGED`: 1 when the key was deleted (no value), else 0.
+  uint32_t deleted;
+  // The member the event is about (0 for `EMF_GOSSIP_EVENT_REJOINED`, and key events).
+  uint64_t member;
+  // For `EMF_GOSSIP_EVENT_REJOINED`: the new generation; else 0.
+  uint64_t generation;
+  // For key events: the version's Lamport counter.
+  uint64_t version_counter;
+  // For key events: the member that wrote the version.
+  uint64_t version_origin;
+  // For key events: the key.
+  struct emf_buf_t key;
+  // For key events that are not deletes: the new value.
+  struct emf_buf_t value;
+} emf_gossip_event_t;
+
+// A member's counters (`emf_gossip_stats`).
+typedef struct emf_gossip_stats_t {
+  // Frames received.
+  uint64_t frames_in;
+  // Frames sent.
+  uint64_t frames_out;
+  // Frames refused (bad bytes, unknown tag), dropped.
+  uint64_t rejected;
+  // Sends refused by back-pressure, dropped (the protocols retransmit).
+  uint64_t dropped_full;
+  // Sends that failed otherwise (peer down or unknown), dropped.
+  uint64_t send_failed;
+  // Events dropped: a subscription had no room.
+  uint64_t events_dropped;
+  // Push-pull rounds run.
+  uint64_t rounds;
+  // Anti-entropy reconciliations started.
+  uint64_t anti_entropy;
+  // Pushes sent.
+  uint64_t pushes;
+  // Pulls (digests) sent.
+  uint64_t pulls;
+  // Local writes and deletes.
+  uint64_t local_writes;
+  // Remote updates that changed this member's map.
+  uint64_t remote_applied;
+  // SWIM probes sent.
+  uint64_t probes;
+  // SWIM probes that failed.
+  uint64_t failed_probes;
+  // Suspicions of this member it refuted.
+  uint64_t refutations;
+} emf_gossip_stats_t;
 
 // Options for `emf_pool_new`; fill with `emf_pool_options_default` first. Every value is used
 // as given and checked (out of range: `EMF_ERR_INVALID_ARGUMENT`).
@@ -1535,6 +1680,126 @@ emf_status_t emf_state_value_free(struct emf_state_value_t *v);
 //
 // `s` a live handle.
 emf_status_t emf_state_release(const struct emf_state_store_t *s, uint64_t state_ref);
+
+// Fills `*out` with the defaults: no id, peers or transport (to be set), a 1 MiB inbox,
+// rounds every 100 ms, anti-entropy every 10 s, fan-out at most 10, a 1 s probe period,
+// the suspicion timeout for the cluster size, the wall clock as generation.
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_gossip_options_default(struct emf_gossip_options_t *out);
+
+// Starts member `opts->id` on a thread of the library's own and returns once it runs (it
+// has announced itself to its seeds). Errors: bad options (`EMF_ERR_INVALID_ARGUMENT`,
+// `EMF_ERR_TOO_LARGE`), a live member with this id on these rings (`EMF_ERR_BUSY`), a TCP
+// address in use (`EMF_ERR_IO`).
+//
+// # Safety
+//
+// `opts` readable, its pointers as `emf_gossip_options_t` says; `out` writable.
+emf_status_t emf_gossip_start(const struct emf_gossip_options_t *opts, struct emf_gossip_t **out);
+
+// Stops the member (without leaving: call `emf_gossip_leave` first for a graceful exit),
+// joins its thread and releases the handle. NULL is fine; a double free is refused.
+//
+// # Safety
+//
+// `g` NULL or a handle; no other thread uses it during or after the call.
+emf_status_t emf_gossip_free(struct emf_gossip_t *g);
+
+// The TCP port the member listens on (the one picked for port 0), 0 over rings.
+//
+// # Safety
+//
+// `g` a live handle; `out_port` writable.
+emf_status_t emf_gossip_port(struct emf_gossip_t *g, uint16_t *out_port);
+
+// Writes `key` = `value`; gossip spreads it from the next round. `*out_counter` (NULL: not
+// wanted) gets the version's Lamport counter. `EMF_ERR_TOO_LARGE` beyond 1 KiB keys or
+// 32 KiB values; `EMF_ERR_CLOSED` once the member stopped.
+//
+// # Safety
+//
+// `g` a live handle; `key`/`value` readable for their lengths; `out_counter` NULL or
+// writable.
+emf_status_t emf_gossip_put(struct emf_gossip_t *g,
+                            const uint8_t *key,
+                            size_t key_len,
+                            const uint8_t *value,
+                            size_t value_len,
+                            uint64_t *out_counter);
+
+// The value of `key` into `*out` (release with `emf_buf_free`); `EMF_ERR_NOT_FOUND` when
+// the key has no live value (`*out` then empty).
+//
+// # Safety
+//
+// `g` a live handle; `key` readable for `key_len`; `out` writable.
+emf_status_t emf_gossip_get(struct emf_gossip_t *g,
+                            const uint8_t *key,
+                            size_t key_len,
+                            struct emf_buf_t *out);
+
+// Deletes `key` (a tombstone spreads). `*out_deleted` (NULL: not wanted) is 1 when there
+// was a value, 0 when there was nothing to delete.
+//
+// # Safety
+//
+// `g` a live handle; `key` readable for `key_len`; `out_deleted` NULL or writable.
+emf_status_t emf_gossip_delete(struct emf_gossip_t *g,
+                               const uint8_t *key,
+                               size_t key_len,
+                               uint32_t *out_deleted);
+
+// Writes every member known (live and down, not this one) to `out[0..cap]` and their
+// number to `*out_n`; `EMF_ERR_BUFFER_TOO_SMALL` (with `*out_n` written, nothing else)
+// when `cap` is smaller (`out` may be NULL with `cap` 0 to ask the number).
+//
+// # Safety
+//
+// `g` a live handle; `out` writable for `cap` elements (or NULL with `cap` 0); `out_n`
+// writable.
+emf_status_t emf_gossip_members(struct emf_gossip_t *g,
+                                struct emf_gossip_member_t *out,
+                                size_t cap,
+                                size_t *out_n);
+
+// Runs one more push-pull round (brought forward when no SWIM timer is due first, else at
+// its scheduled time: at most one `gossip_interval_us`) and waits for it; `*out_rounds`
+// (NULL: not wanted) gets the member's round count.
+//
+// # Safety
+//
+// `g` a live handle; `out_rounds` NULL or writable.
+emf_status_t emf_gossip_round(struct emf_gossip_t *g, uint64_t *out_rounds);
+
+// Leaves the cluster: the others learn it and report this member down. It keeps running
+// (answering gossip) until freed.
+//
+// # Safety
+//
+// `g` a live handle.
+emf_status_t emf_gossip_leave(struct emf_gossip_t *g);
+
+// Waits up to `timeout_ms` (0: only what is there) for the next event of the member's
+// subscription and writes it to `*out` (its `key` and `value` owned by the caller).
+// `EMF_ERR_TIMEOUT` when none came; `EMF_ERR_CLOSED` once the member stopped and every
+// event was handed out. Callers on several threads take turns (each event goes to one).
+//
+// # Safety
+//
+// `g` a live handle; `out` writable.
+emf_status_t emf_gossip_next_event(struct emf_gossip_t *g,
+                                   uint64_t timeout_ms,
+                                   struct emf_gossip_event_t *out);
+
+// Writes the member's counters to `*out`.
+//
+// # Safety
+//
+// `g` a live handle; `out` writable.
+emf_status_t emf_gossip_stats(struct emf_gossip_t *g, struct emf_gossip_stats_t *out);
 
 // Fills `*out` with the default pool options.
 //
@@ -2987,6 +3252,29 @@ emf_status_t emf_sched_heartbeat(struct emf_sched_t *s, const char *agent, uint6
 //
 // `s` a live handle; `agent` a NUL-terminated string.
 emf_status_t emf_sched_agent_dead(struct emf_sched_t *s, const char *agent, uint64_t now_us);
+
+// Records that agent `agent` runs on cluster member `host` (a gossip member id, see
+// `emf_gossip_start`); 0: on no member in particular (the default). `emf_sched_host_down`
+// then takes the agent for dead when its host is. `EMF_ERR_NOT_FOUND` when the agent is not
+// registered.
+//
+// # Safety
+//
+// `s` a live handle; `agent` a NUL-terminated string.
+emf_status_t emf_sched_set_agent_host(struct emf_sched_t *s, const char *agent, uint64_t host);
+
+// Membership declared cluster member `host` dead (an `EMF_GOSSIP_EVENT_MEMBER_DOWN`):
+// every agent recorded on it (`emf_sched_set_agent_host`) is dead, as if
+// `emf_sched_agent_dead` were called for each, and their leased tasks are delivered again
+// elsewhere. `*out_n` (NULL: not wanted) gets the number of agents so removed.
+//
+// # Safety
+//
+// `s` a live handle; `out_n` NULL or writable.
+emf_status_t emf_sched_host_down(struct emf_sched_t *s,
+                                 uint64_t host,
+                                 uint64_t now_us,
+                                 size_t *out_n);
 
 // Reports agent `agent`'s inbox lag (`lag_frames` frames written, not yet read) for the
 // back-pressure controller: above its high-water mark the agent gets no new task until a

@@ -38,6 +38,7 @@
 
 pub mod codec;
 pub mod flow;
+pub mod gossip;
 mod handle;
 pub mod pool;
 pub mod queue;
@@ -676,6 +677,7 @@ mod tests {
                 raft_node::emf_raft_node_t::KIND,
                 raft_node::emf_raft_node_t::NAME,
             ),
+            (gossip::emf_gossip_t::KIND, gossip::emf_gossip_t::NAME),
             (
                 codec::emf_value_builder_t::KIND,
                 codec::emf_value_builder_t::NAME,

@@ -660,6 +660,55 @@ pub unsafe extern "C" fn emf_sched_agent_dead(
     guard(|| unsafe { on_agent(s, agent, |sc, id| sc.agent_dead(id, now_us)) })
 }
 
+/// Records that agent `agent` runs on cluster member `host` (a gossip member id, see
+/// `emf_gossip_start`); 0: on no member in particular (the default). `emf_sched_host_down`
+/// then takes the agent for dead when its host is. `EMF_ERR_NOT_FOUND` when the agent is not
+/// registered.
+///
+/// # Safety
+///
+/// `s` a live handle; `agent` a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_set_agent_host(
+    s: *mut emf_sched_t,
+    agent: *const c_char,
+    host: u64,
+) -> emf_status_t {
+    // SAFETY: caller contract.
+    guard(|| unsafe {
+        on_agent(s, agent, |sc, id| {
+            sc.set_agent_host(id, (host != 0).then_some(host))
+        })
+    })
+}
+
+/// Membership declared cluster member `host` dead (an `EMF_GOSSIP_EVENT_MEMBER_DOWN`):
+/// every agent recorded on it (`emf_sched_set_agent_host`) is dead, as if
+/// `emf_sched_agent_dead` were called for each, and their leased tasks are delivered again
+/// elsewhere. `*out_n` (NULL: not wanted) gets the number of agents so removed.
+///
+/// # Safety
+///
+/// `s` a live handle; `out_n` NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn emf_sched_host_down(
+    s: *mut emf_sched_t,
+    host: u64,
+    now_us: u64,
+    out_n: *mut usize,
+) -> emf_status_t {
+    guard(|| {
+        // SAFETY: liveness checked by the slab; the caller's contract excludes a concurrent free.
+        let mut h = unsafe { borrow(s) }?;
+        let gone = h.sched.host_down(host, now_us);
+        if !out_n.is_null() {
+            // SAFETY: non-NULL; writable by contract.
+            unsafe { write_out(out_n, gone.len(), "out_n") }?;
+        }
+        Ok(())
+    })
+}
+
 /// Reports agent `agent`'s inbox lag (`lag_frames` frames written, not yet read) for the
 /// back-pressure controller: above its high-water mark the agent gets no new task until a
 /// reading at or below the low-water mark. `EMF_ERR_NOT_FOUND` when the agent is not
@@ -1376,6 +1425,51 @@ mod tests {
             );
             assert_eq!(emf_sched_free(s), EMF_OK);
             assert_ne!(emf_sched_agent_load(s, c"a1".as_ptr(), &mut l), EMF_OK);
+        }
+    }
+
+    #[test]
+    fn host_down_removes_the_agents_of_that_host() {
+        let s = new_mem(None);
+        // SAFETY: a live handle and valid arguments unless a test says otherwise; freed once.
+        unsafe {
+            for a in [c"a1", c"a2", c"a3"] {
+                assert_eq!(
+                    emf_sched_register_agent(s, a.as_ptr(), c"t".as_ptr(), 3, 0, 1, 5),
+                    EMF_OK
+                );
+            }
+            assert_eq!(emf_sched_set_agent_host(s, c"a1".as_ptr(), 7), EMF_OK);
+            assert_eq!(emf_sched_set_agent_host(s, c"a2".as_ptr(), 7), EMF_OK);
+            assert_eq!(emf_sched_set_agent_host(s, c"a3".as_ptr(), 8), EMF_OK);
+            // Back to no host: not taken down with host 7.
+            assert_eq!(emf_sched_set_agent_host(s, c"a2".as_ptr(), 0), EMF_OK);
+            assert_eq!(
+                emf_sched_set_agent_host(s, c"nobody".as_ptr(), 7),
+                EMF_ERR_NOT_FOUND
+            );
+            assert_eq!(
+                emf_sched_set_agent_host(s, null(), 7),
+                EMF_ERR_NULL_ARGUMENT
+            );
+            let mut n = 9usize;
+            assert_eq!(emf_sched_host_down(s, 7, 10, &mut n), EMF_OK);
+            assert_eq!(n, 1);
+            let mut l = emf_sched_agent_load_t::default();
+            assert_eq!(
+                emf_sched_agent_load(s, c"a1".as_ptr(), &mut l),
+                EMF_ERR_NOT_FOUND
+            );
+            assert_eq!(emf_sched_agent_load(s, c"a2".as_ptr(), &mut l), EMF_OK);
+            assert_eq!(emf_sched_host_down(s, 9, 11, &mut n), EMF_OK);
+            assert_eq!(n, 0);
+            assert_eq!(emf_sched_host_down(s, 8, 12, null_mut()), EMF_OK);
+            assert_eq!(
+                emf_sched_agent_load(s, c"a3".as_ptr(), &mut l),
+                EMF_ERR_NOT_FOUND
+            );
+            assert_eq!(emf_sched_free(s), EMF_OK);
+            assert_ne!(emf_sched_host_down(s, 8, 12, null_mut()), EMF_OK);
         }
     }
 

@@ -57,6 +57,9 @@ Replicated state over Raft (:mod:`erlmcp_flow.raft`): ``raft.Cluster.start(3)``,
 cluster of node processes (``submit_operation``, ``wait_committed``, ``leader``, KV
 ``set``/``get``/``cas``, ``kill``/``restart``), ``raft.Client`` (a running cluster's), and
 ``raft.Node`` (this process as one node, running a Python state machine).
+
+Membership and gossip (:mod:`erlmcp_flow.gossip`): ``gossip.Member`` (this process as one
+member: SWIM failure detection, a gossiped key → value map, membership and key events).
 """
 
 from ._native import (
@@ -216,6 +219,19 @@ from .raft import (
     EMF_RAFT_REQ_RESTORE,
     EMF_RAFT_REQ_SNAPSHOT,
 )
+from . import gossip
+from .gossip import (
+    EMF_GOSSIP_ALIVE,
+    EMF_GOSSIP_DOWN,
+    EMF_GOSSIP_EVENT_KEY_CHANGED,
+    EMF_GOSSIP_EVENT_MEMBER_DOWN,
+    EMF_GOSSIP_EVENT_MEMBER_RESTARTED,
+    EMF_GOSSIP_EVENT_MEMBER_SUSPECT,
+    EMF_GOSSIP_EVENT_MEMBER_UP,
+    EMF_GOSSIP_EVENT_REJOINED,
+    EMF_GOSSIP_MAX_PEERS,
+    EMF_GOSSIP_SUSPECT,
+)
 from .pool import (
     EMF_POOL_ACTION_NONE,
     EMF_POOL_ACTION_START,
@@ -323,4 +339,5 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "DeadLettered",
     "agent",
     "raft",
+    "gossip",
 ]

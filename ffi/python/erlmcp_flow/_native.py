@@ -39,6 +39,7 @@ from ctypes import (
     c_int64,
     c_size_t,
     c_uint8,
+    c_uint16,
     c_uint32,
     c_uint64,
     c_void_p,
@@ -617,6 +618,86 @@ class emf_raft_member_change_t(Structure):
     ]
 
 
+class emf_gossip_options_t(Structure):
+    """``emf_gossip_options_t``: a gossip member's options; fill it with
+    ``emf_gossip_options_default`` first."""
+
+    _fields_ = [
+        ("id", c_uint64),
+        ("ring_dir", c_char_p),
+        ("inbox_capacity", c_size_t),
+        ("listen", c_char_p),
+        ("peers", POINTER(c_uint64)),
+        ("n_peers", c_size_t),
+        ("peer_addrs", POINTER(c_char_p)),
+        ("seeds", POINTER(c_uint64)),
+        ("n_seeds", c_size_t),
+        ("gossip_interval_us", c_uint64),
+        ("anti_entropy_interval_us", c_uint64),
+        ("max_fan_out", c_uint32),
+        ("probe_period_us", c_uint64),
+        ("suspicion_timeout_us", c_uint64),
+        ("generation", c_uint64),
+        ("seed", c_uint64),
+    ]
+
+
+class emf_gossip_member_t(Structure):
+    """``emf_gossip_member_t``: a member as this one sees it."""
+
+    _fields_ = [
+        ("id", c_uint64),
+        ("generation", c_uint64),
+        ("incarnation", c_uint32),
+        ("state", c_uint32),
+    ]
+
+
+class emf_gossip_event_t(Structure):
+    """``emf_gossip_event_t``: an event of a member's subscription (``key`` and ``value``
+    owned by the caller)."""
+
+    _fields_ = [
+        ("kind", c_uint32),
+        ("deleted", c_uint32),
+        ("member", c_uint64),
+        ("generation", c_uint64),
+        ("version_counter", c_uint64),
+        ("version_origin", c_uint64),
+        ("key", emf_buf_t),
+        ("value", emf_buf_t),
+    ]
+
+
+class emf_gossip_stats_t(Structure):
+    """``emf_gossip_stats_t``: a gossip member's counters."""
+
+    _fields_ = [
+        (name, c_uint64)
+        for name in (
+            "frames_in",
+            "frames_out",
+            "rejected",
+            "dropped_full",
+            "send_failed",
+            "events_dropped",
+            "rounds",
+            "anti_entropy",
+            "pushes",
+            "pulls",
+            "local_writes",
+            "remote_applied",
+            "probes",
+            "failed_probes",
+            "refutations",
+        )
+    ]
+
+
+class emf_gossip_t(Structure):
+    """Opaque ``emf_gossip_t``; only pointers to it are used."""
+
+
 class emf_raft_cluster_t(Structure):
     """Opaque ``emf_raft_cluster_t``; only pointers to it are used."""
 
@@ -636,6 +717,7 @@ emf_agent_p = POINTER(emf_agent_t)
 emf_raft_cluster_p = POINTER(emf_raft_cluster_t)
 emf_raft_client_p = POINTER(emf_raft_client_t)
 emf_raft_node_p = POINTER(emf_raft_node_t)
+emf_gossip_p = POINTER(emf_gossip_t)
 emf_router_p = POINTER(emf_router_t)
 emf_batch_p = POINTER(emf_batch_t)
 emf_state_store_p = POINTER(emf_state_store_t)
@@ -964,6 +1046,38 @@ PROTOTYPES = {
     "emf_sched_unregister_agent": (emf_status_t, [emf_sched_p, c_char_p, c_uint64]),
     "emf_sched_heartbeat": (emf_status_t, [emf_sched_p, c_char_p, c_uint64]),
     "emf_sched_agent_dead": (emf_status_t, [emf_sched_p, c_char_p, c_uint64]),
+    "emf_gossip_options_default": (emf_status_t, [POINTER(emf_gossip_options_t)]),
+    "emf_gossip_start": (
+        emf_status_t,
+        [POINTER(emf_gossip_options_t), POINTER(emf_gossip_p)],
+    ),
+    "emf_gossip_free": (emf_status_t, [emf_gossip_p]),
+    "emf_gossip_port": (emf_status_t, [emf_gossip_p, POINTER(c_uint16)]),
+    "emf_gossip_put": (
+        emf_status_t,
+        [emf_gossip_p, _bytes_in, c_size_t, _bytes_in, c_size_t, POINTER(c_uint64)],
+    ),
+    "emf_gossip_get": (emf_status_t, [emf_gossip_p, _bytes_in, c_size_t, POINTER(emf_buf_t)]),
+    "emf_gossip_delete": (
+        emf_status_t,
+        [emf_gossip_p, _bytes_in, c_size_t, POINTER(c_uint32)],
+    ),
+    "emf_gossip_members": (
+        emf_status_t,
+        [emf_gossip_p, POINTER(emf_gossip_member_t), c_size_t, POINTER(c_size_t)],
+    ),
+    "emf_gossip_round": (emf_status_t, [emf_gossip_p, POINTER(c_uint64)]),
+    "emf_gossip_leave": (emf_status_t, [emf_gossip_p]),
+    "emf_gossip_next_event": (
+        emf_status_t,
+        [emf_gossip_p, c_uint64, POINTER(emf_gossip_event_t)],
+    ),
+    "emf_gossip_stats": (emf_status_t, [emf_gossip_p, POINTER(emf_gossip_stats_t)]),
+    "emf_sched_set_agent_host": (emf_status_t, [emf_sched_p, c_char_p, c_uint64]),
+    "emf_sched_host_down": (
+        emf_status_t,
+        [emf_sched_p, c_uint64, c_uint64, POINTER(c_size_t)],
+    ),
     "emf_sched_submit": (
         emf_status_t,
         [emf_sched_p, c_char_p, c_uint32, _bytes_in, c_size_t, c_uint64, POINTER(c_uint64)],

@@ -353,6 +353,23 @@ class Scheduler(_Handle):
         """``agent`` died: its tasks are delivered again elsewhere at once."""
         self._run(lib.emf_sched_agent_dead, _c_string(agent, "agent"), _now(now))
 
+    def set_agent_host(self, agent: str, host: Optional[int]) -> None:
+        """Records that ``agent`` runs on gossip member ``host`` (None: on no member in
+        particular); :meth:`host_down` then takes it for dead with its host."""
+        self._run(
+            lib.emf_sched_set_agent_host,
+            _c_string(agent, "agent"),
+            0 if host is None else _unsigned(host, "host", _U64_MAX),
+        )
+
+    def host_down(self, host: int, now: Optional[int] = None) -> int:
+        """Membership declared member ``host`` dead (a gossip ``member_down`` event): every
+        agent recorded on it is dead and its tasks are delivered again elsewhere. The number
+        of agents removed."""
+        n = c_size_t()
+        self._run(lib.emf_sched_host_down, _unsigned(host, "host", _U64_MAX), _now(now), byref(n))
+        return n.value
+
     def observe_lag(self, agent: str, lag_frames: int, now: Optional[int] = None) -> None:
         """Reports ``agent``'s inbox lag for back-pressure (on with ``backpressure=``)."""
         self._run(

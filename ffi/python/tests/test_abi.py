@@ -31,6 +31,10 @@ from erlmcp_flow._native import (
     emf_raft_cluster_options_t,
     emf_raft_node_info_t,
     emf_raft_node_options_t,
+    emf_gossip_event_t,
+    emf_gossip_member_t,
+    emf_gossip_options_t,
+    emf_gossip_stats_t,
     emf_raft_request_t,
     emf_raft_sm_t,
     emf_raft_status_t,
@@ -131,6 +135,10 @@ def test_struct_layouts_match_the_c_compiler(tmp_path):
         "emf_raft_node_info_t": emf_raft_node_info_t,
         "emf_raft_request_t": emf_raft_request_t,
         "emf_raft_member_change_t": emf_raft_member_change_t,
+        "emf_gossip_options_t": emf_gossip_options_t,
+        "emf_gossip_member_t": emf_gossip_member_t,
+        "emf_gossip_event_t": emf_gossip_event_t,
+        "emf_gossip_stats_t": emf_gossip_stats_t,
     }
     lines = []
     for struct, cls in fields.items():

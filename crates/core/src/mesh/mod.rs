@@ -7,5 +7,8 @@
 //! retransmits anyway: see each loop) and exposes the result to the host.
 //!
 //! * [`member`] — SWIM membership and gossip of agents' state on one transport.
+//! * [`runner`] — a [`member::Member`] on a thread of its own behind a thread-safe
+//!   [`runner::MemberHandle`] (what the host bindings wrap).
 
 pub mod member;
+pub mod runner;

@@ -50,6 +50,7 @@
  *   pool.c     pool managers (when to start and stop agents)
  *   raft.c     local Raft clusters (node processes over rings; submit, wait, KV, reads,
  *              leadership transfer, membership changes, leader kill)
+ *   gossip.c   gossip members (SWIM membership, a gossiped key -> value map, events)
  *
  * util.c is the helper layer every NIF is written with (declared in erlmcp_flow_nif.h):
  * handle arguments (HANDLE_USE_OR_RETURN / HANDLE_ARG_OR_RETURN, handle_leave_with), argument
@@ -70,6 +71,7 @@
 #include "sched.c"
 #include "pool.c"
 #include "raft.c"
+#include "gossip.c"
 
 /* load() return value on an ABI mismatch: the mismatch flag, then the library's and the
  * header's ABI versions in 15 bits each, so that the Erlang side can decode them from the
@@ -83,7 +85,8 @@
 static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {
     &message_kind, &ring_kind,  &producer_kind,    &consumer_kind, &delivery_kind, &router_kind,
     &batch_kind,   &store_kind, &state_value_kind, &queue_kind,    &cache_kind,    &buf_kind,
-    &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind,     &raft_node_kind, &raft_client_kind};
+    &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind,     &raft_node_kind, &raft_client_kind,
+    &gossip_kind};
 
 /* Opens this load's resource types under names no other load uses: the prefix and an
  * integer unique in the running VM. */
@@ -310,6 +313,8 @@ static ErlNifFunc nif_funcs[] = {
     {"sched_unregister_agent", 3, nif_sched_unregister_agent, 0},
     {"sched_agent_dead", 3, nif_sched_agent_dead, 0},
     {"sched_heartbeat", 3, nif_sched_heartbeat, 0},
+    {"sched_set_agent_host", 3, nif_sched_set_agent_host, 0},
+    {"sched_host_down", 3, nif_sched_host_down, 0},
     {"sched_submit", 5, nif_sched_submit, 0},
     {"sched_started", 5, nif_sched_started, 0},
     {"sched_ack", 6, nif_sched_ack, 0},
@@ -359,6 +364,17 @@ static ErlNifFunc nif_funcs[] = {
     {"raft_client_connect", 3, nif_raft_client_connect, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_client_submit", 2, nif_raft_client_submit, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_client_close", 1, nif_raft_client_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_start", 2, nif_gossip_start, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_put", 3, nif_gossip_put, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_get", 2, nif_gossip_get, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_delete", 2, nif_gossip_delete, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_members", 1, nif_gossip_members, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_round", 1, nif_gossip_round, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_leave", 1, nif_gossip_leave, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_next_event", 2, nif_gossip_next_event, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_stats", 1, nif_gossip_stats, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_port", 1, nif_gossip_port, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"gossip_close", 1, nif_gossip_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

@@ -70,7 +70,15 @@
     X(bin) X(tick_ms) X(election_tick) X(start_timeout_ms) X(timeout_ms) X(attempt_timeout_ms) \
     /* In-process Raft nodes: option keys, requests, info keys. */                             \
     X(ring_dir) X(data_dir) X(heartbeat_tick) X(snapshot_entries) X(apply) X(snapshot)         \
-    X(restore) X(query) X(leader) X(term) X(commit) X(applied) X(running)
+    X(restore) X(query) X(leader) X(term) X(commit) X(applied) X(running)                   \
+    /* Gossip members: option keys, member states, events, statistics keys. */                 \
+    X(listen) X(peers) X(seeds) X(gossip_interval_ms) X(anti_entropy_interval_ms)              \
+    X(max_fan_out) X(probe_period_ms) X(suspicion_timeout_ms) X(generation) X(inbox_capacity)  \
+    X(incarnation) X(state) X(alive) X(suspect) X(down) X(member_up) X(member_suspect)         \
+    X(member_down) X(member_restarted) X(rejoined) X(changed) X(deleted) X(frames_in)          \
+    X(frames_out) X(dropped_full) X(send_failed) X(events_dropped) X(rounds) X(anti_entropy)   \
+    X(pushes) X(pulls) X(local_writes) X(remote_applied) X(probes) X(failed_probes)            \
+    X(refutations)
 
 #define EMF_NIF_DECLARE_ATOM(name) static ERL_NIF_TERM atom_##name;
 EMF_NIF_ATOMS(EMF_NIF_DECLARE_ATOM)
@@ -146,7 +154,8 @@ typedef struct emf_nif_handle_kind {
 #define EMF_NIF_KIND_RAFT 15
 #define EMF_NIF_KIND_RAFT_NODE 16
 #define EMF_NIF_KIND_RAFT_CLIENT 17
-#define EMF_NIF_KIND_COUNT 18
+#define EMF_NIF_KIND_GOSSIP 18
+#define EMF_NIF_KIND_COUNT 19
 
 struct emf_nif_delivery;
 struct emf_nif_shared;

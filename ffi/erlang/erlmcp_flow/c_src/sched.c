@@ -296,6 +296,45 @@ static ERL_NIF_TERM sched_heartbeat_impl(ErlNifEnv *env, int argc, const ERL_NIF
 }
 SCHED_NIF(sched_heartbeat, -1)
 
+/* sched_set_agent_host(Sched, Agent, Host) -> ok: agent Agent runs on gossip member Host
+ * (0: on no member in particular); sched_host_down takes it for dead with its host. */
+static ERL_NIF_TERM sched_set_agent_host_impl(ErlNifEnv *env, int argc,
+                                              const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifUInt64 host;
+    if (!enif_get_uint64(env, argv[2], &host)) {
+        return argument_error(env, "host: expected a member id (a non-negative integer)");
+    }
+    SCHED_NAME_OR_RETURN(agent, argv[1], EMF_NIF_SCHED_AGENT_ERROR)
+    emf_nif_handle *h;
+    ERL_NIF_TERM result;
+    if (handle_use(env, argv[0], &sched_kind, &h, &result)) {
+        result = handle_leave_with(h, ok_or_error(env, emf_sched_set_agent_host(h->ptr, agent,
+                                                                                host)));
+    }
+    enif_free(agent_heap);
+    return result;
+}
+SCHED_NIF(sched_set_agent_host, -1)
+
+/* sched_host_down(Sched, Host, NowUs) -> {ok, Removed}: membership declared member Host
+ * dead; every agent recorded on it is dead (its tasks delivered again elsewhere). */
+static ERL_NIF_TERM sched_host_down_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
+    (void)argc;
+    ErlNifUInt64 host, now;
+    if (!enif_get_uint64(env, argv[1], &host)) {
+        return argument_error(env, "host: expected a member id (a non-negative integer)");
+    }
+    if (!enif_get_uint64(env, argv[2], &now)) {
+        return argument_error(env, EMF_NIF_SCHED_NOW_ERROR);
+    }
+    HANDLE_USE_OR_RETURN(env, h, argv[0], &sched_kind);
+    size_t n = 0;
+    emf_status_t st = emf_sched_host_down(h->ptr, host, now, &n);
+    return handle_leave_with(h, ok_u64(env, st, n));
+}
+SCHED_NIF(sched_host_down, -1)
+
 /* sched_submit(Sched, Type, Priority, Payload, NowUs) -> {ok, TaskId} | {error, {full, _}}
  * (back-pressure: nothing was accepted). */
 static ERL_NIF_TERM sched_submit_impl(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {

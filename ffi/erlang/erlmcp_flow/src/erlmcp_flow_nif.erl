@@ -57,7 +57,7 @@
          hnsw_search_batch/7,
          hnsw_remove/2, hnsw_compact/1, hnsw_save/2, hnsw_stats/1, hnsw_indexes/0,
          sched_new/5, sched_close/1, sched_register_agent/6, sched_unregister_agent/3,
-         sched_agent_dead/3, sched_heartbeat/3, sched_submit/5, sched_started/5, sched_ack/6,
+         sched_agent_dead/3, sched_heartbeat/3, sched_set_agent_host/3, sched_host_down/3, sched_submit/5, sched_started/5, sched_ack/6,
          sched_nack/6, sched_tick/2, sched_poll/2, sched_select_agent/2, sched_agent_load/2,
          sched_stats/1, sched_queued/2,
          pool_new/2, pool_close/1, pool_ensure_min/2, pool_started/4, pool_start_failed/4,
@@ -69,10 +69,14 @@
          raft_transfer_leader/2, raft_change_membership/2, raft_membership/1,
          raft_node_start/3, raft_node_next_request/2, raft_node_reply/4, raft_node_stop/1,
          raft_node_info/1, raft_node_close/1,
-         raft_client_connect/3, raft_client_submit/2, raft_client_close/1]).
+         raft_client_connect/3, raft_client_submit/2, raft_client_close/1,
+         gossip_start/2, gossip_put/3, gossip_get/2, gossip_delete/2, gossip_members/1,
+         gossip_round/1, gossip_leave/1, gossip_next_event/2, gossip_stats/1, gossip_port/1,
+         gossip_close/1]).
 -export([load_error_reason/1]).
 
--export_type([bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
+-export_type([gossip/0, gossip_event/0,
+              bytes/0, status/0, error/0, message/0, envelope/0, priority/0, kind/0,
               ring/0, producer/0, consumer/0, timeout_ms/0,
               router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
               drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0,
@@ -142,6 +146,15 @@
                       | {query, Id :: pos_integer(), Query :: binary()}.
 %% A client of a Raft cluster over rings (`emf_raft_client_t'): one caller at a time.
 -opaque raft_client() :: reference().
+%% A gossip member running in this VM (`emf_gossip_t'); owned by one erlmcp_flow_gossip
+%% server.
+-opaque gossip() :: reference().
+%% An event of a gossip member's subscription.
+-type gossip_event() :: {member_up | member_suspect | member_down | member_restarted,
+                         Id :: pos_integer()}
+                      | {rejoined, Generation :: non_neg_integer()}
+                      | {changed, Key :: binary(), Value :: binary() | deleted,
+                         {Counter :: non_neg_integer(), Origin :: pos_integer()}}.
 %% A pool manager's policy (`emf_pool_t'): one process at a time; see
 %% erlmcp_flow_pool_manager.
 -type pool_action() :: {start, Slot :: non_neg_integer()} | {stop, Agent :: binary()}.
@@ -723,6 +736,15 @@ sched_unregister_agent(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
 -spec sched_agent_dead(sched(), binary(), non_neg_integer()) -> ok | error().
 sched_agent_dead(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
 
+%% @doc `emf_sched_set_agent_host': `Agent' runs on gossip member `Host' (0: none).
+-spec sched_set_agent_host(sched(), binary(), non_neg_integer()) -> ok | error().
+sched_set_agent_host(_Sched, _Agent, _Host) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_sched_host_down': member `Host' is dead; the number of its agents removed.
+-spec sched_host_down(sched(), non_neg_integer(), non_neg_integer()) ->
+          {ok, non_neg_integer()} | error().
+sched_host_down(_Sched, _Host, _NowUs) -> erlang:nif_error(not_loaded).
+
 %% @doc `emf_sched_heartbeat'.
 -spec sched_heartbeat(sched(), binary(), non_neg_integer()) -> ok | error().
 sched_heartbeat(_Sched, _Agent, _NowUs) -> erlang:nif_error(not_loaded).
@@ -961,3 +983,55 @@ raft_client_submit(_Client, _Op) -> erlang:nif_error(not_loaded).
 %% @doc Releases the client; idempotent.
 -spec raft_client_close(raft_client()) -> ok | error().
 raft_client_close(_Client) -> erlang:nif_error(not_loaded).
+
+%% ---- Gossip members (c_src/gossip.c) ----------------------------------------------------------
+
+%% @doc `emf_gossip_start': member `Id' with the options of the map: `dir' (a ring directory:
+%% rings) or `listen' (`<<"ip:port">>': TCP), `peers' (ids over rings, `[{Id, <<"ip:port">>}]'
+%% over TCP), `seeds', `gossip_interval_ms' (100), `anti_entropy_interval_ms' (10000; 0: off),
+%% `max_fan_out' (10), `probe_period_ms' (1000), `suspicion_timeout_ms' (0: from the cluster
+%% size), `generation' (0: the wall clock), `inbox_capacity', `seed'.
+-spec gossip_start(pos_integer(), map()) -> {ok, gossip()} | error().
+gossip_start(_Id, _Opts) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_put': the new version's Lamport counter.
+-spec gossip_put(gossip(), bytes(), bytes()) -> {ok, non_neg_integer()} | error().
+gossip_put(_Member, _Key, _Value) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_get': the value, or `{error, {not_found, _}}'.
+-spec gossip_get(gossip(), bytes()) -> {ok, binary()} | error().
+gossip_get(_Member, _Key) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_delete': whether there was a value to delete.
+-spec gossip_delete(gossip(), bytes()) -> {ok, boolean()} | error().
+gossip_delete(_Member, _Key) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_members': `[#{id, generation, incarnation, state}]', `state' one of
+%% `alive', `suspect', `down'.
+-spec gossip_members(gossip()) -> {ok, [map()]} | error().
+gossip_members(_Member) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_round': waits for one more push-pull round; the round count.
+-spec gossip_round(gossip()) -> {ok, non_neg_integer()} | error().
+gossip_round(_Member) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_leave': leaves the cluster (the member keeps running until closed).
+-spec gossip_leave(gossip()) -> ok | error().
+gossip_leave(_Member) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_next_event': waits up to `TimeoutMs' for the next event
+%% (`{error, {timeout, _}}': none; `{error, {closed, _}}': the member has stopped).
+-spec gossip_next_event(gossip(), non_neg_integer()) -> {ok, gossip_event()} | error().
+gossip_next_event(_Member, _TimeoutMs) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_stats': the member's counters as a map.
+-spec gossip_stats(gossip()) -> {ok, map()} | error().
+gossip_stats(_Member) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_gossip_port': the TCP port the member listens on (0 over rings).
+-spec gossip_port(gossip()) -> {ok, non_neg_integer()} | error().
+gossip_port(_Member) -> erlang:nif_error(not_loaded).
+
+%% @doc Stops the member (without leaving) and releases the handle; idempotent.
+-spec gossip_close(gossip()) -> ok | error().
+gossip_close(_Member) -> erlang:nif_error(not_loaded).
