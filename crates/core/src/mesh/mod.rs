@@ -4,3 +4,5 @@
 //! [`crate::membership`] and [`crate::pbft`] take datagrams and the caller's clock and answer
 //! the datagrams to send; this layer receives frames, steps the machines, sends their output
 //! (keeping back-pressured frames for retry) and exposes the result to the host.
+
+pub mod pbft;
