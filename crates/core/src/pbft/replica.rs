@@ -81,6 +81,11 @@ pub struct Replica<A: App, K: Authenticator> {
     waiting: BTreeMap<(u64, u64), Request>,
     vc_deadline: Option<u64>,
     vc_timeout: u64,
+    /// During a view change, when to send our view change again (it may have been lost).
+    vc_resend: Option<u64>,
+    /// The new view this replica issued as primary of the current view (sent again to a
+    /// replica still asking for the view).
+    new_view_msg: Option<Vec<u8>>,
     view_changes: BTreeMap<u64, BTreeMap<u32, ViewChange>>,
     /// The stable checkpoint being fetched: (seq, digest).
     fetching: Option<(u64, Digest)>,
@@ -129,6 +134,8 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             replies: BTreeMap::new(),
             waiting: BTreeMap::new(),
             vc_deadline: None,
+            vc_resend: None,
+            new_view_msg: None,
             view_changes: BTreeMap::new(),
             fetching: None,
             stats: Stats::default(),
@@ -143,6 +150,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
     /// This replica's id.
     pub fn id(&self) -> u32 {
         self.id
+    }
+
+    /// The group's parameters.
+    pub fn config(&self) -> &Config {
+        &self.cfg
     }
 
     /// The current view (the target view during a view change).
@@ -168,6 +180,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
     /// The sequence number executed tentatively, if one is.
     pub fn tentative_seq(&self) -> Option<u64> {
         self.tentative.as_ref().map(|t| t.seq)
+    }
+
+    /// Requests executed tentatively (not committed yet).
+    pub fn tentative_requests(&self) -> usize {
+        self.tentative.as_ref().map_or(0, |t| t.done.len())
     }
 
     /// h, the low watermark: the last stable checkpoint.
@@ -197,10 +214,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         } else {
             None
         };
-        match (self.vc_deadline, batch) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.vc_deadline, batch, self.vc_resend]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn primary(&self, view: u64) -> u32 {
@@ -241,8 +258,19 @@ impl<A: App, K: Authenticator> Replica<A, K> {
     pub fn tick(&mut self, now_us: u64, out: &mut Vec<Outgoing>) {
         self.now = self.now.max(now_us);
         if let Some(d) = self.vc_deadline {
-            if self.now >= d && (self.changing || !self.is_primary()) {
+            if self.now >= d {
                 self.start_view_change(self.view + 1, out);
+            }
+        }
+        if let Some(t) = self.vc_resend {
+            if self.changing && self.now >= t {
+                if let Some(vc) = self.view_changes.get(&self.view).and_then(|m| m.get(&self.id)) {
+                    out.push(Outgoing {
+                        to: Dest::AllReplicas,
+                        payload: vc.encode(),
+                    });
+                }
+                self.vc_resend = Some(self.now + self.cfg.view_change_timeout_us);
             }
         }
         if self.is_primary() && !self.changing {
@@ -376,24 +404,28 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                     .is_some_and(|t| t.done.iter().any(|(q, _)| q.client == r.client));
                 let result = c.result.clone();
                 self.send_reply(r.client, r.timestamp, result, tentative, out);
+                // Tentative or committed here, maybe not at the others: repeat our votes.
+                if let Some(&seq) = self.known.get(&key) {
+                    self.retransmit(seq, out);
+                }
+                if tentative {
+                    // Not committed: the client still waits, so do we.
+                    self.wait_for(r);
+                }
                 self.stats.stale += 1;
                 return;
             }
         }
         if let Some(&seq) = self.known.get(&key) {
-            // Ordered but not executed: the client is retransmitting, so something was lost.
+            // Ordered but not executed: the client is retransmitting, so something was lost
+            // (or the primary misbehaves: the timer runs).
             self.retransmit(seq, out);
+            self.wait_for(r);
             self.stats.stale += 1;
             return;
         }
-        if !self.waiting.contains_key(&key) {
-            if self.waiting.len() >= self.cfg.max_pending {
-                self.stats.dropped_requests += 1;
-                return;
-            }
-            self.waiting.insert(key, r.clone());
-        }
         if self.changing {
+            self.wait_for(r);
             return;
         }
         if self.is_primary() {
@@ -401,19 +433,41 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 self.stats.stale += 1;
                 return;
             }
+            if self.pending.len() >= self.cfg.max_pending {
+                self.stats.dropped_requests += 1;
+                return;
+            }
+            self.wait_for(r.clone());
             self.pending_keys.insert(key);
             self.pending.push_back(r);
             self.batch_since.get_or_insert(self.now);
             self.maybe_order(out);
         } else {
-            // Relay to the primary (the client may have sent to us only) and start the
-            // timer: the primary must order it in time.
+            // Relay to the primary (the client may have sent to us only); the timer runs:
+            // the primary must order it in time.
             out.push(Outgoing {
                 to: Dest::Replica(self.primary(self.view)),
                 payload: r.encode(),
             });
-            self.vc_deadline
-                .get_or_insert(self.now + self.vc_timeout);
+            self.wait_for(r);
+        }
+    }
+
+    /// Remembers a request not committed yet and, at a backup, starts the view-change timer
+    /// if it is not running.
+    fn wait_for(&mut self, r: Request) {
+        let key = (r.client, r.timestamp);
+        if !self.waiting.contains_key(&key) {
+            if self.waiting.len() >= self.cfg.max_pending {
+                self.stats.dropped_requests += 1;
+                return;
+            }
+            self.waiting.insert(key, r);
+        }
+        // The primary times its own requests too: a primary whose batches cannot commit
+        // (e.g. a backup left for a later view alone) joins a view change rather than wait.
+        if !self.changing {
+            self.vc_deadline.get_or_insert(self.now + self.vc_timeout);
         }
     }
 
@@ -636,6 +690,7 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                     // Its commit arrived: the tentative results become committed.
                     debug_assert_eq!(t.seq, s);
                     for (r, result) in t.done {
+                        self.waiting.remove(&(r.client, r.timestamp));
                         self.send_reply(r.client, r.timestamp, result, false, out);
                     }
                 } else {
@@ -664,7 +719,7 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             break;
         }
         if progressed && !self.changing {
-            self.vc_deadline = if self.waiting.is_empty() || self.is_primary() {
+            self.vc_deadline = if self.waiting.is_empty() {
                 None
             } else {
                 Some(self.now + self.vc_timeout)
@@ -702,7 +757,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 },
             );
             undo.push((r.client, old));
-            self.waiting.remove(&(r.client, r.timestamp));
+            if !tentative {
+                self.waiting.remove(&(r.client, r.timestamp));
+            }
             self.send_reply(r.client, r.timestamp, result.clone(), tentative, out);
             done.push((r.clone(), result));
         }
@@ -919,9 +976,25 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         });
         self.view_changes.retain(|&v, _| v >= view);
         self.view_changes.entry(view).or_default().insert(self.id, vc);
-        self.vc_deadline = Some(self.now + self.vc_timeout);
         self.vc_timeout = self.vc_timeout.saturating_mul(2);
+        // The timer for the next view starts only with 2f + 1 view changes for this one, so
+        // a replica that lost a new view does not race ahead alone (Castro-Liskov 4.5.2).
+        self.vc_deadline = None;
+        self.vc_resend = Some(self.now + self.cfg.view_change_timeout_us);
+        self.new_view_msg = None;
+        self.arm_view_change_timer();
         self.try_new_view(out);
+    }
+
+    fn arm_view_change_timer(&mut self) {
+        if self.changing
+            && self
+                .view_changes
+                .get(&self.view)
+                .is_some_and(|m| m.len() >= self.quorum())
+        {
+            self.vc_deadline.get_or_insert(self.now + self.vc_timeout);
+        }
     }
 
     /// Checks a view change's signatures, checkpoint proof and prepared certificates.
@@ -978,6 +1051,15 @@ impl<A: App, K: Authenticator> Replica<A, K> {
 
     fn on_view_change(&mut self, vc: ViewChange, out: &mut Vec<Outgoing>) -> Result<()> {
         if vc.new_view < self.view || (vc.new_view == self.view && !self.changing) {
+            if vc.new_view == self.view && vc.replica != self.id {
+                // It missed our new view: send it again (it is self-certifying).
+                if let Some(nv) = &self.new_view_msg {
+                    out.push(Outgoing {
+                        to: Dest::Replica(vc.replica),
+                        payload: nv.clone(),
+                    });
+                }
+            }
             self.stats.stale += 1;
             return Ok(());
         }
@@ -1009,6 +1091,7 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             let target = *later.values().min().unwrap();
             self.start_view_change(target, out);
         }
+        self.arm_view_change_timer();
         self.try_new_view(out);
         Ok(())
     }
@@ -1090,10 +1173,12 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             sig: [0; 64],
         };
         nv.sign(&self.keys);
+        let payload = Message::NewView(nv).encode();
         out.push(Outgoing {
             to: Dest::AllReplicas,
-            payload: Message::NewView(nv).encode(),
+            payload: payload.clone(),
         });
+        self.new_view_msg = Some(payload);
         self.install_new_view(view, min_s, digest, proof, pre_prepares, out);
     }
 
@@ -1156,6 +1241,7 @@ impl<A: App, K: Authenticator> Replica<A, K> {
     ) {
         self.view = view;
         self.changing = false;
+        self.vc_resend = None;
         self.vc_timeout = self.cfg.view_change_timeout_us;
         self.view_changes.retain(|&v, _| v > view);
         if min_s > self.low {
@@ -1213,12 +1299,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 }
             }
             self.batch_since = (!self.pending.is_empty()).then_some(self.now);
-            self.vc_deadline = None;
             self.maybe_order(out);
         } else {
             self.batch_since = None;
-            self.vc_deadline = (!self.waiting.is_empty()).then_some(self.now + self.vc_timeout);
         }
+        self.vc_deadline = (!self.waiting.is_empty()).then_some(self.now + self.vc_timeout);
         self.try_execute(out);
     }
 
