@@ -12,6 +12,7 @@
 pub mod alloc;
 pub mod codec;
 pub mod hnsw;
+pub mod pbft;
 pub mod queue;
 pub mod raft;
 pub mod ring;
@@ -373,6 +374,7 @@ pub fn all() -> Vec<Suite> {
         hnsw::hnsw_suite(),
         sched::sched_suite(),
         raft::raft_suite(),
+        pbft::pbft_suite(),
     ]
 }
 
