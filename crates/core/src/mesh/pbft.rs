@@ -13,6 +13,9 @@
 //! * [`spawn_replica`] runs a replica from a [`ReplicaSpec`] on a thread of its own, over
 //!   [`net::ring`](crate::net::ring) (one host) or [`net::tcp`](crate::net::tcp), behind a
 //!   [`ReplicaHandle`] with stop and join.
+//! * [`LocalGroup`]: `n` replica threads and a client over rings in one directory, with
+//!   fresh Ed25519 keys — what the hosts start (Erlang's `fast_path_consensus/1` is its
+//!   [`LocalGroup::execute`]).
 //! * [`OrderLog`], a small [`App`] for tests, benchmarks and the hosts: it answers each
 //!   operation with its position in the agreed order.
 //!
@@ -53,6 +56,7 @@ mod addresses;
 mod app;
 mod client;
 mod host;
+mod local;
 mod spawn;
 
 #[cfg(test)]
@@ -62,6 +66,7 @@ pub use addresses::Addresses;
 pub use app::OrderLog;
 pub use client::{ClientStats, MeshClient};
 pub use host::{HostOptions, HostStats, ReplicaHost};
+pub use local::{GroupKeys, LocalGroup, LocalGroupOptions, LOCAL_CLIENT, LOCAL_ENDPOINT};
 pub use spawn::{spawn_replica, PbftTransport, ReplicaHandle, ReplicaInfo, ReplicaSpec};
 
 #[cfg(doc)]

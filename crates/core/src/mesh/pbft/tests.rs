@@ -367,3 +367,33 @@ fn four_replicas_over_tcp_with_ed25519() {
         assert_eq!(OrderLog::decode_result(&done.result).unwrap().0, i);
     }
 }
+
+#[test]
+#[cfg_attr(miri, ignore = "threads and shared memory")]
+fn a_local_group_agrees_with_ed25519_and_survives_its_primary() {
+    let dir = TempDir::new("pbft-local");
+    let opts = LocalGroupOptions {
+        view_change_timeout_us: 100_000,
+        ..LocalGroupOptions::default()
+    };
+    let mut g = LocalGroup::start(&dir.0, &opts).unwrap();
+    assert_eq!(g.n(), 4);
+    for i in 1..=3u64 {
+        let done = g.execute(b"agree").unwrap();
+        assert_eq!(OrderLog::decode_result(&done.result).unwrap().0, i);
+    }
+    g.stop_replica(0).unwrap();
+    assert_eq!(g.stop_replica(0).unwrap_err().kind(), ErrorKind::NotFound);
+    assert!(g.info(0).is_none());
+    let done = g.execute(b"after").unwrap();
+    assert_eq!(OrderLog::decode_result(&done.result).unwrap().0, 4);
+    assert!(g.client_view() >= 1);
+    let bad = LocalGroupOptions {
+        n: 5,
+        ..LocalGroupOptions::default()
+    };
+    assert_eq!(
+        LocalGroup::start(&dir.0, &bad).unwrap_err().kind(),
+        ErrorKind::InvalidArgument
+    );
+}
