@@ -39,6 +39,7 @@
 pub mod codec;
 pub mod flow;
 mod handle;
+pub mod pbft;
 pub mod pool;
 pub mod queue;
 pub mod raft;
