@@ -57,6 +57,10 @@ Replicated state over Raft (:mod:`erlmcp_flow.raft`): ``raft.Cluster.start(3)``,
 cluster of node processes (``submit_operation``, ``wait_committed``, ``leader``, KV
 ``set``/``get``/``cas``, ``kill``/``restart``), ``raft.Client`` (a running cluster's), and
 ``raft.Node`` (this process as one node, running a Python state machine).
+
+Byzantine agreement over PBFT (:mod:`erlmcp_flow.pbft`): ``pbft.Group.start()``, 3f + 1
+replica threads with Ed25519 keys and a client; ``fast_path_consensus(op)`` /
+``execute(op)`` (the result and the path, fast or slow), ``stop_replica``, ``view``.
 """
 
 from ._native import (
@@ -204,6 +208,8 @@ from .sched import (
     ServiceStats,
     TaskFuture,
 )
+from . import pbft
+from .pbft import EMF_PBFT_PATH_FAST, EMF_PBFT_PATH_SLOW
 from . import raft
 from .raft import (
     EMF_RAFT_ADD_LEARNER,
@@ -323,4 +329,5 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "DeadLettered",
     "agent",
     "raft",
+    "pbft",
 ]
