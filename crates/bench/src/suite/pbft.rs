@@ -259,10 +259,20 @@ fn median(mut v: Vec<f64>) -> f64 {
     quantile(&mut v, 0.5)
 }
 
-/// Latencies of `count` requests on each path, taking turns on the same operations:
-/// ((fast p50, p99), (slow p50, p99)) in microseconds, and how many fast-client requests
-/// fell back to the slow path.
-pub fn latency(g: &mut Group, count: u64) -> Result<((f64, f64), (f64, f64), u64), String> {
+/// The latencies of [`latency`], in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Latencies {
+    /// Fast-path client: (p50, p99).
+    pub fast: (f64, f64),
+    /// Slow-path client: (p50, p99).
+    pub slow: (f64, f64),
+    /// Requests of the fast-path client that completed on the slow path.
+    pub fell_back: u64,
+}
+
+/// Latencies of `count` requests on each path, taking turns on the same operations (after a
+/// warm-up of a tenth).
+pub fn latency(g: &mut Group, count: u64) -> Result<Latencies, String> {
     let (mut fast, mut slow) = (Vec::new(), Vec::new());
     let mut fell_back = 0;
     for k in 0..count + count / 10 {
@@ -276,11 +286,11 @@ pub fn latency(g: &mut Group, count: u64) -> Result<((f64, f64), (f64, f64), u64
         fast.push(f);
         slow.push(s);
     }
-    Ok((
-        (quantile(&mut fast, 0.5), quantile(&mut fast, 0.99)),
-        (quantile(&mut slow, 0.5), quantile(&mut slow, 0.99)),
+    Ok(Latencies {
+        fast: (quantile(&mut fast, 0.5), quantile(&mut fast, 0.99)),
+        slow: (quantile(&mut slow, 0.5), quantile(&mut slow, 0.99)),
         fell_back,
-    ))
+    })
 }
 
 /// Completes `ops` requests through every slot of `c`: requests per second.
@@ -362,8 +372,11 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
 
     progress("pbft_fast_p50_us");
     let mut g = Group::start(Keys::Ed25519, 1, 0).unwrap_or_else(|e| fail("a group", e));
-    let ((f50, f99), (s50, s99), fell) =
-        latency(&mut g, count).unwrap_or_else(|e| fail("latency", e));
+    let Latencies {
+        fast: (f50, f99),
+        slow: (s50, s99),
+        fell_back: fell,
+    } = latency(&mut g, count).unwrap_or_else(|e| fail("latency", e));
     drop(g);
     eprintln!(
         "pbft: one request at a time, {count} each, Ed25519: fast p50 {f50:.0} us p99 {f99:.0} us ({fell} fell back to the slow path); slow p50 {s50:.0} us p99 {s99:.0} us"
@@ -392,8 +405,11 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
         Better::Lower,
     ));
     let mut g = Group::start(Keys::Sim, 1, 0).unwrap_or_else(|e| fail("a group", e));
-    let ((g50, g99), (t50, t99), fell) =
-        latency(&mut g, count).unwrap_or_else(|e| fail("latency (sim keys)", e));
+    let Latencies {
+        fast: (g50, g99),
+        slow: (t50, t99),
+        fell_back: fell,
+    } = latency(&mut g, count).unwrap_or_else(|e| fail("latency (sim keys)", e));
     drop(g);
     eprintln!(
         "pbft: the same with the insecure simulation keys: fast p50 {g50:.0} us p99 {g99:.0} us ({fell} fell back); slow p50 {t50:.0} us p99 {t99:.0} us"
