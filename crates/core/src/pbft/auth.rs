@@ -69,7 +69,11 @@ impl Ed25519Keys {
 
     /// Keys for the principal whose secret is `seed`, knowing the replicas' public keys
     /// (index = replica id) and those of the clients to serve (`(client id, public key)`).
-    pub fn new(seed: &[u8; 32], replicas: &[[u8; 32]], clients: &[(u64, [u8; 32])]) -> Result<Self> {
+    pub fn new(
+        seed: &[u8; 32],
+        replicas: &[[u8; 32]],
+        clients: &[(u64, [u8; 32])],
+    ) -> Result<Self> {
         let replicas = replicas
             .iter()
             .map(verifying_key)
@@ -170,12 +174,24 @@ mod tests {
         let c = Ed25519Keys::new(&client_seed, &pubs, &[]).unwrap();
         let sig = k0.sign(b"vote");
         assert!(k1.verify(Principal::Replica(0), b"vote", &sig));
-        assert!(!k1.verify(Principal::Replica(2), b"vote", &sig), "wrong signer");
-        assert!(!k1.verify(Principal::Replica(0), b"vote!", &sig), "other data");
-        assert!(!k1.verify(Principal::Replica(9), b"vote", &sig), "unknown replica");
+        assert!(
+            !k1.verify(Principal::Replica(2), b"vote", &sig),
+            "wrong signer"
+        );
+        assert!(
+            !k1.verify(Principal::Replica(0), b"vote!", &sig),
+            "other data"
+        );
+        assert!(
+            !k1.verify(Principal::Replica(9), b"vote", &sig),
+            "unknown replica"
+        );
         let csig = c.sign(b"op");
         assert!(k0.verify(Principal::Client(7), b"op", &csig));
-        assert!(!k0.verify(Principal::Client(8), b"op", &csig), "unknown client");
+        assert!(
+            !k0.verify(Principal::Client(8), b"op", &csig),
+            "unknown client"
+        );
         let mut bad = sig;
         bad[3] ^= 1;
         assert!(!k1.verify(Principal::Replica(0), b"vote", &bad));

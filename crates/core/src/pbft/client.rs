@@ -57,7 +57,7 @@ pub struct Completion {
     pub path: Path,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Outstanding {
     timestamp: u64,
     payload: Vec<u8>,
@@ -69,6 +69,7 @@ struct Outstanding {
 }
 
 /// A PBFT client with one request outstanding at a time: a state machine without I/O.
+#[derive(Clone)]
 pub struct Client<K: Authenticator> {
     cfg: ClientConfig,
     lim: Limits,
@@ -216,7 +217,9 @@ impl<K: Authenticator> Client<K> {
             _ => return Err(Error::corrupt("pbft: a client expects replies only")),
         };
         if from != Principal::Replica(reply.replica) {
-            return Err(Error::invalid("pbft: the sender is not the replica that signed"));
+            return Err(Error::invalid(
+                "pbft: the sender is not the replica that signed",
+            ));
         }
         if !reply.verify(&self.keys) {
             return Err(Error::invalid("pbft: bad signature on a reply"));
@@ -261,5 +264,18 @@ impl<K: Authenticator> Client<K> {
             result: reply.result,
             path,
         }))
+    }
+
+    /// A deterministic description of the client's state (for the model checker).
+    #[cfg(test)]
+    pub(crate) fn fingerprint(&self) -> String {
+        format!(
+            "{} {} {:?}",
+            self.view,
+            self.timestamp,
+            self.outstanding
+                .as_ref()
+                .map(|o| (&o.tentative, &o.committed))
+        )
     }
 }

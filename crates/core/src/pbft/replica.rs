@@ -46,6 +46,7 @@ struct Tentative {
 
 /// A PBFT replica: a state machine without I/O, stepped by [`Replica::handle`] and
 /// [`Replica::tick`], over an application `A` and an authenticator `K`.
+#[derive(Clone)]
 pub struct Replica<A: App, K: Authenticator> {
     cfg: Config,
     lim: Limits,
@@ -264,7 +265,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         }
         if let Some(t) = self.vc_resend {
             if self.changing && self.now >= t {
-                if let Some(vc) = self.view_changes.get(&self.view).and_then(|m| m.get(&self.id)) {
+                if let Some(vc) = self
+                    .view_changes
+                    .get(&self.view)
+                    .and_then(|m| m.get(&self.id))
+                {
                     out.push(Outgoing {
                         to: Dest::AllReplicas,
                         payload: vc.encode(),
@@ -512,10 +517,20 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 return;
             }
             let mut batch = Vec::new();
+            // A pre-prepare must fit in a message: at most half of one in requests (a request
+            // alone always fits: Config::validate).
+            let budget = self.cfg.max_message_bytes / 2;
+            let mut bytes = 0;
             while batch.len() < self.cfg.batch_max {
-                let Some(r) = self.pending.pop_front() else {
+                let Some(r) = self.pending.front() else {
                     break;
                 };
+                let size = r.op.len() + 100;
+                if !batch.is_empty() && bytes + size > budget {
+                    break;
+                }
+                bytes += size;
+                let r = self.pending.pop_front().unwrap();
                 let key = (r.client, r.timestamp);
                 self.pending_keys.remove(&key);
                 let done = self
@@ -526,11 +541,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                     batch.push(r);
                 }
             }
-            self.batch_since = if self.pending.is_empty() {
-                None
-            } else {
-                Some(self.now)
-            };
+            // What is left arrived before the batch was cut: its window is as old.
+            if self.pending.is_empty() {
+                self.batch_since = None;
+            }
             if batch.is_empty() {
                 continue;
             }
@@ -861,13 +875,30 @@ impl<A: App, K: Authenticator> Replica<A, K> {
     }
 
     fn on_checkpoint(&mut self, c: Checkpoint, out: &mut Vec<Outgoing>) {
-        if c.seq <= self.low {
+        if c.seq <= self.low || c.seq % self.cfg.checkpoint_interval != 0 {
             self.stats.stale += 1;
             return;
         }
-        let (seq, digest) = (c.seq, c.digest);
-        let set = self.checkpoints.entry(seq).or_default();
-        set.insert(c.replica, c);
+        let (seq, digest, replica) = (c.seq, c.digest, c.replica);
+        self.checkpoints.entry(seq).or_default().insert(replica, c);
+        // At most L/K + 1 checkpoints per replica (its latest): bounded memory whatever a
+        // Byzantine replica sends, and a replica far behind still sees the latest ones.
+        let per_replica = (self.cfg.log_window / self.cfg.checkpoint_interval) as usize + 1;
+        let mine: Vec<u64> = self
+            .checkpoints
+            .iter()
+            .filter(|(_, set)| set.contains_key(&replica))
+            .map(|(&s, _)| s)
+            .collect();
+        for old in &mine[..mine.len().saturating_sub(per_replica)] {
+            if let Some(set) = self.checkpoints.get_mut(old) {
+                set.remove(&replica);
+            }
+        }
+        self.checkpoints.retain(|_, set| !set.is_empty());
+        let Some(set) = self.checkpoints.get(&seq) else {
+            return;
+        };
         let proof: Vec<Checkpoint> = set
             .values()
             .filter(|c| c.digest == digest)
@@ -878,7 +909,13 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         }
     }
 
-    fn make_stable(&mut self, seq: u64, digest: Digest, proof: Vec<Checkpoint>, out: &mut Vec<Outgoing>) {
+    fn make_stable(
+        &mut self,
+        seq: u64,
+        digest: Digest,
+        proof: Vec<Checkpoint>,
+        out: &mut Vec<Outgoing>,
+    ) {
         if seq <= self.low {
             return;
         }
@@ -926,7 +963,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             return Ok(());
         }
         if sha256(&s.state) != digest {
-            return Err(forged("pbft: a state that does not match the stable checkpoint"));
+            return Err(forged(
+                "pbft: a state that does not match the stable checkpoint",
+            ));
         }
         self.install_state(&s.state)?;
         self.tentative = None;
@@ -975,7 +1014,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             payload: vc.encode(),
         });
         self.view_changes.retain(|&v, _| v >= view);
-        self.view_changes.entry(view).or_default().insert(self.id, vc);
+        self.view_changes
+            .entry(view)
+            .or_default()
+            .insert(self.id, vc);
         self.vc_timeout = self.vc_timeout.saturating_mul(2);
         // The timer for the next view starts only with 2f + 1 view changes for this one, so
         // a replica that lost a new view does not race ahead alone (Castro-Liskov 4.5.2).
@@ -1075,6 +1117,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             return Err(forged("pbft: an invalid view change"));
         }
         let view = vc.new_view;
+        // One view change per replica (its latest): bounded memory whatever it sends.
+        for set in self.view_changes.values_mut() {
+            set.remove(&vc.replica);
+        }
+        self.view_changes.retain(|_, set| !set.is_empty());
         self.view_changes
             .entry(view)
             .or_default()
@@ -1120,7 +1167,12 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         }
         let max_s = chosen.keys().next_back().copied().unwrap_or(min_s);
         let batches = (min_s + 1..=max_s)
-            .map(|s| (s, chosen.get(&s).map(|p| p.batch.clone()).unwrap_or_default()))
+            .map(|s| {
+                (
+                    s,
+                    chosen.get(&s).map(|p| p.batch.clone()).unwrap_or_default(),
+                )
+            })
             .collect();
         (min_s, best.stable_digest, best.proof.clone(), batches)
     }
@@ -1184,7 +1236,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
 
     fn on_new_view(&mut self, nv: NewView, out: &mut Vec<Outgoing>) -> Result<()> {
         if nv.replica != self.primary(nv.view) {
-            return Err(forged("pbft: a new view from a replica that is not its primary"));
+            return Err(forged(
+                "pbft: a new view from a replica that is not its primary",
+            ));
         }
         if !self
             .keys
@@ -1329,11 +1383,19 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 s,
                 "[{seq} {:?} p{:?} c{:?} {}{} {:?}]",
                 slot.pre_prepare.as_ref().map(|p| p.digest[0]),
-                slot.prepares.iter().map(|(r, v)| (*r, v.digest[0])).collect::<Vec<_>>(),
-                slot.commits.iter().map(|(r, v)| (*r, v.digest[0])).collect::<Vec<_>>(),
+                slot.prepares
+                    .iter()
+                    .map(|(r, v)| (*r, v.digest[0]))
+                    .collect::<Vec<_>>(),
+                slot.commits
+                    .iter()
+                    .map(|(r, v)| (*r, v.digest[0]))
+                    .collect::<Vec<_>>(),
                 slot.prepared,
                 slot.committed,
-                slot.cert.as_ref().map(|c| (c.pre_prepare.view, c.pre_prepare.digest[0]))
+                slot.cert
+                    .as_ref()
+                    .map(|c| (c.pre_prepare.view, c.pre_prepare.digest[0]))
             );
         }
         let _ = write!(
@@ -1350,7 +1412,12 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 .map(|(v, m)| (*v, m.keys().copied().collect::<Vec<_>>()))
                 .collect::<Vec<_>>(),
         );
-        s.extend(self.app.snapshot().iter().map(|b| char::from(b'a' + b % 26)));
+        s.extend(
+            self.app
+                .snapshot()
+                .iter()
+                .map(|b| char::from(b'a' + b % 26)),
+        );
         s
     }
 }

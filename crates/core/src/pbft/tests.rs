@@ -334,8 +334,7 @@ impl<K: Authenticator> Sim<K> {
             if self.now % 20_000 == 0 {
                 self.check_agreement();
             }
-            if self.to_issue.iter().all(|&k| k == 0) && self.clients.iter().all(|c| !c.is_busy())
-            {
+            if self.to_issue.iter().all(|&k| k == 0) && self.clients.iter().all(|c| !c.is_busy()) {
                 return true;
             }
         }
@@ -394,15 +393,29 @@ impl<K: Authenticator> Sim<K> {
         let committed = self.committed(best);
         for (c, op) in committed {
             let text = String::from_utf8(op.clone()).unwrap();
-            assert!(text.starts_with(&format!("c{c}-op")), "not a client's: {text}");
+            assert!(
+                text.starts_with(&format!("c{c}-op")),
+                "not a client's: {text}"
+            );
         }
         let mut seen = BTreeSet::new();
         for (c, done) in &self.completions {
             assert!(seen.insert((*c, done.timestamp)), "completed twice");
             let pos = done.result[..8].try_into().map(u64::from_le_bytes).unwrap() as usize;
-            assert!(pos >= 1 && pos <= committed.len(), "completed but not committed");
-            assert_eq!(committed[pos - 1].0, *c, "result of another client's operation");
-            assert_eq!(app.results[pos - 1], done.result, "a wrong result was accepted");
+            assert!(
+                pos >= 1 && pos <= committed.len(),
+                "completed but not committed"
+            );
+            assert_eq!(
+                committed[pos - 1].0,
+                *c,
+                "result of another client's operation"
+            );
+            assert_eq!(
+                app.results[pos - 1],
+                done.result,
+                "a wrong result was accepted"
+            );
         }
     }
 }
@@ -553,7 +566,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
     // A vote claiming to be replica 3's but signed by 1.
     let mut lie = v.clone();
     lie.replica = 3;
-    sim.deliver(Principal::Replica(3), Principal::Replica(2), &lie.encode(false));
+    sim.deliver(
+        Principal::Replica(3),
+        Principal::Replica(2),
+        &lie.encode(false),
+    );
     assert_eq!(sim.replicas[2].stats().forged, 2);
     // A flipped signature bit.
     let mut bad = good.clone();
@@ -567,7 +584,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
         ..v.clone()
     };
     pv.sign(&ed_keys(Principal::Replica(0), 4, 1), false);
-    sim.deliver(Principal::Replica(0), Principal::Replica(2), &pv.encode(false));
+    sim.deliver(
+        Principal::Replica(0),
+        Principal::Replica(2),
+        &pv.encode(false),
+    );
     assert_eq!(sim.replicas[2].stats().forged, 4);
     // A request signed by a client the replicas do not know.
     let stranger = ed_keys(Principal::Client(999), 4, 1);
@@ -596,7 +617,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
     };
     old.sign(&keys_c);
     for i in 0..4 {
-        sim.deliver(Principal::Client(CLIENT0), Principal::Replica(i), &old.encode());
+        sim.deliver(
+            Principal::Client(CLIENT0),
+            Principal::Replica(i),
+            &old.encode(),
+        );
     }
     sim.run_for(20_000);
     let after: Vec<LogApp> = sim.replicas.iter().map(|r| r.app().clone()).collect();
@@ -611,7 +636,11 @@ fn forged_replayed_garbage_and_oversized_messages_are_refused() {
         sig: [0; 64],
     };
     huge.sign(&keys_c);
-    sim.deliver(Principal::Client(CLIENT0), Principal::Replica(2), &huge.encode());
+    sim.deliver(
+        Principal::Client(CLIENT0),
+        Principal::Replica(2),
+        &huge.encode(),
+    );
     assert_eq!(sim.replicas[2].stats().oversized, 1);
     assert!(sim.errors[&ErrorKind::InvalidArgument] >= 5);
     sim.check_completions();
@@ -626,7 +655,9 @@ fn random_bytes_never_panic_a_replica_or_client() {
     let samples: Vec<Vec<u8>> = sim.msgs.values().map(|m| m.2.clone()).collect();
     for k in 0..3_000 {
         let mut b = if samples.is_empty() || k % 3 == 0 {
-            (0..rng.range(0, 300)).map(|_| rng.next() as u8).collect::<Vec<_>>()
+            (0..rng.range(0, 300))
+                .map(|_| rng.next() as u8)
+                .collect::<Vec<_>>()
         } else {
             samples[k % samples.len()].clone()
         };
@@ -672,7 +703,11 @@ fn a_lagging_replica_catches_up_by_state_transfer() {
     sim.check_completions();
     let r3 = &sim.replicas[3];
     assert!(r3.stats().state_transfers >= 1);
-    assert!(r3.last_executed() >= 24, "replica 3 at {}", r3.last_executed());
+    assert!(
+        r3.last_executed() >= 24,
+        "replica 3 at {}",
+        r3.last_executed()
+    );
     assert_eq!(
         r3.app().ops[..],
         sim.replicas[0].app().ops[..r3.app().ops.len()]
@@ -710,8 +745,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         sig: [0; 64],
     };
     pp.sign(&keys(0));
-    r2.handle(Principal::Replica(0), &Message::PrePrepare(pp.clone()).encode(), 0, &mut out)
-        .unwrap();
+    r2.handle(
+        Principal::Replica(0),
+        &Message::PrePrepare(pp.clone()).encode(),
+        0,
+        &mut out,
+    )
+    .unwrap();
     let prepare = |i: u32| {
         let mut v = Vote {
             view: 0,
@@ -723,8 +763,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         v.sign(&keys(i), false);
         v.encode(false)
     };
-    r2.handle(Principal::Replica(1), &prepare(1), 0, &mut out).unwrap();
-    assert_eq!(r2.tentative_seq(), Some(1), "prepared: executed tentatively");
+    r2.handle(Principal::Replica(1), &prepare(1), 0, &mut out)
+        .unwrap();
+    assert_eq!(
+        r2.tentative_seq(),
+        Some(1),
+        "prepared: executed tentatively"
+    );
     assert_eq!(r2.app().ops.len(), 1);
     let tentative_replies = out
         .iter()
@@ -762,8 +807,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         sig: [0; 64],
     };
     nv.sign(&keys(1));
-    r2.handle(Principal::Replica(1), &Message::NewView(nv).encode(), 20, &mut out)
-        .unwrap();
+    r2.handle(
+        Principal::Replica(1),
+        &Message::NewView(nv).encode(),
+        20,
+        &mut out,
+    )
+    .unwrap();
     assert_eq!(r2.view(), 1);
     assert!(!r2.in_view_change());
     let mut pp_b = PrePrepare {
@@ -775,8 +825,13 @@ fn a_tentative_execution_the_view_change_drops_is_rolled_back() {
         sig: [0; 64],
     };
     pp_b.sign(&keys(1));
-    r2.handle(Principal::Replica(1), &Message::PrePrepare(pp_b.clone()).encode(), 30, &mut out)
-        .unwrap();
+    r2.handle(
+        Principal::Replica(1),
+        &Message::PrePrepare(pp_b.clone()).encode(),
+        30,
+        &mut out,
+    )
+    .unwrap();
     for i in [0u32, 3] {
         let mut v = Vote {
             view: 1,
@@ -814,7 +869,12 @@ fn many_seeds_with_faults() {
         sim.drop_pct = seed % 6;
         sim.dup_pct = 5;
         sim.delay = (100, 3_000);
-        let byz = [None, Some(Byz::Silent), Some(Byz::Equivocate), Some(Byz::WrongResults)];
+        let byz = [
+            None,
+            Some(Byz::Silent),
+            Some(Byz::Equivocate),
+            Some(Byz::WrongResults),
+        ];
         if let Some(b) = byz[(seed % 4) as usize] {
             sim.byz.insert((seed / 4 % 4) as u32, b);
         }
@@ -824,7 +884,13 @@ fn many_seeds_with_faults() {
         sim.run_for(300_000);
         if !done {
             for r in &sim.replicas {
-                eprintln!("{} dl{:?} {:?}\n   {}", r.id(), r.next_deadline_us(), r.stats(), r.fingerprint());
+                eprintln!(
+                    "{} dl{:?} {:?}\n   {}",
+                    r.id(),
+                    r.next_deadline_us(),
+                    r.stats(),
+                    r.fingerprint()
+                );
             }
         }
         sim.check_completions();
@@ -833,7 +899,166 @@ fn many_seeds_with_faults() {
             "seed {seed}: {} of 18 completed by {} us; views {:?}",
             sim.completions.len(),
             sim.now,
-            sim.replicas.iter().map(|r| (r.view(), r.in_view_change())).collect::<Vec<_>>()
+            sim.replicas
+                .iter()
+                .map(|r| (r.view(), r.in_view_change()))
+                .collect::<Vec<_>>()
         );
     }
+}
+
+#[test]
+fn batches_are_cut_to_fit_a_message() {
+    let mut cfg = small_cfg();
+    cfg.max_message_bytes = 4_096;
+    cfg.max_op_bytes = 1_000;
+    cfg.batch_max = 16;
+    cfg.batch_window_us = 1_000;
+    let keys = |p| SimKeys::new(p, 7);
+    let mut primary = Replica::new(
+        cfg.clone(),
+        0,
+        keys(Principal::Replica(0)),
+        LogApp::default(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for c in 0..6u64 {
+        let mut r = wire::Request {
+            client: CLIENT0 + c,
+            timestamp: 1,
+            op: vec![c as u8; 900],
+            sig: [0; 64],
+        };
+        r.sign(&keys(Principal::Client(CLIENT0 + c)));
+        primary
+            .handle(Principal::Client(CLIENT0 + c), &r.encode(), 0, &mut out)
+            .unwrap();
+    }
+    assert!(out.is_empty(), "waiting for the batch window");
+    primary.tick(1_000, &mut out);
+    let lim = cfg.limits();
+    let sizes: Vec<usize> = out
+        .iter()
+        .filter_map(|o| match Message::decode(&o.payload, &lim) {
+            Ok(Message::PrePrepare(p)) => Some(p.batch.len()),
+            _ => None,
+        })
+        .collect();
+    assert!(sizes.len() >= 3, "{sizes:?}");
+    assert_eq!(sizes.iter().sum::<usize>(), 6);
+    assert!(out.iter().all(|o| o.payload.len() <= cfg.max_message_bytes));
+}
+
+/// A new primary cannot drop a prepared request: a new view must follow from the view
+/// changes it carries; and a view change cannot carry a certificate without 2f prepares.
+#[test]
+fn forged_view_changes_and_new_views_are_refused() {
+    let cfg = small_cfg();
+    let keys = |i: u32| SimKeys::new(Principal::Replica(i), 7);
+    let ck = SimKeys::new(Principal::Client(CLIENT0), 7);
+    let mut r2 = Replica::new(cfg.clone(), 2, keys(2), LogApp::default()).unwrap();
+    let mut out = Vec::new();
+    let mut a = wire::Request {
+        client: CLIENT0,
+        timestamp: 1,
+        op: b"A".to_vec(),
+        sig: [0; 64],
+    };
+    a.sign(&ck);
+    let mut pp = PrePrepare {
+        view: 0,
+        seq: 1,
+        digest: wire::batch_digest(std::slice::from_ref(&a)),
+        batch: vec![a],
+        replica: 0,
+        sig: [0; 64],
+    };
+    pp.sign(&keys(0));
+    let prepare = |i: u32| {
+        let mut v = Vote {
+            view: 0,
+            seq: 1,
+            digest: pp.digest,
+            replica: i,
+            sig: [0; 64],
+        };
+        v.sign(&keys(i), false);
+        v
+    };
+    let vc = |i: u32, prepared: Vec<wire::PreparedCert>| {
+        let mut vc = wire::ViewChange {
+            new_view: 1,
+            stable_seq: 0,
+            stable_digest: [0; 32],
+            proof: vec![],
+            prepared,
+            replica: i,
+            sig: [0; 64],
+        };
+        vc.sign(&keys(i));
+        vc
+    };
+    let cert = wire::PreparedCert {
+        pre_prepare: pp.clone(),
+        prepares: vec![prepare(2), prepare(3)],
+    };
+    // A view change whose certificate has one prepare only.
+    let thin = vc(
+        3,
+        vec![wire::PreparedCert {
+            pre_prepare: pp.clone(),
+            prepares: vec![prepare(3)],
+        }],
+    );
+    let e = r2
+        .handle(Principal::Replica(3), &thin.encode(), 0, &mut out)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // A new view carrying replica 3's certificate for A but re-issuing a null batch at 1.
+    let null = {
+        let mut p = PrePrepare {
+            view: 1,
+            seq: 1,
+            digest: wire::batch_digest(&[]),
+            batch: vec![],
+            replica: 1,
+            sig: [0; 64],
+        };
+        p.sign(&keys(1));
+        p
+    };
+    let new_view = |pre_prepares: Vec<PrePrepare>| {
+        let mut nv = wire::NewView {
+            view: 1,
+            view_changes: vec![vc(0, vec![]), vc(1, vec![]), vc(3, vec![cert.clone()])],
+            pre_prepares,
+            replica: 1,
+            sig: [0; 64],
+        };
+        nv.sign(&keys(1));
+        Message::NewView(nv).encode()
+    };
+    let e = r2
+        .handle(Principal::Replica(1), &new_view(vec![null]), 0, &mut out)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert_eq!(r2.view(), 0, "the forged new view was not installed");
+    assert_eq!(r2.stats().forged, 2);
+    // The honest new view re-issues A at 1.
+    let mut again = PrePrepare {
+        view: 1,
+        replica: 1,
+        ..pp.clone()
+    };
+    again.sign(&keys(1));
+    r2.handle(Principal::Replica(1), &new_view(vec![again]), 0, &mut out)
+        .unwrap();
+    assert_eq!(r2.view(), 1);
+    assert!(!r2.in_view_change());
+    // ... from the primary of view 1 only.
+    let e = r2
+        .handle(Principal::Replica(0), &new_view(vec![]), 0, &mut out)
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
 }

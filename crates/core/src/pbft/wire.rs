@@ -385,7 +385,9 @@ impl PrePrepare {
         }
         let replica = replica_id(r, lim)?;
         if batch_digest(&batch) != digest {
-            return Err(Error::corrupt("pbft: pre-prepare digest does not match its batch"));
+            return Err(Error::corrupt(
+                "pbft: pre-prepare digest does not match its batch",
+            ));
         }
         Ok(PrePrepare {
             view,
@@ -454,7 +456,11 @@ impl Vote {
         self.sig = keys.sign(&self.body(commit));
     }
     pub fn verify(&self, keys: &impl Authenticator, commit: bool) -> bool {
-        keys.verify(Principal::Replica(self.replica), &self.body(commit), &self.sig)
+        keys.verify(
+            Principal::Replica(self.replica),
+            &self.body(commit),
+            &self.sig,
+        )
     }
 }
 
