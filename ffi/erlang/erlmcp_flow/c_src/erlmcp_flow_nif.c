@@ -50,6 +50,7 @@
  *   pool.c     pool managers (when to start and stop agents)
  *   raft.c     local Raft clusters (node processes over rings; submit, wait, KV, reads,
  *              leadership transfer, membership changes, leader kill)
+ *   pbft.c     local PBFT groups (replica threads over rings; agreement, fast path)
  *
  * util.c is the helper layer every NIF is written with (declared in erlmcp_flow_nif.h):
  * handle arguments (HANDLE_USE_OR_RETURN / HANDLE_ARG_OR_RETURN, handle_leave_with), argument
@@ -70,6 +71,7 @@
 #include "sched.c"
 #include "pool.c"
 #include "raft.c"
+#include "pbft.c"
 
 /* load() return value on an ABI mismatch: the mismatch flag, then the library's and the
  * header's ABI versions in 15 bits each, so that the Erlang side can decode them from the
@@ -83,7 +85,8 @@
 static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {
     &message_kind, &ring_kind,  &producer_kind,    &consumer_kind, &delivery_kind, &router_kind,
     &batch_kind,   &store_kind, &state_value_kind, &queue_kind,    &cache_kind,    &buf_kind,
-    &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind,     &raft_node_kind, &raft_client_kind};
+    &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind,     &raft_node_kind, &raft_client_kind,
+    &pbft_kind};
 
 /* Opens this load's resource types under names no other load uses: the prefix and an
  * integer unique in the running VM. */
@@ -359,6 +362,11 @@ static ErlNifFunc nif_funcs[] = {
     {"raft_client_connect", 3, nif_raft_client_connect, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_client_submit", 2, nif_raft_client_submit, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"raft_client_close", 1, nif_raft_client_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_group_start", 2, nif_pbft_group_start, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_group_close", 1, nif_pbft_group_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_execute", 2, nif_pbft_execute, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_stop_replica", 2, nif_pbft_stop_replica, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_view", 1, nif_pbft_view, 0},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

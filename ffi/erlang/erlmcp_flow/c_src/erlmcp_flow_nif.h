@@ -70,7 +70,10 @@
     X(bin) X(tick_ms) X(election_tick) X(start_timeout_ms) X(timeout_ms) X(attempt_timeout_ms) \
     /* In-process Raft nodes: option keys, requests, info keys. */                             \
     X(ring_dir) X(data_dir) X(heartbeat_tick) X(snapshot_entries) X(apply) X(snapshot)         \
-    X(restore) X(query) X(leader) X(term) X(commit) X(applied) X(running)
+    X(restore) X(query) X(leader) X(term) X(commit) X(applied) X(running)                    \
+    /* PBFT groups: option keys and paths. */                                                  \
+    X(n) X(ed25519) X(accept_tentative) X(batch_window_us) X(view_change_timeout_ms)           \
+    X(retransmit_ms) X(fast) X(slow)
 
 #define EMF_NIF_DECLARE_ATOM(name) static ERL_NIF_TERM atom_##name;
 EMF_NIF_ATOMS(EMF_NIF_DECLARE_ATOM)
@@ -146,7 +149,8 @@ typedef struct emf_nif_handle_kind {
 #define EMF_NIF_KIND_RAFT 15
 #define EMF_NIF_KIND_RAFT_NODE 16
 #define EMF_NIF_KIND_RAFT_CLIENT 17
-#define EMF_NIF_KIND_COUNT 18
+#define EMF_NIF_KIND_PBFT 18
+#define EMF_NIF_KIND_COUNT 19
 
 struct emf_nif_delivery;
 struct emf_nif_shared;
