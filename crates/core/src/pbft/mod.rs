@@ -38,6 +38,65 @@
 //!   one with a timestamp not above the client's last executed one is skipped, and a
 //!   retransmitted request already executed is answered from the per-client reply cache.
 //!
+//! # Example
+//!
+//! Four replicas and a client in one thread, messages delivered in the order sent (a host delivers
+//! them over a transport and calls `tick` at `next_deadline_us`):
+//!
+//! ```
+//! use erlmcp_flow::pbft::{App, Client, ClientConfig, Config, Dest, Outgoing, Path, Principal,
+//!                         Replica, SimKeys};
+//!
+//! #[derive(Default)]
+//! struct Counter(u64);
+//! impl App for Counter {
+//!     fn execute(&mut self, _client: u64, op: &[u8]) -> Vec<u8> {
+//!         self.0 += op.len() as u64;
+//!         self.0.to_le_bytes().to_vec()
+//!     }
+//!     fn snapshot(&self) -> Vec<u8> { self.0.to_le_bytes().to_vec() }
+//!     fn restore(&mut self, s: &[u8]) -> erlmcp_flow::Result<()> {
+//!         self.0 = u64::from_le_bytes(s.try_into().map_err(|_| erlmcp_flow::Error::corrupt("len"))?);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! // SimKeys: deterministic and not secure; Ed25519Keys in production.
+//! let keys = |p| SimKeys::new(p, 1);
+//! let mut replicas: Vec<_> = (0..4)
+//!     .map(|i| Replica::new(Config::new(4), i, keys(Principal::Replica(i)), Counter::default()).unwrap())
+//!     .collect();
+//! let mut client = Client::new(ClientConfig::new(4), 9, keys(Principal::Client(9)), 0).unwrap();
+//! let mut queue: std::collections::VecDeque<(Principal, Outgoing)> = Default::default();
+//! let mut out = Vec::new();
+//! client.request(b"abc", 0, &mut out).unwrap();
+//! queue.extend(out.drain(..).map(|o| (Principal::Client(9), o)));
+//! let mut done = None;
+//! while let Some((from, o)) = queue.pop_front() {
+//!     let to: Vec<Principal> = match o.to {
+//!         Dest::Replica(i) => vec![Principal::Replica(i)],
+//!         Dest::Client(c) => vec![Principal::Client(c)],
+//!         Dest::AllReplicas => (0..4).map(Principal::Replica).filter(|&p| p != from).collect(),
+//!     };
+//!     for p in to {
+//!         match p {
+//!             Principal::Replica(i) => {
+//!                 replicas[i as usize].handle(from, &o.payload, 0, &mut out).unwrap();
+//!                 queue.extend(out.drain(..).map(|o| (p, o)));
+//!             }
+//!             Principal::Client(_) => {
+//!                 if let Some(c) = client.handle(from, &o.payload, 0).unwrap() {
+//!                     done = Some(c);
+//!                 }
+//!             }
+//!         }
+//!     }
+//! }
+//! let done = done.unwrap();
+//! assert_eq!(done.result, 3u64.to_le_bytes());
+//! assert_eq!(done.path, Path::Fast); // 2f + 1 = 3 matching tentative replies
+//! ```
+//!
 //! # The fast path: tentative execution, and why it is safe
 //!
 //! Implemented rule (Castro–Liskov's tentative execution, not a "pre-prepare quorum"): a

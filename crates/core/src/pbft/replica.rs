@@ -88,8 +88,9 @@ pub struct Replica<A: App, K: Authenticator> {
     /// replica still asking for the view).
     new_view_msg: Option<Vec<u8>>,
     view_changes: BTreeMap<u64, BTreeMap<u32, ViewChange>>,
-    /// The stable checkpoint being fetched: (seq, digest).
+    /// The stable checkpoint being fetched: (seq, digest), and when to ask again.
     fetching: Option<(u64, Digest)>,
+    fetch_again: u64,
     stats: Stats,
     now: u64,
 }
@@ -139,6 +140,7 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             new_view_msg: None,
             view_changes: BTreeMap::new(),
             fetching: None,
+            fetch_again: 0,
             stats: Stats::default(),
             now: 0,
         };
@@ -215,7 +217,8 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         } else {
             None
         };
-        [self.vc_deadline, batch, self.vc_resend]
+        let fetch = self.fetching.map(|_| self.fetch_again);
+        [self.vc_deadline, batch, self.vc_resend, fetch]
             .into_iter()
             .flatten()
             .min()
@@ -260,7 +263,12 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         self.now = self.now.max(now_us);
         if let Some(d) = self.vc_deadline {
             if self.now >= d {
-                self.start_view_change(self.view + 1, out);
+                if self.changing || !self.waiting.is_empty() {
+                    self.start_view_change(self.view + 1, out);
+                } else {
+                    // What we waited for was settled (e.g. by a state transfer).
+                    self.vc_deadline = None;
+                }
             }
         }
         if let Some(t) = self.vc_resend {
@@ -277,6 +285,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 }
                 self.vc_resend = Some(self.now + self.cfg.view_change_timeout_us);
             }
+        }
+        if self.fetching.is_some() && self.now >= self.fetch_again {
+            self.send_fetch(out);
         }
         if self.is_primary() && !self.changing {
             self.maybe_order(out);
@@ -932,25 +943,35 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             // Lagging: what we missed is gone from the log; fetch the state.
             self.rollback();
             self.fetching = Some((seq, digest));
-            let mut f = Fetch {
-                seq,
-                replica: self.id,
-                sig: [0; 64],
-            };
-            f.sign(&self.keys);
-            let payload = Message::Fetch(f).encode();
-            for c in &self.stable_proof {
-                if c.replica != self.id {
-                    out.push(Outgoing {
-                        to: Dest::Replica(c.replica),
-                        payload: payload.clone(),
-                    });
-                }
-            }
+            self.send_fetch(out);
         }
         if self.is_primary() && !self.changing {
             self.maybe_order(out);
         }
+    }
+
+    /// Asks the replicas that vouched for the stable checkpoint for its state (again after a
+    /// view-change timeout, answers may be lost).
+    fn send_fetch(&mut self, out: &mut Vec<Outgoing>) {
+        let Some((seq, _)) = self.fetching else {
+            return;
+        };
+        let mut f = Fetch {
+            seq,
+            replica: self.id,
+            sig: [0; 64],
+        };
+        f.sign(&self.keys);
+        let payload = Message::Fetch(f).encode();
+        for c in &self.stable_proof {
+            if c.replica != self.id {
+                out.push(Outgoing {
+                    to: Dest::Replica(c.replica),
+                    payload: payload.clone(),
+                });
+            }
+        }
+        self.fetch_again = self.now + self.cfg.view_change_timeout_us;
     }
 
     fn on_state(&mut self, s: StateMsg, out: &mut Vec<Outgoing>) -> Result<()> {

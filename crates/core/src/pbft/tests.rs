@@ -133,6 +133,8 @@ pub(crate) struct Sim<K: Authenticator> {
     pub byz: BTreeMap<u32, Byz>,
     /// Replicas cut off from everybody (no Byzantine behaviour: a partition).
     pub partitioned: BTreeSet<u32>,
+    /// Drop state-transfer answers.
+    pub drop_states: bool,
     /// Requests each client still has to issue.
     pub to_issue: Vec<u32>,
     issued: Vec<u32>,
@@ -184,6 +186,7 @@ impl<K: Authenticator> Sim<K> {
             delay: (100, 1_000),
             byz: BTreeMap::new(),
             partitioned: BTreeSet::new(),
+            drop_states: false,
             to_issue: Vec::new(),
             issued: Vec::new(),
             completions: Vec::new(),
@@ -202,6 +205,14 @@ impl<K: Authenticator> Sim<K> {
 
     fn push(&mut self, from: Principal, to: Principal, bytes: Vec<u8>) {
         if self.cut(from) || self.cut(to) || self.rng.pct(self.drop_pct) {
+            return;
+        }
+        if self.drop_states
+            && matches!(
+                Message::decode(&bytes, &self.replicas[0].config_limits()),
+                Ok(Message::State(_))
+            )
+        {
             return;
         }
         let copies = if self.rng.pct(self.dup_pct) { 2 } else { 1 };
@@ -691,27 +702,55 @@ fn checkpoints_advance_and_the_log_is_collected() {
 
 #[test]
 fn a_lagging_replica_catches_up_by_state_transfer() {
-    let mut sim = sim_sim(small_cfg(), 1, 10);
+    for seed in 10..16 {
+        let mut sim = sim_sim(small_cfg(), 1, seed);
+        sim.partitioned.insert(3);
+        sim.to_issue = vec![20];
+        assert!(sim.run(5_000_000));
+        assert_eq!(sim.replicas[3].last_executed(), 0);
+        sim.partitioned.clear();
+        // Lossy: fetches and state answers are lost too, and the fetch is repeated.
+        sim.drop_pct = 5 * (seed - 10);
+        sim.to_issue = vec![10];
+        assert!(sim.run(30_000_000), "seed {seed}");
+        sim.drop_pct = 0;
+        sim.run_for(200_000);
+        sim.check_completions();
+        let r3 = &sim.replicas[3];
+        assert!(r3.stats().state_transfers >= 1, "seed {seed}");
+        assert!(
+            r3.last_executed() >= 24,
+            "seed {seed}: replica 3 at {}",
+            r3.last_executed()
+        );
+        assert_eq!(
+            r3.app().ops[..],
+            sim.replicas[0].app().ops[..r3.app().ops.len()]
+        );
+    }
+}
+
+#[test]
+fn a_lost_state_transfer_is_asked_again() {
+    let mut sim = sim_sim(small_cfg(), 1, 11);
     sim.partitioned.insert(3);
-    sim.to_issue = vec![20];
+    sim.to_issue = vec![8];
     assert!(sim.run(5_000_000));
-    assert_eq!(sim.replicas[3].last_executed(), 0);
     sim.partitioned.clear();
-    sim.to_issue = vec![10];
-    assert!(sim.run(10_000_000));
-    sim.run_for(50_000);
-    sim.check_completions();
-    let r3 = &sim.replicas[3];
-    assert!(r3.stats().state_transfers >= 1);
-    assert!(
-        r3.last_executed() >= 24,
-        "replica 3 at {}",
-        r3.last_executed()
-    );
+    sim.drop_states = true;
+    sim.to_issue = vec![4];
+    assert!(sim.run(5_000_000));
+    sim.run_for(10_000);
     assert_eq!(
-        r3.app().ops[..],
-        sim.replicas[0].app().ops[..r3.app().ops.len()]
+        sim.replicas[3].last_executed(),
+        0,
+        "its state answers were lost"
     );
+    // No more requests, hence no new checkpoint: only asking again helps.
+    sim.drop_states = false;
+    sim.run_for(100_000);
+    assert!(sim.replicas[3].last_executed() >= 12);
+    assert_eq!(sim.replicas[3].app(), sim.replicas[0].app());
 }
 
 /// A replica prepares and tentatively executes a batch; the view change does not keep it
@@ -1061,4 +1100,81 @@ fn forged_view_changes_and_new_views_are_refused() {
         .handle(Principal::Replica(0), &new_view(vec![]), 0, &mut out)
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+}
+
+#[test]
+fn the_client_refuses_busy_oversized_forged_and_foreign_replies() {
+    let n = 4;
+    let keys = |p| SimKeys::new(p, 7);
+    let mut cfg = ClientConfig::new(n);
+    cfg.max_op_bytes = 16;
+    let mut c = Client::new(cfg, CLIENT0, keys(Principal::Client(CLIENT0)), 0).unwrap();
+    let mut out = Vec::new();
+    let e = c.request(&[0; 17], 0, &mut out).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::TooLarge);
+    let ts = c.request(b"op", 0, &mut out).unwrap();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, Dest::Replica(0));
+    let e = c.request(b"op2", 0, &mut out).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    let reply = |i: u32, result: &[u8], tentative: bool, ts: u64| {
+        let mut r = wire::Reply {
+            view: 0,
+            client: CLIENT0,
+            timestamp: ts,
+            replica: i,
+            tentative,
+            result: result.to_vec(),
+            sig: [0; 64],
+        };
+        r.sign(&keys(Principal::Replica(i)));
+        Message::Reply(r).encode()
+    };
+    // Replica 1's reply arriving "from" replica 2, and a flipped signature.
+    let r1 = reply(1, b"ok", false, ts);
+    assert!(c.handle(Principal::Replica(2), &r1, 0).is_err());
+    let mut bad = r1.clone();
+    let k = bad.len() - 1;
+    bad[k] ^= 1;
+    assert!(c.handle(Principal::Replica(1), &bad, 0).is_err());
+    assert_eq!(c.stats().forged, 2);
+    // A reply to another timestamp is stale; one committed reply is not enough (f + 1).
+    assert_eq!(
+        c.handle(Principal::Replica(1), &reply(1, b"ok", false, ts + 1), 0)
+            .unwrap(),
+        None
+    );
+    assert_eq!(c.stats().stale, 1);
+    assert_eq!(c.handle(Principal::Replica(1), &r1, 0).unwrap(), None);
+    // The same replica twice does not count twice.
+    assert_eq!(c.handle(Principal::Replica(1), &r1, 0).unwrap(), None);
+    // Two tentative replies (2f + 1 = 3 needed) and a different committed result: not yet.
+    assert_eq!(
+        c.handle(Principal::Replica(2), &reply(2, b"ok", true, ts), 0)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        c.handle(Principal::Replica(3), &reply(3, b"ok", true, ts), 0)
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        c.handle(Principal::Replica(0), &reply(0, b"lie", false, ts), 0)
+            .unwrap(),
+        None
+    );
+    // The retransmission goes to every replica.
+    out.clear();
+    c.tick(c.next_deadline_us().unwrap(), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].to, Dest::AllReplicas);
+    // A second matching committed reply completes, on the slow path.
+    let done = c
+        .handle(Principal::Replica(2), &reply(2, b"ok", false, ts), 0)
+        .unwrap()
+        .unwrap();
+    assert_eq!(done.result, b"ok");
+    assert_eq!(done.path, Path::Slow);
+    assert!(!c.is_busy());
 }
