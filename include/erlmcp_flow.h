@@ -230,6 +230,12 @@
 // reported).
 #define EMF_GOSSIP_EVENT_KEY_CHANGED 6
 
+// `emf_pbft_group_execute`'s path: 2f + 1 matching tentative replies (the fast path).
+#define EMF_PBFT_PATH_FAST 1
+
+// `emf_pbft_group_execute`'s path: f + 1 matching committed replies (the slow path).
+#define EMF_PBFT_PATH_SLOW 2
+
 // Action kind (`emf_pool_poll_action`): no action is pending.
 #define EMF_POOL_ACTION_NONE 0
 
@@ -415,6 +421,9 @@ typedef struct emf_hnsw_t emf_hnsw_t;
 // Thread-safety: immutable after `emf_message_open`; any number of threads may read one
 // message at once. It must not be freed while another thread still uses it.
 typedef struct emf_message_t emf_message_t;
+
+// A local PBFT group and its client. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
+typedef struct emf_pbft_group_t emf_pbft_group_t;
 
 // A pool manager. Opaque; one thread at a time (else `EMF_ERR_BUSY`).
 typedef struct emf_pool_t emf_pool_t;
@@ -667,6 +676,28 @@ typedef struct emf_gossip_stats_t {
   // Suspicions of this member it refuted.
   uint64_t refutations;
 } emf_gossip_stats_t;
+
+// Options for `emf_pbft_group_start`; fill with `emf_pbft_group_options_default` first.
+typedef struct emf_pbft_group_options_t {
+  // Replicas, 3f + 1 with f >= 1 (default 4).
+  uint32_t n;
+  // Non-zero (default): Ed25519 signatures with fresh random keys. 0: the simulation's
+  // keyed hash (NOT secure; tests only).
+  uint32_t ed25519;
+  // Non-zero (default): complete on 2f + 1 tentative replies (the fast path). 0: only on
+  // f + 1 committed replies.
+  uint32_t accept_tentative;
+  // The primary's batch window, microseconds (default 0: order each request at once).
+  uint64_t batch_window_us;
+  // A backup waiting this long for a request starts a view change, ms (default 200; at
+  // least 1).
+  uint32_t view_change_timeout_ms;
+  // The client sends a request again to every replica after this long, ms (default 100;
+  // at least 1).
+  uint32_t retransmit_ms;
+  // The longest `emf_pbft_group_execute` waits, ms (default 10000; at least 1).
+  uint32_t timeout_ms;
+} emf_pbft_group_options_t;
 
 // Options for `emf_pool_new`; fill with `emf_pool_options_default` first. Every value is used
 // as given and checked (out of range: `EMF_ERR_INVALID_ARGUMENT`).
@@ -1800,6 +1831,63 @@ emf_status_t emf_gossip_next_event(struct emf_gossip_t *g,
 //
 // `g` a live handle; `out` writable.
 emf_status_t emf_gossip_stats(struct emf_gossip_t *g, struct emf_gossip_stats_t *out);
+
+// Fills `out` with the defaults (see `emf_pbft_group_options_t`).
+//
+// # Safety
+//
+// `out` writable.
+emf_status_t emf_pbft_group_options_default(struct emf_pbft_group_options_t *out);
+
+// Starts a group in directory `dir` (NUL-terminated; created if needed; its rings stay
+// there after the group is freed — remove the directory) with `opts` (NULL: the defaults)
+// and returns its handle in `*out`. Errors: `EMF_ERR_INVALID_ARGUMENT` (bad options, an
+// empty `dir`), the rings' errors.
+//
+// # Safety
+//
+// `dir` a NUL-terminated string; `opts` NULL or readable; `out` writable.
+emf_status_t emf_pbft_group_start(const char *dir,
+                                  const struct emf_pbft_group_options_t *opts,
+                                  struct emf_pbft_group_t **out);
+
+// Agrees on operation `op` (`len` bytes, at most 1 MiB) and writes the result into `*out`
+// (release it with `emf_buf_free`) and the path into `*out_path` (`EMF_PBFT_PATH_FAST` or
+// `EMF_PBFT_PATH_SLOW`). `EMF_ERR_TIMEOUT`: no agreed answer in time; `EMF_ERR_BUSY`: an
+// earlier request that timed out is still unanswered.
+//
+// # Safety
+//
+// `g` a live handle; `op` readable for `len` bytes (NULL only with `len` 0); `out` and
+// `out_path` writable.
+emf_status_t emf_pbft_group_execute(struct emf_pbft_group_t *g,
+                                    const uint8_t *op,
+                                    size_t len,
+                                    struct emf_buf_t *out,
+                                    uint32_t *out_path);
+
+// Stops replica `i` (`0..n`): a crash, to the others. `EMF_ERR_NOT_FOUND` beyond `n` or
+// when it is already stopped.
+//
+// # Safety
+//
+// `g` a live handle.
+emf_status_t emf_pbft_group_stop_replica(struct emf_pbft_group_t *g, uint32_t i);
+
+// The view the client knows into `*out_view` (0 until a view change; its primary is
+// replica `view mod n`).
+//
+// # Safety
+//
+// `g` a live handle; `out_view` writable.
+emf_status_t emf_pbft_group_view(struct emf_pbft_group_t *g, uint64_t *out_view);
+
+// Stops the replicas and frees the handle (NULL is fine). The directory stays.
+//
+// # Safety
+//
+// No other thread may be using `g`.
+emf_status_t emf_pbft_group_free(struct emf_pbft_group_t *g);
 
 // Fills `*out` with the default pool options.
 //

@@ -40,6 +40,7 @@ pub mod codec;
 pub mod flow;
 pub mod gossip;
 mod handle;
+pub mod pbft;
 pub mod pool;
 pub mod queue;
 pub mod raft;

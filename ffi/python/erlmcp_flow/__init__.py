@@ -60,6 +60,10 @@ cluster of node processes (``submit_operation``, ``wait_committed``, ``leader``,
 
 Membership and gossip (:mod:`erlmcp_flow.gossip`): ``gossip.Member`` (this process as one
 member: SWIM failure detection, a gossiped key → value map, membership and key events).
+
+Byzantine agreement over PBFT (:mod:`erlmcp_flow.pbft`): ``pbft.Group.start()``, 3f + 1
+replica threads with Ed25519 keys and a client; ``fast_path_consensus(op)`` /
+``execute(op)`` (the result and the path, fast or slow), ``stop_replica``, ``view``.
 """
 
 from ._native import (
@@ -207,6 +211,8 @@ from .sched import (
     ServiceStats,
     TaskFuture,
 )
+from . import pbft
+from .pbft import EMF_PBFT_PATH_FAST, EMF_PBFT_PATH_SLOW
 from . import raft
 from .raft import (
     EMF_RAFT_ADD_LEARNER,
@@ -340,4 +346,5 @@ __all__ = [name for name in list(globals()) if name.startswith("EMF_")] + [
     "agent",
     "raft",
     "gossip",
+    "pbft",
 ]

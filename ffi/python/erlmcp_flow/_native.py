@@ -519,6 +519,21 @@ class emf_raft_cluster_options_t(Structure):
     ]
 
 
+class emf_pbft_group_options_t(Structure):
+    """``emf_pbft_group_options_t``: a local PBFT group's options; fill it with
+    ``emf_pbft_group_options_default`` first."""
+
+    _fields_ = [
+        ("n", c_uint32),
+        ("ed25519", c_uint32),
+        ("accept_tentative", c_uint32),
+        ("batch_window_us", c_uint64),
+        ("view_change_timeout_ms", c_uint32),
+        ("retransmit_ms", c_uint32),
+        ("timeout_ms", c_uint32),
+    ]
+
+
 class emf_raft_status_t(Structure):
     """``emf_raft_status_t``: one Raft node's status."""
 
@@ -698,6 +713,10 @@ class emf_gossip_t(Structure):
     """Opaque ``emf_gossip_t``; only pointers to it are used."""
 
 
+class emf_pbft_group_t(Structure):
+    """Opaque ``emf_pbft_group_t``; only pointers to it are used."""
+
+
 class emf_raft_cluster_t(Structure):
     """Opaque ``emf_raft_cluster_t``; only pointers to it are used."""
 
@@ -715,6 +734,7 @@ emf_pool_p = POINTER(emf_pool_t)
 emf_service_p = POINTER(emf_service_t)
 emf_agent_p = POINTER(emf_agent_t)
 emf_raft_cluster_p = POINTER(emf_raft_cluster_t)
+emf_pbft_group_p = POINTER(emf_pbft_group_t)
 emf_raft_client_p = POINTER(emf_raft_client_t)
 emf_raft_node_p = POINTER(emf_raft_node_t)
 emf_gossip_p = POINTER(emf_gossip_t)
@@ -1229,6 +1249,18 @@ PROTOTYPES = {
     "emf_agent_fail": (emf_status_t, [emf_agent_p, c_uint64, c_uint32, c_char_p]),
     "emf_agent_heartbeat": (emf_status_t, [emf_agent_p]),
     "emf_agent_held": (emf_status_t, [emf_agent_p, POINTER(c_size_t)]),
+    "emf_pbft_group_options_default": (emf_status_t, [POINTER(emf_pbft_group_options_t)]),
+    "emf_pbft_group_start": (
+        emf_status_t,
+        [c_char_p, POINTER(emf_pbft_group_options_t), POINTER(emf_pbft_group_p)],
+    ),
+    "emf_pbft_group_execute": (
+        emf_status_t,
+        [emf_pbft_group_p, _bytes_in, c_size_t, POINTER(emf_buf_t), POINTER(c_uint32)],
+    ),
+    "emf_pbft_group_stop_replica": (emf_status_t, [emf_pbft_group_p, c_uint32]),
+    "emf_pbft_group_view": (emf_status_t, [emf_pbft_group_p, POINTER(c_uint64)]),
+    "emf_pbft_group_free": (emf_status_t, [emf_pbft_group_p]),
     "emf_raft_cluster_options_default": (
         emf_status_t,
         [POINTER(emf_raft_cluster_options_t)],

@@ -13,6 +13,7 @@ pub mod alloc;
 pub mod codec;
 pub mod gossip;
 pub mod hnsw;
+pub mod pbft;
 pub mod queue;
 pub mod raft;
 pub mod ring;
@@ -375,6 +376,7 @@ pub fn all() -> Vec<Suite> {
         sched::sched_suite(),
         raft::raft_suite(),
         gossip::gossip_suite(),
+        pbft::pbft_suite(),
     ]
 }
 

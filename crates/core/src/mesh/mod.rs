@@ -7,8 +7,10 @@
 //! retransmits anyway: see each loop) and exposes the result to the host.
 //!
 //! * [`member`] — SWIM membership and gossip of agents' state on one transport.
+//! * [`pbft`] — PBFT replicas and clients on a transport (replica threads, local groups).
 //! * [`runner`] — a [`member::Member`] on a thread of its own behind a thread-safe
 //!   [`runner::MemberHandle`] (what the host bindings wrap).
 
 pub mod member;
+pub mod pbft;
 pub mod runner;

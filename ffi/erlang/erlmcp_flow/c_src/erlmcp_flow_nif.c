@@ -51,6 +51,7 @@
  *   raft.c     local Raft clusters (node processes over rings; submit, wait, KV, reads,
  *              leadership transfer, membership changes, leader kill)
  *   gossip.c   gossip members (SWIM membership, a gossiped key -> value map, events)
+ *   pbft.c     local PBFT groups (replica threads over rings; agreement, fast path)
  *
  * util.c is the helper layer every NIF is written with (declared in erlmcp_flow_nif.h):
  * handle arguments (HANDLE_USE_OR_RETURN / HANDLE_ARG_OR_RETURN, handle_leave_with), argument
@@ -72,6 +73,7 @@
 #include "pool.c"
 #include "raft.c"
 #include "gossip.c"
+#include "pbft.c"
 
 /* load() return value on an ABI mismatch: the mismatch flag, then the library's and the
  * header's ABI versions in 15 bits each, so that the Erlang side can decode them from the
@@ -86,7 +88,7 @@ static const emf_nif_handle_kind *const handle_kinds[EMF_NIF_KIND_COUNT] = {
     &message_kind, &ring_kind,  &producer_kind,    &consumer_kind, &delivery_kind, &router_kind,
     &batch_kind,   &store_kind, &state_value_kind, &queue_kind,    &cache_kind,    &buf_kind,
     &hnsw_kind,    &sched_kind, &pool_kind, &raft_kind,     &raft_node_kind, &raft_client_kind,
-    &gossip_kind};
+    &gossip_kind, &pbft_kind};
 
 /* Opens this load's resource types under names no other load uses: the prefix and an
  * integer unique in the running VM. */
@@ -375,6 +377,11 @@ static ErlNifFunc nif_funcs[] = {
     {"gossip_stats", 1, nif_gossip_stats, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"gossip_port", 1, nif_gossip_port, ERL_NIF_DIRTY_JOB_IO_BOUND},
     {"gossip_close", 1, nif_gossip_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_group_start", 2, nif_pbft_group_start, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_group_close", 1, nif_pbft_group_close, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_execute", 2, nif_pbft_execute, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_stop_replica", 2, nif_pbft_stop_replica, ERL_NIF_DIRTY_JOB_IO_BOUND},
+    {"pbft_view", 1, nif_pbft_view, 0},
 };
 
 ERL_NIF_INIT(erlmcp_flow_nif, nif_funcs, on_load, NULL, on_upgrade, on_unload)

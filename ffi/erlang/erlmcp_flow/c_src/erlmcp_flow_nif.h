@@ -78,7 +78,10 @@
     X(member_down) X(member_restarted) X(rejoined) X(changed) X(deleted) X(frames_in)          \
     X(frames_out) X(dropped_full) X(send_failed) X(events_dropped) X(rounds) X(anti_entropy)   \
     X(pushes) X(pulls) X(local_writes) X(remote_applied) X(probes) X(failed_probes)            \
-    X(refutations)
+    X(refutations)                                                                             \
+    /* PBFT groups: option keys and paths. */                                                  \
+    X(n) X(ed25519) X(accept_tentative) X(batch_window_us) X(view_change_timeout_ms)           \
+    X(retransmit_ms) X(fast) X(slow)
 
 #define EMF_NIF_DECLARE_ATOM(name) static ERL_NIF_TERM atom_##name;
 EMF_NIF_ATOMS(EMF_NIF_DECLARE_ATOM)
@@ -155,7 +158,8 @@ typedef struct emf_nif_handle_kind {
 #define EMF_NIF_KIND_RAFT_NODE 16
 #define EMF_NIF_KIND_RAFT_CLIENT 17
 #define EMF_NIF_KIND_GOSSIP 18
-#define EMF_NIF_KIND_COUNT 19
+#define EMF_NIF_KIND_PBFT 19
+#define EMF_NIF_KIND_COUNT 20
 
 struct emf_nif_delivery;
 struct emf_nif_shared;

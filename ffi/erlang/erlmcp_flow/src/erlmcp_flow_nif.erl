@@ -72,7 +72,9 @@
          raft_client_connect/3, raft_client_submit/2, raft_client_close/1,
          gossip_start/2, gossip_put/3, gossip_get/2, gossip_delete/2, gossip_members/1,
          gossip_round/1, gossip_leave/1, gossip_next_event/2, gossip_stats/1, gossip_port/1,
-         gossip_close/1]).
+         gossip_close/1,
+         pbft_group_start/2, pbft_group_close/1, pbft_execute/2, pbft_stop_replica/2,
+         pbft_view/1]).
 -export([load_error_reason/1]).
 
 -export_type([gossip/0, gossip_event/0,
@@ -81,7 +83,7 @@
               router/0, batch/0, flush/0, store/0, state_ref/0, task_queue/0, cache/0,
               drop_policy/0, hnsw/0, metric/0, originals/0, distance/0, hit/0,
               sched/0, sched_action/0, pool/0, pool_action/0, raft/0,
-              raft_node/0, raft_request/0, raft_client/0]).
+              raft_node/0, raft_request/0, raft_client/0, pbft/0]).
 
 -on_load(init/0).
 
@@ -155,6 +157,10 @@
                       | {rejoined, Generation :: non_neg_integer()}
                       | {changed, Key :: binary(), Value :: binary() | deleted,
                          {Counter :: non_neg_integer(), Origin :: pos_integer()}}.
+
+%% A local PBFT group (`emf_pbft_group_t'): replica threads and a client; owned by one
+%% erlmcp_flow_pbft server.
+-opaque pbft() :: reference().
 %% A pool manager's policy (`emf_pool_t'): one process at a time; see
 %% erlmcp_flow_pool_manager.
 -type pool_action() :: {start, Slot :: non_neg_integer()} | {stop, Agent :: binary()}.
@@ -1035,3 +1041,27 @@ gossip_port(_Member) -> erlang:nif_error(not_loaded).
 %% @doc Stops the member (without leaving) and releases the handle; idempotent.
 -spec gossip_close(gossip()) -> ok | error().
 gossip_close(_Member) -> erlang:nif_error(not_loaded).
+
+%% ---- PBFT groups (c_src/pbft.c; dirty I/O but pbft_view) -----------------------------------
+
+%% @doc `emf_pbft_group_start': replica threads and a client in `Dir', options `n',
+%% `ed25519', `accept_tentative', `batch_window_us', `view_change_timeout_ms',
+%% `retransmit_ms', `timeout_ms'.
+-spec pbft_group_start(file:filename_all(), map()) -> {ok, pbft()} | error().
+pbft_group_start(_Dir, _Opts) -> erlang:nif_error(not_loaded).
+
+%% @doc Stops the replicas now; idempotent.
+-spec pbft_group_close(pbft()) -> ok | error().
+pbft_group_close(_Group) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pbft_group_execute': the agreed result and the path that completed it.
+-spec pbft_execute(pbft(), bytes()) -> {ok, {binary(), fast | slow}} | error().
+pbft_execute(_Group, _Op) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pbft_group_stop_replica': stops (crashes) one replica, for tests.
+-spec pbft_stop_replica(pbft(), non_neg_integer()) -> ok | error().
+pbft_stop_replica(_Group, _I) -> erlang:nif_error(not_loaded).
+
+%% @doc `emf_pbft_group_view': the view the client knows.
+-spec pbft_view(pbft()) -> {ok, non_neg_integer()} | error().
+pbft_view(_Group) -> erlang:nif_error(not_loaded).
