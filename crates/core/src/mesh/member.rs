@@ -212,6 +212,18 @@ impl<T: Transport> Member<T> {
         Ok(handled)
     }
 
+    /// Runs one push-pull gossip round at `now_us` (the member's clock, as for
+    /// [`Member::run_once`]): the Erlang `gossip_round/1`. SWIM's timers and gossip's own
+    /// schedule are left as they are; nothing is received.
+    pub fn round(&mut self, now_us: u64) {
+        self.now_us = self.now_us.max(now_us);
+        let mut out = std::mem::take(&mut self.out);
+        self.gossip.round(self.now_us, &mut out);
+        self.send_all(TAG_GOSSIP, &mut out);
+        self.out = out;
+        self.after_step();
+    }
+
     /// Waits up to `timeout` for a frame (less when a timer is due sooner), then runs once
     /// on the real clock ([`Member::clock_us`]). Returns the frames handled.
     pub fn poll(&mut self, timeout: Duration) -> Result<usize> {

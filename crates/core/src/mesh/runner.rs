@@ -11,14 +11,9 @@
 //!
 //! # `round`
 //!
-//! [`MemberHandle::round`] returns once the member has run one more push-pull round than
-//! when it was called. [`Member`] has no "round now" entry point of its own yet, so the
-//! runner brings the next scheduled round forward when it safely can: when no SWIM timer is
-//! due before it, it steps the member at the round's deadline (gossip's schedule goes on
-//! from there, so the rate of rounds is unchanged). SWIM timers are never fired early (a
-//! probe judged early could accuse a healthy member), so when one is due first the round
-//! runs at its scheduled time: `round` waits at most one round interval, and with rounds
-//! much slower than SWIM's probe period it usually waits for the scheduled round.
+//! [`MemberHandle::round`] runs one push-pull round on the member's thread at once
+//! ([`Member::round`]: SWIM's timers and gossip's schedule are left alone) and returns the
+//! member's round count.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -248,64 +243,26 @@ fn open_and_run(
 /// The member's loop: commands, then the transport and the timers, until told to stop.
 fn run<T: Transport>(mut m: Member<T>, rx: Receiver<Command>, slice: Duration) -> Result<()> {
     let slice = slice.max(Duration::from_micros(100));
-    // Round requests: (the round count that answers them, the reply).
-    let mut rounds: Vec<(u64, Sender<u64>)> = Vec::new();
     loop {
         // Commands first; a command that arrives while the transport is waited on waits
         // at most one slice.
-        let first = if rounds.is_empty() {
-            match rx.recv_timeout(Duration::ZERO) {
-                Ok(c) => Some(c),
-                Err(RecvTimeoutError::Timeout) => None,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
-            }
-        } else {
-            rx.try_recv().ok()
+        let mut next = match rx.recv_timeout(Duration::ZERO) {
+            Ok(c) => Some(c),
+            Err(RecvTimeoutError::Timeout) => None,
+            Err(RecvTimeoutError::Disconnected) => return Ok(()),
         };
-        let mut next = first;
         while let Some(c) = next {
-            if !serve(&mut m, c, &mut rounds) {
+            if !serve(&mut m, c) {
                 return Ok(());
             }
             next = rx.try_recv().ok();
         }
-        if !rounds.is_empty() {
-            bring_round_forward(&mut m)?;
-        }
         m.poll(slice)?;
-        if !rounds.is_empty() {
-            let done = m.gossip_stats().rounds;
-            rounds.retain(|(target, reply)| {
-                if done >= *target {
-                    let _ = reply.send(done);
-                    false
-                } else {
-                    true
-                }
-            });
-        }
     }
-}
-
-/// Steps the member at gossip's next deadline when no SWIM timer is due before it (module
-/// docs: `round`).
-fn bring_round_forward<T: Transport>(m: &mut Member<T>) -> Result<()> {
-    let g = m.gossip().next_deadline_us();
-    if g <= m.clock_us() {
-        return Ok(()); // due: the next poll runs it
-    }
-    if m.swim().next_deadline_us().is_none_or(|s| s > g) {
-        m.run_once(g)?;
-    }
-    Ok(())
 }
 
 /// Serves one command; false to stop.
-fn serve<T: Transport>(
-    m: &mut Member<T>,
-    c: Command,
-    rounds: &mut Vec<(u64, Sender<u64>)>,
-) -> bool {
+fn serve<T: Transport>(m: &mut Member<T>, c: Command) -> bool {
     match c {
         Command::Put(k, v, r) => drop(r.send(m.put(&k, &v))),
         Command::Delete(k, r) => drop(r.send(m.delete(&k))),
@@ -315,7 +272,11 @@ fn serve<T: Transport>(
         }
         Command::Members(r) => drop(r.send(m.members())),
         Command::Live(r) => drop(r.send(m.live_members())),
-        Command::Round(r) => rounds.push((m.gossip_stats().rounds + 1, r)),
+        Command::Round(r) => {
+            let now = m.clock_us();
+            m.round(now);
+            let _ = r.send(m.gossip_stats().rounds);
+        }
         Command::Stats(r) => drop(r.send(MemberHandleStats {
             member: m.stats(),
             swim: m.swim_stats(),
@@ -390,8 +351,8 @@ impl MemberHandle {
         self.call(Command::Live)
     }
 
-    /// Waits until the member has run one more push-pull round (brought forward: module
-    /// docs); returns the member's round count.
+    /// Runs one push-pull round now (module docs: `round`); returns the member's round
+    /// count.
     pub fn round(&self) -> Result<u64> {
         self.call(Command::Round)
     }

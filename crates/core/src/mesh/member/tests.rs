@@ -131,6 +131,38 @@ fn members_find_each_other_and_spread_keys() {
 }
 
 #[test]
+fn a_forced_round_spreads_a_key_before_the_scheduled_round() {
+    let mut c = SimCluster::new(4, SimOptions::seeded(5));
+    c.run_until_converged(5_000);
+    // Wait until member 2's next scheduled round is at least 10 ms away (rounds: 20 ms).
+    while c.members[&2].gossip().next_deadline_us() < c.now + 10 * MS {
+        c.run(1);
+    }
+    let now = c.now;
+    let m2 = c.members.get_mut(&2).unwrap();
+    m2.put(b"k", b"v").unwrap();
+    let (rounds, deadline) = (m2.gossip_stats().rounds, m2.gossip().next_deadline_us());
+    let sent = m2.stats().frames_out;
+    m2.round(now);
+    assert_eq!(m2.gossip_stats().rounds, rounds + 1);
+    assert!(
+        m2.stats().frames_out >= sent + 3,
+        "a push to each of the 3 peers"
+    );
+    assert_eq!(
+        m2.gossip().next_deadline_us(),
+        deadline,
+        "schedule unchanged"
+    );
+    // Four members: fan-out min(ceil(log2 4) + 1, 10) = 3, every peer is pushed to; the
+    // simulated links take at most a few ms, well before member 2's scheduled round.
+    c.run(5);
+    for (id, m) in &c.members {
+        assert_eq!(m.get(b"k"), Some(&b"v"[..]), "member {id}");
+    }
+}
+
+#[test]
 fn a_crashed_member_is_reported_down_and_leaves_gossip() {
     let mut c = SimCluster::new(5, SimOptions::seeded(9));
     let rx = c.members.get_mut(&1).unwrap().subscribe();
