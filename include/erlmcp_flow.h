@@ -1796,9 +1796,8 @@ emf_status_t emf_gossip_members(struct emf_gossip_t *g,
                                 size_t cap,
                                 size_t *out_n);
 
-// Runs one more push-pull round (brought forward when no SWIM timer is due first, else at
-// its scheduled time: at most one `gossip_interval_us`) and waits for it; `*out_rounds`
-// (NULL: not wanted) gets the member's round count.
+// Runs one push-pull round now on the member's thread (its scheduled rounds and SWIM's
+// timers go on unchanged); `*out_rounds` (NULL: not wanted) gets the member's round count.
 //
 // # Safety
 //

@@ -313,8 +313,8 @@ class Member:
         return sorted(m.id for m in self.members() if m.state != "down")
 
     def round(self) -> int:
-        """Runs one more push-pull round now (or at its scheduled time, at most one
-        interval away) and waits for it; the member's round count."""
+        """Runs one push-pull round now (the scheduled rounds go on unchanged); the
+        member's round count."""
         n = c_uint64()
         self._ok(lib.emf_gossip_round, byref(n))
         return n.value

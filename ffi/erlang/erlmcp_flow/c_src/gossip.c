@@ -310,7 +310,7 @@ static ERL_NIF_TERM nif_gossip_members(ErlNifEnv *env, int argc, const ERL_NIF_T
     return handle_leave_with(h, make_ok(env, list));
 }
 
-/* gossip_round(Member) -> {ok, Rounds}: emf_gossip_round (waits for one more round). */
+/* gossip_round(Member) -> {ok, Rounds}: emf_gossip_round (one round now). */
 static ERL_NIF_TERM nif_gossip_round(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]) {
     (void)argc;
     HANDLE_USE_OR_RETURN(env, h, argv[0], &gossip_kind);

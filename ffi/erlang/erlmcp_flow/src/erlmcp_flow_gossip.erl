@@ -124,8 +124,8 @@ members(Server) ->
 live_members(Server) ->
     lists:sort([Id || #{id := Id, state := S} <- members(Server), S =/= down]).
 
-%% @doc Runs one more push-pull round on member `Server' now (or at its scheduled time, at
-%% most one `gossip_interval' away) and waits for it: the member's round count.
+%% @doc Runs one push-pull round on member `Server' now (the scheduled rounds go on
+%% unchanged): the member's round count.
 -spec gossip_round(server()) -> {ok, non_neg_integer()} | erlmcp_flow_nif:error().
 gossip_round(Server) -> gen_server:call(Server, gossip_round, infinity).
 

@@ -1017,7 +1017,7 @@ gossip_delete(_Member, _Key) -> erlang:nif_error(not_loaded).
 -spec gossip_members(gossip()) -> {ok, [map()]} | error().
 gossip_members(_Member) -> erlang:nif_error(not_loaded).
 
-%% @doc `emf_gossip_round': waits for one more push-pull round; the round count.
+%% @doc `emf_gossip_round': one push-pull round now; the round count.
 -spec gossip_round(gossip()) -> {ok, non_neg_integer()} | error().
 gossip_round(_Member) -> erlang:nif_error(not_loaded).
 
