@@ -162,6 +162,8 @@ impl LiveCluster {
                 .arg(&c.dir)
                 .args(["--round-ms", &opts.round_ms.to_string()])
                 .args(["--probe-ms", &opts.probe_ms.to_string()])
+                // Park at once when idle: N processes share few cores.
+                .args(["--ring-spins", "0"])
                 .stdin(if id == 1 {
                     Stdio::piped()
                 } else {

@@ -14,6 +14,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use erlmcp_flow::membership::swim::{MemberState, SwimConfig};
 use erlmcp_flow::mesh::member::{Member, MemberOptions, MeshEvent};
 use erlmcp_flow::net::ring::{RingNetOptions, RingTransport};
+use erlmcp_flow::ring::WaitStrategy;
 use erlmcp_flow::net::tcp::{TcpOptions, TcpTransport};
 use erlmcp_flow::net::{Frame, NodeId, Transport};
 
@@ -102,6 +103,10 @@ pub struct MemberArgs {
     /// `put KEY VALUE` line read from stdin (written when the line is read)
     #[arg(long)]
     report: bool,
+    /// Ring transport: spins of a waiting receive before it parks on the inbox's futex
+    /// (default: the ring's own); 0 parks at once, for many members on few cores
+    #[arg(long, value_name = "N")]
+    ring_spins: Option<u32>,
 }
 
 #[derive(Args)]
@@ -198,6 +203,10 @@ fn member(a: &MemberArgs) -> Result<ExitCode, String> {
                 max_producers: RingNetOptions::in_dir(&a.net_dir)
                     .max_producers
                     .max(a.peers.len() + 1),
+                wait: match a.ring_spins {
+                    Some(spins) => WaitStrategy::SpinThenPark { spins },
+                    None => WaitStrategy::default(),
+                },
                 ..RingNetOptions::in_dir(&a.net_dir)
             };
             let t = RingTransport::open(NodeId(a.id), &peers, ring_opts).map_err(err)?;
