@@ -342,6 +342,8 @@ pub fn live_results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<B
     };
     let quick = settings.samples < Settings::full().samples;
     let reps = if quick { 3 } else { REPS };
+    // The peer's seeds, as in the suite's simulated rows.
+    let seeds = if quick { &SEEDS[..3] } else { &SEEDS[..] };
     let mut out = Vec::new();
     for (n, round_ms) in [(16, 100), (64, 100), (16, 10), (64, 10)] {
         let suffix = if round_ms == 100 {
@@ -366,7 +368,7 @@ pub fn live_results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<B
         };
         // The peer in the simulator, for the same N (its own 200 ms interval): beside the
         // rows at our default 100 ms rounds only, as in the simulated rows.
-        let peer = (round_ms == 100).then(|| measure(n, 0.0, 100_000, &SEEDS[..3]).peer);
+        let peer = (round_ms == 100).then(|| measure(n, 0.0, 100_000, seeds).peer);
         eprintln!(
             "gossip: N = {n} live processes, {round_ms} ms rounds: {:.1} ms ({:.2} rounds){}",
             r.ms,
