@@ -35,17 +35,29 @@ fn sixteen_member_processes_converge_and_detect_a_killed_one() {
     c.wait_for(
         Duration::from_secs(30),
         "every member reporting the killed one down",
-        |r| {
-            others
-                .iter()
-                .all(|&o| r.downs.contains(&(o, VICTIM)))
-        },
+        |r| others.iter().all(|&o| r.downs.contains(&(o, VICTIM))),
     )
     .unwrap();
 
     let r = c.reports();
     let false_downs: Vec<_> = r.downs.iter().filter(|d| d.1 != VICTIM).collect();
     assert!(false_downs.is_empty(), "false downs: {false_downs:?}");
-    assert!(r.rejoins.is_empty(), "declared down while running: {:?}", r.rejoins);
-    assert!(r.garbled.is_empty(), "unparsed report lines: {:?}", r.garbled);
+    assert!(
+        r.rejoins.is_empty(),
+        "declared down while running: {:?}",
+        r.rejoins
+    );
+    assert!(
+        r.garbled.is_empty(),
+        "unparsed report lines: {:?}",
+        r.garbled
+    );
+
+    let dir = c.dir().to_path_buf();
+    assert!(dir.exists());
+    drop(c);
+    assert!(
+        !dir.exists(),
+        "the rings' directory is removed with the cluster"
+    );
 }

@@ -191,6 +191,11 @@ impl LiveCluster {
         Ok(c)
     }
 
+    /// The directory of the members' inbox rings (removed on drop).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The reports read so far.
     pub fn reports(&self) -> &Reports {
         &self.reports
@@ -254,12 +259,16 @@ impl LiveCluster {
             .map_err(|e| format!("member 1's stdin: {e}"))?;
         let others: Vec<u64> = self.running().into_iter().filter(|&id| id != 1).collect();
         let k = key.to_string();
-        self.wait_for(KEY_TIMEOUT, &format!("key {key} reaching every member"), |r| {
-            r.written.contains_key(&k)
-                && r.held
-                    .get(&k)
-                    .is_some_and(|h| others.iter().all(|id| h.contains_key(id)))
-        })?;
+        self.wait_for(
+            KEY_TIMEOUT,
+            &format!("key {key} reaching every member"),
+            |r| {
+                r.written.contains_key(&k)
+                    && r.held
+                        .get(&k)
+                        .is_some_and(|h| others.iter().all(|id| h.contains_key(id)))
+            },
+        )?;
         let written = self.reports.written[key];
         let last = others
             .iter()
@@ -279,7 +288,9 @@ impl LiveCluster {
             .checked_sub(1)
             .and_then(|i| self.children.get_mut(i))
             .ok_or_else(|| format!("no member {id}"))?;
-        let mut child = slot.take().ok_or_else(|| format!("member {id} already killed"))?;
+        let mut child = slot
+            .take()
+            .ok_or_else(|| format!("member {id} already killed"))?;
         child.kill().map_err(|e| format!("kill member {id}: {e}"))?;
         let _ = child.wait();
         if id == 1 {
@@ -380,8 +391,8 @@ pub fn live_results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<B
             ))
         );
         let goal = (n == 64).then_some(50.0);
-        let mut ms = BenchResult::new(name, r.ms, "ms", Better::Lower)
-            .with_targets(Some(200.0), goal);
+        let mut ms =
+            BenchResult::new(name, r.ms, "ms", Better::Lower).with_targets(Some(200.0), goal);
         let mut rounds = BenchResult::new(
             format!("gossip_convergence_rounds_{suffix}"),
             r.rounds,
@@ -397,4 +408,44 @@ pub fn live_results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<B
         out.push(rounds);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines_are_parsed_and_bad_ones_kept_aside() {
+        let mut r = Reports::default();
+        r.take(2, "live 3 100");
+        r.take(2, "key live/0 250");
+        r.take(2, "key live/0 900"); // only the first holding counts
+        r.take(1, "put live/0 200");
+        r.take(3, "down 4 300");
+        r.take(3, "rejoined 77 310");
+        r.take(3, "suspect 4 290");
+        r.take(3, "live x 1");
+        r.take(3, "key live/0");
+        assert_eq!(r.live.get(&2), Some(&3));
+        assert_eq!(r.held["live/0"][&2], 250);
+        assert_eq!(r.written["live/0"], 200);
+        assert_eq!(r.downs, vec![(3, 4)]);
+        assert_eq!(r.rejoins.len(), 1);
+        assert_eq!(r.garbled.len(), 2, "{:?}", r.garbled);
+    }
+
+    #[test]
+    fn a_cluster_needs_two_members_and_a_binary() {
+        let opts = LiveOptions {
+            binary: PathBuf::from("/nonexistent/erlmcp-flow"),
+            members: 1,
+            round_ms: 100,
+            probe_ms: 500,
+        };
+        assert!(LiveCluster::start(opts.clone())
+            .unwrap_err()
+            .contains("at least 2"));
+        let err = LiveCluster::start(LiveOptions { members: 2, ..opts }).unwrap_err();
+        assert!(err.contains("/nonexistent/erlmcp-flow"), "{err}");
+    }
 }

@@ -14,9 +14,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use erlmcp_flow::membership::swim::{MemberState, SwimConfig};
 use erlmcp_flow::mesh::member::{Member, MemberOptions, MeshEvent};
 use erlmcp_flow::net::ring::{RingNetOptions, RingTransport};
-use erlmcp_flow::ring::WaitStrategy;
 use erlmcp_flow::net::tcp::{TcpOptions, TcpTransport};
 use erlmcp_flow::net::{Frame, NodeId, Transport};
+use erlmcp_flow::ring::WaitStrategy;
 
 #[derive(Subcommand)]
 pub enum GossipCmd {
