@@ -16,7 +16,7 @@
 //! erlmcp-flow raft node --id N --peers 1,2,3 (--data-dir DIR | --memory) [--transport ring --net-dir DIR | --transport tcp --listen ADDR --peer-addr ID=ADDR... --client-addr ID=ADDR...]
 //! erlmcp-flow raft status|put KEY VALUE|get KEY [--nodes 1,2,3] [--net-dir DIR | --peer-addr ID=ADDR... --listen ADDR]
 //! erlmcp-flow raft cluster [--nodes 3] [--dir DIR] [--memory]
-//! erlmcp-flow gossip member --id N --peers 1,2,3 [--seeds 1] [--transport ring --net-dir DIR | --transport tcp --listen ADDR --peer-addr ID=ADDR...] [--put KEY=VALUE]... [--show-ms MS]
+//! erlmcp-flow gossip member --id N --peers 1,2,3 [--seeds 1] [--transport ring --net-dir DIR | --transport tcp --listen ADDR --peer-addr ID=ADDR...] [--put KEY=VALUE]... [--show-ms MS] [--round-ms MS] [--report] [--ring-spins N]
 //! erlmcp-flow gossip cluster [--members 16] [--duration-s 30] [--loss P] [--stress N] [--kill ID]
 //! erlmcp-flow codec encode < message.json > message.emf
 //! erlmcp-flow codec decode < message.emf

@@ -221,10 +221,9 @@ fn run(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
 }
 
 /// The live rows (`gossip_convergence_ms_live16` / `_live64`, goal ≤ 50 ms for 64): member
-/// processes on this machine, measured once the membership host loop in `mesh/` exists.
-/// Nothing yet.
-pub fn live_results(_settings: Settings, _progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
-    Vec::new()
+/// processes on this machine ([`super::gossip_live`]).
+pub fn live_results(settings: Settings, progress: &mut dyn FnMut(&str)) -> Vec<BenchResult> {
+    super::gossip_live::live_results(settings, progress)
 }
 
 #[cfg(test)]

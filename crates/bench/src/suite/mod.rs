@@ -12,6 +12,7 @@
 pub mod alloc;
 pub mod codec;
 pub mod gossip;
+pub mod gossip_live;
 pub mod hnsw;
 pub mod pbft;
 pub mod queue;

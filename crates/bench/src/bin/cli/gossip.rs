@@ -16,6 +16,7 @@ use erlmcp_flow::mesh::member::{Member, MemberOptions, MeshEvent};
 use erlmcp_flow::net::ring::{RingNetOptions, RingTransport};
 use erlmcp_flow::net::tcp::{TcpOptions, TcpTransport};
 use erlmcp_flow::net::{Frame, NodeId, Transport};
+use erlmcp_flow::ring::WaitStrategy;
 
 #[derive(Subcommand)]
 pub enum GossipCmd {
@@ -92,6 +93,20 @@ pub struct MemberArgs {
     /// Stop after this many seconds (default: until SIGTERM or Ctrl-C)
     #[arg(long, value_name = "S")]
     duration_s: Option<u64>,
+    /// Gossip's round interval in milliseconds (push and pull every round)
+    #[arg(long, value_name = "MS", default_value_t = 100)]
+    round_ms: u64,
+    /// Machine-readable mode for a harness: stdout carries only one line per event, each
+    /// ending with CLOCK_MONOTONIC in µs (system-wide, so processes compare): `live COUNT T`
+    /// when the number of live members changes, `key KEY T` when a remote key is first
+    /// held, `up|suspect|down|restarted ID T`, `rejoined GEN T`, and `put KEY T` for each
+    /// `put KEY VALUE` line read from stdin (written when the line is read)
+    #[arg(long)]
+    report: bool,
+    /// Ring transport: spins of a waiting receive before it parks on the inbox's futex
+    /// (default: the ring's own); 0 parks at once, for many members on few cores
+    #[arg(long, value_name = "N")]
+    ring_spins: Option<u32>,
 }
 
 #[derive(Args)]
@@ -173,14 +188,28 @@ fn member(a: &MemberArgs) -> Result<ExitCode, String> {
             .into_iter()
             .collect(),
     };
-    let opts = options(a.probe_ms, a.peers.len(), &seeds);
+    if a.round_ms == 0 {
+        return Err("--round-ms must be at least 1".into());
+    }
+    let mut opts = options(a.probe_ms, a.peers.len(), &seeds);
+    opts.gossip.round_interval_us = a.round_ms * 1000;
     install_stop_handler();
     match a.transport {
         TransportKind::Ring => {
             std::fs::create_dir_all(&a.net_dir)
                 .map_err(|e| format!("{}: {e}", a.net_dir.display()))?;
-            let t = RingTransport::open(NodeId(a.id), &peers, RingNetOptions::in_dir(&a.net_dir))
-                .map_err(err)?;
+            let ring_opts = RingNetOptions {
+                // Every other member may send to this one's inbox.
+                max_producers: RingNetOptions::in_dir(&a.net_dir)
+                    .max_producers
+                    .max(a.peers.len() + 1),
+                wait: match a.ring_spins {
+                    Some(spins) => WaitStrategy::SpinThenPark { spins },
+                    None => WaitStrategy::default(),
+                },
+                ..RingNetOptions::in_dir(&a.net_dir)
+            };
+            let t = RingTransport::open(NodeId(a.id), &peers, ring_opts).map_err(err)?;
             run_member(a, Member::new(t, opts).map_err(err)?)
         }
         TransportKind::Tcp => {
@@ -219,9 +248,102 @@ fn print_members<T: Transport>(m: &Member<T>) {
     }
 }
 
+/// CLOCK_MONOTONIC in µs: the same clock in every process of the machine.
+fn monotonic_us() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Lines read from stdin by a thread (`--report`), so the member loop never blocks on it.
+fn stdin_lines() -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `--report`: one event as a line (see [`MemberArgs::report`]); `None` for events without
+/// a line (deletes).
+fn report_line(e: &MeshEvent, now: u64) -> Option<String> {
+    Some(match e {
+        MeshEvent::KeyChanged(c) => {
+            c.value.as_ref()?;
+            format!("key {} {now}", String::from_utf8_lossy(&c.key))
+        }
+        MeshEvent::MemberUp(id) => format!("up {} {now}", id.0),
+        MeshEvent::MemberSuspect(id) => format!("suspect {} {now}", id.0),
+        MeshEvent::MemberDown(id) => format!("down {} {now}", id.0),
+        MeshEvent::MemberRestarted(id) => format!("restarted {} {now}", id.0),
+        MeshEvent::Rejoined { generation } => format!("rejoined {generation} {now}"),
+    })
+}
+
+/// The `--report` loop: event lines with monotonic times, puts from stdin.
+fn run_report<T: Transport>(a: &MemberArgs, mut m: Member<T>) -> Result<ExitCode, String> {
+    let input = stdin_lines();
+    let start = Instant::now();
+    let mut held = std::collections::HashSet::new();
+    let mut live = usize::MAX;
+    // Stdin is looked at between polls, so a put may wait up to a poll; its line carries the
+    // time it was written, so the wait does not bias a measurement. (A poll returns sooner
+    // when a frame arrives or a timer is due.) Short polls would cost every member wake-ups.
+    let wait = Duration::from_millis(50);
+    while !STOP.load(Ordering::Relaxed) {
+        if a.duration_s
+            .is_some_and(|d| start.elapsed() >= Duration::from_secs(d))
+        {
+            break;
+        }
+        while let Ok(line) = input.try_recv() {
+            let mut words = line.split_whitespace();
+            match (words.next(), words.next(), words.next()) {
+                (Some("put"), Some(k), Some(v)) => {
+                    m.put(k.as_bytes(), v.as_bytes()).map_err(err)?;
+                    println!("put {k} {}", monotonic_us());
+                }
+                (None, ..) => {}
+                _ => eprintln!("gossip member {}: ignored input {line:?}", a.id),
+            }
+        }
+        m.poll(wait).map_err(err)?;
+        let now = monotonic_us();
+        for e in m.drain_events() {
+            if let MeshEvent::KeyChanged(c) = &e {
+                if c.value.is_none() || !held.insert(c.key.clone()) {
+                    continue;
+                }
+            }
+            if let Some(l) = report_line(&e, now) {
+                println!("{l}");
+            }
+        }
+        let n = m.live_members().len();
+        if n != live {
+            live = n;
+            println!("live {n} {now}");
+        }
+    }
+    eprintln!("gossip member {}: stopped; {:?}", a.id, m.stats());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn run_member<T: Transport>(a: &MemberArgs, mut m: Member<T>) -> Result<ExitCode, String> {
     for (k, v) in &a.put {
         m.put(k.as_bytes(), v.as_bytes()).map_err(err)?;
+    }
+    if a.report {
+        return run_report(a, m);
     }
     eprintln!(
         "gossip member {} (generation {}): running; Ctrl-C stops it",
