@@ -36,6 +36,10 @@ struct CachedReply {
 #[derive(Debug, Clone)]
 struct Tentative {
     seq: u64,
+    /// The view in which the batch was prepared and executed.
+    view: u64,
+    /// The executed batch's digest: its results are kept at commit only for this batch.
+    digest: Digest,
     /// The application's state before the batch.
     undo: Vec<u8>,
     /// The reply cache entries the batch replaced, in execution order.
@@ -711,15 +715,25 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             let s = self.executed + 1;
             let Some(slot) = self.log.get(&s) else { break };
             if slot.committed {
-                if let Some(t) = self.tentative.take() {
+                let committed = slot.pre_prepare.as_ref().unwrap();
+                let digest = committed.digest;
+                let batch = committed.batch.clone();
+                let keep = self
+                    .tentative
+                    .as_ref()
+                    .is_some_and(|t| t.seq == s && t.view == self.view && t.digest == digest);
+                if keep {
                     // Its commit arrived: the tentative results become committed.
-                    debug_assert_eq!(t.seq, s);
+                    let t = self.tentative.take().unwrap();
                     for (r, result) in t.done {
                         self.waiting.remove(&(r.client, r.timestamp));
                         self.send_reply(r.client, r.timestamp, result, false, out);
                     }
                 } else {
-                    let batch = slot.pre_prepare.as_ref().unwrap().batch.clone();
+                    // Not the batch executed tentatively (if any): undo that, run this one.
+                    if self.tentative.is_some() {
+                        self.rollback();
+                    }
                     self.execute_batch(&batch, false, out);
                 }
                 self.executed = s;
@@ -729,12 +743,17 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 }
                 continue;
             }
-            if slot.prepared && self.cfg.tentative && self.tentative.is_none() {
-                let batch = slot.pre_prepare.as_ref().unwrap().batch.clone();
+            // Never during a view change: the prepared flags are the last installed view's,
+            // and a reply tagged with the target view would claim a certificate of it.
+            if slot.prepared && self.cfg.tentative && self.tentative.is_none() && !self.changing {
+                let p = slot.pre_prepare.as_ref().unwrap();
+                let (digest, batch) = (p.digest, p.batch.clone());
                 let undo = self.app.snapshot();
                 let (done, replies_undo) = self.execute_batch(&batch, true, out);
                 self.tentative = Some(Tentative {
                     seq: s,
+                    view: self.view,
+                    digest,
                     undo,
                     replies_undo,
                     done,
@@ -1297,7 +1316,6 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 "pbft: a new view whose pre-prepares do not follow from its view changes",
             ));
         }
-        self.rollback();
         if nv.view > self.view {
             self.stats.view_changes += 1;
         }
@@ -1314,6 +1332,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         pre_prepares: Vec<PrePrepare>,
         out: &mut Vec<Outgoing>,
     ) {
+        // Whoever installs it (a backup on a new view, or the new primary on its own): the
+        // tentative batch, if any, was not prepared in this view.
+        self.rollback();
         self.view = view;
         self.changing = false;
         self.vc_resend = None;
