@@ -97,6 +97,9 @@ pub struct Replica<A: App, K: Authenticator> {
     fetch_again: u64,
     stats: Stats,
     now: u64,
+    /// Mutation for the model checker: execute tentatively at pre-prepare (unsafe).
+    #[cfg(test)]
+    pub(crate) loose_tentative: bool,
 }
 
 fn forged(what: &'static str) -> Error {
@@ -147,6 +150,8 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             fetch_again: 0,
             stats: Stats::default(),
             now: 0,
+            #[cfg(test)]
+            loose_tentative: false,
         };
         let state = r.encode_state();
         r.stable_digest = sha256(&state);
@@ -623,6 +628,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         });
         slot.prepares.insert(self.id, v);
         self.check_prepared(seq, out);
+        #[cfg(test)]
+        if self.loose_tentative {
+            self.try_execute(out);
+        }
         Ok(())
     }
 
@@ -772,6 +781,15 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         if self.is_primary() && !self.changing {
             self.maybe_order(out);
         }
+    }
+
+    /// Prepared (the only safe rule); the model's mutation loosens it to pre-prepared.
+    fn may_run_tentatively(&self, slot: &Slot) -> bool {
+        #[cfg(test)]
+        if self.loose_tentative && slot.pre_prepare.is_some() {
+            return true;
+        }
+        slot.prepared
     }
 
     #[allow(clippy::type_complexity)]
@@ -1412,6 +1430,20 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         )
     }
 
+    /// Whether the request (client, timestamp) is covered by a prepared certificate this
+    /// replica holds (of any view), for the model checker.
+    #[cfg(test)]
+    pub(crate) fn certified(&self, client: u64, timestamp: u64) -> bool {
+        self.log.values().any(|slot| {
+            slot.cert.as_ref().is_some_and(|c| {
+                c.pre_prepare
+                    .batch
+                    .iter()
+                    .any(|r| r.client == client && r.timestamp == timestamp)
+            })
+        })
+    }
+
     /// A deterministic description of the protocol state (for the model checker).
     #[cfg(test)]
     pub(crate) fn fingerprint(&self) -> String {
@@ -1433,20 +1465,20 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             let _ = write!(
                 s,
                 "[{seq} {:?} p{:?} c{:?} {}{} {:?}]",
-                slot.pre_prepare.as_ref().map(|p| p.digest[0]),
+                slot.pre_prepare.as_ref().map(|p| p.digest),
                 slot.prepares
                     .iter()
-                    .map(|(r, v)| (*r, v.digest[0]))
+                    .map(|(r, v)| (*r, v.digest))
                     .collect::<Vec<_>>(),
                 slot.commits
                     .iter()
-                    .map(|(r, v)| (*r, v.digest[0]))
+                    .map(|(r, v)| (*r, v.digest))
                     .collect::<Vec<_>>(),
                 slot.prepared,
                 slot.committed,
                 slot.cert
                     .as_ref()
-                    .map(|c| (c.pre_prepare.view, c.pre_prepare.digest[0]))
+                    .map(|c| (c.pre_prepare.view, c.pre_prepare.digest))
             );
         }
         let _ = write!(
@@ -1462,6 +1494,15 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 .iter()
                 .map(|(v, m)| (*v, m.keys().copied().collect::<Vec<_>>()))
                 .collect::<Vec<_>>(),
+        );
+        let _ = write!(
+            s,
+            "|{:?}|{:?}|{:?}|",
+            self.replies,
+            self.tentative
+                .as_ref()
+                .map(|t| (t.seq, t.view, t.digest, &t.undo, &t.replies_undo)),
+            self.known,
         );
         s.extend(
             self.app
