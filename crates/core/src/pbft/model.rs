@@ -482,11 +482,8 @@ fn a_byzantine_replica_random_walks() {
 
 /// The mutation test: with tentative execution loosened to "pre-prepared" (replies before
 /// the prepare phase), the checker must find a client accepting what does not commit.
-/// NOT CAUGHT YET: in 3 s of walks every fast completion under the mutation was still backed
-/// by >= 3 certified replicas (the walks deliver prepares before the third reply); the
-/// walks need steering (e.g. replies first) before this can run in the suite.
 #[test]
-#[ignore = "the mutation is not caught yet by 3 s of random walks (see the doc comment)"]
+
 fn the_model_catches_replies_before_the_prepare_phase() {
     let checker = PbftModel {
         clients: 1,

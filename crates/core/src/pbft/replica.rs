@@ -754,7 +754,11 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             }
             // Never during a view change: the prepared flags are the last installed view's,
             // and a reply tagged with the target view would claim a certificate of it.
-            if slot.prepared && self.cfg.tentative && self.tentative.is_none() && !self.changing {
+            if self.may_run_tentatively(slot)
+                && self.cfg.tentative
+                && self.tentative.is_none()
+                && !self.changing
+            {
                 let p = slot.pre_prepare.as_ref().unwrap();
                 let (digest, batch) = (p.digest, p.batch.clone());
                 let undo = self.app.snapshot();
