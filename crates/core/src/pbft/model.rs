@@ -483,7 +483,6 @@ fn a_byzantine_replica_random_walks() {
 /// The mutation test: with tentative execution loosened to "pre-prepared" (replies before
 /// the prepare phase), the checker must find a client accepting what does not commit.
 #[test]
-
 fn the_model_catches_replies_before_the_prepare_phase() {
     let checker = PbftModel {
         clients: 1,
