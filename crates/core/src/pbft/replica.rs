@@ -735,7 +735,7 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                     // Its commit arrived: the tentative results become committed.
                     let t = self.tentative.take().unwrap();
                     for (r, result) in t.done {
-                        self.waiting.remove(&(r.client, r.timestamp));
+                        self.settle(r.client, r.timestamp);
                         self.send_reply(r.client, r.timestamp, result, false, out);
                     }
                 } else {
@@ -824,12 +824,29 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             );
             undo.push((r.client, old));
             if !tentative {
-                self.waiting.remove(&(r.client, r.timestamp));
+                self.settle(r.client, r.timestamp);
             }
             self.send_reply(r.client, r.timestamp, result.clone(), tentative, out);
             done.push((r.clone(), result));
         }
         (done, undo)
+    }
+
+    /// A request of `client` with `timestamp` committed: its earlier requests can never
+    /// execute (dedup), so they stop waiting (and stop driving the view-change timer).
+    fn settle(&mut self, client: u64, timestamp: u64) {
+        self.waiting
+            .retain(|&(c, ts), _| c != client || ts > timestamp);
+        if self
+            .pending_keys
+            .iter()
+            .any(|&(c, ts)| c == client && ts <= timestamp)
+        {
+            self.pending_keys
+                .retain(|&(c, ts)| c != client || ts > timestamp);
+            self.pending
+                .retain(|r| r.client != client || r.timestamp > timestamp);
+        }
     }
 
     fn send_reply(

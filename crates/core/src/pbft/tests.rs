@@ -1387,3 +1387,65 @@ fn no_tentative_execution_during_a_view_change_and_the_new_primary_rolls_back() 
         "B committed at seq 5, A never executed"
     );
 }
+
+/// L2 (review): a request superseded by a later one of the same client (which executed)
+/// leaves the backups' waiting list, so it cannot force view changes forever.
+#[test]
+fn a_superseded_request_does_not_force_a_view_change() {
+    let cfg = small_cfg();
+    let keys = |i: u32| SimKeys::new(Principal::Replica(i), 7);
+    let ck = SimKeys::new(Principal::Client(CLIENT0), 7);
+    let mut r1 = Replica::new(cfg.clone(), 1, keys(1), LogApp::default()).unwrap();
+    let mut out = Vec::new();
+    let req = |ts: u64| {
+        let mut r = wire::Request {
+            client: CLIENT0,
+            timestamp: ts,
+            op: format!("op{ts}").into_bytes(),
+            sig: [0; 64],
+        };
+        r.sign(&ck);
+        r
+    };
+    // The client sent ts = 5 to the backup only, and ts = 6 to the primary.
+    r1.handle(Principal::Client(CLIENT0), &req(5).encode(), 0, &mut out)
+        .unwrap();
+    let b = vec![req(6)];
+    let mut p = PrePrepare {
+        view: 0,
+        seq: 1,
+        digest: wire::batch_digest(&b),
+        batch: b,
+        replica: 0,
+        sig: [0; 64],
+    };
+    p.sign(&keys(0));
+    r1.handle(
+        Principal::Replica(0),
+        &Message::PrePrepare(p.clone()).encode(),
+        10,
+        &mut out,
+    )
+    .unwrap();
+    for i in [2u32, 3] {
+        let mut v = Vote {
+            view: 0,
+            seq: 1,
+            digest: p.digest,
+            replica: i,
+            sig: [0; 64],
+        };
+        v.sign(&keys(i), false);
+        r1.handle(Principal::Replica(i), &v.encode(false), 20, &mut out)
+            .unwrap();
+        v.sign(&keys(i), true);
+        r1.handle(Principal::Replica(i), &v.encode(true), 20, &mut out)
+            .unwrap();
+    }
+    assert_eq!(r1.last_executed(), 1);
+    r1.tick(20 + 10 * cfg.view_change_timeout_us, &mut out);
+    assert!(
+        !r1.in_view_change(),
+        "ts = 5 was superseded by ts = 6: nothing to wait for"
+    );
+}
