@@ -126,6 +126,14 @@
 //! when the new view commits it, if it does. At most one batch is tentative at a time (the
 //! next one waits for it to commit), so the undo is one snapshot.
 //!
+//! The argument above needs two more invariants, both enforced: **no tentative execution
+//! while a view change is under way** (the prepared flags then belong to the last installed
+//! view, and a reply would carry the target view without a certificate of it), and **every
+//! replica that installs a new view rolls back first**, the new primary included. As defence
+//! in depth, a tentative batch remembers its (seq, view, digest), and a commit keeps its
+//! results only if the committed batch is that one; otherwise it is undone and the committed
+//! batch executed.
+//!
 //! Set [`Config::tentative`] to `false` (and [`ClientConfig::accept_tentative`]) for the
 //! classic three-phase path, e.g. to compare them.
 //!

@@ -95,6 +95,8 @@ struct PbftModel {
     retransmits: u8,
     /// Replica 3 is Byzantine: equivocating votes and wrong replies.
     byzantine: bool,
+    /// Mutation: replicas execute tentatively at pre-prepare (the checker must catch it).
+    loose: bool,
 }
 
 fn config() -> Config {
@@ -177,22 +179,47 @@ impl PbftModel {
         })
     }
 
+    /// A completion is what the correct replicas commit: (1) the test application's result
+    /// names the position the operation executed at and a hash of the history up to it, so
+    /// every correct replica whose committed history reaches that position must hold this
+    /// request there with this result; (2) at least f + 1 correct replicas have committed it
+    /// or hold a prepared certificate for it (what a view change must carry forward), so a
+    /// completion on replies sent before the prepare phase is caught even if the request is
+    /// never ordered again.
     fn clients_agree(&self, s: &State) -> bool {
+        let f = (N - 1) / 3;
         s.completions.iter().all(|(c, done)| {
             let op = format!("c{c}-op{}", done.timestamp).into_bytes();
             let twice = s
                 .completions
                 .iter()
                 .any(|(c2, d2)| c2 == c && d2.timestamp == done.timestamp && d2 != done);
-            !twice
+            let Some(pos) = done
+                .result
+                .get(..8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap()) as usize)
+            else {
+                return false;
+            };
+            let consistent = pos >= 1
                 && self.correct().all(|i| {
                     let r = &s.replicas[i];
                     let h = Self::committed(r);
-                    match h.iter().position(|(cc, o)| cc == c && *o == op) {
-                        Some(pos) => r.app().results[pos] == done.result,
-                        None => true,
-                    }
+                    let here = h.iter().position(|(cc, o)| cc == c && *o == op);
+                    let at_pos = h.len() < pos
+                        || (h[pos - 1] == (*c, op.clone())
+                            && r.app().results[pos - 1] == done.result);
+                    at_pos && here.is_none_or(|k| k + 1 == pos)
+                });
+            let backed = self
+                .correct()
+                .filter(|&i| {
+                    let r = &s.replicas[i];
+                    Self::committed(r).contains(&(*c, op.clone()))
+                        || r.certified(*c, done.timestamp)
                 })
+                .count();
+            !twice && consistent && backed > f
         })
     }
 
@@ -215,13 +242,15 @@ impl Model for PbftModel {
     fn init_states(&self) -> Vec<State> {
         let replicas = (0..N as u32)
             .map(|i| {
-                Replica::new(
+                let mut r = Replica::new(
                     config(),
                     i,
                     SimKeys::new(Principal::Replica(i), CLUSTER),
                     LogApp::default(),
                 )
-                .unwrap()
+                .unwrap();
+                r.loose_tentative = self.loose;
+                r
             })
             .collect();
         let mut s = State {
@@ -402,6 +431,7 @@ fn one_request_every_early_interleaving() {
             drops: 1,
             retransmits: 0,
             byzantine: false,
+            loose: false,
         },
         3_000,
     );
@@ -417,6 +447,7 @@ fn two_requests_loss_and_a_view_change_random_walks() {
             drops: 2,
             retransmits: 1,
             byzantine: false,
+            loose: false,
         },
         3,
     );
@@ -439,11 +470,41 @@ fn a_byzantine_replica_random_walks() {
             drops: 1,
             retransmits: 1,
             byzantine: true,
+            loose: false,
         },
         3,
     );
     assert!(
         found.contains(&"a request completes after a view change"),
         "{found:?}"
+    );
+}
+
+/// The mutation test: with tentative execution loosened to "pre-prepared" (replies before
+/// the prepare phase), the checker must find a client accepting what does not commit.
+#[test]
+fn the_model_catches_replies_before_the_prepare_phase() {
+    let checker = PbftModel {
+        clients: 1,
+        timeouts: 1,
+        drops: 4,
+        retransmits: 1,
+        byzantine: false,
+        loose: true,
+    }
+    .checker()
+    .timeout(Duration::from_secs(3))
+    .spawn_simulation(1, UniformChooser)
+    .join();
+    eprintln!(
+        "mutation: {} states, found {:?}",
+        checker.state_count(),
+        checker.discoveries().keys().collect::<Vec<_>>()
+    );
+    assert!(
+        checker
+            .discovery("agreement: clients accept only what commits")
+            .is_some(),
+        "the mutation was not caught"
     );
 }

@@ -36,6 +36,10 @@ struct CachedReply {
 #[derive(Debug, Clone)]
 struct Tentative {
     seq: u64,
+    /// The view in which the batch was prepared and executed.
+    view: u64,
+    /// The executed batch's digest: its results are kept at commit only for this batch.
+    digest: Digest,
     /// The application's state before the batch.
     undo: Vec<u8>,
     /// The reply cache entries the batch replaced, in execution order.
@@ -93,6 +97,9 @@ pub struct Replica<A: App, K: Authenticator> {
     fetch_again: u64,
     stats: Stats,
     now: u64,
+    /// Mutation for the model checker: execute tentatively at pre-prepare (unsafe).
+    #[cfg(test)]
+    pub(crate) loose_tentative: bool,
 }
 
 fn forged(what: &'static str) -> Error {
@@ -143,6 +150,8 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             fetch_again: 0,
             stats: Stats::default(),
             now: 0,
+            #[cfg(test)]
+            loose_tentative: false,
         };
         let state = r.encode_state();
         r.stable_digest = sha256(&state);
@@ -619,6 +628,10 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         });
         slot.prepares.insert(self.id, v);
         self.check_prepared(seq, out);
+        #[cfg(test)]
+        if self.loose_tentative {
+            self.try_execute(out);
+        }
         Ok(())
     }
 
@@ -711,15 +724,25 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             let s = self.executed + 1;
             let Some(slot) = self.log.get(&s) else { break };
             if slot.committed {
-                if let Some(t) = self.tentative.take() {
+                let committed = slot.pre_prepare.as_ref().unwrap();
+                let digest = committed.digest;
+                let batch = committed.batch.clone();
+                let keep = self
+                    .tentative
+                    .as_ref()
+                    .is_some_and(|t| t.seq == s && t.view == self.view && t.digest == digest);
+                if keep {
                     // Its commit arrived: the tentative results become committed.
-                    debug_assert_eq!(t.seq, s);
+                    let t = self.tentative.take().unwrap();
                     for (r, result) in t.done {
-                        self.waiting.remove(&(r.client, r.timestamp));
+                        self.settle(r.client, r.timestamp);
                         self.send_reply(r.client, r.timestamp, result, false, out);
                     }
                 } else {
-                    let batch = slot.pre_prepare.as_ref().unwrap().batch.clone();
+                    // Not the batch executed tentatively (if any): undo that, run this one.
+                    if self.tentative.is_some() {
+                        self.rollback();
+                    }
                     self.execute_batch(&batch, false, out);
                 }
                 self.executed = s;
@@ -729,12 +752,21 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 }
                 continue;
             }
-            if slot.prepared && self.cfg.tentative && self.tentative.is_none() {
-                let batch = slot.pre_prepare.as_ref().unwrap().batch.clone();
+            // Never during a view change: the prepared flags are the last installed view's,
+            // and a reply tagged with the target view would claim a certificate of it.
+            if self.may_run_tentatively(slot)
+                && self.cfg.tentative
+                && self.tentative.is_none()
+                && !self.changing
+            {
+                let p = slot.pre_prepare.as_ref().unwrap();
+                let (digest, batch) = (p.digest, p.batch.clone());
                 let undo = self.app.snapshot();
                 let (done, replies_undo) = self.execute_batch(&batch, true, out);
                 self.tentative = Some(Tentative {
                     seq: s,
+                    view: self.view,
+                    digest,
                     undo,
                     replies_undo,
                     done,
@@ -753,6 +785,15 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         if self.is_primary() && !self.changing {
             self.maybe_order(out);
         }
+    }
+
+    /// Prepared (the only safe rule); the model's mutation loosens it to pre-prepared.
+    fn may_run_tentatively(&self, slot: &Slot) -> bool {
+        #[cfg(test)]
+        if self.loose_tentative && slot.pre_prepare.is_some() {
+            return true;
+        }
+        slot.prepared
     }
 
     #[allow(clippy::type_complexity)]
@@ -783,12 +824,29 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             );
             undo.push((r.client, old));
             if !tentative {
-                self.waiting.remove(&(r.client, r.timestamp));
+                self.settle(r.client, r.timestamp);
             }
             self.send_reply(r.client, r.timestamp, result.clone(), tentative, out);
             done.push((r.clone(), result));
         }
         (done, undo)
+    }
+
+    /// A request of `client` with `timestamp` committed: its earlier requests can never
+    /// execute (dedup), so they stop waiting (and stop driving the view-change timer).
+    fn settle(&mut self, client: u64, timestamp: u64) {
+        self.waiting
+            .retain(|&(c, ts), _| c != client || ts > timestamp);
+        if self
+            .pending_keys
+            .iter()
+            .any(|&(c, ts)| c == client && ts <= timestamp)
+        {
+            self.pending_keys
+                .retain(|&(c, ts)| c != client || ts > timestamp);
+            self.pending
+                .retain(|r| r.client != client || r.timestamp > timestamp);
+        }
     }
 
     fn send_reply(
@@ -1297,7 +1355,6 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 "pbft: a new view whose pre-prepares do not follow from its view changes",
             ));
         }
-        self.rollback();
         if nv.view > self.view {
             self.stats.view_changes += 1;
         }
@@ -1314,6 +1371,9 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         pre_prepares: Vec<PrePrepare>,
         out: &mut Vec<Outgoing>,
     ) {
+        // Whoever installs it (a backup on a new view, or the new primary on its own): the
+        // tentative batch, if any, was not prepared in this view.
+        self.rollback();
         self.view = view;
         self.changing = false;
         self.vc_resend = None;
@@ -1391,6 +1451,20 @@ impl<A: App, K: Authenticator> Replica<A, K> {
         )
     }
 
+    /// Whether the request (client, timestamp) is covered by a prepared certificate this
+    /// replica holds (of any view), for the model checker.
+    #[cfg(test)]
+    pub(crate) fn certified(&self, client: u64, timestamp: u64) -> bool {
+        self.log.values().any(|slot| {
+            slot.cert.as_ref().is_some_and(|c| {
+                c.pre_prepare
+                    .batch
+                    .iter()
+                    .any(|r| r.client == client && r.timestamp == timestamp)
+            })
+        })
+    }
+
     /// A deterministic description of the protocol state (for the model checker).
     #[cfg(test)]
     pub(crate) fn fingerprint(&self) -> String {
@@ -1412,20 +1486,20 @@ impl<A: App, K: Authenticator> Replica<A, K> {
             let _ = write!(
                 s,
                 "[{seq} {:?} p{:?} c{:?} {}{} {:?}]",
-                slot.pre_prepare.as_ref().map(|p| p.digest[0]),
+                slot.pre_prepare.as_ref().map(|p| p.digest),
                 slot.prepares
                     .iter()
-                    .map(|(r, v)| (*r, v.digest[0]))
+                    .map(|(r, v)| (*r, v.digest))
                     .collect::<Vec<_>>(),
                 slot.commits
                     .iter()
-                    .map(|(r, v)| (*r, v.digest[0]))
+                    .map(|(r, v)| (*r, v.digest))
                     .collect::<Vec<_>>(),
                 slot.prepared,
                 slot.committed,
                 slot.cert
                     .as_ref()
-                    .map(|c| (c.pre_prepare.view, c.pre_prepare.digest[0]))
+                    .map(|c| (c.pre_prepare.view, c.pre_prepare.digest))
             );
         }
         let _ = write!(
@@ -1441,6 +1515,15 @@ impl<A: App, K: Authenticator> Replica<A, K> {
                 .iter()
                 .map(|(v, m)| (*v, m.keys().copied().collect::<Vec<_>>()))
                 .collect::<Vec<_>>(),
+        );
+        let _ = write!(
+            s,
+            "|{:?}|{:?}|{:?}|",
+            self.replies,
+            self.tentative
+                .as_ref()
+                .map(|t| (t.seq, t.view, t.digest, &t.undo, &t.replies_undo)),
+            self.known,
         );
         s.extend(
             self.app

@@ -1218,3 +1218,234 @@ fn spam_from_a_byzantine_replica_is_bounded() {
     assert_eq!(r0.view(), 0);
     assert!(!r0.in_view_change());
 }
+
+/// S1 (review): a replica in a view change must not execute tentatively, and a new primary
+/// must roll back. Replica 2 prepares batch A at seq 5 in view 0, leaves for view 2 (it is
+/// its primary), learns that the checkpoint at 4 is stable, fetches it, and then installs
+/// view 2 whose new view re-issues B at seq 5 (prepared in view 1 elsewhere). It must end
+/// with B executed at 5, not A's tentative results taken as B's commit.
+#[test]
+fn no_tentative_execution_during_a_view_change_and_the_new_primary_rolls_back() {
+    let cfg = small_cfg(); // K = 4, L = 8
+    let keys = |i: u32| SimKeys::new(Principal::Replica(i), 7);
+    let ck = SimKeys::new(Principal::Client(CLIENT0), 7);
+    let mut r2 = Replica::new(cfg.clone(), 2, keys(2), LogApp::default()).unwrap();
+    let lim = cfg.limits();
+    let mut out = Vec::new();
+    let req = |ts: u64, op: &[u8]| {
+        let mut r = wire::Request {
+            client: CLIENT0,
+            timestamp: ts,
+            op: op.to_vec(),
+            sig: [0; 64],
+        };
+        r.sign(&ck);
+        r
+    };
+    let pre_prepare = |view: u64, seq: u64, batch: Vec<wire::Request>| {
+        let replica = (view % 4) as u32;
+        let mut p = PrePrepare {
+            view,
+            seq,
+            digest: wire::batch_digest(&batch),
+            batch,
+            replica,
+            sig: [0; 64],
+        };
+        p.sign(&keys(replica));
+        p
+    };
+    let vote = |view: u64, seq: u64, digest: wire::Digest, i: u32, commit: bool| {
+        let mut v = Vote {
+            view,
+            seq,
+            digest,
+            replica: i,
+            sig: [0; 64],
+        };
+        v.sign(&keys(i), commit);
+        v
+    };
+    // View 0: A prepares at seq 5 at replica 2 only (its prepare and replica 1's).
+    let pa = pre_prepare(0, 5, vec![req(1, b"A")]);
+    r2.handle(
+        Principal::Replica(0),
+        &Message::PrePrepare(pa.clone()).encode(),
+        0,
+        &mut out,
+    )
+    .unwrap();
+    r2.handle(
+        Principal::Replica(1),
+        &vote(0, 5, pa.digest, 1, false).encode(false),
+        0,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(r2.tentative_seq(), None, "seqs 1..4 are not executed yet");
+    // Partitioned, it times out twice: now in the view change to view 2 (its own).
+    r2.suspect_primary(10, &mut out);
+    r2.suspect_primary(20, &mut out);
+    assert_eq!((r2.view(), r2.in_view_change()), (2, true));
+    // Seqs 1..4 were null batches elsewhere: the checkpoint at 4 is the initial state.
+    let mut w = W::default();
+    w.bytes(&LogApp::default().snapshot());
+    w.u32(0);
+    let state = w.0;
+    let digest = wire::sha256(&state);
+    let proof: Vec<wire::Checkpoint> = [0u32, 1, 3]
+        .iter()
+        .map(|&i| {
+            let mut c = wire::Checkpoint {
+                seq: 4,
+                digest,
+                replica: i,
+                sig: [0; 64],
+            };
+            c.sign(&keys(i));
+            c
+        })
+        .collect();
+    for c in &proof {
+        r2.handle(Principal::Replica(c.replica), &c.encode(), 30, &mut out)
+            .unwrap();
+    }
+    assert_eq!(r2.low_watermark(), 4);
+    let mut st = wire::StateMsg {
+        seq: 4,
+        state,
+        replica: 0,
+        sig: [0; 64],
+    };
+    st.sign(&keys(0));
+    out.clear();
+    r2.handle(
+        Principal::Replica(0),
+        &Message::State(st).encode(),
+        40,
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(r2.last_executed(), 4);
+    assert_eq!(
+        r2.tentative_seq(),
+        None,
+        "no tentative execution during a view change"
+    );
+    assert!(
+        out.iter()
+            .all(|o| !matches!(Message::decode(&o.payload, &lim), Ok(Message::Reply(_)))),
+        "no reply during a view change"
+    );
+    // View 1 (without replica 2) prepared B at seq 5; replicas 0 and 3 carry that
+    // certificate into their view changes for view 2.
+    let pb = pre_prepare(1, 5, vec![req(2, b"B")]);
+    let cert = wire::PreparedCert {
+        pre_prepare: pb.clone(),
+        prepares: vec![
+            vote(1, 5, pb.digest, 0, false),
+            vote(1, 5, pb.digest, 3, false),
+        ],
+    };
+    for i in [0u32, 3] {
+        let mut vc = wire::ViewChange {
+            new_view: 2,
+            stable_seq: 4,
+            stable_digest: digest,
+            proof: proof.clone(),
+            prepared: vec![cert.clone()],
+            replica: i,
+            sig: [0; 64],
+        };
+        vc.sign(&keys(i));
+        r2.handle(Principal::Replica(i), &vc.encode(), 50, &mut out)
+            .unwrap();
+    }
+    assert!(!r2.in_view_change(), "replica 2 issued the new view");
+    assert!(r2.is_primary());
+    for i in [0u32, 3] {
+        r2.handle(
+            Principal::Replica(i),
+            &vote(2, 5, pb.digest, i, false).encode(false),
+            60,
+            &mut out,
+        )
+        .unwrap();
+        r2.handle(
+            Principal::Replica(i),
+            &vote(2, 5, pb.digest, i, true).encode(true),
+            60,
+            &mut out,
+        )
+        .unwrap();
+    }
+    assert_eq!(r2.last_executed(), 5);
+    assert_eq!(r2.tentative_seq(), None);
+    assert_eq!(
+        r2.app().ops,
+        vec![(CLIENT0, b"B".to_vec())],
+        "B committed at seq 5, A never executed"
+    );
+}
+
+/// L2 (review): a request superseded by a later one of the same client (which executed)
+/// leaves the backups' waiting list, so it cannot force view changes forever.
+#[test]
+fn a_superseded_request_does_not_force_a_view_change() {
+    let cfg = small_cfg();
+    let keys = |i: u32| SimKeys::new(Principal::Replica(i), 7);
+    let ck = SimKeys::new(Principal::Client(CLIENT0), 7);
+    let mut r1 = Replica::new(cfg.clone(), 1, keys(1), LogApp::default()).unwrap();
+    let mut out = Vec::new();
+    let req = |ts: u64| {
+        let mut r = wire::Request {
+            client: CLIENT0,
+            timestamp: ts,
+            op: format!("op{ts}").into_bytes(),
+            sig: [0; 64],
+        };
+        r.sign(&ck);
+        r
+    };
+    // The client sent ts = 5 to the backup only, and ts = 6 to the primary.
+    r1.handle(Principal::Client(CLIENT0), &req(5).encode(), 0, &mut out)
+        .unwrap();
+    let b = vec![req(6)];
+    let mut p = PrePrepare {
+        view: 0,
+        seq: 1,
+        digest: wire::batch_digest(&b),
+        batch: b,
+        replica: 0,
+        sig: [0; 64],
+    };
+    p.sign(&keys(0));
+    r1.handle(
+        Principal::Replica(0),
+        &Message::PrePrepare(p.clone()).encode(),
+        10,
+        &mut out,
+    )
+    .unwrap();
+    for i in [2u32, 3] {
+        let mut v = Vote {
+            view: 0,
+            seq: 1,
+            digest: p.digest,
+            replica: i,
+            sig: [0; 64],
+        };
+        v.sign(&keys(i), false);
+        r1.handle(Principal::Replica(i), &v.encode(false), 20, &mut out)
+            .unwrap();
+        v.sign(&keys(i), true);
+        r1.handle(Principal::Replica(i), &v.encode(true), 20, &mut out)
+            .unwrap();
+    }
+    assert_eq!(r1.last_executed(), 1);
+    r1.tick(20 + 10 * cfg.view_change_timeout_us, &mut out);
+    assert!(
+        !r1.in_view_change(),
+        "ts = 5 was superseded by ts = 6: nothing to wait for"
+    );
+}
