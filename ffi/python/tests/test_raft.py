@@ -4,6 +4,7 @@ leader SIGKILL, a second client, and argument errors."""
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -85,8 +86,10 @@ def test_leader_kill_then_write_and_catch_up(cluster):
     assert dead[0].error is not None and dead[0].error[0] == "EMF_ERR_TIMEOUT"
     c.restart(old)
     index = c.set(b"again", b"3")
-    # The restarted node catches up from its log and the leader.
-    for _ in range(200):
+    # The restarted node catches up from its log and the leader: polled until it has, up
+    # to a generous deadline (a loaded 2-core CI machine restarts a process slowly).
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         try:
             if c.status(old).applied >= index:
                 break
